@@ -1,0 +1,18 @@
+// Module entry: the native layer is IO only (block reads, CRC-32C, dm ioctls).
+#include <napi.h>
+
+#include "block_reader.h"
+#include "crc32c.h"
+
+namespace dmthin {
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  InitCrc32c(env, exports);
+  BlockReader::Init(env, exports);
+  return exports;
+}
+
+}  // namespace dmthin
+
+static Napi::Object InitModule(Napi::Env env, Napi::Object exports) { return dmthin::Init(env, exports); }
+NODE_API_MODULE(dmthin, InitModule)

@@ -1,0 +1,420 @@
+#include "block_reader.h"
+
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <limits.h>
+#include <thread>
+#include <vector>
+
+#include "crc32c.h"
+#include "errors.h"
+
+namespace dmthin {
+namespace {
+
+constexpr size_t kAlign = 4096;
+constexpr uint64_t kMaxBatchBytes = 1ull << 30;  // one call never allocates more than 1 GiB
+constexpr uint64_t kMaxGapBlocks = 8;            // read small holes instead of seeking
+#ifndef IOV_MAX
+#define IOV_MAX 1024
+#endif
+
+struct OpenResult {
+  int fd = -1;
+  double size = 0;
+  int logical_block_size = 512;
+  int physical_block_size = 512;
+  int dio_mem_align = 0;
+  bool block_device = false;
+  bool direct = false;
+};
+
+// ---------------------------------------------------------------- open
+
+class OpenWorker : public Napi::AsyncWorker {
+ public:
+  OpenWorker(Napi::Env env, BlockReader* owner, std::string path, std::string direct_mode, bool exclusive)
+      : Napi::AsyncWorker(env, "dmthin:open"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        owner_(owner),
+        path_(std::move(path)),
+        direct_mode_(std::move(direct_mode)),
+        exclusive_(exclusive) {
+    owner_->Ref();
+  }
+  ~OpenWorker() override { owner_->Unref(); }
+
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+  void Execute() override {
+    struct stat st;
+    if (::stat(path_.c_str(), &st) != 0) return fail_.set(errno, "stat", path_);
+    bool blk = S_ISBLK(st.st_mode);
+    if (!blk && !S_ISREG(st.st_mode)) return fail_.set(EINVAL, "open", path_, "not a regular file or block device");
+
+    // Read-only, always: dmthin never opens metadata for writing.
+    int flags = O_RDONLY | O_CLOEXEC;
+    if (exclusive_ && blk) flags |= O_EXCL;  // a claimed device (active pool) gives EBUSY
+    bool want_direct = direct_mode_ != "never";
+    int fd = -1;
+    if (want_direct) {
+      do fd = ::open(path_.c_str(), flags | O_DIRECT); while (fd < 0 && errno == EINTR);
+      // Filesystems without O_DIRECT (older tmpfs) refuse the open itself. Buffered
+      // reads are only acceptable for regular files, never for a live block device.
+      if (fd < 0 && errno == EINVAL && !blk && direct_mode_ == "auto") {
+        want_direct = false;
+      } else if (fd < 0) {
+        return fail_.set(errno, "open", path_);
+      }
+    }
+    if (fd < 0) {
+      do fd = ::open(path_.c_str(), flags); while (fd < 0 && errno == EINTR);
+      if (fd < 0) return fail_.set(errno, "open", path_);
+    }
+    res_.fd = fd;
+    res_.direct = want_direct;
+    res_.block_device = blk;
+    if (blk) {
+      uint64_t bytes = 0;
+      if (::ioctl(fd, BLKGETSIZE64, &bytes) != 0) { fail_.set(errno, "ioctl", path_, "BLKGETSIZE64"); ::close(fd); res_.fd = -1; return; }
+      res_.size = static_cast<double>(bytes);
+      int lbs = 512, pbs = 512;
+      if (::ioctl(fd, BLKSSZGET, &lbs) == 0) res_.logical_block_size = lbs;
+      unsigned int upbs = 0;
+      if (::ioctl(fd, BLKPBSZGET, &upbs) == 0) pbs = static_cast<int>(upbs);
+      res_.physical_block_size = pbs;
+      res_.dio_mem_align = lbs;
+    } else {
+      struct stat fst;
+      if (::fstat(fd, &fst) != 0) { fail_.set(errno, "fstat", path_); ::close(fd); res_.fd = -1; return; }
+      res_.size = static_cast<double>(fst.st_size);
+#ifdef STATX_DIOALIGN
+      struct statx sx;
+      if (::statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &sx) == 0 && (sx.stx_mask & STATX_DIOALIGN) && sx.stx_dio_offset_align) {
+        res_.logical_block_size = static_cast<int>(sx.stx_dio_offset_align);
+        res_.dio_mem_align = static_cast<int>(sx.stx_dio_mem_align);
+      }
+#endif
+      res_.physical_block_size = static_cast<int>(fst.st_blksize);
+    }
+  }
+
+  void OnOK() override {
+    Napi::Env env = Env();
+    if (fail_.failed()) {
+      owner_->fd_ = -1;
+      deferred_.Reject(MakeErrnoError(env, fail_).Value());
+      return;
+    }
+    owner_->fd_ = res_.fd;
+    owner_->path_ = path_;
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("size", res_.size);
+    o.Set("logicalBlockSize", res_.logical_block_size);
+    o.Set("physicalBlockSize", res_.physical_block_size);
+    o.Set("dioMemAlign", res_.dio_mem_align);
+    o.Set("blockDevice", res_.block_device);
+    o.Set("direct", res_.direct);
+    deferred_.Resolve(o);
+  }
+
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  BlockReader* owner_;
+  std::string path_;
+  std::string direct_mode_;
+  bool exclusive_;
+  OpenResult res_;
+  SysFailure fail_;
+};
+
+// ---------------------------------------------------------------- read
+
+struct Request {
+  uint64_t block;
+  uint32_t slot;  // index in the caller's list = position in the output buffer
+};
+
+struct Run {
+  size_t begin, end;  // range in the sorted request list
+};
+
+class ReadWorker : public Napi::AsyncWorker {
+ public:
+  ReadWorker(Napi::Env env, BlockReader* owner, std::vector<Request> reqs, uint32_t block_size, bool checksum)
+      : Napi::AsyncWorker(env, "dmthin:read"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        owner_(owner),
+        fd_(owner->fd_),
+        path_(owner->path_),
+        reqs_(std::move(reqs)),
+        block_size_(block_size),
+        checksum_(checksum) {
+    owner_->Ref();
+    owner_->inflight_++;
+  }
+  ~ReadWorker() override {
+    if (out_) std::free(out_);
+    owner_->Unref();
+  }
+
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+  void Execute() override {
+    n_ = reqs_.size();
+    if (n_ == 0) return;
+    if (::posix_memalign(reinterpret_cast<void**>(&out_), kAlign, n_ * block_size_) != 0) {
+      out_ = nullptr;
+      return fail_.set(ENOMEM, "posix_memalign", path_);
+    }
+    std::stable_sort(reqs_.begin(), reqs_.end(), [](const Request& a, const Request& b) { return a.block < b.block; });
+
+    // Coalesce: blocks at most kMaxGapBlocks apart go in one preadv; the holes
+    // land in a scratch buffer. Duplicate requests are read once and copied.
+    std::vector<Run> runs;
+    size_t start = 0;
+    for (size_t i = 1; i <= n_; i++) {
+      bool split = i == n_ || reqs_[i].block - reqs_[i - 1].block > kMaxGapBlocks + 1 ||
+                   reqs_[i].block - reqs_[start].block >= IOV_MAX / 2;
+      if (split) {
+        runs.push_back({start, i});
+        start = i;
+      }
+    }
+
+    // Random reads need several in flight to use the device; a few threads do that.
+    unsigned nthreads = runs.size() >= 16 ? 4 : runs.size() >= 4 ? 2 : 1;
+    std::atomic<size_t> next{0};
+    std::vector<SysFailure> fails(nthreads);
+    auto work = [&](unsigned t) {
+      uint8_t* scratch = nullptr;
+      if (::posix_memalign(reinterpret_cast<void**>(&scratch), kAlign, static_cast<size_t>(block_size_)) != 0) {
+        fails[t].set(ENOMEM, "posix_memalign", path_);
+        return;
+      }
+      for (;;) {
+        size_t r = next.fetch_add(1);
+        if (r >= runs.size()) break;
+        if (!ReadRun(runs[r], scratch, fails[t])) break;
+      }
+      std::free(scratch);
+    };
+    if (nthreads == 1) {
+      work(0);
+    } else {
+      std::vector<std::thread> pool;
+      for (unsigned t = 0; t < nthreads; t++) pool.emplace_back(work, t);
+      for (auto& th : pool) th.join();
+    }
+    for (auto& f : fails)
+      if (f.failed()) {
+        fail_ = f;
+        return;
+      }
+
+    if (checksum_) {
+      crcs_.resize(n_);
+      for (size_t i = 0; i < n_; i++) crcs_[i] = Crc32cUpdate(0xFFFFFFFFu, out_ + i * block_size_ + 4, block_size_ - 4);
+    }
+  }
+
+  void OnOK() override {
+    Napi::Env env = Env();
+    owner_->FinishRead();
+    if (fail_.failed()) {
+      deferred_.Reject(MakeErrnoError(env, fail_).Value());
+      return;
+    }
+    Napi::Object o = Napi::Object::New(env);
+    Napi::Buffer<uint8_t> data;
+    if (n_ == 0) {
+      data = Napi::Buffer<uint8_t>::New(env, 0);
+    } else {
+      uint8_t* p = out_;
+      out_ = nullptr;  // ownership moves to the Buffer
+      data = Napi::Buffer<uint8_t>::New(env, p, n_ * block_size_, [](Napi::Env, uint8_t* q) { std::free(q); });
+    }
+    o.Set("data", data);
+    if (checksum_) {
+      Napi::Uint32Array c = Napi::Uint32Array::New(env, n_);
+      if (n_) std::memcpy(c.Data(), crcs_.data(), n_ * 4);
+      o.Set("crcs", c);
+    }
+    deferred_.Resolve(o);
+  }
+
+  void OnError(const Napi::Error& e) override {
+    owner_->FinishRead();
+    deferred_.Reject(e.Value());
+  }
+
+ private:
+  bool ReadRun(const Run& run, uint8_t* scratch, SysFailure& fail) {
+    uint64_t first = reqs_[run.begin].block;
+    uint64_t last = reqs_[run.end - 1].block;
+    size_t nblocks = static_cast<size_t>(last - first + 1);
+    std::vector<struct iovec> iov;
+    iov.reserve(nblocks);
+    size_t j = run.begin;
+    for (uint64_t b = first; b <= last; b++) {
+      if (j < run.end && reqs_[j].block == b) {
+        iov.push_back({out_ + static_cast<size_t>(reqs_[j].slot) * block_size_, block_size_});
+        while (j < run.end && reqs_[j].block == b) j++;
+      } else {
+        iov.push_back({scratch, block_size_});
+      }
+    }
+    uint64_t off = first * block_size_;
+    size_t idx = 0;
+    size_t total = static_cast<size_t>(nblocks) * block_size_;
+    size_t done = 0;
+    while (done < total) {
+      int cnt = static_cast<int>(std::min<size_t>(iov.size() - idx, IOV_MAX));
+      ssize_t got = ::preadv(fd_, iov.data() + idx, cnt, static_cast<off_t>(off + done));
+      if (got < 0) {
+        if (errno == EINTR) continue;
+        fail.set(errno, "preadv", path_);
+        fail.offset = static_cast<double>(off + done);
+        return false;
+      }
+      if (got == 0) {
+        // The device ends inside this run: the caller asked for a block past the end.
+        fail.set(EIO, "preadv", path_, "short read: block beyond the end of the device");
+        fail.offset = static_cast<double>(off + done);
+        return false;
+      }
+      done += static_cast<size_t>(got);
+      // Advance past fully consumed iovecs; fix up a partially filled one.
+      size_t g = static_cast<size_t>(got);
+      while (g > 0 && idx < iov.size()) {
+        if (g >= iov[idx].iov_len) {
+          g -= iov[idx].iov_len;
+          idx++;
+        } else {
+          iov[idx].iov_base = static_cast<uint8_t*>(iov[idx].iov_base) + g;
+          iov[idx].iov_len -= g;
+          g = 0;
+        }
+      }
+    }
+    // Copy the duplicates from the first slot that received each block.
+    for (size_t k = run.begin + 1; k < run.end; k++) {
+      if (reqs_[k].block == reqs_[k - 1].block) {
+        size_t src = k - 1;
+        while (src > run.begin && reqs_[src - 1].block == reqs_[k].block) src--;
+        std::memcpy(out_ + static_cast<size_t>(reqs_[k].slot) * block_size_,
+                    out_ + static_cast<size_t>(reqs_[src].slot) * block_size_, block_size_);
+      }
+    }
+    return true;
+  }
+
+  Napi::Promise::Deferred deferred_;
+  BlockReader* owner_;
+  int fd_;
+  std::string path_;
+  std::vector<Request> reqs_;
+  uint32_t block_size_;
+  bool checksum_;
+  size_t n_ = 0;
+  uint8_t* out_ = nullptr;
+  std::vector<uint32_t> crcs_;
+  SysFailure fail_;
+};
+
+}  // namespace
+
+// ---------------------------------------------------------------- class
+
+void BlockReader::Init(Napi::Env env, Napi::Object exports) {
+  Napi::Function ctor = DefineClass(env, "BlockReader",
+                                    {InstanceMethod("open", &BlockReader::Open),
+                                     InstanceMethod("read", &BlockReader::Read),
+                                     InstanceMethod("close", &BlockReader::Close)});
+  exports.Set("BlockReader", ctor);
+}
+
+BlockReader::BlockReader(const Napi::CallbackInfo& info) : Napi::ObjectWrap<BlockReader>(info) {}
+
+BlockReader::~BlockReader() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+Napi::Value BlockReader::Open(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsString()) throw Napi::TypeError::New(env, "open(path: string, direct?: 'auto'|'always'|'never', exclusive?: boolean)");
+  if (fd_ >= 0 || opening_) throw Napi::Error::New(env, "BlockReader is already open");
+  std::string mode = info.Length() > 1 && info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : "auto";
+  if (mode != "auto" && mode != "always" && mode != "never") throw Napi::TypeError::New(env, "direct must be 'auto', 'always' or 'never'");
+  bool exclusive = info.Length() > 2 && info[2].ToBoolean().Value();
+  opening_ = true;
+  auto* w = new OpenWorker(env, this, info[0].As<Napi::String>().Utf8Value(), mode, exclusive);
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  opening_ = false;  // fd_ is set on completion; the JS wrapper serialises open/read
+  return p;
+}
+
+Napi::Value BlockReader::Read(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (fd_ < 0 || close_pending_) {
+    throw MakeErrnoError(env, EBADF, "read", path_);
+  }
+  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsTypedArray())
+    throw Napi::TypeError::New(env, "read(blockSize: number, blocks: Float64Array, checksum?: boolean)");
+  double bs = info[0].As<Napi::Number>().DoubleValue();
+  if (!(bs >= 512 && bs <= (1 << 30)) || static_cast<uint32_t>(bs) != bs || (static_cast<uint32_t>(bs) % 512) != 0)
+    throw Napi::RangeError::New(env, "blockSize must be a multiple of 512 up to 1 GiB");
+  uint32_t block_size = static_cast<uint32_t>(bs);
+  Napi::TypedArray ta = info[1].As<Napi::TypedArray>();
+  if (ta.TypedArrayType() != napi_float64_array) throw Napi::TypeError::New(env, "blocks must be a Float64Array");
+  Napi::Float64Array arr = ta.As<Napi::Float64Array>();
+  bool checksum = info.Length() > 2 && info[2].ToBoolean().Value();
+  if (checksum && block_size != 4096) throw Napi::RangeError::New(env, "checksums are computed for 4096-byte blocks only");
+  size_t n = arr.ElementLength();
+  if (static_cast<uint64_t>(n) * block_size > kMaxBatchBytes) throw Napi::RangeError::New(env, "batch larger than 1 GiB");
+  std::vector<Request> reqs(n);
+  const double limit = static_cast<double>(INT64_MAX / block_size);
+  for (size_t i = 0; i < n; i++) {
+    double b = arr[i];
+    if (!(b >= 0 && b < limit) || static_cast<double>(static_cast<uint64_t>(b)) != b)
+      throw Napi::RangeError::New(env, "block number out of range: " + std::to_string(b));
+    reqs[i] = {static_cast<uint64_t>(b), static_cast<uint32_t>(i)};
+  }
+  auto* w = new ReadWorker(env, this, std::move(reqs), block_size, checksum);
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
+void BlockReader::FinishRead() {
+  if (--inflight_ == 0 && close_pending_) CloseNow();
+}
+
+void BlockReader::CloseNow() {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+  close_pending_ = false;
+}
+
+Napi::Value BlockReader::Close(const Napi::CallbackInfo& info) {
+  // Reads in flight keep the descriptor; the last one to finish closes it.
+  if (inflight_ > 0)
+    close_pending_ = true;
+  else
+    CloseNow();
+  return info.Env().Undefined();
+}
+
+}  // namespace dmthin

@@ -1,0 +1,144 @@
+/**
+ * The one error module. Every error dmthin throws is a DmthinError with Node's
+ * SystemError shape (`code`, negative `errno`, `syscall`, `path`) plus domain
+ * fields (device, block, tree, message...). `code` is the stable identifier.
+ */
+import { constants } from 'node:os';
+
+const ERRNO: Record<string, number> = constants.errno as unknown as Record<string, number>;
+
+/** Negative errno for a code, as Node reports it (`EBUSY` -> -16), or undefined. */
+export function errnoOf(code: string): number | undefined {
+  const n = ERRNO[code];
+  return typeof n === 'number' ? -n : undefined;
+}
+
+/** Code for a (positive or negative) errno number, e.g. 16 -> 'EBUSY'. */
+export function codeOfErrno(errno: number): string {
+  const n = Math.abs(errno);
+  for (const [k, v] of Object.entries(ERRNO)) if (v === n) return k;
+  return 'EUNKNOWN';
+}
+
+export interface ErrorFields {
+  errno?: number;
+  syscall?: string;
+  path?: string;
+  /** dm device name or thin-pool name. */
+  device?: string;
+  /** Metadata (or data) block number the problem is about. */
+  block?: number;
+  cause?: unknown;
+  [extra: string]: unknown;
+}
+
+export class DmthinError extends Error {
+  readonly code: string;
+  errno?: number;
+  syscall?: string;
+  path?: string;
+  device?: string;
+  block?: number;
+
+  constructor(code: string, message: string, fields: ErrorFields = {}) {
+    super(message, fields.cause !== undefined ? { cause: fields.cause } : undefined);
+    this.code = code;
+    const { cause: _cause, ...rest } = fields;
+    Object.assign(this, rest);
+    if (this.errno === undefined) {
+      const e = errnoOf(code);
+      if (e !== undefined) this.errno = e;
+    }
+  }
+
+  override get name(): string {
+    return this.constructor.name;
+  }
+}
+
+/** An operating-system call failed (open, preadv, ioctl...). */
+export class SystemCallError extends DmthinError {}
+
+/**
+ * Why metadata was judged corrupt. Stable strings: tests and callers may match
+ * on them.
+ */
+export type CorruptionKind =
+  | 'checksum' // CRC mismatch
+  | 'block-type' // valid checksum, but of another block type
+  | 'blocknr' // block says it lives elsewhere
+  | 'block-range' // pointer beyond the metadata device
+  | 'magic'
+  | 'version'
+  | 'block-size'
+  | 'feature-flags'
+  | 'node-flags'
+  | 'max-entries'
+  | 'nr-entries'
+  | 'value-size'
+  | 'key-order'
+  | 'key-range'
+  | 'depth'
+  | 'cycle'
+  | 'data-range' // data block beyond the data device
+  | 'device-mismatch' // details tree and mapping tree disagree
+  | 'space-map'
+  | 'ref-count'
+  | 'truncated' // device smaller than the metadata says
+  | 'metadata-snap'; // held root absent or not as requested
+
+/** The metadata is corrupt. `code` follows the kernel: EILSEQ for checksums,
+ * ENOTBLK for a wrong block number, EUCLEAN for everything structural. */
+export class MetadataError extends DmthinError {
+  readonly kind: CorruptionKind;
+  tree?: string;
+  devId?: number;
+
+  constructor(kind: CorruptionKind, message: string, fields: ErrorFields & { tree?: string; devId?: number } = {}) {
+    const code = kind === 'checksum' || kind === 'block-type' ? 'EILSEQ' : kind === 'blocknr' ? 'ENOTBLK' : 'EUCLEAN';
+    super(code, message, fields);
+    this.kind = kind;
+  }
+}
+
+/** No metadata snapshot is held, or the one asked for is not the held one. */
+export class MetadataSnapError extends DmthinError {}
+
+/** Bad arguments from a caller (library or CLI). */
+export class UsageError extends DmthinError {
+  constructor(message: string, fields: ErrorFields = {}) {
+    super('EINVAL', message, fields);
+  }
+}
+
+/** A long operation was cancelled through its AbortSignal. */
+export class AbortError extends DmthinError {
+  constructor(message = 'The operation was aborted', fields: ErrorFields = {}) {
+    super('ABORT_ERR', message, fields);
+  }
+}
+
+/** Throws AbortError if the signal has fired. */
+export function throwIfAborted(signal?: AbortSignal): void {
+  if (signal?.aborted) throw new AbortError(undefined, { cause: signal.reason });
+}
+
+/**
+ * Re-types an error that came out of the native addon (already Node-shaped)
+ * into a SystemCallError, keeping errno, syscall, path and offset.
+ */
+export function fromNative(err: unknown, extra: ErrorFields = {}): DmthinError {
+  if (err instanceof DmthinError) return err;
+  const e = err as { message?: string; code?: string; errno?: number; syscall?: string; path?: string; offset?: number };
+  if (e && typeof e.code === 'string' && typeof e.errno === 'number') {
+    return new SystemCallError(e.code, e.message ?? e.code, {
+      errno: e.errno,
+      syscall: e.syscall,
+      path: e.path,
+      ...(e.offset !== undefined ? { offset: e.offset } : {}),
+      ...extra,
+    });
+  }
+  if (err instanceof Error) return new DmthinError('EUNKNOWN', err.message, { cause: err, ...extra });
+  return new DmthinError('EUNKNOWN', String(err), extra);
+}
