@@ -1,0 +1,120 @@
+/**
+ * Shared CLI plumbing: argument helpers, the error line, exit codes,
+ * cancellation on SIGINT/SIGTERM and TTY-only progress bars.
+ */
+import { SingleBar } from 'cli-progress';
+import { DmthinError, UsageError } from '../errors';
+
+/** Exit status on any error, as the reference tools do. */
+export const EXIT_FAILURE = 1;
+
+export class CliContext {
+  readonly controller = new AbortController();
+  private readonly cleanups: (() => Promise<void> | void)[] = [];
+  private signalled: NodeJS.Signals | undefined;
+
+  constructor(readonly command: string) {
+    for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+      process.on(sig, () => this.onSignal(sig));
+    }
+  }
+
+  get signal(): AbortSignal {
+    return this.controller.signal;
+  }
+
+  /** Runs at exit, success or failure, also after Ctrl-C / SIGTERM (e.g. release a metadata snapshot). */
+  onCleanup(fn: () => Promise<void> | void): void {
+    this.cleanups.unshift(fn);
+  }
+
+  private onSignal(sig: NodeJS.Signals): void {
+    if (this.signalled) return; // second signal: cleanups are already running
+    this.signalled = sig;
+    this.controller.abort(new DmthinError('ABORT_ERR', `interrupted by ${sig}`));
+  }
+
+  async runCleanups(): Promise<void> {
+    const fns = this.cleanups.splice(0);
+    for (const fn of fns) {
+      try {
+        await fn();
+      } catch (e) {
+        process.stderr.write(`${this.command}: cleanup failed: ${(e as Error).message}\n`);
+      }
+    }
+  }
+
+  /** Exit status for a thrown error (128+n after a signal, like a shell). */
+  exitCodeFor(): number {
+    if (this.signalled) return 128 + (this.signalled === 'SIGINT' ? 2 : this.signalled === 'SIGTERM' ? 15 : 1);
+    return EXIT_FAILURE;
+  }
+
+  wasSignalled(): boolean {
+    return this.signalled !== undefined;
+  }
+}
+
+/** One line on stderr: "dmthin dump: <message> [code]". */
+export function errorLine(command: string, err: unknown): string {
+  if (err instanceof DmthinError) return `${command}: ${err.message}${err.code && !err.message.startsWith(err.code) ? ` [${err.code}]` : ''}`;
+  if (err instanceof Error) return `${command}: ${err.message}`;
+  return `${command}: ${String(err)}`;
+}
+
+export function parseIntArg(name: string, v: string, max = Number.MAX_SAFE_INTEGER): number {
+  if (!/^[0-9]+$/.test(v)) throw new UsageError(`${name} must be a non-negative integer, got '${v}'`);
+  const n = Number(v);
+  if (!Number.isSafeInteger(n) || n > max) throw new UsageError(`${name} out of range: ${v}`);
+  return n;
+}
+
+/** A progress bar on stderr, only when stderr is a terminal. */
+export class Progress {
+  private bar?: SingleBar;
+  private last = 0;
+  constructor(
+    private readonly label: string,
+    enabled = process.stderr.isTTY === true,
+  ) {
+    if (enabled) {
+      this.bar = new SingleBar({
+        stream: process.stderr,
+        format: `${label} [{bar}] {percentage}% | {value}/{total} mappings`,
+        hideCursor: true,
+        clearOnComplete: true,
+        fps: 10,
+      });
+    }
+  }
+  update(value: number, total: number): void {
+    if (!this.bar) return;
+    const now = Date.now();
+    if (this.last === 0) this.bar.start(Math.max(total, 1), 0);
+    if (now - this.last < 100) return;
+    this.last = now;
+    this.bar.setTotal(Math.max(total, value, 1));
+    this.bar.update(value);
+  }
+  stop(): void {
+    if (this.bar && this.last !== 0) this.bar.stop();
+    this.bar = undefined;
+  }
+}
+
+/**
+ * The reference tools take the metadata-snapshot block only attached
+ * ("-m5", "--metadata-snap=5"); "-m 5" means the path "5". Commander's optional
+ * values would swallow the path, so rewrite the attached forms first.
+ */
+export function rewriteMetadataSnapArgs(argv: string[]): string[] {
+  const out: string[] = [];
+  for (const a of argv) {
+    let m = /^--metadata-snap=(.*)$/.exec(a);
+    if (!m) m = /^-m(.+)$/.exec(a);
+    if (m) out.push('--metadata-snap-block', m[1]);
+    else out.push(a);
+  }
+  return out;
+}

@@ -1,0 +1,62 @@
+/** `dmthin dump`: thin_dump-compatible output (XML, human_readable) or JSON. */
+import { createWriteStream } from 'node:fs';
+import type { Writable } from 'node:stream';
+import { finished } from 'node:stream/promises';
+import type { Command } from 'commander';
+import { UsageError } from '../errors';
+import { dump, DumpFormat } from '../thin/dump';
+import { CliContext, parseIntArg, Progress } from './common';
+import { MetadataSnapOpts, openMetadata } from './metadata-source';
+
+interface DumpCliOpts extends MetadataSnapOpts {
+  devId?: string[];
+  skipMappings?: boolean;
+  format: string;
+  output?: string;
+  quiet?: boolean;
+}
+
+export function register(program: Command, ctx: () => CliContext): void {
+  program
+    .command('dump')
+    .description('dump pool metadata (byte-identical to thin_dump 0.9.0 for xml and human_readable)')
+    .argument('<metadata>', 'metadata device or file')
+    .option('-m, --metadata-snap', 'read through the held metadata snapshot (-mBLOCK / --metadata-snap=BLOCK: must be the held root)')
+    .option('--dev-id <id>', 'dump only this device (repeatable)', (v: string, acc: string[] = []) => [...acc, v])
+    .option('--skip-mappings', 'devices only, no mappings')
+    .option('-f, --format <format>', 'xml, human_readable or json', 'xml')
+    .option('-o, --output <file>', 'write to FILE instead of stdout')
+    .option('-q, --quiet', 'no progress bar')
+    .action(async (metadata: string, o: DumpCliOpts) => {
+      const c = ctx();
+      const format = o.format as DumpFormat;
+      if (!['xml', 'human_readable', 'json'].includes(format)) throw new UsageError(`unknown format '${o.format}' (xml, human_readable, json)`);
+      const devIds = o.devId?.map((v) => parseIntArg('--dev-id', v));
+      const md = await openMetadata(metadata, o);
+      c.onCleanup(() => md.close());
+      let out: Writable = process.stdout;
+      if (o.output) {
+        out = createWriteStream(o.output);
+        await new Promise<void>((resolve, reject) => {
+          out.once('open', () => resolve());
+          out.once('error', reject);
+        });
+      }
+      const bar = new Progress('dump', !o.quiet && process.stderr.isTTY === true);
+      try {
+        await dump(md, out, {
+          format,
+          devIds,
+          skipMappings: o.skipMappings,
+          signal: c.signal,
+          onProgress: (p) => bar.update(p.mappings, p.total),
+        });
+      } finally {
+        bar.stop();
+      }
+      if (out !== process.stdout) {
+        out.end();
+        await finished(out);
+      }
+    });
+}

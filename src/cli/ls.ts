@@ -1,0 +1,40 @@
+/** `dmthin ls`: thin_ls-compatible per-device usage table, or JSON. */
+import type { Command } from 'commander';
+import { deviceUsage, DEFAULT_LS_FIELDS, formatLsTable, lsJson, parseLsFields } from '../thin/ls';
+import { CliContext, Progress } from './common';
+import { MetadataSnapOpts, openMetadata } from './metadata-source';
+
+interface LsCliOpts extends MetadataSnapOpts {
+  format?: string;
+  headers: boolean;
+  json?: boolean;
+  quiet?: boolean;
+}
+
+export function register(program: Command, ctx: () => CliContext): void {
+  program
+    .command('ls')
+    .description('list thin devices with mapped, exclusive and shared usage (as thin_ls 0.9.0)')
+    .argument('<metadata>', 'metadata device or file')
+    .option('-m, --metadata-snap', 'read through the held metadata snapshot')
+    .option('-o, --format <fields>', 'comma-separated fields (DEV, MAPPED_BLOCKS, EXCLUSIVE_BLOCKS, SHARED_BLOCKS, *_SECTORS, *_BYTES, MAPPED, EXCLUSIVE, SHARED, TRANSACTION, CREATE_TIME, SNAP_TIME)')
+    .option('--no-headers', 'omit the header line')
+    .option('--json', 'print a JSON array of objects keyed by field name')
+    .option('-q, --quiet', 'no progress bar')
+    .action(async (metadata: string, o: LsCliOpts) => {
+      const c = ctx();
+      const fields = o.format !== undefined ? parseLsFields(o.format) : [...DEFAULT_LS_FIELDS];
+      const md = await openMetadata(metadata, o);
+      c.onCleanup(() => md.close());
+      const bar = new Progress('ls', !o.quiet && process.stderr.isTTY === true);
+      let rows;
+      try {
+        rows = await deviceUsage(md, { signal: c.signal, onProgress: (p) => bar.update(p.mappings, p.total) });
+      } finally {
+        bar.stop();
+      }
+      const dbs = md.superblock.dataBlockSize;
+      const text = o.json ? JSON.stringify(lsJson(rows, fields, dbs), null, 2) + '\n' : formatLsTable(rows, fields, dbs, o.headers);
+      await new Promise<void>((resolve, reject) => process.stdout.write(text, (e) => (e ? reject(e) : resolve())));
+    });
+}

@@ -1,0 +1,257 @@
+/**
+ * ThinMetadata: read-only access to a thin pool's metadata, either the live
+ * trees (inactive pool) or the trees held by a metadata snapshot (live pool).
+ *
+ *   await using md = await ThinMetadata.open('/dev/vg/pool_tmeta', { metadataSnap: true });
+ *   for (const d of await md.devices()) ...
+ *   for await (const run of md.mappings(1)) ...
+ */
+import { DmthinError, MetadataError, MetadataSnapError, UsageError } from '../errors';
+import { lookup as btreeLookup, walkLeaves } from '../pdata/btree';
+import { BlockSource, MemoryBlockSource, NativeBlockSource, OpenOptions } from '../pdata/io-engine';
+import { SpaceMap, SpaceMapKind } from '../pdata/space-map';
+import { DeviceDetails, DEVICE_DETAILS_SIZE, parseDeviceDetails } from './device-details';
+import { Mapping, MappingRun, mappingRunBatches, WalkProgress, leafMapping } from './mappings';
+import { parseSuperblock, Superblock } from './superblock';
+
+export interface ThinMetadataOptions extends OpenOptions {
+  /**
+   * Read through the pool's metadata snapshot: `true` for the held root named
+   * in the live superblock, or a block number that must equal it.
+   */
+  metadataSnap?: boolean | number;
+  /** Read from this source instead of opening `path`. The source is closed with the metadata. */
+  source?: BlockSource;
+}
+
+export interface WalkOptions {
+  signal?: AbortSignal;
+  onProgress?: (p: WalkProgress) => void;
+  /** Only virtual blocks in [begin, end). */
+  begin?: number;
+  end?: number;
+}
+
+export class ThinMetadata implements AsyncDisposable {
+  /** The superblock whose trees are read: block 0, or the snapshot copy. */
+  readonly superblock: Superblock;
+  /** Block 0 (equal to `superblock` unless reading a metadata snapshot). */
+  readonly liveSuperblock: Superblock;
+  /** Held root block when reading through a metadata snapshot, else null. */
+  readonly metadataSnap: number | null;
+  /** Metadata device size in blocks (metadata space map nr_blocks of block 0). */
+  readonly nrMetadataBlocks: number;
+  /** Data device size in blocks (data space map of block 0: the snapshot copy has none). */
+  readonly nrDataBlocks: number;
+
+  private deviceCache?: Map<number, DeviceDetails>;
+  private rootCache?: Map<number, number>;
+  private closed = false;
+
+  private constructor(
+    readonly io: BlockSource,
+    live: Superblock,
+    used: Superblock,
+  ) {
+    this.liveSuperblock = live;
+    this.superblock = used;
+    this.metadataSnap = used.location === 0 ? null : used.location;
+    this.nrMetadataBlocks = live.metadataSpaceMap.nrBlocks;
+    this.nrDataBlocks = live.dataSpaceMap.nrBlocks;
+  }
+
+  /** Opens metadata from a file or device path (read-only, O_DIRECT) or a given source. */
+  static async open(path: string, opts: ThinMetadataOptions = {}): Promise<ThinMetadata> {
+    const snap = opts.metadataSnap;
+    if (snap !== undefined && typeof snap !== 'boolean' && !(Number.isSafeInteger(snap) && snap > 0)) {
+      throw new UsageError(`metadataSnap must be true or a block number > 0, got ${snap}`);
+    }
+    // The reference tools refuse an inactive-only read of a device a live pool
+    // holds (O_EXCL); through a metadata snapshot, the pool must stay open.
+    const io =
+      opts.source ??
+      (await NativeBlockSource.open(path, { direct: opts.direct, exclusive: opts.exclusive ?? (snap === undefined || snap === false) }));
+    try {
+      return await ThinMetadata.fromSource(io, snap);
+    } catch (e) {
+      await io.close();
+      throw e;
+    }
+  }
+
+  /** Metadata from an image in memory. */
+  static async fromBuffer(image: Buffer, opts: { metadataSnap?: boolean | number } = {}): Promise<ThinMetadata> {
+    return ThinMetadata.open('<memory>', { ...opts, source: new MemoryBlockSource(image) });
+  }
+
+  private static async fromSource(io: BlockSource, snap: boolean | number | undefined): Promise<ThinMetadata> {
+    if (io.sizeBytes < 4096) {
+      throw new MetadataError('truncated', `${io.path} is ${io.sizeBytes} bytes: too small to hold a superblock`, { path: io.path, block: 0 });
+    }
+    const [b0] = await io.read([0]);
+    const live = parseSuperblock(b0);
+    if (live.metadataSpaceMap.nrBlocks === 0) {
+      throw new MetadataError('space-map', 'superblock: metadata space map has 0 blocks', { block: 0 });
+    }
+    let used = live;
+    if (snap !== undefined && snap !== false) {
+      const held = live.heldRoot;
+      if (held === 0) {
+        throw new MetadataSnapError('ENODATA', `no current metadata snapshot in ${io.path}`, { path: io.path });
+      }
+      if (typeof snap === 'number' && snap !== held) {
+        throw new MetadataSnapError('EINVAL', `metadata snapshot at block ${snap} does not match the held root ${held} in the superblock`, {
+          path: io.path,
+          block: snap,
+          heldRoot: held,
+        });
+      }
+      if (held >= live.metadataSpaceMap.nrBlocks) {
+        throw new MetadataError('block-range', `held root ${held} is beyond the metadata device`, { block: held });
+      }
+      const [hb] = await io.read([held]);
+      used = parseSuperblock(hb);
+    }
+    return new ThinMetadata(io, live, used);
+  }
+
+  private check(): void {
+    if (this.closed) throw new DmthinError('EBADF', 'metadata is closed', { path: this.io.path });
+  }
+
+  /** Device details by id, in id order. */
+  async devices(opts: { signal?: AbortSignal } = {}): Promise<Map<number, DeviceDetails>> {
+    this.check();
+    if (this.deviceCache) return this.deviceCache;
+    const out = new Map<number, DeviceDetails>();
+    for await (const leaf of walkLeaves(this.io, this.superblock.deviceDetailsRoot, {
+      tree: 'details',
+      valueSize: DEVICE_DETAILS_SIZE,
+      nrMetadataBlocks: this.nrMetadataBlocks,
+      signal: opts.signal,
+    })) {
+      for (let i = 0; i < leaf.nrEntries; i++) {
+        const d = parseDeviceDetails(leaf, i);
+        out.set(d.devId, d);
+      }
+    }
+    this.deviceCache = out;
+    return out;
+  }
+
+  /** Top-level mapping tree: device id -> root of its bottom-level tree. */
+  async deviceRoots(opts: { signal?: AbortSignal } = {}): Promise<Map<number, number>> {
+    this.check();
+    if (this.rootCache) return this.rootCache;
+    const out = new Map<number, number>();
+    for await (const leaf of walkLeaves(this.io, this.superblock.dataMappingRoot, {
+      tree: 'mapping-top',
+      valueSize: 8,
+      nrMetadataBlocks: this.nrMetadataBlocks,
+      signal: opts.signal,
+    })) {
+      for (let i = 0; i < leaf.nrEntries; i++) {
+        const root = leaf.value64(i);
+        if (root >= this.nrMetadataBlocks) {
+          throw new MetadataError('block-range', `device ${leaf.key(i)}: mapping root ${root} is beyond the metadata device`, {
+            block: leaf.nr,
+            devId: leaf.key(i),
+            tree: 'mapping-top',
+          });
+        }
+        out.set(leaf.key(i), root);
+      }
+    }
+    this.rootCache = out;
+    return out;
+  }
+
+  /**
+   * Devices with their mapping roots, after checking that the details tree and
+   * the top-level mapping tree name the same devices.
+   */
+  async checkedDevices(opts: { signal?: AbortSignal } = {}): Promise<Map<number, DeviceDetails & { root: number }>> {
+    const [details, roots] = [await this.devices(opts), await this.deviceRoots(opts)];
+    const out = new Map<number, DeviceDetails & { root: number }>();
+    for (const [id, d] of details) {
+      const root = roots.get(id);
+      if (root === undefined) {
+        throw new MetadataError('device-mismatch', `device ${id} is in the details tree but has no mapping tree`, {
+          devId: id,
+          tree: 'mapping-top',
+        });
+      }
+      out.set(id, { ...d, root });
+    }
+    for (const id of roots.keys()) {
+      if (!details.has(id)) {
+        throw new MetadataError('device-mismatch', `device ${id} has a mapping tree but no details entry`, { devId: id, tree: 'details' });
+      }
+    }
+    return out;
+  }
+
+  private async rootOf(devId: number): Promise<number> {
+    if (!Number.isSafeInteger(devId) || devId < 0) throw new UsageError(`bad device id ${devId}`);
+    const roots = await this.deviceRoots();
+    const root = roots.get(devId);
+    if (root === undefined) throw new DmthinError('ENODEV', `no thin device ${devId} in the metadata`, { devId, path: this.io.path });
+    return root;
+  }
+
+  /** Merged mapping runs of one device, in batches (fast path for formatters). */
+  async *mappingBatches(devId: number, opts: WalkOptions = {}): AsyncGenerator<MappingRun[]> {
+    this.check();
+    const root = await this.rootOf(devId);
+    yield* mappingRunBatches(this.io, root, {
+      devId,
+      nrMetadataBlocks: this.nrMetadataBlocks,
+      nrDataBlocks: this.nrDataBlocks,
+      ...opts,
+    });
+  }
+
+  /** Merged mapping runs `{ originBegin, dataBegin, length, time }` of one device, in virtual-block order. */
+  async *mappings(devId: number, opts: WalkOptions = {}): AsyncGenerator<MappingRun> {
+    for await (const batch of this.mappingBatches(devId, opts)) yield* batch;
+  }
+
+  /** Where one virtual block of a device is mapped, or null. */
+  async lookup(devId: number, block: number): Promise<Mapping | null> {
+    this.check();
+    if (!Number.isSafeInteger(block) || block < 0) throw new UsageError(`bad virtual block ${block}`);
+    const root = await this.rootOf(devId);
+    const hit = await btreeLookup(this.io, root, block, {
+      tree: 'mapping',
+      devId,
+      valueSize: 8,
+      nrMetadataBlocks: this.nrMetadataBlocks,
+    });
+    return hit ? leafMapping(hit.node, hit.index) : null;
+  }
+
+  /**
+   * A space map of the live superblock (a metadata snapshot has none, so
+   * counts always describe the current pool, not the snapshot).
+   */
+  spaceMap(kind: SpaceMapKind): SpaceMap {
+    this.check();
+    const sb = this.liveSuperblock;
+    return new SpaceMap(this.io, kind, kind === 'data' ? sb.dataSpaceMap : sb.metadataSpaceMap, this.nrMetadataBlocks);
+  }
+
+  /** Reference count of a data or metadata block, from the on-disk space map. */
+  async refCount(kind: SpaceMapKind, block: number): Promise<number> {
+    return this.spaceMap(kind).refCount(block);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.io.close();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}
