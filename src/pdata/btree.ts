@@ -35,45 +35,56 @@ export class BtreeNode {
   readonly nrEntries: number;
   readonly maxEntries: number;
   readonly valueSize: number;
-  readonly data: Buffer;
-  /** Uint32 view of the block: key i is at [8 + 2i] (lo) and [9 + 2i] (hi). */
+  readonly block: Block;
+  /**
+   * u32 words of the batch the node was read in; the node starts at word
+   * `base`: key i is at base + 8 + 2i (lo) and base + 9 + 2i (hi).
+   */
   readonly u32: Uint32Array;
-  /** Byte offset of value 0. */
+  readonly base: number;
+  /** Byte offset of value 0 within the node. */
   readonly valuesOffset: number;
 
   constructor(block: Block, leafValueSize: number, ctx: TreeContext) {
-    const d = block.data;
     verifyChecksum(block, BlockType.BtreeNode, ctx);
     const err = (kind: ConstructorParameters<typeof MetadataError>[0], msg: string) =>
       new MetadataError(kind, `${msg} (block ${block.nr}, ${describe(ctx)})`, { block: block.nr, ...ctx });
-    const flags = d.readUInt32LE(4);
-    const blocknr = d.readUInt32LE(8) + d.readUInt32LE(12) * TWO32;
+    const w = block.words;
+    const b = block.base;
+    const flags = w[b + 1];
+    const blocknr = w[b + 2] + w[b + 3] * TWO32;
     if (blocknr !== block.nr) throw err('blocknr', `btree node says it is block ${blocknr}`);
     if (flags !== INTERNAL_NODE && flags !== LEAF_NODE) throw err('node-flags', `bad node flags ${flags}`);
     this.isLeaf = flags === LEAF_NODE;
-    this.nrEntries = d.readUInt32LE(16);
-    this.maxEntries = d.readUInt32LE(20);
-    this.valueSize = d.readUInt32LE(24);
+    this.nrEntries = w[b + 4];
+    this.maxEntries = w[b + 5];
+    this.valueSize = w[b + 6];
     const wantVs = this.isLeaf ? leafValueSize : 8;
     if (this.valueSize !== wantVs) throw err('value-size', `value size mismatch: expected ${wantVs}, got ${this.valueSize}`);
     const wantMax = maxEntriesFor(this.valueSize);
     if (this.maxEntries !== wantMax) throw err('max-entries', `max_entries is ${this.maxEntries}, expected ${wantMax}`);
     if (this.nrEntries > this.maxEntries) throw err('nr-entries', `nr_entries ${this.nrEntries} > max_entries ${this.maxEntries}`);
     this.nr = block.nr;
-    this.data = d;
-    this.u32 = new Uint32Array(d.buffer, d.byteOffset, 1024);
+    this.block = block;
+    this.u32 = w;
+    this.base = b;
     this.valuesOffset = NODE_HEADER_SIZE + 8 * this.maxEntries;
   }
 
+  /** The node's 4096 bytes. */
+  get data(): Buffer {
+    return this.block.data;
+  }
+
   key(i: number): number {
-    const hi = this.u32[9 + 2 * i];
+    const hi = this.u32[this.base + 9 + 2 * i];
     if (hi >= MAX_HI) throw new MetadataError('key-range', `key ${i} of block ${this.nr} exceeds 2^53`, { block: this.nr });
-    return this.u32[8 + 2 * i] + hi * TWO32;
+    return this.u32[this.base + 8 + 2 * i] + hi * TWO32;
   }
 
   /** u64 value i (value size 8) as a number; for internal nodes, the child block. */
   value64(i: number): number {
-    const w = (this.valuesOffset >> 2) + 2 * i;
+    const w = this.base + (this.valuesOffset >> 2) + 2 * i;
     const hi = this.u32[w + 1];
     if (hi >= MAX_HI) throw new MetadataError('block-range', `value ${i} of block ${this.nr} exceeds 2^53`, { block: this.nr });
     return this.u32[w] + hi * TWO32;
@@ -156,14 +167,20 @@ interface Pending {
   hi: number;
   depth: number;
   p?: Promise<Block>;
+  /** Set once the read completes (lets the prefetcher look inside internal nodes). */
+  data?: Block;
+  /** Children, created ahead of time by the prefetcher. */
+  children?: Pending[];
 }
 
 /**
  * Yields the leaves of a btree in key order. Memory is bounded by the depth of
- * the tree times its fan-out plus one read window; leaves are read in batches
- * (sorted and coalesced by the IO engine) one window ahead of the consumer.
- * Every node is validated (checksum, blocknr, flags, sizes, key order and
- * range, depth, balance); a block seen twice in the tree is an error.
+ * the tree times its fan-out plus one read window. Reads run a window ahead of
+ * the consumer: the prefetcher also looks inside internal nodes it has already
+ * read, so the next leaves are in flight before the walk gets to them. Every
+ * node is validated when the walk reaches it (checksum, blocknr, flags, sizes,
+ * key order and range, depth, balance); a block seen twice in one tree is an
+ * error, which also stops cycles.
  */
 export async function* walkLeaves(io: BlockSource, root: number, opts: WalkOptions): AsyncGenerator<BtreeNode> {
   const window = opts.window ?? 256;
@@ -173,7 +190,7 @@ export async function* walkLeaves(io: BlockSource, root: number, opts: WalkOptio
   const ctx: TreeContext = { tree: opts.tree, devId: opts.devId };
   // The stack's top (last element) is the next node in key order.
   const stack: Pending[] = [{ block: root, lo: 0, hi: Infinity, depth: 0 }];
-  let loadedAhead = 0;
+  let inFlight = 0;
   let leafDepth = -1;
 
   const checkPointer = (b: number, from: number) => {
@@ -186,26 +203,70 @@ export async function* walkLeaves(io: BlockSource, root: number, opts: WalkOptio
   };
   checkPointer(root, root);
 
+  /** Children of an internal node, in key order, limited to [begin, end). */
+  const childrenOf = (node: BtreeNode, item: Pending): Pending[] => {
+    const out: Pending[] = [];
+    for (let i = 0; i < node.nrEntries; i++) {
+      const lo = node.key(i);
+      const hi = i + 1 < node.nrEntries ? node.key(i + 1) : item.hi;
+      if (hi <= begin || lo >= end) continue;
+      const child = node.value64(i);
+      checkPointer(child, item.block);
+      out.push({ block: child, lo, hi, depth: item.depth + 1 });
+    }
+    return out;
+  };
+
+  // Collects up to `window` unread nodes in walk order (looking into internal
+  // nodes that are already in memory) and reads them in one batch.
   const fetch = () => {
     const items: Pending[] = [];
-    for (let i = stack.length - 1; i >= 0 && items.length < window; i--) if (!stack[i].p) items.push(stack[i]);
+    const visit = (it: Pending): void => {
+      if (items.length >= window) return;
+      if (!it.p) {
+        items.push(it);
+        return;
+      }
+      if (!it.data || it.depth + 1 >= MAX_DEPTH) return;
+      if (!it.children) {
+        if (it.data.u32(4) !== INTERNAL_NODE) return;
+        try {
+          it.children = childrenOf(new BtreeNode(it.data, opts.valueSize, ctx), it);
+        } catch {
+          return; // reported when the walk reaches the node
+        }
+      }
+      for (const c of it.children) {
+        if (items.length >= window) return;
+        visit(c);
+      }
+    };
+    for (let i = stack.length - 1; i >= 0 && items.length < window; i--) visit(stack[i]);
     if (items.length === 0) return;
     const batch = io.read(items.map((it) => it.block));
     batch.catch(() => {});
+    inFlight++;
+    batch.then(
+      () => inFlight--,
+      () => inFlight--,
+    );
     items.forEach((it, i) => {
-      it.p = batch.then((bs) => bs[i]);
+      it.p = batch.then((bs) => (it.data = bs[i]));
       it.p.catch(() => {}); // an abandoned walk must not leave an unhandled rejection
     });
-    loadedAhead += items.length;
   };
 
+  let sinceFetch = 0;
   while (stack.length > 0) {
     throwIfAborted(opts.signal);
     const top = stack[stack.length - 1];
-    if (!top.p || loadedAhead <= window / 2) fetch();
+    if (!top.p || (inFlight === 0 && sinceFetch >= window / 2)) {
+      fetch();
+      sinceFetch = 0;
+    }
     const item = stack.pop()!;
-    loadedAhead--;
-    const block = await item.p!;
+    sinceFetch++;
+    const block = item.data ?? (await item.p!);
     if (!seen.add(item.block)) {
       throw new MetadataError('cycle', `block ${item.block} is referenced twice in the ${describe(ctx)} (cycle or shared node)`, {
         block: item.block,
@@ -241,15 +302,9 @@ export async function* walkLeaves(io: BlockSource, root: number, opts: WalkOptio
         ...ctx,
       });
     }
-    // Push children last-to-first so the first child is on top.
-    for (let i = node.nrEntries - 1; i >= 0; i--) {
-      const lo = node.key(i);
-      const hi = i + 1 < node.nrEntries ? node.key(i + 1) : item.hi;
-      if (hi <= begin || lo >= end) continue;
-      const child = node.value64(i);
-      checkPointer(child, item.block);
-      stack.push({ block: child, lo, hi, depth: item.depth + 1 });
-    }
+    const children = item.children ?? childrenOf(node, item);
+    // Push last-to-first so the first child is on top.
+    for (let i = children.length - 1; i >= 0; i--) stack.push(children[i]);
   }
 }
 

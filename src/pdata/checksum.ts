@@ -29,14 +29,14 @@ export function typeName(t: number): string {
 
 /** What the stored checksum says the block is, or undefined if it matches no known type. */
 export function blockTypeOf(block: Block): number | undefined {
-  const stored = block.data.readUInt32LE(0);
+  const stored = block.u32(0);
   const x = (stored ^ block.crc) >>> 0;
   return TYPE_NAMES[x] !== undefined ? x : undefined;
 }
 
 /** Throws MetadataError('checksum' | 'block-type') unless the block is of the expected type. */
 export function verifyChecksum(block: Block, expected: BlockType, context: { tree?: string; devId?: number } = {}): void {
-  const stored = block.data.readUInt32LE(0);
+  const stored = block.u32(0);
   if (((block.crc ^ expected) >>> 0) === stored) return;
   const actual = blockTypeOf(block);
   const what = typeName(expected);

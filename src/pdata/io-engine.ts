@@ -9,12 +9,37 @@ import { native, NativeBlockReader } from '../native/binding';
 
 export const BLOCK_SIZE = 4096;
 
-/** One metadata block as read: its bytes and the raw CRC-32C of bytes [4, 4096). */
-export interface Block {
-  readonly nr: number;
-  readonly data: Buffer;
-  /** Raw CRC (seed ~0, no final inversion); stored csum = crc ^ type constant. */
-  readonly crc: number;
+/**
+ * One metadata block as read: a window on a batch buffer plus the raw CRC-32C
+ * of its bytes [4, 4096). Hot paths read `words` (a Uint32Array over the whole
+ * batch) at `base`; `data` makes a Buffer view only when asked.
+ */
+export class Block {
+  private view?: Buffer;
+  constructor(
+    readonly nr: number,
+    private readonly buf: Buffer,
+    private readonly offset: number,
+    /** Raw CRC (seed ~0, no final inversion); stored csum = crc ^ type constant. */
+    readonly crc: number,
+    /** Little-endian u32 words of the batch; this block starts at word `base`. */
+    readonly words: Uint32Array,
+  ) {}
+  get base(): number {
+    return this.offset >>> 2;
+  }
+  get data(): Buffer {
+    return (this.view ??= this.buf.subarray(this.offset, this.offset + BLOCK_SIZE));
+  }
+  /** u32 at byte offset `off` (a multiple of 4) of this block. */
+  u32(off: number): number {
+    return this.words[(this.offset + off) >>> 2];
+  }
+}
+
+if (new Uint8Array(new Uint32Array([1]).buffer)[0] !== 1) {
+  // Every on-disk integer is little-endian and the hot paths read them through Uint32Arrays.
+  throw new Error('dmthin supports little-endian hosts only');
 }
 
 export interface IoStats {
@@ -93,9 +118,9 @@ export class NativeBlockSource implements BlockSource {
     this.stats.blocksRead += blocks.length;
     const out: Block[] = new Array(blocks.length);
     const crcs = res.crcs!;
-    for (let i = 0; i < blocks.length; i++) {
-      out[i] = { nr: blocks[i], data: res.data.subarray(i * BLOCK_SIZE, (i + 1) * BLOCK_SIZE), crc: crcs[i] };
-    }
+    const d = res.data;
+    const words = new Uint32Array(d.buffer, d.byteOffset, d.length >>> 2);
+    for (let i = 0; i < blocks.length; i++) out[i] = new Block(blocks[i], d, i * BLOCK_SIZE, crcs[i], words);
     return out;
   }
 
@@ -123,10 +148,13 @@ export class MemoryBlockSource implements BlockSource {
     this.stats.batches++;
     this.stats.blocksRead += blocks.length;
     const crc32c = native().crc32c;
-    return blocks.map((nr) => {
-      // Copy, so callers can never alias (and so mutate) the image.
-      const data = Buffer.from(this.image.subarray(nr * BLOCK_SIZE, (nr + 1) * BLOCK_SIZE));
-      return { nr, data, crc: crc32c(data.subarray(4), 0xffffffff, true) >>> 0 };
+    // Copy, so callers can never alias (and so mutate) the image.
+    const d = Buffer.alloc(blocks.length * BLOCK_SIZE);
+    blocks.forEach((nr, i) => this.image.copy(d, i * BLOCK_SIZE, nr * BLOCK_SIZE, (nr + 1) * BLOCK_SIZE));
+    const words = new Uint32Array(d.buffer, d.byteOffset, d.length >>> 2);
+    return blocks.map((nr, i) => {
+      const crc = crc32c(d.subarray(i * BLOCK_SIZE + 4, (i + 1) * BLOCK_SIZE), 0xffffffff, true) >>> 0;
+      return new Block(nr, d, i * BLOCK_SIZE, crc, words);
     });
   }
 

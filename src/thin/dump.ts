@@ -6,9 +6,9 @@
  */
 import type { Writable } from 'node:stream';
 import { throwIfAborted } from '../errors';
-import { TextSink } from '../stream/text-sink';
+import { ByteSink } from '../stream/byte-sink';
 import type { DeviceDetails } from './device-details';
-import type { MappingRun } from './mappings';
+import type { RunBatch } from './mappings';
 import type { ThinMetadata } from './metadata';
 
 export type DumpFormat = 'xml' | 'human_readable' | 'json';
@@ -33,7 +33,7 @@ export interface DumpOptions {
 interface Emitter {
   begin(sb: SuperblockHeader): void;
   beginDevice(d: DeviceDetails): void;
-  runs(runs: MappingRun[]): void;
+  runs(runs: RunBatch): void;
   endDevice(): void;
   end(): void;
 }
@@ -50,67 +50,113 @@ interface SuperblockHeader {
   metadataSnap: number;
 }
 
+const L = ByteSink.lit;
+const X_SINGLE = L('    <single_mapping origin_block="');
+const X_DATA_BLOCK = L('" data_block="');
+const X_TIME = L('" time="');
+const X_CLOSE = L('"/>\n');
+const X_RANGE = L('    <range_mapping origin_begin="');
+const X_DATA_BEGIN = L('" data_begin="');
+const X_LENGTH = L('" length="');
+
 class XmlEmitter implements Emitter {
-  constructor(private readonly s: TextSink) {}
+  constructor(private readonly s: ByteSink) {}
   begin(sb: SuperblockHeader): void {
-    this.s.push(
+    this.s.str(
       `<superblock uuid="${sb.uuid}" time="${sb.time}" transaction="${sb.transaction}" flags="${sb.flags}" version="${sb.version}" data_block_size="${sb.dataBlockSize}" nr_data_blocks="${sb.nrDataBlocks}` +
         (sb.metadataSnap ? `" metadata_snap="${sb.metadataSnap}` : '') +
         '">\n',
     );
   }
   beginDevice(d: DeviceDetails): void {
-    this.s.push(
+    this.s.str(
       `  <device dev_id="${d.devId}" mapped_blocks="${d.mappedBlocks}" transaction="${d.transactionId}" creation_time="${d.creationTime}" snap_time="${d.snapshottedTime}">\n`,
     );
   }
-  runs(runs: MappingRun[]): void {
-    let out = '';
-    for (const r of runs) {
-      out +=
-        r.length === 1
-          ? `    <single_mapping origin_block="${r.originBegin}" data_block="${r.dataBegin}" time="${r.time}"/>\n`
-          : `    <range_mapping origin_begin="${r.originBegin}" data_begin="${r.dataBegin}" length="${r.length}" time="${r.time}"/>\n`;
+  runs(b: RunBatch): void {
+    const s = this.s;
+    for (let i = 0; i < b.count; i++) {
+      if (b.length[i] === 1) {
+        s.bytes(X_SINGLE);
+        s.uint(b.originBegin[i]);
+        s.bytes(X_DATA_BLOCK);
+        s.uint(b.dataBegin[i]);
+      } else {
+        s.bytes(X_RANGE);
+        s.uint(b.originBegin[i]);
+        s.bytes(X_DATA_BEGIN);
+        s.uint(b.dataBegin[i]);
+        s.bytes(X_LENGTH);
+        s.uint(b.length[i]);
+      }
+      s.bytes(X_TIME);
+      s.uint(b.time[i]);
+      s.bytes(X_CLOSE);
     }
-    this.s.push(out);
   }
   endDevice(): void {
-    this.s.push('  </device>\n');
+    this.s.str('  </device>\n');
   }
   end(): void {
-    this.s.push('</superblock>\n');
+    this.s.str('</superblock>\n');
   }
 }
 
+const H_INDENT = L('    ');
+const H_ARROW = L(' -> ');
+const H_COMMA = L(', ');
+const H_NL = L('\n');
+const H_OPEN = L('    (');
+const H_DOTS = L('..');
+const H_MID = L(') -> (');
+const H_CLOSE = L(')');
+
 class HumanEmitter implements Emitter {
-  constructor(private readonly s: TextSink) {}
+  constructor(private readonly s: ByteSink) {}
   begin(sb: SuperblockHeader): void {
-    this.s.push(
+    this.s.str(
       `begin superblock: "${sb.uuid}", ${sb.time}, ${sb.transaction}, ${sb.flags}, ${sb.version}, ${sb.dataBlockSize}, ${sb.nrDataBlocks}` +
         (sb.metadataSnap ? `, ${sb.metadataSnap}` : '') +
         '\n',
     );
   }
   beginDevice(d: DeviceDetails): void {
-    this.s.push(
+    this.s.str(
       `device: ${d.devId}\nmapped_blocks: ${d.mappedBlocks}\ntransaction: ${d.transactionId}\ncreation time: ${d.creationTime}\nsnap time: ${d.snapshottedTime}\n`,
     );
   }
-  runs(runs: MappingRun[]): void {
-    let out = '';
-    for (const r of runs) {
-      out +=
-        r.length === 1
-          ? `    ${r.originBegin} -> ${r.dataBegin}, ${r.time}\n`
-          : `    (${r.originBegin}..${r.originBegin + r.length - 1}) -> (${r.dataBegin}..${r.dataBegin + r.length - 1}), ${r.time}\n`;
+  runs(b: RunBatch): void {
+    const s = this.s;
+    for (let i = 0; i < b.count; i++) {
+      const o = b.originBegin[i];
+      const d = b.dataBegin[i];
+      const l = b.length[i];
+      if (l === 1) {
+        s.bytes(H_INDENT);
+        s.uint(o);
+        s.bytes(H_ARROW);
+        s.uint(d);
+      } else {
+        s.bytes(H_OPEN);
+        s.uint(o);
+        s.bytes(H_DOTS);
+        s.uint(o + l - 1);
+        s.bytes(H_MID);
+        s.uint(d);
+        s.bytes(H_DOTS);
+        s.uint(d + l - 1);
+        s.bytes(H_CLOSE);
+      }
+      s.bytes(H_COMMA);
+      s.uint(b.time[i]);
+      s.bytes(H_NL);
     }
-    this.s.push(out);
   }
   endDevice(): void {
-    this.s.push('\n');
+    this.s.str('\n');
   }
   end(): void {
-    this.s.push('end superblock\n');
+    this.s.str('end superblock\n');
   }
 }
 
@@ -118,7 +164,7 @@ class HumanEmitter implements Emitter {
 class JsonEmitter implements Emitter {
   private firstDevice = true;
   private firstRun = true;
-  constructor(private readonly s: TextSink) {}
+  constructor(private readonly s: ByteSink) {}
   begin(sb: SuperblockHeader): void {
     const head = {
       uuid: sb.uuid,
@@ -131,32 +177,30 @@ class JsonEmitter implements Emitter {
       ...(sb.metadataSnap ? { metadataSnap: sb.metadataSnap } : {}),
     };
     // u64 transaction ids are printed exactly (JSON numbers have no size limit).
-    this.s.push(`{"superblock":${JSON.stringify(head).replace('"@T@"', String(sb.transaction))},"devices":[`);
+    this.s.str(`{"superblock":${JSON.stringify(head).replace('"@T@"', String(sb.transaction))},"devices":[`);
   }
   beginDevice(d: DeviceDetails): void {
-    this.s.push(
+    this.s.str(
       `${this.firstDevice ? '' : ','}\n{"devId":${d.devId},"mappedBlocks":${d.mappedBlocks},"transaction":${d.transactionId},"creationTime":${d.creationTime},"snapTime":${d.snapshottedTime},"mappings":[`,
     );
     this.firstDevice = false;
     this.firstRun = true;
   }
-  runs(runs: MappingRun[]): void {
-    let out = '';
-    for (const r of runs) {
-      out += `${this.firstRun ? '\n' : ',\n'}{"originBegin":${r.originBegin},"dataBegin":${r.dataBegin},"length":${r.length},"time":${r.time}}`;
+  runs(b: RunBatch): void {
+    for (let i = 0; i < b.count; i++) {
+      this.s.str(`${this.firstRun ? '\n' : ',\n'}{"originBegin":${b.originBegin[i]},"dataBegin":${b.dataBegin[i]},"length":${b.length[i]},"time":${b.time[i]}}`);
       this.firstRun = false;
     }
-    this.s.push(out);
   }
   endDevice(): void {
-    this.s.push(']}');
+    this.s.str(']}');
   }
   end(): void {
-    this.s.push('\n]}\n');
+    this.s.str('\n]}\n');
   }
 }
 
-function makeEmitter(format: DumpFormat, s: TextSink): Emitter {
+function makeEmitter(format: DumpFormat, s: ByteSink): Emitter {
   switch (format) {
     case 'xml':
       return new XmlEmitter(s);
@@ -169,7 +213,7 @@ function makeEmitter(format: DumpFormat, s: TextSink): Emitter {
 
 /** Writes the dump to `out`. Resolves once everything is written (not ended). */
 export async function dump(md: ThinMetadata, out: Writable, opts: DumpOptions = {}): Promise<void> {
-  const sink = new TextSink(out);
+  const sink = new ByteSink(out);
   const e = makeEmitter(opts.format ?? 'xml', sink);
   const sb = md.superblock;
   const devices = await md.checkedDevices({ signal: opts.signal });
@@ -198,12 +242,12 @@ export async function dump(md: ThinMetadata, out: Writable, opts: DumpOptions = 
         onProgress: opts.onProgress ? (p) => opts.onProgress!({ mappings: base + p.mappings, total, devId: d.devId }) : undefined,
       })) {
         e.runs(runs);
-        await sink.flushIfFull();
+        await sink.maybeFlush();
       }
       done = base + d.mappedBlocks;
     }
     e.endDevice();
-    await sink.flushIfFull();
+    await sink.maybeFlush();
   }
   e.end();
   await sink.flush();

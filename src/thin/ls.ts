@@ -40,9 +40,11 @@ export async function deviceUsage(md: ThinMetadata, opts: UsageOptions = {}): Pr
   for (const d of devices) {
     for await (const batch of md.mappingBatches(d.devId, { signal: opts.signal })) {
       let n = 0;
-      for (const r of batch) {
-        for (let i = 0; i < r.length; i++) seen.mark(r.dataBegin + i);
-        n += r.length;
+      for (let k = 0; k < batch.count; k++) {
+        const d = batch.dataBegin[k];
+        const l = batch.length[k];
+        for (let i = 0; i < l; i++) seen.mark(d + i);
+        n += l;
       }
       progress(n);
     }
@@ -53,9 +55,11 @@ export async function deviceUsage(md: ThinMetadata, opts: UsageOptions = {}): Pr
     let excl = 0;
     for await (const batch of md.mappingBatches(d.devId, { signal: opts.signal })) {
       let n = 0;
-      for (const r of batch) {
-        for (let i = 0; i < r.length; i++) if (seen.once1(r.dataBegin + i)) excl++;
-        n += r.length;
+      for (let k = 0; k < batch.count; k++) {
+        const d = batch.dataBegin[k];
+        const l = batch.length[k];
+        for (let i = 0; i < l; i++) if (seen.once1(d + i)) excl++;
+        n += l;
       }
       progress(n);
     }

@@ -46,16 +46,42 @@ export const TIME_MASK = 0xffffff;
 
 /** Decodes entry i of a mapping leaf. */
 export function leafMapping(leaf: BtreeNode, i: number): Mapping {
-  const w = (leaf.valuesOffset >> 2) + 2 * i;
+  const w = leaf.base + (leaf.valuesOffset >> 2) + 2 * i;
   const lo = leaf.u32[w];
   return { dataBlock: leaf.u32[w + 1] * 256 + (lo >>> 24), time: lo & TIME_MASK };
 }
 
+/** Runs in struct-of-arrays form: cheap to produce and to format by the million. */
+export class RunBatch {
+  count = 0;
+  readonly originBegin: Float64Array;
+  readonly dataBegin: Float64Array;
+  readonly length: Float64Array;
+  readonly time: Uint32Array;
+  constructor(capacity: number) {
+    this.originBegin = new Float64Array(capacity);
+    this.dataBegin = new Float64Array(capacity);
+    this.length = new Float64Array(capacity);
+    this.time = new Uint32Array(capacity);
+  }
+  push(o: number, d: number, l: number, t: number): void {
+    const i = this.count++;
+    this.originBegin[i] = o;
+    this.dataBegin[i] = d;
+    this.length[i] = l;
+    this.time[i] = t;
+  }
+  run(i: number): MappingRun {
+    return { originBegin: this.originBegin[i], dataBegin: this.dataBegin[i], length: this.length[i], time: this.time[i] };
+  }
+}
+
 /**
- * Yields merged runs in batches (one array per leaf, roughly), which keeps
- * per-mapping overhead low for callers that format millions of them.
+ * Yields merged runs in batches (about one per leaf), so that callers
+ * formatting millions of runs pay no per-run allocation. The same batch object
+ * is reused: it is valid until the consumer asks for the next one.
  */
-export async function* mappingRunBatches(io: BlockSource, root: number, opts: MappingWalkOptions): AsyncGenerator<MappingRun[]> {
+export async function* mappingRunBatches(io: BlockSource, root: number, opts: MappingWalkOptions): AsyncGenerator<RunBatch> {
   const { nrDataBlocks, devId } = opts;
   const begin = opts.begin ?? 0;
   const end = opts.end ?? Infinity;
@@ -65,6 +91,7 @@ export async function* mappingRunBatches(io: BlockSource, root: number, opts: Ma
   let time = 0;
   let total = 0;
   let nodes = 0;
+  const batch = new RunBatch(256);
   for await (const leaf of walkLeaves(io, root, {
     tree: 'mapping',
     devId,
@@ -75,14 +102,17 @@ export async function* mappingRunBatches(io: BlockSource, root: number, opts: Ma
     end,
     onNode: () => nodes++,
   })) {
-    const out: MappingRun[] = [];
-    const u32 = leaf.u32;
-    const vbase = leaf.valuesOffset >> 2;
     const n = leaf.nrEntries;
+    // One batch object per walk, refilled per leaf: valid until the next iteration.
+    const out = batch;
+    out.count = 0;
+    const u32 = leaf.u32;
+    const kbase = leaf.base + 8;
+    const vbase = leaf.base + (leaf.valuesOffset >> 2);
     for (let i = 0; i < n; i++) {
-      const khi = u32[9 + 2 * i];
+      const khi = u32[kbase + 1 + 2 * i];
       if (khi >= 2 ** 21) leaf.key(i); // throws the typed error
-      const key = u32[8 + 2 * i] + khi * 4294967296;
+      const key = u32[kbase + 2 * i] + khi * 4294967296;
       if (key < begin || key >= end) continue;
       const lo = u32[vbase + 2 * i];
       const data = u32[vbase + 2 * i + 1] * 256 + (lo >>> 24);
@@ -97,7 +127,7 @@ export async function* mappingRunBatches(io: BlockSource, root: number, opts: Ma
       if (oBegin >= 0 && key === oBegin + len && data === dBegin + len && t === time) {
         len++;
       } else {
-        if (oBegin >= 0) out.push({ originBegin: oBegin, dataBegin: dBegin, length: len, time });
+        if (oBegin >= 0) out.push(oBegin, dBegin, len, time);
         oBegin = key;
         dBegin = data;
         len = 1;
@@ -106,7 +136,11 @@ export async function* mappingRunBatches(io: BlockSource, root: number, opts: Ma
     }
     total += n;
     opts.onProgress?.({ mappings: total, nodes });
-    if (out.length) yield out;
+    if (out.count) yield out;
   }
-  if (oBegin >= 0) yield [{ originBegin: oBegin, dataBegin: dBegin, length: len, time }];
+  if (oBegin >= 0) {
+    batch.count = 0;
+    batch.push(oBegin, dBegin, len, time);
+    yield batch;
+  }
 }

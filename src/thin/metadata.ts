@@ -11,7 +11,7 @@ import { lookup as btreeLookup, walkLeaves } from '../pdata/btree';
 import { BlockSource, MemoryBlockSource, NativeBlockSource, OpenOptions } from '../pdata/io-engine';
 import { SpaceMap, SpaceMapKind } from '../pdata/space-map';
 import { DeviceDetails, DEVICE_DETAILS_SIZE, parseDeviceDetails } from './device-details';
-import { Mapping, MappingRun, mappingRunBatches, WalkProgress, leafMapping } from './mappings';
+import { Mapping, MappingRun, mappingRunBatches, RunBatch, WalkProgress, leafMapping } from './mappings';
 import { parseSuperblock, Superblock } from './superblock';
 
 export interface ThinMetadataOptions extends OpenOptions {
@@ -200,7 +200,7 @@ export class ThinMetadata implements AsyncDisposable {
   }
 
   /** Merged mapping runs of one device, in batches (fast path for formatters). */
-  async *mappingBatches(devId: number, opts: WalkOptions = {}): AsyncGenerator<MappingRun[]> {
+  async *mappingBatches(devId: number, opts: WalkOptions = {}): AsyncGenerator<RunBatch> {
     this.check();
     const root = await this.rootOf(devId);
     yield* mappingRunBatches(this.io, root, {
@@ -213,7 +213,7 @@ export class ThinMetadata implements AsyncDisposable {
 
   /** Merged mapping runs `{ originBegin, dataBegin, length, time }` of one device, in virtual-block order. */
   async *mappings(devId: number, opts: WalkOptions = {}): AsyncGenerator<MappingRun> {
-    for await (const batch of this.mappingBatches(devId, opts)) yield* batch;
+    for await (const batch of this.mappingBatches(devId, opts)) for (let i = 0; i < batch.count; i++) yield batch.run(i);
   }
 
   /** Where one virtual block of a device is mapped, or null. */

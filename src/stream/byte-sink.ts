@@ -1,0 +1,81 @@
+/**
+ * A byte-level output buffer for formatters that print millions of lines:
+ * literal parts are pre-encoded, integers are written digit by digit, and
+ * full chunks go to the Writable with backpressure. No per-line strings, so
+ * no garbage to collect.
+ */
+import type { Writable } from 'node:stream';
+import { once } from 'node:events';
+
+const CHUNK = 1 << 18;
+
+export class ByteSink {
+  private buf = Buffer.allocUnsafe(CHUNK);
+  private pos = 0;
+  private readonly digits = new Uint8Array(24);
+
+  constructor(private readonly out: Writable) {}
+
+  /** Pre-encode a literal once, write it many times. */
+  static lit(s: string): Buffer {
+    return Buffer.from(s, 'latin1');
+  }
+
+  /** Room for at least n more bytes (flushes synchronously into the stream's queue). */
+  private ensure(n: number): void {
+    if (this.pos + n <= this.buf.length) return;
+    this.queue();
+    if (n > this.buf.length) this.buf = Buffer.allocUnsafe(n);
+  }
+
+  private queue(): void {
+    if (this.pos === 0) return;
+    this.out.write(this.buf.subarray(0, this.pos));
+    this.buf = Buffer.allocUnsafe(Math.max(CHUNK, this.buf.length));
+    this.pos = 0;
+  }
+
+  bytes(b: Buffer): void {
+    this.ensure(b.length);
+    b.copy(this.buf, this.pos);
+    this.pos += b.length;
+  }
+
+  str(s: string): void {
+    const n = Buffer.byteLength(s);
+    this.ensure(n);
+    this.pos += this.buf.write(s, this.pos);
+  }
+
+  /** A non-negative safe integer in decimal. */
+  uint(v: number): void {
+    this.ensure(20);
+    if (v < 10) {
+      this.buf[this.pos++] = 48 + v;
+      return;
+    }
+    let i = 0;
+    while (v > 0) {
+      const q = Math.floor(v / 10);
+      this.digits[i++] = 48 + (v - q * 10);
+      v = q;
+    }
+    while (i > 0) this.buf[this.pos++] = this.digits[--i];
+  }
+
+  /** Hands full chunks to the stream; waits if the stream asks us to. */
+  async maybeFlush(): Promise<void> {
+    if (this.pos < CHUNK - 4096) return;
+    const s = this.out;
+    this.queue();
+    if (s.writableNeedDrain) {
+      if (s.destroyed) throw new Error('output stream closed');
+      await once(s, 'drain');
+    }
+  }
+
+  async flush(): Promise<void> {
+    this.queue();
+    if (this.out.writableNeedDrain) await once(this.out, 'drain');
+  }
+}

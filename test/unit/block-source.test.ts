@@ -1,0 +1,132 @@
+/**
+ * One contract, two backends (the serialport pattern): the in-memory source
+ * and the native O_DIRECT reader must behave the same.
+ */
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { BlockSource, MemoryBlockSource, NativeBlockSource } from '../../src/pdata/io-engine';
+import { native } from '../../src/native/binding';
+
+const NBLOCKS = 64;
+function image(): Buffer {
+  const b = Buffer.alloc(NBLOCKS * 4096);
+  for (let i = 0; i < NBLOCKS; i++) {
+    b.writeUInt32LE(i * 7 + 1, i * 4096 + 100);
+    b.fill(i & 0xff, i * 4096 + 200, i * 4096 + 300);
+  }
+  return b;
+}
+
+let dir: string;
+beforeAll(() => {
+  dir = mkdtempSync(join(tmpdir(), 'dmthin-bs-'));
+  writeFileSync(join(dir, 'img'), image());
+});
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+const backends: [string, () => Promise<BlockSource>][] = [
+  ['memory', async () => new MemoryBlockSource(image())],
+  ['native', async () => NativeBlockSource.open(join(dir, 'img'))],
+];
+
+describe.each(backends)('%s block source', (_name, make) => {
+  let src: BlockSource;
+  beforeEach(async () => {
+    src = await make();
+  });
+  afterEach(() => src.close());
+
+  test('size', () => {
+    expect(src.sizeBytes).toBe(NBLOCKS * 4096);
+  });
+
+  test('returns blocks in request order, with duplicates and gaps', async () => {
+    const want = [5, 3, 4, 5, 63, 0, 20, 21, 30];
+    const blocks = await src.read(want);
+    expect(blocks.map((b) => b.nr)).toEqual(want);
+    for (const b of blocks) {
+      expect(b.data.length).toBe(4096);
+      expect(b.data.readUInt32LE(100)).toBe(b.nr * 7 + 1);
+      expect(b.u32(100)).toBe(b.nr * 7 + 1);
+      expect(b.data[250]).toBe(b.nr & 0xff);
+      // The CRC handed back is the raw CRC of bytes [4, 4096).
+      expect(b.crc).toBe(native().crc32c(b.data.subarray(4), 0xffffffff, true) >>> 0);
+    }
+  });
+
+  test('an empty batch', async () => {
+    expect(await src.read([])).toEqual([]);
+  });
+
+  test('a block past the end is a typed truncation error', async () => {
+    await expect(src.read([1, NBLOCKS])).rejects.toMatchObject({ kind: 'truncated', code: 'EUCLEAN', block: NBLOCKS });
+  });
+
+  test('bad block numbers are rejected', async () => {
+    await expect(src.read([-1])).rejects.toMatchObject({ code: 'EINVAL' });
+    await expect(src.read([1.5])).rejects.toMatchObject({ code: 'EINVAL' });
+  });
+
+  test('large batches (coalesced runs and scattered reads)', async () => {
+    const want: number[] = [];
+    for (let i = 0; i < 1000; i++) want.push((i * 37) % NBLOCKS);
+    const blocks = await src.read(want);
+    blocks.forEach((b, i) => expect(b.data.readUInt32LE(100)).toBe(want[i] * 7 + 1));
+  });
+});
+
+describe('native reader', () => {
+  test('opens read-only with O_DIRECT and reports a Node-shaped error for a missing file', async () => {
+    const s = await NativeBlockSource.open(join(dir, 'img'));
+    expect(s.direct).toBe(true);
+    expect(s.blockDevice).toBe(false);
+    await s.close();
+    await expect(NativeBlockSource.open(join(dir, 'nope'))).rejects.toMatchObject({
+      code: 'ENOENT',
+      errno: -2,
+      syscall: 'stat',
+      path: join(dir, 'nope'),
+    });
+  });
+
+  test('reads after close fail with EBADF', async () => {
+    const s = await NativeBlockSource.open(join(dir, 'img'));
+    await s.close();
+    await expect(s.read([0])).rejects.toMatchObject({ code: 'EBADF' });
+  });
+
+  test('close while reads are in flight lets them finish', async () => {
+    const s = await NativeBlockSource.open(join(dir, 'img'));
+    const p = s.read([1, 2, 3]);
+    await s.close();
+    const blocks = await p;
+    expect(blocks[2].data.readUInt32LE(100)).toBe(3 * 7 + 1);
+  });
+
+  test('refuses directories', async () => {
+    await expect(NativeBlockSource.open(dir)).rejects.toMatchObject({ code: 'EINVAL' });
+  });
+
+  test('the descriptor is O_RDONLY | O_DIRECT (checked in /proc/self/fdinfo)', async () => {
+    const { readdirSync, readlinkSync, readFileSync } = await import('node:fs');
+    const p = join(dir, 'img');
+    const s = await NativeBlockSource.open(p);
+    try {
+      const fds = readdirSync('/proc/self/fd').filter((fd) => {
+        try {
+          return readlinkSync(`/proc/self/fd/${fd}`) === p;
+        } catch {
+          return false;
+        }
+      });
+      expect(fds.length).toBe(1);
+      const flags = parseInt(/flags:\s+([0-7]+)/.exec(readFileSync(`/proc/self/fdinfo/${fds[0]}`, 'utf8'))![1], 8);
+      expect(flags & 0o3).toBe(0); // O_ACCMODE == O_RDONLY
+      expect(flags & 0o40000).toBe(0o40000); // O_DIRECT
+    } finally {
+      await s.close();
+    }
+  });
+});
+});

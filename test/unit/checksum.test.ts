@@ -1,0 +1,66 @@
+import { native } from '../../src/native/binding';
+import { BlockType, blockChecksum, crc32c, verifyChecksum, blockTypeOf } from '../../src/pdata/checksum';
+import { MemoryBlockSource } from '../../src/pdata/io-engine';
+import { MetadataError } from '../../src/errors';
+
+// Vectors from ../shared/docs/thin-metadata.md §1, verified there against real blocks.
+describe('CRC-32C', () => {
+  test('standard check value', () => {
+    expect(crc32c(Buffer.from('123456789'))).toBe(0xe3069283);
+  });
+
+  test('hardware and table paths agree on random data', () => {
+    const n = native();
+    for (let len = 0; len < 300; len += 7) {
+      const b = Buffer.alloc(len);
+      for (let i = 0; i < len; i++) b[i] = (i * 131 + len) & 0xff;
+      expect(n.crc32c(b) >>> 0).toBe(n.crc32cTable(b) >>> 0);
+    }
+  });
+
+  test.each([
+    [BlockType.Superblock, 0x58cfd397],
+    [BlockType.BtreeNode, 0x58cc7e82],
+    [BlockType.Bitmap, 0x58ce0b1a],
+    [BlockType.MetadataIndex, 0x58cfd54f],
+  ])('zero block checksum for type %i', (type, want) => {
+    expect(blockChecksum(Buffer.alloc(4096), type)).toBe(want);
+  });
+});
+
+describe('block type by checksum', () => {
+  async function blockWith(type: BlockType) {
+    const b = Buffer.alloc(4096);
+    b.fill(7, 100, 200);
+    b.writeUInt32LE(blockChecksum(b, type), 0);
+    const [blk] = await new MemoryBlockSource(b).read([0]);
+    return blk;
+  }
+
+  test('accepts the expected type', async () => {
+    const blk = await blockWith(BlockType.BtreeNode);
+    expect(() => verifyChecksum(blk, BlockType.BtreeNode)).not.toThrow();
+  });
+
+  test('names the real type when another one was expected', async () => {
+    const blk = await blockWith(BlockType.Bitmap);
+    expect(blockTypeOf(blk)).toBe(BlockType.Bitmap);
+    try {
+      verifyChecksum(blk, BlockType.BtreeNode);
+      throw new Error('no error');
+    } catch (e) {
+      expect(e).toBeInstanceOf(MetadataError);
+      expect((e as MetadataError).kind).toBe('block-type');
+      expect((e as MetadataError).code).toBe('EILSEQ');
+      expect((e as Error).message).toMatch(/found a space-map bitmap/);
+    }
+  });
+
+  test('a flipped byte is a checksum error', async () => {
+    const b = Buffer.alloc(4096);
+    b.writeUInt32LE(blockChecksum(b, BlockType.BtreeNode), 0);
+    b[1000] ^= 1;
+    const [blk] = await new MemoryBlockSource(b).read([0]);
+    expect(() => verifyChecksum(blk, BlockType.BtreeNode)).toThrow(expect.objectContaining({ kind: 'checksum', code: 'EILSEQ', block: 0 }));
+  });
+});
