@@ -1,0 +1,194 @@
+import fc from 'fast-check';
+import { lookup, walkLeaves, BtreeNode } from '../../src/pdata/btree';
+import { MemoryBlockSource } from '../../src/pdata/io-engine';
+import { MetadataError } from '../../src/errors';
+import { BlockType } from '../../src/pdata/checksum';
+import { buildTree, ImageBuilder, u64, writeNode } from './tree-builder';
+
+async function allKeys(img: ImageBuilder, root: number, opts: Partial<Parameters<typeof walkLeaves>[2]> = {}) {
+  const src = new MemoryBlockSource(img.image);
+  const keys: number[] = [];
+  for await (const leaf of walkLeaves(src, root, { tree: 'test', valueSize: 8, nrMetadataBlocks: img.nrBlocks, window: 7, ...opts })) {
+    for (let i = 0; i < leaf.nrEntries; i++) keys.push(leaf.key(i));
+  }
+  return { keys, src };
+}
+
+function entries(keys: number[]) {
+  return keys.map((k) => ({ key: BigInt(k), value: u64(k * 3) }));
+}
+
+describe('walkLeaves', () => {
+  test('property: yields every key in order, whatever the shape (small leaves and fan-out force depth)', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.uniqueArray(fc.integer({ min: 0, max: 1e9 }), { maxLength: 400 }),
+        fc.integer({ min: 1, max: 20 }),
+        fc.integer({ min: 2, max: 6 }),
+        async (raw, perLeaf, fanout) => {
+          const keys = [...raw].sort((a, b) => a - b);
+          const img = new ImageBuilder(1200);
+          const root = buildTree(img, entries(keys), 8, perLeaf, fanout);
+          const { keys: got } = await allKeys(img, root);
+          expect(got).toEqual(keys);
+        },
+      ),
+      { numRuns: 60 },
+    );
+  });
+
+  test('lookup finds present keys and not absent ones', async () => {
+    const keys = Array.from({ length: 3000 }, (_, i) => i * 5);
+    const img = new ImageBuilder(500);
+    const root = buildTree(img, entries(keys), 8, 10, 4);
+    const src = new MemoryBlockSource(img.image);
+    const opts = { tree: 'test', valueSize: 8, nrMetadataBlocks: img.nrBlocks };
+    for (const k of [0, 5, 14995, 7770]) {
+      const hit = await lookup(src, root, k, opts);
+      expect(hit && hit.node.value64(hit.index)).toBe(k * 3);
+    }
+    for (const k of [1, 14996, 1e12]) expect(await lookup(src, root, k, opts)).toBeUndefined();
+  });
+
+  test('the range option visits only subtrees that can hold keys in [begin, end)', async () => {
+    const keys = Array.from({ length: 5000 }, (_, i) => i);
+    const img = new ImageBuilder(700);
+    const root = buildTree(img, entries(keys), 8, 10, 4);
+    const { keys: got, src } = await allKeys(img, root, { begin: 2000, end: 2100 });
+    expect(got.filter((k) => k >= 2000 && k < 2100)).toHaveLength(100);
+    expect(src.stats.blocksRead).toBeLessThan(40);
+  });
+
+  async function expectCorruption(img: ImageBuilder, root: number, kind: string) {
+    const err = await allKeys(img, root).then(
+      () => undefined,
+      (e) => e,
+    );
+    expect(err).toBeInstanceOf(MetadataError);
+    expect((err as MetadataError).kind).toBe(kind);
+    return err as MetadataError;
+  }
+
+  test('a child pointing back at its parent is a cycle', async () => {
+    const img = new ImageBuilder(50);
+    const leaf = img.alloc();
+    writeNode(img, leaf, true, [1n, 2n], [u64(1), u64(2)], 8);
+    const root = img.alloc();
+    writeNode(img, root, false, [0n, 10n], [u64(leaf), u64(root)], 8);
+    const e = await expectCorruption(img, root, 'cycle');
+    expect(e.block).toBe(root);
+  });
+
+  test('a self-referencing chain deeper than any real tree stops at the depth cap', async () => {
+    const img = new ImageBuilder(50);
+    let child = img.alloc();
+    writeNode(img, child, true, [5n], [u64(1)], 8);
+    for (let i = 0; i < 20; i++) {
+      const p = img.alloc();
+      writeNode(img, p, false, [0n], [u64(child)], 8);
+      child = p;
+    }
+    await expectCorruption(img, child, 'depth');
+  });
+
+  test('the same leaf twice under one parent is a double reference', async () => {
+    const img = new ImageBuilder(50);
+    const leaf = img.alloc();
+    writeNode(img, leaf, true, [1n], [u64(1)], 8);
+    const root = img.alloc();
+    writeNode(img, root, false, [0n, 10n], [u64(leaf), u64(leaf)], 8);
+    await expectCorruption(img, root, 'cycle');
+  });
+
+  test('keys outside the parent range', async () => {
+    const img = new ImageBuilder(50);
+    const a = img.alloc();
+    const b = img.alloc();
+    writeNode(img, a, true, [1n, 50n], [u64(1), u64(2)], 8); // 50 belongs to the second child
+    writeNode(img, b, true, [20n], [u64(3)], 8);
+    const root = img.alloc();
+    writeNode(img, root, false, [0n, 10n], [u64(a), u64(b)], 8);
+    const e = await expectCorruption(img, root, 'key-range');
+    expect(e.block).toBe(a);
+  });
+
+  test('unsorted keys', async () => {
+    const img = new ImageBuilder(10);
+    const r = img.alloc();
+    writeNode(img, r, true, [5n, 4n], [u64(1), u64(2)], 8);
+    await expectCorruption(img, r, 'key-order');
+  });
+
+  test('unbalanced tree', async () => {
+    const img = new ImageBuilder(20);
+    const l1 = img.alloc();
+    writeNode(img, l1, true, [1n], [u64(1)], 8);
+    const l2 = img.alloc();
+    writeNode(img, l2, true, [20n], [u64(1)], 8);
+    const mid = img.alloc();
+    writeNode(img, mid, false, [20n], [u64(l2)], 8);
+    const root = img.alloc();
+    writeNode(img, root, false, [0n, 20n], [u64(l1), u64(mid)], 8);
+    await expectCorruption(img, root, 'depth');
+  });
+
+  test('pointer beyond the metadata device', async () => {
+    const img = new ImageBuilder(10);
+    const root = img.alloc();
+    writeNode(img, root, false, [0n], [u64(999)], 8);
+    await expectCorruption(img, root, 'block-range');
+  });
+
+  test('wrong value size, flags, max_entries, nr_entries, blocknr', async () => {
+    const cases: [string, (b: Buffer) => void][] = [
+      ['value-size', (b) => b.writeUInt32LE(16, 24)],
+      ['node-flags', (b) => b.writeUInt32LE(3, 4)],
+      ['max-entries', (b) => b.writeUInt32LE(250, 20)],
+      ['nr-entries', (b) => b.writeUInt32LE(253, 16)],
+      ['blocknr', (b) => b.writeUInt32LE(7, 8)],
+    ];
+    for (const [kind, mut] of cases) {
+      const img = new ImageBuilder(10);
+      const r = img.alloc();
+      writeNode(img, r, true, [1n], [u64(1)], 8);
+      mut(img.block(r));
+      img.seal(r, BlockType.BtreeNode);
+      await expectCorruption(img, r, kind);
+    }
+  });
+
+  test('property: any single-byte change to any node, checksum fixed or not, gives a typed error or a valid walk', async () => {
+    const keys = Array.from({ length: 600 }, (_, i) => i * 2);
+    const base = new ImageBuilder(200);
+    const root = buildTree(base, entries(keys), 8, 20, 5);
+    const used = base.next;
+    await fc.assert(
+      fc.asyncProperty(
+        fc.integer({ min: 1, max: used - 1 }),
+        fc.integer({ min: 4, max: 4095 }),
+        fc.integer({ min: 1, max: 255 }),
+        fc.boolean(),
+        async (blk, off, x, fix) => {
+          const img = new ImageBuilder(200);
+          base.image.copy(img.image);
+          img.block(blk)[off] ^= x;
+          if (fix) img.seal(blk, BlockType.BtreeNode);
+          try {
+            await allKeys(img, root);
+          } catch (e) {
+            expect(e).toBeInstanceOf(MetadataError);
+          }
+        },
+      ),
+      { numRuns: 300 },
+    );
+  });
+});
+
+test('BtreeNode rejects a bitmap block where a node is expected', async () => {
+  const img = new ImageBuilder(4);
+  img.block(1).writeBigUInt64LE(1n, 8);
+  img.seal(1, BlockType.Bitmap);
+  const [b] = await new MemoryBlockSource(img.image).read([1]);
+  expect(() => new BtreeNode(b, 8, { tree: 'x' })).toThrow(expect.objectContaining({ kind: 'block-type' }));
+});

@@ -1,0 +1,81 @@
+/**
+ * Test-only writer of persistent-data btrees into an in-memory image, written
+ * from the format description (docs §3), independent of the reader under test.
+ */
+import { BlockType, blockChecksum } from '../../src/pdata/checksum';
+
+export class ImageBuilder {
+  readonly image: Buffer;
+  next = 1;
+  constructor(readonly nrBlocks: number) {
+    this.image = Buffer.alloc(nrBlocks * 4096);
+  }
+  alloc(): number {
+    return this.next++;
+  }
+  block(n: number): Buffer {
+    return this.image.subarray(n * 4096, (n + 1) * 4096);
+  }
+  seal(n: number, type: BlockType): void {
+    const b = this.block(n);
+    b.writeUInt32LE(blockChecksum(b, type), 0);
+  }
+}
+
+export function maxEntries(vs: number): number {
+  const n = Math.floor(4064 / (8 + vs));
+  return n - (n % 3);
+}
+
+export function writeNode(img: ImageBuilder, nr: number, leaf: boolean, keys: bigint[], values: Buffer[], valueSize: number): void {
+  const b = img.block(nr);
+  b.fill(0);
+  const max = maxEntries(valueSize);
+  b.writeUInt32LE(leaf ? 2 : 1, 4);
+  b.writeBigUInt64LE(BigInt(nr), 8);
+  b.writeUInt32LE(keys.length, 16);
+  b.writeUInt32LE(max, 20);
+  b.writeUInt32LE(valueSize, 24);
+  keys.forEach((k, i) => b.writeBigUInt64LE(k, 32 + 8 * i));
+  values.forEach((v, i) => v.copy(b, 32 + 8 * max + valueSize * i));
+  img.seal(nr, BlockType.BtreeNode);
+}
+
+export function u64(v: bigint | number): Buffer {
+  const b = Buffer.alloc(8);
+  b.writeBigUInt64LE(BigInt(v));
+  return b;
+}
+
+/** Builds a balanced tree bottom-up with `perLeaf` entries per leaf and `fanout` children per internal node. */
+export function buildTree(
+  img: ImageBuilder,
+  entries: { key: bigint; value: Buffer }[],
+  valueSize: number,
+  perLeaf = maxEntries(valueSize),
+  fanout = 252,
+): number {
+  let level: { nr: number; first: bigint }[] = [];
+  if (entries.length === 0) {
+    const nr = img.alloc();
+    writeNode(img, nr, true, [], [], valueSize);
+    return nr;
+  }
+  for (let i = 0; i < entries.length; i += perLeaf) {
+    const chunk = entries.slice(i, i + perLeaf);
+    const nr = img.alloc();
+    writeNode(img, nr, true, chunk.map((e) => e.key), chunk.map((e) => e.value), valueSize);
+    level.push({ nr, first: chunk[0].key });
+  }
+  while (level.length > 1) {
+    const up: { nr: number; first: bigint }[] = [];
+    for (let i = 0; i < level.length; i += fanout) {
+      const chunk = level.slice(i, i + fanout);
+      const nr = img.alloc();
+      writeNode(img, nr, false, chunk.map((c) => c.first), chunk.map((c) => u64(c.nr)), 8);
+      up.push({ nr, first: chunk[0].first });
+    }
+    level = up;
+  }
+  return level[0].nr;
+}
