@@ -1,0 +1,23 @@
+/**
+ * dmthin: Linux device-mapper thin provisioning for Node.js.
+ */
+export * from './errors';
+export * from './units';
+export { BLOCK_SIZE, Block, MemoryBlockSource, NativeBlockSource } from './pdata/io-engine';
+export type { BlockSource, IoStats, OpenOptions } from './pdata/io-engine';
+export { BlockType, blockTypeOf, crc32c, blockChecksum, verifyChecksum } from './pdata/checksum';
+export { BtreeNode, walkLeaves, lookup as btreeLookup, maxEntriesFor } from './pdata/btree';
+export type { WalkOptions as BtreeWalkOptions, TreeContext } from './pdata/btree';
+export { SpaceMap, bitmapEntry, ENTRIES_PER_BITMAP } from './pdata/space-map';
+export type { SpaceMapRoot, SpaceMapKind, IndexEntry } from './pdata/space-map';
+export { parseSuperblock, THIN_SUPERBLOCK_MAGIC } from './thin/superblock';
+export type { Superblock } from './thin/superblock';
+export type { DeviceDetails } from './thin/device-details';
+export { RunBatch } from './thin/mappings';
+export type { Mapping, MappingRun, WalkProgress } from './thin/mappings';
+export { ThinMetadata } from './thin/metadata';
+export type { ThinMetadataOptions, WalkOptions } from './thin/metadata';
+export { dump } from './thin/dump';
+export type { DumpFormat, DumpOptions, DumpProgress } from './thin/dump';
+export { deviceUsage, formatLsTable, lsJson, parseLsFields, LS_FIELDS, DEFAULT_LS_FIELDS, formatDiskUnit } from './thin/ls';
+export type { DeviceUsage, UsageOptions, LsField } from './thin/ls';
