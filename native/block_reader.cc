@@ -23,7 +23,9 @@ namespace {
 
 constexpr size_t kAlign = 4096;
 constexpr uint64_t kMaxBatchBytes = 1ull << 30;  // one call never allocates more than 1 GiB
-constexpr uint64_t kMaxGapBlocks = 8;            // read small holes instead of seeking
+constexpr uint64_t kMaxGapBytes = 32 << 10;      // read small holes instead of seeking
+constexpr uint64_t kPieceBytes = 256 << 10;      // longest single preadv
+constexpr size_t kMaxThreads = 4;                // requests kept in flight per batch
 #ifndef IOV_MAX
 #define IOV_MAX 1024
 #endif
@@ -182,11 +184,15 @@ class ReadWorker : public Napi::AsyncWorker {
 
     // Coalesce: blocks at most kMaxGapBlocks apart go in one preadv; the holes
     // land in a scratch buffer. Duplicate requests are read once and copied.
+    // Long runs are cut into pieces so that several threads stream them at
+    // once: a virtio or NVMe device delivers more with a few requests queued.
+    const uint64_t max_gap = kMaxGapBytes / block_size_;
+    const uint64_t piece = std::max<uint64_t>(1, kPieceBytes / block_size_);
     std::vector<Run> runs;
     size_t start = 0;
     for (size_t i = 1; i <= n_; i++) {
-      bool split = i == n_ || reqs_[i].block - reqs_[i - 1].block > kMaxGapBlocks + 1 ||
-                   reqs_[i].block - reqs_[start].block >= IOV_MAX / 2;
+      bool split = i == n_ || reqs_[i].block - reqs_[i - 1].block > max_gap + 1 ||
+                   (reqs_[i].block != reqs_[i - 1].block && reqs_[i].block - reqs_[start].block >= piece);
       if (split) {
         runs.push_back({start, i});
         start = i;
@@ -194,7 +200,7 @@ class ReadWorker : public Napi::AsyncWorker {
     }
 
     // Random reads need several in flight to use the device; a few threads do that.
-    unsigned nthreads = runs.size() >= 16 ? 4 : runs.size() >= 4 ? 2 : 1;
+    unsigned nthreads = static_cast<unsigned>(std::min<size_t>(kMaxThreads, runs.size()));
     std::atomic<size_t> next{0};
     std::vector<SysFailure> fails(nthreads);
     auto work = [&](unsigned t) {

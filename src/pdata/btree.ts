@@ -98,9 +98,15 @@ export class BtreeNode {
 
   /** Checks keys are strictly increasing and inside [lo, hi). */
   checkKeys(lo: number, hi: number, ctx: TreeContext): void {
+    const n = this.nrEntries;
+    if (n === 0) return;
+    const w = this.u32;
+    const kb = this.base + 8;
     let prev = -1;
-    for (let i = 0; i < this.nrEntries; i++) {
-      const k = this.key(i);
+    for (let i = 0; i < n; i++) {
+      const khi = w[kb + 2 * i + 1];
+      if (khi >= MAX_HI) this.key(i); // throws the typed error
+      const k = w[kb + 2 * i] + khi * TWO32;
       if (k <= prev) {
         throw new MetadataError('key-order', `keys out of order: ${k} after ${prev} (block ${this.nr}, ${describe(ctx)})`, {
           block: this.nr,
@@ -109,16 +115,13 @@ export class BtreeNode {
       }
       prev = k;
     }
-    if (this.nrEntries > 0) {
-      const first = this.key(0);
-      const last = prev;
-      if (first < lo || last >= hi) {
-        throw new MetadataError(
-          'key-range',
-          `keys ${first}..${last} lie outside the range [${lo}, ${hi === Infinity ? '-' : hi}) its parent gives (block ${this.nr}, ${describe(ctx)})`,
-          { block: this.nr, ...ctx },
-        );
-      }
+    const first = this.key(0);
+    if (first < lo || prev >= hi) {
+      throw new MetadataError(
+        'key-range',
+        `keys ${first}..${prev} lie outside the range [${lo}, ${hi === Infinity ? '-' : hi}) its parent gives (block ${this.nr}, ${describe(ctx)})`,
+        { block: this.nr, ...ctx },
+      );
     }
   }
 }
@@ -260,7 +263,7 @@ export async function* walkLeaves(io: BlockSource, root: number, opts: WalkOptio
   while (stack.length > 0) {
     throwIfAborted(opts.signal);
     const top = stack[stack.length - 1];
-    if (!top.p || (inFlight === 0 && sinceFetch >= window / 2)) {
+    if (!top.p || (inFlight < 2 && sinceFetch >= window / 2)) {
       fetch();
       sinceFetch = 0;
     }

@@ -17,8 +17,8 @@ export class ByteSink {
   constructor(private readonly out: Writable) {}
 
   /** Pre-encode a literal once, write it many times. */
-  static lit(s: string): Buffer {
-    return Buffer.from(s, 'latin1');
+  static lit(s: string): Uint8Array {
+    return Uint8Array.from(Buffer.from(s, 'latin1'));
   }
 
   /** Room for at least n more bytes (flushes synchronously into the stream's queue). */
@@ -35,10 +35,14 @@ export class ByteSink {
     this.pos = 0;
   }
 
-  bytes(b: Buffer): void {
-    this.ensure(b.length);
-    b.copy(this.buf, this.pos);
-    this.pos += b.length;
+  bytes(b: Uint8Array): void {
+    const n = b.length;
+    this.ensure(n);
+    const buf = this.buf;
+    let p = this.pos;
+    // Literals are short: a plain loop beats Buffer.copy's native call.
+    for (let i = 0; i < n; i++) buf[p++] = b[i];
+    this.pos = p;
   }
 
   str(s: string): void {

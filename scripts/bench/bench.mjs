@@ -1,0 +1,177 @@
+#!/usr/bin/env node
+// dmthin vs the reference tools, in one run: builds large metadata images with
+// thin_restore (cached in .bench-cache/), then times `dmthin dump` / `thin_dump`
+// and `dmthin ls` / `thin_ls` in interleaved rounds and prints median wall
+// times, their ratio and peak RSS.
+//
+//   npm run bench [-- --mappings 1000000 --rounds 7]
+import { spawnSync } from 'node:child_process';
+import { createWriteStream, existsSync, mkdirSync, statSync, writeFileSync, renameSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '../..');
+const args = process.argv.slice(2);
+const opt = (name, def) => {
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 ? Number(args[i + 1]) : def;
+};
+const MAPPINGS = opt('mappings', 1_000_000);
+const ROUNDS = opt('rounds', 7);
+const cli = join(root, 'dist/cli/main.js');
+
+function need(cmd) {
+  const r = spawnSync('sh', ['-c', `command -v ${cmd}`]);
+  if (r.status !== 0) {
+    console.error(`bench: '${cmd}' is not installed (apt-get install thin-provisioning-tools)`);
+    process.exit(1);
+  }
+}
+['thin_restore', 'thin_dump', 'thin_ls'].forEach(need);
+if (!existsSync(cli)) {
+  console.error('bench: dist/ is missing; run `npm run build` first');
+  process.exit(1);
+}
+
+// A deterministic generator (xorshift) so every run measures the same image.
+function rng(seed) {
+  let x = seed >>> 0 || 1;
+  return () => {
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
+    return x / 4294967296;
+  };
+}
+
+/**
+ * An origin and three snapshots, like a pool after a few rounds of backups:
+ * the origin is mostly single mappings (random writes) with some runs; each
+ * snapshot shares most of its blocks with the origin and has its own rewrites.
+ */
+async function makeImage(path, total) {
+  const xml = `${path}.xml`;
+  const out = createWriteStream(xml);
+  const w = (s) => (out.write(s) ? undefined : new Promise((r) => out.once('drain', r)));
+  const r = rng(42);
+  const perDev = Math.floor(total / 4);
+  const nrData = total * 2;
+  await w(`<superblock uuid="" time="3" transaction="12" data_block_size="128" nr_data_blocks="${nrData}">\n`);
+  // Origin layout: list of [virt, data, len, time]
+  const origin = [];
+  let v = 0;
+  let d = 0;
+  let n = 0;
+  while (n < perDev) {
+    const len = r() < 0.6 ? 1 : Math.min(perDev - n, 2 + Math.floor(r() * 30));
+    v += r() < 0.5 ? 0 : 1 + Math.floor(r() * 4);
+    origin.push([v, d, len, Math.floor(r() * 3)]);
+    v += len;
+    d += len + (r() < 0.3 ? 1 : 0);
+    n += len;
+  }
+  let nextData = d + 10;
+  for (let dev = 0; dev < 4; dev++) {
+    await w(`  <device dev_id="${dev}" mapped_blocks="${perDev}" transaction="${dev}" creation_time="${dev}" snap_time="3">\n`);
+    for (const [ov, od, len, t] of origin) {
+      if (dev > 0 && r() < 0.05) {
+        // Rewritten after the snapshot: new data block(s), newer time.
+        for (let i = 0; i < len; i++) await w(`    <single_mapping origin_block="${ov + i}" data_block="${nextData++ % nrData}" time="${dev}"/>\n`);
+      } else if (len === 1) {
+        await w(`    <single_mapping origin_block="${ov}" data_block="${od}" time="${t}"/>\n`);
+      } else {
+        await w(`    <range_mapping origin_begin="${ov}" data_begin="${od}" length="${len}" time="${t}"/>\n`);
+      }
+    }
+    await w('  </device>\n');
+  }
+  await w('</superblock>\n');
+  await new Promise((res) => out.end(res));
+  // Metadata size: generous for the mappings, rounded to 4 MiB.
+  const bytes = Math.ceil(((total / 100) * 4096 * 1.6 + (8 << 20)) / (4 << 20)) * (4 << 20);
+  writeFileSync(`${path}.tmp`, '');
+  spawnSync('truncate', ['-s', String(bytes), `${path}.tmp`]);
+  const t = spawnSync('thin_restore', ['-q', '-i', xml, '-o', `${path}.tmp`], { stdio: 'inherit' });
+  if (t.status !== 0) throw new Error('thin_restore failed');
+  renameSync(`${path}.tmp`, path);
+}
+
+function timed(cmd, argv) {
+  const hasTime = existsSync('/usr/bin/time');
+  const full = hasTime ? ['/usr/bin/time', ['-f', '%e %M', cmd, ...argv]] : [cmd, argv];
+  const t0 = process.hrtime.bigint();
+  const r = spawnSync(full[0], full[1], { stdio: ['ignore', 'ignore', 'pipe'], maxBuffer: 1 << 24 });
+  const wall = Number(process.hrtime.bigint() - t0) / 1e9;
+  if (r.status !== 0) throw new Error(`${cmd} ${argv.join(' ')} failed: ${r.stderr}`);
+  let rssKiB = NaN;
+  if (hasTime) {
+    const lines = r.stderr.toString().trim().split('\n');
+    rssKiB = Number(lines[lines.length - 1].split(' ')[1]);
+  }
+  return { wall, rssKiB };
+}
+
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)];
+};
+
+async function main() {
+  const cache = join(root, '.bench-cache');
+  mkdirSync(cache, { recursive: true });
+  const img = join(cache, `bench-${MAPPINGS}.bin`);
+  if (!existsSync(img)) {
+    process.stderr.write(`bench: building a ${MAPPINGS}-mapping image with thin_restore...\n`);
+    const t0 = Date.now();
+    await makeImage(img, MAPPINGS);
+    process.stderr.write(`bench: built in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
+  }
+  const size = statSync(img).size;
+  const pairs = [
+    ['dump (xml)', [process.execPath, [cli, 'dump', img]], ['thin_dump', [img]]],
+    [
+      'ls (DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS)',
+      [process.execPath, [cli, 'ls', '-o', 'DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS', img]],
+      ['thin_ls', ['-o', 'DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS', img]],
+    ],
+  ];
+  console.log(`image: ${img} (${MAPPINGS} mappings, ${(size / 2 ** 20).toFixed(0)} MiB metadata), ${ROUNDS} interleaved rounds`);
+  console.log(`node ${process.version}; times are medians of wall-clock seconds`);
+  const results = [];
+  for (const [name, ours, ref] of pairs) {
+    timed(ours[0], ours[1]); // warm the page cache and the binaries
+    timed(ref[0], ref[1]);
+    const a = [];
+    const b = [];
+    for (let i = 0; i < ROUNDS; i++) {
+      // Alternate which goes first so drift hits both equally.
+      if (i % 2 === 0) {
+        a.push(timed(ours[0], ours[1]));
+        b.push(timed(ref[0], ref[1]));
+      } else {
+        b.push(timed(ref[0], ref[1]));
+        a.push(timed(ours[0], ours[1]));
+      }
+    }
+    const ma = median(a.map((x) => x.wall));
+    const mb = median(b.map((x) => x.wall));
+    const row = {
+      work: name,
+      dmthin_s: ma.toFixed(3),
+      reference_s: mb.toFixed(3),
+      ratio: (ma / mb).toFixed(2),
+      dmthin_rss_MiB: (Math.max(...a.map((x) => x.rssKiB)) / 1024).toFixed(0),
+      reference_rss_MiB: (Math.max(...b.map((x) => x.rssKiB)) / 1024).toFixed(0),
+    };
+    results.push(row);
+    console.log(`${name}: dmthin ${row.dmthin_s} s, reference ${row.reference_s} s, ratio ${row.ratio} (peak RSS ${row.dmthin_rss_MiB} / ${row.reference_rss_MiB} MiB)`);
+  }
+  console.table(results);
+}
+
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});
