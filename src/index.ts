@@ -7,14 +7,14 @@ export { BLOCK_SIZE, Block, MemoryBlockSource, NativeBlockSource } from './pdata
 export type { BlockSource, IoStats, OpenOptions } from './pdata/io-engine';
 export { BlockType, blockTypeOf, crc32c, blockChecksum, verifyChecksum } from './pdata/checksum';
 export { BtreeNode, walkLeaves, lookup as btreeLookup, maxEntriesFor } from './pdata/btree';
-export type { WalkOptions as BtreeWalkOptions, TreeContext } from './pdata/btree';
+export type { WalkOptions as BtreeWalkOptions, TreeContext, Key } from './pdata/btree';
 export { SpaceMap, bitmapEntry, ENTRIES_PER_BITMAP } from './pdata/space-map';
 export type { SpaceMapRoot, SpaceMapKind, IndexEntry } from './pdata/space-map';
 export { parseSuperblock, THIN_SUPERBLOCK_MAGIC } from './thin/superblock';
 export type { Superblock } from './thin/superblock';
 export type { DeviceDetails } from './thin/device-details';
 export { RunBatch } from './thin/mappings';
-export type { Mapping, MappingRun, WalkProgress } from './thin/mappings';
+export type { Mapping, MappingRun, VirtualBlock, WalkProgress } from './thin/mappings';
 export { ThinMetadata } from './thin/metadata';
 export type { ThinMetadataOptions, WalkOptions } from './thin/metadata';
 export { dump } from './thin/dump';

@@ -13,8 +13,11 @@ export const LEAF_NODE = 2;
 /** With a minimum fan-out of 84, 2^64 keys fit in 11 levels; deeper is a loop or garbage. */
 export const MAX_DEPTH = 16;
 const TWO32 = 2 ** 32;
-/** Keys and values above 2^53 cannot be numbers; no real pool gets near them. */
+/** Words at or above this in the high half make a u64 that a number cannot hold. */
 const MAX_HI = 2 ** 21;
+
+/** A btree key: a number when below 2^53, else a bigint (mixed comparisons are exact in JS). */
+export type Key = number | bigint;
 
 /** max_entries for a value size: as many (key, value) pairs as fit, rounded down to a multiple of 3. */
 export function maxEntriesFor(valueSize: number): number {
@@ -82,6 +85,13 @@ export class BtreeNode {
     return this.u32[this.base + 8 + 2 * i] + hi * TWO32;
   }
 
+  /** Key i exactly: a number below 2^53, a bigint above (virtual blocks may exceed 2^53). */
+  keyAt(i: number): Key {
+    const hi = this.u32[this.base + 9 + 2 * i];
+    const lo = this.u32[this.base + 8 + 2 * i];
+    return hi < MAX_HI ? lo + hi * TWO32 : (BigInt(hi) << 32n) | BigInt(lo);
+  }
+
   /** u64 value i (value size 8) as a number; for internal nodes, the child block. */
   value64(i: number): number {
     const w = this.base + (this.valuesOffset >> 2) + 2 * i;
@@ -96,30 +106,32 @@ export class BtreeNode {
     return this.data.subarray(off, off + this.valueSize);
   }
 
-  /** Checks keys are strictly increasing and inside [lo, hi). */
-  checkKeys(lo: number, hi: number, ctx: TreeContext): void {
+  /** Checks keys are strictly increasing and inside [lo, hi). Exact for all u64 keys. */
+  checkKeys(lo: Key, hi: Key, ctx: TreeContext): void {
     const n = this.nrEntries;
     if (n === 0) return;
     const w = this.u32;
     const kb = this.base + 8;
-    let prev = -1;
+    let phi = -1;
+    let plo = 0;
     for (let i = 0; i < n; i++) {
       const khi = w[kb + 2 * i + 1];
-      if (khi >= MAX_HI) this.key(i); // throws the typed error
-      const k = w[kb + 2 * i] + khi * TWO32;
-      if (k <= prev) {
-        throw new MetadataError('key-order', `keys out of order: ${k} after ${prev} (block ${this.nr}, ${describe(ctx)})`, {
+      const klo = w[kb + 2 * i];
+      if (khi < phi || (khi === phi && klo <= plo)) {
+        throw new MetadataError('key-order', `keys out of order: ${this.keyAt(i)} after ${this.keyAt(i - 1)} (block ${this.nr}, ${describe(ctx)})`, {
           block: this.nr,
           ...ctx,
         });
       }
-      prev = k;
+      phi = khi;
+      plo = klo;
     }
-    const first = this.key(0);
-    if (first < lo || prev >= hi) {
+    const first = this.keyAt(0);
+    const last = this.keyAt(n - 1);
+    if (first < lo || last >= hi) {
       throw new MetadataError(
         'key-range',
-        `keys ${first}..${prev} lie outside the range [${lo}, ${hi === Infinity ? '-' : hi}) its parent gives (block ${this.nr}, ${describe(ctx)})`,
+        `keys ${first}..${last} lie outside the range [${lo}, ${hi === Infinity ? '-' : hi}) its parent gives (block ${this.nr}, ${describe(ctx)})`,
         { block: this.nr, ...ctx },
       );
     }
@@ -158,16 +170,16 @@ export interface WalkOptions extends TreeContext {
   /** Nodes per read batch (default 256 = 1 MiB). */
   window?: number;
   /** Only visit subtrees that may hold keys in [begin, end). */
-  begin?: number;
-  end?: number;
+  begin?: Key;
+  end?: Key;
   /** Called for every node read (for progress and IO accounting). */
   onNode?: (node: BtreeNode, depth: number) => void;
 }
 
 interface Pending {
   block: number;
-  lo: number;
-  hi: number;
+  lo: Key;
+  hi: Key;
   depth: number;
   p?: Promise<Block>;
   /** Set once the read completes (lets the prefetcher look inside internal nodes). */
@@ -210,8 +222,8 @@ export async function* walkLeaves(io: BlockSource, root: number, opts: WalkOptio
   const childrenOf = (node: BtreeNode, item: Pending): Pending[] => {
     const out: Pending[] = [];
     for (let i = 0; i < node.nrEntries; i++) {
-      const lo = node.key(i);
-      const hi = i + 1 < node.nrEntries ? node.key(i + 1) : item.hi;
+      const lo = node.keyAt(i);
+      const hi = i + 1 < node.nrEntries ? node.keyAt(i + 1) : item.hi;
       if (hi <= begin || lo >= end) continue;
       const child = node.value64(i);
       checkPointer(child, item.block);
@@ -318,12 +330,12 @@ export async function* walkLeaves(io: BlockSource, root: number, opts: WalkOptio
 export async function lookup(
   io: BlockSource,
   root: number,
-  key: number,
+  key: Key,
   opts: { valueSize: number; nrMetadataBlocks: number } & TreeContext,
 ): Promise<{ node: BtreeNode; index: number } | undefined> {
   let block = root;
-  let lo = 0;
-  let hi = Infinity;
+  let lo: Key = 0;
+  let hi: Key = Infinity;
   const ctx: TreeContext = { tree: opts.tree, devId: opts.devId };
   for (let depth = 0; ; depth++) {
     if (depth >= MAX_DEPTH) throw new MetadataError('depth', `${describe(ctx)} deeper than ${MAX_DEPTH} levels`, { block, ...ctx });
@@ -334,22 +346,24 @@ export async function lookup(
     const node = new BtreeNode(b, opts.valueSize, ctx);
     node.checkKeys(lo, hi, ctx);
     const i = upperIndex(node, key);
-    if (node.isLeaf) return i >= 0 && node.key(i) === key ? { node, index: i } : undefined;
+    // == so that a bigint key matches a number key of the same value.
+    // eslint-disable-next-line eqeqeq
+    if (node.isLeaf) return i >= 0 && node.keyAt(i) == key ? { node, index: i } : undefined;
     if (i < 0) return undefined;
-    lo = node.key(i);
-    hi = i + 1 < node.nrEntries ? node.key(i + 1) : hi;
+    lo = node.keyAt(i);
+    hi = i + 1 < node.nrEntries ? node.keyAt(i + 1) : hi;
     block = node.value64(i);
   }
 }
 
 /** Index of the largest key <= target, or -1. */
-function upperIndex(node: BtreeNode, target: number): number {
+function upperIndex(node: BtreeNode, target: Key): number {
   let lo = 0;
   let hi = node.nrEntries - 1;
   let ans = -1;
   while (lo <= hi) {
     const mid = (lo + hi) >> 1;
-    if (node.key(mid) <= target) {
+    if (node.keyAt(mid) <= target) {
       ans = mid;
       lo = mid + 1;
     } else hi = mid - 1;

@@ -46,8 +46,8 @@ interface SuperblockHeader {
   version: number;
   dataBlockSize: number;
   nrDataBlocks: number;
-  /** Printed only when non-zero (thin_dump prints the dumped superblock's held root). */
-  metadataSnap: number;
+  /** Held root of the dumped superblock (0: none). thin_dump 0.9.0 never prints it; JSON does. */
+  heldRoot: number;
 }
 
 const L = ByteSink.lit;
@@ -64,7 +64,6 @@ class XmlEmitter implements Emitter {
   begin(sb: SuperblockHeader): void {
     this.s.str(
       `<superblock uuid="${sb.uuid}" time="${sb.time}" transaction="${sb.transaction}" flags="${sb.flags}" version="${sb.version}" data_block_size="${sb.dataBlockSize}" nr_data_blocks="${sb.nrDataBlocks}` +
-        (sb.metadataSnap ? `" metadata_snap="${sb.metadataSnap}` : '') +
         '">\n',
     );
   }
@@ -76,14 +75,17 @@ class XmlEmitter implements Emitter {
   runs(b: RunBatch): void {
     const s = this.s;
     for (let i = 0; i < b.count; i++) {
+      const o = b.originBegin[i];
       if (b.length[i] === 1) {
         s.bytes(X_SINGLE);
-        s.uint(b.originBegin[i]);
+        if (o === o) s.uint(o);
+        else s.str(String(b.origin(i)));
         s.bytes(X_DATA_BLOCK);
         s.uint(b.dataBegin[i]);
       } else {
         s.bytes(X_RANGE);
-        s.uint(b.originBegin[i]);
+        if (o === o) s.uint(o);
+        else s.str(String(b.origin(i)));
         s.bytes(X_DATA_BEGIN);
         s.uint(b.dataBegin[i]);
         s.bytes(X_LENGTH);
@@ -116,7 +118,6 @@ class HumanEmitter implements Emitter {
   begin(sb: SuperblockHeader): void {
     this.s.str(
       `begin superblock: "${sb.uuid}", ${sb.time}, ${sb.transaction}, ${sb.flags}, ${sb.version}, ${sb.dataBlockSize}, ${sb.nrDataBlocks}` +
-        (sb.metadataSnap ? `, ${sb.metadataSnap}` : '') +
         '\n',
     );
   }
@@ -131,16 +132,23 @@ class HumanEmitter implements Emitter {
       const o = b.originBegin[i];
       const d = b.dataBegin[i];
       const l = b.length[i];
+      const small = o === o && o + l - 1 <= Number.MAX_SAFE_INTEGER;
       if (l === 1) {
         s.bytes(H_INDENT);
-        s.uint(o);
+        if (small) s.uint(o);
+        else s.str(String(b.origin(i)));
         s.bytes(H_ARROW);
         s.uint(d);
       } else {
         s.bytes(H_OPEN);
-        s.uint(o);
-        s.bytes(H_DOTS);
-        s.uint(o + l - 1);
+        if (small) {
+          s.uint(o);
+          s.bytes(H_DOTS);
+          s.uint(o + l - 1);
+        } else {
+          const big = BigInt(b.origin(i));
+          s.str(`${big}..${big + BigInt(l - 1)}`);
+        }
         s.bytes(H_MID);
         s.uint(d);
         s.bytes(H_DOTS);
@@ -174,7 +182,7 @@ class JsonEmitter implements Emitter {
       version: sb.version,
       dataBlockSize: sb.dataBlockSize,
       nrDataBlocks: sb.nrDataBlocks,
-      ...(sb.metadataSnap ? { metadataSnap: sb.metadataSnap } : {}),
+      heldRoot: sb.heldRoot,
     };
     // u64 transaction ids are printed exactly (JSON numbers have no size limit).
     this.s.str(`{"superblock":${JSON.stringify(head).replace('"@T@"', String(sb.transaction))},"devices":[`);
@@ -188,7 +196,7 @@ class JsonEmitter implements Emitter {
   }
   runs(b: RunBatch): void {
     for (let i = 0; i < b.count; i++) {
-      this.s.str(`${this.firstRun ? '\n' : ',\n'}{"originBegin":${b.originBegin[i]},"dataBegin":${b.dataBegin[i]},"length":${b.length[i]},"time":${b.time[i]}}`);
+      this.s.str(`${this.firstRun ? '\n' : ',\n'}{"originBegin":${b.origin(i)},"dataBegin":${b.dataBegin[i]},"length":${b.length[i]},"time":${b.time[i]}}`);
       this.firstRun = false;
     }
   }
@@ -230,7 +238,7 @@ export async function dump(md: ThinMetadata, out: Writable, opts: DumpOptions = 
     version: sb.version,
     dataBlockSize: sb.dataBlockSize,
     nrDataBlocks: md.nrDataBlocks,
-    metadataSnap: sb.heldRoot,
+    heldRoot: sb.heldRoot,
   });
   for (const d of selected) {
     throwIfAborted(opts.signal);

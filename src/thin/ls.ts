@@ -111,12 +111,21 @@ export function parseLsFields(spec: string): LsField[] {
 const U64 = (n: bigint) => BigInt.asUintN(64, n);
 const UNITS = ['', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB', 'EiB'];
 
-/** Binary units, truncating at each step ("768KiB"), like thin_ls. */
+/**
+ * thin_ls's human units: divide by 1024 (truncating) while above 1 MiB, then,
+ * if still above 8 KiB, round to the next unit. So 2 MiB prints as "2048KiB",
+ * 768 KiB as "768KiB" and 4 KiB as "4096".
+ */
 export function formatDiskUnit(bytes: bigint): string {
   let n = U64(bytes);
   let i = 0;
-  while (n >= 1024n) {
+  while (n > 1048576n) {
     n /= 1024n;
+    i++;
+  }
+  if (n > 8192n) {
+    // round(n / 1024.0), half away from zero; n < 2^20 here, so this is exact.
+    n = BigInt(Math.round(Number(n) / 1024));
     i++;
   }
   return `${n}${UNITS[i]}`;

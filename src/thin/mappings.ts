@@ -8,9 +8,15 @@ import { MetadataError } from '../errors';
 import { BtreeNode, walkLeaves } from '../pdata/btree';
 import type { BlockSource } from '../pdata/io-engine';
 
+/**
+ * A virtual block number: a number below 2^53, a bigint above. (A thin device
+ * can be up to 2^64 sectors long, so its blocks can exceed 2^53.)
+ */
+export type VirtualBlock = number | bigint;
+
 export interface MappingRun {
   /** First virtual block (in data-block units). */
-  originBegin: number;
+  originBegin: VirtualBlock;
   /** First data block. */
   dataBegin: number;
   length: number;
@@ -38,8 +44,8 @@ export interface MappingWalkOptions {
   signal?: AbortSignal;
   onProgress?: (p: WalkProgress) => void;
   /** Visit only virtual blocks in [begin, end). */
-  begin?: number;
-  end?: number;
+  begin?: VirtualBlock;
+  end?: VirtualBlock;
 }
 
 export const TIME_MASK = 0xffffff;
@@ -58,23 +64,39 @@ export class RunBatch {
   readonly dataBegin: Float64Array;
   readonly length: Float64Array;
   readonly time: Uint32Array;
+  /** Exact origins of runs that start at or beyond 2^53 (originBegin[i] is NaN there). */
+  big: Map<number, bigint> | null = null;
   constructor(capacity: number) {
     this.originBegin = new Float64Array(capacity);
     this.dataBegin = new Float64Array(capacity);
     this.length = new Float64Array(capacity);
     this.time = new Uint32Array(capacity);
   }
-  push(o: number, d: number, l: number, t: number): void {
+  reset(): void {
+    this.count = 0;
+    this.big = null;
+  }
+  push(o: VirtualBlock, d: number, l: number, t: number): void {
     const i = this.count++;
-    this.originBegin[i] = o;
+    if (typeof o === 'bigint') {
+      (this.big ??= new Map()).set(i, o);
+      this.originBegin[i] = NaN;
+    } else this.originBegin[i] = o;
     this.dataBegin[i] = d;
     this.length[i] = l;
     this.time[i] = t;
   }
+  origin(i: number): VirtualBlock {
+    const o = this.originBegin[i];
+    return o === o ? o : this.big!.get(i)!;
+  }
   run(i: number): MappingRun {
-    return { originBegin: this.originBegin[i], dataBegin: this.dataBegin[i], length: this.length[i], time: this.time[i] };
+    return { originBegin: this.origin(i), dataBegin: this.dataBegin[i], length: this.length[i], time: this.time[i] };
   }
 }
+
+const TWO32 = 4294967296;
+const MAX_HI = 2 ** 21;
 
 /**
  * Yields merged runs in batches (about one per leaf), so that callers
@@ -85,7 +107,10 @@ export async function* mappingRunBatches(io: BlockSource, root: number, opts: Ma
   const { nrDataBlocks, devId } = opts;
   const begin = opts.begin ?? 0;
   const end = opts.end ?? Infinity;
-  let oBegin = -1;
+  const whole = begin === 0 && end === Infinity;
+  // The current run. oBegin is a bigint once virtual blocks pass 2^53.
+  let open = false;
+  let oBegin: VirtualBlock = 0;
   let dBegin = 0;
   let len = 0;
   let time = 0;
@@ -103,17 +128,15 @@ export async function* mappingRunBatches(io: BlockSource, root: number, opts: Ma
     onNode: () => nodes++,
   })) {
     const n = leaf.nrEntries;
-    // One batch object per walk, refilled per leaf: valid until the next iteration.
     const out = batch;
-    out.count = 0;
+    out.reset();
     const u32 = leaf.u32;
     const kbase = leaf.base + 8;
     const vbase = leaf.base + (leaf.valuesOffset >> 2);
     for (let i = 0; i < n; i++) {
       const khi = u32[kbase + 1 + 2 * i];
-      if (khi >= 2 ** 21) leaf.key(i); // throws the typed error
-      const key = u32[kbase + 2 * i] + khi * 4294967296;
-      if (key < begin || key >= end) continue;
+      const key: VirtualBlock = khi < MAX_HI ? u32[kbase + 2 * i] + khi * TWO32 : leaf.keyAt(i);
+      if (!whole && (key < begin || key >= end)) continue;
       const lo = u32[vbase + 2 * i];
       const data = u32[vbase + 2 * i + 1] * 256 + (lo >>> 24);
       const t = lo & TIME_MASK;
@@ -124,10 +147,16 @@ export async function* mappingRunBatches(io: BlockSource, root: number, opts: Ma
           { block: leaf.nr, devId, tree: 'mapping', dataBlock: data, virtualBlock: key },
         );
       }
-      if (oBegin >= 0 && key === oBegin + len && data === dBegin + len && t === time) {
+      let extends_ = false;
+      if (open && data === dBegin + len && t === time) {
+        if (typeof key === 'number' && typeof oBegin === 'number') extends_ = key === oBegin + len;
+        else extends_ = BigInt(key) === BigInt(oBegin) + BigInt(len);
+      }
+      if (extends_) {
         len++;
       } else {
-        if (oBegin >= 0) out.push(oBegin, dBegin, len, time);
+        if (open) out.push(oBegin, dBegin, len, time);
+        open = true;
         oBegin = key;
         dBegin = data;
         len = 1;
@@ -138,8 +167,8 @@ export async function* mappingRunBatches(io: BlockSource, root: number, opts: Ma
     opts.onProgress?.({ mappings: total, nodes });
     if (out.count) yield out;
   }
-  if (oBegin >= 0) {
-    batch.count = 0;
+  if (open) {
+    batch.reset();
     batch.push(oBegin, dBegin, len, time);
     yield batch;
   }

@@ -11,7 +11,7 @@ import { lookup as btreeLookup, walkLeaves } from '../pdata/btree';
 import { BlockSource, MemoryBlockSource, NativeBlockSource, OpenOptions } from '../pdata/io-engine';
 import { SpaceMap, SpaceMapKind } from '../pdata/space-map';
 import { DeviceDetails, DEVICE_DETAILS_SIZE, parseDeviceDetails } from './device-details';
-import { Mapping, MappingRun, mappingRunBatches, RunBatch, WalkProgress, leafMapping } from './mappings';
+import { Mapping, MappingRun, mappingRunBatches, RunBatch, VirtualBlock, WalkProgress, leafMapping } from './mappings';
 import { parseSuperblock, Superblock } from './superblock';
 
 export interface ThinMetadataOptions extends OpenOptions {
@@ -28,8 +28,8 @@ export interface WalkOptions {
   signal?: AbortSignal;
   onProgress?: (p: WalkProgress) => void;
   /** Only virtual blocks in [begin, end). */
-  begin?: number;
-  end?: number;
+  begin?: VirtualBlock;
+  end?: VirtualBlock;
 }
 
 export class ThinMetadata implements AsyncDisposable {
@@ -217,9 +217,10 @@ export class ThinMetadata implements AsyncDisposable {
   }
 
   /** Where one virtual block of a device is mapped, or null. */
-  async lookup(devId: number, block: number): Promise<Mapping | null> {
+  async lookup(devId: number, block: VirtualBlock): Promise<Mapping | null> {
     this.check();
-    if (!Number.isSafeInteger(block) || block < 0) throw new UsageError(`bad virtual block ${block}`);
+    const ok = typeof block === 'bigint' ? block >= 0n && block < 1n << 64n : Number.isSafeInteger(block) && block >= 0;
+    if (!ok) throw new UsageError(`bad virtual block ${block}`);
     const root = await this.rootOf(devId);
     const hit = await btreeLookup(this.io, root, block, {
       tree: 'mapping',
