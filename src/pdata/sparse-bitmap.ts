@@ -1,35 +1,48 @@
 /**
- * A 2-bit-per-block "seen once / seen more than once" map over a huge block
- * range, allocated in pages on first touch: memory follows the blocks actually
- * used, not the size of the data device.
+ * Per-block ownership over a huge block range, allocated in pages on first
+ * touch: memory follows the blocks actually used, not the device size.
+ * Each block records "unused", "used once, by owner k" or "used more than once",
+ * which answers "how many of k's blocks nobody else uses" in one pass.
  */
-const PAGE_BITS = 16; // 65536 blocks per page = 16 KiB of state
+const PAGE = 65536;
 
-export class SeenTwiceMap {
-  private readonly once: (Uint32Array | undefined)[] = [];
-  private readonly twice: (Uint32Array | undefined)[] = [];
+export class OwnerMap {
+  static readonly MAX_OWNERS = 0xfffffffe;
+  private readonly pages: (Uint16Array | Uint32Array | undefined)[] = [];
+  private readonly shared: number;
+  private readonly wide: boolean;
 
-  mark(b: number): void {
-    const p = Math.floor(b / 65536);
-    const i = b & 0xffff;
-    let o = this.once[p];
-    if (!o) {
-      o = this.once[p] = new Uint32Array(1 << (PAGE_BITS - 5));
-      this.twice[p] = new Uint32Array(1 << (PAGE_BITS - 5));
-    }
-    const w = i >>> 5;
-    const m = 1 << (i & 31);
-    if (o[w] & m) this.twice[p]![w] |= m;
-    else o[w] |= m;
+  /** `owners`: how many distinct owners (e.g. devices) will be marked. */
+  constructor(owners: number) {
+    this.wide = owners >= 0xffff;
+    this.shared = this.wide ? 0xffffffff : 0xffff;
   }
 
-  /** True if the block was marked exactly once. */
-  once1(b: number): boolean {
-    const p = Math.floor(b / 65536);
-    const o = this.once[p];
-    if (!o) return false;
-    const i = b & 0xffff;
-    const m = 1 << (i & 31);
-    return (o[i >>> 5] & m) !== 0 && (this.twice[p]![i >>> 5] & m) === 0;
+  /** Records one use of block b by owner k (0-based). */
+  mark(b: number, k: number): void {
+    const p = Math.floor(b / PAGE);
+    let page = this.pages[p];
+    if (!page) page = this.pages[p] = this.wide ? new Uint32Array(PAGE) : new Uint16Array(PAGE);
+    const i = b - p * PAGE;
+    const v = page[i];
+    page[i] = v === 0 ? k + 1 : this.shared;
+  }
+
+  /** Records uses of blocks [b, b+len) by owner k. */
+  markRange(b: number, len: number, k: number): void {
+    for (let i = 0; i < len; i++) this.mark(b + i, k);
+  }
+
+  /** For each owner, the number of blocks it alone uses, exactly once. */
+  exclusiveCounts(owners: number): Float64Array {
+    const out = new Float64Array(owners);
+    for (const page of this.pages) {
+      if (!page) continue;
+      for (let i = 0; i < PAGE; i++) {
+        const v = page[i];
+        if (v !== 0 && v !== this.shared) out[v - 1]++;
+      }
+    }
+    return out;
   }
 }

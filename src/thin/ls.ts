@@ -1,12 +1,11 @@
 /**
  * ls: per-device usage, computed and printed as thin_ls 0.9.0 does.
  * EXCLUSIVE counts a device's mappings whose data block is mapped exactly once
- * in the whole pool (two passes over every mapping tree); SHARED is the
- * details tree's mapped_blocks minus that. The on-disk data space map is not
+ * in the whole pool; SHARED is the details tree's mapped_blocks minus that. The on-disk data space map is not
  * used: its counts are per leaf node, not per device.
  */
 import { throwIfAborted, UsageError } from '../errors';
-import { SeenTwiceMap } from '../pdata/sparse-bitmap';
+import { OwnerMap } from '../pdata/sparse-bitmap';
 import type { ThinMetadata } from './metadata';
 
 export interface DeviceUsage {
@@ -23,57 +22,43 @@ export interface DeviceUsage {
 
 export interface UsageOptions {
   signal?: AbortSignal;
-  /** mappings walked so far / twice the sum of mapped_blocks (two passes). */
+  /** Mappings walked so far, out of the sum of mapped_blocks. */
   onProgress?: (p: { mappings: number; total: number }) => void;
 }
 
-/** Usage of every device, in id order. */
+/**
+ * Usage of every device, in id order. One pass over every mapping tree:
+ * each data block remembers the one device that maps it, or that several
+ * mappings do; the same answer thin_ls gets from two passes.
+ */
 export async function deviceUsage(md: ThinMetadata, opts: UsageOptions = {}): Promise<DeviceUsage[]> {
   const devices = [...(await md.checkedDevices(opts)).values()].sort((a, b) => a.devId - b.devId);
-  const seen = new SeenTwiceMap();
-  const total = 2 * devices.reduce((n, d) => n + d.mappedBlocks, 0);
+  const owners = new OwnerMap(devices.length);
+  const total = devices.reduce((n, d) => n + d.mappedBlocks, 0);
   let walked = 0;
-  const progress = (n: number) => {
-    walked += n;
-    opts.onProgress?.({ mappings: walked, total });
-  };
-  for (const d of devices) {
-    for await (const batch of md.mappingBatches(d.devId, { signal: opts.signal })) {
-      let n = 0;
-      for (let k = 0; k < batch.count; k++) {
-        const d = batch.dataBegin[k];
-        const l = batch.length[k];
-        for (let i = 0; i < l; i++) seen.mark(d + i);
-        n += l;
-      }
-      progress(n);
-    }
-  }
-  const out: DeviceUsage[] = [];
-  for (const d of devices) {
+  for (let k = 0; k < devices.length; k++) {
     throwIfAborted(opts.signal);
-    let excl = 0;
-    for await (const batch of md.mappingBatches(d.devId, { signal: opts.signal })) {
+    for await (const batch of md.mappingBatches(devices[k].devId, { signal: opts.signal })) {
       let n = 0;
-      for (let k = 0; k < batch.count; k++) {
-        const d = batch.dataBegin[k];
-        const l = batch.length[k];
-        for (let i = 0; i < l; i++) if (seen.once1(d + i)) excl++;
+      for (let r = 0; r < batch.count; r++) {
+        const l = batch.length[r];
+        owners.markRange(batch.dataBegin[r], l, k);
         n += l;
       }
-      progress(n);
+      walked += n;
+      opts.onProgress?.({ mappings: walked, total });
     }
-    out.push({
-      devId: d.devId,
-      mappedBlocks: d.mappedBlocks,
-      exclusiveBlocks: excl,
-      sharedBlocks: BigInt.asUintN(64, BigInt(d.mappedBlocks) - BigInt(excl)),
-      transactionId: d.transactionId,
-      creationTime: d.creationTime,
-      snapshottedTime: d.snapshottedTime,
-    });
   }
-  return out;
+  const excl = owners.exclusiveCounts(devices.length);
+  return devices.map((d, k) => ({
+    devId: d.devId,
+    mappedBlocks: d.mappedBlocks,
+    exclusiveBlocks: excl[k],
+    sharedBlocks: BigInt.asUintN(64, BigInt(d.mappedBlocks) - BigInt(excl[k])),
+    transactionId: d.transactionId,
+    creationTime: d.creationTime,
+    snapshottedTime: d.snapshottedTime,
+  }));
 }
 
 export const LS_FIELDS = [

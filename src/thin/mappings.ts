@@ -135,11 +135,20 @@ export async function* mappingRunBatches(io: BlockSource, root: number, opts: Ma
     const vbase = leaf.base + (leaf.valuesOffset >> 2);
     for (let i = 0; i < n; i++) {
       const khi = u32[kbase + 1 + 2 * i];
-      const key: VirtualBlock = khi < MAX_HI ? u32[kbase + 2 * i] + khi * TWO32 : leaf.keyAt(i);
-      if (!whole && (key < begin || key >= end)) continue;
       const lo = u32[vbase + 2 * i];
       const data = u32[vbase + 2 * i + 1] * 256 + (lo >>> 24);
       const t = lo & TIME_MASK;
+      let key: VirtualBlock;
+      let extendsRun: boolean;
+      if (khi < MAX_HI && typeof oBegin === 'number') {
+        // Fast path: every virtual block so far fits in a number.
+        key = u32[kbase + 2 * i] + khi * TWO32;
+        extendsRun = open && key === oBegin + len && data === dBegin + len && t === time;
+      } else {
+        key = leaf.keyAt(i);
+        extendsRun = open && data === dBegin + len && t === time && BigInt(key) === BigInt(oBegin) + BigInt(len);
+      }
+      if (!whole && (key < begin || key >= end)) continue;
       if (data >= nrDataBlocks) {
         throw new MetadataError(
           'data-range',
@@ -147,12 +156,7 @@ export async function* mappingRunBatches(io: BlockSource, root: number, opts: Ma
           { block: leaf.nr, devId, tree: 'mapping', dataBlock: data, virtualBlock: key },
         );
       }
-      let extends_ = false;
-      if (open && data === dBegin + len && t === time) {
-        if (typeof key === 'number' && typeof oBegin === 'number') extends_ = key === oBegin + len;
-        else extends_ = BigInt(key) === BigInt(oBegin) + BigInt(len);
-      }
-      if (extends_) {
+      if (extendsRun) {
         len++;
       } else {
         if (open) out.push(oBegin, dBegin, len, time);
