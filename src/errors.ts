@@ -34,11 +34,13 @@ export interface ErrorFields {
 
 export class DmthinError extends Error {
   readonly code: string;
-  errno?: number;
-  syscall?: string;
-  path?: string;
-  device?: string;
-  block?: number;
+  // `declare`: no class-field initialisers, which would overwrite what the
+  // constructor copies in from `fields` (ES2022 define semantics).
+  declare errno?: number;
+  declare syscall?: string;
+  declare path?: string;
+  declare device?: string;
+  declare block?: number;
 
   constructor(code: string, message: string, fields: ErrorFields = {}) {
     super(message, fields.cause !== undefined ? { cause: fields.cause } : undefined);
@@ -91,8 +93,8 @@ export type CorruptionKind =
  * ENOTBLK for a wrong block number, EUCLEAN for everything structural. */
 export class MetadataError extends DmthinError {
   readonly kind: CorruptionKind;
-  tree?: string;
-  devId?: number;
+  declare tree?: string;
+  declare devId?: number;
 
   constructor(kind: CorruptionKind, message: string, fields: ErrorFields & { tree?: string; devId?: number } = {}) {
     const code = kind === 'checksum' || kind === 'block-type' ? 'EILSEQ' : kind === 'blocknr' ? 'ENOTBLK' : 'EUCLEAN';
