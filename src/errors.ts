@@ -5,7 +5,8 @@
  */
 import { constants } from 'node:os';
 
-const ERRNO: Record<string, number> = constants.errno as unknown as Record<string, number>;
+// Node's table lacks a few Linux codes the kernel uses for metadata faults.
+const ERRNO: Record<string, number> = { ENOTBLK: 15, EUCLEAN: 117, ...(constants.errno as unknown as Record<string, number>) };
 
 /** Negative errno for a code, as Node reports it (`EBUSY` -> -16), or undefined. */
 export function errnoOf(code: string): number | undefined {
