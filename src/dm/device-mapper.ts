@@ -193,6 +193,26 @@ export class DeviceMapper {
   }
 
   /**
+   * What `dmsetup create` does: DEV_CREATE, TABLE_LOAD, resume. If the load
+   * or the resume fails the new device is removed again and the error thrown.
+   */
+  async createWithTable(
+    name: string,
+    targets: readonly DmTarget[],
+    opts: { uuid?: string; minor?: number; readOnly?: boolean } = {},
+  ): Promise<DmDeviceInfo> {
+    encodeTargetSpecs(targets); // refuse a bad table before creating anything
+    await this.create(name, { uuid: opts.uuid, minor: opts.minor });
+    try {
+      await this.loadTable(name, targets, { readOnly: opts.readOnly });
+      return await this.resume(name);
+    } catch (err) {
+      await this.remove(name).catch(() => undefined);
+      throw err;
+    }
+  }
+
+  /**
    * DM_DEV_REMOVE. With `deferred`, an open device is removed on last close
    * and `deferred: true` comes back. Removes the /dev/mapper node when it is
    * one we manage (a block node for this device).
@@ -249,10 +269,15 @@ export class DeviceMapper {
     return toInfo((await this.call(Cmd.DEV_SUSPEND, { ...idFields(id), flags }, undefined, { id })).header);
   }
 
-  /** DM_DEV_SUSPEND without DM_SUSPEND_FLAG: swaps in the inactive table, if any, and resumes. */
-  async resume(ref: DeviceRef): Promise<DmDeviceInfo> {
+  /**
+   * DM_DEV_SUSPEND without DM_SUSPEND_FLAG: swaps in the inactive table, if
+   * any, and resumes. noflush/skipLockfs apply to the implicit suspend the
+   * kernel does when it swaps tables on a live device.
+   */
+  async resume(ref: DeviceRef, opts: { noflush?: boolean; skipLockfs?: boolean } = {}): Promise<DmDeviceInfo> {
     const id = resolveDeviceRef(ref);
-    const info = toInfo((await this.call(Cmd.DEV_SUSPEND, { ...idFields(id) }, undefined, { id })).header);
+    const flags = (opts.noflush ? Flag.NOFLUSH : 0) | (opts.skipLockfs ? Flag.SKIP_LOCKFS : 0);
+    const info = toInfo((await this.call(Cmd.DEV_SUSPEND, { ...idFields(id), flags }, undefined, { id })).header);
     if (this.manageNodes()) await this.ensureNode(info.name, info.dev);
     return info;
   }

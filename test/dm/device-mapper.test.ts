@@ -146,6 +146,29 @@ describe('requests', () => {
     ]);
   });
 
+  test('resume passes noflush/skipLockfs for the swap', async () => {
+    const { dm, sent } = fake();
+    await dm.resume('p', { noflush: true, skipLockfs: true });
+    expect(sent[0].h.flags).toBe(Flag.NOFLUSH | Flag.SKIP_LOCKFS);
+  });
+
+  test('createWithTable: create, load, resume; removes the device if the load fails', async () => {
+    const table = [{ start: sectors(0), length: sectors(8), type: 'zero', params: '' }];
+    const ok = fake();
+    await ok.dm.createWithTable('vol', table, { uuid: 'U-vol' });
+    expect(ok.sent.map((s) => [s.cmd, s.h.name])).toEqual([
+      [Cmd.DEV_CREATE, 'vol'],
+      [Cmd.TABLE_LOAD, 'vol'],
+      [Cmd.DEV_SUSPEND, 'vol'],
+    ]);
+    const bad = fake((s) => (s.cmd === Cmd.TABLE_LOAD ? errnoError('EINVAL', -22) : reply(s)));
+    await expect(bad.dm.createWithTable('vol', table)).rejects.toMatchObject({ code: 'EINVAL', ioctl: 'DM_TABLE_LOAD', device: 'vol' });
+    expect(bad.sent.map((s) => s.cmd)).toEqual([Cmd.DEV_CREATE, Cmd.TABLE_LOAD, Cmd.DEV_REMOVE]);
+    const none = fake();
+    await expect(none.dm.createWithTable('vol', [])).rejects.toThrow(UsageError);
+    expect(none.sent).toHaveLength(0);
+  });
+
   test('loadTable: target_count, readOnly, specs payload', async () => {
     const { dm, sent } = fake((s) => reply(s, { flags: Flag.INACTIVE_PRESENT }));
     const info = await dm.loadTable(
