@@ -6,7 +6,8 @@
         "native/addon.cc",
         "native/errors.cc",
         "native/crc32c.cc",
-        "native/block_reader.cc"
+        "native/block_reader.cc",
+        "native/dm_control.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],

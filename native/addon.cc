@@ -3,12 +3,14 @@
 
 #include "block_reader.h"
 #include "crc32c.h"
+#include "dm_control.h"
 
 namespace dmthin {
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitCrc32c(env, exports);
   BlockReader::Init(env, exports);
+  InitDmControl(env, exports);
   return exports;
 }
 

@@ -63,6 +63,33 @@ export class DmthinError extends Error {
 export class SystemCallError extends DmthinError {}
 
 /**
+ * A device-mapper ioctl failed. `ioctl` is the command (`DM_TARGET_MSG`...),
+ * `device` the name/uuid/`major:minor` it was about, and for DM_TARGET_MSG
+ * `targetMessage` is the text that was sent (the kernel's reason only reaches
+ * dmesg, so the errno plus the message is all a caller gets).
+ * `targetMessage` rather than `message`: Error#message stays the human text.
+ */
+export class DmIoctlError extends SystemCallError {
+  readonly ioctl: string;
+  declare targetMessage?: string; // declare: a class field would reset what super() assigned
+
+  constructor(code: string, message: string, fields: ErrorFields & { ioctl: string; targetMessage?: string }) {
+    super(code, message, { syscall: 'ioctl', ...fields });
+    this.ioctl = fields.ioctl;
+  }
+}
+
+/** Kernel output (an ioctl result or a target's status/table line) did not
+ * have the expected shape. `input` is the offending text, when there is one. */
+export class DmParseError extends DmthinError {
+  declare input?: string;
+
+  constructor(message: string, fields: ErrorFields & { input?: string } = {}) {
+    super('EPROTO', message, fields);
+  }
+}
+
+/**
  * Why metadata was judged corrupt. Stable strings: tests and callers may match
  * on them.
  */

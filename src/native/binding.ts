@@ -25,12 +25,52 @@ export interface NativeBlockReader {
   close(): void;
 }
 
+/** Layout and constants taken from <linux/dm-ioctl.h> at build time. */
+export interface NativeDmConstants {
+  headerVersion: { major: number; minor: number; patch: number };
+  controlPath: string;
+  dir: string;
+  nameLen: number;
+  uuidLen: number;
+  maxTypeName: number;
+  initialBufferSize: number;
+  maxBufferSize: number;
+  /** Command name (`DM_VERSION`...) -> number. */
+  commands: Record<string, number>;
+  /** Command name -> ioctl request code (_IOWR(0xfd, nr, struct dm_ioctl)). */
+  requests: Record<string, number>;
+  commandNames: string[];
+  /** Flag macro name -> value. */
+  flags: Record<string, number>;
+  /** struct name -> { size, <field>: offsetof }. */
+  layout: Record<string, Record<string, number>>;
+}
+
+export interface NativeDmIoctlOptions {
+  /** Defaults to /dev/mapper/control. */
+  controlPath?: string;
+  /** Largest result buffer the BUFFER_FULL retry may grow to (default 64 MiB). */
+  maxBufferSize?: number;
+}
+
 export interface NativeAddon {
   crc32c(data: Uint8Array, seed?: number, raw?: boolean): number;
   crc32cTable(data: Uint8Array): number;
   crc32cHardware(): boolean;
   BlockReader: new () => NativeBlockReader;
-  // dm-ioctl functions are added by the kernel bridge (native/dm_*.cc).
+  /**
+   * One dm ioctl on a worker thread. `request` is struct dm_ioctl plus its
+   * payload; the result is struct dm_ioctl plus results (data_size bytes,
+   * never less than the struct). Result-returning commands start at 16 KiB
+   * and double while the kernel sets DM_BUFFER_FULL_FLAG. Rejects with a
+   * Node-shaped error carrying `ioctl` (command name) and `device`.
+   */
+  dmIoctl(command: number, request: Uint8Array, opts?: NativeDmIoctlOptions): Promise<Buffer>;
+  /** Block device node with exactly `mode` (umask-proof). Throws Node-shaped errors. */
+  mknodBlock(path: string, major: number, minor: number, mode: number): void;
+  /** Removes `path` only if it is a block node for major:minor; false otherwise. */
+  unlinkNode(path: string, major: number, minor: number): boolean;
+  dmConstants: NativeDmConstants;
   [name: string]: unknown;
 }
 

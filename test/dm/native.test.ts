@@ -1,0 +1,181 @@
+/**
+ * The native dm layer on a host without device-mapper: Node-shaped errors,
+ * argument checks, the node helpers, and — under an LD_PRELOAD stand-in for
+ * the dm ioctls (oracle/fake_dm.c) — the BUFFER_FULL retry, the EINTR retry
+ * and errno propagation of the real addon code.
+ */
+import { spawnSync } from 'node:child_process';
+import { existsSync, lstatSync, mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { DeviceMapper } from '../../src/dm/device-mapper';
+import { Cmd, encodeRequest } from '../../src/dm/ioctl';
+import { DmIoctlError } from '../../src/errors';
+import { native } from '../../src/native/binding';
+import { sectors } from '../../src/units';
+import { Scratch, compile } from './helpers/cc';
+
+/** Error-class match that works across realms (the addon throws main-realm errors). */
+const named = (name: string) => expect.objectContaining({ name });
+
+const hasControl = existsSync('/dev/mapper/control');
+const root = process.getuid?.() === 0;
+
+let scratch: Scratch;
+beforeAll(() => {
+  scratch = new Scratch();
+});
+afterAll(() => scratch.cleanup());
+
+describe('dmIoctl', () => {
+  (hasControl ? test.skip : test)('no /dev/mapper/control: Node-shaped ENOENT from open', async () => {
+    const err = await native()
+      .dmIoctl(Cmd.VERSION, encodeRequest({ version: [4, 0, 0] }))
+      .catch((e: unknown) => e);
+    // Addon errors come from the main realm, not jest's sandbox: check the tag, not instanceof.
+    expect(Object.prototype.toString.call(err)).toBe('[object Error]');
+    expect(err).toMatchObject({ code: 'ENOENT', errno: -2, syscall: 'open', path: '/dev/mapper/control', ioctl: 'DM_VERSION' });
+  });
+
+  (hasControl ? test.skip : test)('no /dev/mapper/control: DeviceMapper says DmIoctlError ENOENT', async () => {
+    const err = await new DeviceMapper().targetMessage('pool', sectors(0), 'release_metadata_snap').catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(DmIoctlError);
+    expect(err).toMatchObject({ code: 'ENOENT', errno: -2, syscall: 'open', path: '/dev/mapper/control', ioctl: 'DM_TARGET_MSG', device: 'pool', targetMessage: 'release_metadata_snap' });
+  });
+
+  test('a control path that is not the dm control node: ENOTTY from ioctl, with the device name', async () => {
+    const f = scratch.path('not-control');
+    writeFileSync(f, '');
+    await expect(native().dmIoctl(Cmd.TARGET_MSG, encodeRequest({ version: [4, 2, 0], name: 'pool' }), { controlPath: f })).rejects.toMatchObject({
+      code: 'ENOTTY',
+      errno: -25,
+      syscall: 'ioctl',
+      ioctl: 'DM_TARGET_MSG',
+      device: 'pool',
+    });
+    await expect(native().dmIoctl(Cmd.DEV_STATUS, encodeRequest({ version: [4, 0, 0], uuid: 'U-9' }), { controlPath: f })).rejects.toMatchObject({ device: 'U-9' });
+  });
+
+  test('argument checks are synchronous programming errors', () => {
+    const req = encodeRequest({ version: [4, 0, 0] });
+    expect(() => native().dmIoctl(18, req)).toThrow(named('RangeError'));
+    expect(() => native().dmIoctl(-1, req)).toThrow(named('RangeError'));
+    expect(() => native().dmIoctl(1.5, req)).toThrow(named('RangeError'));
+    expect(() => native().dmIoctl(0, req.subarray(0, 311))).toThrow(named('RangeError'));
+    expect(() => native().dmIoctl(0, 'x' as never)).toThrow(named('TypeError'));
+    expect(() => native().dmIoctl(0, new Uint16Array(200) as never)).toThrow(named('TypeError'));
+    expect(() => native().dmIoctl(0, req, { controlPath: 5 as never })).toThrow(named('TypeError'));
+    expect(() => native().dmIoctl(0, req, { maxBufferSize: 10 })).toThrow(named('RangeError'));
+  });
+
+  test('constants come from the header', () => {
+    const c = native().dmConstants;
+    expect(c.controlPath).toBe('/dev/mapper/control');
+    expect(c.initialBufferSize).toBe(16384);
+    expect(c.headerVersion.major).toBe(4);
+    expect(c.commandNames[Cmd.TARGET_MSG]).toBe('DM_TARGET_MSG');
+  });
+});
+
+describe('node helpers', () => {
+  (root ? test : test.skip)('mknodBlock sets the exact mode whatever the umask; unlinkNode only removes the matching node', () => {
+    const dir = scratch.path('nodes');
+    mkdirSync(dir);
+    const p = join(dir, 'pool');
+    const old = process.umask(0o077);
+    try {
+      native().mknodBlock(p, 253, 70000, 0o660);
+    } finally {
+      process.umask(old);
+    }
+    const st = lstatSync(p);
+    expect(st.isBlockDevice()).toBe(true);
+    expect(st.mode & 0o7777).toBe(0o660);
+    expect(st.rdev).toBe(253 * 256 + (70000 & 0xff) + (70000 - (70000 & 0xff)) * 4096);
+    expect(() => native().mknodBlock(p, 253, 1, 0o600)).toThrow(expect.objectContaining({ code: 'EEXIST', syscall: 'mknod', path: p, errno: -17 }));
+    expect(native().unlinkNode(p, 253, 1)).toBe(false);
+    expect(existsSync(p)).toBe(true);
+    expect(native().unlinkNode(p, 253, 70000)).toBe(true);
+    expect(existsSync(p)).toBe(false);
+    expect(native().unlinkNode(p, 253, 70000)).toBe(false);
+    writeFileSync(p, '');
+    expect(native().unlinkNode(p, 0, 0)).toBe(false);
+    expect(existsSync(p)).toBe(true);
+  });
+
+  test('argument checks', () => {
+    expect(() => native().mknodBlock('/tmp/x', 4096, 0, 0o600)).toThrow(named('TypeError'));
+    expect(() => native().mknodBlock('/tmp/x', 1, 1 << 20, 0o600)).toThrow(named('TypeError'));
+    expect(() => native().mknodBlock('/tmp/x', 1, 1, 0o10000)).toThrow(named('TypeError'));
+    expect(() => native().unlinkNode('/tmp/x', -1, 0)).toThrow(named('TypeError'));
+  });
+
+  test('mknod failures are Node-shaped', () => {
+    expect(() => native().mknodBlock(scratch.path('missing-dir/x'), 1, 1, 0o600)).toThrow(expect.objectContaining({ code: 'ENOENT', syscall: 'mknod' }));
+  });
+});
+
+describe('under a fake dm kernel (LD_PRELOAD)', () => {
+  type Call = { nr: number; size: number; version: string; flags: number; name: string };
+  type Outcome = { ok?: any; error?: Record<string, unknown>; calls: Call[] };
+  let r: Record<string, Outcome>;
+
+  beforeAll(() => {
+    const so = compile(scratch, 'fake_dm.c', 'fake_dm.so', ['-shared', '-fPIC', '-ldl']);
+    const control = scratch.path('control');
+    writeFileSync(control, '');
+    const logs = scratch.path('logs');
+    mkdirSync(logs);
+    const child = spawnSync(process.execPath, [join(__dirname, 'helpers', 'fake-kernel-child.js'), control, logs], {
+      env: { ...process.env, LD_PRELOAD: so },
+      encoding: 'utf8',
+      timeout: 60000,
+    });
+    if (child.status !== 0) throw new Error(`fake-kernel child failed (${child.status}): ${child.stderr}`);
+    r = JSON.parse(child.stdout);
+  });
+
+  const sizes = (o: Outcome) => o.calls.map((c) => c.size);
+
+  test('a command without results uses just the struct', () => {
+    expect(r.version.ok).toEqual([4, 47, 0]);
+    expect(sizes(r.version)).toEqual([312]);
+  });
+
+  test('EINTR is retried', () => {
+    expect(r.eintr.ok).toEqual({ length: 312, version: [4, 47, 0] });
+    expect(r.eintr.calls).toHaveLength(2);
+  });
+
+  test('BUFFER_FULL: 16 KiB, then doubled until the list fits', () => {
+    expect(sizes(r['list-300'])).toEqual([16384, 32768, 65536]);
+    expect(r['list-300'].ok.count).toBe(300);
+    expect(r['list-300'].ok.last).toMatchObject({ dev: { major: 253, minor: 299 }, eventNr: 299 });
+  });
+
+  test('the empty device list', () => {
+    expect(r['list-0'].ok).toEqual([]);
+  });
+
+  test('a target message whose output overflowed is resent intact with a bigger buffer', () => {
+    // fake_dm scribbles over the input on BUFFER_FULL and answers EINVAL to a garbled resend.
+    expect(r['msg-big'].ok).toEqual({ length: 40000, allX: true });
+    expect(sizes(r['msg-big'])).toEqual([16384, 32768, 65536]);
+    expect(r['msg-big'].calls.every((c) => c.version === '4.2.0' && c.name === 'pool')).toBe(true);
+  });
+
+  test('DATA_OUT text comes back; none without it', () => {
+    expect(r['msg-echo'].ok).toBe('hello there');
+    expect(r['msg-quiet'].ok).toBe(true);
+  });
+
+  test('errno from the ioctl becomes a DmIoctlError', () => {
+    expect(r['msg-eexist'].error).toMatchObject({ name: 'DmIoctlError', code: 'EEXIST', errno: -17, syscall: 'ioctl', ioctl: 'DM_TARGET_MSG', device: 'pool', targetMessage: 'fail-eexist' });
+    expect(r.enxio.error).toMatchObject({ code: 'ENXIO', errno: -6, ioctl: 'DM_TABLE_STATUS', device: 'missing' });
+    expect(r.enotty.error).toMatchObject({ code: 'ENOTTY', ioctl: 'DM_DEV_STATUS', device: 'U-1' });
+  });
+
+  test('the retry stops at the cap with ENOBUFS', () => {
+    expect(sizes(r['never-fits'])).toEqual([16384, 32768, 65536]);
+    expect(r['never-fits'].error).toMatchObject({ code: 'ENOBUFS', errno: -105, ioctl: 'DM_TABLE_STATUS', device: 'never-fits' });
+  });
+});
