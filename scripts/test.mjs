@@ -17,7 +17,11 @@ function run(cmd, args) {
   return r.status ?? 1;
 }
 
-let status = run(process.execPath, [join(root, 'node_modules/jest/bin/jest.js'), ...extra]);
+// The CLI tests run dist/ as users do: compile first so it is never stale.
+let status = run(process.execPath, [join(root, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.json']);
+if (status === 0) status = run(process.execPath, [join(root, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.test.json']);
+if (status !== 0) process.exit(status);
+status = run(process.execPath, [join(root, 'node_modules/jest/bin/jest.js'), ...extra]);
 const vmRunner = join(root, 'scripts/vm/run-vm-tests.mjs');
 if (existsSync(vmRunner) && extra.length === 0) {
   const vmStatus = run(process.execPath, [vmRunner]);

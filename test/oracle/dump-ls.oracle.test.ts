@@ -1,0 +1,137 @@
+/**
+ * dmthin dump / ls against thin_dump / thin_ls 0.9.0 on every fixture: byte
+ * for byte, the way a user runs them (child processes, exit codes).
+ */
+import { describeOracle, fixtureFile, listFixtures, oraclePath, runOracle, TempFile, largeImage, tempImage } from '../helpers/fixtures';
+import { hashCli, hashOutput, runCli } from '../cli/run-cli';
+
+const ALL_LS_FIELDS =
+  'DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS,MAPPED_SECTORS,EXCLUSIVE_SECTORS,SHARED_SECTORS,MAPPED_BYTES,EXCLUSIVE_BYTES,SHARED_BYTES,MAPPED,EXCLUSIVE,SHARED,TRANSACTION,CREATE_TIME,SNAP_TIME';
+
+function same(args: string[], refTool: string, refArgs: string[]) {
+  const ours = runCli(args);
+  const ref = runOracle(refTool, refArgs);
+  expect({ status: ours.status, stdout: ours.stdout }).toEqual({ status: ref.status, stdout: ref.stdout });
+  return ours;
+}
+
+const fixtures = listFixtures();
+
+describeOracle('dump and ls equal thin_dump and thin_ls 0.9.0 on every fixture', () => {
+  test('there are fixtures', () => expect(fixtures.length).toBeGreaterThanOrEqual(10));
+
+  describe.each(fixtures.map((f) => [f.name, f] as const))('%s', (name, f) => {
+    let img: TempFile;
+    beforeAll(() => {
+      img = fixtureFile(name);
+    });
+    afterAll(() => img.cleanup());
+
+    test('dump (xml)', () => {
+      const r = same(['dump', img.path], 'thin_dump', [img.path]);
+      expect(r.status).toBe(0);
+      expect(r.stderr).toBe('');
+    });
+    test('dump -f human_readable', () => {
+      same(['dump', '-f', 'human_readable', img.path], 'thin_dump', ['-f', 'human_readable', img.path]);
+    });
+    test('dump --skip-mappings', () => {
+      same(['dump', '--skip-mappings', img.path], 'thin_dump', ['--skip-mappings', img.path]);
+    });
+    test('dump --dev-id (first, last and an unknown id, repeated)', () => {
+      const xml = runOracle('thin_dump', ['--skip-mappings', img.path]).stdout;
+      const ids = [...xml.matchAll(/dev_id="(\d+)"/g)].map((m) => m[1]);
+      const pick = ids.length ? [ids[ids.length - 1], ids[0]] : [];
+      const args = [...pick.flatMap((id) => ['--dev-id', id]), '--dev-id', '4242'];
+      same(['dump', ...args, img.path], 'thin_dump', [...args, img.path]);
+    });
+    test('ls (default fields)', () => {
+      same(['ls', img.path], 'thin_ls', [img.path]);
+    });
+    test('ls -o every field, and --no-headers', () => {
+      same(['ls', '-o', ALL_LS_FIELDS, img.path], 'thin_ls', ['-o', ALL_LS_FIELDS, img.path]);
+      same(['ls', '--no-headers', '-o', 'DEV,SHARED,EXCLUSIVE_BYTES', img.path], 'thin_ls', ['--no-headers', '-o', 'DEV,SHARED,EXCLUSIVE_BYTES', img.path]);
+    });
+    test('our XML loads with thin_restore and dumps back identically', () => {
+      const ours = runCli(['dump', img.path]);
+      expect(ours.status).toBe(0);
+      using xml = tempImage(Buffer.from(ours.stdout), 'dump.xml');
+      using out = tempImage(Buffer.alloc(f.size), 'restored.bin');
+      const r = runOracle('thin_restore', ['-q', '-i', xml.path, '-o', out.path]);
+      expect(r.status).toBe(0);
+      expect(runOracle('thin_dump', [out.path]).stdout).toBe(ours.stdout);
+    });
+
+    if (f.heldRoot) {
+      const held = String(f.heldRoot);
+      const trueNr = (s: string) => s.replace(/nr_data_blocks="0"/, `nr_data_blocks="${f.nrDataBlocks}"`);
+      test('dump -m: equal except the documented nr_data_blocks', () => {
+        const ours = runCli(['dump', '-m', img.path]);
+        const ref = runOracle('thin_dump', ['-m', img.path]);
+        expect(ref.stdout).toMatch(/nr_data_blocks="0"/);
+        expect(ours.status).toBe(0);
+        expect(ours.stdout).toBe(trueNr(ref.stdout));
+        // ...and it really is the snapshot, not the live superblock.
+        expect(ours.stdout).not.toBe(runCli(['dump', img.path]).stdout);
+      });
+      test('dump -f human_readable -m and --metadata-snap=BLOCK', () => {
+        const hr = runOracle('thin_dump', ['-f', 'human_readable', '-m', img.path]).stdout;
+        expect(runCli(['dump', '-f', 'human_readable', '-m', img.path]).stdout).toBe(
+          hr.replace(/^(begin superblock: .*), 0$/m, `$1, ${f.nrDataBlocks}`),
+        );
+        expect(runCli(['dump', `--metadata-snap=${held}`, img.path]).stdout).toBe(trueNr(runOracle('thin_dump', [`--metadata-snap=${held}`, img.path]).stdout));
+        expect(runCli(['dump', `-m${held}`, img.path]).stdout).toBe(trueNr(runOracle('thin_dump', [`-m${held}`, img.path]).stdout));
+      });
+      test('a block that is not the held root is refused, as thin_dump refuses it', () => {
+        const wrong = String(f.heldRoot! + 1);
+        const ours = runCli(['dump', `--metadata-snap=${wrong}`, img.path]);
+        expect(runOracle('thin_dump', [`--metadata-snap=${wrong}`, img.path]).status).toBe(1);
+        expect(ours.status).toBe(1);
+        expect(ours.stderr).toMatch(/^dmthin dump: metadata snapshot at block \d+ does not match the held root \d+/);
+        expect(ours.stdout).toBe('');
+      });
+      test('ls -m', () => {
+        same(['ls', '-m', '-o', ALL_LS_FIELDS, img.path], 'thin_ls', ['-m', '-o', ALL_LS_FIELDS, img.path]);
+      });
+    } else {
+      test('-m without a held snapshot fails as thin_dump does (exit 1)', () => {
+        expect(runOracle('thin_dump', ['-m', img.path]).status).toBe(1);
+        const ours = runCli(['dump', '-m', img.path]);
+        expect(ours.status).toBe(1);
+        expect(ours.stderr).toMatch(/^dmthin dump: no current metadata snapshot/);
+        expect(ours.stderr.trim().split('\n')).toHaveLength(1);
+      });
+    }
+  });
+});
+
+describeOracle('a generated image of at least 1,000,000 mappings', () => {
+  let big: ReturnType<typeof largeImage>;
+  beforeAll(() => {
+    big = largeImage(1_000_000);
+  }, 600_000);
+
+  test('has at least 1M mappings and a multi-level tree', () => {
+    expect(big.mappings).toBeGreaterThanOrEqual(1_000_000);
+    expect(big.depth.bottomMax).toBeGreaterThanOrEqual(3);
+  });
+
+  test('dump equals thin_dump (sha256 of the whole output)', async () => {
+    const [ours, ref] = await Promise.all([hashCli(['dump', '-q', big.path]), hashOutput(oraclePath('thin_dump')!, [big.path])]);
+    expect(ours.status).toBe(0);
+    expect(ours.bytes).toBeGreaterThan(1e6);
+    expect(ours).toMatchObject({ sha256: ref.sha256, bytes: ref.bytes });
+  }, 600_000);
+
+  test('dump -f human_readable equals thin_dump', async () => {
+    const [ours, ref] = await Promise.all([
+      hashCli(['dump', '-q', '-f', 'human_readable', big.path]),
+      hashOutput(oraclePath('thin_dump')!, ['-f', 'human_readable', big.path]),
+    ]);
+    expect(ours).toMatchObject({ status: 0, sha256: ref.sha256, bytes: ref.bytes });
+  }, 600_000);
+
+  test('ls with every field equals thin_ls', () => {
+    same(['ls', '-q', '-o', ALL_LS_FIELDS, big.path], 'thin_ls', ['-o', ALL_LS_FIELDS, big.path]);
+  }, 600_000);
+});
