@@ -76,6 +76,66 @@ std::string RequestDevice(const struct dm_ioctl& io) {
   return std::string(io.uuid, n);
 }
 
+// One ioctl with the BUFFER_FULL retry. Shared by the worker (normal path) and
+// the synchronous variant (only for releasing a metadata snapshot while the
+// process is exiting, when no more async work can run).
+void RunIoctl(uint32_t cmd, const std::vector<uint8_t>& request, const std::string& control, size_t max_size,
+              std::vector<uint64_t>& buf, size_t& result_size, SysFailure& fail) {
+  const Command& c = kCommands[cmd];
+  // One descriptor per call: no process-wide state to share between
+  // workers, nothing to reopen after fork, and controlPath can vary per
+  // call. An open of the control node is cheap next to the ioctl itself.
+  // (DM_DEV_ARM_POLL needs a long-lived fd; it would get its own object.)
+  int fd;
+  do fd = ::open(control.c_str(), O_RDWR | O_CLOEXEC); while (fd < 0 && errno == EINTR);
+  if (fd < 0) return fail.set(errno, "open", control, c.name);
+
+  size_t size = request.size();
+  if (c.returns_data && size < kInitialBufferSize) size = kInitialBufferSize;
+  size = (size + 7) & ~size_t(7);
+  if (size > max_size && size > request.size()) size = std::max(request.size(), max_size);
+  for (;;) {
+    // uint64_t storage keeps the struct 8-aligned, as the kernel's records expect.
+    buf.assign((size + 7) / 8, 0);
+    uint8_t* p = reinterpret_cast<uint8_t*>(buf.data());
+    int r;
+    do {
+      // Re-copy every attempt: a call that returned BUFFER_FULL (or failed)
+      // may have overwritten the input, e.g. a target message.
+      std::memset(p, 0, size);
+      std::memcpy(p, request.data(), request.size());
+      reinterpret_cast<struct dm_ioctl*>(p)->data_size = static_cast<uint32_t>(size);
+      r = ::ioctl(fd, c.request, p);
+    } while (r < 0 && errno == EINTR);
+    if (r < 0) {
+      fail.set(errno, "ioctl", std::string(), c.name);
+      break;
+    }
+    const struct dm_ioctl* out = reinterpret_cast<const struct dm_ioctl*>(p);
+    if (!c.returns_data || !(out->flags & DM_BUFFER_FULL_FLAG)) {
+      size_t valid = out->data_size;
+      if (valid < sizeof(struct dm_ioctl)) valid = sizeof(struct dm_ioctl);  // header always readable
+      if (valid > size) valid = size;
+      result_size = valid;
+      break;
+    }
+    if (size >= max_size || size * 2 > kMaxRequestSize) {
+      fail.set(ENOBUFS, "ioctl", std::string(), std::string(c.name) + ": result larger than " + std::to_string(size) + " bytes");
+      break;
+    }
+    size = std::min(size * 2, max_size);
+  }
+  ::close(fd);
+}
+
+Napi::Error IoctlError(Napi::Env env, const SysFailure& fail, uint32_t cmd, const std::string& device) {
+  Napi::Error e = MakeErrnoError(env, fail);
+  Napi::Object o = e.Value();
+  o.Set("ioctl", Napi::String::New(env, kCommands[cmd].name));
+  if (!device.empty()) o.Set("device", Napi::String::New(env, device));
+  return e;
+}
+
 class IoctlWorker : public Napi::AsyncWorker {
  public:
   IoctlWorker(Napi::Env env, uint32_t cmd, std::vector<uint8_t> request, std::string control, size_t max_size)
@@ -92,62 +152,12 @@ class IoctlWorker : public Napi::AsyncWorker {
 
   Napi::Promise Promise() { return deferred_.Promise(); }
 
-  void Execute() override {
-    const Command& c = kCommands[cmd_];
-    // One descriptor per call: no process-wide state to share between
-    // workers, nothing to reopen after fork, and controlPath can vary per
-    // call. An open of the control node is cheap next to the ioctl itself.
-    // (DM_DEV_ARM_POLL needs a long-lived fd; it would get its own object.)
-    int fd;
-    do fd = ::open(control_.c_str(), O_RDWR | O_CLOEXEC); while (fd < 0 && errno == EINTR);
-    if (fd < 0) return fail_.set(errno, "open", control_, c.name);
-
-    size_t size = request_.size();
-    if (c.returns_data && size < kInitialBufferSize) size = kInitialBufferSize;
-    size = (size + 7) & ~size_t(7);
-    if (size > max_size_ && size > request_.size()) size = std::max(request_.size(), max_size_);
-    for (;;) {
-      // uint64_t storage keeps the struct 8-aligned, as the kernel's records expect.
-      buf_.assign((size + 7) / 8, 0);
-      uint8_t* p = reinterpret_cast<uint8_t*>(buf_.data());
-      int r;
-      do {
-        // Re-copy every attempt: a call that returned BUFFER_FULL (or failed)
-        // may have overwritten the input, e.g. a target message.
-        std::memset(p, 0, size);
-        std::memcpy(p, request_.data(), request_.size());
-        reinterpret_cast<struct dm_ioctl*>(p)->data_size = static_cast<uint32_t>(size);
-        r = ::ioctl(fd, c.request, p);
-      } while (r < 0 && errno == EINTR);
-      if (r < 0) {
-        fail_.set(errno, "ioctl", std::string(), c.name);
-        break;
-      }
-      const struct dm_ioctl* out = reinterpret_cast<const struct dm_ioctl*>(p);
-      if (!c.returns_data || !(out->flags & DM_BUFFER_FULL_FLAG)) {
-        size_t valid = out->data_size;
-        if (valid < sizeof(struct dm_ioctl)) valid = sizeof(struct dm_ioctl);  // header always readable
-        if (valid > size) valid = size;
-        result_size_ = valid;
-        break;
-      }
-      if (size >= max_size_ || size * 2 > kMaxRequestSize) {
-        fail_.set(ENOBUFS, "ioctl", std::string(), std::string(c.name) + ": result larger than " + std::to_string(size) + " bytes");
-        break;
-      }
-      size = std::min(size * 2, max_size_);
-    }
-    ::close(fd);
-  }
+  void Execute() override { RunIoctl(cmd_, request_, control_, max_size_, buf_, result_size_, fail_); }
 
   void OnOK() override {
     Napi::Env env = Env();
     if (fail_.failed()) {
-      Napi::Error e = MakeErrnoError(env, fail_);
-      Napi::Object o = e.Value();
-      o.Set("ioctl", Napi::String::New(env, kCommands[cmd_].name));
-      if (!device_.empty()) o.Set("device", Napi::String::New(env, device_));
-      deferred_.Reject(o);
+      deferred_.Reject(IoctlError(env, fail_, cmd_, device_).Value());
       return;
     }
     Napi::Buffer<uint8_t> b = Napi::Buffer<uint8_t>::Copy(env, reinterpret_cast<uint8_t*>(buf_.data()), result_size_);
@@ -168,8 +178,8 @@ class IoctlWorker : public Napi::AsyncWorker {
   SysFailure fail_;
 };
 
-// dmIoctl(command, request, opts?) -> Promise<Buffer>
-Napi::Value DmIoctl(const Napi::CallbackInfo& info) {
+// dmIoctl(command, request, opts?) -> Promise<Buffer>; dmIoctlSync -> Buffer
+Napi::Value DmIoctlImpl(const Napi::CallbackInfo& info, bool sync) {
   Napi::Env env = info.Env();
   const char* usage = "dmIoctl(command: number, request: Buffer, opts?: { controlPath?: string, maxBufferSize?: number })";
   if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsTypedArray()) throw Napi::TypeError::New(env, usage);
@@ -200,11 +210,25 @@ Napi::Value DmIoctl(const Napi::CallbackInfo& info) {
     }
   }
   std::vector<uint8_t> bytes(req.Data(), req.Data() + req.ByteLength());
+  if (sync) {
+    std::vector<uint64_t> buf;
+    size_t result_size = 0;
+    SysFailure fail;
+    struct dm_ioctl io;
+    std::memcpy(&io, bytes.data(), sizeof(io));
+    RunIoctl(static_cast<uint32_t>(cmdd), bytes, control, max_size, buf, result_size, fail);
+    if (fail.failed()) throw IoctlError(env, fail, static_cast<uint32_t>(cmdd), RequestDevice(io));
+    return Napi::Buffer<uint8_t>::Copy(env, reinterpret_cast<uint8_t*>(buf.data()), result_size);
+  }
   auto* w = new IoctlWorker(env, static_cast<uint32_t>(cmdd), std::move(bytes), std::move(control), max_size);
   Napi::Promise p = w->Promise();
   w->Queue();
   return p;
 }
+
+Napi::Value DmIoctlAsync(const Napi::CallbackInfo& info) { return DmIoctlImpl(info, false); }
+// Blocks the JS thread: only for exit paths (see RunIoctl).
+Napi::Value DmIoctlSync(const Napi::CallbackInfo& info) { return DmIoctlImpl(info, true); }
 
 bool ReadDev(const Napi::CallbackInfo& info, size_t i, uint32_t limit, uint32_t* out) {
   if (info.Length() <= i || !info[i].IsNumber()) return false;
@@ -371,7 +395,8 @@ Napi::Object Constants(Napi::Env env) {
 }  // namespace
 
 void InitDmControl(Napi::Env env, Napi::Object exports) {
-  exports.Set("dmIoctl", Napi::Function::New(env, DmIoctl, "dmIoctl"));
+  exports.Set("dmIoctl", Napi::Function::New(env, DmIoctlAsync, "dmIoctl"));
+  exports.Set("dmIoctlSync", Napi::Function::New(env, DmIoctlSync, "dmIoctlSync"));
   exports.Set("mknodBlock", Napi::Function::New(env, MknodBlock, "mknodBlock"));
   exports.Set("unlinkNode", Napi::Function::New(env, UnlinkNode, "unlinkNode"));
   exports.Set("dmConstants", Constants(env));

@@ -52,6 +52,8 @@ import {
 
 /** Sends one request (struct dm_ioctl + payload), resolves with the kernel's buffer. */
 export type DmTransport = (command: Cmd, request: Buffer) => Promise<Buffer>;
+/** The same, blocking the calling thread (exit paths only). */
+export type DmSyncTransport = (command: Cmd, request: Buffer) => Buffer;
 
 export interface DeviceMapperOptions {
   /** Default /dev/mapper/control. */
@@ -69,6 +71,8 @@ export interface DeviceMapperOptions {
   nodeMode?: number;
   /** Replaces the native ioctl (tests, tracing). */
   transport?: DmTransport;
+  /** Replaces the blocking native ioctl used by targetMessageSync. */
+  syncTransport?: DmSyncTransport;
 }
 
 /** A device's state, from the struct dm_ioctl the kernel returned. */
@@ -112,6 +116,10 @@ function nativeTransport(controlPath?: string, maxBufferSize?: number): DmTransp
   };
 }
 
+function nativeSyncTransport(controlPath?: string, maxBufferSize?: number): DmSyncTransport {
+  return (command, request) => native().dmIoctlSync(command, request, { controlPath, maxBufferSize });
+}
+
 interface CallContext {
   id?: DeviceId;
   device?: string;
@@ -121,6 +129,7 @@ interface CallContext {
 export class DeviceMapper {
   readonly devDir: string;
   private readonly transport: DmTransport;
+  private readonly syncTransport?: DmSyncTransport;
   private readonly nodes: 'auto' | 'always' | 'never';
   private readonly nodeMode: number;
   /** Nodes this instance made: name -> dev. */
@@ -128,6 +137,7 @@ export class DeviceMapper {
 
   constructor(opts: DeviceMapperOptions = {}) {
     this.transport = opts.transport ?? nativeTransport(opts.controlPath, opts.maxBufferSize);
+    this.syncTransport = opts.syncTransport ?? (opts.transport ? undefined : nativeSyncTransport(opts.controlPath, opts.maxBufferSize));
     this.nodes = opts.nodes ?? 'auto';
     this.devDir = opts.devDir ?? '/dev/mapper';
     this.nodeMode = opts.nodeMode ?? 0o600;
@@ -350,6 +360,22 @@ export class DeviceMapper {
     const r = await this.call(Cmd.TARGET_MSG, { ...idFields(id) }, payload, { id, targetMessage: message });
     if (!(r.header.flags & Flag.DATA_OUT)) return undefined;
     return decodeMessageOutput(resultArea(r.buf, r.header));
+  }
+
+  /**
+   * DM_TARGET_MSG on the calling thread. Only for exit handlers, where the
+   * event loop will run no more async work (e.g. releasing a metadata
+   * snapshot from process.on('exit')). Output text is not returned.
+   */
+  targetMessageSync(ref: DeviceRef, sector: Sectors, message: string): void {
+    if (!this.syncTransport) throw new DmthinError('ENOTSUP', 'no synchronous transport configured');
+    const id = resolveDeviceRef(ref);
+    const req = encodeRequest({ ...idFields(id), version: MIN_VERSION[Cmd.TARGET_MSG] }, encodeTargetMsg(sector, message));
+    try {
+      this.syncTransport(Cmd.TARGET_MSG, req);
+    } catch (err) {
+      throw toIoctlError(err, Cmd.TARGET_MSG, deviceLabel(id), message);
+    }
   }
 
   /** DM_DEV_SET_GEOMETRY (what HDIO_GETGEO reports). */

@@ -66,6 +66,8 @@ export interface NativeAddon {
    * Node-shaped error carrying `ioctl` (command name) and `device`.
    */
   dmIoctl(command: number, request: Uint8Array, opts?: NativeDmIoctlOptions): Promise<Buffer>;
+  /** Same, on the calling thread: only for exit paths (releasing a metadata snapshot). */
+  dmIoctlSync(command: number, request: Uint8Array, opts?: NativeDmIoctlOptions): Buffer;
   /** Block device node with exactly `mode` (umask-proof). Throws Node-shaped errors. */
   mknodBlock(path: string, major: number, minor: number, mode: number): void;
   /** Removes `path` only if it is a block node for major:minor; false otherwise. */

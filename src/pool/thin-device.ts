@@ -1,0 +1,71 @@
+/**
+ * ThinDevice: an activated thin volume (a dm device with a `thin` table).
+ */
+import { DmthinError } from '../errors';
+import { DeviceMapper } from '../dm/device-mapper';
+import type { DevNum } from '../dm/ioctl';
+import { parseThinStatus, parseThinTable, thinTarget, THIN_TARGET, type ThinStatus } from '../dm/targets/thin';
+import type { ThinId } from '../dm/targets/thin-pool';
+import { type Sectors, sectors } from '../units';
+import type { ThinPool } from './thin-pool';
+
+export interface ActivateOptions {
+  /** dm name of the new device. */
+  name: string;
+  /** Thin id in the pool (create it first with pool.createThin / createSnap). */
+  devId: ThinId;
+  /** Virtual size in sectors. */
+  length: Sectors | number;
+  /** Read-only device that supplies unprovisioned blocks. */
+  externalOrigin?: string | DevNum;
+  readOnly?: boolean;
+}
+
+export class ThinDevice {
+  private constructor(
+    readonly name: string,
+    readonly dm: DeviceMapper,
+    readonly dev: DevNum,
+    readonly devId: number,
+  ) {}
+
+  /** Activates thin `devId` of `pool` as /dev/mapper/<name>. */
+  static async activate(pool: ThinPool, o: ActivateOptions): Promise<ThinDevice> {
+    const target = thinTarget(sectors(Number(o.length)), { poolDev: pool.dev, devId: o.devId, externalOriginDev: o.externalOrigin });
+    const info = await pool.dm.createWithTable(o.name, [target], { readOnly: o.readOnly });
+    return new ThinDevice(o.name, pool.dm, info.dev, Number(o.devId));
+  }
+
+  /** An active thin device by dm name. */
+  static async open(name: string, opts: { dm?: DeviceMapper } = {}): Promise<ThinDevice> {
+    const dm = opts.dm ?? new DeviceMapper();
+    const info = await dm.info(name);
+    const t = await dm.table(name);
+    if (t.length !== 1 || t[0].type !== THIN_TARGET) throw new DmthinError('EINVAL', `${name} is not a thin device`, { device: name });
+    return new ThinDevice(name, dm, info.dev, parseThinTable(t[0].params).devId);
+  }
+
+  /** /dev/mapper/<name>. */
+  get path(): string {
+    return `${this.dm.devDir}/${this.name}`;
+  }
+
+  /** Mapped sectors and the highest mapped sector, or fail/error. */
+  async status(opts: { noflush?: boolean } = {}): Promise<ThinStatus> {
+    const [t] = await this.dm.status(this.name, { noflush: opts.noflush });
+    return parseThinStatus(t.params);
+  }
+
+  suspend(opts: { noflush?: boolean; skipLockfs?: boolean } = {}) {
+    return this.dm.suspend(this.name, opts);
+  }
+
+  resume() {
+    return this.dm.resume(this.name);
+  }
+
+  /** Removes the dm device (the thin volume and its data stay in the pool). */
+  async deactivate(opts: { deferred?: boolean } = {}): Promise<void> {
+    await this.dm.remove(this.name, opts);
+  }
+}
