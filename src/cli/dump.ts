@@ -20,7 +20,7 @@ export function register(program: Command, ctx: () => CliContext): void {
   program
     .command('dump')
     .description('dump pool metadata (byte-identical to thin_dump 0.9.0 for xml and human_readable)')
-    .argument('<metadata>', 'metadata device or file')
+    .argument('<metadata>', 'metadata device or file, or with -m the dm name of a live pool')
     .option('-m, --metadata-snap', 'read through the held metadata snapshot (-mBLOCK / --metadata-snap=BLOCK: must be the held root)')
     .option('--dev-id <id>', 'dump only this device (repeatable)', (v: string, acc: string[] = []) => [...acc, v])
     .option('--skip-mappings', 'devices only, no mappings')
@@ -32,7 +32,7 @@ export function register(program: Command, ctx: () => CliContext): void {
       const format = o.format as DumpFormat;
       if (!['xml', 'human_readable', 'json'].includes(format)) throw new UsageError(`unknown format '${o.format}' (xml, human_readable, json)`);
       const devIds = o.devId?.map((v) => parseIntArg('--dev-id', v));
-      const md = await openMetadata(metadata, o);
+      const md = await openMetadata(metadata, o, c);
       c.onCleanup(() => md.close());
       let out: Writable = process.stdout;
       if (o.output) {

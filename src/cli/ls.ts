@@ -15,7 +15,7 @@ export function register(program: Command, ctx: () => CliContext): void {
   program
     .command('ls')
     .description('list thin devices with mapped, exclusive and shared usage (as thin_ls 0.9.0)')
-    .argument('<metadata>', 'metadata device or file')
+    .argument('<metadata>', 'metadata device or file, or with -m the dm name of a live pool')
     .option('-m, --metadata-snap', 'read through the held metadata snapshot')
     .option('-o, --format <fields>', 'comma-separated fields (DEV, MAPPED_BLOCKS, EXCLUSIVE_BLOCKS, SHARED_BLOCKS, *_SECTORS, *_BYTES, MAPPED, EXCLUSIVE, SHARED, TRANSACTION, CREATE_TIME, SNAP_TIME)')
     .option('--no-headers', 'omit the header line')
@@ -24,7 +24,7 @@ export function register(program: Command, ctx: () => CliContext): void {
     .action(async (metadata: string, o: LsCliOpts) => {
       const c = ctx();
       const fields = o.format !== undefined ? parseLsFields(o.format) : [...DEFAULT_LS_FIELDS];
-      const md = await openMetadata(metadata, o);
+      const md = await openMetadata(metadata, o, c);
       c.onCleanup(() => md.close());
       const bar = new Progress('ls', !o.quiet && process.stderr.isTTY === true);
       let rows;

@@ -8,6 +8,9 @@ import { Command, CommanderError } from 'commander';
 import { CliContext, errorLine, EXIT_FAILURE, rewriteMetadataSnapArgs } from './common';
 import * as dumpCmd from './dump';
 import * as lsCmd from './ls';
+import * as poolCmd from './pool';
+import * as messageCmd from './message';
+import * as devicesCmd from './devices';
 
 const VERSION = require('../../package.json').version as string;
 
@@ -22,10 +25,11 @@ export async function main(argv: string[]): Promise<number> {
     .configureOutput({ writeErr: (s) => process.stderr.write(s) })
     .showHelpAfterError(false);
   program.hook('preAction', (_p, action) => {
-    name = `dmthin ${action.name()}`;
+    const parent = action.parent && action.parent !== program ? `${action.parent.name()} ` : '';
+    name = `dmthin ${parent}${action.name()}`;
     ctx = new CliContext(name);
   });
-  for (const mod of [dumpCmd, lsCmd]) mod.register(program, getCtx);
+  for (const mod of [dumpCmd, lsCmd, poolCmd, messageCmd, devicesCmd]) mod.register(program, getCtx);
   // Hidden companion of -m: the attached block number (see rewriteMetadataSnapArgs).
   for (const c of program.commands) {
     if (c.options.some((o) => o.long === '--metadata-snap')) {

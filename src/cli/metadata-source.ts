@@ -1,9 +1,14 @@
 /**
- * Resolves the METADATA argument of read commands into an open ThinMetadata.
- * (A pool name is resolved to its metadata device by the kernel bridge.)
+ * Resolves the METADATA argument of read commands: a metadata device or file,
+ * or (with -m) the dm name of a live thin-pool. For a pool, the held metadata
+ * snapshot is used; if none is held, one is reserved for the duration of the
+ * command and released afterwards (also on Ctrl-C / SIGTERM).
  */
+import { existsSync } from 'node:fs';
+import { DmthinError, UsageError } from '../errors';
 import { ThinMetadata } from '../thin/metadata';
-import { parseIntArg } from './common';
+import { ThinPool } from '../pool/thin-pool';
+import { CliContext, parseIntArg } from './common';
 
 export interface MetadataSnapOpts {
   metadataSnap?: boolean;
@@ -15,6 +20,28 @@ export function snapOption(o: MetadataSnapOpts): boolean | number | undefined {
   return o.metadataSnap ? true : undefined;
 }
 
-export async function openMetadata(path: string, o: MetadataSnapOpts): Promise<ThinMetadata> {
-  return ThinMetadata.open(path, { metadataSnap: snapOption(o) });
+/** A dm name (no slash) that is not a file here. */
+function looksLikePool(arg: string): boolean {
+  return !arg.includes('/') && !existsSync(arg);
+}
+
+export async function openMetadata(arg: string, o: MetadataSnapOpts, ctx: CliContext): Promise<ThinMetadata> {
+  const snap = snapOption(o);
+  if (!looksLikePool(arg)) return ThinMetadata.open(arg, { metadataSnap: snap });
+  if (snap === undefined) {
+    throw new DmthinError('ENOENT', `${arg}: no such file (a live pool can be read by name only through its metadata snapshot, -m)`, { path: arg });
+  }
+  const pool = await ThinPool.open(arg);
+  const held = (await pool.workingStatus()).heldMetadataRoot;
+  if (held !== null) {
+    // Someone else's snapshot: use it, leave it held.
+    if (typeof snap === 'number' && snap !== Number(held)) {
+      throw new UsageError(`metadata snapshot at block ${snap} does not match the held root ${held} of ${arg}`);
+    }
+    return pool.metadata();
+  }
+  if (typeof snap === 'number') throw new UsageError(`${arg} holds no metadata snapshot (block ${snap} was asked for)`);
+  const s = await pool.reserveMetadataSnap();
+  ctx.onCleanup(() => s.release());
+  return s.open();
 }
