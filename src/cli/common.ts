@@ -2,7 +2,7 @@
  * Shared CLI plumbing: argument helpers, the error line, exit codes,
  * cancellation on SIGINT/SIGTERM and TTY-only progress bars.
  */
-import { SingleBar } from 'cli-progress';
+import type { SingleBar } from 'cli-progress';
 import { DmthinError, UsageError } from '../errors';
 
 /** Exit status on any error, as the reference tools do. */
@@ -79,7 +79,9 @@ export class Progress {
     enabled = process.stderr.isTTY === true,
   ) {
     if (enabled) {
-      this.bar = new SingleBar({
+      // Loaded only for a terminal: startup time matters for a CLI.
+      const { SingleBar: Bar } = require('cli-progress') as typeof import('cli-progress');
+      this.bar = new Bar({
         stream: process.stderr,
         format: `${label} [{bar}] {percentage}% | {value}/{total} mappings`,
         hideCursor: true,

@@ -1,7 +1,6 @@
 /** `dmthin devices`: every dm device with its targets, like `dmsetup table`. */
 import type { Command } from 'commander';
-import { DeviceMapper } from '../dm/device-mapper';
-import { formatDev } from '../dm/ioctl';
+import type { DeviceMapper as DeviceMapperT } from '../dm/device-mapper';
 import { CliContext } from './common';
 import { toJson } from './json';
 
@@ -12,7 +11,9 @@ export function register(program: Command, ctx: () => CliContext): void {
     .option('--json', 'print JSON')
     .action(async (o: { json?: boolean }) => {
       ctx();
+      const { DeviceMapper } = require('../dm/device-mapper') as { DeviceMapper: typeof DeviceMapperT };
       const dm = new DeviceMapper();
+      const formatDev = (d: { major: number; minor: number }) => `${d.major}:${d.minor}`;
       const rows = [];
       for (const d of (await dm.listDevices()).sort((a, b) => a.name.localeCompare(b.name))) {
         const info = await dm.info(d.name).catch(() => undefined);

@@ -8,6 +8,7 @@ import { Command, CommanderError } from 'commander';
 import { CliContext, errorLine, EXIT_FAILURE, rewriteMetadataSnapArgs } from './common';
 import * as dumpCmd from './dump';
 import * as lsCmd from './ls';
+import * as deltaCmd from './delta';
 import * as poolCmd from './pool';
 import * as messageCmd from './message';
 import * as devicesCmd from './devices';
@@ -29,7 +30,7 @@ export async function main(argv: string[]): Promise<number> {
     name = `dmthin ${parent}${action.name()}`;
     ctx = new CliContext(name);
   });
-  for (const mod of [dumpCmd, lsCmd, poolCmd, messageCmd, devicesCmd]) mod.register(program, getCtx);
+  for (const mod of [dumpCmd, lsCmd, deltaCmd, poolCmd, messageCmd, devicesCmd]) mod.register(program, getCtx);
   // Hidden companion of -m: the attached block number (see rewriteMetadataSnapArgs).
   for (const c of program.commands) {
     if (c.options.some((o) => o.long === '--metadata-snap')) {

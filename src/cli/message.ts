@@ -1,6 +1,6 @@
 /** `dmthin message`: a raw DM_TARGET_MSG, like `dmsetup message`. */
 import type { Command } from 'commander';
-import { DeviceMapper } from '../dm/device-mapper';
+import type { DeviceMapper as DeviceMapperT } from '../dm/device-mapper';
 import { sectors } from '../units';
 import { CliContext, parseIntArg } from './common';
 
@@ -13,6 +13,7 @@ export function register(program: Command, ctx: () => CliContext): void {
     .argument('<message...>', 'message words')
     .action(async (name: string, sector: string, words: string[]) => {
       ctx();
+      const { DeviceMapper } = require('../dm/device-mapper') as { DeviceMapper: typeof DeviceMapperT };
       const out = await new DeviceMapper().targetMessage(name, sectors(parseIntArg('sector', sector)), words.join(' '));
       if (out !== undefined) process.stdout.write(out.endsWith('\n') ? out : out + '\n');
     });

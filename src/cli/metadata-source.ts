@@ -7,7 +7,7 @@
 import { existsSync } from 'node:fs';
 import { DmthinError, UsageError } from '../errors';
 import { ThinMetadata } from '../thin/metadata';
-import { ThinPool } from '../pool/thin-pool';
+import type { ThinPool as ThinPoolT } from '../pool/thin-pool';
 import { CliContext, parseIntArg } from './common';
 
 export interface MetadataSnapOpts {
@@ -31,6 +31,7 @@ export async function openMetadata(arg: string, o: MetadataSnapOpts, ctx: CliCon
   if (snap === undefined) {
     throw new DmthinError('ENOENT', `${arg}: no such file (a live pool can be read by name only through its metadata snapshot, -m)`, { path: arg });
   }
+  const { ThinPool } = require('../pool/thin-pool') as { ThinPool: typeof ThinPoolT };
   const pool = await ThinPool.open(arg);
   const held = (await pool.workingStatus()).heldMetadataRoot;
   if (held !== null) {

@@ -1,7 +1,7 @@
 /** `dmthin pool ...`: status and the pool messages of a live thin-pool. */
 import type { Command } from 'commander';
-import { ThinPool } from '../pool/thin-pool';
-import { MAX_THIN_ID, type ThinPoolStatus } from '../dm/targets/thin-pool';
+import type { ThinPool as ThinPoolT } from '../pool/thin-pool';
+import type { ThinPoolStatus } from '../dm/targets/thin-pool';
 import { UsageError } from '../errors';
 import { CliContext, parseIntArg } from './common';
 import { toJson } from './json';
@@ -12,7 +12,10 @@ function u64Arg(name: string, v: string): bigint {
 }
 
 /** Thin ids are checked before anything is sent (0..2^24-1). */
-const thinIdArg = (name: string, v: string) => parseIntArg(name, v, MAX_THIN_ID);
+const thinIdArg = (name: string, v: string) => parseIntArg(name, v, 2 ** 24 - 1);
+
+/** Loaded on use: the dm layer is not needed by the read-only commands. */
+const ThinPool = { open: (name: string) => (require('../pool/thin-pool') as { ThinPool: typeof ThinPoolT }).ThinPool.open(name) };
 
 export function formatStatus(name: string, s: ThinPoolStatus): string {
   if (s.kind !== 'working') return `${name}: ${s.kind === 'fail' ? 'Fail' : 'Error'}\n`;

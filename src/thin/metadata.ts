@@ -13,6 +13,7 @@ import { SpaceMap, SpaceMapKind } from '../pdata/space-map';
 import { DeviceDetails, DEVICE_DETAILS_SIZE, parseDeviceDetails } from './device-details';
 import { Mapping, MappingRun, mappingRunBatches, RunBatch, VirtualBlock, WalkProgress, leafMapping } from './mappings';
 import { parseSuperblock, Superblock } from './superblock';
+import { deltaBatches, DeltaExtent, DeltaOptions, DeltaStats } from './delta';
 
 export interface ThinMetadataOptions extends OpenOptions {
   /**
@@ -191,11 +192,14 @@ export class ThinMetadata implements AsyncDisposable {
     return out;
   }
 
-  private async rootOf(devId: number): Promise<number> {
+  private async rootOf(devId: number, side?: string): Promise<number> {
     if (!Number.isSafeInteger(devId) || devId < 0) throw new UsageError(`bad device id ${devId}`);
     const roots = await this.deviceRoots();
     const root = roots.get(devId);
-    if (root === undefined) throw new DmthinError('ENODEV', `no thin device ${devId} in the metadata`, { devId, path: this.io.path });
+    if (root === undefined) {
+      const where = this.metadataSnap !== null ? ` (metadata snapshot at block ${this.metadataSnap})` : '';
+      throw new DmthinError('ENODEV', `no mapping tree for ${side ? `${side} device ` : 'device '}${devId} in the metadata${where}`, { devId, path: this.io.path });
+    }
     return root;
   }
 
@@ -214,6 +218,41 @@ export class ThinMetadata implements AsyncDisposable {
   /** Merged mapping runs `{ originBegin, dataBegin, length, time }` of one device, in virtual-block order. */
   async *mappings(devId: number, opts: WalkOptions = {}): AsyncGenerator<MappingRun> {
     for await (const batch of this.mappingBatches(devId, opts)) for (let i = 0; i < batch.count; i++) yield batch.run(i);
+  }
+
+  /**
+   * Differences between two thin devices' mappings, as extents in
+   * virtual-block order (see delta.ts). Subtrees both devices share are not
+   * read twice, and not at all with `includeSame: false`.
+   */
+  async *delta(left: number, right: number, opts: DeltaOptions = {}): AsyncGenerator<DeltaExtent, DeltaStats> {
+    const [l, r] = [await this.rootOf(left, 'left'), await this.rootOf(right, 'right')];
+    return yield* this.deltaOfRoots(l, r, { ...opts, leftId: left, rightId: right });
+  }
+
+  /** Delta of two raw bottom-level roots (thin_delta --root1/--root2). */
+  async *deltaOfRoots(
+    leftRoot: number,
+    rightRoot: number,
+    opts: DeltaOptions & { leftId?: number; rightId?: number } = {},
+  ): AsyncGenerator<DeltaExtent, DeltaStats> {
+    this.check();
+    for (const [what, b] of [['left', leftRoot], ['right', rightRoot]] as const) {
+      if (!Number.isSafeInteger(b) || b < 0 || b >= this.nrMetadataBlocks) throw new UsageError(`${what} root ${b} is not a metadata block`);
+    }
+    const gen = deltaBatches(this.io, leftRoot, rightRoot, { ...opts, nrMetadataBlocks: this.nrMetadataBlocks, nrDataBlocks: this.nrDataBlocks });
+    for (;;) {
+      const r = await gen.next();
+      if (r.done) return r.value;
+      yield* r.value;
+    }
+  }
+
+  /** Batches of delta extents (fast path for formatters). Returns the walk's counters. */
+  async *deltaExtentBatches(left: number, right: number, opts: DeltaOptions = {}): AsyncGenerator<DeltaExtent[], DeltaStats> {
+    const [l, r] = [await this.rootOf(left, 'left'), await this.rootOf(right, 'right')];
+    this.check();
+    return yield* deltaBatches(this.io, l, r, { ...opts, leftId: left, rightId: right, nrMetadataBlocks: this.nrMetadataBlocks, nrDataBlocks: this.nrDataBlocks });
   }
 
   /** Where one virtual block of a device is mapped, or null. */

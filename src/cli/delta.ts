@@ -1,0 +1,60 @@
+/** `dmthin delta`: thin_delta-compatible XML (plain and --verbose), or JSON. */
+import type { Command } from 'commander';
+import { UsageError } from '../errors';
+import { writeDelta, type DeltaSubject } from '../thin/delta-format';
+import { CliContext, parseIntArg } from './common';
+import { MetadataSnapOpts, openMetadata } from './metadata-source';
+
+interface DeltaCliOpts extends MetadataSnapOpts {
+  snap1?: string;
+  thin1?: string;
+  snap2?: string;
+  thin2?: string;
+  root1?: string;
+  root2?: string;
+  verbose?: boolean;
+  same: boolean;
+  format: string;
+  quiet?: boolean;
+}
+
+export function register(program: Command, ctx: () => CliContext): void {
+  program
+    .command('delta')
+    .description('differences between two thin devices (byte-identical to thin_delta 0.9.0 for xml)')
+    .argument('<metadata>', 'metadata device or file, or with -m the dm name of a live pool')
+    .option('--snap1, --thin1 <id>', 'left device')
+    .option('--snap2, --thin2 <id>', 'right device')
+    .option('--root1 <block>', 'left: a raw bottom-level mapping root instead of a device')
+    .option('--root2 <block>', 'right: a raw bottom-level mapping root instead of a device')
+    .option('-m, --metadata-snap', 'read through the held metadata snapshot (-mBLOCK / --metadata-snap=BLOCK: must be the held root)')
+    .option('--verbose', 'ranges with their data blocks')
+    .option('--no-same', 'leave out blocks both devices map the same way (shared subtrees are then not read at all)')
+    .option('-f, --format <format>', 'xml or json', 'xml')
+    .option('-q, --quiet', 'no progress output')
+    .action(async (metadata: string, o: DeltaCliOpts) => {
+      const c = ctx();
+      if (o.format !== 'xml' && o.format !== 'json') throw new UsageError(`unknown format '${o.format}' (xml, json)`);
+      // commander stores "--snap1, --thin1" under the first long name.
+      const left = o.snap1 ?? o.thin1;
+      const right = o.snap2 ?? o.thin2;
+      let subject: DeltaSubject;
+      if (o.root1 !== undefined || o.root2 !== undefined) {
+        if (o.root1 === undefined || o.root2 === undefined) throw new UsageError('--root1 and --root2 go together');
+        if (left !== undefined || right !== undefined) throw new UsageError('give devices (--snap1/--snap2) or roots (--root1/--root2), not both');
+        subject = { leftRoot: parseIntArg('--root1', o.root1), rightRoot: parseIntArg('--root2', o.root2) };
+      } else {
+        if (left === undefined) throw new UsageError('--snap1 (or --thin1) is required');
+        if (right === undefined) throw new UsageError('--snap2 (or --thin2) is required');
+        subject = { left: parseIntArg('--snap1', left), right: parseIntArg('--snap2', right) };
+      }
+      const md = await openMetadata(metadata, o, c);
+      c.onCleanup(() => md.close());
+      await writeDelta(md, process.stdout, subject, {
+        format: o.format,
+        verbose: o.verbose,
+        includeSame: o.same,
+        signal: c.signal,
+      });
+    });
+}

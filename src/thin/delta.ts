@@ -1,0 +1,501 @@
+/**
+ * Delta of two mapping trees: which virtual blocks are mapped the same,
+ * differently, or on one side only, in virtual-block order.
+ *
+ * The two trees are walked together. Within one metadata snapshot a block
+ * number names one immutable node, so when both walks reach the same block
+ * (a subtree shared since a snapshot) its contents are identical on both
+ * sides: it is reported as `same` by reading it once, or skipped without
+ * reading anything when `same` is not wanted. The cost is then proportional
+ * to what changed, not to the size of the devices. Memory is bounded by
+ * depth x fan-out per side plus one read window.
+ */
+import { AbortError, MetadataError, throwIfAborted } from '../errors';
+import { BlockSet, BtreeNode, type Key, MAX_DEPTH, walkLeaves } from '../pdata/btree';
+import type { Block, BlockSource } from '../pdata/io-engine';
+import { TIME_MASK, type VirtualBlock } from './mappings';
+
+export type DeltaKind = 'same' | 'different' | 'left_only' | 'right_only';
+
+/**
+ * A run of virtual blocks [begin, begin+length) of one kind, with contiguous
+ * data blocks on each side that maps them.
+ */
+export interface DeltaExtent {
+  kind: DeltaKind;
+  begin: VirtualBlock;
+  length: number;
+  /** First data block on the left (same, different, left_only). */
+  leftData?: number;
+  /** First data block on the right (same, different, right_only). */
+  rightData?: number;
+}
+
+export interface DeltaProgress {
+  /** Btree nodes read so far (both sides). */
+  nodesRead: number;
+  /** Subtrees found shared by both sides. */
+  sharedSubtrees: number;
+  /** Virtual blocks classified so far. */
+  blocks: number;
+}
+
+export interface DeltaOptions {
+  signal?: AbortSignal;
+  onProgress?: (p: DeltaProgress) => void;
+  /** Report `same` extents (default true). When false, shared subtrees are not read at all. */
+  includeSame?: boolean;
+  /** Nodes per read batch (default 128). */
+  window?: number;
+}
+
+export interface DeltaWalkOptions extends DeltaOptions {
+  nrMetadataBlocks: number;
+  nrDataBlocks: number;
+  /** Device ids (or labels) for error messages. */
+  leftId?: number;
+  rightId?: number;
+}
+
+/** Counters of a finished or running walk. */
+export interface DeltaStats extends DeltaProgress {
+  /** Blocks requested from the IO engine. */
+  blocksRead: number;
+}
+
+const TWO32 = 4294967296;
+
+function keyOf(node: BtreeNode, i: number): Key {
+  const hi = node.u32[node.base + 9 + 2 * i];
+  return hi < 2 ** 21 ? node.u32[node.base + 8 + 2 * i] + hi * TWO32 : node.keyAt(i);
+}
+
+function dataOf(node: BtreeNode, i: number): { data: number; time: number } {
+  const w = node.base + (node.valuesOffset >> 2) + 2 * i;
+  const lo = node.u32[w];
+  return { data: node.u32[w + 1] * 256 + (lo >>> 24), time: lo & TIME_MASK };
+}
+
+/** a + n for keys that may be bigints. */
+function addKey(a: Key, n: number): Key {
+  if (typeof a === 'number') {
+    const s = a + n;
+    return s <= Number.MAX_SAFE_INTEGER ? s : BigInt(a) + BigInt(n);
+  }
+  return a + BigInt(n);
+}
+
+// eslint-disable-next-line eqeqeq
+const keyEq = (a: Key, b: Key): boolean => a == b;
+
+interface Ref {
+  leaf: false;
+  block: number;
+  lo: Key;
+  hi: Key;
+  depth: number;
+  p?: Promise<Block>;
+  data?: Block;
+}
+
+interface Cursor {
+  leaf: true;
+  node: BtreeNode;
+  i: number;
+  depth: number;
+}
+
+type Item = Ref | Cursor;
+
+/** One tree's walk: a stack whose top is the next item in key order. */
+class Side {
+  readonly stack: Item[] = [];
+  /** Block numbers of the refs on the stack (a multiset), so the other side can see them. */
+  readonly pending = new Map<number, number>();
+  readonly seen: BlockSet;
+  leafDepth = -1;
+  other!: Side;
+
+  constructor(
+    readonly name: 'left' | 'right',
+    readonly walk: DeltaWalker,
+    root: number,
+    readonly devId: number | undefined,
+  ) {
+    this.seen = new BlockSet(walk.opts.nrMetadataBlocks);
+    this.pushRef({ leaf: false, block: root, lo: 0, hi: Infinity, depth: 0 });
+  }
+
+  get empty(): boolean {
+    return this.stack.length === 0;
+  }
+
+  top(): Item {
+    return this.stack[this.stack.length - 1];
+  }
+
+  pushRef(r: Ref): void {
+    this.walk.checkPointer(r.block, this);
+    this.stack.push(r);
+    this.pending.set(r.block, (this.pending.get(r.block) ?? 0) + 1);
+  }
+
+  popRef(): Ref {
+    const r = this.stack.pop() as Ref;
+    const n = this.pending.get(r.block)! - 1;
+    if (n === 0) this.pending.delete(r.block);
+    else this.pending.set(r.block, n);
+    return r;
+  }
+
+  /** Next key on this side: the current leaf entry, or the lower bound of the top subtree. */
+  nextKey(): Key {
+    const t = this.top();
+    return t.leaf ? keyOf(t.node, t.i) : t.lo;
+  }
+
+  /** Consumes the current leaf entry. */
+  advance(): void {
+    const c = this.top() as Cursor;
+    if (++c.i >= c.node.nrEntries) this.stack.pop();
+  }
+
+  /**
+   * Reads up to `window` unread refs from the top down (the top first), but
+   * not blocks the other side is about to visit too: those may be shared and
+   * then are never read.
+   */
+  fetch(): void {
+    const want: Ref[] = [];
+    const top = this.top() as Ref;
+    if (!top.p) want.push(top);
+    this.collect(this.stack.length - 2, want);
+    if (want.length) this.walk.read(want);
+  }
+
+  private fetchFrom(i: number): void {
+    const want: Ref[] = [];
+    this.collect(i, want);
+    if (want.length) this.walk.read(want);
+  }
+
+  private collect(from: number, want: Ref[]): void {
+    for (let i = from; i >= 0 && want.length < this.walk.window; i--) {
+      const it = this.stack[i];
+      if (it.leaf || it.p || this.other.pending.has(it.block)) continue;
+      want.push(it);
+    }
+  }
+
+  /** Replaces the top ref by its contents: a leaf cursor or the node's children. */
+  async expand(): Promise<void> {
+    const top = this.top() as Ref;
+    if (!top.p) this.fetch();
+    const block = top.data ?? (await top.p!);
+    const r = this.popRef();
+    // Keep reads a window ahead: when the item half a window down is unread, read on.
+    const ahead = this.stack[this.stack.length - 1 - (this.walk.window >> 1)];
+    if (ahead && !ahead.leaf && !ahead.p && !this.other.pending.has(ahead.block)) this.fetchFrom(this.stack.length - 1 - (this.walk.window >> 1));
+    const ctx = { tree: 'mapping', devId: this.devId };
+    if (!this.seen.add(r.block)) {
+      throw new MetadataError('cycle', `block ${r.block} is referenced twice in the mapping tree of ${this.label()}`, { block: r.block, ...ctx });
+    }
+    if (r.depth >= MAX_DEPTH) {
+      throw new MetadataError('depth', `mapping tree of ${this.label()} is deeper than ${MAX_DEPTH} levels at block ${r.block}`, { block: r.block, ...ctx });
+    }
+    const node = new BtreeNode(block, 8, ctx);
+    node.checkKeys(r.lo, r.hi, ctx);
+    this.walk.stats.nodesRead++;
+    if (node.isLeaf) {
+      if (this.leafDepth < 0) this.leafDepth = r.depth;
+      else if (this.leafDepth !== r.depth) {
+        throw new MetadataError('depth', `unbalanced mapping tree of ${this.label()} at block ${r.block}`, { block: r.block, ...ctx });
+      }
+      if (node.nrEntries > 0) this.stack.push({ leaf: true, node, i: 0, depth: r.depth });
+      return;
+    }
+    if (node.nrEntries === 0) throw new MetadataError('nr-entries', `internal node ${r.block} has no entries`, { block: r.block, ...ctx });
+    if (this.leafDepth >= 0 && r.depth >= this.leafDepth) {
+      throw new MetadataError('depth', `unbalanced mapping tree of ${this.label()} at block ${r.block}`, { block: r.block, ...ctx });
+    }
+    for (let i = node.nrEntries - 1; i >= 0; i--) {
+      const lo = node.keyAt(i);
+      const hi = i + 1 < node.nrEntries ? node.keyAt(i + 1) : r.hi;
+      this.pushRef({ leaf: false, block: node.value64(i), lo, hi, depth: r.depth + 1 });
+    }
+  }
+
+  label(): string {
+    return this.devId !== undefined ? `device ${this.devId}` : `the ${this.name} tree`;
+  }
+}
+
+/** The walk over two trees; yields extents through an async generator. */
+class DeltaWalker {
+  readonly stats: DeltaStats = { nodesRead: 0, sharedSubtrees: 0, blocks: 0, blocksRead: 0 };
+  readonly window: number;
+  private readonly out: DeltaExtent[] = [];
+  private cur: DeltaExtent | undefined;
+
+  constructor(
+    readonly io: BlockSource,
+    readonly opts: DeltaWalkOptions,
+  ) {
+    this.window = opts.window ?? 128;
+  }
+
+  checkPointer(b: number, side: Side): void {
+    if (b >= this.opts.nrMetadataBlocks) {
+      throw new MetadataError('block-range', `mapping tree of ${side.label()} points to block ${b}, beyond the metadata device`, {
+        block: b,
+        tree: 'mapping',
+        devId: side.devId,
+      });
+    }
+  }
+
+  read(refs: Ref[]): void {
+    const batch = this.io.read(refs.map((r) => r.block));
+    batch.catch(() => {});
+    this.stats.blocksRead += refs.length;
+    refs.forEach((r, i) => {
+      r.p = batch.then((bs) => (r.data = bs[i]));
+      r.p.catch(() => {});
+    });
+  }
+
+  private checkData(d: number, key: Key, side: Side): void {
+    if (d >= this.opts.nrDataBlocks) {
+      throw new MetadataError('data-range', `${side.label()}: block ${key} maps to data block ${d}, beyond the data device (${this.opts.nrDataBlocks} blocks)`, {
+        tree: 'mapping',
+        devId: side.devId,
+        dataBlock: d,
+      });
+    }
+  }
+
+  /** Adds one classified virtual block (or a run of them) to the current extent. */
+  private emit(kind: DeltaKind, begin: Key, length: number, left: number | undefined, right: number | undefined): void {
+    this.stats.blocks += length;
+    const c = this.cur;
+    if (
+      c &&
+      c.kind === kind &&
+      (typeof begin === 'number' && typeof c.begin === 'number' ? c.begin + c.length === begin : keyEq(addKey(c.begin, c.length), begin)) &&
+      (left === undefined || c.leftData! + c.length === left) &&
+      (right === undefined || c.rightData! + c.length === right)
+    ) {
+      c.length += length;
+      return;
+    }
+    if (c) this.out.push(c);
+    this.cur = { kind, begin, length };
+    if (left !== undefined) this.cur.leftData = left;
+    if (right !== undefined) this.cur.rightData = right;
+  }
+
+  /**
+   * Both sides reference the same subtree: identical contents. Reads it once
+   * (one side) to report `same`, or not at all. Yields after each leaf so the
+   * caller can hand extents on and memory stays bounded.
+   */
+  private async *shared(l: Ref, r: Ref): AsyncGenerator<void> {
+    this.stats.sharedSubtrees++;
+    if (this.opts.includeSame === false) return;
+    const lo = l.lo > r.lo ? l.lo : r.lo;
+    const hi = l.hi < r.hi ? l.hi : r.hi;
+    for await (const leaf of walkLeaves(this.io, l.block, {
+      tree: 'mapping',
+      devId: this.opts.leftId,
+      valueSize: 8,
+      nrMetadataBlocks: this.opts.nrMetadataBlocks,
+      signal: this.opts.signal,
+      window: this.window,
+      onNode: () => {
+        this.stats.nodesRead++;
+        this.stats.blocksRead++;
+      },
+    })) {
+      const n = leaf.nrEntries;
+      if (n && (leaf.keyAt(0) < lo || leaf.keyAt(n - 1) >= hi)) {
+        throw new MetadataError('key-range', `shared subtree ${l.block} holds keys outside the range its parents give`, { block: leaf.nr, tree: 'mapping' });
+      }
+      for (let i = 0; i < n; i++) {
+        const k = keyOf(leaf, i);
+        const { data } = dataOf(leaf, i);
+        this.checkData(data, k, this.left);
+        this.emit('same', k, 1, data, data);
+      }
+      yield;
+    }
+  }
+
+  left!: Side;
+  right!: Side;
+
+  /**
+   * Both tops are leaf cursors: classify entries until one leaf is used up.
+   * The hot loop of a delta between unrelated trees, so no allocations here.
+   */
+  private mergeLeaves(a: Cursor, b: Cursor): void {
+    const na = a.node;
+    const nb = b.node;
+    const wa = na.u32;
+    const wb = nb.u32;
+    const ka0 = na.base + 8;
+    const kb0 = nb.base + 8;
+    const va0 = na.base + (na.valuesOffset >> 2);
+    const vb0 = nb.base + (nb.valuesOffset >> 2);
+    const nrData = this.opts.nrDataBlocks;
+    let i = a.i;
+    let j = b.i;
+    while (i < na.nrEntries && j < nb.nrEntries) {
+      const hia = wa[ka0 + 2 * i + 1];
+      const hib = wb[kb0 + 2 * j + 1];
+      if (hia >= 2 ** 21 || hib >= 2 ** 21) break; // huge keys: the general path below
+      const ka = wa[ka0 + 2 * i] + hia * TWO32;
+      const kb = wb[kb0 + 2 * j] + hib * TWO32;
+      if (ka <= kb) {
+        const lo = wa[va0 + 2 * i];
+        const da = wa[va0 + 2 * i + 1] * 256 + (lo >>> 24);
+        if (da >= nrData) this.checkData(da, ka, this.left);
+        if (ka < kb) {
+          this.emit('left_only', ka, 1, da, undefined);
+          i++;
+          continue;
+        }
+        const lob = wb[vb0 + 2 * j];
+        const db = wb[vb0 + 2 * j + 1] * 256 + (lob >>> 24);
+        if (db >= nrData) this.checkData(db, kb, this.right);
+        this.emit(da === db ? 'same' : 'different', ka, 1, da, db);
+        i++;
+        j++;
+      } else {
+        const lob = wb[vb0 + 2 * j];
+        const db = wb[vb0 + 2 * j + 1] * 256 + (lob >>> 24);
+        if (db >= nrData) this.checkData(db, kb, this.right);
+        this.emit('right_only', kb, 1, undefined, db);
+        j++;
+      }
+    }
+    if (i === a.i && j === b.i) {
+      // Only huge keys ahead: one step of the general (bigint-safe) path.
+      const ka = keyOf(na, i);
+      const kb = keyOf(nb, j);
+      const va = dataOf(na, i).data;
+      const vb = dataOf(nb, j).data;
+      this.checkData(va, ka, this.left);
+      this.checkData(vb, kb, this.right);
+      if (ka < kb) {
+        this.emit('left_only', ka, 1, va, undefined);
+        i++;
+      } else if (kb < ka) {
+        this.emit('right_only', kb, 1, undefined, vb);
+        j++;
+      } else {
+        this.emit(va === vb ? 'same' : 'different', ka, 1, va, vb);
+        i++;
+        j++;
+      }
+    }
+    a.i = i;
+    b.i = j;
+    if (i >= na.nrEntries) this.left.stack.pop();
+    if (j >= nb.nrEntries) this.right.stack.pop();
+  }
+
+  async *run(leftRoot: number, rightRoot: number): AsyncGenerator<DeltaExtent[]> {
+    const L = (this.left = new Side('left', this, leftRoot, this.opts.leftId));
+    const R = (this.right = new Side('right', this, rightRoot, this.opts.rightId));
+    L.other = R;
+    R.other = L;
+    let steps = 0;
+    for (;;) {
+      if (++steps % 1024 === 0) {
+        throwIfAborted(this.opts.signal);
+        this.opts.onProgress?.({ ...this.stats });
+      }
+      if (this.out.length >= 256) yield this.out.splice(0);
+      if (L.empty && R.empty) break;
+      if (L.empty || R.empty) {
+        const s = L.empty ? R : L;
+        const t = s.top();
+        if (!t.leaf) {
+          await s.expand();
+          continue;
+        }
+        const k = keyOf(t.node, t.i);
+        const { data } = dataOf(t.node, t.i);
+        this.checkData(data, k, s);
+        if (s === L) this.emit('left_only', k, 1, data, undefined);
+        else this.emit('right_only', k, 1, undefined, data);
+        s.advance();
+        continue;
+      }
+      const a = L.top();
+      const b = R.top();
+      if (!a.leaf && !b.leaf && a.block === b.block) {
+        L.popRef();
+        R.popRef();
+        for await (const _ of this.shared(a, b)) if (this.out.length >= 256) yield this.out.splice(0);
+        continue;
+      }
+      const ka = a.leaf ? keyOf(a.node, a.i) : a.lo;
+      const kb = b.leaf ? keyOf(b.node, b.i) : b.lo;
+      if (a.leaf && b.leaf) {
+        this.mergeLeaves(a, b);
+        continue;
+      }
+      if (a.leaf) {
+        // b is a subtree starting at kb: nothing on the right comes before it.
+        if (ka < kb) {
+          const va = dataOf(a.node, a.i);
+          this.checkData(va.data, ka, L);
+          this.emit('left_only', ka, 1, va.data, undefined);
+          L.advance();
+        } else await R.expand();
+        continue;
+      }
+      if (b.leaf) {
+        if (kb < ka) {
+          const vb = dataOf(b.node, b.i);
+          this.checkData(vb.data, kb, R);
+          this.emit('right_only', kb, 1, undefined, vb.data);
+          R.advance();
+        } else await L.expand();
+        continue;
+      }
+      // Two different subtrees: open the one that starts first; at the same
+      // start, the wider one (higher up its tree), or both.
+      if (ka < kb) await L.expand();
+      else if (kb < ka) await R.expand();
+      else if (a.hi > b.hi) await L.expand();
+      else if (b.hi > a.hi) await R.expand();
+      else {
+        if (!a.p) L.fetch();
+        if (!b.p) R.fetch();
+        await L.expand();
+        await R.expand();
+      }
+    }
+    if (this.cur) this.out.push(this.cur);
+    this.cur = undefined;
+    this.opts.onProgress?.({ ...this.stats });
+    if (this.out.length) yield this.out.splice(0);
+  }
+}
+
+/**
+ * Delta of two bottom-level mapping trees (by root block) in one metadata
+ * view. Yields batches of extents; consumers usually want `deltaExtents`.
+ */
+export async function* deltaBatches(io: BlockSource, leftRoot: number, rightRoot: number, opts: DeltaWalkOptions): AsyncGenerator<DeltaExtent[], DeltaStats> {
+  const w = new DeltaWalker(io, opts);
+  try {
+    yield* w.run(leftRoot, rightRoot);
+  } catch (e) {
+    if (opts.signal?.aborted && !(e instanceof AbortError)) throw new AbortError(undefined, { cause: e });
+    throw e;
+  }
+  return w.stats;
+}
