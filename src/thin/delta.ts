@@ -277,6 +277,7 @@ class DeltaWalker {
   /** Adds one classified virtual block (or a run of them) to the current extent. */
   private emit(kind: DeltaKind, begin: Key, length: number, left: number | undefined, right: number | undefined): void {
     this.stats.blocks += length;
+    if (kind === 'same' && this.opts.includeSame === false) return;
     const c = this.cur;
     if (
       c &&

@@ -1,0 +1,91 @@
+/**
+ * dmthin delta against thin_delta 0.9.0: every device pair of every fixture,
+ * plain and --verbose, live and through the metadata snapshot; plus the
+ * generated 1M-mapping image.
+ */
+import { describeOracle, fixtureFile, listFixtures, oraclePath, runOracle, TempFile, largeImage } from '../helpers/fixtures';
+import { hashCli, hashOutput, runCli } from '../cli/run-cli';
+
+const MAX_DEVICES = 5; // pairs per fixture: up to 25 x 2 modes
+
+function deviceIds(path: string, snap: string[] = []): string[] {
+  const xml = runOracle('thin_dump', [...snap, '--skip-mappings', path]).stdout;
+  return [...xml.matchAll(/dev_id="(\d+)"/g)].map((m) => m[1]);
+}
+
+describeOracle('delta equals thin_delta 0.9.0', () => {
+  describe.each(listFixtures().map((f) => [f.name, f] as const))('%s', (name, f) => {
+    let img: TempFile;
+    beforeAll(() => {
+      img = fixtureFile(name);
+    });
+    afterAll(() => img.cleanup());
+
+    test('every device pair, plain and --verbose', () => {
+      const ids = deviceIds(img.path).slice(0, MAX_DEVICES);
+      let compared = 0;
+      for (const a of ids)
+        for (const b of ids)
+          for (const v of [[], ['--verbose']]) {
+            const args = [...v, '--snap1', a, '--snap2', b, img.path];
+            const ref = runOracle('thin_delta', args);
+            const ours = runCli(['delta', ...args]);
+            expect({ args, status: ours.status, stdout: ours.stdout }).toEqual({ args, status: ref.status, stdout: ref.stdout });
+            compared++;
+          }
+      expect(compared).toBe(ids.length * ids.length * 2);
+    });
+
+    test('--no-same is the plain output without its same elements', () => {
+      const ids = deviceIds(img.path);
+      if (ids.length < 2) return;
+      const [a, b] = [ids[0], ids[ids.length - 1]];
+      const ref = runOracle('thin_delta', ['--snap1', a, '--snap2', b, img.path]).stdout;
+      const ours = runCli(['delta', '--no-same', '--snap1', a, '--snap2', b, img.path]);
+      expect(ours.status).toBe(0);
+      expect(ours.stdout).toBe(ref.replace(/^ {4}<same .*\n/gm, ''));
+    });
+
+    if (f.heldRoot) {
+      test('-m: every pair in the snapshot, equal except the documented nr_data_blocks', () => {
+        const ids = deviceIds(img.path, ['-m']).slice(0, MAX_DEVICES);
+        for (const a of ids)
+          for (const b of ids)
+            for (const v of [[], ['--verbose']]) {
+              const args = ['-m', ...v, '--snap1', a, '--snap2', b, img.path];
+              const ref = runOracle('thin_delta', args);
+              expect(ref.stdout).toMatch(/nr_data_blocks="0"/);
+              const ours = runCli(['delta', ...args]);
+              expect(ours.status).toBe(0);
+              expect(ours.stdout).toBe(ref.stdout.replace('nr_data_blocks="0"', `nr_data_blocks="${f.nrDataBlocks}"`));
+            }
+      });
+      test('a device missing from the snapshot is an error, as in thin_delta', () => {
+        const live = deviceIds(img.path);
+        const held = new Set(deviceIds(img.path, ['-m']));
+        const gone = live.find((id) => !held.has(id));
+        if (gone === undefined) return;
+        const args = ['-m', '--snap1', [...held][0], '--snap2', gone, img.path];
+        expect(runOracle('thin_delta', args).status).toBe(1);
+        const ours = runCli(['delta', ...args]);
+        expect(ours.status).toBe(1);
+        expect(ours.stderr).toMatch(new RegExp(`no mapping tree for right device ${gone}.*\\[ENODEV\\]`));
+      });
+    }
+  });
+});
+
+describeOracle('delta on the generated 1M-mapping image', () => {
+  let big: ReturnType<typeof largeImage>;
+  beforeAll(() => {
+    big = largeImage(1_000_000);
+  }, 600_000);
+
+  test.each([[[]], [['--verbose']]])('devices 0 and 1 %p', async (v) => {
+    const ids = deviceIds(big.path);
+    const args = [...v, '--snap1', ids[0], '--snap2', ids[1], big.path];
+    const [ours, ref] = await Promise.all([hashCli(['delta', ...args]), hashOutput(oraclePath('thin_delta')!, args)]);
+    expect(ours.bytes).toBeGreaterThan(1000);
+    expect(ours).toMatchObject({ status: 0, sha256: ref.sha256, bytes: ref.bytes });
+  }, 300_000);
+});
