@@ -173,6 +173,17 @@ class Side {
     if (want.length) this.walk.read(want);
   }
 
+  /**
+   * Keeps reads a window ahead. Called by the walk after both sides have
+   * expanded what they expand in a step, so that subtrees the other side is
+   * about to visit too are already visible in its `pending` and not read.
+   */
+  prefetch(): void {
+    const i = this.stack.length - 1 - (this.walk.window >> 1);
+    const ahead = this.stack[i];
+    if (ahead && !ahead.leaf && !ahead.p && !this.other.pending.has(ahead.block)) this.fetchFrom(i);
+  }
+
   private fetchFrom(i: number): void {
     const want: Ref[] = [];
     this.collect(i, want);
@@ -193,9 +204,6 @@ class Side {
     if (!top.p) this.fetch();
     const block = top.data ?? (await top.p!);
     const r = this.popRef();
-    // Keep reads a window ahead: when the item half a window down is unread, read on.
-    const ahead = this.stack[this.stack.length - 1 - (this.walk.window >> 1)];
-    if (ahead && !ahead.leaf && !ahead.p && !this.other.pending.has(ahead.block)) this.fetchFrom(this.stack.length - 1 - (this.walk.window >> 1));
     const ctx = { tree: 'mapping', devId: this.devId };
     if (!this.seen.add(r.block)) {
       throw new MetadataError('cycle', `block ${r.block} is referenced twice in the mapping tree of ${this.label()}`, { block: r.block, ...ctx });
@@ -423,6 +431,7 @@ class DeltaWalker {
         const t = s.top();
         if (!t.leaf) {
           await s.expand();
+          s.prefetch();
           continue;
         }
         const k = keyOf(t.node, t.i);
@@ -454,7 +463,10 @@ class DeltaWalker {
           this.checkData(va.data, ka, L);
           this.emit('left_only', ka, 1, va.data, undefined);
           L.advance();
-        } else await R.expand();
+        } else {
+          await R.expand();
+          R.prefetch();
+        }
         continue;
       }
       if (b.leaf) {
@@ -463,7 +475,10 @@ class DeltaWalker {
           this.checkData(vb.data, kb, R);
           this.emit('right_only', kb, 1, undefined, vb.data);
           R.advance();
-        } else await L.expand();
+        } else {
+          await L.expand();
+          L.prefetch();
+        }
         continue;
       }
       // Two different subtrees: open the one that starts first; at the same
@@ -478,6 +493,8 @@ class DeltaWalker {
         await L.expand();
         await R.expand();
       }
+      L.prefetch();
+      R.prefetch();
     }
     if (this.cur) this.out.push(this.cur);
     this.cur = undefined;

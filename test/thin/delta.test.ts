@@ -1,0 +1,171 @@
+/**
+ * The delta walker on synthetic trees that share subtrees the way the kernel
+ * makes them (a snapshot, then copy-on-write of the changed leaves and their
+ * parents): results must equal a naive comparison of the expanded mappings,
+ * and the blocks read must follow the number of changed leaves, not the size.
+ */
+import fc from 'fast-check';
+import { MemoryBlockSource } from '../../src/pdata/io-engine';
+import { deltaBatches, DeltaExtent } from '../../src/thin/delta';
+import { ImageBuilder, u64, writeNode } from '../unit/tree-builder';
+
+type Mapping = [key: number, data: number, time: number];
+
+function packValue(data: number, time: number): Buffer {
+  return u64((BigInt(data) << 24n) | BigInt(time));
+}
+
+/** Internal nodes by their children, so that a rebuilt tree reuses unchanged ones (as copy-on-write does). */
+type NodeCache = Map<string, number>;
+
+/**
+ * Leaves of mappings, then internal levels. With `reuse`, leaves given as a
+ * block number are the origin's, and any internal node whose children are all
+ * unchanged is the origin's too: only the paths to changed leaves are new.
+ */
+function build(img: ImageBuilder, leaves: Mapping[][], fanout: number, reuse?: number[], cache: NodeCache = new Map()): { root: number; leafBlocks: number[]; cache: NodeCache } {
+  const leafBlocks = leaves.map((l, i) => {
+    if (reuse && reuse[i] >= 0) return reuse[i];
+    const nr = img.alloc();
+    writeNode(img, nr, true, l.map((m) => BigInt(m[0])), l.map((m) => packValue(m[1], m[2])), 8);
+    return nr;
+  });
+  let level = leafBlocks.map((nr, i) => ({ nr, first: BigInt(leaves[i][0][0]) }));
+  while (level.length > 1) {
+    const up: typeof level = [];
+    for (let i = 0; i < level.length; i += fanout) {
+      const chunk = level.slice(i, i + fanout);
+      const sig = chunk.map((c) => `${c.first}:${c.nr}`).join(',');
+      let nr = cache.get(sig);
+      if (nr === undefined) {
+        nr = img.alloc();
+        writeNode(img, nr, false, chunk.map((c) => c.first), chunk.map((c) => u64(c.nr)), 8);
+        cache.set(sig, nr);
+      }
+      up.push({ nr, first: chunk[0].first });
+    }
+    level = up;
+  }
+  return { root: level[0].nr, leafBlocks, cache };
+}
+
+function naive(a: Mapping[], b: Mapping[], includeSame: boolean): DeltaExtent[] {
+  const ma = new Map(a.map((m) => [m[0], m[1]]));
+  const mb = new Map(b.map((m) => [m[0], m[1]]));
+  const keys = [...new Set([...ma.keys(), ...mb.keys()])].sort((x, y) => x - y);
+  const out: DeltaExtent[] = [];
+  for (const k of keys) {
+    const l = ma.get(k);
+    const r = mb.get(k);
+    const kind = l === undefined ? 'right_only' : r === undefined ? 'left_only' : l === r ? 'same' : 'different';
+    if (kind === 'same' && !includeSame) continue;
+    const c = out[out.length - 1];
+    if (
+      c &&
+      c.kind === kind &&
+      c.begin === k - c.length &&
+      (l === undefined || c.leftData! + c.length === l) &&
+      (r === undefined || c.rightData! + c.length === r)
+    ) {
+      c.length++;
+      continue;
+    }
+    const e: DeltaExtent = { kind, begin: k, length: 1 };
+    if (l !== undefined) e.leftData = l;
+    if (r !== undefined) e.rightData = r;
+    out.push(e);
+  }
+  return out;
+}
+
+async function runDelta(img: ImageBuilder, a: number, b: number, includeSame: boolean) {
+  const src = new MemoryBlockSource(img.image);
+  const g = deltaBatches(src, a, b, { nrMetadataBlocks: img.nrBlocks, nrDataBlocks: 1e9, includeSame, window: 8 });
+  const out: DeltaExtent[] = [];
+  for (;;) {
+    const r = await g.next();
+    if (r.done) return { out, stats: r.value, read: src.stats.blocksRead };
+    out.push(...r.value);
+  }
+}
+
+/** An origin of `nLeaves` leaves and a snapshot where `changed` leaves were rewritten (copy-on-write). */
+function scenario(nLeaves: number, per: number, changed: number[], fanout: number) {
+  const img = new ImageBuilder(nLeaves * 3 + 400);
+  const leaves: Mapping[][] = [];
+  let d = 0;
+  for (let i = 0; i < nLeaves; i++) leaves.push(Array.from({ length: per }, (_, j) => [i * per * 2 + j * 2, d++, 0] as Mapping));
+  const origin = build(img, leaves, fanout);
+  const snapLeaves = leaves.map((l, i) => (changed.includes(i) ? l.map(([k, _d, t], j) => [k, 1_000_000 + i * per + (j % 3 === 0 ? j : 0), t + 1] as Mapping) : l));
+  const snap = build(img, snapLeaves, fanout, leaves.map((_, i) => (changed.includes(i) ? -1 : origin.leafBlocks[i])), origin.cache);
+  return { img, origin, snap, a: leaves.flat(), b: snapLeaves.flat() };
+}
+
+test('property: same results as a naive comparison, with and without same', async () => {
+  await fc.assert(
+    fc.asyncProperty(
+      fc.integer({ min: 1, max: 40 }),
+      fc.integer({ min: 1, max: 12 }),
+      fc.integer({ min: 2, max: 5 }),
+      fc.array(fc.nat(), { maxLength: 6 }),
+      fc.boolean(),
+      async (nLeaves, per, fanout, picks, swap) => {
+        const changed = picks.map((p) => p % nLeaves);
+        const s = scenario(nLeaves, per, changed, fanout);
+        const [l, r, ml, mr] = swap ? [s.snap.root, s.origin.root, s.b, s.a] : [s.origin.root, s.snap.root, s.a, s.b];
+        for (const same of [true, false]) {
+          const { out } = await runDelta(s.img, l, r, same);
+          expect(out).toEqual(naive(ml, mr, same));
+        }
+      },
+    ),
+    { numRuns: 150 },
+  );
+});
+
+test('property: unrelated trees (nothing shared) and one side empty', async () => {
+  await fc.assert(
+    fc.asyncProperty(
+      fc.uniqueArray(fc.integer({ min: 0, max: 5000 }), { minLength: 1, maxLength: 300 }),
+      fc.uniqueArray(fc.integer({ min: 0, max: 5000 }), { maxLength: 300 }),
+      async (ka, kb) => {
+        const img = new ImageBuilder(200);
+        const mk = (keys: number[], base: number): Mapping[] => [...keys].sort((x, y) => x - y).map((k) => [k, (k * 7 + base) % 9000, 0]);
+        const a = mk(ka, 0);
+        const b = mk(kb, kb.length % 2 ? 0 : 13);
+        const chunk = (m: Mapping[]) => (m.length ? Array.from({ length: Math.ceil(m.length / 10) }, (_, i) => m.slice(i * 10, i * 10 + 10)) : [[]]);
+        const ra = a.length ? build(img, chunk(a), 3).root : (() => { const n = img.alloc(); writeNode(img, n, true, [], [], 8); return n; })();
+        const rb = b.length ? build(img, chunk(b), 3).root : (() => { const n = img.alloc(); writeNode(img, n, true, [], [], 8); return n; })();
+        expect((await runDelta(img, ra, rb, true)).out).toEqual(naive(a, b, true));
+      },
+    ),
+    { numRuns: 100 },
+  );
+});
+
+test('pruning: blocks read grow with the changed leaves, not with the device', async () => {
+  const reads = (nLeaves: number, k: number) => {
+    const changed = Array.from({ length: k }, (_, i) => Math.floor(((i + 0.5) * nLeaves) / k));
+    const s = scenario(nLeaves, 20, changed, 8);
+    return runDelta(s.img, s.origin.root, s.snap.root, false).then((r) => r.read);
+  };
+  const small = await reads(200, 4);
+  const big = await reads(3000, 4);
+  const moreChanges = await reads(3000, 40);
+  // 4 changed leaves: the same handful of reads in a 200-leaf and a 3000-leaf tree
+  // (two roots, the changed paths, the changed leaves on both sides).
+  expect(small).toBeLessThanOrEqual(4 * 2 * 4 + 2);
+  expect(big).toBeLessThanOrEqual(4 * 2 * 5 + 2);
+  expect(big).toBeLessThan(3000 / 20);
+  // ten times the changes: roughly ten times the reads.
+  expect(moreChanges).toBeGreaterThan(big * 4);
+  expect(moreChanges).toBeLessThanOrEqual(40 * 2 * 5 + 2);
+});
+
+test('identical roots read nothing without same, one subtree with same', async () => {
+  const s = scenario(50, 10, [], 4);
+  expect((await runDelta(s.img, s.origin.root, s.origin.root, false)).read).toBe(0);
+  const withSame = await runDelta(s.img, s.origin.root, s.origin.root, true);
+  expect(withSame.out).toEqual([{ kind: 'same', begin: 0, length: 1, leftData: 0, rightData: 0 }, ...naive(s.a, s.a, true).slice(1)]);
+  expect(withSame.stats.sharedSubtrees).toBe(1);
+});
