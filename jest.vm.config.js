@@ -1,0 +1,23 @@
+// Jest config of the root-VM suite: test/vm/**/*.vm.test.ts, run as root
+// inside the QEMU guest by `npm run test:vm` (scripts/vm/run-vm-tests.mjs).
+// TypeScript is transpiled on the host beforehand (scripts/vm/ts-transform.cjs).
+const os = require('node:os');
+const path = require('node:path');
+
+/** @type {import('jest').Config} */
+module.exports = {
+  rootDir: __dirname,
+  testEnvironment: 'node',
+  roots: ['<rootDir>/test/vm'],
+  testMatch: ['**/*.vm.test.ts'],
+  transform: {
+    '^.+\\.ts$': '<rootDir>/scripts/vm/ts-transform.cjs',
+  },
+  // The guest's root filesystem is the host's, read-only: keep jest's
+  // cache on the guest's tmpfs.
+  cacheDirectory: path.join(os.tmpdir(), 'jest-dmthin-vm'),
+  watchman: false,
+  // dm devices and loop devices are machine-wide: one test file at a time.
+  maxWorkers: 1,
+  testTimeout: 120000,
+};

@@ -1,0 +1,117 @@
+#!/usr/bin/env node
+// `npm run test:vm`: the root-VM jest suite (test/vm/**/*.vm.test.ts,
+// jest.vm.config.js) in ONE boot of the test VM. Extra arguments go to jest
+// (e.g. `npm run test:vm -- -t thin_dump`).
+//
+// On the host, before booting: build the native addon if it is missing,
+// rebuild dist/ if any src/ file is newer than its output, and transpile
+// src/ and test/vm/ TypeScript into the cache that the guest's jest
+// transformer reads (compiling inside the emulated guest would cost seconds).
+//
+// Missing prerequisites (qemu, busybox-static, cpio, kmod, the kernel
+// package): a loud skip with exit 0, or exit 1 when DMTHIN_REQUIRE_VM=1.
+import { spawnSync } from 'node:child_process';
+import { existsSync, readdirSync, statSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { join, relative } from 'node:path';
+import { prepareAssets, printUnavailable, REPO_ROOT, runInVm, VmUnavailableError } from './vm.mjs';
+
+const root = REPO_ROOT;
+const jestArgs = process.argv.slice(2);
+const required = process.env.DMTHIN_REQUIRE_VM === '1';
+const t0 = Date.now();
+const log = (m) => process.stderr.write(`[vm] ${m}\n`);
+const secs = (ms) => `${(ms / 1000).toFixed(1)} s`;
+
+function walk(dir, pred, out = []) {
+  if (!existsSync(dir)) return out;
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name);
+    if (e.isDirectory()) {
+      if (e.name !== 'node_modules') walk(p, pred, out);
+    } else if (pred(p)) out.push(p);
+  }
+  return out;
+}
+
+const isTs = (p) => p.endsWith('.ts') && !p.endsWith('.d.ts');
+
+function step(what, cmd, args) {
+  const t = Date.now();
+  const r = spawnSync(cmd, args, { cwd: root, stdio: 'inherit' });
+  if (r.error || r.status !== 0) {
+    log(`${what} failed (${r.error?.message ?? `status ${r.status}`})`);
+    return false;
+  }
+  log(`${what}: ${secs(Date.now() - t)}`);
+  return true;
+}
+
+/** dist/ is stale when some src/**.ts has no dist/**.js at least as new. */
+function distIsStale() {
+  for (const src of walk(join(root, 'src'), isTs)) {
+    const out = join(root, 'dist', relative(join(root, 'src'), src)).replace(/\.ts$/, '.js');
+    if (!existsSync(out) || statSync(out).mtimeMs < statSync(src).mtimeMs) return true;
+  }
+  return false;
+}
+
+async function main() {
+  // 1. Can we boot at all? (Builds the kernel + initramfs cache on first use.)
+  try {
+    prepareAssets({ log });
+  } catch (err) {
+    if (!(err instanceof VmUnavailableError)) throw err;
+    printUnavailable(err);
+    return required ? 1 : 0;
+  }
+
+  const tests = walk(join(root, 'test', 'vm'), (p) => p.endsWith('.vm.test.ts'));
+  if (tests.length === 0) {
+    log('no test/vm/**/*.vm.test.ts files: nothing to run');
+    return 1;
+  }
+
+  // 2. Host-side preparation.
+  const node = process.execPath;
+  if (!existsSync(join(root, 'build', 'Release', 'dmthin.node'))) {
+    if (!step('building the native addon (npm run build:native)', 'npm', ['run', '--silent', 'build:native'])) return 1;
+  }
+  if (distIsStale()) {
+    if (!step('building dist/ (tsc -p tsconfig.json)', node, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.json'])) return 1;
+  }
+  const tp = Date.now();
+  const transform = createRequire(import.meta.url)('./ts-transform.cjs');
+  const files = [...walk(join(root, 'src'), isTs), ...walk(join(root, 'test', 'vm'), isTs)];
+  const { compiled, cached } = transform.precompile(files);
+  log(`TypeScript for the guest: ${compiled} transpiled, ${cached} cached (${secs(Date.now() - tp)})`);
+
+  // 3. One boot, the whole suite.
+  const timeoutS = Number(process.env.DMTHIN_VM_TIMEOUT) > 0 ? Number(process.env.DMTHIN_VM_TIMEOUT) : 1200;
+  const r = await runInVm({
+    command: [node, join(root, 'node_modules', 'jest', 'bin', 'jest.js'), '--config', join(root, 'jest.vm.config.js'), ...jestArgs],
+    cwd: root,
+    env: { DMTHIN_VM_TS_CACHE: transform.cacheDir() },
+    copyToTmpfs: process.env.DMTHIN_VM_NO_COPY === '1' ? [] : [join(root, 'node_modules')],
+    timeoutMs: timeoutS * 1000,
+    log,
+  });
+
+  const ok = r.status === 0;
+  const boot = r.bootMs === null ? '?' : secs(r.bootMs);
+  const suite = r.bootMs === null ? '?' : secs(r.wallMs - r.bootMs);
+  process.stderr.write(
+    `[vm] root-VM suite ${ok ? 'PASSED' : 'FAILED'}` +
+      `${r.status !== null && !ok ? ` (jest exit status ${r.status})` : ''}${r.error ? ` (${r.error.split('\n')[0]})` : ''}` +
+      ` - boot ${boot}, tests ${suite}, total ${secs(Date.now() - t0)} wall\n`,
+  );
+  return ok ? 0 : r.status || 1;
+}
+
+main().then(
+  (code) => process.exit(code),
+  (err) => {
+    process.stderr.write(`[vm] ${err.stack ?? err}\n`);
+    process.exit(1);
+  },
+);

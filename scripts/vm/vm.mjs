@@ -1,0 +1,427 @@
+#!/usr/bin/env node
+// Runs a command as root inside a throwaway QEMU guest that boots Debian's
+// kernel (with device-mapper, dm-thin-pool, loop, ...) and sees this
+// machine's whole filesystem read-only. See README.md, "Root-VM tests".
+//
+// Module:  import { runInVm } from './scripts/vm/vm.mjs';
+//          const { status, output } = await runInVm({ command: ['dmsetup', 'version'] });
+// CLI:     node scripts/vm/vm.mjs [--timeout SEC] [--memory MB] [--cpus N]
+//                                 [--cwd DIR] [--env K=V]... [--quiet] -- command args...
+//
+// How a run works:
+//   1. prepareAssets() makes sure the kernel and initramfs are in the cache.
+//   2. A fresh host folder (the "out" share) gets job.sh: env, cd, command.
+//   3. qemu boots; init.sh mounts the host root over 9p, the out share on
+//      /run/dmthin-vm/out, loads the modules, chroots into the host root and
+//      runs job.sh. The console (stdout + stderr of the command, merged) is
+//      streamed to our stdout as it comes.
+//   4. init.sh writes the command's exit status to the out share (`status`)
+//      and prints it on the console behind a per-run marker; we read the file
+//      first and fall back to the marker. Then the guest powers off.
+//   5. A host-side timer kills qemu when the time is up.
+import { spawn, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { StringDecoder } from 'node:string_decoder';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { prepareAssets, qemuBinary, VmUnavailableError, REPO_ROOT } from './assets.mjs';
+
+export { VmUnavailableError, prepareAssets, REPO_ROOT };
+
+/** Where things are inside the guest (chroot view). */
+export const GUEST = {
+  out: '/run/dmthin-vm/out',
+  scratch: '/run/dmthin-vm/scratch',
+  home: '/run/dmthin-vm/home',
+  tmpFallback: '/run/dmthin-vm/tmp',
+};
+
+/** Host variables handed to the guest command unless overridden. */
+const INHERITED_ENV = /^(CI|FORCE_COLOR|NO_COLOR|LANG|LC_ALL|TZ|DMTHIN_.*)$/;
+
+function shq(s) {
+  return `'${String(s).replace(/'/g, `'\\''`)}'`;
+}
+
+function under(path, dir) {
+  return path === dir || path.startsWith(dir + '/');
+}
+
+function envNumber(name, fallback) {
+  const v = process.env[name];
+  const n = v === undefined || v === '' ? NaN : Number(v);
+  return Number.isFinite(n) && n > 0 ? n : fallback;
+}
+
+/**
+ * Software emulation (tcg) unless DMTHIN_VM_ACCEL says otherwise. KVM is
+ * opt-in (DMTHIN_VM_ACCEL=kvm, usually with DMTHIN_VM_CPU=host): on the
+ * development and CI machines /dev/kvm exists but does not work (nested).
+ */
+function accelerator() {
+  return process.env.DMTHIN_VM_ACCEL || 'tcg';
+}
+
+/**
+ * Runs `command` as root in the guest.
+ *
+ * @param {object} o
+ * @param {string[]|string} o.command  argv (exec'd as is) or a shell command line (sh -c)
+ * @param {string} [o.cwd]             working directory (a host path; same path in the guest)
+ * @param {Record<string,string>} [o.env]  extra environment (on top of the defaults below)
+ * @param {number} [o.timeoutMs]       default $DMTHIN_VM_TIMEOUT seconds, else 600 s
+ * @param {number} [o.memoryMb]        default $DMTHIN_VM_MEMORY, else 2048
+ * @param {number} [o.cpus]            default $DMTHIN_VM_CPUS, else 2
+ * @param {boolean|((text:string)=>void)} [o.stream]  print the console live (default true: to stdout)
+ * @param {(msg:string)=>void} [o.log] harness messages (default: stderr with a [vm] prefix)
+ * @param {string[]} [o.copyToTmpfs]  host folders the guest should read from RAM (a tmpfs copy
+ *                                     mounted over the same path; writes there stay in the guest)
+ * @param {boolean} [o.keep]           keep the out folder (also kept on failure, and with DMTHIN_VM_KEEP=1)
+ * @returns {Promise<{status:number|null, output:string, timedOut:boolean, error?:string,
+ *           bootMs:number|null, wallMs:number, outDir:string|null}>}
+ *   status: the command's exit status; null when it did not finish (timeout,
+ *   boot failure, qemu error: see `error`).
+ *
+ * The guest command sees: root, the host's files read-only, DMTHIN_IN_VM=1,
+ * DMTHIN_VM_SCRATCH (tmpfs for loop backing files), DMTHIN_VM_OUT (writable,
+ * ends up in outDir on the host), TMPDIR and HOME on tmpfs, /dev/mapper/control.
+ * Throws VmUnavailableError when a prerequisite is missing.
+ */
+export async function runInVm(o) {
+  const started = Date.now();
+  const log = o.log ?? ((m) => process.stderr.write(`[vm] ${m}\n`));
+  const assets = prepareAssets({ log });
+  const qemu = qemuBinary();
+  const cwd = resolve(o.cwd ?? process.cwd());
+  const timeoutMs = o.timeoutMs ?? envNumber('DMTHIN_VM_TIMEOUT', 600) * 1000;
+  const memoryMb = o.memoryMb ?? envNumber('DMTHIN_VM_MEMORY', 2048);
+  const cpus = o.cpus ?? envNumber('DMTHIN_VM_CPUS', 2);
+  const keep = o.keep ?? process.env.DMTHIN_VM_KEEP === '1';
+  const runId = randomBytes(8).toString('hex');
+
+  const outDir = mkdtempSync(join(tmpdir(), 'dmthin-vm-'));
+  const tmpInGuest = under(cwd, '/tmp') ? GUEST.tmpFallback : '/tmp';
+
+  const env = {
+    PATH: [dirname(process.execPath), '/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin']
+      .filter((d, i, a) => a.indexOf(d) === i).join(':'),
+    LANG: 'C.UTF-8',
+    TERM: 'dumb',
+    ...Object.fromEntries(Object.entries(process.env).filter(([k]) => INHERITED_ENV.test(k))),
+    ...(process.stdout.isTTY && !process.env.NO_COLOR ? { FORCE_COLOR: '1' } : {}),
+    ...o.env,
+    HOME: o.env?.HOME ?? GUEST.home,
+    TMPDIR: tmpInGuest,
+    DMTHIN_IN_VM: '1',
+    DMTHIN_VM_SCRATCH: GUEST.scratch,
+    DMTHIN_VM_OUT: GUEST.out,
+    DMTHIN_VM_KERNEL: assets.version,
+  };
+  for (const k of Object.keys(env)) {
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) throw new Error(`bad environment variable name: ${k}`);
+  }
+  // Folders to read from the guest's RAM instead of 9p: tarred here, unpacked
+  // in the guest onto a tmpfs mounted over the same path. Reading thousands of
+  // small files over 9p under emulation is the slowest part of starting jest
+  // (node_modules: ~25 s over 9p, ~6 s to unpack + ~9 s to start from tmpfs).
+  const copies = [];
+  for (const [i, dir] of (o.copyToTmpfs ?? []).map((d) => resolve(d)).entries()) {
+    const tarName = `copy-${i}.tar`;
+    const r = spawnSync('tar', ['-C', dir, '-cf', join(outDir, tarName), '.'], { encoding: 'utf8' });
+    if (r.status !== 0) {
+      log(`warning: cannot tar ${dir} for the guest (${(r.stderr || r.error?.message || '').trim()}); it will be read over 9p`);
+      continue;
+    }
+    copies.push(
+      `if mount -t tmpfs -o mode=755 tmpfs ${shq(dir)} && tar -C ${shq(dir)} -xf ${GUEST.out}/${tarName}; then :; else ` +
+        `echo "[vm] could not copy ${dir.replace(/[`$"\\]/g, '')} into the guest's RAM; reading it over 9p" >&2; umount ${shq(dir)} 2>/dev/null; fi; ` +
+        `rm -f ${GUEST.out}/${tarName}`,
+    );
+  }
+  const cmdLine = Array.isArray(o.command)
+    ? `exec ${o.command.map(shq).join(' ')}`
+    : `exec /bin/sh -c ${shq(o.command)}`;
+  const job = [
+    '#!/bin/sh',
+    '# written by scripts/vm/vm.mjs; run by init.sh inside the guest',
+    ...Object.entries(env).map(([k, v]) => `export ${k}=${shq(v)}`),
+    ...copies,
+    `cd ${shq(cwd)} || { echo "[vm] cannot cd to ${cwd.replace(/[`$"\\]/g, '')} in the guest" >&2; exit 126; }`,
+    cmdLine,
+    '',
+  ].join('\n');
+  writeFileSync(join(outDir, 'job.sh'), job, { mode: 0o755 });
+  writeFileSync(join(outDir, 'cwd'), cwd + '\n');
+
+  const kmsg = process.env.DMTHIN_VM_KMSG === '1';
+  const append = [
+    'console=ttyS0',
+    kmsg ? 'loglevel=7' : 'quiet loglevel=1',
+    'panic=-1',
+    'rdinit=/init',
+    `dmthin_vm.id=${runId}`,
+  ].join(' ');
+  const args = [
+    '-machine', `accel=${accelerator()}`,
+    '-m', String(memoryMb),
+    '-smp', String(cpus),
+    '-cpu', process.env.DMTHIN_VM_CPU || 'max',
+    '-nographic',
+    '-no-reboot',
+    '-nic', 'none',
+    '-kernel', assets.kernel,
+    '-initrd', assets.initrd,
+    '-append', append,
+    '-virtfs', 'local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap',
+    '-virtfs', `local,path=${outDir},mount_tag=dmthinout,security_model=none,multidevs=remap`,
+  ];
+
+  const sink = o.stream === false ? null : typeof o.stream === 'function' ? o.stream : (t) => process.stdout.write(t);
+  let output = '';
+  const OUTPUT_CAP = 32 << 20;
+  const emit = (text) => {
+    if (!text) return;
+    if (output.length < OUTPUT_CAP) output += text;
+    sink?.(text);
+  };
+
+  let bootMs = null;
+  let spawnedAt = started;
+  let consoleStatus = null;
+  const readyMark = `DMTHIN-VM-READY:${runId}`;
+  const exitMark = `DMTHIN-VM-EXIT:${runId}:`;
+  // Console phases: 'boot' (firmware and kernel chatter: held back, shown
+  // only if the guest never gets ready), 'run' (the command: streamed),
+  // 'done' (after the exit line: power-off noise, dropped).
+  let phase = 'boot';
+  const bootLines = [];
+  let pending = '';
+  let flushTimer = null;
+  const handleLine = (line, nl) => {
+    let text = line.replace(/\r+$/, '');
+    if (phase === 'boot') {
+      const r = text.indexOf(readyMark);
+      const b = text.indexOf(exitMark);
+      if (b >= 0 && r < 0) {
+        consoleStatus = text.slice(b + exitMark.length).trim(); // 'boot-failed'
+        phase = 'failed';
+        return;
+      }
+      if (r < 0) {
+        const clean = text.replace(/\x1b\[[0-9;?]*[A-Za-z]|\x1bc/g, '');
+        if (kmsg || clean.startsWith('[vm-init]')) emit(clean + '\n');
+        else bootLines.push(clean);
+        return;
+      }
+      bootMs = Date.now() - spawnedAt;
+      phase = 'run';
+      text = text.slice(r + readyMark.length);
+      if (!text) return;
+    }
+    if (phase === 'done' || phase === 'failed') {
+      if (kmsg) emit(text + (nl ? '\n' : ''));
+      return;
+    }
+    const e = text.indexOf(exitMark);
+    if (e >= 0) {
+      consoleStatus = text.slice(e + exitMark.length).trim();
+      phase = 'done';
+      text = text.slice(0, e);
+      nl = text.length > 0 && nl;
+    }
+    emit(text + (nl ? '\n' : ''));
+  };
+  const decoder = new StringDecoder('utf8'); // a chunk may end inside a UTF-8 sequence
+  const onData = (chunk) => {
+    pending += decoder.write(chunk);
+    let i;
+    while ((i = pending.indexOf('\n')) >= 0) {
+      handleLine(pending.slice(0, i), true);
+      pending = pending.slice(i + 1);
+    }
+    // Show a partial line (a prompt, a progress dot) after a short pause,
+    // unless it may be the start of one of our markers.
+    if (flushTimer) clearTimeout(flushTimer);
+    flushTimer = null;
+    if (phase === 'run' && pending && !pending.includes('DMTHIN-VM')) {
+      flushTimer = setTimeout(() => {
+        flushTimer = null;
+        if (phase === 'run' && pending && !pending.includes('DMTHIN-VM') && !/D(M(T(H(I(N(-(V(M)?)?)?)?)?)?)?)?$/.test(pending)) {
+          emit(pending.replace(/\r/g, ''));
+          pending = '';
+        }
+      }, 200);
+    }
+  };
+
+  log(`booting kernel ${assets.version} (${accelerator()}, ${cpus} cpus, ${memoryMb} MiB), cwd ${cwd}`);
+  spawnedAt = Date.now();
+  const child = spawn(qemu, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let qemuErr = '';
+  child.stdout.on('data', onData);
+  child.stderr.on('data', (d) => {
+    qemuErr += d.toString('utf8');
+    if (qemuErr.length > 65536) qemuErr = qemuErr.slice(-65536);
+  });
+
+  const killChild = () => {
+    try {
+      child.kill('SIGKILL');
+    } catch {
+      // already gone
+    }
+  };
+  process.on('exit', killChild);
+  const onSignal = (sig) => {
+    killChild();
+    if (!keep) rmSync(outDir, { recursive: true, force: true });
+    process.removeListener('SIGINT', onSignal);
+    process.removeListener('SIGTERM', onSignal);
+    process.kill(process.pid, sig);
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    killChild();
+  }, timeoutMs);
+
+  const qemuExit = await new Promise((res) => {
+    child.on('error', (err) => res({ code: null, signal: null, err }));
+    child.on('close', (code, signal) => res({ code, signal, err: null }));
+  });
+  clearTimeout(timer);
+  if (flushTimer) clearTimeout(flushTimer);
+  if (pending) handleLine(pending, false);
+  process.removeListener('exit', killChild);
+  process.removeListener('SIGINT', onSignal);
+  process.removeListener('SIGTERM', onSignal);
+
+  let status = null;
+  let error;
+  let fileStatus = null;
+  try {
+    fileStatus = readFileSync(join(outDir, 'status'), 'utf8').trim();
+  } catch {
+    // not written
+  }
+  const parsed = /^\d+$/.test(fileStatus ?? '') ? fileStatus : consoleStatus;
+  if (parsed !== null && /^\d+$/.test(parsed)) status = Number(parsed);
+  const wallMs = Date.now() - started;
+
+  if (timedOut) {
+    error = `TIMEOUT: the guest was killed after ${(timeoutMs / 1000).toFixed(0)} s (raise it with DMTHIN_VM_TIMEOUT=<seconds>)`;
+    status = null;
+  } else if (qemuExit.err) {
+    error = `qemu could not be started: ${qemuExit.err.message}`;
+  } else if (status === null) {
+    const why = consoleStatus === 'boot-failed' ? 'the guest failed to set itself up (see [vm-init] lines above)' : 'the guest stopped without reporting an exit status';
+    error = `${why}; qemu exited with ${qemuExit.signal ?? qemuExit.code}${qemuErr.trim() ? `:\n${qemuErr.trim()}` : ''}`;
+  }
+  if ((phase === 'boot' || phase === 'failed') && !kmsg && bootLines.length) {
+    emit(`[vm] guest console before the failure (last lines):\n${bootLines.slice(-60).join('\n')}\n`);
+  }
+  if (error) log(`ERROR: ${error}`);
+  const keepDir = keep || status !== 0;
+  if (keepDir) {
+    log(`guest out folder kept: ${outDir} (job.sh, status, dmesg.txt)`);
+  } else {
+    rmSync(outDir, { recursive: true, force: true });
+  }
+  return { status, output, timedOut, error, bootMs, wallMs, outDir: keepDir ? outDir : null };
+}
+
+/** Prints the loud "cannot run the VM" message. */
+export function printUnavailable(err, what = 'root-VM tests') {
+  const reasons = err.reasons ?? [String(err.message ?? err)];
+  const required = process.env.DMTHIN_REQUIRE_VM === '1';
+  const bar = '!'.repeat(78);
+  process.stderr.write(
+    [
+      '',
+      bar,
+      `!!! ${what}: ${required ? 'FAILED' : 'SKIPPED'}: cannot boot the test VM on this machine.`,
+      ...reasons.map((r) => `!!!   - ${r}`),
+      '!!! The dm-thin tests need qemu-system-x86, busybox-static, cpio, kmod and the',
+      '!!! Debian kernel package (fetched with apt-get download); `.ci/run` installs them.',
+      required
+        ? '!!! DMTHIN_REQUIRE_VM=1 is set, so this is a failure.'
+        : '!!! Nothing that needs a real kernel was tested. Set DMTHIN_REQUIRE_VM=1 to make this fatal.',
+      bar,
+      '',
+    ].join('\n'),
+  );
+}
+
+function usage() {
+  return `usage: node scripts/vm/vm.mjs [--timeout SEC] [--memory MB] [--cpus N] [--cwd DIR]
+                          [--env K=V]... [--keep] [--quiet] -- command [args...]
+Runs the command as root in the test VM; exits with its status.`;
+}
+
+async function cli(argv) {
+  const o = { env: {} };
+  let i = 0;
+  let quiet = false;
+  for (; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === '--') {
+      i++;
+      break;
+    }
+    const next = () => {
+      if (i + 1 >= argv.length) throw new Error(`${a} needs a value`);
+      return argv[++i];
+    };
+    if (a === '--timeout') o.timeoutMs = Number(next()) * 1000;
+    else if (a === '--memory') o.memoryMb = Number(next());
+    else if (a === '--cpus') o.cpus = Number(next());
+    else if (a === '--cwd') o.cwd = next();
+    else if (a === '--env') {
+      const kv = next();
+      const eq = kv.indexOf('=');
+      if (eq <= 0) throw new Error(`--env wants K=V, got ${kv}`);
+      o.env[kv.slice(0, eq)] = kv.slice(eq + 1);
+    } else if (a === '--keep') o.keep = true;
+    else if (a === '--quiet') quiet = true;
+    else if (a === '-h' || a === '--help') {
+      process.stdout.write(usage() + '\n');
+      return 0;
+    } else break; // first word of the command (no `--`)
+  }
+  o.command = argv.slice(i);
+  if (!o.command.length) {
+    process.stderr.write(usage() + '\n');
+    return 2;
+  }
+  if (quiet) o.log = () => {};
+  try {
+    const r = await runInVm(o);
+    if (!quiet) {
+      process.stderr.write(
+        `[vm] status ${r.status ?? 'none'}; boot ${r.bootMs === null ? '?' : (r.bootMs / 1000).toFixed(1)} s, wall ${(r.wallMs / 1000).toFixed(1)} s\n`,
+      );
+    }
+    return r.status ?? 1;
+  } catch (err) {
+    if (err instanceof VmUnavailableError) {
+      printUnavailable(err, 'vm.mjs');
+      return 1;
+    }
+    throw err;
+  }
+}
+
+if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  cli(process.argv.slice(2)).then(
+    (code) => process.exit(code),
+    (err) => {
+      process.stderr.write(`[vm] ${err.stack ?? err}\n`);
+      process.exit(1);
+    },
+  );
+}
