@@ -1,8 +1,11 @@
 // Jest config of the root-VM suite: test/vm/**/*.vm.test.ts, run as root
 // inside the QEMU guest by `npm run test:vm` (scripts/vm/run-vm-tests.mjs).
 // TypeScript is transpiled on the host beforehand (scripts/vm/ts-transform.cjs).
+const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
+
+const setup = path.join(__dirname, 'test', 'setup', 'dispose-symbols.ts');
 
 /** @type {import('jest').Config} */
 module.exports = {
@@ -15,6 +18,8 @@ module.exports = {
   },
   // The guest's root filesystem is the host's, read-only: keep jest's
   // cache on the guest's tmpfs.
+  // Same setup as the host suite (Symbol.dispose for `using` under jest).
+  setupFiles: fs.existsSync(setup) ? [setup] : [],
   cacheDirectory: path.join(os.tmpdir(), 'jest-dmthin-vm'),
   watchman: false,
   // dm devices and loop devices are machine-wide: one test file at a time.

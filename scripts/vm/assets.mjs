@@ -43,7 +43,7 @@ export function cacheDir() {
 export function which(name) {
   if (name.includes('/')) return isExecutable(name) ? name : null;
   const dirs = (process.env.PATH || '').split(delimiter).filter(Boolean);
-  for (const extra of ['/usr/local/sbin', '/usr/sbin', '/sbin', '/usr/bin', '/bin']) {
+  for (const extra of ['/usr/local/sbin', '/usr/sbin', '/sbin']) {
     if (!dirs.includes(extra)) dirs.push(extra);
   }
   for (const d of dirs) {

@@ -6,7 +6,7 @@
 // Module:  import { runInVm } from './scripts/vm/vm.mjs';
 //          const { status, output } = await runInVm({ command: ['dmsetup', 'version'] });
 // CLI:     node scripts/vm/vm.mjs [--timeout SEC] [--memory MB] [--cpus N]
-//                                 [--cwd DIR] [--env K=V]... [--quiet] -- command args...
+//                                 [--cwd DIR] [--env K=V]... [--copy DIR]... [--quiet] -- command args...
 //
 // How a run works:
 //   1. prepareAssets() makes sure the kernel and initramfs are in the cache.
@@ -22,7 +22,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { StringDecoder } from 'node:string_decoder';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -76,8 +76,10 @@ function accelerator() {
  * @param {number} [o.cpus]            default $DMTHIN_VM_CPUS, else 2
  * @param {boolean|((text:string)=>void)} [o.stream]  print the console live (default true: to stdout)
  * @param {(msg:string)=>void} [o.log] harness messages (default: stderr with a [vm] prefix)
- * @param {string[]} [o.copyToTmpfs]  host folders the guest should read from RAM (a tmpfs copy
- *                                     mounted over the same path; writes there stay in the guest)
+ * @param {(string|{dir:string, exclude?:string[]})[]} [o.copyToTmpfs]  host folders the guest
+ *   should read from RAM: a tmpfs copy mounted over the same path (writes there stay in the
+ *   guest); `exclude` lists entries (relative paths) left out of the copy and symlinked to
+ *   the 9p original instead (big ones the run rarely reads)
  * @param {boolean} [o.keep]           keep the out folder (also kept on failure, and with DMTHIN_VM_KEEP=1)
  * @returns {Promise<{status:number|null, output:string, timedOut:boolean, error?:string,
  *           bootMs:number|null, wallMs:number, outDir:string|null}>}
@@ -105,8 +107,7 @@ export async function runInVm(o) {
   const tmpInGuest = under(cwd, '/tmp') ? GUEST.tmpFallback : '/tmp';
 
   const env = {
-    PATH: [dirname(process.execPath), '/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin']
-      .filter((d, i, a) => a.indexOf(d) === i).join(':'),
+    PATH: [...new Set(['/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin', dirname(process.execPath)])].join(':'),
     LANG: 'C.UTF-8',
     TERM: 'dumb',
     ...Object.fromEntries(Object.entries(process.env).filter(([k]) => INHERITED_ENV.test(k))),
@@ -126,18 +127,28 @@ export async function runInVm(o) {
   // in the guest onto a tmpfs mounted over the same path. Reading thousands of
   // small files over 9p under emulation is the slowest part of starting jest
   // (node_modules: ~25 s over 9p, ~6 s to unpack + ~9 s to start from tmpfs).
+  // Excluded entries stay readable over 9p: the original folder is
+  // bind-mounted aside first and they are symlinked from the copy.
   const copies = [];
-  for (const [i, dir] of (o.copyToTmpfs ?? []).map((d) => resolve(d)).entries()) {
+  for (const [i, spec] of (o.copyToTmpfs ?? []).entries()) {
+    const dir = resolve(typeof spec === 'string' ? spec : spec.dir);
+    const exclude = (typeof spec === 'string' ? [] : spec.exclude ?? []).filter((e) => existsSync(join(dir, e)));
     const tarName = `copy-${i}.tar`;
-    const r = spawnSync('tar', ['-C', dir, '-cf', join(outDir, tarName), '.'], { encoding: 'utf8' });
+    const r = spawnSync('tar', ['-C', dir, ...exclude.map((e) => `--exclude=./${e}`), '-cf', join(outDir, tarName), '.'], { encoding: 'utf8' });
     if (r.status !== 0) {
       log(`warning: cannot tar ${dir} for the guest (${(r.stderr || r.error?.message || '').trim()}); it will be read over 9p`);
       continue;
     }
+    const aside = `/run/dmthin-vm/orig/${i}`;
     copies.push(
-      `if mount -t tmpfs -o mode=755 tmpfs ${shq(dir)} && tar -C ${shq(dir)} -xf ${GUEST.out}/${tarName}; then :; else ` +
-        `echo "[vm] could not copy ${dir.replace(/[`$"\\]/g, '')} into the guest's RAM; reading it over 9p" >&2; umount ${shq(dir)} 2>/dev/null; fi; ` +
-        `rm -f ${GUEST.out}/${tarName}`,
+      [
+        `mkdir -p ${aside} && mount --bind ${shq(dir)} ${aside} &&`,
+        `mount -t tmpfs -o mode=755 tmpfs ${shq(dir)} &&`,
+        `tar -C ${shq(dir)} -xf ${GUEST.out}/${tarName}`,
+        ...exclude.map((e) => `&& ln -s ${shq(`${aside}/${e}`)} ${shq(join(dir, e))}`),
+        `|| { echo "[vm] could not copy ${dir.replace(/[`$"\\]/g, '')} into the guest's RAM; reading it over 9p" >&2; umount ${shq(dir)} 2>/dev/null; }`,
+      ].join(' '),
+      `rm -f ${GUEST.out}/${tarName}`,
     );
   }
   const cmdLine = Array.isArray(o.command)
@@ -164,7 +175,7 @@ export async function runInVm(o) {
     `dmthin_vm.id=${runId}`,
   ].join(' ');
   const args = [
-    '-machine', `accel=${accelerator()}`,
+    '-accel', accelerator(),
     '-m', String(memoryMb),
     '-smp', String(cpus),
     '-cpu', process.env.DMTHIN_VM_CPU || 'max',
@@ -359,8 +370,9 @@ export function printUnavailable(err, what = 'root-VM tests') {
 
 function usage() {
   return `usage: node scripts/vm/vm.mjs [--timeout SEC] [--memory MB] [--cpus N] [--cwd DIR]
-                          [--env K=V]... [--keep] [--quiet] -- command [args...]
-Runs the command as root in the test VM; exits with its status.`;
+                          [--env K=V]... [--copy DIR]... [--keep] [--quiet] -- command [args...]
+Runs the command as root in the test VM; exits with its status.
+  --copy DIR   the guest reads DIR from a RAM copy instead of 9p (faster for many small files)`;
 }
 
 async function cli(argv) {
@@ -386,7 +398,8 @@ async function cli(argv) {
       const eq = kv.indexOf('=');
       if (eq <= 0) throw new Error(`--env wants K=V, got ${kv}`);
       o.env[kv.slice(0, eq)] = kv.slice(eq + 1);
-    } else if (a === '--keep') o.keep = true;
+    } else if (a === '--copy') (o.copyToTmpfs ??= []).push(next());
+    else if (a === '--keep') o.keep = true;
     else if (a === '--quiet') quiet = true;
     else if (a === '-h' || a === '--help') {
       process.stdout.write(usage() + '\n');

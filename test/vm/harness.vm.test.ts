@@ -1,7 +1,8 @@
 /**
  * Smoke test of the root-VM harness: a real kernel runs dm-thin under it.
  * Pool on two loop devices (tmpfs files), create_thin, direct writes through
- * the thin device, a metadata snapshot read by thin_dump, teardown.
+ * the thin device, a metadata snapshot read by thin_dump and by the library
+ * (from src/ and from dist/), teardown.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
@@ -37,7 +38,7 @@ describeVm('root VM: real device-mapper', () => {
     }
   });
 
-  test('thin pool: create_thin, direct writes, metadata snapshot, thin_dump, teardown', () => {
+  test('thin pool: create_thin, direct writes, metadata snapshot, thin_dump, library, teardown', async () => {
     const sb = sandbox();
     const meta = sb.loop(8 * MiB, 'meta');
     const data = sb.loop(64 * MiB, 'data');
@@ -94,6 +95,26 @@ describeVm('root VM: real device-mapper', () => {
       throw new Error('thin_dump (thin-provisioning-tools) is not installed, and DMTHIN_REQUIRE_ORACLE=1');
     } else {
       console.warn('thin_dump not installed: metadata snapshot not cross-checked');
+    }
+
+    // The library reads the same snapshot of the live pool, loaded both from
+    // src/ (TypeScript, transpiled on the host) and from dist/ (npm run build).
+    const libs: [string, typeof import('../../src/index')][] = [
+      ['src', await import('../../src/index')],
+      ['dist', require('../../dist/index.js') as typeof import('../../src/index')],
+    ];
+    for (const [from, lib] of libs) {
+      const md = await lib.ThinMetadata.open(meta.path, { metadataSnap: true });
+      try {
+        const devices = await md.devices();
+        expect({ from, ids: [...devices.keys()], mapped: devices.get(0)?.mappedBlocks }).toEqual({
+          from,
+          ids: [0],
+          mapped: (8 * MiB) / BLOCK_BYTES,
+        });
+      } finally {
+        await md.close();
+      }
     }
 
     sb.message('pool', 0, 'release_metadata_snap');

@@ -12,7 +12,7 @@
  *   with a last sweep in afterAll.
  */
 import { spawnSync } from 'node:child_process';
-import { closeSync, existsSync, ftruncateSync, mkdirSync, mkdtempSync, openSync, rmSync } from 'node:fs';
+import { closeSync, existsSync, ftruncateSync, mkdirSync, mkdtempSync, openSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -237,23 +237,32 @@ export class DmSandbox {
     if (this.closed) return;
     this.closed = true;
     liveSandboxes.delete(this);
-    const problems: string[] = [];
-    for (const name of [...this.devices].reverse()) {
-      if (run('dmsetup', ['info', name], { allowFail: true }).status !== 0) continue; // already gone
-      run('dmsetup', ['resume', name], { allowFail: true }); // a suspended device blocks its users' removal
-      let r = run('dmsetup', ['remove', '--retry', name], { allowFail: true });
-      if (r.status !== 0) r = run('dmsetup', ['remove', '--force', '--retry', name], { allowFail: true });
-      if (r.status !== 0) problems.push(`dm device ${name}: ${r.stderr.trim()}`);
-    }
+    // One shell for the whole teardown: each spawn from the (large) jest
+    // process costs a fork, which is slow under emulation.
+    const script = `
+      for name in ${[...this.devices].reverse().map(shellQuote).join(' ')}; do
+        dmsetup info "$name" >/dev/null 2>&1 || continue
+        dmsetup resume "$name" >/dev/null 2>&1
+        dmsetup remove --retry "$name" >/dev/null 2>&1 ||
+          dmsetup remove --force --retry "$name" >/dev/null 2>&1 ||
+          echo "dm device $name: $(dmsetup info -c --noheadings -o open,attr "$name" 2>&1)"
+      done
+      for loop in ${[...this.loops].reverse().map((l) => shellQuote(l.path)).join(' ')}; do
+        err=$(losetup -d "$loop" 2>&1) || case "$err" in *"No such device"*) ;; *) echo "loop $loop: $err" ;; esac
+      done
+      rm -rf ${shellQuote(this.dir)}
+    `;
     this.devices.length = 0;
-    for (const l of [...this.loops].reverse()) {
-      const r = run('losetup', ['-d', l.path], { allowFail: true });
-      if (r.status !== 0 && !/No such device/i.test(r.stderr)) problems.push(`loop ${l.path}: ${r.stderr.trim()}`);
-    }
     this.loops.length = 0;
-    rmSync(this.dir, { recursive: true, force: true });
+    const r = run('sh', ['-c', script], { allowFail: true });
+    const problems = r.stdout.split('\n').filter(Boolean);
+    if (r.status !== 0) problems.push(`teardown script exited with ${r.status}: ${r.stderr.trim()}`);
     if (problems.length) throw new Error(`DmSandbox cleanup left devices behind:\n  ${problems.join('\n  ')}`);
   }
+}
+
+function shellQuote(s: string): string {
+  return `'${s.replace(/'/g, `'\\''`)}'`;
 }
 
 /** Cleans every sandbox not cleaned yet (used by afterAll). */
