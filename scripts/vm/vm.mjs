@@ -5,7 +5,8 @@
 //
 // Module:  import { runInVm } from './scripts/vm/vm.mjs';
 //          const { status, output } = await runInVm({ command: ['dmsetup', 'version'] });
-// CLI:     node scripts/vm/vm.mjs [--timeout SEC] [--memory MB] [--cpus N]
+// CLI:     node scripts/vm/vm.mjs --prepare          (fetch the kernel, build the initramfs)
+//          node scripts/vm/vm.mjs [--timeout SEC] [--memory MB] [--cpus N]
 //                                 [--cwd DIR] [--env K=V]... [--copy DIR]... [--quiet] -- command args...
 //
 // How a run works:
@@ -371,7 +372,9 @@ export function printUnavailable(err, what = 'root-VM tests') {
 function usage() {
   return `usage: node scripts/vm/vm.mjs [--timeout SEC] [--memory MB] [--cpus N] [--cwd DIR]
                           [--env K=V]... [--copy DIR]... [--keep] [--quiet] -- command [args...]
+       node scripts/vm/vm.mjs --prepare
 Runs the command as root in the test VM; exits with its status.
+  --prepare    only download the kernel and build the initramfs (into .vm-cache/)
   --copy DIR   the guest reads DIR from a RAM copy instead of 9p (faster for many small files)`;
 }
 
@@ -398,6 +401,17 @@ async function cli(argv) {
       const eq = kv.indexOf('=');
       if (eq <= 0) throw new Error(`--env wants K=V, got ${kv}`);
       o.env[kv.slice(0, eq)] = kv.slice(eq + 1);
+    } else if (a === '--prepare') {
+      // Download the kernel and build the initramfs now (CI does this up front).
+      try {
+        const assets = prepareAssets();
+        process.stderr.write(`[vm] ready: kernel ${assets.version}, ${assets.kernel}\n`);
+        return 0;
+      } catch (err) {
+        if (!(err instanceof VmUnavailableError)) throw err;
+        printUnavailable(err, 'vm.mjs --prepare');
+        return 1;
+      }
     } else if (a === '--copy') (o.copyToTmpfs ??= []).push(next());
     else if (a === '--keep') o.keep = true;
     else if (a === '--quiet') quiet = true;
