@@ -117,7 +117,7 @@ async function main() {
   process.stderr.write(
     `[vm] root-VM suite ${ok ? 'PASSED' : 'FAILED'}` +
       `${r.status !== null && !ok ? ` (jest exit status ${r.status})` : ''}${r.error ? ` (${r.error.split('\n')[0]})` : ''}` +
-      ` - boot ${boot}, tests ${suite}, total ${secs(Date.now() - t0)} wall\n`,
+      ` - guest boot ${boot}, suite in the guest ${suite} (jest start-up included), total ${secs(Date.now() - t0)} wall\n`,
   );
   return ok ? 0 : r.status || 1;
 }
