@@ -187,7 +187,7 @@ export async function runInVm(o) {
     '-initrd', assets.initrd,
     '-append', append,
     '-virtfs', 'local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap',
-    '-virtfs', `local,path=${outDir},mount_tag=dmthinout,security_model=none,multidevs=remap`,
+    '-virtfs', `local,path=${outDir.replace(/,/g, ',,')},mount_tag=dmthinout,security_model=none,multidevs=remap`,
   ];
 
   const sink = o.stream === false ? null : typeof o.stream === 'function' ? o.stream : (t) => process.stdout.write(t);
