@@ -161,6 +161,62 @@ export class BlockSet {
   }
 }
 
+/**
+ * The checks every tree walk applies to each node it reaches: pointers inside
+ * the metadata device, no block twice in one tree (which also stops cycles),
+ * a depth cap, the node's own validation and key range, non-empty internal
+ * nodes, and all leaves at one depth.
+ */
+export class TreeValidator {
+  private readonly seen: BlockSet;
+  private leafDepth = -1;
+
+  constructor(
+    readonly nrMetadataBlocks: number,
+    readonly valueSize: number,
+    readonly ctx: TreeContext,
+  ) {
+    this.seen = new BlockSet(nrMetadataBlocks);
+  }
+
+  checkPointer(b: number, from: number): void {
+    if (b >= this.nrMetadataBlocks) {
+      throw new MetadataError('block-range', `block ${from} points to block ${b}, beyond the metadata device (${this.nrMetadataBlocks} blocks)`, {
+        block: from,
+        ...this.ctx,
+      });
+    }
+  }
+
+  /** Validates the node read for a pointer with key range [lo, hi) at `depth` (root = 0). */
+  visit(block: Block, lo: Key, hi: Key, depth: number): BtreeNode {
+    const ctx = this.ctx;
+    const nr = block.nr;
+    if (!this.seen.add(nr)) {
+      throw new MetadataError('cycle', `block ${nr} is referenced twice in the ${describe(ctx)} (cycle or shared node)`, { block: nr, ...ctx });
+    }
+    if (depth >= MAX_DEPTH) {
+      throw new MetadataError('depth', `${describe(ctx)} is deeper than ${MAX_DEPTH} levels at block ${nr}`, { block: nr, ...ctx });
+    }
+    const node = new BtreeNode(block, this.valueSize, ctx);
+    node.checkKeys(lo, hi, ctx);
+    if (node.isLeaf) {
+      if (this.leafDepth < 0) this.leafDepth = depth;
+      else if (this.leafDepth !== depth) {
+        throw new MetadataError('depth', `unbalanced ${describe(ctx)}: leaf ${nr} at depth ${depth}, others at ${this.leafDepth}`, { block: nr, ...ctx });
+      }
+      return node;
+    }
+    if (node.nrEntries === 0) {
+      throw new MetadataError('nr-entries', `internal node ${nr} has no entries (${describe(ctx)})`, { block: nr, ...ctx });
+    }
+    if (this.leafDepth >= 0 && depth >= this.leafDepth) {
+      throw new MetadataError('depth', `unbalanced ${describe(ctx)}: internal node ${nr} at leaf depth ${this.leafDepth}`, { block: nr, ...ctx });
+    }
+    return node;
+  }
+}
+
 export interface WalkOptions extends TreeContext {
   /** Value size of the leaves (8 mapping, 24 details, 16 sm index, 4 ref counts). */
   valueSize: number;
@@ -201,22 +257,12 @@ export async function* walkLeaves(io: BlockSource, root: number, opts: WalkOptio
   const window = opts.window ?? 256;
   const begin = opts.begin ?? 0;
   const end = opts.end ?? Infinity;
-  const seen = new BlockSet(opts.nrMetadataBlocks);
   const ctx: TreeContext = { tree: opts.tree, devId: opts.devId };
+  const v = new TreeValidator(opts.nrMetadataBlocks, opts.valueSize, ctx);
   // The stack's top (last element) is the next node in key order.
   const stack: Pending[] = [{ block: root, lo: 0, hi: Infinity, depth: 0 }];
   let inFlight = 0;
-  let leafDepth = -1;
-
-  const checkPointer = (b: number, from: number) => {
-    if (b >= opts.nrMetadataBlocks) {
-      throw new MetadataError('block-range', `block ${from} points to block ${b}, beyond the metadata device (${opts.nrMetadataBlocks} blocks)`, {
-        block: from,
-        ...ctx,
-      });
-    }
-  };
-  checkPointer(root, root);
+  v.checkPointer(root, root);
 
   /** Children of an internal node, in key order, limited to [begin, end). */
   const childrenOf = (node: BtreeNode, item: Pending): Pending[] => {
@@ -226,7 +272,7 @@ export async function* walkLeaves(io: BlockSource, root: number, opts: WalkOptio
       const hi = i + 1 < node.nrEntries ? node.keyAt(i + 1) : item.hi;
       if (hi <= begin || lo >= end) continue;
       const child = node.value64(i);
-      checkPointer(child, item.block);
+      v.checkPointer(child, item.block);
       out.push({ block: child, lo, hi, depth: item.depth + 1 });
     }
     return out;
@@ -282,40 +328,11 @@ export async function* walkLeaves(io: BlockSource, root: number, opts: WalkOptio
     const item = stack.pop()!;
     sinceFetch++;
     const block = item.data ?? (await item.p!);
-    if (!seen.add(item.block)) {
-      throw new MetadataError('cycle', `block ${item.block} is referenced twice in the ${describe(ctx)} (cycle or shared node)`, {
-        block: item.block,
-        ...ctx,
-      });
-    }
-    if (item.depth >= MAX_DEPTH) {
-      throw new MetadataError('depth', `${describe(ctx)} is deeper than ${MAX_DEPTH} levels at block ${item.block}`, {
-        block: item.block,
-        ...ctx,
-      });
-    }
-    const node = new BtreeNode(block, opts.valueSize, ctx);
-    node.checkKeys(item.lo, item.hi, ctx);
+    const node = v.visit(block, item.lo, item.hi, item.depth);
     opts.onNode?.(node, item.depth);
     if (node.isLeaf) {
-      if (leafDepth < 0) leafDepth = item.depth;
-      else if (leafDepth !== item.depth) {
-        throw new MetadataError('depth', `unbalanced ${describe(ctx)}: leaf ${item.block} at depth ${item.depth}, others at ${leafDepth}`, {
-          block: item.block,
-          ...ctx,
-        });
-      }
       yield node;
       continue;
-    }
-    if (node.nrEntries === 0) {
-      throw new MetadataError('nr-entries', `internal node ${item.block} has no entries (${describe(ctx)})`, { block: item.block, ...ctx });
-    }
-    if (leafDepth >= 0 && item.depth >= leafDepth) {
-      throw new MetadataError('depth', `unbalanced ${describe(ctx)}: internal node ${item.block} at leaf depth ${leafDepth}`, {
-        block: item.block,
-        ...ctx,
-      });
     }
     const children = item.children ?? childrenOf(node, item);
     // Push last-to-first so the first child is on top.

@@ -26,6 +26,16 @@ const add = (a: VirtualBlock, n: number): VirtualBlock => (typeof a === 'number'
 // eslint-disable-next-line eqeqeq
 const eq = (a: VirtualBlock, b: VirtualBlock) => a == b;
 
+/** Feeds every batch to `each` (flushing the sink between batches); returns the generator's result. */
+async function drain<T>(gen: AsyncGenerator<DeltaExtent[], T>, s: ByteSink, each: (e: DeltaExtent) => void): Promise<T> {
+  for (;;) {
+    const r = await gen.next();
+    if (r.done) return r.value;
+    for (const e of r.value) each(e);
+    await s.maybeFlush();
+  }
+}
+
 /** Writes the delta of two devices (or raw roots); resolves with the walk's counters. */
 export async function writeDelta(md: ThinMetadata, out: Writable, subject: DeltaSubject, opts: WriteDeltaOptions = {}): Promise<DeltaStats> {
   const s = new ByteSink(out);
@@ -60,22 +70,13 @@ export async function writeDelta(md: ThinMetadata, out: Writable, subject: Delta
         `${md.metadataSnap !== null ? `,"metadataSnap":${md.metadataSnap}` : ''}},${ids},"extents":[`,
     );
     let first = true;
-    let stats: DeltaStats;
-    for (;;) {
-      const r = await gen.next();
-      if (r.done) {
-        stats = r.value;
-        break;
-      }
-      for (const e of r.value) {
-        s.str(
-          `${first ? '\n' : ',\n'}{"kind":"${e.kind}","begin":${e.begin},"length":${e.length}` +
-            `${e.leftData !== undefined ? `,"leftData":${e.leftData}` : ''}${e.rightData !== undefined ? `,"rightData":${e.rightData}` : ''}}`,
-        );
-        first = false;
-      }
-      await s.maybeFlush();
-    }
+    const stats = await drain(gen, s, (e) => {
+      s.str(
+        `${first ? '\n' : ',\n'}{"kind":"${e.kind}","begin":${e.begin},"length":${e.length}` +
+          `${e.leftData !== undefined ? `,"leftData":${e.leftData}` : ''}${e.rightData !== undefined ? `,"rightData":${e.rightData}` : ''}}`,
+      );
+      first = false;
+    });
     s.str('\n]}\n');
     await s.flush();
     return stats;
@@ -93,37 +94,28 @@ export async function writeDelta(md: ThinMetadata, out: Writable, subject: Delta
     if (pk !== undefined) s.str(`    <${pk} begin="${pBegin}" length="${pLen}"/>\n`);
     pk = undefined;
   };
-  let stats: DeltaStats;
-  for (;;) {
-    const r = await gen.next();
-    if (r.done) {
-      stats = r.value;
-      break;
+  const stats = await drain(gen, s, (e) => {
+    if (!opts.verbose) {
+      if (pk === e.kind && eq(add(pBegin, pLen), e.begin)) pLen += e.length;
+      else {
+        flushPlain();
+        pk = e.kind;
+        pBegin = e.begin;
+        pLen = e.length;
+      }
+      return;
     }
-    for (const e of r.value) {
-      if (!opts.verbose) {
-        if (pk === e.kind && eq(add(pBegin, pLen), e.begin)) pLen += e.length;
-        else {
-          flushPlain();
-          pk = e.kind;
-          pBegin = e.begin;
-          pLen = e.length;
-        }
-        continue;
-      }
-      if (open !== e.kind) {
-        if (open) s.str(`    </${open}>\n`);
-        s.str(`    <${e.kind}>\n`);
-        open = e.kind;
-      }
-      if (e.kind === 'different') {
-        s.str(`      <range begin="${e.begin}" left_data_begin="${e.leftData}" right_data_begin="${e.rightData}" length="${e.length}"/>\n`);
-      } else {
-        s.str(`      <range begin="${e.begin}" data_begin="${e.kind === 'right_only' ? e.rightData : e.leftData}" length="${e.length}"/>\n`);
-      }
+    if (open !== e.kind) {
+      if (open) s.str(`    </${open}>\n`);
+      s.str(`    <${e.kind}>\n`);
+      open = e.kind;
     }
-    await s.maybeFlush();
-  }
+    if (e.kind === 'different') {
+      s.str(`      <range begin="${e.begin}" left_data_begin="${e.leftData}" right_data_begin="${e.rightData}" length="${e.length}"/>\n`);
+    } else {
+      s.str(`      <range begin="${e.begin}" data_begin="${e.kind === 'right_only' ? e.rightData : e.leftData}" length="${e.length}"/>\n`);
+    }
+  });
   flushPlain();
   if (open) s.str(`    </${open}>\n`);
   s.str('  </diff>\n</superblock>\n');

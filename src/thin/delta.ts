@@ -11,7 +11,7 @@
  * depth x fan-out per side plus one read window.
  */
 import { AbortError, MetadataError, throwIfAborted } from '../errors';
-import { BlockSet, BtreeNode, type Key, MAX_DEPTH, walkLeaves } from '../pdata/btree';
+import { BtreeNode, type Key, TreeValidator, walkLeaves } from '../pdata/btree';
 import type { Block, BlockSource } from '../pdata/io-engine';
 import { TIME_MASK, type VirtualBlock } from './mappings';
 
@@ -112,8 +112,7 @@ class Side {
   readonly stack: Item[] = [];
   /** Block numbers of the refs on the stack (a multiset), so the other side can see them. */
   readonly pending = new Map<number, number>();
-  readonly seen: BlockSet;
-  leafDepth = -1;
+  readonly validator: TreeValidator;
   other!: Side;
 
   constructor(
@@ -122,7 +121,8 @@ class Side {
     root: number,
     readonly devId: number | undefined,
   ) {
-    this.seen = new BlockSet(walk.opts.nrMetadataBlocks);
+    this.validator = new TreeValidator(walk.opts.nrMetadataBlocks, 8, { tree: 'mapping', devId });
+    this.validator.checkPointer(root, root);
     this.pushRef({ leaf: false, block: root, lo: 0, hi: Infinity, depth: 0 });
   }
 
@@ -134,8 +134,8 @@ class Side {
     return this.stack[this.stack.length - 1];
   }
 
-  pushRef(r: Ref): void {
-    this.walk.checkPointer(r.block, this);
+  pushRef(r: Ref, from = r.block): void {
+    this.validator.checkPointer(r.block, from);
     this.stack.push(r);
     this.pending.set(r.block, (this.pending.get(r.block) ?? 0) + 1);
   }
@@ -204,32 +204,16 @@ class Side {
     if (!top.p) this.fetch();
     const block = top.data ?? (await top.p!);
     const r = this.popRef();
-    const ctx = { tree: 'mapping', devId: this.devId };
-    if (!this.seen.add(r.block)) {
-      throw new MetadataError('cycle', `block ${r.block} is referenced twice in the mapping tree of ${this.label()}`, { block: r.block, ...ctx });
-    }
-    if (r.depth >= MAX_DEPTH) {
-      throw new MetadataError('depth', `mapping tree of ${this.label()} is deeper than ${MAX_DEPTH} levels at block ${r.block}`, { block: r.block, ...ctx });
-    }
-    const node = new BtreeNode(block, 8, ctx);
-    node.checkKeys(r.lo, r.hi, ctx);
+    const node = this.validator.visit(block, r.lo, r.hi, r.depth);
     this.walk.stats.nodesRead++;
     if (node.isLeaf) {
-      if (this.leafDepth < 0) this.leafDepth = r.depth;
-      else if (this.leafDepth !== r.depth) {
-        throw new MetadataError('depth', `unbalanced mapping tree of ${this.label()} at block ${r.block}`, { block: r.block, ...ctx });
-      }
       if (node.nrEntries > 0) this.stack.push({ leaf: true, node, i: 0, depth: r.depth });
       return;
-    }
-    if (node.nrEntries === 0) throw new MetadataError('nr-entries', `internal node ${r.block} has no entries`, { block: r.block, ...ctx });
-    if (this.leafDepth >= 0 && r.depth >= this.leafDepth) {
-      throw new MetadataError('depth', `unbalanced mapping tree of ${this.label()} at block ${r.block}`, { block: r.block, ...ctx });
     }
     for (let i = node.nrEntries - 1; i >= 0; i--) {
       const lo = node.keyAt(i);
       const hi = i + 1 < node.nrEntries ? node.keyAt(i + 1) : r.hi;
-      this.pushRef({ leaf: false, block: node.value64(i), lo, hi, depth: r.depth + 1 });
+      this.pushRef({ leaf: false, block: node.value64(i), lo, hi, depth: r.depth + 1 }, r.block);
     }
   }
 
@@ -250,16 +234,6 @@ class DeltaWalker {
     readonly opts: DeltaWalkOptions,
   ) {
     this.window = opts.window ?? 128;
-  }
-
-  checkPointer(b: number, side: Side): void {
-    if (b >= this.opts.nrMetadataBlocks) {
-      throw new MetadataError('block-range', `mapping tree of ${side.label()} points to block ${b}, beyond the metadata device`, {
-        block: b,
-        tree: 'mapping',
-        devId: side.devId,
-      });
-    }
   }
 
   read(refs: Ref[]): void {
