@@ -98,6 +98,42 @@ async function makeImage(path, total) {
   renameSync(`${path}.tmp`, path);
 }
 
+/**
+ * A pool as the kernel leaves it after a snapshot: one origin of `total`
+ * mappings (restored), then create_snap and `writes` copy-on-write writes to
+ * the snapshot, emulated with the fixture generator's kernel model so that
+ * the two devices share every subtree but the changed paths.
+ */
+async function makeSharedImage(path, total, writes) {
+  const xml = `${path}.xml`;
+  const out = createWriteStream(xml);
+  const w = (s) => (out.write(s) ? undefined : new Promise((r) => out.once('drain', r)));
+  const r = rng(7);
+  await w(`<superblock uuid="" time="0" transaction="1" data_block_size="128" nr_data_blocks="${total * 2}">\n`);
+  await w(`  <device dev_id="0" mapped_blocks="${total}" transaction="0" creation_time="0" snap_time="0">\n`);
+  let v = 0;
+  for (let n = 0; n < total; n++) {
+    v += r() < 0.5 ? 1 : 2;
+    await w(`    <single_mapping origin_block="${v}" data_block="${n}" time="0"/>\n`);
+  }
+  await w('  </device>\n</superblock>\n');
+  await new Promise((res) => out.end(res));
+  const bytes = Math.ceil(((total / 100) * 4096 * 1.6 + (8 << 20)) / (4 << 20)) * (4 << 20);
+  writeFileSync(`${path}.tmp`, '');
+  spawnSync('truncate', ['-s', String(bytes), `${path}.tmp`]);
+  if (spawnSync('thin_restore', ['-q', '-i', xml, '-o', `${path}.tmp`], { stdio: 'inherit' }).status !== 0) throw new Error('thin_restore failed');
+  const { Transaction } = await import('../fixtures/lib/emulate.mjs');
+  const { readFileSync } = await import('node:fs');
+  const img = readFileSync(`${path}.tmp`);
+  const t = new Transaction(img);
+  t.createSnap(1, 0);
+  for (let i = 0; i < writes; i++) t.write(1, 1 + Math.floor(r() * v));
+  t.commit();
+  writeFileSync(`${path}.tmp`, img);
+  if (spawnSync('thin_check', ['-q', `${path}.tmp`]).status !== 0) throw new Error('thin_check failed on the emulated image');
+  renameSync(`${path}.tmp`, path);
+}
+
 function timed(cmd, argv) {
   const hasTime = existsSync('/usr/bin/time');
   const full = hasTime ? ['/usr/bin/time', ['-f', '%e %M', cmd, ...argv]] : [cmd, argv];
@@ -128,6 +164,13 @@ async function main() {
     await makeImage(img, MAPPINGS);
     process.stderr.write(`bench: built in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
   }
+  const shared = join(cache, `bench-shared-${MAPPINGS}.bin`);
+  if (!existsSync(shared)) {
+    process.stderr.write(`bench: building a ${MAPPINGS}-mapping origin + snapshot with 75 copy-on-write writes...\n`);
+    const t0 = Date.now();
+    await makeSharedImage(shared, MAPPINGS, 75);
+    process.stderr.write(`bench: built in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
+  }
   const size = statSync(img).size;
   const pairs = [
     ['dump (xml)', [process.execPath, [cli, 'dump', img]], ['thin_dump', [img]]],
@@ -135,6 +178,21 @@ async function main() {
       'ls (DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS)',
       [process.execPath, [cli, 'ls', '-o', 'DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS', img]],
       ['thin_ls', ['-o', 'DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS', img]],
+    ],
+    [
+      'delta (two devices sharing no nodes)',
+      [process.execPath, [cli, 'delta', '--snap1', '0', '--snap2', '1', img]],
+      ['thin_delta', ['--snap1', '0', '--snap2', '1', img]],
+    ],
+    [
+      `delta (origin vs snapshot sharing all but 75 written blocks, ${MAPPINGS} mappings each)`,
+      [process.execPath, [cli, 'delta', '--snap1', '0', '--snap2', '1', shared]],
+      ['thin_delta', ['--snap1', '0', '--snap2', '1', shared]],
+    ],
+    [
+      'delta --no-same (same pair; thin_delta has no such option, so it prints everything)',
+      [process.execPath, [cli, 'delta', '--no-same', '--snap1', '0', '--snap2', '1', shared]],
+      ['thin_delta', ['--snap1', '0', '--snap2', '1', shared]],
     ],
   ];
   console.log(`image: ${img} (${MAPPINGS} mappings, ${(size / 2 ** 20).toFixed(0)} MiB metadata), ${ROUNDS} interleaved rounds`);

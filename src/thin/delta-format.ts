@@ -26,6 +26,15 @@ const add = (a: VirtualBlock, n: number): VirtualBlock => (typeof a === 'number'
 // eslint-disable-next-line eqeqeq
 const eq = (a: VirtualBlock, b: VirtualBlock) => a == b;
 
+const OPEN: Record<DeltaKind, Uint8Array> = {
+  same: ByteSink.lit('    <same begin="'),
+  different: ByteSink.lit('    <different begin="'),
+  left_only: ByteSink.lit('    <left_only begin="'),
+  right_only: ByteSink.lit('    <right_only begin="'),
+};
+const LENGTH = ByteSink.lit('" length="');
+const CLOSE = ByteSink.lit('"/>\n');
+
 /** Feeds every batch to `each` (flushing the sink between batches); returns the generator's result. */
 async function drain<T>(gen: AsyncGenerator<DeltaExtent[], T>, s: ByteSink, each: (e: DeltaExtent) => void): Promise<T> {
   for (;;) {
@@ -91,7 +100,14 @@ export async function writeDelta(md: ThinMetadata, out: Writable, subject: Delta
   let pLen = 0;
   let open: DeltaKind | undefined;
   const flushPlain = () => {
-    if (pk !== undefined) s.str(`    <${pk} begin="${pBegin}" length="${pLen}"/>\n`);
+    if (pk === undefined) return;
+    // Hundreds of thousands of these lines: bytes, not strings.
+    s.bytes(OPEN[pk]);
+    if (typeof pBegin === 'number') s.uint(pBegin);
+    else s.str(String(pBegin));
+    s.bytes(LENGTH);
+    s.uint(pLen);
+    s.bytes(CLOSE);
     pk = undefined;
   };
   const stats = await drain(gen, s, (e) => {

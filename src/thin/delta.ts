@@ -11,7 +11,7 @@
  * depth x fan-out per side plus one read window.
  */
 import { AbortError, MetadataError, throwIfAborted } from '../errors';
-import { BtreeNode, type Key, TreeValidator, walkLeaves } from '../pdata/btree';
+import { BtreeNode, type Key, LEAF_NODE, TreeValidator, walkLeaves } from '../pdata/btree';
 import type { Block, BlockSource } from '../pdata/io-engine';
 import { TIME_MASK, type VirtualBlock } from './mappings';
 
@@ -193,7 +193,10 @@ class Side {
   private collect(from: number, want: Ref[]): void {
     for (let i = from; i >= 0 && want.length < this.walk.window; i--) {
       const it = this.stack[i];
-      if (it.leaf || it.p || this.other.pending.has(it.block)) continue;
+      if (it.leaf || it.p) continue;
+      // A block the other side will visit too is probably shared: then it is
+      // read once, by the left side, and only if `same` is wanted.
+      if (this.other.pending.has(it.block) && (this.name === 'right' || this.walk.opts.includeSame === false)) continue;
       want.push(it);
     }
   }
@@ -277,6 +280,13 @@ class DeltaWalker {
     if (right !== undefined) this.cur.rightData = right;
   }
 
+  private sharedLeaf(b: Block, lo: Key, hi: Key): BtreeNode {
+    const ctx = { tree: 'mapping', devId: this.opts.leftId };
+    const node = new BtreeNode(b, 8, ctx);
+    node.checkKeys(lo, hi, ctx);
+    return node;
+  }
+
   /**
    * Both sides reference the same subtree: identical contents. Reads it once
    * (one side) to report `same`, or not at all. Yields after each leaf so the
@@ -287,28 +297,54 @@ class DeltaWalker {
     if (this.opts.includeSame === false) return;
     const lo = l.lo > r.lo ? l.lo : r.lo;
     const hi = l.hi < r.hi ? l.hi : r.hi;
-    for await (const leaf of walkLeaves(this.io, l.block, {
-      tree: 'mapping',
-      devId: this.opts.leftId,
-      valueSize: 8,
-      nrMetadataBlocks: this.opts.nrMetadataBlocks,
-      signal: this.opts.signal,
-      window: this.window,
-      onNode: () => {
-        this.stats.nodesRead++;
-        this.stats.blocksRead++;
-      },
-    })) {
+    // The left side usually read it already (prefetch): a shared leaf is then
+    // enumerated straight away; a shared internal node is walked in bulk.
+    const first = l.data ?? (l.p ? await l.p : undefined);
+    const leaves =
+      first && first.u32(4) === LEAF_NODE
+        ? [this.sharedLeaf(first, lo, hi)]
+        : walkLeaves(this.io, l.block, {
+            tree: 'mapping',
+            devId: this.opts.leftId,
+            valueSize: 8,
+            nrMetadataBlocks: this.opts.nrMetadataBlocks,
+            signal: this.opts.signal,
+            window: this.window,
+            onNode: () => {
+              this.stats.nodesRead++;
+              this.stats.blocksRead++;
+            },
+          });
+    if (first && first.u32(4) === LEAF_NODE) this.stats.nodesRead++;
+    for await (const leaf of leaves) {
       const n = leaf.nrEntries;
       if (n && (leaf.keyAt(0) < lo || leaf.keyAt(n - 1) >= hi)) {
         throw new MetadataError('key-range', `shared subtree ${l.block} holds keys outside the range its parents give`, { block: leaf.nr, tree: 'mapping' });
       }
+      // Runs of consecutive blocks on consecutive data are emitted whole.
+      const w = leaf.u32;
+      const kb = leaf.base + 8;
+      const vb = leaf.base + (leaf.valuesOffset >> 2);
+      const nrData = this.opts.nrDataBlocks;
+      let runKey: Key = 0;
+      let runData = 0;
+      let runLen = 0;
       for (let i = 0; i < n; i++) {
-        const k = keyOf(leaf, i);
-        const { data } = dataOf(leaf, i);
-        this.checkData(data, k, this.left);
-        this.emit('same', k, 1, data, data);
+        const hi = w[kb + 2 * i + 1];
+        const k: Key = hi < 2 ** 21 ? w[kb + 2 * i] + hi * TWO32 : leaf.keyAt(i);
+        const lo = w[vb + 2 * i];
+        const d = w[vb + 2 * i + 1] * 256 + (lo >>> 24);
+        if (d >= nrData) this.checkData(d, k, this.left);
+        if (runLen > 0 && d === runData + runLen && typeof k === 'number' && typeof runKey === 'number' && k === runKey + runLen) {
+          runLen++;
+          continue;
+        }
+        if (runLen > 0) this.emit('same', runKey, runLen, runData, runData);
+        runKey = k;
+        runData = d;
+        runLen = 1;
       }
+      if (runLen > 0) this.emit('same', runKey, runLen, runData, runData);
       yield;
     }
   }
@@ -419,6 +455,10 @@ class DeltaWalker {
       const a = L.top();
       const b = R.top();
       if (!a.leaf && !b.leaf && a.block === b.block) {
+        if (this.opts.includeSame !== false) {
+          if (!a.p) L.fetch();
+          L.prefetch();
+        }
         L.popRef();
         R.popRef();
         for await (const _ of this.shared(a, b)) if (this.out.length >= 256) yield this.out.splice(0);
