@@ -8,6 +8,9 @@ import fc from 'fast-check';
 import { MemoryBlockSource } from '../../src/pdata/io-engine';
 import { deltaBatches, DeltaExtent } from '../../src/thin/delta';
 import { ImageBuilder, u64, writeNode } from '../unit/tree-builder';
+import { fixtureFile, fixtureImage } from '../helpers/fixtures';
+import { runCli } from '../cli/run-cli';
+import { ThinMetadata } from '../../src';
 
 type Mapping = [key: number, data: number, time: number];
 
@@ -168,4 +171,39 @@ test('identical roots read nothing without same, one subtree with same', async (
   const withSame = await runDelta(s.img, s.origin.root, s.origin.root, true);
   expect(withSame.out).toEqual([{ kind: 'same', begin: 0, length: 1, leftData: 0, rightData: 0 }, ...naive(s.a, s.a, true).slice(1)]);
   expect(withSame.stats.sharedSubtrees).toBe(1);
+});
+
+describe('on the fixtures', () => {
+  test('--root1/--root2 give the same ranges as the devices whose roots they are', async () => {
+    using f = fixtureFile('snapshots');
+    await using md = await ThinMetadata.open(f.path);
+    const roots = await md.deviceRoots();
+    const [a, b] = [...roots.keys()].slice(0, 2);
+    const byDev = runCli(['delta', '--verbose', '--snap1', String(a), '--snap2', String(b), f.path]);
+    const byRoot = runCli(['delta', '--verbose', '--root1', String(roots.get(a)), '--root2', String(roots.get(b)), f.path]);
+    expect(byRoot.status).toBe(0);
+    expect(byRoot.stdout.replace(/<diff left_root="\d+" right_root="\d+">/, `<diff left="${a}" right="${b}">`)).toBe(byDev.stdout);
+  });
+
+  test('-f json lists the library extents', async () => {
+    using f = fixtureFile('deep-tree');
+    const r = runCli(['delta', '-f', 'json', '--snap1', '1', '--snap2', '2', f.path]);
+    expect(r.status).toBe(0);
+    const j = JSON.parse(r.stdout);
+    await using md = await ThinMetadata.fromBuffer(fixtureImage('deep-tree'));
+    const lib = [];
+    for await (const e of md.delta(1, 2)) lib.push(e);
+    expect(j.left).toBe(1);
+    expect(j.right).toBe(2);
+    expect(j.extents).toEqual(lib);
+    expect(j.extents.length).toBeGreaterThan(10);
+  });
+
+  test('bad arguments exit 1 with one line', () => {
+    for (const args of [['delta', '--snap1', '1', 'x'], ['delta', '--root1', '5', '--snap1', '1', '--snap2', '2', 'x'], ['delta', '--snap1', 'a', '--snap2', '2', 'x']]) {
+      const r = runCli(args);
+      expect(r.status).toBe(1);
+      expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    }
+  });
 });
