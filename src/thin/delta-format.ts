@@ -26,21 +26,13 @@ const add = (a: VirtualBlock, n: number): VirtualBlock => (typeof a === 'number'
 // eslint-disable-next-line eqeqeq
 const eq = (a: VirtualBlock, b: VirtualBlock) => a == b;
 
-const OPEN: Record<DeltaKind, Uint8Array> = {
-  same: ByteSink.lit('    <same begin="'),
-  different: ByteSink.lit('    <different begin="'),
-  left_only: ByteSink.lit('    <left_only begin="'),
-  right_only: ByteSink.lit('    <right_only begin="'),
-};
-const LENGTH = ByteSink.lit('" length="');
-const CLOSE = ByteSink.lit('"/>\n');
-
 /** Feeds every batch to `each` (flushing the sink between batches); returns the generator's result. */
-async function drain<T>(gen: AsyncGenerator<DeltaExtent[], T>, s: ByteSink, each: (e: DeltaExtent) => void): Promise<T> {
+async function drain<T>(gen: AsyncGenerator<DeltaExtent[], T>, s: ByteSink, each: (e: DeltaExtent) => void, afterBatch?: () => void): Promise<T> {
   for (;;) {
     const r = await gen.next();
     if (r.done) return r.value;
     for (const e of r.value) each(e);
+    afterBatch?.();
     await s.maybeFlush();
   }
 }
@@ -99,16 +91,16 @@ export async function writeDelta(md: ThinMetadata, out: Writable, subject: Delta
   let pBegin: VirtualBlock = 0;
   let pLen = 0;
   let open: DeltaKind | undefined;
+  // Lines of a batch are built as one string and written once (see ByteSink.ascii).
+  let text = '';
   const flushPlain = () => {
     if (pk === undefined) return;
-    // Hundreds of thousands of these lines: bytes, not strings.
-    s.bytes(OPEN[pk]);
-    if (typeof pBegin === 'number') s.uint(pBegin);
-    else s.str(String(pBegin));
-    s.bytes(LENGTH);
-    s.uint(pLen);
-    s.bytes(CLOSE);
+    text += `    <${pk} begin="${pBegin}" length="${pLen}"/>\n`;
     pk = undefined;
+  };
+  const flushText = () => {
+    s.ascii(text);
+    text = '';
   };
   const stats = await drain(gen, s, (e) => {
     if (!opts.verbose) {
@@ -122,17 +114,18 @@ export async function writeDelta(md: ThinMetadata, out: Writable, subject: Delta
       return;
     }
     if (open !== e.kind) {
-      if (open) s.str(`    </${open}>\n`);
-      s.str(`    <${e.kind}>\n`);
+      if (open) text += `    </${open}>\n`;
+      text += `    <${e.kind}>\n`;
       open = e.kind;
     }
     if (e.kind === 'different') {
-      s.str(`      <range begin="${e.begin}" left_data_begin="${e.leftData}" right_data_begin="${e.rightData}" length="${e.length}"/>\n`);
+      text += `      <range begin="${e.begin}" left_data_begin="${e.leftData}" right_data_begin="${e.rightData}" length="${e.length}"/>\n`;
     } else {
-      s.str(`      <range begin="${e.begin}" data_begin="${e.kind === 'right_only' ? e.rightData : e.leftData}" length="${e.length}"/>\n`);
+      text += `      <range begin="${e.begin}" data_begin="${e.kind === 'right_only' ? e.rightData : e.leftData}" length="${e.length}"/>\n`;
     }
-  });
+  }, flushText);
   flushPlain();
+  flushText();
   if (open) s.str(`    </${open}>\n`);
   s.str('  </diff>\n</superblock>\n');
   await s.flush();

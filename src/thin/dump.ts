@@ -50,15 +50,6 @@ interface SuperblockHeader {
   heldRoot: number;
 }
 
-const L = ByteSink.lit;
-const X_SINGLE = L('    <single_mapping origin_block="');
-const X_DATA_BLOCK = L('" data_block="');
-const X_TIME = L('" time="');
-const X_CLOSE = L('"/>\n');
-const X_RANGE = L('    <range_mapping origin_begin="');
-const X_DATA_BEGIN = L('" data_begin="');
-const X_LENGTH = L('" length="');
-
 class XmlEmitter implements Emitter {
   constructor(private readonly s: ByteSink) {}
   begin(sb: SuperblockHeader): void {
@@ -73,28 +64,15 @@ class XmlEmitter implements Emitter {
     );
   }
   runs(b: RunBatch): void {
-    const s = this.s;
+    let out = '';
     for (let i = 0; i < b.count; i++) {
-      const o = b.originBegin[i];
-      if (b.length[i] === 1) {
-        s.bytes(X_SINGLE);
-        if (o === o) s.uint(o);
-        else s.str(String(b.origin(i)));
-        s.bytes(X_DATA_BLOCK);
-        s.uint(b.dataBegin[i]);
-      } else {
-        s.bytes(X_RANGE);
-        if (o === o) s.uint(o);
-        else s.str(String(b.origin(i)));
-        s.bytes(X_DATA_BEGIN);
-        s.uint(b.dataBegin[i]);
-        s.bytes(X_LENGTH);
-        s.uint(b.length[i]);
-      }
-      s.bytes(X_TIME);
-      s.uint(b.time[i]);
-      s.bytes(X_CLOSE);
+      const o = b.originBegin[i] === b.originBegin[i] ? b.originBegin[i] : b.origin(i);
+      out +=
+        b.length[i] === 1
+          ? `    <single_mapping origin_block="${o}" data_block="${b.dataBegin[i]}" time="${b.time[i]}"/>\n`
+          : `    <range_mapping origin_begin="${o}" data_begin="${b.dataBegin[i]}" length="${b.length[i]}" time="${b.time[i]}"/>\n`;
     }
+    this.s.ascii(out);
   }
   endDevice(): void {
     this.s.str('  </device>\n');
@@ -103,15 +81,6 @@ class XmlEmitter implements Emitter {
     this.s.str('</superblock>\n');
   }
 }
-
-const H_INDENT = L('    ');
-const H_ARROW = L(' -> ');
-const H_COMMA = L(', ');
-const H_NL = L('\n');
-const H_OPEN = L('    (');
-const H_DOTS = L('..');
-const H_MID = L(') -> (');
-const H_CLOSE = L(')');
 
 class HumanEmitter implements Emitter {
   constructor(private readonly s: ByteSink) {}
@@ -127,38 +96,21 @@ class HumanEmitter implements Emitter {
     );
   }
   runs(b: RunBatch): void {
-    const s = this.s;
+    let out = '';
     for (let i = 0; i < b.count; i++) {
-      const o = b.originBegin[i];
       const d = b.dataBegin[i];
       const l = b.length[i];
-      const small = o === o && o + l - 1 <= Number.MAX_SAFE_INTEGER;
+      const o = b.originBegin[i];
       if (l === 1) {
-        s.bytes(H_INDENT);
-        if (small) s.uint(o);
-        else s.str(String(b.origin(i)));
-        s.bytes(H_ARROW);
-        s.uint(d);
+        out += `    ${o === o ? o : b.origin(i)} -> ${d}, ${b.time[i]}\n`;
+      } else if (o === o && o + l - 1 <= Number.MAX_SAFE_INTEGER) {
+        out += `    (${o}..${o + l - 1}) -> (${d}..${d + l - 1}), ${b.time[i]}\n`;
       } else {
-        s.bytes(H_OPEN);
-        if (small) {
-          s.uint(o);
-          s.bytes(H_DOTS);
-          s.uint(o + l - 1);
-        } else {
-          const big = BigInt(b.origin(i));
-          s.str(`${big}..${big + BigInt(l - 1)}`);
-        }
-        s.bytes(H_MID);
-        s.uint(d);
-        s.bytes(H_DOTS);
-        s.uint(d + l - 1);
-        s.bytes(H_CLOSE);
+        const big = BigInt(b.origin(i));
+        out += `    (${big}..${big + BigInt(l - 1)}) -> (${d}..${d + l - 1}), ${b.time[i]}\n`;
       }
-      s.bytes(H_COMMA);
-      s.uint(b.time[i]);
-      s.bytes(H_NL);
     }
+    this.s.ascii(out);
   }
   endDevice(): void {
     this.s.str('\n');
@@ -195,10 +147,12 @@ class JsonEmitter implements Emitter {
     this.firstRun = true;
   }
   runs(b: RunBatch): void {
+    let out = '';
     for (let i = 0; i < b.count; i++) {
-      this.s.str(`${this.firstRun ? '\n' : ',\n'}{"originBegin":${b.origin(i)},"dataBegin":${b.dataBegin[i]},"length":${b.length[i]},"time":${b.time[i]}}`);
+      out += `${this.firstRun ? '\n' : ',\n'}{"originBegin":${b.origin(i)},"dataBegin":${b.dataBegin[i]},"length":${b.length[i]},"time":${b.time[i]}}`;
       this.firstRun = false;
     }
+    this.s.ascii(out);
   }
   endDevice(): void {
     this.s.str(']}');
