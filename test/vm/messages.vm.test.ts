@@ -1,0 +1,215 @@
+/**
+ * Every pool message's failure mode with the errno the kernel returns, as a
+ * DmIoctlError (code, errno, ioctl 'DM_TARGET_MSG', device, targetMessage);
+ * DeviceMapper's own failures (ENXIO, EBUSY, ...); the BUFFER_FULL retry on
+ * big results; O_EXCL on a live pool's metadata; and the same errors through
+ * the CLI (`dmthin pool`, `dmthin message`), with `dmthin pool status` and
+ * `dmthin devices` checked against dmsetup.
+ */
+import { closeSync, openSync } from 'node:fs';
+import { DeviceMapper } from '../../src/dm/device-mapper';
+import type { DmTarget } from '../../src/dm/ioctl';
+import { MetadataSnapError } from '../../src/errors';
+import { ThinDevice } from '../../src/pool/thin-device';
+import { ThinPool } from '../../src/pool/thin-pool';
+import { ThinMetadata } from '../../src/thin/metadata';
+import { sectors } from '../../src/units';
+import { MiB, describeVm, run, useDmSandbox } from './helpers';
+import { CLI, createTestPool, dmsetupFields, expectIoctlError, oneTarget, sh } from './pool-helpers';
+
+describeVm('pool messages and dm ioctls: failures and their errnos on a real kernel', () => {
+  const sandbox = useDmSandbox('messages');
+
+  test('every pool message failure: EEXIST, ENODATA, EBUSY, EINVAL, as DmIoctlError with the message text', async () => {
+    const sb = sandbox();
+    const { pool, name } = await createTestPool(sb, { dataBytes: 16 * MiB });
+    const fails = (p: Promise<unknown>, code: string, text: string) =>
+      expectIoctlError(p, { code, ioctl: 'DM_TARGET_MSG', device: name, targetMessage: text });
+
+    await pool.createThin(1);
+    await fails(pool.createThin(1), 'EEXIST', 'create_thin 1');
+    await pool.createSnap(2, 1); // origin not active: nothing to suspend
+    await fails(pool.createSnap(2, 1), 'EEXIST', 'create_snap 2 1');
+    await fails(pool.createSnap(3, 9), 'ENODATA', 'create_snap 3 9');
+    await fails(pool.delete(9), 'ENODATA', 'delete 9');
+
+    // delete of an active thin, and of one also held open by a process.
+    const t1 = await ThinDevice.activate(pool, { name: sb.adopt('t1'), devId: 1, length: 4096 });
+    await fails(pool.delete(1), 'EBUSY', 'delete 1');
+    const fd = openSync(t1.path, 'r');
+    try {
+      await fails(pool.delete(1), 'EBUSY', 'delete 1');
+      expect((await pool.dm.info(t1.name)).openCount).toBe(1);
+    } finally {
+      closeSync(fd);
+    }
+    await t1.deactivate();
+    await pool.delete(1); // inactive now: allowed
+    await fails(pool.delete(1), 'ENODATA', 'delete 1');
+
+    // A second reserve fails and leaves the first one alone.
+    const snap = await pool.reserveMetadataSnap();
+    await fails(pool.reserveMetadataSnap(), 'EBUSY', 'reserve_metadata_snap');
+    expect((await pool.workingStatus()).heldMetadataRoot).toBe(snap.root);
+    await snap.release();
+    await fails(pool.releaseMetadataSnap(), 'EINVAL', 'release_metadata_snap');
+    // Reading a pool's snapshot when none is held is the library's error, not the kernel's.
+    await expect(pool.metadata()).rejects.toBeInstanceOf(MetadataSnapError);
+
+    // set_transaction_id is a compare-and-swap.
+    await pool.setTransactionId(0, 5);
+    await fails(pool.setTransactionId(0, 6), 'EINVAL', 'set_transaction_id 0 6');
+    await fails(pool.setTransactionId(4, 6), 'EINVAL', 'set_transaction_id 4 6');
+    expect((await pool.workingStatus()).transactionId).toBe(5n);
+
+    // Raw messages the builders would refuse to write: the kernel says EINVAL.
+    await fails(pool.message('create_thin 16777216'), 'EINVAL', 'create_thin 16777216');
+    await fails(pool.message('create_thin'), 'EINVAL', 'create_thin');
+    await fails(pool.message('frobnicate 1'), 'EINVAL', 'frobnicate 1');
+    // Names are matched case-insensitively by the kernel.
+    await pool.message('CREATE_THIN 7');
+    await fails(pool.createThin(7), 'EEXIST', 'create_thin 7');
+  });
+
+  test('DeviceMapper: ENXIO for a missing device by name and by number, EBUSY removing an open one, deferred remove, duplicate names, bad tables', async () => {
+    const sb = sandbox();
+    const dm = new DeviceMapper();
+    const ghost = sb.name('ghost');
+    const missing: [() => Promise<unknown>, string, string?][] = [
+      [() => dm.info(ghost), 'DM_DEV_STATUS'],
+      [() => dm.status(ghost), 'DM_TABLE_STATUS'],
+      [() => dm.table(ghost), 'DM_TABLE_STATUS'],
+      [() => dm.deps(ghost), 'DM_TABLE_DEPS'],
+      [() => dm.suspend(ghost), 'DM_DEV_SUSPEND'],
+      [() => dm.resume(ghost), 'DM_DEV_SUSPEND'],
+      [() => dm.remove(ghost), 'DM_DEV_REMOVE'],
+      [() => dm.loadTable(ghost, oneTarget(8, 'zero', '')), 'DM_TABLE_LOAD'],
+      [() => dm.clearTable(ghost), 'DM_TABLE_CLEAR'],
+      [() => dm.rename(ghost, { name: `${ghost}2` }), 'DM_DEV_RENAME'],
+      [() => dm.wait(ghost, 0), 'DM_DEV_WAIT'],
+      [() => dm.targetMessage(ghost, sectors(0), 'create_thin 1'), 'DM_TARGET_MSG', 'create_thin 1'],
+      [() => ThinPool.open(ghost), 'DM_DEV_STATUS'],
+      [() => ThinDevice.open(ghost), 'DM_DEV_STATUS'],
+    ];
+    for (const [call, ioctl, targetMessage] of missing) await expectIoctlError(call(), { code: 'ENXIO', ioctl, device: ghost, targetMessage });
+    await expectIoctlError(dm.info({ dev: { major: 254, minor: 0xffff } }), { code: 'ENXIO', ioctl: 'DM_DEV_STATUS', device: '254:65535' });
+    await expectIoctlError(dm.info({ uuid: `${ghost}-uuid` }), { code: 'ENXIO', ioctl: 'DM_DEV_STATUS', device: `${ghost}-uuid` });
+
+    // A zero device; a second one with the same name or uuid is refused.
+    const z = sb.adopt('z');
+    const info = await dm.createWithTable(z, oneTarget(8192, 'zero', ''), { uuid: `${z}-uuid` });
+    expect(info).toMatchObject({ name: z, uuid: `${z}-uuid`, activeTable: true, suspended: false, openCount: 0, targetCount: 1 });
+    await expectIoctlError(dm.create(z), { code: 'EBUSY', ioctl: 'DM_DEV_CREATE', device: z });
+    const z2 = sb.adopt('z2');
+    await expectIoctlError(dm.create(z2, { uuid: `${z}-uuid` }), { code: 'EBUSY', ioctl: 'DM_DEV_CREATE', device: z2 });
+    expect((await dm.info({ uuid: `${z}-uuid` })).name).toBe(z);
+
+    // A table the target refuses: the reason goes to dmesg, the caller gets the errno.
+    await expectIoctlError(dm.loadTable(z, oneTarget(8192, 'linear', '/nonexistent 0')), { code: 'ENODEV', ioctl: 'DM_TABLE_LOAD', device: z });
+    await expectIoctlError(dm.loadTable(z, oneTarget(8192, 'no-such-target', '')), { code: 'EINVAL', ioctl: 'DM_TABLE_LOAD', device: z });
+
+    // EBUSY: removing an open device; a deferred remove happens at the last close.
+    const fd = openSync(`${dm.devDir}/${z}`, 'r');
+    try {
+      await expectIoctlError(dm.remove(z), { code: 'EBUSY', ioctl: 'DM_DEV_REMOVE', device: z });
+      expect(await dm.remove(z, { deferred: true })).toEqual({ deferred: true });
+      expect((await dm.info(z)).deferredRemove).toBe(true);
+    } finally {
+      closeSync(fd);
+    }
+    await expectIoctlError(dm.info(z), { code: 'ENXIO', ioctl: 'DM_DEV_STATUS', device: z });
+  });
+
+  test('results larger than the first 16 KiB buffer come back whole (BUFFER_FULL retry): 1000-target table, 150 long names', async () => {
+    const sb = sandbox();
+    const dm = new DeviceMapper();
+    const loop = sb.loop(4 * MiB, 'backing');
+    const { major, minor } = await import('../../src/pool/block-devices').then((m) => m.devNumOf(loop.path));
+    const targets: DmTarget[] = Array.from({ length: 1000 }, (_, i) => ({ start: i * 8, length: 8, type: 'linear', params: `${major}:${minor} ${i * 8}` }) as DmTarget);
+    const many = sb.adopt('many');
+    await dm.createWithTable(many, targets);
+    expect(await dm.table(many)).toEqual(targets);
+    const st = await dm.status(many);
+    expect(st).toHaveLength(1000);
+    expect(st[999]).toEqual({ start: 7992, length: 8, type: 'linear', params: '' });
+    expect(await dm.deps(many)).toEqual([{ major, minor }]);
+    expect(dmsetupFields(run('dmsetup', ['table', many]).stdout.split('\n')[999])).toEqual([`${major}:${minor}`, '7992']);
+
+    // Not adopted by the sandbox (its teardown spawns dmsetup per name): removed here, also on failure.
+    const names = Array.from({ length: 150 }, (_, i) => sb.name(`${'n'.repeat(100)}${i}`));
+    try {
+      for (const n of names) await dm.create(n, { uuid: `${n}-u` });
+      const listed = await dm.listDevices({ uuid: true });
+      for (const n of names) expect(listed.find((d) => d.name === n)).toMatchObject({ name: n, uuid: `${n}-u` });
+      const plain = await dm.listDevices();
+      expect(plain.map((d) => d.name).sort()).toEqual(listed.map((d) => d.name).sort());
+      const dmsetupLs = run('dmsetup', ['ls']).stdout.trim().split('\n').length;
+      expect(plain).toHaveLength(dmsetupLs);
+    } finally {
+      for (const n of names) await dm.remove(n).catch(() => undefined);
+    }
+    expect((await dm.listDevices()).filter((d) => names.includes(d.name))).toEqual([]);
+
+    const versions = await dm.listVersions();
+    expect(versions.map((v) => v.name)).toEqual(expect.arrayContaining(['thin-pool', 'thin', 'linear', 'zero']));
+    expect((await dm.targetVersion('thin-pool')).version).toEqual(versions.find((v) => v.name === 'thin-pool')!.version);
+    expect((await dm.version())[0]).toBe(4);
+  });
+
+  test('live metadata is O_EXCL-busy without -m; the CLI: message errors, pool status and devices against dmsetup', async () => {
+    const sb = sandbox();
+    const { pool, name, metaPath } = await createTestPool(sb, { dataBytes: 16 * MiB, features: ['skip_block_zeroing'] });
+    await pool.createThin(1);
+    const thin = await ThinDevice.activate(pool, { name: sb.adopt('t1'), devId: 1, length: 8192 });
+    await expect(ThinMetadata.open(metaPath)).rejects.toMatchObject({ code: 'EBUSY' });
+
+    const script = `
+      cli=$1 pool=$2 meta=$3
+      node "$cli" pool create-thin "$pool" 1 2>&1; echo "@rc=$?"
+      node "$cli" message "$pool" 0 frobnicate 2>&1; echo "@rc=$?"
+      node "$cli" dump "$meta" 2>&1 >/dev/null; echo "@rc=$?"
+      dmsetup status "$pool"; node "$cli" pool status --json "$pool"; echo "@rc=$?"
+      dmsetup table; node "$cli" devices --json; echo "@rc=$?"
+    `;
+    const parts = sh(script, [CLI, name, metaPath], { timeoutMs: 120_000 }).stdout.split(/@rc=(\d+)\n/);
+    const [createOut, createRc, msgOut, msgRc, dumpOut, dumpRc, statusOut, statusRc, devOut, devRc] = parts;
+    expect([createRc, msgRc, dumpRc, statusRc, devRc]).toEqual(['1', '1', '1', '0', '0']);
+    expect(createOut).toMatch(/^dmthin pool create-thin: .*"create_thin 1".*EEXIST/);
+    expect(msgOut).toMatch(/^dmthin message: .*"frobnicate".*EINVAL/);
+    expect(dumpOut).toMatch(/^dmthin dump: .*EBUSY/);
+
+    const [dmsetupLine, json] = [statusOut.slice(0, statusOut.indexOf('\n')), statusOut.slice(statusOut.indexOf('\n') + 1)];
+    const f = dmsetupFields(dmsetupLine);
+    expect(JSON.parse(json)).toEqual({
+      pool: name,
+      kind: 'working',
+      transactionId: Number(f[0]), // printed as a bare integer (bigint)
+      usedMetadata: Number(f[1].split('/')[0]),
+      totalMetadata: Number(f[1].split('/')[1]),
+      usedData: Number(f[2].split('/')[0]),
+      totalData: Number(f[2].split('/')[1]),
+      heldMetadataRoot: null,
+      mode: f[4],
+      discard: f[5],
+      noSpacePolicy: 'queue',
+      needsCheck: false,
+      metadataLowWatermark: Number(f[8]),
+      extra: [],
+    });
+
+    const jsonStart = devOut.indexOf('[');
+    const tables = new Map(
+      devOut
+        .slice(0, jsonStart)
+        .trim()
+        .split('\n')
+        .map((l) => [l.slice(0, l.indexOf(':')), l.slice(l.indexOf(':') + 2).trim()] as [string, string]),
+    );
+    const devices = JSON.parse(devOut.slice(jsonStart)) as { name: string; dev: string; targets: DmTarget[] }[];
+    for (const n of [name, thin.name]) {
+      const d = devices.find((x) => x.name === n)!;
+      expect(d.targets.map((t) => `${t.start} ${t.length} ${t.type} ${t.params}`.trim())).toEqual([tables.get(n)]);
+    }
+    expect(devices.find((x) => x.name === thin.name)!.dev).toBe(`${thin.dev.major}:${thin.dev.minor}`);
+  });
+});

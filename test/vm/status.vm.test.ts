@@ -1,0 +1,290 @@
+/**
+ * Pool and thin status in every mode a real kernel can be driven into,
+ * parsed by the library into the typed status and compared field by field
+ * with `dmsetup status` (and the table parsers with `dmsetup table`):
+ * rw with each discard and no-space setting; out_of_data_space with the
+ * queue and error policies (and back to rw by growing the data device);
+ * read_only by a table reload (messages fail with EOPNOTSUPP); needs_check
+ * after a failed metadata commit (dm-flakey error_writes under the metadata
+ * device); Error and Fail once the metadata device errors entirely. Also
+ * DM_DEV_WAIT: pool.waitEvent() returns when the low-water mark is crossed
+ * and when the pool runs out of data space.
+ *
+ * Not reachable: the thin status `Error` (the pool goes to Fail before a
+ * thin query can fail) and the thin status `-` (a thin target without its
+ * device only exists inside the constructor).
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { PoolMessage, type ThinPoolFeature, parseThinPoolTable, thinPoolTarget } from '../../src/dm/targets/thin-pool';
+import { parseThinTable } from '../../src/dm/targets/thin';
+import { ThinDevice } from '../../src/pool/thin-device';
+import { dataBlocks, sectors } from '../../src/units';
+import { type DmSandbox, MiB, describeVm, useDmSandbox } from './helpers';
+import {
+  type TestPool,
+  createTestPool,
+  ddCmd,
+  after,
+  dmsetupAll,
+  dmsetupFields,
+  dmsetupStatus,
+  expectIoctlError,
+  expectedPoolStatus,
+  expectedThinStatus,
+  oneTarget,
+  sh,
+  sleep,
+  swapTable,
+  waitFor,
+} from './pool-helpers';
+
+const BLOCK = 64 * 1024;
+
+/** Reloads the pool's table (same devices) with other features and/or length, and resumes. */
+async function reloadPool(tp: TestPool, o: { features?: ThinPoolFeature[]; blocks?: number; lowWaterMark?: number }): Promise<void> {
+  const t = await tp.pool.table();
+  const length = o.blocks !== undefined ? o.blocks * tp.blockSectors : t.length;
+  await swapTable(tp.dm, tp.name, [
+    thinPoolTarget(sectors(length), {
+      metadataDev: t.metadataDev,
+      dataDev: t.dataDev,
+      dataBlockSize: t.dataBlockSize,
+      lowWaterMark: dataBlocks(o.lowWaterMark ?? t.lowWaterMark),
+      features: o.features ?? t.features,
+    }),
+  ]);
+}
+
+/** Typed status of the pool and of its thin devices vs one `dmsetup status` of each. */
+async function expectStatusMatches(tp: TestPool, thins: ThinDevice[] = []) {
+  const lines = dmsetupStatus(tp.name, ...thins.map((t) => t.name));
+  const typed = await tp.pool.status();
+  expect(typed).toEqual(expectedPoolStatus(lines.get(tp.name)!));
+  for (const t of thins) expect({ thin: t.name, status: await t.status() }).toEqual({ thin: t.name, status: expectedThinStatus(lines.get(t.name)!) });
+  return typed;
+}
+
+/** The six pool messages, each refused with EOPNOTSUPP (errno 95, code ENOTSUP). */
+async function expectMessagesRefused(tp: TestPool) {
+  for (const text of [
+    PoolMessage.createThin(9),
+    PoolMessage.createSnap(9, 1),
+    PoolMessage.delete(1),
+    PoolMessage.setTransactionId(0, 1),
+    PoolMessage.reserveMetadataSnap(),
+    PoolMessage.releaseMetadataSnap(),
+  ]) {
+    // errno 95: the kernel's EOPNOTSUPP, which Node (libuv) names ENOTSUP.
+    await expectIoctlError(tp.pool.message(text), { code: 'ENOTSUP', ioctl: 'DM_TARGET_MSG', device: tp.name, targetMessage: text });
+  }
+}
+
+/** A pool on a `zero` data device with thin 1 active (`thinBlocks` long). */
+async function poolWithThin(sb: DmSandbox, o: Parameters<typeof createTestPool>[1] & { thinBlocks?: number } = {}) {
+  const tp = await createTestPool(sb, { data: 'zero', dataBytes: 64 * MiB, ...o });
+  await tp.pool.createThin(1);
+  const thin = await ThinDevice.activate(tp.pool, { name: sb.adopt(`${o.label ?? 'pool'}-t1`), devId: 1, length: (o.thinBlocks ?? 1024) * tp.blockSectors });
+  return { tp, thin };
+}
+
+function spawnDd(dev: string, seekBlocks: number, countBlocks: number): { child: ChildProcess; exit: Promise<number | null> } {
+  const child = spawn('sh', ['-c', ddCmd(dev, { bs: BLOCK, seek: seekBlocks, count: countBlocks, src: '/dev/zero' })], { stdio: 'ignore' });
+  return { child, exit: new Promise((res) => child.on('exit', (code) => res(code))) };
+}
+
+describeVm('pool and thin status in every reachable mode, against dmsetup', () => {
+  const sandbox = useDmSandbox('status');
+
+  test('rw: typed status and table of pools with each discard and no-space setting, and of thin devices, equal dmsetup', async () => {
+    const sb = sandbox();
+    // Discard passdown needs a data device that takes discards (a loop; `zero` does not).
+    const variants: { label: string; features: ThinPoolFeature[]; blockSectors: number; lowWaterMark: number; data?: 'loop' }[] = [
+      { label: 'a', features: [], blockSectors: 128, lowWaterMark: 0, data: 'loop' },
+      { label: 'b', features: ['skip_block_zeroing', 'no_discard_passdown', 'error_if_no_space'], blockSectors: 256, lowWaterMark: 7 },
+      { label: 'c', features: ['ignore_discard'], blockSectors: 1024, lowWaterMark: 3 },
+    ];
+    const pools: { tp: TestPool; thins: ThinDevice[] }[] = [];
+    for (const v of variants) {
+      const { tp, thin } = await poolWithThin(sb, { ...v, thinBlocks: 100 });
+      await tp.pool.createThin(2);
+      const empty = await ThinDevice.activate(tp.pool, { name: sb.adopt(`${v.label}-t2`), devId: 2, length: 50 * tp.blockSectors });
+      pools.push({ tp, thins: [thin, empty] });
+    }
+    // Blocks 3 and 40..41 of each pool's thin 1 (whole blocks of that pool's size).
+    sh(
+      pools
+        .map(({ tp, thins: [t] }) => {
+          const bs = tp.blockSectors * 512;
+          return `${ddCmd(t.path, { bs, seek: 3, count: 1, src: '/dev/zero' })} && ${ddCmd(t.path, { bs, seek: 40, count: 2, src: '/dev/zero' })}`;
+        })
+        .join(' && '),
+    );
+    const tables = dmsetupAll('table');
+    for (const [i, { tp, thins }] of pools.entries()) {
+      const v = variants[i];
+      const s = await expectStatusMatches(tp, thins);
+      expect(s).toMatchObject({
+        kind: 'working',
+        usedData: 3,
+        totalData: (64 * MiB) / 512 / tp.blockSectors,
+        mode: 'rw',
+        discard: v.features.includes('ignore_discard') ? 'ignore_discard' : v.features.includes('no_discard_passdown') ? 'no_discard_passdown' : 'discard_passdown',
+        noSpacePolicy: v.features.includes('error_if_no_space') ? 'error' : 'queue',
+        needsCheck: false,
+      });
+      expect(await tp.pool.status({ noflush: true })).toEqual(s); // nothing left to commit
+      expect(await thins[0].status()).toEqual({ kind: 'working', mappedSectors: 3 * tp.blockSectors, highestMappedSector: 42 * tp.blockSectors - 1 });
+      expect(await thins[1].status()).toEqual({ kind: 'working', mappedSectors: 0, highestMappedSector: null });
+
+      // Tables: the library's parse of the kernel's table vs dmsetup table.
+      const f = dmsetupFields(tables.get(tp.name)!);
+      const table = await tp.pool.table();
+      expect(table).toEqual({
+        metadataDev: f[0],
+        dataDev: f[1],
+        dataBlockSize: Number(f[2]),
+        lowWaterMark: Number(f[3]),
+        features: f.slice(5, 5 + Number(f[4])),
+        extra: [],
+        length: (64 * MiB) / 512,
+      });
+      expect({ ...parseThinPoolTable(f.join(' ')), length: table.length }).toEqual(table);
+      expect([...table.features].sort()).toEqual([...v.features].sort());
+      for (const t of thins) {
+        const tf = dmsetupFields(tables.get(t.name)!);
+        const [kt] = await t.dm.table(t.name);
+        expect(parseThinTable(kt.params)).toEqual({ poolDev: tf[0], devId: Number(tf[1]) });
+        expect(tf[0]).toBe(tp.pool.devString);
+        expect((await ThinDevice.open(t.name)).devId).toBe(t.devId);
+      }
+    }
+  });
+
+  test('out_of_data_space: queued writes (queue_if_no_space), failed writes (error_if_no_space by reload), rw again after growing the data device', async () => {
+    const sb = sandbox();
+    // 16 data blocks on a `zero` device; thin 1 has room for 64.
+    const { tp, thin } = await poolWithThin(sb, { dataBytes: 16 * BLOCK, thinBlocks: 64 });
+    const dd = spawnDd(thin.path, 0, 24);
+    try {
+      await waitFor('out_of_data_space', async () => (await tp.pool.workingStatus()).mode === 'out_of_data_space', 60_000, 200);
+      const s = await expectStatusMatches(tp, [thin]);
+      expect(s).toMatchObject({ usedData: 16, totalData: 16, mode: 'out_of_data_space', noSpacePolicy: 'queue' });
+      await sleep(200);
+      expect(dd.child.exitCode).toBeNull(); // its writes are queued, not failed
+
+      // Switch to error_if_no_space: the queued writes fail.
+      await reloadPool(tp, { features: ['error_if_no_space'] });
+      expect(await Promise.race([dd.exit, after(30_000, 'still running')])).toBe(1);
+      expect(await expectStatusMatches(tp, [thin])).toMatchObject({ mode: 'out_of_data_space', noSpacePolicy: 'error', usedData: 16 });
+      // And new writes fail at once.
+      const r = sh(ddCmd(thin.path, { bs: BLOCK, seek: 40, count: 1, src: '/dev/zero' }), [], { allowFail: true, timeoutMs: 30_000 });
+      expect(r.status).not.toBe(0);
+      expect(r.stderr).toMatch(/Input\/output error|No space left/);
+    } finally {
+      dd.child.kill('SIGKILL');
+    }
+
+    // Grow the data device (a `zero` target: just a longer table) and the pool: rw again.
+    await swapTable(tp.dm, tp.dataPath.split('/').pop()!, oneTarget(64 * tp.blockSectors, 'zero', ''));
+    await reloadPool(tp, { features: [], blocks: 64 });
+    const grown = await expectStatusMatches(tp, [thin]);
+    expect(grown).toMatchObject({ mode: 'rw', noSpacePolicy: 'queue', usedData: 16, totalData: 64 });
+    sh(ddCmd(thin.path, { bs: BLOCK, seek: 40, count: 1, src: '/dev/zero' }));
+    expect(await expectStatusMatches(tp, [thin])).toMatchObject({ mode: 'rw', usedData: 17 });
+  });
+
+  test('DM_DEV_WAIT: waitEvent returns when the low-water mark is crossed, and again when data space runs out', async () => {
+    const sb = sandbox();
+    const { tp, thin } = await poolWithThin(sb, { dataBytes: 64 * BLOCK, thinBlocks: 128, lowWaterMark: 16, features: ['error_if_no_space'] });
+    const ev0 = (await tp.pool.info()).eventNr;
+    let settled = false;
+    const first = tp.pool.waitEvent(ev0).finally(() => (settled = true));
+
+    sh(ddCmd(thin.path, { bs: BLOCK, seek: 0, count: 32, src: '/dev/zero' }));
+    expect((await tp.pool.workingStatus()).usedData).toBe(32);
+    await sleep(500);
+    expect(settled).toBe(false); // 32 free blocks: above the mark
+
+    sh(ddCmd(thin.path, { bs: BLOCK, seek: 32, count: 20, src: '/dev/zero' }));
+    const got = await Promise.race([first, after(30_000, null)]);
+    expect(got).not.toBeNull();
+    expect(got!.eventNr).toBeGreaterThan(ev0);
+    expect(got!.status).toMatchObject({ kind: 'working', mode: 'rw' });
+    if (got!.status.kind === 'working') expect(got!.status.usedData).toBeGreaterThanOrEqual(48); // free <= 16
+    expect(await expectStatusMatches(tp, [thin])).toMatchObject({ usedData: 52, totalData: 64 });
+
+    // A stale event number returns at once.
+    const again = await Promise.race([tp.pool.waitEvent(ev0), after(10_000, null)]);
+    expect(again?.eventNr).toBe(got!.eventNr);
+
+    // Running out of data space is an event too (mode change).
+    const second = tp.pool.waitEvent(got!.eventNr);
+    const r = sh(ddCmd(thin.path, { bs: BLOCK, seek: 52, count: 20, src: '/dev/zero' }), [], { allowFail: true, timeoutMs: 30_000 });
+    expect(r.status).not.toBe(0); // error_if_no_space
+    const out = await Promise.race([second, after(30_000, null)]);
+    expect(out?.status).toMatchObject({ kind: 'working', mode: 'out_of_data_space', usedData: 64 });
+  });
+
+  test('read_only by table reload: ro, every message EOPNOTSUPP, writes to unprovisioned blocks fail, reads work; rw again', async () => {
+    const sb = sandbox();
+    const { tp, thin } = await poolWithThin(sb);
+    sh(ddCmd(thin.path, { bs: BLOCK, seek: 0, count: 4, src: '/dev/zero' }));
+    await reloadPool(tp, { features: ['read_only'] });
+    expect(await expectStatusMatches(tp, [thin])).toMatchObject({ mode: 'ro', needsCheck: false, usedData: 4 });
+    expect((await tp.pool.table()).features).toEqual(['read_only']);
+    await expectMessagesRefused(tp);
+    const r = sh(
+      `${ddCmd(thin.path, { bs: BLOCK, seek: 100, count: 1, src: '/dev/zero' })} 2>&1; echo "write=$?"; dd if="$1" of=/dev/null bs=65536 count=4 iflag=direct status=none; echo "read=$?"`,
+      [thin.path],
+      { timeoutMs: 30_000 },
+    );
+    expect(r.stdout).toMatch(/write=1/);
+    expect(r.stdout).toMatch(/read=0/);
+
+    await reloadPool(tp, { features: [] });
+    expect(await expectStatusMatches(tp, [thin])).toMatchObject({ mode: 'rw', needsCheck: false });
+    await tp.pool.createThin(2);
+  });
+
+  test('needs_check: a failed metadata commit (dm-flakey error_writes under the metadata device) leaves the pool ro + needs_check, for good', async () => {
+    const sb = sandbox();
+    const { tp, thin } = await poolWithThin(sb, { metaVia: 'dm' });
+    sh(ddCmd(thin.path, { bs: BLOCK, seek: 0, count: 4, src: '/dev/zero' }));
+    await expectStatusMatches(tp, [thin]); // committed
+
+    const linear = oneTarget(tp.metaSectors, 'linear', `${tp.metaLoop.path} 0`);
+    // Always "down" (up 0 s, down 1 s): writes fail, reads pass.
+    await swapTable(tp.dm, tp.metaName!, oneTarget(tp.metaSectors, 'flakey', `${tp.metaLoop.path} 0 0 1 1 error_writes`));
+    sh(`${ddCmd(thin.path, { bs: BLOCK, seek: 10, count: 1, src: '/dev/zero' })} 2>/dev/null; true`); // provisions; the commit fails
+    await tp.pool.status(); // commits (fails) if the worker has not yet
+    const s = await expectStatusMatches(tp, [thin]);
+    expect(s).toMatchObject({ kind: 'working', mode: 'ro', needsCheck: true });
+    await expectMessagesRefused(tp);
+
+    // Even with a good metadata device again, the kernel keeps it read-only until repaired.
+    await swapTable(tp.dm, tp.metaName!, linear);
+    await reloadPool(tp, { features: [] });
+    expect(await expectStatusMatches(tp, [thin])).toMatchObject({ mode: 'ro', needsCheck: true });
+  });
+
+  test('Error, then Fail: the metadata device fails entirely (error target); pool and thin report it; messages EOPNOTSUPP', async () => {
+    const sb = sandbox();
+    const { tp, thin } = await poolWithThin(sb, { metaVia: 'dm' });
+    sh(ddCmd(thin.path, { bs: BLOCK, seek: 0, count: 4, src: '/dev/zero' }));
+    await expectStatusMatches(tp, [thin]);
+
+    await swapTable(tp.dm, tp.metaName!, oneTarget(tp.metaSectors, 'error', ''));
+    sh(`${ddCmd(thin.path, { bs: BLOCK, seek: 10, count: 1, src: '/dev/zero' })} 2>/dev/null; true`);
+    // The first status commits, the commit fails, so does the abort (the
+    // superblock cannot be re-read): the pool fails while that status is
+    // being made, and its queries fail: "Error". From then on: "Fail".
+    const first = await tp.pool.status();
+    expect(['error', 'fail']).toContain(first.kind);
+    console.log(`status right after the metadata device failed: ${first.kind}`);
+    const s = await expectStatusMatches(tp, [thin]);
+    expect(s).toEqual({ kind: 'fail' });
+    expect(await thin.status()).toEqual({ kind: 'fail' });
+    await expect(tp.pool.workingStatus()).rejects.toMatchObject({ code: 'EIO' });
+    await expectMessagesRefused(tp);
+  });
+});
