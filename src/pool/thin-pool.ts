@@ -8,7 +8,7 @@
  *   await using snap = await pool.reserveMetadataSnap();
  *   await using md = await snap.open();
  */
-import { DmIoctlError, DmthinError, MetadataSnapError, UsageError } from '../errors';
+import { AbortError, DmIoctlError, DmthinError, MetadataSnapError, UsageError } from '../errors';
 import { DeviceMapper } from '../dm/device-mapper';
 import { formatDev, type DevNum, type DmTarget } from '../dm/ioctl';
 import {
@@ -169,10 +169,20 @@ export class ThinPool {
    * disposed, on SIGINT/SIGTERM/SIGHUP and at process exit.
    */
   async reserveMetadataSnap(): Promise<MetadataSnapshot> {
-    await this.message(PoolMessage.reserveMetadataSnap());
     const snap = new MetadataSnapshot(this);
+    // Guarded before the message is sent: a signal that arrives while the
+    // reserve ioctl is in flight would otherwise kill the process (no
+    // handler yet) and leave the root held. The guard's release waits for
+    // the reserve to settle, then releases what it reserved.
     guard(snap);
     try {
+      await snap.reserve();
+    } catch (e) {
+      unguard(snap);
+      throw e;
+    }
+    try {
+      if (snap.released) throw new AbortError('metadata snapshot released (process signalled) before it could be used', { device: this.name });
       snap.root = await snap.readRoot();
     } catch (e) {
       await snap.release().catch(() => undefined);
@@ -250,11 +260,24 @@ export class MetadataSnapshot implements AsyncDisposable, Releasable {
   /** Block number of the held superblock copy. */
   root = 0;
   private releasing?: Promise<void>;
+  /** The reserve_metadata_snap message: true once it succeeded, false if it failed; undefined before it was sent. */
+  private reserved?: Promise<boolean>;
+  private reserveFailed = false;
 
   constructor(readonly pool: ThinPool) {}
 
   get released(): boolean {
     return this.releasing !== undefined;
+  }
+
+  /** @internal Sends reserve_metadata_snap (once). */
+  reserve(): Promise<void> {
+    const sent = this.pool.message(PoolMessage.reserveMetadataSnap());
+    this.reserved = sent.then(
+      () => true,
+      () => ((this.reserveFailed = true), false),
+    );
+    return sent;
   }
 
   /** @internal */
@@ -273,6 +296,8 @@ export class MetadataSnapshot implements AsyncDisposable, Releasable {
   release(): Promise<void> {
     this.releasing ??= (async () => {
       try {
+        // Released while the reserve is still in flight (a signal): wait for it.
+        if (this.reserved && !(await this.reserved)) return; // nothing was reserved
         await this.pool.releaseMetadataSnap();
       } finally {
         unguard(this);
@@ -285,6 +310,9 @@ export class MetadataSnapshot implements AsyncDisposable, Releasable {
     if (this.releasing) return;
     this.releasing = Promise.resolve();
     unguard(this);
+    if (this.reserveFailed) return;
+    // If the reserve is still in flight (exit during the ioctl) this races
+    // with it; best effort, as anything on the exit path.
     this.pool.dm.targetMessageSync(this.pool.name, sectors(0), PoolMessage.releaseMetadataSnap());
   }
 

@@ -1,0 +1,178 @@
+/**
+ * The promise that a reserved metadata snapshot is released, kept on a real
+ * kernel by other processes:
+ * - a library user that dies of an uncaught exception or an unhandled
+ *   rejection while holding one (released at exit, synchronously);
+ * - one killed by SIGTERM or SIGHUP (released, then the signal's default
+ *   action: the process still dies of that signal);
+ * - `dmthin dump -m POOL` interrupted by Ctrl-C (SIGINT) or SIGTERM while
+ *   it reads (dm-delay under the metadata device slows every read): exit
+ *   130 / 143, snapshot released;
+ * - SIGKILL cannot be caught: the root stays held (documented), and
+ *   `dmthin pool release-metadata-snap` frees it.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { ThinPool } from '../../src/pool/thin-pool';
+import { DmSandbox, MiB, cleanupAllSandboxes, describeVm, run } from './helpers';
+import { CLI, DIST, type TestPool, after, createTestPool, ddCmd, oneTarget, sh, swapTable, waitFor } from './pool-helpers';
+
+interface Child {
+  child: ChildProcess;
+  /** Resolves with the held root the child printed ("held N"). */
+  held: Promise<number>;
+  /** The child printed "reserving" (it is about to send reserve_metadata_snap). */
+  reserving: Promise<void>;
+  exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  stdout: () => string;
+  stderr: () => string;
+}
+
+function spawnNode(args: string[]): Child {
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  let onHeld: (n: number) => void;
+  let onReserving: () => void;
+  const held = new Promise<number>((res) => (onHeld = res));
+  const reserving = new Promise<void>((res) => (onReserving = res));
+  child.stdout!.on('data', (d: Buffer) => {
+    out += d.toString();
+    if (out.includes('reserving')) onReserving();
+    const m = /held (\d+)/.exec(out);
+    if (m) onHeld(Number(m[1]));
+  });
+  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+  const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((res) => child.on('exit', (code, signal) => res({ code, signal })));
+  return { child, held, reserving, exit, stdout: () => out, stderr: () => err };
+}
+
+/**
+ * A library user: reserves the pool's metadata snapshot, prints "held N",
+ * then does `then` ('throw', 'reject', or 'wait' to be signalled).
+ */
+function holder(pool: string, then: 'throw' | 'reject' | 'wait'): Child {
+  const script = `
+    const { ThinPool } = require(${JSON.stringify(join(DIST, 'pool', 'thin-pool.js'))});
+    (async () => {
+      const pool = await ThinPool.open(${JSON.stringify(pool)});
+      process.stdout.write('reserving\\n');
+      const snap = await pool.reserveMetadataSnap();
+      process.stdout.write('held ' + snap.root + '\\n');
+      ${
+        then === 'throw'
+          ? "setImmediate(() => { throw new Error('boom: uncaught'); });"
+          : then === 'reject'
+            ? "throw new Error('boom: unhandled rejection');"
+            : 'setInterval(() => {}, 1000);'
+      }
+    })();
+  `;
+  return spawnNode(['-e', script]);
+}
+
+describeVm('metadata snapshots are released when the holder dies (library and CLI)', () => {
+  let sb: DmSandbox;
+  let tp: TestPool;
+  let pool: ThinPool;
+  const heldRoot = async () => (await pool.workingStatus()).heldMetadataRoot;
+
+  beforeAll(async () => {
+    sb = new DmSandbox('release');
+    // Metadata through a linear dm device (swapped for dm-delay later), data on `zero`.
+    tp = await createTestPool(sb, { metaVia: 'dm', data: 'zero', dataBytes: 1024 * MiB, features: ['skip_block_zeroing'] });
+    pool = tp.pool;
+    // Origin with 320 mappings (a two-level tree), seven snapshots of it.
+    await pool.createThin(1);
+    const origin = sb.adopt('origin');
+    await tp.dm.createWithTable(origin, oneTarget(64 * MiB / 512, 'thin', `${pool.devString} 1`));
+    sh(ddCmd(`${tp.dm.devDir}/${origin}`, { bs: MiB, seek: 0, count: 20, src: '/dev/zero' }));
+    await tp.dm.remove(origin);
+    for (let id = 2; id <= 8; id++) await pool.createSnap(id, 1);
+    expect(await heldRoot()).toBeNull();
+  });
+  afterAll(() => {
+    sb?.cleanup();
+    cleanupAllSandboxes();
+  });
+
+  test.each([
+    ['an uncaught exception', 'throw', /boom: uncaught/],
+    ['an unhandled rejection', 'reject', /boom: unhandled rejection/],
+  ] as const)('a library process that dies of %s releases its snapshot at exit', async (_what, mode, message) => {
+    const c = holder(tp.name, mode);
+    const { code, signal } = await c.exit;
+    expect(c.stdout()).toMatch(/^reserving\nheld \d+$/m);
+    expect(c.stderr()).toMatch(message);
+    expect({ code, signal }).toEqual({ code: 1, signal: null });
+    expect(await heldRoot()).toBeNull();
+  });
+
+  test.each(['SIGTERM', 'SIGHUP'] as const)('a library process killed by %s releases its snapshot, then dies of the signal', async (sig) => {
+    const c = holder(tp.name, 'wait');
+    const root = await Promise.race([c.held, c.exit.then(() => -1)]);
+    expect(root).toBeGreaterThan(0);
+    expect(await heldRoot()).toBe(root);
+    c.child.kill(sig);
+    expect(await c.exit).toEqual({ code: null, signal: sig });
+    expect(c.stderr()).toBe('');
+    expect(await heldRoot()).toBeNull();
+  });
+
+  test('SIGTERM while the reserve ioctl is in flight (metadata writes slowed by dm-delay): the root is released once reserved, the process dies of SIGTERM', async () => {
+    const meta = tp.metaLoop.path;
+    // The reserve commits the pool's metadata: with each write delayed by 0.8 s it stays in the kernel a while.
+    await swapTable(tp.dm, tp.metaName!, oneTarget(tp.metaSectors, 'delay', `${meta} 0 0 ${meta} 0 800`));
+    try {
+      const c = holder(tp.name, 'wait');
+      await Promise.race([c.reserving, c.exit]);
+      await new Promise((r) => setTimeout(r, 250));
+      expect(c.stdout()).toBe('reserving\n'); // still inside the reserve
+      c.child.kill('SIGTERM');
+      expect(await c.exit).toEqual({ code: null, signal: 'SIGTERM' });
+      expect(c.stdout()).toBe('reserving\n');
+      expect(await heldRoot()).toBeNull();
+    } finally {
+      await swapTable(tp.dm, tp.metaName!, oneTarget(tp.metaSectors, 'linear', `${meta} 0`));
+    }
+  });
+
+  test('SIGKILL leaves the root held (nothing can run); dmthin pool release-metadata-snap frees it', async () => {
+    const c = holder(tp.name, 'wait');
+    const root = await Promise.race([c.held, c.exit.then(() => -1)]);
+    expect(root).toBeGreaterThan(0);
+    c.child.kill('SIGKILL');
+    expect(await c.exit).toEqual({ code: null, signal: 'SIGKILL' });
+    expect(await heldRoot()).toBe(root);
+    const r = run(process.execPath, [CLI, 'pool', 'release-metadata-snap', tp.name], { allowFail: true });
+    expect({ status: r.status, stderr: r.stderr }).toEqual({ status: 0, stderr: '' });
+    expect(await heldRoot()).toBeNull();
+  });
+
+  test.each([
+    ['SIGINT', 130],
+    ['SIGTERM', 143],
+  ] as const)('dmthin dump -m POOL interrupted by %s while reading (dm-delay under the metadata device): exit %d, snapshot released', async (sig, status) => {
+    // Every read of the metadata device now takes 400 ms; writes are not delayed.
+    const meta = tp.metaLoop.path;
+    await swapTable(tp.dm, tp.metaName!, oneTarget(tp.metaSectors, 'delay', `${meta} 0 400 ${meta} 0 0`));
+    try {
+      const out = join(sb.dir, `dump-${sig}.xml`);
+      const c = spawnNode([CLI, 'dump', '-m', tp.name, '-o', out]);
+      const root = await waitFor('the CLI to reserve the metadata snapshot', async () => (await heldRoot()) ?? (c.child.exitCode !== null ? -1 : null), 60_000, 50);
+      expect(root).toBeGreaterThan(0);
+      await new Promise((r) => setTimeout(r, 600)); // reading now: each read takes 400 ms
+      expect(c.child.exitCode).toBeNull();
+      c.child.kill(sig);
+      const done = await Promise.race([c.exit, after(60_000, 'still running' as const)]);
+      expect(done).toEqual({ code: status, signal: null });
+      expect(c.stderr()).toMatch(/^dmthin dump: interrupted/m);
+      expect(await heldRoot()).toBeNull();
+      // It was stopped in the middle: no complete dump.
+      expect(readFileSync(out, 'utf8')).not.toMatch(/<\/superblock>/);
+    } finally {
+      await swapTable(tp.dm, tp.metaName!, oneTarget(tp.metaSectors, 'linear', `${meta} 0`));
+    }
+  });
+});
