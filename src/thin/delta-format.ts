@@ -8,7 +8,7 @@
  * groups consecutive ranges of one kind in one container element.
  */
 import type { Writable } from 'node:stream';
-import { ByteSink } from '../stream/byte-sink';
+import { OutputSink } from '../stream/output-sink';
 import type { DeltaExtent, DeltaKind, DeltaOptions, DeltaStats } from './delta';
 import type { ThinMetadata } from './metadata';
 import type { VirtualBlock } from './mappings';
@@ -27,7 +27,7 @@ const add = (a: VirtualBlock, n: number): VirtualBlock => (typeof a === 'number'
 const eq = (a: VirtualBlock, b: VirtualBlock) => a == b;
 
 /** Feeds every batch to `each` (flushing the sink between batches); returns the generator's result. */
-async function drain<T>(gen: AsyncGenerator<DeltaExtent[], T>, s: ByteSink, each: (e: DeltaExtent) => void, afterBatch?: () => void): Promise<T> {
+async function drain<T>(gen: AsyncGenerator<DeltaExtent[], T>, s: OutputSink, each: (e: DeltaExtent) => void, afterBatch?: () => void): Promise<T> {
   for (;;) {
     const r = await gen.next();
     if (r.done) return r.value;
@@ -39,7 +39,7 @@ async function drain<T>(gen: AsyncGenerator<DeltaExtent[], T>, s: ByteSink, each
 
 /** Writes the delta of two devices (or raw roots); resolves with the walk's counters. */
 export async function writeDelta(md: ThinMetadata, out: Writable, subject: DeltaSubject, opts: WriteDeltaOptions = {}): Promise<DeltaStats> {
-  const s = new ByteSink(out);
+  const s = new OutputSink(out);
   const sb = md.superblock;
   const head =
     `<superblock uuid="" time="${sb.time}" transaction="${sb.transactionId}" data_block_size="${sb.dataBlockSize}" nr_data_blocks="${md.nrDataBlocks}"` +
@@ -91,7 +91,7 @@ export async function writeDelta(md: ThinMetadata, out: Writable, subject: Delta
   let pBegin: VirtualBlock = 0;
   let pLen = 0;
   let open: DeltaKind | undefined;
-  // Lines of a batch are built as one string and written once (see ByteSink.ascii).
+  // Lines of a batch are built as one string and written once (see OutputSink.ascii).
   let text = '';
   const flushPlain = () => {
     if (pk === undefined) return;

@@ -6,7 +6,7 @@
  */
 import type { Writable } from 'node:stream';
 import { throwIfAborted } from '../errors';
-import { ByteSink } from '../stream/byte-sink';
+import { OutputSink } from '../stream/output-sink';
 import type { DeviceDetails } from './device-details';
 import type { RunBatch } from './mappings';
 import type { ThinMetadata } from './metadata';
@@ -51,7 +51,7 @@ interface SuperblockHeader {
 }
 
 class XmlEmitter implements Emitter {
-  constructor(private readonly s: ByteSink) {}
+  constructor(private readonly s: OutputSink) {}
   begin(sb: SuperblockHeader): void {
     this.s.str(
       `<superblock uuid="${sb.uuid}" time="${sb.time}" transaction="${sb.transaction}" flags="${sb.flags}" version="${sb.version}" data_block_size="${sb.dataBlockSize}" nr_data_blocks="${sb.nrDataBlocks}` +
@@ -83,7 +83,7 @@ class XmlEmitter implements Emitter {
 }
 
 class HumanEmitter implements Emitter {
-  constructor(private readonly s: ByteSink) {}
+  constructor(private readonly s: OutputSink) {}
   begin(sb: SuperblockHeader): void {
     this.s.str(
       `begin superblock: "${sb.uuid}", ${sb.time}, ${sb.transaction}, ${sb.flags}, ${sb.version}, ${sb.dataBlockSize}, ${sb.nrDataBlocks}` +
@@ -124,7 +124,7 @@ class HumanEmitter implements Emitter {
 class JsonEmitter implements Emitter {
   private firstDevice = true;
   private firstRun = true;
-  constructor(private readonly s: ByteSink) {}
+  constructor(private readonly s: OutputSink) {}
   begin(sb: SuperblockHeader): void {
     const head = {
       uuid: sb.uuid,
@@ -162,7 +162,7 @@ class JsonEmitter implements Emitter {
   }
 }
 
-function makeEmitter(format: DumpFormat, s: ByteSink): Emitter {
+function makeEmitter(format: DumpFormat, s: OutputSink): Emitter {
   switch (format) {
     case 'xml':
       return new XmlEmitter(s);
@@ -175,7 +175,7 @@ function makeEmitter(format: DumpFormat, s: ByteSink): Emitter {
 
 /** Writes the dump to `out`. Resolves once everything is written (not ended). */
 export async function dump(md: ThinMetadata, out: Writable, opts: DumpOptions = {}): Promise<void> {
-  const sink = new ByteSink(out);
+  const sink = new OutputSink(out);
   const e = makeEmitter(opts.format ?? 'xml', sink);
   const sb = md.superblock;
   const devices = await md.checkedDevices({ signal: opts.signal });

@@ -1,25 +1,18 @@
 /**
- * A byte-level output buffer for formatters that print millions of lines:
- * literal parts are pre-encoded, integers are written digit by digit, and
- * full chunks go to the Writable with backpressure. No per-line strings, so
- * no garbage to collect.
+ * An output buffer for formatters that print millions of lines: text is
+ * copied into large chunks that go to the Writable with backpressure.
  */
 import type { Writable } from 'node:stream';
 import { once } from 'node:events';
+import { DmthinError } from '../errors';
 
 const CHUNK = 1 << 18;
 
-export class ByteSink {
+export class OutputSink {
   private buf = Buffer.allocUnsafe(CHUNK);
   private pos = 0;
-  private readonly digits = new Uint8Array(24);
 
   constructor(private readonly out: Writable) {}
-
-  /** Pre-encode a literal once, write it many times. */
-  static lit(s: string): Uint8Array {
-    return Uint8Array.from(Buffer.from(s, 'latin1'));
-  }
 
   /** Room for at least n more bytes (flushes synchronously into the stream's queue). */
   private ensure(n: number): void {
@@ -33,16 +26,6 @@ export class ByteSink {
     this.out.write(this.buf.subarray(0, this.pos));
     this.buf = Buffer.allocUnsafe(Math.max(CHUNK, this.buf.length));
     this.pos = 0;
-  }
-
-  bytes(b: Uint8Array): void {
-    const n = b.length;
-    this.ensure(n);
-    const buf = this.buf;
-    let p = this.pos;
-    // Literals are short: a plain loop beats Buffer.copy's native call.
-    for (let i = 0; i < n; i++) buf[p++] = b[i];
-    this.pos = p;
   }
 
   str(s: string): void {
@@ -61,29 +44,13 @@ export class ByteSink {
     this.pos += this.buf.write(s, this.pos, 'latin1');
   }
 
-  /** A non-negative safe integer in decimal. */
-  uint(v: number): void {
-    this.ensure(20);
-    if (v < 10) {
-      this.buf[this.pos++] = 48 + v;
-      return;
-    }
-    let i = 0;
-    while (v > 0) {
-      const q = Math.floor(v / 10);
-      this.digits[i++] = 48 + (v - q * 10);
-      v = q;
-    }
-    while (i > 0) this.buf[this.pos++] = this.digits[--i];
-  }
-
   /** Hands full chunks to the stream; waits if the stream asks us to. */
   async maybeFlush(): Promise<void> {
     if (this.pos < CHUNK - 4096) return;
     const s = this.out;
     this.queue();
     if (s.writableNeedDrain) {
-      if (s.destroyed) throw new Error('output stream closed');
+      if (s.destroyed) throw new DmthinError('EPIPE', 'output stream closed');
       await once(s, 'drain');
     }
   }
