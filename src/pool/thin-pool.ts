@@ -146,6 +146,9 @@ export class ThinPool {
     const suspended: ActiveThin[] = [];
     try {
       for (const t of toSuspend) {
+        // Already suspended (by the caller): suspending again is a no-op for
+        // the kernel, but resuming it afterwards would not be ours to do.
+        if ((await this.dm.info(t.name)).suspended) continue;
         await this.dm.suspend(t.name);
         suspended.push(t);
       }

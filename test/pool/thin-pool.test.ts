@@ -28,8 +28,20 @@ function specs(lines: { start: number; length: number; type: string; params: str
   return Buffer.concat(parts);
 }
 
-function reply(name: string, results?: Buffer, targetCount = 0): Buffer {
-  const b = encodeRequest({ version: [4, 47, 0], flags: Flag.ACTIVE_PRESENT, targetCount, name, dev: encodeDev({ major: 253, minor: 5 }) }, results);
+/** dm_name_list records (interface 4.47: event_nr and flags after each name); `next` is relative, 0 on the last. */
+function nameList(devices: { name: string; dev: { major: number; minor: number } }[]): Buffer {
+  const recs = devices.map(({ name, dev }) => {
+    const b = Buffer.alloc(align8(12 + Buffer.byteLength(name) + 1) + 8);
+    b.writeBigUInt64LE(encodeDev(dev), 0);
+    b.write(name, 12);
+    return b;
+  });
+  recs.forEach((b, i) => b.writeUInt32LE(i < recs.length - 1 ? b.length : 0, 8));
+  return Buffer.concat(recs);
+}
+
+function reply(name: string, results?: Buffer, targetCount = 0, flags = Flag.ACTIVE_PRESENT): Buffer {
+  const b = encodeRequest({ version: [4, 47, 0], flags, targetCount, name, dev: encodeDev({ major: 253, minor: 5 }) }, results);
   b.writeUInt32LE(results ? IOCTL.size + results.length : IOCTL.data, IOCTL.data_size);
   return b;
 }
@@ -45,10 +57,28 @@ function errno(code: string, n: number): Error {
  */
 function fakePool() {
   const messages: string[] = [];
-  const state = { held: 0, nextRoot: 23 };
+  /** Suspends and resumes sent, as "suspend NAME" / "resume NAME". */
+  const suspends: string[] = [];
+  const state = { held: 0, nextRoot: 23, originActive: false, originSuspended: false };
   let gate: Promise<void> | undefined;
   const transport = async (cmd: number, req: Buffer): Promise<Buffer> => {
     const h = decodeHeader(req);
+    if (h.name === 'origin') {
+      // An active thin device of the pool (thin id 1).
+      if (cmd === Cmd.DEV_STATUS) return reply(h.name, undefined, 0, Flag.ACTIVE_PRESENT | (state.originSuspended ? Flag.SUSPEND : 0));
+      if (cmd === Cmd.TABLE_STATUS) return reply(h.name, specs([{ start: 0, length: 2048, type: 'thin', params: '253:5 1' }]), 1);
+      if (cmd === Cmd.DEV_SUSPEND) {
+        const suspend = !!(h.flags & Flag.SUSPEND);
+        suspends.push(`${suspend ? 'suspend' : 'resume'} origin`);
+        state.originSuspended = suspend;
+        return reply(h.name, undefined, 0, Flag.ACTIVE_PRESENT | (suspend ? Flag.SUSPEND : 0));
+      }
+    }
+    if (cmd === Cmd.LIST_DEVICES) {
+      const devices = [{ name: 'pool', dev: { major: 253, minor: 5 } }];
+      if (state.originActive) devices.push({ name: 'origin', dev: { major: 253, minor: 7 } });
+      return reply('', nameList(devices));
+    }
     if (cmd === Cmd.DEV_STATUS) return reply(h.name);
     if (cmd === Cmd.TABLE_STATUS) {
       const params = h.flags & Flag.STATUS_TABLE ? '7:0 7:1 128 0 0' : `0 200/2048 0/1024 ${state.held || '-'} rw discard_passdown queue_if_no_space - 512`;
@@ -65,6 +95,8 @@ function fakePool() {
       } else if (text === 'release_metadata_snap') {
         if (!state.held) throw errno('EINVAL', 22);
         state.held = 0;
+      } else if (text.startsWith('create_snap')) {
+        messages[messages.length - 1] += state.originActive ? ` (origin ${state.originSuspended ? 'suspended' : 'running'})` : '';
       }
       return reply(h.name);
     }
@@ -74,6 +106,7 @@ function fakePool() {
   return {
     dm,
     messages,
+    suspends,
     state,
     hold(): () => void {
       let open!: () => void;
@@ -155,5 +188,37 @@ describe('MetadataSnapshot and the release guard', () => {
     expect(k.messages).toEqual(['reserve_metadata_snap']);
     expect(k.state.held).toBe(9);
     expect(guardedCount()).toBe(0);
+  });
+});
+
+describe('createSnap and active origins', () => {
+  test('an active origin is suspended around create_snap and resumed', async () => {
+    const k = fakePool();
+    k.state.originActive = true;
+    const pool = await ThinPool.open('pool', { dm: k.dm });
+    await pool.createSnap(2, 1);
+    expect(k.messages).toEqual(['create_snap 2 1 (origin suspended)']);
+    expect(k.suspends).toEqual(['suspend origin', 'resume origin']);
+    expect(k.state.originSuspended).toBe(false);
+  });
+
+  test('an origin the caller suspended stays suspended (it was resumed behind the caller\'s back)', async () => {
+    const k = fakePool();
+    k.state.originActive = true;
+    k.state.originSuspended = true;
+    const pool = await ThinPool.open('pool', { dm: k.dm });
+    await pool.createSnap(2, 1);
+    expect(k.messages).toEqual(['create_snap 2 1 (origin suspended)']);
+    expect(k.suspends).toEqual([]);
+    expect(k.state.originSuspended).toBe(true);
+  });
+
+  test('suspendOrigin: false sends no suspend', async () => {
+    const k = fakePool();
+    k.state.originActive = true;
+    const pool = await ThinPool.open('pool', { dm: k.dm });
+    await pool.createSnap(2, 1, { suspendOrigin: false });
+    expect(k.messages).toEqual(['create_snap 2 1 (origin running)']);
+    expect(k.suspends).toEqual([]);
   });
 });

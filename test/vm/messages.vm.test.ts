@@ -6,7 +6,7 @@
  * the CLI (`dmthin pool`, `dmthin message`), with `dmthin pool status` and
  * `dmthin devices` checked against dmsetup.
  */
-import { closeSync, openSync } from 'node:fs';
+import { closeSync, openSync, statSync } from 'node:fs';
 import { DeviceMapper } from '../../src/dm/device-mapper';
 import type { DmTarget } from '../../src/dm/ioctl';
 import { MetadataSnapError } from '../../src/errors';
@@ -43,6 +43,13 @@ describeVm('pool messages and dm ioctls: failures and their errnos on a real ker
     } finally {
       closeSync(fd);
     }
+    // create_snap of an active origin the caller has suspended: it stays suspended.
+    await t1.suspend();
+    await pool.createSnap(10, 1);
+    expect((await pool.dm.info(t1.name)).suspended).toBe(true);
+    await t1.resume();
+    await pool.delete(10);
+
     await t1.deactivate();
     await pool.delete(1); // inactive now: allowed
     await fails(pool.delete(1), 'ENODATA', 'delete 1');
@@ -154,6 +161,52 @@ describeVm('pool messages and dm ioctls: failures and their errnos on a real ker
     expect(versions.map((v) => v.name)).toEqual(expect.arrayContaining(['thin-pool', 'thin', 'linear', 'zero']));
     expect((await dm.targetVersion('thin-pool')).version).toEqual(versions.find((v) => v.name === 'thin-pool')!.version);
     expect((await dm.version())[0]).toBe(4);
+  });
+
+  test('DeviceMapper on a real kernel: message output (DATA_OUT, a 100+ KiB reply through the BUFFER_FULL retry), inactive table, clear, rename, geometry, fixed minor', async () => {
+    const sb = sandbox();
+    const dm = new DeviceMapper();
+    const s = sb.adopt('s');
+    const created = await dm.createWithTable(s, oneTarget(8192, 'zero', ''), { minor: 4321, readOnly: true });
+    expect(created).toMatchObject({ dev: { major: created.dev.major, minor: 4321 }, readOnly: true, activeTable: true });
+    expect(run('dmsetup', ['info', '-c', '--noheadings', '-o', 'minor,attr', s]).stdout.trim()).toMatch(/^4321:L-sr|^4321:L--r/);
+
+    // dm core messages (@stats_*) return text: DATA_OUT.
+    // 4096 areas of 2 sectors: @stats_print answers with one line per area.
+    expect(await dm.targetMessage(s, sectors(0), '@stats_create - /4096')).toBe('0');
+    expect(await dm.targetMessage(s, sectors(0), '@stats_list')).toMatch(/^0: 0\+8192 \d+ /);
+    const printed = (await dm.targetMessage(s, sectors(0), '@stats_print 0'))!;
+    const lines = printed.trim().split('\n');
+    expect(lines).toHaveLength(4096);
+    expect(printed.length).toBeGreaterThan(64 * 1024); // well past the first 16 KiB buffer
+    expect(lines[0]).toMatch(/^0\+2 0 0 0 0 /);
+    expect(lines[4095]).toMatch(/^8190\+2 0 0 0 0 /);
+    expect(await dm.targetMessage(s, sectors(0), '@stats_delete 0')).toBeUndefined();
+
+    // Inactive table: loaded, seen with inactive: true, cleared.
+    await dm.loadTable(s, oneTarget(4096, 'error', ''));
+    expect(await dm.info(s)).toMatchObject({ activeTable: true, inactiveTable: true });
+    expect(await dm.table(s, { inactive: true })).toEqual([{ start: 0, length: 4096, type: 'error', params: '' }]);
+    expect(await dm.table(s)).toEqual([{ start: 0, length: 8192, type: 'zero', params: '' }]);
+    expect(await dm.clearTable(s)).toMatchObject({ inactiveTable: false });
+
+    // Rename moves the /dev/mapper node we made; then a uuid for a device that had none.
+    const renamed = sb.adopt('s-renamed');
+    await dm.rename(s, { name: renamed });
+    expect((await dm.info(renamed)).dev.minor).toBe(4321);
+    expect(statSync(`${dm.devDir}/${renamed}`).rdev).toBe(statSync(`/dev/dm-4321`).rdev);
+    expect(() => statSync(`${dm.devDir}/${s}`)).toThrow();
+    await dm.rename(renamed, { uuid: `${renamed}-uuid` });
+    expect((await dm.info({ uuid: `${renamed}-uuid` })).name).toBe(renamed);
+
+    await dm.setGeometry(renamed, { cylinders: 2, heads: 64, sectors: 32, start: sectors(0) });
+    await expectIoctlError(dm.setGeometry(renamed, { cylinders: 1e6, heads: 255, sectors: 63, start: sectors(0) }), {
+      code: 'EINVAL',
+      ioctl: 'DM_DEV_SET_GEOMETRY',
+      device: renamed,
+    });
+    await dm.remove(renamed);
+    expect(() => statSync(`${dm.devDir}/${renamed}`)).toThrow();
   });
 
   test('live metadata is O_EXCL-busy without -m; the CLI: message errors, pool status and devices against dmsetup', async () => {

@@ -84,6 +84,7 @@ describeVm('seed scenario: live pool, snapshot of an active origin, metadata rea
     sh(`${ddCmd(origin.path, { bs: MiB, seek: 1, count: 1 })} && ${ddCmd(origin.path, { bs: MiB, seek: 128, count: 1 })}`);
 
     const snapDev = await ThinDevice.activate(pool, { name: sb.adopt('snap2'), devId: 2, length: ORIGIN_BYTES / 512, readOnly: true });
+    expect((await snapDev.dm.info(snapDev.name)).readOnly).toBe(true);
     expect(await sha256OfDevice(snapDev.path, 0, 4 * MiB)).toBe(a1);
     expect(await sha256OfDevice(snapDev.path, 64 * MiB, MiB)).toBe(a2);
     expect(await sha256OfDevice(origin.path, 0, 4 * MiB)).not.toBe(a1);

@@ -92,6 +92,12 @@ function spawnDd(dev: string, seekBlocks: number, countBlocks: number): { child:
   return { child, exit: new Promise((res) => child.on('exit', (code) => res(code))) };
 }
 
+/** maj:min of the external origin device named in a thin device's table. */
+async function t3Origin(t: ThinDevice): Promise<string | undefined> {
+  const [kt] = await t.dm.table(t.name);
+  return parseThinTable(kt.params).externalOriginDev;
+}
+
 describeVm('pool and thin status in every reachable mode, against dmsetup', () => {
   const sandbox = useDmSandbox('status');
 
@@ -108,7 +114,15 @@ describeVm('pool and thin status in every reachable mode, against dmsetup', () =
       const { tp, thin } = await poolWithThin(sb, { ...v, thinBlocks: 100 });
       await tp.pool.createThin(2);
       const empty = await ThinDevice.activate(tp.pool, { name: sb.adopt(`${v.label}-t2`), devId: 2, length: 50 * tp.blockSectors });
-      pools.push({ tp, thins: [thin, empty] });
+      const thins = [thin, empty];
+      if (v.label === 'a') {
+        // A thin device with an external (read-only) origin: a third table field.
+        const ext = sb.adopt('a-ext');
+        await tp.dm.createWithTable(ext, oneTarget(50 * tp.blockSectors, 'zero', ''), { readOnly: true });
+        await tp.pool.createThin(3);
+        thins.push(await ThinDevice.activate(tp.pool, { name: sb.adopt('a-t3'), devId: 3, length: 50 * tp.blockSectors, externalOrigin: `${tp.dm.devDir}/${ext}` }));
+      }
+      pools.push({ tp, thins });
     }
     // Blocks 3 and 40..41 of each pool's thin 1 (whole blocks of that pool's size).
     sh(
@@ -150,10 +164,15 @@ describeVm('pool and thin status in every reachable mode, against dmsetup', () =
       });
       expect({ ...parseThinPoolTable(f.join(' ')), length: table.length }).toEqual(table);
       expect([...table.features].sort()).toEqual([...v.features].sort());
+      if (thins[2]) {
+        const ext = (await t3Origin(thins[2]))!;
+        expect(dmsetupFields(tables.get(thins[2].name)!)[2]).toBe(ext);
+        expect(await thins[2].status()).toEqual({ kind: 'working', mappedSectors: 0, highestMappedSector: null });
+      }
       for (const t of thins) {
         const tf = dmsetupFields(tables.get(t.name)!);
         const [kt] = await t.dm.table(t.name);
-        expect(parseThinTable(kt.params)).toEqual({ poolDev: tf[0], devId: Number(tf[1]) });
+        expect(parseThinTable(kt.params)).toEqual({ poolDev: tf[0], devId: Number(tf[1]), ...(tf[2] ? { externalOriginDev: tf[2] } : {}) });
         expect(tf[0]).toBe(tp.pool.devString);
         expect((await ThinDevice.open(t.name)).devId).toBe(t.devId);
       }
@@ -223,6 +242,12 @@ describeVm('pool and thin status in every reachable mode, against dmsetup', () =
     expect(r.status).not.toBe(0); // error_if_no_space
     const out = await Promise.race([second, after(30_000, null)]);
     expect(out?.status).toMatchObject({ kind: 'working', mode: 'out_of_data_space', usedData: 64 });
+
+    // A pending wait does not pin the pool: removing it is an event too.
+    const third = tp.pool.waitEvent(out!.eventNr);
+    await thin.deactivate();
+    await tp.pool.remove();
+    expect((await Promise.race([third, after(30_000, null)]))?.eventNr).toBeGreaterThan(out!.eventNr);
   });
 
   test('read_only by table reload: ro, every message EOPNOTSUPP, writes to unprovisioned blocks fail, reads work; rw again', async () => {
