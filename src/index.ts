@@ -18,6 +18,9 @@ export type { Mapping, MappingRun, VirtualBlock, WalkProgress } from './thin/map
 export { ThinMetadata } from './thin/metadata';
 export type { ThinMetadataOptions, WalkOptions } from './thin/metadata';
 export { dump } from './thin/dump';
+export { writeDelta } from './thin/delta-format';
+export type { DeltaFormat, WriteDeltaOptions, DeltaSubject } from './thin/delta-format';
+export type { DeltaExtent, DeltaKind, DeltaOptions, DeltaProgress, DeltaStats } from './thin/delta';
 export type { DumpFormat, DumpOptions, DumpProgress } from './thin/dump';
 export { deviceUsage, formatLsTable, lsJson, parseLsFields, LS_FIELDS, DEFAULT_LS_FIELDS, formatDiskUnit } from './thin/ls';
 export type { DeviceUsage, UsageOptions, LsField } from './thin/ls';

@@ -248,3 +248,52 @@ export function largeImage(n = 1_000_000): LargeImage {
   const lines = r.stdout.trim().split('\n');
   return JSON.parse(lines[lines.length - 1]) as LargeImage;
 }
+
+// ---------------------------------------------------------------- kernel-made images
+
+export const KERNEL_FIXTURE_DIR = join(FIXTURE_DIR, 'kernel');
+
+export interface KernelDevice {
+  devId: number;
+  mappedBlocks: number;
+  mappings: number;
+  snapshotOf: number | null;
+  root: number;
+  depth: number;
+  leaves: number;
+  internalNodes: number;
+}
+
+export interface ChangedLeaves {
+  from: number;
+  to: number;
+  leavesOnlyInFirst: number;
+  leavesOnlyInSecond: number;
+  sharedLeaves: number;
+  differingBlocks: number;
+}
+
+export interface KernelFixture {
+  name: string;
+  description: string;
+  image: string;
+  size: number;
+  sha256: string;
+  nrDataBlocks: number;
+  heldRoot: number | null;
+  mappings: number;
+  devices: KernelDevice[];
+  changedLeaves: ChangedLeaves[];
+  held: { root: number; devices: KernelDevice[]; changedLeaves: ChangedLeaves[] } | null;
+}
+
+/** Metadata images made by a real kernel in the root VM (test/fixtures/kernel). */
+export function listKernelFixtures(): KernelFixture[] {
+  return (JSON.parse(readFileSync(join(KERNEL_FIXTURE_DIR, 'manifest.json'), 'utf8')) as { fixtures: KernelFixture[] }).fixtures;
+}
+
+export function kernelFixtureImage(name: string): Buffer {
+  const f = listKernelFixtures().find((x) => x.name === name);
+  if (!f) throw new Error(`no kernel fixture ${name}`);
+  return gunzipSync(readFileSync(join(KERNEL_FIXTURE_DIR, f.image)));
+}
