@@ -4,7 +4,8 @@
  * with `dmsetup status` (and the table parsers with `dmsetup table`):
  * rw with each discard and no-space setting; out_of_data_space with the
  * queue and error policies (and back to rw by growing the data device);
- * read_only by a table reload (messages fail with EOPNOTSUPP); needs_check
+ * read_only by a table reload (messages fail with EOPNOTSUPP); ro when
+ * out of metadata space (and rw again once the metadata device grows); needs_check
  * after a failed metadata commit (dm-flakey error_writes under the metadata
  * device); Error and Fail once the metadata device errors entirely. Also
  * DM_DEV_WAIT: pool.waitEvent() returns when the low-water mark is crossed
@@ -19,8 +20,10 @@ import { PoolMessage, type ThinPoolFeature, parseThinPoolTable, thinPoolTarget }
 import { parseThinTable } from '../../src/dm/targets/thin';
 import { ThinDevice } from '../../src/pool/thin-device';
 import { dataBlocks, sectors } from '../../src/units';
-import { type DmSandbox, MiB, describeVm, useDmSandbox } from './helpers';
+import { join } from 'node:path';
+import { type DmSandbox, MiB, describeVm, run, useDmSandbox } from './helpers';
 import {
+  REPO,
   type TestPool,
   createTestPool,
   ddCmd,
@@ -85,6 +88,12 @@ async function poolWithThin(sb: DmSandbox, o: Parameters<typeof createTestPool>[
   await tp.pool.createThin(1);
   const thin = await ThinDevice.activate(tp.pool, { name: sb.adopt(`${o.label ?? 'pool'}-t1`), devId: 1, length: (o.thinBlocks ?? 1024) * tp.blockSectors });
   return { tp, thin };
+}
+
+/** O_DIRECT writes of zeros at [offset, length] byte pairs, in one process (the fixtures' helper). */
+function directWrite(dev: string, writes: [number, number][], allowFail = false) {
+  const script = join(REPO, 'scripts', 'fixtures', 'kernel', 'direct-write.py');
+  return run('python3', [script, dev], { input: writes.map(([o, n]) => `${o} ${n}`).join('\n') + '\n', allowFail, timeoutMs: 120_000 });
 }
 
 function spawnDd(dev: string, seekBlocks: number, countBlocks: number): { child: ChildProcess; exit: Promise<number | null> } {
@@ -268,6 +277,43 @@ describeVm('pool and thin status in every reachable mode, against dmsetup', () =
 
     await reloadPool(tp, { features: [] });
     expect(await expectStatusMatches(tp, [thin])).toMatchObject({ mode: 'rw', needsCheck: false });
+    await tp.pool.createThin(2);
+  });
+
+  test('ro, out of metadata space: snapshots and rewrites fill a 1 MiB metadata device; messages EOPNOTSUPP; rw again after growing it', async () => {
+    const sb = sandbox();
+    // 8,000 mappings written in random 1 MiB chunks (about 50 leaves), on `zero` data.
+    const { tp, thin } = await poolWithThin(sb, { metaBytes: MiB, dataBytes: 1024 * MiB, thinBlocks: 16384, features: ['skip_block_zeroing'] });
+    let seed = 7; // xorshift32
+    const rand = (n: number) => {
+      seed ^= seed << 13;
+      seed ^= seed >>> 17;
+      seed ^= seed << 5;
+      return (seed >>> 0) % n;
+    };
+    const slots = new Set<number>();
+    while (slots.size < 500) slots.add(rand(1024));
+    directWrite(thin.path, [...slots].map((c) => [c * 16 * BLOCK, 16 * BLOCK]));
+    const mapped = [...slots].flatMap((c) => Array.from({ length: 16 }, (_, i) => c * 16 + i));
+    const start = await expectStatusMatches(tp, [thin]);
+    expect(start).toMatchObject({ mode: 'rw', usedData: 8000, totalMetadata: 256 });
+
+    // Each round: a snapshot, then one rewrite in most leaves (each copies its leaf).
+    let mode = 'rw';
+    for (let round = 0; round < 12 && mode === 'rw'; round++) {
+      await tp.pool.createSnap(100 + round, 1);
+      directWrite(thin.path, Array.from({ length: 60 }, () => [mapped[rand(mapped.length)] * BLOCK, BLOCK] as [number, number]), true);
+      const st = await tp.pool.workingStatus();
+      mode = st.mode!;
+    }
+    const full = await expectStatusMatches(tp, [thin]);
+    expect(full).toMatchObject({ kind: 'working', mode: 'ro', needsCheck: false, totalMetadata: 256 });
+    await expectMessagesRefused(tp);
+
+    // Grow the metadata device (the loop's file, then the pool's table reloaded): rw again.
+    sh('truncate -s 4M "$1" && losetup -c "$2"', [tp.metaLoop.file, tp.metaLoop.path]);
+    await reloadPool(tp, {});
+    expect(await expectStatusMatches(tp, [thin])).toMatchObject({ mode: 'rw', needsCheck: false, totalMetadata: 1024 });
     await tp.pool.createThin(2);
   });
 
