@@ -182,7 +182,7 @@ describeVm('seed scenario: live pool, snapshot of an active origin, metadata rea
     expect((await pool.workingStatus()).heldMetadataRoot).toBeNull();
   });
 
-  test('dmthin dump -m POOL equals thin_dump -m on the same live pool (held by someone else; and reserved by the CLI itself), writer running', async () => {
+  test('dmthin dump -m POOL equals thin_dump -m on the same live pool (held by someone else; and reserved by the CLI itself), writer running; ls -m and delta -m too', async () => {
     const { pool } = tp;
     expect(writer?.running).toBe(true);
     const dir = sb.dir;
@@ -198,6 +198,11 @@ describeVm('seed scenario: live pool, snapshot of an active origin, metadata rea
       cli=$1 pool=$2 meta=$3 a=$4 b=$5 c=$6 d=$7 fifo=$8
       node "$cli" dump -m "$pool" > "$a" || exit 11
       thin_dump -m "$meta" > "$b" || exit 12
+      f=DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS,TRANSACTION,CREATE_TIME,SNAP_TIME
+      node "$cli" ls -m -o $f "$pool" > "$a.ls" || exit 17
+      thin_ls -m -o $f "$meta" > "$b.ls" || exit 18
+      node "$cli" delta -m --snap1 2 --snap2 1 "$pool" > "$a.delta" || exit 19
+      thin_delta -m --snap1 2 --snap2 1 "$meta" > "$b.delta" || exit 20
       echo "held=$(dmsetup status "$pool" | cut -d' ' -f7)"
       dmsetup message "$pool" 0 release_metadata_snap || exit 13
       mkfifo "$fifo"
@@ -223,6 +228,12 @@ describeVm('seed scenario: live pool, snapshot of an active origin, metadata rea
     expect(kv.after).toBe('-'); // and released its own
     expect(writer!.running).toBe(true);
     await stopWriter();
+
+    // ls and delta through the same held snapshot: as thin_ls -m and thin_delta -m print them.
+    expect(readFileSync(`${a}.ls`, 'utf8')).toBe(readFileSync(`${b}.ls`, 'utf8'));
+    // (delta has the same documented -m difference as dump: the true nr_data_blocks.)
+    expect(readFileSync(`${a}.delta`, 'utf8').replace(/ nr_data_blocks="4096"/, ' nr_data_blocks="0"')).toBe(readFileSync(`${b}.delta`, 'utf8'));
+    expect(readFileSync(`${a}.delta`, 'utf8')).toMatch(/<different /);
 
     for (const [cliOut, oracleOut] of [
       [a, b],
