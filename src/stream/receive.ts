@@ -30,7 +30,10 @@ export interface ReceiveOptions {
   stateDir?: string;
   /** Apply an incremental stream even if the target is not recorded as holding its base. */
   force?: boolean;
-  /** Create a regular-file target that does not exist, sized to the stream's device. */
+  /**
+   * Create a regular-file target that does not exist, or grow one smaller
+   * than the stream's device (never shrinks, never truncates).
+   */
   create?: boolean;
   /** Where a non-seekable input is spooled (default TMPDIR). */
   spoolDir?: string;
@@ -94,7 +97,7 @@ class Receiver {
     }
     // Opening does not write; it does check access early (and EBUSY for a claimed device).
     this.writer ??= await BlockWriter.open(this.o.target, { direct: this.o.direct });
-    if (this.writer.size < h.deviceSize) {
+    if (this.writer.size < h.deviceSize && !(this.o.create && !this.info.blockDevice)) {
       throw new StreamError('target-size', `target ${this.o.target} is ${this.writer.size} bytes, the stream's device is ${h.deviceSize} bytes`, {
         path: this.o.target,
         targetSize: this.writer.size,
@@ -123,8 +126,9 @@ class Receiver {
     if (!this.writer) {
       this.writer = await BlockWriter.open(this.o.target, { direct: this.o.direct, create: true });
       created = this.writer.info.created;
-      await this.writer.extend(header.deviceSize);
     }
+    // A file target (created, or allowed to grow with `create`) becomes as large as the device.
+    if (!this.writer.info.blockDevice && this.writer.size < header.deviceSize) await this.writer.extend(header.deviceSize);
     const zero = zeroer(this.writer, this.info, resolveZeroMethod(this.info, this.o.zero));
     await applyStream(chunks(), v, this.writer, zero, {
       signal: this.o.signal,

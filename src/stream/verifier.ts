@@ -134,9 +134,14 @@ export class StreamVerifier {
   /** Call at the end of the input: the verified summary, or why the stream is not whole. */
   finish(): VerifiedStream {
     if (!this.result) {
-      this.recOffset = this.pos;
-      const inRecord = this.hdrFill > 0 ? ' in the middle of a record' : '';
-      this.fail('truncated', `stream ends after ${this.pos} bytes${inRecord}, before a valid end record`);
+      const partial = this.hdrFill > 0 || this.payload !== null;
+      if (!partial) this.recOffset = this.pos;
+      // Too short to reach the first record's checks: still tell "not a stream" from "cut short".
+      const seen = this.seq === 0 && this.payload === null ? this.hdrFill : 0;
+      if (seen > 0 && !this.hdr.subarray(0, Math.min(seen, 4)).equals(RECORD_MAGIC.subarray(0, Math.min(seen, 4)))) {
+        this.fail('magic', 'not a dmthin stream (bad record magic)');
+      }
+      this.fail('truncated', `stream ends after ${this.pos} bytes${partial ? ', in the middle of a record' : ''}, before a valid end record`);
     }
     return this.result;
   }
