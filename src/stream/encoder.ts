@@ -37,6 +37,11 @@ export class StreamEncoder {
     this.blockBytes = this.header.dataBlockSize * SECTOR_SIZE;
   }
 
+  private live(): void {
+    if (this.ended) throw new Error('stream already ended');
+    if (this.seq === 0) throw new Error('the header record comes first, and only once');
+  }
+
   private emit(type: RecordType, payload: Uint8Array[]): Buffer[] {
     if (this.ended) throw new Error('stream already ended');
     if ((this.seq === 0) !== (type === RecordType.Header)) throw new Error('the header record comes first, and only once');
@@ -61,6 +66,7 @@ export class StreamEncoder {
    * virtual block `block`, `offsetSectors` into it. Ranges must ascend.
    */
   data(block: number, offsetSectors: number, data: Uint8Array): Buffer[] {
+    this.live();
     const start = block * this.blockBytes + offsetSectors * SECTOR_SIZE;
     const end = start + data.length;
     if (data.length === 0 || data.length % SECTOR_SIZE !== 0 || data.length > MAX_DATA_BYTES) throw new RangeError(`bad data record length ${data.length}`);
@@ -77,6 +83,7 @@ export class StreamEncoder {
 
   /** A discard record: `count` blocks from `block` read back as zeros (clipped at the device's end). */
   discard(block: number, count: number): Buffer[] {
+    this.live();
     const start = block * this.blockBytes;
     const blocks = Math.ceil(this.header.deviceSize / this.blockBytes);
     if (count < 1 || start < this.lastEnd || block + count > blocks) throw new RangeError(`discard of blocks [${block}, ${block + count}) out of order or beyond the device`);
