@@ -10,13 +10,18 @@ import { join } from 'node:path';
 import type { DataSource } from '../../src/stream/data-source';
 import { ThinMetadata } from '../../src/thin/metadata';
 
+/** Writes the pattern of data block `d`, bytes [from, from+n) of it (multiples of 8), into `out` at `at`. */
+function fillPattern(out: Buffer, at: number, d: number, from: number, n: number): void {
+  for (let i = 0; i < n; i += 8) {
+    out.writeUInt32LE(d >>> 0, at + i);
+    out.writeUInt32LE(((from + i) / 8) ^ 0x5a5a0000, at + i + 4);
+  }
+}
+
 /** Data block `d`'s bytes: 8-byte words (d, word index), so every block and every offset differ. */
 export function patternBlock(d: number, blockBytes: number): Buffer {
   const b = Buffer.allocUnsafe(blockBytes);
-  for (let i = 0; i < blockBytes; i += 8) {
-    b.writeUInt32LE(d >>> 0, i);
-    b.writeUInt32LE((i / 8) ^ 0x5a5a0000, i + 4);
-  }
+  fillPattern(b, 0, d, 0, blockBytes);
   return b;
 }
 
@@ -34,7 +39,7 @@ export class PatternSource implements DataSource {
         const d = Math.floor((start + off) / this.blockBytes);
         const inBlock = (start + off) % this.blockBytes;
         const n = Math.min(unit - off, this.blockBytes - inBlock);
-        patternBlock(d, this.blockBytes).copy(out, i * unit + off, inBlock, inBlock + n);
+        fillPattern(out, i * unit + off, d, inBlock, n);
         off += n;
       }
     });
@@ -105,7 +110,9 @@ export async function expectedSha(md: ThinMetadata, devId: number, deviceSize: n
       if (start >= deviceSize) break;
       fill(start);
       const n = Math.min(bs, deviceSize - start);
-      h.update(patternBlock(r.dataBegin + i, bs).subarray(0, n));
+      const piece = Buffer.allocUnsafe(n);
+      fillPattern(piece, 0, r.dataBegin + i, 0, n);
+      h.update(piece);
       pos += n;
     }
   }
