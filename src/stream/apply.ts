@@ -78,6 +78,7 @@ export async function applyStream(
     }
     await flush();
     await inflight;
+    throwIfAborted(opts.signal);
   } catch (e) {
     await inflight.catch(() => undefined);
     if (e instanceof StreamError && e.reason !== 'changed') {

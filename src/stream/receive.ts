@@ -276,7 +276,7 @@ export async function receive(opts: ReceiveOptions & { input: string | Readable 
   }
   const readable = input === '-' ? process.stdin : (input as Readable);
   const w = receiveStream(opts.target, opts);
-  await pipeline(readable, w, { signal: opts.signal });
+  await pipeline(readable, w); // the Writable itself listens to the signal (with dmthin's AbortError)
   return w.result;
 }
 

@@ -88,12 +88,12 @@ async function stream(plan: SendPlan, source: DataSource, o: CommonSendOptions):
     onEnd: (s) => (summary = s),
   });
   if (typeof o.output !== 'string') {
-    await pipeline(readable, o.output, { signal: o.signal });
+    await pipeline(readable, o.output); // the Readable listens to the signal
     return summary!;
   }
   const path = o.output;
   try {
-    await pipeline(readable, createWriteStream(path), { signal: o.signal });
+    await pipeline(readable, createWriteStream(path));
   } catch (e) {
     await unlink(path).catch(() => undefined);
     throw e;
