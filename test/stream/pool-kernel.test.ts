@@ -1,7 +1,7 @@
 /**
- * send/receive on a real thin pool (loop devices, dm-thin): for the root VM
- * suite. Skipped, loudly, where the kernel has no device-mapper; with
- * DMTHIN_REQUIRE_VM=1 that is a failure instead.
+ * send/receive on a real thin pool (loop devices, dm-thin): for the root VM.
+ * Skipped, loudly, where the kernel has no device-mapper (the host suite);
+ * with DMTHIN_REQUIRE_DM=1 (set it inside the VM) that is a failure instead.
  *
  * A thin volume is written, snapshotted, changed (overwrites, discards, new
  * blocks) and snapshotted again; the snapshots are sent (full, then
@@ -36,13 +36,13 @@ function kernelReason(): string | null {
 const reason = kernelReason();
 const describeKernel = (name: string, fn: () => void): void => {
   if (!reason) return describe(name, fn);
-  if (process.env.DMTHIN_REQUIRE_VM === '1') {
-    describe(name, () => it('requires dm-thin (DMTHIN_REQUIRE_VM=1)', () => {
+  if (process.env.DMTHIN_REQUIRE_DM === '1') {
+    describe(name, () => it('requires dm-thin (DMTHIN_REQUIRE_DM=1)', () => {
       throw new Error(`dm-thin required but unavailable: ${reason}`);
     }));
     return;
   }
-  process.stderr.write(`\n*** WARNING: SKIPPING "${name}": ${reason}. Set DMTHIN_REQUIRE_VM=1 to make this a failure. ***\n\n`);
+  process.stderr.write(`\n*** WARNING: SKIPPING "${name}": ${reason}. Set DMTHIN_REQUIRE_DM=1 to make this a failure. ***\n\n`);
   describe.skip(`${name} [SKIPPED: ${reason}]`, fn);
 };
 
