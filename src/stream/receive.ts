@@ -110,6 +110,11 @@ class Receiver {
     const { header } = v;
     await this.preflight(header, v.digest);
     throwIfAborted(this.o.signal);
+    let created = false;
+    if (!this.writer) {
+      this.writer = await BlockWriter.open(this.o.target, { direct: this.o.direct, create: true });
+      created = this.writer.info.created;
+    }
     // From here on the target changes: record that it is in between.
     const before = await readState(this.stateFile);
     const prev = before.ok ? before.state : null;
@@ -122,11 +127,6 @@ class Receiver {
       pending: entry,
     };
     await writeState(this.stateFile, state);
-    let created = false;
-    if (!this.writer) {
-      this.writer = await BlockWriter.open(this.o.target, { direct: this.o.direct, create: true });
-      created = this.writer.info.created;
-    }
     // A file target (created, or allowed to grow with `create`) becomes as large as the device.
     if (!this.writer.info.blockDevice && this.writer.size < header.deviceSize) await this.writer.extend(header.deviceSize);
     const zero = zeroer(this.writer, this.info, resolveZeroMethod(this.info, this.o.zero));
