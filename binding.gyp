@@ -7,6 +7,7 @@
         "native/errors.cc",
         "native/crc32c.cc",
         "native/block_reader.cc",
+        "native/block_writer.cc",
         "native/dm_control.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

@@ -1,7 +1,8 @@
-// Module entry: the native layer is IO only (block reads, CRC-32C, dm ioctls).
+// Module entry: the native layer is IO only (block reads and writes, CRC-32C, dm ioctls).
 #include <napi.h>
 
 #include "block_reader.h"
+#include "block_writer.h"
 #include "crc32c.h"
 #include "dm_control.h"
 
@@ -10,6 +11,7 @@ namespace dmthin {
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitCrc32c(env, exports);
   BlockReader::Init(env, exports);
+  BlockWriter::Init(env, exports);
   InitDmControl(env, exports);
   return exports;
 }

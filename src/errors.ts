@@ -134,6 +134,56 @@ export class MetadataError extends DmthinError {
 /** No metadata snapshot is held, or the one asked for is not the held one. */
 export class MetadataSnapError extends DmthinError {}
 
+/**
+ * Why a send/receive stream was refused (docs/stream-format.md). Stable
+ * strings: tests and callers may match on them.
+ */
+export type StreamErrorReason =
+  | 'magic' // not a dmthin stream
+  | 'version' // a format version this build does not read
+  | 'crc' // a record's CRC-32C does not match
+  | 'digest' // the end record's SHA-256 does not match the stream
+  | 'truncated' // the stream ends before a valid end record
+  | 'malformed' // a record's fields are impossible (length, type, range, flags)
+  | 'order' // records out of sequence or overlapping
+  | 'counts' // the end record's counts disagree with the records
+  | 'trailing' // bytes after the end record
+  | 'target-size' // the target is smaller than the stream's device
+  | 'base-mismatch' // an incremental stream whose base is not what the target holds
+  | 'changed'; // the input changed between verification and apply
+
+const STREAM_CODES: Record<StreamErrorReason, string> = {
+  magic: 'EBADMSG',
+  version: 'EPROTONOSUPPORT',
+  crc: 'EILSEQ',
+  digest: 'EILSEQ',
+  truncated: 'EBADMSG',
+  malformed: 'EBADMSG',
+  order: 'EBADMSG',
+  counts: 'EBADMSG',
+  trailing: 'EBADMSG',
+  'target-size': 'ENOSPC',
+  'base-mismatch': 'ESTALE',
+  changed: 'EILSEQ',
+};
+
+/**
+ * A send/receive stream was refused. `reason` says why; `code` is derived from
+ * it (EBADMSG for a damaged or malformed stream, EILSEQ for checksum faults,
+ * EPROTONOSUPPORT, ENOSPC, ESTALE). `offset` is the byte offset in the stream
+ * and `record` the record's sequence number, where they apply.
+ */
+export class StreamError extends DmthinError {
+  readonly reason: StreamErrorReason;
+  declare offset?: number;
+  declare record?: number;
+
+  constructor(reason: StreamErrorReason, message: string, fields: ErrorFields & { offset?: number; record?: number } = {}) {
+    super(STREAM_CODES[reason], message, fields);
+    this.reason = reason;
+  }
+}
+
 /** Bad arguments from a caller (library or CLI). */
 export class UsageError extends DmthinError {
   constructor(message: string, fields: ErrorFields = {}) {

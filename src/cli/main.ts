@@ -12,6 +12,8 @@ import * as deltaCmd from './delta';
 import * as poolCmd from './pool';
 import * as messageCmd from './message';
 import * as devicesCmd from './devices';
+import * as sendCmd from './send';
+import * as receiveCmd from './receive';
 
 const VERSION = require('../../package.json').version as string;
 
@@ -30,7 +32,7 @@ export async function main(argv: string[]): Promise<number> {
     name = `dmthin ${parent}${action.name()}`;
     ctx = new CliContext(name);
   });
-  for (const mod of [dumpCmd, lsCmd, deltaCmd, poolCmd, messageCmd, devicesCmd]) mod.register(program, getCtx);
+  for (const mod of [dumpCmd, lsCmd, deltaCmd, poolCmd, messageCmd, devicesCmd, sendCmd, receiveCmd]) mod.register(program, getCtx);
   // Hidden companion of -m: the attached block number (see rewriteMetadataSnapArgs).
   for (const c of program.commands) {
     if (c.options.some((o) => o.long === '--metadata-snap')) {

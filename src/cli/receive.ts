@@ -1,0 +1,63 @@
+/**
+ * `dmthin receive`: verify a stream completely, then apply it to a block
+ * device or file and record what the target now holds.
+ */
+import type { Command } from 'commander';
+import { UsageError } from '../errors';
+import type { ZeroMethod } from '../stream/target';
+import { CliContext } from './common';
+import { toJson } from './json';
+import { StreamProgress } from './send';
+
+interface ReceiveCliOpts {
+  target: string;
+  input: string;
+  state?: string;
+  force?: boolean;
+  create?: boolean;
+  spoolDir?: string;
+  discard: string;
+  json?: boolean;
+  quiet?: boolean;
+}
+
+const ZERO_METHODS: ZeroMethod[] = ['auto', 'discard', 'zeroout', 'punch'];
+
+export function register(program: Command, ctx: () => CliContext): void {
+  program
+    .command('receive')
+    .description('verify a send stream, then apply it to a block device or file')
+    .requiredOption('--target <path>', 'block device or regular file to write')
+    .option('-i, --input <file>', "the stream ('-' = stdin; a regular file is verified in place)", '-')
+    .option('--state <file>', 'receive state file (default: <target>.dmthin-state.json for a file, /var/lib/dmthin/receive/ for a device)')
+    .option('--force', "apply an incremental stream even if the target is not recorded as holding its base")
+    .option('--create', 'create a regular-file target if missing, or grow one smaller than the stream\'s device')
+    .option('--spool-dir <dir>', 'where a piped stream is spooled for verification (default TMPDIR)')
+    .option('--discard <method>', `how discarded ranges are zeroed: ${ZERO_METHODS.join(', ')}`, 'auto')
+    .option('--json', 'print a summary as JSON when done')
+    .option('-q, --quiet', 'no progress bar')
+    .action(async (o: ReceiveCliOpts) => {
+      const c = ctx();
+      if (!ZERO_METHODS.includes(o.discard as ZeroMethod)) throw new UsageError(`unknown --discard method '${o.discard}' (${ZERO_METHODS.join(', ')})`);
+      if (o.input === '-' && process.stdin.isTTY) throw new UsageError('refusing to read a stream from a terminal (pipe one in, or use --input FILE)');
+      const bar = new StreamProgress('receive', !o.quiet && process.stderr.isTTY === true);
+      const { receive } = require('../stream/receive') as typeof import('../stream/receive');
+      try {
+        const r = await receive({
+          target: o.target,
+          input: o.input,
+          stateFile: o.state,
+          force: o.force,
+          create: o.create,
+          spoolDir: o.spoolDir,
+          zero: o.discard as ZeroMethod,
+          signal: c.signal,
+          onProgress: (p) => bar.update(p.bytes, p.totalBytes, p.phase === 'verify' ? 'bytes verified' : 'bytes applied'),
+        });
+        bar.stop();
+        if (o.json) process.stdout.write(toJson(r) + '\n');
+      } finally {
+        bar.stop();
+      }
+    });
+}

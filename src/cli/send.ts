@@ -1,0 +1,121 @@
+/**
+ * `dmthin send`: a snapshot (full) or its changes since a base snapshot
+ * (incremental) as a stream (docs/stream-format.md), from a live pool or from
+ * offline images (a metadata file plus the pool's data device image or the
+ * thin device's image).
+ */
+import type { Command } from 'commander';
+import { UsageError } from '../errors';
+import type { SendOptions } from '../stream/send';
+import { CliContext, parseIntArg } from './common';
+import { snapOption, type MetadataSnapOpts } from './metadata-source';
+import { toJson } from './json';
+
+interface SendCliOpts extends MetadataSnapOpts {
+  pool?: string;
+  metadata?: string;
+  data?: string;
+  device?: string;
+  snap: string;
+  base?: string;
+  output: string;
+  size?: string;
+  poolId?: string;
+  tmpDir?: string;
+  quiet?: boolean;
+  json?: boolean;
+}
+
+const UNITS: Record<string, number> = { '': 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40, p: 2 ** 50, s: 512 };
+
+/** Bytes from "1073741824", "1G", "512MiB", "2048s" (sectors). */
+export function parseSize(name: string, v: string): number {
+  const m = /^([0-9]+)\s*([kmgtps]?)(?:i?b)?$/i.exec(v.trim());
+  if (!m) throw new UsageError(`${name} must be a size in bytes (suffixes K, M, G, T, P binary; s = sectors), got '${v}'`);
+  const n = Number(m[1]) * UNITS[m[2].toLowerCase()];
+  if (!Number.isSafeInteger(n)) throw new UsageError(`${name} out of range: ${v}`);
+  return n;
+}
+
+/** A progress bar on stderr for byte counts, only on a terminal. */
+export class StreamProgress {
+  private bar?: import('cli-progress').SingleBar;
+  private last = 0;
+  constructor(
+    private readonly label: string,
+    enabled: boolean,
+  ) {
+    if (!enabled) return;
+    const { SingleBar } = require('cli-progress') as typeof import('cli-progress');
+    this.bar = new SingleBar({
+      stream: process.stderr,
+      format: `${label} [{bar}] {percentage}% | {value}/{total} {unit}`,
+      hideCursor: true,
+      clearOnComplete: true,
+      fps: 10,
+    });
+  }
+  update(value: number, total: number | undefined, unit: string): void {
+    if (!this.bar) return;
+    const now = Date.now();
+    if (this.last === 0) this.bar.start(Math.max(total ?? value, 1), 0, { unit });
+    if (now - this.last < 100) return;
+    this.last = now;
+    this.bar.setTotal(Math.max(total ?? value, value, 1));
+    this.bar.update(value, { unit });
+  }
+  stop(): void {
+    if (this.bar && this.last !== 0) this.bar.stop();
+    this.bar = undefined;
+  }
+}
+
+export function register(program: Command, ctx: () => CliContext): void {
+  program
+    .command('send')
+    .description('write a snapshot, or its changes since a base snapshot, as a verifiable stream')
+    .option('--pool <name>', 'dm name of a live thin-pool (needs root and device-mapper)')
+    .option('--metadata <file>', 'offline: metadata device or image (instead of --pool)')
+    .option('-m, --metadata-snap', 'offline: read through the held metadata snapshot (-mBLOCK: must be the held root)')
+    .option('--data <file>', 'offline: the pool data device or its image (blocks read at their data block)')
+    .option('--device <file>', 'offline: the thin device or its image (blocks read at their virtual block)')
+    .requiredOption('--snap <id>', 'thin id of the snapshot to send')
+    .option('--base <id>', 'thin id of the base snapshot: send only what changed since it')
+    .option('-o, --output <file>', "where the stream goes ('-' = stdout)", '-')
+    .option('--size <bytes>', "device size (default: the active device's size, else the end of the highest mapped block)")
+    .option('--pool-id <id>', 'pool identity recorded in the stream (default: dm uuid or name; for images "image:<metadata file name>")')
+    .option('--tmp-dir <dir>', 'where a large extent list is spilled (default TMPDIR)')
+    .option('--json', 'print a summary as JSON on stderr when done')
+    .option('-q, --quiet', 'no progress bar')
+    .action(async (o: SendCliOpts) => {
+      const c = ctx();
+      const snap = parseIntArg('--snap', o.snap, 2 ** 24 - 1);
+      const base = o.base === undefined ? undefined : parseIntArg('--base', o.base, 2 ** 24 - 1);
+      const deviceSize = o.size === undefined ? undefined : parseSize('--size', o.size);
+      if ((o.pool === undefined) === (o.metadata === undefined)) throw new UsageError('give --pool (a live pool) or --metadata (offline images), not both');
+      if (o.output === '-' && process.stdout.isTTY) throw new UsageError('refusing to write a binary stream to a terminal (redirect it, or use --output FILE)');
+      const bar = new StreamProgress('send', !o.quiet && process.stderr.isTTY === true);
+      const onProgress: SendOptions['onProgress'] = (p) =>
+        p.phase === 'data' ? bar.update(p.dataBlocks, p.totalDataBlocks, 'blocks') : bar.update(p.dataBlocks, undefined, 'blocks scanned');
+      const output = o.output === '-' ? process.stdout : o.output;
+      const common = { snap, base, deviceSize, poolId: o.poolId, output, signal: c.signal, onProgress };
+      let opts: SendOptions;
+      if (o.pool !== undefined) {
+        if (o.data !== undefined || o.device !== undefined || o.metadataSnap || o.metadataSnapBlock !== undefined) {
+          throw new UsageError('--data, --device and -m go with --metadata (offline images), not --pool');
+        }
+        opts = { ...common, pool: o.pool, tmpDir: o.tmpDir };
+      } else {
+        if ((o.data === undefined) === (o.device === undefined)) throw new UsageError('with --metadata give --data (pool data device) or --device (thin device)');
+        opts = { ...common, metadata: o.metadata!, metadataSnap: snapOption(o), data: o.data, device: o.device };
+      }
+      const { send } = require('../stream/send') as typeof import('../stream/send');
+      try {
+        const s = await send(opts);
+        if (o.json) process.stderr.write(toJson(s) + '\n');
+        if (s.beyondEnd > 0) process.stderr.write(`dmthin send: warning: ${s.beyondEnd} mapped blocks lie beyond the device size and were not sent\n`);
+      } finally {
+        bar.stop();
+      }
+    });
+}

@@ -1,0 +1,118 @@
+/**
+ * Typed wrapper of the native BlockWriter (native/block_writer.cc): a block
+ * device or regular file opened write-only, O_DIRECT when possible, never
+ * truncated, never created unless asked. Every call runs off the JS thread;
+ * anything outside [0, size) is refused with ENOSPC before a syscall is made.
+ */
+import { DmthinError, fromNative } from '../errors';
+import { native } from '../native/binding';
+
+export interface BlockWriterOpenOptions {
+  /** 'auto' (default): O_DIRECT, buffered only for a regular file whose filesystem refuses O_DIRECT at open. */
+  direct?: 'auto' | 'always' | 'never';
+  /** Create a regular file that does not exist (never for block devices; never truncates). */
+  create?: boolean;
+  /** O_EXCL on a block device (default true): a mounted or claimed device fails with EBUSY. */
+  exclusive?: boolean;
+  /** Permission bits of a created file (default 0o600). */
+  mode?: number;
+}
+
+export interface BlockWriterInfo {
+  size: number;
+  blockDevice: boolean;
+  direct: boolean;
+  logicalBlockSize: number;
+  created: boolean;
+}
+
+/** How a range was zeroed or discarded. */
+export type DiscardMethod = 'blkdiscard' | 'punch-hole' | 'none';
+export type ZeroOutMethod = 'blkzeroout' | 'zero-range' | 'written' | 'none';
+
+interface NativeBlockWriter {
+  open(path: string, opts: BlockWriterOpenOptions): Promise<BlockWriterInfo>;
+  write(offsets: Float64Array, buffers: Uint8Array[]): Promise<{ bytes: number; writes: number }>;
+  discard(offset: number, length: number): Promise<DiscardMethod>;
+  zeroOut(offset: number, length: number): Promise<ZeroOutMethod>;
+  extend(size: number): Promise<number>;
+  fsync(): Promise<void>;
+  size(): number;
+  close(): void;
+}
+
+export interface WriteSegment {
+  offset: number;
+  data: Uint8Array;
+}
+
+export class BlockWriter implements AsyncDisposable {
+  private closed = false;
+
+  private constructor(
+    private readonly w: NativeBlockWriter,
+    readonly path: string,
+    readonly info: BlockWriterInfo,
+  ) {}
+
+  static async open(path: string, opts: BlockWriterOpenOptions = {}): Promise<BlockWriter> {
+    const Ctor = native().BlockWriter as new () => NativeBlockWriter;
+    const w = new Ctor();
+    try {
+      return new BlockWriter(w, path, await w.open(path, opts));
+    } catch (e) {
+      throw fromNative(e, { path });
+    }
+  }
+
+  /** Current size in bytes (grows with extend()). */
+  get size(): number {
+    return this.w.size();
+  }
+
+  private async call<T>(p: () => Promise<T>): Promise<T> {
+    if (this.closed) throw new DmthinError('EBADF', `${this.path} is closed`, { path: this.path });
+    try {
+      return await p();
+    } catch (e) {
+      throw fromNative(e, { path: this.path });
+    }
+  }
+
+  /** Writes disjoint segments in one call; adjacent ones are coalesced. */
+  write(segments: readonly WriteSegment[]): Promise<{ bytes: number; writes: number }> {
+    const offsets = Float64Array.from(segments, (s) => s.offset);
+    const bufs = segments.map((s) => s.data);
+    return this.call(() => this.w.write(offsets, bufs));
+  }
+
+  /** BLKDISCARD on a block device, a punched hole in a file. */
+  discard(offset: number, length: number): Promise<DiscardMethod> {
+    return this.call(() => this.w.discard(offset, length));
+  }
+
+  /** BLKZEROOUT / fallocate(ZERO_RANGE), else written zeros: the range reads back as zeros. */
+  zeroOut(offset: number, length: number): Promise<ZeroOutMethod> {
+    return this.call(() => this.w.zeroOut(offset, length));
+  }
+
+  /** Grows a regular file to `size` (no-op if already as large). */
+  extend(size: number): Promise<number> {
+    return this.call(() => this.w.extend(size));
+  }
+
+  fsync(): Promise<void> {
+    return this.call(() => this.w.fsync());
+  }
+
+  /** Closes once writes in flight have finished. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.w.close();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.close();
+  }
+}

@@ -1,0 +1,102 @@
+/**
+ * StreamEncoder: turns a header, data and discard ranges into sealed records,
+ * keeping the counts and the running SHA-256 that the end record carries.
+ * It checks the invariants a receiver checks (order, bounds), so a bug in a
+ * sender fails here rather than in someone's restore.
+ */
+import { createHash, type Hash } from 'node:crypto';
+import {
+  encodeDataPrefix,
+  encodeDiscardPayload,
+  encodeEndPayload,
+  encodeHeaderPayload,
+  encodeRecord,
+  type EndRecord,
+  FORMAT_VERSION,
+  MAX_DATA_BYTES,
+  RecordType,
+  SECTOR_SIZE,
+  type StreamHeader,
+} from './format';
+
+export type StreamHeaderInit = Omit<StreamHeader, 'version'> & { version?: number };
+
+export class StreamEncoder {
+  readonly header: StreamHeader;
+  readonly blockBytes: number;
+  private seq = 0;
+  private hash: Hash = createHash('sha256');
+  private lastEnd = 0;
+  private lastDataBlock = -1;
+  private ended = false;
+  /** Counters so far (what the end record says: the end record itself is not counted). */
+  readonly counts = { records: 0, dataBlocks: 0, discardBlocks: 0, dataBytes: 0, streamBytes: 0 };
+
+  constructor(header: StreamHeaderInit) {
+    this.header = { version: FORMAT_VERSION, ...header };
+    this.blockBytes = this.header.dataBlockSize * SECTOR_SIZE;
+  }
+
+  private live(): void {
+    if (this.ended) throw new Error('stream already ended');
+    if (this.seq === 0) throw new Error('the header record comes first, and only once');
+  }
+
+  private emit(type: RecordType, payload: Uint8Array[]): Buffer[] {
+    if (this.ended) throw new Error('stream already ended');
+    if ((this.seq === 0) !== (type === RecordType.Header)) throw new Error('the header record comes first, and only once');
+    const parts = encodeRecord(type, this.seq++, payload);
+    // The end record is not part of the digest (it carries it).
+    if (type === RecordType.End) return parts;
+    for (const p of parts) {
+      this.hash.update(p);
+      this.counts.streamBytes += p.length;
+    }
+    this.counts.records++;
+    return parts;
+  }
+
+  /** The header record; call first. */
+  start(): Buffer[] {
+    return this.emit(RecordType.Header, [encodeHeaderPayload(this.header)]);
+  }
+
+  /**
+   * A data record: `data` (a whole number of sectors, at most 8 MiB) at
+   * virtual block `block`, `offsetSectors` into it. Ranges must ascend.
+   */
+  data(block: number, offsetSectors: number, data: Uint8Array): Buffer[] {
+    this.live();
+    const start = block * this.blockBytes + offsetSectors * SECTOR_SIZE;
+    const end = start + data.length;
+    if (data.length === 0 || data.length % SECTOR_SIZE !== 0 || data.length > MAX_DATA_BYTES) throw new RangeError(`bad data record length ${data.length}`);
+    if (offsetSectors < 0 || offsetSectors >= this.header.dataBlockSize) throw new RangeError(`bad offset ${offsetSectors} in block`);
+    if (start < this.lastEnd || end > this.header.deviceSize) throw new RangeError(`data range [${start}, ${end}) out of order or beyond the device`);
+    const first = block;
+    const last = Math.floor((end - 1) / this.blockBytes);
+    this.counts.dataBlocks += last - first + 1 - (first === this.lastDataBlock ? 1 : 0);
+    this.lastDataBlock = last;
+    this.counts.dataBytes += data.length;
+    this.lastEnd = end;
+    return this.emit(RecordType.Data, [encodeDataPrefix(block, offsetSectors, data.length / SECTOR_SIZE), data]);
+  }
+
+  /** A discard record: `count` blocks from `block` read back as zeros (clipped at the device's end). */
+  discard(block: number, count: number): Buffer[] {
+    this.live();
+    const start = block * this.blockBytes;
+    const blocks = Math.ceil(this.header.deviceSize / this.blockBytes);
+    if (count < 1 || start < this.lastEnd || block + count > blocks) throw new RangeError(`discard of blocks [${block}, ${block + count}) out of order or beyond the device`);
+    this.counts.discardBlocks += count;
+    this.lastEnd = Math.min(this.header.deviceSize, (block + count) * this.blockBytes);
+    return this.emit(RecordType.Discard, [encodeDiscardPayload(block, count)]);
+  }
+
+  /** The end record: counts and the digest of everything before it. */
+  finish(): { parts: Buffer[]; end: EndRecord } {
+    const end: EndRecord = { ...this.counts, sha256: this.hash.digest() };
+    const parts = this.emit(RecordType.End, [encodeEndPayload(end)]);
+    this.ended = true;
+    return { parts, end };
+  }
+}

@@ -1,0 +1,290 @@
+/**
+ * The send/receive stream, format version 1: constants and the codecs of the
+ * record header and of each record's payload. No IO, no policy; the layout
+ * is specified in docs/stream-format.md (keep the two in step).
+ */
+import { createHash } from 'node:crypto';
+import { StreamError } from '../errors';
+import { native } from '../native/binding';
+
+/** First 4 bytes of every record. */
+export const RECORD_MAGIC = Buffer.from('DMTR', 'latin1');
+/** First 8 bytes of the header record's payload. */
+export const STREAM_MAGIC = Buffer.from('DMTHSTRM', 'latin1');
+export const FORMAT_VERSION = 1;
+
+export const RECORD_HEADER_SIZE = 24;
+export const SECTOR_SIZE = 512;
+/** Data bytes in one data record, at most: bounds memory on both sides. */
+export const MAX_DATA_BYTES = 8 << 20;
+export const DATA_PREFIX_SIZE = 16;
+export const DISCARD_PAYLOAD_SIZE = 16;
+export const END_PAYLOAD_SIZE = 72;
+export const HEADER_FIXED_SIZE = 32;
+export const MAX_HEADER_PAYLOAD = 4096;
+export const MAX_POOL_ID_BYTES = 1024;
+/** Thin-pool limits on the data block size, in sectors. */
+export const MIN_DATA_BLOCK_SECTORS = 128;
+export const MAX_DATA_BLOCK_SECTORS = 2097152;
+
+export const HEADER_FLAG_INCREMENTAL = 1;
+
+export enum RecordType {
+  Header = 1,
+  Data = 2,
+  Discard = 3,
+  End = 4,
+}
+
+/**
+ * What a stream's snapshot (or its base) is: enough to tell, on the receiving
+ * side, that an incremental stream starts from what the target holds.
+ * Not the snapshotted time: taking a snapshot of a snapshot changes it.
+ */
+export interface SnapshotIdentity {
+  /** The pool: the dm uuid (or name) of a live pool, or a label for an offline image. */
+  pool: string;
+  devId: number;
+  /** Details tree: pool time when the device was created. */
+  creationTime: number;
+  /** Details tree: pool transaction id when the device was created. */
+  transactionId: bigint;
+}
+
+export interface StreamHeader {
+  version: number;
+  /** Data block size of the source pool, in 512-byte sectors. */
+  dataBlockSize: number;
+  /** Size of the sent device in bytes (a multiple of 512). */
+  deviceSize: number;
+  target: SnapshotIdentity;
+  /** The snapshot the stream is a delta against; null for a full stream. */
+  base: SnapshotIdentity | null;
+}
+
+export interface EndRecord {
+  /** Records before the end record (the header included). */
+  records: number;
+  /** Virtual blocks carried by data records (a block split over several records counts once). */
+  dataBlocks: number;
+  /** Virtual blocks covered by discard records. */
+  discardBlocks: number;
+  /** Data bytes carried by data records. */
+  dataBytes: number;
+  /** Bytes of the stream before the end record. */
+  streamBytes: number;
+  /** SHA-256 of those bytes. */
+  sha256: Buffer;
+}
+
+const TWO32 = 2 ** 32;
+
+export function writeU64(b: Buffer, off: number, v: number): void {
+  b.writeUInt32LE(v % TWO32, off);
+  b.writeUInt32LE(Math.floor(v / TWO32), off + 4);
+}
+
+/** A u64 that must fit a double exactly (< 2^53), else null. */
+export function readU64(b: Buffer, off: number): number | null {
+  const hi = b.readUInt32LE(off + 4);
+  if (hi >= 2 ** 21) return null;
+  return hi * TWO32 + b.readUInt32LE(off);
+}
+
+/** CRC-32C (standard: seed ~0, final inversion) of several parts as one. */
+export function crc32cOf(parts: readonly Uint8Array[]): number {
+  const crc32c = native().crc32c;
+  let c = 0xffffffff;
+  for (const p of parts) c = crc32c(p, c, true);
+  return ~c >>> 0;
+}
+
+// ---------------------------------------------------------------- record header
+
+export interface RecordHeader {
+  type: number;
+  flags: number;
+  length: number;
+  seq: number;
+  crc: number;
+}
+
+/**
+ * A sealed record: the 24-byte header (its CRC covering header bytes [0, 20)
+ * and the payload) followed by the payload parts, unchanged.
+ */
+export function encodeRecord(type: number, seq: number, payload: readonly Uint8Array[], flags = 0): Buffer[] {
+  const length = payload.reduce((n, p) => n + p.length, 0);
+  const h = Buffer.alloc(RECORD_HEADER_SIZE);
+  RECORD_MAGIC.copy(h, 0);
+  h.writeUInt16LE(type, 4);
+  h.writeUInt16LE(flags, 6);
+  h.writeUInt32LE(length, 8);
+  writeU64(h, 12, seq);
+  h.writeUInt32LE(crc32cOf([h.subarray(0, 20), ...payload]), 20);
+  return [h, ...payload.map((p) => (Buffer.isBuffer(p) ? p : Buffer.from(p.buffer, p.byteOffset, p.length)))];
+}
+
+/** The fields of a record header; magic is checked by the caller. */
+export function decodeRecordHeader(h: Buffer): RecordHeader {
+  return {
+    type: h.readUInt16LE(4),
+    flags: h.readUInt16LE(6),
+    length: h.readUInt32LE(8),
+    seq: readU64(h, 12) ?? -1,
+    crc: h.readUInt32LE(20),
+  };
+}
+
+// ---------------------------------------------------------------- identities
+
+/** Canonical bytes of an identity (the same encoding as in the header record). */
+export function encodeIdentity(id: SnapshotIdentity): Buffer {
+  const pool = Buffer.from(id.pool, 'utf8');
+  if (pool.length > MAX_POOL_ID_BYTES) throw new RangeError(`pool identity longer than ${MAX_POOL_ID_BYTES} bytes`);
+  if (!Number.isInteger(id.devId) || id.devId < 0 || id.devId >= TWO32) throw new RangeError(`bad device id ${id.devId}`);
+  if (!Number.isInteger(id.creationTime) || id.creationTime < 0 || id.creationTime >= TWO32) throw new RangeError(`bad creation time ${id.creationTime}`);
+  const b = Buffer.alloc(18 + pool.length);
+  b.writeBigUInt64LE(BigInt.asUintN(64, id.transactionId), 0);
+  b.writeUInt32LE(id.devId, 8);
+  b.writeUInt32LE(id.creationTime, 12);
+  b.writeUInt16LE(pool.length, 16);
+  pool.copy(b, 18);
+  return b;
+}
+
+/** A stable key for an identity: SHA-256 (hex) of its canonical bytes. */
+export function identityKey(id: SnapshotIdentity): string {
+  return createHash('sha256').update(encodeIdentity(id)).digest('hex');
+}
+
+export function sameIdentity(a: SnapshotIdentity, b: SnapshotIdentity): boolean {
+  return a.pool === b.pool && a.devId === b.devId && a.creationTime === b.creationTime && a.transactionId === b.transactionId;
+}
+
+export function describeIdentity(id: SnapshotIdentity): string {
+  return `device ${id.devId} of ${id.pool} (created at time ${id.creationTime}, transaction ${id.transactionId})`;
+}
+
+function decodeIdentity(b: Buffer, off: number, fail: (m: string) => never): { id: SnapshotIdentity; next: number } {
+  if (off + 18 > b.length) fail('header record too short for a snapshot identity');
+  const len = b.readUInt16LE(off + 16);
+  if (len > MAX_POOL_ID_BYTES) fail(`pool identity of ${len} bytes (at most ${MAX_POOL_ID_BYTES})`);
+  if (off + 18 + len > b.length) fail('header record too short for its pool identity');
+  const poolBytes = b.subarray(off + 18, off + 18 + len);
+  const pool = poolBytes.toString('utf8');
+  // Canonical: the text must survive a round trip, so equal identities have equal bytes.
+  if (!Buffer.from(pool, 'utf8').equals(poolBytes)) fail('pool identity is not valid UTF-8');
+  return {
+    id: {
+      pool,
+      devId: b.readUInt32LE(off + 8),
+      creationTime: b.readUInt32LE(off + 12),
+      transactionId: b.readBigUInt64LE(off),
+    },
+    next: off + 18 + len,
+  };
+}
+
+// ---------------------------------------------------------------- header record
+
+export function encodeHeaderPayload(h: StreamHeader): Buffer {
+  checkDataBlockSize(h.dataBlockSize);
+  if (!Number.isSafeInteger(h.deviceSize) || h.deviceSize < 0 || h.deviceSize % SECTOR_SIZE !== 0) {
+    throw new RangeError(`device size ${h.deviceSize} is not a whole number of sectors`);
+  }
+  const fixed = Buffer.alloc(HEADER_FIXED_SIZE);
+  STREAM_MAGIC.copy(fixed, 0);
+  fixed.writeUInt32LE(h.version, 8);
+  fixed.writeUInt32LE(h.base ? HEADER_FLAG_INCREMENTAL : 0, 12);
+  fixed.writeUInt32LE(h.dataBlockSize, 16);
+  writeU64(fixed, 24, h.deviceSize);
+  const parts = [fixed, encodeIdentity(h.target)];
+  if (h.base) parts.push(encodeIdentity(h.base));
+  const out = Buffer.concat(parts);
+  if (out.length > MAX_HEADER_PAYLOAD) throw new RangeError('header record too large');
+  return out;
+}
+
+export function checkDataBlockSize(s: number): void {
+  if (!Number.isInteger(s) || s < MIN_DATA_BLOCK_SECTORS || s > MAX_DATA_BLOCK_SECTORS || s % MIN_DATA_BLOCK_SECTORS !== 0) {
+    throw new RangeError(`data block size ${s} sectors is not a thin-pool block size (128..2097152, a multiple of 128)`);
+  }
+}
+
+/** Decodes and checks a header payload whose CRC already matched. */
+export function decodeHeaderPayload(b: Buffer, where: { offset: number; record: number }): StreamHeader {
+  const fail = (m: string): never => {
+    throw new StreamError('malformed', `header record: ${m}`, where);
+  };
+  if (b.length < HEADER_FIXED_SIZE || !b.subarray(0, 8).equals(STREAM_MAGIC)) {
+    throw new StreamError('magic', 'not a dmthin stream (bad stream magic)', where);
+  }
+  const version = b.readUInt32LE(8);
+  if (version !== FORMAT_VERSION) {
+    throw new StreamError('version', `stream format version ${version} is not supported (this build reads version ${FORMAT_VERSION})`, where);
+  }
+  const flags = b.readUInt32LE(12);
+  if (flags & ~HEADER_FLAG_INCREMENTAL) fail(`unknown flags 0x${flags.toString(16)}`);
+  const dataBlockSize = b.readUInt32LE(16);
+  try {
+    checkDataBlockSize(dataBlockSize);
+  } catch (e) {
+    fail((e as Error).message);
+  }
+  if (b.readUInt32LE(20) !== 0) fail('reserved field is not zero');
+  const deviceSize = readU64(b, 24);
+  if (deviceSize === null || deviceSize % SECTOR_SIZE !== 0) fail('device size is not a whole number of sectors below 2^53');
+  const t = decodeIdentity(b, HEADER_FIXED_SIZE, fail);
+  let base: SnapshotIdentity | null = null;
+  let next = t.next;
+  if (flags & HEADER_FLAG_INCREMENTAL) {
+    const bb = decodeIdentity(b, next, fail);
+    base = bb.id;
+    next = bb.next;
+  }
+  if (next !== b.length) fail(`${b.length - next} unexpected bytes at the end`);
+  return { version, dataBlockSize, deviceSize: deviceSize!, target: t.id, base };
+}
+
+// ---------------------------------------------------------------- data, discard, end
+
+/** Data record prefix: virtual block, sector offset inside it, sectors of data that follow. */
+export function encodeDataPrefix(block: number, offsetSectors: number, sectors: number): Buffer {
+  const b = Buffer.alloc(DATA_PREFIX_SIZE);
+  writeU64(b, 0, block);
+  b.writeUInt32LE(offsetSectors, 8);
+  b.writeUInt32LE(sectors, 12);
+  return b;
+}
+
+export function encodeDiscardPayload(block: number, count: number): Buffer {
+  const b = Buffer.alloc(DISCARD_PAYLOAD_SIZE);
+  writeU64(b, 0, block);
+  writeU64(b, 8, count);
+  return b;
+}
+
+export function encodeEndPayload(e: EndRecord): Buffer {
+  const b = Buffer.alloc(END_PAYLOAD_SIZE);
+  writeU64(b, 0, e.records);
+  writeU64(b, 8, e.dataBlocks);
+  writeU64(b, 16, e.discardBlocks);
+  writeU64(b, 24, e.dataBytes);
+  writeU64(b, 32, e.streamBytes);
+  e.sha256.copy(b, 40);
+  return b;
+}
+
+export function decodeEndPayload(b: Buffer, where: { offset: number; record: number }): EndRecord {
+  const f = [0, 8, 16, 24, 32].map((o) => readU64(b, o));
+  if (f.some((v) => v === null)) throw new StreamError('malformed', 'end record: a count exceeds 2^53', where);
+  return {
+    records: f[0]!,
+    dataBlocks: f[1]!,
+    discardBlocks: f[2]!,
+    dataBytes: f[3]!,
+    streamBytes: f[4]!,
+    sha256: Buffer.from(b.subarray(40, 72)),
+  };
+}

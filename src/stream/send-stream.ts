@@ -1,0 +1,212 @@
+/**
+ * The sending side: extents in, stream bytes out, as a Node Readable.
+ *
+ * Data extents are cut into records of at most 8 MiB; records are grouped
+ * into read batches (16 MiB of data by default) that are read from the data
+ * source in one sorted, coalesced call. One batch is read ahead while the
+ * previous one is being consumed, and nothing more: the Readable pulls, so a
+ * slow consumer stops the reads (backpressure) and memory stays at two
+ * batches.
+ */
+import { Readable } from 'node:stream';
+import { AbortError, throwIfAborted } from '../errors';
+import type { ThinMetadata } from '../thin/metadata';
+import type { DataSource } from './data-source';
+import { StreamEncoder } from './encoder';
+import { MAX_DATA_BYTES, SECTOR_SIZE } from './format';
+import { planSend, type SendPlan } from './plan';
+
+export interface SendProgress {
+  /** Blocks sent as data so far. */
+  dataBlocks: number;
+  /** Of how many, when known. */
+  totalDataBlocks?: number;
+  /** Blocks sent as discards so far. */
+  discardBlocks: number;
+  /** Stream bytes produced so far. */
+  bytes: number;
+}
+
+export interface EncodeOptions {
+  signal?: AbortSignal;
+  onProgress?: (p: SendProgress) => void;
+  /** Data bytes read from the source per batch (default 16 MiB, at least one record). */
+  batchBytes?: number;
+  /** Summary once the end record has been produced. */
+  onEnd?: (s: SendSummary) => void;
+}
+
+export interface SendSummary {
+  /** SHA-256 (hex) of the stream before the end record, as the receiver records it. */
+  digest: string;
+  records: number;
+  dataBlocks: number;
+  discardBlocks: number;
+  dataBytes: number;
+  /** Whole stream, end record included. */
+  bytes: number;
+  /** Mapped blocks beyond the device size, not sent. */
+  beyondEnd: number;
+}
+
+type Item =
+  | { kind: 'data'; block: number; offsetSectors: number; src: number; len: number }
+  | { kind: 'discard'; block: number; count: number };
+
+interface Batch {
+  items: Item[];
+  bytes: number;
+  read?: Promise<Buffer>;
+}
+
+const MAX_ITEMS = 4096;
+
+function gcd(a: number, b: number): number {
+  while (b) [a, b] = [b, a % b];
+  return a;
+}
+
+/** Reads a batch's data pieces with one call, in the largest unit that divides them all. */
+function readBatch(source: DataSource, b: Batch): Promise<Buffer> {
+  const pieces = b.items.filter((i): i is Extract<Item, { kind: 'data' }> => i.kind === 'data');
+  if (pieces.length === 0) return Promise.resolve(Buffer.alloc(0));
+  let unit = 0;
+  for (const p of pieces) unit = gcd(gcd(unit, p.src), p.len);
+  unit = gcd(unit, 1 << 30); // the native reader's largest block
+  const blocks: number[] = [];
+  for (const p of pieces) for (let u = p.src / unit, n = p.len / unit; n > 0; n--) blocks.push(u++);
+  return source.readBlocks(unit, blocks);
+}
+
+/** The stream's bytes for a plan, reading data from `source`. */
+export async function* encodeRecords(plan: SendPlan, source: DataSource, opts: EncodeOptions = {}): AsyncGenerator<Buffer> {
+  const enc = new StreamEncoder(plan.header);
+  const { deviceSize } = enc.header;
+  const bs = enc.blockBytes;
+  // Whole blocks per record when blocks are small; 8 MiB pieces of a block otherwise.
+  const pieceMax = bs <= MAX_DATA_BYTES ? Math.floor(MAX_DATA_BYTES / bs) * bs : MAX_DATA_BYTES;
+  const batchMax = Math.max(opts.batchBytes ?? 16 << 20, pieceMax);
+  const progress = (): void =>
+    opts.onProgress?.({ dataBlocks: enc.counts.dataBlocks, totalDataBlocks: plan.totalDataBlocks, discardBlocks: enc.counts.discardBlocks, bytes: enc.counts.streamBytes });
+
+  const queue: Batch[] = [];
+  let cur: Batch = { items: [], bytes: 0 };
+
+  const seal = (): void => {
+    if (cur.items.length === 0) return;
+    cur.read = readBatch(source, cur);
+    cur.read.catch(() => undefined); // awaited in order below; do not report it unhandled meanwhile
+    queue.push(cur);
+    cur = { items: [], bytes: 0 };
+  };
+
+  async function* drain(keep: number): AsyncGenerator<Buffer> {
+    while (queue.length > keep) {
+      const b = queue.shift()!;
+      const data = await b.read!;
+      throwIfAborted(opts.signal);
+      let at = 0;
+      for (const it of b.items) {
+        if (it.kind === 'data') {
+          yield* enc.data(it.block, it.offsetSectors, data.subarray(at, at + it.len));
+          at += it.len;
+        } else {
+          yield* enc.discard(it.block, it.count);
+        }
+      }
+      progress();
+    }
+  }
+
+  throwIfAborted(opts.signal);
+  yield* enc.start();
+  for await (const e of plan.extents) {
+    throwIfAborted(opts.signal);
+    if (e.kind === 'zero') {
+      cur.items.push({ kind: 'discard', block: e.begin, count: e.length });
+    } else {
+      const end = Math.min((e.begin + e.length) * bs, deviceSize);
+      for (let off = e.begin * bs; off < end; ) {
+        const len = Math.min(pieceMax, end - off);
+        const block = Math.floor(off / bs);
+        const inBlock = off - block * bs;
+        cur.items.push({ kind: 'data', block, offsetSectors: inBlock / SECTOR_SIZE, src: e.source * bs + (off - e.begin * bs), len });
+        cur.bytes += len;
+        off += len;
+        if (cur.bytes + pieceMax > batchMax || cur.items.length >= MAX_ITEMS) {
+          seal();
+          yield* drain(1); // one batch reads ahead while this one is consumed
+        }
+      }
+    }
+    if (cur.items.length >= MAX_ITEMS) {
+      seal();
+      yield* drain(1);
+    }
+  }
+  seal();
+  yield* drain(0);
+  const { parts, end } = enc.finish();
+  yield* parts;
+  progress();
+  opts.onEnd?.({
+    digest: end.sha256.toString('hex'),
+    records: end.records,
+    dataBlocks: end.dataBlocks,
+    discardBlocks: end.discardBlocks,
+    dataBytes: end.dataBytes,
+    bytes: end.streamBytes + parts.reduce((n, p) => n + p.length, 0),
+    beyondEnd: plan.beyondEnd.blocks,
+  });
+}
+
+/** A byte Readable over a generator; an abort destroys it (which stops the generator). */
+function toReadable(gen: AsyncGenerator<Buffer>, signal?: AbortSignal): Readable {
+  const r = Readable.from(gen, { objectMode: false, highWaterMark: 1 << 20 });
+  if (signal) {
+    const onAbort = (): void => {
+      r.destroy(new AbortError(undefined, { cause: signal.reason }));
+    };
+    if (signal.aborted) onAbort();
+    else signal.addEventListener('abort', onAbort, { once: true });
+    r.once('close', () => signal.removeEventListener('abort', onAbort));
+  }
+  return r;
+}
+
+/** A Readable of the stream for a plan. Destroying it stops the reads. */
+export function encodeStream(plan: SendPlan, source: DataSource, opts: EncodeOptions = {}): Readable {
+  return toReadable(encodeRecords(plan, source, opts), opts.signal);
+}
+
+export interface SendStreamOptions extends EncodeOptions {
+  /** Metadata to read the mappings from (a file, or a pool's metadata snapshot: it must stay held until the stream ends). */
+  metadata: ThinMetadata;
+  snap: number;
+  base?: number;
+  /** Where the blocks' contents come from. */
+  source: DataSource;
+  /** Pool identity recorded in the stream (default: 'image:' + the metadata path). */
+  poolId?: string;
+  /** Device size in bytes; default: the end of the snapshot's highest mapped block. */
+  deviceSize?: number;
+}
+
+/**
+ * The stream of one snapshot (full) or of its changes since `base`
+ * (incremental), walking the metadata as the stream is consumed.
+ */
+export function sendStream(opts: SendStreamOptions): Readable {
+  async function* gen(): AsyncGenerator<Buffer> {
+    const plan = await planSend(opts.metadata, {
+      snap: opts.snap,
+      base: opts.base,
+      poolId: opts.poolId ?? `image:${opts.metadata.io.path}`,
+      deviceSize: opts.deviceSize,
+      addressing: opts.source.addressing,
+      signal: opts.signal,
+    });
+    yield* encodeRecords(plan, opts.source, opts);
+  }
+  return toReadable(gen(), opts.signal);
+}

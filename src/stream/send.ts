@@ -1,0 +1,223 @@
+/**
+ * send(): one call from a snapshot to a stream.
+ *
+ * From a live pool: reserve the metadata snapshot, compute the extents to
+ * send (the mappings, or the delta against the base) into an ExtentStore,
+ * release the metadata snapshot — before the long part — then read the data
+ * from the snapshot's own thin device: the one already active, or one
+ * activated read-only under a temporary name and removed afterwards. The
+ * temporary device is marked for deferred removal as soon as it is open, so
+ * the kernel removes it when the descriptor closes, even if the process is
+ * killed.
+ *
+ * From an offline image: the metadata file and either the pool's data
+ * device image (`data`, addressed by data block) or an image of the thin
+ * device itself (`device`, addressed by virtual block).
+ */
+import { createWriteStream } from 'node:fs';
+import { unlink } from 'node:fs/promises';
+import { basename } from 'node:path';
+import type { Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { DmthinError, UsageError, throwIfAborted } from '../errors';
+import { native } from '../native/binding';
+import { ThinDevice } from '../pool/thin-device';
+import { ThinPool } from '../pool/thin-pool';
+import { ThinMetadata } from '../thin/metadata';
+import { sectors } from '../units';
+import { withMetadataSnapshot } from './changed-blocks';
+import { NativeDataSource, type DataSource } from './data-source';
+import { ExtentStore } from './extent-store';
+import { SECTOR_SIZE } from './format';
+import { planSend, type SendPlan } from './plan';
+import { encodeStream, type SendProgress, type SendSummary } from './send-stream';
+
+export interface SendProgressEvent extends SendProgress {
+  /** 'metadata': walking mappings (dataBlocks counts blocks classified); 'data': streaming. */
+  phase: 'metadata' | 'data';
+}
+
+interface CommonSendOptions {
+  /** Thin device id of the snapshot. */
+  snap: number;
+  /** Thin device id of the base snapshot: an incremental stream. */
+  base?: number;
+  /** A Writable, or a file path (created or truncated; removed again if the send fails). */
+  output: Writable | string;
+  /** Device size in bytes (default: the active device's size, else the end of the highest mapped block). */
+  deviceSize?: number;
+  /** Pool identity recorded in the stream (default: the pool's dm uuid or name; for images 'image:' + the metadata file name). */
+  poolId?: string;
+  signal?: AbortSignal;
+  onProgress?: (p: SendProgressEvent) => void;
+  /** Data bytes per read batch (default 16 MiB). */
+  batchBytes?: number;
+}
+
+export interface PoolSendOptions extends CommonSendOptions {
+  pool: string | ThinPool;
+  /** Where the extent list is spilled when large (default TMPDIR). */
+  tmpDir?: string;
+}
+
+export interface ImageSendOptions extends CommonSendOptions {
+  /** Metadata device or image. */
+  metadata: string;
+  /** Read through the held metadata snapshot (true, or its block number). */
+  metadataSnap?: boolean | number;
+  /** The pool's data device (or an image of it): blocks are read at their data block. */
+  data?: string;
+  /** The snapshot's thin device (or an image of it): blocks are read at their virtual block. */
+  device?: string;
+}
+
+export type SendOptions = PoolSendOptions | ImageSendOptions;
+
+/** Sends a snapshot (full, or incremental against `base`) to `output`. */
+export async function send(opts: SendOptions): Promise<SendSummary> {
+  return 'pool' in opts ? sendFromPool(opts) : sendFromImage(opts);
+}
+
+/** Pipes the encoded plan into the output; a file output is removed if anything fails. */
+async function stream(plan: SendPlan, source: DataSource, o: CommonSendOptions): Promise<SendSummary> {
+  let summary: SendSummary | undefined;
+  const readable = encodeStream(plan, source, {
+    signal: o.signal,
+    batchBytes: o.batchBytes,
+    onProgress: (p) => o.onProgress?.({ phase: 'data', ...p }),
+    onEnd: (s) => (summary = s),
+  });
+  if (typeof o.output !== 'string') {
+    await pipeline(readable, o.output); // the Readable listens to the signal
+    return summary!;
+  }
+  const path = o.output;
+  try {
+    await pipeline(readable, createWriteStream(path));
+  } catch (e) {
+    await unlink(path).catch(() => undefined);
+    throw e;
+  }
+  return summary!;
+}
+
+async function sendFromImage(o: ImageSendOptions): Promise<SendSummary> {
+  if ((o.data === undefined) === (o.device === undefined)) throw new UsageError('give exactly one of data (the pool data device) or device (the thin device)');
+  const md = await ThinMetadata.open(o.metadata, { metadataSnap: o.metadataSnap });
+  try {
+    const source = await NativeDataSource.open((o.data ?? o.device)!, { addressing: o.data !== undefined ? 'data' : 'virtual' });
+    try {
+      const plan = await planSend(md, {
+        snap: o.snap,
+        base: o.base,
+        poolId: o.poolId ?? `image:${basename(o.metadata)}`,
+        deviceSize: o.deviceSize ?? (o.device !== undefined ? source.sizeBytes - (source.sizeBytes % SECTOR_SIZE) : undefined),
+        addressing: source.addressing,
+        signal: o.signal,
+        onProgress: (p) => o.onProgress?.({ phase: 'metadata', dataBlocks: p.blocks, discardBlocks: 0, bytes: 0 }),
+      });
+      return await stream(plan, source, o);
+    } finally {
+      await source.close();
+    }
+  } finally {
+    await md.close();
+  }
+}
+
+async function sendFromPool(o: PoolSendOptions): Promise<SendSummary> {
+  const pool = typeof o.pool === 'string' ? await ThinPool.open(o.pool) : o.pool;
+  const info = await pool.info();
+  const poolId = o.poolId ?? (info.uuid ? `dm-uuid:${info.uuid}` : `dm-name:${pool.name}`);
+  const active = (await pool.activeThins()).find((t) => t.devId === o.snap);
+  let deviceSize = o.deviceSize;
+  if (deviceSize === undefined && active) {
+    deviceSize = (await pool.dm.table(active.name)).reduce((n, t) => n + Number(t.length), 0) * SECTOR_SIZE;
+  }
+
+  await using store = new ExtentStore({ tmpDir: o.tmpDir });
+  // The metadata snapshot is held only for the walk, not for the data copy.
+  const header = await withMetadataSnapshot(pool, async (md) => {
+    const p = await planSend(md, {
+      snap: o.snap,
+      base: o.base,
+      poolId,
+      deviceSize,
+      addressing: 'virtual',
+      signal: o.signal,
+      onProgress: (x) => o.onProgress?.({ phase: 'metadata', dataBlocks: x.blocks, discardBlocks: 0, bytes: 0 }),
+    });
+    for await (const e of p.extents) await store.add(e);
+    await store.seal();
+    return { header: p.header, beyondEnd: p.beyondEnd };
+  });
+  throwIfAborted(o.signal);
+  const plan: SendPlan = { header: header.header, extents: store, totalDataBlocks: store.totals.dataBlocks, beyondEnd: header.beyondEnd };
+  const size = plan.header.deviceSize;
+
+  if (active || size === 0) {
+    const source = active ? await NativeDataSource.open(`${pool.dm.devDir}/${active.name}`, { addressing: 'virtual' }) : emptySource;
+    try {
+      return await stream(plan, source, o);
+    } finally {
+      await source.close?.();
+    }
+  }
+  const tmp = await activateTemporary(pool, o.snap, size);
+  try {
+    return await stream(plan, tmp.source, o);
+  } finally {
+    await tmp.dispose();
+  }
+}
+
+const emptySource: DataSource = {
+  addressing: 'virtual',
+  readBlocks: () => Promise.reject(new DmthinError('EIO', 'nothing to read from an empty device')),
+};
+
+/** The snapshot activated read-only under a temporary name, open for reading. */
+async function activateTemporary(pool: ThinPool, devId: number, bytes: number): Promise<{ source: NativeDataSource; dispose(): Promise<void> }> {
+  const name = `dmthin-send-${process.pid}-${devId}-${Math.random().toString(36).slice(2, 8)}`;
+  const dev = await ThinDevice.activate(pool, { name, devId, length: sectors(bytes / SECTOR_SIZE), readOnly: true });
+  let source: NativeDataSource | undefined;
+  let deferred = false;
+  const dispose = async (): Promise<void> => {
+    await source?.close();
+    if (!deferred) {
+      await removeWithRetry(dev);
+    } else {
+      // Gone with our last descriptor; a node we may have made stays behind without udev.
+      try {
+        native().unlinkNode(dev.path, dev.dev.major, dev.dev.minor);
+      } catch {
+        // udev's node, or already gone
+      }
+    }
+  };
+  try {
+    source = await NativeDataSource.open(dev.path, { addressing: 'virtual' });
+    try {
+      deferred = (await pool.dm.remove(name, { deferred: true })).deferred;
+    } catch {
+      deferred = false; // old kernel: removed explicitly in dispose()
+    }
+    return { source, dispose };
+  } catch (e) {
+    await dispose().catch(() => undefined);
+    throw e;
+  }
+}
+
+async function removeWithRetry(dev: ThinDevice): Promise<void> {
+  // udev may still hold the new device open for a moment (EBUSY).
+  for (let i = 0; ; i++) {
+    try {
+      await dev.deactivate();
+      return;
+    } catch (e) {
+      if ((e as { code?: string }).code !== 'EBUSY' || i >= 20) throw e;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+}

@@ -1,0 +1,80 @@
+/**
+ * Spool: a temp file holding a non-seekable input (a pipe, stdin) so the
+ * whole stream can be verified before the target is touched and then read
+ * again to apply it. Removed when closed, and at process exit if the process
+ * ends some other way.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { open, type FileHandle } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DmthinError } from '../errors';
+
+const live = new Set<string>();
+let hooked = false;
+
+function onExit(): void {
+  for (const d of live) rmSync(d, { recursive: true, force: true });
+  live.clear();
+}
+
+export class Spool {
+  private bytes = 0;
+
+  private constructor(
+    private fh: FileHandle | null,
+    private readonly dir: string,
+    readonly path: string,
+  ) {}
+
+  /** A new spool file in `dir` (default: TMPDIR). */
+  static async create(dir?: string): Promise<Spool> {
+    let d: string;
+    try {
+      d = mkdtempSync(join(dir ?? tmpdir(), 'dmthin-spool-'));
+    } catch (e) {
+      const err = e as NodeJS.ErrnoException;
+      throw new DmthinError(err.code ?? 'EIO', `cannot create a spool directory in ${dir ?? tmpdir()}: ${err.message}`, { path: dir ?? tmpdir(), cause: e });
+    }
+    live.add(d);
+    if (!hooked) {
+      hooked = true;
+      process.on('exit', onExit);
+    }
+    const path = join(d, 'stream');
+    try {
+      return new Spool(await open(path, 'wx', 0o600), d, path);
+    } catch (e) {
+      rmSync(d, { recursive: true, force: true });
+      live.delete(d);
+      throw e;
+    }
+  }
+
+  get size(): number {
+    return this.bytes;
+  }
+
+  async write(chunk: Buffer): Promise<void> {
+    if (!this.fh) throw new DmthinError('EBADF', 'spool is closed', { path: this.path });
+    let done = 0;
+    while (done < chunk.length) {
+      const { bytesWritten } = await this.fh.write(chunk, done, chunk.length - done, this.bytes + done);
+      done += bytesWritten;
+    }
+    this.bytes += chunk.length;
+  }
+
+  /** Done writing (the file stays until remove()). */
+  async finish(): Promise<void> {
+    const f = this.fh;
+    this.fh = null;
+    await f?.close();
+  }
+
+  async remove(): Promise<void> {
+    await this.finish().catch(() => undefined);
+    rmSync(this.dir, { recursive: true, force: true });
+    live.delete(this.dir);
+  }
+}

@@ -1,0 +1,127 @@
+/**
+ * The receiving target: what kind it is, and how a range is made to read back
+ * as zeros on it (what a stream's discard records ask for).
+ *
+ *  - regular file: punch a hole (sparse, reads zeros); zero-range or written
+ *    zeros if the filesystem cannot punch;
+ *  - dm-thin device (no external origin): BLKDISCARD unprovisions whole pool
+ *    blocks, which then read as zeros. dm-thin ignores the parts of a discard
+ *    that do not cover a whole pool block, so the range is cut at the device's
+ *    discard granularity and the ragged edges are zeroed instead;
+ *  - any other block device: BLKZEROOUT (BLKDISCARD does not promise zeros
+ *    there), else written zeros.
+ */
+import { readFile, stat } from 'node:fs/promises';
+import { DmthinError } from '../errors';
+import { devNumOf } from '../pool/block-devices';
+import type { BlockWriter } from './block-writer';
+
+export type ZeroMethod = 'auto' | 'discard' | 'zeroout' | 'punch';
+
+export interface TargetInfo {
+  path: string;
+  exists: boolean;
+  blockDevice: boolean;
+  /** Regular file size from stat (block devices: see the writer). */
+  fileSize?: number;
+  dev?: { major: number; minor: number };
+  /** A dm thin device without an external origin: discarded blocks read as zeros. */
+  thin: boolean;
+  /** Bytes (0 = unknown or no discard support). */
+  discardGranularity: number;
+}
+
+async function sysfs(dev: { major: number; minor: number }, rel: string): Promise<string | undefined> {
+  try {
+    return (await readFile(`/sys/dev/block/${dev.major}:${dev.minor}/${rel}`, 'utf8')).trim();
+  } catch {
+    return undefined;
+  }
+}
+
+/** Is this block device a dm thin volume without an external origin? Unknown = no. */
+async function isPlainThin(dev: { major: number; minor: number }): Promise<boolean> {
+  const name = await sysfs(dev, 'dm/name');
+  if (!name) return false;
+  try {
+    // Loaded lazily: only receives onto dm devices need the dm ioctls.
+    const { DeviceMapper } = require('../dm/device-mapper') as typeof import('../dm/device-mapper');
+    const { parseThinTable, THIN_TARGET } = require('../dm/targets/thin') as typeof import('../dm/targets/thin');
+    const t = await new DeviceMapper().table({ dev });
+    return t.length === 1 && t[0].type === THIN_TARGET && parseThinTable(t[0].params).externalOriginDev === undefined;
+  } catch {
+    return false;
+  }
+}
+
+export async function inspectTarget(path: string): Promise<TargetInfo> {
+  let st;
+  try {
+    st = await stat(path);
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    if (err.code === 'ENOENT') return { path, exists: false, blockDevice: false, thin: false, discardGranularity: 0 };
+    throw new DmthinError(err.code ?? 'EIO', `${path}: ${err.message}`, { path, syscall: 'stat', cause: e });
+  }
+  if (st.isBlockDevice()) {
+    const dev = await devNumOf(path);
+    const max = Number((await sysfs(dev, 'queue/discard_max_bytes')) ?? 0);
+    const gran = max > 0 ? Number((await sysfs(dev, 'queue/discard_granularity')) ?? 0) : 0;
+    return { path, exists: true, blockDevice: true, dev, thin: await isPlainThin(dev), discardGranularity: gran };
+  }
+  if (!st.isFile()) throw new DmthinError('EINVAL', `${path} is not a regular file or block device`, { path });
+  return { path, exists: true, blockDevice: false, fileSize: Number(st.size), thin: false, discardGranularity: 0 };
+}
+
+/** The method 'auto' stands for on this target. */
+export function resolveZeroMethod(t: TargetInfo, m: ZeroMethod = 'auto'): Exclude<ZeroMethod, 'auto'> {
+  if (m !== 'auto') return m;
+  if (!t.blockDevice) return 'punch';
+  return t.thin ? 'discard' : 'zeroout';
+}
+
+const FALLBACK = new Set(['EOPNOTSUPP', 'ENOTSUP', 'EINVAL', 'ENOTTY', 'ENOSYS']);
+
+/**
+ * A function making [offset, offset+length) read as zeros, counting how each
+ * piece was done. Falls back to zeroing (for good) once discards are refused.
+ */
+export function zeroer(writer: BlockWriter, t: TargetInfo, method: Exclude<ZeroMethod, 'auto'>) {
+  const used: Record<string, number> = {};
+  let mode = method;
+  const note = (how: string): void => {
+    used[how] = (used[how] ?? 0) + 1;
+  };
+  const zero = async (off: number, len: number): Promise<void> => {
+    if (len > 0) note(await writer.zeroOut(off, len));
+  };
+  const fn = async (off: number, len: number): Promise<void> => {
+    if (len <= 0) return;
+    if (mode === 'zeroout') return zero(off, len);
+    if (mode === 'punch') {
+      try {
+        note(await writer.discard(off, len));
+      } catch (e) {
+        if (!FALLBACK.has((e as { code?: string }).code ?? '')) throw e;
+        mode = 'zeroout';
+        await zero(off, len);
+      }
+      return;
+    }
+    // discard: whole granules only, edges zeroed.
+    const g = t.discardGranularity > 0 ? t.discardGranularity : 512;
+    const a = Math.ceil(off / g) * g;
+    const b = Math.floor((off + len) / g) * g;
+    if (b <= a) return zero(off, len);
+    try {
+      note(await writer.discard(a, b - a));
+    } catch (e) {
+      if (!FALLBACK.has((e as { code?: string }).code ?? '')) throw e;
+      mode = 'zeroout';
+      return zero(off, len);
+    }
+    await zero(off, a - off);
+    await zero(b, off + len - b);
+  };
+  return Object.assign(fn, { used });
+}

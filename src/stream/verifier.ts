@@ -1,0 +1,258 @@
+/**
+ * StreamVerifier: a push parser that checks everything a stream promises —
+ * framing, every record's CRC, field ranges, record order, the end record's
+ * counts and the SHA-256 of the whole stream — and hands back decoded records.
+ * Chunks may split records anywhere; memory is one record (≤ 8 MiB of data)
+ * beyond the chunk being parsed. Used twice by a receive: once to verify the
+ * whole input before touching the target, once more while applying it.
+ */
+import { createHash, type Hash } from 'node:crypto';
+import { StreamError } from '../errors';
+import {
+  crc32cOf,
+  DATA_PREFIX_SIZE,
+  decodeEndPayload,
+  decodeHeaderPayload,
+  decodeRecordHeader,
+  DISCARD_PAYLOAD_SIZE,
+  END_PAYLOAD_SIZE,
+  type EndRecord,
+  HEADER_FIXED_SIZE,
+  MAX_DATA_BYTES,
+  MAX_HEADER_PAYLOAD,
+  readU64,
+  RECORD_HEADER_SIZE,
+  RECORD_MAGIC,
+  RecordType,
+  SECTOR_SIZE,
+  type StreamHeader,
+} from './format';
+
+interface At {
+  /** Byte offset of the record in the stream. */
+  offset: number;
+  seq: number;
+}
+
+export type StreamRecord =
+  | (At & { type: 'header'; header: StreamHeader })
+  | (At & { type: 'data'; block: number; offsetSectors: number; /** byte offset on the device */ start: number; data: Buffer })
+  | (At & { type: 'discard'; block: number; count: number; /** byte range on the device, clipped at its end */ start: number; length: number })
+  | (At & { type: 'end'; end: EndRecord });
+
+export interface VerifiedStream {
+  header: StreamHeader;
+  end: EndRecord;
+  /** SHA-256 (hex) of the stream before the end record: the stream's identity. */
+  digest: string;
+  /** Length of the whole stream, end record included. */
+  bytes: number;
+}
+
+export interface VerifierOptions {
+  /** Called once the header record has been verified (e.g. to check the target early). */
+  onHeader?: (h: StreamHeader) => void;
+}
+
+const MIN_HEADER_PAYLOAD = HEADER_FIXED_SIZE + 18;
+
+export class StreamVerifier {
+  private pos = 0;
+  private seq = 0;
+  private hdr = Buffer.alloc(RECORD_HEADER_SIZE);
+  private hdrFill = 0;
+  private payload: Buffer | null = null;
+  private payloadFill = 0;
+  private recOffset = 0;
+  private recType = 0;
+  private hash: Hash = createHash('sha256');
+  private _header: StreamHeader | null = null;
+  private blockBytes = 0;
+  private lastEnd = 0;
+  private lastDataBlock = -1;
+  private counts = { dataBlocks: 0, discardBlocks: 0, dataBytes: 0 };
+  private result: VerifiedStream | null = null;
+
+  constructor(private readonly opts: VerifierOptions = {}) {}
+
+  get header(): StreamHeader | null {
+    return this._header;
+  }
+
+  /** Bytes consumed so far. */
+  get position(): number {
+    return this.pos;
+  }
+
+  private fail(reason: ConstructorParameters<typeof StreamError>[0], message: string): never {
+    throw new StreamError(reason, `${message} (record ${this.seq} at byte ${this.recOffset})`, { offset: this.recOffset, record: this.seq });
+  }
+
+  /** Feeds bytes; returns the records completed by them, verified and decoded. */
+  push(chunk: Buffer): StreamRecord[] {
+    const out: StreamRecord[] = [];
+    let i = 0;
+    while (i < chunk.length) {
+      if (this.result) {
+        this.recOffset = this.pos;
+        this.fail('trailing', `${chunk.length - i}+ bytes after the end record`);
+      }
+      if (this.payload === null) {
+        // Record header.
+        if (this.hdrFill === 0) this.recOffset = this.pos;
+        const n = Math.min(RECORD_HEADER_SIZE - this.hdrFill, chunk.length - i);
+        chunk.copy(this.hdr, this.hdrFill, i, i + n);
+        this.hdrFill += n;
+        i += n;
+        this.pos += n;
+        if (this.hdrFill < RECORD_HEADER_SIZE) break;
+        const len = this.checkHeader();
+        this.payloadFill = 0;
+        if (len === 0) {
+          this.payload = Buffer.alloc(0);
+        } else if (chunk.length - i >= len) {
+          // Whole payload in this chunk: a view, no copy.
+          this.payload = chunk.subarray(i, i + len);
+          this.payloadFill = len;
+          i += len;
+          this.pos += len;
+        } else {
+          this.payload = Buffer.allocUnsafe(len);
+        }
+      } else {
+        const n = Math.min(this.payload.length - this.payloadFill, chunk.length - i);
+        chunk.copy(this.payload, this.payloadFill, i, i + n);
+        this.payloadFill += n;
+        i += n;
+        this.pos += n;
+      }
+      if (this.payload && this.payloadFill === this.payload.length) out.push(this.completeRecord());
+    }
+    return out;
+  }
+
+  /** Call at the end of the input: the verified summary, or why the stream is not whole. */
+  finish(): VerifiedStream {
+    if (!this.result) {
+      const partial = this.hdrFill > 0 || this.payload !== null;
+      if (!partial) this.recOffset = this.pos;
+      // Too short to reach the first record's checks: still tell "not a stream" from "cut short".
+      const seen = this.seq === 0 && this.payload === null ? this.hdrFill : 0;
+      if (seen > 0 && !this.hdr.subarray(0, Math.min(seen, 4)).equals(RECORD_MAGIC.subarray(0, Math.min(seen, 4)))) {
+        this.fail('magic', 'not a dmthin stream (bad record magic)');
+      }
+      this.fail('truncated', `stream ends after ${this.pos} bytes${partial ? ', in the middle of a record' : ''}, before a valid end record`);
+    }
+    return this.result;
+  }
+
+  /** Checks a record header before its payload is read; returns the payload length. */
+  private checkHeader(): number {
+    const h = this.hdr;
+    if (!h.subarray(0, 4).equals(RECORD_MAGIC)) {
+      if (this.seq === 0) this.fail('magic', 'not a dmthin stream (bad record magic)');
+      this.fail('malformed', 'bad record magic');
+    }
+    const r = decodeRecordHeader(h);
+    if (r.type < RecordType.Header || r.type > RecordType.End) this.fail('malformed', `unknown record type ${r.type}`);
+    if (r.flags !== 0) this.fail('malformed', `unknown record flags 0x${r.flags.toString(16)}`);
+    if (r.seq !== this.seq) this.fail('order', `sequence number ${r.seq}, expected ${this.seq}`);
+    if ((this.seq === 0) !== (r.type === RecordType.Header)) this.fail('order', this.seq === 0 ? 'the first record is not a header' : 'a second header record');
+    const len = r.length;
+    const ok =
+      r.type === RecordType.Header
+        ? len >= MIN_HEADER_PAYLOAD && len <= MAX_HEADER_PAYLOAD
+        : r.type === RecordType.Data
+          ? len > DATA_PREFIX_SIZE && len <= DATA_PREFIX_SIZE + MAX_DATA_BYTES && (len - DATA_PREFIX_SIZE) % SECTOR_SIZE === 0
+          : r.type === RecordType.Discard
+            ? len === DISCARD_PAYLOAD_SIZE
+            : len === END_PAYLOAD_SIZE;
+    if (!ok) this.fail('malformed', `record of type ${r.type} with a payload of ${len} bytes`);
+    this.recType = r.type;
+    return len;
+  }
+
+  private completeRecord(): StreamRecord {
+    const payload = this.payload!;
+    this.payload = null;
+    this.hdrFill = 0;
+    const stored = this.hdr.readUInt32LE(20);
+    if (crc32cOf([this.hdr.subarray(0, 20), payload]) !== stored) this.fail('crc', 'CRC-32C mismatch');
+    const at: At = { offset: this.recOffset, seq: this.seq };
+    const where = { offset: this.recOffset, record: this.seq };
+    let rec: StreamRecord;
+    switch (this.recType) {
+      case RecordType.Header: {
+        const header = decodeHeaderPayload(payload, where);
+        this._header = header;
+        this.blockBytes = header.dataBlockSize * SECTOR_SIZE;
+        rec = { ...at, type: 'header', header };
+        break;
+      }
+      case RecordType.Data:
+        rec = this.dataRecord(at, payload);
+        break;
+      case RecordType.Discard:
+        rec = this.discardRecord(at, payload);
+        break;
+      default:
+        rec = this.endRecord(at, payload);
+    }
+    if (rec.type !== 'end') {
+      this.hash.update(this.hdr);
+      this.hash.update(payload);
+    }
+    this.seq++;
+    if (rec.type === 'header') this.opts.onHeader?.(rec.header);
+    return rec;
+  }
+
+  private dataRecord(at: At, p: Buffer): StreamRecord {
+    const h = this._header!;
+    const block = readU64(p, 0);
+    const offsetSectors = p.readUInt32LE(8);
+    const sectors = p.readUInt32LE(12);
+    if (block === null) this.fail('malformed', 'data record: block number beyond 2^53');
+    if (offsetSectors >= h.dataBlockSize) this.fail('malformed', `data record: offset ${offsetSectors} sectors is outside a ${h.dataBlockSize}-sector block`);
+    const bytes = p.length - DATA_PREFIX_SIZE;
+    if (sectors * SECTOR_SIZE !== bytes) this.fail('malformed', `data record: says ${sectors} sectors but carries ${bytes} bytes`);
+    const start = block * this.blockBytes + offsetSectors * SECTOR_SIZE;
+    const end = start + bytes;
+    if (!Number.isSafeInteger(end) || end > h.deviceSize) this.fail('malformed', `data record: bytes [${start}, ${end}) are beyond the device (${h.deviceSize} bytes)`);
+    if (start < this.lastEnd) this.fail('order', `data record at byte ${start} overlaps or precedes the previous record (ends at ${this.lastEnd})`);
+    const last = Math.floor((end - 1) / this.blockBytes);
+    this.counts.dataBlocks += last - block + 1 - (block === this.lastDataBlock ? 1 : 0);
+    this.counts.dataBytes += bytes;
+    this.lastDataBlock = last;
+    this.lastEnd = end;
+    return { ...at, type: 'data', block, offsetSectors, start, data: p.subarray(DATA_PREFIX_SIZE) };
+  }
+
+  private discardRecord(at: At, p: Buffer): StreamRecord {
+    const h = this._header!;
+    const block = readU64(p, 0);
+    const count = readU64(p, 8);
+    if (block === null || count === null || count === 0) this.fail('malformed', 'discard record: bad block range');
+    const blocks = Math.ceil(h.deviceSize / this.blockBytes);
+    if (block + count > blocks) this.fail('malformed', `discard record: blocks [${block}, ${block + count}) are beyond the device (${blocks} blocks)`);
+    const start = block * this.blockBytes;
+    if (start < this.lastEnd) this.fail('order', `discard record at byte ${start} overlaps or precedes the previous record (ends at ${this.lastEnd})`);
+    const end = Math.min(h.deviceSize, (block + count) * this.blockBytes);
+    this.counts.discardBlocks += count;
+    this.lastEnd = end;
+    return { ...at, type: 'discard', block, count, start, length: end - start };
+  }
+
+  private endRecord(at: At, p: Buffer): StreamRecord {
+    const end = decodeEndPayload(p, { offset: at.offset, record: at.seq });
+    const want = { records: this.seq, streamBytes: at.offset, ...this.counts };
+    for (const [k, v] of Object.entries(want)) {
+      const got = end[k as keyof typeof want];
+      if (got !== v) this.fail('counts', `end record says ${k} = ${got}, the stream has ${v}`);
+    }
+    const digest = this.hash.digest();
+    if (!digest.equals(end.sha256)) this.fail('digest', 'SHA-256 of the stream does not match the end record');
+    this.result = { header: this._header!, end, digest: digest.toString('hex'), bytes: at.offset + RECORD_HEADER_SIZE + END_PAYLOAD_SIZE };
+    return { ...at, type: 'end', end };
+  }
+}

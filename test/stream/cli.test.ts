@@ -1,0 +1,129 @@
+/**
+ * `dmthin send` / `dmthin receive` as a user runs them (the built CLI in a
+ * child process): offline images, files and pipes, exit status 0/1 with one
+ * line on stderr, and a SIGTERM in the middle of a piped receive.
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { CLI, runCli } from '../cli/run-cli';
+import { ThinMetadata } from '../../src/thin/metadata';
+import { fixtureImage } from '../helpers/fixtures';
+import { expectedSha, patternBlock, scratch, sha256File, writeDataFile, type Scratch } from './helpers';
+
+const BS = 65536;
+const FIX = 'metadata-snap-diverged';
+let s: Scratch;
+let md: ThinMetadata;
+let meta: string;
+let data: string;
+
+beforeAll(async () => {
+  s = scratch();
+  const image = fixtureImage(FIX);
+  meta = s.path('meta.bin');
+  data = s.path('data.bin');
+  writeFileSync(meta, image);
+  await writeDataFile(image, data, BS);
+  md = await ThinMetadata.fromBuffer(image);
+});
+afterAll(async () => {
+  await md.close();
+  s.cleanup();
+});
+
+function sh(cmd: string): { status: number | null; stdout: string; stderr: string } {
+  const r = spawnSync('sh', ['-c', cmd], { encoding: 'utf8', timeout: 60_000 });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+const dmthin = `'${process.execPath}' '${CLI}'`;
+const SIZE = 300 * BS;
+
+test('send to a file, receive it; then an incremental through a pipe', async () => {
+  const t = s.path('t1');
+  const stream = s.path('full4.s');
+  let r = runCli(['send', '--metadata', meta, '--data', data, '--snap', '4', '--size', `${SIZE / 1024}K`, '-o', stream, '-q']);
+  expect([r.status, r.stderr]).toEqual([0, '']);
+  r = runCli(['receive', '--target', t, '--input', stream, '--create', '--json', '-q']);
+  expect(r.status).toBe(0);
+  expect(JSON.parse(r.stdout)).toMatchObject({ header: { deviceSize: SIZE, target: { devId: 4, pool: 'image:meta.bin' }, base: null }, spooled: false, created: true });
+  expect(sha256File(t)).toBe(await expectedSha(md, 4, SIZE));
+
+  const p = sh(`${dmthin} send --metadata '${meta}' --data '${data}' --snap 1 --base 4 --size ${SIZE} | ${dmthin} receive --target '${t}' --spool-dir '${s.dir}'`);
+  expect([p.status, p.stderr]).toEqual([0, '']);
+  expect(sha256File(t)).toBe(await expectedSha(md, 1, SIZE));
+});
+
+test('through the held metadata snapshot, from a device image (virtual addressing)', async () => {
+  // The "device": what thin device 2 of the held snapshot reads as.
+  const held = await ThinMetadata.fromBuffer(fixtureImage(FIX), { metadataSnap: true });
+  const dev = s.path('dev2.img');
+  const img = Buffer.alloc(SIZE);
+  for await (const m of held.mappings(2)) for (let i = 0; i < m.length; i++) patternBlock(m.dataBegin + i, BS).copy(img, (Number(m.originBegin) + i) * BS);
+  writeFileSync(dev, img);
+  const t = s.path('t2');
+  const p = sh(`${dmthin} send --metadata '${meta}' -m --device '${dev}' --snap 2 | ${dmthin} receive --target '${t}' --create`);
+  expect([p.status, p.stderr]).toEqual([0, '']);
+  expect(sha256File(t)).toBe(await expectedSha(held, 2, SIZE));
+  await held.close();
+});
+
+test('refusals: exit 1, one line on stderr, target unchanged', () => {
+  const t = s.path('t3');
+  const full = s.path('full1.s');
+  expect(runCli(['send', '--metadata', meta, '--data', data, '--snap', '1', '--size', String(SIZE), '-o', full]).status).toBe(0);
+  expect(runCli(['receive', '--target', t, '-i', full, '--create']).status).toBe(0);
+  const before = sha256File(t);
+  const inc = s.path('inc6from2.s');
+  expect(runCli(['send', '--metadata', meta, '--data', data, '--snap', '6', '--base', '2', '--size', String(SIZE), '-o', inc]).status).toBe(0);
+
+  const wrongBase = runCli(['receive', '--target', t, '-i', inc]);
+  expect(wrongBase.status).toBe(1);
+  expect(wrongBase.stderr.trim().split('\n')).toHaveLength(1);
+  expect(wrongBase.stderr).toMatch(/^dmthin receive: incremental stream against device 2 .*\[ESTALE\]\n$/);
+
+  const cut = s.path('cut.s');
+  writeFileSync(cut, readFileSync(full).subarray(0, 100_000));
+  const trunc = runCli(['receive', '--target', t, '-i', cut]);
+  expect([trunc.status, /before a valid end record.*\[EBADMSG\]/.test(trunc.stderr)]).toEqual([1, true]);
+
+  const small = s.path('small');
+  writeFileSync(small, Buffer.alloc(4096));
+  expect(runCli(['receive', '--target', small, '-i', full]).stderr).toMatch(/\[ENOSPC\]/);
+  expect(sha256File(t)).toBe(before);
+
+  // Forced, it applies.
+  expect(runCli(['receive', '--target', t, '-i', inc, '--force']).status).toBe(0);
+});
+
+test('usage errors', () => {
+  const both = runCli(['send', '--pool', 'p', '--metadata', meta, '--snap', '1']);
+  expect([both.status, both.stderr]).toEqual([1, expect.stringMatching(/^dmthin send: give --pool .* not both \[EINVAL\]\n$/)]);
+  expect(runCli(['send', '--metadata', meta, '--snap', '1', '-o', s.path('x')]).stderr).toMatch(/--data .* or --device/);
+  expect(runCli(['send', '--metadata', meta, '--data', data, '--snap', '99', '-o', s.path('x')]).stderr).toMatch(/no thin device 99.*\[ENODEV\]/);
+  expect(runCli(['send', '--metadata', meta, '--data', data, '--snap', '1', '--size', '12x']).status).toBe(1);
+  expect(runCli(['receive', '--target', s.path('x'), '-i', meta, '--discard', 'shred']).stderr).toMatch(/unknown --discard method/);
+  expect(runCli(['receive', '--target', s.path('nope'), '-i', meta]).stderr).toMatch(/not a dmthin stream/);
+});
+
+test('SIGTERM during a piped receive: exit 143, spool removed, target untouched', async () => {
+  const spool = s.path('spool-sig');
+  mkdirSync(spool);
+  const t = s.path('t4');
+  writeFileSync(t, Buffer.alloc(SIZE, 1));
+  expect(runCli(['send', '--metadata', meta, '--data', data, '--snap', '1', '--size', String(SIZE), '-o', s.path('sig.s')]).status).toBe(0);
+  const full = readFileSync(s.path('sig.s'));
+  const child = spawn(process.execPath, [CLI, 'receive', '--target', t, '--spool-dir', spool], { stdio: ['pipe', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (d) => (stderr += d));
+  child.stdin.write(full.subarray(0, full.length >> 1));
+  // Wait until the spool holds something, then interrupt.
+  for (let i = 0; i < 100 && readdirSync(spool).length === 0; i++) await new Promise((r) => setTimeout(r, 50));
+  await new Promise((r) => setTimeout(r, 200));
+  child.kill('SIGTERM');
+  const code = await new Promise<number | null>((r) => child.on('close', (c) => r(c)));
+  expect(code).toBe(143);
+  expect(stderr).toMatch(/interrupted/);
+  expect(readdirSync(spool)).toEqual([]);
+  expect(readFileSync(t).every((b) => b === 1)).toBe(true);
+});

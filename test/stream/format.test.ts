@@ -1,0 +1,304 @@
+/**
+ * The stream format on its own: payload codecs, the encoder's invariants,
+ * and the verifier against encoded streams split at arbitrary points, plus
+ * every way a stream can be refused that does not need a target.
+ */
+import fc from 'fast-check';
+import { StreamError } from '../../src/errors';
+import { StreamEncoder, type StreamHeaderInit } from '../../src/stream/encoder';
+import {
+  crc32cOf,
+  decodeHeaderPayload,
+  encodeEndPayload,
+  encodeHeaderPayload,
+  encodeRecord,
+  decodeEndPayload,
+  identityKey,
+  MAX_DATA_BYTES,
+  RECORD_HEADER_SIZE,
+  RecordType,
+  type SnapshotIdentity,
+  type StreamHeader,
+} from '../../src/stream/format';
+import { StreamVerifier, type StreamRecord } from '../../src/stream/verifier';
+
+const where = { offset: 0, record: 0 };
+const id = (devId: number, extra: Partial<SnapshotIdentity> = {}): SnapshotIdentity => ({ pool: 'dm-uuid:LVM-abc-tpool', devId, creationTime: devId * 2, transactionId: BigInt(devId) * 7n, ...extra });
+
+function header(o: Partial<StreamHeaderInit> = {}): StreamHeaderInit {
+  return { dataBlockSize: 128, deviceSize: 64 * 65536, target: id(2), base: id(1), ...o };
+}
+
+/** Every record of a whole stream, through a verifier fed in the given chunk sizes. */
+function verify(bytes: Buffer, cuts: number[] = []): { records: StreamRecord[]; summary: ReturnType<StreamVerifier['finish']> } {
+  const v = new StreamVerifier();
+  const records: StreamRecord[] = [];
+  let at = 0;
+  for (const c of [...cuts.filter((x) => x > 0 && x < bytes.length).sort((a, b) => a - b), bytes.length]) {
+    if (c > at) records.push(...v.push(bytes.subarray(at, c)));
+    at = Math.max(at, c);
+  }
+  return { records, summary: v.finish() };
+}
+
+function refusal(f: () => unknown): StreamError {
+  try {
+    f();
+  } catch (e) {
+    expect(e).toBeInstanceOf(StreamError);
+    return e as StreamError;
+  }
+  throw new Error('expected a StreamError');
+}
+
+function small(): Buffer {
+  const e = new StreamEncoder(header());
+  const parts = [...e.start(), ...e.data(0, 0, Buffer.alloc(65536, 1)), ...e.discard(1, 3), ...e.data(4, 64, Buffer.alloc(512, 2)), ...e.finish().parts];
+  return Buffer.concat(parts);
+}
+
+/** Re-seals the record at `off` after `edit` changed its bytes (so only the semantic check can catch it). */
+function reseal(stream: Buffer, off: number, edit: (rec: Buffer) => void): Buffer {
+  const s = Buffer.from(stream);
+  const len = s.readUInt32LE(off + 8);
+  const rec = s.subarray(off, off + RECORD_HEADER_SIZE + len);
+  edit(rec);
+  rec.writeUInt32LE(crc32cOf([rec.subarray(0, 20), rec.subarray(RECORD_HEADER_SIZE)]), 20);
+  return s;
+}
+
+/** Byte offsets of the records of a stream. */
+function offsets(s: Buffer): number[] {
+  const out: number[] = [];
+  for (let o = 0; o < s.length; o += RECORD_HEADER_SIZE + s.readUInt32LE(o + 8)) out.push(o);
+  return out;
+}
+
+describe('codecs', () => {
+  test('CRC-32C is the Castagnoli check value', () => {
+    expect(crc32cOf([Buffer.from('123456789')])).toBe(0xe3069283);
+    expect(crc32cOf([Buffer.from('1234'), Buffer.from('56789')])).toBe(0xe3069283);
+  });
+
+  test('header payload round trip, full and incremental, edge values', () => {
+    const cases: StreamHeader[] = [
+      { version: 1, dataBlockSize: 128, deviceSize: 0, target: id(0), base: null },
+      { version: 1, dataBlockSize: 2097152, deviceSize: 2 ** 53 - 512, target: id(16777215, { transactionId: 2n ** 64n - 1n, creationTime: 2 ** 32 - 1 }), base: id(3, { pool: 'ünïcødé pool ✓' }) },
+      { version: 1, dataBlockSize: 1024, deviceSize: 512, target: id(5, { pool: '' }), base: id(4, { pool: '' }) },
+    ];
+    for (const h of cases) expect(decodeHeaderPayload(encodeHeaderPayload(h), where)).toEqual(h);
+  });
+
+  test('header payload refusals', () => {
+    const good = encodeHeaderPayload({ version: 1, ...header() });
+    const bad = (edit: (b: Buffer) => void) => {
+      const b = Buffer.from(good);
+      edit(b);
+      return refusal(() => decodeHeaderPayload(b, where));
+    };
+    expect(bad((b) => (b[0] = 0x41)).reason).toBe('magic');
+    expect(bad((b) => b.writeUInt32LE(2, 8))).toMatchObject({ reason: 'version', code: 'EPROTONOSUPPORT' });
+    expect(bad((b) => b.writeUInt32LE(3, 12)).reason).toBe('malformed');
+    expect(bad((b) => b.writeUInt32LE(100, 16)).reason).toBe('malformed');
+    expect(bad((b) => b.writeUInt32LE(1, 20)).reason).toBe('malformed');
+    expect(bad((b) => b.writeUInt32LE(513, 24)).reason).toBe('malformed');
+    expect(bad((b) => b.writeUInt32LE(0, 12)).reason).toBe('malformed'); // base bytes left over
+    expect(refusal(() => decodeHeaderPayload(Buffer.concat([good, Buffer.alloc(1)]), where)).reason).toBe('malformed');
+    expect(() => encodeHeaderPayload({ version: 1, ...header({ dataBlockSize: 129 }) })).toThrow(RangeError);
+    expect(() => encodeHeaderPayload({ version: 1, ...header({ deviceSize: 100 }) })).toThrow(RangeError);
+  });
+
+  test('end payload round trip', () => {
+    const e = { records: 2 ** 40, dataBlocks: 3, discardBlocks: 2 ** 53 - 1, dataBytes: 0, streamBytes: 123456789, sha256: Buffer.alloc(32, 0xab) };
+    expect(decodeEndPayload(encodeEndPayload(e), where)).toEqual(e);
+  });
+
+  test('identity keys are canonical and distinguish every field', () => {
+    const a = id(1);
+    expect(identityKey(a)).toBe(identityKey({ ...a }));
+    for (const b of [id(2), { ...a, pool: 'x' }, { ...a, creationTime: 3 }, { ...a, transactionId: 8n }]) expect(identityKey(b)).not.toBe(identityKey(a));
+  });
+});
+
+describe('encoder invariants', () => {
+  test('refuses what a receiver would refuse', () => {
+    const e = new StreamEncoder(header({ deviceSize: 4 * 65536 }));
+    expect(() => e.data(0, 0, Buffer.alloc(512))).toThrow(/header record comes first/);
+    e.start();
+    expect(() => e.data(0, 0, Buffer.alloc(100))).toThrow(RangeError);
+    expect(() => e.data(0, 0, Buffer.alloc(MAX_DATA_BYTES + 512))).toThrow(RangeError);
+    expect(() => e.data(0, 128, Buffer.alloc(512))).toThrow(RangeError);
+    expect(() => e.data(3, 0, Buffer.alloc(2 * 65536))).toThrow(RangeError); // beyond the device
+    e.data(1, 0, Buffer.alloc(512));
+    expect(() => e.data(0, 0, Buffer.alloc(512))).toThrow(RangeError); // backwards
+    expect(() => e.discard(2, 3)).toThrow(RangeError); // beyond
+    e.discard(2, 2);
+    e.finish();
+    expect(() => e.discard(3, 1)).toThrow(/ended/);
+  });
+
+  test('counts: a block split over records counts once; discards clip at the device end', () => {
+    const e = new StreamEncoder(header({ dataBlockSize: 32768, deviceSize: 3 * 16 * 2 ** 20 - 512 })); // 16 MiB blocks, last one short
+    e.start();
+    e.data(0, 0, Buffer.alloc(MAX_DATA_BYTES));
+    e.data(0, 16384, Buffer.alloc(MAX_DATA_BYTES));
+    e.data(1, 0, Buffer.alloc(4096));
+    e.discard(2, 1);
+    const { end } = e.finish();
+    expect(end).toMatchObject({ records: 5, dataBlocks: 2, discardBlocks: 1, dataBytes: 2 * MAX_DATA_BYTES + 4096 });
+  });
+});
+
+// ---------------------------------------------------------------- streams
+
+interface Op {
+  kind: 'data' | 'discard';
+  gap: number;
+  len: number;
+}
+
+/** Random valid streams: block sizes below and above the 8 MiB record limit, data and discards in order. */
+const streamArb = fc
+  .record({
+    dbs: fc.oneof({ arbitrary: fc.constantFrom(128, 256, 1024), weight: 6 }, { arbitrary: fc.constantFrom(16384, 32768), weight: 1 }),
+    blocks: fc.integer({ min: 1, max: 40 }),
+    tailSectors: fc.integer({ min: 0, max: 127 }),
+    incremental: fc.boolean(),
+    ops: fc.array(fc.record({ kind: fc.constantFrom<'data' | 'discard'>('data', 'discard'), gap: fc.integer({ min: 0, max: 3 }), len: fc.integer({ min: 1, max: 4 }) }), { maxLength: 12 }),
+  })
+  .map((r) => {
+    const bs = r.dbs * 512;
+    // Keep the data small: a few blocks only when blocks are 8 MiB and more.
+    if (r.dbs >= 16384) r = { ...r, blocks: Math.min(r.blocks, 3), ops: r.ops.slice(0, 3).map((o) => ({ ...o, len: 1 })) };
+    const deviceSize = r.blocks * bs - (r.tailSectors < r.dbs ? r.tailSectors * 512 : 0);
+    return { ...r, bs, deviceSize };
+  });
+
+function build(r: { dbs: number; bs: number; blocks: number; deviceSize: number; incremental: boolean; ops: Op[] }) {
+  const enc = new StreamEncoder({ dataBlockSize: r.dbs, deviceSize: r.deviceSize, target: id(9), base: r.incremental ? id(8) : null });
+  const parts = [...enc.start()];
+  const expected: { type: string; start: number; length: number; fill?: number }[] = [];
+  let block = 0;
+  let n = 0;
+  for (const op of r.ops) {
+    block += op.gap;
+    if (block >= r.blocks) break;
+    const len = Math.min(op.len, r.blocks - block);
+    if (op.kind === 'discard') {
+      parts.push(...enc.discard(block, len));
+      expected.push({ type: 'discard', start: block * r.bs, length: Math.min((block + len) * r.bs, r.deviceSize) - block * r.bs });
+    } else {
+      // Whole blocks per record below 8 MiB, 8 MiB pieces above, as the sender cuts them.
+      const end = Math.min((block + len) * r.bs, r.deviceSize);
+      const piece = r.bs <= MAX_DATA_BYTES ? Math.floor(MAX_DATA_BYTES / r.bs) * r.bs : MAX_DATA_BYTES;
+      for (let off = block * r.bs; off < end; ) {
+        const l = Math.min(piece, end - off);
+        const b = Math.floor(off / r.bs);
+        const fill = ++n & 0xff;
+        parts.push(...enc.data(b, (off - b * r.bs) / 512, Buffer.alloc(l, fill)));
+        expected.push({ type: 'data', start: off, length: l, fill });
+        off += l;
+      }
+    }
+    block += len;
+  }
+  const { parts: endParts, end } = enc.finish();
+  return { bytes: Buffer.concat([...parts, ...endParts]), expected, end };
+}
+
+describe('verifier', () => {
+  test('round trip of random streams fed in random chunks', () => {
+    fc.assert(
+      fc.property(streamArb, fc.array(fc.nat(), { maxLength: 8 }), (r, rawCuts) => {
+        const { bytes, expected, end } = build(r);
+        const cuts = rawCuts.map((c) => c % (bytes.length + 1));
+        const { records, summary } = verify(bytes, cuts);
+        expect(records[0]).toMatchObject({ type: 'header', header: { dataBlockSize: r.dbs, deviceSize: r.deviceSize } });
+        const got = records.slice(1, -1).map((x) =>
+          x.type === 'data' ? { type: 'data', start: x.start, length: x.data.length, fill: x.data[0] } : x.type === 'discard' ? { type: 'discard', start: x.start, length: x.length } : x,
+        );
+        expect(got).toEqual(expected);
+        for (const x of records) if (x.type === 'data') expect(x.data.every((b) => b === x.data[0])).toBe(true);
+        expect(summary.end).toEqual(end);
+        expect(summary.bytes).toBe(bytes.length);
+        expect(summary.digest).toBe(end.sha256.toString('hex'));
+      }),
+      { numRuns: 60 },
+    );
+  });
+
+  test('a flipped bit anywhere is refused with a StreamError', () => {
+    fc.assert(
+      fc.property(streamArb, fc.nat(), fc.integer({ min: 0, max: 7 }), fc.array(fc.nat(), { maxLength: 3 }), (r, pos, bit, cuts) => {
+        const { bytes } = build({ ...r, ops: r.ops.map((o) => ({ ...o, len: Math.min(o.len, 2) })) });
+        const bad = Buffer.from(bytes);
+        const p = pos % bad.length;
+        bad[p] ^= 1 << bit;
+        refusal(() => verify(bad, cuts.map((c) => c % bad.length)));
+      }),
+      { numRuns: 150 },
+    );
+  });
+
+  test('every cut short of the whole stream is refused as truncated', () => {
+    const s = small();
+    for (let cut = 1; cut < s.length; cut += cut < 100 ? 1 : 997) {
+      expect(refusal(() => verify(s.subarray(0, cut))).reason).toBe('truncated');
+    }
+    expect(refusal(() => verify(s.subarray(0, s.length - 1))).reason).toBe('truncated');
+    expect(refusal(() => verify(Buffer.alloc(0)))).toMatchObject({ reason: 'truncated', code: 'EBADMSG' });
+    expect(verify(s).summary.bytes).toBe(s.length);
+  });
+
+  test('bad magic, trailing bytes', () => {
+    expect(refusal(() => verify(Buffer.from('hello, this is not a stream at all'))).reason).toBe('magic');
+    expect(refusal(() => verify(Buffer.from('XY'))).reason).toBe('magic');
+    const s = small();
+    expect(refusal(() => verify(Buffer.concat([s, Buffer.alloc(1)])))).toMatchObject({ reason: 'trailing', offset: s.length });
+    expect(refusal(() => verify(Buffer.concat([s, s]))).reason).toBe('trailing');
+  });
+
+  test('re-sealed records: version, type, flags, sequence, ranges, order, counts, digest', () => {
+    const s = small();
+    const [h, d1, disc, d2, end] = offsets(s);
+    const cases: [number, (r: Buffer) => void, string][] = [
+      [h, (r) => r.writeUInt32LE(2, RECORD_HEADER_SIZE + 8), 'version'],
+      [d1, (r) => r.writeUInt16LE(9, 4), 'malformed'],
+      [d1, (r) => r.writeUInt16LE(1, 6), 'malformed'],
+      [d1, (r) => r.writeUInt32LE(7, 12), 'order'], // sequence
+      [d1, (r) => r.writeUInt16LE(RecordType.Header, 4), 'order'], // a second header
+      [disc, (r) => r.writeUInt32LE(64, RECORD_HEADER_SIZE + 8), 'malformed'], // discard beyond the device
+      [disc, (r) => r.writeUInt32LE(0, RECORD_HEADER_SIZE), 'order'], // overlaps the data before
+      [d2, (r) => r.writeUInt32LE(128, RECORD_HEADER_SIZE + 8), 'malformed'], // offset outside the block
+      [d2, (r) => r.writeUInt32LE(2, RECORD_HEADER_SIZE + 12), 'malformed'], // sectors vs bytes
+      [d2, (r) => r.writeUInt32LE(64, RECORD_HEADER_SIZE), 'malformed'], // beyond the device
+      [end, (r) => r.writeUInt32LE(9, RECORD_HEADER_SIZE), 'counts'],
+      [end, (r) => r.writeUInt32LE(0, RECORD_HEADER_SIZE + 16), 'counts'],
+      [end, (r) => (r[RECORD_HEADER_SIZE + 40] ^= 1), 'digest'],
+    ];
+    for (const [off, edit, reason] of cases) expect([reason, refusal(() => verify(reseal(s, off, edit))).reason]).toEqual([reason, reason]);
+    // A second header, a missing header.
+    const hdr = s.subarray(h, d1);
+    expect(refusal(() => verify(Buffer.concat([hdr, hdr]))).reason).toBe('order');
+    expect(refusal(() => verify(s.subarray(d1))).reason).toBe('order');
+    // A record too large to be one.
+    const huge = encodeRecord(RecordType.Data, 1, [Buffer.alloc(16 + MAX_DATA_BYTES + 512)]);
+    expect(refusal(() => verify(Buffer.concat([hdr, ...huge]))).reason).toBe('malformed');
+  });
+
+  test('crc and digest faults carry EILSEQ, the record and its offset', () => {
+    const s = small();
+    const [, d1] = offsets(s);
+    const bad = Buffer.from(s);
+    bad[d1 + RECORD_HEADER_SIZE + 100] ^= 0x10;
+    expect(refusal(() => verify(bad))).toMatchObject({ reason: 'crc', code: 'EILSEQ', record: 1, offset: d1 });
+  });
+
+  test('the header is available before the rest arrives', () => {
+    const s = small();
+    let seen: StreamHeader | null = null;
+    const v = new StreamVerifier({ onHeader: (h) => (seen = h) });
+    v.push(s.subarray(0, offsets(s)[1]));
+    expect(seen).toMatchObject({ target: id(2), base: id(1) });
+  });
+});

@@ -1,0 +1,194 @@
+/**
+ * send/receive on a real thin pool (loop devices, dm-thin), for the root-VM
+ * suite (helpers from test/vm; skipped on the host by describeVm).
+ *
+ * A thin volume is written, snapshotted, changed (overwrites, a discard, new
+ * blocks) and snapshotted again; the snapshots are sent from the pool (full,
+ * then incremental) and received into a file and into another thin volume of
+ * the pool, which must then read exactly like the snapshot. Also: no
+ * metadata snapshot stays held, no temporary dm device is left behind, an
+ * active snapshot is read in place, and the CLI pipeline.
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import { once } from 'node:events';
+import { closeSync, constants, createReadStream, existsSync, openSync } from 'node:fs';
+import { DeviceMapper } from '../../src/dm/device-mapper';
+import { ThinDevice } from '../../src/pool/thin-device';
+import type { ThinPool } from '../../src/pool/thin-pool';
+import { BlockWriter } from '../../src/stream/block-writer';
+import { receive } from '../../src/stream/receive';
+import { send } from '../../src/stream/send';
+import { describeVm, DmSandbox, MiB } from '../vm/helpers';
+import { CLI, createTestPool, sha256OfDevice, waitFor } from '../vm/pool-helpers';
+import { junkFile, sha256File } from './helpers';
+
+const VOL = 32 * MiB;
+const BS = 64 * 1024;
+
+/** Deterministic content for block `b` of write generation `g`. */
+function content(b: number, g: number): Buffer {
+  const buf = Buffer.alloc(BS);
+  for (let i = 0; i < BS; i += 8) {
+    buf.writeUInt32LE(b, i);
+    buf.writeUInt32LE(g * 65536 + i / 8, i + 4);
+  }
+  return buf;
+}
+
+describeVm('send/receive on a live thin pool', () => {
+  let sb: DmSandbox;
+  let pool: ThinPool;
+  let poolName: string;
+
+  async function activate(devId: number, short: string, readOnly = false): Promise<ThinDevice> {
+    return ThinDevice.activate(pool, { name: sb.adopt(short), devId, length: VOL / 512, readOnly });
+  }
+
+  /** What thin `devId` reads as (activated read-only for the occasion). */
+  async function snapshotHash(devId: number): Promise<string> {
+    const d = await activate(devId, `ro${devId}`, true);
+    try {
+      return await sha256OfDevice(d.path, 0, VOL);
+    } finally {
+      await d.deactivate();
+    }
+  }
+
+  async function leftovers(): Promise<string[]> {
+    return (await new DeviceMapper().listDevices()).map((d) => d.name).filter((n) => n.startsWith('dmthin-send-'));
+  }
+
+  async function writeBlocks(path: string, blocks: number[], gen: number): Promise<void> {
+    const w = await BlockWriter.open(path);
+    try {
+      await w.write(blocks.map((b) => ({ offset: b * BS, data: content(b, gen) })));
+      await w.fsync();
+    } finally {
+      w.close();
+    }
+  }
+
+  beforeAll(async () => {
+    sb = new DmSandbox('send-recv');
+    ({ pool, name: poolName } = await createTestPool(sb, { dataBytes: 256 * MiB, metaBytes: 16 * MiB, blockSectors: BS / 512 }));
+    await pool.createThin(1);
+    const t1 = await activate(1, 't1');
+    // Generation 1: blocks 0-99 and 200-249, a hole between.
+    await writeBlocks(t1.path, [...Array(100).keys(), ...Array.from({ length: 50 }, (_, i) => 200 + i)], 1);
+    await pool.createSnap(2, 1);
+    // Generation 2: overwrite 10-19, new 300-309, discard 40-59.
+    await writeBlocks(t1.path, [...Array.from({ length: 10 }, (_, i) => 10 + i), ...Array.from({ length: 10 }, (_, i) => 300 + i)], 2);
+    const w = await BlockWriter.open(t1.path);
+    expect(await w.discard(40 * BS, 20 * BS)).toBe('blkdiscard');
+    w.close();
+    await pool.createSnap(3, 1);
+    await t1.deactivate(); // sends of thin 1 below activate it themselves
+  });
+
+  afterAll(() => sb?.cleanup());
+
+  test('full then incremental into a file; the metadata snapshot is released; no temporary device left', async () => {
+    const target = `${sb.dir}/file-target`;
+    junkFile(target, VOL, 3);
+    const full = `${sb.dir}/s2.stream`;
+    const a = await send({ pool, snap: 2, output: full, deviceSize: VOL });
+    expect((await pool.workingStatus()).heldMetadataRoot).toBeNull();
+    expect(await leftovers()).toEqual([]);
+    expect({ data: a.dataBlocks, zero: a.discardBlocks }).toEqual({ data: 150, zero: VOL / BS - 150 });
+    await receive({ target, input: full });
+    expect(sha256File(target)).toBe(await snapshotHash(2));
+
+    const inc = `${sb.dir}/s3from2.stream`;
+    const b = await send({ pool, snap: 3, base: 2, output: inc, deviceSize: VOL });
+    expect({ data: b.dataBlocks, zero: b.discardBlocks }).toEqual({ data: 20, zero: 20 });
+    expect((await pool.workingStatus()).heldMetadataRoot).toBeNull();
+    expect(await leftovers()).toEqual([]);
+    await receive({ target, input: inc });
+    expect(sha256File(target)).toBe(await snapshotHash(3));
+  });
+
+  test('into a thin volume of the pool: discards unprovision, the content is exact', async () => {
+    await pool.createThin(10);
+    const t = await activate(10, 't10');
+    const stateDir = `${sb.dir}/state`;
+    const r1 = await receive({ target: t.path, input: `${sb.dir}/s2.stream`, stateDir });
+    expect(r1.stateFile.startsWith(stateDir)).toBe(true);
+    const r2 = await receive({ target: t.path, input: `${sb.dir}/s3from2.stream`, stateDir });
+    expect(r2.zeroing).toHaveProperty('blkdiscard');
+    expect(await sha256OfDevice(t.path, 0, VOL)).toBe(await snapshotHash(3));
+    const st = await t.status();
+    // 150 + 10 new - 20 discarded blocks are provisioned, not the whole volume.
+    expect(st.kind === 'working' ? Number(st.mappedSectors) / (BS / 512) : -1).toBe(140);
+  });
+
+  test('the CLI: send from the pool piped into receive; an active snapshot is read where it is', async () => {
+    const target = `${sb.dir}/cli-target`;
+    const dmthin = `'${process.execPath}' '${CLI}'`;
+    let r = spawnSync('sh', ['-c', `${dmthin} send --pool ${poolName} --snap 2 --size ${VOL} | ${dmthin} receive --target '${target}' --create`], { encoding: 'utf8' });
+    expect([r.status, r.stderr]).toEqual([0, '']);
+    const active = await activate(3, 'active3', true);
+    r = spawnSync('sh', ['-c', `${dmthin} send --pool ${poolName} --snap 3 --base 2 | ${dmthin} receive --target '${target}'`], { encoding: 'utf8' });
+    expect([r.status, r.stderr]).toEqual([0, '']);
+    expect(sha256File(target)).toBe(await sha256OfDevice(active.path, 0, VOL));
+    await active.deactivate();
+    expect(await leftovers()).toEqual([]);
+    expect((await pool.workingStatus()).heldMetadataRoot).toBeNull();
+  });
+
+  /**
+   * `dmthin send` of thin 1 into a FIFO this process holds open without
+   * reading: the copy stops with the temporary device open. `drain()` then
+   * reads the FIFO to its end, so that a write blocked in the child returns.
+   */
+  async function stalledSend(fifo: string): Promise<{ child: ReturnType<typeof spawn>; drain: () => void; name: string }> {
+    spawnSync('mkfifo', [fifo]);
+    const reader = createReadStream(fifo);
+    reader.pause();
+    const opened = once(reader, 'open');
+    const child = spawn(process.execPath, [CLI, 'send', '--pool', poolName, '--snap', '1', '--size', String(VOL), '-o', fifo, '-q'], { stdio: 'ignore' });
+    try {
+      // Copying: the device is marked for deferred removal, and the output is open.
+      const name = await waitFor('a temporary device marked for deferred removal', async () => {
+        const [n] = await leftovers();
+        return n !== undefined && (await new DeviceMapper().info(n)).deferredRemove ? n : '';
+      });
+      await opened;
+      return { child, name, drain: () => reader.on('data', () => undefined).on('error', () => undefined).resume() };
+    } catch (e) {
+      child.kill('SIGKILL');
+      // Our open of the FIFO may still wait for a writer: be that writer, so it returns.
+      try {
+        closeSync(openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK));
+      } catch {
+        // no reader waiting
+      }
+      reader.destroy();
+      throw e;
+    }
+  }
+
+  const exitOf = (c: ReturnType<typeof spawn>): Promise<number | null> => new Promise((r) => (c.exitCode !== null ? r(c.exitCode) : c.on('close', (code) => r(code))));
+
+  test('SIGTERM during a send: exit 143, temporary device removed, output removed', async () => {
+    const fifo = `${sb.dir}/fifo-term`;
+    const { child, drain } = await stalledSend(fifo);
+    child.kill('SIGTERM');
+    drain();
+    expect(await exitOf(child)).toBe(143);
+    expect(await leftovers()).toEqual([]);
+    expect(existsSync(fifo)).toBe(false);
+    expect((await pool.workingStatus()).heldMetadataRoot).toBeNull();
+  });
+
+  test('SIGKILL during a send: the kernel removes the temporary device (deferred removal)', async () => {
+    const fifo = `${sb.dir}/fifo-kill`;
+    const { child, drain, name } = await stalledSend(fifo);
+    child.kill('SIGKILL');
+    drain();
+    await exitOf(child);
+    await waitFor('the temporary device to go', async () => (await leftovers()).length === 0);
+    // Without udev the node the child made stays behind; it names no device any more.
+    spawnSync('rm', ['-f', `/dev/mapper/${name}`]);
+    expect((await pool.workingStatus()).heldMetadataRoot).toBeNull();
+  });
+});

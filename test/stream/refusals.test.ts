@@ -1,0 +1,232 @@
+/**
+ * Everything a receive must refuse, and what it must leave behind when it
+ * does: a typed error, the target byte-identical to before, the state file
+ * unchanged and no spool file. Plus what happens when an apply is
+ * interrupted, and --force.
+ */
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { Readable } from 'node:stream';
+import fc from 'fast-check';
+import { AbortError, DmthinError, StreamError } from '../../src/errors';
+import { receive } from '../../src/stream/receive';
+import { sendStream } from '../../src/stream/send-stream';
+import { crc32cOf, RECORD_HEADER_SIZE } from '../../src/stream/format';
+import { ThinMetadata } from '../../src/thin/metadata';
+import { fixtureImage } from '../helpers/fixtures';
+import { expectedSha, junkFile, PatternSource, scratch, sha256File, type Scratch } from './helpers';
+
+const BS = 65536;
+const SIZE = 210 * BS; // metadata-snap-diverged (held): devices 1, 2, 3, 5 all end below block 210
+
+let s: Scratch;
+let md: ThinMetadata;
+const streams: Record<string, Buffer> = {};
+
+async function make(snap: number, base?: number, size = SIZE): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const c of sendStream({ metadata: md, snap, base, source: new PatternSource(BS), deviceSize: size, poolId: 'p' })) chunks.push(c as Buffer);
+  return Buffer.concat(chunks);
+}
+
+beforeAll(async () => {
+  s = scratch();
+  md = await ThinMetadata.fromBuffer(fixtureImage('metadata-snap-diverged'), { metadataSnap: true });
+  streams.full1 = await make(1);
+  streams.full2 = await make(2);
+  streams.inc2from1 = await make(2, 1);
+  streams.inc3from2 = await make(3, 2);
+  streams.inc3from1 = await make(3, 1);
+});
+afterAll(async () => {
+  await md.close();
+  s.cleanup();
+});
+
+let n = 0;
+/** A target holding device 1 (received in full), or junk with no state. */
+async function target(kind: 'dev1' | 'junk', size = SIZE): Promise<string> {
+  const t = s.path(`t${n++}`);
+  junkFile(t, size, n);
+  if (kind === 'dev1') await receive({ target: t, input: Readable.from([streams.full1]) });
+  return t;
+}
+
+function snapshotOf(t: string): { data: string; state: string | null } {
+  const sf = `${t}.dmthin-state.json`;
+  return { data: sha256File(t), state: existsSync(sf) ? readFileSync(sf, 'utf8') : null };
+}
+
+const spoolDir = (): string => {
+  const d = s.path('spool');
+  if (!existsSync(d)) mkdirSync(d);
+  return d;
+};
+
+/** Receives `bytes` (from a file in place, or piped through the spool) and expects a refusal that changes nothing. */
+async function refused(t: string, bytes: Buffer, how: 'file' | 'pipe', extra: object = {}): Promise<DmthinError> {
+  const before = snapshotOf(t);
+  const input = how === 'file' ? s.path(`in${n++}`) : Readable.from([bytes.subarray(0, bytes.length >> 1), bytes.subarray(bytes.length >> 1)]);
+  if (typeof input === 'string') writeFileSync(input, bytes);
+  let err: unknown;
+  try {
+    await receive({ target: t, input, spoolDir: spoolDir(), ...extra });
+  } catch (e) {
+    err = e;
+  }
+  expect(err).toBeInstanceOf(DmthinError);
+  expect(snapshotOf(t)).toEqual(before);
+  expect(readdirSync(spoolDir())).toEqual([]);
+  return err as DmthinError;
+}
+
+describe.each(['file', 'pipe'] as const)('input through a %s', (how) => {
+  test('an incremental stream whose base the target does not hold', async () => {
+    const t = await target('dev1');
+    const e = await refused(t, streams.inc3from2, how);
+    expect(e).toBeInstanceOf(StreamError);
+    expect(e).toMatchObject({ reason: 'base-mismatch', code: 'ESTALE', errno: -116 });
+    expect(e.message).toMatch(/against device 2 .* the target holds device 1/);
+  });
+
+  test('an incremental stream on a target with no recorded state', async () => {
+    const t = await target('junk');
+    expect(await refused(t, streams.inc2from1, how)).toMatchObject({ reason: 'base-mismatch' });
+  });
+
+  test('a stream cut short anywhere', async () => {
+    const t = await target('dev1');
+    const full = streams.inc2from1;
+    const firstData = RECORD_HEADER_SIZE + full.readUInt32LE(8);
+    for (const cut of [0, 1, 23, 24, 100, firstData, firstData + 30, firstData + 5000, full.length - 96, full.length - 1]) {
+      const e = await refused(t, full.subarray(0, cut), how);
+      expect([cut, (e as StreamError).reason]).toEqual([cut, 'truncated']);
+    }
+  });
+
+  test('a target smaller than the device', async () => {
+    const t = await target('junk', SIZE - 512);
+    expect(await refused(t, streams.full1, how)).toMatchObject({ reason: 'target-size', code: 'ENOSPC', targetSize: SIZE - 512, deviceSize: SIZE });
+  });
+
+  test('trailing bytes, another format version, not a stream at all', async () => {
+    const t = await target('dev1');
+    expect(await refused(t, Buffer.concat([streams.inc2from1, Buffer.from('x')]), how)).toMatchObject({ reason: 'trailing' });
+    const v2 = Buffer.from(streams.inc2from1);
+    const len = v2.readUInt32LE(8);
+    v2.writeUInt32LE(2, RECORD_HEADER_SIZE + 8);
+    v2.writeUInt32LE(crc32cOf([v2.subarray(0, 20), v2.subarray(RECORD_HEADER_SIZE, RECORD_HEADER_SIZE + len)]), 20);
+    expect(await refused(t, v2, how)).toMatchObject({ reason: 'version', code: 'EPROTONOSUPPORT' });
+    expect(await refused(t, Buffer.from('#!/bin/sh\necho not a stream\n'), how)).toMatchObject({ reason: 'magic' });
+  });
+});
+
+test('flipped bytes anywhere: refused, target untouched', async () => {
+  const t = await target('dev1');
+  const before = snapshotOf(t);
+  const inc = streams.inc2from1;
+  await fc.assert(
+    fc.asyncProperty(fc.nat({ max: inc.length - 1 }), fc.integer({ min: 1, max: 255 }), fc.boolean(), async (pos, x, pipe) => {
+      const bad = Buffer.from(inc);
+      bad[pos] ^= x;
+      const e = await refused(t, bad, pipe ? 'pipe' : 'file');
+      expect(e).toBeInstanceOf(StreamError);
+    }),
+    { numRuns: 80 },
+  );
+  // Also across the much longer full stream, fewer runs.
+  await fc.assert(
+    fc.asyncProperty(fc.nat({ max: streams.full2.length - 1 }), async (pos) => {
+      const bad = Buffer.from(streams.full2);
+      bad[pos] ^= 0x80;
+      expect(await refused(t, bad, 'file')).toBeInstanceOf(StreamError);
+    }),
+    { numRuns: 20 },
+  );
+  expect(snapshotOf(t)).toEqual(before);
+});
+
+test('a missing target is not created unless asked', async () => {
+  const t = s.path('missing');
+  await expect(receive({ target: t, input: Readable.from([streams.full1]) })).rejects.toMatchObject({ code: 'ENOENT' });
+  expect(existsSync(t)).toBe(false);
+  expect(existsSync(`${t}.dmthin-state.json`)).toBe(false);
+  const r = await receive({ target: t, input: Readable.from([streams.full1]), create: true });
+  expect(r.created).toBe(true);
+  expect(sha256File(t)).toBe(await expectedSha(md, 1, SIZE));
+});
+
+test('an unreadable state file refuses incremental streams, not full ones', async () => {
+  const t = await target('dev1');
+  writeFileSync(`${t}.dmthin-state.json`, '{ not json');
+  await refused(t, streams.inc2from1, 'file');
+  await receive({ target: t, input: Readable.from([streams.full2]) });
+  await receive({ target: t, input: Readable.from([streams.inc3from2]) });
+  expect(sha256File(t)).toBe(await expectedSha(md, 3, SIZE));
+});
+
+test('--force applies an incremental stream whatever the state says', async () => {
+  const t = await target('junk');
+  await receive({ target: t, input: Readable.from([streams.full2]) });
+  await refused(t, streams.inc3from1, 'pipe');
+  // Forced onto device 2 the result is not device 3 (it assumed device 1): that is what --force means.
+  const r = await receive({ target: t, input: Readable.from([streams.inc3from2]), force: true });
+  expect(r.header.target.devId).toBe(3);
+  expect(sha256File(t)).toBe(await expectedSha(md, 3, SIZE));
+});
+
+test('an interrupted apply leaves the target marked inconsistent until that stream or a full one is applied', async () => {
+  const big = await make(1, undefined, 400 * BS); // > 16 MiB: applied in two chunks
+  const bigInc = await make(2, 1, 400 * BS);
+  const t = s.path('interrupted');
+  junkFile(t, 400 * BS, 99);
+  const ac = new AbortController();
+  const file = s.path('big.stream');
+  writeFileSync(file, big);
+  await expect(
+    receive({ target: t, input: file, signal: ac.signal, onProgress: (p) => p.phase === 'apply' && ac.abort() }),
+  ).rejects.toBeInstanceOf(AbortError);
+  const state = JSON.parse(readFileSync(`${t}.dmthin-state.json`, 'utf8'));
+  expect(state.current).toBeNull();
+  expect(state.pending.snapshot.devId).toBe(1);
+  // Half written: no incremental may follow.
+  await refused(t, bigInc, 'file');
+  // The same stream again completes it.
+  await receive({ target: t, input: file });
+  expect(sha256File(t)).toBe(await expectedSha(md, 1, 400 * BS));
+
+  // Interrupt the incremental at its very end (after the writes, before fsync and state).
+  const ac2 = new AbortController();
+  await expect(receive({ target: t, input: Readable.from([bigInc]), signal: ac2.signal, onProgress: (p) => p.phase === 'apply' && ac2.abort() })).rejects.toBeInstanceOf(AbortError);
+  const st2 = JSON.parse(readFileSync(`${t}.dmthin-state.json`, 'utf8'));
+  expect([st2.current.snapshot.devId, st2.pending.snapshot.devId]).toEqual([1, 2]);
+  // Another incremental from device 1 is refused, though its base is the "current" one.
+  const other = await make(3, 1, 400 * BS);
+  expect(await refused(t, other, 'pipe')).toMatchObject({ reason: 'base-mismatch' });
+  expect((await refused(t, other, 'pipe')).message).toMatch(/interrupted/);
+  // Retrying the interrupted one is allowed.
+  await receive({ target: t, input: Readable.from([bigInc]) });
+  expect(sha256File(t)).toBe(await expectedSha(md, 2, 400 * BS));
+  expect(JSON.parse(readFileSync(`${t}.dmthin-state.json`, 'utf8')).pending).toBeNull();
+});
+
+test('a verified file that changes before it is applied is caught', async () => {
+  // Verified in place, then modified between the passes: the second pass refuses it.
+  const t = await target('dev1');
+  const file = s.path('changing.stream');
+  writeFileSync(file, streams.inc2from1);
+  let flipped = false;
+  await expect(
+    receive({
+      target: t,
+      input: file,
+      onProgress: (p) => {
+        if (p.phase === 'verify' && p.bytes === streams.inc2from1.length && !flipped) {
+          flipped = true;
+          const b = readFileSync(file);
+          b[b.length - 200] ^= 1;
+          writeFileSync(file, b);
+        }
+      },
+    }),
+  ).rejects.toMatchObject({ reason: 'changed' });
+});
