@@ -18,9 +18,9 @@ import type { ThinPool } from '../../src/pool/thin-pool';
 import { BlockWriter } from '../../src/stream/block-writer';
 import { receive } from '../../src/stream/receive';
 import { send } from '../../src/stream/send';
-import { describeVm, DmSandbox, MiB } from '../vm/helpers';
-import { CLI, createTestPool, sha256OfDevice, waitFor } from '../vm/pool-helpers';
-import { junkFile, sha256File } from './helpers';
+import { describeVm, DmSandbox, MiB } from './helpers';
+import { CLI, createTestPool, sha256OfDevice, waitFor } from './pool-helpers';
+import { junkFile, sha256File } from '../stream/helpers';
 
 const VOL = 32 * MiB;
 const BS = 64 * 1024;
