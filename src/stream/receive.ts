@@ -89,7 +89,17 @@ class Receiver {
    * Everything that can be refused without the stream's digest: early (on
    * the header) and again with the digest right before applying.
    */
-  async preflight(h: StreamHeader, digest: string | null): Promise<void> {
+  preflight(h: StreamHeader, digest: string | null): Promise<void> {
+    const p = this.checkTarget(h, digest);
+    // close() waits for it: a refusal found while the early check is still
+    // opening the target must not leave the target open behind it.
+    this.pending = p.catch(() => undefined);
+    return p;
+  }
+
+  private pending?: Promise<unknown>;
+
+  private async checkTarget(h: StreamHeader, digest: string | null): Promise<void> {
     checkBase(await readState(this.stateFile), h, digest, this.stateFile, this.o.force === true);
     if (!this.info.exists) {
       if (!this.o.create) throw new DmthinError('ENOENT', `target ${this.o.target} does not exist (create a file target with --create)`, { path: this.o.target });
@@ -150,7 +160,8 @@ class Receiver {
     };
   }
 
-  close(): void {
+  async close(): Promise<void> {
+    await this.pending;
     this.writer?.close();
     this.writer = undefined;
   }
@@ -238,7 +249,7 @@ export function receiveStream(target: string, opts: Omit<ReceiveOptions, 'target
     destroy(err, cb) {
       (async () => {
         await spool?.remove();
-        receiver?.close();
+        await receiver?.close();
       })().finally(() => {
         if (err) settle.reject(err);
         else settle.reject(new AbortError('receive stream closed before the end of the input'));
@@ -292,6 +303,6 @@ async function receiveFile(path: string, size: number, opts: ReceiveOptions): Pr
     const verified = await c.finish();
     return await r.apply(verified, () => fileChunks(path, { signal: opts.signal }), false);
   } finally {
-    r.close();
+    await r.close();
   }
 }

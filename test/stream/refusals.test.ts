@@ -4,7 +4,7 @@
  * unchanged and no spool file. Plus what happens when an apply is
  * interrupted, and --force.
  */
-import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import { Readable } from 'node:stream';
 import fc from 'fast-check';
 import { AbortError, DmthinError, StreamError } from '../../src/errors';
@@ -76,7 +76,20 @@ async function refused(t: string, bytes: Buffer, how: 'file' | 'pipe', extra: ob
   expect(err).toBeInstanceOf(DmthinError);
   expect(snapshotOf(t)).toEqual(before);
   expect(readdirSync(spoolDir())).toEqual([]);
+  // Nothing keeps the target open (an O_EXCL open of a device would then fail with EBUSY).
+  expect(openFdsOn(t)).toEqual([]);
   return err as DmthinError;
+}
+
+/** This process's descriptors open on `path`. */
+function openFdsOn(path: string): string[] {
+  return readdirSync('/proc/self/fd').filter((fd) => {
+    try {
+      return readlinkSync(`/proc/self/fd/${fd}`) === path;
+    } catch {
+      return false;
+    }
+  });
 }
 
 describe.each(['file', 'pipe'] as const)('input through a %s', (how) => {
