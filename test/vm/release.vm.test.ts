@@ -122,20 +122,20 @@ describeVm('metadata snapshots are released when the holder dies (library and CL
 
   test('SIGTERM while the reserve ioctl is in flight (metadata writes slowed by dm-delay): the root is released once reserved, the process dies of SIGTERM', async () => {
     const meta = tp.metaLoop.path;
-    // The reserve commits the pool's metadata: with each write delayed by 0.8 s it stays in the kernel a while.
-    await swapTable(tp.dm, tp.metaName!, oneTarget(tp.metaSectors, 'delay', `${meta} 0 0 ${meta} 0 800`));
+    // The reserve commits the pool's metadata (two rounds of writes): with each write delayed by 0.5 s it stays in the kernel a while.
+    await swapTable(tp.dm, tp.metaName!, oneTarget(tp.metaSectors, 'delay', `${meta} 0 0 ${meta} 0 500`));
     try {
       const c = holder(tp.name, 'wait');
       await Promise.race([c.reserving, c.exit]);
-      await new Promise((r) => setTimeout(r, 250));
+      await new Promise((r) => setTimeout(r, 150));
       expect(c.stdout()).toBe('reserving\n'); // still inside the reserve
       c.child.kill('SIGTERM');
       expect(await c.exit).toEqual({ code: null, signal: 'SIGTERM' });
       expect(c.stdout()).toBe('reserving\n');
-      expect(await heldRoot()).toBeNull();
     } finally {
       await swapTable(tp.dm, tp.metaName!, oneTarget(tp.metaSectors, 'linear', `${meta} 0`));
     }
+    expect(await heldRoot()).toBeNull();
   });
 
   test('SIGKILL leaves the root held (nothing can run); dmthin pool release-metadata-snap frees it', async () => {

@@ -196,13 +196,16 @@ describeVm('seed scenario: live pool, snapshot of an active origin, metadata rea
     //    is a FIFO nobody reads yet), thin_dump -m reads the same root.
     const script = `
       cli=$1 pool=$2 meta=$3 a=$4 b=$5 c=$6 d=$7 fifo=$8
-      node "$cli" dump -m "$pool" > "$a" || exit 11
-      thin_dump -m "$meta" > "$b" || exit 12
       f=DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS,TRANSACTION,CREATE_TIME,SNAP_TIME
-      node "$cli" ls -m -o $f "$pool" > "$a.ls" || exit 17
+      node "$cli" dump -m "$pool" > "$a" & p1=$!
+      node "$cli" ls -m -o $f "$pool" > "$a.ls" & p2=$!
+      node "$cli" delta -m --snap1 2 --snap2 1 "$pool" > "$a.delta" & p3=$!
+      thin_dump -m "$meta" > "$b" || exit 12
       thin_ls -m -o $f "$meta" > "$b.ls" || exit 18
-      node "$cli" delta -m --snap1 2 --snap2 1 "$pool" > "$a.delta" || exit 19
       thin_delta -m --snap1 2 --snap2 1 "$meta" > "$b.delta" || exit 20
+      wait $p1 || exit 11
+      wait $p2 || exit 17
+      wait $p3 || exit 19
       echo "held=$(dmsetup status "$pool" | cut -d' ' -f7)"
       dmsetup message "$pool" 0 release_metadata_snap || exit 13
       mkfifo "$fifo"
