@@ -1,6 +1,9 @@
 #!/usr/bin/env node
 // `npm run test:vm`: the root-VM jest suite (test/vm/**/*.vm.test.ts,
-// jest.vm.config.js) in ONE boot of the test VM. Extra arguments go to jest
+// jest.vm.config.js) in one boot of the test VM, and the tests that drive
+// dm-thin into its metadata-failure paths (*.isolated.vm.test.ts) in a second
+// boot of their own, so that a kernel fault they may provoke cannot take the
+// rest of the suite down with it. Extra arguments go to jest, in one boot
 // (e.g. `npm run test:vm -- -t thin_dump`).
 //
 // On the host, before booting: rebuild the native addon and dist/ when
@@ -95,31 +98,44 @@ async function main() {
   const { compiled, cached } = transform.precompile(files);
   log(`TypeScript for the guest: ${compiled} transpiled, ${cached} cached (${secs(Date.now() - tp)})`);
 
-  // 3. One boot, the whole suite.
+  // 3. The suite, then the isolated tests, each in a boot of its own.
+  const ISOLATED = '\\.isolated\\.vm\\.test\\.ts$';
+  const boots =
+    jestArgs.length > 0
+      ? [{ label: 'root-VM suite', args: jestArgs }]
+      : [
+          { label: 'root-VM suite', args: ['--testPathIgnorePatterns', ISOLATED] },
+          ...(tests.some((t) => /\.isolated\.vm\.test\.ts$/.test(t)) ? [{ label: 'root-VM isolated tests', args: ['--testPathPattern', ISOLATED] }] : []),
+        ];
   const timeoutS = Number(process.env.DMTHIN_VM_TIMEOUT) > 0 ? Number(process.env.DMTHIN_VM_TIMEOUT) : 1200;
-  const r = await runInVm({
-    command: [node, join(root, 'node_modules', 'jest', 'bin', 'jest.js'), '--config', join(root, 'jest.vm.config.js'), ...jestArgs],
-    cwd: root,
-    env: { DMTHIN_VM_TS_CACHE: transform.cacheDir() },
-    // jest and its dependencies load far faster from RAM than over 9p; the
-    // big packages a test run does not read stay on 9p (symlinked).
-    copyToTmpfs:
-      process.env.DMTHIN_VM_NO_COPY === '1'
-        ? []
-        : [{ dir: join(root, 'node_modules'), exclude: ['typescript', 'ts-jest', '@types', 'caniuse-lite', 'handlebars', 'uglify-js', '.cache'] }],
-    timeoutMs: timeoutS * 1000,
-    log,
-  });
-
-  const ok = r.status === 0;
-  const boot = r.bootMs === null ? '?' : secs(r.bootMs);
-  const suite = r.bootMs === null ? '?' : secs(r.wallMs - r.bootMs);
-  process.stderr.write(
-    `[vm] root-VM suite ${ok ? 'PASSED' : 'FAILED'}` +
-      `${r.status !== null && !ok ? ` (jest exit status ${r.status})` : ''}${r.error ? ` (${r.error.split('\n')[0]})` : ''}` +
-      ` - guest boot ${boot}, suite in the guest ${suite} (jest start-up included), total ${secs(Date.now() - t0)} wall\n`,
-  );
-  return ok ? 0 : r.status || 1;
+  let status = 0;
+  for (const b of boots) {
+    const tb = Date.now();
+    const r = await runInVm({
+      command: [node, join(root, 'node_modules', 'jest', 'bin', 'jest.js'), '--config', join(root, 'jest.vm.config.js'), ...b.args],
+      cwd: root,
+      env: { DMTHIN_VM_TS_CACHE: transform.cacheDir() },
+      // jest and its dependencies load far faster from RAM than over 9p; the
+      // big packages a test run does not read stay on 9p (symlinked).
+      copyToTmpfs:
+        process.env.DMTHIN_VM_NO_COPY === '1'
+          ? []
+          : [{ dir: join(root, 'node_modules'), exclude: ['typescript', 'ts-jest', '@types', 'caniuse-lite', 'handlebars', 'uglify-js', '.cache'] }],
+      timeoutMs: timeoutS * 1000,
+      log,
+    });
+    const ok = r.status === 0;
+    const boot = r.bootMs === null ? '?' : secs(r.bootMs);
+    const suite = r.bootMs === null ? '?' : secs(r.wallMs - r.bootMs);
+    process.stderr.write(
+      `[vm] ${b.label} ${ok ? 'PASSED' : 'FAILED'}` +
+        `${r.status !== null && !ok ? ` (jest exit status ${r.status})` : ''}${r.error ? ` (${r.error.split('\n')[0]})` : ''}` +
+        ` - guest boot ${boot}, tests in the guest ${suite} (jest start-up included), ${secs(Date.now() - tb)} wall\n`,
+    );
+    if (!ok && status === 0) status = r.status || 1;
+  }
+  process.stderr.write(`[vm] root-VM tests ${status === 0 ? 'PASSED' : 'FAILED'} - total ${secs(Date.now() - t0)} wall\n`);
+  return status;
 }
 
 main().then(

@@ -6,9 +6,8 @@
  * queue and error policies (and back to rw by growing the data device);
  * read_only by a table reload (messages fail with EOPNOTSUPP); ro when
  * out of metadata space (and rw again once the metadata device grows); needs_check
- * after a failed metadata commit (dm-flakey error_writes under the metadata
- * device); Error (the status whose commit finds the metadata device gone)
- * and then Fail once the metadata device errors entirely. Also
+ * (the failure modes, needs_check, Error and Fail, are in
+ * status-failure.isolated.vm.test.ts, run in a boot of their own). Also
  * DM_DEV_WAIT: pool.waitEvent() returns when the low-water mark is crossed
  * and when the pool runs out of data space.
  *
@@ -16,97 +15,12 @@
  * thin query can fail) and the thin status `-` (a thin target without its
  * device only exists inside the constructor).
  */
-import { type ChildProcess, spawn } from 'node:child_process';
-import { PoolMessage, type ThinPoolFeature, parseThinPoolTable, thinPoolTarget } from '../../src/dm/targets/thin-pool';
+import { parseThinPoolTable, type ThinPoolFeature } from '../../src/dm/targets/thin-pool';
 import { parseThinTable } from '../../src/dm/targets/thin';
 import { ThinDevice } from '../../src/pool/thin-device';
-import { dataBlocks, sectors } from '../../src/units';
-import { join } from 'node:path';
-import { type DmSandbox, MiB, describeVm, run, useDmSandbox } from './helpers';
-import {
-  REPO,
-  type TestPool,
-  createTestPool,
-  ddCmd,
-  after,
-  dmsetupAll,
-  dmsetupFields,
-  dmsetupStatus,
-  expectIoctlError,
-  expectedPoolStatus,
-  expectedThinStatus,
-  oneTarget,
-  sh,
-  sleep,
-  swapTable,
-  waitFor,
-} from './pool-helpers';
-
-const BLOCK = 64 * 1024;
-
-/** Reloads the pool's table (same devices) with other features and/or length, and resumes. */
-async function reloadPool(tp: TestPool, o: { features?: ThinPoolFeature[]; blocks?: number; lowWaterMark?: number }): Promise<void> {
-  const t = await tp.pool.table();
-  const length = o.blocks !== undefined ? o.blocks * tp.blockSectors : t.length;
-  await swapTable(tp.dm, tp.name, [
-    thinPoolTarget(sectors(length), {
-      metadataDev: t.metadataDev,
-      dataDev: t.dataDev,
-      dataBlockSize: t.dataBlockSize,
-      lowWaterMark: dataBlocks(o.lowWaterMark ?? t.lowWaterMark),
-      features: o.features ?? t.features,
-    }),
-  ]);
-}
-
-/** Typed status of the pool and of its thin devices vs one `dmsetup status` of each. */
-async function expectStatusMatches(tp: TestPool, thins: ThinDevice[] = []) {
-  const lines = dmsetupStatus(tp.name, ...thins.map((t) => t.name));
-  const typed = await tp.pool.status();
-  expect(typed).toEqual(expectedPoolStatus(lines.get(tp.name)!));
-  for (const t of thins) expect({ thin: t.name, status: await t.status() }).toEqual({ thin: t.name, status: expectedThinStatus(lines.get(t.name)!) });
-  return typed;
-}
-
-/** The six pool messages, each refused with EOPNOTSUPP (errno 95, code ENOTSUP). */
-async function expectMessagesRefused(tp: TestPool) {
-  for (const text of [
-    PoolMessage.createThin(9),
-    PoolMessage.createSnap(9, 1),
-    PoolMessage.delete(1),
-    PoolMessage.setTransactionId(0, 1),
-    PoolMessage.reserveMetadataSnap(),
-    PoolMessage.releaseMetadataSnap(),
-  ]) {
-    // errno 95: the kernel's EOPNOTSUPP, which Node (libuv) names ENOTSUP.
-    await expectIoctlError(tp.pool.message(text), { code: 'ENOTSUP', ioctl: 'DM_TARGET_MSG', device: tp.name, targetMessage: text });
-  }
-}
-
-/** A pool on a `zero` data device with thin 1 active (`thinBlocks` long). */
-async function poolWithThin(sb: DmSandbox, o: Parameters<typeof createTestPool>[1] & { thinBlocks?: number } = {}) {
-  const tp = await createTestPool(sb, { data: 'zero', dataBytes: 64 * MiB, ...o });
-  await tp.pool.createThin(1);
-  const thin = await ThinDevice.activate(tp.pool, { name: sb.adopt(`${o.label ?? 'pool'}-t1`), devId: 1, length: (o.thinBlocks ?? 1024) * tp.blockSectors });
-  return { tp, thin };
-}
-
-/** O_DIRECT writes of zeros at [offset, length] byte pairs, in one process (the fixtures' helper). */
-function directWrite(dev: string, writes: [number, number][], allowFail = false) {
-  const script = join(REPO, 'scripts', 'fixtures', 'kernel', 'direct-write.py');
-  return run('python3', [script, dev], { input: writes.map(([o, n]) => `${o} ${n}`).join('\n') + '\n', allowFail, timeoutMs: 120_000 });
-}
-
-function spawnDd(dev: string, seekBlocks: number, countBlocks: number): { child: ChildProcess; exit: Promise<number | null> } {
-  const child = spawn('sh', ['-c', ddCmd(dev, { bs: BLOCK, seek: seekBlocks, count: countBlocks, src: '/dev/zero' })], { stdio: 'ignore' });
-  return { child, exit: new Promise((res) => child.on('exit', (code) => res(code))) };
-}
-
-/** maj:min of the external origin device named in a thin device's table. */
-async function t3Origin(t: ThinDevice): Promise<string | undefined> {
-  const [kt] = await t.dm.table(t.name);
-  return parseThinTable(kt.params).externalOriginDev;
-}
+import { MiB, describeVm, useDmSandbox } from './helpers';
+import { type TestPool, ddCmd, after, dmsetupAll, dmsetupFields, oneTarget, sh, sleep, swapTable, waitFor } from './pool-helpers';
+import { BLOCK, directWrite, expectMessagesRefused, expectStatusMatches, poolWithThin, reloadPool, spawnDd, t3Origin } from './status-helpers';
 
 describeVm('pool and thin status in every reachable mode, against dmsetup', () => {
   const sandbox = useDmSandbox('status');
@@ -316,45 +230,5 @@ describeVm('pool and thin status in every reachable mode, against dmsetup', () =
     await reloadPool(tp, {});
     expect(await expectStatusMatches(tp, [thin])).toMatchObject({ mode: 'rw', needsCheck: false, totalMetadata: 1024 });
     await tp.pool.createThin(2);
-  });
-
-  test('needs_check: a failed metadata commit (dm-flakey error_writes under the metadata device) leaves the pool ro + needs_check, for good', async () => {
-    const sb = sandbox();
-    const { tp, thin } = await poolWithThin(sb, { metaVia: 'dm' });
-    sh(ddCmd(thin.path, { bs: BLOCK, seek: 0, count: 4, src: '/dev/zero' }));
-    await expectStatusMatches(tp, [thin]); // committed
-
-    const linear = oneTarget(tp.metaSectors, 'linear', `${tp.metaLoop.path} 0`);
-    // Always "down" (up 0 s, down 1 s): writes fail, reads pass.
-    await swapTable(tp.dm, tp.metaName!, oneTarget(tp.metaSectors, 'flakey', `${tp.metaLoop.path} 0 0 1 1 error_writes`));
-    sh(`${ddCmd(thin.path, { bs: BLOCK, seek: 10, count: 1, src: '/dev/zero' })} 2>/dev/null; true`); // provisions; the commit fails
-    await tp.pool.status(); // commits (fails) if the worker has not yet
-    const s = await expectStatusMatches(tp, [thin]);
-    expect(s).toMatchObject({ kind: 'working', mode: 'ro', needsCheck: true });
-    await expectMessagesRefused(tp);
-
-    // Even with a good metadata device again, the kernel keeps it read-only until repaired.
-    await swapTable(tp.dm, tp.metaName!, linear);
-    await reloadPool(tp, { features: [] });
-    expect(await expectStatusMatches(tp, [thin])).toMatchObject({ mode: 'ro', needsCheck: true });
-  });
-
-  test('Error, then Fail: the metadata device fails entirely (error target); pool and thin report it; messages EOPNOTSUPP', async () => {
-    const sb = sandbox();
-    const { tp, thin } = await poolWithThin(sb, { metaVia: 'dm' });
-    sh(ddCmd(thin.path, { bs: BLOCK, seek: 0, count: 4, src: '/dev/zero' }));
-    await expectStatusMatches(tp, [thin]);
-
-    await swapTable(tp.dm, tp.metaName!, oneTarget(tp.metaSectors, 'error', ''));
-    // No writes now (the pool's worker would commit them within a second and
-    // fail first): the next status commits, the commit fails, so does the
-    // abort (the superblock cannot be re-read), the pool fails while that
-    // status is being made and its queries fail: "Error". Then "Fail".
-    expect(await tp.pool.status()).toEqual({ kind: 'error' });
-    const s = await expectStatusMatches(tp, [thin]);
-    expect(s).toEqual({ kind: 'fail' });
-    expect(await thin.status()).toEqual({ kind: 'fail' });
-    await expect(tp.pool.workingStatus()).rejects.toMatchObject({ code: 'EIO' });
-    await expectMessagesRefused(tp);
   });
 });
