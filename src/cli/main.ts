@@ -6,14 +6,21 @@
  */
 import { Command, CommanderError } from 'commander';
 import { CliContext, errorLine, EXIT_FAILURE, rewriteMetadataSnapArgs } from './common';
-import * as dumpCmd from './dump';
-import * as lsCmd from './ls';
-import * as deltaCmd from './delta';
-import * as poolCmd from './pool';
-import * as messageCmd from './message';
-import * as devicesCmd from './devices';
-import * as sendCmd from './send';
-import * as receiveCmd from './receive';
+
+type CommandModule = { register(program: Command, ctx: () => CliContext): void };
+
+// Loaded on demand: a run loads only the command it runs (the whole set costs
+// ~20 ms of start-up, a tenth of a small dump); help loads them all.
+const COMMANDS: Record<string, () => CommandModule> = {
+  dump: () => require('./dump'),
+  ls: () => require('./ls'),
+  delta: () => require('./delta'),
+  pool: () => require('./pool'),
+  message: () => require('./message'),
+  devices: () => require('./devices'),
+  send: () => require('./send'),
+  receive: () => require('./receive'),
+};
 
 const VERSION = require('../../package.json').version as string;
 
@@ -32,7 +39,9 @@ export async function main(argv: string[]): Promise<number> {
     name = `dmthin ${parent}${action.name()}`;
     ctx = new CliContext(name);
   });
-  for (const mod of [dumpCmd, lsCmd, deltaCmd, poolCmd, messageCmd, devicesCmd, sendCmd, receiveCmd]) mod.register(program, getCtx);
+  const first = argv[0];
+  const wanted = first !== undefined && Object.hasOwn(COMMANDS, first) ? [first] : Object.keys(COMMANDS);
+  for (const c of wanted) COMMANDS[c]().register(program, getCtx);
   // Hidden companion of -m: the attached block number (see rewriteMetadataSnapArgs).
   for (const c of program.commands) {
     if (c.options.some((o) => o.long === '--metadata-snap')) {
