@@ -140,10 +140,14 @@ class Receiver {
     // A file target (created, or allowed to grow with `create`) becomes as large as the device.
     if (!this.writer.info.blockDevice && this.writer.size < header.deviceSize) await this.writer.extend(header.deviceSize);
     const zero = zeroer(this.writer, this.info, resolveZeroMethod(this.info, this.o.zero));
-    await applyStream(chunks(), v, this.writer, zero, {
-      signal: this.o.signal,
-      onProgress: (p) => this.o.onProgress?.({ phase: 'apply', bytes: p.bytes, totalBytes: p.totalBytes }),
-    });
+    try {
+      await applyStream(chunks(), v, this.writer, zero, {
+        signal: this.o.signal,
+        onProgress: (p) => this.o.onProgress?.({ phase: 'apply', bytes: p.bytes, totalBytes: p.totalBytes }),
+      });
+    } finally {
+      zero.close();
+    }
     await this.writer.fsync();
     await writeState(this.stateFile, { ...state, current: entry, pending: null });
     return {

@@ -8,11 +8,17 @@
  *    blocks, which then read as zeros. dm-thin ignores the parts of a discard
  *    that do not cover a whole pool block, so the range is cut at the device's
  *    discard granularity and the ragged edges are zeroed instead;
+ *    When that granularity (the pool's block size) is not a power of two,
+ *    each discarded range is read back and what still is not zeros is zeroed:
+ *    the block layer of some kernels (6.1 among them) splits such discards
+ *    with power-of-two rounding, dm-thin then sees only partial blocks and
+ *    silently unmaps nothing;
  *  - any other block device: BLKZEROOUT (BLKDISCARD does not promise zeros
  *    there), else written zeros.
  */
 import { readFile, stat } from 'node:fs/promises';
-import { DmthinError } from '../errors';
+import { DmthinError, fromNative } from '../errors';
+import { native, type NativeBlockReader } from '../native/binding';
 import { devNumOf } from '../pool/block-devices';
 import type { BlockWriter } from './block-writer';
 
@@ -82,18 +88,53 @@ export function resolveZeroMethod(t: TargetInfo, m: ZeroMethod = 'auto'): Exclud
 
 const FALLBACK = new Set(['EOPNOTSUPP', 'ENOTSUP', 'EINVAL', 'ENOTTY', 'ENOSYS']);
 
+/** Largest read-back piece (bytes) when checking that a discard took. */
+const READ_BACK_MAX = 4 * 1024 * 1024;
+
 /**
  * A function making [offset, offset+length) read as zeros, counting how each
  * piece was done. Falls back to zeroing (for good) once discards are refused.
+ * `close()` releases the read-back reader, if one was opened.
  */
 export function zeroer(writer: BlockWriter, t: TargetInfo, method: Exclude<ZeroMethod, 'auto'>) {
   const used: Record<string, number> = {};
   let mode = method;
+  let reader: NativeBlockReader | undefined;
   const note = (how: string): void => {
     used[how] = (used[how] ?? 0) + 1;
   };
   const zero = async (off: number, len: number): Promise<void> => {
     if (len > 0) note(await writer.zeroOut(off, len));
+  };
+  const g = t.discardGranularity > 0 ? t.discardGranularity : 512;
+  // Whole granules [a, b) were just discarded: zero each one that does not read back as zeros.
+  const checkDiscarded = async (a: number, b: number): Promise<void> => {
+    if (!reader) {
+      const r = new (native().BlockReader)();
+      try {
+        await r.open(t.path, 'auto', false);
+      } catch (e) {
+        throw fromNative(e, { path: t.path });
+      }
+      reader = r;
+    }
+    const per = Math.max(1, Math.floor(READ_BACK_MAX / g)) * g;
+    for (let off = a; off < b; off += per) {
+      const len = Math.min(per, b - off);
+      let data: Buffer;
+      try {
+        data = (await reader.read(4096, Float64Array.from({ length: len / 4096 }, (_, i) => off / 4096 + i), false)).data;
+      } catch (e) {
+        throw fromNative(e, { path: t.path, syscall: 'read' });
+      }
+      for (let k = 0; k < len; k += g) {
+        const w = new Uint32Array(data.buffer, data.byteOffset + k, g / 4);
+        if (w.some((x) => x !== 0)) {
+          note('discard-not-honoured');
+          await zero(off + k, g);
+        }
+      }
+    }
   };
   const fn = async (off: number, len: number): Promise<void> => {
     if (len <= 0) return;
@@ -109,7 +150,6 @@ export function zeroer(writer: BlockWriter, t: TargetInfo, method: Exclude<ZeroM
       return;
     }
     // discard: whole granules only, edges zeroed.
-    const g = t.discardGranularity > 0 ? t.discardGranularity : 512;
     const a = Math.ceil(off / g) * g;
     const b = Math.floor((off + len) / g) * g;
     if (b <= a) return zero(off, len);
@@ -120,8 +160,13 @@ export function zeroer(writer: BlockWriter, t: TargetInfo, method: Exclude<ZeroM
       mode = 'zeroout';
       return zero(off, len);
     }
+    if ((g & (g - 1)) !== 0 && g % 4096 === 0) await checkDiscarded(a, b);
     await zero(off, a - off);
     await zero(b, off + len - b);
   };
-  return Object.assign(fn, { used });
+  const close = (): void => {
+    reader?.close();
+    reader = undefined;
+  };
+  return Object.assign(fn, { used, close });
 }

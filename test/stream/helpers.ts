@@ -124,8 +124,8 @@ export function sha256File(path: string): string {
   return createHash('sha256').update(readFileSync(path)).digest('hex');
 }
 
-/** A file of `size` bytes of pseudo-random junk (a target that held something else). */
-export function junkFile(path: string, size: number, seed = 1): void {
+/** Seeded pseudo-random bytes (xorshift32): what a target holds before a receive. */
+export function junkBytes(size: number, seed = 1): Buffer {
   const b = Buffer.allocUnsafe(size);
   let x = seed >>> 0 || 1;
   for (let i = 0; i < size; i += 4) {
@@ -134,7 +134,12 @@ export function junkFile(path: string, size: number, seed = 1): void {
     x ^= x << 5;
     b.writeUInt32LE(x >>> 0, i);
   }
+  return b;
+}
+
+/** A file of `size` bytes of pseudo-random junk (a target that held something else). */
+export function junkFile(path: string, size: number, seed = 1): void {
   const fd = openSync(path, 'w');
-  writeSync(fd, b);
+  writeSync(fd, junkBytes(size, seed));
   closeSync(fd);
 }

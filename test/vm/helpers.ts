@@ -162,8 +162,9 @@ export class DmSandbox {
     return short.startsWith(`${this.prefix}-`) ? short : `${this.prefix}-${short}`;
   }
 
-  /** A sparse file of `sizeBytes` on tmpfs, attached to a free loop device. */
-  loop(sizeBytes: number, label = 'loop'): LoopDevice {
+  /** A sparse file of `sizeBytes` on tmpfs, attached to a free loop device
+   * (with `sectorSize`, its logical block size: 4096 for a 4Kn device). */
+  loop(sizeBytes: number, label = 'loop', opts: { sectorSize?: number } = {}): LoopDevice {
     const file = join(this.dir, `${label}-${this.loops.length}.img`);
     const fd = openSync(file, 'w');
     try {
@@ -171,7 +172,7 @@ export class DmSandbox {
     } finally {
       closeSync(fd);
     }
-    const path = run('losetup', ['--find', '--show', file]).stdout.trim();
+    const path = run('losetup', [...(opts.sectorSize ? ['--sector-size', String(opts.sectorSize)] : []), '--find', '--show', file]).stdout.trim();
     const dev = { path, file, sizeBytes };
     this.loops.push(dev);
     return dev;
