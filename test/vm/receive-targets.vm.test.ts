@@ -9,7 +9,8 @@
  *     falls back to zeroing;
  *   - a thin device with an external origin: a discarded block would read the
  *     origin's bytes again, so receive must zero, not discard;
- *   - a 4Kn block device (loop with 4096-byte logical sectors).
+ *   - a 4Kn block device (loop with 4096-byte logical sectors);
+ * and streams from a source pool whose block size (192 KiB) is no power of two.
  * Each target starts with other bytes on it where it can, and after each
  * stream must read exactly like the source snapshot (sha256).
  */
@@ -21,7 +22,7 @@ import { receive } from '../../src/stream/receive';
 import { send } from '../../src/stream/send';
 import { describeVm, DmSandbox, KiB, MiB, run } from './helpers';
 import { createTestPool, sha256OfDevice } from './pool-helpers';
-import { junkBytes } from '../stream/helpers';
+import { junkBytes, sha256File } from '../stream/helpers';
 
 const VOL = 16 * MiB;
 const BS = 128 * KiB; // source pool's data block size
@@ -165,6 +166,47 @@ describeVm('receive onto targets with another block size, no discard, an externa
     const { dev } = await thinTarget('pext', 64, { externalOrigin: originLoop.path });
     const [full, inc] = await replicate(dev.path, `${sb.dir}/state`);
     for (const z of [full, inc]) expect(z.blkdiscard).toBeUndefined();
+  }, 300_000);
+
+  test('a source pool with 192 KiB blocks (not a power of two), partial-block writes and discards: full + incremental into a file, equal', async () => {
+    const SB = 192 * KiB;
+    const { pool: S } = await createTestPool(sb, { label: 's192', dataBytes: 40 * MiB, metaBytes: 8 * MiB, blockSectors: SB / 512 });
+    await S.createThin(1);
+    const t = await ThinDevice.activate(S, { name: sb.adopt('s192-t'), devId: 1, length: VOL / 512 });
+    const w = await BlockWriter.open(t.path);
+    try {
+      // 64 KiB writes: most provision a 192 KiB block with a third of it written.
+      const put = (units: number[], r: number) => w.write(units.map((u) => ({ offset: u * 64 * KiB, data: content(u, r).subarray(0, 64 * KiB) })));
+      await put(Array.from({ length: 60 }, (_, i) => i * 4), 1);
+      await w.fsync();
+      await S.createSnap(21, 1);
+      await put([1, 2, 3, 100, 101, 250], 2);
+      await w.discard(10 * SB, 6 * SB); // whole blocks 10..15
+      await w.fsync();
+      await S.createSnap(22, 1);
+    } finally {
+      w.close();
+    }
+    await t.deactivate();
+    const want = new Map<number, string>();
+    for (const id of [21, 22]) {
+      const d = await ThinDevice.activate(S, { name: sb.adopt(`s192-ro${id}`), devId: id, length: VOL / 512, readOnly: true });
+      want.set(id, await sha256OfDevice(d.path, 0, VOL));
+      await d.deactivate();
+    }
+    const file = `${sb.dir}/s192.img`;
+    writeFileSync(file, junkBytes(VOL, 6));
+    const full = await send({ pool: S, snap: 21, output: `${sb.dir}/21.stream`, deviceSize: VOL });
+    expect(full.dataBlocks).toBe(60);
+    const r = await receive({ target: file, input: `${sb.dir}/21.stream` });
+    expect(r.header.dataBlockSize).toBe(SB / 512);
+    expect(sha256File(file)).toBe(want.get(21));
+    const inc = await send({ pool: S, snap: 22, base: 21, output: `${sb.dir}/22.stream`, deviceSize: VOL });
+    // Blocks 10, 12, 13 and 14 were mapped; how many the discard unmapped depends
+    // on the kernel (6.1 drops parts of discards on such pools), so: some.
+    expect(inc.discardBlocks).toBeGreaterThan(0);
+    await receive({ target: file, input: `${sb.dir}/22.stream` });
+    expect(sha256File(file)).toBe(want.get(22));
   }, 300_000);
 
   test('a 4Kn block device (4096-byte logical sectors): equal', async () => {
