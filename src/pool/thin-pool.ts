@@ -24,6 +24,7 @@ import {
   thinPoolTarget,
 } from '../dm/targets/thin-pool';
 import { parseThinTable, THIN_TARGET } from '../dm/targets/thin';
+import type { DeltaExtent, DeltaOptions } from '../thin/delta';
 import { ThinMetadata } from '../thin/metadata';
 import { type DataBlocks, type Sectors, dataBlocks, sectors } from '../units';
 import { devNumOf, devPathOf, sizeInSectors } from './block-devices';
@@ -192,6 +193,19 @@ export class ThinPool {
       throw e;
     }
     return snap;
+  }
+
+  /**
+   * Extents in which thin device `snapId` differs from `baseId` (`different`,
+   * `left_only` = only in the base, `right_only` = only in the snapshot), in
+   * virtual-block order, read through a metadata snapshot reserved for the
+   * walk and released when it ends: finished, thrown, aborted or abandoned
+   * (`break`). Blocks both map the same are skipped unless `includeSame`.
+   */
+  async *changedBlocks(baseId: number, snapId: number, opts: DeltaOptions = {}): AsyncGenerator<DeltaExtent> {
+    await using snap = await this.reserveMetadataSnap();
+    await using md = await snap.open();
+    yield* md.delta(baseId, snapId, { includeSame: false, ...opts });
   }
 
   /** Releases a held metadata snapshot (EINVAL if none). Prefer disposing the handle. */

@@ -23,22 +23,7 @@ export async function withMetadataSnapshot<T>(pool: ThinPool, fn: (md: ThinMetad
   }
 }
 
-/**
- * Extents in which thin device `snapId` differs from `baseId` (`different`,
- * `left_only` = only in the base, `right_only` = only in the snapshot), in
- * virtual-block order, read through a metadata snapshot held for the walk.
- * Blocks both map the same are skipped unless `includeSame` is set.
- */
-export async function* changedBlocks(pool: ThinPool, baseId: number, snapId: number, opts: DeltaOptions = {}): AsyncGenerator<DeltaExtent> {
-  const snap = await pool.reserveMetadataSnap();
-  try {
-    const md = await snap.open();
-    try {
-      yield* md.delta(baseId, snapId, { includeSame: false, ...opts });
-    } finally {
-      await md.close();
-    }
-  } finally {
-    await snap.release();
-  }
+/** `pool.changedBlocks(baseId, snapId)` as a function (see ThinPool.changedBlocks). */
+export function changedBlocks(pool: ThinPool, baseId: number, snapId: number, opts: DeltaOptions = {}): AsyncGenerator<DeltaExtent> {
+  return pool.changedBlocks(baseId, snapId, opts);
 }

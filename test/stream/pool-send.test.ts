@@ -11,7 +11,7 @@
 import { closeSync, existsSync, ftruncateSync, mkdirSync, openSync, readdirSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { Writable } from 'node:stream';
 import { AbortError } from '../../src/errors';
-import type { ThinPool } from '../../src/pool/thin-pool';
+import { ThinPool } from '../../src/pool/thin-pool';
 import { receive } from '../../src/stream/receive';
 import { send } from '../../src/stream/send';
 import { changedBlocks } from '../../src/stream/changed-blocks';
@@ -79,15 +79,15 @@ function fakePool(image: Buffer, o: { devDir: string; active?: { name: string; d
     async reserveMetadataSnap() {
       log.reserved++;
       log.events.push('reserve');
-      return {
-        open: () => ThinMetadata.fromBuffer(image),
-        release: async () => {
-          log.released++;
-          log.events.push('release');
-        },
+      const release = async () => {
+        log.released++;
+        log.events.push('release');
       };
+      return { open: () => ThinMetadata.fromBuffer(image), release, [Symbol.asyncDispose]: release };
     },
   };
+  // ThinPool's own methods (changedBlocks) over the faked ones.
+  Object.setPrototypeOf(pool, ThinPool.prototype);
   return { pool: pool as unknown as ThinPool, log };
 }
 
@@ -199,4 +199,15 @@ test('changedBlocks: the delta through a metadata snapshot held for the walk onl
   const { pool: p2, log: l2 } = fakePool(image, { devDir: s.dir });
   for await (const _ of changedBlocks(p2, 1, 3)) break;
   expect([l2.reserved, l2.released]).toEqual([1, 1]);
+  // The method is the same walk; a failing walk (unknown device) releases too.
+  const { pool: p3, log: l3 } = fakePool(image, { devDir: s.dir });
+  const viaMethod = [];
+  for await (const e of p3.changedBlocks(1, 3)) viaMethod.push(e);
+  expect(viaMethod).toEqual(got);
+  await expect(
+    (async () => {
+      for await (const _ of p3.changedBlocks(1, 999)) void _;
+    })(),
+  ).rejects.toMatchObject({ code: expect.any(String) });
+  expect([l3.reserved, l3.released]).toEqual([2, 2]);
 });
