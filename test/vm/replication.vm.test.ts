@@ -205,6 +205,16 @@ describeVm('replication between two pools (full + incremental streams)', () => {
     expect(await sha256OfDevice(target.path, 0, VOL)).toBe(await sourceHash(13));
   }, 600_000);
 
+  test('pool.changedBlocks(12, 13) on the live pool: what the incremental stream carried; the snapshot is released', async () => {
+    const counts = { different: 0, left_only: 0, right_only: 0, same: 0 };
+    for await (const e of A.changedBlocks(12, 13)) counts[e.kind] += e.length;
+    expect((await A.workingStatus()).heldMetadataRoot).toBeNull();
+    const s = await send({ pool: A, snap: 13, base: 12, output: `${sb.dir}/13again.stream`, deviceSize: VOL });
+    expect(counts.same).toBe(0);
+    expect(counts.different + counts.right_only).toBe(s.dataBlocks);
+    expect(counts.left_only).toBe(s.discardBlocks);
+  });
+
   test('a migrated volume: pool B holds the same mappings count as pool A through its own metadata', async () => {
     await using snap = await B.reserveMetadataSnap();
     await using md: ThinMetadata = await snap.open();
