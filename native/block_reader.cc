@@ -249,7 +249,15 @@ class ReadWorker : public Napi::AsyncWorker {
     } else {
       uint8_t* p = out_;
       out_ = nullptr;  // ownership moves to the Buffer
-      data = Napi::Buffer<uint8_t>::New(env, p, n_ * block_size_, [](Napi::Env, uint8_t* q) { std::free(q); });
+      // V8 does not see memory behind an external Buffer: tell it, so that a
+      // long walk's dropped batches are collected promptly instead of
+      // piling up between major GCs.
+      const int64_t bytes = static_cast<int64_t>(n_) * block_size_;
+      Napi::MemoryManagement::AdjustExternalMemory(env, bytes);
+      data = Napi::Buffer<uint8_t>::New(env, p, static_cast<size_t>(bytes), [bytes](Napi::Env e, uint8_t* q) {
+        std::free(q);
+        Napi::MemoryManagement::AdjustExternalMemory(e, -bytes);
+      });
     }
     o.Set("data", data);
     if (checksum_) {
