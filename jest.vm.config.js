@@ -25,4 +25,7 @@ module.exports = {
   // dm devices and loop devices are machine-wide: one test file at a time.
   maxWorkers: 1,
   testTimeout: 120000,
+  // A guest-kernel fault can leave an ioctl that never returns on a libuv
+  // thread; jest must still exit and report (the runner then sees the fault).
+  forceExit: true,
 };

@@ -14,7 +14,7 @@
 // Missing prerequisites (qemu, busybox-static, cpio, kmod, the kernel
 // package): a loud skip with exit 0, or exit 1 when DMTHIN_REQUIRE_VM=1.
 import { spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join, relative } from 'node:path';
 import { prepareAssets, printUnavailable, REPO_ROOT, runInVm, VmUnavailableError } from './vm.mjs';
@@ -110,32 +110,58 @@ async function main() {
   const timeoutS = Number(process.env.DMTHIN_VM_TIMEOUT) > 0 ? Number(process.env.DMTHIN_VM_TIMEOUT) : 1200;
   let status = 0;
   for (const b of boots) {
-    const tb = Date.now();
-    const r = await runInVm({
-      command: [node, join(root, 'node_modules', 'jest', 'bin', 'jest.js'), '--config', join(root, 'jest.vm.config.js'), ...b.args],
-      cwd: root,
-      env: { DMTHIN_VM_TS_CACHE: transform.cacheDir() },
-      // jest and its dependencies load far faster from RAM than over 9p; the
-      // big packages a test run does not read stay on 9p (symlinked).
-      copyToTmpfs:
-        process.env.DMTHIN_VM_NO_COPY === '1'
-          ? []
-          : [{ dir: join(root, 'node_modules'), exclude: ['typescript', 'ts-jest', '@types', 'caniuse-lite', 'handlebars', 'uglify-js', '.cache'] }],
-      timeoutMs: timeoutS * 1000,
-      log,
-    });
-    const ok = r.status === 0;
-    const boot = r.bootMs === null ? '?' : secs(r.bootMs);
-    const suite = r.bootMs === null ? '?' : secs(r.wallMs - r.bootMs);
-    process.stderr.write(
-      `[vm] ${b.label} ${ok ? 'PASSED' : 'FAILED'}` +
-        `${r.status !== null && !ok ? ` (jest exit status ${r.status})` : ''}${r.error ? ` (${r.error.split('\n')[0]})` : ''}` +
-        ` - guest boot ${boot}, tests in the guest ${suite} (jest start-up included), ${secs(Date.now() - tb)} wall\n`,
-    );
-    if (!ok && status === 0) status = r.status || 1;
+    let r = await bootOnce(b, timeoutS, transform);
+    // The guest kernel (Debian's 6.1) has faulted on rare occasions inside
+    // dm's own code (an oops in dm_ima_measure_on_device_remove, slab
+    // corruption after a pool's metadata device failed). A kernel fault is
+    // not a test failure, and it poisons the rest of that boot: a boot that
+    // failed AND logged a kernel fault is run once more in a fresh guest,
+    // saying so. A failure without a fault, or a second one, stands.
+    if (r.status !== 0 && r.oops) {
+      process.stderr.write(
+        `[vm] WARNING: the guest kernel faulted during the ${b.label} (${r.oops}); that boot's results are void - running it again in a fresh guest (once)\n`,
+      );
+      r = await bootOnce(b, timeoutS, transform);
+    } else if (r.oops) {
+      process.stderr.write(`[vm] WARNING: the guest kernel faulted during the ${b.label} (${r.oops}), though every test passed\n`);
+    }
+    if (r.status !== 0 && status === 0) status = r.status || 1;
   }
   process.stderr.write(`[vm] root-VM tests ${status === 0 ? 'PASSED' : 'FAILED'} - total ${secs(Date.now() - t0)} wall\n`);
   return status;
+}
+
+/** Signs of a kernel fault in the guest's console or kernel log. */
+const KERNEL_FAULT = /(invalid opcode: [0-9a-f]+|general protection fault|BUG: [^\n]*|kernel BUG at [^\n]*|Oops: [^\n]*|Unable to handle kernel [^\n]*)/;
+
+/** One boot running jest with `b.args`; returns its status and the first kernel fault seen, if any. */
+async function bootOnce(b, timeoutS, transform) {
+  const tb = Date.now();
+  const r = await runInVm({
+    command: [process.execPath, join(root, 'node_modules', 'jest', 'bin', 'jest.js'), '--config', join(root, 'jest.vm.config.js'), ...b.args],
+    cwd: root,
+    env: { DMTHIN_VM_TS_CACHE: transform.cacheDir() },
+    // jest and its dependencies load far faster from RAM than over 9p; the
+    // big packages a test run does not read stay on 9p (symlinked).
+    copyToTmpfs:
+      process.env.DMTHIN_VM_NO_COPY === '1'
+        ? []
+        : [{ dir: join(root, 'node_modules'), exclude: ['typescript', 'ts-jest', '@types', 'caniuse-lite', 'handlebars', 'uglify-js', '.cache'] }],
+    timeoutMs: timeoutS * 1000,
+    log,
+  });
+  const ok = r.status === 0;
+  const boot = r.bootMs === null ? '?' : secs(r.bootMs);
+  const suite = r.bootMs === null ? '?' : secs(r.wallMs - r.bootMs);
+  process.stderr.write(
+    `[vm] ${b.label} ${ok ? 'PASSED' : 'FAILED'}` +
+      `${r.status !== null && !ok ? ` (jest exit status ${r.status})` : ''}${r.error ? ` (${r.error.split('\n')[0]})` : ''}` +
+      ` - guest boot ${boot}, tests in the guest ${suite} (jest start-up included), ${secs(Date.now() - tb)} wall\n`,
+  );
+  let kernelLog = r.output;
+  if (r.outDir && existsSync(join(r.outDir, 'dmesg.txt'))) kernelLog += readFileSync(join(r.outDir, 'dmesg.txt'), 'utf8');
+  const m = KERNEL_FAULT.exec(kernelLog);
+  return { status: r.status, oops: m ? m[1].trim() : null };
 }
 
 main().then(
