@@ -174,6 +174,8 @@ export async function runInVm(o) {
     'panic=-1',
     'rdinit=/init',
     `dmthin_vm.id=${runId}`,
+    // Extra kernel arguments for debugging, e.g. slub_debug=FZP.
+    ...(process.env.DMTHIN_VM_KERNEL_ARGS ? [process.env.DMTHIN_VM_KERNEL_ARGS] : []),
   ].join(' ');
   const args = [
     '-accel', accelerator(),
