@@ -17,18 +17,15 @@
 
 #include "crc32c.h"
 #include "errors.h"
+#include "file_io.h"
 
 namespace dmthin {
 namespace {
 
-constexpr size_t kAlign = 4096;
 constexpr uint64_t kMaxBatchBytes = 1ull << 30;  // one call never allocates more than 1 GiB
 constexpr uint64_t kMaxGapBytes = 32 << 10;      // read small holes instead of seeking
 constexpr uint64_t kPieceBytes = 256 << 10;      // longest single preadv
 constexpr size_t kMaxThreads = 4;                // requests kept in flight per batch
-#ifndef IOV_MAX
-#define IOV_MAX 1024
-#endif
 
 struct OpenResult {
   int fd = -1;
@@ -66,22 +63,9 @@ class OpenWorker : public Napi::AsyncWorker {
     // Read-only, always: dmthin never opens metadata for writing.
     int flags = O_RDONLY | O_CLOEXEC;
     if (exclusive_ && blk) flags |= O_EXCL;  // a claimed device (active pool) gives EBUSY
-    bool want_direct = direct_mode_ != "never";
-    int fd = -1;
-    if (want_direct) {
-      do fd = ::open(path_.c_str(), flags | O_DIRECT); while (fd < 0 && errno == EINTR);
-      // Filesystems without O_DIRECT (older tmpfs) refuse the open itself. Buffered
-      // reads are only acceptable for regular files, never for a live block device.
-      if (fd < 0 && errno == EINVAL && !blk && direct_mode_ == "auto") {
-        want_direct = false;
-      } else if (fd < 0) {
-        return fail_.set(errno, "open", path_);
-      }
-    }
-    if (fd < 0) {
-      do fd = ::open(path_.c_str(), flags); while (fd < 0 && errno == EINTR);
-      if (fd < 0) return fail_.set(errno, "open", path_);
-    }
+    bool want_direct = false;
+    int fd = OpenMaybeDirect(path_, flags, 0, blk, direct_mode_, &want_direct, fail_);
+    if (fd < 0) return;
     res_.fd = fd;
     res_.direct = want_direct;
     res_.block_device = blk;
@@ -176,7 +160,7 @@ class ReadWorker : public Napi::AsyncWorker {
   void Execute() override {
     n_ = reqs_.size();
     if (n_ == 0) return;
-    if (::posix_memalign(reinterpret_cast<void**>(&out_), kAlign, n_ * block_size_) != 0) {
+    if (::posix_memalign(reinterpret_cast<void**>(&out_), kDirectAlign, n_ * block_size_) != 0) {
       out_ = nullptr;
       return fail_.set(ENOMEM, "posix_memalign", path_);
     }
@@ -204,17 +188,16 @@ class ReadWorker : public Napi::AsyncWorker {
     std::atomic<size_t> next{0};
     std::vector<SysFailure> fails(nthreads);
     auto work = [&](unsigned t) {
-      uint8_t* scratch = nullptr;
-      if (::posix_memalign(reinterpret_cast<void**>(&scratch), kAlign, static_cast<size_t>(block_size_)) != 0) {
+      AlignedBuf scratch;
+      if (!scratch.Alloc(static_cast<size_t>(block_size_), false)) {
         fails[t].set(ENOMEM, "posix_memalign", path_);
         return;
       }
       for (;;) {
         size_t r = next.fetch_add(1);
         if (r >= runs.size()) break;
-        if (!ReadRun(runs[r], scratch, fails[t])) break;
+        if (!ReadRun(runs[r], scratch.p, fails[t])) break;
       }
-      std::free(scratch);
     };
     if (nthreads == 1) {
       work(0);
@@ -309,18 +292,7 @@ class ReadWorker : public Napi::AsyncWorker {
         return false;
       }
       done += static_cast<size_t>(got);
-      // Advance past fully consumed iovecs; fix up a partially filled one.
-      size_t g = static_cast<size_t>(got);
-      while (g > 0 && idx < iov.size()) {
-        if (g >= iov[idx].iov_len) {
-          g -= iov[idx].iov_len;
-          idx++;
-        } else {
-          iov[idx].iov_base = static_cast<uint8_t*>(iov[idx].iov_base) + g;
-          iov[idx].iov_len -= g;
-          g = 0;
-        }
-      }
+      AdvanceIov(iov, idx, static_cast<size_t>(got));
     }
     // Copy the duplicates from the first slot that received each block.
     for (size_t k = run.begin + 1; k < run.end; k++) {

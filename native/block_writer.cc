@@ -16,15 +16,12 @@
 #include <vector>
 
 #include "errors.h"
+#include "file_io.h"
 
 namespace dmthin {
 namespace {
 
-constexpr size_t kAlign = 4096;
 constexpr size_t kChunk = 8u << 20;  // bounce buffer for O_DIRECT writes and zero fill
-#ifndef IOV_MAX
-#define IOV_MAX 1024
-#endif
 
 // Largest offset a JS number carries exactly; sizes beyond it are not representable anyway.
 constexpr double kMaxSafe = 9007199254740991.0;
@@ -72,48 +69,18 @@ bool PwriteAll(int fd, std::vector<struct iovec> iov, uint64_t off, const std::s
       return false;
     }
     off += static_cast<uint64_t>(n);
-    size_t g = static_cast<size_t>(n);
-    while (g > 0 && idx < iov.size()) {
-      if (g >= iov[idx].iov_len) {
-        g -= iov[idx].iov_len;
-        idx++;
-      } else {
-        iov[idx].iov_base = static_cast<uint8_t*>(iov[idx].iov_base) + g;
-        iov[idx].iov_len -= g;
-        g = 0;
-      }
-    }
+    AdvanceIov(iov, idx, static_cast<size_t>(n));
   }
   return true;
 }
-
-struct AlignedBuf {
-  uint8_t* p = nullptr;
-  size_t n = 0;
-  ~AlignedBuf() { std::free(p); }
-  bool Alloc(size_t bytes, bool zero) {
-    if (::posix_memalign(reinterpret_cast<void**>(&p), kAlign, bytes) != 0) {
-      p = nullptr;
-      return false;
-    }
-    n = bytes;
-    if (zero) std::memset(p, 0, bytes);
-    return true;
-  }
-};
 
 // Writes `len` zero bytes at `off`: through the O_DIRECT descriptor when the
 // range is aligned, else through the buffered one.
 bool WriteZeros(BlockWriter* w, int fd, uint64_t off, uint64_t len, SysFailure& fail) {
   bool aligned = !w->direct_ || ((off | len) % w->logical_block_size_) == 0;
   if (!aligned) {
-    std::string sc;
-    int err = 0;
-    fd = w->BufferedFd(&sc, &err);
-    if (fd < 0) {
-      fail.set(err, sc.c_str(), w->path_);
-      return false;
-    }
+    fd = w->BufferedFd(fail);
+    if (fd < 0) return false;
   }
   AlignedBuf zeros;
   if (!zeros.Alloc(static_cast<size_t>(std::min<uint64_t>(len, kChunk)), true)) {
@@ -195,22 +162,9 @@ class OpenWorker : public Napi::AsyncWorker {
     int flags = O_WRONLY | O_CLOEXEC;
     if (!exists) flags |= O_CREAT;
     if (blk && exclusive_) flags |= O_EXCL;  // refuses a mounted or otherwise claimed device (EBUSY)
-    bool direct = direct_mode_ != "never";
-    int fd = -1;
-    if (direct) {
-      do fd = ::open(path_.c_str(), flags | O_DIRECT, mode_); while (fd < 0 && errno == EINTR);
-      // A filesystem without O_DIRECT refuses the open itself; buffered writes
-      // are acceptable for regular files only, never for a block device.
-      if (fd < 0 && errno == EINVAL && !blk && direct_mode_ == "auto") {
-        direct = false;
-      } else if (fd < 0) {
-        return fail_.set(errno, "open", path_);
-      }
-    }
-    if (fd < 0) {
-      do fd = ::open(path_.c_str(), flags, mode_); while (fd < 0 && errno == EINTR);
-      if (fd < 0) return fail_.set(errno, "open", path_);
-    }
+    bool direct = false;
+    int fd = OpenMaybeDirect(path_, flags, mode_, blk, direct_mode_, &direct, fail_);
+    if (fd < 0) return;
     // Re-check what was opened (the path may have changed since stat).
     struct stat fst;
     if (::fstat(fd, &fst) != 0) {
@@ -327,13 +281,8 @@ class WriteWorker : public WriterWorker {
     if (!owner_->direct_ || !aligned) {
       int fd = fd_;
       if (owner_->direct_) {
-        std::string sc;
-        int err = 0;
-        fd = owner_->BufferedFd(&sc, &err);
-        if (fd < 0) {
-          fail_.set(err, sc.c_str(), owner_->path_);
-          return false;
-        }
+        fd = owner_->BufferedFd(fail_);
+        if (fd < 0) return false;
       }
       std::vector<struct iovec> iov;
       for (size_t k = a; k < b; k++) iov.push_back({const_cast<uint8_t*>(segs_[k].data), segs_[k].len});
@@ -498,15 +447,14 @@ BlockWriter::~BlockWriter() {
   if (buffered_fd_ >= 0) ::close(buffered_fd_);
 }
 
-int BlockWriter::BufferedFd(std::string* err_syscall, int* err) {
+int BlockWriter::BufferedFd(SysFailure& fail) {
   std::lock_guard<std::mutex> lock(buffered_mu_);
   if (buffered_fd_ >= 0) return buffered_fd_;
   int fd;
   // Same file, no O_DIRECT; never O_CREAT here (the file exists by now).
   do fd = ::open(path_.c_str(), O_WRONLY | O_CLOEXEC); while (fd < 0 && errno == EINTR);
   if (fd < 0) {
-    *err = errno;
-    *err_syscall = "open";
+    fail.set(errno, "open", path_);
     return -1;
   }
   buffered_fd_ = fd;

@@ -9,6 +9,8 @@
 #include <mutex>
 #include <string>
 
+#include "errors.h"
+
 namespace dmthin {
 
 class BlockWriter : public Napi::ObjectWrap<BlockWriter> {
@@ -30,7 +32,7 @@ class BlockWriter : public Napi::ObjectWrap<BlockWriter> {
   // O_DIRECT cannot do writes that are not aligned to the logical block size
   // (a device size that is not a multiple of 4 KiB on a 4Kn disk): those go
   // through a second, buffered descriptor, opened on first use. fsync covers both.
-  int BufferedFd(std::string* err_syscall, int* err);
+  int BufferedFd(SysFailure& fail);
   int buffered_fd_ = -1;
   std::mutex buffered_mu_;
 

@@ -14,7 +14,6 @@ import {
   IOCTL,
   type IoctlHeader,
   TARGET_SPEC,
-  align8,
   decodeHeader,
   encodeDev,
   encodeRequest,
@@ -22,6 +21,7 @@ import {
 import { DmIoctlError, DmthinError, SystemCallError, UsageError } from '../../src/errors';
 import { PoolMessage } from '../../src/dm/targets/thin-pool';
 import { sectors } from '../../src/units';
+import { statusResults } from './helpers/kernel-replies';
 
 interface Sent {
   cmd: Cmd;
@@ -66,24 +66,6 @@ function fake(handler: Reply = (s) => reply(s)) {
     },
   });
   return { dm, sent };
-}
-
-/** TABLE_STATUS-style specs: next measured from the first spec. */
-function statusResults(lines: { start: number; length: number; type: string; params: string }[]): Buffer {
-  const parts: Buffer[] = [];
-  let off = 0;
-  for (const l of lines) {
-    const size = align8(TARGET_SPEC.size + Buffer.byteLength(l.params) + 1);
-    const r = Buffer.alloc(size);
-    r.writeBigUInt64LE(BigInt(l.start), 0);
-    r.writeBigUInt64LE(BigInt(l.length), 8);
-    off += size;
-    r.writeUInt32LE(off, TARGET_SPEC.next);
-    r.write(l.type, TARGET_SPEC.target_type);
-    r.write(l.params, TARGET_SPEC.size);
-    parts.push(r);
-  }
-  return Buffer.concat(parts);
 }
 
 describe('requests', () => {

@@ -6,27 +6,11 @@
  * the default action killed the process and left the root held).
  */
 import { DeviceMapper } from '../../src/dm/device-mapper';
-import { Cmd, Flag, IOCTL, TARGET_MSG, TARGET_SPEC, align8, decodeHeader, encodeDev, encodeRequest } from '../../src/dm/ioctl';
+import { Cmd, Flag, IOCTL, TARGET_MSG, align8, decodeHeader, encodeDev, encodeRequest } from '../../src/dm/ioctl';
 import { DmIoctlError } from '../../src/errors';
 import { guardedCount } from '../../src/pool/release-guard';
 import { ThinPool } from '../../src/pool/thin-pool';
-
-function specs(lines: { start: number; length: number; type: string; params: string }[]): Buffer {
-  const parts: Buffer[] = [];
-  let off = 0;
-  for (const l of lines) {
-    const size = align8(TARGET_SPEC.size + Buffer.byteLength(l.params) + 1);
-    const r = Buffer.alloc(size);
-    r.writeBigUInt64LE(BigInt(l.start), 0);
-    r.writeBigUInt64LE(BigInt(l.length), 8);
-    off += size;
-    r.writeUInt32LE(off, TARGET_SPEC.next);
-    r.write(l.type, TARGET_SPEC.target_type);
-    r.write(l.params, TARGET_SPEC.size);
-    parts.push(r);
-  }
-  return Buffer.concat(parts);
-}
+import { statusResults } from '../dm/helpers/kernel-replies';
 
 /** dm_name_list records (interface 4.47: event_nr and flags after each name); `next` is relative, 0 on the last. */
 function nameList(devices: { name: string; dev: { major: number; minor: number } }[]): Buffer {
@@ -66,7 +50,7 @@ function fakePool() {
     if (h.name === 'origin') {
       // An active thin device of the pool (thin id 1).
       if (cmd === Cmd.DEV_STATUS) return reply(h.name, undefined, 0, Flag.ACTIVE_PRESENT | (state.originSuspended ? Flag.SUSPEND : 0));
-      if (cmd === Cmd.TABLE_STATUS) return reply(h.name, specs([{ start: 0, length: 2048, type: 'thin', params: '253:5 1' }]), 1);
+      if (cmd === Cmd.TABLE_STATUS) return reply(h.name, statusResults([{ start: 0, length: 2048, type: 'thin', params: '253:5 1' }]), 1);
       if (cmd === Cmd.DEV_SUSPEND) {
         const suspend = !!(h.flags & Flag.SUSPEND);
         suspends.push(`${suspend ? 'suspend' : 'resume'} origin`);
@@ -82,7 +66,7 @@ function fakePool() {
     if (cmd === Cmd.DEV_STATUS) return reply(h.name);
     if (cmd === Cmd.TABLE_STATUS) {
       const params = h.flags & Flag.STATUS_TABLE ? '7:0 7:1 128 0 0' : `0 200/2048 0/1024 ${state.held || '-'} rw discard_passdown queue_if_no_space - 512`;
-      return reply(h.name, specs([{ start: 0, length: 131072, type: 'thin-pool', params }]), 1);
+      return reply(h.name, statusResults([{ start: 0, length: 131072, type: 'thin-pool', params }]), 1);
     }
     if (cmd === Cmd.TARGET_MSG) {
       const at = IOCTL.size + TARGET_MSG.message;
