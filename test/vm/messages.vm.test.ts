@@ -15,7 +15,7 @@ import { ThinPool } from '../../src/pool/thin-pool';
 import { ThinMetadata } from '../../src/thin/metadata';
 import { sectors } from '../../src/units';
 import { MiB, describeVm, run, useDmSandbox } from './helpers';
-import { CLI, createTestPool, dmsetupFields, expectIoctlError, oneTarget, sh } from './pool-helpers';
+import { CLI, createTestPool, dmsetupFields, expectIoctlError, oneTarget, sh, waitFor } from './pool-helpers';
 
 describeVm('pool messages and dm ioctls: failures and their errnos on a real kernel', () => {
   const sandbox = useDmSandbox('messages');
@@ -124,6 +124,8 @@ describeVm('pool messages and dm ioctls: failures and their errnos on a real ker
     } finally {
       closeSync(fd);
     }
+    // The kernel runs the deferred removal from a work queue after the last close.
+    await waitFor(`${z} removed after its last close`, () => dm.info(z).then(() => false, () => true), 5_000, 50);
     await expectIoctlError(dm.info(z), { code: 'ENXIO', ioctl: 'DM_DEV_STATUS', device: z });
   });
 
