@@ -112,6 +112,7 @@ export type CorruptionKind =
   | 'cycle'
   | 'data-range' // data block beyond the data device
   | 'device-mismatch' // details tree and mapping tree disagree
+  | 'mapped-count' // a device's mapping tree holds another number of mappings than its details say
   | 'space-map'
   | 'ref-count'
   | 'truncated' // device smaller than the metadata says

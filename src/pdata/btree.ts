@@ -142,41 +142,99 @@ function describe(ctx: TreeContext): string {
   return ctx.devId !== undefined ? `${ctx.tree} tree of device ${ctx.devId}` : `${ctx.tree} tree`;
 }
 
-/** One bit per metadata block: "seen in this tree". Catches cycles and double references. */
+/**
+ * One bit per metadata block: "seen in this tree". Catches cycles and double
+ * references. Paged (4 KiB of bits, 32768 blocks, per page, on first touch) so
+ * that a walk that visits a few nodes of a large device costs a few pages,
+ * not a bitmap of the whole device.
+ */
 export class BlockSet {
-  private readonly bits: Uint8Array;
-  constructor(readonly nrBlocks: number) {
-    this.bits = new Uint8Array(Math.ceil(nrBlocks / 8));
-  }
+  private readonly pages: (Uint8Array | undefined)[] = [];
+  constructor(readonly nrBlocks: number) {}
   /** Returns false if already present. */
   add(b: number): boolean {
-    const i = b >>> 3;
-    const m = 1 << (b & 7);
-    if (this.bits[i] & m) return false;
-    this.bits[i] |= m;
+    const p = Math.floor(b / 32768);
+    const page = (this.pages[p] ??= new Uint8Array(4096));
+    const o = b - p * 32768;
+    const i = o >>> 3;
+    const m = 1 << (o & 7);
+    if (page[i] & m) return false;
+    page[i] |= m;
     return true;
   }
   has(b: number): boolean {
-    return (this.bits[b >>> 3] & (1 << (b & 7))) !== 0;
+    const p = Math.floor(b / 32768);
+    const page = this.pages[p];
+    if (!page) return false;
+    const o = b - p * 32768;
+    return (page[o >>> 3] & (1 << (o & 7))) !== 0;
+  }
+}
+
+/**
+ * The fewest entries a non-root node may hold: a third of max_entries. The
+ * kernel's btree keeps every node but the root at least that full (it
+ * rebalances or merges on removal), and thin_check (0.9.0 and 1.x) rejects
+ * less; so an under-filled node is corruption, typically a node whose
+ * nr_entries was damaged so that mappings vanish from every walk.
+ */
+export function minEntriesFor(maxEntries: number): number {
+  return Math.floor(maxEntries / 3);
+}
+
+/** Throws unless a non-root node holds at least minEntriesFor(max_entries) entries. */
+export function checkFill(node: BtreeNode, ctx: TreeContext): void {
+  const min = minEntriesFor(node.maxEntries);
+  if (node.nrEntries < min) {
+    throw new MetadataError(
+      'nr-entries',
+      `${node.isLeaf ? 'leaf' : 'internal node'} ${node.nr} holds ${node.nrEntries} entries; a non-root node holds at least ${min} (max_entries ${node.maxEntries}) (${describe(ctx)})`,
+      { block: node.nr, ...ctx },
+    );
   }
 }
 
 /**
  * The checks every tree walk applies to each node it reaches: pointers inside
  * the metadata device, no block twice in one tree (which also stops cycles),
- * a depth cap, the node's own validation and key range, non-empty internal
- * nodes, and all leaves at one depth.
+ * a depth cap, the node's own validation and key range, the fill of non-root
+ * nodes, non-empty internal nodes, and all leaves at one depth.
  */
 export class TreeValidator {
   private readonly seen: BlockSet;
-  private leafDepth = -1;
+  private leafDepth_ = -1;
 
   constructor(
     readonly nrMetadataBlocks: number,
     readonly valueSize: number,
     readonly ctx: TreeContext,
+    /**
+     * Depth of the walk's first node in its real tree: 0 when it is the
+     * tree's root (exempt from the fill rule), more for a subtree walked on
+     * its own (a shared subtree in a delta).
+     */
+    readonly rootDepth = 0,
   ) {
     this.seen = new BlockSet(nrMetadataBlocks);
+  }
+
+  /** Depth (from the walk's first node) at which leaves were found, or -1. */
+  get leafDepth(): number {
+    return this.leafDepth_;
+  }
+
+  /**
+   * Records (or checks against the others) a leaf found at `depth` by a walk
+   * outside this validator, e.g. in a subtree two trees share.
+   */
+  noteLeafDepth(depth: number, block: number): void {
+    if (this.leafDepth_ < 0) this.leafDepth_ = depth;
+    else if (this.leafDepth_ !== depth) {
+      throw new MetadataError('depth', `unbalanced ${describe(this.ctx)}: leaf ${block} at depth ${depth}, others at ${this.leafDepth_}`, {
+        block,
+        ...this.ctx,
+      });
+    }
   }
 
   checkPointer(b: number, from: number): void {
@@ -188,30 +246,31 @@ export class TreeValidator {
     }
   }
 
-  /** Validates the node read for a pointer with key range [lo, hi) at `depth` (root = 0). */
+  /** Validates the node read for a pointer with key range [lo, hi) at `depth` (the walk's first node = 0). */
   visit(block: Block, lo: Key, hi: Key, depth: number): BtreeNode {
     const ctx = this.ctx;
     const nr = block.nr;
     if (!this.seen.add(nr)) {
       throw new MetadataError('cycle', `block ${nr} is referenced twice in the ${describe(ctx)} (cycle or shared node)`, { block: nr, ...ctx });
     }
-    if (depth >= MAX_DEPTH) {
+    if (depth + this.rootDepth >= MAX_DEPTH) {
       throw new MetadataError('depth', `${describe(ctx)} is deeper than ${MAX_DEPTH} levels at block ${nr}`, { block: nr, ...ctx });
     }
     const node = new BtreeNode(block, this.valueSize, ctx);
     node.checkKeys(lo, hi, ctx);
+    if (depth + this.rootDepth > 0) checkFill(node, ctx);
     if (node.isLeaf) {
-      if (this.leafDepth < 0) this.leafDepth = depth;
-      else if (this.leafDepth !== depth) {
-        throw new MetadataError('depth', `unbalanced ${describe(ctx)}: leaf ${nr} at depth ${depth}, others at ${this.leafDepth}`, { block: nr, ...ctx });
+      if (this.leafDepth_ < 0) this.leafDepth_ = depth;
+      else if (this.leafDepth_ !== depth) {
+        throw new MetadataError('depth', `unbalanced ${describe(ctx)}: leaf ${nr} at depth ${depth}, others at ${this.leafDepth_}`, { block: nr, ...ctx });
       }
       return node;
     }
     if (node.nrEntries === 0) {
       throw new MetadataError('nr-entries', `internal node ${nr} has no entries (${describe(ctx)})`, { block: nr, ...ctx });
     }
-    if (this.leafDepth >= 0 && depth >= this.leafDepth) {
-      throw new MetadataError('depth', `unbalanced ${describe(ctx)}: internal node ${nr} at leaf depth ${this.leafDepth}`, { block: nr, ...ctx });
+    if (this.leafDepth_ >= 0 && depth >= this.leafDepth_) {
+      throw new MetadataError('depth', `unbalanced ${describe(ctx)}: internal node ${nr} at leaf depth ${this.leafDepth_}`, { block: nr, ...ctx });
     }
     return node;
   }
@@ -230,6 +289,12 @@ export interface WalkOptions extends TreeContext {
   end?: Key;
   /** Called for every node read (for progress and IO accounting). */
   onNode?: (node: BtreeNode, depth: number) => void;
+  /**
+   * Walk a subtree: the depth of `root` in its tree (so that the fill rule
+   * applies to it when it is not the tree's root) and the key range its
+   * parent gives it. Default: a whole tree (depth 0, every key).
+   */
+  subtree?: { depth: number; lo: Key; hi: Key };
 }
 
 interface Pending {
@@ -258,9 +323,9 @@ export async function* walkLeaves(io: BlockSource, root: number, opts: WalkOptio
   const begin = opts.begin ?? 0;
   const end = opts.end ?? Infinity;
   const ctx: TreeContext = { tree: opts.tree, devId: opts.devId };
-  const v = new TreeValidator(opts.nrMetadataBlocks, opts.valueSize, ctx);
+  const v = new TreeValidator(opts.nrMetadataBlocks, opts.valueSize, ctx, opts.subtree?.depth ?? 0);
   // The stack's top (last element) is the next node in key order.
-  const stack: Pending[] = [{ block: root, lo: 0, hi: Infinity, depth: 0 }];
+  const stack: Pending[] = [{ block: root, lo: opts.subtree?.lo ?? 0, hi: opts.subtree?.hi ?? Infinity, depth: 0 }];
   let inFlight = 0;
   v.checkPointer(root, root);
 
@@ -362,6 +427,10 @@ export async function lookup(
     const [b] = await io.read([block]);
     const node = new BtreeNode(b, opts.valueSize, ctx);
     node.checkKeys(lo, hi, ctx);
+    if (depth > 0) checkFill(node, ctx);
+    else if (!node.isLeaf && node.nrEntries === 0) {
+      throw new MetadataError('nr-entries', `internal node ${block} has no entries (${describe(ctx)})`, { block, ...ctx });
+    }
     const i = upperIndex(node, key);
     // == so that a bigint key matches a number key of the same value.
     // eslint-disable-next-line eqeqeq

@@ -11,7 +11,7 @@
  * depth x fan-out per side plus one read window.
  */
 import { AbortError, MetadataError, throwIfAborted } from '../errors';
-import { BtreeNode, type Key, LEAF_NODE, TreeValidator, walkLeaves } from '../pdata/btree';
+import { BtreeNode, checkFill, type Key, LEAF_NODE, TreeValidator, walkLeaves } from '../pdata/btree';
 import type { Block, BlockSource } from '../pdata/io-engine';
 import { TIME_MASK, type VirtualBlock } from './mappings';
 
@@ -61,6 +61,9 @@ export interface DeltaWalkOptions extends DeltaOptions {
 export interface DeltaStats extends DeltaProgress {
   /** Blocks requested from the IO engine. */
   blocksRead: number;
+  /** Virtual blocks classified that the left (right) device maps: all of its mappings when `same` is included. */
+  leftBlocks: number;
+  rightBlocks: number;
 }
 
 const TWO32 = 4294967296;
@@ -227,7 +230,7 @@ class Side {
 
 /** The walk over two trees; yields extents through an async generator. */
 class DeltaWalker {
-  readonly stats: DeltaStats = { nodesRead: 0, sharedSubtrees: 0, blocks: 0, blocksRead: 0 };
+  readonly stats: DeltaStats = { nodesRead: 0, sharedSubtrees: 0, blocks: 0, blocksRead: 0, leftBlocks: 0, rightBlocks: 0 };
   readonly window: number;
   private readonly out: DeltaExtent[] = [];
   private cur: DeltaExtent | undefined;
@@ -262,6 +265,8 @@ class DeltaWalker {
   /** Adds one classified virtual block (or a run of them) to the current extent. */
   private emit(kind: DeltaKind, begin: Key, length: number, left: number | undefined, right: number | undefined): void {
     this.stats.blocks += length;
+    if (kind !== 'right_only') this.stats.leftBlocks += length;
+    if (kind !== 'left_only') this.stats.rightBlocks += length;
     if (kind === 'same' && this.opts.includeSame === false) return;
     const c = this.cur;
     if (
@@ -280,29 +285,35 @@ class DeltaWalker {
     if (right !== undefined) this.cur.rightData = right;
   }
 
-  private sharedLeaf(b: Block, lo: Key, hi: Key): BtreeNode {
+  private sharedLeaf(b: Block, l: Ref, r: Ref): BtreeNode {
     const ctx = { tree: 'mapping', devId: this.opts.leftId };
     const node = new BtreeNode(b, 8, ctx);
-    node.checkKeys(lo, hi, ctx);
+    node.checkKeys(l.lo, l.hi, ctx);
+    if (l.depth > 0 || r.depth > 0) checkFill(node, ctx);
+    this.left.validator.noteLeafDepth(l.depth, b.nr);
+    this.right.validator.noteLeafDepth(r.depth, b.nr);
     return node;
   }
 
   /**
-   * Both sides reference the same subtree: identical contents. Reads it once
-   * (one side) to report `same`, or not at all. Yields after each leaf so the
-   * caller can hand extents on and memory stays bounded.
+   * Both sides reference the same subtree under the same key range, so its
+   * contents are identical on both sides. Reads it once (one side) to report
+   * `same`, or not at all. Yields after each leaf so the caller can hand
+   * extents on and memory stays bounded.
    */
   private async *shared(l: Ref, r: Ref): AsyncGenerator<void> {
     this.stats.sharedSubtrees++;
     if (this.opts.includeSame === false) return;
-    const lo = l.lo > r.lo ? l.lo : r.lo;
-    const hi = l.hi < r.hi ? l.hi : r.hi;
+    const lo = l.lo;
+    const hi = l.hi;
     // The left side usually read it already (prefetch): a shared leaf is then
-    // enumerated straight away; a shared internal node is walked in bulk.
+    // enumerated straight away; a shared internal node is walked in bulk,
+    // validated as the subtree it is (fill rule, key range, leaf depth on
+    // both sides).
     const first = l.data ?? (l.p ? await l.p : undefined);
     const leaves =
       first && first.u32(4) === LEAF_NODE
-        ? [this.sharedLeaf(first, lo, hi)]
+        ? [this.sharedLeaf(first, l, r)]
         : walkLeaves(this.io, l.block, {
             tree: 'mapping',
             devId: this.opts.leftId,
@@ -310,9 +321,14 @@ class DeltaWalker {
             nrMetadataBlocks: this.opts.nrMetadataBlocks,
             signal: this.opts.signal,
             window: this.window,
-            onNode: () => {
+            subtree: { depth: Math.max(l.depth, r.depth), lo, hi },
+            onNode: (node, depth) => {
               this.stats.nodesRead++;
               this.stats.blocksRead++;
+              if (node.isLeaf) {
+                this.left.validator.noteLeafDepth(l.depth + depth, node.nr);
+                this.right.validator.noteLeafDepth(r.depth + depth, node.nr);
+              }
             },
           });
     if (first && first.u32(4) === LEAF_NODE) this.stats.nodesRead++;
@@ -454,7 +470,11 @@ class DeltaWalker {
       }
       const a = L.top();
       const b = R.top();
-      if (!a.leaf && !b.leaf && a.block === b.block) {
+      // One block under the same key range on both sides: a shared subtree,
+      // skipped (or read once). Under different ranges it is read and
+      // validated on each side like any other node, so that a subtree whose
+      // keys fit one parent's range and not the other's cannot be skipped.
+      if (!a.leaf && !b.leaf && a.block === b.block && keyEq(a.lo, b.lo) && keyEq(a.hi, b.hi)) {
         if (this.opts.includeSame !== false) {
           if (!a.p) L.fetch();
           L.prefetch();

@@ -9,7 +9,7 @@
 import { DmthinError, MetadataError, MetadataSnapError, UsageError } from '../errors';
 import { lookup as btreeLookup, walkLeaves } from '../pdata/btree';
 import { BlockSource, MemoryBlockSource, NativeBlockSource, OpenOptions } from '../pdata/io-engine';
-import { SpaceMap, SpaceMapKind } from '../pdata/space-map';
+import { ENTRIES_PER_BITMAP, MAX_METADATA_BITMAPS, SpaceMap, SpaceMapKind } from '../pdata/space-map';
 import { DeviceDetails, DEVICE_DETAILS_SIZE, parseDeviceDetails } from './device-details';
 import { Mapping, MappingRun, mappingRunBatches, RunBatch, VirtualBlock, WalkProgress, leafMapping } from './mappings';
 import { parseSuperblock, Superblock } from './superblock';
@@ -31,6 +31,40 @@ export interface WalkOptions {
   /** Only virtual blocks in [begin, end). */
   begin?: VirtualBlock;
   end?: VirtualBlock;
+}
+
+/** Most metadata blocks a pool can have: the metadata space map's one index block holds 255 bitmaps. */
+export const MAX_METADATA_BLOCKS = MAX_METADATA_BITMAPS * ENTRIES_PER_BITMAP;
+/** Data block numbers are 40 bits wide in a mapping value (the low 24 bits hold the time). */
+export const MAX_DATA_BLOCKS = 2 ** 40;
+
+/**
+ * The sizes everything else is bounded by, checked against what can be true
+ * before any walk trusts them: bookkeeping sized from a checksummed but
+ * absurd superblock would otherwise mean gigabyte allocations or long walks
+ * of nothing. The metadata space map must fit its one index block and the
+ * device; each data space-map bitmap occupies a metadata block, so the data
+ * device cannot have more blocks than the metadata device has bitmaps for.
+ */
+function checkSizes(sb: Superblock, io: BlockSource): void {
+  const meta = sb.metadataSpaceMap.nrBlocks;
+  const data = sb.dataSpaceMap.nrBlocks;
+  const deviceBlocks = Math.floor(io.sizeBytes / 4096);
+  const fail = (msg: string, kind: 'space-map' | 'truncated' = 'space-map') =>
+    new MetadataError(kind, `superblock: ${msg}`, { block: 0, tree: 'superblock', path: io.path });
+  if (meta === 0) throw fail('the metadata space map has 0 blocks');
+  if (meta > MAX_METADATA_BLOCKS) {
+    throw fail(`the metadata space map claims ${meta} blocks; a pool's metadata has at most ${MAX_METADATA_BLOCKS} (255 bitmaps)`);
+  }
+  if (meta > deviceBlocks) {
+    throw fail(
+      `the metadata space map claims ${meta} blocks but ${io.path} holds ${deviceBlocks}: the device is truncated or is not this pool's metadata`,
+      'truncated',
+    );
+  }
+  if (data > MAX_DATA_BLOCKS || Math.ceil(data / ENTRIES_PER_BITMAP) > meta) {
+    throw fail(`the data space map claims ${data} blocks, more than ${meta} metadata blocks can hold bitmaps for`);
+  }
 }
 
 export class ThinMetadata implements AsyncDisposable {
@@ -91,9 +125,7 @@ export class ThinMetadata implements AsyncDisposable {
     }
     const [b0] = await io.read([0]);
     const live = parseSuperblock(b0);
-    if (live.metadataSpaceMap.nrBlocks === 0) {
-      throw new MetadataError('space-map', 'superblock: metadata space map has 0 blocks', { block: 0 });
-    }
+    checkSizes(live, io);
     let used = live;
     if (snap !== undefined && snap !== false) {
       const held = live.heldRoot;
@@ -203,16 +235,38 @@ export class ThinMetadata implements AsyncDisposable {
     return root;
   }
 
-  /** Merged mapping runs of one device, in batches (fast path for formatters). */
+  /**
+   * Merged mapping runs of one device, in batches (fast path for formatters).
+   * A walk of the whole device also checks that it found as many mappings as
+   * the details tree says the device has: the kernel keeps that count exact,
+   * and a node whose nr_entries was lowered (still a third full, checksum
+   * valid) would otherwise lose mappings without any other trace.
+   */
   async *mappingBatches(devId: number, opts: WalkOptions = {}): AsyncGenerator<RunBatch> {
     this.check();
     const root = await this.rootOf(devId);
-    yield* mappingRunBatches(this.io, root, {
+    const whole = (opts.begin === undefined || opts.begin === 0) && opts.end === undefined;
+    const expected = whole ? (await this.devices({ signal: opts.signal })).get(devId)?.mappedBlocks : undefined;
+    let found = 0;
+    for await (const batch of mappingRunBatches(this.io, root, {
       devId,
       nrMetadataBlocks: this.nrMetadataBlocks,
       nrDataBlocks: this.nrDataBlocks,
       ...opts,
-    });
+    })) {
+      if (expected !== undefined) for (let i = 0; i < batch.count; i++) found += batch.length[i];
+      yield batch;
+    }
+    if (expected !== undefined) this.checkMappedCount(devId, expected, found);
+  }
+
+  private checkMappedCount(devId: number, expected: number, found: number): void {
+    if (found === expected) return;
+    throw new MetadataError(
+      'mapped-count',
+      `device ${devId}: its mapping tree holds ${found} mappings but its details say ${expected}: mappings are missing or the details are stale (run dmthin check)`,
+      { devId, tree: 'mapping', expected, found },
+    );
   }
 
   /** Merged mapping runs `{ originBegin, dataBegin, length, time }` of one device, in virtual-block order. */
@@ -226,8 +280,12 @@ export class ThinMetadata implements AsyncDisposable {
    * read twice, and not at all with `includeSame: false`.
    */
   async *delta(left: number, right: number, opts: DeltaOptions = {}): AsyncGenerator<DeltaExtent, DeltaStats> {
-    const [l, r] = [await this.rootOf(left, 'left'), await this.rootOf(right, 'right')];
-    return yield* this.deltaOfRoots(l, r, { ...opts, leftId: left, rightId: right });
+    const gen = this.deltaExtentBatches(left, right, opts);
+    for (;;) {
+      const r = await gen.next();
+      if (r.done) return r.value;
+      yield* r.value;
+    }
   }
 
   /** Delta of two raw bottom-level roots (thin_delta --root1/--root2). */
@@ -252,7 +310,16 @@ export class ThinMetadata implements AsyncDisposable {
   async *deltaExtentBatches(left: number, right: number, opts: DeltaOptions = {}): AsyncGenerator<DeltaExtent[], DeltaStats> {
     const [l, r] = [await this.rootOf(left, 'left'), await this.rootOf(right, 'right')];
     this.check();
-    return yield* deltaBatches(this.io, l, r, { ...opts, leftId: left, rightId: right, nrMetadataBlocks: this.nrMetadataBlocks, nrDataBlocks: this.nrDataBlocks });
+    const stats = yield* deltaBatches(this.io, l, r, { ...opts, leftId: left, rightId: right, nrMetadataBlocks: this.nrMetadataBlocks, nrDataBlocks: this.nrDataBlocks });
+    // With `same`, both trees were walked whole: their counts must match the details.
+    if (opts.includeSame !== false) {
+      const devices = await this.devices({ signal: opts.signal });
+      for (const [id, found] of [[left, stats.leftBlocks], [right, stats.rightBlocks]] as const) {
+        const d = devices.get(id);
+        if (d) this.checkMappedCount(id, d.mappedBlocks, found);
+      }
+    }
+    return stats;
   }
 
   /** Where one virtual block of a device is mapped, or null. */

@@ -34,7 +34,7 @@ const EXPECT: Record<CorruptionKind, { fixture: string; kinds: string[]; locates
   'data-block-beyond-end': { fixture: 'snapshots', kinds: ['data-range'] },
   'details-only-device': { fixture: 'snapshots', kinds: ['device-mismatch'] },
   'mapping-only-device': { fixture: 'snapshots', kinds: ['device-mismatch'] },
-  'depth-bomb': { fixture: 'snapshots', kinds: ['depth', 'cycle'] },
+  'depth-bomb': { fixture: 'snapshots', kinds: ['nr-entries', 'depth', 'cycle'] },
   'metadata-block-size': { fixture: 'range-merge', kinds: ['block-size'], locates: true },
   'superblock-version': { fixture: 'range-merge', kinds: ['version'], locates: true },
 };
@@ -132,4 +132,125 @@ describe('fuzzing: random faults never crash, hang or escape as untyped errors',
       { numRuns: 400 },
     );
   }, 120_000);
+});
+
+/**
+ * The promise behind every exit status: a structural fault with a valid
+ * checksum (node headers, internal keys, child pointers, tree roots) either
+ * leaves the dump byte-identical to the clean image's or is refused. A lowered
+ * nr_entries that still leaves a node a third full is caught by the mapping
+ * count the details tree keeps; everything else by the node and tree checks.
+ */
+describe('property: a structural fault changes nothing or is refused', () => {
+  const names = ['snapshots', 'deep-tree', 'shared-subtree', 'metadata-snap', 'range-merge'];
+  const bases = names.map((n) => ({ n, img: fixtureImage(n) }));
+  const dumpOf = async (image: Buffer): Promise<Buffer> => {
+    const chunks: Buffer[] = [];
+    const out = new Writable({
+      write(c, _e, cb) {
+        chunks.push(c);
+        cb();
+      },
+    });
+    await using md = await ThinMetadata.fromBuffer(image);
+    await dump(md, out, { format: 'xml' });
+    return Buffer.concat(chunks);
+  };
+  const clean = new Map<string, Buffer>();
+  beforeAll(async () => {
+    for (const b of bases) clean.set(b.n, await dumpOf(b.img));
+  });
+
+  type Fault = 'nr-entries' | 'max-entries' | 'value-size' | 'flags' | 'internal-key' | 'child' | 'dev-root' | 'sb-root';
+  const FAULTS: Fault[] = ['nr-entries', 'max-entries', 'value-size', 'flags', 'internal-key', 'child', 'dev-root', 'sb-root'];
+
+  test('dump output identical to the clean image, or a MetadataError', async () => {
+    let refused = 0;
+    let unchanged = 0;
+    await fc.assert(
+      fc.asyncProperty(fc.nat(), fc.constantFrom(...FAULTS), fc.nat(), fc.nat(), fc.nat({ max: 2 ** 32 - 1 }), async (bi, fault, ni, ii, r) => {
+        const base = bases[bi % bases.length];
+        const img = Buffer.from(base.img);
+        const nodes = listNodes(img);
+        const blocks = img.length / 4096;
+        // Re-pointing a reference at another device's subtree makes a different
+        // tree that is structurally valid; only the space maps tell (dmthin check).
+        const bottom = new Set(nodes.filter((n) => n.tree === 'bottom').map((n) => n.block));
+        const pointer = r % (blocks + 8);
+        if (fault === 'sb-root') {
+          fc.pre(!bottom.has(pointer) && !nodes.some((n) => n.block === pointer));
+          const sb = img.subarray(0, 4096);
+          sb.writeBigUInt64LE(BigInt(pointer), r % 2 ? 0x140 : 0x148);
+          seal(sb, 'superblock');
+        } else {
+          const pool = fault === 'internal-key' || fault === 'child' ? nodes.filter((n) => !n.leaf) : fault === 'dev-root' ? nodes.filter((n) => n.tree === 'top' && n.leaf) : nodes;
+          fc.pre(pool.length > 0);
+          const target = pool[ni % pool.length];
+          const b = img.subarray(target.block * 4096, (target.block + 1) * 4096);
+          const nr = b.readUInt32LE(16);
+          const max = b.readUInt32LE(20);
+          const vsize = b.readUInt32LE(24);
+          const i = nr ? ii % nr : 0;
+          switch (fault) {
+            case 'nr-entries':
+              b.writeUInt32LE(r % (max + 2), 16);
+              break;
+            case 'max-entries':
+              b.writeUInt32LE(r % 400, 20);
+              break;
+            case 'value-size':
+              b.writeUInt32LE(r % 40, 24);
+              break;
+            case 'flags':
+              b.writeUInt32LE(r % 4, 4);
+              break;
+            case 'internal-key': {
+              const k = b.readBigUInt64LE(32 + 8 * i);
+              const delta = BigInt((r % 2001) - 1000);
+              b.writeBigUInt64LE(BigInt.asUintN(64, k + delta), 32 + 8 * i);
+              break;
+            }
+            case 'child':
+            case 'dev-root':
+              fc.pre(!bottom.has(pointer));
+              b.writeBigUInt64LE(BigInt(pointer), 32 + 8 * max + vsize * i);
+              break;
+          }
+          seal(b, 'btree');
+        }
+        let out: Buffer;
+        try {
+          out = await dumpOf(img);
+        } catch (err) {
+          if (!(err instanceof MetadataError)) throw err;
+          refused++;
+          return;
+        }
+        expect(out.equals(clean.get(base.n)!)).toBe(true);
+        unchanged++;
+      }),
+      { numRuns: 600 },
+    );
+    // Both outcomes occur: the property is not vacuous.
+    expect(refused).toBeGreaterThan(100);
+    expect(unchanged).toBeGreaterThan(5);
+  }, 180_000);
+
+  test('a non-root leaf whose nr_entries was lowered but stays a third full: refused by the mapping count', async () => {
+    const img = Buffer.from(fixtureImage('deep-tree'));
+    const leaf = listNodes(img).find((n) => n.tree === 'bottom' && n.leaf && n.level > 1 && n.nr > 90)!;
+    const b = img.subarray(leaf.block * 4096, (leaf.block + 1) * 4096);
+    b.writeUInt32LE(leaf.nr - 5, 16);
+    seal(b, 'btree');
+    const err = await dumpOf(img).catch((e) => e);
+    expect(err).toBeInstanceOf(MetadataError);
+    expect(err).toMatchObject({ kind: 'mapped-count', devId: Number(leaf.dev), found: expect.any(Number), expected: expect.any(Number) });
+    expect(err.expected - err.found).toBe(5);
+    using f = tempImage(img);
+    for (const args of [['dump'], ['ls', '-o', 'DEV,EXCLUSIVE_BLOCKS'], ['delta', '--snap1', String(leaf.dev), '--snap2', String(leaf.dev)]]) {
+      const r = runCli([...args, f.path]);
+      expect(r.status).toBe(1);
+      expect(r.stderr).toMatch(/mapping tree holds \d+ mappings but its details say \d+/);
+    }
+  });
 });

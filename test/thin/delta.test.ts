@@ -7,7 +7,7 @@
 import fc from 'fast-check';
 import { MemoryBlockSource } from '../../src/pdata/io-engine';
 import { deltaBatches, DeltaExtent } from '../../src/thin/delta';
-import { ImageBuilder, u64, writeNode } from '../unit/tree-builder';
+import { chunkEven, ImageBuilder, minEntries, u64, writeNode } from '../unit/tree-builder';
 import { fixtureFile, fixtureImage } from '../helpers/fixtures';
 import { runCli } from '../cli/run-cli';
 import { ThinMetadata } from '../../src';
@@ -36,8 +36,7 @@ function build(img: ImageBuilder, leaves: Mapping[][], fanout: number, reuse?: n
   let level = leafBlocks.map((nr, i) => ({ nr, first: BigInt(leaves[i][0][0]) }));
   while (level.length > 1) {
     const up: typeof level = [];
-    for (let i = 0; i < level.length; i += fanout) {
-      const chunk = level.slice(i, i + fanout);
+    for (const chunk of chunkEven(level, fanout, minEntries(8))) {
       const sig = chunk.map((c) => `${c.first}:${c.nr}`).join(',');
       let nr = cache.get(sig);
       if (nr === undefined) {
@@ -107,9 +106,9 @@ function scenario(nLeaves: number, per: number, changed: number[], fanout: numbe
 test('property: same results as a naive comparison, with and without same', async () => {
   await fc.assert(
     fc.asyncProperty(
-      fc.integer({ min: 1, max: 40 }),
-      fc.integer({ min: 1, max: 12 }),
-      fc.integer({ min: 2, max: 5 }),
+      fc.integer({ min: 1, max: 100 }),
+      fc.integer({ min: 84, max: 100 }),
+      fc.integer({ min: 84, max: 100 }),
       fc.array(fc.nat(), { maxLength: 6 }),
       fc.boolean(),
       async (nLeaves, per, fanout, picks, swap) => {
@@ -122,23 +121,23 @@ test('property: same results as a naive comparison, with and without same', asyn
         }
       },
     ),
-    { numRuns: 150 },
+    { numRuns: 50 },
   );
 });
 
 test('property: unrelated trees (nothing shared) and one side empty', async () => {
   await fc.assert(
     fc.asyncProperty(
-      fc.uniqueArray(fc.integer({ min: 0, max: 5000 }), { minLength: 1, maxLength: 300 }),
-      fc.uniqueArray(fc.integer({ min: 0, max: 5000 }), { maxLength: 300 }),
+      fc.uniqueArray(fc.integer({ min: 0, max: 20000 }), { minLength: 1, maxLength: 1500 }),
+      fc.uniqueArray(fc.integer({ min: 0, max: 20000 }), { maxLength: 1500 }),
       async (ka, kb) => {
         const img = new ImageBuilder(200);
         const mk = (keys: number[], base: number): Mapping[] => [...keys].sort((x, y) => x - y).map((k) => [k, (k * 7 + base) % 9000, 0]);
         const a = mk(ka, 0);
         const b = mk(kb, kb.length % 2 ? 0 : 13);
-        const chunk = (m: Mapping[]) => (m.length ? Array.from({ length: Math.ceil(m.length / 10) }, (_, i) => m.slice(i * 10, i * 10 + 10)) : [[]]);
-        const ra = a.length ? build(img, chunk(a), 3).root : (() => { const n = img.alloc(); writeNode(img, n, true, [], [], 8); return n; })();
-        const rb = b.length ? build(img, chunk(b), 3).root : (() => { const n = img.alloc(); writeNode(img, n, true, [], [], 8); return n; })();
+        const chunk = (m: Mapping[]) => chunkEven(m, 100, minEntries(8));
+        const ra = a.length ? build(img, chunk(a), 84).root : (() => { const n = img.alloc(); writeNode(img, n, true, [], [], 8); return n; })();
+        const rb = b.length ? build(img, chunk(b), 84).root : (() => { const n = img.alloc(); writeNode(img, n, true, [], [], 8); return n; })();
         expect((await runDelta(img, ra, rb, true)).out).toEqual(naive(a, b, true));
       },
     ),
@@ -149,7 +148,7 @@ test('property: unrelated trees (nothing shared) and one side empty', async () =
 test('pruning: blocks read grow with the changed leaves, not with the device', async () => {
   const reads = (nLeaves: number, k: number) => {
     const changed = Array.from({ length: k }, (_, i) => Math.floor(((i + 0.5) * nLeaves) / k));
-    const s = scenario(nLeaves, 20, changed, 8);
+    const s = scenario(nLeaves, 84, changed, 84);
     return runDelta(s.img, s.origin.root, s.snap.root, false).then((r) => r.read);
   };
   const small = await reads(200, 4);
@@ -159,18 +158,48 @@ test('pruning: blocks read grow with the changed leaves, not with the device', a
   // (two roots, the changed paths, the changed leaves on both sides).
   expect(small).toBeLessThanOrEqual(4 * 2 * 4 + 2);
   expect(big).toBeLessThanOrEqual(4 * 2 * 5 + 2);
-  expect(big).toBeLessThan(3000 / 20);
+  expect(big).toBeLessThan(3000 / 20); // a full walk reads over 3000 leaves
   // ten times the changes: roughly ten times the reads.
   expect(moreChanges).toBeGreaterThan(big * 4);
   expect(moreChanges).toBeLessThanOrEqual(40 * 2 * 5 + 2);
 });
 
 test('identical roots read nothing without same, one subtree with same', async () => {
-  const s = scenario(50, 10, [], 4);
+  const s = scenario(50, 84, [], 84);
   expect((await runDelta(s.img, s.origin.root, s.origin.root, false)).read).toBe(0);
   const withSame = await runDelta(s.img, s.origin.root, s.origin.root, true);
   expect(withSame.out).toEqual([{ kind: 'same', begin: 0, length: 1, leftData: 0, rightData: 0 }, ...naive(s.a, s.a, true).slice(1)]);
   expect(withSame.stats.sharedSubtrees).toBe(1);
+});
+
+test('a shared leaf under a narrower key range on one side is read and refused, not skipped', async () => {
+  const img = new ImageBuilder(20);
+  const leaf = (keys: number[], data: number): number => {
+    const nr = img.alloc();
+    writeNode(img, nr, true, keys.map(BigInt), keys.map((_, i) => packValue(data + i, 0)), 8);
+    return nr;
+  };
+  const range = (from: number) => Array.from({ length: 84 }, (_, i) => from + i);
+  const a = leaf(range(0), 0);
+  const a2 = leaf(range(0), 5000);
+  const x = leaf(range(1000), 100); // keys 1000..1083
+  const y = leaf(range(600), 200);
+  const left = img.alloc();
+  writeNode(img, left, false, [0n, 500n], [u64(a), u64(x)], 8); // x under [500, end): fits
+  const right = img.alloc();
+  writeNode(img, right, false, [0n, 500n, 600n], [u64(a2), u64(x), u64(y)], 8); // x under [500, 600): does not
+  for (const same of [true, false]) {
+    const err = await runDelta(img, left, right, same).catch((e) => e);
+    expect(err).toBeInstanceOf(Error);
+    expect(err).toMatchObject({ kind: 'key-range', block: x });
+  }
+  // The same leaf under the same range on both sides is still skipped unread.
+  const right2 = img.alloc();
+  writeNode(img, right2, false, [0n, 500n], [u64(a2), u64(x)], 8);
+  const r = await runDelta(img, left, right2, false);
+  expect(r.stats.sharedSubtrees).toBe(1);
+  expect(r.read).toBe(4); // two roots, a and a2; never x
+  expect(r.out).toEqual(naive(range(0).map((k) => [k, k, 0]), range(0).map((k) => [k, 5000 + k, 0]), false));
 });
 
 describe('on the fixtures', () => {

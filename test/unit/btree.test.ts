@@ -3,7 +3,7 @@ import { lookup, walkLeaves, BtreeNode } from '../../src/pdata/btree';
 import { MemoryBlockSource } from '../../src/pdata/io-engine';
 import { MetadataError } from '../../src/errors';
 import { BlockType } from '../../src/pdata/checksum';
-import { buildTree, ImageBuilder, u64, writeNode } from './tree-builder';
+import { buildTree, ImageBuilder, SMALL_VALUE_SIZE, u64, writeNode } from './tree-builder';
 
 async function allKeys(img: ImageBuilder, root: number, opts: Partial<Parameters<typeof walkLeaves>[2]> = {}) {
   const src = new MemoryBlockSource(img.image);
@@ -22,14 +22,14 @@ describe('walkLeaves', () => {
   test('property: yields every key in order, whatever the shape (small leaves and fan-out force depth)', async () => {
     await fc.assert(
       fc.asyncProperty(
-        fc.uniqueArray(fc.integer({ min: 0, max: 1e9 }), { maxLength: 400 }),
-        fc.integer({ min: 1, max: 20 }),
-        fc.integer({ min: 2, max: 6 }),
+        fc.uniqueArray(fc.integer({ min: 0, max: 1e9 }), { maxLength: 2000 }),
+        fc.integer({ min: 4, max: 12 }),
+        fc.integer({ min: 84, max: 120 }),
         async (raw, perLeaf, fanout) => {
           const keys = [...raw].sort((a, b) => a - b);
           const img = new ImageBuilder(1200);
-          const root = buildTree(img, entries(keys), 8, perLeaf, fanout);
-          const { keys: got } = await allKeys(img, root);
+          const root = buildTree(img, entries(keys), SMALL_VALUE_SIZE, perLeaf, fanout);
+          const { keys: got } = await allKeys(img, root, { valueSize: SMALL_VALUE_SIZE });
           expect(got).toEqual(keys);
         },
       ),
@@ -40,12 +40,12 @@ describe('walkLeaves', () => {
   test('lookup finds present keys and not absent ones', async () => {
     const keys = Array.from({ length: 3000 }, (_, i) => i * 5);
     const img = new ImageBuilder(500);
-    const root = buildTree(img, entries(keys), 8, 10, 4);
+    const root = buildTree(img, entries(keys), SMALL_VALUE_SIZE, 10, 84);
     const src = new MemoryBlockSource(img.image);
-    const opts = { tree: 'test', valueSize: 8, nrMetadataBlocks: img.nrBlocks };
+    const opts = { tree: 'test', valueSize: SMALL_VALUE_SIZE, nrMetadataBlocks: img.nrBlocks };
     for (const k of [0, 5, 14995, 7770]) {
       const hit = await lookup(src, root, k, opts);
-      expect(hit && hit.node.value64(hit.index)).toBe(k * 3);
+      expect(hit && hit.node.value(hit.index).readBigUInt64LE(0)).toBe(BigInt(k * 3));
     }
     for (const k of [1, 14996, 1e12]) expect(await lookup(src, root, k, opts)).toBeUndefined();
   });
@@ -53,14 +53,14 @@ describe('walkLeaves', () => {
   test('the range option visits only subtrees that can hold keys in [begin, end)', async () => {
     const keys = Array.from({ length: 5000 }, (_, i) => i);
     const img = new ImageBuilder(700);
-    const root = buildTree(img, entries(keys), 8, 10, 4);
-    const { keys: got, src } = await allKeys(img, root, { begin: 2000, end: 2100 });
+    const root = buildTree(img, entries(keys), SMALL_VALUE_SIZE, 10, 84);
+    const { keys: got, src } = await allKeys(img, root, { begin: 2000, end: 2100, valueSize: SMALL_VALUE_SIZE });
     expect(got.filter((k) => k >= 2000 && k < 2100)).toHaveLength(100);
     expect(src.stats.blocksRead).toBeLessThan(40);
   });
 
-  async function expectCorruption(img: ImageBuilder, root: number, kind: string) {
-    const err = await allKeys(img, root).then(
+  async function expectCorruption(img: ImageBuilder, root: number, kind: string, valueSize = 8) {
+    const err = await allKeys(img, root, { valueSize }).then(
       () => undefined,
       (e) => e,
     );
@@ -69,46 +69,78 @@ describe('walkLeaves', () => {
     return err as MetadataError;
   }
 
+  /** A leaf of small values holding `keys` (at least 4 keys: a third full). */
+  function smallLeaf(img: ImageBuilder, keys: bigint[]): number {
+    const nr = img.alloc();
+    writeNode(img, nr, true, keys, keys.map((k) => u64(k)), SMALL_VALUE_SIZE);
+    return nr;
+  }
+
   test('a child pointing back at its parent is a cycle', async () => {
     const img = new ImageBuilder(50);
-    const leaf = img.alloc();
-    writeNode(img, leaf, true, [1n, 2n], [u64(1), u64(2)], 8);
+    const leaf = smallLeaf(img, [1n, 2n, 3n, 4n]);
     const root = img.alloc();
     writeNode(img, root, false, [0n, 10n], [u64(leaf), u64(root)], 8);
-    const e = await expectCorruption(img, root, 'cycle');
+    const e = await expectCorruption(img, root, 'cycle', SMALL_VALUE_SIZE);
     expect(e.block).toBe(root);
   });
 
-  test('a self-referencing chain deeper than any real tree stops at the depth cap', async () => {
+  test('a chain of single-child nodes is caught by the fill rule; a lookup through a full self-referencing node stops at the depth cap', async () => {
     const img = new ImageBuilder(50);
-    let child = img.alloc();
-    writeNode(img, child, true, [5n], [u64(1)], 8);
+    let child = smallLeaf(img, [5n, 6n, 7n, 8n]);
     for (let i = 0; i < 20; i++) {
       const p = img.alloc();
       writeNode(img, p, false, [0n], [u64(child)], 8);
       child = p;
     }
-    await expectCorruption(img, child, 'depth');
+    const e = await expectCorruption(img, child, 'nr-entries', SMALL_VALUE_SIZE);
+    expect(e.message).toMatch(/holds 1 entries; a non-root node holds at least 84/);
+    // 84 children, all the node itself: a walk sees the repeat; a lookup
+    // (which keeps no set of visited blocks) sees the keys leave the range
+    // the node gave itself (or, failing that, would stop at the depth cap).
+    const self = img.alloc();
+    const keys = Array.from({ length: 84 }, (_, i) => BigInt(i * 10));
+    writeNode(img, self, false, keys, keys.map(() => u64(self)), 8);
+    await expectCorruption(img, self, 'cycle', SMALL_VALUE_SIZE);
+    const err = await lookup(new MemoryBlockSource(img.image), self, 5, { tree: 'test', valueSize: SMALL_VALUE_SIZE, nrMetadataBlocks: 50 }).catch((x) => x);
+    expect(err).toBeInstanceOf(MetadataError);
+    expect(['key-range', 'depth']).toContain((err as MetadataError).kind);
   });
 
   test('the same leaf twice under one parent is a double reference', async () => {
     const img = new ImageBuilder(50);
-    const leaf = img.alloc();
-    writeNode(img, leaf, true, [1n], [u64(1)], 8);
+    const leaf = smallLeaf(img, [1n, 2n, 3n, 4n]);
     const root = img.alloc();
     writeNode(img, root, false, [0n, 10n], [u64(leaf), u64(leaf)], 8);
-    await expectCorruption(img, root, 'cycle');
+    await expectCorruption(img, root, 'cycle', SMALL_VALUE_SIZE);
+  });
+
+  test('an under-filled non-root leaf (its mappings would silently vanish) and an empty one', async () => {
+    for (const n of [3, 0]) {
+      const img = new ImageBuilder(50);
+      const a = smallLeaf(img, [1n, 2n, 3n, 4n]);
+      const b = smallLeaf(img, [20n, 21n, 22n, 23n].slice(0, n));
+      const root = img.alloc();
+      writeNode(img, root, false, [0n, 20n], [u64(a), u64(b)], 8);
+      const e = await expectCorruption(img, root, 'nr-entries', SMALL_VALUE_SIZE);
+      expect(e.block).toBe(b);
+      expect(e.message).toContain(`holds ${n} entries; a non-root node holds at least 4 (max_entries 12)`);
+      const err = await lookup(new MemoryBlockSource(img.image), root, 21, { tree: 'test', valueSize: SMALL_VALUE_SIZE, nrMetadataBlocks: 50 }).catch((x) => x);
+      expect((err as MetadataError).kind).toBe('nr-entries');
+    }
+    // The root may hold anything, even nothing.
+    const img = new ImageBuilder(10);
+    const r = smallLeaf(img, [1n]);
+    expect((await allKeys(img, r, { valueSize: SMALL_VALUE_SIZE })).keys).toEqual([1]);
   });
 
   test('keys outside the parent range', async () => {
     const img = new ImageBuilder(50);
-    const a = img.alloc();
-    const b = img.alloc();
-    writeNode(img, a, true, [1n, 50n], [u64(1), u64(2)], 8); // 50 belongs to the second child
-    writeNode(img, b, true, [20n], [u64(3)], 8);
+    const a = smallLeaf(img, [1n, 2n, 3n, 50n]); // 50 belongs to the second child
+    const b = smallLeaf(img, [20n, 21n, 22n, 23n]);
     const root = img.alloc();
     writeNode(img, root, false, [0n, 10n], [u64(a), u64(b)], 8);
-    const e = await expectCorruption(img, root, 'key-range');
+    const e = await expectCorruption(img, root, 'key-range', SMALL_VALUE_SIZE);
     expect(e.block).toBe(a);
   });
 
@@ -120,16 +152,20 @@ describe('walkLeaves', () => {
   });
 
   test('unbalanced tree', async () => {
-    const img = new ImageBuilder(20);
-    const l1 = img.alloc();
-    writeNode(img, l1, true, [1n], [u64(1)], 8);
-    const l2 = img.alloc();
-    writeNode(img, l2, true, [20n], [u64(1)], 8);
+    const img = new ImageBuilder(120);
+    const l1 = smallLeaf(img, [1n, 2n, 3n, 4n]);
+    const below: number[] = [];
+    const firsts: bigint[] = [];
+    for (let i = 0; i < 84; i++) {
+      const k = BigInt(20 + i * 10);
+      firsts.push(k);
+      below.push(smallLeaf(img, [k, k + 1n, k + 2n, k + 3n]));
+    }
     const mid = img.alloc();
-    writeNode(img, mid, false, [20n], [u64(l2)], 8);
+    writeNode(img, mid, false, firsts, below.map((b) => u64(b)), 8);
     const root = img.alloc();
     writeNode(img, root, false, [0n, 20n], [u64(l1), u64(mid)], 8);
-    await expectCorruption(img, root, 'depth');
+    await expectCorruption(img, root, 'depth', SMALL_VALUE_SIZE);
   });
 
   test('pointer beyond the metadata device', async () => {

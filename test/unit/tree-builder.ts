@@ -47,7 +47,41 @@ export function u64(v: bigint | number): Buffer {
   return b;
 }
 
-/** Builds a balanced tree bottom-up with `perLeaf` entries per leaf and `fanout` children per internal node. */
+/**
+ * A value size whose nodes hold 12 entries (a non-root node at least 4), so
+ * that a few hundred keys make a tree of several levels; mapping-sized nodes
+ * (252, at least 84) need tens of thousands of keys for that.
+ */
+export const SMALL_VALUE_SIZE = 300;
+
+/** The kernel's fill rule: a non-root node holds at least a third of max_entries. */
+export function minEntries(valueSize: number): number {
+  return Math.floor(maxEntries(valueSize) / 3);
+}
+
+/**
+ * Splits items into consecutive chunks of about `per` (at most `per` unless
+ * that would leave a chunk under `min`), all at least `min` when there is more
+ * than one: the shape the kernel's btree keeps.
+ */
+export function chunkEven<T>(items: T[], per: number, min: number): T[][] {
+  const n = items.length;
+  const k = Math.max(1, Math.min(Math.ceil(n / per), Math.floor(n / Math.max(1, min))));
+  const out: T[][] = [];
+  let at = 0;
+  for (let i = 0; i < k; i++) {
+    const size = Math.floor(n / k) + (i < n % k ? 1 : 0);
+    out.push(items.slice(at, at + size));
+    at += size;
+  }
+  return out;
+}
+
+/**
+ * Builds a balanced tree bottom-up with about `perLeaf` entries per leaf and
+ * `fanout` children per internal node, every non-root node at least a third
+ * full (internal nodes have 8-byte values: at least 84 children below the root).
+ */
 export function buildTree(
   img: ImageBuilder,
   entries: { key: bigint; value: Buffer }[],
@@ -61,16 +95,14 @@ export function buildTree(
     writeNode(img, nr, true, [], [], valueSize);
     return nr;
   }
-  for (let i = 0; i < entries.length; i += perLeaf) {
-    const chunk = entries.slice(i, i + perLeaf);
+  for (const chunk of chunkEven(entries, perLeaf, minEntries(valueSize))) {
     const nr = img.alloc();
     writeNode(img, nr, true, chunk.map((e) => e.key), chunk.map((e) => e.value), valueSize);
     level.push({ nr, first: chunk[0].key });
   }
   while (level.length > 1) {
     const up: { nr: number; first: bigint }[] = [];
-    for (let i = 0; i < level.length; i += fanout) {
-      const chunk = level.slice(i, i + fanout);
+    for (const chunk of chunkEven(level, fanout, minEntries(8))) {
       const nr = img.alloc();
       writeNode(img, nr, false, chunk.map((c) => c.first), chunk.map((c) => u64(c.nr)), 8);
       up.push({ nr, first: chunk[0].first });
