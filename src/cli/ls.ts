@@ -1,6 +1,6 @@
 /** `dmthin ls`: thin_ls-compatible per-device usage table, or JSON. */
 import type { Command } from 'commander';
-import { deviceUsage, DEFAULT_LS_FIELDS, formatLsTable, lsJson, parseLsFields } from '../thin/ls';
+import { deviceUsage, DEFAULT_LS_FIELDS, formatLsTable, lsJson, needsMappings, parseLsFields } from '../thin/ls';
 import { CliContext, Progress } from './common';
 import { MetadataSnapOpts, openMetadata } from './metadata-source';
 
@@ -29,7 +29,9 @@ export function register(program: Command, ctx: () => CliContext): void {
       const bar = new Progress('ls', !o.quiet && process.stderr.isTTY === true);
       let rows;
       try {
-        rows = await deviceUsage(md, { signal: c.signal, onProgress: (p) => bar.update(p.mappings, p.total) });
+        // Fields from the details tree need no mapping walk (thin_ls reads none for them either).
+        const exclusive = fields.some(needsMappings);
+        rows = await deviceUsage(md, { exclusive, signal: c.signal, onProgress: (p) => bar.update(p.mappings, p.total) });
       } finally {
         bar.stop();
       }

@@ -12,15 +12,22 @@ export interface DeviceUsage {
   devId: number;
   /** From the details tree (as thin_ls 0.9.0 reports it). */
   mappedBlocks: number;
-  exclusiveBlocks: number;
-  /** mappedBlocks - exclusiveBlocks, as a u64 (wraps if the details are inconsistent). */
-  sharedBlocks: bigint;
+  /** Mappings whose data block no other mapping uses; null when not computed (`exclusive: false`). */
+  exclusiveBlocks: number | null;
+  /** mappedBlocks - exclusiveBlocks, as a u64 (wraps if the details are inconsistent); null when not computed. */
+  sharedBlocks: bigint | null;
   transactionId: bigint;
   creationTime: number;
   snapshottedTime: number;
 }
 
 export interface UsageOptions {
+  /**
+   * Compute EXCLUSIVE/SHARED (default true): one walk of every mapping tree.
+   * Without it only the details and top-level trees are read, as thin_ls
+   * does for fields that do not need the mappings.
+   */
+  exclusive?: boolean;
   signal?: AbortSignal;
   /** Mappings walked so far, out of the sum of mapped_blocks. */
   onProgress?: (p: { mappings: number; total: number }) => void;
@@ -33,6 +40,17 @@ export interface UsageOptions {
  */
 export async function deviceUsage(md: ThinMetadata, opts: UsageOptions = {}): Promise<DeviceUsage[]> {
   const devices = [...(await md.checkedDevices(opts)).values()].sort((a, b) => a.devId - b.devId);
+  if (opts.exclusive === false) {
+    return devices.map((d) => ({
+      devId: d.devId,
+      mappedBlocks: d.mappedBlocks,
+      exclusiveBlocks: null,
+      sharedBlocks: null,
+      transactionId: d.transactionId,
+      creationTime: d.creationTime,
+      snapshottedTime: d.snapshottedTime,
+    }));
+  }
   const owners = new OwnerMap(devices.length);
   const total = devices.reduce((n, d) => n + d.mappedBlocks, 0);
   let walked = 0;
@@ -116,20 +134,29 @@ export function formatDiskUnit(bytes: bigint): string {
   return `${n}${UNITS[i]}`;
 }
 
+/** Whether a field needs the mapping walk (EXCLUSIVE/SHARED and their variants). */
+export function needsMappings(f: LsField): boolean {
+  return f.startsWith('EXCLUSIVE') || f.startsWith('SHARED');
+}
+
 /** The value of one field, as a number/bigint (or a string for the human units). */
 export function fieldValue(u: DeviceUsage, f: LsField, dataBlockSize: number): number | bigint | string {
   const bs = BigInt(dataBlockSize);
+  const computed = <T>(v: T | null): T => {
+    if (v === null) throw new UsageError(`field ${f} needs the mapping walk: call deviceUsage without exclusive: false`);
+    return v;
+  };
   const blocks = (kind: 'MAPPED' | 'EXCLUSIVE' | 'SHARED'): bigint =>
-    kind === 'MAPPED' ? BigInt(u.mappedBlocks) : kind === 'EXCLUSIVE' ? BigInt(u.exclusiveBlocks) : u.sharedBlocks;
+    kind === 'MAPPED' ? BigInt(u.mappedBlocks) : kind === 'EXCLUSIVE' ? BigInt(computed(u.exclusiveBlocks)) : computed(u.sharedBlocks);
   switch (f) {
     case 'DEV':
       return u.devId;
     case 'MAPPED_BLOCKS':
       return u.mappedBlocks;
     case 'EXCLUSIVE_BLOCKS':
-      return u.exclusiveBlocks;
+      return computed(u.exclusiveBlocks);
     case 'SHARED_BLOCKS':
-      return u.sharedBlocks;
+      return computed(u.sharedBlocks);
     case 'MAPPED_SECTORS':
     case 'EXCLUSIVE_SECTORS':
     case 'SHARED_SECTORS':

@@ -77,3 +77,22 @@ test('ownership bookkeeping costs about half a KiB per scattered block, not a 12
   const ex = m.exclusiveCounts(2);
   expect([...ex]).toEqual([5000, 5000]);
 });
+
+test('ls fields from the details tree read no mapping tree (as thin_ls)', async () => {
+  const { deviceUsage } = await import('../../src/thin/ls');
+  const { listNodes } = await import('../helpers/corrupt');
+  const img = fixtureImage('deep-tree');
+  const nodes = listNodes(img);
+  const upper = nodes.filter((n) => n.tree !== 'bottom').length;
+  expect(nodes.length - upper).toBeGreaterThan(10);
+  await using md = await ThinMetadata.fromBuffer(img);
+  const rows = await deviceUsage(md, { exclusive: false });
+  expect(md.io.stats.blocksRead).toBe(1 + upper); // superblock, details and top-level nodes only
+  expect(rows.every((r) => r.exclusiveBlocks === null && r.mappedBlocks > 0)).toBe(true);
+  const { fieldValue } = await import('../../src/thin/ls');
+  expect(() => fieldValue(rows[0], 'EXCLUSIVE_BLOCKS', 128)).toThrow(/needs the mapping walk/);
+  await using md2 = await ThinMetadata.fromBuffer(img);
+  const full = await deviceUsage(md2);
+  expect(md2.io.stats.blocksRead).toBeGreaterThan(nodes.length - 1);
+  expect(full.map((r) => r.mappedBlocks)).toEqual(rows.map((r) => r.mappedBlocks));
+});
