@@ -215,7 +215,7 @@ export async function refuseOutputOverInputs(output: string, outputRole: string,
     if (st && st.dev === out.dev && st.ino === out.ino) {
       const named = resolve(i.path) === resolve(output) ? '' : ` ${i.path} (the same file)`;
       throw new UsageError(
-        `${outputRole} ${output} is ${i.role}${named}: writing it would destroy the input; choose another path`,
+        `${outputRole} ${output} is ${i.role}${named}: writing there would destroy it; choose another path`,
         { path: output, input: i.path },
       );
     }
