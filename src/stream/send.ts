@@ -27,6 +27,7 @@ import { withMetadataSnapshot } from './changed-blocks';
 import { NativeDataSource, type DataSource } from './data-source';
 import { ExtentStore } from './extent-store';
 import { OutputFile, refuseOutputOverInputs } from './output-file';
+import { outputError } from './output-sink';
 import { SECTOR_SIZE } from './format';
 import { planSend, type SendPlan } from './plan';
 import { encodeStream, type SendProgress, type SendSummary } from './send-stream';
@@ -99,7 +100,10 @@ async function stream(plan: SendPlan, source: DataSource, o: CommonSendOptions):
     onEnd: (s) => (summary = s),
   });
   if (typeof o.output !== 'string') {
-    await pipeline(readable, o.output); // the Readable listens to the signal
+    // The Readable listens to the signal; its errors are typed, a raw one is the Writable's.
+    await pipeline(readable, o.output).catch((e) => {
+      throw outputError(e, o.output === process.stdout ? 'stdout' : undefined);
+    });
     return summary!;
   }
   const file = await OutputFile.create(o.output, { signal: o.signal });
