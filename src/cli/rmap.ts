@@ -1,4 +1,4 @@
-/** `dmthin rmap`: which thin devices map given data blocks (byte-identical to thin_rmap 0.9.0). */
+/** `dmthin rmap`: which thin devices map given data blocks, as thin_rmap 0.9.0 prints it (see src/thin/rmap.ts for the one difference). */
 import type { Command } from 'commander';
 import { UsageError } from '../errors';
 import { OutputSink } from '../stream/output-sink';
@@ -34,7 +34,7 @@ export function parseRegion(v: string): DataRegion {
 export function register(program: Command, ctx: () => CliContext): void {
   program
     .command('rmap')
-    .description('which thin devices map the given data blocks (byte-identical to thin_rmap 0.9.0)')
+    .description('which thin devices map the given data blocks (thin_rmap 0.9.0\'s output, but every device of a shared subtree)')
     .argument('<metadata>', 'metadata device or file, or with -m the dm name of a live pool')
     .option('--region <range>', 'data blocks BEGIN..END, END one past the last (repeatable)', (v: string, acc: string[] = []) => [...acc, v])
     .option('-m, --metadata-snap', 'read through the held metadata snapshot (-mBLOCK / --metadata-snap=BLOCK: must be the held root)')

@@ -13,6 +13,12 @@
  * median-of-three quicksort above 16 elements, heapsort past a depth of
  * 2*floor(log2 n), then insertion sort) over the same input sequence.
  *
+ * One deliberate difference: 0.9.0 visits each btree node once, so a subtree
+ * shared by several devices is reported only for the first of them. Here
+ * every device's tree is walked whole: every device that maps a block is
+ * reported (the output equals 0.9.0's on the same mappings without shared
+ * nodes; ORACLE-NOTES.md §7.2).
+ *
  * Memory: the sort needs every run at once, so the runs inside the regions are
  * kept in columns: 32 bytes per run (data begin, length, virtual begin as
  * doubles, device id and sort index as u32), up to 1.5x that while a column
