@@ -1,8 +1,8 @@
 #!/usr/bin/env node
 // dmthin vs the reference tools, in one run: builds large metadata images with
-// thin_restore (cached in .bench-cache/), then times `dmthin dump` / `thin_dump`
-// and `dmthin ls` / `thin_ls` in interleaved rounds and prints median wall
-// times, their ratio and peak RSS.
+// thin_restore (cached in .bench-cache/), then times `dmthin dump` / `thin_dump`,
+// `ls`, `delta` and `rmap` against their reference tool in interleaved rounds
+// and prints median wall times, their ratio and peak RSS.
 //
 //   npm run bench [-- --mappings 1000000 --rounds 7]
 import { spawnSync } from 'node:child_process';
@@ -27,7 +27,7 @@ function need(cmd) {
     process.exit(1);
   }
 }
-['thin_restore', 'thin_dump', 'thin_ls'].forEach(need);
+['thin_restore', 'thin_dump', 'thin_ls', 'thin_delta', 'thin_rmap'].forEach(need);
 if (!existsSync(cli)) {
   console.error('bench: dist/ is missing; run `npm run build` first');
   process.exit(1);
@@ -178,6 +178,12 @@ async function main() {
       'ls (DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS)',
       [process.execPath, [cli, 'ls', '-o', 'DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS', img]],
       ['thin_ls', ['-o', 'DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS', img]],
+    ],
+    [
+      // The bench image is restored, so no node is shared and both print the same runs.
+      `rmap (the whole data range, 0..${MAPPINGS * 2})`,
+      [process.execPath, [cli, 'rmap', '-q', '--region', `0..${MAPPINGS * 2}`, img]],
+      ['thin_rmap', ['--region', `0..${MAPPINGS * 2}`, img]],
     ],
     [
       'delta (two devices sharing no nodes)',

@@ -2,11 +2,75 @@
  * Shared CLI plumbing: argument helpers, the error line, exit codes,
  * cancellation on SIGINT/SIGTERM and TTY-only progress bars.
  */
+import { writeSync } from 'node:fs';
 import type { SingleBar } from 'cli-progress';
-import { DmthinError, UsageError } from '../errors';
+import { DmthinError, SystemCallError, UsageError } from '../errors';
+import { outputError } from '../stream/output-sink';
 
 /** Exit status on any error, as the reference tools do. */
 export const EXIT_FAILURE = 1;
+
+/**
+ * Exit status when the reader of stdout went away (EPIPE, e.g. `| head -1`):
+ * 128 + SIGPIPE, what a shell reports for the reference tools, which die of
+ * SIGPIPE there. Nothing is printed on stderr.
+ */
+export const EXIT_EPIPE = 141;
+
+let stdoutError: Error | undefined;
+let stdoutGuarded = false;
+
+/**
+ * Makes every write error of stdout visible, for every command. Node writes
+ * a pipe asynchronously (errors arrive as 'error' events, here recorded
+ * instead of crashing the process) and a file or character device
+ * synchronously through a stream that drops the rest of a short write (a full
+ * disk loses data without an error): that stream's write is replaced by one
+ * that continues short writes and reports the failure.
+ */
+export function guardStdout(): void {
+  if (stdoutGuarded) return;
+  stdoutGuarded = true;
+  const out = process.stdout as NodeJS.WriteStream & { fd?: number; _write?: unknown; _handle?: unknown };
+  out.on('error', (e) => (stdoutError ??= e));
+  if (out.constructor.name === 'SyncWriteStream' && typeof out.fd === 'number' && !out._handle) {
+    const fd = out.fd;
+    out._write = (chunk: Buffer, _enc: BufferEncoding, cb: (e?: Error | null) => void): void => {
+      try {
+        for (let off = 0; off < chunk.length; ) {
+          const n = writeSync(fd, chunk, off, chunk.length - off);
+          if (n <= 0) throw new SystemCallError('EIO', 'write to stdout made no progress', { syscall: 'write' });
+          off += n;
+        }
+      } catch (e) {
+        cb(e as Error);
+        return;
+      }
+      cb();
+    };
+  }
+}
+
+/**
+ * Waits until everything written to stdout has left the process and throws
+ * the first write error (as a DmthinError; EPIPE keeps its code).
+ */
+export async function finishStdout(): Promise<void> {
+  if (!stdoutError && !process.stdout.destroyed) {
+    await new Promise<void>((resolve) =>
+      process.stdout.write('', (e) => {
+        if (e) stdoutError ??= e;
+        resolve();
+      }),
+    );
+  }
+  if (stdoutError) throw outputError(stdoutError, 'stdout');
+}
+
+/** A closed pipe (the reader went away): the command ends quietly. */
+export function isEpipe(e: unknown): boolean {
+  return (e as { code?: string } | undefined)?.code === 'EPIPE';
+}
 
 export class CliContext {
   readonly controller = new AbortController();

@@ -4,6 +4,7 @@ import { UsageError } from '../errors';
 import { writeDelta, type DeltaSubject } from '../thin/delta-format';
 import { CliContext, parseIntArg } from './common';
 import { MetadataSnapOpts, openMetadata } from './metadata-source';
+import { commandOutput } from './output';
 
 interface DeltaCliOpts extends MetadataSnapOpts {
   snap1?: string;
@@ -15,6 +16,7 @@ interface DeltaCliOpts extends MetadataSnapOpts {
   verbose?: boolean;
   same: boolean;
   format: string;
+  output?: string;
   quiet?: boolean;
 }
 
@@ -31,6 +33,7 @@ export function register(program: Command, ctx: () => CliContext): void {
     .option('--verbose', 'ranges with their data blocks')
     .option('--no-same', 'leave out blocks both devices map the same way (shared subtrees are then not read at all)')
     .option('-f, --format <format>', 'xml or json', 'xml')
+    .option('-o, --output <file>', 'write to FILE instead of stdout (through a temporary file, renamed over FILE when complete)')
     .option('-q, --quiet', 'no progress output')
     .action(async (metadata: string, o: DeltaCliOpts) => {
       const c = ctx();
@@ -48,13 +51,15 @@ export function register(program: Command, ctx: () => CliContext): void {
         if (right === undefined) throw new UsageError('--snap2 (or --thin2) is required');
         subject = { left: parseIntArg('--snap1', left), right: parseIntArg('--snap2', right) };
       }
+      const { out, commit } = await commandOutput(o.output, c, [{ path: metadata, role: 'the metadata input' }]);
       const md = await openMetadata(metadata, o, c);
       c.onCleanup(() => md.close());
-      await writeDelta(md, process.stdout, subject, {
+      await writeDelta(md, out, subject, {
         format: o.format,
         verbose: o.verbose,
         includeSame: o.same,
         signal: c.signal,
       });
+      await commit();
     });
 }

@@ -1,12 +1,10 @@
 /** `dmthin dump`: thin_dump-compatible output (XML, human_readable) or JSON. */
-import { createWriteStream } from 'node:fs';
-import type { Writable } from 'node:stream';
-import { finished } from 'node:stream/promises';
 import type { Command } from 'commander';
 import { UsageError } from '../errors';
 import { dump, DumpFormat } from '../thin/dump';
 import { CliContext, parseIntArg, Progress } from './common';
 import { MetadataSnapOpts, openMetadata } from './metadata-source';
+import { commandOutput } from './output';
 
 interface DumpCliOpts extends MetadataSnapOpts {
   devId?: string[];
@@ -25,23 +23,16 @@ export function register(program: Command, ctx: () => CliContext): void {
     .option('--dev-id <id>', 'dump only this device (repeatable)', (v: string, acc: string[] = []) => [...acc, v])
     .option('--skip-mappings', 'devices only, no mappings')
     .option('-f, --format <format>', 'xml, human_readable or json', 'xml')
-    .option('-o, --output <file>', 'write to FILE instead of stdout')
+    .option('-o, --output <file>', 'write to FILE instead of stdout (through a temporary file, renamed over FILE when complete)')
     .option('-q, --quiet', 'no progress bar')
     .action(async (metadata: string, o: DumpCliOpts) => {
       const c = ctx();
       const format = o.format as DumpFormat;
       if (!['xml', 'human_readable', 'json'].includes(format)) throw new UsageError(`unknown format '${o.format}' (xml, human_readable, json)`);
       const devIds = o.devId?.map((v) => parseIntArg('--dev-id', v));
+      const { out, commit } = await commandOutput(o.output, c, [{ path: metadata, role: 'the metadata input' }]);
       const md = await openMetadata(metadata, o, c);
       c.onCleanup(() => md.close());
-      let out: Writable = process.stdout;
-      if (o.output) {
-        out = createWriteStream(o.output);
-        await new Promise<void>((resolve, reject) => {
-          out.once('open', () => resolve());
-          out.once('error', reject);
-        });
-      }
       const bar = new Progress('dump', !o.quiet && process.stderr.isTTY === true);
       try {
         await dump(md, out, {
@@ -54,9 +45,6 @@ export function register(program: Command, ctx: () => CliContext): void {
       } finally {
         bar.stop();
       }
-      if (out !== process.stdout) {
-        out.end();
-        await finished(out);
-      }
+      await commit();
     });
 }

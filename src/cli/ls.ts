@@ -1,5 +1,6 @@
 /** `dmthin ls`: thin_ls-compatible per-device usage table, or JSON. */
 import type { Command } from 'commander';
+import { outputError } from '../stream/output-sink';
 import { deviceUsage, DEFAULT_LS_FIELDS, formatLsTable, lsJson, needsMappings, parseLsFields } from '../thin/ls';
 import { CliContext, Progress } from './common';
 import { MetadataSnapOpts, openMetadata } from './metadata-source';
@@ -37,6 +38,6 @@ export function register(program: Command, ctx: () => CliContext): void {
       }
       const dbs = md.superblock.dataBlockSize;
       const text = o.json ? JSON.stringify(lsJson(rows, fields, dbs), null, 2) + '\n' : formatLsTable(rows, fields, dbs, o.headers);
-      await new Promise<void>((resolve, reject) => process.stdout.write(text, (e) => (e ? reject(e) : resolve())));
+      await new Promise<void>((resolve, reject) => process.stdout.write(text, (e) => (e ? reject(outputError(e, 'stdout')) : resolve())));
     });
 }

@@ -2,10 +2,12 @@
 /**
  * The dmthin command line. Each subcommand lives in its own file; this one
  * wires them up and owns exit codes: 0 on success, 1 on any error (one line on
- * stderr), 128+n after a signal.
+ * stderr), 128+n after a signal, 141 quietly when the reader of stdout went
+ * away (EPIPE). Success is reported only once stdout has taken every byte: a
+ * write error of any command (ENOSPC, EIO...) is an error like any other.
  */
 import { Command, CommanderError } from 'commander';
-import { CliContext, errorLine, EXIT_FAILURE, rewriteMetadataSnapArgs } from './common';
+import { CliContext, errorLine, EXIT_EPIPE, EXIT_FAILURE, finishStdout, guardStdout, isEpipe, rewriteMetadataSnapArgs } from './common';
 
 type CommandModule = { register(program: Command, ctx: () => CliContext): void };
 
@@ -15,6 +17,7 @@ const COMMANDS: Record<string, () => CommandModule> = {
   dump: () => require('./dump'),
   ls: () => require('./ls'),
   delta: () => require('./delta'),
+  rmap: () => require('./rmap'),
   pool: () => require('./pool'),
   message: () => require('./message'),
   devices: () => require('./devices'),
@@ -27,6 +30,7 @@ const VERSION = require('../../package.json').version as string;
 export async function main(argv: string[]): Promise<number> {
   let ctx: CliContext | undefined;
   let name = 'dmthin';
+  guardStdout();
   const getCtx = () => ctx!;
   const program = new Command('dmthin')
     .description('Linux device-mapper thin provisioning toolkit')
@@ -50,25 +54,27 @@ export async function main(argv: string[]): Promise<number> {
   }
   try {
     await program.parseAsync(rewriteMetadataSnapArgs(argv), { from: 'user' });
+    await finishStdout();
     if (ctx) await ctx.runCleanups();
     return 0;
   } catch (e) {
     if (e instanceof CommanderError) {
-      if (e.exitCode === 0) return 0; // --help, --version
+      // --help, --version: their text must reach stdout too.
+      if (e.exitCode === 0) return finishStdout().then(
+        () => 0,
+        (x) => (isEpipe(x) ? EXIT_EPIPE : (process.stderr.write(errorLine(name, x) + '\n'), EXIT_FAILURE)),
+      );
       return EXIT_FAILURE; // commander already printed the message
     }
-    const code = (e as { code?: string }).code;
-    if (code !== 'EPIPE') process.stderr.write(errorLine(name, ctx?.wasSignalled() ? `interrupted` : e) + '\n');
-    const status = ctx ? ctx.exitCodeFor() : EXIT_FAILURE;
+    const epipe = isEpipe(e) && !ctx?.wasSignalled();
+    if (!epipe) process.stderr.write(errorLine(name, ctx?.wasSignalled() ? `interrupted` : e) + '\n');
+    const status = epipe ? EXIT_EPIPE : ctx ? ctx.exitCodeFor() : EXIT_FAILURE;
     if (ctx) await ctx.runCleanups();
     return status;
   }
 }
 
 if (require.main === module) {
-  process.stdout.on('error', (e: NodeJS.ErrnoException) => {
-    if (e.code === 'EPIPE') process.exit(EXIT_FAILURE);
-  });
   main(process.argv.slice(2)).then(
     (code) => {
       process.exitCode = code;

@@ -40,6 +40,13 @@ export function register(program: Command, ctx: () => CliContext): void {
       const c = ctx();
       if (!ZERO_METHODS.includes(o.discard as ZeroMethod)) throw new UsageError(`unknown --discard method '${o.discard}' (${ZERO_METHODS.join(', ')})`);
       if (o.input === '-' && process.stdin.isTTY) throw new UsageError('refusing to read a stream from a terminal (pipe one in, or use --input FILE)');
+      if (o.state !== undefined) {
+        const { refuseOutputOverInputs } = require('../stream/output-file') as typeof import('../stream/output-file');
+        await refuseOutputOverInputs(o.state, 'the state file (--state)', [
+          { path: o.target, role: 'the target (--target)' },
+          { path: o.input === '-' ? '/proc/self/fd/0' : o.input, role: 'the input stream (--input)' },
+        ]);
+      }
       const bar = new StreamProgress('receive', !o.quiet && process.stderr.isTTY === true);
       const { receive } = require('../stream/receive') as typeof import('../stream/receive');
       try {

@@ -81,7 +81,7 @@ export function register(program: Command, ctx: () => CliContext): void {
     .option('--device <file>', 'offline: the thin device or its image (blocks read at their virtual block)')
     .requiredOption('--snap <id>', 'thin id of the snapshot to send')
     .option('--base <id>', 'thin id of the base snapshot: send only what changed since it')
-    .option('-o, --output <file>', "where the stream goes ('-' = stdout)", '-')
+    .option('-o, --output <file>', "where the stream goes ('-' = stdout; a file is written through a temporary file renamed over it when complete)", '-')
     .option('--size <bytes>', "device size (default: the active device's size, else the end of the highest mapped block)")
     .option('--pool-id <id>', 'pool identity recorded in the stream (default: dm uuid or name; for images "image:<metadata file name>")')
     .option('--tmp-dir <dir>', 'where a large extent list is spilled (default TMPDIR)')
@@ -98,6 +98,15 @@ export function register(program: Command, ctx: () => CliContext): void {
       const onProgress: SendOptions['onProgress'] = (p) =>
         p.phase === 'data' ? bar.update(p.dataBlocks, p.totalDataBlocks, 'blocks') : bar.update(p.dataBlocks, undefined, 'blocks scanned');
       const output = o.output === '-' ? process.stdout : o.output;
+      if (typeof output === 'string') {
+        // Refused before the metadata walk (stream() checks again before opening it).
+        const { refuseOutputOverInputs } = require('../stream/output-file') as typeof import('../stream/output-file');
+        await refuseOutputOverInputs(output, 'the stream output', [
+          { path: o.metadata, role: 'the metadata input (--metadata)' },
+          { path: o.data, role: 'the data input (--data)' },
+          { path: o.device, role: 'the thin device input (--device)' },
+        ]);
+      }
       const common = { snap, base, deviceSize, poolId: o.poolId, output, signal: c.signal, onProgress };
       let opts: SendOptions;
       if (o.pool !== undefined) {

@@ -15,6 +15,7 @@ import { AbortError, DmthinError, StreamError, throwIfAborted } from '../errors'
 import { applyStream } from './apply';
 import { BlockWriter } from './block-writer';
 import { fileChunks } from './file-chunks';
+import { refuseOutputOverInputs } from './output-file';
 import type { StreamHeader } from './format';
 import { checkBase, defaultStateFile, entryFor, readState, type ReceiveState, writeState } from './receive-state';
 import { Spool } from './spool';
@@ -82,7 +83,14 @@ class Receiver {
 
   static async prepare(o: ReceiveOptions): Promise<Receiver> {
     const info = await inspectTarget(o.target);
-    return new Receiver(o, info, o.stateFile ?? defaultStateFile(o.target, info.blockDevice, o.stateDir));
+    const stateFile = o.stateFile ?? defaultStateFile(o.target, info.blockDevice, o.stateDir);
+    // The state is written over the file it names: never the target or the stream being read (receive() passes `input` along).
+    const input = (o as { input?: unknown }).input;
+    await refuseOutputOverInputs(stateFile, 'the receive state file', [
+      { path: o.target, role: 'the target' },
+      { path: input === '-' ? '/proc/self/fd/0' : typeof input === 'string' ? input : undefined, role: 'the input stream' },
+    ]);
+    return new Receiver(o, info, stateFile);
   }
 
   /**

@@ -14,8 +14,6 @@
  * device image (`data`, addressed by data block) or an image of the thin
  * device itself (`device`, addressed by virtual block).
  */
-import { createWriteStream } from 'node:fs';
-import { unlink } from 'node:fs/promises';
 import { basename } from 'node:path';
 import type { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -28,6 +26,8 @@ import { sectors } from '../units';
 import { withMetadataSnapshot } from './changed-blocks';
 import { NativeDataSource, type DataSource } from './data-source';
 import { ExtentStore } from './extent-store';
+import { OutputFile, refuseOutputOverInputs } from './output-file';
+import { outputError } from './output-sink';
 import { SECTOR_SIZE } from './format';
 import { planSend, type SendPlan } from './plan';
 import { encodeStream, type SendProgress, type SendSummary } from './send-stream';
@@ -42,7 +42,7 @@ interface CommonSendOptions {
   snap: number;
   /** Thin device id of the base snapshot: an incremental stream. */
   base?: number;
-  /** A Writable, or a file path (created or truncated; removed again if the send fails). */
+  /** A Writable, or a file path (written through a temporary file renamed over it on success; never one of the inputs). */
   output: Writable | string;
   /** Device size in bytes (default: the active device's size, else the end of the highest mapped block). */
   deviceSize?: number;
@@ -78,9 +78,21 @@ export async function send(opts: SendOptions): Promise<SendSummary> {
   return 'pool' in opts ? sendFromPool(opts) : sendFromImage(opts);
 }
 
-/** Pipes the encoded plan into the output; a file output is removed if anything fails. */
+/**
+ * Pipes the encoded plan into the output. A file output is written through a
+ * temporary file renamed over it once complete and fsynced (output-file.ts):
+ * a failed send leaves the path as it was. It must not name an input.
+ */
 async function stream(plan: SendPlan, source: DataSource, o: CommonSendOptions): Promise<SendSummary> {
   let summary: SendSummary | undefined;
+  if (typeof o.output === 'string') {
+    const i = o as Partial<ImageSendOptions>;
+    await refuseOutputOverInputs(o.output, 'the stream output', [
+      { path: i.metadata, role: 'the metadata input' },
+      { path: i.data, role: 'the data input' },
+      { path: i.device, role: 'the thin device input' },
+    ]);
+  }
   const readable = encodeStream(plan, source, {
     signal: o.signal,
     batchBytes: o.batchBytes,
@@ -88,14 +100,18 @@ async function stream(plan: SendPlan, source: DataSource, o: CommonSendOptions):
     onEnd: (s) => (summary = s),
   });
   if (typeof o.output !== 'string') {
-    await pipeline(readable, o.output); // the Readable listens to the signal
+    // The Readable listens to the signal; its errors are typed, a raw one is the Writable's.
+    await pipeline(readable, o.output).catch((e) => {
+      throw outputError(e, o.output === process.stdout ? 'stdout' : undefined);
+    });
     return summary!;
   }
-  const path = o.output;
+  const file = await OutputFile.create(o.output, { signal: o.signal });
   try {
-    await pipeline(readable, createWriteStream(path));
+    await pipeline(readable, file.stream, { end: false });
+    await file.commit();
   } catch (e) {
-    await unlink(path).catch(() => undefined);
+    await file.discard();
     throw e;
   }
   return summary!;

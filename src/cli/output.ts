@@ -1,0 +1,24 @@
+/**
+ * Where a command's output goes: stdout (its errors are seen by main(), see
+ * guardStdout) or `-o FILE`, written through a temporary file that replaces
+ * FILE only once complete and fsynced (stream/output-file.ts). FILE must not
+ * be one of the command's inputs.
+ */
+import type { Writable } from 'node:stream';
+import { OutputFile, refuseOutputOverInputs, type NamedInput } from '../stream/output-file';
+import type { CliContext } from './common';
+
+export interface CommandOutput {
+  out: Writable;
+  /** Makes a file output complete and durable (nothing for stdout). */
+  commit(): Promise<void>;
+}
+
+export async function commandOutput(path: string | undefined, c: CliContext, inputs: readonly NamedInput[]): Promise<CommandOutput> {
+  if (path === undefined || path === '-') return { out: process.stdout, commit: async () => undefined };
+  await refuseOutputOverInputs(path, 'the output file', inputs);
+  const f = await OutputFile.create(path, { signal: c.signal });
+  // Failure, Ctrl-C or SIGTERM: the temporary file goes, FILE stays as it was.
+  c.onCleanup(() => f.discard());
+  return { out: f.stream, commit: () => f.commit() };
+}

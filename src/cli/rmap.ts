@@ -1,0 +1,74 @@
+/** `dmthin rmap`: which thin devices map given data blocks, as thin_rmap 0.9.0 prints it (see src/thin/rmap.ts for the one difference). */
+import type { Command } from 'commander';
+import { UsageError } from '../errors';
+import { OutputSink } from '../stream/output-sink';
+import { rmap, type DataRegion } from '../thin/rmap';
+import { CliContext, Progress } from './common';
+import { MetadataSnapOpts, openMetadata } from './metadata-source';
+import { commandOutput } from './output';
+
+interface RmapCliOpts extends MetadataSnapOpts {
+  region?: string[];
+  output?: string;
+  quiet?: boolean;
+}
+
+const U64_END = 1n << 64n;
+
+/**
+ * BEGIN..END, decimal, END one past the last block, both below 2^64. Stricter
+ * than thin_rmap 0.9.0, which ignores text after END ("0..1e3" is 0..1 there)
+ * and wraps a minus sign modulo 2^64 ("0..-1" is everything): both are refused
+ * here (test/fixtures/ORACLE-NOTES.md §7).
+ */
+export function parseRegion(v: string): DataRegion {
+  const m = /^([0-9]+)\.\.([0-9]+)$/.exec(v);
+  if (!m) throw new UsageError(`bad region '${v}': write BEGIN..END in data blocks, e.g. 5..45 for blocks 5 to 44`);
+  const [begin, end] = [BigInt(m[1]), BigInt(m[2])];
+  if (begin >= U64_END || end >= U64_END) throw new UsageError(`bad region '${v}': block numbers are below 2^64`);
+  if (end <= begin) throw new UsageError(`bad region '${v}': END must be greater than BEGIN (END is one past the last block)`);
+  const n = (x: bigint) => (x <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(x) : x);
+  return { begin: n(begin), end: n(end) };
+}
+
+export function register(program: Command, ctx: () => CliContext): void {
+  program
+    .command('rmap')
+    .description('which thin devices map the given data blocks (thin_rmap 0.9.0\'s output, but every device of a shared subtree)')
+    .argument('<metadata>', 'metadata device or file, or with -m the dm name of a live pool')
+    .option('--region <range>', 'data blocks BEGIN..END, END one past the last (repeatable)', (v: string, acc: string[] = []) => [...acc, v])
+    .option('-m, --metadata-snap', 'read through the held metadata snapshot (-mBLOCK / --metadata-snap=BLOCK: must be the held root)')
+    .option('-o, --output <file>', 'write to FILE instead of stdout (through a temporary file, renamed over FILE when complete)')
+    .option('-q, --quiet', 'no progress bar')
+    .action(async (metadata: string, o: RmapCliOpts) => {
+      const c = ctx();
+      const regions = (o.region ?? []).map(parseRegion);
+      if (regions.length === 0) throw new UsageError('no --region given: name the data blocks to look up, e.g. --region 0..1000');
+      const { out, commit } = await commandOutput(o.output, c, [{ path: metadata, role: 'the metadata input' }]);
+      const md = await openMetadata(metadata, o, c);
+      c.onCleanup(() => md.close());
+      const bar = new Progress('rmap', !o.quiet && process.stderr.isTTY === true);
+      const sink = new OutputSink(out);
+      try {
+        let lines = '';
+        let n = 0;
+        for await (const r of rmap(md, regions, { signal: c.signal, onProgress: (p) => bar.update(p.mappings, p.total) })) {
+          bar.stop();
+          const v = r.virtualBegin;
+          const vEnd = typeof v === 'number' && v + r.length <= Number.MAX_SAFE_INTEGER ? v + r.length : BigInt(v) + BigInt(r.length);
+          lines += `data ${r.dataBegin}..${r.dataBegin + r.length} -> thin(${r.devId}) ${v}..${vEnd}\n`;
+          if (++n === 256) {
+            sink.ascii(lines);
+            lines = '';
+            n = 0;
+            await sink.maybeFlush();
+          }
+        }
+        sink.ascii(lines);
+        await sink.flush();
+      } finally {
+        bar.stop();
+      }
+      await commit();
+    });
+}

@@ -1,0 +1,223 @@
+/**
+ * Output files that are never left half-written, and never written over an
+ * input.
+ *
+ * OutputFile writes a temporary file beside FILE (same directory, so the
+ * rename stays on one filesystem), fsyncs it, renames it over FILE and fsyncs
+ * the directory. Until the rename FILE is untouched: absent stays absent, an
+ * old FILE keeps its content. discard() (on any failure, Ctrl-C, SIGTERM)
+ * removes the temporary file. A FILE that exists and is not a regular file (a
+ * block or character device, a FIFO: /dev/null, a disk) is written in place,
+ * as the reference tools do; renaming over it would replace the device node.
+ *
+ * refuseOutputOverInputs() compares an output path with the inputs by device
+ * and inode, through symlinks and hard links, before anything is opened for
+ * writing.
+ */
+import { randomBytes } from 'node:crypto';
+import { constants } from 'node:fs';
+import { lstat, open, readlink, realpath, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
+import { Writable } from 'node:stream';
+import { finished } from 'node:stream/promises';
+import { DmthinError, SystemCallError, throwIfAborted, UsageError } from '../errors';
+import { outputError } from './output-sink';
+
+/** A Node fs error as a SystemCallError naming the path and what was being done. */
+function fsError(e: unknown, what: string, path: string): DmthinError {
+  if (e instanceof DmthinError) return e;
+  const x = e as NodeJS.ErrnoException;
+  const why = (x?.message ?? String(e)).replace(/^[A-Z]+: /, '').replace(/, \w+ '.*'$/, '').replace(/, \w+$/, '');
+  return new SystemCallError(typeof x?.code === 'string' ? x.code : 'EIO', `cannot ${what} ${path}: ${why}`, {
+    syscall: x?.syscall,
+    path,
+    cause: e,
+  });
+}
+
+/** A Writable onto a file descriptor that writes every byte (short writes are continued) and reports every error. */
+class FileWritable extends Writable {
+  constructor(
+    private readonly fh: FileHandle,
+    private readonly path: string,
+  ) {
+    super({ highWaterMark: 1 << 20 });
+  }
+  override _write(chunk: Buffer, _enc: BufferEncoding, cb: (e?: Error | null) => void): void {
+    (async () => {
+      for (let off = 0; off < chunk.length; ) {
+        const { bytesWritten } = await this.fh.write(chunk, off, chunk.length - off);
+        if (bytesWritten <= 0) throw new SystemCallError('EIO', `write of ${this.path} made no progress`, { syscall: 'write', path: this.path });
+        off += bytesWritten;
+      }
+    })().then(
+      () => cb(),
+      (e) => cb(outputError(e, this.path)),
+    );
+  }
+}
+
+/** Follows symlinks of a path that may not exist yet (a dangling link names the file to create). */
+async function resolveTarget(path: string): Promise<string> {
+  let p = resolve(path);
+  for (let i = 0; i < 40; i++) {
+    let st;
+    try {
+      st = await lstat(p);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
+        // The file is new; its directory may itself be reached through links.
+        return join(await realpath(dirname(p)).catch(() => dirname(p)), basename(p));
+      }
+      throw fsError(e, 'inspect', path);
+    }
+    if (!st.isSymbolicLink()) return realpath(p);
+    p = resolve(dirname(p), await readlink(p));
+  }
+  throw new SystemCallError('ELOOP', `cannot write ${path}: too many levels of symbolic links`, { path, syscall: 'open' });
+}
+
+export interface OutputFileOptions {
+  /** Cancels commit(): an aborted output is discarded. */
+  signal?: AbortSignal;
+}
+
+export class OutputFile {
+  private done = false;
+
+  private constructor(
+    /** The path given. */
+    readonly path: string,
+    /** The file FILE resolves to (symlinks followed). */
+    readonly target: string,
+    /** The temporary file, or null when the target is a device or FIFO written in place. */
+    readonly tmp: string | null,
+    private readonly fh: FileHandle,
+    /** Data goes here; a failed write errors the stream (see OutputSink). */
+    readonly stream: Writable,
+    private readonly syncTarget: boolean,
+    private readonly signal?: AbortSignal,
+  ) {}
+
+  /** Opens the temporary file beside `path` (or a device/FIFO in place). */
+  static async create(path: string, opts: OutputFileOptions = {}): Promise<OutputFile> {
+    throwIfAborted(opts.signal);
+    const target = await resolveTarget(path);
+    const existing = await stat(target).catch((e: NodeJS.ErrnoException) => {
+      if (e.code === 'ENOENT') return null;
+      throw fsError(e, 'inspect', path);
+    });
+    if (existing?.isDirectory()) throw new SystemCallError('EISDIR', `cannot write ${path}: it is a directory`, { path, syscall: 'open' });
+    if (existing && !existing.isFile()) {
+      // A device or FIFO: written where it is. fsync means something only for a block device.
+      const fh = await open(target, constants.O_WRONLY).catch((e) => {
+        throw fsError(e, 'open', path);
+      });
+      return new OutputFile(path, target, null, fh, new FileWritable(fh, path), existing.isBlockDevice(), opts.signal);
+    }
+    const tmp = join(dirname(target), `.${basename(target)}.dmthin-${process.pid}-${randomBytes(4).toString('hex')}.tmp`);
+    const fh = await open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, existing ? existing.mode & 0o7777 : 0o666).catch((e) => {
+      throw fsError(e, 'create a temporary file beside', path);
+    });
+    if (existing) {
+      // The replacement keeps the old file's permissions and (as root) its owner.
+      try {
+        await fh.chmod(existing.mode & 0o7777);
+        if (process.getuid?.() === 0) await fh.chown(existing.uid, existing.gid);
+      } catch (e) {
+        await fh.close().catch(() => undefined);
+        await unlink(tmp).catch(() => undefined);
+        throw fsError(e, 'set the permissions of a temporary file beside', path);
+      }
+    }
+    return new OutputFile(path, target, tmp, fh, new FileWritable(fh, path), true, opts.signal);
+  }
+
+  /**
+   * Ends the stream, fsyncs the file, renames it over FILE and fsyncs the
+   * directory. On failure before the rename, the temporary file is removed and
+   * FILE is as it was.
+   */
+  async commit(): Promise<void> {
+    if (this.done) throw new DmthinError('EBADF', `${this.path}: output already closed`, { path: this.path });
+    try {
+      throwIfAborted(this.signal);
+      this.stream.end();
+      await finished(this.stream).catch((e) => {
+        throw outputError(e, this.path);
+      });
+      if (this.syncTarget) {
+        await this.fh.sync().catch((e) => {
+          throw fsError(e, 'fsync', this.path);
+        });
+      }
+      await this.fh.close().catch((e) => {
+        throw fsError(e, 'close', this.path);
+      });
+      throwIfAborted(this.signal);
+      if (this.tmp) {
+        await rename(this.tmp, this.target).catch((e) => {
+          throw fsError(e, `rename ${this.tmp} to`, this.target);
+        });
+      }
+    } catch (e) {
+      await this.discard();
+      throw e;
+    }
+    this.done = true;
+    if (!this.tmp) return;
+    // The rename is durable only once the directory is.
+    const dir = dirname(this.target);
+    const d = await open(dir, constants.O_RDONLY | constants.O_DIRECTORY).catch((e) => {
+      throw fsError(e, `open the directory of`, this.path);
+    });
+    try {
+      await d.sync().catch((e) => {
+        throw new SystemCallError(
+          (e as NodeJS.ErrnoException).code ?? 'EIO',
+          `${this.path} was written, but fsync of its directory ${dir} failed (${(e as Error).message}): the new file may not survive a crash`,
+          { path: dir, syscall: 'fsync', cause: e },
+        );
+      });
+    } finally {
+      await d.close().catch(() => undefined);
+    }
+  }
+
+  /** Drops the output: the temporary file is removed, FILE is left as it was. Safe to call twice. */
+  async discard(): Promise<void> {
+    if (this.done) return;
+    this.done = true;
+    this.stream.destroy();
+    await this.fh.close().catch(() => undefined);
+    if (this.tmp) await unlink(this.tmp).catch(() => undefined);
+  }
+}
+
+export interface NamedInput {
+  /** A path the command reads (absent or non-file inputs, e.g. a pool name, are skipped). */
+  path: string | undefined;
+  /** What it is, for the message ("the metadata", "the target"). */
+  role: string;
+}
+
+/**
+ * Refuses an output path that is one of the inputs (same device and inode,
+ * symlinks followed; a hard link is the same file). An output that does not
+ * exist yet names no input.
+ */
+export async function refuseOutputOverInputs(output: string, outputRole: string, inputs: readonly NamedInput[]): Promise<void> {
+  const out = await stat(output).catch(() => null);
+  if (!out) return;
+  for (const i of inputs) {
+    if (i.path === undefined) continue;
+    const st = await stat(i.path).catch(() => null);
+    if (st && st.dev === out.dev && st.ino === out.ino) {
+      const named = resolve(i.path) === resolve(output) ? '' : ` ${i.path} (the same file)`;
+      throw new UsageError(
+        `${outputRole} ${output} is ${i.role}${named}: writing there would destroy it; choose another path`,
+        { path: output, input: i.path },
+      );
+    }
+  }
+}

@@ -1,0 +1,153 @@
+/**
+ * An output path that names an input is refused before anything is written:
+ * the same file by device and inode, also through a symlink or a hard link.
+ * The input is byte-identical afterwards. And a Ctrl-C/SIGTERM during
+ * `-o FILE` leaves FILE as it was and no temporary file.
+ */
+import { spawn } from 'node:child_process';
+import { linkSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { CLI, runCli } from './run-cli';
+import { makeInputs, SIZE, type Inputs } from './output-helpers';
+import { sha256File } from '../stream/helpers';
+import { itOracle, largeImage, runOracle } from '../helpers/fixtures';
+
+let i: Inputs;
+let links: { sym: (p: string) => string; hard: (p: string) => string };
+beforeAll(async () => {
+  i = await makeInputs();
+  let n = 0;
+  links = {
+    sym: (p) => {
+      const l = i.s.path(`sym${n++}`);
+      symlinkSync(p, l);
+      return l;
+    },
+    hard: (p) => {
+      const l = i.s.path(`hard${n++}`);
+      linkSync(p, l);
+      return l;
+    },
+  };
+}, 120_000);
+afterAll(() => i?.s.cleanup());
+
+type Via = 'the same path' | 'a symlink' | 'a hard link';
+const VIAS: Via[] = ['the same path', 'a symlink', 'a hard link'];
+const via = (v: Via, p: string) => (v === 'a symlink' ? links.sym(p) : v === 'a hard link' ? links.hard(p) : p);
+
+/** [case, the input that must survive, args given the colliding output path] */
+const cases: [string, () => string, (out: string) => string[]][] = [
+  ['dump -o METADATA', () => i.big, (o) => ['dump', '-o', o, i.big]],
+  ['delta -o METADATA', () => i.big, (o) => ['delta', '--snap1', '1', '--snap2', '2', '-o', o, i.big]],
+  ['rmap -o METADATA', () => i.big, (o) => ['rmap', '--region', '0..1000', '-o', o, i.big]],
+  ['send -o --metadata', () => i.meta, (o) => ['send', '--metadata', i.meta, '--data', i.data, '--snap', '4', '--size', String(SIZE), '-o', o]],
+  ['send -o --data', () => i.data, (o) => ['send', '--metadata', i.meta, '--data', i.data, '--snap', '4', '--size', String(SIZE), '-o', o]],
+  ['send -o --device', () => i.data, (o) => ['send', '--metadata', i.meta, '--device', i.data, '--snap', '4', '--size', String(SIZE), '-o', o]],
+  ['receive --state --input', () => i.stream, (o) => ['receive', '--target', i.s.path('rtarget-in'), '--create', '-i', i.stream, '--state', o]],
+];
+
+describe.each(VIAS)('through %s', (v) => {
+  test.each(cases)('%s is refused, the input unchanged', (_name, input, args) => {
+    const before = sha256File(input());
+    const out = via(v, input());
+    const r = runCli(args(out));
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/^dmthin [a-z]+: the (output file|stream output|state file|receive state file)\b.* is the .*: writing there would destroy it; choose another path \[EINVAL\]\n$/);
+    expect(sha256File(input())).toBe(before);
+  });
+
+  test('receive --state TARGET is refused, the target unchanged', () => {
+    const t = i.s.path(`target-${v.replace(/ /g, '-')}`);
+    writeFileSync(t, Buffer.alloc(SIZE, 7));
+    const before = sha256File(t);
+    const r = runCli(['receive', '--target', t, '-i', i.stream, '--state', via(v, t)]);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/is the target.*: writing there would destroy it/);
+    expect(sha256File(t)).toBe(before);
+  });
+});
+
+test('receive --state naming the file on stdin is refused', async () => {
+  const before = sha256File(i.stream);
+  const r = await new Promise<{ status: number | null; stderr: string }>((resolve) => {
+    const fd = openSync(i.stream, 'r');
+    const p = spawn(process.execPath, [CLI, 'receive', '--target', i.s.path('rt-stdin'), '--create', '--state', i.stream], { stdio: [fd, 'ignore', 'pipe'] });
+    let stderr = '';
+    p.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    p.on('close', (status) => resolve({ status, stderr }));
+  });
+  expect(r.status).toBe(1);
+  expect(r.stderr).toMatch(/is the input stream/);
+  expect(sha256File(i.stream)).toBe(before);
+});
+
+itOracle('an output path that does not exist yet is fine, also through a dangling symlink (the link target is created)', () => {
+  const out = i.s.path('fresh.xml');
+  expect(runCli(['dump', '-o', out, i.big]).status).toBe(0);
+  const ref = runOracle('thin_dump', [i.big]).stdout;
+  expect(readFileSync(out, 'utf8')).toBe(ref);
+  const target = i.s.path('via-link.xml');
+  const link = i.s.path('dangling');
+  symlinkSync(target, link);
+  expect(runCli(['dump', '-o', link, i.big]).status).toBe(0);
+  expect(readFileSync(target, 'utf8')).toBe(ref);
+  expect(lstatSync(link).isSymbolicLink()).toBe(true);
+});
+
+describe('SIGTERM during -o FILE', () => {
+  let big: ReturnType<typeof largeImage>;
+  itOracle(
+    'leaves FILE as it was and no temporary file (exit 143)',
+    async () => {
+      big = largeImage(1_000_000);
+      const dir = i.s.path('sigterm');
+      mkdirSync(dir);
+      const out = join(dir, 'backup.xml');
+      writeFileSync(out, 'the previous backup\n');
+      const r = await new Promise<{ status: number | null; stderr: string; sawTemp: boolean }>((resolve) => {
+        const p = spawn(process.execPath, [CLI, 'dump', '-q', '-o', out, big.path], { stdio: ['ignore', 'ignore', 'pipe'] });
+        let stderr = '';
+        let sawTemp = false;
+        p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+        const poll = setInterval(() => {
+          if (!sawTemp && readdirSync(dir).some((f) => f.endsWith('.tmp'))) {
+            sawTemp = true;
+            p.kill('SIGTERM');
+          }
+        }, 2);
+        p.on('close', (status) => {
+          clearInterval(poll);
+          resolve({ status, stderr, sawTemp });
+        });
+      });
+      expect(r.sawTemp).toBe(true);
+      expect(r.status).toBe(143);
+      expect(r.stderr).toMatch(/^dmthin dump: interrupted/);
+      expect(readFileSync(out, 'utf8')).toBe('the previous backup\n');
+      expect(readdirSync(dir)).toEqual(['backup.xml']);
+    },
+    600_000,
+  );
+});
+
+describe('the library refuses the same collisions (no CLI in between)', () => {
+  test('send() with output naming its metadata or data', async () => {
+    const { send } = await import('../../src/stream/send');
+    for (const output of [() => i.meta, () => links.hard(i.data)]) {
+      const before = sha256File(i.meta) + sha256File(i.data);
+      await expect(send({ metadata: i.meta, data: i.data, snap: 4, deviceSize: SIZE, output: output() })).rejects.toMatchObject({ name: 'UsageError', code: 'EINVAL' });
+      expect(sha256File(i.meta) + sha256File(i.data)).toBe(before);
+    }
+  });
+  test('receive() with stateFile naming the target or the input', async () => {
+    const { receive } = await import('../../src/stream/receive');
+    const t = i.s.path('lib-target');
+    writeFileSync(t, Buffer.alloc(SIZE, 3));
+    const before = sha256File(t) + sha256File(i.stream);
+    for (const stateFile of [t, links.sym(i.stream)]) {
+      await expect(receive({ target: t, input: i.stream, stateFile })).rejects.toMatchObject({ name: 'UsageError', code: 'EINVAL' });
+    }
+    expect(sha256File(t) + sha256File(i.stream)).toBe(before);
+  });
+});
