@@ -24,6 +24,8 @@ export type { DeltaExtent, DeltaKind, DeltaOptions, DeltaProgress, DeltaStats } 
 export type { DumpFormat, DumpOptions, DumpProgress } from './thin/dump';
 export { deviceUsage, formatLsTable, lsJson, parseLsFields, LS_FIELDS, DEFAULT_LS_FIELDS, formatDiskUnit } from './thin/ls';
 export type { DeviceUsage, UsageOptions, LsField } from './thin/ls';
+export { checkMetadata, openFailureReport } from './thin/check';
+export type { CheckOptions, CheckReport, CheckProblem, CheckCounts, CheckPhase, CheckProgress, ProblemSeverity } from './thin/check';
 export * from './dm';
 export { ThinPool, MetadataSnapshot, isMessageError } from './pool/thin-pool';
 export type { ThinPoolCreateOptions, CreateSnapOptions, ActiveThin } from './pool/thin-pool';
