@@ -20,6 +20,7 @@ const COMMANDS: Record<string, () => CommandModule> = {
   devices: () => require('./devices'),
   send: () => require('./send'),
   receive: () => require('./receive'),
+  check: () => require('./check'),
 };
 
 const VERSION = require('../../package.json').version as string;
@@ -51,7 +52,7 @@ export async function main(argv: string[]): Promise<number> {
   try {
     await program.parseAsync(rewriteMetadataSnapArgs(argv), { from: 'user' });
     if (ctx) await ctx.runCleanups();
-    return 0;
+    return ctx?.exitStatus ?? 0;
   } catch (e) {
     if (e instanceof CommanderError) {
       if (e.exitCode === 0) return 0; // --help, --version
