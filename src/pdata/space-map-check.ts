@@ -104,6 +104,11 @@ export interface SpaceMapCheckOptions {
   signal?: AbortSignal;
   /** Bitmaps compared so far, of all. */
   onProgress?: (done: number, total: number) => void;
+  /**
+   * The recount is incomplete (a faulty subtree was not walked): report only
+   * counts below the references, which missing references cannot explain.
+   */
+  partial?: boolean;
   /** The ref-count tree is known to be unreadable (already reported): do not walk it. */
   overflowUnreadable?: boolean;
 }
@@ -151,17 +156,14 @@ class RunReporter {
  * A count of 0 or too low on disk for a block in use is fatal (the kernel
  * would hand the block out again while it is in use); a count for an
  * unreferenced block is a leak and a count above the references overstates
- * use (both non-fatal, except where `strictMetadata` says otherwise).
+ * use (both non-fatal).
  */
-function verdict(disk: number, want: number, strictMetadata: boolean): [string, ProblemSeverity, string] | null {
+function verdict(disk: number, want: number): [string, ProblemSeverity, string] | null {
   if (disk === want) return null;
   if (disk === 0) return ['sm-in-use-counted-free', 'fatal', `in use (${want} reference${want > 1 ? 's' : ''}) but counted free: the kernel would hand it out again and overwrite live data`];
   if (disk < want) return ['sm-count-low', 'fatal', `counted ${disk} but referenced ${want} times: it would be freed while still in use`];
-  if (want === 0) {
-    // thin_check 0.9.0 fails on a metadata leak counted 2 or more, even with --ignore-non-fatal-errors.
-    return ['sm-leak', strictMetadata && disk > 1 ? 'fatal' : 'non-fatal', `counted ${disk} but not referenced (leaked)`];
-  }
-  return ['sm-count-high', strictMetadata ? 'fatal' : 'non-fatal', `counted ${disk} but referenced ${want} times (overstates use)`];
+  if (want === 0) return ['sm-leak', 'non-fatal', `counted ${disk} but not referenced (leaked)`];
+  return ['sm-count-high', 'non-fatal', `counted ${disk} but referenced ${want} times (overstates use)`];
 }
 
 /**
@@ -302,7 +304,6 @@ export async function compareSpaceMap(
   const tree = `${kind}-sm`;
   const sm = new SpaceMap(io, kind, root, nrMetadataBlocks);
   const runs = new RunReporter(sink, kind);
-  const strict = kind === 'metadata';
   const nrBlocks = root.nrBlocks;
   const cursor = new OverflowCursor(io, root.refCountRoot, nrMetadataBlocks, opts.signal);
   let overflowBroken = opts.overflowUnreadable === true;
@@ -383,14 +384,15 @@ export async function compareSpaceMap(
                 if (want >= 3) continue; // cannot tell: the ref-count tree is unreadable
               } else disk = o;
             }
-            const v = verdict(disk, want, strict);
-            if (v) runs.add(v[0], v[1], bn, v[2]);
+            const v = verdict(disk, want);
+            // An incomplete recount explains extra counts, never missing ones.
+            if (v && (v[1] === 'fatal' || !opts.partial)) runs.add(v[0], v[1], bn, v[2]);
           }
         }
         // The kernel counts the entries past the device's end as free; thin_restore does not.
         // An nr_free above either understates use: the allocator would search a full bitmap.
         const tail = ENTRIES_PER_BITMAP - n;
-        if (index[i].nrFree > free + tail) {
+        if (!opts.partial && index[i].nrFree > free + tail) {
           runs.flush();
           sink({
             severity: 'non-fatal',
