@@ -158,12 +158,14 @@ class RunReporter {
  * unreferenced block is a leak and a count above the references overstates
  * use (both non-fatal).
  */
+const times = (n: number): string => (n === 1 ? 'once' : `${n} times`);
+
 function verdict(disk: number, want: number): [string, ProblemSeverity, string] | null {
   if (disk === want) return null;
   if (disk === 0) return ['sm-in-use-counted-free', 'fatal', `in use (${want} reference${want > 1 ? 's' : ''}) but counted free: the kernel would hand it out again and overwrite live data`];
-  if (disk < want) return ['sm-count-low', 'fatal', `counted ${disk} but referenced ${want} times: it would be freed while still in use`];
+  if (disk < want) return ['sm-count-low', 'fatal', `counted ${disk} but referenced ${times(want)}: it would be freed while still in use`];
   if (want === 0) return ['sm-leak', 'non-fatal', `counted ${disk} but not referenced (leaked)`];
-  return ['sm-count-high', 'non-fatal', `counted ${disk} but referenced ${want} times (overstates use)`];
+  return ['sm-count-high', 'non-fatal', `counted ${disk} but referenced ${times(want)} (overstates use)`];
 }
 
 /**

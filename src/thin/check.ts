@@ -120,6 +120,8 @@ interface Pending {
   hi: Key;
 }
 
+/** "metadata snapshot (block 8): " for the held trees, nothing for the live ones. */
+const pre = (label: string): string => (label ? `${label}: ` : '');
 const toBig = (k: Key): bigint => (typeof k === 'bigint' ? k : BigInt(k));
 const hiIncl = (hi: Key): bigint => (hi === Infinity ? TWO64M1 : toBig(hi) - 1n);
 
@@ -379,19 +381,19 @@ async function checkTrees(c: Checker, sb: Superblock, opts: CheckOptions, label:
       severity: 'fatal',
       kind: 'check-incomplete',
       tree: dw.faulty ? 'details' : 'mapping-top',
-      message: `${label}: the device list could not be read, so the mapping trees${c.recount ? ' and space maps' : ''} were not checked`,
+      message: `${pre(label)}the device list could not be read, so the mapping trees${c.recount ? ' and space maps' : ''} were not checked`,
     });
     return null;
   }
 
   for (const [id] of devices) {
     if (!roots.has(id)) {
-      c.report({ severity: 'fatal', kind: 'device-mismatch', devId: id, tree: 'mapping-top', message: `${label}: device ${id} is in the details tree but has no mapping tree` });
+      c.report({ severity: 'fatal', kind: 'device-mismatch', devId: id, tree: 'mapping-top', message: `${pre(label)}device ${id} is in the details tree but has no mapping tree` });
     }
   }
   for (const [id] of roots) {
     if (!devices.has(id)) {
-      c.report({ severity: 'fatal', kind: 'device-mismatch', devId: id, tree: 'details', message: `${label}: device ${id} has a mapping tree but no entry in the details tree` });
+      c.report({ severity: 'fatal', kind: 'device-mismatch', devId: id, tree: 'details', message: `${pre(label)}device ${id} has a mapping tree but no entry in the details tree` });
     }
   }
   if (opts.skipMappings) return { devices, mappings: 0 };
@@ -433,7 +435,7 @@ async function checkTrees(c: Checker, sb: Superblock, opts: CheckOptions, label:
             devId: id,
             tree: 'mapping',
             keys: [k, k],
-            message: `${label}: device ${id}: block ${k} maps to data block ${data}, beyond the data device (${c.nrDataBlocks} blocks) (leaf ${leaf.nr}${badCount > 1 ? `; ${badCount} such mappings in this leaf` : ''})`,
+            message: `${pre(label)}device ${id}: block ${k} maps to data block ${data}, beyond the data device (${c.nrDataBlocks} blocks) (leaf ${leaf.nr}${badCount > 1 ? `; ${badCount} such mappings in this leaf` : ''})`,
           });
         }
       },
@@ -448,7 +450,7 @@ async function checkTrees(c: Checker, sb: Superblock, opts: CheckOptions, label:
         kind: 'mapped-blocks',
         devId: id,
         tree: 'details',
-        message: `${label}: device ${id}: the details tree says ${d.mappedBlocks} mapped blocks, its mapping tree has ${entries}`,
+        message: `${pre(label)}device ${id}: the details tree says ${d.mappedBlocks} mapped blocks, its mapping tree has ${entries}`,
       });
     }
   }
@@ -534,7 +536,7 @@ export async function checkMetadata(md: ThinMetadata, opts: CheckOptions = {}): 
 
   c.setupRecount();
   c.ref(0);
-  const label = viaSnap ? `metadata snapshot (block ${md.metadataSnap})` : 'live';
+  const label = viaSnap ? `metadata snapshot (block ${md.metadataSnap})` : '';
   const trees = await checkTrees(c, md.superblock, opts, label);
   if (!trees) return done(false);
   counts.devices = trees.devices.size;
