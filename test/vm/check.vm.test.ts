@@ -7,12 +7,11 @@
  *   thin_check 0.9.0 (0, with both space maps recounted), and on copies with
  *   a fault thin_check sees, both fail.
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { corrupt } from '../helpers/corrupt';
 import { DmSandbox, MiB, cleanupAllSandboxes, describeVm, run } from './helpers';
 import { CLI, type TestPool, createTestPool, ddCmd, oneTarget, sh, startWriter } from './pool-helpers';
-import { writeFileSync } from 'node:fs';
 
 const dmthin = (args: string[]) => run(process.execPath, [CLI, 'check', ...args], { allowFail: true, timeoutMs: 120_000 });
 
