@@ -14,6 +14,7 @@
 import { DmthinError, MetadataError, throwIfAborted } from '../errors';
 import { BlockSet, BtreeNode, Key, TreeValidator } from '../pdata/btree';
 import { compareSpaceMap, countTreeNodes, CheckProblem, loadIndex, problemOf, RefCounts } from '../pdata/space-map-check';
+import { ENTRIES_PER_BITMAP } from '../pdata/space-map';
 import type { Block } from '../pdata/io-engine';
 import { DEVICE_DETAILS_SIZE, DeviceDetails, parseDeviceDetails } from './device-details';
 import type { ThinMetadata } from './metadata';
@@ -164,10 +165,16 @@ class Checker {
   }
 
   setupRecount(): void {
-    this.book = new NodeBook(this.nrMetadataBlocks);
-    if (this.recount) {
-      this.meta = new RefCounts(this.nrMetadataBlocks);
-      this.data = new RefCounts(this.nrDataBlocks);
+    try {
+      this.book = new NodeBook(this.nrMetadataBlocks);
+      if (this.recount) {
+        this.meta = new RefCounts(this.nrMetadataBlocks);
+        this.data = new RefCounts(this.nrDataBlocks);
+      }
+    } catch (e) {
+      if (!(e instanceof RangeError)) throw e;
+      const bytes = this.nrMetadataBlocks * 31 + (this.recount ? this.nrDataBlocks : 0);
+      throw new DmthinError('ENOMEM', `checking needs about ${Math.ceil(bytes / 2 ** 20)} MiB for ${this.nrMetadataBlocks} metadata and ${this.nrDataBlocks} data blocks, which could not be allocated`, { cause: e });
     }
   }
 
@@ -513,6 +520,16 @@ export async function checkMetadata(md: ThinMetadata, opts: CheckOptions = {}): 
       message: `the metadata space map covers ${md.nrMetadataBlocks} blocks, but ${md.io.path} holds only ${deviceBlocks}`,
     });
     return done(false);
+  }
+  if (md.nrDataBlocks > md.nrMetadataBlocks * ENTRIES_PER_BITMAP) {
+    // Each data bitmap is a metadata block: more data blocks than that cannot be counted anywhere.
+    c.report({
+      severity: 'fatal',
+      kind: 'space-map',
+      block: 0,
+      tree: 'superblock',
+      message: `the data space map claims ${md.nrDataBlocks} blocks, more than ${md.nrMetadataBlocks} metadata blocks of bitmaps could count`,
+    });
   }
   if (md.nrDataBlocks === 0) {
     c.report({ severity: 'fatal', kind: 'space-map', block: 0, tree: 'superblock', message: 'the data space map has 0 blocks' });

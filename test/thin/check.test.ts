@@ -193,6 +193,18 @@ describe('corruptions: exactly the problem the fault implies', () => {
   });
 });
 
+describe('absurd sizes', () => {
+  it('a data space map larger than its bitmaps could count is a fatal problem, not a huge allocation', async () => {
+    const img = Buffer.from(fixtureImage('basic'));
+    const b = blk(img, 0);
+    b.writeBigUInt64LE(2n ** 40n, 0x40); // data sm nr_blocks
+    seal(b, 'superblock');
+    const r = await check(img);
+    expect(pick(r)).toEqual([P('fatal', 'space-map', 0, 'superblock')]);
+    expect(r.spaceMapsChecked).toBe(false);
+  });
+});
+
 describe('shared subtrees', () => {
   /**
    * shared-subtree: devices 2-4 are snapshots of 1; device 3's root was
@@ -337,4 +349,3 @@ describe('CLI', () => {
   });
 });
 
-void blk;
