@@ -26,6 +26,8 @@ export { deviceUsage, formatLsTable, lsJson, parseLsFields, LS_FIELDS, DEFAULT_L
 export type { DeviceUsage, UsageOptions, LsField } from './thin/ls';
 export { rmap, normalizeRegions } from './thin/rmap';
 export type { DataRegion, RmapRun, RmapOptions } from './thin/rmap';
+export { checkMetadata, openFailureReport } from './thin/check';
+export type { CheckOptions, CheckReport, CheckProblem, CheckCounts, CheckPhase, CheckProgress, ProblemSeverity } from './thin/check';
 export * from './dm';
 export { ThinPool, MetadataSnapshot, isMessageError } from './pool/thin-pool';
 export type { ThinPoolCreateOptions, CreateSnapOptions, ActiveThin } from './pool/thin-pool';

@@ -1,8 +1,8 @@
 #!/usr/bin/env node
 // dmthin vs the reference tools, in one run: builds large metadata images with
 // thin_restore (cached in .bench-cache/), then times `dmthin dump` / `thin_dump`,
-// `ls`, `delta` and `rmap` against their reference tool in interleaved rounds
-// and prints median wall times, their ratio and peak RSS.
+// `ls`, `delta`, `rmap` and `check` against their reference tool in interleaved
+// rounds and prints median wall times, their ratio and peak RSS.
 //
 //   npm run bench [-- --mappings 1000000 --rounds 7]
 import { spawnSync } from 'node:child_process';
@@ -27,7 +27,7 @@ function need(cmd) {
     process.exit(1);
   }
 }
-['thin_restore', 'thin_dump', 'thin_ls', 'thin_delta', 'thin_rmap'].forEach(need);
+['thin_restore', 'thin_dump', 'thin_ls', 'thin_delta', 'thin_rmap', 'thin_check'].forEach(need);
 if (!existsSync(cli)) {
   console.error('bench: dist/ is missing; run `npm run build` first');
   process.exit(1);
@@ -201,6 +201,9 @@ async function main() {
       ['thin_delta', ['--snap1', '0', '--snap2', '1', shared]],
     ],
   ];
+  // check: both tools verify the trees and recount the space maps (dmthin also the data space map).
+  pairs.push(['check (trees and space maps)', [process.execPath, [cli, 'check', '-q', img]], ['thin_check', ['-q', img]]]);
+  pairs.push(['check (origin + snapshot sharing all but 75 written blocks)', [process.execPath, [cli, 'check', '-q', shared]], ['thin_check', ['-q', shared]]]);
   console.log(`image: ${img} (${MAPPINGS} mappings, ${(size / 2 ** 20).toFixed(0)} MiB metadata), ${ROUNDS} interleaved rounds`);
   console.log(`node ${process.version}; times are medians of wall-clock seconds`);
   const results = [];

@@ -76,6 +76,8 @@ export class CliContext {
   readonly controller = new AbortController();
   private readonly cleanups: (() => Promise<void> | void)[] = [];
   private signalled: NodeJS.Signals | undefined;
+  /** Exit status of a command that completed but has a verdict to give (check: problems found). */
+  exitStatus = 0;
 
   constructor(readonly command: string) {
     for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {

@@ -23,6 +23,7 @@ const COMMANDS: Record<string, () => CommandModule> = {
   devices: () => require('./devices'),
   send: () => require('./send'),
   receive: () => require('./receive'),
+  check: () => require('./check'),
 };
 
 const VERSION = require('../../package.json').version as string;
@@ -56,7 +57,7 @@ export async function main(argv: string[]): Promise<number> {
     await program.parseAsync(rewriteMetadataSnapArgs(argv), { from: 'user' });
     await finishStdout();
     if (ctx) await ctx.runCleanups();
-    return 0;
+    return ctx?.exitStatus ?? 0;
   } catch (e) {
     if (e instanceof CommanderError) {
       // --help, --version: their text must reach stdout too.

@@ -21,7 +21,7 @@ export function snapOption(o: MetadataSnapOpts): boolean | number | undefined {
 }
 
 /** A dm name (no slash) that is not a file here. */
-function looksLikePool(arg: string): boolean {
+export function looksLikePool(arg: string): boolean {
   return !arg.includes('/') && !existsSync(arg);
 }
 

@@ -272,6 +272,129 @@ function redirectChild(img: Buffer, b: number, i: number, target: number): numbe
   return old;
 }
 
+
+// ---------------------------------------------------------------- more edits (check)
+
+/** The device-details value offset of device `dev` in the live details tree. */
+function detailsEntry(img: Buffer, dev: bigint): { n: NodeView; off: number } {
+  let n = node(img, superblock(img).detailsRoot);
+  for (;;) {
+    let j = -1;
+    for (let k = 0; k < n.nr; k++) if (n.key(k) <= dev) j = k;
+    if (j < 0) throw new Error(`no details for device ${dev}`);
+    if (n.leaf) {
+      if (n.key(j) !== dev) throw new Error(`no details for device ${dev}`);
+      return { n, off: n.valueOff(j) };
+    }
+    n = node(img, n.child(j));
+  }
+}
+
+/** Add `delta` to a device's mapped_blocks. */
+function adjustMapped(img: Buffer, dev: bigint, delta: number): void {
+  const { n, off } = detailsEntry(img, dev);
+  n.buf.writeBigUInt64LE(n.buf.readBigUInt64LE(off) + BigInt(delta), off);
+  seal(n.buf, 'btree');
+}
+
+/** Which devices' trees contain node b (a shared node belongs to several). */
+function devicesUsing(img: Buffer, b: number): bigint[] {
+  const sb = superblock(img);
+  const out: bigint[] = [];
+  const top = (x: number): void => {
+    const n = node(img, x);
+    for (let i = 0; i < n.nr; i++) {
+      if (!n.leaf) top(n.child(i));
+      else if (reaches(n.child(i), b)) out.push(n.key(i));
+    }
+  };
+  const reaches = (x: number, target: number): boolean => {
+    if (x === target) return true;
+    const n = node(img, x);
+    if (n.leaf) return false;
+    for (let i = 0; i < n.nr; i++) if (reaches(n.child(i), target)) return true;
+    return false;
+  };
+  top(sb.mappingRoot);
+  return out;
+}
+
+/** Data blocks mapped by a leaf's entries [from, to). */
+function leafData(n: NodeView, from: number, to: number): number[] {
+  const out: number[] = [];
+  for (let i = from; i < to; i++) out.push(num(n.buf.readBigUInt64LE(n.valueOff(i)) >> 24n));
+  return out;
+}
+
+/**
+ * Cut a non-root node of a bottom-level tree down to `keep` entries, keeping
+ * everything else exact: the dropped subtrees (or mappings) are released in
+ * both space maps and every device using the node has its mapped_blocks
+ * lowered. Only the fill rule is left broken.
+ */
+function cutNode(img: Buffer, t: NodeInfo, keep: number): number {
+  const n = node(img, t.block);
+  const users = devicesUsing(img, t.block);
+  let dropped = 0;
+  const countLeaves = (x: number): number => {
+    const m = node(img, x);
+    if (m.leaf) return m.nr;
+    let s = 0;
+    for (let i = 0; i < m.nr; i++) s += countLeaves(m.child(i));
+    return s;
+  };
+  for (let i = keep; i < n.nr; i++) {
+    if (n.leaf) {
+      const data = leafData(n, i, i + 1)[0];
+      // Data blocks count once per leaf node, however many devices share the leaf.
+      smSet(img, 'data', data, smGet(img, 'data', data) - 1);
+      dropped++;
+    } else {
+      dropped += countLeaves(n.child(i));
+      releaseSubtree(img, n.child(i));
+    }
+  }
+  n.buf.writeUInt32LE(keep, 16);
+  seal(n.buf, 'btree');
+  for (const d of users) adjustMapped(img, d, -dropped);
+  return dropped;
+}
+
+/** A bottom-level overflow-free block pick: a node used once, or a data block mapped once. */
+function dataBlockWithCount(img: Buffer, count: number): { data: number; leaf: number } {
+  for (const t of listNodes(img)) {
+    if (t.tree !== 'bottom' || !t.leaf) continue;
+    const n = node(img, t.block);
+    for (const data of leafData(n, 0, n.nr)) if (smGet(img, 'data', data) === count) return { data, leaf: t.block };
+  }
+  throw new Error(`no data block with count ${count}`);
+}
+
+function metadataNodeWithCount(img: Buffer, count: number): NodeInfo {
+  const t = listNodes(img).find((x) => x.tree === 'bottom' && smGet(img, 'metadata', x.block) === count);
+  if (!t) throw new Error(`no bottom-level node with count ${count}`);
+  return t;
+}
+
+/** The first overflow ref-count entry (block, value offset, leaf) of a space map. */
+function overflowEntry(img: Buffer, which: 'metadata' | 'data'): { block: number; leaf: NodeView; off: number } {
+  const sb = superblock(img);
+  let n = node(img, which === 'metadata' ? sb.metaSm.refCountRoot : sb.dataSm.refCountRoot);
+  while (!n.leaf) n = node(img, n.child(0));
+  for (let i = 0; i < n.nr; i++) {
+    const b = num(n.key(i));
+    if (smGet(img, which, b) === 3) return { block: b, leaf: n, off: n.valueOff(i) };
+  }
+  throw new Error(`no ${which} ref-count tree entry in use`);
+}
+
+function freeBlock(img: Buffer, which: 'metadata' | 'data'): number {
+  const sb = superblock(img);
+  const limit = which === 'metadata' ? Math.min(sb.metaSm.nrBlocks, img.length / BLOCK_SIZE) : sb.dataSm.nrBlocks;
+  for (let b = limit - 1; b > 0; b--) if (smGet(img, which, b) === 0) return b;
+  throw new Error(`no free ${which} block`);
+}
+
 // ---------------------------------------------------------------- corruptions
 
 export type CorruptionKind =
@@ -298,7 +421,28 @@ export type CorruptionKind =
   | 'mapping-only-device'
   | 'depth-bomb'
   | 'metadata-block-size'
-  | 'superblock-version';
+  | 'superblock-version'
+  | 'underfull-leaf'
+  | 'underfull-leaf-0'
+  | 'underfull-internal'
+  | 'underfull-internal-0'
+  | 'metadata-sm-raised'
+  | 'metadata-sm-lowered'
+  | 'metadata-sm-in-use-free'
+  | 'data-sm-raised'
+  | 'data-sm-lowered'
+  | 'data-sm-in-use-free'
+  | 'metadata-refcount-raised'
+  | 'metadata-refcount-lowered'
+  | 'data-refcount-raised'
+  | 'data-refcount-lowered'
+  | 'metadata-nr-free'
+  | 'data-nr-free'
+  | 'metadata-nr-allocated'
+  | 'data-nr-allocated'
+  | 'metadata-leak'
+  | 'data-leak'
+  | 'mapped-blocks';
 
 export interface Fault {
   kind: CorruptionKind;
@@ -617,9 +761,183 @@ export const corruptions: Record<CorruptionKind, CorruptFn> = {
     seal(b, 'superblock');
     return { block: 0, description: 'superblock version 3; checksum valid' };
   }),
+
+  'underfull-leaf': make('underfull-leaf', (img) => {
+    const t = pick(img, (n) => n.tree === 'bottom' && n.leaf && n.level > 1, 'non-root bottom-level leaf');
+    const keep = Math.floor(maxEntries(8) / 3) - 1;
+    const dropped = cutNode(img, t, keep);
+    return { block: t.block, description: `non-root leaf ${t.block} cut to ${keep} entries (below max/3 = ${keep + 1}); ${dropped} mappings released in the data sm and mapped_blocks`, detail: { keep } };
+  }),
+
+  'underfull-leaf-0': make('underfull-leaf-0', (img) => {
+    const t = pick(img, (n) => n.tree === 'bottom' && n.leaf && n.level > 1, 'non-root bottom-level leaf');
+    const dropped = cutNode(img, t, 0);
+    return { block: t.block, description: `non-root leaf ${t.block} cut to 0 entries; ${dropped} mappings released`, detail: { keep: 0 } };
+  }),
+
+  'underfull-internal': make('underfull-internal', (img) => {
+    const t = pick(img, (n) => n.tree === 'bottom' && !n.leaf && n.level > 1 && n.nr >= 2, 'non-root internal node');
+    const keep = Math.min(Math.floor(maxEntries(8) / 3) - 1, node(img, t.block).nr - 1);
+    const dropped = cutNode(img, t, keep);
+    return { block: t.block, description: `non-root internal node ${t.block} cut to ${keep} entries; ${dropped} mappings released`, detail: { keep } };
+  }),
+
+  'underfull-internal-0': make('underfull-internal-0', (img) => {
+    const t = pick(img, (n) => n.tree === 'bottom' && !n.leaf && n.level > 1, 'non-root internal node');
+    const dropped = cutNode(img, t, 0);
+    return { block: t.block, description: `non-root internal node ${t.block} cut to 0 entries; ${dropped} mappings released`, detail: { keep: 0 } };
+  }),
+
+  'metadata-sm-raised': make('metadata-sm-raised', (img) => {
+    const t = metadataNodeWithCount(img, 1);
+    smSet(img, 'metadata', t.block, 2);
+    return { block: t.block, description: `metadata sm count of node ${t.block} raised 1 -> 2 in its bitmap` };
+  }),
+
+  'metadata-sm-lowered': make('metadata-sm-lowered', (img) => {
+    const t = metadataNodeWithCount(img, 2);
+    smSet(img, 'metadata', t.block, 1);
+    return { block: t.block, description: `metadata sm count of shared node ${t.block} lowered 2 -> 1 in its bitmap` };
+  }),
+
+  'metadata-sm-in-use-free': make('metadata-sm-in-use-free', (img) => {
+    const t = metadataNodeWithCount(img, 1);
+    smSet(img, 'metadata', t.block, 0);
+    return { block: t.block, description: `metadata sm count of node ${t.block} lowered 1 -> 0 (in use, counted free)` };
+  }),
+
+  'data-sm-raised': make('data-sm-raised', (img) => {
+    const { data } = dataBlockWithCount(img, 1);
+    smSet(img, 'data', data, 2);
+    return { block: data, description: `data sm count of data block ${data} raised 1 -> 2` };
+  }),
+
+  'data-sm-lowered': make('data-sm-lowered', (img) => {
+    const { data } = dataBlockWithCount(img, 2);
+    smSet(img, 'data', data, 1);
+    return { block: data, description: `data sm count of data block ${data} lowered 2 -> 1` };
+  }),
+
+  'data-sm-in-use-free': make('data-sm-in-use-free', (img) => {
+    const { data } = dataBlockWithCount(img, 1);
+    smSet(img, 'data', data, 0);
+    return { block: data, description: `data sm count of mapped data block ${data} lowered 1 -> 0 (in use, counted free)` };
+  }),
+
+  'metadata-refcount-raised': make('metadata-refcount-raised', (img) => {
+    const e = overflowEntry(img, 'metadata');
+    const v = e.leaf.buf.readUInt32LE(e.off);
+    e.leaf.buf.writeUInt32LE(v + 1, e.off);
+    seal(e.leaf.buf, 'btree');
+    return { block: e.block, description: `metadata ref-count tree entry of block ${e.block} raised ${v} -> ${v + 1}`, detail: { leaf: e.leaf.block } };
+  }),
+
+  'metadata-refcount-lowered': make('metadata-refcount-lowered', (img) => {
+    const e = overflowEntry(img, 'metadata');
+    const v = e.leaf.buf.readUInt32LE(e.off);
+    e.leaf.buf.writeUInt32LE(v - 1, e.off);
+    seal(e.leaf.buf, 'btree');
+    return { block: e.block, description: `metadata ref-count tree entry of block ${e.block} lowered ${v} -> ${v - 1}`, detail: { leaf: e.leaf.block } };
+  }),
+
+  'data-refcount-raised': make('data-refcount-raised', (img) => {
+    const e = overflowEntry(img, 'data');
+    const v = e.leaf.buf.readUInt32LE(e.off);
+    e.leaf.buf.writeUInt32LE(v + 1, e.off);
+    seal(e.leaf.buf, 'btree');
+    return { block: e.block, description: `data ref-count tree entry of data block ${e.block} raised ${v} -> ${v + 1}`, detail: { leaf: e.leaf.block } };
+  }),
+
+  'data-refcount-lowered': make('data-refcount-lowered', (img) => {
+    const e = overflowEntry(img, 'data');
+    const v = e.leaf.buf.readUInt32LE(e.off);
+    e.leaf.buf.writeUInt32LE(v - 1, e.off);
+    seal(e.leaf.buf, 'btree');
+    return { block: e.block, description: `data ref-count tree entry of data block ${e.block} lowered ${v} -> ${v - 1}`, detail: { leaf: e.leaf.block } };
+  }),
+
+  'metadata-nr-free': make('metadata-nr-free', (img) => {
+    // Every entry of the bitmap free, although blocks in it are in use (past-the-end entries count as free too).
+    const ie = indexEntry(img, 'metadata', 0);
+    const v = ie.buf.readUInt32LE(ie.off + 8);
+    ie.buf.writeUInt32LE(PER_BITMAP, ie.off + 8);
+    seal(ie.buf, ie.type);
+    return { block: num(ie.buf.readBigUInt64LE(ie.off)), description: `metadata index entry 0 nr_free raised ${v} -> ${PER_BITMAP} (all free)` };
+  }),
+
+  'data-nr-free': make('data-nr-free', (img) => {
+    const ie = indexEntry(img, 'data', 0);
+    const v = ie.buf.readUInt32LE(ie.off + 8);
+    const bm = num(ie.buf.readBigUInt64LE(ie.off));
+    if (superblock(img).dataSm.nrAllocated === 0) throw new Error('no data block in use');
+    ie.buf.writeUInt32LE(PER_BITMAP, ie.off + 8);
+    seal(ie.buf, ie.type);
+    return { block: bm, description: `data index entry 0 (bitmap ${bm}) nr_free raised ${v} -> ${PER_BITMAP} (all free)` };
+  }),
+
+  'metadata-nr-allocated': make('metadata-nr-allocated', (img) => {
+    const b = blk(img, 0);
+    const v = b.readBigUInt64LE(0xc8);
+    b.writeBigUInt64LE(v - 3n, 0xc8);
+    seal(b, 'superblock');
+    return { block: 0, description: `superblock metadata sm nr_allocated lowered ${v} -> ${v - 3n}` };
+  }),
+
+  'data-nr-allocated': make('data-nr-allocated', (img) => {
+    const b = blk(img, 0);
+    const v = b.readBigUInt64LE(0x48);
+    if (v < 1n) throw new Error('no data allocated');
+    b.writeBigUInt64LE(v - 1n, 0x48);
+    seal(b, 'superblock');
+    return { block: 0, description: `superblock data sm nr_allocated lowered ${v} -> ${v - 1n}` };
+  }),
+
+  'metadata-leak': make('metadata-leak', (img) => {
+    const b = freeBlock(img, 'metadata');
+    smSet(img, 'metadata', b, 1);
+    return { block: b, description: `free metadata block ${b} counted 1 (leaked)` };
+  }),
+
+  'data-leak': make('data-leak', (img) => {
+    const b = freeBlock(img, 'data');
+    smSet(img, 'data', b, 1);
+    return { block: b, description: `free data block ${b} counted 1 (leaked)` };
+  }),
+
+  'mapped-blocks': make('mapped-blocks', (img) => {
+    const t = pick(img, (x) => x.tree === 'details' && x.leaf && x.nr >= 1, 'details leaf');
+    const n = node(img, t.block);
+    const dev = n.key(0);
+    adjustMapped(img, dev, 1);
+    return { block: t.block, description: `device ${dev}'s mapped_blocks raised by 1`, detail: { dev } };
+  }),
 };
 
 export const CORRUPTION_KINDS = Object.keys(corruptions) as CorruptionKind[];
+
+/** Faults in what the pool counts (space maps, their hints, mapped_blocks): every tree stays intact. */
+export const ACCOUNTING_KINDS: readonly CorruptionKind[] = [
+  'metadata-sm-raised',
+  'metadata-sm-lowered',
+  'metadata-sm-in-use-free',
+  'data-sm-raised',
+  'data-sm-lowered',
+  'data-sm-in-use-free',
+  'metadata-refcount-raised',
+  'metadata-refcount-lowered',
+  'data-refcount-raised',
+  'data-refcount-lowered',
+  'metadata-nr-free',
+  'data-nr-free',
+  'metadata-nr-allocated',
+  'data-nr-allocated',
+  'metadata-leak',
+  'data-leak',
+  'mapped-blocks',
+];
+
+/** Non-root nodes below the minimum fill (nr_entries < max_entries / 3). */
+export const UNDERFULL_KINDS: readonly CorruptionKind[] = ['underfull-leaf', 'underfull-leaf-0', 'underfull-internal', 'underfull-internal-0'];
 
 export function corrupt(img: Buffer, kind: CorruptionKind): Corrupted {
   return corruptions[kind](img);

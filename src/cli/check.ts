@@ -1,0 +1,142 @@
+/**
+ * `dmthin check`: verify pool metadata (what thin_check checks, and the data
+ * space map, mapped_blocks and cycles besides). Exit 0 when clean (or only
+ * non-fatal problems with --ignore-non-fatal-errors), 1 otherwise.
+ */
+import type { Command } from 'commander';
+import { MetadataError } from '../errors';
+import type { Key } from '../pdata/btree';
+import { checkMetadata, CheckPhase, CheckProblem, CheckReport, openFailureReport } from '../thin/check';
+import { CliContext, Progress } from './common';
+import { toJson } from './json';
+import { looksLikePool, MetadataSnapOpts, openMetadata } from './metadata-source';
+
+interface CheckCliOpts extends MetadataSnapOpts {
+  quiet?: boolean;
+  superBlockOnly?: boolean;
+  skipMappings?: boolean;
+  ignoreNonFatalErrors?: boolean;
+  json?: boolean;
+}
+
+const PHASES: Record<CheckPhase, string> = {
+  superblock: 'checking the superblock',
+  details: 'checking the device details tree',
+  'mapping-top': 'checking the top-level mapping tree',
+  mappings: 'checking every device mapping tree',
+  'metadata-snap': 'checking the metadata snapshot superblock and its trees',
+  'data-sm': 'checking the data space map against a recount of the mappings',
+  'metadata-sm': 'checking the metadata space map against a recount of every metadata block',
+};
+
+const MAX_U64 = (1n << 64n) - 1n;
+// eslint-disable-next-line eqeqeq
+const keyText = (k: Key): string => (BigInt(k) == MAX_U64 ? 'end' : String(k));
+
+/** One line naming the problem, the block, the tree, the device and the key range. */
+export function problemLine(p: CheckProblem): string {
+  const where: string[] = [];
+  if (p.block !== undefined) where.push(p.nrBlocks ? `blocks ${p.block}..${p.block + p.nrBlocks - 1}` : `block ${p.block}`);
+  if (p.tree !== undefined) where.push(`${p.tree} tree`);
+  if (p.devId !== undefined) where.push(`device ${p.devId}`);
+  if (p.keys) where.push(`keys ${keyText(p.keys[0])}..${keyText(p.keys[1])}`);
+  return `${p.severity === 'fatal' ? 'error' : 'warning'} [${p.kind}]${where.length ? ` (${where.join(', ')})` : ''}: ${p.message}`;
+}
+
+/** The --json object: u64 keys and transaction ids as decimal strings, block numbers and counts as numbers. */
+export function reportJson(r: CheckReport): unknown {
+  return {
+    problems: r.problems.map((p) => ({
+      severity: p.severity,
+      kind: p.kind,
+      block: p.block ?? null,
+      ...(p.nrBlocks !== undefined ? { nrBlocks: p.nrBlocks } : {}),
+      devId: p.devId ?? null,
+      tree: p.tree ?? null,
+      keys: p.keys ? [String(p.keys[0]), String(p.keys[1])] : null,
+      message: p.message,
+    })),
+    fatal: r.fatal,
+    nonFatal: r.nonFatal,
+    omitted: r.omitted,
+    spaceMapsChecked: r.spaceMapsChecked,
+    counts: { ...r.counts, transactionId: r.counts.transactionId.toString() },
+  };
+}
+
+function summary(r: CheckReport, why: string): string {
+  const c = r.counts;
+  const lines: string[] = [];
+  lines.push(`${c.devices} device${c.devices === 1 ? '' : 's'}, ${c.mappings} mappings, transaction ${c.transactionId}${c.heldRoot ? `, metadata snapshot held at block ${c.heldRoot}` : ''}`);
+  if (r.spaceMapsChecked) {
+    lines.push(`space maps checked: ${c.metadataBlocksInUse} of ${c.metadataBlocks} metadata blocks and ${c.dataBlocksInUse} of ${c.dataBlocks} data blocks in use`);
+  } else lines.push(`space maps not checked${why ? ` (${why})` : ''}`);
+  if (r.omitted) lines.push(`${r.omitted} more problems not listed`);
+  lines.push(r.fatal + r.nonFatal === 0 ? 'no problems found' : `${r.fatal} fatal, ${r.nonFatal} non-fatal problem${r.fatal + r.nonFatal === 1 ? '' : 's'} found`);
+  return lines.join('\n') + '\n';
+}
+
+const write = (text: string): Promise<void> =>
+  new Promise<void>((resolve, reject) => process.stdout.write(text, (e) => (e ? reject(e) : resolve())));
+
+export function register(program: Command, ctx: () => CliContext): void {
+  program
+    .command('check')
+    .description('verify pool metadata: trees, device details and both space maps (a superset of thin_check 0.9.0)')
+    .argument('<metadata>', 'metadata device or file, or the dm name of a live pool (checked through its metadata snapshot)')
+    .option('-q, --quiet', 'print nothing; only the exit status tells')
+    .option('--super-block-only', 'check the superblock only')
+    .option('--skip-mappings', 'check the device details and top-level trees only (no mapping trees, no space maps)')
+    .option('--ignore-non-fatal-errors', 'exit 0 when only non-fatal problems (leaks, overstated counts, hints, mapped_blocks) are found')
+    .option('-m, --metadata-snap', 'check the held metadata snapshot (space maps are not checked)')
+    .option('--json', 'print the report as one JSON object')
+    .action(async (metadata: string, o: CheckCliOpts) => {
+      const c = ctx();
+      const viaPool = looksLikePool(metadata);
+      // A live pool can only be read through a metadata snapshot.
+      const src: MetadataSnapOpts = viaPool && !o.metadataSnap && o.metadataSnapBlock === undefined ? { ...o, metadataSnap: true } : o;
+      const text = !o.quiet && !o.json;
+      const bar = new Progress('check', text && process.stderr.isTTY === true);
+      let report: CheckReport;
+      let why = '';
+      try {
+        const md = await openMetadata(metadata, src, c);
+        c.onCleanup(() => md.close());
+        if (md.metadataSnap !== null) why = 'read through the metadata snapshot: the live space maps keep changing';
+        else if (o.superBlockOnly) why = '--super-block-only';
+        else if (o.skipMappings) why = '--skip-mappings';
+        if (text && md.metadataSnap !== null) process.stdout.write(`reading the metadata snapshot at block ${md.metadataSnap}\n`);
+        let phase: CheckPhase | undefined;
+        report = await checkMetadata(md, {
+          superblockOnly: o.superBlockOnly,
+          skipMappings: o.skipMappings,
+          signal: c.signal,
+          onProgress: (p) => {
+            if (p.phase !== phase) {
+              phase = p.phase;
+              bar.stop();
+              if (text) process.stdout.write(PHASES[p.phase] + '\n');
+            }
+            if (p.phase === 'mappings') bar.update(p.done, p.total);
+          },
+        });
+      } catch (e) {
+        // Metadata too broken to open is a verdict, not a failure to run.
+        if (!(e instanceof MetadataError)) throw e;
+        report = openFailureReport(e);
+        why = 'the metadata could not be opened';
+      } finally {
+        bar.stop();
+      }
+      const failed = report.fatal > 0 || (report.nonFatal > 0 && !o.ignoreNonFatalErrors);
+      if (o.json) await write(toJson(reportJson(report)) + '\n');
+      else if (!o.quiet) await write(report.problems.map((p) => problemLine(p) + '\n').join('') + summary(report, why));
+      if (failed) {
+        c.exitStatus = 1;
+        if (!o.quiet) {
+          const what = report.fatal > 0 ? `${report.fatal} fatal problem${report.fatal === 1 ? '' : 's'}` : `${report.nonFatal} non-fatal problem${report.nonFatal === 1 ? '' : 's'}`;
+          process.stderr.write(`dmthin check: ${metadata}: ${what} found [EUCLEAN]\n`);
+        }
+      }
+    });
+}

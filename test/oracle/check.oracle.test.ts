@@ -1,0 +1,160 @@
+/**
+ * `dmthin check` against thin_check 0.9.0.
+ *  - every fixture and both kernel-made images: both exit 0;
+ *  - every corruption kind on every fixture it applies to, with and without
+ *    --ignore-non-fatal-errors: wherever thin_check exits non-zero, dmthin
+ *    exits 1; where thin_check exits 0, dmthin follows the verdict rules
+ *    (the exact exit and problem kind below).
+ * The counts of agreeing cases and of cases where dmthin rightly fails and
+ * 0.9.0 does not are printed at the end.
+ */
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { corrupt, CORRUPTION_KINDS, CorruptionKind } from '../helpers/corrupt';
+import { describeOracle, fixtureImage, kernelFixtureImage, listFixtures, listKernelFixtures, oraclePath } from '../helpers/fixtures';
+import { CLI } from '../cli/run-cli';
+
+/** The problem dmthin must report for each fault, and whether it is fatal. */
+const VERDICT: Record<CorruptionKind, { kind: string; fatal: boolean }> = {
+  'node-checksum': { kind: 'checksum', fatal: true },
+  'node-blocknr': { kind: 'blocknr', fatal: true },
+  'superblock-magic': { kind: 'magic', fatal: true },
+  'superblock-byte-flip': { kind: 'checksum', fatal: true },
+  'truncate-after-superblock': { kind: 'truncated', fatal: true },
+  'truncate-mid-trees': { kind: 'truncated', fatal: true },
+  'cycle-self': { kind: 'cycle', fatal: true },
+  'cycle-ancestor': { kind: 'cycle', fatal: true },
+  'child-beyond-device': { kind: 'block-range', fatal: true },
+  'keys-out-of-order': { kind: 'key-order', fatal: true },
+  'child-outside-parent-range': { kind: 'key-range', fatal: true },
+  'leaf-value-size-16': { kind: 'value-size', fatal: true },
+  'max-entries-not-div3': { kind: 'max-entries', fatal: true },
+  'max-entries-wrong': { kind: 'max-entries', fatal: true },
+  'nr-entries-over-max': { kind: 'nr-entries', fatal: true },
+  'node-flags-3': { kind: 'node-flags', fatal: true },
+  'node-flags-0': { kind: 'node-flags', fatal: true },
+  'wrong-block-type': { kind: 'block-type', fatal: true },
+  'data-block-beyond-end': { kind: 'data-range', fatal: true },
+  'details-only-device': { kind: 'device-mismatch', fatal: true },
+  'mapping-only-device': { kind: 'device-mismatch', fatal: true },
+  'depth-bomb': { kind: 'nr-entries', fatal: true },
+  'metadata-block-size': { kind: 'block-size', fatal: true },
+  'superblock-version': { kind: 'version', fatal: true },
+  'underfull-leaf': { kind: 'nr-entries', fatal: true },
+  'underfull-leaf-0': { kind: 'nr-entries', fatal: true },
+  'underfull-internal': { kind: 'nr-entries', fatal: true },
+  'underfull-internal-0': { kind: 'nr-entries', fatal: true },
+  'metadata-sm-raised': { kind: 'sm-count-high', fatal: false },
+  'metadata-sm-lowered': { kind: 'sm-count-low', fatal: true },
+  'metadata-sm-in-use-free': { kind: 'sm-in-use-counted-free', fatal: true },
+  'data-sm-raised': { kind: 'sm-count-high', fatal: false },
+  'data-sm-lowered': { kind: 'sm-count-low', fatal: true },
+  'data-sm-in-use-free': { kind: 'sm-in-use-counted-free', fatal: true },
+  'metadata-refcount-raised': { kind: 'sm-count-high', fatal: false },
+  'metadata-refcount-lowered': { kind: 'sm-count-low', fatal: true },
+  'data-refcount-raised': { kind: 'sm-count-high', fatal: false },
+  'data-refcount-lowered': { kind: 'sm-count-low', fatal: true },
+  'metadata-nr-free': { kind: 'sm-nr-free', fatal: false },
+  'data-nr-free': { kind: 'sm-nr-free', fatal: false },
+  'metadata-nr-allocated': { kind: 'sm-nr-allocated', fatal: false },
+  'data-nr-allocated': { kind: 'sm-nr-allocated', fatal: false },
+  'metadata-leak': { kind: 'sm-leak', fatal: false },
+  'data-leak': { kind: 'sm-leak', fatal: false },
+  'mapped-blocks': { kind: 'mapped-blocks', fatal: false },
+};
+
+const FIXTURES = ['basic', 'range-merge', 'deep-tree', 'snapshots', 'shared-subtree', 'many-devices', 'metadata-snap-diverged'];
+
+function run(cmd: string, args: string[]): Promise<{ status: number | null; stdout: string }> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'ignore'] });
+    let stdout = '';
+    p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    p.on('error', reject);
+    p.on('close', (status) => resolve({ status, stdout }));
+  });
+}
+
+const dir = mkdtempSync(join(tmpdir(), 'dmthin-check-oracle-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+let serial = 0;
+
+interface Outcome {
+  thinCheck: [number | null, number | null];
+  dmthin: [number | null, number | null];
+  kinds: { kind: string; severity: string }[];
+}
+
+/** thin_check and dmthin check on one image, without and with --ignore-non-fatal-errors. */
+async function both(img: Buffer): Promise<Outcome> {
+  const path = join(dir, `img-${serial++}.bin`);
+  writeFileSync(path, img);
+  const tc = oraclePath('thin_check')!;
+  const [a, b, c, d] = await Promise.all([
+    run(tc, ['-q', path]),
+    run(tc, ['-q', '--ignore-non-fatal-errors', path]),
+    run(process.execPath, [CLI, 'check', '--json', path]),
+    run(process.execPath, [CLI, 'check', '-q', '--ignore-non-fatal-errors', path]),
+  ]);
+  rmSync(path);
+  const j = JSON.parse(c.stdout) as { problems: { kind: string; severity: string }[] };
+  return { thinCheck: [a.status, b.status], dmthin: [c.status, d.status], kinds: j.problems.map((p) => ({ kind: p.kind, severity: p.severity })) };
+}
+
+const tally = { cases: 0, agree: 0, dmthinRightlyFails: 0, byKind: new Map<string, string>() };
+
+describeOracle('dmthin check vs thin_check 0.9.0', () => {
+  afterAll(() => {
+    const lines = [...tally.byKind.entries()].map(([k, v]) => `  ${k.padEnd(27)} ${v}`);
+    console.log(
+      `check oracle: ${tally.cases} case-modes (image x with/without --ignore-non-fatal-errors); ` +
+        `${tally.agree} agree with thin_check 0.9.0, ${tally.dmthinRightlyFails} where dmthin rightly fails and 0.9.0 exits 0\n` +
+        `thin_check 0.9.0 exit (plain/ignore-non-fatal) -> dmthin exit, per corruption kind:\n${lines.join('\n')}`,
+    );
+  });
+
+  const clean: [string, () => Buffer][] = [
+    ...listFixtures().map((f) => [f.name, () => fixtureImage(f.name)] as [string, () => Buffer]),
+    ...listKernelFixtures().map((k) => [k.name, () => kernelFixtureImage(k.name)] as [string, () => Buffer]),
+  ];
+  it.each(clean)('clean %s: both exit 0', async (_name, img) => {
+    const o = await both(img());
+    expect(o.thinCheck).toEqual([0, 0]);
+    expect(o.dmthin).toEqual([0, 0]);
+    expect(o.kinds).toEqual([]);
+    tally.cases += 2;
+    tally.agree += 2;
+  });
+
+  it.each(CORRUPTION_KINDS)('%s', async (kind) => {
+    const v = VERDICT[kind];
+    let applied = 0;
+    const seen = new Set<string>();
+    for (const name of FIXTURES) {
+      let image: Buffer;
+      try {
+        image = corrupt(fixtureImage(name), kind).image;
+      } catch {
+        continue; // no suitable target in this fixture
+      }
+      applied++;
+      const o = await both(image);
+      const ctx = `${kind} on ${name}: thin_check ${o.thinCheck}, dmthin ${o.dmthin}`;
+      // Never weaker than 0.9.0, in either mode.
+      for (const m of [0, 1]) if (o.thinCheck[m] !== 0) expect([ctx, o.dmthin[m]]).toEqual([ctx, 1]);
+      // The verdict rules: the expected problem, exit 1 without the flag, and with it only if fatal.
+      expect(o.kinds).toContainEqual({ kind: v.kind, severity: v.fatal ? 'fatal' : 'non-fatal' });
+      expect([ctx, o.dmthin]).toEqual([ctx, [1, v.fatal ? 1 : 0]]);
+      for (const m of [0, 1]) {
+        tally.cases++;
+        if ((o.thinCheck[m] === 0) === (o.dmthin[m] === 0)) tally.agree++;
+        else if (o.thinCheck[m] === 0) tally.dmthinRightlyFails++;
+      }
+      seen.add(`${o.thinCheck.join('/')} -> ${o.dmthin.join('/')}`);
+    }
+    expect(applied).toBeGreaterThan(0);
+    tally.byKind.set(kind, `${[...seen].join(', ')} (${applied} fixtures)`);
+  }, 120_000);
+});

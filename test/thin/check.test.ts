@@ -1,0 +1,359 @@
+/**
+ * checkMetadata (library) and `dmthin check` (CLI). Clean images must come
+ * out clean with counts equal to the fixture manifests (written by the
+ * generator from its own model and thin_restore, not by dmthin); each
+ * corruption must give exactly the problem its fault implies under the
+ * verdict rules (README: fatal = structural or a count below the references;
+ * non-fatal = leaks, over-counts, hints, mapped_blocks).
+ */
+import { AbortError, checkMetadata, CheckReport, MetadataError, openFailureReport, ThinMetadata } from '../../src';
+import { blk, corrupt, CORRUPTION_KINDS, CorruptionKind, Fault, listNodes, node, seal, UNDERFULL_KINDS } from '../helpers/corrupt';
+import { fixture, fixtureImage, kernelFixtureImage, listFixtures, listKernelFixtures, tempImage } from '../helpers/fixtures';
+import { runCli } from '../cli/run-cli';
+
+type Expected = { severity: 'fatal' | 'non-fatal'; kind: string; block?: number; tree?: string; devId?: number };
+const P = (severity: Expected['severity'], kind: string, block: number | undefined, tree: string, devId?: number): Expected => ({
+  severity,
+  kind,
+  ...(block !== undefined ? { block } : {}),
+  tree,
+  ...(devId !== undefined ? { devId } : {}),
+});
+
+const F = (s: Expected['severity']) => s;
+const dev = (f: Fault) => Number(f.detail!.dev);
+
+/**
+ * Fixture and expected problems of every corruption. null: the metadata
+ * cannot be opened (the CLI reports what open() threw; see the CLI tests).
+ */
+const EXPECT: Record<CorruptionKind, { fixture: string; problems: ((f: Fault) => Expected[]) | null }> = {
+  // one bad node in device 1's tree: a fatal problem naming that node
+  'node-checksum': { fixture: 'range-merge', problems: (f) => [P('fatal', 'checksum', f.block, 'mapping', 1)] },
+  'node-blocknr': { fixture: 'range-merge', problems: (f) => [P('fatal', 'blocknr', f.block, 'mapping', 1)] },
+  'keys-out-of-order': { fixture: 'range-merge', problems: (f) => [P('fatal', 'key-order', f.block, 'mapping', 1)] },
+  'leaf-value-size-16': { fixture: 'range-merge', problems: (f) => [P('fatal', 'value-size', f.block, 'mapping', 1)] },
+  'max-entries-not-div3': { fixture: 'range-merge', problems: (f) => [P('fatal', 'max-entries', f.block, 'mapping', 1)] },
+  'max-entries-wrong': { fixture: 'range-merge', problems: (f) => [P('fatal', 'max-entries', f.block, 'mapping', 1)] },
+  'nr-entries-over-max': { fixture: 'range-merge', problems: (f) => [P('fatal', 'nr-entries', f.block, 'mapping', 1)] },
+  'node-flags-3': { fixture: 'range-merge', problems: (f) => [P('fatal', 'node-flags', f.block, 'mapping', 1)] },
+  'node-flags-0': { fixture: 'range-merge', problems: (f) => [P('fatal', 'node-flags', f.block, 'mapping', 1)] },
+  'wrong-block-type': { fixture: 'range-merge', problems: (f) => [P('fatal', 'block-type', f.block, 'mapping', 1)] },
+  // the child, not the parent, holds keys outside the range
+  'child-outside-parent-range': { fixture: 'range-merge', problems: (f) => [P('fatal', 'key-range', f.detail!.child as number, 'mapping', 1)] },
+  // the pointer is in block f.block
+  'child-beyond-device': { fixture: 'range-merge', problems: (f) => [P('fatal', 'block-range', f.block, 'mapping', 1)] },
+  // the node reached a second time: itself, or the ancestor it points back to
+  'cycle-self': { fixture: 'range-merge', problems: (f) => [P('fatal', 'cycle', f.block, 'mapping', 1)] },
+  'cycle-ancestor': { fixture: 'deep-tree', problems: (f) => [P('fatal', 'cycle', f.detail!.ancestor as number, 'mapping', 1)] },
+  // the chain's second node (the first non-root one) has 1 entry
+  'depth-bomb': { fixture: 'snapshots', problems: (f) => [P('fatal', 'nr-entries', (f.detail!.chain as number[])[1], 'mapping', dev(f))] },
+  'underfull-leaf': { fixture: 'range-merge', problems: (f) => [P('fatal', 'nr-entries', f.block, 'mapping', 1)] },
+  'underfull-leaf-0': { fixture: 'range-merge', problems: (f) => [P('fatal', 'nr-entries', f.block, 'mapping', 1)] },
+  'underfull-internal': { fixture: 'deep-tree', problems: (f) => [P('fatal', 'nr-entries', f.block, 'mapping', 1)] },
+  'underfull-internal-0': { fixture: 'deep-tree', problems: (f) => [P('fatal', 'nr-entries', f.block, 'mapping', 1)] },
+  'truncate-after-superblock': { fixture: 'range-merge', problems: () => [P('fatal', 'truncated', 0, 'superblock')] },
+  'truncate-mid-trees': { fixture: 'range-merge', problems: () => [P('fatal', 'truncated', 0, 'superblock')] },
+  'data-block-beyond-end': { fixture: 'snapshots', problems: (f) => [P('fatal', 'data-range', f.block, 'mapping', dev(f))] },
+  // a device in one tree only: the other tree is named as the one lacking it
+  'details-only-device': { fixture: 'snapshots', problems: (f) => [P('fatal', 'device-mismatch', undefined, 'mapping-top', dev(f))] },
+  'mapping-only-device': { fixture: 'snapshots', problems: (f) => [P('fatal', 'device-mismatch', undefined, 'details', dev(f))] },
+  'superblock-magic': { fixture: 'range-merge', problems: null },
+  'superblock-byte-flip': { fixture: 'range-merge', problems: null },
+  'metadata-block-size': { fixture: 'range-merge', problems: null },
+  'superblock-version': { fixture: 'range-merge', problems: null },
+  // counts below the references: fatal
+  'metadata-sm-lowered': { fixture: 'shared-subtree', problems: (f) => [P('fatal', 'sm-count-low', f.block, 'metadata-sm')] },
+  'metadata-sm-in-use-free': { fixture: 'range-merge', problems: (f) => [P('fatal', 'sm-in-use-counted-free', f.block, 'metadata-sm')] },
+  'data-sm-lowered': { fixture: 'snapshots', problems: (f) => [P('fatal', 'sm-count-low', f.block, 'data-sm')] },
+  'data-sm-in-use-free': { fixture: 'range-merge', problems: (f) => [P('fatal', 'sm-in-use-counted-free', f.block, 'data-sm')] },
+  'metadata-refcount-lowered': { fixture: 'many-devices', problems: (f) => [P('fatal', 'sm-count-low', f.block, 'metadata-sm')] },
+  'data-refcount-lowered': { fixture: 'snapshots', problems: (f) => [P('fatal', 'sm-count-low', f.block, 'data-sm')] },
+  // over-counts, leaks, hints, mapped_blocks: non-fatal
+  'metadata-sm-raised': { fixture: 'range-merge', problems: (f) => [P('non-fatal', 'sm-count-high', f.block, 'metadata-sm')] },
+  'data-sm-raised': { fixture: 'range-merge', problems: (f) => [P('non-fatal', 'sm-count-high', f.block, 'data-sm')] },
+  'metadata-refcount-raised': { fixture: 'many-devices', problems: (f) => [P('non-fatal', 'sm-count-high', f.block, 'metadata-sm')] },
+  'data-refcount-raised': { fixture: 'snapshots', problems: (f) => [P('non-fatal', 'sm-count-high', f.block, 'data-sm')] },
+  'metadata-leak': { fixture: 'range-merge', problems: (f) => [P('non-fatal', 'sm-leak', f.block, 'metadata-sm')] },
+  'data-leak': { fixture: 'range-merge', problems: (f) => [P('non-fatal', 'sm-leak', f.block, 'data-sm')] },
+  'metadata-nr-free': { fixture: 'range-merge', problems: (f) => [P('non-fatal', 'sm-nr-free', f.block, 'metadata-sm')] },
+  'data-nr-free': { fixture: 'range-merge', problems: (f) => [P('non-fatal', 'sm-nr-free', f.block, 'data-sm')] },
+  'metadata-nr-allocated': { fixture: 'range-merge', problems: () => [P('non-fatal', 'sm-nr-allocated', 0, 'metadata-sm')] },
+  'data-nr-allocated': { fixture: 'range-merge', problems: () => [P('non-fatal', 'sm-nr-allocated', 0, 'data-sm')] },
+  'mapped-blocks': { fixture: 'snapshots', problems: (f) => [P('non-fatal', 'mapped-blocks', undefined, 'details', dev(f))] },
+};
+void F;
+
+const pick = (r: CheckReport): Expected[] =>
+  r.problems.map((p) => ({
+    severity: p.severity,
+    kind: p.kind,
+    ...(p.block !== undefined ? { block: p.block } : {}),
+    tree: p.tree!,
+    ...(p.devId !== undefined ? { devId: p.devId } : {}),
+  }));
+
+/** As the CLI does: metadata too broken to open (checked at open: superblock, sizes) is a one-problem report. */
+async function check(img: Buffer, opts: Parameters<typeof checkMetadata>[1] = {}, open: { metadataSnap?: boolean } = {}): Promise<CheckReport> {
+  let md: ThinMetadata;
+  try {
+    md = await ThinMetadata.fromBuffer(img, open);
+  } catch (e) {
+    if (e instanceof MetadataError) return openFailureReport(e);
+    throw e;
+  }
+  await using _ = md;
+  return checkMetadata(md, opts);
+}
+
+describe('clean images', () => {
+  it.each(listFixtures().map((f) => f.name))('fixture %s is clean, counts as in the manifest', async (name) => {
+    const f = fixture(name);
+    const r = await check(fixtureImage(name));
+    expect(r.problems).toEqual([]);
+    expect([r.fatal, r.nonFatal, r.omitted]).toEqual([0, 0, 0]);
+    expect(r.spaceMapsChecked).toBe(true);
+    expect(r.counts).toEqual({
+      devices: f.devices,
+      mappings: f.mappings,
+      // thin_restore's nr_allocated is one above the blocks in use (manifest skew)
+      metadataBlocksInUse: f.metadataAllocated - f.metadataNrAllocatedSkew,
+      dataBlocksInUse: expect.any(Number),
+      metadataBlocks: f.metadataBlocks,
+      dataBlocks: f.nrDataBlocks,
+      transactionId: BigInt(f.transaction),
+      heldRoot: f.heldRoot ?? 0,
+    });
+  });
+
+  it.each(listKernelFixtures().map((f) => f.name))('kernel-made %s is clean', async (name) => {
+    const k = listKernelFixtures().find((x) => x.name === name)!;
+    const r = await check(kernelFixtureImage(name));
+    expect(r.problems).toEqual([]);
+    expect(r.spaceMapsChecked).toBe(true);
+    expect(r.counts.devices).toBe(k.devices.length);
+    expect(r.counts.mappings).toBe(k.devices.reduce((n, d) => n + d.mappings, 0));
+    expect(r.counts.heldRoot).toBe(k.heldRoot ?? 0);
+  });
+
+  it('through the metadata snapshot: the held trees, no space maps', async () => {
+    const f = fixture('metadata-snap');
+    const r = await check(fixtureImage('metadata-snap'), {}, { metadataSnap: true });
+    expect(r.problems).toEqual([]);
+    expect(r.spaceMapsChecked).toBe(false);
+    expect(r.counts.transactionId).toBe(BigInt(f.held!.transaction));
+    expect(r.counts.devices).toBe(f.held!.devices);
+    expect(r.counts.mappings).toBe(f.held!.mappings);
+  });
+
+  it('superblockOnly and skipMappings check less and say so', async () => {
+    const img = fixtureImage('snapshots');
+    const s = await check(img, { superblockOnly: true });
+    expect([s.fatal, s.nonFatal, s.spaceMapsChecked, s.counts.devices]).toEqual([0, 0, false, 0]);
+    const m = await check(img, { skipMappings: true });
+    expect([m.fatal, m.nonFatal, m.spaceMapsChecked, m.counts.devices, m.counts.mappings]).toEqual([0, 0, false, 7, 0]);
+    // a bad mapping leaf passes --skip-mappings, as with thin_check
+    const bad = corrupt(img, 'node-checksum').image;
+    expect((await check(bad, { skipMappings: true })).fatal).toBe(0);
+    expect((await check(bad)).fatal).toBe(1);
+  });
+
+  it('reports phases and aborts with AbortError', async () => {
+    const phases: string[] = [];
+    await check(fixtureImage('metadata-snap'), { onProgress: (p) => phases.includes(p.phase) || phases.push(p.phase) });
+    expect(phases).toEqual(['superblock', 'details', 'mapping-top', 'mappings', 'metadata-snap', 'data-sm', 'metadata-sm']);
+    const ac = new AbortController();
+    const p = check(fixtureImage('deep-tree'), { signal: ac.signal, onProgress: (x) => x.phase === 'mappings' && ac.abort() });
+    await expect(p).rejects.toBeInstanceOf(AbortError);
+  });
+});
+
+describe('corruptions: exactly the problem the fault implies', () => {
+  it('covers every corruption kind', () => {
+    expect(Object.keys(EXPECT).sort()).toEqual([...CORRUPTION_KINDS].sort());
+  });
+
+  it.each(CORRUPTION_KINDS)('%s', async (kind) => {
+    const e = EXPECT[kind];
+    const { image, fault } = corrupt(fixtureImage(e.fixture), kind);
+    if (e.problems === null) {
+      await expect(ThinMetadata.fromBuffer(image)).rejects.toBeInstanceOf(MetadataError);
+      return;
+    }
+    const r = await check(image);
+    const want = e.problems(fault);
+    expect(pick(r)).toEqual(want);
+    expect(r.fatal).toBe(want.filter((p) => p.severity === 'fatal').length);
+    expect(r.nonFatal).toBe(want.filter((p) => p.severity === 'non-fatal').length);
+    for (const p of r.problems) expect(p.message.length).toBeGreaterThan(20);
+  });
+
+  it('node problems carry the key range their parent gives', async () => {
+    const { image, fault } = corrupt(fixtureImage('range-merge'), 'underfull-leaf');
+    const r = await check(image);
+    // range-merge's leaves start every 126 keys (manifest leafFirstKeys): the first leaf holds [0, 126)
+    expect(fixture('range-merge').leafFirstKeys!.slice(0, 2)).toEqual([0, 126]);
+    expect(r.problems[0]).toMatchObject({ block: fault.block, keys: [0, 125] });
+  });
+
+  it('under-filled nodes are fatal whatever the count (thin_check 0.9.0 passes 83 entries with --ignore-non-fatal-errors)', () => {
+    for (const k of UNDERFULL_KINDS) expect(EXPECT[k].problems).not.toBeNull();
+  });
+});
+
+describe('absurd sizes', () => {
+  it('a data space map larger than its bitmaps could count is a fatal problem, not a huge allocation', async () => {
+    const img = Buffer.from(fixtureImage('basic'));
+    const b = blk(img, 0);
+    b.writeBigUInt64LE(2n ** 40n, 0x40); // data sm nr_blocks
+    seal(b, 'superblock');
+    const r = await check(img);
+    expect(pick(r)).toEqual([P('fatal', 'space-map', 0, 'superblock')]);
+    expect(r.spaceMapsChecked).toBe(false);
+  });
+});
+
+describe('shared subtrees', () => {
+  /**
+   * shared-subtree: devices 2-4 are snapshots of 1; device 3's root was
+   * copied when it was written, so its children are shared with device 1
+   * under device 1's key ranges. Narrowing the range device 3's root gives a
+   * shared child must be caught, although device 1 validated that child.
+   */
+  it('a shared node under a narrower key range in another tree is validated again', async () => {
+    const img = fixtureImage('shared-subtree');
+    const nodes = listNodes(img);
+    const roots = nodes.filter((n) => n.tree === 'bottom' && n.level === 1 && !n.leaf);
+    const r3 = roots.find((n) => n.dev === 3n)!;
+    const r1 = roots.find((n) => n.dev === 1n)!;
+    expect(r3.block).not.toBe(r1.block);
+    const n3 = node(img, r3.block);
+    const n1 = node(img, r1.block);
+    // a child both roots point to under the same key
+    let i = -1;
+    for (let k = 1; k < n3.nr; k++) if (n3.child(k) === n1.child(k) && n3.key(k) === n1.key(k)) i = k;
+    expect(i).toBeGreaterThan(0);
+    const shared = n3.child(i);
+    const bad = Buffer.from(img);
+    const b = node(bad, r3.block);
+    b.buf.writeBigUInt64LE(b.key(i) + 1n, 32 + 8 * i);
+    seal(b.buf, 'btree');
+    const r = await check(bad);
+    expect(pick(r)).toEqual([P('fatal', 'key-range', shared, 'mapping', 3)]);
+  });
+
+  it('a shared node is read once when ranges contain each other', async () => {
+    // every device of shared-subtree is checked, yet shared nodes are not re-read
+    await using md = await ThinMetadata.fromBuffer(fixtureImage('shared-subtree'));
+    const before = md.io.stats.blocksRead;
+    const r = await checkMetadata(md, {});
+    expect(r.fatal + r.nonFatal).toBe(0);
+    const bottom = new Set(listNodes(fixtureImage('shared-subtree')).filter((n) => n.tree === 'bottom').map((n) => n.block));
+    // bottom nodes once, plus details/top/space-map blocks (fewer than 20 here)
+    expect(md.io.stats.blocksRead - before).toBeLessThan(bottom.size + 20);
+  });
+
+  it('a cycle across a held snapshot tree and a live tree is a share, not a cycle', async () => {
+    const r = await check(fixtureImage('metadata-snap-diverged'));
+    expect(r.problems).toEqual([]);
+    expect(r.counts.heldRoot).toBe(8);
+  });
+});
+
+describe('CLI', () => {
+  const run = (img: Buffer, args: string[]) => {
+    using f = tempImage(img);
+    return runCli(['check', ...args, f.path]);
+  };
+  const clean = fixtureImage('snapshots');
+
+  it('clean: exit 0, phase lines and a summary on stdout, nothing on stderr', () => {
+    const r = run(clean, []);
+    expect(r.status).toBe(0);
+    expect(r.stderr).toBe('');
+    expect(r.stdout).toMatch(/^checking the superblock$/m);
+    expect(r.stdout).toMatch(/^7 devices, 1921 mappings, transaction 9$/m);
+    expect(r.stdout).toMatch(/^space maps checked: 32 of 512 metadata blocks/m);
+    expect(r.stdout).toMatch(/no problems found\n$/);
+  });
+
+  it('-q prints nothing, in every verdict', () => {
+    for (const img of [clean, corrupt(clean, 'data-leak').image, corrupt(clean, 'node-checksum').image]) {
+      const r = run(img, ['-q']);
+      expect([r.stdout, r.stderr]).toEqual(['', '']);
+    }
+    expect(run(clean, ['-q']).status).toBe(0);
+    expect(run(corrupt(clean, 'node-checksum').image, ['-q']).status).toBe(1);
+  });
+
+  it('--json: one object with the fields, u64s as strings', () => {
+    const { image, fault } = corrupt(fixtureImage('high-values'), 'data-leak');
+    const r = run(image, ['--json']);
+    expect(r.status).toBe(1);
+    const j = JSON.parse(r.stdout);
+    expect(Object.keys(j).sort()).toEqual(['counts', 'fatal', 'nonFatal', 'omitted', 'problems', 'spaceMapsChecked']);
+    expect(j.counts.transactionId).toBe(fixture('high-values').transaction); // 2^64-1 exactly
+    expect(j.problems).toEqual([
+      { severity: 'non-fatal', kind: 'sm-leak', block: fault.block, devId: null, tree: 'data-sm', keys: null, message: expect.stringContaining(`data block ${fault.block}`) },
+    ]);
+    expect([j.fatal, j.nonFatal, j.spaceMapsChecked]).toEqual([0, 1, true]);
+    const k = JSON.parse(run(corrupt(fixtureImage('range-merge'), 'underfull-leaf').image, ['--json']).stdout);
+    expect(k.problems[0].keys).toEqual(['0', '125']);
+  });
+
+  it('exit codes: fatal 1 always; non-fatal 1 unless --ignore-non-fatal-errors (then 0 with the warning)', () => {
+    const leak = corrupt(clean, 'data-leak').image;
+    const r1 = run(leak, []);
+    expect(r1.status).toBe(1);
+    expect(r1.stdout).toMatch(/^warning \[sm-leak\] \(block \d+, data-sm tree\): data block \d+: counted 1 but not referenced/m);
+    expect(r1.stderr).toMatch(/^dmthin check: .+: 1 non-fatal problem found \[EUCLEAN\]\n$/);
+    const r2 = run(leak, ['--ignore-non-fatal-errors']);
+    expect([r2.status, r2.stderr]).toEqual([0, '']);
+    expect(r2.stdout).toMatch(/^warning \[sm-leak\]/m);
+    const fatal = corrupt(clean, 'data-sm-in-use-free').image;
+    expect(run(fatal, []).status).toBe(1);
+    const r3 = run(fatal, ['--ignore-non-fatal-errors']);
+    expect(r3.status).toBe(1);
+    expect(r3.stdout).toMatch(/^error \[sm-in-use-counted-free\] \(block \d+, data-sm tree\): .*overwrite live data/m);
+    expect(r3.stderr.trim().split('\n')).toHaveLength(1);
+  });
+
+  it('--super-block-only and --skip-mappings', () => {
+    const bad = corrupt(clean, 'node-checksum').image;
+    const s = run(bad, ['--super-block-only']);
+    expect(s.status).toBe(0);
+    expect(s.stdout).toMatch(/^checking the superblock\n/);
+    expect(s.stdout).not.toMatch(/device details/);
+    expect(s.stdout).toMatch(/space maps not checked \(--super-block-only\)/);
+    const m = run(bad, ['--skip-mappings']);
+    expect(m.status).toBe(0);
+    expect(m.stdout).toMatch(/space maps not checked \(--skip-mappings\)/);
+    expect(run(corrupt(clean, 'superblock-byte-flip').image, ['--super-block-only']).status).toBe(1);
+  });
+
+  it('-m: the held snapshot, and the output says the space maps were not checked', () => {
+    const r = run(fixtureImage('metadata-snap'), ['-m']);
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/^reading the metadata snapshot at block 8$/m);
+    expect(r.stdout).toMatch(/space maps not checked \(read through the metadata snapshot/);
+  });
+
+  it('metadata that cannot be opened is a fatal problem, not a crash', () => {
+    const r = run(corrupt(clean, 'superblock-magic').image, ['--json']);
+    expect(r.status).toBe(1);
+    const j = JSON.parse(r.stdout);
+    expect(j.problems.map((p: { kind: string }) => p.kind)).toEqual(['magic']);
+    expect(j.fatal).toBe(1);
+    const t = run(corrupt(clean, 'superblock-byte-flip').image, []);
+    expect(t.status).toBe(1);
+    expect(t.stdout).toMatch(/^error \[checksum\] \(block 0, superblock tree\)/m);
+  });
+
+  it('a missing file is an error line, not a verdict', () => {
+    const r = runCli(['check', '/nonexistent/dir/meta.bin']);
+    expect(r.status).toBe(1);
+    expect(r.stdout).toBe('');
+    expect(r.stderr).toMatch(/^dmthin check: .*ENOENT.*\n$/);
+  });
+});
+
