@@ -293,7 +293,11 @@ export function receiveStream(target: string, opts: Omit<ReceiveOptions, 'target
           const verified = await c.finish();
           await spool!.finish();
           const sp = spool!;
-          return receiver!.apply(verified, () => sp.chunks(o.signal), true);
+          const r = await receiver!.apply(verified, () => sp.chunks(o.signal), true);
+          // Released before the Writable finishes: a receive that follows at once finds the target free.
+          await sp.remove();
+          await receiver!.close();
+          return r;
         })(),
       ).then(
         (r) => {
