@@ -115,11 +115,11 @@ describeVm('an LVM-made thin pool', () => {
     L.lvm(['lvcreate', '-y', '-V', '32M', '-T', `${vg}/pool`, '-n', 'vol']);
     const vol = L.devPath('vol');
     sh(ddCmd(vol, { bs: MiB, seek: 0, count: VOL / MiB }));
-    L.lvm(['lvcreate', '-y', '-s', '-n', 'snap1', `${vg}/vol`]);
+    L.lvm(['lvcreate', '-y', '--type', 'thin', '-n', 'snap1', `${vg}/vol`]); // a thin snapshot (plain -s also wants the dm-snapshot target)
     // The end of the volume discarded (as an fstrim would), then a few writes.
     run('blkdiscard', ['-o', String(VOL - 8 * MiB), '-l', String(8 * MiB), vol]);
     sh(ddCmd(vol, { bs: BS, seek: 64, count: 3 }));
-    L.lvm(['lvcreate', '-y', '-s', '-n', 'snap2', `${vg}/vol`]);
+    L.lvm(['lvcreate', '-y', '--type', 'thin', '-n', 'snap2', `${vg}/vol`]);
 
     const poolDm = L.dmName('pool', '-tpool');
     expect(run('dmsetup', ['info', '-c', '--noheadings', '-o', 'uuid', poolDm]).stdout.trim()).toMatch(/^LVM-.*-tpool$/);
