@@ -5,7 +5,9 @@
  *   base's (the end of the volume discarded between the two snapshots),
  *   sent incrementally while INACTIVE: refused without a size (the end of
  *   its highest mapped block is not its size); with the size, the target
- *   equals the snapshot after receive;
+ *   equals the snapshot after receive; and a second receive onto a thin
+ *   device being received into (another node, another state file) is
+ *   refused at once by the O_EXCL open;
  * - an LVM-made pool (pvcreate on loops, thin pool, thin volume, thin
  *   snapshots, which LVM leaves inactive): a send of an inactive snapshot is
  *   refused with the `lvchange -ay -K VG/LV` to run, and dmthin activates
@@ -14,9 +16,11 @@
  *   vgchange -an/-ay) and its transaction id equals the kernel's.
  */
 import { spawnSync } from 'node:child_process';
+import { copyFileSync, readFileSync } from 'node:fs';
 import { DeviceMapper } from '../../src/dm/device-mapper';
 import { ThinDevice } from '../../src/pool/thin-device';
 import { BlockWriter } from '../../src/stream/block-writer';
+import { receive, receiveStream } from '../../src/stream/receive';
 import { junkFile, sha256File } from '../stream/helpers';
 import { describeVm, DmSandbox, MiB, parsePoolStatus, run } from './helpers';
 import { haveLvm, LvmSandbox } from './lvm-helpers';
@@ -77,6 +81,7 @@ describeVm('a live pool: a snapshot that ends below its base, sent while inactiv
     expect([r.status, r.stderr]).toEqual([0, '']);
     r = dmthin(['receive', '--target', target, '-i', `${dir}/full2.s`, '-q']);
     expect([r.status, r.stderr]).toEqual([0, '']);
+    copyFileSync(target, `${dir}/target.full2`);
     r = dmthin(['send', '--pool', name, '--snap', '3', '--base', '2', '--size', '32M', '-o', `${dir}/inc3.s`, '-q', '--json']);
     expect(r.status).toBe(0);
     expect(JSON.parse(r.stderr)).toMatchObject({ dataBlocks: 4, discardBlocks: (8 * MiB) / BS });
@@ -88,6 +93,21 @@ describeVm('a live pool: a snapshot that ends below its base, sent while inactiv
     await ro.deactivate();
     expect(await tempDevices()).toEqual([]);
     expect((await pool.workingStatus()).heldMetadataRoot).toBeNull();
+
+    // One receive per block device: a second one, through another node and with another state file, is refused at once (O_EXCL).
+    await pool.createThin(10);
+    const t10 = await ThinDevice.activate(pool, { name: sb.adopt('t10'), devId: 10, length: VOL / 512 });
+    const full = readFileSync(`${dir}/full2.s`);
+    const first = receiveStream(t10.path, { stateDir: `${dir}/state-a`, spoolDir: dir });
+    await new Promise<void>((res, rej) => first.write(full.subarray(0, 4096), (e) => (e ? rej(e) : res())));
+    const other = `/dev/dm-${t10.dev.minor}`;
+    const e = await receive({ target: other, input: `${dir}/full2.s`, stateDir: `${dir}/state-b` }).catch((x: unknown) => x);
+    expect(e).toMatchObject({ code: 'EBUSY', path: other });
+    first.end(full.subarray(4096));
+    await first.result;
+    expect(await sha256OfDevice(t10.path, 0, VOL)).toBe(sha256File(`${dir}/target.full2`));
+    await receive({ target: other, input: `${dir}/full2.s`, stateDir: `${dir}/state-b` }); // free again
+    await t10.deactivate();
   });
 });
 
