@@ -69,7 +69,10 @@ export class ReceiveLock {
     }
     let got: boolean;
     try {
-      got = native().flockNonBlocking(fd, true);
+      const addon = native();
+      // An addon built before flock was added: never run unlocked.
+      if (typeof addon.flockNonBlocking !== 'function') throw new DmthinError('ENOSYS', 'the native addon has no flock (it predates this code): rebuild it');
+      got = addon.flockNonBlocking(fd, true);
     } catch (e) {
       closeSync(fd);
       const err = e as NodeJS.ErrnoException;
