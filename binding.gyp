@@ -9,7 +9,8 @@
         "native/file_io.cc",
         "native/block_reader.cc",
         "native/block_writer.cc",
-        "native/dm_control.cc"
+        "native/dm_control.cc",
+        "native/file_lock.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],

@@ -1,10 +1,11 @@
-// Module entry: the native layer is IO only (block reads and writes, CRC-32C, dm ioctls).
+// Module entry: the native layer is IO only (block reads and writes, CRC-32C, dm ioctls, flock).
 #include <napi.h>
 
 #include "block_reader.h"
 #include "block_writer.h"
 #include "crc32c.h"
 #include "dm_control.h"
+#include "file_lock.h"
 
 namespace dmthin {
 
@@ -13,6 +14,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   BlockReader::Init(env, exports);
   BlockWriter::Init(env, exports);
   InitDmControl(env, exports);
+  InitFileLock(env, exports);
   return exports;
 }
 

@@ -151,6 +151,9 @@ export type StreamErrorReason =
   | 'trailing' // bytes after the end record
   | 'target-size' // the target is smaller than the stream's device
   | 'base-mismatch' // an incremental stream whose base is not what the target holds
+  | 'size-changed' // an incremental stream for a device of another size than its base was received at
+  | 'state-file' // the target's receive state file is damaged (not JSON, or fields missing or wrong)
+  | 'beyond-size' // send: a change lies outside the declared device size
   | 'changed'; // the input changed between verification and apply
 
 const STREAM_CODES: Record<StreamErrorReason, string> = {
@@ -165,13 +168,17 @@ const STREAM_CODES: Record<StreamErrorReason, string> = {
   trailing: 'EBADMSG',
   'target-size': 'ENOSPC',
   'base-mismatch': 'ESTALE',
+  'size-changed': 'ESTALE',
+  'state-file': 'EUCLEAN',
+  'beyond-size': 'ERANGE',
   changed: 'EILSEQ',
 };
 
 /**
  * A send/receive stream was refused. `reason` says why; `code` is derived from
  * it (EBADMSG for a damaged or malformed stream, EILSEQ for checksum faults,
- * EPROTONOSUPPORT, ENOSPC, ESTALE). `offset` is the byte offset in the stream
+ * EPROTONOSUPPORT, ENOSPC, ESTALE, EUCLEAN for a damaged state file, ERANGE
+ * when a sender finds a change outside the device). `offset` is the byte offset in the stream
  * and `record` the record's sequence number, where they apply.
  */
 export class StreamError extends DmthinError {

@@ -34,12 +34,14 @@ export type { ThinPoolCreateOptions, CreateSnapOptions, ActiveThin } from './poo
 export { ThinDevice } from './pool/thin-device';
 export type { ActivateOptions } from './pool/thin-device';
 export { devNumOf, devPathOf } from './pool/block-devices';
+export { findLvmThin, isLvmUuid } from './pool/lvm';
+export type { LvmThinVolume } from './pool/lvm';
 // Send/receive streams (docs/stream-format.md).
 export { send } from './stream/send';
 export type { SendOptions, PoolSendOptions, ImageSendOptions, SendProgressEvent } from './stream/send';
 export { sendStream, encodeStream, encodeRecords } from './stream/send-stream';
 export type { SendStreamOptions, EncodeOptions, SendProgress, SendSummary } from './stream/send-stream';
-export { planSend, mappedEnd, identityOf } from './stream/plan';
+export { planSend, offlinePoolId, identityOf } from './stream/plan';
 export type { PlanOptions, SendPlan } from './stream/plan';
 export { receive, receiveStream } from './stream/receive';
 export type { ReceiveOptions, ReceiveProgress, ReceiveResult, ReceiveWritable } from './stream/receive';

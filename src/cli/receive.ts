@@ -3,7 +3,7 @@
  * device or file and record what the target now holds.
  */
 import type { Command } from 'commander';
-import { UsageError } from '../errors';
+import { DmthinError, UsageError } from '../errors';
 import type { ZeroMethod } from '../stream/target';
 import { CliContext } from './common';
 import { toJson } from './json';
@@ -14,6 +14,7 @@ interface ReceiveCliOpts {
   input: string;
   state?: string;
   force?: boolean;
+  resized?: boolean;
   create?: boolean;
   spoolDir?: string;
   discard: string;
@@ -31,6 +32,7 @@ export function register(program: Command, ctx: () => CliContext): void {
     .option('-i, --input <file>', "the stream ('-' = stdin; a regular file is verified in place)", '-')
     .option('--state <file>', 'receive state file (default: <target>.dmthin-state.json for a file, /var/lib/dmthin/receive/ for a device)')
     .option('--force', "apply an incremental stream even if the target is not recorded as holding its base")
+    .option('--resized', 'the volume was resized since the base was received: accept an incremental stream of another size (a grown tail is zeroed first)')
     .option('--create', 'create a regular-file target if missing, or grow one smaller than the stream\'s device')
     .option('--spool-dir <dir>', 'where a piped stream is spooled for verification (default TMPDIR)')
     .option('--discard <method>', `how discarded ranges are zeroed: ${ZERO_METHODS.join(', ')}`, 'auto')
@@ -55,6 +57,7 @@ export function register(program: Command, ctx: () => CliContext): void {
           input: o.input,
           stateFile: o.state,
           force: o.force,
+          resized: o.resized,
           create: o.create,
           spoolDir: o.spoolDir,
           zero: o.discard as ZeroMethod,
@@ -63,6 +66,10 @@ export function register(program: Command, ctx: () => CliContext): void {
         });
         bar.stop();
         if (o.json) process.stdout.write(toJson(r) + '\n');
+      } catch (e) {
+        // The library names its options; a command-line user needs the flags.
+        if (e instanceof DmthinError) e.message = e.message.replace(/option (force|resized)\b/g, '--$1');
+        throw e;
       } finally {
         bar.stop();
       }

@@ -82,8 +82,8 @@ export function register(program: Command, ctx: () => CliContext): void {
     .requiredOption('--snap <id>', 'thin id of the snapshot to send')
     .option('--base <id>', 'thin id of the base snapshot: send only what changed since it')
     .option('-o, --output <file>', "where the stream goes ('-' = stdout; a file is written through a temporary file renamed over it when complete)", '-')
-    .option('--size <bytes>', "device size (default: the active device's size, else the end of the highest mapped block)")
-    .option('--pool-id <id>', 'pool identity recorded in the stream (default: dm uuid or name; for images "image:<metadata file name>")')
+    .option('--size <bytes>', "the thin device's size (default: an active device's size, or the --device image's; required otherwise)")
+    .option('--pool-id <id>', 'pool identity recorded in the stream (default: dm uuid or name; offline: superblock uuid, else a digest of the device\'s mapping root)')
     .option('--tmp-dir <dir>', 'where a large extent list is spilled (default TMPDIR)')
     .option('--json', 'print a summary as JSON on stderr when done')
     .option('-q, --quiet', 'no progress bar')
@@ -122,7 +122,10 @@ export function register(program: Command, ctx: () => CliContext): void {
       try {
         const s = await send(opts);
         if (o.json) process.stderr.write(toJson(s) + '\n');
-        if (s.beyondEnd > 0) process.stderr.write(`dmthin send: warning: ${s.beyondEnd} mapped blocks lie beyond the device size and were not sent\n`);
+      } catch (e) {
+        // The library names its option; a command-line user needs the flag.
+        if (e instanceof UsageError && e.message.includes('option deviceSize')) e.message = e.message.replace('option deviceSize', '--size BYTES');
+        throw e;
       } finally {
         bar.stop();
       }

@@ -72,6 +72,12 @@ export interface NativeAddon {
   mknodBlock(path: string, major: number, minor: number, mode: number): void;
   /** Removes `path` only if it is a block node for major:minor; false otherwise. */
   unlinkNode(path: string, major: number, minor: number): boolean;
+  /**
+   * flock(fd, LOCK_EX or LOCK_SH | LOCK_NB): true when taken, false when a
+   * conflicting lock is held elsewhere. The lock belongs to the open file
+   * description: closing it (or the process dying) drops it.
+   */
+  flockNonBlocking(fd: number, exclusive: boolean): boolean;
   dmConstants: NativeDmConstants;
   [name: string]: unknown;
 }

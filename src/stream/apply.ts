@@ -22,6 +22,12 @@ export interface ApplyOptions {
   onProgress?: (p: ApplyProgress) => void;
   /** Data bytes per native write call (default 32 MiB). */
   batchBytes?: number;
+  /**
+   * Runs once, right before the first write or zeroing (e.g. to record the
+   * target as being written): a refusal found before it leaves everything as
+   * it was.
+   */
+  beforeWrite?: () => Promise<void>;
 }
 
 export interface ApplyStats {
@@ -45,12 +51,19 @@ export async function applyStream(
   let batch: WriteSegment[] = [];
   let batchBytes = 0;
   let inflight: Promise<unknown> = Promise.resolve();
+  let started = false;
+  const begin = async (): Promise<void> => {
+    if (started) return;
+    started = true;
+    await opts.beforeWrite?.();
+  };
 
   const flush = async (): Promise<void> => {
     if (batch.length === 0) return;
     const b = batch;
     batch = [];
     batchBytes = 0;
+    await begin();
     await inflight;
     inflight = writer.write(b);
     inflight.catch(() => undefined); // awaited before the next write and at the end
@@ -70,6 +83,7 @@ export async function applyStream(
           stats.dataRecords++;
           if (batchBytes >= max) await flush();
         } else if (r.type === 'discard') {
+          await begin();
           await zero(r.start, r.length);
           stats.discardRecords++;
         }

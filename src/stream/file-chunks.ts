@@ -1,18 +1,25 @@
 /**
  * Sequential reads of a stream file (a spool or a seekable input) in large
  * chunks. Each chunk is a fresh buffer: the verifier hands out views into it.
+ * Given an open FileHandle, reads it from byte 0 and leaves it open: a
+ * receive verifies and applies the same open file, so what is applied is what
+ * was verified even if the path is pointed at another file in between.
  */
-import { open } from 'node:fs/promises';
+import { open, type FileHandle } from 'node:fs/promises';
 import { DmthinError, throwIfAborted } from '../errors';
 
-export async function* fileChunks(path: string, opts: { chunkBytes?: number; signal?: AbortSignal } = {}): AsyncGenerator<Buffer> {
+export async function* fileChunks(src: string | FileHandle, opts: { chunkBytes?: number; signal?: AbortSignal } = {}): AsyncGenerator<Buffer> {
   const size = opts.chunkBytes ?? 16 << 20;
-  let fh;
-  try {
-    fh = await open(path, 'r');
-  } catch (e) {
-    const err = e as NodeJS.ErrnoException;
-    throw new DmthinError(err.code ?? 'EIO', `${path}: ${err.message}`, { path, syscall: 'open', cause: e });
+  let fh: FileHandle;
+  if (typeof src === 'string') {
+    try {
+      fh = await open(src, 'r');
+    } catch (e) {
+      const err = e as NodeJS.ErrnoException;
+      throw new DmthinError(err.code ?? 'EIO', `${src}: ${err.message}`, { path: src, syscall: 'open', cause: e });
+    }
+  } else {
+    fh = src;
   }
   try {
     let pos = 0;
@@ -25,6 +32,6 @@ export async function* fileChunks(path: string, opts: { chunkBytes?: number; sig
       yield bytesRead === size ? buf : buf.subarray(0, bytesRead);
     }
   } finally {
-    await fh.close();
+    if (typeof src === 'string') await fh.close();
   }
 }

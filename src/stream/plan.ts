@@ -7,10 +7,12 @@
  *  - incremental: the delta against the base: `different` and `right_only`
  *    as data, `left_only` (mapped in the base, not in the snapshot) as zeros.
  *    Blocks both map the same are skipped, and shared subtrees are not read.
- * Extents are clipped to the device size; mappings beyond it (unreachable
- * through a device of that length) are counted in `beyondEnd`.
+ * The device size is always given (the metadata does not record it). A
+ * change outside it is an error, never skipped: a receiver would otherwise
+ * keep stale data there and report success.
  */
-import { DmthinError, UsageError } from '../errors';
+import { createHash } from 'node:crypto';
+import { DmthinError, StreamError, UsageError } from '../errors';
 import type { DeviceDetails } from '../thin/device-details';
 import type { ThinMetadata } from '../thin/metadata';
 import type { DataAddressing } from './data-source';
@@ -23,13 +25,13 @@ export interface PlanOptions {
   snap: number;
   /** Thin device id of the base snapshot (incremental stream); absent = full stream. */
   base?: number;
-  /** Identity of the pool, recorded in the stream (dm uuid or name, or a label for an image). */
-  poolId: string;
   /**
-   * Device size in bytes (a multiple of 512). Default: the end of the
-   * snapshot's highest mapped block, which costs one walk of its mappings.
+   * Identity of the pool, recorded in the stream (dm uuid or name of a live
+   * pool). Default: the offline identity of each device (offlinePoolId).
    */
-  deviceSize?: number;
+  poolId?: string;
+  /** Device size in bytes (a multiple of 512): the thin device's real size. */
+  deviceSize: number;
   /** How the data source is addressed (decides each data extent's `source`). */
   addressing: DataAddressing;
   signal?: AbortSignal;
@@ -42,8 +44,6 @@ export interface SendPlan {
   extents: AsyncIterable<SendExtent>;
   /** Known once the extents were collected (ExtentStore), else undefined. */
   totalDataBlocks?: number;
-  /** Mapped blocks past the device size (not sent). Final once `extents` is consumed. */
-  readonly beyondEnd: { blocks: number };
 }
 
 export function identityOf(poolId: string, d: DeviceDetails): SnapshotIdentity {
@@ -60,20 +60,39 @@ async function details(md: ThinMetadata, devId: number, what: string, signal?: A
   return d;
 }
 
-/** End (in bytes) of the highest mapped block of a device: one walk of its mappings. */
-export async function mappedEnd(md: ThinMetadata, devId: number, signal?: AbortSignal): Promise<number> {
-  const blockBytes = md.superblock.dataBlockSize * SECTOR_SIZE;
-  let end = 0;
-  for await (const b of md.mappingBatches(devId, { signal })) {
-    const last = b.count - 1;
-    const o = b.origin(last);
-    const e = typeof o === 'bigint' ? Infinity : (o + b.length[last]) * blockBytes;
-    if (!Number.isSafeInteger(e)) {
-      throw new UsageError(`device ${devId} maps blocks beyond 2^53 bytes: give the device size explicitly`, { devId });
-    }
-    end = e;
-  }
-  return end;
+/**
+ * The pool part of an offline snapshot identity (docs/stream-format.md §3):
+ * `sb-uuid:<hex>` when the superblock carries a uuid; else
+ * `image-sha256:<hex>`, a digest of the data block size and the bytes of the
+ * device's mapping-tree root node. That node stays where it is, unchanged,
+ * for as long as the device is not written (writes to an origin shadow the
+ * origin's path, never the snapshot's), so the same snapshot gives the same
+ * identity in a full send now and as the base of an incremental later; its
+ * bytes hold the device's mappings (or its children's block numbers) and
+ * checksum, so another pool's device — whatever its file is called — gives
+ * another one. A device that was written since gets a new identity: an
+ * incremental against it would not start from what the receiver holds.
+ */
+export async function offlinePoolId(md: ThinMetadata, devId: number, signal?: AbortSignal): Promise<string> {
+  const uuid = md.superblock.uuid;
+  if (uuid.some((b) => b !== 0)) return `sb-uuid:${uuid.toString('hex')}`;
+  const root = (await md.deviceRoots({ signal })).get(devId);
+  if (root === undefined) throw new DmthinError('ENODEV', `no mapping tree for device ${devId} in the metadata`, { devId });
+  const [node] = await md.io.read([root]);
+  const h = createHash('sha256').update('dmthin offline identity 1\0');
+  const fixed = Buffer.alloc(4);
+  fixed.writeUInt32LE(md.superblock.dataBlockSize, 0);
+  h.update(fixed).update(node.data);
+  return `image-sha256:${h.digest('hex')}`;
+}
+
+function beyond(devId: number, kind: string, block: number | bigint, deviceSize: number, nBlocks: number, extra = ''): StreamError {
+  return new StreamError(
+    'beyond-size',
+    `device ${devId} ${kind} virtual block ${block}${extra}, outside the device size of ${deviceSize} bytes (${nBlocks} blocks): ` +
+      'the size given is smaller than the device, or the device maps blocks past its end; send with its real size',
+    { devId, block: typeof block === 'bigint' ? undefined : block, virtualBlock: String(block), deviceSize },
+  );
 }
 
 export async function planSend(md: ThinMetadata, o: PlanOptions): Promise<SendPlan> {
@@ -82,22 +101,21 @@ export async function planSend(md: ThinMetadata, o: PlanOptions): Promise<SendPl
   if (base && base.devId === snap.devId) throw new UsageError('the base and the snapshot are the same device');
   const dataBlockSize = md.superblock.dataBlockSize;
   const blockBytes = dataBlockSize * SECTOR_SIZE;
-  let deviceSize = o.deviceSize;
-  if (deviceSize === undefined) deviceSize = await mappedEnd(md, o.snap, o.signal);
+  const deviceSize = o.deviceSize;
   if (!Number.isSafeInteger(deviceSize) || deviceSize < 0 || deviceSize % SECTOR_SIZE !== 0) {
     throw new UsageError(`device size ${deviceSize} is not a whole number of 512-byte sectors`);
   }
   const nBlocks = Math.ceil(deviceSize / blockBytes);
-  const beyondEnd = { blocks: 0 };
-  const extents = base ? deltaExtents(md, base.devId, snap.devId, nBlocks, o, beyondEnd) : fullExtents(md, snap.devId, nBlocks, o, beyondEnd);
+  const snapPool = o.poolId ?? (await offlinePoolId(md, snap.devId, o.signal));
+  const basePool = base ? (o.poolId ?? (await offlinePoolId(md, base.devId, o.signal))) : undefined;
+  const extents = base ? deltaExtents(md, base.devId, snap.devId, nBlocks, deviceSize, o) : fullExtents(md, snap.devId, nBlocks, deviceSize, o);
   return {
-    header: { dataBlockSize, deviceSize, target: identityOf(o.poolId, snap), base: base ? identityOf(o.poolId, base) : null },
+    header: { dataBlockSize, deviceSize, target: identityOf(snapPool, snap), base: base ? identityOf(basePool!, base) : null },
     extents,
-    beyondEnd,
   };
 }
 
-async function* fullExtents(md: ThinMetadata, devId: number, nBlocks: number, o: PlanOptions, beyond: { blocks: number }): AsyncGenerator<SendExtent> {
+async function* fullExtents(md: ThinMetadata, devId: number, nBlocks: number, deviceSize: number, o: PlanOptions): AsyncGenerator<SendExtent> {
   let next = 0;
   let seen = 0;
   for await (const b of md.mappingBatches(devId, { signal: o.signal })) {
@@ -105,15 +123,13 @@ async function* fullExtents(md: ThinMetadata, devId: number, nBlocks: number, o:
       const origin = b.origin(i);
       const length = b.length[i];
       seen += length;
-      if (typeof origin === 'bigint' || origin >= nBlocks) {
-        beyond.blocks += length;
-        continue;
+      if (typeof origin === 'bigint' || origin + length > nBlocks) {
+        const first = typeof origin === 'bigint' ? origin : Math.max(origin, nBlocks);
+        throw beyond(devId, 'maps', first, deviceSize, nBlocks);
       }
-      const len = Math.min(length, nBlocks - origin);
-      beyond.blocks += length - len;
       if (origin > next) yield { kind: 'zero', begin: next, length: origin - next, source: 0 };
-      yield { kind: 'data', begin: origin, length: len, source: o.addressing === 'virtual' ? origin : b.dataBegin[i] };
-      next = origin + len;
+      yield { kind: 'data', begin: origin, length, source: o.addressing === 'virtual' ? origin : b.dataBegin[i] };
+      next = origin + length;
     }
     o.onProgress?.({ blocks: seen });
   }
@@ -125,8 +141,8 @@ async function* deltaExtents(
   baseId: number,
   snapId: number,
   nBlocks: number,
+  deviceSize: number,
   o: PlanOptions,
-  beyond: { blocks: number },
 ): AsyncGenerator<SendExtent> {
   let seen = 0;
   let batchNo = 0;
@@ -134,16 +150,16 @@ async function* deltaExtents(
     seen += e.length;
     if ((++batchNo & 1023) === 0) o.onProgress?.({ blocks: seen });
     if (e.kind === 'same') continue;
-    if (typeof e.begin === 'bigint' || e.begin >= nBlocks) {
-      if (e.kind !== 'left_only') beyond.blocks += e.length;
-      continue;
+    if (typeof e.begin === 'bigint' || e.begin + e.length > nBlocks) {
+      // Skipping it would leave the receiver's copy stale there (left_only) or short of data.
+      const first = typeof e.begin === 'bigint' ? e.begin : Math.max(e.begin, nBlocks);
+      if (e.kind === 'left_only') throw beyond(baseId, 'maps', first, deviceSize, nBlocks, ` (unmapped in snapshot ${snapId}: a change to send as a discard)`);
+      throw beyond(snapId, e.kind === 'different' ? 'remaps' : 'maps', first, deviceSize, nBlocks, ` (a change against base ${baseId})`);
     }
-    const len = Math.min(e.length, nBlocks - e.begin);
     if (e.kind === 'left_only') {
-      yield { kind: 'zero', begin: e.begin, length: len, source: 0 };
+      yield { kind: 'zero', begin: e.begin, length: e.length, source: 0 };
     } else {
-      beyond.blocks += e.length - len;
-      yield { kind: 'data', begin: e.begin, length: len, source: o.addressing === 'virtual' ? e.begin : e.rightData! };
+      yield { kind: 'data', begin: e.begin, length: e.length, source: o.addressing === 'virtual' ? e.begin : e.rightData! };
     }
   }
   o.onProgress?.({ blocks: seen });

@@ -74,7 +74,58 @@ export function defaultStateFile(target: string, blockDevice: boolean, stateDir 
 
 export type StateRead = { ok: true; state: ReceiveState | null } | { ok: false; error: string };
 
-/** The recorded state; `ok: false` when the file exists but cannot be used. */
+const HEX64 = /^[0-9a-f]{64}$/;
+
+/** Why `x` is not a usable identity, or null. The key must match the fields (it is what checks compare). */
+function identityProblem(x: unknown): string | null {
+  if (typeof x !== 'object' || x === null) return 'not an object';
+  const i = x as Record<string, unknown>;
+  if (typeof i.pool !== 'string') return 'pool is not a string';
+  if (!Number.isInteger(i.devId)) return 'devId is not an integer';
+  if (!Number.isInteger(i.creationTime)) return 'creationTime is not an integer';
+  if (typeof i.transactionId !== 'string' || !/^[0-9]{1,20}$/.test(i.transactionId)) return 'transactionId is not a decimal string';
+  if (typeof i.key !== 'string' || !HEX64.test(i.key)) return 'key is not a SHA-256 in hex';
+  try {
+    const id: SnapshotIdentity = { pool: i.pool, devId: i.devId as number, creationTime: i.creationTime as number, transactionId: BigInt(i.transactionId) };
+    if (identityKey(id) !== i.key) return 'key does not match the identity';
+  } catch (e) {
+    return (e as Error).message;
+  }
+  return null;
+}
+
+function entryProblem(x: unknown): string | null {
+  if (typeof x !== 'object' || x === null) return 'not an object';
+  const e = x as Record<string, unknown>;
+  const snap = identityProblem(e.snapshot);
+  if (snap) return `snapshot: ${snap}`;
+  if (e.base !== null) {
+    const base = identityProblem(e.base);
+    if (base) return `base: ${base}`;
+  }
+  if (typeof e.digest !== 'string' || !HEX64.test(e.digest)) return 'digest is not a SHA-256 in hex';
+  if (!Number.isSafeInteger(e.deviceSize) || (e.deviceSize as number) < 0 || (e.deviceSize as number) % 512 !== 0) return 'deviceSize is not a whole number of sectors';
+  if (!Number.isInteger(e.dataBlockSize) || (e.dataBlockSize as number) <= 0) return 'dataBlockSize is not a positive integer';
+  return null;
+}
+
+/** Why a parsed state file cannot be used, or null. */
+function stateProblem(s: unknown): string | null {
+  if (typeof s !== 'object' || s === null || Array.isArray(s)) return 'not a JSON object';
+  const o = s as Record<string, unknown>;
+  if (o.format !== 'dmthin-receive-state') return 'not a dmthin receive state file (format)';
+  if (o.version !== 1) return `state format version ${String(o.version)} (this build reads version 1)`;
+  for (const k of ['current', 'pending'] as const) {
+    if (!(k in o)) return `no "${k}" field`;
+    if (o[k] !== null) {
+      const p = entryProblem(o[k]);
+      if (p) return `"${k}": ${p}`;
+    }
+  }
+  return null;
+}
+
+/** The recorded state; `ok: false` when the file exists but cannot be used (unreadable, cut short, fields missing or wrong). */
 export async function readState(file: string): Promise<StateRead> {
   let text: string;
   try {
@@ -83,13 +134,15 @@ export async function readState(file: string): Promise<StateRead> {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return { ok: true, state: null };
     return { ok: false, error: `${file}: ${(e as Error).message}` };
   }
+  let s: unknown;
   try {
-    const s = JSON.parse(text) as ReceiveState;
-    if (s.format !== 'dmthin-receive-state' || s.version !== 1 || !('current' in s)) throw new Error('not a dmthin receive state file');
-    return { ok: true, state: s };
+    s = JSON.parse(text);
   } catch (e) {
-    return { ok: false, error: `${file}: ${(e as Error).message}` };
+    return { ok: false, error: `${file}: not valid JSON (${(e as Error).message}; cut short?)` };
   }
+  const problem = stateProblem(s);
+  if (problem) return { ok: false, error: `${file}: ${problem}` };
+  return { ok: true, state: s as ReceiveState };
 }
 
 export async function writeState(file: string, state: ReceiveState): Promise<void> {
@@ -117,29 +170,48 @@ export async function writeState(file: string, state: ReceiveState): Promise<voi
 
 /**
  * Whether a stream may be applied on a target in state `read`. Full streams
- * always may; incremental ones need the target to hold their base.
+ * always may; incremental ones need the target to hold their base (unless
+ * `force`), at the size it was received at (unless `resized`).
+ * `digest` is null for the early check on the header alone.
  */
-export function checkBase(read: StateRead, h: StreamHeader, digest: string | null, stateFile: string, force: boolean): void {
-  if (!h.base || force) return;
+export function checkBase(read: StateRead, h: StreamHeader, digest: string | null, stateFile: string, force: boolean, resized = false): void {
+  if (!h.base) return;
   const fail = (m: string): never => {
-    throw new StreamError('base-mismatch', `${m} (use --force to apply anyway)`, { path: stateFile });
+    throw new StreamError('base-mismatch', `${m} (option force applies it anyway)`, { path: stateFile });
   };
-  if (!read.ok) return fail(`incremental stream, but the target's receive state is unusable: ${read.error}`);
+  if (!read.ok) {
+    if (force) return;
+    throw new StreamError(
+      'state-file',
+      `incremental stream, but the target's receive state is damaged: ${read.error}. Receive a full stream to start over (it replaces the state file), ` +
+        `or, if the target is known to hold ${describeIdentity(h.base)}, apply it anyway (option force)`,
+      { path: stateFile },
+    );
+  }
   const s = read.state;
   // A retry of the stream whose apply was interrupted: its records are absolute, applying them again is safe.
-  if (s?.pending && digest !== null && s.pending.digest === digest) return;
-  if (!s?.current) {
-    return fail(`incremental stream against ${describeIdentity(h.base)}, but ${stateFile} records no completed receive: receive a full stream first`);
+  const retry = s?.pending != null && digest !== null && s.pending.digest === digest;
+  if (!force && !retry) {
+    if (!s?.current) {
+      return fail(`incremental stream against ${describeIdentity(h.base)}, but ${stateFile} records no completed receive: receive a full stream first`);
+    }
+    if (s.pending) {
+      // Only known once the whole stream has been read: the early check lets it pass.
+      if (digest !== null) fail(`the target is inconsistent: receiving stream ${s.pending.digest.slice(0, 16)}… was interrupted; receive that stream again or a full stream`);
+    } else if (s.current.snapshot.key !== identityKey(h.base)) {
+      const c = s.current.snapshot;
+      fail(
+        `incremental stream against ${describeIdentity(h.base)}, but the target holds device ${c.devId} of ${c.pool} (created at time ${c.creationTime}, transaction ${c.transactionId})`,
+      );
+    }
   }
-  if (s.pending) {
-    // Only known once the whole stream has been read: the early check lets it pass.
-    if (digest === null) return;
-    fail(`the target is inconsistent: receiving stream ${s.pending.digest.slice(0, 16)}… was interrupted; receive that stream again or a full stream`);
-  }
-  if (s.current.snapshot.key !== identityKey(h.base)) {
-    const c = s.current.snapshot;
-    fail(
-      `incremental stream against ${describeIdentity(h.base)}, but the target holds device ${c.devId} of ${c.pool} (created at time ${c.creationTime}, transaction ${c.transactionId})`,
+  const cur = s?.current;
+  if (cur && !resized && cur.snapshot.key === identityKey(h.base) && cur.deviceSize !== h.deviceSize) {
+    throw new StreamError(
+      'size-changed',
+      `the stream's device is ${h.deviceSize} bytes, but its base ${describeIdentity(h.base)} was received at ${cur.deviceSize} bytes (${stateFile}): ` +
+        `if the volume was resized on purpose, receive it as resized (option resized; a grown tail is zeroed first), else send it again with the right size`,
+      { path: stateFile, deviceSize: h.deviceSize, baseSize: cur.deviceSize },
     );
   }
 }

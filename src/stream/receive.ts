@@ -2,13 +2,15 @@
  * The receiving side. Nothing is written to the target until the whole
  * stream has been verified: every record's CRC, the end record's counts and
  * the stream's SHA-256, the target's size and (for an incremental stream)
- * that the target holds the stream's base. A seekable input file is verified
- * in place; anything else is spooled to a temp file while it is verified.
- * Then the stream is read again and applied (data written O_DIRECT, discards
- * as discards or zeros), the target is fsynced and the new state recorded.
+ * that the target holds the stream's base, at the same size. A seekable input
+ * file is verified in place; anything else is spooled to a temp file while it
+ * is verified. Then the same open file is read again and applied (data
+ * written O_DIRECT, discards as discards or zeros), the target is fsynced and
+ * the new state recorded. The target is recorded as `pending` only right
+ * before its first write, and one receive at a time may write a target
+ * (receive-lock.ts).
  */
-import { createReadStream } from 'node:fs';
-import { stat } from 'node:fs/promises';
+import { open, type FileHandle } from 'node:fs/promises';
 import { Writable, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { AbortError, DmthinError, StreamError, throwIfAborted } from '../errors';
@@ -16,7 +18,8 @@ import { applyStream } from './apply';
 import { BlockWriter } from './block-writer';
 import { fileChunks } from './file-chunks';
 import { refuseOutputOverInputs } from './output-file';
-import type { StreamHeader } from './format';
+import { identityKey, type StreamHeader } from './format';
+import { ReceiveLock } from './receive-lock';
 import { checkBase, defaultStateFile, entryFor, readState, type ReceiveState, writeState } from './receive-state';
 import { Spool } from './spool';
 import { inspectTarget, resolveZeroMethod, type TargetInfo, type ZeroMethod, zeroer } from './target';
@@ -31,6 +34,14 @@ export interface ReceiveOptions {
   stateDir?: string;
   /** Apply an incremental stream even if the target is not recorded as holding its base. */
   force?: boolean;
+  /**
+   * The volume was resized since the base was received: accept an
+   * incremental stream whose device size differs from the one recorded for
+   * its base. When it grew, the new tail [old size, new size) is made to
+   * read as zeros before the stream is applied; when it shrank, the target
+   * keeps its bytes beyond the new size.
+   */
+  resized?: boolean;
   /**
    * Create a regular-file target that does not exist, or grow one smaller
    * than the stream's device (never shrinks, never truncates).
@@ -69,6 +80,8 @@ export interface ReceiveResult {
   created: boolean;
   /** How discard records were applied: method -> calls. */
   zeroing: Record<string, number>;
+  /** With `resized`: the size the base was received at, when it differs. */
+  resizedFrom?: number;
 }
 
 /** One receive's view of its target: checks before, apply after verification. */
@@ -79,8 +92,10 @@ class Receiver {
     private readonly o: ReceiveOptions,
     private readonly info: TargetInfo,
     readonly stateFile: string,
+    private readonly lock: ReceiveLock,
   ) {}
 
+  /** Inspects and locks the target (a second receive onto it is refused here, before any input is read). */
   static async prepare(o: ReceiveOptions): Promise<Receiver> {
     const info = await inspectTarget(o.target);
     const stateFile = o.stateFile ?? defaultStateFile(o.target, info.blockDevice, o.stateDir);
@@ -90,7 +105,17 @@ class Receiver {
       { path: o.target, role: 'the target' },
       { path: input === '-' ? '/proc/self/fd/0' : typeof input === 'string' ? input : undefined, role: 'the input stream' },
     ]);
-    return new Receiver(o, info, stateFile);
+    // A missing target that may not be created is refused on the header: nothing to lock (and no lock file to leave).
+    const lock = !info.exists && !o.create ? ReceiveLock.none(o.target) : ReceiveLock.acquire(o.target, stateFile, info.exists && !info.blockDevice);
+    const r = new Receiver(o, info, stateFile, lock);
+    try {
+      // A block device is claimed (O_EXCL) for the whole receive: that is its lock.
+      if (info.blockDevice) r.writer = await BlockWriter.open(o.target, { direct: o.direct });
+    } catch (e) {
+      await r.close();
+      throw e;
+    }
+    return r;
   }
 
   /**
@@ -108,7 +133,7 @@ class Receiver {
   private pending?: Promise<unknown>;
 
   private async checkTarget(h: StreamHeader, digest: string | null): Promise<void> {
-    checkBase(await readState(this.stateFile), h, digest, this.stateFile, this.o.force === true);
+    checkBase(await readState(this.stateFile), h, digest, this.stateFile, this.o.force === true, this.o.resized === true);
     if (!this.info.exists) {
       if (!this.o.create) throw new DmthinError('ENOENT', `target ${this.o.target} does not exist (create a file target with --create)`, { path: this.o.target });
       return;
@@ -132,8 +157,9 @@ class Receiver {
     if (!this.writer) {
       this.writer = await BlockWriter.open(this.o.target, { direct: this.o.direct, create: true });
       created = this.writer.info.created;
+      if (!this.writer.info.blockDevice) this.lock.lockTarget();
     }
-    // From here on the target changes: record that it is in between.
+    const writer = this.writer;
     const before = await readState(this.stateFile);
     const prev = before.ok ? before.state : null;
     const entry = entryFor(header, v.digest);
@@ -144,19 +170,32 @@ class Receiver {
       current: header.base ? (prev?.current ?? null) : null,
       pending: entry,
     };
-    await writeState(this.stateFile, state);
-    // A file target (created, or allowed to grow with `create`) becomes as large as the device.
-    if (!this.writer.info.blockDevice && this.writer.size < header.deviceSize) await this.writer.extend(header.deviceSize);
-    const zero = zeroer(this.writer, this.info, resolveZeroMethod(this.info, this.o.zero));
+    // Resized (checked by checkBase): the size the target's copy of the base has.
+    const cur = prev?.current;
+    const baseSize = header.base && this.o.resized && cur && cur.snapshot.key === identityKey(header.base) && cur.deviceSize !== header.deviceSize ? cur.deviceSize : undefined;
+    const zero = zeroer(writer, this.info, resolveZeroMethod(this.info, this.o.zero));
+    let started = false;
+    // From the first write on the target is in between: record that first. Nothing before it changes anything.
+    const begin = async (): Promise<void> => {
+      if (started) return;
+      started = true;
+      await writeState(this.stateFile, state);
+      // A file target (created, or allowed to grow with `create`) becomes as large as the device.
+      if (!writer.info.blockDevice && writer.size < header.deviceSize) await writer.extend(header.deviceSize);
+      // Grown: the base had no blocks there, so neither does the delta; the target's old bytes must go.
+      if (baseSize !== undefined && baseSize < header.deviceSize) await zero(baseSize, header.deviceSize - baseSize);
+    };
     try {
-      await applyStream(chunks(), v, this.writer, zero, {
+      await applyStream(chunks(), v, writer, zero, {
         signal: this.o.signal,
         onProgress: (p) => this.o.onProgress?.({ phase: 'apply', bytes: p.bytes, totalBytes: p.totalBytes }),
+        beforeWrite: begin,
       });
+      await begin(); // a stream with nothing to write still sizes the target
     } finally {
       zero.close();
     }
-    await this.writer.fsync();
+    await writer.fsync();
     await writeState(this.stateFile, { ...state, current: entry, pending: null });
     return {
       header,
@@ -169,6 +208,7 @@ class Receiver {
       spooled,
       created,
       zeroing: { ...zero.used },
+      ...(baseSize !== undefined ? { resizedFrom: baseSize } : {}),
     };
   }
 
@@ -176,6 +216,7 @@ class Receiver {
     await this.pending;
     this.writer?.close();
     this.writer = undefined;
+    this.lock.release();
   }
 }
 
@@ -233,24 +274,39 @@ export function receiveStream(target: string, opts: Omit<ReceiveOptions, 'target
     return checker;
   };
 
+  // The write or final step in progress: destroy() (an abort) waits for it before closing the spool and the target under it.
+  let busy: Promise<unknown> = Promise.resolve();
+  const track = <T>(p: Promise<T>): Promise<T> => {
+    busy = p.catch(() => undefined);
+    return p;
+  };
+
   const w = new Writable({
     write(chunk: Buffer, _enc, cb) {
-      (async () => {
-        throwIfAborted(o.signal);
-        const c = await init();
-        await c.push(chunk);
-        await spool!.write(chunk);
-        o.onProgress?.({ phase: 'verify', bytes: c.v.position });
-      })().then(() => cb(), cb);
+      track(
+        (async () => {
+          throwIfAborted(o.signal);
+          const c = await init();
+          await c.push(chunk);
+          await spool!.write(chunk);
+          o.onProgress?.({ phase: 'verify', bytes: c.v.position });
+        })(),
+      ).then(() => cb(), cb);
     },
     final(cb) {
-      (async () => {
-        const c = await init();
-        const verified = await c.finish();
-        await spool!.finish();
-        const path = spool!.path;
-        return receiver!.apply(verified, () => fileChunks(path, { signal: o.signal }), true);
-      })().then(
+      track(
+        (async () => {
+          const c = await init();
+          const verified = await c.finish();
+          await spool!.finish();
+          const sp = spool!;
+          const r = await receiver!.apply(verified, () => sp.chunks(o.signal), true);
+          // Released before the Writable finishes: a receive that follows at once finds the target free.
+          await sp.remove();
+          await receiver!.close();
+          return r;
+        })(),
+      ).then(
         (r) => {
           settle.resolve(r);
           cb();
@@ -260,6 +316,7 @@ export function receiveStream(target: string, opts: Omit<ReceiveOptions, 'target
     },
     destroy(err, cb) {
       (async () => {
+        await busy;
         await spool?.remove();
         await receiver?.close();
       })().finally(() => {
@@ -281,21 +338,30 @@ export function receiveStream(target: string, opts: Omit<ReceiveOptions, 'target
 }
 
 /**
- * Receives a stream into `target`: `input` is a file path (verified in place
- * when it is a regular file), '-' for stdin, or a Readable.
+ * Receives a stream into `target`: `input` is a file path (a regular file is
+ * verified in place, then applied from the same open descriptor), '-' for
+ * stdin, or a Readable.
  */
 export async function receive(opts: ReceiveOptions & { input: string | Readable }): Promise<ReceiveResult> {
-  let input = opts.input;
+  const input = opts.input;
   if (typeof input === 'string' && input !== '-') {
-    let st;
+    let fh: FileHandle;
     try {
-      st = await stat(input);
+      fh = await open(input, 'r');
     } catch (e) {
       const err = e as NodeJS.ErrnoException;
-      throw new DmthinError(err.code ?? 'EIO', `${input}: ${err.message}`, { path: input, syscall: 'stat', cause: e });
+      throw new DmthinError(err.code ?? 'EIO', `${input}: ${err.message}`, { path: input, syscall: 'open', cause: e });
     }
-    if (st.isFile()) return receiveFile(input, st.size, opts);
-    input = createReadStream(input);
+    try {
+      const st = await fh.stat();
+      if (st.isFile()) return await receiveFile(fh, st.size, opts);
+      // A FIFO or a character device: spooled like a pipe, read through this descriptor.
+      const w = receiveStream(opts.target, opts);
+      await pipeline(fh.createReadStream({ autoClose: false }), w);
+      return await w.result;
+    } finally {
+      await fh.close();
+    }
   }
   const readable = input === '-' ? process.stdin : (input as Readable);
   const w = receiveStream(opts.target, opts);
@@ -303,17 +369,17 @@ export async function receive(opts: ReceiveOptions & { input: string | Readable 
   return w.result;
 }
 
-/** A seekable input: verify it where it is, then apply it from there. */
-async function receiveFile(path: string, size: number, opts: ReceiveOptions): Promise<ReceiveResult> {
+/** A seekable input: verify it where it is, then apply it from the same descriptor. */
+async function receiveFile(fh: FileHandle, size: number, opts: ReceiveOptions): Promise<ReceiveResult> {
   const r = await Receiver.prepare(opts);
   try {
     const c = new CheckedVerifier(r);
-    for await (const chunk of fileChunks(path, { signal: opts.signal })) {
+    for await (const chunk of fileChunks(fh, { signal: opts.signal })) {
       await c.push(chunk);
       opts.onProgress?.({ phase: 'verify', bytes: c.v.position, totalBytes: size });
     }
     const verified = await c.finish();
-    return await r.apply(verified, () => fileChunks(path, { signal: opts.signal }), false);
+    return await r.apply(verified, () => fileChunks(fh, { signal: opts.signal }), false);
   } finally {
     await r.close();
   }

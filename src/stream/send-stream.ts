@@ -9,7 +9,7 @@
  * batches.
  */
 import { Readable } from 'node:stream';
-import { AbortError, throwIfAborted } from '../errors';
+import { AbortError, throwIfAborted, UsageError } from '../errors';
 import type { ThinMetadata } from '../thin/metadata';
 import type { DataSource } from './data-source';
 import { StreamEncoder } from './encoder';
@@ -45,8 +45,6 @@ export interface SendSummary {
   dataBytes: number;
   /** Whole stream, end record included. */
   bytes: number;
-  /** Mapped blocks beyond the device size, not sent. */
-  beyondEnd: number;
 }
 
 type Item =
@@ -156,7 +154,6 @@ export async function* encodeRecords(plan: SendPlan, source: DataSource, opts: E
     discardBlocks: end.discardBlocks,
     dataBytes: end.dataBytes,
     bytes: end.streamBytes + parts.reduce((n, p) => n + p.length, 0),
-    beyondEnd: plan.beyondEnd.blocks,
   });
 }
 
@@ -186,9 +183,13 @@ export interface SendStreamOptions extends EncodeOptions {
   base?: number;
   /** Where the blocks' contents come from. */
   source: DataSource;
-  /** Pool identity recorded in the stream (default: 'image:' + the metadata path). */
+  /** Pool identity recorded in the stream (default: the offline identity, see offlinePoolId). */
   poolId?: string;
-  /** Device size in bytes; default: the end of the snapshot's highest mapped block. */
+  /**
+   * The thin device's size in bytes. Default: the size of `source` when it
+   * is the device itself (virtual addressing with a known size); otherwise
+   * it must be given (the metadata does not record device sizes).
+   */
   deviceSize?: number;
 }
 
@@ -198,11 +199,17 @@ export interface SendStreamOptions extends EncodeOptions {
  */
 export function sendStream(opts: SendStreamOptions): Readable {
   async function* gen(): AsyncGenerator<Buffer> {
+    let deviceSize = opts.deviceSize;
+    const src = opts.source as DataSource & { sizeBytes?: number };
+    if (deviceSize === undefined && src.addressing === 'virtual' && typeof src.sizeBytes === 'number') deviceSize = src.sizeBytes - (src.sizeBytes % SECTOR_SIZE);
+    if (deviceSize === undefined) {
+      throw new UsageError(`the size of thin device ${opts.snap} is not in the pool metadata: give its size in bytes (option deviceSize)`, { devId: opts.snap, option: 'deviceSize' });
+    }
     const plan = await planSend(opts.metadata, {
       snap: opts.snap,
       base: opts.base,
-      poolId: opts.poolId ?? `image:${opts.metadata.io.path}`,
-      deviceSize: opts.deviceSize,
+      poolId: opts.poolId,
+      deviceSize,
       addressing: opts.source.addressing,
       signal: opts.signal,
     });

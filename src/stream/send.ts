@@ -13,12 +13,18 @@
  * From an offline image: the metadata file and either the pool's data
  * device image (`data`, addressed by data block) or an image of the thin
  * device itself (`device`, addressed by virtual block).
+ *
+ * The device size is never guessed: the metadata does not record it. It is
+ * the active device's table length, the device image's size, or given; a
+ * send that has none of these is refused before anything is read. On an
+ * LVM-managed pool an inactive thin is never activated here (LVM would not
+ * know of the device): the send is refused with the lvchange to run.
  */
-import { basename } from 'node:path';
 import type { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { DmthinError, UsageError, throwIfAborted } from '../errors';
 import { native } from '../native/binding';
+import { findLvmThin, isLvmUuid } from '../pool/lvm';
 import { ThinDevice } from '../pool/thin-device';
 import { ThinPool } from '../pool/thin-pool';
 import { ThinMetadata } from '../thin/metadata';
@@ -44,9 +50,17 @@ interface CommonSendOptions {
   base?: number;
   /** A Writable, or a file path (written through a temporary file renamed over it on success; never one of the inputs). */
   output: Writable | string;
-  /** Device size in bytes (default: the active device's size, else the end of the highest mapped block). */
+  /**
+   * The thin device's size in bytes. Default: an active device's table
+   * length (live pool) or the device image's size (`device`); required for
+   * an inactive device of a live pool and with `data`.
+   */
   deviceSize?: number;
-  /** Pool identity recorded in the stream (default: the pool's dm uuid or name; for images 'image:' + the metadata file name). */
+  /**
+   * Pool identity recorded in the stream (default: the pool's dm uuid or
+   * name; offline, the superblock uuid or a digest of the device's mapping
+   * root, see offlinePoolId).
+   */
   poolId?: string;
   signal?: AbortSignal;
   onProgress?: (p: SendProgressEvent) => void;
@@ -117,17 +131,36 @@ async function stream(plan: SendPlan, source: DataSource, o: CommonSendOptions):
   return summary!;
 }
 
+/** The message and fields of a refusal for want of a device size. */
+function sizeUnknown(why: string, devId: number, orActivate = false): UsageError {
+  return new UsageError(
+    `${why}: ${orActivate ? 'activate it, or ' : ''}give its size in bytes (option deviceSize; for an LVM volume, the LV size from \`lvs -o lv_size --units b VG/LV\`)`,
+    { devId, option: 'deviceSize' },
+  );
+}
+
 async function sendFromImage(o: ImageSendOptions): Promise<SendSummary> {
   if ((o.data === undefined) === (o.device === undefined)) throw new UsageError('give exactly one of data (the pool data device) or device (the thin device)');
+  if (o.data !== undefined && o.deviceSize === undefined) {
+    throw sizeUnknown(`the size of thin device ${o.snap} is not recorded in pool metadata, and a data device image does not tell it`, o.snap);
+  }
   const md = await ThinMetadata.open(o.metadata, { metadataSnap: o.metadataSnap });
   try {
     const source = await NativeDataSource.open((o.data ?? o.device)!, { addressing: o.data !== undefined ? 'data' : 'virtual' });
     try {
+      let deviceSize = o.deviceSize;
+      if (o.device !== undefined) {
+        const imageSize = source.sizeBytes - (source.sizeBytes % SECTOR_SIZE);
+        if (deviceSize !== undefined && deviceSize > imageSize) {
+          throw new UsageError(`the device size given (${deviceSize} bytes) is larger than the device image ${o.device} (${imageSize} bytes)`, { path: o.device });
+        }
+        deviceSize ??= imageSize;
+      }
       const plan = await planSend(md, {
         snap: o.snap,
         base: o.base,
-        poolId: o.poolId ?? `image:${basename(o.metadata)}`,
-        deviceSize: o.deviceSize ?? (o.device !== undefined ? source.sizeBytes - (source.sizeBytes % SECTOR_SIZE) : undefined),
+        poolId: o.poolId,
+        deviceSize: deviceSize!,
         addressing: source.addressing,
         signal: o.signal,
         onProgress: (p) => o.onProgress?.({ phase: 'metadata', dataBlocks: p.blocks, discardBlocks: 0, bytes: 0 }),
@@ -147,8 +180,26 @@ async function sendFromPool(o: PoolSendOptions): Promise<SendSummary> {
   const poolId = o.poolId ?? (info.uuid ? `dm-uuid:${info.uuid}` : `dm-name:${pool.name}`);
   const active = (await pool.activeThins()).find((t) => t.devId === o.snap);
   let deviceSize = o.deviceSize;
-  if (deviceSize === undefined && active) {
-    deviceSize = (await pool.dm.table(active.name)).reduce((n, t) => n + Number(t.length), 0) * SECTOR_SIZE;
+  if (active) {
+    const tableSize = (await pool.dm.table(active.name)).reduce((n, t) => n + Number(t.length), 0) * SECTOR_SIZE;
+    if (deviceSize !== undefined && deviceSize !== tableSize) {
+      throw new UsageError(`the device size given (${deviceSize} bytes) differs from the size of active thin device ${active.name} (${tableSize} bytes)`, {
+        devId: o.snap,
+        device: active.name,
+      });
+    }
+    deviceSize = tableSize;
+  } else if (isLvmUuid(info.uuid)) {
+    // A temporary activation would be invisible to LVM (lvremove, vgchange -an and its transaction id then go wrong).
+    const lv = await findLvmThin(info.uuid!, o.snap);
+    const name = lv ? `${lv.vg}/${lv.lv}` : 'VG/LV';
+    throw new UsageError(
+      `thin device ${o.snap} of LVM pool ${pool.name} is not active, and dmthin does not activate LVM volumes behind LVM's back: ` +
+        `activate it with \`lvchange -ay -K ${name}\` and send again${lv ? '' : ' (find the LV: `lvs -o vg_name,lv_name,thin_id`)'}`,
+      { devId: o.snap, device: pool.name, ...(lv ? { lv: name } : {}) },
+    );
+  } else if (deviceSize === undefined) {
+    throw sizeUnknown(`thin device ${o.snap} of pool ${pool.name} is not active, so its size is unknown`, o.snap, true);
   }
 
   await using store = new ExtentStore({ tmpDir: o.tmpDir });
@@ -165,10 +216,10 @@ async function sendFromPool(o: PoolSendOptions): Promise<SendSummary> {
     });
     for await (const e of p.extents) await store.add(e);
     await store.seal();
-    return { header: p.header, beyondEnd: p.beyondEnd };
+    return p.header;
   });
   throwIfAborted(o.signal);
-  const plan: SendPlan = { header: header.header, extents: store, totalDataBlocks: store.totals.dataBlocks, beyondEnd: header.beyondEnd };
+  const plan: SendPlan = { header, extents: store, totalDataBlocks: store.totals.dataBlocks };
   const size = plan.header.deviceSize;
 
   if (active || size === 0) {

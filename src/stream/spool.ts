@@ -1,14 +1,15 @@
 /**
  * Spool: a temp file holding a non-seekable input (a pipe, stdin) so the
  * whole stream can be verified before the target is touched and then read
- * again to apply it. Removed when closed, and at process exit if the process
- * ends some other way.
+ * again to apply it, through the same open descriptor. Removed when closed,
+ * and at process exit if the process ends some other way.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DmthinError } from '../errors';
+import { fileChunks } from './file-chunks';
 
 const live = new Set<string>();
 let hooked = false;
@@ -20,6 +21,8 @@ function onExit(): void {
 
 export class Spool {
   private bytes = 0;
+
+  private writing = true;
 
   private constructor(
     private fh: FileHandle | null,
@@ -43,7 +46,7 @@ export class Spool {
     }
     const path = join(d, 'stream');
     try {
-      return new Spool(await open(path, 'wx', 0o600), d, path);
+      return new Spool(await open(path, 'wx+', 0o600), d, path);
     } catch (e) {
       rmSync(d, { recursive: true, force: true });
       live.delete(d);
@@ -56,7 +59,7 @@ export class Spool {
   }
 
   async write(chunk: Buffer): Promise<void> {
-    if (!this.fh) throw new DmthinError('EBADF', 'spool is closed', { path: this.path });
+    if (!this.fh || !this.writing) throw new DmthinError('EBADF', 'spool is closed for writing', { path: this.path });
     let done = 0;
     while (done < chunk.length) {
       const { bytesWritten } = await this.fh.write(chunk, done, chunk.length - done, this.bytes + done);
@@ -67,13 +70,19 @@ export class Spool {
 
   /** Done writing (the file stays until remove()). */
   async finish(): Promise<void> {
-    const f = this.fh;
-    this.fh = null;
-    await f?.close();
+    this.writing = false;
+  }
+
+  /** What was written, read back through the descriptor it was written with. */
+  chunks(signal?: AbortSignal): AsyncGenerator<Buffer> {
+    if (!this.fh) throw new DmthinError('EBADF', 'spool is closed', { path: this.path });
+    return fileChunks(this.fh, { signal });
   }
 
   async remove(): Promise<void> {
-    await this.finish().catch(() => undefined);
+    const f = this.fh;
+    this.fh = null;
+    await f?.close().catch(() => undefined);
     rmSync(this.dir, { recursive: true, force: true });
     live.delete(this.dir);
   }

@@ -10,7 +10,7 @@
  */
 import { closeSync, existsSync, ftruncateSync, mkdirSync, openSync, readdirSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { Writable } from 'node:stream';
-import { AbortError } from '../../src/errors';
+import { AbortError, UsageError } from '../../src/errors';
 import { ThinPool } from '../../src/pool/thin-pool';
 import { receive } from '../../src/stream/receive';
 import { send } from '../../src/stream/send';
@@ -109,7 +109,7 @@ const image = fixtureImage('shared-subtree');
 test('temporary activation: snapshot released before the data copy, device removed after, content exact', async () => {
   const devDir = s.path('dev1');
   mkdirSync(devDir);
-  const { pool, log } = fakePool(image, { devDir, uuid: 'LVM-xyz-tpool' });
+  const { pool, log } = fakePool(image, { devDir, uuid: 'POOL-xyz-tpool' });
   const out = sink(log);
   const summary = await send({ pool, snap: 3, output: out, deviceSize: 400 * BS });
   expect(log.events).toEqual([
@@ -125,12 +125,12 @@ test('temporary activation: snapshot released before the data copy, device remov
   const file = s.path('pool3.stream');
   writeFileSync(file, Buffer.concat(out.chunks));
   const r = await receive({ target: s.path('pool3.target'), input: file, create: true });
-  expect(r.header.target).toMatchObject({ pool: 'dm-uuid:LVM-xyz-tpool', devId: 3 });
+  expect(r.header.target).toMatchObject({ pool: 'dm-uuid:POOL-xyz-tpool', devId: 3 });
   const md = await ThinMetadata.fromBuffer(image);
   expect(sha256File(s.path('pool3.target'))).toBe(await expectedSha(md, 3, 400 * BS));
 
   // Incremental 2 from 3 through the same path, onto that target.
-  const { pool: pool2, log: log2 } = fakePool(image, { devDir, uuid: 'LVM-xyz-tpool' });
+  const { pool: pool2, log: log2 } = fakePool(image, { devDir, uuid: 'POOL-xyz-tpool' });
   const inc = s.path('pool2.stream');
   await send({ pool: pool2, snap: 2, base: 3, output: inc, deviceSize: 400 * BS });
   expect([log2.reserved, log2.released]).toEqual([1, 1]);
@@ -156,7 +156,7 @@ test('deferred removal: the kernel removes the device when it is closed; send do
   const devDir = s.path('dev3');
   mkdirSync(devDir);
   const { pool, log } = fakePool(image, { devDir, deferred: true });
-  await send({ pool, snap: 1, output: sink(log), deviceSize: 10 * BS });
+  await send({ pool, snap: 1, output: sink(log), deviceSize: 400 * BS });
   expect(log.events.filter((e) => e.startsWith('remove'))).toEqual([expect.stringMatching(/deferred$/)]);
 });
 
@@ -165,7 +165,7 @@ test('failures and aborts: snapshot released, temporary device removed, output f
   mkdirSync(devDir);
   // A base that does not exist: fails during the walk.
   const a = fakePool(image, { devDir });
-  await expect(send({ pool: a.pool, snap: 3, base: 77, output: s.path('x.stream') })).rejects.toMatchObject({ code: 'ENODEV' });
+  await expect(send({ pool: a.pool, snap: 3, base: 77, output: s.path('x.stream'), deviceSize: 400 * BS })).rejects.toMatchObject({ code: 'ENODEV' });
   expect([a.log.reserved, a.log.released]).toEqual([1, 1]);
   expect(existsSync(s.path('x.stream'))).toBe(false);
 
@@ -210,4 +210,70 @@ test('changedBlocks: the delta through a metadata snapshot held for the walk onl
     })(),
   ).rejects.toMatchObject({ code: expect.any(String) });
   expect([l3.reserved, l3.released]).toEqual([2, 2]);
+});
+
+describe('sizes and LVM-managed pools', () => {
+  const VG_UUID = 'aaaaaa-bbbb-cccc-dddd-eeee-ffff-gggggg'.replace(/-/g, '').padEnd(32, 'x');
+  const LV_UUID = 'Pool01-hhhh-iiii-jjjj-kkkk-llll-mmmmmm'.replace(/-/g, '').padEnd(32, 'y');
+  const LVM_UUID = `LVM-${VG_UUID}${LV_UUID}-tpool`;
+  let savedPath: string | undefined;
+  afterEach(() => {
+    if (savedPath !== undefined) process.env.PATH = savedPath;
+    savedPath = undefined;
+  });
+
+  /** An `lvs` on PATH that prints `rows` as lvs --reportformat json would. */
+  function fakeLvs(rows: object[]): void {
+    const dir = s.path(`lvs-${Math.random().toString(36).slice(2)}`);
+    mkdirSync(dir);
+    writeFileSync(`${dir}/lvs`, `#!/bin/sh\ncat <<'EOF'\n${JSON.stringify({ report: [{ lv: rows }] })}\nEOF\n`, { mode: 0o755 });
+    savedPath = process.env.PATH;
+    process.env.PATH = `${dir}:${process.env.PATH}`;
+  }
+
+  test('an inactive snapshot of a plain pool without a size is refused before anything is reserved or activated', async () => {
+    const { pool, log } = fakePool(image, { devDir: s.dir });
+    const e = await send({ pool, snap: 3, base: 1, output: sink(log) }).catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(UsageError);
+    expect(e).toMatchObject({ code: 'EINVAL', devId: 3, option: 'deviceSize' });
+    expect((e as Error).message).toMatch(/^thin device 3 of pool fake-pool is not active, so its size is unknown: activate it, or give its size in bytes/);
+    expect((e as Error).message).toMatch(/lvs -o lv_size --units b/);
+    expect((e as Error).message).not.toMatch(/--size/); // a library error names no dmthin flag
+    expect(log.events).toEqual([]);
+  });
+
+  test('an inactive thin of an LVM pool is never activated: refused with the lvchange to run, even with a size', async () => {
+    fakeLvs([
+      { vg_name: 'vg0', lv_name: 'other', thin_id: '3', pool_lv_uuid: 'zz', vg_uuid: VG_UUID, lv_size: '1' },
+      { vg_name: 'vg0', lv_name: 'snap3', thin_id: '3', pool_lv_uuid: LV_UUID, vg_uuid: VG_UUID, lv_size: String(400 * BS) },
+    ]);
+    const { pool, log } = fakePool(image, { devDir: s.dir, uuid: LVM_UUID });
+    for (const deviceSize of [undefined, 400 * BS]) {
+      const e = await send({ pool, snap: 3, output: sink(log), deviceSize }).catch((x: unknown) => x);
+      expect(e).toBeInstanceOf(UsageError);
+      expect((e as Error).message).toMatch(/thin device 3 of LVM pool fake-pool is not active.*`lvchange -ay -K vg0\/snap3`/);
+      expect(e).toMatchObject({ lv: 'vg0/snap3', devId: 3 });
+    }
+    expect(log.events).toEqual([]);
+    // Without a matching LV (or without lvm2) the advice is generic.
+    fakeLvs([]);
+    const g = await send({ pool, snap: 3, output: sink(log), deviceSize: 400 * BS }).catch((x: unknown) => x);
+    expect((g as Error).message).toMatch(/`lvchange -ay -K VG\/LV`.*lvs -o vg_name,lv_name,thin_id/);
+    expect(log.events).toEqual([]);
+  });
+
+  test('an active thin of an LVM pool is read through the LV device, at its table size', async () => {
+    const devDir = s.path('lvm-active');
+    mkdirSync(devDir);
+    await materialize(image, 3, `${devDir}/vg0-snap3`, 400 * BS);
+    const { pool, log } = fakePool(image, { devDir, uuid: LVM_UUID, active: { name: 'vg0-snap3', devId: 3, bytes: 400 * BS } });
+    const out = sink(log);
+    const summary = await send({ pool, snap: 3, output: out });
+    expect(summary).toMatchObject({ dataBlocks: 400, discardBlocks: 0 });
+    expect(log.events.filter((e) => /^(activate|remove)/.test(e))).toEqual([]);
+    // A size that contradicts the active device is refused, not trusted.
+    const e = await send({ pool, snap: 3, output: sink(log), deviceSize: 399 * BS }).catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(UsageError);
+    expect((e as Error).message).toMatch(/differs from the size of active thin device vg0-snap3 \(26214400 bytes\)/);
+  });
 });

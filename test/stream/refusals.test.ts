@@ -207,18 +207,29 @@ test('an interrupted apply leaves the target marked inconsistent until that stre
   await receive({ target: t, input: file });
   expect(sha256File(t)).toBe(await expectedSha(md, 1, 400 * BS));
 
-  // Interrupt the incremental at its very end (after the writes, before fsync and state).
+  // An abort before the first write (device 2 from 1 starts with data records, still batched when it comes) changes nothing.
   const ac2 = new AbortController();
-  await expect(receive({ target: t, input: Readable.from([bigInc]), signal: ac2.signal, onProgress: (p) => p.phase === 'apply' && ac2.abort() })).rejects.toBeInstanceOf(AbortError);
+  await expect(
+    receive({ target: t, input: Readable.from([bigInc]), signal: ac2.signal, onProgress: (p) => p.phase === 'apply' && ac2.abort() }),
+  ).rejects.toBeInstanceOf(AbortError);
+  const st1 = JSON.parse(readFileSync(`${t}.dmthin-state.json`, 'utf8'));
+  expect([st1.current.snapshot.devId, st1.pending]).toEqual([1, null]);
+  expect(sha256File(t)).toBe(await expectedSha(md, 1, 400 * BS));
+
+  // Interrupted after a write (device 5 from 1 discards blocks 10..39 early on): marked pending.
+  const inc5 = await make(5, 1, 400 * BS);
+  const ac3 = new AbortController();
+  await expect(
+    receive({ target: t, input: Readable.from([inc5]), signal: ac3.signal, onProgress: (p) => p.phase === 'apply' && ac3.abort() }),
+  ).rejects.toBeInstanceOf(AbortError);
   const st2 = JSON.parse(readFileSync(`${t}.dmthin-state.json`, 'utf8'));
-  expect([st2.current.snapshot.devId, st2.pending.snapshot.devId]).toEqual([1, 2]);
+  expect([st2.current.snapshot.devId, st2.pending.snapshot.devId]).toEqual([1, 5]);
   // Another incremental from device 1 is refused, though its base is the "current" one.
-  const other = await make(3, 1, 400 * BS);
-  expect(await refused(t, other, 'pipe')).toMatchObject({ reason: 'base-mismatch' });
-  expect((await refused(t, other, 'pipe')).message).toMatch(/interrupted/);
+  expect(await refused(t, bigInc, 'pipe')).toMatchObject({ reason: 'base-mismatch' });
+  expect((await refused(t, bigInc, 'pipe')).message).toMatch(/interrupted/);
   // Retrying the interrupted one is allowed.
-  await receive({ target: t, input: Readable.from([bigInc]) });
-  expect(sha256File(t)).toBe(await expectedSha(md, 2, 400 * BS));
+  await receive({ target: t, input: Readable.from([inc5]) });
+  expect(sha256File(t)).toBe(await expectedSha(md, 5, 400 * BS));
   expect(JSON.parse(readFileSync(`${t}.dmthin-state.json`, 'utf8')).pending).toBeNull();
 });
 

@@ -1,0 +1,263 @@
+/**
+ * What keeps a receive from mixing or losing data beyond the stream's own
+ * checks: offline pool identities (another pool's metadata file of the same
+ * name is another pool), `pending` recorded only once the target is written,
+ * a damaged state file refused with a typed error that says what to do, one
+ * receive per target at a time (flock: gone with the process, even after
+ * SIGKILL), and a stream file verified and applied through one descriptor.
+ */
+import { spawn } from 'node:child_process';
+import { copyFileSync, mkdirSync, readFileSync, renameSync, symlinkSync, writeFileSync } from 'node:fs';
+import { Readable } from 'node:stream';
+import { DmthinError, StreamError } from '../../src/errors';
+import { receive, receiveStream } from '../../src/stream/receive';
+import { sendStream } from '../../src/stream/send-stream';
+import { ThinMetadata } from '../../src/thin/metadata';
+import { CLI, runCli } from '../cli/run-cli';
+import { fixtureImage } from '../helpers/fixtures';
+import { blk, seal } from '../helpers/corrupt';
+import { expectedSha, junkFile, PatternSource, scratch, sha256File, writeDataFile, type Scratch } from './helpers';
+
+const BS = 65536;
+const SIZE = 300 * BS;
+let s: Scratch;
+beforeAll(() => (s = scratch()));
+afterAll(() => s.cleanup());
+
+describe('offline stream identity', () => {
+  // Two pools with the same device ids, creation times and transaction ids for devices 1 and 2.
+  const imgA = fixtureImage('metadata-snap');
+  const imgB = fixtureImage('snapshots');
+  let dirA: string;
+  let dirB: string;
+
+  beforeAll(async () => {
+    dirA = s.path('poolA');
+    dirB = s.path('poolB');
+    mkdirSync(dirA);
+    mkdirSync(dirB);
+    writeFileSync(`${dirA}/meta.bin`, imgA);
+    writeFileSync(`${dirB}/meta.bin`, imgB);
+    await writeDataFile(imgA, `${dirA}/data.bin`, BS);
+    await writeDataFile(imgB, `${dirB}/data.bin`, BS);
+  });
+
+  const send = (dir: string, meta: string, snap: number, base: number | undefined, out: string, size = SIZE) =>
+    runCli(['send', '--metadata', `${dir}/${meta}`, '--data', `${dir}/data.bin`, '--snap', String(snap), ...(base ? ['--base', String(base)] : []), '--size', String(size), '-o', out, '-q']);
+
+  test('the two pools agree on everything but the pool part of the identity', async () => {
+    const a = await ThinMetadata.fromBuffer(imgA);
+    const b = await ThinMetadata.fromBuffer(imgB);
+    for (const id of [1, 2]) {
+      const [da, db] = [(await a.devices()).get(id)!, (await b.devices()).get(id)!];
+      expect([da.creationTime, da.transactionId]).toEqual([db.creationTime, db.transactionId]);
+    }
+    await a.close();
+    await b.close();
+  });
+
+  test("an incremental from another pool whose metadata file has the same name is refused; the same pool's is accepted under any file name", async () => {
+    const t = s.path('ident.target');
+    junkFile(t, SIZE, 21);
+    expect(send(dirA, 'meta.bin', 1, undefined, s.path('A-full1.s')).status).toBe(0);
+    expect(runCli(['receive', '--target', t, '-i', s.path('A-full1.s'), '-q']).status).toBe(0);
+    const held = sha256File(t);
+
+    // (Pool B maps blocks up to 5009: its volume is larger; the identity is refused before the size matters.)
+    expect(send(dirB, 'meta.bin', 2, 1, s.path('B-inc2.s'), 5010 * BS).status).toBe(0);
+    const r = runCli(['receive', '--target', t, '-i', s.path('B-inc2.s'), '-q']);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/^dmthin receive: incremental stream against device 1 of image-sha256:[0-9a-f]{64} .*the target holds device 1 of image-sha256:[0-9a-f]{64} .*\[ESTALE\]\n$/);
+    expect(sha256File(t)).toBe(held);
+
+    copyFileSync(`${dirA}/meta.bin`, `${dirA}/renamed-copy.bin`);
+    expect(send(dirA, 'renamed-copy.bin', 2, 1, s.path('A-inc2.s')).status).toBe(0);
+    expect(runCli(['receive', '--target', t, '-i', s.path('A-inc2.s'), '-q']).status).toBe(0);
+    const md = await ThinMetadata.fromBuffer(imgA);
+    expect(sha256File(t)).toBe(await expectedSha(md, 2, SIZE));
+    await md.close();
+  });
+
+  test('a superblock uuid, when set, is the identity', async () => {
+    const img = Buffer.from(imgA);
+    const sb = blk(img, 0);
+    Buffer.from('00112233445566778899aabbccddeeff', 'hex').copy(sb, 16);
+    seal(sb, 'superblock');
+    const md = await ThinMetadata.fromBuffer(img);
+    const chunks: Buffer[] = [];
+    let header;
+    const w = receiveStream(s.path('uuid.target'), { create: true, spoolDir: s.dir });
+    for await (const c of sendStream({ metadata: md, snap: 2, base: undefined, source: new PatternSource(BS), deviceSize: SIZE })) chunks.push(c as Buffer);
+    await new Promise<void>((res, rej) => Readable.from([Buffer.concat(chunks)]).pipe(w).on('finish', res).on('error', rej));
+    header = (await w.result).header;
+    expect(header.target.pool).toBe('sb-uuid:00112233445566778899aabbccddeeff');
+    await md.close();
+  });
+});
+
+describe('receive state', () => {
+  let md: ThinMetadata;
+  const streams: Record<string, Buffer> = {};
+  async function make(snap: number, base?: number): Promise<Buffer> {
+    const chunks: Buffer[] = [];
+    for await (const c of sendStream({ metadata: md, snap, base, source: new PatternSource(BS), deviceSize: SIZE, poolId: 'p' })) chunks.push(c as Buffer);
+    return Buffer.concat(chunks);
+  }
+  beforeAll(async () => {
+    md = await ThinMetadata.fromBuffer(fixtureImage('metadata-snap-diverged'), { metadataSnap: true });
+    streams.full1 = await make(1);
+    streams.inc2from1 = await make(2, 1);
+    streams.inc3from2 = await make(3, 2);
+  });
+  afterAll(() => md.close());
+
+  let n = 0;
+  async function dev1Target(): Promise<string> {
+    const t = s.path(`state${n++}.target`);
+    junkFile(t, SIZE, n);
+    await receive({ target: t, input: Readable.from([streams.full1]) });
+    return t;
+  }
+
+  test('a refusal found before the first write does not mark the target pending: the next valid incremental is accepted', async () => {
+    const t = await dev1Target();
+    const stateFile = `${t}.dmthin-state.json`;
+    const before = readFileSync(stateFile, 'utf8');
+    // Verified in place, then its header record rewritten in place before the apply pass reads it.
+    const file = s.path('prewrite.stream');
+    writeFileSync(file, streams.inc2from1);
+    let done = false;
+    const e = await receive({
+      target: t,
+      input: file,
+      onProgress: (p) => {
+        if (p.phase === 'verify' && p.bytes === streams.inc2from1.length && !done) {
+          done = true;
+          const b = readFileSync(file);
+          b[30] ^= 0xff; // inside the header record's payload
+          writeFileSync(file, b); // same inode: O_TRUNC and write
+        }
+      },
+    }).catch((x: unknown) => x);
+    expect(e).toMatchObject({ reason: 'changed' });
+    expect(readFileSync(stateFile, 'utf8')).toBe(before);
+    const r = await receive({ target: t, input: Readable.from([streams.inc2from1]) });
+    expect(r.header.target.devId).toBe(2);
+    expect(sha256File(t)).toBe(await expectedSha(md, 2, SIZE));
+  });
+
+  const damaged: [string, (good: string) => string][] = [
+    ['cut short', (g) => g.slice(0, g.length >> 1)],
+    ['empty', () => ''],
+    ['not an object', () => '[1, 2]'],
+    ['current.snapshot null', (g) => JSON.stringify({ ...JSON.parse(g), current: { ...JSON.parse(g).current, snapshot: null } })],
+    ['current without a digest', (g) => JSON.stringify({ ...JSON.parse(g), current: { ...JSON.parse(g).current, digest: undefined } })],
+    ['pending a string', (g) => JSON.stringify({ ...JSON.parse(g), pending: 'yes' })],
+    ['a key that does not match the identity', (g) => g.replace(/"devId": 1/, '"devId": 2')],
+    ['no pending field', (g) => JSON.stringify({ ...JSON.parse(g), pending: undefined })],
+    ['version 2', (g) => JSON.stringify({ ...JSON.parse(g), version: 2 })],
+  ];
+
+  test.each(damaged)('a damaged state file (%s): incremental refused with a typed error naming the file; a full stream starts over', async (_name, damage) => {
+    const t = await dev1Target();
+    const stateFile = `${t}.dmthin-state.json`;
+    const bad = damage(readFileSync(stateFile, 'utf8'));
+    writeFileSync(stateFile, bad);
+    const held = sha256File(t);
+    const e = await receive({ target: t, input: Readable.from([streams.inc2from1]) }).catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(StreamError);
+    expect(e).toMatchObject({ reason: 'state-file', code: 'EUCLEAN', path: stateFile });
+    expect((e as Error).message).toContain(stateFile);
+    expect((e as Error).message).toMatch(/Receive a full stream to start over/);
+    expect([sha256File(t), readFileSync(stateFile, 'utf8')]).toEqual([held, bad]);
+    // Forced, or after a full stream, it goes on.
+    await receive({ target: t, input: Readable.from([streams.full1]) });
+    await receive({ target: t, input: Readable.from([streams.inc2from1]) });
+    expect(sha256File(t)).toBe(await expectedSha(md, 2, SIZE));
+  });
+
+  test('a damaged state file through the CLI: exit 1, one line naming the file and --force', async () => {
+    const t = await dev1Target();
+    writeFileSync(`${t}.dmthin-state.json`, '{"format":"dmthin-receive-state","version":1,"current":{"snapshot":');
+    writeFileSync(s.path('cli-inc.s'), streams.inc2from1);
+    const r = runCli(['receive', '--target', t, '-i', s.path('cli-inc.s'), '-q']);
+    expect(r.status).toBe(1);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    expect(r.stderr).toContain(`${t}.dmthin-state.json: not valid JSON`);
+    expect(r.stderr).toMatch(/apply it anyway \(--force\) \[EUCLEAN\]\n$/);
+    expect(runCli(['receive', '--target', t, '-i', s.path('cli-inc.s'), '-q', '--force']).status).toBe(0);
+    expect(sha256File(t)).toBe(await expectedSha(md, 2, SIZE));
+  });
+
+  test('one receive per target: a second one is refused at once, by target (any path) and by state file', async () => {
+    const t = await dev1Target();
+    const first = receiveStream(t, { spoolDir: s.dir });
+    const half = streams.inc2from1.subarray(0, streams.inc2from1.length >> 1);
+    await new Promise<void>((res, rej) => first.write(half, (e) => (e ? rej(e) : res())));
+
+    const busy = async (o: { target: string; stateFile?: string }) => {
+      const e = await receive({ ...o, input: Readable.from([streams.inc2from1]) }).catch((x: unknown) => x);
+      expect(e).toBeInstanceOf(DmthinError);
+      expect(e).toMatchObject({ code: 'EBUSY' });
+      expect((e as Error).message).toMatch(/another receive is writing to .*wait for it to finish/);
+    };
+    await busy({ target: t });
+    // Another name for the same file, with its own state file: the file itself is locked.
+    const link = s.path('link-to-target');
+    symlinkSync(t, link);
+    await busy({ target: link, stateFile: s.path('other-state.json') });
+    // Another target sharing the state file: the state file is locked.
+    const other = s.path('other.target');
+    junkFile(other, SIZE, 77);
+    await busy({ target: other, stateFile: `${t}.dmthin-state.json` });
+
+    // The first one finishes normally, and then the target is free again.
+    first.end(streams.inc2from1.subarray(half.length));
+    await first.result;
+    expect(sha256File(t)).toBe(await expectedSha(md, 2, SIZE));
+    await receive({ target: t, input: Readable.from([streams.inc3from2]) });
+    expect(sha256File(t)).toBe(await expectedSha(md, 3, SIZE));
+  });
+
+  test('the lock goes with the process: a receive killed with SIGKILL leaves none behind', async () => {
+    const t = await dev1Target();
+    const child = spawn(process.execPath, [CLI, 'receive', '--target', t, '--spool-dir', s.dir, '-q'], { stdio: ['pipe', 'ignore', 'pipe'] });
+    child.stdin.write(streams.inc2from1.subarray(0, 1000));
+    // Wait until the child holds the lock. The probe is a cut stream: refused as truncated when it gets the lock, EBUSY while the child holds it.
+    const probe = streams.inc2from1.subarray(0, 100);
+    let held = false;
+    for (let i = 0; i < 200 && !held; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      const e = await receive({ target: t, input: Readable.from([probe]) }).catch((x: unknown) => x);
+      held = (e as { code?: string }).code === 'EBUSY';
+      if (!held) expect(e).toMatchObject({ reason: 'truncated' });
+    }
+    expect(held).toBe(true);
+    child.kill('SIGKILL');
+    await new Promise((r) => child.on('close', r));
+    const r = await receive({ target: t, input: Readable.from([streams.inc2from1]) });
+    expect(r.header.target.devId).toBe(2);
+  });
+
+  test('a stream file swapped for another after verification is irrelevant: the verified one is applied', async () => {
+    const t = await dev1Target();
+    const file = s.path('swapped.stream');
+    const other = s.path('other.stream');
+    writeFileSync(file, streams.inc2from1);
+    writeFileSync(other, streams.full1); // valid too, but not what was verified
+    let swapped = false;
+    const r = await receive({
+      target: t,
+      input: file,
+      onProgress: (p) => {
+        if (p.phase === 'verify' && p.bytes === streams.inc2from1.length && !swapped) {
+          swapped = true;
+          renameSync(other, file);
+        }
+      },
+    });
+    expect(swapped).toBe(true);
+    expect(r.header.target.devId).toBe(2);
+    expect(sha256File(t)).toBe(await expectedSha(md, 2, SIZE));
+  });
+});
