@@ -439,7 +439,7 @@ async function checkTrees(c: Checker, sb: Superblock, opts: CheckOptions, label:
     if (d && !w.faulty && d.mappedBlocks !== entries) {
       c.report({
         severity: 'non-fatal',
-        kind: 'mapped-blocks',
+        kind: 'mapped-count',
         devId: id,
         tree: 'details',
         message: `${pre(label)}device ${id}: the details tree says ${d.mappedBlocks} mapped blocks, its mapping tree has ${entries}`,

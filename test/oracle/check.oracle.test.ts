@@ -62,7 +62,7 @@ const VERDICT: Record<CorruptionKind, { kind: string; fatal: boolean }> = {
   'data-nr-allocated': { kind: 'sm-nr-allocated', fatal: false },
   'metadata-leak': { kind: 'sm-leak', fatal: false },
   'data-leak': { kind: 'sm-leak', fatal: false },
-  'mapped-blocks': { kind: 'mapped-blocks', fatal: false },
+  'mapped-blocks': { kind: 'mapped-count', fatal: false },
 };
 
 const FIXTURES = ['basic', 'range-merge', 'deep-tree', 'snapshots', 'shared-subtree', 'many-devices', 'metadata-snap-diverged'];

@@ -80,7 +80,7 @@ const EXPECT: Record<CorruptionKind, { fixture: string; problems: ((f: Fault) =>
   'data-nr-free': { fixture: 'range-merge', problems: (f) => [P('non-fatal', 'sm-nr-free', f.block, 'data-sm')] },
   'metadata-nr-allocated': { fixture: 'range-merge', problems: () => [P('non-fatal', 'sm-nr-allocated', 0, 'metadata-sm')] },
   'data-nr-allocated': { fixture: 'range-merge', problems: () => [P('non-fatal', 'sm-nr-allocated', 0, 'data-sm')] },
-  'mapped-blocks': { fixture: 'snapshots', problems: (f) => [P('non-fatal', 'mapped-blocks', undefined, 'details', dev(f))] },
+  'mapped-blocks': { fixture: 'snapshots', problems: (f) => [P('non-fatal', 'mapped-count', undefined, 'details', dev(f))] },
 };
 void F;
 
