@@ -4,7 +4,7 @@ import { UsageError } from '../errors';
 import { writeDelta, type DeltaSubject } from '../thin/delta-format';
 import { CliContext, parseIntArg } from './common';
 import { MetadataSnapOpts, openMetadata } from './metadata-source';
-import { commandOutput } from './output';
+import { checkOutputPath, commandOutput } from './output';
 
 interface DeltaCliOpts extends MetadataSnapOpts {
   snap1?: string;
@@ -51,9 +51,10 @@ export function register(program: Command, ctx: () => CliContext): void {
         if (right === undefined) throw new UsageError('--snap2 (or --thin2) is required');
         subject = { left: parseIntArg('--snap1', left), right: parseIntArg('--snap2', right) };
       }
-      const { out, commit } = await commandOutput(o.output, c, [{ path: metadata, role: 'the metadata input' }]);
+      await checkOutputPath(o.output, [{ path: metadata, role: 'the metadata input' }]);
       const md = await openMetadata(metadata, o, c);
       c.onCleanup(() => md.close());
+      const { out, commit } = await commandOutput(o.output, c, [{ path: metadata, role: 'the metadata input' }]);
       await writeDelta(md, out, subject, {
         format: o.format,
         verbose: o.verbose,

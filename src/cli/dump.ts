@@ -4,7 +4,7 @@ import { UsageError } from '../errors';
 import { dump, DumpFormat } from '../thin/dump';
 import { CliContext, parseIntArg, Progress } from './common';
 import { MetadataSnapOpts, openMetadata } from './metadata-source';
-import { commandOutput } from './output';
+import { checkOutputPath, commandOutput } from './output';
 
 interface DumpCliOpts extends MetadataSnapOpts {
   devId?: string[];
@@ -30,9 +30,10 @@ export function register(program: Command, ctx: () => CliContext): void {
       const format = o.format as DumpFormat;
       if (!['xml', 'human_readable', 'json'].includes(format)) throw new UsageError(`unknown format '${o.format}' (xml, human_readable, json)`);
       const devIds = o.devId?.map((v) => parseIntArg('--dev-id', v));
-      const { out, commit } = await commandOutput(o.output, c, [{ path: metadata, role: 'the metadata input' }]);
+      await checkOutputPath(o.output, [{ path: metadata, role: 'the metadata input' }]);
       const md = await openMetadata(metadata, o, c);
       c.onCleanup(() => md.close());
+      const { out, commit } = await commandOutput(o.output, c, [{ path: metadata, role: 'the metadata input' }]);
       const bar = new Progress('dump', !o.quiet && process.stderr.isTTY === true);
       try {
         await dump(md, out, {

@@ -14,6 +14,17 @@ export interface CommandOutput {
   commit(): Promise<void>;
 }
 
+/**
+ * Refuses an output that names an input (stat only: opens nothing). Commands
+ * call it before opening their input, and open the output after it: opening
+ * a FIFO blocks until its reader comes, which may wait for what the input
+ * does first (e.g. a reader that starts once the metadata snapshot is held).
+ */
+export async function checkOutputPath(path: string | undefined, inputs: readonly NamedInput[]): Promise<void> {
+  if (path === undefined || path === '-') return;
+  await refuseOutputOverInputs(path, 'the output file', inputs);
+}
+
 export async function commandOutput(path: string | undefined, c: CliContext, inputs: readonly NamedInput[]): Promise<CommandOutput> {
   if (path === undefined || path === '-') return { out: process.stdout, commit: async () => undefined };
   await refuseOutputOverInputs(path, 'the output file', inputs);

@@ -5,7 +5,7 @@ import { OutputSink } from '../stream/output-sink';
 import { rmap, type DataRegion } from '../thin/rmap';
 import { CliContext, Progress } from './common';
 import { MetadataSnapOpts, openMetadata } from './metadata-source';
-import { commandOutput } from './output';
+import { checkOutputPath, commandOutput } from './output';
 
 interface RmapCliOpts extends MetadataSnapOpts {
   region?: string[];
@@ -44,9 +44,10 @@ export function register(program: Command, ctx: () => CliContext): void {
       const c = ctx();
       const regions = (o.region ?? []).map(parseRegion);
       if (regions.length === 0) throw new UsageError('no --region given: name the data blocks to look up, e.g. --region 0..1000');
-      const { out, commit } = await commandOutput(o.output, c, [{ path: metadata, role: 'the metadata input' }]);
+      await checkOutputPath(o.output, [{ path: metadata, role: 'the metadata input' }]);
       const md = await openMetadata(metadata, o, c);
       c.onCleanup(() => md.close());
+      const { out, commit } = await commandOutput(o.output, c, [{ path: metadata, role: 'the metadata input' }]);
       const bar = new Progress('rmap', !o.quiet && process.stderr.isTTY === true);
       const sink = new OutputSink(out);
       try {
