@@ -191,5 +191,5 @@ describeVm('an LVM-made thin pool', () => {
     L.lvm(['vgchange', '-ay', vg]);
     inStep();
     expect(L.lvs(['lv_name']).map((x) => x.lv_name)).not.toContain('snap1');
-  });
+  }, 480_000); // some 40 LVM commands, each seconds under emulation
 });
