@@ -107,7 +107,7 @@ async function main() {
           { label: 'root-VM suite', args: ['--testPathIgnorePatterns', ISOLATED] },
           ...(tests.some((t) => /\.isolated\.vm\.test\.ts$/.test(t)) ? [{ label: 'root-VM isolated tests', args: ['--testPathPattern', ISOLATED] }] : []),
         ];
-  const timeoutS = Number(process.env.DMTHIN_VM_TIMEOUT) > 0 ? Number(process.env.DMTHIN_VM_TIMEOUT) : 1200;
+  const timeoutS = Number(process.env.DMTHIN_VM_TIMEOUT) > 0 ? Number(process.env.DMTHIN_VM_TIMEOUT) : 2400;
   let status = 0;
   for (const b of boots) {
     let r = await bootOnce(b, timeoutS, transform);
