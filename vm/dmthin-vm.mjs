@@ -155,9 +155,12 @@ export async function main(argv) {
       keepOnFailure: false,
       log,
     });
+    if (r.timedOut) {
+      const secs = Math.round((o.timeoutMs ?? (Number(process.env.DMTHIN_VM_TIMEOUT) > 0 ? Number(process.env.DMTHIN_VM_TIMEOUT) * 1000 : 600_000)) / 1000);
+      return fail(new VmError('ETIMEDOUT', `the guest was killed after ${secs} s, before the command ended (--timeout SEC or DMTHIN_VM_TIMEOUT gives it longer)`));
+    }
     if (r.status === null) {
-      const e = new VmError(r.timedOut ? 'ETIMEDOUT' : 'EIO', (r.error ?? 'the guest did not report an exit status').split('\n').map((l) => l.trim()).filter(Boolean).join(' | '));
-      return fail(e);
+      return fail(new VmError('EIO', (r.error ?? 'the guest did not report an exit status').split('\n').map((l) => l.trim()).filter(Boolean).join(' | ')));
     }
     return r.status;
   } catch (err) {

@@ -15,7 +15,7 @@
 // Missing prerequisites (qemu, busybox-static, cpio, kmod, the kernel
 // package): a loud skip with exit 0, or exit 1 when DMTHIN_REQUIRE_VM=1.
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, lstatSync, readFileSync, readdirSync, readlinkSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join, relative } from 'node:path';
 import { PACKAGE_ROOT, prepareAssets, runInVm, VmUnavailableError } from '../../vm/run-in-vm.mjs';
@@ -109,7 +109,12 @@ async function main() {
 
   // 2. Host-side preparation.
   const node = process.execPath;
-  if (nativeIsStale()) {
+  if (lstatSync(join(root, 'build'), { throwIfNoEntry: false })?.isSymbolicLink()) {
+    // A build shared with another checkout (a git worktree's symlink): file
+    // times say nothing about its sources, and rebuilding would change
+    // another checkout's addon under it.
+    log(`build/ is a symlink (${readlinkSync(join(root, 'build'))}): using that addon as it is, not rebuilding it`);
+  } else if (nativeIsStale()) {
     if (!step('building the native addon (npm run build:native)', 'npm', ['run', '--silent', 'build:native'])) return 1;
   }
   if (distIsStale()) {
