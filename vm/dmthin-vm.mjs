@@ -135,6 +135,13 @@ export async function main(argv) {
   }
   if (!o.command.length && !o.prepare) return fail(usageError('no command given'));
   const log = o.quiet ? () => {} : (m) => process.stderr.write(`[dmthin-vm] ${m}\n`);
+  // The reader of our stdout went away (`dmthin-vm -- cmd | head`): end
+  // quietly with 128+SIGPIPE, as a shell reports for a command killed by it
+  // (qemu is killed on exit). Any other write error: the output is incomplete.
+  process.stdout.on('error', (e) => {
+    if (e.code === 'EPIPE') process.exit(141);
+    process.exit(fail(new VmError(e.code ?? 'EIO', `cannot write stdout: ${e.message}; the command's output is incomplete`)));
+  });
   try {
     if (o.prepare) {
       const assets = prepareAssets({ log, kernel: o.kernel });

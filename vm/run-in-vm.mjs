@@ -5,7 +5,7 @@
 // dmthin's own root-VM suite (scripts/vm/run-vm-tests.mjs); see
 // docs/testing.md.
 //
-//   import { runInVm } from 'dmthin/vm/run-in-vm.mjs';
+//   import { runInVm } from './vm/run-in-vm.mjs';   (in this package; not a public API)
 //   const { status, output } = await runInVm({ command: ['dmsetup', 'version'] });
 //
 // How a run works:
@@ -136,7 +136,10 @@ export async function runInVm(o) {
     DMTHIN_VM_KERNEL: assets.version,
   };
   for (const k of Object.keys(env)) {
-    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) throw new Error(`bad environment variable name: ${k}`);
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) {
+      rmSync(outDir, { recursive: true, force: true });
+      throw new VmError('EINVAL', `bad environment variable name for the guest: ${k}`);
+    }
   }
   // Folders to read from the guest's RAM instead of 9p: tarred here, unpacked
   // in the guest onto a tmpfs mounted over the same path. Reading thousands of
