@@ -135,12 +135,14 @@ export async function main(argv) {
   }
   if (!o.command.length && !o.prepare) return fail(usageError('no command given'));
   const log = o.quiet ? () => {} : (m) => process.stderr.write(`[dmthin-vm] ${m}\n`);
-  // The reader of our stdout went away (`dmthin-vm -- cmd | head`): end
-  // quietly with 128+SIGPIPE, as a shell reports for a command killed by it
-  // (qemu is killed on exit). Any other write error: the output is incomplete.
+  // The reader of our stdout went away (`dmthin-vm -- cmd | head`): the
+  // guest is stopped and we end quietly with 128+SIGPIPE, as a shell reports
+  // for a command killed by it. Any other write error: the output is incomplete.
+  const stop = new AbortController();
+  let stdoutError = null;
   process.stdout.on('error', (e) => {
-    if (e.code === 'EPIPE') process.exit(141);
-    process.exit(fail(new VmError(e.code ?? 'EIO', `cannot write stdout: ${e.message}; the command's output is incomplete`)));
+    stdoutError ??= e;
+    stop.abort();
   });
   try {
     if (o.prepare) {
@@ -160,8 +162,11 @@ export async function main(argv) {
       // The command's failure is the user's business; keep the run's folder
       // only when the VM itself failed (or on request).
       keepOnFailure: false,
+      signal: stop.signal,
       log,
     });
+    if (stdoutError?.code === 'EPIPE') return 141;
+    if (stdoutError) return fail(new VmError(stdoutError.code ?? 'EIO', `cannot write stdout: ${stdoutError.message}; the command's output is incomplete`));
     if (r.timedOut) {
       const secs = Math.round((o.timeoutMs ?? (Number(process.env.DMTHIN_VM_TIMEOUT) > 0 ? Number(process.env.DMTHIN_VM_TIMEOUT) * 1000 : 600_000)) / 1000);
       return fail(new VmError('ETIMEDOUT', `the guest was killed after ${secs} s, before the command ended (--timeout SEC or DMTHIN_VM_TIMEOUT gives it longer)`));

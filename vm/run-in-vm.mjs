@@ -83,10 +83,12 @@ function accelerator() {
  * @param {boolean} [o.writableCwd]    mount `cwd` writable in the guest (default true): files the
  *   command writes there land on the host
  * @param {string} [o.kernel]          kernel version or package (see prepareAssets)
+ * @param {AbortSignal} [o.signal]    aborting it kills the guest (the result then has
+ *   status null and `aborted` true)
  * @param {boolean} [o.keep]           keep the out folder (also with DMTHIN_VM_KEEP=1)
  * @param {boolean} [o.keepOnFailure]  keep it when the command fails (default true; it is
  *   always kept when the guest fails or times out)
- * @returns {Promise<{status:number|null, output:string, timedOut:boolean, error?:string,
+ * @returns {Promise<{status:number|null, output:string, timedOut:boolean, aborted:boolean, error?:string,
  *           bootMs:number|null, wallMs:number, outDir:string|null}>}
  *   status: the command's exit status; null when it did not finish (timeout,
  *   boot failure, qemu error: see `error`).
@@ -323,12 +325,16 @@ export async function runInVm(o) {
     timedOut = true;
     killChild();
   }, timeoutMs);
+  const aborted = () => o.signal?.aborted === true;
+  o.signal?.addEventListener('abort', killChild, { once: true });
+  if (aborted()) killChild();
 
   const qemuExit = await new Promise((res) => {
     child.on('error', (err) => res({ code: null, signal: null, err }));
     child.on('close', (code, signal) => res({ code, signal, err: null }));
   });
   clearTimeout(timer);
+  o.signal?.removeEventListener('abort', killChild);
   if (flushTimer) clearTimeout(flushTimer);
   if (pending) handleLine(pending, false);
   process.removeListener('exit', killChild);
@@ -347,7 +353,10 @@ export async function runInVm(o) {
   if (parsed !== null && /^\d+$/.test(parsed)) status = Number(parsed);
   const wallMs = Date.now() - started;
 
-  if (timedOut) {
+  if (aborted()) {
+    error = 'aborted: the guest was killed at the caller\'s request';
+    status = null;
+  } else if (timedOut) {
     error = `TIMEOUT: the guest was killed after ${(timeoutMs / 1000).toFixed(0)} s (raise it with DMTHIN_VM_TIMEOUT=<seconds>)`;
     status = null;
   } else if (qemuExit.err) {
@@ -359,11 +368,11 @@ export async function runInVm(o) {
   if ((phase === 'boot' || phase === 'failed') && !kmsg && bootLines.length) {
     emit(`[vm] guest console before the failure (last lines):\n${bootLines.slice(-60).join('\n')}\n`);
   }
-  const keepDir = keep || status === null || (status !== 0 && (o.keepOnFailure ?? true));
+  const keepDir = keep || (status === null && !aborted()) || (status !== 0 && (o.keepOnFailure ?? true));
   if (keepDir) {
     log(`guest out folder kept: ${outDir} (job.sh, status, dmesg.txt)`);
   } else {
     rmSync(outDir, { recursive: true, force: true });
   }
-  return { status, output, timedOut, error, bootMs, wallMs, outDir: keepDir ? outDir : null };
+  return { status, output, timedOut, aborted: aborted(), error, bootMs, wallMs, outDir: keepDir ? outDir : null };
 }
