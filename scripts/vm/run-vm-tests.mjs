@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // `npm run test:vm`: the root-VM jest suite (test/vm/**/*.vm.test.ts,
-// jest.vm.config.js) in one boot of the test VM, and the tests that drive
+// jest.vm.config.js) in one boot of the test VM (vm/run-in-vm.mjs, the code
+// under `dmthin-vm`), and the tests that drive
 // dm-thin into its metadata-failure paths (*.isolated.vm.test.ts) in a second
 // boot of their own, so that a kernel fault they may provoke cannot take the
 // rest of the suite down with it. Extra arguments go to jest, in one boot
@@ -14,12 +15,12 @@
 // Missing prerequisites (qemu, busybox-static, cpio, kmod, the kernel
 // package): a loud skip with exit 0, or exit 1 when DMTHIN_REQUIRE_VM=1.
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, lstatSync, readFileSync, readdirSync, readlinkSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join, relative } from 'node:path';
-import { prepareAssets, printUnavailable, REPO_ROOT, runInVm, VmUnavailableError } from './vm.mjs';
+import { PACKAGE_ROOT, prepareAssets, runInVm, VmUnavailableError } from '../../vm/run-in-vm.mjs';
 
-const root = REPO_ROOT;
+const root = PACKAGE_ROOT;
 const jestArgs = process.argv.slice(2);
 const required = process.env.DMTHIN_REQUIRE_VM === '1';
 const t0 = Date.now();
@@ -35,6 +36,28 @@ function walk(dir, pred, out = []) {
     } else if (pred(p)) out.push(p);
   }
   return out;
+}
+
+/** Prints the loud "cannot run the VM" message. */
+export function printUnavailable(err, what = 'root-VM tests') {
+  const reasons = err.reasons ?? [String(err.message ?? err)];
+  const required = process.env.DMTHIN_REQUIRE_VM === '1';
+  const bar = '!'.repeat(78);
+  process.stderr.write(
+    [
+      '',
+      bar,
+      `!!! ${what}: ${required ? 'FAILED' : 'SKIPPED'}: cannot boot the test VM on this machine.`,
+      ...reasons.map((r) => `!!!   - ${r}`),
+      '!!! The dm-thin tests need qemu-system-x86, busybox-static, cpio, kmod and the',
+      '!!! Debian kernel package (fetched with apt-get download); `.ci/run` installs them.',
+      required
+        ? '!!! DMTHIN_REQUIRE_VM=1 is set, so this is a failure.'
+        : '!!! Nothing that needs a real kernel was tested. Set DMTHIN_REQUIRE_VM=1 to make this fatal.',
+      bar,
+      '',
+    ].join('\n'),
+  );
 }
 
 const isTs = (p) => p.endsWith('.ts') && !p.endsWith('.d.ts');
@@ -86,7 +109,12 @@ async function main() {
 
   // 2. Host-side preparation.
   const node = process.execPath;
-  if (nativeIsStale()) {
+  if (lstatSync(join(root, 'build'), { throwIfNoEntry: false })?.isSymbolicLink()) {
+    // A build shared with another checkout (a git worktree's symlink): file
+    // times say nothing about its sources, and rebuilding would change
+    // another checkout's addon under it.
+    log(`build/ is a symlink (${readlinkSync(join(root, 'build'))}): using that addon as it is, not rebuilding it`);
+  } else if (nativeIsStale()) {
     if (!step('building the native addon (npm run build:native)', 'npm', ['run', '--silent', 'build:native'])) return 1;
   }
   if (distIsStale()) {
@@ -150,6 +178,7 @@ async function bootOnce(b, timeoutS, transform) {
     timeoutMs: timeoutS * 1000,
     log,
   });
+  if (r.error) log(`ERROR: ${r.error}`);
   const ok = r.status === 0;
   const boot = r.bootMs === null ? '?' : secs(r.bootMs);
   const suite = r.bootMs === null ? '?' : secs(r.wallMs - r.bootMs);

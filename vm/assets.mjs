@@ -1,21 +1,24 @@
-// Guest assets for the root-VM harness: a Debian kernel (downloaded with
-// apt-get, unpacked with dpkg-deb, never installed system-wide), and an
-// initramfs made of a static busybox, scripts/vm/init.sh and the kernel
-// modules the guest needs, in dependency order.
+// Guest assets for dmthin-vm: a Debian kernel (downloaded with apt-get,
+// unpacked with dpkg-deb, never installed system-wide), and an initramfs made
+// of a static busybox, vm/init.sh and the kernel modules the guest needs, in
+// dependency order.
 //
-// Everything lands in the cache folder (.vm-cache/ at the repository root,
-// or $DMTHIN_VM_CACHE), keyed by kernel version and a hash of everything
-// that goes into the initramfs, so a second run builds nothing.
+// Everything lands in the cache folder (see cacheDir()), keyed by kernel
+// version and a hash of everything that goes into the initramfs, so a second
+// run builds nothing.
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
   accessSync, constants, copyFileSync, existsSync, mkdirSync, openSync, readFileSync, readSync,
   closeSync, readdirSync, renameSync, rmSync, statSync, writeFileSync, chmodSync,
+  utimesSync,
 } from 'node:fs';
-import { basename, delimiter, dirname, join } from 'node:path';
+import { homedir } from 'node:os';
+import { basename, delimiter, dirname, join, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-export const REPO_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+/** The dmthin package this file belongs to (a clone, or an install under node_modules/). */
+export const PACKAGE_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const INIT_SCRIPT = join(dirname(fileURLToPath(import.meta.url)), 'init.sh');
 
 /** Bumped whenever the layout of the built initramfs changes. */
@@ -26,24 +29,68 @@ export const REQUIRED_MODULES = ['virtio_pci', '9pnet_virtio', '9p', 'dm-thin-po
 /** Extra targets for tests (zero data devices, fault injection); used when present. */
 export const OPTIONAL_MODULES = ['dm-zero', 'dm-flakey', 'dm-delay'];
 
-/** Thrown when something the VM needs is missing on this machine. */
-export class VmUnavailableError extends Error {
-  constructor(reasons) {
-    super(`root VM unavailable:\n  - ${reasons.join('\n  - ')}`);
-    this.name = 'VmUnavailableError';
-    this.reasons = reasons;
+/**
+ * An error of the VM harness, in Node's shape (`code`, plus `path` where one
+ * is involved). The harness is plain JavaScript that runs before dmthin's
+ * TypeScript is compiled (CI prepares the kernel before `npm ci`), so it
+ * cannot use dmthin's own error classes.
+ */
+export class VmError extends Error {
+  constructor(code, message, fields = {}) {
+    super(message);
+    this.code = code;
+    Object.assign(this, fields);
+  }
+
+  get name() {
+    return this.constructor.name;
   }
 }
 
-export function cacheDir() {
-  return process.env.DMTHIN_VM_CACHE || join(REPO_ROOT, '.vm-cache');
+/**
+ * Something the VM needs is missing on this machine. `problems`: what is
+ * missing, each with the Debian package that provides it (`pkg`) or another
+ * way out (`hint`); `reasons`: the same as one string each; `message`: all of
+ * it on one line, ending with the apt-get command that installs what is missing.
+ */
+export class VmUnavailableError extends VmError {
+  constructor(problems) {
+    const list = problems.map((p) => (typeof p === 'string' ? { what: p } : p));
+    const pkgs = [...new Set(list.filter((p) => p.pkg).map((p) => p.pkg))];
+    const hints = list.filter((p) => p.hint).map((p) => p.hint);
+    const message = [
+      `cannot boot the VM: ${list.map((p) => p.what).join('; ')}`,
+      ...(pkgs.length ? [`install ${pkgs.length > 1 ? 'them' : 'it'} with: apt-get install ${pkgs.join(' ')}`] : []),
+      ...hints,
+    ].join('; ');
+    super('ENOENT', message);
+    this.problems = list;
+    this.reasons = list.map((p) => [p.what, p.pkg ? `apt-get install ${p.pkg}` : p.hint].filter(Boolean).join(': '));
+  }
 }
 
-/** Finds an executable on PATH (plus the sbin folders a non-root PATH may lack). */
+/**
+ * The cache folder: $DMTHIN_VM_CACHE; else .vm-cache/ in a clone of dmthin;
+ * else (installed under node_modules/) a per-user folder,
+ * $XDG_CACHE_HOME/dmthin-vm or ~/.cache/dmthin-vm, shared by the projects
+ * that use it.
+ */
+export function cacheDir() {
+  if (process.env.DMTHIN_VM_CACHE) return process.env.DMTHIN_VM_CACHE;
+  if (!PACKAGE_ROOT.split(sep).includes('node_modules')) return join(PACKAGE_ROOT, '.vm-cache');
+  return join(process.env.XDG_CACHE_HOME || join(homedir(), '.cache'), 'dmthin-vm');
+}
+
+/**
+ * Finds an executable: on $DMTHIN_VM_TOOL_PATH alone when set (a
+ * colon-separated list of folders), else on PATH plus the sbin folders a
+ * non-root PATH may lack.
+ */
 export function which(name) {
   if (name.includes('/')) return isExecutable(name) ? name : null;
-  const dirs = (process.env.PATH || '').split(delimiter).filter(Boolean);
-  for (const extra of ['/usr/local/sbin', '/usr/sbin', '/sbin']) {
+  const own = process.env.DMTHIN_VM_TOOL_PATH;
+  const dirs = (own ?? process.env.PATH ?? '').split(delimiter).filter(Boolean);
+  for (const extra of own === undefined ? ['/usr/local/sbin', '/usr/sbin', '/sbin'] : []) {
     if (!dirs.includes(extra)) dirs.push(extra);
   }
   for (const d of dirs) {
@@ -105,9 +152,11 @@ export function qemuBinary() {
   return which(process.env.DMTHIN_VM_QEMU || 'qemu-system-x86_64');
 }
 
+/** A statically linked busybox ($DMTHIN_VM_BUSYBOX overrides), or null. */
 function busyboxBinary() {
-  if (process.env.DMTHIN_VM_BUSYBOX) return process.env.DMTHIN_VM_BUSYBOX;
-  for (const p of ['/bin/busybox', '/usr/bin/busybox']) if (existsSync(p) && isStaticElf(p)) return p;
+  if (process.env.DMTHIN_VM_BUSYBOX) return isStaticElf(process.env.DMTHIN_VM_BUSYBOX) ? process.env.DMTHIN_VM_BUSYBOX : null;
+  const fixed = process.env.DMTHIN_VM_TOOL_PATH === undefined ? ['/bin/busybox', '/usr/bin/busybox'] : [];
+  for (const p of fixed) if (existsSync(p) && isStaticElf(p)) return p;
   const onPath = which('busybox');
   return onPath && isStaticElf(onPath) ? onPath : null;
 }
@@ -116,7 +165,8 @@ function busyboxBinary() {
  * Which kernel package to use: $DMTHIN_VM_KERNEL_PKG, else what
  * linux-image-amd64 depends on. Returns null when apt knows nothing.
  */
-function kernelPackageName() {
+function kernelPackageName(kernel) {
+  if (kernel) return kernel.startsWith('linux-image-') ? kernel : `linux-image-${kernel}`;
   if (process.env.DMTHIN_VM_KERNEL_PKG) return process.env.DMTHIN_VM_KERNEL_PKG;
   if (!which('apt-cache')) return null;
   // apt-cache takes ~1.5 s; remember its answer until the apt lists change.
@@ -149,19 +199,27 @@ function hashOf(...parts) {
 }
 
 /**
- * Checks the host tools. Returns a list of human-readable problems
+ * Checks the host tools. Returns what is missing, as { what, pkg?, hint? }
  * (empty when the VM can run, as far as can be told without downloading).
  */
 export function checkPrerequisites() {
   const problems = [];
   if (!qemuBinary()) {
-    problems.push(`qemu-system-x86_64 not found (${process.env.DMTHIN_VM_QEMU ? `DMTHIN_VM_QEMU=${process.env.DMTHIN_VM_QEMU}` : 'apt-get install qemu-system-x86'})`);
+    problems.push(
+      process.env.DMTHIN_VM_QEMU
+        ? { what: `qemu not found (DMTHIN_VM_QEMU=${process.env.DMTHIN_VM_QEMU})`, pkg: 'qemu-system-x86' }
+        : { what: 'qemu-system-x86_64 not found', pkg: 'qemu-system-x86' },
+    );
   }
-  if (!busyboxBinary()) problems.push('no statically linked busybox (apt-get install busybox-static)');
-  if (!which('cpio')) problems.push('cpio not found (apt-get install cpio)');
-  if (!which('gzip')) problems.push('gzip not found');
-  if (!which('modprobe') || !which('depmod')) problems.push('modprobe/depmod not found (apt-get install kmod)');
-  if (!process.env.DMTHIN_VM_KERNEL_DIR && !which('dpkg-deb')) problems.push('dpkg-deb not found (a Debian host is needed to unpack the kernel package)');
+  if (!busyboxBinary()) {
+    problems.push({ what: process.env.DMTHIN_VM_BUSYBOX ? `DMTHIN_VM_BUSYBOX=${process.env.DMTHIN_VM_BUSYBOX} is not a statically linked busybox` : 'no statically linked busybox', pkg: 'busybox-static' });
+  }
+  if (!which('cpio')) problems.push({ what: 'cpio not found', pkg: 'cpio' });
+  if (!which('gzip')) problems.push({ what: 'gzip not found', pkg: 'gzip' });
+  if (!which('modprobe') || !which('depmod')) problems.push({ what: 'modprobe/depmod not found', pkg: 'kmod' });
+  if (!process.env.DMTHIN_VM_KERNEL_DIR && !which('dpkg-deb')) {
+    problems.push({ what: 'dpkg-deb not found', hint: 'the kernel package is fetched with apt-get and unpacked with dpkg-deb (Debian, Ubuntu); elsewhere set DMTHIN_VM_KERNEL_DIR to an unpacked kernel (boot/vmlinuz-VER and lib/modules/VER)' });
+  }
   return problems;
 }
 
@@ -169,8 +227,11 @@ export function checkPrerequisites() {
  * Makes sure the kernel and initramfs are built; returns
  * { kernel, initrd, version, modules }. Throws VmUnavailableError when a
  * prerequisite is missing (tools, or the kernel package cannot be had).
+ * `kernel`: a kernel version (`6.1.0-57-amd64`) or package name
+ * (`linux-image-6.1.0-57-amd64`); default $DMTHIN_VM_KERNEL_PKG, else what
+ * linux-image-amd64 depends on.
  */
-export function prepareAssets({ log = (m) => process.stderr.write(`[vm] ${m}\n`) } = {}) {
+export function prepareAssets({ log = (m) => process.stderr.write(`[vm] ${m}\n`), kernel } = {}) {
   const problems = checkPrerequisites();
   if (problems.length) throw new VmUnavailableError(problems);
 
@@ -188,18 +249,20 @@ export function prepareAssets({ log = (m) => process.stderr.write(`[vm] ${m}\n`)
   const kernelDir = process.env.DMTHIN_VM_KERNEL_DIR; // a root holding boot/ and lib/modules/
   let pkg = null;
   let version;
-  if (kernelDir) {
+  if (kernelDir && !kernel) {
     version = process.env.DMTHIN_VM_KERNEL_VERSION || findVersion(kernelDir);
-    if (!version) throw new VmUnavailableError([`no boot/vmlinuz-* with matching lib/modules/ under DMTHIN_VM_KERNEL_DIR=${kernelDir}`]);
+    if (!version) throw new VmUnavailableError([{ what: `no boot/vmlinuz-* with matching lib/modules/ under DMTHIN_VM_KERNEL_DIR=${kernelDir}`, hint: 'point DMTHIN_VM_KERNEL_DIR at an unpacked kernel package' }]);
   } else {
-    pkg = kernelPackageName();
+    pkg = kernelPackageName(kernel);
     if (pkg) {
       version = pkg.replace(/^linux-image-/, '').replace(/-unsigned$/, '');
     } else {
       // apt has no lists (offline, or no apt-get update yet): reuse the newest cached build.
       const cached = readdirSync(cache).filter((n) => n.startsWith('kernel-') && existsSync(join(cache, n, 'vmlinuz'))).sort();
       if (!cached.length) {
-        throw new VmUnavailableError(['cannot tell which kernel package to download: `apt-cache depends linux-image-amd64` found nothing (run apt-get update), and nothing is cached in ' + cache]);
+        throw new VmUnavailableError([
+          { what: `cannot tell which kernel package to download (\`apt-cache depends linux-image-amd64\` found nothing) and no kernel is cached in ${cache}`, hint: 'run apt-get update, or name a kernel (--kernel VER, DMTHIN_VM_KERNEL_PKG)' },
+        ]);
       }
       version = cached[cached.length - 1].replace(/^kernel-/, '').replace(/-[0-9a-f]{16}$/, '');
       pkg = `linux-image-${version}`; // a rebuild can still use the cached .deb
@@ -209,6 +272,7 @@ export function prepareAssets({ log = (m) => process.stderr.write(`[vm] ${m}\n`)
   const kernelPath = join(outDir, 'vmlinuz');
   const initrdPath = join(outDir, 'initramfs.cpio.gz');
   if (existsSync(kernelPath) && existsSync(initrdPath)) {
+    touch(outDir);
     return { kernel: bootImage(outDir), initrd: initrdPath, version, modules: readModuleInfo(outDir) };
   }
 
@@ -219,7 +283,7 @@ export function prepareAssets({ log = (m) => process.stderr.write(`[vm] ${m}\n`)
   mkdirSync(work, { recursive: true });
   try {
     let base;
-    if (kernelDir) {
+    if (kernelDir && !kernel) {
       base = kernelDir;
     } else {
       const debDir = join(cache, 'debs');
@@ -230,7 +294,13 @@ export function prepareAssets({ log = (m) => process.stderr.write(`[vm] ${m}\n`)
         const r = run('apt-get', ['download', '-qq', pkg], { cwd: debDir });
         deb = findDeb(debDir, pkg);
         if (!deb) {
-          throw new VmUnavailableError([`apt-get download ${pkg} failed (status ${r.status}): ${(r.stderr || '').trim().split('\n').filter((l) => !/unsandboxed/.test(l)).join(' | ')}`]);
+          const why = (r.stderr || '').trim().split('\n').filter((l) => l && !/unsandboxed/.test(l)).join(' | ');
+          throw new VmUnavailableError([
+            {
+              what: `the kernel package ${pkg} could not be downloaded (apt-get download: ${why || `status ${r.status}`})`,
+              hint: `check the name (apt-cache search --names-only '^linux-image-[0-9]'), run apt-get update, or pick another kernel with --kernel VER`,
+            },
+          ]);
         }
       }
       log(`unpacking ${basename(deb)} ...`);
@@ -241,11 +311,11 @@ export function prepareAssets({ log = (m) => process.stderr.write(`[vm] ${m}\n`)
     const modRoot = ['lib/modules', 'usr/lib/modules'].map((d) => join(base, d)).find((d) => existsSync(join(d, version)));
     const vmlinuz = join(base, 'boot', `vmlinuz-${version}`);
     if (!modRoot || !existsSync(vmlinuz)) {
-      throw new VmUnavailableError([`kernel ${version}: boot/vmlinuz-${version} or lib/modules/${version} missing in ${base}`]);
+      throw new VmUnavailableError([{ what: `kernel ${version}: boot/vmlinuz-${version} or lib/modules/${version} missing in ${base}`, hint: 'give a kernel package or an unpacked kernel that has both' }]);
     }
     const modBase = dirname(dirname(modRoot)); // the folder that holds lib/modules
     if (!existsSync(join(modRoot, version, 'modules.dep'))) {
-      if (kernelDir) throw new Error(`${join(modRoot, version)} has no modules.dep (run depmod)`);
+      if (kernelDir && !kernel) throw new VmUnavailableError([{ what: `${join(modRoot, version)} has no modules.dep`, hint: `run depmod -b ${modBase} ${version}` }]);
       runOk('depmod', ['-b', modBase, version]);
     }
 
@@ -256,7 +326,9 @@ export function prepareAssets({ log = (m) => process.stderr.write(`[vm] ${m}\n`)
     for (const mod of [...REQUIRED_MODULES, ...OPTIONAL_MODULES]) {
       const r = run('modprobe', ['-d', modBase, '-S', version, '--show-depends', mod]);
       if (r.status !== 0) {
-        if (REQUIRED_MODULES.includes(mod)) throw new Error(`kernel ${version} has no module ${mod}: ${r.stderr.trim()}`);
+        if (REQUIRED_MODULES.includes(mod)) {
+          throw new VmUnavailableError([{ what: `kernel ${version} has no module ${mod} (${r.stderr.trim()})`, hint: 'use a kernel built with device-mapper thin provisioning, loop, 9p and virtio as modules (Debian\'s are)' }]);
+        }
         continue;
       }
       present.push(mod);
@@ -305,14 +377,30 @@ export function prepareAssets({ log = (m) => process.stderr.write(`[vm] ${m}\n`)
     writeFileSync(join(tmpOut, 'modules.json'), JSON.stringify({ version, order, present }, null, 1) + '\n');
     rmSync(outDir, { recursive: true, force: true });
     renameSync(tmpOut, outDir);
-    // Drop older builds of the same kernel (other init.sh / module-list hashes).
+    // Drop other builds of the same kernel (other init.sh / module-list
+    // hashes) unused for a day. Not at once: a per-user cache is shared by
+    // projects that may use different dmthin versions, and each would
+    // otherwise delete the other's build, perhaps while it boots.
     for (const n of readdirSync(cache)) {
-      if (n.startsWith(`kernel-${version}-`) && join(cache, n) !== outDir) rmSync(join(cache, n), { recursive: true, force: true });
+      const p = join(cache, n);
+      if (n.startsWith(`kernel-${version}-`) && p !== outDir && Date.now() - statSync(p).mtimeMs > 86_400_000) {
+        rmSync(p, { recursive: true, force: true });
+      }
     }
     log(`built kernel ${version} initramfs (${(statSync(initrdPath).size / 1048576).toFixed(1)} MiB, ${order.length} modules) in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
     return { kernel: bootImage(outDir), initrd: initrdPath, version, modules: { order, present } };
   } finally {
     rmSync(work, { recursive: true, force: true });
+  }
+}
+
+/** Marks a build as in use (its age decides when other runs may prune it). */
+function touch(dir) {
+  try {
+    const now = new Date();
+    utimesSync(dir, now, now);
+  } catch {
+    // a read-only cache: fine
   }
 }
 

@@ -1,5 +1,5 @@
 #!/bin/busybox sh
-# /init of the dmthin test guest (runs from the initramfs, PID 1, busybox sh).
+# /init of the dmthin-vm guest (runs from the initramfs, PID 1, busybox sh).
 #
 # The host hands over everything per run through the writable 9p share
 # "dmthinout": job.sh (the command, its cwd and env) and gets back `status`
@@ -9,6 +9,8 @@
 #
 # Guest layout seen by the job (inside `chroot /host`):
 #   /                      the host's root, read-only (9p "hostroot")
+#   the job's cwd          writable (9p "dmthincwd", the same host folder),
+#                          when the host asks for it (cwd-writable)
 #   /dev /sys /proc        devtmpfs, sysfs, proc of the guest
 #   /run                   tmpfs
 #   /run/dmthin-vm/out     the writable share (host folder of this run)
@@ -86,6 +88,14 @@ case "$job_cwd" in
   /tmp|/tmp/*) ;;
   *) mount -t tmpfs -o mode=1777 tmpfs /host/tmp || fail "cannot mount /tmp" ;;
 esac
+
+# The working folder, writable: a share of just that host folder mounted
+# over its read-only view, so what the job writes there reaches the host.
+if [ -f $V/out/cwd-writable ]; then
+  mkdir -p "/host$job_cwd" 2>/dev/null
+  mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=loose dmthincwd "/host$job_cwd" \
+    || fail "cannot mount the working folder $job_cwd writable"
+fi
 
 [ -e /dev/mapper/control ] || say "warning: /dev/mapper/control is missing"
 

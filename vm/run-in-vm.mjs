@@ -1,21 +1,21 @@
-#!/usr/bin/env node
-// Runs a command as root inside a throwaway QEMU guest that boots Debian's
-// kernel (with device-mapper, dm-thin-pool, loop, ...) and sees this
-// machine's whole filesystem read-only. See README.md, "Root-VM tests".
+// runInVm(): runs a command as root inside a throwaway QEMU guest that boots
+// Debian's kernel (with device-mapper, dm-thin-pool, loop, ...) and sees this
+// machine's whole filesystem read-only, except the command's working folder,
+// which it may write. The library under `dmthin-vm` (vm/dmthin-vm.mjs) and
+// dmthin's own root-VM suite (scripts/vm/run-vm-tests.mjs); see
+// docs/testing.md.
 //
-// Module:  import { runInVm } from './scripts/vm/vm.mjs';
-//          const { status, output } = await runInVm({ command: ['dmsetup', 'version'] });
-// CLI:     node scripts/vm/vm.mjs --prepare          (fetch the kernel, build the initramfs)
-//          node scripts/vm/vm.mjs [--timeout SEC] [--memory MB] [--cpus N]
-//                                 [--cwd DIR] [--env K=V]... [--copy DIR]... [--quiet] -- command args...
+//   import { runInVm } from './vm/run-in-vm.mjs';   (in this package; not a public API)
+//   const { status, output } = await runInVm({ command: ['dmsetup', 'version'] });
 //
 // How a run works:
 //   1. prepareAssets() makes sure the kernel and initramfs are in the cache.
 //   2. A fresh host folder (the "out" share) gets job.sh: env, cd, command.
-//   3. qemu boots; init.sh mounts the host root over 9p, the out share on
-//      /run/dmthin-vm/out, loads the modules, chroots into the host root and
-//      runs job.sh. The console (stdout + stderr of the command, merged) is
-//      streamed to our stdout as it comes.
+//   3. qemu boots; init.sh mounts the host root over 9p (read-only), the
+//      working folder over 9p again (writable) on the same path, the out
+//      share on /run/dmthin-vm/out, loads the modules, chroots into the host
+//      root and runs job.sh. The console (stdout + stderr of the command,
+//      merged) is streamed to our stdout as it comes.
 //   4. init.sh writes the command's exit status to the out share (`status`)
 //      and prints it on the console behind a per-run marker; we read the file
 //      first and fall back to the marker. Then the guest powers off.
@@ -26,10 +26,9 @@ import { StringDecoder } from 'node:string_decoder';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { prepareAssets, qemuBinary, VmUnavailableError, REPO_ROOT } from './assets.mjs';
+import { cacheDir, checkPrerequisites, PACKAGE_ROOT, prepareAssets, qemuBinary, VmError, VmUnavailableError } from './assets.mjs';
 
-export { VmUnavailableError, prepareAssets, REPO_ROOT };
+export { cacheDir, checkPrerequisites, PACKAGE_ROOT, prepareAssets, VmError, VmUnavailableError };
 
 /** Where things are inside the guest (chroot view). */
 export const GUEST = {
@@ -81,23 +80,37 @@ function accelerator() {
  *   should read from RAM: a tmpfs copy mounted over the same path (writes there stay in the
  *   guest); `exclude` lists entries (relative paths) left out of the copy and symlinked to
  *   the 9p original instead (big ones the run rarely reads)
- * @param {boolean} [o.keep]           keep the out folder (also kept on failure, and with DMTHIN_VM_KEEP=1)
- * @returns {Promise<{status:number|null, output:string, timedOut:boolean, error?:string,
+ * @param {boolean} [o.writableCwd]    mount `cwd` writable in the guest (default true): files the
+ *   command writes there land on the host
+ * @param {string} [o.kernel]          kernel version or package (see prepareAssets)
+ * @param {AbortSignal} [o.signal]    aborting it kills the guest (the result then has
+ *   status null and `aborted` true)
+ * @param {boolean} [o.keep]           keep the out folder (also with DMTHIN_VM_KEEP=1)
+ * @param {boolean} [o.keepOnFailure]  keep it when the command fails (default true; it is
+ *   always kept when the guest fails or times out)
+ * @returns {Promise<{status:number|null, output:string, timedOut:boolean, aborted:boolean, error?:string,
  *           bootMs:number|null, wallMs:number, outDir:string|null}>}
  *   status: the command's exit status; null when it did not finish (timeout,
  *   boot failure, qemu error: see `error`).
  *
- * The guest command sees: root, the host's files read-only, DMTHIN_IN_VM=1,
+ * The guest command sees: root, the host's files read-only except `cwd`, the
+ * host's PATH (plus the sbin folders), DMTHIN_IN_VM=1,
  * DMTHIN_VM_SCRATCH (tmpfs for loop backing files), DMTHIN_VM_OUT (writable,
  * ends up in outDir on the host), TMPDIR and HOME on tmpfs, /dev/mapper/control.
- * Throws VmUnavailableError when a prerequisite is missing.
+ * Throws VmUnavailableError when a prerequisite is missing, VmError (EINVAL)
+ * for a working folder that cannot be shared writable.
  */
 export async function runInVm(o) {
   const started = Date.now();
   const log = o.log ?? ((m) => process.stderr.write(`[vm] ${m}\n`));
-  const assets = prepareAssets({ log });
-  const qemu = qemuBinary();
   const cwd = resolve(o.cwd ?? process.cwd());
+  const writableCwd = o.writableCwd ?? true;
+  if (writableCwd && cwd === '/') {
+    // It would make the guest's whole view of the host writable.
+    throw new VmError('EINVAL', 'the working folder is /, which cannot be shared writable with the guest: run from a project folder', { path: cwd });
+  }
+  const assets = prepareAssets({ log, kernel: o.kernel });
+  const qemu = qemuBinary();
   const timeoutMs = o.timeoutMs ?? envNumber('DMTHIN_VM_TIMEOUT', 600) * 1000;
   const memoryMb = o.memoryMb ?? envNumber('DMTHIN_VM_MEMORY', 2048);
   const cpus = o.cpus ?? envNumber('DMTHIN_VM_CPUS', 2);
@@ -107,8 +120,11 @@ export async function runInVm(o) {
   const outDir = mkdtempSync(join(tmpdir(), 'dmthin-vm-'));
   const tmpInGuest = under(cwd, '/tmp') ? GUEST.tmpFallback : '/tmp';
 
+  // The caller's PATH too, so that what `npm run` or npx put there (e.g.
+  // node_modules/.bin) is found in the guest as well.
+  const hostPath = (process.env.PATH ?? '').split(':').filter((d) => d.startsWith('/'));
   const env = {
-    PATH: [...new Set(['/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin', dirname(process.execPath)])].join(':'),
+    PATH: [...new Set(['/usr/local/sbin', '/usr/sbin', '/sbin', ...hostPath, '/usr/local/bin', '/usr/bin', '/bin', dirname(process.execPath)])].join(':'),
     LANG: 'C.UTF-8',
     TERM: 'dumb',
     ...Object.fromEntries(Object.entries(process.env).filter(([k]) => INHERITED_ENV.test(k))),
@@ -122,7 +138,10 @@ export async function runInVm(o) {
     DMTHIN_VM_KERNEL: assets.version,
   };
   for (const k of Object.keys(env)) {
-    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) throw new Error(`bad environment variable name: ${k}`);
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) {
+      rmSync(outDir, { recursive: true, force: true });
+      throw new VmError('EINVAL', `bad environment variable name for the guest: ${k}`);
+    }
   }
   // Folders to read from the guest's RAM instead of 9p: tarred here, unpacked
   // in the guest onto a tmpfs mounted over the same path. Reading thousands of
@@ -157,7 +176,7 @@ export async function runInVm(o) {
     : `exec /bin/sh -c ${shq(o.command)}`;
   const job = [
     '#!/bin/sh',
-    '# written by scripts/vm/vm.mjs; run by init.sh inside the guest',
+    '# written by vm/run-in-vm.mjs; run by init.sh inside the guest',
     ...Object.entries(env).map(([k, v]) => `export ${k}=${shq(v)}`),
     ...copies,
     `cd ${shq(cwd)} || { echo "[vm] cannot cd to ${cwd.replace(/[`$"\\]/g, '')} in the guest" >&2; exit 126; }`,
@@ -166,6 +185,7 @@ export async function runInVm(o) {
   ].join('\n');
   writeFileSync(join(outDir, 'job.sh'), job, { mode: 0o755 });
   writeFileSync(join(outDir, 'cwd'), cwd + '\n');
+  if (writableCwd) writeFileSync(join(outDir, 'cwd-writable'), '');
 
   const kmsg = process.env.DMTHIN_VM_KMSG === '1';
   const append = [
@@ -190,6 +210,8 @@ export async function runInVm(o) {
     '-append', append,
     '-virtfs', 'local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap',
     '-virtfs', `local,path=${outDir.replace(/,/g, ',,')},mount_tag=dmthinout,security_model=none,multidevs=remap`,
+    // security_model=none: files the guest's root creates belong to whoever runs qemu.
+    ...(writableCwd ? ['-virtfs', `local,path=${cwd.replace(/,/g, ',,')},mount_tag=dmthincwd,security_model=none,multidevs=remap`] : []),
   ];
 
   const sink = o.stream === false ? null : typeof o.stream === 'function' ? o.stream : (t) => process.stdout.write(t);
@@ -303,12 +325,16 @@ export async function runInVm(o) {
     timedOut = true;
     killChild();
   }, timeoutMs);
+  const aborted = () => o.signal?.aborted === true;
+  o.signal?.addEventListener('abort', killChild, { once: true });
+  if (aborted()) killChild();
 
   const qemuExit = await new Promise((res) => {
     child.on('error', (err) => res({ code: null, signal: null, err }));
     child.on('close', (code, signal) => res({ code, signal, err: null }));
   });
   clearTimeout(timer);
+  o.signal?.removeEventListener('abort', killChild);
   if (flushTimer) clearTimeout(flushTimer);
   if (pending) handleLine(pending, false);
   process.removeListener('exit', killChild);
@@ -327,7 +353,10 @@ export async function runInVm(o) {
   if (parsed !== null && /^\d+$/.test(parsed)) status = Number(parsed);
   const wallMs = Date.now() - started;
 
-  if (timedOut) {
+  if (aborted()) {
+    error = 'aborted: the guest was killed at the caller\'s request';
+    status = null;
+  } else if (timedOut) {
     error = `TIMEOUT: the guest was killed after ${(timeoutMs / 1000).toFixed(0)} s (raise it with DMTHIN_VM_TIMEOUT=<seconds>)`;
     status = null;
   } else if (qemuExit.err) {
@@ -339,118 +368,11 @@ export async function runInVm(o) {
   if ((phase === 'boot' || phase === 'failed') && !kmsg && bootLines.length) {
     emit(`[vm] guest console before the failure (last lines):\n${bootLines.slice(-60).join('\n')}\n`);
   }
-  if (error) log(`ERROR: ${error}`);
-  const keepDir = keep || status !== 0;
+  const keepDir = keep || (status === null && !aborted()) || (status !== 0 && (o.keepOnFailure ?? true));
   if (keepDir) {
     log(`guest out folder kept: ${outDir} (job.sh, status, dmesg.txt)`);
   } else {
     rmSync(outDir, { recursive: true, force: true });
   }
-  return { status, output, timedOut, error, bootMs, wallMs, outDir: keepDir ? outDir : null };
-}
-
-/** Prints the loud "cannot run the VM" message. */
-export function printUnavailable(err, what = 'root-VM tests') {
-  const reasons = err.reasons ?? [String(err.message ?? err)];
-  const required = process.env.DMTHIN_REQUIRE_VM === '1';
-  const bar = '!'.repeat(78);
-  process.stderr.write(
-    [
-      '',
-      bar,
-      `!!! ${what}: ${required ? 'FAILED' : 'SKIPPED'}: cannot boot the test VM on this machine.`,
-      ...reasons.map((r) => `!!!   - ${r}`),
-      '!!! The dm-thin tests need qemu-system-x86, busybox-static, cpio, kmod and the',
-      '!!! Debian kernel package (fetched with apt-get download); `.ci/run` installs them.',
-      required
-        ? '!!! DMTHIN_REQUIRE_VM=1 is set, so this is a failure.'
-        : '!!! Nothing that needs a real kernel was tested. Set DMTHIN_REQUIRE_VM=1 to make this fatal.',
-      bar,
-      '',
-    ].join('\n'),
-  );
-}
-
-function usage() {
-  return `usage: node scripts/vm/vm.mjs [--timeout SEC] [--memory MB] [--cpus N] [--cwd DIR]
-                          [--env K=V]... [--copy DIR]... [--keep] [--quiet] -- command [args...]
-       node scripts/vm/vm.mjs --prepare
-Runs the command as root in the test VM; exits with its status.
-  --prepare    only download the kernel and build the initramfs (into .vm-cache/)
-  --copy DIR   the guest reads DIR from a RAM copy instead of 9p (faster for many small files)`;
-}
-
-async function cli(argv) {
-  const o = { env: {} };
-  let i = 0;
-  let quiet = false;
-  for (; i < argv.length; i++) {
-    const a = argv[i];
-    if (a === '--') {
-      i++;
-      break;
-    }
-    const next = () => {
-      if (i + 1 >= argv.length) throw new Error(`${a} needs a value`);
-      return argv[++i];
-    };
-    if (a === '--timeout') o.timeoutMs = Number(next()) * 1000;
-    else if (a === '--memory') o.memoryMb = Number(next());
-    else if (a === '--cpus') o.cpus = Number(next());
-    else if (a === '--cwd') o.cwd = next();
-    else if (a === '--env') {
-      const kv = next();
-      const eq = kv.indexOf('=');
-      if (eq <= 0) throw new Error(`--env wants K=V, got ${kv}`);
-      o.env[kv.slice(0, eq)] = kv.slice(eq + 1);
-    } else if (a === '--prepare') {
-      // Download the kernel and build the initramfs now (CI does this up front).
-      try {
-        const assets = prepareAssets();
-        process.stderr.write(`[vm] ready: kernel ${assets.version}, ${assets.kernel}\n`);
-        return 0;
-      } catch (err) {
-        if (!(err instanceof VmUnavailableError)) throw err;
-        printUnavailable(err, 'vm.mjs --prepare');
-        return 1;
-      }
-    } else if (a === '--copy') (o.copyToTmpfs ??= []).push(next());
-    else if (a === '--keep') o.keep = true;
-    else if (a === '--quiet') quiet = true;
-    else if (a === '-h' || a === '--help') {
-      process.stdout.write(usage() + '\n');
-      return 0;
-    } else break; // first word of the command (no `--`)
-  }
-  o.command = argv.slice(i);
-  if (!o.command.length) {
-    process.stderr.write(usage() + '\n');
-    return 2;
-  }
-  if (quiet) o.log = () => {};
-  try {
-    const r = await runInVm(o);
-    if (!quiet) {
-      process.stderr.write(
-        `[vm] status ${r.status ?? 'none'}; boot ${r.bootMs === null ? '?' : (r.bootMs / 1000).toFixed(1)} s, wall ${(r.wallMs / 1000).toFixed(1)} s\n`,
-      );
-    }
-    return r.status ?? 1;
-  } catch (err) {
-    if (err instanceof VmUnavailableError) {
-      printUnavailable(err, 'vm.mjs');
-      return 1;
-    }
-    throw err;
-  }
-}
-
-if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
-  cli(process.argv.slice(2)).then(
-    (code) => process.exit(code),
-    (err) => {
-      process.stderr.write(`[vm] ${err.stack ?? err}\n`);
-      process.exit(1);
-    },
-  );
+  return { status, output, timedOut, aborted: aborted(), error, bootMs, wallMs, outDir: keepDir ? outDir : null };
 }
