@@ -5,7 +5,7 @@
 import { writeSync } from 'node:fs';
 import type { SingleBar } from 'cli-progress';
 import { DmthinError, SystemCallError, UsageError } from '../errors';
-import { outputError } from '../stream/output-sink';
+import { outputError } from '../output/sink';
 
 /** Exit status on any error, as the reference tools do. */
 export const EXIT_FAILURE = 1;

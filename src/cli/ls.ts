@@ -1,6 +1,6 @@
 /** `dmthin ls`: thin_ls-compatible per-device usage table, or JSON. */
 import type { Command } from 'commander';
-import { outputError } from '../stream/output-sink';
+import { outputError } from '../output/sink';
 import { deviceUsage, DEFAULT_LS_FIELDS, formatLsTable, lsJson, needsMappings, parseLsFields } from '../thin/ls';
 import { CliContext, Progress } from './common';
 import { MetadataSnapOpts, openMetadata } from './metadata-source';

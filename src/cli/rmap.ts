@@ -1,7 +1,7 @@
 /** `dmthin rmap`: which thin devices map given data blocks, as thin_rmap 0.9.0 prints it (see src/thin/rmap.ts for the one difference). */
 import type { Command } from 'commander';
 import { UsageError } from '../errors';
-import { OutputSink } from '../stream/output-sink';
+import { OutputSink } from '../output/sink';
 import { rmap, type DataRegion } from '../thin/rmap';
 import { CliContext, Progress } from './common';
 import { MetadataSnapOpts, openMetadata } from './metadata-source';

@@ -6,7 +6,7 @@
  */
 import type { Command } from 'commander';
 import { UsageError } from '../errors';
-import type { SendOptions } from '../stream/send';
+import type { SendOptions } from '../ops/send';
 import { CliContext, parseIntArg } from './common';
 import { snapOption, type MetadataSnapOpts } from './metadata-source';
 import { toJson } from './json';
@@ -100,7 +100,7 @@ export function register(program: Command, ctx: () => CliContext): void {
       const output = o.output === '-' ? process.stdout : o.output;
       if (typeof output === 'string') {
         // Refused before the metadata walk (stream() checks again before opening it).
-        const { refuseOutputOverInputs } = require('../stream/output-file') as typeof import('../stream/output-file');
+        const { refuseOutputOverInputs } = require('../output/file') as typeof import('../output/file');
         await refuseOutputOverInputs(output, 'the stream output', [
           { path: o.metadata, role: 'the metadata input (--metadata)' },
           { path: o.data, role: 'the data input (--data)' },
@@ -118,7 +118,7 @@ export function register(program: Command, ctx: () => CliContext): void {
         if ((o.data === undefined) === (o.device === undefined)) throw new UsageError('with --metadata give --data (pool data device) or --device (thin device)');
         opts = { ...common, metadata: o.metadata!, metadataSnap: snapOption(o), data: o.data, device: o.device };
       }
-      const { send } = require('../stream/send') as typeof import('../stream/send');
+      const { send } = require('../ops/send') as typeof import('../ops/send');
       try {
         const s = await send(opts);
         if (o.json) process.stderr.write(toJson(s) + '\n');

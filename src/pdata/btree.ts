@@ -5,7 +5,7 @@
  */
 import { MetadataError, throwIfAborted } from '../errors';
 import { BlockType, verifyChecksum } from './checksum';
-import type { Block, BlockSource } from './io-engine';
+import type { Block, BlockSource } from './block-source';
 
 export const NODE_HEADER_SIZE = 32;
 export const INTERNAL_NODE = 1;

@@ -6,7 +6,7 @@
  */
 import { MetadataError, throwIfAborted } from '../errors';
 import { BtreeNode, walkLeaves } from './btree';
-import type { BlockSource } from './io-engine';
+import type { BlockSource } from './block-source';
 import { ENTRIES_PER_BITMAP, IndexEntry, MAX_METADATA_BITMAPS, SpaceMap, SpaceMapKind, SpaceMapRoot } from './space-map';
 import { BlockType, verifyChecksum } from './checksum';
 import type { Key } from './btree';

@@ -7,7 +7,7 @@
 import { MetadataError } from '../errors';
 import { lookup, walkLeaves } from './btree';
 import { BlockType, verifyChecksum } from './checksum';
-import type { Block, BlockSource } from './io-engine';
+import type { Block, BlockSource } from './block-source';
 
 export const ENTRIES_PER_BITMAP = 16320;
 export const BITMAP_HEADER_SIZE = 16;

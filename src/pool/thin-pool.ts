@@ -27,7 +27,7 @@ import { parseThinTable, THIN_TARGET } from '../dm/targets/thin';
 import type { DeltaExtent, DeltaOptions } from '../thin/delta';
 import { ThinMetadata } from '../thin/metadata';
 import { type DataBlocks, type Sectors, dataBlocks, sectors } from '../units';
-import { devNumOf, devPathOf, sizeInSectors } from './block-devices';
+import { devNumOf, devPathOf, sizeInSectors } from '../dm/block-devices';
 import { guard, unguard, type Releasable } from './release-guard';
 
 export interface ThinPoolCreateOptions {

@@ -14,7 +14,7 @@
 import { DmthinError, MetadataError, throwIfAborted } from '../errors';
 import { BlockSet, BtreeNode, Key, TreeValidator } from '../pdata/btree';
 import { compareSpaceMap, countTreeNodes, CheckProblem, loadIndex, problemOf, RefCounts } from '../pdata/space-map-check';
-import type { Block } from '../pdata/io-engine';
+import type { Block } from '../pdata/block-source';
 import { DEVICE_DETAILS_SIZE, DeviceDetails, parseDeviceDetails } from './device-details';
 import type { ThinMetadata } from './metadata';
 import { parseSuperblock, Superblock } from './superblock';

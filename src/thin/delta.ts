@@ -12,7 +12,7 @@
  */
 import { AbortError, MetadataError, throwIfAborted } from '../errors';
 import { BtreeNode, checkFill, type Key, LEAF_NODE, TreeValidator, walkLeaves } from '../pdata/btree';
-import type { Block, BlockSource } from '../pdata/io-engine';
+import type { Block, BlockSource } from '../pdata/block-source';
 import { TIME_MASK, type VirtualBlock } from './mappings';
 
 export type DeltaKind = 'same' | 'different' | 'left_only' | 'right_only';

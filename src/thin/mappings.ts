@@ -6,7 +6,7 @@
  */
 import { MetadataError } from '../errors';
 import { BtreeNode, walkLeaves } from '../pdata/btree';
-import type { BlockSource } from '../pdata/io-engine';
+import type { BlockSource } from '../pdata/block-source';
 
 /**
  * A virtual block number: a number below 2^53, a bigint above. (A thin device

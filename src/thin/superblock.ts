@@ -3,7 +3,7 @@
  */
 import { MetadataError } from '../errors';
 import { BlockType, verifyChecksum } from '../pdata/checksum';
-import type { Block } from '../pdata/io-engine';
+import type { Block } from '../pdata/block-source';
 import { parseSpaceMapRoot, SpaceMapRoot } from '../pdata/space-map';
 
 export const THIN_SUPERBLOCK_MAGIC = 27022010;

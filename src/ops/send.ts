@@ -29,14 +29,14 @@ import { ThinDevice } from '../pool/thin-device';
 import { ThinPool } from '../pool/thin-pool';
 import { ThinMetadata } from '../thin/metadata';
 import { sectors } from '../units';
-import { withMetadataSnapshot } from './changed-blocks';
-import { NativeDataSource, type DataSource } from './data-source';
-import { ExtentStore } from './extent-store';
-import { OutputFile, refuseOutputOverInputs } from './output-file';
-import { outputError } from './output-sink';
-import { SECTOR_SIZE } from './format';
-import { planSend, type SendPlan } from './plan';
-import { encodeStream, type SendProgress, type SendSummary } from './send-stream';
+import { withMetadataSnapshot } from '../pool/metadata-snapshot';
+import { NativeDataSource, type DataSource } from '../stream/send/data-source';
+import { ExtentStore } from '../stream/send/extent-store';
+import { OutputFile, refuseOutputOverInputs } from '../output/file';
+import { outputError } from '../output/sink';
+import { SECTOR_SIZE } from '../stream/format/records';
+import { planSend, type SendPlan } from '../stream/send/plan';
+import { encodeStream, type SendProgress, type SendSummary } from '../stream/send/send-stream';
 
 export interface SendProgressEvent extends SendProgress {
   /** 'metadata': walking mappings (dataBlocks counts blocks classified); 'data': streaming. */
@@ -94,7 +94,7 @@ export async function send(opts: SendOptions): Promise<SendSummary> {
 
 /**
  * Pipes the encoded plan into the output. A file output is written through a
- * temporary file renamed over it once complete and fsynced (output-file.ts):
+ * temporary file renamed over it once complete and fsynced (output/file.ts):
  * a failed send leaves the path as it was. It must not name an input.
  */
 async function stream(plan: SendPlan, source: DataSource, o: CommonSendOptions): Promise<SendSummary> {

@@ -4,8 +4,8 @@
  * is specified in docs/stream-format.md (keep the two in step).
  */
 import { createHash } from 'node:crypto';
-import { StreamError } from '../errors';
-import { native } from '../native/binding';
+import { StreamError } from '../../errors';
+import { native } from '../../native/binding';
 
 /** First 4 bytes of every record. */
 export const RECORD_MAGIC = Buffer.from('DMTR', 'latin1');

@@ -17,7 +17,7 @@ import {
   RecordType,
   SECTOR_SIZE,
   type StreamHeader,
-} from './format';
+} from './records';
 
 export type StreamHeaderInit = Omit<StreamHeader, 'version'> & { version?: number };
 

@@ -7,8 +7,8 @@
  * The native source reads with O_DIRECT, in sorted and coalesced batches, off
  * the JS thread.
  */
-import { fromNative, DmthinError } from '../errors';
-import { native, type NativeBlockReader } from '../native/binding';
+import { fromNative, DmthinError } from '../../errors';
+import { native, type NativeBlockReader } from '../../native/binding';
 
 export type DataAddressing = 'virtual' | 'data';
 

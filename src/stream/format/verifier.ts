@@ -7,7 +7,7 @@
  * whole input before touching the target, once more while applying it.
  */
 import { createHash, type Hash } from 'node:crypto';
-import { StreamError } from '../errors';
+import { StreamError } from '../../errors';
 import {
   crc32cOf,
   DATA_PREFIX_SIZE,
@@ -26,7 +26,7 @@ import {
   RecordType,
   SECTOR_SIZE,
   type StreamHeader,
-} from './format';
+} from './records';
 
 interface At {
   /** Byte offset of the record in the stream. */

@@ -9,11 +9,11 @@
  * batches.
  */
 import { Readable } from 'node:stream';
-import { AbortError, throwIfAborted, UsageError } from '../errors';
-import type { ThinMetadata } from '../thin/metadata';
+import { AbortError, throwIfAborted, UsageError } from '../../errors';
+import type { ThinMetadata } from '../../thin/metadata';
 import type { DataSource } from './data-source';
-import { StreamEncoder } from './encoder';
-import { MAX_DATA_BYTES, SECTOR_SIZE } from './format';
+import { StreamEncoder } from '../format/encoder';
+import { MAX_DATA_BYTES, SECTOR_SIZE } from '../format/records';
 import { planSend, type SendPlan } from './plan';
 
 export interface SendProgress {

@@ -17,10 +17,10 @@
  *    there), else written zeros.
  */
 import { readFile, stat } from 'node:fs/promises';
-import { DmthinError, fromNative } from '../errors';
-import { native, type NativeBlockReader } from '../native/binding';
-import { devNumOf } from '../pool/block-devices';
-import type { BlockWriter } from './block-writer';
+import { DmthinError, fromNative } from '../../errors';
+import { native, type NativeBlockReader } from '../../native/binding';
+import { devNumOf } from '../../dm/block-devices';
+import type { BlockWriter } from '../../native/block-writer';
 
 export type ZeroMethod = 'auto' | 'discard' | 'zeroout' | 'punch';
 
@@ -51,8 +51,8 @@ async function isPlainThin(dev: { major: number; minor: number }): Promise<boole
   if (!name) return false;
   try {
     // Loaded lazily: only receives onto dm devices need the dm ioctls.
-    const { DeviceMapper } = require('../dm/device-mapper') as typeof import('../dm/device-mapper');
-    const { parseThinTable, THIN_TARGET } = require('../dm/targets/thin') as typeof import('../dm/targets/thin');
+    const { DeviceMapper } = require('../../dm/device-mapper') as typeof import('../../dm/device-mapper');
+    const { parseThinTable, THIN_TARGET } = require('../../dm/targets/thin') as typeof import('../../dm/targets/thin');
     const t = await new DeviceMapper().table({ dev });
     return t.length === 1 && t[0].type === THIN_TARGET && parseThinTable(t[0].params).externalOriginDev === undefined;
   } catch {

@@ -4,7 +4,7 @@
  * iterating early. (While it is held the release guard also releases it on
  * SIGINT/SIGTERM/SIGHUP and at exit.)
  */
-import type { ThinPool } from '../pool/thin-pool';
+import type { ThinPool } from './thin-pool';
 import type { DeltaExtent, DeltaOptions } from '../thin/delta';
 import type { ThinMetadata } from '../thin/metadata';
 

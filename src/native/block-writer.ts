@@ -5,7 +5,7 @@
  * anything outside [0, size) is refused with ENOSPC before a syscall is made.
  */
 import { DmthinError, fromNative } from '../errors';
-import { native } from '../native/binding';
+import { native } from './binding';
 
 export interface BlockWriterOpenOptions {
   /** 'auto' (default): O_DIRECT, buffered only for a regular file whose filesystem refuses O_DIRECT at open. */
