@@ -7,7 +7,7 @@ import { DmthinError, UsageError } from '../errors';
 import type { ZeroMethod } from '../stream/receive/target';
 import { CliContext } from './common';
 import { toJson } from './json';
-import { StreamProgress } from './send';
+import { Progress } from './progress';
 
 interface ReceiveCliOpts {
   target: string;
@@ -49,7 +49,7 @@ export function register(program: Command, ctx: () => CliContext): void {
           { path: o.input === '-' ? '/proc/self/fd/0' : o.input, role: 'the input stream (--input)' },
         ]);
       }
-      const bar = new StreamProgress('receive', !o.quiet && process.stderr.isTTY === true);
+      const bar = new Progress('receive', !o.quiet && process.stderr.isTTY === true);
       const { receive } = require('../ops/receive') as typeof import('../ops/receive');
       try {
         const r = await receive({

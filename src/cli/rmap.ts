@@ -3,7 +3,8 @@ import type { Command } from 'commander';
 import { UsageError } from '../errors';
 import { OutputSink } from '../output/sink';
 import { rmap, type DataRegion } from '../thin/rmap';
-import { CliContext, Progress } from './common';
+import { CliContext } from './common';
+import { Progress } from './progress';
 import { MetadataSnapOpts, openMetadata } from './metadata-source';
 import { commandOutput } from './output';
 

@@ -28,13 +28,12 @@ import { findLvmThin, isLvmUuid } from '../pool/lvm';
 import { ThinDevice } from '../pool/thin-device';
 import { ThinPool } from '../pool/thin-pool';
 import { ThinMetadata } from '../thin/metadata';
-import { sectors } from '../units';
+import { SECTOR_SIZE, sectors } from '../units';
 import { withMetadataSnapshot } from '../pool/metadata-snapshot';
 import { NativeDataSource, type DataSource } from '../stream/send/data-source';
 import { ExtentStore } from '../stream/send/extent-store';
 import { OutputFile, refuseOutputOverInputs } from '../output/file';
 import { outputError } from '../output/sink';
-import { SECTOR_SIZE } from '../stream/format/records';
 import { planSend, type SendPlan } from '../stream/send/plan';
 import { encodeStream, type SendProgress, type SendSummary } from '../stream/send/send-stream';
 

@@ -24,9 +24,9 @@ import {
   RECORD_HEADER_SIZE,
   RECORD_MAGIC,
   RecordType,
-  SECTOR_SIZE,
   type StreamHeader,
 } from './records';
+import { SECTOR_SIZE } from '../../units';
 
 interface At {
   /** Byte offset of the record in the stream. */

@@ -18,7 +18,8 @@ import type { ThinMetadata } from '../../thin/metadata';
 import type { DataAddressing } from './data-source';
 import type { StreamHeaderInit } from '../format/encoder';
 import type { SendExtent } from './extent-store';
-import { SECTOR_SIZE, type SnapshotIdentity } from '../format/records';
+import { type SnapshotIdentity } from '../format/records';
+import { SECTOR_SIZE } from '../../units';
 
 export interface PlanOptions {
   /** Thin device id of the snapshot to send. */
