@@ -30,7 +30,7 @@ export { checkMetadata, openFailureReport } from './thin/check';
 export type { CheckOptions, CheckReport, CheckProblem, CheckCounts, CheckPhase, CheckProgress, ProblemSeverity } from './thin/check';
 export * from './dm';
 export { ThinPool, MetadataSnapshot, isMessageError } from './pool/thin-pool';
-export type { ThinPoolCreateOptions, CreateSnapOptions, ActiveThin } from './pool/thin-pool';
+export type { ThinPoolCreateOptions, CreateSnapOptions, ActiveThin, OpenMetadataOptions, LiveMetadata, MetadataSnapshotUse } from './pool/thin-pool';
 export { ThinDevice } from './pool/thin-device';
 export type { ActivateOptions } from './pool/thin-device';
 export { devNumOf, devPathOf } from './dm/block-devices';

@@ -10,17 +10,8 @@ import type { ThinMetadata } from '../thin/metadata';
 
 /** Runs `fn` on the pool's metadata as of now; the snapshot is released when it settles. */
 export async function withMetadataSnapshot<T>(pool: ThinPool, fn: (md: ThinMetadata) => Promise<T>): Promise<T> {
-  const snap = await pool.reserveMetadataSnap();
-  try {
-    const md = await snap.open();
-    try {
-      return await fn(md);
-    } finally {
-      await md.close();
-    }
-  } finally {
-    await snap.release();
-  }
+  await using live = await pool.openMetadata();
+  return await fn(live.metadata);
 }
 
 /** `pool.changedBlocks(baseId, snapId)` as a function (see ThinPool.changedBlocks). */
