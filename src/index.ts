@@ -47,7 +47,7 @@ export { receive, receiveStream } from './ops/receive';
 export type { ReceiveOptions, ReceiveProgress, ReceiveResult, ReceiveWritable } from './ops/receive';
 export { readState, writeState, defaultStateFile, checkBase, DEFAULT_STATE_DIR } from './stream/receive/state';
 export type { ReceiveState, StateEntry, IdentityJson, StateRead } from './stream/receive/state';
-export { changedBlocks, withMetadataSnapshot } from './pool/metadata-snapshot';
+export { changedBlocks, withMetadataSnapshot } from './pool/live-metadata';
 export { NativeDataSource } from './stream/send/data-source';
 export type { DataSource, DataAddressing, NativeDataSourceOptions } from './stream/send/data-source';
 export { BlockWriter } from './native/block-writer';

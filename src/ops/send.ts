@@ -24,7 +24,7 @@ import type { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { DmthinError, UsageError, throwIfAborted } from '../errors';
 import { findLvmThin, isLvmUuid } from '../pool/lvm';
-import { withMetadataSnapshot } from '../pool/metadata-snapshot';
+import { withMetadataSnapshot } from '../pool/live-metadata';
 import { activateTemporarily } from '../pool/temporary-activation';
 import { ThinPool } from '../pool/thin-pool';
 import { ThinMetadata } from '../thin/metadata';

@@ -14,7 +14,7 @@ import { AbortError, UsageError } from '../../src/errors';
 import { ThinPool } from '../../src/pool/thin-pool';
 import { receive } from '../../src/ops/receive';
 import { send } from '../../src/ops/send';
-import { changedBlocks } from '../../src/pool/metadata-snapshot';
+import { changedBlocks } from '../../src/pool/live-metadata';
 import { ThinMetadata } from '../../src/thin/metadata';
 import { fixtureImage } from '../helpers/fixtures';
 import { expectedSha, patternBlock, scratch, sha256File, type Scratch } from './helpers';

@@ -1,8 +1,8 @@
 /**
- * Reading a live pool's mappings safely: reserve the metadata snapshot, read
- * through it, release it — also when the reader throws, is aborted or stops
- * iterating early. (While it is held the release guard also releases it on
- * SIGINT/SIGTERM/SIGHUP and at exit.)
+ * Reading a live pool's mappings safely, as functions over ThinPool.openMetadata():
+ * reserve the metadata snapshot, read through it, release it — also when the
+ * reader throws, is aborted or stops iterating early. (While it is held the
+ * release guard also releases it on SIGINT/SIGTERM/SIGHUP and at exit.)
  */
 import type { ThinPool } from './thin-pool';
 import type { DeltaExtent, DeltaOptions } from '../thin/delta';
