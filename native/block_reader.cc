@@ -18,6 +18,7 @@
 #include "crc32c.h"
 #include "errors.h"
 #include "file_io.h"
+#include "promise_worker.h"
 
 namespace dmthin {
 namespace {
@@ -27,32 +28,12 @@ constexpr uint64_t kMaxGapBytes = 32 << 10;      // read small holes instead of 
 constexpr uint64_t kPieceBytes = 256 << 10;      // longest single preadv
 constexpr size_t kMaxThreads = 4;                // requests kept in flight per batch
 
-struct OpenResult {
-  int fd = -1;
-  double size = 0;
-  int logical_block_size = 512;
-  int physical_block_size = 512;
-  int dio_mem_align = 0;
-  bool block_device = false;
-  bool direct = false;
-};
-
 // ---------------------------------------------------------------- open
 
-class OpenWorker : public Napi::AsyncWorker {
+class OpenWorker : public PromiseWorker<BlockReader> {
  public:
   OpenWorker(Napi::Env env, BlockReader* owner, std::string path, std::string direct_mode, bool exclusive)
-      : Napi::AsyncWorker(env, "dmthin:open"),
-        deferred_(Napi::Promise::Deferred::New(env)),
-        owner_(owner),
-        path_(std::move(path)),
-        direct_mode_(std::move(direct_mode)),
-        exclusive_(exclusive) {
-    owner_->Ref();
-  }
-  ~OpenWorker() override { owner_->Unref(); }
-
-  Napi::Promise Promise() { return deferred_.Promise(); }
+      : PromiseWorker(env, owner, "dmthin:open"), path_(std::move(path)), direct_mode_(std::move(direct_mode)), exclusive_(exclusive) {}
 
   void Execute() override {
     struct stat st;
@@ -63,66 +44,42 @@ class OpenWorker : public Napi::AsyncWorker {
     // Read-only, always: dmthin never opens metadata for writing.
     int flags = O_RDONLY | O_CLOEXEC;
     if (exclusive_ && blk) flags |= O_EXCL;  // a claimed device (active pool) gives EBUSY
-    bool want_direct = false;
-    int fd = OpenMaybeDirect(path_, flags, 0, blk, direct_mode_, &want_direct, fail_);
+    int fd = OpenMaybeDirect(path_, flags, 0, blk, direct_mode_, &direct_, fail_);
     if (fd < 0) return;
-    res_.fd = fd;
-    res_.direct = want_direct;
-    res_.block_device = blk;
-    if (blk) {
-      uint64_t bytes = 0;
-      if (::ioctl(fd, BLKGETSIZE64, &bytes) != 0) { fail_.set(errno, "ioctl", path_, "BLKGETSIZE64"); ::close(fd); res_.fd = -1; return; }
-      res_.size = static_cast<double>(bytes);
-      int lbs = 512, pbs = 512;
-      if (::ioctl(fd, BLKSSZGET, &lbs) == 0) res_.logical_block_size = lbs;
-      unsigned int upbs = 0;
-      if (::ioctl(fd, BLKPBSZGET, &upbs) == 0) pbs = static_cast<int>(upbs);
-      res_.physical_block_size = pbs;
-      res_.dio_mem_align = lbs;
-    } else {
-      struct stat fst;
-      if (::fstat(fd, &fst) != 0) { fail_.set(errno, "fstat", path_); ::close(fd); res_.fd = -1; return; }
-      res_.size = static_cast<double>(fst.st_size);
-#ifdef STATX_DIOALIGN
-      struct statx sx;
-      if (::statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &sx) == 0 && (sx.stx_mask & STATX_DIOALIGN) && sx.stx_dio_offset_align) {
-        res_.logical_block_size = static_cast<int>(sx.stx_dio_offset_align);
-        res_.dio_mem_align = static_cast<int>(sx.stx_dio_mem_align);
-      }
-#endif
-      res_.physical_block_size = static_cast<int>(fst.st_blksize);
-    }
-  }
-
-  void OnOK() override {
-    Napi::Env env = Env();
-    if (fail_.failed()) {
-      owner_->fd_ = -1;
-      deferred_.Reject(MakeErrnoError(env, fail_).Value());
+    if (!ProbeOpened(fd, path_, &probe_, fail_)) {
+      ::close(fd);
       return;
     }
-    owner_->fd_ = res_.fd;
-    owner_->path_ = path_;
-    Napi::Object o = Napi::Object::New(env);
-    o.Set("size", res_.size);
-    o.Set("logicalBlockSize", res_.logical_block_size);
-    o.Set("physicalBlockSize", res_.physical_block_size);
-    o.Set("dioMemAlign", res_.dio_mem_align);
-    o.Set("blockDevice", res_.block_device);
-    o.Set("direct", res_.direct);
-    deferred_.Resolve(o);
+    fd_ = fd;
   }
 
-  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+ protected:
+  void Settled() override {
+    if (fail_.failed()) owner_->fd_ = -1;
+  }
+
+  Napi::Value Result(Napi::Env env) override {
+    owner_->fd_ = fd_;
+    owner_->path_ = path_;
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("size", static_cast<double>(probe_.size));
+    // A file's O_DIRECT alignment, where the kernel tells it, stands for its logical block size.
+    const bool file_align = !probe_.block_device && probe_.dio_offset_align;
+    o.Set("logicalBlockSize", file_align ? probe_.dio_offset_align : probe_.logical_block_size);
+    o.Set("physicalBlockSize", probe_.physical_block_size);
+    o.Set("dioMemAlign", probe_.block_device ? probe_.logical_block_size : probe_.dio_mem_align);
+    o.Set("blockDevice", probe_.block_device);
+    o.Set("direct", direct_);
+    return o;
+  }
 
  private:
-  Napi::Promise::Deferred deferred_;
-  BlockReader* owner_;
   std::string path_;
   std::string direct_mode_;
   bool exclusive_;
-  OpenResult res_;
-  SysFailure fail_;
+  int fd_ = -1;
+  bool direct_ = false;
+  FileProbe probe_;
 };
 
 // ---------------------------------------------------------------- read
@@ -136,26 +93,20 @@ struct Run {
   size_t begin, end;  // range in the sorted request list
 };
 
-class ReadWorker : public Napi::AsyncWorker {
+class ReadWorker : public PromiseWorker<BlockReader> {
  public:
   ReadWorker(Napi::Env env, BlockReader* owner, std::vector<Request> reqs, uint32_t block_size, bool checksum)
-      : Napi::AsyncWorker(env, "dmthin:read"),
-        deferred_(Napi::Promise::Deferred::New(env)),
-        owner_(owner),
+      : PromiseWorker(env, owner, "dmthin:read"),
         fd_(owner->fd_),
         path_(owner->path_),
         reqs_(std::move(reqs)),
         block_size_(block_size),
         checksum_(checksum) {
-    owner_->Ref();
     owner_->inflight_++;
   }
   ~ReadWorker() override {
     if (out_) std::free(out_);
-    owner_->Unref();
   }
-
-  Napi::Promise Promise() { return deferred_.Promise(); }
 
   void Execute() override {
     n_ = reqs_.size();
@@ -218,13 +169,10 @@ class ReadWorker : public Napi::AsyncWorker {
     }
   }
 
-  void OnOK() override {
-    Napi::Env env = Env();
-    owner_->FinishRead();
-    if (fail_.failed()) {
-      deferred_.Reject(MakeErrnoError(env, fail_).Value());
-      return;
-    }
+ protected:
+  void Settled() override { owner_->FinishRead(); }
+
+  Napi::Value Result(Napi::Env env) override {
     Napi::Object o = Napi::Object::New(env);
     Napi::Buffer<uint8_t> data;
     if (n_ == 0) {
@@ -248,13 +196,9 @@ class ReadWorker : public Napi::AsyncWorker {
       if (n_) std::memcpy(c.Data(), crcs_.data(), n_ * 4);
       o.Set("crcs", c);
     }
-    deferred_.Resolve(o);
+    return o;
   }
 
-  void OnError(const Napi::Error& e) override {
-    owner_->FinishRead();
-    deferred_.Reject(e.Value());
-  }
 
  private:
   bool ReadRun(const Run& run, uint8_t* scratch, SysFailure& fail) {
@@ -306,8 +250,6 @@ class ReadWorker : public Napi::AsyncWorker {
     return true;
   }
 
-  Napi::Promise::Deferred deferred_;
-  BlockReader* owner_;
   int fd_;
   std::string path_;
   std::vector<Request> reqs_;
@@ -316,7 +258,6 @@ class ReadWorker : public Napi::AsyncWorker {
   size_t n_ = 0;
   uint8_t* out_ = nullptr;
   std::vector<uint32_t> crcs_;
-  SysFailure fail_;
 };
 
 }  // namespace

@@ -17,6 +17,7 @@
 
 #include "errors.h"
 #include "file_io.h"
+#include "promise_worker.h"
 
 namespace dmthin {
 namespace {
@@ -97,59 +98,27 @@ bool WriteZeros(BlockWriter* w, int fd, uint64_t off, uint64_t len, SysFailure& 
 }
 
 // Base for workers that resolve a promise and hold the writer open meanwhile.
-class WriterWorker : public Napi::AsyncWorker {
+class WriterWorker : public PromiseWorker<BlockWriter> {
  public:
-  WriterWorker(Napi::Env env, BlockWriter* owner, const char* name)
-      : Napi::AsyncWorker(env, name), deferred_(Napi::Promise::Deferred::New(env)), owner_(owner), fd_(owner->fd_) {
-    owner_->Ref();
-    owner_->Begin();
-  }
-  ~WriterWorker() override { owner_->Unref(); }
-
-  Napi::Promise Promise() { return deferred_.Promise(); }
-
-  void OnOK() override {
-    Napi::Env env = Env();
-    owner_->Finish();
-    if (fail_.failed()) {
-      deferred_.Reject(MakeErrnoError(env, fail_).Value());
-      return;
-    }
-    deferred_.Resolve(Result(env));
-  }
-
-  void OnError(const Napi::Error& e) override {
-    owner_->Finish();
-    deferred_.Reject(e.Value());
-  }
+  WriterWorker(Napi::Env env, BlockWriter* owner, const char* name) : PromiseWorker(env, owner, name), fd_(owner->fd_) { owner_->Begin(); }
 
  protected:
-  virtual Napi::Value Result(Napi::Env env) { return env.Undefined(); }
+  void Settled() override { owner_->Finish(); }
 
-  Napi::Promise::Deferred deferred_;
-  BlockWriter* owner_;
   int fd_;
-  SysFailure fail_;
 };
 
 // ---------------------------------------------------------------- open
 
-class OpenWorker : public Napi::AsyncWorker {
+class OpenWorker : public PromiseWorker<BlockWriter> {
  public:
   OpenWorker(Napi::Env env, BlockWriter* owner, std::string path, std::string direct_mode, bool create, bool exclusive, uint32_t mode)
-      : Napi::AsyncWorker(env, "dmthin:open-write"),
-        deferred_(Napi::Promise::Deferred::New(env)),
-        owner_(owner),
+      : PromiseWorker(env, owner, "dmthin:open-write"),
         path_(std::move(path)),
         direct_mode_(std::move(direct_mode)),
         create_(create),
         exclusive_(exclusive),
-        mode_(mode) {
-    owner_->Ref();
-  }
-  ~OpenWorker() override { owner_->Unref(); }
-
-  Napi::Promise Promise() { return deferred_.Promise(); }
+        mode_(mode) {}
 
   void Execute() override {
     struct stat st;
@@ -162,82 +131,45 @@ class OpenWorker : public Napi::AsyncWorker {
     int flags = O_WRONLY | O_CLOEXEC;
     if (!exists) flags |= O_CREAT;
     if (blk && exclusive_) flags |= O_EXCL;  // refuses a mounted or otherwise claimed device (EBUSY)
-    bool direct = false;
-    int fd = OpenMaybeDirect(path_, flags, mode_, blk, direct_mode_, &direct, fail_);
+    int fd = OpenMaybeDirect(path_, flags, mode_, blk, direct_mode_, &direct_, fail_);
     if (fd < 0) return;
-    // Re-check what was opened (the path may have changed since stat).
-    struct stat fst;
-    if (::fstat(fd, &fst) != 0) {
-      fail_.set(errno, "fstat", path_);
-      ::close(fd);
-      return;
-    }
-    blk = S_ISBLK(fst.st_mode);
-    if (!blk && !S_ISREG(fst.st_mode)) {
-      fail_.set(EINVAL, "open", path_, "not a regular file or block device");
+    if (!ProbeOpened(fd, path_, &probe_, fail_)) {
       ::close(fd);
       return;
     }
     fd_ = fd;
-    blk_ = blk;
-    direct_ = direct;
     created_ = !exists;
-    if (blk) {
-      uint64_t bytes = 0;
-      if (::ioctl(fd, BLKGETSIZE64, &bytes) != 0) {
-        fail_.set(errno, "ioctl", path_, "BLKGETSIZE64");
-        ::close(fd);
-        fd_ = -1;
-        return;
-      }
-      size_ = bytes;
-      int lbs = 512;
-      if (::ioctl(fd, BLKSSZGET, &lbs) == 0 && lbs > 0) lbs_ = static_cast<uint32_t>(lbs);
-    } else {
-      size_ = static_cast<uint64_t>(fst.st_size);
-#ifdef STATX_DIOALIGN
-      struct statx sx;
-      if (direct && ::statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &sx) == 0 && (sx.stx_mask & STATX_DIOALIGN) && sx.stx_dio_offset_align)
-        lbs_ = sx.stx_dio_offset_align;
-#endif
-    }
   }
 
-  void OnOK() override {
-    Napi::Env env = Env();
-    if (fail_.failed()) {
-      deferred_.Reject(MakeErrnoError(env, fail_).Value());
-      return;
-    }
+ protected:
+  Napi::Value Result(Napi::Env env) override {
+    // O_DIRECT on a file aligns to STATX_DIOALIGN where the kernel tells it.
+    const uint32_t lbs = probe_.block_device ? probe_.logical_block_size
+                         : direct_ && probe_.dio_offset_align ? probe_.dio_offset_align
+                                                              : 512;
     owner_->fd_ = fd_;
     owner_->path_ = path_;
-    owner_->size_ = size_;
-    owner_->block_device_ = blk_;
+    owner_->size_ = probe_.size;
+    owner_->block_device_ = probe_.block_device;
     owner_->direct_ = direct_;
-    owner_->logical_block_size_ = lbs_;
+    owner_->logical_block_size_ = lbs;
     Napi::Object o = Napi::Object::New(env);
-    o.Set("size", static_cast<double>(size_));
-    o.Set("blockDevice", blk_);
+    o.Set("size", static_cast<double>(probe_.size));
+    o.Set("blockDevice", probe_.block_device);
     o.Set("direct", direct_);
-    o.Set("logicalBlockSize", lbs_);
+    o.Set("logicalBlockSize", lbs);
     o.Set("created", created_);
-    deferred_.Resolve(o);
+    return o;
   }
 
-  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
-
  private:
-  Napi::Promise::Deferred deferred_;
-  BlockWriter* owner_;
   std::string path_;
   std::string direct_mode_;
   bool create_, exclusive_;
   uint32_t mode_;
   int fd_ = -1;
-  bool blk_ = false, direct_ = false, created_ = false;
-  uint64_t size_ = 0;
-  uint32_t lbs_ = 512;
-  SysFailure fail_;
+  bool direct_ = false, created_ = false;
+  FileProbe probe_;
 };
 
 // ---------------------------------------------------------------- write

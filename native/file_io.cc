@@ -1,6 +1,9 @@
 #include "file_io.h"
 
 #include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
 
 #include <cerrno>
 #include <cstdlib>
@@ -28,6 +31,42 @@ int OpenMaybeDirect(const std::string& path, int flags, mode_t mode, bool block_
     if (fd < 0) fail.set(errno, "open", path);
   }
   return fd;
+}
+
+bool ProbeOpened(int fd, const std::string& path, FileProbe* out, SysFailure& fail) {
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    fail.set(errno, "fstat", path);
+    return false;
+  }
+  out->block_device = S_ISBLK(st.st_mode);
+  if (!out->block_device && !S_ISREG(st.st_mode)) {
+    fail.set(EINVAL, "open", path, "not a regular file or block device");
+    return false;
+  }
+  if (out->block_device) {
+    uint64_t bytes = 0;
+    if (::ioctl(fd, BLKGETSIZE64, &bytes) != 0) {
+      fail.set(errno, "ioctl", path, "BLKGETSIZE64");
+      return false;
+    }
+    out->size = bytes;
+    int lbs = 0;
+    if (::ioctl(fd, BLKSSZGET, &lbs) == 0 && lbs > 0) out->logical_block_size = static_cast<uint32_t>(lbs);
+    unsigned int pbs = 0;
+    if (::ioctl(fd, BLKPBSZGET, &pbs) == 0 && pbs > 0) out->physical_block_size = pbs;
+    return true;
+  }
+  out->size = static_cast<uint64_t>(st.st_size);
+  out->physical_block_size = static_cast<uint32_t>(st.st_blksize);
+#ifdef STATX_DIOALIGN
+  struct statx sx;
+  if (::statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &sx) == 0 && (sx.stx_mask & STATX_DIOALIGN) && sx.stx_dio_offset_align) {
+    out->dio_offset_align = sx.stx_dio_offset_align;
+    out->dio_mem_align = sx.stx_dio_mem_align;
+  }
+#endif
+  return true;
 }
 
 void AdvanceIov(std::vector<struct iovec>& iov, size_t& idx, size_t n) {

@@ -1,6 +1,7 @@
 // Low-level pieces both block classes (BlockReader, BlockWriter) need: the
-// open that adds O_DIRECT with its one allowed fallback, 4096-aligned buffers,
-// and iovec bookkeeping after a short preadv/pwritev. No policy here.
+// open that adds O_DIRECT with its one allowed fallback, the probe of what was
+// opened, 4096-aligned buffers, and iovec bookkeeping after a short
+// preadv/pwritev. No policy here.
 #pragma once
 
 #include <sys/types.h>
@@ -28,6 +29,25 @@ constexpr size_t kDirectAlign = 4096;
 // Returns the descriptor and sets *direct, or -1 with `fail` set.
 int OpenMaybeDirect(const std::string& path, int flags, mode_t mode, bool block_device, const std::string& direct_mode,
                     bool* direct, SysFailure& fail);
+
+// What an opened file or block device is, as both block classes report it.
+struct FileProbe {
+  uint64_t size = 0;
+  bool block_device = false;
+  // Block device: BLKSSZGET / BLKPBSZGET (512 if refused). Regular file:
+  // logical 512, physical st_blksize.
+  uint32_t logical_block_size = 512;
+  uint32_t physical_block_size = 512;
+  // Regular file: STATX_DIOALIGN where the kernel reports it, else 0.
+  uint32_t dio_offset_align = 0;
+  uint32_t dio_mem_align = 0;
+};
+
+// fstat()s `fd` (the path may have changed since a stat), refuses anything but
+// a regular file or block device (EINVAL), and fills *out: BLKGETSIZE64 and
+// the sector sizes of a block device, the size and STATX_DIOALIGN of a file.
+// Returns false with `fail` set; the descriptor stays open either way.
+bool ProbeOpened(int fd, const std::string& path, FileProbe* out, SysFailure& fail);
 
 // Drops the first `n` transferred bytes from iov[idx...], advancing idx past
 // fully used entries and trimming a partly used one.

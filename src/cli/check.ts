@@ -7,7 +7,8 @@ import type { Command } from 'commander';
 import { MetadataError } from '../errors';
 import type { Key } from '../pdata/btree';
 import { checkMetadata, CheckPhase, CheckProblem, CheckReport, openFailureReport } from '../thin/check';
-import { CliContext, Progress } from './common';
+import { CliContext } from './common';
+import { Progress } from './progress';
 import { toJson } from './json';
 import { looksLikePool, MetadataSnapOpts, openMetadata } from './metadata-source';
 

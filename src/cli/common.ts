@@ -3,9 +3,8 @@
  * cancellation on SIGINT/SIGTERM and TTY-only progress bars.
  */
 import { writeSync } from 'node:fs';
-import type { SingleBar } from 'cli-progress';
 import { DmthinError, SystemCallError, UsageError } from '../errors';
-import { outputError } from '../stream/output-sink';
+import { outputError } from '../output/sink';
 
 /** Exit status on any error, as the reference tools do. */
 export const EXIT_FAILURE = 1;
@@ -136,40 +135,6 @@ export function parseIntArg(name: string, v: string, max = Number.MAX_SAFE_INTEG
   return n;
 }
 
-/** A progress bar on stderr, only when stderr is a terminal. */
-export class Progress {
-  private bar?: SingleBar;
-  private last = 0;
-  constructor(
-    private readonly label: string,
-    enabled = process.stderr.isTTY === true,
-  ) {
-    if (enabled) {
-      // Loaded only for a terminal: startup time matters for a CLI.
-      const { SingleBar: Bar } = require('cli-progress') as typeof import('cli-progress');
-      this.bar = new Bar({
-        stream: process.stderr,
-        format: `${label} [{bar}] {percentage}% | {value}/{total} mappings`,
-        hideCursor: true,
-        clearOnComplete: true,
-        fps: 10,
-      });
-    }
-  }
-  update(value: number, total: number): void {
-    if (!this.bar) return;
-    const now = Date.now();
-    if (this.last === 0) this.bar.start(Math.max(total, 1), 0);
-    if (now - this.last < 100) return;
-    this.last = now;
-    this.bar.setTotal(Math.max(total, value, 1));
-    this.bar.update(value);
-  }
-  stop(): void {
-    if (this.bar && this.last !== 0) this.bar.stop();
-    this.bar = undefined;
-  }
-}
 
 /**
  * The reference tools take the metadata-snapshot block only attached

@@ -2,7 +2,8 @@
 import type { Command } from 'commander';
 import { UsageError } from '../errors';
 import { dump, DumpFormat } from '../thin/dump';
-import { CliContext, parseIntArg, Progress } from './common';
+import { CliContext, parseIntArg } from './common';
+import { Progress } from './progress';
 import { MetadataSnapOpts, openMetadata } from './metadata-source';
 import { checkOutputPath, commandOutput } from './output';
 

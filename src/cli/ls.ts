@@ -1,8 +1,9 @@
 /** `dmthin ls`: thin_ls-compatible per-device usage table, or JSON. */
 import type { Command } from 'commander';
-import { outputError } from '../stream/output-sink';
+import { outputError } from '../output/sink';
 import { deviceUsage, DEFAULT_LS_FIELDS, formatLsTable, lsJson, needsMappings, parseLsFields } from '../thin/ls';
-import { CliContext, Progress } from './common';
+import { CliContext } from './common';
+import { Progress } from './progress';
 import { MetadataSnapOpts, openMetadata } from './metadata-source';
 
 interface LsCliOpts extends MetadataSnapOpts {

@@ -5,7 +5,7 @@
  * command and released afterwards (also on Ctrl-C / SIGTERM).
  */
 import { existsSync } from 'node:fs';
-import { DmthinError, UsageError } from '../errors';
+import { DmthinError } from '../errors';
 import { ThinMetadata } from '../thin/metadata';
 import type { ThinPool as ThinPoolT } from '../pool/thin-pool';
 import { CliContext, parseIntArg } from './common';
@@ -33,16 +33,8 @@ export async function openMetadata(arg: string, o: MetadataSnapOpts, ctx: CliCon
   }
   const { ThinPool } = require('../pool/thin-pool') as { ThinPool: typeof ThinPoolT };
   const pool = await ThinPool.open(arg);
-  const held = (await pool.workingStatus()).heldMetadataRoot;
-  if (held !== null) {
-    // Someone else's snapshot: use it, leave it held.
-    if (typeof snap === 'number' && snap !== Number(held)) {
-      throw new UsageError(`metadata snapshot at block ${snap} does not match the held root ${held} of ${arg}`);
-    }
-    return pool.metadata();
-  }
-  if (typeof snap === 'number') throw new UsageError(`${arg} holds no metadata snapshot (block ${snap} was asked for)`);
-  const s = await pool.reserveMetadataSnap();
-  ctx.onCleanup(() => s.release());
-  return s.open();
+  // Someone else's snapshot is used and left held; otherwise one is reserved until the command ends.
+  const live = await pool.openMetadata({ snapshot: 'held-or-reserve', root: typeof snap === 'number' ? snap : undefined });
+  ctx.onCleanup(() => live.release());
+  return live.metadata;
 }

@@ -1,11 +1,11 @@
 /**
  * Where a command's output goes: stdout (its errors are seen by main(), see
  * guardStdout) or `-o FILE`, written through a temporary file that replaces
- * FILE only once complete and fsynced (stream/output-file.ts). FILE must not
+ * FILE only once complete and fsynced (output/file.ts). FILE must not
  * be one of the command's inputs.
  */
 import type { Writable } from 'node:stream';
-import { OutputFile, refuseOutputOverInputs, type NamedInput } from '../stream/output-file';
+import { OutputFile, refuseOutputOverInputs, type NamedInput } from '../output/file';
 import type { CliContext } from './common';
 
 export interface CommandOutput {

@@ -4,10 +4,10 @@
  */
 import type { Command } from 'commander';
 import { DmthinError, UsageError } from '../errors';
-import type { ZeroMethod } from '../stream/target';
+import type { ZeroMethod } from '../stream/receive/target';
 import { CliContext } from './common';
 import { toJson } from './json';
-import { StreamProgress } from './send';
+import { Progress } from './progress';
 
 interface ReceiveCliOpts {
   target: string;
@@ -43,14 +43,14 @@ export function register(program: Command, ctx: () => CliContext): void {
       if (!ZERO_METHODS.includes(o.discard as ZeroMethod)) throw new UsageError(`unknown --discard method '${o.discard}' (${ZERO_METHODS.join(', ')})`);
       if (o.input === '-' && process.stdin.isTTY) throw new UsageError('refusing to read a stream from a terminal (pipe one in, or use --input FILE)');
       if (o.state !== undefined) {
-        const { refuseOutputOverInputs } = require('../stream/output-file') as typeof import('../stream/output-file');
+        const { refuseOutputOverInputs } = require('../output/file') as typeof import('../output/file');
         await refuseOutputOverInputs(o.state, 'the state file (--state)', [
           { path: o.target, role: 'the target (--target)' },
           { path: o.input === '-' ? '/proc/self/fd/0' : o.input, role: 'the input stream (--input)' },
         ]);
       }
-      const bar = new StreamProgress('receive', !o.quiet && process.stderr.isTTY === true);
-      const { receive } = require('../stream/receive') as typeof import('../stream/receive');
+      const bar = new Progress('receive', !o.quiet && process.stderr.isTTY === true);
+      const { receive } = require('../ops/receive') as typeof import('../ops/receive');
       try {
         const r = await receive({
           target: o.target,

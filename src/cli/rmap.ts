@@ -1,9 +1,10 @@
 /** `dmthin rmap`: which thin devices map given data blocks, as thin_rmap 0.9.0 prints it (see src/thin/rmap.ts for the one difference). */
 import type { Command } from 'commander';
 import { UsageError } from '../errors';
-import { OutputSink } from '../stream/output-sink';
+import { OutputSink } from '../output/sink';
 import { rmap, type DataRegion } from '../thin/rmap';
-import { CliContext, Progress } from './common';
+import { CliContext } from './common';
+import { Progress } from './progress';
 import { MetadataSnapOpts, openMetadata } from './metadata-source';
 import { checkOutputPath, commandOutput } from './output';
 

@@ -6,8 +6,10 @@
  */
 import type { Command } from 'commander';
 import { UsageError } from '../errors';
-import type { SendOptions } from '../stream/send';
+import { SECTOR_SIZE } from '../units';
+import type { SendOptions } from '../ops/send';
 import { CliContext, parseIntArg } from './common';
+import { Progress } from './progress';
 import { snapOption, type MetadataSnapOpts } from './metadata-source';
 import { toJson } from './json';
 
@@ -26,7 +28,7 @@ interface SendCliOpts extends MetadataSnapOpts {
   json?: boolean;
 }
 
-const UNITS: Record<string, number> = { '': 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40, p: 2 ** 50, s: 512 };
+const UNITS: Record<string, number> = { '': 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40, p: 2 ** 50, s: SECTOR_SIZE };
 
 /** Bytes from "1073741824", "1G", "512MiB", "2048s" (sectors). */
 export function parseSize(name: string, v: string): number {
@@ -35,39 +37,6 @@ export function parseSize(name: string, v: string): number {
   const n = Number(m[1]) * UNITS[m[2].toLowerCase()];
   if (!Number.isSafeInteger(n)) throw new UsageError(`${name} out of range: ${v}`);
   return n;
-}
-
-/** A progress bar on stderr for byte counts, only on a terminal. */
-export class StreamProgress {
-  private bar?: import('cli-progress').SingleBar;
-  private last = 0;
-  constructor(
-    private readonly label: string,
-    enabled: boolean,
-  ) {
-    if (!enabled) return;
-    const { SingleBar } = require('cli-progress') as typeof import('cli-progress');
-    this.bar = new SingleBar({
-      stream: process.stderr,
-      format: `${label} [{bar}] {percentage}% | {value}/{total} {unit}`,
-      hideCursor: true,
-      clearOnComplete: true,
-      fps: 10,
-    });
-  }
-  update(value: number, total: number | undefined, unit: string): void {
-    if (!this.bar) return;
-    const now = Date.now();
-    if (this.last === 0) this.bar.start(Math.max(total ?? value, 1), 0, { unit });
-    if (now - this.last < 100) return;
-    this.last = now;
-    this.bar.setTotal(Math.max(total ?? value, value, 1));
-    this.bar.update(value, { unit });
-  }
-  stop(): void {
-    if (this.bar && this.last !== 0) this.bar.stop();
-    this.bar = undefined;
-  }
 }
 
 export function register(program: Command, ctx: () => CliContext): void {
@@ -94,13 +63,13 @@ export function register(program: Command, ctx: () => CliContext): void {
       const deviceSize = o.size === undefined ? undefined : parseSize('--size', o.size);
       if ((o.pool === undefined) === (o.metadata === undefined)) throw new UsageError('give --pool (a live pool) or --metadata (offline images), not both');
       if (o.output === '-' && process.stdout.isTTY) throw new UsageError('refusing to write a binary stream to a terminal (redirect it, or use --output FILE)');
-      const bar = new StreamProgress('send', !o.quiet && process.stderr.isTTY === true);
+      const bar = new Progress('send', !o.quiet && process.stderr.isTTY === true);
       const onProgress: SendOptions['onProgress'] = (p) =>
         p.phase === 'data' ? bar.update(p.dataBlocks, p.totalDataBlocks, 'blocks') : bar.update(p.dataBlocks, undefined, 'blocks scanned');
       const output = o.output === '-' ? process.stdout : o.output;
       if (typeof output === 'string') {
         // Refused before the metadata walk (stream() checks again before opening it).
-        const { refuseOutputOverInputs } = require('../stream/output-file') as typeof import('../stream/output-file');
+        const { refuseOutputOverInputs } = require('../output/file') as typeof import('../output/file');
         await refuseOutputOverInputs(output, 'the stream output', [
           { path: o.metadata, role: 'the metadata input (--metadata)' },
           { path: o.data, role: 'the data input (--data)' },
@@ -118,7 +87,7 @@ export function register(program: Command, ctx: () => CliContext): void {
         if ((o.data === undefined) === (o.device === undefined)) throw new UsageError('with --metadata give --data (pool data device) or --device (thin device)');
         opts = { ...common, metadata: o.metadata!, metadataSnap: snapOption(o), data: o.data, device: o.device };
       }
-      const { send } = require('../stream/send') as typeof import('../stream/send');
+      const { send } = require('../ops/send') as typeof import('../ops/send');
       try {
         const s = await send(opts);
         if (o.json) process.stderr.write(toJson(s) + '\n');

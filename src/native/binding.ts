@@ -1,5 +1,7 @@
 /**
- * Typed view of the native addon (native/). Only this file touches `bindings`.
+ * Typed view of the native addon (native/). Only this file touches `bindings`;
+ * every native call is typed here (no untyped escape hatch). The I/O classes
+ * every layer uses wrap these: block-reader.ts and block-writer.ts.
  */
 import bindings from 'bindings';
 
@@ -22,6 +24,36 @@ export interface NativeReadResult {
 export interface NativeBlockReader {
   open(path: string, direct?: 'auto' | 'always' | 'never', exclusive?: boolean): Promise<NativeOpenInfo>;
   read(blockSize: number, blocks: Float64Array, checksum?: boolean): Promise<NativeReadResult>;
+  close(): void;
+}
+
+export interface NativeWriterOpenOptions {
+  direct?: 'auto' | 'always' | 'never';
+  create?: boolean;
+  exclusive?: boolean;
+  mode?: number;
+}
+
+export interface NativeWriterInfo {
+  size: number;
+  blockDevice: boolean;
+  direct: boolean;
+  logicalBlockSize: number;
+  created: boolean;
+}
+
+/** How a range was zeroed or discarded. */
+export type DiscardMethod = 'blkdiscard' | 'punch-hole' | 'none';
+export type ZeroOutMethod = 'blkzeroout' | 'zero-range' | 'written' | 'none';
+
+export interface NativeBlockWriter {
+  open(path: string, opts: NativeWriterOpenOptions): Promise<NativeWriterInfo>;
+  write(offsets: Float64Array, buffers: Uint8Array[]): Promise<{ bytes: number; writes: number }>;
+  discard(offset: number, length: number): Promise<DiscardMethod>;
+  zeroOut(offset: number, length: number): Promise<ZeroOutMethod>;
+  extend(size: number): Promise<number>;
+  fsync(): Promise<void>;
+  size(): number;
   close(): void;
 }
 
@@ -58,6 +90,7 @@ export interface NativeAddon {
   crc32cTable(data: Uint8Array): number;
   crc32cHardware(): boolean;
   BlockReader: new () => NativeBlockReader;
+  BlockWriter: new () => NativeBlockWriter;
   /**
    * One dm ioctl on a worker thread. `request` is struct dm_ioctl plus its
    * payload; the result is struct dm_ioctl plus results (data_size bytes,
@@ -79,7 +112,6 @@ export interface NativeAddon {
    */
   flockNonBlocking(fd: number, exclusive: boolean): boolean;
   dmConstants: NativeDmConstants;
-  [name: string]: unknown;
 }
 
 let addon: NativeAddon | undefined;

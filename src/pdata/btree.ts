@@ -5,16 +5,14 @@
  */
 import { MetadataError, throwIfAborted } from '../errors';
 import { BlockType, verifyChecksum } from './checksum';
-import type { Block, BlockSource } from './io-engine';
+import type { Block, BlockSource } from './block-source';
+import { MAX_SAFE_HI, TWO32 } from './words';
 
 export const NODE_HEADER_SIZE = 32;
 export const INTERNAL_NODE = 1;
 export const LEAF_NODE = 2;
 /** With a minimum fan-out of 84, 2^64 keys fit in 11 levels; deeper is a loop or garbage. */
 export const MAX_DEPTH = 16;
-const TWO32 = 2 ** 32;
-/** Words at or above this in the high half make a u64 that a number cannot hold. */
-const MAX_HI = 2 ** 21;
 
 /** A btree key: a number when below 2^53, else a bigint (mixed comparisons are exact in JS). */
 export type Key = number | bigint;
@@ -81,7 +79,7 @@ export class BtreeNode {
 
   key(i: number): number {
     const hi = this.u32[this.base + 9 + 2 * i];
-    if (hi >= MAX_HI) throw new MetadataError('key-range', `key ${i} of block ${this.nr} exceeds 2^53`, { block: this.nr });
+    if (hi >= MAX_SAFE_HI) throw new MetadataError('key-range', `key ${i} of block ${this.nr} exceeds 2^53`, { block: this.nr });
     return this.u32[this.base + 8 + 2 * i] + hi * TWO32;
   }
 
@@ -89,14 +87,14 @@ export class BtreeNode {
   keyAt(i: number): Key {
     const hi = this.u32[this.base + 9 + 2 * i];
     const lo = this.u32[this.base + 8 + 2 * i];
-    return hi < MAX_HI ? lo + hi * TWO32 : (BigInt(hi) << 32n) | BigInt(lo);
+    return hi < MAX_SAFE_HI ? lo + hi * TWO32 : (BigInt(hi) << 32n) | BigInt(lo);
   }
 
   /** u64 value i (value size 8) as a number; for internal nodes, the child block. */
   value64(i: number): number {
     const w = this.base + (this.valuesOffset >> 2) + 2 * i;
     const hi = this.u32[w + 1];
-    if (hi >= MAX_HI) throw new MetadataError('block-range', `value ${i} of block ${this.nr} exceeds 2^53`, { block: this.nr });
+    if (hi >= MAX_SAFE_HI) throw new MetadataError('block-range', `value ${i} of block ${this.nr} exceeds 2^53`, { block: this.nr });
     return this.u32[w] + hi * TWO32;
   }
 

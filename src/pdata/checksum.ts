@@ -3,7 +3,7 @@
  * so a checksum that is valid for another type tells us what the block really is.
  */
 import { MetadataError } from '../errors';
-import type { Block } from './io-engine';
+import type { Block } from './block-source';
 import { native } from '../native/binding';
 
 export enum BlockType {

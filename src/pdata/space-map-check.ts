@@ -6,10 +6,11 @@
  */
 import { MetadataError, throwIfAborted } from '../errors';
 import { BtreeNode, walkLeaves } from './btree';
-import type { BlockSource } from './io-engine';
+import type { BlockSource } from './block-source';
 import { ENTRIES_PER_BITMAP, IndexEntry, MAX_METADATA_BITMAPS, SpaceMap, SpaceMapKind, SpaceMapRoot } from './space-map';
 import { BlockType, verifyChecksum } from './checksum';
 import type { Key } from './btree';
+import { MAX_SAFE_HI, TWO32 } from './words';
 
 export type ProblemSeverity = 'fatal' | 'non-fatal';
 
@@ -91,12 +92,11 @@ export async function countTreeNodes(
   for await (const leaf of walkLeaves(io, root, { tree, valueSize, nrMetadataBlocks, signal, onNode: (n) => meta.inc(n.nr) })) onLeaf?.(leaf);
 }
 
-const TWO32 = 2 ** 32;
 
 /** Index entry i of an index-block or index-tree leaf value at byte `off`. */
 function indexEntryAt(buf: Buffer, off: number): IndexEntry | null {
   const hi = buf.readUInt32LE(off + 4);
-  if (hi >= 2 ** 21) return null;
+  if (hi >= MAX_SAFE_HI) return null;
   return { blocknr: buf.readUInt32LE(off) + hi * TWO32, nrFree: buf.readUInt32LE(off + 8), noneFreeBefore: buf.readUInt32LE(off + 12) };
 }
 

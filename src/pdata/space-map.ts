@@ -7,12 +7,12 @@
 import { MetadataError } from '../errors';
 import { lookup, walkLeaves } from './btree';
 import { BlockType, verifyChecksum } from './checksum';
-import type { Block, BlockSource } from './io-engine';
+import type { Block, BlockSource } from './block-source';
+import { MAX_SAFE_HI, TWO32 } from './words';
 
 export const ENTRIES_PER_BITMAP = 16320;
 export const BITMAP_HEADER_SIZE = 16;
 export const MAX_METADATA_BITMAPS = 255;
-const TWO32 = 2 ** 32;
 
 export interface SpaceMapRoot {
   /** Size of the managed device in blocks. */
@@ -26,7 +26,7 @@ export interface SpaceMapRoot {
 
 function u64(buf: Buffer, off: number, what: string): number {
   const hi = buf.readUInt32LE(off + 4);
-  if (hi >= 2 ** 21) throw new MetadataError('space-map', `${what} exceeds 2^53`);
+  if (hi >= MAX_SAFE_HI) throw new MetadataError('space-map', `${what} exceeds 2^53`);
   return buf.readUInt32LE(off) + hi * TWO32;
 }
 

@@ -27,7 +27,7 @@ import { parseThinTable, THIN_TARGET } from '../dm/targets/thin';
 import type { DeltaExtent, DeltaOptions } from '../thin/delta';
 import { ThinMetadata } from '../thin/metadata';
 import { type DataBlocks, type Sectors, dataBlocks, sectors } from '../units';
-import { devNumOf, devPathOf, sizeInSectors } from './block-devices';
+import { devNumOf, devPathOf, sizeInSectors } from '../dm/block-devices';
 import { guard, unguard, type Releasable } from './release-guard';
 
 export interface ThinPoolCreateOptions {
@@ -56,6 +56,27 @@ export interface CreateSnapOptions {
 }
 
 /** An active thin device of the pool (a dm device with a `thin` table). */
+/** Which metadata snapshot openMetadata() reads through. */
+export type MetadataSnapshotUse = 'reserve' | 'held' | 'held-or-reserve';
+
+export interface OpenMetadataOptions {
+  /**
+   * 'reserve' (default): reserve one now, released with the handle; 'held':
+   * the one someone else holds (left held); 'held-or-reserve': the held one
+   * if any, else reserve.
+   */
+  snapshot?: MetadataSnapshotUse;
+  /** The held snapshot must be at this block (refused otherwise). */
+  root?: number;
+}
+
+/** A live pool's metadata and what reading it holds. */
+export interface LiveMetadata extends AsyncDisposable {
+  readonly metadata: ThinMetadata;
+  /** Closes the metadata, then releases the snapshot if it was reserved for it. Idempotent. */
+  release(): Promise<void>;
+}
+
 export interface ActiveThin {
   name: string;
   devId: number;
@@ -203,9 +224,8 @@ export class ThinPool {
    * (`break`). Blocks both map the same are skipped unless `includeSame`.
    */
   async *changedBlocks(baseId: number, snapId: number, opts: DeltaOptions = {}): AsyncGenerator<DeltaExtent> {
-    await using snap = await this.reserveMetadataSnap();
-    await using md = await snap.open();
-    yield* md.delta(baseId, snapId, { includeSame: false, ...opts });
+    await using live = await this.openMetadata();
+    yield* live.metadata.delta(baseId, snapId, { includeSame: false, ...opts });
   }
 
   /** Releases a held metadata snapshot (EINVAL if none). Prefer disposing the handle. */
@@ -224,11 +244,40 @@ export class ThinPool {
    * held: reserve one first). Opened read-only, O_DIRECT, without O_EXCL.
    */
   async metadata(): Promise<ThinMetadata> {
-    const s = await this.workingStatus();
-    if (s.heldMetadataRoot === null) {
-      throw new MetadataSnapError('ENODATA', `thin-pool ${this.name} holds no metadata snapshot (reserve one first)`, { device: this.name });
+    return (await this.openMetadata({ snapshot: 'held' })).metadata;
+  }
+
+  /**
+   * The one way to read a live pool's metadata: always through a metadata
+   * snapshot (the live root changes under a reader), read-only, O_DIRECT,
+   * without O_EXCL. Every other reader of a live pool (metadata(),
+   * changedBlocks(), withMetadataSnapshot(), the CLI's -m) goes through here.
+   */
+  async openMetadata(opts: OpenMetadataOptions = {}): Promise<LiveMetadata> {
+    const use = opts.snapshot ?? 'reserve';
+    if (use !== 'reserve') {
+      const held = (await this.workingStatus()).heldMetadataRoot;
+      if (held !== null) {
+        if (opts.root !== undefined && opts.root !== Number(held)) {
+          throw new UsageError(`metadata snapshot at block ${opts.root} does not match the held root ${held} of ${this.name}`);
+        }
+        const md = await ThinMetadata.open(await this.metadataDevicePath(), { metadataSnap: Number(held), exclusive: false });
+        return liveMetadata(md);
+      }
+      if (use === 'held') {
+        throw new MetadataSnapError('ENODATA', `thin-pool ${this.name} holds no metadata snapshot (reserve one first)`, { device: this.name });
+      }
+      if (opts.root !== undefined) throw new UsageError(`${this.name} holds no metadata snapshot (block ${opts.root} was asked for)`);
     }
-    return ThinMetadata.open(await this.metadataDevicePath(), { metadataSnap: Number(s.heldMetadataRoot), exclusive: false });
+    const snap = await this.reserveMetadataSnap();
+    let md: ThinMetadata;
+    try {
+      md = await snap.open();
+    } catch (e) {
+      await snap.release();
+      throw e;
+    }
+    return liveMetadata(md, snap);
   }
 
   /** Active dm devices with a thin table on this pool. */
@@ -339,6 +388,17 @@ export class MetadataSnapshot implements AsyncDisposable, Releasable {
 }
 
 /** True when an error is the kernel's answer `code` to a pool message. */
+function liveMetadata(metadata: ThinMetadata, snap?: MetadataSnapshot): LiveMetadata {
+  const release = async (): Promise<void> => {
+    try {
+      await metadata.close();
+    } finally {
+      await snap?.release();
+    }
+  };
+  return { metadata, release, [Symbol.asyncDispose]: release };
+}
+
 export function isMessageError(e: unknown, code: string): e is DmIoctlError {
   return e instanceof DmIoctlError && e.code === code;
 }

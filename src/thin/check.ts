@@ -14,10 +14,11 @@
 import { DmthinError, MetadataError, throwIfAborted } from '../errors';
 import { BlockSet, BtreeNode, Key, TreeValidator } from '../pdata/btree';
 import { compareSpaceMap, countTreeNodes, CheckProblem, loadIndex, problemOf, RefCounts } from '../pdata/space-map-check';
-import type { Block } from '../pdata/io-engine';
+import type { Block } from '../pdata/block-source';
 import { DEVICE_DETAILS_SIZE, DeviceDetails, parseDeviceDetails } from './device-details';
 import type { ThinMetadata } from './metadata';
 import { parseSuperblock, Superblock } from './superblock';
+import { mappingDataBlock } from './mapping-value';
 
 export type { CheckProblem, ProblemSeverity } from '../pdata/space-map-check';
 
@@ -408,7 +409,7 @@ async function checkTrees(c: Checker, sb: Superblock, opts: CheckOptions, label:
         let bad = -1;
         let badCount = 0;
         for (let i = 0; i < leaf.nrEntries; i++) {
-          const data = u32[vbase + 2 * i + 1] * 256 + (u32[vbase + 2 * i] >>> 24);
+          const data = mappingDataBlock(u32[vbase + 2 * i], u32[vbase + 2 * i + 1]);
           if (data >= c.nrDataBlocks) {
             if (bad < 0) bad = i;
             badCount++;
@@ -418,7 +419,7 @@ async function checkTrees(c: Checker, sb: Superblock, opts: CheckOptions, label:
         c.mappingsWalked += leaf.nrEntries;
         c.progress('mappings', c.mappingsWalked, c.mappingsTotal);
         if (bad >= 0) {
-          const data = u32[vbase + 2 * bad + 1] * 256 + (u32[vbase + 2 * bad] >>> 24);
+          const data = mappingDataBlock(u32[vbase + 2 * bad], u32[vbase + 2 * bad + 1]);
           const k = leaf.keyAt(bad);
           c.report({
             severity: 'fatal',

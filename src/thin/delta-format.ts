@@ -8,7 +8,7 @@
  * groups consecutive ranges of one kind in one container element.
  */
 import type { Writable } from 'node:stream';
-import { OutputSink } from '../stream/output-sink';
+import { OutputSink } from '../output/sink';
 import type { DeltaExtent, DeltaKind, DeltaOptions, DeltaStats } from './delta';
 import type { ThinMetadata } from './metadata';
 import type { VirtualBlock } from './mappings';

@@ -12,8 +12,10 @@
  */
 import { AbortError, MetadataError, throwIfAborted } from '../errors';
 import { BtreeNode, checkFill, type Key, LEAF_NODE, TreeValidator, walkLeaves } from '../pdata/btree';
-import type { Block, BlockSource } from '../pdata/io-engine';
-import { TIME_MASK, type VirtualBlock } from './mappings';
+import type { Block, BlockSource } from '../pdata/block-source';
+import type { VirtualBlock } from './mappings';
+import { mappingDataBlock, mappingTime } from './mapping-value';
+import { MAX_SAFE_HI, TWO32 } from '../pdata/words';
 
 export type DeltaKind = 'same' | 'different' | 'left_only' | 'right_only';
 
@@ -66,17 +68,15 @@ export interface DeltaStats extends DeltaProgress {
   rightBlocks: number;
 }
 
-const TWO32 = 4294967296;
-
 function keyOf(node: BtreeNode, i: number): Key {
   const hi = node.u32[node.base + 9 + 2 * i];
-  return hi < 2 ** 21 ? node.u32[node.base + 8 + 2 * i] + hi * TWO32 : node.keyAt(i);
+  return hi < MAX_SAFE_HI ? node.u32[node.base + 8 + 2 * i] + hi * TWO32 : node.keyAt(i);
 }
 
 function dataOf(node: BtreeNode, i: number): { data: number; time: number } {
   const w = node.base + (node.valuesOffset >> 2) + 2 * i;
   const lo = node.u32[w];
-  return { data: node.u32[w + 1] * 256 + (lo >>> 24), time: lo & TIME_MASK };
+  return { data: mappingDataBlock(lo, node.u32[w + 1]), time: mappingTime(lo) };
 }
 
 /** a + n for keys that may be bigints. */
@@ -347,9 +347,9 @@ class DeltaWalker {
       let runLen = 0;
       for (let i = 0; i < n; i++) {
         const hi = w[kb + 2 * i + 1];
-        const k: Key = hi < 2 ** 21 ? w[kb + 2 * i] + hi * TWO32 : leaf.keyAt(i);
+        const k: Key = hi < MAX_SAFE_HI ? w[kb + 2 * i] + hi * TWO32 : leaf.keyAt(i);
         const lo = w[vb + 2 * i];
-        const d = w[vb + 2 * i + 1] * 256 + (lo >>> 24);
+        const d = mappingDataBlock(lo, w[vb + 2 * i + 1]);
         if (d >= nrData) this.checkData(d, k, this.left);
         if (runLen > 0 && d === runData + runLen && typeof k === 'number' && typeof runKey === 'number' && k === runKey + runLen) {
           runLen++;
@@ -387,12 +387,12 @@ class DeltaWalker {
     while (i < na.nrEntries && j < nb.nrEntries) {
       const hia = wa[ka0 + 2 * i + 1];
       const hib = wb[kb0 + 2 * j + 1];
-      if (hia >= 2 ** 21 || hib >= 2 ** 21) break; // huge keys: the general path below
+      if (hia >= MAX_SAFE_HI || hib >= MAX_SAFE_HI) break; // huge keys: the general path below
       const ka = wa[ka0 + 2 * i] + hia * TWO32;
       const kb = wb[kb0 + 2 * j] + hib * TWO32;
       if (ka <= kb) {
         const lo = wa[va0 + 2 * i];
-        const da = wa[va0 + 2 * i + 1] * 256 + (lo >>> 24);
+        const da = mappingDataBlock(lo, wa[va0 + 2 * i + 1]);
         if (da >= nrData) this.checkData(da, ka, this.left);
         if (ka < kb) {
           this.emit('left_only', ka, 1, da, undefined);
@@ -400,14 +400,14 @@ class DeltaWalker {
           continue;
         }
         const lob = wb[vb0 + 2 * j];
-        const db = wb[vb0 + 2 * j + 1] * 256 + (lob >>> 24);
+        const db = mappingDataBlock(lob, wb[vb0 + 2 * j + 1]);
         if (db >= nrData) this.checkData(db, kb, this.right);
         this.emit(da === db ? 'same' : 'different', ka, 1, da, db);
         i++;
         j++;
       } else {
         const lob = wb[vb0 + 2 * j];
-        const db = wb[vb0 + 2 * j + 1] * 256 + (lob >>> 24);
+        const db = mappingDataBlock(lob, wb[vb0 + 2 * j + 1]);
         if (db >= nrData) this.checkData(db, kb, this.right);
         this.emit('right_only', kb, 1, undefined, db);
         j++;

@@ -1,6 +1,7 @@
 /** The device details tree: one 24-byte record per thin device. */
 import { MetadataError } from '../errors';
 import type { BtreeNode } from '../pdata/btree';
+import { MAX_SAFE_HI, TWO32 } from '../pdata/words';
 
 export const DEVICE_DETAILS_SIZE = 24;
 
@@ -20,12 +21,12 @@ export function parseDeviceDetails(leaf: BtreeNode, i: number): DeviceDetails {
   const off = leaf.valuesOffset + DEVICE_DETAILS_SIZE * i;
   const d = leaf.data;
   const mappedHi = d.readUInt32LE(off + 4);
-  if (mappedHi >= 2 ** 21) {
+  if (mappedHi >= MAX_SAFE_HI) {
     throw new MetadataError('data-range', `device ${leaf.key(i)}: mapped_blocks exceeds 2^53`, { block: leaf.nr, tree: 'details' });
   }
   return {
     devId: leaf.key(i),
-    mappedBlocks: d.readUInt32LE(off) + mappedHi * 2 ** 32,
+    mappedBlocks: d.readUInt32LE(off) + mappedHi * TWO32,
     transactionId: d.readBigUInt64LE(off + 8),
     creationTime: d.readUInt32LE(off + 16),
     snapshottedTime: d.readUInt32LE(off + 20),

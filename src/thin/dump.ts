@@ -6,7 +6,7 @@
  */
 import type { Writable } from 'node:stream';
 import { throwIfAborted } from '../errors';
-import { OutputSink } from '../stream/output-sink';
+import { OutputSink } from '../output/sink';
 import type { DeviceDetails } from './device-details';
 import type { RunBatch } from './mappings';
 import type { ThinMetadata } from './metadata';

@@ -5,7 +5,7 @@
  * used: its counts are per leaf node, not per device.
  */
 import { throwIfAborted, UsageError } from '../errors';
-import { OwnerMap } from '../pdata/sparse-bitmap';
+import { OwnerMap } from '../pdata/owner-map';
 import type { ThinMetadata } from './metadata';
 
 export interface DeviceUsage {

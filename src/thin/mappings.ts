@@ -6,7 +6,9 @@
  */
 import { MetadataError } from '../errors';
 import { BtreeNode, walkLeaves } from '../pdata/btree';
-import type { BlockSource } from '../pdata/io-engine';
+import type { BlockSource } from '../pdata/block-source';
+import { MAX_SAFE_HI, TWO32 } from '../pdata/words';
+import { mappingDataBlock, mappingTime } from './mapping-value';
 
 /**
  * A virtual block number: a number below 2^53, a bigint above. (A thin device
@@ -48,13 +50,11 @@ export interface MappingWalkOptions {
   end?: VirtualBlock;
 }
 
-export const TIME_MASK = 0xffffff;
-
 /** Decodes entry i of a mapping leaf. */
 export function leafMapping(leaf: BtreeNode, i: number): Mapping {
   const w = leaf.base + (leaf.valuesOffset >> 2) + 2 * i;
   const lo = leaf.u32[w];
-  return { dataBlock: leaf.u32[w + 1] * 256 + (lo >>> 24), time: lo & TIME_MASK };
+  return { dataBlock: mappingDataBlock(lo, leaf.u32[w + 1]), time: mappingTime(lo) };
 }
 
 /** Runs in struct-of-arrays form: cheap to produce and to format by the million. */
@@ -95,8 +95,6 @@ export class RunBatch {
   }
 }
 
-const TWO32 = 4294967296;
-const MAX_HI = 2 ** 21;
 
 /**
  * Yields merged runs in batches (about one per leaf), so that callers
@@ -136,11 +134,11 @@ export async function* mappingRunBatches(io: BlockSource, root: number, opts: Ma
     for (let i = 0; i < n; i++) {
       const khi = u32[kbase + 1 + 2 * i];
       const lo = u32[vbase + 2 * i];
-      const data = u32[vbase + 2 * i + 1] * 256 + (lo >>> 24);
-      const t = lo & TIME_MASK;
+      const data = mappingDataBlock(lo, u32[vbase + 2 * i + 1]);
+      const t = mappingTime(lo);
       let key: VirtualBlock;
       let extendsRun: boolean;
-      if (khi < MAX_HI && typeof oBegin === 'number') {
+      if (khi < MAX_SAFE_HI && typeof oBegin === 'number') {
         // Fast path: every virtual block so far fits in a number.
         key = u32[kbase + 2 * i] + khi * TWO32;
         extendsRun = open && key === oBegin + len && data === dBegin + len && t === time;

@@ -8,7 +8,7 @@
  */
 import { DmthinError, MetadataError, MetadataSnapError, UsageError } from '../errors';
 import { lookup as btreeLookup, walkLeaves } from '../pdata/btree';
-import { BlockSource, MemoryBlockSource, NativeBlockSource, OpenOptions } from '../pdata/io-engine';
+import { BlockSource, MemoryBlockSource, NativeBlockSource, OpenOptions } from '../pdata/block-source';
 import { ENTRIES_PER_BITMAP, MAX_METADATA_BITMAPS, SpaceMap, SpaceMapKind } from '../pdata/space-map';
 import { DeviceDetails, DEVICE_DETAILS_SIZE, parseDeviceDetails } from './device-details';
 import { Mapping, MappingRun, mappingRunBatches, RunBatch, VirtualBlock, WalkProgress, leafMapping } from './mappings';

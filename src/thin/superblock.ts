@@ -3,8 +3,9 @@
  */
 import { MetadataError } from '../errors';
 import { BlockType, verifyChecksum } from '../pdata/checksum';
-import type { Block } from '../pdata/io-engine';
+import type { Block } from '../pdata/block-source';
 import { parseSpaceMapRoot, SpaceMapRoot } from '../pdata/space-map';
+import { MAX_SAFE_HI, TWO32 } from '../pdata/words';
 
 export const THIN_SUPERBLOCK_MAGIC = 27022010;
 export const SUPERBLOCK_LOCATION = 0;
@@ -43,8 +44,8 @@ export interface Superblock {
 
 function u64(d: Buffer, off: number): number {
   const hi = d.readUInt32LE(off + 4);
-  if (hi >= 2 ** 21) throw new MetadataError('block-range', `superblock field at offset ${off} exceeds 2^53`, { block: 0 });
-  return d.readUInt32LE(off) + hi * 2 ** 32;
+  if (hi >= MAX_SAFE_HI) throw new MetadataError('block-range', `superblock field at offset ${off} exceeds 2^53`, { block: 0 });
+  return d.readUInt32LE(off) + hi * TWO32;
 }
 
 /** Parses and validates a superblock read from `block.nr`. */

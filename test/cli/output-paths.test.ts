@@ -133,7 +133,7 @@ describe('SIGTERM during -o FILE', () => {
 
 describe('the library refuses the same collisions (no CLI in between)', () => {
   test('send() with output naming its metadata or data', async () => {
-    const { send } = await import('../../src/stream/send');
+    const { send } = await import('../../src/ops/send');
     for (const output of [() => i.meta, () => links.hard(i.data)]) {
       const before = sha256File(i.meta) + sha256File(i.data);
       await expect(send({ metadata: i.meta, data: i.data, snap: 4, deviceSize: SIZE, output: output() })).rejects.toMatchObject({ name: 'UsageError', code: 'EINVAL' });
@@ -141,7 +141,7 @@ describe('the library refuses the same collisions (no CLI in between)', () => {
     }
   });
   test('receive() with stateFile naming the target or the input', async () => {
-    const { receive } = await import('../../src/stream/receive');
+    const { receive } = await import('../../src/ops/receive');
     const t = i.s.path('lib-target');
     writeFileSync(t, Buffer.alloc(SIZE, 3));
     const before = sha256File(t) + sha256File(i.stream);

@@ -7,7 +7,7 @@
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { SystemCallError } from '../../src/errors';
-import { BlockWriter } from '../../src/stream/block-writer';
+import { BlockWriter } from '../../src/native/block-writer';
 import { junkFile, scratch, type Scratch } from './helpers';
 
 let s: Scratch;

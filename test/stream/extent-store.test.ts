@@ -1,7 +1,7 @@
 /** ExtentStore: order kept, continuing extents merged, spilled to a temp file past its memory limit and removed on close. */
 import { existsSync, readdirSync } from 'node:fs';
 import fc from 'fast-check';
-import { ExtentStore, type SendExtent } from '../../src/stream/extent-store';
+import { ExtentStore, type SendExtent } from '../../src/stream/send/extent-store';
 import { scratch } from './helpers';
 
 /** Reference: merge what continues the previous extent. */

@@ -5,7 +5,7 @@
  */
 import fc from 'fast-check';
 import { StreamError } from '../../src/errors';
-import { StreamEncoder, type StreamHeaderInit } from '../../src/stream/encoder';
+import { StreamEncoder, type StreamHeaderInit } from '../../src/stream/format/encoder';
 import {
   crc32cOf,
   decodeHeaderPayload,
@@ -19,8 +19,8 @@ import {
   RecordType,
   type SnapshotIdentity,
   type StreamHeader,
-} from '../../src/stream/format';
-import { StreamVerifier, type StreamRecord } from '../../src/stream/verifier';
+} from '../../src/stream/format/records';
+import { StreamVerifier, type StreamRecord } from '../../src/stream/format/verifier';
 
 const where = { offset: 0, record: 0 };
 const id = (devId: number, extra: Partial<SnapshotIdentity> = {}): SnapshotIdentity => ({ pool: 'dm-uuid:LVM-abc-tpool', devId, creationTime: devId * 2, transactionId: BigInt(devId) * 7n, ...extra });

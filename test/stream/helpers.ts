@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import { closeSync, ftruncateSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { DataSource } from '../../src/stream/data-source';
+import type { DataSource } from '../../src/stream/send/data-source';
 import { ThinMetadata } from '../../src/thin/metadata';
 
 /** Writes the pattern of data block `d`, bytes [from, from+n) of it (multiples of 8), into `out` at `at`. */

@@ -12,9 +12,9 @@ import { closeSync, existsSync, ftruncateSync, mkdirSync, openSync, readdirSync,
 import { Writable } from 'node:stream';
 import { AbortError, UsageError } from '../../src/errors';
 import { ThinPool } from '../../src/pool/thin-pool';
-import { receive } from '../../src/stream/receive';
-import { send } from '../../src/stream/send';
-import { changedBlocks } from '../../src/stream/changed-blocks';
+import { receive } from '../../src/ops/receive';
+import { send } from '../../src/ops/send';
+import { changedBlocks } from '../../src/pool/live-metadata';
 import { ThinMetadata } from '../../src/thin/metadata';
 import { fixtureImage } from '../helpers/fixtures';
 import { expectedSha, patternBlock, scratch, sha256File, type Scratch } from './helpers';

@@ -8,9 +8,9 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, writeFi
 import { Readable } from 'node:stream';
 import fc from 'fast-check';
 import { AbortError, DmthinError, StreamError } from '../../src/errors';
-import { receive } from '../../src/stream/receive';
-import { sendStream } from '../../src/stream/send-stream';
-import { crc32cOf, RECORD_HEADER_SIZE } from '../../src/stream/format';
+import { receive } from '../../src/ops/receive';
+import { sendStream } from '../../src/stream/send/send-stream';
+import { crc32cOf, RECORD_HEADER_SIZE } from '../../src/stream/format/records';
 import { ThinMetadata } from '../../src/thin/metadata';
 import { fixtureImage } from '../helpers/fixtures';
 import { expectedSha, junkFile, PatternSource, scratch, sha256File, type Scratch } from './helpers';

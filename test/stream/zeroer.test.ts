@@ -6,8 +6,8 @@
  * power-of-two granularity is trusted (no read-back).
  */
 import { readFileSync } from 'node:fs';
-import { BlockWriter } from '../../src/stream/block-writer';
-import { zeroer, type TargetInfo } from '../../src/stream/target';
+import { BlockWriter } from '../../src/native/block-writer';
+import { zeroer, type TargetInfo } from '../../src/stream/receive/target';
 import { junkFile, scratch, type Scratch } from './helpers';
 
 let s: Scratch;

@@ -3,7 +3,7 @@
  * is allocated or walked, and per-walk bookkeeping follows what is visited.
  */
 import { MetadataError } from '../../src/errors';
-import { OwnerMap } from '../../src/pdata/sparse-bitmap';
+import { OwnerMap } from '../../src/pdata/owner-map';
 import { ThinMetadata } from '../../src/thin/metadata';
 import { blk, seal } from '../helpers/corrupt';
 import { fixtureImage, tempImage } from '../helpers/fixtures';

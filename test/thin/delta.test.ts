@@ -5,7 +5,7 @@
  * and the blocks read must follow the number of changed leaves, not the size.
  */
 import fc from 'fast-check';
-import { MemoryBlockSource } from '../../src/pdata/io-engine';
+import { MemoryBlockSource } from '../../src/pdata/block-source';
 import { deltaBatches, DeltaExtent } from '../../src/thin/delta';
 import { chunkEven, ImageBuilder, minEntries, u64, writeNode } from '../unit/tree-builder';
 import { fixtureFile, fixtureImage } from '../helpers/fixtures';

@@ -5,7 +5,7 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { BlockSource, MemoryBlockSource, NativeBlockSource } from '../../src/pdata/io-engine';
+import { BlockSource, MemoryBlockSource, NativeBlockSource } from '../../src/pdata/block-source';
 import { native } from '../../src/native/binding';
 
 const NBLOCKS = 64;

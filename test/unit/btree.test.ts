@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { lookup, walkLeaves, BtreeNode } from '../../src/pdata/btree';
-import { MemoryBlockSource } from '../../src/pdata/io-engine';
+import { MemoryBlockSource } from '../../src/pdata/block-source';
 import { MetadataError } from '../../src/errors';
 import { BlockType } from '../../src/pdata/checksum';
 import { buildTree, ImageBuilder, SMALL_VALUE_SIZE, u64, writeNode } from './tree-builder';

@@ -1,6 +1,6 @@
 import { native } from '../../src/native/binding';
 import { BlockType, blockChecksum, crc32c, verifyChecksum, blockTypeOf } from '../../src/pdata/checksum';
-import { MemoryBlockSource } from '../../src/pdata/io-engine';
+import { MemoryBlockSource } from '../../src/pdata/block-source';
 import { MetadataError } from '../../src/errors';
 
 // Vectors from ../shared/docs/thin-metadata.md §1, verified there against real blocks.

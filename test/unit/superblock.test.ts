@@ -1,4 +1,4 @@
-import { MemoryBlockSource } from '../../src/pdata/io-engine';
+import { MemoryBlockSource } from '../../src/pdata/block-source';
 import { parseSuperblock } from '../../src/thin/superblock';
 import { BlockType, blockChecksum } from '../../src/pdata/checksum';
 

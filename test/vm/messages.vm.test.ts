@@ -133,7 +133,7 @@ describeVm('pool messages and dm ioctls: failures and their errnos on a real ker
     const sb = sandbox();
     const dm = new DeviceMapper();
     const loop = sb.loop(4 * MiB, 'backing');
-    const { major, minor } = await import('../../src/pool/block-devices').then((m) => m.devNumOf(loop.path));
+    const { major, minor } = await import('../../src/dm/block-devices').then((m) => m.devNumOf(loop.path));
     const targets: DmTarget[] = Array.from({ length: 1000 }, (_, i) => ({ start: i * 8, length: 8, type: 'linear', params: `${major}:${minor} ${i * 8}` }) as DmTarget);
     const many = sb.adopt('many');
     await dm.createWithTable(many, targets);

@@ -17,9 +17,9 @@
 import { writeFileSync } from 'node:fs';
 import { ThinDevice } from '../../src/pool/thin-device';
 import type { ThinPool } from '../../src/pool/thin-pool';
-import { BlockWriter } from '../../src/stream/block-writer';
-import { receive } from '../../src/stream/receive';
-import { send } from '../../src/stream/send';
+import { BlockWriter } from '../../src/native/block-writer';
+import { receive } from '../../src/ops/receive';
+import { send } from '../../src/ops/send';
 import { describeVm, DmSandbox, KiB, MiB, run } from './helpers';
 import { createTestPool, sha256OfDevice } from './pool-helpers';
 import { junkBytes, sha256File } from '../stream/helpers';

@@ -15,9 +15,9 @@ import { closeSync, constants, createReadStream, existsSync, openSync } from 'no
 import { DeviceMapper } from '../../src/dm/device-mapper';
 import { ThinDevice } from '../../src/pool/thin-device';
 import type { ThinPool } from '../../src/pool/thin-pool';
-import { BlockWriter } from '../../src/stream/block-writer';
-import { receive } from '../../src/stream/receive';
-import { send } from '../../src/stream/send';
+import { BlockWriter } from '../../src/native/block-writer';
+import { receive } from '../../src/ops/receive';
+import { send } from '../../src/ops/send';
 import { describeVm, DmSandbox, MiB } from './helpers';
 import { CLI, createTestPool, sha256OfDevice, waitFor } from './pool-helpers';
 import { junkFile, sha256File } from '../stream/helpers';

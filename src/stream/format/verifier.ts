@@ -7,7 +7,7 @@
  * whole input before touching the target, once more while applying it.
  */
 import { createHash, type Hash } from 'node:crypto';
-import { StreamError } from '../errors';
+import { StreamError } from '../../errors';
 import {
   crc32cOf,
   DATA_PREFIX_SIZE,
@@ -24,9 +24,9 @@ import {
   RECORD_HEADER_SIZE,
   RECORD_MAGIC,
   RecordType,
-  SECTOR_SIZE,
   type StreamHeader,
-} from './format';
+} from './records';
+import { SECTOR_SIZE } from '../../units';
 
 interface At {
   /** Byte offset of the record in the stream. */

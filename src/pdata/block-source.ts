@@ -4,8 +4,9 @@
  * Two backends: the native O_DIRECT reader (files and block devices) and an
  * in-memory one (tests, fuzzing, images already in RAM). Both are read-only.
  */
-import { DmthinError, MetadataError, fromNative } from '../errors';
-import { native, NativeBlockReader } from '../native/binding';
+import { DmthinError, MetadataError } from '../errors';
+import { native } from '../native/binding';
+import { BlockReader, type BlockReaderOpenOptions } from '../native/block-reader';
 
 export const BLOCK_SIZE = 4096;
 
@@ -73,47 +74,31 @@ function checkRange(src: BlockSource, blocks: readonly number[]): void {
   }
 }
 
-export interface OpenOptions {
-  /** 'auto' (default): O_DIRECT, falling back to buffered reads only for a
-   * regular file whose filesystem refuses O_DIRECT at open. */
-  direct?: 'auto' | 'always' | 'never';
-  /** O_EXCL on a block device: fails with EBUSY while an active pool holds it. */
-  exclusive?: boolean;
-}
+export type OpenOptions = BlockReaderOpenOptions;
 
 /** A file or block device read with O_DIRECT through the native addon. */
 export class NativeBlockSource implements BlockSource {
   readonly stats: IoStats = { blocksRead: 0, batches: 0 };
-  private closed = false;
 
-  private constructor(
-    private readonly reader: NativeBlockReader,
-    readonly path: string,
-    readonly sizeBytes: number,
-    readonly direct: boolean,
-    readonly blockDevice: boolean,
-    readonly logicalBlockSize: number,
-  ) {}
+  readonly path: string;
+  readonly sizeBytes: number;
+  readonly direct: boolean;
+  readonly blockDevice: boolean;
+  readonly logicalBlockSize: number;
+
+  private constructor(private readonly reader: BlockReader) {
+    this.path = reader.path;
+    ({ size: this.sizeBytes, direct: this.direct, blockDevice: this.blockDevice, logicalBlockSize: this.logicalBlockSize } = reader.info);
+  }
 
   static async open(path: string, opts: OpenOptions = {}): Promise<NativeBlockSource> {
-    const r = new (native().BlockReader)();
-    try {
-      const info = await r.open(path, opts.direct ?? 'auto', opts.exclusive ?? false);
-      return new NativeBlockSource(r, path, info.size, info.direct, info.blockDevice, info.logicalBlockSize);
-    } catch (e) {
-      throw fromNative(e, { path });
-    }
+    return new NativeBlockSource(await BlockReader.open(path, opts));
   }
 
   async read(blocks: readonly number[]): Promise<Block[]> {
-    if (this.closed) throw new DmthinError('EBADF', `${this.path} is closed`, { path: this.path, syscall: 'read' });
+    this.reader.assertOpen();
     checkRange(this, blocks);
-    let res;
-    try {
-      res = await this.reader.read(BLOCK_SIZE, Float64Array.from(blocks), true);
-    } catch (e) {
-      throw fromNative(e, { path: this.path });
-    }
+    const res = await this.reader.read(BLOCK_SIZE, blocks, { checksum: true });
     this.stats.batches++;
     this.stats.blocksRead += blocks.length;
     const out: Block[] = new Array(blocks.length);
@@ -125,8 +110,6 @@ export class NativeBlockSource implements BlockSource {
   }
 
   async close(): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
     this.reader.close();
   }
 }

@@ -17,10 +17,10 @@
  *    there), else written zeros.
  */
 import { readFile, stat } from 'node:fs/promises';
-import { DmthinError, fromNative } from '../errors';
-import { native, type NativeBlockReader } from '../native/binding';
-import { devNumOf } from '../pool/block-devices';
-import type { BlockWriter } from './block-writer';
+import { DmthinError } from '../../errors';
+import { BlockReader } from '../../native/block-reader';
+import { devNumOf } from '../../dm/block-devices';
+import type { BlockWriter } from '../../native/block-writer';
 
 export type ZeroMethod = 'auto' | 'discard' | 'zeroout' | 'punch';
 
@@ -51,8 +51,8 @@ async function isPlainThin(dev: { major: number; minor: number }): Promise<boole
   if (!name) return false;
   try {
     // Loaded lazily: only receives onto dm devices need the dm ioctls.
-    const { DeviceMapper } = require('../dm/device-mapper') as typeof import('../dm/device-mapper');
-    const { parseThinTable, THIN_TARGET } = require('../dm/targets/thin') as typeof import('../dm/targets/thin');
+    const { DeviceMapper } = require('../../dm/device-mapper') as typeof import('../../dm/device-mapper');
+    const { parseThinTable, THIN_TARGET } = require('../../dm/targets/thin') as typeof import('../../dm/targets/thin');
     const t = await new DeviceMapper().table({ dev });
     return t.length === 1 && t[0].type === THIN_TARGET && parseThinTable(t[0].params).externalOriginDev === undefined;
   } catch {
@@ -99,7 +99,7 @@ const READ_BACK_MAX = 4 * 1024 * 1024;
 export function zeroer(writer: BlockWriter, t: TargetInfo, method: Exclude<ZeroMethod, 'auto'>) {
   const used: Record<string, number> = {};
   let mode = method;
-  let reader: NativeBlockReader | undefined;
+  let reader: BlockReader | undefined;
   const note = (how: string): void => {
     used[how] = (used[how] ?? 0) + 1;
   };
@@ -109,24 +109,12 @@ export function zeroer(writer: BlockWriter, t: TargetInfo, method: Exclude<ZeroM
   const g = t.discardGranularity > 0 ? t.discardGranularity : 512;
   // Whole granules [a, b) were just discarded: zero each one that does not read back as zeros.
   const checkDiscarded = async (a: number, b: number): Promise<void> => {
-    if (!reader) {
-      const r = new (native().BlockReader)();
-      try {
-        await r.open(t.path, 'auto', false);
-      } catch (e) {
-        throw fromNative(e, { path: t.path });
-      }
-      reader = r;
-    }
+    reader ??= await BlockReader.open(t.path);
     const per = Math.max(1, Math.floor(READ_BACK_MAX / g)) * g;
     for (let off = a; off < b; off += per) {
       const len = Math.min(per, b - off);
-      let data: Buffer;
-      try {
-        data = (await reader.read(4096, Float64Array.from({ length: len / 4096 }, (_, i) => off / 4096 + i), false)).data;
-      } catch (e) {
-        throw fromNative(e, { path: t.path, syscall: 'read' });
-      }
+      const blocks = Array.from({ length: len / 4096 }, (_, i) => off / 4096 + i);
+      const data = (await reader.read(4096, blocks, { errorFields: { syscall: 'read' } })).data;
       for (let k = 0; k < len; k += g) {
         const w = new Uint32Array(data.buffer, data.byteOffset + k, g / 4);
         if (w.some((x) => x !== 0)) {

@@ -13,8 +13,8 @@
 import { mkdirSync } from 'node:fs';
 import { open, readFile, rename, unlink } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
-import { DmthinError, StreamError } from '../errors';
-import { describeIdentity, identityKey, type SnapshotIdentity, type StreamHeader } from './format';
+import { DmthinError, StreamError } from '../../errors';
+import { describeIdentity, identityKey, type SnapshotIdentity, type StreamHeader } from '../format/records';
 
 export const DEFAULT_STATE_DIR = '/var/lib/dmthin/receive';
 

@@ -4,8 +4,10 @@
  * is specified in docs/stream-format.md (keep the two in step).
  */
 import { createHash } from 'node:crypto';
-import { StreamError } from '../errors';
-import { native } from '../native/binding';
+import { StreamError } from '../../errors';
+import { SECTOR_SIZE } from '../../units';
+import { native } from '../../native/binding';
+import { MAX_SAFE_HI, TWO32 } from '../../pdata/words';
 
 /** First 4 bytes of every record. */
 export const RECORD_MAGIC = Buffer.from('DMTR', 'latin1');
@@ -14,7 +16,6 @@ export const STREAM_MAGIC = Buffer.from('DMTHSTRM', 'latin1');
 export const FORMAT_VERSION = 1;
 
 export const RECORD_HEADER_SIZE = 24;
-export const SECTOR_SIZE = 512;
 /** Data bytes in one data record, at most: bounds memory on both sides. */
 export const MAX_DATA_BYTES = 8 << 20;
 export const DATA_PREFIX_SIZE = 16;
@@ -77,7 +78,6 @@ export interface EndRecord {
   sha256: Buffer;
 }
 
-const TWO32 = 2 ** 32;
 
 export function writeU64(b: Buffer, off: number, v: number): void {
   b.writeUInt32LE(v % TWO32, off);
@@ -87,7 +87,7 @@ export function writeU64(b: Buffer, off: number, v: number): void {
 /** A u64 that must fit a double exactly (< 2^53), else null. */
 export function readU64(b: Buffer, off: number): number | null {
   const hi = b.readUInt32LE(off + 4);
-  if (hi >= 2 ** 21) return null;
+  if (hi >= MAX_SAFE_HI) return null;
   return hi * TWO32 + b.readUInt32LE(off);
 }
 

@@ -7,8 +7,8 @@
  * The native source reads with O_DIRECT, in sorted and coalesced batches, off
  * the JS thread.
  */
-import { fromNative, DmthinError } from '../errors';
-import { native, type NativeBlockReader } from '../native/binding';
+import { DmthinError } from '../../errors';
+import { BlockReader } from '../../native/block-reader';
 
 export type DataAddressing = 'virtual' | 'data';
 
@@ -30,29 +30,25 @@ export interface NativeDataSourceOptions {
 
 /** A block device or file read through the native O_DIRECT reader. */
 export class NativeDataSource implements DataSource {
-  private closed = false;
+  readonly path: string;
+  readonly sizeBytes: number;
+  readonly blockDevice: boolean;
+  readonly direct: boolean;
 
   private constructor(
-    private readonly reader: NativeBlockReader,
-    readonly path: string,
+    private readonly reader: BlockReader,
     readonly addressing: DataAddressing,
-    readonly sizeBytes: number,
-    readonly blockDevice: boolean,
-    readonly direct: boolean,
-  ) {}
+  ) {
+    this.path = reader.path;
+    ({ size: this.sizeBytes, blockDevice: this.blockDevice, direct: this.direct } = reader.info);
+  }
 
   static async open(path: string, opts: NativeDataSourceOptions): Promise<NativeDataSource> {
-    const r = new (native().BlockReader)();
-    try {
-      const info = await r.open(path, opts.direct ?? 'auto', false);
-      return new NativeDataSource(r, path, opts.addressing, info.size, info.blockDevice, info.direct);
-    } catch (e) {
-      throw fromNative(e, { path });
-    }
+    return new NativeDataSource(await BlockReader.open(path, { direct: opts.direct }), opts.addressing);
   }
 
   async readBlocks(unitBytes: number, blocks: readonly number[]): Promise<Buffer> {
-    if (this.closed) throw new DmthinError('EBADF', `${this.path} is closed`, { path: this.path, syscall: 'read' });
+    this.reader.assertOpen();
     for (const b of blocks) {
       if ((b + 1) * unitBytes > this.sizeBytes) {
         throw new DmthinError('EIO', `read of bytes [${b * unitBytes}, ${(b + 1) * unitBytes}) is beyond the end of ${this.path} (${this.sizeBytes} bytes)`, {
@@ -62,16 +58,10 @@ export class NativeDataSource implements DataSource {
         });
       }
     }
-    try {
-      return (await this.reader.read(unitBytes, Float64Array.from(blocks))).data;
-    } catch (e) {
-      throw fromNative(e, { path: this.path });
-    }
+    return (await this.reader.read(unitBytes, blocks)).data;
   }
 
   async close(): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
     this.reader.close();
   }
 }

@@ -1,26 +1,17 @@
 /**
- * Reading a live pool's mappings safely: reserve the metadata snapshot, read
- * through it, release it — also when the reader throws, is aborted or stops
- * iterating early. (While it is held the release guard also releases it on
- * SIGINT/SIGTERM/SIGHUP and at exit.)
+ * Reading a live pool's mappings safely, as functions over ThinPool.openMetadata():
+ * reserve the metadata snapshot, read through it, release it — also when the
+ * reader throws, is aborted or stops iterating early. (While it is held the
+ * release guard also releases it on SIGINT/SIGTERM/SIGHUP and at exit.)
  */
-import type { ThinPool } from '../pool/thin-pool';
+import type { ThinPool } from './thin-pool';
 import type { DeltaExtent, DeltaOptions } from '../thin/delta';
 import type { ThinMetadata } from '../thin/metadata';
 
 /** Runs `fn` on the pool's metadata as of now; the snapshot is released when it settles. */
 export async function withMetadataSnapshot<T>(pool: ThinPool, fn: (md: ThinMetadata) => Promise<T>): Promise<T> {
-  const snap = await pool.reserveMetadataSnap();
-  try {
-    const md = await snap.open();
-    try {
-      return await fn(md);
-    } finally {
-      await md.close();
-    }
-  } finally {
-    await snap.release();
-  }
+  await using live = await pool.openMetadata();
+  return await fn(live.metadata);
 }
 
 /** `pool.changedBlocks(baseId, snapId)` as a function (see ThinPool.changedBlocks). */

@@ -8,22 +8,22 @@
  * written O_DIRECT, discards as discards or zeros), the target is fsynced and
  * the new state recorded. The target is recorded as `pending` only right
  * before its first write, and one receive at a time may write a target
- * (receive-lock.ts).
+ * (stream/receive/lock.ts).
  */
 import { open, type FileHandle } from 'node:fs/promises';
 import { Writable, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { AbortError, DmthinError, StreamError, throwIfAborted } from '../errors';
-import { applyStream } from './apply';
-import { BlockWriter } from './block-writer';
-import { fileChunks } from './file-chunks';
-import { refuseOutputOverInputs } from './output-file';
-import { identityKey, type StreamHeader } from './format';
-import { ReceiveLock } from './receive-lock';
-import { checkBase, defaultStateFile, entryFor, readState, type ReceiveState, writeState } from './receive-state';
-import { Spool } from './spool';
-import { inspectTarget, resolveZeroMethod, type TargetInfo, type ZeroMethod, zeroer } from './target';
-import { StreamVerifier, type VerifiedStream } from './verifier';
+import { applyStream } from '../stream/receive/apply';
+import { BlockWriter } from '../native/block-writer';
+import { fileChunks } from '../stream/receive/file-chunks';
+import { refuseOutputOverInputs } from '../output/file';
+import { identityKey, type StreamHeader } from '../stream/format/records';
+import { ReceiveLock } from '../stream/receive/lock';
+import { checkBase, defaultStateFile, entryFor, readState, type ReceiveState, writeState } from '../stream/receive/state';
+import { Spool } from '../stream/receive/spool';
+import { inspectTarget, resolveZeroMethod, type TargetInfo, type ZeroMethod, zeroer } from '../stream/receive/target';
+import { StreamVerifier, type VerifiedStream } from '../stream/format/verifier';
 
 export interface ReceiveOptions {
   /** Block device or regular file to write. */

@@ -12,13 +12,14 @@
  * keep stale data there and report success.
  */
 import { createHash } from 'node:crypto';
-import { DmthinError, StreamError, UsageError } from '../errors';
-import type { DeviceDetails } from '../thin/device-details';
-import type { ThinMetadata } from '../thin/metadata';
+import { DmthinError, StreamError, UsageError } from '../../errors';
+import type { DeviceDetails } from '../../thin/device-details';
+import type { ThinMetadata } from '../../thin/metadata';
 import type { DataAddressing } from './data-source';
-import type { StreamHeaderInit } from './encoder';
+import type { StreamHeaderInit } from '../format/encoder';
 import type { SendExtent } from './extent-store';
-import { SECTOR_SIZE, type SnapshotIdentity } from './format';
+import { type SnapshotIdentity } from '../format/records';
+import { SECTOR_SIZE } from '../../units';
 
 export interface PlanOptions {
   /** Thin device id of the snapshot to send. */

@@ -5,9 +5,11 @@
  * anything outside [0, size) is refused with ENOSPC before a syscall is made.
  */
 import { DmthinError, fromNative } from '../errors';
-import { native } from '../native/binding';
+import { native, type DiscardMethod, type NativeBlockWriter, type NativeWriterInfo, type NativeWriterOpenOptions, type ZeroOutMethod } from './binding';
 
-export interface BlockWriterOpenOptions {
+export type { DiscardMethod, ZeroOutMethod } from './binding';
+
+export interface BlockWriterOpenOptions extends NativeWriterOpenOptions {
   /** 'auto' (default): O_DIRECT, buffered only for a regular file whose filesystem refuses O_DIRECT at open. */
   direct?: 'auto' | 'always' | 'never';
   /** Create a regular file that does not exist (never for block devices; never truncates). */
@@ -18,28 +20,7 @@ export interface BlockWriterOpenOptions {
   mode?: number;
 }
 
-export interface BlockWriterInfo {
-  size: number;
-  blockDevice: boolean;
-  direct: boolean;
-  logicalBlockSize: number;
-  created: boolean;
-}
-
-/** How a range was zeroed or discarded. */
-export type DiscardMethod = 'blkdiscard' | 'punch-hole' | 'none';
-export type ZeroOutMethod = 'blkzeroout' | 'zero-range' | 'written' | 'none';
-
-interface NativeBlockWriter {
-  open(path: string, opts: BlockWriterOpenOptions): Promise<BlockWriterInfo>;
-  write(offsets: Float64Array, buffers: Uint8Array[]): Promise<{ bytes: number; writes: number }>;
-  discard(offset: number, length: number): Promise<DiscardMethod>;
-  zeroOut(offset: number, length: number): Promise<ZeroOutMethod>;
-  extend(size: number): Promise<number>;
-  fsync(): Promise<void>;
-  size(): number;
-  close(): void;
-}
+export type BlockWriterInfo = NativeWriterInfo;
 
 export interface WriteSegment {
   offset: number;
@@ -56,8 +37,7 @@ export class BlockWriter implements AsyncDisposable {
   ) {}
 
   static async open(path: string, opts: BlockWriterOpenOptions = {}): Promise<BlockWriter> {
-    const Ctor = native().BlockWriter as new () => NativeBlockWriter;
-    const w = new Ctor();
+    const w = new (native().BlockWriter)();
     try {
       return new BlockWriter(w, path, await w.open(path, opts));
     } catch (e) {

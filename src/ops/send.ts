@@ -23,20 +23,18 @@
 import type { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { DmthinError, UsageError, throwIfAborted } from '../errors';
-import { native } from '../native/binding';
 import { findLvmThin, isLvmUuid } from '../pool/lvm';
-import { ThinDevice } from '../pool/thin-device';
+import { withMetadataSnapshot } from '../pool/live-metadata';
+import { activateTemporarily } from '../pool/temporary-activation';
 import { ThinPool } from '../pool/thin-pool';
 import { ThinMetadata } from '../thin/metadata';
-import { sectors } from '../units';
-import { withMetadataSnapshot } from './changed-blocks';
-import { NativeDataSource, type DataSource } from './data-source';
-import { ExtentStore } from './extent-store';
-import { OutputFile, refuseOutputOverInputs } from './output-file';
-import { outputError } from './output-sink';
-import { SECTOR_SIZE } from './format';
-import { planSend, type SendPlan } from './plan';
-import { encodeStream, type SendProgress, type SendSummary } from './send-stream';
+import { SECTOR_SIZE, sectors } from '../units';
+import { NativeDataSource, type DataSource } from '../stream/send/data-source';
+import { ExtentStore } from '../stream/send/extent-store';
+import { OutputFile, refuseOutputOverInputs } from '../output/file';
+import { outputError } from '../output/sink';
+import { planSend, type SendPlan } from '../stream/send/plan';
+import { encodeStream, type SendProgress, type SendSummary } from '../stream/send/send-stream';
 
 export interface SendProgressEvent extends SendProgress {
   /** 'metadata': walking mappings (dataBlocks counts blocks classified); 'data': streaming. */
@@ -94,7 +92,7 @@ export async function send(opts: SendOptions): Promise<SendSummary> {
 
 /**
  * Pipes the encoded plan into the output. A file output is written through a
- * temporary file renamed over it once complete and fsynced (output-file.ts):
+ * temporary file renamed over it once complete and fsynced (output/file.ts):
  * a failed send leaves the path as it was. It must not name an input.
  */
 async function stream(plan: SendPlan, source: DataSource, o: CommonSendOptions): Promise<SendSummary> {
@@ -230,9 +228,11 @@ async function sendFromPool(o: PoolSendOptions): Promise<SendSummary> {
       await source.close?.();
     }
   }
-  const tmp = await activateTemporary(pool, o.snap, size);
+  const tmp = await activateTemporarily(pool, { prefix: 'dmthin-send', devId: o.snap, length: sectors(size / SECTOR_SIZE) }, (path) =>
+    NativeDataSource.open(path, { addressing: 'virtual' }),
+  );
   try {
-    return await stream(plan, tmp.source, o);
+    return await stream(plan, tmp.handle, o);
   } finally {
     await tmp.dispose();
   }
@@ -242,49 +242,3 @@ const emptySource: DataSource = {
   addressing: 'virtual',
   readBlocks: () => Promise.reject(new DmthinError('EIO', 'nothing to read from an empty device')),
 };
-
-/** The snapshot activated read-only under a temporary name, open for reading. */
-async function activateTemporary(pool: ThinPool, devId: number, bytes: number): Promise<{ source: NativeDataSource; dispose(): Promise<void> }> {
-  const name = `dmthin-send-${process.pid}-${devId}-${Math.random().toString(36).slice(2, 8)}`;
-  const dev = await ThinDevice.activate(pool, { name, devId, length: sectors(bytes / SECTOR_SIZE), readOnly: true });
-  let source: NativeDataSource | undefined;
-  let deferred = false;
-  const dispose = async (): Promise<void> => {
-    await source?.close();
-    if (!deferred) {
-      await removeWithRetry(dev);
-    } else {
-      // Gone with our last descriptor; a node we may have made stays behind without udev.
-      try {
-        native().unlinkNode(dev.path, dev.dev.major, dev.dev.minor);
-      } catch {
-        // udev's node, or already gone
-      }
-    }
-  };
-  try {
-    source = await NativeDataSource.open(dev.path, { addressing: 'virtual' });
-    try {
-      deferred = (await pool.dm.remove(name, { deferred: true })).deferred;
-    } catch {
-      deferred = false; // old kernel: removed explicitly in dispose()
-    }
-    return { source, dispose };
-  } catch (e) {
-    await dispose().catch(() => undefined);
-    throw e;
-  }
-}
-
-async function removeWithRetry(dev: ThinDevice): Promise<void> {
-  // udev may still hold the new device open for a moment (EBUSY).
-  for (let i = 0; ; i++) {
-    try {
-      await dev.deactivate();
-      return;
-    } catch (e) {
-      if ((e as { code?: string }).code !== 'EBUSY' || i >= 20) throw e;
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
-}

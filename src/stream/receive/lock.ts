@@ -17,8 +17,8 @@
  */
 import { closeSync, constants, mkdirSync, openSync } from 'node:fs';
 import { dirname } from 'node:path';
-import { DmthinError } from '../errors';
-import { native } from '../native/binding';
+import { DmthinError } from '../../errors';
+import { native } from '../../native/binding';
 
 export class ReceiveLock {
   private readonly fds: number[] = [];

@@ -4,7 +4,7 @@
  */
 import { readFile, stat } from 'node:fs/promises';
 import { DmthinError, UsageError } from '../errors';
-import type { DevNum } from '../dm/ioctl';
+import type { DevNum } from './ioctl';
 
 /** major:minor of a block device path, or of a 'major:minor' string. */
 export async function devNumOf(dev: string | DevNum): Promise<DevNum> {

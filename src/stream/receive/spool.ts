@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { DmthinError } from '../errors';
+import { DmthinError } from '../../errors';
 import { fileChunks } from './file-chunks';
 
 const live = new Set<string>();

@@ -9,11 +9,12 @@
  * batches.
  */
 import { Readable } from 'node:stream';
-import { AbortError, throwIfAborted, UsageError } from '../errors';
-import type { ThinMetadata } from '../thin/metadata';
+import { AbortError, throwIfAborted, UsageError } from '../../errors';
+import type { ThinMetadata } from '../../thin/metadata';
 import type { DataSource } from './data-source';
-import { StreamEncoder } from './encoder';
-import { MAX_DATA_BYTES, SECTOR_SIZE } from './format';
+import { StreamEncoder } from '../format/encoder';
+import { MAX_DATA_BYTES } from '../format/records';
+import { SECTOR_SIZE } from '../../units';
 import { planSend, type SendPlan } from './plan';
 
 export interface SendProgress {

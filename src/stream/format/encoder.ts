@@ -15,9 +15,9 @@ import {
   FORMAT_VERSION,
   MAX_DATA_BYTES,
   RecordType,
-  SECTOR_SIZE,
   type StreamHeader,
-} from './format';
+} from './records';
+import { SECTOR_SIZE } from '../../units';
 
 export type StreamHeaderInit = Omit<StreamHeader, 'version'> & { version?: number };
 

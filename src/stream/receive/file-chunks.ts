@@ -6,7 +6,7 @@
  * was verified even if the path is pointed at another file in between.
  */
 import { open, type FileHandle } from 'node:fs/promises';
-import { DmthinError, throwIfAborted } from '../errors';
+import { DmthinError, throwIfAborted } from '../../errors';
 
 export async function* fileChunks(src: string | FileHandle, opts: { chunkBytes?: number; signal?: AbortSignal } = {}): AsyncGenerator<Buffer> {
   const size = opts.chunkBytes ?? 16 << 20;

@@ -7,9 +7,9 @@
  * Records never overlap (the verifier enforces ascending order), so the
  * order in which writes and discards complete does not matter.
  */
-import { StreamError, throwIfAborted } from '../errors';
-import type { BlockWriter, WriteSegment } from './block-writer';
-import { StreamVerifier, type VerifiedStream } from './verifier';
+import { StreamError, throwIfAborted } from '../../errors';
+import type { BlockWriter, WriteSegment } from '../../native/block-writer';
+import { StreamVerifier, type VerifiedStream } from '../format/verifier';
 
 export interface ApplyProgress {
   /** Stream bytes applied so far. */

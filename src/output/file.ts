@@ -21,7 +21,7 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { DmthinError, SystemCallError, throwIfAborted, UsageError } from '../errors';
-import { outputError } from './output-sink';
+import { outputError } from './sink';
 
 /** A Node fs error as a SystemCallError naming the path and what was being done. */
 function fsError(e: unknown, what: string, path: string): DmthinError {

@@ -1,0 +1,40 @@
+/**
+ * The one progress bar of the CLI: on stderr, only when asked for (by default
+ * when stderr is a terminal), redrawn at most every 100 ms.
+ */
+import type { SingleBar } from 'cli-progress';
+
+export class Progress {
+  private bar?: SingleBar;
+  private last = 0;
+  constructor(
+    private readonly label: string,
+    enabled = process.stderr.isTTY === true,
+  ) {
+    if (enabled) {
+      // Loaded only for a terminal: startup time matters for a CLI.
+      const { SingleBar: Bar } = require('cli-progress') as typeof import('cli-progress');
+      this.bar = new Bar({
+        stream: process.stderr,
+        format: `${label} [{bar}] {percentage}% | {value}/{total} {unit}`,
+        hideCursor: true,
+        clearOnComplete: true,
+        fps: 10,
+      });
+    }
+  }
+  /** `value` of `total` `unit`s; an unknown total follows the value. */
+  update(value: number, total: number | undefined, unit = 'mappings'): void {
+    if (!this.bar) return;
+    const now = Date.now();
+    if (this.last === 0) this.bar.start(Math.max(total ?? value, 1), 0, { unit });
+    if (now - this.last < 100) return;
+    this.last = now;
+    this.bar.setTotal(Math.max(total ?? value, value, 1));
+    this.bar.update(value, { unit });
+  }
+  stop(): void {
+    if (this.bar && this.last !== 0) this.bar.stop();
+    this.bar = undefined;
+  }
+}

@@ -1,0 +1,71 @@
+/**
+ * Typed wrapper of the native BlockReader (native/block_reader.cc): a block
+ * device or regular file opened read-only, O_DIRECT when possible, read in
+ * batches of whole units off the JS thread. The one reader every layer uses:
+ * metadata blocks (pdata/block-source.ts), a send's data (stream/send/), the
+ * read-back of a receive's discards (stream/receive/target.ts).
+ */
+import { DmthinError, fromNative, type ErrorFields } from '../errors';
+import { native, type NativeBlockReader, type NativeOpenInfo, type NativeReadResult } from './binding';
+
+export interface BlockReaderOpenOptions {
+  /** 'auto' (default): O_DIRECT, falling back to buffered reads only for a
+   * regular file whose filesystem refuses O_DIRECT at open. */
+  direct?: 'auto' | 'always' | 'never';
+  /** O_EXCL on a block device: fails with EBUSY while an active pool holds it. */
+  exclusive?: boolean;
+}
+
+export type BlockReaderInfo = NativeOpenInfo;
+
+export interface ReadOptions {
+  /** Also return the raw CRC-32C of bytes [4, 4096) of each unit (4 KiB units only). */
+  checksum?: boolean;
+  /** Fields that override the native error's (e.g. the syscall a caller reports). */
+  errorFields?: ErrorFields;
+}
+
+export class BlockReader {
+  private closed = false;
+
+  private constructor(
+    private readonly r: NativeBlockReader,
+    readonly path: string,
+    readonly info: BlockReaderInfo,
+  ) {}
+
+  static async open(path: string, opts: BlockReaderOpenOptions = {}): Promise<BlockReader> {
+    const r = new (native().BlockReader)();
+    try {
+      return new BlockReader(r, path, await r.open(path, opts.direct ?? 'auto', opts.exclusive ?? false));
+    } catch (e) {
+      throw fromNative(e, { path });
+    }
+  }
+
+  /** Size of the file or device in bytes, at open. */
+  get sizeBytes(): number {
+    return this.info.size;
+  }
+
+  /** Units `blocks` of `unitBytes` (a multiple of 512) each, concatenated in request order. */
+  async read(unitBytes: number, blocks: readonly number[], opts: ReadOptions = {}): Promise<NativeReadResult> {
+    this.assertOpen();
+    try {
+      return await this.r.read(unitBytes, Float64Array.from(blocks), opts.checksum ?? false);
+    } catch (e) {
+      throw fromNative(e, { path: this.path, ...opts.errorFields });
+    }
+  }
+
+  /** EBADF once closed: callers that check their arguments first call this before. */
+  assertOpen(): void {
+    if (this.closed) throw new DmthinError('EBADF', `${this.path} is closed`, { path: this.path, syscall: 'read' });
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.r.close();
+  }
+}
