@@ -89,9 +89,10 @@ describeVmTool('dmthin-vm boots a guest', () => {
   });
 
   test('a folder outside /tmp is writable too (subfolders included); the rest of the host, /tmp included, is not changed', () => {
-    // A folder of the repository (.vm-cache/ is git-ignored) takes the
-    // other path in the guest's init: there /tmp is the guest's own tmpfs.
-    const base = join(ROOT, '.vm-cache');
+    // A folder outside /tmp takes the other path in the guest's init: there
+    // /tmp is the guest's own tmpfs. The repository's .vm-cache/ (git-ignored)
+    // when the clone is outside /tmp, else /var/tmp.
+    const base = ROOT === '/tmp' || ROOT.startsWith('/tmp/') ? '/var/tmp' : join(ROOT, '.vm-cache');
     mkdirSync(base, { recursive: true });
     const work = mkdtempSync(join(base, 'tool-test-'));
     const marker = join(dir, 'guest-wrote-here');
