@@ -11,6 +11,7 @@ import { CliContext } from './common';
 import { Progress } from './progress';
 import { toJson } from './json';
 import { looksLikePool, MetadataSnapOpts, openMetadata } from './metadata-source';
+import { writeStdout } from './output';
 
 interface CheckCliOpts extends MetadataSnapOpts {
   quiet?: boolean;
@@ -77,9 +78,6 @@ function summary(r: CheckReport, why: string): string {
   return lines.join('\n') + '\n';
 }
 
-const write = (text: string): Promise<void> =>
-  new Promise<void>((resolve, reject) => process.stdout.write(text, (e) => (e ? reject(e) : resolve())));
-
 export function register(program: Command, ctx: () => CliContext): void {
   program
     .command('check')
@@ -130,8 +128,8 @@ export function register(program: Command, ctx: () => CliContext): void {
         bar.stop();
       }
       const failed = report.fatal > 0 || (report.nonFatal > 0 && !o.ignoreNonFatalErrors);
-      if (o.json) await write(toJson(reportJson(report)) + '\n');
-      else if (!o.quiet) await write(report.problems.map((p) => problemLine(p) + '\n').join('') + summary(report, why));
+      if (o.json) await writeStdout(toJson(reportJson(report)) + '\n');
+      else if (!o.quiet) await writeStdout(report.problems.map((p) => problemLine(p) + '\n').join('') + summary(report, why));
       if (failed) {
         c.exitStatus = 1;
         if (!o.quiet) {

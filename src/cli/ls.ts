@@ -1,10 +1,10 @@
 /** `dmthin ls`: thin_ls-compatible per-device usage table, or JSON. */
 import type { Command } from 'commander';
-import { outputError } from '../output/sink';
 import { deviceUsage, DEFAULT_LS_FIELDS, formatLsTable, lsJson, needsMappings, parseLsFields } from '../thin/ls';
 import { CliContext } from './common';
 import { Progress } from './progress';
 import { MetadataSnapOpts, openMetadata } from './metadata-source';
+import { writeStdout } from './output';
 
 interface LsCliOpts extends MetadataSnapOpts {
   format?: string;
@@ -39,6 +39,6 @@ export function register(program: Command, ctx: () => CliContext): void {
       }
       const dbs = md.superblock.dataBlockSize;
       const text = o.json ? JSON.stringify(lsJson(rows, fields, dbs), null, 2) + '\n' : formatLsTable(rows, fields, dbs, o.headers);
-      await new Promise<void>((resolve, reject) => process.stdout.write(text, (e) => (e ? reject(outputError(e, 'stdout')) : resolve())));
+      await writeStdout(text);
     });
 }

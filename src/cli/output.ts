@@ -6,6 +6,7 @@
  */
 import type { Writable } from 'node:stream';
 import { OutputFile, refuseOutputOverInputs, type NamedInput } from '../output/file';
+import { outputError } from '../output/sink';
 import type { CliContext } from './common';
 
 export interface CommandOutput {
@@ -32,4 +33,9 @@ export async function commandOutput(path: string | undefined, c: CliContext, inp
   // Failure, Ctrl-C or SIGTERM: the temporary file goes, FILE stays as it was.
   c.onCleanup(() => f.discard());
   return { out: f.stream, commit: () => f.commit() };
+}
+
+/** Writes text to stdout and waits for it; a write error is the one "cannot write stdout" error. */
+export function writeStdout(text: string): Promise<void> {
+  return new Promise<void>((resolve, reject) => process.stdout.write(text, (e) => (e ? reject(outputError(e, 'stdout')) : resolve())));
 }

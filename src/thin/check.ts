@@ -568,27 +568,22 @@ export async function checkMetadata(md: ThinMetadata, opts: CheckOptions = {}): 
       overflowOk[kind] = false;
     }
   }
-  if (dataIndex) {
-    const r = await compareSpaceMap(md.io, 'data', live.dataSpaceMap, dataIndex, md.nrMetadataBlocks, data, c.report, {
+  // Each space map against its recount, then its nr_allocated hint.
+  const compare = async (kind: 'data' | 'metadata', index: NonNullable<typeof dataIndex>, counted: RefCounts): Promise<void> => {
+    const root = kind === 'data' ? live.dataSpaceMap : live.metadataSpaceMap;
+    const r = await compareSpaceMap(md.io, kind, root, index, md.nrMetadataBlocks, counted, c.report, {
       signal: opts.signal,
-      overflowUnreadable: !overflowOk.data,
+      overflowUnreadable: !overflowOk[kind],
       partial,
-      onProgress: (d, t) => c.progress('data-sm', d, t),
+      onProgress: (d, t) => c.progress(kind === 'data' ? 'data-sm' : 'metadata-sm', d, t),
     });
-    if (!partial) checkNrAllocated(c, 'data', live.dataSpaceMap.nrAllocated, live.dataSpaceMap.nrBlocks, r.diskInUse);
-  }
+    if (!partial) checkNrAllocated(c, kind, root.nrAllocated, root.nrBlocks, r.diskInUse);
+  };
+  if (dataIndex) await compare('data', dataIndex, data);
   c.progress('metadata-sm');
   const metaIndex = await loadIndex(md.io, 'metadata', live.metadataSpaceMap, md.nrMetadataBlocks, meta, c.report, opts.signal);
   counts.metadataBlocksInUse = meta.inUse();
-  if (metaIndex) {
-    const r = await compareSpaceMap(md.io, 'metadata', live.metadataSpaceMap, metaIndex, md.nrMetadataBlocks, meta, c.report, {
-      signal: opts.signal,
-      overflowUnreadable: !overflowOk.metadata,
-      partial,
-      onProgress: (d, t) => c.progress('metadata-sm', d, t),
-    });
-    if (!partial) checkNrAllocated(c, 'metadata', live.metadataSpaceMap.nrAllocated, live.metadataSpaceMap.nrBlocks, r.diskInUse);
-  }
+  if (metaIndex) await compare('metadata', metaIndex, meta);
   return done(dataIndex !== null && metaIndex !== null);
 }
 
