@@ -4,7 +4,7 @@
 // DMTHIN_REQUIRE_ORACLE=1 / DMTHIN_REQUIRE_VM=1 (set by CI) a missing
 // prerequisite is a failure instead of a skip.
 import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -17,7 +17,9 @@ function run(cmd, args) {
   return r.status ?? 1;
 }
 
-// The CLI tests run dist/ as users do: compile first so it is never stale.
+// The CLI tests run dist/ as users do: compile first so it is never stale,
+// into an empty dist/ so the package test sees no file of a removed source.
+rmSync(join(root, 'dist'), { recursive: true, force: true });
 let status = run(process.execPath, [join(root, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.json']);
 if (status === 0) status = run(process.execPath, [join(root, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.test.json']);
 if (status !== 0) process.exit(status);
