@@ -175,13 +175,15 @@ describe('installed offline into an empty project', () => {
     mkdirSync(depsDir);
     const dirs = dependencyDirs();
     const packed = JSON.parse(run('npm', ['pack', '--ignore-scripts', '--json', '--pack-destination', depsDir, ...dirs.values()], tmp, 60_000).stdout) as (PackResult & { name: string })[];
-    const dependencies: Record<string, string> = { [PKG.name]: `file:${join(tmp, pack.filename)}` };
+    const tarball = `file:${join(tmp, pack.filename)}`;
+    const dependencies: Record<string, string> = { [PKG.name]: tarball };
     for (const p of packed) dependencies[p.name] = `file:${join(depsDir, p.filename)}`;
     writeFileSync(
       join(project, 'package.json'),
-      // allowScripts: npm versions that hold back dependencies' install scripts
-      // until approved would otherwise skip the addon's build.
-      JSON.stringify({ name: 'dmthin-pack-test', version: '1.0.0', private: true, dependencies, allowScripts: { [PKG.name]: true } }, null, 2),
+      // allowScripts (keyed by the spec, as `npm install-scripts approve`
+      // writes it for a file: dependency): npm versions that hold back
+      // dependencies' install scripts until approved would skip the addon's build.
+      JSON.stringify({ name: 'dmthin-pack-test', version: '1.0.0', private: true, dependencies, allowScripts: { [tarball]: true } }, null, 2),
     );
     run('npm', ['install', '--offline', '--no-audit', '--no-fund', '--cache', join(tmp, 'npm-cache')], project, 240_000);
   }, 300_000);
