@@ -90,7 +90,11 @@ export interface ReplicationHost {
   /** Streams `snap` (incremental against `base`, or full) to the receiver; resolves once it confirmed. */
   transfer(snap: number, base: number | null, deviceSize: number, signal?: AbortSignal): Promise<TransferResult>;
   now(): Date;
+  /** Named points of the cycle (tests kill the process at one: see docs/testing.md). */
+  checkpoint?(name: CheckpointName): void;
 }
+
+export type CheckpointName = 'suspended' | 'snap-created' | 'created-recorded' | 'sent' | 'confirmed' | 'cleanup';
 
 export interface CycleReport {
   /** The snapshot sent in this cycle. */
@@ -112,6 +116,8 @@ export interface CycleReport {
   takenAt: string;
   /** Milliseconds from taking the snapshot to its confirmation: how far the target lags behind. */
   lagMs: number;
+  /** Milliseconds the cycle took (recovery, snapshot, transfer, cleanup). */
+  durationMs: number;
 }
 
 export interface ReplicationSettings {
@@ -216,6 +222,7 @@ export function pickSnapshotId(st: ReplicationState, inPool: Set<number>): numbe
  */
 export async function runCycle(host: ReplicationHost, settings: ReplicationSettings, where: string, signal?: AbortSignal): Promise<CycleReport> {
   if (!Number.isInteger(settings.keep) || settings.keep < 1) throw new UsageError('keep must be at least 1 (the base of the next increment)');
+  const started = host.now().getTime();
   const st = adoptState(await host.readState(), settings, where);
   const recovered = await recover(host, st);
   throwIfAborted(signal);
@@ -235,12 +242,15 @@ export async function runCycle(host: ReplicationHost, settings: ReplicationSetti
         await host.suspend(name);
         done.push(name);
       }
+      host.checkpoint?.('suspended');
       await host.createSnap(devId, st.thin);
+      host.checkpoint?.('snap-created');
     } finally {
       for (const name of done.reverse()) await host.resume(name);
     }
     st.pending = { ...st.pending, phase: 'created', suspended: [] };
     await host.writeState(st);
+    host.checkpoint?.('created-recorded');
   }
   throwIfAborted(signal);
 
@@ -250,6 +260,7 @@ export async function runCycle(host: ReplicationHost, settings: ReplicationSetti
   const base = baseEntry && ids.has(baseEntry.devId) ? baseEntry.devId : null;
   const fullReason = base !== null ? undefined : baseEntry ? ('base-gone' as const) : ('first' as const);
   const r = await host.transfer(pending.devId, base, pending.deviceSize, signal);
+  host.checkpoint?.('sent');
 
   // Commit point: the receiver holds `pending` now.
   const confirmed: ConfirmedSnapshot = { devId: pending.devId, key: r.key, digest: r.digest, takenAt: pending.takenAt };
@@ -260,6 +271,7 @@ export async function runCycle(host: ReplicationHost, settings: ReplicationSetti
   st.pending = null;
   st.doomed = dropped;
   await host.writeState(st);
+  host.checkpoint?.('confirmed');
   const now = host.now();
   const deleted: number[] = [];
   const present = await host.thinIds();
@@ -267,6 +279,7 @@ export async function runCycle(host: ReplicationHost, settings: ReplicationSetti
     if (present.has(id)) {
       await host.deleteThin(id);
       deleted.push(id);
+      host.checkpoint?.('cleanup');
     }
   }
   st.doomed = [];
@@ -283,6 +296,7 @@ export async function runCycle(host: ReplicationHost, settings: ReplicationSetti
     ...(fullReason ? { fullReason } : {}),
     takenAt: pending.takenAt,
     lagMs: Math.max(0, now.getTime() - Date.parse(pending.takenAt)),
+    durationMs: Math.max(0, host.now().getTime() - started),
   };
 }
 
