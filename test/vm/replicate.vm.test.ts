@@ -15,7 +15,7 @@ import { describeVm, DmSandbox, MiB } from './helpers';
 import { haveLvm, LvmSandbox } from './lvm-helpers';
 import { CLI, createTestPool, ddCmd, sh, sha256OfDevice, startWriter, type TestPool } from './pool-helpers';
 
-const VOL = 32 * MiB;
+const VOL = 16 * MiB; // small: hashed and sent under emulation many times
 const BS = 64 * 1024;
 const IDS = '100-199';
 
@@ -70,7 +70,7 @@ describeVm('dmthin replicate: a live thin into another pool', () => {
   });
 
   test('cycles while a writer runs, then one more: the target reads like the source, one snapshot kept', async () => {
-    const w = startWriter(src.path, { firstBytes: 4 * MiB, chunkBytes: BS, strideBytes: 3 * BS, chunks: 40 });
+    const w = startWriter(src.path, { firstBytes: 4 * MiB, chunkBytes: BS, strideBytes: 3 * BS, chunks: 20 });
     try {
       for (let i = 0; i < 3; i++) {
         const r = replicate([...toTarget(), '--json']);
@@ -89,7 +89,8 @@ describeVm('dmthin replicate: a live thin into another pool', () => {
     expect(readState().confirmed).toHaveLength(1);
   }, 600_000);
 
-  const points = ['suspended', 'snap-created', 'created-recorded', 'mid-send', 'mid-apply', 'sent', 'confirmed', 'cleanup'];
+  // Six of the cycle's points (docs/testing.md lists all; the host property test tries every step).
+  const points = ['suspended', 'snap-created', 'mid-send', 'mid-apply', 'sent', 'cleanup'];
   test.each(points)('SIGKILL at %s, then a restart: nothing suspended or leaked, target equal', async (point) => {
     sh(ddCmd(src.path, { bs: BS, seek: 8 + points.indexOf(point) * 7, count: 5 }));
     const killed = replicate(toTarget(), { DMTHIN_TEST_KILL_AT: point });
@@ -102,7 +103,7 @@ describeVm('dmthin replicate: a live thin into another pool', () => {
   }, 600_000);
 
   test('a --to-command receiver that dies mid-stream fails the cycle; the next one succeeds', async () => {
-    sh(ddCmd(src.path, { bs: BS, seek: 100, count: 60 }));
+    sh(ddCmd(src.path, { bs: BS, seek: 100, count: 40 }));
     const dying = replicate(['--to-command', 'head -c 100000 >/dev/null; exit 3']);
     expect(dying.status).toBe(1);
     expect(dying.stderr.trim().split('\n')).toHaveLength(1);
@@ -119,7 +120,7 @@ describeVm('dmthin replicate: a live thin into another pool', () => {
 
   test('--keep 3 keeps three confirmed snapshots; a state of another thin is refused', async () => {
     for (let i = 0; i < 3; i++) {
-      sh(ddCmd(src.path, { bs: BS, seek: 200 + i, count: 1 }));
+      sh(ddCmd(src.path, { bs: BS, seek: 180 + i, count: 1 }));
       expect(replicate([...toTarget(), '--keep', '3']).status).toBe(0);
     }
     expect(readState().confirmed).toHaveLength(3);
