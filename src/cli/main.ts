@@ -23,6 +23,7 @@ const COMMANDS: Record<string, () => CommandModule> = {
   devices: () => require('./devices'),
   send: () => require('./send'),
   receive: () => require('./receive'),
+  replicate: () => require('./replicate'),
   check: () => require('./check'),
 };
 

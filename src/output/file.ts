@@ -16,7 +16,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { lstat, open, readlink, realpath, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { lstat, mkdir, open, readlink, realpath, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
@@ -219,5 +219,20 @@ export async function refuseOutputOverInputs(output: string, outputRole: string,
         { path: output, input: i.path },
       );
     }
+  }
+}
+
+/** Replaces `path` with `text` atomically and durably (temporary file, fsync, rename, directory fsync). */
+export async function writeFileAtomically(path: string, text: string): Promise<void> {
+  await mkdir(dirname(path), { recursive: true, mode: 0o755 }).catch((e) => {
+    throw fsError(e, 'create the directory of', path);
+  });
+  const f = await OutputFile.create(path);
+  try {
+    f.stream.write(text);
+    await f.commit();
+  } catch (e) {
+    await f.discard();
+    throw e;
   }
 }

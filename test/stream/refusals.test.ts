@@ -101,6 +101,18 @@ describe.each(['file', 'pipe'] as const)('input through a %s', (how) => {
     expect(e.message).toMatch(/against device 2 .* the target holds device 1/);
   });
 
+  test('the incremental stream the target already holds, sent again, is accepted; another one against the old base is not', async () => {
+    // A sender that lost the confirmation (killed after the receiver finished) sends the same stream again.
+    const t = await target('dev1');
+    const input = () => (how === 'file' ? (writeFileSync(s.path(`in${n}`), streams.inc2from1), s.path(`in${n++}`)) : Readable.from([streams.inc2from1]));
+    await receive({ target: t, input: input(), spoolDir: spoolDir() });
+    const once = sha256File(t);
+    expect(once).toBe(await expectedSha(md, 2, SIZE));
+    await receive({ target: t, input: input(), spoolDir: spoolDir() });
+    expect(sha256File(t)).toBe(once);
+    expect(await refused(t, streams.inc3from1, how)).toMatchObject({ reason: 'base-mismatch' });
+  });
+
   test('an incremental stream on a target with no recorded state', async () => {
     const t = await target('junk');
     expect(await refused(t, streams.inc2from1, how)).toMatchObject({ reason: 'base-mismatch' });

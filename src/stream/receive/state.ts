@@ -191,7 +191,10 @@ export function checkBase(read: StateRead, h: StreamHeader, digest: string | nul
   const s = read.state;
   // A retry of the stream whose apply was interrupted: its records are absolute, applying them again is safe.
   const retry = s?.pending != null && digest !== null && s.pending.digest === digest;
-  if (!force && !retry) {
+  // The stream the target already holds, sent again (a sender that crashed before it saw the confirmation): applying it again is safe.
+  const holdsTarget = s?.pending == null && s?.current != null && s.current.snapshot.key === identityKey(h.target);
+  const again = holdsTarget && (digest === null || s!.current!.digest === digest);
+  if (!force && !retry && !again) {
     if (!s?.current) {
       return fail(`incremental stream against ${describeIdentity(h.base)}, but ${stateFile} records no completed receive: receive a full stream first`);
     }

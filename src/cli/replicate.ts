@@ -1,0 +1,102 @@
+/**
+ * `dmthin replicate`: continuous asynchronous replication of a live thin
+ * device into a local target or through a command. One line (or one JSON
+ * object) per confirmed cycle on stdout.
+ */
+import type { Command } from 'commander';
+import { DmthinError, UsageError } from '../errors';
+import { CliContext, parseIntArg } from './common';
+import { toJson } from './json';
+import { Progress } from './progress';
+import { parseSize } from './send';
+
+interface ReplicateCliOpts {
+  pool: string;
+  thin: string;
+  target?: string;
+  toCommand?: string;
+  create?: boolean;
+  receiveState?: string;
+  every?: string;
+  once?: boolean;
+  keep: string;
+  ids?: string;
+  state?: string;
+  size?: string;
+  tmpDir?: string;
+  json?: boolean;
+  quiet?: boolean;
+}
+
+function parseIds(v: string): { first: number; last: number } {
+  const m = /^(\d+)-(\d+)$/.exec(v);
+  if (!m) throw new UsageError(`--ids must be FIRST-LAST (thin ids), got '${v}'`);
+  return { first: parseIntArg('--ids', m[1], 2 ** 24 - 1), last: parseIntArg('--ids', m[2], 2 ** 24 - 1) };
+}
+
+const mib = (n: number) => `${(n / 1048576).toFixed(1)} MiB`;
+
+export function register(program: Command, ctx: () => CliContext): void {
+  program
+    .command('replicate')
+    .description('replicate a live thin device: snapshot, send the changes, keep only what the next increment needs; cycle after cycle')
+    .requiredOption('--pool <name>', 'dm name of the live thin-pool')
+    .requiredOption('--thin <id>', 'thin device id to replicate')
+    .option('--target <path>', 'block device or regular file to receive into (in this process)')
+    .option('--to-command <cmd>', "shell command reading the stream on stdin, exit 0 once it holds it (e.g. 'ssh host dmthin receive --target /dev/vg/replica')")
+    .option('--create', 'with --target: create the file target if missing')
+    .option('--receive-state <file>', "with --target: the target's receive state file (default as dmthin receive's)")
+    .option('--every <seconds>', 'start a cycle every SECONDS until interrupted')
+    .option('--once', 'one cycle (the default; after an interrupted run, the pending cycle first)')
+    .option('--keep <n>', 'confirmed snapshots kept in the pool (at least 1: the base of the next increment)', '1')
+    .option('--ids <first-last>', 'thin ids replication snapshots may take (default 16773120-16777215); recorded in the state')
+    .option('--state <file>', 'replication state file (default /var/lib/dmthin/replicate/<pool>-<thin>.json)')
+    .option('--size <bytes>', "the thin device's size when it is not active (suffixes K, M, G, T, P binary; s = sectors)")
+    .option('--tmp-dir <dir>', 'where a large extent list is spilled (default TMPDIR)')
+    .option('--json', 'one JSON object per cycle instead of a line')
+    .option('-q, --quiet', 'no progress bar')
+    .action(async (o: ReplicateCliOpts) => {
+      const c = ctx();
+      if ((o.target === undefined) === (o.toCommand === undefined)) throw new UsageError('give exactly one of --target or --to-command');
+      if (o.target === undefined && (o.create || o.receiveState !== undefined)) throw new UsageError('--create and --receive-state go with --target');
+      if (o.every !== undefined && o.once) throw new UsageError('give --every or --once, not both');
+      const every = o.every === undefined ? undefined : Number(o.every);
+      if (every !== undefined && !(every > 0 && Number.isFinite(every))) throw new UsageError(`--every must be a positive number of seconds, got '${o.every}'`);
+      const keep = parseIntArg('--keep', o.keep, 4096);
+      if (keep < 1) throw new UsageError('--keep must be at least 1 (the base of the next increment)');
+      const bar = new Progress('replicate', !o.quiet && !o.json && process.stderr.isTTY === true);
+      const { replicate } = require('../ops/replicate') as typeof import('../ops/replicate');
+      try {
+        for await (const r of replicate({
+          pool: o.pool,
+          thin: parseIntArg('--thin', o.thin, 2 ** 24 - 1),
+          target: o.target,
+          receive: { create: o.create, stateFile: o.receiveState },
+          toCommand: o.toCommand,
+          every,
+          keep,
+          ids: o.ids === undefined ? undefined : parseIds(o.ids),
+          stateFile: o.state,
+          deviceSize: o.size === undefined ? undefined : parseSize('--size', o.size),
+          tmpDir: o.tmpDir,
+          signal: c.signal,
+          onProgress: (p) => bar.update(p.bytes, undefined, 'bytes sent'),
+        })) {
+          bar.stop();
+          if (o.json) process.stdout.write(toJson(r, 0) + '\n');
+          else {
+            const what = r.base === null ? `full (${r.fullReason === 'base-gone' ? 'base snapshot gone' : 'first'})` : `since ${r.base}`;
+            process.stdout.write(
+              `snapshot ${r.snapshot} ${what}${r.resumed ? ' (resumed)' : ''}: ${mib(r.bytes)}, ${r.dataBlocks} blocks, ${r.discardBlocks} discarded, ` +
+                `${(r.durationMs / 1000).toFixed(1)} s, lag ${(r.lagMs / 1000).toFixed(1)} s${r.deleted.length ? `, deleted ${r.deleted.join(' ')}` : ''}${r.recovered.length ? `, removed unconfirmed ${r.recovered.join(' ')}` : ''}\n`,
+            );
+          }
+        }
+      } catch (e) {
+        if (e instanceof DmthinError) e.message = e.message.replace(/option deviceSize\b/g, '--size');
+        throw e;
+      } finally {
+        bar.stop();
+      }
+    });
+}

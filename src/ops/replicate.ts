@@ -1,0 +1,309 @@
+/**
+ * replicate(): continuous asynchronous replication of a live thin device.
+ * Each cycle takes a snapshot (its active devices suspended around
+ * create_snap), sends what changed since the snapshot the target last
+ * confirmed (a full stream the first time) into a local target or a command
+ * (`ssh host dmthin receive ...`), and only after the receiver confirmed
+ * deletes the snapshots `keep` no longer needs. The cycle and its crash
+ * safety are in ops/replication.ts; this file is the real pool, receiver and
+ * state file behind it.
+ */
+import { spawn } from 'node:child_process';
+import { closeSync, constants, mkdirSync, openSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { PassThrough, type Writable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { AbortError, DmthinError, UsageError, throwIfAborted } from '../errors';
+import { native } from '../native/binding';
+import { writeFileAtomically } from '../output/file';
+import { isLvmUuid } from '../pool/lvm';
+import { withMetadataSnapshot } from '../pool/live-metadata';
+import { ThinPool } from '../pool/thin-pool';
+import { identityKey } from '../stream/format/records';
+import { identityOf } from '../stream/send/plan';
+import { SECTOR_SIZE } from '../units';
+import { receive, type ReceiveOptions } from './receive';
+import {
+  MAX_THIN_ID,
+  replicationStateProblem,
+  runCycle,
+  stateFileError,
+  type CycleReport,
+  type ReplicationHost,
+  type ReplicationState,
+  type TransferResult,
+} from './replication';
+import { send } from './send';
+
+export type { CycleReport } from './replication';
+
+export const DEFAULT_REPLICATE_STATE_DIR = '/var/lib/dmthin/replicate';
+/** Default snapshot id range: the top 4096 thin ids (thin ids are 24 bits). */
+export const DEFAULT_SNAPSHOT_IDS = { first: MAX_THIN_ID - 4095, last: MAX_THIN_ID } as const;
+
+export interface ReplicateOptions {
+  pool: string | ThinPool;
+  /** The thin device to replicate. */
+  thin: number;
+  /** A block device or regular file received into in this process (as `dmthin receive --target`). */
+  target?: string;
+  /** Options of that receive (create a missing file target, its state file...). */
+  receive?: Pick<ReceiveOptions, 'create' | 'stateFile' | 'stateDir' | 'spoolDir' | 'zero' | 'direct'>;
+  /** A shell command that reads the stream on stdin and exits 0 once it holds it (e.g. `ssh host dmthin receive --target /dev/vg/replica`). */
+  toCommand?: string;
+  /** Seconds between the starts of two cycles; omitted: one cycle (and, after a crash, the resumed one first). */
+  every?: number;
+  /** Confirmed snapshots kept in the pool (default 1: the base of the next increment). */
+  keep?: number;
+  /** Snapshot ids dmthin may use, inclusive (default the top 4096 ids). Recorded; cannot change later. */
+  ids?: { first: number; last: number };
+  /** Replication state (default /var/lib/dmthin/replicate/<pool>-<thin>.json). */
+  stateFile?: string;
+  /** The thin's size in bytes when it is not active (an active thin's table length is used otherwise). */
+  deviceSize?: number;
+  /** Where send spills its extent list (default TMPDIR). */
+  tmpDir?: string;
+  signal?: AbortSignal;
+  onProgress?: (p: { phase: 'snapshot' | 'send'; bytes: number }) => void;
+}
+
+/** Where the state of replicating `thin` of `pool` lives unless told otherwise. */
+export function defaultReplicateStateFile(poolName: string, thin: number, dir = DEFAULT_REPLICATE_STATE_DIR): string {
+  return join(dir, `${encodeURIComponent(poolName)}-${thin}.json`);
+}
+
+/** One replicator per state file: an flock on `<state>.lock`, dropped by the kernel when the process dies. */
+function lockState(stateFile: string): () => void {
+  const lockFile = `${stateFile}.lock`;
+  mkdirSync(dirname(lockFile), { recursive: true, mode: 0o755 });
+  const fd = openSync(lockFile, constants.O_RDONLY | constants.O_CREAT, 0o644);
+  let got = false;
+  try {
+    got = native().flockNonBlocking(fd, true);
+  } finally {
+    if (!got) closeSync(fd);
+  }
+  if (!got) throw new DmthinError('EBUSY', `another replication is using ${stateFile}: wait for it, or stop it`, { path: stateFile, syscall: 'flock' });
+  return () => closeSync(fd);
+}
+
+async function readReplicationState(file: string): Promise<ReplicationState | null> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw new DmthinError((e as NodeJS.ErrnoException).code ?? 'EIO', `cannot read replication state ${file}: ${(e as Error).message}`, { path: file, cause: e });
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (e) {
+    throw stateFileError(file, `not valid JSON (${(e as Error).message})`);
+  }
+  const problem = replicationStateProblem(parsed);
+  if (problem) throw stateFileError(file, problem);
+  return parsed as ReplicationState;
+}
+
+/** Runs `cmd` with the stream on its stdin; resolves when it exited 0. Its stdout goes to our stderr (our stdout carries the reports). */
+function commandReceiver(cmd: string, signal?: AbortSignal): { stdin: Writable; done: Promise<void> } {
+  const child = spawn('/bin/sh', ['-c', cmd], { stdio: ['pipe', 'pipe', 'inherit'], signal, killSignal: 'SIGTERM' });
+  child.stdout!.pipe(process.stderr, { end: false });
+  // A receiver that exits early makes our writes fail with EPIPE; the exit status says why.
+  child.stdin!.on('error', () => undefined);
+  const done = new Promise<void>((resolve, reject) => {
+    child.on('error', (e) => reject(signal?.aborted ? new AbortError('replication interrupted', { cause: e }) : e));
+    child.on('close', (code, sig) => {
+      if (code === 0) resolve();
+      else
+        reject(
+          new DmthinError('ECOMM', `the receiving command ${sig ? `was killed by ${sig}` : `exited with status ${code}`}: the snapshot is kept and sent again next cycle`, {
+            command: cmd,
+            status: code,
+          }),
+        );
+    });
+  });
+  return { stdin: child.stdin!, done };
+}
+
+/**
+ * Test seam (docs/testing.md): DMTHIN_TEST_KILL_AT=<point> makes the process
+ * SIGKILL itself there, so the VM tests can kill a replicator at an exact
+ * point of its cycle. Points: the cycle's checkpoints, plus 'mid-send' (after
+ * the first data was sent) and 'mid-apply' (a local target half written).
+ */
+function crashPoint(name: string): void {
+  if (process.env.DMTHIN_TEST_KILL_AT === name) process.kill(process.pid, 'SIGKILL');
+}
+
+class PoolReplicationHost implements ReplicationHost {
+  constructor(
+    private readonly pool: ThinPool,
+    private readonly poolId: string,
+    private readonly stateFile: string,
+    private readonly o: ReplicateOptions,
+  ) {}
+
+  readState() {
+    return readReplicationState(this.stateFile);
+  }
+  writeState(s: ReplicationState) {
+    return writeFileAtomically(this.stateFile, JSON.stringify(s, null, 2) + '\n');
+  }
+  async thinIds() {
+    return new Set((await withMetadataSnapshot(this.pool, (md) => md.devices())).keys());
+  }
+  async activeUnsuspended(id: number) {
+    const out: string[] = [];
+    for (const t of await this.pool.activeThins()) if (t.devId === id && !(await this.pool.dm.info(t.name)).suspended) out.push(t.name);
+    return out;
+  }
+  async isSuspended(name: string) {
+    try {
+      return (await this.pool.dm.info(name)).suspended;
+    } catch (e) {
+      if ((e as { code?: string }).code === 'ENXIO') return false; // gone: nothing to resume
+      throw e;
+    }
+  }
+  async suspend(name: string) {
+    await this.pool.dm.suspend(name);
+  }
+  async resume(name: string) {
+    await this.pool.dm.resume(name);
+  }
+  async deviceSize() {
+    const active = (await this.pool.activeThins()).find((t) => t.devId === this.o.thin);
+    if (active) {
+      const size = (await this.pool.dm.table(active.name)).reduce((n, t) => n + Number(t.length), 0) * SECTOR_SIZE;
+      if (this.o.deviceSize !== undefined && this.o.deviceSize !== size) {
+        throw new UsageError(`the device size given (${this.o.deviceSize} bytes) differs from the size of active thin device ${active.name} (${size} bytes)`, {
+          devId: this.o.thin,
+        });
+      }
+      return size;
+    }
+    if (this.o.deviceSize === undefined) {
+      throw new UsageError(`thin device ${this.o.thin} of pool ${this.pool.name} is not active, so its size is unknown: activate it, or give its size in bytes (option deviceSize)`, {
+        devId: this.o.thin,
+      });
+    }
+    return this.o.deviceSize;
+  }
+  createSnap(id: number, origin: number) {
+    // The cycle suspends the origin's devices itself (and records them first).
+    return this.pool.createSnap(id, origin, { suspendOrigin: false });
+  }
+  deleteThin(id: number) {
+    return this.pool.delete(id);
+  }
+  now() {
+    return new Date();
+  }
+  checkpoint(name: string) {
+    crashPoint(name);
+  }
+
+  async transfer(snap: number, base: number | null, deviceSize: number, signal?: AbortSignal): Promise<TransferResult> {
+    const details = await withMetadataSnapshot(this.pool, async (md) => (await md.devices()).get(snap));
+    if (!details) throw new DmthinError('ENODEV', `replication snapshot ${snap} is not in pool ${this.pool.name}`, { devId: snap });
+    const key = identityKey(identityOf(this.poolId, details));
+    const sendOpts = { pool: this.pool, snap, base: base ?? undefined, deviceSize, poolId: this.poolId, tmpDir: this.o.tmpDir, signal };
+    const onProgress = (p: { phase: string; bytes: number }) => {
+      if (p.phase !== 'data') return;
+      if (p.bytes > 0) crashPoint('mid-send');
+      this.o.onProgress?.({ phase: 'send', bytes: p.bytes });
+    };
+    if (this.o.toCommand !== undefined) {
+      const rx = commandReceiver(this.o.toCommand, signal);
+      let failed: { e: unknown } | undefined;
+      const s = await send({ ...sendOpts, output: rx.stdin, onProgress }).catch((e) => {
+        failed = { e };
+        return null;
+      });
+      if (failed && (failed.e as { code?: string }).code !== 'EPIPE') {
+        // Our side failed (or was interrupted): the receiver gets a cut stream, which a dmthin receive refuses.
+        rx.stdin.destroy();
+        await rx.done.catch(() => undefined);
+        throw failed.e;
+      }
+      await rx.done; // the receiver's verdict, also when it went away early (EPIPE)
+      if (failed || !s) {
+        throw new DmthinError('ECOMM', 'the receiving command exited with status 0 before it read the whole stream: the snapshot is kept and sent again next cycle', {
+          command: this.o.toCommand,
+          cause: failed?.e,
+        });
+      }
+      return { key, digest: s.digest, bytes: s.bytes, dataBlocks: s.dataBlocks, discardBlocks: s.discardBlocks };
+    }
+    const pipe = new PassThrough({ highWaterMark: 1 << 20 });
+    const received = receive({
+      ...this.o.receive,
+      target: this.o.target!,
+      input: pipe,
+      signal,
+      onProgress: (p) => {
+        if (p.phase === 'apply' && p.bytes > 0) crashPoint('mid-apply');
+      },
+    });
+    const sent = send({ ...sendOpts, output: pipe, onProgress }).catch((e) => {
+      pipe.destroy(e);
+      throw e;
+    });
+    received.catch((e) => pipe.destroy(e));
+    const [s, r] = await Promise.all([sent, received]);
+    if (r.digest !== s.digest) throw new DmthinError('EIO', `the receiver recorded stream ${r.digest}, not the one sent (${s.digest})`);
+    return { key, digest: s.digest, bytes: s.bytes, dataBlocks: s.dataBlocks, discardBlocks: s.discardBlocks };
+  }
+}
+
+/**
+ * Replicates `thin` cycle after cycle, yielding one report per confirmed
+ * cycle. Without `every`, one cycle (preceded by the one an interrupted run
+ * left pending, if any). A failed cycle throws; its snapshot stays pending
+ * and the next run sends it again before taking a new one.
+ */
+export async function* replicate(o: ReplicateOptions): AsyncGenerator<CycleReport> {
+  if ((o.target === undefined) === (o.toCommand === undefined)) throw new UsageError('give exactly one of target (a device or file) or toCommand (a command reading the stream)');
+  if (o.every !== undefined && !(o.every > 0)) throw new UsageError(`every must be a positive number of seconds, not ${o.every}`);
+  const keep = o.keep ?? 1;
+  const ids = o.ids ?? DEFAULT_SNAPSHOT_IDS;
+  for (const v of [ids.first, ids.last, o.thin]) {
+    if (!Number.isInteger(v) || v < 0 || v > MAX_THIN_ID) throw new UsageError(`thin ids are integers 0..${MAX_THIN_ID}, not ${v}`);
+  }
+  if (ids.first > ids.last) throw new UsageError(`empty snapshot id range ${ids.first}-${ids.last}`);
+  if (o.thin >= ids.first && o.thin <= ids.last) throw new UsageError(`thin ${o.thin} lies in the snapshot id range ${ids.first}-${ids.last}: choose a range without it`);
+  const pool = typeof o.pool === 'string' ? await ThinPool.open(o.pool) : o.pool;
+  const info = await pool.info();
+  if (isLvmUuid(info.uuid)) {
+    throw new UsageError(
+      `pool ${pool.name} is managed by LVM: replication creates and deletes thin snapshots with pool messages, which LVM would not know of ` +
+        `(it could later reuse their ids). Take snapshots with lvcreate and send them with dmthin send instead`,
+      { device: pool.name },
+    );
+  }
+  const poolId = info.uuid ? `dm-uuid:${info.uuid}` : `dm-name:${pool.name}`;
+  const stateFile = o.stateFile ?? defaultReplicateStateFile(pool.name, o.thin);
+  const unlock = lockState(stateFile);
+  try {
+    const host = new PoolReplicationHost(pool, poolId, stateFile, o);
+    const settings = { pool: poolId, thin: o.thin, ids, keep };
+    for (;;) {
+      throwIfAborted(o.signal);
+      const started = Date.now();
+      const report = await runCycle(host, settings, stateFile, o.signal);
+      yield report;
+      if (o.every === undefined) {
+        if (report.resumed) continue; // the pending one is through: now the current data
+        return;
+      }
+      const wait = o.every * 1000 - (Date.now() - started);
+      if (wait > 0) await sleep(wait, undefined, { signal: o.signal }).catch(() => throwIfAborted(o.signal));
+    }
+  } finally {
+    unlock();
+  }
+}

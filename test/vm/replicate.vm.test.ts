@@ -1,0 +1,159 @@
+/**
+ * `dmthin replicate` between two real pools, as a user runs it (the CLI):
+ * cycles while a writer changes the source, then one more: the target reads
+ * like the source; SIGKILL at named points of the cycle (the test seam
+ * DMTHIN_TEST_KILL_AT, docs/testing.md) then a restart: nothing left
+ * suspended, no leaked snapshot, the target equal; a `--to-command` receiver
+ * that dies mid-stream fails the cycle cleanly and the next one succeeds.
+ */
+import { spawnSync } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { ThinDevice } from '../../src/pool/thin-device';
+import { ThinMetadata } from '../../src/thin/metadata';
+import type { ReplicationState } from '../../src/ops/replication';
+import { describeVm, DmSandbox, MiB } from './helpers';
+import { haveLvm, LvmSandbox } from './lvm-helpers';
+import { CLI, createTestPool, ddCmd, sh, sha256OfDevice, startWriter, type TestPool } from './pool-helpers';
+
+const VOL = 16 * MiB; // small: hashed and sent under emulation many times
+const BS = 64 * 1024;
+const IDS = '100-199';
+
+describeVm('dmthin replicate: a live thin into another pool', () => {
+  let sb: DmSandbox;
+  let A: TestPool;
+  let B: TestPool;
+  let src: ThinDevice;
+  let tgt: ThinDevice;
+  let state: string;
+  let rxState: string;
+
+  function replicate(extra: string[] = [], env: Record<string, string> = {}) {
+    const args = [CLI, 'replicate', '--pool', A.name, '--thin', '1', '--ids', IDS, '--state', state, ...extra];
+    const r = spawnSync(process.execPath, args, { encoding: 'utf8', env: { ...process.env, ...env }, timeout: 300_000 });
+    return { status: r.status, signal: r.signal, stdout: r.stdout, stderr: r.stderr };
+  }
+  const toTarget = () => ['--target', tgt.path, '--receive-state', rxState];
+
+  /** Thin ids pool A holds (through a metadata snapshot). */
+  async function idsInA(): Promise<number[]> {
+    await using snap = await A.pool.reserveMetadataSnap();
+    await using md: ThinMetadata = await snap.open();
+    return [...(await md.devices()).keys()].sort((a, b) => a - b);
+  }
+  const readState = () => JSON.parse(readFileSync(state, 'utf8')) as ReplicationState;
+  const suspendedDevices = () => sh(`dmsetup info -c --noheadings -o name,attr | awk '$2 ~ /s/ {print $1}'`).stdout.trim();
+
+  async function expectInSync(): Promise<void> {
+    expect(await sha256OfDevice(tgt.path, 0, VOL)).toBe(await sha256OfDevice(src.path, 0, VOL));
+    const st = readState();
+    expect(st.pending).toBeNull();
+    expect(await idsInA()).toEqual([1, ...st.confirmed.map((c) => c.devId)].sort((a, b) => a - b));
+  }
+
+  beforeAll(async () => {
+    sb = new DmSandbox('repl');
+    A = await createTestPool(sb, { label: 'ra', dataBytes: 256 * MiB });
+    B = await createTestPool(sb, { label: 'rb', dataBytes: 128 * MiB });
+    await A.pool.createThin(1);
+    await B.pool.createThin(1);
+    src = await ThinDevice.activate(A.pool, { name: sb.adopt('rsrc'), devId: 1, length: VOL / 512 });
+    tgt = await ThinDevice.activate(B.pool, { name: sb.adopt('rtgt'), devId: 1, length: VOL / 512 });
+    sh(ddCmd(src.path, { bs: BS, seek: 0, count: VOL / BS / 2 }));
+    state = `${sb.dir}/repl.json`;
+    rxState = `${sb.dir}/rx.json`;
+  }, 120_000);
+  afterAll(async () => {
+    await src?.deactivate().catch(() => undefined);
+    await tgt?.deactivate().catch(() => undefined);
+    sb?.cleanup();
+  });
+
+  test('cycles while a writer runs, then one more: the target reads like the source, one snapshot kept', async () => {
+    const w = startWriter(src.path, { firstBytes: 4 * MiB, chunkBytes: BS, strideBytes: 3 * BS, chunks: 20 });
+    try {
+      for (let i = 0; i < 3; i++) {
+        const r = replicate([...toTarget(), '--json']);
+        expect([r.status, r.stderr]).toEqual([0, '']);
+        const rep = JSON.parse(r.stdout.trim().split('\n').at(-1)!);
+        expect(rep.base === null).toBe(i === 0);
+      }
+    } finally {
+      await w.stop();
+    }
+    expect(w.writes).toBeGreaterThan(0);
+    const r = replicate(toTarget());
+    expect([r.status, r.stderr]).toEqual([0, '']);
+    expect(r.stdout).toMatch(/^snapshot 1\d\d since 1\d\d: /);
+    await expectInSync();
+    expect(readState().confirmed).toHaveLength(1);
+  }, 600_000);
+
+  // Six of the cycle's points (docs/testing.md lists all; the host property test tries every step).
+  const points = ['suspended', 'snap-created', 'mid-send', 'mid-apply', 'sent', 'cleanup'];
+  test.each(points)('SIGKILL at %s, then a restart: nothing suspended or leaked, target equal', async (point) => {
+    sh(ddCmd(src.path, { bs: BS, seek: 8 + points.indexOf(point) * 7, count: 5 }));
+    const killed = replicate(toTarget(), { DMTHIN_TEST_KILL_AT: point });
+    expect(killed.signal).toBe('SIGKILL');
+    const r = replicate(toTarget());
+    expect([r.status, r.stderr]).toEqual([0, '']);
+    expect(suspendedDevices()).toBe('');
+    await expectInSync();
+    expect(readState().confirmed).toHaveLength(1);
+  }, 600_000);
+
+  test('a --to-command receiver that dies mid-stream fails the cycle; the next one succeeds', async () => {
+    sh(ddCmd(src.path, { bs: BS, seek: 100, count: 40 }));
+    const dying = replicate(['--to-command', 'head -c 100000 >/dev/null; exit 3']);
+    expect(dying.status).toBe(1);
+    expect(dying.stderr.trim().split('\n')).toHaveLength(1);
+    expect(dying.stderr).toMatch(/receiving command exited with status 3/);
+    expect(readState().pending).not.toBeNull();
+    const rx = `${process.execPath} ${CLI} receive --target ${tgt.path} --state ${rxState} -q`;
+    const r = replicate(['--to-command', rx, '--json']);
+    expect([r.status, r.stderr]).toEqual([0, '']);
+    // The pending snapshot first (resumed), then a current one.
+    const reps = r.stdout.trim().split('\n').map((l) => JSON.parse(l));
+    expect(reps.map((x) => x.resumed)).toEqual([true, false]);
+    await expectInSync();
+  }, 600_000);
+
+  test('--keep 3 keeps three confirmed snapshots; a state of another thin is refused', async () => {
+    for (let i = 0; i < 3; i++) {
+      sh(ddCmd(src.path, { bs: BS, seek: 180 + i, count: 1 }));
+      expect(replicate([...toTarget(), '--keep', '3']).status).toBe(0);
+    }
+    expect(readState().confirmed).toHaveLength(3);
+    await expectInSync();
+    const other = spawnSync(process.execPath, [CLI, 'replicate', '--pool', A.name, '--thin', '2', '--ids', IDS, '--state', state, ...toTarget()], { encoding: 'utf8' });
+    expect(other.status).toBe(1);
+    expect(other.stderr).toMatch(/records the replication of thin 1/);
+  }, 600_000);
+});
+
+describeVm('dmthin replicate on an LVM-made pool', () => {
+  test('refused before anything is created: LVM keeps its own record of thin ids', async () => {
+    expect(haveLvm()).toBe(true);
+    const sb = new DmSandbox('repl-lvm');
+    const L = new LvmSandbox(sb, { pvCount: 1, pvBytes: 96 * MiB });
+    try {
+      L.createVg();
+      L.lvm(['lvcreate', '-y', '--type', 'thin-pool', '-L', '64M', '--chunksize', '64k', '--poolmetadatasize', '4M', '-Zn', '-n', 'pool', L.vg]);
+      L.lvm(['lvcreate', '-y', '-V', '16M', '-T', `${L.vg}/pool`, '-n', 'vol']);
+      const thinId = L.lvField('vol', 'thin_id');
+      const txBefore = L.lvField('pool', 'transaction_id');
+      const r = spawnSync(process.execPath, [CLI, 'replicate', '--pool', L.dmName('pool', '-tpool'), '--thin', thinId, '--state', `${sb.dir}/s.json`, '--target', `${sb.dir}/t.img`, '--create'], {
+        encoding: 'utf8',
+      });
+      expect(r.status).toBe(1);
+      expect(r.stderr.trim().split('\n')).toHaveLength(1);
+      expect(r.stderr).toMatch(/managed by LVM.*lvcreate/);
+      expect(L.lvField('pool', 'transaction_id')).toBe(txBefore);
+      expect(existsSync(`${sb.dir}/s.json`)).toBe(false);
+      L.lvm(['lvremove', '-y', `${L.vg}/vol`]); // LVM still in step
+    } finally {
+      L.cleanup();
+      sb.cleanup();
+    }
+  }, 480_000);
+});
