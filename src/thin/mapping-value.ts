@@ -5,7 +5,7 @@
  * byte of lo, exact since a data block has at most 40 bits.
  */
 /** The snapshot time: the low 24 bits. */
-export const TIME_MASK = 0xffffff;
+const TIME_MASK = 0xffffff;
 
 /** Data block of a mapping value given as its words (lo, hi). */
 export function mappingDataBlock(lo: number, hi: number): number {
