@@ -66,8 +66,6 @@ class OpenWorker : public PromiseWorker<BlockReader> {
     // A file's O_DIRECT alignment, where the kernel tells it, stands for its logical block size.
     const bool file_align = !probe_.block_device && probe_.dio_offset_align;
     o.Set("logicalBlockSize", file_align ? probe_.dio_offset_align : probe_.logical_block_size);
-    o.Set("physicalBlockSize", probe_.physical_block_size);
-    o.Set("dioMemAlign", probe_.block_device ? probe_.logical_block_size : probe_.dio_mem_align);
     o.Set("blockDevice", probe_.block_device);
     o.Set("direct", direct_);
     return o;

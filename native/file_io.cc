@@ -53,17 +53,13 @@ bool ProbeOpened(int fd, const std::string& path, FileProbe* out, SysFailure& fa
     out->size = bytes;
     int lbs = 0;
     if (::ioctl(fd, BLKSSZGET, &lbs) == 0 && lbs > 0) out->logical_block_size = static_cast<uint32_t>(lbs);
-    unsigned int pbs = 0;
-    if (::ioctl(fd, BLKPBSZGET, &pbs) == 0 && pbs > 0) out->physical_block_size = pbs;
     return true;
   }
   out->size = static_cast<uint64_t>(st.st_size);
-  out->physical_block_size = static_cast<uint32_t>(st.st_blksize);
 #ifdef STATX_DIOALIGN
   struct statx sx;
   if (::statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &sx) == 0 && (sx.stx_mask & STATX_DIOALIGN) && sx.stx_dio_offset_align) {
     out->dio_offset_align = sx.stx_dio_offset_align;
-    out->dio_mem_align = sx.stx_dio_mem_align;
   }
 #endif
   return true;

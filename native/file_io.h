@@ -34,13 +34,11 @@ int OpenMaybeDirect(const std::string& path, int flags, mode_t mode, bool block_
 struct FileProbe {
   uint64_t size = 0;
   bool block_device = false;
-  // Block device: BLKSSZGET / BLKPBSZGET (512 if refused). Regular file:
-  // logical 512, physical st_blksize.
+  // Block device: BLKSSZGET (512 if refused). Regular file: 512.
   uint32_t logical_block_size = 512;
-  uint32_t physical_block_size = 512;
-  // Regular file: STATX_DIOALIGN where the kernel reports it, else 0.
+  // Regular file: STATX_DIOALIGN's offset alignment where the kernel reports
+  // it, else 0. (Its memory alignment is not kept: our buffers are page-aligned.)
   uint32_t dio_offset_align = 0;
-  uint32_t dio_mem_align = 0;
 };
 
 // fstat()s `fd` (the path may have changed since a stat), refuses anything but

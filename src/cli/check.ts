@@ -36,7 +36,7 @@ const MAX_U64 = (1n << 64n) - 1n;
 const keyText = (k: Key): string => (BigInt(k) == MAX_U64 ? 'end' : String(k));
 
 /** One line naming the problem, the block, the tree, the device and the key range. */
-export function problemLine(p: CheckProblem): string {
+function problemLine(p: CheckProblem): string {
   const where: string[] = [];
   if (p.block !== undefined) where.push(p.nrBlocks ? `blocks ${p.block}..${p.block + p.nrBlocks - 1}` : `block ${p.block}`);
   if (p.tree !== undefined) where.push(`${p.tree} tree`);
@@ -46,7 +46,7 @@ export function problemLine(p: CheckProblem): string {
 }
 
 /** The --json object: u64 keys and transaction ids as decimal strings, block numbers and counts as numbers. */
-export function reportJson(r: CheckReport): unknown {
+function reportJson(r: CheckReport): unknown {
   return {
     problems: r.problems.map((p) => ({
       severity: p.severity,

@@ -17,7 +17,7 @@ const thinIdArg = (name: string, v: string) => parseIntArg(name, v, 2 ** 24 - 1)
 /** Loaded on use: the dm layer is not needed by the read-only commands. */
 const ThinPool = { open: (name: string) => (require('../pool/thin-pool') as { ThinPool: typeof ThinPoolT }).ThinPool.open(name) };
 
-export function formatStatus(name: string, s: ThinPoolStatus): string {
+function formatStatus(name: string, s: ThinPoolStatus): string {
   if (s.kind !== 'working') return `${name}: ${s.kind === 'fail' ? 'Fail' : 'Error'}\n`;
   const rows: [string, string][] = [
     ['transaction id', String(s.transactionId)],

@@ -22,7 +22,7 @@ const U64_END = 1n << 64n;
  * and wraps a minus sign modulo 2^64 ("0..-1" is everything): both are refused
  * here (test/fixtures/ORACLE-NOTES.md §7).
  */
-export function parseRegion(v: string): DataRegion {
+function parseRegion(v: string): DataRegion {
   const m = /^([0-9]+)\.\.([0-9]+)$/.exec(v);
   if (!m) throw new UsageError(`bad region '${v}': write BEGIN..END in data blocks, e.g. 5..45 for blocks 5 to 44`);
   const [begin, end] = [BigInt(m[1]), BigInt(m[2])];

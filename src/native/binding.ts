@@ -8,8 +8,6 @@ import bindings from 'bindings';
 export interface NativeOpenInfo {
   size: number;
   logicalBlockSize: number;
-  physicalBlockSize: number;
-  dioMemAlign: number;
   blockDevice: boolean;
   direct: boolean;
 }

@@ -8,11 +8,11 @@ import { BlockType, verifyChecksum } from './checksum';
 import type { Block, BlockSource } from './block-source';
 import { MAX_SAFE_HI, TWO32 } from './words';
 
-export const NODE_HEADER_SIZE = 32;
-export const INTERNAL_NODE = 1;
+const NODE_HEADER_SIZE = 32;
+const INTERNAL_NODE = 1;
 export const LEAF_NODE = 2;
 /** With a minimum fan-out of 84, 2^64 keys fit in 11 levels; deeper is a loop or garbage. */
-export const MAX_DEPTH = 16;
+const MAX_DEPTH = 16;
 
 /** A btree key: a number when below 2^53, else a bigint (mixed comparisons are exact in JS). */
 export type Key = number | bigint;
@@ -176,7 +176,7 @@ export class BlockSet {
  * less; so an under-filled node is corruption, typically a node whose
  * nr_entries was damaged so that mappings vanish from every walk.
  */
-export function minEntriesFor(maxEntries: number): number {
+function minEntriesFor(maxEntries: number): number {
   return Math.floor(maxEntries / 3);
 }
 

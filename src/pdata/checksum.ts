@@ -23,7 +23,7 @@ const TYPE_NAMES: Record<number, string> = {
   595846735: 'array block',
 };
 
-export function typeName(t: number): string {
+function typeName(t: number): string {
   return TYPE_NAMES[t] ?? `unknown block type (xor ${t})`;
 }
 

@@ -11,7 +11,7 @@ import type { Block, BlockSource } from './block-source';
 import { MAX_SAFE_HI, TWO32 } from './words';
 
 export const ENTRIES_PER_BITMAP = 16320;
-export const BITMAP_HEADER_SIZE = 16;
+const BITMAP_HEADER_SIZE = 16;
 export const MAX_METADATA_BITMAPS = 255;
 
 export interface SpaceMapRoot {

@@ -61,7 +61,7 @@ export async function activateTemporarily<T extends { close(): Promise<void> | v
 }
 
 /** Deactivates `dev`, retrying while udev still holds the new device open for a moment (EBUSY). */
-export async function removeWithRetry(dev: ThinDevice): Promise<void> {
+async function removeWithRetry(dev: ThinDevice): Promise<void> {
   for (let i = 0; ; i++) {
     try {
       await dev.deactivate();

@@ -34,9 +34,9 @@ export interface WalkOptions {
 }
 
 /** Most metadata blocks a pool can have: the metadata space map's one index block holds 255 bitmaps. */
-export const MAX_METADATA_BLOCKS = MAX_METADATA_BITMAPS * ENTRIES_PER_BITMAP;
+const MAX_METADATA_BLOCKS = MAX_METADATA_BITMAPS * ENTRIES_PER_BITMAP;
 /** Data block numbers are 40 bits wide in a mapping value (the low 24 bits hold the time). */
-export const MAX_DATA_BLOCKS = 2 ** 40;
+const MAX_DATA_BLOCKS = 2 ** 40;
 
 /**
  * The sizes everything else is bounded by, checked against what can be true

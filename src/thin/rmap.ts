@@ -194,7 +194,7 @@ const THRESHOLD = 16;
  * algorithm's description, step for step, because ties must land where it
  * puts them.
  */
-export function stdSortOrder(key: Float64Array, n: number): Uint32Array {
+function stdSortOrder(key: Float64Array, n: number): Uint32Array {
   const p = new Uint32Array(n);
   for (let i = 0; i < n; i++) p[i] = i;
   if (n < 2) return p;

@@ -8,8 +8,7 @@ import { parseSpaceMapRoot, SpaceMapRoot } from '../pdata/space-map';
 import { MAX_SAFE_HI, TWO32 } from '../pdata/words';
 
 export const THIN_SUPERBLOCK_MAGIC = 27022010;
-export const SUPERBLOCK_LOCATION = 0;
-export const NEEDS_CHECK_FLAG = 1;
+const NEEDS_CHECK_FLAG = 1;
 /** Bits in incompat/compat_ro flags that this reader understands (none are defined upstream). */
 const KNOWN_INCOMPAT = 0;
 

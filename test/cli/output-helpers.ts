@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CLI } from './run-cli';
 import { fixtureImage, kernelFixtureImage } from '../helpers/fixtures';
+import { rootGate } from '../helpers/root';
 import { scratch, writeDataFile, type Scratch } from '../stream/helpers';
 
 export const BS = 65536;
@@ -174,10 +175,9 @@ export function mountSmallTmpfs(parent: string): SmallFs | string {
   };
 }
 
-/** skip-loudly / fail-when-required, as the oracle gate does, for tests that need a tmpfs. */
+/** The tmpfs, or null after a loud skip warning (a failure under DMTHIN_REQUIRE_ROOT=1): mounting needs root. */
 export function gateMount(fs: SmallFs | string, name: string): SmallFs | null {
   if (typeof fs !== 'string') return fs;
-  if (process.env.DMTHIN_REQUIRE_ORACLE === '1') throw new Error(`${name}: a small tmpfs is required (DMTHIN_REQUIRE_ORACLE=1, CI runs as root): ${fs}`);
-  process.stderr.write(`\n*** WARNING: SKIPPING "${name}": ${fs}. Run as root (CI does) to cover a full filesystem. ***\n\n`);
+  rootGate(name, fs);
   return null;
 }

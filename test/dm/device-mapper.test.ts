@@ -22,6 +22,7 @@ import { DmIoctlError, DmthinError, SystemCallError, UsageError } from '../../sr
 import { PoolMessage } from '../../src/dm/targets/thin-pool';
 import { sectors } from '../../src/units';
 import { statusResults } from './helpers/kernel-replies';
+import { testAsRoot } from '../helpers/root';
 
 interface Sent {
   cmd: Cmd;
@@ -265,7 +266,6 @@ describe('errors', () => {
 });
 
 describe('/dev/mapper nodes', () => {
-  const root = process.getuid?.() === 0;
   let dir: string;
   beforeEach(() => {
     dir = mkdtempSync(join(tmpdir(), 'dmthin-nodes-'));
@@ -288,7 +288,7 @@ describe('/dev/mapper nodes', () => {
     return { dm, sent };
   }
 
-  (root ? test : test.skip)('create makes the node (mode 0600, right dev), remove takes it away', async () => {
+  testAsRoot('create makes the node (mode 0600, right dev), remove takes it away', async () => {
     const devDir = join(dir, 'mapper');
     const { dm } = nodeDm(devDir);
     await dm.create('pool');
@@ -300,7 +300,7 @@ describe('/dev/mapper nodes', () => {
     expect(existsSync(join(devDir, 'pool'))).toBe(false);
   });
 
-  (root ? test : test.skip)('a stale node is replaced; a non-node (udev symlink) is left alone', async () => {
+  testAsRoot('a stale node is replaced; a non-node (udev symlink) is left alone', async () => {
     const { dm } = nodeDm(dir);
     const { native } = await import('../../src/native/binding');
     native().mknodBlock(join(dir, 'pool'), 253, 1, 0o600);

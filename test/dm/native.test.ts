@@ -13,11 +13,11 @@ import { DmIoctlError } from '../../src/errors';
 import { native } from '../../src/native/binding';
 import { sectors } from '../../src/units';
 import { Scratch, compile } from './helpers/cc';
+import { testAsRoot } from '../helpers/root';
 
 /** Error-class match that works across realms (the addon throws main-realm errors). */
 const named = (name: string) => expect.objectContaining({ name });
 
-const root = process.getuid?.() === 0;
 
 let scratch: Scratch;
 beforeAll(() => {
@@ -80,7 +80,7 @@ describe('dmIoctl', () => {
 });
 
 describe('node helpers', () => {
-  (root ? test : test.skip)('mknodBlock sets the exact mode whatever the umask; unlinkNode only removes the matching node', () => {
+  testAsRoot('mknodBlock sets the exact mode whatever the umask; unlinkNode only removes the matching node', () => {
     const dir = scratch.path('nodes');
     mkdirSync(dir);
     const p = join(dir, 'pool');

@@ -13,7 +13,7 @@ import {
 import { dataBlocks, sectors } from '../../src/units';
 
 describe('thin-pool status', () => {
-  test('current kernel line (§8.2 example)', () => {
+  test('current kernel line (docs/metadata-format.md §10.2)', () => {
     expect(parseThinPoolStatus('0 1648/16384 0/8192 - rw discard_passdown queue_if_no_space - 1024')).toEqual({
       kind: 'working',
       transactionId: 0n,

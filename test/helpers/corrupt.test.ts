@@ -127,6 +127,7 @@ describe('corruption helpers (independent audit)', () => {
   });
 
   it('corrupts the other fixtures that have a suitable target', () => {
+    let corrupted = 0;
     for (const f of listFixtures('multi-level')) {
       const img = fixtureImage(f.name);
       for (const kind of ['node-checksum', 'keys-out-of-order', 'wrong-block-type'] as CorruptionKind[]) {
@@ -137,8 +138,11 @@ describe('corruption helpers (independent audit)', () => {
           continue; // no suitable node (e.g. no leaf with 3 entries)
         }
         expect(kindsOf(r.image)).toEqual([...CASES[kind].audit].sort());
+        corrupted++;
       }
     }
+    // Every multi-level fixture has nodes for at least the checksum fault: most cases must run.
+    expect(corrupted).toBeGreaterThanOrEqual(listFixtures('multi-level').length);
   });
 });
 

@@ -1,10 +1,8 @@
 /**
- * The native BlockWriter on regular files (and, when this host lets root
- * attach a loop device, on a block device): coalesced O_DIRECT writes,
+ * The native BlockWriter on regular files: coalesced O_DIRECT writes,
  * unaligned tails, discards and zeroing, and refusal of anything outside
  * [0, size) with the target left as it was.
  */
-import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { SystemCallError } from '../../src/errors';
 import { BlockWriter } from '../../src/native/block-writer';
@@ -124,38 +122,5 @@ test('refuses what is neither a regular file nor a block device, and closed writ
   await expect(w.write([{ offset: 0, data: Buffer.alloc(512) }])).rejects.toMatchObject({ code: 'EBADF' });
 });
 
-// ---------------------------------------------------------------- block device (optional)
-
-function attachLoop(file: string): string | null {
-  if (process.getuid?.() !== 0 || !existsSync('/dev/loop-control')) return null;
-  const r = spawnSync('losetup', ['--find', '--show', file], { encoding: 'utf8' });
-  return r.status === 0 ? r.stdout.trim() : null;
-}
-
-test('block device (loop): size from BLKGETSIZE64, O_EXCL, BLKDISCARD/BLKZEROOUT, refuses beyond the end', async () => {
-  const img = s.path('loop.img');
-  junkFile(img, 8 << 20);
-  const dev = attachLoop(img);
-  if (!dev) {
-    process.stderr.write('block-writer.test: no loop device available (needs root and losetup); block-device case not run\n');
-    return;
-  }
-  try {
-    const w = await BlockWriter.open(dev);
-    expect(w.info).toMatchObject({ size: 8 << 20, blockDevice: true });
-    await refused(BlockWriter.open(dev), 'EBUSY'); // O_EXCL while we hold it
-    await w.write([{ offset: 4096, data: Buffer.alloc(8192, 1) }, { offset: 512, data: Buffer.alloc(512, 5) }]);
-    await refused(w.write([{ offset: 8 << 20, data: Buffer.alloc(512) }]), 'ENOSPC');
-    await refused(w.extend(16 << 20), 'EINVAL');
-    const zeroed = await w.zeroOut(1 << 20, 1 << 20);
-    expect(['blkzeroout', 'written']).toContain(zeroed);
-    await w.discard(2 << 20, 1 << 20).catch(() => undefined); // loop may or may not support it; only must not fail otherwise
-    await w.fsync();
-    w.close();
-    const d = readFileSync(dev);
-    expect([d[512], d[4096], d[12287]]).toEqual([5, 1, 1]);
-    expect(d.subarray(1 << 20, 2 << 20).every((b) => b === 0)).toBe(true);
-  } finally {
-    spawnSync('losetup', ['-d', dev]);
-  }
-});
+// The block-device case (BLKGETSIZE64, O_EXCL, BLKZEROOUT) needs root and a loop
+// device: it runs in the test VM, test/vm/block-writer.vm.test.ts.

@@ -3,7 +3,7 @@ import { BlockType, blockChecksum, crc32c, verifyChecksum, blockTypeOf } from '.
 import { MemoryBlockSource } from '../../src/pdata/block-source';
 import { MetadataError } from '../../src/errors';
 
-// Vectors from ../shared/docs/thin-metadata.md §1, verified there against real blocks.
+// Vectors from docs/metadata-format.md §1 (checked there against blocks the kernel and the reference tools wrote).
 describe('CRC-32C', () => {
   test('standard check value', () => {
     expect(crc32c(Buffer.from('123456789'))).toBe(0xe3069283);

@@ -2,7 +2,7 @@ import { bitmapEntry } from '../../src/pdata/space-map';
 import { maxEntriesFor } from '../../src/pdata/btree';
 
 describe('bitmap entries (2 bits, high bit first)', () => {
-  // From ../shared/docs/thin-metadata.md §5.5: 0xAA = four blocks with count 1, 0x55 = count 2.
+  // From docs/metadata-format.md §8.5: 0xAA = four blocks with count 1, 0x55 = count 2.
   test('0xAA is four ones, 0x55 four twos, 0xFF four threes', () => {
     const b = Buffer.alloc(4096);
     b[16] = 0xaa;

@@ -2,7 +2,7 @@ import { MemoryBlockSource } from '../../src/pdata/block-source';
 import { parseSuperblock } from '../../src/thin/superblock';
 import { BlockType, blockChecksum } from '../../src/pdata/checksum';
 
-// The superblock hexdump from ../shared/docs/thin-metadata.md §2 (a real pool's
+// The superblock hexdump from docs/metadata-format.md §2 (a real pool's
 // block 0; every byte not listed is zero; stored checksum 0xD88045AC).
 function docSuperblock(): Buffer {
   const b = Buffer.alloc(4096);

@@ -1,6 +1,6 @@
 /**
  * Test-only writer of persistent-data btrees into an in-memory image, written
- * from the format description (docs §3), independent of the reader under test.
+ * from the format description (docs/metadata-format.md §3), independent of the reader under test.
  */
 import { BlockType, blockChecksum } from '../../src/pdata/checksum';
 

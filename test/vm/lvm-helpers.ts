@@ -5,7 +5,7 @@
  * seen or touched, and removes the VG, its dm devices and PV labels in
  * cleanup() — call it before the DmSandbox's (which detaches the loops).
  *
- * The configuration is the one /work/shared/docs/root-vm.md found to work:
+ * This configuration was found to work in the guest (lvm2 2.03, Debian 12):
  * no udev synchronisation or rules (LVM's libdevmapper makes the nodes),
  * the device list from a filter of exactly this sandbox's loops, no
  * devices file, no lvmpolld, no event activation or monitoring, no metadata

@@ -12,7 +12,7 @@ import { MAX_SAFE_HI, TWO32 } from '../../pdata/words';
 /** First 4 bytes of every record. */
 export const RECORD_MAGIC = Buffer.from('DMTR', 'latin1');
 /** First 8 bytes of the header record's payload. */
-export const STREAM_MAGIC = Buffer.from('DMTHSTRM', 'latin1');
+const STREAM_MAGIC = Buffer.from('DMTHSTRM', 'latin1');
 export const FORMAT_VERSION = 1;
 
 export const RECORD_HEADER_SIZE = 24;
@@ -23,12 +23,12 @@ export const DISCARD_PAYLOAD_SIZE = 16;
 export const END_PAYLOAD_SIZE = 72;
 export const HEADER_FIXED_SIZE = 32;
 export const MAX_HEADER_PAYLOAD = 4096;
-export const MAX_POOL_ID_BYTES = 1024;
+const MAX_POOL_ID_BYTES = 1024;
 /** Thin-pool limits on the data block size, in sectors. */
-export const MIN_DATA_BLOCK_SECTORS = 128;
-export const MAX_DATA_BLOCK_SECTORS = 2097152;
+const MIN_DATA_BLOCK_SECTORS = 128;
+const MAX_DATA_BLOCK_SECTORS = 2097152;
 
-export const HEADER_FLAG_INCREMENTAL = 1;
+const HEADER_FLAG_INCREMENTAL = 1;
 
 export enum RecordType {
   Header = 1,
@@ -79,7 +79,7 @@ export interface EndRecord {
 }
 
 
-export function writeU64(b: Buffer, off: number, v: number): void {
+function writeU64(b: Buffer, off: number, v: number): void {
   b.writeUInt32LE(v % TWO32, off);
   b.writeUInt32LE(Math.floor(v / TWO32), off + 4);
 }
@@ -206,7 +206,7 @@ export function encodeHeaderPayload(h: StreamHeader): Buffer {
   return out;
 }
 
-export function checkDataBlockSize(s: number): void {
+function checkDataBlockSize(s: number): void {
   if (!Number.isInteger(s) || s < MIN_DATA_BLOCK_SECTORS || s > MAX_DATA_BLOCK_SECTORS || s % MIN_DATA_BLOCK_SECTORS !== 0) {
     throw new RangeError(`data block size ${s} sectors is not a thin-pool block size (128..2097152, a multiple of 128)`);
   }

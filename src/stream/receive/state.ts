@@ -49,7 +49,7 @@ export interface ReceiveState {
   pending: StateEntry | null;
 }
 
-export function identityJson(id: SnapshotIdentity): IdentityJson {
+function identityJson(id: SnapshotIdentity): IdentityJson {
   return { pool: id.pool, devId: id.devId, creationTime: id.creationTime, transactionId: id.transactionId.toString(), key: identityKey(id) };
 }
 

@@ -8,7 +8,7 @@
  *   make-status <file>     a TABLE_STATUS result (next from the first spec)
  *   make-names <file> <uuid?> / make-names-empty <file>
  *   make-versions <file> / make-deps <file>
- * The make-* buffers follow the result rules of §9 of the project notes.
+ * The make-* buffers follow the result rules of docs/metadata-format.md §11.
  */
 #include <linux/dm-ioctl.h>
 #include <stddef.h>
