@@ -14,9 +14,12 @@
  * - `needs-check`: the metadata was flagged for thin_check.
  * - `metadata-low`: free metadata blocks fell to or below the kernel's
  *   metadata low watermark (the status's last field, Linux 4.19+).
- * - `other`: the counter moved and none of the above changed (a table
- *   reload or resize, a snapshot reserve, an event of the pool's data or
- *   metadata device...).
+ * - `other`: the counter moved but the status shows none of the above (the
+ *   change was undone before the status was read, or the kernel raised an
+ *   event this code does not type).
+ *
+ * A plain table reload or resume is not an event of the pool (only of dm as
+ * a whole); what it changes shows at the pool's next event.
  */
 import type { PoolMode, ThinPoolStatus } from '../dm/targets/thin-pool';
 import { type DataBlocks, type MetaBlocks, dataBlocks, metaBlocks } from '../units';
