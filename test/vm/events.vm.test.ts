@@ -10,21 +10,23 @@
  *   wake the waiters, which look again and keep waiting.
  * - pool.events() yields low-water-mark when writes cross the mark, then a
  *   mode event to out_of_data_space, then to ro on a read_only reload, and
- *   ends with AbortError when aborted.
+ *   ends with AbortError when aborted; `dmthin pool events --json --count 2`
+ *   prints the first two and exits 0.
  */
+import { spawn } from 'node:child_process';
 import { readdirSync, readlinkSync } from 'node:fs';
 import { BlockReader } from '../../src/native/block-reader';
 import type { PoolEvent } from '../../src/pool/events';
 import { MiB, describeVm, haveProgram, run, useDmSandbox } from './helpers';
-import { after, ddCmd, libraryView, parseThinDumpXml, sh, sleep } from './pool-helpers';
+import { CLI, after, ddCmd, libraryView, parseThinDumpXml, sh, sleep, waitFor } from './pool-helpers';
 import { BLOCK, directWrite, poolWithThin, reloadPool } from './status-helpers';
 
-/** Descriptors of this process open on the dm control node. */
-function controlFds(): number {
+/** Descriptors of a process (default: this one) open on the dm control node. */
+function controlFds(pid: number | 'self' = 'self'): number {
   let n = 0;
-  for (const fd of readdirSync('/proc/self/fd')) {
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
     try {
-      if (readlinkSync(`/proc/self/fd/${fd}`) === '/dev/mapper/control') n++;
+      if (readlinkSync(`/proc/${pid}/fd/${fd}`) === '/dev/mapper/control') n++;
     } catch {
       // closed meanwhile (readdir's own descriptor)
     }
@@ -121,7 +123,7 @@ describeVm('pool events: cancellable waits without a worker thread, typed events
     }
     const results = await Promise.allSettled(waits);
     expect(results.map((r) => (r.status === 'rejected' ? (r.reason as { code?: string }).code : 'resolved'))).toEqual(Array(8).fill('ABORT_ERR'));
-  });
+   }, 300_000); // two pools and 150 writes under TCG on a loaded host: 40-100 s seen
 
   test('pool.events(): low-water-mark, then out_of_data_space, then ro on a read_only reload; abort ends the loop', async () => {
     const sb = sandbox();
@@ -133,6 +135,15 @@ describeVm('pool events: cancellable waits without a worker thread, typed events
       for await (const ev of tp.pool.events({ signal: ac.signal })) seen.push(ev);
     })();
     loop.catch(() => undefined);
+    // The CLI too, once it waits (its armed descriptor is open).
+    const cli = spawn(process.execPath, [CLI, 'pool', 'events', tp.name, '--json', '--count', '2', '--timeout', '120'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let cliOut = '';
+    let cliErr = '';
+    cli.stdout.on('data', (d: Buffer) => (cliOut += d.toString()));
+    cli.stderr.on('data', (d: Buffer) => (cliErr += d.toString()));
+    const cliExit = new Promise<number | null>((res) => cli.on('exit', (code) => res(code)));
+    await waitFor('the CLI waiting', () => cli.exitCode !== null || controlFds(cli.pid!) > 0, 60_000, 100);
+    await waitFor('the iterator waiting', () => controlFds() > 0, 10_000, 20);
     const waitSeen = async (what: string, pred: (e: PoolEvent) => boolean) => {
       const end = Date.now() + 30_000;
       while (!seen.some(pred)) {
@@ -150,11 +161,20 @@ describeVm('pool events: cancellable waits without a worker thread, typed events
     const lwm = await waitSeen('low-water-mark', (e) => e.type === 'low-water-mark');
     expect(lwm).toMatchObject({ type: 'low-water-mark', lowWaterMark: 16, status: { kind: 'working', mode: 'rw' } });
     if (lwm.type === 'low-water-mark') expect(lwm.freeDataBlocks).toBeLessThanOrEqual(16);
+    // The CLI reports it before the next write (else it may see both changes at one status).
+    await waitFor('the CLI printing the low-water-mark', () => cliOut.includes('\n') || cli.exitCode !== null, 60_000, 50);
 
     const r = sh(ddCmd(thin.path, { bs: BLOCK, seek: 52, count: 20, src: '/dev/zero' }), [], { allowFail: true, timeoutMs: 30_000 });
     expect(r.status).not.toBe(0); // error_if_no_space
     const ood = await waitSeen('out_of_data_space', (e) => e.type === 'mode' && e.to === 'out_of_data_space');
     expect(ood).toMatchObject({ from: 'rw', status: { kind: 'working', usedData: 64 } });
+
+    expect(await Promise.race([cliExit, after(60_000, 'still running')])).toBe(0);
+    expect(cliErr).toBe('');
+    const printed = cliOut.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    expect(printed).toHaveLength(2);
+    expect(printed[0]).toMatchObject({ pool: tp.name, type: 'low-water-mark', lowWaterMark: 16, eventNr: lwm.eventNr, status: { kind: 'working', mode: 'rw' } });
+    expect(printed[1]).toMatchObject({ pool: tp.name, type: 'mode', from: 'rw', to: 'out_of_data_space', eventNr: ood.eventNr });
 
     await reloadPool(tp, { features: ['error_if_no_space', 'read_only'] });
     const ro = await waitSeen('ro', (e) => e.type === 'mode' && e.to === 'ro');
