@@ -117,7 +117,7 @@ void DmPoll::OnPoll(uv_poll_t* p, int status, int /*events*/) {
 void DmPoll::OnEnvCleanup(void* self) {
   auto* me = static_cast<DmPoll*>(self);
   me->hook_ = false;  // the hook is being run: do not remove it
-  me->Shutdown(false);
+  me->Shutdown(false, true);
 }
 
 // libuv callback on the JS thread: settle the pending promise.
@@ -137,7 +137,7 @@ void DmPoll::Fire(int status) {
   Unref();
 }
 
-void DmPoll::Shutdown(bool js) {
+void DmPoll::Shutdown(bool js, bool teardown) {
   if (hook_) {
     napi_remove_env_cleanup_hook(env_, OnEnvCleanup, this);
     hook_ = false;
@@ -145,7 +145,13 @@ void DmPoll::Shutdown(bool js) {
   if (handle_) {
     uv_poll_stop(&handle_->poll);
     handle_->owner = nullptr;
-    uv_close(reinterpret_cast<uv_handle_t*>(&handle_->poll), [](uv_handle_t* h) { delete static_cast<Handle*>(h->data); });
+    // At environment teardown (a worker thread ending) this library may be
+    // unloaded before the loop runs close callbacks: leave none that points
+    // into it, and leave the small Handle to the loop (never freed).
+    if (teardown)
+      uv_close(reinterpret_cast<uv_handle_t*>(&handle_->poll), nullptr);
+    else
+      uv_close(reinterpret_cast<uv_handle_t*>(&handle_->poll), [](uv_handle_t* h) { delete static_cast<Handle*>(h->data); });
     handle_ = nullptr;
   }
   // After uv_close the loop no longer watches the descriptor: safe to close.

@@ -36,7 +36,7 @@ class DmPoll : public Napi::ObjectWrap<DmPoll> {
   void Fire(int status);
   // Stops polling and closes the descriptor. With js=false (finalizer, env
   // teardown) no JS is touched: a pending promise is abandoned.
-  void Shutdown(bool js);
+  void Shutdown(bool js, bool teardown = false);
 
   int fd_ = -1;
   Handle* handle_ = nullptr;

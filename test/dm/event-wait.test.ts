@@ -7,7 +7,7 @@
  * held while waiting). The real control node is in test/vm/events.vm.test.ts.
  */
 import { readFile, writeFile } from 'node:fs/promises';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -252,6 +252,29 @@ describe('native DmPoll (on a FIFO: the same uv_poll path as the control node)',
     setTimeout(() => q.close(), 20);
     expect(await pending).toBe(false);
     expect(Date.now() - t0).toBeLessThan(1000);
+  });
+
+  test('a worker thread ending with polls open and waits pending: no crash (no close callback left pointing into the addon)', () => {
+    const path = fifo('worker');
+    const addon = join(__dirname, '..', '..', 'build', 'Release', 'dmthin.node');
+    const inWorker = `
+      const a = require(${JSON.stringify(addon)});
+      const ps = [1, 2, 3].map(() => { const p = new a.DmPoll(); p.open(${JSON.stringify(path)}); return p; });
+      ps[0].readable(); ps[1].readable(); ps[1].close();
+      require('worker_threads').parentPort.postMessage('waiting');`;
+    // The addon is loaded in the workers only, so it is unloaded with each of them.
+    const main = `
+      const { Worker } = require('worker_threads');
+      (async () => {
+        for (let i = 0; i < 5; i++) {
+          const w = new Worker(${JSON.stringify(inWorker)}, { eval: true });
+          await new Promise((r) => w.once('message', r));
+          await w.terminate();
+        }
+        console.log('survived');
+      })();`;
+    const r = spawnSync(process.execPath, ['-e', main], { encoding: 'utf8', timeout: 60_000 });
+    expect({ status: r.status, signal: r.signal, stdout: r.stdout, stderr: r.stderr }).toEqual({ status: 0, signal: null, stdout: 'survived\n', stderr: '' });
   });
 
   test('open errors are Node-shaped', () => {
