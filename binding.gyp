@@ -10,6 +10,7 @@
         "native/block_reader.cc",
         "native/block_writer.cc",
         "native/dm_control.cc",
+        "native/dm_poll.cc",
         "native/file_lock.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

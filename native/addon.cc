@@ -1,10 +1,11 @@
-// Module entry: the native layer is IO only (block reads and writes, CRC-32C, dm ioctls, flock).
+// Module entry: the native layer is IO only (block reads and writes, CRC-32C, dm ioctls and event polls, flock).
 #include <napi.h>
 
 #include "block_reader.h"
 #include "block_writer.h"
 #include "crc32c.h"
 #include "dm_control.h"
+#include "dm_poll.h"
 #include "file_lock.h"
 
 namespace dmthin {
@@ -14,6 +15,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   BlockReader::Init(env, exports);
   BlockWriter::Init(env, exports);
   InitDmControl(env, exports);
+  DmPoll::Init(env, exports);
   InitFileLock(env, exports);
   return exports;
 }

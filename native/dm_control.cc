@@ -85,7 +85,7 @@ void RunIoctl(uint32_t cmd, const std::vector<uint8_t>& request, const std::stri
   // One descriptor per call: no process-wide state to share between
   // workers, nothing to reopen after fork, and controlPath can vary per
   // call. An open of the control node is cheap next to the ioctl itself.
-  // (DM_DEV_ARM_POLL needs a long-lived fd; it would get its own object.)
+  // (DM_DEV_ARM_POLL needs a long-lived fd: that is DmPoll, dm_poll.cc.)
   int fd;
   do fd = ::open(control.c_str(), O_RDWR | O_CLOEXEC); while (fd < 0 && errno == EINTR);
   if (fd < 0) return fail.set(errno, "open", control, c.name);

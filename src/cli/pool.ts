@@ -2,7 +2,8 @@
 import type { Command } from 'commander';
 import type { ThinPool as ThinPoolT } from '../pool/thin-pool';
 import type { ThinPoolStatus } from '../dm/targets/thin-pool';
-import { UsageError } from '../errors';
+import type { PoolEvent } from '../pool/events';
+import { AbortError, DmthinError, UsageError } from '../errors';
 import { CliContext, parseIntArg } from './common';
 import { toJson } from './json';
 
@@ -35,6 +36,26 @@ function formatStatus(name: string, s: ThinPoolStatus): string {
   return `${name}\n` + rows.map(([k, v]) => `  ${k.padEnd(w)}  ${v}\n`).join('');
 }
 
+/** One line per event: `EVENT_NR TYPE details`. */
+export function formatEvent(ev: PoolEvent): string {
+  switch (ev.type) {
+    case 'low-water-mark':
+      return `${ev.eventNr} low-water-mark free=${ev.freeDataBlocks} mark=${ev.lowWaterMark}\n`;
+    case 'mode':
+      return `${ev.eventNr} mode ${ev.from} -> ${ev.to}\n`;
+    case 'metadata-low':
+      return `${ev.eventNr} metadata-low free=${ev.freeMetadataBlocks} watermark=${ev.metadataLowWatermark}\n`;
+    default:
+      return `${ev.eventNr} ${ev.type}\n`;
+  }
+}
+
+/** The event as one JSON line: its fields and the status after it (not the previous one). */
+export function eventJson(pool: string, ev: PoolEvent): string {
+  const { previous: _previous, status, type, ...fields } = ev;
+  return toJson({ pool, type, ...fields, status }, 0) + '\n';
+}
+
 export function register(program: Command, ctx: () => CliContext): void {
   const pool = program.command('pool').description('status and messages of a live thin-pool (needs root and device-mapper)');
 
@@ -48,6 +69,34 @@ export function register(program: Command, ctx: () => CliContext): void {
       ctx();
       const s = await (await ThinPool.open(name)).status({ noflush: o.noflush });
       process.stdout.write(o.json ? toJson({ pool: name, ...s }) + '\n' : formatStatus(name, s));
+    });
+
+  pool
+    .command('events')
+    .description('print the pool\'s events as they come (low-water-mark, mode, needs-check, metadata-low, other), one per line')
+    .argument('<name>', 'dm name of the pool')
+    .option('--json', 'one JSON object per line')
+    .option('--count <n>', 'exit after N events (status 1 if --timeout ends the wait first)')
+    .option('--timeout <seconds>', 'stop after this many seconds (status 0 without --count)')
+    .action(async (name: string, o: { json?: boolean; count?: string; timeout?: string }) => {
+      ctx();
+      const count = o.count !== undefined ? parseIntArg('--count', o.count) : undefined;
+      if (count === 0) throw new UsageError('--count must be at least 1');
+      const seconds = o.timeout !== undefined ? parseIntArg('--timeout', o.timeout, 2 ** 31 / 1000) : undefined;
+      if (seconds === 0) throw new UsageError('--timeout must be at least 1 second');
+      const p = await ThinPool.open(name);
+      const signal = seconds !== undefined ? AbortSignal.timeout(seconds * 1000) : undefined;
+      let seen = 0;
+      try {
+        for await (const ev of p.events({ signal })) {
+          process.stdout.write(o.json ? eventJson(name, ev) : formatEvent(ev));
+          if (count !== undefined && ++seen >= count) return;
+        }
+      } catch (err) {
+        if (!(err instanceof AbortError && signal?.aborted)) throw err;
+        if (count !== undefined)
+          throw new DmthinError('ETIMEDOUT', `${seen} of ${count} events of pool ${name} within ${seconds} s; wait longer, or expect fewer`, { device: name });
+      }
     });
 
   pool

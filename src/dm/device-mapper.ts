@@ -49,6 +49,7 @@ import {
   resolveDeviceRef,
   resultArea,
 } from './ioctl';
+import { type DmEventPoller, type EventWaitOptions, waitForEventChange } from './event-wait';
 
 /** Sends one request (struct dm_ioctl + payload), resolves with the kernel's buffer. */
 export type DmTransport = (command: Cmd, request: Buffer) => Promise<Buffer>;
@@ -73,6 +74,8 @@ export interface DeviceMapperOptions {
   transport?: DmTransport;
   /** Replaces the blocking native ioctl used by targetMessageSync. */
   syncTransport?: DmSyncTransport;
+  /** Replaces the addon's DM_DEV_ARM_POLL descriptor that wait() opens (tests). */
+  eventPoller?: () => DmEventPoller;
 }
 
 /** A device's state, from the struct dm_ioctl the kernel returned. */
@@ -96,6 +99,9 @@ export interface DmDeviceInfo {
   kernelVersion: DmVersion;
 }
 
+/** What wait() takes: the status flags, an AbortSignal, the pre-4.13 fallback interval. */
+export interface WaitOptions extends StatusOptions, EventWaitOptions {}
+
 export interface StatusOptions {
   /** Report on the inactive (loaded, not yet resumed) table. */
   inactive?: boolean;
@@ -116,6 +122,12 @@ function nativeTransport(controlPath?: string, maxBufferSize?: number): DmTransp
   };
 }
 
+function nativePoller(controlPath: string): DmEventPoller {
+  const p = new (native().DmPoll)();
+  p.open(controlPath);
+  return p;
+}
+
 function nativeSyncTransport(controlPath?: string, maxBufferSize?: number): DmSyncTransport {
   return (command, request) => native().dmIoctlSync(command, request, { controlPath, maxBufferSize });
 }
@@ -130,6 +142,7 @@ export class DeviceMapper {
   readonly devDir: string;
   private readonly transport: DmTransport;
   private readonly syncTransport?: DmSyncTransport;
+  private readonly openPoller: () => DmEventPoller;
   private readonly nodes: 'auto' | 'always' | 'never';
   private readonly nodeMode: number;
   /** Nodes this instance made: name -> dev. */
@@ -138,6 +151,8 @@ export class DeviceMapper {
   constructor(opts: DeviceMapperOptions = {}) {
     this.transport = opts.transport ?? nativeTransport(opts.controlPath, opts.maxBufferSize);
     this.syncTransport = opts.syncTransport ?? (opts.transport ? undefined : nativeSyncTransport(opts.controlPath, opts.maxBufferSize));
+    const controlPath = opts.controlPath ?? '/dev/mapper/control';
+    this.openPoller = opts.eventPoller ?? (() => nativePoller(controlPath));
     this.nodes = opts.nodes ?? 'auto';
     this.devDir = opts.devDir ?? '/dev/mapper';
     this.nodeMode = opts.nodeMode ?? 0o600;
@@ -300,14 +315,37 @@ export class DeviceMapper {
   }
 
   /**
-   * DM_DEV_WAIT: blocks (on a libuv pool thread) until the device's event
-   * counter differs from `eventNr`, then returns its info and status lines.
+   * Waits until the device's event counter differs from `eventNr` (a dm
+   * event: a thin-pool's low-water mark, a mode change, a table swap...),
+   * then returns its info and status lines (DM_TABLE_STATUS; `info.eventNr`
+   * is the counter that status goes with). Returns at once if the counter
+   * already differs. Cancellable with `signal` (AbortError, code ABORT_ERR),
+   * and holds no worker thread: see event-wait.ts for why this is not
+   * DM_DEV_WAIT. Rejects with ENXIO (DM_DEV_STATUS) if the device is removed.
    */
-  async wait(ref: DeviceRef, eventNr: number, opts: StatusOptions = {}): Promise<{ info: DmDeviceInfo; targets: DmTarget[] }> {
+  async wait(ref: DeviceRef, eventNr: number, opts: WaitOptions = {}): Promise<{ info: DmDeviceInfo; targets: DmTarget[] }> {
     const id = resolveDeviceRef(ref);
     if (!Number.isInteger(eventNr) || eventNr < 0 || eventNr > 0xffffffff) throw new UsageError('eventNr must be a u32');
-    const r = await this.call(Cmd.DEV_WAIT, { ...idFields(id), eventNr, flags: statusFlags(opts) }, undefined, { id });
-    return { info: toInfo(r.header), targets: decodeTargetSpecs(resultArea(r.buf, r.header), r.header.targetCount) };
+    const openPoller = () => {
+      try {
+        return this.openPoller();
+      } catch (err) {
+        throw toIoctlError(err, Cmd.DEV_ARM_POLL, deviceLabel(id));
+      }
+    };
+    const armed = (p: DmEventPoller): DmEventPoller => ({
+      arm: () => {
+        try {
+          p.arm();
+        } catch (err) {
+          throw toIoctlError(err, Cmd.DEV_ARM_POLL, deviceLabel(id));
+        }
+      },
+      readable: () => p.readable(),
+      close: () => p.close(),
+    });
+    await waitForEventChange(() => armed(openPoller()), async () => (await this.info(id)).eventNr, eventNr, opts);
+    return this.statusWithInfo(id, opts);
   }
 
   // ---------------------------------------------------------------- table
@@ -338,6 +376,13 @@ export class DeviceMapper {
     const id = resolveDeviceRef(ref);
     const r = await this.call(Cmd.TABLE_STATUS, { ...idFields(id), flags: statusFlags(opts) }, undefined, { id });
     return decodeTargetSpecs(resultArea(r.buf, r.header), r.header.targetCount);
+  }
+
+  /** DM_TABLE_STATUS, with the device's info from the same call (its event counter goes with these lines). */
+  async statusWithInfo(ref: DeviceRef, opts: StatusOptions = {}): Promise<{ info: DmDeviceInfo; targets: DmTarget[] }> {
+    const id = resolveDeviceRef(ref);
+    const r = await this.call(Cmd.TABLE_STATUS, { ...idFields(id), flags: statusFlags(opts) }, undefined, { id });
+    return { info: toInfo(r.header), targets: decodeTargetSpecs(resultArea(r.buf, r.header), r.header.targetCount) };
   }
 
   /** DM_TABLE_STATUS with DM_STATUS_TABLE_FLAG: the table as the kernel prints it. */

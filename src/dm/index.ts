@@ -4,3 +4,4 @@ export * from './device-mapper';
 export * from './targets/args';
 export * from './targets/thin-pool';
 export * from './targets/thin';
+export type { DmEventPoller, EventWaitOptions } from './event-wait';

@@ -83,12 +83,29 @@ export interface NativeDmIoctlOptions {
   maxBufferSize?: number;
 }
 
+/**
+ * A descriptor on the dm control node that polls readable once any dm device
+ * raises an event after the last arm() (DM_DEV_ARM_POLL). Waiting uses the
+ * event loop (uv_poll), never a worker thread.
+ */
+export interface NativeDmPoll {
+  /** Opens the control node (non-blocking). Throws Node-shaped errors. */
+  open(controlPath: string): void;
+  /** DM_DEV_ARM_POLL on this descriptor; throws with `ioctl` set (ENOTTY before Linux 4.13). */
+  arm(): void;
+  /** true when the descriptor polls readable; false if close() came first. One wait at a time. */
+  readable(): Promise<boolean>;
+  /** Stops a pending wait (it resolves false) and closes the descriptor. Idempotent. */
+  close(): void;
+}
+
 export interface NativeAddon {
   crc32c(data: Uint8Array, seed?: number, raw?: boolean): number;
   crc32cTable(data: Uint8Array): number;
   crc32cHardware(): boolean;
   BlockReader: new () => NativeBlockReader;
   BlockWriter: new () => NativeBlockWriter;
+  DmPoll: new () => NativeDmPoll;
   /**
    * One dm ioctl on a worker thread. `request` is struct dm_ioctl plus its
    * payload; the result is struct dm_ioctl plus results (data_size bytes,

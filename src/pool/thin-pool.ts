@@ -8,7 +8,7 @@
  *   await using snap = await pool.reserveMetadataSnap();
  *   await using md = await snap.open();
  */
-import { AbortError, DmIoctlError, DmthinError, MetadataSnapError, UsageError } from '../errors';
+import { AbortError, DmIoctlError, DmthinError, MetadataSnapError, UsageError, throwIfAborted } from '../errors';
 import { DeviceMapper } from '../dm/device-mapper';
 import { formatDev, type DevNum, type DmTarget } from '../dm/ioctl';
 import {
@@ -29,6 +29,7 @@ import { ThinMetadata } from '../thin/metadata';
 import { type DataBlocks, type Sectors, dataBlocks, sectors } from '../units';
 import { devNumOf, devPathOf, sizeInSectors } from '../dm/block-devices';
 import { guard, unguard, type Releasable } from './release-guard';
+import { type PoolEvent, derivePoolEvents } from './events';
 
 export interface ThinPoolCreateOptions {
   name: string;
@@ -45,6 +46,14 @@ export interface ThinPoolCreateOptions {
   length?: Sectors | number;
   uuid?: string;
   dm?: DeviceMapper;
+}
+
+/** What waitEvent() and events() take. */
+export interface PoolWaitOptions {
+  /** Aborting ends the wait at once with AbortError (code ABORT_ERR). */
+  signal?: AbortSignal;
+  /** Read the status without committing metadata first. */
+  noflush?: boolean;
 }
 
 export interface CreateSnapOptions {
@@ -140,8 +149,12 @@ export class ThinPool {
    * `noflush` is set.
    */
   async status(opts: { noflush?: boolean } = {}): Promise<ThinPoolStatus> {
-    const t = await this.dm.status(this.name, { noflush: opts.noflush });
-    if (t.length !== 1) throw new DmthinError('EPROTO', `thin-pool ${this.name} has ${t.length} targets`, { device: this.name });
+    return this.onlyStatus(await this.dm.status(this.name, { noflush: opts.noflush }));
+  }
+
+  private onlyStatus(t: DmTarget[]): ThinPoolStatus {
+    if (t.length !== 1 || t[0].type !== THIN_POOL_TARGET)
+      throw new DmthinError('EPROTO', `${this.name} is no longer a thin-pool (table: ${t.map((x) => x.type).join(', ') || 'none'})`, { device: this.name });
     return parseThinPoolStatus(t[0].params);
   }
 
@@ -299,12 +312,42 @@ export class ThinPool {
 
   /**
    * Waits for the pool's next dm event (e.g. the low-water mark being
-   * crossed), then returns the new status. `eventNr` is from a previous
-   * `info()`; the wait occupies one libuv pool thread.
+   * crossed), then returns the event counter and the status after it.
+   * `eventNr` is from a previous waitEvent() or `info()`; without it, the
+   * wait is for the next event from now. Returns at once if the counter has
+   * already moved past `eventNr`. Aborting `signal` rejects with AbortError
+   * (code ABORT_ERR) at once; a pending wait holds no worker thread
+   * (DeviceMapper.wait). Rejects with ENXIO if the pool is removed.
    */
-  async waitEvent(eventNr: number, opts: { noflush?: boolean } = {}): Promise<{ eventNr: number; status: ThinPoolStatus }> {
-    const r = await this.dm.wait(this.name, eventNr, { noflush: opts.noflush });
-    return { eventNr: r.info.eventNr, status: parseThinPoolStatus(r.targets[0].params) };
+  async waitEvent(eventNr?: number, opts: PoolWaitOptions = {}): Promise<{ eventNr: number; status: ThinPoolStatus }> {
+    const from = eventNr ?? (await this.info()).eventNr;
+    const r = await this.dm.wait(this.name, from, { noflush: opts.noflush, signal: opts.signal });
+    return { eventNr: r.info.eventNr, status: this.onlyStatus(r.targets) };
+  }
+
+  /**
+   * The pool's events from now on, typed by what changed (pool/events.ts:
+   * low-water-mark, mode, needs-check, metadata-low, other), until `signal`
+   * aborts (the loop then ends with AbortError) or the pool is removed
+   * (ENXIO). Events that come while the loop body runs are not lost: the
+   * next wait starts from the last counter seen. Several changes at one dm
+   * event come as several items with the same `eventNr`.
+   *
+   *   for await (const ev of pool.events({ signal })) if (ev.type === 'low-water-mark') grow();
+   */
+  async *events(opts: PoolWaitOptions = {}): AsyncGenerator<PoolEvent, void, undefined> {
+    throwIfAborted(opts.signal);
+    const first = await this.dm.statusWithInfo(this.name, { noflush: opts.noflush });
+    let eventNr = first.info.eventNr;
+    let previous = this.onlyStatus(first.targets);
+    for (;;) {
+      const r = await this.dm.wait(this.name, eventNr, { noflush: opts.noflush, signal: opts.signal });
+      const status = this.onlyStatus(r.targets);
+      const { lowWaterMark } = await this.table();
+      for (const ev of derivePoolEvents(previous, status, lowWaterMark, r.info.eventNr)) yield ev;
+      eventNr = r.info.eventNr;
+      previous = status;
+    }
   }
 
   /** DEV_STATUS of the pool device (event counter, open count, suspended...). */

@@ -58,6 +58,8 @@ function fake(handler: Reply = (s) => reply(s)) {
   const sent: Sent[] = [];
   const dm = new DeviceMapper({
     nodes: 'never',
+    // wait(): a poller that is never readable (the fake's counter never moves).
+    eventPoller: () => ({ arm: () => undefined, readable: () => new Promise<boolean>(() => undefined), close: () => undefined }),
     transport: async (cmd, req) => {
       const s = { cmd, h: decodeHeader(req), payload: req.subarray(IOCTL.size) };
       sent.push(s);
@@ -175,13 +177,14 @@ describe('requests', () => {
     const { dm, sent } = fake((s) => reply(s, { results: statusResults(lines), targetCount: 2 }));
     expect(await dm.status('pool', { noflush: true })).toEqual(lines);
     expect(await dm.table('pool', { inactive: true })).toEqual(lines);
-    const w = await dm.wait('pool', 41);
+    const w = await dm.wait('pool', 41, { noflush: true }); // the fake's counter is 9: returns at once
     expect(w.targets).toEqual(lines);
     expect(w.info.targetCount).toBe(2);
     expect(sent.map((s) => [s.cmd, s.h.flags, s.h.eventNr])).toEqual([
       [Cmd.TABLE_STATUS, Flag.NOFLUSH, 0],
       [Cmd.TABLE_STATUS, Flag.STATUS_TABLE | Flag.QUERY_INACTIVE_TABLE, 0],
-      [Cmd.DEV_WAIT, 0, 41],
+      [Cmd.DEV_STATUS, 0, 0],
+      [Cmd.TABLE_STATUS, Flag.NOFLUSH, 0],
     ]);
   });
 

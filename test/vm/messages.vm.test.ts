@@ -93,7 +93,7 @@ describeVm('pool messages and dm ioctls: failures and their errnos on a real ker
       [() => dm.loadTable(ghost, oneTarget(8, 'zero', '')), 'DM_TABLE_LOAD'],
       [() => dm.clearTable(ghost), 'DM_TABLE_CLEAR'],
       [() => dm.rename(ghost, { name: `${ghost}2` }), 'DM_DEV_RENAME'],
-      [() => dm.wait(ghost, 0), 'DM_DEV_WAIT'],
+      [() => dm.wait(ghost, 0), 'DM_DEV_STATUS'],
       [() => dm.targetMessage(ghost, sectors(0), 'create_thin 1'), 'DM_TARGET_MSG', 'create_thin 1'],
       [() => ThinPool.open(ghost), 'DM_DEV_STATUS'],
       [() => ThinDevice.open(ghost), 'DM_DEV_STATUS'],
