@@ -3,6 +3,7 @@
  * blocks are meant; branded types make the compiler check that at no runtime cost.
  */
 declare const unit: unique symbol;
+/** A number branded with its unit T (a compile-time tag only). */
 type Unit<T extends string> = number & { readonly [unit]: T };
 
 /** 512-byte sectors. */

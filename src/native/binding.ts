@@ -34,6 +34,7 @@ export interface NativeWriterOpenOptions {
   mode?: number;
 }
 
+/** What the addon's writer found at open. @inline */
 export interface NativeWriterInfo {
   size: number;
   blockDevice: boolean;

@@ -28,6 +28,7 @@ import {
 } from './records';
 import { SECTOR_SIZE } from '../../units';
 
+/** Where a record was found in the stream. @inline */
 interface At {
   /** Byte offset of the record in the stream. */
   offset: number;
