@@ -55,6 +55,7 @@ export type DmTransport = (command: Cmd, request: Buffer) => Promise<Buffer>;
 /** The same, blocking the calling thread (exit paths only). */
 export type DmSyncTransport = (command: Cmd, request: Buffer) => Buffer;
 
+/** Options of a DeviceMapper: the control node, buffer cap, node handling, transport. */
 export interface DeviceMapperOptions {
   /** Default /dev/mapper/control. */
   controlPath?: string;
@@ -77,18 +78,29 @@ export interface DeviceMapperOptions {
 
 /** A device's state, from the struct dm_ioctl the kernel returned. */
 export interface DmDeviceInfo {
+  /** The dm device name. */
   name: string;
   /** undefined when the device has no uuid. */
   uuid?: string;
+  /** Its device number. */
   dev: DevNum;
+  /** How many openers hold the device. */
   openCount: number;
+  /** The device's event counter (see DeviceMapper.wait). */
   eventNr: number;
+  /** Number of targets in the active table. */
   targetCount: number;
+  /** The device is read-only. */
   readOnly: boolean;
+  /** The device is suspended. */
   suspended: boolean;
+  /** A table is live. */
   activeTable: boolean;
+  /** A loaded table awaits a resume. */
   inactiveTable: boolean;
+  /** Removal is deferred until the last close. */
   deferredRemove: boolean;
+  /** Suspended by the kernel itself (e.g. under a pool's reload). */
   internalSuspend: boolean;
   /** Raw flags word. */
   flags: number;
@@ -96,6 +108,7 @@ export interface DmDeviceInfo {
   kernelVersion: DmVersion;
 }
 
+/** Options of status, table and wait requests. */
 export interface StatusOptions {
   /** Report on the inactive (loaded, not yet resumed) table. */
   inactive?: boolean;
@@ -126,7 +139,9 @@ interface CallContext {
   targetMessage?: string;
 }
 
+/** Device-mapper control: one async method per dm ioctl, each run off the JS thread. */
 export class DeviceMapper {
+  /** Where device nodes are made (default /dev/mapper). */
   readonly devDir: string;
   private readonly transport: DmTransport;
   private readonly syncTransport?: DmSyncTransport;
@@ -227,7 +242,10 @@ export class DeviceMapper {
    * and `deferred: true` comes back. Removes the /dev/mapper node when it is
    * one we manage (a block node for this device).
    */
-  async remove(ref: DeviceRef, opts: { deferred?: boolean } = {}): Promise<{ deferred: boolean }> {
+  async remove(ref: DeviceRef, opts: { deferred?: boolean } = {}): Promise<{
+    /** The removal waits for the last close. */
+    deferred: boolean;
+  }> {
     const id = resolveDeviceRef(ref);
     let node: { name: string; dev: DevNum } | undefined;
     const made = id.name !== undefined ? this.madeNodes.get(id.name) : undefined;
@@ -303,7 +321,16 @@ export class DeviceMapper {
    * DM_DEV_WAIT: blocks (on a libuv pool thread) until the device's event
    * counter differs from `eventNr`, then returns its info and status lines.
    */
-  async wait(ref: DeviceRef, eventNr: number, opts: StatusOptions = {}): Promise<{ info: DmDeviceInfo; targets: DmTarget[] }> {
+  async wait(
+    ref: DeviceRef,
+    eventNr: number,
+    opts: StatusOptions = {},
+  ): Promise<{
+    /** The device's info after the event. */
+    info: DmDeviceInfo;
+    /** Its status lines. */
+    targets: DmTarget[];
+  }> {
     const id = resolveDeviceRef(ref);
     if (!Number.isInteger(eventNr) || eventNr < 0 || eventNr > 0xffffffff) throw new UsageError('eventNr must be a u32');
     const r = await this.call(Cmd.DEV_WAIT, { ...idFields(id), eventNr, flags: statusFlags(opts) }, undefined, { id });

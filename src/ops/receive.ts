@@ -53,7 +53,9 @@ export interface ReceiveOptions {
   zero?: ZeroMethod;
   /** O_DIRECT for the target writes (default 'auto'). */
   direct?: 'auto' | 'always' | 'never';
+  /** Cancels the work, which then rejects with AbortError. */
   signal?: AbortSignal;
+  /** Called as the work advances. */
   onProgress?: (p: ReceiveProgress) => void;
 }
 

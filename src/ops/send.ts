@@ -60,7 +60,9 @@ interface CommonSendOptions {
    * root, see offlinePoolId).
    */
   poolId?: string;
+  /** Cancels the work, which then rejects with AbortError. */
   signal?: AbortSignal;
+  /** Called as the work advances. */
   onProgress?: (p: SendProgressEvent) => void;
   /** Data bytes per read batch (default 16 MiB). */
   batchBytes?: number;

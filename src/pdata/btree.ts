@@ -279,6 +279,7 @@ export interface WalkOptions extends TreeContext {
   valueSize: number;
   /** Number of metadata blocks: any pointer at or beyond it is corruption. */
   nrMetadataBlocks: number;
+  /** Cancels the work, which then rejects with AbortError. */
   signal?: AbortSignal;
   /** Nodes per read batch (default 256 = 1 MiB). */
   window?: number;

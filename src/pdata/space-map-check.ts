@@ -101,6 +101,7 @@ function indexEntryAt(buf: Buffer, off: number): IndexEntry | null {
 }
 
 export interface SpaceMapCheckOptions {
+  /** Cancels the work, which then rejects with AbortError. */
   signal?: AbortSignal;
   /** Bitmaps compared so far, of all. */
   onProgress?: (done: number, total: number) => void;

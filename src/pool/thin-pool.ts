@@ -30,7 +30,9 @@ import { type DataBlocks, type Sectors, dataBlocks, sectors } from '../units';
 import { devNumOf, devPathOf, sizeInSectors } from '../dm/block-devices';
 import { guard, unguard, type Releasable } from './release-guard';
 
+/** What ThinPool.create builds a pool from. */
 export interface ThinPoolCreateOptions {
+  /** The dm name of the new pool device. */
   name: string;
   /** Metadata device: a block device path or 'major:minor'. */
   metadataDev: string;
@@ -40,13 +42,17 @@ export interface ThinPoolCreateOptions {
   dataBlockSize: Sectors | number;
   /** Free data blocks below which the pool raises a dm event. */
   lowWaterMark: DataBlocks | number;
+  /** Feature arguments of the table line (at most 4). */
   features?: ThinPoolFeature[];
   /** Pool length in sectors; default: the whole data device, whole blocks only. */
   length?: Sectors | number;
+  /** The dm uuid of the pool device. */
   uuid?: string;
+  /** The DeviceMapper to use (default: a new one on /dev/mapper/control). */
   dm?: DeviceMapper;
 }
 
+/** Options of ThinPool.createSnap. */
 export interface CreateSnapOptions {
   /**
    * Suspend active thin devices of the origin around the message so the
@@ -55,10 +61,10 @@ export interface CreateSnapOptions {
   suspendOrigin?: boolean;
 }
 
-/** An active thin device of the pool (a dm device with a `thin` table). */
 /** Which metadata snapshot openMetadata() reads through. */
 export type MetadataSnapshotUse = 'reserve' | 'held' | 'held-or-reserve';
 
+/** Options of ThinPool.openMetadata: which metadata snapshot to read through. */
 export interface OpenMetadataOptions {
   /**
    * 'reserve' (default): reserve one now, released with the handle; 'held':
@@ -72,20 +78,28 @@ export interface OpenMetadataOptions {
 
 /** A live pool's metadata and what reading it holds. */
 export interface LiveMetadata extends AsyncDisposable {
+  /** The metadata, read through the snapshot. */
   readonly metadata: ThinMetadata;
   /** Closes the metadata, then releases the snapshot if it was reserved for it. Idempotent. */
   release(): Promise<void>;
 }
 
+/** An active thin device of the pool (a dm device with a `thin` table). */
 export interface ActiveThin {
+  /** Its dm name. */
   name: string;
+  /** Its thin device id in the pool. */
   devId: number;
+  /** Its device number. */
   dev: DevNum;
 }
 
+/** A live dm thin-pool: status, the pool messages, metadata snapshots, metadata reads. */
 export class ThinPool {
   private constructor(
+    /** The pool's dm device name. */
     readonly name: string,
+    /** The DeviceMapper it is driven through. */
     readonly dm: DeviceMapper,
     /** The pool's own device number (thin table lines refer to it). */
     readonly dev: DevNum,
@@ -130,7 +144,12 @@ export class ThinPool {
   }
 
   /** The active table: metadata and data devices, block size, low-water mark, features. */
-  async table(): Promise<ThinPoolTable & { length: Sectors }> {
+  async table(): Promise<
+    ThinPoolTable & {
+      /** The pool's length in sectors. */
+      length: Sectors;
+    }
+  > {
     const [t] = await this.dm.table(this.name);
     return { ...parseThinPoolTable(t.params), length: t.length };
   }
@@ -157,6 +176,7 @@ export class ThinPool {
     await this.dm.targetMessage(this.name, sectors(0), text);
   }
 
+  /** create_thin: a new, empty thin device `id` (EEXIST if it exists). */
   async createThin(id: ThinId): Promise<void> {
     await this.message(PoolMessage.createThin(id));
   }
@@ -180,6 +200,7 @@ export class ThinPool {
     }
   }
 
+  /** delete: removes thin device `id` and its mappings (EBUSY while it is active). */
   async delete(id: ThinId): Promise<void> {
     await this.message(PoolMessage.delete(id));
   }
@@ -302,7 +323,15 @@ export class ThinPool {
    * crossed), then returns the new status. `eventNr` is from a previous
    * `info()`; the wait occupies one libuv pool thread.
    */
-  async waitEvent(eventNr: number, opts: { noflush?: boolean } = {}): Promise<{ eventNr: number; status: ThinPoolStatus }> {
+  async waitEvent(
+    eventNr: number,
+    opts: { noflush?: boolean } = {},
+  ): Promise<{
+    /** The event counter now (pass it to the next wait). */
+    eventNr: number;
+    /** The pool's status after the event. */
+    status: ThinPoolStatus;
+  }> {
     const r = await this.dm.wait(this.name, eventNr, { noflush: opts.noflush });
     return { eventNr: r.info.eventNr, status: parseThinPoolStatus(r.targets[0].params) };
   }
@@ -330,8 +359,12 @@ export class MetadataSnapshot implements AsyncDisposable, Releasable {
   private reserved?: Promise<boolean>;
   private reserveFailed = false;
 
-  constructor(readonly pool: ThinPool) {}
+  constructor(
+    /** The pool whose metadata snapshot this is. */
+    readonly pool: ThinPool,
+  ) {}
 
+  /** True once release() was called (or the guard released it). */
   get released(): boolean {
     return this.releasing !== undefined;
   }
@@ -382,12 +415,12 @@ export class MetadataSnapshot implements AsyncDisposable, Releasable {
     this.pool.dm.targetMessageSync(this.pool.name, sectors(0), PoolMessage.releaseMetadataSnap());
   }
 
+  /** Releases the snapshot (`await using`). */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.release();
   }
 }
 
-/** True when an error is the kernel's answer `code` to a pool message. */
 function liveMetadata(metadata: ThinMetadata, snap?: MetadataSnapshot): LiveMetadata {
   const release = async (): Promise<void> => {
     try {
@@ -399,6 +432,7 @@ function liveMetadata(metadata: ThinMetadata, snap?: MetadataSnapshot): LiveMeta
   return { metadata, release, [Symbol.asyncDispose]: release };
 }
 
+/** True when an error is the kernel's answer `code` to a pool message. */
 export function isMessageError(e: unknown, code: string): e is DmIoctlError {
   return e instanceof DmIoctlError && e.code === code;
 }

@@ -29,7 +29,9 @@ export interface SendProgress {
 }
 
 export interface EncodeOptions {
+  /** Cancels the work, which then rejects with AbortError. */
   signal?: AbortSignal;
+  /** Called as the work advances. */
   onProgress?: (p: SendProgress) => void;
   /** Data bytes read from the source per batch (default 16 MiB, at least one record). */
   batchBytes?: number;
