@@ -22,8 +22,9 @@ export type { Sectors, Bytes, DataBlocks, MetaBlocks } from './units';
 // Thin metadata (read-only) and the library functions behind the commands.
 export { ThinMetadata } from './thin/metadata';
 export type { ThinMetadataOptions, WalkOptions } from './thin/metadata';
-export type { OpenOptions, IoStats } from './pdata/block-source';
-export type { SpaceMapKind } from './pdata/space-map';
+export type { OpenOptions } from './pdata/block-source';
+export type { SpaceMapKind, SpaceMapRoot } from './pdata/space-map';
+export type { Key } from './pdata/btree';
 export type { Superblock } from './thin/superblock';
 export type { DeviceDetails } from './thin/device-details';
 export type { Mapping, MappingRun, VirtualBlock, WalkProgress } from './thin/mappings';

@@ -11,12 +11,12 @@
 
 // Metadata blocks: sources, checksums, btrees, space maps, the superblock.
 export { BLOCK_SIZE, Block, MemoryBlockSource, NativeBlockSource } from './pdata/block-source';
-export type { BlockSource } from './pdata/block-source';
+export type { BlockSource, IoStats } from './pdata/block-source';
 export { BlockType, blockTypeOf, crc32c, blockChecksum, verifyChecksum } from './pdata/checksum';
 export { BtreeNode, walkLeaves, lookup as btreeLookup } from './pdata/btree';
-export type { WalkOptions as BtreeWalkOptions, TreeContext, Key } from './pdata/btree';
+export type { WalkOptions as BtreeWalkOptions, TreeContext } from './pdata/btree';
 export { SpaceMap } from './pdata/space-map';
-export type { SpaceMapRoot, IndexEntry } from './pdata/space-map';
+export type { IndexEntry } from './pdata/space-map';
 export { RunBatch } from './thin/mappings';
 export { parseSuperblock, THIN_SUPERBLOCK_MAGIC } from './thin/superblock';
 
