@@ -107,6 +107,27 @@ describe('export lists', () => {
     expect(runtimeUnstable).toEqual(unstable.values);
   });
 
+  test('the shipped typings carry no @internal member', () => {
+    // Declarations emitted in memory with the build's own tsconfig.json, as `npm run build` writes dist/*.d.ts.
+    const cfg = ts.getParsedCommandLineOfConfigFile(join(ROOT, 'tsconfig.json'), {}, { ...ts.sys, onUnRecoverableConfigFileDiagnostic: () => {} });
+    if (!cfg) throw new Error('cannot read tsconfig.json');
+    expect(cfg.options.stripInternal).toBe(true);
+    const dts = new Map<string, string>();
+    const p = ts.createProgram(ENTRIES, { ...cfg.options, emitDeclarationOnly: true, declarationMap: false, noEmit: false });
+    p.emit(undefined, (name, text) => {
+      if (name.endsWith('.d.ts')) dts.set(name, text);
+    });
+    const internalSrc = (ts.sys.readFile(join(ROOT, 'src', 'pool', 'thin-pool.ts')) ?? '').match(/@internal/g) ?? [];
+    expect(internalSrc.length).toBeGreaterThan(0); // there is something to strip
+    expect(dts.size).toBeGreaterThan(50);
+    const leaked = [...dts].filter(([, text]) => text.includes('@internal')).map(([name]) => name);
+    expect(leaked).toEqual([]);
+    // What @internal marks is really gone, not only its tag.
+    const pool = [...dts].find(([name]) => name.endsWith('pool/thin-pool.d.ts'))?.[1] ?? '';
+    expect(pool).toContain('class MetadataSnapshot');
+    expect(pool).not.toMatch(/\breadRoot\(/);
+  });
+
   test('package.json maps dmthin and dmthin/unstable to the built entries', () => {
     const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8'));
     expect(pkg.exports['.']).toEqual({ types: './dist/index.d.ts', default: './dist/index.js' });
