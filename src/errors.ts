@@ -21,26 +21,38 @@ export function codeOfErrno(errno: number): string {
   return 'EUNKNOWN';
 }
 
+/** Optional fields of a DmthinError, given to its constructor. */
 export interface ErrorFields {
+  /** Negative errno (derived from the code when left out). */
   errno?: number;
+  /** The system call that failed (`open`, `ioctl`...). */
   syscall?: string;
+  /** The file or device the error is about. */
   path?: string;
   /** dm device name or thin-pool name. */
   device?: string;
   /** Metadata (or data) block number the problem is about. */
   block?: number;
+  /** The underlying error, kept as Error#cause. */
   cause?: unknown;
   [extra: string]: unknown;
 }
 
+/** The base of every error dmthin throws: Node's SystemError shape plus domain fields. */
 export class DmthinError extends Error {
+  /** Stable identifier: an errno name (`EBUSY`, `EUCLEAN`...) or `ABORT_ERR`. */
   readonly code: string;
   // `declare`: no class-field initialisers, which would overwrite what the
   // constructor copies in from `fields` (ES2022 define semantics).
+  /** Negative errno, as Node reports it (`EBUSY` -> -16), where one applies. */
   declare errno?: number;
+  /** The system call that failed, for system-call errors. */
   declare syscall?: string;
+  /** The file or device the error is about. */
   declare path?: string;
+  /** dm device name or thin-pool name. */
   declare device?: string;
+  /** Metadata (or data) block number the problem is about. */
   declare block?: number;
 
   constructor(code: string, message: string, fields: ErrorFields = {}) {
@@ -54,6 +66,7 @@ export class DmthinError extends Error {
     }
   }
 
+  /** The class name (`MetadataError`...), as Node's errors report it. */
   override get name(): string {
     return this.constructor.name;
   }
@@ -70,7 +83,9 @@ export class SystemCallError extends DmthinError {}
  * `targetMessage` rather than `message`: Error#message stays the human text.
  */
 export class DmIoctlError extends SystemCallError {
+  /** The dm ioctl that failed (`DM_DEV_CREATE`, `DM_TARGET_MSG`...). */
   readonly ioctl: string;
+  /** For DM_TARGET_MSG: the message text the kernel refused. */
   declare targetMessage?: string; // declare: a class field would reset what super() assigned
 
   constructor(code: string, message: string, fields: ErrorFields & { ioctl: string; targetMessage?: string }) {
@@ -82,6 +97,7 @@ export class DmIoctlError extends SystemCallError {
 /** Kernel output (an ioctl result or a target's status/table line) did not
  * have the expected shape. `input` is the offending text, when there is one. */
 export class DmParseError extends DmthinError {
+  /** The kernel output that did not parse. */
   declare input?: string;
 
   constructor(message: string, fields: ErrorFields & { input?: string } = {}) {
@@ -121,8 +137,11 @@ export type CorruptionKind =
 /** The metadata is corrupt. `code` follows the kernel: EILSEQ for checksums,
  * ENOTBLK for a wrong block number, EUCLEAN for everything structural. */
 export class MetadataError extends DmthinError {
+  /** What was found wrong (a stable string). */
   readonly kind: CorruptionKind;
+  /** The tree the fault was found in (`details`, `mapping`, a space map...). */
   declare tree?: string;
+  /** The thin device whose tree it was, when there is one. */
   declare devId?: number;
 
   constructor(kind: CorruptionKind, message: string, fields: ErrorFields & { tree?: string; devId?: number } = {}) {
@@ -182,8 +201,11 @@ const STREAM_CODES: Record<StreamErrorReason, string> = {
  * and `record` the record's sequence number, where they apply.
  */
 export class StreamError extends DmthinError {
+  /** Why the stream was refused (a stable string); `code` follows from it. */
   readonly reason: StreamErrorReason;
+  /** Byte offset in the stream, where it applies. */
   declare offset?: number;
+  /** Sequence number of the record, where it applies. */
   declare record?: number;
 
   constructor(reason: StreamErrorReason, message: string, fields: ErrorFields & { offset?: number; record?: number } = {}) {

@@ -31,7 +31,7 @@ interface SendCliOpts extends MetadataSnapOpts {
 const UNITS: Record<string, number> = { '': 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40, p: 2 ** 50, s: SECTOR_SIZE };
 
 /** Bytes from "1073741824", "1G", "512MiB", "2048s" (sectors). */
-function parseSize(name: string, v: string): number {
+export function parseSize(name: string, v: string): number {
   const m = /^([0-9]+)\s*([kmgtps]?)(?:i?b)?$/i.exec(v.trim());
   if (!m) throw new UsageError(`${name} must be a size in bytes (suffixes K, M, G, T, P binary; s = sectors), got '${v}'`);
   const n = Number(m[1]) * UNITS[m[2].toLowerCase()];

@@ -56,6 +56,7 @@ export type DmTransport = (command: Cmd, request: Buffer) => Promise<Buffer>;
 /** The same, blocking the calling thread (exit paths only). */
 export type DmSyncTransport = (command: Cmd, request: Buffer) => Buffer;
 
+/** Options of a DeviceMapper: the control node, buffer cap, node handling, transport. */
 export interface DeviceMapperOptions {
   /** Default /dev/mapper/control. */
   controlPath?: string;
@@ -80,18 +81,29 @@ export interface DeviceMapperOptions {
 
 /** A device's state, from the struct dm_ioctl the kernel returned. */
 export interface DmDeviceInfo {
+  /** The dm device name. */
   name: string;
   /** undefined when the device has no uuid. */
   uuid?: string;
+  /** Its device number. */
   dev: DevNum;
+  /** How many openers hold the device. */
   openCount: number;
+  /** The device's event counter (see DeviceMapper.wait). */
   eventNr: number;
+  /** Number of targets in the active table. */
   targetCount: number;
+  /** The device is read-only. */
   readOnly: boolean;
+  /** The device is suspended. */
   suspended: boolean;
+  /** A table is live. */
   activeTable: boolean;
+  /** A loaded table awaits a resume. */
   inactiveTable: boolean;
+  /** Removal is deferred until the last close. */
   deferredRemove: boolean;
+  /** Suspended by the kernel itself (e.g. under a pool's reload). */
   internalSuspend: boolean;
   /** Raw flags word. */
   flags: number;
@@ -102,6 +114,7 @@ export interface DmDeviceInfo {
 /** What wait() takes: the status flags, an AbortSignal, the pre-4.13 fallback interval. */
 export interface WaitOptions extends StatusOptions, EventWaitOptions {}
 
+/** Options of status, table and wait requests. */
 export interface StatusOptions {
   /** Report on the inactive (loaded, not yet resumed) table. */
   inactive?: boolean;
@@ -138,7 +151,9 @@ interface CallContext {
   targetMessage?: string;
 }
 
+/** Device-mapper control: one async method per dm ioctl, each run off the JS thread. */
 export class DeviceMapper {
+  /** Where device nodes are made (default /dev/mapper). */
   readonly devDir: string;
   private readonly transport: DmTransport;
   private readonly syncTransport?: DmSyncTransport;
@@ -242,7 +257,10 @@ export class DeviceMapper {
    * and `deferred: true` comes back. Removes the /dev/mapper node when it is
    * one we manage (a block node for this device).
    */
-  async remove(ref: DeviceRef, opts: { deferred?: boolean } = {}): Promise<{ deferred: boolean }> {
+  async remove(ref: DeviceRef, opts: { deferred?: boolean } = {}): Promise<{
+    /** The removal waits for the last close. */
+    deferred: boolean;
+  }> {
     const id = resolveDeviceRef(ref);
     let node: { name: string; dev: DevNum } | undefined;
     const made = id.name !== undefined ? this.madeNodes.get(id.name) : undefined;

@@ -48,24 +48,43 @@ export const UUID_MAX = DM_UUID_LEN - 1;
 export const TYPE_NAME_MAX = DM_MAX_TYPE_NAME - 1;
 
 /** Command numbers (the header's DM_*_CMD enum). */
+/** The dm ioctl commands (their numbers in the kernel's dm-ioctl.h). */
 export const Cmd = {
+  /** DM_VERSION: the interface version. */
   VERSION: 0,
+  /** DM_REMOVE_ALL: remove every device. */
   REMOVE_ALL: 1,
+  /** DM_LIST_DEVICES: list devices. */
   LIST_DEVICES: 2,
+  /** DM_DEV_CREATE: create a device. */
   DEV_CREATE: 3,
+  /** DM_DEV_REMOVE: remove a device. */
   DEV_REMOVE: 4,
+  /** DM_DEV_RENAME: rename a device or set its uuid. */
   DEV_RENAME: 5,
+  /** DM_DEV_SUSPEND: suspend or resume a device. */
   DEV_SUSPEND: 6,
+  /** DM_DEV_STATUS: a device's info. */
   DEV_STATUS: 7,
+  /** DM_DEV_WAIT: wait for a device event. */
   DEV_WAIT: 8,
+  /** DM_TABLE_LOAD: load an inactive table. */
   TABLE_LOAD: 9,
+  /** DM_TABLE_CLEAR: clear the inactive table. */
   TABLE_CLEAR: 10,
+  /** DM_TABLE_DEPS: a table's underlying devices. */
   TABLE_DEPS: 11,
+  /** DM_TABLE_STATUS: target status or table lines. */
   TABLE_STATUS: 12,
+  /** DM_LIST_VERSIONS: loaded target types. */
   LIST_VERSIONS: 13,
+  /** DM_TARGET_MSG: send a target message. */
   TARGET_MSG: 14,
+  /** DM_DEV_SET_GEOMETRY: set the geometry. */
   DEV_SET_GEOMETRY: 15,
+  /** DM_DEV_ARM_POLL: arm the control fd's poll. */
   DEV_ARM_POLL: 16,
+  /** DM_GET_TARGET_VERSION: one target type's version. */
   GET_TARGET_VERSION: 17,
 } as const;
 export type Cmd = (typeof Cmd)[keyof typeof Cmd];
@@ -198,8 +217,11 @@ export function assertNativeLayout(c: NativeDmConstants): void {
 // ------------------------------------------------------------------ dev_t
 
 /** A block device number. */
+/** A block device number. */
 export interface DevNum {
+  /** Major number (12 bits). */
   major: number;
+  /** Minor number (20 bits). */
   minor: number;
 }
 
@@ -268,7 +290,31 @@ export function checkTargetType(type: unknown): string {
 // ------------------------------------------------------------------ request
 
 /** Which device a request is about: the kernel wants exactly one of these. */
-export type DeviceId = { name: string; uuid?: never; dev?: never } | { uuid: string; name?: never; dev?: never } | { dev: DevNum; name?: never; uuid?: never };
+export type DeviceId =
+  | {
+      /** The dm device name. */
+      name: string;
+      /** Not with `name`. */
+      uuid?: never;
+      /** Not with `name`. */
+      dev?: never;
+    }
+  | {
+      /** The dm device uuid. */
+      uuid: string;
+      /** Not with `uuid`. */
+      name?: never;
+      /** Not with `uuid`. */
+      dev?: never;
+    }
+  | {
+      /** The device number. */
+      dev: DevNum;
+      /** Not with `dev`. */
+      name?: never;
+      /** Not with `dev`. */
+      uuid?: never;
+    };
 /** A device name, or one explicit identifier. */
 export type DeviceRef = string | DeviceId;
 
@@ -350,10 +396,15 @@ export function encodeCString(s: string): Buffer {
 }
 
 /** One line of a table: what TABLE_LOAD takes and TABLE_STATUS returns. */
+/** One target of a table: a sector range, its target type and its parameters. */
 export interface DmTarget {
+  /** First sector of the range. */
   start: Sectors;
+  /** Length of the range. */
   length: Sectors;
+  /** Target type (`thin-pool`, `thin`, `linear`...). */
   type: string;
+  /** The table parameters, or the status line, as text. */
   params: string;
 }
 
@@ -475,8 +526,11 @@ export function decodeTargetSpecs(res: Buffer, count: number): DmTarget[] {
 }
 
 /** One LIST_DEVICES entry. */
+/** One device of DM_LIST_DEVICES. */
 export interface DmListEntry {
+  /** The dm device name. */
   name: string;
+  /** Its device number. */
   dev: DevNum;
   /** The device's event counter (interface 4.37+), else undefined. */
   eventNr?: number;
@@ -527,8 +581,11 @@ export function decodeNameList(res: Buffer, kernel: DmVersion, uuidRequested: bo
 }
 
 /** A loaded target type and its version. */
+/** A loaded target type and its version. */
 export interface TargetVersion {
+  /** Target type name (`thin-pool`...). */
   name: string;
+  /** Its version. */
   version: DmVersion;
 }
 

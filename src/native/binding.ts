@@ -32,16 +32,23 @@ export interface NativeWriterOpenOptions {
   mode?: number;
 }
 
+/** What the addon's writer found at open. @inline */
 export interface NativeWriterInfo {
+  /** Size in bytes at open. */
   size: number;
+  /** It is a block device. */
   blockDevice: boolean;
+  /** Writes bypass the page cache (O_DIRECT). */
   direct: boolean;
+  /** The device's logical block size in bytes (the alignment O_DIRECT needs). */
   logicalBlockSize: number;
+  /** The file was created by this open. */
   created: boolean;
 }
 
-/** How a range was zeroed or discarded. */
+/** How a range was discarded. */
 export type DiscardMethod = 'blkdiscard' | 'punch-hole' | 'none';
+/** How a range was zeroed. */
 export type ZeroOutMethod = 'blkzeroout' | 'zero-range' | 'written' | 'none';
 
 export interface NativeBlockWriter {

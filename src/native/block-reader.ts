@@ -8,6 +8,7 @@
 import { DmthinError, fromNative, type ErrorFields } from '../errors';
 import { native, type NativeBlockReader, type NativeOpenInfo, type NativeReadResult } from './binding';
 
+/** How a reader opens its file or device. @inline */
 export interface BlockReaderOpenOptions {
   /** 'auto' (default): O_DIRECT, falling back to buffered reads only for a
    * regular file whose filesystem refuses O_DIRECT at open. */

@@ -9,6 +9,7 @@ import { native, type DiscardMethod, type NativeBlockWriter, type NativeWriterIn
 
 export type { DiscardMethod, ZeroOutMethod } from './binding';
 
+/** Options of BlockWriter.open. */
 export interface BlockWriterOpenOptions extends NativeWriterOpenOptions {
   /** 'auto' (default): O_DIRECT, buffered only for a regular file whose filesystem refuses O_DIRECT at open. */
   direct?: 'auto' | 'always' | 'never';
@@ -20,22 +21,30 @@ export interface BlockWriterOpenOptions extends NativeWriterOpenOptions {
   mode?: number;
 }
 
+/** What BlockWriter.open found: size, kind, O_DIRECT, alignment. */
 export type BlockWriterInfo = NativeWriterInfo;
 
+/** Bytes to write at a byte offset. */
 export interface WriteSegment {
+  /** Byte offset in the target. */
   offset: number;
+  /** The bytes. */
   data: Uint8Array;
 }
 
+/** A block device or regular file opened for writing: O_DIRECT when possible, never truncated, no writes outside it. */
 export class BlockWriter implements AsyncDisposable {
   private closed = false;
 
   private constructor(
     private readonly w: NativeBlockWriter,
+    /** The file or device written. */
     readonly path: string,
+    /** What open found. */
     readonly info: BlockWriterInfo,
   ) {}
 
+  /** Opens a block device or regular file for writing. */
   static async open(path: string, opts: BlockWriterOpenOptions = {}): Promise<BlockWriter> {
     const w = new (native().BlockWriter)();
     try {
@@ -60,7 +69,12 @@ export class BlockWriter implements AsyncDisposable {
   }
 
   /** Writes disjoint segments in one call; adjacent ones are coalesced. */
-  write(segments: readonly WriteSegment[]): Promise<{ bytes: number; writes: number }> {
+  write(segments: readonly WriteSegment[]): Promise<{
+    /** Bytes written. */
+    bytes: number;
+    /** Write calls made after coalescing. */
+    writes: number;
+  }> {
     const offsets = Float64Array.from(segments, (s) => s.offset);
     const bufs = segments.map((s) => s.data);
     return this.call(() => this.w.write(offsets, bufs));
@@ -81,6 +95,7 @@ export class BlockWriter implements AsyncDisposable {
     return this.call(() => this.w.extend(size));
   }
 
+  /** Flushes what was written to stable storage. */
   fsync(): Promise<void> {
     return this.call(() => this.w.fsync());
   }
@@ -92,6 +107,7 @@ export class BlockWriter implements AsyncDisposable {
     this.w.close();
   }
 
+  /** Closes it (`await using`). */
   async [Symbol.asyncDispose](): Promise<void> {
     this.close();
   }

@@ -25,6 +25,7 @@ import { Spool } from '../stream/receive/spool';
 import { inspectTarget, resolveZeroMethod, type TargetInfo, type ZeroMethod, zeroer } from '../stream/receive/target';
 import { StreamVerifier, type VerifiedStream } from '../stream/format/verifier';
 
+/** Options of receive: the target, its state file, and what to accept. */
 export interface ReceiveOptions {
   /** Block device or regular file to write. */
   target: string;
@@ -49,30 +50,41 @@ export interface ReceiveOptions {
   create?: boolean;
   /** Where a non-seekable input is spooled (default TMPDIR). */
   spoolDir?: string;
-  /** How discard records are applied (default 'auto', see target.ts). */
+  /** How discard records are applied (default 'auto': see ZeroMethod). */
   zero?: ZeroMethod;
   /** O_DIRECT for the target writes (default 'auto'). */
   direct?: 'auto' | 'always' | 'never';
+  /** Cancels the work, which then rejects with AbortError. */
   signal?: AbortSignal;
+  /** Called as the work advances. */
   onProgress?: (p: ReceiveProgress) => void;
 }
 
+/** Progress of receive. */
 export interface ReceiveProgress {
+  /** Verifying the whole stream first, or writing it to the target. */
   phase: 'verify' | 'apply';
+  /** Stream bytes done in this phase. */
   bytes: number;
   /** Known for a seekable input and while applying. */
   totalBytes?: number;
 }
 
+/** What a receive applied. */
 export interface ReceiveResult {
+  /** The stream's header (snapshot, base, device size...). */
   header: StreamHeader;
   /** SHA-256 (hex) of the stream before its end record. */
   digest: string;
   /** Stream length. */
   bytes: number;
+  /** Data blocks written. */
   dataBlocks: number;
+  /** Blocks discarded (made to read as zeros). */
   discardBlocks: number;
+  /** Data bytes written. */
   dataBytes: number;
+  /** The state file that now records the snapshot. */
   stateFile: string;
   /** The input was spooled to a temp file (not seekable). */
   spooled: boolean;
@@ -248,6 +260,7 @@ class CheckedVerifier {
   }
 }
 
+/** The Writable receiveStream returns, with its outcome as `result`. */
 export type ReceiveWritable = Writable & {
   /** Settles when the stream has been applied (or refused). */
   readonly result: Promise<ReceiveResult>;

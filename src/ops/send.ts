@@ -36,6 +36,7 @@ import { outputError } from '../output/sink';
 import { planSend, type SendPlan } from '../stream/send/plan';
 import { encodeStream, type SendProgress, type SendSummary } from '../stream/send/send-stream';
 
+/** Progress of send. */
 export interface SendProgressEvent extends SendProgress {
   /** 'metadata': walking mappings (dataBlocks counts blocks classified); 'data': streaming. */
   phase: 'metadata' | 'data';
@@ -60,18 +61,23 @@ interface CommonSendOptions {
    * root, see offlinePoolId).
    */
   poolId?: string;
+  /** Cancels the work, which then rejects with AbortError. */
   signal?: AbortSignal;
+  /** Called as the work advances. */
   onProgress?: (p: SendProgressEvent) => void;
   /** Data bytes per read batch (default 16 MiB). */
   batchBytes?: number;
 }
 
+/** send from a live pool: read through a metadata snapshot, data from the thin device. */
 export interface PoolSendOptions extends CommonSendOptions {
+  /** The pool, by dm name or as a ThinPool. */
   pool: string | ThinPool;
   /** Where the extent list is spilled when large (default TMPDIR). */
   tmpDir?: string;
 }
 
+/** send from metadata and data images or devices, without a live pool. */
 export interface ImageSendOptions extends CommonSendOptions {
   /** Metadata device or image. */
   metadata: string;
@@ -83,6 +89,7 @@ export interface ImageSendOptions extends CommonSendOptions {
   device?: string;
 }
 
+/** Options of send: from a live pool, or from images. */
 export type SendOptions = PoolSendOptions | ImageSendOptions;
 
 /** Sends a snapshot (full, or incremental against `base`) to `output`. */

@@ -8,6 +8,7 @@ import { DmthinError, MetadataError } from '../errors';
 import { native } from '../native/binding';
 import { BlockReader, type BlockReaderOpenOptions } from '../native/block-reader';
 
+/** Metadata block size in bytes. */
 export const BLOCK_SIZE = 4096;
 
 /**
@@ -18,6 +19,7 @@ export const BLOCK_SIZE = 4096;
 export class Block {
   private view?: Buffer;
   constructor(
+    /** Its block number. */
     readonly nr: number,
     private readonly buf: Buffer,
     private readonly offset: number,
@@ -26,9 +28,11 @@ export class Block {
     /** Little-endian u32 words of the batch; this block starts at word `base`. */
     readonly words: Uint32Array,
   ) {}
+  /** Index in `words` of the block's first word. */
   get base(): number {
     return this.offset >>> 2;
   }
+  /** The block's 4096 bytes (a view, made on first use). */
   get data(): Buffer {
     return (this.view ??= this.buf.subarray(this.offset, this.offset + BLOCK_SIZE));
   }
@@ -43,6 +47,7 @@ if (new Uint8Array(new Uint32Array([1]).buffer)[0] !== 1) {
   throw new Error('dmthin supports little-endian hosts only');
 }
 
+/** Read counters of a BlockSource. */
 export interface IoStats {
   /** Blocks returned to callers. */
   blocksRead: number;
@@ -50,6 +55,7 @@ export interface IoStats {
   batches: number;
 }
 
+/** Where metadata blocks are read from, in batches (read-only). */
 export interface BlockSource {
   /** For error messages. */
   readonly path: string;
@@ -57,7 +63,9 @@ export interface BlockSource {
   readonly sizeBytes: number;
   /** Blocks in request order. Duplicates allowed. */
   read(blocks: readonly number[]): Promise<Block[]>;
+  /** Read counters. */
   readonly stats: IoStats;
+  /** Releases the file or device. */
   close(): Promise<void>;
 }
 
@@ -74,16 +82,23 @@ function checkRange(src: BlockSource, blocks: readonly number[]): void {
   }
 }
 
+/** How metadata is opened: O_DIRECT policy and O_EXCL. */
 export type OpenOptions = BlockReaderOpenOptions;
 
 /** A file or block device read with O_DIRECT through the native addon. */
 export class NativeBlockSource implements BlockSource {
+  /** Read counters. */
   readonly stats: IoStats = { blocksRead: 0, batches: 0 };
 
+  /** The file or device read. */
   readonly path: string;
+  /** Its size in bytes. */
   readonly sizeBytes: number;
+  /** Reads bypass the page cache (O_DIRECT). */
   readonly direct: boolean;
+  /** It is a block device. */
   readonly blockDevice: boolean;
+  /** The device's logical block size in bytes. */
   readonly logicalBlockSize: number;
 
   private constructor(private readonly reader: BlockReader) {
@@ -91,6 +106,7 @@ export class NativeBlockSource implements BlockSource {
     ({ size: this.sizeBytes, direct: this.direct, blockDevice: this.blockDevice, logicalBlockSize: this.logicalBlockSize } = reader.info);
   }
 
+  /** Opens a file or block device read-only. */
   static async open(path: string, opts: OpenOptions = {}): Promise<NativeBlockSource> {
     return new NativeBlockSource(await BlockReader.open(path, opts));
   }
@@ -109,6 +125,7 @@ export class NativeBlockSource implements BlockSource {
     return out;
   }
 
+  /** Closes the file or device. */
   async close(): Promise<void> {
     this.reader.close();
   }
@@ -116,6 +133,7 @@ export class NativeBlockSource implements BlockSource {
 
 /** Metadata held in memory (a Buffer of whole 4 KiB blocks). */
 export class MemoryBlockSource implements BlockSource {
+  /** Read counters. */
   readonly stats: IoStats = { blocksRead: 0, batches: 0 };
   readonly sizeBytes: number;
 
@@ -141,5 +159,6 @@ export class MemoryBlockSource implements BlockSource {
     });
   }
 
+  /** Nothing to release. */
   async close(): Promise<void> {}
 }

@@ -15,6 +15,7 @@ export const LEAF_NODE = 2;
 const MAX_DEPTH = 16;
 
 /** A btree key: a number when below 2^53, else a bigint (mixed comparisons are exact in JS). */
+/** A btree key: a number below 2^53, a bigint above. */
 export type Key = number | bigint;
 
 /** max_entries for a value size: as many (key, value) pairs as fit, rounded down to a multiple of 3. */
@@ -23,25 +24,34 @@ export function maxEntriesFor(valueSize: number): number {
   return n - (n % 3);
 }
 
+/** Which tree a node belongs to, for error reports. */
 export interface TreeContext {
   /** Which tree, for errors: 'details', 'mapping-top', 'mapping', 'data-sm-index', 'ref-count'. */
   tree: string;
+  /** The thin device whose tree it is, when there is one. */
   devId?: number;
 }
 
 /** A validated node. Accessors read straight from the block. */
 export class BtreeNode {
+  /** Its block number. */
   readonly nr: number;
+  /** A leaf (values) rather than an internal node (child pointers). */
   readonly isLeaf: boolean;
+  /** Entries in use. */
   readonly nrEntries: number;
+  /** Entries the node can hold. */
   readonly maxEntries: number;
+  /** Bytes per value. */
   readonly valueSize: number;
+  /** The block it was read from. */
   readonly block: Block;
   /**
    * u32 words of the batch the node was read in; the node starts at word
    * `base`: key i is at base + 8 + 2i (lo) and base + 9 + 2i (hi).
    */
   readonly u32: Uint32Array;
+  /** Index in `u32` of the node's first word. */
   readonly base: number;
   /** Byte offset of value 0 within the node. */
   readonly valuesOffset: number;
@@ -77,6 +87,7 @@ export class BtreeNode {
     return this.block.data;
   }
 
+  /** Key i as a number; throws MetadataError when it exceeds 2^53 (see keyAt). */
   key(i: number): number {
     const hi = this.u32[this.base + 9 + 2 * i];
     if (hi >= MAX_SAFE_HI) throw new MetadataError('key-range', `key ${i} of block ${this.nr} exceeds 2^53`, { block: this.nr });
@@ -274,16 +285,19 @@ export class TreeValidator {
   }
 }
 
+/** Options of walkLeaves. */
 export interface WalkOptions extends TreeContext {
   /** Value size of the leaves (8 mapping, 24 details, 16 sm index, 4 ref counts). */
   valueSize: number;
   /** Number of metadata blocks: any pointer at or beyond it is corruption. */
   nrMetadataBlocks: number;
+  /** Cancels the work, which then rejects with AbortError. */
   signal?: AbortSignal;
   /** Nodes per read batch (default 256 = 1 MiB). */
   window?: number;
   /** Only visit subtrees that may hold keys in [begin, end). */
   begin?: Key;
+  /** End of the key range (exclusive). */
   end?: Key;
   /** Called for every node read (for progress and IO accounting). */
   onNode?: (node: BtreeNode, depth: number) => void;
@@ -292,7 +306,14 @@ export interface WalkOptions extends TreeContext {
    * applies to it when it is not the tree's root) and the key range its
    * parent gives it. Default: a whole tree (depth 0, every key).
    */
-  subtree?: { depth: number; lo: Key; hi: Key };
+  subtree?: {
+    /** Depth of the root in its tree. */
+    depth: number;
+    /** Lowest key the parent allows. */
+    lo: Key;
+    /** Highest key the parent allows. */
+    hi: Key;
+  };
 }
 
 interface Pending {
@@ -412,7 +433,15 @@ export async function lookup(
   root: number,
   key: Key,
   opts: { valueSize: number; nrMetadataBlocks: number } & TreeContext,
-): Promise<{ node: BtreeNode; index: number } | undefined> {
+): Promise<
+  | {
+      /** The leaf holding the key. */
+      node: BtreeNode;
+      /** Its index in the leaf. */
+      index: number;
+    }
+  | undefined
+> {
   let block = root;
   let lo: Key = 0;
   let hi: Key = Infinity;

@@ -6,10 +6,15 @@ import { MetadataError } from '../errors';
 import type { Block } from './block-source';
 import { native } from '../native/binding';
 
+/** Metadata block types, by the constant each XORs into its checksum. */
 export enum BlockType {
+  /** The superblock (and its metadata-snapshot copy). */
   Superblock = 160774,
+  /** A btree node. */
   BtreeNode = 121107,
+  /** A space-map bitmap. */
   Bitmap = 240779,
+  /** The metadata space map's index block. */
   MetadataIndex = 160478,
 }
 

@@ -12,21 +12,26 @@ import { BlockType, verifyChecksum } from './checksum';
 import type { Key } from './btree';
 import { MAX_SAFE_HI, TWO32 } from './words';
 
+/** Fatal problems make the metadata unusable; non-fatal ones (e.g. leaked blocks) do not. */
 export type ProblemSeverity = 'fatal' | 'non-fatal';
 
 /** One finding of a check. `kind` is a stable string (see the README's list). */
 export interface CheckProblem {
+  /** Fatal or non-fatal. */
   severity: ProblemSeverity;
+  /** What was found (a CorruptionKind, or a check's own kind such as a leak). */
   kind: string;
   /** Metadata block (or, in a data space-map problem, data block) it is about; the first of a run. */
   block?: number;
   /** Consecutive blocks with the same problem, when more than one. */
   nrBlocks?: number;
+  /** The thin device whose tree it was, when there is one. */
   devId?: number;
   /** 'superblock', 'details', 'mapping-top', 'mapping', 'metadata-sm', 'data-sm', 'data-sm-index', 'ref-count'... */
   tree?: string;
   /** Inclusive key range the problem applies to (a node's range as its parent gives it). */
   keys?: [Key, Key];
+  /** What is wrong, for a person. */
   message: string;
 }
 
@@ -101,6 +106,7 @@ function indexEntryAt(buf: Buffer, off: number): IndexEntry | null {
 }
 
 export interface SpaceMapCheckOptions {
+  /** Cancels the work, which then rejects with AbortError. */
   signal?: AbortSignal;
   /** Bitmaps compared so far, of all. */
   onProgress?: (done: number, total: number) => void;

@@ -14,9 +14,11 @@ export const ENTRIES_PER_BITMAP = 16320;
 const BITMAP_HEADER_SIZE = 16;
 export const MAX_METADATA_BITMAPS = 255;
 
+/** A space map's root as the superblock records it. */
 export interface SpaceMapRoot {
   /** Size of the managed device in blocks. */
   nrBlocks: number;
+  /** Blocks in use, as the space map counts them. */
   nrAllocated: number;
   /** Data sm: root of the index btree. Metadata sm: the index block. */
   bitmapRoot: number;
@@ -39,11 +41,13 @@ export function parseSpaceMapRoot(buf: Buffer, what: string): SpaceMapRoot {
   };
 }
 
+/** An entry of a space map's index: where one bitmap lives, with allocator hints. */
 export interface IndexEntry {
   /** Where the bitmap lives. */
   blocknr: number;
   /** Allocator hints; not authoritative (see docs). */
   nrFree: number;
+  /** Allocator hint: no free entry in the bitmap before this one. */
   noneFreeBefore: number;
 }
 
@@ -66,23 +70,29 @@ export function bitmapEntry(data: Buffer, e: number): number {
   return ((raw & 1) << 1) | (raw >>> 1);
 }
 
+/** Which space map: the data device's or the metadata device's. */
 export type SpaceMapKind = 'data' | 'metadata';
 
+/** A space map on disk: reference counts of the data or metadata blocks (bitmaps plus an overflow tree). */
 export class SpaceMap {
   private index?: IndexEntry[];
 
   constructor(
     private readonly io: BlockSource,
+    /** Data or metadata. */
     readonly kind: SpaceMapKind,
+    /** Its root from the superblock. */
     readonly root: SpaceMapRoot,
     /** Metadata device size in blocks (bounds every pointer). */
     private readonly nrMetadataBlocks: number,
   ) {}
 
+  /** Blocks the space map covers. */
   get nrBlocks(): number {
     return this.root.nrBlocks;
   }
 
+  /** Bitmap blocks it has (16,320 entries each). */
   get nrBitmaps(): number {
     return Math.ceil(this.root.nrBlocks / ENTRIES_PER_BITMAP);
   }
@@ -135,6 +145,7 @@ export class SpaceMap {
     return b;
   }
 
+  /** Validates a bitmap block (checksum, block number); throws MetadataError. */
   checkBitmap(b: Block): void {
     verifyChecksum(b, BlockType.Bitmap, { tree: `${this.kind}-sm` });
     const self = u64(b.data, 8, 'bitmap blocknr');
@@ -152,6 +163,7 @@ export class SpaceMap {
     return this.overflowCount(block);
   }
 
+  /** The reference count of `block` from the overflow tree (for counts of 3 and more). */
   async overflowCount(block: number): Promise<number> {
     const hit = await lookup(this.io, this.root.refCountRoot, block, {
       tree: 'ref-count',

@@ -14,8 +14,11 @@ export function isLvmUuid(uuid: string | undefined): boolean {
   return uuid !== undefined && uuid.startsWith('LVM-');
 }
 
+/** An LVM thin volume: its volume group and logical volume names. */
 export interface LvmThinVolume {
+  /** Volume group name. */
   vg: string;
+  /** Logical volume name. */
   lv: string;
   /** LV size in bytes. */
   sizeBytes?: number;

@@ -9,6 +9,7 @@ import type { ThinId } from '../dm/targets/thin-pool';
 import { type Sectors, sectors } from '../units';
 import type { ThinPool } from './thin-pool';
 
+/** What ThinDevice.activate makes: the dm device of one thin volume. */
 export interface ActivateOptions {
   /** dm name of the new device. */
   name: string;
@@ -18,14 +19,20 @@ export interface ActivateOptions {
   length: Sectors | number;
   /** Read-only device that supplies unprovisioned blocks. */
   externalOrigin?: string | DevNum;
+  /** Make the dm device read-only. */
   readOnly?: boolean;
 }
 
+/** An active thin volume: a dm device with a `thin` table over a pool. */
 export class ThinDevice {
   private constructor(
+    /** Its dm name. */
     readonly name: string,
+    /** The DeviceMapper it is driven through. */
     readonly dm: DeviceMapper,
+    /** Its device number. */
     readonly dev: DevNum,
+    /** Its thin device id in the pool. */
     readonly devId: number,
   ) {}
 
@@ -56,10 +63,12 @@ export class ThinDevice {
     return parseThinStatus(t.params);
   }
 
+  /** Suspends the device (I/O is queued until resume). */
   suspend(opts: { noflush?: boolean; skipLockfs?: boolean } = {}) {
     return this.dm.suspend(this.name, opts);
   }
 
+  /** Resumes a suspended device. */
   resume() {
     return this.dm.resume(this.name);
   }

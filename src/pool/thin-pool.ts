@@ -31,7 +31,9 @@ import { devNumOf, devPathOf, sizeInSectors } from '../dm/block-devices';
 import { guard, unguard, type Releasable } from './release-guard';
 import { type PoolEvent, derivePoolEvents } from './events';
 
+/** What ThinPool.create builds a pool from. */
 export interface ThinPoolCreateOptions {
+  /** The dm name of the new pool device. */
   name: string;
   /** Metadata device: a block device path or 'major:minor'. */
   metadataDev: string;
@@ -41,10 +43,13 @@ export interface ThinPoolCreateOptions {
   dataBlockSize: Sectors | number;
   /** Free data blocks below which the pool raises a dm event. */
   lowWaterMark: DataBlocks | number;
+  /** Feature arguments of the table line (at most 4). */
   features?: ThinPoolFeature[];
   /** Pool length in sectors; default: the whole data device, whole blocks only. */
   length?: Sectors | number;
+  /** The dm uuid of the pool device. */
   uuid?: string;
+  /** The DeviceMapper to use (default: a new one on /dev/mapper/control). */
   dm?: DeviceMapper;
 }
 
@@ -56,6 +61,7 @@ export interface PoolWaitOptions {
   noflush?: boolean;
 }
 
+/** Options of ThinPool.createSnap. */
 export interface CreateSnapOptions {
   /**
    * Suspend active thin devices of the origin around the message so the
@@ -64,10 +70,10 @@ export interface CreateSnapOptions {
   suspendOrigin?: boolean;
 }
 
-/** An active thin device of the pool (a dm device with a `thin` table). */
 /** Which metadata snapshot openMetadata() reads through. */
 export type MetadataSnapshotUse = 'reserve' | 'held' | 'held-or-reserve';
 
+/** Options of ThinPool.openMetadata: which metadata snapshot to read through. */
 export interface OpenMetadataOptions {
   /**
    * 'reserve' (default): reserve one now, released with the handle; 'held':
@@ -81,20 +87,28 @@ export interface OpenMetadataOptions {
 
 /** A live pool's metadata and what reading it holds. */
 export interface LiveMetadata extends AsyncDisposable {
+  /** The metadata, read through the snapshot. */
   readonly metadata: ThinMetadata;
   /** Closes the metadata, then releases the snapshot if it was reserved for it. Idempotent. */
   release(): Promise<void>;
 }
 
+/** An active thin device of the pool (a dm device with a `thin` table). */
 export interface ActiveThin {
+  /** Its dm name. */
   name: string;
+  /** Its thin device id in the pool. */
   devId: number;
+  /** Its device number. */
   dev: DevNum;
 }
 
+/** A live dm thin-pool: status, the pool messages, metadata snapshots, metadata reads. */
 export class ThinPool {
   private constructor(
+    /** The pool's dm device name. */
     readonly name: string,
+    /** The DeviceMapper it is driven through. */
     readonly dm: DeviceMapper,
     /** The pool's own device number (thin table lines refer to it). */
     readonly dev: DevNum,
@@ -139,7 +153,12 @@ export class ThinPool {
   }
 
   /** The active table: metadata and data devices, block size, low-water mark, features. */
-  async table(): Promise<ThinPoolTable & { length: Sectors }> {
+  async table(): Promise<
+    ThinPoolTable & {
+      /** The pool's length in sectors. */
+      length: Sectors;
+    }
+  > {
     const [t] = await this.dm.table(this.name);
     return { ...parseThinPoolTable(t.params), length: t.length };
   }
@@ -170,6 +189,7 @@ export class ThinPool {
     await this.dm.targetMessage(this.name, sectors(0), text);
   }
 
+  /** create_thin: a new, empty thin device `id` (EEXIST if it exists). */
   async createThin(id: ThinId): Promise<void> {
     await this.message(PoolMessage.createThin(id));
   }
@@ -193,6 +213,7 @@ export class ThinPool {
     }
   }
 
+  /** delete: removes thin device `id` and its mappings (EBUSY while it is active). */
   async delete(id: ThinId): Promise<void> {
     await this.message(PoolMessage.delete(id));
   }
@@ -373,8 +394,12 @@ export class MetadataSnapshot implements AsyncDisposable, Releasable {
   private reserved?: Promise<boolean>;
   private reserveFailed = false;
 
-  constructor(readonly pool: ThinPool) {}
+  constructor(
+    /** The pool whose metadata snapshot this is. */
+    readonly pool: ThinPool,
+  ) {}
 
+  /** True once release() was called (or the guard released it). */
   get released(): boolean {
     return this.releasing !== undefined;
   }
@@ -425,12 +450,12 @@ export class MetadataSnapshot implements AsyncDisposable, Releasable {
     this.pool.dm.targetMessageSync(this.pool.name, sectors(0), PoolMessage.releaseMetadataSnap());
   }
 
+  /** Releases the snapshot (`await using`). */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.release();
   }
 }
 
-/** True when an error is the kernel's answer `code` to a pool message. */
 function liveMetadata(metadata: ThinMetadata, snap?: MetadataSnapshot): LiveMetadata {
   const release = async (): Promise<void> => {
     try {
@@ -442,6 +467,7 @@ function liveMetadata(metadata: ThinMetadata, snap?: MetadataSnapshot): LiveMeta
   return { metadata, release, [Symbol.asyncDispose]: release };
 }
 
+/** True when an error is the kernel's answer `code` to a pool message. */
 export function isMessageError(e: unknown, code: string): e is DmIoctlError {
   return e instanceof DmIoctlError && e.code === code;
 }

@@ -22,26 +22,34 @@ import { mappingDataBlock } from './mapping-value';
 
 export type { CheckProblem, ProblemSeverity } from '../pdata/space-map-check';
 
+/** The step a check is in: superblock, trees, then the space maps. */
 export type CheckPhase = 'superblock' | 'details' | 'mapping-top' | 'mappings' | 'metadata-snap' | 'data-sm' | 'metadata-sm';
 
+/** Progress of checkMetadata. */
 export interface CheckProgress {
+  /** The current phase. */
   phase: CheckPhase;
   /** Mappings walked (phase 'mappings'), bitmaps compared (space-map phases). */
   done: number;
+  /** What `done` counts up to in this phase. */
   total: number;
 }
 
+/** Options of checkMetadata. */
 export interface CheckOptions {
   /** Check the superblock only. */
   superblockOnly?: boolean;
   /** Walk the details and top-level trees only; no mapping trees, no space maps (as thin_check --skip-mappings). */
   skipMappings?: boolean;
+  /** Cancels the work, which then rejects with AbortError. */
   signal?: AbortSignal;
+  /** Called as the work advances. */
   onProgress?: (p: CheckProgress) => void;
   /** Problems kept in the report (default 10000); the rest are counted in `omitted`. */
   maxProblems?: number;
 }
 
+/** What a check counted. */
 export interface CheckCounts {
   /** Devices in the checked (live, or with a metadata snapshot the held) details tree. */
   devices: number;
@@ -51,21 +59,29 @@ export interface CheckCounts {
   metadataBlocksInUse: number;
   /** Data blocks the recount found in use. */
   dataBlocksInUse: number;
+  /** Size of the metadata device in metadata blocks (from the superblock). */
   metadataBlocks: number;
+  /** Size of the data device in data blocks (from the superblock). */
   dataBlocks: number;
+  /** The superblock's transaction id. */
   transactionId: bigint;
   /** Held metadata snapshot root, or 0. */
   heldRoot: number;
 }
 
+/** The outcome of checkMetadata: problems are collected, not thrown. */
 export interface CheckReport {
+  /** The problems found, up to maxProblems. */
   problems: CheckProblem[];
+  /** Problems that make the metadata unusable (thin_check would fail). */
   fatal: number;
+  /** Problems that leave it usable (e.g. leaked blocks). */
   nonFatal: number;
   /** Problems not kept in `problems` (beyond maxProblems); counted in fatal/nonFatal. */
   omitted: number;
   /** False with a metadata snapshot, superblockOnly or skipMappings, or when the check ended early. */
   spaceMapsChecked: boolean;
+  /** What was counted. */
   counts: CheckCounts;
 }
 

@@ -13,14 +13,31 @@ import type { DeltaExtent, DeltaKind, DeltaOptions, DeltaStats } from './delta';
 import type { ThinMetadata } from './metadata';
 import type { VirtualBlock } from './mappings';
 
+/** writeDelta's output: thin_delta's XML, or JSON. */
 export type DeltaFormat = 'xml' | 'json';
 
+/** Options of writeDelta. */
 export interface WriteDeltaOptions extends DeltaOptions {
+  /** Output format (default xml). */
   format?: DeltaFormat;
+  /** Break ranges where data blocks are not contiguous, with their data blocks (thin_delta --verbose). */
   verbose?: boolean;
 }
 
-export type DeltaSubject = { left: number; right: number } | { leftRoot: number; rightRoot: number };
+/** What to compare: two thin devices, or two mapping-tree roots. */
+export type DeltaSubject =
+  | {
+      /** Thin device id of the left side. */
+      left: number;
+      /** Thin device id of the right side. */
+      right: number;
+    }
+  | {
+      /** Mapping-tree root block of the left side. */
+      leftRoot: number;
+      /** Mapping-tree root block of the right side. */
+      rightRoot: number;
+    };
 
 const add = (a: VirtualBlock, n: number): VirtualBlock => (typeof a === 'number' && a + n <= Number.MAX_SAFE_INTEGER ? a + n : BigInt(a) + BigInt(n));
 // eslint-disable-next-line eqeqeq

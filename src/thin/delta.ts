@@ -17,6 +17,7 @@ import type { VirtualBlock } from './mappings';
 import { mappingDataBlock, mappingTime } from './mapping-value';
 import { MAX_SAFE_HI, TWO32 } from '../pdata/words';
 
+/** How a run compares: mapped to the same data on both sides, differently, or on one side only. */
 export type DeltaKind = 'same' | 'different' | 'left_only' | 'right_only';
 
 /**
@@ -24,8 +25,11 @@ export type DeltaKind = 'same' | 'different' | 'left_only' | 'right_only';
  * data blocks on each side that maps them.
  */
 export interface DeltaExtent {
+  /** How the run compares. */
   kind: DeltaKind;
+  /** First virtual block. */
   begin: VirtualBlock;
+  /** Number of virtual blocks. */
   length: number;
   /** First data block on the left (same, different, left_only). */
   leftData?: number;
@@ -33,6 +37,7 @@ export interface DeltaExtent {
   rightData?: number;
 }
 
+/** Progress of a delta walk. */
 export interface DeltaProgress {
   /** Btree nodes read so far (both sides). */
   nodesRead: number;
@@ -42,8 +47,11 @@ export interface DeltaProgress {
   blocks: number;
 }
 
+/** Options of a delta walk. */
 export interface DeltaOptions {
+  /** Cancels the work, which then rejects with AbortError. */
   signal?: AbortSignal;
+  /** Called as the work advances. */
   onProgress?: (p: DeltaProgress) => void;
   /** Report `same` extents (default true). When false, shared subtrees are not read at all. */
   includeSame?: boolean;
@@ -63,8 +71,9 @@ export interface DeltaWalkOptions extends DeltaOptions {
 export interface DeltaStats extends DeltaProgress {
   /** Blocks requested from the IO engine. */
   blocksRead: number;
-  /** Virtual blocks classified that the left (right) device maps: all of its mappings when `same` is included. */
+  /** Virtual blocks classified that the left device maps: all of its mappings when `same` is included. */
   leftBlocks: number;
+  /** The same for the right device. */
   rightBlocks: number;
 }
 

@@ -5,7 +5,9 @@ import { MAX_SAFE_HI, TWO32 } from '../pdata/words';
 
 export const DEVICE_DETAILS_SIZE = 24;
 
+/** A thin device's entry in the details tree. */
 export interface DeviceDetails {
+  /** The thin device id. */
   devId: number;
   /** Mapped virtual blocks, maintained by the kernel (as of the last commit). */
   mappedBlocks: number;

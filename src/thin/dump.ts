@@ -11,22 +11,30 @@ import type { DeviceDetails } from './device-details';
 import type { RunBatch } from './mappings';
 import type { ThinMetadata } from './metadata';
 
+/** dump's output: thin_dump's XML or human-readable text, or JSON. */
 export type DumpFormat = 'xml' | 'human_readable' | 'json';
 
+/** Progress of dump. */
 export interface DumpProgress {
   /** Mappings written so far, over all devices. */
   mappings: number;
   /** Sum of mapped_blocks of the devices being dumped (an estimate of the total). */
   total: number;
+  /** The device being dumped. */
   devId?: number;
 }
 
+/** Options of dump. */
 export interface DumpOptions {
+  /** Output format (default xml). */
   format?: DumpFormat;
   /** Only these devices (missing ids are ignored, as thin_dump does). */
   devIds?: readonly number[];
+  /** Devices only, without their mappings (thin_dump --skip-mappings). */
   skipMappings?: boolean;
+  /** Cancels the work, which then rejects with AbortError. */
   signal?: AbortSignal;
+  /** Called as the work advances. */
   onProgress?: (p: DumpProgress) => void;
 }
 

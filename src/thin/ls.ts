@@ -8,7 +8,9 @@ import { throwIfAborted, UsageError } from '../errors';
 import { OwnerMap } from '../pdata/owner-map';
 import type { ThinMetadata } from './metadata';
 
+/** One device's usage, as thin_ls reports it. */
 export interface DeviceUsage {
+  /** The thin device id. */
   devId: number;
   /** From the details tree (as thin_ls 0.9.0 reports it). */
   mappedBlocks: number;
@@ -16,11 +18,15 @@ export interface DeviceUsage {
   exclusiveBlocks: number | null;
   /** mappedBlocks - exclusiveBlocks, as a u64 (wraps if the details are inconsistent); null when not computed. */
   sharedBlocks: bigint | null;
+  /** Pool transaction id when the device was created. */
   transactionId: bigint;
+  /** Superblock time at creation. */
   creationTime: number;
+  /** Time of the last snapshot of (or, for a snapshot, creating) this device. */
   snapshottedTime: number;
 }
 
+/** Options of deviceUsage. */
 export interface UsageOptions {
   /**
    * Compute EXCLUSIVE/SHARED (default true): one walk of every mapping tree.
@@ -28,6 +34,7 @@ export interface UsageOptions {
    * does for fields that do not need the mappings.
    */
   exclusive?: boolean;
+  /** Cancels the work, which then rejects with AbortError. */
   signal?: AbortSignal;
   /** Mappings walked so far, out of the sum of mapped_blocks. */
   onProgress?: (p: { mappings: number; total: number }) => void;

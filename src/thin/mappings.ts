@@ -16,21 +16,27 @@ import { mappingDataBlock, mappingTime } from './mapping-value';
  */
 export type VirtualBlock = number | bigint;
 
+/** A run of mappings: consecutive virtual blocks on consecutive data blocks, made at one time. */
 export interface MappingRun {
   /** First virtual block (in data-block units). */
   originBegin: VirtualBlock;
   /** First data block. */
   dataBegin: number;
+  /** Number of blocks. */
   length: number;
   /** Snapshot time the mappings were made at. */
   time: number;
 }
 
+/** One virtual block's mapping. */
 export interface Mapping {
+  /** The data block it maps to. */
   dataBlock: number;
+  /** Snapshot time the mapping was made at. */
   time: number;
 }
 
+/** Progress of a mapping walk. */
 export interface WalkProgress {
   /** Mappings seen so far in this walk. */
   mappings: number;
@@ -43,7 +49,9 @@ export interface MappingWalkOptions {
   nrMetadataBlocks: number;
   /** Data blocks in the pool: a mapping at or beyond it is corruption. */
   nrDataBlocks: number;
+  /** Cancels the work, which then rejects with AbortError. */
   signal?: AbortSignal;
+  /** Called as the work advances. */
   onProgress?: (p: WalkProgress) => void;
   /** Visit only virtual blocks in [begin, end). */
   begin?: VirtualBlock;
@@ -59,10 +67,15 @@ export function leafMapping(leaf: BtreeNode, i: number): Mapping {
 
 /** Runs in struct-of-arrays form: cheap to produce and to format by the million. */
 export class RunBatch {
+  /** Runs held (the columns may be longer). */
   count = 0;
+  /** First virtual block of each run (NaN at or beyond 2^53: see `big`). */
   readonly originBegin: Float64Array;
+  /** First data block of each run. */
   readonly dataBegin: Float64Array;
+  /** Length of each run in blocks. */
   readonly length: Float64Array;
+  /** Snapshot time of each run. */
   readonly time: Uint32Array;
   /** Exact origins of runs that start at or beyond 2^53 (originBegin[i] is NaN there). */
   big: Map<number, bigint> | null = null;
@@ -72,10 +85,12 @@ export class RunBatch {
     this.length = new Float64Array(capacity);
     this.time = new Uint32Array(capacity);
   }
+  /** Empties the batch for reuse. */
   reset(): void {
     this.count = 0;
     this.big = null;
   }
+  /** Appends a run: origin, data block, length, time. */
   push(o: VirtualBlock, d: number, l: number, t: number): void {
     const i = this.count++;
     if (typeof o === 'bigint') {
@@ -86,10 +101,12 @@ export class RunBatch {
     this.length[i] = l;
     this.time[i] = t;
   }
+  /** The exact first virtual block of run `i`. */
   origin(i: number): VirtualBlock {
     const o = this.originBegin[i];
     return o === o ? o : this.big!.get(i)!;
   }
+  /** Run `i` as an object. */
   run(i: number): MappingRun {
     return { originBegin: this.origin(i), dataBegin: this.dataBegin[i], length: this.length[i], time: this.time[i] };
   }

@@ -15,6 +15,7 @@ import { Mapping, MappingRun, mappingRunBatches, RunBatch, VirtualBlock, WalkPro
 import { parseSuperblock, Superblock } from './superblock';
 import { deltaBatches, DeltaExtent, DeltaOptions, DeltaStats } from './delta';
 
+/** Options of ThinMetadata.open. */
 export interface ThinMetadataOptions extends OpenOptions {
   /**
    * Read through the pool's metadata snapshot: `true` for the held root named
@@ -25,11 +26,15 @@ export interface ThinMetadataOptions extends OpenOptions {
   source?: BlockSource;
 }
 
+/** Options of a mapping walk. */
 export interface WalkOptions {
+  /** Cancels the work, which then rejects with AbortError. */
   signal?: AbortSignal;
+  /** Called as the work advances. */
   onProgress?: (p: WalkProgress) => void;
   /** Only virtual blocks in [begin, end). */
   begin?: VirtualBlock;
+  /** End of the range (exclusive); default: the end of the device. */
   end?: VirtualBlock;
 }
 
@@ -67,6 +72,7 @@ function checkSizes(sb: Superblock, io: BlockSource): void {
   }
 }
 
+/** A pool's thin metadata, read-only: superblock, devices, mappings, deltas, reference counts. */
 export class ThinMetadata implements AsyncDisposable {
   /** The superblock whose trees are read: block 0, or the snapshot copy. */
   readonly superblock: Superblock;
@@ -84,6 +90,7 @@ export class ThinMetadata implements AsyncDisposable {
   private closed = false;
 
   private constructor(
+    /** Where the metadata blocks are read from (see `dmthin/unstable`). */
     readonly io: BlockSource,
     live: Superblock,
     used: Superblock,
@@ -203,7 +210,15 @@ export class ThinMetadata implements AsyncDisposable {
    * Devices with their mapping roots, after checking that the details tree and
    * the top-level mapping tree name the same devices.
    */
-  async checkedDevices(opts: { signal?: AbortSignal } = {}): Promise<Map<number, DeviceDetails & { root: number }>> {
+  async checkedDevices(opts: { signal?: AbortSignal } = {}): Promise<
+    Map<
+      number,
+      DeviceDetails & {
+        /** Root block of the device's mapping tree. */
+        root: number;
+      }
+    >
+  > {
     const [details, roots] = [await this.devices(opts), await this.deviceRoots(opts)];
     const out = new Map<number, DeviceDetails & { root: number }>();
     for (const [id, d] of details) {
@@ -352,12 +367,14 @@ export class ThinMetadata implements AsyncDisposable {
     return this.spaceMap(kind).refCount(block);
   }
 
+  /** Closes the underlying file or device. Idempotent. */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     await this.io.close();
   }
 
+  /** Closes it (`await using`). */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
   }

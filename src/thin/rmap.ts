@@ -32,21 +32,29 @@ import type { ThinMetadata } from './metadata';
 import type { VirtualBlock } from './mappings';
 
 /** Data blocks [begin, end). u64 values beyond 2^53 may be given as bigints. */
+/** A range of data blocks [begin, end). */
 export interface DataRegion {
+  /** First data block. */
   begin: number | bigint;
+  /** End of the range (exclusive). */
   end: number | bigint;
 }
 
+/** Data blocks [dataBegin, dataBegin+length) mapped by one device from virtualBegin on. */
 export interface RmapRun {
   /** First data block of the run. */
   dataBegin: number;
+  /** Number of blocks. */
   length: number;
+  /** The thin device that maps them. */
   devId: number;
   /** Virtual block that maps dataBegin. */
   virtualBegin: VirtualBlock;
 }
 
+/** Options of rmap. */
 export interface RmapOptions {
+  /** Cancels the work, which then rejects with AbortError. */
   signal?: AbortSignal;
   /** Mappings walked so far, out of the sum of mapped_blocks. */
   onProgress?: (p: { mappings: number; total: number }) => void;

@@ -7,37 +7,51 @@ import type { Block } from '../pdata/block-source';
 import { parseSpaceMapRoot, SpaceMapRoot } from '../pdata/space-map';
 import { MAX_SAFE_HI, TWO32 } from '../pdata/words';
 
+/** The thin superblock's magic number. */
 export const THIN_SUPERBLOCK_MAGIC = 27022010;
 const NEEDS_CHECK_FLAG = 1;
 /** Bits in incompat/compat_ro flags that this reader understands (none are defined upstream). */
 const KNOWN_INCOMPAT = 0;
 
+/** A decoded thin-pool superblock. */
 export interface Superblock {
   /** Where it was read from: 0, or the held root for a metadata snapshot. */
   location: number;
+  /** Raw flags word. */
   flags: number;
+  /** The needs_check flag: the kernel asks for thin_check before use. */
   needsCheck: boolean;
   /** 16 raw bytes (the kernel writes zeros). */
   uuid: Buffer;
+  /** Magic number (THIN_SUPERBLOCK_MAGIC in a valid superblock). */
   magic: bigint;
+  /** Metadata format version (1 or 2). */
   version: number;
   /** Snapshot "time" counter. */
   time: number;
+  /** The pool's transaction id. */
   transactionId: bigint;
   /** Block of the metadata-snapshot copy, or 0. */
   heldRoot: number;
   /** Zeroed in a metadata-snapshot copy. */
   dataSpaceMap: SpaceMapRoot;
+  /** The metadata space map's root. */
   metadataSpaceMap: SpaceMapRoot;
+  /** Root block of the top-level mapping tree (device id -> mapping tree). */
   dataMappingRoot: number;
+  /** Root block of the device details tree. */
   deviceDetailsRoot: number;
   /** In 512-byte sectors. */
   dataBlockSize: number;
+  /** In 512-byte sectors (8: 4 KiB). */
   metadataBlockSize: number;
   /** Written at format time only; may be stale after a resize. */
   metadataNrBlocks: bigint;
+  /** Compatible feature flags. */
   compatFlags: number;
+  /** Read-only-compatible feature flags. */
   compatRoFlags: number;
+  /** Incompatible feature flags (none known: refused if set). */
   incompatFlags: number;
 }
 

@@ -28,13 +28,15 @@ export const LAYERS: Record<string, readonly string[]> = {
   'stream/receive': ['stream/format', 'dm', 'output'],
   ops: ['stream/send', 'stream/receive', 'pool'],
   cli: ['ops'],
-  index: ['ops'], // src/index.ts, the package's face
+  index: ['ops'], // src/index.ts, the package's face (`dmthin`)
+  unstable: ['ops'], // src/unstable.ts, `dmthin/unstable`: internals offered without a promise
 };
 
 /** The layer of a path under src/ (without extension), or undefined. */
 export function layerOf(rel: string): string | undefined {
   if (rel === 'errors' || rel === 'units') return 'base';
   if (rel === 'index') return 'index';
+  if (rel === 'unstable') return 'unstable';
   const parts = rel.split('/');
   if (parts[0] === 'stream') return parts.length > 2 ? `stream/${parts[1]}` : undefined;
   return parts.length > 1 && parts[0] in LAYERS ? parts[0] : undefined;
@@ -172,6 +174,10 @@ describe('the checker fails on what it must refuse', () => {
     expect(violations([{ from: 'stream/send/plan', to: 'pool/thin-pool' }])).toHaveLength(1);
     expect(violations([{ from: 'stream/receive/apply', to: 'stream/send/plan' }])).toHaveLength(1);
     expect(violations([{ from: 'native/binding', to: 'output/sink' }])).toHaveLength(1);
+    // The entry points are the top: no layer may import them, nor they each other.
+    expect(violations([{ from: 'cli/main', to: 'index' }])).toHaveLength(1);
+    expect(violations([{ from: 'cli/main', to: 'unstable' }])).toHaveLength(1);
+    expect(violations([{ from: 'index', to: 'unstable' }])).toHaveLength(1);
   });
 
   test('downward imports, errors and units are allowed', () => {
@@ -180,7 +186,8 @@ describe('the checker fails on what it must refuse', () => {
       { from: 'ops/send', to: 'pool/thin-pool' },
       { from: 'thin/dump', to: 'output/sink' },
       { from: 'native/binding', to: 'errors' },
-      { from: 'index', to: 'dm/index' },
+      { from: 'index', to: 'dm/device-mapper' },
+      { from: 'unstable', to: 'pdata/btree' },
     ])).toEqual([]);
   });
 

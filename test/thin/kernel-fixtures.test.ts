@@ -5,7 +5,8 @@
  * model of the scenario) says, and the delta walker must prove its pruning:
  * blocks read grow with the leaves that differ, not with the device size.
  */
-import { ThinMetadata, MemoryBlockSource } from '../../src';
+import { ThinMetadata } from '../../src';
+import { MemoryBlockSource } from '../../src/pdata/block-source';
 import { kernelFixtureImage, listKernelFixtures, type KernelDevice, type ChangedLeaves } from '../helpers/fixtures';
 
 const fixtures = listKernelFixtures();

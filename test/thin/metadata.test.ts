@@ -3,7 +3,8 @@
  * independent sources: the XML each fixture was restored from (which
  * thin_dump reproduces exactly) and the test helpers' own block decoder.
  */
-import { AbortError, MetadataSnapError, MemoryBlockSource, ThinMetadata, dump, DmthinError } from '../../src';
+import { AbortError, MetadataSnapError, ThinMetadata, dump, DmthinError } from '../../src';
+import { MemoryBlockSource } from '../../src/pdata/block-source';
 import { fixture, fixtureFile, fixtureImage, fixtureXml, listFixtures } from '../helpers/fixtures';
 import { node, superblock } from '../helpers/corrupt';
 import { Writable } from 'node:stream';

@@ -7,24 +7,34 @@ import { type DataBlocks, type MetaBlocks, type Sectors, dataBlocks, metaBlocks,
 import type { DmTarget } from '../ioctl';
 import { type DeviceArg, U64_MAX, decimalArg, deviceArg, parseFail, parseSafe, parseU64, tokens } from './args';
 
+/** The thin-pool target type name. */
 export const THIN_POOL_TARGET = 'thin-pool';
 
 /** data_block_size bounds in sectors (64 KiB .. 1 GiB, multiple of 64 KiB). */
 export const MIN_DATA_BLOCK_SIZE = 128;
+/** Largest data_block_size in sectors (1 GiB). */
 export const MAX_DATA_BLOCK_SIZE = 2097152;
+/** data_block_size must be a multiple of this many sectors (64 KiB). */
 export const DATA_BLOCK_SIZE_MULTIPLE = 128;
 /** The kernel reads at most this many feature arguments. */
 export const MAX_POOL_FEATURES = 4;
 /** Thin device ids are 24-bit. */
 export const MAX_THIN_ID = (1 << 24) - 1;
 
+/** The feature arguments a thin-pool table line may carry. */
 export const THIN_POOL_FEATURES = ['skip_block_zeroing', 'ignore_discard', 'no_discard_passdown', 'read_only', 'error_if_no_space'] as const;
+/** One of THIN_POOL_FEATURES. */
 export type ThinPoolFeature = (typeof THIN_POOL_FEATURES)[number];
 
+/** What a thin-pool table line is built from. */
 export interface ThinPoolTableArgs {
+  /** The metadata device. */
   metadataDev: DeviceArg;
+  /** The data device. */
   dataDev: DeviceArg;
+  /** Data block size in sectors (128 .. 2097152, a multiple of 128). */
   dataBlockSize: Sectors;
+  /** Free data blocks below which the pool raises a dm event. */
   lowWaterMark: DataBlocks;
   /** At most 4. `read_only` is refused on a pool's first load (kernel rule). */
   features?: readonly ThinPoolFeature[];
@@ -32,10 +42,15 @@ export interface ThinPoolTableArgs {
 
 /** A parsed thin-pool table line (devices as the kernel prints them: 'maj:min'). */
 export interface ThinPoolTable {
+  /** The metadata device, `major:minor`. */
   metadataDev: string;
+  /** The data device, `major:minor`. */
   dataDev: string;
+  /** Data block size in sectors. */
   dataBlockSize: Sectors;
+  /** The low-water mark in data blocks. */
   lowWaterMark: DataBlocks;
+  /** The known feature words, in table order. */
   features: ThinPoolFeature[];
   /** Feature words this code does not know, and tokens after the feature group. */
   extra: string[];
@@ -100,8 +115,11 @@ export function parseThinPoolTable(params: string): ThinPoolTable {
 
 // ------------------------------------------------------------------ status
 
+/** A working pool's mode: read-write, read-only (also out of metadata space), out of data space. */
 export type PoolMode = 'rw' | 'ro' | 'out_of_data_space';
+/** How the pool handles discards. */
 export type PoolDiscard = 'discard_passdown' | 'no_discard_passdown' | 'ignore_discard';
+/** What the pool does with writes when out of data space: queue them or fail them. */
 export type NoSpacePolicy = 'queue' | 'error';
 
 /**
@@ -111,25 +129,45 @@ export type NoSpacePolicy = 'queue' | 'error';
  * not print them. `ro` also covers out-of-metadata-space.
  */
 export interface ThinPoolStatusWorking {
+  /** A working pool (not `fail` or `error`). */
   kind: 'working';
+  /** The pool's transaction id. */
   transactionId: bigint;
   /** Includes the metadata reserve the kernel holds back. */
   usedMetadata: MetaBlocks;
+  /** Size of the metadata device in metadata blocks. */
   totalMetadata: MetaBlocks;
+  /** Data blocks in use. */
   usedData: DataBlocks;
+  /** Size of the data device in data blocks. */
   totalData: DataBlocks;
   /** Root of the held metadata snapshot, or null. */
   heldMetadataRoot: MetaBlocks | null;
+  /** rw, ro or out_of_data_space. */
   mode?: PoolMode;
+  /** How discards are handled. */
   discard?: PoolDiscard;
+  /** queue or error when out of data space. */
   noSpacePolicy?: NoSpacePolicy;
+  /** The metadata is flagged for thin_check. */
   needsCheck?: boolean;
+  /** Free metadata blocks below which the pool raises a dm event. */
   metadataLowWatermark?: MetaBlocks;
   /** Tokens after the known fields (vendor kernels, newer kernels). */
   extra: string[];
 }
 
-export type ThinPoolStatus = ThinPoolStatusWorking | { kind: 'fail' } | { kind: 'error' };
+/** A pool's INFO status: working, failed (`Fail`), or a failed metadata query (`Error`). */
+export type ThinPoolStatus =
+  | ThinPoolStatusWorking
+  | {
+      /** The pool failed (`Fail`). */
+      kind: 'fail';
+    }
+  | {
+      /** A metadata query failed (`Error`). */
+      kind: 'error';
+    };
 
 const MODES: readonly string[] = ['rw', 'ro', 'out_of_data_space'];
 const DISCARDS: readonly string[] = ['discard_passdown', 'no_discard_passdown', 'ignore_discard'];
@@ -208,6 +246,7 @@ export const PoolMessage = {
   releaseMetadataSnap: (): string => 'release_metadata_snap',
 } as const;
 
+/** The name of a pool message (its first word). */
 export type PoolMessageName = 'create_thin' | 'create_snap' | 'delete' | 'set_transaction_id' | 'reserve_metadata_snap' | 'release_metadata_snap';
 
 const ARITY: Record<PoolMessageName, { args: number; max: bigint }> = {
@@ -224,7 +263,12 @@ const ARITY: Record<PoolMessageName, { args: number; max: bigint }> = {
  * canonical decimals). For logs, audits and tests; throws UsageError on
  * anything else.
  */
-export function parsePoolMessage(text: string): { name: PoolMessageName; args: bigint[] } {
+export function parsePoolMessage(text: string): {
+  /** The message name. */
+  name: PoolMessageName;
+  /** Its arguments. */
+  args: bigint[];
+} {
   const words = text.split(' ');
   const name = words[0] as PoolMessageName;
   const spec = Object.prototype.hasOwnProperty.call(ARITY, name) ? ARITY[name] : undefined;

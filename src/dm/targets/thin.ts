@@ -7,8 +7,10 @@ import type { DmTarget } from '../ioctl';
 import { type DeviceArg, decimalArg, deviceArg, parseFail, parseSafe, tokens } from './args';
 import { MAX_THIN_ID, type ThinId } from './thin-pool';
 
+/** The thin target type name. */
 export const THIN_TARGET = 'thin';
 
+/** What a thin table line is built from. */
 export interface ThinTableArgs {
   /** The pool device (not suspended when the table is loaded). */
   poolDev: DeviceArg;
@@ -18,9 +20,13 @@ export interface ThinTableArgs {
   externalOriginDev?: DeviceArg;
 }
 
+/** A parsed thin table line. */
 export interface ThinTable {
+  /** The pool device, as given or `major:minor`. */
   poolDev: string;
+  /** The thin device id. */
   devId: number;
+  /** The external origin device, if any. */
   externalOriginDev?: string;
 }
 
@@ -36,6 +42,7 @@ export function thinParams(a: ThinTableArgs): string {
   return parts.join(' ');
 }
 
+/** A thin target covering `length` sectors from `start`. */
 export function thinTarget(length: Sectors, a: ThinTableArgs, start: Sectors = sectors(0)): DmTarget {
   return { start, length, type: THIN_TARGET, params: thinParams(a) };
 }
@@ -57,11 +64,28 @@ export function parseThinTable(params: string): ThinTable {
  * target has no thin device attached.
  */
 export type ThinStatus =
-  | { kind: 'working'; mappedSectors: Sectors; highestMappedSector: Sectors | null }
-  | { kind: 'fail' }
-  | { kind: 'error' }
-  | { kind: 'unavailable' };
+  | {
+      /** The device works. */
+      kind: 'working';
+      /** Sectors mapped. */
+      mappedSectors: Sectors;
+      /** The highest mapped sector, or null when none is mapped. */
+      highestMappedSector: Sectors | null;
+    }
+  | {
+      /** The pool failed (`Fail`). */
+      kind: 'fail';
+    }
+  | {
+      /** A metadata query failed (`Error`). */
+      kind: 'error';
+    }
+  | {
+      /** No thin device is attached (`-`). */
+      kind: 'unavailable';
+    };
 
+/** Parses a thin target's INFO status line. */
 export function parseThinStatus(line: string): ThinStatus {
   const t = tokens(line);
   if (t.length === 1) {

@@ -19,10 +19,17 @@ import {
 } from './records';
 import { SECTOR_SIZE } from '../../units';
 
-export type StreamHeaderInit = Omit<StreamHeader, 'version'> & { version?: number };
+/** A StreamHeader whose version may be left out (default: FORMAT_VERSION). */
+export type StreamHeaderInit = Omit<StreamHeader, 'version'> & {
+  /** Stream format version (default FORMAT_VERSION). */
+  version?: number;
+};
 
+/** Encodes one stream's records: header, data and discards in ascending order, then the end record. */
 export class StreamEncoder {
+  /** The header the stream starts with. */
   readonly header: StreamHeader;
+  /** Bytes per data block. */
   readonly blockBytes: number;
   private seq = 0;
   private hash: Hash = createHash('sha256');
@@ -30,7 +37,18 @@ export class StreamEncoder {
   private lastDataBlock = -1;
   private ended = false;
   /** Counters so far (what the end record says: the end record itself is not counted). */
-  readonly counts = { records: 0, dataBlocks: 0, discardBlocks: 0, dataBytes: 0, streamBytes: 0 };
+  readonly counts = {
+    /** Records so far. */
+    records: 0,
+    /** Virtual blocks carried by data records. */
+    dataBlocks: 0,
+    /** Virtual blocks covered by discard records. */
+    discardBlocks: 0,
+    /** Data bytes carried by data records. */
+    dataBytes: 0,
+    /** Stream bytes so far. */
+    streamBytes: 0,
+  };
 
   constructor(header: StreamHeaderInit) {
     this.header = { version: FORMAT_VERSION, ...header };
@@ -93,7 +111,12 @@ export class StreamEncoder {
   }
 
   /** The end record: counts and the digest of everything before it. */
-  finish(): { parts: Buffer[]; end: EndRecord } {
+  finish(): {
+    /** The end record's bytes. */
+    parts: Buffer[];
+    /** What it says. */
+    end: EndRecord;
+  } {
     const end: EndRecord = { ...this.counts, sha256: this.hash.digest() };
     const parts = this.emit(RecordType.End, [encodeEndPayload(end)]);
     this.ended = true;

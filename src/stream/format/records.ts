@@ -13,6 +13,7 @@ import { MAX_SAFE_HI, TWO32 } from '../../pdata/words';
 export const RECORD_MAGIC = Buffer.from('DMTR', 'latin1');
 /** First 8 bytes of the header record's payload. */
 const STREAM_MAGIC = Buffer.from('DMTHSTRM', 'latin1');
+/** The stream format version this build writes (and reads). */
 export const FORMAT_VERSION = 1;
 
 export const RECORD_HEADER_SIZE = 24;
@@ -30,10 +31,15 @@ const MAX_DATA_BLOCK_SECTORS = 2097152;
 
 const HEADER_FLAG_INCREMENTAL = 1;
 
+/** The record types of a stream (docs/stream-format.md). */
 export enum RecordType {
+  /** The header: format, block size, device size, snapshot and base. */
   Header = 1,
+  /** Data for a byte range of the device. */
   Data = 2,
+  /** A range of blocks that reads as zeros. */
   Discard = 3,
+  /** Counts and the SHA-256 of everything before it. */
   End = 4,
 }
 
@@ -45,6 +51,7 @@ export enum RecordType {
 export interface SnapshotIdentity {
   /** The pool: the dm uuid (or name) of a live pool, or a label for an offline image. */
   pool: string;
+  /** The thin device id. */
   devId: number;
   /** Details tree: pool time when the device was created. */
   creationTime: number;
@@ -52,17 +59,21 @@ export interface SnapshotIdentity {
   transactionId: bigint;
 }
 
+/** A stream's header: format version, block and device size, the snapshot and its base. */
 export interface StreamHeader {
+  /** Stream format version. */
   version: number;
   /** Data block size of the source pool, in 512-byte sectors. */
   dataBlockSize: number;
   /** Size of the sent device in bytes (a multiple of 512). */
   deviceSize: number;
+  /** The snapshot the stream carries. */
   target: SnapshotIdentity;
   /** The snapshot the stream is a delta against; null for a full stream. */
   base: SnapshotIdentity | null;
 }
 
+/** What the end record carries. */
 export interface EndRecord {
   /** Records before the end record (the header included). */
   records: number;

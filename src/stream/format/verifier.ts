@@ -28,20 +28,58 @@ import {
 } from './records';
 import { SECTOR_SIZE } from '../../units';
 
+/** Where a record was found in the stream. @inline */
 interface At {
   /** Byte offset of the record in the stream. */
   offset: number;
+  /** Its sequence number (the header is 0). */
   seq: number;
 }
 
+/** A verified, decoded record, with where it was found. */
 export type StreamRecord =
-  | (At & { type: 'header'; header: StreamHeader })
-  | (At & { type: 'data'; block: number; offsetSectors: number; /** byte offset on the device */ start: number; data: Buffer })
-  | (At & { type: 'discard'; block: number; count: number; /** byte range on the device, clipped at its end */ start: number; length: number })
-  | (At & { type: 'end'; end: EndRecord });
+  | (At & {
+      /** The header record. */
+      type: 'header';
+      /** What it says. */
+      header: StreamHeader;
+    })
+  | (At & {
+      /** A data record. */
+      type: 'data';
+      /** The virtual block it starts in. */
+      block: number;
+      /** Sectors into that block. */
+      offsetSectors: number;
+      /** Byte offset on the device. */
+      start: number;
+      /** The bytes. */
+      data: Buffer;
+    })
+  | (At & {
+      /** A discard record. */
+      type: 'discard';
+      /** First virtual block. */
+      block: number;
+      /** Number of blocks. */
+      count: number;
+      /** Byte offset on the device. */
+      start: number;
+      /** Byte length, clipped at the device's end. */
+      length: number;
+    })
+  | (At & {
+      /** The end record. */
+      type: 'end';
+      /** What it says. */
+      end: EndRecord;
+    });
 
+/** A stream verified to its end. */
 export interface VerifiedStream {
+  /** Its header. */
   header: StreamHeader;
+  /** Its end record. */
   end: EndRecord;
   /** SHA-256 (hex) of the stream before the end record: the stream's identity. */
   digest: string;
@@ -49,6 +87,7 @@ export interface VerifiedStream {
   bytes: number;
 }
 
+/** Options of StreamVerifier. */
 export interface VerifierOptions {
   /** Called once the header record has been verified (e.g. to check the target early). */
   onHeader?: (h: StreamHeader) => void;
@@ -56,6 +95,7 @@ export interface VerifierOptions {
 
 const MIN_HEADER_PAYLOAD = HEADER_FIXED_SIZE + 18;
 
+/** Checks a stream as its bytes arrive (CRCs, order, bounds, counts, digest) and decodes its records. */
 export class StreamVerifier {
   private pos = 0;
   private seq = 0;
@@ -75,6 +115,7 @@ export class StreamVerifier {
 
   constructor(private readonly opts: VerifierOptions = {}) {}
 
+  /** The header once it has been verified, else null. */
   get header(): StreamHeader | null {
     return this._header;
   }

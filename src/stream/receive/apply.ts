@@ -18,7 +18,9 @@ export interface ApplyProgress {
 }
 
 export interface ApplyOptions {
+  /** Cancels the work, which then rejects with AbortError. */
   signal?: AbortSignal;
+  /** Called as the work advances. */
   onProgress?: (p: ApplyProgress) => void;
   /** Data bytes per native write call (default 32 MiB). */
   batchBytes?: number;

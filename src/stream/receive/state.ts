@@ -16,11 +16,16 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { DmthinError, StreamError } from '../../errors';
 import { describeIdentity, identityKey, type SnapshotIdentity, type StreamHeader } from '../format/records';
 
+/** Where the receive state of block-device targets is kept by default. */
 export const DEFAULT_STATE_DIR = '/var/lib/dmthin/receive';
 
+/** A snapshot identity as the state file holds it (the transaction id as a string). */
 export interface IdentityJson {
+  /** The pool: the dm uuid (or name) of a live pool, or a label for an offline image. */
   pool: string;
+  /** The thin device id. */
   devId: number;
+  /** Pool time when the device was created. */
   creationTime: number;
   /** Decimal (a u64). */
   transactionId: string;
@@ -28,20 +33,29 @@ export interface IdentityJson {
   key: string;
 }
 
+/** One received stream, as the state file records it. */
 export interface StateEntry {
+  /** The snapshot the stream carried. */
   snapshot: IdentityJson;
+  /** Its base, or null for a full stream. */
   base: IdentityJson | null;
   /** SHA-256 (hex) of the stream, as in its end record. */
   digest: string;
+  /** The device size in bytes. */
   deviceSize: number;
+  /** The source pool's data block size in sectors. */
   dataBlockSize: number;
   /** ISO time. */
   at: string;
 }
 
+/** A target's receive state file: what it holds, and what was being applied. */
 export interface ReceiveState {
+  /** Identifies the file's kind. */
   format: 'dmthin-receive-state';
+  /** The file format's version. */
   version: 1;
+  /** The target the state is about. */
   target: string;
   /** The last stream applied completely, or null. */
   current: StateEntry | null;
@@ -72,7 +86,20 @@ export function defaultStateFile(target: string, blockDevice: boolean, stateDir 
   return join(stateDir, `${encodeURIComponent(abs.replace(/^\/+/, ''))}.json`);
 }
 
-export type StateRead = { ok: true; state: ReceiveState | null } | { ok: false; error: string };
+/** readState's answer: the state (null when there is no file yet), or why the file cannot be used. */
+export type StateRead =
+  | {
+      /** The file was read (or does not exist). */
+      ok: true;
+      /** The state, or null when there is no file. */
+      state: ReceiveState | null;
+    }
+  | {
+      /** The file exists but cannot be used. */
+      ok: false;
+      /** Why. */
+      error: string;
+    };
 
 const HEX64 = /^[0-9a-f]{64}$/;
 

@@ -22,6 +22,11 @@ import { BlockReader } from '../../native/block-reader';
 import { devNumOf } from '../../dm/block-devices';
 import type { BlockWriter } from '../../native/block-writer';
 
+/**
+ * How discard records are applied: 'auto' picks 'punch' (hole punching) for
+ * a regular file, 'discard' for a dm thin volume, 'zeroout' for other block
+ * devices.
+ */
 export type ZeroMethod = 'auto' | 'discard' | 'zeroout' | 'punch';
 
 export interface TargetInfo {

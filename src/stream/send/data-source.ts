@@ -10,19 +10,25 @@
 import { DmthinError } from '../../errors';
 import { BlockReader } from '../../native/block-reader';
 
+/** How a DataSource is addressed: by virtual block (the thin device) or by data block (the pool's data device). */
 export type DataAddressing = 'virtual' | 'data';
 
+/** Where a send reads block contents from. */
 export interface DataSource {
+  /** Whether blocks are asked for by virtual or by data block number. */
   readonly addressing: DataAddressing;
   /**
    * Reads `blocks` (units of `unitBytes`, a multiple of 512) and returns
    * their bytes concatenated in request order.
    */
   readBlocks(unitBytes: number, blocks: readonly number[]): Promise<Buffer>;
+  /** Releases the source (called when the send ends). */
   close?(): Promise<void>;
 }
 
+/** Options of NativeDataSource.open. */
 export interface NativeDataSourceOptions {
+  /** The thin device itself ('virtual') or the pool's data device ('data'). */
   addressing: DataAddressing;
   /** 'auto' (default): O_DIRECT; buffered only for a regular file whose filesystem refuses O_DIRECT. */
   direct?: 'auto' | 'always' | 'never';
@@ -30,19 +36,25 @@ export interface NativeDataSourceOptions {
 
 /** A block device or file read through the native O_DIRECT reader. */
 export class NativeDataSource implements DataSource {
+  /** The file or device read. */
   readonly path: string;
+  /** Its size in bytes. */
   readonly sizeBytes: number;
+  /** It is a block device. */
   readonly blockDevice: boolean;
+  /** Reads bypass the page cache (O_DIRECT). */
   readonly direct: boolean;
 
   private constructor(
     private readonly reader: BlockReader,
+    /** How blocks are addressed. */
     readonly addressing: DataAddressing,
   ) {
     this.path = reader.path;
     ({ size: this.sizeBytes, blockDevice: this.blockDevice, direct: this.direct } = reader.info);
   }
 
+  /** Opens a block device or file read-only. */
   static async open(path: string, opts: NativeDataSourceOptions): Promise<NativeDataSource> {
     return new NativeDataSource(await BlockReader.open(path, { direct: opts.direct }), opts.addressing);
   }

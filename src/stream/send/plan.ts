@@ -35,6 +35,7 @@ export interface PlanOptions {
   deviceSize: number;
   /** How the data source is addressed (decides each data extent's `source`). */
   addressing: DataAddressing;
+  /** Cancels the work, which then rejects with AbortError. */
   signal?: AbortSignal;
   /** Virtual blocks classified so far by the metadata walk. */
   onProgress?: (p: { blocks: number }) => void;

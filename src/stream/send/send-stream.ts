@@ -17,6 +17,7 @@ import { MAX_DATA_BYTES } from '../format/records';
 import { SECTOR_SIZE } from '../../units';
 import { planSend, type SendPlan } from './plan';
 
+/** Progress of a send stream. */
 export interface SendProgress {
   /** Blocks sent as data so far. */
   dataBlocks: number;
@@ -29,7 +30,9 @@ export interface SendProgress {
 }
 
 export interface EncodeOptions {
+  /** Cancels the work, which then rejects with AbortError. */
   signal?: AbortSignal;
+  /** Called as the work advances. */
   onProgress?: (p: SendProgress) => void;
   /** Data bytes read from the source per batch (default 16 MiB, at least one record). */
   batchBytes?: number;
@@ -37,12 +40,17 @@ export interface EncodeOptions {
   onEnd?: (s: SendSummary) => void;
 }
 
+/** What a send produced. */
 export interface SendSummary {
   /** SHA-256 (hex) of the stream before the end record, as the receiver records it. */
   digest: string;
+  /** Records in the stream. */
   records: number;
+  /** Blocks sent as data. */
   dataBlocks: number;
+  /** Blocks sent as discards. */
   discardBlocks: number;
+  /** Data bytes sent. */
   dataBytes: number;
   /** Whole stream, end record included. */
   bytes: number;
@@ -177,10 +185,13 @@ export function encodeStream(plan: SendPlan, source: DataSource, opts: EncodeOpt
   return toReadable(encodeRecords(plan, source, opts), opts.signal);
 }
 
+/** Options of sendStream. */
 export interface SendStreamOptions extends EncodeOptions {
   /** Metadata to read the mappings from (a file, or a pool's metadata snapshot: it must stay held until the stream ends). */
   metadata: ThinMetadata;
+  /** Thin device id of the snapshot. */
   snap: number;
+  /** Thin device id of the base snapshot: an incremental stream. */
   base?: number;
   /** Where the blocks' contents come from. */
   source: DataSource;
