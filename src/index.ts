@@ -42,7 +42,7 @@ export type { CheckOptions, CheckReport, CheckProblem, CheckCounts, CheckPhase, 
 
 // Live pools and thin devices.
 export { ThinPool, MetadataSnapshot } from './pool/thin-pool';
-export type { ThinPoolCreateOptions, CreateSnapOptions, ActiveThin, OpenMetadataOptions, LiveMetadata, MetadataSnapshotUse, PoolWaitOptions } from './pool/thin-pool';
+export type { ThinPoolCreateOptions, CreateSnapOptions, ActiveThin, OpenMetadataOptions, LiveMetadata, MetadataSnapshotUse, PoolWaitOptions, PoolWaitResult } from './pool/thin-pool';
 export { derivePoolEvents, poolState } from './pool/events';
 export type { PoolEvent, PoolEventType, PoolState, LowWaterMarkEvent, ModeEvent, NeedsCheckEvent, MetadataLowEvent, OtherPoolEvent } from './pool/events';
 export { ThinDevice } from './pool/thin-device';
@@ -53,7 +53,8 @@ export type { LvmThinVolume } from './pool/lvm';
 
 // Device-mapper control and the thin-pool / thin targets.
 export { DeviceMapper } from './dm/device-mapper';
-export type { DeviceMapperOptions, DmDeviceInfo, StatusOptions } from './dm/device-mapper';
+export type { DeviceMapperOptions, DmDeviceInfo, StatusOptions, WaitOptions, DmStatusWithInfo } from './dm/device-mapper';
+export type { EventWaitOptions } from './dm/event-wait';
 export type { DeviceId, DeviceRef, DevNum, DmListEntry, DmTarget, DmVersion, TargetVersion } from './dm/ioctl';
 export { devNumOf, devPathOf } from './dm/block-devices';
 export type { DeviceArg } from './dm/targets/args';
@@ -87,7 +88,7 @@ export type { ThinTableArgs, ThinTable, ThinStatus } from './dm/targets/thin';
 
 // Continuous replication (docs/replication.md).
 export { replicate, defaultReplicateStateFile, DEFAULT_REPLICATE_STATE_DIR, DEFAULT_SNAPSHOT_IDS } from './ops/replicate';
-export type { ReplicateOptions, CycleReport } from './ops/replicate';
+export type { ReplicateOptions, CycleReport, SnapshotIdRange } from './ops/replicate';
 
 // Send/receive streams (docs/stream-format.md).
 export { send } from './ops/send';

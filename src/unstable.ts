@@ -35,3 +35,4 @@ export type { BlockWriterOpenOptions, BlockWriterInfo, WriteSegment, DiscardMeth
 // A DeviceMapper transport (DeviceMapperOptions.transport): run against a fake kernel in tests.
 export { Cmd } from './dm/ioctl';
 export type { DmTransport, DmSyncTransport } from './dm/device-mapper';
+export type { DmEventPoller } from './dm/event-wait';

@@ -114,6 +114,14 @@ export interface DmDeviceInfo {
 /** What wait() takes: the status flags, an AbortSignal, the pre-4.13 fallback interval. */
 export interface WaitOptions extends StatusOptions, EventWaitOptions {}
 
+/** A device's info and status lines, read in one DM_TABLE_STATUS (so the event counter goes with the status). */
+export interface DmStatusWithInfo {
+  /** The device's info (event counter, open count, suspended...). */
+  info: DmDeviceInfo;
+  /** Its status lines, one per target. */
+  targets: DmTarget[];
+}
+
 /** Options of status, table and wait requests. */
 export interface StatusOptions {
   /** Report on the inactive (loaded, not yet resumed) table. */
@@ -341,7 +349,7 @@ export class DeviceMapper {
    * and holds no worker thread: see event-wait.ts for why this is not
    * DM_DEV_WAIT. Rejects with ENXIO (DM_DEV_STATUS) if the device is removed.
    */
-  async wait(ref: DeviceRef, eventNr: number, opts: WaitOptions = {}): Promise<{ info: DmDeviceInfo; targets: DmTarget[] }> {
+  async wait(ref: DeviceRef, eventNr: number, opts: WaitOptions = {}): Promise<DmStatusWithInfo> {
     const id = resolveDeviceRef(ref);
     if (!Number.isInteger(eventNr) || eventNr < 0 || eventNr > 0xffffffff) throw new UsageError('eventNr must be a u32');
     const openPoller = () => {
@@ -397,7 +405,7 @@ export class DeviceMapper {
   }
 
   /** DM_TABLE_STATUS, with the device's info from the same call (its event counter goes with these lines). */
-  async statusWithInfo(ref: DeviceRef, opts: StatusOptions = {}): Promise<{ info: DmDeviceInfo; targets: DmTarget[] }> {
+  async statusWithInfo(ref: DeviceRef, opts: StatusOptions = {}): Promise<DmStatusWithInfo> {
     const id = resolveDeviceRef(ref);
     const r = await this.call(Cmd.TABLE_STATUS, { ...idFields(id), flags: statusFlags(opts) }, undefined, { id });
     return { info: toInfo(r.header), targets: decodeTargetSpecs(resultArea(r.buf, r.header), r.header.targetCount) };

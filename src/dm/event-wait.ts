@@ -38,6 +38,7 @@ export interface DmEventPoller {
   close(): void;
 }
 
+/** How a wait for a dm event may be cancelled, and how an old kernel is polled. */
 export interface EventWaitOptions {
   /** Aborting rejects the wait with AbortError (code ABORT_ERR) at once. */
   signal?: AbortSignal;

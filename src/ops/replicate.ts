@@ -38,11 +38,22 @@ import { send } from './send';
 
 export type { CycleReport } from './replication';
 
+/** Where replication state files go unless told otherwise. */
 export const DEFAULT_REPLICATE_STATE_DIR = '/var/lib/dmthin/replicate';
 /** Default snapshot id range: the top 4096 thin ids (thin ids are 24 bits). */
-export const DEFAULT_SNAPSHOT_IDS = { first: MAX_THIN_ID - 4095, last: MAX_THIN_ID } as const;
+export const DEFAULT_SNAPSHOT_IDS: SnapshotIdRange = { first: MAX_THIN_ID - 4095, last: MAX_THIN_ID };
 
+/** A range of thin ids, both ends included. */
+export interface SnapshotIdRange {
+  /** The first id. */
+  first: number;
+  /** The last id. */
+  last: number;
+}
+
+/** What replicate() takes. */
 export interface ReplicateOptions {
+  /** The live pool (dm name or an open ThinPool). */
   pool: string | ThinPool;
   /** The thin device to replicate. */
   thin: number;
@@ -57,14 +68,16 @@ export interface ReplicateOptions {
   /** Confirmed snapshots kept in the pool (default 1: the base of the next increment). */
   keep?: number;
   /** Snapshot ids dmthin may use, inclusive (default the top 4096 ids). Recorded; cannot change later. */
-  ids?: { first: number; last: number };
+  ids?: SnapshotIdRange;
   /** Replication state (default /var/lib/dmthin/replicate/<pool>-<thin>.json). */
   stateFile?: string;
   /** The thin's size in bytes when it is not active (an active thin's table length is used otherwise). */
   deviceSize?: number;
   /** Where send spills its extent list (default TMPDIR). */
   tmpDir?: string;
+  /** Aborting abandons the current cycle (its snapshot stays pending and is sent again by the next run) and ends the iteration with AbortError. */
   signal?: AbortSignal;
+  /** Bytes of stream sent so far in the current cycle. */
   onProgress?: (p: { phase: 'snapshot' | 'send'; bytes: number }) => void;
 }
 

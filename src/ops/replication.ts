@@ -96,6 +96,7 @@ export interface ReplicationHost {
 
 export type CheckpointName = 'suspended' | 'snap-created' | 'created-recorded' | 'sent' | 'confirmed' | 'cleanup';
 
+/** What one confirmed replication cycle did. */
 export interface CycleReport {
   /** The snapshot sent in this cycle. */
   snapshot: number;
@@ -103,8 +104,11 @@ export interface CycleReport {
   base: number | null;
   /** The cycle finished a transfer an earlier run had started (same stream again). */
   resumed: boolean;
+  /** Stream bytes sent. */
   bytes: number;
+  /** Blocks carried as data. */
   dataBlocks: number;
+  /** Blocks carried as discards. */
   discardBlocks: number;
   /** Snapshots deleted after the confirmation. */
   deleted: number[];

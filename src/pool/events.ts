@@ -36,34 +36,51 @@ interface PoolEventBase {
   previous: ThinPoolStatus;
 }
 
+/** Free data blocks fell to the table's low-water mark or below (time to grow the data device). */
 export interface LowWaterMarkEvent extends PoolEventBase {
+  /** Discriminant. */
   type: 'low-water-mark';
+  /** Free data blocks after the event. */
   freeDataBlocks: DataBlocks;
+  /** The pool table's low-water mark, in data blocks. */
   lowWaterMark: DataBlocks;
 }
 
+/** The pool's mode changed (e.g. rw to out_of_data_space, or to ro / fail). */
 export interface ModeEvent extends PoolEventBase {
+  /** Discriminant. */
   type: 'mode';
+  /** The mode before. */
   from: PoolState;
+  /** The mode now. */
   to: PoolState;
 }
 
+/** The pool set its needs_check flag: its metadata must be checked (thin_check) before it is used read-write again. */
 export interface NeedsCheckEvent extends PoolEventBase {
+  /** Discriminant. */
   type: 'needs-check';
 }
 
+/** Free metadata blocks fell to the kernel's metadata low watermark or below. */
 export interface MetadataLowEvent extends PoolEventBase {
+  /** Discriminant. */
   type: 'metadata-low';
+  /** Free metadata blocks after the event. */
   freeMetadataBlocks: MetaBlocks;
+  /** The kernel's metadata low watermark, in metadata blocks. */
   metadataLowWatermark: MetaBlocks;
 }
 
+/** A dm event none of the other types describes (a table swap, a resize...). */
 export interface OtherPoolEvent extends PoolEventBase {
+  /** Discriminant. */
   type: 'other';
 }
 
 /** One change a dm event of the pool brought (see the module comment for each type). */
 export type PoolEvent = LowWaterMarkEvent | ModeEvent | NeedsCheckEvent | MetadataLowEvent | OtherPoolEvent;
+/** The `type` of a PoolEvent. */
 export type PoolEventType = PoolEvent['type'];
 
 /** `rw` when a working status has no mode field (kernels before 3.11). */

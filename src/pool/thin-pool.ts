@@ -53,6 +53,14 @@ export interface ThinPoolCreateOptions {
   dm?: DeviceMapper;
 }
 
+/** What waitEvent() resolves to. */
+export interface PoolWaitResult {
+  /** The event counter now (pass it to the next wait). */
+  eventNr: number;
+  /** The pool's status after the event. */
+  status: ThinPoolStatus;
+}
+
 /** What waitEvent() and events() take. */
 export interface PoolWaitOptions {
   /** Aborting ends the wait at once with AbortError (code ABORT_ERR). */
@@ -340,7 +348,7 @@ export class ThinPool {
    * (code ABORT_ERR) at once; a pending wait holds no worker thread
    * (DeviceMapper.wait). Rejects with ENXIO if the pool is removed.
    */
-  async waitEvent(eventNr?: number, opts: PoolWaitOptions = {}): Promise<{ eventNr: number; status: ThinPoolStatus }> {
+  async waitEvent(eventNr?: number, opts: PoolWaitOptions = {}): Promise<PoolWaitResult> {
     const from = eventNr ?? (await this.info()).eventNr;
     const r = await this.dm.wait(this.name, from, { noflush: opts.noflush, signal: opts.signal });
     return { eventNr: r.info.eventNr, status: this.onlyStatus(r.targets) };

@@ -14,7 +14,7 @@ const ROOT = join(__dirname, '..', '..');
 const MAIN = [
   // pool events, replication
   'PoolWaitOptions', 'PoolEvent', 'PoolEventType', 'PoolState', 'LowWaterMarkEvent', 'ModeEvent', 'NeedsCheckEvent', 'MetadataLowEvent', 'OtherPoolEvent', 'derivePoolEvents', 'poolState',
-  'replicate', 'defaultReplicateStateFile', 'DEFAULT_REPLICATE_STATE_DIR', 'DEFAULT_SNAPSHOT_IDS', 'ReplicateOptions', 'CycleReport',
+  'replicate', 'defaultReplicateStateFile', 'DEFAULT_REPLICATE_STATE_DIR', 'DEFAULT_SNAPSHOT_IDS', 'ReplicateOptions', 'CycleReport', 'SnapshotIdRange', 'PoolWaitResult', 'WaitOptions', 'DmStatusWithInfo', 'EventWaitOptions',
   'AbortError', 'ActivateOptions', 'ActiveThin', 'Bytes', 'CheckCounts', 'CheckOptions', 'CheckPhase',
   'CheckProblem', 'CheckProgress', 'CheckReport', 'CorruptionKind', 'CreateSnapOptions',
   'DATA_BLOCK_SIZE_MULTIPLE', 'DEFAULT_STATE_DIR', 'DataAddressing', 'DataBlocks', 'DataRegion',
@@ -44,6 +44,7 @@ const MAIN = [
 ];
 
 const UNSTABLE = [
+  'DmEventPoller',
   'BLOCK_SIZE', 'Block', 'BlockSource', 'BlockType', 'BlockWriter', 'BlockWriterInfo',
   'BlockWriterOpenOptions', 'BtreeNode', 'BtreeWalkOptions', 'Cmd', 'DiscardMethod', 'DmSyncTransport',
   'DmTransport', 'EndRecord', 'FORMAT_VERSION', 'IndexEntry', 'IoStats', 'MAX_DATA_BYTES', 'MemoryBlockSource',
