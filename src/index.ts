@@ -47,6 +47,9 @@ export { receive, receiveStream } from './ops/receive';
 export type { ReceiveOptions, ReceiveProgress, ReceiveResult, ReceiveWritable } from './ops/receive';
 export { readState, writeState, defaultStateFile, checkBase, DEFAULT_STATE_DIR } from './stream/receive/state';
 export type { ReceiveState, StateEntry, IdentityJson, StateRead } from './stream/receive/state';
+// Merging a snapshot back into its origin (docs/merge.md).
+export { mergeIntoExternalOrigin, mergeSnapshot } from './ops/merge';
+export type { MergeResult, MergeProgress, ExternalMergeOptions, SnapshotMergeOptions, CommonMergeOptions } from './ops/merge';
 export { changedBlocks, withMetadataSnapshot } from './pool/live-metadata';
 export { NativeDataSource } from './stream/send/data-source';
 export type { DataSource, DataAddressing, NativeDataSourceOptions } from './stream/send/data-source';

@@ -23,6 +23,7 @@ const COMMANDS: Record<string, () => CommandModule> = {
   devices: () => require('./devices'),
   send: () => require('./send'),
   receive: () => require('./receive'),
+  merge: () => require('./merge'),
   check: () => require('./check'),
 };
 
