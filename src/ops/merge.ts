@@ -126,13 +126,13 @@ interface Prepared {
   lock: MergeLock;
 }
 
-async function prepare(poolArg: string | ThinPool, o: CommonMergeOptions, lvmRefusal: (names: { snap: string; vg?: string }) => string): Promise<Prepared> {
+async function prepare(poolArg: string | ThinPool, o: CommonMergeOptions, lvmRefusal: (names: { pool: string; snap: string }) => string): Promise<Prepared> {
   if (!Number.isInteger(o.snap) || o.snap < 0 || o.snap > 0xffffff) throw new UsageError(`snapshot id ${o.snap} is not a thin id (0..16777215)`);
   const pool = typeof poolArg === 'string' ? await ThinPool.open(poolArg) : poolArg;
   const info = await pool.info();
   if (isLvmUuid(info.uuid)) {
     const lv = await findLvmThin(info.uuid!, o.snap);
-    throw new MergeError('lvm-pool', lvmRefusal({ snap: lv ? `${lv.vg}/${lv.lv}` : 'VG/SNAP', vg: lv?.vg }), { device: pool.name, devId: o.snap });
+    throw new MergeError('lvm-pool', lvmRefusal({ pool: pool.name, snap: lv ? `${lv.vg}/${lv.lv}` : 'VG/SNAP' }), { device: pool.name, devId: o.snap });
   }
   const poolId = info.uuid ? `dm-uuid:${info.uuid}` : `dm-name:${pool.name}`;
   const stateFile = o.stateFile ?? defaultMergeStateFile(poolId, o.snap, o.stateDir);
@@ -241,8 +241,8 @@ async function runSteps(
  */
 export async function mergeIntoExternalOrigin(poolArg: string | ThinPool, o: ExternalMergeOptions): Promise<MergeResult> {
   const t0 = Date.now();
-  const p = await prepare(poolArg, o, ({ snap }) =>
-    `pool is managed by LVM: dmthin does not activate or delete its thin volumes behind LVM's back, and lvm2 cannot merge a thin volume into an external origin (${snap}): ` +
+  const p = await prepare(poolArg, o, ({ pool, snap }) =>
+    `pool ${pool} is managed by LVM: dmthin does not activate or delete its thin volumes behind LVM's back, and lvm2 cannot merge a thin volume into an external origin (${snap}): ` +
     'copy the data with LVM active volumes instead (e.g. dmthin send of the snapshot, then receive onto the origin)',
   );
   const { pool, stateFile } = p;
@@ -254,6 +254,15 @@ export async function mergeIntoExternalOrigin(poolArg: string | ThinPool, o: Ext
     const prior = checkPrior(await readMergeState(stateFile), origin, o.snap, stateFile);
 
     const uses = await thinTableUses(pool.dm);
+    // Its own table tells which origin the thin reads through: if not this one, merging would write another device's data here.
+    const self = uses.find((u) => u.poolDev === pool.devString && u.devId === o.snap && u.externalOriginDev !== originDev);
+    if (self) {
+      throw new MergeError(
+        'origin-mismatch',
+        `thin ${o.snap} is active as dm device ${self.device} with ${self.externalOriginDev ? `external origin ${self.externalOriginDev}` : 'no external origin'}, not ${o.origin} (${originDev}): its mapped blocks are changes to another device`,
+        { device: self.device, devId: o.snap, path: o.origin },
+      );
+    }
     refuseActive(uses, pool, o.snap, 'snapshot');
     const other = uses.find((u) => u.externalOriginDev === originDev);
     if (other) {
@@ -353,8 +362,8 @@ export async function mergeSnapshot(poolArg: string | ThinPool, o: SnapshotMerge
   const t0 = Date.now();
   if (!Number.isInteger(o.origin) || o.origin < 0 || o.origin > 0xffffff) throw new UsageError(`origin id ${o.origin} is not a thin id (0..16777215)`);
   if (o.origin === o.snap) throw new UsageError(`the snapshot and the origin are the same thin (${o.snap})`);
-  const p = await prepare(poolArg, o, ({ snap }) =>
-    `pool is managed by LVM: dmthin does not activate or delete its thin volumes behind LVM's back. Merge with LVM's own command: lvconvert --merge ${snap}`,
+  const p = await prepare(poolArg, o, ({ pool, snap }) =>
+    `pool ${pool} is managed by LVM: dmthin does not activate or delete its thin volumes behind LVM's back. Merge with LVM's own command: lvconvert --merge ${snap}`,
   );
   const { pool, stateFile } = p;
   let src: TemporaryActivation<BlockReader> | undefined;

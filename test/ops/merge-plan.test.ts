@@ -239,3 +239,19 @@ describe('merge state file', () => {
     }
   });
 });
+
+describe('MergeError', () => {
+  test.each([
+    ['origin-busy', 'EBUSY', -16],
+    ['origin-shared', 'EBUSY', -16],
+    ['thin-active', 'EBUSY', -16],
+    ['beyond-end', 'ENOSPC', -28],
+    ['origin-mismatch', 'EINVAL', -22],
+    ['no-such-thin', 'ENOENT', -2],
+    ['lvm-pool', 'EOPNOTSUPP', -95],
+    ['state-file', 'EUCLEAN', -117],
+  ] as const)('%s: code %s, errno %d (Linux numbers)', (reason, code, errno) => {
+    const e = new MergeError(reason, 'm', { path: '/dev/x' });
+    expect({ name: e.name, reason: e.reason, code: e.code, errno: e.errno, path: e.path }).toEqual({ name: 'MergeError', reason, code, errno, path: '/dev/x' });
+  });
+});
