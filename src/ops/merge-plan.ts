@@ -38,21 +38,38 @@ function blockNumber(b: VirtualBlock): number {
   return n;
 }
 
-/** Builds a plan from ranges given in virtual-block order. */
+/**
+ * Builds a plan from ranges given in virtual-block order. By default the
+ * ranges are kept in `done().ranges`; a streaming builder (`keep: false`)
+ * keeps only the one still growing and hands the finished ones out through
+ * take(), so a caller can spill them (a fragmented thin has as many ranges
+ * as mappings).
+ */
 export class MergePlanBuilder {
   private readonly plan: MergePlan = { ranges: [], copyBlocks: 0, discardBlocks: 0, endBlock: 0 };
+  private cur: MergeRange | null = null;
+  private out: MergeRange[] = [];
+
+  constructor(private readonly keep = true) {}
 
   add(op: MergeOp, begin: VirtualBlock, length: number): void {
     if (length <= 0) return;
     const b = blockNumber(begin);
     const p = this.plan;
     if (b < p.endBlock) throw new UsageError(`merge plan: block ${b} comes after block ${p.endBlock - 1} (extents out of order)`);
-    const last = p.ranges[p.ranges.length - 1];
-    if (last && last.op === op && last.begin + last.length === b) last.length += length;
-    else p.ranges.push({ op, begin: b, length });
+    const c = this.cur;
+    if (c && c.op === op && c.begin + c.length === b) c.length += length;
+    else {
+      if (c) this.finish(c);
+      this.cur = { op, begin: b, length };
+    }
     if (op === 'copy') p.copyBlocks += length;
     else p.discardBlocks += length;
     p.endBlock = b + length;
+  }
+
+  private finish(r: MergeRange): void {
+    (this.keep ? this.plan.ranges : this.out).push(r);
   }
 
   /** A delta extent ORIGIN (left) -> SNAP (right). */
@@ -61,7 +78,22 @@ export class MergePlanBuilder {
     else if (e.kind === 'left_only') this.add('discard', e.begin, e.length);
   }
 
+  /** The finished ranges not taken yet (streaming builder). */
+  take(): MergeRange[] {
+    const t = this.out;
+    this.out = [];
+    return t;
+  }
+
+  /** Counts so far. */
+  get counts(): Readonly<Omit<MergePlan, 'ranges'>> {
+    return this.plan;
+  }
+
+  /** Ends the plan: the last range is finished (in `ranges`, or for take()). */
   done(): MergePlan {
+    if (this.cur) this.finish(this.cur);
+    this.cur = null;
     return this.plan;
   }
 }
@@ -81,16 +113,22 @@ export function planFromMappings(runs: Iterable<{ originBegin: VirtualBlock; len
 }
 
 /**
- * The first copied block that does not fit in a target of `targetBytes`:
- * one that starts at or beyond its end (a block straddling the end is
- * copied up to the end). Null when all fit.
+ * The first block of copy range `r` that does not fit in a target of
+ * `targetBytes`: one that starts at or beyond its end (a block straddling
+ * the end is copied up to the end). Null when all fit, and for discards.
  */
+export function rangeBeyond(r: MergeRange, blockBytes: number, targetBytes: number): number | null {
+  if (r.op !== 'copy') return null;
+  if (r.begin * blockBytes >= targetBytes) return r.begin;
+  if ((r.begin + r.length - 1) * blockBytes >= targetBytes) return Math.ceil(targetBytes / blockBytes);
+  return null;
+}
+
+/** rangeBeyond() of the plan's first range that does not fit, or null. */
 export function firstBlockBeyond(plan: MergePlan, blockBytes: number, targetBytes: number): number | null {
   for (const r of plan.ranges) {
-    if (r.op !== 'copy') continue;
-    if (r.begin * blockBytes >= targetBytes) return r.begin;
-    const last = r.begin + r.length - 1;
-    if (last * blockBytes >= targetBytes) return Math.ceil(targetBytes / blockBytes);
+    const b = rangeBeyond(r, blockBytes, targetBytes);
+    if (b !== null) return b;
   }
   return null;
 }
@@ -112,17 +150,21 @@ export interface MergeStep {
  */
 export function* mergeSteps(plan: MergePlan, blockBytes: number, maxBytes: number, limitBytes = Infinity): Generator<MergeStep> {
   if (maxBytes <= 0 || maxBytes % 65536 !== 0) throw new UsageError(`merge batch of ${maxBytes} bytes is not a positive multiple of 64 KiB`);
-  for (const r of plan.ranges) {
-    const start = r.begin * blockBytes;
-    const end = Math.min((r.begin + r.length) * blockBytes, limitBytes);
-    // Discards go in one piece: they cost no data transfer.
-    const step = r.op === 'discard' ? Math.max(end - start, 1) : maxBytes;
-    for (let off = start; off < end; off += step) {
-      const len = Math.min(step, end - off);
-      // Blocks whose last byte this step covers (a cut block counts in the step that reaches the cut).
-      const doneTo = off + len >= end ? r.begin + r.length : Math.floor((off + len) / blockBytes);
-      const doneFrom = off === start ? r.begin : Math.floor(off / blockBytes);
-      yield { op: r.op, offset: off, length: len, blocks: doneTo - doneFrom };
-    }
+  for (const r of plan.ranges) yield* rangeSteps(r, blockBytes, maxBytes, limitBytes);
+}
+
+/** mergeSteps() of one range. */
+export function* rangeSteps(r: MergeRange, blockBytes: number, maxBytes: number, limitBytes = Infinity): Generator<MergeStep> {
+  if (maxBytes <= 0 || maxBytes % 65536 !== 0) throw new UsageError(`merge batch of ${maxBytes} bytes is not a positive multiple of 64 KiB`);
+  const start = r.begin * blockBytes;
+  const end = Math.min((r.begin + r.length) * blockBytes, limitBytes);
+  // Discards go in one piece: they cost no data transfer.
+  const step = r.op === 'discard' ? Math.max(end - start, 1) : maxBytes;
+  for (let off = start; off < end; off += step) {
+    const len = Math.min(step, end - off);
+    // Blocks whose last byte this step covers (a cut block counts in the step that reaches the cut).
+    const doneTo = off + len >= end ? r.begin + r.length : Math.floor((off + len) / blockBytes);
+    const doneFrom = off === start ? r.begin : Math.floor(off / blockBytes);
+    yield { op: r.op, offset: off, length: len, blocks: doneTo - doneFrom };
   }
 }

@@ -26,12 +26,13 @@ import { BlockWriter } from '../native/block-writer';
 import { findLvmThin, isLvmUuid } from '../pool/lvm';
 import { withMetadataSnapshot } from '../pool/live-metadata';
 import { activateTemporarily, type TemporaryActivation } from '../pool/temporary-activation';
-import { thinTableUses } from '../pool/thin-tables';
+import { type ThinTableUse, thinTableUses } from '../pool/thin-tables';
 import { ThinPool } from '../pool/thin-pool';
 import type { DeviceDetails } from '../thin/device-details';
 import { inspectTarget, zeroer } from '../stream/receive/target';
 import { SECTOR_SIZE, sectors } from '../units';
-import { firstBlockBeyond, type MergePlan, MergePlanBuilder, mergeSteps } from './merge-plan';
+import { ExtentStore, type SendExtent } from '../stream/send/extent-store';
+import { type MergeRange, MergePlanBuilder, rangeBeyond, rangeSteps } from './merge-plan';
 import {
   type MergeOrigin,
   type MergeState,
@@ -68,6 +69,8 @@ export interface CommonMergeOptions {
   onProgress?: (p: MergeProgress) => void;
   /** Data bytes read and written per step (default 16 MiB; a multiple of 64 KiB). */
   batchBytes?: number;
+  /** Where a long plan is spilled (default TMPDIR). */
+  tmpDir?: string;
 }
 
 export interface ExternalMergeOptions extends CommonMergeOptions {
@@ -115,6 +118,23 @@ function testDelay(): number {
   return Number.isFinite(v) && v > 0 ? v : 0;
 }
 
+/** The plan is kept in an ExtentStore (spilled to a temp file when long): copies as data, discards as zeros. */
+const toExtent = (r: MergeRange): SendExtent => ({ kind: r.op === 'copy' ? 'data' : 'zero', begin: r.begin, length: r.length, source: r.begin });
+
+async function* rangesOf(store: ExtentStore): AsyncGenerator<MergeRange> {
+  for await (const e of store) yield { op: e.kind === 'data' ? 'copy' : 'discard', begin: e.begin, length: e.length };
+}
+
+/** Moves the builder's finished ranges into the store; returns the first block beyond `limitBytes`, if any. */
+async function spill(b: MergePlanBuilder, store: ExtentStore, blockBytes: number, limitBytes = Infinity): Promise<number | null> {
+  let beyond: number | null = null;
+  for (const r of b.take()) {
+    beyond ??= rangeBeyond(r, blockBytes, limitBytes);
+    await store.add(toExtent(r));
+  }
+  return beyond;
+}
+
 function identityOf(d: DeviceDetails): ThinIdentity {
   return { devId: d.devId, creationTime: d.creationTime, transactionId: d.transactionId.toString() };
 }
@@ -140,8 +160,41 @@ async function prepare(poolArg: string | ThinPool, o: CommonMergeOptions, lvmRef
   return { pool, poolId, stateFile, lock };
 }
 
+const TEMP_PREFIX = 'dmthin-merge';
+
+/**
+ * Removes temporary devices an earlier merge left behind: killed between
+ * activating a device and marking it for deferred removal, it leaves the
+ * device active (and its thin with it), which would refuse every re-run.
+ * Only devices with our prefix, made by a process that is gone, and open
+ * by no one are removed. Returns the table uses that remain.
+ */
+async function removeStaleTemporaries(pool: ThinPool, uses: ThinTableUse[]): Promise<ThinTableUse[]> {
+  const alive = (pid: number): boolean => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch (e) {
+      return (e as NodeJS.ErrnoException).code === 'EPERM';
+    }
+  };
+  const stale = new Set<string>();
+  for (const u of uses) {
+    const m = new RegExp(`^${TEMP_PREFIX}-(\\d+)-\\d+-[a-z0-9]+$`).exec(u.device);
+    if (!m || u.poolDev !== pool.devString || Number(m[1]) === process.pid || alive(Number(m[1]))) continue;
+    try {
+      if ((await pool.dm.info(u.device)).openCount !== 0) continue;
+      await pool.dm.remove(u.device);
+      stale.add(u.device);
+    } catch {
+      // gone meanwhile, or busy: then it is refused below as an active thin
+    }
+  }
+  return uses.filter((u) => !stale.has(u.device));
+}
+
 /** Refuses when a thin the merge uses is active in any table. */
-function refuseActive(uses: Awaited<ReturnType<typeof thinTableUses>>, pool: ThinPool, devId: number, role: string): void {
+function refuseActive(uses: ThinTableUse[], pool: ThinPool, devId: number, role: string): void {
   const u = uses.find((x) => x.poolDev === pool.devString && x.devId === devId);
   if (u) {
     throw new MergeError(
@@ -198,7 +251,8 @@ function checkPrior(prior: MergeState | null, origin: MergeOrigin, snap: number,
 
 /** Copies (and discards) the plan's steps from `read` to `writer`, in order. */
 async function runSteps(
-  plan: MergePlan,
+  ranges: AsyncIterable<MergeRange>,
+  total: number,
   blockBytes: number,
   reader: BlockReader,
   writer: BlockWriter,
@@ -208,11 +262,10 @@ async function runSteps(
 ): Promise<{ bytes: number }> {
   const delay = testDelay();
   const batch = delay ? 1 << 20 : (o.batchBytes ?? 16 << 20);
-  const total = plan.copyBlocks + plan.discardBlocks;
   let blocks = 0;
   let bytes = 0;
   o.onProgress?.({ phase: 'copy', blocks, totalBlocks: total, bytes });
-  for (const s of mergeSteps(plan, blockBytes, batch, limitBytes)) {
+  for await (const r of ranges) for (const s of rangeSteps(r, blockBytes, batch, limitBytes)) {
     throwIfAborted(o.signal);
     if (s.op === 'copy') {
       const first = s.offset / UNIT;
@@ -248,12 +301,13 @@ export async function mergeIntoExternalOrigin(poolArg: string | ThinPool, o: Ext
   const { pool, stateFile } = p;
   let writer: BlockWriter | undefined;
   let tmp: TemporaryActivation<BlockReader> | undefined;
+  const store = new ExtentStore({ tmpDir: o.tmpDir });
   try {
     const originDev = formatDev(await devNumOf(o.origin));
     const origin: MergeOrigin = { kind: 'external', path: o.origin, dev: originDev };
     const prior = checkPrior(await readMergeState(stateFile), origin, o.snap, stateFile);
 
-    const uses = await thinTableUses(pool.dm);
+    const uses = await removeStaleTemporaries(pool, await thinTableUses(pool.dm));
     // Its own table tells which origin the thin reads through: if not this one, merging would write another device's data here.
     const self = uses.find((u) => u.poolDev === pool.devString && u.devId === o.snap && u.externalOriginDev !== originDev);
     if (self) {
@@ -285,19 +339,25 @@ export async function mergeIntoExternalOrigin(poolArg: string | ThinPool, o: Ext
     if (!writer.info.blockDevice) throw new UsageError(`external origin ${o.origin} is not a block device`, { path: o.origin });
 
     // The plan, through a metadata snapshot released before any data moves.
+    const size = writer.size;
     const walked = await withMetadataSnapshot(pool, async (md) => {
       const d = (await md.devices({ signal: o.signal })).get(o.snap);
       const blockBytes = md.superblock.dataBlockSize * SECTOR_SIZE;
-      if (!d) return { d, blockBytes, plan: undefined };
-      const b = new MergePlanBuilder();
+      if (!d) return { d, blockBytes, plan: undefined, beyond: null };
+      const b = new MergePlanBuilder(false);
+      let beyond: number | null = null;
       for await (const batch of md.mappingBatches(o.snap, { signal: o.signal })) {
         for (let i = 0; i < batch.count; i++) {
           const r = batch.run(i);
           b.add('copy', r.originBegin, r.length);
         }
-        o.onProgress?.({ phase: 'plan', blocks: b.done().copyBlocks, bytes: 0 });
+        beyond ??= await spill(b, store, blockBytes, size);
+        o.onProgress?.({ phase: 'plan', blocks: b.counts.copyBlocks, bytes: 0 });
       }
-      return { d, blockBytes, plan: b.done() };
+      const plan = b.done();
+      beyond ??= await spill(b, store, blockBytes, size);
+      await store.seal();
+      return { d, blockBytes, plan, beyond };
     });
     const { blockBytes } = walked;
     const snapNow = walked.d ? identityOf(walked.d) : undefined;
@@ -317,7 +377,7 @@ export async function mergeIntoExternalOrigin(poolArg: string | ThinPool, o: Ext
     }
     if (!snapNow || !walked.plan) throw new MergeError('no-such-thin', `pool ${pool.name} has no thin ${o.snap}`, { device: pool.name, devId: o.snap });
     const plan = walked.plan;
-    const beyond = firstBlockBeyond(plan, blockBytes, writer.size);
+    const beyond = walked.beyond;
     if (beyond !== null) {
       throw new MergeError(
         'beyond-end',
@@ -331,8 +391,8 @@ export async function mergeIntoExternalOrigin(poolArg: string | ThinPool, o: Ext
     let copied = 0;
     if (prior?.phase !== 'deleting' && plan.copyBlocks > 0) {
       await writeMergeState(stateFile, state);
-      tmp = await activateTemporarily(pool, { prefix: 'dmthin-merge', devId: o.snap, length: sectors((plan.endBlock * blockBytes) / SECTOR_SIZE) }, (path) => BlockReader.open(path));
-      ({ bytes } = await runSteps(plan, blockBytes, tmp.handle, writer, undefined, o, writer.size));
+      tmp = await activateTemporarily(pool, { prefix: TEMP_PREFIX, devId: o.snap, length: sectors((plan.endBlock * blockBytes) / SECTOR_SIZE) }, (path) => BlockReader.open(path));
+      ({ bytes } = await runSteps(rangesOf(store), plan.copyBlocks, blockBytes, tmp.handle, writer, undefined, o, size));
       await writer.fsync();
       await tmp.dispose();
       tmp = undefined;
@@ -345,6 +405,7 @@ export async function mergeIntoExternalOrigin(poolArg: string | ThinPool, o: Ext
   } finally {
     await tmp?.dispose().catch(() => undefined);
     writer?.close();
+    await store.close();
     p.lock.release();
   }
 }
@@ -368,9 +429,10 @@ export async function mergeSnapshot(poolArg: string | ThinPool, o: SnapshotMerge
   const { pool, stateFile } = p;
   let src: TemporaryActivation<BlockReader> | undefined;
   let dst: TemporaryActivation<BlockWriter> | undefined;
+  const store = new ExtentStore({ tmpDir: o.tmpDir });
   try {
     const prior0 = await readMergeState(stateFile);
-    const uses = await thinTableUses(pool.dm);
+    const uses = await removeStaleTemporaries(pool, await thinTableUses(pool.dm));
     refuseActive(uses, pool, o.snap, 'snapshot');
     refuseActive(uses, pool, o.origin, 'origin');
 
@@ -380,13 +442,16 @@ export async function mergeSnapshot(poolArg: string | ThinPool, o: SnapshotMerge
       const g = devices.get(o.origin);
       const blockBytes = md.superblock.dataBlockSize * SECTOR_SIZE;
       if (!s || !g) return { s, g, blockBytes, plan: undefined };
-      const b = new MergePlanBuilder();
-      let n = 0;
-      for await (const e of md.delta(o.origin, o.snap, { includeSame: false, signal: o.signal })) {
-        b.addDelta(e);
-        if (++n % 4096 === 0) o.onProgress?.({ phase: 'plan', blocks: b.done().copyBlocks + b.done().discardBlocks, bytes: 0 });
+      const b = new MergePlanBuilder(false);
+      for await (const batch of md.deltaExtentBatches(o.origin, o.snap, { includeSame: false, signal: o.signal })) {
+        for (const e of batch) b.addDelta(e);
+        await spill(b, store, blockBytes);
+        o.onProgress?.({ phase: 'plan', blocks: b.counts.copyBlocks + b.counts.discardBlocks, bytes: 0 });
       }
-      return { s, g, blockBytes, plan: b.done() };
+      const plan = b.done();
+      await spill(b, store, blockBytes);
+      await store.seal();
+      return { s, g, blockBytes, plan };
     });
     const { blockBytes } = walked;
     if (!walked.g) throw new MergeError('no-such-thin', `pool ${pool.name} has no thin ${o.origin} (the origin)`, { device: pool.name, devId: o.origin });
@@ -418,12 +483,12 @@ export async function mergeSnapshot(poolArg: string | ThinPool, o: SnapshotMerge
     if (work) {
       await writeMergeState(stateFile, state);
       const length = sectors((plan.endBlock * blockBytes) / SECTOR_SIZE);
-      src = await activateTemporarily(pool, { prefix: 'dmthin-merge', devId: o.snap, length }, (path) => BlockReader.open(path));
-      dst = await activateTemporarily(pool, { prefix: 'dmthin-merge', devId: o.origin, length, writable: true }, (path) => BlockWriter.open(path, { exclusive: true }));
+      src = await activateTemporarily(pool, { prefix: TEMP_PREFIX, devId: o.snap, length }, (path) => BlockReader.open(path));
+      dst = await activateTemporarily(pool, { prefix: TEMP_PREFIX, devId: o.origin, length, writable: true }, (path) => BlockWriter.open(path, { exclusive: true }));
       const w = dst.handle;
       const zero = zeroer(w, await inspectTarget(w.path), discardMethod);
       try {
-        ({ bytes } = await runSteps(plan, blockBytes, src.handle, w, zero, o));
+        ({ bytes } = await runSteps(rangesOf(store), plan.copyBlocks + plan.discardBlocks, blockBytes, src.handle, w, zero, o));
       } finally {
         zero.close();
       }
@@ -447,6 +512,7 @@ export async function mergeSnapshot(poolArg: string | ThinPool, o: SnapshotMerge
   } finally {
     await dst?.dispose().catch(() => undefined);
     await src?.dispose().catch(() => undefined);
+    await store.close();
     p.lock.release();
   }
 }

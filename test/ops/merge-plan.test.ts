@@ -9,7 +9,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MergeError, UsageError } from '../../src/errors';
-import { firstBlockBeyond, mergeSteps, planFromDelta, planFromMappings, type MergePlan } from '../../src/ops/merge-plan';
+import { MergePlanBuilder, firstBlockBeyond, mergeSteps, planFromDelta, planFromMappings, type MergePlan, type MergeRange } from '../../src/ops/merge-plan';
 import { mergeStateProblem, readMergeState, sameOrigin } from '../../src/ops/merge-state';
 import type { DeltaExtent, DeltaKind } from '../../src/thin/delta';
 
@@ -50,6 +50,30 @@ describe('in-pool plan from the delta ORIGIN -> SNAP', () => {
       discardBlocks: 5,
       endBlock: 31,
     });
+  });
+
+  test('a streaming builder hands out the same ranges through take(), keeping none itself', () => {
+    const extents: [boolean, number, number][] = [[true, 0, 2], [true, 2, 3], [false, 5, 1], [false, 9, 2], [true, 11, 1], [true, 20, 4]];
+    const kept = new MergePlanBuilder();
+    const streaming = new MergePlanBuilder(false);
+    const taken: MergeRange[] = [];
+    for (const [copy, begin, length] of extents) {
+      kept.add(copy ? 'copy' : 'discard', begin, length);
+      streaming.add(copy ? 'copy' : 'discard', begin, length);
+      taken.push(...streaming.take());
+    }
+    const k = kept.done();
+    const st = streaming.done();
+    taken.push(...streaming.take());
+    expect(taken).toEqual([
+      { op: 'copy', begin: 0, length: 5 },
+      { op: 'discard', begin: 5, length: 1 },
+      { op: 'discard', begin: 9, length: 2 },
+      { op: 'copy', begin: 11, length: 1 },
+      { op: 'copy', begin: 20, length: 4 },
+    ]);
+    expect(k.ranges).toEqual(taken);
+    expect(st).toEqual({ ranges: [], copyBlocks: 10, discardBlocks: 3, endBlock: 24 });
   });
 
   test('extents out of order are refused', () => {
