@@ -214,6 +214,47 @@ export class StreamError extends DmthinError {
   }
 }
 
+/**
+ * Why a merge (docs/merge.md) was refused before it wrote anything, or could
+ * not go on. Stable strings: tests and callers may match on them.
+ */
+export type MergeErrorReason =
+  | 'origin-busy' // the external origin is open by someone else (O_EXCL failed)
+  | 'origin-shared' // the external origin is the origin of another active thin
+  | 'thin-active' // a thin the merge reads or writes is active in a dm table
+  | 'beyond-end' // the thin maps blocks beyond the external origin's end
+  | 'origin-mismatch' // the origin named is not the one the thin (or an interrupted merge) used
+  | 'no-such-thin' // a thin id is not in the pool
+  | 'lvm-pool' // the pool is LVM's: its thin ids are not dmthin's to create or delete
+  | 'state-file'; // the merge state file is damaged
+
+const MERGE_CODES: Record<MergeErrorReason, string> = {
+  'origin-busy': 'EBUSY',
+  'origin-shared': 'EBUSY',
+  'thin-active': 'EBUSY',
+  'beyond-end': 'ENOSPC',
+  'origin-mismatch': 'EINVAL',
+  'no-such-thin': 'ENOENT',
+  'lvm-pool': 'EOPNOTSUPP',
+  'state-file': 'EUCLEAN',
+};
+
+/**
+ * A merge of a snapshot into its origin was refused. `reason` says why;
+ * `code` is derived from it (EBUSY: something else uses a device; ENOSPC:
+ * the origin is too small; EINVAL: another origin; ENOENT: no such thin;
+ * EOPNOTSUPP: an LVM pool; EUCLEAN: a damaged state file).
+ */
+export class MergeError extends DmthinError {
+  /** Why the merge was refused. */
+  readonly reason: MergeErrorReason;
+
+  constructor(reason: MergeErrorReason, message: string, fields: ErrorFields = {}) {
+    super(MERGE_CODES[reason], message, fields);
+    this.reason = reason;
+  }
+}
+
 /** Bad arguments from a caller (library or CLI). */
 export class UsageError extends DmthinError {
   constructor(message: string, fields: ErrorFields = {}) {

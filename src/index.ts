@@ -12,8 +12,8 @@
  */
 
 // Errors: every error dmthin throws is a DmthinError (Node's shape: code, errno, syscall, path).
-export { DmthinError, SystemCallError, DmIoctlError, DmParseError, MetadataError, MetadataSnapError, StreamError, UsageError, AbortError } from './errors';
-export type { ErrorFields, CorruptionKind, StreamErrorReason } from './errors';
+export { DmthinError, SystemCallError, DmIoctlError, DmParseError, MetadataError, MetadataSnapError, StreamError, UsageError, AbortError, MergeError } from './errors';
+export type { ErrorFields, CorruptionKind, StreamErrorReason, MergeErrorReason } from './errors';
 
 // Units: branded numbers, so sectors cannot be passed where blocks are meant.
 export { SECTOR_SIZE, METADATA_BLOCK_SIZE, sectors, bytes, dataBlocks, metaBlocks, sectorsToBytes, dataBlocksToSectors } from './units';
@@ -96,6 +96,9 @@ export type { SendOptions, PoolSendOptions, ImageSendOptions, SendProgressEvent 
 export { sendStream } from './stream/send/send-stream';
 export type { SendStreamOptions, SendProgress, SendSummary } from './stream/send/send-stream';
 export { offlinePoolId } from './stream/send/plan';
+// Merging a snapshot back into its origin (docs/merge.md).
+export { mergeIntoExternalOrigin, mergeSnapshot } from './ops/merge';
+export type { MergeResult, MergeProgress, ExternalMergeOptions, SnapshotMergeOptions, CommonMergeOptions } from './ops/merge';
 export { NativeDataSource } from './stream/send/data-source';
 export type { DataSource, DataAddressing, NativeDataSourceOptions } from './stream/send/data-source';
 export { receive, receiveStream } from './ops/receive';

@@ -24,6 +24,7 @@ const COMMANDS: Record<string, () => CommandModule> = {
   send: () => require('./send'),
   receive: () => require('./receive'),
   replicate: () => require('./replicate'),
+  merge: () => require('./merge'),
   check: () => require('./check'),
 };
 

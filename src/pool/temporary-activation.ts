@@ -1,6 +1,6 @@
 /**
- * A thin device activated read-only under a temporary name for as long as a
- * reader needs it, and removed afterwards. It is marked for deferred removal
+ * A thin device activated under a temporary name (read-only unless asked
+ * otherwise) for as long as a reader or writer needs it, and removed afterwards. It is marked for deferred removal
  * as soon as the reader has it open, so the kernel removes it when the last
  * descriptor closes, even if the process is killed.
  */
@@ -21,16 +21,18 @@ export interface TemporaryActivationOptions {
   length: Sectors;
   /** dm name prefix; the pid, the id and a random suffix follow. */
   prefix: string;
+  /** Activate read-write (default read-only): a merge writes into its origin. */
+  writable?: boolean;
 }
 
-/** Activates thin `devId` read-only under a temporary name and opens it with `open`. */
+/** Activates thin `devId` under a temporary name (read-only unless `writable`) and opens it with `open`. */
 export async function activateTemporarily<T extends { close(): Promise<void> | void }>(
   pool: ThinPool,
   o: TemporaryActivationOptions,
   open: (path: string) => Promise<T>,
 ): Promise<TemporaryActivation<T>> {
   const name = `${o.prefix}-${process.pid}-${o.devId}-${Math.random().toString(36).slice(2, 8)}`;
-  const dev = await ThinDevice.activate(pool, { name, devId: o.devId, length: o.length, readOnly: true });
+  const dev = await ThinDevice.activate(pool, { name, devId: o.devId, length: o.length, readOnly: o.writable !== true });
   let handle: T | undefined;
   let deferred = false;
   const dispose = async (): Promise<void> => {

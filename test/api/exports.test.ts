@@ -12,6 +12,7 @@ import ts from 'typescript';
 const ROOT = join(__dirname, '..', '..');
 
 const MAIN = [
+  'mergeIntoExternalOrigin', 'mergeSnapshot', 'MergeResult', 'MergeProgress', 'ExternalMergeOptions', 'SnapshotMergeOptions', 'CommonMergeOptions', 'MergeError', 'MergeErrorReason',
   // pool events, replication
   'PoolWaitOptions', 'PoolEvent', 'PoolEventType', 'PoolState', 'LowWaterMarkEvent', 'ModeEvent', 'NeedsCheckEvent', 'MetadataLowEvent', 'OtherPoolEvent', 'derivePoolEvents', 'poolState',
   'replicate', 'defaultReplicateStateFile', 'DEFAULT_REPLICATE_STATE_DIR', 'DEFAULT_SNAPSHOT_IDS', 'ReplicateOptions', 'CycleReport', 'SnapshotIdRange', 'PoolWaitResult', 'WaitOptions', 'DmStatusWithInfo', 'EventWaitOptions',

@@ -1,0 +1,61 @@
+/**
+ * `dmthin merge`: merge a snapshot back into its origin, an external origin
+ * device or a thin of the same pool (docs/merge.md).
+ */
+import type { Command } from 'commander';
+import { UsageError } from '../errors';
+import { CliContext, parseIntArg } from './common';
+import { toJson } from './json';
+import { Progress } from './progress';
+
+interface MergeCliOpts {
+  pool: string;
+  snap: string;
+  origin?: string;
+  externalOrigin?: string;
+  keepSnap?: boolean;
+  state?: string;
+  json?: boolean;
+  quiet?: boolean;
+}
+
+export function register(program: Command, ctx: () => CliContext): void {
+  program
+    .command('merge')
+    .description('merge a snapshot back into its origin: an external origin device, or a thin of the same pool')
+    .requiredOption('--pool <name>', 'dm name of the live thin-pool')
+    .requiredOption('--snap <id>', 'thin id of the snapshot to merge')
+    .option('--external-origin <device>', 'the read-only external origin of the snapshot: its mapped blocks are copied onto it')
+    .option('--origin <id>', 'thin id of the origin in the same pool: it keeps its id and reads what the snapshot read')
+    .option('--keep-snap', 'keep the snapshot afterwards (default: deleted once the origin holds its data)')
+    .option('--state <file>', 'merge state file (default: under /var/lib/dmthin/merge/)')
+    .option('--json', 'print a summary as JSON when done')
+    .option('-q, --quiet', 'no progress bar')
+    .action(async (o: MergeCliOpts) => {
+      const c = ctx();
+      if ((o.origin === undefined) === (o.externalOrigin === undefined)) throw new UsageError('give --external-origin DEVICE or --origin ID (one of them)');
+      const snap = parseIntArg('--snap', o.snap, 2 ** 24 - 1);
+      const bar = new Progress('merge', !o.quiet && process.stderr.isTTY === true);
+      const common = {
+        snap,
+        keepSnap: o.keepSnap === true,
+        stateFile: o.state,
+        signal: c.signal,
+        onProgress: (p: { phase: string; blocks: number; totalBlocks?: number }) => bar.update(p.blocks, p.totalBlocks, p.phase === 'plan' ? 'blocks planned' : 'blocks'),
+      };
+      const { mergeIntoExternalOrigin, mergeSnapshot } = require('../ops/merge') as typeof import('../ops/merge');
+      try {
+        const r =
+          o.externalOrigin !== undefined
+            ? await mergeIntoExternalOrigin(o.pool, { ...common, origin: o.externalOrigin })
+            : await mergeSnapshot(o.pool, { ...common, origin: parseIntArg('--origin', o.origin!, 2 ** 24 - 1) });
+        bar.stop();
+        if (r.discardMethod === 'zeroout' && r.discardedBlocks > 0) {
+          process.stderr.write(`${c.command}: note: pool ${o.pool} ignores discards: ${r.discardedBlocks} blocks only the origin had were zeroed, and stay provisioned\n`);
+        }
+        if (o.json) process.stdout.write(toJson(r) + '\n');
+      } finally {
+        bar.stop();
+      }
+    });
+}

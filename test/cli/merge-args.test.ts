@@ -1,0 +1,18 @@
+/**
+ * `dmthin merge` argument checks, before any device is touched: they hold on
+ * the host (no device-mapper needed). The merge itself is tested in the VM
+ * (test/vm/merge.vm.test.ts).
+ */
+import { runCli } from './run-cli';
+
+test.each([
+  [['--pool', 'p', '--snap', '1'], /give --external-origin DEVICE or --origin ID \(one of them\) \[EINVAL\]$/],
+  [['--pool', 'p', '--snap', '1', '--origin', '2', '--external-origin', '/dev/null'], /give --external-origin DEVICE or --origin ID \(one of them\) \[EINVAL\]$/],
+  [['--pool', 'p', '--snap', 'x', '--origin', '2'], /--snap must be a non-negative integer, got 'x' \[EINVAL\]$/],
+  [['--pool', 'p', '--snap', '16777216', '--origin', '2'], /--snap out of range: 16777216 \[EINVAL\]$/],
+])('dmthin merge %j: exit 1, one line', (args, re) => {
+  const r = runCli(['merge', ...args]);
+  expect({ status: r.status, stdout: r.stdout, lines: r.stderr.trim().split('\n').length }).toEqual({ status: 1, stdout: '', lines: 1 });
+  expect(r.stderr.trim()).toMatch(/^dmthin merge: /);
+  expect(r.stderr.trim()).toMatch(re);
+});

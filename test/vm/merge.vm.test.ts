@@ -1,0 +1,366 @@
+/**
+ * `dmthin merge` on a real kernel (root VM; skipped on the host):
+ *
+ * - into an external origin: a loop device holds the origin, a thin reads
+ *   through it and is written (whole blocks, partial blocks, a discard);
+ *   after the merge the origin reads exactly what the thin read. Each
+ *   refusal (origin open, origin shared by another active thin, thin
+ *   active, blocks beyond the origin's end) leaves the origin
+ *   byte-identical. A merge killed with SIGKILL in the middle of its copy
+ *   is finished by a re-run (and refused onto another origin meanwhile).
+ * - in the pool: an origin written in rounds with snapshots between; an
+ *   older snapshot merged back: the origin reads what the snapshot read and
+ *   maps as many blocks; refusals while either is active; SIGKILL + re-run.
+ * - an LVM-made pool: refused, naming lvconvert --merge; nothing changed.
+ *
+ * The expected contents are always read from the devices themselves (the
+ * thin before the merge), never computed by dmthin.
+ */
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { DeviceMapper } from '../../src/dm/device-mapper';
+import { BlockWriter } from '../../src/native/block-writer';
+import { withMetadataSnapshot } from '../../src/pool/live-metadata';
+import { ThinDevice } from '../../src/pool/thin-device';
+import type { ThinPool } from '../../src/pool/thin-pool';
+import { DmSandbox, MiB, describeVm, run } from './helpers';
+import { LvmSandbox, haveLvm } from './lvm-helpers';
+import { CLI, createTestPool, ddCmd, sh, sha256OfDevice, waitFor } from './pool-helpers';
+
+const BS = 64 * 1024;
+
+function dmthin(args: string[], env: NodeJS.ProcessEnv = process.env): { status: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, [CLI, 'merge', ...args], { env, encoding: 'utf8', timeout: 300_000 });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+async function tempDevices(): Promise<string[]> {
+  return (await new DeviceMapper().listDevices()).map((d) => d.name).filter((n) => n.startsWith('dmthin-merge-'));
+}
+
+/** Thin id -> mapped blocks, from the pool's metadata (through a metadata snapshot). */
+async function mappedCounts(pool: ThinPool): Promise<Map<number, number>> {
+  return withMetadataSnapshot(pool, async (md) => new Map([...(await md.devices())].map(([id, d]) => [id, d.mappedBlocks])));
+}
+
+/** A refusal: exit 1, one line on stderr matching `re`. */
+function expectRefused(r: { status: number | null; stderr: string }, re: RegExp): void {
+  expect({ status: r.status, lines: r.stderr.trim().split('\n').length }).toEqual({ status: 1, lines: 1 });
+  expect(r.stderr.trim()).toMatch(re);
+}
+
+describeVm('dmthin merge', () => {
+  let sb: DmSandbox;
+  let pool: ThinPool;
+  let poolName: string;
+  const stateFile = (n: string) => `${sb.dir}/merge-${n}.json`;
+
+  beforeAll(async () => {
+    sb = new DmSandbox('merge');
+    ({ pool, name: poolName } = await createTestPool(sb, { dataBytes: 192 * MiB, metaBytes: 8 * MiB, blockSectors: BS / 512 }));
+  });
+  afterAll(() => sb?.cleanup());
+
+  /** A loop device full of random data, and thin `id` with it as external origin (`thinBytes` long), active. */
+  async function withOrigin(id: number, originBytes: number, thinBytes = originBytes): Promise<{ origin: string; thin: ThinDevice }> {
+    const origin = sb.loop(originBytes, `origin${id}`).path;
+    sh(ddCmd(origin, { bs: MiB, seek: 0, count: originBytes / MiB }));
+    await pool.createThin(id);
+    const thin = await ThinDevice.activate(pool, { name: sb.adopt(`t${id}`), devId: id, length: thinBytes / 512, externalOrigin: origin });
+    return { origin, thin };
+  }
+
+  async function activate(id: number, short: string, bytes: number, readOnly = false): Promise<ThinDevice> {
+    return ThinDevice.activate(pool, { name: sb.adopt(short), devId: id, length: bytes / 512, readOnly });
+  }
+
+  async function thinHash(id: number, bytes: number): Promise<string> {
+    const d = await activate(id, `ro${id}`, bytes, true);
+    try {
+      return await sha256OfDevice(d.path, 0, bytes);
+    } finally {
+      await d.deactivate();
+    }
+  }
+
+  async function clean(): Promise<void> {
+    await waitFor('temporary merge devices to go', async () => (await tempDevices()).length === 0, 30_000);
+    expect((await pool.workingStatus()).heldMetadataRoot).toBeNull();
+  }
+
+  test('into an external origin: the origin then reads what the thin read; the thin is deleted', async () => {
+    const SIZE = 16 * MiB;
+    const { origin, thin } = await withOrigin(1, SIZE);
+    // Whole blocks 0-9 and 30-39, partial blocks (4 KiB into 20 and 100: the rest comes from the origin), a discard of 5-6.
+    sh([ddCmd(thin.path, { bs: BS, seek: 0, count: 10 }), ddCmd(thin.path, { bs: BS, seek: 30, count: 10 }), ddCmd(thin.path, { bs: 4096, seek: 20 * 16 + 2, count: 1 }), ddCmd(thin.path, { bs: 4096, seek: 100 * 16 + 15, count: 1 }), `blkdiscard -o ${5 * BS} -l ${2 * BS} ${thin.path}`].join(' && '));
+    const want = await sha256OfDevice(thin.path, 0, SIZE);
+    const before = await sha256OfDevice(origin, 0, SIZE);
+    expect(want).not.toBe(before);
+    await thin.deactivate();
+    const mapped = (await mappedCounts(pool)).get(1);
+    expect(mapped).toBe(20); // 10 + 10 + 2 partial - 2 discarded
+
+    const t0 = Date.now();
+    const r = dmthin(['--pool', poolName, '--snap', '1', '--external-origin', origin, '--state', stateFile('ext'), '--json', '-q']);
+    expect([r.status, r.stderr]).toEqual([0, '']);
+    const j = JSON.parse(r.stdout);
+    expect(j).toMatchObject({ kind: 'external', snap: 1, copiedBlocks: 20, discardedBlocks: 0, bytes: 20 * BS, snapDeleted: true, resumed: false });
+    process.stdout.write(`merge external: ${SIZE} B origin, ${j.copiedBlocks} blocks of ${BS} B, ${j.seconds} s in the merge, ${Date.now() - t0} ms with the CLI\n`);
+    expect(await sha256OfDevice(origin, 0, SIZE)).toBe(want);
+    expect((await mappedCounts(pool)).has(1)).toBe(false);
+    expect(existsSync(stateFile('ext'))).toBe(false);
+    await clean();
+  }, 300_000);
+
+  test('refusals (origin open, shared, thin active, beyond the end) leave the origin byte-identical', async () => {
+    const SIZE = 8 * MiB;
+    const { origin, thin } = await withOrigin(2, SIZE);
+    sh(ddCmd(thin.path, { bs: BS, seek: 3, count: 4 }));
+    await thin.deactivate();
+    const h0 = await sha256OfDevice(origin, 0, SIZE);
+    const args = (snap: number) => ['--pool', poolName, '--snap', String(snap), '--external-origin', origin, '--state', stateFile(`refuse${snap}`), '-q'];
+    const unchanged = async () => {
+      expect(await sha256OfDevice(origin, 0, SIZE)).toBe(h0);
+      expect(existsSync(stateFile('refuse2'))).toBe(false);
+      await clean();
+    };
+
+    // Open (O_EXCL) by someone else.
+    const holder = await BlockWriter.open(origin, { exclusive: true });
+    try {
+      expectRefused(dmthin(args(2)), /open by someone else.*\[EBUSY\]$/);
+    } finally {
+      holder.close();
+    }
+    await unchanged();
+
+    // The external origin of another active thin.
+    await pool.createThin(3);
+    const other = await ThinDevice.activate(pool, { name: sb.adopt('t3'), devId: 3, length: SIZE / 512, externalOrigin: origin });
+    expectRefused(dmthin(args(2)), /also the external origin of thin 3 .*\[EBUSY\]$/);
+    await other.deactivate();
+    await unchanged();
+
+    // The thin itself active.
+    const active = await ThinDevice.activate(pool, { name: sb.adopt('t2b'), devId: 2, length: SIZE / 512, externalOrigin: origin });
+    expectRefused(dmthin(args(2)), /snapshot thin 2 of pool .* is active as dm device .*\[EBUSY\]$/);
+    await active.deactivate();
+    await unchanged();
+
+    // Active with another external origin in its table: told apart from a plain active thin.
+    const elsewhere = sb.loop(SIZE, 'elsewhere').path;
+    const wrong = await ThinDevice.activate(pool, { name: sb.adopt('t2c'), devId: 2, length: SIZE / 512, externalOrigin: elsewhere });
+    expectRefused(dmthin(args(2)), /thin 2 is active as dm device .* with external origin \d+:\d+, not .*\[EINVAL\]$/);
+    await wrong.deactivate();
+    await unchanged();
+
+    // Mapped blocks beyond the origin's end (a thin longer than its origin).
+    await pool.createThin(4);
+    const long = await ThinDevice.activate(pool, { name: sb.adopt('t4'), devId: 4, length: (SIZE + 4 * BS) / 512, externalOrigin: origin });
+    sh(ddCmd(long.path, { bs: BS, seek: SIZE / BS + 1, count: 1 }));
+    await long.deactivate();
+    expectRefused(dmthin(args(4)), new RegExp(`thin 4 maps block ${SIZE / BS + 1} .*beyond the end of .*\\[ENOSPC\\]$`));
+    await unchanged();
+
+    // Nothing was deleted by a refusal.
+    const ids = await mappedCounts(pool);
+    expect([ids.has(2), ids.has(3), ids.has(4)]).toEqual([true, true, true]);
+  }, 300_000);
+
+  /** Spawns `dmthin merge` slowed down (test hook), kills it with SIGKILL once its state says it is copying. */
+  async function killMidCopy(args: string[], state: string, devices: number): Promise<void> {
+    const child: ChildProcess = spawn(process.execPath, [CLI, 'merge', ...args, '--state', state, '-q'], {
+      env: { ...process.env, DMTHIN_TEST_MERGE_STEP_DELAY_MS: '300' },
+      stdio: 'ignore',
+    });
+    const exit = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+    try {
+      await waitFor('the merge to record that it is copying', () => existsSync(state) && readFileSync(state, 'utf8').includes('"copying"'), 120_000, 50);
+      // Copying: its temporary devices are open and marked for deferred removal.
+      const dm = new DeviceMapper();
+      await waitFor(
+        'the temporary devices to be open and marked for deferred removal',
+        async () => {
+          const names = await tempDevices();
+          return names.length === devices && (await Promise.all(names.map(async (n) => (await dm.info(n).catch(() => null))?.deferredRemove))).every(Boolean);
+        },
+        120_000,
+        50,
+      );
+      await new Promise((r) => setTimeout(r, 900)); // a few 1 MiB steps in
+      expect(child.exitCode).toBeNull();
+    } finally {
+      child.kill('SIGKILL');
+    }
+    expect(await exit).toBeNull();
+    expect(JSON.parse(readFileSync(state, 'utf8'))).toMatchObject({ phase: 'copying' });
+    await clean(); // the kernel removed the temporary device (deferred removal); the metadata snapshot was released before the copy
+  }
+
+  test('SIGKILL mid-merge into an external origin: another origin is refused, a re-run finishes it', async () => {
+    const SIZE = 24 * MiB;
+    const { origin, thin } = await withOrigin(5, SIZE);
+    sh(ddCmd(thin.path, { bs: MiB, seek: 0, count: 20 }));
+    const want = await sha256OfDevice(thin.path, 0, SIZE);
+    await thin.deactivate();
+    const state = stateFile('kill-ext');
+    await killMidCopy(['--pool', poolName, '--snap', '5', '--external-origin', origin], state, 1);
+
+    const other = sb.loop(SIZE, 'other').path;
+    const otherHash = await sha256OfDevice(other, 0, SIZE);
+    expectRefused(dmthin(['--pool', poolName, '--snap', '5', '--external-origin', other, '--state', state, '-q']), /interrupted merge of thin 5 into external origin .*\[EINVAL\]$/);
+    expect(await sha256OfDevice(other, 0, SIZE)).toBe(otherHash);
+
+    const r = dmthin(['--pool', poolName, '--snap', '5', '--external-origin', origin, '--state', state, '--json', '-q']);
+    expect([r.status, r.stderr]).toEqual([0, '']);
+    const j = JSON.parse(r.stdout);
+    expect(j).toMatchObject({ copiedBlocks: 20 * (MiB / BS), resumed: true, snapDeleted: true });
+    process.stdout.write(`merge external after SIGKILL: ${j.copiedBlocks} blocks, ${j.seconds} s\n`);
+    expect(await sha256OfDevice(origin, 0, SIZE)).toBe(want);
+    expect(existsSync(state)).toBe(false);
+    expect((await mappedCounts(pool)).has(5)).toBe(false);
+    await clean();
+  }, 300_000);
+
+  test('SIGTERM mid-merge: exit 143, state kept, temporary device removed, metadata snapshot released; a re-run finishes', async () => {
+    const SIZE = 8 * MiB;
+    const { origin, thin } = await withOrigin(7, SIZE);
+    sh(ddCmd(thin.path, { bs: MiB, seek: 1, count: 6 }));
+    const want = await sha256OfDevice(thin.path, 0, SIZE);
+    await thin.deactivate();
+    const state = stateFile('term');
+    const child = spawn(process.execPath, [CLI, 'merge', '--pool', poolName, '--snap', '7', '--external-origin', origin, '--state', state, '-q'], {
+      env: { ...process.env, DMTHIN_TEST_MERGE_STEP_DELAY_MS: '300' },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let stderr = '';
+    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    const exit = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+    await waitFor('the merge to record that it is copying', () => existsSync(state) && readFileSync(state, 'utf8').includes('"copying"'), 120_000, 50);
+    await new Promise((r) => setTimeout(r, 600));
+    child.kill('SIGTERM');
+    expect(await exit).toBe(143);
+    expect(stderr).toMatch(/^dmthin merge: interrupted/);
+    expect(JSON.parse(readFileSync(state, 'utf8'))).toMatchObject({ phase: 'copying' });
+    await clean();
+    const r = dmthin(['--pool', poolName, '--snap', '7', '--external-origin', origin, '--state', state, '--json', '-q']);
+    expect([r.status, r.stderr]).toEqual([0, '']);
+    expect(JSON.parse(r.stdout)).toMatchObject({ copiedBlocks: 6 * (MiB / BS), resumed: true });
+    expect(await sha256OfDevice(origin, 0, SIZE)).toBe(want);
+    await clean();
+  }, 300_000);
+
+  test('a crash after the delete (state still says deleting): the re-run sees the merge done', async () => {
+    const SIZE = 4 * MiB;
+    const { origin, thin } = await withOrigin(6, SIZE);
+    sh(ddCmd(thin.path, { bs: BS, seek: 1, count: 2 }));
+    await thin.deactivate();
+    const state = stateFile('after-delete');
+    const r1 = dmthin(['--pool', poolName, '--snap', '6', '--external-origin', origin, '--state', state, '--keep-snap', '--json', '-q']);
+    expect(r1.status).toBe(0);
+    expect(JSON.parse(r1.stdout)).toMatchObject({ copiedBlocks: 2, snapDeleted: false });
+    const merged = await sha256OfDevice(origin, 0, SIZE);
+    // What the state file holds between the delete and its removal (docs/merge.md), written as a crash would leave it.
+    const d = await withMetadataSnapshot(pool, async (md) => (await md.devices()).get(6)!);
+    writeFileSync(
+      state,
+      JSON.stringify({
+        format: 'dmthin-merge-state',
+        version: 1,
+        pool: `dm-name:${poolName}`,
+        snap: { devId: 6, creationTime: d.creationTime, transactionId: String(d.transactionId) },
+        origin: { kind: 'external', path: origin, dev: run('sh', ['-c', `printf '%d:%d' 0x$(stat -c %t ${origin}) 0x$(stat -c %T ${origin})`]).stdout },
+        phase: 'deleting',
+        at: new Date().toISOString(),
+      }),
+    );
+    await pool.delete(6);
+    const r2 = dmthin(['--pool', poolName, '--snap', '6', '--external-origin', origin, '--state', state, '--json', '-q']);
+    expect([r2.status, r2.stderr]).toEqual([0, '']);
+    expect(JSON.parse(r2.stdout)).toMatchObject({ copiedBlocks: 0, resumed: true, snapDeleted: true });
+    expect(existsSync(state)).toBe(false);
+    expect(await sha256OfDevice(origin, 0, SIZE)).toBe(merged);
+  }, 300_000);
+
+  test('in the pool: an older snapshot merged back; refusals while active; SIGKILL then re-run', async () => {
+    const VOL = 32 * MiB;
+    await pool.createThin(10);
+    let t = await activate(10, 't10', VOL);
+    // Round 1: blocks 0-199; snapshot 11.
+    sh(ddCmd(t.path, { bs: BS, seek: 0, count: 200 }));
+    await pool.createSnap(11, 10);
+    // Round 2: overwrite 0-119, new 300-309, discard 150-169; snapshot 12.
+    sh([ddCmd(t.path, { bs: BS, seek: 0, count: 120 }), ddCmd(t.path, { bs: BS, seek: 300, count: 10 }), `blkdiscard -o ${150 * BS} -l ${20 * BS} ${t.path}`].join(' && '));
+    await pool.createSnap(12, 10);
+    // Round 3: overwrite 100-139 and a partial block 400.
+    sh([ddCmd(t.path, { bs: BS, seek: 100, count: 40 }), ddCmd(t.path, { bs: 4096, seek: 400 * 16 + 3, count: 1 })].join(' && '));
+    await t.deactivate();
+
+    const want = await thinHash(11, VOL);
+    const snap12 = await thinHash(12, VOL);
+    const h10 = await thinHash(10, VOL);
+    expect(h10).not.toBe(want);
+    const counts = await mappedCounts(pool);
+    const args = ['--pool', poolName, '--snap', '11', '--origin', '10'];
+
+    // Refused while ORIGIN or SNAP is active; nothing changes.
+    t = await activate(10, 't10b', VOL);
+    expectRefused(dmthin([...args, '--state', stateFile('inpool'), '-q']), /origin thin 10 of pool .* is active .*\[EBUSY\]$/);
+    await t.deactivate();
+    t = await activate(11, 't11', VOL, true);
+    expectRefused(dmthin([...args, '--state', stateFile('inpool'), '-q']), /snapshot thin 11 of pool .* is active .*\[EBUSY\]$/);
+    await t.deactivate();
+    expect(await thinHash(10, VOL)).toBe(h10);
+    await clean();
+
+    // A temporary device left by a merge killed before it could mark it for deferred removal: removed by the next merge.
+    const dead = spawnSync('true').pid!;
+    const stale = await ThinDevice.activate(pool, { name: `dmthin-merge-${dead}-10-zzzzzz`, devId: 10, length: VOL / 512 });
+    expect((await tempDevices()).includes(stale.name)).toBe(true);
+
+    // Killed mid-copy, then finished by a re-run.
+    const state = stateFile('inpool');
+    await killMidCopy(args, state, 2);
+    const r = dmthin([...args, '--state', state, '--json', '-q']);
+    expect([r.status, r.stderr]).toEqual([0, '']);
+    const j = JSON.parse(r.stdout);
+    expect(j).toMatchObject({ kind: 'in-pool', resumed: true, snapDeleted: true, discardMethod: 'discard', discardedBlocks: 11 });
+    process.stdout.write(`merge in-pool after SIGKILL: ${j.copiedBlocks} blocks copied, ${j.discardedBlocks} discarded, ${j.seconds} s\n`);
+    expect(await thinHash(10, VOL)).toBe(want);
+    const after = await mappedCounts(pool);
+    expect(after.get(10)).toBe(counts.get(11));
+    expect(after.has(11)).toBe(false);
+    expect(await thinHash(12, VOL)).toBe(snap12); // the other snapshot of the origin is untouched
+    expect(existsSync(state)).toBe(false);
+    await clean();
+  }, 400_000);
+
+  test('an LVM-made pool is refused (lvconvert --merge suggested); LVM and the volumes are unchanged', async () => {
+    expect(haveLvm()).toBe(true);
+    const lsb = new DmSandbox('merge-lvm');
+    const L = new LvmSandbox(lsb, { pvCount: 1, pvBytes: 96 * MiB });
+    try {
+      const vg = L.vg;
+      L.createVg();
+      L.lvm(['lvcreate', '-y', '--type', 'thin-pool', '-L', '48M', '--chunksize', '64k', '--poolmetadatasize', '4M', '-Zn', '-n', 'pool', vg]);
+      L.lvm(['lvcreate', '-y', '-V', '16M', '-T', `${vg}/pool`, '-n', 'vol']);
+      sh(ddCmd(L.devPath('vol'), { bs: MiB, seek: 0, count: 4 }));
+      L.lvm(['lvcreate', '-y', '--type', 'thin', '-n', 'snap1', `${vg}/vol`]);
+      const poolDm = L.dmName('pool', '-tpool');
+      const volId = L.lvField('vol', 'thin_id');
+      const snapId = L.lvField('snap1', 'thin_id');
+      const tx = L.lvField('pool', 'transaction_id');
+      const r = spawnSync(process.execPath, [CLI, 'merge', '--pool', poolDm, '--snap', snapId, '--origin', volId, '--state', `${lsb.dir}/m.json`, '-q'], { env: L.env, encoding: 'utf8' });
+      expectRefused({ status: r.status, stderr: r.stderr }, new RegExp(`managed by LVM.*lvconvert --merge ${vg}/snap1 \\[EOPNOTSUPP\\]$`));
+      const origin = lsb.loop(16 * MiB, 'ext').path;
+      const e = spawnSync(process.execPath, [CLI, 'merge', '--pool', poolDm, '--snap', snapId, '--external-origin', origin, '--state', `${lsb.dir}/e.json`, '-q'], { env: L.env, encoding: 'utf8' });
+      expectRefused({ status: e.status, stderr: e.stderr }, /managed by LVM.*\[EOPNOTSUPP\]$/);
+      expect(L.lvField('pool', 'transaction_id')).toBe(tx);
+      expect(L.lvs(['lv_name']).map((x) => x.lv_name)).toEqual(expect.arrayContaining(['vol', 'snap1']));
+      expect(await tempDevices()).toEqual([]);
+    } finally {
+      L.cleanup();
+      lsb.cleanup();
+    }
+  }, 480_000);
+});
