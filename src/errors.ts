@@ -255,6 +255,44 @@ export class MergeError extends DmthinError {
   }
 }
 
+/**
+ * Why a name given for a thin pool or a thin volume led to none. Stable
+ * strings: tests and callers may match on them.
+ */
+export type NameLookupReason =
+  | 'not-found' // no such dm device, device node or active LVM volume (ENXIO)
+  | 'not-a-pool' // found, but not a thin pool; `found` says what it is (EINVAL)
+  | 'not-a-thin' // an LV name that is not a thin volume of the pool (EINVAL)
+  | 'lvm-missing' // an LV name needs lvm2's `lvs`, which is not installed (ENOENT)
+  | 'lvm-failed'; // `lvs` ran but failed or printed what could not be read (EIO)
+
+const LOOKUP_CODES: Record<NameLookupReason, string> = {
+  'not-found': 'ENXIO',
+  'not-a-pool': 'EINVAL',
+  'not-a-thin': 'EINVAL',
+  'lvm-missing': 'ENOENT',
+  'lvm-failed': 'EIO',
+};
+
+/**
+ * A pool or thin volume name (dm name, `VG/LV`, device path, LV name) did not
+ * resolve. `reason` says why and derives `code`; `name` is what was given and
+ * `found`, when something was, describes it (e.g. "linear table").
+ */
+export class NameLookupError extends DmthinError {
+  /** Why the name did not resolve. */
+  readonly reason: NameLookupReason;
+  /** The name given. */
+  declare given?: string;
+  /** What the name led to, when it led to something that is not what was wanted. */
+  declare found?: string;
+
+  constructor(reason: NameLookupReason, message: string, fields: ErrorFields & { given?: string; found?: string } = {}) {
+    super(LOOKUP_CODES[reason], message, fields);
+    this.reason = reason;
+  }
+}
+
 /** Bad arguments from a caller (library or CLI). */
 export class UsageError extends DmthinError {
   constructor(message: string, fields: ErrorFields = {}) {

@@ -12,8 +12,8 @@
  */
 
 // Errors: every error dmthin throws is a DmthinError (Node's shape: code, errno, syscall, path).
-export { DmthinError, SystemCallError, DmIoctlError, DmParseError, MetadataError, MetadataSnapError, StreamError, UsageError, AbortError, MergeError } from './errors';
-export type { ErrorFields, CorruptionKind, StreamErrorReason, MergeErrorReason } from './errors';
+export { DmthinError, SystemCallError, DmIoctlError, DmParseError, MetadataError, MetadataSnapError, StreamError, UsageError, AbortError, MergeError, NameLookupError } from './errors';
+export type { ErrorFields, CorruptionKind, StreamErrorReason, MergeErrorReason, NameLookupReason } from './errors';
 
 // Units: branded numbers, so sectors cannot be passed where blocks are meant.
 export { SECTOR_SIZE, METADATA_BLOCK_SIZE, sectors, bytes, dataBlocks, metaBlocks, sectorsToBytes, dataBlocksToSectors } from './units';
@@ -49,7 +49,7 @@ export { ThinDevice } from './pool/thin-device';
 export type { ActivateOptions } from './pool/thin-device';
 export { changedBlocks, withMetadataSnapshot } from './pool/live-metadata';
 export { findLvmThin } from './pool/lvm';
-export type { LvmThinVolume } from './pool/lvm';
+export type { LvmThinVolume, LvmPoolName } from './pool/lvm';
 
 // Device-mapper control and the thin-pool / thin targets.
 export { DeviceMapper } from './dm/device-mapper';

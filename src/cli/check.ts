@@ -10,7 +10,7 @@ import { checkMetadata, CheckPhase, CheckProblem, CheckReport, openFailureReport
 import { CliContext } from './common';
 import { Progress } from './progress';
 import { toJson } from './json';
-import { looksLikePool, MetadataSnapOpts, openMetadata } from './metadata-source';
+import { MetadataSnapOpts, namesPool, openMetadata } from './metadata-source';
 import { writeStdout } from './output';
 
 interface CheckCliOpts extends MetadataSnapOpts {
@@ -82,7 +82,7 @@ export function register(program: Command, ctx: () => CliContext): void {
   program
     .command('check')
     .description('verify pool metadata: trees, device details and both space maps (a superset of thin_check 0.9.0)')
-    .argument('<metadata>', 'metadata device or file, or the dm name of a live pool (checked through its metadata snapshot)')
+    .argument('<metadata>', 'metadata device or file, or a live pool (dm name, VG/LV or device node; checked through its metadata snapshot)')
     .option('-q, --quiet', 'print nothing; only the exit status tells')
     .option('--super-block-only', 'check the superblock only')
     .option('--skip-mappings', 'check the device details and top-level trees only (no mapping trees, no space maps)')
@@ -91,7 +91,7 @@ export function register(program: Command, ctx: () => CliContext): void {
     .option('--json', 'print the report as one JSON object')
     .action(async (metadata: string, o: CheckCliOpts) => {
       const c = ctx();
-      const viaPool = looksLikePool(metadata);
+      const viaPool = await namesPool(metadata);
       // A live pool can only be read through a metadata snapshot.
       const src: MetadataSnapOpts = viaPool && !o.metadataSnap && o.metadataSnapBlock === undefined ? { ...o, metadataSnap: true } : o;
       const text = !o.quiet && !o.json;

@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import { UsageError } from '../errors';
 import { writeDelta, type DeltaSubject } from '../thin/delta-format';
 import { CliContext, parseIntArg } from './common';
-import { MetadataSnapOpts, openMetadata } from './metadata-source';
+import { isThinIdText, MetadataSnapOpts, openMetadataSource, thinIdArg } from './metadata-source';
 import { checkOutputPath, commandOutput } from './output';
 
 interface DeltaCliOpts extends MetadataSnapOpts {
@@ -24,9 +24,9 @@ export function register(program: Command, ctx: () => CliContext): void {
   program
     .command('delta')
     .description('differences between two thin devices (byte-identical to thin_delta 0.9.0 for xml)')
-    .argument('<metadata>', 'metadata device or file, or with -m the dm name of a live pool')
-    .option('--snap1, --thin1 <id>', 'left device')
-    .option('--snap2, --thin2 <id>', 'right device')
+    .argument('<metadata>', 'metadata device or file, or with -m a live pool (dm name, VG/LV or device node)')
+    .option('--snap1, --thin1 <id>', 'left device: thin id, or with a live LVM pool an LV name (VG/LV or LV; needs lvm2)')
+    .option('--snap2, --thin2 <id>', 'right device: thin id or LV name, as --snap1')
     .option('--root1 <block>', 'left: a raw bottom-level mapping root instead of a device')
     .option('--root2 <block>', 'right: a raw bottom-level mapping root instead of a device')
     .option('-m, --metadata-snap', 'read through the held metadata snapshot (-mBLOCK / --metadata-snap=BLOCK: must be the held root)')
@@ -41,7 +41,7 @@ export function register(program: Command, ctx: () => CliContext): void {
       // commander stores "--snap1, --thin1" under the first long name.
       const left = o.snap1 ?? o.thin1;
       const right = o.snap2 ?? o.thin2;
-      let subject: DeltaSubject;
+      let subject: DeltaSubject | undefined;
       if (o.root1 !== undefined || o.root2 !== undefined) {
         if (o.root1 === undefined || o.root2 === undefined) throw new UsageError('--root1 and --root2 go together');
         if (left !== undefined || right !== undefined) throw new UsageError('give devices (--snap1/--snap2) or roots (--root1/--root2), not both');
@@ -49,11 +49,14 @@ export function register(program: Command, ctx: () => CliContext): void {
       } else {
         if (left === undefined) throw new UsageError('--snap1 (or --thin1) is required');
         if (right === undefined) throw new UsageError('--snap2 (or --thin2) is required');
-        subject = { left: parseIntArg('--snap1', left), right: parseIntArg('--snap2', right) };
+        // Numbers are checked before anything is opened; LV names need the pool.
+        if (isThinIdText(left)) parseIntArg('--snap1', left, 2 ** 24 - 1);
+        if (isThinIdText(right)) parseIntArg('--snap2', right, 2 ** 24 - 1);
       }
       await checkOutputPath(o.output, [{ path: metadata, role: 'the metadata input' }]);
-      const md = await openMetadata(metadata, o, c);
+      const { metadata: md, pool } = await openMetadataSource(metadata, o, c);
       c.onCleanup(() => md.close());
+      subject ??= { left: await thinIdArg('--snap1', left!, pool), right: await thinIdArg('--snap2', right!, pool) };
       const { out, commit } = await commandOutput(o.output, c, [{ path: metadata, role: 'the metadata input' }]);
       await writeDelta(md, out, subject, {
         format: o.format,

@@ -4,7 +4,7 @@ import { UsageError } from '../errors';
 import { dump, DumpFormat } from '../thin/dump';
 import { CliContext, parseIntArg } from './common';
 import { Progress } from './progress';
-import { MetadataSnapOpts, openMetadata } from './metadata-source';
+import { isThinIdText, MetadataSnapOpts, openMetadataSource, thinIdArg } from './metadata-source';
 import { checkOutputPath, commandOutput } from './output';
 
 interface DumpCliOpts extends MetadataSnapOpts {
@@ -19,9 +19,9 @@ export function register(program: Command, ctx: () => CliContext): void {
   program
     .command('dump')
     .description('dump pool metadata (byte-identical to thin_dump 0.9.0 for xml and human_readable)')
-    .argument('<metadata>', 'metadata device or file, or with -m the dm name of a live pool')
+    .argument('<metadata>', 'metadata device or file, or with -m a live pool (dm name, VG/LV or device node)')
     .option('-m, --metadata-snap', 'read through the held metadata snapshot (-mBLOCK / --metadata-snap=BLOCK: must be the held root)')
-    .option('--dev-id <id>', 'dump only this device (repeatable)', (v: string, acc: string[] = []) => [...acc, v])
+    .option('--dev-id <id>', 'dump only this device (repeatable): thin id, or with a live LVM pool an LV name (VG/LV or LV; needs lvm2)', (v: string, acc: string[] = []) => [...acc, v])
     .option('--skip-mappings', 'devices only, no mappings')
     .option('-f, --format <format>', 'xml, human_readable or json', 'xml')
     .option('-o, --output <file>', 'write to FILE instead of stdout (through a temporary file, renamed over FILE when complete)')
@@ -30,10 +30,11 @@ export function register(program: Command, ctx: () => CliContext): void {
       const c = ctx();
       const format = o.format as DumpFormat;
       if (!['xml', 'human_readable', 'json'].includes(format)) throw new UsageError(`unknown format '${o.format}' (xml, human_readable, json)`);
-      const devIds = o.devId?.map((v) => parseIntArg('--dev-id', v));
+      for (const v of o.devId ?? []) if (isThinIdText(v)) parseIntArg('--dev-id', v); // checked before anything is opened
       await checkOutputPath(o.output, [{ path: metadata, role: 'the metadata input' }]);
-      const md = await openMetadata(metadata, o, c);
+      const { metadata: md, pool } = await openMetadataSource(metadata, o, c);
       c.onCleanup(() => md.close());
+      const devIds = o.devId && (await Promise.all(o.devId.map((v) => (isThinIdText(v) ? parseIntArg('--dev-id', v) : thinIdArg('--dev-id', v, pool)))));
       const { out, commit } = await commandOutput(o.output, c, [{ path: metadata, role: 'the metadata input' }]);
       const bar = new Progress('dump', !o.quiet && process.stderr.isTTY === true);
       try {

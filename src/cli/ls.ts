@@ -17,7 +17,7 @@ export function register(program: Command, ctx: () => CliContext): void {
   program
     .command('ls')
     .description('list thin devices with mapped, exclusive and shared usage (as thin_ls 0.9.0)')
-    .argument('<metadata>', 'metadata device or file, or with -m the dm name of a live pool')
+    .argument('<metadata>', 'metadata device or file, or with -m a live pool (dm name, VG/LV or device node)')
     .option('-m, --metadata-snap', 'read through the held metadata snapshot')
     .option('-o, --format <fields>', 'comma-separated fields (DEV, MAPPED_BLOCKS, EXCLUSIVE_BLOCKS, SHARED_BLOCKS, *_SECTORS, *_BYTES, MAPPED, EXCLUSIVE, SHARED, TRANSACTION, CREATE_TIME, SNAP_TIME)')
     .option('--no-headers', 'omit the header line')

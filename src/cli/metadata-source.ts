@@ -1,13 +1,16 @@
 /**
  * Resolves the METADATA argument of read commands: a metadata device or file,
- * or (with -m) the dm name of a live thin-pool. For a pool, the held metadata
+ * or (with -m) a live thin-pool, named as ThinPool.open accepts (dm name,
+ * VG/LV, /dev/mapper/NAME, /dev/VG/LV). For a pool, the held metadata
  * snapshot is used; if none is held, one is reserved for the duration of the
  * command and released afterwards (also on Ctrl-C / SIGTERM).
  */
 import { existsSync } from 'node:fs';
-import { DmthinError } from '../errors';
+import { DmthinError, NameLookupError, UsageError } from '../errors';
 import { ThinMetadata } from '../thin/metadata';
 import type { ThinPool as ThinPoolT } from '../pool/thin-pool';
+import { poolNameShape } from '../pool/pool-name';
+import { isDmDevice } from '../dm/block-devices';
 import { CliContext, parseIntArg } from './common';
 
 export interface MetadataSnapOpts {
@@ -20,21 +23,69 @@ export function snapOption(o: MetadataSnapOpts): boolean | number | undefined {
   return o.metadataSnap ? true : undefined;
 }
 
-/** A dm name (no slash) that is not a file here. */
-export function looksLikePool(arg: string): boolean {
-  return !arg.includes('/') && !existsSync(arg);
+/** Loaded on use: the dm layer is not needed to read a file. */
+function openPool(arg: string): Promise<ThinPoolT> {
+  return (require('../pool/thin-pool') as { ThinPool: typeof ThinPoolT }).ThinPool.open(arg);
 }
 
-export async function openMetadata(arg: string, o: MetadataSnapOpts, ctx: CliContext): Promise<ThinMetadata> {
+/**
+ * Does METADATA name a live pool? A pool name that is no file here (dm name,
+ * VG/LV, /dev/mapper/NAME, /dev/VG/LV), or the device node of a pool (or of
+ * LVM's layer over one): a pool's own device never holds metadata.
+ */
+export async function namesPool(arg: string): Promise<boolean> {
+  if (!existsSync(arg)) return poolNameShape(arg) !== undefined;
+  if (!(await isDmDevice(arg))) return false;
+  return openPool(arg).then(
+    () => true,
+    () => false, // not a pool (e.g. LVM's _tmeta): read it as metadata
+  );
+}
+
+export interface MetadataSource {
+  metadata: ThinMetadata;
+  /** The live pool it was read from (METADATA named one). */
+  pool?: ThinPoolT;
+}
+
+export async function openMetadataSource(arg: string, o: MetadataSnapOpts, ctx: CliContext): Promise<MetadataSource> {
   const snap = snapOption(o);
-  if (!looksLikePool(arg)) return ThinMetadata.open(arg, { metadataSnap: snap });
+  if (!(await namesPool(arg))) return { metadata: await ThinMetadata.open(arg, { metadataSnap: snap }) };
   if (snap === undefined) {
     throw new DmthinError('ENOENT', `${arg}: no such file (a live pool can be read by name only through its metadata snapshot, -m)`, { path: arg });
   }
-  const { ThinPool } = require('../pool/thin-pool') as { ThinPool: typeof ThinPoolT };
-  const pool = await ThinPool.open(arg);
+  let pool: ThinPoolT;
+  try {
+    pool = await openPool(arg);
+  } catch (e) {
+    // A path-like name that is neither a file nor a pool (none found, or no device-mapper to ask): say both.
+    const found = e instanceof NameLookupError && e.reason !== 'not-found';
+    if (e instanceof DmthinError && !found && arg.includes('/')) e.message = `${arg}: no such file, and ${e.message}`;
+    throw e;
+  }
   // Someone else's snapshot is used and left held; otherwise one is reserved until the command ends.
   const live = await pool.openMetadata({ snapshot: 'held-or-reserve', root: typeof snap === 'number' ? snap : undefined });
   ctx.onCleanup(() => live.release());
-  return live.metadata;
+  return { metadata: live.metadata, pool };
+}
+
+export async function openMetadata(arg: string, o: MetadataSnapOpts, ctx: CliContext): Promise<ThinMetadata> {
+  return (await openMetadataSource(arg, o, ctx)).metadata;
+}
+
+/** A thin id on the command line: 0..2^24-1, checked before anything is opened. */
+export function isThinIdText(v: string): boolean {
+  return /^[0-9]+$/.test(v);
+}
+
+/**
+ * A thin id given as a number or, for a live LVM pool, as an LV name
+ * (VG/LV or LV in the pool's VG, looked up with lvs).
+ */
+export async function thinIdArg(flag: string, v: string, pool: ThinPoolT | undefined): Promise<number> {
+  if (isThinIdText(v)) return parseIntArg(flag, v, 2 ** 24 - 1);
+  if (!pool?.lvm) {
+    throw new UsageError(`${flag} must be a thin id (0..16777215)${pool ? '' : ' or, with a live LVM pool, an LV name'}, got '${v}'${pool ? ` (pool ${pool.name} is not LVM's, so it has no LV names)` : ''}`);
+  }
+  return pool.thinId(v);
 }

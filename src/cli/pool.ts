@@ -15,10 +15,27 @@ function u64Arg(name: string, v: string): bigint {
 /** Thin ids are checked before anything is sent (0..2^24-1). */
 const thinIdArg = (name: string, v: string) => parseIntArg(name, v, 2 ** 24 - 1);
 
+const POOL_ARG = 'the pool: dm name, VG/LV (LVM) or device node (/dev/mapper/NAME, /dev/VG/LV)';
+
 /** Loaded on use: the dm layer is not needed by the read-only commands. */
 const ThinPool = { open: (name: string) => (require('../pool/thin-pool') as { ThinPool: typeof ThinPoolT }).ThinPool.open(name) };
 
-function formatStatus(name: string, s: ThinPoolStatus): string {
+/**
+ * A pool whose thin devices and transaction id the caller may change: not an
+ * LVM pool, whose own metadata records both and would fall out of step.
+ */
+async function openUnmanaged(name: string, what: string): Promise<ThinPoolT> {
+  const p = await ThinPool.open(name);
+  if (p.lvm) {
+    throw new UsageError(
+      `${name} is LVM's thin pool ${p.lvm.vg}/${p.lvm.lv}: ${what} behind LVM's back would leave LVM's metadata (thin ids, transaction id) out of step; use lvcreate/lvremove instead`,
+      { device: p.name },
+    );
+  }
+  return p;
+}
+
+export function formatStatus(name: string, s: ThinPoolStatus): string {
   if (s.kind !== 'working') return `${name}: ${s.kind === 'fail' ? 'Fail' : 'Error'}\n`;
   const rows: [string, string][] = [
     ['transaction id', String(s.transactionId)],
@@ -62,7 +79,7 @@ export function register(program: Command, ctx: () => CliContext): void {
   pool
     .command('status')
     .description('typed status of a thin-pool')
-    .argument('<name>', 'dm name of the pool')
+    .argument('<name>', POOL_ARG)
     .option('--json', 'print JSON')
     .option('--noflush', 'do not commit metadata before reporting')
     .action(async (name: string, o: { json?: boolean; noflush?: boolean }) => {
@@ -102,54 +119,54 @@ export function register(program: Command, ctx: () => CliContext): void {
   pool
     .command('create-thin')
     .description('create_thin: a new thin device ID')
-    .argument('<name>')
+    .argument('<name>', POOL_ARG)
     .argument('<id>')
     .action(async (name: string, id: string) => {
       ctx();
       const i = thinIdArg('id', id);
-      await (await ThinPool.open(name)).createThin(i);
+      await (await openUnmanaged(name, 'creating a thin device')).createThin(i);
     });
 
   pool
     .command('create-snap')
     .description('create_snap: snapshot ID of ORIGIN (active origin devices are suspended around it)')
-    .argument('<name>')
+    .argument('<name>', POOL_ARG)
     .argument('<id>')
     .argument('<origin>')
     .option('--no-suspend', 'do not suspend active origin devices (you did)')
     .action(async (name: string, id: string, origin: string, o: { suspend: boolean }) => {
       ctx();
       const [i, from] = [thinIdArg('id', id), thinIdArg('origin', origin)];
-      await (await ThinPool.open(name)).createSnap(i, from, { suspendOrigin: o.suspend });
+      await (await openUnmanaged(name, 'creating a snapshot')).createSnap(i, from, { suspendOrigin: o.suspend });
     });
 
   pool
     .command('delete')
     .description('delete: remove thin device ID and free its blocks')
-    .argument('<name>')
+    .argument('<name>', POOL_ARG)
     .argument('<id>')
     .action(async (name: string, id: string) => {
       ctx();
       const i = thinIdArg('id', id);
-      await (await ThinPool.open(name)).delete(i);
+      await (await openUnmanaged(name, 'deleting a thin device')).delete(i);
     });
 
   pool
     .command('set-transaction-id')
     .description('set_transaction_id: compare-and-swap the pool transaction id')
-    .argument('<name>')
+    .argument('<name>', POOL_ARG)
     .argument('<current>')
     .argument('<new>')
     .action(async (name: string, cur: string, next: string) => {
       ctx();
       const [c, n] = [u64Arg('current', cur), u64Arg('new', next)];
-      await (await ThinPool.open(name)).setTransactionId(c, n);
+      await (await openUnmanaged(name, 'setting the transaction id')).setTransactionId(c, n);
     });
 
   pool
     .command('reserve-metadata-snap')
     .description('reserve_metadata_snap, and print the held root; it stays held until release-metadata-snap')
-    .argument('<name>')
+    .argument('<name>', POOL_ARG)
     .action(async (name: string) => {
       ctx();
       const p = await ThinPool.open(name);
@@ -161,7 +178,7 @@ export function register(program: Command, ctx: () => CliContext): void {
   pool
     .command('release-metadata-snap')
     .description('release_metadata_snap')
-    .argument('<name>')
+    .argument('<name>', POOL_ARG)
     .action(async (name: string) => {
       ctx();
       await (await ThinPool.open(name)).releaseMetadataSnap();

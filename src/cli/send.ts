@@ -10,7 +10,8 @@ import { SECTOR_SIZE } from '../units';
 import type { SendOptions } from '../ops/send';
 import { CliContext, parseIntArg } from './common';
 import { Progress } from './progress';
-import { snapOption, type MetadataSnapOpts } from './metadata-source';
+import { isThinIdText, snapOption, thinIdArg, type MetadataSnapOpts } from './metadata-source';
+import type { ThinPool as ThinPoolT } from '../pool/thin-pool';
 import { toJson } from './json';
 
 interface SendCliOpts extends MetadataSnapOpts {
@@ -43,13 +44,13 @@ export function register(program: Command, ctx: () => CliContext): void {
   program
     .command('send')
     .description('write a snapshot, or its changes since a base snapshot, as a verifiable stream')
-    .option('--pool <name>', 'dm name of a live thin-pool (needs root and device-mapper)')
+    .option('--pool <name>', 'a live thin-pool: dm name, VG/LV (LVM) or device node (needs root and device-mapper)')
     .option('--metadata <file>', 'offline: metadata device or image (instead of --pool)')
     .option('-m, --metadata-snap', 'offline: read through the held metadata snapshot (-mBLOCK: must be the held root)')
     .option('--data <file>', 'offline: the pool data device or its image (blocks read at their data block)')
     .option('--device <file>', 'offline: the thin device or its image (blocks read at their virtual block)')
-    .requiredOption('--snap <id>', 'thin id of the snapshot to send')
-    .option('--base <id>', 'thin id of the base snapshot: send only what changed since it')
+    .requiredOption('--snap <id>', 'the snapshot to send: thin id, or with an LVM --pool an LV name (VG/LV or LV; needs lvm2)')
+    .option('--base <id>', 'the base snapshot (thin id or LV name, as --snap): send only what changed since it')
     .option('-o, --output <file>', "where the stream goes ('-' = stdout; a file is written through a temporary file renamed over it when complete)", '-')
     .option('--size <bytes>', "the thin device's size (default: an active device's size, or the --device image's; required otherwise)")
     .option('--pool-id <id>', 'pool identity recorded in the stream (default: dm uuid or name; offline: superblock uuid, else a digest of the device\'s mapping root)')
@@ -58,8 +59,9 @@ export function register(program: Command, ctx: () => CliContext): void {
     .option('-q, --quiet', 'no progress bar')
     .action(async (o: SendCliOpts) => {
       const c = ctx();
-      const snap = parseIntArg('--snap', o.snap, 2 ** 24 - 1);
-      const base = o.base === undefined ? undefined : parseIntArg('--base', o.base, 2 ** 24 - 1);
+      // Thin ids are checked at once; LV names need the pool (resolved below).
+      if (isThinIdText(o.snap)) parseIntArg('--snap', o.snap, 2 ** 24 - 1);
+      if (o.base !== undefined && isThinIdText(o.base)) parseIntArg('--base', o.base, 2 ** 24 - 1);
       const deviceSize = o.size === undefined ? undefined : parseSize('--size', o.size);
       if ((o.pool === undefined) === (o.metadata === undefined)) throw new UsageError('give --pool (a live pool) or --metadata (offline images), not both');
       if (o.output === '-' && process.stdout.isTTY) throw new UsageError('refusing to write a binary stream to a terminal (redirect it, or use --output FILE)');
@@ -76,13 +78,19 @@ export function register(program: Command, ctx: () => CliContext): void {
           { path: o.device, role: 'the thin device input (--device)' },
         ]);
       }
+      let pool: ThinPoolT | undefined;
+      if (o.pool !== undefined && (!isThinIdText(o.snap) || (o.base !== undefined && !isThinIdText(o.base)))) {
+        pool = await (require('../pool/thin-pool') as { ThinPool: typeof ThinPoolT }).ThinPool.open(o.pool);
+      }
+      const snap = await thinIdArg('--snap', o.snap, pool);
+      const base = o.base === undefined ? undefined : await thinIdArg('--base', o.base, pool);
       const common = { snap, base, deviceSize, poolId: o.poolId, output, signal: c.signal, onProgress };
       let opts: SendOptions;
       if (o.pool !== undefined) {
         if (o.data !== undefined || o.device !== undefined || o.metadataSnap || o.metadataSnapBlock !== undefined) {
           throw new UsageError('--data, --device and -m go with --metadata (offline images), not --pool');
         }
-        opts = { ...common, pool: o.pool, tmpDir: o.tmpDir };
+        opts = { ...common, pool: pool ?? o.pool, tmpDir: o.tmpDir };
       } else {
         if ((o.data === undefined) === (o.device === undefined)) throw new UsageError('with --metadata give --data (pool data device) or --device (thin device)');
         opts = { ...common, metadata: o.metadata!, metadataSnap: snapOption(o), data: o.data, device: o.device };

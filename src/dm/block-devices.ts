@@ -49,3 +49,16 @@ export async function sizeInSectors(d: DevNum): Promise<number> {
     throw new DmthinError('ENODEV', `cannot read the size of ${d.major}:${d.minor} (${p})`, { path: p, cause: e });
   }
 }
+
+/** True when `path` is a block device node of a device-mapper device (its sysfs entry has a dm/ folder). */
+export async function isDmDevice(path: string): Promise<boolean> {
+  try {
+    const st = await stat(path);
+    if (!st.isBlockDevice()) return false;
+    const d = await devNumOf(path);
+    await stat(`/sys/dev/block/${d.major}:${d.minor}/dm`);
+    return true;
+  } catch {
+    return false;
+  }
+}

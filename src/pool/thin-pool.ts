@@ -8,12 +8,13 @@
  *   await using snap = await pool.reserveMetadataSnap();
  *   await using md = await snap.open();
  */
-import { AbortError, DmIoctlError, DmthinError, MetadataSnapError, UsageError, throwIfAborted } from '../errors';
+import { AbortError, DmIoctlError, DmthinError, MetadataSnapError, NameLookupError, UsageError, throwIfAborted } from '../errors';
 import { DeviceMapper } from '../dm/device-mapper';
 import { formatDev, type DevNum, type DmTarget } from '../dm/ioctl';
 import {
-  PoolMessage,
+  MAX_THIN_ID,
   THIN_POOL_TARGET,
+  PoolMessage,
   type ThinId,
   type ThinPoolFeature,
   type ThinPoolStatus,
@@ -30,6 +31,8 @@ import { type DataBlocks, type Sectors, dataBlocks, sectors } from '../units';
 import { devNumOf, devPathOf, sizeInSectors } from '../dm/block-devices';
 import { guard, unguard, type Releasable } from './release-guard';
 import { type PoolEvent, derivePoolEvents } from './events';
+import { lvmThinId, type LvmPoolName } from './lvm';
+import { resolvePool } from './pool-name';
 
 /** What ThinPool.create builds a pool from. */
 export interface ThinPoolCreateOptions {
@@ -120,6 +123,8 @@ export class ThinPool {
     readonly dm: DeviceMapper,
     /** The pool's own device number (thin table lines refer to it). */
     readonly dev: DevNum,
+    /** VG, LV and dm uuid when LVM made the pool (its thin volumes are LVM's to create, activate and remove). */
+    readonly lvm?: LvmPoolName,
   ) {}
 
   /** Creates and activates a pool (DEV_CREATE, TABLE_LOAD, resume; removed again if a step fails). */
@@ -144,15 +149,35 @@ export class ThinPool {
     return new ThinPool(o.name, dm, info.dev);
   }
 
-  /** An existing pool by dm name; fails with ENXIO if absent, EINVAL if not a thin-pool. */
+  /**
+   * An existing pool by its dm name (`pool`, `vg-pool-tpool`), LVM's `VG/LV`,
+   * LVM's own pool device `vg-pool` (a linear layer over `-tpool`, followed)
+   * or a device node (`/dev/mapper/NAME`, `/dev/VG/LV`). `name` is then the
+   * thin-pool device's dm name. Fails with a NameLookupError: ENXIO
+   * ('not-found') if there is none, EINVAL ('not-a-pool') if the device is
+   * something else (the message says what).
+   */
   static async open(name: string, opts: { dm?: DeviceMapper } = {}): Promise<ThinPool> {
     const dm = opts.dm ?? new DeviceMapper();
-    const info = await dm.info(name);
-    const t = await dm.table(name);
-    if (t.length !== 1 || t[0].type !== THIN_POOL_TARGET) {
-      throw new DmthinError('EINVAL', `${name} is not a thin-pool (table: ${t.map((x) => x.type).join(', ') || 'none'})`, { device: name });
+    const r = await resolvePool(name, dm);
+    return new ThinPool(r.name, dm, r.dev, r.lvm);
+  }
+
+  /**
+   * The thin id of a thin volume of this pool given by id (a decimal string
+   * or number) or, for an LVM pool, by LV name (`VG/LV`, or `LV` in the
+   * pool's VG; looked up with `lvs`, so lvm2 must be installed).
+   */
+  async thinId(idOrName: string | number): Promise<number> {
+    if (typeof idOrName === 'number' || /^[0-9]+$/.test(idOrName)) {
+      const n = Number(idOrName);
+      if (!Number.isSafeInteger(n) || n > MAX_THIN_ID) throw new UsageError(`thin id out of range (0..${MAX_THIN_ID}): ${idOrName}`);
+      return n;
     }
-    return new ThinPool(name, dm, info.dev);
+    if (!this.lvm) {
+      throw new NameLookupError('not-a-thin', `'${idOrName}' is not a thin id, and pool ${this.name} is not LVM's, so it has no LV names`, { given: idOrName, device: this.name });
+    }
+    return lvmThinId(this.lvm, idOrName);
   }
 
   /** `major:minor` of the pool, for thin table lines. */

@@ -12,6 +12,7 @@ import ts from 'typescript';
 const ROOT = join(__dirname, '..', '..');
 
 const MAIN = [
+  'LvmPoolName', 'NameLookupError', 'NameLookupReason',
   'mergeIntoExternalOrigin', 'mergeSnapshot', 'MergeResult', 'MergeProgress', 'ExternalMergeOptions', 'SnapshotMergeOptions', 'CommonMergeOptions', 'MergeError', 'MergeErrorReason',
   // pool events, replication
   'PoolWaitOptions', 'PoolEvent', 'PoolEventType', 'PoolState', 'LowWaterMarkEvent', 'ModeEvent', 'NeedsCheckEvent', 'MetadataLowEvent', 'OtherPoolEvent', 'derivePoolEvents', 'poolState',

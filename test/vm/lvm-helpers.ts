@@ -25,7 +25,7 @@ export interface LvmRunOptions {
 }
 
 export class LvmSandbox {
-  /** VG name: unique, without dashes (dm names double them). */
+  /** VG name: unique; without dashes unless `dashed` (dm names double them). */
   readonly vg: string;
   readonly confDir: string;
   /** Environment for lvm commands and for anything that runs `lvs` (dmthin send). */
@@ -35,9 +35,9 @@ export class LvmSandbox {
 
   constructor(
     private readonly sb: DmSandbox,
-    o: { pvCount?: number; pvBytes?: number } = {},
+    o: { pvCount?: number; pvBytes?: number; dashed?: boolean } = {},
   ) {
-    this.vg = `dmt${process.pid}vg${++counter}`;
+    this.vg = `dmt${process.pid}${o.dashed ? '-vg-' : 'vg'}${++counter}`;
     this.confDir = join(sb.dir, `lvm-${this.vg}`);
     mkdirSync(this.confDir, { recursive: true });
     mkdirSync('/run/lock/lvm', { recursive: true });
