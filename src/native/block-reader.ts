@@ -7,6 +7,7 @@
  */
 import { DmthinError, fromNative, type ErrorFields } from '../errors';
 import { native, type NativeBlockReader, type NativeOpenInfo, type NativeReadResult } from './binding';
+import { openError } from './open-error';
 
 export interface BlockReaderOpenOptions {
   /** 'auto' (default): O_DIRECT, falling back to buffered reads only for a
@@ -39,7 +40,7 @@ export class BlockReader {
     try {
       return new BlockReader(r, path, await r.open(path, opts.direct ?? 'auto', opts.exclusive ?? false));
     } catch (e) {
-      throw fromNative(e, { path });
+      throw openError(e, path, 'reading');
     }
   }
 
