@@ -40,7 +40,7 @@ export class Block {
 
 if (new Uint8Array(new Uint32Array([1]).buffer)[0] !== 1) {
   // Every on-disk integer is little-endian and the hot paths read them through Uint32Arrays.
-  throw new Error('dmthin supports little-endian hosts only');
+  throw new DmthinError('ENOTSUP', 'dmthin supports little-endian hosts only');
 }
 
 export interface IoStats {
