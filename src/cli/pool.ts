@@ -14,6 +14,9 @@ function u64Arg(name: string, v: string): bigint {
 /** Thin ids are checked before anything is sent (0..2^24-1). */
 const thinIdArg = (name: string, v: string) => parseIntArg(name, v, 2 ** 24 - 1);
 
+const POOL_NAME = 'dm name of the thin-pool';
+const THIN_ID = 'thin device id (decimal, 0..16777215)';
+
 /** Loaded on use: the dm layer is not needed by the read-only commands. */
 const ThinPool = { open: (name: string) => (require('../pool/thin-pool') as { ThinPool: typeof ThinPoolT }).ThinPool.open(name) };
 
@@ -41,7 +44,7 @@ export function register(program: Command, ctx: () => CliContext): void {
   pool
     .command('status')
     .description('typed status of a thin-pool')
-    .argument('<name>', 'dm name of the pool')
+    .argument('<name>', POOL_NAME)
     .option('--json', 'print JSON')
     .option('--noflush', 'do not commit metadata before reporting')
     .action(async (name: string, o: { json?: boolean; noflush?: boolean }) => {
@@ -53,8 +56,8 @@ export function register(program: Command, ctx: () => CliContext): void {
   pool
     .command('create-thin')
     .description('create_thin: a new thin device ID')
-    .argument('<name>')
-    .argument('<id>')
+    .argument('<name>', POOL_NAME)
+    .argument('<id>', THIN_ID)
     .action(async (name: string, id: string) => {
       ctx();
       const i = thinIdArg('id', id);
@@ -64,9 +67,9 @@ export function register(program: Command, ctx: () => CliContext): void {
   pool
     .command('create-snap')
     .description('create_snap: snapshot ID of ORIGIN (active origin devices are suspended around it)')
-    .argument('<name>')
-    .argument('<id>')
-    .argument('<origin>')
+    .argument('<name>', POOL_NAME)
+    .argument('<id>', THIN_ID)
+    .argument('<origin>', 'thin device id of the origin (decimal, 0..16777215)')
     .option('--no-suspend', 'do not suspend active origin devices (you did)')
     .action(async (name: string, id: string, origin: string, o: { suspend: boolean }) => {
       ctx();
@@ -77,8 +80,8 @@ export function register(program: Command, ctx: () => CliContext): void {
   pool
     .command('delete')
     .description('delete: remove thin device ID and free its blocks')
-    .argument('<name>')
-    .argument('<id>')
+    .argument('<name>', POOL_NAME)
+    .argument('<id>', THIN_ID)
     .action(async (name: string, id: string) => {
       ctx();
       const i = thinIdArg('id', id);
@@ -88,9 +91,9 @@ export function register(program: Command, ctx: () => CliContext): void {
   pool
     .command('set-transaction-id')
     .description('set_transaction_id: compare-and-swap the pool transaction id')
-    .argument('<name>')
-    .argument('<current>')
-    .argument('<new>')
+    .argument('<name>', POOL_NAME)
+    .argument('<current>', 'the transaction id the pool must have now (decimal, 0..2^64-1)')
+    .argument('<new>', 'the transaction id to set (decimal, 0..2^64-1)')
     .action(async (name: string, cur: string, next: string) => {
       ctx();
       const [c, n] = [u64Arg('current', cur), u64Arg('new', next)];
@@ -100,7 +103,7 @@ export function register(program: Command, ctx: () => CliContext): void {
   pool
     .command('reserve-metadata-snap')
     .description('reserve_metadata_snap, and print the held root; it stays held until release-metadata-snap')
-    .argument('<name>')
+    .argument('<name>', POOL_NAME)
     .action(async (name: string) => {
       ctx();
       const p = await ThinPool.open(name);
@@ -112,7 +115,7 @@ export function register(program: Command, ctx: () => CliContext): void {
   pool
     .command('release-metadata-snap')
     .description('release_metadata_snap')
-    .argument('<name>')
+    .argument('<name>', POOL_NAME)
     .action(async (name: string) => {
       ctx();
       await (await ThinPool.open(name)).releaseMetadataSnap();

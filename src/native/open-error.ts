@@ -9,7 +9,12 @@ import { type DmthinError, fromNative, isPermissionCode, needsRootError } from '
 
 export function openError(e: unknown, path: string, access: 'reading' | 'writing'): DmthinError {
   const err = fromNative(e, { path });
-  if (!isPermissionCode(err.code) || !isBlockDevice(path)) return err;
+  if (!isPermissionCode(err.code) || !isBlockDevice(path)) {
+    // The addon's "ENOENT: No such file or directory, stat '/x'" as a sentence: "cannot open /x for reading: no such file or directory".
+    const m = /^[A-Z0-9_]+: ([^,]*), \w+ '.*?'(?: \((.*)\))?$/.exec(err.message);
+    if (m && err.path === path) err.message = `cannot open ${path} for ${access}: ${m[2] ?? m[1].charAt(0).toLowerCase() + m[1].slice(1)}`;
+    return err;
+  }
   return needsRootError(
     err.code,
     `cannot open block device ${path} for ${access}`,
