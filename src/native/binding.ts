@@ -135,6 +135,27 @@ export function native(): NativeAddon {
   return addon;
 }
 
+/** CRC-32C (the addon's contract): the addon's when it loads, else the portable one. */
+export function crc32cFunction(): NativeAddon['crc32c'] {
+  try {
+    return native().crc32c;
+  } catch (e) {
+    if (e instanceof SetupError) return require('./portable').crc32cPortable;
+    throw e;
+  }
+}
+
+/** A BlockReader: the addon's, else (no addon) the portable one, which reads regular files only. */
+export function newBlockReader(): NativeBlockReader {
+  try {
+    return new (native().BlockReader)();
+  } catch (e) {
+    if (!(e instanceof SetupError)) throw e;
+    const { PortableBlockReader } = require('./portable') as typeof import('./portable');
+    return new PortableBlockReader(e);
+  }
+}
+
 const REBUILD =
   "run 'npm rebuild dmthin' in the project that installed it (in a dmthin clone: 'npm run build:native'); building needs python3, make, g++ and the Node.js headers";
 

@@ -6,7 +6,7 @@
  * read-back of a receive's discards (stream/receive/target.ts).
  */
 import { DmthinError, fromNative, type ErrorFields } from '../errors';
-import { native, type NativeBlockReader, type NativeOpenInfo, type NativeReadResult } from './binding';
+import { newBlockReader, type NativeBlockReader, type NativeOpenInfo, type NativeReadResult } from './binding';
 import { openError } from './open-error';
 
 export interface BlockReaderOpenOptions {
@@ -36,7 +36,7 @@ export class BlockReader {
   ) {}
 
   static async open(path: string, opts: BlockReaderOpenOptions = {}): Promise<BlockReader> {
-    const r = new (native().BlockReader)();
+    const r = newBlockReader();
     try {
       return new BlockReader(r, path, await r.open(path, opts.direct ?? 'auto', opts.exclusive ?? false));
     } catch (e) {

@@ -5,7 +5,7 @@
  * in-memory one (tests, fuzzing, images already in RAM). Both are read-only.
  */
 import { DmthinError, MetadataError } from '../errors';
-import { native } from '../native/binding';
+import { crc32cFunction } from '../native/binding';
 import { BlockReader, type BlockReaderOpenOptions } from '../native/block-reader';
 
 export const BLOCK_SIZE = 4096;
@@ -130,7 +130,7 @@ export class MemoryBlockSource implements BlockSource {
     checkRange(this, blocks);
     this.stats.batches++;
     this.stats.blocksRead += blocks.length;
-    const crc32c = native().crc32c;
+    const crc32c = crc32cFunction();
     // Copy, so callers can never alias (and so mutate) the image.
     const d = Buffer.alloc(blocks.length * BLOCK_SIZE);
     blocks.forEach((nr, i) => this.image.copy(d, i * BLOCK_SIZE, nr * BLOCK_SIZE, (nr + 1) * BLOCK_SIZE));

@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto';
 import { StreamError, UsageError } from '../../errors';
 import { SECTOR_SIZE } from '../../units';
-import { native } from '../../native/binding';
+import { crc32cFunction } from '../../native/binding';
 import { MAX_SAFE_HI, TWO32 } from '../../pdata/words';
 
 /** First 4 bytes of every record. */
@@ -93,7 +93,7 @@ export function readU64(b: Buffer, off: number): number | null {
 
 /** CRC-32C (standard: seed ~0, final inversion) of several parts as one. */
 export function crc32cOf(parts: readonly Uint8Array[]): number {
-  const crc32c = native().crc32c;
+  const crc32c = crc32cFunction();
   let c = 0xffffffff;
   for (const p of parts) c = crc32c(p, c, true);
   return ~c >>> 0;
