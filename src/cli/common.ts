@@ -129,7 +129,7 @@ export class CliContext {
  */
 export function errorLine(command: string, err: unknown, prefix = ''): string {
   const e = err as { message?: unknown; code?: unknown } | undefined;
-  const message = (err instanceof Error || typeof e?.message === 'string' ? String(e!.message) : String(err)).replace(/\s*\n\s*/g, ' ');
+  const message = (err instanceof Error || typeof e?.message === 'string' ? String(e!.message) : String(err)).replace(/\s*\n\s*/g, ' ').trim();
   const code = typeof e?.code === 'string' && e.code !== '' ? e.code : 'EUNKNOWN';
   return `${command}: ${prefix}${message}${message.startsWith(code) ? '' : ` [${code}]`}`;
 }
