@@ -293,6 +293,51 @@ export class NameLookupError extends DmthinError {
   }
 }
 
+/**
+ * What the machine lacks for dmthin to do its work. Stable strings: tests and
+ * callers may match on them.
+ */
+export type SetupProblem =
+  | 'no-device-mapper' // /dev/mapper/control is missing, or the kernel has no device-mapper driver
+  | 'needs-root' // EACCES/EPERM on the control device, a dm ioctl or a block device
+  | 'no-native-addon'; // the compiled addon (dmthin.node) is missing or does not load
+
+/**
+ * The machine is not set up for what was asked: no device-mapper, not root,
+ * no native addon. `kind` says which. `code`, `errno`, `syscall` and `path`
+ * are those of the call that failed (`ENODEV` from `open` of
+ * /dev/mapper/control, `EACCES`...); for the addon, `code` is Node's
+ * (`MODULE_NOT_FOUND` when no addon file was found, `ERR_DLOPEN_FAILED` when
+ * one was found but did not load).
+ */
+export class SetupError extends DmthinError {
+  /** What is missing. */
+  readonly kind: SetupProblem;
+
+  constructor(kind: SetupProblem, code: string, message: string, fields: ErrorFields = {}) {
+    super(code, message, fields);
+    this.kind = kind;
+  }
+}
+
+/** EACCES or EPERM: the kernel refused for lack of privilege. */
+export function isPermissionCode(code: unknown): code is 'EACCES' | 'EPERM' {
+  return code === 'EACCES' || code === 'EPERM';
+}
+
+const PERMISSION_TEXT: Record<string, string> = { EACCES: 'permission denied', EPERM: 'operation not permitted' };
+
+/**
+ * A `needs-root` SetupError for a failed call: `what` names the refused step
+ * ("cannot open /dev/mapper/control"), `advice` ends the line. Fields (code,
+ * errno, syscall, path, ...) are kept as the failed call reported them.
+ */
+export function needsRootError(code: 'EACCES' | 'EPERM', what: string, fields: ErrorFields, advice = 'run as root (e.g. with sudo)'): SetupError {
+  // uid 0 refused: a container or security module withholds the capability, so "use sudo" would not help.
+  const tail = process.getuid?.() === 0 ? 'this process is root but lacks that privilege (a container or security policy?)' : advice;
+  return new SetupError('needs-root', code, `needs root (CAP_SYS_ADMIN): ${what}: ${PERMISSION_TEXT[code]}; ${tail}`, fields);
+}
+
 /** Bad arguments from a caller (library or CLI). */
 export class UsageError extends DmthinError {
   constructor(message: string, fields: ErrorFields = {}) {

@@ -12,8 +12,8 @@
  */
 
 // Errors: every error dmthin throws is a DmthinError (Node's shape: code, errno, syscall, path).
-export { DmthinError, SystemCallError, DmIoctlError, DmParseError, MetadataError, MetadataSnapError, StreamError, UsageError, AbortError, MergeError, NameLookupError } from './errors';
-export type { ErrorFields, CorruptionKind, StreamErrorReason, MergeErrorReason, NameLookupReason } from './errors';
+export { DmthinError, SystemCallError, DmIoctlError, DmParseError, MetadataError, MetadataSnapError, StreamError, UsageError, AbortError, MergeError, NameLookupError, SetupError } from './errors';
+export type { ErrorFields, CorruptionKind, StreamErrorReason, MergeErrorReason, NameLookupReason, SetupProblem } from './errors';
 
 // Units: branded numbers, so sectors cannot be passed where blocks are meant.
 export { SECTOR_SIZE, METADATA_BLOCK_SIZE, sectors, bytes, dataBlocks, metaBlocks, sectorsToBytes, dataBlocksToSectors } from './units';

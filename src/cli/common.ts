@@ -105,7 +105,7 @@ export class CliContext {
       try {
         await fn();
       } catch (e) {
-        process.stderr.write(`${this.command}: cleanup failed: ${(e as Error).message}\n`);
+        process.stderr.write(errorLine(this.command, e, 'cleanup failed: ') + '\n');
       }
     }
   }
@@ -121,11 +121,17 @@ export class CliContext {
   }
 }
 
-/** One line on stderr: "dmthin dump: <message> [code]". */
-export function errorLine(command: string, err: unknown): string {
-  if (err instanceof DmthinError) return `${command}: ${err.message}${err.code && !err.message.startsWith(err.code) ? ` [${err.code}]` : ''}`;
-  if (err instanceof Error) return `${command}: ${err.message}`;
-  return `${command}: ${String(err)}`;
+/**
+ * One line on stderr: "dmthin dump: <message> [CODE]", for every error the
+ * CLI reports (ours, Node's, the parser's). An error without a code (a bug,
+ * or a plain Error from a dependency) is [EUNKNOWN]; the code is not repeated
+ * when the message already starts with it (Node's "ENOENT: no such file...").
+ */
+export function errorLine(command: string, err: unknown, prefix = ''): string {
+  const e = err as { message?: unknown; code?: unknown } | undefined;
+  const message = (err instanceof Error || typeof e?.message === 'string' ? String(e!.message) : String(err)).replace(/\s*\n\s*/g, ' ').trim();
+  const code = typeof e?.code === 'string' && e.code !== '' ? e.code : 'EUNKNOWN';
+  return `${command}: ${prefix}${message}${message.startsWith(code) ? '' : ` [${code}]`}`;
 }
 
 export function parseIntArg(name: string, v: string, max = Number.MAX_SAFE_INTEGER): number {

@@ -17,7 +17,6 @@ interface DeltaCliOpts extends MetadataSnapOpts {
   same: boolean;
   format: string;
   output?: string;
-  quiet?: boolean;
 }
 
 export function register(program: Command, ctx: () => CliContext): void {
@@ -25,16 +24,15 @@ export function register(program: Command, ctx: () => CliContext): void {
     .command('delta')
     .description('differences between two thin devices (byte-identical to thin_delta 0.9.0 for xml)')
     .argument('<metadata>', 'metadata device or file, or with -m a live pool (dm name, VG/LV or device node)')
-    .option('--snap1, --thin1 <id>', 'left device: thin id, or with a live LVM pool an LV name (VG/LV or LV; needs lvm2)')
+    .option('--snap1, --thin1 <id>', 'left device: thin id (decimal), or with a live LVM pool an LV name (VG/LV or LV; needs lvm2)')
     .option('--snap2, --thin2 <id>', 'right device: thin id or LV name, as --snap1')
-    .option('--root1 <block>', 'left: a raw bottom-level mapping root instead of a device')
-    .option('--root2 <block>', 'right: a raw bottom-level mapping root instead of a device')
+    .option('--root1 <block>', 'left: metadata block number (decimal) of a bottom-level mapping root, instead of a device')
+    .option('--root2 <block>', 'right: metadata block number (decimal) of a bottom-level mapping root, instead of a device')
     .option('-m, --metadata-snap', 'read through the held metadata snapshot (-mBLOCK / --metadata-snap=BLOCK: must be the held root)')
     .option('--verbose', 'ranges with their data blocks')
     .option('--no-same', 'leave out blocks both devices map the same way (shared subtrees are then not read at all)')
     .option('-f, --format <format>', 'xml or json', 'xml')
     .option('-o, --output <file>', 'write to FILE instead of stdout (through a temporary file, renamed over FILE when complete)')
-    .option('-q, --quiet', 'no progress output')
     .action(async (metadata: string, o: DeltaCliOpts) => {
       const c = ctx();
       if (o.format !== 'xml' && o.format !== 'json') throw new UsageError(`unknown format '${o.format}' (xml, json)`);

@@ -1,6 +1,6 @@
 /** `dmthin ls`: thin_ls-compatible per-device usage table, or JSON. */
 import type { Command } from 'commander';
-import { deviceUsage, DEFAULT_LS_FIELDS, formatLsTable, lsJson, needsMappings, parseLsFields } from '../thin/ls';
+import { deviceUsage, DEFAULT_LS_FIELDS, formatLsTable, LS_FIELDS, lsJson, needsMappings, parseLsFields } from '../thin/ls';
 import { CliContext } from './common';
 import { Progress } from './progress';
 import { MetadataSnapOpts, openMetadata } from './metadata-source';
@@ -19,7 +19,8 @@ export function register(program: Command, ctx: () => CliContext): void {
     .description('list thin devices with mapped, exclusive and shared usage (as thin_ls 0.9.0)')
     .argument('<metadata>', 'metadata device or file, or with -m a live pool (dm name, VG/LV or device node)')
     .option('-m, --metadata-snap', 'read through the held metadata snapshot')
-    .option('-o, --format <fields>', 'comma-separated fields (DEV, MAPPED_BLOCKS, EXCLUSIVE_BLOCKS, SHARED_BLOCKS, *_SECTORS, *_BYTES, MAPPED, EXCLUSIVE, SHARED, TRANSACTION, CREATE_TIME, SNAP_TIME)')
+    // -o is the field list, as in thin_ls (in dump, delta, rmap and send it is --output).
+    .option('-o, --format <fields>', `comma-separated field names, case-sensitive (as thin_ls: here -o is the field list, not an output file): ${LS_FIELDS.join(', ')} (default: ${DEFAULT_LS_FIELDS.join(',')})`)
     .option('--no-headers', 'omit the header line')
     .option('--json', 'print a JSON array of objects keyed by field name')
     .option('-q, --quiet', 'no progress bar')

@@ -7,6 +7,7 @@
  * write error of any command (ENOSPC, EIO...) is an error like any other.
  */
 import { Command, CommanderError } from 'commander';
+import { AbortError, UsageError } from '../errors';
 import { CliContext, errorLine, EXIT_EPIPE, EXIT_FAILURE, finishStdout, guardStdout, isEpipe, rewriteMetadataSnapArgs } from './common';
 
 type CommandModule = { register(program: Command, ctx: () => CliContext): void };
@@ -55,6 +56,7 @@ export async function main(argv: string[]): Promise<number> {
       c.addOption(new (require('commander').Option)('--metadata-snap-block <block>').hideHelp());
     }
   }
+  routeParserErrors(program, 'dmthin');
   try {
     await program.parseAsync(rewriteMetadataSnapArgs(argv), { from: 'user' });
     await finishStdout();
@@ -67,14 +69,55 @@ export async function main(argv: string[]): Promise<number> {
         () => 0,
         (x) => (isEpipe(x) ? EXIT_EPIPE : (process.stderr.write(errorLine(name, x) + '\n'), EXIT_FAILURE)),
       );
-      return EXIT_FAILURE; // commander already printed the message
+      process.stderr.write(errorLine(parserCommand(e), parserError(e, argv)) + '\n');
+      return EXIT_FAILURE; // a usage error: 1, as the reference tools
     }
     const epipe = isEpipe(e) && !ctx?.wasSignalled();
-    if (!epipe) process.stderr.write(errorLine(name, ctx?.wasSignalled() ? `interrupted` : e) + '\n');
+    if (!epipe) process.stderr.write(errorLine(name, ctx?.wasSignalled() ? new AbortError('interrupted') : e) + '\n');
     const status = epipe ? EXIT_EPIPE : ctx ? ctx.exitCodeFor() : EXIT_FAILURE;
     if (ctx) await ctx.runCleanups();
     return status;
   }
+}
+
+const PARSED_BY = Symbol('dmthin command');
+
+/**
+ * Commander prints its own errors ("error: unknown option '--x'") and, for a
+ * missing subcommand, the whole help on stderr. Both are silenced here and
+ * reach main() as a CommanderError tagged with the command that was parsing,
+ * so they come out as every other error: one "dmthin CMD: ... [EINVAL]" line.
+ */
+function routeParserErrors(cmd: Command, path: string): void {
+  cmd.exitOverride((err) => {
+    throw Object.assign(err, { [PARSED_BY]: { path, subcommands: cmd.commands.map((c) => c.name()).filter((n) => n !== 'help') } });
+  });
+  cmd.configureOutput({ writeErr: () => undefined, outputError: () => undefined });
+  for (const sub of cmd.commands) routeParserErrors(sub, `${path} ${sub.name()}`);
+}
+
+type Parsed = { path: string; subcommands: string[] };
+const parsedBy = (e: CommanderError): Parsed => (e as CommanderError & { [PARSED_BY]?: Parsed })[PARSED_BY] ?? { path: 'dmthin', subcommands: [] };
+
+function parserCommand(e: CommanderError): string {
+  return parsedBy(e).path;
+}
+
+/** Commander's message as a UsageError: no "error: " prefix, one line, and where to look. */
+function parserError(e: CommanderError, argv: string[]): UsageError {
+  const { path, subcommands } = parsedBy(e);
+  const help = `see '${path} --help'`;
+  // Help written to stderr with status 1: a command group ran without a
+  // subcommand, or `help NAME` named none of them.
+  if (e.code === 'commander.help') {
+    const asked = argv[argv.indexOf('help') + 1];
+    if (argv.includes('help') && asked !== undefined && !subcommands.includes(asked)) return new UsageError(`unknown command '${asked}'; ${help}`);
+    return new UsageError(`a command is required (${subcommands.join(', ')}); ${help}`);
+  }
+  let text = e.message.replace(/^error: /, '').replace(/\s*\n\s*/g, ' ').replace(/\.$/, '').replace('(Did you mean', '(did you mean');
+  const excess = /^too many arguments.*Expected (\d+) arguments? but got (\d+)/.exec(text);
+  if (excess) text = `too many arguments: expected ${excess[1]}, got ${excess[2]}`;
+  return new UsageError(`${text}; ${help}`);
 }
 
 if (require.main === module) {

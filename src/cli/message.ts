@@ -9,7 +9,7 @@ export function register(program: Command, ctx: () => CliContext): void {
     .command('message')
     .description('send a raw target message (DM_TARGET_MSG); prints the reply if the target returns one')
     .argument('<name>', 'dm device name')
-    .argument('<sector>', 'sector of the target (0 for a pool)')
+    .argument('<sector>', 'sector of the target, decimal (0 for a pool)')
     .argument('<message...>', 'message words')
     .action(async (name: string, sector: string, words: string[]) => {
       ctx();

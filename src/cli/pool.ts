@@ -16,6 +16,7 @@ function u64Arg(name: string, v: string): bigint {
 const thinIdArg = (name: string, v: string) => parseIntArg(name, v, 2 ** 24 - 1);
 
 const POOL_ARG = 'the pool: dm name, VG/LV (LVM) or device node (/dev/mapper/NAME, /dev/VG/LV)';
+const THIN_ID = 'thin device id (decimal, 0..16777215)';
 
 /** Loaded on use: the dm layer is not needed by the read-only commands. */
 const ThinPool = { open: (name: string) => (require('../pool/thin-pool') as { ThinPool: typeof ThinPoolT }).ThinPool.open(name) };
@@ -120,7 +121,7 @@ export function register(program: Command, ctx: () => CliContext): void {
     .command('create-thin')
     .description('create_thin: a new thin device ID')
     .argument('<name>', POOL_ARG)
-    .argument('<id>')
+    .argument('<id>', THIN_ID)
     .action(async (name: string, id: string) => {
       ctx();
       const i = thinIdArg('id', id);
@@ -131,8 +132,8 @@ export function register(program: Command, ctx: () => CliContext): void {
     .command('create-snap')
     .description('create_snap: snapshot ID of ORIGIN (active origin devices are suspended around it)')
     .argument('<name>', POOL_ARG)
-    .argument('<id>')
-    .argument('<origin>')
+    .argument('<id>', THIN_ID)
+    .argument('<origin>', 'thin device id of the origin (decimal, 0..16777215)')
     .option('--no-suspend', 'do not suspend active origin devices (you did)')
     .action(async (name: string, id: string, origin: string, o: { suspend: boolean }) => {
       ctx();
@@ -144,7 +145,7 @@ export function register(program: Command, ctx: () => CliContext): void {
     .command('delete')
     .description('delete: remove thin device ID and free its blocks')
     .argument('<name>', POOL_ARG)
-    .argument('<id>')
+    .argument('<id>', THIN_ID)
     .action(async (name: string, id: string) => {
       ctx();
       const i = thinIdArg('id', id);
@@ -155,8 +156,8 @@ export function register(program: Command, ctx: () => CliContext): void {
     .command('set-transaction-id')
     .description('set_transaction_id: compare-and-swap the pool transaction id')
     .argument('<name>', POOL_ARG)
-    .argument('<current>')
-    .argument('<new>')
+    .argument('<current>', 'the transaction id the pool must have now (decimal, 0..2^64-1)')
+    .argument('<new>', 'the transaction id to set (decimal, 0..2^64-1)')
     .action(async (name: string, cur: string, next: string) => {
       ctx();
       const [c, n] = [u64Arg('current', cur), u64Arg('new', next)];

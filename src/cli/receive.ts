@@ -68,7 +68,7 @@ export function register(program: Command, ctx: () => CliContext): void {
         if (o.json) process.stdout.write(toJson(r) + '\n');
       } catch (e) {
         // The library names its options; a command-line user needs the flags.
-        if (e instanceof DmthinError) e.message = e.message.replace(/option (force|resized)\b/g, '--$1');
+        if (e instanceof DmthinError) e.message = e.message.replace(/option (force|resized|create)\b/g, '--$1');
         throw e;
       } finally {
         bar.stop();

@@ -31,11 +31,17 @@ interface SendCliOpts extends MetadataSnapOpts {
 
 const UNITS: Record<string, number> = { '': 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40, p: 2 ** 50, s: SECTOR_SIZE };
 
-/** Bytes from "1073741824", "1G", "512MiB", "2048s" (sectors). */
+/** What parseSize accepts after the number; --help and the error say the same. */
+const SIZE_SUFFIXES = 'a suffix K, M, G, T, P (binary: 1K = 1024; KiB, MiB... too; any case) or s (512-byte sectors)';
+
+/**
+ * Bytes from "1073741824", "1G", "512MiB", "2048s" (sectors). "KB"/"GB" are
+ * refused: they mean 1000-based units to many, and a size must not be guessed.
+ */
 export function parseSize(name: string, v: string): number {
-  const m = /^([0-9]+)\s*([kmgtps]?)(?:i?b)?$/i.exec(v.trim());
-  if (!m) throw new UsageError(`${name} must be a size in bytes (suffixes K, M, G, T, P binary; s = sectors), got '${v}'`);
-  const n = Number(m[1]) * UNITS[m[2].toLowerCase()];
+  const m = /^([0-9]+)(?:([kmgtp])(?:ib)?|(s))?$/i.exec(v);
+  if (!m) throw new UsageError(`${name} must be bytes, or a number with ${SIZE_SUFFIXES}; got '${v}'`);
+  const n = Number(m[1]) * UNITS[(m[2] ?? m[3] ?? '').toLowerCase()];
   if (!Number.isSafeInteger(n)) throw new UsageError(`${name} out of range: ${v}`);
   return n;
 }
@@ -49,11 +55,11 @@ export function register(program: Command, ctx: () => CliContext): void {
     .option('-m, --metadata-snap', 'offline: read through the held metadata snapshot (-mBLOCK: must be the held root)')
     .option('--data <file>', 'offline: the pool data device or its image (blocks read at their data block)')
     .option('--device <file>', 'offline: the thin device or its image (blocks read at their virtual block)')
-    .requiredOption('--snap <id>', 'the snapshot to send: thin id, or with an LVM --pool an LV name (VG/LV or LV; needs lvm2)')
+    .requiredOption('--snap <id>', 'the snapshot to send: thin id (decimal, 0..16777215), or with an LVM --pool an LV name (VG/LV or LV; needs lvm2)')
     .option('--base <id>', 'the base snapshot (thin id or LV name, as --snap): send only what changed since it')
     .option('-o, --output <file>', "where the stream goes ('-' = stdout; a file is written through a temporary file renamed over it when complete)", '-')
-    .option('--size <bytes>', "the thin device's size (default: an active device's size, or the --device image's; required otherwise)")
-    .option('--pool-id <id>', 'pool identity recorded in the stream (default: dm uuid or name; offline: superblock uuid, else a digest of the device\'s mapping root)')
+    .option('--size <size>', `the thin device's size: bytes, or a number with ${SIZE_SUFFIXES} (default: an active device's size, or the --device image's; required otherwise)`)
+    .option('--pool-id <id>', 'pool identity recorded in the stream, any text up to 1024 bytes (default: dm uuid or name; offline: superblock uuid, else a digest of the device\'s mapping root)')
     .option('--tmp-dir <dir>', 'where a large extent list is spilled (default TMPDIR)')
     .option('--json', 'print a summary as JSON on stderr when done')
     .option('-q, --quiet', 'no progress bar')

@@ -1,7 +1,9 @@
 /**
  * DeviceMapper: one async method per dm ioctl. Requests carry the minimum
  * interface version their command needs; every failure is a DmIoctlError
- * with code/errno/ioctl/device (and targetMessage for DM_TARGET_MSG).
+ * with code/errno/ioctl/device (and targetMessage for DM_TARGET_MSG), except
+ * a SetupError when device-mapper is missing (the control node does not open:
+ * kind 'no-device-mapper') or privilege is (EACCES/EPERM: kind 'needs-root').
  *
  * udev: no cookies are used (event_nr stays 0), so with udev running its
  * rules create /dev/mapper links on resume as for any other dm device; we
@@ -11,7 +13,7 @@
 import { existsSync } from 'node:fs';
 import { lstat, mkdir, rename, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import { DmIoctlError, DmthinError, SystemCallError, UsageError } from '../errors';
+import { DmIoctlError, DmthinError, type ErrorFields, isPermissionCode, needsRootError, SetupError, SystemCallError, UsageError } from '../errors';
 import { native } from '../native/binding';
 import { type Sectors } from '../units';
 import {
@@ -554,6 +556,18 @@ export function toIoctlError(err: unknown, cmd: Cmd, device?: string, targetMess
   if (!e || typeof e.code !== 'string' || typeof e.errno !== 'number') return err as Error; // a programming error, not the kernel's
   const ioctl = CMD_NAMES[cmd];
   const dev = device ?? e.device;
+  // The control node did not open: no ioctl reached the kernel, so the
+  // error must not read like the kernel's answer about `dev`.
+  if (e.syscall === 'open') {
+    const control = e.path ?? '/dev/mapper/control';
+    const fields = { errno: e.errno, syscall: 'open', path: control, device: dev, targetMessage, cause: err };
+    if (e.code === 'ENOENT') return noDeviceMapper(e.code, `${control} does not exist`, fields);
+    if (e.code === 'ENODEV' || e.code === 'ENXIO') return noDeviceMapper(e.code, `${control} exists but the kernel has no device-mapper driver`, fields);
+    if (isPermissionCode(e.code)) return needsRootError(e.code, `cannot open ${control}`, fields);
+  }
+  // The capability check of every dm ioctl answers EACCES.
+  if (e.code === 'EACCES' && (e.syscall ?? 'ioctl') === 'ioctl')
+    return needsRootError(e.code, `the kernel refused ${ioctl}${dev ? ` '${dev}'` : ''}`, { errno: e.errno, syscall: 'ioctl', ioctl, device: dev, targetMessage, cause: err });
   const reason = reasonOf(e.message, e.code);
   const where = e.syscall && e.syscall !== 'ioctl' ? ` (${e.syscall}${e.path ? ` ${e.path}` : ''})` : '';
   const text = `${ioctl}${dev ? ` '${dev}'` : ''}${targetMessage !== undefined ? ` ${JSON.stringify(targetMessage)}` : ''} failed: ${e.code}${reason ? ` (${reason})` : ''}${where}`;
@@ -566,6 +580,12 @@ export function toIoctlError(err: unknown, cmd: Cmd, device?: string, targetMess
     targetMessage,
     cause: err,
   });
+}
+
+function noDeviceMapper(code: string, why: string, fields: ErrorFields & { path: string }): SetupError {
+  const load = "load it as root with 'modprobe dm_thin_pool' (which loads dm_mod too)";
+  const fix = code === 'ENOENT' ? `${load}, then check that ${fields.path} exists ('dmsetup mknodes' creates it)` : load;
+  return new SetupError('no-device-mapper', code, `device-mapper is not available: ${why}; ${fix}`, fields);
 }
 
 function toNodeError(err: unknown, name: string): Error {

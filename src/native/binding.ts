@@ -3,7 +3,9 @@
  * every native call is typed here (no untyped escape hatch). The I/O classes
  * every layer uses wrap these: block-reader.ts and block-writer.ts.
  */
+import { join } from 'node:path';
 import bindings from 'bindings';
+import { SetupError } from '../errors';
 
 export interface NativeOpenInfo {
   size: number;
@@ -138,7 +140,57 @@ export interface NativeAddon {
 
 let addon: NativeAddon | undefined;
 
+/**
+ * The addon, loaded on first use (so --help, usage errors and the pure-JS
+ * parts run without it). A missing or unloadable build is one SetupError
+ * (kind 'no-native-addon') that says how to rebuild, not the `bindings`
+ * package's list of the paths it tried.
+ */
 export function native(): NativeAddon {
-  if (!addon) addon = bindings('dmthin') as NativeAddon;
+  if (!addon) {
+    try {
+      addon = bindings('dmthin') as NativeAddon;
+    } catch (e) {
+      throw addonError(e);
+    }
+  }
   return addon;
+}
+
+/** CRC-32C (the addon's contract): the addon's when it loads, else the portable one. */
+export function crc32cFunction(): NativeAddon['crc32c'] {
+  try {
+    return native().crc32c;
+  } catch (e) {
+    if (e instanceof SetupError) return require('./portable').crc32cPortable;
+    throw e;
+  }
+}
+
+/** A BlockReader: the addon's, else (no addon) the portable one, which reads regular files only. */
+export function newBlockReader(): NativeBlockReader {
+  try {
+    return new (native().BlockReader)();
+  } catch (e) {
+    if (!(e instanceof SetupError)) throw e;
+    const { PortableBlockReader } = require('./portable') as typeof import('./portable');
+    return new PortableBlockReader(e);
+  }
+}
+
+const REBUILD =
+  "run 'npm rebuild dmthin' in the project that installed it (in a dmthin clone: 'npm run build:native'); building needs python3, make, g++ and the Node.js headers";
+
+function addonError(e: unknown): SetupError {
+  const err = e as { code?: unknown; message?: unknown };
+  const text = typeof err?.message === 'string' ? err.message : String(e);
+  // dist/native/ or src/native/ -> the package root, where node-gyp builds.
+  const expected = join(__dirname, '..', '..', 'build', 'Release', 'dmthin.node');
+  if (/^Could not locate the bindings file/.test(text))
+    return new SetupError('no-native-addon', 'MODULE_NOT_FOUND', `dmthin's native addon is not built (${expected} does not exist): ${REBUILD}`, { path: expected, cause: e });
+  // dlopen's reason (a bad ELF header, another NODE_MODULE_VERSION, a missing
+  // library) can span lines: one line is kept.
+  const reason = text.replace(/\s*\n\s*/g, ' ').trim();
+  const code = typeof err?.code === 'string' ? err.code : 'ERR_DLOPEN_FAILED';
+  return new SetupError('no-native-addon', code, `dmthin's native addon does not load (${reason}): ${REBUILD}`, { syscall: 'dlopen', cause: e });
 }

@@ -6,7 +6,8 @@
  * read-back of a receive's discards (stream/receive/target.ts).
  */
 import { DmthinError, fromNative, type ErrorFields } from '../errors';
-import { native, type NativeBlockReader, type NativeOpenInfo, type NativeReadResult } from './binding';
+import { newBlockReader, type NativeBlockReader, type NativeOpenInfo, type NativeReadResult } from './binding';
+import { openError } from './open-error';
 
 /** How a reader opens its file or device. @inline */
 export interface BlockReaderOpenOptions {
@@ -36,11 +37,11 @@ export class BlockReader {
   ) {}
 
   static async open(path: string, opts: BlockReaderOpenOptions = {}): Promise<BlockReader> {
-    const r = new (native().BlockReader)();
+    const r = newBlockReader();
     try {
       return new BlockReader(r, path, await r.open(path, opts.direct ?? 'auto', opts.exclusive ?? false));
     } catch (e) {
-      throw fromNative(e, { path });
+      throw openError(e, path, 'reading');
     }
   }
 

@@ -6,6 +6,7 @@
  */
 import { DmthinError, fromNative } from '../errors';
 import { native, type DiscardMethod, type NativeBlockWriter, type NativeWriterInfo, type NativeWriterOpenOptions, type ZeroOutMethod } from './binding';
+import { openError } from './open-error';
 
 export type { DiscardMethod, ZeroOutMethod } from './binding';
 
@@ -50,7 +51,7 @@ export class BlockWriter implements AsyncDisposable {
     try {
       return new BlockWriter(w, path, await w.open(path, opts));
     } catch (e) {
-      throw fromNative(e, { path });
+      throw openError(e, path, 'writing');
     }
   }
 

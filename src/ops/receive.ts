@@ -147,7 +147,7 @@ class Receiver {
   private async checkTarget(h: StreamHeader, digest: string | null): Promise<void> {
     checkBase(await readState(this.stateFile), h, digest, this.stateFile, this.o.force === true, this.o.resized === true);
     if (!this.info.exists) {
-      if (!this.o.create) throw new DmthinError('ENOENT', `target ${this.o.target} does not exist (create a file target with --create)`, { path: this.o.target });
+      if (!this.o.create) throw new DmthinError('ENOENT', `target ${this.o.target} does not exist (option create makes a file target)`, { path: this.o.target });
       return;
     }
     // Opening does not write; it does check access early (and EBUSY for a claimed device).

@@ -5,7 +5,7 @@
  * in-memory one (tests, fuzzing, images already in RAM). Both are read-only.
  */
 import { DmthinError, MetadataError } from '../errors';
-import { native } from '../native/binding';
+import { crc32cFunction } from '../native/binding';
 import { BlockReader, type BlockReaderOpenOptions } from '../native/block-reader';
 
 /** Metadata block size in bytes. */
@@ -44,7 +44,7 @@ export class Block {
 
 if (new Uint8Array(new Uint32Array([1]).buffer)[0] !== 1) {
   // Every on-disk integer is little-endian and the hot paths read them through Uint32Arrays.
-  throw new Error('dmthin supports little-endian hosts only');
+  throw new DmthinError('ENOTSUP', 'dmthin supports little-endian hosts only');
 }
 
 /** Read counters of a BlockSource. */
@@ -148,7 +148,7 @@ export class MemoryBlockSource implements BlockSource {
     checkRange(this, blocks);
     this.stats.batches++;
     this.stats.blocksRead += blocks.length;
-    const crc32c = native().crc32c;
+    const crc32c = crc32cFunction();
     // Copy, so callers can never alias (and so mutate) the image.
     const d = Buffer.alloc(blocks.length * BLOCK_SIZE);
     blocks.forEach((nr, i) => this.image.copy(d, i * BLOCK_SIZE, nr * BLOCK_SIZE, (nr + 1) * BLOCK_SIZE));

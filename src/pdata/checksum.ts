@@ -4,7 +4,7 @@
  */
 import { MetadataError } from '../errors';
 import type { Block } from './block-source';
-import { native } from '../native/binding';
+import { crc32cFunction } from '../native/binding';
 
 /** Metadata block types, by the constant each XORs into its checksum. */
 export enum BlockType {
@@ -62,10 +62,10 @@ export function verifyChecksum(block: Block, expected: BlockType, context: { tre
 
 /** Standard CRC-32C ("123456789" -> 0xE3069283). */
 export function crc32c(data: Uint8Array): number {
-  return native().crc32c(data) >>> 0;
+  return crc32cFunction()(data) >>> 0;
 }
 
 /** The csum to store in a block of the given type (for tools that build blocks). */
 export function blockChecksum(data: Uint8Array, type: BlockType): number {
-  return ((native().crc32c(data.subarray(4), 0xffffffff, true) ^ type) >>> 0) as number;
+  return ((crc32cFunction()(data.subarray(4), 0xffffffff, true) ^ type) >>> 0) as number;
 }

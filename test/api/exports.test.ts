@@ -12,6 +12,7 @@ import ts from 'typescript';
 const ROOT = join(__dirname, '..', '..');
 
 const MAIN = [
+  'SetupError', 'SetupProblem',
   'LvmPoolName', 'NameLookupError', 'NameLookupReason',
   'mergeIntoExternalOrigin', 'mergeSnapshot', 'MergeResult', 'MergeProgress', 'ExternalMergeOptions', 'SnapshotMergeOptions', 'CommonMergeOptions', 'MergeError', 'MergeErrorReason',
   // pool events, replication

@@ -18,7 +18,7 @@ import {
   encodeDev,
   encodeRequest,
 } from '../../src/dm/ioctl';
-import { DmIoctlError, DmthinError, SystemCallError, UsageError } from '../../src/errors';
+import { DmIoctlError, DmthinError, SetupError, SystemCallError, UsageError } from '../../src/errors';
 import { PoolMessage } from '../../src/dm/targets/thin-pool';
 import { sectors } from '../../src/units';
 import { statusResults } from './helpers/kernel-replies';
@@ -251,9 +251,59 @@ describe('errors', () => {
     await expect(dm.status({ dev: { major: 253, minor: 4 } })).rejects.toMatchObject({ ioctl: 'DM_TABLE_STATUS', device: '253:4' });
   });
 
-  test('open failures keep syscall and path', async () => {
-    const { dm } = fake(() => Object.assign(errnoError('EACCES', -13, 'open'), { path: '/dev/mapper/control' }));
-    await expect(dm.version()).rejects.toMatchObject({ code: 'EACCES', syscall: 'open', path: '/dev/mapper/control', ioctl: 'DM_VERSION' });
+  // The control node did not open: nothing reached the kernel, so the error
+  // says what the machine lacks and names no ioctl (it used to read
+  // "DM_DEV_STATUS 'p' failed: ENOENT", as if there were no such pool).
+  const openFailure = (code: string, errno: number) => Object.assign(errnoError(code, errno, 'open'), { path: '/dev/mapper/control' });
+  const asUser = (uid: number) => jest.spyOn(process, 'getuid').mockReturnValue(uid);
+  afterEach(() => jest.restoreAllMocks());
+
+  test.each([
+    ['ENOENT', -2, "device-mapper is not available: /dev/mapper/control does not exist; load it as root with 'modprobe dm_thin_pool' (which loads dm_mod too), then check that /dev/mapper/control exists ('dmsetup mknodes' creates it)"],
+    ['ENODEV', -19, "device-mapper is not available: /dev/mapper/control exists but the kernel has no device-mapper driver; load it as root with 'modprobe dm_thin_pool' (which loads dm_mod too)"],
+    ['ENXIO', -6, "device-mapper is not available: /dev/mapper/control exists but the kernel has no device-mapper driver; load it as root with 'modprobe dm_thin_pool' (which loads dm_mod too)"],
+  ])('open of the control node fails with %s: SetupError no-device-mapper', async (code, errno, message) => {
+    const { dm } = fake(() => openFailure(code, errno));
+    const err = await dm.info('p').catch((e) => e);
+    expect(err).toBeInstanceOf(SetupError);
+    expect(err).not.toBeInstanceOf(DmIoctlError);
+    expect(err).toMatchObject({ name: 'SetupError', kind: 'no-device-mapper', code, errno, syscall: 'open', path: '/dev/mapper/control', device: 'p' });
+    expect(err.ioctl).toBeUndefined();
+    expect(err.message).toBe(message);
+  });
+
+  test.each([
+    ['EACCES', -13, 'permission denied'],
+    ['EPERM', -1, 'operation not permitted'],
+  ])('open of the control node fails with %s as a user: needs root', async (code, errno, text) => {
+    asUser(1000);
+    const { dm } = fake(() => openFailure(code, errno));
+    const err = await dm.version().catch((e) => e);
+    expect(err).toBeInstanceOf(SetupError);
+    expect(err).toMatchObject({ kind: 'needs-root', code, errno, syscall: 'open', path: '/dev/mapper/control' });
+    expect(err.message).toBe(`needs root (CAP_SYS_ADMIN): cannot open /dev/mapper/control: ${text}; run as root (e.g. with sudo)`);
+  });
+
+  test('EACCES as uid 0 (a container without CAP_SYS_ADMIN): no advice to use sudo', async () => {
+    asUser(0);
+    const { dm } = fake(() => openFailure('EACCES', -13));
+    const err = await dm.version().catch((e) => e);
+    expect(err).toMatchObject({ kind: 'needs-root', code: 'EACCES' });
+    expect(err.message).toBe('needs root (CAP_SYS_ADMIN): cannot open /dev/mapper/control: permission denied; this process is root but lacks that privilege (a container or security policy?)');
+  });
+
+  test("the ioctl's capability check (EACCES) is needs-root, keeping ioctl and device", async () => {
+    asUser(1000);
+    const { dm } = fake(() => errnoError('EACCES', -13));
+    const err = await dm.targetMessage('pool', sectors(0), PoolMessage.createThin(5)).catch((e) => e);
+    expect(err).toBeInstanceOf(SetupError);
+    expect(err).toMatchObject({ kind: 'needs-root', code: 'EACCES', errno: -13, syscall: 'ioctl', ioctl: 'DM_TARGET_MSG', device: 'pool', targetMessage: 'create_thin 5' });
+    expect(err.message).toBe("needs root (CAP_SYS_ADMIN): the kernel refused DM_TARGET_MSG 'pool': permission denied; run as root (e.g. with sudo)");
+  });
+
+  test('other open failures stay DmIoctlError with syscall and path', async () => {
+    const { dm } = fake(() => openFailure('EMFILE', -24));
+    await expect(dm.version()).rejects.toMatchObject({ name: 'DmIoctlError', code: 'EMFILE', syscall: 'open', path: '/dev/mapper/control', ioctl: 'DM_VERSION' });
   });
 
   test('BUFFER_FULL reaching TypeScript is ENOBUFS, not a half list', async () => {

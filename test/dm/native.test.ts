@@ -9,7 +9,7 @@ import { existsSync, lstatSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { DeviceMapper } from '../../src/dm/device-mapper';
 import { Cmd, encodeRequest } from '../../src/dm/ioctl';
-import { DmIoctlError } from '../../src/errors';
+import { DmIoctlError, SetupError } from '../../src/errors';
 import { native } from '../../src/native/binding';
 import { sectors } from '../../src/units';
 import { Scratch, compile } from './helpers/cc';
@@ -38,11 +38,15 @@ describe('dmIoctl', () => {
     expect(err).toMatchObject({ code: 'ENOENT', errno: -2, syscall: 'open', path: absent, ioctl: 'DM_VERSION' });
   });
 
-  test('no control node: DeviceMapper says DmIoctlError ENOENT', async () => {
+  test('no control node: DeviceMapper says device-mapper is missing (SetupError), naming no ioctl', async () => {
     const absent = scratch.path('absent-control');
     const err = await new DeviceMapper({ controlPath: absent }).targetMessage('pool', sectors(0), 'release_metadata_snap').catch((e: unknown) => e);
-    expect(err).toBeInstanceOf(DmIoctlError);
-    expect(err).toMatchObject({ code: 'ENOENT', errno: -2, syscall: 'open', path: absent, ioctl: 'DM_TARGET_MSG', device: 'pool', targetMessage: 'release_metadata_snap' });
+    expect(err).toBeInstanceOf(SetupError);
+    expect(err).not.toBeInstanceOf(DmIoctlError);
+    expect(err).toMatchObject({ kind: 'no-device-mapper', code: 'ENOENT', errno: -2, syscall: 'open', path: absent, device: 'pool', targetMessage: 'release_metadata_snap' });
+    expect((err as Error).message).toBe(
+      `device-mapper is not available: ${absent} does not exist; load it as root with 'modprobe dm_thin_pool' (which loads dm_mod too), then check that ${absent} exists ('dmsetup mknodes' creates it)`,
+    );
   });
 
   test('a control path that is not the dm control node: ENOTTY from ioctl, with the device name', async () => {

@@ -4,7 +4,7 @@
  * every way a stream can be refused that does not need a target.
  */
 import fc from 'fast-check';
-import { StreamError } from '../../src/errors';
+import { StreamError, UsageError } from '../../src/errors';
 import { StreamEncoder, type StreamHeaderInit } from '../../src/stream/format/encoder';
 import {
   crc32cOf,
@@ -104,8 +104,8 @@ describe('codecs', () => {
     expect(bad((b) => b.writeUInt32LE(513, 24)).reason).toBe('malformed');
     expect(bad((b) => b.writeUInt32LE(0, 12)).reason).toBe('malformed'); // base bytes left over
     expect(refusal(() => decodeHeaderPayload(Buffer.concat([good, Buffer.alloc(1)]), where)).reason).toBe('malformed');
-    expect(() => encodeHeaderPayload({ version: 1, ...header({ dataBlockSize: 129 }) })).toThrow(RangeError);
-    expect(() => encodeHeaderPayload({ version: 1, ...header({ deviceSize: 100 }) })).toThrow(RangeError);
+    expect(() => encodeHeaderPayload({ version: 1, ...header({ dataBlockSize: 129 }) })).toThrow(UsageError);
+    expect(() => encodeHeaderPayload({ version: 1, ...header({ deviceSize: 100 }) })).toThrow(UsageError);
   });
 
   test('end payload round trip', () => {
@@ -125,13 +125,13 @@ describe('encoder invariants', () => {
     const e = new StreamEncoder(header({ deviceSize: 4 * 65536 }));
     expect(() => e.data(0, 0, Buffer.alloc(512))).toThrow(/header record comes first/);
     e.start();
-    expect(() => e.data(0, 0, Buffer.alloc(100))).toThrow(RangeError);
-    expect(() => e.data(0, 0, Buffer.alloc(MAX_DATA_BYTES + 512))).toThrow(RangeError);
-    expect(() => e.data(0, 128, Buffer.alloc(512))).toThrow(RangeError);
-    expect(() => e.data(3, 0, Buffer.alloc(2 * 65536))).toThrow(RangeError); // beyond the device
+    expect(() => e.data(0, 0, Buffer.alloc(100))).toThrow(UsageError);
+    expect(() => e.data(0, 0, Buffer.alloc(MAX_DATA_BYTES + 512))).toThrow(UsageError);
+    expect(() => e.data(0, 128, Buffer.alloc(512))).toThrow(UsageError);
+    expect(() => e.data(3, 0, Buffer.alloc(2 * 65536))).toThrow(UsageError); // beyond the device
     e.data(1, 0, Buffer.alloc(512));
-    expect(() => e.data(0, 0, Buffer.alloc(512))).toThrow(RangeError); // backwards
-    expect(() => e.discard(2, 3)).toThrow(RangeError); // beyond
+    expect(() => e.data(0, 0, Buffer.alloc(512))).toThrow(UsageError); // backwards
+    expect(() => e.discard(2, 3)).toThrow(UsageError); // beyond
     e.discard(2, 2);
     e.finish();
     expect(() => e.discard(3, 1)).toThrow(/ended/);

@@ -5,6 +5,7 @@
  * sender fails here rather than in someone's restore.
  */
 import { createHash, type Hash } from 'node:crypto';
+import { UsageError } from '../../errors';
 import {
   encodeDataPrefix,
   encodeDiscardPayload,
@@ -56,13 +57,13 @@ export class StreamEncoder {
   }
 
   private live(): void {
-    if (this.ended) throw new Error('stream already ended');
-    if (this.seq === 0) throw new Error('the header record comes first, and only once');
+    if (this.ended) throw new UsageError('stream already ended');
+    if (this.seq === 0) throw new UsageError('the header record comes first, and only once');
   }
 
   private emit(type: RecordType, payload: Uint8Array[]): Buffer[] {
-    if (this.ended) throw new Error('stream already ended');
-    if ((this.seq === 0) !== (type === RecordType.Header)) throw new Error('the header record comes first, and only once');
+    if (this.ended) throw new UsageError('stream already ended');
+    if ((this.seq === 0) !== (type === RecordType.Header)) throw new UsageError('the header record comes first, and only once');
     const parts = encodeRecord(type, this.seq++, payload);
     // The end record is not part of the digest (it carries it).
     if (type === RecordType.End) return parts;
@@ -87,9 +88,9 @@ export class StreamEncoder {
     this.live();
     const start = block * this.blockBytes + offsetSectors * SECTOR_SIZE;
     const end = start + data.length;
-    if (data.length === 0 || data.length % SECTOR_SIZE !== 0 || data.length > MAX_DATA_BYTES) throw new RangeError(`bad data record length ${data.length}`);
-    if (offsetSectors < 0 || offsetSectors >= this.header.dataBlockSize) throw new RangeError(`bad offset ${offsetSectors} in block`);
-    if (start < this.lastEnd || end > this.header.deviceSize) throw new RangeError(`data range [${start}, ${end}) out of order or beyond the device`);
+    if (data.length === 0 || data.length % SECTOR_SIZE !== 0 || data.length > MAX_DATA_BYTES) throw new UsageError(`bad data record length ${data.length}`);
+    if (offsetSectors < 0 || offsetSectors >= this.header.dataBlockSize) throw new UsageError(`bad offset ${offsetSectors} in block`);
+    if (start < this.lastEnd || end > this.header.deviceSize) throw new UsageError(`data range [${start}, ${end}) out of order or beyond the device`);
     const first = block;
     const last = Math.floor((end - 1) / this.blockBytes);
     this.counts.dataBlocks += last - first + 1 - (first === this.lastDataBlock ? 1 : 0);
@@ -104,7 +105,7 @@ export class StreamEncoder {
     this.live();
     const start = block * this.blockBytes;
     const blocks = Math.ceil(this.header.deviceSize / this.blockBytes);
-    if (count < 1 || start < this.lastEnd || block + count > blocks) throw new RangeError(`discard of blocks [${block}, ${block + count}) out of order or beyond the device`);
+    if (count < 1 || start < this.lastEnd || block + count > blocks) throw new UsageError(`discard of blocks [${block}, ${block + count}) out of order or beyond the device`);
     this.counts.discardBlocks += count;
     this.lastEnd = Math.min(this.header.deviceSize, (block + count) * this.blockBytes);
     return this.emit(RecordType.Discard, [encodeDiscardPayload(block, count)]);

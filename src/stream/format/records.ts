@@ -4,9 +4,9 @@
  * is specified in docs/stream-format.md (keep the two in step).
  */
 import { createHash } from 'node:crypto';
-import { StreamError } from '../../errors';
+import { StreamError, UsageError } from '../../errors';
 import { SECTOR_SIZE } from '../../units';
-import { native } from '../../native/binding';
+import { crc32cFunction } from '../../native/binding';
 import { MAX_SAFE_HI, TWO32 } from '../../pdata/words';
 
 /** First 4 bytes of every record. */
@@ -104,7 +104,7 @@ export function readU64(b: Buffer, off: number): number | null {
 
 /** CRC-32C (standard: seed ~0, final inversion) of several parts as one. */
 export function crc32cOf(parts: readonly Uint8Array[]): number {
-  const crc32c = native().crc32c;
+  const crc32c = crc32cFunction();
   let c = 0xffffffff;
   for (const p of parts) c = crc32c(p, c, true);
   return ~c >>> 0;
@@ -152,9 +152,9 @@ export function decodeRecordHeader(h: Buffer): RecordHeader {
 /** Canonical bytes of an identity (the same encoding as in the header record). */
 export function encodeIdentity(id: SnapshotIdentity): Buffer {
   const pool = Buffer.from(id.pool, 'utf8');
-  if (pool.length > MAX_POOL_ID_BYTES) throw new RangeError(`pool identity longer than ${MAX_POOL_ID_BYTES} bytes`);
-  if (!Number.isInteger(id.devId) || id.devId < 0 || id.devId >= TWO32) throw new RangeError(`bad device id ${id.devId}`);
-  if (!Number.isInteger(id.creationTime) || id.creationTime < 0 || id.creationTime >= TWO32) throw new RangeError(`bad creation time ${id.creationTime}`);
+  if (pool.length > MAX_POOL_ID_BYTES) throw new UsageError(`pool identity longer than ${MAX_POOL_ID_BYTES} bytes`);
+  if (!Number.isInteger(id.devId) || id.devId < 0 || id.devId >= TWO32) throw new UsageError(`bad device id ${id.devId}`);
+  if (!Number.isInteger(id.creationTime) || id.creationTime < 0 || id.creationTime >= TWO32) throw new UsageError(`bad creation time ${id.creationTime}`);
   const b = Buffer.alloc(18 + pool.length);
   b.writeBigUInt64LE(BigInt.asUintN(64, id.transactionId), 0);
   b.writeUInt32LE(id.devId, 8);
@@ -202,7 +202,7 @@ function decodeIdentity(b: Buffer, off: number, fail: (m: string) => never): { i
 export function encodeHeaderPayload(h: StreamHeader): Buffer {
   checkDataBlockSize(h.dataBlockSize);
   if (!Number.isSafeInteger(h.deviceSize) || h.deviceSize < 0 || h.deviceSize % SECTOR_SIZE !== 0) {
-    throw new RangeError(`device size ${h.deviceSize} is not a whole number of sectors`);
+    throw new UsageError(`device size ${h.deviceSize} is not a whole number of sectors`);
   }
   const fixed = Buffer.alloc(HEADER_FIXED_SIZE);
   STREAM_MAGIC.copy(fixed, 0);
@@ -213,13 +213,13 @@ export function encodeHeaderPayload(h: StreamHeader): Buffer {
   const parts = [fixed, encodeIdentity(h.target)];
   if (h.base) parts.push(encodeIdentity(h.base));
   const out = Buffer.concat(parts);
-  if (out.length > MAX_HEADER_PAYLOAD) throw new RangeError('header record too large');
+  if (out.length > MAX_HEADER_PAYLOAD) throw new UsageError('header record too large');
   return out;
 }
 
 function checkDataBlockSize(s: number): void {
   if (!Number.isInteger(s) || s < MIN_DATA_BLOCK_SECTORS || s > MAX_DATA_BLOCK_SECTORS || s % MIN_DATA_BLOCK_SECTORS !== 0) {
-    throw new RangeError(`data block size ${s} sectors is not a thin-pool block size (128..2097152, a multiple of 128)`);
+    throw new UsageError(`data block size ${s} sectors is not a thin-pool block size (128..2097152, a multiple of 128)`);
   }
 }
 

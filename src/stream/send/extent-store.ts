@@ -8,6 +8,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { UsageError } from '../../errors';
 
 export type SendExtentKind = 'data' | 'zero';
 
@@ -46,7 +47,7 @@ export class ExtentStore implements AsyncDisposable {
 
   /** Appends an extent (in ascending block order). */
   async add(e: SendExtent): Promise<void> {
-    if (this.sealed) throw new Error('ExtentStore is sealed');
+    if (this.sealed) throw new UsageError('ExtentStore is sealed');
     if (e.length <= 0) return;
     if (e.kind === 'data') this.totals.dataBlocks += e.length;
     else this.totals.zeroBlocks += e.length;
@@ -96,7 +97,7 @@ export class ExtentStore implements AsyncDisposable {
 
   /** The extents in order (seal first). May be iterated more than once. */
   async *[Symbol.asyncIterator](): AsyncGenerator<SendExtent> {
-    if (!this.sealed) throw new Error('ExtentStore: seal() before reading');
+    if (!this.sealed) throw new UsageError('ExtentStore: seal() before reading');
     const emit = function* (c: Float64Array, count: number): Generator<SendExtent> {
       for (let i = 0; i < count * 3; i += 3) {
         const s = c[i + 2];

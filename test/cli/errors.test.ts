@@ -1,0 +1,274 @@
+/**
+ * The errors a new user meets first, as they see them: the built CLI in a
+ * child process, its exit status and its one stderr line.
+ *
+ * - usage errors of the parser, in the same "dmthin CMD: message [CODE]" form
+ *   as every other error, exit 1 like thin_* 0.9.0;
+ * - no device-mapper and no privilege, for real: as root the test mounts a
+ *   tmpfs over /dev/mapper in a private mount namespace (no node: ENOENT; a
+ *   character node of a misc minor no driver registered: ENODEV, what a
+ *   kernel without dm_mod answers) and drops to uid 65534 for EACCES;
+ * - no native addon: a copy of dist/ and package.json without build/, and
+ *   one with a corrupt dmthin.node. Image files are still read (the portable
+ *   CRC and reader) and give the reference tools' output.
+ */
+import { spawnSync } from 'node:child_process';
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fixtureFile, itOracle, REPO_ROOT, runOracle, tempImage as tempImageCopy, type TempFile } from '../helpers/fixtures';
+import { CLI, runCli } from './run-cli';
+
+/** Exactly one line on stderr, nothing on stdout. */
+function oneLine(r: { status: number | null; stdout: string; stderr: string }): string {
+  expect(r.stdout).toBe('');
+  expect(r.stderr.endsWith('\n')).toBe(true);
+  const lines = r.stderr.slice(0, -1).split('\n');
+  expect(lines).toHaveLength(1);
+  return lines[0];
+}
+
+let image: TempFile;
+beforeAll(() => {
+  image = fixtureFile('basic');
+});
+afterAll(() => image?.cleanup());
+
+describe('usage errors: one line, [EINVAL], exit 1', () => {
+  test.each([
+    [['dump', '--bogus', 'x'], "dmthin dump: unknown option '--bogus'; see 'dmthin dump --help' [EINVAL]"],
+    [['ls', '-x', 'x'], "dmthin ls: unknown option '-x'; see 'dmthin ls --help' [EINVAL]"],
+    [['dump', '--fromat', 'xml', 'x'], "dmthin dump: unknown option '--fromat' (did you mean --format?); see 'dmthin dump --help' [EINVAL]"],
+    [['dump'], "dmthin dump: missing required argument 'metadata'; see 'dmthin dump --help' [EINVAL]"],
+    [['dump', 'a', 'b'], "dmthin dump: too many arguments: expected 1, got 2; see 'dmthin dump --help' [EINVAL]"],
+    [['dump', 'x', '-f'], "dmthin dump: option '-f, --format <format>' argument missing; see 'dmthin dump --help' [EINVAL]"],
+    [['send', '--metadata', 'x'], "dmthin send: required option '--snap <id>' not specified; see 'dmthin send --help' [EINVAL]"],
+    [['bogus'], "dmthin: unknown command 'bogus'; see 'dmthin --help' [EINVAL]"],
+    [['help', 'bogus'], "dmthin: unknown command 'bogus'; see 'dmthin --help' [EINVAL]"],
+    [[], "dmthin: a command is required (dump, ls, delta, rmap, pool, message, devices, send, receive, check); see 'dmthin --help' [EINVAL]"],
+    [
+      ['pool'],
+      "dmthin pool: a command is required (status, create-thin, create-snap, delete, set-transaction-id, reserve-metadata-snap, release-metadata-snap); see 'dmthin pool --help' [EINVAL]",
+    ],
+    [['pool', 'bogus'], "dmthin pool: unknown command 'bogus'; see 'dmthin pool --help' [EINVAL]"],
+    [['pool', 'status'], "dmthin pool status: missing required argument 'name'; see 'dmthin pool status --help' [EINVAL]"],
+    [['pool', 'create-thin', 'p', '1', '2'], "dmthin pool create-thin: too many arguments: expected 2, got 3; see 'dmthin pool create-thin --help' [EINVAL]"],
+    [['message', 'p'], "dmthin message: missing required argument 'sector'; see 'dmthin message --help' [EINVAL]"],
+    // delta has no -q, as thin_delta 0.9.0 has none.
+    [['delta', '-q', '--snap1', '1', '--snap2', '2', 'x'], "dmthin delta: unknown option '-q'; see 'dmthin delta --help' [EINVAL]"],
+  ])('dmthin %j', (args, line) => {
+    const r = runCli(args);
+    expect(r.status).toBe(1);
+    expect(oneLine(r)).toBe(line);
+  });
+
+  test("our own argument checks read the same way (ls -o takes field names, as thin_ls's)", () => {
+    const r = runCli(['ls', '-o', 'DEV,BOGUS', image.path]);
+    expect(r.status).toBe(1);
+    expect(oneLine(r)).toMatch(/^dmthin ls: unknown field 'BOGUS' \(fields: DEV, MAPPED_BLOCKS, .*\) \[EINVAL\]$/);
+  });
+
+  test.each([
+    ['1KB', 'ambiguous decimal unit'],
+    ['1 G', 'inner space'],
+    ['2048sib', 'no such suffix'],
+    ['12x', 'no such suffix'],
+  ])('send --size %s is refused (%s), naming what is accepted', (size) => {
+    const r = runCli(['send', '--metadata', image.path, '--data', image.path, '--snap', '1', '--size', size, '-o', join(tmpdir(), 'never-written')]);
+    expect(r.status).toBe(1);
+    expect(oneLine(r)).toBe(
+      `dmthin send: --size must be bytes, or a number with a suffix K, M, G, T, P (binary: 1K = 1024; KiB, MiB... too; any case) or s (512-byte sectors); got '${size}' [EINVAL]`,
+    );
+  });
+
+  test('send --help says the same of --size', () => {
+    const help = runCli(['send', '--help']).stdout.replace(/\s+/g, ' ');
+    expect(help).toContain("--size <size> the thin device's size: bytes, or a number with a suffix K, M, G, T, P (binary: 1K = 1024; KiB, MiB... too; any case) or s (512-byte sectors)");
+  });
+
+  test('ls --help says -o is the field list and lists every field', () => {
+    const help = runCli(['ls', '--help']).stdout.replace(/\s+/g, ' ');
+    expect(help).toContain('-o, --format <fields> comma-separated field names, case-sensitive (as thin_ls: here -o is the field list, not an output file)');
+    for (const f of ['DEV', 'MAPPED_BLOCKS', 'EXCLUSIVE_SECTORS', 'SHARED_BYTES', 'TRANSACTION', 'SNAP_TIME']) expect(help).toContain(f);
+  });
+
+  itOracle('a bad option exits 1, as thin_dump, thin_ls and thin_delta 0.9.0 do', () => {
+    for (const [tool, cmd] of [
+      ['thin_dump', 'dump'],
+      ['thin_ls', 'ls'],
+      ['thin_delta', 'delta'],
+    ]) {
+      const ref = runOracle(tool, ['--bogus', image.path]);
+      const ours = runCli([cmd, '--bogus', image.path]);
+      expect([cmd, ours.status]).toEqual([cmd, ref.status]);
+      expect(ref.status).toBe(1);
+    }
+    // thin_delta has no -q: it refuses it as any unknown option.
+    expect(runOracle('thin_delta', ['-q', '--snap1', '1', '--snap2', '2', image.path]).status).toBe(1);
+  });
+});
+
+const root = process.getuid?.() === 0;
+const rootTest = root ? test : test.skip;
+const NOBODY = ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups'];
+
+/** A misc-device minor no driver registered: opening a node of it is what a kernel without device-mapper answers. */
+function unusedMiscMinor(): number {
+  const used = new Set(
+    readFileSync('/proc/misc', 'utf8')
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => Number(l.trim().split(/\s+/)[0])),
+  );
+  // 236 is device-mapper's own minor: use it when this kernel has no dm.
+  for (const m of [236, ...Array.from({ length: 255 }, (_, i) => i + 1)]) if (!used.has(m)) return m;
+  throw new Error('no unused misc minor');
+}
+
+/** The CLI in a private mount namespace whose /dev/mapper is an empty tmpfs, after `setup` (a shell snippet). */
+function inPrivateDevMapper(setup: string, args: string[], asNobody = false) {
+  const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
+  const cmd = [...(asNobody ? NOBODY : []), process.execPath, CLI, ...args].map(q).join(' ');
+  const r = spawnSync('unshare', ['--mount', '--propagation', 'private', 'sh', '-ec', `mount -t tmpfs none /dev/mapper; ${setup}; exec ${cmd}`], {
+    encoding: 'utf8',
+    timeout: 60_000,
+  });
+  if (r.error) throw r.error;
+  return r;
+}
+
+describe('device-mapper missing, not root', () => {
+  rootTest('no /dev/mapper/control: device-mapper is not available [ENOENT], no ioctl named', () => {
+    for (const args of [['pool', 'status', 'p'], ['devices']]) {
+      const r = inPrivateDevMapper(':', args);
+      expect(r.status).toBe(1);
+      const line = oneLine(r);
+      expect(line).toBe(
+        `dmthin ${args[0] === 'pool' ? 'pool status' : 'devices'}: device-mapper is not available: /dev/mapper/control does not exist; load it as root with 'modprobe dm_thin_pool' (which loads dm_mod too), then check that /dev/mapper/control exists ('dmsetup mknodes' creates it) [ENOENT]`,
+      );
+      expect(line).not.toMatch(/DM_|ioctl/);
+    }
+  });
+
+  rootTest('the node but no driver: device-mapper is not available [ENODEV]', () => {
+    const r = inPrivateDevMapper(`mknod -m 600 /dev/mapper/control c 10 ${unusedMiscMinor()}`, ['pool', 'status', 'p']);
+    expect(r.status).toBe(1);
+    expect(oneLine(r)).toBe(
+      "dmthin pool status: device-mapper is not available: /dev/mapper/control exists but the kernel has no device-mapper driver; load it as root with 'modprobe dm_thin_pool' (which loads dm_mod too) [ENODEV]",
+    );
+  });
+
+  rootTest('a user who cannot open the control node: needs root [EACCES]', () => {
+    const r = inPrivateDevMapper(`mknod -m 600 /dev/mapper/control c 10 ${unusedMiscMinor()}`, ['devices'], true);
+    expect(r.status).toBe(1);
+    expect(oneLine(r)).toBe('dmthin devices: needs root (CAP_SYS_ADMIN): cannot open /dev/mapper/control: permission denied; run as root (e.g. with sudo) [EACCES]');
+  });
+
+  rootTest('a user who cannot open a block device: needs root [EACCES]; a regular file keeps the plain reason', () => {
+    const r = inPrivateDevMapper('mknod -m 600 /dev/mapper/meta b 7 0', ['ls', '/dev/mapper/meta'], true);
+    expect(r.status).toBe(1);
+    expect(oneLine(r)).toBe(
+      'dmthin ls: needs root (CAP_SYS_ADMIN): cannot open block device /dev/mapper/meta for reading: permission denied; run as root (e.g. with sudo), or give this user access to the device [EACCES]',
+    );
+    // Only root may read the image (0600); the user is told about permission, not root.
+    const f = inPrivateDevMapper(`cp ${image.path} /dev/mapper/image.bin; chmod 600 /dev/mapper/image.bin`, ['dump', '/dev/mapper/image.bin'], true);
+    expect(f.status).toBe(1);
+    expect(oneLine(f)).toBe('dmthin dump: cannot open /dev/mapper/image.bin for reading: permission denied [EACCES]');
+  });
+});
+
+describe('native addon missing or unloadable', () => {
+  let dir: string;
+  beforeAll(() => {
+    // A package without build/: dist and package.json, node_modules for commander.
+    dir = mkdtempSync(join(tmpdir(), 'dmthin-noaddon-'));
+    cpSync(join(REPO_ROOT, 'dist'), join(dir, 'dist'), { recursive: true });
+    cpSync(join(REPO_ROOT, 'package.json'), join(dir, 'package.json'));
+    symlinkSync(join(REPO_ROOT, 'node_modules'), join(dir, 'node_modules'));
+  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  const run = (args: string[]) => spawnSync(process.execPath, [join(dir, 'dist', 'cli', 'main.js'), ...args], { encoding: 'utf8', timeout: 120_000 });
+  const REBUILD = "run 'npm rebuild dmthin' in the project that installed it (in a dmthin clone: 'npm run build:native'); building needs python3, make, g++ and the Node.js headers";
+  const notBuilt = () => `dmthin's native addon is not built (${join(dir, 'build', 'Release', 'dmthin.node')} does not exist): ${REBUILD} [MODULE_NOT_FOUND]`;
+
+  test('not built: device-mapper commands fail with one line and the fix [MODULE_NOT_FOUND]; --help, --version and usage errors work', () => {
+    for (const [cmd, args] of [
+      ['pool status', ['pool', 'status', 'p']],
+      ['devices', ['devices']],
+    ] as const) {
+      const r = run([...args]);
+      expect(r.status).toBe(1);
+      expect(oneLine(r)).toBe(`dmthin ${cmd}: ${notBuilt()}`);
+    }
+    expect(run(['--version'])).toMatchObject({ status: 0, stderr: '' });
+    expect(run(['dump', '--help'])).toMatchObject({ status: 0, stderr: '' });
+    expect(oneLine(run(['dump', '--bogus']))).toBe("dmthin dump: unknown option '--bogus'; see 'dmthin dump --help' [EINVAL]");
+  });
+
+  rootTest('not built: a block device needs the addon (its size takes an ioctl)', () => {
+    const d = mkdtempSync(join(tmpdir(), 'dmthin-blk-'));
+    try {
+      const blk = join(d, 'meta');
+      expect(spawnSync('mknod', ['-m', '600', blk, 'b', '7', '0']).status).toBe(0);
+      const r = run(['ls', blk]);
+      expect(r.status).toBe(1);
+      expect(oneLine(r)).toBe(`dmthin ls: ${notBuilt()}`);
+    } finally {
+      rmSync(d, { recursive: true, force: true });
+    }
+  });
+
+  // Metadata image files need no addon: the portable CRC-32C and reader take over.
+  itOracle('not built: dump, ls, delta and rmap of an image file still print what thin_* 0.9.0 print', () => {
+    const snap = fixtureFile('shared-subtree');
+    try {
+      for (const [tool, args] of [
+        ['thin_dump', ['dump', snap.path]],
+        ['thin_dump', ['dump', '-f', 'human_readable', snap.path]],
+        ['thin_ls', ['ls', '-o', 'DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS,TRANSACTION', snap.path]],
+        ['thin_delta', ['delta', '--snap1', '1', '--snap2', '2', '--verbose', snap.path]],
+        // thin_rmap names one device per shared subtree (README): compared where nothing is shared.
+        ['thin_rmap', ['rmap', '--region', '0..100000', image.path]],
+      ] as const) {
+        const ref = runOracle(tool, args.slice(1));
+        const ours = run([...args]);
+        expect([args.join(' '), ours.stderr, ours.status]).toEqual([args.join(' '), '', 0]);
+        expect([args.join(' '), ours.stdout]).toEqual([args.join(' '), ref.stdout]);
+      }
+    } finally {
+      snap.cleanup();
+    }
+  });
+
+  itOracle('not built: check of an image file agrees with thin_check 0.9.0, also on a corrupted one', () => {
+    const ref = runOracle('thin_check', [image.path]);
+    const ours = run(['check', image.path]);
+    expect([ours.status, ref.status]).toEqual([0, 0]);
+    const bad = readFileSync(image.path);
+    bad[4096 + 100] ^= 0xff; // a byte inside block 1: its checksum no longer matches
+    const f = tempImageCopy(bad);
+    try {
+      const r = runOracle('thin_check', [f.path]);
+      const o = run(['check', '-q', f.path]);
+      expect(r.status).not.toBe(0);
+      expect(o.status).toBe(r.status);
+    } finally {
+      f.cleanup();
+    }
+  });
+
+  test("present but not loadable: one line with the loader's reason and the fix [ERR_DLOPEN_FAILED]", () => {
+    mkdirSync(join(dir, 'build', 'Release'), { recursive: true });
+    const node = join(dir, 'build', 'Release', 'dmthin.node');
+    writeFileSync(node, Buffer.alloc(4096, 0x41));
+    try {
+      const r = run(['pool', 'status', 'p']);
+      expect(r.status).toBe(1);
+      const line = oneLine(r);
+      expect(line.startsWith(`dmthin pool status: dmthin's native addon does not load (${node}: `)).toBe(true);
+      expect(line.endsWith(`): ${REBUILD} [ERR_DLOPEN_FAILED]`)).toBe(true);
+    } finally {
+      rmSync(join(dir, 'build'), { recursive: true, force: true });
+    }
+  });
+});
