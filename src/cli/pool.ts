@@ -35,6 +35,24 @@ export function formatStatus(name: string, s: ThinPoolStatus): string {
   return `${name}\n` + rows.map(([k, v]) => `  ${k.padEnd(w)}  ${v}\n`).join('');
 }
 
+/**
+ * The --json object (docs/json.md): transactionId a decimal string, block
+ * counts numbers; the fields an older kernel does not report are null, so
+ * every key of a working pool is always there.
+ */
+export function statusJson(name: string, s: ThinPoolStatus): Record<string, unknown> {
+  if (s.kind !== 'working') return { pool: name, kind: s.kind };
+  return {
+    pool: name,
+    ...s,
+    mode: s.mode ?? null,
+    discard: s.discard ?? null,
+    noSpacePolicy: s.noSpacePolicy ?? null,
+    needsCheck: s.needsCheck ?? null,
+    metadataLowWatermark: s.metadataLowWatermark ?? null,
+  };
+}
+
 export function register(program: Command, ctx: () => CliContext): void {
   const pool = program.command('pool').description('status and messages of a live thin-pool (needs root and device-mapper)');
 
@@ -47,7 +65,7 @@ export function register(program: Command, ctx: () => CliContext): void {
     .action(async (name: string, o: { json?: boolean; noflush?: boolean }) => {
       ctx();
       const s = await (await ThinPool.open(name)).status({ noflush: o.noflush });
-      process.stdout.write(o.json ? toJson({ pool: name, ...s }) + '\n' : formatStatus(name, s));
+      process.stdout.write(o.json ? toJson(statusJson(name, s)) + '\n' : formatStatus(name, s));
     });
 
   pool

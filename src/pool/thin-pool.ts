@@ -14,7 +14,6 @@ import { formatDev, type DevNum, type DmTarget } from '../dm/ioctl';
 import {
   PoolMessage,
   THIN_POOL_TARGET,
-  type ThinId,
   type ThinPoolFeature,
   type ThinPoolStatus,
   type ThinPoolStatusWorking,
@@ -37,12 +36,12 @@ export interface ThinPoolCreateOptions {
   /** Data device: a block device path or 'major:minor'. */
   dataDev: string;
   /** In 512-byte sectors: 128 (64 KiB) .. 2097152 (1 GiB), a multiple of 128. */
-  dataBlockSize: Sectors | number;
+  dataBlockSize: Sectors;
   /** Free data blocks below which the pool raises a dm event. */
-  lowWaterMark: DataBlocks | number;
+  lowWaterMark: DataBlocks;
   features?: ThinPoolFeature[];
   /** Pool length in sectors; default: the whole data device, whole blocks only. */
-  length?: Sectors | number;
+  length?: Sectors;
   uuid?: string;
   dm?: DeviceMapper;
 }
@@ -99,14 +98,14 @@ export class ThinPool {
     let length = o.length;
     if (length === undefined) {
       const total = await sizeInSectors(data);
-      length = total - (total % Number(o.dataBlockSize));
+      length = sectors(total - (total % o.dataBlockSize));
       if (length <= 0) throw new UsageError(`data device ${o.dataDev} is smaller than one data block`);
     }
-    const target = thinPoolTarget(sectors(Number(length)), {
+    const target = thinPoolTarget(length, {
       metadataDev: meta,
       dataDev: data,
-      dataBlockSize: sectors(Number(o.dataBlockSize)),
-      lowWaterMark: dataBlocks(Number(o.lowWaterMark)),
+      dataBlockSize: o.dataBlockSize,
+      lowWaterMark: o.lowWaterMark,
       features: o.features,
     });
     const info = await dm.createWithTable(o.name, [target], { uuid: o.uuid });
@@ -157,12 +156,12 @@ export class ThinPool {
     await this.dm.targetMessage(this.name, sectors(0), text);
   }
 
-  async createThin(id: ThinId): Promise<void> {
+  async createThin(id: number): Promise<void> {
     await this.message(PoolMessage.createThin(id));
   }
 
   /** create_snap; active thin devices of the origin are suspended around it unless told not to. */
-  async createSnap(id: ThinId, originId: ThinId, opts: CreateSnapOptions = {}): Promise<void> {
+  async createSnap(id: number, originId: number, opts: CreateSnapOptions = {}): Promise<void> {
     const msg = PoolMessage.createSnap(id, originId); // validate before touching anything
     const toSuspend = opts.suspendOrigin === false ? [] : (await this.activeThins()).filter((t) => BigInt(t.devId) === BigInt(originId));
     const suspended: ActiveThin[] = [];
@@ -180,12 +179,12 @@ export class ThinPool {
     }
   }
 
-  async delete(id: ThinId): Promise<void> {
+  async delete(id: number): Promise<void> {
     await this.message(PoolMessage.delete(id));
   }
 
-  /** Compare-and-swap of the pool's transaction id (EINVAL if `current` is not it). */
-  async setTransactionId(current: bigint | number, next: bigint | number): Promise<void> {
+  /** Compare-and-swap of the pool's transaction id (EINVAL if `current` is not it); u64s, so bigints. */
+  async setTransactionId(current: bigint, next: bigint): Promise<void> {
     await this.message(PoolMessage.setTransactionId(current, next));
   }
 

@@ -11,16 +11,24 @@ import { MAX_SAFE_HI, TWO32 } from '../pdata/words';
 import { mappingDataBlock, mappingTime } from './mapping-value';
 
 /**
- * A virtual block number: a number below 2^53, a bigint above. (A thin device
- * can be up to 2^64 sectors long, so its blocks can exceed 2^53.)
+ * A virtual block number (a mapping key: a u64 on disk, so it can pass 2^53;
+ * see docs/json.md). Always a bigint in the API, a decimal string in JSON.
  */
-export type VirtualBlock = number | bigint;
+export type VirtualBlock = bigint;
+
+/**
+ * @internal A virtual block on the hot paths: a number below 2^53, a bigint
+ * from there on (so millions of keys cost no BigInt each). Never on a public
+ * type: the API converts with BigInt().
+ */
+export type VirtualKey = number | bigint;
 
 export interface MappingRun {
-  /** First virtual block (in data-block units). */
+  /** First virtual block (in data-block units). End: `originBegin + BigInt(length)`. */
   originBegin: VirtualBlock;
-  /** First data block. */
+  /** First data block (data blocks are below 2^40: a number). */
   dataBegin: number;
+  /** Blocks in the run, on both sides (a number: it never exceeds the data blocks). */
   length: number;
   /** Snapshot time the mappings were made at. */
   time: number;
@@ -46,8 +54,8 @@ export interface MappingWalkOptions {
   signal?: AbortSignal;
   onProgress?: (p: WalkProgress) => void;
   /** Visit only virtual blocks in [begin, end). */
-  begin?: VirtualBlock;
-  end?: VirtualBlock;
+  begin?: VirtualKey;
+  end?: VirtualKey;
 }
 
 /** Decodes entry i of a mapping leaf. */
@@ -57,7 +65,10 @@ export function leafMapping(leaf: BtreeNode, i: number): Mapping {
   return { dataBlock: mappingDataBlock(lo, leaf.u32[w + 1]), time: mappingTime(lo) };
 }
 
-/** Runs in struct-of-arrays form: cheap to produce and to format by the million. */
+/**
+ * @internal Runs in struct-of-arrays form: cheap to produce and to format by
+ * the million (the fast path under `ThinMetadata.mappings`).
+ */
 export class RunBatch {
   count = 0;
   readonly originBegin: Float64Array;
@@ -76,7 +87,7 @@ export class RunBatch {
     this.count = 0;
     this.big = null;
   }
-  push(o: VirtualBlock, d: number, l: number, t: number): void {
+  push(o: VirtualKey, d: number, l: number, t: number): void {
     const i = this.count++;
     if (typeof o === 'bigint') {
       (this.big ??= new Map()).set(i, o);
@@ -86,12 +97,14 @@ export class RunBatch {
     this.length[i] = l;
     this.time[i] = t;
   }
-  origin(i: number): VirtualBlock {
+  /** Origin of run i: a number below 2^53, a bigint from there on. */
+  origin(i: number): VirtualKey {
     const o = this.originBegin[i];
     return o === o ? o : this.big!.get(i)!;
   }
+  /** Run i as a public MappingRun (origin as a bigint). */
   run(i: number): MappingRun {
-    return { originBegin: this.origin(i), dataBegin: this.dataBegin[i], length: this.length[i], time: this.time[i] };
+    return { originBegin: BigInt(this.origin(i)), dataBegin: this.dataBegin[i], length: this.length[i], time: this.time[i] };
   }
 }
 
@@ -108,7 +121,7 @@ export async function* mappingRunBatches(io: BlockSource, root: number, opts: Ma
   const whole = begin === 0 && end === Infinity;
   // The current run. oBegin is a bigint once virtual blocks pass 2^53.
   let open = false;
-  let oBegin: VirtualBlock = 0;
+  let oBegin: VirtualKey = 0;
   let dBegin = 0;
   let len = 0;
   let time = 0;
@@ -136,7 +149,7 @@ export async function* mappingRunBatches(io: BlockSource, root: number, opts: Ma
       const lo = u32[vbase + 2 * i];
       const data = mappingDataBlock(lo, u32[vbase + 2 * i + 1]);
       const t = mappingTime(lo);
-      let key: VirtualBlock;
+      let key: VirtualKey;
       let extendsRun: boolean;
       if (khi < MAX_SAFE_HI && typeof oBegin === 'number') {
         // Fast path: every virtual block so far fits in a number.
