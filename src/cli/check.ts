@@ -5,7 +5,6 @@
  */
 import type { Command } from 'commander';
 import { MetadataError } from '../errors';
-import type { Key } from '../pdata/btree';
 import { checkMetadata, CheckPhase, CheckProblem, CheckReport, openFailureReport } from '../thin/check';
 import { CliContext } from './common';
 import { Progress } from './progress';
@@ -32,8 +31,7 @@ const PHASES: Record<CheckPhase, string> = {
 };
 
 const MAX_U64 = (1n << 64n) - 1n;
-// eslint-disable-next-line eqeqeq
-const keyText = (k: Key): string => (BigInt(k) == MAX_U64 ? 'end' : String(k));
+const keyText = (k: bigint): string => (k === MAX_U64 ? 'end' : String(k));
 
 /** One line naming the problem, the block, the tree, the device and the key range. */
 function problemLine(p: CheckProblem): string {
@@ -45,14 +43,17 @@ function problemLine(p: CheckProblem): string {
   return `${p.severity === 'fatal' ? 'error' : 'warning'} [${p.kind}]${where.length ? ` (${where.join(', ')})` : ''}: ${p.message}`;
 }
 
-/** The --json object: u64 keys and transaction ids as decimal strings, block numbers and counts as numbers. */
-function reportJson(r: CheckReport): unknown {
+/**
+ * The --json object (docs/json.md): u64 keys and transaction ids as decimal
+ * strings, block numbers and counts as numbers, every key always present.
+ */
+export function reportJson(r: CheckReport): unknown {
   return {
     problems: r.problems.map((p) => ({
       severity: p.severity,
       kind: p.kind,
       block: p.block ?? null,
-      ...(p.nrBlocks !== undefined ? { nrBlocks: p.nrBlocks } : {}),
+      nrBlocks: p.nrBlocks ?? null,
       devId: p.devId ?? null,
       tree: p.tree ?? null,
       keys: p.keys ? [String(p.keys[0]), String(p.keys[1])] : null,

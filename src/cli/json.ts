@@ -1,16 +1,8 @@
-/** JSON for CLI output: bigints print as exact integers (JSON has no size limit). */
+/**
+ * JSON for CLI output, as docs/json.md says: a bigint (a u64 the format lets
+ * pass 2^53) prints as a decimal string, so JSON.parse never rounds it and the
+ * field's type does not depend on its value.
+ */
 export function toJson(v: unknown, indent = 2): string {
-  const marks: string[] = [];
-  const s = JSON.stringify(
-    v,
-    (_k, x) => {
-      if (typeof x === 'bigint') {
-        marks.push(x.toString());
-        return `\u0000big${marks.length - 1}\u0000`;
-      }
-      return x;
-    },
-    indent,
-  );
-  return s.replace(/"\\u0000big(\d+)\\u0000"/g, (_m, i) => marks[Number(i)]);
+  return JSON.stringify(v, (_k, x) => (typeof x === 'bigint' ? x.toString() : x), indent);
 }

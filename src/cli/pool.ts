@@ -71,7 +71,26 @@ export function formatEvent(ev: PoolEvent): string {
 /** The event as one JSON line: its fields and the status after it (not the previous one). */
 export function eventJson(pool: string, ev: PoolEvent): string {
   const { previous: _previous, status, type, ...fields } = ev;
-  return toJson({ pool, type, ...fields, status }, 0) + '\n';
+  const { pool: _p, ...st } = statusJson(pool, status);
+  return toJson({ pool, type, ...fields, status: st }, 0) + '\n';
+}
+
+/**
+ * The --json object (docs/json.md): transactionId a decimal string, block
+ * counts numbers; the fields an older kernel does not report are null, so
+ * every key of a working pool is always there.
+ */
+export function statusJson(name: string, s: ThinPoolStatus): Record<string, unknown> {
+  if (s.kind !== 'working') return { pool: name, kind: s.kind };
+  return {
+    pool: name,
+    ...s,
+    mode: s.mode ?? null,
+    discard: s.discard ?? null,
+    noSpacePolicy: s.noSpacePolicy ?? null,
+    needsCheck: s.needsCheck ?? null,
+    metadataLowWatermark: s.metadataLowWatermark ?? null,
+  };
 }
 
 export function register(program: Command, ctx: () => CliContext): void {
@@ -86,7 +105,7 @@ export function register(program: Command, ctx: () => CliContext): void {
     .action(async (name: string, o: { json?: boolean; noflush?: boolean }) => {
       ctx();
       const s = await (await ThinPool.open(name)).status({ noflush: o.noflush });
-      process.stdout.write(o.json ? toJson({ pool: name, ...s }) + '\n' : formatStatus(name, s));
+      process.stdout.write(o.json ? toJson(statusJson(name, s)) + '\n' : formatStatus(name, s));
     });
 
   pool

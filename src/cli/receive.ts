@@ -65,7 +65,7 @@ export function register(program: Command, ctx: () => CliContext): void {
           onProgress: (p) => bar.update(p.bytes, p.totalBytes, p.phase === 'verify' ? 'bytes verified' : 'bytes applied'),
         });
         bar.stop();
-        if (o.json) process.stdout.write(toJson(r) + '\n');
+        if (o.json) process.stdout.write(toJson({ ...r, resizedFrom: r.resizedFrom ?? null }) + '\n');
       } catch (e) {
         // The library names its options; a command-line user needs the flags.
         if (e instanceof DmthinError) e.message = e.message.replace(/option (force|resized|create)\b/g, '--$1');

@@ -2,7 +2,7 @@
 import type { Command } from 'commander';
 import { UsageError } from '../errors';
 import { OutputSink } from '../output/sink';
-import { rmap, type DataRegion } from '../thin/rmap';
+import { rmapRaw, type DataRegion } from '../thin/rmap';
 import { CliContext } from './common';
 import { Progress } from './progress';
 import { MetadataSnapOpts, openMetadata } from './metadata-source';
@@ -28,8 +28,9 @@ function parseRegion(v: string): DataRegion {
   const [begin, end] = [BigInt(m[1]), BigInt(m[2])];
   if (begin >= U64_END || end >= U64_END) throw new UsageError(`bad region '${v}': block numbers are below 2^64`);
   if (end <= begin) throw new UsageError(`bad region '${v}': END must be greater than BEGIN (END is one past the last block)`);
-  const n = (x: bigint) => (x <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(x) : x);
-  return { begin: n(begin), end: n(end) };
+  // Data blocks are below 2^40: bounds past 2^53 match nothing more, so they are clamped.
+  const MAX = BigInt(Number.MAX_SAFE_INTEGER);
+  return { begin: Number(begin < MAX ? begin : MAX - 1n), end: Number(end < MAX ? end : MAX) };
 }
 
 export function register(program: Command, ctx: () => CliContext): void {
@@ -54,7 +55,7 @@ export function register(program: Command, ctx: () => CliContext): void {
       try {
         let lines = '';
         let n = 0;
-        for await (const r of rmap(md, regions, { signal: c.signal, onProgress: (p) => bar.update(p.mappings, p.total) })) {
+        for await (const r of rmapRaw(md, regions, { signal: c.signal, onProgress: (p) => bar.update(p.mappings, p.total) })) {
           bar.stop();
           const v = r.virtualBegin;
           const vEnd = typeof v === 'number' && v + r.length <= Number.MAX_SAFE_INTEGER ? v + r.length : BigInt(v) + BigInt(r.length);

@@ -11,7 +11,10 @@
  */
 import { UsageError } from '../errors';
 import type { DeltaExtent } from '../thin/delta';
-import type { VirtualBlock } from '../thin/mappings';
+import type { VirtualKey } from '../thin/mappings';
+
+/** A virtual block as the API (bigint) or the delta's hot path (a number below 2^53) gives it. */
+type AnyBlock = VirtualKey;
 
 export type MergeOp = 'copy' | 'discard';
 
@@ -31,7 +34,7 @@ export interface MergePlan {
   endBlock: number;
 }
 
-function blockNumber(b: VirtualBlock): number {
+function blockNumber(b: AnyBlock): number {
   const n = typeof b === 'bigint' ? Number(b) : b;
   // Bytes of such a block are past 2^53 anyway: no block device is that large.
   if (!Number.isSafeInteger(n) || n < 0) throw new UsageError(`virtual block ${b} is beyond what a merge can address`);
@@ -52,7 +55,7 @@ export class MergePlanBuilder {
 
   constructor(private readonly keep = true) {}
 
-  add(op: MergeOp, begin: VirtualBlock, length: number): void {
+  add(op: MergeOp, begin: AnyBlock, length: number): void {
     if (length <= 0) return;
     const b = blockNumber(begin);
     const p = this.plan;
@@ -73,7 +76,7 @@ export class MergePlanBuilder {
   }
 
   /** A delta extent ORIGIN (left) -> SNAP (right). */
-  addDelta(e: DeltaExtent): void {
+  addDelta(e: Omit<DeltaExtent, 'begin'> & { begin: AnyBlock }): void {
     if (e.kind === 'different' || e.kind === 'right_only') this.add('copy', e.begin, e.length);
     else if (e.kind === 'left_only') this.add('discard', e.begin, e.length);
   }
@@ -99,14 +102,14 @@ export class MergePlanBuilder {
 }
 
 /** The plan of an in-pool merge from the delta ORIGIN -> SNAP (extents in order). */
-export function planFromDelta(extents: Iterable<DeltaExtent>): MergePlan {
+export function planFromDelta(extents: Iterable<Omit<DeltaExtent, 'begin'> & { begin: AnyBlock }>): MergePlan {
   const b = new MergePlanBuilder();
   for (const e of extents) b.addDelta(e);
   return b.done();
 }
 
 /** The plan of an external-origin merge from the thin's mapping runs (in order). */
-export function planFromMappings(runs: Iterable<{ originBegin: VirtualBlock; length: number }>): MergePlan {
+export function planFromMappings(runs: Iterable<{ originBegin: AnyBlock; length: number }>): MergePlan {
   const b = new MergePlanBuilder();
   for (const r of runs) b.add('copy', r.originBegin, r.length);
   return b.done();

@@ -9,7 +9,6 @@ import { BtreeNode, walkLeaves } from './btree';
 import type { BlockSource } from './block-source';
 import { ENTRIES_PER_BITMAP, IndexEntry, MAX_METADATA_BITMAPS, SpaceMap, SpaceMapKind, SpaceMapRoot } from './space-map';
 import { BlockType, verifyChecksum } from './checksum';
-import type { Key } from './btree';
 import { MAX_SAFE_HI, TWO32 } from './words';
 
 /** Fatal problems make the metadata unusable; non-fatal ones (e.g. leaked blocks) do not. */
@@ -29,8 +28,8 @@ export interface CheckProblem {
   devId?: number;
   /** 'superblock', 'details', 'mapping-top', 'mapping', 'metadata-sm', 'data-sm', 'data-sm-index', 'ref-count'... */
   tree?: string;
-  /** Inclusive key range the problem applies to (a node's range as its parent gives it). */
-  keys?: [Key, Key];
+  /** Inclusive key range the problem applies to (a node's range as its parent gives it); u64s, so bigints. */
+  keys?: [bigint, bigint];
   /** What is wrong, for a person. */
   message: string;
 }

@@ -5,7 +5,6 @@ import { DmthinError } from '../errors';
 import { DeviceMapper } from '../dm/device-mapper';
 import type { DevNum } from '../dm/ioctl';
 import { parseThinStatus, parseThinTable, thinTarget, THIN_TARGET, type ThinStatus } from '../dm/targets/thin';
-import type { ThinId } from '../dm/targets/thin-pool';
 import { type Sectors, sectors } from '../units';
 import type { ThinPool } from './thin-pool';
 
@@ -14,9 +13,9 @@ export interface ActivateOptions {
   /** dm name of the new device. */
   name: string;
   /** Thin id in the pool (create it first with pool.createThin / createSnap). */
-  devId: ThinId;
+  devId: number;
   /** Virtual size in sectors. */
-  length: Sectors | number;
+  length: Sectors;
   /** Read-only device that supplies unprovisioned blocks. */
   externalOrigin?: string | DevNum;
   /** Make the dm device read-only. */

@@ -43,13 +43,13 @@ export interface ThinPoolCreateOptions {
   /** Data device: a block device path or 'major:minor'. */
   dataDev: string;
   /** In 512-byte sectors: 128 (64 KiB) .. 2097152 (1 GiB), a multiple of 128. */
-  dataBlockSize: Sectors | number;
+  dataBlockSize: Sectors;
   /** Free data blocks below which the pool raises a dm event. */
-  lowWaterMark: DataBlocks | number;
+  lowWaterMark: DataBlocks;
   /** Feature arguments of the table line (at most 4). */
   features?: ThinPoolFeature[];
   /** Pool length in sectors; default: the whole data device, whole blocks only. */
-  length?: Sectors | number;
+  length?: Sectors;
   /** The dm uuid of the pool device. */
   uuid?: string;
   /** The DeviceMapper to use (default: a new one on /dev/mapper/control). */
@@ -135,14 +135,14 @@ export class ThinPool {
     let length = o.length;
     if (length === undefined) {
       const total = await sizeInSectors(data);
-      length = total - (total % Number(o.dataBlockSize));
+      length = sectors(total - (total % o.dataBlockSize));
       if (length <= 0) throw new UsageError(`data device ${o.dataDev} is smaller than one data block`);
     }
-    const target = thinPoolTarget(sectors(Number(length)), {
+    const target = thinPoolTarget(length, {
       metadataDev: meta,
       dataDev: data,
-      dataBlockSize: sectors(Number(o.dataBlockSize)),
-      lowWaterMark: dataBlocks(Number(o.lowWaterMark)),
+      dataBlockSize: o.dataBlockSize,
+      lowWaterMark: o.lowWaterMark,
       features: o.features,
     });
     const info = await dm.createWithTable(o.name, [target], { uuid: o.uuid });
@@ -223,12 +223,12 @@ export class ThinPool {
   }
 
   /** create_thin: a new, empty thin device `id` (EEXIST if it exists). */
-  async createThin(id: ThinId): Promise<void> {
+  async createThin(id: number): Promise<void> {
     await this.message(PoolMessage.createThin(id));
   }
 
   /** create_snap; active thin devices of the origin are suspended around it unless told not to. */
-  async createSnap(id: ThinId, originId: ThinId, opts: CreateSnapOptions = {}): Promise<void> {
+  async createSnap(id: number, originId: number, opts: CreateSnapOptions = {}): Promise<void> {
     const msg = PoolMessage.createSnap(id, originId); // validate before touching anything
     const toSuspend = opts.suspendOrigin === false ? [] : (await this.activeThins()).filter((t) => BigInt(t.devId) === BigInt(originId));
     const suspended: ActiveThin[] = [];
@@ -247,12 +247,12 @@ export class ThinPool {
   }
 
   /** delete: removes thin device `id` and its mappings (EBUSY while it is active). */
-  async delete(id: ThinId): Promise<void> {
+  async delete(id: number): Promise<void> {
     await this.message(PoolMessage.delete(id));
   }
 
-  /** Compare-and-swap of the pool's transaction id (EINVAL if `current` is not it). */
-  async setTransactionId(current: bigint | number, next: bigint | number): Promise<void> {
+  /** Compare-and-swap of the pool's transaction id (EINVAL if `current` is not it); u64s, so bigints. */
+  async setTransactionId(current: bigint, next: bigint): Promise<void> {
     await this.message(PoolMessage.setTransactionId(current, next));
   }
 

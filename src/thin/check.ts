@@ -224,7 +224,7 @@ class Checker {
       block,
       ...(t.devId !== undefined ? { devId: t.devId } : {}),
       tree: t.kind,
-      keys: [it.lo, it.hi === Infinity ? TWO64M1 : typeof it.hi === 'bigint' ? it.hi - 1n : it.hi - 1],
+      keys: [toBig(it.lo), hiIncl(it.hi)],
       message,
     });
   }
@@ -292,7 +292,7 @@ class Checker {
       try {
         node = t.validator.visit(blocks[i], it.lo, it.hi, depth);
       } catch (e) {
-        this.caught(e, { keys: [it.lo, it.hi === Infinity ? TWO64M1 : typeof it.hi === 'bigint' ? it.hi - 1n : it.hi - 1] });
+        this.caught(e, { keys: [toBig(it.lo), hiIncl(it.hi)] });
         t.faulty = true;
         continue;
       }
@@ -319,7 +319,7 @@ class Checker {
             child = node.value64(k);
             t.validator.checkPointer(child, b);
           } catch (e) {
-            this.caught(e, { keys: [lo, hi === Infinity ? TWO64M1 : typeof hi === 'bigint' ? hi - 1n : hi - 1] });
+            this.caught(e, { keys: [toBig(lo), hiIncl(hi)] });
             t.faulty = true;
             continue;
           }
@@ -443,7 +443,7 @@ async function checkTrees(c: Checker, sb: Superblock, opts: CheckOptions, label:
             block: leaf.nr,
             devId: id,
             tree: 'mapping',
-            keys: [k, k],
+            keys: [toBig(k), toBig(k)],
             message: `${pre(label)}device ${id}: block ${k} maps to data block ${data}, beyond the data device (${c.nrDataBlocks} blocks) (leaf ${leaf.nr}${badCount > 1 ? `; ${badCount} such mappings in this leaf` : ''})`,
           });
         }

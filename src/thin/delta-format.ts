@@ -9,9 +9,9 @@
  */
 import type { Writable } from 'node:stream';
 import { OutputSink } from '../output/sink';
-import type { DeltaExtent, DeltaKind, DeltaOptions, DeltaStats } from './delta';
+import type { DeltaKind, DeltaOptions, DeltaStats, RawDeltaExtent } from './delta';
 import type { ThinMetadata } from './metadata';
-import type { VirtualBlock } from './mappings';
+import type { VirtualKey } from './mappings';
 
 /** writeDelta's output: thin_delta's XML, or JSON. */
 export type DeltaFormat = 'xml' | 'json';
@@ -39,12 +39,12 @@ export type DeltaSubject =
       rightRoot: number;
     };
 
-const add = (a: VirtualBlock, n: number): VirtualBlock => (typeof a === 'number' && a + n <= Number.MAX_SAFE_INTEGER ? a + n : BigInt(a) + BigInt(n));
+const add = (a: VirtualKey, n: number): VirtualKey => (typeof a === 'number' && a + n <= Number.MAX_SAFE_INTEGER ? a + n : BigInt(a) + BigInt(n));
 // eslint-disable-next-line eqeqeq
-const eq = (a: VirtualBlock, b: VirtualBlock) => a == b;
+const eq = (a: VirtualKey, b: VirtualKey) => a == b;
 
 /** Feeds every batch to `each` (flushing the sink between batches); returns the generator's result. */
-async function drain<T>(gen: AsyncGenerator<DeltaExtent[], T>, s: OutputSink, each: (e: DeltaExtent) => void, afterBatch?: () => void): Promise<T> {
+async function drain<T>(gen: AsyncGenerator<RawDeltaExtent[], T>, s: OutputSink, each: (e: RawDeltaExtent) => void, afterBatch?: () => void): Promise<T> {
   for (;;) {
     const r = await gen.next();
     if (r.done) return r.value;
@@ -62,37 +62,18 @@ export async function writeDelta(md: ThinMetadata, out: Writable, subject: Delta
     `<superblock uuid="" time="${sb.time}" transaction="${sb.transactionId}" data_block_size="${sb.dataBlockSize}" nr_data_blocks="${md.nrDataBlocks}"` +
     (md.metadataSnap === null && md.liveSuperblock.heldRoot ? ` metadata_snap="${md.liveSuperblock.heldRoot}"` : '');
   const gen =
-    'left' in subject
-      ? md.deltaExtentBatches(subject.left, subject.right, opts)
-      : (async function* () {
-          const g = md.deltaOfRoots(subject.leftRoot, subject.rightRoot, opts);
-          let batch: DeltaExtent[] = [];
-          for (;;) {
-            const r = await g.next();
-            if (r.done) {
-              if (batch.length) yield batch;
-              return r.value;
-            }
-            batch.push(r.value);
-            if (batch.length >= 256) {
-              yield batch;
-              batch = [];
-            }
-          }
-        })();
+    'left' in subject ? md.deltaExtentBatches(subject.left, subject.right, opts) : md.deltaRootBatches(subject.leftRoot, subject.rightRoot, opts);
 
   if (opts.format === 'json') {
+    // Key names and types as docs/json.md: u64s (transactionId, begin) as decimal strings, every key always present.
     const ids = 'left' in subject ? `"left":${subject.left},"right":${subject.right}` : `"leftRoot":${subject.leftRoot},"rightRoot":${subject.rightRoot}`;
     s.str(
-      `{"superblock":{"time":${sb.time},"transaction":${sb.transactionId},"dataBlockSize":${sb.dataBlockSize},"nrDataBlocks":${md.nrDataBlocks}` +
-        `${md.metadataSnap !== null ? `,"metadataSnap":${md.metadataSnap}` : ''}},${ids},"extents":[`,
+      `{"superblock":{"time":${sb.time},"transactionId":"${sb.transactionId}","dataBlockSize":${sb.dataBlockSize},"nrDataBlocks":${md.nrDataBlocks}` +
+        `,"metadataSnap":${md.metadataSnap ?? 'null'}},${ids},"extents":[`,
     );
     let first = true;
     const stats = await drain(gen, s, (e) => {
-      s.str(
-        `${first ? '\n' : ',\n'}{"kind":"${e.kind}","begin":${e.begin},"length":${e.length}` +
-          `${e.leftData !== undefined ? `,"leftData":${e.leftData}` : ''}${e.rightData !== undefined ? `,"rightData":${e.rightData}` : ''}}`,
-      );
+      s.str(`${first ? '\n' : ',\n'}{"kind":"${e.kind}","begin":"${e.begin}","length":${e.length},"leftData":${e.leftData ?? 'null'},"rightData":${e.rightData ?? 'null'}}`);
       first = false;
     });
     s.str('\n]}\n');
@@ -105,7 +86,7 @@ export async function writeDelta(md: ThinMetadata, out: Writable, subject: Delta
 
   // Plain: the pending merged element. Verbose: the open container.
   let pk: DeltaKind | undefined;
-  let pBegin: VirtualBlock = 0;
+  let pBegin: VirtualKey = 0;
   let pLen = 0;
   let open: DeltaKind | undefined;
   // Lines of a batch are built as one string and written once (see OutputSink.ascii).

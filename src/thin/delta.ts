@@ -13,7 +13,7 @@
 import { AbortError, MetadataError, throwIfAborted } from '../errors';
 import { BtreeNode, checkFill, type Key, LEAF_NODE, TreeValidator, walkLeaves } from '../pdata/btree';
 import type { Block, BlockSource } from '../pdata/block-source';
-import type { VirtualBlock } from './mappings';
+import type { VirtualBlock, VirtualKey } from './mappings';
 import { mappingDataBlock, mappingTime } from './mapping-value';
 import { MAX_SAFE_HI, TWO32 } from '../pdata/words';
 
@@ -27,7 +27,7 @@ export type DeltaKind = 'same' | 'different' | 'left_only' | 'right_only';
 export interface DeltaExtent {
   /** How the run compares. */
   kind: DeltaKind;
-  /** First virtual block. */
+  /** First virtual block (a bigint: see docs/json.md). End: `begin + BigInt(length)`. */
   begin: VirtualBlock;
   /** Number of virtual blocks. */
   length: number;
@@ -35,6 +35,19 @@ export interface DeltaExtent {
   leftData?: number;
   /** First data block on the right (same, different, right_only). */
   rightData?: number;
+}
+
+/** @internal A DeltaExtent on the hot path: `begin` a number below 2^53, a bigint from there on. */
+export interface RawDeltaExtent extends Omit<DeltaExtent, 'begin'> {
+  begin: VirtualKey;
+}
+
+/** @internal The public form of a raw extent. */
+export function publicExtent(e: RawDeltaExtent): DeltaExtent {
+  const out: DeltaExtent = { kind: e.kind, begin: BigInt(e.begin), length: e.length };
+  if (e.leftData !== undefined) out.leftData = e.leftData;
+  if (e.rightData !== undefined) out.rightData = e.rightData;
+  return out;
 }
 
 /** Progress of a delta walk. */
@@ -241,8 +254,8 @@ class Side {
 class DeltaWalker {
   readonly stats: DeltaStats = { nodesRead: 0, sharedSubtrees: 0, blocks: 0, blocksRead: 0, leftBlocks: 0, rightBlocks: 0 };
   readonly window: number;
-  private readonly out: DeltaExtent[] = [];
-  private cur: DeltaExtent | undefined;
+  private readonly out: RawDeltaExtent[] = [];
+  private cur: RawDeltaExtent | undefined;
 
   constructor(
     readonly io: BlockSource,
@@ -448,7 +461,7 @@ class DeltaWalker {
     if (j >= nb.nrEntries) this.right.stack.pop();
   }
 
-  async *run(leftRoot: number, rightRoot: number): AsyncGenerator<DeltaExtent[]> {
+  async *run(leftRoot: number, rightRoot: number): AsyncGenerator<RawDeltaExtent[]> {
     const L = (this.left = new Side('left', this, leftRoot, this.opts.leftId));
     const R = (this.right = new Side('right', this, rightRoot, this.opts.rightId));
     L.other = R;
@@ -550,7 +563,7 @@ class DeltaWalker {
  * Delta of two bottom-level mapping trees (by root block) in one metadata
  * view. Yields batches of extents; consumers usually want `deltaExtents`.
  */
-export async function* deltaBatches(io: BlockSource, leftRoot: number, rightRoot: number, opts: DeltaWalkOptions): AsyncGenerator<DeltaExtent[], DeltaStats> {
+export async function* deltaBatches(io: BlockSource, leftRoot: number, rightRoot: number, opts: DeltaWalkOptions): AsyncGenerator<RawDeltaExtent[], DeltaStats> {
   const w = new DeltaWalker(io, opts);
   try {
     yield* w.run(leftRoot, rightRoot);

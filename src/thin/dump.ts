@@ -134,22 +134,22 @@ class JsonEmitter implements Emitter {
   private firstRun = true;
   constructor(private readonly s: OutputSink) {}
   begin(sb: SuperblockHeader): void {
+    // Key names and types as docs/json.md: u64s (transactionId, originBegin) as decimal strings.
     const head = {
       uuid: sb.uuid,
       time: sb.time,
-      transaction: '@T@',
+      transactionId: sb.transaction.toString(),
       flags: sb.flags,
       version: sb.version,
       dataBlockSize: sb.dataBlockSize,
       nrDataBlocks: sb.nrDataBlocks,
       heldRoot: sb.heldRoot,
     };
-    // u64 transaction ids are printed exactly (JSON numbers have no size limit).
-    this.s.str(`{"superblock":${JSON.stringify(head).replace('"@T@"', String(sb.transaction))},"devices":[`);
+    this.s.str(`{"superblock":${JSON.stringify(head)},"devices":[`);
   }
   beginDevice(d: DeviceDetails): void {
     this.s.str(
-      `${this.firstDevice ? '' : ','}\n{"devId":${d.devId},"mappedBlocks":${d.mappedBlocks},"transaction":${d.transactionId},"creationTime":${d.creationTime},"snapTime":${d.snapshottedTime},"mappings":[`,
+      `${this.firstDevice ? '' : ','}\n{"devId":${d.devId},"mappedBlocks":${d.mappedBlocks},"transactionId":"${d.transactionId}","creationTime":${d.creationTime},"snapshottedTime":${d.snapshottedTime},"mappings":[`,
     );
     this.firstDevice = false;
     this.firstRun = true;
@@ -157,7 +157,7 @@ class JsonEmitter implements Emitter {
   runs(b: RunBatch): void {
     let out = '';
     for (let i = 0; i < b.count; i++) {
-      out += `${this.firstRun ? '\n' : ',\n'}{"originBegin":${b.origin(i)},"dataBegin":${b.dataBegin[i]},"length":${b.length[i]},"time":${b.time[i]}}`;
+      out += `${this.firstRun ? '\n' : ',\n'}{"originBegin":"${b.origin(i)}","dataBegin":${b.dataBegin[i]},"length":${b.length[i]},"time":${b.time[i]}}`;
       this.firstRun = false;
     }
     this.s.ascii(out);

@@ -16,8 +16,8 @@ export interface DeviceUsage {
   mappedBlocks: number;
   /** Mappings whose data block no other mapping uses; null when not computed (`exclusive: false`). */
   exclusiveBlocks: number | null;
-  /** mappedBlocks - exclusiveBlocks, as a u64 (wraps if the details are inconsistent); null when not computed. */
-  sharedBlocks: bigint | null;
+  /** mappedBlocks - exclusiveBlocks; null when not computed. (The walk checks mappedBlocks against the tree, so it is never negative.) */
+  sharedBlocks: number | null;
   /** Pool transaction id when the device was created. */
   transactionId: bigint;
   /** Superblock time at creation. */
@@ -79,7 +79,7 @@ export async function deviceUsage(md: ThinMetadata, opts: UsageOptions = {}): Pr
     devId: d.devId,
     mappedBlocks: d.mappedBlocks,
     exclusiveBlocks: excl[k],
-    sharedBlocks: BigInt.asUintN(64, BigInt(d.mappedBlocks) - BigInt(excl[k])),
+    sharedBlocks: d.mappedBlocks - excl[k],
     transactionId: d.transactionId,
     creationTime: d.creationTime,
     snapshottedTime: d.snapshottedTime,
@@ -146,38 +146,95 @@ export function needsMappings(f: LsField): boolean {
   return f.startsWith('EXCLUSIVE') || f.startsWith('SHARED');
 }
 
-/** The value of one field, as a number/bigint (or a string for the human units). */
-export function fieldValue(u: DeviceUsage, f: LsField, dataBlockSize: number): number | bigint | string {
+/** The field's value as a non-negative integer, `null` when it was not computed. */
+function fieldCount(u: DeviceUsage, f: 'MAPPED' | 'EXCLUSIVE' | 'SHARED'): number {
+  const v = f === 'MAPPED' ? u.mappedBlocks : f === 'EXCLUSIVE' ? u.exclusiveBlocks : u.sharedBlocks;
+  if (v === null) throw new UsageError(`field ${f} needs the mapping walk: call deviceUsage without exclusive: false`);
+  return v;
+}
+
+const kindOf = (f: LsField): 'MAPPED' | 'EXCLUSIVE' | 'SHARED' => f.split('_')[0] as 'MAPPED';
+
+/** One table cell, as thin_ls 0.9.0 prints it (sizes as u64s: they wrap as thin_ls's do). */
+function fieldText(u: DeviceUsage, f: LsField, dataBlockSize: number): string {
   const bs = BigInt(dataBlockSize);
-  const computed = <T>(v: T | null): T => {
-    if (v === null) throw new UsageError(`field ${f} needs the mapping walk: call deviceUsage without exclusive: false`);
-    return v;
-  };
-  const blocks = (kind: 'MAPPED' | 'EXCLUSIVE' | 'SHARED'): bigint =>
-    kind === 'MAPPED' ? BigInt(u.mappedBlocks) : kind === 'EXCLUSIVE' ? BigInt(computed(u.exclusiveBlocks)) : computed(u.sharedBlocks);
+  switch (f) {
+    case 'DEV':
+      return String(u.devId);
+    case 'MAPPED_BLOCKS':
+    case 'EXCLUSIVE_BLOCKS':
+    case 'SHARED_BLOCKS':
+      return String(fieldCount(u, kindOf(f)));
+    case 'MAPPED_SECTORS':
+    case 'EXCLUSIVE_SECTORS':
+    case 'SHARED_SECTORS':
+      return String(U64(BigInt(fieldCount(u, kindOf(f))) * bs));
+    case 'MAPPED_BYTES':
+    case 'EXCLUSIVE_BYTES':
+    case 'SHARED_BYTES':
+      return String(U64(U64(BigInt(fieldCount(u, kindOf(f))) * bs) * 512n));
+    case 'MAPPED':
+    case 'EXCLUSIVE':
+    case 'SHARED':
+      return formatDiskUnit(U64(BigInt(fieldCount(u, f)) * bs) * 512n);
+    case 'TRANSACTION':
+      return String(u.transactionId);
+    case 'CREATE_TIME':
+      return String(u.creationTime);
+    case 'SNAP_TIME':
+      return String(u.snapshottedTime);
+  }
+}
+
+/**
+ * The JSON key of each field (camelCase, the DeviceUsage names; docs/json.md).
+ * The human-unit fields MAPPED, EXCLUSIVE and SHARED are bytes in JSON.
+ */
+export const LS_JSON_KEYS: Readonly<Record<LsField, string>> = {
+  DEV: 'devId',
+  MAPPED_BLOCKS: 'mappedBlocks',
+  EXCLUSIVE_BLOCKS: 'exclusiveBlocks',
+  SHARED_BLOCKS: 'sharedBlocks',
+  MAPPED_SECTORS: 'mappedSectors',
+  EXCLUSIVE_SECTORS: 'exclusiveSectors',
+  SHARED_SECTORS: 'sharedSectors',
+  MAPPED_BYTES: 'mappedBytes',
+  EXCLUSIVE_BYTES: 'exclusiveBytes',
+  SHARED_BYTES: 'sharedBytes',
+  MAPPED: 'mappedBytes',
+  EXCLUSIVE: 'exclusiveBytes',
+  SHARED: 'sharedBytes',
+  TRANSACTION: 'transactionId',
+  CREATE_TIME: 'creationTime',
+  SNAP_TIME: 'snapshottedTime',
+};
+
+/**
+ * One field's JSON value (docs/json.md): block counts, ids and times are
+ * numbers; sectors, bytes (exact, not wrapped at 2^64 as the table's are)
+ * and the transaction id are decimal strings.
+ */
+function fieldJson(u: DeviceUsage, f: LsField, dataBlockSize: number): number | string {
   switch (f) {
     case 'DEV':
       return u.devId;
     case 'MAPPED_BLOCKS':
-      return u.mappedBlocks;
     case 'EXCLUSIVE_BLOCKS':
-      return computed(u.exclusiveBlocks);
     case 'SHARED_BLOCKS':
-      return computed(u.sharedBlocks);
+      return fieldCount(u, kindOf(f));
     case 'MAPPED_SECTORS':
     case 'EXCLUSIVE_SECTORS':
     case 'SHARED_SECTORS':
-      return U64(blocks(f.slice(0, -8) as 'MAPPED') * bs);
+      return String(BigInt(fieldCount(u, kindOf(f))) * BigInt(dataBlockSize));
     case 'MAPPED_BYTES':
     case 'EXCLUSIVE_BYTES':
     case 'SHARED_BYTES':
-      return U64(U64(blocks(f.slice(0, -6) as 'MAPPED') * bs) * 512n);
     case 'MAPPED':
     case 'EXCLUSIVE':
     case 'SHARED':
-      return formatDiskUnit(U64(blocks(f) * bs) * 512n);
+      return String(BigInt(fieldCount(u, kindOf(f))) * BigInt(dataBlockSize) * 512n);
     case 'TRANSACTION':
-      return u.transactionId;
+      return String(u.transactionId);
     case 'CREATE_TIME':
       return u.creationTime;
     case 'SNAP_TIME':
@@ -190,19 +247,16 @@ export function formatLsTable(rows: DeviceUsage[], fields: readonly LsField[], d
   if (fields.length === 0) return '';
   const grid: string[][] = [];
   if (headers) grid.push([...fields]);
-  for (const u of rows) grid.push(fields.map((f) => String(fieldValue(u, f, dataBlockSize))));
+  for (const u of rows) grid.push(fields.map((f) => fieldText(u, f, dataBlockSize)));
   const widths = fields.map((_, i) => Math.max(...grid.map((r) => r[i].length)));
   return grid.map((r) => r.map((c, i) => c.padStart(widths[i]) + ' ').join('') + '\n').join('');
 }
 
-/** Rows as JSON-friendly objects keyed by field name (u64 values as numbers when exact, else strings). */
+/** Rows as JSON objects keyed by LS_JSON_KEYS, typed as docs/json.md says (u64s as decimal strings). */
 export function lsJson(rows: DeviceUsage[], fields: readonly LsField[], dataBlockSize: number): Record<string, number | string>[] {
   return rows.map((u) => {
     const o: Record<string, number | string> = {};
-    for (const f of fields) {
-      const v = fieldValue(u, f, dataBlockSize);
-      o[f] = typeof v === 'bigint' ? (v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v.toString()) : v;
-    }
+    for (const f of fields) o[LS_JSON_KEYS[f]] = fieldJson(u, f, dataBlockSize);
     return o;
   });
 }

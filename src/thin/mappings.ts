@@ -11,18 +11,25 @@ import { MAX_SAFE_HI, TWO32 } from '../pdata/words';
 import { mappingDataBlock, mappingTime } from './mapping-value';
 
 /**
- * A virtual block number: a number below 2^53, a bigint above. (A thin device
- * can be up to 2^64 sectors long, so its blocks can exceed 2^53.)
+ * A virtual block number (a mapping key: a u64 on disk, so it can pass 2^53;
+ * see docs/json.md). Always a bigint in the API, a decimal string in JSON.
  */
-export type VirtualBlock = number | bigint;
+export type VirtualBlock = bigint;
+
+/**
+ * @internal A virtual block on the hot paths: a number below 2^53, a bigint
+ * from there on (so millions of keys cost no BigInt each). Never on a public
+ * type: the API converts with BigInt().
+ */
+export type VirtualKey = number | bigint;
 
 /** A run of mappings: consecutive virtual blocks on consecutive data blocks, made at one time. */
 export interface MappingRun {
-  /** First virtual block (in data-block units). */
+  /** First virtual block (in data-block units). End: `originBegin + BigInt(length)`. */
   originBegin: VirtualBlock;
-  /** First data block. */
+  /** First data block (data blocks are below 2^40: a number). */
   dataBegin: number;
-  /** Number of blocks. */
+  /** Blocks in the run, on both sides (a number: it never exceeds the data blocks). */
   length: number;
   /** Snapshot time the mappings were made at. */
   time: number;
@@ -54,8 +61,8 @@ export interface MappingWalkOptions {
   /** Called as the work advances. */
   onProgress?: (p: WalkProgress) => void;
   /** Visit only virtual blocks in [begin, end). */
-  begin?: VirtualBlock;
-  end?: VirtualBlock;
+  begin?: VirtualKey;
+  end?: VirtualKey;
 }
 
 /** Decodes entry i of a mapping leaf. */
@@ -65,7 +72,10 @@ export function leafMapping(leaf: BtreeNode, i: number): Mapping {
   return { dataBlock: mappingDataBlock(lo, leaf.u32[w + 1]), time: mappingTime(lo) };
 }
 
-/** Runs in struct-of-arrays form: cheap to produce and to format by the million. */
+/**
+ * @internal Runs in struct-of-arrays form: cheap to produce and to format by
+ * the million (the fast path under `ThinMetadata.mappings`).
+ */
 export class RunBatch {
   /** Runs held (the columns may be longer). */
   count = 0;
@@ -91,7 +101,7 @@ export class RunBatch {
     this.big = null;
   }
   /** Appends a run: origin, data block, length, time. */
-  push(o: VirtualBlock, d: number, l: number, t: number): void {
+  push(o: VirtualKey, d: number, l: number, t: number): void {
     const i = this.count++;
     if (typeof o === 'bigint') {
       (this.big ??= new Map()).set(i, o);
@@ -101,14 +111,14 @@ export class RunBatch {
     this.length[i] = l;
     this.time[i] = t;
   }
-  /** The exact first virtual block of run `i`. */
-  origin(i: number): VirtualBlock {
+  /** Origin of run i: a number below 2^53, a bigint from there on. */
+  origin(i: number): VirtualKey {
     const o = this.originBegin[i];
     return o === o ? o : this.big!.get(i)!;
   }
-  /** Run `i` as an object. */
+  /** Run i as a public MappingRun (origin as a bigint). */
   run(i: number): MappingRun {
-    return { originBegin: this.origin(i), dataBegin: this.dataBegin[i], length: this.length[i], time: this.time[i] };
+    return { originBegin: BigInt(this.origin(i)), dataBegin: this.dataBegin[i], length: this.length[i], time: this.time[i] };
   }
 }
 
@@ -125,7 +135,7 @@ export async function* mappingRunBatches(io: BlockSource, root: number, opts: Ma
   const whole = begin === 0 && end === Infinity;
   // The current run. oBegin is a bigint once virtual blocks pass 2^53.
   let open = false;
-  let oBegin: VirtualBlock = 0;
+  let oBegin: VirtualKey = 0;
   let dBegin = 0;
   let len = 0;
   let time = 0;
@@ -153,7 +163,7 @@ export async function* mappingRunBatches(io: BlockSource, root: number, opts: Ma
       const lo = u32[vbase + 2 * i];
       const data = mappingDataBlock(lo, u32[vbase + 2 * i + 1]);
       const t = mappingTime(lo);
-      let key: VirtualBlock;
+      let key: VirtualKey;
       let extendsRun: boolean;
       if (khi < MAX_SAFE_HI && typeof oBegin === 'number') {
         // Fast path: every virtual block so far fits in a number.

@@ -11,9 +11,9 @@ import { lookup as btreeLookup, walkLeaves } from '../pdata/btree';
 import { BlockSource, MemoryBlockSource, NativeBlockSource, OpenOptions } from '../pdata/block-source';
 import { ENTRIES_PER_BITMAP, MAX_METADATA_BITMAPS, SpaceMap, SpaceMapKind } from '../pdata/space-map';
 import { DeviceDetails, DEVICE_DETAILS_SIZE, parseDeviceDetails } from './device-details';
-import { Mapping, MappingRun, mappingRunBatches, RunBatch, VirtualBlock, WalkProgress, leafMapping } from './mappings';
+import { Mapping, MappingRun, mappingRunBatches, RunBatch, VirtualBlock, VirtualKey, WalkProgress, leafMapping } from './mappings';
 import { parseSuperblock, Superblock } from './superblock';
-import { deltaBatches, DeltaExtent, DeltaOptions, DeltaStats } from './delta';
+import { deltaBatches, DeltaExtent, DeltaOptions, DeltaStats, publicExtent, RawDeltaExtent } from './delta';
 
 /** Options of ThinMetadata.open. */
 export interface ThinMetadataOptions extends OpenOptions {
@@ -36,6 +36,14 @@ export interface WalkOptions {
   begin?: VirtualBlock;
   /** End of the range (exclusive); default: the end of the device. */
   end?: VirtualBlock;
+}
+
+const U64_END = 1n << 64n;
+
+/** A bigint virtual block as a hot-path key (a number while it is exact). */
+function toKey(v: bigint, what: string): VirtualKey {
+  if (typeof v !== 'bigint' || v < 0n || v > U64_END) throw new UsageError(`${what} must be a bigint 0..2^64, got ${String(v)}`);
+  return v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v;
 }
 
 /** Most metadata blocks a pool can have: the metadata space map's one index block holds 255 bitmaps. */
@@ -256,18 +264,24 @@ export class ThinMetadata implements AsyncDisposable {
    * the details tree says the device has: the kernel keeps that count exact,
    * and a node whose nr_entries was lowered (still a third full, checksum
    * valid) would otherwise lose mappings without any other trace.
+   * @internal The batch is reused; use `mappings()` for MappingRun objects.
    */
   async *mappingBatches(devId: number, opts: WalkOptions = {}): AsyncGenerator<RunBatch> {
     this.check();
     const root = await this.rootOf(devId);
-    const whole = (opts.begin === undefined || opts.begin === 0) && opts.end === undefined;
+    const begin = opts.begin === undefined ? undefined : toKey(opts.begin, 'begin');
+    const end = opts.end === undefined || opts.end === U64_END ? undefined : toKey(opts.end, 'end');
+    const whole = (begin === undefined || begin === 0) && end === undefined;
     const expected = whole ? (await this.devices({ signal: opts.signal })).get(devId)?.mappedBlocks : undefined;
     let found = 0;
     for await (const batch of mappingRunBatches(this.io, root, {
       devId,
       nrMetadataBlocks: this.nrMetadataBlocks,
       nrDataBlocks: this.nrDataBlocks,
-      ...opts,
+      signal: opts.signal,
+      onProgress: opts.onProgress,
+      begin,
+      end,
     })) {
       if (expected !== undefined) for (let i = 0; i < batch.count; i++) found += batch.length[i];
       yield batch;
@@ -284,7 +298,7 @@ export class ThinMetadata implements AsyncDisposable {
     );
   }
 
-  /** Merged mapping runs `{ originBegin, dataBegin, length, time }` of one device, in virtual-block order. */
+  /** Merged mapping runs `{ originBegin, dataBegin, length, time }` of one device, in virtual-block order (originBegin a bigint). */
   async *mappings(devId: number, opts: WalkOptions = {}): AsyncGenerator<MappingRun> {
     for await (const batch of this.mappingBatches(devId, opts)) for (let i = 0; i < batch.count; i++) yield batch.run(i);
   }
@@ -295,12 +309,7 @@ export class ThinMetadata implements AsyncDisposable {
    * read twice, and not at all with `includeSame: false`.
    */
   async *delta(left: number, right: number, opts: DeltaOptions = {}): AsyncGenerator<DeltaExtent, DeltaStats> {
-    const gen = this.deltaExtentBatches(left, right, opts);
-    for (;;) {
-      const r = await gen.next();
-      if (r.done) return r.value;
-      yield* r.value;
-    }
+    return yield* unbatch(this.deltaExtentBatches(left, right, opts));
   }
 
   /** Delta of two raw bottom-level roots (thin_delta --root1/--root2). */
@@ -309,20 +318,24 @@ export class ThinMetadata implements AsyncDisposable {
     rightRoot: number,
     opts: DeltaOptions & { leftId?: number; rightId?: number } = {},
   ): AsyncGenerator<DeltaExtent, DeltaStats> {
+    return yield* unbatch(this.deltaRootBatches(leftRoot, rightRoot, opts));
+  }
+
+  /** @internal Batches of the delta of two raw roots (fast path for formatters). */
+  async *deltaRootBatches(
+    leftRoot: number,
+    rightRoot: number,
+    opts: DeltaOptions & { leftId?: number; rightId?: number } = {},
+  ): AsyncGenerator<RawDeltaExtent[], DeltaStats> {
     this.check();
     for (const [what, b] of [['left', leftRoot], ['right', rightRoot]] as const) {
       if (!Number.isSafeInteger(b) || b < 0 || b >= this.nrMetadataBlocks) throw new UsageError(`${what} root ${b} is not a metadata block`);
     }
-    const gen = deltaBatches(this.io, leftRoot, rightRoot, { ...opts, nrMetadataBlocks: this.nrMetadataBlocks, nrDataBlocks: this.nrDataBlocks });
-    for (;;) {
-      const r = await gen.next();
-      if (r.done) return r.value;
-      yield* r.value;
-    }
+    return yield* deltaBatches(this.io, leftRoot, rightRoot, { ...opts, nrMetadataBlocks: this.nrMetadataBlocks, nrDataBlocks: this.nrDataBlocks });
   }
 
-  /** Batches of delta extents (fast path for formatters). Returns the walk's counters. */
-  async *deltaExtentBatches(left: number, right: number, opts: DeltaOptions = {}): AsyncGenerator<DeltaExtent[], DeltaStats> {
+  /** @internal Batches of delta extents (fast path for formatters and send). Returns the walk's counters. */
+  async *deltaExtentBatches(left: number, right: number, opts: DeltaOptions = {}): AsyncGenerator<RawDeltaExtent[], DeltaStats> {
     const [l, r] = [await this.rootOf(left, 'left'), await this.rootOf(right, 'right')];
     this.check();
     const stats = yield* deltaBatches(this.io, l, r, { ...opts, leftId: left, rightId: right, nrMetadataBlocks: this.nrMetadataBlocks, nrDataBlocks: this.nrDataBlocks });
@@ -340,10 +353,9 @@ export class ThinMetadata implements AsyncDisposable {
   /** Where one virtual block of a device is mapped, or null. */
   async lookup(devId: number, block: VirtualBlock): Promise<Mapping | null> {
     this.check();
-    const ok = typeof block === 'bigint' ? block >= 0n && block < 1n << 64n : Number.isSafeInteger(block) && block >= 0;
-    if (!ok) throw new UsageError(`bad virtual block ${block}`);
+    if (typeof block !== 'bigint' || block < 0n || block >= U64_END) throw new UsageError(`bad virtual block ${String(block)}: it must be a bigint 0..2^64-1`);
     const root = await this.rootOf(devId);
-    const hit = await btreeLookup(this.io, root, block, {
+    const hit = await btreeLookup(this.io, root, toKey(block, 'block'), {
       tree: 'mapping',
       devId,
       valueSize: 8,
@@ -377,5 +389,14 @@ export class ThinMetadata implements AsyncDisposable {
   /** Closes it (`await using`). */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
+  }
+}
+
+/** Flattens batches of raw extents into public ones, passing the walk's result through. */
+async function* unbatch(gen: AsyncGenerator<RawDeltaExtent[], DeltaStats>): AsyncGenerator<DeltaExtent, DeltaStats> {
+  for (;;) {
+    const r = await gen.next();
+    if (r.done) return r.value;
+    for (const e of r.value) yield publicExtent(e);
   }
 }

@@ -29,15 +29,18 @@
  */
 import { throwIfAborted, UsageError } from '../errors';
 import type { ThinMetadata } from './metadata';
-import type { VirtualBlock } from './mappings';
+import type { VirtualBlock, VirtualKey } from './mappings';
 
-/** Data blocks [begin, end). u64 values beyond 2^53 may be given as bigints. */
-/** A range of data blocks [begin, end). */
+/**
+ * Data blocks [begin, end). Data blocks are below 2^40 (the mapping value
+ * packs them in 40 bits), so they are numbers; an end past every data block,
+ * up to Number.MAX_SAFE_INTEGER, means "to the end".
+ */
 export interface DataRegion {
   /** First data block. */
-  begin: number | bigint;
+  begin: number;
   /** End of the range (exclusive). */
-  end: number | bigint;
+  end: number;
 }
 
 /** Data blocks [dataBegin, dataBegin+length) mapped by one device from virtualBegin on. */
@@ -48,8 +51,13 @@ export interface RmapRun {
   length: number;
   /** The thin device that maps them. */
   devId: number;
-  /** Virtual block that maps dataBegin. */
+  /** Virtual block that maps dataBegin (a bigint: see docs/json.md). */
   virtualBegin: VirtualBlock;
+}
+
+/** @internal An RmapRun on the hot path: `virtualBegin` a number below 2^53, a bigint from there on. */
+export interface RawRmapRun extends Omit<RmapRun, 'virtualBegin'> {
+  virtualBegin: VirtualKey;
 }
 
 /** Options of rmap. */
@@ -60,19 +68,15 @@ export interface RmapOptions {
   onProgress?: (p: { mappings: number; total: number }) => void;
 }
 
-// No data block reaches 2^53 (the data device is addressed by 40-bit blocks),
-// so region bounds beyond it can be clamped without changing the answer.
-const clamp = (v: number | bigint): number => (typeof v === 'bigint' ? (v > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(v)) : Math.min(v, Number.MAX_SAFE_INTEGER));
-
 /** The union of the regions as sorted, disjoint, non-touching [begin, end) pairs. */
 export function normalizeRegions(regions: readonly DataRegion[]): [number, number][] {
   if (regions.length === 0) throw new UsageError('rmap needs at least one data-block region');
   const rs = regions.map((r) => {
-    const ok = (v: number | bigint) => (typeof v === 'bigint' ? v >= 0n : Number.isSafeInteger(v) && v >= 0);
+    const ok = (v: number) => Number.isSafeInteger(v) && v >= 0;
     if (!ok(r.begin) || !ok(r.end) || r.end <= r.begin) {
       throw new UsageError(`bad data-block region ${r.begin}..${r.end}: it needs integers 0 <= begin < end (end is one past the last block)`);
     }
-    return [clamp(r.begin), clamp(r.end)] as [number, number];
+    return [r.begin, r.end] as [number, number];
   });
   rs.sort((a, b) => a[0] - b[0]);
   const out: [number, number][] = [];
@@ -94,7 +98,7 @@ class RunColumns {
   /** Virtual begins at or beyond 2^53 (virt[i] is NaN there). */
   big: Map<number, bigint> | null = null;
 
-  push(data: number, len: number, dev: number, virt: VirtualBlock): void {
+  push(data: number, len: number, dev: number, virt: VirtualKey): void {
     if (this.n === this.data.length) this.grow();
     const i = this.n++;
     this.data[i] = data;
@@ -119,15 +123,15 @@ class RunColumns {
     this.dev = g(this.dev, (k) => new Uint32Array(k));
   }
 
-  run(i: number): RmapRun {
+  run(i: number): RawRmapRun {
     const v = this.virt[i];
     return { dataBegin: this.data[i], length: this.len[i], devId: this.dev[i], virtualBegin: v === v ? v : this.big!.get(i)! };
   }
 }
 
-const addV = (a: VirtualBlock, n: number): VirtualBlock => (typeof a === 'number' && a + n <= Number.MAX_SAFE_INTEGER ? a + n : BigInt(a) + BigInt(n));
+const addV = (a: VirtualKey, n: number): VirtualKey => (typeof a === 'number' && a + n <= Number.MAX_SAFE_INTEGER ? a + n : BigInt(a) + BigInt(n));
 // eslint-disable-next-line eqeqeq
-const eqV = (a: VirtualBlock, b: VirtualBlock): boolean => a == b;
+const eqV = (a: VirtualKey, b: VirtualKey): boolean => a == b;
 
 /**
  * The runs of the regions, in thin_rmap's order (by first data block; runs
@@ -135,6 +139,11 @@ const eqV = (a: VirtualBlock, b: VirtualBlock): boolean => a == b;
  * Every mapping tree is read before the first run is yielded.
  */
 export async function* rmap(md: ThinMetadata, regions: readonly DataRegion[], opts: RmapOptions = {}): AsyncGenerator<RmapRun> {
+  for await (const r of rmapRaw(md, regions, opts)) yield { ...r, virtualBegin: BigInt(r.virtualBegin) };
+}
+
+/** @internal rmap() without a BigInt per run (the CLI prints millions of them). */
+export async function* rmapRaw(md: ThinMetadata, regions: readonly DataRegion[], opts: RmapOptions = {}): AsyncGenerator<RawRmapRun> {
   const rs = normalizeRegions(regions);
   const devices = [...(await md.checkedDevices({ signal: opts.signal })).values()].sort((a, b) => a.devId - b.devId);
   const total = devices.reduce((n, d) => n + d.mappedBlocks, 0);
@@ -144,8 +153,8 @@ export async function* rmap(md: ThinMetadata, regions: readonly DataRegion[], op
   let cData = 0;
   let cLen = 0;
   let cDev = 0;
-  let cVirt: VirtualBlock = 0;
-  const piece = (dev: number, data: number, len: number, virt: VirtualBlock): void => {
+  let cVirt: VirtualKey = 0;
+  const piece = (dev: number, data: number, len: number, virt: VirtualKey): void => {
     if (open && dev === cDev && data === cData + cLen && eqV(virt, addV(cVirt, cLen))) {
       cLen += len;
       return;

@@ -14,8 +14,8 @@ import { mergeStateProblem, readMergeState, sameOrigin } from '../../src/ops/mer
 import type { DeltaExtent, DeltaKind } from '../../src/thin/delta';
 
 /** Delta extents of two block maps (block -> data block), written out here independently of thin/delta.ts. */
-function referenceDelta(left: Map<number, number>, right: Map<number, number>, end: number): DeltaExtent[] {
-  const out: DeltaExtent[] = [];
+function referenceDelta(left: Map<number, number>, right: Map<number, number>, end: number): (Omit<DeltaExtent, "begin"> & { begin: number })[] {
+  const out: (Omit<DeltaExtent, "begin"> & { begin: number })[] = [];
   for (let b = 0; b < end; b++) {
     const l = left.get(b);
     const r = right.get(b);

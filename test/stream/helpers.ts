@@ -104,9 +104,9 @@ export async function expectedSha(md: ThinMetadata, devId: number, deviceSize: n
     }
   };
   for await (const r of md.mappings(devId)) {
-    if (typeof r.originBegin === 'bigint') break;
+    if (r.originBegin > BigInt(Number.MAX_SAFE_INTEGER)) break; // past any device size
     for (let i = 0; i < r.length; i++) {
-      const start = (r.originBegin + i) * bs;
+      const start = (Number(r.originBegin) + i) * bs;
       if (start >= deviceSize) break;
       fill(start);
       const n = Math.min(bs, deviceSize - start);

@@ -48,8 +48,8 @@ async function shaPrefix(path: string, n: number): Promise<string> {
 async function mapOf(md: ThinMetadata, dev: number): Promise<Map<number, number>> {
   const m = new Map<number, number>();
   for await (const r of md.mappings(dev)) {
-    if (typeof r.originBegin === 'bigint') continue;
-    for (let i = 0; i < r.length; i++) m.set(r.originBegin + i, r.dataBegin + i);
+    if (r.originBegin > BigInt(Number.MAX_SAFE_INTEGER)) continue; // past any device size
+    for (let i = 0; i < r.length; i++) m.set(Number(r.originBegin) + i, r.dataBegin + i);
   }
   return m;
 }

@@ -89,8 +89,9 @@ test('ls fields from the details tree read no mapping tree (as thin_ls)', async 
   const rows = await deviceUsage(md, { exclusive: false });
   expect(md.io.stats.blocksRead).toBe(1 + upper); // superblock, details and top-level nodes only
   expect(rows.every((r) => r.exclusiveBlocks === null && r.mappedBlocks > 0)).toBe(true);
-  const { fieldValue } = await import('../../src/thin/ls');
-  expect(() => fieldValue(rows[0], 'EXCLUSIVE_BLOCKS', 128)).toThrow(/needs the mapping walk/);
+  const { formatLsTable, lsJson } = await import('../../src/thin/ls');
+  expect(() => formatLsTable(rows, ['EXCLUSIVE_BLOCKS'], 128)).toThrow(/needs the mapping walk/);
+  expect(() => lsJson(rows, ['SHARED_BYTES'], 128)).toThrow(/needs the mapping walk/);
   await using md2 = await ThinMetadata.fromBuffer(img);
   const full = await deviceUsage(md2);
   expect(md2.io.stats.blocksRead).toBeGreaterThan(nodes.length - 1);

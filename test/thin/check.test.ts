@@ -193,7 +193,7 @@ describe('corruptions: exactly the problem the fault implies', () => {
     const r = await check(image);
     // range-merge's leaves start every 126 keys (manifest leafFirstKeys): the first leaf holds [0, 126)
     expect(fixture('range-merge').leafFirstKeys!.slice(0, 2)).toEqual([0, 126]);
-    expect(r.problems[0]).toMatchObject({ block: fault.block, keys: [0, 125] });
+    expect(r.problems[0]).toMatchObject({ block: fault.block, keys: [0n, 125n] });
   });
 
   it('under-filled nodes are fatal whatever the count (thin_check 0.9.0 passes 83 entries with --ignore-non-fatal-errors)', () => {
@@ -294,7 +294,7 @@ describe('CLI', () => {
     expect(Object.keys(j).sort()).toEqual(['counts', 'fatal', 'nonFatal', 'omitted', 'problems', 'spaceMapsChecked']);
     expect(j.counts.transactionId).toBe(fixture('high-values').transaction); // 2^64-1 exactly
     expect(j.problems).toEqual([
-      { severity: 'non-fatal', kind: 'sm-leak', block: fault.block, devId: null, tree: 'data-sm', keys: null, message: expect.stringContaining(`data block ${fault.block}`) },
+      { severity: 'non-fatal', kind: 'sm-leak', block: fault.block, nrBlocks: null, devId: null, tree: 'data-sm', keys: null, message: expect.stringContaining(`data block ${fault.block}`) },
     ]);
     expect([j.fatal, j.nonFatal, j.spaceMapsChecked]).toEqual([0, 1, true]);
     const k = JSON.parse(run(corrupt(fixtureImage('range-merge'), 'underfull-leaf').image, ['--json']).stdout);

@@ -244,7 +244,7 @@ describe('resources, cancellation, progress', () => {
 
   test('unknown device ids are ENODEV', async () => {
     await using md = await ThinMetadata.fromBuffer(fixtureImage('basic'));
-    const err = await md.lookup(999, 0).catch((e) => e);
+    const err = await md.lookup(999, 0n).catch((e) => e);
     expect(err).toBeInstanceOf(DmthinError);
     expect(err).toMatchObject({ code: 'ENODEV' });
   });

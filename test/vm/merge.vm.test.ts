@@ -16,6 +16,7 @@
  * The expected contents are always read from the devices themselves (the
  * thin before the merge), never computed by dmthin.
  */
+import { sectors } from '../../src/units';
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { DeviceMapper } from '../../src/dm/device-mapper';
@@ -66,12 +67,12 @@ describeVm('dmthin merge', () => {
     const origin = sb.loop(originBytes, `origin${id}`).path;
     sh(ddCmd(origin, { bs: MiB, seek: 0, count: originBytes / MiB }));
     await pool.createThin(id);
-    const thin = await ThinDevice.activate(pool, { name: sb.adopt(`t${id}`), devId: id, length: thinBytes / 512, externalOrigin: origin });
+    const thin = await ThinDevice.activate(pool, { name: sb.adopt(`t${id}`), devId: id, length: sectors(thinBytes / 512), externalOrigin: origin });
     return { origin, thin };
   }
 
   async function activate(id: number, short: string, bytes: number, readOnly = false): Promise<ThinDevice> {
-    return ThinDevice.activate(pool, { name: sb.adopt(short), devId: id, length: bytes / 512, readOnly });
+    return ThinDevice.activate(pool, { name: sb.adopt(short), devId: id, length: sectors(bytes / 512), readOnly });
   }
 
   async function thinHash(id: number, bytes: number): Promise<string> {
@@ -136,27 +137,27 @@ describeVm('dmthin merge', () => {
 
     // The external origin of another active thin.
     await pool.createThin(3);
-    const other = await ThinDevice.activate(pool, { name: sb.adopt('t3'), devId: 3, length: SIZE / 512, externalOrigin: origin });
+    const other = await ThinDevice.activate(pool, { name: sb.adopt('t3'), devId: 3, length: sectors(SIZE / 512), externalOrigin: origin });
     expectRefused(dmthin(args(2)), /also the external origin of thin 3 .*\[EBUSY\]$/);
     await other.deactivate();
     await unchanged();
 
     // The thin itself active.
-    const active = await ThinDevice.activate(pool, { name: sb.adopt('t2b'), devId: 2, length: SIZE / 512, externalOrigin: origin });
+    const active = await ThinDevice.activate(pool, { name: sb.adopt('t2b'), devId: 2, length: sectors(SIZE / 512), externalOrigin: origin });
     expectRefused(dmthin(args(2)), /snapshot thin 2 of pool .* is active as dm device .*\[EBUSY\]$/);
     await active.deactivate();
     await unchanged();
 
     // Active with another external origin in its table: told apart from a plain active thin.
     const elsewhere = sb.loop(SIZE, 'elsewhere').path;
-    const wrong = await ThinDevice.activate(pool, { name: sb.adopt('t2c'), devId: 2, length: SIZE / 512, externalOrigin: elsewhere });
+    const wrong = await ThinDevice.activate(pool, { name: sb.adopt('t2c'), devId: 2, length: sectors(SIZE / 512), externalOrigin: elsewhere });
     expectRefused(dmthin(args(2)), /thin 2 is active as dm device .* with external origin \d+:\d+, not .*\[EINVAL\]$/);
     await wrong.deactivate();
     await unchanged();
 
     // Mapped blocks beyond the origin's end (a thin longer than its origin).
     await pool.createThin(4);
-    const long = await ThinDevice.activate(pool, { name: sb.adopt('t4'), devId: 4, length: (SIZE + 4 * BS) / 512, externalOrigin: origin });
+    const long = await ThinDevice.activate(pool, { name: sb.adopt('t4'), devId: 4, length: sectors((SIZE + 4 * BS) / 512), externalOrigin: origin });
     sh(ddCmd(long.path, { bs: BS, seek: SIZE / BS + 1, count: 1 }));
     await long.deactivate();
     expectRefused(dmthin(args(4)), new RegExp(`thin 4 maps block ${SIZE / BS + 1} .*beyond the end of .*\\[ENOSPC\\]$`));
@@ -315,7 +316,7 @@ describeVm('dmthin merge', () => {
 
     // A temporary device left by a merge killed before it could mark it for deferred removal: removed by the next merge.
     const dead = spawnSync('true').pid!;
-    const stale = await ThinDevice.activate(pool, { name: `dmthin-merge-${dead}-10-zzzzzz`, devId: 10, length: VOL / 512 });
+    const stale = await ThinDevice.activate(pool, { name: `dmthin-merge-${dead}-10-zzzzzz`, devId: 10, length: sectors(VOL / 512) });
     expect((await tempDevices()).includes(stale.name)).toBe(true);
 
     // Killed mid-copy, then finished by a re-run.

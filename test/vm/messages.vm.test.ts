@@ -34,7 +34,7 @@ describeVm('pool messages and dm ioctls: failures and their errnos on a real ker
     await fails(pool.delete(9), 'ENODATA', 'delete 9');
 
     // delete of an active thin, and of one also held open by a process.
-    const t1 = await ThinDevice.activate(pool, { name: sb.adopt('t1'), devId: 1, length: 4096 });
+    const t1 = await ThinDevice.activate(pool, { name: sb.adopt('t1'), devId: 1, length: sectors(4096) });
     await fails(pool.delete(1), 'EBUSY', 'delete 1');
     const fd = openSync(t1.path, 'r');
     try {
@@ -64,9 +64,9 @@ describeVm('pool messages and dm ioctls: failures and their errnos on a real ker
     await expect(pool.metadata()).rejects.toBeInstanceOf(MetadataSnapError);
 
     // set_transaction_id is a compare-and-swap.
-    await pool.setTransactionId(0, 5);
-    await fails(pool.setTransactionId(0, 6), 'EINVAL', 'set_transaction_id 0 6');
-    await fails(pool.setTransactionId(4, 6), 'EINVAL', 'set_transaction_id 4 6');
+    await pool.setTransactionId(0n, 5n);
+    await fails(pool.setTransactionId(0n, 6n), 'EINVAL', 'set_transaction_id 0 6');
+    await fails(pool.setTransactionId(4n, 6n), 'EINVAL', 'set_transaction_id 4 6');
     expect((await pool.workingStatus()).transactionId).toBe(5n);
 
     // Raw messages the builders would refuse to write: the kernel says EINVAL.
@@ -223,7 +223,7 @@ describeVm('pool messages and dm ioctls: failures and their errnos on a real ker
     const sb = sandbox();
     const { pool, name, metaPath } = await createTestPool(sb, { dataBytes: 16 * MiB, features: ['skip_block_zeroing'] });
     await pool.createThin(1);
-    const thin = await ThinDevice.activate(pool, { name: sb.adopt('t1'), devId: 1, length: 8192 });
+    const thin = await ThinDevice.activate(pool, { name: sb.adopt('t1'), devId: 1, length: sectors(8192) });
     await expect(ThinMetadata.open(metaPath)).rejects.toMatchObject({ code: 'EBUSY' });
 
     // Five CLI runs at once (none changes the pool): node's start-up is the cost here.
@@ -249,7 +249,7 @@ describeVm('pool messages and dm ioctls: failures and their errnos on a real ker
     expect(JSON.parse(json)).toEqual({
       pool: name,
       kind: 'working',
-      transactionId: Number(f[0]), // printed as a bare integer (bigint)
+      transactionId: f[0], // a u64: a decimal string (docs/json.md)
       usedMetadata: Number(f[1].split('/')[0]),
       totalMetadata: Number(f[1].split('/')[1]),
       usedData: Number(f[2].split('/')[0]),

@@ -6,6 +6,7 @@
  * metadata in one comparable shape, and field-by-field comparisons of the
  * typed status/table parsers with dmsetup's output.
  */
+import { sectors, dataBlocks } from '../../src/units';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { constants } from 'node:os';
@@ -136,8 +137,8 @@ export async function createTestPool(sb: DmSandbox, o: TestPoolOptions = {}): Pr
     name,
     metadataDev: metaPath,
     dataDev: dataPath,
-    dataBlockSize: blockSectors,
-    lowWaterMark: o.lowWaterMark ?? 0,
+    dataBlockSize: sectors(blockSectors),
+    lowWaterMark: dataBlocks(o.lowWaterMark ?? 0),
     features: o.features,
     dm,
   });

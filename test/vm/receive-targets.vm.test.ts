@@ -14,6 +14,7 @@
  * Each target starts with other bytes on it where it can, and after each
  * stream must read exactly like the source snapshot (sha256).
  */
+import { sectors } from '../../src/units';
 import { writeFileSync } from 'node:fs';
 import { ThinDevice } from '../../src/pool/thin-device';
 import type { ThinPool } from '../../src/pool/thin-pool';
@@ -67,7 +68,7 @@ describeVm('receive onto targets with another block size, no discard, an externa
     sb = new DmSandbox('recv-targets');
     ({ pool: A } = await createTestPool(sb, { label: 'src', dataBytes: 40 * MiB, metaBytes: 8 * MiB, blockSectors: BS / 512 }));
     await A.createThin(1);
-    const origin = await ThinDevice.activate(A, { name: sb.adopt('origin'), devId: 1, length: VOL / 512 });
+    const origin = await ThinDevice.activate(A, { name: sb.adopt('origin'), devId: 1, length: sectors(VOL / 512) });
     // Round 1: every third block, plus a run at the end. Snapshot 11.
     const r1 = [...Array.from({ length: BLOCKS / 3 }, (_, i) => i * 3), ...Array.from({ length: 16 }, (_, i) => BLOCKS - 16 + i)];
     await writeBlocks(origin.path, [...new Set(r1)].sort((a, b) => a - b), 1);
@@ -85,7 +86,7 @@ describeVm('receive onto targets with another block size, no discard, an externa
     await origin.deactivate();
 
     for (const id of [11, 12]) {
-      const d = await ThinDevice.activate(A, { name: sb.adopt(`ro${id}`), devId: id, length: VOL / 512, readOnly: true });
+      const d = await ThinDevice.activate(A, { name: sb.adopt(`ro${id}`), devId: id, length: sectors(VOL / 512), readOnly: true });
       hashes.set(id, await sha256OfDevice(d.path, 0, VOL));
       await d.deactivate();
     }
@@ -116,7 +117,7 @@ describeVm('receive onto targets with another block size, no discard, an externa
   async function thinTarget(label: string, blockKiB: number, opts: { features?: 'ignore_discard'[]; externalOrigin?: string } = {}) {
     const { pool } = await createTestPool(sb, { label, dataBytes: 48 * MiB, metaBytes: 8 * MiB, blockSectors: (blockKiB * KiB) / 512, features: opts.features });
     await pool.createThin(1);
-    const dev = await ThinDevice.activate(pool, { name: sb.adopt(`${label}-t`), devId: 1, length: VOL / 512, externalOrigin: opts.externalOrigin });
+    const dev = await ThinDevice.activate(pool, { name: sb.adopt(`${label}-t`), devId: 1, length: sectors(VOL / 512), externalOrigin: opts.externalOrigin });
     return { pool, dev };
   }
 
@@ -172,7 +173,7 @@ describeVm('receive onto targets with another block size, no discard, an externa
     const SB = 192 * KiB;
     const { pool: S } = await createTestPool(sb, { label: 's192', dataBytes: 40 * MiB, metaBytes: 8 * MiB, blockSectors: SB / 512 });
     await S.createThin(1);
-    const t = await ThinDevice.activate(S, { name: sb.adopt('s192-t'), devId: 1, length: VOL / 512 });
+    const t = await ThinDevice.activate(S, { name: sb.adopt('s192-t'), devId: 1, length: sectors(VOL / 512) });
     const w = await BlockWriter.open(t.path);
     try {
       // 64 KiB writes: most provision a 192 KiB block with a third of it written.
@@ -190,7 +191,7 @@ describeVm('receive onto targets with another block size, no discard, an externa
     await t.deactivate();
     const want = new Map<number, string>();
     for (const id of [21, 22]) {
-      const d = await ThinDevice.activate(S, { name: sb.adopt(`s192-ro${id}`), devId: id, length: VOL / 512, readOnly: true });
+      const d = await ThinDevice.activate(S, { name: sb.adopt(`s192-ro${id}`), devId: id, length: sectors(VOL / 512), readOnly: true });
       want.set(id, await sha256OfDevice(d.path, 0, VOL));
       await d.deactivate();
     }

@@ -6,6 +6,7 @@
  * suspended, no leaked snapshot, the target equal; a `--to-command` receiver
  * that dies mid-stream fails the cycle cleanly and the next one succeeds.
  */
+import { sectors } from '../../src/units';
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { ThinDevice } from '../../src/pool/thin-device';
@@ -57,8 +58,8 @@ describeVm('dmthin replicate: a live thin into another pool', () => {
     B = await createTestPool(sb, { label: 'rb', dataBytes: 128 * MiB });
     await A.pool.createThin(1);
     await B.pool.createThin(1);
-    src = await ThinDevice.activate(A.pool, { name: sb.adopt('rsrc'), devId: 1, length: VOL / 512 });
-    tgt = await ThinDevice.activate(B.pool, { name: sb.adopt('rtgt'), devId: 1, length: VOL / 512 });
+    src = await ThinDevice.activate(A.pool, { name: sb.adopt('rsrc'), devId: 1, length: sectors(VOL / 512) });
+    tgt = await ThinDevice.activate(B.pool, { name: sb.adopt('rtgt'), devId: 1, length: sectors(VOL / 512) });
     sh(ddCmd(src.path, { bs: BS, seek: 0, count: VOL / BS / 2 }));
     state = `${sb.dir}/repl.json`;
     rxState = `${sb.dir}/rx.json`;

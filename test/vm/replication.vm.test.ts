@@ -8,6 +8,7 @@
  * snapshot). A stream for the wrong base, a truncated stream and a stream
  * with one flipped byte are each refused and leave the target unchanged.
  */
+import { sectors } from '../../src/units';
 import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { ThinDevice } from '../../src/pool/thin-device';
@@ -59,7 +60,7 @@ describeVm('replication between two pools (full + incremental streams)', () => {
   const timings: string[] = [];
 
   async function sourceHash(devId: number): Promise<string> {
-    const d = await ThinDevice.activate(A, { name: sb.adopt(`ro${devId}`), devId, length: VOL / 512, readOnly: true });
+    const d = await ThinDevice.activate(A, { name: sb.adopt(`ro${devId}`), devId, length: sectors(VOL / 512), readOnly: true });
     try {
       return await sha256OfDevice(d.path, 0, VOL);
     } finally {
@@ -123,7 +124,7 @@ describeVm('replication between two pools (full + incremental streams)', () => {
     ({ pool: A } = await createTestPool(sb, { label: 'poolA', dataBytes: 96 * MiB, metaBytes: 16 * MiB, blockSectors: BS / 512 }));
     ({ pool: B } = await createTestPool(sb, { label: 'poolB', dataBytes: 48 * MiB, metaBytes: 16 * MiB, blockSectors: BS / 512 }));
     await A.createThin(1);
-    const origin = await ThinDevice.activate(A, { name: sb.adopt('origin'), devId: 1, length: VOL / 512 });
+    const origin = await ThinDevice.activate(A, { name: sb.adopt('origin'), devId: 1, length: sectors(VOL / 512) });
     // Round 1: 120 scattered blocks of 256. Snapshot 11.
     const round1 = pick(120, 1);
     await write(origin.path, round1, 1);
@@ -139,7 +140,7 @@ describeVm('replication between two pools (full + incremental streams)', () => {
     await origin.deactivate();
 
     await B.createThin(1);
-    target = await ThinDevice.activate(B, { name: sb.adopt('replica'), devId: 1, length: VOL / 512 });
+    target = await ThinDevice.activate(B, { name: sb.adopt('replica'), devId: 1, length: sectors(VOL / 512) });
   }, 300_000);
 
   afterAll(() => {

@@ -7,6 +7,7 @@
  * thin_dump -m on the same metadata device. Then the CLI (`dmthin dump -m
  * POOL`) against thin_dump -m on the same live pool, with the writer running.
  */
+import { sectors } from '../../src/units';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Flag } from '../../src/dm/ioctl';
@@ -63,7 +64,7 @@ describeVm('seed scenario: live pool, snapshot of an active origin, metadata rea
     tp = await createTestPool(sb, { metaBytes: 16 * MiB, dataBytes: 256 * MiB, dm: trace.dm });
     const { pool } = tp;
     await pool.createThin(1);
-    origin = await ThinDevice.activate(pool, { name: sb.adopt('origin'), devId: 1, length: ORIGIN_BYTES / 512 });
+    origin = await ThinDevice.activate(pool, { name: sb.adopt('origin'), devId: 1, length: sectors(ORIGIN_BYTES / 512) });
     expect((await origin.status())).toEqual({ kind: 'working', mappedSectors: 0, highestMappedSector: null });
 
     // A: 4 MiB at 0 (blocks 0-63) and 1 MiB at 64 MiB (blocks 1024-1039).
@@ -83,7 +84,7 @@ describeVm('seed scenario: live pool, snapshot of an active origin, metadata rea
     // B: rewrite 1 MiB of the origin at 1 MiB (blocks 16-31), 1 MiB new at 128 MiB (blocks 2048-2063).
     sh(`${ddCmd(origin.path, { bs: MiB, seek: 1, count: 1 })} && ${ddCmd(origin.path, { bs: MiB, seek: 128, count: 1 })}`);
 
-    const snapDev = await ThinDevice.activate(pool, { name: sb.adopt('snap2'), devId: 2, length: ORIGIN_BYTES / 512, readOnly: true });
+    const snapDev = await ThinDevice.activate(pool, { name: sb.adopt('snap2'), devId: 2, length: sectors(ORIGIN_BYTES / 512), readOnly: true });
     expect((await snapDev.dm.info(snapDev.name)).readOnly).toBe(true);
     expect(await sha256OfDevice(snapDev.path, 0, 4 * MiB)).toBe(a1);
     expect(await sha256OfDevice(snapDev.path, 64 * MiB, MiB)).toBe(a2);

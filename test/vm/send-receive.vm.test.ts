@@ -9,6 +9,7 @@
  * metadata snapshot stays held, no temporary dm device is left behind, an
  * active snapshot is read in place, and the CLI pipeline.
  */
+import { sectors } from '../../src/units';
 import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import { closeSync, constants, createReadStream, existsSync, openSync } from 'node:fs';
@@ -41,7 +42,7 @@ describeVm('send/receive on a live thin pool', () => {
   let poolName: string;
 
   async function activate(devId: number, short: string, readOnly = false): Promise<ThinDevice> {
-    return ThinDevice.activate(pool, { name: sb.adopt(short), devId, length: VOL / 512, readOnly });
+    return ThinDevice.activate(pool, { name: sb.adopt(short), devId, length: sectors(VOL / 512), readOnly });
   }
 
   /** What thin `devId` reads as (activated read-only for the occasion). */

@@ -53,7 +53,7 @@ export async function expectMessagesRefused(tp: TestPool) {
 export async function poolWithThin(sb: DmSandbox, o: Parameters<typeof createTestPool>[1] & { thinBlocks?: number } = {}) {
   const tp = await createTestPool(sb, { data: 'zero', dataBytes: 64 * MiB, ...o });
   await tp.pool.createThin(1);
-  const thin = await ThinDevice.activate(tp.pool, { name: sb.adopt(`${o.label ?? 'pool'}-t1`), devId: 1, length: (o.thinBlocks ?? 1024) * tp.blockSectors });
+  const thin = await ThinDevice.activate(tp.pool, { name: sb.adopt(`${o.label ?? 'pool'}-t1`), devId: 1, length: sectors((o.thinBlocks ?? 1024) * tp.blockSectors) });
   return { tp, thin };
 }
 

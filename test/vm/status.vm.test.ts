@@ -15,6 +15,7 @@
  * thin query can fail) and the thin status `-` (a thin target without its
  * device only exists inside the constructor).
  */
+import { sectors } from '../../src/units';
 import { parseThinPoolTable, type ThinPoolFeature } from '../../src/dm/targets/thin-pool';
 import { parseThinTable } from '../../src/dm/targets/thin';
 import { ThinDevice } from '../../src/pool/thin-device';
@@ -37,14 +38,14 @@ describeVm('pool and thin status in every reachable mode, against dmsetup', () =
     for (const v of variants) {
       const { tp, thin } = await poolWithThin(sb, { ...v, thinBlocks: 100 });
       await tp.pool.createThin(2);
-      const empty = await ThinDevice.activate(tp.pool, { name: sb.adopt(`${v.label}-t2`), devId: 2, length: 50 * tp.blockSectors });
+      const empty = await ThinDevice.activate(tp.pool, { name: sb.adopt(`${v.label}-t2`), devId: 2, length: sectors(50 * tp.blockSectors) });
       const thins = [thin, empty];
       if (v.label === 'a') {
         // A thin device with an external (read-only) origin: a third table field.
         const ext = sb.adopt('a-ext');
         await tp.dm.createWithTable(ext, oneTarget(50 * tp.blockSectors, 'zero', ''), { readOnly: true });
         await tp.pool.createThin(3);
-        thins.push(await ThinDevice.activate(tp.pool, { name: sb.adopt('a-t3'), devId: 3, length: 50 * tp.blockSectors, externalOrigin: `${tp.dm.devDir}/${ext}` }));
+        thins.push(await ThinDevice.activate(tp.pool, { name: sb.adopt('a-t3'), devId: 3, length: sectors(50 * tp.blockSectors), externalOrigin: `${tp.dm.devDir}/${ext}` }));
       }
       pools.push({ tp, thins });
     }

@@ -15,6 +15,7 @@
  *   activated equal the snapshot; LVM then still works (lvs, lvremove,
  *   vgchange -an/-ay) and its transaction id equals the kernel's.
  */
+import { sectors } from '../../src/units';
 import { spawnSync } from 'node:child_process';
 import { copyFileSync, readFileSync } from 'node:fs';
 import { DeviceMapper } from '../../src/dm/device-mapper';
@@ -46,7 +47,7 @@ describeVm('a live pool: a snapshot that ends below its base, sent while inactiv
     sb = new DmSandbox('sizes-live');
     const { pool, name } = await createTestPool(sb, { dataBytes: 128 * MiB, blockSectors: BS / 512 });
     await pool.createThin(1);
-    const t1 = await ThinDevice.activate(pool, { name: sb.adopt('t1'), devId: 1, length: VOL / 512 });
+    const t1 = await ThinDevice.activate(pool, { name: sb.adopt('t1'), devId: 1, length: sectors(VOL / 512) });
     sh(ddCmd(t1.path, { bs: MiB, seek: 0, count: VOL / MiB }));
     await pool.createSnap(2, 1);
     // The last 8 MiB discarded, a little rewritten in the middle.
@@ -88,7 +89,7 @@ describeVm('a live pool: a snapshot that ends below its base, sent while inactiv
     r = dmthin(['receive', '--target', target, '-i', `${dir}/inc3.s`, '-q']);
     expect([r.status, r.stderr]).toEqual([0, '']);
 
-    const ro = await ThinDevice.activate(pool, { name: sb.adopt('ro3'), devId: 3, length: VOL / 512, readOnly: true });
+    const ro = await ThinDevice.activate(pool, { name: sb.adopt('ro3'), devId: 3, length: sectors(VOL / 512), readOnly: true });
     expect(sha256File(target)).toBe(await sha256OfDevice(ro.path, 0, VOL));
     await ro.deactivate();
     expect(await tempDevices()).toEqual([]);
@@ -96,7 +97,7 @@ describeVm('a live pool: a snapshot that ends below its base, sent while inactiv
 
     // One receive per block device: a second one, through another node and with another state file, is refused at once (O_EXCL).
     await pool.createThin(10);
-    const t10 = await ThinDevice.activate(pool, { name: sb.adopt('t10'), devId: 10, length: VOL / 512 });
+    const t10 = await ThinDevice.activate(pool, { name: sb.adopt('t10'), devId: 10, length: sectors(VOL / 512) });
     const full = readFileSync(`${dir}/full2.s`);
     const first = receiveStream(t10.path, { stateDir: `${dir}/state-a`, spoolDir: dir });
     await new Promise<void>((res, rej) => first.write(full.subarray(0, 4096), (e) => (e ? rej(e) : res())));

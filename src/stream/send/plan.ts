@@ -148,7 +148,8 @@ async function* deltaExtents(
 ): AsyncGenerator<SendExtent> {
   let seen = 0;
   let batchNo = 0;
-  for await (const e of md.delta(baseId, snapId, { includeSame: false, signal: o.signal })) {
+  // The raw batches keep virtual blocks below 2^53 as numbers (no BigInt per extent).
+  for await (const batch of md.deltaExtentBatches(baseId, snapId, { includeSame: false, signal: o.signal })) for (const e of batch) {
     seen += e.length;
     if ((++batchNo & 1023) === 0) o.onProgress?.({ blocks: seen });
     if (e.kind === 'same') continue;
