@@ -9,7 +9,7 @@
 import { closeSync, openSync, statSync } from 'node:fs';
 import { DeviceMapper } from '../../src/dm/device-mapper';
 import type { DmTarget } from '../../src/dm/ioctl';
-import { MetadataSnapError } from '../../src/errors';
+import { MetadataSnapError, NameLookupError } from '../../src/errors';
 import { ThinDevice } from '../../src/pool/thin-device';
 import { ThinPool } from '../../src/pool/thin-pool';
 import { ThinMetadata } from '../../src/thin/metadata';
@@ -95,10 +95,16 @@ describeVm('pool messages and dm ioctls: failures and their errnos on a real ker
       [() => dm.rename(ghost, { name: `${ghost}2` }), 'DM_DEV_RENAME'],
       [() => dm.wait(ghost, 0), 'DM_DEV_STATUS'],
       [() => dm.targetMessage(ghost, sectors(0), 'create_thin 1'), 'DM_TARGET_MSG', 'create_thin 1'],
-      [() => ThinPool.open(ghost), 'DM_DEV_STATUS'],
       [() => ThinDevice.open(ghost), 'DM_DEV_STATUS'],
     ];
     for (const [call, ioctl, targetMessage] of missing) await expectIoctlError(call(), { code: 'ENXIO', ioctl, device: ghost, targetMessage });
+    // A pool name is resolved first (dm name, VG/LV, device node): a name that finds nothing is a NameLookupError, ENXIO.
+    const lookup = await ThinPool.open(ghost).then(
+      () => null,
+      (e: unknown) => e,
+    );
+    expect(lookup).toBeInstanceOf(NameLookupError);
+    expect(lookup).toMatchObject({ code: 'ENXIO', reason: 'not-found', given: ghost });
     await expectIoctlError(dm.info({ dev: { major: 254, minor: 0xffff } }), { code: 'ENXIO', ioctl: 'DM_DEV_STATUS', device: '254:65535' });
     await expectIoctlError(dm.info({ uuid: `${ghost}-uuid` }), { code: 'ENXIO', ioctl: 'DM_DEV_STATUS', device: `${ghost}-uuid` });
 
