@@ -233,5 +233,5 @@ describeVm('pool and thin status in every reachable mode, against dmsetup', () =
     await reloadPool(tp, {});
     expect(await expectStatusMatches(tp, [thin])).toMatchObject({ mode: 'rw', needsCheck: false, totalMetadata: 1024 });
     await tp.pool.createThin(2);
-  });
+  }, 480_000); // thousands of small writes under emulation: 60-190 s depending on host load
 });
