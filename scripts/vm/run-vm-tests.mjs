@@ -17,6 +17,7 @@
 import { spawnSync } from 'node:child_process';
 import { existsSync, lstatSync, readFileSync, readdirSync, readlinkSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import { availableParallelism } from 'node:os';
 import { join, relative } from 'node:path';
 import { PACKAGE_ROOT, prepareAssets, runInVm, VmUnavailableError } from '../../vm/run-in-vm.mjs';
 
@@ -126,37 +127,107 @@ async function main() {
   const { compiled, cached } = transform.precompile(files);
   log(`TypeScript for the guest: ${compiled} transpiled, ${cached} cached (${secs(Date.now() - tp)})`);
 
-  // 3. The suite, then the isolated tests, each in a boot of its own.
+  // 3. The suite in SHARDS guests at once (each test file in one of them),
+  // then the isolated tests in a boot of their own.
   const ISOLATED = '\\.isolated\\.vm\\.test\\.ts$';
-  const boots =
+  const main = tests.filter((t) => !/\.isolated\.vm\.test\.ts$/.test(t));
+  const shards = jestArgs.length > 0 ? [] : splitForShards(main, shardCount());
+  const groups =
     jestArgs.length > 0
-      ? [{ label: 'root-VM suite', args: jestArgs }]
+      ? [[{ label: 'root-VM suite', args: jestArgs }]]
       : [
-          { label: 'root-VM suite', args: ['--testPathIgnorePatterns', ISOLATED] },
-          ...(tests.some((t) => /\.isolated\.vm\.test\.ts$/.test(t)) ? [{ label: 'root-VM isolated tests', args: ['--testPathPattern', ISOLATED] }] : []),
+          shards.map((files, i) => ({
+            label: shards.length > 1 ? `root-VM suite (guest ${i + 1} of ${shards.length})` : 'root-VM suite',
+            prefix: shards.length > 1 ? `[g${i + 1}] ` : '',
+            args: ['--testPathIgnorePatterns', ISOLATED, '--', ...files.map(pathPattern)],
+          })),
+          ...(tests.some((t) => /\.isolated\.vm\.test\.ts$/.test(t)) ? [[{ label: 'root-VM isolated tests', args: ['--testPathPattern', ISOLATED] }]] : []),
         ];
   const timeoutS = Number(process.env.DMTHIN_VM_TIMEOUT) > 0 ? Number(process.env.DMTHIN_VM_TIMEOUT) : 2400;
   let status = 0;
-  for (const b of boots) {
-    let r = await bootOnce(b, timeoutS, transform);
-    // The guest kernel (Debian's 6.1) has faulted on rare occasions inside
-    // dm's own code (an oops in dm_ima_measure_on_device_remove, slab
-    // corruption after a pool's metadata device failed). A kernel fault is
-    // not a test failure, and it poisons the rest of that boot: a boot that
-    // failed AND logged a kernel fault is run once more in a fresh guest,
-    // saying so. A failure without a fault, or a second one, stands.
-    if (r.status !== 0 && r.oops) {
-      process.stderr.write(
-        `[vm] WARNING: the guest kernel faulted during the ${b.label} (${r.oops}); that boot's results are void - running it again in a fresh guest (once)\n`,
-      );
-      r = await bootOnce(b, timeoutS, transform);
-    } else if (r.oops) {
-      process.stderr.write(`[vm] WARNING: the guest kernel faulted during the ${b.label} (${r.oops}), though every test passed\n`);
-    }
-    if (r.status !== 0 && status === 0) status = r.status || 1;
+  for (const group of groups) {
+    const results = await Promise.all(group.map((b) => runBoot(b, timeoutS, transform)));
+    for (const st of results) if (st !== 0 && status === 0) status = st || 1;
   }
   process.stderr.write(`[vm] root-VM tests ${status === 0 ? 'PASSED' : 'FAILED'} - total ${secs(Date.now() - t0)} wall\n`);
   return status;
+}
+
+/**
+ * How many guests share the suite: DMTHIN_VM_SHARDS, else 2 on a machine
+ * with at least 2 CPUs. Each guest runs one test file at a time (dm and
+ * loop devices are machine-wide) and keeps about one host core busy under
+ * TCG, so two guests take about half the wall time of one.
+ */
+function shardCount() {
+  const env = Number(process.env.DMTHIN_VM_SHARDS);
+  if (Number.isInteger(env) && env >= 1) return env;
+  return Math.min(2, availableParallelism());
+}
+
+// Rough minutes of each test file under emulation (measured); files not
+// listed count as one. Only used to balance the guests.
+const WEIGHTS = {
+  'replicate.vm.test.ts': 8,
+  'merge.vm.test.ts': 5,
+  'lvm-names.vm.test.ts': 5,
+  'send-receive.vm.test.ts': 4,
+  'stream-sizes.vm.test.ts': 4,
+  'status.vm.test.ts': 3,
+  'replication.vm.test.ts': 3,
+  'check.vm.test.ts': 2,
+  'receive-targets.vm.test.ts': 2,
+};
+
+/** Test files into `n` groups of about equal weight (heaviest first, each to the lightest group). */
+function splitForShards(files, n) {
+  const weight = (f) => WEIGHTS[f.split('/').pop()] ?? 1;
+  const groups = Array.from({ length: Math.max(1, Math.min(n, files.length)) }, () => ({ files: [], w: 0 }));
+  for (const f of [...files].sort((a, b) => weight(b) - weight(a) || a.localeCompare(b))) {
+    const g = groups.reduce((m, x) => (x.w < m.w ? x : m));
+    g.files.push(f);
+    g.w += weight(f);
+  }
+  return groups.map((g) => g.files.sort());
+}
+
+/** A jest path pattern matching exactly this file. */
+function pathPattern(file) {
+  return `${relative(root, file).replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`;
+}
+
+/** A boot, and once more if the guest kernel faulted and a test failed; returns jest's status. */
+async function runBoot(b, timeoutS, transform) {
+  let r = await bootOnce(b, timeoutS, transform);
+  // The guest kernel (Debian's 6.1) has faulted on rare occasions inside
+  // dm's own code (an oops in dm_ima_measure_on_device_remove, slab
+  // corruption after a pool's metadata device failed). A kernel fault is
+  // not a test failure, and it poisons the rest of that boot: a boot that
+  // failed AND logged a kernel fault is run once more in a fresh guest,
+  // saying so. A failure without a fault, or a second one, stands.
+  if (r.status !== 0 && r.oops) {
+    process.stderr.write(
+      `[vm] WARNING: the guest kernel faulted during the ${b.label} (${r.oops}); that boot's results are void - running it again in a fresh guest (once)\n`,
+    );
+    r = await bootOnce(b, timeoutS, transform);
+  } else if (r.oops) {
+    process.stderr.write(`[vm] WARNING: the guest kernel faulted during the ${b.label} (${r.oops}), though every test passed\n`);
+  }
+  return r.status;
+}
+
+/** A console sink that writes whole lines, each starting with `prefix`. */
+function linePrefixer(prefix) {
+  let rest = '';
+  const sink = (text) => {
+    rest += text;
+    const cut = rest.lastIndexOf('\n');
+    if (cut < 0) return;
+    process.stdout.write(rest.slice(0, cut + 1).replace(/^(?=[^\n])/gm, prefix));
+    rest = rest.slice(cut + 1);
+  };
+  process.on('exit', () => rest && process.stdout.write(`${prefix}${rest}\n`));
+  return sink;
 }
 
 /** Signs of a kernel fault in the guest's console or kernel log. */
@@ -176,7 +247,9 @@ async function bootOnce(b, timeoutS, transform) {
         ? []
         : [{ dir: join(root, 'node_modules'), exclude: ['typescript', 'ts-jest', '@types', 'caniuse-lite', 'handlebars', 'uglify-js', '.cache'] }],
     timeoutMs: timeoutS * 1000,
-    log,
+    log: b.prefix ? (m) => log(`${b.prefix}${m}`) : log,
+    // Guests running side by side: whole lines, each marked with its guest.
+    ...(b.prefix ? { stream: linePrefixer(b.prefix) } : {}),
   });
   if (r.error) log(`ERROR: ${r.error}`);
   const ok = r.status === 0;
