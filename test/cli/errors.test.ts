@@ -45,10 +45,10 @@ describe('usage errors: one line, [EINVAL], exit 1', () => {
     [['send', '--metadata', 'x'], "dmthin send: required option '--snap <id>' not specified; see 'dmthin send --help' [EINVAL]"],
     [['bogus'], "dmthin: unknown command 'bogus'; see 'dmthin --help' [EINVAL]"],
     [['help', 'bogus'], "dmthin: unknown command 'bogus'; see 'dmthin --help' [EINVAL]"],
-    [[], "dmthin: a command is required (dump, ls, delta, rmap, pool, message, devices, send, receive, check); see 'dmthin --help' [EINVAL]"],
+    [[], "dmthin: a command is required (dump, ls, delta, rmap, pool, message, devices, send, receive, replicate, merge, check); see 'dmthin --help' [EINVAL]"],
     [
       ['pool'],
-      "dmthin pool: a command is required (status, create-thin, create-snap, delete, set-transaction-id, reserve-metadata-snap, release-metadata-snap); see 'dmthin pool --help' [EINVAL]",
+      "dmthin pool: a command is required (status, events, create-thin, create-snap, delete, set-transaction-id, reserve-metadata-snap, release-metadata-snap); see 'dmthin pool --help' [EINVAL]",
     ],
     [['pool', 'bogus'], "dmthin pool: unknown command 'bogus'; see 'dmthin pool --help' [EINVAL]"],
     [['pool', 'status'], "dmthin pool status: missing required argument 'name'; see 'dmthin pool status --help' [EINVAL]"],

@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { DeviceMapper } from '../../src/dm/device-mapper';
 import { type DmEventPoller, waitForEventChange } from '../../src/dm/event-wait';
 import { Cmd, IOCTL, decodeHeader, encodeDev, encodeRequest } from '../../src/dm/ioctl';
-import { AbortError, DmIoctlError } from '../../src/errors';
+import { AbortError, DmIoctlError, SetupError } from '../../src/errors';
 import { native } from '../../src/native/binding';
 import { statusResults } from './helpers/kernel-replies';
 
@@ -198,11 +198,15 @@ describe('DeviceMapper.wait', () => {
     expect(sent).toEqual([Cmd.DEV_STATUS]);
   });
 
-  test('arm and open failures are DmIoctlErrors naming DM_DEV_ARM_POLL and the device', async () => {
+  test('arm and open failures: the kernel refusing DM_DEV_ARM_POLL for want of privilege, the control node missing (SetupError)', async () => {
     const arm = new DeviceMapper({ nodes: 'never', eventPoller: () => fakePoller({ armError: errno('EACCES', 13) }).poller, transport: async () => Buffer.alloc(0) });
     const e1 = await arm.wait('pool', 0).catch((e: unknown) => e);
-    expect(e1).toBeInstanceOf(DmIoctlError);
-    expect(e1).toMatchObject({ code: 'EACCES', ioctl: 'DM_DEV_ARM_POLL', device: 'pool' });
+    expect(e1).toBeInstanceOf(SetupError);
+    expect(e1).toMatchObject({ kind: 'needs-root', code: 'EACCES', ioctl: 'DM_DEV_ARM_POLL', device: 'pool' });
+    const busy = new DeviceMapper({ nodes: 'never', eventPoller: () => fakePoller({ armError: errno('EBUSY', 16) }).poller, transport: async () => Buffer.alloc(0) });
+    const e2 = await busy.wait('pool', 0).catch((e: unknown) => e);
+    expect(e2).toBeInstanceOf(DmIoctlError);
+    expect(e2).toMatchObject({ code: 'EBUSY', ioctl: 'DM_DEV_ARM_POLL', device: 'pool' });
     const open = new DeviceMapper({
       nodes: 'never',
       eventPoller: () => {
@@ -210,7 +214,10 @@ describe('DeviceMapper.wait', () => {
       },
       transport: async () => Buffer.alloc(0),
     });
-    expect(await open.wait('pool', 0).catch((e: unknown) => e)).toMatchObject({ code: 'ENOENT', ioctl: 'DM_DEV_ARM_POLL', syscall: 'open', path: '/dev/mapper/control' });
+    const e3 = await open.wait('pool', 0).catch((e: unknown) => e);
+    expect(e3).toBeInstanceOf(SetupError);
+    expect(e3).toMatchObject({ kind: 'no-device-mapper', code: 'ENOENT', syscall: 'open', path: '/dev/mapper/control', device: 'pool' });
+    expect((e3 as { ioctl?: string }).ioctl).toBeUndefined();
     await expect(open.wait('pool', -1)).rejects.toMatchObject({ code: 'EINVAL' });
   });
 });
