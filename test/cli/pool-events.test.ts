@@ -44,7 +44,7 @@ test('one line per event, text and JSON', () => {
     eventNr: 12,
     status: {
       kind: 'working',
-      transactionId: 7,
+      transactionId: '7', // a u64: a decimal string in JSON (docs/json.md)
       usedMetadata: 800,
       totalMetadata: 1024,
       usedData: 200,
