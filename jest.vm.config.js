@@ -24,7 +24,9 @@ module.exports = {
   watchman: false,
   // dm devices and loop devices are machine-wide: one test file at a time.
   maxWorkers: 1,
-  testTimeout: 120000,
+  // Generous: under emulation on a loaded 2-core host, tests that take 60 s idle
+  // have taken 140 s (a hang still fails, after 5 minutes).
+  testTimeout: 300000,
   // A guest-kernel fault can leave an ioctl that never returns on a libuv
   // thread; jest must still exit and report (the runner then sees the fault).
   forceExit: true,
