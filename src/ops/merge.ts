@@ -17,6 +17,7 @@
  * unless asked to keep it. LVM pools are refused: their thin ids and
  * activations are LVM's.
  */
+import { refuseOutputOverInputs } from '../output/file';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { MergeError, UsageError, throwIfAborted } from '../errors';
 import { devNumOf } from '../dm/block-devices';
@@ -310,6 +311,8 @@ async function runSteps(
  */
 export async function mergeIntoExternalOrigin(poolArg: string | ThinPool, o: ExternalMergeOptions): Promise<MergeResult> {
   const t0 = Date.now();
+  // The state is written over the path it names (by rename): never the origin being merged into.
+  if (o.stateFile !== undefined) await refuseOutputOverInputs(o.stateFile, 'the merge state file', [{ path: o.origin, role: 'the external origin' }]);
   const p = await prepare(poolArg, o, ({ pool, snap }) =>
     `pool ${pool} is managed by LVM: dmthin does not activate or delete its thin volumes behind LVM's back, and lvm2 cannot merge a thin volume into an external origin (${snap}): ` +
     'copy the data with LVM active volumes instead (e.g. dmthin send of the snapshot, then receive onto the origin)',

@@ -16,7 +16,7 @@ import { PassThrough, type Writable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AbortError, DmthinError, UsageError, throwIfAborted } from '../errors';
 import { native } from '../native/binding';
-import { writeFileAtomically } from '../output/file';
+import { refuseOutputOverInputs, writeFileAtomically } from '../output/file';
 import { isLvmUuid } from '../pool/lvm';
 import { withMetadataSnapshot } from '../pool/live-metadata';
 import { ThinPool } from '../pool/thin-pool';
@@ -289,6 +289,13 @@ export async function* replicate(o: ReplicateOptions): AsyncGenerator<CycleRepor
   }
   if (ids.first > ids.last) throw new UsageError(`empty snapshot id range ${ids.first}-${ids.last}`);
   if (o.thin >= ids.first && o.thin <= ids.last) throw new UsageError(`thin ${o.thin} lies in the snapshot id range ${ids.first}-${ids.last}: choose a range without it`);
+  // The states are written over the paths they name: never the target, and not each other.
+  if (o.stateFile !== undefined) {
+    await refuseOutputOverInputs(o.stateFile, 'the replication state file', [
+      { path: o.target, role: 'the target' },
+      { path: o.receive?.stateFile, role: "the target's receive state file" },
+    ]);
+  }
   const pool = typeof o.pool === 'string' ? await ThinPool.open(o.pool) : o.pool;
   const info = await pool.info();
   if (isLvmUuid(info.uuid)) {

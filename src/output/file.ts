@@ -224,6 +224,9 @@ export async function refuseOutputOverInputs(output: string, outputRole: string,
 
 /** Replaces `path` with `text` atomically and durably (temporary file, fsync, rename, directory fsync). */
 export async function writeFileAtomically(path: string, text: string): Promise<void> {
+  const existing = await stat(path).catch(() => null);
+  // OutputFile writes a device or FIFO in place: a state file named over one would destroy it.
+  if (existing && !existing.isFile()) throw new UsageError(`${path} exists and is not a regular file: choose another path for this file`, { path });
   await mkdir(dirname(path), { recursive: true, mode: 0o755 }).catch((e) => {
     throw fsError(e, 'create the directory of', path);
   });
