@@ -13,10 +13,11 @@
  * dies, so no stale lock needs cleaning up.
  */
 import { closeSync, constants, mkdirSync, openSync } from 'node:fs';
-import { open, readFile, rename, unlink } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { open, readFile, unlink } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { DmthinError, MergeError } from '../errors';
 import { native } from '../native/binding';
+import { writeFileAtomically } from '../output/file';
 
 export const DEFAULT_MERGE_STATE_DIR = '/var/lib/dmthin/merge';
 
@@ -109,24 +110,7 @@ export async function readMergeState(file: string): Promise<MergeState | null> {
 }
 
 export async function writeMergeState(file: string, state: MergeState): Promise<void> {
-  const dir = dirname(file);
-  const tmp = join(dir, `.${basename(file)}.${process.pid}.tmp`);
-  try {
-    mkdirSync(dir, { recursive: true, mode: 0o755 });
-    const fh = await open(tmp, 'w', 0o644);
-    try {
-      await fh.writeFile(JSON.stringify(state, null, 2) + '\n');
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await rename(tmp, file);
-  } catch (e) {
-    await unlink(tmp).catch(() => undefined);
-    const err = e as NodeJS.ErrnoException;
-    throw new DmthinError(err.code ?? 'EIO', `cannot write merge state ${file}: ${err.message}`, { path: file, syscall: err.syscall, cause: e });
-  }
-  await syncDir(dir);
+  await writeFileAtomically(file, JSON.stringify(state, null, 2) + '\n');
 }
 
 /** Removes the state once the merge is complete (durably: a crash after this finds no merge to finish). */

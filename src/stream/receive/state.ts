@@ -10,11 +10,11 @@
  * block device, one file per target path under /var/lib/dmthin/receive/.
  * Written atomically (temp file, fsync, rename, fsync of the directory).
  */
-import { mkdirSync } from 'node:fs';
-import { open, readFile, rename, unlink } from 'node:fs/promises';
-import { basename, dirname, join, resolve } from 'node:path';
-import { DmthinError, StreamError } from '../../errors';
+import { readFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { StreamError } from '../../errors';
 import { describeIdentity, identityKey, type SnapshotIdentity, type StreamHeader } from '../format/records';
+import { writeFileAtomically } from '../../output/file';
 
 /** Where the receive state of block-device targets is kept by default. */
 export const DEFAULT_STATE_DIR = '/var/lib/dmthin/receive';
@@ -173,26 +173,7 @@ export async function readState(file: string): Promise<StateRead> {
 }
 
 export async function writeState(file: string, state: ReceiveState): Promise<void> {
-  const dir = dirname(file);
-  mkdirSync(dir, { recursive: true, mode: 0o755 });
-  const tmp = join(dir, `.${basename(file)}.${process.pid}.tmp`);
-  try {
-    const fh = await open(tmp, 'w', 0o644);
-    try {
-      await fh.writeFile(JSON.stringify(state, null, 2) + '\n');
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await rename(tmp, file);
-  } catch (e) {
-    await unlink(tmp).catch(() => undefined);
-    const err = e as NodeJS.ErrnoException;
-    throw new DmthinError(err.code ?? 'EIO', `cannot write receive state ${file}: ${err.message}`, { path: file, syscall: err.syscall, cause: e });
-  }
-  // The rename is durable once the directory is.
-  const d = await open(dir, 'r').catch(() => undefined);
-  if (d) await d.sync().catch(() => undefined).finally(() => d.close());
+  await writeFileAtomically(file, JSON.stringify(state, null, 2) + '\n');
 }
 
 /**
