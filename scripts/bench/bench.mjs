@@ -4,7 +4,11 @@
 // `ls`, `delta`, `rmap` and `check` against their reference tool in interleaved
 // rounds and prints median wall times, their ratio and peak RSS.
 //
-//   npm run bench [-- --mappings 1000000 --rounds 7]
+//   npm run bench [-- --mappings 1000000 --devices 70000 --rounds 7 --only mappings,devices]
+//
+// Groups: `mappings` (one image of --mappings mappings in 4 devices, and an
+// origin + snapshot sharing all but 75 blocks), `devices` (--devices small
+// thin devices with a few mappings each).
 import { spawnSync } from 'node:child_process';
 import { createWriteStream, existsSync, mkdirSync, statSync, writeFileSync, renameSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -18,6 +22,11 @@ const opt = (name, def) => {
 };
 const MAPPINGS = opt('mappings', 1_000_000);
 const ROUNDS = opt('rounds', 7);
+const DEVICES = opt('devices', 70_000);
+// --only mappings,devices: which groups of rows to run (default all).
+const onlyAt = args.indexOf('--only');
+const ONLY = onlyAt >= 0 ? new Set(String(args[onlyAt + 1]).split(',')) : null;
+const runs = (group) => !ONLY || ONLY.has(group);
 const cli = join(root, 'dist/cli/main.js');
 
 function need(cmd) {
@@ -134,6 +143,65 @@ async function makeSharedImage(path, total, writes) {
   renameSync(`${path}.tmp`, path);
 }
 
+/**
+ * Many small thin devices, as a pool of VM disks and their snapshots: groups
+ * of an origin with a few mappings (singles and short runs) followed by up to
+ * three snapshots that share its data blocks and each rewrote one of them;
+ * every 100th device is empty. Each device gets its own one-leaf mapping tree
+ * (thin_restore shares only the empty leaf), so the image is ~4 KiB a device.
+ */
+async function makeDevicesImage(path, nrDevices) {
+  const xml = `${path}.xml`;
+  const out = createWriteStream(xml);
+  const w = (s) => (out.write(s) ? undefined : new Promise((r) => out.once('drain', r)));
+  const r = rng(11);
+  const nrData = nrDevices * 64;
+  await w(`<superblock uuid="" time="5" transaction="${nrDevices}" data_block_size="128" nr_data_blocks="${nrData}">\n`);
+  let nextData = 0;
+  let origin = [];
+  for (let dev = 0; dev < nrDevices; dev++) {
+    let maps;
+    if (dev % 100 === 99) maps = [];
+    else if (dev % 4 !== 0 && origin.length > 0) {
+      // A snapshot: the origin's mappings, one block rewritten at a newer time.
+      maps = origin.map((m) => [...m]);
+      const k = Math.floor(r() * maps.length);
+      const [v, , len] = maps[k];
+      maps.splice(k, 1, ...(len === 1 ? [] : [[v + 1, maps[k][1] + 1, len - 1, maps[k][3]]]), [v, nextData++, 1, 4]);
+      maps.sort((a, b) => a[0] - b[0]);
+    } else {
+      maps = [];
+      let v = Math.floor(r() * 64);
+      const n = 1 + Math.floor(r() * 6);
+      for (let i = 0; i < n; i++) {
+        const len = r() < 0.6 ? 1 : 2 + Math.floor(r() * 8);
+        maps.push([v, nextData, len, Math.floor(r() * 4)]);
+        nextData += len + 1;
+        v += len + 1 + Math.floor(r() * 100);
+      }
+      origin = maps;
+    }
+    const mapped = maps.reduce((n, m) => n + m[2], 0);
+    let s = `  <device dev_id="${dev}" mapped_blocks="${mapped}" transaction="${dev}" creation_time="${dev % 5}" snap_time="${dev % 4 === 0 ? 5 : dev % 5}">\n`;
+    for (const [v, d, len, t] of maps) {
+      s += len === 1
+        ? `    <single_mapping origin_block="${v}" data_block="${d}" time="${t}"/>\n`
+        : `    <range_mapping origin_begin="${v}" data_begin="${d}" length="${len}" time="${t}"/>\n`;
+    }
+    await w(s + '  </device>\n');
+  }
+  await w('</superblock>\n');
+  await new Promise((res) => out.end(res));
+  if (nextData > nrData) throw new Error('bench: data device too small for the devices image');
+  // A leaf per device, plus the details and top-level trees and space maps.
+  const bytes = Math.ceil((nrDevices * 4096 * 1.1 + (16 << 20)) / (4 << 20)) * (4 << 20);
+  writeFileSync(`${path}.tmp`, '');
+  spawnSync('truncate', ['-s', String(bytes), `${path}.tmp`]);
+  const t = spawnSync('thin_restore', ['-q', '-i', xml, '-o', `${path}.tmp`], { stdio: 'inherit' });
+  if (t.status !== 0) throw new Error('thin_restore failed');
+  renameSync(`${path}.tmp`, path);
+}
+
 function timed(cmd, argv) {
   const hasTime = existsSync('/usr/bin/time');
   const full = hasTime ? ['/usr/bin/time', ['-f', '%e %M', cmd, ...argv]] : [cmd, argv];
@@ -154,9 +222,7 @@ const median = (xs) => {
   return s[Math.floor(s.length / 2)];
 };
 
-async function main() {
-  const cache = join(root, '.bench-cache');
-  mkdirSync(cache, { recursive: true });
+async function mappingRows(cache, notes) {
   const img = join(cache, `bench-${MAPPINGS}.bin`);
   if (!existsSync(img)) {
     process.stderr.write(`bench: building a ${MAPPINGS}-mapping image with thin_restore...\n`);
@@ -204,8 +270,39 @@ async function main() {
   // check: both tools verify the trees and recount the space maps (dmthin also the data space map).
   pairs.push(['check (trees and space maps)', [process.execPath, [cli, 'check', '-q', img]], ['thin_check', ['-q', img]]]);
   pairs.push(['check (origin + snapshot sharing all but 75 written blocks)', [process.execPath, [cli, 'check', '-q', shared]], ['thin_check', ['-q', shared]]]);
-  console.log(`image: ${img} (${MAPPINGS} mappings, ${(size / 2 ** 20).toFixed(0)} MiB metadata), ${ROUNDS} interleaved rounds`);
-  console.log(`node ${process.version}; times are medians of wall-clock seconds`);
+  notes.push(`image: ${img} (${MAPPINGS} mappings, ${(size / 2 ** 20).toFixed(0)} MiB metadata)`);
+  return pairs;
+}
+
+async function deviceRows(cache, notes) {
+  const img = join(cache, `bench-devices-${DEVICES}.bin`);
+  if (!existsSync(img)) {
+    process.stderr.write(`bench: building an image of ${DEVICES} small thin devices with thin_restore...\n`);
+    const t0 = Date.now();
+    await makeDevicesImage(img, DEVICES);
+    process.stderr.write(`bench: built in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
+  }
+  notes.push(`image: ${img} (${DEVICES} thin devices, a few mappings each, ${(statSync(img).size / 2 ** 20).toFixed(0)} MiB metadata)`);
+  return [
+    [`dump (xml) of ${DEVICES} small devices (goal <= 0.5)`, [process.execPath, [cli, 'dump', img]], ['thin_dump', [img]]],
+    [`ls (default fields) of ${DEVICES} small devices (goal <= 0.5)`, [process.execPath, [cli, 'ls', img]], ['thin_ls', [img]]],
+    [
+      `ls (DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS) of ${DEVICES} small devices (goal <= 0.5)`,
+      [process.execPath, [cli, 'ls', '-o', 'DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS', img]],
+      ['thin_ls', ['-o', 'DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS', img]],
+    ],
+  ];
+}
+
+async function main() {
+  const cache = join(root, '.bench-cache');
+  mkdirSync(cache, { recursive: true });
+  const pairs = [];
+  const notes = [];
+  if (runs('mappings')) pairs.push(...(await mappingRows(cache, notes)));
+  if (runs('devices')) pairs.push(...(await deviceRows(cache, notes)));
+  for (const n of notes) console.log(n);
+  console.log(`${ROUNDS} interleaved rounds; node ${process.version}; times are medians of wall-clock seconds`);
   const results = [];
   for (const [name, ours, ref] of pairs) {
     timed(ours[0], ours[1]); // warm the page cache and the binaries

@@ -71,6 +71,14 @@ export class OutputSink {
     this.pos += this.buf.write(s, this.pos, 'latin1');
   }
 
+  /**
+   * Whether maybeFlush() has work (a full chunk or an error to report): lets
+   * a caller printing many small records skip an await per record.
+   */
+  needsFlush(): boolean {
+    return this.pos >= CHUNK - 4096 || this.error !== undefined;
+  }
+
   /** Hands full chunks to the stream; waits if the stream asks us to. */
   async maybeFlush(): Promise<void> {
     this.check();

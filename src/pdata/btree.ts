@@ -155,13 +155,24 @@ function describe(ctx: TreeContext): string {
  * One bit per metadata block: "seen in this tree". Catches cycles and double
  * references. Paged (4 KiB of bits, 32768 blocks, per page, on first touch) so
  * that a walk that visits a few nodes of a large device costs a few pages,
- * not a bitmap of the whole device.
+ * not a bitmap of the whole device. The first block is held without a page:
+ * a one-node tree (a small thin device) then allocates nothing, which counts
+ * when tens of thousands of them are walked.
  */
 export class BlockSet {
   private readonly pages: (Uint8Array | undefined)[] = [];
+  private first = -1;
   constructor(readonly nrBlocks: number) {}
   /** Returns false if already present. */
   add(b: number): boolean {
+    if (this.first < 0) {
+      this.first = b;
+      return true;
+    }
+    if (b === this.first) return false;
+    return this.addPaged(b);
+  }
+  private addPaged(b: number): boolean {
     const p = Math.floor(b / 32768);
     const page = (this.pages[p] ??= new Uint8Array(4096));
     const o = b - p * 32768;
@@ -172,6 +183,7 @@ export class BlockSet {
     return true;
   }
   has(b: number): boolean {
+    if (b === this.first) return true;
     const p = Math.floor(b / 32768);
     const page = this.pages[p];
     if (!page) return false;
@@ -314,6 +326,8 @@ export interface WalkOptions extends TreeContext {
     /** Highest key the parent allows. */
     hi: Key;
   };
+  /** The root's block, already read (by a caller that reads many roots in one batch). */
+  rootBlock?: Block;
 }
 
 interface Pending {
@@ -345,6 +359,11 @@ export async function* walkLeaves(io: BlockSource, root: number, opts: WalkOptio
   const v = new TreeValidator(opts.nrMetadataBlocks, opts.valueSize, ctx, opts.subtree?.depth ?? 0);
   // The stack's top (last element) is the next node in key order.
   const stack: Pending[] = [{ block: root, lo: opts.subtree?.lo ?? 0, hi: opts.subtree?.hi ?? Infinity, depth: 0 }];
+  if (opts.rootBlock) {
+    if (opts.rootBlock.nr !== root) throw new RangeError(`rootBlock is block ${opts.rootBlock.nr}, not the root ${root}`);
+    stack[0].data = opts.rootBlock;
+    stack[0].p = Promise.resolve(opts.rootBlock);
+  }
   let inFlight = 0;
   v.checkPointer(root, root);
 

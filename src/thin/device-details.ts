@@ -20,17 +20,19 @@ export interface DeviceDetails {
 }
 
 export function parseDeviceDetails(leaf: BtreeNode, i: number): DeviceDetails {
-  const off = leaf.valuesOffset + DEVICE_DETAILS_SIZE * i;
-  const d = leaf.data;
-  const mappedHi = d.readUInt32LE(off + 4);
+  // Straight from the batch's u32 words: this runs once per device, 70,000 times in a big pool.
+  const w = leaf.u32;
+  const at = leaf.base + ((leaf.valuesOffset + DEVICE_DETAILS_SIZE * i) >>> 2);
+  const mappedHi = w[at + 1];
   if (mappedHi >= MAX_SAFE_HI) {
     throw new MetadataError('data-range', `device ${leaf.key(i)}: mapped_blocks exceeds 2^53`, { block: leaf.nr, tree: 'details' });
   }
+  const txHi = w[at + 3];
   return {
     devId: leaf.key(i),
-    mappedBlocks: d.readUInt32LE(off) + mappedHi * TWO32,
-    transactionId: d.readBigUInt64LE(off + 8),
-    creationTime: d.readUInt32LE(off + 16),
-    snapshottedTime: d.readUInt32LE(off + 20),
+    mappedBlocks: w[at] + mappedHi * TWO32,
+    transactionId: txHi === 0 ? BigInt(w[at + 2]) : (BigInt(txHi) << 32n) | BigInt(w[at + 2]),
+    creationTime: w[at + 4],
+    snapshottedTime: w[at + 5],
   };
 }

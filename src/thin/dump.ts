@@ -190,7 +190,6 @@ export async function dump(md: ThinMetadata, out: Writable, opts: DumpOptions = 
   const wanted = opts.devIds ? new Set(opts.devIds) : undefined;
   const selected = [...devices.values()].filter((d) => !wanted || wanted.has(d.devId)).sort((a, b) => a.devId - b.devId);
   const total = opts.skipMappings ? 0 : selected.reduce((n, d) => n + d.mappedBlocks, 0);
-  let done = 0;
 
   e.begin({
     uuid: '',
@@ -202,22 +201,38 @@ export async function dump(md: ThinMetadata, out: Writable, opts: DumpOptions = 
     nrDataBlocks: md.nrDataBlocks,
     heldRoot: sb.heldRoot,
   });
-  for (const d of selected) {
-    throwIfAborted(opts.signal);
-    e.beginDevice(d);
-    if (!opts.skipMappings) {
-      const base = done;
-      for await (const runs of md.mappingBatches(d.devId, {
-        signal: opts.signal,
-        onProgress: opts.onProgress ? (p) => opts.onProgress!({ mappings: base + p.mappings, total, devId: d.devId }) : undefined,
-      })) {
-        e.runs(runs);
-        await sink.maybeFlush();
-      }
-      done = base + d.mappedBlocks;
+  if (opts.skipMappings) {
+    for (const d of selected) {
+      throwIfAborted(opts.signal);
+      e.beginDevice(d);
+      e.endDevice();
+      await sink.maybeFlush();
     }
-    e.endDevice();
-    await sink.maybeFlush();
+  } else {
+    // One walk over every selected device: roots are read in batches ahead,
+    // which is what makes pools of many small devices fast.
+    let done = 0;
+    await md.walkDevices(
+      selected.map((d) => d.devId),
+      {
+        begin: (k) => e.beginDevice(selected[k]),
+        runs: (k, runs) => {
+          e.runs(runs);
+          if (opts.onProgress) {
+            let n = 0;
+            for (let i = 0; i < runs.count; i++) n += runs.length[i];
+            done += n;
+            opts.onProgress({ mappings: done, total, devId: selected[k].devId });
+          }
+          return sink.needsFlush() ? sink.maybeFlush() : undefined;
+        },
+        end: () => {
+          e.endDevice();
+          return sink.needsFlush() ? sink.maybeFlush() : undefined;
+        },
+      },
+      { signal: opts.signal },
+    );
   }
   e.end();
   await sink.flush();

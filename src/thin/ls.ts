@@ -4,7 +4,9 @@
  * in the whole pool; SHARED is the details tree's mapped_blocks minus that. The on-disk data space map is not
  * used: its counts are per leaf node, not per device.
  */
-import { throwIfAborted, UsageError } from '../errors';
+import { MetadataError, UsageError } from '../errors';
+import { walkLeaves } from '../pdata/btree';
+import { DEVICE_DETAILS_SIZE, parseDeviceDetails } from './device-details';
 import { OwnerMap } from '../pdata/owner-map';
 import type { ThinMetadata } from './metadata';
 
@@ -46,34 +48,30 @@ export interface UsageOptions {
  * mappings do; the same answer thin_ls gets from two passes.
  */
 export async function deviceUsage(md: ThinMetadata, opts: UsageOptions = {}): Promise<DeviceUsage[]> {
+  if (opts.exclusive === false) return detailsUsage(md, opts.signal);
   const devices = [...(await md.checkedDevices(opts)).values()].sort((a, b) => a.devId - b.devId);
-  if (opts.exclusive === false) {
-    return devices.map((d) => ({
-      devId: d.devId,
-      mappedBlocks: d.mappedBlocks,
-      exclusiveBlocks: null,
-      sharedBlocks: null,
-      transactionId: d.transactionId,
-      creationTime: d.creationTime,
-      snapshottedTime: d.snapshottedTime,
-    }));
-  }
   const owners = new OwnerMap(devices.length);
   const total = devices.reduce((n, d) => n + d.mappedBlocks, 0);
   let walked = 0;
-  for (let k = 0; k < devices.length; k++) {
-    throwIfAborted(opts.signal);
-    for await (const batch of md.mappingBatches(devices[k].devId, { signal: opts.signal })) {
-      let n = 0;
-      for (let r = 0; r < batch.count; r++) {
-        const l = batch.length[r];
-        owners.markRange(batch.dataBegin[r], l, k);
-        n += l;
-      }
-      walked += n;
-      opts.onProgress?.({ mappings: walked, total });
-    }
-  }
+  await md.walkDevices(
+    devices.map((d) => d.devId),
+    {
+      begin: () => {},
+      runs: (k, batch) => {
+        for (let r = 0; r < batch.count; r++) owners.markRange(batch.dataBegin[r], batch.length[r], k);
+      },
+      end: () => {},
+    },
+    {
+      signal: opts.signal,
+      onProgress: opts.onProgress
+        ? (p) => {
+            walked = p.mappings;
+            opts.onProgress!({ mappings: walked, total });
+          }
+        : undefined,
+    },
+  );
   const excl = owners.exclusiveCounts(devices.length);
   return devices.map((d, k) => ({
     devId: d.devId,
@@ -84,6 +82,82 @@ export async function deviceUsage(md: ThinMetadata, opts: UsageOptions = {}): Pr
     creationTime: d.creationTime,
     snapshottedTime: d.snapshottedTime,
   }));
+}
+
+/**
+ * Usage rows straight from the details tree, with the same check as
+ * checkedDevices that the top-level tree names the same devices (both trees
+ * are in key order, so one merge of their keys does it). One object per
+ * device and no maps: a pool of 70,000 devices spent most of its time
+ * building and collecting the intermediate maps and copies.
+ */
+async function detailsUsage(md: ThinMetadata, signal?: AbortSignal): Promise<DeviceUsage[]> {
+  // Wide read windows: these trees are read whole, and fewer round trips count on a busy disk.
+  const walk = { nrMetadataBlocks: md.nrMetadataBlocks, signal, window: 1024 };
+  const readDetails = async (): Promise<DeviceUsage[]> => {
+    const rows: DeviceUsage[] = [];
+    for await (const leaf of walkLeaves(md.io, md.superblock.deviceDetailsRoot, { ...walk, tree: 'details', valueSize: DEVICE_DETAILS_SIZE })) {
+      for (let i = 0; i < leaf.nrEntries; i++) {
+        const d = parseDeviceDetails(leaf, i);
+        rows.push({
+          devId: d.devId,
+          mappedBlocks: d.mappedBlocks,
+          exclusiveBlocks: null,
+          sharedBlocks: null,
+          transactionId: d.transactionId,
+          creationTime: d.creationTime,
+          snapshottedTime: d.snapshottedTime,
+        });
+      }
+    }
+    return rows;
+  };
+  const readIds = async (): Promise<number[]> => {
+    const ids: number[] = [];
+    for await (const leaf of walkLeaves(md.io, md.superblock.dataMappingRoot, { ...walk, tree: 'mapping-top', valueSize: 8 })) {
+      for (let i = 0; i < leaf.nrEntries; i++) {
+        const root = leaf.value64(i);
+        if (root >= md.nrMetadataBlocks) {
+          throw new MetadataError('block-range', `device ${leaf.key(i)}: mapping root ${root} is beyond the metadata device`, {
+            block: leaf.nr,
+            devId: leaf.key(i),
+            tree: 'mapping-top',
+          });
+        }
+        ids.push(leaf.key(i));
+      }
+    }
+    return ids;
+  };
+  // Both walks at once (their reads overlap); errors in a fixed order, the details tree's first.
+  const [d, t] = await Promise.allSettled([readDetails(), readIds()]);
+  if (d.status === 'rejected') throw d.reason;
+  if (t.status === 'rejected') throw t.reason;
+  const rows = d.value;
+  const ids = t.value;
+  // Keys are strictly increasing in both (the walks check it): merge them.
+  let detailsOnly = -1;
+  let topOnly = -1;
+  let j = 0;
+  for (const r of rows) {
+    while (j < ids.length && ids[j] < r.devId) {
+      if (topOnly < 0) topOnly = ids[j];
+      j++;
+    }
+    if (j < ids.length && ids[j] === r.devId) j++;
+    else if (detailsOnly < 0) detailsOnly = r.devId;
+  }
+  if (j < ids.length && topOnly < 0) topOnly = ids[j];
+  if (detailsOnly >= 0) {
+    throw new MetadataError('device-mismatch', `device ${detailsOnly} is in the details tree but has no mapping tree`, {
+      devId: detailsOnly,
+      tree: 'mapping-top',
+    });
+  }
+  if (topOnly >= 0) {
+    throw new MetadataError('device-mismatch', `device ${topOnly} has a mapping tree but no details entry`, { devId: topOnly, tree: 'details' });
+  }
+  return rows;
 }
 
 export const LS_FIELDS = [
@@ -127,6 +201,8 @@ const UNITS = ['', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB', 'EiB'];
  * 768 KiB as "768KiB" and 4 KiB as "4096".
  */
 export function formatDiskUnit(bytes: bigint): string {
+  // Below 2^53 the same steps in doubles are exact, and several times faster.
+  if (bytes >= 0n && bytes <= MAX_SAFE) return formatDiskUnitNumber(Number(bytes));
   let n = U64(bytes);
   let i = 0;
   while (n > 1048576n) {
@@ -139,6 +215,47 @@ export function formatDiskUnit(bytes: bigint): string {
     i++;
   }
   return `${n}${UNITS[i]}`;
+}
+
+const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
+
+/** formatDiskUnit for a byte count below 2^53 (integer division by 1024 is exact there). */
+function formatDiskUnitNumber(bytes: number): string {
+  let n = bytes;
+  let i = 0;
+  while (n > 1048576) {
+    n = Math.floor(n / 1024);
+    i++;
+  }
+  if (n > 8192) {
+    n = Math.round(n / 1024);
+    i++;
+  }
+  return `${n}${UNITS[i]}`;
+}
+
+/**
+ * The text of one cell: fieldText's, with the common fields computed in
+ * doubles when exact (a table of 70,000 devices spent most of its time in
+ * BigInt arithmetic otherwise).
+ */
+function cellText(u: DeviceUsage, f: LsField, dataBlockSize: number): string {
+  switch (f) {
+    case 'DEV':
+      return String(u.devId);
+    case 'MAPPED_BLOCKS':
+      return String(u.mappedBlocks);
+    case 'CREATE_TIME':
+      return String(u.creationTime);
+    case 'SNAP_TIME':
+      return String(u.snapshottedTime);
+    case 'MAPPED': {
+      const bytes = u.mappedBlocks * dataBlockSize * 512;
+      if (bytes <= Number.MAX_SAFE_INTEGER) return formatDiskUnitNumber(bytes);
+      break;
+    }
+  }
+  return fieldText(u, f, dataBlockSize);
 }
 
 /** Whether a field needs the mapping walk (EXCLUSIVE/SHARED and their variants). */
@@ -245,11 +362,80 @@ function fieldJson(u: DeviceUsage, f: LsField, dataBlockSize: number): number | 
 /** thin_ls's table: every column right-aligned to its widest cell, each cell followed by a space. */
 export function formatLsTable(rows: DeviceUsage[], fields: readonly LsField[], dataBlockSize: number, headers = true): string {
   if (fields.length === 0) return '';
-  const grid: string[][] = [];
-  if (headers) grid.push([...fields]);
-  for (const u of rows) grid.push(fields.map((f) => fieldText(u, f, dataBlockSize)));
-  const widths = fields.map((_, i) => Math.max(...grid.map((r) => r[i].length)));
-  return grid.map((r) => r.map((c, i) => c.padStart(widths[i]) + ' ').join('') + '\n').join('');
+  // Column by column into one byte buffer: integer columns are written digit
+  // by digit, without a string per cell (a 70,000-device table spent most of
+  // its time making and collecting those strings).
+  const nRows = rows.length + (headers ? 1 : 0);
+  const cols = fields.map((f) => {
+    const get = numericField(f);
+    if (get) {
+      const nums = new Float64Array(rows.length);
+      let max = 0;
+      for (let j = 0; j < rows.length; j++) max = Math.max(max, (nums[j] = get(rows[j])));
+      return { nums, texts: null, width: Math.max(headers ? f.length : 0, digits(max)) };
+    }
+    const texts = rows.map((u) => cellText(u, f, dataBlockSize));
+    return { nums: null, texts, width: texts.reduce((w, c) => Math.max(w, c.length), headers ? f.length : 0) };
+  });
+  const lineBytes = cols.reduce((n, c) => n + c.width + 1, 1);
+  const buf = Buffer.allocUnsafe(nRows * lineBytes);
+  let pos = 0;
+  const text = (t: string, width: number): void => {
+    const end = pos + width;
+    for (let k = t.length; k < width; k++) buf[pos++] = 0x20;
+    for (let k = 0; k < t.length; k++) buf[pos++] = t.charCodeAt(k);
+    pos = end;
+    buf[pos++] = 0x20;
+  };
+  if (headers) {
+    fields.forEach((f, i) => text(f, cols[i].width));
+    buf[pos++] = 0x0a;
+  }
+  for (let j = 0; j < rows.length; j++) {
+    for (const c of cols) {
+      if (c.nums) {
+        // Right-aligned digits, written from the end; the rest is spaces.
+        let n = c.nums[j];
+        let k = pos + c.width - 1;
+        do {
+          const q = Math.floor(n / 10);
+          buf[k--] = 0x30 + (n - q * 10);
+          n = q;
+        } while (n > 0);
+        while (k >= pos) buf[k--] = 0x20;
+        pos += c.width;
+        buf[pos++] = 0x20;
+      } else text(c.texts![j], c.width);
+    }
+    buf[pos++] = 0x0a;
+  }
+  return buf.toString('latin1', 0, pos);
+}
+
+/** Fields that are integers below 2^53 (their cells are written without strings). */
+function numericField(f: LsField): ((u: DeviceUsage) => number) | null {
+  switch (f) {
+    case 'DEV':
+      return (u) => u.devId;
+    case 'MAPPED_BLOCKS':
+      return (u) => u.mappedBlocks;
+    case 'CREATE_TIME':
+      return (u) => u.creationTime;
+    case 'SNAP_TIME':
+      return (u) => u.snapshottedTime;
+    default:
+      return null;
+  }
+}
+
+/** Decimal digits of a non-negative integer. */
+function digits(n: number): number {
+  let d = 1;
+  while (n >= 10) {
+    n = Math.floor(n / 10);
+    d++;
+  }
+  return d;
 }
 
 /** Rows as JSON objects keyed by LS_JSON_KEYS, typed as docs/json.md says (u64s as decimal strings). */

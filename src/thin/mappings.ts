@@ -4,9 +4,9 @@
  * consecutive virtual blocks on consecutive data blocks with the same time,
  * across leaf boundaries.
  */
-import { MetadataError } from '../errors';
-import { BtreeNode, walkLeaves } from '../pdata/btree';
-import type { BlockSource } from '../pdata/block-source';
+import { MetadataError, throwIfAborted } from '../errors';
+import { BtreeNode, TreeValidator, walkLeaves } from '../pdata/btree';
+import type { Block, BlockSource } from '../pdata/block-source';
 import { MAX_SAFE_HI, TWO32 } from '../pdata/words';
 import { mappingDataBlock, mappingTime } from './mapping-value';
 
@@ -124,37 +124,33 @@ export class RunBatch {
 
 
 /**
- * Yields merged runs in batches (about one per leaf), so that callers
- * formatting millions of runs pay no per-run allocation. The same batch object
- * is reused: it is valid until the consumer asks for the next one.
+ * Merges one device's mappings into runs, the way thin_dump merges them, and
+ * checks each data block against the data device. Fed leaf by leaf in key
+ * order; a run stays open across leaves.
  */
-export async function* mappingRunBatches(io: BlockSource, root: number, opts: MappingWalkOptions): AsyncGenerator<RunBatch> {
-  const { nrDataBlocks, devId } = opts;
-  const begin = opts.begin ?? 0;
-  const end = opts.end ?? Infinity;
-  const whole = begin === 0 && end === Infinity;
-  // The current run. oBegin is a bigint once virtual blocks pass 2^53.
-  let open = false;
-  let oBegin: VirtualKey = 0;
-  let dBegin = 0;
-  let len = 0;
-  let time = 0;
-  let total = 0;
-  let nodes = 0;
-  const batch = new RunBatch(256);
-  for await (const leaf of walkLeaves(io, root, {
-    tree: 'mapping',
-    devId,
-    valueSize: 8,
-    nrMetadataBlocks: opts.nrMetadataBlocks,
-    signal: opts.signal,
-    begin,
-    end,
-    onNode: () => nodes++,
-  })) {
+class RunMerger {
+  private open = false;
+  /** The current run. oBegin is a bigint once virtual blocks pass 2^53. */
+  private oBegin: VirtualKey = 0;
+  private dBegin = 0;
+  private len = 0;
+  private time = 0;
+  private readonly whole: boolean;
+
+  constructor(
+    private readonly devId: number,
+    private readonly nrDataBlocks: number,
+    private readonly begin: VirtualKey = 0,
+    private readonly end: VirtualKey = Infinity,
+  ) {
+    this.whole = begin === 0 && end === Infinity;
+  }
+
+  /** Appends to `out` the runs this leaf completes (at most one per entry). */
+  leaf(leaf: BtreeNode, out: RunBatch): void {
+    const { nrDataBlocks, devId, begin, end, whole } = this;
+    let { open, oBegin, dBegin, len, time } = this;
     const n = leaf.nrEntries;
-    const out = batch;
-    out.reset();
     const u32 = leaf.u32;
     const kbase = leaf.base + 8;
     const vbase = leaf.base + (leaf.valuesOffset >> 2);
@@ -192,13 +188,158 @@ export async function* mappingRunBatches(io: BlockSource, root: number, opts: Ma
         time = t;
       }
     }
-    total += n;
-    opts.onProgress?.({ mappings: total, nodes });
-    if (out.count) yield out;
+    this.open = open;
+    this.oBegin = oBegin;
+    this.dBegin = dBegin;
+    this.len = len;
+    this.time = time;
   }
-  if (open) {
+
+  /** Appends the last run, if any. */
+  finish(out: RunBatch): void {
+    if (this.open) out.push(this.oBegin, this.dBegin, this.len, this.time);
+    this.open = false;
+  }
+}
+
+/**
+ * Yields merged runs in batches (about one per leaf), so that callers
+ * formatting millions of runs pay no per-run allocation. The same batch object
+ * is reused: it is valid until the consumer asks for the next one.
+ */
+export async function* mappingRunBatches(io: BlockSource, root: number, opts: MappingWalkOptions): AsyncGenerator<RunBatch> {
+  const merger = new RunMerger(opts.devId, opts.nrDataBlocks, opts.begin, opts.end);
+  let total = 0;
+  let nodes = 0;
+  const batch = new RunBatch(256);
+  for await (const leaf of walkLeaves(io, root, {
+    tree: 'mapping',
+    devId: opts.devId,
+    valueSize: 8,
+    nrMetadataBlocks: opts.nrMetadataBlocks,
+    signal: opts.signal,
+    begin: opts.begin ?? 0,
+    end: opts.end ?? Infinity,
+    onNode: () => nodes++,
+  })) {
     batch.reset();
-    batch.push(oBegin, dBegin, len, time);
-    yield batch;
+    merger.leaf(leaf, batch);
+    total += leaf.nrEntries;
+    opts.onProgress?.({ mappings: total, nodes });
+    if (batch.count) yield batch;
+  }
+  batch.reset();
+  merger.finish(batch);
+  if (batch.count) yield batch;
+}
+
+/** What walkDeviceRuns reports, device by device, in the order given. */
+export interface DeviceRunsVisitor {
+  /** Device k (its index in the list) starts. */
+  begin(k: number): void;
+  /** Runs of device k, in virtual-block order. The batch is reused once this returns (or its promise settles). */
+  runs(k: number, batch: RunBatch): void | Promise<void>;
+  /** Device k is complete: `mappings` is how many its tree holds. A returned promise is awaited (backpressure). */
+  end(k: number, mappings: number): void | Promise<void>;
+}
+
+/** Windows of roots read at once by walkDeviceRuns (4 x 256 blocks: 4 MiB). */
+const DEVICE_READS_IN_FLIGHT = 4;
+
+/** Options of walkDeviceRuns. */
+export interface DeviceWalkOptions {
+  nrMetadataBlocks: number;
+  /** Data blocks in the pool: a mapping at or beyond it is corruption. */
+  nrDataBlocks: number;
+  /** Cancels the work, which then rejects with AbortError. */
+  signal?: AbortSignal;
+  /** Roots read in one batch ahead of the walk (default 256, 1 MiB). */
+  window?: number;
+  /** Called after each window of devices. */
+  onProgress?: (p: { devices: number; mappings: number }) => void;
+}
+
+/**
+ * The whole mapping trees of many devices, one after the other, with the
+ * validation and merging of mappingRunBatches. A pool of thousands of small
+ * devices is mostly one-leaf trees: their roots are read `window` at a time
+ * (the next window in flight while this one is decoded) and decoded without
+ * an async step per device; only a device whose root is an internal node gets
+ * a walk of its own (from the root already read). Memory: DEVICE_READS_IN_FLIGHT
+ * windows of blocks plus one walk's.
+ */
+export async function walkDeviceRuns(
+  io: BlockSource,
+  devices: readonly { devId: number; root: number }[],
+  visitor: DeviceRunsVisitor,
+  opts: DeviceWalkOptions,
+): Promise<void> {
+  const window = opts.window ?? 256;
+  const batch = new RunBatch(256);
+  const readWindow = (from: number): Promise<Block[]> => {
+    const p = io.read(devices.slice(from, from + window).map((d) => d.root));
+    p.catch(() => {}); // awaited below, or abandoned when an earlier device fails
+    return p;
+  };
+  // Reads of the next windows stay in flight while this one is decoded: a
+  // busy or virtio disk delivers more with several requests queued.
+  const ahead: Promise<Block[]>[] = [];
+  let queued = 0;
+  const fill = (): void => {
+    while (ahead.length < DEVICE_READS_IN_FLIGHT && queued < devices.length) {
+      ahead.push(readWindow(queued));
+      queued += window;
+    }
+  };
+  let mappings = 0;
+  for (let from = 0; from < devices.length; from += window) {
+    throwIfAborted(opts.signal);
+    fill();
+    let blocks: Block[] | undefined;
+    try {
+      blocks = await ahead.shift()!;
+    } catch {
+      // A root that cannot be read fails the whole batch: read them one by
+      // one, so the error is reported at its own device, after the ones before it.
+      blocks = undefined;
+    }
+    fill();
+    const to = Math.min(devices.length, from + window);
+    for (let k = from; k < to; k++) {
+      const { devId, root } = devices[k];
+      const block = blocks ? blocks[k - from] : (await io.read([root]))[0];
+      const ctx = { tree: 'mapping', devId };
+      const v = new TreeValidator(opts.nrMetadataBlocks, 8, ctx);
+      v.checkPointer(root, root);
+      const node = v.visit(block, 0, Infinity, 0);
+      const merger = new RunMerger(devId, opts.nrDataBlocks);
+      visitor.begin(k);
+      let found = 0;
+      if (node.isLeaf) {
+        batch.reset();
+        merger.leaf(node, batch);
+        found = node.nrEntries;
+      } else {
+        for await (const leaf of walkLeaves(io, root, { ...ctx, valueSize: 8, nrMetadataBlocks: opts.nrMetadataBlocks, signal: opts.signal, rootBlock: block })) {
+          batch.reset();
+          merger.leaf(leaf, batch);
+          found += leaf.nrEntries;
+          if (batch.count) {
+            const r = visitor.runs(k, batch);
+            if (r) await r;
+          }
+        }
+        batch.reset();
+      }
+      merger.finish(batch);
+      if (batch.count) {
+        const r = visitor.runs(k, batch);
+        if (r) await r;
+      }
+      mappings += found;
+      const r = visitor.end(k, found);
+      if (r) await r;
+    }
+    opts.onProgress?.({ devices: to, mappings });
   }
 }

@@ -11,7 +11,7 @@ import { lookup as btreeLookup, walkLeaves } from '../pdata/btree';
 import { BlockSource, MemoryBlockSource, NativeBlockSource, OpenOptions } from '../pdata/block-source';
 import { ENTRIES_PER_BITMAP, MAX_METADATA_BITMAPS, SpaceMap, SpaceMapKind } from '../pdata/space-map';
 import { DeviceDetails, DEVICE_DETAILS_SIZE, parseDeviceDetails } from './device-details';
-import { Mapping, MappingRun, mappingRunBatches, RunBatch, VirtualBlock, VirtualKey, WalkProgress, leafMapping } from './mappings';
+import { DeviceRunsVisitor, Mapping, MappingRun, mappingRunBatches, RunBatch, VirtualBlock, VirtualKey, WalkProgress, leafMapping, walkDeviceRuns } from './mappings';
 import { parseSuperblock, Superblock } from './superblock';
 import { deltaBatches, DeltaExtent, DeltaOptions, DeltaStats, publicExtent, RawDeltaExtent } from './delta';
 
@@ -215,6 +215,17 @@ export class ThinMetadata implements AsyncDisposable {
   }
 
   /**
+   * Both device trees, read at once so that their reads overlap. Errors come
+   * in a fixed order (the details tree's first), whichever walk fails first.
+   */
+  private async detailsAndRoots(signal?: AbortSignal): Promise<[Map<number, DeviceDetails>, Map<number, number>]> {
+    const [d, r] = await Promise.allSettled([this.devices({ signal }), this.deviceRoots({ signal })]);
+    if (d.status === 'rejected') throw d.reason;
+    if (r.status === 'rejected') throw r.reason;
+    return [d.value, r.value];
+  }
+
+  /**
    * Devices with their mapping roots, after checking that the details tree and
    * the top-level mapping tree name the same devices.
    */
@@ -227,7 +238,7 @@ export class ThinMetadata implements AsyncDisposable {
       }
     >
   > {
-    const [details, roots] = [await this.devices(opts), await this.deviceRoots(opts)];
+    const [details, roots] = await this.detailsAndRoots(opts.signal);
     const out = new Map<number, DeviceDetails & { root: number }>();
     for (const [id, d] of details) {
       const root = roots.get(id);
@@ -237,7 +248,15 @@ export class ThinMetadata implements AsyncDisposable {
           tree: 'mapping-top',
         });
       }
-      out.set(id, { ...d, root });
+      // Fields listed, not spread: one object shape for every device (70,000 of them in a big pool).
+      out.set(id, {
+        devId: d.devId,
+        mappedBlocks: d.mappedBlocks,
+        transactionId: d.transactionId,
+        creationTime: d.creationTime,
+        snapshottedTime: d.snapshottedTime,
+        root,
+      });
     }
     for (const id of roots.keys()) {
       if (!details.has(id)) {
@@ -287,6 +306,42 @@ export class ThinMetadata implements AsyncDisposable {
       yield batch;
     }
     if (expected !== undefined) this.checkMappedCount(devId, expected, found);
+  }
+
+  /**
+   * The merged runs of many whole devices, in the order given, reported to
+   * `visitor` (k is the index in `devIds`). Faster than one mappingBatches
+   * walk per device when there are many small devices: roots are read in
+   * batches ahead of the walk and one-leaf trees are decoded without an
+   * async step each. Each device's count is checked against its details, as
+   * mappingBatches does.
+   *
+   * @internal dump and ls use it; its visitor's shape may change.
+   */
+  async walkDevices(
+    devIds: readonly number[],
+    visitor: DeviceRunsVisitor,
+    opts: { signal?: AbortSignal; onProgress?: (p: { devices: number; mappings: number }) => void } = {},
+  ): Promise<void> {
+    this.check();
+    const [details, roots] = await this.detailsAndRoots(opts.signal);
+    const list = devIds.map((devId) => ({ devId, root: roots.has(devId) ? roots.get(devId)! : -1 }));
+    for (const d of list) if (d.root < 0) await this.rootOf(d.devId); // throws ENODEV
+    await walkDeviceRuns(
+      this.io,
+      list,
+      {
+        begin: (k) => visitor.begin(k),
+        runs: (k, b) => visitor.runs(k, b),
+        end: (k, found) => {
+          const id = list[k].devId;
+          const d = details.get(id);
+          if (d) this.checkMappedCount(id, d.mappedBlocks, found);
+          return visitor.end(k, found);
+        },
+      },
+      { nrMetadataBlocks: this.nrMetadataBlocks, nrDataBlocks: this.nrDataBlocks, signal: opts.signal, onProgress: opts.onProgress },
+    );
   }
 
   private checkMappedCount(devId: number, expected: number, found: number): void {
