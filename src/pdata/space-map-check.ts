@@ -252,6 +252,11 @@ export async function loadIndex(
   return ok ? out : null;
 }
 
+/** OverflowCursor.peek: no entry for the block. */
+const ABSENT = -1;
+/** OverflowCursor.peek: the next leaf must be read (call seek). */
+const MORE = -2;
+
 /** Key-ordered cursor over a ref-count tree's (block, count) entries. */
 class OverflowCursor {
   private leaf: BtreeNode | null = null;
@@ -261,6 +266,36 @@ class OverflowCursor {
   constructor(io: BlockSource, root: number, nrMetadataBlocks: number, signal?: AbortSignal) {
     this.it = walkLeaves(io, root, { tree: 'ref-count', valueSize: 4, nrMetadataBlocks, signal });
   }
+  /**
+   * seek() without a promise while the current leaf lasts: the count of b,
+   * ABSENT when the tree has no entry for b, or MORE when the next leaf must
+   * be read first (then call seek). Blocks shared by snapshots all have
+   * overflow counts, so this runs once per data block: a promise and an
+   * object each made a fifth of check's time garbage collection.
+   */
+  peek(b: number, skipped: (k: number, v: number) => void): number {
+    if (this.done) return ABSENT;
+    const leaf = this.leaf;
+    if (!leaf) return MORE;
+    const u32 = leaf.u32;
+    const kb = leaf.base + 8;
+    const vb = leaf.base + (leaf.valuesOffset >> 2);
+    while (this.i < leaf.nrEntries) {
+      const i = this.i;
+      const hi = u32[kb + 2 * i + 1];
+      const key = hi >= MAX_SAFE_HI ? Number.MAX_SAFE_INTEGER : u32[kb + 2 * i] + hi * TWO32;
+      const value = u32[vb + i];
+      if (key === b) {
+        this.i++;
+        return value;
+      }
+      if (key > b) return ABSENT;
+      skipped(key, value);
+      this.i++;
+    }
+    return MORE;
+  }
+
   /** The next entry with key >= b; entries below b are passed to `skipped`. */
   async seek(b: number, skipped: (k: number, v: number) => void): Promise<{ key: number; value: number } | null> {
     for (;;) {
@@ -383,7 +418,12 @@ export async function compareSpaceMap(
             else diskInUse++;
             const want = expected.get(bn);
             if (disk === 3) {
-              const o = await overflow(bn);
+              let o: number | undefined | null;
+              if (overflowBroken) o = null;
+              else {
+                const p = cursor.peek(bn, stale);
+                o = p >= 0 ? p : p === ABSENT ? undefined : await overflow(bn);
+              }
               if (o === undefined) {
                 runs.add('sm-overflow-missing', 'fatal', bn, 'its bitmap entry says 3 or more, but the ref-count tree has no entry for it');
                 continue;
