@@ -4,11 +4,17 @@
 // `ls`, `delta`, `rmap` and `check` against their reference tool in interleaved
 // rounds and prints median wall times, their ratio and peak RSS.
 //
-//   npm run bench [-- --mappings 1000000 --devices 70000 --rounds 7 --only mappings,devices]
+//   npm run bench [-- --mappings 1000000 --rounds 7 --data-blocks 4294967296 --only dump,ls] [--devices 70000]
 //
-// Groups: `mappings` (one image of --mappings mappings in 4 devices, and an
-// origin + snapshot sharing all but 75 blocks), `devices` (--devices small
-// thin devices with a few mappings each).
+// --mappings N     mappings of the bench image (1M by default; the goals are
+//                  stated at 4M, 10M and 40M)
+// --data-blocks N  data device size in blocks (default 2x the mappings); e.g.
+//                  4294967296 (2^32): the origin's data blocks are spread over
+//                  the whole device, so the data space map is that large too
+// --only a,b       only these rows: dump, ls, rmap, delta, delta-shared,
+//                  delta-no-same, check, check-shared (the shared image is
+//                  built only when a row needs it), devices-dump, devices-ls,
+//                  devices-ls-excl (an image of --devices small thin devices)
 import { spawnSync } from 'node:child_process';
 import { createWriteStream, existsSync, mkdirSync, statSync, writeFileSync, renameSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -23,10 +29,10 @@ const opt = (name, def) => {
 const MAPPINGS = opt('mappings', 1_000_000);
 const ROUNDS = opt('rounds', 7);
 const DEVICES = opt('devices', 70_000);
-// --only mappings,devices: which groups of rows to run (default all).
+const DATA_BLOCKS = opt('data-blocks', MAPPINGS * 2);
 const onlyAt = args.indexOf('--only');
-const ONLY = onlyAt >= 0 ? new Set(String(args[onlyAt + 1]).split(',')) : null;
-const runs = (group) => !ONLY || ONLY.has(group);
+const ONLY = onlyAt >= 0 ? new Set(args[onlyAt + 1].split(',')) : null;
+const wanted = (key) => !ONLY || ONLY.has(key);
 const cli = join(root, 'dist/cli/main.js');
 
 function need(cmd) {
@@ -60,13 +66,16 @@ function rng(seed) {
  * the origin is mostly single mappings (random writes) with some runs; each
  * snapshot shares most of its blocks with the origin and has its own rewrites.
  */
-async function makeImage(path, total) {
+async function makeImage(path, total, nrData = total * 2) {
   const xml = `${path}.xml`;
   const out = createWriteStream(xml);
   const w = (s) => (out.write(s) ? undefined : new Promise((r) => out.once('drain', r)));
   const r = rng(42);
   const perDev = Math.floor(total / 4);
-  const nrData = total * 2;
+  // Origin runs are packed on about 1.1x their blocks; on a data device larger
+  // than the default they are spread over 80% of it (random gaps between
+  // runs), so high data block numbers and a large data space map are used.
+  const spread = nrData > total * 2 ? Math.floor((nrData * 0.8) / perDev) : 0;
   await w(`<superblock uuid="" time="3" transaction="12" data_block_size="128" nr_data_blocks="${nrData}">\n`);
   // Origin layout: list of [virt, data, len, time]
   const origin = [];
@@ -78,10 +87,11 @@ async function makeImage(path, total) {
     v += r() < 0.5 ? 0 : 1 + Math.floor(r() * 4);
     origin.push([v, d, len, Math.floor(r() * 3)]);
     v += len;
-    d += len + (r() < 0.3 ? 1 : 0);
+    d += len + (r() < 0.3 ? 1 : 0) + (spread > 1 ? Math.floor(r() * 2 * (spread - 1) * len) : 0);
     n += len;
   }
-  let nextData = d + 10;
+  if (d >= nrData) throw new Error(`bench: ${total} mappings do not fit on ${nrData} data blocks`);
+  let nextData = Math.min(d + 10, nrData - 1);
   for (let dev = 0; dev < 4; dev++) {
     await w(`  <device dev_id="${dev}" mapped_blocks="${perDev}" transaction="${dev}" creation_time="${dev}" snap_time="3">\n`);
     for (const [ov, od, len, t] of origin) {
@@ -98,8 +108,9 @@ async function makeImage(path, total) {
   }
   await w('</superblock>\n');
   await new Promise((res) => out.end(res));
-  // Metadata size: generous for the mappings, rounded to 4 MiB.
-  const bytes = Math.ceil(((total / 100) * 4096 * 1.6 + (8 << 20)) / (4 << 20)) * (4 << 20);
+  // Metadata size: generous for the mappings plus the data space map (a
+  // bitmap block per 16,320 data blocks), rounded to 4 MiB.
+  const bytes = Math.ceil(((total / 100) * 4096 * 1.6 + (nrData / 16000) * 4096 * 1.1 + (8 << 20)) / (4 << 20)) * (4 << 20);
   writeFileSync(`${path}.tmp`, '');
   spawnSync('truncate', ['-s', String(bytes), `${path}.tmp`]);
   const t = spawnSync('thin_restore', ['-q', '-i', xml, '-o', `${path}.tmp`], { stdio: 'inherit' });
@@ -222,89 +233,102 @@ const median = (xs) => {
   return s[Math.floor(s.length / 2)];
 };
 
-async function mappingRows(cache, notes) {
-  const img = join(cache, `bench-${MAPPINGS}.bin`);
+async function main() {
+  const cache = join(root, '.bench-cache');
+  mkdirSync(cache, { recursive: true });
+  const img = join(cache, DATA_BLOCKS === MAPPINGS * 2 ? `bench-${MAPPINGS}.bin` : `bench-${MAPPINGS}-data${DATA_BLOCKS}.bin`);
   if (!existsSync(img)) {
-    process.stderr.write(`bench: building a ${MAPPINGS}-mapping image with thin_restore...\n`);
+    process.stderr.write(`bench: building a ${MAPPINGS}-mapping image (${DATA_BLOCKS} data blocks) with thin_restore...\n`);
     const t0 = Date.now();
-    await makeImage(img, MAPPINGS);
+    await makeImage(img, MAPPINGS, DATA_BLOCKS);
     process.stderr.write(`bench: built in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
   }
   const shared = join(cache, `bench-shared-${MAPPINGS}.bin`);
-  if (!existsSync(shared)) {
+  const needShared = ['delta-shared', 'delta-no-same', 'check-shared'].some(wanted);
+  if (needShared && !existsSync(shared)) {
     process.stderr.write(`bench: building a ${MAPPINGS}-mapping origin + snapshot with 75 copy-on-write writes...\n`);
     const t0 = Date.now();
     await makeSharedImage(shared, MAPPINGS, 75);
     process.stderr.write(`bench: built in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
   }
   const size = statSync(img).size;
-  const pairs = [
-    ['dump (xml)', [process.execPath, [cli, 'dump', img]], ['thin_dump', [img]]],
+  // [key, name, dmthin, reference, goal]: the goal is issue 11's (wall ratio
+  // at 4M and 10M mappings; peak RSS <= 80 MiB at 1M, 10M and 40M).
+  const WALK_GOAL = '<= 0.35x, <= 80 MiB';
+  const all = [
+    ['dump', 'dump (xml)', [process.execPath, [cli, 'dump', img]], ['thin_dump', [img]], WALK_GOAL],
     [
+      'ls',
       'ls (DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS)',
       [process.execPath, [cli, 'ls', '-o', 'DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS', img]],
       ['thin_ls', ['-o', 'DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS', img]],
+      WALK_GOAL,
     ],
     [
+      'rmap',
       // The bench image is restored, so no node is shared and both print the same runs.
-      `rmap (the whole data range, 0..${MAPPINGS * 2})`,
-      [process.execPath, [cli, 'rmap', '-q', '--region', `0..${MAPPINGS * 2}`, img]],
-      ['thin_rmap', ['--region', `0..${MAPPINGS * 2}`, img]],
+      `rmap (the whole data range, 0..${DATA_BLOCKS})`,
+      [process.execPath, [cli, 'rmap', '-q', '--region', `0..${DATA_BLOCKS}`, img]],
+      ['thin_rmap', ['--region', `0..${DATA_BLOCKS}`, img]],
+      WALK_GOAL,
     ],
     [
+      'delta',
       'delta (two devices sharing no nodes)',
       [process.execPath, [cli, 'delta', '--snap1', '0', '--snap2', '1', img]],
       ['thin_delta', ['--snap1', '0', '--snap2', '1', img]],
+      '<= 0.5x, <= 80 MiB',
     ],
     [
+      'delta-shared',
       `delta (origin vs snapshot sharing all but 75 written blocks, ${MAPPINGS} mappings each)`,
       [process.execPath, [cli, 'delta', '--snap1', '0', '--snap2', '1', shared]],
       ['thin_delta', ['--snap1', '0', '--snap2', '1', shared]],
+      '<= 80 MiB',
     ],
     [
+      'delta-no-same',
       'delta --no-same (same pair; thin_delta has no such option, so it prints everything)',
       [process.execPath, [cli, 'delta', '--no-same', '--snap1', '0', '--snap2', '1', shared]],
       ['thin_delta', ['--snap1', '0', '--snap2', '1', shared]],
+      '<= 80 MiB',
     ],
-  ];
-  // check: both tools verify the trees and recount the space maps (dmthin also the data space map).
-  pairs.push(['check (trees and space maps)', [process.execPath, [cli, 'check', '-q', img]], ['thin_check', ['-q', img]]]);
-  pairs.push(['check (origin + snapshot sharing all but 75 written blocks)', [process.execPath, [cli, 'check', '-q', shared]], ['thin_check', ['-q', shared]]]);
-  notes.push(`image: ${img} (${MAPPINGS} mappings, ${(size / 2 ** 20).toFixed(0)} MiB metadata)`);
-  return pairs;
-}
-
-async function deviceRows(cache, notes) {
-  const img = join(cache, `bench-devices-${DEVICES}.bin`);
-  if (!existsSync(img)) {
-    process.stderr.write(`bench: building an image of ${DEVICES} small thin devices with thin_restore...\n`);
-    const t0 = Date.now();
-    await makeDevicesImage(img, DEVICES);
-    process.stderr.write(`bench: built in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
-  }
-  notes.push(`image: ${img} (${DEVICES} thin devices, a few mappings each, ${(statSync(img).size / 2 ** 20).toFixed(0)} MiB metadata)`);
-  return [
-    [`dump (xml) of ${DEVICES} small devices (goal <= 0.5)`, [process.execPath, [cli, 'dump', img]], ['thin_dump', [img]]],
-    [`ls (default fields) of ${DEVICES} small devices (goal <= 0.5)`, [process.execPath, [cli, 'ls', img]], ['thin_ls', [img]]],
+    // check: both tools verify the trees and recount the space maps (dmthin also the data space map).
+    ['check', 'check (trees and space maps)', [process.execPath, [cli, 'check', '-q', img]], ['thin_check', ['-q', img]], WALK_GOAL],
     [
-      `ls (DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS) of ${DEVICES} small devices (goal <= 0.5)`,
-      [process.execPath, [cli, 'ls', '-o', 'DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS', img]],
-      ['thin_ls', ['-o', 'DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS', img]],
+      'check-shared',
+      'check (origin + snapshot sharing all but 75 written blocks)',
+      [process.execPath, [cli, 'check', '-q', shared]],
+      ['thin_check', ['-q', shared]],
+      '<= 80 MiB',
     ],
   ];
-}
-
-async function main() {
-  const cache = join(root, '.bench-cache');
-  mkdirSync(cache, { recursive: true });
-  const pairs = [];
-  const notes = [];
-  if (runs('mappings')) pairs.push(...(await mappingRows(cache, notes)));
-  if (runs('devices')) pairs.push(...(await deviceRows(cache, notes)));
-  for (const n of notes) console.log(n);
-  console.log(`${ROUNDS} interleaved rounds; node ${process.version}; times are medians of wall-clock seconds`);
+  if (['devices-dump', 'devices-ls', 'devices-ls-excl'].some(wanted)) {
+    const dimg = join(cache, `bench-devices-${DEVICES}.bin`);
+    if (!existsSync(dimg)) {
+      process.stderr.write(`bench: building an image of ${DEVICES} small thin devices with thin_restore...\n`);
+      const t0 = Date.now();
+      await makeDevicesImage(dimg, DEVICES);
+      process.stderr.write(`bench: built in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
+    }
+    console.log(`devices image: ${dimg} (${DEVICES} thin devices, a few mappings each, ${(statSync(dimg).size / 2 ** 20).toFixed(0)} MiB metadata)`);
+    all.push(
+      ['devices-dump', `dump (xml) of ${DEVICES} small devices`, [process.execPath, [cli, 'dump', dimg]], ['thin_dump', [dimg]], '<= 0.5x'],
+      ['devices-ls', `ls (default fields) of ${DEVICES} small devices`, [process.execPath, [cli, 'ls', dimg]], ['thin_ls', [dimg]], '<= 0.5x'],
+      [
+        'devices-ls-excl',
+        `ls (DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS) of ${DEVICES} small devices`,
+        [process.execPath, [cli, 'ls', '-o', 'DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS', dimg]],
+        ['thin_ls', ['-o', 'DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS', dimg]],
+        '<= 0.5x',
+      ],
+    );
+  }
+  const pairs = all.filter(([key]) => wanted(key)).map(([, ...rest]) => rest);
+  console.log(`image: ${img} (${MAPPINGS} mappings, ${DATA_BLOCKS} data blocks, ${(size / 2 ** 20).toFixed(0)} MiB metadata), ${ROUNDS} interleaved rounds`);
+  console.log(`node ${process.version}; times are medians of wall-clock seconds`);
   const results = [];
-  for (const [name, ours, ref] of pairs) {
+  for (const [name, ours, ref, goal] of pairs) {
     timed(ours[0], ours[1]); // warm the page cache and the binaries
     timed(ref[0], ref[1]);
     const a = [];
@@ -326,6 +350,7 @@ async function main() {
       dmthin_s: ma.toFixed(3),
       reference_s: mb.toFixed(3),
       ratio: (ma / mb).toFixed(2),
+      goal,
       dmthin_rss_MiB: (Math.max(...a.map((x) => x.rssKiB)) / 1024).toFixed(0),
       reference_rss_MiB: (Math.max(...b.map((x) => x.rssKiB)) / 1024).toFixed(0),
     };

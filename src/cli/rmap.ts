@@ -1,12 +1,20 @@
 /** `dmthin rmap`: which thin devices map given data blocks, as thin_rmap 0.9.0 prints it (see src/thin/rmap.ts for the one difference). */
 import type { Command } from 'commander';
 import { UsageError } from '../errors';
-import { OutputSink } from '../output/sink';
+import { asciiBytes, OutputSink } from '../output/sink';
 import { rmapRaw, type DataRegion } from '../thin/rmap';
 import { CliContext } from './common';
 import { Progress } from './progress';
 import { MetadataSnapOpts, openMetadata } from './metadata-source';
 import { checkOutputPath, commandOutput } from './output';
+
+const DATA = asciiBytes('data ');
+const DOTS = asciiBytes('..');
+const THIN = asciiBytes(' -> thin(');
+const CLOSE_PAREN = asciiBytes(') ');
+const NEWLINE = asciiBytes('\n');
+/** Bytes of the longest line: its tags and five numbers of at most 20 digits. */
+const RMAP_LINE = 128;
 
 interface RmapCliOpts extends MetadataSnapOpts {
   region?: string[];
@@ -53,21 +61,30 @@ export function register(program: Command, ctx: () => CliContext): void {
       const bar = new Progress('rmap', !o.quiet && process.stderr.isTTY === true);
       const sink = new OutputSink(out);
       try {
-        let lines = '';
         let n = 0;
+        // Bytes straight into the output chunk: a string per line made most of the time garbage.
         for await (const r of rmapRaw(md, regions, { signal: c.signal, onProgress: (p) => bar.update(p.mappings, p.total) })) {
           bar.stop();
           const v = r.virtualBegin;
-          const vEnd = typeof v === 'number' && v + r.length <= Number.MAX_SAFE_INTEGER ? v + r.length : BigInt(v) + BigInt(r.length);
-          lines += `data ${r.dataBegin}..${r.dataBegin + r.length} -> thin(${r.devId}) ${v}..${vEnd}\n`;
+          sink.room(RMAP_LINE);
+          sink.bytes(DATA);
+          sink.uint(r.dataBegin);
+          sink.bytes(DOTS);
+          sink.uint(r.dataBegin + r.length);
+          sink.bytes(THIN);
+          sink.uint(r.devId);
+          sink.bytes(CLOSE_PAREN);
+          if (typeof v === 'number' && v + r.length <= Number.MAX_SAFE_INTEGER) {
+            sink.uint(v);
+            sink.bytes(DOTS);
+            sink.uint(v + r.length);
+          } else sink.ascii(`${v}..${BigInt(v) + BigInt(r.length)}`);
+          sink.bytes(NEWLINE);
           if (++n === 256) {
-            sink.ascii(lines);
-            lines = '';
             n = 0;
             await sink.maybeFlush();
           }
         }
-        sink.ascii(lines);
         await sink.flush();
       } finally {
         bar.stop();

@@ -6,7 +6,7 @@
  */
 import type { Writable } from 'node:stream';
 import { throwIfAborted } from '../errors';
-import { OutputSink } from '../output/sink';
+import { asciiBytes, OutputSink } from '../output/sink';
 import type { DeviceDetails } from './device-details';
 import type { RunBatch } from './mappings';
 import type { ThinMetadata } from './metadata';
@@ -58,6 +58,16 @@ interface SuperblockHeader {
   heldRoot: number;
 }
 
+const SINGLE = asciiBytes('    <single_mapping origin_block="');
+const RANGE = asciiBytes('    <range_mapping origin_begin="');
+const DATA_BLOCK = asciiBytes('" data_block="');
+const DATA_BEGIN = asciiBytes('" data_begin="');
+const LENGTH = asciiBytes('" length="');
+const TIME = asciiBytes('" time="');
+const CLOSE = asciiBytes('"/>\n');
+/** Bytes of the longest mapping line: the tags plus four numbers of at most 20 digits. */
+const MAX_LINE = 160;
+
 class XmlEmitter implements Emitter {
   constructor(private readonly s: OutputSink) {}
   begin(sb: SuperblockHeader): void {
@@ -72,15 +82,39 @@ class XmlEmitter implements Emitter {
     );
   }
   runs(b: RunBatch): void {
-    let out = '';
+    // Bytes straight into the output chunk: no string per line, so no garbage.
+    const s = this.s;
+    s.room(b.count * MAX_LINE);
     for (let i = 0; i < b.count; i++) {
-      const o = b.originBegin[i] === b.originBegin[i] ? b.originBegin[i] : b.origin(i);
-      out +=
-        b.length[i] === 1
-          ? `    <single_mapping origin_block="${o}" data_block="${b.dataBegin[i]}" time="${b.time[i]}"/>\n`
-          : `    <range_mapping origin_begin="${o}" data_begin="${b.dataBegin[i]}" length="${b.length[i]}" time="${b.time[i]}"/>\n`;
+      const o = b.originBegin[i];
+      if (o !== o) {
+        // At or beyond 2^53 (a bigint): rare, printed through a string.
+        const big = b.origin(i);
+        s.ascii(
+          b.length[i] === 1
+            ? `    <single_mapping origin_block="${big}" data_block="${b.dataBegin[i]}" time="${b.time[i]}"/>\n`
+            : `    <range_mapping origin_begin="${big}" data_begin="${b.dataBegin[i]}" length="${b.length[i]}" time="${b.time[i]}"/>\n`,
+        );
+      } else if (b.length[i] === 1) {
+        s.bytes(SINGLE);
+        s.uint(o);
+        s.bytes(DATA_BLOCK);
+        s.uint(b.dataBegin[i]);
+        s.bytes(TIME);
+        s.uint(b.time[i]);
+        s.bytes(CLOSE);
+      } else {
+        s.bytes(RANGE);
+        s.uint(o);
+        s.bytes(DATA_BEGIN);
+        s.uint(b.dataBegin[i]);
+        s.bytes(LENGTH);
+        s.uint(b.length[i]);
+        s.bytes(TIME);
+        s.uint(b.time[i]);
+        s.bytes(CLOSE);
+      }
     }
-    this.s.ascii(out);
   }
   endDevice(): void {
     this.s.str('  </device>\n');
