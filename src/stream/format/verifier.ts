@@ -3,7 +3,7 @@
  * framing, every record's CRC, field ranges, record order, the end record's
  * counts and the SHA-256 of the whole stream — and hands back decoded records.
  * Chunks may split records anywhere; memory is one record (≤ 8 MiB of data)
- * beyond the chunk being parsed. Used twice by a receive: once to verify the
+ * beyond the chunk being parsed (reused for every record with reuseBuffers). Used twice by a receive: once to verify the
  * whole input before touching the target, once more while applying it.
  */
 import { createHash, type Hash } from 'node:crypto';
@@ -91,6 +91,28 @@ export interface VerifiedStream {
 export interface VerifierOptions {
   /** Called once the header record has been verified (e.g. to check the target early). */
   onHeader?: (h: StreamHeader) => void;
+  /**
+   * Assemble records split across chunks in buffers kept for the whole
+   * stream instead of a new one each: memory stays flat (two records), but
+   * the records push() returns (their `data`) are valid only until the next
+   * push(). Give the same RecordBuffers to verifiers that run one after the
+   * other to share them.
+   */
+  reuseBuffers?: boolean | RecordBuffers;
+}
+
+/** The buffers a verifier with reuseBuffers assembles split records in (two, alternating: one push() can return a record completed in one while the next record starts filling the other). */
+export class RecordBuffers {
+  private bufs: (Buffer | null)[] = [null, null];
+  private turn = 0;
+
+  /** The other buffer, at least `len` bytes long. */
+  next(len: number): Buffer {
+    this.turn ^= 1;
+    let b = this.bufs[this.turn];
+    if (!b || b.length < len) b = this.bufs[this.turn] = Buffer.allocUnsafeSlow(Math.max(len, Math.min(2 * (b?.length ?? 0), DATA_PREFIX_SIZE + MAX_DATA_BYTES)));
+    return b.subarray(0, len);
+  }
 }
 
 const MIN_HEADER_PAYLOAD = HEADER_FIXED_SIZE + 18;
@@ -112,8 +134,12 @@ export class StreamVerifier {
   private lastDataBlock = -1;
   private counts = { dataBlocks: 0, discardBlocks: 0, dataBytes: 0 };
   private result: VerifiedStream | null = null;
+  private readonly scratch: RecordBuffers | null;
 
-  constructor(private readonly opts: VerifierOptions = {}) {}
+  constructor(private readonly opts: VerifierOptions = {}) {
+    const r = opts.reuseBuffers;
+    this.scratch = r instanceof RecordBuffers ? r : r ? new RecordBuffers() : null;
+  }
 
   /** The header once it has been verified, else null. */
   get header(): StreamHeader | null {
@@ -157,6 +183,8 @@ export class StreamVerifier {
           this.payloadFill = len;
           i += len;
           this.pos += len;
+        } else if (this.scratch) {
+          this.payload = this.scratch.next(len);
         } else {
           this.payload = Buffer.allocUnsafe(len);
         }
