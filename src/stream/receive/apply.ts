@@ -24,7 +24,7 @@ export interface ApplyOptions {
   signal?: AbortSignal;
   /** Called as the work advances. */
   onProgress?: (p: ApplyProgress) => void;
-  /** Data bytes per native write call (default 2 MiB); two such buffers are used. */
+  /** Data bytes per native write call (default 1 MiB); two such buffers are used. */
   batchBytes?: number;
   /** The verifier's buffers (shared with the verify pass before). */
   buffers?: RecordBuffers;
@@ -53,7 +53,7 @@ export async function applyStream(
 ): Promise<ApplyStats> {
   const v = new StreamVerifier({ reuseBuffers: opts.buffers ?? true });
   const stats: ApplyStats = { dataBytes: 0, dataRecords: 0, discardRecords: 0, writeCalls: 0 };
-  const max = Math.max(opts.batchBytes ?? 2 << 20, 4096);
+  const max = Math.max(opts.batchBytes ?? 1 << 20, 4096);
   const bufs: Buffer[] = [];
   let turn = 0;
   let batch: WriteSegment[] = [];
@@ -82,11 +82,11 @@ export async function applyStream(
   try {
     for await (const chunk of chunks) {
       throwIfAborted(opts.signal);
-      for (const r of v.push(chunk)) {
+      for (const r of v.records(chunk)) {
         if (r.type === 'header') {
           if (r.header.deviceSize !== expected.header.deviceSize) throw new StreamError('changed', 'the input changed after it was verified');
         } else if (r.type === 'data') {
-          // r.data is a view into a reused buffer: copied (in pieces as the batches fill) before the next push.
+          // r.data is a view into a reused buffer: copied (in pieces as the batches fill) before the next record is parsed.
           const n = r.data.length;
           for (let off = 0; off < n; ) {
             if (batchBytes === max) await flush();

@@ -13,7 +13,7 @@ import { open, type FileHandle } from 'node:fs/promises';
 import { DmthinError, throwIfAborted } from '../../errors';
 
 /** Default chunk size: small enough to bound memory, large enough that syscalls do not matter. */
-export const CHUNK_BYTES = 2 << 20;
+export const CHUNK_BYTES = 1 << 20;
 
 export async function* fileChunks(src: string | FileHandle, opts: { chunkBytes?: number; signal?: AbortSignal } = {}): AsyncGenerator<Buffer> {
   const size = opts.chunkBytes ?? CHUNK_BYTES;
