@@ -23,7 +23,7 @@ export { parseSuperblock, THIN_SUPERBLOCK_MAGIC } from './thin/superblock';
 // The stream format (docs/stream-format.md): records, encoder, verifier.
 export { StreamEncoder } from './stream/format/encoder';
 export type { StreamHeaderInit } from './stream/format/encoder';
-export { StreamVerifier } from './stream/format/verifier';
+export { RecordBuffers, StreamVerifier } from './stream/format/verifier';
 export type { StreamRecord, VerifiedStream, VerifierOptions } from './stream/format/verifier';
 export { FORMAT_VERSION, RecordType, MAX_DATA_BYTES } from './stream/format/records';
 export type { EndRecord } from './stream/format/records';

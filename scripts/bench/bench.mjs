@@ -14,7 +14,9 @@
 // --only a,b       only these rows: dump, ls, rmap, delta, delta-shared,
 //                  delta-no-same, check, check-shared (the shared image is
 //                  built only when a row needs it), devices-dump, devices-ls,
-//                  devices-ls-excl (an image of --devices small thin devices)
+//                  devices-ls-excl (an image of --devices small thin devices),
+//                  send, receive, receive-piped (a fully mapped 1 GiB thin from
+//                  file-backed images against dd with O_DIRECT, 1 MiB blocks)
 import { spawnSync } from 'node:child_process';
 import { createWriteStream, existsSync, mkdirSync, statSync, writeFileSync, renameSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -233,6 +235,96 @@ const median = (xs) => {
   return s[Math.floor(s.length / 2)];
 };
 
+/**
+ * send/receive rows: a pool of one fully mapped 1 GiB thin (64 KiB blocks,
+ * metadata restored with thin_restore) whose data image is 1 GiB of
+ * deterministic pseudo-random bytes (AES-CTR of zeros: no zero pages for a
+ * filesystem to skip). Throughput is compared with `dd iflag=direct bs=1M`
+ * reading the same data image; the ratio is dd's time over dmthin's (≥ 1 is
+ * faster than dd).
+ */
+async function streamRows() {
+  const dir = join(root, '.bench-cache', 'stream');
+  mkdirSync(dir, { recursive: true });
+  const GiB = 1 << 30;
+  const blocks = GiB / (128 * 512);
+  const md = join(dir, 'metadata.bin');
+  const data = join(dir, 'data.img');
+  const stream = join(dir, 'full.stream');
+  const target = join(dir, 'target.img');
+  if (!existsSync(md)) {
+    writeFileSync(
+      `${md}.xml`,
+      `<superblock uuid="" time="1" transaction="1" data_block_size="128" nr_data_blocks="${blocks}">\n` +
+        `  <device dev_id="1" mapped_blocks="${blocks}" transaction="0" creation_time="0" snap_time="0">\n` +
+        `    <range_mapping origin_begin="0" data_begin="0" length="${blocks}" time="0"/>\n` +
+        '  </device>\n</superblock>\n',
+    );
+    writeFileSync(`${md}.tmp`, '');
+    spawnSync('truncate', ['-s', String(8 << 20), `${md}.tmp`]);
+    if (spawnSync('thin_restore', ['-q', '-i', `${md}.xml`, '-o', `${md}.tmp`], { stdio: 'inherit' }).status !== 0) throw new Error('thin_restore failed');
+    renameSync(`${md}.tmp`, md);
+  }
+  if (!existsSync(data)) {
+    process.stderr.write('bench: writing a 1 GiB data image...\n');
+    const { createCipheriv } = await import('node:crypto');
+    const c = createCipheriv('aes-128-ctr', Buffer.alloc(16), Buffer.alloc(16));
+    const out = createWriteStream(`${data}.tmp`);
+    const zeros = Buffer.alloc(4 << 20);
+    for (let n = 0; n < GiB; n += zeros.length) {
+      if (!out.write(c.update(zeros))) await new Promise((r) => out.once('drain', r));
+    }
+    await new Promise((res) => out.end(res));
+    renameSync(`${data}.tmp`, data);
+  }
+  const send = ['send', '--metadata', md, '--data', data, '--snap', '1', '--size', String(GiB), '-q'];
+  if (!existsSync(stream)) {
+    if (spawnSync(process.execPath, [cli, ...send, '-o', `${stream}.tmp`], { stdio: 'inherit' }).status !== 0) throw new Error('dmthin send failed');
+    renameSync(`${stream}.tmp`, stream);
+  }
+  const dd = ['dd', [`if=${data}`, 'of=/dev/null', 'iflag=direct', 'bs=1M']];
+  const rows = [
+    ['send', 'offline send of a fully mapped 1 GiB thin (to /dev/null)', [process.execPath, [cli, ...send]], 'throughput >= 0.8x dd'],
+    ['receive', 'receive of that stream into a file (verify, then write)', [process.execPath, [cli, 'receive', '--target', target, '--create', '-q', '-i', stream]], 'throughput >= 0.5x dd'],
+    [
+      'receive-piped',
+      'receive, the stream piped (spooled while verified)',
+      ['sh', ['-c', `cat "$1" | exec "$2" "$3" receive --target "$4" --create -q`, 'sh', stream, process.execPath, cli, target]],
+      'memory flat whatever the stream size',
+    ],
+  ].filter(([key]) => wanted(key)).map(([, ...rest]) => rest);
+  console.log(`stream rows: 1 GiB thin, 64 KiB blocks; dd if=data.img iflag=direct bs=1M as the reference; ${ROUNDS} interleaved rounds`);
+  const results = [];
+  for (const [name, ours, goal] of rows) {
+    timed(ours[0], ours[1]);
+    timed(dd[0], dd[1]);
+    const a = [];
+    const b = [];
+    for (let i = 0; i < ROUNDS; i++) {
+      if (i % 2 === 0) {
+        a.push(timed(ours[0], ours[1]));
+        b.push(timed(dd[0], dd[1]));
+      } else {
+        b.push(timed(dd[0], dd[1]));
+        a.push(timed(ours[0], ours[1]));
+      }
+    }
+    const ma = median(a.map((x) => x.wall));
+    const mb = median(b.map((x) => x.wall));
+    const row = {
+      work: name,
+      goal: `${goal}; peak RSS <= 80 MiB`,
+      dmthin_s: ma.toFixed(3),
+      dd_s: mb.toFixed(3),
+      throughput_vs_dd: (mb / ma).toFixed(2),
+      dmthin_rss_MiB: (Math.max(...a.map((x) => x.rssKiB)) / 1024).toFixed(0),
+    };
+    results.push(row);
+    console.log(`${name}: dmthin ${row.dmthin_s} s, dd ${row.dd_s} s, throughput ${row.throughput_vs_dd}x dd (goal ${goal}), peak RSS ${row.dmthin_rss_MiB} MiB`);
+  }
+  console.table(results);
+}
+
 async function main() {
   const cache = join(root, '.bench-cache');
   mkdirSync(cache, { recursive: true });
@@ -357,7 +449,8 @@ async function main() {
     results.push(row);
     console.log(`${name}: dmthin ${row.dmthin_s} s, reference ${row.reference_s} s, ratio ${row.ratio} (peak RSS ${row.dmthin_rss_MiB} / ${row.reference_rss_MiB} MiB)`);
   }
-  console.table(results);
+  if (results.length) console.table(results);
+  if (['send', 'receive', 'receive-piped'].some(wanted)) await streamRows();
 }
 
 main().catch((e) => {

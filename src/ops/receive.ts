@@ -23,7 +23,7 @@ import { ReceiveLock } from '../stream/receive/lock';
 import { checkBase, defaultStateFile, entryFor, readState, type ReceiveState, writeState } from '../stream/receive/state';
 import { Spool } from '../stream/receive/spool';
 import { inspectTarget, resolveZeroMethod, type TargetInfo, type ZeroMethod, zeroer } from '../stream/receive/target';
-import { StreamVerifier, type VerifiedStream } from '../stream/format/verifier';
+import { RecordBuffers, StreamVerifier, type VerifiedStream } from '../stream/format/verifier';
 
 /** Options of receive: the target, its state file, and what to accept. */
 export interface ReceiveOptions {
@@ -161,7 +161,7 @@ class Receiver {
     }
   }
 
-  async apply(v: VerifiedStream, chunks: () => AsyncIterable<Buffer>, spooled: boolean): Promise<ReceiveResult> {
+  async apply(v: VerifiedStream, chunks: () => AsyncIterable<Buffer>, spooled: boolean, buffers?: RecordBuffers): Promise<ReceiveResult> {
     const { header } = v;
     await this.preflight(header, v.digest);
     throwIfAborted(this.o.signal);
@@ -202,6 +202,7 @@ class Receiver {
         signal: this.o.signal,
         onProgress: (p) => this.o.onProgress?.({ phase: 'apply', bytes: p.bytes, totalBytes: p.totalBytes }),
         beforeWrite: begin,
+        buffers,
       });
       await begin(); // a stream with nothing to write still sizes the target
     } finally {
@@ -235,15 +236,19 @@ class Receiver {
 /** Verifies a chunk stream, running the early checks as soon as the header is in. */
 class CheckedVerifier {
   readonly v: StreamVerifier;
+  /** Reused by the apply pass that follows (one pass at a time). */
+  readonly buffers = new RecordBuffers();
   private early?: Promise<void>;
   private awaited = false;
 
   constructor(r: Receiver) {
-    this.v = new StreamVerifier({ onHeader: (h) => (this.early = r.preflight(h, null)) });
+    // Records are only checked here, never kept: the verifier's buffer can be reused.
+    this.v = new StreamVerifier({ onHeader: (h) => (this.early = r.preflight(h, null)), reuseBuffers: this.buffers });
   }
 
   async push(chunk: Buffer): Promise<void> {
-    this.v.push(chunk);
+    // Taken one at a time and dropped: one record buffer is enough.
+    for (const r of this.v.records(chunk)) void r;
     if (this.early && !this.awaited) {
       this.awaited = true;
       await this.early;
@@ -313,7 +318,7 @@ export function receiveStream(target: string, opts: Omit<ReceiveOptions, 'target
           const verified = await c.finish();
           await spool!.finish();
           const sp = spool!;
-          const r = await receiver!.apply(verified, () => sp.chunks(o.signal), true);
+          const r = await receiver!.apply(verified, () => sp.chunks(o.signal), true, c.buffers);
           // Released before the Writable finishes: a receive that follows at once finds the target free.
           await sp.remove();
           await receiver!.close();
@@ -392,7 +397,7 @@ async function receiveFile(fh: FileHandle, size: number, opts: ReceiveOptions): 
       opts.onProgress?.({ phase: 'verify', bytes: c.v.position, totalBytes: size });
     }
     const verified = await c.finish();
-    return await r.apply(verified, () => fileChunks(fh, { signal: opts.signal }), false);
+    return await r.apply(verified, () => fileChunks(fh, { signal: opts.signal }), false, c.buffers);
   } finally {
     await r.close();
   }

@@ -51,7 +51,7 @@ const UNSTABLE = [
   'BLOCK_SIZE', 'Block', 'BlockSource', 'BlockType', 'BlockWriter', 'BlockWriterInfo',
   'BlockWriterOpenOptions', 'BtreeNode', 'BtreeWalkOptions', 'Cmd', 'DiscardMethod', 'DmSyncTransport',
   'DmTransport', 'EndRecord', 'FORMAT_VERSION', 'IndexEntry', 'IoStats', 'MAX_DATA_BYTES', 'MemoryBlockSource',
-  'NativeBlockSource', 'RecordType', 'RunBatch', 'SpaceMap', 'StreamEncoder',
+  'NativeBlockSource', 'RecordBuffers', 'RecordType', 'RunBatch', 'SpaceMap', 'StreamEncoder',
   'StreamHeaderInit', 'StreamRecord', 'StreamVerifier', 'THIN_SUPERBLOCK_MAGIC', 'TreeContext',
   'VerifiedStream', 'VerifierOptions', 'WriteSegment', 'ZeroOutMethod', 'blockChecksum', 'blockTypeOf',
   'btreeLookup', 'crc32c', 'parseSuperblock', 'verifyChecksum', 'walkLeaves',

@@ -4,6 +4,7 @@
  * every way a stream can be refused that does not need a target.
  */
 import fc from 'fast-check';
+import { createHash, randomBytes } from 'node:crypto';
 import { StreamError, UsageError } from '../../src/errors';
 import { StreamEncoder, type StreamHeaderInit } from '../../src/stream/format/encoder';
 import {
@@ -225,6 +226,34 @@ describe('verifier', () => {
       }),
       { numRuns: 60 },
     );
+  });
+
+  test('reuseBuffers: records read from reused chunks and assembled in reused buffers carry their own bytes (push and records)', () => {
+    // Distinct random data per record, so a record handed out in a buffer another one overwrote is seen.
+    const pieces = [65536, 3 * 512, 131072, 512, 65536 + 4096, 200 * 512, 65536].map((n) => randomBytes(n));
+    const e = new StreamEncoder(header({ deviceSize: 16 * 65536 }));
+    const parts = [...e.start()];
+    let block = 0;
+    for (const p of pieces) {
+      parts.push(...e.data(block, 0, p));
+      block += Math.ceil(p.length / 65536);
+    }
+    parts.push(...e.finish().parts);
+    const bytes = Buffer.concat(parts);
+    for (const [chunk, lazy] of [700, 4096 + 7, 70000, 150001].flatMap((c) => [[c, false], [c, true]] as const)) {
+      const v = new StreamVerifier({ reuseBuffers: true });
+      const scratch = Buffer.alloc(chunk); // one input buffer, overwritten by every chunk (as file-chunks.ts does)
+      const seen: string[] = [];
+      for (let at = 0; at < bytes.length; at += chunk) {
+        const n = bytes.copy(scratch, 0, at, Math.min(at + chunk, bytes.length));
+        // A record's bytes are valid until the next push: use them now.
+        // push(): all at once, each valid until the next push; records(): each valid until the next is taken.
+        const it = lazy ? v.records(scratch.subarray(0, n)) : v.push(scratch.subarray(0, n));
+        for (const r of it) if (r.type === 'data') seen.push(createHash('sha256').update(r.data).digest('hex'));
+      }
+      expect(v.finish().bytes).toBe(bytes.length);
+      expect(seen).toEqual(pieces.map((p) => createHash('sha256').update(p).digest('hex')));
+    }
   });
 
   test('a flipped bit anywhere is refused with a StreamError', () => {

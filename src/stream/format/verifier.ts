@@ -3,7 +3,7 @@
  * framing, every record's CRC, field ranges, record order, the end record's
  * counts and the SHA-256 of the whole stream — and hands back decoded records.
  * Chunks may split records anywhere; memory is one record (≤ 8 MiB of data)
- * beyond the chunk being parsed. Used twice by a receive: once to verify the
+ * beyond the chunk being parsed (reused for every record with reuseBuffers). Used twice by a receive: once to verify the
  * whole input before touching the target, once more while applying it.
  */
 import { createHash, type Hash } from 'node:crypto';
@@ -91,6 +91,34 @@ export interface VerifiedStream {
 export interface VerifierOptions {
   /** Called once the header record has been verified (e.g. to check the target early). */
   onHeader?: (h: StreamHeader) => void;
+  /**
+   * Assemble records split across chunks in buffers kept for the whole
+   * stream instead of a new one each: memory stays flat (one record, two
+   * with push()), but the records push() returns (their `data`) are valid
+   * only until the next push(), those records() yields until the next one.
+   * Give the same RecordBuffers to verifiers that run one after the other to
+   * share them.
+   */
+  reuseBuffers?: boolean | RecordBuffers;
+}
+
+/**
+ * The buffers a verifier with reuseBuffers assembles split records in: one
+ * when records are taken one at a time (records()), two alternating for
+ * push(), which can return a record completed in one while the next record
+ * starts filling the other.
+ */
+export class RecordBuffers {
+  private bufs: (Buffer | null)[] = [null, null];
+  private turn = 0;
+
+  /** A buffer of `len` bytes: the other one when `alternate`, else the same one again. */
+  next(len: number, alternate: boolean): Buffer {
+    if (alternate) this.turn ^= 1;
+    let b = this.bufs[this.turn];
+    if (!b || b.length < len) b = this.bufs[this.turn] = Buffer.allocUnsafeSlow(Math.max(len, Math.min(2 * (b?.length ?? 0), DATA_PREFIX_SIZE + MAX_DATA_BYTES)));
+    return b.subarray(0, len);
+  }
 }
 
 const MIN_HEADER_PAYLOAD = HEADER_FIXED_SIZE + 18;
@@ -112,8 +140,13 @@ export class StreamVerifier {
   private lastDataBlock = -1;
   private counts = { dataBlocks: 0, discardBlocks: 0, dataBytes: 0 };
   private result: VerifiedStream | null = null;
+  private readonly scratch: RecordBuffers | null;
+  private eager = false;
 
-  constructor(private readonly opts: VerifierOptions = {}) {}
+  constructor(private readonly opts: VerifierOptions = {}) {
+    const r = opts.reuseBuffers;
+    this.scratch = r instanceof RecordBuffers ? r : r ? new RecordBuffers() : null;
+  }
 
   /** The header once it has been verified, else null. */
   get header(): StreamHeader | null {
@@ -131,7 +164,22 @@ export class StreamVerifier {
 
   /** Feeds bytes; returns the records completed by them, verified and decoded. */
   push(chunk: Buffer): StreamRecord[] {
-    const out: StreamRecord[] = [];
+    this.eager = true;
+    try {
+      return [...this.records(chunk)];
+    } finally {
+      this.eager = false;
+    }
+  }
+
+  /**
+   * Feeds bytes, lazily: each record is yielded as soon as it is complete,
+   * and parsing goes on only when the next one is asked for. With
+   * reuseBuffers a yielded record is valid until the next one is asked for
+   * (one buffer then suffices); the caller may await between records.
+   * Stopping before the end leaves the verifier unusable.
+   */
+  *records(chunk: Buffer): Generator<StreamRecord, void, undefined> {
     let i = 0;
     while (i < chunk.length) {
       if (this.result) {
@@ -146,7 +194,7 @@ export class StreamVerifier {
         this.hdrFill += n;
         i += n;
         this.pos += n;
-        if (this.hdrFill < RECORD_HEADER_SIZE) break;
+        if (this.hdrFill < RECORD_HEADER_SIZE) return;
         const len = this.checkHeader();
         this.payloadFill = 0;
         if (len === 0) {
@@ -157,6 +205,9 @@ export class StreamVerifier {
           this.payloadFill = len;
           i += len;
           this.pos += len;
+        } else if (this.scratch) {
+          // push() returns records together: one may sit in a buffer while the next fills the other.
+          this.payload = this.scratch.next(len, this.eager);
         } else {
           this.payload = Buffer.allocUnsafe(len);
         }
@@ -167,9 +218,8 @@ export class StreamVerifier {
         i += n;
         this.pos += n;
       }
-      if (this.payload && this.payloadFill === this.payload.length) out.push(this.completeRecord());
+      if (this.payload && this.payloadFill === this.payload.length) yield this.completeRecord();
     }
-    return out;
   }
 
   /** Call at the end of the input: the verified summary, or why the stream is not whole. */

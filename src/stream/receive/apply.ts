@@ -2,14 +2,16 @@
  * Applying a verified stream to the target: a second pass over the same
  * bytes, with a fresh verifier (so a file that changed since the first pass
  * is caught record by record, and by its digest at the end). Data records are
- * gathered into batches written with one native call each, one batch in
- * flight while the next is parsed; discard records go to the zeroer.
+ * copied into one of two batch buffers, each written with one native call,
+ * one batch in flight while the next is filled; discard records go to the
+ * zeroer. The input chunks and the verifier's buffer are reused as soon as a
+ * record is copied, so memory is those buffers whatever the stream's size.
  * Records never overlap (the verifier enforces ascending order), so the
  * order in which writes and discards complete does not matter.
  */
 import { StreamError, throwIfAborted } from '../../errors';
 import type { BlockWriter, WriteSegment } from '../../native/block-writer';
-import { StreamVerifier, type VerifiedStream } from '../format/verifier';
+import { RecordBuffers, StreamVerifier, type VerifiedStream } from '../format/verifier';
 
 export interface ApplyProgress {
   /** Stream bytes applied so far. */
@@ -22,8 +24,10 @@ export interface ApplyOptions {
   signal?: AbortSignal;
   /** Called as the work advances. */
   onProgress?: (p: ApplyProgress) => void;
-  /** Data bytes per native write call (default 32 MiB). */
+  /** Data bytes per native write call (default 1 MiB); two such buffers are used. */
   batchBytes?: number;
+  /** The verifier's buffers (shared with the verify pass before). */
+  buffers?: RecordBuffers;
   /**
    * Runs once, right before the first write or zeroing (e.g. to record the
    * target as being written): a refusal found before it leaves everything as
@@ -47,9 +51,11 @@ export async function applyStream(
   zero: (offset: number, length: number) => Promise<void>,
   opts: ApplyOptions = {},
 ): Promise<ApplyStats> {
-  const v = new StreamVerifier();
+  const v = new StreamVerifier({ reuseBuffers: opts.buffers ?? true });
   const stats: ApplyStats = { dataBytes: 0, dataRecords: 0, discardRecords: 0, writeCalls: 0 };
-  const max = opts.batchBytes ?? 32 << 20;
+  const max = Math.max(opts.batchBytes ?? 1 << 20, 4096);
+  const bufs: Buffer[] = [];
+  let turn = 0;
   let batch: WriteSegment[] = [];
   let batchBytes = 0;
   let inflight: Promise<unknown> = Promise.resolve();
@@ -69,21 +75,30 @@ export async function applyStream(
     await inflight;
     inflight = writer.write(b);
     inflight.catch(() => undefined); // awaited before the next write and at the end
+    turn ^= 1; // the other buffer's write was awaited above
     stats.writeCalls++;
   };
 
   try {
     for await (const chunk of chunks) {
       throwIfAborted(opts.signal);
-      for (const r of v.push(chunk)) {
+      for (const r of v.records(chunk)) {
         if (r.type === 'header') {
           if (r.header.deviceSize !== expected.header.deviceSize) throw new StreamError('changed', 'the input changed after it was verified');
         } else if (r.type === 'data') {
-          batch.push({ offset: r.start, data: r.data });
-          batchBytes += r.data.length;
-          stats.dataBytes += r.data.length;
+          // r.data is a view into a reused buffer: copied (in pieces as the batches fill) before the next record is parsed.
+          const n = r.data.length;
+          for (let off = 0; off < n; ) {
+            if (batchBytes === max) await flush();
+            const buf = (bufs[turn] ??= Buffer.allocUnsafeSlow(max));
+            const k = Math.min(n - off, max - batchBytes);
+            r.data.copy(buf, batchBytes, off, off + k);
+            batch.push({ offset: r.start + off, data: buf.subarray(batchBytes, batchBytes + k) });
+            batchBytes += k;
+            off += k;
+          }
+          stats.dataBytes += n;
           stats.dataRecords++;
-          if (batchBytes >= max) await flush();
         } else if (r.type === 'discard') {
           await begin();
           await zero(r.start, r.length);
