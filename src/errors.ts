@@ -256,6 +256,44 @@ export class MergeError extends DmthinError {
 }
 
 /**
+ * Why a backup repository (docs/repository.md) refused an operation or found
+ * damage. Stable strings: tests and callers may match on them.
+ */
+export type RepoErrorReason =
+  | 'not-found' // an object (chunk, manifest, repository config) is absent (ENOENT)
+  | 'exists' // a repository or object that must not exist already does (EEXIST)
+  | 'corrupt' // an object's bytes fail their authentication or hash (EBADMSG)
+  | 'bad-key' // the key or passphrase does not open the repository (EACCES)
+  | 'format' // an object is not in a format this version reads (EPROTO)
+  | 'locked' // another process holds a lock this operation needs (EBUSY)
+  | 'backend' // the store itself failed (I/O error, S3 error after retries) (EIO)
+  | 'config'; // the repository address or settings cannot be used (EINVAL)
+
+const REPO_CODES: Record<RepoErrorReason, string> = {
+  'not-found': 'ENOENT',
+  exists: 'EEXIST',
+  corrupt: 'EBADMSG',
+  'bad-key': 'EACCES',
+  format: 'EPROTO',
+  locked: 'EBUSY',
+  backend: 'EIO',
+  config: 'EINVAL',
+};
+
+/** A backup repository (local directory or S3) refused an operation or found damage. */
+export class RepoError extends DmthinError {
+  /** Why: a stable string; `code` follows from it. */
+  readonly reason: RepoErrorReason;
+  /** The object's key inside the repository, where it applies. */
+  declare key?: string;
+
+  constructor(reason: RepoErrorReason, message: string, fields: ErrorFields & { key?: string } = {}) {
+    super(REPO_CODES[reason], message, fields);
+    this.reason = reason;
+  }
+}
+
+/**
  * Why a name given for a thin pool or a thin volume led to none. Stable
  * strings: tests and callers may match on them.
  */

@@ -26,7 +26,8 @@ export const LAYERS: Record<string, readonly string[]> = {
   'stream/format': ['pdata'],
   'stream/send': ['stream/format', 'thin'],
   'stream/receive': ['stream/format', 'dm', 'output'],
-  ops: ['stream/send', 'stream/receive', 'pool'],
+  repo: ['output'], // backup repositories: backends, chunks, manifests (docs/repository.md)
+  ops: ['stream/send', 'stream/receive', 'pool', 'repo'],
   cli: ['ops'],
   index: ['ops'], // src/index.ts, the package's face (`dmthin`)
   unstable: ['ops'], // src/unstable.ts, `dmthin/unstable`: internals offered without a promise

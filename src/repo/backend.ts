@@ -1,0 +1,64 @@
+/**
+ * Where a backup repository's objects live: a local directory or an S3
+ * bucket. A backend stores opaque objects under slash-separated keys and knows
+ * nothing of chunks, manifests or encryption (src/repo/repository.ts does).
+ * Every backend passes the one contract suite (test/repo/backend-contract.ts).
+ *
+ * Keys: ASCII, `[A-Za-z0-9._/-]`, no leading slash, no `.` or `..` segment,
+ * at most 512 bytes. A backend rejects any other key with RepoError 'config'.
+ */
+
+/** An object as a listing reports it. */
+export interface ObjectInfo {
+  /** The key, relative to the repository's root (never the S3 prefix). */
+  key: string;
+  /** Size in bytes. */
+  size: number;
+  /** Last modification, in milliseconds since the epoch. */
+  mtimeMs: number;
+}
+
+/** Options every backend call takes. */
+export interface BackendCallOptions {
+  /** Cancels the call, which then rejects with AbortError. */
+  signal?: AbortSignal;
+}
+
+/** Options of Backend.put. */
+export interface PutOptions extends BackendCallOptions {
+  /**
+   * Only create: if the key already exists, leave it and resolve `false`.
+   * (Content-addressed chunks use it: an existing chunk is never rewritten.)
+   */
+  ifAbsent?: boolean;
+  /** The body's length when it is a stream and known (lets S3 skip multipart for small objects). */
+  size?: number;
+}
+
+/**
+ * The contract. Atomicity: a reader sees an object either whole or not at
+ * all, never a prefix, also after a crash of the writer (local: temporary
+ * file, fsync, rename, directory fsync; S3: a PUT or a completed multipart
+ * upload is atomic). Durability: put and delete have reached stable storage
+ * when their promise resolves. Errors: RepoError (src/errors.ts) with reason
+ * 'not-found' for an absent key, 'backend' for a store failure after the
+ * backend's own retries, 'config' for a bad key; AbortError on abort.
+ */
+export interface Backend extends AsyncDisposable {
+  /** For messages: the directory path or `s3://bucket/prefix`. */
+  readonly location: string;
+  /** Stores an object. A body stream is consumed once and never buffered whole (S3: multipart above a part size). Resolves true when written, false when `ifAbsent` found the key. */
+  put(key: string, body: Uint8Array | AsyncIterable<Uint8Array>, opts?: PutOptions): Promise<boolean>;
+  /** The whole object (for objects known to be small: chunks, configs, locks). */
+  get(key: string, opts?: BackendCallOptions): Promise<Buffer>;
+  /** The object as a stream of pieces, for objects of any size (manifests). */
+  getStream(key: string, opts?: BackendCallOptions): AsyncIterable<Buffer>;
+  /** Size and time of an object, or null when it does not exist. */
+  stat(key: string, opts?: BackendCallOptions): Promise<ObjectInfo | null>;
+  /** Every object whose key starts with `prefix`, in no promised order; memory bounded (pages). */
+  list(prefix: string, opts?: BackendCallOptions): AsyncIterable<ObjectInfo>;
+  /** Deletes objects; absent keys are not an error. */
+  delete(keys: readonly string[], opts?: BackendCallOptions): Promise<void>;
+  /** Releases connections and descriptors. */
+  close(): Promise<void>;
+}
