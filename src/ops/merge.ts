@@ -267,6 +267,33 @@ function checkPrior(prior: MergeState | null, origin: MergeOrigin, snap: number,
 }
 
 /** Copies (and discards) the plan's steps from `read` to `writer`, in order. */
+/**
+ * A recorded merge whose source thin is no longer the one it was copying
+ * from. If the state says the delete had begun, the delete went through
+ * before the state could be removed: the merge is finished (the result's
+ * counts are returned). Otherwise the origin is half-merged and nothing here
+ * can finish it. Null when the prior merge's thin is still there (or none).
+ */
+async function snapGone(
+  prior: MergeState | null,
+  snapNow: ThinIdentity | undefined,
+  stateFile: string,
+  snap: number,
+  originName: string,
+  consequence: string,
+): Promise<{ copiedBlocks: 0; discardedBlocks: 0; bytes: 0; snapDeleted: true; resumed: true } | null> {
+  if (!prior || (snapNow && sameThin(snapNow, prior.snap))) return null;
+  if (prior.phase === 'deleting') {
+    await removeMergeState(stateFile);
+    return { copiedBlocks: 0, discardedBlocks: 0, bytes: 0, snapDeleted: true, resumed: true };
+  }
+  throw new MergeError(
+    'no-such-thin',
+    `an interrupted merge into ${originName} is recorded in ${stateFile}, but thin ${snap} it was copying from is gone: ${consequence}`,
+    { path: stateFile, devId: snap },
+  );
+}
+
 async function runSteps(
   ranges: AsyncIterable<MergeRange>,
   total: number,
@@ -382,18 +409,8 @@ export async function mergeIntoExternalOrigin(poolArg: string | ThinPool, o: Ext
     const snapNow = walked.d ? identityOf(walked.d) : undefined;
     const base = { kind: 'external' as const, pool: pool.name, snap: o.snap, origin: o.origin, blockBytes, stateFile };
 
-    if (prior && (!snapNow || !sameThin(snapNow, prior.snap))) {
-      if (prior.phase === 'deleting') {
-        // The delete went through before the state could be removed: nothing is left to do.
-        await removeMergeState(stateFile);
-        return { ...base, copiedBlocks: 0, discardedBlocks: 0, bytes: 0, seconds: (Date.now() - t0) / 1000, snapDeleted: true, resumed: true };
-      }
-      throw new MergeError(
-        'no-such-thin',
-        `an interrupted merge into ${o.origin} is recorded in ${stateFile}, but thin ${o.snap} it was copying from is gone: the origin is half-merged and cannot be finished from this pool`,
-        { path: stateFile, devId: o.snap },
-      );
-    }
+    const vanished = await snapGone(prior, snapNow, stateFile, o.snap, `${o.origin}`, 'the origin is half-merged and cannot be finished from this pool');
+    if (vanished) return { ...base, ...vanished, seconds: (Date.now() - t0) / 1000 };
     if (!snapNow || !walked.plan) throw new MergeError('no-such-thin', `pool ${pool.name} has no thin ${o.snap}`, { device: pool.name, devId: o.snap });
     const plan = walked.plan;
     const beyond = walked.beyond;
@@ -478,17 +495,8 @@ export async function mergeSnapshot(poolArg: string | ThinPool, o: SnapshotMerge
     const prior = checkPrior(prior0, origin, o.snap, stateFile);
     const snapNow = walked.s ? identityOf(walked.s) : undefined;
     const base = { kind: 'in-pool' as const, pool: pool.name, snap: o.snap, origin: o.origin, blockBytes, stateFile };
-    if (prior && (!snapNow || !sameThin(snapNow, prior.snap))) {
-      if (prior.phase === 'deleting') {
-        await removeMergeState(stateFile);
-        return { ...base, copiedBlocks: 0, discardedBlocks: 0, bytes: 0, seconds: (Date.now() - t0) / 1000, snapDeleted: true, resumed: true };
-      }
-      throw new MergeError(
-        'no-such-thin',
-        `an interrupted merge into thin ${o.origin} is recorded in ${stateFile}, but thin ${o.snap} it was copying from is gone: thin ${o.origin} is half-merged and cannot be finished`,
-        { path: stateFile, devId: o.snap },
-      );
-    }
+    const vanished = await snapGone(prior, snapNow, stateFile, o.snap, `thin ${o.origin}`, `thin ${o.origin} is half-merged and cannot be finished`);
+    if (vanished) return { ...base, ...vanished, seconds: (Date.now() - t0) / 1000 };
     if (!snapNow || !walked.plan) throw new MergeError('no-such-thin', `pool ${pool.name} has no thin ${o.snap}`, { device: pool.name, devId: o.snap });
     const plan = walked.plan;
 
