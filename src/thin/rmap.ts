@@ -200,52 +200,60 @@ export async function rmapTable(md: ThinMetadata, regions: readonly DataRegion[]
     cDev = dev;
     cVirt = virt;
   };
+  // One walk over all devices (as dump and ls do): the roots are read
+  // together and each batch of runs comes through a plain callback, not
+  // three nested async generators.
+  const ids = devices.map((d) => d.devId);
   let walked = 0;
-  for (const d of devices) {
-    throwIfAborted(opts.signal);
-    const base = walked;
-    const dev = d.devId;
-    for await (const b of md.mappingBatches(dev, {
-      signal: opts.signal,
-      onProgress: opts.onProgress ? (p) => opts.onProgress!({ mappings: base + p.mappings, total }) : undefined,
-    })) {
-      const bData = b.dataBegin;
-      const bLen = b.length;
-      const bOrigin = b.originBegin;
-      for (let i = 0; i < b.count; i++) {
-        const db = bData[i];
-        const de = db + bLen[i];
-        // First region that ends after db (regions are few; a binary search keeps many cheap).
-        let lo = 0;
-        let hi = nr;
-        while (lo < hi) {
-          const mid = (lo + hi) >> 1;
-          if (rEnd[mid] <= db) lo = mid + 1;
-          else hi = mid;
+  let batches = 0;
+  await md.walkDevices(
+    ids,
+    {
+      begin: () => {},
+      runs: (k, b) => {
+        const dev = ids[k];
+        const bData = b.dataBegin;
+        const bLen = b.length;
+        const bOrigin = b.originBegin;
+        for (let i = 0; i < b.count; i++) {
+          const db = bData[i];
+          const de = db + bLen[i];
+          // First region that ends after db (regions are few; a binary search keeps many cheap).
+          let lo = 0;
+          let hi = nr;
+          while (lo < hi) {
+            const mid = (lo + hi) >> 1;
+            if (rEnd[mid] <= db) lo = mid + 1;
+            else hi = mid;
+          }
+          const o = bOrigin[i];
+          for (let k2 = lo; k2 < nr && rBegin[k2] < de; k2++) {
+            const s = db > rBegin[k2] ? db : rBegin[k2];
+            const e = de < rEnd[k2] ? de : rEnd[k2];
+            const v = o + (s - db);
+            // Hot path: numbers all the way (o is NaN past 2^53, which fails the test).
+            if (typeof cVirt === 'number' && v <= Number.MAX_SAFE_INTEGER) {
+              if (open && dev === cDev && s === cData + cLen && v === cVirt + cLen) {
+                cLen += e - s;
+                continue;
+              }
+              if (open) cols.push(cData, cLen, cDev, cVirt);
+              open = true;
+              cData = s;
+              cLen = e - s;
+              cDev = dev;
+              cVirt = v;
+            } else slowPiece(dev, s, e - s, addV(b.origin(i), s - db));
+          }
+          walked += bLen[i];
         }
-        const o = bOrigin[i];
-        for (let k = lo; k < nr && rBegin[k] < de; k++) {
-          const s = db > rBegin[k] ? db : rBegin[k];
-          const e = de < rEnd[k] ? de : rEnd[k];
-          const v = o + (s - db);
-          // Hot path: numbers all the way (o is NaN past 2^53, which fails the test).
-          if (typeof cVirt === 'number' && v <= Number.MAX_SAFE_INTEGER) {
-            if (open && dev === cDev && s === cData + cLen && v === cVirt + cLen) {
-              cLen += e - s;
-              continue;
-            }
-            if (open) cols.push(cData, cLen, cDev, cVirt);
-            open = true;
-            cData = s;
-            cLen = e - s;
-            cDev = dev;
-            cVirt = v;
-          } else slowPiece(dev, s, e - s, addV(b.origin(i), s - db));
-        }
-      }
-    }
-    walked = base + d.mappedBlocks;
-  }
+        if (opts.onProgress && ++batches % 16 === 0) opts.onProgress({ mappings: walked, total });
+      },
+      end: () => {},
+    },
+    { signal: opts.signal },
+  );
+  opts.onProgress?.({ mappings: walked, total });
   if (open) cols.push(cData, cLen, cDev, cVirt);
   throwIfAborted(opts.signal);
   const order = stdSortOrder(cols.data, cols.n);
