@@ -1,8 +1,8 @@
 /** `dmthin rmap`: which thin devices map given data blocks, as thin_rmap 0.9.0 prints it (see src/thin/rmap.ts for the one difference). */
 import type { Command } from 'commander';
-import { UsageError } from '../errors';
+import { throwIfAborted, UsageError } from '../errors';
 import { asciiBytes, OutputSink } from '../output/sink';
-import { rmapRaw, type DataRegion } from '../thin/rmap';
+import { rmapTable, type DataRegion } from '../thin/rmap';
 import { CliContext } from './common';
 import { Progress } from './progress';
 import { MetadataSnapOpts, openMetadata } from './metadata-source';
@@ -61,27 +61,36 @@ export function register(program: Command, ctx: () => CliContext): void {
       const bar = new Progress('rmap', !o.quiet && process.stderr.isTTY === true);
       const sink = new OutputSink(out);
       try {
-        let n = 0;
         // Bytes straight into the output chunk: a string per line made most of the time garbage.
-        for await (const r of rmapRaw(md, regions, { signal: c.signal, onProgress: (p) => bar.update(p.mappings, p.total) })) {
-          bar.stop();
-          const v = r.virtualBegin;
+        // The table, not an async iterator: an await per run was a quarter of the time.
+        const t = await rmapTable(md, regions, { signal: c.signal, onProgress: (p) => bar.update(p.mappings, p.total) });
+        bar.stop();
+        const { order, data, len, dev, virt } = t;
+        for (let i = 0; i < t.n; i++) {
+          const k = order[i];
+          const d = data[k];
+          const l = len[k];
+          const v = virt[k];
           sink.room(RMAP_LINE);
           sink.bytes(DATA);
-          sink.uint(r.dataBegin);
+          sink.uint(d);
           sink.bytes(DOTS);
-          sink.uint(r.dataBegin + r.length);
+          sink.uint(d + l);
           sink.bytes(THIN);
-          sink.uint(r.devId);
+          sink.uint(dev[k]);
           sink.bytes(CLOSE_PAREN);
-          if (typeof v === 'number' && v + r.length <= Number.MAX_SAFE_INTEGER) {
+          // v is NaN past 2^53 (its exact value in t.big).
+          if (v + l <= Number.MAX_SAFE_INTEGER) {
             sink.uint(v);
             sink.bytes(DOTS);
-            sink.uint(v + r.length);
-          } else sink.ascii(`${v}..${BigInt(v) + BigInt(r.length)}`);
+            sink.uint(v + l);
+          } else {
+            const b = v === v ? BigInt(v) : t.big!.get(k)!;
+            sink.ascii(`${b}..${b + BigInt(l)}`);
+          }
           sink.bytes(NEWLINE);
-          if (++n === 256) {
-            n = 0;
+          if ((i & 1023) === 1023 && sink.needsFlush()) {
+            throwIfAborted(c.signal);
             await sink.maybeFlush();
           }
         }

@@ -137,6 +137,15 @@ interface Pending {
   hi: Key;
 }
 
+/** Children of a later sibling, read ahead (see Checker.preRead). */
+interface PreRead {
+  blocks: number[];
+  p: Promise<Block[]>;
+}
+
+/** Flags of an internal btree node (at byte 4 of the node). */
+const INTERNAL_FLAG = 1;
+
 /** "metadata snapshot (block 8): " for the held trees, nothing for the live ones. */
 const pre = (label: string): string => (label ? `${label}: ` : '');
 const toBig = (k: Key): bigint => (typeof k === 'bigint' ? k : BigInt(k));
@@ -229,6 +238,55 @@ class Checker {
     });
   }
 
+  /**
+   * Starts reading the children of an internal node not yet visited (a later
+   * sibling), so that the read overlaps the check of the siblings before it.
+   * Children that descend() will skip as already checked are left out. The
+   * node is not validated here (descend() does that); anything odd just
+   * means no read ahead.
+   */
+  private preRead(t: TreeWalk, block: Block): PreRead | undefined {
+    const book = this.book!;
+    let node: BtreeNode;
+    try {
+      node = new BtreeNode(block, t.validator.valueSize, { tree: t.kind });
+    } catch {
+      return undefined;
+    }
+    const want: number[] = [];
+    for (let k = 0; k < node.nrEntries; k++) {
+      const hiWord = node.u32[node.base + (node.valuesOffset >> 2) + 2 * k + 1];
+      const c = node.u32[node.base + (node.valuesOffset >> 2) + 2 * k];
+      if (hiWord !== 0 || c >= this.nrMetadataBlocks || book.mark[c] === t.serial) continue;
+      if (!t.readAll && book.mappingNode.has(c)) continue; // probably checked already: descend() decides
+      want.push(c);
+    }
+    if (want.length === 0) return undefined;
+    const p = this.md.io.read(want);
+    p.catch(() => {}); // descend() reads again on failure and reports that
+    return { blocks: want, p };
+  }
+
+  /** The blocks of `items`, from a read ahead where it has them, else read now. */
+  private async readSiblings(items: Pending[], pre: PreRead | undefined): Promise<Block[]> {
+    if (!pre) return this.md.io.read(items.map((it) => it.block));
+    let got: Block[] | undefined;
+    try {
+      got = await pre.p;
+    } catch {
+      got = undefined;
+    }
+    if (!got) return this.md.io.read(items.map((it) => it.block));
+    const have = new Map<number, Block>();
+    for (let i = 0; i < pre.blocks.length; i++) have.set(pre.blocks[i], got[i]);
+    const missing = items.filter((it) => !have.has(it.block)).map((it) => it.block);
+    if (missing.length) {
+      const more = await this.md.io.read(missing);
+      for (let i = 0; i < missing.length; i++) have.set(missing[i], more[i]);
+    }
+    return items.map((it) => have.get(it.block)!);
+  }
+
   /** Walks one tree from its root. Returns the number of leaf entries below it. */
   async walk(t: TreeWalk, root: number): Promise<number> {
     if (root >= this.nrMetadataBlocks) {
@@ -250,7 +308,7 @@ class Checker {
    * Validates a set of sibling nodes (read in one batch) and everything below
    * them. Returns their leaf entries and their height (-1 when unknown).
    */
-  private async descend(t: TreeWalk, items: Pending[], depth: number): Promise<{ entries: number; height: number }> {
+  private async descend(t: TreeWalk, items: Pending[], depth: number, pre?: PreRead): Promise<{ entries: number; height: number }> {
     const book = this.book!;
     throwIfAborted(this.opts.signal);
     let entries = 0;
@@ -277,12 +335,15 @@ class Checker {
     if (toRead.length === 0) return { entries, height };
     let blocks: Block[];
     try {
-      blocks = await this.md.io.read(toRead.map((it) => it.block));
+      blocks = await this.readSiblings(toRead, pre);
     } catch (e) {
       t.faulty = true;
       this.caught(e, { tree: t.kind, ...(t.devId !== undefined ? { devId: t.devId } : {}) });
       return { entries, height };
     }
+    // The next internal sibling's children are read while this one's subtree is checked.
+    let nextPre: PreRead | undefined;
+    let nextPreAt = -1;
     for (let i = 0; i < toRead.length; i++) {
       const it = toRead[i];
       const b = it.block;
@@ -326,7 +387,16 @@ class Checker {
           if (first) this.ref(child);
           children.push({ block: child, lo, hi });
         }
-        const r = await this.descend(t, children, depth + 1);
+        const mine = nextPreAt === i ? nextPre : undefined;
+        nextPre = undefined;
+        nextPreAt = -1;
+        for (let j = i + 1; j < toRead.length; j++) {
+          if (blocks[j].u32(4) !== INTERNAL_FLAG) continue;
+          nextPre = this.preRead(t, blocks[j]);
+          nextPreAt = j;
+          break;
+        }
+        const r = await this.descend(t, children, depth + 1, mine);
         sub = r.entries;
         h = r.height < 0 ? 0 : r.height + 1;
       }

@@ -11,7 +11,7 @@
  * depth x fan-out per side plus one read window.
  */
 import { AbortError, MetadataError, throwIfAborted } from '../errors';
-import { BtreeNode, checkFill, type Key, LEAF_NODE, TreeValidator, walkLeaves } from '../pdata/btree';
+import { BlockSet, BtreeNode, checkFill, type Key, LEAF_NODE, TreeValidator, walkLeaves } from '../pdata/btree';
 import type { Block, BlockSource } from '../pdata/block-source';
 import type { VirtualBlock, VirtualKey } from './mappings';
 import { mappingDataBlock, mappingTime } from './mapping-value';
@@ -112,6 +112,9 @@ function addKey(a: Key, n: number): Key {
 
 // eslint-disable-next-line eqeqeq
 const keyEq = (a: Key, b: Key): boolean => a == b;
+
+/** Blocks the frontier reader may hold read and not yet used by the walk (4 MiB). */
+const AHEAD_MAX = 1024;
 
 interface Ref {
   leaf: false;
@@ -226,22 +229,38 @@ class Side {
     }
   }
 
-  /** Replaces the top ref by its contents: a leaf cursor or the node's children. */
-  async expand(): Promise<void> {
+  /** Replaces the top ref by its contents: a leaf cursor or the node's children. Returns the node. */
+  async expand(): Promise<BtreeNode> {
+    const [node, r] = await this.take();
+    this.push(node, r);
+    return node;
+  }
+
+  /** The first half of expand(): pops the top ref, reads and validates its node, checks its child pointers. */
+  async take(): Promise<[BtreeNode, Ref]> {
     const top = this.top() as Ref;
     if (!top.p) this.fetch();
     const block = top.data ?? (await top.p!);
     const r = this.popRef();
     const node = this.validator.visit(block, r.lo, r.hi, r.depth);
     this.walk.stats.nodesRead++;
+    if (!node.isLeaf) for (let i = node.nrEntries - 1; i >= 0; i--) this.validator.checkPointer(node.value64(i), r.block);
+    return [node, r];
+  }
+
+  /** The second half: a leaf cursor or the node's children, bar those marked in `skip` (shared with the other side). */
+  push(node: BtreeNode, r: Ref, skip?: Uint8Array): void {
     if (node.isLeaf) {
       if (node.nrEntries > 0) this.stack.push({ leaf: true, node, i: 0, depth: r.depth });
       return;
     }
     for (let i = node.nrEntries - 1; i >= 0; i--) {
+      if (skip?.[i]) continue;
       const lo = node.keyAt(i);
       const hi = i + 1 < node.nrEntries ? node.keyAt(i + 1) : r.hi;
-      this.pushRef({ leaf: false, block: node.value64(i), lo, hi, depth: r.depth + 1 }, r.block);
+      const ref: Ref = { leaf: false, block: node.value64(i), lo, hi, depth: r.depth + 1 };
+      this.stack.push(ref);
+      this.pending.set(ref.block, (this.pending.get(ref.block) ?? 0) + 1);
     }
   }
 
@@ -254,6 +273,12 @@ class Side {
 class DeltaWalker {
   readonly stats: DeltaStats = { nodesRead: 0, sharedSubtrees: 0, blocks: 0, blocksRead: 0, leftBlocks: 0, rightBlocks: 0 };
   readonly window: number;
+  /** Blocks the frontier reader read ahead of the walk, by block number (no-same walks only). */
+  private readonly ahead = new Map<number, Promise<Block>>();
+  /** Blocks requested so far (no-same walks only), so the frontier never reads one twice. */
+  private readonly requested: BlockSet | undefined;
+  /** The walk ended (or failed): the frontier stops. */
+  done = false;
   private readonly out: RawDeltaExtent[] = [];
   private cur: RawDeltaExtent | undefined;
 
@@ -262,16 +287,128 @@ class DeltaWalker {
     readonly opts: DeltaWalkOptions,
   ) {
     this.window = opts.window ?? 128;
+    if (opts.includeSame === false) this.requested = new BlockSet(opts.nrMetadataBlocks);
   }
 
   read(refs: Ref[]): void {
-    const batch = this.io.read(refs.map((r) => r.block));
+    const need: Ref[] = [];
+    for (const r of refs) {
+      const ahead = this.ahead.get(r.block);
+      if (!ahead) {
+        need.push(r);
+        continue;
+      }
+      // Read ahead by the frontier: used once. Should that read have failed
+      // (its batch held other blocks), the block is read on its own, so an
+      // error names the block the walk needs.
+      this.ahead.delete(r.block);
+      r.p = ahead.then(
+        (b) => (r.data = b),
+        () => {
+          this.stats.blocksRead++;
+          return this.io.read([r.block]).then((bs) => (r.data = bs[0]));
+        },
+      );
+      r.p.catch(() => {});
+    }
+    if (need.length === 0) return;
+    for (const r of need) this.requested?.add(r.block);
+    const batch = this.io.read(need.map((r) => r.block));
     batch.catch(() => {});
-    this.stats.blocksRead += refs.length;
-    refs.forEach((r, i) => {
+    this.stats.blocksRead += need.length;
+    need.forEach((r, i) => {
       r.p = batch.then((bs) => (r.data = bs[i]));
       r.p.catch(() => {});
     });
+  }
+
+  /**
+   * Without `same`, the walk only descends where the trees differ, and a
+   * level-by-level walk would wait for one read after another (a changed leaf
+   * under each changed internal node). The frontier reader goes ahead: given
+   * two nodes that cover one key range, it reads at once every child that is
+   * not the same pointer under the same range on the other side, and, when a
+   * pair of such children (one range, two blocks) has arrived, does the same
+   * one level down. The walk then finds the blocks already read (`ahead`).
+   * Everything it reads is what the walk reads (no shared subtree), bar
+   * corruption; it validates nothing (the walk does, on use), and stops at
+   * AHEAD_MAX blocks not yet used.
+   */
+  private frontier(l: BtreeNode, r: BtreeNode, hi: Key, skipL?: Uint8Array, skipR?: Uint8Array): void {
+    if (this.done || l.isLeaf || r.isLeaf) return;
+    const reading = this.ahead.size < AHEAD_MAX;
+    if (!reading && !skipL) return;
+    const nl = l.nrEntries;
+    const nr = r.nrEntries;
+    const limit = Math.min(this.opts.nrMetadataBlocks, Math.floor(this.io.sizeBytes / 4096));
+    const want: number[] = [];
+    const pairs: [number, number, Key][] = [];
+    const child = (n: BtreeNode, i: number): number => {
+      const w = n.base + (n.valuesOffset >> 2) + 2 * i;
+      return n.u32[w + 1] === 0 ? n.u32[w] : -1; // a pointer past 2^32 blocks is corruption: left to the walk
+    };
+    const upper = (n: BtreeNode, i: number, count: number): Key => (i + 1 < count ? keyOf(n, i + 1) : hi);
+    const take = (b: number): boolean => {
+      if (!reading || b < 0 || b >= limit || this.requested!.has(b)) return false;
+      this.requested!.add(b);
+      want.push(b);
+      return true;
+    };
+    // Both key lists are sorted: a merge pairs the children that cover one range.
+    let j = 0;
+    for (let i = 0; i < nl; i++) {
+      const lo = keyOf(l, i);
+      while (j < nr && keyOf(r, j) < lo) take(child(r, j++));
+      const bl = child(l, i);
+      if (j < nr && keyEq(keyOf(r, j), lo) && keyEq(upper(r, j, nr), upper(l, i, nl))) {
+        const br = child(r, j);
+        if (bl === br && bl >= 0) {
+          // Shared: never read without `same`, and not even pushed on the stacks.
+          if (skipL) {
+            skipL[i] = 1;
+            skipR![j] = 1;
+            this.stats.sharedSubtrees++;
+          }
+          j++;
+          continue;
+        }
+        j++;
+        take(bl);
+        take(br);
+        pairs.push([bl, br, upper(l, i, nl)]);
+      } else take(bl);
+    }
+    while (j < nr) take(child(r, j++));
+    if (want.length === 0) return;
+    const batch = this.io.read(want);
+    batch.catch(() => {});
+    this.stats.blocksRead += want.length;
+    want.forEach((b, i) => {
+      const p = batch.then((bs) => bs[i]);
+      p.catch(() => {});
+      this.ahead.set(b, p);
+    });
+    const ctx = { tree: 'mapping' };
+    for (const [bl, br, pairHi] of pairs) {
+      const pl = this.ahead.get(bl);
+      const pr = this.ahead.get(br);
+      if (!pl || !pr) continue;
+      Promise.all([pl, pr]).then(
+        ([a, b]) => {
+          if (this.done || a.u32(4) === LEAF_NODE || b.u32(4) === LEAF_NODE) return;
+          let na: BtreeNode;
+          let nb: BtreeNode;
+          try {
+            na = new BtreeNode(a, 8, ctx);
+            nb = new BtreeNode(b, 8, ctx);
+          } catch {
+            return; // the walk reports it when it gets there
+          }
+          this.frontier(na, nb, pairHi);
+        },
+        () => {},
+      );
+    }
   }
 
   private checkData(d: number, key: Key, side: Side): void {
@@ -546,8 +683,21 @@ class DeltaWalker {
       else {
         if (!a.p) L.fetch();
         if (!b.p) R.fetch();
-        await L.expand();
-        await R.expand();
+        if (this.requested) {
+          // Without `same`: two nodes over one range. The children they share
+          // are skipped here (as the walk below would, one by one), and what
+          // differs below them is read ahead of the walk (frontier).
+          const [nl, rl] = await L.take();
+          const [nr, rr] = await R.take();
+          const skipL = nl.isLeaf ? undefined : new Uint8Array(nl.nrEntries);
+          const skipR = nr.isLeaf ? undefined : new Uint8Array(nr.nrEntries);
+          if (skipL && skipR) this.frontier(nl, nr, a.hi, skipL, skipR);
+          L.push(nl, rl, skipL);
+          R.push(nr, rr, skipR);
+        } else {
+          await L.expand();
+          await R.expand();
+        }
       }
       L.prefetch();
       R.prefetch();
@@ -570,6 +720,8 @@ export async function* deltaBatches(io: BlockSource, leftRoot: number, rightRoot
   } catch (e) {
     if (opts.signal?.aborted && !(e instanceof AbortError)) throw new AbortError(undefined, { cause: e });
     throw e;
+  } finally {
+    w.done = true;
   }
   return w.stats;
 }

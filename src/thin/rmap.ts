@@ -129,6 +129,30 @@ class RunColumns {
   }
 }
 
+/**
+ * @internal Every run of an rmap in columns, and the order to print them in:
+ * run `order[i]` is printed i-th. Lets a printer of millions of runs loop
+ * without an async step (or an object) per run.
+ */
+export interface RmapTable {
+  /** Runs held. */
+  readonly n: number;
+  /** First data block of each run. */
+  readonly data: Float64Array;
+  /** Length of each run. */
+  readonly len: Float64Array;
+  /** Virtual block that maps the first data block (NaN at or beyond 2^53: see `big`). */
+  readonly virt: Float64Array;
+  /** Device of each run. */
+  readonly dev: Uint32Array;
+  /** Exact virtual begins at or beyond 2^53. */
+  readonly big: Map<number, bigint> | null;
+  /** Print order (thin_rmap's sort). */
+  readonly order: Uint32Array;
+  /** Run i as an object. */
+  run(i: number): RawRmapRun;
+}
+
 const addV = (a: VirtualKey, n: number): VirtualKey => (typeof a === 'number' && a + n <= Number.MAX_SAFE_INTEGER ? a + n : BigInt(a) + BigInt(n));
 // eslint-disable-next-line eqeqeq
 const eqV = (a: VirtualKey, b: VirtualKey): boolean => a == b;
@@ -142,19 +166,29 @@ export async function* rmap(md: ThinMetadata, regions: readonly DataRegion[], op
   for await (const r of rmapRaw(md, regions, opts)) yield { ...r, virtualBegin: BigInt(r.virtualBegin) };
 }
 
-/** @internal rmap() without a BigInt per run (the CLI prints millions of them). */
+/** @internal rmap() without a BigInt per run. */
 export async function* rmapRaw(md: ThinMetadata, regions: readonly DataRegion[], opts: RmapOptions = {}): AsyncGenerator<RawRmapRun> {
+  const t = await rmapTable(md, regions, opts);
+  for (let i = 0; i < t.n; i++) yield t.run(t.order[i]);
+}
+
+/** @internal The runs of rmap() as a table (the CLI prints from it without an async step per run). */
+export async function rmapTable(md: ThinMetadata, regions: readonly DataRegion[], opts: RmapOptions = {}): Promise<RmapTable> {
   const rs = normalizeRegions(regions);
+  const rBegin = Float64Array.from(rs, (r) => r[0]);
+  const rEnd = Float64Array.from(rs, (r) => r[1]);
+  const nr = rs.length;
   const devices = [...(await md.checkedDevices({ signal: opts.signal })).values()].sort((a, b) => a.devId - b.devId);
   const total = devices.reduce((n, d) => n + d.mappedBlocks, 0);
   const cols = new RunColumns();
-  // The run being extended (thin_rmap's "current" region).
+  // The run being extended (thin_rmap's "current" region). cVirt is a
+  // number while every virtual block fits in one (the hot path), else a bigint.
   let open = false;
   let cData = 0;
   let cLen = 0;
   let cDev = 0;
   let cVirt: VirtualKey = 0;
-  const piece = (dev: number, data: number, len: number, virt: VirtualKey): void => {
+  const slowPiece = (dev: number, data: number, len: number, virt: VirtualKey): void => {
     if (open && dev === cDev && data === cData + cLen && eqV(virt, addV(cVirt, cLen))) {
       cLen += len;
       return;
@@ -166,38 +200,64 @@ export async function* rmapRaw(md: ThinMetadata, regions: readonly DataRegion[],
     cDev = dev;
     cVirt = virt;
   };
+  // One walk over all devices (as dump and ls do): the roots are read
+  // together and each batch of runs comes through a plain callback, not
+  // three nested async generators.
+  const ids = devices.map((d) => d.devId);
   let walked = 0;
-  for (const d of devices) {
-    throwIfAborted(opts.signal);
-    const base = walked;
-    for await (const b of md.mappingBatches(d.devId, {
-      signal: opts.signal,
-      onProgress: opts.onProgress ? (p) => opts.onProgress!({ mappings: base + p.mappings, total }) : undefined,
-    })) {
-      for (let i = 0; i < b.count; i++) {
-        const db = b.dataBegin[i];
-        const de = db + b.length[i];
-        // First region that ends after db (regions are few; a binary search keeps many cheap).
-        let lo = 0;
-        let hi = rs.length;
-        while (lo < hi) {
-          const mid = (lo + hi) >> 1;
-          if (rs[mid][1] <= db) lo = mid + 1;
-          else hi = mid;
+  let batches = 0;
+  await md.walkDevices(
+    ids,
+    {
+      begin: () => {},
+      runs: (k, b) => {
+        const dev = ids[k];
+        const bData = b.dataBegin;
+        const bLen = b.length;
+        const bOrigin = b.originBegin;
+        for (let i = 0; i < b.count; i++) {
+          const db = bData[i];
+          const de = db + bLen[i];
+          // First region that ends after db (regions are few; a binary search keeps many cheap).
+          let lo = 0;
+          let hi = nr;
+          while (lo < hi) {
+            const mid = (lo + hi) >> 1;
+            if (rEnd[mid] <= db) lo = mid + 1;
+            else hi = mid;
+          }
+          const o = bOrigin[i];
+          for (let k2 = lo; k2 < nr && rBegin[k2] < de; k2++) {
+            const s = db > rBegin[k2] ? db : rBegin[k2];
+            const e = de < rEnd[k2] ? de : rEnd[k2];
+            const v = o + (s - db);
+            // Hot path: numbers all the way (o is NaN past 2^53, which fails the test).
+            if (typeof cVirt === 'number' && v <= Number.MAX_SAFE_INTEGER) {
+              if (open && dev === cDev && s === cData + cLen && v === cVirt + cLen) {
+                cLen += e - s;
+                continue;
+              }
+              if (open) cols.push(cData, cLen, cDev, cVirt);
+              open = true;
+              cData = s;
+              cLen = e - s;
+              cDev = dev;
+              cVirt = v;
+            } else slowPiece(dev, s, e - s, addV(b.origin(i), s - db));
+          }
+          walked += bLen[i];
         }
-        for (let k = lo; k < rs.length && rs[k][0] < de; k++) {
-          const s = Math.max(db, rs[k][0]);
-          const e = Math.min(de, rs[k][1]);
-          piece(d.devId, s, e - s, addV(b.origin(i), s - db));
-        }
-      }
-    }
-    walked = base + d.mappedBlocks;
-  }
+        if (opts.onProgress && ++batches % 16 === 0) opts.onProgress({ mappings: walked, total });
+      },
+      end: () => {},
+    },
+    { signal: opts.signal },
+  );
+  opts.onProgress?.({ mappings: walked, total });
   if (open) cols.push(cData, cLen, cDev, cVirt);
   throwIfAborted(opts.signal);
   const order = stdSortOrder(cols.data, cols.n);
-  for (let i = 0; i < cols.n; i++) yield cols.run(order[i]);
+  return { n: cols.n, data: cols.data, len: cols.len, virt: cols.virt, dev: cols.dev, big: cols.big, order, run: (i) => cols.run(i) };
 }
 
 // ---------------------------------------------------------------- std::sort
