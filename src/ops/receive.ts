@@ -247,6 +247,7 @@ class CheckedVerifier {
   }
 
   async push(chunk: Buffer): Promise<void> {
+    await this.v.ready(chunk.length); // the digest (its own thread) keeps up before the JS thread feeds it more
     // Taken one at a time and dropped: one record buffer is enough.
     for (const r of this.v.records(chunk)) void r;
     if (this.early && !this.awaited) {

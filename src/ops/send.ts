@@ -120,7 +120,10 @@ async function stream(plan: SendPlan, source: DataSource, o: CommonSendOptions):
   });
   if (typeof o.output !== 'string') {
     // The Readable listens to the signal; its errors are typed, a raw one is the Writable's.
-    await pipeline(readable, o.output).catch((e) => {
+    // process.stdout is not ended: ending it shuts a pipe down under Node, and the CLI's
+    // final flush then failed with EPIPE (`dmthin send | cat` exited 141 after a whole stream).
+    const end = o.output !== process.stdout;
+    await pipeline(readable, o.output, { end }).catch((e) => {
       throw outputError(e, o.output === process.stdout ? 'stdout' : undefined);
     });
     return summary!;

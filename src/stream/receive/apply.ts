@@ -82,6 +82,7 @@ export async function applyStream(
   try {
     for await (const chunk of chunks) {
       throwIfAborted(opts.signal);
+      await v.ready(chunk.length); // the digest runs on its own thread, at most its ring behind
       for (const r of v.records(chunk)) {
         if (r.type === 'header') {
           if (r.header.deviceSize !== expected.header.deviceSize) throw new StreamError('changed', 'the input changed after it was verified');

@@ -115,7 +115,9 @@ export async function* encodeRecords(plan: SendPlan, source: DataSource, opts: E
       let at = 0;
       for (const it of b.items) {
         if (it.kind === 'data') {
-          yield* enc.data(it.block, it.offsetSectors, data.subarray(at, at + it.len));
+          await enc.ready(it.len); // the digest runs behind on its own thread; no more than its ring behind
+          // The batch is this read's own buffer, never reused: hashed in place.
+          yield* enc.data(it.block, it.offsetSectors, data.subarray(at, at + it.len), true);
           at += it.len;
         } else {
           yield* enc.discard(it.block, it.count);
@@ -153,6 +155,7 @@ export async function* encodeRecords(plan: SendPlan, source: DataSource, opts: E
   }
   seal();
   yield* drain(0);
+  await enc.ready(Infinity); // the digest has caught up: finish() does not wait on the JS thread
   const { parts, end } = enc.finish();
   yield* parts;
   progress();
