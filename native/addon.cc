@@ -8,6 +8,7 @@
 #include "dm_control.h"
 #include "dm_poll.h"
 #include "file_lock.h"
+#include "range_reader.h"
 #include "sha256_pipe.h"
 
 namespace dmthin {
@@ -20,6 +21,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   DmPoll::Init(env, exports);
   InitFileLock(env, exports);
   Sha256Pipe::Init(env, exports);
+  RangeReader::Init(env, exports);
   return exports;
 }
 

@@ -126,6 +126,14 @@ export interface NativeSha256Pipe {
   capacity(): number;
 }
 
+/** Byte ranges of a file or block device read into a buffer the caller reuses (native/range_reader.cc). */
+export interface NativeRangeReader {
+  open(path: string, direct?: 'auto' | 'always' | 'never'): Promise<{ size: number; direct: boolean }>;
+  /** `ranges`: [bufferOffset, fileOffset, length] triples; several pieces in flight. */
+  readInto(buf: Buffer, ranges: Float64Array): Promise<void>;
+  close(): void;
+}
+
 export interface NativeAddon {
   crc32c(data: Uint8Array, seed?: number, raw?: boolean): number;
   crc32cTable(data: Uint8Array): number;
@@ -133,6 +141,9 @@ export interface NativeAddon {
   BlockReader: new () => NativeBlockReader;
   BlockWriter: new () => NativeBlockWriter;
   Sha256Pipe: new (ringBytes?: number) => NativeSha256Pipe;
+  RangeReader: new () => NativeRangeReader;
+  /** A 4096-aligned Buffer (for O_DIRECT reads into it). */
+  alignedBuffer(bytes: number): Buffer;
   DmPoll: new () => NativeDmPoll;
   /**
    * One dm ioctl on a worker thread. `request` is struct dm_ioctl plus its

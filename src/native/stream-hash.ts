@@ -25,20 +25,28 @@ export interface StreamHash {
   updateHeld(data: Uint8Array): void;
   /** Resolves once `bytes` more can be added without blocking (all queued bytes hashed when `bytes` is at least the ring's size). */
   ready(bytes: number): Promise<void>;
+  /** Resolves once the first `position` bytes added have been hashed (held buffers up to there are free again). */
+  hashedThrough(position: number): Promise<void>;
   /** The digest of everything added; the hash cannot be used after. */
   digest(): Buffer;
 }
 
 class PipeHash implements StreamHash {
   private readonly cap: number;
+  private fed = 0;
   constructor(private readonly p: NativeSha256Pipe) {
     this.cap = p.capacity();
   }
   update(data: Uint8Array): void {
     this.p.update(data);
+    this.fed += data.length;
   }
   updateHeld(data: Uint8Array): void {
     this.p.updateHeld(data);
+    this.fed += data.length;
+  }
+  hashedThrough(position: number): Promise<void> {
+    return this.p.ready(Math.max(0, this.fed - position));
   }
   ready(bytes: number): Promise<void> {
     return this.p.ready(Math.max(0, this.cap - bytes));
@@ -57,6 +65,9 @@ class CryptoHash implements StreamHash {
     this.h.update(data);
   }
   ready(): Promise<void> {
+    return Promise.resolve();
+  }
+  hashedThrough(): Promise<void> {
     return Promise.resolve();
   }
   digest(): Buffer {

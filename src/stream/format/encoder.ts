@@ -90,6 +90,11 @@ export class StreamEncoder {
     return this.hash.ready(bytes + RECORD_OVERHEAD);
   }
 
+  /** Resolves once the stream's first `position` bytes are hashed: data given as held up to there may change again. */
+  hashedThrough(position: number): Promise<void> {
+    return this.hash.hashedThrough(position);
+  }
+
   /** The header record; call first. */
   start(): Buffer[] {
     return this.emit(RecordType.Header, [encodeHeaderPayload(this.header)]);

@@ -123,8 +123,8 @@ export class RecordBuffers {
 
 const MIN_HEADER_PAYLOAD = HEADER_FIXED_SIZE + 18;
 
-/** The digest's ring: room for four 1 MiB input chunks while it catches up. */
-const VERIFY_HASH_RING_BYTES = 4 << 20;
+/** The digest's ring: room for two 1 MiB input chunks (the one parsed, the one read ahead). */
+const VERIFY_HASH_RING_BYTES = 2 << 20;
 
 /** Checks a stream as its bytes arrive (CRCs, order, bounds, counts, digest) and decodes its records. */
 export class StreamVerifier {
