@@ -4,7 +4,9 @@
  * thread): a buffer refilled before its bytes were hashed or written would
  * corrupt the stream. A 63 MiB device is eight 8 MiB batches, so every buffer
  * is refilled at least once; the result must be the device's content, the
- * same bytes as the Readable (fresh buffers) gives.
+ * same bytes as the Readable (fresh buffers) gives. Receiving it from the
+ * file holds each 1 MiB input chunk until the digest has read it in place
+ * (fileChunks' beforeReuse): a chunk refilled too early fails the digest.
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';

@@ -100,6 +100,12 @@ export interface VerifierOptions {
    * share them.
    */
   reuseBuffers?: boolean | RecordBuffers;
+  /**
+   * The caller keeps every chunk it pushes unchanged until hashedThrough()
+   * says the digest has passed it (e.g. fileChunks' beforeReuse): the
+   * digest then reads the chunks in place instead of a copy.
+   */
+  holdChunks?: boolean;
 }
 
 /**
@@ -147,6 +153,8 @@ export class StreamVerifier {
   private counts = { dataBlocks: 0, discardBlocks: 0, dataBytes: 0 };
   private result: VerifiedStream | null = null;
   private readonly scratch: RecordBuffers | null;
+  /** Stream bytes given to the digest (all but the end record's). */
+  private hashed = 0;
   private eager = false;
 
   constructor(private readonly opts: VerifierOptions = {}) {
@@ -166,6 +174,14 @@ export class StreamVerifier {
    */
   ready(bytes: number): Promise<void> {
     return this.hash.ready(bytes);
+  }
+
+  /**
+   * Resolves once the digest has read the stream up to byte `position`: a
+   * chunk held (holdChunks) that ends there may change again.
+   */
+  hashedThrough(position: number): Promise<void> {
+    return this.hash.hashedThrough(Math.min(position, this.hashed));
   }
 
   /** Bytes consumed so far. */
@@ -212,14 +228,14 @@ export class StreamVerifier {
         if (this.hdrFill < RECORD_HEADER_SIZE) return;
         const len = this.checkHeader();
         // The digest covers every byte before the end record (its CRC is checked later, in order).
-        if (this.recType !== RecordType.End) this.hash.update(this.hdr);
+        if (this.recType !== RecordType.End) this.hashBytes(this.hdr, false);
         this.payloadFill = 0;
         if (len === 0) {
           this.payload = Buffer.alloc(0);
         } else if (chunk.length - i >= len) {
           // Whole payload in this chunk: a view, no copy.
           this.payload = chunk.subarray(i, i + len);
-          if (this.recType !== RecordType.End) this.hash.update(this.payload);
+          if (this.recType !== RecordType.End) this.hashBytes(this.payload, true);
           this.payloadFill = len;
           i += len;
           this.pos += len;
@@ -232,13 +248,20 @@ export class StreamVerifier {
       } else {
         const n = Math.min(this.payload.length - this.payloadFill, chunk.length - i);
         chunk.copy(this.payload, this.payloadFill, i, i + n);
-        if (this.recType !== RecordType.End) this.hash.update(chunk.subarray(i, i + n));
+        if (this.recType !== RecordType.End) this.hashBytes(chunk.subarray(i, i + n), true);
         this.payloadFill += n;
         i += n;
         this.pos += n;
       }
       if (this.payload && this.payloadFill === this.payload.length) yield this.completeRecord();
     }
+  }
+
+  /** `inChunk`: a view into the pushed chunk (read in place when the caller holds chunks); else copied. */
+  private hashBytes(b: Buffer, inChunk: boolean): void {
+    if (inChunk && this.opts.holdChunks) this.hash.updateHeld(b);
+    else this.hash.update(b);
+    this.hashed += b.length;
   }
 
   /** Call at the end of the input: the verified summary, or why the stream is not whole. */
