@@ -26,15 +26,22 @@ export interface DataSource {
   /**
    * Optional: reads byte ranges into `buf` (a buffer from allocBuffer(),
    * reused batch after batch, so a send's memory stays at its few buffers).
+   * @internal
    */
   readRanges?(buf: Buffer, ranges: readonly ByteRange[]): Promise<void>;
-  /** Optional, with readRanges: a buffer it can read into. */
+  /**
+   * Optional, with readRanges: a buffer it can read into.
+   * @internal
+   */
   allocBuffer?(bytes: number): Buffer;
   /** Releases the source (called when the send ends). */
   close?(): Promise<void>;
 }
 
-/** `length` bytes of the source at `offset`, into a buffer at `at`. */
+/**
+ * `length` bytes of the source at `offset`, into a buffer at `at`.
+ * @internal
+ */
 export interface ByteRange {
   /** Where in the buffer. */
   at: number;
@@ -80,10 +87,12 @@ export class NativeDataSource implements DataSource {
     return new NativeDataSource(await BlockReader.open(path, { direct: opts.direct }), opts.addressing, opts.direct);
   }
 
+  /** @internal 4096-aligned, for O_DIRECT reads. */
   allocBuffer(bytes: number): Buffer {
     return native().alignedBuffer(bytes);
   }
 
+  /** @internal Through a second descriptor (RangeReader), several pieces in flight. */
   async readRanges(buf: Buffer, ranges: readonly ByteRange[]): Promise<void> {
     this.reader.assertOpen();
     const flat = new Float64Array(ranges.length * 3);
