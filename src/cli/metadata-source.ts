@@ -5,12 +5,12 @@
  * snapshot is used; if none is held, one is reserved for the duration of the
  * command and released afterwards (also on Ctrl-C / SIGTERM).
  */
-import { existsSync } from 'node:fs';
+import { statSync } from 'node:fs';
 import { DmthinError, NameLookupError, UsageError } from '../errors';
 import { ThinMetadata } from '../thin/metadata';
 import type { ThinPool as ThinPoolT } from '../pool/thin-pool';
-import { poolNameShape } from '../pool/pool-name';
-import { isDmDevice } from '../dm/block-devices';
+import type * as PoolName from '../pool/pool-name';
+import type * as BlockDevices from '../dm/block-devices';
 import { CliContext, parseIntArg } from './common';
 
 export interface MetadataSnapOpts {
@@ -34,8 +34,16 @@ function openPool(arg: string): Promise<ThinPoolT> {
  * LVM's layer over one): a pool's own device never holds metadata.
  */
 export async function namesPool(arg: string): Promise<boolean> {
-  if (!existsSync(arg)) return poolNameShape(arg) !== undefined;
-  if (!(await isDmDevice(arg))) return false;
+  // The pool and dm modules are loaded only when needed: a regular file's
+  // path (the common case) needs neither, and they cost start-up.
+  let st;
+  try {
+    st = statSync(arg); // what existsSync asks: any failure is "no file here"
+  } catch {
+    st = undefined;
+  }
+  if (!st) return (require('../pool/pool-name') as typeof PoolName).poolNameShape(arg) !== undefined;
+  if (!st.isBlockDevice() || !(await (require('../dm/block-devices') as typeof BlockDevices).isDmDevice(arg))) return false;
   return openPool(arg).then(
     () => true,
     () => false, // not a pool (e.g. LVM's _tmeta): read it as metadata
