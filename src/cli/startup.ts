@@ -21,7 +21,7 @@
  * costs what a run without the cache costs. The directory is beside the code
  * it caches and trusted as much (who can write there can change the code);
  * when it cannot be written the cache is simply not kept.
- * DMTHIN_CODE_CACHE=0 turns it off.
+ * DMTHIN_CODE_CACHE=0 turns it off; DMTHIN_CODE_CACHE_DIR=DIR keeps it in DIR.
  */
 import { closeSync, mkdirSync, openSync, readFileSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -85,7 +85,8 @@ export function deferCommanderChildProcess(): void {
   };
 }
 
-const DIR = join(__dirname, '..', '.code-cache');
+// DMTHIN_CODE_CACHE_DIR moves it (tests use a directory of their own).
+const DIR = process.env.DMTHIN_CODE_CACHE_DIR || join(__dirname, '..', '.code-cache');
 const FILE = join(DIR, `v8-${process.version}-${process.arch}.bin`);
 
 /** Installs the cache for the modules loaded from now on (once; not under an inspector or DMTHIN_CODE_CACHE=0). */
