@@ -420,7 +420,7 @@ async function main() {
     );
   }
   const pairs = all.filter(([key]) => wanted(key)).map(([, ...rest]) => rest);
-  if (pairs.length) console.log(`image: ${img} (${MAPPINGS} mappings, ${DATA_BLOCKS} data blocks, ${(size / 2 ** 20).toFixed(0)} MiB metadata), ${ROUNDS} interleaved rounds`);
+  if (pairs.length && needImage) console.log(`image: ${img} (${MAPPINGS} mappings, ${DATA_BLOCKS} data blocks, ${(size / 2 ** 20).toFixed(0)} MiB metadata), ${ROUNDS} interleaved rounds`);
   console.log(`node ${process.version}; times are medians of wall-clock seconds; load average ${loadavg().map((x) => x.toFixed(2)).join(' ')}`);
   const results = [];
   for (const [name, ours, ref, goal] of pairs) {

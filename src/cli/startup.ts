@@ -23,7 +23,7 @@
  * when it cannot be written the cache is simply not kept.
  * DMTHIN_CODE_CACHE=0 turns it off; DMTHIN_CODE_CACHE_DIR=DIR keeps it in DIR.
  */
-import { closeSync, mkdirSync, openSync, readFileSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
+import { accessSync, closeSync, constants, mkdirSync, openSync, readFileSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { Script } from 'node:vm';
 // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -150,6 +150,14 @@ function requireFor(mod: CjsModule): RequireFn {
 
 /** Writes the entries of this run (new bytes for the misses) and the earlier ones for other modules. */
 function save(index: Map<string, Entry>, data: Buffer, compiled: { e: Entry; script: Script | null }[]): void {
+  // A directory this user cannot write (an install owned by root): every run
+  // would pay for making the cache and fail to keep it, so none is made.
+  try {
+    mkdirSync(DIR, { recursive: true });
+    accessSync(DIR, constants.W_OK);
+  } catch {
+    return;
+  }
   const parts: Buffer[] = [];
   const entries: Entry[] = [];
   let at = 0;
@@ -170,7 +178,6 @@ function save(index: Map<string, Entry>, data: Buffer, compiled: { e: Entry; scr
   head.writeUInt32LE(json.length, 0);
   const tmp = `${FILE}.${process.pid}.tmp`;
   try {
-    mkdirSync(DIR, { recursive: true });
     const fd = openSync(tmp, 'w', 0o644);
     try {
       for (const b of [head, json, ...parts]) for (let off = 0; off < b.length; ) off += writeSync(fd, b, off);
