@@ -7,7 +7,8 @@
  */
 import { statSync } from 'node:fs';
 import { DmthinError, NameLookupError, UsageError } from '../errors';
-import { ThinMetadata } from '../thin/metadata';
+import type { ThinMetadata } from '../thin/metadata';
+import type * as Metadata from '../thin/metadata';
 import type { ThinPool as ThinPoolT } from '../pool/thin-pool';
 import type * as PoolName from '../pool/pool-name';
 import type * as BlockDevices from '../dm/block-devices';
@@ -58,7 +59,11 @@ export interface MetadataSource {
 
 export async function openMetadataSource(arg: string, o: MetadataSnapOpts, ctx: CliContext): Promise<MetadataSource> {
   const snap = snapOption(o);
-  if (!(await namesPool(arg))) return { metadata: await ThinMetadata.open(arg, { metadataSnap: snap }) };
+  if (!(await namesPool(arg))) {
+    // Loaded here, not at import: every command imports this file, and --help needs no reader.
+    const { ThinMetadata } = require('../thin/metadata') as typeof Metadata;
+    return { metadata: await ThinMetadata.open(arg, { metadataSnap: snap }) };
+  }
   if (snap === undefined) {
     throw new DmthinError('ENOENT', `${arg}: no such file (a live pool can be read by name only through its metadata snapshot, -m)`, { path: arg });
   }
