@@ -108,6 +108,8 @@ export function installCodeCache(): void {
   const compiled: { e: Entry; script: Script | null }[] = [];
   let stale = false;
   proto._compile = function (this: CjsModule, content: string, filename: string): unknown {
+    // A vm.Script has no loader for import(): a file that may use it compiles as Node compiles it.
+    if (content.includes('import(')) return original.call(this, content, filename);
     let mtime: number;
     try {
       mtime = statSync(filename).mtimeMs;

@@ -89,6 +89,25 @@ describe('code cache', () => {
   });
 });
 
+describe('a module that uses import()', () => {
+  it('is compiled by Node, so its import() works (a vm.Script has no loader for it)', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'dmthin-startup-test-'));
+    try {
+      const mod = join(dir, 'dynamic.js');
+      writeFileSync(mod, "module.exports = () => import('node:os').then((m) => typeof m.cpus);\n");
+      const startup = JSON.stringify(join(DIST, 'cli', 'startup.js'));
+      const r = spawnSync(
+        process.execPath,
+        ['-e', `require(${startup}).installCodeCache(); require(${JSON.stringify(mod)})().then((t) => console.log(t));`],
+        { encoding: 'utf8', env: { ...process.env, DMTHIN_CODE_CACHE_DIR: CACHE_DIR }, timeout: 60_000 },
+      );
+      expect({ status: r.status, stdout: r.stdout, stderr: r.stderr }).toEqual({ status: 0, stdout: 'function\n', stderr: '' });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe('modules a command on a metadata file loads', () => {
   // Prints, at exit, the built-in modules Node loaded and the files required.
   const dir = mkdtempSync(join(tmpdir(), 'dmthin-startup-test-'));
