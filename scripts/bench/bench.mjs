@@ -18,9 +18,13 @@
 //                  says), devices-dump, devices-ls,
 //                  devices-ls-excl (an image of --devices small thin devices),
 //                  send, receive, receive-piped (a fully mapped 1 GiB thin from
-//                  file-backed images against dd with O_DIRECT, 1 MiB blocks)
+//                  file-backed images against dd with O_DIRECT, 1 MiB blocks),
+//                  tiny (each command on examples/pool.bin, in ms over
+//                  `node -e 0`), ls-nowalk (ls default fields on the bench and
+//                  the devices image against `node -e 0` and thin_ls)
 import { spawnSync } from 'node:child_process';
 import { createWriteStream, existsSync, mkdirSync, statSync, writeFileSync, renameSync } from 'node:fs';
+import { loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -223,17 +227,20 @@ async function makeDevicesImage(path, nrDevices) {
 
 function timed(cmd, argv) {
   const hasTime = existsSync('/usr/bin/time');
-  const full = hasTime ? ['/usr/bin/time', ['-f', '%e %M', cmd, ...argv]] : [cmd, argv];
+  const full = hasTime ? ['/usr/bin/time', ['-f', '%e %M %U %S', cmd, ...argv]] : [cmd, argv];
   const t0 = process.hrtime.bigint();
   const r = spawnSync(full[0], full[1], { stdio: ['ignore', 'ignore', 'pipe'], maxBuffer: 1 << 24 });
   const wall = Number(process.hrtime.bigint() - t0) / 1e9;
   if (r.status !== 0) throw new Error(`${cmd} ${argv.join(' ')} failed: ${r.stderr}`);
   let rssKiB = NaN;
+  let cpu = NaN;
   if (hasTime) {
     const lines = r.stderr.toString().trim().split('\n');
-    rssKiB = Number(lines[lines.length - 1].split(' ')[1]);
+    const f = lines[lines.length - 1].split(' ');
+    rssKiB = Number(f[1]);
+    cpu = Number(f[2]) + Number(f[3]);
   }
-  return { wall, rssKiB };
+  return { wall, rssKiB, cpu };
 }
 
 const median = (xs) => {
@@ -339,7 +346,9 @@ async function main() {
   const STREAM_KEYS = ['send', 'receive', 'receive-piped'];
   if (ONLY && [...ONLY].every((k) => STREAM_KEYS.includes(k))) return streamRows();
   const img = join(cache, DATA_BLOCKS === MAPPINGS * 2 ? `bench-${MAPPINGS}.bin` : `bench-${MAPPINGS}-data${DATA_BLOCKS}.bin`);
-  if (!existsSync(img)) {
+  // Rows that read the bench image (ls-nowalk too); the others build their own.
+  const needImage = ['dump', 'ls', 'rmap', 'delta', 'check', 'ls-nowalk'].some(wanted);
+  if (needImage && !existsSync(img)) {
     process.stderr.write(`bench: building a ${MAPPINGS}-mapping image (${DATA_BLOCKS} data blocks) with thin_restore...\n`);
     const t0 = Date.now();
     await makeImage(img, MAPPINGS, DATA_BLOCKS);
@@ -361,7 +370,7 @@ async function main() {
     process.stderr.write(`bench: building a ${SHARED_SMALL}-mapping origin + snapshot with 75 copy-on-write writes...\n`);
     await makeSharedImage(sharedSmall, SHARED_SMALL, 75);
   }
-  const size = statSync(img).size;
+  const size = needImage ? statSync(img).size : 0;
   // [key, name, dmthin, reference, goal]: the goal is issue 11's (wall ratio
   // at 4M and 10M mappings; peak RSS <= 80 MiB at 1M, 10M and 40M).
   const WALK_GOAL = '<= 0.35x, <= 80 MiB';
@@ -421,13 +430,7 @@ async function main() {
     ],
   ];
   if (['devices-dump', 'devices-ls', 'devices-ls-excl'].some(wanted)) {
-    const dimg = join(cache, `bench-devices-${DEVICES}.bin`);
-    if (!existsSync(dimg)) {
-      process.stderr.write(`bench: building an image of ${DEVICES} small thin devices with thin_restore...\n`);
-      const t0 = Date.now();
-      await makeDevicesImage(dimg, DEVICES);
-      process.stderr.write(`bench: built in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
-    }
+    const dimg = await devicesImage(cache);
     console.log(`devices image: ${dimg} (${DEVICES} thin devices, a few mappings each, ${(statSync(dimg).size / 2 ** 20).toFixed(0)} MiB metadata)`);
     all.push(
       ['devices-dump', `dump (xml) of ${DEVICES} small devices`, [process.execPath, [cli, 'dump', dimg]], ['thin_dump', [dimg]], '<= 0.5x'],
@@ -442,8 +445,8 @@ async function main() {
     );
   }
   const pairs = all.filter(([key]) => wanted(key)).map(([, ...rest]) => rest);
-  console.log(`image: ${img} (${MAPPINGS} mappings, ${DATA_BLOCKS} data blocks, ${(size / 2 ** 20).toFixed(0)} MiB metadata), ${ROUNDS} interleaved rounds`);
-  console.log(`node ${process.version}; times are medians of wall-clock seconds`);
+  if (pairs.length && needImage) console.log(`image: ${img} (${MAPPINGS} mappings, ${DATA_BLOCKS} data blocks, ${(size / 2 ** 20).toFixed(0)} MiB metadata), ${ROUNDS} interleaved rounds`);
+  console.log(`node ${process.version}; times are medians of wall-clock seconds; load average ${loadavg().map((x) => x.toFixed(2)).join(' ')}`);
   const results = [];
   for (const [name, ours, ref, goal] of pairs) {
     timed(ours[0], ours[1]); // warm the page cache and the binaries
@@ -475,7 +478,105 @@ async function main() {
     console.log(`${name}: dmthin ${row.dmthin_s} s, reference ${row.reference_s} s, ratio ${row.ratio} (peak RSS ${row.dmthin_rss_MiB} / ${row.reference_rss_MiB} MiB)`);
   }
   if (results.length) console.table(results);
+  if (wanted('tiny')) tinyRows();
+  if (wanted('ls-nowalk')) await lsNowalkRows(cache, img);
   if (['send', 'receive', 'receive-piped'].some(wanted)) await streamRows();
+}
+
+/** The image of --devices small thin devices, built once. */
+async function devicesImage(cache) {
+  const dimg = join(cache, `bench-devices-${DEVICES}.bin`);
+  if (!existsSync(dimg)) {
+    process.stderr.write(`bench: building an image of ${DEVICES} small thin devices with thin_restore...\n`);
+    const t0 = Date.now();
+    await makeDevicesImage(dimg, DEVICES);
+    process.stderr.write(`bench: built in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
+  }
+  return dimg;
+}
+
+/**
+ * Runs every command once a round, each round starting one command later
+ * (so drift and cache effects hit all alike), after one warm-up run each.
+ * Returns each command's runs.
+ */
+function rotated(cmds, rounds) {
+  for (const [c, a] of cmds) timed(c, a);
+  const runs = cmds.map(() => []);
+  for (let i = 0; i < rounds; i++) {
+    for (let j = 0; j < cmds.length; j++) {
+      const k = (i + j) % cmds.length;
+      runs[k].push(timed(cmds[k][0], cmds[k][1]));
+    }
+  }
+  return runs;
+}
+
+const NODE0 = [process.execPath, ['-e', '0']];
+const ms = (s) => (s * 1000).toFixed(0);
+
+/**
+ * tiny: each command on the 3-device example image (start-up is all there is
+ * to it) against `node -e 0` in the same rotation; printed as median
+ * milliseconds over node's median, wall and CPU (user + sys). Goal: +25 ms.
+ */
+function tinyRows() {
+  const pool = join(root, 'examples/pool.bin');
+  const cmds = [
+    ['dump', ['dump', pool]],
+    ['ls', ['ls', pool]],
+    ['ls EXCLUSIVE', ['ls', '-o', 'DEV,EXCLUSIVE_BLOCKS,SHARED_BLOCKS', pool]],
+    ['delta', ['delta', '--snap1', '1', '--snap2', '2', pool]],
+    ['check', ['check', '-q', pool]],
+    ['rmap', ['rmap', '--region', '0..1000', pool]],
+    ['send --help', ['send', '--help']],
+    ['--help', ['--help']],
+  ];
+  const rounds = Math.max(ROUNDS, 15);
+  const runs = rotated([NODE0, ...cmds.map(([, a]) => [process.execPath, [cli, ...a]])], rounds);
+  const nodeWall = median(runs[0].map((x) => x.wall));
+  const nodeCpu = median(runs[0].map((x) => x.cpu));
+  console.log(`tiny: examples/pool.bin, ${rounds} rotated rounds; node -e 0: ${ms(nodeWall)} ms wall, ${ms(nodeCpu)} ms CPU (medians)`);
+  const results = cmds.map(([name], i) => ({
+    work: `${name} (tiny image)`,
+    wall_over_node_ms: ms(median(runs[i + 1].map((x) => x.wall)) - nodeWall),
+    cpu_over_node_ms: ms(median(runs[i + 1].map((x) => x.cpu)) - nodeCpu),
+    goal: '<= node -e 0 + 25 ms',
+    dmthin_rss_MiB: (Math.max(...runs[i + 1].map((x) => x.rssKiB)) / 1024).toFixed(0),
+  }));
+  for (const r of results) console.log(`${r.work}: +${r.wall_over_node_ms} ms wall, +${r.cpu_over_node_ms} ms CPU over node -e 0 (goal +25 ms)`);
+  console.log(`load average after: ${loadavg().map((x) => x.toFixed(2)).join(' ')}`);
+  console.table(results);
+}
+
+/**
+ * ls-nowalk: `ls` with its default fields (DEV, MAPPED, CREATE_TIME,
+ * SNAP_TIME: no mapping tree is read) on the bench image and on the devices
+ * image, against `node -e 0` (goal <= 1.5x) and thin_ls in one rotation.
+ */
+async function lsNowalkRows(cache, img) {
+  const images = [
+    [`bench image (${MAPPINGS} mappings)`, img],
+    [`devices image (${DEVICES} devices)`, await devicesImage(cache)],
+  ];
+  const results = [];
+  for (const [name, path] of images) {
+    const runs = rotated([NODE0, [process.execPath, [cli, 'ls', path]], ['thin_ls', [path]]], ROUNDS);
+    const [n, a, b] = runs.map((r) => median(r.map((x) => x.wall)));
+    const row = {
+      work: `ls (default fields), ${name}`,
+      dmthin_s: a.toFixed(3),
+      node_e0_s: n.toFixed(3),
+      thin_ls_s: b.toFixed(3),
+      vs_node: (a / n).toFixed(2),
+      vs_thin_ls: (a / b).toFixed(2),
+      goal: '<= 1.5x node -e 0',
+      dmthin_rss_MiB: (Math.max(...runs[1].map((x) => x.rssKiB)) / 1024).toFixed(0),
+    };
+    results.push(row);
+    console.log(`${row.work}: dmthin ${row.dmthin_s} s, node -e 0 ${row.node_e0_s} s (${row.vs_node}x, goal <= 1.5x), thin_ls ${row.thin_ls_s} s (${row.vs_thin_ls}x); load average ${loadavg()[0].toFixed(2)}`);
+  }
+  console.table(results);
 }
 
 main().catch((e) => {

@@ -6,6 +6,14 @@
  * away (EPIPE). Success is reported only once stdout has taken every byte: a
  * write error of any command (ENOSPC, EIO...) is an error like any other.
  */
+// First, before the imports below load: a run of the CLI compiles its
+// modules with V8's cached code and defers what commander loads but never
+// uses (see startup.ts); the library does neither.
+if (require.main === module) {
+  const startup = require('./startup') as typeof import('./startup');
+  startup.installCodeCache();
+  startup.deferCommanderChildProcess();
+}
 import { Command, CommanderError } from 'commander';
 import { AbortError, UsageError } from '../errors';
 import { CliContext, errorLine, EXIT_EPIPE, EXIT_FAILURE, finishStdout, guardStdout, isEpipe, rewriteMetadataSnapArgs } from './common';

@@ -5,12 +5,13 @@
  * snapshot is used; if none is held, one is reserved for the duration of the
  * command and released afterwards (also on Ctrl-C / SIGTERM).
  */
-import { existsSync } from 'node:fs';
+import { statSync } from 'node:fs';
 import { DmthinError, NameLookupError, UsageError } from '../errors';
-import { ThinMetadata } from '../thin/metadata';
+import type { ThinMetadata } from '../thin/metadata';
+import type * as Metadata from '../thin/metadata';
 import type { ThinPool as ThinPoolT } from '../pool/thin-pool';
-import { poolNameShape } from '../pool/pool-name';
-import { isDmDevice } from '../dm/block-devices';
+import type * as PoolName from '../pool/pool-name';
+import type * as BlockDevices from '../dm/block-devices';
 import { CliContext, parseIntArg } from './common';
 
 export interface MetadataSnapOpts {
@@ -34,8 +35,16 @@ function openPool(arg: string): Promise<ThinPoolT> {
  * LVM's layer over one): a pool's own device never holds metadata.
  */
 export async function namesPool(arg: string): Promise<boolean> {
-  if (!existsSync(arg)) return poolNameShape(arg) !== undefined;
-  if (!(await isDmDevice(arg))) return false;
+  // The pool and dm modules are loaded only when needed: a regular file's
+  // path (the common case) needs neither, and they cost start-up.
+  let st;
+  try {
+    st = statSync(arg); // what existsSync asks: any failure is "no file here"
+  } catch {
+    st = undefined;
+  }
+  if (!st) return (require('../pool/pool-name') as typeof PoolName).poolNameShape(arg) !== undefined;
+  if (!st.isBlockDevice() || !(await (require('../dm/block-devices') as typeof BlockDevices).isDmDevice(arg))) return false;
   return openPool(arg).then(
     () => true,
     () => false, // not a pool (e.g. LVM's _tmeta): read it as metadata
@@ -50,7 +59,11 @@ export interface MetadataSource {
 
 export async function openMetadataSource(arg: string, o: MetadataSnapOpts, ctx: CliContext): Promise<MetadataSource> {
   const snap = snapOption(o);
-  if (!(await namesPool(arg))) return { metadata: await ThinMetadata.open(arg, { metadataSnap: snap }) };
+  if (!(await namesPool(arg))) {
+    // Loaded here, not at import: every command imports this file, and --help needs no reader.
+    const { ThinMetadata } = require('../thin/metadata') as typeof Metadata;
+    return { metadata: await ThinMetadata.open(arg, { metadataSnap: snap }) };
+  }
   if (snap === undefined) {
     throw new DmthinError('ENOENT', `${arg}: no such file (a live pool can be read by name only through its metadata snapshot, -m)`, { path: arg });
   }

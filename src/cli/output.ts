@@ -5,9 +5,13 @@
  * be one of the command's inputs.
  */
 import type { Writable } from 'node:stream';
-import { OutputFile, refuseOutputOverInputs, type NamedInput } from '../output/file';
+import type { NamedInput } from '../output/file';
+import type * as File from '../output/file';
 import { outputError } from '../output/sink';
 import type { CliContext } from './common';
+
+/** The output-file module, loaded only for `-o FILE` (stdout needs none of it: start-up). */
+const file = (): typeof File => require('../output/file') as typeof File;
 
 export interface CommandOutput {
   out: Writable;
@@ -23,11 +27,12 @@ export interface CommandOutput {
  */
 export async function checkOutputPath(path: string | undefined, inputs: readonly NamedInput[]): Promise<void> {
   if (path === undefined || path === '-') return;
-  await refuseOutputOverInputs(path, 'the output file', inputs);
+  await file().refuseOutputOverInputs(path, 'the output file', inputs);
 }
 
 export async function commandOutput(path: string | undefined, c: CliContext, inputs: readonly NamedInput[]): Promise<CommandOutput> {
   if (path === undefined || path === '-') return { out: process.stdout, commit: async () => undefined };
+  const { OutputFile, refuseOutputOverInputs } = file();
   await refuseOutputOverInputs(path, 'the output file', inputs);
   const f = await OutputFile.create(path, { signal: c.signal });
   // Failure, Ctrl-C or SIGTERM: the temporary file goes, FILE stays as it was.

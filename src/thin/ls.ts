@@ -8,6 +8,7 @@ import { MetadataError, UsageError } from '../errors';
 import { walkLeaves } from '../pdata/btree';
 import { DEVICE_DETAILS_SIZE, parseDeviceDetails } from './device-details';
 import { OwnerMap } from '../pdata/owner-map';
+import { MAX_SAFE_HI, TWO32 } from '../pdata/words';
 import type { ThinMetadata } from './metadata';
 
 /** One device's usage, as thin_ls reports it. */
@@ -85,67 +86,147 @@ export async function deviceUsage(md: ThinMetadata, opts: UsageOptions = {}): Pr
 }
 
 /**
- * Usage rows straight from the details tree, with the same check as
- * checkedDevices that the top-level tree names the same devices (both trees
- * are in key order, so one merge of their keys does it). One object per
- * device and no maps: a pool of 70,000 devices spent most of its time
- * building and collecting the intermediate maps and copies.
+ * The details tree's fields of every device, column by column in id order:
+ * what `ls` needs for the fields that take no mapping walk. Typed arrays and
+ * no object per device: a pool of 70,000 devices spent most of its time
+ * making, and collecting, an object (and a bigint) per device.
  */
+export interface DetailsColumns {
+  /** Number of devices. */
+  count: number;
+  devId: Float64Array;
+  mappedBlocks: Float64Array;
+  /** transaction_id as two u32 halves (a bigint only when a row is made). */
+  transactionLo: Uint32Array;
+  transactionHi: Uint32Array;
+  creationTime: Uint32Array;
+  snapshottedTime: Uint32Array;
+}
+
+/** Rows of DeviceUsage from the columns (EXCLUSIVE/SHARED not computed). */
+function rowsOf(c: DetailsColumns): DeviceUsage[] {
+  const rows: DeviceUsage[] = new Array(c.count);
+  for (let j = 0; j < c.count; j++) {
+    const hi = c.transactionHi[j];
+    rows[j] = {
+      devId: c.devId[j],
+      mappedBlocks: c.mappedBlocks[j],
+      exclusiveBlocks: null,
+      sharedBlocks: null,
+      transactionId: hi === 0 ? BigInt(c.transactionLo[j]) : (BigInt(hi) << 32n) | BigInt(c.transactionLo[j]),
+      creationTime: c.creationTime[j],
+      snapshottedTime: c.snapshottedTime[j],
+    };
+  }
+  return rows;
+}
+
 async function detailsUsage(md: ThinMetadata, signal?: AbortSignal): Promise<DeviceUsage[]> {
+  return rowsOf(await detailsColumns(md, signal));
+}
+
+/** Typed arrays that grow by doubling, trimmed views at the end. */
+function grow<T extends Float64Array | Uint32Array>(a: T, n: number): T {
+  if (n <= a.length) return a;
+  const b = new (a.constructor as new (n: number) => T)(Math.max(n, a.length * 2));
+  b.set(a);
+  return b;
+}
+
+/**
+ * The details tree as columns, with the same check as checkedDevices that
+ * the top-level tree names the same devices (both trees are in key order, so
+ * one merge of their keys does it). Only these two trees are read.
+ */
+export async function detailsColumns(md: ThinMetadata, signal?: AbortSignal): Promise<DetailsColumns> {
   // Wide read windows: these trees are read whole, and fewer round trips count on a busy disk.
   const walk = { nrMetadataBlocks: md.nrMetadataBlocks, signal, window: 1024 };
-  const readDetails = async (): Promise<DeviceUsage[]> => {
-    const rows: DeviceUsage[] = [];
+  // The leaves are decoded straight from their u32 words (little-endian
+  // pairs for u64s), one plain loop per leaf: 70,000 entries are decoded
+  // before V8 optimises much, so the work per entry is what counts.
+  const readDetails = async (): Promise<DetailsColumns> => {
+    let n = 0;
+    let devId = new Float64Array(1024);
+    let mapped = new Float64Array(1024);
+    let txLo = new Uint32Array(1024);
+    let txHi = new Uint32Array(1024);
+    let ctime = new Uint32Array(1024);
+    let stime = new Uint32Array(1024);
     for await (const leaf of walkLeaves(md.io, md.superblock.deviceDetailsRoot, { ...walk, tree: 'details', valueSize: DEVICE_DETAILS_SIZE })) {
-      for (let i = 0; i < leaf.nrEntries; i++) {
-        const d = parseDeviceDetails(leaf, i);
-        rows.push({
-          devId: d.devId,
-          mappedBlocks: d.mappedBlocks,
-          exclusiveBlocks: null,
-          sharedBlocks: null,
-          transactionId: d.transactionId,
-          creationTime: d.creationTime,
-          snapshottedTime: d.snapshottedTime,
-        });
+      const w = leaf.u32;
+      const keys = leaf.base + 8;
+      const m = leaf.nrEntries;
+      devId = grow(devId, n + m);
+      mapped = grow(mapped, n + m);
+      txLo = grow(txLo, n + m);
+      txHi = grow(txHi, n + m);
+      ctime = grow(ctime, n + m);
+      stime = grow(stime, n + m);
+      let at = leaf.base + (leaf.valuesOffset >>> 2);
+      for (let i = 0; i < m; i++, n++, at += DEVICE_DETAILS_SIZE >>> 2) {
+        // Keys and mapped_blocks above 2^53 are refused as parseDeviceDetails refuses them.
+        if (w[keys + 2 * i + 1] !== 0 || w[at + 1] >= MAX_SAFE_HI) parseDeviceDetails(leaf, i);
+        const keyHi = w[keys + 2 * i + 1];
+        devId[n] = keyHi === 0 ? w[keys + 2 * i] : w[keys + 2 * i] + keyHi * TWO32;
+        const hi = w[at + 1];
+        mapped[n] = hi === 0 ? w[at] : w[at] + hi * TWO32;
+        txLo[n] = w[at + 2];
+        txHi[n] = w[at + 3];
+        ctime[n] = w[at + 4];
+        stime[n] = w[at + 5];
       }
     }
-    return rows;
+    return {
+      count: n,
+      devId: devId.subarray(0, n),
+      mappedBlocks: mapped.subarray(0, n),
+      transactionLo: txLo.subarray(0, n),
+      transactionHi: txHi.subarray(0, n),
+      creationTime: ctime.subarray(0, n),
+      snapshottedTime: stime.subarray(0, n),
+    };
   };
-  const readIds = async (): Promise<number[]> => {
-    const ids: number[] = [];
+  const readIds = async (): Promise<Float64Array> => {
+    let n = 0;
+    let ids = new Float64Array(1024);
     for await (const leaf of walkLeaves(md.io, md.superblock.dataMappingRoot, { ...walk, tree: 'mapping-top', valueSize: 8 })) {
+      const w = leaf.u32;
+      const keys = leaf.base + 8;
+      const values = leaf.base + (leaf.valuesOffset >>> 2);
+      ids = grow(ids, n + leaf.nrEntries);
       for (let i = 0; i < leaf.nrEntries; i++) {
-        const root = leaf.value64(i);
-        if (root >= md.nrMetadataBlocks) {
+        if (w[values + 2 * i + 1] !== 0 || w[values + 2 * i] >= md.nrMetadataBlocks) {
+          const root = leaf.value64(i); // throws first for a root beyond 2^53
           throw new MetadataError('block-range', `device ${leaf.key(i)}: mapping root ${root} is beyond the metadata device`, {
             block: leaf.nr,
             devId: leaf.key(i),
             tree: 'mapping-top',
           });
         }
-        ids.push(leaf.key(i));
+        const keyHi = w[keys + 2 * i + 1];
+        ids[n++] = keyHi === 0 ? w[keys + 2 * i] : leaf.key(i);
       }
     }
-    return ids;
+    return ids.subarray(0, n);
   };
   // Both walks at once (their reads overlap); errors in a fixed order, the details tree's first.
   const [d, t] = await Promise.allSettled([readDetails(), readIds()]);
   if (d.status === 'rejected') throw d.reason;
   if (t.status === 'rejected') throw t.reason;
-  const rows = d.value;
+  const cols = d.value;
   const ids = t.value;
   // Keys are strictly increasing in both (the walks check it): merge them.
   let detailsOnly = -1;
   let topOnly = -1;
   let j = 0;
-  for (const r of rows) {
-    while (j < ids.length && ids[j] < r.devId) {
+  for (let r = 0; r < cols.count; r++) {
+    const dev = cols.devId[r];
+    while (j < ids.length && ids[j] < dev) {
       if (topOnly < 0) topOnly = ids[j];
       j++;
     }
-    if (j < ids.length && ids[j] === r.devId) j++;
-    else if (detailsOnly < 0) detailsOnly = r.devId;
+    if (j < ids.length && ids[j] === dev) j++;
+    else if (detailsOnly < 0) detailsOnly = dev;
   }
   if (j < ids.length && topOnly < 0) topOnly = ids[j];
   if (detailsOnly >= 0) {
@@ -157,7 +238,7 @@ async function detailsUsage(md: ThinMetadata, signal?: AbortSignal): Promise<Dev
   if (topOnly >= 0) {
     throw new MetadataError('device-mismatch', `device ${topOnly} has a mapping tree but no details entry`, { devId: topOnly, tree: 'details' });
   }
-  return rows;
+  return cols;
 }
 
 export const LS_FIELDS = [
@@ -362,21 +443,50 @@ function fieldJson(u: DeviceUsage, f: LsField, dataBlockSize: number): number | 
 /** thin_ls's table: every column right-aligned to its widest cell, each cell followed by a space. */
 export function formatLsTable(rows: DeviceUsage[], fields: readonly LsField[], dataBlockSize: number, headers = true): string {
   if (fields.length === 0) return '';
-  // Column by column into one byte buffer: integer columns are written digit
-  // by digit, without a string per cell (a 70,000-device table spent most of
-  // its time making and collecting those strings).
-  const nRows = rows.length + (headers ? 1 : 0);
-  const cols = fields.map((f) => {
-    const get = numericField(f);
-    if (get) {
-      const nums = new Float64Array(rows.length);
-      let max = 0;
-      for (let j = 0; j < rows.length; j++) max = Math.max(max, (nums[j] = get(rows[j])));
-      return { nums, texts: null, width: Math.max(headers ? f.length : 0, digits(max)) };
+  return writeTable(
+    rows.length,
+    fields,
+    fields.map((f) => column(rows, f, dataBlockSize, headers ? f.length : 0)),
+    headers,
+  );
+}
+
+/**
+ * formatLsTable for the fields that need no mapping walk, from the details
+ * columns (the same text, without an object per device).
+ */
+export function formatDetailsTable(c: DetailsColumns, fields: readonly LsField[], dataBlockSize: number, headers = true): string {
+  if (fields.length === 0) return '';
+  let rows: DeviceUsage[] | undefined;
+  const cols = fields.map((f): Column => {
+    const hw = headers ? f.length : 0;
+    switch (f) {
+      case 'DEV':
+        // As u32s when they all are (always, for a sound pool: ids are 24-bit): read unboxed.
+        return numberColumn(c.count === 0 || c.devId[c.count - 1] < TWO32 ? Uint32Array.from(c.devId) : c.devId, hw);
+      case 'MAPPED_BLOCKS':
+        return numberColumn(c.mappedBlocks, hw);
+      case 'CREATE_TIME':
+        return numberColumn(c.creationTime, hw);
+      case 'SNAP_TIME':
+        return numberColumn(c.snapshottedTime, hw);
+      case 'MAPPED':
+        return unitColumn(c.mappedBlocks, dataBlockSize, hw) ?? textColumn((rows ??= rowsOf(c)), f, dataBlockSize, hw);
+      default:
+        return textColumn((rows ??= rowsOf(c)), f, dataBlockSize, hw);
     }
-    const texts = rows.map((u) => cellText(u, f, dataBlockSize));
-    return { nums: null, texts, width: texts.reduce((w, c) => Math.max(w, c.length), headers ? f.length : 0) };
   });
+  return writeTable(c.count, fields, cols, headers);
+}
+
+/** The table's bytes: a header line (when asked) and `count` lines, every cell right-aligned to its column's width. */
+function writeTable(count: number, fields: readonly LsField[], cols: Column[], headers: boolean): string {
+  // Column by column into one byte buffer: integer cells (and MAPPED's
+  // number and unit) are written digit by digit, without a string per cell;
+  // a 70,000-device table spent most of its time making and collecting those
+  // strings. The loops are plain and monomorphic: a CLI run is over before
+  // V8 optimises much, so what counts is the work per cell in its first tiers.
+  const nRows = count + (headers ? 1 : 0);
   const lineBytes = cols.reduce((n, c) => n + c.width + 1, 1);
   const buf = Buffer.allocUnsafe(nRows * lineBytes);
   let pos = 0;
@@ -391,50 +501,124 @@ export function formatLsTable(rows: DeviceUsage[], fields: readonly LsField[], d
     fields.forEach((f, i) => text(f, cols[i].width));
     buf[pos++] = 0x0a;
   }
-  for (let j = 0; j < rows.length; j++) {
-    for (const c of cols) {
-      if (c.nums) {
-        // Right-aligned digits, written from the end; the rest is spaces.
-        let n = c.nums[j];
-        let k = pos + c.width - 1;
-        do {
-          const q = Math.floor(n / 10);
-          buf[k--] = 0x30 + (n - q * 10);
-          n = q;
-        } while (n > 0);
-        while (k >= pos) buf[k--] = 0x20;
-        pos += c.width;
-        buf[pos++] = 0x20;
-      } else text(c.texts![j], c.width);
+  for (let j = 0; j < count; j++) {
+    for (let c = 0; c < cols.length; c++) {
+      const col = cols[c];
+      const nums = col.nums;
+      if (nums === null) {
+        text(col.texts![j], col.width);
+        continue;
+      }
+      // Right-aligned: the unit's letters, then the digits, written from the end; the rest is spaces.
+      let k = pos + col.width - 1;
+      if (col.units !== null) {
+        const unit = UNITS[col.units[j]];
+        for (let u = unit.length - 1; u >= 0; u--) buf[k--] = unit.charCodeAt(u);
+      }
+      // % and an exact division: integers all the way (no boxed doubles before V8 optimises).
+      let n = nums[j];
+      do {
+        const r = n % 10;
+        buf[k--] = 0x30 + r;
+        n = (n - r) / 10;
+      } while (n > 0);
+      while (k >= pos) buf[k--] = 0x20;
+      pos += col.width;
+      buf[pos++] = 0x20;
     }
     buf[pos++] = 0x0a;
   }
   return buf.toString('latin1', 0, pos);
 }
 
-/** Fields that are integers below 2^53 (their cells are written without strings). */
-function numericField(f: LsField): ((u: DeviceUsage) => number) | null {
-  switch (f) {
-    case 'DEV':
-      return (u) => u.devId;
-    case 'MAPPED_BLOCKS':
-      return (u) => u.mappedBlocks;
-    case 'CREATE_TIME':
-      return (u) => u.creationTime;
-    case 'SNAP_TIME':
-      return (u) => u.snapshottedTime;
-    default:
-      return null;
-  }
+/** A table column: integers (with a thin_ls unit index each, for MAPPED) or, for the rest, cell strings. */
+interface Column {
+  nums: Float64Array | Uint32Array | null;
+  units: Uint8Array | null;
+  texts: string[] | null;
+  width: number;
 }
 
-/** Decimal digits of a non-negative integer. */
+function column(rows: DeviceUsage[], f: LsField, dataBlockSize: number, headerWidth: number): Column {
+  const n = rows.length;
+  const nums = new Float64Array(n);
+  // One loop per field, each reading one property: no per-cell closure or switch.
+  switch (f) {
+    case 'DEV':
+      for (let j = 0; j < n; j++) nums[j] = rows[j].devId;
+      break;
+    case 'MAPPED_BLOCKS':
+    case 'MAPPED':
+      for (let j = 0; j < n; j++) nums[j] = rows[j].mappedBlocks;
+      break;
+    case 'CREATE_TIME':
+      for (let j = 0; j < n; j++) nums[j] = rows[j].creationTime;
+      break;
+    case 'SNAP_TIME':
+      for (let j = 0; j < n; j++) nums[j] = rows[j].snapshottedTime;
+      break;
+    default:
+      return textColumn(rows, f, dataBlockSize, headerWidth);
+  }
+  if (f === 'MAPPED') return unitColumn(nums, dataBlockSize, headerWidth) ?? textColumn(rows, f, dataBlockSize, headerWidth);
+  return numberColumn(nums, headerWidth);
+}
+
+function numberColumn(nums: Float64Array | Uint32Array, headerWidth: number): Column {
+  let max = 0;
+  for (let j = 0; j < nums.length; j++) if (nums[j] > max) max = nums[j];
+  return { nums, units: null, texts: null, width: Math.max(headerWidth, digits(max)) };
+}
+
+/**
+ * MAPPED in thin_ls's human units (formatDiskUnitNumber) from the block
+ * counts in `nums`: the printed numbers (below 2^21) and units; null when a
+ * byte count is beyond 2^53, where only the bigint path is exact.
+ */
+function unitColumn(nums: Float64Array, dataBlockSize: number, headerWidth: number): Column | null {
+  const units = new Uint8Array(nums.length);
+  const out = new Uint32Array(nums.length);
+  const bytesPerBlock = dataBlockSize * 512;
+  let width = headerWidth;
+  // Neighbours often map as many blocks (snapshots of one origin): the last answer is kept.
+  let lastBlocks = -1;
+  let lastV = 0;
+  let lastI = 0;
+  for (let j = 0; j < nums.length; j++) {
+    if (nums[j] === lastBlocks) {
+      out[j] = lastV;
+      units[j] = lastI;
+      continue;
+    }
+    lastBlocks = nums[j];
+    let v = nums[j] * bytesPerBlock;
+    if (v > Number.MAX_SAFE_INTEGER) return null;
+    let i = 0;
+    while (v > 1048576) {
+      v = Math.floor(v / 1024);
+      i++;
+    }
+    if (v > 8192) {
+      v = Math.round(v / 1024);
+      i++;
+    }
+    out[j] = lastV = v;
+    units[j] = lastI = i;
+    const w = digits(v) + UNITS[i].length;
+    if (w > width) width = w;
+  }
+  return { nums: out, units, texts: null, width };
+}
+
+function textColumn(rows: DeviceUsage[], f: LsField, dataBlockSize: number, headerWidth: number): Column {
+  const texts = rows.map((u) => cellText(u, f, dataBlockSize));
+  return { nums: null, units: null, texts, width: texts.reduce((w, c) => Math.max(w, c.length), headerWidth) };
+}
+
+/** Decimal digits of a non-negative integer (comparisons only: no boxed doubles before V8 optimises). */
 function digits(n: number): number {
   let d = 1;
-  while (n >= 10) {
-    n = Math.floor(n / 10);
-    d++;
-  }
+  for (let p = 10; n >= p; p *= 10) d++;
   return d;
 }
 

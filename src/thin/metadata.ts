@@ -13,7 +13,11 @@ import { ENTRIES_PER_BITMAP, MAX_METADATA_BITMAPS, SpaceMap, SpaceMapKind } from
 import { DeviceDetails, DEVICE_DETAILS_SIZE, parseDeviceDetails } from './device-details';
 import { DeviceRunsVisitor, Mapping, MappingRun, mappingRunBatches, RunBatch, VirtualBlock, VirtualKey, WalkProgress, leafMapping, walkDeviceRuns } from './mappings';
 import { parseSuperblock, Superblock } from './superblock';
-import { deltaBatches, DeltaExtent, DeltaOptions, DeltaStats, publicExtent, RawDeltaExtent } from './delta';
+import type { DeltaExtent, DeltaOptions, DeltaStats, RawDeltaExtent } from './delta';
+import type * as Delta from './delta';
+
+/** The delta walker, loaded on first use: the other commands' start-up does without it. */
+const delta = (): typeof Delta => require('./delta') as typeof Delta;
 
 /** Options of ThinMetadata.open. */
 export interface ThinMetadataOptions extends OpenOptions {
@@ -386,14 +390,14 @@ export class ThinMetadata implements AsyncDisposable {
     for (const [what, b] of [['left', leftRoot], ['right', rightRoot]] as const) {
       if (!Number.isSafeInteger(b) || b < 0 || b >= this.nrMetadataBlocks) throw new UsageError(`${what} root ${b} is not a metadata block`);
     }
-    return yield* deltaBatches(this.io, leftRoot, rightRoot, { ...opts, nrMetadataBlocks: this.nrMetadataBlocks, nrDataBlocks: this.nrDataBlocks });
+    return yield* delta().deltaBatches(this.io, leftRoot, rightRoot, { ...opts, nrMetadataBlocks: this.nrMetadataBlocks, nrDataBlocks: this.nrDataBlocks });
   }
 
   /** @internal Batches of delta extents (fast path for formatters and send). Returns the walk's counters. */
   async *deltaExtentBatches(left: number, right: number, opts: DeltaOptions = {}): AsyncGenerator<RawDeltaExtent[], DeltaStats> {
     const [l, r] = [await this.rootOf(left, 'left'), await this.rootOf(right, 'right')];
     this.check();
-    const stats = yield* deltaBatches(this.io, l, r, { ...opts, leftId: left, rightId: right, nrMetadataBlocks: this.nrMetadataBlocks, nrDataBlocks: this.nrDataBlocks });
+    const stats = yield* delta().deltaBatches(this.io, l, r, { ...opts, leftId: left, rightId: right, nrMetadataBlocks: this.nrMetadataBlocks, nrDataBlocks: this.nrDataBlocks });
     // With `same`, both trees were walked whole: their counts must match the details.
     if (opts.includeSame !== false) {
       const devices = await this.devices({ signal: opts.signal });
@@ -449,6 +453,7 @@ export class ThinMetadata implements AsyncDisposable {
 
 /** Flattens batches of raw extents into public ones, passing the walk's result through. */
 async function* unbatch(gen: AsyncGenerator<RawDeltaExtent[], DeltaStats>): AsyncGenerator<DeltaExtent, DeltaStats> {
+  const { publicExtent } = delta();
   for (;;) {
     const r = await gen.next();
     if (r.done) return r.value;

@@ -1,0 +1,198 @@
+/**
+ * Start-up of the CLI: what a run loads and how it is compiled.
+ *
+ * Commander loads node:child_process (with net, dgram, streams...) at import
+ * for its executable subcommands, which dmthin has none of: ~6-15 ms of
+ * every run. deferCommanderChildProcess gives commander a stand-in that loads
+ * the real module on first use.
+ *
+ * A V8 code cache for the modules a CLI run loads. Node 20 compiles every
+ * CommonJS file from source on every run (its own compile cache,
+ * module.enableCompileCache, came with Node 22): for a short command that was
+ * the largest part of its start-up after Node's own. Each module is compiled
+ * as a vm.Script with the bytes V8 produced for it on an earlier run, which
+ * also hold the functions that run compiled then (not only the top level).
+ *
+ * The cache is one file in dist/.code-cache/, named by Node's version and
+ * architecture, read once at start-up and rewritten (a temporary file renamed
+ * over it) at exit only when a module had no valid entry. An entry is used
+ * only for the same path, source length and modification time, and V8 itself
+ * rejects bytes made by another V8 or other flags; a rejected or missing entry
+ * costs what a run without the cache costs. The directory is beside the code
+ * it caches and trusted as much (who can write there can change the code);
+ * when it cannot be written the cache is simply not kept.
+ * DMTHIN_CODE_CACHE=0 turns it off; DMTHIN_CODE_CACHE_DIR=DIR keeps it in DIR.
+ */
+import { accessSync, closeSync, constants, mkdirSync, openSync, readFileSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { Script } from 'node:vm';
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const Module = require('node:module') as ModuleInternals;
+
+interface CjsModule {
+  exports: unknown;
+  require(id: string): unknown;
+}
+interface RequireFn {
+  (id: string): unknown;
+  resolve: ((request: string, options?: { paths?: string[] }) => string) & { paths(request: string): string[] | null };
+  main: unknown;
+  extensions: unknown;
+  cache: unknown;
+}
+interface ModuleInternals {
+  prototype: { _compile(this: CjsModule, content: string, filename: string): unknown };
+  wrap(content: string): string;
+  _resolveFilename(request: string, parent: CjsModule, isMain: boolean, options?: { paths?: string[] }): string;
+  _resolveLookupPaths(request: string, parent: CjsModule): string[] | null;
+  _extensions: unknown;
+  _cache: unknown;
+}
+
+/** An entry of the cache file's index: bytes [o, o + n) of its data part. */
+interface Entry {
+  /** Module path. */
+  f: string;
+  /** Source length (UTF-16 units). */
+  s: number;
+  /** Source modification time (ms). */
+  m: number;
+  o: number;
+  n: number;
+}
+
+/**
+ * Hands commander's own `require('node:child_process')` a stand-in that
+ * loads the module when a property is first read (never, for dmthin's
+ * commands). Only requests made from commander's files are affected.
+ */
+export function deferCommanderChildProcess(): void {
+  const M = Module as ModuleInternals & { _load(request: string, parent: { filename?: string } | undefined, isMain: boolean): unknown };
+  const load = M._load;
+  let stand: object | undefined;
+  M._load = function (request: string, parent: { filename?: string } | undefined, isMain: boolean): unknown {
+    if ((request === 'node:child_process' || request === 'child_process') && /[\\/]commander[\\/]/.test(parent?.filename ?? '')) {
+      stand ??= new Proxy(
+        {},
+        {
+          get: (_t, key) => (load.call(M, request, parent, false) as Record<string | symbol, unknown>)[key],
+          has: (_t, key) => key in (load.call(M, request, parent, false) as object),
+        },
+      );
+      return stand;
+    }
+    return load.call(this, request, parent, isMain);
+  };
+}
+
+// DMTHIN_CODE_CACHE_DIR moves it (tests use a directory of their own).
+const DIR = process.env.DMTHIN_CODE_CACHE_DIR || join(__dirname, '..', '.code-cache');
+const FILE = join(DIR, `v8-${process.version}-${process.arch}.bin`);
+
+/** Installs the cache for the modules loaded from now on (once; not under an inspector or DMTHIN_CODE_CACHE=0). */
+export function installCodeCache(): void {
+  if (process.env.DMTHIN_CODE_CACHE === '0' || process.execArgv.some((a) => a.startsWith('--inspect'))) return;
+  const proto = Module.prototype;
+  const original = proto._compile;
+  // The file: u32 length of a JSON index, the index, then the cached bytes.
+  const index = new Map<string, Entry>();
+  let data: Buffer = Buffer.alloc(0);
+  try {
+    const file = readFileSync(FILE);
+    const len = file.readUInt32LE(0);
+    for (const e of JSON.parse(file.toString('utf8', 4, 4 + len)) as Entry[]) index.set(e.f, e);
+    data = file.subarray(4 + len);
+  } catch {
+    // No cache yet, or an unreadable one: it is rebuilt at exit.
+  }
+  const compiled: { e: Entry; script: Script | null }[] = [];
+  let stale = false;
+  proto._compile = function (this: CjsModule, content: string, filename: string): unknown {
+    // A vm.Script has no loader for import(): a file that may use it compiles as Node compiles it.
+    if (content.includes('import(')) return original.call(this, content, filename);
+    let mtime: number;
+    try {
+      mtime = statSync(filename).mtimeMs;
+    } catch {
+      return original.call(this, content, filename);
+    }
+    const old = index.get(filename);
+    const usable = old !== undefined && old.s === content.length && old.m === mtime && old.o + old.n <= data.length;
+    // A hashbang line is valid only at the start of a script: blank it (lines stay where they are).
+    const source = content.startsWith('#!') ? content.replace(/^#![^\n]*/, '') : content;
+    let script: Script;
+    try {
+      script = new Script(Module.wrap(source), { filename, cachedData: usable ? data.subarray(old.o, old.o + old.n) : undefined });
+    } catch {
+      // A syntax error: let Node's own compile report it as usual.
+      return original.call(this, content, filename);
+    }
+    const hit = usable && !script.cachedDataRejected;
+    if (!hit) stale = true;
+    compiled.push({ e: hit ? old : { f: filename, s: content.length, m: mtime, o: 0, n: 0 }, script: hit ? null : script });
+    const fn = script.runInThisContext({ displayErrors: true }) as (...args: unknown[]) => unknown;
+    return fn.call(this.exports, this.exports, requireFor(this), this, filename, dirname(filename));
+  };
+  process.once('exit', () => {
+    if (stale) save(index, data, compiled);
+  });
+}
+
+/** The `require` a module sees, as Node makes it. */
+function requireFor(mod: CjsModule): RequireFn {
+  const require = ((id: string) => mod.require(id)) as RequireFn;
+  const resolve = ((request: string, options?: { paths?: string[] }) => Module._resolveFilename(request, mod, false, options)) as RequireFn['resolve'];
+  resolve.paths = (request: string) => Module._resolveLookupPaths(request, mod);
+  require.resolve = resolve;
+  require.main = process.mainModule;
+  require.extensions = Module._extensions;
+  require.cache = Module._cache;
+  return require;
+}
+
+/** Writes the entries of this run (new bytes for the misses) and the earlier ones for other modules. */
+function save(index: Map<string, Entry>, data: Buffer, compiled: { e: Entry; script: Script | null }[]): void {
+  // A directory this user cannot write (an install owned by root): every run
+  // would pay for making the cache and fail to keep it, so none is made.
+  try {
+    mkdirSync(DIR, { recursive: true });
+    accessSync(DIR, constants.W_OK);
+  } catch {
+    return;
+  }
+  const parts: Buffer[] = [];
+  const entries: Entry[] = [];
+  let at = 0;
+  const add = (e: Entry, bytes: Buffer): void => {
+    entries.push({ f: e.f, s: e.s, m: e.m, o: at, n: bytes.length });
+    parts.push(bytes);
+    at += bytes.length;
+  };
+  const done = new Set<string>();
+  for (const { e, script } of compiled) {
+    if (done.has(e.f)) continue;
+    done.add(e.f);
+    add(e, script ? script.createCachedData() : data.subarray(e.o, e.o + e.n));
+  }
+  for (const e of index.values()) if (!done.has(e.f) && e.o + e.n <= data.length) add(e, data.subarray(e.o, e.o + e.n));
+  const json = Buffer.from(JSON.stringify(entries));
+  const head = Buffer.alloc(4);
+  head.writeUInt32LE(json.length, 0);
+  const tmp = `${FILE}.${process.pid}.tmp`;
+  try {
+    const fd = openSync(tmp, 'w', 0o644);
+    try {
+      for (const b of [head, json, ...parts]) for (let off = 0; off < b.length; ) off += writeSync(fd, b, off);
+    } finally {
+      closeSync(fd);
+    }
+    renameSync(tmp, FILE);
+  } catch {
+    // Read-only install, full disk...: run without a cache.
+    try {
+      unlinkSync(tmp);
+    } catch {
+      // nothing was written
+    }
+  }
+}

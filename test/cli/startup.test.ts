@@ -1,0 +1,137 @@
+/**
+ * CLI start-up (src/cli/startup.ts): the V8 code cache must never change
+ * what a command does, whatever state its file is in, and a command on a
+ * metadata file must not load what only other work needs (commander's
+ * child_process, the dm and pool layers, the delta walker).
+ */
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { CLI } from './run-cli';
+
+const DIST = join(__dirname, '..', '..', 'dist');
+// A cache of this file's own (DMTHIN_CODE_CACHE_DIR): other test files run the CLI meanwhile.
+const CACHE_DIR = mkdtempSync(join(tmpdir(), 'dmthin-code-cache-test-'));
+const CACHE = join(CACHE_DIR, `v8-${process.version}-${process.arch}.bin`);
+afterAll(() => rmSync(CACHE_DIR, { recursive: true, force: true }));
+const POOL = join(__dirname, '..', '..', 'examples', 'pool.bin');
+
+function run(args: string[], env: NodeJS.ProcessEnv = {}, pre: string[] = []) {
+  const r = spawnSync(process.execPath, [...pre, CLI, ...args], {
+    encoding: 'utf8',
+    env: { ...process.env, DMTHIN_CODE_CACHE_DIR: CACHE_DIR, ...env },
+    timeout: 60_000,
+  });
+  if (r.error) throw r.error;
+  return r;
+}
+
+/** The cache file's index, or throws when it is not a well-formed cache. */
+function index(): { f: string; s: number; m: number; o: number; n: number }[] {
+  const b = readFileSync(CACHE);
+  const len = b.readUInt32LE(0);
+  const entries = JSON.parse(b.toString('utf8', 4, 4 + len)) as { f: string; s: number; m: number; o: number; n: number }[];
+  for (const e of entries) expect(e.o + e.n).toBeLessThanOrEqual(b.length - 4 - len);
+  return entries;
+}
+
+describe('code cache', () => {
+  const commands = [
+    ['ls', POOL],
+    ['dump', POOL],
+    ['delta', '--snap1', '1', '--snap2', '2', POOL],
+    ['rmap', '--region', '0..1000', POOL],
+    ['check', POOL],
+    ['send', '--help'],
+  ];
+  const plain = new Map(commands.map((c) => [c.join(' '), run(c, { DMTHIN_CODE_CACHE: '0' })]));
+
+  it('gives the same output and status as a run without it, from no cache, a fresh one and a damaged one', () => {
+    rmSync(CACHE, { force: true });
+    for (const state of ['none', 'fresh', 'garbage', 'bad bytes']) {
+      if (state === 'garbage') writeFileSync(CACHE, Buffer.from('\x10\x00\x00\x00{"not": "an index"}\x00\x01\x02'));
+      if (state === 'bad bytes') {
+        // A well-formed index whose entries match the modules but whose bytes are not V8's.
+        const entries = index().map((e) => ({ ...e, o: 0, n: 64 }));
+        const json = Buffer.from(JSON.stringify(entries));
+        const head = Buffer.alloc(4);
+        head.writeUInt32LE(json.length);
+        writeFileSync(CACHE, Buffer.concat([head, json, Buffer.alloc(64, 0xa5)]));
+      }
+      for (const c of commands) {
+        const want = plain.get(c.join(' '))!;
+        const got = run(c);
+        expect({ state, c, status: got.status, stdout: got.stdout, stderr: got.stderr }).toEqual({ state, c, status: want.status, stdout: want.stdout, stderr: want.stderr });
+      }
+      // Every run that missed rewrote it: well-formed again, naming the modules it compiled.
+      expect(index().map((e) => e.f)).toEqual(expect.arrayContaining([join(DIST, 'cli', 'ls.js'), join(DIST, 'thin', 'dump.js')]));
+    }
+  });
+
+  it('is not written with DMTHIN_CODE_CACHE=0, and a run that cannot write it still succeeds', () => {
+    rmSync(CACHE, { force: true });
+    expect(run(['ls', POOL], { DMTHIN_CODE_CACHE: '0' }).status).toBe(0);
+    expect(existsSync(CACHE)).toBe(false);
+    // A directory where the file should be: the rename fails, the command does not.
+    mkdirSync(join(CACHE, 'x'), { recursive: true });
+    try {
+      const r = run(['ls', POOL]);
+      expect({ status: r.status, stdout: r.stdout, stderr: r.stderr }).toEqual({
+        status: 0,
+        stdout: plain.get(`ls ${POOL}`)!.stdout,
+        stderr: '',
+      });
+      expect(statSync(CACHE).isDirectory()).toBe(true);
+    } finally {
+      rmSync(CACHE, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('a module that uses import()', () => {
+  it('is compiled by Node, so its import() works (a vm.Script has no loader for it)', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'dmthin-startup-test-'));
+    try {
+      const mod = join(dir, 'dynamic.js');
+      writeFileSync(mod, "module.exports = () => import('node:os').then((m) => typeof m.cpus);\n");
+      const startup = JSON.stringify(join(DIST, 'cli', 'startup.js'));
+      const r = spawnSync(
+        process.execPath,
+        ['-e', `require(${startup}).installCodeCache(); require(${JSON.stringify(mod)})().then((t) => console.log(t));`],
+        { encoding: 'utf8', env: { ...process.env, DMTHIN_CODE_CACHE_DIR: CACHE_DIR }, timeout: 60_000 },
+      );
+      expect({ status: r.status, stdout: r.stdout, stderr: r.stderr }).toEqual({ status: 0, stdout: 'function\n', stderr: '' });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('modules a command on a metadata file loads', () => {
+  // Prints, at exit, the built-in modules Node loaded and the files required.
+  const dir = mkdtempSync(join(tmpdir(), 'dmthin-startup-test-'));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  const hook = join(dir, 'loaded.js');
+  writeFileSync(
+    hook,
+    "process.on('exit', () => process.stderr.write(JSON.stringify({ builtin: process.moduleLoadList, files: Object.keys(require.cache) })));",
+  );
+  const loaded = (args: string[]) => {
+    const r = run(args, {}, ['-r', hook]);
+    expect(r.status).toBe(0);
+    return JSON.parse(r.stderr) as { builtin: string[]; files: string[] };
+  };
+
+  it.each([['ls'], ['dump'], ['check'], ['rmap', '--region', '0..1000']])('%s: no child_process, no dm or pool layer, no delta walker', (...args) => {
+    const { builtin, files } = loaded([...args, POOL]);
+    expect(builtin.filter((m) => /child_process/.test(m))).toEqual([]);
+    expect(files.filter((f) => f.startsWith(DIST) && /[/\\](dm|pool)[/\\]|thin[/\\]delta\.js$/.test(f))).toEqual([]);
+  });
+
+  it('delta loads its walker (and still no dm or pool layer)', () => {
+    const { files } = loaded(['delta', '--snap1', '1', '--snap2', '2', POOL]);
+    expect(files).toContain(join(DIST, 'thin', 'delta.js'));
+    expect(files.filter((f) => f.startsWith(DIST) && /[/\\](dm|pool)[/\\]/.test(f))).toEqual([]);
+  });
+});
