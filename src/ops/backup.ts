@@ -82,6 +82,8 @@ interface CommonBackupOptions {
   full?: boolean;
   /** Read batches in flight (default 4). */
   concurrency?: number;
+  /** Chunks compressed and uploaded at once (default 8). */
+  uploads?: number;
   /** Bytes per read batch (default 8 MiB). */
   batchBytes?: number;
   /** Cancels the work, which then rejects with AbortError (no backup is committed). */
@@ -394,6 +396,7 @@ async function store(repo: Repository, p: Plan, source: DataSource, deviceSize: 
   const putting = new Map<string, Promise<void>>();
   const stored = new Set<string>();
 
+  const limit = limiter(Math.max(1, o.uploads ?? 8));
   const putOne = async (plain: Buffer): Promise<string> => {
     const id = repo.chunkId(plain);
     if (session.resumedIds.has(id) || stored.has(id)) {
@@ -406,7 +409,7 @@ async function store(repo: Repository, p: Plan, source: DataSource, deviceSize: 
       await pending;
       return id;
     }
-    const put = session.putChunk(plain, { signal: o.signal }).then((r) => {
+    const put = limit(() => session.putChunk(plain, { signal: o.signal })).then((r) => {
       if (r.id !== id) throw new DmthinError('EIO', `the repository named chunk ${r.id} where ${id} was expected`);
       if (r.stored) {
         stats.chunksNew++;
@@ -570,6 +573,23 @@ async function store(repo: Repository, p: Plan, source: DataSource, deviceSize: 
     bytesUploaded: stats.bytesUploaded,
     source: p.source,
     durationMs: Date.now() - started,
+  };
+}
+
+/** Runs at most `n` of the functions given at once, in the order given. */
+function limiter(n: number): <T>(fn: () => Promise<T>) => Promise<T> {
+  let running = 0;
+  const waiting: (() => void)[] = [];
+  return async <T>(fn: () => Promise<T>): Promise<T> => {
+    if (running >= n) await new Promise<void>((r) => waiting.push(r));
+    else running++;
+    try {
+      return await fn();
+    } finally {
+      const next = waiting.shift();
+      if (next) next();
+      else running--;
+    }
   };
 }
 
