@@ -107,3 +107,18 @@ export { readState, defaultStateFile, DEFAULT_STATE_DIR } from './stream/receive
 export type { ReceiveState, StateEntry, IdentityJson, StateRead } from './stream/receive/state';
 export type { ZeroMethod } from './stream/receive/target';
 export type { SnapshotIdentity, StreamHeader } from './stream/format/records';
+
+// Backup repositories (docs/repository.md): deduplicated, compressed, optionally encrypted; restore any backup directly.
+export { RepoError } from './errors';
+export type { RepoErrorReason } from './errors';
+export { Repository, openBackend } from './repo/repository';
+export type { KeySource, ScryptParams, LockTiming, RepoCallOptions, RepositoryCreateOptions, RepositoryOpenOptions, ManifestHeader, ManifestEntry, BackupSummary, PutResult, BackupSession, VerifyReport, VerifyProblem } from './repo/repository';
+export type { Backend, ObjectInfo, BackendCallOptions, PutOptions } from './repo/backend';
+export { backup, chunkSizeFor, MAX_CHUNK_BYTES } from './ops/backup';
+export type { BackupOptions, PoolBackupOptions, ImageBackupOptions, BackupProgress, BackupResult, BackupSource } from './ops/backup';
+export { restore } from './ops/restore';
+export type { RestoreOptions, RestoreProgress, RestoreResult } from './ops/restore';
+export { defaultRestoreStateFile, readRestoreState, DEFAULT_RESTORE_STATE_DIR } from './ops/restore-state';
+export type { RestoreState, RestoreEntry, FileStamp } from './ops/restore-state';
+export { prune, selectKept } from './ops/prune';
+export type { PruneOptions, PrunePolicy, PruneResult } from './ops/prune';

@@ -52,7 +52,15 @@ export interface RestoreState {
   /** A restore that started writing and did not finish (the target is incomplete), or null. */
   pending: RestoreEntry | null;
   /** A file target's size and modification time after the last complete restore. */
-  file: { size: number; mtimeMs: number } | null;
+  file: FileStamp | null;
+}
+
+/** A file's size and modification time (a file written since no longer holds what the state says). */
+export interface FileStamp {
+  /** Bytes. */
+  size: number;
+  /** Modification time, ms since the epoch. */
+  mtimeMs: number;
 }
 
 /** Where the restore state of `target` lives unless told otherwise. */

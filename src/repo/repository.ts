@@ -354,7 +354,12 @@ export class Repository implements AsyncDisposable {
   }
 
   /** A backup's header and its entries, streamed and checked frame by frame (memory bounded). */
-  async readManifest(id: string, opts: RepoCallOptions = {}): Promise<{ header: BackupSummary; entries: AsyncIterable<ManifestEntry> }> {
+  async readManifest(id: string, opts: RepoCallOptions = {}): Promise<{
+    /** The backup's header and counts. */
+    header: BackupSummary;
+    /** Its chunk map in index order, streamed. */
+    entries: AsyncIterable<ManifestEntry>;
+  }> {
     this.live();
     if (!isBackupId(id)) throw new RepoError('not-found', `${JSON.stringify(id)} is not a backup id`, { key: `backups/${id}` });
     const h = await this.readHeader(id, opts.signal);
@@ -474,7 +479,12 @@ export class Repository implements AsyncDisposable {
    * under the exclusive lock (refused with 'locked' while a backup runs). A
    * manifest that cannot be read stops it with 'corrupt' before any deletion.
    */
-  async collectGarbage(opts: RepoCallOptions = {}): Promise<{ deletedChunks: number; freedBytes: number }> {
+  async collectGarbage(opts: RepoCallOptions = {}): Promise<{
+    /** Chunks deleted. */
+    deletedChunks: number;
+    /** Their stored bytes. */
+    freedBytes: number;
+  }> {
     this.live();
     const signal = opts.signal;
     const lock = await this.locks.acquire('exclusive', 'gc', undefined, signal);

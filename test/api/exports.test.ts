@@ -44,6 +44,13 @@ const MAIN = [
   'parseThinStatus', 'parseThinTable', 'readState', 'receive', 'receiveStream', 'rmap', 'sectors',
   'sectorsToBytes', 'send', 'sendStream', 'thinPoolTarget', 'thinTarget', 'withMetadataSnapshot',
   'writeDelta',
+  // backup repositories (issue 12)
+  'RepoError', 'RepoErrorReason', 'Repository', 'openBackend', 'KeySource', 'ScryptParams', 'LockTiming', 'RepoCallOptions',
+  'RepositoryCreateOptions', 'RepositoryOpenOptions', 'ManifestHeader', 'ManifestEntry', 'BackupSummary', 'PutResult', 'BackupSession',
+  'VerifyReport', 'VerifyProblem', 'Backend', 'ObjectInfo', 'BackendCallOptions', 'PutOptions',
+  'backup', 'chunkSizeFor', 'MAX_CHUNK_BYTES', 'BackupOptions', 'PoolBackupOptions', 'ImageBackupOptions', 'BackupProgress', 'BackupResult', 'BackupSource',
+  'restore', 'RestoreOptions', 'RestoreProgress', 'RestoreResult', 'defaultRestoreStateFile', 'readRestoreState', 'DEFAULT_RESTORE_STATE_DIR',
+  'RestoreState', 'RestoreEntry', 'FileStamp', 'prune', 'selectKept', 'PruneOptions', 'PrunePolicy', 'PruneResult',
 ];
 
 const UNSTABLE = [
