@@ -157,10 +157,11 @@ bluestore block path = ${dir}/osd-block.img
 bluestore block create = true
 bluestore block size = 10737418240
 osd memory target = 1073741824
-osd max object name len = 256
 
 [client]
 rgw data = ${dir}/rgw/$name
+debug rgw = 0/0
+rgw enable ops log = false
 rgw exit timeout secs = 5
 rgw enable usage log = false
 `;
@@ -198,7 +199,7 @@ function writeGateway(dir, name, g) {
  * one, or one a test owns and may stop and restart without disturbing others. */
 function startRgw(dir, name, port) {
   mkdirSync(join(dir, 'rgw', `client.rgw.${name}`), { recursive: true });
-  return daemon(dir, `rgw.${name}`, 'radosgw', ['-f', '-n', `client.rgw.${name}`, '-c', join(dir, 'ceph.conf'), '--rgw-frontends', `beast endpoint=127.0.0.1:${port}`]);
+  return daemon(dir, `rgw.${name}`, 'radosgw', ['-f', '-n', `client.rgw.${name}`, '-c', join(dir, 'ceph.conf'), '--rgw-frontends', `beast endpoint=127.0.0.1:${port} tcp_nodelay=1`]);
 }
 
 async function waitRgw(state, name) {
