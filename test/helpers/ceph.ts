@@ -113,6 +113,27 @@ async function sharedCluster(runDir: string): Promise<CephClusterInfo> {
   });
 }
 
+/**
+ * A plain SDK client on the block's gateway (for looking behind a backend).
+ * Built with the SDK's Node-version warning switched off, as the backend does.
+ */
+export function s3Client(s3: Pick<S3TestContext, 'endpoint' | 'env'>): S3Client {
+  const VAR = 'AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED';
+  const before = process.env[VAR];
+  process.env[VAR] = 'true';
+  try {
+    return new S3Client({
+      endpoint: s3.endpoint,
+      region: s3.env.AWS_REGION,
+      forcePathStyle: true,
+      credentials: { accessKeyId: s3.env.AWS_ACCESS_KEY_ID!, secretAccessKey: s3.env.AWS_SECRET_ACCESS_KEY! },
+    });
+  } finally {
+    if (before === undefined) delete process.env[VAR];
+    else process.env[VAR] = before;
+  }
+}
+
 const requireS3 = (): boolean => process.env.DMTHIN_REQUIRE_S3 === '1';
 const warned = new Set<string>();
 
@@ -172,12 +193,7 @@ export function describeS3(name: string, fn: (s3: S3TestContext) => void, opts: 
         process.env[k] = v;
       }
       const bucket = `dmthin-${randomBytes(6).toString('hex')}`;
-      const client = new S3Client({
-        endpoint,
-        region: cluster.region,
-        forcePathStyle: true,
-        credentials: { accessKeyId: cluster.accessKeyId, secretAccessKey: cluster.secretAccessKey },
-      });
+      const client = s3Client({ endpoint, env });
       try {
         await client.send(new CreateBucketCommand({ Bucket: bucket }));
       } finally {

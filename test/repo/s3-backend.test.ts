@@ -7,7 +7,7 @@ import { DeleteObjectsCommand, HeadObjectCommand, ListMultipartUploadsCommand, L
 import { RepoError } from '../../src/errors';
 import type { Backend } from '../../src/repo/backend';
 import { createS3Backend } from '../../src/repo/s3-backend';
-import { describeS3, type S3TestContext } from '../helpers/ceph';
+import { describeS3, s3Client, type S3TestContext } from '../helpers/ceph';
 import { REPO_ROOT } from '../helpers/fixtures';
 import { backendContract, contractBytes } from './backend-contract';
 
@@ -15,15 +15,6 @@ async function collect<T>(it: AsyncIterable<T>): Promise<T[]> {
   const out: T[] = [];
   for await (const x of it) out.push(x);
   return out;
-}
-
-function rawClient(s3: S3TestContext): S3Client {
-  return new S3Client({
-    endpoint: s3.endpoint,
-    region: s3.env.AWS_REGION,
-    forcePathStyle: true,
-    credentials: { accessKeyId: s3.env.AWS_ACCESS_KEY_ID!, secretAccessKey: s3.env.AWS_SECRET_ACCESS_KEY! },
-  });
 }
 
 async function emptyPrefix(bucket: string, prefix: string): Promise<void> {
@@ -50,7 +41,7 @@ describeS3('S3 backend (Ceph radosgw)', (s3) => {
     beforeEach(async () => {
       loc = s3.location();
       b = await createS3Backend(loc.bucket, loc.prefix);
-      raw = rawClient(s3);
+      raw = s3Client(s3);
     });
     afterEach(async () => {
       await b.close();
