@@ -20,7 +20,7 @@ import { openBackend, Repository } from '../../src/repo/repository';
 import { CLI } from '../cli/run-cli';
 import { patternBlock, scratch, type Scratch } from '../stream/helpers';
 import { deviceBytes, edit, makePool, runs, sha256, type PoolImages } from './backup-fixture';
-import { REPO_LOCATIONS } from './repo-locations';
+import { describeEachRepo } from './repo-locations';
 
 const BS = 128;
 const BLOCK = BS * 512;
@@ -82,7 +82,7 @@ function counting(b: Backend): Backend & { puts: Map<string, number> } {
   };
 }
 
-describe.each(REPO_LOCATIONS)('repository: $name', (loc) => {
+describeEachRepo('backups', (loc) => {
   const fresh = async (name: string, opts = {}): Promise<{ location: string; repo: Repository; backend: Backend }> => {
     const location = await loc.make(s.dir);
     const repo = await Repository.create(location, opts);
@@ -173,7 +173,7 @@ describe.each(REPO_LOCATIONS)('repository: $name', (loc) => {
       [CLI, 'backup', '--metadata', pool.metadata, '--data', pool.data, '--snap', '1', '--size', String(SIZE), '--repo', location, '--volume', 'v', '--json'],
       { encoding: 'utf8', env: { ...process.env, DMTHIN_TEST_KILL_AT: String(killAt) }, timeout: 60_000 },
     );
-    expect(run.signal).toBe('SIGKILL');
+    expect({ signal: run.signal, stderr: run.stderr }).toEqual({ signal: 'SIGKILL', stderr: '' });
     const backend = await openBackend(location);
     const storedBefore = new Set((await keys(backend, 'chunks/')).filter((k) => !k.includes('.tmp')));
     expect(storedBefore.size).toBeGreaterThanOrEqual(killAt);

@@ -12,7 +12,7 @@ import { restore } from '../../src/ops/restore';
 import { Repository } from '../../src/repo/repository';
 import { scratch, type Scratch } from '../stream/helpers';
 import { deviceBytes, edit, makePool, runs, sha256, type PoolImages } from './backup-fixture';
-import { REPO_LOCATIONS } from './repo-locations';
+import { describeEachRepo } from './repo-locations';
 
 const BS = 128; // sectors: 64 KiB blocks
 const BLOCK = BS * 512;
@@ -55,7 +55,7 @@ afterAll(() => s.cleanup());
 
 const image = () => ({ metadata: pool.metadata, data: pool.data, deviceSize: SIZE });
 
-describe.each(REPO_LOCATIONS)('repository: $name', (loc) => {
+describeEachRepo('backups', (loc) => {
   let repoPath: string;
   let repo: Repository;
   const done: Record<string, BackupResult> = {};
@@ -65,7 +65,6 @@ describe.each(REPO_LOCATIONS)('repository: $name', (loc) => {
   });
   afterAll(async () => {
     await repo?.close();
-    await loc.cleanup?.(repoPath);
   });
 
   test('full backup of the first snapshot reads every mapped block, and restores byte for byte', async () => {

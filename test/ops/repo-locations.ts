@@ -1,17 +1,17 @@
 /**
  * Where the backup tests put their repositories: a fresh local directory
- * always; an S3 prefix on the test cluster when one is configured
- * (test/helpers/ceph.ts, once the S3 backend is merged).
+ * always, and a fresh prefix of a bucket on the Ceph test cluster
+ * (test/helpers/ceph.ts: skipped loudly without Ceph, a failure under
+ * DMTHIN_REQUIRE_S3=1). Each suite is written once against a RepoLocation.
  */
 import { join } from 'node:path';
+import { describeS3 } from '../helpers/ceph';
 
 export interface RepoLocation {
-  /** For test names. */
+  /** For test and file names. */
   name: string;
-  /** A location where no repository exists yet (under `dir` for a local one). */
+  /** A location where no repository exists yet (a local one goes under `dir`). Call it inside tests. */
   make(dir: string): Promise<string>;
-  /** Removes what make() made, when the scratch directory does not. */
-  cleanup?(location: string): Promise<void>;
 }
 
 let n = 0;
@@ -21,4 +21,8 @@ export const LOCAL: RepoLocation = {
   make: async (dir) => join(dir, `repo-${process.pid}-${++n}`),
 };
 
-export const REPO_LOCATIONS: RepoLocation[] = [LOCAL];
+/** Runs `suite` on a local repository and on S3 (Ceph). */
+export function describeEachRepo(name: string, suite: (loc: RepoLocation) => void): void {
+  describe(`${name} (local directory)`, () => suite(LOCAL));
+  describeS3(`${name} (S3 on Ceph)`, (s3) => suite({ name: 's3', make: async () => s3.location().url }));
+}
