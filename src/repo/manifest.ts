@@ -197,11 +197,8 @@ export async function* decodeMap(
     return pending.length >= n;
   };
   try {
-    if (!(await fill(MAP_MAGIC.length)) || !pending.subarray(0, MAP_MAGIC.length).equals(MAP_MAGIC)) {
-      if (pending.length >= MAP_MAGIC.length && pending.subarray(0, 7).equals(MAP_MAGIC.subarray(0, 7)))
-        throw new RepoError('format', `the chunk map of backup ${backupId} has a version this dmthin does not read; upgrade dmthin`, { key });
-      throw corrupt('bad magic');
-    }
+    // The (authenticated) header is version 1, so its map must be version 1 too.
+    if (!(await fill(MAP_MAGIC.length)) || !pending.subarray(0, MAP_MAGIC.length).equals(MAP_MAGIC)) throw corrupt('bad magic');
     pending = pending.subarray(MAP_MAGIC.length);
     while (!done) {
       throwIfAborted(signal);

@@ -12,7 +12,7 @@
 import { randomBytes } from 'node:crypto';
 import { AbortError, RepoError, throwIfAborted } from '../errors';
 import type { Backend } from './backend';
-import { chunkIdOf, DEFAULT_COMPRESSION, formatCompression, isChunkId, parseCompression, seal, unseal, type Compression, type RepoKeys } from './codec';
+import { chunkIdOf, DEFAULT_COMPRESSION, formatCompression, isChunkId, parseCompression, seal, sealAsync, unseal, unsealAsync, type Compression, type RepoKeys } from './codec';
 import { newConfig, openConfig, type KeySource, type RepoConfig, type ScryptParams } from './keys';
 import { LocalBackend } from './local-backend';
 import { DEFAULT_LOCK_TIMING, Locks, type FoundLock, type HeldLock, type LockTiming } from './locks';
@@ -43,7 +43,7 @@ export interface RepoCallOptions {
 export interface RepositoryCreateOptions extends RepoCallOptions {
   /** Encrypts the repository under this key file or passphrase; absent: unencrypted. */
   key?: KeySource;
-  /** `none`, `deflate[:1-9]` or `brotli[:0-11]`; default `deflate:1` (docs/repository.md, "Compression"). */
+  /** `none`, `deflate[:1-9]` or `brotli[:0-11]`; default `brotli:1` (docs/repository.md, "Compression"). */
   compression?: string;
   /** scrypt cost for a passphrase (default N=65536, r=8, p=1); stored in the config. */
   scrypt?: ScryptParams;
@@ -303,7 +303,7 @@ export class Repository implements AsyncDisposable {
     this.live();
     if (!isChunkId(id)) throw new RepoError('config', `${JSON.stringify(id)} is not a chunk id (64 hex digits)`);
     const key = chunkKey(id);
-    const plain = unseal(await this.backend.get(key, opts), key, this.keys);
+    const plain = await unsealAsync(await this.backend.get(key, opts), key, this.keys);
     if (chunkIdOf(plain, this.keys) !== id) throw new RepoError('corrupt', `chunk ${id}: its content does not hash to its id; the chunk is damaged`, { key });
     return plain;
   }
@@ -598,7 +598,7 @@ class Session implements BackupSession {
     let stored = false;
     let storedBytes = 0;
     if (!(await this.backend.stat(key, opts))) {
-      const body = seal(plain, key, this.keys, this.comp);
+      const body = await sealAsync(plain, key, this.keys, this.comp);
       stored = await this.backend.put(key, body, { ifAbsent: true, signal: opts.signal });
       if (stored) storedBytes = body.length;
     }
