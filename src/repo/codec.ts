@@ -13,7 +13,8 @@
  * to another key fails authentication as surely as a flipped byte does.
  */
 import { createCipheriv, createDecipheriv, createHash, createHmac, randomBytes } from 'node:crypto';
-import { brotliCompressSync, brotliDecompressSync, constants as zc, deflateRawSync, inflateRawSync } from 'node:zlib';
+import { promisify } from 'node:util';
+import { brotliCompress, brotliCompressSync, brotliDecompress, brotliDecompressSync, constants as zc, deflateRaw, deflateRawSync, inflateRaw, inflateRawSync, type BrotliOptions, type ZlibOptions } from 'node:zlib';
 import { RepoError } from '../errors';
 
 /** Version of the envelope; a reader refuses any other with RepoError 'format'. */
@@ -41,7 +42,7 @@ export function parseCompression(spec: string): Compression {
   const m = /^(none|deflate|brotli)(?::(\d{1,2}))?$/.exec(spec);
   if (m) {
     const algorithm = m[1] as Compression['algorithm'];
-    const level = m[2] === undefined ? (algorithm === 'deflate' ? DEFAULT_DEFLATE_LEVEL : algorithm === 'brotli' ? 4 : 0) : Number(m[2]);
+    const level = m[2] === undefined ? (algorithm === 'deflate' ? 1 : algorithm === 'brotli' ? 1 : 0) : Number(m[2]);
     const max = algorithm === 'deflate' ? 9 : algorithm === 'brotli' ? 11 : 0;
     const min = algorithm === 'deflate' ? 1 : 0;
     if (level >= min && level <= max) return { algorithm, level };
@@ -54,15 +55,37 @@ export function formatCompression(c: Compression): string {
   return c.algorithm === 'none' ? 'none' : `${c.algorithm}:${c.level}`;
 }
 
-const DEFAULT_DEFLATE_LEVEL = 1;
 /** The default, chosen by measurement (docs/repository.md, "Compression"). */
-export const DEFAULT_COMPRESSION = 'deflate:1';
+export const DEFAULT_COMPRESSION = 'brotli:1';
+
+const deflateAsync = promisify<Uint8Array, ZlibOptions, Buffer>(deflateRaw);
+const inflateAsync = promisify<Uint8Array, ZlibOptions, Buffer>(inflateRaw);
+const brotliAsync = promisify<Uint8Array, BrotliOptions, Buffer>(brotliCompress);
+const unbrotliAsync = promisify<Uint8Array, BrotliOptions, Buffer>(brotliDecompress);
+
+function brotliOpts(c: Compression, n: number): BrotliOptions {
+  return { params: { [zc.BROTLI_PARAM_QUALITY]: c.level, [zc.BROTLI_PARAM_SIZE_HINT]: n } };
+}
 
 function compress(c: Compression, data: Uint8Array): Buffer {
   if (c.algorithm === 'deflate') return deflateRawSync(data, { level: c.level });
-  if (c.algorithm === 'brotli')
-    return brotliCompressSync(data, { params: { [zc.BROTLI_PARAM_QUALITY]: c.level, [zc.BROTLI_PARAM_SIZE_HINT]: data.length } });
+  if (c.algorithm === 'brotli') return brotliCompressSync(data, brotliOpts(c, data.length));
   return Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+}
+
+// The asynchronous forms run in libuv's thread pool, so concurrent chunks use every core.
+function compressAsync(c: Compression, data: Uint8Array): Promise<Buffer> {
+  if (c.algorithm === 'deflate') return deflateAsync(data, { level: c.level });
+  if (c.algorithm === 'brotli') return brotliAsync(data, brotliOpts(c, data.length));
+  return Promise.resolve(Buffer.from(data.buffer, data.byteOffset, data.byteLength));
+}
+
+function decompressError(context: string, e: unknown): RepoError {
+  return new RepoError('corrupt', `${context}: the stored data does not decompress; the object is damaged`, { key: context, cause: e });
+}
+
+function unknownCompression(code: number, context: string): RepoError {
+  return new RepoError('format', `${context}: compression code ${code} is not one this version of dmthin reads; upgrade dmthin`, { key: context });
 }
 
 function decompress(code: number, data: Buffer, context: string): Buffer {
@@ -70,10 +93,21 @@ function decompress(code: number, data: Buffer, context: string): Buffer {
     if (code === 1) return inflateRawSync(data, { maxOutputLength: MAX_OBJECT_PLAIN });
     if (code === 2) return brotliDecompressSync(data, { maxOutputLength: MAX_OBJECT_PLAIN });
   } catch (e) {
-    throw new RepoError('corrupt', `${context}: the stored data does not decompress; the object is damaged`, { key: context, cause: e });
+    throw decompressError(context, e);
   }
   if (code === 0) return data;
-  throw new RepoError('format', `${context}: compression code ${code} is not one this version of dmthin reads; upgrade dmthin`, { key: context });
+  throw unknownCompression(code, context);
+}
+
+async function decompressAsync(code: number, data: Buffer, context: string): Promise<Buffer> {
+  try {
+    if (code === 1) return await inflateAsync(data, { maxOutputLength: MAX_OBJECT_PLAIN });
+    if (code === 2) return await unbrotliAsync(data, { maxOutputLength: MAX_OBJECT_PLAIN });
+  } catch (e) {
+    throw decompressError(context, e);
+  }
+  if (code === 0) return data;
+  throw unknownCompression(code, context);
 }
 
 /** The keys an encrypted repository derives from its master key. */
@@ -100,15 +134,7 @@ function plainSum(context: string, head: Buffer, payload: Uint8Array): Buffer {
   return createHash('sha256').update(context).update(head).update(payload).digest();
 }
 
-/** Seals `plain` for storage under key `context`: compressed (when that is smaller), then checksummed or encrypted. */
-export function seal(plain: Uint8Array, context: string, keys: RepoKeys | null, compression: Compression): Buffer {
-  let code: number = ALGO_CODE[compression.algorithm];
-  let payload: Uint8Array = plain;
-  if (code !== 0) {
-    const z = compress(compression, plain);
-    if (z.length < plain.length) payload = z;
-    else code = 0;
-  }
+function envelope(code: number, payload: Uint8Array, context: string, keys: RepoKeys | null): Buffer {
   const head = Buffer.from([ENVELOPE_FORMAT, code | (keys ? FLAG_ENCRYPTED : 0)]);
   if (!keys) return Buffer.concat([head, payload, plainSum(context, head, payload)]);
   const nonce = randomBytes(NONCE);
@@ -119,31 +145,63 @@ export function seal(plain: Uint8Array, context: string, keys: RepoKeys | null, 
   return Buffer.concat([head, nonce, body, c.getAuthTag()]);
 }
 
-/** Opens what seal() made; RepoError 'corrupt' when it fails authentication, 'format' for an unknown version. */
-export function unseal(stored: Buffer, context: string, keys: RepoKeys | null): Buffer {
+/** Seals `plain` for storage under key `context`: compressed (when that is smaller), then checksummed or encrypted. */
+export function seal(plain: Uint8Array, context: string, keys: RepoKeys | null, compression: Compression): Buffer {
+  const z = compression.algorithm === 'none' ? null : compress(compression, plain);
+  return z && z.length < plain.length ? envelope(ALGO_CODE[compression.algorithm], z, context, keys) : envelope(0, plain, context, keys);
+}
+
+/** seal(), compressing in the thread pool. */
+export async function sealAsync(plain: Uint8Array, context: string, keys: RepoKeys | null, compression: Compression): Promise<Buffer> {
+  const z = compression.algorithm === 'none' ? null : await compressAsync(compression, plain);
+  return z && z.length < plain.length ? envelope(ALGO_CODE[compression.algorithm], z, context, keys) : envelope(0, plain, context, keys);
+}
+
+/** Checks the envelope and returns [compression code, payload]. */
+function open(stored: Buffer, context: string, keys: RepoKeys | null): [number, Buffer] {
   const bad = (why: string) => new RepoError('corrupt', `${context}: ${why}; the object is damaged or was altered`, { key: context });
   if (stored.length < 2) throw bad('too short');
-  if (stored[0] !== ENVELOPE_FORMAT)
-    throw new RepoError('format', `${context}: envelope format ${stored[0]} is not one this version of dmthin reads; upgrade dmthin`, { key: context });
+  if (stored[0] !== ENVELOPE_FORMAT) {
+    // A format-1 object whose first byte was damaged is corruption, not a newer format.
+    const fixed = Buffer.from(stored);
+    fixed[0] = ENVELOPE_FORMAT;
+    try {
+      open(fixed, context, keys);
+    } catch {
+      throw new RepoError('format', `${context}: envelope format ${stored[0]} is not one this version of dmthin reads; upgrade dmthin`, { key: context });
+    }
+    throw bad('format byte damaged');
+  }
   const flags = stored[1]!;
   const encrypted = (flags & FLAG_ENCRYPTED) !== 0;
   if (encrypted !== (keys !== null)) throw bad(encrypted ? 'encrypted in a repository without a key' : 'not encrypted in an encrypted repository');
+  if ((flags & 0x70) !== 0) throw bad('unknown flags');
   const head = stored.subarray(0, 2);
-  let payload: Buffer;
   if (!keys) {
     if (stored.length < 2 + SUM) throw bad('too short');
-    payload = stored.subarray(2, stored.length - SUM);
+    const payload = stored.subarray(2, stored.length - SUM);
     if (!plainSum(context, head, payload).equals(stored.subarray(stored.length - SUM))) throw bad('checksum mismatch');
-  } else {
-    if (stored.length < 2 + NONCE + TAG) throw bad('too short');
-    const d = createDecipheriv('aes-256-gcm', keys.enc, stored.subarray(2, 2 + NONCE));
-    d.setAAD(Buffer.concat([head, Buffer.from(context)]));
-    d.setAuthTag(stored.subarray(stored.length - TAG));
-    try {
-      payload = Buffer.concat([d.update(stored.subarray(2 + NONCE, stored.length - TAG)), d.final()]);
-    } catch {
-      throw bad('authentication failed');
-    }
+    return [flags & 0x0f, payload];
   }
-  return decompress(flags & 0x0f, payload, context);
+  if (stored.length < 2 + NONCE + TAG) throw bad('too short');
+  const d = createDecipheriv('aes-256-gcm', keys.enc, stored.subarray(2, 2 + NONCE));
+  d.setAAD(Buffer.concat([head, Buffer.from(context)]));
+  d.setAuthTag(stored.subarray(stored.length - TAG));
+  try {
+    return [flags & 0x0f, Buffer.concat([d.update(stored.subarray(2 + NONCE, stored.length - TAG)), d.final()])];
+  } catch {
+    throw bad('authentication failed');
+  }
+}
+
+/** Opens what seal() made; RepoError 'corrupt' when it fails authentication, 'format' for an unknown version. */
+export function unseal(stored: Buffer, context: string, keys: RepoKeys | null): Buffer {
+  const [code, payload] = open(stored, context, keys);
+  return decompress(code, payload, context);
+}
+
+/** unseal(), decompressing in the thread pool. */
+export async function unsealAsync(stored: Buffer, context: string, keys: RepoKeys | null): Promise<Buffer> {
+  const [code, payload] = open(stored, context, keys);
+  return decompressAsync(code, payload, context);
 }

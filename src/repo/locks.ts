@@ -147,12 +147,14 @@ export class HeldLock {
     this.timer.unref();
   }
 
-  /** Rewrites the lock with a new time, unless it was removed (then the lock is lost for good). */
+  /** Rewrites the lock with a new time, unless it was removed or is too old to refresh safely (then it is lost for good). */
   refresh(): Promise<void> {
     this.refreshing ??= (async () => {
       try {
         if (this.lost || !this.timer) return;
-        if (!(await this.backend.stat(this.key))) {
+        // Never bring back a lock others may already have judged stale and removed:
+        // past half the stale time it is given up instead.
+        if (Date.now() - this.lastOk > this.timing.staleMs / 2 || !(await this.backend.stat(this.key))) {
           this.lost = true;
           return;
         }

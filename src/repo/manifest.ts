@@ -14,7 +14,7 @@
  */
 import { createHash } from 'node:crypto';
 import { RepoError, throwIfAborted } from '../errors';
-import { isChunkId, seal, unseal, type Compression, type RepoKeys } from './codec';
+import { seal, unseal, type Compression, type RepoKeys } from './codec';
 
 /** Magic and version of a chunk map object. */
 export const MAP_MAGIC = Buffer.from('DMTHMAP1');
@@ -140,18 +140,33 @@ export async function* encodeMap(
     inFrame = 0;
     return out;
   };
-  for await (const e of entries as AsyncIterable<ManifestEntry>) {
+  // Returns true when a frame is full.
+  const add = (e: ManifestEntry): boolean => {
     if (!Number.isSafeInteger(e.index) || e.index <= prev || e.index >= limit)
       throw new RepoError('config', `manifest entry index ${e.index} after ${prev}: indexes must increase strictly and stay below ${limit} (deviceSize / chunkSize)`);
-    if (!isChunkId(e.id)) throw new RepoError('config', `manifest entry ${e.index}: ${JSON.stringify(e.id)} is not a chunk id`);
-    pos = putVarint(buf, pos, e.index - prev);
-    buf.write(e.id, pos, 'hex');
-    pos += 32;
+    const at = putVarint(buf, pos, e.index - prev);
+    // Buffer#write stops at the first non-hex digit: 32 bytes written means 64 hex digits.
+    if (typeof e.id !== 'string' || e.id.length !== 64 || buf.write(e.id, at, 'hex') !== 32)
+      throw new RepoError('config', `manifest entry ${e.index}: ${JSON.stringify(e.id)} is not a chunk id`);
+    pos = at + 32;
     prev = e.index;
     count++;
-    if (++inFrame === FRAME_RECORDS) {
-      throwIfAborted(signal);
-      yield flush(false);
+    return ++inFrame === FRAME_RECORDS;
+  };
+  if (Symbol.iterator in entries) {
+    // A plain iterable is walked without a microtask per entry.
+    for (const e of entries as Iterable<ManifestEntry>) {
+      if (add(e)) {
+        throwIfAborted(signal);
+        yield flush(false);
+      }
+    }
+  } else {
+    for await (const e of entries) {
+      if (add(e)) {
+        throwIfAborted(signal);
+        yield flush(false);
+      }
     }
   }
   yield flush(true);
@@ -197,11 +212,8 @@ export async function* decodeMap(
     return pending.length >= n;
   };
   try {
-    if (!(await fill(MAP_MAGIC.length)) || !pending.subarray(0, MAP_MAGIC.length).equals(MAP_MAGIC)) {
-      if (pending.length >= MAP_MAGIC.length && pending.subarray(0, 7).equals(MAP_MAGIC.subarray(0, 7)))
-        throw new RepoError('format', `the chunk map of backup ${backupId} has a version this dmthin does not read; upgrade dmthin`, { key });
-      throw corrupt('bad magic');
-    }
+    // The (authenticated) header is version 1, so its map must be version 1 too.
+    if (!(await fill(MAP_MAGIC.length)) || !pending.subarray(0, MAP_MAGIC.length).equals(MAP_MAGIC)) throw corrupt('bad magic');
     pending = pending.subarray(MAP_MAGIC.length);
     while (!done) {
       throwIfAborted(signal);

@@ -6,13 +6,13 @@
  *   chunks/XX/ID                    a chunk (XX: the id's first two digits)
  *   maps/BACKUP                     a backup's chunk map (streamed)
  *   backups/BACKUP                  a backup's header: the commit point, written last
- *   journals/VOLUME/SESSION/SEQ     ids a backup session has stored so far
+ *   journals/VOLUME/SESSION/SEQ     ids a backup session has stored so far (VOLUME keyed-hashed when encrypted)
  *   locks/ID                        shared (backup) and exclusive (gc) locks
  */
-import { randomBytes } from 'node:crypto';
+import { createHmac, randomBytes } from 'node:crypto';
 import { AbortError, RepoError, throwIfAborted } from '../errors';
 import type { Backend } from './backend';
-import { chunkIdOf, DEFAULT_COMPRESSION, formatCompression, isChunkId, parseCompression, seal, unseal, type Compression, type RepoKeys } from './codec';
+import { chunkIdOf, DEFAULT_COMPRESSION, formatCompression, isChunkId, parseCompression, seal, sealAsync, unseal, unsealAsync, type Compression, type RepoKeys } from './codec';
 import { newConfig, openConfig, type KeySource, type RepoConfig, type ScryptParams } from './keys';
 import { LocalBackend } from './local-backend';
 import { DEFAULT_LOCK_TIMING, Locks, type FoundLock, type HeldLock, type LockTiming } from './locks';
@@ -43,7 +43,7 @@ export interface RepoCallOptions {
 export interface RepositoryCreateOptions extends RepoCallOptions {
   /** Encrypts the repository under this key file or passphrase; absent: unencrypted. */
   key?: KeySource;
-  /** `none`, `deflate[:1-9]` or `brotli[:0-11]`; default `deflate:1` (docs/repository.md, "Compression"). */
+  /** `none`, `deflate[:1-9]` or `brotli[:0-11]`; default `brotli:1` (docs/repository.md, "Compression"). */
   compression?: string;
   /** scrypt cost for a passphrase (default N=65536, r=8, p=1); stored in the config. */
   scrypt?: ScryptParams;
@@ -268,7 +268,7 @@ export class Repository implements AsyncDisposable {
       const liveSessions = new Set((await this.locks.scan(opts.signal)).filter((l) => !this.locks.isStale(l) && l.info?.session).map((l) => l.info!.session!));
       const resumed = new Set<string>();
       const adopted: string[] = [];
-      for await (const seg of this.backend.list(`journals/${volume}/`, opts)) {
+      for await (const seg of this.backend.list(`journals/${this.volumeTag(volume)}/`, opts)) {
         const session = seg.key.split('/')[2]!;
         if (liveSessions.has(session)) continue; // a concurrent backup of the same volume: not ours to take
         const ids = await this.readJournal(seg.key, opts.signal);
@@ -276,11 +276,16 @@ export class Repository implements AsyncDisposable {
         for (const x of ids) resumed.add(x);
         adopted.push(seg.key);
       }
-      return new Session(this, this.backend, this.keys, this.comp, id, volume, lock, resumed, adopted);
+      return new Session(this, this.backend, this.keys, this.comp, id, volume, this.volumeTag(volume), lock, resumed, adopted);
     } catch (e) {
       await lock.release().catch(() => undefined);
       throw e;
     }
+  }
+
+  /** The volume's name in journal keys: itself, or when encrypted a keyed hash (object names reveal no volume names). */
+  private volumeTag(volume: string): string {
+    return this.keys ? createHmac('sha256', this.keys.id).update(`volume ${volume}`).digest('hex').slice(0, 32) : volume;
   }
 
   /** A journal segment's ids, or null when it cannot be read (then it protects and resumes nothing). */
@@ -303,7 +308,7 @@ export class Repository implements AsyncDisposable {
     this.live();
     if (!isChunkId(id)) throw new RepoError('config', `${JSON.stringify(id)} is not a chunk id (64 hex digits)`);
     const key = chunkKey(id);
-    const plain = unseal(await this.backend.get(key, opts), key, this.keys);
+    const plain = await unsealAsync(await this.backend.get(key, opts), key, this.keys);
     if (chunkIdOf(plain, this.keys) !== id) throw new RepoError('corrupt', `chunk ${id}: its content does not hash to its id; the chunk is damaged`, { key });
     return plain;
   }
@@ -588,6 +593,7 @@ class Session implements BackupSession {
     private readonly comp: Compression,
     readonly id: string,
     private readonly volume: string,
+    private readonly volumeTag: string,
     private readonly lock: HeldLock,
     readonly resumedIds: ReadonlySet<string>,
     private readonly adopted: readonly string[],
@@ -608,7 +614,7 @@ class Session implements BackupSession {
     let stored = false;
     let storedBytes = 0;
     if (!(await this.backend.stat(key, opts))) {
-      const body = seal(plain, key, this.keys, this.comp);
+      const body = await sealAsync(plain, key, this.keys, this.comp);
       stored = await this.backend.put(key, body, { ifAbsent: true, signal: opts.signal });
       if (stored) storedBytes = body.length;
     }
@@ -631,7 +637,7 @@ class Session implements BackupSession {
       const ids = this.pending;
       this.pending = [];
       this.lastFlush = Date.now();
-      const key = `journals/${this.volume}/${this.id}/${String(this.seq++).padStart(8, '0')}`;
+      const key = `journals/${this.volumeTag}/${this.id}/${String(this.seq++).padStart(8, '0')}`;
       const plain = Buffer.allocUnsafe(ids.length * 32);
       ids.forEach((x, i) => plain.write(x, i * 32, 'hex'));
       await this.backend.put(key, seal(plain, key, this.keys, { algorithm: 'none', level: 0 }), { signal });
