@@ -555,7 +555,13 @@ async function store(repo: Repository, p: Plan, source: DataSource, deviceSize: 
     source: p.source as unknown as Record<string, unknown>,
     base: p.base?.id ?? null,
   };
-  const summary = await session.commit(header, counted(), { signal: o.signal });
+  let summary: BackupSummary;
+  try {
+    summary = await session.commit(header, counted(), { signal: o.signal });
+  } finally {
+    // A failure part-way leaves the base's manifest stream open: close it.
+    await baseEntries?.return?.().catch(() => undefined);
+  }
   progress();
   return {
     id: summary.id,

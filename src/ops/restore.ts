@@ -332,35 +332,39 @@ async function apply(
     cursor = Math.max(cursor, to);
   };
 
-  let last = -1;
-  for await (const e of next) {
-    throwIfAborted(o.signal);
-    if (!Number.isSafeInteger(e.index) || e.index <= last || e.index >= nChunks) {
-      throw new RepoError('format', `backup ${o.backup}: manifest entry for chunk ${e.index} is out of order or beyond the device (${nChunks} chunks)`, { backup: o.backup });
-    }
-    last = e.index;
-    await holesUntil(e.index);
-    let same = false;
-    if (prevIt) {
-      for (let q = await peekPrev(); q && q.index <= e.index; q = await peekPrev()) {
-        if (q.index === e.index) same = q.id === e.id;
-        p = undefined;
+  try {
+    let last = -1;
+    for await (const e of next) {
+      throwIfAborted(o.signal);
+      if (!Number.isSafeInteger(e.index) || e.index <= last || e.index >= nChunks) {
+        throw new RepoError('format', `backup ${o.backup}: manifest entry for chunk ${e.index} is out of order or beyond the device (${nChunks} chunks)`, { backup: o.backup });
       }
+      last = e.index;
+      await holesUntil(e.index);
+      let same = false;
+      if (prevIt) {
+        for (let q = await peekPrev(); q && q.index <= e.index; q = await peekPrev()) {
+          if (q.index === e.index) same = q.id === e.id;
+          p = undefined;
+        }
+      }
+      cursor = e.index + 1;
+      if (same) {
+        stats.chunksUnchanged++;
+        done++;
+        continue;
+      }
+      await flushZero();
+      fetches.push({ index: e.index, data: fetch(e) });
+      await settle(window - 1);
     }
-    cursor = e.index + 1;
-    if (same) {
-      stats.chunksUnchanged++;
-      done++;
-      continue;
-    }
+    await holesUntil(nChunks);
+    await settle(0);
+    await flush();
     await flushZero();
-    fetches.push({ index: e.index, data: fetch(e) });
-    await settle(window - 1);
+  } finally {
+    await prevIt?.return?.().catch(() => undefined);
   }
-  await holesUntil(nChunks);
-  await settle(0);
-  await flush();
-  await flushZero();
   progress();
   return stats;
 }
