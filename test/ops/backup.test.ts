@@ -7,7 +7,7 @@
  * (repo-locations.ts): a local directory always, S3 when a cluster is there.
  */
 import { readFileSync, statSync, writeFileSync } from 'node:fs';
-import { backup, type BackupResult } from '../../src/ops/backup';
+import { backup, chunkSizeFor, type BackupResult } from '../../src/ops/backup';
 import { restore } from '../../src/ops/restore';
 import { Repository } from '../../src/repo/repository';
 import { scratch, type Scratch } from '../stream/helpers';
@@ -200,5 +200,20 @@ describe('blocks above 4 MiB', () => {
       await restore({ repo, backup: r.id, target, create: true });
       expect(sha256(readFileSync(target))).toBe(sha256(deviceBytes(big, dev, size)));
     }
+  });
+});
+
+describe('chunkSizeFor', () => {
+  test.each([
+    [64 << 10, 64 << 10],
+    [192 << 10, 192 << 10],
+    [4 << 20, 4 << 20],
+    [8 << 20, 4 << 20],
+    [5 << 20, 2.5 * (1 << 20)],
+    [65 * 65536, 13 * 65536], // 65 = 5 x 13: the largest divisor up to 64 is 13
+    [1 << 30, 4 << 20],
+  ])('a %i-byte block: %i-byte chunks', (block, chunk) => {
+    expect(chunkSizeFor(block)).toBe(chunk);
+    expect(block % chunkSizeFor(block)).toBe(0);
   });
 });
