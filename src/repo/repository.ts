@@ -129,6 +129,8 @@ const JOURNAL_INTERVAL_MS = 5000;
 /** A dead session's journal older than this no longer protects its chunks. */
 const JOURNAL_MAX_AGE_MS = 7 * 24 * 3600 * 1000;
 const DELETE_BATCH = 1000;
+/** The largest chunk (the largest chunkSize a header may have). */
+const MAX_CHUNK = 64 * 1024 * 1024;
 
 function chunkKey(id: string): string {
   return `chunks/${id.slice(0, 2)}/${id}`;
@@ -418,10 +420,16 @@ export class Repository implements AsyncDisposable {
       report.backups++;
       let header: BackupSummary;
       let entries: AsyncIterable<ManifestEntry>;
+      // A backup deleted while verify runs is not a problem: it is skipped.
+      const gone = async () => !(await this.backend.stat(`backups/${id}`, { signal }));
       try {
         ({ header, entries } = await this.readManifest(id, { signal }));
       } catch (e) {
         if (!(e instanceof RepoError) || e.reason === 'backend' || e.reason === 'config') throw e;
+        if (e.reason === 'not-found' && (await gone())) {
+          report.backups--;
+          continue;
+        }
         problem({ backup: id, index: -1, offset: -1, id: '', reason: e.reason === 'not-found' ? 'missing' : 'corrupt' });
         continue;
       }
@@ -444,7 +452,7 @@ export class Repository implements AsyncDisposable {
         }
       } catch (e) {
         if (!(e instanceof RepoError) || e.reason === 'backend' || e.reason === 'config') throw e;
-        problem({ backup: id, index: -1, offset: -1, id: '', reason: e.reason === 'not-found' ? 'missing' : 'corrupt' });
+        if (!(e.reason === 'not-found' && (await gone()))) problem({ backup: id, index: -1, offset: -1, id: '', reason: e.reason === 'not-found' ? 'missing' : 'corrupt' });
       } finally {
         await Promise.all(inflight);
       }
@@ -598,6 +606,8 @@ class Session implements BackupSession {
   async putChunk(plain: Uint8Array, opts: RepoCallOptions = {}): Promise<PutResult> {
     this.open();
     throwIfAborted(opts.signal);
+    if (plain.length > MAX_CHUNK)
+      throw new RepoError('config', `a chunk of ${plain.length} bytes is larger than the ${MAX_CHUNK / 2 ** 20} MiB a chunk may have`);
     const id = this.repo.chunkId(plain);
     if (this.known.has(id)) return { id, stored: false, storedBytes: 0 };
     const key = chunkKey(id);

@@ -5,16 +5,15 @@
  * backup, index and offset of missing and damaged chunks.
  */
 import { createHash } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync, readFileSync, existsSync, readdirSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { Repository } from '../../src/repo/repository';
+import { scratchDir } from './scratch';
 
 let dir: string;
 beforeEach(() => {
-  // tmpfs where there is one: fsync costs nothing there, and the property runs many repositories.
-  dir = mkdtempSync(join(existsSync('/dev/shm') ? '/dev/shm' : tmpdir(), 'dmthin-gc-'));
+  dir = scratchDir('dmthin-gc-');
 });
 afterEach(() => rmSync(dir, { recursive: true, force: true }));
 

@@ -3,16 +3,16 @@
  * encrypted), manifests, listing order, deletion, abort.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { RepoError } from '../../src/errors';
 import { Repository, openBackend, type ManifestEntry, type ManifestHeader } from '../../src/repo/repository';
 import { LocalBackend } from '../../src/repo/local-backend';
+import { scratchDir } from './scratch';
 
 let dir: string;
 beforeEach(() => {
-  dir = mkdtempSync(join(tmpdir(), 'dmthin-repo-'));
+  dir = scratchDir('dmthin-repo-');
 });
 afterEach(() => rmSync(dir, { recursive: true, force: true }));
 
