@@ -618,13 +618,14 @@ class Session implements BackupSession {
       stored = await this.backend.put(key, body, { ifAbsent: true, signal: opts.signal });
       if (stored) storedBytes = body.length;
     }
+    // ifAbsent lets exactly one of several concurrent puts of an id store it: count that one.
+    if (stored) {
+      this.stats.newChunks++;
+      this.stats.storedBytes += storedBytes;
+    }
     if (!this.known.has(id)) {
       this.known.add(id);
       this.pending.push(id);
-      if (stored) {
-        this.stats.newChunks++;
-        this.stats.storedBytes += storedBytes;
-      }
     }
     if (this.pending.length >= JOURNAL_BATCH || Date.now() - this.lastFlush >= JOURNAL_INTERVAL_MS) await this.flushJournal(opts.signal);
     return { id, stored, storedBytes };
@@ -679,13 +680,16 @@ class Session implements BackupSession {
     if (!(await this.backend.put(key, seal(Buffer.from(JSON.stringify(stored)), key, this.keys, this.comp), { ifAbsent: true, signal })))
       throw new RepoError('exists', `backup ${this.id} already exists`, { key });
     this.done = true;
-    // After the commit its manifest protects what matters; the journals only cost space.
+    // After the commit its manifest protects what matters; the journals only cost space. The
+    // backup is committed whatever happens now: a journal left behind is adopted and deleted by
+    // the volume's next commit (or GC), and a lock left behind goes stale.
     const journals = [...this.journalKeys, ...this.adopted];
     try {
       for (let i = 0; i < journals.length; i += DELETE_BATCH) await this.backend.delete(journals.slice(i, i + DELETE_BATCH));
-    } finally {
-      await this.lock.release();
+    } catch {
+      // (see above)
     }
+    await this.lock.release().catch(() => undefined);
     const { map: _m, version: _v, ...rest } = stored;
     return rest;
   }

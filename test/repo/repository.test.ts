@@ -76,6 +76,17 @@ describe('Repository (local, unencrypted)', () => {
     expect(names.sort()).toEqual(['backups/' + s.id, 'chunks/' + ra.id.slice(0, 2) + '/' + ra.id, 'chunks/' + rb.id.slice(0, 2) + '/' + rb.id, 'config', 'maps/' + s.id].sort());
   });
 
+  it('concurrent puts of the same content store it once and count it once', async () => {
+    await using repo = await Repository.create(join(dir, 'repo'));
+    await using s = await repo.beginBackup('v');
+    const data = randomBytes(CHUNK);
+    const rs = await Promise.all(Array.from({ length: 8 }, () => s.putChunk(data)));
+    expect(rs.filter((r) => r.stored)).toHaveLength(1);
+    const sum = await s.commit(header('v', CHUNK), [{ index: 0, id: rs[0]!.id }]);
+    expect(sum.newChunks).toBe(1);
+    expect(sum.storedBytes).toBe(rs.find((r) => r.stored)!.storedBytes);
+  });
+
   it('create refuses an existing repository; open refuses a missing one', async () => {
     const loc = join(dir, 'repo');
     await (await Repository.create(loc)).close();
