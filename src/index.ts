@@ -96,6 +96,16 @@ export type { SendOptions, PoolSendOptions, ImageSendOptions, SendProgressEvent 
 export { sendStream } from './stream/send/send-stream';
 export type { SendStreamOptions, SendProgress, SendSummary } from './stream/send/send-stream';
 export { offlinePoolId } from './stream/send/plan';
+// Backup repositories (docs/repository.md).
+export { Repository, openBackend } from './repo/repository';
+export type {
+  KeySource, ScryptParams, LockTiming, ManifestEntry, ManifestHeader, ManifestRead, GarbageReport, RepoCallOptions,
+  RepositoryCreateOptions, RepositoryOpenOptions, BackupSummary, PutResult, BackupSession, VerifyProblem, VerifyReport,
+} from './repo/repository';
+export { createKeyFile } from './repo/keys';
+export type { Backend, ObjectInfo, BackendCallOptions, PutOptions } from './repo/backend';
+export { RepoError } from './errors';
+export type { RepoErrorReason } from './errors';
 // Merging a snapshot back into its origin (docs/merge.md).
 export { mergeIntoExternalOrigin, mergeSnapshot } from './ops/merge';
 export type { MergeResult, MergeProgress, ExternalMergeOptions, SnapshotMergeOptions, CommonMergeOptions } from './ops/merge';

@@ -123,6 +123,22 @@ export interface VerifyReport {
   problemsOmitted: number;
 }
 
+/** What readManifest returns. */
+export interface ManifestRead {
+  /** The backup's header and counts. */
+  header: BackupSummary;
+  /** Its entries in increasing index, read and checked frame by frame as they are iterated (each iteration reads afresh). */
+  entries: AsyncIterable<ManifestEntry>;
+}
+
+/** What collectGarbage did. */
+export interface GarbageReport {
+  /** Chunks deleted. */
+  deletedChunks: number;
+  /** Their stored size in bytes. */
+  freedBytes: number;
+}
+
 const MAX_PROBLEMS = 100_000;
 const JOURNAL_BATCH = 4096;
 const JOURNAL_INTERVAL_MS = 5000;
@@ -361,7 +377,7 @@ export class Repository implements AsyncDisposable {
   }
 
   /** A backup's header and its entries, streamed and checked frame by frame (memory bounded). */
-  async readManifest(id: string, opts: RepoCallOptions = {}): Promise<{ header: BackupSummary; entries: AsyncIterable<ManifestEntry> }> {
+  async readManifest(id: string, opts: RepoCallOptions = {}): Promise<ManifestRead> {
     this.live();
     if (!isBackupId(id)) throw new RepoError('not-found', `${JSON.stringify(id)} is not a backup id`, { key: `backups/${id}` });
     const h = await this.readHeader(id, opts.signal);
@@ -487,7 +503,7 @@ export class Repository implements AsyncDisposable {
    * under the exclusive lock (refused with 'locked' while a backup runs). A
    * manifest that cannot be read stops it with 'corrupt' before any deletion.
    */
-  async collectGarbage(opts: RepoCallOptions = {}): Promise<{ deletedChunks: number; freedBytes: number }> {
+  async collectGarbage(opts: RepoCallOptions = {}): Promise<GarbageReport> {
     this.live();
     const signal = opts.signal;
     const lock = await this.locks.acquire('exclusive', 'gc', undefined, signal);

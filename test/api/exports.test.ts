@@ -15,6 +15,9 @@ const MAIN = [
   'SetupError', 'SetupProblem',
   'LvmPoolName', 'NameLookupError', 'NameLookupReason',
   'mergeIntoExternalOrigin', 'mergeSnapshot', 'MergeResult', 'MergeProgress', 'ExternalMergeOptions', 'SnapshotMergeOptions', 'CommonMergeOptions', 'MergeError', 'MergeErrorReason',
+  // backup repositories
+  'Repository', 'openBackend', 'createKeyFile', 'RepoError', 'RepoErrorReason', 'KeySource', 'ScryptParams', 'LockTiming', 'ManifestEntry', 'ManifestHeader', 'ManifestRead', 'GarbageReport', 'RepoCallOptions',
+  'RepositoryCreateOptions', 'RepositoryOpenOptions', 'BackupSummary', 'PutResult', 'BackupSession', 'VerifyProblem', 'VerifyReport', 'Backend', 'ObjectInfo', 'BackendCallOptions', 'PutOptions',
   // pool events, replication
   'PoolWaitOptions', 'PoolEvent', 'PoolEventType', 'PoolState', 'LowWaterMarkEvent', 'ModeEvent', 'NeedsCheckEvent', 'MetadataLowEvent', 'OtherPoolEvent', 'derivePoolEvents', 'poolState',
   'replicate', 'defaultReplicateStateFile', 'DEFAULT_REPLICATE_STATE_DIR', 'DEFAULT_SNAPSHOT_IDS', 'ReplicateOptions', 'CycleReport', 'SnapshotIdRange', 'PoolWaitResult', 'WaitOptions', 'DmStatusWithInfo', 'EventWaitOptions',
