@@ -96,6 +96,16 @@ export type { SendOptions, PoolSendOptions, ImageSendOptions, SendProgressEvent 
 export { sendStream } from './stream/send/send-stream';
 export type { SendStreamOptions, SendProgress, SendSummary } from './stream/send/send-stream';
 export { offlinePoolId } from './stream/send/plan';
+// Backup repositories (docs/repository.md).
+export { Repository, openBackend } from './repo/repository';
+export type {
+  KeySource, ScryptParams, LockTiming, ManifestEntry, ManifestHeader, ManifestRead, GarbageReport, RepoCallOptions,
+  RepositoryCreateOptions, RepositoryOpenOptions, BackupSummary, PutResult, BackupSession, VerifyProblem, VerifyReport,
+} from './repo/repository';
+export { createKeyFile } from './repo/keys';
+export type { Backend, ObjectInfo, BackendCallOptions, PutOptions } from './repo/backend';
+export { RepoError } from './errors';
+export type { RepoErrorReason } from './errors';
 // Merging a snapshot back into its origin (docs/merge.md).
 export { mergeIntoExternalOrigin, mergeSnapshot } from './ops/merge';
 export type { MergeResult, MergeProgress, ExternalMergeOptions, SnapshotMergeOptions, CommonMergeOptions } from './ops/merge';
@@ -108,12 +118,7 @@ export type { ReceiveState, StateEntry, IdentityJson, StateRead } from './stream
 export type { ZeroMethod } from './stream/receive/target';
 export type { SnapshotIdentity, StreamHeader } from './stream/format/records';
 
-// Backup repositories (docs/repository.md): deduplicated, compressed, optionally encrypted; restore any backup directly.
-export { RepoError } from './errors';
-export type { RepoErrorReason } from './errors';
-export { Repository, openBackend } from './repo/repository';
-export type { KeySource, ScryptParams, LockTiming, RepoCallOptions, RepositoryCreateOptions, RepositoryOpenOptions, ManifestHeader, ManifestEntry, BackupSummary, PutResult, BackupSession, VerifyReport, VerifyProblem } from './repo/repository';
-export type { Backend, ObjectInfo, BackendCallOptions, PutOptions } from './repo/backend';
+// Backups of thin snapshots into a repository, restore, prune (docs/backup.md).
 export { backup, chunkSizeFor, MAX_CHUNK_BYTES } from './ops/backup';
 export type { BackupOptions, PoolBackupOptions, ImageBackupOptions, BackupProgress, BackupResult, BackupSource } from './ops/backup';
 export { restore } from './ops/restore';

@@ -1,8 +1,6 @@
 /**
  * `dmthin backups init|list|verify|prune`: a backup repository itself.
  */
-import { randomBytes } from 'node:crypto';
-import { writeFile } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { DmthinError, RepoError } from '../errors';
 import type { Repository as RepositoryT } from '../repo/repository';
@@ -25,15 +23,15 @@ async function openRepo(o: RepoCliOpts, c: CliContext): Promise<RepositoryT> {
   return repo;
 }
 
-/** A key file that does not exist yet is made: 32 random bytes, readable by its owner only. */
+/** A key file that does not exist yet is made (32 random bytes, mode 0600, fsynced). */
 async function ensureKeyFile(path: string): Promise<boolean> {
+  const { createKeyFile } = require('../repo/keys') as typeof import('../repo/keys');
   try {
-    await writeFile(path, randomBytes(32).toString('hex') + '\n', { flag: 'wx', mode: 0o600 });
+    await createKeyFile(path);
     return true;
   } catch (e) {
-    const err = e as NodeJS.ErrnoException;
-    if (err.code === 'EEXIST') return false;
-    throw new DmthinError(err.code ?? 'EIO', `cannot create the key file ${path}: ${err.message}`, { path, syscall: 'open', cause: e });
+    if (e instanceof RepoError && e.reason === 'exists') return false;
+    throw e;
   }
 }
 

@@ -123,12 +123,30 @@ export interface VerifyReport {
   problemsOmitted: number;
 }
 
+/** What readManifest returns. */
+export interface ManifestRead {
+  /** The backup's header and counts. */
+  header: BackupSummary;
+  /** Its entries in increasing index, read and checked frame by frame as they are iterated (each iteration reads afresh). */
+  entries: AsyncIterable<ManifestEntry>;
+}
+
+/** What collectGarbage did. */
+export interface GarbageReport {
+  /** Chunks deleted. */
+  deletedChunks: number;
+  /** Their stored size in bytes. */
+  freedBytes: number;
+}
+
 const MAX_PROBLEMS = 100_000;
 const JOURNAL_BATCH = 4096;
 const JOURNAL_INTERVAL_MS = 5000;
 /** A dead session's journal older than this no longer protects its chunks. */
 const JOURNAL_MAX_AGE_MS = 7 * 24 * 3600 * 1000;
 const DELETE_BATCH = 1000;
+/** The largest chunk (the largest chunkSize a header may have). */
+const MAX_CHUNK = 64 * 1024 * 1024;
 
 function chunkKey(id: string): string {
   return `chunks/${id.slice(0, 2)}/${id}`;
@@ -359,12 +377,7 @@ export class Repository implements AsyncDisposable {
   }
 
   /** A backup's header and its entries, streamed and checked frame by frame (memory bounded). */
-  async readManifest(id: string, opts: RepoCallOptions = {}): Promise<{
-    /** The backup's header and counts. */
-    header: BackupSummary;
-    /** Its chunk map in index order, streamed. */
-    entries: AsyncIterable<ManifestEntry>;
-  }> {
+  async readManifest(id: string, opts: RepoCallOptions = {}): Promise<ManifestRead> {
     this.live();
     if (!isBackupId(id)) throw new RepoError('not-found', `${JSON.stringify(id)} is not a backup id`, { key: `backups/${id}` });
     const h = await this.readHeader(id, opts.signal);
@@ -423,10 +436,16 @@ export class Repository implements AsyncDisposable {
       report.backups++;
       let header: BackupSummary;
       let entries: AsyncIterable<ManifestEntry>;
+      // A backup deleted while verify runs is not a problem: it is skipped.
+      const gone = async () => !(await this.backend.stat(`backups/${id}`, { signal }));
       try {
         ({ header, entries } = await this.readManifest(id, { signal }));
       } catch (e) {
         if (!(e instanceof RepoError) || e.reason === 'backend' || e.reason === 'config') throw e;
+        if (e.reason === 'not-found' && (await gone())) {
+          report.backups--;
+          continue;
+        }
         problem({ backup: id, index: -1, offset: -1, id: '', reason: e.reason === 'not-found' ? 'missing' : 'corrupt' });
         continue;
       }
@@ -449,7 +468,7 @@ export class Repository implements AsyncDisposable {
         }
       } catch (e) {
         if (!(e instanceof RepoError) || e.reason === 'backend' || e.reason === 'config') throw e;
-        problem({ backup: id, index: -1, offset: -1, id: '', reason: e.reason === 'not-found' ? 'missing' : 'corrupt' });
+        if (!(e.reason === 'not-found' && (await gone()))) problem({ backup: id, index: -1, offset: -1, id: '', reason: e.reason === 'not-found' ? 'missing' : 'corrupt' });
       } finally {
         await Promise.all(inflight);
       }
@@ -484,12 +503,7 @@ export class Repository implements AsyncDisposable {
    * under the exclusive lock (refused with 'locked' while a backup runs). A
    * manifest that cannot be read stops it with 'corrupt' before any deletion.
    */
-  async collectGarbage(opts: RepoCallOptions = {}): Promise<{
-    /** Chunks deleted. */
-    deletedChunks: number;
-    /** Their stored bytes. */
-    freedBytes: number;
-  }> {
+  async collectGarbage(opts: RepoCallOptions = {}): Promise<GarbageReport> {
     this.live();
     const signal = opts.signal;
     const lock = await this.locks.acquire('exclusive', 'gc', undefined, signal);
@@ -608,6 +622,8 @@ class Session implements BackupSession {
   async putChunk(plain: Uint8Array, opts: RepoCallOptions = {}): Promise<PutResult> {
     this.open();
     throwIfAborted(opts.signal);
+    if (plain.length > MAX_CHUNK)
+      throw new RepoError('config', `a chunk of ${plain.length} bytes is larger than the ${MAX_CHUNK / 2 ** 20} MiB a chunk may have`);
     const id = this.repo.chunkId(plain);
     if (this.known.has(id)) return { id, stored: false, storedBytes: 0 };
     const key = chunkKey(id);
@@ -618,13 +634,14 @@ class Session implements BackupSession {
       stored = await this.backend.put(key, body, { ifAbsent: true, signal: opts.signal });
       if (stored) storedBytes = body.length;
     }
+    // ifAbsent lets exactly one of several concurrent puts of an id store it: count that one.
+    if (stored) {
+      this.stats.newChunks++;
+      this.stats.storedBytes += storedBytes;
+    }
     if (!this.known.has(id)) {
       this.known.add(id);
       this.pending.push(id);
-      if (stored) {
-        this.stats.newChunks++;
-        this.stats.storedBytes += storedBytes;
-      }
     }
     if (this.pending.length >= JOURNAL_BATCH || Date.now() - this.lastFlush >= JOURNAL_INTERVAL_MS) await this.flushJournal(opts.signal);
     return { id, stored, storedBytes };
@@ -679,13 +696,16 @@ class Session implements BackupSession {
     if (!(await this.backend.put(key, seal(Buffer.from(JSON.stringify(stored)), key, this.keys, this.comp), { ifAbsent: true, signal })))
       throw new RepoError('exists', `backup ${this.id} already exists`, { key });
     this.done = true;
-    // After the commit its manifest protects what matters; the journals only cost space.
+    // After the commit its manifest protects what matters; the journals only cost space. The
+    // backup is committed whatever happens now: a journal left behind is adopted and deleted by
+    // the volume's next commit (or GC), and a lock left behind goes stale.
     const journals = [...this.journalKeys, ...this.adopted];
     try {
       for (let i = 0; i < journals.length; i += DELETE_BATCH) await this.backend.delete(journals.slice(i, i + DELETE_BATCH));
-    } finally {
-      await this.lock.release();
+    } catch {
+      // (see above)
     }
+    await this.lock.release().catch(() => undefined);
     const { map: _m, version: _v, ...rest } = stored;
     return rest;
   }

@@ -4,16 +4,16 @@
  * stored chunk, backup header or chunk map flipped is RepoError 'corrupt'.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { RepoError } from '../../src/errors';
 import { parseCompression, seal, sealAsync, unseal, unsealAsync, type RepoKeys } from '../../src/repo/codec';
 import { Repository, type ManifestEntry } from '../../src/repo/repository';
+import { scratchDir } from './scratch';
 
 let dir: string;
 beforeEach(() => {
-  dir = mkdtempSync(join(tmpdir(), 'dmthin-codec-'));
+  dir = scratchDir('dmthin-codec-');
 });
 afterEach(() => rmSync(dir, { recursive: true, force: true }));
 

@@ -4,15 +4,15 @@
  * passphrase is refused before anything is written (every file unchanged).
  */
 import { createHash, createHmac, randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createKeyFile } from '../../src/repo/keys';
 import { Repository, type KeySource } from '../../src/repo/repository';
+import { scratchDir } from './scratch';
 
 let dir: string;
 beforeEach(() => {
-  dir = mkdtempSync(join(tmpdir(), 'dmthin-enc-'));
+  dir = scratchDir('dmthin-enc-');
 });
 afterEach(() => rmSync(dir, { recursive: true, force: true }));
 

@@ -5,16 +5,15 @@
  * backup, index and offset of missing and damaged chunks.
  */
 import { createHash } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync, readFileSync, existsSync, readdirSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readFileSync, readdirSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { Repository } from '../../src/repo/repository';
+import { scratchDir } from './scratch';
 
 let dir: string;
 beforeEach(() => {
-  // tmpfs where there is one: fsync costs nothing there, and the property runs many repositories.
-  dir = mkdtempSync(join(existsSync('/dev/shm') ? '/dev/shm' : tmpdir(), 'dmthin-gc-'));
+  dir = scratchDir('dmthin-gc-');
 });
 afterEach(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -150,6 +149,27 @@ describe('journals and resume', () => {
     const s3 = await repo.beginBackup('v');
     expect(s3.resumedIds.size).toBe(0);
     await s3[Symbol.asyncDispose]();
+  });
+
+  it('a dead journal older than 7 days is deleted by GC before its chunks; a younger one keeps them', async () => {
+    const loc = join(dir, 'r');
+    await using repo = await Repository.create(loc);
+    for (const vol of ['old', 'young']) {
+      const s = await repo.beginBackup(vol);
+      await s.putChunk(content(vol === 'old' ? 1 : 2));
+      await s[Symbol.asyncDispose]();
+    }
+    const eightDaysAgo = new Date(Date.now() - 8 * 24 * 3600 * 1000);
+    const oldDir = join(loc, 'journals', 'old');
+    for (const f of readdirSync(oldDir, { recursive: true, withFileTypes: true })) if (f.isFile()) utimesSync(join(f.parentPath ?? f.path, f.name), eightDaysAgo, eightDaysAgo);
+    expect(await repo.collectGarbage()).toMatchObject({ deletedChunks: 1 });
+    expect(chunkFiles(loc)).toEqual(new Set([sha(content(2))]));
+    const o = await repo.beginBackup('old');
+    expect(o.resumedIds.size).toBe(0);
+    await o[Symbol.asyncDispose]();
+    const y = await repo.beginBackup('young');
+    expect([...y.resumedIds]).toEqual([sha(content(2))]);
+    await y[Symbol.asyncDispose]();
   });
 
   it("another volume's journal and a live session's journal are not resumed", async () => {

@@ -5,16 +5,16 @@
  * transpiled from src/ into a temporary directory).
  */
 import { spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync, existsSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import ts from 'typescript';
 import { LocalBackend } from '../../src/repo/local-backend';
+import { scratchDir } from './scratch';
 
 let dir: string;
 beforeEach(() => {
-  dir = mkdtempSync(join(tmpdir(), 'dmthin-local-'));
+  dir = scratchDir('dmthin-local-');
 });
 afterEach(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -117,10 +117,9 @@ const b = new LocalBackend(process.argv[2]);
 describe('crash safety', () => {
   it('SIGKILL during puts leaves every object whole (old or new) or absent, never partial', async () => {
     const child = buildChild(join(dir, 'child'));
-    // SIGKILL leaves the page cache intact, so what is tested is the rename protocol, which
-    // tmpfs shows as well as a disk, without the fsync waits (power loss is another matter).
-    const shm = existsSync('/dev/shm') ? mkdtempSync('/dev/shm/dmthin-crash-') : dir;
-    const repo = join(shm, 'repo');
+    // SIGKILL leaves the page cache intact: what is tested is the temporary-file and rename
+    // protocol, not fsync (power loss is another matter).
+    const repo = join(dir, 'repo');
     const b = new LocalBackend(repo);
     try {
       let interrupted = 0;
@@ -147,7 +146,7 @@ describe('crash safety', () => {
       // Temporary files a killed put left are invisible to listings.
       expect((await collect(b.list(''))).every((o) => !o.key.includes('~'))).toBe(true);
     } finally {
-      rmSync(shm, { recursive: true, force: true });
+      rmSync(repo, { recursive: true, force: true });
     }
   });
 });

@@ -6,19 +6,20 @@
  */
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
-import { hostname, tmpdir } from 'node:os';
+import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { seal, parseCompression } from '../../src/repo/codec';
 import { LocalBackend } from '../../src/repo/local-backend';
 import { Locks, type LockInfo } from '../../src/repo/locks';
 import { Repository } from '../../src/repo/repository';
+import { scratchDir } from './scratch';
 
 let dir: string;
 let loc: string;
 beforeEach(() => {
-  dir = mkdtempSync(join(tmpdir(), 'dmthin-locks-'));
+  dir = scratchDir('dmthin-locks-');
   loc = join(dir, 'repo');
 });
 afterEach(() => rmSync(dir, { recursive: true, force: true }));

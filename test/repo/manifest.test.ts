@@ -3,15 +3,14 @@
  * generator and read back with the heap staying far below what holding the
  * entries would take; early exit from the reader closes the stream.
  */
-import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { Repository, type ManifestEntry } from '../../src/repo/repository';
+import { scratchDir } from './scratch';
 
 let dir: string;
 beforeEach(() => {
-  // tmpfs where there is one: the test is about memory, not about fsync of a 33 MB file.
-  dir = mkdtempSync(join(existsSync('/dev/shm') ? '/dev/shm' : tmpdir(), 'dmthin-manifest-'));
+  dir = scratchDir('dmthin-manifest-');
 });
 afterEach(() => rmSync(dir, { recursive: true, force: true }));
 

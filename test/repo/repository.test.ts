@@ -3,16 +3,16 @@
  * encrypted), manifests, listing order, deletion, abort.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { RepoError } from '../../src/errors';
 import { Repository, openBackend, type ManifestEntry, type ManifestHeader } from '../../src/repo/repository';
 import { LocalBackend } from '../../src/repo/local-backend';
+import { scratchDir } from './scratch';
 
 let dir: string;
 beforeEach(() => {
-  dir = mkdtempSync(join(tmpdir(), 'dmthin-repo-'));
+  dir = scratchDir('dmthin-repo-');
 });
 afterEach(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -74,6 +74,17 @@ describe('Repository (local, unencrypted)', () => {
     const names = walk(loc).map((p) => p.slice(loc.length + 1));
     expect(names.filter((n) => n.startsWith('locks/') || n.startsWith('journals/'))).toEqual([]);
     expect(names.sort()).toEqual(['backups/' + s.id, 'chunks/' + ra.id.slice(0, 2) + '/' + ra.id, 'chunks/' + rb.id.slice(0, 2) + '/' + rb.id, 'config', 'maps/' + s.id].sort());
+  });
+
+  it('concurrent puts of the same content store it once and count it once', async () => {
+    await using repo = await Repository.create(join(dir, 'repo'));
+    await using s = await repo.beginBackup('v');
+    const data = randomBytes(CHUNK);
+    const rs = await Promise.all(Array.from({ length: 8 }, () => s.putChunk(data)));
+    expect(rs.filter((r) => r.stored)).toHaveLength(1);
+    const sum = await s.commit(header('v', CHUNK), [{ index: 0, id: rs[0]!.id }]);
+    expect(sum.newChunks).toBe(1);
+    expect(sum.storedBytes).toBe(rs.find((r) => r.stored)!.storedBytes);
   });
 
   it('create refuses an existing repository; open refuses a missing one', async () => {
