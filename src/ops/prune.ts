@@ -7,7 +7,7 @@
  * docs/repository.md). Days and weeks are UTC; weeks are ISO weeks
  * (Monday first).
  */
-import { UsageError } from '../errors';
+import { RepoError, UsageError } from '../errors';
 import { Repository, type BackupSummary, type KeySource } from '../repo/repository';
 
 /** A retention policy: at least one count, and at least one backup kept per volume. */
@@ -100,8 +100,15 @@ export async function prune(opts: PruneOptions): Promise<PruneResult> {
     const kept = all.filter((b) => keep.has(b.id)).map((b) => b.id);
     if (opts.dryRun) return { kept, deleted, deletedChunks: 0, freedBytes: 0 };
     if (deleted.length > 0) await repo.deleteBackups(deleted, { signal: opts.signal });
-    const gc = await repo.collectGarbage({ signal: opts.signal });
-    return { kept, deleted, ...gc };
+    let gc;
+    try {
+      gc = await repo.collectGarbage({ signal: opts.signal });
+    } catch (e) {
+      // The manifests are gone already: say so, the chunks wait for the next prune.
+      if (e instanceof RepoError && deleted.length > 0) e.message += `; the ${deleted.length} backups were deleted, their chunks are collected by the next prune`;
+      throw e;
+    }
+    return { kept, deleted, deletedChunks: gc.deletedChunks, freedBytes: gc.freedBytes };
   } finally {
     if (owned) await repo.close();
   }
