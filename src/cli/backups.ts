@@ -46,7 +46,7 @@ export function register(program: Command, ctx: () => CliContext): void {
     .command('init')
     .description(`create a repository: unencrypted, or encrypted with --key-file (made when missing) or a passphrase from $${PASSPHRASE_ENV}`)
     .requiredOption('--repo <repo>', 'where: a directory, or s3://BUCKET/PREFIX')
-    .option('--compression <name>', 'none, deflate[:1-9] or brotli[:0-11] (default deflate:1)');
+    .option('--compression <name>', 'none, deflate[:1-9] or brotli[:0-11] (default brotli:1)');
   keyOption(init)
     .option('--json', 'print what was created as JSON')
     .action(async (o: RepoCliOpts & { compression?: string }) => {
