@@ -10,4 +10,7 @@ module.exports = {
   },
   setupFiles: ['<rootDir>/test/setup/dispose-symbols.ts'],
   testTimeout: 120000,
+  // The S3 tests' Ceph cluster: started by the first S3 test of a run, stopped here (test/helpers/ceph.ts).
+  globalSetup: '<rootDir>/test/setup/ceph-global-setup.js',
+  globalTeardown: '<rootDir>/test/setup/ceph-global-teardown.js',
 };

@@ -96,6 +96,16 @@ export type { SendOptions, PoolSendOptions, ImageSendOptions, SendProgressEvent 
 export { sendStream } from './stream/send/send-stream';
 export type { SendStreamOptions, SendProgress, SendSummary } from './stream/send/send-stream';
 export { offlinePoolId } from './stream/send/plan';
+// Backup repositories (docs/repository.md).
+export { Repository, openBackend } from './repo/repository';
+export type {
+  KeySource, ScryptParams, LockTiming, ManifestEntry, ManifestHeader, ManifestRead, GarbageReport, RepoCallOptions,
+  RepositoryCreateOptions, RepositoryOpenOptions, BackupSummary, PutResult, BackupSession, VerifyProblem, VerifyReport,
+} from './repo/repository';
+export { createKeyFile } from './repo/keys';
+export type { Backend, ObjectInfo, BackendCallOptions, PutOptions } from './repo/backend';
+export { RepoError } from './errors';
+export type { RepoErrorReason } from './errors';
 // Merging a snapshot back into its origin (docs/merge.md).
 export { mergeIntoExternalOrigin, mergeSnapshot } from './ops/merge';
 export type { MergeResult, MergeProgress, ExternalMergeOptions, SnapshotMergeOptions, CommonMergeOptions } from './ops/merge';
@@ -107,3 +117,13 @@ export { readState, defaultStateFile, DEFAULT_STATE_DIR } from './stream/receive
 export type { ReceiveState, StateEntry, IdentityJson, StateRead } from './stream/receive/state';
 export type { ZeroMethod } from './stream/receive/target';
 export type { SnapshotIdentity, StreamHeader } from './stream/format/records';
+
+// Backups of thin snapshots into a repository, restore, prune (docs/backup.md).
+export { backup, chunkSizeFor, MAX_CHUNK_BYTES } from './ops/backup';
+export type { BackupOptions, PoolBackupOptions, ImageBackupOptions, BackupProgress, BackupResult, BackupSource } from './ops/backup';
+export { restore } from './ops/restore';
+export type { RestoreOptions, RestoreProgress, RestoreResult } from './ops/restore';
+export { defaultRestoreStateFile, readRestoreState, DEFAULT_RESTORE_STATE_DIR } from './ops/restore-state';
+export type { RestoreState, RestoreEntry, FileStamp } from './ops/restore-state';
+export { prune, selectKept } from './ops/prune';
+export type { PruneOptions, PrunePolicy, PruneResult } from './ops/prune';

@@ -35,6 +35,9 @@ const COMMANDS: Record<string, () => CommandModule> = {
   replicate: () => require('./replicate'),
   merge: () => require('./merge'),
   check: () => require('./check'),
+  backup: () => require('./backup'),
+  restore: () => require('./restore'),
+  backups: () => require('./backups'),
 };
 
 const VERSION = require('../../package.json').version as string;

@@ -15,6 +15,9 @@ const MAIN = [
   'SetupError', 'SetupProblem',
   'LvmPoolName', 'NameLookupError', 'NameLookupReason',
   'mergeIntoExternalOrigin', 'mergeSnapshot', 'MergeResult', 'MergeProgress', 'ExternalMergeOptions', 'SnapshotMergeOptions', 'CommonMergeOptions', 'MergeError', 'MergeErrorReason',
+  // backup repositories
+  'Repository', 'openBackend', 'createKeyFile', 'RepoError', 'RepoErrorReason', 'KeySource', 'ScryptParams', 'LockTiming', 'ManifestEntry', 'ManifestHeader', 'ManifestRead', 'GarbageReport', 'RepoCallOptions',
+  'RepositoryCreateOptions', 'RepositoryOpenOptions', 'BackupSummary', 'PutResult', 'BackupSession', 'VerifyProblem', 'VerifyReport', 'Backend', 'ObjectInfo', 'BackendCallOptions', 'PutOptions',
   // pool events, replication
   'PoolWaitOptions', 'PoolEvent', 'PoolEventType', 'PoolState', 'LowWaterMarkEvent', 'ModeEvent', 'NeedsCheckEvent', 'MetadataLowEvent', 'OtherPoolEvent', 'derivePoolEvents', 'poolState',
   'replicate', 'defaultReplicateStateFile', 'DEFAULT_REPLICATE_STATE_DIR', 'DEFAULT_SNAPSHOT_IDS', 'ReplicateOptions', 'CycleReport', 'SnapshotIdRange', 'PoolWaitResult', 'WaitOptions', 'DmStatusWithInfo', 'EventWaitOptions',
@@ -44,6 +47,10 @@ const MAIN = [
   'parseThinStatus', 'parseThinTable', 'readState', 'receive', 'receiveStream', 'rmap', 'sectors',
   'sectorsToBytes', 'send', 'sendStream', 'thinPoolTarget', 'thinTarget', 'withMetadataSnapshot',
   'writeDelta',
+  // backups of thin snapshots (issue 12)
+  'backup', 'chunkSizeFor', 'MAX_CHUNK_BYTES', 'BackupOptions', 'PoolBackupOptions', 'ImageBackupOptions', 'BackupProgress', 'BackupResult', 'BackupSource',
+  'restore', 'RestoreOptions', 'RestoreProgress', 'RestoreResult', 'defaultRestoreStateFile', 'readRestoreState', 'DEFAULT_RESTORE_STATE_DIR',
+  'RestoreState', 'RestoreEntry', 'FileStamp', 'prune', 'selectKept', 'PruneOptions', 'PrunePolicy', 'PruneResult',
 ];
 
 const UNSTABLE = [

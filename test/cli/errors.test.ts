@@ -45,7 +45,7 @@ describe('usage errors: one line, [EINVAL], exit 1', () => {
     [['send', '--metadata', 'x'], "dmthin send: required option '--snap <id>' not specified; see 'dmthin send --help' [EINVAL]"],
     [['bogus'], "dmthin: unknown command 'bogus'; see 'dmthin --help' [EINVAL]"],
     [['help', 'bogus'], "dmthin: unknown command 'bogus'; see 'dmthin --help' [EINVAL]"],
-    [[], "dmthin: a command is required (dump, ls, delta, rmap, pool, message, devices, send, receive, replicate, merge, check); see 'dmthin --help' [EINVAL]"],
+    [[], "dmthin: a command is required (dump, ls, delta, rmap, pool, message, devices, send, receive, replicate, merge, check, backup, restore, backups); see 'dmthin --help' [EINVAL]"],
     [
       ['pool'],
       "dmthin pool: a command is required (status, events, create-thin, create-snap, delete, set-transaction-id, reserve-metadata-snap, release-metadata-snap); see 'dmthin pool --help' [EINVAL]",

@@ -36,7 +36,7 @@ function synopses(): Map<string, Set<string>> {
       const line = raw.replace(/#.*$/, '');
       if (/^dmthin /.test(line)) {
         const words = line.split(/\s+/).slice(1);
-        const cmd = [words[0], ...(words[0] === 'pool' ? [words[1]] : [])].join(' ');
+        const cmd = [words[0], ...(words[0] === 'pool' || words[0] === 'backups' ? [words[1]] : [])].join(' ');
         current = out.get(cmd) ?? new Set();
         out.set(cmd, current);
       } else if (!/^\s/.test(line)) {
@@ -54,7 +54,7 @@ const commands = [...synopses().entries()];
 
 test('the README shows synopses for every command', () => {
   expect(commands.map(([c]) => c).sort()).toEqual(
-    ['check', 'delta', 'devices', 'dump', 'ls', 'message', 'rmap', 'pool create-snap', 'pool create-thin', 'pool delete', 'pool events', 'pool release-metadata-snap', 'pool reserve-metadata-snap', 'pool set-transaction-id', 'merge', 'pool status', 'receive', 'replicate', 'send'].sort(),
+    ['check', 'delta', 'devices', 'dump', 'ls', 'message', 'rmap', 'pool create-snap', 'pool create-thin', 'pool delete', 'pool events', 'pool release-metadata-snap', 'pool reserve-metadata-snap', 'pool set-transaction-id', 'merge', 'pool status', 'receive', 'replicate', 'send', 'backup', 'restore', 'backups init', 'backups list', 'backups verify', 'backups prune'].sort(),
   );
 });
 

@@ -29,7 +29,7 @@ const PKG = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as {
 const EXAMPLE = join(ROOT, 'examples', 'pool.bin');
 
 /** Budgets that catch a fixture, a build folder or a doc site slipping into the tarball. */
-const MAX_PACKED_BYTES = 350_000;
+const MAX_PACKED_BYTES = 400_000;
 const MAX_UNPACKED_BYTES = 1_500_000;
 
 interface PackResult {

@@ -1,0 +1,155 @@
+/**
+ * `dmthin backups init|list|verify|prune`: a backup repository itself.
+ */
+import type { Command } from 'commander';
+import { DmthinError, RepoError } from '../errors';
+import type { Repository as RepositoryT } from '../repo/repository';
+import { CliContext, parseIntArg } from './common';
+import { toJson } from './json';
+import { Progress } from './progress';
+import { cliWording, keyOption, keySource, PASSPHRASE_ENV, type KeyCliOpts } from './repo-options';
+
+interface RepoCliOpts extends KeyCliOpts {
+  repo: string;
+  json?: boolean;
+  quiet?: boolean;
+}
+
+const repoModule = () => require('../repo/repository') as typeof import('../repo/repository');
+
+async function openRepo(o: RepoCliOpts, c: CliContext): Promise<RepositoryT> {
+  const repo = await repoModule().Repository.open(o.repo, { key: keySource(o), signal: c.signal });
+  c.onCleanup(() => repo.close());
+  return repo;
+}
+
+/** A key file that does not exist yet is made (32 random bytes, mode 0600, fsynced). */
+async function ensureKeyFile(path: string): Promise<boolean> {
+  const { createKeyFile } = require('../repo/keys') as typeof import('../repo/keys');
+  try {
+    await createKeyFile(path);
+    return true;
+  } catch (e) {
+    if (e instanceof RepoError && e.reason === 'exists') return false;
+    throw e;
+  }
+}
+
+function count(flag: string, v: string | undefined): number | undefined {
+  return v === undefined ? undefined : parseIntArg(flag, v);
+}
+
+export function register(program: Command, ctx: () => CliContext): void {
+  const group = program.command('backups').description('create, list, verify and prune a backup repository');
+
+  const init = group
+    .command('init')
+    .description(`create a repository: unencrypted, or encrypted with --key-file (made when missing) or a passphrase from $${PASSPHRASE_ENV}`)
+    .requiredOption('--repo <repo>', 'where: a directory, or s3://BUCKET/PREFIX')
+    .option('--compression <name>', 'none, deflate[:1-9] or brotli[:0-11] (default brotli:1)');
+  keyOption(init)
+    .option('--json', 'print what was created as JSON')
+    .action(async (o: RepoCliOpts & { compression?: string }) => {
+      const c = ctx();
+      const madeKey = o.keyFile !== undefined ? await ensureKeyFile(o.keyFile) : false;
+      const repo = await repoModule().Repository.create(o.repo, { key: keySource(o), compression: o.compression, signal: c.signal });
+      await repo.close();
+      const r = { repo: repo.location, encrypted: repo.encrypted, keyFile: o.keyFile ?? null, keyFileCreated: madeKey };
+      if (o.json) process.stdout.write(toJson(r) + '\n');
+      else {
+        process.stdout.write(
+          `created ${r.encrypted ? 'encrypted' : 'unencrypted'} repository ${r.repo}` +
+            (madeKey ? `; new key file ${o.keyFile}: keep a copy elsewhere, without it the backups cannot be read` : '') +
+            '\n',
+        );
+      }
+    });
+
+  const list = group
+    .command('list')
+    .description('list the backups, oldest first')
+    .requiredOption('--repo <repo>', 'the repository: a directory, or s3://BUCKET/PREFIX')
+    .option('--volume <name>', "only this volume's backups");
+  keyOption(list)
+    .option('--json', 'print the list as JSON')
+    .action(async (o: RepoCliOpts & { volume?: string }) => {
+      const c = ctx();
+      const repo = await openRepo(o, c);
+      const all = await repo.listBackups({ volume: o.volume, signal: c.signal });
+      if (o.json) {
+        process.stdout.write(toJson(all) + '\n');
+        return;
+      }
+      for (const b of all) {
+        process.stdout.write(
+          `${b.id}  ${b.volume}  ${new Date(b.createdMs).toISOString()}  ${b.deviceSize} bytes  ${b.chunks} chunks  ${b.newChunks} new (${b.storedBytes} bytes)${b.base ? `  base ${b.base}` : ''}\n`,
+        );
+      }
+    });
+
+  const verify = group
+    .command('verify')
+    .description("check that every backup's chunks exist (with --data: read and re-hash every chunk)")
+    .requiredOption('--repo <repo>', 'the repository: a directory, or s3://BUCKET/PREFIX')
+    .option('--data', 'read, authenticate and re-hash every chunk');
+  keyOption(verify)
+    .option('--json', 'print the report as JSON')
+    .option('-q, --quiet', 'no progress bar')
+    .action(async (o: RepoCliOpts & { data?: boolean }) => {
+      const c = ctx();
+      const repo = await openRepo(o, c);
+      const bar = new Progress('verify', !o.quiet && process.stderr.isTTY === true);
+      let r;
+      try {
+        r = await repo.verify({ data: o.data, signal: c.signal, onProgress: (p) => bar.update(p.chunks, undefined, 'chunks') });
+      } finally {
+        bar.stop();
+      }
+      if (o.json) process.stdout.write(toJson(r) + '\n');
+      else {
+        for (const p of r.problems) {
+          process.stdout.write(p.index < 0 ? `backup ${p.backup}: manifest ${p.reason}\n` : `backup ${p.backup}: chunk ${p.index} at byte ${p.offset} (${p.id}) ${p.reason}\n`);
+        }
+        process.stdout.write(`${r.backups} backups, ${r.chunks} chunk references checked${o.data ? ' (data re-hashed)' : ''}: ${r.problems.length + r.problemsOmitted} problems\n`);
+      }
+      const n = r.problems.length + r.problemsOmitted;
+      if (n > 0) {
+        const p = r.problems[0];
+        const list = (await repo.listBackups({ signal: c.signal })).find((b) => b.id === p.backup);
+        const where = p.index < 0 ? 'its manifest' : `chunk ${p.index} (device bytes ${p.offset}..${p.offset + (list ? Math.min(list.chunkSize, list.deviceSize - p.offset) : 1) - 1})`;
+        throw new RepoError(p.reason === 'missing' ? 'not-found' : 'corrupt', `${n} problem${n === 1 ? '' : 's'} found; the first: backup ${p.backup}, ${where} is ${p.reason}`, { backup: p.backup });
+      }
+    });
+
+  const prune = group
+    .command('prune')
+    .description('delete the backups a retention policy does not keep, then the chunks no backup references')
+    .requiredOption('--repo <repo>', 'the repository: a directory, or s3://BUCKET/PREFIX')
+    .option('--keep-last <n>', 'keep the newest N backups of each volume')
+    .option('--keep-daily <n>', 'keep the newest backup of each of the last N days (UTC) that have one')
+    .option('--keep-weekly <n>', 'keep the newest backup of each of the last N ISO weeks (UTC) that have one')
+    .option('--volume <name>', "prune only this volume's backups")
+    .option('--dry-run', 'say what would be deleted, delete nothing');
+  keyOption(prune)
+    .option('--json', 'print what was kept and deleted as JSON')
+    .action(async (o: RepoCliOpts & { keepLast?: string; keepDaily?: string; keepWeekly?: string; volume?: string; dryRun?: boolean }) => {
+      const c = ctx();
+      const policy = { keepLast: count('--keep-last', o.keepLast), keepDaily: count('--keep-daily', o.keepDaily), keepWeekly: count('--keep-weekly', o.keepWeekly) };
+      const ops = require('../ops/prune') as typeof import('../ops/prune');
+      try {
+        ops.selectKept([], policy);
+      } catch (e) {
+        if (e instanceof DmthinError) e.message = 'give --keep-last, --keep-daily or --keep-weekly, at least one of them 1 or more (prune never deletes every backup)';
+        throw e;
+      }
+      const repo = await openRepo(o, c);
+      const r = await ops.prune({ ...policy, repo, volume: o.volume, dryRun: o.dryRun, signal: c.signal }).catch((e) => {
+        throw cliWording(e);
+      });
+      if (o.json) process.stdout.write(toJson(r) + '\n');
+      else {
+        for (const id of r.deleted) process.stdout.write(`${o.dryRun ? 'would delete' : 'deleted'} ${id}\n`);
+        process.stdout.write(`kept ${r.kept.length} backups, ${o.dryRun ? 'would delete' : 'deleted'} ${r.deleted.length}; ${r.deletedChunks} chunks (${r.freedBytes} bytes) freed\n`);
+      }
+    });
+}

@@ -1,0 +1,39 @@
+/**
+ * What every command that opens a backup repository shares: the key
+ * (`--key-file`, else a passphrase from DMTHIN_REPO_PASSPHRASE, else none:
+ * an unencrypted repository) and the wording of library errors for a
+ * command-line user.
+ */
+import type { Command } from 'commander';
+import { DmthinError } from '../errors';
+import type { KeySource } from '../repo/repository';
+
+/** The environment variable a passphrase is taken from (never a flag: it would show in `ps`). */
+export const PASSPHRASE_ENV = 'DMTHIN_REPO_PASSPHRASE';
+
+export interface KeyCliOpts {
+  keyFile?: string;
+}
+
+/** Adds --key-file to a command. */
+export function keyOption(cmd: Command): Command {
+  return cmd.option('--key-file <file>', `key file of an encrypted repository (32 random bytes, raw or hex); else a passphrase is read from $${PASSPHRASE_ENV} when set`);
+}
+
+/** The key the options and the environment give, or undefined (unencrypted). */
+export function keySource(o: KeyCliOpts): KeySource | undefined {
+  if (o.keyFile !== undefined) return { keyFile: o.keyFile };
+  const p = process.env[PASSPHRASE_ENV];
+  return p !== undefined && p !== '' ? { passphrase: p } : undefined;
+}
+
+/** Library options named in a message become the flags a command-line user types. */
+export function cliWording(e: unknown): unknown {
+  if (e instanceof DmthinError) {
+    e.message = e.message
+      .replace(/\(option deviceSize\)/g, '(--size BYTES)')
+      .replace(/option deviceSize/g, '--size BYTES')
+      .replace(/\(option create makes a file target\)/g, '(--create makes a file target)');
+  }
+  return e;
+}

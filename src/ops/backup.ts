@@ -1,0 +1,611 @@
+/**
+ * backup(): one thin snapshot into a backup repository (docs/repository.md).
+ *
+ * What is read: with a base — the newest backup of the volume whose
+ * snapshot still exists, unchanged, in the pool (its identity, as send
+ * decides a base) — only the pruning delta between the two snapshots: the
+ * blocks either maps differently are read again, the chunks of every other
+ * block are the base manifest's entries, copied in one streamed merge.
+ * Without one, every mapped block is read. Unmapped ranges (and chunks that
+ * read as all zeros) are holes: no entry, nothing stored.
+ *
+ * The chunks are read in batches (the native reader, off the JS thread),
+ * a bounded number of batches in flight; each chunk is hashed and put
+ * through the backup session unless the repository already has it (the
+ * session's resumedIds, or a put of this run). The manifest is committed
+ * last: a backup interrupted at any point leaves no backup, and the next
+ * run skips the chunks already stored.
+ *
+ * From a live pool the metadata is read through the metadata snapshot, which
+ * is released on every path before the data is read (from the snapshot's
+ * active device, or one activated read-only for the backup).
+ */
+import { DmthinError, UsageError, throwIfAborted } from '../errors';
+import { findLvmThin, isLvmUuid } from '../pool/lvm';
+import { withMetadataSnapshot } from '../pool/live-metadata';
+import { activateTemporarily } from '../pool/temporary-activation';
+import { ThinPool } from '../pool/thin-pool';
+import { ThinMetadata } from '../thin/metadata';
+import { SECTOR_SIZE, sectors } from '../units';
+import { NativeDataSource, type DataSource } from '../stream/send/data-source';
+import { ExtentStore, type SendExtent } from '../stream/send/extent-store';
+import { identityOf, offlinePoolId, planSend } from '../stream/send/plan';
+import { identityKey, type SnapshotIdentity } from '../stream/format/records';
+import { Repository, type BackupSession, type BackupSummary, type KeySource, type ManifestEntry, type ManifestHeader } from '../repo/repository';
+
+/** Largest chunk: a pool block above it is split into equal chunks (docs/repository.md "Chunk size"). */
+export const MAX_CHUNK_BYTES = 4 << 20;
+
+/**
+ * The chunk size for a pool data block size (bytes): the block itself when
+ * it is at most 4 MiB, else the largest divisor of the block that is a
+ * multiple of 64 KiB and at most 4 MiB. A chunk never spans two blocks, so
+ * a block the delta names is re-read alone, and chunks of the same data
+ * dedupe wherever the block sits.
+ */
+export function chunkSizeFor(blockBytes: number): number {
+  if (blockBytes <= MAX_CHUNK_BYTES) return blockBytes;
+  const unit = 64 * 1024;
+  const n = blockBytes / unit;
+  for (let m = MAX_CHUNK_BYTES / unit; m >= 1; m--) if (Number.isInteger(n / m)) return m * unit;
+  return unit;
+}
+
+/** Progress of backup. */
+export interface BackupProgress {
+  /** 'metadata': finding what to read; 'data': reading and storing chunks. */
+  phase: 'metadata' | 'data';
+  /** Chunks read so far. */
+  chunksRead: number;
+  /** Chunks to read in all (known in the data phase). */
+  chunksToRead?: number;
+  /** Bytes of data read. */
+  bytesRead: number;
+  /** Bytes stored in the repository (compressed, encrypted). */
+  bytesUploaded: number;
+}
+
+interface CommonBackupOptions {
+  /** The repository: a location (a directory, or `s3://BUCKET/PREFIX`) or an open Repository. */
+  repo: string | Repository;
+  /** The key of an encrypted repository given by location. */
+  key?: KeySource;
+  /** The volume's name in the repository: `[A-Za-z0-9._-]{1,128}`. */
+  volume: string;
+  /** Thin device id of the snapshot. */
+  snap: number;
+  /** The thin device's size in bytes (see send's deviceSize: never guessed). */
+  deviceSize?: number;
+  /** Pool identity recorded in the manifest's source (default as send: dm uuid or name; offline, see offlinePoolId). */
+  poolId?: string;
+  /** Ignore earlier backups: read every mapped block. */
+  full?: boolean;
+  /** Read batches in flight (default 4). */
+  concurrency?: number;
+  /** Chunks compressed and uploaded at once (default 8). */
+  uploads?: number;
+  /** Bytes per read batch (default 8 MiB). */
+  batchBytes?: number;
+  /** Cancels the work, which then rejects with AbortError (no backup is committed). */
+  signal?: AbortSignal;
+  /** Called as the work advances. */
+  onProgress?: (p: BackupProgress) => void;
+}
+
+/** backup from a live pool: through its metadata snapshot, data from the snapshot's thin device. */
+export interface PoolBackupOptions extends CommonBackupOptions {
+  /** The pool, by dm name, VG/LV or device node, or as a ThinPool. */
+  pool: string | ThinPool;
+  /** Where the list of blocks to read is spilled when large (default TMPDIR). */
+  tmpDir?: string;
+}
+
+/** backup from offline images: the metadata and the pool's data device (or their images). */
+export interface ImageBackupOptions extends CommonBackupOptions {
+  /** Metadata device or image. */
+  metadata: string;
+  /** Read through the held metadata snapshot (true, or its block number). */
+  metadataSnap?: boolean | number;
+  /** The pool's data device or its image (blocks read at their data block). */
+  data: string;
+}
+
+/** Options of backup: from a live pool, or from images. */
+export type BackupOptions = PoolBackupOptions | ImageBackupOptions;
+
+/** What a backup stored. */
+export interface BackupResult {
+  /** The new backup's id. */
+  id: string;
+  /** The volume name. */
+  volume: string;
+  /** The backup this one was computed from (its unchanged chunks copied), or null (full). */
+  base: string | null;
+  /** Device size in bytes. */
+  deviceSize: number;
+  /** Chunk size in bytes. */
+  chunkSize: number;
+  /** Chunks the backup refers to (holes excluded). */
+  chunks: number;
+  /** Chunks read from the device. */
+  chunksRead: number;
+  /** Chunks this backup stored (absent from the repository before). */
+  chunksNew: number;
+  /** Chunks read that the repository already had (dedup, or stored by an interrupted run). */
+  chunksDeduplicated: number;
+  /** Entries copied from the base without reading. */
+  chunksFromBase: number;
+  /** Chunks that read as zeros, kept as holes. */
+  zeroChunks: number;
+  /** Bytes read from the device. */
+  bytesRead: number;
+  /** Bytes stored by this backup (after compression and encryption). */
+  bytesUploaded: number;
+  /** What the manifest records as the source (pool, device, snapshot identity). */
+  source: BackupSource;
+  /** Milliseconds from start to commit. */
+  durationMs: number;
+}
+
+/** A manifest's `source` as backup writes it. */
+export interface BackupSource {
+  /** Always 'dm-thin'. */
+  kind: 'dm-thin';
+  /** The pool identity (dm uuid or name; offline: superblock uuid or root digest). */
+  pool: string;
+  /** Thin device id of the snapshot. */
+  devId: number;
+  /** Pool transaction id when the snapshot was created (decimal). */
+  transactionId: string;
+  /** Pool time when the snapshot was created. */
+  creationTime: number;
+  /** The snapshot identity's key (SHA-256 of its canonical encoding, docs/stream-format.md §3). */
+  identity: string;
+  /** The pool's data block size in sectors. */
+  dataBlockSize: number;
+}
+
+const VOLUME = /^[A-Za-z0-9._-]{1,128}$/;
+
+function sourceOf(id: SnapshotIdentity, dataBlockSize: number): BackupSource {
+  return {
+    kind: 'dm-thin',
+    pool: id.pool,
+    devId: id.devId,
+    transactionId: id.transactionId.toString(),
+    creationTime: id.creationTime,
+    identity: identityKey(id),
+    dataBlockSize,
+  };
+}
+
+/** The source of a manifest written by backup, or null (another writer, another format). */
+function readSource(s: Record<string, unknown>): BackupSource | null {
+  if (s.kind !== 'dm-thin' || typeof s.identity !== 'string' || !Number.isInteger(s.devId) || typeof s.pool !== 'string') return null;
+  return s as unknown as BackupSource;
+}
+
+/**
+ * The base: the newest backup of the volume, at this chunk and device size,
+ * whose snapshot is in `md` with the identity it had then (same pool, device,
+ * creation time and transaction: not written since, not deleted and reused).
+ */
+async function findBase(
+  md: ThinMetadata,
+  candidates: readonly BackupSummary[],
+  poolId: string | undefined,
+  chunkSize: number,
+  deviceSize: number,
+  signal?: AbortSignal,
+): Promise<{ backup: BackupSummary; devId: number } | null> {
+  const devices = await md.devices({ signal });
+  for (let i = candidates.length - 1; i >= 0; i--) {
+    const b = candidates[i];
+    const src = readSource(b.source);
+    if (!src || b.chunkSize !== chunkSize || b.deviceSize !== deviceSize) continue;
+    const d = devices.get(src.devId);
+    if (!d) continue;
+    const pool = poolId ?? (await offlinePoolId(md, d.devId, signal));
+    if (identityKey(identityOf(pool, d)) === src.identity) return { backup: b, devId: d.devId };
+  }
+  return null;
+}
+
+/** What the metadata walk decided: the header to commit and the extents to read. */
+interface Plan {
+  source: BackupSource;
+  base: BackupSummary | null;
+  /** Data extents are read; zero extents are holes; blocks in neither keep the base's entries. */
+  extents: AsyncIterable<SendExtent>;
+  blockBytes: number;
+  dataBlocksToRead?: number;
+}
+
+/** Plans against the open metadata: finds the base, then the extents (planSend: the mappings, or the delta). */
+async function plan(
+  md: ThinMetadata,
+  o: CommonBackupOptions,
+  candidates: readonly BackupSummary[],
+  poolId: string | undefined,
+  deviceSize: number,
+  addressing: 'virtual' | 'data',
+): Promise<Plan> {
+  const blockBytes = md.superblock.dataBlockSize * SECTOR_SIZE;
+  const chunkSize = chunkSizeFor(blockBytes);
+  const found = o.full ? null : await findBase(md, candidates, poolId, chunkSize, deviceSize, o.signal);
+  const onProgress = (): void => o.onProgress?.({ phase: 'metadata', chunksRead: 0, bytesRead: 0, bytesUploaded: 0 });
+  if (found && found.devId === o.snap) {
+    // The very snapshot backed up before: nothing changed.
+    const snapDetails = (await md.devices({ signal: o.signal })).get(o.snap)!;
+    const pool = poolId ?? (await offlinePoolId(md, o.snap, o.signal));
+    return { source: sourceOf(identityOf(pool, snapDetails), md.superblock.dataBlockSize), base: found.backup, extents: empty(), blockBytes, dataBlocksToRead: 0 };
+  }
+  const p = await planSend(md, { snap: o.snap, base: found?.devId, poolId, deviceSize, addressing, signal: o.signal, onProgress });
+  return { source: sourceOf(p.header.target, md.superblock.dataBlockSize), base: found?.backup ?? null, extents: p.extents, blockBytes };
+}
+
+async function* empty(): AsyncGenerator<SendExtent> {}
+
+/** Test seam (test-only, documented in docs/repository.md): SIGKILL this process after N chunks were stored. */
+function killAt(): number | undefined {
+  const v = process.env.DMTHIN_TEST_KILL_AT;
+  return v !== undefined && /^[0-9]+$/.test(v) ? Number(v) : undefined;
+}
+
+/** Backs up a thin snapshot into a repository: incremental against the newest usable backup of the volume. */
+export async function backup(opts: BackupOptions): Promise<BackupResult> {
+  if (!VOLUME.test(opts.volume)) throw new UsageError(`bad volume name '${opts.volume}': use 1 to 128 of A-Z a-z 0-9 . _ -`);
+  if (!Number.isSafeInteger(opts.snap) || opts.snap < 0) throw new UsageError(`bad snapshot device id ${opts.snap}`);
+  if (opts.deviceSize !== undefined && (!Number.isSafeInteger(opts.deviceSize) || opts.deviceSize < 0 || opts.deviceSize % SECTOR_SIZE !== 0)) {
+    throw new UsageError(`device size ${opts.deviceSize} is not a whole number of 512-byte sectors`);
+  }
+  const owned = typeof opts.repo === 'string';
+  const repo = typeof opts.repo === 'string' ? await Repository.open(opts.repo, { key: opts.key, signal: opts.signal }) : opts.repo;
+  try {
+    return 'pool' in opts ? await fromPool(repo, opts) : await fromImage(repo, opts);
+  } finally {
+    if (owned) await repo.close();
+  }
+}
+
+async function fromImage(repo: Repository, o: ImageBackupOptions): Promise<BackupResult> {
+  if (o.deviceSize === undefined) {
+    throw new UsageError(`the size of thin device ${o.snap} is not recorded in pool metadata, and a data device image does not tell it: give its size in bytes (option deviceSize)`, {
+      devId: o.snap,
+      option: 'deviceSize',
+    });
+  }
+  const started = Date.now();
+  const candidates = await repo.listBackups({ volume: o.volume, signal: o.signal });
+  const md = await ThinMetadata.open(o.metadata, { metadataSnap: o.metadataSnap });
+  try {
+    const source = await NativeDataSource.open(o.data, { addressing: 'data' });
+    try {
+      const p = await plan(md, o, candidates, o.poolId, o.deviceSize, 'data');
+      return await store(repo, p, source, o.deviceSize, o, started);
+    } finally {
+      await source.close();
+    }
+  } finally {
+    await md.close();
+  }
+}
+
+async function fromPool(repo: Repository, o: PoolBackupOptions): Promise<BackupResult> {
+  const started = Date.now();
+  const pool = typeof o.pool === 'string' ? await ThinPool.open(o.pool) : o.pool;
+  const info = await pool.info();
+  const poolId = o.poolId ?? (info.uuid ? `dm-uuid:${info.uuid}` : `dm-name:${pool.name}`);
+  const active = (await pool.activeThins()).find((t) => t.devId === o.snap);
+  let deviceSize = o.deviceSize;
+  if (active) {
+    const tableSize = (await pool.dm.table(active.name)).reduce((n, t) => n + Number(t.length), 0) * SECTOR_SIZE;
+    if (deviceSize !== undefined && deviceSize !== tableSize) {
+      throw new UsageError(`the device size given (${deviceSize} bytes) differs from the size of active thin device ${active.name} (${tableSize} bytes)`, {
+        devId: o.snap,
+        device: active.name,
+      });
+    }
+    deviceSize = tableSize;
+  } else if (isLvmUuid(info.uuid)) {
+    // As send: a temporary activation would be invisible to LVM.
+    const lv = await findLvmThin(info.uuid!, o.snap);
+    const name = lv ? `${lv.vg}/${lv.lv}` : 'VG/LV';
+    throw new UsageError(
+      `thin device ${o.snap} of LVM pool ${pool.name} is not active, and dmthin does not activate LVM volumes behind LVM's back: ` +
+        `activate it with \`lvchange -ay -K ${name}\` and back up again${lv ? '' : ' (find the LV: `lvs -o vg_name,lv_name,thin_id`)'}`,
+      { devId: o.snap, device: pool.name, ...(lv ? { lv: name } : {}) },
+    );
+  } else if (deviceSize === undefined) {
+    throw new UsageError(`thin device ${o.snap} of pool ${pool.name} is not active, so its size is unknown: activate it, or give its size in bytes (option deviceSize)`, {
+      devId: o.snap,
+      option: 'deviceSize',
+    });
+  }
+  const size = deviceSize;
+  const candidates = await repo.listBackups({ volume: o.volume, signal: o.signal });
+
+  await using extents = new ExtentStore({ tmpDir: o.tmpDir });
+  // The metadata snapshot is held for the walk only (withMetadataSnapshot releases it on every path).
+  const p = await withMetadataSnapshot(pool, async (md) => {
+    const x = await plan(md, o, candidates, poolId, size, 'virtual');
+    for await (const e of x.extents) await extents.add(e);
+    await extents.seal();
+    return { ...x, extents: extents as AsyncIterable<SendExtent>, dataBlocksToRead: x.dataBlocksToRead ?? extents.totals.dataBlocks };
+  });
+  throwIfAborted(o.signal);
+  if (active || size === 0 || p.dataBlocksToRead === 0) {
+    const source = active ? await NativeDataSource.open(`${pool.dm.devDir}/${active.name}`, { addressing: 'virtual' }) : nothingToRead;
+    try {
+      return await store(repo, p, source, size, o, started);
+    } finally {
+      await source.close?.();
+    }
+  }
+  const tmp = await activateTemporarily(pool, { prefix: 'dmthin-backup', devId: o.snap, length: sectors(size / SECTOR_SIZE) }, (path) =>
+    NativeDataSource.open(path, { addressing: 'virtual' }),
+  );
+  try {
+    return await store(repo, p, tmp.handle, size, o, started);
+  } finally {
+    await tmp.dispose();
+  }
+}
+
+const nothingToRead: DataSource = {
+  addressing: 'virtual',
+  readBlocks: () => Promise.reject(new DmthinError('EIO', 'nothing to read: no block of the snapshot changed')),
+};
+
+function gcd(a: number, b: number): number {
+  while (b) [a, b] = [b, a % b];
+  return a;
+}
+
+/** One chunk to read: its index and where its bytes are in the data source. */
+interface ReadItem {
+  index: number;
+  src: number;
+  len: number;
+}
+
+/** A slot of the manifest, in index order: known at once (copied), or after its batch. */
+type Slot = { kind: 'entry'; entry: ManifestEntry } | { kind: 'batch'; done: Promise<(ManifestEntry | null)[]> };
+
+/**
+ * Reads, stores and commits. The manifest's entries are produced in index
+ * order while the chunks are stored: a batch's entries are yielded only once
+ * each of its chunks is stored, and the manifest is complete (committed)
+ * only after the last one.
+ */
+async function store(repo: Repository, p: Plan, source: DataSource, deviceSize: number, o: CommonBackupOptions, started: number): Promise<BackupResult> {
+  const bs = p.blockBytes;
+  const cs = chunkSizeFor(bs);
+  const perBlock = bs / cs;
+  const nChunks = Math.ceil(deviceSize / cs);
+  const batchMax = Math.max(o.batchBytes ?? 8 << 20, cs);
+  const inFlight = Math.max(1, o.concurrency ?? 4);
+  const stats = { chunksRead: 0, chunksNew: 0, dedup: 0, fromBase: 0, zero: 0, bytesRead: 0, bytesUploaded: 0, entries: 0 };
+  const chunksToRead = p.dataBlocksToRead !== undefined ? Math.min(p.dataBlocksToRead * perBlock, nChunks) : undefined;
+  const progress = (): void =>
+    o.onProgress?.({ phase: 'data', chunksRead: stats.chunksRead, chunksToRead, bytesRead: stats.bytesRead, bytesUploaded: stats.bytesUploaded });
+  const kill = killAt();
+
+  await using session: BackupSession = await repo.beginBackup(o.volume, { signal: o.signal });
+  // Ids stored by this run (or in flight): a chunk repeated in the volume is put once.
+  const putting = new Map<string, Promise<void>>();
+  const stored = new Set<string>();
+
+  const limit = limiter(Math.max(1, o.uploads ?? 8));
+  const putOne = async (plain: Buffer): Promise<string> => {
+    const id = repo.chunkId(plain);
+    if (session.resumedIds.has(id) || stored.has(id)) {
+      stats.dedup++;
+      return id;
+    }
+    const pending = putting.get(id);
+    if (pending) {
+      stats.dedup++;
+      await pending;
+      return id;
+    }
+    const put = limit(() => session.putChunk(plain, { signal: o.signal })).then((r) => {
+      if (r.id !== id) throw new DmthinError('EIO', `the repository named chunk ${r.id} where ${id} was expected`);
+      if (r.stored) {
+        stats.chunksNew++;
+        stats.bytesUploaded += r.storedBytes;
+        if (kill !== undefined && stats.chunksNew >= kill) process.kill(process.pid, 'SIGKILL');
+      } else stats.dedup++;
+      stored.add(id);
+    });
+    putting.set(id, put);
+    try {
+      await put;
+    } finally {
+      putting.delete(id);
+    }
+    return id;
+  };
+
+  const runBatch = async (items: ReadItem[]): Promise<(ManifestEntry | null)[]> => {
+    let unit = 0;
+    for (const it of items) unit = gcd(gcd(unit, it.src), it.len);
+    unit = gcd(unit, 1 << 30);
+    const blocks: number[] = [];
+    for (const it of items) for (let u = it.src / unit, n = it.len / unit; n > 0; n--) blocks.push(u++);
+    const data = await source.readBlocks(unit, blocks);
+    throwIfAborted(o.signal);
+    let at = 0;
+    const out = await Promise.all(
+      items.map(async (it) => {
+        const plain = data.subarray(at, (at += it.len));
+        stats.chunksRead++;
+        stats.bytesRead += it.len;
+        if (isZero(plain)) {
+          stats.zero++;
+          return null;
+        }
+        return { index: it.index, id: await putOne(plain) };
+      }),
+    );
+    progress();
+    return out;
+  };
+
+  const baseEntries = p.base ? (await repo.readManifest(p.base.id, { signal: o.signal })).entries[Symbol.asyncIterator]() : null;
+  let nextBase: ManifestEntry | null | undefined; // undefined: not fetched yet; null: exhausted
+  const peekBase = async (): Promise<ManifestEntry | null> => {
+    if (!baseEntries) return null;
+    if (nextBase === undefined) {
+      const r = await baseEntries.next();
+      nextBase = r.done ? null : r.value;
+    }
+    return nextBase;
+  };
+
+  async function* entries(): AsyncGenerator<ManifestEntry> {
+    const queue: Slot[] = [];
+    let batches = 0;
+    let batch: ReadItem[] = [];
+    let batchBytes = 0;
+    let cursor = 0; // chunks below it are decided
+
+    const seal = (): void => {
+      if (batch.length === 0) return;
+      const done = runBatch(batch);
+      done.catch(() => undefined); // awaited in order below
+      queue.push({ kind: 'batch', done });
+      batches++;
+      batch = [];
+      batchBytes = 0;
+    };
+    async function* drain(keepBatches: number): AsyncGenerator<ManifestEntry> {
+      while (queue.length > 0 && (batches > keepBatches || queue.length > 65536)) {
+        const s = queue.shift()!;
+        if (s.kind === 'entry') {
+          yield s.entry;
+          continue;
+        }
+        batches--;
+        for (const e of await s.done) if (e) yield e;
+      }
+    }
+    /** Base entries of chunks [cursor, to): unchanged. */
+    const copyUntil = async (to: number): Promise<void> => {
+      for (let b = await peekBase(); b && b.index < to; b = await peekBase()) {
+        if (b.index >= cursor) {
+          seal(); // the reads before it come first in the manifest
+          queue.push({ kind: 'entry', entry: { index: b.index, id: b.id } });
+          stats.fromBase++;
+        }
+        nextBase = undefined;
+      }
+      cursor = Math.max(cursor, to);
+    };
+    /** Base entries of chunks [cursor, to) are dropped: changed or holes now. */
+    const skipUntil = async (to: number): Promise<void> => {
+      for (let b = await peekBase(); b && b.index < to; b = await peekBase()) nextBase = undefined;
+      cursor = Math.max(cursor, to);
+    };
+
+    for await (const e of p.extents) {
+      throwIfAborted(o.signal);
+      const first = e.begin * perBlock;
+      const end = Math.min((e.begin + e.length) * perBlock, nChunks);
+      await copyUntil(first);
+      if (e.kind === 'zero') {
+        await skipUntil(end);
+        continue;
+      }
+      await skipUntil(end);
+      for (let i = first; i < end; i++) {
+        const block = Math.floor(i / perBlock);
+        const len = Math.min(cs, deviceSize - i * cs);
+        batch.push({ index: i, src: (e.source + (block - e.begin)) * bs + (i - block * perBlock) * cs, len });
+        batchBytes += len;
+        if (batchBytes + cs > batchMax) {
+          seal();
+          yield* drain(inFlight - 1);
+        }
+      }
+    }
+    await copyUntil(nChunks);
+    seal();
+    yield* drain(0);
+    yield* drainAll(queue);
+  }
+  async function* drainAll(queue: Slot[]): AsyncGenerator<ManifestEntry> {
+    for (const s of queue.splice(0)) {
+      if (s.kind === 'entry') yield s.entry;
+      else for (const e of await s.done) if (e) yield e;
+    }
+  }
+
+  const counted = async function* (): AsyncGenerator<ManifestEntry> {
+    for await (const e of entries()) {
+      stats.entries++;
+      yield e;
+    }
+  };
+  const header: ManifestHeader = {
+    volume: o.volume,
+    deviceSize,
+    chunkSize: cs,
+    createdMs: started,
+    source: p.source as unknown as Record<string, unknown>,
+    base: p.base?.id ?? null,
+  };
+  let summary: BackupSummary;
+  try {
+    summary = await session.commit(header, counted(), { signal: o.signal });
+  } finally {
+    // A failure part-way leaves the base's manifest stream open: close it.
+    await baseEntries?.return?.().catch(() => undefined);
+  }
+  progress();
+  return {
+    id: summary.id,
+    volume: o.volume,
+    base: header.base,
+    deviceSize,
+    chunkSize: cs,
+    chunks: stats.entries,
+    chunksRead: stats.chunksRead,
+    chunksNew: stats.chunksNew,
+    chunksDeduplicated: stats.dedup,
+    chunksFromBase: stats.fromBase,
+    zeroChunks: stats.zero,
+    bytesRead: stats.bytesRead,
+    bytesUploaded: stats.bytesUploaded,
+    source: p.source,
+    durationMs: Date.now() - started,
+  };
+}
+
+/** Runs at most `n` of the functions given at once, in the order given. */
+function limiter(n: number): <T>(fn: () => Promise<T>) => Promise<T> {
+  let running = 0;
+  const waiting: (() => void)[] = [];
+  return async <T>(fn: () => Promise<T>): Promise<T> => {
+    if (running >= n) await new Promise<void>((r) => waiting.push(r));
+    else running++;
+    try {
+      return await fn();
+    } finally {
+      const next = waiting.shift();
+      if (next) next();
+      else running--;
+    }
+  };
+}
+
+const ZEROS = Buffer.alloc(MAX_CHUNK_BYTES);
+
+/** All zero bytes? (Such a chunk is a hole: restore makes it read as zeros.) */
+function isZero(b: Uint8Array): boolean {
+  for (let off = 0; off < b.length; off += ZEROS.length) {
+    const piece = b.subarray(off, Math.min(b.length, off + ZEROS.length));
+    if (Buffer.compare(piece, ZEROS.subarray(0, piece.length)) !== 0) return false;
+  }
+  return true;
+}

@@ -1,0 +1,385 @@
+/**
+ * restore(): any backup of a repository, directly (no chain to replay), onto
+ * a block device or a regular file.
+ *
+ * Every chunk comes through Repository.getChunk, which verifies it (hash,
+ * or authentication when encrypted) before it is handed over; a chunk of the
+ * wrong length is refused too. Holes become discards or zeros as receive
+ * makes them (stream/receive/target.ts). A target whose restore state says
+ * it holds another backup of the same volume, completely, gets only the
+ * chunks whose ids differ, and the chunks that became holes are zeroed. A
+ * missing or damaged chunk stops the restore with the backup and the byte
+ * range named; the state then records the target as incomplete (only a
+ * full restore follows), so a partial restore is never taken for a good one.
+ */
+import { stat } from 'node:fs/promises';
+import { DmthinError, RepoError, throwIfAborted } from '../errors';
+import { BlockWriter, type WriteSegment } from '../native/block-writer';
+import { inspectTarget, resolveZeroMethod, zeroer, type ZeroMethod } from '../stream/receive/target';
+import { Repository, type KeySource, type ManifestEntry } from '../repo/repository';
+import { defaultRestoreStateFile, readRestoreState, RestoreLock, writeRestoreState, type RestoreEntry, type RestoreState } from './restore-state';
+
+/** Options of restore. */
+export interface RestoreOptions {
+  /** The repository: a location (a directory, or `s3://BUCKET/PREFIX`) or an open Repository. */
+  repo: string | Repository;
+  /** The key of an encrypted repository given by location. */
+  key?: KeySource;
+  /** The backup id. */
+  backup: string;
+  /** Block device or regular file to write. */
+  target: string;
+  /** Create a regular-file target that does not exist, or grow one smaller than the backup's device (never shrinks). */
+  create?: boolean;
+  /** Write every chunk, whatever the restore state says the target holds. */
+  full?: boolean;
+  /** Where the target's restore state is kept (default: next to a file target, else under `stateDir`). */
+  stateFile?: string;
+  /** Directory for block-device restore states (default /var/lib/dmthin/restore). */
+  stateDir?: string;
+  /** How holes are made to read as zeros (default 'auto', as receive). */
+  zero?: ZeroMethod;
+  /** O_DIRECT for the target writes (default 'auto'). */
+  direct?: 'auto' | 'always' | 'never';
+  /** Chunks fetched at once (default 8). */
+  concurrency?: number;
+  /** Cancels the work, which then rejects with AbortError (the target is then recorded as incomplete). */
+  signal?: AbortSignal;
+  /** Called as the work advances. */
+  onProgress?: (p: RestoreProgress) => void;
+}
+
+/** Progress of restore. */
+export interface RestoreProgress {
+  /** Chunk indexes done (written, zeroed or left as they were). */
+  chunks: number;
+  /** Chunk indexes of the device. */
+  totalChunks: number;
+  /** Data bytes written. */
+  bytesWritten: number;
+}
+
+/** What a restore wrote. */
+export interface RestoreResult {
+  /** The backup restored. */
+  backup: string;
+  /** Its volume. */
+  volume: string;
+  /** The target written. */
+  target: string;
+  /** Device size in bytes. */
+  deviceSize: number;
+  /** Chunk size in bytes. */
+  chunkSize: number;
+  /** The backup the target held before, when only the differences to it were written; else null. */
+  previous: string | null;
+  /** Chunks written. */
+  chunksWritten: number;
+  /** Chunks made to read as zeros (holes that were not already holes of the previous backup, or of a new file). */
+  chunksZeroed: number;
+  /** Chunks left as they were (same in the previous backup). */
+  chunksUnchanged: number;
+  /** Data bytes written. */
+  bytesWritten: number;
+  /** The restore state file that now records the backup. */
+  stateFile: string;
+  /** The target file was created by this restore. */
+  created: boolean;
+  /** How holes were zeroed: method -> calls. */
+  zeroing: Record<string, number>;
+}
+
+/** Restores a backup onto a block device or file. */
+export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
+  const owned = typeof opts.repo === 'string';
+  const repo = typeof opts.repo === 'string' ? await Repository.open(opts.repo, { key: opts.key, signal: opts.signal }) : opts.repo;
+  try {
+    return await restoreFrom(repo, opts);
+  } finally {
+    if (owned) await repo.close();
+  }
+}
+
+async function restoreFrom(repo: Repository, o: RestoreOptions): Promise<RestoreResult> {
+  const { header, entries } = await repo.readManifest(o.backup, { signal: o.signal });
+  const { deviceSize, chunkSize: cs } = header;
+  const info = await inspectTarget(o.target);
+  const stateFile = o.stateFile ?? defaultRestoreStateFile(o.target, info.blockDevice, o.stateDir);
+  const lock = RestoreLock.acquire(o.target, stateFile);
+  let writer: BlockWriter | undefined;
+  try {
+    if (info.exists && !info.blockDevice) lock.lockTarget();
+    if (!info.exists && !o.create) throw new DmthinError('ENOENT', `target ${o.target} does not exist (option create makes a file target)`, { path: o.target });
+    writer = await BlockWriter.open(o.target, { direct: o.direct, create: !info.exists });
+    const created = writer.info.created;
+    if (created) lock.lockTarget();
+    const sizeBefore = writer.size;
+    if (sizeBefore < deviceSize && (info.blockDevice || !o.create)) {
+      throw new DmthinError('ENOSPC', `target ${o.target} is ${sizeBefore} bytes, backup ${o.backup}'s device is ${deviceSize} bytes`, {
+        path: o.target,
+        targetSize: sizeBefore,
+        deviceSize,
+      });
+    }
+
+    const state = await readRestoreState(stateFile);
+    const entry: RestoreEntry = { repo: repo.location, backup: o.backup, volume: header.volume, deviceSize, chunkSize: cs, at: new Date().toISOString() };
+    const previous = created || o.full ? null : await usablePrevious(repo, state, entry, info.blockDevice ? null : await fileStamp(o.target), o.signal);
+
+    const pending: RestoreState = { format: 'dmthin-restore-state', version: 1, target: o.target, current: null, pending: entry, file: null };
+    // From here on the target is in between, until the end.
+    await writeRestoreState(stateFile, pending);
+    if (!writer.info.blockDevice && writer.size < deviceSize) await writer.extend(deviceSize);
+    // A new file, or a grown one's tail, already reads as zeros there.
+    const zerosFrom = created ? 0 : Math.min(sizeBefore, deviceSize);
+    const zero = zeroer(writer, info.blockDevice ? info : { ...info, exists: true }, resolveZeroMethod(info, o.zero));
+    let stats: ApplyStats;
+    try {
+      stats = await apply(repo, o, writer, zero, entries, previous ? (await repo.readManifest(previous, { signal: o.signal })).entries : null, deviceSize, cs, zerosFrom);
+      await writer.fsync();
+    } catch (e) {
+      throw incomplete(e, o.target, stateFile);
+    } finally {
+      zero.close();
+    }
+    writer.close();
+    writer = undefined;
+    await writeRestoreState(stateFile, {
+      ...pending,
+      current: { ...entry, at: new Date().toISOString() },
+      pending: null,
+      file: info.blockDevice ? null : await fileStamp(o.target),
+    });
+    return {
+      backup: o.backup,
+      volume: header.volume,
+      target: o.target,
+      deviceSize,
+      chunkSize: cs,
+      previous,
+      ...stats,
+      stateFile,
+      created,
+      zeroing: { ...zero.used },
+    };
+  } finally {
+    writer?.close();
+    lock.release();
+  }
+}
+
+async function fileStamp(path: string): Promise<{ size: number; mtimeMs: number }> {
+  const st = await stat(path);
+  return { size: st.size, mtimeMs: st.mtimeMs };
+}
+
+/** The backup the target holds completely and can be diffed against, or null (then everything is written). */
+async function usablePrevious(
+  repo: Repository,
+  s: RestoreState | null,
+  next: RestoreEntry,
+  stamp: { size: number; mtimeMs: number } | null,
+  signal?: AbortSignal,
+): Promise<string | null> {
+  const cur = s?.current;
+  if (!s || !cur || s.pending !== null) return null;
+  if (cur.repo !== next.repo || cur.volume !== next.volume || cur.deviceSize !== next.deviceSize || cur.chunkSize !== next.chunkSize) return null;
+  // A file written since the last restore: its content is unknown.
+  if (stamp && (!s.file || s.file.size !== stamp.size || s.file.mtimeMs !== stamp.mtimeMs)) return null;
+  try {
+    await repo.readManifest(cur.backup, { signal });
+  } catch (e) {
+    if (e instanceof RepoError && e.reason === 'not-found') return null; // pruned since: restore everything
+    throw e;
+  }
+  return cur.backup;
+}
+
+/** Adds what happened to the target to a failure after the first write. */
+function incomplete(e: unknown, target: string, stateFile: string): unknown {
+  if (e instanceof DmthinError) {
+    e.message += `; target ${target} is incomplete (its restore state ${stateFile} records it): restore a backup onto it again`;
+  }
+  return e;
+}
+
+interface ApplyStats {
+  chunksWritten: number;
+  chunksZeroed: number;
+  chunksUnchanged: number;
+  bytesWritten: number;
+}
+
+/**
+ * Writes the chunks of `next` that differ from `prev` (all of them without
+ * one) and zeroes its holes that were not holes before (below `zerosFrom`
+ * without `prev`). Chunks are fetched `concurrency` at a time, in order, and
+ * written in batches of up to 8 MiB.
+ */
+async function apply(
+  repo: Repository,
+  o: RestoreOptions,
+  writer: BlockWriter,
+  zero: (off: number, len: number) => Promise<void>,
+  next: AsyncIterable<ManifestEntry>,
+  prev: AsyncIterable<ManifestEntry> | null,
+  deviceSize: number,
+  cs: number,
+  zerosFrom: number,
+): Promise<ApplyStats> {
+  const nChunks = Math.ceil(deviceSize / cs);
+  const stats: ApplyStats = { chunksWritten: 0, chunksZeroed: 0, chunksUnchanged: 0, bytesWritten: 0 };
+  const lenOf = (i: number): number => Math.min(cs, deviceSize - i * cs);
+  const window = Math.max(1, o.concurrency ?? 8);
+  const fetches: { index: number; data: Promise<Buffer> }[] = [];
+  let segs: WriteSegment[] = [];
+  let segBytes = 0;
+  let done = 0;
+  const progress = (): void => o.onProgress?.({ chunks: done, totalChunks: nChunks, bytesWritten: stats.bytesWritten });
+
+  const fetch = (e: ManifestEntry): Promise<Buffer> => {
+    const off = e.index * cs;
+    const len = lenOf(e.index);
+    const p = repo.getChunk(e.id, { signal: o.signal }).then(
+      (b) => {
+        if (b.length !== len) throw new RepoError('corrupt', `chunk ${e.id} holds ${b.length} bytes, the backup's chunk ${e.index} has ${len}`, { key: e.id });
+        return b;
+      },
+    ).catch((err: unknown) => {
+      throw chunkError(err, o.backup, e, off, len);
+    });
+    p.catch(() => undefined); // awaited in order below
+    return p;
+  };
+  const flush = async (): Promise<void> => {
+    if (segs.length === 0) return;
+    const r = await writer.write(segs);
+    stats.bytesWritten += r.bytes;
+    segs = [];
+    segBytes = 0;
+    progress();
+  };
+  const settle = async (keep: number): Promise<void> => {
+    while (fetches.length > keep) {
+      const f = fetches.shift()!;
+      const data = await f.data;
+      throwIfAborted(o.signal);
+      segs.push({ offset: f.index * cs, data });
+      segBytes += data.length;
+      stats.chunksWritten++;
+      done++;
+      if (segBytes >= 8 << 20) await flush();
+    }
+  };
+  // Runs of chunks to zero, coalesced.
+  let zeroStart = -1;
+  let zeroEnd = -1;
+  const zeroChunk = async (i: number): Promise<void> => {
+    stats.chunksZeroed++;
+    done++;
+    if (zeroEnd === i) {
+      zeroEnd = i + 1;
+      return;
+    }
+    await flushZero();
+    zeroStart = i;
+    zeroEnd = i + 1;
+  };
+  const flushZero = async (): Promise<void> => {
+    if (zeroStart < 0) return;
+    const a = zeroStart * cs;
+    const b = Math.min(zeroEnd * cs, deviceSize);
+    zeroStart = zeroEnd = -1;
+    await zero(a, b - a);
+  };
+
+  const prevIt = prev?.[Symbol.asyncIterator]();
+  let p: ManifestEntry | null | undefined = prevIt ? undefined : null;
+  const peekPrev = async (): Promise<ManifestEntry | null> => {
+    if (p === undefined) {
+      const r = await prevIt!.next();
+      p = r.done ? null : r.value;
+    }
+    return p;
+  };
+  let cursor = 0;
+  /** Chunks [cursor, to) are holes in the new backup. */
+  const holesUntil = async (to: number): Promise<void> => {
+    for (let i = cursor; i < to; ) {
+      if (prevIt) {
+        const q = await peekPrev();
+        if (!q || q.index >= to) {
+          // Holes in both: nothing to do.
+          const n = to - i;
+          stats.chunksUnchanged += n;
+          done += n;
+          break;
+        }
+        stats.chunksUnchanged += q.index - i;
+        done += q.index - i;
+        p = undefined;
+        await zeroChunk(q.index); // mapped before, a hole now
+        i = q.index + 1;
+      } else {
+        // Full: zero what may hold old bytes (not a new file's or a grown tail's zeros).
+        const lim = Math.min(to, Math.ceil(zerosFrom / cs));
+        for (let j = i; j < lim; j++) await zeroChunk(j);
+        done += Math.max(0, to - Math.max(i, lim));
+        stats.chunksUnchanged += Math.max(0, to - Math.max(i, lim));
+        break;
+      }
+    }
+    cursor = Math.max(cursor, to);
+  };
+
+  try {
+    let last = -1;
+    for await (const e of next) {
+      throwIfAborted(o.signal);
+      if (!Number.isSafeInteger(e.index) || e.index <= last || e.index >= nChunks) {
+        throw new RepoError('format', `backup ${o.backup}: manifest entry for chunk ${e.index} is out of order or beyond the device (${nChunks} chunks)`, { backup: o.backup });
+      }
+      last = e.index;
+      await holesUntil(e.index);
+      let same = false;
+      if (prevIt) {
+        for (let q = await peekPrev(); q && q.index <= e.index; q = await peekPrev()) {
+          if (q.index === e.index) same = q.id === e.id;
+          p = undefined;
+        }
+      }
+      cursor = e.index + 1;
+      if (same) {
+        stats.chunksUnchanged++;
+        done++;
+        continue;
+      }
+      await flushZero();
+      fetches.push({ index: e.index, data: fetch(e) });
+      await settle(window - 1);
+    }
+    await holesUntil(nChunks);
+    await settle(0);
+    await flush();
+    await flushZero();
+  } finally {
+    await prevIt?.return?.().catch(() => undefined);
+  }
+  progress();
+  return stats;
+}
+
+/** A chunk that could not be used, named by backup, chunk and device range. */
+function chunkError(err: unknown, backup: string, e: ManifestEntry, off: number, len: number): unknown {
+  if (!(err instanceof RepoError)) return err;
+  const what = err.reason === 'not-found' ? 'is missing' : err.reason === 'corrupt' ? 'is damaged' : 'cannot be read';
+  return new RepoError(err.reason, `backup ${backup}: chunk ${e.index} (device bytes ${off}..${off + len - 1}) ${what}: ${err.message}`, {
+    key: err.key,
+    backup,
+    index: e.index,
+    offset: off,
+    length: len,
+    chunk: e.id,
+    cause: err,
+  });
+}

@@ -1,0 +1,197 @@
+/**
+ * `dmthin backup`, `restore` and `backups init|list|verify|prune` as a user
+ * runs them (the built CLI in a child process): --json outputs, exit
+ * statuses, one-line errors that name the flags, keys from --key-file and
+ * DMTHIN_REPO_PASSPHRASE. The pool is made by thin_restore (test/ops/backup-fixture.ts).
+ */
+import { spawnSync } from 'node:child_process';
+import { existsSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { Repository } from '../../src/repo/repository';
+import { CLI } from './run-cli';
+import { scratch, type Scratch } from '../stream/helpers';
+import { deviceBytes, edit, makePool, runs, sha256, type PoolImages } from '../ops/backup-fixture';
+
+const BS = 128;
+const BLOCK = BS * 512;
+const SIZE = 64 * BLOCK;
+const dev1 = runs([0, 0, 40]);
+const dev2 = edit(dev1, runs([5, 100, 5]), [30, 31]);
+
+let s: Scratch;
+let pool: PoolImages;
+beforeAll(() => {
+  s = scratch();
+  pool = makePool(s.dir, 'pool', {
+    dataBlockSize: BS,
+    nrDataBlocks: 256,
+    devices: new Map([
+      [1, dev1],
+      [2, dev2],
+    ]),
+    zeroBlocks: new Set(),
+  });
+});
+afterAll(() => s.cleanup());
+
+function cli(args: string[], env: Record<string, string | undefined> = {}) {
+  const e = { ...process.env, ...env };
+  for (const [k, v] of Object.entries(env)) if (v === undefined) delete e[k];
+  if (!('DMTHIN_REPO_PASSPHRASE' in env)) delete e.DMTHIN_REPO_PASSPHRASE;
+  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', env: e, timeout: 120_000 });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+const offline = (snap: number, repo: string, extra: string[] = []) => [
+  'backup', '--metadata', pool.metadata, '--data', pool.data, '--snap', String(snap), '--size', String(SIZE), '--repo', repo, '--volume', 'vm1', ...extra,
+];
+
+/** One line on stderr, as every dmthin error. */
+function oneLine(stderr: string): string {
+  const lines = stderr.split('\n').filter(Boolean);
+  expect(lines).toHaveLength(1);
+  return lines[0];
+}
+
+describe('unencrypted repository', () => {
+  let repo: string;
+  const ids: string[] = [];
+  beforeAll(() => {
+    repo = s.path('plain-repo');
+  });
+
+  test('backups init creates it once; a second init is refused', () => {
+    const r = cli(['backups', 'init', '--repo', repo, '--json']);
+    expect(r.status).toBe(0);
+    expect(JSON.parse(r.stdout)).toMatchObject({ encrypted: false });
+    const again = cli(['backups', 'init', '--repo', repo]);
+    expect(again.status).toBe(1);
+    expect(oneLine(again.stderr)).toMatch(/^dmthin backups init: .*already exists.*\[EEXIST\]$/);
+  });
+
+  test('backup --json prints id, volume, chunksNew, bytesUploaded; the second is incremental', () => {
+    const a = cli([...offline(1, repo), '--json']);
+    expect(a.stderr).toBe('');
+    expect(a.status).toBe(0);
+    const ja = JSON.parse(a.stdout);
+    expect(ja).toMatchObject({ volume: 'vm1', base: null, chunksNew: dev1.size, chunks: dev1.size });
+    expect(typeof ja.id).toBe('string');
+    expect(ja.bytesUploaded).toBeGreaterThan(0);
+    const b = cli([...offline(2, repo), '--json']);
+    expect(b.status).toBe(0);
+    const jb = JSON.parse(b.stdout);
+    expect(jb).toMatchObject({ base: ja.id, chunksRead: 5, chunksNew: 5, chunks: dev2.size });
+    ids.push(ja.id, jb.id);
+    const text = cli(offline(2, repo));
+    expect(text.status).toBe(0);
+    expect(text.stdout).toMatch(/^backup \S+ of vm1: 38 chunks, 0 new \(0 bytes uploaded\); read 0 chunks, the rest from backup /);
+    ids.push(text.stdout.split(' ')[1]);
+  });
+
+  test('backups list --json lists them oldest first', () => {
+    const r = cli(['backups', 'list', '--repo', repo, '--json']);
+    expect(r.status).toBe(0);
+    expect(JSON.parse(r.stdout).map((b: { id: string }) => b.id)).toEqual(ids);
+    const t = cli(['backups', 'list', '--repo', repo]);
+    expect(t.stdout.trim().split('\n')).toHaveLength(3);
+  });
+
+  test('restore --json, each backup byte for byte; without --create a missing file is refused naming --create', () => {
+    const target = s.path('cli-restore.img');
+    const no = cli(['restore', '--repo', repo, '--backup', ids[0], '--target', target]);
+    expect(no.status).toBe(1);
+    expect(oneLine(no.stderr)).toMatch(/^dmthin restore: target .* does not exist \(--create makes a file target\) \[ENOENT\]$/);
+    expect(existsSync(target)).toBe(false);
+    for (const [i, dev] of [
+      [0, 1],
+      [1, 2],
+    ] as const) {
+      const r = cli(['restore', '--repo', repo, '--backup', ids[i], '--target', target, '--create', '--json']);
+      expect(r.stderr).toBe('');
+      expect(r.status).toBe(0);
+      const j = JSON.parse(r.stdout);
+      expect(j).toMatchObject({ backup: ids[i], volume: 'vm1', previous: i === 0 ? null : ids[0] });
+      expect(statSync(target).size).toBe(SIZE);
+      expect(sha256(readFileSync(target))).toBe(sha256(deviceBytes(pool, dev, SIZE)));
+    }
+  });
+
+  test('offline backup without --size is refused naming --size', () => {
+    const args = offline(1, repo);
+    args.splice(args.indexOf('--size'), 2);
+    const r = cli(args);
+    expect(r.status).toBe(1);
+    expect(oneLine(r.stderr)).toMatch(/^dmthin backup: .*--size BYTES.*\[EINVAL\]$/);
+  });
+
+  test('verify: clean is exit 0; a missing chunk is exit 1 naming the backup and the byte range', async () => {
+    const ok = cli(['backups', 'verify', '--repo', repo, '--data', '--json']);
+    expect(ok.status).toBe(0);
+    expect(JSON.parse(ok.stdout)).toMatchObject({ backups: 3, problems: [] });
+    // Chunk 5 of the second backup is new in it (data block 100); the third backup names it too.
+    const id = ids[1];
+    const r = await Repository.open(repo);
+    let victim = '';
+    for await (const e of (await r.readManifest(id)).entries) if (e.index === 5) victim = e.id;
+    await r.close();
+    const files = spawnSync('find', [`${repo}/chunks`, '-type', 'f', '-name', victim], { encoding: 'utf8' }).stdout.trim().split('\n');
+    expect(files).toHaveLength(1);
+    rmSync(files[0]);
+    const bad = cli(['backups', 'verify', '--repo', repo]);
+    expect(bad.status).toBe(1);
+    expect(bad.stdout).toContain(`backup ${id}: chunk 5 at byte ${5 * BLOCK} (${victim}) missing`);
+    expect(oneLine(bad.stderr)).toBe(`dmthin backups verify: 2 problems found; the first: backup ${id}, chunk 5 (device bytes ${5 * BLOCK}..${6 * BLOCK - 1}) is missing [ENOENT]`);
+    const rr = cli(['restore', '--repo', repo, '--backup', id, '--target', s.path('broken.img'), '--create']);
+    expect(rr.status).toBe(1);
+    expect(oneLine(rr.stderr)).toMatch(new RegExp(`^dmthin restore: backup ${id}: chunk 5 \\(device bytes ${5 * BLOCK}\\.\\.${6 * BLOCK - 1}\\) is missing: .* is incomplete .*\\[ENOENT\\]$`));
+  });
+
+  test('prune --keep-last 1 --json keeps the newest and collects the rest', () => {
+    const none = cli(['backups', 'prune', '--repo', repo]);
+    expect(none.status).toBe(1);
+    expect(oneLine(none.stderr)).toMatch(/--keep-last/);
+    const r = cli(['backups', 'prune', '--repo', repo, '--keep-last', '1', '--json']);
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    const j = JSON.parse(r.stdout);
+    expect(j.kept).toEqual([ids[2]]);
+    expect(j.deleted.sort()).toEqual([ids[0], ids[1]].sort());
+    expect(JSON.parse(cli(['backups', 'list', '--repo', repo, '--json']).stdout).map((b: { id: string }) => b.id)).toEqual([ids[2]]);
+  });
+});
+
+describe('encrypted repository', () => {
+  test('--key-file: made by init when missing, needed by every command; a wrong key is EACCES', () => {
+    const repo = s.path('key-repo');
+    const key = s.path('repo.key');
+    const init = cli(['backups', 'init', '--repo', repo, '--key-file', key, '--json']);
+    expect(init.status).toBe(0);
+    expect(JSON.parse(init.stdout)).toMatchObject({ encrypted: true, keyFileCreated: true });
+    expect(statSync(key).mode & 0o777).toBe(0o600);
+    const b = cli([...offline(1, repo), '--key-file', key, '--json']);
+    expect(b.status).toBe(0);
+    const id = JSON.parse(b.stdout).id;
+    const noKey = cli(['backups', 'list', '--repo', repo]);
+    expect(noKey.status).toBe(1);
+    expect(oneLine(noKey.stderr)).toMatch(/\[EACCES\]$/);
+    const otherKey = s.path('other.key');
+    cli(['backups', 'init', '--repo', s.path('other-repo'), '--key-file', otherKey]);
+    const wrong = cli(['restore', '--repo', repo, '--backup', id, '--target', s.path('enc.img'), '--create', '--key-file', otherKey]);
+    expect(wrong.status).toBe(1);
+    expect(oneLine(wrong.stderr)).toMatch(/^dmthin restore: .*\[EACCES\]$/);
+    expect(existsSync(s.path('enc.img'))).toBe(false);
+    const ok = cli(['restore', '--repo', repo, '--backup', id, '--target', s.path('enc.img'), '--create', '--key-file', key]);
+    expect(ok.status).toBe(0);
+    expect(sha256(readFileSync(s.path('enc.img')))).toBe(sha256(deviceBytes(pool, 1, SIZE)));
+  });
+
+  test('a passphrase from DMTHIN_REPO_PASSPHRASE', () => {
+    const repo = s.path('pass-repo');
+    expect(cli(['backups', 'init', '--repo', repo], { DMTHIN_REPO_PASSPHRASE: 'correct horse' }).status).toBe(0);
+    expect(cli([...offline(1, repo)], { DMTHIN_REPO_PASSPHRASE: 'correct horse' }).status).toBe(0);
+    const wrong = cli(['backups', 'list', '--repo', repo], { DMTHIN_REPO_PASSPHRASE: 'wrong horse' });
+    expect(wrong.status).toBe(1);
+    expect(oneLine(wrong.stderr)).toMatch(/^dmthin backups list: .*\[EACCES\]$/);
+    const ok = cli(['backups', 'list', '--repo', repo, '--json'], { DMTHIN_REPO_PASSPHRASE: 'correct horse' });
+    expect(JSON.parse(ok.stdout)).toHaveLength(1);
+  });
+});

@@ -1,0 +1,226 @@
+/**
+ * The safety promises of backups (issue 12): prune keeps what it keeps
+ * byte-identical and removes the rest; a damaged or missing chunk is caught
+ * by verify and by restore, which names the backup and the byte range and
+ * leaves the target recorded as incomplete; a backup killed with SIGKILL
+ * leaves no backup, and the rerun uploads no chunk twice; an encrypted
+ * repository refuses a wrong key before writing anything and its object
+ * names reveal no plaintext hash. Objects are reached through the backend
+ * (openBackend), so the same tests run on every repository location.
+ */
+import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
+import { RepoError } from '../../src/errors';
+import { backup, type BackupResult } from '../../src/ops/backup';
+import { prune } from '../../src/ops/prune';
+import { restore } from '../../src/ops/restore';
+import type { Backend } from '../../src/repo/backend';
+import { openBackend, Repository } from '../../src/repo/repository';
+import { CLI } from '../cli/run-cli';
+import { patternBlock, scratch, type Scratch } from '../stream/helpers';
+import { deviceBytes, edit, makePool, runs, sha256, type PoolImages } from './backup-fixture';
+import { describeEachRepo } from './repo-locations';
+
+const BS = 128;
+const BLOCK = BS * 512;
+const SIZE = 200 * BLOCK;
+const dev1 = runs([0, 0, 150]);
+const dev2 = edit(dev1, runs([20, 300, 20]));
+const dev3 = edit(dev2, runs([100, 400, 30]), [0, 1, 2, 3]);
+
+let s: Scratch;
+let pool: PoolImages;
+beforeAll(() => {
+  s = scratch();
+  pool = makePool(s.dir, 'pool', {
+    dataBlockSize: BS,
+    nrDataBlocks: 1024,
+    devices: new Map([
+      [1, dev1],
+      [2, dev2],
+      [3, dev3],
+    ]),
+    zeroBlocks: new Set(),
+  });
+});
+afterAll(() => s.cleanup());
+
+const image = () => ({ metadata: pool.metadata, data: pool.data, deviceSize: SIZE });
+const chunkKey = (id: string) => `chunks/${id.slice(0, 2)}/${id}`;
+
+/** Ids of a backup's chunks, in index order. */
+async function idsOf(repo: Repository, id: string): Promise<{ index: number; id: string }[]> {
+  const out: { index: number; id: string }[] = [];
+  for await (const e of (await repo.readManifest(id)).entries) out.push({ ...e });
+  return out;
+}
+
+async function keys(b: Backend, prefix = ''): Promise<string[]> {
+  const out: string[] = [];
+  for await (const o of b.list(prefix)) out.push(o.key);
+  return out.sort();
+}
+
+/** A backend that counts the puts of each key. */
+function counting(b: Backend): Backend & { puts: Map<string, number> } {
+  const puts = new Map<string, number>();
+  return {
+    puts,
+    location: b.location,
+    put: (key, body, opts) => {
+      puts.set(key, (puts.get(key) ?? 0) + 1);
+      return b.put(key, body, opts);
+    },
+    get: (key, opts) => b.get(key, opts),
+    getStream: (key, opts) => b.getStream(key, opts),
+    stat: (key, opts) => b.stat(key, opts),
+    list: (prefix, opts) => b.list(prefix, opts),
+    delete: (k, opts) => b.delete(k, opts),
+    close: () => b.close(),
+    [Symbol.asyncDispose]: () => b.close(),
+  };
+}
+
+describeEachRepo('backups', (loc) => {
+  const fresh = async (name: string, opts = {}): Promise<{ location: string; repo: Repository; backend: Backend }> => {
+    const location = await loc.make(s.dir);
+    const repo = await Repository.create(location, opts);
+    const backend = await openBackend(location);
+    void name;
+    return { location, repo, backend };
+  };
+
+  test('prune keeps the kept backups restorable byte for byte and removes the others and their chunks', async () => {
+    const { repo, backend } = await fresh('prune');
+    const b: BackupResult[] = [];
+    for (const snap of [1, 2, 3]) b.push(await backup({ ...image(), repo, volume: 'v', snap }));
+    const other = await backup({ ...image(), repo, volume: 'w', snap: 3 });
+    const before = new Set((await idsOf(repo, b[2].id)).map((e) => e.id));
+    for (const e of await idsOf(repo, other.id)) before.add(e.id);
+    // Chunks only the first two backups of v name (their data was overwritten by 3).
+    const onlyOld = [...new Set([...(await idsOf(repo, b[0].id)), ...(await idsOf(repo, b[1].id))].map((e) => e.id))].filter((x) => !before.has(x));
+    expect(onlyOld.length).toBeGreaterThan(0);
+
+    const r = await prune({ repo, keepLast: 1 });
+    expect(r.deleted.sort()).toEqual([b[0].id, b[1].id].sort());
+    expect(r.kept.sort()).toEqual([b[2].id, other.id].sort());
+    expect(r.deletedChunks).toBe(onlyOld.length);
+    expect((await repo.listBackups()).map((x) => x.id).sort()).toEqual([b[2].id, other.id].sort());
+    for (const x of onlyOld) expect(await backend.stat(chunkKey(x))).toBeNull();
+    await expect(repo.readManifest(b[0].id)).rejects.toMatchObject({ reason: 'not-found' });
+    for (const [id, dev] of [
+      [b[2].id, 3],
+      [other.id, 3],
+    ] as const) {
+      const target = s.path(`${loc.name}-pruned-${dev}.img`);
+      await restore({ repo, backup: id, target, create: true });
+      expect(sha256(readFileSync(target))).toBe(sha256(deviceBytes(pool, dev, SIZE)));
+    }
+    expect((await repo.verify({ data: true })).problems).toEqual([]);
+    await repo.close();
+    await backend.close();
+  });
+
+  test('a flipped chunk and a missing chunk: verify and restore name the backup and the range', async () => {
+    const { repo, backend } = await fresh('damage');
+    const r = await backup({ ...image(), repo, volume: 'v', snap: 1 });
+    const entries = await idsOf(repo, r.id);
+    const flipped = entries[7];
+    const missing = entries[42];
+    const obj = await backend.get(chunkKey(flipped.id));
+    obj[obj.length >> 1] ^= 0x10;
+    await backend.delete([chunkKey(flipped.id)]);
+    await backend.put(chunkKey(flipped.id), obj);
+
+    // Existence only: the flipped chunk is there.
+    expect((await repo.verify()).problems).toEqual([]);
+    const v = await repo.verify({ data: true });
+    expect(v.problems).toEqual([{ backup: r.id, index: 7, offset: 7 * BLOCK, id: flipped.id, reason: 'corrupt' }]);
+
+    const target = s.path(`${loc.name}-damaged.img`);
+    const err = await restore({ repo, backup: r.id, target, create: true }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(RepoError);
+    expect(err).toMatchObject({ reason: 'corrupt', backup: r.id, index: 7, offset: 7 * BLOCK, length: BLOCK });
+    expect((err as Error).message).toContain(`backup ${r.id}: chunk 7 (device bytes ${7 * BLOCK}..${8 * BLOCK - 1})`);
+    const state = JSON.parse(readFileSync(`${target}.dmthin-restore.json`, 'utf8'));
+    expect(state.current).toBeNull();
+    expect(state.pending.backup).toBe(r.id);
+
+    await backend.delete([chunkKey(missing.id)]);
+    const v2 = await repo.verify();
+    expect(v2.problems).toEqual([{ backup: r.id, index: 42, offset: 42 * BLOCK, id: missing.id, reason: 'missing' }]);
+    const err2 = await restore({ repo, backup: r.id, target: s.path(`${loc.name}-missing.img`), create: true, concurrency: 1 }).catch((e: unknown) => e);
+    // The flipped chunk comes first in the device.
+    expect(err2).toMatchObject({ reason: 'corrupt', index: 7 });
+    // A restore that never reaches the damage succeeds: a backup with both chunks rewritten (full re-read stores them again).
+    await backend.delete([chunkKey(flipped.id)]);
+    const again = await backup({ ...image(), repo, volume: 'v', snap: 1, full: true });
+    expect(again.chunksNew).toBe(2);
+    const target2 = s.path(`${loc.name}-repaired.img`);
+    await restore({ repo, backup: r.id, target: target2, create: true });
+    expect(sha256(readFileSync(target2))).toBe(sha256(deviceBytes(pool, 1, SIZE)));
+    await repo.close();
+    await backend.close();
+  });
+
+  test('SIGKILL mid-backup: no backup is visible; the rerun completes it without uploading any chunk twice', async () => {
+    const { location, repo } = await fresh('kill');
+    await repo.close();
+    const killAt = 40;
+    const run = spawnSync(
+      process.execPath,
+      [CLI, 'backup', '--metadata', pool.metadata, '--data', pool.data, '--snap', '1', '--size', String(SIZE), '--repo', location, '--volume', 'v', '--json'],
+      { encoding: 'utf8', env: { ...process.env, DMTHIN_TEST_KILL_AT: String(killAt) }, timeout: 60_000 },
+    );
+    expect({ signal: run.signal, stderr: run.stderr }).toEqual({ signal: 'SIGKILL', stderr: '' });
+    const backend = await openBackend(location);
+    const storedBefore = new Set((await keys(backend, 'chunks/')).filter((k) => !k.includes('.tmp')));
+    expect(storedBefore.size).toBeGreaterThanOrEqual(killAt);
+    expect(storedBefore.size).toBeLessThan(dev1.size);
+    const c = counting(backend);
+    const repo2 = await Repository.openBackend(c);
+    expect(await repo2.listBackups()).toEqual([]);
+    const r = await backup({ ...image(), repo: repo2, volume: 'v', snap: 1 });
+    const chunkPuts = [...c.puts].filter(([k]) => k.startsWith('chunks/'));
+    expect(chunkPuts.filter(([, n]) => n > 1)).toEqual([]);
+    expect(chunkPuts.filter(([k]) => storedBefore.has(k))).toEqual([]);
+    expect(r.chunksNew).toBe(dev1.size - storedBefore.size);
+    expect(chunkPuts.length).toBe(r.chunksNew);
+    expect((await repo2.listBackups()).map((x) => x.id)).toEqual([r.id]);
+    const target = s.path(`${loc.name}-killed.img`);
+    await restore({ repo: repo2, backup: r.id, target, create: true });
+    expect(sha256(readFileSync(target))).toBe(sha256(deviceBytes(pool, 1, SIZE)));
+    await repo2.close();
+    await backend.close();
+  });
+
+  test('encryption: a wrong key is refused before anything is written; object names reveal no plaintext hash', async () => {
+    const { location, repo, backend } = await fresh('enc', { key: { passphrase: 'right horse battery' }, scrypt: { N: 1024, r: 8, p: 1 } });
+    expect(repo.encrypted).toBe(true);
+    const r = await backup({ ...image(), repo, volume: 'v', snap: 2 });
+    await repo.close();
+    const before = await keys(backend);
+
+    const wrong = { passphrase: 'wrong horse' };
+    await expect(Repository.open(location, { key: wrong })).rejects.toMatchObject({ reason: 'bad-key' });
+    await expect(backup({ ...image(), repo: location, key: wrong, volume: 'v', snap: 3 })).rejects.toMatchObject({ reason: 'bad-key' });
+    const target = s.path(`${loc.name}-enc.img`);
+    await expect(restore({ repo: location, key: wrong, backup: r.id, target, create: true })).rejects.toMatchObject({ reason: 'bad-key' });
+    expect(existsSync(target)).toBe(false);
+    expect(await keys(backend)).toEqual(before);
+
+    // No object name holds the SHA-256 of any chunk's plaintext (or of its data block).
+    const plainHashes = new Set<string>();
+    for (const d of new Set(dev2.values())) plainHashes.add(createHash('sha256').update(patternBlock(d, BLOCK)).digest('hex'));
+    const names = before.join('\n');
+    expect([...plainHashes].filter((h) => names.includes(h) || names.includes(h.slice(0, 16)))).toEqual([]);
+    // Nor does any stored chunk hold plaintext.
+    const sample = patternBlock(dev2.get(0)!, BLOCK).subarray(0, 64);
+    for (const k of before.filter((x) => x.startsWith('chunks/')).slice(0, 20)) expect((await backend.get(k)).includes(sample)).toBe(false);
+
+    await restore({ repo: location, key: { passphrase: 'right horse battery' }, backup: r.id, target, create: true });
+    expect(sha256(readFileSync(target))).toBe(sha256(deviceBytes(pool, 2, SIZE)));
+    await backend.close();
+  });
+});

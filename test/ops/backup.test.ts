@@ -1,0 +1,219 @@
+/**
+ * backup() and restore() end to end on offline pools made by thin_restore
+ * (backup-fixture.ts): full then incremental backups of a chain of
+ * snapshots, each restored into a file and compared with what the model
+ * says the snapshot reads; differential restores; dedup across volumes;
+ * large blocks split into chunks. The repository location is a parameter
+ * (repo-locations.ts): a local directory always, S3 when a cluster is there.
+ */
+import { readFileSync, statSync, writeFileSync } from 'node:fs';
+import { backup, chunkSizeFor, type BackupResult } from '../../src/ops/backup';
+import { restore } from '../../src/ops/restore';
+import { Repository } from '../../src/repo/repository';
+import { scratch, type Scratch } from '../stream/helpers';
+import { deviceBytes, edit, makePool, runs, sha256, type PoolImages } from './backup-fixture';
+import { describeEachRepo } from './repo-locations';
+
+const BS = 128; // sectors: 64 KiB blocks
+const BLOCK = BS * 512;
+// Not a whole number of blocks: the last chunk is short.
+const SIZE = 255 * BLOCK + 8192;
+
+const dev2 = runs([0, 0, 100], [150, 200, 50]);
+// Changed 10..19, unmapped 150..159, new 220..229.
+const dev3 = edit(dev2, runs([10, 300, 10], [220, 400, 10]), [150, 151, 152, 153, 154, 155, 156, 157, 158, 159]);
+// Changed 0..4, the last (partial) block, and a block whose data is all zeros (a hole in the backup).
+const dev4 = edit(dev3, runs([0, 500, 5], [255, 600, 1], [240, 900, 1]));
+// Another volume sharing dev2's first 100 blocks, plus 10 of its own.
+const dev5 = runs([0, 0, 100], [100, 700, 10]);
+
+/** Blocks two maps differ in (what an incremental must read), and the chunks a device stores. */
+function changed(a: Map<number, number>, b: Map<number, number>): number {
+  let n = 0;
+  for (const [v, d] of b) if (a.get(v) !== d) n++;
+  return n;
+}
+
+let s: Scratch;
+let pool: PoolImages;
+beforeAll(() => {
+  s = scratch();
+  pool = makePool(s.dir, 'pool', {
+    dataBlockSize: BS,
+    nrDataBlocks: 1024,
+    devices: new Map([
+      [1, dev4],
+      [2, dev2],
+      [3, dev3],
+      [4, dev4],
+      [5, dev5],
+    ]),
+    zeroBlocks: new Set([900]),
+  });
+});
+afterAll(() => s.cleanup());
+
+const image = () => ({ metadata: pool.metadata, data: pool.data, deviceSize: SIZE });
+
+describeEachRepo('backups', (loc) => {
+  let repoPath: string;
+  let repo: Repository;
+  const done: Record<string, BackupResult> = {};
+  beforeAll(async () => {
+    repoPath = await loc.make(s.dir);
+    repo = await Repository.create(repoPath);
+  });
+  afterAll(async () => {
+    await repo?.close();
+  });
+
+  test('full backup of the first snapshot reads every mapped block, and restores byte for byte', async () => {
+    const r = await backup({ ...image(), repo, volume: 'vol-a', snap: 2 });
+    done.b2 = r;
+    expect(r.base).toBeNull();
+    expect(r.chunkSize).toBe(BLOCK);
+    expect(r.chunksRead).toBe(dev2.size);
+    expect(r.chunksNew).toBe(dev2.size);
+    expect(r.chunks).toBe(dev2.size);
+    const target = s.path(`${loc.name}-r2.img`);
+    const x = await restore({ repo, backup: r.id, target, create: true });
+    expect(x.created).toBe(true);
+    expect(statSync(target).size).toBe(SIZE);
+    expect(sha256(readFileSync(target))).toBe(sha256(deviceBytes(pool, 2, SIZE)));
+  });
+
+  test('incrementals read only the pruning delta and restore byte for byte', async () => {
+    const r3 = await backup({ ...image(), repo, volume: 'vol-a', snap: 3 });
+    done.b3 = r3;
+    expect(r3.base).toBe(done.b2.id);
+    expect(r3.chunksRead).toBe(changed(dev2, dev3));
+    expect(r3.chunksNew).toBe(changed(dev2, dev3));
+    expect(r3.chunks).toBe(dev3.size);
+    const r4 = await backup({ ...image(), repo, volume: 'vol-a', snap: 4 });
+    done.b4 = r4;
+    expect(r4.base).toBe(r3.id);
+    expect(r4.chunksRead).toBe(changed(dev3, dev4));
+    expect(r4.zeroChunks).toBe(1); // block 240 reads as zeros: a hole
+    expect(r4.chunks).toBe(dev4.size - 1);
+    for (const [dev, r] of [
+      [3, r3],
+      [4, r4],
+    ] as const) {
+      const target = s.path(`${loc.name}-r${dev}.img`);
+      await restore({ repo, backup: r.id, target, create: true });
+      expect(sha256(readFileSync(target))).toBe(sha256(deviceBytes(pool, dev, SIZE)));
+    }
+  });
+
+  test('the same snapshot again: nothing read, an identical backup', async () => {
+    const r = await backup({ ...image(), repo, volume: 'vol-a', snap: 4 });
+    expect(r.base).toBe(done.b4.id);
+    expect(r.chunksRead).toBe(0);
+    expect(r.chunksNew).toBe(0);
+    expect(r.chunks).toBe(done.b4.chunks);
+  });
+
+  test('full: ignores the bases and stores nothing new', async () => {
+    const r = await backup({ ...image(), repo, volume: 'vol-a', snap: 3, full: true });
+    expect(r.base).toBeNull();
+    expect(r.chunksRead).toBe(dev3.size);
+    expect(r.chunksNew).toBe(0);
+  });
+
+  test('dedup: a second volume sharing data adds only its own chunks', async () => {
+    const r = await backup({ ...image(), repo, volume: 'vol-b', snap: 5 });
+    expect(r.base).toBeNull();
+    expect(r.chunksRead).toBe(110);
+    expect(r.chunksNew).toBe(10);
+    expect(r.chunksDeduplicated).toBe(100);
+    const target = s.path(`${loc.name}-r5.img`);
+    await restore({ repo, backup: r.id, target, create: true });
+    expect(sha256(readFileSync(target))).toBe(sha256(deviceBytes(pool, 5, SIZE)));
+  });
+
+  test('restore onto a target holding another backup of the volume writes only the differing chunks', async () => {
+    const target = s.path(`${loc.name}-diff.img`);
+    await restore({ repo, backup: done.b2.id, target, create: true });
+    const x = await restore({ repo, backup: done.b4.id, target });
+    expect(x.previous).toBe(done.b2.id);
+    // Written: chunks mapped in 4 with another content than in 2; zeroed: mapped in 2, a hole in 4.
+    let writes = 0;
+    let zeroes = 0;
+    for (const [v, d] of dev4) if (d !== 900 && dev2.get(v) !== d) writes++;
+    for (const v of dev2.keys()) if (!dev4.has(v) || dev4.get(v) === 900) zeroes++;
+    expect(x.chunksWritten).toBe(writes);
+    expect(x.chunksZeroed).toBe(zeroes);
+    expect(sha256(readFileSync(target))).toBe(sha256(deviceBytes(pool, 4, SIZE)));
+    // And back.
+    const y = await restore({ repo, backup: done.b2.id, target });
+    expect(y.previous).toBe(done.b4.id);
+    expect(sha256(readFileSync(target))).toBe(sha256(deviceBytes(pool, 2, SIZE)));
+  });
+
+  test('a file target written since its last restore is restored in full', async () => {
+    const target = s.path(`${loc.name}-touched.img`);
+    await restore({ repo, backup: done.b2.id, target, create: true });
+    const b = readFileSync(target);
+    b.fill(0xee, 0, 4096);
+    b.fill(0xee, 120 * BLOCK, 120 * BLOCK + 4096); // a hole in both backups
+    writeFileSync(target, b);
+    const x = await restore({ repo, backup: done.b3.id, target });
+    expect(x.previous).toBeNull();
+    expect(sha256(readFileSync(target))).toBe(sha256(deviceBytes(pool, 3, SIZE)));
+  });
+
+  test('a target that already holds junk is made equal (holes zeroed)', async () => {
+    const target = s.path(`${loc.name}-junk.img`);
+    writeFileSync(target, Buffer.alloc(SIZE, 0x5a));
+    const x = await restore({ repo, backup: done.b3.id, target });
+    expect(x.previous).toBeNull();
+    expect(sha256(readFileSync(target))).toBe(sha256(deviceBytes(pool, 3, SIZE)));
+  });
+});
+
+describe('blocks above 4 MiB', () => {
+  test('an 8 MiB block is two 4 MiB chunks; an incremental re-reads only the changed block', async () => {
+    const big = makePool(s.dir, 'big', {
+      dataBlockSize: 16384,
+      nrDataBlocks: 16,
+      devices: new Map([
+        [1, runs([0, 0, 3])],
+        [2, runs([0, 0, 2], [3, 5, 1])],
+      ]),
+      zeroBlocks: new Set(),
+    });
+    const size = 4 * 8 * 1024 * 1024;
+    const repoPath = s.path('big-repo');
+    await using repo = await Repository.create(repoPath);
+    const a = await backup({ metadata: big.metadata, data: big.data, deviceSize: size, repo, volume: 'big', snap: 1 });
+    expect(a.chunkSize).toBe(4 << 20);
+    expect(a.chunks).toBe(6);
+    const b = await backup({ metadata: big.metadata, data: big.data, deviceSize: size, repo, volume: 'big', snap: 2 });
+    expect(b.base).toBe(a.id);
+    expect(b.chunksRead).toBe(2); // block 3 (new): its two chunks; block 2 became a hole, blocks 0-1 are copied
+    expect(b.chunks).toBe(6);
+    for (const [dev, r] of [
+      [1, a],
+      [2, b],
+    ] as const) {
+      const target = s.path(`big-${dev}.img`);
+      await restore({ repo, backup: r.id, target, create: true });
+      expect(sha256(readFileSync(target))).toBe(sha256(deviceBytes(big, dev, size)));
+    }
+  });
+});
+
+describe('chunkSizeFor', () => {
+  test.each([
+    [64 << 10, 64 << 10],
+    [192 << 10, 192 << 10],
+    [4 << 20, 4 << 20],
+    [8 << 20, 4 << 20],
+    [5 << 20, 2.5 * (1 << 20)],
+    [65 * 65536, 13 * 65536], // 65 = 5 x 13: the largest divisor up to 64 is 13
+    [1 << 30, 4 << 20],
+  ])('a %i-byte block: %i-byte chunks', (block, chunk) => {
+    expect(chunkSizeFor(block)).toBe(chunk);
+    expect(block % chunkSizeFor(block)).toBe(0);
+  });
+});

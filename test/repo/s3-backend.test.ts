@@ -1,0 +1,215 @@
+// The S3 backend on a real Ceph cluster (radosgw): the backend contract, and
+// what only S3 has (pagination, batched deletes, multipart uploads and their
+// cleanup, error mapping, the SDK's Node-version warning kept off stderr).
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { DeleteObjectsCommand, HeadObjectCommand, ListMultipartUploadsCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
+import { RepoError } from '../../src/errors';
+import type { Backend } from '../../src/repo/backend';
+import { createS3Backend } from '../../src/repo/s3-backend';
+import { describeS3, s3Client, type S3TestContext } from '../helpers/ceph';
+import { REPO_ROOT } from '../helpers/fixtures';
+import { backendContract, contractBytes } from './backend-contract';
+
+async function collect<T>(it: AsyncIterable<T>): Promise<T[]> {
+  const out: T[] = [];
+  for await (const x of it) out.push(x);
+  return out;
+}
+
+async function emptyPrefix(bucket: string, prefix: string): Promise<void> {
+  const b = await createS3Backend(bucket, prefix);
+  try {
+    const keys = (await collect(b.list(''))).map((o) => o.key);
+    await b.delete(keys);
+  } finally {
+    await b.close();
+  }
+}
+
+describeS3('S3 backend (Ceph radosgw)', (s3) => {
+  backendContract('S3', async () => {
+    const loc = s3.location();
+    const backend = await createS3Backend(loc.bucket, loc.prefix);
+    return { backend, cleanup: () => emptyPrefix(loc.bucket, loc.prefix) };
+  });
+
+  describe('S3 specifics', () => {
+    let b: Backend;
+    let loc: ReturnType<S3TestContext['location']>;
+    let raw: S3Client;
+    beforeEach(async () => {
+      loc = s3.location();
+      b = await createS3Backend(loc.bucket, loc.prefix);
+      raw = s3Client(s3);
+    });
+    afterEach(async () => {
+      await b.close();
+      raw.destroy();
+      await emptyPrefix(loc.bucket, loc.prefix);
+    });
+
+    it('location is s3://bucket/prefix and objects live under the prefix', async () => {
+      expect(b.location).toBe(`s3://${loc.bucket}/${loc.prefix}`);
+      await b.put('k/1', Buffer.from('x'));
+      const h = await raw.send(new HeadObjectCommand({ Bucket: loc.bucket, Key: `${loc.prefix}/k/1` }));
+      expect(h.ContentLength).toBe(1);
+      // A sibling prefix that starts with the same letters is not listed.
+      const sib = await createS3Backend(loc.bucket, `${loc.prefix}x`);
+      await sib.put('k/2', Buffer.from('y'));
+      expect((await collect(b.list(''))).map((o) => o.key)).toEqual(['k/1']);
+      await sib.delete(['k/2']);
+      await sib.close();
+    });
+
+    it('above the part size a put is a multipart upload (ETag "-N"); at or below, one PUT', async () => {
+      await b.put('multi', contractBytes(3 * 5 * 1024 * 1024 + 7, 2));
+      const m = await raw.send(new HeadObjectCommand({ Bucket: loc.bucket, Key: `${loc.prefix}/multi` }));
+      // 15 MiB + 7 bytes in 8 MiB parts: 2 parts.
+      expect(m.ETag).toMatch(/-2"$/);
+      await b.put('single', contractBytes(8 * 1024 * 1024, 3));
+      const one = await raw.send(new HeadObjectCommand({ Bucket: loc.bucket, Key: `${loc.prefix}/single` }));
+      expect(one.ETag).toMatch(/^"[0-9a-f]{32}"$/);
+      const small = await createS3Backend(loc.bucket, loc.prefix, { partSize: 5 * 1024 * 1024 });
+      await small.put('multi5', contractBytes(3 * 5 * 1024 * 1024 + 7, 2));
+      const m5 = await raw.send(new HeadObjectCommand({ Bucket: loc.bucket, Key: `${loc.prefix}/multi5` }));
+      expect(m5.ETag).toMatch(/-4"$/);
+      await small.close();
+    });
+
+    it('a failed or aborted multipart put leaves no upload behind', async () => {
+      const fail = (async function* () {
+        for (let i = 0; i < 20; i++) yield contractBytes(1 << 20, i + 1);
+        throw new Error('source failed');
+      })();
+      await expect(b.put('failed', fail)).rejects.toThrow('source failed');
+      const ac = new AbortController();
+      const slow = (async function* () {
+        for (let i = 0; ; i++) {
+          if (i === 12) ac.abort();
+          yield contractBytes(1 << 20, i + 1);
+        }
+      })();
+      await expect(b.put('aborted', slow, { signal: ac.signal })).rejects.toMatchObject({ code: 'ABORT_ERR' });
+      const ups = await raw.send(new ListMultipartUploadsCommand({ Bucket: loc.bucket, Prefix: `${loc.prefix}/` }));
+      expect(ups.Uploads ?? []).toEqual([]);
+      expect(await collect(b.list(''))).toEqual([]);
+    });
+
+    it('lists across pages and deletes in batches of at most 1000', async () => {
+      // Pages of 100 (S3 serves up to 1000; radosgw puts run at ~60/s here, so
+      // 250 objects instead of 1000+); deletes of 1300 keys, present ones in
+      // both batches, the absent ones costing nothing to make.
+      const n = 250;
+      const keys = Array.from({ length: n }, (_, i) => `p/${String(i).padStart(5, '0')}`);
+      await Promise.all(keys.map((k) => b.put(k, Buffer.from(k))));
+      const paged = await createS3Backend(loc.bucket, loc.prefix, { listPageSize: 100 });
+      const send = jest.spyOn(S3Client.prototype, 'send');
+      try {
+        const listed = (await collect(paged.list('p/'))).map((o) => o.key).sort();
+        expect(listed).toEqual(keys);
+        const lists = send.mock.calls.filter(([c]) => c instanceof ListObjectsV2Command);
+        expect(lists.length).toBe(3);
+        send.mockClear();
+        const del = Array.from({ length: 1300 }, (_, i) => (i % 6 === 0 && i / 6 < n ? keys[i / 6]! : `p/absent-${i}`));
+        const present = del.filter((k) => !k.includes('absent'));
+        expect(present.some((k) => del.indexOf(k) >= 1000)).toBe(true);
+        await paged.delete(del);
+        const batches = send.mock.calls.filter(([c]) => c instanceof DeleteObjectsCommand).map(([c]) => (c as DeleteObjectsCommand).input.Delete!.Objects!.length);
+        expect(batches).toEqual([1000, 300]);
+      } finally {
+        send.mockRestore();
+        await paged.close();
+      }
+      const left = new Set((await collect(b.list('p/'))).map((o) => o.key));
+      expect(keys.filter((k) => !left.has(k)).length).toBe(Math.ceil(1300 / 6) > n ? n : Math.ceil(1300 / 6));
+      for (const k of keys) expect(left.has(k)).toBe(!(keys.indexOf(k) * 6 < 1300));
+    });
+
+    it('an absent bucket is RepoError config; wrong keys are RepoError backend naming the S3 code, not retried', async () => {
+      const nb = await createS3Backend('dmthin-no-such-bucket', 'x');
+      const e1 = await nb.get('k').then(() => null, (e: unknown) => e);
+      expect(e1).toBeInstanceOf(RepoError);
+      expect(e1).toMatchObject({ reason: 'config', key: 'k' });
+      await nb.close();
+      const saved = process.env.AWS_SECRET_ACCESS_KEY;
+      process.env.AWS_SECRET_ACCESS_KEY = 'wrong-secret';
+      let retries = 0;
+      // The SDK reads the environment's credentials at the first request.
+      const wb = await createS3Backend(loc.bucket, loc.prefix, { onRetry: () => retries++ });
+      const e2 = await wb.put('chunks/k', Buffer.from('x')).then(() => null, (e: unknown) => e);
+      process.env.AWS_SECRET_ACCESS_KEY = saved;
+      expect(e2).toBeInstanceOf(RepoError);
+      expect(e2).toMatchObject({ reason: 'backend', key: 'chunks/k', s3Code: 'SignatureDoesNotMatch', code: 'EIO' });
+      expect((e2 as Error).message).toContain('chunks/k');
+      expect(retries).toBe(0);
+      await wb.close();
+    });
+
+    it('invalid bucket names and options are RepoError config', async () => {
+      await expect(createS3Backend('UPPER', 'x')).rejects.toMatchObject({ reason: 'config' });
+      await expect(createS3Backend('ok-bucket', 'a/../b')).rejects.toMatchObject({ reason: 'config' });
+      await expect(createS3Backend('ok-bucket', 'x', { concurrency: 0 })).rejects.toMatchObject({ reason: 'config' });
+    });
+
+    it('bounded concurrency: at most `concurrency` requests in flight', async () => {
+      const c = await createS3Backend(loc.bucket, loc.prefix, { concurrency: 3 });
+      // Count sockets the backend's agent opens: with keep-alive and
+      // maxSockets = concurrency, never more than 3 connections at once.
+      const net = await import('node:net');
+      let open = 0;
+      let peak = 0;
+      const orig = net.Socket.prototype.connect;
+      const spy = jest.spyOn(net.Socket.prototype, 'connect').mockImplementation(function (this: import('node:net').Socket, ...args: unknown[]) {
+        open++;
+        peak = Math.max(peak, open);
+        this.once('close', () => open--);
+        return (orig as (...a: unknown[]) => import('node:net').Socket).apply(this, args);
+      });
+      try {
+        await Promise.all(Array.from({ length: 40 }, (_, i) => c.put(`cc/${i}`, contractBytes(200000, i + 1))));
+      } finally {
+        spy.mockRestore();
+        await c.close();
+      }
+      expect(peak).toBeGreaterThan(0);
+      expect(peak).toBeLessThanOrEqual(3);
+    });
+  });
+});
+
+describe('S3 backend: the SDK Node-version warning', () => {
+  // Runs dist/ (built by `npm test` first) in a child so the SDK's
+  // once-per-process warning state is fresh.
+  const dist = join(REPO_ROOT, 'dist', 'repo', 's3-backend.js');
+  const run = (code: string): { stderr: string; status: number | null } => {
+    const env: NodeJS.ProcessEnv = { ...process.env, AWS_REGION: 'us-east-1', AWS_ENDPOINT_URL: 'http://127.0.0.1:9' };
+    delete env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED;
+    const r = spawnSync(process.execPath, ['-e', code], { env, encoding: 'utf8', cwd: REPO_ROOT });
+    return { stderr: r.stderr, status: r.status };
+  };
+  const major = Number(process.versions.node.split('.')[0]);
+
+  it('the bare SDK prints it on this Node (the control)', () => {
+    const r = run(`const { S3Client } = require('@aws-sdk/client-s3'); new S3Client({ region: 'us-east-1' });`);
+    expect(r.status).toBe(0);
+    if (major < 22) expect(r.stderr).toContain('NodeVersionSupportWarning');
+    else expect(r.stderr).not.toContain('NodeVersionSupportWarning');
+  });
+
+  it('createS3Backend keeps it off stderr, other warnings still print, the variable is left as it was', () => {
+    const r = run(
+      `const { createS3Backend } = require(${JSON.stringify(dist)});
+       (async () => {
+         const b = await createS3Backend('some-bucket', 'p');
+         const b2 = await createS3Backend('some-bucket', 'q');
+         process.emitWarning('a warning of the application', 'OtherWarning');
+         if (process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED !== undefined) throw new Error('variable left set');
+         await b.close(); await b2.close();
+       })().catch((e) => { console.error(e); process.exit(1); });`,
+    );
+    expect(r.stderr).not.toContain('NodeVersionSupportWarning');
+    expect(r.stderr).toContain('OtherWarning: a warning of the application');
+    expect(r.status).toBe(0);
+  });
+});

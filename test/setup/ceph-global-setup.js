@@ -1,0 +1,1 @@
+module.exports = require('./ceph-global').setup;
