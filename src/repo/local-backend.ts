@@ -12,7 +12,7 @@ import { randomBytes } from 'node:crypto';
 import { constants as fsc } from 'node:fs';
 import { link, lstat, mkdir, open, opendir, readFile, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
-import { RepoError, throwIfAborted } from '../errors';
+import { AbortError, RepoError, throwIfAborted } from '../errors';
 import type { Backend, BackendCallOptions, ObjectInfo, PutOptions } from './backend';
 
 const KEY_RE = /^[A-Za-z0-9._-]+(?:\/[A-Za-z0-9._-]+)*$/;
@@ -149,13 +149,7 @@ export class LocalBackend implements Backend {
 
   private readError(key: string, path: string, e: unknown, signal?: AbortSignal): unknown {
     const code = (e as NodeJS.ErrnoException).code;
-    if (signal?.aborted) {
-      try {
-        throwIfAborted(signal);
-      } catch (a) {
-        return a;
-      }
-    }
+    if (signal?.aborted) return new AbortError(undefined, { cause: signal.reason });
     if (code === 'ENOENT' || code === 'ENOTDIR' || code === 'EISDIR') return new RepoError('not-found', `${key} is not in the repository at ${this.root}`, { key, path });
     return backendError('read', key, path, e);
   }

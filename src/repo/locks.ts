@@ -88,11 +88,11 @@ export class Locks {
     return out;
   }
 
-  /** Live locks after removing the stale ones. */
-  async live(signal?: AbortSignal): Promise<FoundLock[]> {
+  /** Live locks after removing the stale ones (never `own`, the caller's lock). */
+  async live(signal?: AbortSignal, own?: string): Promise<FoundLock[]> {
     const all = await this.scan(signal);
     const now = Date.now();
-    const stale = all.filter((l) => this.isStale(l, now));
+    const stale = all.filter((l) => l.key !== own && this.isStale(l, now));
     if (stale.length) await this.backend.delete(stale.map((l) => l.key), { signal });
     return all.filter((l) => !stale.includes(l));
   }
@@ -118,7 +118,7 @@ export class Locks {
     const held = new HeldLock(this.backend, this.keys, key, info, this.timing);
     try {
       throwIfAborted(signal);
-      const after = conflict(await this.live(signal), key);
+      const after = conflict(await this.live(signal, key), key);
       if (after) throw refuse(after);
     } catch (e) {
       await held.release();
