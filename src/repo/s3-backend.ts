@@ -83,16 +83,16 @@ function checkKey(key: string, what = 'key'): void {
     key.length <= MAX_KEY &&
     KEY_RE.test(key) &&
     !key.startsWith('/') &&
-    key.split('/').every((s, i, all) => s !== '.' && s !== '..' && (s !== '' || i === all.length - 1));
+    key.split('/').every((s) => s !== '' && s !== '.' && s !== '..');
   if (!ok) {
-    throw new RepoError('config', `invalid object ${what} ${JSON.stringify(key)}: keys are 1-512 characters of [A-Za-z0-9._/-], with no leading slash, empty, "." or ".." segment`, { key: String(key) });
+    throw new RepoError('config', `invalid object ${what} ${JSON.stringify(key)}: keys are 1-512 characters of [A-Za-z0-9._/-], with no empty, "." or ".." segment (so no leading or trailing slash)`, { key: String(key) });
   }
 }
 
-/** A list prefix: '' or a key-shaped string (a trailing slash is allowed). */
+/** A list prefix: '', a key, or a key and a trailing slash. */
 function checkPrefix(prefix: string): void {
   if (prefix === '') return;
-  checkKey(prefix, 'prefix');
+  checkKey(prefix.endsWith('/') ? prefix.slice(0, -1) : prefix, 'prefix');
 }
 
 /** A counting semaphore: at most `n` holders at once, FIFO. */

@@ -217,6 +217,7 @@ export function backendContract(
       expect((await collect(b.list('a'))).map((o) => o.key).sort()).toEqual(['a/1', 'a/2', 'a/sub/3', 'ab/4']);
       expect((await collect(b.list('a/sub/'))).map((o) => o.key)).toEqual(['a/sub/3']);
       expect(await collect(b.list('zzz/'))).toEqual([]);
+      for (const p of ['/a', 'a//', '../', 'a b/']) expectRepoError(await rejection(collect(b.list(p))), 'config');
     });
 
     it('lists nothing in an empty repository', async () => {
@@ -241,7 +242,7 @@ export function backendContract(
       expect(long.length).toBe(512);
       await b.put(long, Buffer.from('ok'));
       expect((await b.get(long)).toString()).toBe('ok');
-      const bad = ['', '/abs', 'a/../b', '..', './a', 'a/./b', 'a//b', 'sp ace', 'uni\u00e9', 'back\\slash', 'q?x', 'x'.repeat(513), 'nul\u0000'];
+      const bad = ['', '/abs', 'dir/', 'a/../b', '..', './a', 'a/./b', 'a//b', 'sp ace', 'uni\u00e9', 'back\\slash', 'q?x', 'x'.repeat(513), 'nul\u0000'];
       for (const k of bad) {
         expectRepoError(await rejection(b.put(k, Buffer.from('x'))), 'config');
         expectRepoError(await rejection(b.get(k)), 'config');
