@@ -1,0 +1,207 @@
+/**
+ * How the repository's objects are encoded (docs/repository.md, "Object
+ * encoding"): chunk ids, compression, and the sealed envelope every chunk,
+ * backup header and journal is stored in.
+ *
+ * Envelope, format 1:
+ *   byte 0  format (1)
+ *   byte 1  bits 0-3: compression (0 none, 1 deflate, 2 brotli); bit 7: encrypted
+ *   plain:     payload, then SHA-256(context | bytes 0-1 | payload) (32 bytes)
+ *   encrypted: 12-byte random nonce, AES-256-GCM ciphertext of the payload,
+ *              16-byte tag; additional data = bytes 0-1 | context
+ * `context` is the object's key (e.g. `chunks/ab/ab12...`), so an object moved
+ * to another key fails authentication as surely as a flipped byte does.
+ */
+import { createCipheriv, createDecipheriv, createHash, createHmac, randomBytes } from 'node:crypto';
+import { promisify } from 'node:util';
+import { brotliCompress, brotliCompressSync, brotliDecompress, brotliDecompressSync, constants as zc, deflateRaw, deflateRawSync, inflateRaw, inflateRawSync, type BrotliOptions, type ZlibOptions } from 'node:zlib';
+import { RepoError } from '../errors';
+
+/** Version of the envelope; a reader refuses any other with RepoError 'format'. */
+export const ENVELOPE_FORMAT = 1;
+const FLAG_ENCRYPTED = 0x80;
+const NONCE = 12;
+const TAG = 16;
+const SUM = 32;
+
+/** Largest plaintext an object may decode to (a guard against decompression bombs). */
+export const MAX_OBJECT_PLAIN = 256 * 1024 * 1024;
+
+/** A compression setting: algorithm and level. */
+export interface Compression {
+  /** Algorithm. */
+  algorithm: 'none' | 'deflate' | 'brotli';
+  /** deflate: 1-9; brotli: quality 0-11; none: 0. */
+  level: number;
+}
+
+const ALGO_CODE = { none: 0, deflate: 1, brotli: 2 } as const;
+
+/** Parses `none`, `deflate[:LEVEL]`, `brotli[:QUALITY]`; RepoError 'config' otherwise. */
+export function parseCompression(spec: string): Compression {
+  const m = /^(none|deflate|brotli)(?::(\d{1,2}))?$/.exec(spec);
+  if (m) {
+    const algorithm = m[1] as Compression['algorithm'];
+    const level = m[2] === undefined ? (algorithm === 'deflate' ? 1 : algorithm === 'brotli' ? 1 : 0) : Number(m[2]);
+    const max = algorithm === 'deflate' ? 9 : algorithm === 'brotli' ? 11 : 0;
+    const min = algorithm === 'deflate' ? 1 : 0;
+    if (level >= min && level <= max) return { algorithm, level };
+  }
+  throw new RepoError('config', `unknown compression ${JSON.stringify(spec)}: use none, deflate:1..9 or brotli:0..11`);
+}
+
+/** Formats a Compression as parseCompression reads it. */
+export function formatCompression(c: Compression): string {
+  return c.algorithm === 'none' ? 'none' : `${c.algorithm}:${c.level}`;
+}
+
+/** The default, chosen by measurement (docs/repository.md, "Compression"). */
+export const DEFAULT_COMPRESSION = 'brotli:1';
+
+const deflateAsync = promisify<Uint8Array, ZlibOptions, Buffer>(deflateRaw);
+const inflateAsync = promisify<Uint8Array, ZlibOptions, Buffer>(inflateRaw);
+const brotliAsync = promisify<Uint8Array, BrotliOptions, Buffer>(brotliCompress);
+const unbrotliAsync = promisify<Uint8Array, BrotliOptions, Buffer>(brotliDecompress);
+
+function brotliOpts(c: Compression, n: number): BrotliOptions {
+  return { params: { [zc.BROTLI_PARAM_QUALITY]: c.level, [zc.BROTLI_PARAM_SIZE_HINT]: n } };
+}
+
+function compress(c: Compression, data: Uint8Array): Buffer {
+  if (c.algorithm === 'deflate') return deflateRawSync(data, { level: c.level });
+  if (c.algorithm === 'brotli') return brotliCompressSync(data, brotliOpts(c, data.length));
+  return Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+}
+
+// The asynchronous forms run in libuv's thread pool, so concurrent chunks use every core.
+function compressAsync(c: Compression, data: Uint8Array): Promise<Buffer> {
+  if (c.algorithm === 'deflate') return deflateAsync(data, { level: c.level });
+  if (c.algorithm === 'brotli') return brotliAsync(data, brotliOpts(c, data.length));
+  return Promise.resolve(Buffer.from(data.buffer, data.byteOffset, data.byteLength));
+}
+
+function decompressError(context: string, e: unknown): RepoError {
+  return new RepoError('corrupt', `${context}: the stored data does not decompress; the object is damaged`, { key: context, cause: e });
+}
+
+function unknownCompression(code: number, context: string): RepoError {
+  return new RepoError('format', `${context}: compression code ${code} is not one this version of dmthin reads; upgrade dmthin`, { key: context });
+}
+
+function decompress(code: number, data: Buffer, context: string): Buffer {
+  try {
+    if (code === 1) return inflateRawSync(data, { maxOutputLength: MAX_OBJECT_PLAIN });
+    if (code === 2) return brotliDecompressSync(data, { maxOutputLength: MAX_OBJECT_PLAIN });
+  } catch (e) {
+    throw decompressError(context, e);
+  }
+  if (code === 0) return data;
+  throw unknownCompression(code, context);
+}
+
+async function decompressAsync(code: number, data: Buffer, context: string): Promise<Buffer> {
+  try {
+    if (code === 1) return await inflateAsync(data, { maxOutputLength: MAX_OBJECT_PLAIN });
+    if (code === 2) return await unbrotliAsync(data, { maxOutputLength: MAX_OBJECT_PLAIN });
+  } catch (e) {
+    throw decompressError(context, e);
+  }
+  if (code === 0) return data;
+  throw unknownCompression(code, context);
+}
+
+/** The keys an encrypted repository derives from its master key. */
+export interface RepoKeys {
+  /** AES-256-GCM key of every sealed object. */
+  readonly enc: Buffer;
+  /** HMAC-SHA-256 key of chunk ids. */
+  readonly id: Buffer;
+  /** HMAC-SHA-256 key of the config's MAC. */
+  readonly mac: Buffer;
+}
+
+/** Chunk id: SHA-256 of the plaintext, or HMAC-SHA-256 under the id key when encrypted; 64 lowercase hex digits. */
+export function chunkIdOf(plain: Uint8Array, keys: RepoKeys | null): string {
+  return (keys ? createHmac('sha256', keys.id) : createHash('sha256')).update(plain).digest('hex');
+}
+
+/** Is `id` a well-formed chunk id? */
+export function isChunkId(id: string): boolean {
+  return typeof id === 'string' && /^[0-9a-f]{64}$/.test(id);
+}
+
+function plainSum(context: string, head: Buffer, payload: Uint8Array): Buffer {
+  return createHash('sha256').update(context).update(head).update(payload).digest();
+}
+
+function envelope(code: number, payload: Uint8Array, context: string, keys: RepoKeys | null): Buffer {
+  const head = Buffer.from([ENVELOPE_FORMAT, code | (keys ? FLAG_ENCRYPTED : 0)]);
+  if (!keys) return Buffer.concat([head, payload, plainSum(context, head, payload)]);
+  const nonce = randomBytes(NONCE);
+  const c = createCipheriv('aes-256-gcm', keys.enc, nonce);
+  c.setAAD(Buffer.concat([head, Buffer.from(context)]));
+  const body = c.update(payload);
+  c.final();
+  return Buffer.concat([head, nonce, body, c.getAuthTag()]);
+}
+
+/** Seals `plain` for storage under key `context`: compressed (when that is smaller), then checksummed or encrypted. */
+export function seal(plain: Uint8Array, context: string, keys: RepoKeys | null, compression: Compression): Buffer {
+  const z = compression.algorithm === 'none' ? null : compress(compression, plain);
+  return z && z.length < plain.length ? envelope(ALGO_CODE[compression.algorithm], z, context, keys) : envelope(0, plain, context, keys);
+}
+
+/** seal(), compressing in the thread pool. */
+export async function sealAsync(plain: Uint8Array, context: string, keys: RepoKeys | null, compression: Compression): Promise<Buffer> {
+  const z = compression.algorithm === 'none' ? null : await compressAsync(compression, plain);
+  return z && z.length < plain.length ? envelope(ALGO_CODE[compression.algorithm], z, context, keys) : envelope(0, plain, context, keys);
+}
+
+/** Checks the envelope and returns [compression code, payload]. */
+function open(stored: Buffer, context: string, keys: RepoKeys | null): [number, Buffer] {
+  const bad = (why: string) => new RepoError('corrupt', `${context}: ${why}; the object is damaged or was altered`, { key: context });
+  if (stored.length < 2) throw bad('too short');
+  if (stored[0] !== ENVELOPE_FORMAT) {
+    // A format-1 object whose first byte was damaged is corruption, not a newer format.
+    const fixed = Buffer.from(stored);
+    fixed[0] = ENVELOPE_FORMAT;
+    try {
+      open(fixed, context, keys);
+    } catch {
+      throw new RepoError('format', `${context}: envelope format ${stored[0]} is not one this version of dmthin reads; upgrade dmthin`, { key: context });
+    }
+    throw bad('format byte damaged');
+  }
+  const flags = stored[1]!;
+  const encrypted = (flags & FLAG_ENCRYPTED) !== 0;
+  if (encrypted !== (keys !== null)) throw bad(encrypted ? 'encrypted in a repository without a key' : 'not encrypted in an encrypted repository');
+  if ((flags & 0x70) !== 0) throw bad('unknown flags');
+  const head = stored.subarray(0, 2);
+  if (!keys) {
+    if (stored.length < 2 + SUM) throw bad('too short');
+    const payload = stored.subarray(2, stored.length - SUM);
+    if (!plainSum(context, head, payload).equals(stored.subarray(stored.length - SUM))) throw bad('checksum mismatch');
+    return [flags & 0x0f, payload];
+  }
+  if (stored.length < 2 + NONCE + TAG) throw bad('too short');
+  const d = createDecipheriv('aes-256-gcm', keys.enc, stored.subarray(2, 2 + NONCE));
+  d.setAAD(Buffer.concat([head, Buffer.from(context)]));
+  d.setAuthTag(stored.subarray(stored.length - TAG));
+  try {
+    return [flags & 0x0f, Buffer.concat([d.update(stored.subarray(2 + NONCE, stored.length - TAG)), d.final()])];
+  } catch {
+    throw bad('authentication failed');
+  }
+}
+
+/** Opens what seal() made; RepoError 'corrupt' when it fails authentication, 'format' for an unknown version. */
+export function unseal(stored: Buffer, context: string, keys: RepoKeys | null): Buffer {
+  const [code, payload] = open(stored, context, keys);
+  return decompress(code, payload, context);
+}
+
+/** unseal(), decompressing in the thread pool. */
+export async function unsealAsync(stored: Buffer, context: string, keys: RepoKeys | null): Promise<Buffer> {
+  const [code, payload] = open(stored, context, keys);
+  return decompressAsync(code, payload, context);
+}

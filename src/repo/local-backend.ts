@@ -1,0 +1,297 @@
+/**
+ * The Backend contract (backend.ts) on a local directory. An object is a
+ * file at `ROOT/KEY`. A put writes a temporary file beside the target (its
+ * name holds `~`, which no key may, so listings skip it), fsyncs it, then
+ * renames it over the target (or, for `ifAbsent`, hard-links it, which fails
+ * with EEXIST rather than replace) and fsyncs the directory: a reader, also
+ * after a crash at any point, sees the old object, the new one, or none,
+ * never a prefix. A crash can leave a temporary file behind; it is never
+ * listed and `sweepTemporary()` removes old ones.
+ */
+import { randomBytes } from 'node:crypto';
+import { constants as fsc } from 'node:fs';
+import { link, lstat, mkdir, open, opendir, readFile, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
+import { RepoError, throwIfAborted } from '../errors';
+import type { Backend, BackendCallOptions, ObjectInfo, PutOptions } from './backend';
+
+const KEY_RE = /^[A-Za-z0-9._-]+(?:\/[A-Za-z0-9._-]+)*$/;
+const TEMP_MARK = '~tmp~';
+const READ_PIECE = 1 << 20;
+
+/** Throws RepoError 'config' unless `key` is a key the Backend contract allows. */
+export function checkKey(key: string): void {
+  const ok = typeof key === 'string' && key.length <= 512 && KEY_RE.test(key) && !key.split('/').some((s) => s === '.' || s === '..');
+  if (!ok) throw new RepoError('config', `invalid object key ${JSON.stringify(key)}: keys are [A-Za-z0-9._/-], no "." or ".." segment, at most 512 bytes`, { key });
+}
+
+/** Checks a listing prefix: a key, a key ending in "/", or "". */
+function checkPrefix(prefix: string): void {
+  if (prefix === '') return;
+  checkKey(prefix.endsWith('/') ? prefix.slice(0, -1) : prefix);
+}
+
+function backendError(op: string, key: string, path: string, e: unknown): RepoError {
+  const err = e as NodeJS.ErrnoException;
+  return new RepoError('backend', `local repository: ${op} of ${key} failed (${err.code ?? err.message}); check the directory ${path} is writable and its disk healthy`, {
+    key,
+    path,
+    syscall: err.syscall,
+    cause: e,
+  });
+}
+
+async function fsyncDir(dir: string): Promise<void> {
+  const fh = await open(dir, fsc.O_RDONLY | fsc.O_DIRECTORY);
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** A repository on a directory of the local filesystem. */
+export class LocalBackend implements Backend {
+  /** The directory (absolute). */
+  readonly location: string;
+  private readonly root: string;
+
+  /** Uses directory `dir` (created on the first put if absent). */
+  constructor(dir: string) {
+    this.root = resolve(dir);
+    this.location = this.root;
+  }
+
+  private pathOf(key: string): string {
+    checkKey(key);
+    return join(this.root, ...key.split('/'));
+  }
+
+  /** Creates `dir` and missing parents up to the root, fsyncing each parent that gained an entry. */
+  private async ensureDir(dir: string): Promise<void> {
+    try {
+      const s = await stat(dir);
+      if (s.isDirectory()) return;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
+    if (dir !== this.root) await this.ensureDir(dirname(dir));
+    else await mkdir(dirname(dir), { recursive: true });
+    try {
+      await mkdir(dir);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+      return;
+    }
+    // The new directory's entry must itself be durable before objects in it are.
+    await fsyncDir(dirname(dir));
+  }
+
+  /** Stores an object atomically and durably (see the file comment). */
+  async put(key: string, body: Uint8Array | AsyncIterable<Uint8Array>, opts: PutOptions = {}): Promise<boolean> {
+    const path = this.pathOf(key);
+    throwIfAborted(opts.signal);
+    const dir = dirname(path);
+    const tmp = `${path}${TEMP_MARK}${randomBytes(6).toString('hex')}`;
+    let fh: FileHandle | undefined;
+    let tmpExists = false;
+    try {
+      await this.ensureDir(dir);
+      fh = await open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o600);
+      tmpExists = true;
+      if (body instanceof Uint8Array) {
+        await fh.writeFile(body);
+      } else {
+        for await (const piece of body) {
+          throwIfAborted(opts.signal);
+          await fh.writeFile(piece);
+        }
+      }
+      await fh.sync();
+      await fh.close();
+      fh = undefined;
+      throwIfAborted(opts.signal);
+      let written = true;
+      if (opts.ifAbsent) {
+        try {
+          await link(tmp, path);
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+          written = false;
+        }
+        await unlink(tmp);
+        tmpExists = false;
+      } else {
+        await rename(tmp, path);
+        tmpExists = false;
+      }
+      if (written) await fsyncDir(dir);
+      return written;
+    } catch (e) {
+      if (e instanceof RepoError || (e as Error).name === 'AbortError') throw e;
+      throw backendError('put', key, path, e);
+    } finally {
+      if (fh) await fh.close().catch(() => undefined);
+      if (tmpExists) await unlink(tmp).catch(() => undefined);
+    }
+  }
+
+  /** The whole object. */
+  async get(key: string, opts: BackendCallOptions = {}): Promise<Buffer> {
+    const path = this.pathOf(key);
+    throwIfAborted(opts.signal);
+    try {
+      return await readFile(path, { signal: opts.signal });
+    } catch (e) {
+      throw this.readError(key, path, e, opts.signal);
+    }
+  }
+
+  private readError(key: string, path: string, e: unknown, signal?: AbortSignal): unknown {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (signal?.aborted) {
+      try {
+        throwIfAborted(signal);
+      } catch (a) {
+        return a;
+      }
+    }
+    if (code === 'ENOENT' || code === 'ENOTDIR' || code === 'EISDIR') return new RepoError('not-found', `${key} is not in the repository at ${this.root}`, { key, path });
+    return backendError('read', key, path, e);
+  }
+
+  /** The object in pieces of at most 1 MiB. */
+  async *getStream(key: string, opts: BackendCallOptions = {}): AsyncIterable<Buffer> {
+    const path = this.pathOf(key);
+    throwIfAborted(opts.signal);
+    let fh: FileHandle;
+    try {
+      fh = await open(path, fsc.O_RDONLY);
+    } catch (e) {
+      throw this.readError(key, path, e, opts.signal);
+    }
+    try {
+      for (;;) {
+        throwIfAborted(opts.signal);
+        const buf = Buffer.allocUnsafe(READ_PIECE);
+        let n: number;
+        try {
+          ({ bytesRead: n } = await fh.read(buf, 0, READ_PIECE, null));
+        } catch (e) {
+          throw this.readError(key, path, e, opts.signal);
+        }
+        if (n === 0) return;
+        yield n === READ_PIECE ? buf : buf.subarray(0, n);
+      }
+    } finally {
+      await fh.close();
+    }
+  }
+
+  /** Size and time, or null when absent (a directory is not an object). */
+  async stat(key: string, opts: BackendCallOptions = {}): Promise<ObjectInfo | null> {
+    const path = this.pathOf(key);
+    throwIfAborted(opts.signal);
+    try {
+      const s = await stat(path);
+      return s.isFile() ? { key, size: s.size, mtimeMs: s.mtimeMs } : null;
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' || code === 'ENOTDIR') return null;
+      throw backendError('stat', key, path, e);
+    }
+  }
+
+  /** Walks the directories under the prefix, one directory handle at a time (memory bounded). */
+  async *list(prefix: string, opts: BackendCallOptions = {}): AsyncIterable<ObjectInfo> {
+    checkPrefix(prefix);
+    const cut = prefix.lastIndexOf('/');
+    const base = cut < 0 ? '' : prefix.slice(0, cut);
+    yield* this.walk(base, prefix, opts.signal);
+  }
+
+  private async *walk(relDir: string, prefix: string, signal?: AbortSignal): AsyncIterable<ObjectInfo> {
+    const dirPath = relDir ? join(this.root, ...relDir.split('/')) : this.root;
+    let dir;
+    try {
+      dir = await opendir(dirPath, { bufferSize: 256 });
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' || code === 'ENOTDIR') return;
+      throw backendError('list', relDir || '.', dirPath, e);
+    }
+    try {
+      for await (const ent of dir) {
+        throwIfAborted(signal);
+        if (ent.name.includes('~')) continue;
+        const key = relDir ? `${relDir}/${ent.name}` : ent.name;
+        if (ent.isDirectory()) {
+          // Descend only where keys below can still match the prefix.
+          const k = `${key}/`;
+          if (k.startsWith(prefix) || prefix.startsWith(k)) yield* this.walk(key, prefix, signal);
+        } else if (ent.isFile() && key.startsWith(prefix)) {
+          try {
+            const s = await lstat(join(dirPath, ent.name));
+            yield { key, size: s.size, mtimeMs: s.mtimeMs };
+          } catch (e) {
+            if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw backendError('list', key, dirPath, e);
+          }
+        }
+      }
+    } finally {
+      await dir.close().catch(() => undefined);
+    }
+  }
+
+  /** Unlinks each key (absent ones are fine), then fsyncs the directories touched. */
+  async delete(keys: readonly string[], opts: BackendCallOptions = {}): Promise<void> {
+    const dirs = new Set<string>();
+    for (const key of keys) {
+      const path = this.pathOf(key);
+      throwIfAborted(opts.signal);
+      try {
+        await unlink(path);
+        dirs.add(dirname(path));
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code !== 'ENOENT' && code !== 'ENOTDIR') throw backendError('delete', key, path, e);
+      }
+    }
+    for (const d of dirs) await fsyncDir(d).catch((e) => Promise.reject(backendError('delete', d, d, e)));
+  }
+
+  /**
+   * Removes temporary files older than `olderThanMs` left by writers that
+   * crashed mid-put (local directories only; never needed for correctness).
+   */
+  async sweepTemporary(olderThanMs = 24 * 3600 * 1000): Promise<number> {
+    let n = 0;
+    const now = Date.now();
+    const visit = async (dirPath: string): Promise<void> => {
+      let dir;
+      try {
+        dir = await opendir(dirPath);
+      } catch {
+        return;
+      }
+      for await (const ent of dir) {
+        const p = join(dirPath, ent.name);
+        if (ent.isDirectory()) await visit(p);
+        else if (ent.name.includes(TEMP_MARK)) {
+          const s = await lstat(p).catch(() => null);
+          if (s && now - s.mtimeMs > olderThanMs && (await unlink(p).then(() => true, () => false))) n++;
+        }
+      }
+    };
+    await visit(this.root);
+    return n;
+  }
+
+  /** Nothing to release: every call opens and closes its own descriptors. */
+  async close(): Promise<void> {}
+
+  /** Same as close(). */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}

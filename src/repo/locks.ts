@@ -1,0 +1,189 @@
+/**
+ * Repository locks as objects `locks/ID` through the Backend alone, so they
+ * work on S3 as on a directory (docs/repository.md, "Locks"). Backups hold
+ * shared locks, garbage collection an exclusive one. Taking a lock: remove
+ * stale locks, refuse if a conflicting live lock is there, write ours, list
+ * again and withdraw if a conflicting one appeared meanwhile (two racers both
+ * withdraw; neither proceeds wrongly). A held lock is rewritten every
+ * `refreshMs`; a lock not rewritten for `staleMs`, or one written on this
+ * host by a process that no longer exists, is stale.
+ */
+import { hostname } from 'node:os';
+import { randomBytes } from 'node:crypto';
+import { RepoError, throwIfAborted } from '../errors';
+import type { Backend } from './backend';
+import { seal, unseal, type Compression, type RepoKeys } from './codec';
+
+/** Lock timing (defaults: refresh every 5 minutes, stale after 30). */
+export interface LockTiming {
+  /** How often a held lock is rewritten. */
+  refreshMs: number;
+  /** A lock not rewritten for this long is stale and may be removed. */
+  staleMs: number;
+}
+
+/** The default lock timing. */
+export const DEFAULT_LOCK_TIMING: LockTiming = { refreshMs: 5 * 60_000, staleMs: 30 * 60_000 };
+
+/** A lock object's content. */
+export interface LockInfo {
+  kind: 'shared' | 'exclusive';
+  /** What holds it: `backup VOLUME`, `gc`... */
+  purpose: string;
+  host: string;
+  pid: number;
+  createdMs: number;
+  refreshedMs: number;
+  /** The backup session (journal) this lock keeps alive, if any. */
+  session?: string;
+}
+
+/** A lock as a scan found it. */
+export interface FoundLock {
+  key: string;
+  /** Null when the object could not be read (counted live until its mtime is stale). */
+  info: LockInfo | null;
+  mtimeMs: number;
+}
+
+const NONE: Compression = { algorithm: 'none', level: 0 };
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** The lock rules over one backend. */
+export class Locks {
+  constructor(
+    private readonly backend: Backend,
+    private readonly keys: RepoKeys | null,
+    readonly timing: LockTiming,
+  ) {}
+
+  /** Is this lock stale at `now`? */
+  isStale(l: FoundLock, now = Date.now()): boolean {
+    if (!l.info) return now - l.mtimeMs > this.timing.staleMs;
+    if (now - l.info.refreshedMs > this.timing.staleMs) return true;
+    return l.info.host === hostname() && l.info.pid !== process.pid && !pidAlive(l.info.pid);
+  }
+
+  /** Every lock object, read. */
+  async scan(signal?: AbortSignal): Promise<FoundLock[]> {
+    const out: FoundLock[] = [];
+    for await (const o of this.backend.list('locks/', { signal })) {
+      let info: LockInfo | null = null;
+      try {
+        info = JSON.parse(unseal(await this.backend.get(o.key, { signal }), o.key, this.keys).toString('utf8')) as LockInfo;
+      } catch (e) {
+        if (e instanceof RepoError && e.reason === 'not-found') continue; // released meanwhile
+        if ((e as Error).name === 'AbortError') throw e;
+      }
+      out.push({ key: o.key, info, mtimeMs: o.mtimeMs });
+    }
+    return out;
+  }
+
+  /** Live locks after removing the stale ones. */
+  async live(signal?: AbortSignal): Promise<FoundLock[]> {
+    const all = await this.scan(signal);
+    const now = Date.now();
+    const stale = all.filter((l) => this.isStale(l, now));
+    if (stale.length) await this.backend.delete(stale.map((l) => l.key), { signal });
+    return all.filter((l) => !stale.includes(l));
+  }
+
+  /** Takes a lock; RepoError 'locked' naming the holder when a conflicting live lock exists. */
+  async acquire(kind: LockInfo['kind'], purpose: string, session?: string, signal?: AbortSignal): Promise<HeldLock> {
+    const conflict = (ls: FoundLock[], own?: string) =>
+      ls.find((l) => l.key !== own && (kind === 'exclusive' || l.info === null || l.info.kind === 'exclusive'));
+    const refuse = (l: FoundLock) => {
+      const who = l.info ? `${l.info.purpose} (host ${l.info.host}, pid ${l.info.pid}, refreshed ${new Date(l.info.refreshedMs).toISOString()})` : `an unreadable lock ${l.key}`;
+      return new RepoError(
+        'locked',
+        `the repository at ${this.backend.location} is locked by ${who}; wait for it to finish (a lock not refreshed for ${Math.round(this.timing.staleMs / 60000)} minutes is stale and removed)`,
+        { key: l.key },
+      );
+    };
+    const before = conflict(await this.live(signal));
+    if (before) throw refuse(before);
+    const now = Date.now();
+    const info: LockInfo = { kind, purpose, host: hostname(), pid: process.pid, createdMs: now, refreshedMs: now, ...(session ? { session } : {}) };
+    const key = `locks/${now.toString(16).padStart(12, '0')}-${randomBytes(8).toString('hex')}`;
+    await this.backend.put(key, seal(Buffer.from(JSON.stringify(info)), key, this.keys, NONE), { signal });
+    const held = new HeldLock(this.backend, this.keys, key, info, this.timing);
+    try {
+      throwIfAborted(signal);
+      const after = conflict(await this.live(signal), key);
+      if (after) throw refuse(after);
+    } catch (e) {
+      await held.release();
+      throw e;
+    }
+    return held;
+  }
+}
+
+/** A lock this process holds; refreshed in the background until released. */
+export class HeldLock {
+  private lastOk: number;
+  private lost = false;
+  private timer: NodeJS.Timeout | undefined;
+  private refreshing: Promise<void> | undefined;
+
+  constructor(
+    private readonly backend: Backend,
+    private readonly keys: RepoKeys | null,
+    readonly key: string,
+    private readonly info: LockInfo,
+    private readonly timing: LockTiming,
+  ) {
+    this.lastOk = info.refreshedMs;
+    this.timer = setInterval(() => void this.refresh().catch(() => undefined), timing.refreshMs);
+    this.timer.unref();
+  }
+
+  /** Rewrites the lock with a new time, unless it was removed or is too old to refresh safely (then it is lost for good). */
+  refresh(): Promise<void> {
+    this.refreshing ??= (async () => {
+      try {
+        if (this.lost || !this.timer) return;
+        // Never bring back a lock others may already have judged stale and removed:
+        // past half the stale time it is given up instead.
+        if (Date.now() - this.lastOk > this.timing.staleMs / 2 || !(await this.backend.stat(this.key))) {
+          this.lost = true;
+          return;
+        }
+        const now = Date.now();
+        const info = { ...this.info, refreshedMs: now };
+        await this.backend.put(this.key, seal(Buffer.from(JSON.stringify(info)), this.key, this.keys, NONE));
+        this.lastOk = now;
+      } finally {
+        this.refreshing = undefined;
+      }
+    })();
+    return this.refreshing;
+  }
+
+  /**
+   * Throws RepoError 'locked' unless the lock is surely still held: present
+   * at the last refresh, and that refresh young enough that no other process
+   * can have judged it stale.
+   */
+  check(): void {
+    if (this.lost || Date.now() - this.lastOk > this.timing.staleMs / 2)
+      throw new RepoError('locked', `the lock ${this.key} was lost (not refreshed in time, or removed as stale); the operation was stopped before it could do harm: run it again`, { key: this.key });
+  }
+
+  /** Stops refreshing and deletes the lock object. */
+  async release(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+    await this.refreshing?.catch(() => undefined);
+    await this.backend.delete([this.key]);
+  }
+}

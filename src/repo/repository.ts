@@ -1,0 +1,693 @@
+/**
+ * A dmthin backup repository (docs/repository.md): deduplicated, compressed,
+ * optionally encrypted chunks plus one manifest per backup, on any Backend.
+ * Objects (keys relative to the repository root):
+ *   config                          format version, compression, wrapped key
+ *   chunks/XX/ID                    a chunk (XX: the id's first two digits)
+ *   maps/BACKUP                     a backup's chunk map (streamed)
+ *   backups/BACKUP                  a backup's header: the commit point, written last
+ *   journals/VOLUME/SESSION/SEQ     ids a backup session has stored so far (VOLUME keyed-hashed when encrypted)
+ *   locks/ID                        shared (backup) and exclusive (gc) locks
+ */
+import { createHmac, randomBytes } from 'node:crypto';
+import { AbortError, RepoError, throwIfAborted } from '../errors';
+import type { Backend } from './backend';
+import { chunkIdOf, DEFAULT_COMPRESSION, formatCompression, isChunkId, parseCompression, seal, sealAsync, unseal, unsealAsync, type Compression, type RepoKeys } from './codec';
+import { newConfig, openConfig, type KeySource, type RepoConfig, type ScryptParams } from './keys';
+import { LocalBackend } from './local-backend';
+import { DEFAULT_LOCK_TIMING, Locks, type FoundLock, type HeldLock, type LockTiming } from './locks';
+import {
+  checkHeader,
+  checkVolume,
+  decodeMap,
+  encodeMap,
+  isBackupId,
+  parseStoredHeader,
+  type ManifestEntry,
+  type ManifestHeader,
+  type MapDigest,
+  type StoredHeader,
+} from './manifest';
+
+export type { KeySource, ScryptParams } from './keys';
+export type { ManifestEntry, ManifestHeader } from './manifest';
+export type { LockTiming } from './locks';
+
+/** Options every repository call takes. */
+export interface RepoCallOptions {
+  /** Cancels the call, which then rejects with AbortError. */
+  signal?: AbortSignal;
+}
+
+/** Options of Repository.create. */
+export interface RepositoryCreateOptions extends RepoCallOptions {
+  /** Encrypts the repository under this key file or passphrase; absent: unencrypted. */
+  key?: KeySource;
+  /** `none`, `deflate[:1-9]` or `brotli[:0-11]`; default `brotli:1` (docs/repository.md, "Compression"). */
+  compression?: string;
+  /** scrypt cost for a passphrase (default N=65536, r=8, p=1); stored in the config. */
+  scrypt?: ScryptParams;
+}
+
+/** Options of Repository.open. */
+export interface RepositoryOpenOptions extends RepoCallOptions {
+  /** The key file or passphrase of an encrypted repository. */
+  key?: KeySource;
+  /** Lock refresh and staleness times (default 5 and 30 minutes); tests shorten them. */
+  lockTiming?: Partial<LockTiming>;
+}
+
+/** A committed backup as listed: its header, id and counts. */
+export interface BackupSummary extends ManifestHeader {
+  /** The backup id, `YYYYMMDDTHHMMSSZ-xxxxxxxx` (UTC time the session began). */
+  id: string;
+  /** Number of chunks in its map (holes excluded). */
+  chunks: number;
+  /** Bytes this backup uploaded (stored size of its new chunks). */
+  storedBytes: number;
+  /** Number of chunks this backup uploaded (the others were present already). */
+  newChunks: number;
+  /** When the backup was committed (ms since the epoch). */
+  committedMs: number;
+}
+
+/** What putChunk did. */
+export interface PutResult {
+  /** The chunk id. */
+  id: string;
+  /** True when uploaded now; false when the repository had it already. */
+  stored: boolean;
+  /** Bytes uploaded (0 when not stored). */
+  storedBytes: number;
+}
+
+/** A backup in progress: chunks first, then commit() writes the manifest. */
+export interface BackupSession extends AsyncDisposable {
+  /** The backup id the manifest will have. */
+  readonly id: string;
+  /** Hash, compress, encrypt, upload unless present; safe against a concurrent prune (the session's lock excludes it). */
+  putChunk(plain: Uint8Array, opts?: RepoCallOptions): Promise<PutResult>;
+  /** Ids stored by an interrupted earlier session of the same volume (resume: skip them). */
+  readonly resumedIds: ReadonlySet<string>;
+  /**
+   * Writes the manifest LAST (the commit point); entries in strictly
+   * increasing index. Read a base backup's manifest after beginBackup, so
+   * that the chunks it names are protected by this session's lock.
+   */
+  commit(header: ManifestHeader, entries: AsyncIterable<ManifestEntry> | Iterable<ManifestEntry>, opts?: RepoCallOptions): Promise<BackupSummary>;
+}
+
+/** A problem verify found: which backup, which chunk, where. */
+export interface VerifyProblem {
+  /** Backup id. */
+  backup: string;
+  /** Chunk index in the backup; -1 when the backup's manifest itself is damaged or missing. */
+  index: number;
+  /** Byte offset in the device (index * chunkSize); -1 with index -1. */
+  offset: number;
+  /** Chunk id ('' for a manifest problem). */
+  id: string;
+  /** The chunk (or manifest) is absent, or fails its authentication or hash. */
+  reason: 'missing' | 'corrupt';
+}
+
+/** The result of verify. */
+export interface VerifyReport {
+  /** Backups checked. */
+  backups: number;
+  /** Chunk references checked. */
+  chunks: number;
+  /** Everything found wrong (the first 100000; see problemsOmitted). */
+  problems: VerifyProblem[];
+  /** Problems found beyond those listed. */
+  problemsOmitted: number;
+}
+
+const MAX_PROBLEMS = 100_000;
+const JOURNAL_BATCH = 4096;
+const JOURNAL_INTERVAL_MS = 5000;
+/** A dead session's journal older than this no longer protects its chunks. */
+const JOURNAL_MAX_AGE_MS = 7 * 24 * 3600 * 1000;
+const DELETE_BATCH = 1000;
+
+function chunkKey(id: string): string {
+  return `chunks/${id.slice(0, 2)}/${id}`;
+}
+
+function newBackupId(now: number): string {
+  const t = new Date(now).toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
+  return `${t}-${randomBytes(4).toString('hex')}`;
+}
+
+function isAbort(e: unknown): boolean {
+  return e instanceof AbortError || (e as Error)?.name === 'AbortError';
+}
+
+/**
+ * Opens the backend for a location: a directory path (LocalBackend) or
+ * `s3://BUCKET/PREFIX` (the S3 backend, configured from the standard AWS
+ * environment).
+ */
+export async function openBackend(location: string): Promise<Backend> {
+  if (typeof location !== 'string' || location === '') throw new RepoError('config', 'no repository location given: use a directory path or s3://BUCKET/PREFIX');
+  if (/^s3:\/\//i.test(location)) {
+    const m = /^s3:\/\/([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:\/(.*))?$/.exec(location);
+    if (!m) throw new RepoError('config', `${location} is not an S3 repository address: use s3://BUCKET/PREFIX (bucket in lowercase)`);
+    const prefix = (m[2] ?? '').replace(/\/+$/, '');
+    // Resolved at run time: the S3 backend is its own module with a heavy SDK.
+    const modPath = './s3-backend';
+    let mod: { createS3Backend?: (bucket: string, prefix: string) => Promise<Backend> };
+    try {
+      mod = (await import(modPath)) as typeof mod;
+    } catch (e) {
+      throw new RepoError('config', `cannot use ${location}: S3 support not built yet`, { cause: e });
+    }
+    if (typeof mod.createS3Backend !== 'function') throw new RepoError('config', `cannot use ${location}: S3 support not built yet`);
+    return mod.createS3Backend(m[1]!, prefix);
+  }
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(location)) throw new RepoError('config', `${location}: unknown repository scheme; use a directory path or s3://BUCKET/PREFIX`);
+  return new LocalBackend(location);
+}
+
+/** A backup repository on a Backend. */
+export class Repository implements AsyncDisposable {
+  /** Where it is: a directory path or `s3://bucket/prefix`. */
+  readonly location: string;
+  /** Whether chunks and manifests are encrypted (and chunk ids keyed). */
+  readonly encrypted: boolean;
+  /** The repository's identity (32 hex digits). */
+  readonly repositoryId: string;
+  /** The compression new objects get, e.g. `deflate:1`. */
+  readonly compression: string;
+  private readonly comp: Compression;
+  private readonly locks: Locks;
+  private closed = false;
+
+  private constructor(
+    private readonly backend: Backend,
+    config: RepoConfig,
+    private readonly keys: RepoKeys | null,
+    timing: LockTiming,
+    private readonly ownsBackend: boolean,
+  ) {
+    this.location = backend.location;
+    this.encrypted = keys !== null;
+    this.repositoryId = config.id;
+    this.comp = parseCompression(config.compression);
+    this.compression = formatCompression(this.comp);
+    this.locks = new Locks(backend, keys, timing);
+  }
+
+  /** Creates a repository at a location; RepoError 'exists' if one is there. */
+  static async create(location: string, opts: RepositoryCreateOptions = {}): Promise<Repository> {
+    const backend = await openBackend(location);
+    try {
+      return await Repository.fromBackend(backend, { signal: opts.signal, create: opts }, true);
+    } catch (e) {
+      await backend.close();
+      throw e;
+    }
+  }
+
+  /** Opens the repository at a location; a wrong key is refused ('bad-key') before anything is written. */
+  static async open(location: string, opts: RepositoryOpenOptions = {}): Promise<Repository> {
+    const backend = await openBackend(location);
+    try {
+      return await Repository.fromBackend(backend, opts, true);
+    } catch (e) {
+      await backend.close();
+      throw e;
+    }
+  }
+
+  /** Opens (or with `create`, creates) the repository on a backend the caller owns (close() leaves it open). */
+  static openBackend(backend: Backend, opts: RepositoryOpenOptions & { create?: RepositoryCreateOptions } = {}): Promise<Repository> {
+    return Repository.fromBackend(backend, opts, false);
+  }
+
+  private static async fromBackend(backend: Backend, opts: RepositoryOpenOptions & { create?: RepositoryCreateOptions }, owns: boolean): Promise<Repository> {
+    const timing = { ...DEFAULT_LOCK_TIMING, ...opts.lockTiming };
+    const signal = opts.signal ?? opts.create?.signal;
+    throwIfAborted(signal);
+    if (opts.create) {
+      const c = opts.create;
+      const compression = formatCompression(parseCompression(c.compression ?? DEFAULT_COMPRESSION));
+      if (await backend.stat('config', { signal })) throw new RepoError('exists', `a repository already exists at ${backend.location}`, { key: 'config' });
+      const { config, keys, stored } = await newConfig(compression, c.key, c.scrypt);
+      throwIfAborted(signal);
+      if (!(await backend.put('config', stored, { ifAbsent: true, signal }))) throw new RepoError('exists', `a repository already exists at ${backend.location}`, { key: 'config' });
+      return new Repository(backend, config, keys, timing, owns);
+    }
+    let stored: Buffer;
+    try {
+      stored = await backend.get('config', { signal });
+    } catch (e) {
+      if (e instanceof RepoError && e.reason === 'not-found') throw new RepoError('not-found', `there is no dmthin repository at ${backend.location}; create one first`, { key: 'config', cause: e });
+      throw e;
+    }
+    const { config, keys } = await openConfig(stored, opts.key, backend.location);
+    return new Repository(backend, config, keys, timing, owns);
+  }
+
+  private live(): void {
+    if (this.closed) throw new RepoError('config', `the repository at ${this.location} is closed`);
+  }
+
+  /** The chunk id of a plaintext: SHA-256, or HMAC-SHA-256 under the repository's id key when encrypted. */
+  chunkId(plain: Uint8Array): string {
+    return chunkIdOf(plain, this.keys);
+  }
+
+  /** Starts a backup of `volume`: takes a shared lock and collects what an interrupted earlier session stored. */
+  async beginBackup(volume: string, opts: RepoCallOptions = {}): Promise<BackupSession> {
+    this.live();
+    checkVolume(volume);
+    const id = newBackupId(Date.now());
+    const lock = await this.locks.acquire('shared', `backup ${volume}`, id, opts.signal);
+    try {
+      const liveSessions = new Set((await this.locks.scan(opts.signal)).filter((l) => !this.locks.isStale(l) && l.info?.session).map((l) => l.info!.session!));
+      const resumed = new Set<string>();
+      const adopted: string[] = [];
+      for await (const seg of this.backend.list(`journals/${this.volumeTag(volume)}/`, opts)) {
+        const session = seg.key.split('/')[2]!;
+        if (liveSessions.has(session)) continue; // a concurrent backup of the same volume: not ours to take
+        const ids = await this.readJournal(seg.key, opts.signal);
+        if (ids === null) continue;
+        for (const x of ids) resumed.add(x);
+        adopted.push(seg.key);
+      }
+      return new Session(this, this.backend, this.keys, this.comp, id, volume, this.volumeTag(volume), lock, resumed, adopted);
+    } catch (e) {
+      await lock.release().catch(() => undefined);
+      throw e;
+    }
+  }
+
+  /** The volume's name in journal keys: itself, or when encrypted a keyed hash (object names reveal no volume names). */
+  private volumeTag(volume: string): string {
+    return this.keys ? createHmac('sha256', this.keys.id).update(`volume ${volume}`).digest('hex').slice(0, 32) : volume;
+  }
+
+  /** A journal segment's ids, or null when it cannot be read (then it protects and resumes nothing). */
+  private async readJournal(key: string, signal?: AbortSignal): Promise<string[] | null> {
+    try {
+      const plain = unseal(await this.backend.get(key, { signal }), key, this.keys);
+      if (plain.length % 32 !== 0) return null;
+      const out: string[] = [];
+      for (let p = 0; p < plain.length; p += 32) out.push(plain.toString('hex', p, p + 32));
+      return out;
+    } catch (e) {
+      if (isAbort(e)) throw e;
+      if (e instanceof RepoError && (e.reason === 'corrupt' || e.reason === 'not-found' || e.reason === 'format')) return null;
+      throw e;
+    }
+  }
+
+  /** A chunk's plaintext, authenticated and re-hashed; RepoError 'not-found' or 'corrupt' with its key. */
+  async getChunk(id: string, opts: RepoCallOptions = {}): Promise<Buffer> {
+    this.live();
+    if (!isChunkId(id)) throw new RepoError('config', `${JSON.stringify(id)} is not a chunk id (64 hex digits)`);
+    const key = chunkKey(id);
+    const plain = await unsealAsync(await this.backend.get(key, opts), key, this.keys);
+    if (chunkIdOf(plain, this.keys) !== id) throw new RepoError('corrupt', `chunk ${id}: its content does not hash to its id; the chunk is damaged`, { key });
+    return plain;
+  }
+
+  private async readHeader(id: string, signal?: AbortSignal): Promise<StoredHeader> {
+    const key = `backups/${id}`;
+    return parseStoredHeader(unseal(await this.backend.get(key, { signal }), key, this.keys), id);
+  }
+
+  private summary(h: StoredHeader): BackupSummary {
+    return {
+      volume: h.volume,
+      deviceSize: h.deviceSize,
+      chunkSize: h.chunkSize,
+      createdMs: h.createdMs,
+      source: h.source,
+      base: h.base,
+      id: h.id,
+      chunks: h.chunks,
+      storedBytes: h.storedBytes,
+      newChunks: h.newChunks,
+      committedMs: h.committedMs,
+    };
+  }
+
+  private async *backupIds(signal?: AbortSignal): AsyncIterable<string> {
+    for await (const o of this.backend.list('backups/', { signal })) {
+      const id = o.key.slice('backups/'.length);
+      if (isBackupId(id)) yield id;
+    }
+  }
+
+  /** Committed backups, oldest first (by createdMs, then id). A damaged header is RepoError 'corrupt'. */
+  async listBackups(opts: { volume?: string } & RepoCallOptions = {}): Promise<BackupSummary[]> {
+    this.live();
+    const out: BackupSummary[] = [];
+    for await (const id of this.backupIds(opts.signal)) {
+      let h: StoredHeader;
+      try {
+        h = await this.readHeader(id, opts.signal);
+      } catch (e) {
+        if (e instanceof RepoError && e.reason === 'not-found') continue; // deleted meanwhile
+        throw e;
+      }
+      if (opts.volume === undefined || h.volume === opts.volume) out.push(this.summary(h));
+    }
+    return out.sort((a, b) => a.createdMs - b.createdMs || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  }
+
+  /** A backup's header and its entries, streamed and checked frame by frame (memory bounded). */
+  async readManifest(id: string, opts: RepoCallOptions = {}): Promise<{ header: BackupSummary; entries: AsyncIterable<ManifestEntry> }> {
+    this.live();
+    if (!isBackupId(id)) throw new RepoError('not-found', `${JSON.stringify(id)} is not a backup id`, { key: `backups/${id}` });
+    const h = await this.readHeader(id, opts.signal);
+    const backend = this.backend;
+    const keys = this.keys;
+    const entries: AsyncIterable<ManifestEntry> = {
+      [Symbol.asyncIterator]: () => decodeMap(id, backend.getStream(`maps/${id}`, opts), keys, h.map, opts.signal),
+    };
+    return { header: this.summary(h), entries };
+  }
+
+  /**
+   * Checks every backup: its manifest reads and authenticates, and each chunk
+   * it names exists (with `data`: is fetched, authenticated, decompressed and
+   * re-hashed). Problems name the backup, chunk index and byte offset.
+   */
+  async verify(opts: { data?: boolean; onProgress?: (p: { backups: number; chunks: number }) => void } & RepoCallOptions = {}): Promise<VerifyReport> {
+    this.live();
+    const signal = opts.signal;
+    const report: VerifyReport = { backups: 0, chunks: 0, problems: [], problemsOmitted: 0 };
+    const problem = (p: VerifyProblem) => {
+      if (report.problems.length < MAX_PROBLEMS) report.problems.push(p);
+      else report.problemsOmitted++;
+    };
+    // Without data: one listing answers every existence question.
+    let present: Set<string> | null = null;
+    if (!opts.data) {
+      present = new Set();
+      for await (const o of this.backend.list('chunks/', { signal })) {
+        const id = o.key.slice(o.key.lastIndexOf('/') + 1);
+        if (isChunkId(id) && o.key === chunkKey(id)) present.add(id);
+      }
+    }
+    const checked = new Map<string, 'ok' | 'missing' | 'corrupt'>();
+    const checkData = async (id: string): Promise<'ok' | 'missing' | 'corrupt'> => {
+      const known = checked.get(id);
+      if (known) return known;
+      let r: 'ok' | 'missing' | 'corrupt' = 'ok';
+      try {
+        await this.getChunk(id, { signal });
+      } catch (e) {
+        if (!(e instanceof RepoError)) throw e;
+        if (e.reason === 'not-found') r = 'missing';
+        else if (e.reason === 'corrupt' || e.reason === 'format') r = 'corrupt';
+        else throw e;
+      }
+      checked.set(id, r);
+      return r;
+    };
+    const progress = () => opts.onProgress?.({ backups: report.backups, chunks: report.chunks });
+    const ids: string[] = [];
+    for await (const id of this.backupIds(signal)) ids.push(id);
+    ids.sort();
+    for (const id of ids) {
+      throwIfAborted(signal);
+      report.backups++;
+      let header: BackupSummary;
+      let entries: AsyncIterable<ManifestEntry>;
+      try {
+        ({ header, entries } = await this.readManifest(id, { signal }));
+      } catch (e) {
+        if (!(e instanceof RepoError) || e.reason === 'backend' || e.reason === 'config') throw e;
+        problem({ backup: id, index: -1, offset: -1, id: '', reason: e.reason === 'not-found' ? 'missing' : 'corrupt' });
+        continue;
+      }
+      const inflight = new Set<Promise<void>>();
+      try {
+        for await (const e of entries) {
+          report.chunks++;
+          const at = { backup: id, index: e.index, offset: e.index * header.chunkSize, id: e.id };
+          if (present) {
+            if (!present.has(e.id)) problem({ ...at, reason: 'missing' });
+          } else {
+            const p: Promise<void> = checkData(e.id).then((r) => {
+              inflight.delete(p);
+              if (r !== 'ok') problem({ ...at, reason: r });
+            });
+            inflight.add(p);
+            if (inflight.size >= 8) await Promise.race(inflight);
+          }
+          if (report.chunks % 4096 === 0) progress();
+        }
+      } catch (e) {
+        if (!(e instanceof RepoError) || e.reason === 'backend' || e.reason === 'config') throw e;
+        problem({ backup: id, index: -1, offset: -1, id: '', reason: e.reason === 'not-found' ? 'missing' : 'corrupt' });
+      } finally {
+        await Promise.all(inflight);
+      }
+    }
+    progress();
+    report.problems.sort((a, b) => (a.backup < b.backup ? -1 : a.backup > b.backup ? 1 : a.index - b.index));
+    return report;
+  }
+
+  /** Deletes backups' manifests (header first, then map); chunks stay until collectGarbage. Unknown ids: 'not-found', nothing deleted. */
+  async deleteBackups(ids: readonly string[], opts: RepoCallOptions = {}): Promise<void> {
+    this.live();
+    for (const id of ids) {
+      if (!isBackupId(id) || !(await this.backend.stat(`backups/${id}`, opts)))
+        throw new RepoError('not-found', `backup ${id} is not in the repository at ${this.location}; nothing was deleted`, { key: `backups/${id}` });
+    }
+    // Shared: excludes a concurrent collection, whose mark phase must see a stable set of manifests.
+    const lock = await this.locks.acquire('shared', 'delete backups', undefined, opts.signal);
+    try {
+      for (const id of ids) {
+        throwIfAborted(opts.signal);
+        await this.backend.delete([`backups/${id}`], opts);
+        await this.backend.delete([`maps/${id}`], opts);
+      }
+    } finally {
+      await lock.release();
+    }
+  }
+
+  /**
+   * Deletes every chunk that no committed manifest and no journal names,
+   * under the exclusive lock (refused with 'locked' while a backup runs). A
+   * manifest that cannot be read stops it with 'corrupt' before any deletion.
+   */
+  async collectGarbage(opts: RepoCallOptions = {}): Promise<{ deletedChunks: number; freedBytes: number }> {
+    this.live();
+    const signal = opts.signal;
+    const lock = await this.locks.acquire('exclusive', 'gc', undefined, signal);
+    try {
+      const keep = new Set<string>();
+      const headers = new Set<string>();
+      // Mark: every committed manifest.
+      for await (const id of this.backupIds(signal)) {
+        headers.add(id);
+        let entries: AsyncIterable<ManifestEntry>;
+        try {
+          ({ entries } = await this.readManifest(id, { signal }));
+          for await (const e of entries) keep.add(e.id);
+        } catch (e) {
+          if (e instanceof RepoError && (e.reason === 'corrupt' || e.reason === 'not-found' || e.reason === 'format'))
+            throw new RepoError(e.reason, `garbage collection stopped before deleting anything: backup ${id} cannot be read (${e.message}); delete that backup or repair it first`, {
+              key: e.key,
+              cause: e,
+            });
+          throw e;
+        }
+        lock.check();
+      }
+      // Mark: journals. Under the exclusive lock no session is live; a dead one's journal still protects its chunks (for its resume) until it expires.
+      const liveSessions = new Set((await this.locks.scan(signal)).filter((l: FoundLock) => !this.locks.isStale(l) && l.info?.session).map((l) => l.info!.session!));
+      const sessions = new Map<string, { keys: string[]; newest: number }>();
+      for await (const o of this.backend.list('journals/', { signal })) {
+        const session = o.key.split('/').slice(0, 3).join('/');
+        const s = sessions.get(session) ?? { keys: [], newest: 0 };
+        s.keys.push(o.key);
+        s.newest = Math.max(s.newest, o.mtimeMs);
+        sessions.set(session, s);
+      }
+      const expired: string[] = [];
+      const now = Date.now();
+      for (const [session, s] of sessions) {
+        if (!liveSessions.has(session.split('/')[2]!) && now - s.newest > JOURNAL_MAX_AGE_MS) {
+          expired.push(...s.keys);
+          continue;
+        }
+        for (const k of s.keys) for (const x of (await this.readJournal(k, signal)) ?? []) keep.add(x);
+      }
+      // Journals go before the chunks they name, so no journal outlives its chunks.
+      for (let i = 0; i < expired.length; i += DELETE_BATCH) await this.backend.delete(expired.slice(i, i + DELETE_BATCH), { signal });
+      // Maps without a header: commits that crashed between the two writes.
+      const orphans: string[] = [];
+      for await (const o of this.backend.list('maps/', { signal })) if (!headers.has(o.key.slice('maps/'.length))) orphans.push(o.key);
+      lock.check();
+      if (orphans.length) await this.backend.delete(orphans, { signal });
+      // Sweep.
+      let deletedChunks = 0;
+      let freedBytes = 0;
+      let batch: string[] = [];
+      const flush = async () => {
+        lock.check();
+        await this.backend.delete(batch, { signal });
+        batch = [];
+      };
+      for await (const o of this.backend.list('chunks/', { signal })) {
+        const id = o.key.slice(o.key.lastIndexOf('/') + 1);
+        if (!isChunkId(id) || o.key !== chunkKey(id) || keep.has(id)) continue;
+        batch.push(o.key);
+        deletedChunks++;
+        freedBytes += o.size;
+        if (batch.length >= DELETE_BATCH) await flush();
+      }
+      if (batch.length) await flush();
+      return { deletedChunks, freedBytes };
+    } finally {
+      await lock.release();
+    }
+  }
+
+  /** Closes the backend if the repository opened it. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.ownsBackend) await this.backend.close();
+  }
+
+  /** Same as close(). */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}
+
+class Session implements BackupSession {
+  private known: Set<string>;
+  private pending: string[] = [];
+  private lastFlush = Date.now();
+  private seq = 0;
+  private journalKeys: string[] = [];
+  private flushing: Promise<void> = Promise.resolve();
+  private stats = { newChunks: 0, storedBytes: 0 };
+  private done = false;
+
+  constructor(
+    private readonly repo: Repository,
+    private readonly backend: Backend,
+    private readonly keys: RepoKeys | null,
+    private readonly comp: Compression,
+    readonly id: string,
+    private readonly volume: string,
+    private readonly volumeTag: string,
+    private readonly lock: HeldLock,
+    readonly resumedIds: ReadonlySet<string>,
+    private readonly adopted: readonly string[],
+  ) {
+    this.known = new Set(resumedIds);
+  }
+
+  private open(): void {
+    if (this.done) throw new RepoError('config', `backup session ${this.id} is already committed or closed`);
+  }
+
+  async putChunk(plain: Uint8Array, opts: RepoCallOptions = {}): Promise<PutResult> {
+    this.open();
+    throwIfAborted(opts.signal);
+    const id = this.repo.chunkId(plain);
+    if (this.known.has(id)) return { id, stored: false, storedBytes: 0 };
+    const key = chunkKey(id);
+    let stored = false;
+    let storedBytes = 0;
+    if (!(await this.backend.stat(key, opts))) {
+      const body = await sealAsync(plain, key, this.keys, this.comp);
+      stored = await this.backend.put(key, body, { ifAbsent: true, signal: opts.signal });
+      if (stored) storedBytes = body.length;
+    }
+    if (!this.known.has(id)) {
+      this.known.add(id);
+      this.pending.push(id);
+      if (stored) {
+        this.stats.newChunks++;
+        this.stats.storedBytes += storedBytes;
+      }
+    }
+    if (this.pending.length >= JOURNAL_BATCH || Date.now() - this.lastFlush >= JOURNAL_INTERVAL_MS) await this.flushJournal(opts.signal);
+    return { id, stored, storedBytes };
+  }
+
+  /** Writes the pending ids as the next journal segment (serialised: segments never race). */
+  private flushJournal(signal?: AbortSignal): Promise<void> {
+    const run = async () => {
+      if (!this.pending.length) return;
+      const ids = this.pending;
+      this.pending = [];
+      this.lastFlush = Date.now();
+      const key = `journals/${this.volumeTag}/${this.id}/${String(this.seq++).padStart(8, '0')}`;
+      const plain = Buffer.allocUnsafe(ids.length * 32);
+      ids.forEach((x, i) => plain.write(x, i * 32, 'hex'));
+      await this.backend.put(key, seal(plain, key, this.keys, { algorithm: 'none', level: 0 }), { signal });
+      this.journalKeys.push(key);
+    };
+    this.flushing = this.flushing.then(run, run);
+    return this.flushing;
+  }
+
+  async commit(header: ManifestHeader, entries: AsyncIterable<ManifestEntry> | Iterable<ManifestEntry>, opts: RepoCallOptions = {}): Promise<BackupSummary> {
+    this.open();
+    checkHeader(header);
+    if (header.volume !== this.volume) throw new RepoError('config', `this session backs up volume ${this.volume}, not ${header.volume}`);
+    if (header.base === this.id) throw new RepoError('config', 'a backup cannot be its own base');
+    const signal = opts.signal;
+    await this.flushJournal(signal);
+    const digest: MapDigest = { entries: 0, frames: 0, bytes: 0, sha256: '' };
+    await this.backend.put(`maps/${this.id}`, encodeMap(this.id, header, entries, this.keys, digest, signal), { signal });
+    // The commit point: only with the lock surely held, so no collection can have run meanwhile.
+    await this.lock.refresh();
+    this.lock.check();
+    throwIfAborted(signal);
+    const stored: StoredHeader = {
+      version: 1,
+      id: this.id,
+      volume: header.volume,
+      deviceSize: header.deviceSize,
+      chunkSize: header.chunkSize,
+      createdMs: header.createdMs,
+      committedMs: Date.now(),
+      source: header.source,
+      base: header.base,
+      chunks: digest.entries,
+      storedBytes: this.stats.storedBytes,
+      newChunks: this.stats.newChunks,
+      map: digest,
+    };
+    const key = `backups/${this.id}`;
+    if (!(await this.backend.put(key, seal(Buffer.from(JSON.stringify(stored)), key, this.keys, this.comp), { ifAbsent: true, signal })))
+      throw new RepoError('exists', `backup ${this.id} already exists`, { key });
+    this.done = true;
+    // After the commit its manifest protects what matters; the journals only cost space.
+    const journals = [...this.journalKeys, ...this.adopted];
+    try {
+      for (let i = 0; i < journals.length; i += DELETE_BATCH) await this.backend.delete(journals.slice(i, i + DELETE_BATCH));
+    } finally {
+      await this.lock.release();
+    }
+    const { map: _m, version: _v, ...rest } = stored;
+    return rest;
+  }
+
+  /** Without a commit: writes the journal (so the next session resumes) and releases the lock. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    if (this.done) return;
+    this.done = true;
+    try {
+      await this.flushJournal();
+    } finally {
+      await this.lock.release();
+    }
+  }
+}

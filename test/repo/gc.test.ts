@@ -1,0 +1,200 @@
+/**
+ * Garbage collection and session journals: a property test (fast-check) that
+ * collection keeps every chunk a kept manifest or a journal names and deletes
+ * the rest; interrupted sessions are resumed from their journals; verify names
+ * backup, index and offset of missing and damaged chunks.
+ */
+import { createHash } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync, readFileSync, existsSync, readdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import fc from 'fast-check';
+import { Repository } from '../../src/repo/repository';
+
+let dir: string;
+beforeEach(() => {
+  // tmpfs where there is one: fsync costs nothing there, and the property runs many repositories.
+  dir = mkdtempSync(join(existsSync('/dev/shm') ? '/dev/shm' : tmpdir(), 'dmthin-gc-'));
+});
+afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+const CS = 512;
+/** Chunk content number n (distinct for distinct n). */
+const content = (n: number) => Buffer.from(`chunk ${n} `.padEnd(CS, '.'));
+const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+const hdr = (volume: string, n: number) => ({ volume, deviceSize: n * CS, chunkSize: CS, createdMs: Date.now(), source: {}, base: null });
+
+function chunkFiles(loc: string): Set<string> {
+  const out = new Set<string>();
+  const root = join(loc, 'chunks');
+  if (!existsSync(root)) return out;
+  for (const d of readdirSync(root)) for (const f of readdirSync(join(root, d))) out.add(f);
+  return out;
+}
+
+type Op =
+  | { kind: 'backup'; volume: number; chunks: number[] }
+  | { kind: 'interrupt'; volume: number; chunks: number[] }
+  | { kind: 'delete'; which: number }
+  | { kind: 'gc' };
+
+const opArb: fc.Arbitrary<Op> = fc.oneof(
+  fc.record({ kind: fc.constant('backup' as const), volume: fc.nat(2), chunks: fc.array(fc.nat(15), { maxLength: 6 }) }),
+  fc.record({ kind: fc.constant('interrupt' as const), volume: fc.nat(2), chunks: fc.array(fc.nat(15), { maxLength: 4 }) }),
+  fc.record({ kind: fc.constant('delete' as const), which: fc.nat(10) }),
+  fc.constant({ kind: 'gc' as const }),
+);
+
+describe('collectGarbage', () => {
+  it('keeps every chunk a kept manifest or a journal references, deletes every other (property)', async () => {
+    let run = 0;
+    await fc.assert(
+      fc.asyncProperty(fc.array(opArb, { minLength: 1, maxLength: 12 }), async (ops) => {
+        const loc = join(dir, `r${run++}`);
+        const repo = await Repository.create(loc, { compression: 'none' });
+        // The model: what each committed backup and each pending journal (per volume) references.
+        const backups = new Map<string, Set<string>>();
+        const journals = new Map<number, Set<string>>();
+        try {
+          for (const op of [...ops, { kind: 'gc' } as Op]) {
+            if (op.kind === 'backup' || op.kind === 'interrupt') {
+              const s = await repo.beginBackup(`vol${op.volume}`);
+              const ids = op.chunks.map((n) => sha(content(n)));
+              const before = journals.get(op.volume) ?? new Set();
+              // Resumed ids are exactly what the model's journals of that volume hold.
+              expect([...s.resumedIds].sort()).toEqual([...before].sort());
+              for (const n of op.chunks) await s.putChunk(content(n));
+              if (op.kind === 'backup') {
+                const sum = await s.commit(hdr(`vol${op.volume}`, op.chunks.length), ids.map((id, index) => ({ index, id })));
+                backups.set(sum.id, new Set(ids));
+                journals.delete(op.volume); // a commit ends the journals it adopted
+              } else {
+                await s[Symbol.asyncDispose]();
+                journals.set(op.volume, new Set([...before, ...ids]));
+              }
+            } else if (op.kind === 'delete') {
+              const ids = [...backups.keys()];
+              if (!ids.length) continue;
+              const victim = ids[op.which % ids.length]!;
+              await repo.deleteBackups([victim]);
+              backups.delete(victim);
+            } else {
+              const present = chunkFiles(loc);
+              const needed = new Set([...[...backups.values()].flatMap((s) => [...s]), ...[...journals.values()].flatMap((s) => [...s])]);
+              const r = await repo.collectGarbage();
+              const after = chunkFiles(loc);
+              for (const id of needed) expect(after.has(id)).toBe(true);
+              for (const id of after) expect(needed.has(id)).toBe(true);
+              expect(r.deletedChunks).toBe(present.size - after.size);
+            }
+          }
+          // Every kept backup restores: each chunk reads back and re-hashes.
+          const v = await repo.verify({ data: true });
+          expect(v.problems).toEqual([]);
+          expect(v.backups).toBe(backups.size);
+        } finally {
+          await repo.close();
+          rmSync(loc, { recursive: true, force: true });
+        }
+      }),
+      { numRuns: 25 },
+    );
+  });
+
+  it('deletes chunk maps left by a commit that crashed before its header, and keeps committed ones', async () => {
+    const loc = join(dir, 'r');
+    await using repo = await Repository.create(loc);
+    const s = await repo.beginBackup('v');
+    const { id } = await s.putChunk(content(1));
+    const sum = await s.commit(hdr('v', 1), [{ index: 0, id }]);
+    writeFileSync(join(loc, 'maps', '20000101T000000Z-0000abcd'), readFileSync(join(loc, 'maps', sum.id)));
+    await repo.collectGarbage();
+    expect(readdirSync(join(loc, 'maps'))).toEqual([sum.id]);
+    expect(chunkFiles(loc)).toEqual(new Set([id]));
+  });
+
+  it('stops before deleting anything when a manifest cannot be read', async () => {
+    const loc = join(dir, 'r');
+    await using repo = await Repository.create(loc);
+    const s = await repo.beginBackup('v');
+    const { id } = await s.putChunk(content(1));
+    const sum = await s.commit(hdr('v', 1), [{ index: 0, id }]);
+    const s2 = await repo.beginBackup('v');
+    await s2.putChunk(content(2));
+    await s2.commit(hdr('v', 0), []);
+    rmSync(join(loc, 'maps', sum.id));
+    const before = chunkFiles(loc);
+    await expect(repo.collectGarbage()).rejects.toMatchObject({ reason: 'not-found', message: expect.stringContaining(sum.id) });
+    expect(chunkFiles(loc)).toEqual(before);
+    expect(readdirSync(join(loc, 'locks'))).toEqual([]);
+  });
+});
+
+describe('journals and resume', () => {
+  it('an interrupted session is resumed: its chunks are not uploaded again, and the commit clears the journal', async () => {
+    const loc = join(dir, 'r');
+    await using repo = await Repository.create(loc);
+    const s1 = await repo.beginBackup('v');
+    const first = [];
+    for (let n = 0; n < 5; n++) first.push(await s1.putChunk(content(n)));
+    expect(first.every((r) => r.stored)).toBe(true);
+    await s1[Symbol.asyncDispose]();
+    const s2 = await repo.beginBackup('v');
+    expect([...s2.resumedIds].sort()).toEqual(first.map((r) => r.id).sort());
+    const second = [];
+    for (let n = 0; n < 7; n++) second.push(await s2.putChunk(content(n)));
+    expect(second.map((r) => r.stored)).toEqual([false, false, false, false, false, true, true]);
+    const sum = await s2.commit(hdr('v', 7), second.map((r, index) => ({ index, id: r.id })));
+    expect(sum.newChunks).toBe(2);
+    expect(existsSync(join(loc, 'journals')) ? readdirSync(join(loc, 'journals'), { recursive: true, withFileTypes: true }).filter((e) => e.isFile()) : []).toEqual([]);
+    const s3 = await repo.beginBackup('v');
+    expect(s3.resumedIds.size).toBe(0);
+    await s3[Symbol.asyncDispose]();
+  });
+
+  it("another volume's journal and a live session's journal are not resumed", async () => {
+    const loc = join(dir, 'r');
+    await using repo = await Repository.create(loc);
+    const a = await repo.beginBackup('a');
+    await a.putChunk(content(1));
+    await a[Symbol.asyncDispose]();
+    const live = await repo.beginBackup('b');
+    await live.putChunk(content(2));
+    await (live as unknown as { flushJournal(): Promise<void> }).flushJournal();
+    const other = await repo.beginBackup('b');
+    expect(other.resumedIds.size).toBe(0);
+    await other[Symbol.asyncDispose]();
+    await live[Symbol.asyncDispose]();
+  });
+});
+
+describe('verify', () => {
+  it('names backup, chunk index and byte offset of missing and damaged chunks', async () => {
+    const loc = join(dir, 'r');
+    await using repo = await Repository.create(loc);
+    const s = await repo.beginBackup('v');
+    const ids = [];
+    for (let n = 0; n < 4; n++) ids.push((await s.putChunk(content(n))).id);
+    const sum = await s.commit(hdr('v', 10), [
+      { index: 1, id: ids[0]! },
+      { index: 4, id: ids[1]! },
+      { index: 7, id: ids[2]! },
+      { index: 9, id: ids[3]! },
+    ]);
+    rmSync(join(loc, 'chunks', ids[1]!.slice(0, 2), ids[1]!));
+    const p = join(loc, 'chunks', ids[2]!.slice(0, 2), ids[2]!);
+    const b = readFileSync(p);
+    b[b.length >> 1]! ^= 4;
+    writeFileSync(p, b);
+    const progress: number[] = [];
+    const quick = await repo.verify({ onProgress: (x) => progress.push(x.chunks) });
+    expect(quick).toEqual({ backups: 1, chunks: 4, problems: [{ backup: sum.id, index: 4, offset: 4 * CS, id: ids[1], reason: 'missing' }], problemsOmitted: 0 });
+    expect(progress.at(-1)).toBe(4);
+    const full = await repo.verify({ data: true });
+    expect(full.problems).toEqual([
+      { backup: sum.id, index: 4, offset: 4 * CS, id: ids[1], reason: 'missing' },
+      { backup: sum.id, index: 7, offset: 7 * CS, id: ids[2], reason: 'corrupt' },
+    ]);
+    await expect(repo.getChunk(ids[2]!)).rejects.toMatchObject({ reason: 'corrupt', key: `chunks/${ids[2]!.slice(0, 2)}/${ids[2]}` });
+  });
+});
