@@ -301,6 +301,7 @@ class S3Backend implements Backend {
   async put(key: string, body: Uint8Array | AsyncIterable<Uint8Array>, opts: PutOptions = {}): Promise<boolean> {
     checkKey(key);
     const { signal, ifAbsent } = opts;
+    if (signal?.aborted) throw new AbortError(undefined, { cause: signal.reason });
     const Key = this.s3Key(key);
     // ifAbsent: HEAD first (an existing chunk costs no upload), then the write
     // carries If-None-Match: * where the store honours it (radosgw 16 does on
@@ -309,7 +310,8 @@ class S3Backend implements Backend {
     // the race is harmless.
     if (ifAbsent && (await this.stat(key, { signal })) !== null) return false;
     const cond = ifAbsent ? { IfNoneMatch: '*' } : {};
-    const precondition = (e: unknown): boolean => httpStatus(e) === 412;
+    // 412 is an answer only to our If-None-Match; otherwise it is a failure like any other.
+    const precondition = ifAbsent ? (e: unknown): boolean => httpStatus(e) === 412 : undefined;
     const it = parts(body, this.o.partSize);
     const first = await it.next();
     const firstBuf = first.done ? Buffer.alloc(0) : first.value;
@@ -319,9 +321,9 @@ class S3Backend implements Backend {
         await this.call('put', key, signal, (s) => this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, Body: firstBuf, ContentLength: firstBuf.length, ...cond }), { abortSignal: s }), precondition);
         return true;
       }
-      return await this.multipart(key, Key, firstBuf, second.value, it, cond, signal);
+      return await this.multipart(key, Key, firstBuf, second.value, it, cond, precondition, signal);
     } catch (e) {
-      if (ifAbsent && precondition(e)) return false;
+      if (precondition?.(e)) return false;
       throw e;
     } finally {
       await it.return(undefined);
@@ -329,7 +331,7 @@ class S3Backend implements Backend {
   }
 
   /** A multipart upload: the next part is read while the current one is sent; aborted on any failure. */
-  private async multipart(key: string, Key: string, p1: Buffer, p2: Buffer, rest: AsyncGenerator<Buffer>, cond: { IfNoneMatch?: string }, signal?: AbortSignal): Promise<boolean> {
+  private async multipart(key: string, Key: string, p1: Buffer, p2: Buffer, rest: AsyncGenerator<Buffer>, cond: { IfNoneMatch?: string }, precondition: ((e: unknown) => boolean) | undefined, signal?: AbortSignal): Promise<boolean> {
     const created = await this.call('multipart create', key, signal, (s) => this.client.send(new CreateMultipartUploadCommand({ Bucket: this.bucket, Key }), { abortSignal: s }));
     const UploadId = created.UploadId;
     if (!UploadId) throw new RepoError('backend', `S3 multipart create of ${key} in ${this.location} returned no upload id`, { key });
@@ -368,7 +370,7 @@ class S3Backend implements Backend {
         key,
         signal,
         (s) => this.client.send(new CompleteMultipartUploadCommand({ Bucket: this.bucket, Key, UploadId, MultipartUpload: { Parts: done }, ...cond }), { abortSignal: s }),
-        (e) => httpStatus(e) === 412,
+        precondition,
       );
       return true;
     } catch (e) {
