@@ -13,9 +13,16 @@
  *   concurrency; a put holds no slot between its parts, so puts cannot
  *   starve each other's parts).
  * - Retries are ours (the SDK's are off so that the count is known): throttling
- *   (429, 503 SlowDown), other 5xx and connection errors are retried with
- *   exponential backoff and jitter; anything still failing is a RepoError
- *   'backend' naming the key and the S3 error code.
+ *   (429, 503 SlowDown), 408, other 5xx and connection errors are retried with
+ *   exponential backoff and jitter: by default 8 attempts, delays of 200 ms
+ *   doubling up to 5 s, each half fixed and half random, so 8.1-16.2 s of
+ *   waiting before giving up (a gateway restart is ridden out). Anything still
+ *   failing, and any other error at once, is a RepoError 'backend' (EIO) with
+ *   the key, `s3Code`, `httpStatus` and `attempts`; an absent bucket and
+ *   missing credentials are 'config'; an absent key is 'not-found'.
+ * - A read that breaks mid-body resumes from the byte it reached (Range, with
+ *   If-Match on the first response's ETag so a replaced object is not spliced).
+ * - ifAbsent: HEAD, then PUT with If-None-Match: * (see put()).
  */
 import { Agent as HttpAgent } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
