@@ -138,27 +138,36 @@ describeS3(
     it('a backup rides out a gateway crash and restart, and commits whole', async () => {
       const loc = s3.location();
       const chunks = Array.from({ length: 40 }, () => randomBytes(CS));
-      await using repo = await Repository.create(loc.url);
+      let retries = 0;
+      const backend = await createS3Backend(loc.bucket, loc.prefix, { onRetry: () => retries++ });
+      await using repo = await Repository.openBackend(backend, { create: {} });
       await using s = await repo.beginBackup('vol');
       const entries: ManifestEntry[] = [];
       let outage: Promise<void> | undefined;
+      let killed = false;
       for (let i = 0; i < chunks.length; i++) {
         if (i === 10) {
           outage = (async () => {
             await s3.stopGateway();
+            killed = true;
             await sleep(1000);
             await s3.startGateway();
           })();
         }
+        // Slowed until the gateway is dead, so the crash lands mid-backup.
+        if (outage && !killed) await sleep(100);
         entries.push({ index: i, id: (await s.putChunk(chunks[i]!)).id });
       }
       await outage;
+      expect(retries).toBeGreaterThan(0);
       const sum = await s.commit(hdr('vol', chunks.length), entries);
       expect(sum.newChunks).toBe(40);
       const m = await repo.readManifest(sum.id);
       const got = await collect(m.entries);
       for (let i = 0; i < chunks.length; i++) expect(sha(await repo.getChunk(got[i]!.id))).toBe(sha(chunks[i]!));
       expect((await repo.verify({ data: true })).problems).toEqual([]);
+      await repo.close();
+      await backend.close();
     });
 
     it('an outage past the retries fails the backup, leaves no backup visible, and the next run resumes without re-uploading', async () => {

@@ -32,15 +32,19 @@ describeS3(
       const n = 60;
       const datas = Array.from({ length: n }, (_, i) => contractBytes(64 * 1024 + i, i + 1));
       let done = 0;
+      let killed = false;
       const writer = (async () => {
         for (let i = 0; i < n; i++) {
           await b.put(`chunks/${String(i).padStart(3, '0')}`, datas[i]!, { ifAbsent: true });
           done++;
-          await sleep(20);
+          // Past the tenth object the writer slows down until the gateway is
+          // dead, so the crash lands mid-sequence however loaded the machine.
+          await sleep(done >= 10 && !killed ? 100 : 10);
         }
       })();
       while (done < 10) await sleep(10);
       await s3.stopGateway();
+      killed = true;
       const stoppedAt = done;
       await sleep(1000);
       await s3.startGateway();
@@ -69,11 +73,14 @@ describeS3(
           produced += p.length;
           // Past two parts (the first sent, the second in flight): the gateway goes away.
           if (!outage && produced >= 2 * 5 * MIB + MIB) {
+            const stopped = s3.stopGateway();
             outage = (async () => {
-              await s3.stopGateway();
+              await stopped;
               await sleep(1000);
               await s3.startGateway();
             })();
+            // The rest of the body waits for the crash: its parts meet a dead gateway.
+            await stopped;
           }
           yield p;
         }
@@ -108,18 +115,20 @@ describeS3(
       const g = createHash('sha256');
       let got = 0;
       let outage: Promise<void> | undefined;
+      let killed = false;
       for await (const p of b.getStream('manifests/long')) {
         g.update(p);
         got += p.length;
-        // A slow reader: the gateway is still sending when it dies.
         if (!outage && got >= 4 * MIB) {
           outage = (async () => {
             await s3.stopGateway();
+            killed = true;
             await sleep(500);
             await s3.startGateway();
           })();
-          await sleep(300);
         }
+        // A slow reader until the crash: the gateway is still sending when it dies.
+        if (outage && !killed) await sleep(50);
       }
       await outage;
       expect(got).toBe(total);
