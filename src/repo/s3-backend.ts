@@ -13,9 +13,16 @@
  *   concurrency; a put holds no slot between its parts, so puts cannot
  *   starve each other's parts).
  * - Retries are ours (the SDK's are off so that the count is known): throttling
- *   (429, 503 SlowDown), other 5xx and connection errors are retried with
- *   exponential backoff and jitter; anything still failing is a RepoError
- *   'backend' naming the key and the S3 error code.
+ *   (429, 503 SlowDown), 408, other 5xx and connection errors are retried with
+ *   exponential backoff and jitter: by default 8 attempts, delays of 200 ms
+ *   doubling up to 5 s, each half fixed and half random, so 8.1-16.2 s of
+ *   waiting before giving up (a gateway restart is ridden out). Anything still
+ *   failing, and any other error at once, is a RepoError 'backend' (EIO) with
+ *   the key, `s3Code`, `httpStatus` and `attempts`; an absent bucket and
+ *   missing credentials are 'config'; an absent key is 'not-found'.
+ * - A read that breaks mid-body resumes from the byte it reached (Range, with
+ *   If-Match on the first response's ETag so a replaced object is not spliced).
+ * - ifAbsent: HEAD, then PUT with If-None-Match: * (see put()).
  */
 import { Agent as HttpAgent } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
@@ -83,16 +90,16 @@ function checkKey(key: string, what = 'key'): void {
     key.length <= MAX_KEY &&
     KEY_RE.test(key) &&
     !key.startsWith('/') &&
-    key.split('/').every((s, i, all) => s !== '.' && s !== '..' && (s !== '' || i === all.length - 1));
+    key.split('/').every((s) => s !== '' && s !== '.' && s !== '..');
   if (!ok) {
-    throw new RepoError('config', `invalid object ${what} ${JSON.stringify(key)}: keys are 1-512 characters of [A-Za-z0-9._/-], with no leading slash, empty, "." or ".." segment`, { key: String(key) });
+    throw new RepoError('config', `invalid object ${what} ${JSON.stringify(key)}: keys are 1-512 characters of [A-Za-z0-9._/-], with no empty, "." or ".." segment (so no leading or trailing slash)`, { key: String(key) });
   }
 }
 
-/** A list prefix: '' or a key-shaped string (a trailing slash is allowed). */
+/** A list prefix: '', a key, or a key and a trailing slash. */
 function checkPrefix(prefix: string): void {
   if (prefix === '') return;
-  checkKey(prefix, 'prefix');
+  checkKey(prefix.endsWith('/') ? prefix.slice(0, -1) : prefix, 'prefix');
 }
 
 /** A counting semaphore: at most `n` holders at once, FIFO. */
@@ -301,6 +308,7 @@ class S3Backend implements Backend {
   async put(key: string, body: Uint8Array | AsyncIterable<Uint8Array>, opts: PutOptions = {}): Promise<boolean> {
     checkKey(key);
     const { signal, ifAbsent } = opts;
+    if (signal?.aborted) throw new AbortError(undefined, { cause: signal.reason });
     const Key = this.s3Key(key);
     // ifAbsent: HEAD first (an existing chunk costs no upload), then the write
     // carries If-None-Match: * where the store honours it (radosgw 16 does on
@@ -309,7 +317,8 @@ class S3Backend implements Backend {
     // the race is harmless.
     if (ifAbsent && (await this.stat(key, { signal })) !== null) return false;
     const cond = ifAbsent ? { IfNoneMatch: '*' } : {};
-    const precondition = (e: unknown): boolean => httpStatus(e) === 412;
+    // 412 is an answer only to our If-None-Match; otherwise it is a failure like any other.
+    const precondition = ifAbsent ? (e: unknown): boolean => httpStatus(e) === 412 : undefined;
     const it = parts(body, this.o.partSize);
     const first = await it.next();
     const firstBuf = first.done ? Buffer.alloc(0) : first.value;
@@ -319,9 +328,9 @@ class S3Backend implements Backend {
         await this.call('put', key, signal, (s) => this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, Body: firstBuf, ContentLength: firstBuf.length, ...cond }), { abortSignal: s }), precondition);
         return true;
       }
-      return await this.multipart(key, Key, firstBuf, second.value, it, cond, signal);
+      return await this.multipart(key, Key, firstBuf, second.value, it, cond, precondition, signal);
     } catch (e) {
-      if (ifAbsent && precondition(e)) return false;
+      if (precondition?.(e)) return false;
       throw e;
     } finally {
       await it.return(undefined);
@@ -329,7 +338,7 @@ class S3Backend implements Backend {
   }
 
   /** A multipart upload: the next part is read while the current one is sent; aborted on any failure. */
-  private async multipart(key: string, Key: string, p1: Buffer, p2: Buffer, rest: AsyncGenerator<Buffer>, cond: { IfNoneMatch?: string }, signal?: AbortSignal): Promise<boolean> {
+  private async multipart(key: string, Key: string, p1: Buffer, p2: Buffer, rest: AsyncGenerator<Buffer>, cond: { IfNoneMatch?: string }, precondition: ((e: unknown) => boolean) | undefined, signal?: AbortSignal): Promise<boolean> {
     const created = await this.call('multipart create', key, signal, (s) => this.client.send(new CreateMultipartUploadCommand({ Bucket: this.bucket, Key }), { abortSignal: s }));
     const UploadId = created.UploadId;
     if (!UploadId) throw new RepoError('backend', `S3 multipart create of ${key} in ${this.location} returned no upload id`, { key });
@@ -368,7 +377,7 @@ class S3Backend implements Backend {
         key,
         signal,
         (s) => this.client.send(new CompleteMultipartUploadCommand({ Bucket: this.bucket, Key, UploadId, MultipartUpload: { Parts: done }, ...cond }), { abortSignal: s }),
-        (e) => httpStatus(e) === 412,
+        precondition,
       );
       return true;
     } catch (e) {

@@ -48,8 +48,10 @@ export interface S3TestContext {
   startGateway(): Promise<void>;
 }
 
+/** Path of a Ceph tool: only in $DMTHIN_CEPH_DIR when set (an empty dir simulates no Ceph), else PATH and the sbin dirs. */
 function which(tool: string): string | null {
-  for (const d of [...(process.env.PATH ?? '').split(delimiter), '/usr/sbin', '/usr/bin', '/sbin']) {
+  const only = process.env.DMTHIN_CEPH_DIR;
+  for (const d of only ? [only] : [...(process.env.PATH ?? '').split(delimiter), '/usr/sbin', '/usr/bin', '/sbin']) {
     if (d && existsSync(join(d, tool))) return join(d, tool);
   }
   return null;

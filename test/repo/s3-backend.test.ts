@@ -2,6 +2,8 @@
 // what only S3 has (pagination, batched deletes, multipart uploads and their
 // cleanup, error mapping, the SDK's Node-version warning kept off stderr).
 import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DeleteObjectsCommand, HeadObjectCommand, ListMultipartUploadsCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
 import { RepoError } from '../../src/errors';
@@ -28,11 +30,17 @@ async function emptyPrefix(bucket: string, prefix: string): Promise<void> {
 }
 
 describeS3('S3 backend (Ceph radosgw)', (s3) => {
-  backendContract('S3', async () => {
-    const loc = s3.location();
-    const backend = await createS3Backend(loc.bucket, loc.prefix);
-    return { backend, cleanup: () => emptyPrefix(loc.bucket, loc.prefix) };
-  });
+  // 5 MiB parts (S3's smallest) so the "larger than a part" cases move 11 MiB
+  // instead of 20; the default 8 MiB part size is covered below.
+  backendContract(
+    'S3',
+    async () => {
+      const loc = s3.location();
+      const backend = await createS3Backend(loc.bucket, loc.prefix, { partSize: 5 * 1024 * 1024 });
+      return { backend, cleanup: () => emptyPrefix(loc.bucket, loc.prefix) };
+    },
+    { largeBytes: 11 * 1024 * 1024 + 12345 },
+  );
 
   describe('S3 specifics', () => {
     let b: Backend;
@@ -97,23 +105,24 @@ describeS3('S3 backend (Ceph radosgw)', (s3) => {
     });
 
     it('lists across pages and deletes in batches of at most 1000', async () => {
-      // Pages of 100 (S3 serves up to 1000; radosgw puts run at ~60/s here, so
-      // 250 objects instead of 1000+); deletes of 1300 keys, present ones in
-      // both batches, the absent ones costing nothing to make.
-      const n = 250;
+      // Pages of 50 (S3 serves up to 1000; radosgw puts run at ~50/s here, so
+      // 120 objects in 3 pages instead of 1000+ objects); deletes of 1300
+      // keys, present ones in both batches, the absent ones costing nothing.
+      const n = 120;
       const keys = Array.from({ length: n }, (_, i) => `p/${String(i).padStart(5, '0')}`);
       await Promise.all(keys.map((k) => b.put(k, Buffer.from(k))));
-      const paged = await createS3Backend(loc.bucket, loc.prefix, { listPageSize: 100 });
+      const paged = await createS3Backend(loc.bucket, loc.prefix, { listPageSize: 50 });
       const send = jest.spyOn(S3Client.prototype, 'send');
+      // Present keys at positions 0, 11, 22, ... 1298: 119 of them, 28 past the first batch.
+      const del = Array.from({ length: 1300 }, (_, i) => (i % 11 === 0 ? keys[i / 11]! : `p/absent-${i}`));
+      const deleted = new Set(del.filter((k) => !k.includes('absent')));
       try {
         const listed = (await collect(paged.list('p/'))).map((o) => o.key).sort();
         expect(listed).toEqual(keys);
-        const lists = send.mock.calls.filter(([c]) => c instanceof ListObjectsV2Command);
-        expect(lists.length).toBe(3);
+        expect(send.mock.calls.filter(([c]) => c instanceof ListObjectsV2Command).length).toBe(3);
         send.mockClear();
-        const del = Array.from({ length: 1300 }, (_, i) => (i % 6 === 0 && i / 6 < n ? keys[i / 6]! : `p/absent-${i}`));
-        const present = del.filter((k) => !k.includes('absent'));
-        expect(present.some((k) => del.indexOf(k) >= 1000)).toBe(true);
+        expect(deleted.size).toBe(119);
+        expect(del.slice(1000).some((k) => deleted.has(k))).toBe(true);
         await paged.delete(del);
         const batches = send.mock.calls.filter(([c]) => c instanceof DeleteObjectsCommand).map(([c]) => (c as DeleteObjectsCommand).input.Delete!.Objects!.length);
         expect(batches).toEqual([1000, 300]);
@@ -121,9 +130,8 @@ describeS3('S3 backend (Ceph radosgw)', (s3) => {
         send.mockRestore();
         await paged.close();
       }
-      const left = new Set((await collect(b.list('p/'))).map((o) => o.key));
-      expect(keys.filter((k) => !left.has(k)).length).toBe(Math.ceil(1300 / 6) > n ? n : Math.ceil(1300 / 6));
-      for (const k of keys) expect(left.has(k)).toBe(!(keys.indexOf(k) * 6 < 1300));
+      const left = (await collect(b.list('p/'))).map((o) => o.key).sort();
+      expect(left).toEqual(keys.filter((k) => !deleted.has(k)));
     });
 
     it('an absent bucket is RepoError config; wrong keys are RepoError backend naming the S3 code, not retried', async () => {
@@ -152,6 +160,28 @@ describeS3('S3 backend (Ceph radosgw)', (s3) => {
       await expect(createS3Backend('ok-bucket', 'x', { concurrency: 0 })).rejects.toMatchObject({ reason: 'config' });
     });
 
+    it('takes credentials from a profile in the AWS config files (AWS_PROFILE, no key variables)', async () => {
+      const dir = mkdtempSync(join(tmpdir(), 'dmthin-aws-'));
+      writeFileSync(join(dir, 'config'), `[profile dmthin-test]\nregion = ${s3.env.AWS_REGION}\n`);
+      writeFileSync(join(dir, 'credentials'), `[dmthin-test]\naws_access_key_id = ${s3.env.AWS_ACCESS_KEY_ID}\naws_secret_access_key = ${s3.env.AWS_SECRET_ACCESS_KEY}\n`);
+      const names = ['AWS_PROFILE', 'AWS_CONFIG_FILE', 'AWS_SHARED_CREDENTIALS_FILE', 'AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_REGION', 'AWS_DEFAULT_REGION'];
+      const saved = Object.fromEntries(names.map((n) => [n, process.env[n]]));
+      for (const n of names) delete process.env[n];
+      Object.assign(process.env, { AWS_PROFILE: 'dmthin-test', AWS_CONFIG_FILE: join(dir, 'config'), AWS_SHARED_CREDENTIALS_FILE: join(dir, 'credentials') });
+      try {
+        const p = await createS3Backend(loc.bucket, loc.prefix);
+        await p.put('from-profile', Buffer.from('p'));
+        expect((await p.get('from-profile')).toString()).toBe('p');
+        await p.close();
+      } finally {
+        for (const n of names) {
+          if (saved[n] === undefined) delete process.env[n];
+          else process.env[n] = saved[n];
+        }
+        rmSync(dir, { recursive: true, force: true });
+      }
+    });
+
     it('bounded concurrency: at most `concurrency` requests in flight', async () => {
       const c = await createS3Backend(loc.bucket, loc.prefix, { concurrency: 3 });
       // Count sockets the backend's agent opens: with keep-alive and
@@ -178,7 +208,7 @@ describeS3('S3 backend (Ceph radosgw)', (s3) => {
   });
 });
 
-describe('S3 backend: the SDK Node-version warning', () => {
+describe('S3 backend: configuration, and the SDK Node-version warning (no server needed)', () => {
   // Runs dist/ (built by `npm test` first) in a child so the SDK's
   // once-per-process warning state is fresh.
   const dist = join(REPO_ROOT, 'dist', 'repo', 's3-backend.js');
@@ -195,6 +225,23 @@ describe('S3 backend: the SDK Node-version warning', () => {
     expect(r.status).toBe(0);
     if (major < 22) expect(r.stderr).toContain('NodeVersionSupportWarning');
     else expect(r.stderr).not.toContain('NodeVersionSupportWarning');
+  });
+
+  it('no region anywhere: RepoError config naming AWS_REGION; with an endpoint, us-east-1 is assumed', () => {
+    const code = (endpoint: boolean): string => `
+      for (const n of ['AWS_REGION', 'AWS_DEFAULT_REGION', 'AWS_PROFILE', 'AWS_ENDPOINT_URL', 'AWS_ENDPOINT_URL_S3']) delete process.env[n];
+      process.env.AWS_CONFIG_FILE = '/nonexistent/aws-config';
+      process.env.AWS_SHARED_CREDENTIALS_FILE = '/nonexistent/aws-credentials';
+      ${endpoint ? "process.env.AWS_ENDPOINT_URL = 'http://127.0.0.1:9';" : ''}
+      const { createS3Backend } = require(${JSON.stringify(dist)});
+      createS3Backend('some-bucket', 'p').then(async (b) => { console.log('ok ' + b.location); await b.close(); },
+        (e) => console.log(JSON.stringify({ name: e.name, reason: e.reason, message: e.message })));`;
+    const none = spawnSync(process.execPath, ['-e', code(false)], { encoding: 'utf8', cwd: REPO_ROOT });
+    const out = JSON.parse(none.stdout.trim()) as { name: string; reason: string; message: string };
+    expect(out).toMatchObject({ name: 'RepoError', reason: 'config' });
+    expect(out.message).toContain('AWS_REGION');
+    const withEndpoint = spawnSync(process.execPath, ['-e', code(true)], { encoding: 'utf8', cwd: REPO_ROOT });
+    expect(withEndpoint.stdout.trim()).toBe('ok s3://some-bucket/p');
   });
 
   it('createS3Backend keeps it off stderr, other warnings still print, the variable is left as it was', () => {
