@@ -175,6 +175,7 @@ const WEIGHTS = {
   'stream-sizes.vm.test.ts': 4,
   'status.vm.test.ts': 3,
   'replication.vm.test.ts': 3,
+  'backup.vm.test.ts': 3,
   'check.vm.test.ts': 2,
   'receive-targets.vm.test.ts': 2,
 };
