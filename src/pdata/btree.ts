@@ -328,6 +328,13 @@ export interface WalkOptions extends TreeContext {
   };
   /** The root's block, already read (by a caller that reads many roots in one batch). */
   rootBlock?: Block;
+  /**
+   * Each yielded leaf (and each node passed to onNode) is valid only until
+   * the walk goes on: its block is then marked done (Block.done), so the
+   * walk's read buffers are reused instead of left to the garbage collector.
+   * For callers that decode a leaf before asking for the next.
+   */
+  transient?: boolean;
 }
 
 interface Pending {
@@ -353,6 +360,7 @@ interface Pending {
  */
 export async function* walkLeaves(io: BlockSource, root: number, opts: WalkOptions): AsyncGenerator<BtreeNode> {
   const window = opts.window ?? 256;
+  const transient = opts.transient ?? false;
   const begin = opts.begin ?? 0;
   const end = opts.end ?? Infinity;
   const ctx: TreeContext = { tree: opts.tree, devId: opts.devId };
@@ -435,9 +443,11 @@ export async function* walkLeaves(io: BlockSource, root: number, opts: WalkOptio
     opts.onNode?.(node, item.depth);
     if (node.isLeaf) {
       yield node;
+      if (transient) block.done();
       continue;
     }
     const children = item.children ?? childrenOf(node, item);
+    if (transient) block.done();
     // Push last-to-first so the first child is on top.
     for (let i = children.length - 1; i >= 0; i--) stack.push(children[i]);
   }
