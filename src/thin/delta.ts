@@ -182,7 +182,10 @@ class Side {
   /** Consumes the current leaf entry. */
   advance(): void {
     const c = this.top() as Cursor;
-    if (++c.i >= c.node.nrEntries) this.stack.pop();
+    if (++c.i >= c.node.nrEntries) {
+      this.stack.pop();
+      c.node.block.done(); // its read buffer serves later reads
+    }
   }
 
   /**
@@ -236,6 +239,7 @@ class Side {
     this.walk.stats.nodesRead++;
     if (node.isLeaf) {
       if (node.nrEntries > 0) this.stack.push({ leaf: true, node, i: 0, depth: r.depth });
+      else block.done();
       return;
     }
     for (let i = node.nrEntries - 1; i >= 0; i--) {
@@ -243,6 +247,7 @@ class Side {
       const hi = i + 1 < node.nrEntries ? node.keyAt(i + 1) : r.hi;
       this.pushRef({ leaf: false, block: node.value64(i), lo, hi, depth: r.depth + 1 }, r.block);
     }
+    block.done();
   }
 
   label(): string {
@@ -457,8 +462,14 @@ class DeltaWalker {
     }
     a.i = i;
     b.i = j;
-    if (i >= na.nrEntries) this.left.stack.pop();
-    if (j >= nb.nrEntries) this.right.stack.pop();
+    if (i >= na.nrEntries) {
+      this.left.stack.pop();
+      na.block.done();
+    }
+    if (j >= nb.nrEntries) {
+      this.right.stack.pop();
+      nb.block.done();
+    }
   }
 
   async *run(leftRoot: number, rightRoot: number): AsyncGenerator<RawDeltaExtent[]> {
