@@ -97,22 +97,21 @@ class ReadWorker : public PromiseWorker<BlockReader> {
       : PromiseWorker(env, owner, "dmthin:read"),
         fd_(owner->fd_),
         path_(owner->path_),
+        pool_(owner->pool_),
         reqs_(std::move(reqs)),
         block_size_(block_size),
         checksum_(checksum) {
     owner_->inflight_++;
   }
   ~ReadWorker() override {
-    if (out_) std::free(out_);
+    if (out_) pool_->Give(out_, cap_);
   }
 
   void Execute() override {
     n_ = reqs_.size();
     if (n_ == 0) return;
-    if (::posix_memalign(reinterpret_cast<void**>(&out_), kDirectAlign, n_ * block_size_) != 0) {
-      out_ = nullptr;
-      return fail_.set(ENOMEM, "posix_memalign", path_);
-    }
+    out_ = pool_->Take(n_ * block_size_, &cap_);
+    if (!out_) return fail_.set(ENOMEM, "posix_memalign", path_);
     std::stable_sort(reqs_.begin(), reqs_.end(), [](const Request& a, const Request& b) { return a.block < b.block; });
 
     // Coalesce: blocks at most kMaxGapBlocks apart go in one preadv; the holes
@@ -176,17 +175,21 @@ class ReadWorker : public PromiseWorker<BlockReader> {
     if (n_ == 0) {
       data = Napi::Buffer<uint8_t>::New(env, 0);
     } else {
-      uint8_t* p = out_;
+      auto* rb = new ReadBuffer{out_, cap_, pool_};
       out_ = nullptr;  // ownership moves to the Buffer
       // V8 does not see memory behind an external Buffer: tell it, so that a
       // long walk's dropped batches are collected promptly instead of
-      // piling up between major GCs.
-      const int64_t bytes = static_cast<int64_t>(n_) * block_size_;
-      Napi::MemoryManagement::AdjustExternalMemory(env, bytes);
-      data = Napi::Buffer<uint8_t>::New(env, p, static_cast<size_t>(bytes), [bytes](Napi::Env e, uint8_t* q) {
-        std::free(q);
-        Napi::MemoryManagement::AdjustExternalMemory(e, -bytes);
-      });
+      // piling up between major GCs. A released buffer is un-accounted at once.
+      Napi::MemoryManagement::AdjustExternalMemory(env, static_cast<int64_t>(rb->cap));
+      data = Napi::Buffer<uint8_t>::New(env, rb->p, n_ * block_size_, [](Napi::Env e, uint8_t*, ReadBuffer* b) {
+        if (!b->released) {
+          b->pool->live.erase(b->p);
+          b->pool->Give(b->p, b->cap);
+          Napi::MemoryManagement::AdjustExternalMemory(e, -static_cast<int64_t>(b->cap));
+        }
+        delete b;
+      }, rb);
+      pool_->live[rb->p] = rb;
     }
     o.Set("data", data);
     if (checksum_) {
@@ -250,15 +253,51 @@ class ReadWorker : public PromiseWorker<BlockReader> {
 
   int fd_;
   std::string path_;
+  std::shared_ptr<BufferPool> pool_;
   std::vector<Request> reqs_;
   uint32_t block_size_;
   bool checksum_;
   size_t n_ = 0;
   uint8_t* out_ = nullptr;
+  size_t cap_ = 0;
   std::vector<uint32_t> crcs_;
 };
 
 }  // namespace
+
+// ---------------------------------------------------------------- buffers
+
+BufferPool::~BufferPool() {
+  for (uint8_t* p : free_) std::free(p);
+}
+
+uint8_t* BufferPool::Take(size_t bytes, size_t* cap) {
+  if (bytes > kPooledBytes / 2 && bytes <= kPooledBytes) {
+    *cap = kPooledBytes;
+    std::lock_guard<std::mutex> g(mu);
+    if (!free_.empty()) {
+      uint8_t* p = free_.back();
+      free_.pop_back();
+      return p;
+    }
+  } else {
+    *cap = bytes;
+  }
+  void* p = nullptr;
+  if (::posix_memalign(&p, kDirectAlign, *cap) != 0) return nullptr;
+  return static_cast<uint8_t*>(p);
+}
+
+void BufferPool::Give(uint8_t* p, size_t cap) {
+  if (cap == kPooledBytes) {
+    std::lock_guard<std::mutex> g(mu);
+    if (free_.size() < kMaxFree) {
+      free_.push_back(p);
+      return;
+    }
+  }
+  std::free(p);
+}
 
 // ---------------------------------------------------------------- class
 
@@ -266,7 +305,8 @@ void BlockReader::Init(Napi::Env env, Napi::Object exports) {
   Napi::Function ctor = DefineClass(env, "BlockReader",
                                     {InstanceMethod("open", &BlockReader::Open),
                                      InstanceMethod("read", &BlockReader::Read),
-                                     InstanceMethod("close", &BlockReader::Close)});
+                                     InstanceMethod("close", &BlockReader::Close),
+                                     InstanceMethod("release", &BlockReader::Release)});
   exports.Set("BlockReader", ctor);
 }
 
@@ -321,6 +361,30 @@ Napi::Value BlockReader::Read(const Napi::CallbackInfo& info) {
   Napi::Promise p = w->Promise();
   w->Queue();
   return p;
+}
+
+// release(data: Buffer): true when `data` was a batch of this reader, now
+// detached (every view of it reads as empty) and its memory reused or freed;
+// false for anything else (left alone).
+Napi::Value BlockReader::Release(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsBuffer()) throw Napi::TypeError::New(env, "release(data: Buffer)");
+  Napi::Buffer<uint8_t> buf = info[0].As<Napi::Buffer<uint8_t>>();
+  auto it = pool_->live.find(buf.Data());
+  if (it == pool_->live.end()) return Napi::Boolean::New(env, false);
+  Napi::ArrayBuffer ab = buf.ArrayBuffer();
+  if (ab.Data() != buf.Data()) return Napi::Boolean::New(env, false);  // a view that does not start at the batch
+  ReadBuffer* rb = it->second;
+  pool_->live.erase(it);
+  rb->released = true;
+  uint8_t* p = rb->p;
+  size_t cap = rb->cap;
+  // Detach first: no JS view can reach the memory once it is reused.
+  // (The finalizer may run inside Detach and delete rb: not touched after.)
+  ab.Detach();
+  pool_->Give(p, cap);
+  Napi::MemoryManagement::AdjustExternalMemory(env, -static_cast<int64_t>(cap));
+  return Napi::Boolean::New(env, true);
 }
 
 void BlockReader::FinishRead() {

@@ -21,9 +21,15 @@
 //                  file-backed images against dd with O_DIRECT, 1 MiB blocks),
 //                  tiny (each command on examples/pool.bin, in ms over
 //                  `node -e 0`), ls-nowalk (ls default fields on the bench and
-//                  the devices image against `node -e 0` and thin_ls)
+//                  the devices image against `node -e 0` and thin_ls),
+//                  memory (peak RSS and time of dmthin's dump, ls, delta,
+//                  check and rmap, against the 80 MiB goal; no reference run)
+// --scale A,B,...  the memory rows at each of these mapping counts (images
+//                  built and cached as needed), e.g. 1000000,4000000,10000000,40000000,
+//                  printed as one table: peak RSS, seconds and seconds per
+//                  million mappings (flat when the time is linear)
 import { spawnSync } from 'node:child_process';
-import { createWriteStream, existsSync, mkdirSync, statSync, writeFileSync, renameSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, readFileSync, statSync, writeFileSync, renameSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -41,6 +47,8 @@ const DATA_BLOCKS = opt('data-blocks', MAPPINGS * 2);
 const onlyAt = args.indexOf('--only');
 const ONLY = onlyAt >= 0 ? new Set(args[onlyAt + 1].split(',')) : null;
 const wanted = (key) => !ONLY || ONLY.has(key);
+const scaleAt = args.indexOf('--scale');
+const SCALE = scaleAt >= 0 ? args[scaleAt + 1].split(',').map(Number) : null;
 const cli = join(root, 'dist/cli/main.js');
 
 function need(cmd) {
@@ -55,6 +63,12 @@ if (!existsSync(cli)) {
   console.error('bench: dist/ is missing; run `npm run build` first');
   process.exit(1);
 }
+// Node options of the installed `dmthin` command (its #! line), so that the
+// bench runs the CLI as users do.
+const cliNodeFlags = (() => {
+  const m = /^#!\/usr\/bin\/env -S node (.*)$/.exec(readFileSync(cli, 'utf8').split('\n', 1)[0]);
+  return m ? m[1].trim().split(/\s+/) : [];
+})();
 
 // A deterministic generator (xorshift) so every run measures the same image.
 function rng(seed) {
@@ -226,6 +240,8 @@ async function makeDevicesImage(path, nrDevices) {
 }
 
 function timed(cmd, argv) {
+  // The CLI runs with its #! line's node options, as the installed command does.
+  if (cmd === process.execPath && argv[0] === cli) argv = [...cliNodeFlags, ...argv];
   const hasTime = existsSync('/usr/bin/time');
   const full = hasTime ? ['/usr/bin/time', ['-f', '%e %M %U %S', cmd, ...argv]] : [cmd, argv];
   const t0 = process.hrtime.bigint();
@@ -339,21 +355,76 @@ async function streamRows() {
   console.table(results);
 }
 
+/** The bench image of `mappings` mappings on `dataBlocks` data blocks, built once. */
+async function benchImage(mappings, dataBlocks) {
+  const cache = join(root, '.bench-cache');
+  mkdirSync(cache, { recursive: true });
+  const img = join(cache, dataBlocks === mappings * 2 ? `bench-${mappings}.bin` : `bench-${mappings}-data${dataBlocks}.bin`);
+  if (!existsSync(img)) {
+    process.stderr.write(`bench: building a ${mappings}-mapping image (${dataBlocks} data blocks) with thin_restore...\n`);
+    const t0 = Date.now();
+    await makeImage(img, mappings, dataBlocks);
+    process.stderr.write(`bench: built in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
+  }
+  return img;
+}
+
+/**
+ * The memory rows: dmthin's peak RSS (the largest of the rounds) and median
+ * wall time for dump, ls, delta, check and rmap on the bench image of each
+ * size, against issue 11's goal of 80 MiB at 1M, 10M and 40M mappings. No
+ * reference tool runs here (at 40M they take minutes); the walk rows above
+ * give the ratios.
+ */
+async function memoryRows(sizes) {
+  const rounds = Math.max(1, Math.min(ROUNDS, 3));
+  const table = [];
+  for (const m of sizes) {
+    const dataBlocks = sizes.length === 1 ? DATA_BLOCKS : m * 2;
+    const img = await benchImage(m, dataBlocks);
+    const cmds = [
+      ['dump', ['dump', img]],
+      ['ls', ['ls', '-o', 'DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS', img]],
+      ['delta', ['delta', '--snap1', '0', '--snap2', '1', img]],
+      ['check', ['check', '-q', img]],
+      ['rmap', ['rmap', '-q', '--region', `0..${dataBlocks}`, img]],
+    ];
+    const row = { mappings: m, data_blocks: dataBlocks, metadata_MiB: Math.round(statSync(img).size / 2 ** 20) };
+    for (const [name, argv] of cmds) {
+      const runs = [];
+      for (let i = 0; i < rounds; i++) runs.push(timed(process.execPath, [cli, ...argv]));
+      const wall = median(runs.map((x) => x.wall));
+      const rss = Math.max(...runs.map((x) => x.rssKiB)) / 1024;
+      row[`${name}_MiB`] = rss.toFixed(0);
+      row[`${name}_s`] = wall.toFixed(2);
+      row[`${name}_s_per_M`] = ((wall / m) * 1e6).toFixed(2);
+      console.log(`memory ${m} mappings, ${name}: peak RSS ${rss.toFixed(0)} MiB (goal <= 80 MiB), ${wall.toFixed(2)} s (${((wall / m) * 1e6).toFixed(2)} s per million mappings)`);
+    }
+    table.push(row);
+  }
+  console.table(table);
+  // The README's table: peak RSS / seconds per command and size.
+  console.log('| mappings | ' + ['dump', 'ls', 'delta', 'check', 'rmap'].join(' | ') + ' |');
+  console.log('|---|---|---|---|---|---|');
+  for (const r of table) {
+    const cell = (n) => `${r[`${n}_MiB`]} MiB, ${r[`${n}_s`]} s`;
+    console.log(`| ${r.mappings / 1e6}M | ${['dump', 'ls', 'delta', 'check', 'rmap'].map(cell).join(' | ')} |`);
+  }
+}
+
 async function main() {
+  if (SCALE) {
+    await memoryRows(SCALE);
+    return;
+  }
   const cache = join(root, '.bench-cache');
   mkdirSync(cache, { recursive: true });
   // The stream rows have their own fixture: `--only send,receive` builds no metadata image.
   const STREAM_KEYS = ['send', 'receive', 'receive-piped'];
   if (ONLY && [...ONLY].every((k) => STREAM_KEYS.includes(k))) return streamRows();
-  const img = join(cache, DATA_BLOCKS === MAPPINGS * 2 ? `bench-${MAPPINGS}.bin` : `bench-${MAPPINGS}-data${DATA_BLOCKS}.bin`);
-  // Rows that read the bench image (ls-nowalk too); the others build their own.
-  const needImage = ['dump', 'ls', 'rmap', 'delta', 'check', 'ls-nowalk'].some(wanted);
-  if (needImage && !existsSync(img)) {
-    process.stderr.write(`bench: building a ${MAPPINGS}-mapping image (${DATA_BLOCKS} data blocks) with thin_restore...\n`);
-    const t0 = Date.now();
-    await makeImage(img, MAPPINGS, DATA_BLOCKS);
-    process.stderr.write(`bench: built in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
-  }
+  // Rows that read the bench image (ls-nowalk and memory too); the others build their own.
+  const needImage = ['dump', 'ls', 'rmap', 'delta', 'check', 'ls-nowalk', 'memory'].some(wanted);
+  const img = needImage ? await benchImage(MAPPINGS, DATA_BLOCKS) : join(cache, `bench-${MAPPINGS}.bin`);
   const shared = join(cache, `bench-shared-${MAPPINGS}.bin`);
   const needShared = ['delta-shared', 'delta-no-same', 'check-shared'].some(wanted);
   if (needShared && !existsSync(shared)) {
@@ -480,6 +551,7 @@ async function main() {
   if (results.length) console.table(results);
   if (wanted('tiny')) tinyRows();
   if (wanted('ls-nowalk')) await lsNowalkRows(cache, img);
+  if (wanted('memory')) await memoryRows([MAPPINGS]);
   if (['send', 'receive', 'receive-piped'].some(wanted)) await streamRows();
 }
 

@@ -1,10 +1,15 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --max-semi-space-size=1
 /**
  * The dmthin command line. Each subcommand lives in its own file; this one
  * wires them up and owns exit codes: 0 on success, 1 on any error (one line on
  * stderr), 128+n after a signal, 141 quietly when the reader of stdout went
  * away (EPIPE). Success is reported only once stdout has taken every byte: a
  * write error of any command (ENOSPC, EIO...) is an error like any other.
+ *
+ * The #! line caps V8's young generation at 1 MiB per semi-space: a long walk
+ * otherwise grows it to 32 MiB of peak RSS for garbage that dies young
+ * (10M-mapping dump: 91 -> 72 MiB, CPU 0.99x; check 91 -> 84 MiB, CPU
+ * 1.07x). `env -S` splits the options (coreutils 8.30 and later).
  */
 // First, before the imports below load: a run of the CLI compiles its
 // modules with V8's cached code and defers what commander loads but never

@@ -24,6 +24,8 @@ export interface NativeReadResult {
 export interface NativeBlockReader {
   open(path: string, direct?: 'auto' | 'always' | 'never', exclusive?: boolean): Promise<NativeOpenInfo>;
   read(blockSize: number, blocks: Float64Array, checksum?: boolean): Promise<NativeReadResult>;
+  /** Gives a read's `data` back (the addon's reader only): detached, its memory reused. False if it was not one. */
+  release?(data: Buffer): boolean;
   close(): void;
 }
 

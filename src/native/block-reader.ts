@@ -60,6 +60,17 @@ export class BlockReader {
     }
   }
 
+  /**
+   * Hands back the `data` of a read that nothing will look at again: its
+   * memory is reused by later reads at once instead of when the garbage
+   * collector gets to it, and every view of it reads as empty from then on.
+   * Returns false (and does nothing) for a buffer this reader did not return
+   * or a reader without that ability (the portable one).
+   */
+  release(data: Buffer): boolean {
+    return this.r.release?.(data) ?? false;
+  }
+
   /** EBADF once closed: callers that check their arguments first call this before. */
   assertOpen(): void {
     if (this.closed) throw new DmthinError('EBADF', `${this.path} is closed`, { path: this.path, syscall: 'read' });

@@ -12,12 +12,28 @@ import { BlockReader, type BlockReaderOpenOptions } from '../native/block-reader
 export const BLOCK_SIZE = 4096;
 
 /**
+ * The blocks of one read that are still in use; when none is, the batch's
+ * buffer goes back to the reader (bounded memory: a walk that marks its blocks
+ * done reuses a few buffers instead of leaving each to the garbage collector).
+ */
+class BatchUse {
+  constructor(
+    public pending: number,
+    private readonly release: () => void,
+  ) {}
+  done(): void {
+    if (--this.pending === 0) this.release();
+  }
+}
+
+/**
  * One metadata block as read: a window on a batch buffer plus the raw CRC-32C
  * of its bytes [4, 4096). Hot paths read `words` (a Uint32Array over the whole
  * batch) at `base`; `data` makes a Buffer view only when asked.
  */
 export class Block {
   private view?: Buffer;
+  private use?: { done(): void };
   constructor(
     /** Its block number. */
     readonly nr: number,
@@ -27,7 +43,25 @@ export class Block {
     readonly crc: number,
     /** Little-endian u32 words of the batch; this block starts at word `base`. */
     readonly words: Uint32Array,
-  ) {}
+    /** The read this block belongs to, when its buffer can be handed back (see done()). */
+    use?: { done(): void },
+  ) {
+    this.use = use;
+  }
+  /**
+   * The caller will not read this block (nor anything made from it: a
+   * BtreeNode, `data`, `words`) again. Once every block of its read is done,
+   * the read's buffer is reused for later reads, and the views read as empty.
+   * Optional: blocks never marked done are freed by the garbage collector.
+   * Calling it twice is harmless.
+   */
+  done(): void {
+    const u = this.use;
+    if (u) {
+      this.use = undefined;
+      u.done();
+    }
+  }
   /** Index in `words` of the block's first word. */
   get base(): number {
     return this.offset >>> 2;
@@ -121,7 +155,8 @@ export class NativeBlockSource implements BlockSource {
     const crcs = res.crcs!;
     const d = res.data;
     const words = new Uint32Array(d.buffer, d.byteOffset, d.length >>> 2);
-    for (let i = 0; i < blocks.length; i++) out[i] = new Block(blocks[i], d, i * BLOCK_SIZE, crcs[i], words);
+    const use = blocks.length > 0 ? new BatchUse(blocks.length, () => this.reader.release(d)) : undefined;
+    for (let i = 0; i < blocks.length; i++) out[i] = new Block(blocks[i], d, i * BLOCK_SIZE, crcs[i], words, use);
     return out;
   }
 

@@ -328,6 +328,13 @@ export interface WalkOptions extends TreeContext {
   };
   /** The root's block, already read (by a caller that reads many roots in one batch). */
   rootBlock?: Block;
+  /**
+   * Each yielded leaf (and each node passed to onNode) is valid only until
+   * the walk goes on: its block is then marked done (Block.done), so the
+   * walk's read buffers are reused instead of left to the garbage collector.
+   * For callers that decode a leaf before asking for the next.
+   */
+  transient?: boolean;
 }
 
 interface Pending {
@@ -353,6 +360,7 @@ interface Pending {
  */
 export async function* walkLeaves(io: BlockSource, root: number, opts: WalkOptions): AsyncGenerator<BtreeNode> {
   const window = opts.window ?? 256;
+  const transient = opts.transient ?? false;
   const begin = opts.begin ?? 0;
   const end = opts.end ?? Infinity;
   const ctx: TreeContext = { tree: opts.tree, devId: opts.devId };
@@ -383,7 +391,9 @@ export async function* walkLeaves(io: BlockSource, root: number, opts: WalkOptio
 
   // Collects up to `window` unread nodes in walk order (looking into internal
   // nodes that are already in memory) and reads them in one batch.
-  const fetch = () => {
+  // Nodes read (or being read) that the walk has not reached yet.
+  let ahead = 0;
+  const fetch = (): number => {
     const items: Pending[] = [];
     const visit = (it: Pending): void => {
       if (items.length >= window) return;
@@ -406,7 +416,7 @@ export async function* walkLeaves(io: BlockSource, root: number, opts: WalkOptio
       }
     };
     for (let i = stack.length - 1; i >= 0 && items.length < window; i--) visit(stack[i]);
-    if (items.length === 0) return;
+    if (items.length === 0) return 0;
     const batch = io.read(items.map((it) => it.block));
     batch.catch(() => {});
     inFlight++;
@@ -418,26 +428,33 @@ export async function* walkLeaves(io: BlockSource, root: number, opts: WalkOptio
       it.p = batch.then((bs) => (it.data = bs[i]));
       it.p.catch(() => {}); // an abandoned walk must not leave an unhandled rejection
     });
+    return items.length;
   };
 
   let sinceFetch = 0;
   while (stack.length > 0) {
     throwIfAborted(opts.signal);
     const top = stack[stack.length - 1];
-    if (!top.p || (inFlight < 2 && sinceFetch >= window / 2)) {
-      fetch();
+    // Read-ahead is bounded: at most two windows of blocks read (or in
+    // flight) and not yet reached. Unbounded, it grew with the tree (each
+    // half window walked fetched a whole one), ~30 MiB at 10M mappings.
+    if (!top.p || (inFlight < 2 && sinceFetch >= window / 2 && ahead < 2 * window)) {
+      ahead += fetch();
       sinceFetch = 0;
     }
     const item = stack.pop()!;
+    if (item.p) ahead--;
     sinceFetch++;
     const block = item.data ?? (await item.p!);
     const node = v.visit(block, item.lo, item.hi, item.depth);
     opts.onNode?.(node, item.depth);
     if (node.isLeaf) {
       yield node;
+      if (transient) block.done();
       continue;
     }
     const children = item.children ?? childrenOf(node, item);
+    if (transient) block.done();
     // Push last-to-first so the first child is on top.
     for (let i = children.length - 1; i >= 0; i--) stack.push(children[i]);
   }

@@ -74,6 +74,11 @@ export class RefCounts {
     const c = this.counts[b];
     return c === 255 ? this.big.get(b)! : c;
   }
+  /** Every count back to 0 (a window of a large device is refilled for the next). */
+  clear(): void {
+    this.counts.fill(0);
+    this.big.clear();
+  }
   /** Blocks with a count above 0. */
   inUse(): number {
     // Eight counts per step, skipping zero words: a data device of 2^32
@@ -101,7 +106,8 @@ export async function countTreeNodes(
   signal?: AbortSignal,
   onLeaf?: (leaf: BtreeNode) => void,
 ): Promise<void> {
-  for await (const leaf of walkLeaves(io, root, { tree, valueSize, nrMetadataBlocks, signal, onNode: (n) => meta.inc(n.nr) })) onLeaf?.(leaf);
+  // onLeaf reads a leaf before the walk goes on: transient, so the walk reuses its buffers.
+  for await (const leaf of walkLeaves(io, root, { tree, valueSize, nrMetadataBlocks, signal, onNode: (n) => meta.inc(n.nr), transient: true })) onLeaf?.(leaf);
 }
 
 
@@ -124,6 +130,14 @@ export interface SpaceMapCheckOptions {
   partial?: boolean;
   /** The ref-count tree is known to be unreadable (already reported): do not walk it. */
   overflowUnreadable?: boolean;
+  /**
+   * `expected` holds the counts of one window of blocks only (a data device
+   * too large for a count per block): called with a block outside the
+   * current window, it refills `expected` with the counts of the window
+   * holding that block and returns the window's first block. Windows are
+   * whole bitmaps (a multiple of 16,320 blocks).
+   */
+  loadWindow?: (block: number) => Promise<number>;
 }
 
 /** Coalesces per-block findings of one kind into runs of consecutive blocks. */
@@ -271,7 +285,8 @@ class OverflowCursor {
   private done = false;
   private readonly it: AsyncGenerator<BtreeNode>;
   constructor(io: BlockSource, root: number, nrMetadataBlocks: number, signal?: AbortSignal) {
-    this.it = walkLeaves(io, root, { tree: 'ref-count', valueSize: 4, nrMetadataBlocks, signal });
+    // Transient: a leaf is never read once the next one is asked for.
+    this.it = walkLeaves(io, root, { tree: 'ref-count', valueSize: 4, nrMetadataBlocks, signal, transient: true });
   }
   /**
    * seek() without a promise while the current leaf lasts: the count of b,
@@ -378,6 +393,9 @@ export async function compareSpaceMap(
   // Not >>> 2: a data device of 2^32 blocks has 2^32 counts (>>> 2 gave 0 words, so
   // an all-free bitmap word was never compared with the references).
   const exp32 = new Uint32Array(expected.counts.buffer, expected.counts.byteOffset, expected.counts.length / 4);
+  // Counts of blocks [cbase, cend) are in `expected` (one window, or all of them).
+  let cbase = 0;
+  let cend = opts.loadWindow ? -1 : Infinity;
   // Bitmaps are read a batch ahead of the comparison, so that the device works
   // while the counts are compared (a 2^32-block data device has 263,000
   // bitmaps; read one batch at a time, check waited on IO 40% of its time).
@@ -417,6 +435,10 @@ export async function compareSpaceMap(
           sink(problemOf(e, { tree, message: `${kind} space map bitmap ${i} (blocks ${base0}..${base0 + n - 1}): ${e.message}` }));
           continue;
         }
+        if (base0 >= cend || base0 < cbase) {
+          cbase = await opts.loadWindow!(base0);
+          cend = cbase + expected.nrBlocks;
+        }
         const w = b.words;
         const wb = b.base + 4; // entries start after the 16-byte header
         let free = 0;
@@ -425,7 +447,7 @@ export async function compareSpaceMap(
           const blk = base0 + e;
           const m = Math.min(16, n - e);
           if (word === 0 && m === 16) {
-            const q = blk >>> 2;
+            const q = (blk - cbase) >>> 2;
             if ((exp32[q] | exp32[q + 1] | exp32[q + 2] | exp32[q + 3]) === 0) {
               free += 16;
               continue;
@@ -437,7 +459,7 @@ export async function compareSpaceMap(
             const bn = blk + k;
             if (disk === 0) free++;
             else diskInUse++;
-            const want = expected.get(bn);
+            const want = expected.get(bn - cbase);
             if (disk === 3) {
               let o: number | undefined | null;
               if (overflowBroken) o = null;
@@ -473,6 +495,7 @@ export async function compareSpaceMap(
         }
         opts.onProgress?.(i + 1, index.length);
       }
+      for (const b of blocks) b.done(); // the batch's buffer serves a later read
     }
     await overflow(Number.MAX_SAFE_INTEGER);
   } finally {

@@ -7,13 +7,18 @@
  * it was validated under); the held metadata snapshot's trees; then both
  * space maps, against a recount of every reference.
  *
- * Memory: 1 byte per data block (data recount), about 31 bytes per metadata
- * block (recount, per-node key range, height, mapping count, tree marks),
- * plus the device list. Never proportional to the number of mappings.
+ * Memory: 1 byte per data block (data recount) up to DATA_WINDOW blocks; a
+ * larger data device is recounted a window of DATA_WINDOW blocks at a time
+ * (4 MiB), re-reading the leaves that map into each window (their numbers
+ * are listed per window during the walk: 4 bytes a leaf and window). Plus
+ * about 31 bytes per metadata block (recount, per-node key range, height,
+ * mapping count, tree marks) and the device list. Never proportional to the
+ * number of mappings.
  */
 import { DmthinError, MetadataError, throwIfAborted } from '../errors';
 import { BlockSet, BtreeNode, Key, TreeValidator } from '../pdata/btree';
 import { compareSpaceMap, countTreeNodes, CheckProblem, loadIndex, problemOf, RefCounts } from '../pdata/space-map-check';
+import { ENTRIES_PER_BITMAP } from '../pdata/space-map';
 import type { Block } from '../pdata/block-source';
 import { DEVICE_DETAILS_SIZE, DeviceDetails, parseDeviceDetails } from './device-details';
 import type { ThinMetadata } from './metadata';
@@ -47,6 +52,11 @@ export interface CheckOptions {
   onProgress?: (p: CheckProgress) => void;
   /** Problems kept in the report (default 10000); the rest are counted in `omitted`. */
   maxProblems?: number;
+  /**
+   * @internal Data blocks recounted at once when the data device is larger
+   * (a multiple of 16,320, default DATA_WINDOW); tests use small windows.
+   */
+  dataWindow?: number;
 }
 
 /** What a check counted. */
@@ -146,6 +156,113 @@ interface PreRead {
 /** Flags of an internal btree node (at byte 4 of the node). */
 const INTERNAL_FLAG = 1;
 
+/**
+ * Data blocks recounted at once: whole bitmaps, 4 MiB of counts. A data
+ * device up to this size gets one count per block for the whole walk.
+ */
+export const DATA_WINDOW = ENTRIES_PER_BITMAP * 256;
+
+/**
+ * The data recount of a device larger than DATA_WINDOW blocks, a window at a
+ * time: the walk notes which (first-seen) leaves map into each window; the
+ * space-map comparison then refills the counts window by window from those
+ * leaves alone. Each leaf is read once per window it maps into, so the extra
+ * IO is about one more read of the mapping leaves.
+ */
+class DataWindows {
+  readonly counts: RefCounts;
+  private readonly leaves: Uint32Array[];
+  private readonly nLeaves: Uint32Array;
+  /** The last leaf noted per window (a leaf is listed once per window). */
+  private readonly last: Float64Array;
+  /** Blocks in use in the windows loaded so far. */
+  inUse = 0;
+  private loaded = -1;
+  private readonly counted: Uint8Array;
+
+  constructor(
+    readonly nrDataBlocks: number,
+    readonly size: number,
+  ) {
+    const n = Math.ceil(nrDataBlocks / size);
+    this.counts = new RefCounts(size);
+    this.leaves = Array.from({ length: n }, () => new Uint32Array(16));
+    this.nLeaves = new Uint32Array(n);
+    this.last = new Float64Array(n).fill(-1);
+    this.counted = new Uint8Array(n);
+  }
+
+  get windows(): number {
+    return this.leaves.length;
+  }
+
+  isCounted(w: number): boolean {
+    return this.counted[w] === 1;
+  }
+
+  /** Leaf `leaf` maps data block `data` (< nrDataBlocks). */
+  note(data: number, leaf: number): void {
+    const w = Math.floor(data / this.size);
+    if (this.last[w] === leaf) return;
+    this.last[w] = leaf;
+    let a = this.leaves[w];
+    const n = this.nLeaves[w];
+    if (n === a.length) {
+      const g = new Uint32Array(n * 2);
+      g.set(a);
+      a = this.leaves[w] = g;
+    }
+    a[n] = leaf;
+    this.nLeaves[w] = n + 1;
+  }
+
+  /**
+   * Fills `counts` with window w's references, re-reading its leaves (in
+   * block order, a batch ahead); returns the window's first block. A leaf
+   * that no longer validates (the metadata changed under the check) is
+   * reported and skipped.
+   */
+  async load(w: number, io: ThinMetadata['io'], report: (e: unknown, leaf: number) => void, signal?: AbortSignal): Promise<number> {
+    const base = w * this.size;
+    if (this.loaded === w) return base;
+    this.counts.clear();
+    const list = this.leaves[w].subarray(0, this.nLeaves[w]).sort();
+    const end = base + this.size;
+    const BATCH = 256;
+    const readBatch = (i: number): Promise<Block[]> | null => {
+      if (i >= list.length) return null;
+      const p = io.read(Array.from(list.subarray(i, i + BATCH)));
+      p.catch(() => {});
+      return p;
+    };
+    let next = readBatch(0);
+    for (let i = 0; i < list.length; i += BATCH) {
+      throwIfAborted(signal);
+      const pending = next!;
+      next = readBatch(i + BATCH);
+      const blocks = await pending;
+      for (const b of blocks) {
+        try {
+          const leaf = new BtreeNode(b, 8, { tree: 'mapping' });
+          const u32 = leaf.u32;
+          const vbase = leaf.base + (leaf.valuesOffset >> 2);
+          for (let k = 0; k < leaf.nrEntries; k++) {
+            const data = mappingDataBlock(u32[vbase + 2 * k], u32[vbase + 2 * k + 1]);
+            if (data >= base && data < end) this.counts.inc(data - base);
+          }
+        } catch (e) {
+          report(e, b.nr);
+        }
+        b.done();
+      }
+    }
+    if (!this.counted[w]) this.inUse += this.counts.inUse();
+    this.counted[w] = 1;
+    this.loaded = w;
+    return base;
+  }
+}
+
 /** "metadata snapshot (block 8): " for the held trees, nothing for the live ones. */
 const pre = (label: string): string => (label ? `${label}: ` : '');
 const toBig = (k: Key): bigint => (typeof k === 'bigint' ? k : BigInt(k));
@@ -159,7 +276,9 @@ class Checker {
   private serial = 0;
   private book?: NodeBook;
   meta?: RefCounts;
+  /** The data recount: a count per block, or (a large device) per window. */
   data?: RefCounts;
+  dataWindows?: DataWindows;
   mappingsWalked = 0;
   mappingsTotal = 0;
 
@@ -190,15 +309,18 @@ class Checker {
   }
 
   setupRecount(): void {
+    const window = this.opts.dataWindow ?? DATA_WINDOW;
+    if (!(window > 0 && window % ENTRIES_PER_BITMAP === 0)) throw new DmthinError('EINVAL', `dataWindow ${window} is not a positive multiple of ${ENTRIES_PER_BITMAP}`);
     try {
       this.book = new NodeBook(this.nrMetadataBlocks);
       if (this.recount) {
         this.meta = new RefCounts(this.nrMetadataBlocks);
-        this.data = new RefCounts(this.nrDataBlocks);
+        if (this.nrDataBlocks <= window) this.data = new RefCounts(this.nrDataBlocks);
+        else this.dataWindows = new DataWindows(this.nrDataBlocks, window);
       }
     } catch (e) {
       if (!(e instanceof RangeError)) throw e;
-      const bytes = this.nrMetadataBlocks * 31 + (this.recount ? this.nrDataBlocks : 0);
+      const bytes = this.nrMetadataBlocks * 31 + (this.recount ? Math.min(this.nrDataBlocks, this.opts.dataWindow ?? DATA_WINDOW) : 0);
       throw new DmthinError('ENOMEM', `checking needs about ${Math.ceil(bytes / 2 ** 20)} MiB for ${this.nrMetadataBlocks} metadata and ${this.nrDataBlocks} data blocks, which could not be allocated`, { cause: e });
     }
   }
@@ -353,6 +475,7 @@ class Checker {
       try {
         node = t.validator.visit(blocks[i], it.lo, it.hi, depth);
       } catch (e) {
+        blocks[i].done();
         this.caught(e, { keys: [toBig(it.lo), hiIncl(it.hi)] });
         t.faulty = true;
         continue;
@@ -370,6 +493,7 @@ class Checker {
           this.caught(e, { tree: t.kind, ...(t.devId !== undefined ? { devId: t.devId } : {}) });
           t.faulty = true;
         }
+        blocks[i].done(); // its buffer is reused once the batch's last block is done
       } else {
         const children: Pending[] = [];
         for (let k = 0; k < node.nrEntries; k++) {
@@ -396,6 +520,7 @@ class Checker {
           nextPreAt = j;
           break;
         }
+        blocks[i].done();
         const r = await this.descend(t, children, depth + 1, mine);
         sub = r.entries;
         h = r.height < 0 ? 0 : r.height + 1;
@@ -499,7 +624,8 @@ async function checkTrees(c: Checker, sb: Superblock, opts: CheckOptions, label:
           if (data >= c.nrDataBlocks) {
             if (bad < 0) bad = i;
             badCount++;
-          } else c.data?.inc(data);
+          } else if (c.dataWindows) c.dataWindows.note(data, leaf.nr);
+          else c.data?.inc(data);
         }
         n += leaf.nrEntries;
         c.mappingsWalked += leaf.nrEntries;
@@ -637,8 +763,13 @@ export async function checkMetadata(md: ThinMetadata, opts: CheckOptions = {}): 
   const partial = c.fatal > 0;
   // Data space map: index tree nodes and bitmaps are metadata references too.
   const meta = c.meta!;
-  const data = c.data!;
-  counts.dataBlocksInUse = data.inUse();
+  const windows = c.dataWindows;
+  const data = windows ? windows.counts : c.data!;
+  if (!windows) counts.dataBlocksInUse = data.inUse();
+  const loadWindow = windows
+    ? (block: number): Promise<number> =>
+        windows.load(Math.floor(block / windows.size), md.io, (e, leaf) => c.caught(e, { block: leaf, tree: 'mapping' }), opts.signal)
+    : undefined;
   c.progress('data-sm');
   const dataIndex = await loadIndex(md.io, 'data', live.dataSpaceMap, md.nrMetadataBlocks, meta, c.report, opts.signal);
   // The ref-count trees' nodes count once each; walked now so the metadata recount is complete.
@@ -662,10 +793,16 @@ export async function checkMetadata(md: ThinMetadata, opts: CheckOptions = {}): 
       overflowUnreadable: !overflowOk[kind],
       partial,
       onProgress: (d, t) => c.progress(kind === 'data' ? 'data-sm' : 'metadata-sm', d, t),
+      ...(kind === 'data' && loadWindow ? { loadWindow } : {}),
     });
     if (!partial) checkNrAllocated(c, kind, root.nrAllocated, root.nrBlocks, r.diskInUse);
   };
   if (dataIndex) await compare('data', dataIndex, data);
+  if (windows) {
+    // Windows the comparison did not reach (an unreadable index or bitmap) are counted all the same.
+    for (let w = 0; w < windows.windows; w++) if (!windows.isCounted(w)) await loadWindow!(w * windows.size);
+    counts.dataBlocksInUse = windows.inUse;
+  }
   c.progress('metadata-sm');
   const metaIndex = await loadIndex(md.io, 'metadata', live.metadataSpaceMap, md.nrMetadataBlocks, meta, c.report, opts.signal);
   counts.metadataBlocksInUse = meta.inUse();

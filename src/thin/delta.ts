@@ -185,7 +185,10 @@ class Side {
   /** Consumes the current leaf entry. */
   advance(): void {
     const c = this.top() as Cursor;
-    if (++c.i >= c.node.nrEntries) this.stack.pop();
+    if (++c.i >= c.node.nrEntries) {
+      this.stack.pop();
+      c.node.block.done(); // its read buffer serves later reads
+    }
   }
 
   /**
@@ -252,6 +255,7 @@ class Side {
   push(node: BtreeNode, r: Ref, skip?: Uint8Array): void {
     if (node.isLeaf) {
       if (node.nrEntries > 0) this.stack.push({ leaf: true, node, i: 0, depth: r.depth });
+      else node.block.done();
       return;
     }
     for (let i = node.nrEntries - 1; i >= 0; i--) {
@@ -262,6 +266,7 @@ class Side {
       this.stack.push(ref);
       this.pending.set(ref.block, (this.pending.get(ref.block) ?? 0) + 1);
     }
+    node.block.done();
   }
 
   label(): string {
@@ -594,8 +599,14 @@ class DeltaWalker {
     }
     a.i = i;
     b.i = j;
-    if (i >= na.nrEntries) this.left.stack.pop();
-    if (j >= nb.nrEntries) this.right.stack.pop();
+    if (i >= na.nrEntries) {
+      this.left.stack.pop();
+      na.block.done();
+    }
+    if (j >= nb.nrEntries) {
+      this.right.stack.pop();
+      nb.block.done();
+    }
   }
 
   async *run(leftRoot: number, rightRoot: number): AsyncGenerator<RawDeltaExtent[]> {

@@ -283,6 +283,7 @@ export async function* mappingRunBatches(io: BlockSource, root: number, opts: Ma
     begin: opts.begin ?? 0,
     end: opts.end ?? Infinity,
     onNode: () => nodes++,
+    transient: true, // each leaf is decoded into the batch before the next
   })) {
     batch.reset();
     merger.leaf(leaf, batch);
@@ -381,8 +382,10 @@ export async function walkDeviceRuns(
         batch.reset();
         merger.leaf(node, batch);
         found = node.nrEntries;
+        block.done();
       } else {
-        for await (const leaf of walkLeaves(io, root, { ...ctx, valueSize: 8, nrMetadataBlocks: opts.nrMetadataBlocks, signal: opts.signal, rootBlock: block })) {
+        // The walk marks the root block (and its own) done as it goes.
+        for await (const leaf of walkLeaves(io, root, { ...ctx, valueSize: 8, nrMetadataBlocks: opts.nrMetadataBlocks, signal: opts.signal, rootBlock: block, transient: true })) {
           batch.reset();
           merger.leaf(leaf, batch);
           found += leaf.nrEntries;

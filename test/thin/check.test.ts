@@ -201,6 +201,30 @@ describe('corruptions: exactly the problem the fault implies', () => {
   });
 });
 
+describe('a data device recounted a window at a time', () => {
+  // The fixtures' data devices (up to 2^21 blocks) span many one-bitmap windows.
+  const W = { dataWindow: 16320 };
+
+  it.each(listFixtures().map((f) => f.name))('fixture %s is clean, with the same counts', async (name) => {
+    const whole = await check(fixtureImage(name));
+    const r = await check(fixtureImage(name), W);
+    expect(r.problems).toEqual([]);
+    expect(r.spaceMapsChecked).toBe(true);
+    expect(r.counts).toEqual(whole.counts);
+  });
+
+  it.each(CORRUPTION_KINDS.filter((k) => EXPECT[k].problems !== null))('%s: exactly the problem the fault implies', async (kind) => {
+    const e = EXPECT[kind];
+    const { image, fault } = corrupt(fixtureImage(e.fixture), kind);
+    const r = await check(image, W);
+    expect(pick(r)).toEqual(e.problems!(fault));
+  });
+
+  it('a window that is not whole bitmaps is refused', async () => {
+    await expect(check(fixtureImage('basic'), { dataWindow: 1000 })).rejects.toMatchObject({ code: 'EINVAL' });
+  });
+});
+
 describe('absurd sizes', () => {
   it('a data space map larger than its bitmaps could count is a fatal problem, not a huge allocation', async () => {
     const img = Buffer.from(fixtureImage('basic'));

@@ -104,6 +104,42 @@ describe('native reader', () => {
     expect(blocks[2].data.readUInt32LE(100)).toBe(3 * 7 + 1);
   });
 
+  test('a batch whose blocks are all done is handed back: its views read as empty, later reads are right', async () => {
+    const s = await NativeBlockSource.open(join(dir, 'img'));
+    try {
+      // 200 blocks (800 KiB): a batch of the pooled size class.
+      const want = Array.from({ length: 200 }, (_, i) => i % NBLOCKS);
+      const blocks = await s.read(want);
+      const words = blocks[0].words;
+      blocks.slice(0, -1).forEach((b) => b.done());
+      blocks[0].done(); // twice: harmless, and it must not count for another block
+      // One block still in use: the batch stays readable.
+      expect(blocks[199].u32(100)).toBe(want[199] * 7 + 1);
+      expect(words.length).toBe((200 * 4096) / 4);
+      blocks[199].done();
+      // Handed back: detached, so a stale view sees nothing rather than another read's bytes.
+      expect(words.length).toBe(0);
+      expect(blocks[5].u32(100)).toBeUndefined();
+      // The buffer is reused by the next read of that size; its contents are that read's.
+      const again = await s.read(want.map((b) => (b + 9) % NBLOCKS));
+      again.forEach((b) => expect(b.u32(100)).toBe(b.nr * 7 + 1));
+      // A small batch (an exact allocation) is handed back too.
+      const small = await s.read([3]);
+      const sw = small[0].words;
+      small[0].done();
+      expect(sw.length).toBe(0);
+    } finally {
+      await s.close();
+    }
+  });
+
+  test('blocks never marked done stay readable (the garbage collector frees them)', async () => {
+    const s = await NativeBlockSource.open(join(dir, 'img'));
+    const [b] = await s.read([7]);
+    await s.close();
+    expect(b.u32(100)).toBe(7 * 7 + 1);
+  });
+
   test('refuses directories', async () => {
     await expect(NativeBlockSource.open(dir)).rejects.toMatchObject({ code: 'EINVAL' });
   });
