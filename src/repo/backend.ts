@@ -31,6 +31,12 @@ export interface PutOptions extends BackendCallOptions {
    * (Content-addressed chunks use it: an existing chunk is never rewritten.)
    */
   ifAbsent?: boolean;
+  /**
+   * With ifAbsent: the caller has just found the key absent (stat), so a
+   * backend skips its own existence check before the upload; the write stays
+   * conditional where the store supports it. Saves a request per new chunk on S3.
+   */
+  checkedAbsent?: boolean;
   /** The body's length when it is a stream and known (lets S3 skip multipart for small objects). */
   size?: number;
 }

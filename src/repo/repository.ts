@@ -631,7 +631,7 @@ class Session implements BackupSession {
     let storedBytes = 0;
     if (!(await this.backend.stat(key, opts))) {
       const body = await sealAsync(plain, key, this.keys, this.comp);
-      stored = await this.backend.put(key, body, { ifAbsent: true, signal: opts.signal });
+      stored = await this.backend.put(key, body, { ifAbsent: true, checkedAbsent: true, signal: opts.signal });
       if (stored) storedBytes = body.length;
     }
     // ifAbsent lets exactly one of several concurrent puts of an id store it: count that one.

@@ -307,7 +307,7 @@ class S3Backend implements Backend {
 
   async put(key: string, body: Uint8Array | AsyncIterable<Uint8Array>, opts: PutOptions = {}): Promise<boolean> {
     checkKey(key);
-    const { signal, ifAbsent } = opts;
+    const { signal, ifAbsent, checkedAbsent } = opts;
     if (signal?.aborted) throw new AbortError(undefined, { cause: signal.reason });
     const Key = this.s3Key(key);
     // ifAbsent: HEAD first (an existing chunk costs no upload), then the write
@@ -315,7 +315,8 @@ class S3Backend implements Backend {
     // PUT). Where it does not, two writers racing between HEAD and PUT both
     // write; for content-addressed chunks both bodies are the same bytes, so
     // the race is harmless.
-    if (ifAbsent && (await this.stat(key, { signal })) !== null) return false;
+    // (Skipped when the caller has just done that HEAD itself: checkedAbsent.)
+    if (ifAbsent && !checkedAbsent && (await this.stat(key, { signal })) !== null) return false;
     const cond = ifAbsent ? { IfNoneMatch: '*' } : {};
     // 412 is an answer only to our If-None-Match; otherwise it is a failure like any other.
     const precondition = ifAbsent ? (e: unknown): boolean => httpStatus(e) === 412 : undefined;

@@ -57,6 +57,15 @@ describeS3('S3 backend (Ceph radosgw)', (s3) => {
       await emptyPrefix(loc.bucket, loc.prefix);
     });
 
+    it('ifAbsent with checkedAbsent skips the HEAD but stays conditional: an existing object is not overwritten', async () => {
+      expect(await b.put('chunks/ab/cd', Buffer.from('first'), { ifAbsent: true })).toBe(true);
+      // The caller claims it checked (a race lost in between): If-None-Match still refuses the write.
+      expect(await b.put('chunks/ab/cd', Buffer.from('second'), { ifAbsent: true, checkedAbsent: true })).toBe(false);
+      expect((await b.get('chunks/ab/cd')).toString()).toBe('first');
+      expect(await b.put('chunks/ab/ef', Buffer.from('new'), { ifAbsent: true, checkedAbsent: true })).toBe(true);
+      expect((await b.get('chunks/ab/ef')).toString()).toBe('new');
+    });
+
     it('location is s3://bucket/prefix and objects live under the prefix', async () => {
       expect(b.location).toBe(`s3://${loc.bucket}/${loc.prefix}`);
       await b.put('k/1', Buffer.from('x'));
