@@ -29,8 +29,9 @@ const PKG = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as {
 const EXAMPLE = join(ROOT, 'examples', 'pool.bin');
 
 /** Budgets that catch a fixture, a build folder or a doc site slipping into the tarball.
- * (Packed: 353,877 bytes with issue 12's repo/ (~33 KB gzipped, the S3 backend ~8 KB of it), so 400,000.) */
-const MAX_PACKED_BYTES = 400_000;
+ * (Packed: 418,058 bytes with issue 12's repo/ and backup ops and issue 11's native and
+ * walk changes; the largest files are README.md 75 KB and compiled modules of 20-32 KB.) */
+const MAX_PACKED_BYTES = 460_000;
 const MAX_UNPACKED_BYTES = 1_500_000;
 
 interface PackResult {
