@@ -22,6 +22,7 @@
 //                  tiny (each command on examples/pool.bin, in ms over
 //                  `node -e 0`), ls-nowalk (ls default fields on the bench and
 //                  the devices image against `node -e 0` and thin_ls),
+//                  backup (scripts/bench/backup.mjs: backup/restore vs dd),
 //                  memory (peak RSS and time of dmthin's dump, ls, delta,
 //                  check and rmap, against the 80 MiB goal; no reference run)
 // --scale A,B,...  the memory rows at each of these mapping counts (images
@@ -553,6 +554,11 @@ async function main() {
   if (wanted('ls-nowalk')) await lsNowalkRows(cache, img);
   if (wanted('memory')) await memoryRows([MAPPINGS]);
   if (['send', 'receive', 'receive-piped'].some(wanted)) await streamRows();
+  // Issue 12's rows (backup/restore against dd, local and S3): their own script and fixture.
+  if (wanted('backup')) {
+    const r = spawnSync(process.execPath, [join(root, 'scripts/bench/backup.mjs')], { stdio: 'inherit' });
+    if (r.status !== 0) throw new Error('scripts/bench/backup.mjs failed');
+  }
 }
 
 /** The image of --devices small thin devices, built once. */
