@@ -431,6 +431,8 @@ export class Repository implements AsyncDisposable {
     const ids: string[] = [];
     for await (const id of this.backupIds(signal)) ids.push(id);
     ids.sort();
+    // Backups begun in the same second have ids in random order: problems are listed oldest backup first by its header's time.
+    const created = new Map<string, number>();
     for (const id of ids) {
       throwIfAborted(signal);
       report.backups++;
@@ -440,6 +442,7 @@ export class Repository implements AsyncDisposable {
       const gone = async () => !(await this.backend.stat(`backups/${id}`, { signal }));
       try {
         ({ header, entries } = await this.readManifest(id, { signal }));
+        created.set(id, header.createdMs);
       } catch (e) {
         if (!(e instanceof RepoError) || e.reason === 'backend' || e.reason === 'config') throw e;
         if (e.reason === 'not-found' && (await gone())) {
@@ -474,7 +477,8 @@ export class Repository implements AsyncDisposable {
       }
     }
     progress();
-    report.problems.sort((a, b) => (a.backup < b.backup ? -1 : a.backup > b.backup ? 1 : a.index - b.index));
+    const when = (id: string): number => created.get(id) ?? Infinity;
+    report.problems.sort((a, b) => when(a.backup) - when(b.backup) || (a.backup < b.backup ? -1 : a.backup > b.backup ? 1 : a.index - b.index));
     return report;
   }
 
