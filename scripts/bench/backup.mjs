@@ -7,7 +7,7 @@
 // after a 1% change, dedup (a second volume of the same data) and the
 // compression ratio, with peak RSS.
 //
-//   node scripts/bench/backup.mjs [--gib 1] [--no-s3]     (npm run bench -- --only backup)
+//   node scripts/bench/backup.mjs [--gib 1] [--no-s3 | --s3-only]     (npm run bench -- --only backup)
 //
 // The data image is made of real files (/usr/lib, /usr/share), so chunks
 // compress as real data does; cached in .bench-cache/backup/.
@@ -142,11 +142,13 @@ function sequence(label, repo, env) {
 
 const all = [];
 const localRepo = join(dir, `repo-${process.pid}`);
-rmSync(localRepo, { recursive: true, force: true });
-try {
-  all.push(...sequence('local directory', localRepo, {}));
-} finally {
+if (!args.includes('--s3-only')) {
   rmSync(localRepo, { recursive: true, force: true });
+  try {
+    all.push(...sequence('local directory', localRepo, {}));
+  } finally {
+    rmSync(localRepo, { recursive: true, force: true });
+  }
 }
 
 const haveCeph = spawnSync('sh', ['-c', 'command -v radosgw && command -v ceph-mon && command -v ceph-osd'], { stdio: 'ignore' }).status === 0;
