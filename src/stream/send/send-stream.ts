@@ -215,7 +215,6 @@ export async function writeRecords(gen: AsyncGenerator<Buffer>, out: Writable, s
     failed ??= e;
   };
   out.on('error', onError);
-  let ended = false;
   try {
     for await (const b of gen) {
       await new Promise<void>((resolve, reject) => {
@@ -225,20 +224,14 @@ export async function writeRecords(gen: AsyncGenerator<Buffer>, out: Writable, s
         signal?.addEventListener('abort', onAbort, { once: true });
         out.write(b, (e) => {
           signal?.removeEventListener('abort', onAbort);
-          if (e) {
-            failed ??= e;
-            reject(e);
-          } else resolve();
+          if (e) reject(e);
+          else resolve();
         });
       });
       if (failed) throw failed;
     }
-    ended = true;
   } finally {
-    // A failed write also emits 'error' on a later tick (and a write still in
-    // flight after an abort may fail later): unless every write went through,
-    // the listener stays, or that event would be unhandled and end the process.
-    if (ended) out.off('error', onError);
+    out.off('error', onError);
   }
 }
 
