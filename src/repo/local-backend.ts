@@ -50,6 +50,11 @@ async function fsyncDir(dir: string): Promise<void> {
   }
 }
 
+/** An error thrown by a put's body stream, carried past the disk-error wrapping. */
+class FromBody {
+  constructor(readonly error: unknown) {}
+}
+
 /** A repository on a directory of the local filesystem. */
 export class LocalBackend implements Backend {
   /** The directory (absolute). */
@@ -102,9 +107,17 @@ export class LocalBackend implements Backend {
       if (body instanceof Uint8Array) {
         await fh.writeFile(body);
       } else {
-        for await (const piece of body) {
+        const it = body[Symbol.asyncIterator]();
+        for (;;) {
+          let r: IteratorResult<Uint8Array>;
+          try {
+            r = await it.next();
+          } catch (e) {
+            throw new FromBody(e);
+          }
+          if (r.done) break;
           throwIfAborted(opts.signal);
-          await fh.writeFile(piece);
+          await fh.writeFile(r.value);
         }
       }
       await fh.sync();
@@ -128,6 +141,8 @@ export class LocalBackend implements Backend {
       if (written) await fsyncDir(dir);
       return written;
     } catch (e) {
+      // The caller's body failed (say a source refusing its input): its own error, not a disk fault.
+      if (e instanceof FromBody) throw e.error;
       if (e instanceof RepoError || (e as Error).name === 'AbortError') throw e;
       throw backendError('put', key, path, e);
     } finally {
