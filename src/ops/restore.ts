@@ -12,8 +12,10 @@
  * range named; the state then records the target as incomplete (only a
  * full restore follows), so a partial restore is never taken for a good one.
  */
-import { stat } from 'node:fs/promises';
-import { DmthinError, RepoError, throwIfAborted } from '../errors';
+import { realpath, stat } from 'node:fs/promises';
+import { basename, dirname, resolve, sep } from 'node:path';
+import { DmthinError, RepoError, throwIfAborted, UsageError } from '../errors';
+import { refuseOutputOverInputs } from '../output/file';
 import { BlockWriter, type WriteSegment } from '../native/block-writer';
 import { inspectTarget, resolveZeroMethod, zeroer, type ZeroMethod } from '../stream/receive/target';
 import { Repository, type KeySource, type ManifestEntry } from '../repo/repository';
@@ -100,11 +102,27 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   }
 }
 
+/** Refuses `path` (existing or not, links resolved) inside a local repository's directory. */
+async function refuseInsideRepository(repo: Repository, path: string, role: string): Promise<void> {
+  if (repo.location.startsWith('s3://')) return;
+  const dir = await realpath(repo.location).catch(() => null);
+  if (dir === null) return;
+  const full = await realpath(path).catch(async () => resolve(await realpath(dirname(path)).catch(() => dirname(resolve(path))), basename(path)));
+  if (full === dir || full.startsWith(dir + sep)) {
+    throw new UsageError(`${role} ${path} is inside the repository ${repo.location}: writing it would damage the repository; choose a path outside it`, { path });
+  }
+}
+
 async function restoreFrom(repo: Repository, o: RestoreOptions): Promise<RestoreResult> {
   const { header, entries } = await repo.readManifest(o.backup, { signal: o.signal });
   const { deviceSize, chunkSize: cs } = header;
   const info = await inspectTarget(o.target);
   const stateFile = o.stateFile ?? defaultRestoreStateFile(o.target, info.blockDevice, o.stateDir);
+  // Nothing the restore writes may be part of the repository it reads, or be the target itself.
+  await refuseInsideRepository(repo, o.target, 'the target');
+  await refuseInsideRepository(repo, stateFile, 'the restore state file');
+  if (resolve(stateFile) === resolve(o.target)) throw new UsageError(`the restore state file ${stateFile} is the target itself; choose another state path`, { path: stateFile });
+  await refuseOutputOverInputs(stateFile, 'the restore state file', [{ path: o.target, role: 'the target' }]);
   const lock = RestoreLock.acquire(o.target, stateFile);
   let writer: BlockWriter | undefined;
   try {

@@ -115,6 +115,22 @@ describe('unencrypted repository', () => {
     }
   });
 
+  test('restore refuses a target or state file inside the repository, and a state file that is the target; nothing is written', () => {
+    const config = readFileSync(`${repo}/config`);
+    let r = cli(['restore', '--repo', repo, '--backup', ids[0], '--target', s.path('hp.img'), '--create', '--state', `${repo}/config`]);
+    expect(r.status).toBe(1);
+    expect(oneLine(r.stderr)).toMatch(/^dmthin restore: the restore state file .* is inside the repository .*\[EINVAL\]$/);
+    expect(readFileSync(`${repo}/config`).equals(config)).toBe(true);
+    r = cli(['restore', '--repo', repo, '--backup', ids[0], '--target', `${repo}/backups/x.img`, '--create']);
+    expect(r.status).toBe(1);
+    expect(oneLine(r.stderr)).toMatch(/^dmthin restore: the target .* is inside the repository .*\[EINVAL\]$/);
+    expect(existsSync(`${repo}/backups/x.img`)).toBe(false);
+    r = cli(['restore', '--repo', repo, '--backup', ids[0], '--target', s.path('hp2.img'), '--create', '--state', s.path('hp2.img')]);
+    expect(r.status).toBe(1);
+    expect(oneLine(r.stderr)).toMatch(/^dmthin restore: the restore state file .* is the target itself.*\[EINVAL\]$/);
+    expect(existsSync(s.path('hp2.img'))).toBe(false);
+  });
+
   test('offline backup without --size is refused naming --size', () => {
     const args = offline(1, repo);
     args.splice(args.indexOf('--size'), 2);
