@@ -20,7 +20,7 @@
  * is released on every path before the data is read (from the snapshot's
  * active device, or one activated read-only for the backup).
  */
-import { DmthinError, UsageError, throwIfAborted } from '../errors';
+import { DmthinError, RepoError, UsageError, throwIfAborted } from '../errors';
 import { findLvmThin, isLvmUuid } from '../pool/lvm';
 import { withMetadataSnapshot } from '../pool/live-metadata';
 import { activateTemporarily } from '../pool/temporary-activation';
@@ -262,7 +262,16 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
   const owned = typeof opts.repo === 'string';
   const repo = typeof opts.repo === 'string' ? await Repository.open(opts.repo, { key: opts.key, signal: opts.signal }) : opts.repo;
   try {
-    return 'pool' in opts ? await fromPool(repo, opts) : await fromImage(repo, opts);
+    // A base can be deleted (prune) between listing it and reading its map: plan
+    // again against the backups that are left, and after two such losses take a full backup.
+    for (let lost = 0; ; lost++) {
+      const o = lost >= 2 ? { ...opts, full: true } : opts;
+      try {
+        return 'pool' in o ? await fromPool(repo, o) : await fromImage(repo, o);
+      } catch (e) {
+        if (!(e instanceof BaseGone)) throw e;
+      }
+    }
   } finally {
     if (owned) await repo.close();
   }
@@ -349,6 +358,29 @@ async function fromPool(repo: Repository, o: PoolBackupOptions): Promise<BackupR
     return await store(repo, p, tmp.handle, size, o, started);
   } finally {
     await tmp.dispose();
+  }
+}
+
+/** The base chosen by the plan was deleted before its map could be read (nothing read or stored yet): plan again. */
+class BaseGone extends Error {}
+
+/** The base's entries, its map already opened and its first frame read, so that a deleted base shows here. */
+async function openBase(repo: Repository, id: string, signal?: AbortSignal): Promise<AsyncIterator<ManifestEntry>> {
+  try {
+    const it = (await repo.readManifest(id, { signal })).entries[Symbol.asyncIterator]();
+    let first: IteratorResult<ManifestEntry> | null = await it.next();
+    return {
+      next: () => {
+        if (!first) return it.next();
+        const r = first;
+        first = null;
+        return Promise.resolve(r);
+      },
+      return: (v?: unknown) => (it.return ? it.return(v) : Promise.resolve({ done: true as const, value: v })),
+    };
+  } catch (e) {
+    if (e instanceof RepoError && e.reason === 'not-found') throw new BaseGone(id);
+    throw e;
   }
 }
 
@@ -452,7 +484,7 @@ async function store(repo: Repository, p: Plan, source: DataSource, deviceSize: 
     return out;
   };
 
-  const baseEntries = p.base ? (await repo.readManifest(p.base.id, { signal: o.signal })).entries[Symbol.asyncIterator]() : null;
+  const baseEntries = p.base ? await openBase(repo, p.base.id, o.signal) : null;
   let nextBase: ManifestEntry | null | undefined; // undefined: not fetched yet; null: exhausted
   const peekBase = async (): Promise<ManifestEntry | null> => {
     if (!baseEntries) return null;

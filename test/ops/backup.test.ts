@@ -169,6 +169,50 @@ describeEachRepo('backups', (loc) => {
     expect(x.previous).toBeNull();
     expect(sha256(readFileSync(target))).toBe(sha256(deviceBytes(pool, 3, SIZE)));
   });
+
+  test('a base deleted (pruned) after it was chosen: the backup plans again against what is left', async () => {
+    const b2 = await backup({ ...image(), repo, volume: 'vol-gone', snap: 2 });
+    const b3 = await backup({ ...image(), repo, volume: 'vol-gone', snap: 3 });
+    // Another process prunes the volume's newest backup (the base just chosen) while the backup opens its session, `n` times.
+    const begin = repo.beginBackup.bind(repo);
+    const race = (n: number) => {
+      const calls = { n: 0 };
+      const spy = jest.spyOn(repo, 'beginBackup').mockImplementation(async (...a) => {
+        if (calls.n++ < n) {
+          const newest = (await repo.listBackups({ volume: 'vol-gone' })).at(-1)!;
+          await repo.deleteBackups([newest.id]);
+        }
+        return begin(...a);
+      });
+      return { calls, spy };
+    };
+    const one = race(1);
+    try {
+      const r4 = await backup({ ...image(), repo, volume: 'vol-gone', snap: 4 });
+      expect(one.calls.n).toBe(2); // the first session found its base (b3) gone
+      expect(r4.base).toBe(b2.id);
+      expect(r4.chunksRead).toBe(changed(dev2, dev4));
+      const target = s.path(`${loc.name}-gone4.img`);
+      await restore({ repo, backup: r4.id, target, create: true });
+      expect(sha256(readFileSync(target))).toBe(sha256(deviceBytes(pool, 4, SIZE)));
+    } finally {
+      one.spy.mockRestore();
+    }
+    expect((await repo.listBackups({ volume: 'vol-gone' })).map((b) => b.id)).not.toContain(b3.id);
+    // Both remaining bases pruned in turn: the third attempt is a full backup.
+    const two = race(2);
+    try {
+      const r3 = await backup({ ...image(), repo, volume: 'vol-gone', snap: 3 });
+      expect(two.calls.n).toBe(3);
+      expect(r3.base).toBeNull();
+      expect(r3.chunksRead).toBe(dev3.size);
+      const target = s.path(`${loc.name}-gone3.img`);
+      await restore({ repo, backup: r3.id, target, create: true });
+      expect(sha256(readFileSync(target))).toBe(sha256(deviceBytes(pool, 3, SIZE)));
+    } finally {
+      two.spy.mockRestore();
+    }
+  });
 });
 
 describe('blocks above 4 MiB', () => {
