@@ -186,6 +186,12 @@ async function restoreFrom(repo: Repository, o: RestoreOptions): Promise<Restore
   }
 }
 
+/** Test seam (test-only, docs/backup.md): SIGKILL this process once N chunks were written to the target. */
+function killAt(): number | undefined {
+  const v = process.env.DMTHIN_TEST_KILL_AT;
+  return v !== undefined && /^[0-9]+$/.test(v) ? Number(v) : undefined;
+}
+
 async function fileStamp(path: string): Promise<{ size: number; mtimeMs: number }> {
   const st = await stat(path);
   return { size: st.size, mtimeMs: st.mtimeMs };
@@ -269,12 +275,14 @@ async function apply(
     p.catch(() => undefined); // awaited in order below
     return p;
   };
+  const kill = killAt();
   const flush = async (): Promise<void> => {
     if (segs.length === 0) return;
     const r = await writer.write(segs);
     stats.bytesWritten += r.bytes;
     segs = [];
     segBytes = 0;
+    if (kill !== undefined && stats.chunksWritten >= kill) process.kill(process.pid, 'SIGKILL');
     progress();
   };
   const settle = async (keep: number): Promise<void> => {

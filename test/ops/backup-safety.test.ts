@@ -195,6 +195,42 @@ describeEachRepo('backups', (loc) => {
     await backend.close();
   });
 
+  test('SIGKILL mid-restore: the target is recorded as incomplete, and the next restore writes it whole', async () => {
+    const { location, repo, backend } = await fresh('restore-kill');
+    await backend.close();
+    const b1 = await backup({ ...image(), repo, volume: 'v', snap: 1 });
+    const b3 = await backup({ ...image(), repo, volume: 'v', snap: 3 });
+    const target = s.path(`${loc.name}-restore-killed.img`);
+    const first = await restore({ repo, backup: b3.id, target, create: true });
+    expect(sha256(readFileSync(target))).toBe(sha256(deviceBytes(pool, 3, SIZE)));
+    await repo.close();
+    // A full restore of b1 killed after its first 8 MiB write batch (chunks 0-127 of 150; 128-129 still hold b3's data): neither b1 nor b3.
+    const run = spawnSync(process.execPath, [CLI, 'restore', '--repo', location, '--backup', b1.id, '--target', target, '--full'], {
+      encoding: 'utf8',
+      env: { ...process.env, DMTHIN_TEST_KILL_AT: '1' },
+      timeout: 60_000,
+    });
+    expect({ signal: run.signal, stderr: run.stderr }).toEqual({ signal: 'SIGKILL', stderr: '' });
+    const mixed = sha256(readFileSync(target));
+    expect(mixed).not.toBe(sha256(deviceBytes(pool, 1, SIZE)));
+    expect(mixed).not.toBe(sha256(deviceBytes(pool, 3, SIZE)));
+    const state = JSON.parse(readFileSync(first.stateFile, 'utf8')) as { current: unknown; pending: { backup: string } | null };
+    expect(state.current).toBeNull();
+    expect(state.pending?.backup).toBe(b1.id);
+    // Restoring b3 again must not trust the target to hold b3 (as the state said before the killed restore): everything is written.
+    const repo2 = await Repository.open(location);
+    const again = await restore({ repo: repo2, backup: b3.id, target });
+    expect(again.previous).toBeNull();
+    expect(again.chunksWritten).toBe(dev3.size);
+    expect(sha256(readFileSync(target))).toBe(sha256(deviceBytes(pool, 3, SIZE)));
+    // Complete again: the next restore is differential.
+    const diff = await restore({ repo: repo2, backup: b1.id, target });
+    expect(diff.previous).toBe(b3.id);
+    expect(diff.chunksWritten).toBeLessThan(dev1.size);
+    expect(sha256(readFileSync(target))).toBe(sha256(deviceBytes(pool, 1, SIZE)));
+    await repo2.close();
+  });
+
   test('encryption: a wrong key is refused before anything is written; object names reveal no plaintext hash', async () => {
     const { location, repo, backend } = await fresh('enc', { key: { passphrase: 'right horse battery' }, scrypt: { N: 1024, r: 8, p: 1 } });
     expect(repo.encrypted).toBe(true);
