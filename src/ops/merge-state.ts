@@ -12,11 +12,10 @@
  * flock(2) on `<state file>.lock`, dropped by the kernel when the process
  * dies, so no stale lock needs cleaning up.
  */
-import { closeSync, constants, mkdirSync, openSync } from 'node:fs';
 import { open, readFile, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { DmthinError, MergeError } from '../errors';
-import { native } from '../native/binding';
+import { JobLock } from '../native/job-lock';
 import { writeFileAtomically } from '../output/file';
 
 export const DEFAULT_MERGE_STATE_DIR = '/var/lib/dmthin/merge';
@@ -132,40 +131,15 @@ async function syncDir(dir: string): Promise<void> {
 
 /** Holds `<state file>.lock` (flock): one merge of a snapshot at a time. */
 export class MergeLock {
-  private constructor(private fd: number | undefined) {}
+  private constructor(private readonly locks: JobLock) {}
 
   static acquire(stateFile: string): MergeLock {
-    const path = `${stateFile}.lock`;
-    let fd: number;
-    try {
-      mkdirSync(dirname(path), { recursive: true, mode: 0o755 });
-      fd = openSync(path, constants.O_RDONLY | constants.O_CREAT, 0o644);
-    } catch (e) {
-      const err = e as NodeJS.ErrnoException;
-      throw new DmthinError(err.code ?? 'EIO', `cannot lock ${path} for the merge: ${err.message}`, { path, syscall: err.syscall, cause: e });
-    }
-    let got: boolean;
-    try {
-      got = native().flockNonBlocking(fd, true);
-    } catch (e) {
-      closeSync(fd);
-      const err = e as NodeJS.ErrnoException;
-      throw new DmthinError(err.code ?? 'EIO', `cannot lock ${path} for the merge: ${err.message}`, { path, syscall: 'flock', cause: e });
-    }
-    if (!got) {
-      closeSync(fd);
-      throw new DmthinError('EBUSY', `another merge of this snapshot is running (${path} is locked): wait for it to finish`, { path, syscall: 'flock' });
-    }
-    return new MergeLock(fd);
+    const locks = new JobLock('merge');
+    locks.lockStateFile(stateFile, (path) => `another merge of this snapshot is running (${path} is locked): wait for it to finish`);
+    return new MergeLock(locks);
   }
 
   release(): void {
-    if (this.fd === undefined) return;
-    try {
-      closeSync(this.fd);
-    } catch {
-      // already closed
-    }
-    this.fd = undefined;
+    this.locks.release();
   }
 }

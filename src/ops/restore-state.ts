@@ -13,11 +13,10 @@
  * time: an flock(2) on `<state file>.lock` and, for a file target, on the
  * file itself (the kernel drops both when the process ends).
  */
-import { closeSync, constants, mkdirSync, openSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { dirname, join, resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { DmthinError } from '../errors';
-import { native } from '../native/binding';
+import { JobLock } from '../native/job-lock';
 import { writeFileAtomically } from '../output/file';
 
 /** Where the restore state of block-device targets is kept by default. */
@@ -109,25 +108,14 @@ export async function writeRestoreState(path: string, s: RestoreState): Promise<
 
 /** One restore per target (see the file comment). */
 export class RestoreLock {
-  private readonly fds: number[] = [];
+  private readonly locks = new JobLock('restore');
 
   private constructor(private readonly target: string) {}
 
   static acquire(target: string, stateFile: string): RestoreLock {
     const l = new RestoreLock(target);
     try {
-      const lockFile = `${stateFile}.lock`;
-      try {
-        mkdirSync(dirname(lockFile), { recursive: true, mode: 0o755 });
-      } catch (e) {
-        const err = e as NodeJS.ErrnoException;
-        throw new DmthinError(err.code ?? 'EIO', `cannot create the restore state directory ${dirname(lockFile)}: ${err.message}`, {
-          path: dirname(lockFile),
-          syscall: 'mkdir',
-          cause: e,
-        });
-      }
-      l.take(lockFile, true);
+      l.locks.lockStateFile(stateFile, (path) => l.busy(path));
       return l;
     } catch (e) {
       l.release();
@@ -137,39 +125,14 @@ export class RestoreLock {
 
   /** Locks a regular-file target too (once it exists). */
   lockTarget(): void {
-    this.take(this.target, false);
+    this.locks.lockFile(this.target, (path) => this.busy(path));
   }
 
-  private take(path: string, create: boolean): void {
-    let fd: number;
-    try {
-      fd = openSync(path, constants.O_RDONLY | (create ? constants.O_CREAT : 0), 0o644);
-    } catch (e) {
-      const err = e as NodeJS.ErrnoException;
-      throw new DmthinError(err.code ?? 'EIO', `cannot lock ${path} for the restore: ${err.message}`, { path, syscall: 'open', cause: e });
-    }
-    let got: boolean;
-    try {
-      got = native().flockNonBlocking(fd, true);
-    } catch (e) {
-      closeSync(fd);
-      const err = e as NodeJS.ErrnoException;
-      throw new DmthinError(err.code ?? 'EIO', `cannot lock ${path} for the restore: ${err.message}`, { path, syscall: 'flock', cause: e });
-    }
-    if (!got) {
-      closeSync(fd);
-      throw new DmthinError('EBUSY', `another restore is writing to ${this.target} (${path} is locked): wait for it to finish`, { path, syscall: 'flock' });
-    }
-    this.fds.push(fd);
+  private busy(path: string): string {
+    return `another restore is writing to ${this.target} (${path} is locked): wait for it to finish`;
   }
 
   release(): void {
-    for (const fd of this.fds.splice(0)) {
-      try {
-        closeSync(fd);
-      } catch {
-        // already closed
-      }
-    }
+    this.locks.release();
   }
 }

@@ -15,13 +15,10 @@
  * descriptor closes, also when the process is killed, so no stale lock ever
  * needs cleaning up.
  */
-import { closeSync, constants, mkdirSync, openSync } from 'node:fs';
-import { dirname } from 'node:path';
-import { DmthinError } from '../../errors';
-import { native } from '../../native/binding';
+import { JobLock } from '../../native/job-lock';
 
 export class ReceiveLock {
-  private readonly fds: number[] = [];
+  private readonly locks = new JobLock('receive');
 
   private constructor(private readonly target: string) {}
 
@@ -29,18 +26,7 @@ export class ReceiveLock {
   static acquire(target: string, stateFile: string, targetIsFile: boolean): ReceiveLock {
     const l = new ReceiveLock(target);
     try {
-      const lockFile = `${stateFile}.lock`;
-      try {
-        mkdirSync(dirname(lockFile), { recursive: true, mode: 0o755 });
-      } catch (e) {
-        const err = e as NodeJS.ErrnoException;
-        throw new DmthinError(err.code ?? 'EIO', `cannot create the receive state directory ${dirname(lockFile)}: ${err.message}`, {
-          path: dirname(lockFile),
-          syscall: 'mkdir',
-          cause: e,
-        });
-      }
-      l.take(lockFile, true, `its receive state ${stateFile} is locked`);
+      l.locks.lockStateFile(stateFile, () => l.busy(`its receive state ${stateFile} is locked`));
       if (targetIsFile) l.lockTarget();
       return l;
     } catch (e) {
@@ -56,42 +42,14 @@ export class ReceiveLock {
 
   /** Locks the target file (after it was created by this receive). */
   lockTarget(): void {
-    this.take(this.target, false, 'the file is locked');
+    this.locks.lockFile(this.target, () => this.busy('the file is locked'));
   }
 
-  private take(path: string, create: boolean, what: string): void {
-    let fd: number;
-    try {
-      fd = openSync(path, constants.O_RDONLY | (create ? constants.O_CREAT : 0), 0o644);
-    } catch (e) {
-      const err = e as NodeJS.ErrnoException;
-      throw new DmthinError(err.code ?? 'EIO', `cannot lock ${path} for the receive: ${err.message}`, { path, syscall: 'open', cause: e });
-    }
-    let got: boolean;
-    try {
-      const addon = native();
-      // An addon built before flock was added: never run unlocked.
-      if (typeof addon.flockNonBlocking !== 'function') throw new DmthinError('ENOSYS', 'the native addon has no flock (it predates this code): rebuild it');
-      got = addon.flockNonBlocking(fd, true);
-    } catch (e) {
-      closeSync(fd);
-      const err = e as NodeJS.ErrnoException;
-      throw new DmthinError(err.code ?? 'EIO', `cannot lock ${path} for the receive: ${err.message}`, { path, syscall: 'flock', cause: e });
-    }
-    if (!got) {
-      closeSync(fd);
-      throw new DmthinError('EBUSY', `another receive is writing to ${this.target} (${what}): wait for it to finish`, { path, syscall: 'flock' });
-    }
-    this.fds.push(fd);
+  private busy(what: string): string {
+    return `another receive is writing to ${this.target} (${what}): wait for it to finish`;
   }
 
   release(): void {
-    for (const fd of this.fds.splice(0)) {
-      try {
-        closeSync(fd);
-      } catch {
-        // already closed
-      }
-    }
+    this.locks.release();
   }
 }

@@ -1,0 +1,76 @@
+/**
+ * The flock(2) locks that keep one receive, restore or merge per target:
+ * `<state file>.lock` (the state file itself is replaced by rename, so it
+ * cannot carry the lock) and, for a regular-file target, the file itself
+ * (whatever path or link named it). flock locks belong to the open file:
+ * the kernel drops them when the descriptor closes, also when the process
+ * is killed, so no stale lock ever needs cleaning up. The wording of each
+ * refusal is the caller's: it knows what is running.
+ */
+import { closeSync, constants, mkdirSync, openSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { DmthinError } from '../errors';
+import { native } from './binding';
+
+/** The locks one job holds, all dropped by release(). */
+export class JobLock {
+  private readonly fds: number[] = [];
+
+  /** `job` names the work in messages: "cannot lock PATH for the JOB". */
+  constructor(private readonly job: string) {}
+
+  /** Creates (if needed) and locks `<stateFile>.lock`; `busy` is the message when another process holds it. */
+  lockStateFile(stateFile: string, busy: (lockFile: string) => string): void {
+    const lockFile = `${stateFile}.lock`;
+    const dir = dirname(lockFile);
+    try {
+      mkdirSync(dir, { recursive: true, mode: 0o755 });
+    } catch (e) {
+      const err = e as NodeJS.ErrnoException;
+      throw new DmthinError(err.code ?? 'EIO', `cannot create the ${this.job} state directory ${dir}: ${err.message}`, { path: dir, syscall: 'mkdir', cause: e });
+    }
+    this.take(lockFile, true, busy);
+  }
+
+  /** Locks an existing file (a regular-file target). */
+  lockFile(path: string, busy: (path: string) => string): void {
+    this.take(path, false, busy);
+  }
+
+  private take(path: string, create: boolean, busy: (path: string) => string): void {
+    let fd: number;
+    try {
+      fd = openSync(path, constants.O_RDONLY | (create ? constants.O_CREAT : 0), 0o644);
+    } catch (e) {
+      const err = e as NodeJS.ErrnoException;
+      throw new DmthinError(err.code ?? 'EIO', `cannot lock ${path} for the ${this.job}: ${err.message}`, { path, syscall: 'open', cause: e });
+    }
+    let got: boolean;
+    try {
+      const addon = native();
+      // An addon built before flock was added: never run unlocked.
+      if (typeof addon.flockNonBlocking !== 'function') throw new DmthinError('ENOSYS', 'the native addon has no flock (it predates this code): rebuild it');
+      got = addon.flockNonBlocking(fd, true);
+    } catch (e) {
+      closeSync(fd);
+      const err = e as NodeJS.ErrnoException;
+      throw new DmthinError(err.code ?? 'EIO', `cannot lock ${path} for the ${this.job}: ${err.message}`, { path, syscall: 'flock', cause: e });
+    }
+    if (!got) {
+      closeSync(fd);
+      throw new DmthinError('EBUSY', busy(path), { path, syscall: 'flock' });
+    }
+    this.fds.push(fd);
+  }
+
+  /** Drops every lock (idempotent). */
+  release(): void {
+    for (const fd of this.fds.splice(0)) {
+      try {
+        closeSync(fd);
+      } catch {
+        // already closed
+      }
+    }
+  }
+}

@@ -1,0 +1,60 @@
+/**
+ * One restore and one merge per target/state file (native/job-lock.ts): a
+ * second holder is refused at once with EBUSY and a message naming what
+ * runs; a released lock can be taken again. flock(2) conflicts between two
+ * open files even in one process, so no child is needed.
+ */
+import { writeFileSync } from 'node:fs';
+import { MergeLock } from '../../src/ops/merge-state';
+import { RestoreLock } from '../../src/ops/restore-state';
+import { scratch, type Scratch } from '../stream/helpers';
+
+let s: Scratch;
+beforeAll(() => {
+  s = scratch();
+});
+afterAll(() => s.cleanup());
+
+test('restore: the state file and a file target are held; a second restore is refused with EBUSY', () => {
+  const target = s.path('t.img');
+  writeFileSync(target, Buffer.alloc(4096));
+  const state = s.path('state/t.json'); // its directory is created
+  const a = RestoreLock.acquire(target, state);
+  a.lockTarget();
+  try {
+    expect(() => RestoreLock.acquire(target, state)).toThrow(
+      expect.objectContaining({ code: 'EBUSY', syscall: 'flock', message: expect.stringMatching(/^another restore is writing to .*t\.img \(.*t\.json\.lock is locked\): wait for it to finish$/) }),
+    );
+    // Another state file, same target file: the target's own lock refuses it.
+    const b = RestoreLock.acquire(target, s.path('other.json'));
+    try {
+      expect(() => b.lockTarget()).toThrow(expect.objectContaining({ code: 'EBUSY', path: target }));
+    } finally {
+      b.release();
+    }
+  } finally {
+    a.release();
+  }
+  const again = RestoreLock.acquire(target, state);
+  again.lockTarget();
+  again.release();
+  again.release(); // idempotent
+});
+
+test('merge: one holder of a state file lock at a time', () => {
+  const state = s.path('merge/pool.snap3.json');
+  const a = MergeLock.acquire(state);
+  try {
+    expect(() => MergeLock.acquire(state)).toThrow(expect.objectContaining({ code: 'EBUSY', message: expect.stringMatching(/^another merge of this snapshot is running/) }));
+  } finally {
+    a.release();
+  }
+  MergeLock.acquire(state).release();
+});
+
+test('a state directory that cannot be made is a typed error naming it', () => {
+  writeFileSync(s.path('plain-file'), 'x');
+  expect(() => MergeLock.acquire(s.path('plain-file/sub/state.json'))).toThrow(
+    expect.objectContaining({ code: 'ENOTDIR', syscall: 'mkdir', message: expect.stringContaining('cannot create the merge state directory') }),
+  );
+});
