@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cstdint>
 #include <cstdlib>
 #include <thread>
 #include <vector>
@@ -69,6 +70,12 @@ class ReadIntoWorker : public PromiseWorker<RangeReader> {
   }
 
   void Execute() override {
+    if (!owner_->BeginExecute()) return fail_.set(ECANCELED, "pread", path_, "the process is exiting");
+    Read();
+    owner_->EndExecute();
+  }
+
+  void Read() {
     std::atomic<size_t> next{0};
     size_t nthreads = std::min(kThreads, pieces_.size());
     std::vector<SysFailure> fails(nthreads);
@@ -76,6 +83,7 @@ class ReadIntoWorker : public PromiseWorker<RangeReader> {
       for (;;) {
         size_t i = next.fetch_add(1);
         if (i >= pieces_.size() || fails[t].failed()) return;
+        if (owner_->stopping_.load()) return fails[t].set(ECANCELED, "pread", path_, "the process is exiting");
         const Piece& p = pieces_[i];
         uint64_t done = 0;
         while (done < p.len) {
@@ -123,18 +131,20 @@ class ReadIntoWorker : public PromiseWorker<RangeReader> {
   Napi::ObjectReference buf_;
 };
 
+// alignedBuffer(bytes): a Uint8Array of `bytes` at a kDirectAlign boundary
+// (O_DIRECT needs one). Carved out of an ArrayBuffer that V8 owns rather
+// than an external buffer: an external buffer's memory is freed by a cleanup
+// hook of its own when the environment is torn down, possibly while the
+// hashing thread still reads it; V8's memory outlives every cleanup hook.
 Napi::Value AlignedBuffer(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   double n = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : -1;
   if (!(n > 0 && n <= (1u << 30)) || static_cast<double>(static_cast<size_t>(n)) != n) throw Napi::RangeError::New(env, "alignedBuffer(bytes): 1 .. 1 GiB");
   size_t bytes = static_cast<size_t>(n);
-  void* p = nullptr;
-  if (::posix_memalign(&p, kDirectAlign, bytes) != 0) throw MakeErrnoError(env, ENOMEM, "posix_memalign");
-  Napi::MemoryManagement::AdjustExternalMemory(env, static_cast<int64_t>(bytes));
-  return Napi::Buffer<uint8_t>::New(env, static_cast<uint8_t*>(p), bytes, [bytes](Napi::Env e, uint8_t* q) {
-    std::free(q);
-    Napi::MemoryManagement::AdjustExternalMemory(e, -static_cast<int64_t>(bytes));
-  });
+  Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, bytes + kDirectAlign);
+  uintptr_t p = reinterpret_cast<uintptr_t>(ab.Data());
+  size_t off = static_cast<size_t>((kDirectAlign - p % kDirectAlign) % kDirectAlign);
+  return Napi::Uint8Array::New(env, bytes, ab, off);
 }
 
 }  // namespace
@@ -148,10 +158,36 @@ void RangeReader::Init(Napi::Env env, Napi::Object exports) {
   exports.Set("alignedBuffer", Napi::Function::New(env, AlignedBuffer, "alignedBuffer"));
 }
 
-RangeReader::RangeReader(const Napi::CallbackInfo& info) : Napi::ObjectWrap<RangeReader>(info) {}
+RangeReader::RangeReader(const Napi::CallbackInfo& info) : Napi::ObjectWrap<RangeReader>(info) {
+  env_ = info.Env();
+  if (napi_add_env_cleanup_hook(env_, EnvCleanup, this) == napi_ok) hooked_ = true;
+}
 
 RangeReader::~RangeReader() {
+  if (hooked_) napi_remove_env_cleanup_hook(env_, EnvCleanup, this);
   if (fd_ >= 0) ::close(fd_);
+}
+
+bool RangeReader::BeginExecute() {
+  std::lock_guard<std::mutex> l(exec_mu_);
+  if (stopping_.load()) return false;
+  executing_++;
+  return true;
+}
+
+void RangeReader::EndExecute() {
+  std::lock_guard<std::mutex> l(exec_mu_);
+  if (--executing_ == 0) exec_cv_.notify_all();
+}
+
+// Before Node-API finalizes the remaining objects (and frees the read
+// buffers and this reader): no read may still be writing into them.
+void RangeReader::EnvCleanup(void* arg) {
+  auto* self = static_cast<RangeReader*>(arg);
+  self->hooked_ = false;
+  self->stopping_ = true;
+  std::unique_lock<std::mutex> l(self->exec_mu_);
+  self->exec_cv_.wait(l, [self] { return self->executing_ == 0; });
 }
 
 Napi::Value RangeReader::Open(const Napi::CallbackInfo& info) {
@@ -186,6 +222,11 @@ Napi::Value RangeReader::ReadInto(const Napi::CallbackInfo& info) {
     for (uint64_t off = 0, len = static_cast<uint64_t>(l); off < len; off += kPieceBytes)
       pieces.push_back({static_cast<uint64_t>(d) + off, static_cast<uint64_t>(s) + off, std::min<uint64_t>(kPieceBytes, len - off)});
   }
+  // The buffer may be newer than this reader, and its memory is freed by a
+  // cleanup hook of its own (hooks run newest first): re-registered here,
+  // ours runs first and waits for the read.
+  if (hooked_) napi_remove_env_cleanup_hook(env, EnvCleanup, this);
+  hooked_ = napi_add_env_cleanup_hook(env, EnvCleanup, this) == napi_ok;
   auto* w = new ReadIntoWorker(env, this, buf, buf.Data(), std::move(pieces));
   Napi::Promise p = w->Promise();
   w->Queue();

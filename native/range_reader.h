@@ -6,6 +6,9 @@
 
 #include <napi.h>
 
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
 #include <string>
 
 namespace dmthin {
@@ -22,11 +25,24 @@ class RangeReader : public Napi::ObjectWrap<RangeReader> {
   bool close_pending_ = false;
   void FinishRead();
 
+  // Reads running on worker threads. The environment's teardown waits for
+  // them (a read writes into a buffer that the teardown frees) and tells
+  // them to stop between pieces.
+  std::mutex exec_mu_;
+  std::condition_variable exec_cv_;
+  int executing_ = 0;
+  std::atomic<bool> stopping_{false};
+  bool BeginExecute();  // false once stopping
+  void EndExecute();
+
  private:
   Napi::Value Open(const Napi::CallbackInfo& info);
   Napi::Value ReadInto(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
   void CloseNow();
+  static void EnvCleanup(void* arg);
+  napi_env env_ = nullptr;
+  bool hooked_ = false;
 };
 
 }  // namespace dmthin

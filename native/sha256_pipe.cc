@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <set>
 
 #include "promise_worker.h"
 
@@ -27,6 +28,26 @@ class ReadyWorker : public PromiseWorker<Sha256Pipe> {
   uint64_t bytes_;
 };
 
+// Live pipes, for the exit handler. Never freed: a static destructor could
+// run before the handler that walks it.
+std::mutex& LiveMu() {
+  static auto* m = new std::mutex;
+  return *m;
+}
+std::set<Sha256Pipe*>& Live() {
+  static auto* s = new std::set<Sha256Pipe*>;
+  return *s;
+}
+
+// process.exit() ends the process without tearing the environment down (no
+// cleanup hooks, no finalizers), and then OpenSSL's own exit handler frees
+// its state: a thread still inside EVP_DigestUpdate would crash. Registered
+// after OpenSSL's (the addon loads later), so it runs first.
+void AbandonAllAtExit() {
+  std::lock_guard<std::mutex> l(LiveMu());
+  for (Sha256Pipe* p : Live()) p->Abandon();
+}
+
 }  // namespace
 
 void Sha256Pipe::Init(Napi::Env env, Napi::Object exports) {
@@ -36,8 +57,24 @@ void Sha256Pipe::Init(Napi::Env env, Napi::Object exports) {
                                      InstanceMethod("queued", &Sha256Pipe::Queued),
                                      InstanceMethod("ready", &Sha256Pipe::Ready),
                                      InstanceMethod("digest", &Sha256Pipe::Digest),
-                                     InstanceMethod("capacity", &Sha256Pipe::Capacity)});
+                                     InstanceMethod("capacity", &Sha256Pipe::Capacity),
+                                     InstanceMethod("abort", &Sha256Pipe::Abort)});
   exports.Set("Sha256Pipe", ctor);
+  static std::once_flag once;
+  std::call_once(once, [] { std::atexit(AbandonAllAtExit); });
+}
+
+// Runs when the environment is torn down (the process ends normally, or a
+// worker thread's environment goes), before Node-API finalizes what remains:
+// the buffers held for hashing are freed there in any order, so the thread
+// must have stopped reading them first. Hooks run last-registered first and
+// Node-API's own teardown hook was registered when the addon loaded.
+void Sha256Pipe::EnvCleanup(void* arg) {
+  auto* self = static_cast<Sha256Pipe*>(arg);
+  self->hooked_ = false;
+  self->Abandon();
+  for (auto& r : self->refs_) r.Reset();
+  self->refs_.clear();
 }
 
 Sha256Pipe::Sha256Pipe(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Sha256Pipe>(info) {
@@ -64,9 +101,18 @@ Sha256Pipe::Sha256Pipe(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Sha256
   // V8 does not see this memory otherwise.
   Napi::MemoryManagement::AdjustExternalMemory(env, static_cast<int64_t>(cap_));
   thread_ = std::thread([this] { Run(); });
+  env_ = env;
+  if (napi_add_env_cleanup_hook(env, EnvCleanup, this) == napi_ok) hooked_ = true;
+  std::lock_guard<std::mutex> l(LiveMu());
+  Live().insert(this);
 }
 
 Sha256Pipe::~Sha256Pipe() {
+  {
+    std::lock_guard<std::mutex> l(LiveMu());
+    Live().erase(this);
+  }
+  if (hooked_) napi_remove_env_cleanup_hook(env_, EnvCleanup, this);
   Stop(true);
   for (auto& r : refs_) r.Reset();
   if (ctx_) EVP_MD_CTX_free(ctx_);
@@ -85,6 +131,17 @@ void Sha256Pipe::Stop(bool abandon) {
   data_cv_.notify_all();
   space_cv_.notify_all();
   if (thread_.joinable()) thread_.join();
+}
+
+void Sha256Pipe::Abandon() { Stop(true); }
+
+// An external buffer (the addon's aligned send buffers) frees its memory in
+// a cleanup hook of its own, and hooks run newest first: ours is registered
+// again after the newest buffer held, so it stops the thread before any
+// held buffer is freed.
+void Sha256Pipe::Rehook(napi_env env) {
+  if (hooked_) napi_remove_env_cleanup_hook(env, EnvCleanup, this);
+  hooked_ = napi_add_env_cleanup_hook(env, EnvCleanup, this) == napi_ok;
 }
 
 void Sha256Pipe::Run() {
@@ -143,7 +200,7 @@ Napi::Value Sha256Pipe::Update(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   size_t len;
   const uint8_t* src = BytesOf(info, "update(data: Uint8Array)", &len);
-  if (finished_) throw Napi::Error::New(env, "digest already taken");
+  if (finished_) throw Napi::Error::New(env, "the hash is finished (digest taken or aborted)");
   ReleaseHashed();
   std::unique_lock<std::mutex> l(mu_);
   while (len > 0) {
@@ -168,11 +225,12 @@ Napi::Value Sha256Pipe::UpdateHeld(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   size_t len;
   const uint8_t* src = BytesOf(info, "updateHeld(data: Uint8Array)", &len);
-  if (finished_) throw Napi::Error::New(env, "digest already taken");
+  if (finished_) throw Napi::Error::New(env, "the hash is finished (digest taken or aborted)");
   ReleaseHashed();
   if (len == 0) return env.Undefined();
   // The reference keeps the buffer's memory alive until the thread has hashed it.
   refs_.push_back(Napi::Reference<Napi::Value>::New(info[0], 1));
+  Rehook(env);
   {
     std::lock_guard<std::mutex> l(mu_);
     segs_.push_back({src, len, true});
@@ -209,9 +267,26 @@ Napi::Value Sha256Pipe::Ready(const Napi::CallbackInfo& info) {
   return p;
 }
 
+// abort(): the stream will not be finished (an error ends it): stop hashing
+// now and let go of the held buffers and the ring, without waiting for the
+// garbage collector to find this object.
+Napi::Value Sha256Pipe::Abort(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  finished_ = true;
+  Abandon();
+  for (auto& r : refs_) r.Reset();
+  refs_.clear();
+  if (ring_) {
+    std::free(ring_);
+    ring_ = nullptr;
+    Napi::MemoryManagement::AdjustExternalMemory(env, -static_cast<int64_t>(cap_));
+  }
+  return env.Undefined();
+}
+
 Napi::Value Sha256Pipe::Digest(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (finished_) throw Napi::Error::New(env, "digest already taken");
+  if (finished_) throw Napi::Error::New(env, "the hash is finished (digest taken or aborted)");
   finished_ = true;
   Stop(false);  // the thread hashes what is queued, then ends
   ReleaseHashed();

@@ -27,6 +27,9 @@ class Sha256Pipe : public Napi::ObjectWrap<Sha256Pipe> {
 
   // Blocks (worker thread) until at most `bytes` are waiting to be hashed.
   void WaitQueuedAtMost(uint64_t bytes);
+  // Stops the thread without hashing the rest and joins it: after this no
+  // thread reads a held buffer or the ring. JS thread (or exit), idempotent.
+  void Abandon();
 
  private:
   Napi::Value Update(const Napi::CallbackInfo& info);
@@ -36,6 +39,9 @@ class Sha256Pipe : public Napi::ObjectWrap<Sha256Pipe> {
   Napi::Value Ready(const Napi::CallbackInfo& info);
   Napi::Value Digest(const Napi::CallbackInfo& info);
   Napi::Value Capacity(const Napi::CallbackInfo& info);
+  Napi::Value Abort(const Napi::CallbackInfo& info);
+  static void EnvCleanup(void* arg);
+  void Rehook(napi_env env);
 
   void Run();
   void Stop(bool abandon);
@@ -62,7 +68,9 @@ class Sha256Pipe : public Napi::ObjectWrap<Sha256Pipe> {
   bool abandon_ = false;
   bool failed_ = false;
   bool finished_ = false;
+  bool hooked_ = false;  // EnvCleanup registered for this pipe
   EVP_MD_CTX* ctx_ = nullptr;
+  napi_env env_ = nullptr;
   std::thread thread_;
 };
 

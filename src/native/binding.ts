@@ -126,6 +126,8 @@ export interface NativeSha256Pipe {
   digest(): Buffer;
   /** The ring's size in bytes. */
   capacity(): number;
+  /** Stops hashing (the stream will not be finished), joins the thread and lets go of held buffers; digest() then throws. */
+  abort(): void;
 }
 
 /** Byte ranges of a file or block device read into a buffer the caller reuses (native/range_reader.cc). */
@@ -144,8 +146,8 @@ export interface NativeAddon {
   BlockWriter: new () => NativeBlockWriter;
   Sha256Pipe: new (ringBytes?: number) => NativeSha256Pipe;
   RangeReader: new () => NativeRangeReader;
-  /** A 4096-aligned Buffer (for O_DIRECT reads into it). */
-  alignedBuffer(bytes: number): Buffer;
+  /** A 4096-aligned Uint8Array (for O_DIRECT reads into it), in memory V8 owns. */
+  alignedBuffer(bytes: number): Uint8Array;
   DmPoll: new () => NativeDmPoll;
   /**
    * One dm ioctl on a worker thread. `request` is struct dm_ioctl plus its

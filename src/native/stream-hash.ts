@@ -29,6 +29,8 @@ export interface StreamHash {
   hashedThrough(position: number): Promise<void>;
   /** The digest of everything added; the hash cannot be used after. */
   digest(): Buffer;
+  /** Gives up (the stream ends in an error): hashing stops and held buffers are let go; idempotent, also after digest(). */
+  abort(): void;
 }
 
 class PipeHash implements StreamHash {
@@ -52,8 +54,15 @@ class PipeHash implements StreamHash {
     return this.p.ready(Math.max(0, this.cap - bytes));
   }
   digest(): Buffer {
+    this.done = true;
     return this.p.digest();
   }
+  abort(): void {
+    if (this.done) return;
+    this.done = true;
+    this.p.abort();
+  }
+  private done = false;
 }
 
 class CryptoHash implements StreamHash {
@@ -73,6 +82,7 @@ class CryptoHash implements StreamHash {
   digest(): Buffer {
     return this.h.digest();
   }
+  abort(): void {}
 }
 
 /** A new stream hash: the addon's threaded one, or node:crypto's without the addon. */

@@ -145,4 +145,9 @@ export class StreamEncoder {
     this.ended = true;
     return { parts, end };
   }
+
+  /** Gives the stream up (an error ends it): the digest thread stops and lets go of the data it holds. */
+  abort(): void {
+    this.hash.abort();
+  }
 }

@@ -89,7 +89,8 @@ export class NativeDataSource implements DataSource {
 
   /** @internal 4096-aligned, for O_DIRECT reads. */
   allocBuffer(bytes: number): Buffer {
-    return native().alignedBuffer(bytes);
+    const a = native().alignedBuffer(bytes);
+    return Buffer.from(a.buffer, a.byteOffset, a.byteLength);
   }
 
   /** @internal Through a second descriptor (RangeReader), several pieces in flight. */

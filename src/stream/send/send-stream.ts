@@ -162,46 +162,54 @@ export async function* encodeRecords(plan: SendPlan, source: DataSource, opts: E
     }
   }
 
-  throwIfAborted(opts.signal);
-  yield* enc.start();
-  for await (const e of plan.extents) {
+  try {
+    yield* encodeAll();
+  } finally {
+    enc.abort(); // no-op once finished; otherwise the digest thread would hash on for nothing
+  }
+
+  async function* encodeAll(): AsyncGenerator<Buffer> {
     throwIfAborted(opts.signal);
-    if (e.kind === 'zero') {
-      cur.items.push({ kind: 'discard', block: e.begin, count: e.length });
-    } else {
-      const end = Math.min((e.begin + e.length) * bs, deviceSize);
-      for (let off = e.begin * bs; off < end; ) {
-        const len = Math.min(pieceMax, end - off);
-        const block = Math.floor(off / bs);
-        const inBlock = off - block * bs;
-        cur.items.push({ kind: 'data', block, offsetSectors: inBlock / SECTOR_SIZE, src: e.source * bs + (off - e.begin * bs), len });
-        cur.bytes += len;
-        off += len;
-        if (cur.bytes + pieceMax > batchMax || cur.items.length >= MAX_ITEMS) {
-          seal();
-          yield* drain(1); // one batch reads ahead while this one is consumed
+    yield* enc.start();
+    for await (const e of plan.extents) {
+      throwIfAborted(opts.signal);
+      if (e.kind === 'zero') {
+        cur.items.push({ kind: 'discard', block: e.begin, count: e.length });
+      } else {
+        const end = Math.min((e.begin + e.length) * bs, deviceSize);
+        for (let off = e.begin * bs; off < end; ) {
+          const len = Math.min(pieceMax, end - off);
+          const block = Math.floor(off / bs);
+          const inBlock = off - block * bs;
+          cur.items.push({ kind: 'data', block, offsetSectors: inBlock / SECTOR_SIZE, src: e.source * bs + (off - e.begin * bs), len });
+          cur.bytes += len;
+          off += len;
+          if (cur.bytes + pieceMax > batchMax || cur.items.length >= MAX_ITEMS) {
+            seal();
+            yield* drain(1); // one batch reads ahead while this one is consumed
+          }
         }
       }
+      if (cur.items.length >= MAX_ITEMS) {
+        seal();
+        yield* drain(1);
+      }
     }
-    if (cur.items.length >= MAX_ITEMS) {
-      seal();
-      yield* drain(1);
-    }
+    seal();
+    yield* drain(0);
+    await enc.ready(Infinity); // the digest has caught up: finish() does not wait on the JS thread
+    const { parts, end } = enc.finish();
+    yield* parts;
+    progress();
+    opts.onEnd?.({
+      digest: end.sha256.toString('hex'),
+      records: end.records,
+      dataBlocks: end.dataBlocks,
+      discardBlocks: end.discardBlocks,
+      dataBytes: end.dataBytes,
+      bytes: end.streamBytes + parts.reduce((n, p) => n + p.length, 0),
+    });
   }
-  seal();
-  yield* drain(0);
-  await enc.ready(Infinity); // the digest has caught up: finish() does not wait on the JS thread
-  const { parts, end } = enc.finish();
-  yield* parts;
-  progress();
-  opts.onEnd?.({
-    digest: end.sha256.toString('hex'),
-    records: end.records,
-    dataBlocks: end.dataBlocks,
-    discardBlocks: end.discardBlocks,
-    dataBytes: end.dataBytes,
-    bytes: end.streamBytes + parts.reduce((n, p) => n + p.length, 0),
-  });
 }
 
 /**
