@@ -49,6 +49,16 @@ test('an empty stream hash is the SHA-256 of nothing; a copied buffer may change
   expect(h.digest().toString('hex')).toBe(want);
 });
 
+test('abort() with held bytes still queued: ready() settles, digest() then throws, abort() again is harmless', async () => {
+  const h = newStreamHash(64 << 10);
+  for (let i = 0; i < 64; i++) h.updateHeld(Buffer.alloc(1 << 20, i)); // far more than is hashed by now
+  const waiting = h.ready(64 << 10); // room for a whole ring: only once everything queued is hashed, or on abort
+  h.abort();
+  await waiting;
+  expect(() => h.digest()).toThrow(/finished/);
+  h.abort();
+});
+
 test('readRanges: each range lands at its buffer offset; past the end is EIO', async () => {
   const file = s.path('src.bin');
   writeFileSync(file, data.subarray(0, 3 << 20));
