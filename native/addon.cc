@@ -1,4 +1,5 @@
-// Module entry: the native layer is IO only (block reads and writes, CRC-32C, dm ioctls and event polls, flock).
+// Module entry: the native layer is IO only (block reads and writes, CRC-32C, dm ioctls and event polls, flock),
+// plus the stream digest (SHA-256) hashed on a thread of its own.
 #include <napi.h>
 
 #include "block_reader.h"
@@ -7,6 +8,8 @@
 #include "dm_control.h"
 #include "dm_poll.h"
 #include "file_lock.h"
+#include "range_reader.h"
+#include "sha256_pipe.h"
 
 namespace dmthin {
 
@@ -17,6 +20,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitDmControl(env, exports);
   DmPoll::Init(env, exports);
   InitFileLock(env, exports);
+  Sha256Pipe::Init(env, exports);
+  RangeReader::Init(env, exports);
   return exports;
 }
 

@@ -110,12 +110,44 @@ export interface NativeDmPoll {
   close(): void;
 }
 
+/**
+ * SHA-256 hashed on a thread of the addon's own: update() copies into a ring
+ * (blocking only while the ring is full) and returns; digest() waits for the
+ * queued bytes, then ends the thread.
+ */
+export interface NativeSha256Pipe {
+  update(data: Uint8Array): void;
+  /** Queues `data` itself (referenced, not copied) after what is queued: it must not change until hashed. */
+  updateHeld(data: Uint8Array): void;
+  /** Bytes queued and not hashed yet. */
+  queued(): number;
+  /** Resolves once at most `bytes` are queued (off the JS thread). */
+  ready(bytes: number): Promise<void>;
+  digest(): Buffer;
+  /** The ring's size in bytes. */
+  capacity(): number;
+  /** Stops hashing (the stream will not be finished), joins the thread and lets go of held buffers; digest() then throws. */
+  abort(): void;
+}
+
+/** Byte ranges of a file or block device read into a buffer the caller reuses (native/range_reader.cc). */
+export interface NativeRangeReader {
+  open(path: string, direct?: 'auto' | 'always' | 'never'): Promise<{ size: number; direct: boolean }>;
+  /** `ranges`: [bufferOffset, fileOffset, length] triples; several pieces in flight. */
+  readInto(buf: Buffer, ranges: Float64Array): Promise<void>;
+  close(): void;
+}
+
 export interface NativeAddon {
   crc32c(data: Uint8Array, seed?: number, raw?: boolean): number;
   crc32cTable(data: Uint8Array): number;
   crc32cHardware(): boolean;
   BlockReader: new () => NativeBlockReader;
   BlockWriter: new () => NativeBlockWriter;
+  Sha256Pipe: new (ringBytes?: number) => NativeSha256Pipe;
+  RangeReader: new () => NativeRangeReader;
+  /** A 4096-aligned Uint8Array (for O_DIRECT reads into it), in memory V8 owns. */
+  alignedBuffer(bytes: number): Uint8Array;
   DmPoll: new () => NativeDmPoll;
   /**
    * One dm ioctl on a worker thread. `request` is struct dm_ioctl plus its

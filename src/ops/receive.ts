@@ -14,7 +14,7 @@ import { open, type FileHandle } from 'node:fs/promises';
 import { Writable, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { AbortError, DmthinError, StreamError, throwIfAborted } from '../errors';
-import { applyStream } from '../stream/receive/apply';
+import { applyStream, type ApplyChunks } from '../stream/receive/apply';
 import { BlockWriter } from '../native/block-writer';
 import { fileChunks } from '../stream/receive/file-chunks';
 import { refuseOutputOverInputs } from '../output/file';
@@ -161,7 +161,7 @@ class Receiver {
     }
   }
 
-  async apply(v: VerifiedStream, chunks: () => AsyncIterable<Buffer>, spooled: boolean, buffers?: RecordBuffers): Promise<ReceiveResult> {
+  async apply(v: VerifiedStream, chunks: ApplyChunks, spooled: boolean, buffers?: RecordBuffers): Promise<ReceiveResult> {
     const { header } = v;
     await this.preflight(header, v.digest);
     throwIfAborted(this.o.signal);
@@ -198,7 +198,7 @@ class Receiver {
       if (baseSize !== undefined && baseSize < header.deviceSize) await zero(baseSize, header.deviceSize - baseSize);
     };
     try {
-      await applyStream(chunks(), v, writer, zero, {
+      await applyStream(chunks, v, writer, zero, {
         signal: this.o.signal,
         onProgress: (p) => this.o.onProgress?.({ phase: 'apply', bytes: p.bytes, totalBytes: p.totalBytes }),
         beforeWrite: begin,
@@ -241,12 +241,14 @@ class CheckedVerifier {
   private early?: Promise<void>;
   private awaited = false;
 
-  constructor(r: Receiver) {
+  /** `holdChunks`: the caller keeps each chunk until the digest has passed it (fileChunks' beforeReuse). */
+  constructor(r: Receiver, holdChunks = false) {
     // Records are only checked here, never kept: the verifier's buffer can be reused.
-    this.v = new StreamVerifier({ onHeader: (h) => (this.early = r.preflight(h, null)), reuseBuffers: this.buffers });
+    this.v = new StreamVerifier({ onHeader: (h) => (this.early = r.preflight(h, null)), reuseBuffers: this.buffers, holdChunks });
   }
 
   async push(chunk: Buffer): Promise<void> {
+    await this.v.ready(chunk.length); // the digest (its own thread) keeps up before the JS thread feeds it more
     // Taken one at a time and dropped: one record buffer is enough.
     for (const r of this.v.records(chunk)) void r;
     if (this.early && !this.awaited) {
@@ -318,7 +320,8 @@ export function receiveStream(target: string, opts: Omit<ReceiveOptions, 'target
           const verified = await c.finish();
           await spool!.finish();
           const sp = spool!;
-          const r = await receiver!.apply(verified, () => sp.chunks(o.signal), true, c.buffers);
+          // The spool is read back in chunks held until hashed (no copy for the digest).
+          const r = await receiver!.apply(verified, (beforeReuse) => sp.chunks(o.signal, beforeReuse), true, c.buffers);
           // Released before the Writable finishes: a receive that follows at once finds the target free.
           await sp.remove();
           await receiver!.close();
@@ -391,13 +394,14 @@ export async function receive(opts: ReceiveOptions & { input: string | Readable 
 async function receiveFile(fh: FileHandle, size: number, opts: ReceiveOptions): Promise<ReceiveResult> {
   const r = await Receiver.prepare(opts);
   try {
-    const c = new CheckedVerifier(r);
-    for await (const chunk of fileChunks(fh, { signal: opts.signal })) {
+    // Chunks are held until the digest (its own thread) has read them in place.
+    const c = new CheckedVerifier(r, true);
+    for await (const chunk of fileChunks(fh, { signal: opts.signal, beforeReuse: (end) => c.v.hashedThrough(end) })) {
       await c.push(chunk);
       opts.onProgress?.({ phase: 'verify', bytes: c.v.position, totalBytes: size });
     }
     const verified = await c.finish();
-    return await r.apply(verified, () => fileChunks(fh, { signal: opts.signal }), false, c.buffers);
+    return await r.apply(verified, (beforeReuse) => fileChunks(fh, { signal: opts.signal, beforeReuse }), false, c.buffers);
   } finally {
     await r.close();
   }

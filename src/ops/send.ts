@@ -21,7 +21,6 @@
  * know of the device): the send is refused with the lvchange to run.
  */
 import type { Writable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import { DmthinError, UsageError, throwIfAborted } from '../errors';
 import { findLvmThin, isLvmUuid } from '../pool/lvm';
 import { withMetadataSnapshot } from '../pool/live-metadata';
@@ -34,7 +33,7 @@ import { ExtentStore } from '../stream/send/extent-store';
 import { OutputFile, refuseOutputOverInputs } from '../output/file';
 import { outputError } from '../output/sink';
 import { planSend, type SendPlan } from '../stream/send/plan';
-import { encodeStream, type SendProgress, type SendSummary } from '../stream/send/send-stream';
+import { encodeRecords, writeRecords, type SendProgress, type SendSummary } from '../stream/send/send-stream';
 
 /** Progress of send. */
 export interface SendProgressEvent extends SendProgress {
@@ -112,22 +111,33 @@ async function stream(plan: SendPlan, source: DataSource, o: CommonSendOptions):
       { path: i.device, role: 'the thin device input' },
     ]);
   }
-  const readable = encodeStream(plan, source, {
+  // Written record by record, each write done before the next is encoded: the
+  // send reads into three reused batch buffers instead of a new one a batch.
+  // Only into outputs known to be done with a buffer once its write is (a
+  // file, stdout); another Writable may keep the chunks it is given.
+  const records = encodeRecords(plan, source, {
     signal: o.signal,
     batchBytes: o.batchBytes,
     onProgress: (p) => o.onProgress?.({ phase: 'data', ...p }),
     onEnd: (s) => (summary = s),
+    reuseBuffers: typeof o.output === 'string' || o.output === process.stdout,
   });
   if (typeof o.output !== 'string') {
-    // The Readable listens to the signal; its errors are typed, a raw one is the Writable's.
-    await pipeline(readable, o.output).catch((e) => {
-      throw outputError(e, o.output === process.stdout ? 'stdout' : undefined);
-    });
+    // The generator's errors are typed, a raw one is the Writable's. process.stdout
+    // is never ended (that shuts a pipe down under Node, and the CLI's final flush
+    // then got EPIPE: `dmthin send | cat` exited 141); another Writable is.
+    const out = o.output;
+    try {
+      await writeRecords(records, out, o.signal);
+      if (out !== process.stdout) await new Promise<void>((resolve, reject) => out.end((e?: Error | null) => (e ? reject(e) : resolve())));
+    } catch (e) {
+      throw outputError(e, out === process.stdout ? 'stdout' : undefined);
+    }
     return summary!;
   }
   const file = await OutputFile.create(o.output, { signal: o.signal });
   try {
-    await pipeline(readable, file.stream, { end: false });
+    await writeRecords(records, file.stream, o.signal);
     await file.commit();
   } catch (e) {
     await file.discard();

@@ -4,8 +4,9 @@
  * line on stderr, and a SIGTERM in the middle of a piped receive.
  */
 import { spawn, spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { CLI, runCli } from '../cli/run-cli';
+import { CLI, hashOutput, runCli } from '../cli/run-cli';
 import { ThinMetadata } from '../../src/thin/metadata';
 import { fixtureImage } from '../helpers/fixtures';
 import { expectedSha, patternBlock, scratch, sha256File, writeDataFile, type Scratch } from './helpers';
@@ -52,6 +53,15 @@ test('send to a file, receive it; then an incremental through a pipe', async () 
   const p = sh(`${dmthin} send --metadata '${meta}' --data '${data}' --snap 1 --base 4 --size ${SIZE} | ${dmthin} receive --target '${t}' --spool-dir '${s.dir}'`);
   expect([p.status, p.stderr]).toEqual([0, '']);
   expect(sha256File(t)).toBe(await expectedSha(md, 1, SIZE));
+});
+
+test('send to stdout, a pipe: exit 0 once the reader has the whole stream (the same bytes as -o FILE)', async () => {
+  const file = s.path('stdout-vs-file.s');
+  expect(runCli(['send', '--metadata', meta, '--data', data, '--snap', '4', '--size', String(SIZE), '-o', file, '-q']).status).toBe(0);
+  // Ending process.stdout under the pipeline made the final flush fail with EPIPE: exit 141.
+  const r = await hashOutput(process.execPath, [CLI, 'send', '--metadata', meta, '--data', data, '--snap', '4', '--size', String(SIZE), '-q']);
+  expect([r.status, r.stderr]).toEqual([0, '']);
+  expect(r.sha256).toBe(createHash('sha256').update(readFileSync(file)).digest('hex'));
 });
 
 test('through the held metadata snapshot, from a device image (virtual addressing)', async () => {

@@ -4,7 +4,6 @@
  * It checks the invariants a receiver checks (order, bounds), so a bug in a
  * sender fails here rather than in someone's restore.
  */
-import { createHash, type Hash } from 'node:crypto';
 import { UsageError } from '../../errors';
 import {
   encodeDataPrefix,
@@ -19,6 +18,10 @@ import {
   type StreamHeader,
 } from './records';
 import { SECTOR_SIZE } from '../../units';
+import { newStreamHash, type StreamHash } from '../../native/stream-hash';
+
+/** Record header and data prefix: what a data record adds to its data. */
+const RECORD_OVERHEAD = 64;
 
 /** A StreamHeader whose version may be left out (default: FORMAT_VERSION). */
 export type StreamHeaderInit = Omit<StreamHeader, 'version'> & {
@@ -33,7 +36,8 @@ export class StreamEncoder {
   /** Bytes per data block. */
   readonly blockBytes: number;
   private seq = 0;
-  private hash: Hash = createHash('sha256');
+  // Hashed on the addon's thread: a sender awaits ready() before a large record.
+  private hash: StreamHash = newStreamHash();
   private lastEnd = 0;
   private lastDataBlock = -1;
   private ended = false;
@@ -61,18 +65,34 @@ export class StreamEncoder {
     if (this.seq === 0) throw new UsageError('the header record comes first, and only once');
   }
 
-  private emit(type: RecordType, payload: Uint8Array[]): Buffer[] {
+  private emit(type: RecordType, payload: Uint8Array[], held = false): Buffer[] {
     if (this.ended) throw new UsageError('stream already ended');
     if ((this.seq === 0) !== (type === RecordType.Header)) throw new UsageError('the header record comes first, and only once');
     const parts = encodeRecord(type, this.seq++, payload);
     // The end record is not part of the digest (it carries it).
     if (type === RecordType.End) return parts;
     for (const p of parts) {
-      this.hash.update(p);
+      // Held data is hashed in place; the small header and prefix are copied (cheaper than a reference).
+      if (held && p.length > RECORD_OVERHEAD) this.hash.updateHeld(p);
+      else this.hash.update(p);
       this.counts.streamBytes += p.length;
     }
     this.counts.records++;
     return parts;
+  }
+
+  /**
+   * Resolves once a record carrying `bytes` of data can be encoded without
+   * waiting for the digest to catch up (call it between records; encoding
+   * without it is correct, only the JS thread may then wait).
+   */
+  ready(bytes: number): Promise<void> {
+    return this.hash.ready(bytes + RECORD_OVERHEAD);
+  }
+
+  /** Resolves once the stream's first `position` bytes are hashed: data given as held up to there may change again. */
+  hashedThrough(position: number): Promise<void> {
+    return this.hash.hashedThrough(position);
   }
 
   /** The header record; call first. */
@@ -83,8 +103,10 @@ export class StreamEncoder {
   /**
    * A data record: `data` (a whole number of sectors, at most 8 MiB) at
    * virtual block `block`, `offsetSectors` into it. Ranges must ascend.
+   * @param held - the caller never changes `data` afterwards: it is hashed
+   *   in place later instead of copied (a send's freshly read batch).
    */
-  data(block: number, offsetSectors: number, data: Uint8Array): Buffer[] {
+  data(block: number, offsetSectors: number, data: Uint8Array, held = false): Buffer[] {
     this.live();
     const start = block * this.blockBytes + offsetSectors * SECTOR_SIZE;
     const end = start + data.length;
@@ -97,7 +119,7 @@ export class StreamEncoder {
     this.lastDataBlock = last;
     this.counts.dataBytes += data.length;
     this.lastEnd = end;
-    return this.emit(RecordType.Data, [encodeDataPrefix(block, offsetSectors, data.length / SECTOR_SIZE), data]);
+    return this.emit(RecordType.Data, [encodeDataPrefix(block, offsetSectors, data.length / SECTOR_SIZE), data], held);
   }
 
   /** A discard record: `count` blocks from `block` read back as zeros (clipped at the device's end). */
@@ -122,5 +144,10 @@ export class StreamEncoder {
     const parts = this.emit(RecordType.End, [encodeEndPayload(end)]);
     this.ended = true;
     return { parts, end };
+  }
+
+  /** Gives the stream up (an error ends it): the digest thread stops and lets go of the data it holds. */
+  abort(): void {
+    this.hash.abort();
   }
 }

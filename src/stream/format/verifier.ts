@@ -6,7 +6,6 @@
  * beyond the chunk being parsed (reused for every record with reuseBuffers). Used twice by a receive: once to verify the
  * whole input before touching the target, once more while applying it.
  */
-import { createHash, type Hash } from 'node:crypto';
 import { StreamError } from '../../errors';
 import {
   crc32cOf,
@@ -27,6 +26,7 @@ import {
   type StreamHeader,
 } from './records';
 import { SECTOR_SIZE } from '../../units';
+import { newStreamHash, type StreamHash } from '../../native/stream-hash';
 
 /** Where a record was found in the stream. @inline */
 interface At {
@@ -100,6 +100,12 @@ export interface VerifierOptions {
    * share them.
    */
   reuseBuffers?: boolean | RecordBuffers;
+  /**
+   * The caller keeps every chunk it pushes unchanged until hashedThrough()
+   * says the digest has passed it (e.g. fileChunks' beforeReuse): the
+   * digest then reads the chunks in place instead of a copy.
+   */
+  holdChunks?: boolean;
 }
 
 /**
@@ -123,6 +129,9 @@ export class RecordBuffers {
 
 const MIN_HEADER_PAYLOAD = HEADER_FIXED_SIZE + 18;
 
+/** The digest's ring: room for two 1 MiB input chunks (the one parsed, the one read ahead). */
+const VERIFY_HASH_RING_BYTES = 2 << 20;
+
 /** Checks a stream as its bytes arrive (CRCs, order, bounds, counts, digest) and decodes its records. */
 export class StreamVerifier {
   private pos = 0;
@@ -133,7 +142,10 @@ export class StreamVerifier {
   private payloadFill = 0;
   private recOffset = 0;
   private recType = 0;
-  private hash: Hash = createHash('sha256');
+  // Fed as bytes are consumed (header once known not to be the end record's,
+  // payload pieces as they arrive) and hashed on the addon's thread.
+  // Its ring holds a few input chunks: callers await ready() before each.
+  private hash: StreamHash = newStreamHash(VERIFY_HASH_RING_BYTES);
   private _header: StreamHeader | null = null;
   private blockBytes = 0;
   private lastEnd = 0;
@@ -141,6 +153,8 @@ export class StreamVerifier {
   private counts = { dataBlocks: 0, discardBlocks: 0, dataBytes: 0 };
   private result: VerifiedStream | null = null;
   private readonly scratch: RecordBuffers | null;
+  /** Stream bytes given to the digest (all but the end record's). */
+  private hashed = 0;
   private eager = false;
 
   constructor(private readonly opts: VerifierOptions = {}) {
@@ -151,6 +165,23 @@ export class StreamVerifier {
   /** The header once it has been verified, else null. */
   get header(): StreamHeader | null {
     return this._header;
+  }
+
+  /**
+   * Resolves once `bytes` more can be pushed without the JS thread waiting
+   * for the digest (hashed on its own thread) to catch up: await it between
+   * chunks. Pushing without it is correct, it may only block.
+   */
+  ready(bytes: number): Promise<void> {
+    return this.hash.ready(bytes);
+  }
+
+  /**
+   * Resolves once the digest has read the stream up to byte `position`: a
+   * chunk held (holdChunks) that ends there may change again.
+   */
+  hashedThrough(position: number): Promise<void> {
+    return this.hash.hashedThrough(Math.min(position, this.hashed));
   }
 
   /** Bytes consumed so far. */
@@ -196,12 +227,15 @@ export class StreamVerifier {
         this.pos += n;
         if (this.hdrFill < RECORD_HEADER_SIZE) return;
         const len = this.checkHeader();
+        // The digest covers every byte before the end record (its CRC is checked later, in order).
+        if (this.recType !== RecordType.End) this.hashBytes(this.hdr, false);
         this.payloadFill = 0;
         if (len === 0) {
           this.payload = Buffer.alloc(0);
         } else if (chunk.length - i >= len) {
           // Whole payload in this chunk: a view, no copy.
           this.payload = chunk.subarray(i, i + len);
+          if (this.recType !== RecordType.End) this.hashBytes(this.payload, true);
           this.payloadFill = len;
           i += len;
           this.pos += len;
@@ -214,12 +248,20 @@ export class StreamVerifier {
       } else {
         const n = Math.min(this.payload.length - this.payloadFill, chunk.length - i);
         chunk.copy(this.payload, this.payloadFill, i, i + n);
+        if (this.recType !== RecordType.End) this.hashBytes(chunk.subarray(i, i + n), true);
         this.payloadFill += n;
         i += n;
         this.pos += n;
       }
       if (this.payload && this.payloadFill === this.payload.length) yield this.completeRecord();
     }
+  }
+
+  /** `inChunk`: a view into the pushed chunk (read in place when the caller holds chunks); else copied. */
+  private hashBytes(b: Buffer, inChunk: boolean): void {
+    if (inChunk && this.opts.holdChunks) this.hash.updateHeld(b);
+    else this.hash.update(b);
+    this.hashed += b.length;
   }
 
   /** Call at the end of the input: the verified summary, or why the stream is not whole. */
@@ -288,10 +330,6 @@ export class StreamVerifier {
         break;
       default:
         rec = this.endRecord(at, payload);
-    }
-    if (rec.type !== 'end') {
-      this.hash.update(this.hdr);
-      this.hash.update(payload);
     }
     this.seq++;
     if (rec.type === 'header') this.opts.onHeader?.(rec.header);

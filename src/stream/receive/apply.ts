@@ -44,14 +44,23 @@ export interface ApplyStats {
   writeCalls: number;
 }
 
+/**
+ * The input again: an iterable, or a function that makes one and is given
+ * `beforeReuse` for fileChunks (the chunks are then hashed in place, held
+ * until the digest has passed them).
+ */
+export type ApplyChunks = AsyncIterable<Buffer> | ((beforeReuse: (end: number) => Promise<void>) => AsyncIterable<Buffer>);
+
 export async function applyStream(
-  chunks: AsyncIterable<Buffer>,
+  input: ApplyChunks,
   expected: VerifiedStream,
   writer: BlockWriter,
   zero: (offset: number, length: number) => Promise<void>,
   opts: ApplyOptions = {},
 ): Promise<ApplyStats> {
-  const v = new StreamVerifier({ reuseBuffers: opts.buffers ?? true });
+  const held = typeof input === 'function';
+  const v = new StreamVerifier({ reuseBuffers: opts.buffers ?? true, holdChunks: held });
+  const chunks = held ? input((end) => v.hashedThrough(end)) : input;
   const stats: ApplyStats = { dataBytes: 0, dataRecords: 0, discardRecords: 0, writeCalls: 0 };
   const max = Math.max(opts.batchBytes ?? 1 << 20, 4096);
   const bufs: Buffer[] = [];
@@ -82,6 +91,7 @@ export async function applyStream(
   try {
     for await (const chunk of chunks) {
       throwIfAborted(opts.signal);
+      await v.ready(chunk.length); // the digest runs on its own thread, at most its ring behind
       for (const r of v.records(chunk)) {
         if (r.type === 'header') {
           if (r.header.deviceSize !== expected.header.deviceSize) throw new StreamError('changed', 'the input changed after it was verified');

@@ -74,9 +74,9 @@ export class Spool {
   }
 
   /** What was written, read back through the descriptor it was written with. */
-  chunks(signal?: AbortSignal): AsyncGenerator<Buffer> {
+  chunks(signal?: AbortSignal, beforeReuse?: (end: number) => Promise<void>): AsyncGenerator<Buffer> {
     if (!this.fh) throw new DmthinError('EBADF', 'spool is closed', { path: this.path });
-    return fileChunks(this.fh, { signal });
+    return fileChunks(this.fh, { signal, beforeReuse });
   }
 
   async remove(): Promise<void> {

@@ -7,8 +7,9 @@
  * The native source reads with O_DIRECT, in sorted and coalesced batches, off
  * the JS thread.
  */
-import { DmthinError } from '../../errors';
+import { DmthinError, fromNative } from '../../errors';
 import { BlockReader } from '../../native/block-reader';
+import { native, type NativeRangeReader } from '../../native/binding';
 
 /** How a DataSource is addressed: by virtual block (the thin device) or by data block (the pool's data device). */
 export type DataAddressing = 'virtual' | 'data';
@@ -22,8 +23,32 @@ export interface DataSource {
    * their bytes concatenated in request order.
    */
   readBlocks(unitBytes: number, blocks: readonly number[]): Promise<Buffer>;
+  /**
+   * Optional: reads byte ranges into `buf` (a buffer from allocBuffer(),
+   * reused batch after batch, so a send's memory stays at its few buffers).
+   * @internal
+   */
+  readRanges?(buf: Buffer, ranges: readonly ByteRange[]): Promise<void>;
+  /**
+   * Optional, with readRanges: a buffer it can read into.
+   * @internal
+   */
+  allocBuffer?(bytes: number): Buffer;
   /** Releases the source (called when the send ends). */
   close?(): Promise<void>;
+}
+
+/**
+ * `length` bytes of the source at `offset`, into a buffer at `at`.
+ * @internal
+ */
+export interface ByteRange {
+  /** Where in the buffer. */
+  at: number;
+  /** Byte offset in the source. */
+  offset: number;
+  /** Bytes. */
+  length: number;
 }
 
 /** Options of NativeDataSource.open. */
@@ -45,10 +70,13 @@ export class NativeDataSource implements DataSource {
   /** Reads bypass the page cache (O_DIRECT). */
   readonly direct: boolean;
 
+  private ranges?: Promise<NativeRangeReader>;
+
   private constructor(
     private readonly reader: BlockReader,
     /** How blocks are addressed. */
     readonly addressing: DataAddressing,
+    private readonly directMode: 'auto' | 'always' | 'never' = 'auto',
   ) {
     this.path = reader.path;
     ({ size: this.sizeBytes, blockDevice: this.blockDevice, direct: this.direct } = reader.info);
@@ -56,7 +84,41 @@ export class NativeDataSource implements DataSource {
 
   /** Opens a block device or file read-only. */
   static async open(path: string, opts: NativeDataSourceOptions): Promise<NativeDataSource> {
-    return new NativeDataSource(await BlockReader.open(path, { direct: opts.direct }), opts.addressing);
+    return new NativeDataSource(await BlockReader.open(path, { direct: opts.direct }), opts.addressing, opts.direct);
+  }
+
+  /** @internal 4096-aligned, for O_DIRECT reads. */
+  allocBuffer(bytes: number): Buffer {
+    const a = native().alignedBuffer(bytes);
+    return Buffer.from(a.buffer, a.byteOffset, a.byteLength);
+  }
+
+  /** @internal Through a second descriptor (RangeReader), several pieces in flight. */
+  async readRanges(buf: Buffer, ranges: readonly ByteRange[]): Promise<void> {
+    this.reader.assertOpen();
+    const flat = new Float64Array(ranges.length * 3);
+    ranges.forEach((r, i) => {
+      if (r.offset + r.length > this.sizeBytes) {
+        throw new DmthinError('EIO', `read of bytes [${r.offset}, ${r.offset + r.length}) is beyond the end of ${this.path} (${this.sizeBytes} bytes)`, {
+          path: this.path,
+          syscall: 'pread',
+          offset: r.offset,
+        });
+      }
+      flat.set([r.at, r.offset, r.length], i * 3);
+    });
+    // A second descriptor of the same file, opened the same way, on first use.
+    this.ranges ??= (async () => {
+      const r = new (native().RangeReader)();
+      await r.open(this.path, this.directMode);
+      return r;
+    })();
+    const r = await this.ranges;
+    try {
+      await r.readInto(buf, flat);
+    } catch (e) {
+      throw fromNative(e, { path: this.path });
+    }
   }
 
   async readBlocks(unitBytes: number, blocks: readonly number[]): Promise<Buffer> {
@@ -75,5 +137,7 @@ export class NativeDataSource implements DataSource {
 
   async close(): Promise<void> {
     this.reader.close();
+    const r = await this.ranges?.catch(() => undefined);
+    r?.close();
   }
 }

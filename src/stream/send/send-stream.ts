@@ -8,7 +8,7 @@
  * slow consumer stops the reads (backpressure) and memory stays at two
  * batches.
  */
-import { Readable } from 'node:stream';
+import { Readable, type Writable } from 'node:stream';
 import { AbortError, throwIfAborted, UsageError } from '../../errors';
 import type { ThinMetadata } from '../../thin/metadata';
 import type { DataSource } from './data-source';
@@ -38,7 +38,19 @@ export interface EncodeOptions {
   batchBytes?: number;
   /** Summary once the end record has been produced. */
   onEnd?: (s: SendSummary) => void;
+  /**
+   * Read batches into a few buffers reused for the whole stream (when the
+   * source can: readRanges). Only for a consumer that is done with every
+   * yielded buffer (written it) before it asks for the next one, as
+   * writeRecords() is; a Readable reads ahead, so encodeStream never sets it.
+   */
+  reuseBuffers?: boolean;
 }
+
+/** Batch buffers reused with reuseBuffers: one filled, one read ahead, one being hashed or written. */
+const REUSED_BATCHES = 3;
+/** Default batch with reused buffers: one 8 MiB record (three of them are the send's data memory). */
+const REUSED_BATCH_BYTES = 8 << 20;
 
 /** What a send produced. */
 export interface SendSummary {
@@ -64,6 +76,8 @@ interface Batch {
   items: Item[];
   bytes: number;
   read?: Promise<Buffer>;
+  /** Its buffer in the reused set. */
+  slot?: number;
 }
 
 const MAX_ITEMS = 4096;
@@ -92,7 +106,25 @@ export async function* encodeRecords(plan: SendPlan, source: DataSource, opts: E
   const bs = enc.blockBytes;
   // Whole blocks per record when blocks are small; 8 MiB pieces of a block otherwise.
   const pieceMax = bs <= MAX_DATA_BYTES ? Math.floor(MAX_DATA_BYTES / bs) * bs : MAX_DATA_BYTES;
-  const batchMax = Math.max(opts.batchBytes ?? 16 << 20, pieceMax);
+  const reuse = opts.reuseBuffers === true && source.readRanges !== undefined && source.allocBuffer !== undefined;
+  const batchMax = Math.max(opts.batchBytes ?? (reuse ? REUSED_BATCH_BYTES : 16 << 20), pieceMax);
+  // Reused buffers, and the stream position after the batch each last held: hashed in place up to there before reuse.
+  const slots: Buffer[] = [];
+  const slotEnds: number[] = [];
+  let batchNo = 0;
+  const readInto = async (b: Batch, slot: number): Promise<Buffer> => {
+    if (slotEnds[slot] !== undefined) await enc.hashedThrough(slotEnds[slot]);
+    const buf = (slots[slot] ??= source.allocBuffer!(batchMax));
+    const ranges = [];
+    let at = 0;
+    for (const it of b.items) {
+      if (it.kind !== 'data') continue;
+      ranges.push({ at, offset: it.src, length: it.len });
+      at += it.len;
+    }
+    await source.readRanges!(buf, ranges);
+    return buf.subarray(0, at);
+  };
   const progress = (): void =>
     opts.onProgress?.({ dataBlocks: enc.counts.dataBlocks, totalDataBlocks: plan.totalDataBlocks, discardBlocks: enc.counts.discardBlocks, bytes: enc.counts.streamBytes });
 
@@ -101,7 +133,9 @@ export async function* encodeRecords(plan: SendPlan, source: DataSource, opts: E
 
   const seal = (): void => {
     if (cur.items.length === 0) return;
-    cur.read = readBatch(source, cur);
+    // The slot's previous batch was yielded two batches ago: its consumer is done with it.
+    if (reuse && cur.bytes > 0) cur.slot = batchNo++ % REUSED_BATCHES;
+    cur.read = cur.slot !== undefined ? readInto(cur, cur.slot) : readBatch(source, cur);
     cur.read.catch(() => undefined); // awaited in order below; do not report it unhandled meanwhile
     queue.push(cur);
     cur = { items: [], bytes: 0 };
@@ -115,55 +149,98 @@ export async function* encodeRecords(plan: SendPlan, source: DataSource, opts: E
       let at = 0;
       for (const it of b.items) {
         if (it.kind === 'data') {
-          yield* enc.data(it.block, it.offsetSectors, data.subarray(at, at + it.len));
+          await enc.ready(it.len); // the digest runs behind on its own thread; no more than its ring behind
+          // Hashed in place: the batch is this read's own buffer, or a reused one refilled only once hashed.
+          yield* enc.data(it.block, it.offsetSectors, data.subarray(at, at + it.len), true);
           at += it.len;
         } else {
           yield* enc.discard(it.block, it.count);
         }
       }
+      if (b.slot !== undefined) slotEnds[b.slot] = enc.counts.streamBytes;
       progress();
     }
   }
 
-  throwIfAborted(opts.signal);
-  yield* enc.start();
-  for await (const e of plan.extents) {
+  try {
+    yield* encodeAll();
+  } finally {
+    enc.abort(); // no-op once finished; otherwise the digest thread would hash on for nothing
+  }
+
+  async function* encodeAll(): AsyncGenerator<Buffer> {
     throwIfAborted(opts.signal);
-    if (e.kind === 'zero') {
-      cur.items.push({ kind: 'discard', block: e.begin, count: e.length });
-    } else {
-      const end = Math.min((e.begin + e.length) * bs, deviceSize);
-      for (let off = e.begin * bs; off < end; ) {
-        const len = Math.min(pieceMax, end - off);
-        const block = Math.floor(off / bs);
-        const inBlock = off - block * bs;
-        cur.items.push({ kind: 'data', block, offsetSectors: inBlock / SECTOR_SIZE, src: e.source * bs + (off - e.begin * bs), len });
-        cur.bytes += len;
-        off += len;
-        if (cur.bytes + pieceMax > batchMax || cur.items.length >= MAX_ITEMS) {
-          seal();
-          yield* drain(1); // one batch reads ahead while this one is consumed
+    yield* enc.start();
+    for await (const e of plan.extents) {
+      throwIfAborted(opts.signal);
+      if (e.kind === 'zero') {
+        cur.items.push({ kind: 'discard', block: e.begin, count: e.length });
+      } else {
+        const end = Math.min((e.begin + e.length) * bs, deviceSize);
+        for (let off = e.begin * bs; off < end; ) {
+          const len = Math.min(pieceMax, end - off);
+          const block = Math.floor(off / bs);
+          const inBlock = off - block * bs;
+          cur.items.push({ kind: 'data', block, offsetSectors: inBlock / SECTOR_SIZE, src: e.source * bs + (off - e.begin * bs), len });
+          cur.bytes += len;
+          off += len;
+          if (cur.bytes + pieceMax > batchMax || cur.items.length >= MAX_ITEMS) {
+            seal();
+            yield* drain(1); // one batch reads ahead while this one is consumed
+          }
         }
       }
+      if (cur.items.length >= MAX_ITEMS) {
+        seal();
+        yield* drain(1);
+      }
     }
-    if (cur.items.length >= MAX_ITEMS) {
-      seal();
-      yield* drain(1);
-    }
+    seal();
+    yield* drain(0);
+    await enc.ready(Infinity); // the digest has caught up: finish() does not wait on the JS thread
+    const { parts, end } = enc.finish();
+    yield* parts;
+    progress();
+    opts.onEnd?.({
+      digest: end.sha256.toString('hex'),
+      records: end.records,
+      dataBlocks: end.dataBlocks,
+      discardBlocks: end.discardBlocks,
+      dataBytes: end.dataBytes,
+      bytes: end.streamBytes + parts.reduce((n, p) => n + p.length, 0),
+    });
   }
-  seal();
-  yield* drain(0);
-  const { parts, end } = enc.finish();
-  yield* parts;
-  progress();
-  opts.onEnd?.({
-    digest: end.sha256.toString('hex'),
-    records: end.records,
-    dataBlocks: end.dataBlocks,
-    discardBlocks: end.discardBlocks,
-    dataBytes: end.dataBytes,
-    bytes: end.streamBytes + parts.reduce((n, p) => n + p.length, 0),
-  });
+}
+
+/**
+ * Writes a generator's buffers to `out` one at a time, each write finished
+ * before the next buffer is asked for (what reuseBuffers needs). `out` is not
+ * ended. Write errors are thrown as they are (the caller names the output).
+ */
+export async function writeRecords(gen: AsyncGenerator<Buffer>, out: Writable, signal?: AbortSignal): Promise<void> {
+  let failed: unknown;
+  const onError = (e: unknown): void => {
+    failed ??= e;
+  };
+  out.on('error', onError);
+  try {
+    for await (const b of gen) {
+      await new Promise<void>((resolve, reject) => {
+        // A reader that stops reading must not hold an abort up.
+        const onAbort = (): void => reject(new AbortError(undefined, { cause: signal!.reason }));
+        if (signal?.aborted) return onAbort();
+        signal?.addEventListener('abort', onAbort, { once: true });
+        out.write(b, (e) => {
+          signal?.removeEventListener('abort', onAbort);
+          if (e) reject(e);
+          else resolve();
+        });
+      });
+      if (failed) throw failed;
+    }
+  } finally {
+    out.off('error', onError);
+  }
 }
 
 /** A byte Readable over a generator; an abort destroys it (which stops the generator). */
