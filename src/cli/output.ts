@@ -40,7 +40,7 @@ export async function commandOutput(path: string | undefined, c: CliContext, inp
   return { out: f.stream, commit: () => f.commit() };
 }
 
-/** Writes text to stdout and waits for it; a write error is the one "cannot write stdout" error. */
-export function writeStdout(text: string): Promise<void> {
+/** Writes text (or bytes) to stdout and waits for it; a write error is the one "cannot write stdout" error. */
+export function writeStdout(text: string | Uint8Array): Promise<void> {
   return new Promise<void>((resolve, reject) => process.stdout.write(text, (e) => (e ? reject(outputError(e, 'stdout')) : resolve())));
 }

@@ -13,8 +13,8 @@
  * as a vm.Script with the bytes V8 produced for it on an earlier run, which
  * also hold the functions that run compiled then (not only the top level).
  *
- * The cache is one file in dist/.code-cache/, named by Node's version and
- * architecture, read once at start-up and rewritten (a temporary file renamed
+ * The cache is one file in dist/.code-cache/, named by Node's version,
+ * architecture and node options (a hash of them), read once at start-up and rewritten (a temporary file renamed
  * over it) at exit only when a module had no valid entry. An entry is used
  * only for the same path, source length and modification time, and V8 itself
  * rejects bytes made by another V8 or other flags; a rejected or missing entry
@@ -87,7 +87,19 @@ export function deferCommanderChildProcess(): void {
 
 // DMTHIN_CODE_CACHE_DIR moves it (tests use a directory of their own).
 const DIR = process.env.DMTHIN_CODE_CACHE_DIR || join(__dirname, '..', '.code-cache');
-const FILE = join(DIR, `v8-${process.version}-${process.arch}.bin`);
+// V8 rejects bytes made under other flags: runs with node options of their
+// own (the #! line's, NODE_OPTIONS) keep a file of their own instead of
+// rewriting one file in turns (every run of `dmthin` alternating with runs
+// of `node dist/cli/main.js` compiled everything anew).
+const FILE = join(DIR, `v8-${process.version}-${process.arch}${flagsTag([...process.execArgv, process.env.NODE_OPTIONS ?? ''].join(' ').trim())}.bin`);
+
+/** '' without node options, else '-' and a short hash of them (FNV-1a: loads no crypto). */
+function flagsTag(options: string): string {
+  if (options === '') return '';
+  let h = 0x811c9dc5;
+  for (let i = 0; i < options.length; i++) h = Math.imul(h ^ options.charCodeAt(i), 0x01000193);
+  return `-${(h >>> 0).toString(16).padStart(8, '0')}`;
+}
 
 /** Installs the cache for the modules loaded from now on (once; not under an inspector or DMTHIN_CODE_CACHE=0). */
 export function installCodeCache(): void {
@@ -108,7 +120,8 @@ export function installCodeCache(): void {
   const compiled: { e: Entry; script: Script | null }[] = [];
   let stale = false;
   proto._compile = function (this: CjsModule, content: string, filename: string): unknown {
-    // A vm.Script has no loader for import(): a file that may use it compiles as Node compiles it.
+    // A vm.Script has no loader for import() (Node 20's USE_MAIN_CONTEXT_DEFAULT_LOADER
+    // prints an ExperimentalWarning): a file that may use it compiles as Node compiles it.
     if (content.includes('import(')) return original.call(this, content, filename);
     let mtime: number;
     try {

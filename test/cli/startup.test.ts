@@ -5,7 +5,7 @@
  * child_process, the dm and pool layers, the delta walker).
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CLI } from './run-cli';
@@ -20,7 +20,8 @@ const POOL = join(__dirname, '..', '..', 'examples', 'pool.bin');
 function run(args: string[], env: NodeJS.ProcessEnv = {}, pre: string[] = []) {
   const r = spawnSync(process.execPath, [...pre, CLI, ...args], {
     encoding: 'utf8',
-    env: { ...process.env, DMTHIN_CODE_CACHE_DIR: CACHE_DIR, ...env },
+    // No NODE_OPTIONS of the caller's: they name the cache file (see startup.ts).
+    env: { ...process.env, NODE_OPTIONS: '', DMTHIN_CODE_CACHE_DIR: CACHE_DIR, ...env },
     timeout: 60_000,
   });
   if (r.error) throw r.error;
@@ -105,6 +106,26 @@ describe('a module that uses import()', () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('node options', () => {
+  it('a run with node options of its own keeps a cache file of its own (V8 refuses bytes made under other flags)', () => {
+    rmSync(CACHE_DIR, { recursive: true, force: true });
+    mkdirSync(CACHE_DIR);
+    expect(run(['ls', POOL]).status).toBe(0);
+    expect(run(['ls', POOL], {}, ['--max-semi-space-size=1']).status).toBe(0);
+    const files = readdirSync(CACHE_DIR).sort();
+    expect(files).toHaveLength(2);
+    expect(files).toContain(`v8-${process.version}-${process.arch}.bin`);
+    // Another run with the options finds its file whole: nothing is rewritten.
+    const flagged = join(CACHE_DIR, files.find((f) => f !== `v8-${process.version}-${process.arch}.bin`)!);
+    const before = statSync(flagged).mtimeMs;
+    const bytes = readFileSync(flagged);
+    expect(run(['ls', POOL]).status).toBe(0);
+    expect(run(['ls', POOL], {}, ['--max-semi-space-size=1']).status).toBe(0);
+    expect(statSync(flagged).mtimeMs).toBe(before);
+    expect(readFileSync(flagged).equals(bytes)).toBe(true);
   });
 });
 
