@@ -232,14 +232,17 @@ export async function writeRecords(gen: AsyncGenerator<Buffer>, out: Writable, s
         signal?.addEventListener('abort', onAbort, { once: true });
         out.write(b, (e) => {
           signal?.removeEventListener('abort', onAbort);
-          if (e) reject(e);
-          else resolve();
+          if (e) {
+            failed ??= e;
+            reject(e);
+          } else resolve();
         });
       });
       if (failed) throw failed;
     }
   } finally {
-    out.off('error', onError);
+    // A failed write's 'error' event comes a tick after its callback: keep the listener then, or it is unhandled.
+    if (!failed) out.off('error', onError);
   }
 }
 
