@@ -71,6 +71,8 @@ export function register(program: Command, ctx: () => CliContext): void {
         // Chunks of runs, not an async iterator: an await per run was a quarter of the time.
         const runs = await rmapRuns(md, regions, { signal: c.signal, onProgress: (p) => bar.update(p.mappings, p.total), runsInMemory: runsInMemory() });
         bar.stop();
+        // Every tree is read: the reader's buffers and caches go before the sort needs its memory.
+        await md.close();
         for await (const t of runs.sorted(c.signal)) {
           const { order, f64, u32 } = t;
           for (let i = 0; i < t.n; i++) {

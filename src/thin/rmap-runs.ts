@@ -78,12 +78,18 @@ export class RmapRuns {
   /** Runs in `buf` (all of them until the spill). */
   private held = 0;
   private fd = -1;
-  private readonly dir = tmpdir();
   private slots: Slot[] = [];
   private lastSlot = 0;
   private closed = false;
 
-  constructor(private readonly maxInMemory = RMAP_RUNS_IN_MEMORY) {
+  /**
+   * @param maxInMemory runs held in memory; past that they go to a file
+   * @param dir where that file is made (read when the runs are created: TMPDIR)
+   */
+  constructor(
+    private readonly maxInMemory = RMAP_RUNS_IN_MEMORY,
+    private readonly dir = tmpdir(),
+  ) {
     if (!(maxInMemory >= STD_SORT_THRESHOLD)) throw new RangeError(`maxInMemory ${maxInMemory} < ${STD_SORT_THRESHOLD}`);
     // All of it at once: pages become resident only as runs are written to them, and no copy is left for the collector.
     [this.buf, this.f, this.u] = this.alloc(maxInMemory);

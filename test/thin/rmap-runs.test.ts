@@ -8,9 +8,12 @@
  * segment is still larger than the bound.
  */
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { SystemCallError } from '../../src/errors';
+import { runCli } from '../cli/run-cli';
+import { fixtureImage, tempImage } from '../helpers/fixtures';
 import { RmapRuns } from '../../src/thin/rmap-runs';
 
 // Reads "n k0 k1 ..." and prints the input index at each sorted position; "kill n" prints
@@ -148,5 +151,59 @@ describe('rmap sorts runs as std::sort does, in memory and spilled to a file', (
     }
     // Closed: a second iteration has nothing left to read.
     await expect(runs.sorted().next()).rejects.toThrow();
+  });
+
+  describe('the temporary file', () => {
+    /** This process's open files in `d` that were unlinked. */
+    const openDeleted = (d: string) =>
+      readdirSync('/proc/self/fd')
+        .map((fd) => {
+          try {
+            return readlinkSync(`/proc/self/fd/${fd}`);
+          } catch {
+            return '';
+          }
+        })
+        .filter((l) => l.startsWith(`${d}/dmthin-rmap-`) && l.endsWith(' (deleted)'));
+
+    test('is made in the directory given, open but already unlinked, and closed when the sort ends', async () => {
+      const d = mkdtempSync(join(dir, 'tmpdir-'));
+      const runs = new RmapRuns(16, d);
+      for (let i = 0; i < 100; i++) runs.push(i, 1, 0, i);
+      expect(runs.spilled).toBe(true);
+      expect(openDeleted(d)).toHaveLength(1);
+      expect(readdirSync(d)).toEqual([]);
+      let n = 0;
+      for await (const c of runs.sorted()) n += c.n;
+      expect(n).toBe(100);
+      expect(openDeleted(d)).toEqual([]);
+    });
+
+    test('a directory that cannot hold it is a SystemCallError naming it', () => {
+      const missing = join(dir, 'missing');
+      const runs = new RmapRuns(16, missing);
+      let err: unknown;
+      try {
+        for (let i = 0; i < 100; i++) runs.push(i, 1, 0, i);
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(SystemCallError);
+      expect(err).toMatchObject({ code: 'ENOENT', path: missing });
+      expect((err as Error).message).toMatch(/^cannot create rmap's temporary file in .*missing: /);
+    });
+
+    test('the CLI puts it in TMPDIR: an unusable one is exit 1, one line naming it, nothing on stdout', () => {
+      using img = tempImage(fixtureImage('snapshots'), 'snapshots.bin');
+      const env = { ...process.env, TMPDIR: join(dir, 'missing'), DMTHIN_RMAP_RUNS_IN_MEMORY: '16' };
+      const r = runCli(['rmap', '--region', `0..${2 ** 40}`, img.path], { env });
+      expect(r).toMatchObject({ status: 1, stdout: '' });
+      expect(r.stderr).toMatch(/^dmthin rmap: cannot create rmap's temporary file in .*missing: .*\[ENOENT\]\n$/);
+      // The same with room: the whole output.
+      const ok = runCli(['rmap', '--region', `0..${2 ** 40}`, img.path], { env: { ...env, TMPDIR: dir } });
+      expect(ok).toMatchObject({ status: 0, stderr: '' });
+      expect(ok.stdout.split('\n').length).toBeGreaterThan(17);
+      expect(ok.stdout).toBe(runCli(['rmap', '--region', `0..${2 ** 40}`, img.path]).stdout);
+    });
   });
 });
