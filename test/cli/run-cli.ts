@@ -20,9 +20,11 @@ function ensureBuilt(): void {
   if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run \`npm run build\` (npm test does it)`);
 }
 
-export function runCli(args: string[], opts: { timeoutMs?: number } = {}): CliResult {
+export function runCli(args: string[], opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): CliResult {
   ensureBuilt();
+  // env given explicitly: jest's process.env is a copy that child processes do not see.
   const r = spawnSync(process.execPath, [CLI, ...args], {
+    env: opts.env ?? process.env,
     encoding: 'utf8',
     maxBuffer: 1 << 30,
     timeout: opts.timeoutMs ?? 60_000,
@@ -33,9 +35,9 @@ export function runCli(args: string[], opts: { timeoutMs?: number } = {}): CliRe
 }
 
 /** sha256 and length of a command's stdout, streamed (for outputs of hundreds of MiB). */
-export function hashOutput(cmd: string, args: string[], timeoutMs = 300_000): Promise<{ status: number | null; sha256: string; bytes: number; stderr: string }> {
+export function hashOutput(cmd: string, args: string[], timeoutMs = 300_000, env?: NodeJS.ProcessEnv): Promise<{ status: number | null; sha256: string; bytes: number; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: env ?? process.env });
     const h = createHash('sha256');
     let bytes = 0;
     let stderr = '';
@@ -53,7 +55,7 @@ export function hashOutput(cmd: string, args: string[], timeoutMs = 300_000): Pr
   });
 }
 
-export function hashCli(args: string[], timeoutMs?: number) {
+export function hashCli(args: string[], timeoutMs?: number, env?: NodeJS.ProcessEnv) {
   ensureBuilt();
-  return hashOutput(process.execPath, [CLI, ...args], timeoutMs);
+  return hashOutput(process.execPath, [CLI, ...args], timeoutMs, env);
 }

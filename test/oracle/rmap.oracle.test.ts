@@ -68,6 +68,9 @@ const args = (rs: string[]) => rs.flatMap((r) => ['--region', r]);
 
 let sharedDiffers = 0;
 
+/** The environment with rmap's in-memory bound lowered to n runs (the rest go to a temporary file). */
+const runsInMemory = (n: number): NodeJS.ProcessEnv => ({ ...process.env, DMTHIN_RMAP_RUNS_IN_MEMORY: String(n) });
+
 describeOracle('rmap equals thin_rmap 0.9.0 on every fixture and kernel image', () => {
   test('there are images', () => expect(images.length).toBeGreaterThanOrEqual(12));
 
@@ -91,6 +94,8 @@ describeOracle('rmap equals thin_rmap 0.9.0 on every fixture and kernel image', 
       const ours = runCli(['rmap', ...args(rs), img.path]);
       expect({ status: ours.status, stderr: ours.stderr }).toEqual({ status: 0, stderr: '' });
       expect(ours.stdout).toBe(ref.stdout);
+      // The same with the runs spilled to a temporary file past 16 in memory (src/thin/rmap-runs.ts).
+      expect(runCli(['rmap', ...args(rs), img.path], { env: runsInMemory(16) })).toMatchObject({ status: 0, stdout: ref.stdout, stderr: '' });
       const direct = runOracle('thin_rmap', [...args(rs), img.path]);
       expect(direct.status).toBe(0);
       if (direct.stdout !== ref.stdout) {
@@ -199,6 +204,8 @@ describeOracle('rmap on a generated image of at least 1,000,000 mappings', () =>
       expect(ref.status).toBe(0);
       expect(ref.bytes).toBeGreaterThan(1000);
       expect(ours).toMatchObject({ status: 0, sha256: ref.sha256, bytes: ref.bytes });
+      // Spilled: tens of thousands of runs sorted through a temporary file, 1,000 in memory at a time.
+      expect(await hashCli(['rmap', '-q', '--region', r, big.path], undefined, runsInMemory(1000))).toMatchObject({ status: 0, sha256: ref.sha256, bytes: ref.bytes });
     }
   }, 600_000);
 });

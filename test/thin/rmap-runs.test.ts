@@ -1,0 +1,209 @@
+/**
+ * rmap's sort against the real std::sort: thin_rmap prints runs in the order
+ * libstdc++'s std::sort leaves them (ties included), so the oracle here is a
+ * small C++ program compiled with the system's g++, sorting the same keys.
+ * Both of rmap's paths are checked: the runs held in memory and the runs
+ * spilled to a temporary file and sorted there (forced with a small bound),
+ * including keys built to drive std::sort into its heapsort fallback while a
+ * segment is still larger than the bound.
+ */
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readdirSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { SystemCallError } from '../../src/errors';
+import { runCli } from '../cli/run-cli';
+import { fixtureImage, tempImage } from '../helpers/fixtures';
+import { RmapRuns } from '../../src/thin/rmap-runs';
+
+// Reads "n k0 k1 ..." and prints the input index at each sorted position; "kill n" prints
+// keys an adversary chose while std::sort ran (each comparison of two undecided elements
+// fixes one of them as small as possible), which exhausts the depth limit.
+const PROGRAM = `
+#include <algorithm>
+#include <cstdio>
+#include <vector>
+struct Rec { double key; unsigned idx; };
+static std::vector<long> val;
+static long solid, gas, cand;
+static bool adv(unsigned x, unsigned y) {
+  if (val[x] == gas && val[y] == gas) val[x == (unsigned long)cand ? x : y] = solid++;
+  if (val[x] == gas) cand = x; else if (val[y] == gas) cand = y;
+  return val[x] < val[y];
+}
+int main(int argc, char** argv) {
+  if (argc > 2) {
+    long n = std::atol(argv[2]);
+    val.assign(n, n - 1); gas = n - 1; solid = 0; cand = 0;
+    std::vector<unsigned> ix(n);
+    for (long i = 0; i < n; i++) ix[i] = i;
+    std::sort(ix.begin(), ix.end(), adv);
+    for (long i = 0; i < n; i++) std::printf("%ld\\n", val[i]);
+    return 0;
+  }
+  unsigned long n; if (std::scanf("%lu", &n) != 1) return 1;
+  std::vector<Rec> v(n);
+  for (unsigned long i = 0; i < n; i++) { if (std::scanf("%lf", &v[i].key) != 1) return 1; v[i].idx = i; }
+  std::sort(v.begin(), v.end(), [](const Rec& a, const Rec& b) { return a.key < b.key; });
+  for (auto& r : v) std::printf("%u\\n", r.idx);
+  return 0;
+}
+`;
+
+let dir: string;
+let bin: string;
+
+beforeAll(() => {
+  dir = mkdtempSync(join(tmpdir(), 'dmthin-stdsort-'));
+  writeFileSync(join(dir, 'sort.cc'), PROGRAM);
+  bin = join(dir, 'sort');
+  const r = spawnSync('g++', ['-O1', '-std=c++17', '-o', bin, join(dir, 'sort.cc')], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`g++ (needed for the native addon too) failed: ${r.stderr}`);
+}, 120_000);
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+function stdSort(keys: number[]): number[] {
+  const r = spawnSync(bin, [], { input: `${keys.length}\n${keys.join('\n')}\n`, encoding: 'utf8', maxBuffer: 1 << 28 });
+  expect(r.status).toBe(0);
+  return r.stdout.trim().split('\n').filter(Boolean).map(Number);
+}
+
+function killer(n: number): number[] {
+  const r = spawnSync(bin, ['kill', String(n)], { encoding: 'utf8', maxBuffer: 1 << 28 });
+  expect(r.status).toBe(0);
+  return r.stdout.trim().split('\n').map(Number);
+}
+
+/** The input indices in the order rmap's runs come out (the index rides in the device field). */
+async function rmapOrder(keys: number[], runsInMemory: number): Promise<{ order: number[]; spilled: boolean; virtOk: boolean }> /* virtOk: every record came back whole */ {
+  const runs = new RmapRuns(runsInMemory);
+  keys.forEach((k, i) => runs.push(k, 1, i, i % 3 === 0 ? 2n ** 63n + BigInt(i) : i * 7));
+  const spilled = runs.spilled;
+  const order: number[] = [];
+  let virtOk = true;
+  let keysOk = true;
+  for await (const c of runs.sorted()) {
+    for (let i = 0; i < c.n; i++) {
+      const k = c.order[i];
+      const idx = c.u32[8 * k + 4];
+      order.push(idx);
+      if (c.f64[4 * k] !== keys[idx]) keysOk = false;
+      const virt = (BigInt(c.u32[8 * k + 6]) << 32n) | BigInt(c.u32[8 * k + 5]);
+      if (virt !== (idx % 3 === 0 ? 2n ** 63n + BigInt(idx) : BigInt(idx * 7))) virtOk = false;
+    }
+  }
+  return { order, spilled, virtOk: virtOk && keysOk };
+}
+
+/** A deterministic pseudo-random sequence (no Math.random: a failure must reproduce). */
+function lcg(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return s / 2 ** 32;
+  };
+}
+
+const spillFiles = () => readdirSync(tmpdir()).filter((f) => f.startsWith('dmthin-rmap-'));
+
+describe('rmap sorts runs as std::sort does, in memory and spilled to a file', () => {
+  const rnd = lcg(11);
+  const cases: [string, number[]][] = [
+    ['few distinct keys (many ties)', Array.from({ length: 5000 }, () => Math.floor(rnd() * 40))],
+    ['random keys with some ties', Array.from({ length: 20000 }, () => Math.floor(rnd() * 15000))],
+    ['sorted with ties', Array.from({ length: 3000 }, (_, i) => Math.floor(i / 3))],
+    ['reversed', Array.from({ length: 3000 }, (_, i) => 3000 - i)],
+    ['all equal', Array.from({ length: 2000 }, () => 5)],
+    ['one run', [7]],
+  ];
+
+  test.each(cases)('%s', async (_what, keys) => {
+    const want = stdSort(keys);
+    for (const bound of [1 << 16, 16, 100, 1000]) {
+      const got = await rmapOrder(keys, bound);
+      expect(got.spilled).toBe(keys.length > bound);
+      expect(got.virtOk).toBe(true);
+      expect(got.order).toEqual(want);
+    }
+  });
+
+  test('keys that drive std::sort into heapsort while the segment exceeds the bound', async () => {
+    const keys = killer(20000);
+    const want = stdSort(keys);
+    // The adversary's keys are a permutation: sorted, the order is the inverse permutation.
+    expect(want.map((i) => keys[i])).toEqual(Array.from({ length: 20000 }, (_, i) => i));
+    // The heapsort fallback must run over the file (a segment above the bound) for this to test it.
+    const heapSort = jest.spyOn(RmapRuns.prototype as unknown as { heapSort: (a: number, b: number) => void }, 'heapSort');
+    for (const bound of [64, 5000, 1 << 16]) expect((await rmapOrder(keys, bound)).order).toEqual(want);
+    expect(heapSort.mock.calls.some(([a, b]) => b - a > 5000)).toBe(true);
+    heapSort.mockRestore();
+  }, 60_000);
+
+  test('the temporary file never has a name in TMPDIR, and is gone when the iteration ends early', async () => {
+    const before = spillFiles();
+    const runs = new RmapRuns(16);
+    for (let i = 0; i < 1000; i++) runs.push(1000 - i, 1, i, i);
+    expect(runs.spilled).toBe(true);
+    expect(spillFiles()).toEqual(before);
+    for await (const c of runs.sorted()) {
+      expect(c.n).toBeGreaterThan(0);
+      break;
+    }
+    // Closed: a second iteration has nothing left to read.
+    await expect(runs.sorted().next()).rejects.toThrow();
+  });
+
+  describe('the temporary file', () => {
+    /** This process's open files in `d` that were unlinked. */
+    const openDeleted = (d: string) =>
+      readdirSync('/proc/self/fd')
+        .map((fd) => {
+          try {
+            return readlinkSync(`/proc/self/fd/${fd}`);
+          } catch {
+            return '';
+          }
+        })
+        .filter((l) => l.startsWith(`${d}/dmthin-rmap-`) && l.endsWith(' (deleted)'));
+
+    test('is made in the directory given, open but already unlinked, and closed when the sort ends', async () => {
+      const d = mkdtempSync(join(dir, 'tmpdir-'));
+      const runs = new RmapRuns(16, d);
+      for (let i = 0; i < 100; i++) runs.push(i, 1, 0, i);
+      expect(runs.spilled).toBe(true);
+      expect(openDeleted(d)).toHaveLength(1);
+      expect(readdirSync(d)).toEqual([]);
+      let n = 0;
+      for await (const c of runs.sorted()) n += c.n;
+      expect(n).toBe(100);
+      expect(openDeleted(d)).toEqual([]);
+    });
+
+    test('a directory that cannot hold it is a SystemCallError naming it', () => {
+      const missing = join(dir, 'missing');
+      const runs = new RmapRuns(16, missing);
+      let err: unknown;
+      try {
+        for (let i = 0; i < 100; i++) runs.push(i, 1, 0, i);
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(SystemCallError);
+      expect(err).toMatchObject({ code: 'ENOENT', path: missing });
+      expect((err as Error).message).toMatch(/^cannot create rmap's temporary file in .*missing: /);
+    });
+
+    test('the CLI puts it in TMPDIR: an unusable one is exit 1, one line naming it, nothing on stdout', () => {
+      using img = tempImage(fixtureImage('snapshots'), 'snapshots.bin');
+      const env = { ...process.env, TMPDIR: join(dir, 'missing'), DMTHIN_RMAP_RUNS_IN_MEMORY: '16' };
+      const r = runCli(['rmap', '--region', `0..${2 ** 40}`, img.path], { env });
+      expect(r).toMatchObject({ status: 1, stdout: '' });
+      expect(r.stderr).toMatch(/^dmthin rmap: cannot create rmap's temporary file in .*missing: .*\[ENOENT\]\n$/);
+      // The same with room: the whole output.
+      const ok = runCli(['rmap', '--region', `0..${2 ** 40}`, img.path], { env: { ...env, TMPDIR: dir } });
+      expect(ok).toMatchObject({ status: 0, stderr: '' });
+      expect(ok.stdout.split('\n').length).toBeGreaterThan(17);
+      expect(ok.stdout).toBe(runCli(['rmap', '--region', `0..${2 ** 40}`, img.path]).stdout);
+    });
+  });
+});
