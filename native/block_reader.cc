@@ -275,7 +275,9 @@ BufferPool::~BufferPool() {
 }
 
 uint8_t* BufferPool::Take(size_t bytes, size_t* cap) {
-  if (bytes > kPooledBytes / 2 && bytes <= kPooledBytes) {
+  // From 256 KiB up (the delta's 128-block reads are 512 KiB): sizes that
+  // otherwise churn through malloc between its mmap threshold and its heap.
+  if (bytes >= kPooledBytes / 4 && bytes <= kPooledBytes) {
     *cap = kPooledBytes;
     std::lock_guard<std::mutex> g(mu);
     if (!free_.empty()) {
