@@ -21,11 +21,11 @@ struct ReadBuffer;
 // releases is freed when V8 collects it, as before. Shared by the reader and
 // every buffer's finalizer (either may go first).
 struct BufferPool {
-  // Batches of more than half of this and up to it use pooled buffers of exactly this size.
+  // Batches of a quarter of this (256 KiB) up to it use pooled buffers of exactly this size.
   static constexpr size_t kPooledBytes = 1 << 20;
   // Free pooled buffers kept; more are freed.
   static constexpr size_t kMaxFree = 8;
-  std::mutex mu;                       // guards free_ (worker threads take, the JS thread gives)
+  std::mutex mu;                       // guards free_ (taken and given on the JS thread since reads allocate there; kept for safety)
   std::vector<uint8_t*> free_;
   std::unordered_map<uint8_t*, ReadBuffer*> live;  // JS thread only: buffers JS holds
   ~BufferPool();

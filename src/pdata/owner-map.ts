@@ -49,3 +49,84 @@ export class OwnerMap {
     return out;
   }
 }
+
+/**
+ * One owner byte per block of a data device small enough to hold flat
+ * (`blocks` bytes): 0 unused, k + 1 used once by owner k, 255 used more than
+ * once. For up to 254 owners; a single pass answers exclusive counts, like
+ * OwnerMap at half its memory and without its per-page objects.
+ */
+export class ByteOwnerMap {
+  static readonly MAX_OWNERS = 254;
+  private readonly bytes: Uint8Array;
+
+  constructor(blocks: number) {
+    this.bytes = new Uint8Array(blocks);
+  }
+
+  /** Records uses of blocks [b, b+len) by owner k (0-based, below MAX_OWNERS). */
+  markRange(b: number, len: number, k: number): void {
+    const a = this.bytes;
+    const v = k + 1;
+    for (let i = b, e = b + len; i < e; i++) a[i] = a[i] === 0 ? v : 255;
+  }
+
+  /** For each owner, the number of blocks it alone uses, exactly once. */
+  exclusiveCounts(owners: number): Float64Array {
+    const out = new Float64Array(owners);
+    const a = this.bytes;
+    const n = a.length;
+    // Unused blocks come in long stretches: skip them four at a time.
+    const words = new Uint32Array(a.buffer, a.byteOffset, n >>> 2);
+    for (let w = 0; w < words.length; w++) {
+      if (words[w] === 0) continue;
+      for (let i = w << 2, e = i + 4; i < e; i++) {
+        const v = a[i];
+        if (v !== 0 && v !== 255) out[v - 1]++;
+      }
+    }
+    for (let i = words.length << 2; i < n; i++) {
+      const v = a[i];
+      if (v !== 0 && v !== 255) out[v - 1]++;
+    }
+    return out;
+  }
+}
+
+/**
+ * Two bits per block: used 0, 1 or more than once (4 blocks a byte). Answers
+ * which blocks are shared, not by whom: exclusive counts take a second pass
+ * that asks `sharedIn` of each owner's blocks. For devices too large, or
+ * owners too many, for ByteOwnerMap.
+ */
+export class UseCounts {
+  private readonly bits: Uint8Array;
+  /** Some block is used more than once. */
+  anyShared = false;
+
+  constructor(blocks: number) {
+    this.bits = new Uint8Array(Math.ceil(blocks / 4));
+  }
+
+  /** Records one use of each of blocks [b, b+len). */
+  markRange(b: number, len: number): void {
+    const a = this.bits;
+    for (let i = b, e = b + len; i < e; i++) {
+      const sh = (i & 3) << 1;
+      const s = (a[i >>> 2] >>> sh) & 3;
+      if (s === 0) a[i >>> 2] |= 1 << sh;
+      else if (s === 1) {
+        a[i >>> 2] ^= 3 << sh; // 01 -> 10
+        this.anyShared = true;
+      }
+    }
+  }
+
+  /** How many of blocks [b, b+len) are used more than once. */
+  sharedIn(b: number, len: number): number {
+    const a = this.bits;
+    let n = 0;
+    for (let i = b, e = b + len; i < e; i++) if ((a[i >>> 2] >>> ((i & 3) << 1)) & 2) n++;
+    return n;
+  }
+}

@@ -61,8 +61,10 @@ export async function writeDelta(md: ThinMetadata, out: Writable, subject: Delta
   const head =
     `<superblock uuid="" time="${sb.time}" transaction="${sb.transactionId}" data_block_size="${sb.dataBlockSize}" nr_data_blocks="${md.nrDataBlocks}"` +
     (md.metadataSnap === null && md.liveSuperblock.heldRoot ? ` metadata_snap="${md.liveSuperblock.heldRoot}"` : '');
+  // Plain XML prints kinds and ranges only: the walk merges by kind (fewer extents to make and format).
+  const walkOpts = { ...opts, mergeByKind: opts.format !== 'json' && !opts.verbose };
   const gen =
-    'left' in subject ? md.deltaExtentBatches(subject.left, subject.right, opts) : md.deltaRootBatches(subject.leftRoot, subject.rightRoot, opts);
+    'left' in subject ? md.deltaExtentBatches(subject.left, subject.right, walkOpts) : md.deltaRootBatches(subject.leftRoot, subject.rightRoot, walkOpts);
 
   if (opts.format === 'json') {
     // Key names and types as docs/json.md: u64s (transactionId, begin) as decimal strings, every key always present.

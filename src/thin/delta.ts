@@ -70,6 +70,12 @@ export interface DeltaOptions {
   includeSame?: boolean;
   /** Nodes per read batch (default 128). */
   window?: number;
+  /**
+   * @internal Merge consecutive extents of one kind whatever their data
+   * blocks (leftData/rightData are then those of the first piece): all that
+   * thin_delta's plain XML prints, at a fraction of the extents.
+   */
+  mergeByKind?: boolean;
 }
 
 export interface DeltaWalkOptions extends DeltaOptions {
@@ -286,12 +292,14 @@ class DeltaWalker {
   done = false;
   private readonly out: RawDeltaExtent[] = [];
   private cur: RawDeltaExtent | undefined;
+  private readonly byKind: boolean;
 
   constructor(
     readonly io: BlockSource,
     readonly opts: DeltaWalkOptions,
   ) {
     this.window = opts.window ?? 128;
+    this.byKind = opts.mergeByKind === true;
     if (opts.includeSame === false) this.requested = new BlockSet(opts.nrMetadataBlocks);
   }
 
@@ -437,8 +445,7 @@ class DeltaWalker {
       c &&
       c.kind === kind &&
       (typeof begin === 'number' && typeof c.begin === 'number' ? c.begin + c.length === begin : keyEq(addKey(c.begin, c.length), begin)) &&
-      (left === undefined || c.leftData! + c.length === left) &&
-      (right === undefined || c.rightData! + c.length === right)
+      (this.byKind || ((left === undefined || c.leftData! + c.length === left) && (right === undefined || c.rightData! + c.length === right)))
     ) {
       c.length += length;
       return;

@@ -7,7 +7,7 @@
 import { MetadataError, UsageError } from '../errors';
 import { walkLeaves } from '../pdata/btree';
 import { DEVICE_DETAILS_SIZE, parseDeviceDetails } from './device-details';
-import { OwnerMap } from '../pdata/owner-map';
+import { ByteOwnerMap, OwnerMap, UseCounts } from '../pdata/owner-map';
 import { MAX_SAFE_HI, TWO32 } from '../pdata/words';
 import type { ThinMetadata } from './metadata';
 
@@ -39,41 +39,75 @@ export interface UsageOptions {
   exclusive?: boolean;
   /** Cancels the work, which then rejects with AbortError. */
   signal?: AbortSignal;
-  /** Mappings walked so far, out of the sum of mapped_blocks. */
+  /** Mappings walked so far, out of the sum of mapped_blocks (twice that when a large pool takes two walks). */
   onProgress?: (p: { mappings: number; total: number }) => void;
+  /**
+   * @internal The data-device sizes (in blocks) up to which the one-walk owner
+   * bytes and the flat two-bit counts are used (defaults OWNER_BYTES_MAX,
+   * COUNTS_FLAT_MAX); tests pick each way with small values.
+   */
+  flatLimits?: { ownerBytes: number; counts: number };
 }
 
 /**
- * Usage of every device, in id order. One pass over every mapping tree:
- * each data block remembers the one device that maps it, or that several
- * mappings do; the same answer thin_ls gets from two passes.
+ * Data devices up to this many blocks get one owner byte per block (a single
+ * walk); larger ones (up to COUNTS_FLAT_MAX) two bits per block and a second
+ * walk, so that memory stays near 20 MiB at 40M mappings.
+ */
+const OWNER_BYTES_MAX = 24 * 2 ** 20;
+/** Up to here (64 MiB of two-bit counts) the counts are flat; beyond, OwnerMap's pages follow the blocks used. */
+const COUNTS_FLAT_MAX = 2 ** 28;
+
+/**
+ * Usage of every device, in id order. Each data block records how often it
+ * is mapped in the whole pool, so a device's EXCLUSIVE is its mappings on
+ * blocks used once (thin_ls's answer). Three ways, by size: a data device up
+ * to OWNER_BYTES_MAX blocks (and at most 254 devices) keeps one owner byte a
+ * block and needs one walk; one up to COUNTS_FLAT_MAX keeps two bits a block
+ * (0, 1, more uses) and walks again, only when some block is shared, to
+ * count each device's shared mappings; a larger one uses OwnerMap (pages on
+ * first touch, 2 or 4 bytes a block used). Memory: at most 24 MiB, 64 MiB of
+ * which only touched pages count, or OwnerMap's.
  */
 export async function deviceUsage(md: ThinMetadata, opts: UsageOptions = {}): Promise<DeviceUsage[]> {
   if (opts.exclusive === false) return detailsUsage(md, opts.signal);
   const devices = [...(await md.checkedDevices(opts)).values()].sort((a, b) => a.devId - b.devId);
-  const owners = new OwnerMap(devices.length);
-  const total = devices.reduce((n, d) => n + d.mappedBlocks, 0);
-  let walked = 0;
-  await md.walkDevices(
-    devices.map((d) => d.devId),
-    {
-      begin: () => {},
-      runs: (k, batch) => {
-        for (let r = 0; r < batch.count; r++) owners.markRange(batch.dataBegin[r], batch.length[r], k);
-      },
-      end: () => {},
-    },
-    {
-      signal: opts.signal,
-      onProgress: opts.onProgress
-        ? (p) => {
-            walked = p.mappings;
-            opts.onProgress!({ mappings: walked, total });
-          }
-        : undefined,
-    },
-  );
-  const excl = owners.exclusiveCounts(devices.length);
+  const ids = devices.map((d) => d.devId);
+  const sum = devices.reduce((n, d) => n + d.mappedBlocks, 0);
+  const nrData = md.nrDataBlocks;
+  // One walk of every mapping tree; `done` mappings of earlier passes, `total` of all passes.
+  const walk = (runs: (k: number, begin: Float64Array, length: Float64Array, count: number) => void, done: number, total: number) =>
+    md.walkDevices(
+      ids,
+      { begin: () => {}, runs: (k, b) => runs(k, b.dataBegin, b.length, b.count), end: () => {} },
+      { signal: opts.signal, onProgress: opts.onProgress ? (p) => opts.onProgress!({ mappings: done + p.mappings, total }) : undefined },
+    );
+  let excl: Float64Array;
+  const limits = opts.flatLimits ?? { ownerBytes: OWNER_BYTES_MAX, counts: COUNTS_FLAT_MAX };
+  if (nrData <= limits.ownerBytes && devices.length <= ByteOwnerMap.MAX_OWNERS) {
+    const owners = new ByteOwnerMap(nrData);
+    await walk((k, d, l, n) => {
+      for (let r = 0; r < n; r++) owners.markRange(d[r], l[r], k);
+    }, 0, sum);
+    excl = owners.exclusiveCounts(devices.length);
+  } else if (nrData <= limits.counts) {
+    const uses = new UseCounts(nrData);
+    await walk((_k, d, l, n) => {
+      for (let r = 0; r < n; r++) uses.markRange(d[r], l[r]);
+    }, 0, 2 * sum);
+    excl = Float64Array.from(devices, (d) => d.mappedBlocks);
+    if (uses.anyShared) {
+      await walk((k, d, l, n) => {
+        for (let r = 0; r < n; r++) excl[k] -= uses.sharedIn(d[r], l[r]);
+      }, sum, 2 * sum);
+    }
+  } else {
+    const owners = new OwnerMap(devices.length);
+    await walk((k, d, l, n) => {
+      for (let r = 0; r < n; r++) owners.markRange(d[r], l[r], k);
+    }, 0, sum);
+    excl = owners.exclusiveCounts(devices.length);
+  }
   return devices.map((d, k) => ({
     devId: d.devId,
     mappedBlocks: d.mappedBlocks,

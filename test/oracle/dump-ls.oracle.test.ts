@@ -4,6 +4,8 @@
  */
 import { describeOracle, fixtureFile, listFixtures, oraclePath, runOracle, TempFile, largeImage, tempImage } from '../helpers/fixtures';
 import { hashCli, hashOutput, runCli } from '../cli/run-cli';
+import { ThinMetadata } from '../../src';
+import { deviceUsage } from '../../src/thin/ls';
 
 const ALL_LS_FIELDS =
   'DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS,MAPPED_SECTORS,EXCLUSIVE_SECTORS,SHARED_SECTORS,MAPPED_BYTES,EXCLUSIVE_BYTES,SHARED_BYTES,MAPPED,EXCLUSIVE,SHARED,TRANSACTION,CREATE_TIME,SNAP_TIME';
@@ -53,6 +55,20 @@ describeOracle('dump and ls equal thin_dump and thin_ls 0.9.0 on every fixture',
     test('ls -o every field, and --no-headers', () => {
       same(['ls', '-o', ALL_LS_FIELDS, img.path], 'thin_ls', ['-o', ALL_LS_FIELDS, img.path]);
       same(['ls', '--no-headers', '-o', 'DEV,SHARED,EXCLUSIVE_BYTES', img.path], 'thin_ls', ['--no-headers', '-o', 'DEV,SHARED,EXCLUSIVE_BYTES', img.path]);
+    });
+    test('EXCLUSIVE/SHARED by owner bytes, two-bit counts (two walks) and owner pages each equal thin_ls', async () => {
+      const ref = runOracle('thin_ls', ['--no-headers', '-o', 'DEV,EXCLUSIVE_BLOCKS,SHARED_BLOCKS', img.path]);
+      expect(ref.status).toBe(0);
+      const want = ref.stdout
+        .trim()
+        .split('\n')
+        .filter((l) => l.trim())
+        .map((l) => l.trim().split(/\s+/).map(Number));
+      for (const flatLimits of [undefined, { ownerBytes: 0, counts: 2 ** 40 }, { ownerBytes: 0, counts: 0 }]) {
+        await using md = await ThinMetadata.open(img.path);
+        const rows = await deviceUsage(md, { flatLimits });
+        expect(rows.map((r) => [r.devId, r.exclusiveBlocks, r.sharedBlocks])).toEqual(want);
+      }
     });
     test('our XML loads with thin_restore and dumps back identically', () => {
       const ours = runCli(['dump', img.path]);
