@@ -6,6 +6,7 @@
  *   for (const d of await md.devices()) ...
  *   for await (const run of md.mappings(1)) ...
  */
+import { stat } from 'node:fs/promises';
 import { DmthinError, MetadataError, MetadataSnapError, UsageError } from '../errors';
 import { lookup as btreeLookup, walkLeaves } from '../pdata/btree';
 import { BlockSource, MemoryBlockSource, NativeBlockSource, OpenOptions } from '../pdata/block-source';
@@ -19,7 +20,19 @@ import type * as Delta from './delta';
 /** The delta walker, loaded on first use: the other commands' start-up does without it. */
 const delta = (): typeof Delta => require('./delta') as typeof Delta;
 
-/** Options of ThinMetadata.open. */
+/**
+ * How metadata is read when the caller does not say: a block device with
+ * O_DIRECT (the kernel writes a live pool's metadata past the page cache, so
+ * cached pages can be stale), a regular file (an offline image: nothing
+ * writes it behind the page cache) through the page cache, which the walk's
+ * many small reads profit from.
+ */
+async function defaultDirect(path: string): Promise<'auto' | 'never'> {
+  const st = await stat(path).catch(() => null);
+  return st?.isFile() ? 'never' : 'auto';
+}
+
+/** Options of ThinMetadata.open; `direct` defaults to O_DIRECT for a block device and page-cache reads for a regular file. */
 export interface ThinMetadataOptions extends OpenOptions {
   /**
    * Read through the pool's metadata snapshot: `true` for the held root named
@@ -124,7 +137,7 @@ export class ThinMetadata implements AsyncDisposable {
     // holds (O_EXCL); through a metadata snapshot, the pool must stay open.
     const io =
       opts.source ??
-      (await NativeBlockSource.open(path, { direct: opts.direct, exclusive: opts.exclusive ?? (snap === undefined || snap === false) }));
+      (await NativeBlockSource.open(path, { direct: opts.direct ?? (await defaultDirect(path)), exclusive: opts.exclusive ?? (snap === undefined || snap === false) }));
     try {
       return await ThinMetadata.fromSource(io, snap);
     } catch (e) {

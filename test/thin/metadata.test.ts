@@ -4,7 +4,7 @@
  * thin_dump reproduces exactly) and the test helpers' own block decoder.
  */
 import { AbortError, MetadataSnapError, ThinMetadata, dump, DmthinError } from '../../src';
-import { MemoryBlockSource } from '../../src/pdata/block-source';
+import { MemoryBlockSource, NativeBlockSource } from '../../src/pdata/block-source';
 import { fixture, fixtureFile, fixtureImage, fixtureXml, listFixtures } from '../helpers/fixtures';
 import { node, superblock } from '../helpers/corrupt';
 import { Writable } from 'node:stream';
@@ -194,6 +194,17 @@ describe('resources, cancellation, progress', () => {
       expect((await md.devices()).size).toBe(1);
     }
     await expect(kept!.devices()).rejects.toMatchObject({ code: 'EBADF' });
+  });
+
+  test('a regular-file image is read through the page cache unless O_DIRECT is asked for', async () => {
+    using f = fixtureFile('range-merge');
+    {
+      await using md = await ThinMetadata.open(f.path);
+      expect((md.io as NativeBlockSource).direct).toBe(false);
+      expect((await md.devices()).size).toBe(1);
+    }
+    await using md = await ThinMetadata.open(f.path, { direct: 'always' });
+    expect((md.io as NativeBlockSource).direct).toBe(true);
   });
 
   test('an aborted walk stops with AbortError', async () => {
