@@ -21,12 +21,11 @@
  * active device, or one activated read-only for the backup).
  */
 import { DmthinError, RepoError, UsageError, throwIfAborted } from '../errors';
-import { findLvmThin, isLvmUuid } from '../pool/lvm';
 import { withMetadataSnapshot } from '../pool/live-metadata';
-import { activateTemporarily } from '../pool/temporary-activation';
+import { liveThin, withThinData } from './live-thin';
 import { ThinPool } from '../pool/thin-pool';
 import { ThinMetadata } from '../thin/metadata';
-import { SECTOR_SIZE, sectors } from '../units';
+import { SECTOR_SIZE } from '../units';
 import { NativeDataSource, type DataSource } from '../stream/send/data-source';
 import { ExtentStore, type SendExtent } from '../stream/send/extent-store';
 import { identityOf, offlinePoolId, planSend } from '../stream/send/plan';
@@ -303,62 +302,31 @@ async function fromImage(repo: Repository, o: ImageBackupOptions): Promise<Backu
 async function fromPool(repo: Repository, o: PoolBackupOptions): Promise<BackupResult> {
   const started = Date.now();
   const pool = typeof o.pool === 'string' ? await ThinPool.open(o.pool) : o.pool;
-  const info = await pool.info();
-  const poolId = o.poolId ?? (info.uuid ? `dm-uuid:${info.uuid}` : `dm-name:${pool.name}`);
-  const active = (await pool.activeThins()).find((t) => t.devId === o.snap);
-  let deviceSize = o.deviceSize;
-  if (active) {
-    const tableSize = (await pool.dm.table(active.name)).reduce((n, t) => n + Number(t.length), 0) * SECTOR_SIZE;
-    if (deviceSize !== undefined && deviceSize !== tableSize) {
-      throw new UsageError(`the device size given (${deviceSize} bytes) differs from the size of active thin device ${active.name} (${tableSize} bytes)`, {
+  const thin = await liveThin(pool, o.snap, {
+    poolId: o.poolId,
+    deviceSize: o.deviceSize,
+    again: 'back up',
+    unknownSize: () =>
+      new UsageError(`thin device ${o.snap} of pool ${pool.name} is not active, so its size is unknown: activate it, or give its size in bytes (option deviceSize)`, {
         devId: o.snap,
-        device: active.name,
-      });
-    }
-    deviceSize = tableSize;
-  } else if (isLvmUuid(info.uuid)) {
-    // As send: a temporary activation would be invisible to LVM.
-    const lv = await findLvmThin(info.uuid!, o.snap);
-    const name = lv ? `${lv.vg}/${lv.lv}` : 'VG/LV';
-    throw new UsageError(
-      `thin device ${o.snap} of LVM pool ${pool.name} is not active, and dmthin does not activate LVM volumes behind LVM's back: ` +
-        `activate it with \`lvchange -ay -K ${name}\` and back up again${lv ? '' : ' (find the LV: `lvs -o vg_name,lv_name,thin_id`)'}`,
-      { devId: o.snap, device: pool.name, ...(lv ? { lv: name } : {}) },
-    );
-  } else if (deviceSize === undefined) {
-    throw new UsageError(`thin device ${o.snap} of pool ${pool.name} is not active, so its size is unknown: activate it, or give its size in bytes (option deviceSize)`, {
-      devId: o.snap,
-      option: 'deviceSize',
-    });
-  }
-  const size = deviceSize;
+        option: 'deviceSize',
+      }),
+  });
+  const size = thin.deviceSize;
   const candidates = await repo.listBackups({ volume: o.volume, signal: o.signal });
 
   await using extents = new ExtentStore({ tmpDir: o.tmpDir });
   // The metadata snapshot is held for the walk only (withMetadataSnapshot releases it on every path).
   const p = await withMetadataSnapshot(pool, async (md) => {
-    const x = await plan(md, o, candidates, poolId, size, 'virtual');
+    const x = await plan(md, o, candidates, thin.poolId, size, 'virtual');
     for await (const e of x.extents) await extents.add(e);
     await extents.seal();
     return { ...x, extents: extents as AsyncIterable<SendExtent>, dataBlocksToRead: x.dataBlocksToRead ?? extents.totals.dataBlocks };
   });
   throwIfAborted(o.signal);
-  if (active || size === 0 || p.dataBlocksToRead === 0) {
-    const source = active ? await NativeDataSource.open(`${pool.dm.devDir}/${active.name}`, { addressing: 'virtual' }) : nothingToRead;
-    try {
-      return await store(repo, p, source, size, o, started);
-    } finally {
-      await source.close?.();
-    }
-  }
-  const tmp = await activateTemporarily(pool, { prefix: 'dmthin-backup', devId: o.snap, length: sectors(size / SECTOR_SIZE) }, (path) =>
-    NativeDataSource.open(path, { addressing: 'virtual' }),
+  return withThinData(pool, o.snap, thin, { prefix: 'dmthin-backup', readNothing: size === 0 || p.dataBlocksToRead === 0, nothing: nothingToRead }, (source) =>
+    store(repo, p, source, size, o, started),
   );
-  try {
-    return await store(repo, p, tmp.handle, size, o, started);
-  } finally {
-    await tmp.dispose();
-  }
 }
 
 /** The base chosen by the plan was deleted before its map could be read (nothing read or stored yet): plan again. */

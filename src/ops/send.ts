@@ -22,12 +22,11 @@
  */
 import type { Writable } from 'node:stream';
 import { DmthinError, UsageError, throwIfAborted } from '../errors';
-import { findLvmThin, isLvmUuid } from '../pool/lvm';
 import { withMetadataSnapshot } from '../pool/live-metadata';
-import { activateTemporarily } from '../pool/temporary-activation';
+import { liveThin, withThinData } from './live-thin';
 import { ThinPool } from '../pool/thin-pool';
 import { ThinMetadata } from '../thin/metadata';
-import { SECTOR_SIZE, sectors } from '../units';
+import { SECTOR_SIZE } from '../units';
 import { NativeDataSource, type DataSource } from '../stream/send/data-source';
 import { ExtentStore } from '../stream/send/extent-store';
 import { OutputFile, refuseOutputOverInputs } from '../output/file';
@@ -191,31 +190,12 @@ async function sendFromImage(o: ImageSendOptions): Promise<SendSummary> {
 
 async function sendFromPool(o: PoolSendOptions): Promise<SendSummary> {
   const pool = typeof o.pool === 'string' ? await ThinPool.open(o.pool) : o.pool;
-  const info = await pool.info();
-  const poolId = o.poolId ?? (info.uuid ? `dm-uuid:${info.uuid}` : `dm-name:${pool.name}`);
-  const active = (await pool.activeThins()).find((t) => t.devId === o.snap);
-  let deviceSize = o.deviceSize;
-  if (active) {
-    const tableSize = (await pool.dm.table(active.name)).reduce((n, t) => n + Number(t.length), 0) * SECTOR_SIZE;
-    if (deviceSize !== undefined && deviceSize !== tableSize) {
-      throw new UsageError(`the device size given (${deviceSize} bytes) differs from the size of active thin device ${active.name} (${tableSize} bytes)`, {
-        devId: o.snap,
-        device: active.name,
-      });
-    }
-    deviceSize = tableSize;
-  } else if (isLvmUuid(info.uuid)) {
-    // A temporary activation would be invisible to LVM (lvremove, vgchange -an and its transaction id then go wrong).
-    const lv = await findLvmThin(info.uuid!, o.snap);
-    const name = lv ? `${lv.vg}/${lv.lv}` : 'VG/LV';
-    throw new UsageError(
-      `thin device ${o.snap} of LVM pool ${pool.name} is not active, and dmthin does not activate LVM volumes behind LVM's back: ` +
-        `activate it with \`lvchange -ay -K ${name}\` and send again${lv ? '' : ' (find the LV: `lvs -o vg_name,lv_name,thin_id`)'}`,
-      { devId: o.snap, device: pool.name, ...(lv ? { lv: name } : {}) },
-    );
-  } else if (deviceSize === undefined) {
-    throw sizeUnknown(`thin device ${o.snap} of pool ${pool.name} is not active, so its size is unknown`, o.snap, true);
-  }
+  const thin = await liveThin(pool, o.snap, {
+    poolId: o.poolId,
+    deviceSize: o.deviceSize,
+    again: 'send',
+    unknownSize: () => sizeUnknown(`thin device ${o.snap} of pool ${pool.name} is not active, so its size is unknown`, o.snap, true),
+  });
 
   await using store = new ExtentStore({ tmpDir: o.tmpDir });
   // The metadata snapshot is held only for the walk, not for the data copy.
@@ -223,8 +203,8 @@ async function sendFromPool(o: PoolSendOptions): Promise<SendSummary> {
     const p = await planSend(md, {
       snap: o.snap,
       base: o.base,
-      poolId,
-      deviceSize,
+      poolId: thin.poolId,
+      deviceSize: thin.deviceSize,
       addressing: 'virtual',
       signal: o.signal,
       onProgress: (x) => o.onProgress?.({ phase: 'metadata', dataBlocks: x.blocks, discardBlocks: 0, bytes: 0 }),
@@ -235,24 +215,7 @@ async function sendFromPool(o: PoolSendOptions): Promise<SendSummary> {
   });
   throwIfAborted(o.signal);
   const plan: SendPlan = { header, extents: store, totalDataBlocks: store.totals.dataBlocks };
-  const size = plan.header.deviceSize;
-
-  if (active || size === 0) {
-    const source = active ? await NativeDataSource.open(`${pool.dm.devDir}/${active.name}`, { addressing: 'virtual' }) : emptySource;
-    try {
-      return await stream(plan, source, o);
-    } finally {
-      await source.close?.();
-    }
-  }
-  const tmp = await activateTemporarily(pool, { prefix: 'dmthin-send', devId: o.snap, length: sectors(size / SECTOR_SIZE) }, (path) =>
-    NativeDataSource.open(path, { addressing: 'virtual' }),
-  );
-  try {
-    return await stream(plan, tmp.handle, o);
-  } finally {
-    await tmp.dispose();
-  }
+  return withThinData(pool, o.snap, thin, { prefix: 'dmthin-send', readNothing: thin.deviceSize === 0, nothing: emptySource }, (source) => stream(plan, source, o));
 }
 
 const emptySource: DataSource = {
