@@ -84,13 +84,8 @@ export async function deviceUsage(md: ThinMetadata, opts: UsageOptions = {}): Pr
     );
   let excl: Float64Array;
   const limits = opts.flatLimits ?? { ownerBytes: OWNER_BYTES_MAX, counts: COUNTS_FLAT_MAX };
-  if (nrData <= limits.ownerBytes && devices.length <= ByteOwnerMap.MAX_OWNERS) {
-    const owners = new ByteOwnerMap(nrData);
-    await walk((k, d, l, n) => {
-      for (let r = 0; r < n; r++) owners.markRange(d[r], l[r], k);
-    }, 0, sum);
-    excl = owners.exclusiveCounts(devices.length);
-  } else if (nrData <= limits.counts) {
+  const ownerBytes = nrData <= limits.ownerBytes && devices.length <= ByteOwnerMap.MAX_OWNERS;
+  if (!ownerBytes && nrData <= limits.counts) {
     const uses = new UseCounts(nrData);
     await walk((_k, d, l, n) => {
       for (let r = 0; r < n; r++) uses.markRange(d[r], l[r]);
@@ -102,7 +97,8 @@ export async function deviceUsage(md: ThinMetadata, opts: UsageOptions = {}): Pr
       }, sum, 2 * sum);
     }
   } else {
-    const owners = new OwnerMap(devices.length);
+    // One walk: an owner byte a block when it fits (and the devices fit a byte), else OwnerMap's pages.
+    const owners = ownerBytes ? new ByteOwnerMap(nrData) : new OwnerMap(devices.length);
     await walk((k, d, l, n) => {
       for (let r = 0; r < n; r++) owners.markRange(d[r], l[r], k);
     }, 0, sum);
