@@ -31,6 +31,7 @@ import { ExtentStore, type SendExtent } from '../stream/send/extent-store';
 import { identityOf, offlinePoolId, planSend } from '../stream/send/plan';
 import { identityKey, type SnapshotIdentity } from '../stream/format/records';
 import { Repository, type BackupSession, type BackupSummary, type KeySource, type ManifestEntry, type ManifestHeader } from '../repo/repository';
+import { killAfterCount } from './test-seams';
 
 /** Largest chunk: a pool block above it is split into equal chunks (docs/repository.md "Chunk size"). */
 export const MAX_CHUNK_BYTES = 4 << 20;
@@ -245,12 +246,6 @@ async function plan(
 
 async function* empty(): AsyncGenerator<SendExtent> {}
 
-/** Test seam (test-only, documented in docs/repository.md): SIGKILL this process after N chunks were stored. */
-function killAt(): number | undefined {
-  const v = process.env.DMTHIN_TEST_KILL_AT;
-  return v !== undefined && /^[0-9]+$/.test(v) ? Number(v) : undefined;
-}
-
 /** Backs up a thin snapshot into a repository: incremental against the newest usable backup of the volume. */
 export async function backup(opts: BackupOptions): Promise<BackupResult> {
   if (!VOLUME.test(opts.volume)) throw new UsageError(`bad volume name '${opts.volume}': use 1 to 128 of A-Z a-z 0-9 . _ -`);
@@ -389,7 +384,7 @@ async function store(repo: Repository, p: Plan, source: DataSource, deviceSize: 
   const chunksToRead = p.dataBlocksToRead !== undefined ? Math.min(p.dataBlocksToRead * perBlock, nChunks) : undefined;
   const progress = (): void =>
     o.onProgress?.({ phase: 'data', chunksRead: stats.chunksRead, chunksToRead, bytesRead: stats.bytesRead, bytesUploaded: stats.bytesUploaded });
-  const kill = killAt();
+  const kill = killAfterCount(); // test seam (ops/test-seams.ts)
 
   await using session: BackupSession = await repo.beginBackup(o.volume, { signal: o.signal });
   // Ids stored by this run (or in flight): a chunk repeated in the volume is put once.

@@ -35,6 +35,7 @@ import {
   type TransferResult,
 } from './replication';
 import { send } from './send';
+import { killAtPoint } from './test-seams';
 
 export type { CycleReport } from './replication';
 
@@ -143,14 +144,12 @@ function commandReceiver(cmd: string, signal?: AbortSignal): { stdin: Writable; 
 }
 
 /**
- * Test seam (docs/testing.md): DMTHIN_TEST_KILL_AT=<point> makes the process
- * SIGKILL itself there, so the VM tests can kill a replicator at an exact
- * point of its cycle. Points: the cycle's checkpoints, plus 'mid-send' (after
- * the first data was sent) and 'mid-apply' (a local target half written).
+ * Test seam (docs/testing.md, ops/test-seams.ts): DMTHIN_TEST_KILL_AT=<point>
+ * kills a replicator at an exact point of its cycle. Points: the cycle's
+ * checkpoints, plus 'mid-send' (after the first data was sent) and
+ * 'mid-apply' (a local target half written).
  */
-function crashPoint(name: string): void {
-  if (process.env.DMTHIN_TEST_KILL_AT === name) process.kill(process.pid, 'SIGKILL');
-}
+const crashPoint = killAtPoint;
 
 class PoolReplicationHost implements ReplicationHost {
   constructor(

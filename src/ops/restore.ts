@@ -20,6 +20,7 @@ import { BlockWriter, type WriteSegment } from '../native/block-writer';
 import { inspectTarget, resolveZeroMethod, zeroer, type ZeroMethod } from '../stream/receive/target';
 import { Repository, type KeySource, type ManifestEntry } from '../repo/repository';
 import { defaultRestoreStateFile, readRestoreState, RestoreLock, writeRestoreState, type RestoreEntry, type RestoreState } from './restore-state';
+import { killAfterCount } from './test-seams';
 
 /** Options of restore. */
 export interface RestoreOptions {
@@ -186,12 +187,6 @@ async function restoreFrom(repo: Repository, o: RestoreOptions): Promise<Restore
   }
 }
 
-/** Test seam (test-only, docs/backup.md): SIGKILL this process once N chunks were written to the target. */
-function killAt(): number | undefined {
-  const v = process.env.DMTHIN_TEST_KILL_AT;
-  return v !== undefined && /^[0-9]+$/.test(v) ? Number(v) : undefined;
-}
-
 async function fileStamp(path: string): Promise<{ size: number; mtimeMs: number }> {
   const st = await stat(path);
   return { size: st.size, mtimeMs: st.mtimeMs };
@@ -275,7 +270,7 @@ async function apply(
     p.catch(() => undefined); // awaited in order below
     return p;
   };
-  const kill = killAt();
+  const kill = killAfterCount(); // test seam (ops/test-seams.ts)
   const flush = async (): Promise<void> => {
     if (segs.length === 0) return;
     const r = await writer.write(segs);
