@@ -19,7 +19,9 @@
 //   4. init.sh writes the command's exit status to the out share (`status`)
 //      and prints it on the console behind a per-run marker; we read the file
 //      first and fall back to the marker. Then the guest powers off.
-//   5. A host-side timer kills qemu when the time is up.
+//   5. A host-side timer kills qemu when the time is up; a boot that never
+//      reaches the command is killed and started again once; a guest that
+//      does not power off after the command's exit line is stopped.
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { StringDecoder } from 'node:string_decoder';
@@ -72,6 +74,9 @@ function accelerator() {
  * @param {string} [o.cwd]             working directory (a host path; same path in the guest)
  * @param {Record<string,string>} [o.env]  extra environment (on top of the defaults below)
  * @param {number} [o.timeoutMs]       default $DMTHIN_VM_TIMEOUT seconds, else 600 s
+ * @param {number} [o.bootTimeoutMs]   a boot that has not reached the command by then is killed
+ *   and started again (default $DMTHIN_VM_BOOT_TIMEOUT seconds, else 180 s)
+ * @param {number} [o.bootRetries]     how many times a stuck boot is started again (default 1)
  * @param {number} [o.memoryMb]        default $DMTHIN_VM_MEMORY, else 2048
  * @param {number} [o.cpus]            default $DMTHIN_VM_CPUS, else 2
  * @param {boolean|((text:string)=>void)} [o.stream]  print the console live (default true: to stdout)
@@ -292,19 +297,19 @@ export async function runInVm(o) {
     }
   };
 
-  log(`booting kernel ${assets.version} (${accelerator()}, ${cpus} cpus, ${memoryMb} MiB), cwd ${cwd}`);
-  spawnedAt = Date.now();
-  const child = spawn(qemu, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  let qemuErr = '';
-  child.stdout.on('data', onData);
-  child.stderr.on('data', (d) => {
-    qemuErr += d.toString('utf8');
-    if (qemuErr.length > 65536) qemuErr = qemuErr.slice(-65536);
-  });
+  // A guest that never reaches READY (a boot stuck under emulation, seen once
+  // in ~150 boots on a loaded CI host) is killed after bootTimeoutMs and
+  // booted again: nothing of the command has run yet, so a second boot is
+  // safe. After the command's exit line, qemu gets POWEROFF_GRACE_MS to end;
+  // the status is known by then, so a guest stuck powering off is stopped.
+  const bootTimeoutMs = o.bootTimeoutMs ?? envNumber('DMTHIN_VM_BOOT_TIMEOUT', 180) * 1000;
+  const bootAttempts = 1 + Math.max(0, o.bootRetries ?? 1);
+  const POWEROFF_GRACE_MS = envNumber('DMTHIN_VM_POWEROFF_GRACE', 30) * 1000;
 
+  let child = null;
   const killChild = () => {
     try {
-      child.kill('SIGKILL');
+      child?.kill('SIGKILL');
     } catch {
       // already gone
     }
@@ -327,19 +332,65 @@ export async function runInVm(o) {
   }, timeoutMs);
   const aborted = () => o.signal?.aborted === true;
   o.signal?.addEventListener('abort', killChild, { once: true });
-  if (aborted()) killChild();
 
-  const qemuExit = await new Promise((res) => {
-    child.on('error', (err) => res({ code: null, signal: null, err }));
-    child.on('close', (code, signal) => res({ code, signal, err: null }));
-  });
+  let qemuErr = '';
+  let qemuExit;
+  let poweroffStuck = false;
+  let bootGaveUp = null;
+  for (let attempt = 1; ; attempt++) {
+    phase = 'boot';
+    bootLines.length = 0;
+    pending = '';
+    consoleStatus = null;
+    qemuErr = '';
+    log(`booting kernel ${assets.version} (${accelerator()}, ${cpus} cpus, ${memoryMb} MiB), cwd ${cwd}${attempt > 1 ? ` (attempt ${attempt} of ${bootAttempts})` : ''}`);
+    spawnedAt = Date.now();
+    child = spawn(qemu, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const thisChild = child;
+    let graceTimer = null;
+    child.stdout.on('data', (chunk) => {
+      onData(chunk);
+      if (phase === 'done' && !graceTimer) {
+        graceTimer = setTimeout(() => {
+          poweroffStuck = true;
+          thisChild.kill('SIGKILL');
+        }, POWEROFF_GRACE_MS);
+      }
+    });
+    child.stderr.on('data', (d) => {
+      qemuErr += d.toString('utf8');
+      if (qemuErr.length > 65536) qemuErr = qemuErr.slice(-65536);
+    });
+    let bootHung = false;
+    const bootTimer = setTimeout(() => {
+      if (phase !== 'boot') return;
+      bootHung = true;
+      thisChild.kill('SIGKILL');
+    }, bootTimeoutMs);
+    if (aborted()) killChild();
+
+    qemuExit = await new Promise((res) => {
+      thisChild.on('error', (err) => res({ code: null, signal: null, err }));
+      thisChild.on('close', (code, signal) => res({ code, signal, err: null }));
+    });
+    clearTimeout(bootTimer);
+    if (graceTimer) clearTimeout(graceTimer);
+    if (flushTimer) clearTimeout(flushTimer);
+    flushTimer = null;
+    if (!bootHung || timedOut || aborted() || attempt >= bootAttempts) {
+      if (bootHung && !timedOut && !aborted()) bootGaveUp = `the guest did not finish booting in ${Math.round(bootTimeoutMs / 1000)} s, ${attempt} times (DMTHIN_VM_BOOT_TIMEOUT=<seconds> gives it longer)`;
+      break;
+    }
+    const last = bootLines.filter((l) => l.trim()).slice(-1)[0] ?? '(no console output)';
+    log(`the guest did not finish booting in ${Math.round(bootTimeoutMs / 1000)} s (last console line: ${last.trim().slice(0, 200)}); killed it, booting again`);
+  }
   clearTimeout(timer);
   o.signal?.removeEventListener('abort', killChild);
-  if (flushTimer) clearTimeout(flushTimer);
   if (pending) handleLine(pending, false);
   process.removeListener('exit', killChild);
   process.removeListener('SIGINT', onSignal);
   process.removeListener('SIGTERM', onSignal);
+  if (poweroffStuck) log(`the guest did not power off within ${POWEROFF_GRACE_MS / 1000} s of the command's end; stopped it (the command's exit status is kept)`);
 
   let status = null;
   let error;
@@ -358,6 +409,9 @@ export async function runInVm(o) {
     status = null;
   } else if (timedOut) {
     error = `TIMEOUT: the guest was killed after ${(timeoutMs / 1000).toFixed(0)} s (raise it with DMTHIN_VM_TIMEOUT=<seconds>)`;
+    status = null;
+  } else if (bootGaveUp) {
+    error = bootGaveUp;
     status = null;
   } else if (qemuExit.err) {
     error = `qemu could not be started: ${qemuExit.err.message}`;

@@ -65,6 +65,10 @@ describeVmTool('dmthin-vm boots a guest', () => {
   });
   afterEach(() => rmSync(dir, { recursive: true, force: true }));
 
+  // A boot takes ~7-20 s under TCG; the tests get far more, so that a loaded
+  // host makes them slow, not failed (a stuck boot is started again once).
+  const BOOT_TEST_TIMEOUT = 600_000;
+
   test('runs the command as root in the caller\'s folder: exit status back, files written there on the host, output streamed live', async () => {
     const script = 'echo hi > out.txt; echo "uid=$(id -u) cwd=$(pwd)"; echo first; sleep 4; echo last; exit 3';
     const child = spawn(process.execPath, [TOOL, '--', 'sh', '-c', script], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
@@ -86,6 +90,54 @@ describeVmTool('dmthin-vm boots a guest', () => {
     expect(firstAt).toBeGreaterThan(0);
     expect(endedAt - firstAt).toBeGreaterThanOrEqual(2500);
     expect(stderr).not.toMatch(/^dmthin-vm:/m); // no error line: the VM did its job
+  }, BOOT_TEST_TIMEOUT);
+
+  /**
+   * A stand-in qemu: its first `hangs` calls hang without a word (a stuck
+   * boot); later ones answer like init.sh (ready line, output, exit line with
+   * the run id from -append) and then hang too (a guest that does not power off).
+   */
+  function stuckQemu(hangs: number): string {
+    const counter = join(dir, 'qemu-calls');
+    const path = join(dir, 'qemu-stand-in');
+    writeFileSync(
+      path,
+      [
+        '#!/bin/sh',
+        `n=$(cat ${counter} 2>/dev/null || echo 0); echo $((n + 1)) > ${counter}`,
+        `[ "$n" -lt ${hangs} ] && exec sleep 1000`,
+        'id=$(printf "%s\\n" "$@" | sed -n "s/.*dmthin_vm\\.id=\\([0-9a-f]*\\).*/\\1/p")',
+        'echo "kernel chatter"; echo "DMTHIN-VM-READY:$id"; echo ran; echo "DMTHIN-VM-EXIT:$id:4"',
+        'exec sleep 1000',
+        '',
+      ].join('\n'),
+    );
+    chmodSync(path, 0o755);
+    return path;
+  }
+
+  test('a boot that never reaches the command is killed and started again once; a guest that does not power off is stopped, its status kept', () => {
+    const env = { DMTHIN_VM_QEMU: stuckQemu(1), DMTHIN_VM_BOOT_TIMEOUT: '2', DMTHIN_VM_POWEROFF_GRACE: '1' };
+    const r = runTool(['--', 'true'], { cwd: dir, env });
+    expect(r.stdout).toBe('ran\n');
+    expect(r.status).toBe(4);
+    expect(r.stderr.split('\n').filter((l) => !l.startsWith('[dmthin-vm] booting kernel'))).toEqual([
+      '[dmthin-vm] the guest did not finish booting in 2 s (last console line: (no console output)); killed it, booting again',
+      "[dmthin-vm] the guest did not power off within 1 s of the command's end; stopped it (the command's exit status is kept)",
+      '',
+    ]);
+    expect(r.stderr).toMatch(/^\[dmthin-vm\] booting kernel .*\(attempt 2 of 2\)$/m);
+    expect(readFileSync(join(dir, 'qemu-calls'), 'utf8')).toBe('2\n');
+  });
+
+  test('a boot stuck twice: exit 125, one line naming the boot timeout', () => {
+    const r = runTool(['--quiet', '--', 'true'], { cwd: dir, env: { DMTHIN_VM_QEMU: stuckQemu(2), DMTHIN_VM_BOOT_TIMEOUT: '1' } });
+    expect(r).toEqual({
+      status: VM_FAILURE,
+      stdout: '',
+      stderr: 'dmthin-vm: the guest did not finish booting in 1 s, 2 times (DMTHIN_VM_BOOT_TIMEOUT=<seconds> gives it longer) [EIO]\n',
+    });
+    expect(readFileSync(join(dir, 'qemu-calls'), 'utf8')).toBe('2\n');
   });
 
   test('a folder outside /tmp is writable too (subfolders included); the rest of the host, /tmp included, is not changed', () => {
@@ -104,7 +156,7 @@ describeVmTool('dmthin-vm boots a guest', () => {
     } finally {
       rmSync(work, { recursive: true, force: true });
     }
-  });
+  }, BOOT_TEST_TIMEOUT);
 
   test('a kernel package that does not exist: one line naming it and what to do', () => {
     const cache = mkdtempSync(join(tmpdir(), 'dmthin-vm-cache-'));
