@@ -67,11 +67,13 @@ describeVmTool('dmthin-vm boots a guest', () => {
 
   // A boot takes ~7-20 s under TCG; the tests get far more, so that a loaded
   // host makes them slow, not failed (a stuck boot is started again once).
+  // The tool's own --timeout is shorter than jest's, so a guest that hangs
+  // fails the test with the tool's stderr (what it saw) instead of jest's timeout.
   const BOOT_TEST_TIMEOUT = 600_000;
 
   test('runs the command as root in the caller\'s folder: exit status back, files written there on the host, output streamed live', async () => {
     const script = 'echo hi > out.txt; echo "uid=$(id -u) cwd=$(pwd)"; echo first; sleep 4; echo last; exit 3';
-    const child = spawn(process.execPath, [TOOL, '--', 'sh', '-c', script], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [TOOL, '--timeout', '300', '--', 'sh', '-c', script], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     let firstAt = 0;
@@ -149,7 +151,7 @@ describeVmTool('dmthin-vm boots a guest', () => {
     const work = mkdtempSync(join(base, 'tool-test-'));
     const marker = join(dir, 'guest-wrote-here');
     try {
-      const r = runTool(['--quiet', '--', 'sh', '-c', `mkdir -p sub && echo x > sub/f && mkdir -p ${dir} && echo y > ${marker} && echo ok; touch ${join(ROOT, 'package.json')} 2>/dev/null || echo ro`], { cwd: work });
+      const r = runTool(['--quiet', '--timeout', '300', '--', 'sh', '-c', `mkdir -p sub && echo x > sub/f && mkdir -p ${dir} && echo y > ${marker} && echo ok; touch ${join(ROOT, 'package.json')} 2>/dev/null || echo ro`], { cwd: work });
       expect(r).toEqual({ status: 0, stdout: 'ok\nro\n', stderr: '' });
       expect(readFileSync(join(work, 'sub', 'f'), 'utf8')).toBe('x\n');
       expect(existsSync(marker)).toBe(false);
