@@ -246,6 +246,54 @@ test('an interrupted apply leaves the target marked inconsistent until that stre
   expect(JSON.parse(readFileSync(`${t}.dmthin-state.json`, 'utf8')).pending).toBeNull();
 });
 
+/** Flips a byte of the last data record's payload and seals the record's CRC again: only a digest of the whole stream sees it. */
+function resealedChange(stream: Buffer): Buffer {
+  const b = Buffer.from(stream);
+  let off = 0;
+  let lastData = -1;
+  while (off < b.length) {
+    const type = b.readUInt16LE(off + 4);
+    const len = b.readUInt32LE(off + 8);
+    if (type === 2) lastData = off;
+    off += RECORD_HEADER_SIZE + len;
+  }
+  expect(lastData).toBeGreaterThan(0);
+  const len = b.readUInt32LE(lastData + 8);
+  b[lastData + RECORD_HEADER_SIZE + len - 1] ^= 0x5a; // a data byte, not the prefix
+  const payload = b.subarray(lastData + RECORD_HEADER_SIZE, lastData + RECORD_HEADER_SIZE + len);
+  b.writeUInt32LE(crc32cOf([b.subarray(lastData, lastData + 20), payload]), lastData + 20);
+  return b;
+}
+
+test('a change between the passes that keeps every record CRC valid is caught by the second pass (keyed GMAC), nothing written', async () => {
+  const t = await target('dev1');
+  const stateBefore = readFileSync(`${t}.dmthin-state.json`, 'utf8');
+  const file = s.path('resealed.stream');
+  writeFileSync(file, streams.inc2from1);
+  const changed = resealedChange(streams.inc2from1);
+  // The resealed stream is whole record by record: only its SHA-256 is wrong.
+  const alone = await receive({ target: await target('dev1'), input: Readable.from([changed]) }).catch((x: unknown) => x);
+  expect(alone).toMatchObject({ reason: 'digest' });
+  let swapped = false;
+  const e = await receive({
+    target: t,
+    input: file,
+    onProgress: (p) => {
+      if (p.phase === 'verify' && p.bytes === streams.inc2from1.length && !swapped) {
+        swapped = true;
+        writeFileSync(file, changed); // same inode
+      }
+    },
+  }).catch((x: unknown) => x);
+  expect(swapped).toBe(true);
+  expect(e).toBeInstanceOf(StreamError);
+  expect(e).toMatchObject({ reason: 'changed' });
+  expect((e as Error).message).toMatch(/differs from the one verified before/);
+  // This stream is smaller than one write batch: the change is found before anything is written.
+  expect(readFileSync(`${t}.dmthin-state.json`, 'utf8')).toBe(stateBefore);
+  expect(sha256File(t)).toBe(await expectedSha(md, 1, SIZE));
+});
+
 test('a verified file that changes before it is applied is caught', async () => {
   // Verified in place, then modified between the passes: the second pass refuses it.
   const t = await target('dev1');

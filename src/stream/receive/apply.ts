@@ -1,7 +1,8 @@
 /**
  * Applying a verified stream to the target: a second pass over the same
  * bytes, with a fresh verifier (so a file that changed since the first pass
- * is caught record by record, and by its digest at the end). Data records are
+ * is caught record by record, and at the end by the keyed GMAC the first
+ * pass computed over the same bytes, or its SHA-256 without one). Data records are
  * copied into one of two batch buffers, each written with one native call,
  * one batch in flight while the next is filled; discard records go to the
  * zeroer. The input chunks and the verifier's buffer are reused as soon as a
@@ -59,7 +60,7 @@ export async function applyStream(
   opts: ApplyOptions = {},
 ): Promise<ApplyStats> {
   const held = typeof input === 'function';
-  const v = new StreamVerifier({ reuseBuffers: opts.buffers ?? true, holdChunks: held });
+  const v = new StreamVerifier({ reuseBuffers: opts.buffers ?? true, holdChunks: held, recheck: expected });
   const chunks = held ? input((end) => v.hashedThrough(end)) : input;
   const stats: ApplyStats = { dataBytes: 0, dataRecords: 0, discardRecords: 0, writeCalls: 0 };
   const max = Math.max(opts.batchBytes ?? 1 << 20, 4096);
