@@ -3,6 +3,7 @@
  * device or file and record what the target now holds.
  */
 import type { Command } from 'commander';
+import { isatty } from 'node:tty';
 import { DmthinError, UsageError } from '../errors';
 import type { ZeroMethod } from '../stream/receive/target';
 import { CliContext } from './common';
@@ -41,7 +42,8 @@ export function register(program: Command, ctx: () => CliContext): void {
     .action(async (o: ReceiveCliOpts) => {
       const c = ctx();
       if (!ZERO_METHODS.includes(o.discard as ZeroMethod)) throw new UsageError(`unknown --discard method '${o.discard}' (${ZERO_METHODS.join(', ')})`);
-      if (o.input === '-' && process.stdin.isTTY) throw new UsageError('refusing to read a stream from a terminal (pipe one in, or use --input FILE)');
+      // isatty(0), not process.stdin.isTTY: that would make the stdin stream, which a piped stdin does without (pipe-chunks.ts).
+      if (o.input === '-' && isatty(0)) throw new UsageError('refusing to read a stream from a terminal (pipe one in, or use --input FILE)');
       if (o.state !== undefined) {
         const { refuseOutputOverInputs } = require('../output/file') as typeof import('../output/file');
         await refuseOutputOverInputs(o.state, 'the state file (--state)', [
@@ -50,11 +52,13 @@ export function register(program: Command, ctx: () => CliContext): void {
         ]);
       }
       const bar = new Progress('receive', !o.quiet && process.stderr.isTTY === true);
-      const { receive } = require('../ops/receive') as typeof import('../ops/receive');
+      const { receive, receivePipe } = require('../ops/receive') as typeof import('../ops/receive');
+      const { openPipe } = require('../stream/receive/pipe-chunks') as typeof import('../stream/receive/pipe-chunks');
       try {
-        const r = await receive({
+        // A pipe on stdin is read directly (large reused buffers, flat memory); anything else through receive().
+        const pipe = o.input === '-' ? openPipe(0) : null;
+        const opts = {
           target: o.target,
-          input: o.input,
           stateFile: o.state,
           force: o.force,
           resized: o.resized,
@@ -62,8 +66,9 @@ export function register(program: Command, ctx: () => CliContext): void {
           spoolDir: o.spoolDir,
           zero: o.discard as ZeroMethod,
           signal: c.signal,
-          onProgress: (p) => bar.update(p.bytes, p.totalBytes, p.phase === 'verify' ? 'bytes verified' : 'bytes applied'),
-        });
+          onProgress: (p: { phase: string; bytes: number; totalBytes?: number }) => bar.update(p.bytes, p.totalBytes, p.phase === 'verify' ? 'bytes verified' : 'bytes applied'),
+        };
+        const r = pipe !== null ? await receivePipe(pipe, opts) : await receive({ ...opts, input: o.input });
         bar.stop();
         if (o.json) process.stdout.write(toJson({ ...r, resizedFrom: r.resizedFrom ?? null }) + '\n');
       } catch (e) {

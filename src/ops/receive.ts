@@ -17,6 +17,7 @@ import { AbortError, DmthinError, StreamError, throwIfAborted } from '../errors'
 import { applyStream, type ApplyChunks } from '../stream/receive/apply';
 import { BlockWriter } from '../native/block-writer';
 import { fileChunks } from '../stream/receive/file-chunks';
+import { openPipe, pipeChunks } from '../stream/receive/pipe-chunks';
 import { refuseOutputOverInputs } from '../output/file';
 import { identityKey, type StreamHeader } from '../stream/format/records';
 import { ReceiveLock } from '../stream/receive/lock';
@@ -276,25 +277,63 @@ export type ReceiveWritable = Writable & {
 };
 
 /**
+ * A stream that arrives in pieces (a pipe, a Readable): spooled and verified
+ * as it comes, applied when it ends. receiveStream's Writable and stdin use it.
+ */
+class SpooledReceive {
+  private receiver?: Receiver;
+  private spool?: Spool;
+  private checker?: CheckedVerifier;
+
+  constructor(private readonly o: ReceiveOptions) {}
+
+  private async init(): Promise<CheckedVerifier> {
+    this.receiver ??= await Receiver.prepare(this.o);
+    this.spool ??= await Spool.create(this.o.spoolDir);
+    this.checker ??= new CheckedVerifier(this.receiver);
+    return this.checker;
+  }
+
+  /** Verifies and spools `chunk`; the caller may reuse it once this has resolved. */
+  async push(chunk: Buffer): Promise<void> {
+    throwIfAborted(this.o.signal);
+    const c = await this.init();
+    await c.push(chunk);
+    await this.spool!.write(chunk);
+    this.o.onProgress?.({ phase: 'verify', bytes: c.v.position });
+  }
+
+  /** The input ended: applies what was spooled; the spool and the target are let go before it resolves. */
+  async finish(): Promise<ReceiveResult> {
+    const c = await this.init();
+    const verified = await c.finish();
+    await this.spool!.finish();
+    const sp = this.spool!;
+    // The spool is read back in chunks held until hashed (no copy for the digest).
+    const r = await this.receiver!.apply(verified, (beforeReuse) => sp.chunks(this.o.signal, beforeReuse), true, c.buffers);
+    // Released before the caller hears of it: a receive that follows at once finds the target free.
+    await this.close();
+    return r;
+  }
+
+  /** Removes the spool and lets go of the target (idempotent). */
+  async close(): Promise<void> {
+    await this.spool?.remove();
+    await this.receiver?.close();
+  }
+}
+
+/**
  * A Writable to pipe a stream into: it is spooled and verified as it
  * arrives, and applied to `target` when it ends. The Writable finishes only
  * once the target has been written, fsynced and its state recorded.
  */
 export function receiveStream(target: string, opts: Omit<ReceiveOptions, 'target'> = {}): ReceiveWritable {
   const o: ReceiveOptions = { ...opts, target };
-  let receiver: Receiver | undefined;
-  let spool: Spool | undefined;
-  let checker: CheckedVerifier | undefined;
+  const job = new SpooledReceive(o);
   let settle!: { resolve: (r: ReceiveResult) => void; reject: (e: unknown) => void };
   const result = new Promise<ReceiveResult>((resolve, reject) => (settle = { resolve, reject }));
   result.catch(() => undefined); // callers may only listen to the Writable
-
-  const init = async (): Promise<CheckedVerifier> => {
-    receiver ??= await Receiver.prepare(o);
-    spool ??= await Spool.create(o.spoolDir);
-    checker ??= new CheckedVerifier(receiver);
-    return checker;
-  };
 
   // The write or final step in progress: destroy() (an abort) waits for it before closing the spool and the target under it.
   let busy: Promise<unknown> = Promise.resolve();
@@ -305,31 +344,10 @@ export function receiveStream(target: string, opts: Omit<ReceiveOptions, 'target
 
   const w = new Writable({
     write(chunk: Buffer, _enc, cb) {
-      track(
-        (async () => {
-          throwIfAborted(o.signal);
-          const c = await init();
-          await c.push(chunk);
-          await spool!.write(chunk);
-          o.onProgress?.({ phase: 'verify', bytes: c.v.position });
-        })(),
-      ).then(() => cb(), cb);
+      track(job.push(chunk)).then(() => cb(), cb);
     },
     final(cb) {
-      track(
-        (async () => {
-          const c = await init();
-          const verified = await c.finish();
-          await spool!.finish();
-          const sp = spool!;
-          // The spool is read back in chunks held until hashed (no copy for the digest).
-          const r = await receiver!.apply(verified, (beforeReuse) => sp.chunks(o.signal, beforeReuse), true, c.buffers);
-          // Released before the Writable finishes: a receive that follows at once finds the target free.
-          await sp.remove();
-          await receiver!.close();
-          return r;
-        })(),
-      ).then(
+      track(job.finish()).then(
         (r) => {
           settle.resolve(r);
           cb();
@@ -340,8 +358,7 @@ export function receiveStream(target: string, opts: Omit<ReceiveOptions, 'target
     destroy(err, cb) {
       (async () => {
         await busy;
-        await spool?.remove();
-        await receiver?.close();
+        await job.close();
       })().finally(() => {
         if (err) settle.reject(err);
         else settle.reject(new AbortError('receive stream closed before the end of the input'));
@@ -378,7 +395,10 @@ export async function receive(opts: ReceiveOptions & { input: string | Readable 
     try {
       const st = await fh.stat();
       if (st.isFile()) return await receiveFile(fh, st.size, opts);
-      // A FIFO or a character device: spooled like a pipe, read through this descriptor.
+      // A FIFO (its writer is there: the open waited for one): read in large chunks of reused buffers.
+      const pipe = openPipe(fh.fd);
+      if (pipe !== null) return await receivePipe(pipe, opts);
+      // A character device: spooled like a pipe, read through this descriptor.
       const w = receiveStream(opts.target, opts);
       await pipeline(fh.createReadStream({ autoClose: false }), w);
       return await w.result;
@@ -390,6 +410,24 @@ export async function receive(opts: ReceiveOptions & { input: string | Readable 
   const w = receiveStream(opts.target, opts);
   await pipeline(readable, w); // the Writable itself listens to the signal (with dmthin's AbortError)
   return w.result;
+}
+
+/**
+ * Receives from the FIFO descriptor `fd` (taken over and closed), e.g. a new
+ * descriptor of stdin's pipe from openPipe(0): read in 1 MiB chunks of two
+ * reused buffers (pipe-chunks.ts), spooled while verified, then applied.
+ * The CLI's way for a piped stdin; a library caller's receive({ input: '-' })
+ * keeps reading process.stdin, which it may have read from already.
+ * @internal
+ */
+export async function receivePipe(fd: number, opts: ReceiveOptions): Promise<ReceiveResult> {
+  const job = new SpooledReceive(opts);
+  try {
+    for await (const chunk of pipeChunks(fd, { signal: opts.signal })) await job.push(chunk);
+    return await job.finish();
+  } finally {
+    await job.close();
+  }
 }
 
 /** A seekable input: verify it where it is, then apply it from the same descriptor. */

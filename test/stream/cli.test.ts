@@ -55,6 +55,36 @@ test('send to a file, receive it; then an incremental through a pipe', async () 
   expect(sha256File(t)).toBe(await expectedSha(md, 1, SIZE));
 });
 
+test('receive from a pipe whose writer has already gone (the stream waits in the pipe): read whole; junk refused', async () => {
+  const stream = s.path('gone-writer.s');
+  expect(runCli(['send', '--metadata', meta, '--data', data, '--snap', '4', '--size', String(SIZE), '-o', stream, '-q']).status).toBe(0);
+  const t = s.path('gone-writer.t');
+  // Under 64 KiB fits the pipe: cat writes it all and exits before receive starts.
+  // Snapshot 3 against 2 (the fixture maps them alike): header, end record and no data.
+  const full2 = s.path('gone-writer-full2.s');
+  const small = s.path('gone-writer-small.s');
+  expect(runCli(['send', '--metadata', meta, '--data', data, '--snap', '2', '--size', String(SIZE), '-o', full2, '-q']).status).toBe(0);
+  const r0 = runCli(['send', '--metadata', meta, '--data', data, '--snap', '3', '--base', '2', '--size', String(SIZE), '-o', small, '-q']);
+  expect([r0.status, r0.stderr]).toEqual([0, '']);
+  expect(readFileSync(small).length).toBeLessThan(65536);
+  let p = sh(`cat '${full2}' | exec ${dmthin} receive --target '${t}' --create -q`);
+  expect([p.status, p.stderr]).toEqual([0, '']);
+  p = sh(`cat '${small}' | (sleep 1; exec ${dmthin} receive --target '${t}' --json -q)`);
+  expect([p.status, p.stderr]).toEqual([0, '']);
+  expect(JSON.parse(p.stdout)).toMatchObject({ spooled: true, dataBlocks: 0, header: { deviceSize: SIZE, target: { devId: 3 } } });
+  expect(sha256File(t)).toBe(await expectedSha(md, 3, SIZE));
+  // Not a stream, its writer gone: refused with one line.
+  p = sh(`printf junk | (sleep 1; exec ${dmthin} receive --target '${t}' -q)`);
+  expect(p.status).toBe(1);
+  expect(p.stderr).toMatch(/^dmthin receive: .*(not a dmthin stream|ends after 4 bytes).*\n$/);
+  // The full one while its writer is still at it.
+  const t2 = s.path('gone-writer2.t');
+  p = sh(`cat '${stream}' | ${dmthin} receive --target '${t2}' --create --json -q`);
+  expect([p.status, p.stderr]).toEqual([0, '']);
+  expect(JSON.parse(p.stdout)).toMatchObject({ spooled: true });
+  expect(sha256File(t2)).toBe(await expectedSha(md, 4, SIZE));
+});
+
 test('send to stdout, a pipe: exit 0 once the reader has the whole stream (the same bytes as -o FILE)', async () => {
   const file = s.path('stdout-vs-file.s');
   expect(runCli(['send', '--metadata', meta, '--data', data, '--snap', '4', '--size', String(SIZE), '-o', file, '-q']).status).toBe(0);
