@@ -247,7 +247,8 @@ class CheckedVerifier {
   constructor(r: Receiver, holdChunks = false) {
     // Records are only checked here, never kept: the verifier's buffer can be reused.
     // The GMAC lets the apply pass check the bytes it reads again at a tenth of a second SHA-256's cost.
-    this.v = new StreamVerifier({ onHeader: (h) => (this.early = r.preflight(h, null)), reuseBuffers: this.buffers, holdChunks, mac: newStreamMacKey() });
+    // Data records are checked in pieces, never assembled (their bytes are not needed here).
+    this.v = new StreamVerifier({ onHeader: (h) => (this.early = r.preflight(h, null)), reuseBuffers: this.buffers, holdChunks, mac: newStreamMacKey(), dataPieces: 'skip' });
   }
 
   async push(chunk: Buffer): Promise<void> {

@@ -292,6 +292,71 @@ describe('verifier', () => {
     }
   });
 
+  test("dataPieces: 'emit' hands out each data record's bytes in pieces that join to the record; 'skip' none; both end with the same summary", () => {
+    fc.assert(
+      fc.property(streamArb, fc.array(fc.nat(), { maxLength: 8 }), (r, rawCuts) => {
+        const { bytes } = build(r);
+        const cuts = rawCuts.map((c) => c % (bytes.length + 1));
+        const whole = verify(bytes, cuts);
+        const wantData = whole.records.filter((x) => x.type === 'data').map((x) => ({ seq: x.seq, start: x.start, data: Buffer.from(x.data) }));
+        for (const mode of ['emit', 'skip'] as const) {
+          const v = new StreamVerifier({ dataPieces: mode });
+          const got: { seq: number; start: number; data: Buffer }[] = [];
+          const others: string[] = [];
+          let at = 0;
+          for (const c of [...cuts.filter((x) => x > 0 && x < bytes.length).sort((a, b) => a - b), bytes.length]) {
+            if (c > at) {
+              for (const x of v.records(bytes.subarray(at, c))) {
+                if (x.type !== 'data') others.push(x.type);
+                else {
+                  const prev = got[got.length - 1];
+                  // A piece continues its record exactly where the last one ended.
+                  if (prev && prev.seq === x.seq) {
+                    expect(x.start).toBe(prev.start + prev.data.length);
+                    prev.data = Buffer.concat([prev.data, x.data]);
+                  } else got.push({ seq: x.seq, start: x.start, data: Buffer.from(x.data) });
+                }
+              }
+            }
+            at = Math.max(at, c);
+          }
+          expect(v.finish()).toEqual(whole.summary);
+          expect(others).toEqual(whole.records.filter((x) => x.type !== 'data').map((x) => x.type));
+          // Digests, not the bytes: jest compares large Buffers one element at a time.
+          const digestOf = (l: { seq: number; start: number; data: Buffer }[]) => l.map((x) => [x.seq, x.start, x.data.length, createHash('sha256').update(x.data).digest('hex')]);
+          expect(digestOf(got)).toEqual(mode === 'emit' ? digestOf(wantData) : []);
+        }
+      }),
+      { numRuns: 80 },
+    );
+  });
+
+  test("a flipped bit is refused for the same reason with dataPieces 'skip' as with whole records (CRC before fields); 'emit' refuses it too", () => {
+    fc.assert(
+      fc.property(streamArb, fc.nat(), fc.integer({ min: 0, max: 7 }), fc.array(fc.nat(), { maxLength: 3 }), (r, pos, bit, rawCuts) => {
+        const { bytes } = build({ ...r, ops: r.ops.map((o) => ({ ...o, len: Math.min(o.len, 2) })) });
+        const bad = Buffer.from(bytes);
+        bad[pos % bad.length] ^= 1 << bit;
+        const cuts = rawCuts.map((c) => c % bad.length);
+        const run = (mode?: 'skip' | 'emit'): StreamError => {
+          const v = new StreamVerifier({ dataPieces: mode });
+          return refusal(() => {
+            let at = 0;
+            for (const c of [...cuts.filter((x) => x > 0).sort((a, b) => a - b), bad.length]) {
+              if (c > at) for (const x of v.records(bad.subarray(at, c))) void x;
+              at = Math.max(at, c);
+            }
+            v.finish();
+          });
+        };
+        const want = run();
+        expect(run('skip')).toMatchObject({ reason: want.reason, offset: want.offset, record: want.record });
+        run('emit');
+      }),
+      { numRuns: 150 },
+    );
+  });
+
   test('a flipped bit anywhere is refused with a StreamError', () => {
     fc.assert(
       fc.property(streamArb, fc.nat(), fc.integer({ min: 0, max: 7 }), fc.array(fc.nat(), { maxLength: 3 }), (r, pos, bit, cuts) => {

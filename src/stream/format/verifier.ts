@@ -27,6 +27,7 @@ import {
   type StreamHeader,
 } from './records';
 import { SECTOR_SIZE } from '../../units';
+import { crc32cFunction } from '../../native/binding';
 import { newStreamHash, type StreamHash } from '../../native/stream-hash';
 import { StreamMac, type StreamMacKey } from './stream-mac';
 
@@ -126,6 +127,18 @@ export interface VerifierOptions {
    * @internal
    */
   recheck?: VerifiedStream;
+  /**
+   * Data records are not assembled (no 8 MiB record buffer, no copy): their
+   * CRC runs over the pieces as they arrive. 'skip': their bytes are checked
+   * and dropped (a verify pass; every check in the usual order, at the
+   * record's end). 'emit': each piece is yielded at once as a `data` record
+   * of its own (`start` and `data` the piece's; `block`/`offsetSectors` the
+   * record's), after the record's fields but before its CRC is checked at its
+   * end: for a second pass over a stream verified before, whose consumer
+   * treats any later error as the input having changed.
+   * @internal
+   */
+  dataPieces?: 'skip' | 'emit';
 }
 
 /**
@@ -180,6 +193,13 @@ export class StreamVerifier {
   /** Stream bytes given to the digest (all but the end record's). */
   private hashed = 0;
   private eager = false;
+  // A data record read in pieces (dataPieces): its length, the running CRC,
+  // its 16-byte prefix and, once that is checked ('emit'), where its data starts.
+  private streaming = false;
+  private pieceLen = 0;
+  private pieceCrc = 0;
+  private readonly prefix = Buffer.alloc(DATA_PREFIX_SIZE);
+  private pieceFields: { block: number; offsetSectors: number; start: number } | null = null;
 
   constructor(private readonly opts: VerifierOptions = {}) {
     const r = opts.reuseBuffers;
@@ -247,6 +267,31 @@ export class StreamVerifier {
         this.recOffset = this.pos;
         this.fail('trailing', `${chunk.length - i}+ bytes after the end record`);
       }
+      if (this.streaming) {
+        // A data record in pieces (dataPieces).
+        const n = Math.min(this.pieceLen - this.payloadFill, chunk.length - i);
+        const piece = chunk.subarray(i, i + n);
+        this.pieceCrc = crc32cFunction()(piece, this.pieceCrc, true);
+        this.hashBytes(piece, true);
+        let data = piece;
+        if (this.payloadFill < DATA_PREFIX_SIZE) {
+          const k = Math.min(DATA_PREFIX_SIZE - this.payloadFill, n);
+          piece.copy(this.prefix, this.payloadFill, 0, k);
+          data = piece.subarray(k);
+          if (this.payloadFill + k === DATA_PREFIX_SIZE && this.opts.dataPieces === 'emit') {
+            this.pieceFields = this.dataFields(this.prefix, this.pieceLen - DATA_PREFIX_SIZE);
+          }
+        }
+        // Where `data` starts in the record's data.
+        const into = this.payloadFill + (n - data.length) - DATA_PREFIX_SIZE;
+        this.payloadFill += n;
+        i += n;
+        this.pos += n;
+        const f = this.pieceFields;
+        if (f && data.length) yield { offset: this.recOffset, seq: this.seq, type: 'data', block: f.block, offsetSectors: f.offsetSectors, start: f.start + into, data };
+        if (this.payloadFill === this.pieceLen) this.endPieces();
+        continue;
+      }
       if (this.payload === null) {
         // Record header.
         if (this.hdrFill === 0) this.recOffset = this.pos;
@@ -260,6 +305,13 @@ export class StreamVerifier {
         // The digest covers every byte before the end record (its CRC is checked later, in order).
         if (this.recType !== RecordType.End) this.hashBytes(this.hdr, false);
         this.payloadFill = 0;
+        if (this.recType === RecordType.Data && this.opts.dataPieces) {
+          this.streaming = true;
+          this.pieceLen = len;
+          this.pieceCrc = crc32cFunction()(this.hdr.subarray(0, 20), 0xffffffff, true);
+          this.pieceFields = null;
+          continue;
+        }
         if (len === 0) {
           this.payload = Buffer.alloc(0);
         } else if (chunk.length - i >= len) {
@@ -298,10 +350,10 @@ export class StreamVerifier {
   /** Call at the end of the input: the verified summary, or why the stream is not whole. */
   finish(): VerifiedStream {
     if (!this.result) {
-      const partial = this.hdrFill > 0 || this.payload !== null;
+      const partial = this.hdrFill > 0 || this.payload !== null || this.streaming;
       if (!partial) this.recOffset = this.pos;
       // Too short to reach the first record's checks: still tell "not a stream" from "cut short".
-      const seen = this.seq === 0 && this.payload === null ? this.hdrFill : 0;
+      const seen = this.seq === 0 && this.payload === null && !this.streaming ? this.hdrFill : 0;
       if (seen > 0 && !this.hdr.subarray(0, Math.min(seen, 4)).equals(RECORD_MAGIC.subarray(0, Math.min(seen, 4)))) {
         this.fail('magic', 'not a dmthin stream (bad record magic)');
       }
@@ -368,13 +420,28 @@ export class StreamVerifier {
   }
 
   private dataRecord(at: At, p: Buffer): StreamRecord {
+    const { block, offsetSectors, start } = this.dataFields(p, p.length - DATA_PREFIX_SIZE);
+    return { ...at, type: 'data', block, offsetSectors, start, data: p.subarray(DATA_PREFIX_SIZE) };
+  }
+
+  /** The end of a data record read in pieces: its CRC, then (if not done at its prefix) its fields. */
+  private endPieces(): void {
+    this.streaming = false;
+    this.hdrFill = 0;
+    if (~this.pieceCrc >>> 0 !== this.hdr.readUInt32LE(20)) this.fail('crc', 'CRC-32C mismatch');
+    if (!this.pieceFields) this.dataFields(this.prefix, this.pieceLen - DATA_PREFIX_SIZE);
+    this.pieceFields = null;
+    this.seq++;
+  }
+
+  /** Checks a data record's prefix (`bytes` of data follow it) and counts it; where it starts. */
+  private dataFields(p: Buffer, bytes: number): { block: number; offsetSectors: number; start: number } {
     const h = this._header!;
     const block = readU64(p, 0);
     const offsetSectors = p.readUInt32LE(8);
     const sectors = p.readUInt32LE(12);
     if (block === null) this.fail('malformed', 'data record: block number beyond 2^53');
     if (offsetSectors >= h.dataBlockSize) this.fail('malformed', `data record: offset ${offsetSectors} sectors is outside a ${h.dataBlockSize}-sector block`);
-    const bytes = p.length - DATA_PREFIX_SIZE;
     if (sectors * SECTOR_SIZE !== bytes) this.fail('malformed', `data record: says ${sectors} sectors but carries ${bytes} bytes`);
     const start = block * this.blockBytes + offsetSectors * SECTOR_SIZE;
     const end = start + bytes;
@@ -385,7 +452,7 @@ export class StreamVerifier {
     this.counts.dataBytes += bytes;
     this.lastDataBlock = last;
     this.lastEnd = end;
-    return { ...at, type: 'data', block, offsetSectors, start, data: p.subarray(DATA_PREFIX_SIZE) };
+    return { block, offsetSectors, start };
   }
 
   private discardRecord(at: At, p: Buffer): StreamRecord {

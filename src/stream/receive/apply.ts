@@ -71,7 +71,8 @@ export async function applyStream(
   opts: ApplyOptions = {},
 ): Promise<ApplyStats> {
   const held = typeof input === 'function';
-  const v = new StreamVerifier({ reuseBuffers: opts.buffers ?? true, holdChunks: held, recheck: expected });
+  // Data comes in pieces straight from the input chunks: no record assembled, one copy (into the batch).
+  const v = new StreamVerifier({ reuseBuffers: opts.buffers ?? true, holdChunks: held, recheck: expected, dataPieces: 'emit' });
   const chunks = held ? input((end) => v.hashedThrough(end)) : input;
   const stats: ApplyStats = { dataBytes: 0, dataRecords: 0, discardRecords: 0, writeCalls: 0 };
   const max = Math.max(opts.batchBytes ?? 1 << 20, 4096);
@@ -81,6 +82,7 @@ export async function applyStream(
   let batchBytes = 0;
   let inflight: Promise<unknown> = Promise.resolve();
   let started = false;
+  let lastDataSeq = -1;
   const begin = async (): Promise<void> => {
     if (started) return;
     started = true;
@@ -115,12 +117,20 @@ export async function applyStream(
             const buf = (bufs[turn] ??= batchBuffer(max));
             const k = Math.min(n - off, max - batchBytes);
             r.data.copy(buf, batchBytes, off, off + k);
-            batch.push({ offset: r.start + off, data: buf.subarray(batchBytes, batchBytes + k) });
+            // A piece that continues the last segment on the device (records come in pieces) extends it:
+            // segments stay whole runs, so an O_DIRECT target is written from the batch in place.
+            const last = batch[batch.length - 1];
+            if (last && last.offset + last.data.length === r.start + off) {
+              batch[batch.length - 1] = { offset: last.offset, data: buf.subarray(batchBytes - last.data.length, batchBytes + k) };
+            } else {
+              batch.push({ offset: r.start + off, data: buf.subarray(batchBytes, batchBytes + k) });
+            }
             batchBytes += k;
             off += k;
           }
           stats.dataBytes += n;
-          stats.dataRecords++;
+          if (r.seq !== lastDataSeq) stats.dataRecords++; // a record comes in pieces
+          lastDataSeq = r.seq;
         } else if (r.type === 'discard') {
           await begin();
           await zero(r.start, r.length);
