@@ -3,9 +3,11 @@
  * framing, every record's CRC, field ranges, record order, the end record's
  * counts and the SHA-256 of the whole stream — and hands back decoded records.
  * Chunks may split records anywhere; memory is one record (≤ 8 MiB of data)
- * beyond the chunk being parsed (reused for every record with reuseBuffers). Used twice by a receive: once to verify the
- * whole input before touching the target, once more while applying it (that
- * pass checks a keyed GMAC the first computed instead of the SHA-256: stream-mac.ts).
+ * beyond the chunk being parsed (reused for every record with reuseBuffers),
+ * or none for data records with dataPieces. Used twice by a receive: once to
+ * verify the whole input before touching the target, once more while
+ * applying it (that pass checks a keyed GMAC the first computed instead of
+ * the SHA-256: stream-mac.ts); both read data records in pieces.
  */
 import { StreamError } from '../../errors';
 import {
