@@ -297,10 +297,10 @@ export async function runInVm(o) {
     }
   };
 
-  // A guest that never reaches READY (a boot stuck under emulation, seen once
-  // in ~150 boots on a loaded CI host) is killed after bootTimeoutMs and
-  // booted again: nothing of the command has run yet, so a second boot is
-  // safe. After the command's exit line, qemu gets POWEROFF_GRACE_MS to end;
+  // A guest that never reaches READY (a boot stuck under emulation; CI once
+  // had a dmthin-vm guest not finish in 120 s, where it stuck unknown) is
+  // killed after bootTimeoutMs and booted again: nothing of the command has
+  // run yet, so a second boot is safe. After the command's exit line, qemu gets POWEROFF_GRACE_MS to end;
   // the status is known by then, so a guest stuck powering off is stopped.
   const bootTimeoutMs = o.bootTimeoutMs ?? envNumber('DMTHIN_VM_BOOT_TIMEOUT', 180) * 1000;
   const bootAttempts = 1 + Math.max(0, o.bootRetries ?? 1);
