@@ -115,9 +115,12 @@ class Receiver {
     const stateFile = o.stateFile ?? defaultStateFile(o.target, info.blockDevice, o.stateDir);
     // The state is written over the file it names: never the target or the stream being read (receive() passes `input` along).
     const input = (o as { input?: unknown }).input;
+    const inputPath = input === '-' ? '/proc/self/fd/0' : typeof input === 'string' ? input : undefined;
+    // Nor is the target the stream: the apply pass would write over the bytes it reads.
+    await refuseOutputOverInputs(o.target, 'the target', [{ path: inputPath, role: 'the input stream' }]);
     await refuseOutputOverInputs(stateFile, 'the receive state file', [
       { path: o.target, role: 'the target' },
-      { path: input === '-' ? '/proc/self/fd/0' : typeof input === 'string' ? input : undefined, role: 'the input stream' },
+      { path: inputPath, role: 'the input stream' },
     ]);
     // A missing target that may not be created is refused on the header: nothing to lock (and no lock file to leave).
     const lock = !info.exists && !o.create ? ReceiveLock.none(o.target) : ReceiveLock.acquire(o.target, stateFile, info.exists && !info.blockDevice);

@@ -4,10 +4,10 @@
  * unchanged and no spool file. Plus what happens when an apply is
  * interrupted, and --force.
  */
-import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, linkSync, mkdirSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import { Readable } from 'node:stream';
 import fc from 'fast-check';
-import { AbortError, DmthinError, StreamError } from '../../src/errors';
+import { AbortError, DmthinError, StreamError, UsageError } from '../../src/errors';
 import { receive } from '../../src/ops/receive';
 import { sendStream } from '../../src/stream/send/send-stream';
 import { crc32cOf, RECORD_HEADER_SIZE } from '../../src/stream/format/records';
@@ -292,6 +292,21 @@ test('a change between the passes that keeps every record CRC valid is caught by
   // This stream is smaller than one write batch: the change is found before anything is written.
   expect(readFileSync(`${t}.dmthin-state.json`, 'utf8')).toBe(stateBefore);
   expect(sha256File(t)).toBe(await expectedSha(md, 1, SIZE));
+});
+
+test('the target is the input stream (same path, or a hard link to it): refused before anything is read or written', async () => {
+  // A stream larger than its device fits "the target is large enough": without the check the apply pass wrote over the stream it read.
+  const file = s.path('self.stream');
+  writeFileSync(file, streams.full1);
+  const link = s.path('self-link.stream');
+  linkSync(file, link);
+  for (const target of [file, link]) {
+    const e = await receive({ target, input: file, create: true }).catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(UsageError);
+    expect((e as Error).message).toMatch(/^the target .* is the input stream.*: writing there would destroy it; choose another path$/);
+    expect(readFileSync(file).equals(streams.full1)).toBe(true);
+    expect(existsSync(`${target}.dmthin-state.json`)).toBe(false);
+  }
 });
 
 test('a verified file that changes before it is applied is caught', async () => {
