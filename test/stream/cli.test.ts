@@ -5,7 +5,7 @@
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import { CLI, hashOutput, runCli } from '../cli/run-cli';
 import { ThinMetadata } from '../../src/thin/metadata';
 import { fixtureImage } from '../helpers/fixtures';
@@ -146,6 +146,43 @@ test('usage errors', () => {
   expect(runCli(['receive', '--target', s.path('nope'), '-i', meta]).stderr).toMatch(/not a dmthin stream/);
 });
 
+/** Whether process `pid` holds a file that was in `dir` (the spool, unlinked as soon as it is open). */
+function spoolOpen(pid: number, dir: string): boolean {
+  try {
+    return readdirSync(`/proc/${pid}/fd`).some((fd) => {
+      try {
+        return readlinkSync(`/proc/${pid}/fd/${fd}`).startsWith(`${dir}/`);
+      } catch {
+        return false;
+      }
+    });
+  } catch {
+    return false;
+  }
+}
+
+test('SIGKILL during a piped receive leaves no spool behind; the rerun is whole', async () => {
+  const spool = s.path('spool-kill');
+  mkdirSync(spool);
+  const t = s.path('t-kill');
+  writeFileSync(t, Buffer.alloc(SIZE, 1));
+  expect(runCli(['send', '--metadata', meta, '--data', data, '--snap', '1', '--size', String(SIZE), '-o', s.path('kill.s')]).status).toBe(0);
+  const full = readFileSync(s.path('kill.s'));
+  const child = spawn(process.execPath, [CLI, 'receive', '--target', t, '--spool-dir', spool, '-q'], { stdio: ['pipe', 'ignore', 'pipe'] });
+  child.stdin.on('error', () => undefined);
+  child.stdin.write(full.subarray(0, full.length >> 1));
+  for (let i = 0; i < 100 && !spoolOpen(child.pid!, spool); i++) await new Promise((r) => setTimeout(r, 50));
+  expect(spoolOpen(child.pid!, spool)).toBe(true);
+  child.kill('SIGKILL');
+  await new Promise((r) => child.on('close', r));
+  expect(readdirSync(spool)).toEqual([]);
+  expect(readFileSync(t).every((b) => b === 1)).toBe(true); // killed while verifying: nothing written
+  const p = sh(`${dmthin} receive --target '${t}' --spool-dir '${spool}' -q < '${s.path('kill.s')}'`);
+  expect([p.status, p.stderr]).toEqual([0, '']);
+  expect(sha256File(t)).toBe(await expectedSha(md, 1, SIZE));
+  expect(readdirSync(spool)).toEqual([]);
+});
+
 test('SIGTERM during a piped receive: exit 143, spool removed, target untouched', async () => {
   const spool = s.path('spool-sig');
   mkdirSync(spool);
@@ -157,8 +194,9 @@ test('SIGTERM during a piped receive: exit 143, spool removed, target untouched'
   let stderr = '';
   child.stderr.on('data', (d) => (stderr += d));
   child.stdin.write(full.subarray(0, full.length >> 1));
-  // Wait until the spool holds something, then interrupt.
-  for (let i = 0; i < 100 && readdirSync(spool).length === 0; i++) await new Promise((r) => setTimeout(r, 50));
+  // Wait until the child has its spool open (unlinked at once, so seen in /proc), then interrupt.
+  for (let i = 0; i < 100 && !spoolOpen(child.pid!, spool); i++) await new Promise((r) => setTimeout(r, 50));
+  expect(spoolOpen(child.pid!, spool)).toBe(true);
   await new Promise((r) => setTimeout(r, 200));
   child.kill('SIGTERM');
   const code = await new Promise<number | null>((r) => child.on('close', (c) => r(c)));

@@ -1,23 +1,16 @@
 /**
  * Spool: a temp file holding a non-seekable input (a pipe, stdin) so the
  * whole stream can be verified before the target is touched and then read
- * again to apply it, through the same open descriptor. Removed when closed,
- * and at process exit if the process ends some other way.
+ * again to apply it, through the same open descriptor. Unlinked as soon as
+ * it is open (its folder too): nothing is left behind on any exit, SIGKILL
+ * included; the space goes back when the descriptor is closed.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmdirSync, rmSync, unlinkSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DmthinError } from '../../errors';
 import { fileChunks } from './file-chunks';
-
-const live = new Set<string>();
-let hooked = false;
-
-function onExit(): void {
-  for (const d of live) rmSync(d, { recursive: true, force: true });
-  live.clear();
-}
 
 export class Spool {
   private bytes = 0;
@@ -26,7 +19,7 @@ export class Spool {
 
   private constructor(
     private fh: FileHandle | null,
-    private readonly dir: string,
+    /** Where it was made (unlinked since): for messages. */
     readonly path: string,
   ) {}
 
@@ -39,17 +32,16 @@ export class Spool {
       const err = e as NodeJS.ErrnoException;
       throw new DmthinError(err.code ?? 'EIO', `cannot create a spool directory in ${dir ?? tmpdir()}: ${err.message}`, { path: dir ?? tmpdir(), cause: e });
     }
-    live.add(d);
-    if (!hooked) {
-      hooked = true;
-      process.on('exit', onExit);
-    }
     const path = join(d, 'stream');
+    let fh: FileHandle | undefined;
     try {
-      return new Spool(await open(path, 'wx+', 0o600), d, path);
+      fh = await open(path, 'wx+', 0o600);
+      unlinkSync(path);
+      rmdirSync(d);
+      return new Spool(fh, path);
     } catch (e) {
+      await fh?.close().catch(() => undefined);
       rmSync(d, { recursive: true, force: true });
-      live.delete(d);
       throw e;
     }
   }
@@ -79,11 +71,10 @@ export class Spool {
     return fileChunks(this.fh, { signal, beforeReuse });
   }
 
+  /** Closes it (the file is gone already). */
   async remove(): Promise<void> {
     const f = this.fh;
     this.fh = null;
     await f?.close().catch(() => undefined);
-    rmSync(this.dir, { recursive: true, force: true });
-    live.delete(this.dir);
   }
 }
