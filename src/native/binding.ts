@@ -201,6 +201,12 @@ export function crc32cFunction(): NativeAddon['crc32c'] {
   }
 }
 
+/** A 4096-aligned Buffer (V8-owned memory from the addon), for O_DIRECT reads and writes in place. */
+export function alignedBuffer(bytes: number): Buffer {
+  const a = native().alignedBuffer(bytes);
+  return Buffer.from(a.buffer, a.byteOffset, a.byteLength);
+}
+
 /** A BlockReader: the addon's, else (no addon) the portable one, which reads regular files only. */
 export function newBlockReader(): NativeBlockReader {
   try {

@@ -31,15 +31,22 @@ function header(o: Partial<StreamHeaderInit> = {}): StreamHeaderInit {
   return { dataBlockSize: 128, deviceSize: 64 * 65536, target: id(2), base: id(1), ...o };
 }
 
+/** `b` cut at the positions `cuts` (those outside (0, length) ignored), in order. */
+function cutInto(b: Buffer, cuts: number[]): Buffer[] {
+  const out: Buffer[] = [];
+  let at = 0;
+  for (const c of [...cuts.filter((x) => x > 0 && x < b.length).sort((x, y) => x - y), b.length]) {
+    if (c > at) out.push(b.subarray(at, c));
+    at = Math.max(at, c);
+  }
+  return out;
+}
+
 /** Every record of a whole stream, through a verifier fed in the given chunk sizes. */
 function verify(bytes: Buffer, cuts: number[] = []): { records: StreamRecord[]; summary: ReturnType<StreamVerifier['finish']> } {
   const v = new StreamVerifier();
   const records: StreamRecord[] = [];
-  let at = 0;
-  for (const c of [...cuts.filter((x) => x > 0 && x < bytes.length).sort((a, b) => a - b), bytes.length]) {
-    if (c > at) records.push(...v.push(bytes.subarray(at, c)));
-    at = Math.max(at, c);
-  }
+  for (const chunk of cutInto(bytes, cuts)) records.push(...v.push(chunk));
   return { records, summary: v.finish() };
 }
 
@@ -234,11 +241,7 @@ describe('verifier', () => {
       fc.property(streamArb, fc.array(fc.nat(), { maxLength: 6 }), fc.array(fc.nat(), { maxLength: 6 }), fc.nat(), (r, cuts1, cuts2, pick) => {
         const { bytes } = build(r);
         const feed = (v: StreamVerifier, b: Buffer, cuts: number[]): ReturnType<StreamVerifier['finish']> => {
-          let at = 0;
-          for (const c of [...cuts.map((x) => x % (b.length + 1)).sort((a, b2) => a - b2), b.length]) {
-            if (c > at) for (const x of v.records(b.subarray(at, c))) void x;
-            at = Math.max(at, c);
-          }
+          for (const chunk of cutInto(b, cuts.map((x) => x % (b.length + 1)))) for (const x of v.records(chunk)) void x;
           return v.finish();
         };
         const first = feed(new StreamVerifier({ mac: newStreamMacKey() }), bytes, cuts1);
@@ -303,22 +306,18 @@ describe('verifier', () => {
           const v = new StreamVerifier({ dataPieces: mode });
           const got: { seq: number; start: number; data: Buffer }[] = [];
           const others: string[] = [];
-          let at = 0;
-          for (const c of [...cuts.filter((x) => x > 0 && x < bytes.length).sort((a, b) => a - b), bytes.length]) {
-            if (c > at) {
-              for (const x of v.records(bytes.subarray(at, c))) {
-                if (x.type !== 'data') others.push(x.type);
-                else {
-                  const prev = got[got.length - 1];
-                  // A piece continues its record exactly where the last one ended.
-                  if (prev && prev.seq === x.seq) {
-                    expect(x.start).toBe(prev.start + prev.data.length);
-                    prev.data = Buffer.concat([prev.data, x.data]);
-                  } else got.push({ seq: x.seq, start: x.start, data: Buffer.from(x.data) });
-                }
+          for (const chunk of cutInto(bytes, cuts)) {
+            for (const x of v.records(chunk)) {
+              if (x.type !== 'data') others.push(x.type);
+              else {
+                const prev = got[got.length - 1];
+                // A piece continues its record exactly where the last one ended.
+                if (prev && prev.seq === x.seq) {
+                  expect(x.start).toBe(prev.start + prev.data.length);
+                  prev.data = Buffer.concat([prev.data, x.data]);
+                } else got.push({ seq: x.seq, start: x.start, data: Buffer.from(x.data) });
               }
             }
-            at = Math.max(at, c);
           }
           expect(v.finish()).toEqual(whole.summary);
           expect(others).toEqual(whole.records.filter((x) => x.type !== 'data').map((x) => x.type));
@@ -341,11 +340,7 @@ describe('verifier', () => {
         const run = (mode?: 'skip' | 'emit'): StreamError => {
           const v = new StreamVerifier({ dataPieces: mode });
           return refusal(() => {
-            let at = 0;
-            for (const c of [...cuts.filter((x) => x > 0).sort((a, b) => a - b), bad.length]) {
-              if (c > at) for (const x of v.records(bad.subarray(at, c))) void x;
-              at = Math.max(at, c);
-            }
+            for (const chunk of cutInto(bad, cuts)) for (const x of v.records(chunk)) void x;
             v.finish();
           });
         };

@@ -12,18 +12,8 @@
  */
 import { StreamError, throwIfAborted } from '../../errors';
 import type { BlockWriter, WriteSegment } from '../../native/block-writer';
-import { native } from '../../native/binding';
+import { alignedBuffer } from '../../native/binding';
 import { RecordBuffers, StreamVerifier, type VerifiedStream } from '../format/verifier';
-
-/**
- * A batch buffer: 4096-aligned from the addon, so an O_DIRECT target is
- * written from it in place (BlockWriter copies unaligned buffers through a
- * bounce buffer of its own, allocated per write in a worker thread).
- */
-function batchBuffer(bytes: number): Buffer {
-  const a = native().alignedBuffer(bytes);
-  return Buffer.from(a.buffer, a.byteOffset, a.byteLength);
-}
 
 export interface ApplyProgress {
   /** Stream bytes applied so far. */
@@ -114,7 +104,8 @@ export async function applyStream(
           const n = r.data.length;
           for (let off = 0; off < n; ) {
             if (batchBytes === max) await flush();
-            const buf = (bufs[turn] ??= batchBuffer(max));
+            // 4096-aligned: an O_DIRECT target is written from it in place (BlockWriter bounces unaligned buffers).
+            const buf = (bufs[turn] ??= alignedBuffer(max));
             const k = Math.min(n - off, max - batchBytes);
             r.data.copy(buf, batchBytes, off, off + k);
             // A piece that continues the last segment on the device (records come in pieces) extends it:

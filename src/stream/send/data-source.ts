@@ -9,7 +9,7 @@
  */
 import { DmthinError, fromNative } from '../../errors';
 import { BlockReader } from '../../native/block-reader';
-import { native, type NativeRangeReader } from '../../native/binding';
+import { alignedBuffer, native, type NativeRangeReader } from '../../native/binding';
 
 /** How a DataSource is addressed: by virtual block (the thin device) or by data block (the pool's data device). */
 export type DataAddressing = 'virtual' | 'data';
@@ -89,8 +89,7 @@ export class NativeDataSource implements DataSource {
 
   /** @internal 4096-aligned, for O_DIRECT reads. */
   allocBuffer(bytes: number): Buffer {
-    const a = native().alignedBuffer(bytes);
-    return Buffer.from(a.buffer, a.byteOffset, a.byteLength);
+    return alignedBuffer(bytes);
   }
 
   /** @internal Through a second descriptor (RangeReader), several pieces in flight. */
