@@ -29,6 +29,7 @@ export type { Superblock } from './thin/superblock';
 export type { DeviceDetails } from './thin/device-details';
 export type { Mapping, MappingRun, VirtualBlock, WalkProgress } from './thin/mappings';
 export { dump } from './thin/dump';
+export type { SinkTarget } from './output/sink';
 export type { DumpFormat, DumpOptions, DumpProgress } from './thin/dump';
 export { writeDelta } from './thin/delta-format';
 export type { DeltaFormat, WriteDeltaOptions, DeltaSubject } from './thin/delta-format';

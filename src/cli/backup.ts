@@ -10,7 +10,7 @@ import type { ThinPool as ThinPoolT } from '../pool/thin-pool';
 import { CliContext, parseIntArg } from './common';
 import { toJson } from './json';
 import { isThinIdText, snapOption, thinIdArg, type MetadataSnapOpts } from './metadata-source';
-import { Progress } from './progress';
+import { Progress, stderrIsTTY } from './progress';
 import { cliWording, keyOption, keySource, type KeyCliOpts } from './repo-options';
 import { parseSize } from './send';
 
@@ -57,7 +57,7 @@ export function register(program: Command, ctx: () => CliContext): void {
         pool = await (require('../pool/thin-pool') as { ThinPool: typeof ThinPoolT }).ThinPool.open(o.pool);
       }
       const snap = await thinIdArg('--snap', o.snap, pool);
-      const bar = new Progress('backup', !o.quiet && process.stderr.isTTY === true);
+      const bar = new Progress('backup', !o.quiet && stderrIsTTY());
       const common = {
         repo: o.repo,
         key: keySource(o),

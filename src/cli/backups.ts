@@ -4,9 +4,9 @@
 import type { Command } from 'commander';
 import { DmthinError, RepoError } from '../errors';
 import type { Repository as RepositoryT } from '../repo/repository';
-import { CliContext, parseIntArg } from './common';
+import { CliContext, parseIntArg, print } from './common';
 import { toJson } from './json';
-import { Progress } from './progress';
+import { Progress, stderrIsTTY } from './progress';
 import { cliWording, keyOption, keySource, PASSPHRASE_ENV, type KeyCliOpts } from './repo-options';
 
 interface RepoCliOpts extends KeyCliOpts {
@@ -55,9 +55,9 @@ export function register(program: Command, ctx: () => CliContext): void {
       const repo = await repoModule().Repository.create(o.repo, { key: keySource(o), compression: o.compression, signal: c.signal });
       await repo.close();
       const r = { repo: repo.location, encrypted: repo.encrypted, keyFile: o.keyFile ?? null, keyFileCreated: madeKey };
-      if (o.json) process.stdout.write(toJson(r) + '\n');
+      if (o.json) print(toJson(r) + '\n');
       else {
-        process.stdout.write(
+        print(
           `created ${r.encrypted ? 'encrypted' : 'unencrypted'} repository ${r.repo}` +
             (madeKey ? `; new key file ${o.keyFile}: keep a copy elsewhere, without it the backups cannot be read` : '') +
             '\n',
@@ -77,11 +77,11 @@ export function register(program: Command, ctx: () => CliContext): void {
       const repo = await openRepo(o, c);
       const all = await repo.listBackups({ volume: o.volume, signal: c.signal });
       if (o.json) {
-        process.stdout.write(toJson(all) + '\n');
+        print(toJson(all) + '\n');
         return;
       }
       for (const b of all) {
-        process.stdout.write(
+        print(
           `${b.id}  ${b.volume}  ${new Date(b.createdMs).toISOString()}  ${b.deviceSize} bytes  ${b.chunks} chunks  ${b.newChunks} new (${b.storedBytes} bytes)${b.base ? `  base ${b.base}` : ''}\n`,
         );
       }
@@ -98,19 +98,19 @@ export function register(program: Command, ctx: () => CliContext): void {
     .action(async (o: RepoCliOpts & { data?: boolean }) => {
       const c = ctx();
       const repo = await openRepo(o, c);
-      const bar = new Progress('verify', !o.quiet && process.stderr.isTTY === true);
+      const bar = new Progress('verify', !o.quiet && stderrIsTTY());
       let r;
       try {
         r = await repo.verify({ data: o.data, signal: c.signal, onProgress: (p) => bar.update(p.chunks, undefined, 'chunks') });
       } finally {
         bar.stop();
       }
-      if (o.json) process.stdout.write(toJson(r) + '\n');
+      if (o.json) print(toJson(r) + '\n');
       else {
         for (const p of r.problems) {
-          process.stdout.write(p.index < 0 ? `backup ${p.backup}: manifest ${p.reason}\n` : `backup ${p.backup}: chunk ${p.index} at byte ${p.offset} (${p.id}) ${p.reason}\n`);
+          print(p.index < 0 ? `backup ${p.backup}: manifest ${p.reason}\n` : `backup ${p.backup}: chunk ${p.index} at byte ${p.offset} (${p.id}) ${p.reason}\n`);
         }
-        process.stdout.write(`${r.backups} backups, ${r.chunks} chunk references checked${o.data ? ' (data re-hashed)' : ''}: ${r.problems.length + r.problemsOmitted} problems\n`);
+        print(`${r.backups} backups, ${r.chunks} chunk references checked${o.data ? ' (data re-hashed)' : ''}: ${r.problems.length + r.problemsOmitted} problems\n`);
       }
       const n = r.problems.length + r.problemsOmitted;
       if (n > 0) {
@@ -146,10 +146,10 @@ export function register(program: Command, ctx: () => CliContext): void {
       const r = await ops.prune({ ...policy, repo, volume: o.volume, dryRun: o.dryRun, signal: c.signal }).catch((e) => {
         throw cliWording(e);
       });
-      if (o.json) process.stdout.write(toJson(r) + '\n');
+      if (o.json) print(toJson(r) + '\n');
       else {
-        for (const id of r.deleted) process.stdout.write(`${o.dryRun ? 'would delete' : 'deleted'} ${id}\n`);
-        process.stdout.write(`kept ${r.kept.length} backups, ${o.dryRun ? 'would delete' : 'deleted'} ${r.deleted.length}; ${r.deletedChunks} chunks (${r.freedBytes} bytes) freed\n`);
+        for (const id of r.deleted) print(`${o.dryRun ? 'would delete' : 'deleted'} ${id}\n`);
+        print(`kept ${r.kept.length} backups, ${o.dryRun ? 'would delete' : 'deleted'} ${r.deleted.length}; ${r.deletedChunks} chunks (${r.freedBytes} bytes) freed\n`);
       }
     });
 }

@@ -6,8 +6,8 @@
 import type { Command } from 'commander';
 import { MetadataError } from '../errors';
 import { checkMetadata, CheckPhase, CheckProblem, CheckReport, openFailureReport } from '../thin/check';
-import { CliContext } from './common';
-import { Progress } from './progress';
+import { CliContext, print } from './common';
+import { Progress, stderrIsTTY } from './progress';
 import { toJson } from './json';
 import { MetadataSnapOpts, namesPool, openMetadata } from './metadata-source';
 import { writeStdout } from './output';
@@ -96,7 +96,7 @@ export function register(program: Command, ctx: () => CliContext): void {
       // A live pool can only be read through a metadata snapshot.
       const src: MetadataSnapOpts = viaPool && !o.metadataSnap && o.metadataSnapBlock === undefined ? { ...o, metadataSnap: true } : o;
       const text = !o.quiet && !o.json;
-      const bar = new Progress('check', text && process.stderr.isTTY === true);
+      const bar = new Progress('check', text && stderrIsTTY());
       let report: CheckReport;
       let why = '';
       try {
@@ -105,7 +105,7 @@ export function register(program: Command, ctx: () => CliContext): void {
         if (md.metadataSnap !== null) why = 'read through the metadata snapshot: the live space maps keep changing';
         else if (o.superBlockOnly) why = '--super-block-only';
         else if (o.skipMappings) why = '--skip-mappings';
-        if (text && md.metadataSnap !== null) process.stdout.write(`reading the metadata snapshot at block ${md.metadataSnap}\n`);
+        if (text && md.metadataSnap !== null) print(`reading the metadata snapshot at block ${md.metadataSnap}\n`);
         let phase: CheckPhase | undefined;
         report = await checkMetadata(md, {
           superblockOnly: o.superBlockOnly,
@@ -115,7 +115,7 @@ export function register(program: Command, ctx: () => CliContext): void {
             if (p.phase !== phase) {
               phase = p.phase;
               bar.stop();
-              if (text) process.stdout.write(PHASES[p.phase] + '\n');
+              if (text) print(PHASES[p.phase] + '\n');
             }
             if (p.phase === 'mappings') bar.update(p.done, p.total);
           },

@@ -4,6 +4,7 @@
  */
 import { writeSync } from 'node:fs';
 import { DmthinError, SystemCallError, UsageError } from '../errors';
+import { FdWriter } from '../output/fd-writer';
 import { outputError } from '../output/sink';
 
 /** Exit status on any error, as the reference tools do. */
@@ -18,6 +19,25 @@ export const EXIT_EPIPE = 141;
 
 let stdoutError: Error | undefined;
 let stdoutGuarded = false;
+/** process.stdout was created (some command streams through it: send). */
+let nodeStdoutMade = false;
+let fdStdout: FdWriter | undefined;
+
+/**
+ * The CLI's stdout for text and formatted output: ordered writes to
+ * descriptor 1 without process.stdout, whose creation loads net and the
+ * stream modules (~6 ms of a run; see output/fd-writer.ts). Its errors are
+ * kept and thrown by finishStdout(). A command writes stdout through this or
+ * through process.stdout (send's binary stream), never both.
+ */
+export function stdout(): FdWriter {
+  return (fdStdout ??= new FdWriter(1));
+}
+
+/** Writes text to stdout (stdout()); a failure is reported by finishStdout(). */
+export function print(text: string): void {
+  stdout().write(text);
+}
 
 /**
  * Makes every write error of stdout visible, for every command. Node writes
@@ -25,12 +45,33 @@ let stdoutGuarded = false;
  * instead of crashing the process) and a file or character device
  * synchronously through a stream that drops the rest of a short write (a full
  * disk loses data without an error): that stream's write is replaced by one
- * that continues short writes and reports the failure.
+ * that continues short writes and reports the failure. process.stdout is
+ * guarded when first read, not created here (start-up: see stdout()).
  */
 export function guardStdout(): void {
   if (stdoutGuarded) return;
   stdoutGuarded = true;
-  const out = process.stdout as NodeJS.WriteStream & { fd?: number; _write?: unknown; _handle?: unknown };
+  const desc = Object.getOwnPropertyDescriptor(process, 'stdout');
+  if (!desc?.get || !desc.configurable) {
+    guardNodeStdout(process.stdout);
+    return;
+  }
+  const make = desc.get;
+  Object.defineProperty(process, 'stdout', {
+    configurable: true,
+    enumerable: desc.enumerable,
+    get() {
+      const s = make.call(process) as NodeJS.WriteStream;
+      Object.defineProperty(process, 'stdout', { configurable: true, enumerable: desc.enumerable, writable: false, value: s });
+      guardNodeStdout(s);
+      return s;
+    },
+  });
+}
+
+function guardNodeStdout(s: NodeJS.WriteStream): void {
+  nodeStdoutMade = true;
+  const out = s as NodeJS.WriteStream & { fd?: number; _write?: unknown; _handle?: unknown };
   out.on('error', (e) => (stdoutError ??= e));
   if (out.constructor.name === 'SyncWriteStream' && typeof out.fd === 'number' && !out._handle) {
     const fd = out.fd;
@@ -51,11 +92,13 @@ export function guardStdout(): void {
 }
 
 /**
- * Waits until everything written to stdout has left the process and throws
- * the first write error (as a DmthinError; EPIPE keeps its code).
+ * Waits until everything written to stdout (stdout() and process.stdout) has
+ * left the process and throws the first write error (as a DmthinError; EPIPE
+ * keeps its code).
  */
 export async function finishStdout(): Promise<void> {
-  if (!stdoutError && !process.stdout.destroyed) {
+  if (fdStdout) await fdStdout.flushed().catch((e: Error) => (stdoutError ??= e));
+  if (nodeStdoutMade && !stdoutError && !process.stdout.destroyed) {
     await new Promise<void>((resolve) =>
       process.stdout.write('', (e) => {
         if (e) stdoutError ??= e;

@@ -1,7 +1,7 @@
 /** `dmthin devices`: every dm device with its targets, like `dmsetup table`. */
 import type { Command } from 'commander';
 import type { DeviceMapper as DeviceMapperT } from '../dm/device-mapper';
-import { CliContext } from './common';
+import { CliContext, print } from './common';
 import { toJson } from './json';
 
 export function register(program: Command, ctx: () => CliContext): void {
@@ -27,14 +27,14 @@ export function register(program: Command, ctx: () => CliContext): void {
         });
       }
       if (o.json) {
-        process.stdout.write(toJson(rows) + '\n');
+        print(toJson(rows) + '\n');
         return;
       }
-      if (rows.length === 0) process.stdout.write('No devices found\n');
+      if (rows.length === 0) print('No devices found\n');
       for (const r of rows) {
         const state = r.suspended ? ' (suspended)' : '';
-        process.stdout.write(`${r.name} (${r.dev})${state}\n`);
-        for (const t of r.targets) process.stdout.write(`  ${t.start} ${t.length} ${t.type} ${t.params}\n`);
+        print(`${r.name} (${r.dev})${state}\n`);
+        for (const t of r.targets) print(`  ${t.start} ${t.length} ${t.type} ${t.params}\n`);
       }
     });
 }

@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import { UsageError } from '../errors';
 import { dump, DumpFormat } from '../thin/dump';
 import { CliContext, parseIntArg } from './common';
-import { Progress } from './progress';
+import { Progress, stderrIsTTY } from './progress';
 import { isThinIdText, MetadataSnapOpts, openMetadataSource, thinIdArg } from './metadata-source';
 import { checkOutputPath, commandOutput } from './output';
 
@@ -36,7 +36,7 @@ export function register(program: Command, ctx: () => CliContext): void {
       c.onCleanup(() => md.close());
       const devIds = o.devId && (await Promise.all(o.devId.map((v) => (isThinIdText(v) ? parseIntArg('--dev-id', v) : thinIdArg('--dev-id', v, pool)))));
       const { out, commit } = await commandOutput(o.output, c, [{ path: metadata, role: 'the metadata input' }]);
-      const bar = new Progress('dump', !o.quiet && process.stderr.isTTY === true);
+      const bar = new Progress('dump', !o.quiet && stderrIsTTY());
       try {
         await dump(md, out, {
           format,

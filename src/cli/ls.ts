@@ -2,7 +2,7 @@
 import type { Command } from 'commander';
 import { detailsColumns, deviceUsage, DEFAULT_LS_FIELDS, formatDetailsTable, formatLsTable, LS_FIELDS, lsJson, needsMappings, parseLsFields } from '../thin/ls';
 import { CliContext } from './common';
-import { Progress } from './progress';
+import { Progress, stderrIsTTY } from './progress';
 import { MetadataSnapOpts, openMetadata } from './metadata-source';
 import { writeStdout } from './output';
 
@@ -37,7 +37,7 @@ export function register(program: Command, ctx: () => CliContext): void {
         await writeStdout(formatDetailsTable(await detailsColumns(md, c.signal), fields, dbs, o.headers));
         return;
       }
-      const bar = new Progress('ls', !o.quiet && process.stderr.isTTY === true);
+      const bar = new Progress('ls', !o.quiet && stderrIsTTY());
       let rows;
       try {
         rows = await deviceUsage(md, { exclusive, signal: c.signal, onProgress: (p) => bar.update(p.mappings, p.total) });

@@ -18,10 +18,11 @@ if (require.main === module) {
   const startup = require('./startup') as typeof import('./startup');
   startup.installCodeCache();
   startup.deferCommanderChildProcess();
+  startup.resolveCommanderDirectly();
 }
 import { Command, CommanderError } from 'commander';
 import { AbortError, UsageError } from '../errors';
-import { CliContext, errorLine, EXIT_EPIPE, EXIT_FAILURE, finishStdout, guardStdout, isEpipe, rewriteMetadataSnapArgs } from './common';
+import { CliContext, errorLine, EXIT_EPIPE, EXIT_FAILURE, finishStdout, guardStdout, isEpipe, print, rewriteMetadataSnapArgs } from './common';
 
 type CommandModule = { register(program: Command, ctx: () => CliContext): void };
 
@@ -56,7 +57,7 @@ export async function main(argv: string[]): Promise<number> {
     .description('Linux device-mapper thin provisioning toolkit')
     .version(VERSION, '-V, --version')
     .exitOverride()
-    .configureOutput({ writeErr: (s) => process.stderr.write(s) })
+    .configureOutput({ writeOut: (s) => print(s), writeErr: (s) => process.stderr.write(s) })
     .showHelpAfterError(false);
   program.hook('preAction', (_p, action) => {
     const parent = action.parent && action.parent !== program ? `${action.parent.name()} ` : '';

@@ -4,9 +4,9 @@
  */
 import type { Command } from 'commander';
 import { UsageError } from '../errors';
-import { CliContext, parseIntArg } from './common';
+import { CliContext, parseIntArg, print } from './common';
 import { toJson } from './json';
-import { Progress } from './progress';
+import { Progress, stderrIsTTY } from './progress';
 
 interface MergeCliOpts {
   pool: string;
@@ -35,7 +35,7 @@ export function register(program: Command, ctx: () => CliContext): void {
       const c = ctx();
       if ((o.origin === undefined) === (o.externalOrigin === undefined)) throw new UsageError('give --external-origin DEVICE or --origin ID (one of them)');
       const snap = parseIntArg('--snap', o.snap, 2 ** 24 - 1);
-      const bar = new Progress('merge', !o.quiet && process.stderr.isTTY === true);
+      const bar = new Progress('merge', !o.quiet && stderrIsTTY());
       const common = {
         snap,
         keepSnap: o.keepSnap === true,
@@ -53,7 +53,7 @@ export function register(program: Command, ctx: () => CliContext): void {
         if (r.discardMethod === 'zeroout' && r.discardedBlocks > 0) {
           process.stderr.write(`${c.command}: note: pool ${o.pool} ignores discards: ${r.discardedBlocks} blocks only the origin had were zeroed, and stay provisioned\n`);
         }
-        if (o.json) process.stdout.write(toJson(r) + '\n');
+        if (o.json) print(toJson(r) + '\n');
       } finally {
         bar.stop();
       }

@@ -2,7 +2,7 @@
 import type { Command } from 'commander';
 import type { DeviceMapper as DeviceMapperT } from '../dm/device-mapper';
 import { sectors } from '../units';
-import { CliContext, parseIntArg } from './common';
+import { CliContext, parseIntArg, print } from './common';
 
 export function register(program: Command, ctx: () => CliContext): void {
   program
@@ -15,6 +15,6 @@ export function register(program: Command, ctx: () => CliContext): void {
       ctx();
       const { DeviceMapper } = require('../dm/device-mapper') as { DeviceMapper: typeof DeviceMapperT };
       const out = await new DeviceMapper().targetMessage(name, sectors(parseIntArg('sector', sector)), words.join(' '));
-      if (out !== undefined) process.stdout.write(out.endsWith('\n') ? out : out + '\n');
+      if (out !== undefined) print(out.endsWith('\n') ? out : out + '\n');
     });
 }

@@ -1,20 +1,19 @@
 /**
- * Where a command's output goes: stdout (its errors are seen by main(), see
- * guardStdout) or `-o FILE`, written through a temporary file that replaces
+ * Where a command's output goes: stdout (common.ts's stdout(), whose errors
+ * main() sees through finishStdout) or `-o FILE`, written through a temporary file that replaces
  * FILE only once complete and fsynced (output/file.ts). FILE must not
  * be one of the command's inputs.
  */
-import type { Writable } from 'node:stream';
 import type { NamedInput } from '../output/file';
 import type * as File from '../output/file';
-import { outputError } from '../output/sink';
-import type { CliContext } from './common';
+import { outputError, type SinkTarget } from '../output/sink';
+import { stdout, type CliContext } from './common';
 
 /** The output-file module, loaded only for `-o FILE` (stdout needs none of it: start-up). */
 const file = (): typeof File => require('../output/file') as typeof File;
 
 export interface CommandOutput {
-  out: Writable;
+  out: SinkTarget;
   /** Makes a file output complete and durable (nothing for stdout). */
   commit(): Promise<void>;
 }
@@ -31,7 +30,7 @@ export async function checkOutputPath(path: string | undefined, inputs: readonly
 }
 
 export async function commandOutput(path: string | undefined, c: CliContext, inputs: readonly NamedInput[]): Promise<CommandOutput> {
-  if (path === undefined || path === '-') return { out: process.stdout, commit: async () => undefined };
+  if (path === undefined || path === '-') return { out: stdout(), commit: async () => undefined };
   const { OutputFile, refuseOutputOverInputs } = file();
   await refuseOutputOverInputs(path, 'the output file', inputs);
   const f = await OutputFile.create(path, { signal: c.signal });
@@ -42,5 +41,5 @@ export async function commandOutput(path: string | undefined, c: CliContext, inp
 
 /** Writes text (or bytes) to stdout and waits for it; a write error is the one "cannot write stdout" error. */
 export function writeStdout(text: string | Uint8Array): Promise<void> {
-  return new Promise<void>((resolve, reject) => process.stdout.write(text, (e) => (e ? reject(outputError(e, 'stdout')) : resolve())));
+  return new Promise<void>((resolve, reject) => stdout().write(text, (e) => (e ? reject(outputError(e, 'stdout')) : resolve())));
 }

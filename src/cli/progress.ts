@@ -3,13 +3,29 @@
  * when stderr is a terminal), redrawn at most every 100 ms.
  */
 import type { SingleBar } from 'cli-progress';
+import { fstatSync } from 'node:fs';
+
+/**
+ * stderr is a terminal. Not `process.stderr.isTTY`: reading process.stderr
+ * creates it, and for a pipe that loads net and the stream modules (~6 ms of
+ * start-up) in a run that may never write there. A terminal is a character
+ * device; only for one is node:tty asked.
+ */
+export function stderrIsTTY(): boolean {
+  try {
+    if (!fstatSync(2).isCharacterDevice()) return false;
+  } catch {
+    return false;
+  }
+  return (require('node:tty') as typeof import('node:tty')).isatty(2);
+}
 
 export class Progress {
   private bar?: SingleBar;
   private last = 0;
   constructor(
     private readonly label: string,
-    enabled = process.stderr.isTTY === true,
+    enabled = stderrIsTTY(),
   ) {
     if (enabled) {
       // Loaded only for a terminal: startup time matters for a CLI.

@@ -8,7 +8,7 @@ import { DmthinError, UsageError } from '../errors';
 import type { ZeroMethod } from '../stream/receive/target';
 import { CliContext } from './common';
 import { toJson } from './json';
-import { Progress } from './progress';
+import { Progress, stderrIsTTY } from './progress';
 
 interface ReceiveCliOpts {
   target: string;
@@ -51,7 +51,7 @@ export function register(program: Command, ctx: () => CliContext): void {
           { path: o.input === '-' ? '/proc/self/fd/0' : o.input, role: 'the input stream (--input)' },
         ]);
       }
-      const bar = new Progress('receive', !o.quiet && process.stderr.isTTY === true);
+      const bar = new Progress('receive', !o.quiet && stderrIsTTY());
       const { receive, receivePipe } = require('../ops/receive') as typeof import('../ops/receive');
       const { openPipe } = require('../stream/receive/pipe-chunks') as typeof import('../stream/receive/pipe-chunks');
       try {

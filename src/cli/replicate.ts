@@ -5,9 +5,9 @@
  */
 import type { Command } from 'commander';
 import { DmthinError, UsageError } from '../errors';
-import { CliContext, parseIntArg } from './common';
+import { CliContext, parseIntArg, print } from './common';
 import { toJson } from './json';
-import { Progress } from './progress';
+import { Progress, stderrIsTTY } from './progress';
 import { parseSize } from './send';
 
 interface ReplicateCliOpts {
@@ -64,7 +64,7 @@ export function register(program: Command, ctx: () => CliContext): void {
       if (every !== undefined && !(every > 0 && Number.isFinite(every))) throw new UsageError(`--every must be a positive number of seconds, got '${o.every}'`);
       const keep = parseIntArg('--keep', o.keep, 4096);
       if (keep < 1) throw new UsageError('--keep must be at least 1 (the base of the next increment)');
-      const bar = new Progress('replicate', !o.quiet && !o.json && process.stderr.isTTY === true);
+      const bar = new Progress('replicate', !o.quiet && !o.json && stderrIsTTY());
       const { replicate } = require('../ops/replicate') as typeof import('../ops/replicate');
       try {
         for await (const r of replicate({
@@ -83,10 +83,10 @@ export function register(program: Command, ctx: () => CliContext): void {
           onProgress: (p) => bar.update(p.bytes, undefined, 'bytes sent'),
         })) {
           bar.stop();
-          if (o.json) process.stdout.write(toJson(r, 0) + '\n');
+          if (o.json) print(toJson(r, 0) + '\n');
           else {
             const what = r.base === null ? `full (${r.fullReason === 'base-gone' ? 'base snapshot gone' : 'first'})` : `since ${r.base}`;
-            process.stdout.write(
+            print(
               `snapshot ${r.snapshot} ${what}${r.resumed ? ' (resumed)' : ''}: ${mib(r.bytes)}, ${r.dataBlocks} blocks, ${r.discardBlocks} discarded, ` +
                 `${(r.durationMs / 1000).toFixed(1)} s, lag ${(r.lagMs / 1000).toFixed(1)} s${r.deleted.length ? `, deleted ${r.deleted.join(' ')}` : ''}${r.recovered.length ? `, removed unconfirmed ${r.recovered.join(' ')}` : ''}\n`,
             );

@@ -5,9 +5,9 @@
 import type { Command } from 'commander';
 import { UsageError } from '../errors';
 import type { ZeroMethod } from '../stream/receive/target';
-import { CliContext } from './common';
+import { CliContext, print } from './common';
 import { toJson } from './json';
-import { Progress } from './progress';
+import { Progress, stderrIsTTY } from './progress';
 import { cliWording, keyOption, keySource, type KeyCliOpts } from './repo-options';
 
 interface RestoreCliOpts extends KeyCliOpts {
@@ -45,7 +45,7 @@ export function register(program: Command, ctx: () => CliContext): void {
         const { refuseOutputOverInputs } = require('../output/file') as typeof import('../output/file');
         await refuseOutputOverInputs(o.state, 'the state file (--state)', [{ path: o.target, role: 'the target (--target)' }]);
       }
-      const bar = new Progress('restore', !o.quiet && process.stderr.isTTY === true);
+      const bar = new Progress('restore', !o.quiet && stderrIsTTY());
       const { restore } = require('../ops/restore') as typeof import('../ops/restore');
       try {
         const r = await restore({
@@ -61,9 +61,9 @@ export function register(program: Command, ctx: () => CliContext): void {
           onProgress: (p) => bar.update(p.chunks, p.totalChunks, 'chunks'),
         });
         bar.stop();
-        if (o.json) process.stdout.write(toJson(r) + '\n');
+        if (o.json) print(toJson(r) + '\n');
         else {
-          process.stdout.write(
+          print(
             `restored backup ${r.backup} of ${r.volume} onto ${r.target}: ${r.chunksWritten} chunks written, ${r.chunksZeroed} zeroed, ${r.chunksUnchanged} unchanged` +
               `${r.previous ? ` (it held backup ${r.previous})` : ''}\n`,
           );

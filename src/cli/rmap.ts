@@ -4,7 +4,7 @@ import { throwIfAborted, UsageError } from '../errors';
 import { asciiBytes, OutputSink } from '../output/sink';
 import { rmapRuns, type DataRegion } from '../thin/rmap';
 import { CliContext } from './common';
-import { Progress } from './progress';
+import { Progress, stderrIsTTY } from './progress';
 import { MetadataSnapOpts, openMetadata } from './metadata-source';
 import { checkOutputPath, commandOutput } from './output';
 
@@ -64,7 +64,7 @@ export function register(program: Command, ctx: () => CliContext): void {
       const md = await openMetadata(metadata, o, c);
       c.onCleanup(() => md.close());
       const { out, commit } = await commandOutput(o.output, c, [{ path: metadata, role: 'the metadata input' }]);
-      const bar = new Progress('rmap', !o.quiet && process.stderr.isTTY === true);
+      const bar = new Progress('rmap', !o.quiet && stderrIsTTY());
       const sink = new OutputSink(out);
       try {
         // Bytes straight into the output chunk: a string per line made most of the time garbage.

@@ -9,7 +9,7 @@ import { UsageError } from '../errors';
 import { SECTOR_SIZE } from '../units';
 import type { SendOptions } from '../ops/send';
 import { CliContext, parseIntArg } from './common';
-import { Progress } from './progress';
+import { Progress, stderrIsTTY } from './progress';
 import { isThinIdText, snapOption, thinIdArg, type MetadataSnapOpts } from './metadata-source';
 import type { ThinPool as ThinPoolT } from '../pool/thin-pool';
 import { toJson } from './json';
@@ -71,7 +71,7 @@ export function register(program: Command, ctx: () => CliContext): void {
       const deviceSize = o.size === undefined ? undefined : parseSize('--size', o.size);
       if ((o.pool === undefined) === (o.metadata === undefined)) throw new UsageError('give --pool (a live pool) or --metadata (offline images), not both');
       if (o.output === '-' && process.stdout.isTTY) throw new UsageError('refusing to write a binary stream to a terminal (redirect it, or use --output FILE)');
-      const bar = new Progress('send', !o.quiet && process.stderr.isTTY === true);
+      const bar = new Progress('send', !o.quiet && stderrIsTTY());
       const onProgress: SendOptions['onProgress'] = (p) =>
         p.phase === 'data' ? bar.update(p.dataBlocks, p.totalDataBlocks, 'blocks') : bar.update(p.dataBlocks, undefined, 'blocks scanned');
       const output = o.output === '-' ? process.stdout : o.output;

@@ -183,7 +183,8 @@ let addon: NativeAddon | undefined;
 export function native(): NativeAddon {
   if (!addon) {
     try {
-      addon = bindings('dmthin') as NativeAddon;
+      // module_root: the package's folder (bindings otherwise finds it by parsing a stack trace).
+      addon = bindings({ bindings: 'dmthin', module_root: join(__dirname, '..', '..') }) as NativeAddon;
     } catch (e) {
       throw addonError(e);
     }

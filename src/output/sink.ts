@@ -8,8 +8,26 @@
  * the first lost byte. flush() waits for the last chunk's callback: a failure
  * of the final write is seen too (a pipe writes asynchronously).
  */
-import type { Writable } from 'node:stream';
 import { DmthinError, SystemCallError } from '../errors';
+
+/**
+ * What the sink needs of its output: a stream.Writable, or the CLI's stdout
+ * writer (fd-writer.ts).
+ */
+export interface SinkTarget {
+  /** Queues bytes; `cb` runs once they are written (with the error if not). False: wait for 'drain'. */
+  write(chunk: Uint8Array, cb: (e?: Error | null) => void): boolean;
+  /** A write failed (the sink keeps the first error and stops). */
+  on(event: 'error', listener: (e: Error) => void): unknown;
+  /** 'drain': ready for more after write() returned false; 'close': gone. */
+  on(event: 'drain' | 'close', listener: () => void): unknown;
+  /** Removes a listener added with on(). */
+  off(event: 'error' | 'drain' | 'close', listener: () => void): unknown;
+  /** write() returned false and 'drain' has not come yet. */
+  readonly writableNeedDrain: boolean;
+  /** The target failed or was closed: nothing more is written. */
+  readonly destroyed: boolean;
+}
 
 const CHUNK = 1 << 18;
 
@@ -49,10 +67,11 @@ export class OutputSink {
   /** Chunks the stream is done with, reused: fresh ones each waited for a GC (~20 MiB of a dump's peak). */
   private readonly spare: (typeof this.buf)[] = [];
 
-  /** `name`: how messages call the output (default: stdout, or "the output"). */
+  /** `name`: how messages call the output (default: stdout for descriptor 1, else "the output"). */
   constructor(
-    private readonly out: Writable,
-    private readonly name = out === process.stdout ? 'stdout' : undefined,
+    private readonly out: SinkTarget,
+    // Not `out === process.stdout`: reading process.stdout creates it (see fd-writer.ts).
+    private readonly name = (out as { fd?: unknown }).fd === 1 ? 'stdout' : undefined,
   ) {
     out.on('error', (e) => this.fail(e));
   }

@@ -7,8 +7,7 @@
  * blocks; --verbose breaks ranges where data blocks are not contiguous and
  * groups consecutive ranges of one kind in one container element.
  */
-import type { Writable } from 'node:stream';
-import { OutputSink } from '../output/sink';
+import { OutputSink, type SinkTarget } from '../output/sink';
 import type { DeltaKind, DeltaOptions, DeltaStats, RawDeltaExtent } from './delta';
 import type { ThinMetadata } from './metadata';
 import type { VirtualKey } from './mappings';
@@ -55,7 +54,7 @@ async function drain<T>(gen: AsyncGenerator<RawDeltaExtent[], T>, s: OutputSink,
 }
 
 /** Writes the delta of two devices (or raw roots); resolves with the walk's counters. */
-export async function writeDelta(md: ThinMetadata, out: Writable, subject: DeltaSubject, opts: WriteDeltaOptions = {}): Promise<DeltaStats> {
+export async function writeDelta(md: ThinMetadata, out: SinkTarget, subject: DeltaSubject, opts: WriteDeltaOptions = {}): Promise<DeltaStats> {
   const s = new OutputSink(out);
   const sb = md.superblock;
   const head =

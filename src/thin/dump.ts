@@ -4,9 +4,8 @@
  * metadata snapshot, nr_data_blocks is the true value from the live superblock
  * (0.9.0 prints 0 because the snapshot copy has no space maps).
  */
-import type { Writable } from 'node:stream';
 import { throwIfAborted } from '../errors';
-import { asciiBytes, OutputSink } from '../output/sink';
+import { asciiBytes, OutputSink, type SinkTarget } from '../output/sink';
 import type { DeviceDetails } from './device-details';
 import type { RunBatch } from './mappings';
 import type { ThinMetadata } from './metadata';
@@ -216,7 +215,7 @@ function makeEmitter(format: DumpFormat, s: OutputSink): Emitter {
 }
 
 /** Writes the dump to `out`. Resolves once everything is written (not ended). */
-export async function dump(md: ThinMetadata, out: Writable, opts: DumpOptions = {}): Promise<void> {
+export async function dump(md: ThinMetadata, out: SinkTarget, opts: DumpOptions = {}): Promise<void> {
   const sink = new OutputSink(out);
   const e = makeEmitter(opts.format ?? 'xml', sink);
   const sb = md.superblock;

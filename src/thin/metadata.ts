@@ -6,7 +6,7 @@
  *   for (const d of await md.devices()) ...
  *   for await (const run of md.mappings(1)) ...
  */
-import { stat } from 'node:fs/promises';
+import { stat } from 'node:fs';
 import { DmthinError, MetadataError, MetadataSnapError, UsageError } from '../errors';
 import { lookup as btreeLookup, walkLeaves } from '../pdata/btree';
 import { BlockSource, MemoryBlockSource, NativeBlockSource, OpenOptions } from '../pdata/block-source';
@@ -27,9 +27,9 @@ const delta = (): typeof Delta => require('./delta') as typeof Delta;
  * writes it behind the page cache) through the page cache, which the walk's
  * many small reads profit from.
  */
-async function defaultDirect(path: string): Promise<'auto' | 'never'> {
-  const st = await stat(path).catch(() => null);
-  return st?.isFile() ? 'never' : 'auto';
+function defaultDirect(path: string): Promise<'auto' | 'never'> {
+  // node:fs's callback form: node:fs/promises costs ~4 ms of start-up to load.
+  return new Promise((resolve) => stat(path, (e, st) => resolve(!e && st.isFile() ? 'never' : 'auto')));
 }
 
 /** Options of ThinMetadata.open; `direct` defaults to O_DIRECT for a block device and page-cache reads for a regular file. */

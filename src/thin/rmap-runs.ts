@@ -21,7 +21,6 @@
 import { closeSync, openSync, readSync, unlinkSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { DmthinError, SystemCallError, throwIfAborted } from '../errors';
 import { introsortDepth, stdSortOrder, STD_SORT_THRESHOLD } from './std-sort';
 import type { VirtualKey } from './mappings';
@@ -129,6 +128,8 @@ export class RmapRuns {
   }
 
   private openFile(): void {
+    // node:crypto only now: most rmaps never spill, and it costs ~3 ms of start-up.
+    const { randomBytes } = require('node:crypto') as typeof import('node:crypto');
     const path = join(this.dir, `dmthin-rmap-${process.pid}-${randomBytes(6).toString('hex')}.runs`);
     try {
       this.fd = openSync(path, 'wx+', 0o600);

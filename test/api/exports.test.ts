@@ -12,7 +12,7 @@ import ts from 'typescript';
 const ROOT = join(__dirname, '..', '..');
 
 const MAIN = [
-  'SetupError', 'SetupProblem',
+  'SetupError', 'SetupProblem', 'SinkTarget',
   'LvmPoolName', 'NameLookupError', 'NameLookupReason',
   'mergeIntoExternalOrigin', 'mergeSnapshot', 'MergeResult', 'MergeProgress', 'ExternalMergeOptions', 'SnapshotMergeOptions', 'CommonMergeOptions', 'MergeError', 'MergeErrorReason',
   // backup repositories

@@ -130,13 +130,14 @@ describe('node options', () => {
 });
 
 describe('modules a command on a metadata file loads', () => {
-  // Prints, at exit, the built-in modules Node loaded and the files required.
+  // Prints, at exit, the built-in modules Node loaded and the files required
+  // (with writeSync: process.stderr on a pipe would load net itself).
   const dir = mkdtempSync(join(tmpdir(), 'dmthin-startup-test-'));
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
   const hook = join(dir, 'loaded.js');
   writeFileSync(
     hook,
-    "process.on('exit', () => process.stderr.write(JSON.stringify({ builtin: process.moduleLoadList, files: Object.keys(require.cache) })));",
+    "process.on('exit', () => require('fs').writeSync(2, JSON.stringify({ builtin: process.moduleLoadList, files: Object.keys(require.cache) })));",
   );
   const loaded = (args: string[]) => {
     const r = run(args, {}, ['-r', hook]);
@@ -148,6 +149,34 @@ describe('modules a command on a metadata file loads', () => {
     const { builtin, files } = loaded([...args, POOL]);
     expect(builtin.filter((m) => /child_process/.test(m))).toEqual([]);
     expect(files.filter((f) => f.startsWith(DIST) && /[/\\](dm|pool)[/\\]|thin[/\\]delta\.js$/.test(f))).toEqual([]);
+  });
+
+  // stdout is a pipe here (spawnSync): process.stdout would be a net.Socket.
+  it.each([['ls'], ['dump'], ['check'], ['rmap', '--region', '0..1000'], ['delta', '--snap1', '1', '--snap2', '2']])(
+    '%s: no net, streams, fs/promises or ESM resolver (stdout a pipe; see output/fd-writer.ts)',
+    (...args) => {
+      const { builtin } = loaded([...args, POOL]);
+      expect(builtin.filter((m) => /^NativeModule (net|stream|internal\/streams\/(?!utils$).*|fs\/promises|internal\/fs\/promises|internal\/modules\/esm\/resolve)$/.test(m))).toEqual([]);
+    },
+  );
+
+  it("commander is the file Node's own resolution names", () => {
+    const r = spawnSync(
+      process.execPath,
+      [
+        '-e',
+        `const want = require.resolve('commander', { paths: [${JSON.stringify(join(DIST, 'cli'))}] });
+         require(${JSON.stringify(join(DIST, 'cli', 'startup.js'))}).resolveCommanderDirectly();
+         const m = require(${JSON.stringify(join(DIST, 'cli', 'main.js'))});
+         const got = Object.keys(require.cache).filter((f) => /[\\/]commander[\\/]/.test(f));
+         console.log(JSON.stringify({ want, got, main: typeof m.main }));`,
+      ],
+      { encoding: 'utf8', env: { ...process.env, DMTHIN_CODE_CACHE: '0' }, timeout: 60_000 },
+    );
+    expect(r.stderr).toBe('');
+    const { want, got, main } = JSON.parse(r.stdout) as { want: string; got: string[]; main: string };
+    expect(got).toContain(want);
+    expect(main).toBe('function');
   });
 
   it('delta loads its walker (and still no dm or pool layer)', () => {

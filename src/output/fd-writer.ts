@@ -1,0 +1,133 @@
+/**
+ * Ordered writes to an inherited file descriptor (the CLI's stdout) without
+ * node:stream. Node's process.stdout is a net.Socket for a pipe and a
+ * stream.Writable for a file: creating it loads net and the stream modules,
+ * ~6 ms of every run's start-up here (a pipe; ~3.5 ms for a file), more than
+ * a tiny command's own work.
+ *
+ * Each write goes out whole through fs.write (the thread pool, so a slow
+ * reader blocks no JavaScript), continued after a short write, in the order
+ * given. The first error (EPIPE, ENOSPC, EIO...) is kept: it fails that write
+ * and every later one, and is emitted once as 'error' to listeners (none: it
+ * is only kept, for flushed() to throw). A descriptor some other process set
+ * non-blocking answers EAGAIN when full: the write is retried after a pause
+ * (1 ms, doubling to 64 ms) rather than given up.
+ *
+ * It has what OutputSink uses of a Writable (write with a callback,
+ * writableNeedDrain, 'drain', 'error', destroyed).
+ */
+import { EventEmitter } from 'node:events';
+import { write as fsWrite } from 'node:fs';
+
+interface Pending {
+  buf: Uint8Array;
+  off: number;
+  cb: ((e?: Error | null) => void) | undefined;
+}
+
+/** Bytes queued before write() asks its caller to wait for 'drain'. */
+const HIGH_WATER = 1 << 20;
+const MAX_PAUSE_MS = 64;
+
+export class FdWriter extends EventEmitter {
+  /** True once a write failed: nothing more is written. */
+  destroyed = false;
+  /** The queue passed the high-water mark; 'drain' follows when it is empty. */
+  writableNeedDrain = false;
+  private readonly queue: Pending[] = [];
+  private head = 0;
+  private queued = 0;
+  private busy = false;
+  private error: Error | undefined;
+  private pause = 1;
+  private idle: (() => void)[] = [];
+
+  constructor(readonly fd: number) {
+    super();
+  }
+
+  /** Queues bytes (a string as UTF-8); `cb` runs once they are written or failed. */
+  write(chunk: string | Uint8Array, cb?: (e?: Error | null) => void): boolean {
+    const buf = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
+    if (this.error) {
+      const e = this.error;
+      if (cb) process.nextTick(cb, e);
+      return false;
+    }
+    this.queue.push({ buf, off: 0, cb });
+    this.queued += buf.length;
+    if (!this.busy) this.next();
+    if (this.queued >= HIGH_WATER) this.writableNeedDrain = true;
+    return !this.writableNeedDrain;
+  }
+
+  /** Resolves when everything queued so far is written; rejects with the first write error. */
+  flushed(): Promise<void> {
+    if (this.error) return Promise.reject(this.error);
+    if (!this.busy) return Promise.resolve();
+    return new Promise((resolve, reject) => this.idle.push(() => (this.error ? reject(this.error) : resolve())));
+  }
+
+  private next(): void {
+    const p = this.queue[this.head];
+    if (p === undefined) {
+      this.busy = false;
+      this.queue.length = 0;
+      this.head = 0;
+      if (this.writableNeedDrain) {
+        this.writableNeedDrain = false;
+        this.emit('drain');
+      }
+      for (const f of this.idle.splice(0)) f();
+      return;
+    }
+    this.busy = true;
+    if (p.buf.length === 0) {
+      this.done(p);
+      return;
+    }
+    fsWrite(this.fd, p.buf, p.off, p.buf.length - p.off, null, (e, n) => {
+      if (e) {
+        if ((e as NodeJS.ErrnoException).code === 'EAGAIN') {
+          setTimeout(() => this.next(), this.pause);
+          this.pause = Math.min(this.pause * 2, MAX_PAUSE_MS);
+          return;
+        }
+        this.fail(e);
+        return;
+      }
+      this.pause = 1;
+      p.off += n;
+      if (p.off < p.buf.length) {
+        if (n === 0) {
+          this.fail(Object.assign(new Error('write to the output made no progress'), { code: 'EIO', syscall: 'write' }));
+          return;
+        }
+        this.next();
+        return;
+      }
+      this.done(p);
+    });
+  }
+
+  private done(p: Pending): void {
+    this.queue[this.head++] = undefined as unknown as Pending;
+    this.queued -= p.buf.length;
+    p.cb?.();
+    this.next();
+  }
+
+  private fail(e: Error): void {
+    this.error = e;
+    this.destroyed = true;
+    this.busy = false;
+    const failed = this.queue.slice(this.head);
+    this.queue.length = 0;
+    this.head = 0;
+    this.queued = 0;
+    for (const p of failed) p.cb?.(e);
+    if (this.listenerCount('error') > 0) this.emit('error', e);
+    this.emit('close');
+    for (const f of this.idle.splice(0)) f();
+  }
+}

@@ -1,0 +1,141 @@
+/**
+ * FdWriter (src/output/fd-writer.ts), the CLI's stdout: every byte in order
+ * through a slow reader (blocking and non-blocking descriptors: EAGAIN is
+ * waited out, not an error), 'drain' after the high-water mark, and the first
+ * error kept for the failing write, every later one and flushed().
+ */
+import { spawnSync } from 'node:child_process';
+import { closeSync, constants, openSync, readSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { join } from 'node:path';
+import { FdWriter } from '../../src/output/fd-writer';
+import { scratch } from '../stream/helpers';
+
+/** A FIFO with a reader end (non-blocking) and a writer end, blocking or not. */
+function fifo(nonBlockingWriter: boolean) {
+  const s = scratch();
+  const path = join(s.dir, 'fifo');
+  expect(spawnSync('mkfifo', [path]).status).toBe(0);
+  const r = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
+  const w = openSync(path, constants.O_WRONLY | (nonBlockingWriter ? constants.O_NONBLOCK : 0));
+  return {
+    r,
+    w,
+    close() {
+      for (const fd of [r, w]) {
+        try {
+          closeSync(fd);
+        } catch {
+          // closed by the test already
+        }
+      }
+      s.cleanup();
+    },
+  };
+}
+
+/** Reads the FIFO slowly (64 KiB every 2 ms) until `total` bytes came; their SHA-256. */
+async function slowRead(fd: number, total: number): Promise<string> {
+  const h = createHash('sha256');
+  const buf = Buffer.alloc(1 << 16);
+  let got = 0;
+  while (got < total) {
+    await new Promise((res) => setTimeout(res, 2));
+    let n = 0;
+    try {
+      n = readSync(fd, buf, 0, buf.length, null);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') throw e;
+    }
+    h.update(buf.subarray(0, n));
+    got += n;
+  }
+  return h.digest('hex');
+}
+
+/** 3 MiB in writes of many sizes (strings, bytes, empty), and their SHA-256. */
+function chunks(): { parts: (string | Uint8Array)[]; total: number; sha: string } {
+  const parts: (string | Uint8Array)[] = [];
+  const h = createHash('sha256');
+  let total = 0;
+  let seed = 7;
+  for (let i = 0; total < 3 << 20; i++) {
+    seed = (seed * 1103515245 + 12345) >>> 0;
+    const n = seed % 200000;
+    const p = i % 3 === 0 ? `line ${i} ${'é'.repeat(n % 97)}\n` : i % 7 === 0 ? new Uint8Array(0) : Buffer.alloc(n, i & 0xff);
+    const bytes = typeof p === 'string' ? Buffer.from(p) : p;
+    h.update(bytes);
+    total += bytes.length;
+    parts.push(p);
+  }
+  return { parts, total, sha: h.digest('hex') };
+}
+
+describe.each([
+  ['blocking', false],
+  ['non-blocking (EAGAIN)', true],
+])('a %s pipe with a slow reader', (_name, nonBlocking) => {
+  it('gets every byte in order; callbacks in order; drain after the high-water mark', async () => {
+    const f = fifo(nonBlocking);
+    try {
+      const w = new FdWriter(f.w);
+      const { parts, total, sha } = chunks();
+      const reading = slowRead(f.r, total);
+      const order: number[] = [];
+      let drains = 0;
+      let needed = 0;
+      w.on('drain', () => drains++);
+      for (let i = 0; i < parts.length; i++) {
+        if (!w.write(parts[i], (e) => (expect(e).toBeUndefined(), order.push(i)))) needed++;
+      }
+      expect(needed).toBeGreaterThan(0);
+      expect(w.writableNeedDrain).toBe(true);
+      await w.flushed();
+      expect(order).toEqual(parts.map((_p, i) => i));
+      expect(drains).toBe(1);
+      expect(w.writableNeedDrain).toBe(false);
+      expect(await reading).toBe(sha);
+    } finally {
+      f.close();
+    }
+  }, 60_000);
+});
+
+it('/dev/full: ENOSPC for the write, every later one and flushed(); one error event', async () => {
+  const fd = openSync('/dev/full', 'w');
+  try {
+    const w = new FdWriter(fd);
+    const errors: Error[] = [];
+    w.on('error', (e) => errors.push(e));
+    const first = new Promise<Error | null | undefined>((res) => w.write('x'.repeat(5000), res));
+    expect((await first)?.message).toMatch(/ENOSPC/);
+    expect(w.destroyed).toBe(true);
+    const later = new Promise<Error | null | undefined>((res) => w.write('y', res));
+    expect((await later)?.message).toMatch(/ENOSPC/);
+    await expect(w.flushed()).rejects.toMatchObject({ code: 'ENOSPC' });
+    expect(errors).toHaveLength(1);
+  } finally {
+    closeSync(fd);
+  }
+});
+
+it('a pipe whose reader is gone: EPIPE, without an error listener (nothing thrown)', async () => {
+  const f = fifo(false);
+  closeSync(f.r);
+  const w = new FdWriter(f.w);
+  w.write('z'.repeat(100));
+  try {
+    await expect(w.flushed()).rejects.toMatchObject({ code: 'EPIPE' });
+  } finally {
+    f.close();
+  }
+});
+
+it('flushed() with nothing written resolves at once', async () => {
+  const fd = openSync('/dev/null', 'w');
+  try {
+    await new FdWriter(fd).flushed();
+  } finally {
+    closeSync(fd);
+  }
+});
