@@ -11,7 +11,7 @@
  * larger data device is recounted a window of DATA_WINDOW blocks at a time
  * (4 MiB), re-reading the leaves that map into each window (their numbers
  * are listed per window during the walk: 4 bytes a leaf and window). Plus
- * about 31 bytes per metadata block (recount, per-node key range, height,
+ * about 17 bytes per metadata block (recount, per-node key range, height,
  * mapping count, tree marks) and the device list. Never proportional to the
  * number of mappings.
  */
@@ -57,6 +57,8 @@ export interface CheckOptions {
    * (a multiple of 16,320, default DATA_WINDOW); tests use small windows.
    */
   dataWindow?: number;
+  /** @internal Tree walks before the walk marks are cleared (default 65,535); tests use small values. */
+  markSerials?: number;
 }
 
 /** What a check counted. */
@@ -97,34 +99,100 @@ export interface CheckReport {
 
 const TWO64M1 = (1n << 64n) - 1n;
 
-/** Per-metadata-block bookkeeping for subtrees shared between trees. */
-class NodeBook {
+/** A u32 of NodeBook that stands for "more than a u32 holds" (see NodeBook). */
+const U32_TOP = 0xffffffff;
+/** Tree walks per pass of NodeBook.mark (a u16 serial; 0 = not reached). */
+const MARK_SERIALS = 0xffff;
+
+/**
+ * Per-metadata-block bookkeeping for subtrees shared between trees.
+ *
+ * Memory: this is the part of a check that grows with the metadata device,
+ * so it is kept to about 15 bytes a block (was about 29: u64 key ranges, a
+ * f64 count and a u32 mark; 19 MB of a 40M-mapping pool's 648k blocks, now
+ * about 10 MB). The narrowing is sound, never exact-or-wrong:
+ * - lo/hi are u32. A shared node is skipped only when the new range
+ *   contains the stored one (newLo <= lo && newHi >= hi). A low key at or
+ *   above 2^32-1 is stored as 2^32-1 (lower than the truth) and a high key at
+ *   or above 2^32-1 as U32_TOP, which stands for 2^64-1 (higher than the
+ *   truth): the stored range only widens, so the test only gets stricter
+ *   (at worst a node is validated again). Virtual blocks of a pool are below
+ *   2^32 unless the thin device is over 16 TiB at 4 KiB blocks.
+ * - entries is a u32; a subtree with 2^32-1 mappings or more is marked
+ *   U32_TOP and its count kept in `bigEntries`.
+ * - mark is a u16 walk serial (compared only for equality within one walk);
+ *   when the serials run out the marks are cleared and the serial restarts
+ *   at 1 (see Checker.newWalk), once per 65,535 trees.
+ * @internal Exported for its unit test only.
+ */
+export class NodeBook {
   /** Validated at least once (as a btree node of any tree). */
   readonly validated: BlockSet;
   /** Validated as a node of a bottom-level mapping tree (only those may be skipped when shared). */
   readonly mappingNode: BlockSet;
   /** The subtree below had a problem when first walked. */
   readonly faulty: BlockSet;
-  /** Inclusive key range each node was validated under (intersection of all). */
-  readonly lo: BigUint64Array;
-  readonly hi: BigUint64Array;
+  /**
+   * Inclusive key range each node was validated under (intersection of all),
+   * widened to u32: lo clamped down to 2^32-1, hi at or above 2^32-1 stored
+   * as U32_TOP = 2^64-1.
+   */
+  readonly lo: Uint32Array;
+  readonly hi: Uint32Array;
   /** Levels below the node (leaf = 0). */
   readonly height: Uint8Array;
-  /** Mappings (leaf entries) in the subtree. */
-  readonly entries: Float64Array;
+  /** Mappings (leaf entries) in the subtree; U32_TOP: see bigEntries. */
+  readonly entries: Uint32Array;
+  /** Mappings of the subtrees with U32_TOP or more. */
+  readonly bigEntries = new Map<number, number>();
   /** Serial of the tree walk that last reached the block (a second reach in one walk is a cycle). */
-  readonly mark: Uint32Array;
+  readonly mark: Uint16Array;
   constructor(n: number) {
     this.validated = new BlockSet(n);
     this.mappingNode = new BlockSet(n);
     this.faulty = new BlockSet(n);
-    this.lo = new BigUint64Array(n);
-    this.hi = new BigUint64Array(n);
+    this.lo = new Uint32Array(n);
+    this.hi = new Uint32Array(n);
     this.height = new Uint8Array(n);
-    this.entries = new Float64Array(n);
-    this.mark = new Uint32Array(n);
+    this.entries = new Uint32Array(n);
+    this.mark = new Uint16Array(n);
+  }
+
+  /** Whether a node validated before lies in the key range [lo, hi) (exclusive hi; Infinity = every key). */
+  within(b: number, lo: Key, hi: Key): boolean {
+    // lo <= stored lo; hi - 1 >= stored hi, where U32_TOP is 2^64-1 (only hi = Infinity covers it).
+    const h = this.hi[b];
+    return lo <= this.lo[b] && (h === U32_TOP ? hi === Infinity : hi > h);
+  }
+
+  /** A node's first validation: the range [lo, hi), its height and mappings. */
+  set(b: number, lo: Key, hi: Key, height: number, entries: number): void {
+    this.lo[b] = lowU32(lo);
+    this.hi[b] = highU32(hi);
+    this.height[b] = height;
+    if (entries >= U32_TOP) this.bigEntries.set(b, entries);
+    this.entries[b] = Math.min(entries, U32_TOP);
+  }
+
+  /** A node validated again under [lo, hi): its keys lie in the intersection. */
+  narrow(b: number, lo: Key, hi: Key): void {
+    // Both clampings are monotonic, so the max / min of clamped bounds is the clamped max / min.
+    const l = lowU32(lo);
+    const h = highU32(hi);
+    if (l > this.lo[b]) this.lo[b] = l;
+    if (h < this.hi[b]) this.hi[b] = h;
+  }
+
+  entriesOf(b: number): number {
+    const e = this.entries[b];
+    return e === U32_TOP ? this.bigEntries.get(b)! : e;
   }
 }
+
+/** Inclusive low key as stored: exact below 2^32-1, else 2^32-1 (lower: a stricter containment test). */
+const lowU32 = (lo: Key): number => (lo < U32_TOP ? Number(lo) : U32_TOP);
+/** Inclusive high key (exclusive `hi` - 1) as stored: exact below 2^32-1, else U32_TOP = 2^64-1 (higher: stricter). */
+const highU32 = (hi: Key): number => (hi <= U32_TOP ? Number(hi) - 1 : U32_TOP);
 
 type TreeKind = 'details' | 'mapping-top' | 'mapping';
 
@@ -320,7 +388,7 @@ class Checker {
       }
     } catch (e) {
       if (!(e instanceof RangeError)) throw e;
-      const bytes = this.nrMetadataBlocks * 31 + (this.recount ? Math.min(this.nrDataBlocks, this.opts.dataWindow ?? DATA_WINDOW) : 0);
+      const bytes = this.nrMetadataBlocks * 17 + (this.recount ? Math.min(this.nrDataBlocks, this.opts.dataWindow ?? DATA_WINDOW) : 0);
       throw new DmthinError('ENOMEM', `checking needs about ${Math.ceil(bytes / 2 ** 20)} MiB for ${this.nrMetadataBlocks} metadata and ${this.nrDataBlocks} data blocks, which could not be allocated`, { cause: e });
     }
   }
@@ -331,6 +399,11 @@ class Checker {
   }
 
   newWalk(kind: TreeKind, valueSize: number, onLeaf: TreeWalk['onLeaf'], devId?: number): TreeWalk {
+    if (this.serial >= Math.min(this.opts.markSerials ?? MARK_SERIALS, MARK_SERIALS)) {
+      // Serials of the u16 marks run out: no walk is under way, so every mark can go.
+      this.book?.mark.fill(0);
+      this.serial = 0;
+    }
     return {
       kind,
       devId,
@@ -443,12 +516,12 @@ class Checker {
         continue;
       }
       book.mark[b] = t.serial;
-      if (!t.readAll && book.mappingNode.has(b) && toBig(it.lo) <= book.lo[b] && hiIncl(it.hi) >= book.hi[b]) {
+      if (!t.readAll && book.mappingNode.has(b) && book.within(b, it.lo, it.hi)) {
         // Shared with a tree already checked, under a range containing this one's: its keys fit.
         const h = book.height[b];
         this.checkLeafDepth(t, depth + h, it);
         if (book.faulty.has(b)) t.faulty = true;
-        entries += book.entries[b];
+        entries += book.entriesOf(b);
         height = Math.max(height, h);
         continue;
       }
@@ -528,17 +601,11 @@ class Checker {
       if (first) {
         book.validated.add(b);
         if (t.kind === 'mapping') book.mappingNode.add(b);
-        book.lo[b] = toBig(it.lo);
-        book.hi[b] = hiIncl(it.hi);
-        book.height[b] = h;
-        book.entries[b] = sub;
+        book.set(b, it.lo, it.hi, h, sub);
         if (t.faulty) book.faulty.add(b);
       } else {
         // Valid under both ranges: its keys lie in their intersection.
-        const lo = toBig(it.lo);
-        const hi = hiIncl(it.hi);
-        if (lo > book.lo[b]) book.lo[b] = lo;
-        if (hi < book.hi[b]) book.hi[b] = hi;
+        book.narrow(b, it.lo, it.hi);
       }
       t.faulty ||= faultyBefore;
       entries += sub;
