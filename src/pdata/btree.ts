@@ -337,17 +337,25 @@ export interface WalkOptions extends TreeContext {
   transient?: boolean;
 }
 
+/**
+ * Every field is set when the object is made (one shape, no property store
+ * added later): a walk keeps the pending nodes of a read window, long enough
+ * to be promoted to V8's old space.
+ */
 interface Pending {
   block: number;
   lo: Key;
   hi: Key;
   depth: number;
-  p?: Promise<Block>;
+  /** The read of its batch, once asked for; `data` is set when it completes. */
+  p: Promise<unknown> | undefined;
   /** Set once the read completes (lets the prefetcher look inside internal nodes). */
-  data?: Block;
+  data: Block | undefined;
   /** Children, created ahead of time by the prefetcher. */
-  children?: Pending[];
+  children: Pending[] | undefined;
 }
+
+const pending = (block: number, lo: Key, hi: Key, depth: number): Pending => ({ block, lo, hi, depth, p: undefined, data: undefined, children: undefined });
 
 /**
  * Yields the leaves of a btree in key order. Memory is bounded by the depth of
@@ -366,7 +374,7 @@ export async function* walkLeaves(io: BlockSource, root: number, opts: WalkOptio
   const ctx: TreeContext = { tree: opts.tree, devId: opts.devId };
   const v = new TreeValidator(opts.nrMetadataBlocks, opts.valueSize, ctx, opts.subtree?.depth ?? 0);
   // The stack's top (last element) is the next node in key order.
-  const stack: Pending[] = [{ block: root, lo: opts.subtree?.lo ?? 0, hi: opts.subtree?.hi ?? Infinity, depth: 0 }];
+  const stack: Pending[] = [pending(root, opts.subtree?.lo ?? 0, opts.subtree?.hi ?? Infinity, 0)];
   if (opts.rootBlock) {
     if (opts.rootBlock.nr !== root) throw new RangeError(`rootBlock is block ${opts.rootBlock.nr}, not the root ${root}`);
     stack[0].data = opts.rootBlock;
@@ -384,7 +392,7 @@ export async function* walkLeaves(io: BlockSource, root: number, opts: WalkOptio
       if (hi <= begin || lo >= end) continue;
       const child = node.value64(i);
       v.checkPointer(child, item.block);
-      out.push({ block: child, lo, hi, depth: item.depth + 1 });
+      out.push(pending(child, lo, hi, item.depth + 1));
     }
     return out;
   };
@@ -418,16 +426,21 @@ export async function* walkLeaves(io: BlockSource, root: number, opts: WalkOptio
     for (let i = stack.length - 1; i >= 0 && items.length < window; i--) visit(stack[i]);
     if (items.length === 0) return 0;
     const batch = io.read(items.map((it) => it.block));
-    batch.catch(() => {});
     inFlight++;
-    batch.then(
-      () => inFlight--,
-      () => inFlight--,
+    // One reaction per batch, not a promise per block (garbage that outlived
+    // the read): it runs before any later `await it.p`, so `data` is set then.
+    const p = batch.then(
+      (bs) => {
+        inFlight--;
+        for (let i = 0; i < items.length; i++) items[i].data = bs[i];
+      },
+      (e: unknown) => {
+        inFlight--;
+        throw e;
+      },
     );
-    items.forEach((it, i) => {
-      it.p = batch.then((bs) => (it.data = bs[i]));
-      it.p.catch(() => {}); // an abandoned walk must not leave an unhandled rejection
-    });
+    p.catch(() => {}); // an abandoned walk must not leave an unhandled rejection
+    for (const it of items) it.p = p;
     return items.length;
   };
 
@@ -445,7 +458,8 @@ export async function* walkLeaves(io: BlockSource, root: number, opts: WalkOptio
     const item = stack.pop()!;
     if (item.p) ahead--;
     sinceFetch++;
-    const block = item.data ?? (await item.p!);
+    if (!item.data) await item.p;
+    const block = item.data!;
     const node = v.visit(block, item.lo, item.hi, item.depth);
     opts.onNode?.(node, item.depth);
     if (node.isLeaf) {

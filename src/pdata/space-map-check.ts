@@ -334,7 +334,7 @@ class OverflowCursor {
       }
       const k = this.leaf.keyAt(this.i);
       const key = typeof k === 'bigint' ? Number.MAX_SAFE_INTEGER : k;
-      const value = this.leaf.data.readUInt32LE(this.leaf.valuesOffset + 4 * this.i);
+      const value = this.leaf.u32[this.leaf.base + (this.leaf.valuesOffset >> 2) + this.i]; // not leaf.data: a Buffer view per leaf
       if (key === b) this.i++; // consumed
       if (key >= b) return { key, value };
       skipped(key, value);
