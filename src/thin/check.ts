@@ -11,7 +11,7 @@
  * larger data device is recounted a window of DATA_WINDOW blocks at a time
  * (4 MiB), re-reading the leaves that map into each window (their numbers
  * are listed per window during the walk: 4 bytes a leaf and window). Plus
- * about 17 bytes per metadata block (recount, per-node key range, height,
+ * about 14 bytes per metadata block (recount, per-node key range, height,
  * mapping count, tree marks) and the device list. Never proportional to the
  * number of mappings.
  */
@@ -101,6 +101,8 @@ const TWO64M1 = (1n << 64n) - 1n;
 
 /** A u32 of NodeBook that stands for "more than a u32 holds" (see NodeBook). */
 const U32_TOP = 0xffffffff;
+/** NodeBook.entries: the count is in bigEntries. */
+const BIG = 0xff;
 /** Tree walks per pass of NodeBook.mark (a u16 serial; 0 = not reached). */
 const MARK_SERIALS = 0xffff;
 
@@ -108,9 +110,9 @@ const MARK_SERIALS = 0xffff;
  * Per-metadata-block bookkeeping for subtrees shared between trees.
  *
  * Memory: this is the part of a check that grows with the metadata device,
- * so it is kept to about 15 bytes a block (was about 29: u64 key ranges, a
+ * so it is kept to about 12 bytes a block (was about 29: u64 key ranges, a
  * f64 count and a u32 mark; 19 MB of a 40M-mapping pool's 648k blocks, now
- * about 10 MB). The narrowing is sound, never exact-or-wrong:
+ * about 8 MB). The narrowing is sound, never exact-or-wrong:
  * - lo/hi are u32. A shared node is skipped only when the new range
  *   contains the stored one (newLo <= lo && newHi >= hi). A low key at or
  *   above 2^32-1 is stored as 2^32-1 (lower than the truth) and a high key at
@@ -118,8 +120,9 @@ const MARK_SERIALS = 0xffff;
  *   truth): the stored range only widens, so the test only gets stricter
  *   (at worst a node is validated again). Virtual blocks of a pool are below
  *   2^32 unless the thin device is over 16 TiB at 4 KiB blocks.
- * - entries is a u32; a subtree with 2^32-1 mappings or more is marked
- *   U32_TOP and its count kept in `bigEntries`.
+ * - entries is a byte: a leaf's count (at most 252); an internal node (about
+ *   1 in 100 blocks) or a count of 255 or more is marked BIG and its count
+ *   kept in `bigEntries`.
  * - mark is a u16 walk serial (compared only for equality within one walk);
  *   when the serials run out the marks are cleared and the serial restarts
  *   at 1 (see Checker.newWalk), once per 65,535 trees.
@@ -141,9 +144,9 @@ export class NodeBook {
   readonly hi: Uint32Array;
   /** Levels below the node (leaf = 0). */
   readonly height: Uint8Array;
-  /** Mappings (leaf entries) in the subtree; U32_TOP: see bigEntries. */
-  readonly entries: Uint32Array;
-  /** Mappings of the subtrees with U32_TOP or more. */
+  /** Mappings (leaf entries) in the subtree; BIG: see bigEntries. */
+  readonly entries: Uint8Array;
+  /** Mappings of the subtrees marked BIG in `entries`. */
   readonly bigEntries = new Map<number, number>();
   /** Serial of the tree walk that last reached the block (a second reach in one walk is a cycle). */
   readonly mark: Uint16Array;
@@ -154,7 +157,7 @@ export class NodeBook {
     this.lo = new Uint32Array(n);
     this.hi = new Uint32Array(n);
     this.height = new Uint8Array(n);
-    this.entries = new Uint32Array(n);
+    this.entries = new Uint8Array(n);
     this.mark = new Uint16Array(n);
   }
 
@@ -170,8 +173,10 @@ export class NodeBook {
     this.lo[b] = lowU32(lo);
     this.hi[b] = highU32(hi);
     this.height[b] = height;
-    if (entries >= U32_TOP) this.bigEntries.set(b, entries);
-    this.entries[b] = Math.min(entries, U32_TOP);
+    if (height > 0 || entries >= BIG) {
+      this.bigEntries.set(b, entries);
+      this.entries[b] = BIG;
+    } else this.entries[b] = entries;
   }
 
   /** A node validated again under [lo, hi): its keys lie in the intersection. */
@@ -185,7 +190,7 @@ export class NodeBook {
 
   entriesOf(b: number): number {
     const e = this.entries[b];
-    return e === U32_TOP ? this.bigEntries.get(b)! : e;
+    return e === BIG ? this.bigEntries.get(b)! : e;
   }
 }
 
@@ -425,7 +430,7 @@ class Checker {
       }
     } catch (e) {
       if (!(e instanceof RangeError)) throw e;
-      const bytes = this.nrMetadataBlocks * 17 + (this.recount ? Math.min(this.nrDataBlocks, this.opts.dataWindow ?? DATA_WINDOW) : 0);
+      const bytes = this.nrMetadataBlocks * 14 + (this.recount ? Math.min(this.nrDataBlocks, this.opts.dataWindow ?? DATA_WINDOW) : 0);
       throw new DmthinError('ENOMEM', `checking needs about ${Math.ceil(bytes / 2 ** 20)} MiB for ${this.nrMetadataBlocks} metadata and ${this.nrDataBlocks} data blocks, which could not be allocated`, { cause: e });
     }
   }

@@ -133,14 +133,16 @@ describe('NodeBook', () => {
     expect(b.within(0, 2 ** 32, Infinity)).toBe(false);
   });
 
-  it('keeps mapping counts of 2^32-1 and more aside', () => {
-    const b = new NodeBook(3);
-    b.set(0, 0, Infinity, 2, 2 ** 32 - 2);
-    b.set(1, 0, Infinity, 2, 2 ** 32 - 1);
+  it('keeps a leaf count in a byte, and internal nodes\' and counts of 255 or more aside', () => {
+    const b = new NodeBook(5);
+    b.set(0, 0, Infinity, 0, 252);
+    b.set(1, 0, Infinity, 0, 255);
     b.set(2, 0, Infinity, 3, 2 ** 45 + 3);
-    expect([b.entriesOf(0), b.entriesOf(1), b.entriesOf(2)]).toEqual([2 ** 32 - 2, 2 ** 32 - 1, 2 ** 45 + 3]);
-    expect(b.bigEntries.size).toBe(2);
-    expect(b.height[2]).toBe(3);
+    b.set(3, 0, Infinity, 1, 7);
+    b.set(4, 0, Infinity, 0, 0);
+    expect([0, 1, 2, 3, 4].map((i) => b.entriesOf(i))).toEqual([252, 255, 2 ** 45 + 3, 7, 0]);
+    expect([...b.bigEntries.keys()].sort()).toEqual([1, 2, 3]);
+    expect([...b.height]).toEqual([0, 0, 3, 1, 0]);
   });
 });
 
