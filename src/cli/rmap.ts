@@ -1,18 +1,18 @@
 /** `dmthin rmap`: which thin devices map given data blocks, as thin_rmap 0.9.0 prints it (see src/thin/rmap.ts for the one difference). */
 import type { Command } from 'commander';
 import { throwIfAborted, UsageError } from '../errors';
-import { asciiBytes, OutputSink } from '../output/sink';
+import { asciiTag, OutputSink } from '../output/sink';
 import { rmapRuns, type DataRegion } from '../thin/rmap';
 import { CliContext } from './common';
 import { Progress, stderrIsTTY } from './progress';
 import { MetadataSnapOpts, openMetadata } from './metadata-source';
 import { checkOutputPath, commandOutput } from './output';
 
-const DATA = asciiBytes('data ');
-const DOTS = asciiBytes('..');
-const THIN = asciiBytes(' -> thin(');
-const CLOSE_PAREN = asciiBytes(') ');
-const NEWLINE = asciiBytes('\n');
+const DATA = asciiTag('data ');
+const DOTS = asciiTag('..');
+const THIN = asciiTag(' -> thin(');
+const CLOSE_PAREN = asciiTag(') ');
+const NEWLINE = asciiTag('\n');
 /** Bytes of the longest line: its tags and five numbers of at most 20 digits. */
 const RMAP_LINE = 128;
 
@@ -81,24 +81,24 @@ export function register(program: Command, ctx: () => CliContext): void {
             const l = f64[4 * k + 1];
             const hi = u32[8 * k + 6];
             sink.room(RMAP_LINE);
-            sink.bytes(DATA);
+            sink.tag(DATA);
             sink.uint(d);
-            sink.bytes(DOTS);
+            sink.tag(DOTS);
             sink.uint(d + l);
-            sink.bytes(THIN);
+            sink.tag(THIN);
             sink.uint(u32[8 * k + 4]);
-            sink.bytes(CLOSE_PAREN);
+            sink.tag(CLOSE_PAREN);
             // The virtual begin is exact in 64 bits; numbers while it and its end stay below 2^53.
             const v = hi * 2 ** 32 + u32[8 * k + 5];
             if (hi < 0x200000 && v + l <= Number.MAX_SAFE_INTEGER) {
               sink.uint(v);
-              sink.bytes(DOTS);
+              sink.tag(DOTS);
               sink.uint(v + l);
             } else {
               const b = (BigInt(hi) << 32n) | BigInt(u32[8 * k + 5]);
               sink.ascii(`${b}..${b + BigInt(l)}`);
             }
-            sink.bytes(NEWLINE);
+            sink.tag(NEWLINE);
             if (sink.needsFlush()) {
               throwIfAborted(c.signal);
               await sink.maybeFlush();

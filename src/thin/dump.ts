@@ -5,7 +5,7 @@
  * (0.9.0 prints 0 because the snapshot copy has no space maps).
  */
 import { throwIfAborted } from '../errors';
-import { asciiBytes, OutputSink, type SinkTarget } from '../output/sink';
+import { asciiTag, OutputSink, type SinkTarget } from '../output/sink';
 import type { DeviceDetails } from './device-details';
 import type { RunBatch } from './mappings';
 import type { ThinMetadata } from './metadata';
@@ -57,13 +57,13 @@ interface SuperblockHeader {
   heldRoot: number;
 }
 
-const SINGLE = asciiBytes('    <single_mapping origin_block="');
-const RANGE = asciiBytes('    <range_mapping origin_begin="');
-const DATA_BLOCK = asciiBytes('" data_block="');
-const DATA_BEGIN = asciiBytes('" data_begin="');
-const LENGTH = asciiBytes('" length="');
-const TIME = asciiBytes('" time="');
-const CLOSE = asciiBytes('"/>\n');
+const SINGLE = asciiTag('    <single_mapping origin_block="');
+const RANGE = asciiTag('    <range_mapping origin_begin="');
+const DATA_BLOCK = asciiTag('" data_block="');
+const DATA_BEGIN = asciiTag('" data_begin="');
+const LENGTH = asciiTag('" length="');
+const TIME = asciiTag('" time="');
+const CLOSE = asciiTag('"/>\n');
 /** Bytes of the longest mapping line: the tags plus four numbers of at most 20 digits. */
 const MAX_LINE = 160;
 
@@ -95,23 +95,23 @@ class XmlEmitter implements Emitter {
             : `    <range_mapping origin_begin="${big}" data_begin="${b.dataBegin[i]}" length="${b.length[i]}" time="${b.time[i]}"/>\n`,
         );
       } else if (b.length[i] === 1) {
-        s.bytes(SINGLE);
+        s.tag(SINGLE);
         s.uint(o);
-        s.bytes(DATA_BLOCK);
+        s.tag(DATA_BLOCK);
         s.uint(b.dataBegin[i]);
-        s.bytes(TIME);
+        s.tag(TIME);
         s.uint(b.time[i]);
-        s.bytes(CLOSE);
+        s.tag(CLOSE);
       } else {
-        s.bytes(RANGE);
+        s.tag(RANGE);
         s.uint(o);
-        s.bytes(DATA_BEGIN);
+        s.tag(DATA_BEGIN);
         s.uint(b.dataBegin[i]);
-        s.bytes(LENGTH);
+        s.tag(LENGTH);
         s.uint(b.length[i]);
-        s.bytes(TIME);
+        s.tag(TIME);
         s.uint(b.time[i]);
-        s.bytes(CLOSE);
+        s.tag(CLOSE);
       }
     }
   }

@@ -1,5 +1,5 @@
 import { Writable } from 'node:stream';
-import { asciiBytes, OutputSink } from '../../src/output/sink';
+import { asciiTag, OutputSink } from '../../src/output/sink';
 
 /** Collects what the sink writes. */
 function collector(): { out: Writable; text: () => string } {
@@ -27,21 +27,21 @@ describe('OutputSink byte writers', () => {
     for (const v of values) {
       s.room(24);
       s.uint(v);
-      s.bytes(asciiBytes('\n'));
+      s.tag(asciiTag('\n'));
       await s.maybeFlush();
     }
     await s.flush();
     expect(text()).toBe(values.map((v) => `${v}\n`).join(''));
   });
 
-  it('bytes and str interleave in order across chunk boundaries', async () => {
+  it('tag and str interleave in order across chunk boundaries', async () => {
     const { out, text } = collector();
     const s = new OutputSink(out, 'test');
-    const tag = asciiBytes('<tag a="');
+    const tag = asciiTag('<tag a="');
     let want = '';
     for (let i = 0; i < 50000; i++) {
       s.room(32);
-      s.bytes(tag);
+      s.tag(tag);
       s.uint(i);
       s.str('"/>\n');
       want += `<tag a="${i}"/>\n`;
@@ -49,5 +49,51 @@ describe('OutputSink byte writers', () => {
     }
     await s.flush();
     expect(text()).toBe(want);
+  });
+
+  it('tags of every length 1..40, then numbers, str or ascii: no byte of a tag\'s word stores survives past it', async () => {
+    const { out, text } = collector();
+    const s = new OutputSink(out, 'test');
+    let want = '';
+    let seed = 7;
+    const next = (n: number): number => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return seed % n;
+    };
+    const tags = Array.from({ length: 40 }, (_, i) => 'abcdefghijklmnopqrstuvwxyz0123456789<>="'.slice(0, i + 1));
+    const made = tags.map((t) => asciiTag(t));
+    for (let i = 0; i < 60000; i++) {
+      s.room(64);
+      const k = next(40);
+      s.tag(made[k]);
+      want += tags[k];
+      switch (next(4)) {
+        case 0: {
+          const v = next(10) < 3 ? next(10) : next(2 ** 31);
+          s.uint(v);
+          want += v;
+          break;
+        }
+        case 1:
+          s.ascii('|');
+          want += '|';
+          break;
+        case 2:
+          s.str('é');
+          want += 'é';
+          break;
+        default:
+          // tag after tag
+          s.tag(made[0]);
+          want += 'a';
+      }
+      await s.maybeFlush();
+    }
+    // Last write a tag whose length is not a multiple of four: its slack is not output.
+    s.room(8);
+    s.tag(made[4]);
+    want += tags[4];
+    await s.flush();
+    expect(Buffer.from(text(), 'latin1').toString('utf8')).toBe(want);
   });
 });
