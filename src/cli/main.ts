@@ -1,4 +1,4 @@
-#!/usr/bin/env -S node --max-semi-space-size=1
+#!/usr/bin/env -S node --max-semi-space-size=1 --v8-pool-size=1
 /**
  * The dmthin command line. Each subcommand lives in its own file; this one
  * wires them up and owns exit codes: 0 on success, 1 on any error (one line on
@@ -9,7 +9,11 @@
  * The #! line caps V8's young generation at 1 MiB per semi-space: a long walk
  * otherwise grows it to 32 MiB of peak RSS for garbage that dies young
  * (10M-mapping dump: 91 -> 72 MiB, CPU 0.99x; check 91 -> 84 MiB, CPU
- * 1.07x). `env -S` splits the options (coreutils 8.30 and later).
+ * 1.07x). It also runs V8's background work (optimizing compiles, GC
+ * helpers) on one thread, not four: each thread's malloc arena kept the
+ * compilers' freed zones, 3-4 MiB apiece (check at 40M mappings: about 85 ->
+ * 79 MiB peak RSS, wall 0.99x). `env -S` splits the options (coreutils 8.30
+ * and later).
  */
 // First, before the imports below load: a run of the CLI compiles its
 // modules with V8's cached code and defers what commander loads but never

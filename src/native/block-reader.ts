@@ -54,7 +54,10 @@ export class BlockReader {
   async read(unitBytes: number, blocks: readonly number[], opts: ReadOptions = {}): Promise<NativeReadResult> {
     this.assertOpen();
     try {
-      return await this.r.read(unitBytes, Float64Array.from(blocks), opts.checksum ?? false);
+      // Not Float64Array.from(blocks): it iterates, an object per block read.
+      const nrs = new Float64Array(blocks.length);
+      for (let i = 0; i < blocks.length; i++) nrs[i] = blocks[i];
+      return await this.r.read(unitBytes, nrs, opts.checksum ?? false);
     } catch (e) {
       throw fromNative(e, { path: this.path, ...opts.errorFields });
     }

@@ -58,23 +58,21 @@ export class BtreeNode {
 
   constructor(block: Block, leafValueSize: number, ctx: TreeContext) {
     verifyChecksum(block, BlockType.BtreeNode, ctx);
-    const err = (kind: ConstructorParameters<typeof MetadataError>[0], msg: string) =>
-      new MetadataError(kind, `${msg} (block ${block.nr}, ${describe(ctx)})`, { block: block.nr, ...ctx });
     const w = block.words;
     const b = block.base;
     const flags = w[b + 1];
     const blocknr = w[b + 2] + w[b + 3] * TWO32;
-    if (blocknr !== block.nr) throw err('blocknr', `btree node says it is block ${blocknr}`);
-    if (flags !== INTERNAL_NODE && flags !== LEAF_NODE) throw err('node-flags', `bad node flags ${flags}`);
+    if (blocknr !== block.nr) throw nodeError(block, ctx, 'blocknr', `btree node says it is block ${blocknr}`);
+    if (flags !== INTERNAL_NODE && flags !== LEAF_NODE) throw nodeError(block, ctx, 'node-flags', `bad node flags ${flags}`);
     this.isLeaf = flags === LEAF_NODE;
     this.nrEntries = w[b + 4];
     this.maxEntries = w[b + 5];
     this.valueSize = w[b + 6];
     const wantVs = this.isLeaf ? leafValueSize : 8;
-    if (this.valueSize !== wantVs) throw err('value-size', `value size mismatch: expected ${wantVs}, got ${this.valueSize}`);
+    if (this.valueSize !== wantVs) throw nodeError(block, ctx, 'value-size', `value size mismatch: expected ${wantVs}, got ${this.valueSize}`);
     const wantMax = maxEntriesFor(this.valueSize);
-    if (this.maxEntries !== wantMax) throw err('max-entries', `max_entries is ${this.maxEntries}, expected ${wantMax}`);
-    if (this.nrEntries > this.maxEntries) throw err('nr-entries', `nr_entries ${this.nrEntries} > max_entries ${this.maxEntries}`);
+    if (this.maxEntries !== wantMax) throw nodeError(block, ctx, 'max-entries', `max_entries is ${this.maxEntries}, expected ${wantMax}`);
+    if (this.nrEntries > this.maxEntries) throw nodeError(block, ctx, 'nr-entries', `nr_entries ${this.nrEntries} > max_entries ${this.maxEntries}`);
     this.nr = block.nr;
     this.block = block;
     this.u32 = w;
@@ -145,6 +143,11 @@ export class BtreeNode {
       );
     }
   }
+}
+
+/** A fault in a node's header (not a closure made per node: a walk makes a node per block read). */
+function nodeError(block: Block, ctx: TreeContext, kind: ConstructorParameters<typeof MetadataError>[0], msg: string): MetadataError {
+  return new MetadataError(kind, `${msg} (block ${block.nr}, ${describe(ctx)})`, { block: block.nr, ...ctx });
 }
 
 function describe(ctx: TreeContext): string {
