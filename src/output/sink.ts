@@ -88,6 +88,13 @@ function put4(buf: Uint8Array, DIGITS4: Uint8Array, p: number, m: number): void 
   buf[p + 3] = DIGITS4[k + 3];
 }
 
+/** Writes 0 <= m < 10^8 as exactly eight digits at p. */
+function put8(buf: Uint8Array, DIGITS4: Uint8Array, p: number, m: number): void {
+  const hi = (m / 10000) >>> 0;
+  put4(buf, DIGITS4, p, hi);
+  put4(buf, DIGITS4, p + 4, m - hi * 10000);
+}
+
 /** Writes 0 <= m < 2^32 in decimal at p; returns the end. */
 function putU32(buf: Uint8Array, DIGITS4: Uint8Array, p: number, m: number): number {
   if (m < 10000) return putBelow10000(buf, DIGITS4, p, m);
@@ -100,9 +107,7 @@ function putU32(buf: Uint8Array, DIGITS4: Uint8Array, p: number, m: number): num
   const hi = (m / 100000000) >>> 0; // <= 42
   p = putBelow10000(buf, DIGITS4, p, hi);
   const lo = m - hi * 100000000;
-  const mid = (lo / 10000) >>> 0;
-  put4(buf, DIGITS4, p, mid);
-  put4(buf, DIGITS4, p + 4, lo - mid * 10000);
+  put8(buf, DIGITS4, p, lo);
   return p + 8;
 }
 
@@ -219,9 +224,7 @@ export class OutputSink {
     const lo = n - hi * 100000000;
     const buf = this.buf;
     const p = putU32(buf, d4, this.pos, hi);
-    const mid = (lo / 10000) >>> 0;
-    put4(buf, d4, p, mid);
-    put4(buf, d4, p + 4, lo - mid * 10000);
+    put8(buf, d4, p, lo);
     this.pos = p + 8;
   }
 
