@@ -9,8 +9,9 @@
  *
  * Memory: 1 byte per data block (data recount) up to DATA_WINDOW blocks; a
  * larger data device is recounted a window of DATA_WINDOW blocks at a time
- * (4 MiB), re-reading the leaves that map into each window (their numbers
- * are listed per window during the walk: 4 bytes a leaf and window). Plus
+ * (4 MiB): window 0 during the walk, each other window by re-reading the
+ * leaves that map into it (their numbers are listed per window during the
+ * walk: 4 bytes a leaf and window). Plus
  * about 14 bytes per metadata block (recount, per-node key range, height,
  * mapping count, tree marks) and the device list. Never proportional to the
  * number of mappings.
@@ -276,8 +277,10 @@ export const DATA_WINDOW = ENTRIES_PER_BITMAP * 256;
  * The data recount of a device larger than DATA_WINDOW blocks, a window at a
  * time: the walk notes which (first-seen) leaves map into each window; the
  * space-map comparison then refills the counts window by window from those
- * leaves alone. Each leaf is read once per window it maps into, so the extra
- * IO is about one more read of the mapping leaves.
+ * leaves alone. Window 0 is counted during the walk itself; each leaf is read
+ * again once per other window it maps into, so the extra IO is at most about
+ * one more read of the mapping leaves, and none for the leaves that map only
+ * into window 0.
  */
 const MAPPING_CTX = { tree: 'mapping' };
 
@@ -289,7 +292,8 @@ class DataWindows {
   private readonly last: Float64Array;
   /** Blocks in use in the windows loaded so far. */
   inUse = 0;
-  private loaded = -1;
+  /** The window `counts` holds: window 0, counted by note() during the walk, to begin with. */
+  private loaded = 0;
   private readonly counted: Uint8Array;
 
   constructor(
@@ -312,9 +316,17 @@ class DataWindows {
     return this.counted[w] === 1;
   }
 
-  /** Leaf `leaf` maps data block `data` (< nrDataBlocks). */
+  /**
+   * Leaf `leaf`, seen for the first time, maps data block `data` (<
+   * nrDataBlocks). Window 0 is also counted here, during the walk: it is
+   * loaded when the space-map comparison starts, so the leaves mapping into
+   * it (usually most of them: pools allocate from the start) are not read a
+   * second time. The leaf is listed all the same, should window 0 be needed
+   * again after another one.
+   */
   note(data: number, leaf: number): void {
     const w = Math.floor(data / this.size);
+    if (w === 0) this.counts.inc(data);
     if (this.last[w] === leaf) return;
     this.last[w] = leaf;
     let a = this.leaves[w];
@@ -336,7 +348,8 @@ class DataWindows {
    */
   async load(w: number, io: ThinMetadata['io'], report: (e: unknown, leaf: number) => void, signal?: AbortSignal): Promise<number> {
     const base = w * this.size;
-    if (this.loaded === w) return base;
+    if (this.loaded === w) return this.counted1(w, base);
+    this.loaded = -1; // cleared below: no window until this one is complete
     this.counts.clear();
     const list = this.leaves[w].subarray(0, this.nLeaves[w]).sort();
     const end = base + this.size;
@@ -371,9 +384,14 @@ class DataWindows {
         b.done();
       }
     }
+    this.loaded = w;
+    return this.counted1(w, base);
+  }
+
+  /** Window w is in `counts`: its blocks in use are added to inUse the first time. */
+  private counted1(w: number, base: number): number {
     if (!this.counted[w]) this.inUse += this.counts.inUse();
     this.counted[w] = 1;
-    this.loaded = w;
     return base;
   }
 }

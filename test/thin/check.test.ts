@@ -220,6 +220,27 @@ describe('a data device recounted a window at a time', () => {
     expect(pick(r)).toEqual(e.problems!(fault));
   });
 
+  it('window 0 is counted during the walk: only leaves mapping into later windows are read again', async () => {
+    // deep-tree: 58,388 data blocks, mapped up to 56,352: four windows of 16,320.
+    const img = fixtureImage('deep-tree');
+    const perWindow = new Map<number, number>();
+    for (const n of listNodes(img).filter((x) => x.tree === 'bottom' && x.leaf)) {
+      const v = node(img, n.block);
+      const windows = new Set<number>();
+      for (let i = 0; i < v.nr; i++) windows.add(Math.floor(Number(v.buf.readBigUInt64LE(v.valueOff(i)) >> 24n) / W.dataWindow));
+      for (const w of windows) perWindow.set(w, (perWindow.get(w) ?? 0) + 1);
+    }
+    expect([...perWindow.keys()].sort()).toEqual([0, 1, 2, 3]);
+    const reads = async (opts: Parameters<typeof checkMetadata>[1]): Promise<number> => {
+      await using md = await ThinMetadata.fromBuffer(img);
+      const r = await checkMetadata(md, opts);
+      expect(r.problems).toEqual([]);
+      return md.io.stats.blocksRead;
+    };
+    const extra = (await reads(W)) - (await reads({}));
+    expect(extra).toBe(perWindow.get(1)! + perWindow.get(2)! + perWindow.get(3)!);
+  });
+
   it('a window that is not whole bitmaps is refused', async () => {
     await expect(check(fixtureImage('basic'), { dataWindow: 1000 })).rejects.toMatchObject({ code: 'EINVAL' });
   });
