@@ -5,7 +5,7 @@
  * across leaf boundaries.
  */
 import { MetadataError, throwIfAborted } from '../errors';
-import { BtreeNode, TreeValidator, walkLeaves } from '../pdata/btree';
+import { BtreeNode, LeafWalk, TreeValidator } from '../pdata/btree';
 import type { Block, BlockSource } from '../pdata/block-source';
 import { MAX_SAFE_HI, TWO32 } from '../pdata/words';
 import { mappingDataBlock, mappingTime } from './mapping-value';
@@ -274,7 +274,7 @@ export async function* mappingRunBatches(io: BlockSource, root: number, opts: Ma
   let total = 0;
   let nodes = 0;
   const batch = new RunBatch(256);
-  for await (const leaf of walkLeaves(io, root, {
+  const walk = new LeafWalk(io, root, {
     tree: 'mapping',
     devId: opts.devId,
     valueSize: 8,
@@ -284,7 +284,14 @@ export async function* mappingRunBatches(io: BlockSource, root: number, opts: Ma
     end: opts.end ?? Infinity,
     onNode: () => nodes++,
     transient: true, // each leaf is decoded into the batch before the next
-  })) {
+  });
+  for (;;) {
+    const leaf = walk.poll();
+    if (leaf === null) break;
+    if (leaf === undefined) {
+      await walk.wait();
+      continue;
+    }
     batch.reset();
     merger.leaf(leaf, batch);
     total += leaf.nrEntries;
@@ -385,7 +392,15 @@ export async function walkDeviceRuns(
         block.done();
       } else {
         // The walk marks the root block (and its own) done as it goes.
-        for await (const leaf of walkLeaves(io, root, { ...ctx, valueSize: 8, nrMetadataBlocks: opts.nrMetadataBlocks, signal: opts.signal, rootBlock: block, transient: true })) {
+        // Pulled, not iterated: a leaf already read costs no promise (LeafWalk).
+        const walk = new LeafWalk(io, root, { ...ctx, valueSize: 8, nrMetadataBlocks: opts.nrMetadataBlocks, signal: opts.signal, rootBlock: block, transient: true });
+        for (;;) {
+          const leaf = walk.poll();
+          if (leaf === null) break;
+          if (leaf === undefined) {
+            await walk.wait();
+            continue;
+          }
           batch.reset();
           merger.leaf(leaf, batch);
           found += leaf.nrEntries;

@@ -1,5 +1,5 @@
 import fc from 'fast-check';
-import { lookup, walkLeaves, BtreeNode } from '../../src/pdata/btree';
+import { lookup, walkLeaves, BtreeNode, LeafWalk } from '../../src/pdata/btree';
 import { MemoryBlockSource } from '../../src/pdata/block-source';
 import { MetadataError } from '../../src/errors';
 import { BlockType } from '../../src/pdata/checksum';
@@ -35,6 +35,34 @@ describe('walkLeaves', () => {
       ),
       { numRuns: 60 },
     );
+  });
+
+  test('LeafWalk: leaves already read come from poll() without a wait; one wait per read batch at most', async () => {
+    const keys = Array.from({ length: 3000 }, (_, i) => i * 2);
+    const img = new ImageBuilder(600);
+    const root = buildTree(img, entries(keys), SMALL_VALUE_SIZE, 10, 84);
+    const src = new MemoryBlockSource(img.image);
+    const walk = new LeafWalk(src, root, { tree: 'test', valueSize: SMALL_VALUE_SIZE, nrMetadataBlocks: img.nrBlocks, window: 64, transient: true });
+    const got: number[] = [];
+    let leaves = 0;
+    let waits = 0;
+    for (;;) {
+      const leaf = walk.poll();
+      if (leaf === null) break;
+      if (leaf === undefined) {
+        waits++;
+        await walk.wait();
+        continue;
+      }
+      leaves++;
+      for (let i = 0; i < leaf.nrEntries; i++) got.push(leaf.key(i));
+    }
+    expect(got).toEqual(keys);
+    expect(leaves).toBe(300);
+    expect(waits).toBeGreaterThan(0);
+    expect(waits).toBeLessThanOrEqual(src.stats.batches);
+    expect(src.stats.batches).toBeLessThan(leaves / 8);
+    expect(walk.poll()).toBeNull();
   });
 
   test('lookup finds present keys and not absent ones', async () => {
