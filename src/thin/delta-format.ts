@@ -7,7 +7,7 @@
  * blocks; --verbose breaks ranges where data blocks are not contiguous and
  * groups consecutive ranges of one kind in one container element.
  */
-import { OutputSink, type SinkTarget } from '../output/sink';
+import { type AsciiTag, asciiTag, OutputSink, type SinkTarget } from '../output/sink';
 import type { DeltaKind, DeltaOptions, DeltaStats, RawDeltaExtent } from './delta';
 import type { ThinMetadata } from './metadata';
 import type { VirtualKey } from './mappings';
@@ -37,6 +37,18 @@ export type DeltaSubject =
       /** Mapping-tree root block of the right side. */
       rightRoot: number;
     };
+
+/** `    <kind begin="` of a plain line, per kind. */
+const PLAIN_OPEN: Record<DeltaKind, AsciiTag> = {
+  same: asciiTag('    <same begin="'),
+  different: asciiTag('    <different begin="'),
+  left_only: asciiTag('    <left_only begin="'),
+  right_only: asciiTag('    <right_only begin="'),
+};
+const PLAIN_LENGTH = asciiTag('" length="');
+const PLAIN_CLOSE = asciiTag('"/>\n');
+/** Bytes of the longest plain line: its tags and two numbers of at most 20 digits. */
+const MAX_PLAIN_LINE = 100;
 
 const add = (a: VirtualKey, n: number): VirtualKey => (typeof a === 'number' && a + n <= Number.MAX_SAFE_INTEGER ? a + n : BigInt(a) + BigInt(n));
 // eslint-disable-next-line eqeqeq
@@ -90,15 +102,22 @@ export async function writeDelta(md: ThinMetadata, out: SinkTarget, subject: Del
   let pBegin: VirtualKey = 0;
   let pLen = 0;
   let open: DeltaKind | undefined;
-  // Lines of a batch are built as one string and written once (see OutputSink.ascii).
+  // Verbose lines of a batch are built as one string and written once (see OutputSink.ascii).
   let text = '';
+  // Plain lines go into the sink as bytes (tags and digits), no string per line.
   const flushPlain = () => {
     if (pk === undefined) return;
-    text += `    <${pk} begin="${pBegin}" length="${pLen}"/>\n`;
+    s.room(MAX_PLAIN_LINE);
+    s.tag(PLAIN_OPEN[pk]);
+    if (typeof pBegin === 'number') s.uint(pBegin);
+    else s.ascii(String(pBegin));
+    s.tag(PLAIN_LENGTH);
+    s.uint(pLen);
+    s.tag(PLAIN_CLOSE);
     pk = undefined;
   };
   const flushText = () => {
-    s.ascii(text);
+    if (text) s.ascii(text);
     text = '';
   };
   const stats = await drain(gen, s, (e) => {

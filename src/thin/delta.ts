@@ -128,7 +128,8 @@ interface Ref {
   lo: Key;
   hi: Key;
   depth: number;
-  p?: Promise<Block>;
+  /** The read, once asked for; `data` is set when it resolves. */
+  p?: Promise<unknown>;
   data?: Block;
 }
 
@@ -238,23 +239,39 @@ class Side {
     }
   }
 
-  /** Replaces the top ref by its contents: a leaf cursor or the node's children. Returns the node. */
-  async expand(): Promise<BtreeNode> {
-    const [node, r] = await this.take();
-    this.push(node, r);
-    return node;
-  }
-
-  /** The first half of expand(): pops the top ref, reads and validates its node, checks its child pointers. */
-  async take(): Promise<[BtreeNode, Ref]> {
+  /**
+   * Whether the top ref's node is read, so that takeNow/expandNow can run
+   * (asks for its read otherwise). The walk awaits waitTop() only when not:
+   * most nodes arrive in a read batch ahead of the walk, and an async step
+   * per node was most of a delta's garbage.
+   */
+  ready(): boolean {
     const top = this.top() as Ref;
     if (!top.p) this.fetch();
-    const block = top.data ?? (await top.p!);
-    const r = this.popRef();
+    return top.data !== undefined;
+  }
+
+  /** Resolves once the top ref's node is read (rejects with the read's error). */
+  async waitTop(): Promise<void> {
+    const top = this.top() as Ref;
+    if (!top.p) this.fetch();
+    if (!top.data) await top.p;
+  }
+
+  /** Replaces the top ref (read: see ready) by its contents: a leaf cursor or the node's children. */
+  expandNow(): void {
+    const r = this.top() as Ref;
+    this.push(this.takeNow(r), r);
+  }
+
+  /** The first half of expandNow(): pops the top ref `r`, validates its node, checks its child pointers. */
+  takeNow(r: Ref): BtreeNode {
+    const block = r.data!;
+    this.popRef();
     const node = this.validator.visit(block, r.lo, r.hi, r.depth);
     this.walk.stats.nodesRead++;
     if (!node.isLeaf) for (let i = node.nrEntries - 1; i >= 0; i--) this.validator.checkPointer(node.value64(i), r.block);
-    return [node, r];
+    return node;
   }
 
   /** The second half: a leaf cursor or the node's children, bar those marked in `skip` (shared with the other side). */
@@ -327,12 +344,14 @@ class DeltaWalker {
     if (need.length === 0) return;
     for (const r of need) this.requested?.add(r.block);
     const batch = this.io.read(need.map((r) => r.block));
-    batch.catch(() => {});
     this.stats.blocksRead += need.length;
-    need.forEach((r, i) => {
-      r.p = batch.then((bs) => (r.data = bs[i]));
-      r.p.catch(() => {});
+    // One reaction per batch, not a promise per block: it sets every `data`
+    // before anything awaiting one of these refs runs.
+    const p = batch.then((bs) => {
+      for (let i = 0; i < need.length; i++) need[i].data = bs[i];
     });
+    p.catch(() => {});
+    for (const r of need) r.p = p;
   }
 
   /**
@@ -481,7 +500,8 @@ class DeltaWalker {
     // enumerated straight away; a shared internal node is walked in bulk,
     // validated as the subtree it is (fill rule, key range, leaf depth on
     // both sides).
-    const first = l.data ?? (l.p ? await l.p : undefined);
+    if (!l.data && l.p) await l.p;
+    const first = l.data;
     const leaves =
       first && first.u32(4) === LEAF_NODE
         ? [this.sharedLeaf(first, l, r)]
@@ -633,7 +653,8 @@ class DeltaWalker {
         const s = L.empty ? R : L;
         const t = s.top();
         if (!t.leaf) {
-          await s.expand();
+          if (!s.ready()) await s.waitTop();
+          s.expandNow();
           s.prefetch();
           continue;
         }
@@ -675,7 +696,8 @@ class DeltaWalker {
           this.emit('left_only', ka, 1, va.data, undefined);
           L.advance();
         } else {
-          await R.expand();
+          if (!R.ready()) await R.waitTop();
+          R.expandNow();
           R.prefetch();
         }
         continue;
@@ -687,34 +709,41 @@ class DeltaWalker {
           this.emit('right_only', kb, 1, undefined, vb.data);
           R.advance();
         } else {
-          await L.expand();
+          if (!L.ready()) await L.waitTop();
+          L.expandNow();
           L.prefetch();
         }
         continue;
       }
       // Two different subtrees: open the one that starts first; at the same
       // start, the wider one (higher up its tree), or both.
-      if (ka < kb) await L.expand();
-      else if (kb < ka) await R.expand();
-      else if (a.hi > b.hi) await L.expand();
-      else if (b.hi > a.hi) await R.expand();
-      else {
+      const first = ka < kb ? L : kb < ka ? R : a.hi > b.hi ? L : b.hi > a.hi ? R : undefined;
+      if (first) {
+        if (!first.ready()) await first.waitTop();
+        first.expandNow();
+      } else {
         if (!a.p) L.fetch();
         if (!b.p) R.fetch();
         if (this.requested) {
           // Without `same`: two nodes over one range. The children they share
           // are skipped here (as the walk below would, one by one), and what
           // differs below them is read ahead of the walk (frontier).
-          const [nl, rl] = await L.take();
-          const [nr, rr] = await R.take();
+          const rl = L.top() as Ref;
+          if (!L.ready()) await L.waitTop();
+          const nl = L.takeNow(rl);
+          const rr = R.top() as Ref;
+          if (!R.ready()) await R.waitTop();
+          const nr = R.takeNow(rr);
           const skipL = nl.isLeaf ? undefined : new Uint8Array(nl.nrEntries);
           const skipR = nr.isLeaf ? undefined : new Uint8Array(nr.nrEntries);
           if (skipL && skipR) this.frontier(nl, nr, a.hi, skipL, skipR);
           L.push(nl, rl, skipL);
           R.push(nr, rr, skipR);
         } else {
-          await L.expand();
-          await R.expand();
+          if (!L.ready()) await L.waitTop();
+          L.expandNow();
+          if (!R.ready()) await R.waitTop();
+          R.expandNow();
         }
       }
       L.prefetch();

@@ -237,3 +237,37 @@ describe('on the fixtures', () => {
     }
   });
 });
+
+test('a read that fails anywhere in the walk rejects the delta with that error (with and without same)', async () => {
+  const s = scenario(40, 90, [3, 17, 30], 84);
+  const blocks = new Set<number>();
+  const spy = new MemoryBlockSource(s.img.image);
+  const read0 = spy.read.bind(spy);
+  spy.read = (bs) => {
+    bs.forEach((b) => blocks.add(b));
+    return read0(bs);
+  };
+  for await (const _ of deltaBatches(spy, s.origin.root, s.snap.root, { nrMetadataBlocks: s.img.nrBlocks, nrDataBlocks: 1e9, window: 8 }));
+  expect(blocks.size).toBeGreaterThan(40);
+  for (const same of [true, false]) {
+    for (const bad of blocks) {
+      const src = new MemoryBlockSource(s.img.image);
+      const read = src.read.bind(src);
+      let failed = false;
+      src.read = (bs) => {
+        if (!bs.includes(bad)) return read(bs);
+        failed = true;
+        return Promise.reject(Object.assign(new Error(`EIO reading block ${bad}`), { code: 'EIO' }));
+      };
+      const run = async () => {
+        for await (const _ of deltaBatches(src, s.origin.root, s.snap.root, { nrMetadataBlocks: s.img.nrBlocks, nrDataBlocks: 1e9, includeSame: same, window: 8 }));
+      };
+      if (same) await expect(run()).rejects.toMatchObject({ code: 'EIO', message: `EIO reading block ${bad}` });
+      else {
+        // Without same, a shared block is never read: the walk either ends well without asking for it or fails on it.
+        const r = await run().then(() => 'ok', (e: { code?: string }) => e.code);
+        expect(r).toBe(failed ? 'EIO' : 'ok');
+      }
+    }
+  }
+});
