@@ -470,9 +470,9 @@ class DeltaWalker {
       return;
     }
     if (c) this.out.push(c);
-    this.cur = { kind, begin, length };
-    if (left !== undefined) this.cur.leftData = left;
-    if (right !== undefined) this.cur.rightData = right;
+    // Every field in one literal: one object shape for all extents (fields
+    // added afterwards made each extent change shape twice).
+    this.cur = { kind, begin, length, leftData: left, rightData: right };
   }
 
   private sharedLeaf(b: Block, l: Ref, r: Ref): BtreeNode {
