@@ -1,5 +1,5 @@
 // Module entry: the native layer is IO only (block reads and writes, CRC-32C, dm ioctls and event polls, flock),
-// plus the stream digest (SHA-256) hashed on a thread of its own.
+// plus the stream digest (SHA-256) hashed on a thread of its own, and the CLI's exit guard.
 #include <napi.h>
 
 #include "block_reader.h"
@@ -7,6 +7,7 @@
 #include "crc32c.h"
 #include "dm_control.h"
 #include "dm_poll.h"
+#include "exit_guard.h"
 #include "file_lock.h"
 #include "range_reader.h"
 #include "sha256_pipe.h"
@@ -22,6 +23,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitFileLock(env, exports);
   Sha256Pipe::Init(env, exports);
   RangeReader::Init(env, exports);
+  InitExitGuard(env, exports);
   return exports;
 }
 

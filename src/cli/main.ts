@@ -26,6 +26,7 @@ if (require.main === module) {
 }
 import { Command, CommanderError } from 'commander';
 import { AbortError, UsageError } from '../errors';
+import { armExitGuard } from '../native/binding';
 import { CliContext, errorLine, EXIT_EPIPE, EXIT_FAILURE, finishStdout, guardStdout, isEpipe, print, rewriteMetadataSnapArgs } from './common';
 
 type CommandModule = { register(program: Command, ctx: () => CliContext): void };
@@ -141,14 +142,20 @@ function parserError(e: CommanderError, argv: string[]): UsageError {
   return new UsageError(`${text}; ${help}`);
 }
 
+/**
+ * After the command, Node ends the process; should it not within this long
+ * (a V8 shutdown deadlock, see native/exit_guard.cc), the guard ends it with
+ * the command's status. Its output is written by then.
+ */
+const EXIT_GRACE_MS = 2000;
+
 if (require.main === module) {
-  main(process.argv.slice(2)).then(
-    (code) => {
-      process.exitCode = code;
-    },
-    (e) => {
-      process.stderr.write(errorLine('dmthin', e) + '\n');
-      process.exitCode = EXIT_FAILURE;
-    },
-  );
+  const end = (code: number): void => {
+    process.exitCode = code;
+    armExitGuard(code, EXIT_GRACE_MS);
+  };
+  main(process.argv.slice(2)).then(end, (e) => {
+    process.stderr.write(errorLine('dmthin', e) + '\n');
+    end(EXIT_FAILURE);
+  });
 }

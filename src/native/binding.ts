@@ -4,7 +4,6 @@
  * every layer uses wrap these: block-reader.ts and block-writer.ts.
  */
 import { join } from 'node:path';
-import bindings from 'bindings';
 import { SetupError } from '../errors';
 
 export interface NativeOpenInfo {
@@ -169,6 +168,8 @@ export interface NativeAddon {
    * description: closing it (or the process dying) drops it.
    */
   flockNonBlocking(fd: number, exclusive: boolean): boolean;
+  /** Ends the process with `status` (_exit) if it is still alive `graceMs` from now; once per process (native/exit_guard.cc). */
+  armExitGuard(status: number, graceMs: number): boolean;
   dmConstants: NativeDmConstants;
 }
 
@@ -184,12 +185,23 @@ export function native(): NativeAddon {
   if (!addon) {
     try {
       // module_root: the package's folder (bindings otherwise finds it by parsing a stack trace).
+      // `bindings` itself is loaded here too: importing this module costs a command that never loads the addon nothing.
+      const bindings = require('bindings') as typeof import('bindings');
       addon = bindings({ bindings: 'dmthin', module_root: join(__dirname, '..', '..') }) as NativeAddon;
     } catch (e) {
       throw addonError(e);
     }
   }
   return addon;
+}
+
+/**
+ * Arms the exit guard (native/exit_guard.cc: Node 20 can deadlock while the
+ * process ends, nodejs/node#54918) if the addon is loaded; a command that
+ * never loaded it did not load it for this. False when not armed.
+ */
+export function armExitGuard(status: number, graceMs: number): boolean {
+  return addon?.armExitGuard(status, graceMs) ?? false;
 }
 
 /** CRC-32C (the addon's contract): the addon's when it loads, else the portable one. */
