@@ -157,6 +157,19 @@ if (haveCeph && !args.includes('--no-s3')) {
   const s = spawnSync(process.execPath, [join(root, 'scripts/ceph/test-cluster.mjs'), 'start', cdir], { encoding: 'utf8' });
   if (s.status !== 0) throw new Error(`ceph cluster: ${s.stderr}`);
   const c = JSON.parse(s.stdout);
+  // The cluster's daemons outlive this process: stop them however it ends
+  // (a reader of stdout that goes away, as in `npm run bench | head`, once
+  // left a cluster running). exit handlers may only do synchronous work.
+  let stopped = false;
+  const stop = (io) => {
+    if (stopped) return;
+    stopped = true;
+    spawnSync(process.execPath, [join(root, 'scripts/ceph/test-cluster.mjs'), 'stop', cdir], { stdio: io });
+    rmSync(cdir, { recursive: true, force: true });
+  };
+  process.on('exit', () => stop('ignore'));
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.once(sig, () => process.exit(128 + ({ SIGINT: 2, SIGTERM: 15, SIGHUP: 1 })[sig]));
+  process.stdout.on('error', () => process.exit(141));
   try {
     const env = { AWS_ENDPOINT_URL: c.endpoint, AWS_REGION: c.region, AWS_ACCESS_KEY_ID: c.accessKeyId, AWS_SECRET_ACCESS_KEY: c.secretAccessKey };
     const { S3Client, CreateBucketCommand } = await import('@aws-sdk/client-s3');
@@ -166,8 +179,7 @@ if (haveCeph && !args.includes('--no-s3')) {
     client.destroy();
     all.push(...sequence('S3 (Ceph radosgw, memstore, this host)', 's3://bench/repo', env));
   } finally {
-    spawnSync(process.execPath, [join(root, 'scripts/ceph/test-cluster.mjs'), 'stop', cdir], { stdio: 'inherit' });
-    rmSync(cdir, { recursive: true, force: true });
+    stop('inherit');
   }
 } else if (!args.includes('--no-s3')) {
   console.warn('backup bench: Ceph is not installed: the S3 rows are not run');

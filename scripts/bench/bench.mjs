@@ -25,6 +25,8 @@
 //                  backup (scripts/bench/backup.mjs: backup/restore vs dd),
 //                  memory (peak RSS and time of dmthin's dump, ls, delta,
 //                  check and rmap, against the 80 MiB goal; no reference run)
+// --keep-env      time the commands with NODE_EXTRA_CA_CERTS if it is set
+//                  (by default it is removed from their environment: see below)
 // --scale A,B,...  the memory rows at each of these mapping counts (images
 //                  built and cached as needed), e.g. 1000000,4000000,10000000,40000000,
 //                  printed as one table: peak RSS, seconds and seconds per
@@ -64,6 +66,20 @@ if (!existsSync(cli)) {
   console.error('bench: dist/ is missing; run `npm run build` first');
   process.exit(1);
 }
+// NODE_EXTRA_CA_CERTS makes every Node process parse that CA bundle before
+// any JavaScript runs (with Debian's 140-certificate bundle: ~55 ms and
+// 2-4 MiB per process on the 2-core bench machine, `node -e 0` 30 -> 85 ms).
+// It is a setting of the machine, not dmthin's work, and a standard install
+// has none: the timed commands run without it, and the bench says so.
+// --keep-env keeps the environment as it is.
+const KEEP_ENV = args.includes('--keep-env');
+const childEnv = { ...process.env };
+const droppedCaCerts = !KEEP_ENV && childEnv.NODE_EXTRA_CA_CERTS !== undefined;
+if (droppedCaCerts) {
+  delete childEnv.NODE_EXTRA_CA_CERTS;
+  console.log('bench: NODE_EXTRA_CA_CERTS is set here; the timed commands run without it (Node parses that bundle at every start; --keep-env keeps it)');
+}
+
 // Node options of the installed `dmthin` command (its #! line), so that the
 // bench runs the CLI as users do.
 const cliNodeFlags = (() => {
@@ -246,7 +262,7 @@ function timed(cmd, argv) {
   const hasTime = existsSync('/usr/bin/time');
   const full = hasTime ? ['/usr/bin/time', ['-f', '%e %M %U %S', cmd, ...argv]] : [cmd, argv];
   const t0 = process.hrtime.bigint();
-  const r = spawnSync(full[0], full[1], { stdio: ['ignore', 'ignore', 'pipe'], maxBuffer: 1 << 24 });
+  const r = spawnSync(full[0], full[1], { stdio: ['ignore', 'ignore', 'pipe'], maxBuffer: 1 << 24, env: childEnv });
   const wall = Number(process.hrtime.bigint() - t0) / 1e9;
   if (r.status !== 0) throw new Error(`${cmd} ${argv.join(' ')} failed: ${r.stderr}`);
   let rssKiB = NaN;
