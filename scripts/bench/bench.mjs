@@ -534,7 +534,7 @@ async function main() {
   }
   const pairs = all.filter(([key]) => wanted(key)).map(([, ...rest]) => rest);
   if (pairs.length && needImage) console.log(`image: ${img} (${MAPPINGS} mappings, ${DATA_BLOCKS} data blocks, ${(size / 2 ** 20).toFixed(0)} MiB metadata), ${ROUNDS} interleaved rounds`);
-  console.log(`node ${process.version}; times are medians of wall-clock seconds; load average ${loadavg().map((x) => x.toFixed(2)).join(' ')}`);
+  console.log(`node ${process.version}; times are medians of wall-clock seconds, ratio = their quotient, paired = median of the rounds' quotients; load average ${loadavg().map((x) => x.toFixed(2)).join(' ')}`);
   const results = [];
   for (const [name, ours, ref, goal] of pairs) {
     timed(ours[0], ours[1]); // warm the page cache and the binaries
@@ -558,12 +558,15 @@ async function main() {
       dmthin_s: ma.toFixed(3),
       reference_s: mb.toFixed(3),
       ratio: (ma / mb).toFixed(2),
+      // Each round's dmthin run over the reference run next to it, median:
+      // on a shared machine whose speed drifts, the steadier of the two.
+      paired: median(a.map((x, i) => x.wall / b[i].wall)).toFixed(2),
       goal,
       dmthin_rss_MiB: (Math.max(...a.map((x) => x.rssKiB)) / 1024).toFixed(0),
       reference_rss_MiB: (Math.max(...b.map((x) => x.rssKiB)) / 1024).toFixed(0),
     };
     results.push(row);
-    console.log(`${name}: dmthin ${row.dmthin_s} s, reference ${row.reference_s} s, ratio ${row.ratio} (peak RSS ${row.dmthin_rss_MiB} / ${row.reference_rss_MiB} MiB)`);
+    console.log(`${name}: dmthin ${row.dmthin_s} s, reference ${row.reference_s} s, ratio ${row.ratio}, paired ${row.paired} (peak RSS ${row.dmthin_rss_MiB} / ${row.reference_rss_MiB} MiB)`);
   }
   if (results.length) console.table(results);
   if (wanted('tiny')) tinyRows();

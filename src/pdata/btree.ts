@@ -467,15 +467,6 @@ export class LeafWalk {
     return this.cur?.p ?? Promise.resolve();
   }
 
-  /** The next leaf (null at the end): poll() and wait() in one call, a promise per leaf. */
-  async next(): Promise<BtreeNode | null> {
-    for (;;) {
-      const n = this.poll();
-      if (n !== undefined) return n;
-      await this.wait();
-    }
-  }
-
   /** Children of an internal node, in key order, limited to [begin, end). */
   private childrenOf(node: BtreeNode, item: Pending): Pending[] {
     const out: Pending[] = [];

@@ -285,11 +285,9 @@ export async function* mappingRunBatches(io: BlockSource, root: number, opts: Ma
     onNode: () => nodes++,
     transient: true, // each leaf is decoded into the batch before the next
   });
-  for (;;) {
-    const leaf = walk.poll();
-    if (leaf === null) break;
+  for (let leaf; (leaf = walk.poll()) !== null; ) {
     if (leaf === undefined) {
-      await walk.wait();
+      await walk.wait(); // a leaf already read costs no await (LeafWalk)
       continue;
     }
     batch.reset();
@@ -392,13 +390,10 @@ export async function walkDeviceRuns(
         block.done();
       } else {
         // The walk marks the root block (and its own) done as it goes.
-        // Pulled, not iterated: a leaf already read costs no promise (LeafWalk).
         const walk = new LeafWalk(io, root, { ...ctx, valueSize: 8, nrMetadataBlocks: opts.nrMetadataBlocks, signal: opts.signal, rootBlock: block, transient: true });
-        for (;;) {
-          const leaf = walk.poll();
-          if (leaf === null) break;
+        for (let leaf; (leaf = walk.poll()) !== null; ) {
           if (leaf === undefined) {
-            await walk.wait();
+            await walk.wait(); // pulled, not iterated: a leaf already read costs no promise (LeafWalk)
             continue;
           }
           batch.reset();
