@@ -16,7 +16,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { lstat, mkdir, open, readlink, realpath, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { lstat, mkdir, open, readdir, readlink, realpath, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
@@ -82,6 +82,38 @@ export interface OutputFileOptions {
   signal?: AbortSignal;
 }
 
+/** `.FILE.dmthin-`: the start of the names of FILE's temporary files (then PID-RANDOM.tmp). */
+const tempPrefix = (target: string): string => `.${basename(target)}.dmthin-`;
+
+/**
+ * Removes FILE's temporary files left by runs of this host that were killed
+ * (SIGKILL, a crash) before their rename: those whose process is gone. A
+ * live process's file (another dmthin writing FILE now) is left alone, as is
+ * any other name.
+ */
+async function removeDeadTemps(target: string): Promise<void> {
+  const dir = dirname(target);
+  const prefix = tempPrefix(target);
+  const names = await readdir(dir).catch(() => [] as string[]);
+  for (const name of names) {
+    if (!name.startsWith(prefix)) continue;
+    const m = /^(\d+)-[0-9a-f]{8}\.tmp$/.exec(name.slice(prefix.length));
+    if (!m || processAlive(Number(m[1]))) continue;
+    await unlink(join(dir, name)).catch(() => undefined);
+  }
+}
+
+/** Whether a process of this id runs on this host (EPERM: it does, as another user). */
+function processAlive(pid: number): boolean {
+  if (pid === process.pid) return true;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code !== 'ESRCH';
+  }
+}
+
 export class OutputFile {
   private done = false;
 
@@ -115,7 +147,8 @@ export class OutputFile {
       });
       return new OutputFile(path, target, null, fh, new FileWritable(fh, path), existing.isBlockDevice(), opts.signal);
     }
-    const tmp = join(dirname(target), `.${basename(target)}.dmthin-${process.pid}-${randomBytes(4).toString('hex')}.tmp`);
+    await removeDeadTemps(target);
+    const tmp = join(dirname(target), `${tempPrefix(target)}${process.pid}-${randomBytes(4).toString('hex')}.tmp`);
     const fh = await open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, existing ? existing.mode & 0o7777 : 0o666).catch((e) => {
       throw fsError(e, 'create a temporary file beside', path);
     });

@@ -2,7 +2,8 @@
  * An output path that names an input is refused before anything is written:
  * the same file by device and inode, also through a symlink or a hard link.
  * The input is byte-identical afterwards. And a Ctrl-C/SIGTERM during
- * `-o FILE` leaves FILE as it was and no temporary file.
+ * `-o FILE` leaves FILE as it was and no temporary file; a SIGKILL leaves
+ * FILE as it was, and the rerun removes the killed run's temporary file.
  */
 import { spawn } from 'node:child_process';
 import { linkSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
@@ -126,6 +127,47 @@ describe('SIGTERM during -o FILE', () => {
       expect(r.stderr).toMatch(/^dmthin dump: interrupted/);
       expect(readFileSync(out, 'utf8')).toBe('the previous backup\n');
       expect(readdirSync(dir)).toEqual(['backup.xml']);
+    },
+    600_000,
+  );
+});
+
+describe('SIGKILL during -o FILE, then a rerun', () => {
+  itOracle(
+    'FILE is as it was after the kill; the rerun writes it whole and removes the dead run\'s temporary file, not a live one\'s',
+    async () => {
+      const big = largeImage(1_000_000);
+      const dir = i.s.path('sigkill');
+      mkdirSync(dir);
+      const out = join(dir, 'backup.xml');
+      writeFileSync(out, 'the previous backup\n');
+      const killed = await new Promise<{ signal: NodeJS.Signals | null; sawTemp: boolean }>((resolve) => {
+        const p = spawn(process.execPath, [CLI, 'dump', '-q', '-o', out, big.path], { stdio: 'ignore' });
+        let sawTemp = false;
+        const poll = setInterval(() => {
+          if (!sawTemp && readdirSync(dir).some((f) => f.endsWith('.tmp'))) {
+            sawTemp = true;
+            p.kill('SIGKILL');
+          }
+        }, 2);
+        p.on('close', (_status, signal) => {
+          clearInterval(poll);
+          resolve({ signal, sawTemp });
+        });
+      });
+      expect(killed).toEqual({ signal: 'SIGKILL', sawTemp: true });
+      expect(readFileSync(out, 'utf8')).toBe('the previous backup\n');
+      const dead = readdirSync(dir).filter((f) => f.endsWith('.tmp'));
+      expect(dead).toHaveLength(1);
+      // A temporary file of a live process (this one: another dmthin writing FILE now) and a name of another shape stay.
+      const live = `.backup.xml.dmthin-${process.pid}-0123abcd.tmp`;
+      writeFileSync(join(dir, live), 'in progress\n');
+      writeFileSync(join(dir, '.backup.xml.dmthin-notes.tmp'), 'not ours\n');
+      const r = runCli(['dump', '-q', '-o', out, big.path], { timeoutMs: 300_000 });
+      expect(r.status).toBe(0);
+      const whole = runCli(['dump', big.path], { timeoutMs: 300_000 });
+      expect(readFileSync(out, 'utf8')).toBe(whole.stdout);
+      expect(readdirSync(dir).sort()).toEqual(['.backup.xml.dmthin-notes.tmp', live, 'backup.xml'].sort());
     },
     600_000,
   );
