@@ -24,7 +24,7 @@
  * DMTHIN_CODE_CACHE=0 turns it off; DMTHIN_CODE_CACHE_DIR=DIR keeps it in DIR.
  */
 import { accessSync, closeSync, constants, mkdirSync, openSync, readFileSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { dirname, join, resolve as resolvePath } from 'node:path';
 import { Script } from 'node:vm';
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const Module = require('node:module') as ModuleInternals;
@@ -86,24 +86,54 @@ export function deferCommanderChildProcess(): void {
 }
 
 /**
- * Resolves dmthin's `require('commander')` without Node's package-exports
- * resolver, whose first use loads and compiles Node's ESM resolution modules
- * (~3 ms of every run): the first node_modules/commander on the lookup path
- * (Node's order) whose package.json maps "." for require to a file is loaded
- * by that file's path. Any other shape goes through Node as usual.
+ * Resolves the CLI's own requests with less work than Node's general
+ * resolver (which they would otherwise pay on every run):
+ * - `require('commander')` from dist/: without Node's package-exports
+ *   resolver, whose first use loads and compiles Node's ESM resolution
+ *   modules (~3 ms): the first node_modules/commander on the lookup path
+ *   (Node's order) whose package.json maps "." for require to a file is
+ *   loaded by that file's path.
+ * - a relative request of one dist/ file for another ('./ls', '../errors'):
+ *   one stat of the .js file, where Node tries the bare name first, then each
+ *   extension, then takes the real path. tsc writes every request without an
+ *   extension and dist/ has no extensionless files or symbolic links, so the
+ *   answer is Node's. The stat's modification time is kept for the code
+ *   cache's check (one stat, not two).
+ * - loading those files and commander's without looking up their package
+ *   scope: Node reads the nearest package.json of every .js file to see
+ *   whether it is an ES module; dmthin's and commander's are CommonJS.
+ * Any other request or shape goes through Node as usual.
  */
 export function resolveCommanderDirectly(): void {
   const M = Module as ModuleInternals & { _nodeModulePaths(from: string): string[] };
   const resolve = M._resolveFilename;
   let found: string | undefined;
   M._resolveFilename = function (request: string, parent: CjsModule & { filename?: string }, isMain: boolean, options?: { paths?: string[] }): string {
-    if (request === 'commander' && options === undefined && parent?.filename?.startsWith(ROOT + '/')) {
-      found ??= commanderMain(M._nodeModulePaths(dirname(parent.filename)));
-      if (found) return found;
+    if (options === undefined && parent?.filename?.startsWith(ROOT + '/')) {
+      if (request === 'commander') {
+        found ??= commanderMain(M._nodeModulePaths(dirname(parent.filename)));
+        if (found) return found;
+      } else if (request.startsWith('./') || request.startsWith('../')) {
+        const file = resolvePath(dirname(parent.filename), request) + '.js';
+        const st = file.startsWith(ROOT + '/') ? statSync(file, { throwIfNoEntry: false }) : undefined;
+        if (st?.isFile()) {
+          knownMtimes.set(file, st.mtimeMs);
+          return file;
+        }
+      }
     }
     return resolve.call(this, request, parent, isMain, options);
   };
+  const extensions = M._extensions as Record<string, (module: CjsModule & { _compile(content: string, filename: string): unknown }, filename: string) => unknown>;
+  const js = extensions['.js'];
+  extensions['.js'] = function (module, filename) {
+    if (filename.startsWith(ROOT + '/') || (found && filename.startsWith(dirname(found) + '/'))) return module._compile(readFileSync(filename, 'utf8'), filename);
+    return js.call(this, module, filename);
+  };
 }
+
+/** Modification times of files resolveCommanderDirectly() found (their stat), for installCodeCache(). */
+const knownMtimes = new Map<string, number>();
 
 function commanderMain(dirs: string[]): string {
   for (const d of dirs) {
@@ -169,7 +199,7 @@ export function installCodeCache(): void {
     if (content.includes('import(')) return original.call(this, content, filename);
     let mtime: number;
     try {
-      mtime = statSync(filename).mtimeMs;
+      mtime = knownMtimes.get(filename) ?? statSync(filename).mtimeMs;
     } catch {
       return original.call(this, content, filename);
     }

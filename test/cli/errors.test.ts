@@ -129,7 +129,12 @@ function unusedMiscMinor(): number {
 function inPrivateDevMapper(setup: string, args: string[], asNobody = false) {
   const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
   const cmd = [...(asNobody ? NOBODY : []), process.execPath, CLI, ...args].map(q).join(' ');
-  const r = spawnSync('unshare', ['--mount', '--propagation', 'private', 'sh', '-ec', `mount -t tmpfs none /dev/mapper; ${setup}; exec ${cmd}`], {
+  // A private, empty /dev/mapper: a tmpfs over it, or (a machine without
+  // one: no device-mapper loaded) over /dev, with the few nodes Node uses.
+  const privateMapper =
+    'if [ -d /dev/mapper ]; then mount -t tmpfs none /dev/mapper; else mount -t tmpfs none /dev; ' +
+    'mknod -m 666 /dev/null c 1 3; mknod -m 666 /dev/zero c 1 5; mknod -m 666 /dev/urandom c 1 9; mkdir /dev/mapper; fi';
+  const r = spawnSync('unshare', ['--mount', '--propagation', 'private', 'sh', '-ec', `${privateMapper}; ${setup}; exec ${cmd}`], {
     encoding: 'utf8',
     timeout: 60_000,
   });

@@ -5,7 +5,7 @@
  * child_process, the dm and pool layers, the delta walker).
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CLI } from './run-cli';
@@ -177,6 +177,71 @@ describe('modules a command on a metadata file loads', () => {
     const { want, got, main } = JSON.parse(r.stdout) as { want: string; got: string[]; main: string };
     expect(got).toContain(want);
     expect(main).toBe('function');
+  });
+
+  it("every relative request of every dist/ file resolves to the file Node's own resolver names", () => {
+    // Node's resolver is kept before startup.ts replaces it; each request is
+    // then resolved both ways from a module object for its file.
+    const r = spawnSync(
+      process.execPath,
+      [
+        '-e',
+        `const Module = require('module'), fs = require('fs'), path = require('path');
+         const node = Module._resolveFilename;
+         require(${JSON.stringify(join(DIST, 'cli', 'startup.js'))}).resolveCommanderDirectly();
+         const files = [];
+         const walk = (d) => { for (const e of fs.readdirSync(d, { withFileTypes: true })) { const p = path.join(d, e.name); if (e.isDirectory()) walk(p); else if (p.endsWith('.js')) files.push(p); } };
+         walk(${JSON.stringify(DIST)});
+         let checked = 0; const differ = [];
+         for (const f of files) {
+           const parent = new Module(f); parent.filename = f; parent.paths = Module._nodeModulePaths(path.dirname(f));
+           for (const m of fs.readFileSync(f, 'utf8').matchAll(/require\\(["'](\\.{1,2}\\/[^"']+)["']\\)/g)) {
+             let want, got;
+             try { want = node.call(Module, m[1], parent, false); } catch (e) { want = e.code; }
+             try { got = Module._resolveFilename(m[1], parent, false); } catch (e) { got = e.code; }
+             checked++; if (want !== got) differ.push([f, m[1], want, got]);
+           }
+         }
+         console.log(JSON.stringify({ checked, differ }));`,
+      ],
+      { encoding: 'utf8', env: { ...process.env, DMTHIN_CODE_CACHE: '0' }, timeout: 60_000 },
+    );
+    expect(r.stderr).toBe('');
+    const { checked, differ } = JSON.parse(r.stdout) as { checked: number; differ: unknown[] };
+    expect(differ).toEqual([]);
+    expect(checked).toBeGreaterThan(300);
+  });
+
+  it('the addon is loaded by its path, in the order `bindings` tries (build/, Debug, Release), without loading `bindings`', () => {
+    // A copy of the package whose build/ has a Debug and a Release addon: Debug wins, as with `bindings`.
+    const root = mkdtempSync(join(tmpdir(), 'dmthin-addon-order-'));
+    try {
+      const pkg = join(__dirname, '..', '..');
+      cpSync(DIST, join(root, 'dist'), { recursive: true, filter: (src) => !src.includes('.code-cache') });
+      cpSync(join(pkg, 'package.json'), join(root, 'package.json'));
+      symlinkSync(join(pkg, 'node_modules'), join(root, 'node_modules'));
+      const release = join(pkg, 'build', 'Release', 'dmthin.node');
+      const loaded = () => {
+        const r = spawnSync(process.execPath, ['-r', hook, join(root, 'dist', 'cli', 'main.js'), 'ls', POOL], { encoding: 'utf8', env: { ...process.env, DMTHIN_CODE_CACHE: '0' }, timeout: 60_000 });
+        expect(r.status).toBe(0);
+        return (JSON.parse(r.stderr) as { files: string[] }).files.filter((f) => /dmthin\.node$|[\\/]bindings[\\/]/.test(f)).map((f) => f.slice(root.length + 1));
+      };
+      mkdirSync(join(root, 'build', 'Release'), { recursive: true });
+      cpSync(release, join(root, 'build', 'Release', 'dmthin.node'));
+      expect(loaded()).toEqual(['build/Release/dmthin.node']);
+      mkdirSync(join(root, 'build', 'Debug'), { recursive: true });
+      cpSync(release, join(root, 'build', 'Debug', 'dmthin.node'));
+      expect(loaded()).toEqual(['build/Debug/dmthin.node']);
+      // Another layout (out/Release): found by `bindings`.
+      rmSync(join(root, 'build'), { recursive: true });
+      mkdirSync(join(root, 'out', 'Release'), { recursive: true });
+      cpSync(release, join(root, 'out', 'Release', 'dmthin.node'));
+      const other = loaded();
+      expect(other).toContain('out/Release/dmthin.node');
+      expect(other.some((f) => f.includes('bindings'))).toBe(true);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
   });
 
   it('delta loads its walker (and still no dm or pool layer)', () => {
