@@ -271,22 +271,30 @@ class ReadWorker : public PromiseWorker<BlockReader> {
 // ---------------------------------------------------------------- buffers
 
 BufferPool::~BufferPool() {
-  for (uint8_t* p : free_) std::free(p);
+  for (auto& list : free_)
+    for (uint8_t* p : list) std::free(p);
+}
+
+int BufferPool::ClassOf(size_t cap) {
+  for (int k = kMinClass; k <= kMaxClass; k++)
+    if (cap == (size_t{1} << k)) return k - kMinClass;
+  return -1;
 }
 
 uint8_t* BufferPool::Take(size_t bytes, size_t* cap) {
-  // From 256 KiB up (the delta's 128-block reads are 512 KiB): sizes that
-  // otherwise churn through malloc between its mmap threshold and its heap.
-  if (bytes >= kPooledBytes / 4 && bytes <= kPooledBytes) {
-    *cap = kPooledBytes;
+  *cap = bytes;
+  if (bytes >= (size_t{1} << kMinClass) && bytes <= kPooledBytes) {
+    size_t c = size_t{1} << kMinClass;
+    while (c < bytes) c <<= 1;
+    *cap = c;
     std::lock_guard<std::mutex> g(mu);
-    if (!free_.empty()) {
-      uint8_t* p = free_.back();
-      free_.pop_back();
+    auto& list = free_[ClassOf(c)];
+    if (!list.empty()) {
+      uint8_t* p = list.back();
+      list.pop_back();
+      free_bytes_ -= c;
       return p;
     }
-  } else {
-    *cap = bytes;
   }
   void* p = nullptr;
   if (::posix_memalign(&p, kDirectAlign, *cap) != 0) return nullptr;
@@ -294,10 +302,12 @@ uint8_t* BufferPool::Take(size_t bytes, size_t* cap) {
 }
 
 void BufferPool::Give(uint8_t* p, size_t cap) {
-  if (cap == kPooledBytes) {
+  int k = ClassOf(cap);
+  if (k >= 0) {
     std::lock_guard<std::mutex> g(mu);
-    if (free_.size() < kMaxFree) {
-      free_.push_back(p);
+    if (free_bytes_ + cap <= kMaxFreeBytes) {
+      free_[k].push_back(p);
+      free_bytes_ += cap;
       return;
     }
   }

@@ -20,19 +20,29 @@ struct ReadBuffer;
 // back to a small free list for the next read of its size class; one JS never
 // releases is freed when V8 collects it, as before. Shared by the reader and
 // every buffer's finalizer (either may go first).
+//
+// Batches of 64 KiB to 1 MiB get buffers of the next power of two, reused:
+// allocated afresh, each was an mmap and its free a munmap, and those wait
+// for the address-space lock that the worker threads' page faults hold (a 4M
+// delta's JS thread spent ~1 ms in each of ~250 reads). Smaller batches come
+// from malloc's heap, larger ones are freed.
 struct BufferPool {
-  // Batches of a quarter of this (256 KiB) up to it use pooled buffers of exactly this size.
-  static constexpr size_t kPooledBytes = 1 << 20;
-  // Free pooled buffers kept; more are freed.
-  static constexpr size_t kMaxFree = 8;
-  std::mutex mu;                       // guards free_ (taken and given on the JS thread since reads allocate there; kept for safety)
-  std::vector<uint8_t*> free_;
+  static constexpr int kMinClass = 16;  // 64 KiB
+  static constexpr int kMaxClass = 20;  // 1 MiB
+  static constexpr size_t kPooledBytes = size_t{1} << kMaxClass;
+  // Free buffers kept, all classes together; more are freed.
+  static constexpr size_t kMaxFreeBytes = size_t{8} << 20;
+  std::mutex mu;  // guards free_ and free_bytes_ (taken and given on the JS thread since reads allocate there; kept for safety)
+  std::vector<uint8_t*> free_[kMaxClass - kMinClass + 1];
+  size_t free_bytes_ = 0;
   std::unordered_map<uint8_t*, ReadBuffer*> live;  // JS thread only: buffers JS holds
   ~BufferPool();
-  // Worker thread: an aligned buffer for `bytes`; sets *cap to its real size. nullptr when out of memory.
+  // An aligned buffer for `bytes`; sets *cap to its real size. nullptr when out of memory.
   uint8_t* Take(size_t bytes, size_t* cap);
   // Any thread: a buffer of `cap` bytes is no longer used.
   void Give(uint8_t* p, size_t cap);
+  // The size class of a pooled capacity, or -1.
+  static int ClassOf(size_t cap);
 };
 
 // One buffer handed to JS (the finalizer's hint).

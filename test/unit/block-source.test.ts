@@ -133,6 +133,31 @@ describe('native reader', () => {
     }
   });
 
+  test('batches of every size class (64 KiB..1 MiB, and either side) handed back and reused in turn read right', async () => {
+    const s = await NativeBlockSource.open(join(dir, 'img'));
+    try {
+      // Block counts at and around each class edge (16 blocks = 64 KiB ... 256 = 1 MiB), twice, interleaved.
+      const sizes = [1, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 129, 255, 256, 257, 300];
+      for (let round = 0; round < 3; round++) {
+        const held = [];
+        for (const n of [...sizes, ...sizes.slice().reverse()]) {
+          const want = Array.from({ length: n }, (_, i) => (i * 5 + n + round) % NBLOCKS);
+          const blocks = await s.read(want);
+          blocks.forEach((b, i) => expect([b.nr, b.u32(100), b.data[250]]).toEqual([want[i], want[i] * 7 + 1, want[i] & 0xff]));
+          // Every other batch is kept while the next ones reuse the pool.
+          if (n % 2) blocks.forEach((b) => b.done());
+          else held.push({ blocks, want });
+        }
+        for (const { blocks, want } of held) {
+          blocks.forEach((b, i) => expect(b.u32(100)).toBe(want[i] * 7 + 1));
+          blocks.forEach((b) => b.done());
+        }
+      }
+    } finally {
+      await s.close();
+    }
+  });
+
   test('blocks never marked done stay readable (the garbage collector frees them)', async () => {
     const s = await NativeBlockSource.open(join(dir, 'img'));
     const [b] = await s.read([7]);
