@@ -171,6 +171,7 @@ export interface NativeAddon {
   flockNonBlocking(fd: number, exclusive: boolean): boolean;
   /** Ends the process with `status` (_exit) if it is still alive `graceMs` from now; once per process (native/exit_guard.cc). */
   armExitGuard(status: number, graceMs: number): boolean;
+  exitNow(status: number): never;
   dmConstants: NativeDmConstants;
 }
 
@@ -219,6 +220,16 @@ function loadAddon(root: string): unknown {
  */
 export function armExitGuard(status: number, graceMs: number): boolean {
   return addon?.armExitGuard(status, graceMs) ?? false;
+}
+
+/** True once the addon is loaded (this process has used it). */
+export function addonLoaded(): boolean {
+  return addon !== undefined;
+}
+
+/** Ends the process now with `status` (_exit(2), native/exit_guard.cc); the addon must be loaded. */
+export function exitNow(status: number): never {
+  return native().exitNow(status);
 }
 
 /** CRC-32C (the addon's contract): the addon's when it loads, else the portable one. */

@@ -28,11 +28,32 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 const run = (args: string[], timeout = 20_000) =>
   spawnSync(process.execPath, ['-r', keepAlive, CLI, ...args], { encoding: 'utf8', timeout, killSignal: 'SIGKILL', maxBuffer: 1 << 26 });
 
-test('a finished command that cannot end ends after the grace, with its status 0 and its whole output', () => {
+test('a finished command ends at once after its exit listeners (no Node teardown), status 0 and its whole output', () => {
   const plain = spawnSync(process.execPath, [CLI, 'dump', POOL], { encoding: 'utf8' });
   expect(plain.status).toBe(0);
+  // Kept alive (as by the deadlock) and with an 'exit' listener of its own: the listener runs, then the process ends.
+  const listener = join(dir, 'exit-listener.js');
+  writeFileSync(listener, "process.on('exit', (c) => require('fs').writeSync(2, 'exit listener ' + c + '\\n'));\n");
   const t0 = Date.now();
-  const r = run(['dump', POOL]);
+  const r = spawnSync(process.execPath, ['-r', keepAlive, '-r', listener, CLI, 'dump', POOL], { encoding: 'utf8', timeout: 20_000, killSignal: 'SIGKILL', maxBuffer: 1 << 26 });
+  const ms = Date.now() - t0;
+  expect(r.signal).toBeNull();
+  expect(r.status).toBe(0);
+  expect(r.stdout).toBe(plain.stdout);
+  expect(r.stderr).toBe('exit listener 0\n');
+  expect(ms).toBeLessThan(1500);
+});
+
+test('a finished command whose teardown Node must run (coverage, profiles) and cannot end ends after the grace, status 0 and its whole output', () => {
+  const plain = spawnSync(process.execPath, [CLI, 'dump', POOL], { encoding: 'utf8' });
+  const t0 = Date.now();
+  const r = spawnSync(process.execPath, ['-r', keepAlive, CLI, 'dump', POOL], {
+    encoding: 'utf8',
+    timeout: 20_000,
+    killSignal: 'SIGKILL',
+    maxBuffer: 1 << 26,
+    env: { ...process.env, NODE_V8_COVERAGE: join(dir, 'coverage') },
+  });
   const ms = Date.now() - t0;
   expect(r.signal).toBeNull();
   expect(r.status).toBe(0);
