@@ -7,7 +7,7 @@
 import { MetadataError, UsageError } from '../errors';
 import { walkLeaves } from '../pdata/btree';
 import { DEVICE_DETAILS_SIZE, parseDeviceDetails } from './device-details';
-import { ByteOwnerMap, OwnerMap, UseCounts } from '../pdata/owner-map';
+import { ByteOwnerMap, NibbleOwnerMap, OwnerMap, UseCounts } from '../pdata/owner-map';
 import { MAX_SAFE_HI, TWO32 } from '../pdata/words';
 import type { ThinMetadata } from './metadata';
 
@@ -50,8 +50,8 @@ export interface UsageOptions {
 }
 
 /**
- * Data devices up to this many blocks get one owner byte per block (a single
- * walk); larger ones (up to COUNTS_FLAT_MAX) two bits per block and a second
+ * Data devices up to this many blocks get an owner nibble (up to 14 devices)
+ * or byte (up to 254) per block (a single walk); larger ones (up to COUNTS_FLAT_MAX) two bits per block and a second
  * walk, so that memory stays near 20 MiB at 40M mappings.
  */
 const OWNER_BYTES_MAX = 24 * 2 ** 20;
@@ -62,9 +62,10 @@ const COUNTS_FLAT_MAX = 2 ** 28;
  * Usage of every device, in id order. Each data block records how often it
  * is mapped in the whole pool, so a device's EXCLUSIVE is its mappings on
  * blocks used once (thin_ls's answer). Three ways, by size: a data device up
- * to OWNER_BYTES_MAX blocks (and at most 254 devices) keeps one owner byte a
- * block and needs one walk; one up to COUNTS_FLAT_MAX keeps two bits a block
- * (0, 1, more uses) and walks again, only when some block is shared, to
+ * to OWNER_BYTES_MAX blocks (and at most 254 devices) keeps its owner per
+ * block, in half a byte for up to 14 devices, else a byte, and needs one
+ * walk; one up to COUNTS_FLAT_MAX keeps two bits a block (0, 1, more uses)
+ * and walks again, only when some block is shared, to
  * count each device's shared mappings; a larger one uses OwnerMap (pages on
  * first touch, 2 or 4 bytes a block used). Memory: at most 24 MiB, 64 MiB of
  * which only touched pages count, or OwnerMap's.
@@ -98,7 +99,7 @@ export async function deviceUsage(md: ThinMetadata, opts: UsageOptions = {}): Pr
     }
   } else {
     // One walk: an owner byte a block when it fits (and the devices fit a byte), else OwnerMap's pages.
-    const owners = ownerBytes ? new ByteOwnerMap(nrData) : new OwnerMap(devices.length);
+    const owners = !ownerBytes ? new OwnerMap(devices.length) : devices.length <= NibbleOwnerMap.MAX_OWNERS ? new NibbleOwnerMap(nrData) : new ByteOwnerMap(nrData);
     await walk((k, d, l, n) => {
       for (let r = 0; r < n; r++) owners.markRange(d[r], l[r], k);
     }, 0, sum);
