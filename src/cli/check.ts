@@ -5,7 +5,7 @@
  */
 import type { Command } from 'commander';
 import { MetadataError } from '../errors';
-import { checkMetadata, CheckPhase, CheckProblem, CheckReport, openFailureReport } from '../thin/check';
+import type { CheckPhase, CheckProblem, CheckReport } from '../thin/check';
 import { CliContext, print } from './common';
 import { Progress, stderrIsTTY } from './progress';
 import { toJson } from './json';
@@ -19,6 +19,9 @@ interface CheckCliOpts extends MetadataSnapOpts {
   ignoreNonFatalErrors?: boolean;
   json?: boolean;
 }
+
+// The checker loads when the command runs, not when it is registered (--help lists every command).
+const thinCheck = () => require('../thin/check') as typeof import('../thin/check');
 
 const PHASES: Record<CheckPhase, string> = {
   superblock: 'checking the superblock',
@@ -107,7 +110,7 @@ export function register(program: Command, ctx: () => CliContext): void {
         else if (o.skipMappings) why = '--skip-mappings';
         if (text && md.metadataSnap !== null) print(`reading the metadata snapshot at block ${md.metadataSnap}\n`);
         let phase: CheckPhase | undefined;
-        report = await checkMetadata(md, {
+        report = await thinCheck().checkMetadata(md, {
           superblockOnly: o.superBlockOnly,
           skipMappings: o.skipMappings,
           signal: c.signal,
@@ -123,7 +126,7 @@ export function register(program: Command, ctx: () => CliContext): void {
       } catch (e) {
         // Metadata too broken to open is a verdict, not a failure to run.
         if (!(e instanceof MetadataError)) throw e;
-        report = openFailureReport(e);
+        report = thinCheck().openFailureReport(e);
         why = 'the metadata could not be opened';
       } finally {
         bar.stop();

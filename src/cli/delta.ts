@@ -1,7 +1,7 @@
 /** `dmthin delta`: thin_delta-compatible XML (plain and --verbose), or JSON. */
 import type { Command } from 'commander';
 import { UsageError } from '../errors';
-import { writeDelta, type DeltaSubject } from '../thin/delta-format';
+import type { DeltaSubject } from '../thin/delta-format';
 import { CliContext, parseIntArg } from './common';
 import { isThinIdText, MetadataSnapOpts, openMetadataSource, thinIdArg } from './metadata-source';
 import { checkOutputPath, commandOutput } from './output';
@@ -56,6 +56,8 @@ export function register(program: Command, ctx: () => CliContext): void {
       c.onCleanup(() => md.close());
       subject ??= { left: await thinIdArg('--snap1', left!, pool), right: await thinIdArg('--snap2', right!, pool) };
       const { out, commit } = await commandOutput(o.output, c, [{ path: metadata, role: 'the metadata input' }]);
+      // Loaded when the command runs, not when it is registered (--help lists every command).
+      const { writeDelta } = require('../thin/delta-format') as typeof import('../thin/delta-format');
       await writeDelta(md, out, subject, {
         format: o.format,
         verbose: o.verbose,

@@ -1,7 +1,7 @@
 /** `dmthin dump`: thin_dump-compatible output (XML, human_readable) or JSON. */
 import type { Command } from 'commander';
 import { UsageError } from '../errors';
-import { dump, DumpFormat } from '../thin/dump';
+import type { DumpFormat } from '../thin/dump';
 import { CliContext, parseIntArg } from './common';
 import { Progress, stderrIsTTY } from './progress';
 import { isThinIdText, MetadataSnapOpts, openMetadataSource, thinIdArg } from './metadata-source';
@@ -38,6 +38,8 @@ export function register(program: Command, ctx: () => CliContext): void {
       const { out, commit } = await commandOutput(o.output, c, [{ path: metadata, role: 'the metadata input' }]);
       const bar = new Progress('dump', !o.quiet && stderrIsTTY());
       try {
+        // Loaded when the command runs, not when it is registered (--help lists every command).
+        const { dump } = require('../thin/dump') as typeof import('../thin/dump');
         await dump(md, out, {
           format,
           devIds,

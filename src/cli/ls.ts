@@ -1,6 +1,6 @@
 /** `dmthin ls`: thin_ls-compatible per-device usage table, or JSON. */
 import type { Command } from 'commander';
-import { detailsColumns, deviceUsage, DEFAULT_LS_FIELDS, formatDetailsTable, formatLsTable, LS_FIELDS, lsJson, needsMappings, parseLsFields } from '../thin/ls';
+import { DEFAULT_LS_FIELDS, LS_FIELDS, needsMappings, parseLsFields } from '../thin/ls-fields';
 import { CliContext } from './common';
 import { Progress, stderrIsTTY } from './progress';
 import { MetadataSnapOpts, openMetadata } from './metadata-source';
@@ -27,6 +27,8 @@ export function register(program: Command, ctx: () => CliContext): void {
     .action(async (metadata: string, o: LsCliOpts) => {
       const c = ctx();
       const fields = o.format !== undefined ? parseLsFields(o.format) : [...DEFAULT_LS_FIELDS];
+      // The table and usage code loads when the command runs, not when it is registered (--help lists every command).
+      const { detailsColumns, deviceUsage, formatDetailsTable, formatLsTable, lsJson } = require('../thin/ls') as typeof import('../thin/ls');
       const md = await openMetadata(metadata, o, c);
       c.onCleanup(() => md.close());
       const dbs = md.superblock.dataBlockSize;

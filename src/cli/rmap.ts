@@ -2,7 +2,7 @@
 import type { Command } from 'commander';
 import { throwIfAborted, UsageError } from '../errors';
 import { asciiTag, OutputSink } from '../output/sink';
-import { rmapRuns, type DataRegion } from '../thin/rmap';
+import type { DataRegion } from '../thin/rmap';
 import { CliContext } from './common';
 import { Progress, stderrIsTTY } from './progress';
 import { MetadataSnapOpts, openMetadata } from './metadata-source';
@@ -69,6 +69,8 @@ export function register(program: Command, ctx: () => CliContext): void {
       try {
         // Bytes straight into the output chunk: a string per line made most of the time garbage.
         // Chunks of runs, not an async iterator: an await per run was a quarter of the time.
+        // Loaded when the command runs, not when it is registered (--help lists every command).
+        const { rmapRuns } = require('../thin/rmap') as typeof import('../thin/rmap');
         const runs = await rmapRuns(md, regions, { signal: c.signal, onProgress: (p) => bar.update(p.mappings, p.total), runsInMemory: runsInMemory() });
         bar.stop();
         // Every tree is read: the reader's buffers and caches go before the sort needs its memory.

@@ -10,6 +10,9 @@ import { DEVICE_DETAILS_SIZE, parseDeviceDetails } from './device-details';
 import { ByteOwnerMap, NibbleOwnerMap, OwnerMap, UseCounts } from '../pdata/owner-map';
 import { MAX_SAFE_HI, TWO32 } from '../pdata/words';
 import type { ThinMetadata } from './metadata';
+import type { LsField } from './ls-fields';
+
+export { DEFAULT_LS_FIELDS, LS_FIELDS, needsMappings, parseLsFields, type LsField } from './ls-fields';
 
 /** One device's usage, as thin_ls reports it. */
 export interface DeviceUsage {
@@ -272,38 +275,6 @@ export async function detailsColumns(md: ThinMetadata, signal?: AbortSignal): Pr
   return cols;
 }
 
-export const LS_FIELDS = [
-  'DEV',
-  'MAPPED_BLOCKS',
-  'EXCLUSIVE_BLOCKS',
-  'SHARED_BLOCKS',
-  'MAPPED_SECTORS',
-  'EXCLUSIVE_SECTORS',
-  'SHARED_SECTORS',
-  'MAPPED_BYTES',
-  'EXCLUSIVE_BYTES',
-  'SHARED_BYTES',
-  'MAPPED',
-  'EXCLUSIVE',
-  'SHARED',
-  'TRANSACTION',
-  'CREATE_TIME',
-  'SNAP_TIME',
-] as const;
-export type LsField = (typeof LS_FIELDS)[number];
-export const DEFAULT_LS_FIELDS: readonly LsField[] = ['DEV', 'MAPPED', 'CREATE_TIME', 'SNAP_TIME'];
-
-/** Parses a thin_ls field list ("DEV,MAPPED"); a trailing comma is allowed, as thin_ls allows it. */
-export function parseLsFields(spec: string): LsField[] {
-  if (spec === '') return [];
-  const parts = spec.split(',');
-  if (parts[parts.length - 1] === '') parts.pop();
-  return parts.map((p) => {
-    if (!(LS_FIELDS as readonly string[]).includes(p)) throw new UsageError(`unknown field '${p}' (fields: ${LS_FIELDS.join(', ')})`);
-    return p as LsField;
-  });
-}
-
 const U64 = (n: bigint) => BigInt.asUintN(64, n);
 const UNITS = ['', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB', 'EiB'];
 
@@ -368,11 +339,6 @@ function cellText(u: DeviceUsage, f: LsField, dataBlockSize: number): string {
     }
   }
   return fieldText(u, f, dataBlockSize);
-}
-
-/** Whether a field needs the mapping walk (EXCLUSIVE/SHARED and their variants). */
-export function needsMappings(f: LsField): boolean {
-  return f.startsWith('EXCLUSIVE') || f.startsWith('SHARED');
 }
 
 /** The field's value as a non-negative integer, `null` when it was not computed. */

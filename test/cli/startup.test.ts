@@ -244,6 +244,13 @@ describe('modules a command on a metadata file loads', () => {
     }
   });
 
+  it('--help loads no command implementation: no btree, walker, checker, dump, ls table or rmap sort', () => {
+    const { files } = loaded(['--help']);
+    expect(files.filter((f) => f.startsWith(DIST) && /[/\\](pdata[/\\]btree|thin[/\\](check|dump|ls|rmap|rmap-runs|delta|delta-format|metadata))\.js$/.test(f))).toEqual([]);
+    // ls's help lists its fields from the small module that holds them.
+    expect(files).toContain(join(DIST, 'thin', 'ls-fields.js'));
+  });
+
   it('delta loads its walker (and still no dm or pool layer)', () => {
     const { files } = loaded(['delta', '--snap1', '1', '--snap2', '2', POOL]);
     expect(files).toContain(join(DIST, 'thin', 'delta.js'));
