@@ -32,8 +32,11 @@ const EXAMPLE = join(ROOT, 'examples', 'pool.bin');
  * (Packed: 418,058 bytes with issue 12's repo/ and backup ops and issue 11's native and
  * walk changes; the largest files are README.md 75 KB and compiled modules of 20-32 KB.
  * Unpacked 1,504,854 bytes on 2026-12-01, README.md 88 KB the largest: budget 1.5 -> 1.7 MB;
- * a build/ folder (1.6 MB with its objects) or a bench image still goes over it.) */
-const MAX_PACKED_BYTES = 460_000;
+ * a build/ folder (1.6 MB with its objects) or a bench image still goes over it.
+ * Packed 460,266 bytes on 2026-12-01 (session 9: thin/ls-fields, owner maps, start-up
+ * and exit notes): budget 460 -> 500 KB; a build/ folder is 1.6 MB unpacked, a bench
+ * image hundreds of MB, either far over.) */
+const MAX_PACKED_BYTES = 500_000;
 const MAX_UNPACKED_BYTES = 1_700_000;
 
 interface PackResult {
