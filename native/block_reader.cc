@@ -284,15 +284,15 @@ int BufferPool::ClassOf(size_t cap) {
 uint8_t* BufferPool::Take(size_t bytes, size_t* cap) {
   *cap = bytes;
   if (bytes >= (size_t{1} << kMinClass) && bytes <= kPooledBytes) {
-    size_t c = size_t{1} << kMinClass;
-    while (c < bytes) c <<= 1;
-    *cap = c;
+    int k = kMinClass;
+    while ((size_t{1} << k) < bytes) k++;
+    *cap = size_t{1} << k;
     std::lock_guard<std::mutex> g(mu);
-    auto& list = free_[ClassOf(c)];
+    auto& list = free_[k - kMinClass];
     if (!list.empty()) {
       uint8_t* p = list.back();
       list.pop_back();
-      free_bytes_ -= c;
+      free_bytes_ -= *cap;
       return p;
     }
   }

@@ -22,7 +22,7 @@ if (require.main === module) {
   const startup = require('./startup') as typeof import('./startup');
   startup.installCodeCache();
   startup.deferCommanderChildProcess();
-  startup.resolveCommanderDirectly();
+  startup.resolveCliModulesDirectly();
 }
 import { Command, CommanderError } from 'commander';
 import { AbortError, UsageError } from '../errors';

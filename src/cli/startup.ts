@@ -104,7 +104,7 @@ export function deferCommanderChildProcess(): void {
  *   whether it is an ES module; dmthin's and commander's are CommonJS.
  * Any other request or shape goes through Node as usual.
  */
-export function resolveCommanderDirectly(): void {
+export function resolveCliModulesDirectly(): void {
   const M = Module as ModuleInternals & { _nodeModulePaths(from: string): string[] };
   const resolve = M._resolveFilename;
   let found: string | undefined;
@@ -132,7 +132,7 @@ export function resolveCommanderDirectly(): void {
   };
 }
 
-/** Modification times of files resolveCommanderDirectly() found (their stat), for installCodeCache(). */
+/** Modification times of files resolveCliModulesDirectly() found (their stat), for installCodeCache(). */
 const knownMtimes = new Map<string, number>();
 
 function commanderMain(dirs: string[]): string {
@@ -156,7 +156,7 @@ function commanderMain(dirs: string[]): string {
   return '';
 }
 
-/** dist/: the files whose requests resolveCommanderDirectly() answers. */
+/** dist/: the files whose requests resolveCliModulesDirectly() answers. */
 const ROOT = join(__dirname, '..');
 
 // DMTHIN_CODE_CACHE_DIR moves it (tests use a directory of their own).

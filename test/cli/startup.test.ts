@@ -166,7 +166,7 @@ describe('modules a command on a metadata file loads', () => {
       [
         '-e',
         `const want = require.resolve('commander', { paths: [${JSON.stringify(join(DIST, 'cli'))}] });
-         require(${JSON.stringify(join(DIST, 'cli', 'startup.js'))}).resolveCommanderDirectly();
+         require(${JSON.stringify(join(DIST, 'cli', 'startup.js'))}).resolveCliModulesDirectly();
          const m = require(${JSON.stringify(join(DIST, 'cli', 'main.js'))});
          const got = Object.keys(require.cache).filter((f) => /[\\/]commander[\\/]/.test(f));
          console.log(JSON.stringify({ want, got, main: typeof m.main }));`,
@@ -188,7 +188,7 @@ describe('modules a command on a metadata file loads', () => {
         '-e',
         `const Module = require('module'), fs = require('fs'), path = require('path');
          const node = Module._resolveFilename;
-         require(${JSON.stringify(join(DIST, 'cli', 'startup.js'))}).resolveCommanderDirectly();
+         require(${JSON.stringify(join(DIST, 'cli', 'startup.js'))}).resolveCliModulesDirectly();
          const files = [];
          const walk = (d) => { for (const e of fs.readdirSync(d, { withFileTypes: true })) { const p = path.join(d, e.name); if (e.isDirectory()) walk(p); else if (p.endsWith('.js')) files.push(p); } };
          walk(${JSON.stringify(DIST)});
