@@ -14,7 +14,8 @@
         "native/file_lock.cc",
         "native/sha256_pipe.cc",
         "native/range_reader.cc",
-        "native/exit_guard.cc"
+        "native/exit_guard.cc",
+        "native/allocator.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],

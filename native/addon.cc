@@ -1,7 +1,8 @@
 // Module entry: the native layer is IO only (block reads and writes, CRC-32C, dm ioctls and event polls, flock),
-// plus the stream digest (SHA-256) hashed on a thread of its own, and the CLI's exit guard.
+// plus the stream digest (SHA-256) hashed on a thread of its own, and the CLI's exit guard and malloc settings.
 #include <napi.h>
 
+#include "allocator.h"
 #include "block_reader.h"
 #include "block_writer.h"
 #include "crc32c.h"
@@ -24,6 +25,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   Sha256Pipe::Init(env, exports);
   RangeReader::Init(env, exports);
   InitExitGuard(env, exports);
+  InitAllocator(env, exports);
   return exports;
 }
 

@@ -172,10 +172,13 @@ export interface NativeAddon {
   /** Ends the process with `status` (_exit) if it is still alive `graceMs` from now; once per process (native/exit_guard.cc). */
   armExitGuard(status: number, graceMs: number): boolean;
   exitNow(status: number): never;
+  /** glibc's M_MMAP_THRESHOLD and M_TRIM_THRESHOLD (native/allocator.cc); false where malloc is not glibc's. */
+  tuneAllocator(mmapThreshold: number, trimThreshold: number): boolean;
   dmConstants: NativeDmConstants;
 }
 
 let addon: NativeAddon | undefined;
+let allocatorTuning: { mmapThreshold: number; trimThreshold: number } | undefined;
 
 /**
  * The addon, loaded on first use (so --help, usage errors and the pure-JS
@@ -190,8 +193,20 @@ export function native(): NativeAddon {
     } catch (e) {
       throw addonError(e);
     }
+    if (allocatorTuning) addon.tuneAllocator(allocatorTuning.mmapThreshold, allocatorTuning.trimThreshold);
   }
   return addon;
+}
+
+/**
+ * The CLI's malloc thresholds (native/allocator.cc), set when the addon
+ * loads: every command that reads metadata or data loads it before its
+ * work, and --help, which never does, pays nothing. Only the CLI calls this:
+ * a library leaves its host's allocator alone.
+ */
+export function tuneAllocatorOnLoad(mmapThreshold: number, trimThreshold: number): void {
+  allocatorTuning = { mmapThreshold, trimThreshold };
+  if (addon) addon.tuneAllocator(mmapThreshold, trimThreshold);
 }
 
 /**
