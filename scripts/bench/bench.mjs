@@ -32,7 +32,8 @@
 //                  printed as one table: peak RSS, seconds and seconds per
 //                  million mappings (flat when the time is linear)
 import { spawnSync } from 'node:child_process';
-import { createWriteStream, existsSync, mkdirSync, readFileSync, statSync, writeFileSync, renameSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { closeSync, createWriteStream, existsSync, mkdirSync, openSync, readFileSync, readSync, statSync, writeFileSync, renameSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -338,10 +339,33 @@ async function streamRows() {
       ['sh', ['-c', `cat "$1" | exec "$2" "$3" receive --target "$4" --create -q`, 'sh', stream, process.execPath, cli, target]],
       'memory flat whatever the stream size',
     ],
-  ].filter(([key]) => wanted(key)).map(([, ...rest]) => rest);
+  ].filter(([key]) => wanted(key));
   console.log(`stream rows: 1 GiB thin, 64 KiB blocks; dd if=data.img iflag=direct bs=1M as the reference; ${ROUNDS} interleaved rounds`);
+  // What the machine allows, measured beside the rows: the stream's digest is
+  // one SHA-256 over every byte (sequential by nature: one core), and a
+  // receive writes the whole device with O_DIRECT and fsyncs it, as this dd copy does.
+  const bound = {};
+  if (wanted('send') || wanted('receive')) {
+    const ddCopy = ['dd', [`if=${stream}`, `of=${join(dir, 'dd-copy.img')}`, 'iflag=direct', 'oflag=direct', 'bs=1M', `count=${GiB >> 20}`, 'conv=notrunc,fsync']];
+    const hashS = [];
+    const copyS = [];
+    const readS = [];
+    for (let i = 0; i < ROUNDS; i++) {
+      hashS.push(sha256Seconds(data));
+      copyS.push(timed(ddCopy[0], ddCopy[1]).wall);
+      readS.push(timed(dd[0], dd[1]).wall);
+    }
+    const ddRead = median(readS);
+    bound.send = ddRead / median(hashS);
+    bound.receive = ddRead / median(copyS);
+    console.log(
+      `machine bounds: SHA-256 of 1 GiB on one core (Node's OpenSSL, as the addon's digest thread) ${median(hashS).toFixed(3)} s: ` +
+        `a stream's digest alone caps send at ${bound.send.toFixed(2)}x dd; dd copying the stream into a file (O_DIRECT both sides, fsync) ` +
+        `${median(copyS).toFixed(3)} s: receive writes as much after verifying, so at most ${bound.receive.toFixed(2)}x dd`,
+    );
+  }
   const results = [];
-  for (const [name, ours, goal] of rows) {
+  for (const [key, name, ours, goal] of rows) {
     timed(ours[0], ours[1]);
     timed(dd[0], dd[1]);
     const a = [];
@@ -363,6 +387,7 @@ async function streamRows() {
       dmthin_s: ma.toFixed(3),
       dd_s: mb.toFixed(3),
       throughput_vs_dd: (mb / ma).toFixed(2),
+      machine_bound_vs_dd: key in bound ? `<= ${bound[key].toFixed(2)}` : '-',
       dmthin_rss_MiB: (Math.max(...a.map((x) => x.rssKiB)) / 1024).toFixed(0),
     };
     results.push(row);
@@ -370,6 +395,25 @@ async function streamRows() {
     console.log(`${name}: dmthin ${row.dmthin_s} s, dd ${row.dd_s} s, throughput ${row.throughput_vs_dd}x dd (goal ${goal}), peak RSS ${row.dmthin_rss_MiB} MiB (goal <= 80 MiB), load average ${load}`);
   }
   console.table(results);
+}
+
+/** Seconds Node's SHA-256 (OpenSSL) takes over a file's bytes on this core, reads not counted. */
+function sha256Seconds(path) {
+  const h = createHash('sha256');
+  const buf = Buffer.allocUnsafe(8 << 20);
+  const fd = openSync(path, 'r');
+  let t = 0n;
+  try {
+    for (let n; (n = readSync(fd, buf, 0, buf.length, null)) > 0; ) {
+      const t0 = process.hrtime.bigint();
+      h.update(n === buf.length ? buf : buf.subarray(0, n));
+      t += process.hrtime.bigint() - t0;
+    }
+  } finally {
+    closeSync(fd);
+  }
+  h.digest();
+  return Number(t) / 1e9;
 }
 
 /** The bench image of `mappings` mappings on `dataBlocks` data blocks, built once. */
