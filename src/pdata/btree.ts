@@ -163,9 +163,15 @@ function describe(ctx: TreeContext): string {
  * when tens of thousands of them are walked.
  */
 export class BlockSet {
-  private readonly pages: (Uint8Array | undefined)[] = [];
+  // Made with its elements kind final (holey, any value): an empty [] went
+  // through three kinds as pages were added, and each new set sent the
+  // optimized code made for the last kind back to the interpreter (wrong map).
+  private readonly pages: (Uint8Array | undefined)[];
   private first = -1;
-  constructor(readonly nrBlocks: number) {}
+  constructor(readonly nrBlocks: number) {
+    // Grows past this only for pointers beyond nrBlocks (corruption, rejected by the caller).
+    this.pages = new Array<Uint8Array | undefined>(Math.min(1024, Math.ceil(Math.max(0, nrBlocks) / 32768))).fill(undefined);
+  }
   /** Returns false if already present. */
   add(b: number): boolean {
     if (this.first < 0) {
@@ -382,6 +388,12 @@ export class LeafWalk {
   private readonly end: Key;
   private readonly ctx: TreeContext;
   private readonly v: TreeValidator;
+  // The options the walk reads per node, copied: callers' option objects
+  // have many shapes, and reading them through `opts` made the walk's
+  // optimized code deoptimize on each new shape (wrong map).
+  private readonly valueSize: number;
+  private readonly signal: AbortSignal | undefined;
+  private readonly onNode: WalkOptions['onNode'];
   /** The stack's top (last element) is the next node in key order. */
   private readonly stack: Pending[];
   /** Popped from the stack, its read still in flight: wait() waits for it. */
@@ -396,8 +408,11 @@ export class LeafWalk {
   constructor(
     private readonly io: BlockSource,
     root: number,
-    private readonly opts: WalkOptions,
+    opts: WalkOptions,
   ) {
+    this.valueSize = opts.valueSize;
+    this.signal = opts.signal;
+    this.onNode = opts.onNode;
     this.window = opts.window ?? 256;
     this.transient = opts.transient ?? false;
     this.begin = opts.begin ?? 0;
@@ -431,7 +446,7 @@ export class LeafWalk {
         this.cur = undefined;
       } else {
         if (stack.length === 0) return null;
-        throwIfAborted(this.opts.signal);
+        throwIfAborted(this.signal);
         const top = stack[stack.length - 1];
         // Read-ahead is bounded: at most two windows of blocks read (or in
         // flight) and not yet reached. Unbounded, it grew with the tree (each
@@ -450,7 +465,7 @@ export class LeafWalk {
       }
       const block = item.data!;
       const node = this.v.visit(block, item.lo, item.hi, item.depth);
-      this.opts.onNode?.(node, item.depth);
+      this.onNode?.(node, item.depth);
       if (node.isLeaf) {
         if (this.transient) this.lastLeaf = block;
         return node;
@@ -498,7 +513,7 @@ export class LeafWalk {
       if (!it.children) {
         if (it.data.u32(4) !== INTERNAL_NODE) return;
         try {
-          it.children = this.childrenOf(new BtreeNode(it.data, this.opts.valueSize, this.ctx), it);
+          it.children = this.childrenOf(new BtreeNode(it.data, this.valueSize, this.ctx), it);
         } catch {
           return; // reported when the walk reaches the node
         }
