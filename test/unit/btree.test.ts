@@ -1,5 +1,5 @@
 import fc from 'fast-check';
-import { lookup, walkLeaves, BtreeNode, LeafWalk } from '../../src/pdata/btree';
+import { lookup, walkLeaves, BlockSet, BtreeNode, LeafWalk } from '../../src/pdata/btree';
 import { MemoryBlockSource } from '../../src/pdata/block-source';
 import { MetadataError } from '../../src/errors';
 import { BlockType } from '../../src/pdata/checksum';
@@ -255,4 +255,26 @@ test('BtreeNode rejects a bitmap block where a node is expected', async () => {
   img.seal(1, BlockType.Bitmap);
   const [b] = await new MemoryBlockSource(img.image).read([1]);
   expect(() => new BtreeNode(b, 8, { tree: 'x' })).toThrow(expect.objectContaining({ kind: 'block-type' }));
+});
+
+describe('BlockSet', () => {
+  test('property: add and has agree with a Set, for blocks inside and beyond nrBlocks (corrupt pointers) and past the preallocated pages', () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 0, max: 1 << 22 }),
+        fc.array(fc.oneof(fc.integer({ min: 0, max: 1 << 16 }), fc.integer({ min: 0, max: 2 ** 32 - 1 })), { maxLength: 300 }),
+        (nrBlocks, blocks) => {
+          const set = new BlockSet(nrBlocks);
+          const model = new Set<number>();
+          for (const b of blocks) {
+            expect(set.has(b)).toBe(model.has(b));
+            expect(set.add(b)).toBe(!model.has(b));
+            model.add(b);
+            expect(set.has(b)).toBe(true);
+          }
+          for (const b of blocks) expect(set.has(b + 1)).toBe(model.has(b + 1));
+        },
+      ),
+    );
+  });
 });
