@@ -73,7 +73,8 @@ export async function writeDelta(md: ThinMetadata, out: SinkTarget, subject: Del
     `<superblock uuid="" time="${sb.time}" transaction="${sb.transactionId}" data_block_size="${sb.dataBlockSize}" nr_data_blocks="${md.nrDataBlocks}"` +
     (md.metadataSnap === null && md.liveSuperblock.heldRoot ? ` metadata_snap="${md.liveSuperblock.heldRoot}"` : '');
   // Plain XML prints kinds and ranges only: the walk merges by kind (fewer extents to make and format).
-  const walkOpts = { ...opts, mergeByKind: opts.format !== 'json' && !opts.verbose };
+  // Every consumer below copies what it needs from an extent before asking for the next batch.
+  const walkOpts = { ...opts, mergeByKind: opts.format !== 'json' && !opts.verbose, reuseExtents: true };
   const gen =
     'left' in subject ? md.deltaExtentBatches(subject.left, subject.right, walkOpts) : md.deltaRootBatches(subject.leftRoot, subject.rightRoot, walkOpts);
 

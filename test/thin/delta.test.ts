@@ -80,14 +80,18 @@ function naive(a: Mapping[], b: Mapping[], includeSame: boolean): DeltaExtent[] 
   return out;
 }
 
-async function runDelta(img: ImageBuilder, a: number, b: number, includeSame: boolean) {
+/**
+ * The walk's extents. With `reuse`, as writeDelta runs it: extents may be
+ * reused once the next batch is asked for, so each is copied before that.
+ */
+async function runDelta(img: ImageBuilder, a: number, b: number, includeSame: boolean, reuse = false) {
   const src = new MemoryBlockSource(img.image);
-  const g = deltaBatches(src, a, b, { nrMetadataBlocks: img.nrBlocks, nrDataBlocks: 1e9, includeSame, window: 8 });
+  const g = deltaBatches(src, a, b, { nrMetadataBlocks: img.nrBlocks, nrDataBlocks: 1e9, includeSame, window: 8, reuseExtents: reuse });
   const out: DeltaExtent[] = [];
   for (;;) {
     const r = await g.next();
     if (r.done) return { out, stats: r.value, read: src.stats.blocksRead };
-    out.push(...r.value);
+    out.push(...(reuse ? r.value.map((e) => ({ ...e })) : r.value));
   }
 }
 
@@ -118,6 +122,7 @@ test('property: same results as a naive comparison, with and without same', asyn
         for (const same of [true, false]) {
           const { out } = await runDelta(s.img, l, r, same);
           expect(out).toEqual(naive(ml, mr, same));
+          expect((await runDelta(s.img, l, r, same, true)).out).toEqual(out);
         }
       },
     ),
@@ -138,7 +143,10 @@ test('property: unrelated trees (nothing shared) and one side empty', async () =
         const chunk = (m: Mapping[]) => chunkEven(m, 100, minEntries(8));
         const ra = a.length ? build(img, chunk(a), 84).root : (() => { const n = img.alloc(); writeNode(img, n, true, [], [], 8); return n; })();
         const rb = b.length ? build(img, chunk(b), 84).root : (() => { const n = img.alloc(); writeNode(img, n, true, [], [], 8); return n; })();
-        expect((await runDelta(img, ra, rb, true)).out).toEqual(naive(a, b, true));
+        const want = naive(a, b, true);
+        expect((await runDelta(img, ra, rb, true)).out).toEqual(want);
+        // Up to ~3,000 extents: batches of 256 handed out and their extents reused.
+        expect((await runDelta(img, ra, rb, true, true)).out).toEqual(want);
       },
     ),
     { numRuns: 100 },
