@@ -169,7 +169,8 @@ export class BlockSet {
   private readonly pages: (Uint8Array | undefined)[];
   private first = -1;
   constructor(readonly nrBlocks: number) {
-    // Grows past this only for pointers beyond nrBlocks (corruption, rejected by the caller).
+    // A page per 32,768 blocks, at most 1,024 made here (metadata holds at most
+    // 2^22 blocks); it grows past that only for pointers beyond nrBlocks (corruption).
     this.pages = new Array<Uint8Array | undefined>(Math.min(1024, Math.ceil(Math.max(0, nrBlocks) / 32768))).fill(undefined);
   }
   /** Returns false if already present. */
