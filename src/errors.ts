@@ -3,21 +3,22 @@
  * SystemError shape (`code`, negative `errno`, `syscall`, `path`) plus domain
  * fields (device, block, tree, message...). `code` is the stable identifier.
  */
-import { constants } from 'node:os';
-
 // Node's table lacks a few Linux codes the kernel uses for metadata faults.
-const ERRNO: Record<string, number> = { ENOTBLK: 15, EUCLEAN: 117, ...(constants.errno as unknown as Record<string, number>) };
+// Made on first use: node:os is not loaded by a run that makes no error.
+let errnoTable: Record<string, number> | undefined;
+const ERRNO = (): Record<string, number> =>
+  (errnoTable ??= { ENOTBLK: 15, EUCLEAN: 117, ...((require('node:os') as typeof import('node:os')).constants.errno as unknown as Record<string, number>) });
 
 /** Negative errno for a code, as Node reports it (`EBUSY` -> -16), or undefined. */
 export function errnoOf(code: string): number | undefined {
-  const n = ERRNO[code];
+  const n = ERRNO()[code];
   return typeof n === 'number' ? -n : undefined;
 }
 
 /** Code for a (positive or negative) errno number, e.g. 16 -> 'EBUSY'. */
 export function codeOfErrno(errno: number): string {
   const n = Math.abs(errno);
-  for (const [k, v] of Object.entries(ERRNO)) if (v === n) return k;
+  for (const [k, v] of Object.entries(ERRNO())) if (v === n) return k;
   return 'EUNKNOWN';
 }
 

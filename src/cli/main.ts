@@ -15,20 +15,6 @@
  * 79 MiB peak RSS, wall 0.99x). `env -S` splits the options (coreutils 8.30
  * and later).
  */
-// First, before the imports below load: a run of the CLI compiles its
-// modules with V8's cached code and defers what commander loads but never
-// uses (see startup.ts); the library does neither.
-if (require.main === module) {
-  const startup = require('./startup') as typeof import('./startup');
-  startup.installCodeCache();
-  startup.deferCommanderChildProcess();
-  startup.resolveCliModulesDirectly();
-}
-import { Command, CommanderError } from 'commander';
-import { AbortError, UsageError } from '../errors';
-import { addonLoaded, armExitGuard, exitNow, tuneAllocatorOnLoad } from '../native/binding';
-import { CliContext, errorLine, EXIT_EPIPE, EXIT_FAILURE, finishStdout, guardStdout, isEpipe, print, rewriteMetadataSnapArgs } from './common';
-
 type CommandModule = { register(program: Command, ctx: () => CliContext): void };
 
 // Loaded on demand: a run loads only the command it runs (the whole set costs
@@ -51,6 +37,21 @@ const COMMANDS: Record<string, () => CommandModule> = {
   backups: () => require('./backups'),
 };
 
+// First, before the imports below load: a run of the CLI compiles its
+// modules with V8's cached code (a cache file per command) and defers what
+// commander loads but never uses (see startup.ts); the library does neither.
+if (require.main === module) {
+  const startup = require('./startup') as typeof import('./startup');
+  startup.installCodeCache(startup.cacheGroup(process.argv[2], Object.keys(COMMANDS)));
+  startup.deferCommanderChildProcess();
+  startup.resolveCliModulesDirectly();
+}
+import { Command, CommanderError } from 'commander';
+import { AbortError, UsageError } from '../errors';
+import { addonLoaded, armExitGuard, exitNow, tuneAllocatorOnLoad } from '../native/binding';
+import { CliContext, errorLine, EXIT_EPIPE, EXIT_FAILURE, finishStdout, guardStdout, isEpipe, print, rewriteMetadataSnapArgs } from './common';
+import { fdIsTTY } from './progress';
+
 const VERSION = require('../../package.json').version as string;
 
 /**
@@ -72,7 +73,19 @@ export async function main(argv: string[]): Promise<number> {
     .description('Linux device-mapper thin provisioning toolkit')
     .version(VERSION, '-V, --version')
     .exitOverride()
-    .configureOutput({ writeOut: (s) => print(s), writeErr: (s) => process.stderr.write(s) })
+    .configureOutput({
+      writeOut: (s) => print(s),
+      writeErr: (s) => process.stderr.write(s),
+      // Commander's own answers read process.stdout and process.stderr, which
+      // for a pipe or a file loads net, tty and the streams (~10 ms of a
+      // --help); the streams are made only for a terminal. The help has no
+      // styles, so there are no colours to keep or strip. 80 columns is
+      // commander's own width without a terminal.
+      getOutHelpWidth: () => (fdIsTTY(1) ? process.stdout.columns : undefined) ?? 80,
+      getErrHelpWidth: () => (fdIsTTY(2) ? process.stderr.columns : undefined) ?? 80,
+      getOutHasColors: () => false,
+      getErrHasColors: () => false,
+    })
     .showHelpAfterError(false);
   program.hook('preAction', (_p, action) => {
     const parent = action.parent && action.parent !== program ? `${action.parent.name()} ` : '';

@@ -6,18 +6,24 @@ import type { SingleBar } from 'cli-progress';
 import { fstatSync } from 'node:fs';
 
 /**
- * stderr is a terminal. Not `process.stderr.isTTY`: reading process.stderr
- * creates it, and for a pipe that loads net and the stream modules (~6 ms of
- * start-up) in a run that may never write there. A terminal is a character
- * device; only for one is node:tty asked.
+ * Descriptor `fd` is a terminal. Not `process.stderr.isTTY` (or stdout's):
+ * reading process.stderr creates it, and for a pipe or a file that loads
+ * net, tty and the stream modules (~6 ms of start-up) in a run that may
+ * never write there. A terminal is a character device; only for one is
+ * node:tty asked.
  */
-export function stderrIsTTY(): boolean {
+export function fdIsTTY(fd: number): boolean {
   try {
-    if (!fstatSync(2).isCharacterDevice()) return false;
+    if (!fstatSync(fd).isCharacterDevice()) return false;
   } catch {
     return false;
   }
-  return (require('node:tty') as typeof import('node:tty')).isatty(2);
+  return (require('node:tty') as typeof import('node:tty')).isatty(fd);
+}
+
+/** stderr is a terminal (see fdIsTTY). */
+export function stderrIsTTY(): boolean {
+  return fdIsTTY(2);
 }
 
 export class Progress {

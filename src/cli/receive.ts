@@ -3,12 +3,11 @@
  * device or file and record what the target now holds.
  */
 import type { Command } from 'commander';
-import { isatty } from 'node:tty';
 import { DmthinError, UsageError } from '../errors';
 import type { ZeroMethod } from '../stream/receive/target';
 import { CliContext } from './common';
 import { toJson } from './json';
-import { Progress, stderrIsTTY } from './progress';
+import { fdIsTTY, Progress, stderrIsTTY } from './progress';
 
 interface ReceiveCliOpts {
   target: string;
@@ -42,8 +41,8 @@ export function register(program: Command, ctx: () => CliContext): void {
     .action(async (o: ReceiveCliOpts) => {
       const c = ctx();
       if (!ZERO_METHODS.includes(o.discard as ZeroMethod)) throw new UsageError(`unknown --discard method '${o.discard}' (${ZERO_METHODS.join(', ')})`);
-      // isatty(0), not process.stdin.isTTY: that would make the stdin stream, which a piped stdin does without (pipe-chunks.ts).
-      if (o.input === '-' && isatty(0)) throw new UsageError('refusing to read a stream from a terminal (pipe one in, or use --input FILE)');
+      // fdIsTTY(0), not process.stdin.isTTY: that would make the stdin stream, which a piped stdin does without (pipe-chunks.ts).
+      if (o.input === '-' && fdIsTTY(0)) throw new UsageError('refusing to read a stream from a terminal (pipe one in, or use --input FILE)');
       if (o.state !== undefined) {
         const { refuseOutputOverInputs } = require('../output/file') as typeof import('../output/file');
         await refuseOutputOverInputs(o.state, 'the state file (--state)', [

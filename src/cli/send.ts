@@ -9,7 +9,7 @@ import { UsageError } from '../errors';
 import { SECTOR_SIZE } from '../units';
 import type { SendOptions } from '../ops/send';
 import { CliContext, parseIntArg } from './common';
-import { Progress, stderrIsTTY } from './progress';
+import { fdIsTTY, Progress, stderrIsTTY } from './progress';
 import { isThinIdText, snapOption, thinIdArg, type MetadataSnapOpts } from './metadata-source';
 import type { ThinPool as ThinPoolT } from '../pool/thin-pool';
 import { toJson } from './json';
@@ -70,7 +70,7 @@ export function register(program: Command, ctx: () => CliContext): void {
       if (o.base !== undefined && isThinIdText(o.base)) parseIntArg('--base', o.base, 2 ** 24 - 1);
       const deviceSize = o.size === undefined ? undefined : parseSize('--size', o.size);
       if ((o.pool === undefined) === (o.metadata === undefined)) throw new UsageError('give --pool (a live pool) or --metadata (offline images), not both');
-      if (o.output === '-' && process.stdout.isTTY) throw new UsageError('refusing to write a binary stream to a terminal (redirect it, or use --output FILE)');
+      if (o.output === '-' && fdIsTTY(1)) throw new UsageError('refusing to write a binary stream to a terminal (redirect it, or use --output FILE)');
       const bar = new Progress('send', !o.quiet && stderrIsTTY());
       const onProgress: SendOptions['onProgress'] = (p) =>
         p.phase === 'data' ? bar.update(p.dataBlocks, p.totalDataBlocks, 'blocks') : bar.update(p.dataBlocks, undefined, 'blocks scanned');

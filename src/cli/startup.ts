@@ -13,9 +13,12 @@
  * as a vm.Script with the bytes V8 produced for it on an earlier run, which
  * also hold the functions that run compiled then (not only the top level).
  *
- * The cache is one file in dist/.code-cache/, named by Node's version,
- * architecture and node options (a hash of them), read once at start-up and rewritten (a temporary file renamed
- * over it) at exit only when a module had no valid entry. An entry is used
+ * The cache is a file in dist/.code-cache/ per command (a run reads the
+ * bytes of what it loads, not of every command's modules: ls read 700 KB for
+ * the 200 KB it used), named by Node's version, architecture, node options (a
+ * hash of them) and the command, read once at start-up and rewritten (a
+ * temporary file renamed over it) at exit only when a module had no valid
+ * entry. An entry is used
  * only for the same path, source length and modification time, and V8 itself
  * rejects bytes made by another V8 or other flags; a rejected or missing entry
  * costs what a run without the cache costs. The directory is beside the code
@@ -23,16 +26,19 @@
  * when it cannot be written the cache is simply not kept.
  * DMTHIN_CODE_CACHE=0 turns it off; DMTHIN_CODE_CACHE_DIR=DIR keeps it in DIR.
  */
-import { accessSync, closeSync, constants, mkdirSync, openSync, readFileSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
+import { accessSync, closeSync, constants, fstatSync, mkdirSync, openSync, readFileSync, readSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
 import { dirname, join, resolve as resolvePath } from 'node:path';
 import { Script } from 'node:vm';
-// eslint-disable-next-line @typescript-eslint/no-require-imports
-const Module = require('node:module') as ModuleInternals;
+// The CommonJS Module class, as `require('node:module')` exports it: taken
+// from this module's own object, since loading node:module also loads Node's
+// ESM loader and source-map support (~1.5 ms) that a CLI run never uses.
+const Module = module.constructor as unknown as ModuleInternals;
 
 interface CjsModule {
   exports: unknown;
   require(id: string): unknown;
 }
+type LoadingModule = CjsModule & { _compile(content: string, filename: string): unknown };
 interface RequireFn {
   (id: string): unknown;
   resolve: ((request: string, options?: { paths?: string[] }) => string) & { paths(request: string): string[] | null };
@@ -99,6 +105,9 @@ export function deferCommanderChildProcess(): void {
  *   extension and dist/ has no extensionless files or symbolic links, so the
  *   answer is Node's. The stat's modification time is kept for the code
  *   cache's check (one stat, not two).
+ * - a relative request of one commander file for another ('./lib/help.js',
+ *   './suggestSimilar'): the path as written, else with .js, as Node tries
+ *   first (Node's resolver took ~2 ms for commander's six).
  * - loading those files and commander's without looking up their package
  *   scope: Node reads the nearest package.json of every .js file to see
  *   whether it is an ES module; dmthin's and commander's are CommonJS.
@@ -117,23 +126,38 @@ export function resolveCliModulesDirectly(): void {
         const file = resolvePath(dirname(parent.filename), request) + '.js';
         const st = file.startsWith(ROOT + '/') ? statSync(file, { throwIfNoEntry: false }) : undefined;
         if (st?.isFile()) {
-          knownMtimes.set(file, st.mtimeMs);
+          knownStats.set(file, st);
+          return file;
+        }
+      }
+    } else if (options === undefined && found && (request.startsWith('./') || request.startsWith('../')) && parent?.filename?.startsWith(dirname(found) + '/')) {
+      // Within commander: the request as written, else with .js (Node's first two tries).
+      const base = resolvePath(dirname(parent.filename), request);
+      for (const file of [base, base + '.js']) {
+        const st = file.startsWith(dirname(found) + '/') ? statSync(file, { throwIfNoEntry: false }) : undefined;
+        if (st?.isFile()) {
+          knownStats.set(file, st);
           return file;
         }
       }
     }
     return resolve.call(this, request, parent, isMain, options);
   };
-  const extensions = M._extensions as Record<string, (module: CjsModule & { _compile(content: string, filename: string): unknown }, filename: string) => unknown>;
+  const extensions = M._extensions as Record<string, (module: LoadingModule, filename: string) => unknown>;
   const js = extensions['.js'];
   extensions['.js'] = function (module, filename) {
-    if (filename.startsWith(ROOT + '/') || (found && filename.startsWith(dirname(found) + '/'))) return module._compile(readFileSync(filename, 'utf8'), filename);
+    if (filename.startsWith(ROOT + '/') || (found && filename.startsWith(dirname(found) + '/'))) {
+      return compileFile ? compileFile(module, filename) : module._compile(readFileSync(filename, 'utf8'), filename);
+    }
     return js.call(this, module, filename);
   };
 }
 
-/** Modification times of files resolveCliModulesDirectly() found (their stat), for installCodeCache(). */
-const knownMtimes = new Map<string, number>();
+/** Size and modification time of files resolveCliModulesDirectly() found (their stat), for installCodeCache(). */
+const knownStats = new Map<string, { size: number; mtimeMs: number }>();
+
+/** Set by installCodeCache(): compiles a file of dist/ or commander from its cache, read as installCodeCache wants it. */
+let compileFile: ((module: LoadingModule, filename: string) => unknown) | undefined;
 
 function commanderMain(dirs: string[]): string {
   for (const d of dirs) {
@@ -165,7 +189,7 @@ const DIR = process.env.DMTHIN_CODE_CACHE_DIR || join(__dirname, '..', '.code-ca
 // own (the #! line's, NODE_OPTIONS) keep a file of their own instead of
 // rewriting one file in turns (every run of `dmthin` alternating with runs
 // of `node dist/cli/main.js` compiled everything anew).
-const FILE = join(DIR, `v8-${process.version}-${process.arch}${flagsTag([...process.execArgv, process.env.NODE_OPTIONS ?? ''].join(' ').trim())}.bin`);
+const FILE_PREFIX = join(DIR, `v8-${process.version}-${process.arch}${flagsTag([...process.execArgv, process.env.NODE_OPTIONS ?? ''].join(' ').trim())}`);
 
 /** '' without node options, else '-' and a short hash of them (FNV-1a: loads no crypto). */
 function flagsTag(options: string): string {
@@ -175,9 +199,22 @@ function flagsTag(options: string): string {
   return `-${(h >>> 0).toString(16).padStart(8, '0')}`;
 }
 
-/** Installs the cache for the modules loaded from now on (once; not under an inspector or DMTHIN_CODE_CACHE=0). */
-export function installCodeCache(): void {
+/**
+ * The cache file's group for a run of `command` (the CLI's first argument):
+ * the command itself when it is one of `commands`, else "main" (help,
+ * version, a usage error).
+ */
+export function cacheGroup(command: string | undefined, commands: readonly string[]): string {
+  return command !== undefined && commands.includes(command) ? command : 'main';
+}
+
+/**
+ * Installs the cache for the modules loaded from now on (once; not under an
+ * inspector or DMTHIN_CODE_CACHE=0), in the file of `group` (see cacheGroup).
+ */
+export function installCodeCache(group = 'main'): void {
   if (process.env.DMTHIN_CODE_CACHE === '0' || process.execArgv.some((a) => a.startsWith('--inspect'))) return;
+  const FILE = `${FILE_PREFIX}-${group}.bin`;
   const proto = Module.prototype;
   const original = proto._compile;
   // The file: u32 length of a JSON index, the index, then the cached bytes.
@@ -193,35 +230,79 @@ export function installCodeCache(): void {
   }
   const compiled: { e: Entry; script: Script | null }[] = [];
   let stale = false;
-  proto._compile = function (this: CjsModule, content: string, filename: string): unknown {
+  /**
+   * Compiles and runs one module from `wrapped` (its source inside Node's
+   * function wrapper, `length` UTF-16 units of it the file's own);
+   * `plain` gives the unwrapped source for Node's own compile.
+   */
+  const compile = (mod: CjsModule, filename: string, wrapped: string, length: number, mtime: number, plain: () => string): unknown => {
     // A vm.Script has no loader for import() (Node 20's USE_MAIN_CONTEXT_DEFAULT_LOADER
     // prints an ExperimentalWarning): a file that may use it compiles as Node compiles it.
-    if (content.includes('import(')) return original.call(this, content, filename);
-    let mtime: number;
-    try {
-      mtime = knownMtimes.get(filename) ?? statSync(filename).mtimeMs;
-    } catch {
-      return original.call(this, content, filename);
-    }
+    if (wrapped.includes('import(')) return original.call(mod, plain(), filename);
     const old = index.get(filename);
-    const usable = old !== undefined && old.s === content.length && old.m === mtime && old.o + old.n <= data.length;
-    // A hashbang line is valid only at the start of a script: blank it (lines stay where they are).
-    const source = content.startsWith('#!') ? content.replace(/^#![^\n]*/, '') : content;
+    const usable = old !== undefined && old.s === length && old.m === mtime && old.o + old.n <= data.length;
     let script: Script;
     try {
-      script = new Script(Module.wrap(source), { filename, cachedData: usable ? data.subarray(old.o, old.o + old.n) : undefined });
+      script = new Script(wrapped, { filename, cachedData: usable ? data.subarray(old.o, old.o + old.n) : undefined });
     } catch {
       // A syntax error: let Node's own compile report it as usual.
-      return original.call(this, content, filename);
+      return original.call(mod, plain(), filename);
     }
     const hit = usable && !script.cachedDataRejected;
     if (!hit) stale = true;
-    compiled.push({ e: hit ? old : { f: filename, s: content.length, m: mtime, o: 0, n: 0 }, script: hit ? null : script });
+    compiled.push({ e: hit ? old : { f: filename, s: length, m: mtime, o: 0, n: 0 }, script: hit ? null : script });
     const fn = script.runInThisContext({ displayErrors: true }) as (...args: unknown[]) => unknown;
-    return fn.call(this.exports, this.exports, requireFor(this), this, filename, dirname(filename));
+    return fn.call(mod.exports, mod.exports, requireFor(mod), mod, filename, dirname(filename));
+  };
+  proto._compile = function (this: CjsModule, content: string, filename: string): unknown {
+    let mtime: number;
+    try {
+      mtime = knownStats.get(filename)?.mtimeMs ?? statSync(filename).mtimeMs;
+    } catch {
+      return original.call(this, content, filename);
+    }
+    // A hashbang line is valid only at the start of a script: blank it (lines stay where they are).
+    const source = content.startsWith('#!') ? content.replace(/^#![^\n]*/, '') : content;
+    return compile(this, filename, Module.wrap(source), content.length, mtime, () => content);
+  };
+  // Files the resolver found (dist/, commander): read into one buffer between
+  // the wrapper's two halves and decoded once. Module.wrap(readFileSync(...))
+  // made two strings of every source (the file's, then the flat wrapped one
+  // V8 compiles), ~600 KB of young garbage for a short `ls`.
+  const [head, tail] = Module.wrap('\0').split('\0').map((x) => Buffer.from(x, 'utf8'));
+  const wrapperLength = Module.wrap('').length;
+  compileFile = (mod, filename) => {
+    let buf: Buffer;
+    let st: { size: number; mtimeMs: number };
+    try {
+      const fd = openSync(filename, 'r');
+      try {
+        st = knownStats.get(filename) ?? fstatSync(fd);
+        buf = Buffer.allocUnsafe(head.length + st.size + tail.length);
+        head.copy(buf, 0);
+        let off = 0;
+        while (off < st.size) {
+          const n = readSync(fd, buf, head.length + off, st.size - off, null);
+          if (n === 0) break;
+          off += n;
+        }
+        // Changed since its stat (being rebuilt): Node reads it as it is now.
+        if (off !== st.size || readSync(fd, Buffer.allocUnsafe(1), 0, 1, null) !== 0) throw new Error('changed');
+      } finally {
+        closeSync(fd);
+      }
+    } catch {
+      return mod._compile(readFileSync(filename, 'utf8'), filename);
+    }
+    tail.copy(buf, head.length + st.size);
+    // A hashbang line: blanked with spaces (see above).
+    if (buf[head.length] === 0x23 && buf[head.length + 1] === 0x21) for (let i = head.length; i < head.length + st.size && buf[i] !== 0x0a; i++) buf[i] = 0x20;
+    const wrapped = buf.toString('utf8');
+    const length = wrapped.length - wrapperLength;
+    return compile(mod, filename, wrapped, length, st.mtimeMs, () => wrapped.slice(head.length, wrapped.length - tail.length));
   };
   process.once('exit', () => {
-    if (stale) save(index, data, compiled);
+    if (stale) save(FILE, index, data, compiled);
   });
 }
 
@@ -238,7 +319,7 @@ function requireFor(mod: CjsModule): RequireFn {
 }
 
 /** Writes the entries of this run (new bytes for the misses) and the earlier ones for other modules. */
-function save(index: Map<string, Entry>, data: Buffer, compiled: { e: Entry; script: Script | null }[]): void {
+function save(FILE: string, index: Map<string, Entry>, data: Buffer, compiled: { e: Entry; script: Script | null }[]): void {
   // A directory this user cannot write (an install owned by root): every run
   // would pay for making the cache and fail to keep it, so none is made.
   try {

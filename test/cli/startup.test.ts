@@ -13,7 +13,8 @@ import { CLI } from './run-cli';
 const DIST = join(__dirname, '..', '..', 'dist');
 // A cache of this file's own (DMTHIN_CODE_CACHE_DIR): other test files run the CLI meanwhile.
 const CACHE_DIR = mkdtempSync(join(tmpdir(), 'dmthin-code-cache-test-'));
-const CACHE = join(CACHE_DIR, `v8-${process.version}-${process.arch}.bin`);
+// One file per command (its first argument), "main" for help and the like.
+const cacheFile = (group: string) => join(CACHE_DIR, `v8-${process.version}-${process.arch}-${group}.bin`);
 afterAll(() => rmSync(CACHE_DIR, { recursive: true, force: true }));
 const POOL = join(__dirname, '..', '..', 'examples', 'pool.bin');
 
@@ -28,9 +29,9 @@ function run(args: string[], env: NodeJS.ProcessEnv = {}, pre: string[] = []) {
   return r;
 }
 
-/** The cache file's index, or throws when it is not a well-formed cache. */
-function index(): { f: string; s: number; m: number; o: number; n: number }[] {
-  const b = readFileSync(CACHE);
+/** A cache file's index, or throws when it is not a well-formed cache. */
+function index(group: string): { f: string; s: number; m: number; o: number; n: number }[] {
+  const b = readFileSync(cacheFile(group));
   const len = b.readUInt32LE(0);
   const entries = JSON.parse(b.toString('utf8', 4, 4 + len)) as { f: string; s: number; m: number; o: number; n: number }[];
   for (const e of entries) expect(e.o + e.n).toBeLessThanOrEqual(b.length - 4 - len);
@@ -48,29 +49,48 @@ describe('code cache', () => {
   ];
   const plain = new Map(commands.map((c) => [c.join(' '), run(c, { DMTHIN_CODE_CACHE: '0' })]));
 
+  const groups = [...new Set(commands.map((c) => c[0]))];
+
   it('gives the same output and status as a run without it, from no cache, a fresh one and a damaged one', () => {
-    rmSync(CACHE, { force: true });
+    for (const g of groups) rmSync(cacheFile(g), { force: true });
     for (const state of ['none', 'fresh', 'garbage', 'bad bytes']) {
-      if (state === 'garbage') writeFileSync(CACHE, Buffer.from('\x10\x00\x00\x00{"not": "an index"}\x00\x01\x02'));
-      if (state === 'bad bytes') {
-        // A well-formed index whose entries match the modules but whose bytes are not V8's.
-        const entries = index().map((e) => ({ ...e, o: 0, n: 64 }));
-        const json = Buffer.from(JSON.stringify(entries));
-        const head = Buffer.alloc(4);
-        head.writeUInt32LE(json.length);
-        writeFileSync(CACHE, Buffer.concat([head, json, Buffer.alloc(64, 0xa5)]));
+      for (const g of groups) {
+        if (state === 'garbage') writeFileSync(cacheFile(g), Buffer.from('\x10\x00\x00\x00{"not": "an index"}\x00\x01\x02'));
+        if (state === 'bad bytes') {
+          // A well-formed index whose entries match the modules but whose bytes are not V8's.
+          const entries = index(g).map((e) => ({ ...e, o: 0, n: 64 }));
+          const json = Buffer.from(JSON.stringify(entries));
+          const head = Buffer.alloc(4);
+          head.writeUInt32LE(json.length);
+          writeFileSync(cacheFile(g), Buffer.concat([head, json, Buffer.alloc(64, 0xa5)]));
+        }
       }
       for (const c of commands) {
         const want = plain.get(c.join(' '))!;
         const got = run(c);
         expect({ state, c, status: got.status, stdout: got.stdout, stderr: got.stderr }).toEqual({ state, c, status: want.status, stdout: want.stdout, stderr: want.stderr });
       }
-      // Every run that missed rewrote it: well-formed again, naming the modules it compiled.
-      expect(index().map((e) => e.f)).toEqual(expect.arrayContaining([join(DIST, 'cli', 'ls.js'), join(DIST, 'thin', 'dump.js')]));
+      // Every run that missed rewrote its command's file: well-formed again, naming the modules it compiled
+      // (commander's too), and no other command's.
+      const ls = index('ls').map((e) => e.f);
+      expect(ls).toEqual(expect.arrayContaining([join(DIST, 'cli', 'ls.js'), join(DIST, 'thin', 'ls.js'), expect.stringMatching(/[\\/]commander[\\/]lib[\\/]command\.js$/)]));
+      expect(ls).not.toContain(join(DIST, 'thin', 'dump.js'));
+      expect(index('dump').map((e) => e.f)).toEqual(expect.arrayContaining([join(DIST, 'thin', 'dump.js')]));
     }
   });
 
+  it('a run of another command, help or a usage error keeps its own file', () => {
+    for (const g of ['ls', 'main']) rmSync(cacheFile(g), { force: true });
+    expect(run(['--help']).status).toBe(0);
+    expect(run(['no-such-command']).status).toBe(1);
+    expect(existsSync(cacheFile('main'))).toBe(true);
+    expect(existsSync(cacheFile('no-such-command'))).toBe(false);
+    expect(existsSync(cacheFile('ls'))).toBe(false);
+    expect(index('main').map((e) => e.f)).toEqual(expect.arrayContaining([join(DIST, 'cli', 'ls.js')]));
+  });
+
   it('is not written with DMTHIN_CODE_CACHE=0, and a run that cannot write it still succeeds', () => {
+    const CACHE = cacheFile('ls');
     rmSync(CACHE, { force: true });
     expect(run(['ls', POOL], { DMTHIN_CODE_CACHE: '0' }).status).toBe(0);
     expect(existsSync(CACHE)).toBe(false);
@@ -117,9 +137,10 @@ describe('node options', () => {
     expect(run(['ls', POOL], {}, ['--max-semi-space-size=1']).status).toBe(0);
     const files = readdirSync(CACHE_DIR).sort();
     expect(files).toHaveLength(2);
-    expect(files).toContain(`v8-${process.version}-${process.arch}.bin`);
+    expect(files).toContain(`v8-${process.version}-${process.arch}-ls.bin`);
     // Another run with the options finds its file whole: nothing is rewritten.
-    const flagged = join(CACHE_DIR, files.find((f) => f !== `v8-${process.version}-${process.arch}.bin`)!);
+    const flagged = join(CACHE_DIR, files.find((f) => f !== `v8-${process.version}-${process.arch}-ls.bin`)!);
+    expect(flagged).toMatch(/-[0-9a-f]{8}-ls\.bin$/);
     const before = statSync(flagged).mtimeMs;
     const bytes = readFileSync(flagged);
     expect(run(['ls', POOL]).status).toBe(0);
@@ -160,6 +181,16 @@ describe('modules a command on a metadata file loads', () => {
     },
   );
 
+  it.each([['ls'], ['dump'], ['check'], ['delta', '--snap1', '1', '--snap2', '2']])('%s: no node:os, node:module or ESM loader (loaded only for an error, or never)', (...args) => {
+    const { builtin } = loaded([...args, POOL]);
+    expect(builtin.filter((m) => /^NativeModule (os|module|internal\/modules\/esm\/loader|internal\/source_map\/source_map)$/.test(m))).toEqual([]);
+  });
+
+  it.each([['--help'], ['send', '--help'], ['receive', '--help'], ['ls', '--help']])('%s: no tty, net or streams (stdout and stderr pipes)', (...args) => {
+    const { builtin } = loaded(args);
+    expect(builtin.filter((m) => /^NativeModule (tty|net|stream|internal\/streams\/(?!utils$).*)$/.test(m))).toEqual([]);
+  });
+
   it("commander is the file Node's own resolution names", () => {
     const r = spawnSync(
       process.execPath,
@@ -192,6 +223,11 @@ describe('modules a command on a metadata file loads', () => {
          const files = [];
          const walk = (d) => { for (const e of fs.readdirSync(d, { withFileTypes: true })) { const p = path.join(d, e.name); if (e.isDirectory()) walk(p); else if (p.endsWith('.js')) files.push(p); } };
          walk(${JSON.stringify(DIST)});
+         // commander's own files, once a dist/ file has asked for commander (their requests are answered too).
+         const cmd = Module._resolveFilename('commander', Object.assign(new Module(files[0]), { filename: files[0], paths: Module._nodeModulePaths(path.dirname(files[0])) }), false);
+         const before = files.length;
+         walk(path.dirname(cmd));
+         if (files.length - before < 5) throw new Error('commander has too few files: ' + (files.length - before));
          let checked = 0; const differ = [];
          for (const f of files) {
            const parent = new Module(f); parent.filename = f; parent.paths = Module._nodeModulePaths(path.dirname(f));
