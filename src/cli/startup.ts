@@ -238,7 +238,7 @@ export function installCodeCache(group = 'main'): void {
   const compile = (mod: CjsModule, filename: string, wrapped: string, length: number, mtime: number, plain: () => string): unknown => {
     // A vm.Script has no loader for import() (Node 20's USE_MAIN_CONTEXT_DEFAULT_LOADER
     // prints an ExperimentalWarning): a file that may use it compiles as Node compiles it.
-    if (wrapped.includes('import(')) return original.call(mod, plain(), filename);
+    if (mayImport(wrapped)) return original.call(mod, plain(), filename);
     const old = index.get(filename);
     const usable = old !== undefined && old.s === length && old.m === mtime && old.o + old.n <= data.length;
     let script: Script;
@@ -304,6 +304,22 @@ export function installCodeCache(group = 'main'): void {
   process.once('exit', () => {
     if (stale) save(FILE, index, data, compiled);
   });
+}
+
+/**
+ * Whether a source may call import(): any `import(` but those on a line that
+ * is a comment's (starting with `//`, or with `*` and no `*` + `/` before it:
+ * a JSDoc line such as commander's `@typedef { import("./command.js").Command }`,
+ * which made Node compile help.js from source on every run). Errs towards
+ * yes: `f(); // import(x)` counts.
+ */
+export function mayImport(source: string): boolean {
+  for (let i = source.indexOf('import('); i !== -1; i = source.indexOf('import(', i + 7)) {
+    const line = source.slice(source.lastIndexOf('\n', i) + 1, i).trimStart();
+    const comment = line.startsWith('//') || (line.startsWith('*') && !line.includes('*/'));
+    if (!comment) return true;
+  }
+  return false;
 }
 
 /** The `require` a module sees, as Node makes it. */

@@ -111,6 +111,15 @@ describe('code cache', () => {
 });
 
 describe('a module that uses import()', () => {
+  it('is told from one that names import() only in comments', () => {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const { mayImport } = require(join(DIST, 'cli', 'startup.js')) as typeof import('../../src/cli/startup');
+    const yes = ["import('x')", "const m = await import('x');", "/* a */ import('x')", " * a */ import('x')", "f(); // import('x')", "`\n${import('x')}`", "/**\n * @type {import('a').A}\n */\nimport('b')"];
+    const no = ['', 'const x = 1;', ' * @typedef { import("./command.js").Command } Command', "// import('x')", "  /**\n   * {import('a').B}\n   */"];
+    expect(yes.filter((s) => !mayImport(s))).toEqual([]);
+    expect(no.filter((s) => mayImport(s))).toEqual([]);
+  });
+
   it('is compiled by Node, so its import() works (a vm.Script has no loader for it)', () => {
     const dir = mkdtempSync(join(tmpdir(), 'dmthin-startup-test-'));
     try {

@@ -1,0 +1,168 @@
+/**
+ * The dmthin command line (main.ts starts it). Each subcommand lives in its
+ * own file; this one wires them up and owns exit codes: 0 on success, 1 on
+ * any error (one line on stderr), 128+n after a signal, 141 quietly when the
+ * reader of stdout went away (EPIPE). Success is reported only once stdout has
+ * taken every byte: a write error of any command (ENOSPC, EIO...) is an error
+ * like any other.
+ */
+import { Command, CommanderError } from 'commander';
+import { AbortError, UsageError } from '../errors';
+import { addonLoaded, armExitGuard, exitNow, tuneAllocatorOnLoad } from '../native/binding';
+import { CliContext, errorLine, EXIT_EPIPE, EXIT_FAILURE, finishStdout, guardStdout, isEpipe, print, rewriteMetadataSnapArgs } from './common';
+import { fdIsTTY } from './progress';
+import { COMMANDS } from './commands';
+
+const VERSION = require('../../package.json').version as string;
+
+/**
+ * malloc thresholds of a CLI process (native/allocator.cc): chunks below 1
+ * MiB come from the heap, not an mmap each, and up to 8 MiB freed at its top
+ * stays for reuse. A walk's churn of compiler zones, read batches and typed
+ * arrays then reuses pages instead of faulting fresh ones in.
+ */
+const MMAP_THRESHOLD = 1 << 20;
+const TRIM_THRESHOLD = 8 << 20;
+
+export async function main(argv: string[]): Promise<number> {
+  let ctx: CliContext | undefined;
+  let name = 'dmthin';
+  guardStdout();
+  tuneAllocatorOnLoad(MMAP_THRESHOLD, TRIM_THRESHOLD);
+  const getCtx = () => ctx!;
+  const program = new Command('dmthin')
+    .description('Linux device-mapper thin provisioning toolkit')
+    .version(VERSION, '-V, --version')
+    .exitOverride()
+    .configureOutput({
+      writeOut: (s) => print(s),
+      writeErr: (s) => process.stderr.write(s),
+      // Commander's own answers read process.stdout and process.stderr, which
+      // for a pipe or a file loads net, tty and the streams (~10 ms of a
+      // --help); the streams are made only for a terminal. The help has no
+      // styles, so there are no colours to keep or strip. 80 columns is
+      // commander's own width without a terminal.
+      getOutHelpWidth: () => (fdIsTTY(1) ? process.stdout.columns : undefined) ?? 80,
+      getErrHelpWidth: () => (fdIsTTY(2) ? process.stderr.columns : undefined) ?? 80,
+      getOutHasColors: () => false,
+      getErrHasColors: () => false,
+    })
+    .showHelpAfterError(false);
+  program.hook('preAction', (_p, action) => {
+    const parent = action.parent && action.parent !== program ? `${action.parent.name()} ` : '';
+    name = `dmthin ${parent}${action.name()}`;
+    ctx = new CliContext(name);
+  });
+  const first = argv[0];
+  const wanted = first !== undefined && Object.hasOwn(COMMANDS, first) ? [first] : Object.keys(COMMANDS);
+  for (const c of wanted) COMMANDS[c]().register(program, getCtx);
+  // Hidden companion of -m: the attached block number (see rewriteMetadataSnapArgs).
+  for (const c of program.commands) {
+    if (c.options.some((o) => o.long === '--metadata-snap')) {
+      c.addOption(new (require('commander').Option)('--metadata-snap-block <block>').hideHelp());
+    }
+  }
+  routeParserErrors(program, 'dmthin');
+  try {
+    await program.parseAsync(rewriteMetadataSnapArgs(argv), { from: 'user' });
+    await finishStdout();
+    if (ctx) await ctx.runCleanups();
+    return ctx?.exitStatus ?? 0;
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      // --help, --version: their text must reach stdout too.
+      if (e.exitCode === 0) return finishStdout().then(
+        () => 0,
+        (x) => (isEpipe(x) ? EXIT_EPIPE : (process.stderr.write(errorLine(name, x) + '\n'), EXIT_FAILURE)),
+      );
+      process.stderr.write(errorLine(parserCommand(e), parserError(e, argv)) + '\n');
+      return EXIT_FAILURE; // a usage error: 1, as the reference tools
+    }
+    const epipe = isEpipe(e) && !ctx?.wasSignalled();
+    if (!epipe) process.stderr.write(errorLine(name, ctx?.wasSignalled() ? new AbortError('interrupted') : e) + '\n');
+    const status = epipe ? EXIT_EPIPE : ctx ? ctx.exitCodeFor() : EXIT_FAILURE;
+    if (ctx) await ctx.runCleanups();
+    return status;
+  }
+}
+
+const PARSED_BY = Symbol('dmthin command');
+
+/**
+ * Commander prints its own errors ("error: unknown option '--x'") and, for a
+ * missing subcommand, the whole help on stderr. Both are silenced here and
+ * reach main() as a CommanderError tagged with the command that was parsing,
+ * so they come out as every other error: one "dmthin CMD: ... [EINVAL]" line.
+ */
+function routeParserErrors(cmd: Command, path: string): void {
+  cmd.exitOverride((err) => {
+    throw Object.assign(err, { [PARSED_BY]: { path, subcommands: cmd.commands.map((c) => c.name()).filter((n) => n !== 'help') } });
+  });
+  cmd.configureOutput({ writeErr: () => undefined, outputError: () => undefined });
+  for (const sub of cmd.commands) routeParserErrors(sub, `${path} ${sub.name()}`);
+}
+
+type Parsed = { path: string; subcommands: string[] };
+const parsedBy = (e: CommanderError): Parsed => (e as CommanderError & { [PARSED_BY]?: Parsed })[PARSED_BY] ?? { path: 'dmthin', subcommands: [] };
+
+function parserCommand(e: CommanderError): string {
+  return parsedBy(e).path;
+}
+
+/** Commander's message as a UsageError: no "error: " prefix, one line, and where to look. */
+function parserError(e: CommanderError, argv: string[]): UsageError {
+  const { path, subcommands } = parsedBy(e);
+  const help = `see '${path} --help'`;
+  // Help written to stderr with status 1: a command group ran without a
+  // subcommand, or `help NAME` named none of them.
+  if (e.code === 'commander.help') {
+    const asked = argv[argv.indexOf('help') + 1];
+    if (argv.includes('help') && asked !== undefined && !subcommands.includes(asked)) return new UsageError(`unknown command '${asked}'; ${help}`);
+    return new UsageError(`a command is required (${subcommands.join(', ')}); ${help}`);
+  }
+  let text = e.message.replace(/^error: /, '').replace(/\s*\n\s*/g, ' ').replace(/\.$/, '').replace('(Did you mean', '(did you mean');
+  const excess = /^too many arguments.*Expected (\d+) arguments? but got (\d+)/.exec(text);
+  if (excess) text = `too many arguments: expected ${excess[1]}, got ${excess[2]}`;
+  return new UsageError(`${text}; ${help}`);
+}
+
+/**
+ * After the command, Node ends the process; should it not within this long
+ * (a V8 shutdown deadlock, see native/exit_guard.cc), the guard ends it with
+ * the command's status. Its output is written by then.
+ */
+const EXIT_GRACE_MS = 2000;
+
+/**
+ * Node's own work after the command that must not be skipped: profiles and
+ * coverage are written in its teardown.
+ */
+function nodeTeardownNeeded(): boolean {
+  return process.env.NODE_V8_COVERAGE !== undefined || [...process.execArgv, process.env.NODE_OPTIONS ?? ''].some((a) => /--(cpu-prof|heap-prof|prof\b|inspect)/.test(a));
+}
+
+/** Runs the command line on `argv` (without node and the script) and ends the process with its status. */
+export function run(argv: string[]): void {
+  const end = (code: number): void => {
+    process.exitCode = code;
+    // The command is over: its output is written (finishStdout), its
+    // cleanups have run. A process that loaded the addon ends here, after its
+    // 'exit' listeners (the code cache, the metadata snapshot guard), without
+    // Node's teardown: 10-15 ms of freeing a walk's heap, and where Node 20
+    // can deadlock (native/exit_guard.cc). Otherwise Node ends it, under the guard.
+    if (addonLoaded() && !nodeTeardownNeeded()) {
+      try {
+        process.emit('exit', code);
+      } catch (e) {
+        process.stderr.write(errorLine('dmthin', e) + '\n');
+        code = EXIT_FAILURE;
+      }
+      exitNow(code);
+    }
+    armExitGuard(code, EXIT_GRACE_MS);
+  };
+  main(argv).then(end, (e) => {
+    process.stderr.write(errorLine('dmthin', e) + '\n');
+    end(EXIT_FAILURE);
+  });
+}
