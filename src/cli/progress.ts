@@ -9,12 +9,16 @@ import { fstatSync } from 'node:fs';
  * Descriptor `fd` is a terminal. Not `process.stderr.isTTY` (or stdout's):
  * reading process.stderr creates it, and for a pipe or a file that loads
  * net, tty and the stream modules (~6 ms of start-up) in a run that may
- * never write there. A terminal is a character device; only for one is
- * node:tty asked.
+ * never write there; node:tty itself loads net. A terminal is a character
+ * device, and not one of major 1 (/dev/null, /dev/zero, /dev/full, the
+ * random devices: where a benchmark or a script sends output); only for
+ * another is node:tty asked.
  */
 export function fdIsTTY(fd: number): boolean {
   try {
-    if (!fstatSync(fd).isCharacterDevice()) return false;
+    const st = fstatSync(fd);
+    // The major number's low 12 bits are bits 8-19 of Linux's dev_t.
+    if (!st.isCharacterDevice() || ((st.rdev >>> 8) & 0xfff) === 1) return false;
   } catch {
     return false;
   }

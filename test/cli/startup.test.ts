@@ -195,9 +195,14 @@ describe('modules a command on a metadata file loads', () => {
     expect(builtin.filter((m) => /^NativeModule (os|module|internal\/modules\/esm\/loader|internal\/source_map\/source_map)$/.test(m))).toEqual([]);
   });
 
-  it.each([['--help'], ['send', '--help'], ['receive', '--help'], ['ls', '--help']])('%s: no tty, net or streams (stdout and stderr pipes)', (...args) => {
+  it.each([['--help'], ['send', '--help'], ['receive', '--help'], ['ls', '--help']])('%s: no tty, net or streams (stdout a pipe, then /dev/null; stderr a pipe)', (...args) => {
     const { builtin } = loaded(args);
     expect(builtin.filter((m) => /^NativeModule (tty|net|stream|internal\/streams\/(?!utils$).*)$/.test(m))).toEqual([]);
+    // /dev/null is a character device, as a terminal is: told apart without node:tty (which loads net).
+    const r = spawnSync(process.execPath, ['-r', hook, CLI, ...args], { encoding: 'utf8', stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, NODE_OPTIONS: '', DMTHIN_CODE_CACHE_DIR: CACHE_DIR }, timeout: 60_000 });
+    expect(r.status).toBe(0);
+    const nul = JSON.parse(r.stderr) as { builtin: string[] };
+    expect(nul.builtin.filter((m) => /^NativeModule (tty|net|stream|internal\/streams\/(?!utils$).*)$/.test(m))).toEqual([]);
   });
 
   it("commander is the file Node's own resolution names", () => {
