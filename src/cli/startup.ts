@@ -235,10 +235,12 @@ export function installCodeCache(group = 'main'): void {
    * function wrapper, `length` UTF-16 units of it the file's own);
    * `plain` gives the unwrapped source for Node's own compile.
    */
-  const compile = (mod: CjsModule, filename: string, wrapped: string, length: number, mtime: number, plain: () => string): unknown => {
+  const compile = (mod: CjsModule, filename: string, wrapped: string, length: number, mtime: number, plain: () => string, ours: boolean): unknown => {
     // A vm.Script has no loader for import() (Node 20's USE_MAIN_CONTEXT_DEFAULT_LOADER
     // prints an ExperimentalWarning): a file that may use it compiles as Node compiles it.
-    if (mayImport(wrapped)) return original.call(mod, plain(), filename);
+    // dist/'s and commander's files (`ours`) may name import() in JSDoc
+    // comments; any other module's mention counts.
+    if (ours ? mayImport(wrapped) : wrapped.includes('import(')) return original.call(mod, plain(), filename);
     const old = index.get(filename);
     const usable = old !== undefined && old.s === length && old.m === mtime && old.o + old.n <= data.length;
     let script: Script;
@@ -263,7 +265,7 @@ export function installCodeCache(group = 'main'): void {
     }
     // A hashbang line is valid only at the start of a script: blank it (lines stay where they are).
     const source = content.startsWith('#!') ? content.replace(/^#![^\n]*/, '') : content;
-    return compile(this, filename, Module.wrap(source), content.length, mtime, () => content);
+    return compile(this, filename, Module.wrap(source), content.length, mtime, () => content, false);
   };
   // Files the resolver found (dist/, commander): read into one buffer between
   // the wrapper's two halves and decoded once. Module.wrap(readFileSync(...))
@@ -299,7 +301,7 @@ export function installCodeCache(group = 'main'): void {
     if (buf[head.length] === 0x23 && buf[head.length + 1] === 0x21) for (let i = head.length; i < head.length + st.size && buf[i] !== 0x0a; i++) buf[i] = 0x20;
     const wrapped = buf.toString('utf8');
     const length = wrapped.length - wrapperLength;
-    return compile(mod, filename, wrapped, length, st.mtimeMs, () => wrapped.slice(head.length, wrapped.length - tail.length));
+    return compile(mod, filename, wrapped, length, st.mtimeMs, () => wrapped.slice(head.length, wrapped.length - tail.length), true);
   };
   process.once('exit', () => {
     if (stale) save(FILE, index, data, compiled);
