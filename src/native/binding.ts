@@ -7,27 +7,8 @@ import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { SetupError } from '../errors';
 
-export interface NativeOpenInfo {
-  size: number;
-  logicalBlockSize: number;
-  blockDevice: boolean;
-  direct: boolean;
-}
-
-export interface NativeReadResult {
-  /** n * blockSize bytes, 4096-aligned, blocks in request order. */
-  data: Buffer;
-  /** Raw CRC-32C (seed ~0, no final inversion) of bytes [4, 4096) of each block. */
-  crcs?: Uint32Array;
-}
-
-export interface NativeBlockReader {
-  open(path: string, direct?: 'auto' | 'always' | 'never', exclusive?: boolean): Promise<NativeOpenInfo>;
-  read(blockSize: number, blocks: Float64Array, checksum?: boolean): Promise<NativeReadResult>;
-  /** Gives a read's `data` back (the addon's reader only): detached, its memory reused. False if it was not one. */
-  release?(data: Buffer): boolean;
-  close(): void;
-}
+import type { NativeBlockReader } from './reader-contract';
+export type { NativeBlockReader, NativeOpenInfo, NativeReadResult } from './reader-contract';
 
 export interface NativeWriterOpenOptions {
   direct?: 'auto' | 'always' | 'never';

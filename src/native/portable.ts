@@ -9,7 +9,7 @@ import { closeSync, open, read } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { fromNative, SystemCallError } from '../errors';
-import type { NativeBlockReader, NativeOpenInfo, NativeReadResult } from './binding';
+import type { NativeBlockReader, NativeOpenInfo, NativeReadResult } from './reader-contract';
 
 const TABLE = (() => {
   const t = new Uint32Array(256);
