@@ -190,7 +190,7 @@ describe('modules a command on a metadata file loads', () => {
     },
   );
 
-  it.each([['ls'], ['dump'], ['check'], ['delta', '--snap1', '1', '--snap2', '2']])('%s: no node:os, node:module or ESM loader (loaded only for an error, or never)', (...args) => {
+  it.each([['ls'], ['dump'], ['check'], ['delta', '--snap1', '1', '--snap2', '2'], ['rmap', '--region', '0..1000']])('%s: no node:os, node:module or ESM loader (loaded only for an error, or never)', (...args) => {
     const { builtin } = loaded([...args, POOL]);
     expect(builtin.filter((m) => /^NativeModule (os|module|internal\/modules\/esm\/loader|internal\/source_map\/source_map)$/.test(m))).toEqual([]);
   });
