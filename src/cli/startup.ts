@@ -172,7 +172,10 @@ function commanderMain(dirs: string[]): string {
     if (typeof target !== 'string' || !target.startsWith('./')) return '';
     const file = join(d, 'commander', target);
     try {
-      return statSync(file).isFile() ? file : '';
+      const st = statSync(file);
+      if (!st.isFile()) return '';
+      knownStats.set(file, st); // for the code cache: its read needs no second stat
+      return file;
     } catch {
       return '';
     }
