@@ -43,6 +43,13 @@ export class Block {
     readonly crc: number,
     /** Little-endian u32 words of the batch; this block starts at word `base`. */
     readonly words: Uint32Array,
+    /**
+     * The same words as signed i32: what a hot loop reads for a word that
+     * may have its top bit set (a mapping value's low word). A Uint32Array
+     * element of 2^31 or more is a heap number in code V8 has not optimised
+     * yet (every walk's first leaves); an i32 is always a small integer.
+     */
+    readonly ints: Int32Array,
     /** The read this block belongs to, when its buffer can be handed back (see done()). */
     use?: { done(): void },
   ) {
@@ -157,8 +164,9 @@ export class NativeBlockSource implements BlockSource {
     const crcs = res.crcs!;
     const d = res.data;
     const words = new Uint32Array(d.buffer, d.byteOffset, d.length >>> 2);
+    const ints = new Int32Array(d.buffer, d.byteOffset, d.length >>> 2);
     const use = blocks.length > 0 ? new BatchUse(blocks.length, () => this.reader.release(d)) : undefined;
-    for (let i = 0; i < blocks.length; i++) out[i] = new Block(blocks[i], d, i * BLOCK_SIZE, crcs[i], words, use);
+    for (let i = 0; i < blocks.length; i++) out[i] = new Block(blocks[i], d, i * BLOCK_SIZE, crcs[i], words, ints, use);
     return out;
   }
 
@@ -190,9 +198,10 @@ export class MemoryBlockSource implements BlockSource {
     const d = Buffer.alloc(blocks.length * BLOCK_SIZE);
     blocks.forEach((nr, i) => this.image.copy(d, i * BLOCK_SIZE, nr * BLOCK_SIZE, (nr + 1) * BLOCK_SIZE));
     const words = new Uint32Array(d.buffer, d.byteOffset, d.length >>> 2);
+    const ints = new Int32Array(d.buffer, d.byteOffset, d.length >>> 2);
     return blocks.map((nr, i) => {
       const crc = crc32c(d.subarray(i * BLOCK_SIZE + 4, (i + 1) * BLOCK_SIZE), 0xffffffff, true) >>> 0;
-      return new Block(nr, d, i * BLOCK_SIZE, crc, words);
+      return new Block(nr, d, i * BLOCK_SIZE, crc, words, ints);
     });
   }
 

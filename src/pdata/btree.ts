@@ -51,6 +51,8 @@ export class BtreeNode {
    * `base`: key i is at base + 8 + 2i (lo) and base + 9 + 2i (hi).
    */
   readonly u32: Uint32Array;
+  /** The same words signed (Block.ints): for words whose top bit may be set, read in hot loops. */
+  readonly i32: Int32Array;
   /** Index in `u32` of the node's first word. */
   readonly base: number;
   /** Byte offset of value 0 within the node. */
@@ -76,6 +78,7 @@ export class BtreeNode {
     this.nr = block.nr;
     this.block = block;
     this.u32 = w;
+    this.i32 = block.ints;
     this.base = b;
     this.valuesOffset = NODE_HEADER_SIZE + 8 * this.maxEntries;
   }
@@ -89,14 +92,14 @@ export class BtreeNode {
   key(i: number): number {
     const hi = this.u32[this.base + 9 + 2 * i];
     if (hi >= MAX_SAFE_HI) throw new MetadataError('key-range', `key ${i} of block ${this.nr} exceeds 2^53`, { block: this.nr });
-    return this.u32[this.base + 8 + 2 * i] + hi * TWO32;
+    return hi === 0 ? this.u32[this.base + 8 + 2 * i] : this.u32[this.base + 8 + 2 * i] + hi * TWO32;
   }
 
   /** Key i exactly: a number below 2^53, a bigint above (virtual blocks may exceed 2^53). */
   keyAt(i: number): Key {
     const hi = this.u32[this.base + 9 + 2 * i];
     const lo = this.u32[this.base + 8 + 2 * i];
-    return hi < MAX_SAFE_HI ? lo + hi * TWO32 : (BigInt(hi) << 32n) | BigInt(lo);
+    return hi === 0 ? lo : hi < MAX_SAFE_HI ? lo + hi * TWO32 : (BigInt(hi) << 32n) | BigInt(lo);
   }
 
   /** u64 value i (value size 8) as a number; for internal nodes, the child block. */
@@ -104,7 +107,7 @@ export class BtreeNode {
     const w = this.base + (this.valuesOffset >> 2) + 2 * i;
     const hi = this.u32[w + 1];
     if (hi >= MAX_SAFE_HI) throw new MetadataError('block-range', `value ${i} of block ${this.nr} exceeds 2^53`, { block: this.nr });
-    return this.u32[w] + hi * TWO32;
+    return hi === 0 ? this.u32[w] : this.u32[w] + hi * TWO32;
   }
 
   /** Raw value bytes. */

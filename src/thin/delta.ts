@@ -105,7 +105,7 @@ export interface DeltaStats extends DeltaProgress {
 
 function keyOf(node: BtreeNode, i: number): Key {
   const hi = node.u32[node.base + 9 + 2 * i];
-  return hi < MAX_SAFE_HI ? node.u32[node.base + 8 + 2 * i] + hi * TWO32 : node.keyAt(i);
+  return hi === 0 ? node.u32[node.base + 8 + 2 * i] : hi < MAX_SAFE_HI ? node.u32[node.base + 8 + 2 * i] + hi * TWO32 : node.keyAt(i);
 }
 
 function dataOf(node: BtreeNode, i: number): { data: number; time: number } {
@@ -553,6 +553,7 @@ class DeltaWalker {
       }
       // Runs of consecutive blocks on consecutive data are emitted whole.
       const w = leaf.u32;
+      const s32 = leaf.i32;
       const kb = leaf.base + 8;
       const vb = leaf.base + (leaf.valuesOffset >> 2);
       const nrData = this.opts.nrDataBlocks;
@@ -561,8 +562,8 @@ class DeltaWalker {
       let runLen = 0;
       for (let i = 0; i < n; i++) {
         const hi = w[kb + 2 * i + 1];
-        const k: Key = hi < MAX_SAFE_HI ? w[kb + 2 * i] + hi * TWO32 : leaf.keyAt(i);
-        const lo = w[vb + 2 * i];
+        const k: Key = hi === 0 ? w[kb + 2 * i] : hi < MAX_SAFE_HI ? w[kb + 2 * i] + hi * TWO32 : leaf.keyAt(i);
+        const lo = s32[vb + 2 * i];
         const d = mappingDataBlock(lo, w[vb + 2 * i + 1]);
         if (d >= nrData) this.checkData(d, k, this.left);
         if (runLen > 0 && d === runData + runLen && typeof k === 'number' && typeof runKey === 'number' && k === runKey + runLen) {
@@ -591,6 +592,8 @@ class DeltaWalker {
     const nb = b.node;
     const wa = na.u32;
     const wb = nb.u32;
+    const sa = na.i32; // value low words: see Block.ints
+    const sb = nb.i32;
     const ka0 = na.base + 8;
     const kb0 = nb.base + 8;
     const va0 = na.base + (na.valuesOffset >> 2);
@@ -602,10 +605,10 @@ class DeltaWalker {
       const hia = wa[ka0 + 2 * i + 1];
       const hib = wb[kb0 + 2 * j + 1];
       if (hia >= MAX_SAFE_HI || hib >= MAX_SAFE_HI) break; // huge keys: the general path below
-      const ka = wa[ka0 + 2 * i] + hia * TWO32;
-      const kb = wb[kb0 + 2 * j] + hib * TWO32;
+      const ka = hia === 0 ? wa[ka0 + 2 * i] : wa[ka0 + 2 * i] + hia * TWO32;
+      const kb = hib === 0 ? wb[kb0 + 2 * j] : wb[kb0 + 2 * j] + hib * TWO32;
       if (ka <= kb) {
-        const lo = wa[va0 + 2 * i];
+        const lo = sa[va0 + 2 * i];
         const da = mappingDataBlock(lo, wa[va0 + 2 * i + 1]);
         if (da >= nrData) this.checkData(da, ka, this.left);
         if (ka < kb) {
@@ -613,14 +616,14 @@ class DeltaWalker {
           i++;
           continue;
         }
-        const lob = wb[vb0 + 2 * j];
+        const lob = sb[vb0 + 2 * j];
         const db = mappingDataBlock(lob, wb[vb0 + 2 * j + 1]);
         if (db >= nrData) this.checkData(db, kb, this.right);
         this.emit(da === db ? 'same' : 'different', ka, 1, da, db);
         i++;
         j++;
       } else {
-        const lob = wb[vb0 + 2 * j];
+        const lob = sb[vb0 + 2 * j];
         const db = mappingDataBlock(lob, wb[vb0 + 2 * j + 1]);
         if (db >= nrData) this.checkData(db, kb, this.right);
         this.emit('right_only', kb, 1, undefined, db);

@@ -169,7 +169,7 @@ class RunMerger {
       let extendsRun: boolean;
       if (khi < MAX_SAFE_HI && typeof oBegin === 'number') {
         // Fast path: every virtual block so far fits in a number.
-        key = u32[kbase + 2 * i] + khi * TWO32;
+        key = khi === 0 ? u32[kbase + 2 * i] : u32[kbase + 2 * i] + khi * TWO32;
         extendsRun = open && key === oBegin + len && data === dBegin + len && t === time;
       } else {
         key = leaf.keyAt(i);
@@ -211,6 +211,7 @@ class RunMerger {
     let time = this.time;
     const n = leaf.nrEntries;
     const u32 = leaf.u32;
+    const i32 = leaf.i32; // value low words: see Block.ints
     const kbase = leaf.base + 8;
     const vbase = leaf.base + (leaf.valuesOffset >> 2);
     const oCol = out.originBegin;
@@ -219,8 +220,9 @@ class RunMerger {
     const tCol = out.time;
     let c = out.count;
     for (let i = 0; i < n; i++) {
-      const key = u32[kbase + 2 * i] + u32[kbase + 1 + 2 * i] * TWO32;
-      const lo = u32[vbase + 2 * i];
+      const khi = u32[kbase + 1 + 2 * i];
+      const key = khi === 0 ? u32[kbase + 2 * i] : u32[kbase + 2 * i] + khi * TWO32;
+      const lo = i32[vbase + 2 * i];
       const data = u32[vbase + 2 * i + 1] * 256 + (lo >>> 24);
       const t = lo & 0xffffff;
       if (data >= nrDataBlocks) this.dataRange(leaf, key, data);
