@@ -522,9 +522,10 @@ export class LeafWalk {
           return; // reported when the walk reaches the node
         }
       }
-      for (const c of it.children) {
+      const children = it.children; // indexed: for-of makes an iterator result per child until optimised
+      for (let k = 0; k < children.length; k++) {
         if (items.length >= window) return;
-        visit(c);
+        visit(children[k]);
       }
     };
     const stack = this.stack;
@@ -545,7 +546,7 @@ export class LeafWalk {
       },
     );
     p.catch(() => {}); // an abandoned walk must not leave an unhandled rejection
-    for (const it of items) it.p = p;
+    for (let k = 0; k < items.length; k++) items[k].p = p;
     return items.length;
   }
 }

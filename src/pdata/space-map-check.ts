@@ -495,7 +495,7 @@ export async function compareSpaceMap(
         }
         opts.onProgress?.(i + 1, index.length);
       }
-      for (const b of blocks) b.done(); // the batch's buffer serves a later read
+      for (let k = 0; k < blocks.length; k++) blocks[k].done(); // the batch's buffer serves a later read
     }
     await overflow(Number.MAX_SAFE_INTEGER);
   } finally {

@@ -59,7 +59,9 @@ async function drain<T>(gen: AsyncGenerator<RawDeltaExtent[], T>, s: OutputSink,
   for (;;) {
     const r = await gen.next();
     if (r.done) return r.value;
-    for (const e of r.value) each(e);
+    // Indexed: for-of makes an iterator result per extent until V8 optimises drain.
+    const batch = r.value;
+    for (let i = 0; i < batch.length; i++) each(batch[i]);
     afterBatch?.();
     await s.maybeFlush();
   }

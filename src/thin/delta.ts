@@ -335,7 +335,9 @@ class DeltaWalker {
 
   read(refs: Ref[]): void {
     const need: Ref[] = [];
-    for (const r of refs) {
+    // Indexed loops here and below: for-of makes an iterator result per step in code not yet optimised.
+    for (let k = 0; k < refs.length; k++) {
+      const r = refs[k];
       const ahead = this.ahead.get(r.block);
       if (!ahead) {
         need.push(r);
@@ -355,7 +357,7 @@ class DeltaWalker {
       r.p.catch(() => {});
     }
     if (need.length === 0) return;
-    for (const r of need) this.requested?.add(r.block);
+    if (this.requested) for (let k = 0; k < need.length; k++) this.requested.add(need[k].block);
     const batch = this.io.read(need.map((r) => r.block));
     this.stats.blocksRead += need.length;
     // One reaction per batch, not a promise per block: it sets every `data`
@@ -364,7 +366,7 @@ class DeltaWalker {
       for (let i = 0; i < need.length; i++) need[i].data = bs[i];
     });
     p.catch(() => {});
-    for (const r of need) r.p = p;
+    for (let k = 0; k < need.length; k++) need[k].p = p;
   }
 
   /**
