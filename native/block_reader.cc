@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -271,8 +272,53 @@ class ReadWorker : public PromiseWorker<BlockReader> {
 // ---------------------------------------------------------------- buffers
 
 BufferPool::~BufferPool() {
-  for (auto& list : free_)
+  // The pool dies after the last buffer handed out (each holds a reference to it).
+  for (auto& list : heap_free_)
     for (uint8_t* p : list) std::free(p);
+  for (uint8_t* s : slabs_) ::munmap(s, kSlabBytes);
+}
+
+uint8_t* BufferPool::NewSlab() {
+  // Twice the size, then the aligned middle: a huge page needs a 2 MiB-aligned range.
+  void* raw = ::mmap(nullptr, 2 * kSlabBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (raw == MAP_FAILED) return nullptr;
+  uintptr_t at = reinterpret_cast<uintptr_t>(raw);
+  uintptr_t aligned = (at + kSlabBytes - 1) & ~(uintptr_t{kSlabBytes} - 1);
+  if (aligned > at) ::munmap(raw, aligned - at);
+  uintptr_t end = aligned + kSlabBytes;
+  if (at + 2 * kSlabBytes > end) ::munmap(reinterpret_cast<void*>(end), at + 2 * kSlabBytes - end);
+  auto* slab = reinterpret_cast<uint8_t*>(aligned);
+  // Best effort: without THP (or with it off) the slab is plain 4 KiB pages, as malloc's were.
+  ::madvise(slab, kSlabBytes, MADV_HUGEPAGE);
+  slabs_.push_back(slab);
+  return slab;
+}
+
+uint8_t* BufferPool::TakeSlabPiece(int k) {
+  auto& list = slab_free_[k - kMinClass];
+  if (!list.empty()) {
+    uint8_t* p = list.back();
+    list.pop_back();
+    return p;
+  }
+  // Halve a piece of the next class (a new slab above the largest): pieces are
+  // never merged again, so a slab serves whatever mix of sizes a walk asks for.
+  uint8_t* big = nullptr;
+  if (k < kMaxClass) {
+    big = TakeSlabPiece(k + 1);
+  } else if (slabs_.size() < kMaxSlabs) {
+    big = NewSlab();
+    if (big) slab_free_[k - kMinClass].push_back(big + (size_t{1} << k));
+    return big;
+  }
+  if (big) list.push_back(big + (size_t{1} << k));
+  return big;
+}
+
+bool BufferPool::InSlab(const uint8_t* p) const {
+  for (const uint8_t* s : slabs_)
+    if (p >= s && p < s + kSlabBytes) return true;
+  return false;
 }
 
 int BufferPool::ClassOf(size_t cap) {
@@ -288,11 +334,12 @@ uint8_t* BufferPool::Take(size_t bytes, size_t* cap) {
     while ((size_t{1} << k) < bytes) k++;
     *cap = size_t{1} << k;
     std::lock_guard<std::mutex> g(mu);
-    auto& list = free_[k - kMinClass];
+    if (uint8_t* p = TakeSlabPiece(k)) return p;
+    auto& list = heap_free_[k - kMinClass];
     if (!list.empty()) {
       uint8_t* p = list.back();
       list.pop_back();
-      free_bytes_ -= *cap;
+      heap_free_bytes_ -= *cap;
       return p;
     }
   }
@@ -305,9 +352,13 @@ void BufferPool::Give(uint8_t* p, size_t cap) {
   int k = ClassOf(cap);
   if (k >= 0) {
     std::lock_guard<std::mutex> g(mu);
-    if (free_bytes_ + cap <= kMaxFreeBytes) {
-      free_[k].push_back(p);
-      free_bytes_ += cap;
+    if (InSlab(p)) {
+      slab_free_[k].push_back(p);
+      return;
+    }
+    if (heap_free_bytes_ + cap <= kMaxFreeBytes) {
+      heap_free_[k].push_back(p);
+      heap_free_bytes_ += cap;
       return;
     }
   }

@@ -24,17 +24,28 @@ struct ReadBuffer;
 // Batches of 64 KiB to 1 MiB get buffers of the next power of two, reused:
 // allocated afresh, each was an mmap and its free a munmap, and those wait
 // for the address-space lock that the worker threads' page faults hold (a 4M
-// delta's JS thread spent ~1 ms in each of ~250 reads). Smaller batches come
-// from malloc's heap, larger ones are freed.
+// delta's JS thread spent ~1 ms in each of ~250 reads). The first ones are
+// cut from up to two 2 MiB slabs the kernel may back with one transparent
+// huge page each (MADV_HUGEPAGE): on the bench VM a 4 KiB page's first touch
+// costs ~12 us, and a walk's read buffers were a sixth of a 4M delta's page
+// faults. Slab pieces go back to their free list, never to malloc, for the
+// pool's life; more buffers than the slabs hold come from malloc, as before,
+// with at most kMaxFreeBytes of them kept free. Two slabs, not more: a huge
+// page is resident whole, and check at 40M mappings peaks near the 80 MiB
+// goal. Smaller batches come from malloc's heap, larger ones are freed.
 struct BufferPool {
   static constexpr int kMinClass = 16;  // 64 KiB
   static constexpr int kMaxClass = 20;  // 1 MiB
   static constexpr size_t kPooledBytes = size_t{1} << kMaxClass;
-  // Free buffers kept, all classes together; more are freed.
+  static constexpr size_t kSlabBytes = size_t{2} << 20;
+  static constexpr size_t kMaxSlabs = 2;
+  // Free malloc'd buffers kept, all classes together; more are freed.
   static constexpr size_t kMaxFreeBytes = size_t{8} << 20;
-  std::mutex mu;  // guards free_ and free_bytes_ (taken and given on the JS thread since reads allocate there; kept for safety)
-  std::vector<uint8_t*> free_[kMaxClass - kMinClass + 1];
-  size_t free_bytes_ = 0;
+  std::mutex mu;  // guards the lists and slabs_ (taken and given on the JS thread since reads allocate there; kept for safety)
+  std::vector<uint8_t*> slab_free_[kMaxClass - kMinClass + 1];
+  std::vector<uint8_t*> heap_free_[kMaxClass - kMinClass + 1];
+  size_t heap_free_bytes_ = 0;
+  std::vector<uint8_t*> slabs_;
   std::unordered_map<uint8_t*, ReadBuffer*> live;  // JS thread only: buffers JS holds
   ~BufferPool();
   // An aligned buffer for `bytes`; sets *cap to its real size. nullptr when out of memory.
@@ -43,6 +54,13 @@ struct BufferPool {
   void Give(uint8_t* p, size_t cap);
   // The size class of a pooled capacity, or -1.
   static int ClassOf(size_t cap);
+
+ private:
+  // A free slab piece of class k (mu held), splitting larger ones; nullptr when the slabs are used up.
+  uint8_t* TakeSlabPiece(int k);
+  // A new 2 MiB-aligned slab, huge pages asked for; nullptr when out of memory.
+  uint8_t* NewSlab();
+  bool InSlab(const uint8_t* p) const;
 };
 
 // One buffer handed to JS (the finalizer's hint).

@@ -158,6 +158,23 @@ describe('native reader', () => {
     }
   });
 
+  test('more pooled batches at once than the two huge-page slabs hold (4 MiB): the rest come from malloc, all read right', async () => {
+    const s = await NativeBlockSource.open(join(dir, 'img'));
+    try {
+      for (let round = 0; round < 3; round++) {
+        // Nine batches in flight together, 6.5 MiB of 1 MiB, 512 KiB and 256 KiB classes; then all handed back and asked again.
+        const counts = [256, 256, 256, 128, 256, 64, 256, 128, 64];
+        const wants = counts.map((n, k) => Array.from({ length: n }, (_, i) => (i * 3 + k + round) % NBLOCKS));
+        const batches = await Promise.all(wants.map((w) => s.read(w)));
+        batches.forEach((blocks, k) => blocks.forEach((b, i) => expect([b.u32(100), b.data[250]]).toEqual([wants[k][i] * 7 + 1, wants[k][i] & 0xff])));
+        // Handed back in an order unlike the one they came in.
+        for (const k of [3, 0, 8, 5, 1, 7, 2, 6, 4]) batches[k].forEach((b) => b.done());
+      }
+    } finally {
+      await s.close();
+    }
+  });
+
   test('blocks never marked done stay readable (the garbage collector frees them)', async () => {
     const s = await NativeBlockSource.open(join(dir, 'img'));
     const [b] = await s.read([7]);
