@@ -1,7 +1,7 @@
 /** `dmthin ls`: thin_ls-compatible per-device usage table, or JSON. */
 import type { Command } from 'commander';
 import { DEFAULT_LS_FIELDS, LS_FIELDS, needsMappings, parseLsFields } from '../thin/ls-fields';
-import { CliContext } from './common';
+import { CliContext, stdout } from './common';
 import { Progress, stderrIsTTY } from './progress';
 import { MetadataSnapOpts, openMetadata } from './metadata-source';
 import { writeStdout } from './output';
@@ -28,7 +28,7 @@ export function register(program: Command, ctx: () => CliContext): void {
       const c = ctx();
       const fields = o.format !== undefined ? parseLsFields(o.format) : [...DEFAULT_LS_FIELDS];
       // The table and usage code loads when the command runs, not when it is registered (--help lists every command).
-      const { detailsColumns, deviceUsage, formatDetailsTable, formatLsTable, lsJson } = require('../thin/ls') as typeof import('../thin/ls');
+      const { detailsColumns, deviceUsage, formatLsTable, lsJson, writeDetailsTable } = require('../thin/ls') as typeof import('../thin/ls');
       const md = await openMetadata(metadata, o, c);
       c.onCleanup(() => md.close());
       const dbs = md.superblock.dataBlockSize;
@@ -36,7 +36,7 @@ export function register(program: Command, ctx: () => CliContext): void {
       const exclusive = fields.some(needsMappings);
       if (!exclusive && !o.json) {
         // Straight from the details tree's columns: no object per device (70,000 devices).
-        await writeStdout(formatDetailsTable(await detailsColumns(md, c.signal), fields, dbs, o.headers));
+        await writeDetailsTable(await detailsColumns(md, c.signal), fields, dbs, o.headers, stdout());
         return;
       }
       const bar = new Progress('ls', !o.quiet && stderrIsTTY());

@@ -9,6 +9,7 @@ import { walkLeaves } from '../pdata/btree';
 import { DEVICE_DETAILS_SIZE, parseDeviceDetails } from './device-details';
 import { ByteOwnerMap, NibbleOwnerMap, OwnerMap, UseCounts } from '../pdata/owner-map';
 import { MAX_SAFE_HI, TWO32 } from '../pdata/words';
+import { OutputSink, type SinkTarget } from '../output/sink';
 import type { ThinMetadata } from './metadata';
 import type { LsField } from './ls-fields';
 
@@ -456,8 +457,36 @@ export function formatLsTable(rows: DeviceUsage[], fields: readonly LsField[], d
  */
 export function formatDetailsTable(c: DetailsColumns, fields: readonly LsField[], dataBlockSize: number, headers = true): Buffer {
   if (fields.length === 0) return Buffer.alloc(0);
+  return writeTable(c.count, fields, detailsTableColumns(c, fields, dataBlockSize, headers), headers);
+}
+
+/**
+ * @internal formatDetailsTable's bytes written to `out` (the CLI's stdout)
+ * through 256 KiB chunks reused once written, not one buffer of the whole
+ * table: a 2.6 MB buffer is ~650 pages the kernel faults in one by one
+ * (~12 us each on the bench VM).
+ */
+export async function writeDetailsTable(c: DetailsColumns, fields: readonly LsField[], dataBlockSize: number, headers: boolean, out: SinkTarget): Promise<void> {
+  const s = new OutputSink(out);
+  if (fields.length > 0) {
+    const cols = detailsTableColumns(c, fields, dataBlockSize, headers);
+    const lineBytes = lineBytesOf(cols);
+    if (headers) writeHeader(fields, cols, lineBytes, s);
+    const slice = Math.max(1, Math.floor(TABLE_SLICE_BYTES / lineBytes));
+    for (let j = 0; j < c.count; j += slice) {
+      writeRows(cols, j, Math.min(c.count, j + slice), lineBytes, s);
+      await s.maybeFlush();
+    }
+  }
+  await s.flush();
+}
+
+/** Bytes of table written between two flushes of writeDetailsTable (half the sink's chunk). */
+const TABLE_SLICE_BYTES = 128 * 1024;
+
+function detailsTableColumns(c: DetailsColumns, fields: readonly LsField[], dataBlockSize: number, headers: boolean): Column[] {
   let rows: DeviceUsage[] | undefined;
-  const cols = fields.map((f): Column => {
+  return fields.map((f): Column => {
     const hw = headers ? f.length : 0;
     switch (f) {
       case 'DEV':
@@ -475,37 +504,68 @@ export function formatDetailsTable(c: DetailsColumns, fields: readonly LsField[]
         return textColumn((rows ??= rowsOf(c)), f, dataBlockSize, hw);
     }
   });
-  return writeTable(c.count, fields, cols, headers);
 }
 
-/** The table's bytes: a header line (when asked) and `count` lines, every cell right-aligned to its column's width. */
+/**
+ * Where the table's bytes go: `buf` from `pos`, with room for n more bytes
+ * once room(n) returns (room may replace `buf`). An OutputSink is one.
+ */
+interface TableTarget {
+  buf: Uint8Array;
+  pos: number;
+  room(n: number): void;
+}
+
+/** A line: every cell (right-aligned to its column's width) and a space, then a newline. */
+const lineBytesOf = (cols: Column[]): number => cols.reduce((n, c) => n + c.width + 1, 1);
+
+/** The table's bytes in one buffer: a header line (when asked) and `count` lines. */
 function writeTable(count: number, fields: readonly LsField[], cols: Column[], headers: boolean): Buffer {
-  // Column by column into one byte buffer: integer cells (and MAPPED's
+  const lineBytes = lineBytesOf(cols);
+  const buf = Buffer.allocUnsafe((count + (headers ? 1 : 0)) * lineBytes);
+  const t: TableTarget = { buf, pos: 0, room: () => undefined };
+  if (headers) writeHeader(fields, cols, lineBytes, t);
+  writeRows(cols, 0, count, lineBytes, t);
+  return buf.subarray(0, t.pos);
+}
+
+function writeHeader(fields: readonly LsField[], cols: Column[], lineBytes: number, t: TableTarget): void {
+  t.room(lineBytes);
+  const buf = t.buf;
+  let pos = t.pos;
+  for (let i = 0; i < fields.length; i++) {
+    const f = fields[i];
+    const end = pos + cols[i].width;
+    for (let k = f.length; k < cols[i].width; k++) buf[pos++] = 0x20;
+    for (let k = 0; k < f.length; k++) buf[pos++] = f.charCodeAt(k);
+    pos = end;
+    buf[pos++] = 0x20;
+  }
+  buf[pos++] = 0x0a;
+  t.pos = pos;
+}
+
+/** Lines [from, to) of the table (room is asked once, for all of them). */
+function writeRows(cols: Column[], from: number, to: number, lineBytes: number, t: TableTarget): void {
+  // Column by column into the byte buffer: integer cells (and MAPPED's
   // number and unit) are written digit by digit, without a string per cell;
   // a 70,000-device table spent most of its time making and collecting those
   // strings. The loops are plain and monomorphic: a CLI run is over before
   // V8 optimises much, so what counts is the work per cell in its first tiers.
-  const nRows = count + (headers ? 1 : 0);
-  const lineBytes = cols.reduce((n, c) => n + c.width + 1, 1);
-  const buf = Buffer.allocUnsafe(nRows * lineBytes);
-  let pos = 0;
-  const text = (t: string, width: number): void => {
-    const end = pos + width;
-    for (let k = t.length; k < width; k++) buf[pos++] = 0x20;
-    for (let k = 0; k < t.length; k++) buf[pos++] = t.charCodeAt(k);
-    pos = end;
-    buf[pos++] = 0x20;
-  };
-  if (headers) {
-    fields.forEach((f, i) => text(f, cols[i].width));
-    buf[pos++] = 0x0a;
-  }
-  for (let j = 0; j < count; j++) {
+  t.room((to - from) * lineBytes);
+  const buf = t.buf;
+  let pos = t.pos;
+  for (let j = from; j < to; j++) {
     for (let c = 0; c < cols.length; c++) {
       const col = cols[c];
       const nums = col.nums;
       if (nums === null) {
-        text(col.texts![j], col.width);
+        const text = col.texts![j];
+        const end = pos + col.width;
+        for (let k = text.length; k < col.width; k++) buf[pos++] = 0x20;
+        for (let k = 0; k < text.length; k++) buf[pos++] = text.charCodeAt(k);
+        pos = end;
+        buf[pos++] = 0x20;
         continue;
       }
       // Right-aligned: the unit's letters, then the digits, written from the end; the rest is spaces.
@@ -527,7 +587,7 @@ function writeTable(count: number, fields: readonly LsField[], cols: Column[], h
     }
     buf[pos++] = 0x0a;
   }
-  return buf.subarray(0, pos);
+  t.pos = pos;
 }
 
 /** A table column: integers (with a thin_ls unit index each, for MAPPED) or, for the rest, cell strings. */
