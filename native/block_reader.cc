@@ -62,6 +62,7 @@ class OpenWorker : public PromiseWorker<BlockReader> {
   Napi::Value Result(Napi::Env env) override {
     owner_->fd_ = fd_;
     owner_->path_ = path_;
+    owner_->try_cached_ = !direct_;
     Napi::Object o = Napi::Object::New(env);
     o.Set("size", static_cast<double>(probe_.size));
     // A file's O_DIRECT alignment, where the kernel tells it, stands for its logical block size.
@@ -116,24 +117,7 @@ class ReadWorker : public PromiseWorker<BlockReader> {
   void Execute() override {
     if (n_ == 0) return;
     if (!out_) return fail_.set(ENOMEM, cap_ > BufferPool::kPooledBytes ? "mmap" : "posix_memalign", path_);
-    std::stable_sort(reqs_.begin(), reqs_.end(), [](const Request& a, const Request& b) { return a.block < b.block; });
-
-    // Coalesce: blocks at most kMaxGapBlocks apart go in one preadv; the holes
-    // land in a scratch buffer. Duplicate requests are read once and copied.
-    // Long runs are cut into pieces so that several threads stream them at
-    // once: a virtio or NVMe device delivers more with a few requests queued.
-    const uint64_t max_gap = kMaxGapBytes / block_size_;
-    const uint64_t piece = std::max<uint64_t>(1, kPieceBytes / block_size_);
-    std::vector<Run> runs;
-    size_t start = 0;
-    for (size_t i = 1; i <= n_; i++) {
-      bool split = i == n_ || reqs_[i].block - reqs_[i - 1].block > max_gap + 1 ||
-                   (reqs_[i].block != reqs_[i - 1].block && reqs_[i].block - reqs_[start].block >= piece);
-      if (split) {
-        runs.push_back({start, i});
-        start = i;
-      }
-    }
+    std::vector<Run> runs = Plan();
 
     // Random reads need several in flight to use the device; a few threads do that.
     unsigned nthreads = static_cast<unsigned>(std::min<size_t>(kMaxThreads, runs.size()));
@@ -164,11 +148,30 @@ class ReadWorker : public PromiseWorker<BlockReader> {
         return;
       }
 
-    if (checksum_) {
-      crcs_.resize(n_);
-      for (size_t i = 0; i < n_; i++) crcs_[i] = Crc32cUpdate(0xFFFFFFFFu, out_ + i * block_size_ + 4, block_size_ - 4);
-    }
+    Checksums();
   }
+
+  // JS thread: the whole batch from the page cache without waiting (preadv2
+  // with RWF_NOWAIT), so that the read needs no worker thread. False when any
+  // of it is not cached (or anything else fails): Execute then does it all.
+  // *refused: the kernel or filesystem does not know RWF_NOWAIT.
+  bool TryCached(bool* refused) {
+    if (n_ == 0 || !out_) return false;
+    std::vector<Run> runs = Plan();
+    AlignedBuf scratch;
+    if (!scratch.Alloc(static_cast<size_t>(block_size_), false)) return false;
+    SysFailure f;
+    for (const Run& r : runs)
+      if (!ReadRun(r, scratch.p, f, RWF_NOWAIT)) {
+        *refused = f.err == EOPNOTSUPP || f.err == EINVAL;
+        return false;
+      }
+    Checksums();
+    return true;
+  }
+
+  // Settles the promise now (TryCached succeeded: the worker is never queued).
+  void SettleNow() { OnOK(); }
 
  protected:
   void Settled() override { owner_->FinishRead(); }
@@ -206,7 +209,35 @@ class ReadWorker : public PromiseWorker<BlockReader> {
 
 
  private:
-  bool ReadRun(const Run& run, uint8_t* scratch, SysFailure& fail) {
+  // Sorts the requests and coalesces them into runs: blocks at most
+  // kMaxGapBlocks apart go in one preadv; the holes land in a scratch buffer.
+  // Duplicate requests are read once and copied. Long runs are cut into
+  // pieces so that several threads stream them at once: a virtio or NVMe
+  // device delivers more with a few requests queued.
+  std::vector<Run> Plan() {
+    std::stable_sort(reqs_.begin(), reqs_.end(), [](const Request& a, const Request& b) { return a.block < b.block; });
+    const uint64_t max_gap = kMaxGapBytes / block_size_;
+    const uint64_t piece = std::max<uint64_t>(1, kPieceBytes / block_size_);
+    std::vector<Run> runs;
+    size_t start = 0;
+    for (size_t i = 1; i <= n_; i++) {
+      bool split = i == n_ || reqs_[i].block - reqs_[i - 1].block > max_gap + 1 ||
+                   (reqs_[i].block != reqs_[i - 1].block && reqs_[i].block - reqs_[start].block >= piece);
+      if (split) {
+        runs.push_back({start, i});
+        start = i;
+      }
+    }
+    return runs;
+  }
+
+  void Checksums() {
+    if (!checksum_) return;
+    crcs_.resize(n_);
+    for (size_t i = 0; i < n_; i++) crcs_[i] = Crc32cUpdate(0xFFFFFFFFu, out_ + i * block_size_ + 4, block_size_ - 4);
+  }
+
+  bool ReadRun(const Run& run, uint8_t* scratch, SysFailure& fail, int flags = 0) {
     uint64_t first = reqs_[run.begin].block;
     uint64_t last = reqs_[run.end - 1].block;
     size_t nblocks = static_cast<size_t>(last - first + 1);
@@ -227,7 +258,7 @@ class ReadWorker : public PromiseWorker<BlockReader> {
     size_t done = 0;
     while (done < total) {
       int cnt = static_cast<int>(std::min<size_t>(iov.size() - idx, IOV_MAX));
-      ssize_t got = ::preadv(fd_, iov.data() + idx, cnt, static_cast<off_t>(off + done));
+      ssize_t got = ::preadv2(fd_, iov.data() + idx, cnt, static_cast<off_t>(off + done), flags);
       if (got < 0) {
         if (errno == EINTR) continue;
         fail.set(errno, "preadv", path_);
@@ -451,6 +482,18 @@ Napi::Value BlockReader::Read(const Napi::CallbackInfo& info) {
   }
   auto* w = new ReadWorker(env, this, std::move(reqs), block_size, checksum);
   Napi::Promise p = w->Promise();
+  // A metadata file read through the page cache is usually cached whole:
+  // then the read is a copy, done here. Handing it to a libuv thread cost
+  // the JS thread ~70 us a batch on the bench VM (waking the thread).
+  // (The JS wrapper lets the event loop turn every few reads: a walk whose
+  // reads all settle here would never wait, see src/native/block-reader.ts.)
+  bool refused = false;
+  if (try_cached_ && w->TryCached(&refused)) {
+    w->SettleNow();
+    delete w;
+    return p;
+  }
+  if (refused) try_cached_ = false;
   w->Queue();
   return p;
 }

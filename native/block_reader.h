@@ -82,6 +82,9 @@ class BlockReader : public Napi::ObjectWrap<BlockReader> {
   std::string path_;
   std::atomic<int> inflight_{0};
   bool close_pending_ = false;
+  // Buffered (not O_DIRECT) and preadv2(RWF_NOWAIT) not refused yet: a read
+  // first tries the page cache from the JS thread (see BlockReader::Read).
+  bool try_cached_ = false;
   void FinishRead();  // JS thread: a read worker is done
   std::shared_ptr<BufferPool> pool_ = std::make_shared<BufferPool>();
 

@@ -175,6 +175,27 @@ describe('native reader', () => {
     }
   });
 
+  test('a buffered file: cached blocks are read without a thread, and the event loop still turns every few reads', async () => {
+    const s = await NativeBlockSource.open(join(dir, 'img'), { direct: 'never' });
+    try {
+      expect(s.direct).toBe(false);
+      await s.read([0, 1, 2, 3]); // now in the page cache (written just before, at the latest)
+      // Settled from the page cache during the call: before an immediate queued just before it.
+      let turned = false;
+      setImmediate(() => (turned = true));
+      const blocks = await s.read([5, 9, 40, 41, 63]);
+      expect(turned).toBe(false);
+      blocks.forEach((b) => expect([b.u32(100), b.data[250]]).toEqual([b.nr * 7 + 1, b.nr & 0xff]));
+      // A long run of such reads lets a timer (or a signal handler) run in between.
+      let fired = false;
+      setTimeout(() => (fired = true), 0);
+      for (let i = 0; i < 200 && !fired; i++) await s.read([i % NBLOCKS]);
+      expect(fired).toBe(true);
+    } finally {
+      await s.close();
+    }
+  });
+
   test('blocks never marked done stay readable (the garbage collector frees them)', async () => {
     const s = await NativeBlockSource.open(join(dir, 'img'));
     const [b] = await s.read([7]);
