@@ -488,7 +488,18 @@ Napi::Value BlockReader::Read(const Napi::CallbackInfo& info) {
   // (The JS wrapper lets the event loop turn every few reads: a walk whose
   // reads all settle here would never wait, see src/native/block-reader.ts.)
   bool refused = false;
-  if (try_cached_ && w->TryCached(&refused)) {
+  bool cached = false;
+  if (try_cached_) {
+    // Out of memory here (its vectors) falls back to the thread, whose
+    // Execute reports errors through the promise; never a throw that would
+    // leave this worker, its promise and the reader's in-flight count behind.
+    try {
+      cached = w->TryCached(&refused);
+    } catch (...) {
+      cached = false;
+    }
+  }
+  if (cached) {
     w->SettleNow();
     delete w;
     return p;
