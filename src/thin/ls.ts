@@ -450,21 +450,12 @@ export function formatLsTable(rows: DeviceUsage[], fields: readonly LsField[], d
 }
 
 /**
- * formatLsTable for the fields that need no mapping walk, from the details
- * columns: the same text as bytes (ASCII), without an object per device nor
- * a string of the whole table (2.6 MB for 70,000 devices, made and then
- * encoded again to be written).
- */
-export function formatDetailsTable(c: DetailsColumns, fields: readonly LsField[], dataBlockSize: number, headers = true): Buffer {
-  if (fields.length === 0) return Buffer.alloc(0);
-  return writeTable(c.count, fields, detailsTableColumns(c, fields, dataBlockSize, headers), headers);
-}
-
-/**
- * @internal formatDetailsTable's bytes written to `out` (the CLI's stdout)
- * through 256 KiB chunks reused once written, not one buffer of the whole
- * table: a 2.6 MB buffer is ~650 pages the kernel faults in one by one
- * (~12 us each on the bench VM).
+ * @internal formatLsTable for the fields that need no mapping walk, from the
+ * details columns, written to `out` (the CLI's stdout): the same text as
+ * bytes (ASCII), without an object per device nor a string of the whole
+ * table, through the sink's 256 KiB chunks reused once written rather than
+ * one buffer of the whole table (2.6 MB for 70,000 devices: ~650 pages the
+ * kernel faults in one by one, ~12 us each on the bench VM).
  */
 export async function writeDetailsTable(c: DetailsColumns, fields: readonly LsField[], dataBlockSize: number, headers: boolean, out: SinkTarget): Promise<void> {
   const s = new OutputSink(out);
