@@ -39,6 +39,30 @@ class OpenWorker : public PromiseWorker<BlockReader> {
   void Execute() override {
     struct stat st;
     if (::stat(path_.c_str(), &st) != 0) return fail_.set(errno, "stat", path_);
+    OpenStatted(st);
+  }
+
+  // On the JS thread, before queueing: a regular file is opened (or a path
+  // that is neither a file nor a block device refused) at once, and true
+  // returned; a block device, whose open can wait on its driver, goes to a
+  // thread. A short command then never starts libuv's thread pool (four
+  // threads) nor wakes a thread to open a file.
+  bool TryInline() {
+    struct stat st;
+    if (::stat(path_.c_str(), &st) != 0) {
+      fail_.set(errno, "stat", path_);
+      return true;
+    }
+    if (S_ISBLK(st.st_mode)) return false;
+    OpenStatted(st);
+    return true;
+  }
+
+  // Settles the promise now (TryInline answered: the worker is never queued).
+  void SettleNow() { OnOK(); }
+
+ private:
+  void OpenStatted(const struct stat& st) {
     bool blk = S_ISBLK(st.st_mode);
     if (!blk && !S_ISREG(st.st_mode)) return fail_.set(EINVAL, "open", path_, "not a regular file or block device");
 
@@ -449,6 +473,18 @@ Napi::Value BlockReader::Open(const Napi::CallbackInfo& info) {
   opening_ = true;
   auto* w = new OpenWorker(env, this, info[0].As<Napi::String>().Utf8Value(), mode, exclusive);
   Napi::Promise p = w->Promise();
+  bool inline_done = false;
+  try {
+    inline_done = w->TryInline();
+  } catch (...) {
+    inline_done = false;  // out of memory in its strings: the thread opens it and reports
+  }
+  if (inline_done) {
+    w->SettleNow();
+    delete w;
+    opening_ = false;
+    return p;
+  }
   w->Queue();
   opening_ = false;  // fd_ is set on completion; the JS wrapper serialises open/read
   return p;

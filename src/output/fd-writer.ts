@@ -5,9 +5,13 @@
  * ~6 ms of every run's start-up here (a pipe; ~3.5 ms for a file), more than
  * a tiny command's own work.
  *
- * Each write goes out whole through fs.write (the thread pool, so a slow
- * reader blocks no JavaScript), continued after a short write, in the order
- * given. The first error (EPIPE, ENOSPC, EIO...) is kept: it fails that write
+ * Each write goes out whole, continued after a short write, in the order
+ * given: to a pipe, a socket or a terminal through fs.write (the thread pool,
+ * so a slow reader blocks no JavaScript); to a regular file or one of the
+ * memory devices (/dev/null, /dev/full...) at once, as Node's process.stdout
+ * writes to files, its callback in a later tick as fs.write's would be. A
+ * short command then starts no thread pool for its output (four threads),
+ * and a long one wakes no thread per chunk. The first error (EPIPE, ENOSPC, EIO...) is kept: it fails that write
  * and every later one, and is emitted once as 'error' to listeners (none: it
  * is only kept, for flushed() to throw). A descriptor some other process set
  * non-blocking answers EAGAIN when full: the write is retried after a pause
@@ -17,7 +21,7 @@
  * writableNeedDrain, 'drain', 'error', destroyed).
  */
 import { EventEmitter } from 'node:events';
-import { write as fsWrite } from 'node:fs';
+import { fstatSync, write as fsWrite, writeSync } from 'node:fs';
 
 interface Pending {
   buf: Uint8Array;
@@ -41,6 +45,8 @@ export class FdWriter extends EventEmitter {
   private error: Error | undefined;
   private pause = 1;
   private idle: (() => void)[] = [];
+  /** Written at once (see above); decided at the first write. */
+  private inline: boolean | undefined;
 
   constructor(readonly fd: number) {
     super();
@@ -86,28 +92,42 @@ export class FdWriter extends EventEmitter {
       this.done(p);
       return;
     }
-    fsWrite(this.fd, p.buf, p.off, p.buf.length - p.off, null, (e, n) => {
-      if (e) {
-        if ((e as NodeJS.ErrnoException).code === 'EAGAIN') {
-          setTimeout(() => this.next(), this.pause);
-          this.pause = Math.min(this.pause * 2, MAX_PAUSE_MS);
-          return;
-        }
-        this.fail(e);
+    this.inline ??= writesAtOnce(this.fd);
+    if (this.inline) {
+      let n = 0;
+      let err: Error | null = null;
+      try {
+        n = writeSync(this.fd, p.buf, p.off, p.buf.length - p.off);
+      } catch (e) {
+        err = e as Error;
+      }
+      process.nextTick(() => this.wrote(p, err, n));
+      return;
+    }
+    fsWrite(this.fd, p.buf, p.off, p.buf.length - p.off, null, (e, n) => this.wrote(p, e, n));
+  }
+
+  private wrote(p: Pending, e: Error | null, n: number): void {
+    if (e) {
+      if ((e as NodeJS.ErrnoException).code === 'EAGAIN') {
+        setTimeout(() => this.next(), this.pause);
+        this.pause = Math.min(this.pause * 2, MAX_PAUSE_MS);
         return;
       }
-      this.pause = 1;
-      p.off += n;
-      if (p.off < p.buf.length) {
-        if (n === 0) {
-          this.fail(Object.assign(new Error('write to the output made no progress'), { code: 'EIO', syscall: 'write' }));
-          return;
-        }
-        this.next();
+      this.fail(e);
+      return;
+    }
+    this.pause = 1;
+    p.off += n;
+    if (p.off < p.buf.length) {
+      if (n === 0) {
+        this.fail(Object.assign(new Error('write to the output made no progress'), { code: 'EIO', syscall: 'write' }));
         return;
       }
-      this.done(p);
-    });
+      this.next();
+      return;
+    }
+    this.done(p);
   }
 
   private done(p: Pending): void {
@@ -129,5 +149,20 @@ export class FdWriter extends EventEmitter {
     if (this.listenerCount('error') > 0) this.emit('error', e);
     this.emit('close');
     for (const f of this.idle.splice(0)) f();
+  }
+}
+
+/**
+ * A regular file, or a character device of major 1 (the memory devices:
+ * null, zero, full, random...), which never make a writer wait on a reader.
+ * Anything else, or a failed fstat, is written through the thread pool.
+ */
+function writesAtOnce(fd: number): boolean {
+  try {
+    const st = fstatSync(fd);
+    // The major number's low 12 bits are bits 8-19 of Linux's dev_t.
+    return st.isFile() || (st.isCharacterDevice() && ((st.rdev >>> 8) & 0xfff) === 1);
+  } catch {
+    return false;
   }
 }

@@ -6,7 +6,7 @@
  *   for (const d of await md.devices()) ...
  *   for await (const run of md.mappings(1)) ...
  */
-import { stat } from 'node:fs';
+import { statSync } from 'node:fs';
 import { DmthinError, MetadataError, MetadataSnapError, UsageError } from '../errors';
 import { lookup as btreeLookup, walkLeaves } from '../pdata/btree';
 import { BlockSource, MemoryBlockSource, NativeBlockSource, OpenOptions } from '../pdata/block-source';
@@ -27,9 +27,15 @@ const delta = (): typeof Delta => require('./delta') as typeof Delta;
  * writes it behind the page cache) through the page cache, which the walk's
  * many small reads profit from.
  */
-function defaultDirect(path: string): Promise<'auto' | 'never'> {
-  // node:fs's callback form: node:fs/promises costs ~4 ms of start-up to load.
-  return new Promise((resolve) => stat(path, (e, st) => resolve(!e && st.isFile() ? 'never' : 'auto')));
+function defaultDirect(path: string): 'auto' | 'never' {
+  // On this thread, as the open of a regular file is (native/block_reader.cc):
+  // a short command starts no thread pool.
+  // A path it cannot stat is left to the open, which reports why.
+  try {
+    return statSync(path, { throwIfNoEntry: false })?.isFile() ? 'never' : 'auto';
+  } catch {
+    return 'auto';
+  }
 }
 
 /** Options of ThinMetadata.open; `direct` defaults to O_DIRECT for a block device and page-cache reads for a regular file. */
@@ -137,7 +143,7 @@ export class ThinMetadata implements AsyncDisposable {
     // holds (O_EXCL); through a metadata snapshot, the pool must stay open.
     const io =
       opts.source ??
-      (await NativeBlockSource.open(path, { direct: opts.direct ?? (await defaultDirect(path)), exclusive: opts.exclusive ?? (snap === undefined || snap === false) }));
+      (await NativeBlockSource.open(path, { direct: opts.direct ?? defaultDirect(path), exclusive: opts.exclusive ?? (snap === undefined || snap === false) }));
     try {
       return await ThinMetadata.fromSource(io, snap);
     } catch (e) {

@@ -2,7 +2,8 @@
  * One contract, two backends (the serialport pattern): the in-memory source
  * and the native O_DIRECT reader must behave the same.
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BlockSource, MemoryBlockSource, NativeBlockSource } from '../../src/pdata/block-source';
@@ -205,6 +206,36 @@ describe('native reader', () => {
 
   test('refuses directories', async () => {
     await expect(NativeBlockSource.open(dir)).rejects.toMatchObject({ code: 'EINVAL' });
+  });
+
+  test('a regular file opens (or a missing path, a FIFO fails) without a thread: before an immediate queued ahead of it', async () => {
+    const fifo = join(dir, 'fifo');
+    expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
+    try {
+      for (const [path, code] of [
+        [join(dir, 'img'), undefined],
+        [join(dir, 'missing'), 'ENOENT'],
+        [fifo, 'EINVAL'], // refused before any open: opening a FIFO would wait for a writer
+      ] as const) {
+        let turned = false;
+        setImmediate(() => (turned = true));
+        const opened = await NativeBlockSource.open(path).then(
+          (s) => s,
+          (e: NodeJS.ErrnoException) => e,
+        );
+        expect(turned).toBe(false);
+        if (code === undefined) {
+          expect(opened).toBeInstanceOf(NativeBlockSource);
+          const [b] = await (opened as NativeBlockSource).read([7]);
+          expect(b.u32(100)).toBe(7 * 7 + 1);
+          await (opened as NativeBlockSource).close();
+        } else {
+          expect(opened).toMatchObject({ code });
+        }
+      }
+    } finally {
+      unlinkSync(fifo);
+    }
   });
 
   test('the descriptor is O_RDONLY | O_DIRECT (checked in /proc/self/fdinfo)', async () => {

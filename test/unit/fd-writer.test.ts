@@ -5,7 +5,7 @@
  * error kept for the failing write, every later one and flushed().
  */
 import { spawnSync } from 'node:child_process';
-import { closeSync, constants, openSync, readSync } from 'node:fs';
+import { closeSync, constants, openSync, readFileSync, readSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { FdWriter } from '../../src/output/fd-writer';
@@ -138,4 +138,46 @@ it('flushed() with nothing written resolves at once', async () => {
   } finally {
     closeSync(fd);
   }
+});
+
+/** fs requests in flight (handed to the thread pool) in this process. */
+const fsRequests = () => process.getActiveResourcesInfo().filter((r) => r === 'FSReqCallback').length;
+
+describe.each([
+  ['a regular file', 'file'],
+  ['/dev/null', '/dev/null'],
+])('%s: written at once, without the thread pool', (_name, target) => {
+  it('every byte in order, each callback in a later tick, no fs request in flight', async () => {
+    const s = scratch();
+    const path = target === 'file' ? join(s.dir, 'out') : target;
+    const fd = openSync(path, 'w');
+    try {
+      const w = new FdWriter(fd);
+      const { parts, sha } = chunks();
+      const order: number[] = [];
+      const errors: unknown[] = [];
+      let inCall = false;
+      let fromInside = 0;
+      for (let i = 0; i < parts.length; i++) {
+        const before = fsRequests();
+        inCall = true;
+        w.write(parts[i], (e) => {
+          if (e) errors.push(e);
+          if (inCall) fromInside++;
+          order.push(i);
+        });
+        inCall = false;
+        // fs.write's request would be listed here while a thread writes it.
+        expect(fsRequests()).toBe(before);
+      }
+      await w.flushed();
+      expect(errors).toEqual([]);
+      expect(fromInside).toBe(0); // never called back from inside write()
+      expect(order).toEqual(parts.map((_p, i) => i));
+      if (target === 'file') expect(createHash('sha256').update(readFileSync(path)).digest('hex')).toBe(sha);
+    } finally {
+      closeSync(fd);
+      s.cleanup();
+    }
+  });
 });
