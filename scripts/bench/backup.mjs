@@ -173,7 +173,7 @@ if (haveCeph && !args.includes('--no-s3')) {
   try {
     const env = { AWS_ENDPOINT_URL: c.endpoint, AWS_REGION: c.region, AWS_ACCESS_KEY_ID: c.accessKeyId, AWS_SECRET_ACCESS_KEY: c.secretAccessKey };
     const { S3Client, CreateBucketCommand } = await import('@aws-sdk/client-s3');
-    process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = '1';
+    process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = 'true'; // the SDK compares with "true"
     const client = new S3Client({ endpoint: c.endpoint, region: c.region, forcePathStyle: true, credentials: { accessKeyId: c.accessKeyId, secretAccessKey: c.secretAccessKey } });
     await client.send(new CreateBucketCommand({ Bucket: 'bench' }));
     client.destroy();
