@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import { UsageError } from '../errors';
 import type { DeltaSubject } from '../thin/delta-format';
 import { CliContext, parseIntArg } from './common';
-import { isThinIdText, MetadataSnapOpts, openMetadataSource, thinIdArg } from './metadata-source';
+import { checkMetadataSpaceMapIndex, isThinIdText, MetadataSnapOpts, openMetadataSource, thinIdArg } from './metadata-source';
 import { checkOutputPath, commandOutput } from './output';
 
 interface DeltaCliOpts extends MetadataSnapOpts {
@@ -54,6 +54,7 @@ export function register(program: Command, ctx: () => CliContext): void {
       await checkOutputPath(o.output, [{ path: metadata, role: 'the metadata input' }]);
       const { metadata: md, pool } = await openMetadataSource(metadata, o, c);
       c.onCleanup(() => md.close());
+      await checkMetadataSpaceMapIndex(md, o);
       subject ??= { left: await thinIdArg('--snap1', left!, pool), right: await thinIdArg('--snap2', right!, pool) };
       const { out, commit } = await commandOutput(o.output, c, [{ path: metadata, role: 'the metadata input' }]);
       // Loaded when the command runs, not when it is registered (--help lists every command).

@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import { DEFAULT_LS_FIELDS, LS_FIELDS, needsMappings, parseLsFields } from '../thin/ls-fields';
 import { CliContext, stdout } from './common';
 import { Progress, stderrIsTTY } from './progress';
-import { MetadataSnapOpts, openMetadata } from './metadata-source';
+import { checkMetadataSpaceMapIndex, MetadataSnapOpts, openMetadata } from './metadata-source';
 import { writeStdout } from './output';
 
 interface LsCliOpts extends MetadataSnapOpts {
@@ -31,6 +31,7 @@ export function register(program: Command, ctx: () => CliContext): void {
       const { detailsColumns, deviceUsage, formatLsTable, lsJson, writeDetailsTable } = require('../thin/ls') as typeof import('../thin/ls');
       const md = await openMetadata(metadata, o, c);
       c.onCleanup(() => md.close());
+      await checkMetadataSpaceMapIndex(md, o);
       const dbs = md.superblock.dataBlockSize;
       // Fields from the details tree need no mapping walk (thin_ls reads none for them either).
       const exclusive = fields.some(needsMappings);

@@ -86,6 +86,18 @@ export async function openMetadata(arg: string, o: MetadataSnapOpts, ctx: CliCon
   return (await openMetadataSource(arg, o, ctx)).metadata;
 }
 
+/**
+ * What `ls` and `delta` check besides the trees they read when METADATA is
+ * read through its live superblock (not -m): the metadata space map's index
+ * block, as opening the space map checks it. thin_ls and thin_delta 0.9.0
+ * open the space maps then and refuse metadata whose index block is damaged
+ * (so does the kernel when it opens the pool); through a metadata snapshot
+ * they do not, nor do thin_dump and thin_rmap, nor dmthin's.
+ */
+export async function checkMetadataSpaceMapIndex(md: ThinMetadata, o: MetadataSnapOpts): Promise<void> {
+  if (snapOption(o) === undefined) await md.spaceMap('metadata').metadataIndexBlock();
+}
+
 /** A thin id on the command line: 0..2^24-1, checked before anything is opened. */
 export function isThinIdText(v: string): boolean {
   return /^[0-9]+$/.test(v);

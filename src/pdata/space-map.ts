@@ -108,12 +108,7 @@ export class SpaceMap {
     const out: IndexEntry[] = [];
     if (this.kind === 'metadata') {
       if (n > MAX_METADATA_BITMAPS) throw this.err(`${n} bitmaps exceed the index block's ${MAX_METADATA_BITMAPS}`);
-      const ib = this.root.bitmapRoot;
-      if (ib >= this.nrMetadataBlocks) throw this.err(`index block ${ib} beyond the device`, ib);
-      const [b] = await this.io.read([ib]);
-      verifyChecksum(b, BlockType.MetadataIndex, { tree: 'metadata-sm' });
-      const self = u64(b.data, 8, 'index blocknr');
-      if (self !== ib) throw new MetadataError('blocknr', `metadata index block ${ib} says it is block ${self}`, { block: ib });
+      const b = await this.metadataIndexBlock();
       for (let i = 0; i < n; i++) out.push(parseIndexEntry(b.data, 16 + 16 * i));
     } else {
       let expect = 0;
@@ -135,6 +130,23 @@ export class SpaceMap {
     for (const ie of out) if (ie.blocknr >= this.nrMetadataBlocks) throw this.err(`bitmap at ${ie.blocknr} beyond the device`, ie.blocknr);
     this.index = out;
     return out;
+  }
+
+  /**
+   * The metadata space map's index block, read and checked as opening the
+   * space map checks it (the kernel when it opens a pool; thin_ls and
+   * thin_delta 0.9.0 when they open metadata without -m): within the
+   * device, its checksum, and the block number it holds its own.
+   */
+  async metadataIndexBlock(): Promise<Block> {
+    if (this.kind !== 'metadata') throw new TypeError('only the metadata space map has an index block');
+    const ib = this.root.bitmapRoot;
+    if (ib >= this.nrMetadataBlocks) throw this.err(`index block ${ib} beyond the device`, ib);
+    const [b] = await this.io.read([ib]);
+    verifyChecksum(b, BlockType.MetadataIndex, { tree: 'metadata-sm' });
+    const self = u64(b.data, 8, 'index blocknr');
+    if (self !== ib) throw new MetadataError('blocknr', `metadata index block ${ib} says it is block ${self}`, { block: ib });
+    return b;
   }
 
   /** Reads and validates bitmap i. */
