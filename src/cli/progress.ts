@@ -4,6 +4,7 @@
  */
 import type { SingleBar } from 'cli-progress';
 import { fstatSync } from 'node:fs';
+import { isMemoryDevice } from '../output/fd-writer';
 
 /**
  * Descriptor `fd` is a terminal. Not `process.stderr.isTTY` (or stdout's):
@@ -17,8 +18,7 @@ import { fstatSync } from 'node:fs';
 export function fdIsTTY(fd: number): boolean {
   try {
     const st = fstatSync(fd);
-    // The major number's low 12 bits are bits 8-19 of Linux's dev_t.
-    if (!st.isCharacterDevice() || ((st.rdev >>> 8) & 0xfff) === 1) return false;
+    if (!st.isCharacterDevice() || isMemoryDevice(st)) return false;
   } catch {
     return false;
   }

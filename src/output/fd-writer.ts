@@ -21,7 +21,7 @@
  * writableNeedDrain, 'drain', 'error', destroyed).
  */
 import { EventEmitter } from 'node:events';
-import { fstatSync, write as fsWrite, writeSync } from 'node:fs';
+import { fstatSync, type Stats, write as fsWrite, writeSync } from 'node:fs';
 
 interface Pending {
   buf: Uint8Array;
@@ -152,16 +152,20 @@ export class FdWriter extends EventEmitter {
   }
 }
 
+/** One of Linux's memory devices, major 1: /dev/null, zero, full, the random devices... (never a terminal). */
+export function isMemoryDevice(st: Stats): boolean {
+  // The major number's low 12 bits are bits 8-19 of Linux's dev_t.
+  return st.isCharacterDevice() && ((st.rdev >>> 8) & 0xfff) === 1;
+}
+
 /**
- * A regular file, or a character device of major 1 (the memory devices:
- * null, zero, full, random...), which never make a writer wait on a reader.
- * Anything else, or a failed fstat, is written through the thread pool.
+ * A regular file or a memory device, which never make a writer wait on a
+ * reader. Anything else, or a failed fstat, is written through the thread pool.
  */
 function writesAtOnce(fd: number): boolean {
   try {
     const st = fstatSync(fd);
-    // The major number's low 12 bits are bits 8-19 of Linux's dev_t.
-    return st.isFile() || (st.isCharacterDevice() && ((st.rdev >>> 8) & 0xfff) === 1);
+    return st.isFile() || isMemoryDevice(st);
   } catch {
     return false;
   }
