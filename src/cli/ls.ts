@@ -4,7 +4,6 @@ import { DEFAULT_LS_FIELDS, LS_FIELDS, needsMappings, parseLsFields } from '../t
 import { CliContext, stdout } from './common';
 import { Progress, stderrIsTTY } from './progress';
 import { checkMetadataSpaceMapIndex, MetadataSnapOpts, openMetadata } from './metadata-source';
-import { writeStdout } from './output';
 
 interface LsCliOpts extends MetadataSnapOpts {
   format?: string;
@@ -28,26 +27,25 @@ export function register(program: Command, ctx: () => CliContext): void {
       const c = ctx();
       const fields = o.format !== undefined ? parseLsFields(o.format) : [...DEFAULT_LS_FIELDS];
       // The table and usage code loads when the command runs, not when it is registered (--help lists every command).
-      const { detailsColumns, deviceUsage, formatLsTable, lsJson, writeDetailsTable } = require('../thin/ls') as typeof import('../thin/ls');
+      const { exclusiveUsage, writeDetailsTable, writeLsJson } = require('../thin/ls') as typeof import('../thin/ls');
       const md = await openMetadata(metadata, o, c);
       c.onCleanup(() => md.close());
       await checkMetadataSpaceMapIndex(md, o);
       const dbs = md.superblock.dataBlockSize;
       // Fields from the details tree need no mapping walk (thin_ls reads none for them either).
-      const exclusive = fields.some(needsMappings);
-      if (!exclusive && !o.json) {
-        // Straight from the details tree's columns: no object per device (70,000 devices).
-        await writeDetailsTable(await detailsColumns(md, c.signal), fields, dbs, o.headers, stdout());
-        return;
+      // Written from the device table's columns (and EXCLUSIVE's): no object per device (70,000 devices).
+      let table;
+      let excl;
+      if (!fields.some(needsMappings)) table = await md.deviceTable({ signal: c.signal });
+      else {
+        const bar = new Progress('ls', !o.quiet && stderrIsTTY());
+        try {
+          ({ table, exclusive: excl } = await exclusiveUsage(md, { signal: c.signal, onProgress: (p) => bar.update(p.mappings, p.total) }));
+        } finally {
+          bar.stop();
+        }
       }
-      const bar = new Progress('ls', !o.quiet && stderrIsTTY());
-      let rows;
-      try {
-        rows = await deviceUsage(md, { exclusive, signal: c.signal, onProgress: (p) => bar.update(p.mappings, p.total) });
-      } finally {
-        bar.stop();
-      }
-      const text = o.json ? JSON.stringify(lsJson(rows, fields, dbs), null, 2) + '\n' : formatLsTable(rows, fields, dbs, o.headers);
-      await writeStdout(text);
+      if (o.json) await writeLsJson(table, fields, dbs, stdout(), excl);
+      else await writeDetailsTable(table, fields, dbs, o.headers, stdout(), excl);
     });
 }

@@ -7,6 +7,7 @@
 import { throwIfAborted } from '../errors';
 import { asciiTag, OutputSink, type SinkTarget } from '../output/sink';
 import type { DeviceDetails } from './device-details';
+import { deviceAt } from './device-table';
 import type { RunBatch } from './mappings';
 import type { ThinMetadata } from './metadata';
 
@@ -219,10 +220,18 @@ export async function dump(md: ThinMetadata, out: SinkTarget, opts: DumpOptions 
   const sink = new OutputSink(out);
   const e = makeEmitter(opts.format ?? 'xml', sink);
   const sb = md.superblock;
-  const devices = await md.checkedDevices({ signal: opts.signal });
+  // Rows of the device table (in id order), not an object per device: a pool may hold 70,000.
+  const table = await md.deviceTable({ signal: opts.signal });
   const wanted = opts.devIds ? new Set(opts.devIds) : undefined;
-  const selected = [...devices.values()].filter((d) => !wanted || wanted.has(d.devId)).sort((a, b) => a.devId - b.devId);
-  const total = opts.skipMappings ? 0 : selected.reduce((n, d) => n + d.mappedBlocks, 0);
+  let rows: Uint32Array;
+  if (wanted) {
+    const picked: number[] = [];
+    for (let r = 0; r < table.count; r++) if (wanted.has(table.devId[r])) picked.push(r);
+    rows = Uint32Array.from(picked);
+  } else rows = Uint32Array.from({ length: table.count }, (_, r) => r);
+  const ids = Float64Array.from(rows, (r) => table.devId[r]);
+  let total = 0;
+  if (!opts.skipMappings) for (let k = 0; k < rows.length; k++) total += table.mappedBlocks[rows[k]];
 
   e.begin({
     uuid: '',
@@ -235,9 +244,9 @@ export async function dump(md: ThinMetadata, out: SinkTarget, opts: DumpOptions 
     heldRoot: sb.heldRoot,
   });
   if (opts.skipMappings) {
-    for (const d of selected) {
+    for (let k = 0; k < rows.length; k++) {
       throwIfAborted(opts.signal);
-      e.beginDevice(d);
+      e.beginDevice(deviceAt(table, rows[k]));
       e.endDevice();
       await sink.maybeFlush();
     }
@@ -246,16 +255,16 @@ export async function dump(md: ThinMetadata, out: SinkTarget, opts: DumpOptions 
     // which is what makes pools of many small devices fast.
     let done = 0;
     await md.walkDevices(
-      selected.map((d) => d.devId),
+      ids,
       {
-        begin: (k) => e.beginDevice(selected[k]),
+        begin: (k) => e.beginDevice(deviceAt(table, rows[k])),
         runs: (k, runs) => {
           e.runs(runs);
           if (opts.onProgress) {
             let n = 0;
             for (let i = 0; i < runs.count; i++) n += runs.length[i];
             done += n;
-            opts.onProgress({ mappings: done, total, devId: selected[k].devId });
+            opts.onProgress({ mappings: done, total, devId: ids[k] });
           }
           return sink.needsFlush() ? sink.maybeFlush() : undefined;
         },

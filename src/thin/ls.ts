@@ -4,11 +4,10 @@
  * in the whole pool; SHARED is the details tree's mapped_blocks minus that. The on-disk data space map is not
  * used: its counts are per leaf node, not per device.
  */
-import { MetadataError, UsageError } from '../errors';
-import { walkLeaves } from '../pdata/btree';
-import { DEVICE_DETAILS_SIZE, parseDeviceDetails } from './device-details';
+import { UsageError } from '../errors';
+import type { DeviceTable } from './device-table';
 import { ByteOwnerMap, NibbleOwnerMap, OwnerMap, UseCounts } from '../pdata/owner-map';
-import { MAX_SAFE_HI, TWO32 } from '../pdata/words';
+import { TWO32 } from '../pdata/words';
 import { OutputSink, type SinkTarget } from '../output/sink';
 import type { ThinMetadata } from './metadata';
 import type { LsField } from './ls-fields';
@@ -76,9 +75,26 @@ const COUNTS_FLAT_MAX = 2 ** 28;
  */
 export async function deviceUsage(md: ThinMetadata, opts: UsageOptions = {}): Promise<DeviceUsage[]> {
   if (opts.exclusive === false) return detailsUsage(md, opts.signal);
-  const devices = [...(await md.checkedDevices(opts)).values()].sort((a, b) => a.devId - b.devId);
-  const ids = devices.map((d) => d.devId);
-  const sum = devices.reduce((n, d) => n + d.mappedBlocks, 0);
+  const { table: t, exclusive: excl } = await exclusiveUsage(md, opts);
+  const rows = rowsOf(t);
+  for (let k = 0; k < t.count; k++) {
+    rows[k].exclusiveBlocks = excl[k];
+    rows[k].sharedBlocks = t.mappedBlocks[k] - excl[k];
+  }
+  return rows;
+}
+
+/**
+ * @internal deviceUsage's EXCLUSIVE column: exclusive[k] for the device of
+ * row k of `table` (no object per device; the CLI writes the table from the
+ * columns).
+ */
+export async function exclusiveUsage(md: ThinMetadata, opts: UsageOptions = {}): Promise<{ table: DeviceTable; exclusive: Float64Array }> {
+  const t = await md.deviceTable(opts);
+  const ids = t.devId;
+  const n = t.count;
+  let sum = 0;
+  for (let k = 0; k < n; k++) sum += t.mappedBlocks[k];
   const nrData = md.nrDataBlocks;
   // One walk of every mapping tree; `done` mappings of earlier passes, `total` of all passes.
   const walk = (runs: (k: number, begin: Float64Array, length: Float64Array, count: number) => void, done: number, total: number) =>
@@ -89,13 +105,13 @@ export async function deviceUsage(md: ThinMetadata, opts: UsageOptions = {}): Pr
     );
   let excl: Float64Array;
   const limits = opts.flatLimits ?? { ownerBytes: OWNER_BYTES_MAX, counts: COUNTS_FLAT_MAX };
-  const ownerBytes = nrData <= limits.ownerBytes && devices.length <= ByteOwnerMap.MAX_OWNERS;
+  const ownerBytes = nrData <= limits.ownerBytes && n <= ByteOwnerMap.MAX_OWNERS;
   if (!ownerBytes && nrData <= limits.counts) {
     const uses = new UseCounts(nrData);
     await walk((_k, d, l, n) => {
       for (let r = 0; r < n; r++) uses.markRange(d[r], l[r]);
     }, 0, 2 * sum);
-    excl = Float64Array.from(devices, (d) => d.mappedBlocks);
+    excl = Float64Array.from(t.mappedBlocks);
     if (uses.anyShared) {
       await walk((k, d, l, n) => {
         for (let r = 0; r < n; r++) excl[k] -= uses.sharedIn(d[r], l[r]);
@@ -103,177 +119,38 @@ export async function deviceUsage(md: ThinMetadata, opts: UsageOptions = {}): Pr
     }
   } else {
     // One walk: an owner byte a block when it fits (and the devices fit a byte), else OwnerMap's pages.
-    const owners = !ownerBytes ? new OwnerMap(devices.length) : devices.length <= NibbleOwnerMap.MAX_OWNERS ? new NibbleOwnerMap(nrData) : new ByteOwnerMap(nrData);
+    const owners = !ownerBytes ? new OwnerMap(n) : n <= NibbleOwnerMap.MAX_OWNERS ? new NibbleOwnerMap(nrData) : new ByteOwnerMap(nrData);
     await walk((k, d, l, n) => {
       for (let r = 0; r < n; r++) owners.markRange(d[r], l[r], k);
     }, 0, sum);
-    excl = owners.exclusiveCounts(devices.length);
+    excl = owners.exclusiveCounts(n);
   }
-  return devices.map((d, k) => ({
-    devId: d.devId,
-    mappedBlocks: d.mappedBlocks,
-    exclusiveBlocks: excl[k],
-    sharedBlocks: d.mappedBlocks - excl[k],
-    transactionId: d.transactionId,
-    creationTime: d.creationTime,
-    snapshottedTime: d.snapshottedTime,
-  }));
+  return { table: t, exclusive: excl };
 }
 
-/**
- * The details tree's fields of every device, column by column in id order:
- * what `ls` needs for the fields that take no mapping walk. Typed arrays and
- * no object per device: a pool of 70,000 devices spent most of its time
- * making, and collecting, an object (and a bigint) per device.
- */
-export interface DetailsColumns {
-  /** Number of devices. */
-  count: number;
-  devId: Float64Array;
-  mappedBlocks: Float64Array;
-  /** transaction_id as two u32 halves (a bigint only when a row is made). */
-  transactionLo: Uint32Array;
-  transactionHi: Uint32Array;
-  creationTime: Uint32Array;
-  snapshottedTime: Uint32Array;
-}
-
-/** Rows of DeviceUsage from the columns (EXCLUSIVE/SHARED not computed). */
-function rowsOf(c: DetailsColumns): DeviceUsage[] {
+/** Rows of DeviceUsage from the columns (EXCLUSIVE/SHARED null unless `exclusive` is given). */
+function rowsOf(c: DeviceTable, exclusive?: Float64Array): DeviceUsage[] {
   const rows: DeviceUsage[] = new Array(c.count);
-  for (let j = 0; j < c.count; j++) {
-    const hi = c.transactionHi[j];
-    rows[j] = {
-      devId: c.devId[j],
-      mappedBlocks: c.mappedBlocks[j],
-      exclusiveBlocks: null,
-      sharedBlocks: null,
-      transactionId: hi === 0 ? BigInt(c.transactionLo[j]) : (BigInt(hi) << 32n) | BigInt(c.transactionLo[j]),
-      creationTime: c.creationTime[j],
-      snapshottedTime: c.snapshottedTime[j],
-    };
-  }
+  for (let j = 0; j < c.count; j++) rows[j] = rowAt(c, j, exclusive);
   return rows;
 }
 
+/** Row j of the columns as a DeviceUsage. */
+function rowAt(c: DeviceTable, j: number, exclusive?: Float64Array): DeviceUsage {
+  const hi = c.transactionHi[j];
+  return {
+    devId: c.devId[j],
+    mappedBlocks: c.mappedBlocks[j],
+    exclusiveBlocks: exclusive ? exclusive[j] : null,
+    sharedBlocks: exclusive ? c.mappedBlocks[j] - exclusive[j] : null,
+    transactionId: hi === 0 ? BigInt(c.transactionLo[j]) : (BigInt(hi) << 32n) | BigInt(c.transactionLo[j]),
+    creationTime: c.creationTime[j],
+    snapshottedTime: c.snapshottedTime[j],
+  };
+}
+
 async function detailsUsage(md: ThinMetadata, signal?: AbortSignal): Promise<DeviceUsage[]> {
-  return rowsOf(await detailsColumns(md, signal));
-}
-
-/** Typed arrays that grow by doubling, trimmed views at the end. */
-function grow<T extends Float64Array | Uint32Array>(a: T, n: number): T {
-  if (n <= a.length) return a;
-  const b = new (a.constructor as new (n: number) => T)(Math.max(n, a.length * 2));
-  b.set(a);
-  return b;
-}
-
-/**
- * The details tree as columns, with the same check as checkedDevices that
- * the top-level tree names the same devices (both trees are in key order, so
- * one merge of their keys does it). Only these two trees are read.
- */
-export async function detailsColumns(md: ThinMetadata, signal?: AbortSignal): Promise<DetailsColumns> {
-  // Wide read windows: these trees are read whole, and fewer round trips count on a busy disk.
-  const walk = { nrMetadataBlocks: md.nrMetadataBlocks, signal, window: 1024 };
-  // The leaves are decoded straight from their u32 words (little-endian
-  // pairs for u64s), one plain loop per leaf: 70,000 entries are decoded
-  // before V8 optimises much, so the work per entry is what counts.
-  const readDetails = async (): Promise<DetailsColumns> => {
-    let n = 0;
-    let devId = new Float64Array(1024);
-    let mapped = new Float64Array(1024);
-    let txLo = new Uint32Array(1024);
-    let txHi = new Uint32Array(1024);
-    let ctime = new Uint32Array(1024);
-    let stime = new Uint32Array(1024);
-    for await (const leaf of walkLeaves(md.io, md.superblock.deviceDetailsRoot, { ...walk, tree: 'details', valueSize: DEVICE_DETAILS_SIZE })) {
-      const w = leaf.u32;
-      const keys = leaf.base + 8;
-      const m = leaf.nrEntries;
-      devId = grow(devId, n + m);
-      mapped = grow(mapped, n + m);
-      txLo = grow(txLo, n + m);
-      txHi = grow(txHi, n + m);
-      ctime = grow(ctime, n + m);
-      stime = grow(stime, n + m);
-      let at = leaf.base + (leaf.valuesOffset >>> 2);
-      for (let i = 0; i < m; i++, n++, at += DEVICE_DETAILS_SIZE >>> 2) {
-        // Keys and mapped_blocks above 2^53 are refused as parseDeviceDetails refuses them.
-        if (w[keys + 2 * i + 1] !== 0 || w[at + 1] >= MAX_SAFE_HI) parseDeviceDetails(leaf, i);
-        const keyHi = w[keys + 2 * i + 1];
-        devId[n] = keyHi === 0 ? w[keys + 2 * i] : w[keys + 2 * i] + keyHi * TWO32;
-        const hi = w[at + 1];
-        mapped[n] = hi === 0 ? w[at] : w[at] + hi * TWO32;
-        txLo[n] = w[at + 2];
-        txHi[n] = w[at + 3];
-        ctime[n] = w[at + 4];
-        stime[n] = w[at + 5];
-      }
-    }
-    return {
-      count: n,
-      devId: devId.subarray(0, n),
-      mappedBlocks: mapped.subarray(0, n),
-      transactionLo: txLo.subarray(0, n),
-      transactionHi: txHi.subarray(0, n),
-      creationTime: ctime.subarray(0, n),
-      snapshottedTime: stime.subarray(0, n),
-    };
-  };
-  const readIds = async (): Promise<Float64Array> => {
-    let n = 0;
-    let ids = new Float64Array(1024);
-    for await (const leaf of walkLeaves(md.io, md.superblock.dataMappingRoot, { ...walk, tree: 'mapping-top', valueSize: 8 })) {
-      const w = leaf.u32;
-      const keys = leaf.base + 8;
-      const values = leaf.base + (leaf.valuesOffset >>> 2);
-      ids = grow(ids, n + leaf.nrEntries);
-      for (let i = 0; i < leaf.nrEntries; i++) {
-        if (w[values + 2 * i + 1] !== 0 || w[values + 2 * i] >= md.nrMetadataBlocks) {
-          const root = leaf.value64(i); // throws first for a root beyond 2^53
-          throw new MetadataError('block-range', `device ${leaf.key(i)}: mapping root ${root} is beyond the metadata device`, {
-            block: leaf.nr,
-            devId: leaf.key(i),
-            tree: 'mapping-top',
-          });
-        }
-        const keyHi = w[keys + 2 * i + 1];
-        ids[n++] = keyHi === 0 ? w[keys + 2 * i] : leaf.key(i);
-      }
-    }
-    return ids.subarray(0, n);
-  };
-  // Both walks at once (their reads overlap); errors in a fixed order, the details tree's first.
-  const [d, t] = await Promise.allSettled([readDetails(), readIds()]);
-  if (d.status === 'rejected') throw d.reason;
-  if (t.status === 'rejected') throw t.reason;
-  const cols = d.value;
-  const ids = t.value;
-  // Keys are strictly increasing in both (the walks check it): merge them.
-  let detailsOnly = -1;
-  let topOnly = -1;
-  let j = 0;
-  for (let r = 0; r < cols.count; r++) {
-    const dev = cols.devId[r];
-    while (j < ids.length && ids[j] < dev) {
-      if (topOnly < 0) topOnly = ids[j];
-      j++;
-    }
-    if (j < ids.length && ids[j] === dev) j++;
-    else if (detailsOnly < 0) detailsOnly = dev;
-  }
-  if (j < ids.length && topOnly < 0) topOnly = ids[j];
-  if (detailsOnly >= 0) {
-    throw new MetadataError('device-mismatch', `device ${detailsOnly} is in the details tree but has no mapping tree`, {
-      devId: detailsOnly,
-      tree: 'mapping-top',
-    });
-  }
-  if (topOnly >= 0) {
-    throw new MetadataError('device-mismatch', `device ${topOnly} has a mapping tree but no details entry`, { devId: topOnly, tree: 'details' });
-  }
-  return cols;
+  return rowsOf(await md.deviceTable({ signal }));
 }
 
 const U64 = (n: bigint) => BigInt.asUintN(64, n);
@@ -457,10 +334,17 @@ export function formatLsTable(rows: DeviceUsage[], fields: readonly LsField[], d
  * one buffer of the whole table (2.6 MB for 70,000 devices: ~650 pages the
  * kernel faults in one by one, ~12 us each on the bench VM).
  */
-export async function writeDetailsTable(c: DetailsColumns, fields: readonly LsField[], dataBlockSize: number, headers: boolean, out: SinkTarget): Promise<void> {
+export async function writeDetailsTable(
+  c: DeviceTable,
+  fields: readonly LsField[],
+  dataBlockSize: number,
+  headers: boolean,
+  out: SinkTarget,
+  exclusive?: Float64Array,
+): Promise<void> {
   const s = new OutputSink(out);
   if (fields.length > 0) {
-    const cols = detailsTableColumns(c, fields, dataBlockSize, headers);
+    const cols = detailsTableColumns(c, fields, dataBlockSize, headers, exclusive);
     const lineBytes = lineBytesOf(cols);
     if (headers) writeHeader(fields, cols, lineBytes, s);
     const slice = Math.max(1, Math.floor(TABLE_SLICE_BYTES / lineBytes));
@@ -475,8 +359,10 @@ export async function writeDetailsTable(c: DetailsColumns, fields: readonly LsFi
 /** Bytes of table written between two flushes of writeDetailsTable (half the sink's chunk). */
 const TABLE_SLICE_BYTES = 128 * 1024;
 
-function detailsTableColumns(c: DetailsColumns, fields: readonly LsField[], dataBlockSize: number, headers: boolean): Column[] {
+function detailsTableColumns(c: DeviceTable, fields: readonly LsField[], dataBlockSize: number, headers: boolean, exclusive?: Float64Array): Column[] {
   let rows: DeviceUsage[] | undefined;
+  let shared: Float64Array | undefined;
+  const sharedOf = (e: Float64Array): Float64Array => (shared ??= c.mappedBlocks.map((m, k) => m - e[k]));
   return fields.map((f): Column => {
     const hw = headers ? f.length : 0;
     switch (f) {
@@ -490,10 +376,21 @@ function detailsTableColumns(c: DetailsColumns, fields: readonly LsField[], data
       case 'SNAP_TIME':
         return numberColumn(c.snapshottedTime, hw);
       case 'MAPPED':
-        return unitColumn(c.mappedBlocks, dataBlockSize, hw) ?? textColumn((rows ??= rowsOf(c)), f, dataBlockSize, hw);
-      default:
-        return textColumn((rows ??= rowsOf(c)), f, dataBlockSize, hw);
+        return unitColumn(c.mappedBlocks, dataBlockSize, hw) ?? textColumn((rows ??= rowsOf(c, exclusive)), f, dataBlockSize, hw);
+      case 'EXCLUSIVE_BLOCKS':
+        if (exclusive) return numberColumn(exclusive, hw);
+        break;
+      case 'SHARED_BLOCKS':
+        if (exclusive) return numberColumn(sharedOf(exclusive), hw);
+        break;
+      case 'EXCLUSIVE':
+        if (exclusive) return unitColumn(exclusive, dataBlockSize, hw) ?? textColumn((rows ??= rowsOf(c, exclusive)), f, dataBlockSize, hw);
+        break;
+      case 'SHARED':
+        if (exclusive) return unitColumn(sharedOf(exclusive), dataBlockSize, hw) ?? textColumn((rows ??= rowsOf(c, exclusive)), f, dataBlockSize, hw);
+        break;
     }
+    return textColumn((rows ??= rowsOf(c, exclusive)), f, dataBlockSize, hw);
   });
 }
 
@@ -673,6 +570,53 @@ function digits(n: number): number {
 }
 
 /** Rows as JSON objects keyed by LS_JSON_KEYS, typed as docs/json.md says (u64s as decimal strings). */
+/**
+ * @internal `JSON.stringify(lsJson(rows, fields, dataBlockSize), null, 2)`
+ * and a newline, for the rows of the device table (EXCLUSIVE/SHARED from
+ * `exclusive` when given), written to `out` element by element through the
+ * sink's reused chunks: neither an object per device held nor the text of
+ * the whole array (70,000 devices took ~100 MiB that way).
+ */
+export async function writeLsJson(c: DeviceTable, fields: readonly LsField[], dataBlockSize: number, out: SinkTarget, exclusive?: Float64Array): Promise<void> {
+  const s = new OutputSink(out);
+  // JSON.stringify's pretty print of an array of flat objects, written out:
+  // `[`, each element two spaces in with its keys four, `]` (`[]`, `{}` when empty).
+  // Fields that share a key (MAPPED and MAPPED_BYTES are both mappedBytes)
+  // make one member, where the key first came, with the last field's value,
+  // as assigning them to one object does.
+  const at = new Map<string, number>();
+  const cols: LsField[] = [];
+  for (const f of fields) {
+    const i = at.get(LS_JSON_KEYS[f]);
+    if (i === undefined) at.set(LS_JSON_KEYS[f], cols.push(f) - 1);
+    else cols[i] = f;
+  }
+  const keys = cols.map((f) => `    ${JSON.stringify(LS_JSON_KEYS[f])}: `);
+  if (c.count === 0) s.ascii('[]\n');
+  else {
+    let text = '[\n';
+    for (let j = 0; j < c.count; j++) {
+      const u = rowAt(c, j, exclusive);
+      if (j > 0) text += ',\n';
+      if (cols.length === 0) text += '  {}';
+      else {
+        text += '  {\n';
+        for (let k = 0; k < cols.length; k++) {
+          const v = fieldJson(u, cols[k], dataBlockSize);
+          text += `${keys[k]}${typeof v === 'string' ? JSON.stringify(v) : v}${k + 1 < cols.length ? ',\n' : '\n  }'}`;
+        }
+      }
+      if (text.length >= 16384) {
+        s.ascii(text);
+        text = '';
+        if (s.needsFlush()) await s.maybeFlush();
+      }
+    }
+    s.ascii(text + '\n]\n');
+  }
+  await s.flush();
+}
+
 export function lsJson(rows: DeviceUsage[], fields: readonly LsField[], dataBlockSize: number): Record<string, number | string>[] {
   return rows.map((u) => {
     const o: Record<string, number | string> = {};

@@ -313,6 +313,13 @@ export interface DeviceRunsVisitor {
   end(k: number, mappings: number): void | Promise<void>;
 }
 
+/** The devices walkDeviceRuns walks, in its order: device k has id devId[k] and mapping root root[k]. */
+export interface DeviceList {
+  count: number;
+  devId: ArrayLike<number>;
+  root: ArrayLike<number>;
+}
+
 /** Windows of roots read at once by walkDeviceRuns (4 x 256 blocks: 4 MiB). */
 const DEVICE_READS_IN_FLIGHT = 4;
 
@@ -340,14 +347,16 @@ export interface DeviceWalkOptions {
  */
 export async function walkDeviceRuns(
   io: BlockSource,
-  devices: readonly { devId: number; root: number }[],
+  devices: DeviceList,
   visitor: DeviceRunsVisitor,
   opts: DeviceWalkOptions,
 ): Promise<void> {
   const window = opts.window ?? 256;
   const batch = new RunBatch(256);
   const readWindow = (from: number): Promise<Block[]> => {
-    const p = io.read(devices.slice(from, from + window).map((d) => d.root));
+    const roots: number[] = [];
+    for (let k = from; k < Math.min(devices.count, from + window); k++) roots.push(devices.root[k]);
+    const p = io.read(roots);
     p.catch(() => {}); // awaited below, or abandoned when an earlier device fails
     return p;
   };
@@ -356,13 +365,13 @@ export async function walkDeviceRuns(
   const ahead: Promise<Block[]>[] = [];
   let queued = 0;
   const fill = (): void => {
-    while (ahead.length < DEVICE_READS_IN_FLIGHT && queued < devices.length) {
+    while (ahead.length < DEVICE_READS_IN_FLIGHT && queued < devices.count) {
       ahead.push(readWindow(queued));
       queued += window;
     }
   };
   let mappings = 0;
-  for (let from = 0; from < devices.length; from += window) {
+  for (let from = 0; from < devices.count; from += window) {
     throwIfAborted(opts.signal);
     fill();
     let blocks: Block[] | undefined;
@@ -374,9 +383,10 @@ export async function walkDeviceRuns(
       blocks = undefined;
     }
     fill();
-    const to = Math.min(devices.length, from + window);
+    const to = Math.min(devices.count, from + window);
     for (let k = from; k < to; k++) {
-      const { devId, root } = devices[k];
+      const devId = devices.devId[k];
+      const root = devices.root[k];
       const block = blocks ? blocks[k - from] : (await io.read([root]))[0];
       const ctx = { tree: 'mapping', devId };
       const v = new TreeValidator(opts.nrMetadataBlocks, 8, ctx);

@@ -12,6 +12,7 @@ import { lookup as btreeLookup, walkLeaves } from '../pdata/btree';
 import { BlockSource, MemoryBlockSource, NativeBlockSource, OpenOptions } from '../pdata/block-source';
 import { ENTRIES_PER_BITMAP, MAX_METADATA_BITMAPS, SpaceMap, SpaceMapKind } from '../pdata/space-map';
 import { DeviceDetails, DEVICE_DETAILS_SIZE, parseDeviceDetails } from './device-details';
+import { deviceAt, readDeviceTable, rowOf, type DeviceTable } from './device-table';
 import { DeviceRunsVisitor, Mapping, MappingRun, mappingRunBatches, RunBatch, VirtualBlock, VirtualKey, WalkProgress, leafMapping, walkDeviceRuns } from './mappings';
 import { parseSuperblock, Superblock } from './superblock';
 import type { DeltaExtent, DeltaOptions, DeltaStats, RawDeltaExtent } from './delta';
@@ -118,6 +119,7 @@ export class ThinMetadata implements AsyncDisposable {
 
   private deviceCache?: Map<number, DeviceDetails>;
   private rootCache?: Map<number, number>;
+  private tableCache?: DeviceTable;
   private closed = false;
 
   private constructor(
@@ -238,14 +240,21 @@ export class ThinMetadata implements AsyncDisposable {
   }
 
   /**
-   * Both device trees, read at once so that their reads overlap. Errors come
-   * in a fixed order (the details tree's first), whichever walk fails first.
+   * Every device as columns (see device-table.ts), read once and kept: the
+   * details tree and the top-level mapping tree, checked to name the same
+   * devices.
+   *
+   * @internal dump, ls and rmap use it; its shape may change.
    */
-  private async detailsAndRoots(signal?: AbortSignal): Promise<[Map<number, DeviceDetails>, Map<number, number>]> {
-    const [d, r] = await Promise.allSettled([this.devices({ signal }), this.deviceRoots({ signal })]);
-    if (d.status === 'rejected') throw d.reason;
-    if (r.status === 'rejected') throw r.reason;
-    return [d.value, r.value];
+  async deviceTable(opts: { signal?: AbortSignal } = {}): Promise<DeviceTable> {
+    this.check();
+    if (this.tableCache) return this.tableCache;
+    const t = await readDeviceTable(
+      { io: this.io, detailsRoot: this.superblock.deviceDetailsRoot, mappingRoot: this.superblock.dataMappingRoot, nrMetadataBlocks: this.nrMetadataBlocks },
+      opts.signal,
+    );
+    this.tableCache = t;
+    return t;
   }
 
   /**
@@ -261,38 +270,29 @@ export class ThinMetadata implements AsyncDisposable {
       }
     >
   > {
-    const [details, roots] = await this.detailsAndRoots(opts.signal);
+    const t = await this.deviceTable(opts);
     const out = new Map<number, DeviceDetails & { root: number }>();
-    for (const [id, d] of details) {
-      const root = roots.get(id);
-      if (root === undefined) {
-        throw new MetadataError('device-mismatch', `device ${id} is in the details tree but has no mapping tree`, {
-          devId: id,
-          tree: 'mapping-top',
-        });
-      }
-      // Fields listed, not spread: one object shape for every device (70,000 of them in a big pool).
-      out.set(id, {
+    for (let r = 0; r < t.count; r++) {
+      const d = deviceAt(t, r);
+      // Fields listed, not spread: one object shape for every device.
+      out.set(d.devId, {
         devId: d.devId,
         mappedBlocks: d.mappedBlocks,
         transactionId: d.transactionId,
         creationTime: d.creationTime,
         snapshottedTime: d.snapshottedTime,
-        root,
+        root: t.root[r],
       });
-    }
-    for (const id of roots.keys()) {
-      if (!details.has(id)) {
-        throw new MetadataError('device-mismatch', `device ${id} has a mapping tree but no details entry`, { devId: id, tree: 'details' });
-      }
     }
     return out;
   }
 
   private async rootOf(devId: number, side?: string): Promise<number> {
     if (!Number.isSafeInteger(devId) || devId < 0) throw new UsageError(`bad device id ${devId}`);
-    const roots = await this.deviceRoots();
-    const root = roots.get(devId);
+    // The device table when it was read (it holds every root), else the top-level tree alone.
+    const t = this.tableCache;
+    const row = t ? rowOf(t, devId) : -1;
+    const root = t ? (row >= 0 ? t.root[row] : undefined) : (await this.deviceRoots()).get(devId);
     if (root === undefined) {
       const where = this.metadataSnap !== null ? ` (metadata snapshot at block ${this.metadataSnap})` : '';
       throw new DmthinError('ENODEV', `no mapping tree for ${side ? `${side} device ` : 'device '}${devId} in the metadata${where}`, { devId, path: this.io.path });
@@ -342,24 +342,32 @@ export class ThinMetadata implements AsyncDisposable {
    * @internal dump and ls use it; its visitor's shape may change.
    */
   async walkDevices(
-    devIds: readonly number[],
+    devIds: ArrayLike<number>,
     visitor: DeviceRunsVisitor,
     opts: { signal?: AbortSignal; onProgress?: (p: { devices: number; mappings: number }) => void } = {},
   ): Promise<void> {
     this.check();
-    const [details, roots] = await this.detailsAndRoots(opts.signal);
-    const list = devIds.map((devId) => ({ devId, root: roots.has(devId) ? roots.get(devId)! : -1 }));
-    for (const d of list) if (d.root < 0) await this.rootOf(d.devId); // throws ENODEV
+    const t = await this.deviceTable(opts);
+    const n = devIds.length;
+    const rows = new Uint32Array(n);
+    const roots = new Uint32Array(n);
+    for (let k = 0; k < n; k++) {
+      const r = rowOf(t, devIds[k]);
+      if (r < 0) {
+        await this.rootOf(devIds[k]); // throws ENODEV: the table holds every device with a mapping tree
+        throw new DmthinError('ENODEV', `no mapping tree for device ${devIds[k]} in the metadata`, { devId: devIds[k], path: this.io.path });
+      }
+      rows[k] = r;
+      roots[k] = t.root[r];
+    }
     await walkDeviceRuns(
       this.io,
-      list,
+      { count: n, devId: devIds, root: roots },
       {
         begin: (k) => visitor.begin(k),
         runs: (k, b) => visitor.runs(k, b),
         end: (k, found) => {
-          const id = list[k].devId;
-          const d = details.get(id);
-          if (d) this.checkMappedCount(id, d.mappedBlocks, found);
+          this.checkMappedCount(devIds[k], t.mappedBlocks[rows[k]], found);
           return visitor.end(k, found);
         },
       },

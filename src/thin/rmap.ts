@@ -127,8 +127,9 @@ export async function rmapRuns(md: ThinMetadata, regions: readonly DataRegion[],
   const rBegin = Float64Array.from(rs, (r) => r[0]);
   const rEnd = Float64Array.from(rs, (r) => r[1]);
   const nr = rs.length;
-  const devices = [...(await md.checkedDevices({ signal: opts.signal })).values()].sort((a, b) => a.devId - b.devId);
-  const total = devices.reduce((n, d) => n + d.mappedBlocks, 0);
+  const table = await md.deviceTable({ signal: opts.signal });
+  let total = 0;
+  for (let r = 0; r < table.count; r++) total += table.mappedBlocks[r];
   const cols = new RmapRuns(opts.runsInMemory);
   try {
     // The run being extended (thin_rmap's "current" region). cVirt is a
@@ -153,7 +154,7 @@ export async function rmapRuns(md: ThinMetadata, regions: readonly DataRegion[],
     // One walk over all devices (as dump and ls do): the roots are read
     // together and each batch of runs comes through a plain callback, not
     // three nested async generators.
-    const ids = devices.map((d) => d.devId);
+    const ids = table.devId;
     let walked = 0;
     let batches = 0;
     await md.walkDevices(
