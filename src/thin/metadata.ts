@@ -339,7 +339,7 @@ export class ThinMetadata implements AsyncDisposable {
    * async step each. Each device's count is checked against its details, as
    * mappingBatches does.
    *
-   * @internal dump and ls use it; its visitor's shape may change.
+   * @internal dump, ls and rmap use it; its visitor's shape may change.
    */
   async walkDevices(
     devIds: ArrayLike<number>,
