@@ -198,12 +198,12 @@ async function findBase(
   deviceSize: number,
   signal?: AbortSignal,
 ): Promise<{ backup: BackupSummary; devId: number } | null> {
-  const devices = await md.devices({ signal });
   for (let i = candidates.length - 1; i >= 0; i--) {
     const b = candidates[i];
     const src = readSource(b.source);
     if (!src || b.chunkSize !== chunkSize || b.deviceSize !== deviceSize) continue;
-    const d = devices.get(src.devId);
+    throwIfAborted(signal);
+    const d = await md.deviceDetails(src.devId);
     if (!d) continue;
     const pool = poolId ?? (await offlinePoolId(md, d.devId, signal));
     if (identityKey(identityOf(pool, d)) === src.identity) return { backup: b, devId: d.devId };
@@ -236,7 +236,7 @@ async function plan(
   const onProgress = (): void => o.onProgress?.({ phase: 'metadata', chunksRead: 0, bytesRead: 0, bytesUploaded: 0 });
   if (found && found.devId === o.snap) {
     // The very snapshot backed up before: nothing changed.
-    const snapDetails = (await md.devices({ signal: o.signal })).get(o.snap)!;
+    const snapDetails = (await md.deviceDetails(o.snap))!;
     const pool = poolId ?? (await offlinePoolId(md, o.snap, o.signal));
     return { source: sourceOf(identityOf(pool, snapDetails), md.superblock.dataBlockSize), base: found.backup, extents: empty(), blockBytes, dataBlocksToRead: 0 };
   }

@@ -387,7 +387,7 @@ export async function mergeIntoExternalOrigin(poolArg: string | ThinPool, o: Ext
     // The plan, through a metadata snapshot released before any data moves.
     const size = writer.size;
     const walked = await withMetadataSnapshot(pool, async (md) => {
-      const d = (await md.devices({ signal: o.signal })).get(o.snap);
+      const d = await md.deviceDetails(o.snap);
       const blockBytes = md.superblock.dataBlockSize * SECTOR_SIZE;
       if (!d) return { d, blockBytes, plan: undefined, beyond: null };
       const b = new MergePlanBuilder(false);
@@ -473,9 +473,8 @@ export async function mergeSnapshot(poolArg: string | ThinPool, o: SnapshotMerge
     refuseActive(uses, pool, o.origin, 'origin');
 
     const walked = await withMetadataSnapshot(pool, async (md) => {
-      const devices = await md.devices({ signal: o.signal });
-      const s = devices.get(o.snap);
-      const g = devices.get(o.origin);
+      const s = await md.deviceDetails(o.snap);
+      const g = await md.deviceDetails(o.origin);
       const blockBytes = md.superblock.dataBlockSize * SECTOR_SIZE;
       if (!s || !g) return { s, g, blockBytes, plan: undefined };
       const b = new MergePlanBuilder(false);

@@ -208,3 +208,47 @@ export class MemoryBlockSource implements BlockSource {
   /** Nothing to release. */
   async close(): Promise<void> {}
 }
+
+/**
+ * A few recently read blocks of another source, kept: for point lookups that
+ * pass through the same nodes again (a delta looks two devices up in the
+ * top-level and details trees, a send looks its snapshot and base up more
+ * than once). Its blocks are never marked done, so their buffers stay valid
+ * while held. Counts its reads in the inner source's stats.
+ */
+export class CachingBlockSource implements BlockSource {
+  private readonly kept = new Map<number, Block>();
+
+  constructor(
+    private readonly inner: BlockSource,
+    /** Blocks kept at most (the oldest go first). */
+    private readonly capacity = 32,
+  ) {}
+
+  get path(): string {
+    return this.inner.path;
+  }
+
+  get sizeBytes(): number {
+    return this.inner.sizeBytes;
+  }
+
+  get stats(): IoStats {
+    return this.inner.stats;
+  }
+
+  async read(blocks: readonly number[]): Promise<Block[]> {
+    const missing = blocks.filter((b) => !this.kept.has(b));
+    if (missing.length) {
+      const got = await this.inner.read(missing);
+      for (let i = 0; i < missing.length; i++) {
+        if (this.kept.size >= this.capacity) this.kept.delete(this.kept.keys().next().value!);
+        this.kept.set(missing[i], got[i]);
+      }
+    }
+    return blocks.map((b) => this.kept.get(b)!);
+  }
+
+  /** The inner source is its owner's to close. */
+  async close(): Promise<void> {}
+}

@@ -9,7 +9,7 @@
 import { statSync } from 'node:fs';
 import { DmthinError, MetadataError, MetadataSnapError, UsageError } from '../errors';
 import { lookup as btreeLookup, walkLeaves } from '../pdata/btree';
-import { BlockSource, MemoryBlockSource, NativeBlockSource, OpenOptions } from '../pdata/block-source';
+import { BlockSource, CachingBlockSource, MemoryBlockSource, NativeBlockSource, OpenOptions } from '../pdata/block-source';
 import { ENTRIES_PER_BITMAP, MAX_METADATA_BITMAPS, SpaceMap, SpaceMapKind } from '../pdata/space-map';
 import { DeviceDetails, DEVICE_DETAILS_SIZE, parseDeviceDetails } from './device-details';
 import { deviceAt, readDeviceTable, rowOf, type DeviceTable } from './device-table';
@@ -120,6 +120,8 @@ export class ThinMetadata implements AsyncDisposable {
   private deviceCache?: Map<number, DeviceDetails>;
   private rootCache?: Map<number, number>;
   private tableCache?: DeviceTable;
+  /** The nodes mappingRoot and deviceDetails looked through last (see lookupRoot). */
+  private lookupIo?: CachingBlockSource;
   private closed = false;
 
   private constructor(
@@ -190,6 +192,41 @@ export class ThinMetadata implements AsyncDisposable {
 
   private check(): void {
     if (this.closed) throw new DmthinError('EBADF', 'metadata is closed', { path: this.io.path });
+  }
+
+  /** One device's mapping root from the top-level tree (a lookup), undefined when it has none. */
+  private async lookupRoot(devId: number): Promise<number | undefined> {
+    // Through the last nodes looked at: a second lookup in a small tree reads nothing.
+    this.lookupIo ??= new CachingBlockSource(this.io);
+    const hit = await btreeLookup(this.lookupIo, this.superblock.dataMappingRoot, devId, { tree: 'mapping-top', valueSize: 8, nrMetadataBlocks: this.nrMetadataBlocks });
+    if (!hit) return undefined;
+    const root = hit.node.value64(hit.index);
+    if (root >= this.nrMetadataBlocks) {
+      throw new MetadataError('block-range', `device ${devId}: mapping root ${root} is beyond the metadata device`, { block: hit.node.nr, devId, tree: 'mapping-top' });
+    }
+    return root;
+  }
+
+  /**
+   * @internal One device's details, undefined when it has none: from the
+   * details or the device table when they were read, else looked up in the
+   * details tree (not read whole, as devices() does).
+   */
+  async deviceDetails(devId: number): Promise<DeviceDetails | undefined> {
+    this.check();
+    return this.detailsOf(devId);
+  }
+
+  private async detailsOf(devId: number): Promise<DeviceDetails | undefined> {
+    if (this.deviceCache) return this.deviceCache.get(devId);
+    const t = this.tableCache;
+    if (t) {
+      const row = rowOf(t, devId);
+      return row >= 0 ? deviceAt(t, row) : undefined;
+    }
+    this.lookupIo ??= new CachingBlockSource(this.io);
+    const hit = await btreeLookup(this.lookupIo, this.superblock.deviceDetailsRoot, devId, { tree: 'details', valueSize: DEVICE_DETAILS_SIZE, nrMetadataBlocks: this.nrMetadataBlocks });
+    return hit ? parseDeviceDetails(hit.node, hit.index) : undefined;
   }
 
   /** Device details by id, in id order. */
@@ -287,12 +324,23 @@ export class ThinMetadata implements AsyncDisposable {
     return out;
   }
 
+  /**
+   * @internal The root of device `devId`'s mapping tree (ENODEV when it has
+   * none): from the device table or the roots when they were read, else
+   * looked up in the top-level tree (the nodes on the way, validated, as
+   * thin_delta does), not read whole: a delta of two devices in a pool of
+   * 70,000 read all 70,000 roots, and all their details, for two of each.
+   */
+  async mappingRoot(devId: number, side?: string): Promise<number> {
+    this.check();
+    return this.rootOf(devId, side);
+  }
+
   private async rootOf(devId: number, side?: string): Promise<number> {
     if (!Number.isSafeInteger(devId) || devId < 0) throw new UsageError(`bad device id ${devId}`);
-    // The device table when it was read (it holds every root), else the top-level tree alone.
     const t = this.tableCache;
     const row = t ? rowOf(t, devId) : -1;
-    const root = t ? (row >= 0 ? t.root[row] : undefined) : (await this.deviceRoots()).get(devId);
+    const root = t ? (row >= 0 ? t.root[row] : undefined) : this.rootCache ? this.rootCache.get(devId) : await this.lookupRoot(devId);
     if (root === undefined) {
       const where = this.metadataSnap !== null ? ` (metadata snapshot at block ${this.metadataSnap})` : '';
       throw new DmthinError('ENODEV', `no mapping tree for ${side ? `${side} device ` : 'device '}${devId} in the metadata${where}`, { devId, path: this.io.path });
@@ -427,9 +475,8 @@ export class ThinMetadata implements AsyncDisposable {
     const stats = yield* delta().deltaBatches(this.io, l, r, { ...opts, leftId: left, rightId: right, nrMetadataBlocks: this.nrMetadataBlocks, nrDataBlocks: this.nrDataBlocks });
     // With `same`, both trees were walked whole: their counts must match the details.
     if (opts.includeSame !== false) {
-      const devices = await this.devices({ signal: opts.signal });
       for (const [id, found] of [[left, stats.leftBlocks], [right, stats.rightBlocks]] as const) {
-        const d = devices.get(id);
+        const d = await this.detailsOf(id);
         if (d) this.checkMappedCount(id, d.mappedBlocks, found);
       }
     }

@@ -259,3 +259,26 @@ describe('native reader', () => {
     }
   });
 });
+
+describe('CachingBlockSource', () => {
+  test('reads each block once while it is kept, the oldest going first, and returns the same bytes', async () => {
+    const { CachingBlockSource } = await import('../../src/pdata/block-source');
+    const inner = new MemoryBlockSource(image());
+    const c = new CachingBlockSource(inner, 3);
+    const first = await c.read([5, 6]);
+    expect(inner.stats.blocksRead).toBe(2);
+    const again = await c.read([6, 5, 5]);
+    expect(inner.stats.blocksRead).toBe(2); // both kept
+    expect(again.map((b) => b.nr)).toEqual([6, 5, 5]);
+    expect(again[1]).toBe(first[0]);
+    await c.read([7, 8]); // 4 blocks for 3 places: 5, the oldest, goes
+    expect(inner.stats.blocksRead).toBe(4);
+    await c.read([6]);
+    expect(inner.stats.blocksRead).toBe(4);
+    const [five] = await c.read([5]);
+    expect(inner.stats.blocksRead).toBe(5);
+    expect(five.data.readUInt32LE(100)).toBe(5 * 7 + 1);
+    expect(c.path).toBe(inner.path);
+    expect(c.sizeBytes).toBe(inner.sizeBytes);
+  });
+});

@@ -12,7 +12,7 @@
  * keep stale data there and report success.
  */
 import { createHash } from 'node:crypto';
-import { DmthinError, StreamError, UsageError } from '../../errors';
+import { DmthinError, StreamError, throwIfAborted, UsageError } from '../../errors';
 import type { DeviceDetails } from '../../thin/device-details';
 import type { ThinMetadata } from '../../thin/metadata';
 import type { DataAddressing } from './data-source';
@@ -54,7 +54,8 @@ export function identityOf(poolId: string, d: DeviceDetails): SnapshotIdentity {
 
 async function details(md: ThinMetadata, devId: number, what: string, signal?: AbortSignal): Promise<DeviceDetails> {
   if (!Number.isSafeInteger(devId) || devId < 0) throw new UsageError(`bad ${what} device id ${devId}`);
-  const d = (await md.devices({ signal })).get(devId);
+  throwIfAborted(signal);
+  const d = await md.deviceDetails(devId);
   if (!d) {
     const where = md.metadataSnap !== null ? ` (metadata snapshot at block ${md.metadataSnap})` : '';
     throw new DmthinError('ENODEV', `no thin device ${devId} (${what}) in the metadata${where}`, { devId });
@@ -78,8 +79,8 @@ async function details(md: ThinMetadata, devId: number, what: string, signal?: A
 export async function offlinePoolId(md: ThinMetadata, devId: number, signal?: AbortSignal): Promise<string> {
   const uuid = md.superblock.uuid;
   if (uuid.some((b) => b !== 0)) return `sb-uuid:${uuid.toString('hex')}`;
-  const root = (await md.deviceRoots({ signal })).get(devId);
-  if (root === undefined) throw new DmthinError('ENODEV', `no mapping tree for device ${devId} in the metadata`, { devId });
+  throwIfAborted(signal);
+  const root = await md.mappingRoot(devId); // ENODEV when it has none
   const [node] = await md.io.read([root]);
   const h = createHash('sha256').update('dmthin offline identity 1\0');
   const fixed = Buffer.alloc(4);
