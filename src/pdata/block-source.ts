@@ -238,15 +238,22 @@ export class CachingBlockSource implements BlockSource {
   }
 
   async read(blocks: readonly number[]): Promise<Block[]> {
-    const missing = blocks.filter((b) => !this.kept.has(b));
+    const found = new Map<number, Block>();
+    for (const b of blocks) {
+      const k = this.kept.get(b);
+      if (k) found.set(b, k);
+    }
+    const missing = [...new Set(blocks.filter((b) => !found.has(b)))];
     if (missing.length) {
       const got = await this.inner.read(missing);
       for (let i = 0; i < missing.length; i++) {
+        found.set(missing[i], got[i]);
         if (this.kept.size >= this.capacity) this.kept.delete(this.kept.keys().next().value!);
         this.kept.set(missing[i], got[i]);
       }
     }
-    return blocks.map((b) => this.kept.get(b)!);
+    // From this call's own map: a read of more blocks than are kept still gets them all.
+    return blocks.map((b) => found.get(b)!);
   }
 
   /** The inner source is its owner's to close. */

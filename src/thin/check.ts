@@ -22,7 +22,7 @@ import { compareSpaceMap, countTreeNodes, CheckProblem, loadIndex, problemOf, Re
 import { ENTRIES_PER_BITMAP } from '../pdata/space-map';
 import type { Block } from '../pdata/block-source';
 import { DEVICE_DETAILS_SIZE, parseDeviceDetails } from './device-details';
-import { sortedIndexOf } from './device-table';
+import { grow, sortedIndexOf } from './device-table';
 import type { ThinMetadata } from './metadata';
 import { parseSuperblock, Superblock } from './superblock';
 import { mappingDataBlock } from './mapping-value';
@@ -716,14 +716,8 @@ class KeyedColumn {
   private vals = new Float64Array(1024);
   size = 0;
   push(key: number, value: number): void {
-    if (this.size === this.keys.length) {
-      const k = new Float64Array(this.size * 2);
-      k.set(this.keys);
-      this.keys = k;
-      const v = new Float64Array(this.size * 2);
-      v.set(this.vals);
-      this.vals = v;
-    }
+    this.keys = grow(this.keys, this.size + 1);
+    this.vals = grow(this.vals, this.size + 1);
     this.keys[this.size] = key;
     this.vals[this.size++] = value;
   }

@@ -38,7 +38,7 @@ export interface DeviceTableSource {
 }
 
 /** Typed arrays that grow by doubling, trimmed views at the end. */
-function grow<T extends Float64Array | Uint32Array>(a: T, n: number): T {
+export function grow<T extends Float64Array | Uint32Array>(a: T, n: number): T {
   if (n <= a.length) return a;
   const b = new (a.constructor as new (n: number) => T)(Math.max(n, a.length * 2));
   b.set(a);
@@ -177,13 +177,18 @@ export function sortedIndexOf(keys: ArrayLike<number>, count: number, key: numbe
   return lo < count && keys[lo] === key ? lo : -1;
 }
 
+/** Row `r`'s transaction id (the one bigint of a row). */
+export function transactionIdAt(t: DeviceTable, r: number): bigint {
+  const hi = t.transactionHi[r];
+  return hi === 0 ? BigInt(t.transactionLo[r]) : (BigInt(hi) << 32n) | BigInt(t.transactionLo[r]);
+}
+
 /** Row `r` as a DeviceDetails object. */
 export function deviceAt(t: DeviceTable, r: number): DeviceDetails {
-  const hi = t.transactionHi[r];
   return {
     devId: t.devId[r],
     mappedBlocks: t.mappedBlocks[r],
-    transactionId: hi === 0 ? BigInt(t.transactionLo[r]) : (BigInt(hi) << 32n) | BigInt(t.transactionLo[r]),
+    transactionId: transactionIdAt(t, r),
     creationTime: t.creationTime[r],
     snapshottedTime: t.snapshottedTime[r],
   };

@@ -5,7 +5,7 @@
  * used: its counts are per leaf node, not per device.
  */
 import { UsageError } from '../errors';
-import type { DeviceTable } from './device-table';
+import { transactionIdAt, type DeviceTable } from './device-table';
 import { ByteOwnerMap, NibbleOwnerMap, OwnerMap, UseCounts } from '../pdata/owner-map';
 import { TWO32 } from '../pdata/words';
 import { OutputSink, type SinkTarget } from '../output/sink';
@@ -75,13 +75,8 @@ const COUNTS_FLAT_MAX = 2 ** 28;
  */
 export async function deviceUsage(md: ThinMetadata, opts: UsageOptions = {}): Promise<DeviceUsage[]> {
   if (opts.exclusive === false) return detailsUsage(md, opts.signal);
-  const { table: t, exclusive: excl } = await exclusiveUsage(md, opts);
-  const rows = rowsOf(t);
-  for (let k = 0; k < t.count; k++) {
-    rows[k].exclusiveBlocks = excl[k];
-    rows[k].sharedBlocks = t.mappedBlocks[k] - excl[k];
-  }
-  return rows;
+  const { table, exclusive } = await exclusiveUsage(md, opts);
+  return rowsOf(table, exclusive);
 }
 
 /**
@@ -137,13 +132,13 @@ function rowsOf(c: DeviceTable, exclusive?: Float64Array): DeviceUsage[] {
 
 /** Row j of the columns as a DeviceUsage. */
 function rowAt(c: DeviceTable, j: number, exclusive?: Float64Array): DeviceUsage {
-  const hi = c.transactionHi[j];
+  // Fields listed, not spread from deviceAt's object: one object shape for every device.
   return {
     devId: c.devId[j],
     mappedBlocks: c.mappedBlocks[j],
     exclusiveBlocks: exclusive ? exclusive[j] : null,
     sharedBlocks: exclusive ? c.mappedBlocks[j] - exclusive[j] : null,
-    transactionId: hi === 0 ? BigInt(c.transactionLo[j]) : (BigInt(hi) << 32n) | BigInt(c.transactionLo[j]),
+    transactionId: transactionIdAt(c, j),
     creationTime: c.creationTime[j],
     snapshottedTime: c.snapshottedTime[j],
   };

@@ -194,11 +194,21 @@ export class ThinMetadata implements AsyncDisposable {
     if (this.closed) throw new DmthinError('EBADF', 'metadata is closed', { path: this.io.path });
   }
 
-  /** One device's mapping root from the top-level tree (a lookup), undefined when it has none. */
-  private async lookupRoot(devId: number): Promise<number | undefined> {
+  /** Device `devId`'s entry in the top-level tree (valueSize 8) or the details tree (24), looked up. */
+  private lookupDevice(tree: 'mapping-top' | 'details', devId: number): ReturnType<typeof btreeLookup> {
     // Through the last nodes looked at: a second lookup in a small tree reads nothing.
     this.lookupIo ??= new CachingBlockSource(this.io);
-    const hit = await btreeLookup(this.lookupIo, this.superblock.dataMappingRoot, devId, { tree: 'mapping-top', valueSize: 8, nrMetadataBlocks: this.nrMetadataBlocks });
+    const details = tree === 'details';
+    return btreeLookup(this.lookupIo, details ? this.superblock.deviceDetailsRoot : this.superblock.dataMappingRoot, devId, {
+      tree,
+      valueSize: details ? DEVICE_DETAILS_SIZE : 8,
+      nrMetadataBlocks: this.nrMetadataBlocks,
+    });
+  }
+
+  /** One device's mapping root from the top-level tree (a lookup), undefined when it has none. */
+  private async lookupRoot(devId: number): Promise<number | undefined> {
+    const hit = await this.lookupDevice('mapping-top', devId);
     if (!hit) return undefined;
     const root = hit.node.value64(hit.index);
     if (root >= this.nrMetadataBlocks) {
@@ -224,8 +234,7 @@ export class ThinMetadata implements AsyncDisposable {
       const row = rowOf(t, devId);
       return row >= 0 ? deviceAt(t, row) : undefined;
     }
-    this.lookupIo ??= new CachingBlockSource(this.io);
-    const hit = await btreeLookup(this.lookupIo, this.superblock.deviceDetailsRoot, devId, { tree: 'details', valueSize: DEVICE_DETAILS_SIZE, nrMetadataBlocks: this.nrMetadataBlocks });
+    const hit = await this.lookupDevice('details', devId);
     return hit ? parseDeviceDetails(hit.node, hit.index) : undefined;
   }
 
@@ -338,14 +347,19 @@ export class ThinMetadata implements AsyncDisposable {
 
   private async rootOf(devId: number, side?: string): Promise<number> {
     if (!Number.isSafeInteger(devId) || devId < 0) throw new UsageError(`bad device id ${devId}`);
+    let root: number | undefined;
     const t = this.tableCache;
-    const row = t ? rowOf(t, devId) : -1;
-    const root = t ? (row >= 0 ? t.root[row] : undefined) : this.rootCache ? this.rootCache.get(devId) : await this.lookupRoot(devId);
-    if (root === undefined) {
-      const where = this.metadataSnap !== null ? ` (metadata snapshot at block ${this.metadataSnap})` : '';
-      throw new DmthinError('ENODEV', `no mapping tree for ${side ? `${side} device ` : 'device '}${devId} in the metadata${where}`, { devId, path: this.io.path });
-    }
+    if (t) {
+      const row = rowOf(t, devId);
+      if (row >= 0) root = t.root[row];
+    } else root = this.rootCache ? this.rootCache.get(devId) : await this.lookupRoot(devId);
+    if (root === undefined) throw this.noMappingTree(devId, side);
     return root;
+  }
+
+  private noMappingTree(devId: number, side?: string): DmthinError {
+    const where = this.metadataSnap !== null ? ` (metadata snapshot at block ${this.metadataSnap})` : '';
+    return new DmthinError('ENODEV', `no mapping tree for ${side ? `${side} device ` : 'device '}${devId} in the metadata${where}`, { devId, path: this.io.path });
   }
 
   /**
@@ -401,10 +415,7 @@ export class ThinMetadata implements AsyncDisposable {
     const roots = new Uint32Array(n);
     for (let k = 0; k < n; k++) {
       const r = rowOf(t, devIds[k]);
-      if (r < 0) {
-        await this.rootOf(devIds[k]); // throws ENODEV: the table holds every device with a mapping tree
-        throw new DmthinError('ENODEV', `no mapping tree for device ${devIds[k]} in the metadata`, { devId: devIds[k], path: this.io.path });
-      }
+      if (r < 0) throw this.noMappingTree(devIds[k]); // the table holds every device with a mapping tree
       rows[k] = r;
       roots[k] = t.root[r];
     }

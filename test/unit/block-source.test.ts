@@ -281,4 +281,14 @@ describe('CachingBlockSource', () => {
     expect(c.path).toBe(inner.path);
     expect(c.sizeBytes).toBe(inner.sizeBytes);
   });
+
+  test('a read of more blocks than it keeps returns them all, each read once', async () => {
+    const { CachingBlockSource } = await import('../../src/pdata/block-source');
+    const inner = new MemoryBlockSource(image());
+    const c = new CachingBlockSource(inner, 2);
+    const got = await c.read([1, 2, 3, 1, 4]);
+    expect(got.map((b) => b.nr)).toEqual([1, 2, 3, 1, 4]);
+    expect(got.map((b) => b.data.readUInt32LE(100))).toEqual([1, 2, 3, 1, 4].map((i) => i * 7 + 1));
+    expect(inner.stats.blocksRead).toBe(4);
+  });
 });
