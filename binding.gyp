@@ -12,6 +12,7 @@
         "native/dm_control.cc",
         "native/dm_poll.cc",
         "native/file_lock.cc",
+        "native/file_put.cc",
         "native/sha256_pipe.cc",
         "native/range_reader.cc",
         "native/exit_guard.cc",

@@ -10,6 +10,7 @@
 #include "dm_poll.h"
 #include "exit_guard.h"
 #include "file_lock.h"
+#include "file_put.h"
 #include "range_reader.h"
 #include "sha256_pipe.h"
 
@@ -22,6 +23,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitDmControl(env, exports);
   DmPoll::Init(env, exports);
   InitFileLock(env, exports);
+  InitFilePut(env, exports);
   Sha256Pipe::Init(env, exports);
   RangeReader::Init(env, exports);
   InitExitGuard(env, exports);

@@ -100,7 +100,7 @@ export { offlinePoolId } from './stream/send/plan';
 // Backup repositories (docs/repository.md).
 export { Repository, openBackend } from './repo/repository';
 export type {
-  KeySource, ScryptParams, LockTiming, ManifestEntry, ManifestHeader, ManifestRead, GarbageReport, RepoCallOptions,
+  KeySource, ScryptParams, LockTiming, ManifestEntry, ManifestHeader, ManifestRead, GarbageReport, RepoCallOptions, PutChunkOptions,
   RepositoryCreateOptions, RepositoryOpenOptions, BackupSummary, PutResult, BackupSession, VerifyProblem, VerifyReport,
 } from './repo/repository';
 export { createKeyFile } from './repo/keys';

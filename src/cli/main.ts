@@ -18,6 +18,7 @@
 // loads but never uses (see startup.ts); the library does neither.
 if (require.main === module) {
   const startup = require('./startup') as typeof import('./startup');
+  startup.sizeThreadPool(process.argv[2]);
   startup.installCodeCache(startup.cacheGroup(process.argv[2], Object.keys((require('./commands') as typeof import('./commands')).COMMANDS)));
   startup.deferCommanderChildProcess();
   startup.resolveCliModulesDirectly();

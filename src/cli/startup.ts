@@ -211,6 +211,22 @@ export function cacheGroup(command: string | undefined, commands: readonly strin
   return command !== undefined && commands.includes(command) ? command : 'main';
 }
 
+/** Commands that store or fetch repository chunks, and how many libuv threads they start with. */
+const REPOSITORY_COMMANDS = ['backup', 'restore', 'backups'];
+const REPOSITORY_THREADS = '32';
+
+/**
+ * Gives a repository command 32 libuv threads, not 4 (unless
+ * UV_THREADPOOL_SIZE is set): a local put holds a thread through two
+ * fsyncs, and the journal commits many waiting ones at once (see
+ * ops/backup.ts, defaultUploads). libuv reads the variable when its pool
+ * first starts, so this runs before anything can use it; the other
+ * commands keep 4 (creating 32 threads costs a short command ~1-2 ms).
+ */
+export function sizeThreadPool(command: string | undefined): void {
+  if (command !== undefined && REPOSITORY_COMMANDS.includes(command) && process.env.UV_THREADPOOL_SIZE === undefined) process.env.UV_THREADPOOL_SIZE = REPOSITORY_THREADS;
+}
+
 /**
  * Installs the cache for the modules loaded from now on (once; not under an
  * inspector or DMTHIN_CODE_CACHE=0), in the file of `group` (see cacheGroup).

@@ -150,6 +150,13 @@ export interface NativeAddon {
    * description: closing it (or the process dying) drops it.
    */
   flockNonBlocking(fd: number, exclusive: boolean): boolean;
+  /**
+   * Creates `tmp` (O_EXCL, 0600), writes `data`, fsyncs and closes it, then
+   * links it to `path` and unlinks it (`ifAbsent`; false when `path` exists)
+   * or renames it over `path`, and fsyncs `dir` when `path` was written: one
+   * task on a libuv thread (native/file_put.cc). On failure `tmp` is gone.
+   */
+  putFileDurable(tmp: string, path: string, dir: string, data: Uint8Array, ifAbsent: boolean): Promise<boolean>;
   /** Ends the process with `status` (_exit) if it is still alive `graceMs` from now; once per process (native/exit_guard.cc). */
   armExitGuard(status: number, graceMs: number): boolean;
   exitNow(status: number): never;
@@ -226,6 +233,16 @@ export function addonLoaded(): boolean {
 /** Ends the process now with `status` (_exit(2), native/exit_guard.cc); the addon must be loaded. */
 export function exitNow(status: number): never {
   return native().exitNow(status);
+}
+
+/** The addon's putFileDurable, or null where the addon does not load (the caller then uses Node's fs). */
+export function putFileDurableFunction(): NativeAddon['putFileDurable'] | null {
+  try {
+    return native().putFileDurable;
+  } catch (e) {
+    if (e instanceof SetupError) return null;
+    throw e;
+  }
 }
 
 /** CRC-32C (the addon's contract): the addon's when it loads, else the portable one. */

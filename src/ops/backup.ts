@@ -30,7 +30,7 @@ import { NativeDataSource, type DataSource } from '../stream/send/data-source';
 import { ExtentStore, type SendExtent } from '../stream/send/extent-store';
 import { identityOf, offlinePoolId, planSend } from '../stream/send/plan';
 import { identityKey, type SnapshotIdentity } from '../stream/format/records';
-import { Repository, type BackupSession, type BackupSummary, type KeySource, type ManifestEntry, type ManifestHeader } from '../repo/repository';
+import { allowListeners, chunksAtOnce, Repository, type BackupSession, type BackupSummary, type KeySource, type ManifestEntry, type ManifestHeader } from '../repo/repository';
 import { killAfterCount } from './test-seams';
 
 /** Largest chunk: a pool block above it is split into equal chunks (docs/repository.md "Chunk size"). */
@@ -82,7 +82,7 @@ interface CommonBackupOptions {
   full?: boolean;
   /** Read batches in flight (default 4). */
   concurrency?: number;
-  /** Chunks compressed and uploaded at once (default 8). */
+  /** Chunks compressed and uploaded at once (default: chunksAtOnce of the chunk size, 8 to 32). */
   uploads?: number;
   /** Bytes per read batch (default 8 MiB). */
   batchBytes?: number;
@@ -391,7 +391,9 @@ async function store(repo: Repository, p: Plan, source: DataSource, deviceSize: 
   const putting = new Map<string, Promise<void>>();
   const stored = new Set<string>();
 
-  const limit = limiter(Math.max(1, o.uploads ?? 8));
+  const uploads = Math.max(1, o.uploads ?? chunksAtOnce(cs));
+  allowListeners(o.signal, uploads + inFlight);
+  const limit = limiter(uploads);
   const putOne = async (plain: Buffer): Promise<string> => {
     const id = repo.chunkId(plain);
     if (session.resumedIds.has(id) || stored.has(id)) {
@@ -404,7 +406,7 @@ async function store(repo: Repository, p: Plan, source: DataSource, deviceSize: 
       await pending;
       return id;
     }
-    const put = limit(() => session.putChunk(plain, { signal: o.signal })).then((r) => {
+    const put = limit(() => session.putChunk(plain, { signal: o.signal, id })).then((r) => {
       if (r.id !== id) throw new DmthinError('EIO', `the repository named chunk ${r.id} where ${id} was expected`);
       if (r.stored) {
         stats.chunksNew++;

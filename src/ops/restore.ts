@@ -18,7 +18,7 @@ import { DmthinError, RepoError, throwIfAborted, UsageError } from '../errors';
 import { refuseOutputOverInputs } from '../output/file';
 import { BlockWriter, type WriteSegment } from '../native/block-writer';
 import { inspectTarget, resolveZeroMethod, zeroer, type ZeroMethod } from '../stream/receive/target';
-import { Repository, type KeySource, type ManifestEntry } from '../repo/repository';
+import { allowListeners, chunksAtOnce, Repository, type KeySource, type ManifestEntry } from '../repo/repository';
 import { defaultRestoreStateFile, readRestoreState, RestoreLock, writeRestoreState, type RestoreEntry, type RestoreState } from './restore-state';
 import { killAfterCount } from './test-seams';
 
@@ -44,7 +44,7 @@ export interface RestoreOptions {
   zero?: ZeroMethod;
   /** O_DIRECT for the target writes (default 'auto'). */
   direct?: 'auto' | 'always' | 'never';
-  /** Chunks fetched at once (default 8). */
+  /** Chunks fetched at once (default: chunksAtOnce of the chunk size, 8 to 32). */
   concurrency?: number;
   /** Cancels the work, which then rejects with AbortError (the target is then recorded as incomplete). */
   signal?: AbortSignal;
@@ -249,7 +249,8 @@ async function apply(
   const nChunks = Math.ceil(deviceSize / cs);
   const stats: ApplyStats = { chunksWritten: 0, chunksZeroed: 0, chunksUnchanged: 0, bytesWritten: 0 };
   const lenOf = (i: number): number => Math.min(cs, deviceSize - i * cs);
-  const window = Math.max(1, o.concurrency ?? 8);
+  const window = Math.max(1, o.concurrency ?? chunksAtOnce(cs));
+  allowListeners(o.signal, window);
   const fetches: { index: number; data: Promise<Buffer> }[] = [];
   let segs: WriteSegment[] = [];
   let segBytes = 0;
@@ -271,14 +272,27 @@ async function apply(
     return p;
   };
   const kill = killAfterCount(); // test seam (ops/test-seams.ts)
+  // One write in flight while the next chunks are fetched (a restore waited for each 8 MiB write
+  // before fetching on); every other use of the target waits for it (drain).
+  let writing: Promise<void> | undefined;
+  const drain = async (): Promise<void> => {
+    const w = writing;
+    writing = undefined;
+    await w;
+  };
   const flush = async (): Promise<void> => {
+    await drain();
     if (segs.length === 0) return;
-    const r = await writer.write(segs);
-    stats.bytesWritten += r.bytes;
+    const batch = segs;
+    const written = stats.chunksWritten;
     segs = [];
     segBytes = 0;
-    if (kill !== undefined && stats.chunksWritten >= kill) process.kill(process.pid, 'SIGKILL');
-    progress();
+    writing = writer.write(batch).then((r) => {
+      stats.bytesWritten += r.bytes;
+      if (kill !== undefined && written >= kill) process.kill(process.pid, 'SIGKILL');
+      progress();
+    });
+    writing.catch(() => undefined); // awaited by the next drain
   };
   const settle = async (keep: number): Promise<void> => {
     while (fetches.length > keep) {
@@ -311,6 +325,7 @@ async function apply(
     const a = zeroStart * cs;
     const b = Math.min(zeroEnd * cs, deviceSize);
     zeroStart = zeroEnd = -1;
+    await drain();
     await zero(a, b - a);
   };
 
@@ -382,8 +397,11 @@ async function apply(
     await holesUntil(nChunks);
     await settle(0);
     await flush();
+    await drain();
     await flushZero();
   } finally {
+    // A failure elsewhere leaves no write running past the return (its own failure is the caller's to see).
+    await writing?.catch(() => undefined);
     await prevIt?.return?.().catch(() => undefined);
   }
   progress();

@@ -13,9 +13,9 @@
  * to another key fails authentication as surely as a flipped byte does.
  */
 import { createCipheriv, createDecipheriv, createHash, createHmac, randomBytes } from 'node:crypto';
-import { promisify } from 'node:util';
-import { brotliCompress, brotliCompressSync, brotliDecompress, brotliDecompressSync, constants as zc, deflateRaw, deflateRawSync, inflateRaw, inflateRawSync, type BrotliOptions, type ZlibOptions } from 'node:zlib';
+import { brotliCompressSync, brotliDecompressSync, constants as zc, deflateRawSync, inflateRawSync, type BrotliOptions } from 'node:zlib';
 import { RepoError } from '../errors';
+import { compressInWorker, decompressInWorker } from './codec-workers';
 
 /** Version of the envelope; a reader refuses any other with RepoError 'format'. */
 export const ENVELOPE_FORMAT = 1;
@@ -58,11 +58,6 @@ export function formatCompression(c: Compression): string {
 /** The default, chosen by measurement (docs/repository.md, "Compression"). */
 export const DEFAULT_COMPRESSION = 'brotli:1';
 
-const deflateAsync = promisify<Uint8Array, ZlibOptions, Buffer>(deflateRaw);
-const inflateAsync = promisify<Uint8Array, ZlibOptions, Buffer>(inflateRaw);
-const brotliAsync = promisify<Uint8Array, BrotliOptions, Buffer>(brotliCompress);
-const unbrotliAsync = promisify<Uint8Array, BrotliOptions, Buffer>(brotliDecompress);
-
 function brotliOpts(c: Compression, n: number): BrotliOptions {
   return { params: { [zc.BROTLI_PARAM_QUALITY]: c.level, [zc.BROTLI_PARAM_SIZE_HINT]: n } };
 }
@@ -73,13 +68,7 @@ function compress(c: Compression, data: Uint8Array): Buffer {
   return Buffer.from(data.buffer, data.byteOffset, data.byteLength);
 }
 
-// The asynchronous forms run in libuv's thread pool, so concurrent chunks use every core.
-function compressAsync(c: Compression, data: Uint8Array): Promise<Buffer> {
-  if (c.algorithm === 'deflate') return deflateAsync(data, { level: c.level });
-  if (c.algorithm === 'brotli') return brotliAsync(data, brotliOpts(c, data.length));
-  return Promise.resolve(Buffer.from(data.buffer, data.byteOffset, data.byteLength));
-}
-
+// The asynchronous forms run on worker threads (codec-workers.ts), so concurrent chunks use every core.
 function decompressError(context: string, e: unknown): RepoError {
   return new RepoError('corrupt', `${context}: the stored data does not decompress; the object is damaged`, { key: context, cause: e });
 }
@@ -99,14 +88,16 @@ function decompress(code: number, data: Buffer, context: string): Buffer {
   throw unknownCompression(code, context);
 }
 
-async function decompressAsync(code: number, data: Buffer, context: string): Promise<Buffer> {
-  try {
-    if (code === 1) return await inflateAsync(data, { maxOutputLength: MAX_OBJECT_PLAIN });
-    if (code === 2) return await unbrotliAsync(data, { maxOutputLength: MAX_OBJECT_PLAIN });
-  } catch (e) {
-    throw decompressError(context, e);
+/** Decompresses on a worker; with `idKey` defined, also the result's chunk id (hashed there too). */
+async function decompressAsync(code: number, data: Buffer, context: string, hint?: number, idKey?: Buffer | null): Promise<{ out: Buffer; id?: string }> {
+  if (code === 1 || code === 2) {
+    try {
+      return await decompressInWorker(code, data, MAX_OBJECT_PLAIN, hint, idKey);
+    } catch (e) {
+      throw decompressError(context, e);
+    }
   }
-  if (code === 0) return data;
+  if (code === 0) return { out: data };
   throw unknownCompression(code, context);
 }
 
@@ -151,10 +142,12 @@ export function seal(plain: Uint8Array, context: string, keys: RepoKeys | null, 
   return z && z.length < plain.length ? envelope(ALGO_CODE[compression.algorithm], z, context, keys) : envelope(0, plain, context, keys);
 }
 
-/** seal(), compressing in the thread pool. */
+/** seal(), compressing on a worker thread. */
 export async function sealAsync(plain: Uint8Array, context: string, keys: RepoKeys | null, compression: Compression): Promise<Buffer> {
-  const z = compression.algorithm === 'none' ? null : await compressAsync(compression, plain);
-  return z && z.length < plain.length ? envelope(ALGO_CODE[compression.algorithm], z, context, keys) : envelope(0, plain, context, keys);
+  if (compression.algorithm === 'none') return envelope(0, plain, context, keys);
+  const code = ALGO_CODE[compression.algorithm];
+  // The compressed view lives only during the callback: envelope() copies it.
+  return compressInWorker(code as 1 | 2, compression.level, plain, (z) => (z.length < plain.length ? envelope(code, z, context, keys) : envelope(0, plain, context, keys)));
 }
 
 /** Checks the envelope and returns [compression code, payload]. */
@@ -200,8 +193,13 @@ export function unseal(stored: Buffer, context: string, keys: RepoKeys | null): 
   return decompress(code, payload, context);
 }
 
-/** unseal(), decompressing in the thread pool. */
-export async function unsealAsync(stored: Buffer, context: string, keys: RepoKeys | null): Promise<Buffer> {
+/**
+ * unseal() of a chunk, decompressing on a worker thread, with the chunk id of
+ * its plaintext (chunkIdOf), hashed on that worker too. `hint`: the plaintext size
+ * expected (the chunk size), so the worker makes one output buffer.
+ */
+export async function unsealChunkAsync(stored: Buffer, context: string, keys: RepoKeys | null, hint?: number): Promise<{ plain: Buffer; id: string }> {
   const [code, payload] = open(stored, context, keys);
-  return decompressAsync(code, payload, context);
+  const r = await decompressAsync(code, payload, context, hint, keys ? keys.id : null);
+  return { plain: r.out, id: r.id ?? chunkIdOf(r.out, keys) };
 }

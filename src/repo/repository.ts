@@ -9,10 +9,11 @@
  *   journals/VOLUME/SESSION/SEQ     ids a backup session has stored so far (VOLUME keyed-hashed when encrypted)
  *   locks/ID                        shared (backup) and exclusive (gc) locks
  */
+import { getMaxListeners, setMaxListeners } from 'node:events';
 import { createHmac, randomBytes } from 'node:crypto';
 import { AbortError, RepoError, throwIfAborted } from '../errors';
 import type { Backend } from './backend';
-import { chunkIdOf, DEFAULT_COMPRESSION, formatCompression, isChunkId, parseCompression, seal, sealAsync, unseal, unsealAsync, type Compression, type RepoKeys } from './codec';
+import { chunkIdOf, DEFAULT_COMPRESSION, formatCompression, isChunkId, parseCompression, seal, sealAsync, unseal, unsealChunkAsync, type Compression, type RepoKeys } from './codec';
 import { newConfig, openConfig, type KeySource, type RepoConfig, type ScryptParams } from './keys';
 import { LocalBackend } from './local-backend';
 import { DEFAULT_LOCK_TIMING, Locks, type FoundLock, type HeldLock, type LockTiming } from './locks';
@@ -37,6 +38,16 @@ export type { LockTiming } from './locks';
 export interface RepoCallOptions {
   /** Cancels the call, which then rejects with AbortError. */
   signal?: AbortSignal;
+}
+
+/** Options of BackupSession.putChunk. */
+export interface PutChunkOptions extends RepoCallOptions {
+  /**
+   * The chunk's id as Repository.chunkId computed it for these bytes, when
+   * the caller has it already (not hashed again, not checked).
+   * @internal
+   */
+  id?: string;
 }
 
 /** Options of Repository.create. */
@@ -71,6 +82,25 @@ export interface BackupSummary extends ManifestHeader {
   committedMs: number;
 }
 
+/**
+ * How many chunks a backup stores, or a restore fetches, at once by default:
+ * about 2 MiB of them, 8 to 32. A local repository's put waits on two
+ * fsyncs, which the filesystem's journal commits together when many are
+ * waiting, and a get is a few reads; S3 calls are as many requests in
+ * flight (docs/repository.md, "Where a backup's time goes").
+ */
+export function chunksAtOnce(chunkSize: number): number {
+  return Math.max(8, Math.min(32, Math.floor((2 << 20) / Math.max(1, chunkSize))));
+}
+
+/**
+ * Lets `inFlight` calls listen on `signal` at once (an S3 request adds a
+ * listener for its duration) without Node's possible-leak warning at 10.
+ */
+export function allowListeners(signal: AbortSignal | undefined, inFlight: number): void {
+  if (signal) setMaxListeners(Math.max(getMaxListeners(signal), 2 * inFlight + 10), signal);
+}
+
 /** What putChunk did. */
 export interface PutResult {
   /** The chunk id. */
@@ -86,7 +116,7 @@ export interface BackupSession extends AsyncDisposable {
   /** The backup id the manifest will have. */
   readonly id: string;
   /** Hash, compress, encrypt, upload unless present; safe against a concurrent prune (the session's lock excludes it). */
-  putChunk(plain: Uint8Array, opts?: RepoCallOptions): Promise<PutResult>;
+  putChunk(plain: Uint8Array, opts?: PutChunkOptions): Promise<PutResult>;
   /** Ids stored by an interrupted earlier session of the same volume (resume: skip them). */
   readonly resumedIds: ReadonlySet<string>;
   /**
@@ -326,8 +356,8 @@ export class Repository implements AsyncDisposable {
     this.live();
     if (!isChunkId(id)) throw new RepoError('config', `${JSON.stringify(id)} is not a chunk id (64 hex digits)`);
     const key = chunkKey(id);
-    const plain = await unsealAsync(await this.backend.get(key, opts), key, this.keys);
-    if (chunkIdOf(plain, this.keys) !== id) throw new RepoError('corrupt', `chunk ${id}: its content does not hash to its id; the chunk is damaged`, { key });
+    const { plain, id: actual } = await unsealChunkAsync(await this.backend.get(key, opts), key, this.keys);
+    if (actual !== id) throw new RepoError('corrupt', `chunk ${id}: its content does not hash to its id; the chunk is damaged`, { key });
     return plain;
   }
 
@@ -623,12 +653,12 @@ class Session implements BackupSession {
     if (this.done) throw new RepoError('config', `backup session ${this.id} is already committed or closed`);
   }
 
-  async putChunk(plain: Uint8Array, opts: RepoCallOptions = {}): Promise<PutResult> {
+  async putChunk(plain: Uint8Array, opts: PutChunkOptions = {}): Promise<PutResult> {
     this.open();
     throwIfAborted(opts.signal);
     if (plain.length > MAX_CHUNK)
       throw new RepoError('config', `a chunk of ${plain.length} bytes is larger than the ${MAX_CHUNK / 2 ** 20} MiB a chunk may have`);
-    const id = this.repo.chunkId(plain);
+    const id = opts.id ?? this.repo.chunkId(plain);
     if (this.known.has(id)) return { id, stored: false, storedBytes: 0 };
     const key = chunkKey(id);
     let stored = false;

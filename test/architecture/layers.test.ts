@@ -26,7 +26,7 @@ export const LAYERS: Record<string, readonly string[]> = {
   'stream/format': ['pdata'],
   'stream/send': ['stream/format', 'thin'],
   'stream/receive': ['stream/format', 'dm', 'output'],
-  repo: ['output'], // backup repositories: backends, chunks, manifests (docs/repository.md)
+  repo: ['output', 'native'], // backup repositories: backends, chunks, manifests (docs/repository.md)
   ops: ['stream/send', 'stream/receive', 'pool', 'repo'],
   cli: ['ops'],
   index: ['ops'], // src/index.ts, the package's face (`dmthin`)

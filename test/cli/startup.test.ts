@@ -307,3 +307,32 @@ describe('modules a command on a metadata file loads', () => {
     expect(files.filter((f) => f.startsWith(DIST) && /[/\\](dm|pool)[/\\]/.test(f))).toEqual([]);
   });
 });
+
+describe('libuv thread pool', () => {
+  // A child process reports its own threads (/proc/self/task) as it exits, through a preloaded probe.
+  const threads = (dir: string, args: string[], env: Record<string, string | undefined>) => {
+    const probe = join(dir, 'probe.js');
+    writeFileSync(probe, `process.on('exit', () => process.stderr.write('THREADS ' + require('fs').readdirSync('/proc/self/task').length + '\\n'));`);
+    const e = { ...process.env, ...env };
+    for (const [k, v] of Object.entries(env)) if (v === undefined) delete e[k];
+    const r = spawnSync(process.execPath, ['-r', probe, CLI, ...args], { encoding: 'utf8', env: e, timeout: 60_000 });
+    expect(r.status).toBe(0);
+    const m = /THREADS (\d+)/.exec(r.stderr);
+    return m ? Number(m[1]) : -1;
+  };
+
+  it('a repository command starts 32 threads, another command 4, and UV_THREADPOOL_SIZE wins', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'dmthin-pool-'));
+    try {
+      const repo = join(dir, 'repo');
+      const backups = threads(dir, ['backups', 'init', '--repo', repo, '--json'], { UV_THREADPOOL_SIZE: undefined });
+      const ls = threads(dir, ['ls', join(__dirname, '..', '..', 'examples', 'pool.bin')], { UV_THREADPOOL_SIZE: undefined });
+      rmSync(repo, { recursive: true, force: true });
+      const told = threads(dir, ['backups', 'init', '--repo', repo, '--json'], { UV_THREADPOOL_SIZE: '6' });
+      expect(backups - ls).toBe(28);
+      expect(told - ls).toBe(2);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -5,10 +5,11 @@
  * transpiled from src/ into a temporary directory).
  */
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import ts from 'typescript';
+import { RepoError } from '../../src/errors';
 import { LocalBackend } from '../../src/repo/local-backend';
 import { scratchDir } from './scratch';
 
@@ -74,6 +75,18 @@ describe('LocalBackend', () => {
     expect(readdirSync(dir)).toEqual([]);
   });
 
+  it('a put whose directory cannot be made fails as a backend error naming the key and the call, leaving nothing', async () => {
+    const b = new LocalBackend(dir);
+    writeFileSync(join(dir, 'a'), 'a file where a directory should be');
+    for (const body of [Buffer.from('x'), (async function* () { yield Buffer.from('x'); })()]) {
+      const e = await b.put('a/b', body).then(() => null, (x: unknown) => x);
+      expect(e).toBeInstanceOf(RepoError);
+      expect(e).toMatchObject({ reason: 'backend', key: 'a/b', syscall: 'open' });
+      expect((e as Error).message).toMatch(/put of a\/b failed \(ENOTDIR\)/);
+    }
+    expect(readdirSync(dir)).toEqual(['a']);
+  });
+
   it('listings skip temporary files; sweepTemporary removes old ones', async () => {
     const b = new LocalBackend(dir);
     await b.put('k', Buffer.from('x'));
@@ -85,10 +98,16 @@ describe('LocalBackend', () => {
   });
 });
 
-/** Transpiles the backend and what it imports into `out`, keeping src/'s layout. */
-function buildChild(out: string): string {
+/**
+ * Transpiles the backend and what it imports into `out`, keeping src/'s
+ * layout; with `addon`, the built addon is where native/binding.ts looks
+ * for it (whole-object puts through native/file_put.cc), else it does not
+ * load and puts use Node's fs.
+ */
+function buildChild(out: string, addon: boolean): string {
   const src = join(__dirname, '..', '..', 'src');
-  for (const f of ['errors.ts', 'repo/backend.ts', 'repo/local-backend.ts']) {
+  if (addon) symlinkSync(join(__dirname, '..', '..', 'build'), join(out, '..', 'build'));
+  for (const f of ['errors.ts', 'repo/backend.ts', 'repo/local-backend.ts', 'native/binding.ts']) {
     const js = ts.transpileModule(readFileSync(join(src, f), 'utf8'), { compilerOptions: { module: ts.ModuleKind.CommonJS, target: ts.ScriptTarget.ES2022 } }).outputText;
     mkdirSync(join(out, f, '..'), { recursive: true });
     writeFileSync(join(out, f.replace(/\.ts$/, '.js')), js);
@@ -105,7 +124,7 @@ const b = new LocalBackend(process.argv[2]);
       async function* body() { for (let i = 0; i < 16; i++) yield Buffer.alloc(65536, v % 256); }
       await b.put(key, body());
       await b.put('x/once-' + (v % 5), Buffer.alloc(1 << 18, v % 256), { ifAbsent: true });
-      if (v === 1 && key === 'x/two') process.stdout.write('ready\\n');
+      if (v === 1 && key === 'x/two') process.stdout.write(require('./native/binding').addonLoaded() ? 'ready addon\\n' : 'ready fs\\n');
     }
   }
 })();
@@ -115,8 +134,11 @@ const b = new LocalBackend(process.argv[2]);
 }
 
 describe('crash safety', () => {
-  it('SIGKILL during puts leaves every object whole (old or new) or absent, never partial', async () => {
-    const child = buildChild(join(dir, 'child'));
+  it.each([
+    ['with the addon', true],
+    ['with Node fs only', false],
+  ])('SIGKILL during puts leaves every object whole (old or new) or absent, never partial (%s)', async (_name, addon) => {
+    const child = buildChild(join(dir, 'child'), addon);
     // SIGKILL leaves the page cache intact: what is tested is the temporary-file and rename
     // protocol, not fsync (power loss is another matter).
     const repo = join(dir, 'repo');
@@ -126,7 +148,11 @@ describe('crash safety', () => {
       for (let round = 0; round < 5; round++) {
         const p = spawn(process.execPath, [child, repo], { stdio: ['ignore', 'pipe', 'inherit'] });
         await new Promise<void>((res, rej) => {
-          p.stdout.once('data', () => res());
+          p.stdout.once('data', (d: Buffer) => {
+            // The path under test is the one the child took.
+            expect(d.toString()).toBe(addon ? 'ready addon\n' : 'ready fs\n');
+            res();
+          });
           p.once('exit', (c) => rej(new Error(`child exited early (${c})`)));
         });
         await sleep(20 + round * 37); // kill at varying points of a put

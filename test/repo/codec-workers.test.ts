@@ -1,0 +1,101 @@
+/**
+ * The compression workers: the bytes they make are the bytes Node's zlib
+ * makes on this thread (stored chunks do not change with where they were
+ * compressed), a failure inside zlib comes back as an error (and as
+ * RepoError 'corrupt' through the envelope), the caller's memory is neither
+ * detached nor read beyond its slice, and many tasks at once each get their
+ * own answer.
+ */
+import { spawnSync } from 'node:child_process';
+import { createHash, createHmac, randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { brotliCompressSync, constants as zc, deflateRawSync } from 'node:zlib';
+import { RepoError } from '../../src/errors';
+import { seal, unsealChunkAsync, parseCompression } from '../../src/repo/codec';
+import { WorkerTaskError, compressInWorker, decompressInWorker } from '../../src/repo/codec-workers';
+
+const copyOut = (z: Uint8Array) => Buffer.from(z);
+const text = Buffer.from('the quick brown fox jumps over the lazy dog; '.repeat(2000));
+const brotli = (b: Uint8Array, q: number) => brotliCompressSync(b, { params: { [zc.BROTLI_PARAM_QUALITY]: q, [zc.BROTLI_PARAM_SIZE_HINT]: b.length } });
+
+describe('compression workers', () => {
+  it.each([1, 5, 11])('brotli quality %i: the same bytes as brotliCompressSync', async (q) => {
+    for (const s of [text, randomBytes(70_000), Buffer.alloc(4 << 20, 7), Buffer.alloc(0)]) {
+      expect((await compressInWorker(2, q, s, copyOut)).equals(brotli(s, q))).toBe(true);
+    }
+  });
+
+  it.each([1, 9])('deflate level %i: the same bytes as deflateRawSync', async (level) => {
+    for (const s of [text, randomBytes(70_000)]) expect((await compressInWorker(1, level, s, copyOut)).equals(deflateRawSync(s, { level }))).toBe(true);
+  });
+
+  it('takes a slice of a larger buffer without reading past it or detaching it', async () => {
+    const big = Buffer.concat([Buffer.alloc(1000, 1), text, Buffer.alloc(1000, 2)]);
+    const slice = big.subarray(1000, 1000 + text.length);
+    const z = await compressInWorker(2, 1, slice, copyOut);
+    expect(big.length).toBe(text.length + 2000); // not detached
+    expect(z.equals(brotli(text, 1))).toBe(true);
+    const { out } = await decompressInWorker(2, z, 1 << 20);
+    expect(out.equals(text)).toBe(true);
+  });
+
+  it('a result larger than the room its slab has (a hint too small) comes back whole', async () => {
+    const z = brotli(text, 1);
+    const { out } = await decompressInWorker(2, z, 1 << 20, 1000);
+    expect(out.equals(text)).toBe(true);
+  });
+
+  it('the compressed view lives in a reused slab: what the callback copied stays right after later tasks', async () => {
+    const a = await compressInWorker(2, 1, text, copyOut);
+    const view = await compressInWorker(2, 1, text, (z) => z);
+    await compressInWorker(2, 1, randomBytes(60_000), copyOut);
+    expect(a.equals(brotli(text, 1))).toBe(true);
+    expect(view).toBeInstanceOf(Uint8Array); // a view: the API says it is valid only during the callback
+  });
+
+  it('decompresses with the chunk id of the result: SHA-256, or HMAC-SHA-256 under a key', async () => {
+    const z = brotli(text, 1);
+    const key = randomBytes(32);
+    expect((await decompressInWorker(2, z, 1 << 20, text.length, null)).id).toBe(createHash('sha256').update(text).digest('hex'));
+    expect((await decompressInWorker(2, z, 1 << 20, text.length, key)).id).toBe(createHmac('sha256', key).update(text).digest('hex'));
+    expect((await decompressInWorker(2, z, 1 << 20)).id).toBeUndefined();
+  });
+
+  it('a payload that is not brotli, or decodes to more than the bound, fails with zlib\'s reason', async () => {
+    await expect(decompressInWorker(2, randomBytes(500), 1 << 20)).rejects.toBeInstanceOf(WorkerTaskError);
+    await expect(decompressInWorker(1, Buffer.from([0xff, 0xff, 0xff]), 1 << 20)).rejects.toBeInstanceOf(WorkerTaskError);
+    await expect(decompressInWorker(2, brotli(Buffer.alloc(1 << 20), 1), 65536)).rejects.toBeInstanceOf(WorkerTaskError);
+  });
+
+  it('through the envelope: a chunk whose checksum is right but whose brotli is not is RepoError corrupt', async () => {
+    // seal() of incompressible data stores it as is (code 0): mark it brotli and reseal the sum.
+    const sealed = seal(randomBytes(4096), 'chunks/ab/x', null, parseCompression('none'));
+    const forged = Buffer.from(sealed);
+    forged[1] = 2;
+    const payload = forged.subarray(2, forged.length - 32);
+    createHash('sha256').update('chunks/ab/x').update(forged.subarray(0, 2)).update(payload).digest().copy(forged, forged.length - 32);
+    const e = await unsealChunkAsync(forged, 'chunks/ab/x', null).then(
+      () => null,
+      (x: unknown) => x,
+    );
+    expect(e).toBeInstanceOf(RepoError);
+    expect((e as RepoError).reason).toBe('corrupt');
+  });
+
+  it('300 tasks at once each get their own answer', async () => {
+    const inputs = Array.from({ length: 300 }, (_, i) => Buffer.from(`chunk ${i} `.repeat(100 + i)));
+    const outs = await Promise.all(inputs.map((b) => compressInWorker(2, 1, b, copyOut)));
+    const back = await Promise.all(outs.map((z, i) => decompressInWorker(2, z, 1 << 20, inputs[i]!.length)));
+    back.forEach((r, i) => expect(r.out.equals(inputs[i]!)).toBe(true));
+  });
+
+  it('idle workers never keep a process alive, also those that never had a task (built library, child process)', () => {
+    const mod = join(__dirname, '..', '..', 'dist', 'repo', 'codec-workers.js');
+    // One task at a time: the second worker never gets one.
+    const code = `const w = require(${JSON.stringify(mod)}); (async () => { for (let i = 0; i < 3; i++) await w.compressInWorker(2, 1, Buffer.alloc(1000, i), (z) => z.length); console.log('done'); })();`;
+    const r = spawnSync(process.execPath, ['-e', code], { encoding: 'utf8', timeout: 20_000, killSignal: 'SIGKILL' });
+    expect(r.signal).toBeNull();
+    expect(r.stdout).toBe('done\n');
+    expect(r.status).toBe(0);
+  });
+});
