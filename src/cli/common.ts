@@ -171,10 +171,27 @@ export class CliContext {
  * when the message already starts with it (Node's "ENOENT: no such file...").
  */
 export function errorLine(command: string, err: unknown, prefix = ''): string {
-  const e = err as { message?: unknown; code?: unknown } | undefined;
-  const message = (err instanceof Error || typeof e?.message === 'string' ? String(e!.message) : String(err)).replace(/\s*\n\s*/g, ' ').trim();
+  // An error whose `await using` clean-up failed too arrives as a SuppressedError (TypeScript's
+  // helper makes one on Node 20): the first error is the news, the clean-up's follow it.
+  const later: unknown[] = [];
+  let first = err;
+  while (isSuppressedError(first)) {
+    later.unshift(first.error);
+    first = first.suppressed;
+  }
+  const e = first as { code?: unknown } | undefined;
+  const message = messageOf(first) + later.map((x) => `; cleaning up failed too: ${messageOf(x)}`).join('');
   const code = typeof e?.code === 'string' && e.code !== '' ? e.code : 'EUNKNOWN';
   return `${command}: ${prefix}${message}${message.startsWith(code) ? '' : ` [${code}]`}`;
+}
+
+function messageOf(err: unknown): string {
+  const e = err as { message?: unknown } | undefined;
+  return (err instanceof Error || typeof e?.message === 'string' ? String(e!.message) : String(err)).replace(/\s*\n\s*/g, ' ').trim();
+}
+
+function isSuppressedError(err: unknown): err is { error: unknown; suppressed: unknown } {
+  return err instanceof Error && err.name === 'SuppressedError' && 'suppressed' in err && 'error' in err;
 }
 
 export function parseIntArg(name: string, v: string, max = Number.MAX_SAFE_INTEGER): number {

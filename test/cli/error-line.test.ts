@@ -19,3 +19,20 @@ test.each([
 test('a prefix goes before the message (cleanup failures)', () => {
   expect(errorLine('dmthin ls', new DmthinError('EBUSY', 'pool busy'), 'cleanup failed: ')).toBe('dmthin ls: cleanup failed: pool busy [EBUSY]');
 });
+
+test('an error whose `await using` clean-up failed too is reported first, with its code, the clean-up after it', async () => {
+  // What `await using` makes of it (TypeScript's helper on Node 20), not a hand-built object.
+  const body = new DmthinError('EIO', 'local repository: put of chunks/e0/e0 failed (ENOSPC)');
+  const run = async () => {
+    const a = { [Symbol.asyncDispose]: async () => Promise.reject(new DmthinError('ENOSPC', 'journal write failed')) };
+    const b = { [Symbol.asyncDispose]: async () => Promise.reject(new Error('lock release failed')) };
+    await using _a = a;
+    await using _b = b;
+    throw body;
+  };
+  const err = await run().then(() => null, (e: unknown) => e);
+  expect((err as Error).name).toBe('SuppressedError');
+  expect(errorLine('dmthin backup', err)).toBe(
+    'dmthin backup: local repository: put of chunks/e0/e0 failed (ENOSPC); cleaning up failed too: lock release failed; cleaning up failed too: journal write failed [EIO]',
+  );
+});
