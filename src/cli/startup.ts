@@ -219,7 +219,7 @@ const REPOSITORY_THREADS = '32';
  * Gives a repository command 32 libuv threads, not 4 (unless
  * UV_THREADPOOL_SIZE is set): a local put holds a thread through two
  * fsyncs, and the journal commits many waiting ones at once (see
- * ops/backup.ts, defaultUploads). libuv reads the variable when its pool
+ * repo/repository.ts, chunksAtOnce). libuv reads the variable when its pool
  * first starts, so this runs before anything can use it; the other
  * commands keep 4 (creating 32 threads costs a short command ~1-2 ms).
  */

@@ -68,7 +68,6 @@ function compress(c: Compression, data: Uint8Array): Buffer {
   return Buffer.from(data.buffer, data.byteOffset, data.byteLength);
 }
 
-// The asynchronous forms run on worker threads (codec-workers.ts), so concurrent chunks use every core.
 function decompressError(context: string, e: unknown): RepoError {
   return new RepoError('corrupt', `${context}: the stored data does not decompress; the object is damaged`, { key: context, cause: e });
 }
@@ -88,11 +87,14 @@ function decompress(code: number, data: Buffer, context: string): Buffer {
   throw unknownCompression(code, context);
 }
 
-/** Decompresses on a worker; with `idKey` defined, also the result's chunk id (hashed there too). */
-async function decompressAsync(code: number, data: Buffer, context: string, hint?: number, idKey?: Buffer | null): Promise<{ out: Buffer; id?: string }> {
+/**
+ * Decompresses on a worker thread (codec-workers.ts, as sealAsync compresses), so concurrent
+ * chunks use every core; with `idKey` defined, also the result's chunk id (hashed there too).
+ */
+async function decompressAsync(code: number, data: Buffer, context: string, idKey?: Buffer | null): Promise<{ out: Buffer; id?: string }> {
   if (code === 1 || code === 2) {
     try {
-      return await decompressInWorker(code, data, MAX_OBJECT_PLAIN, hint, idKey);
+      return await decompressInWorker(code, data, MAX_OBJECT_PLAIN, undefined, idKey);
     } catch (e) {
       throw decompressError(context, e);
     }
@@ -195,11 +197,10 @@ export function unseal(stored: Buffer, context: string, keys: RepoKeys | null): 
 
 /**
  * unseal() of a chunk, decompressing on a worker thread, with the chunk id of
- * its plaintext (chunkIdOf), hashed on that worker too. `hint`: the plaintext size
- * expected (the chunk size), so the worker makes one output buffer.
+ * its plaintext (chunkIdOf), hashed on that worker too.
  */
-export async function unsealChunkAsync(stored: Buffer, context: string, keys: RepoKeys | null, hint?: number): Promise<{ plain: Buffer; id: string }> {
+export async function unsealChunkAsync(stored: Buffer, context: string, keys: RepoKeys | null): Promise<{ plain: Buffer; id: string }> {
   const [code, payload] = open(stored, context, keys);
-  const r = await decompressAsync(code, payload, context, hint, keys ? keys.id : null);
+  const r = await decompressAsync(code, payload, context, keys ? keys.id : null);
   return { plain: r.out, id: r.id ?? chunkIdOf(r.out, keys) };
 }
