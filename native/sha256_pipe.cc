@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cmath>
 #include <cstring>
 #include <set>
 
@@ -18,6 +19,8 @@ constexpr size_t kMaxRing = 256 << 20;
 // Hashed per turn of the thread: small enough that a waiting producer gets
 // room back often, large enough that the lock costs nothing.
 constexpr size_t kSlice = 256 << 10;
+// Version 2's outer hash starts with this text and its NUL (docs/stream-format.md §6).
+constexpr char kOuterPrefix[] = "dmthin stream digest 2";
 
 class ReadyWorker : public PromiseWorker<Sha256Pipe> {
  public:
@@ -58,6 +61,7 @@ void Sha256Pipe::Init(Napi::Env env, Napi::Object exports) {
                                      InstanceMethod("ready", &Sha256Pipe::Ready),
                                      InstanceMethod("digest", &Sha256Pipe::Digest),
                                      InstanceMethod("capacity", &Sha256Pipe::Capacity),
+                                     InstanceMethod("segmentBytes", &Sha256Pipe::SegmentBytes),
                                      InstanceMethod("abort", &Sha256Pipe::Abort)});
   exports.Set("Sha256Pipe", ctor);
   static std::once_flag once;
@@ -85,22 +89,45 @@ Sha256Pipe::Sha256Pipe(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Sha256
     if (!(c >= kMinRing && c <= kMaxRing)) throw Napi::RangeError::New(env, "ring size must be 64 KiB .. 256 MiB");
     cap = static_cast<size_t>(c);
   }
-  ctx_ = EVP_MD_CTX_new();
-  if (!ctx_ || EVP_DigestInit_ex(ctx_, EVP_sha256(), nullptr) != 1) {
-    if (ctx_) EVP_MD_CTX_free(ctx_);
-    ctx_ = nullptr;
-    throw Napi::Error::New(env, "SHA-256 is not available from Node's OpenSSL");
+  if (info.Length() > 1 && info[1].IsNumber()) {
+    double sb = info[1].As<Napi::Number>().DoubleValue();
+    if (!(sb == 0 || (sb >= 4096 && sb <= (1u << 30) && std::fmod(sb, 4096) == 0))) {
+      throw Napi::RangeError::New(env, "segment size must be 0 or a multiple of 4 KiB up to 1 GiB");
+    }
+    seg_bytes_ = static_cast<uint64_t>(sb);
   }
-  ring_ = static_cast<uint8_t*>(std::malloc(cap));
-  if (!ring_) {
-    EVP_MD_CTX_free(ctx_);
-    ctx_ = nullptr;
-    throw Napi::Error::New(env, "out of memory for the SHA-256 ring");
+  // Version 1 is one SHA-256: one lane. Version 2's lanes: one per core, at most four.
+  unsigned cores = std::thread::hardware_concurrency();
+  size_t lanes = seg_bytes_ == 0 ? 1 : std::clamp<unsigned>(cores == 0 ? 1 : cores, 1, 4);
+  lanes_ = std::vector<Lane>(lanes);  // sized once: the threads keep pointers into it
+  bool ok = true;
+  for (Lane& ln : lanes_) {
+    ln.ctx = EVP_MD_CTX_new();
+    ok = ok && ln.ctx;
+  }
+  if (ok && seg_bytes_ == 0) ok = EVP_DigestInit_ex(lanes_[0].ctx, EVP_sha256(), nullptr) == 1;
+  if (ok && seg_bytes_ != 0) {
+    outer_ = EVP_MD_CTX_new();
+    uint8_t sz[4];
+    for (int i = 0; i < 4; i++) sz[i] = static_cast<uint8_t>(seg_bytes_ >> (8 * i));
+    ok = outer_ && EVP_DigestInit_ex(outer_, EVP_sha256(), nullptr) == 1 && EVP_DigestUpdate(outer_, kOuterPrefix, sizeof kOuterPrefix) == 1 &&
+         EVP_DigestUpdate(outer_, sz, 4) == 1;
+  }
+  if (ok) ring_ = static_cast<uint8_t*>(std::malloc(cap));
+  if (!ok || !ring_) {
+    for (Lane& ln : lanes_) EVP_MD_CTX_free(ln.ctx);
+    if (outer_) EVP_MD_CTX_free(outer_);
+    lanes_.clear();
+    outer_ = nullptr;
+    throw Napi::Error::New(env, ok ? "out of memory for the SHA-256 ring" : "SHA-256 is not available from Node's OpenSSL");
   }
   cap_ = cap;
   // V8 does not see this memory otherwise.
   Napi::MemoryManagement::AdjustExternalMemory(env, static_cast<int64_t>(cap_));
-  thread_ = std::thread([this] { Run(); });
+  for (Lane& ln : lanes_) {
+    Lane* lp = &ln;
+    ln.thread = std::thread([this, lp] { Run(lp); });
+  }
   env_ = env;
   if (napi_add_env_cleanup_hook(env, EnvCleanup, this) == napi_ok) hooked_ = true;
   std::lock_guard<std::mutex> l(LiveMu());
@@ -115,7 +142,8 @@ Sha256Pipe::~Sha256Pipe() {
   if (hooked_) napi_remove_env_cleanup_hook(env_, EnvCleanup, this);
   Stop(true);
   for (auto& r : refs_) r.Reset();
-  if (ctx_) EVP_MD_CTX_free(ctx_);
+  for (Lane& ln : lanes_) EVP_MD_CTX_free(ln.ctx);
+  if (outer_) EVP_MD_CTX_free(outer_);
   if (ring_) {
     std::free(ring_);
     Napi::MemoryManagement::AdjustExternalMemory(Env(), -static_cast<int64_t>(cap_));
@@ -128,9 +156,11 @@ void Sha256Pipe::Stop(bool abandon) {
     stop_ = true;
     if (abandon) abandon_ = true;
   }
-  data_cv_.notify_all();
+  for (Lane& ln : lanes_) ln.cv.notify_all();
   space_cv_.notify_all();
-  if (thread_.joinable()) thread_.join();
+  for (Lane& ln : lanes_) {
+    if (ln.thread.joinable()) ln.thread.join();
+  }
 }
 
 void Sha256Pipe::Abandon() { Stop(true); }
@@ -144,30 +174,102 @@ void Sha256Pipe::Rehook(napi_env env) {
   hooked_ = napi_add_env_cleanup_hook(env, EnvCleanup, this) == napi_ok;
 }
 
-void Sha256Pipe::Run() {
+// Cuts bytes into pieces of at most kSlice that never cross a segment's end
+// and gives each to its segment's lane. Pieces are freed in stream order
+// (the ring is given back in order) whichever lane finishes first.
+void Sha256Pipe::Enqueue(const uint8_t* p, size_t n, bool held) {
+  size_t lanes = lanes_.size();
+  uint32_t woken = 0;  // lanes given pieces (at most four)
+  while (n > 0) {
+    uint64_t seg = seg_bytes_ ? fed_ / seg_bytes_ : 0;
+    size_t take = std::min(n, kSlice);
+    if (seg_bytes_) take = static_cast<size_t>(std::min<uint64_t>(take, (seg + 1) * seg_bytes_ - fed_));
+    fed_ += take;
+    n -= take;
+    bool seg_end = seg_bytes_ != 0 && fed_ % seg_bytes_ == 0;
+    pieces_.push_back({p, take, seg, held, held && n == 0, seg_end, false});
+    lanes_[seg % lanes].q.push_back(popped_ + pieces_.size() - 1);
+    woken |= 1u << (seg % lanes);
+    queued_ += take;
+    p += take;
+  }
+  for (size_t i = 0; i < lanes; i++) {
+    if (woken & (1u << i)) lanes_[i].cv.notify_one();
+  }
+}
+
+// Version 2: the segment digests whose turn has come go into the outer hash.
+void Sha256Pipe::FoldLocked() {
+  for (auto it = seg_done_.begin(); it != seg_done_.end() && it->first == next_fold_; it = seg_done_.erase(it)) {
+    if (EVP_DigestUpdate(outer_, it->second.data(), 32) != 1) failed_ = true;
+    next_fold_++;
+  }
+}
+
+void Sha256Pipe::Run(Lane* lane) {
   std::unique_lock<std::mutex> l(mu_);
   for (;;) {
-    data_cv_.wait(l, [this] { return stop_ || !segs_.empty(); });
-    if (abandon_ || (stop_ && segs_.empty())) break;
-    Segment s = segs_.front();
-    size_t n = std::min(s.n, kSlice);
-    // The front segment is the thread's alone until popped: producers only append.
+    lane->cv.wait(l, [&] { return stop_ || !lane->q.empty(); });
+    if (abandon_ || (stop_ && lane->q.empty())) break;
+    uint64_t id = lane->q.front();
+    Piece pc = pieces_[id - popped_];
+    // The piece is this lane's alone until marked done: producers only append.
     l.unlock();
-    bool ok = EVP_DigestUpdate(ctx_, s.p, n) == 1;
+    bool ok = true;
+    if (seg_bytes_ && lane->seg != static_cast<int64_t>(pc.seg)) {
+      ok = EVP_DigestInit_ex(lane->ctx, EVP_sha256(), nullptr) == 1;
+      lane->seg = static_cast<int64_t>(pc.seg);
+    }
+    ok = ok && EVP_DigestUpdate(lane->ctx, pc.p, pc.n) == 1;
+    std::array<uint8_t, 32> md;
+    unsigned int mdn = 0;
+    if (pc.seg_end) {
+      ok = ok && EVP_DigestFinal_ex(lane->ctx, md.data(), &mdn) == 1 && mdn == 32;
+      lane->seg = -1;
+    }
     l.lock();
     if (!ok) failed_ = true;
-    queued_ -= n;
-    Segment& f = segs_.front();
-    f.p += n;
-    f.n -= n;
-    if (!f.held) ring_tail_ += n;
-    if (f.n == 0) {
-      if (f.held) held_done_++;
-      segs_.pop_front();
+    if (pc.seg_end && ok) {
+      seg_done_[pc.seg] = md;
+      FoldLocked();
     }
-    space_cv_.notify_all();
+    lane->q.pop_front();
+    pieces_[id - popped_].done = true;
+    // Counted off in stream order, so "at most N queued" means every byte
+    // before the last N is hashed (what hashedThrough and held buffers rely on).
+    bool freed = false;
+    while (!pieces_.empty() && pieces_.front().done) {
+      freed = true;
+      const Piece& f = pieces_.front();
+      queued_ -= f.n;
+      if (!f.held) ring_tail_ += f.n;
+      if (f.held_last) held_done_++;
+      pieces_.pop_front();
+      popped_++;
+    }
+    if (freed) space_cv_.notify_all();
   }
   space_cv_.notify_all();
+}
+
+// After the lanes have ended (all bytes hashed): the digest. Version 2 ends
+// the last, partial segment, folds it and appends the stream's length.
+bool Sha256Pipe::FinishLanes(uint8_t out[32]) {
+  unsigned int n = 0;
+  if (failed_) return false;
+  if (seg_bytes_ == 0) return EVP_DigestFinal_ex(lanes_[0].ctx, out, &n) == 1 && n == 32;
+  for (Lane& ln : lanes_) {
+    if (ln.seg < 0) continue;
+    std::array<uint8_t, 32> md;
+    if (EVP_DigestFinal_ex(ln.ctx, md.data(), &n) != 1 || n != 32) return false;
+    seg_done_[static_cast<uint64_t>(ln.seg)] = md;
+    ln.seg = -1;
+  }
+  FoldLocked();
+  if (failed_ || !seg_done_.empty()) return false;
+  uint8_t len[8];
+  for (int i = 0; i < 8; i++) len[i] = static_cast<uint8_t>(fed_ >> (8 * i));
+  return EVP_DigestUpdate(outer_, len, 8) == 1 && EVP_DigestFinal_ex(outer_, out, &n) == 1 && n == 32;
 }
 
 void Sha256Pipe::WaitQueuedAtMost(uint64_t bytes) {
@@ -212,11 +314,9 @@ Napi::Value Sha256Pipe::Update(const Napi::CallbackInfo& info) {
     l.unlock();
     std::memcpy(ring_ + off, src, n);
     l.lock();
-    segs_.push_back({ring_ + off, n, false});
-    queued_ += n;
+    Enqueue(ring_ + off, n, false);
     src += n;
     len -= n;
-    data_cv_.notify_one();
   }
   return env.Undefined();
 }
@@ -233,10 +333,8 @@ Napi::Value Sha256Pipe::UpdateHeld(const Napi::CallbackInfo& info) {
   Rehook(env);
   {
     std::lock_guard<std::mutex> l(mu_);
-    segs_.push_back({src, len, true});
-    queued_ += len;
+    Enqueue(src, len, true);
   }
-  data_cv_.notify_one();
   return env.Undefined();
 }
 
@@ -247,6 +345,8 @@ Napi::Value Sha256Pipe::Queued(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value Sha256Pipe::Capacity(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), static_cast<double>(cap_)); }
+
+Napi::Value Sha256Pipe::SegmentBytes(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), static_cast<double>(seg_bytes_)); }
 
 Napi::Value Sha256Pipe::Ready(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -290,9 +390,8 @@ Napi::Value Sha256Pipe::Digest(const Napi::CallbackInfo& info) {
   finished_ = true;
   Stop(false);  // the thread hashes what is queued, then ends
   ReleaseHashed();
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int n = 0;
-  if (failed_ || EVP_DigestFinal_ex(ctx_, md, &n) != 1 || n != 32) throw Napi::Error::New(env, "SHA-256 failed in Node's OpenSSL");
+  uint8_t md[32];
+  if (!FinishLanes(md)) throw Napi::Error::New(env, "SHA-256 failed in Node's OpenSSL");
   std::free(ring_);
   ring_ = nullptr;
   Napi::MemoryManagement::AdjustExternalMemory(env, -static_cast<int64_t>(cap_));

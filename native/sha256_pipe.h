@@ -1,19 +1,27 @@
-// Sha256Pipe: a SHA-256 computed on a thread of its own. update() copies the
-// bytes into a ring and returns; updateHeld() keeps a reference to the buffer
-// instead (no copy: the caller must not change it until hashed). The thread
-// hashes everything in order. A
-// stream's digest covers every byte of it (about 1 s of CPU per GiB), so
-// taking it off the JS thread lets reading, CRC-32C and writing run beside it
-// on the other core.
+// Sha256Pipe: a stream's digest computed on threads of its own. update()
+// copies the bytes into a ring and returns; updateHeld() keeps a reference to
+// the buffer instead (no copy: the caller must not change it until hashed).
+// A stream's digest covers every byte of it (about 0.7 s of CPU per GiB
+// here), so taking it off the JS thread lets reading, CRC-32C and writing run
+// beside it.
+//
+// Two digests (docs/stream-format.md §6): with segmentBytes 0, one SHA-256
+// of all bytes, on one thread (format version 1: sequential by nature); with
+// segmentBytes S, the SHA-256 of each S-byte segment, segment k hashed on
+// lane k mod L (up to four threads), folded in order into an outer SHA-256
+// (format version 2: as many cores as there are lanes).
 #pragma once
 
 #include <napi.h>
 
+#include <array>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <mutex>
+#include <map>
 #include <thread>
+#include <vector>
 
 typedef struct evp_md_ctx_st EVP_MD_CTX;
 
@@ -22,6 +30,7 @@ namespace dmthin {
 class Sha256Pipe : public Napi::ObjectWrap<Sha256Pipe> {
  public:
   static void Init(Napi::Env env, Napi::Object exports);
+  // new Sha256Pipe(ringBytes?, segmentBytes?): segmentBytes 0 or absent is version 1's digest.
   explicit Sha256Pipe(const Napi::CallbackInfo& info);
   ~Sha256Pipe() override;
 
@@ -39,28 +48,53 @@ class Sha256Pipe : public Napi::ObjectWrap<Sha256Pipe> {
   Napi::Value Ready(const Napi::CallbackInfo& info);
   Napi::Value Digest(const Napi::CallbackInfo& info);
   Napi::Value Capacity(const Napi::CallbackInfo& info);
+  Napi::Value SegmentBytes(const Napi::CallbackInfo& info);
   Napi::Value Abort(const Napi::CallbackInfo& info);
   static void EnvCleanup(void* arg);
   void Rehook(napi_env env);
 
-  void Run();
-  void Stop(bool abandon);
-
-  std::mutex mu_;
-  std::condition_variable data_cv_;   // the thread waits for bytes
-  std::condition_variable space_cv_;  // producers and Ready() wait for room
-  struct Segment {
+  // One hashing thread and the pieces it owns (ids into pieces_, in order).
+  struct Lane {
+    std::thread thread;
+    std::deque<uint64_t> q;
+    std::condition_variable cv;  // the lane waits for pieces
+    EVP_MD_CTX* ctx = nullptr;
+    int64_t seg = -1;  // the segment ctx is hashing, -1 between segments
+  };
+  // A run of stream bytes within one segment, at most kSlice long.
+  struct Piece {
     const uint8_t* p;
     size_t n;
-    bool held;  // a referenced JS buffer, not ring space
+    uint64_t seg;
+    bool held;       // a referenced JS buffer, not ring space
+    bool held_last;  // the last piece of its held buffer
+    bool seg_end;    // the segment ends with it (version 2)
+    bool done;
   };
+
+  void Run(Lane* lane);
+  void Stop(bool abandon);
+  void Enqueue(const uint8_t* p, size_t n, bool held);  // mu_ held
+  void FoldLocked();                                      // mu_ held
+  bool FinishLanes(uint8_t out[32]);                      // threads joined
+
+  std::mutex mu_;
+  std::condition_variable space_cv_;  // producers and Ready() wait for room
   uint8_t* ring_ = nullptr;
   size_t cap_ = 0;
-  std::deque<Segment> segs_;  // in order; the thread hashes the front
-  uint64_t queued_ = 0;       // bytes in segs_
+  uint64_t seg_bytes_ = 0;   // 0: one plain SHA-256 (version 1)
+  std::deque<Piece> pieces_;  // in stream order; popped from the front once hashed
+  uint64_t popped_ = 0;       // pieces popped, ever: the id of pieces_.front()
+  std::vector<Lane> lanes_;
+  uint64_t fed_ = 0;          // bytes queued, ever
+  uint64_t queued_ = 0;       // bytes after the longest hashed prefix
   uint64_t ring_head_ = 0;    // ring bytes taken, ever
   uint64_t ring_tail_ = 0;    // ring bytes given back, ever
-  uint64_t held_done_ = 0;    // held segments hashed, ever
+  uint64_t held_done_ = 0;    // held buffers hashed, ever
+  // Version 2: segment digests finished out of order, until their turn in the outer hash.
+  std::map<uint64_t, std::array<uint8_t, 32>> seg_done_;
+  uint64_t next_fold_ = 0;
+  EVP_MD_CTX* outer_ = nullptr;
   // JS thread only: references to held buffers, oldest first, and how many were released.
   std::deque<Napi::Reference<Napi::Value>> refs_;
   uint64_t held_released_ = 0;
@@ -69,9 +103,7 @@ class Sha256Pipe : public Napi::ObjectWrap<Sha256Pipe> {
   bool failed_ = false;
   bool finished_ = false;
   bool hooked_ = false;  // EnvCleanup registered for this pipe
-  EVP_MD_CTX* ctx_ = nullptr;
   napi_env env_ = nullptr;
-  std::thread thread_;
 };
 
 }  // namespace dmthin

@@ -194,6 +194,15 @@ function isSuppressedError(err: unknown): err is { error: unknown; suppressed: u
   return err instanceof Error && err.name === 'SuppressedError' && 'suppressed' in err && 'error' in err;
 }
 
+/** --format-version: a version this build writes (records.ts is loaded only by a send that runs, not by --help). */
+export function formatVersionArg(v: string | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  const { FORMAT_VERSIONS } = require('../stream/format/records') as typeof import('../stream/format/records');
+  const n = /^[0-9]+$/.test(v) ? Number(v) : NaN;
+  if (!FORMAT_VERSIONS.includes(n)) throw new UsageError(`--format-version must be one of ${FORMAT_VERSIONS.join(', ')}; got '${v}'`);
+  return n;
+}
+
 export function parseIntArg(name: string, v: string, max = Number.MAX_SAFE_INTEGER): number {
   if (!/^[0-9]+$/.test(v)) throw new UsageError(`${name} must be a non-negative integer, got '${v}'`);
   const n = Number(v);

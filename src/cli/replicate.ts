@@ -5,7 +5,7 @@
  */
 import type { Command } from 'commander';
 import { DmthinError, UsageError } from '../errors';
-import { CliContext, parseIntArg, print } from './common';
+import { CliContext, formatVersionArg, parseIntArg, print } from './common';
 import { toJson } from './json';
 import { Progress, stderrIsTTY } from './progress';
 import { parseSize } from './send';
@@ -24,6 +24,7 @@ interface ReplicateCliOpts {
   state?: string;
   size?: string;
   tmpDir?: string;
+  formatVersion?: string;
   json?: boolean;
   quiet?: boolean;
 }
@@ -53,6 +54,7 @@ export function register(program: Command, ctx: () => CliContext): void {
     .option('--state <file>', 'replication state file (default /var/lib/dmthin/replicate/<pool>-<thin>.json)')
     .option('--size <bytes>', "the thin device's size when it is not active (suffixes K, M, G, T, P binary; s = sectors)")
     .option('--tmp-dir <dir>', 'where a large extent list is spilled (default TMPDIR)')
+    .option('--format-version <n>', 'stream format version sent: 2 (default) or 1 (for a receiving command that reads only version 1)')
     .option('--json', 'one JSON object per cycle instead of a line')
     .option('-q, --quiet', 'no progress bar')
     .action(async (o: ReplicateCliOpts) => {
@@ -79,6 +81,7 @@ export function register(program: Command, ctx: () => CliContext): void {
           stateFile: o.state,
           deviceSize: o.size === undefined ? undefined : parseSize('--size', o.size),
           tmpDir: o.tmpDir,
+          formatVersion: formatVersionArg(o.formatVersion),
           signal: c.signal,
           onProgress: (p) => bar.update(p.bytes, undefined, 'bytes sent'),
         })) {

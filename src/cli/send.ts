@@ -8,7 +8,7 @@ import type { Command } from 'commander';
 import { UsageError } from '../errors';
 import { SECTOR_SIZE } from '../units';
 import type { SendOptions } from '../ops/send';
-import { CliContext, parseIntArg } from './common';
+import { CliContext, formatVersionArg, parseIntArg } from './common';
 import { fdIsTTY, Progress, stderrIsTTY } from './progress';
 import { isThinIdText, snapOption, thinIdArg, type MetadataSnapOpts } from './metadata-source';
 import type { ThinPool as ThinPoolT } from '../pool/thin-pool';
@@ -25,6 +25,7 @@ interface SendCliOpts extends MetadataSnapOpts {
   size?: string;
   poolId?: string;
   tmpDir?: string;
+  formatVersion?: string;
   quiet?: boolean;
   json?: boolean;
 }
@@ -61,6 +62,7 @@ export function register(program: Command, ctx: () => CliContext): void {
     .option('--size <size>', `the thin device's size: bytes, or a number with ${SIZE_SUFFIXES} (default: an active device's size, or the --device image's; required otherwise)`)
     .option('--pool-id <id>', 'pool identity recorded in the stream, any text up to 1024 bytes (default: dm uuid or name; offline: superblock uuid, else a digest of the device\'s mapping root)')
     .option('--tmp-dir <dir>', 'where a large extent list is spilled (default TMPDIR)')
+    .option('--format-version <n>', 'stream format version to write: 2 (default; its digest is hashed on several cores) or 1 (for a receiver that reads only version 1)')
     .option('--json', 'print a summary as JSON on stderr when done')
     .option('-q, --quiet', 'no progress bar')
     .action(async (o: SendCliOpts) => {
@@ -69,6 +71,7 @@ export function register(program: Command, ctx: () => CliContext): void {
       if (isThinIdText(o.snap)) parseIntArg('--snap', o.snap, 2 ** 24 - 1);
       if (o.base !== undefined && isThinIdText(o.base)) parseIntArg('--base', o.base, 2 ** 24 - 1);
       const deviceSize = o.size === undefined ? undefined : parseSize('--size', o.size);
+      const formatVersion = formatVersionArg(o.formatVersion);
       if ((o.pool === undefined) === (o.metadata === undefined)) throw new UsageError('give --pool (a live pool) or --metadata (offline images), not both');
       if (o.output === '-' && fdIsTTY(1)) throw new UsageError('refusing to write a binary stream to a terminal (redirect it, or use --output FILE)');
       const bar = new Progress('send', !o.quiet && stderrIsTTY());
@@ -90,7 +93,7 @@ export function register(program: Command, ctx: () => CliContext): void {
       }
       const snap = await thinIdArg('--snap', o.snap, pool);
       const base = o.base === undefined ? undefined : await thinIdArg('--base', o.base, pool);
-      const common = { snap, base, deviceSize, poolId: o.poolId, output, signal: c.signal, onProgress };
+      const common = { snap, base, deviceSize, poolId: o.poolId, output, signal: c.signal, onProgress, formatVersion };
       let opts: SendOptions;
       if (o.pool !== undefined) {
         if (o.data !== undefined || o.device !== undefined || o.metadataSnap || o.metadataSnapBlock !== undefined) {

@@ -107,6 +107,8 @@ export interface NativeSha256Pipe {
   digest(): Buffer;
   /** The ring's size in bytes. */
   capacity(): number;
+  /** The digest's segment size (0: version 1's single SHA-256); absent in an addon built before version 2. */
+  segmentBytes?(): number;
   /** Stops hashing (the stream will not be finished), joins the thread and lets go of held buffers; digest() then throws. */
   abort(): void;
 }
@@ -125,7 +127,8 @@ export interface NativeAddon {
   crc32cHardware(): boolean;
   BlockReader: new () => NativeBlockReader;
   BlockWriter: new () => NativeBlockWriter;
-  Sha256Pipe: new (ringBytes?: number) => NativeSha256Pipe;
+  /** segmentBytes 0 or absent: one SHA-256 on one thread; else the segmented digest of stream format version 2 on up to four. */
+  Sha256Pipe: new (ringBytes?: number, segmentBytes?: number) => NativeSha256Pipe;
   RangeReader: new () => NativeRangeReader;
   /** A 4096-aligned Uint8Array (for O_DIRECT reads into it), in memory V8 owns. */
   alignedBuffer(bytes: number): Uint8Array;

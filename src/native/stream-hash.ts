@@ -8,7 +8,12 @@
  * await ready(n) before an update of n bytes so the copy never waits for the
  * ring; an update that does not fit waits (blocking) for room.
  *
- * Without the addon, node:crypto's hash on the JS thread (same digest).
+ * Two digests (docs/stream-format.md §6): one SHA-256 of every byte (format
+ * version 1, one thread), or, given a segment size, the SHA-256 of each
+ * segment folded in order into an outer SHA-256 (version 2: the addon hashes
+ * segments on up to four threads at once).
+ *
+ * Without the addon, node:crypto's hash on the JS thread (same digests).
  */
 import { createHash, type Hash } from 'node:crypto';
 import { SetupError } from '../errors';
@@ -65,6 +70,9 @@ class PipeHash implements StreamHash {
   private done = false;
 }
 
+/** What version 2's outer hash starts with: this text, its NUL, then the segment size (u32 LE). */
+export const SEGMENTED_DIGEST_PREFIX = 'dmthin stream digest 2\0';
+
 class CryptoHash implements StreamHash {
   private readonly h: Hash = createHash('sha256');
   update(data: Uint8Array): void {
@@ -85,14 +93,69 @@ class CryptoHash implements StreamHash {
   abort(): void {}
 }
 
-/** A new stream hash: the addon's threaded one, or node:crypto's without the addon. */
-export function newStreamHash(ringBytes = STREAM_HASH_RING_BYTES): StreamHash {
-  let Pipe: (new (ringBytes?: number) => NativeSha256Pipe) | undefined;
+/** Version 2's digest on the JS thread: each segment's SHA-256, folded in order, then the length. */
+class SegmentedCryptoHash extends CryptoHash {
+  private readonly outer: Hash = createHash('sha256');
+  private seg: Hash = createHash('sha256');
+  private inSeg = 0;
+  private total = 0;
+  constructor(private readonly segmentBytes: number) {
+    super();
+    const size = Buffer.alloc(4);
+    size.writeUInt32LE(segmentBytes);
+    this.outer.update(SEGMENTED_DIGEST_PREFIX).update(size);
+  }
+  override update(data: Uint8Array): void {
+    for (let off = 0; off < data.length; ) {
+      const n = Math.min(data.length - off, this.segmentBytes - this.inSeg);
+      this.seg.update(data.subarray(off, off + n));
+      off += n;
+      this.inSeg += n;
+      this.total += n;
+      if (this.inSeg === this.segmentBytes) this.endSegment();
+    }
+  }
+  override updateHeld(data: Uint8Array): void {
+    this.update(data);
+  }
+  private endSegment(): void {
+    this.outer.update(this.seg.digest());
+    this.seg = createHash('sha256');
+    this.inSeg = 0;
+  }
+  override digest(): Buffer {
+    if (this.inSeg > 0) this.endSegment();
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(BigInt(this.total));
+    return this.outer.update(len).digest();
+  }
+}
+
+/**
+ * node:crypto's stream hash on the calling thread, what newStreamHash gives without the addon.
+ * @internal
+ */
+export function cryptoStreamHash(segmentBytes = 0): StreamHash {
+  return segmentBytes ? new SegmentedCryptoHash(segmentBytes) : new CryptoHash();
+}
+
+/**
+ * A new stream hash: the addon's threaded one, or node:crypto's without the addon.
+ * @param segmentBytes - 0: one SHA-256 of every byte (version 1); else version 2's segmented digest.
+ */
+export function newStreamHash(ringBytes = STREAM_HASH_RING_BYTES, segmentBytes = 0): StreamHash {
+  let Pipe: (new (ringBytes?: number, segmentBytes?: number) => NativeSha256Pipe) | undefined;
   try {
     Pipe = native().Sha256Pipe;
   } catch (e) {
     if (!(e instanceof SetupError)) throw e;
   }
+  if (Pipe) {
+    const p = new Pipe(ringBytes, segmentBytes);
+    // An addon built before version 2 ignores the segment size: it would compute version 1's digest.
+    if ((p.segmentBytes?.() ?? 0) === segmentBytes) return new PipeHash(p);
+    p.abort();
+  }
   // An addon built before Sha256Pipe existed has none: hash here.
-  return Pipe ? new PipeHash(new Pipe(ringBytes)) : new CryptoHash();
+  return cryptoStreamHash(segmentBytes);
 }

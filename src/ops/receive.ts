@@ -1,7 +1,7 @@
 /**
  * The receiving side. Nothing is written to the target until the whole
  * stream has been verified: every record's CRC, the end record's counts and
- * the stream's SHA-256, the target's size and (for an incremental stream)
+ * the stream's digest, the target's size and (for an incremental stream)
  * that the target holds the stream's base, at the same size. A seekable input
  * file is verified in place; anything else is spooled to a temp file while it
  * is verified. Then the same open file is read again and applied (data
@@ -76,7 +76,7 @@ export interface ReceiveProgress {
 export interface ReceiveResult {
   /** The stream's header (snapshot, base, device size...). */
   header: StreamHeader;
-  /** SHA-256 (hex) of the stream before its end record. */
+  /** The stream's digest (hex; docs/stream-format.md §6) of the bytes before its end record. */
   digest: string;
   /** Stream length. */
   bytes: number;
@@ -249,7 +249,7 @@ class CheckedVerifier {
   /** `holdChunks`: the caller keeps each chunk until the digest has passed it (fileChunks' beforeReuse). */
   constructor(r: Receiver, holdChunks = false) {
     // Records are only checked here, never kept: the verifier's buffer can be reused.
-    // The GMAC lets the apply pass check the bytes it reads again at a tenth of a second SHA-256's cost.
+    // The GMAC lets the apply pass check the bytes it reads again at a tenth of a second digest's cost.
     // Data records are checked in pieces, never assembled (their bytes are not needed here).
     this.v = new StreamVerifier({ onHeader: (h) => (this.early = r.preflight(h, null)), reuseBuffers: this.buffers, holdChunks, mac: newStreamMacKey(), dataPieces: 'skip' });
   }

@@ -76,6 +76,8 @@ export interface ReplicateOptions {
   deviceSize?: number;
   /** Where send spills its extent list (default TMPDIR). */
   tmpDir?: string;
+  /** Stream format version sent (default 2; 1 for a receiving command that reads only version 1). */
+  formatVersion?: number;
   /** Aborting abandons the current cycle (its snapshot stays pending and is sent again by the next run) and ends the iteration with AbortError. */
   signal?: AbortSignal;
   /** Bytes of stream sent so far in the current cycle. */
@@ -223,7 +225,7 @@ class PoolReplicationHost implements ReplicationHost {
     const details = await withMetadataSnapshot(this.pool, async (md) => (await md.devices()).get(snap));
     if (!details) throw new DmthinError('ENODEV', `replication snapshot ${snap} is not in pool ${this.pool.name}`, { devId: snap });
     const key = identityKey(identityOf(this.poolId, details));
-    const sendOpts = { pool: this.pool, snap, base: base ?? undefined, deviceSize, poolId: this.poolId, tmpDir: this.o.tmpDir, signal };
+    const sendOpts = { pool: this.pool, snap, base: base ?? undefined, deviceSize, poolId: this.poolId, tmpDir: this.o.tmpDir, formatVersion: this.o.formatVersion, signal };
     const onProgress = (p: { phase: string; bytes: number }) => {
       if (p.phase !== 'data') return;
       if (p.bytes > 0) crashPoint('mid-send');

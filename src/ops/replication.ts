@@ -27,7 +27,7 @@ export interface ConfirmedSnapshot {
   devId: number;
   /** identityKey() of the snapshot as the stream named it. */
   key: string;
-  /** SHA-256 (hex) of the stream that carried it. */
+  /** The digest (hex) of the stream that carried it. */
   digest: string;
   /** ISO time the snapshot was taken. */
   takenAt: string;

@@ -65,6 +65,8 @@ interface CommonSendOptions {
   onProgress?: (p: SendProgressEvent) => void;
   /** Data bytes per read batch (default 16 MiB). */
   batchBytes?: number;
+  /** Stream format version (default 2; 1 for a receiver that reads only version 1, docs/stream-format.md). */
+  formatVersion?: number;
 }
 
 /** send from a live pool: read through a metadata snapshot, data from the thin device. */
@@ -117,6 +119,7 @@ async function stream(plan: SendPlan, source: DataSource, o: CommonSendOptions):
   const records = encodeRecords(plan, source, {
     signal: o.signal,
     batchBytes: o.batchBytes,
+    formatVersion: o.formatVersion,
     onProgress: (p) => o.onProgress?.({ phase: 'data', ...p }),
     onEnd: (s) => (summary = s),
     reuseBuffers: typeof o.output === 'string' || o.output === process.stdout,

@@ -106,7 +106,10 @@ describe('codecs', () => {
       return refusal(() => decodeHeaderPayload(b, where));
     };
     expect(bad((b) => (b[0] = 0x41)).reason).toBe('magic');
-    expect(bad((b) => b.writeUInt32LE(2, 8))).toMatchObject({ reason: 'version', code: 'EPROTONOSUPPORT' });
+    expect(bad((b) => b.writeUInt32LE(3, 8))).toMatchObject({ reason: 'version', code: 'EPROTONOSUPPORT' });
+    expect(bad((b) => b.writeUInt32LE(0, 8))).toMatchObject({ reason: 'version', code: 'EPROTONOSUPPORT' });
+    expect(decodeHeaderPayload(good, where).version).toBe(1);
+    expect(decodeHeaderPayload(Buffer.from(good).fill(2, 8, 9), where).version).toBe(2);
     expect(bad((b) => b.writeUInt32LE(3, 12)).reason).toBe('malformed');
     expect(bad((b) => b.writeUInt32LE(100, 16)).reason).toBe('malformed');
     expect(bad((b) => b.writeUInt32LE(1, 20)).reason).toBe('malformed');
@@ -214,6 +217,85 @@ function build(r: { dbs: number; bs: number; blocks: number; deviceSize: number;
   const { parts: endParts, end } = enc.finish();
   return { bytes: Buffer.concat([...parts, ...endParts]), expected, end };
 }
+
+/**
+ * Version 2's digest as docs/stream-format.md §6 defines it, computed here
+ * with node:crypto from the text (not with the addon's pipe or the
+ * library's fallback): segments of 1 MiB, each one's SHA-256 in order
+ * between the prefix and the length.
+ */
+function specDigestV2(b: Buffer): string {
+  const S = 1 << 20;
+  const size = Buffer.alloc(4);
+  size.writeUInt32LE(S);
+  const outer = createHash('sha256').update(Buffer.from('dmthin stream digest 2\0', 'latin1')).update(size);
+  for (let i = 0; i < b.length; i += S) outer.update(createHash('sha256').update(b.subarray(i, Math.min(i + S, b.length))).digest());
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(b.length));
+  return outer.update(len).digest('hex');
+}
+
+describe('digests', () => {
+  /** docs/stream-format.md §10's example, as the given version. */
+  function example(version: number): Buffer {
+    const ex = (devId: number, tx: bigint, time: number): SnapshotIdentity => ({ pool: 'dm-name:pool', devId, creationTime: time, transactionId: tx });
+    const e = new StreamEncoder({ version, dataBlockSize: 128, deviceSize: 196608, target: ex(2, 5n, 1), base: ex(1, 3n, 0) });
+    return Buffer.concat([...e.start(), ...e.data(0, 0, Buffer.alloc(65536, 0xab)), ...e.discard(1, 2), ...e.finish().parts]);
+  }
+
+  test("docs/stream-format.md §10's example: the values printed there (computed apart from dmthin), as version 1 and as version 2", () => {
+    const v1 = example(1);
+    const v2 = example(2);
+    expect(v1.length).toBe(0x000100c4 + 96);
+    expect(v1.subarray(0x14, 0x18).toString('hex')).toBe('093d3890');
+    expect(v1.subarray(0x000100d8, 0x000100dc).toString('hex')).toBe('77a9e712');
+    expect(v1.subarray(-32).toString('hex')).toBe('817a37a7816f7eb8e453bfc565524b42422de43aca36bf881e788613de098e3a');
+    expect(v2.subarray(0x20, 0x24).toString('hex')).toBe('02000000');
+    expect(v2.subarray(0x14, 0x18).toString('hex')).toBe('cc53ffb4');
+    expect(v2.subarray(0x000100d8, 0x000100dc).toString('hex')).toBe('1bc95a22');
+    expect(v2.subarray(-32).toString('hex')).toBe('dce35fcd5837eb94c8de04452bc2611dcfa677003f3dea113e4c5c0bc6314e9e');
+    // Nothing else differs.
+    const diff = [...v1.keys()].filter((i) => v1[i] !== v2[i]);
+    expect(diff.every((i) => (i >= 0x14 && i < 0x18) || i === 0x20 || (i >= 0x000100d8 && i < 0x000100dc) || i >= v1.length - 32)).toBe(true);
+    expect(verify(v1, [7, 0x20, 70000]).summary.digest).toBe('817a37a7816f7eb8e453bfc565524b42422de43aca36bf881e788613de098e3a');
+    expect(verify(v2, [7, 0x21, 70000]).summary.digest).toBe('dce35fcd5837eb94c8de04452bc2611dcfa677003f3dea113e4c5c0bc6314e9e');
+  });
+
+  test('streams of many segments: version 2 is the digest of §6, version 1 the SHA-256 of the bytes; the verifier agrees fed in any pieces', () => {
+    const data = randomBytes(5 * MAX_DATA_BYTES);
+    // Record boundaries fall anywhere in the 1 MiB segments: odd data lengths, a discard between.
+    const lens = [MAX_DATA_BYTES, 512, MAX_DATA_BYTES - 4096, 3 * 512, (1 << 20) + 512, MAX_DATA_BYTES];
+    for (const version of [1, 2]) {
+      const e = new StreamEncoder(header({ version, deviceSize: 1024 * 65536 }));
+      const parts = [...e.start()];
+      let block = 0;
+      let at = 0;
+      for (const [i, n] of lens.entries()) {
+        parts.push(...e.data(block, 0, data.subarray(at, at + n), i % 2 === 0));
+        at += n;
+        block += Math.ceil(n / 65536) + 1;
+        if (i === 2) parts.push(...e.discard(block++, 1));
+      }
+      const { parts: endParts, end } = e.finish();
+      const before = Buffer.concat(parts);
+      const want = version === 2 ? specDigestV2(before) : createHash('sha256').update(before).digest('hex');
+      expect(before.length).toBeGreaterThan(5 << 20);
+      expect(end.sha256.toString('hex')).toBe(want);
+      const bytes = Buffer.concat([before, ...endParts]);
+      for (const cuts of [[], [1, 2, 3, 1 << 20, (1 << 20) + 1, 5_000_000], Array.from({ length: 40 }, (_, i) => i * 777_777)]) {
+        expect(verify(bytes, cuts).summary.digest).toBe(want);
+      }
+    }
+  });
+
+  test('the encoder writes version 2 unless told 1, and refuses a version it cannot write', () => {
+    const e = new StreamEncoder(header());
+    expect(e.header.version).toBe(2);
+    expect(Buffer.concat(e.start()).readUInt32LE(RECORD_HEADER_SIZE + 8)).toBe(2);
+    e.abort();
+    for (const v of [0, 3]) expect(() => new StreamEncoder(header({ version: v }))).toThrow(UsageError);
+  });
+});
 
 describe('verifier', () => {
   test('round trip of random streams fed in random chunks', () => {
@@ -387,7 +469,7 @@ describe('verifier', () => {
     const s = small();
     const [h, d1, disc, d2, end] = offsets(s);
     const cases: [number, (r: Buffer) => void, string][] = [
-      [h, (r) => r.writeUInt32LE(2, RECORD_HEADER_SIZE + 8), 'version'],
+      [h, (r) => r.writeUInt32LE(3, RECORD_HEADER_SIZE + 8), 'version'],
       [d1, (r) => r.writeUInt16LE(9, 4), 'malformed'],
       [d1, (r) => r.writeUInt16LE(1, 6), 'malformed'],
       [d1, (r) => r.writeUInt32LE(7, 12), 'order'], // sequence
@@ -409,6 +491,19 @@ describe('verifier', () => {
     // A record too large to be one.
     const huge = encodeRecord(RecordType.Data, 1, [Buffer.alloc(16 + MAX_DATA_BYTES + 512)]);
     expect(refusal(() => verify(Buffer.concat([hdr, ...huge]))).reason).toBe('malformed');
+  });
+
+  test('the header names the digest: a stream relabelled as the other version (header re-sealed) is refused as digest', () => {
+    for (const [from, to] of [
+      [1, 2],
+      [2, 1],
+    ]) {
+      const e = new StreamEncoder(header({ version: from }));
+      const bytes = Buffer.concat([...e.start(), ...e.data(0, 0, randomBytes((3 << 20) + 512)), ...e.finish().parts]);
+      expect(verify(bytes).summary.header.version).toBe(from);
+      const relabelled = reseal(bytes, 0, (r) => r.writeUInt32LE(to, RECORD_HEADER_SIZE + 8));
+      expect(refusal(() => verify(relabelled, [100, 1 << 20]))).toMatchObject({ reason: 'digest', code: 'EILSEQ' });
+    }
   });
 
   test('crc and digest faults carry EILSEQ, the record and its offset', () => {

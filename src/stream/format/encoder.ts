@@ -12,7 +12,9 @@ import {
   encodeHeaderPayload,
   encodeRecord,
   type EndRecord,
+  digestSegmentBytes,
   FORMAT_VERSION,
+  FORMAT_VERSIONS,
   MAX_DATA_BYTES,
   RecordType,
   type StreamHeader,
@@ -25,7 +27,7 @@ const RECORD_OVERHEAD = 64;
 
 /** A StreamHeader whose version may be left out (default: FORMAT_VERSION). */
 export type StreamHeaderInit = Omit<StreamHeader, 'version'> & {
-  /** Stream format version (default FORMAT_VERSION). */
+  /** Stream format version (default FORMAT_VERSION, 2; 1 for a receiver that reads only version 1). */
   version?: number;
 };
 
@@ -36,8 +38,8 @@ export class StreamEncoder {
   /** Bytes per data block. */
   readonly blockBytes: number;
   private seq = 0;
-  // Hashed on the addon's thread: a sender awaits ready() before a large record.
-  private hash: StreamHash = newStreamHash();
+  // Hashed on the addon's threads: a sender awaits ready() before a large record.
+  private readonly hash: StreamHash;
   private lastEnd = 0;
   private lastDataBlock = -1;
   private ended = false;
@@ -57,6 +59,8 @@ export class StreamEncoder {
 
   constructor(header: StreamHeaderInit) {
     this.header = { version: FORMAT_VERSION, ...header };
+    if (!FORMAT_VERSIONS.includes(this.header.version)) throw new UsageError(`stream format version ${this.header.version} cannot be written (versions: ${FORMAT_VERSIONS.join(', ')})`);
+    this.hash = newStreamHash(undefined, digestSegmentBytes(this.header.version));
     this.blockBytes = this.header.dataBlockSize * SECTOR_SIZE;
   }
 

@@ -1,5 +1,5 @@
 /**
- * The send/receive stream, format version 1: constants and the codecs of the
+ * The send/receive stream, format versions 1 and 2: constants and the codecs of the
  * record header and of each record's payload. No IO, no policy; the layout
  * is specified in docs/stream-format.md (keep the two in step).
  */
@@ -13,8 +13,17 @@ import { MAX_SAFE_HI, TWO32 } from '../../pdata/words';
 export const RECORD_MAGIC = Buffer.from('DMTR', 'latin1');
 /** First 8 bytes of the header record's payload. */
 const STREAM_MAGIC = Buffer.from('DMTHSTRM', 'latin1');
-/** The stream format version this build writes (and reads). */
-export const FORMAT_VERSION = 1;
+/** The stream format version this build writes by default. */
+export const FORMAT_VERSION = 2;
+/** The stream format versions this build reads and can write (they differ only in the end record's digest). */
+export const FORMAT_VERSIONS: readonly number[] = [1, 2];
+/** Version 2's digest segment: stream bytes per SHA-256 folded into the digest. */
+export const DIGEST_SEGMENT_BYTES = 1 << 20;
+
+/** The digest's segment size for a format version: 0 is version 1's single SHA-256 over every byte. */
+export function digestSegmentBytes(version: number): number {
+  return version >= 2 ? DIGEST_SEGMENT_BYTES : 0;
+}
 
 export const RECORD_HEADER_SIZE = 24;
 /** Data bytes in one data record, at most: bounds memory on both sides. */
@@ -232,8 +241,8 @@ export function decodeHeaderPayload(b: Buffer, where: { offset: number; record: 
     throw new StreamError('magic', 'not a dmthin stream (bad stream magic)', where);
   }
   const version = b.readUInt32LE(8);
-  if (version !== FORMAT_VERSION) {
-    throw new StreamError('version', `stream format version ${version} is not supported (this build reads version ${FORMAT_VERSION})`, where);
+  if (!FORMAT_VERSIONS.includes(version)) {
+    throw new StreamError('version', `stream format version ${version} is not supported (this build reads versions ${FORMAT_VERSIONS.join(' and ')}): upgrade dmthin`, where);
   }
   const flags = b.readUInt32LE(12);
   if (flags & ~HEADER_FLAG_INCREMENTAL) fail(`unknown flags 0x${flags.toString(16)}`);

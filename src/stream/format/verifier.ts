@@ -15,6 +15,7 @@ import {
   DATA_PREFIX_SIZE,
   decodeEndPayload,
   decodeHeaderPayload,
+  digestSegmentBytes,
   decodeRecordHeader,
   DISCARD_PAYLOAD_SIZE,
   END_PAYLOAD_SIZE,
@@ -178,10 +179,12 @@ export class StreamVerifier {
   private recOffset = 0;
   private recType = 0;
   // Fed as bytes are consumed (header once known not to be the end record's,
-  // payload pieces as they arrive) and hashed on the addon's thread.
+  // payload pieces as they arrive) and hashed on the addon's threads.
   // Its ring holds a few input chunks: callers await ready() before each.
-  // Null on a recheck pass: the GMAC (mac) stands in for it.
-  private readonly hash: StreamHash | null;
+  // Made when the header record is read (its version says which digest; the
+  // header record's own bytes go in then). Null before, and on a recheck
+  // pass: the GMAC (mac) stands in for it.
+  private hash: StreamHash | null = null;
   private readonly recheck: (VerifiedStream & { mac: NonNullable<VerifiedStream['mac']> }) | null;
   // Fed every input chunk whole (end record included): cheaper than per record, the same bytes on both passes.
   private readonly mac: StreamMac | null;
@@ -208,7 +211,6 @@ export class StreamVerifier {
     this.scratch = r instanceof RecordBuffers ? r : r ? new RecordBuffers() : null;
     const before = opts.recheck;
     this.recheck = before?.mac ? { ...before, mac: before.mac } : null;
-    this.hash = this.recheck ? null : newStreamHash(VERIFY_HASH_RING_BYTES);
     const macKey = this.recheck?.mac ?? opts.mac;
     this.mac = macKey ? new StreamMac(macKey) : null;
   }
@@ -343,6 +345,7 @@ export class StreamVerifier {
 
   /** `inChunk`: a view into the pushed chunk (read in place when the caller holds chunks); else copied. */
   private hashBytes(b: Buffer, inChunk: boolean): void {
+    // Before the header record is whole the digest is not chosen: completeRecord feeds that record.
     if (!this.hash) return;
     if (inChunk && this.opts.holdChunks) this.hash.updateHeld(b);
     else this.hash.update(b);
@@ -402,6 +405,12 @@ export class StreamVerifier {
     switch (this.recType) {
       case RecordType.Header: {
         const header = decodeHeaderPayload(payload, where);
+        if (!this.recheck) {
+          this.hash = newStreamHash(VERIFY_HASH_RING_BYTES, digestSegmentBytes(header.version));
+          this.hash.update(this.hdr);
+          this.hash.update(payload);
+          this.hashed = this.hdr.length + payload.length;
+        }
         this._header = header;
         this.blockBytes = header.dataBlockSize * SECTOR_SIZE;
         rec = { ...at, type: 'header', header };

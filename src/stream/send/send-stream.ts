@@ -45,6 +45,12 @@ export interface EncodeOptions {
    * writeRecords() is; a Readable reads ahead, so encodeStream never sets it.
    */
   reuseBuffers?: boolean;
+  /**
+   * Stream format version to write (default FORMAT_VERSION, 2). Version 1
+   * (one SHA-256 over the stream, on one core) is for receivers that read
+   * only it; the records are the same.
+   */
+  formatVersion?: number;
 }
 
 /** Batch buffers reused with reuseBuffers: one filled, one read ahead, one being hashed or written. */
@@ -54,7 +60,7 @@ const REUSED_BATCH_BYTES = 8 << 20;
 
 /** What a send produced. */
 export interface SendSummary {
-  /** SHA-256 (hex) of the stream before the end record, as the receiver records it. */
+  /** The stream's digest (hex; docs/stream-format.md §6) before the end record, as the receiver records it. */
   digest: string;
   /** Records in the stream. */
   records: number;
@@ -101,7 +107,7 @@ function readBatch(source: DataSource, b: Batch): Promise<Buffer> {
 
 /** The stream's bytes for a plan, reading data from `source`. */
 export async function* encodeRecords(plan: SendPlan, source: DataSource, opts: EncodeOptions = {}): AsyncGenerator<Buffer> {
-  const enc = new StreamEncoder(plan.header);
+  const enc = new StreamEncoder(opts.formatVersion === undefined ? plan.header : { ...plan.header, version: opts.formatVersion });
   const { deviceSize } = enc.header;
   const bs = enc.blockBytes;
   // Whole blocks per record when blocks are small; 8 MiB pieces of a block otherwise.
