@@ -1,4 +1,6 @@
+import { randomBytes } from 'node:crypto';
 import { native } from '../../src/native/binding';
+import { crc32cPortable } from '../../src/native/portable';
 import { BlockType, blockChecksum, crc32c, verifyChecksum, blockTypeOf } from '../../src/pdata/checksum';
 import { MemoryBlockSource } from '../../src/pdata/block-source';
 import { MetadataError } from '../../src/errors';
@@ -16,6 +18,25 @@ describe('CRC-32C', () => {
       for (let i = 0; i < len; i++) b[i] = (i * 131 + len) & 0xff;
       expect(n.crc32c(b) >>> 0).toBe(n.crc32cTable(b) >>> 0);
     }
+  });
+
+  test('three interleaved chains (lanes of 256 bytes and 8 KiB) join to the one-chain value: every length around the lanes, any alignment, any seed', () => {
+    // The hardware path runs three chains over blocks of 3 x 256 and 3 x 8192
+    // bytes and joins them; the table path is one chain a byte at a time.
+    const n = native();
+    const data = randomBytes(200_000);
+    const lens = [767, 768, 769, 775, 776, 1535, 1536, 1543, 4092, 4096, 24575, 24576, 24577, 24576 + 768, 24576 + 767, 49152 + 1543, 199_990];
+    for (let i = 0; i < 40; i++) lens.push(Math.floor(Math.random() * 199_990));
+    for (const len of lens) {
+      for (const off of [0, 1, 3, 4, 7]) {
+        const b = data.subarray(off, off + len);
+        const seed = (Math.random() * 2 ** 32) >>> 0;
+        expect([len, off, n.crc32c(b) >>> 0]).toEqual([len, off, n.crc32cTable(b) >>> 0]);
+        // Raw with any seed, against the pure-JS CRC (src/native/portable.ts).
+        expect(n.crc32c(b, seed, true) >>> 0).toBe(crc32cPortable(b, seed, true) >>> 0);
+      }
+    }
+    expect(n.crc32c(Buffer.alloc(1 << 20), 0, true) >>> 0).toBe(0); // zeros from a zero state stay zero
   });
 
   test.each([
