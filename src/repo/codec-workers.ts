@@ -9,8 +9,10 @@
  * Workers run node's zlib and crypto only: envelopes, keys and policy stay in
  * codec.ts. Their source is this file's string (no module of ours is loaded
  * in a worker), so it runs the same from dist/ and under the test runner.
- * They start on first use, one per core up to four, and never keep the
- * process alive when idle.
+ * They start once a process has (de)compressed INLINE_BYTES, one per core
+ * up to four, and never keep the process alive when idle. Before that, work
+ * runs on the calling thread, synchronously: a small incremental backup or
+ * restore does not pay the workers' start and memory.
  *
  * Memory: a task's input and output live in a SharedArrayBuffer slab that is
  * reused for the next task (the input copied in, the result read in place),
@@ -68,6 +70,8 @@ parentPort.on('message', (t) => {
 `;
 
 const MAX_WORKERS = 4;
+/** Bytes (de)compressed without workers before they start (a 1% incremental backup of 1 GiB stays under it). */
+const INLINE_BYTES = 16 << 20;
 /** Free slabs kept for reuse, in bytes (more in flight at once are dropped after use). */
 const RETAIN_BYTES = 16 << 20;
 const SLAB_UNIT = 64 << 10;
@@ -97,7 +101,7 @@ interface Pending {
   slot: Slot;
 }
 
-/** A task failed in the worker (zlib's reason and code). */
+/** A task failed (zlib's reason and code), in a worker or before the workers started. */
 export class WorkerTaskError extends Error {
   declare code?: string;
 
@@ -108,6 +112,7 @@ export class WorkerTaskError extends Error {
 }
 
 let slots: Slot[] | undefined;
+let inlineLeft = INLINE_BYTES;
 let seq = 0;
 const pending = new Map<number, Pending>();
 const freeSlabs: SharedArrayBuffer[] = [];
@@ -165,6 +170,64 @@ function start(): Slot[] {
 }
 
 /**
+ * Whether a task of `n` bytes runs without the workers: only before they
+ * started and while the budget lasts (then they start and stay).
+ */
+function inline(n: number): boolean {
+  if (slots || n > inlineLeft) {
+    inlineLeft = 0;
+    return false;
+  }
+  inlineLeft -= n;
+  return true;
+}
+
+/**
+ * Sets how many bytes are still (de)compressed before the workers start
+ * (tests: 0 to use the workers at once, Infinity never).
+ * @internal
+ */
+export function setInlineBudget(bytes: number): void {
+  inlineLeft = bytes;
+}
+
+/**
+ * Whether the worker threads have started.
+ * @internal
+ */
+export function workersStarted(): boolean {
+  return slots !== undefined;
+}
+
+type Zlib = typeof import('node:zlib');
+let zlibModule: Zlib | undefined;
+
+/**
+ * A task on this thread, synchronously (the bytes the workers make): for
+ * 64 KiB chunks a fraction of a millisecond each, and no zlib stream or
+ * thread-pool hop per call (Node's asynchronous zlib took twice the CPU).
+ */
+function runInline(task: { op: 'compress'; algorithm: 1 | 2; level: number } | { op: 'decompress'; code: 1 | 2; max: number; idKey?: Buffer | null }, data: Uint8Array): Promise<{ out: Buffer; id?: string }> {
+  const z = (zlibModule ??= require('node:zlib') as Zlib);
+  let out: Buffer;
+  try {
+    if (task.op === 'compress') {
+      out =
+        task.algorithm === 1
+          ? z.deflateRawSync(data, { level: task.level })
+          : z.brotliCompressSync(data, { params: { [z.constants.BROTLI_PARAM_QUALITY]: task.level, [z.constants.BROTLI_PARAM_SIZE_HINT]: data.length } });
+    } else {
+      out = task.code === 1 ? z.inflateRawSync(data, { maxOutputLength: task.max }) : z.brotliDecompressSync(data, { maxOutputLength: task.max });
+    }
+  } catch (e) {
+    return Promise.reject(new WorkerTaskError({ message: (e as Error).message, code: (e as NodeJS.ErrnoException).code }));
+  }
+  if (task.op === 'compress' || task.idKey === undefined) return Promise.resolve({ out });
+  const { createHash, createHmac } = require('node:crypto') as typeof import('node:crypto');
+  return Promise.resolve({ out, id: (task.idKey ? createHmac('sha256', task.idKey) : createHash('sha256')).update(out).digest('hex') });
+}
+
+/**
  * Runs a task on `data` with room for `outCap` bytes of result in its slab;
  * `use` gets the result, valid only during the call (the slab is reused
  * after it).
@@ -202,6 +265,7 @@ async function run<T>(task: Record<string, unknown>, data: Uint8Array, outCap: n
  * the view is valid only during `use`.
  */
 export function compressInWorker<T>(algorithm: 1 | 2, level: number, data: Uint8Array, use: (z: Uint8Array) => T): Promise<T> {
+  if (inline(data.length)) return runInline({ op: 'compress', algorithm, level }, data).then((r) => use(r.out));
   return run({ op: 'compress', algorithm, level }, data, data.length + 1024, (out) => use(out));
 }
 
@@ -212,5 +276,7 @@ export function compressInWorker<T>(algorithm: 1 | 2, level: number, data: Uint8
  * hashed in the worker.
  */
 export function decompressInWorker(code: 1 | 2, data: Uint8Array, max: number, hint?: number, idKey?: Buffer | null): Promise<{ out: Buffer; id?: string }> {
+  // Counted by the compressed size: the plaintext is not known yet.
+  if (inline(data.length)) return runInline({ op: 'decompress', code, max, idKey }, data);
   return run({ op: 'decompress', code, max, idKey }, data, Math.min(hint ?? SLAB_UNIT, max), (out, id) => ({ out: Buffer.from(out), id }));
 }

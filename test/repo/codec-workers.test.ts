@@ -4,7 +4,8 @@
  * compressed), a failure inside zlib comes back as an error (and as
  * RepoError 'corrupt' through the envelope), the caller's memory is neither
  * detached nor read beyond its slice, and many tasks at once each get their
- * own answer.
+ * own answer; all of it on the workers and on the calling thread, which does
+ * the work until a process has (de)compressed 16 MiB.
  */
 import { spawnSync } from 'node:child_process';
 import { createHash, createHmac, randomBytes } from 'node:crypto';
@@ -12,13 +13,20 @@ import { join } from 'node:path';
 import { brotliCompressSync, constants as zc, deflateRawSync } from 'node:zlib';
 import { RepoError } from '../../src/errors';
 import { seal, unsealChunkAsync, parseCompression } from '../../src/repo/codec';
-import { WorkerTaskError, compressInWorker, decompressInWorker } from '../../src/repo/codec-workers';
+import { WorkerTaskError, compressInWorker, decompressInWorker, setInlineBudget, workersStarted } from '../../src/repo/codec-workers';
 
 const copyOut = (z: Uint8Array) => Buffer.from(z);
 const text = Buffer.from('the quick brown fox jumps over the lazy dog; '.repeat(2000));
 const brotli = (b: Uint8Array, q: number) => brotliCompressSync(b, { params: { [zc.BROTLI_PARAM_QUALITY]: q, [zc.BROTLI_PARAM_SIZE_HINT]: b.length } });
 
-describe('compression workers', () => {
+// The calling thread first: once started, the workers stay for the process.
+describe.each([
+  ['on the calling thread, before the workers start', Infinity],
+  ['on worker threads', 0],
+])('compression %s', (_where, budget) => {
+  beforeAll(() => setInlineBudget(budget));
+  afterAll(() => setInlineBudget(0));
+
   it.each([1, 5, 11])('brotli quality %i: the same bytes as brotliCompressSync', async (q) => {
     for (const s of [text, randomBytes(70_000), Buffer.alloc(4 << 20, 7), Buffer.alloc(0)]) {
       expect((await compressInWorker(2, q, s, copyOut)).equals(brotli(s, q))).toBe(true);
@@ -89,13 +97,31 @@ describe('compression workers', () => {
     back.forEach((r, i) => expect(r.out.equals(inputs[i]!)).toBe(true));
   });
 
+  it('the workers are used in this mode, or not', async () => {
+    await compressInWorker(2, 1, text, copyOut);
+    expect(workersStarted()).toBe(budget === 0);
+  });
+});
+
+describe('when the workers start', () => {
   it('idle workers never keep a process alive, also those that never had a task (built library, child process)', () => {
     const mod = join(__dirname, '..', '..', 'dist', 'repo', 'codec-workers.js');
     // One task at a time: the second worker never gets one.
-    const code = `const w = require(${JSON.stringify(mod)}); (async () => { for (let i = 0; i < 3; i++) await w.compressInWorker(2, 1, Buffer.alloc(1000, i), (z) => z.length); console.log('done'); })();`;
+    const code = `const w = require(${JSON.stringify(mod)}); w.setInlineBudget(0); (async () => { for (let i = 0; i < 3; i++) await w.compressInWorker(2, 1, Buffer.alloc(1000, i), (z) => z.length); console.log(w.workersStarted() ? 'done' : 'no workers'); })();`;
     const r = spawnSync(process.execPath, ['-e', code], { encoding: 'utf8', timeout: 20_000, killSignal: 'SIGKILL' });
     expect(r.signal).toBeNull();
     expect(r.stdout).toBe('done\n');
     expect(r.status).toBe(0);
+  });
+
+  it('a process that (de)compresses little never starts them; past 16 MiB they start and stay', () => {
+    const mod = join(__dirname, '..', '..', 'dist', 'repo', 'codec-workers.js');
+    const code = `const w = require(${JSON.stringify(mod)}); const b = require('node:crypto').randomBytes(1 << 20); (async () => {
+      const seen = [];
+      for (let i = 0; i < 24; i++) { await w.compressInWorker(2, 1, b, (z) => z.length); seen.push(w.workersStarted() ? 1 : 0); }
+      console.log(seen.join(''));
+    })();`;
+    const r = spawnSync(process.execPath, ['-e', code], { encoding: 'utf8', timeout: 20_000, killSignal: 'SIGKILL' });
+    expect([r.status, r.stdout]).toEqual([0, '0'.repeat(16) + '1'.repeat(8) + '\n']);
   });
 });
