@@ -25,7 +25,7 @@ export { StreamEncoder } from './stream/format/encoder';
 export type { StreamHeaderInit } from './stream/format/encoder';
 export { RecordBuffers, StreamVerifier } from './stream/format/verifier';
 export type { StreamRecord, VerifiedStream, VerifierOptions } from './stream/format/verifier';
-export { FORMAT_VERSION, RecordType, MAX_DATA_BYTES } from './stream/format/records';
+export { DIGEST_SEGMENT_BYTES, FORMAT_VERSION, FORMAT_VERSIONS, RecordType, MAX_DATA_BYTES } from './stream/format/records';
 export type { EndRecord } from './stream/format/records';
 
 // Direct block writes (what receive writes a target with).

@@ -57,7 +57,7 @@ const UNSTABLE = [
   'DmEventPoller',
   'BLOCK_SIZE', 'Block', 'BlockSource', 'BlockType', 'BlockWriter', 'BlockWriterInfo',
   'BlockWriterOpenOptions', 'BtreeNode', 'BtreeWalkOptions', 'Cmd', 'DiscardMethod', 'DmSyncTransport',
-  'DmTransport', 'EndRecord', 'FORMAT_VERSION', 'IndexEntry', 'IoStats', 'MAX_DATA_BYTES', 'MemoryBlockSource',
+  'DIGEST_SEGMENT_BYTES', 'DmTransport', 'EndRecord', 'FORMAT_VERSION', 'FORMAT_VERSIONS', 'IndexEntry', 'IoStats', 'MAX_DATA_BYTES', 'MemoryBlockSource',
   'NativeBlockSource', 'RecordBuffers', 'RecordType', 'RunBatch', 'SpaceMap', 'StreamEncoder',
   'StreamHeaderInit', 'StreamRecord', 'StreamVerifier', 'THIN_SUPERBLOCK_MAGIC', 'TreeContext',
   'VerifiedStream', 'VerifierOptions', 'WriteSegment', 'ZeroOutMethod', 'blockChecksum', 'blockTypeOf',
