@@ -156,7 +156,19 @@ describe('receive state', () => {
     ['a key that does not match the identity', (g) => g.replace(/"devId": 1/, '"devId": 2')],
     ['no pending field', (g) => JSON.stringify({ ...JSON.parse(g), pending: undefined })],
     ['version 2', (g) => JSON.stringify({ ...JSON.parse(g), version: 2 })],
+    ['current.formatVersion a string', (g) => JSON.stringify({ ...JSON.parse(g), current: { ...JSON.parse(g).current, formatVersion: '2' } })],
   ];
+
+  test('a state file written before stream format version 2 (no formatVersion) is read as it was', async () => {
+    const t = await dev1Target();
+    const stateFile = `${t}.dmthin-state.json`;
+    const st = JSON.parse(readFileSync(stateFile, 'utf8'));
+    expect(st.current.formatVersion).toBe(2);
+    delete st.current.formatVersion;
+    writeFileSync(stateFile, JSON.stringify(st, null, 2));
+    await receive({ target: t, input: Readable.from([streams.inc2from1]) });
+    expect(sha256File(t)).toBe(await expectedSha(md, 2, SIZE));
+  });
 
   test.each(damaged)('a damaged state file (%s): incremental refused with a typed error naming the file; a full stream starts over', async (_name, damage) => {
     const t = await dev1Target();

@@ -22,9 +22,9 @@ let s: Scratch;
 let md: ThinMetadata;
 const streams: Record<string, Buffer> = {};
 
-async function make(snap: number, base?: number, size = SIZE): Promise<Buffer> {
+async function make(snap: number, base?: number, size = SIZE, formatVersion?: number): Promise<Buffer> {
   const chunks: Buffer[] = [];
-  for await (const c of sendStream({ metadata: md, snap, base, source: new PatternSource(BS), deviceSize: size, poolId: 'p' })) chunks.push(c as Buffer);
+  for await (const c of sendStream({ metadata: md, snap, base, source: new PatternSource(BS), deviceSize: size, poolId: 'p', formatVersion })) chunks.push(c as Buffer);
   return Buffer.concat(chunks);
 }
 
@@ -236,10 +236,14 @@ test('an interrupted apply leaves the target marked inconsistent until that stre
     receive({ target: t, input: Readable.from([inc5]), signal: ac3.signal, onProgress: (p) => p.phase === 'apply' && ac3.abort() }),
   ).rejects.toBeInstanceOf(AbortError);
   const st2 = JSON.parse(readFileSync(`${t}.dmthin-state.json`, 'utf8'));
-  expect([st2.current.snapshot.devId, st2.pending.snapshot.devId]).toEqual([1, 5]);
+  expect([st2.current.snapshot.devId, st2.pending.snapshot.devId, st2.pending.formatVersion]).toEqual([1, 5, 2]);
   // Another incremental from device 1 is refused, though its base is the "current" one.
   expect(await refused(t, bigInc, 'pipe')).toMatchObject({ reason: 'base-mismatch' });
   expect((await refused(t, bigInc, 'pipe')).message).toMatch(/interrupted/);
+  // The same records as format version 1 are another stream (another digest): refused, saying which version to send.
+  const inc5v1 = await make(5, 1, 400 * BS, 1);
+  expect(inc5v1.readUInt32LE(RECORD_HEADER_SIZE + 8)).toBe(1);
+  expect((await refused(t, inc5v1, 'file')).message).toMatch(/interrupted; receive that stream again \(it was stream format version 2: send it again with --format-version 2\)/);
   // Retrying the interrupted one is allowed.
   await receive({ target: t, input: Readable.from([inc5]) });
   expect(sha256File(t)).toBe(await expectedSha(md, 5, 400 * BS));

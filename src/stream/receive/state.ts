@@ -39,8 +39,10 @@ export interface StateEntry {
   snapshot: IdentityJson;
   /** Its base, or null for a full stream. */
   base: IdentityJson | null;
-  /** SHA-256 (hex) of the stream, as in its end record. */
+  /** The stream's digest (hex), as in its end record. */
   digest: string;
+  /** The stream's format version (which digest that is); absent in files written before version 2: 1. */
+  formatVersion?: number;
   /** The device size in bytes. */
   deviceSize: number;
   /** The source pool's data block size in sectors. */
@@ -72,6 +74,7 @@ export function entryFor(h: StreamHeader, digest: string): StateEntry {
     snapshot: identityJson(h.target),
     base: h.base ? identityJson(h.base) : null,
     digest,
+    formatVersion: h.version,
     deviceSize: h.deviceSize,
     dataBlockSize: h.dataBlockSize,
     at: new Date().toISOString(),
@@ -131,6 +134,7 @@ function entryProblem(x: unknown): string | null {
     if (base) return `base: ${base}`;
   }
   if (typeof e.digest !== 'string' || !HEX64.test(e.digest)) return 'digest is not a SHA-256 in hex';
+  if ('formatVersion' in e && !(Number.isInteger(e.formatVersion) && (e.formatVersion as number) >= 1)) return 'formatVersion is not a positive integer';
   if (!Number.isSafeInteger(e.deviceSize) || (e.deviceSize as number) < 0 || (e.deviceSize as number) % 512 !== 0) return 'deviceSize is not a whole number of sectors';
   if (!Number.isInteger(e.dataBlockSize) || (e.dataBlockSize as number) <= 0) return 'dataBlockSize is not a positive integer';
   return null;
@@ -208,7 +212,12 @@ export function checkBase(read: StateRead, h: StreamHeader, digest: string | nul
     }
     if (s.pending) {
       // Only known once the whole stream has been read: the early check lets it pass.
-      if (digest !== null) fail(`the target is inconsistent: receiving stream ${s.pending.digest.slice(0, 16)}… was interrupted; receive that stream again or a full stream`);
+      if (digest !== null) {
+        // The same records as another format version carry another digest: say which version to send.
+        const v = s.pending.formatVersion ?? 1;
+        const other = v !== h.version ? ` (it was stream format version ${v}: send it again with --format-version ${v})` : '';
+        fail(`the target is inconsistent: receiving stream ${s.pending.digest.slice(0, 16)}… was interrupted; receive that stream again${other} or a full stream`);
+      }
     } else if (s.current.snapshot.key !== identityKey(h.base)) {
       const c = s.current.snapshot;
       fail(
