@@ -186,6 +186,18 @@ export async function writeState(file: string, state: ReceiveState): Promise<voi
  * `force`), at the size it was received at (unless `resized`).
  * `digest` is null for the early check on the header alone.
  */
+/**
+ * Whether `h` (its whole-stream digest `digest`) is the stream `e` records:
+ * the same digest, or, sent as the other format version (another digest for
+ * the same records: a sender upgraded in between), the same snapshot, base
+ * and size.
+ */
+function sameStream(e: StateEntry, h: StreamHeader, digest: string): boolean {
+  if (e.digest === digest) return true;
+  if ((e.formatVersion ?? 1) === h.version) return false;
+  return e.snapshot.key === identityKey(h.target) && (e.base?.key ?? null) === (h.base ? identityKey(h.base) : null) && e.deviceSize === h.deviceSize;
+}
+
 export function checkBase(read: StateRead, h: StreamHeader, digest: string | null, stateFile: string, force: boolean, resized = false): void {
   if (!h.base) return;
   const fail = (m: string): never => {
@@ -202,22 +214,17 @@ export function checkBase(read: StateRead, h: StreamHeader, digest: string | nul
   }
   const s = read.state;
   // A retry of the stream whose apply was interrupted: its records are absolute, applying them again is safe.
-  const retry = s?.pending != null && digest !== null && s.pending.digest === digest;
+  const retry = s?.pending != null && digest !== null && sameStream(s.pending, h, digest);
   // The stream the target already holds, sent again (a sender that crashed before it saw the confirmation): applying it again is safe.
   const holdsTarget = s?.pending == null && s?.current != null && s.current.snapshot.key === identityKey(h.target);
-  const again = holdsTarget && (digest === null || s!.current!.digest === digest);
+  const again = holdsTarget && (digest === null || sameStream(s!.current!, h, digest));
   if (!force && !retry && !again) {
     if (!s?.current) {
       return fail(`incremental stream against ${describeIdentity(h.base)}, but ${stateFile} records no completed receive: receive a full stream first`);
     }
     if (s.pending) {
       // Only known once the whole stream has been read: the early check lets it pass.
-      if (digest !== null) {
-        // The same records as another format version carry another digest: say which version to send.
-        const v = s.pending.formatVersion ?? 1;
-        const other = v !== h.version ? ` (it was stream format version ${v}: send it again with --format-version ${v})` : '';
-        fail(`the target is inconsistent: receiving stream ${s.pending.digest.slice(0, 16)}… was interrupted; receive that stream again${other} or a full stream`);
-      }
+      if (digest !== null) fail(`the target is inconsistent: receiving stream ${s.pending.digest.slice(0, 16)}… was interrupted; receive that stream again or a full stream`);
     } else if (s.current.snapshot.key !== identityKey(h.base)) {
       const c = s.current.snapshot;
       fail(
