@@ -73,13 +73,12 @@ class PipeHash implements StreamHash {
 /** What version 2's outer hash starts with: this text, its NUL, then the segment size (u32 LE). */
 export const SEGMENTED_DIGEST_PREFIX = 'dmthin stream digest 2\0';
 
-class CryptoHash implements StreamHash {
-  private readonly h: Hash = createHash('sha256');
-  update(data: Uint8Array): void {
-    this.h.update(data);
-  }
+/** On the JS thread: every byte is hashed by the time update() returns. */
+abstract class SyncHash implements StreamHash {
+  abstract update(data: Uint8Array): void;
+  abstract digest(): Buffer;
   updateHeld(data: Uint8Array): void {
-    this.h.update(data);
+    this.update(data);
   }
   ready(): Promise<void> {
     return Promise.resolve();
@@ -87,14 +86,22 @@ class CryptoHash implements StreamHash {
   hashedThrough(): Promise<void> {
     return Promise.resolve();
   }
-  digest(): Buffer {
-    return this.h.digest();
-  }
   abort(): void {}
 }
 
+/** Version 1's digest on the JS thread. */
+class CryptoHash extends SyncHash {
+  private readonly h: Hash = createHash('sha256');
+  update(data: Uint8Array): void {
+    this.h.update(data);
+  }
+  digest(): Buffer {
+    return this.h.digest();
+  }
+}
+
 /** Version 2's digest on the JS thread: each segment's SHA-256, folded in order, then the length. */
-class SegmentedCryptoHash extends CryptoHash {
+class SegmentedCryptoHash extends SyncHash {
   private readonly outer: Hash = createHash('sha256');
   private seg: Hash = createHash('sha256');
   private inSeg = 0;
@@ -105,7 +112,7 @@ class SegmentedCryptoHash extends CryptoHash {
     size.writeUInt32LE(segmentBytes);
     this.outer.update(SEGMENTED_DIGEST_PREFIX).update(size);
   }
-  override update(data: Uint8Array): void {
+  update(data: Uint8Array): void {
     for (let off = 0; off < data.length; ) {
       const n = Math.min(data.length - off, this.segmentBytes - this.inSeg);
       this.seg.update(data.subarray(off, off + n));
@@ -115,15 +122,12 @@ class SegmentedCryptoHash extends CryptoHash {
       if (this.inSeg === this.segmentBytes) this.endSegment();
     }
   }
-  override updateHeld(data: Uint8Array): void {
-    this.update(data);
-  }
   private endSegment(): void {
     this.outer.update(this.seg.digest());
     this.seg = createHash('sha256');
     this.inSeg = 0;
   }
-  override digest(): Buffer {
+  digest(): Buffer {
     if (this.inSeg > 0) this.endSegment();
     const len = Buffer.alloc(8);
     len.writeBigUInt64LE(BigInt(this.total));

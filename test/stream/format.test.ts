@@ -512,6 +512,11 @@ describe('verifier', () => {
     const bad = Buffer.from(s);
     bad[d1 + RECORD_HEADER_SIZE + 100] ^= 0x10;
     expect(refusal(() => verify(bad))).toMatchObject({ reason: 'crc', code: 'EILSEQ', record: 1, offset: d1 });
+    // The same byte changed with the record's CRC sealed again: only the digest sees it, and says which one it is.
+    const resealed = reseal(s, d1, (r) => (r[RECORD_HEADER_SIZE + 100] ^= 0x10));
+    const e = refusal(() => verify(resealed));
+    expect(e).toMatchObject({ reason: 'digest', code: 'EILSEQ' });
+    expect(e.message).toMatch(/^the stream's digest \(format version 2, docs\/stream-format\.md §6\) does not match the end record \(record \d+ at byte \d+\)$/);
   });
 
   test('the header is available before the rest arrives', () => {

@@ -498,7 +498,7 @@ export class StreamVerifier {
       this.result = { header: this._header!, end, digest: before.digest, bytes };
     } else {
       const digest = this.hash.digest();
-      if (!digest.equals(end.sha256)) this.fail('digest', 'SHA-256 of the stream does not match the end record');
+      if (!digest.equals(end.sha256)) this.fail('digest', `the stream's digest (format version ${this._header!.version}, docs/stream-format.md §6) does not match the end record`);
       const mac = this.mac && this.opts.mac ? { ...this.opts.mac, tag: this.mac.tag() } : undefined;
       this.result = { header: this._header!, end, digest: digest.toString('hex'), bytes, ...(mac ? { mac } : {}) };
     }
