@@ -16,8 +16,9 @@ namespace {
 constexpr size_t kDefaultRing = 16 << 20;
 constexpr size_t kMinRing = 64 << 10;
 constexpr size_t kMaxRing = 256 << 20;
-// Hashed per turn of the thread: small enough that a waiting producer gets
-// room back often, large enough that the lock costs nothing.
+// The largest piece a lane hashes in one turn (Enqueue cuts bytes so): small
+// enough that a waiting producer gets room back often, large enough that the
+// lock costs nothing.
 constexpr size_t kSlice = 256 << 10;
 // Version 2's outer hash starts with this text and its NUL (docs/stream-format.md §6).
 constexpr char kOuterPrefix[] = "dmthin stream digest 2";
