@@ -13,18 +13,67 @@
         "native/dm_poll.cc",
         "native/file_lock.cc",
         "native/file_put.cc",
-        "native/sha256_pipe.cc",
+        "native/digest_pipe.cc",
         "native/range_reader.cc",
         "native/exit_guard.cc",
-        "native/allocator.cc"
+        "native/allocator.cc",
+        "native/third_party/blake3/blake3.c",
+        "native/third_party/blake3/blake3_dispatch.c",
+        "native/third_party/blake3/blake3_portable.c"
       ],
-      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
-      "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],
-      "cflags!": ["-fno-exceptions"],
-      "cflags_cc!": ["-fno-exceptions"],
-      "cflags_cc": ["-std=c++17", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fvisibility=hidden"],
+      "include_dirs": [
+        "<!(node -p \"require('node-addon-api').include_dir\")"
+      ],
+      "defines": [
+        "NAPI_VERSION=8",
+        "NAPI_CPP_EXCEPTIONS",
+        "NODE_ADDON_API_DISABLE_DEPRECATED"
+      ],
+      "cflags!": [
+        "-fno-exceptions"
+      ],
+      "cflags_cc!": [
+        "-fno-exceptions"
+      ],
+      "cflags_cc": [
+        "-std=c++17",
+        "-O2",
+        "-Wall",
+        "-Wextra",
+        "-Wno-unused-parameter",
+        "-fvisibility=hidden"
+      ],
       "conditions": [
-        ["OS!='linux'", { "type": "none" }]
+        [
+          "OS!='linux'",
+          {
+            "type": "none"
+          }
+        ],
+        [
+          "target_arch=='x64'",
+          {
+            "sources": [
+              "native/third_party/blake3/blake3_sse2_x86-64_unix.S",
+              "native/third_party/blake3/blake3_sse41_x86-64_unix.S",
+              "native/third_party/blake3/blake3_avx2_x86-64_unix.S",
+              "native/third_party/blake3/blake3_avx512_x86-64_unix.S"
+            ]
+          },
+          {
+            "defines": [
+              "BLAKE3_NO_SSE2",
+              "BLAKE3_NO_SSE41",
+              "BLAKE3_NO_AVX2",
+              "BLAKE3_NO_AVX512",
+              "BLAKE3_USE_NEON=0"
+            ]
+          }
+        ]
+      ],
+      "cflags_c": [
+        "-O2",
+        "-fvisibility=hidden"
       ]
     }
   ]

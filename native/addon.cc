@@ -12,7 +12,7 @@
 #include "file_lock.h"
 #include "file_put.h"
 #include "range_reader.h"
-#include "sha256_pipe.h"
+#include "digest_pipe.h"
 
 namespace dmthin {
 
@@ -24,7 +24,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   DmPoll::Init(env, exports);
   InitFileLock(env, exports);
   InitFilePut(env, exports);
-  Sha256Pipe::Init(env, exports);
+  DigestPipe::Init(env, exports);
   RangeReader::Init(env, exports);
   InitExitGuard(env, exports);
   InitAllocator(env, exports);

@@ -92,11 +92,11 @@ export interface NativeDmPoll {
 }
 
 /**
- * SHA-256 hashed on a thread of the addon's own: update() copies into a ring
- * (blocking only while the ring is full) and returns; digest() waits for the
- * queued bytes, then ends the thread.
+ * A stream digest (docs/stream-format.md §6) hashed on threads of the addon's
+ * own: update() copies into a ring (blocking only while the ring is full) and
+ * returns; digest() waits for the queued bytes, then ends the threads.
  */
-export interface NativeSha256Pipe {
+export interface NativeDigestPipe {
   update(data: Uint8Array): void;
   /** Queues `data` itself (referenced, not copied) after what is queued: it must not change until hashed. */
   updateHeld(data: Uint8Array): void;
@@ -107,8 +107,10 @@ export interface NativeSha256Pipe {
   digest(): Buffer;
   /** The ring's size in bytes. */
   capacity(): number;
-  /** The digest's segment size (0: version 1's single SHA-256); absent in an addon built before version 2. */
-  segmentBytes?(): number;
+  /** The digest's segment size (0: version 1's single SHA-256). */
+  segmentBytes(): number;
+  /** The hash function: 'sha256' or 'blake3'. */
+  algorithm(): 'sha256' | 'blake3';
   /** Stops hashing (the stream will not be finished), joins the thread and lets go of held buffers; digest() then throws. */
   abort(): void;
 }
@@ -127,8 +129,11 @@ export interface NativeAddon {
   crc32cHardware(): boolean;
   BlockReader: new () => NativeBlockReader;
   BlockWriter: new () => NativeBlockWriter;
-  /** segmentBytes 0 or absent: one SHA-256 on one thread; else the segmented digest of stream format version 2 on up to four. */
-  Sha256Pipe: new (ringBytes?: number, segmentBytes?: number) => NativeSha256Pipe;
+  /**
+   * segmentBytes 0 or absent: one SHA-256 on one thread (format version 1); else a segmented digest on up to four:
+   * algorithm 'sha256' (default; version 2) or 'blake3' (version 3).
+   */
+  DigestPipe: new (ringBytes?: number, segmentBytes?: number, algorithm?: 'sha256' | 'blake3') => NativeDigestPipe;
   RangeReader: new () => NativeRangeReader;
   /** A 4096-aligned Uint8Array (for O_DIRECT reads into it), in memory V8 owns. */
   alignedBuffer(bytes: number): Uint8Array;

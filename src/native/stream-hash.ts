@@ -1,28 +1,33 @@
 /**
- * The running SHA-256 of a send/receive stream, computed off the JS thread.
+ * The running digest of a send/receive stream, computed off the JS thread.
  *
  * A stream's digest covers every byte of it: about 1 s of CPU per GiB, which
  * on the JS thread serialised with reading, CRC-32C and writing. The addon's
- * Sha256Pipe copies each update into a ring (a memcpy, ~0.1 s per GiB) and a
+ * DigestPipe copies each update into a ring (a memcpy, ~0.1 s per GiB) and a
  * thread of its own hashes it, so the other work runs beside it. Callers
  * await ready(n) before an update of n bytes so the copy never waits for the
  * ring; an update that does not fit waits (blocking) for room.
  *
- * Two digests (docs/stream-format.md §6): one SHA-256 of every byte (format
- * version 1, one thread), or, given a segment size, the SHA-256 of each
- * segment folded in order into an outer SHA-256 (version 2: the addon hashes
- * segments on up to four threads at once).
+ * The digests of docs/stream-format.md §6: one SHA-256 of every byte (format
+ * version 1, one thread), or, given a segment size, the hash of each segment
+ * folded in order into an outer hash of the same function (the addon hashes
+ * segments on up to four threads at once): SHA-256 for version 2, BLAKE3 for
+ * version 3.
  *
- * Without the addon, node:crypto's hash on the JS thread (same digests).
+ * Without the addon, on the JS thread (same digests): node:crypto's SHA-256,
+ * @noble/hashes' BLAKE3 (pure JavaScript, ~50 MB/s: a fallback only).
  */
-import { createHash, type Hash } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { SetupError } from '../errors';
-import { native, type NativeSha256Pipe } from './binding';
+import { native, type NativeDigestPipe } from './binding';
+
+/** The hash function of a digest: SHA-256 (format versions 1 and 2) or BLAKE3 (version 3). */
+export type DigestAlgorithm = 'sha256' | 'blake3';
 
 /** Default ring: room for one 8 MiB record and the next. */
 export const STREAM_HASH_RING_BYTES = 16 << 20;
 
-/** A SHA-256 that is fed in order and read once. */
+/** A stream digest that is fed in order and read once. */
 export interface StreamHash {
   /** Adds bytes (copied: the caller may reuse its buffer at once). */
   update(data: Uint8Array): void;
@@ -41,7 +46,7 @@ export interface StreamHash {
 class PipeHash implements StreamHash {
   private readonly cap: number;
   private fed = 0;
-  constructor(private readonly p: NativeSha256Pipe) {
+  constructor(private readonly p: NativeDigestPipe) {
     this.cap = p.capacity();
   }
   update(data: Uint8Array): void {
@@ -70,8 +75,31 @@ class PipeHash implements StreamHash {
   private done = false;
 }
 
-/** What version 2's outer hash starts with: this text, its NUL, then the segment size (u32 LE). */
-export const SEGMENTED_DIGEST_PREFIX = 'dmthin stream digest 2\0';
+/** What a segmented digest's outer hash starts with: this text, its NUL, then the segment size (u32 LE). */
+export function segmentedDigestPrefix(algorithm: DigestAlgorithm): string {
+  return algorithm === 'blake3' ? 'dmthin stream digest 3\0' : 'dmthin stream digest 2\0';
+}
+
+/** One running hash on the JS thread (the subset of node:crypto's Hash used here). */
+interface JsHash {
+  update(data: Uint8Array | string): JsHash;
+  digest(): Buffer;
+}
+
+function jsHash(algorithm: DigestAlgorithm): JsHash {
+  if (algorithm === 'sha256') return createHash('sha256');
+  // Loaded only here: a run with the addon never pays for it.
+  const { blake3 } = require('@noble/hashes/blake3') as typeof import('@noble/hashes/blake3');
+  const h = blake3.create({});
+  const w: JsHash = {
+    update(data) {
+      h.update(typeof data === 'string' ? Buffer.from(data, 'latin1') : data);
+      return w;
+    },
+    digest: () => Buffer.from(h.digest()),
+  };
+  return w;
+}
 
 /** On the JS thread: every byte is hashed by the time update() returns. */
 abstract class SyncHash implements StreamHash {
@@ -91,7 +119,7 @@ abstract class SyncHash implements StreamHash {
 
 /** Version 1's digest on the JS thread. */
 class CryptoHash extends SyncHash {
-  private readonly h: Hash = createHash('sha256');
+  private readonly h = createHash('sha256');
   update(data: Uint8Array): void {
     this.h.update(data);
   }
@@ -100,17 +128,22 @@ class CryptoHash extends SyncHash {
   }
 }
 
-/** Version 2's digest on the JS thread: each segment's SHA-256, folded in order, then the length. */
+/** A segmented digest on the JS thread: each segment's hash, folded in order, then the length. */
 class SegmentedCryptoHash extends SyncHash {
-  private readonly outer: Hash = createHash('sha256');
-  private seg: Hash = createHash('sha256');
+  private readonly outer: JsHash;
+  private seg: JsHash;
   private inSeg = 0;
   private total = 0;
-  constructor(private readonly segmentBytes: number) {
+  constructor(
+    private readonly segmentBytes: number,
+    private readonly algorithm: DigestAlgorithm,
+  ) {
     super();
+    this.outer = jsHash(algorithm);
+    this.seg = jsHash(algorithm);
     const size = Buffer.alloc(4);
     size.writeUInt32LE(segmentBytes);
-    this.outer.update(SEGMENTED_DIGEST_PREFIX).update(size);
+    this.outer.update(segmentedDigestPrefix(algorithm)).update(size);
   }
   update(data: Uint8Array): void {
     for (let off = 0; off < data.length; ) {
@@ -124,7 +157,7 @@ class SegmentedCryptoHash extends SyncHash {
   }
   private endSegment(): void {
     this.outer.update(this.seg.digest());
-    this.seg = createHash('sha256');
+    this.seg = jsHash(this.algorithm);
     this.inSeg = 0;
   }
   digest(): Buffer {
@@ -135,31 +168,34 @@ class SegmentedCryptoHash extends SyncHash {
   }
 }
 
-/**
- * node:crypto's stream hash on the calling thread, what newStreamHash gives without the addon.
- * @internal
- */
-export function cryptoStreamHash(segmentBytes = 0): StreamHash {
-  return segmentBytes ? new SegmentedCryptoHash(segmentBytes) : new CryptoHash();
+function checkSpec(segmentBytes: number, algorithm: DigestAlgorithm): void {
+  if (algorithm !== 'sha256' && algorithm !== 'blake3') throw new TypeError(`unknown digest algorithm '${String(algorithm)}'`);
+  if (algorithm === 'blake3' && !segmentBytes) throw new RangeError('BLAKE3 is hashed in segments only (format version 3)');
 }
 
 /**
- * A new stream hash: the addon's threaded one, or node:crypto's without the addon.
- * @param segmentBytes - 0: one SHA-256 of every byte (version 1); else version 2's segmented digest.
+ * The stream hash on the calling thread, what newStreamHash gives without the addon.
+ * @internal
  */
-export function newStreamHash(ringBytes = STREAM_HASH_RING_BYTES, segmentBytes = 0): StreamHash {
-  let Pipe: (new (ringBytes?: number, segmentBytes?: number) => NativeSha256Pipe) | undefined;
+export function cryptoStreamHash(segmentBytes = 0, algorithm: DigestAlgorithm = 'sha256'): StreamHash {
+  checkSpec(segmentBytes, algorithm);
+  return segmentBytes ? new SegmentedCryptoHash(segmentBytes, algorithm) : new CryptoHash();
+}
+
+/**
+ * A new stream hash: the addon's threaded one, or the calling thread's without the addon.
+ * @param segmentBytes - 0: one SHA-256 of every byte (version 1); else a segmented digest.
+ * @param algorithm - the segmented digest's function: 'sha256' (version 2) or 'blake3' (version 3).
+ */
+export function newStreamHash(ringBytes = STREAM_HASH_RING_BYTES, segmentBytes = 0, algorithm: DigestAlgorithm = 'sha256'): StreamHash {
+  checkSpec(segmentBytes, algorithm);
+  let Pipe: (new (ringBytes?: number, segmentBytes?: number, algorithm?: DigestAlgorithm) => NativeDigestPipe) | undefined;
   try {
-    Pipe = native().Sha256Pipe;
+    Pipe = native().DigestPipe;
   } catch (e) {
     if (!(e instanceof SetupError)) throw e;
   }
-  if (Pipe) {
-    const p = new Pipe(ringBytes, segmentBytes);
-    // An addon built before version 2 ignores the segment size: it would compute version 1's digest.
-    if ((p.segmentBytes?.() ?? 0) === segmentBytes) return new PipeHash(p);
-    p.abort();
-  }
-  // An addon built before Sha256Pipe existed has none: hash here.
-  return cryptoStreamHash(segmentBytes);
+  if (Pipe) return new PipeHash(new Pipe(ringBytes, segmentBytes, algorithm));
+  // Without the addon (it failed to build or load): hash here.
+  return cryptoStreamHash(segmentBytes, algorithm);
 }

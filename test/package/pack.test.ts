@@ -35,9 +35,13 @@ const EXAMPLE = join(ROOT, 'examples', 'pool.bin');
  * a build/ folder (1.6 MB with its objects) or a bench image still goes over it.
  * Packed 460,266 bytes on 2026-12-01 (session 9: thin/ls-fields, owner maps, start-up
  * and exit notes): budget 460 -> 500 KB; a build/ folder is 1.6 MB unpacked, a bench
- * image hundreds of MB, either far over.) */
-const MAX_PACKED_BYTES = 500_000;
-const MAX_UNPACKED_BYTES = 1_700_000;
+ * image hundreds of MB, either far over.
+ * 2026-12-02, stream format version 3: native/third_party/blake3 (BLAKE3's C and
+ * x86-64 assembly, 357 KB of it the four .S files) took it to ~532 KB packed,
+ * ~2.06 MB unpacked: budgets 500 KB -> 600 KB and 1.7 -> 2.2 MB; a build/ folder
+ * (2.2 MB with its objects) or a bench image still goes over both.) */
+const MAX_PACKED_BYTES = 600_000;
+const MAX_UNPACKED_BYTES = 2_200_000;
 
 interface PackResult {
   filename: string;

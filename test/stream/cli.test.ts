@@ -3,6 +3,7 @@
  * child process): offline images, files and pipes, exit status 0/1 with one
  * line on stderr, and a SIGTERM in the middle of a piped receive.
  */
+import { blake3 } from '@noble/hashes/blake3';
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdirSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
@@ -55,9 +56,9 @@ test('send to a file, receive it; then an incremental through a pipe', async () 
   expect(sha256File(t)).toBe(await expectedSha(md, 1, SIZE));
 });
 
-test('--format-version 1 and 2: the same records, each with its own digest (computed here from the format text); both received, to the same bytes', async () => {
+test('--format-version 1, 2 and 3: the same records, each with its own digest (computed here from the format text); all received, to the same bytes', async () => {
   const streams: Record<number, Buffer> = {};
-  for (const v of [1, 2]) {
+  for (const v of [1, 2, 3]) {
     const out = s.path(`v${v}.s`);
     const r = runCli(['send', '--metadata', meta, '--data', data, '--snap', '4', '--size', String(SIZE), '-o', out, '-q', '--json', '--format-version', String(v)]);
     expect([r.status, JSON.parse(r.stderr).digest]).toEqual([0, expect.stringMatching(/^[0-9a-f]{64}$/)]);
@@ -67,12 +68,14 @@ test('--format-version 1 and 2: the same records, each with its own digest (comp
     let want: string;
     if (v === 1) want = createHash('sha256').update(body).digest('hex');
     else {
+      // Version 2: SHA-256 (node:crypto); version 3: BLAKE3 (@noble/hashes, not the addon's).
+      const h = (x: Uint8Array): Buffer => (v === 2 ? createHash('sha256').update(x).digest() : Buffer.from(blake3(x)));
       const S = 1 << 20;
-      const outer = createHash('sha256').update('dmthin stream digest 2\0', 'latin1').update(Buffer.from([0, 0, 16, 0]));
-      for (let i = 0; i < body.length; i += S) outer.update(createHash('sha256').update(body.subarray(i, i + S)).digest());
+      const parts = [Buffer.from(`dmthin stream digest ${v}\0`, 'latin1'), Buffer.from([0, 0, 16, 0])];
+      for (let i = 0; i < body.length; i += S) parts.push(h(body.subarray(i, i + S)));
       const len = Buffer.alloc(8);
       len.writeBigUInt64LE(BigInt(body.length));
-      want = outer.update(len).digest('hex');
+      want = h(Buffer.concat([...parts, len])).toString('hex');
     }
     expect(body.length).toBeGreaterThan(2 << 20); // several segments, the last one short
     expect([b.readUInt32LE(32), JSON.parse(r.stderr).digest, b.subarray(-32).toString('hex')]).toEqual([v, want, want]);
@@ -82,17 +85,19 @@ test('--format-version 1 and 2: the same records, each with its own digest (comp
     expect(sha256File(t)).toBe(await expectedSha(md, 4, SIZE));
   }
   // Only the version field, the header's CRC, the end record's CRC and the digest differ.
-  expect(streams[1].length).toBe(streams[2].length);
   const n = streams[1].length;
-  const diff = [...streams[1].keys()].filter((i) => streams[1][i] !== streams[2][i]);
-  expect(diff.every((i) => (i >= 20 && i < 24) || i === 32 || (i >= n - 76 && i < n - 72) || i >= n - 32)).toBe(true);
-  // The default is version 2; another version is a usage error before anything is read.
+  for (const v of [2, 3]) {
+    expect(streams[v].length).toBe(n);
+    const diff = [...streams[1].keys()].filter((i) => streams[1][i] !== streams[v][i]);
+    expect(diff.every((i) => (i >= 20 && i < 24) || i === 32 || (i >= n - 76 && i < n - 72) || i >= n - 32)).toBe(true);
+  }
+  // The default is version 3; another version is a usage error before anything is read.
   const def = s.path('vdefault.s');
   expect(runCli(['send', '--metadata', meta, '--data', data, '--snap', '4', '--size', String(SIZE), '-q', '-o', def]).status).toBe(0);
-  expect(readFileSync(def).equals(streams[2])).toBe(true);
-  const bad = runCli(['send', '--metadata', meta, '--data', data, '--snap', '4', '--size', String(SIZE), '-o', s.path('v3.s'), '--format-version', '3']);
-  expect([bad.status, bad.stderr]).toEqual([1, "dmthin send: --format-version must be one of 1, 2; got '3' [EINVAL]\n"]);
-  expect(readdirSync(s.dir).filter((f) => f.startsWith('v3.s'))).toEqual([]);
+  expect(readFileSync(def).equals(streams[3])).toBe(true);
+  const bad = runCli(['send', '--metadata', meta, '--data', data, '--snap', '4', '--size', String(SIZE), '-o', s.path('v4.s'), '--format-version', '4']);
+  expect([bad.status, bad.stderr]).toEqual([1, "dmthin send: --format-version must be one of 1, 2, 3; got '4' [EINVAL]\n"]);
+  expect(readdirSync(s.dir).filter((f) => f.startsWith('v4.s'))).toEqual([]);
 });
 
 test('receive from a pipe whose writer has already gone (the stream waits in the pipe): read whole; junk refused', async () => {

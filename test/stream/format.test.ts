@@ -4,6 +4,7 @@
  * every way a stream can be refused that does not need a target.
  */
 import fc from 'fast-check';
+import { blake3 } from '@noble/hashes/blake3';
 import { createHash, randomBytes } from 'node:crypto';
 import { StreamError, UsageError } from '../../src/errors';
 import { StreamEncoder, type StreamHeaderInit } from '../../src/stream/format/encoder';
@@ -106,10 +107,12 @@ describe('codecs', () => {
       return refusal(() => decodeHeaderPayload(b, where));
     };
     expect(bad((b) => (b[0] = 0x41)).reason).toBe('magic');
-    expect(bad((b) => b.writeUInt32LE(3, 8))).toMatchObject({ reason: 'version', code: 'EPROTONOSUPPORT' });
+    expect(bad((b) => b.writeUInt32LE(4, 8))).toMatchObject({ reason: 'version', code: 'EPROTONOSUPPORT' });
+    expect(bad((b) => b.writeUInt32LE(4, 8)).message).toMatch(/^stream format version 4 is not supported \(this build reads versions 1, 2 and 3\): upgrade dmthin/);
     expect(bad((b) => b.writeUInt32LE(0, 8))).toMatchObject({ reason: 'version', code: 'EPROTONOSUPPORT' });
     expect(decodeHeaderPayload(good, where).version).toBe(1);
     expect(decodeHeaderPayload(Buffer.from(good).fill(2, 8, 9), where).version).toBe(2);
+    expect(decodeHeaderPayload(Buffer.from(good).fill(3, 8, 9), where).version).toBe(3);
     expect(bad((b) => b.writeUInt32LE(3, 12)).reason).toBe('malformed');
     expect(bad((b) => b.writeUInt32LE(100, 16)).reason).toBe('malformed');
     expect(bad((b) => b.writeUInt32LE(1, 20)).reason).toBe('malformed');
@@ -224,15 +227,17 @@ function build(r: { dbs: number; bs: number; blocks: number; deviceSize: number;
  * library's fallback): segments of 1 MiB, each one's SHA-256 in order
  * between the prefix and the length.
  */
-function specDigestV2(b: Buffer): string {
+function specDigest(b: Buffer, version: 2 | 3): string {
+  // Version 3's BLAKE3 from @noble/hashes (pure JavaScript), not the addon's vendored C.
+  const h = (x: Uint8Array): Buffer => (version === 2 ? createHash('sha256').update(x).digest() : Buffer.from(blake3(x)));
   const S = 1 << 20;
   const size = Buffer.alloc(4);
   size.writeUInt32LE(S);
-  const outer = createHash('sha256').update(Buffer.from('dmthin stream digest 2\0', 'latin1')).update(size);
-  for (let i = 0; i < b.length; i += S) outer.update(createHash('sha256').update(b.subarray(i, Math.min(i + S, b.length))).digest());
+  const parts = [Buffer.from(`dmthin stream digest ${version}\0`, 'latin1'), size];
+  for (let i = 0; i < b.length; i += S) parts.push(h(b.subarray(i, Math.min(i + S, b.length))));
   const len = Buffer.alloc(8);
   len.writeBigUInt64LE(BigInt(b.length));
-  return outer.update(len).digest('hex');
+  return h(Buffer.concat([...parts, len])).toString('hex');
 }
 
 describe('digests', () => {
@@ -243,9 +248,10 @@ describe('digests', () => {
     return Buffer.concat([...e.start(), ...e.data(0, 0, Buffer.alloc(65536, 0xab)), ...e.discard(1, 2), ...e.finish().parts]);
   }
 
-  test("docs/stream-format.md §10's example: the values printed there (computed apart from dmthin), as version 1 and as version 2", () => {
+  test("docs/stream-format.md §10's example: the values printed there (computed apart from dmthin), as versions 1, 2 and 3", () => {
     const v1 = example(1);
     const v2 = example(2);
+    const v3 = example(3);
     expect(v1.length).toBe(0x000100c4 + 96);
     expect(v1.subarray(0x14, 0x18).toString('hex')).toBe('093d3890');
     expect(v1.subarray(0x000100d8, 0x000100dc).toString('hex')).toBe('77a9e712');
@@ -254,18 +260,25 @@ describe('digests', () => {
     expect(v2.subarray(0x14, 0x18).toString('hex')).toBe('cc53ffb4');
     expect(v2.subarray(0x000100d8, 0x000100dc).toString('hex')).toBe('1bc95a22');
     expect(v2.subarray(-32).toString('hex')).toBe('dce35fcd5837eb94c8de04452bc2611dcfa677003f3dea113e4c5c0bc6314e9e');
+    expect(v3.subarray(0x20, 0x24).toString('hex')).toBe('03000000');
+    expect(v3.subarray(0x14, 0x18).toString('hex')).toBe('8f89bda8');
+    expect(v3.subarray(0x000100d8, 0x000100dc).toString('hex')).toBe('eb948f3a');
+    expect(v3.subarray(-32).toString('hex')).toBe('85c52c0ca539c111a7a8948d865128937f1f6923c533f46e3d4d18c679411674');
     // Nothing else differs.
-    const diff = [...v1.keys()].filter((i) => v1[i] !== v2[i]);
-    expect(diff.every((i) => (i >= 0x14 && i < 0x18) || i === 0x20 || (i >= 0x000100d8 && i < 0x000100dc) || i >= v1.length - 32)).toBe(true);
+    for (const v of [v2, v3]) {
+      const diff = [...v1.keys()].filter((i) => v1[i] !== v[i]);
+      expect(diff.every((i) => (i >= 0x14 && i < 0x18) || i === 0x20 || (i >= 0x000100d8 && i < 0x000100dc) || i >= v1.length - 32)).toBe(true);
+    }
     expect(verify(v1, [7, 0x20, 70000]).summary.digest).toBe('817a37a7816f7eb8e453bfc565524b42422de43aca36bf881e788613de098e3a');
     expect(verify(v2, [7, 0x21, 70000]).summary.digest).toBe('dce35fcd5837eb94c8de04452bc2611dcfa677003f3dea113e4c5c0bc6314e9e');
+    expect(verify(v3, [7, 0x21, 70000]).summary.digest).toBe('85c52c0ca539c111a7a8948d865128937f1f6923c533f46e3d4d18c679411674');
   });
 
-  test('streams of many segments: version 2 is the digest of §6, version 1 the SHA-256 of the bytes; the verifier agrees fed in any pieces', () => {
+  test('streams of many segments: versions 2 and 3 are the digests of §6, version 1 the SHA-256 of the bytes; the verifier agrees fed in any pieces', () => {
     const data = randomBytes(5 * MAX_DATA_BYTES);
     // Record boundaries fall anywhere in the 1 MiB segments: odd data lengths, a discard between.
     const lens = [MAX_DATA_BYTES, 512, MAX_DATA_BYTES - 4096, 3 * 512, (1 << 20) + 512, MAX_DATA_BYTES];
-    for (const version of [1, 2]) {
+    for (const version of [1, 2, 3]) {
       const e = new StreamEncoder(header({ version, deviceSize: 1024 * 65536 }));
       const parts = [...e.start()];
       let block = 0;
@@ -278,7 +291,7 @@ describe('digests', () => {
       }
       const { parts: endParts, end } = e.finish();
       const before = Buffer.concat(parts);
-      const want = version === 2 ? specDigestV2(before) : createHash('sha256').update(before).digest('hex');
+      const want = version === 1 ? createHash('sha256').update(before).digest('hex') : specDigest(before, version as 2 | 3);
       expect(before.length).toBeGreaterThan(5 << 20);
       expect(end.sha256.toString('hex')).toBe(want);
       const bytes = Buffer.concat([before, ...endParts]);
@@ -288,12 +301,12 @@ describe('digests', () => {
     }
   });
 
-  test('the encoder writes version 2 unless told 1, and refuses a version it cannot write', () => {
+  test('the encoder writes version 3 unless told 1 or 2, and refuses a version it cannot write', () => {
     const e = new StreamEncoder(header());
-    expect(e.header.version).toBe(2);
-    expect(Buffer.concat(e.start()).readUInt32LE(RECORD_HEADER_SIZE + 8)).toBe(2);
+    expect(e.header.version).toBe(3);
+    expect(Buffer.concat(e.start()).readUInt32LE(RECORD_HEADER_SIZE + 8)).toBe(3);
     e.abort();
-    for (const v of [0, 3]) expect(() => new StreamEncoder(header({ version: v }))).toThrow(UsageError);
+    for (const v of [0, 4]) expect(() => new StreamEncoder(header({ version: v }))).toThrow(UsageError);
   });
 });
 
@@ -469,7 +482,7 @@ describe('verifier', () => {
     const s = small();
     const [h, d1, disc, d2, end] = offsets(s);
     const cases: [number, (r: Buffer) => void, string][] = [
-      [h, (r) => r.writeUInt32LE(3, RECORD_HEADER_SIZE + 8), 'version'],
+      [h, (r) => r.writeUInt32LE(4, RECORD_HEADER_SIZE + 8), 'version'],
       [d1, (r) => r.writeUInt16LE(9, 4), 'malformed'],
       [d1, (r) => r.writeUInt16LE(1, 6), 'malformed'],
       [d1, (r) => r.writeUInt32LE(7, 12), 'order'], // sequence
@@ -493,10 +506,13 @@ describe('verifier', () => {
     expect(refusal(() => verify(Buffer.concat([hdr, ...huge]))).reason).toBe('malformed');
   });
 
-  test('the header names the digest: a stream relabelled as the other version (header re-sealed) is refused as digest', () => {
+  test('the header names the digest: a stream relabelled as another version (header re-sealed) is refused as digest', () => {
     for (const [from, to] of [
       [1, 2],
       [2, 1],
+      [2, 3],
+      [3, 2],
+      [3, 1],
     ]) {
       const e = new StreamEncoder(header({ version: from }));
       const bytes = Buffer.concat([...e.start(), ...e.data(0, 0, randomBytes((3 << 20) + 512)), ...e.finish().parts]);
@@ -516,7 +532,7 @@ describe('verifier', () => {
     const resealed = reseal(s, d1, (r) => (r[RECORD_HEADER_SIZE + 100] ^= 0x10));
     const e = refusal(() => verify(resealed));
     expect(e).toMatchObject({ reason: 'digest', code: 'EILSEQ' });
-    expect(e.message).toMatch(/^the stream's digest \(format version 2, docs\/stream-format\.md §6\) does not match the end record \(record \d+ at byte \d+\)$/);
+    expect(e.message).toMatch(/^the stream's digest \(format version 3, docs\/stream-format\.md §6\) does not match the end record \(record \d+ at byte \d+\)$/);
   });
 
   test('the header is available before the rest arrives', () => {

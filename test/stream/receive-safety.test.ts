@@ -163,7 +163,7 @@ describe('receive state', () => {
     const t = await dev1Target();
     const stateFile = `${t}.dmthin-state.json`;
     const st = JSON.parse(readFileSync(stateFile, 'utf8'));
-    expect(st.current.formatVersion).toBe(2);
+    expect(st.current.formatVersion).toBe(3);
     delete st.current.formatVersion;
     writeFileSync(stateFile, JSON.stringify(st, null, 2));
     await receive({ target: t, input: Readable.from([streams.inc2from1]) });

@@ -1,16 +1,19 @@
 /**
- * The stream digest on the addon's threads (native/sha256_pipe.cc) against
- * node:crypto: copied and held updates, in any mix, split anywhere, larger
- * than its ring, give the same SHA-256 (version 1) or the same segmented
- * digest (version 2, computed here from docs/stream-format.md §6); ready()
- * and hashedThrough() settle, the latter only once every byte before the
- * position is hashed, whichever thread hashed it.
+ * The stream digest on the addon's threads (native/digest_pipe.cc) against
+ * node:crypto and @noble/hashes: copied and held updates, in any mix, split
+ * anywhere, larger than its ring, give the same SHA-256 (version 1) or the
+ * same segmented digest (versions 2 and 3, computed here from
+ * docs/stream-format.md §6); ready() and hashedThrough() settle, the latter
+ * only once every byte before the position is hashed, whichever thread hashed
+ * it. The addon's BLAKE3 (vendored C) against BLAKE3's published test vectors.
  * And the send's range reader: ranges land where asked, a range beyond the
  * end of the file is EIO.
  */
+import { blake3 } from '@noble/hashes/blake3';
 import { createHash, randomBytes } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
-import { cryptoStreamHash, newStreamHash, type StreamHash } from '../../src/native/stream-hash';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { cryptoStreamHash, newStreamHash, type DigestAlgorithm, type StreamHash } from '../../src/native/stream-hash';
 import { native } from '../../src/native/binding';
 import { NativeDataSource } from '../../src/stream/send/data-source';
 import { scratch, type Scratch } from '../stream/helpers';
@@ -42,21 +45,34 @@ test.each([
   expect(h.digest().toString('hex')).toBe(ref.digest('hex'));
 });
 
-/** Version 2's digest from the format's text, with segments of `seg` bytes instead of 1 MiB. */
-function segmented(b: Buffer, seg: number): string {
+/** SHA-256 from node:crypto, BLAKE3 from @noble/hashes (pure JavaScript, not the addon's C). */
+function hashOf(algo: DigestAlgorithm, x: Uint8Array): Buffer {
+  return algo === 'sha256' ? createHash('sha256').update(x).digest() : Buffer.from(blake3(x));
+}
+
+/** The outer hash of §6 over the given segment digests. */
+function fold(algo: DigestAlgorithm, seg: number, digests: Buffer[], length: number): string {
   const size = Buffer.alloc(4);
   size.writeUInt32LE(seg);
-  const outer = createHash('sha256').update('dmthin stream digest 2\0', 'latin1').update(size);
-  for (let i = 0; i < b.length; i += seg) outer.update(createHash('sha256').update(b.subarray(i, Math.min(i + seg, b.length))).digest());
   const len = Buffer.alloc(8);
-  len.writeBigUInt64LE(BigInt(b.length));
-  return outer.update(len).digest('hex');
+  len.writeBigUInt64LE(BigInt(length));
+  const prefix = Buffer.from(`dmthin stream digest ${algo === 'sha256' ? 2 : 3}\0`, 'latin1');
+  return hashOf(algo, Buffer.concat([prefix, size, ...digests, len])).toString('hex');
+}
+
+/** Version 2's (SHA-256) or 3's (BLAKE3) digest from the format's text, with segments of `seg` bytes instead of 1 MiB. */
+function segmented(b: Buffer, seg: number, algo: DigestAlgorithm = 'sha256'): string {
+  const digests: Buffer[] = [];
+  for (let i = 0; i < b.length; i += seg) digests.push(hashOf(algo, b.subarray(i, Math.min(i + seg, b.length))));
+  return fold(algo, seg, digests, b.length);
 }
 
 describe.each([
-  ['the addon', (ring: number, seg: number) => newStreamHash(ring, seg)],
-  ["node:crypto's fallback", (_ring: number, seg: number) => cryptoStreamHash(seg)],
-])('segmented digest (version 2) by %s', (_name, make: (ring: number, seg: number) => StreamHash) => {
+  ['version 2, the addon', 'sha256', (ring: number, seg: number) => newStreamHash(ring, seg)],
+  ["version 2, node:crypto's fallback", 'sha256', (_ring: number, seg: number) => cryptoStreamHash(seg)],
+  ['version 3, the addon', 'blake3', (ring: number, seg: number) => newStreamHash(ring, seg, 'blake3')],
+  ["version 3, @noble/hashes' fallback", 'blake3', (_ring: number, seg: number) => cryptoStreamHash(seg, 'blake3')],
+] as const)('segmented digest, %s', (_name, algo: DigestAlgorithm, make: (ring: number, seg: number) => StreamHash) => {
   test.each([
     [4096, 'copied', () => false],
     [4096, 'held', () => true],
@@ -74,26 +90,26 @@ describe.each([
       off += n;
     }
     await h.hashedThrough(data.length);
-    expect(h.digest().toString('hex')).toBe(segmented(data, seg));
+    expect(h.digest().toString('hex')).toBe(segmented(data, seg, algo));
   });
 
   test('a stream of exactly whole segments, one short one, and nothing', () => {
     for (const n of [3 * 4096, 4096, 100, 0]) {
       const h = make(64 << 10, 4096);
       h.update(data.subarray(0, n));
-      expect(h.digest().toString('hex')).toBe(segmented(data.subarray(0, n), 4096));
+      expect(h.digest().toString('hex')).toBe(segmented(data.subarray(0, n), 4096, algo));
     }
   });
 });
 
-test('held buffers refilled once hashedThrough passes them: the digest is of what was given (the segments hashed by several threads, out of order)', async () => {
+test.each(['sha256', 'blake3'] as const)('held buffers refilled once hashedThrough passes them (%s): the digest is of what was given (the segments hashed by several threads, out of order)', async (algo) => {
   // Three 1 MiB buffers in turn, as a send's batches: each refilled as soon
   // as the digest is said to have passed its last use. A digest that said so
   // while another thread still had an earlier segment to hash would read
   // the new bytes and give another digest.
   const seg = 64 << 10;
   for (let round = 0; round < 3; round++) {
-    const h = newStreamHash(4 << 20, seg);
+    const h = newStreamHash(4 << 20, seg, algo);
     const bufs = [0, 1, 2].map(() => Buffer.alloc(1 << 20));
     const ends: number[] = [];
     const given: Buffer[] = [];
@@ -110,16 +126,50 @@ test('held buffers refilled once hashedThrough passes them: the digest is of wha
       ends[k] = fed;
     }
     await h.ready(Infinity);
-    expect(h.digest().toString('hex')).toBe(segmented(Buffer.concat(given), seg));
+    expect(h.digest().toString('hex')).toBe(segmented(Buffer.concat(given), seg, algo));
   }
 });
 
-test("the addon's pipe says its segment size; bad sizes are refused", () => {
-  const { Sha256Pipe } = native();
-  const p = new Sha256Pipe(64 << 10, 1 << 20);
-  expect(p.segmentBytes?.()).toBe(1 << 20);
+describe("BLAKE3's published test vectors (test/fixtures/blake3-test-vectors.json, from the BLAKE3 repository)", () => {
+  const vectors = JSON.parse(readFileSync(join(__dirname, '../fixtures/blake3-test-vectors.json'), 'utf8')) as { cases: { input_len: number; hash: string }[] };
+  const input = (n: number): Buffer => Buffer.from(Array.from({ length: n }, (_, i) => i % 251));
+
+  test('@noble/hashes, which the tests and the fallback use, gives them', () => {
+    expect(vectors.cases.length).toBeGreaterThan(30);
+    for (const c of vectors.cases) expect([c.input_len, Buffer.from(blake3(input(c.input_len))).toString('hex')]).toEqual([c.input_len, c.hash.slice(0, 64)]);
+  });
+
+  test("the addon's segments hash to them (one segment each: its digest is the vector's), copied and held, split anywhere", async () => {
+    const seg = 1 << 20;
+    for (const c of vectors.cases) {
+      const want = fold('blake3', seg, [Buffer.from(c.hash.slice(0, 64), 'hex')].slice(0, c.input_len ? 1 : 0), c.input_len);
+      const b = input(c.input_len);
+      for (const cut of [0, 1, 63, 64, 1023, 1024, 1025, 8191, 31_744]) {
+        const h = newStreamHash(64 << 10, seg, 'blake3');
+        const at = Math.min(cut, b.length);
+        h.update(b.subarray(0, at));
+        h.updateHeld(Buffer.from(b.subarray(at)));
+        await h.ready(Infinity);
+        expect([c.input_len, cut, h.digest().toString('hex')]).toEqual([c.input_len, cut, want]);
+      }
+    }
+  });
+});
+
+test("the addon's pipe says its segment size and function; bad sizes and functions are refused", () => {
+  const { DigestPipe } = native();
+  const p = new DigestPipe(64 << 10, 1 << 20);
+  expect([p.segmentBytes(), p.algorithm()]).toEqual([1 << 20, 'sha256']);
   p.abort();
-  for (const bad of [100, 4095, 2 ** 31, -4096]) expect(() => new Sha256Pipe(64 << 10, bad)).toThrow(/segment size must be 0 or a multiple of 4 KiB/);
+  const q = new DigestPipe(64 << 10, 1 << 20, 'blake3');
+  expect([q.segmentBytes(), q.algorithm()]).toEqual([1 << 20, 'blake3']);
+  q.abort();
+  for (const bad of [100, 4095, 2 ** 31, -4096]) expect(() => new DigestPipe(64 << 10, bad)).toThrow(/segment size must be 0 or a multiple of 4 KiB/);
+  expect(() => new DigestPipe(64 << 10, 1 << 20, 'md5' as 'sha256')).toThrow(/algorithm must be 'sha256' or 'blake3'/);
+  // BLAKE3 exists only as version 3's segmented digest.
+  expect(() => new DigestPipe(64 << 10, 0, 'blake3')).toThrow(/segments only/);
+  expect(() => newStreamHash(64 << 10, 0, 'blake3')).toThrow(/segments only/);
+  expect(() => cryptoStreamHash(0, 'blake3')).toThrow(/segments only/);
 });
 
 test('an empty stream hash is the SHA-256 of nothing; a copied buffer may change at once', async () => {

@@ -12,7 +12,7 @@ import {
   encodeHeaderPayload,
   encodeRecord,
   type EndRecord,
-  digestSegmentBytes,
+  digestSpec,
   FORMAT_VERSION,
   FORMAT_VERSIONS,
   MAX_DATA_BYTES,
@@ -60,7 +60,8 @@ export class StreamEncoder {
   constructor(header: StreamHeaderInit) {
     this.header = { version: FORMAT_VERSION, ...header };
     if (!FORMAT_VERSIONS.includes(this.header.version)) throw new UsageError(`stream format version ${this.header.version} cannot be written (versions: ${FORMAT_VERSIONS.join(', ')})`);
-    this.hash = newStreamHash(undefined, digestSegmentBytes(this.header.version));
+    const d = digestSpec(this.header.version);
+    this.hash = newStreamHash(undefined, d.segmentBytes, d.algorithm);
     this.blockBytes = this.header.dataBlockSize * SECTOR_SIZE;
   }
 

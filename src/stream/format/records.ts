@@ -1,5 +1,5 @@
 /**
- * The send/receive stream, format versions 1 and 2: constants and the codecs of the
+ * The send/receive stream, format versions 1 to 3: constants and the codecs of the
  * record header and of each record's payload. No IO, no policy; the layout
  * is specified in docs/stream-format.md (keep the two in step).
  */
@@ -7,6 +7,7 @@ import { createHash } from 'node:crypto';
 import { StreamError, UsageError } from '../../errors';
 import { SECTOR_SIZE } from '../../units';
 import { crc32cFunction } from '../../native/binding';
+import type { DigestAlgorithm } from '../../native/stream-hash';
 import { MAX_SAFE_HI, TWO32 } from '../../pdata/words';
 
 /** First 4 bytes of every record. */
@@ -14,15 +15,24 @@ export const RECORD_MAGIC = Buffer.from('DMTR', 'latin1');
 /** First 8 bytes of the header record's payload. */
 const STREAM_MAGIC = Buffer.from('DMTHSTRM', 'latin1');
 /** The stream format version this build writes by default. */
-export const FORMAT_VERSION = 2;
+export const FORMAT_VERSION = 3;
 /** The stream format versions this build reads and can write (they differ only in the end record's digest). */
-export const FORMAT_VERSIONS: readonly number[] = [1, 2];
-/** Version 2's digest segment: stream bytes per SHA-256 folded into the digest. */
+export const FORMAT_VERSIONS: readonly number[] = [1, 2, 3];
+/** The segmented digests' segment (versions 2 and 3): stream bytes per hash folded into the digest. */
 export const DIGEST_SEGMENT_BYTES = 1 << 20;
 
-/** The digest's segment size for a format version: 0 is version 1's single SHA-256 over every byte. */
-export function digestSegmentBytes(version: number): number {
-  return version >= 2 ? DIGEST_SEGMENT_BYTES : 0;
+/** How a format version's digest is computed (docs/stream-format.md §6). */
+export interface DigestSpec {
+  /** 0: one SHA-256 over every byte (version 1); else the segment size. */
+  segmentBytes: number;
+  /** The hash function: SHA-256 (versions 1 and 2) or BLAKE3 (version 3). */
+  algorithm: DigestAlgorithm;
+}
+
+/** The digest of a format version. */
+export function digestSpec(version: number): DigestSpec {
+  if (version <= 1) return { segmentBytes: 0, algorithm: 'sha256' };
+  return { segmentBytes: DIGEST_SEGMENT_BYTES, algorithm: version === 2 ? 'sha256' : 'blake3' };
 }
 
 export const RECORD_HEADER_SIZE = 24;
@@ -242,7 +252,7 @@ export function decodeHeaderPayload(b: Buffer, where: { offset: number; record: 
   }
   const version = b.readUInt32LE(8);
   if (!FORMAT_VERSIONS.includes(version)) {
-    throw new StreamError('version', `stream format version ${version} is not supported (this build reads versions ${FORMAT_VERSIONS.join(' and ')}): upgrade dmthin`, where);
+    throw new StreamError('version', `stream format version ${version} is not supported (this build reads versions ${FORMAT_VERSIONS.slice(0, -1).join(', ')} and ${FORMAT_VERSIONS[FORMAT_VERSIONS.length - 1]}): upgrade dmthin`, where);
   }
   const flags = b.readUInt32LE(12);
   if (flags & ~HEADER_FLAG_INCREMENTAL) fail(`unknown flags 0x${flags.toString(16)}`);

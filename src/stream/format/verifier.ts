@@ -15,7 +15,7 @@ import {
   DATA_PREFIX_SIZE,
   decodeEndPayload,
   decodeHeaderPayload,
-  digestSegmentBytes,
+  digestSpec,
   decodeRecordHeader,
   DISCARD_PAYLOAD_SIZE,
   END_PAYLOAD_SIZE,
@@ -406,7 +406,8 @@ export class StreamVerifier {
       case RecordType.Header: {
         const header = decodeHeaderPayload(payload, where);
         if (!this.recheck) {
-          this.hash = newStreamHash(VERIFY_HASH_RING_BYTES, digestSegmentBytes(header.version));
+          const d = digestSpec(header.version);
+          this.hash = newStreamHash(VERIFY_HASH_RING_BYTES, d.segmentBytes, d.algorithm);
           this.hash.update(this.hdr);
           this.hash.update(payload);
           this.hashed = this.hdr.length + payload.length;

@@ -1,4 +1,4 @@
-#include "sha256_pipe.h"
+#include "digest_pipe.h"
 
 #include <openssl/evp.h>
 
@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <set>
+#include <string>
 
 #include "promise_worker.h"
 
@@ -20,12 +21,14 @@ constexpr size_t kMaxRing = 256 << 20;
 // enough that a waiting producer gets room back often, large enough that the
 // lock costs nothing.
 constexpr size_t kSlice = 256 << 10;
-// Version 2's outer hash starts with this text and its NUL (docs/stream-format.md §6).
-constexpr char kOuterPrefix[] = "dmthin stream digest 2";
+// The outer hash starts with this text and its NUL (docs/stream-format.md §6):
+// version 2's with SHA-256, version 3's with BLAKE3.
+constexpr char kOuterPrefixSha256[] = "dmthin stream digest 2";
+constexpr char kOuterPrefixBlake3[] = "dmthin stream digest 3";
 
-class ReadyWorker : public PromiseWorker<Sha256Pipe> {
+class ReadyWorker : public PromiseWorker<DigestPipe> {
  public:
-  ReadyWorker(Napi::Env env, Sha256Pipe* owner, uint64_t bytes) : PromiseWorker(env, owner, "dmthin:sha256-ready"), bytes_(bytes) {}
+  ReadyWorker(Napi::Env env, DigestPipe* owner, uint64_t bytes) : PromiseWorker(env, owner, "dmthin:digest-ready"), bytes_(bytes) {}
   void Execute() override { owner_->WaitQueuedAtMost(bytes_); }
 
  private:
@@ -38,33 +41,65 @@ std::mutex& LiveMu() {
   static auto* m = new std::mutex;
   return *m;
 }
-std::set<Sha256Pipe*>& Live() {
-  static auto* s = new std::set<Sha256Pipe*>;
+std::set<DigestPipe*>& Live() {
+  static auto* s = new std::set<DigestPipe*>;
   return *s;
 }
 
 // process.exit() ends the process without tearing the environment down (no
 // cleanup hooks, no finalizers), and then OpenSSL's own exit handler frees
-// its state: a thread still inside EVP_DigestUpdate would crash. Registered
+// its state: a thread still inside a hash update would crash. Registered
 // after OpenSSL's (the addon loads later), so it runs first.
 void AbandonAllAtExit() {
   std::lock_guard<std::mutex> l(LiveMu());
-  for (Sha256Pipe* p : Live()) p->Abandon();
+  for (DigestPipe* p : Live()) p->Abandon();
 }
 
 }  // namespace
 
-void Sha256Pipe::Init(Napi::Env env, Napi::Object exports) {
-  Napi::Function ctor = DefineClass(env, "Sha256Pipe",
-                                    {InstanceMethod("update", &Sha256Pipe::Update),
-                                     InstanceMethod("updateHeld", &Sha256Pipe::UpdateHeld),
-                                     InstanceMethod("queued", &Sha256Pipe::Queued),
-                                     InstanceMethod("ready", &Sha256Pipe::Ready),
-                                     InstanceMethod("digest", &Sha256Pipe::Digest),
-                                     InstanceMethod("capacity", &Sha256Pipe::Capacity),
-                                     InstanceMethod("segmentBytes", &Sha256Pipe::SegmentBytes),
-                                     InstanceMethod("abort", &Sha256Pipe::Abort)});
-  exports.Set("Sha256Pipe", ctor);
+RunningHash::~RunningHash() {
+  if (evp_) EVP_MD_CTX_free(evp_);
+}
+
+bool RunningHash::Init(Algo algo) {
+  algo_ = algo;
+  if (algo == Algo::kBlake3) {
+    blake3_hasher_init(&b3_);
+    return true;
+  }
+  if (!evp_) evp_ = EVP_MD_CTX_new();
+  return evp_ && EVP_DigestInit_ex(evp_, EVP_sha256(), nullptr) == 1;
+}
+
+bool RunningHash::Update(const void* p, size_t n) {
+  if (algo_ == Algo::kBlake3) {
+    blake3_hasher_update(&b3_, p, n);
+    return true;
+  }
+  return EVP_DigestUpdate(evp_, p, n) == 1;
+}
+
+bool RunningHash::Final(uint8_t out[32]) {
+  if (algo_ == Algo::kBlake3) {
+    blake3_hasher_finalize(&b3_, out, 32);
+    return true;
+  }
+  unsigned int n = 0;
+  return EVP_DigestFinal_ex(evp_, out, &n) == 1 && n == 32;
+}
+
+void DigestPipe::Init(Napi::Env env, Napi::Object exports) {
+  Napi::Function ctor = DefineClass(env, "DigestPipe",
+                                    {InstanceMethod("update", &DigestPipe::Update),
+                                     InstanceMethod("updateHeld", &DigestPipe::UpdateHeld),
+                                     InstanceMethod("queued", &DigestPipe::Queued),
+                                     InstanceMethod("ready", &DigestPipe::Ready),
+                                     InstanceMethod("digest", &DigestPipe::Digest),
+                                     InstanceMethod("capacity", &DigestPipe::Capacity),
+                                     InstanceMethod("segmentBytes", &DigestPipe::SegmentBytes),
+                                     InstanceMethod("algorithm", &DigestPipe::Algorithm),
+                                     InstanceMethod("abort", &DigestPipe::Abort)});
+  exports.Set("DigestPipe", ctor);
   static std::once_flag once;
   std::call_once(once, [] { std::atexit(AbandonAllAtExit); });
 }
@@ -74,15 +109,15 @@ void Sha256Pipe::Init(Napi::Env env, Napi::Object exports) {
 // the buffers held for hashing are freed there in any order, so the thread
 // must have stopped reading them first. Hooks run last-registered first and
 // Node-API's own teardown hook was registered when the addon loaded.
-void Sha256Pipe::EnvCleanup(void* arg) {
-  auto* self = static_cast<Sha256Pipe*>(arg);
+void DigestPipe::EnvCleanup(void* arg) {
+  auto* self = static_cast<DigestPipe*>(arg);
   self->hooked_ = false;
   self->Abandon();
   for (auto& r : self->refs_) r.Reset();
   self->refs_.clear();
 }
 
-Sha256Pipe::Sha256Pipe(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Sha256Pipe>(info) {
+DigestPipe::DigestPipe(const Napi::CallbackInfo& info) : Napi::ObjectWrap<DigestPipe>(info) {
   Napi::Env env = info.Env();
   size_t cap = kDefaultRing;
   if (info.Length() > 0 && info[0].IsNumber()) {
@@ -97,30 +132,31 @@ Sha256Pipe::Sha256Pipe(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Sha256
     }
     seg_bytes_ = static_cast<uint64_t>(sb);
   }
+  if (info.Length() > 2 && !info[2].IsUndefined()) {
+    std::string a = info[2].IsString() ? info[2].As<Napi::String>().Utf8Value() : "";
+    if (a == "blake3") {
+      algo_ = RunningHash::Algo::kBlake3;
+    } else if (a != "sha256") {
+      throw Napi::TypeError::New(env, "algorithm must be 'sha256' or 'blake3'");
+    }
+    if (algo_ == RunningHash::Algo::kBlake3 && seg_bytes_ == 0) throw Napi::RangeError::New(env, "BLAKE3 is hashed in segments only (format version 3)");
+  }
   // Version 1 is one SHA-256: one lane. Version 2's lanes: one per core, at most four.
   unsigned cores = std::thread::hardware_concurrency();
   size_t lanes = seg_bytes_ == 0 ? 1 : std::clamp<unsigned>(cores == 0 ? 1 : cores, 1, 4);
   lanes_ = std::vector<Lane>(lanes);  // sized once: the threads keep pointers into it
   bool ok = true;
-  for (Lane& ln : lanes_) {
-    ln.ctx = EVP_MD_CTX_new();
-    ok = ok && ln.ctx;
-  }
-  if (ok && seg_bytes_ == 0) ok = EVP_DigestInit_ex(lanes_[0].ctx, EVP_sha256(), nullptr) == 1;
+  if (seg_bytes_ == 0) ok = lanes_[0].h.Init(algo_);
   if (ok && seg_bytes_ != 0) {
-    outer_ = EVP_MD_CTX_new();
     uint8_t sz[4];
     for (int i = 0; i < 4; i++) sz[i] = static_cast<uint8_t>(seg_bytes_ >> (8 * i));
-    ok = outer_ && EVP_DigestInit_ex(outer_, EVP_sha256(), nullptr) == 1 && EVP_DigestUpdate(outer_, kOuterPrefix, sizeof kOuterPrefix) == 1 &&
-         EVP_DigestUpdate(outer_, sz, 4) == 1;
+    bool b3 = algo_ == RunningHash::Algo::kBlake3;
+    ok = outer_.Init(algo_) && outer_.Update(b3 ? kOuterPrefixBlake3 : kOuterPrefixSha256, sizeof kOuterPrefixSha256) && outer_.Update(sz, 4);
   }
   if (ok) ring_ = static_cast<uint8_t*>(std::malloc(cap));
   if (!ok || !ring_) {
-    for (Lane& ln : lanes_) EVP_MD_CTX_free(ln.ctx);
-    if (outer_) EVP_MD_CTX_free(outer_);
     lanes_.clear();
-    outer_ = nullptr;
-    throw Napi::Error::New(env, ok ? "out of memory for the SHA-256 ring" : "SHA-256 is not available from Node's OpenSSL");
+    throw Napi::Error::New(env, ok ? "out of memory for the digest's ring" : "SHA-256 is not available from Node's OpenSSL");
   }
   cap_ = cap;
   // V8 does not see this memory otherwise.
@@ -135,7 +171,7 @@ Sha256Pipe::Sha256Pipe(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Sha256
   Live().insert(this);
 }
 
-Sha256Pipe::~Sha256Pipe() {
+DigestPipe::~DigestPipe() {
   {
     std::lock_guard<std::mutex> l(LiveMu());
     Live().erase(this);
@@ -143,15 +179,13 @@ Sha256Pipe::~Sha256Pipe() {
   if (hooked_) napi_remove_env_cleanup_hook(env_, EnvCleanup, this);
   Stop(true);
   for (auto& r : refs_) r.Reset();
-  for (Lane& ln : lanes_) EVP_MD_CTX_free(ln.ctx);
-  if (outer_) EVP_MD_CTX_free(outer_);
   if (ring_) {
     std::free(ring_);
     Napi::MemoryManagement::AdjustExternalMemory(Env(), -static_cast<int64_t>(cap_));
   }
 }
 
-void Sha256Pipe::Stop(bool abandon) {
+void DigestPipe::Stop(bool abandon) {
   {
     std::lock_guard<std::mutex> l(mu_);
     stop_ = true;
@@ -164,13 +198,13 @@ void Sha256Pipe::Stop(bool abandon) {
   }
 }
 
-void Sha256Pipe::Abandon() { Stop(true); }
+void DigestPipe::Abandon() { Stop(true); }
 
 // An external buffer (the addon's aligned send buffers) frees its memory in
 // a cleanup hook of its own, and hooks run newest first: ours is registered
 // again after the newest buffer held, so it stops the thread before any
 // held buffer is freed.
-void Sha256Pipe::Rehook(napi_env env) {
+void DigestPipe::Rehook(napi_env env) {
   if (hooked_) napi_remove_env_cleanup_hook(env, EnvCleanup, this);
   hooked_ = napi_add_env_cleanup_hook(env, EnvCleanup, this) == napi_ok;
 }
@@ -178,7 +212,7 @@ void Sha256Pipe::Rehook(napi_env env) {
 // Cuts bytes into pieces of at most kSlice that never cross a segment's end
 // and gives each to its segment's lane. Pieces are freed in stream order
 // (the ring is given back in order) whichever lane finishes first.
-void Sha256Pipe::Enqueue(const uint8_t* p, size_t n, bool held) {
+void DigestPipe::Enqueue(const uint8_t* p, size_t n, bool held) {
   size_t lanes = lanes_.size();
   uint32_t woken = 0;  // lanes given pieces (at most four)
   while (n > 0) {
@@ -199,15 +233,15 @@ void Sha256Pipe::Enqueue(const uint8_t* p, size_t n, bool held) {
   }
 }
 
-// Version 2: the segment digests whose turn has come go into the outer hash.
-void Sha256Pipe::FoldLocked() {
+// Segmented digests: the segment digests whose turn has come go into the outer hash.
+void DigestPipe::FoldLocked() {
   for (auto it = seg_done_.begin(); it != seg_done_.end() && it->first == next_fold_; it = seg_done_.erase(it)) {
-    if (EVP_DigestUpdate(outer_, it->second.data(), 32) != 1) failed_ = true;
+    if (!outer_.Update(it->second.data(), 32)) failed_ = true;
     next_fold_++;
   }
 }
 
-void Sha256Pipe::Run(Lane* lane) {
+void DigestPipe::Run(Lane* lane) {
   std::unique_lock<std::mutex> l(mu_);
   for (;;) {
     lane->cv.wait(l, [&] { return stop_ || !lane->q.empty(); });
@@ -218,14 +252,13 @@ void Sha256Pipe::Run(Lane* lane) {
     l.unlock();
     bool ok = true;
     if (seg_bytes_ && lane->seg != static_cast<int64_t>(pc.seg)) {
-      ok = EVP_DigestInit_ex(lane->ctx, EVP_sha256(), nullptr) == 1;
+      ok = lane->h.Init(algo_);
       lane->seg = static_cast<int64_t>(pc.seg);
     }
-    ok = ok && EVP_DigestUpdate(lane->ctx, pc.p, pc.n) == 1;
+    ok = ok && lane->h.Update(pc.p, pc.n);
     std::array<uint8_t, 32> md;
-    unsigned int mdn = 0;
     if (pc.seg_end) {
-      ok = ok && EVP_DigestFinal_ex(lane->ctx, md.data(), &mdn) == 1 && mdn == 32;
+      ok = ok && lane->h.Final(md.data());
       lane->seg = -1;
     }
     l.lock();
@@ -253,16 +286,15 @@ void Sha256Pipe::Run(Lane* lane) {
   space_cv_.notify_all();
 }
 
-// After the lanes have ended (all bytes hashed): the digest. Version 2 ends
-// the last, partial segment, folds it and appends the stream's length.
-bool Sha256Pipe::FinishLanes(uint8_t out[32]) {
-  unsigned int n = 0;
+// After the lanes have ended (all bytes hashed): the digest. A segmented
+// digest ends the last, partial segment, folds it and appends the length.
+bool DigestPipe::FinishLanes(uint8_t out[32]) {
   if (failed_) return false;
-  if (seg_bytes_ == 0) return EVP_DigestFinal_ex(lanes_[0].ctx, out, &n) == 1 && n == 32;
+  if (seg_bytes_ == 0) return lanes_[0].h.Final(out);
   for (Lane& ln : lanes_) {
     if (ln.seg < 0) continue;
     std::array<uint8_t, 32> md;
-    if (EVP_DigestFinal_ex(ln.ctx, md.data(), &n) != 1 || n != 32) return false;
+    if (!ln.h.Final(md.data())) return false;
     seg_done_[static_cast<uint64_t>(ln.seg)] = md;
     ln.seg = -1;
   }
@@ -270,16 +302,16 @@ bool Sha256Pipe::FinishLanes(uint8_t out[32]) {
   if (failed_ || !seg_done_.empty()) return false;
   uint8_t len[8];
   for (int i = 0; i < 8; i++) len[i] = static_cast<uint8_t>(fed_ >> (8 * i));
-  return EVP_DigestUpdate(outer_, len, 8) == 1 && EVP_DigestFinal_ex(outer_, out, &n) == 1 && n == 32;
+  return outer_.Update(len, 8) && outer_.Final(out);
 }
 
-void Sha256Pipe::WaitQueuedAtMost(uint64_t bytes) {
+void DigestPipe::WaitQueuedAtMost(uint64_t bytes) {
   std::unique_lock<std::mutex> l(mu_);
   space_cv_.wait(l, [&] { return stop_ || queued_ <= bytes; });
 }
 
 // JS thread: drops the references of held buffers the thread is done with.
-void Sha256Pipe::ReleaseHashed() {
+void DigestPipe::ReleaseHashed() {
   uint64_t done;
   {
     std::lock_guard<std::mutex> l(mu_);
@@ -299,7 +331,7 @@ static const uint8_t* BytesOf(const Napi::CallbackInfo& info, const char* usage,
   return static_cast<const uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
 }
 
-Napi::Value Sha256Pipe::Update(const Napi::CallbackInfo& info) {
+Napi::Value DigestPipe::Update(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   size_t len;
   const uint8_t* src = BytesOf(info, "update(data: Uint8Array)", &len);
@@ -322,7 +354,7 @@ Napi::Value Sha256Pipe::Update(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-Napi::Value Sha256Pipe::UpdateHeld(const Napi::CallbackInfo& info) {
+Napi::Value DigestPipe::UpdateHeld(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   size_t len;
   const uint8_t* src = BytesOf(info, "updateHeld(data: Uint8Array)", &len);
@@ -339,17 +371,21 @@ Napi::Value Sha256Pipe::UpdateHeld(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-Napi::Value Sha256Pipe::Queued(const Napi::CallbackInfo& info) {
+Napi::Value DigestPipe::Queued(const Napi::CallbackInfo& info) {
   ReleaseHashed();
   std::lock_guard<std::mutex> l(mu_);
   return Napi::Number::New(info.Env(), static_cast<double>(queued_));
 }
 
-Napi::Value Sha256Pipe::Capacity(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), static_cast<double>(cap_)); }
+Napi::Value DigestPipe::Capacity(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), static_cast<double>(cap_)); }
 
-Napi::Value Sha256Pipe::SegmentBytes(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), static_cast<double>(seg_bytes_)); }
+Napi::Value DigestPipe::SegmentBytes(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), static_cast<double>(seg_bytes_)); }
 
-Napi::Value Sha256Pipe::Ready(const Napi::CallbackInfo& info) {
+Napi::Value DigestPipe::Algorithm(const Napi::CallbackInfo& info) {
+  return Napi::String::New(info.Env(), algo_ == RunningHash::Algo::kBlake3 ? "blake3" : "sha256");
+}
+
+Napi::Value DigestPipe::Ready(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   double b = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : 0;
   uint64_t bytes = b > 0 ? static_cast<uint64_t>(b) : 0;
@@ -371,7 +407,7 @@ Napi::Value Sha256Pipe::Ready(const Napi::CallbackInfo& info) {
 // abort(): the stream will not be finished (an error ends it): stop hashing
 // now and let go of the held buffers and the ring, without waiting for the
 // garbage collector to find this object.
-Napi::Value Sha256Pipe::Abort(const Napi::CallbackInfo& info) {
+Napi::Value DigestPipe::Abort(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   finished_ = true;
   Abandon();
@@ -385,14 +421,14 @@ Napi::Value Sha256Pipe::Abort(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-Napi::Value Sha256Pipe::Digest(const Napi::CallbackInfo& info) {
+Napi::Value DigestPipe::Digest(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (finished_) throw Napi::Error::New(env, "the hash is finished (digest taken or aborted)");
   finished_ = true;
   Stop(false);  // the thread hashes what is queued, then ends
   ReleaseHashed();
   uint8_t md[32];
-  if (!FinishLanes(md)) throw Napi::Error::New(env, "SHA-256 failed in Node's OpenSSL");
+  if (!FinishLanes(md)) throw Napi::Error::New(env, algo_ == RunningHash::Algo::kBlake3 ? "the BLAKE3 digest failed" : "SHA-256 failed in Node's OpenSSL");
   std::free(ring_);
   ring_ = nullptr;
   Napi::MemoryManagement::AdjustExternalMemory(env, -static_cast<int64_t>(cap_));
