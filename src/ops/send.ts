@@ -22,14 +22,17 @@
  */
 import type { Writable } from 'node:stream';
 import { DmthinError, UsageError, throwIfAborted } from '../errors';
-import { withMetadataSnapshot } from '../pool/live-metadata';
-import { liveThin, withThinData } from './live-thin';
-import { ThinPool } from '../pool/thin-pool';
+// The pool, dm and output-file layers are loaded when a send uses them (a
+// live pool, an -o file), not by an offline send to stdout: ~15 modules,
+// part of its start-up (see sendFromPool and stream).
+import type * as LiveMetadata from '../pool/live-metadata';
+import type * as LiveThin from './live-thin';
+import type { ThinPool } from '../pool/thin-pool';
 import { ThinMetadata } from '../thin/metadata';
 import { SECTOR_SIZE } from '../units';
 import { NativeDataSource, type DataSource } from '../stream/send/data-source';
 import { ExtentStore } from '../stream/send/extent-store';
-import { OutputFile, refuseOutputOverInputs } from '../output/file';
+import type * as OutputFileModule from '../output/file';
 import { outputError } from '../output/sink';
 import { planSend, type SendPlan } from '../stream/send/plan';
 import { encodeRecords, writeRecords, type SendProgress, type SendSummary } from '../stream/send/send-stream';
@@ -104,9 +107,10 @@ export async function send(opts: SendOptions): Promise<SendSummary> {
  */
 async function stream(plan: SendPlan, source: DataSource, o: CommonSendOptions): Promise<SendSummary> {
   let summary: SendSummary | undefined;
+  const outputFile = typeof o.output === 'string' ? (require('../output/file') as typeof OutputFileModule) : undefined;
   if (typeof o.output === 'string') {
     const i = o as Partial<ImageSendOptions>;
-    await refuseOutputOverInputs(o.output, 'the stream output', [
+    await outputFile!.refuseOutputOverInputs(o.output, 'the stream output', [
       { path: i.metadata, role: 'the metadata input' },
       { path: i.data, role: 'the data input' },
       { path: i.device, role: 'the thin device input' },
@@ -137,7 +141,7 @@ async function stream(plan: SendPlan, source: DataSource, o: CommonSendOptions):
     }
     return summary!;
   }
-  const file = await OutputFile.create(o.output, { signal: o.signal });
+  const file = await outputFile!.OutputFile.create(o.output, { signal: o.signal });
   try {
     await writeRecords(records, file.stream, o.signal);
     await file.commit();
@@ -192,7 +196,9 @@ async function sendFromImage(o: ImageSendOptions): Promise<SendSummary> {
 }
 
 async function sendFromPool(o: PoolSendOptions): Promise<SendSummary> {
-  const pool = typeof o.pool === 'string' ? await ThinPool.open(o.pool) : o.pool;
+  const { withMetadataSnapshot } = require('../pool/live-metadata') as typeof LiveMetadata;
+  const { liveThin, withThinData } = require('./live-thin') as typeof LiveThin;
+  const pool = typeof o.pool === 'string' ? await (require('../pool/thin-pool') as typeof import('../pool/thin-pool')).ThinPool.open(o.pool) : o.pool;
   const thin = await liveThin(pool, o.snap, {
     poolId: o.poolId,
     deviceSize: o.deviceSize,
