@@ -5,10 +5,11 @@
  * thin device's image).
  */
 import type { Command } from 'commander';
+import type { Writable } from 'node:stream';
 import { UsageError } from '../errors';
 import { SECTOR_SIZE } from '../units';
 import type { SendOptions } from '../ops/send';
-import { CliContext, formatVersionArg, parseIntArg } from './common';
+import { CliContext, formatVersionArg, parseIntArg, stdout } from './common';
 import { fdIsTTY, Progress, stderrIsTTY } from './progress';
 import { isThinIdText, snapOption, thinIdArg, type MetadataSnapOpts } from './metadata-source';
 import type { ThinPool as ThinPoolT } from '../pool/thin-pool';
@@ -77,7 +78,8 @@ export function register(program: Command, ctx: () => CliContext): void {
       const bar = new Progress('send', !o.quiet && stderrIsTTY());
       const onProgress: SendOptions['onProgress'] = (p) =>
         p.phase === 'data' ? bar.update(p.dataBlocks, p.totalDataBlocks, 'blocks') : bar.update(p.dataBlocks, undefined, 'blocks scanned');
-      const output = o.output === '-' ? process.stdout : o.output;
+      // stdout through the CLI's FdWriter (a Writable as far as send uses one: write with a callback, 'error').
+      const output = o.output === '-' ? (stdout() as unknown as Writable) : o.output;
       if (typeof output === 'string') {
         // Refused before the metadata walk (stream() checks again before opening it).
         const { refuseOutputOverInputs } = require('../output/file') as typeof import('../output/file');

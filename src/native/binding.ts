@@ -134,6 +134,8 @@ export interface NativeAddon {
    * algorithm 'sha256' (default; version 2) or 'blake3' (version 3).
    */
   DigestPipe: new (ringBytes?: number, segmentBytes?: number, algorithm?: 'sha256' | 'blake3') => NativeDigestPipe;
+  /** SHA-256 of the parts in order, on the calling thread (small inputs). */
+  sha256(parts: Uint8Array[]): Buffer;
   RangeReader: new () => NativeRangeReader;
   /** A 4096-aligned Uint8Array (for O_DIRECT reads into it), in memory V8 owns. */
   alignedBuffer(bytes: number): Uint8Array;
@@ -261,6 +263,24 @@ export function crc32cFunction(): NativeAddon['crc32c'] {
     if (e instanceof SetupError) return require('./portable').crc32cPortable;
     throw e;
   }
+}
+
+/**
+ * SHA-256 of the parts in order (small inputs: snapshot identities): the
+ * addon's, else node:crypto's. The addon is loaded by every command that
+ * reads anything; node:crypto would cost 3-6 ms of start-up to load.
+ */
+export function sha256Of(parts: Uint8Array[]): Buffer {
+  let a: NativeAddon | undefined;
+  try {
+    a = native();
+  } catch (e) {
+    if (!(e instanceof SetupError)) throw e;
+  }
+  if (a?.sha256) return a.sha256(parts);
+  const h = (require('node:crypto') as typeof import('node:crypto')).createHash('sha256');
+  for (const p of parts) h.update(p);
+  return h.digest();
 }
 
 /** A 4096-aligned Buffer (V8-owned memory from the addon), for O_DIRECT reads and writes in place. */

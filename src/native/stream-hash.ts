@@ -17,7 +17,7 @@
  * Without the addon, on the JS thread (same digests): node:crypto's SHA-256,
  * @noble/hashes' BLAKE3 (pure JavaScript, ~50 MB/s: a fallback only).
  */
-import { createHash } from 'node:crypto';
+import type { Hash } from 'node:crypto';
 import { SetupError } from '../errors';
 import { native, type NativeDigestPipe } from './binding';
 
@@ -86,8 +86,13 @@ interface JsHash {
   digest(): Buffer;
 }
 
+/** node:crypto's SHA-256, loaded only when hashing on the JS thread (3-6 ms of start-up otherwise). */
+function createSha256(): Hash {
+  return (require('node:crypto') as typeof import('node:crypto')).createHash('sha256');
+}
+
 function jsHash(algorithm: DigestAlgorithm): JsHash {
-  if (algorithm === 'sha256') return createHash('sha256');
+  if (algorithm === 'sha256') return createSha256();
   // Loaded only here: a run with the addon never pays for it.
   const { blake3 } = require('@noble/hashes/blake3') as typeof import('@noble/hashes/blake3');
   const h = blake3.create({});
@@ -119,7 +124,7 @@ abstract class SyncHash implements StreamHash {
 
 /** Version 1's digest on the JS thread. */
 class CryptoHash extends SyncHash {
-  private readonly h = createHash('sha256');
+  private readonly h = createSha256();
   update(data: Uint8Array): void {
     this.h.update(data);
   }

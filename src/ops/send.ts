@@ -23,7 +23,7 @@
 import type { Writable } from 'node:stream';
 import { DmthinError, UsageError, throwIfAborted } from '../errors';
 // The pool, dm and output-file layers are loaded when a send uses them (a
-// live pool, an -o file), not by an offline send to stdout: ~15 modules,
+// live pool, an -o file), not by an offline send to stdout: ~16 modules,
 // part of its start-up (see sendFromPool and stream).
 import type * as LiveMetadata from '../pool/live-metadata';
 import type * as LiveThin from './live-thin';
@@ -31,9 +31,10 @@ import type { ThinPool } from '../pool/thin-pool';
 import { ThinMetadata } from '../thin/metadata';
 import { SECTOR_SIZE } from '../units';
 import { NativeDataSource, type DataSource } from '../stream/send/data-source';
-import { ExtentStore } from '../stream/send/extent-store';
+import type { ExtentStore as ExtentStoreT } from '../stream/send/extent-store';
 import type * as OutputFileModule from '../output/file';
 import { outputError } from '../output/sink';
+import { FdWriter } from '../output/fd-writer';
 import { planSend, type SendPlan } from '../stream/send/plan';
 import { encodeRecords, writeRecords, type SendProgress, type SendSummary } from '../stream/send/send-stream';
 
@@ -116,6 +117,10 @@ async function stream(plan: SendPlan, source: DataSource, o: CommonSendOptions):
       { path: i.device, role: 'the thin device input' },
     ]);
   }
+  // The CLI's stdout is an FdWriter (output/fd-writer.ts: no process.stdout,
+  // whose creation loads the stream modules); a library caller's may be
+  // process.stdout. Tested in that order: reading process.stdout creates it.
+  const toStdout = o.output instanceof FdWriter || (typeof o.output !== 'string' && o.output === process.stdout);
   // Written record by record, each write done before the next is encoded: the
   // send reads into three reused batch buffers instead of a new one a batch.
   // Only into outputs known to be done with a buffer once its write is (a
@@ -126,18 +131,18 @@ async function stream(plan: SendPlan, source: DataSource, o: CommonSendOptions):
     formatVersion: o.formatVersion,
     onProgress: (p) => o.onProgress?.({ phase: 'data', ...p }),
     onEnd: (s) => (summary = s),
-    reuseBuffers: typeof o.output === 'string' || o.output === process.stdout,
+    reuseBuffers: typeof o.output === 'string' || toStdout,
   });
   if (typeof o.output !== 'string') {
-    // The generator's errors are typed, a raw one is the Writable's. process.stdout
-    // is never ended (that shuts a pipe down under Node, and the CLI's final flush
+    // The generator's errors are typed, a raw one is the Writable's. stdout is
+    // never ended (that shuts a pipe down under Node, and the CLI's final flush
     // then got EPIPE: `dmthin send | cat` exited 141); another Writable is.
     const out = o.output;
     try {
       await writeRecords(records, out, o.signal);
-      if (out !== process.stdout) await new Promise<void>((resolve, reject) => out.end((e?: Error | null) => (e ? reject(e) : resolve())));
+      if (!toStdout) await new Promise<void>((resolve, reject) => out.end((e?: Error | null) => (e ? reject(e) : resolve())));
     } catch (e) {
-      throw outputError(e, out === process.stdout ? 'stdout' : undefined);
+      throw outputError(e, toStdout ? 'stdout' : undefined);
     }
     return summary!;
   }
@@ -206,6 +211,7 @@ async function sendFromPool(o: PoolSendOptions): Promise<SendSummary> {
     unknownSize: () => sizeUnknown(`thin device ${o.snap} of pool ${pool.name} is not active, so its size is unknown`, o.snap, true),
   });
 
+  const { ExtentStore } = require('../stream/send/extent-store') as { ExtentStore: typeof ExtentStoreT };
   await using store = new ExtentStore({ tmpDir: o.tmpDir });
   // The metadata snapshot is held only for the walk, not for the data copy.
   const header = await withMetadataSnapshot(pool, async (md) => {

@@ -14,7 +14,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { cryptoStreamHash, newStreamHash, type DigestAlgorithm, type StreamHash } from '../../src/native/stream-hash';
-import { native } from '../../src/native/binding';
+import { native, sha256Of } from '../../src/native/binding';
 import { NativeDataSource } from '../../src/stream/send/data-source';
 import { scratch, type Scratch } from '../stream/helpers';
 
@@ -209,4 +209,17 @@ test('readRanges: each range lands at its buffer offset; past the end is EIO', a
   } finally {
     await src.close();
   }
+});
+
+test("sha256Of (the addon's one-shot SHA-256, which identities use): node:crypto's digest of the parts in order", () => {
+  const { sha256 } = native();
+  const parts = [Buffer.from('dmthin offline identity 1\0', 'latin1'), randomBytes(4), randomBytes(4096), new Uint8Array(0), data.subarray(5, 70_000)];
+  const want = createHash('sha256');
+  for (const p of parts) want.update(p);
+  const hex = want.digest('hex');
+  expect(sha256(parts).toString('hex')).toBe(hex);
+  expect(sha256Of(parts).toString('hex')).toBe(hex);
+  expect(sha256([]).toString('hex')).toBe(createHash('sha256').digest('hex'));
+  expect(() => sha256('text' as unknown as Uint8Array[])).toThrow(/^sha256\(parts: Uint8Array\[\]\)$/);
+  expect(() => sha256(['text' as unknown as Uint8Array])).toThrow(/^sha256\(parts: Uint8Array\[\]\)$/);
 });

@@ -3,10 +3,9 @@
  * record header and of each record's payload. No IO, no policy; the layout
  * is specified in docs/stream-format.md (keep the two in step).
  */
-import { createHash } from 'node:crypto';
 import { StreamError, UsageError } from '../../errors';
 import { SECTOR_SIZE } from '../../units';
-import { crc32cFunction } from '../../native/binding';
+import { crc32cFunction, sha256Of } from '../../native/binding';
 import type { DigestAlgorithm } from '../../native/stream-hash';
 import { MAX_SAFE_HI, TWO32 } from '../../pdata/words';
 
@@ -185,7 +184,7 @@ export function encodeIdentity(id: SnapshotIdentity): Buffer {
 
 /** A stable key for an identity: SHA-256 (hex) of its canonical bytes. */
 export function identityKey(id: SnapshotIdentity): string {
-  return createHash('sha256').update(encodeIdentity(id)).digest('hex');
+  return sha256Of([encodeIdentity(id)]).toString('hex');
 }
 
 export function sameIdentity(a: SnapshotIdentity, b: SnapshotIdentity): boolean {

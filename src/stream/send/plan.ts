@@ -11,7 +11,6 @@
  * change outside it is an error, never skipped: a receiver would otherwise
  * keep stale data there and report success.
  */
-import { createHash } from 'node:crypto';
 import { DmthinError, StreamError, throwIfAborted, UsageError } from '../../errors';
 import type { DeviceDetails } from '../../thin/device-details';
 import type { ThinMetadata } from '../../thin/metadata';
@@ -20,6 +19,7 @@ import type { StreamHeaderInit } from '../format/encoder';
 import type { SendExtent } from './extent-store';
 import { type SnapshotIdentity } from '../format/records';
 import { SECTOR_SIZE } from '../../units';
+import { sha256Of } from '../../native/binding';
 
 export interface PlanOptions {
   /** Thin device id of the snapshot to send. */
@@ -82,11 +82,9 @@ export async function offlinePoolId(md: ThinMetadata, devId: number, signal?: Ab
   throwIfAborted(signal);
   const root = await md.mappingRoot(devId); // ENODEV when it has none
   const [node] = await md.io.read([root]);
-  const h = createHash('sha256').update('dmthin offline identity 1\0');
   const fixed = Buffer.alloc(4);
   fixed.writeUInt32LE(md.superblock.dataBlockSize, 0);
-  h.update(fixed).update(node.data);
-  return `image-sha256:${h.digest('hex')}`;
+  return `image-sha256:${sha256Of([Buffer.from('dmthin offline identity 1\0', 'latin1'), fixed, node.data]).toString('hex')}`;
 }
 
 function beyond(devId: number, kind: string, block: number | bigint, deviceSize: number, nBlocks: number, extra = ''): StreamError {
