@@ -695,6 +695,13 @@ const ms = (s) => (s * 1000).toFixed(0);
  */
 function tinyRows() {
   const pool = join(root, 'examples/pool.bin');
+  // send reads data too: a sparse image of the example's 1000 data blocks of 64 KiB.
+  const tinyData = join(root, '.bench-cache', 'tiny-data.img');
+  if (!existsSync(tinyData)) {
+    mkdirSync(dirname(tinyData), { recursive: true });
+    writeFileSync(tinyData, '');
+    spawnSync('truncate', ['-s', String(1000 * 65536), tinyData]);
+  }
   const cmds = [
     ['dump', ['dump', pool]],
     ['ls', ['ls', pool]],
@@ -702,6 +709,7 @@ function tinyRows() {
     ['delta', ['delta', '--snap1', '1', '--snap2', '2', pool]],
     ['check', ['check', '-q', pool]],
     ['rmap', ['rmap', '--region', '0..1000', pool]],
+    ['send', ['send', '--metadata', pool, '--data', tinyData, '--snap', '1', '--size', String(256 * 65536), '-q']],
     ['send --help', ['send', '--help']],
     ['--help', ['--help']],
   ];
