@@ -25,6 +25,7 @@ constexpr size_t kSlice = 256 << 10;
 // version 2's with SHA-256, version 3's with BLAKE3.
 constexpr char kOuterPrefixSha256[] = "dmthin stream digest 2";
 constexpr char kOuterPrefixBlake3[] = "dmthin stream digest 3";
+static_assert(sizeof kOuterPrefixSha256 == sizeof kOuterPrefixBlake3, "the constructor hashes either prefix with one length");
 
 class ReadyWorker : public PromiseWorker<DigestPipe> {
  public:

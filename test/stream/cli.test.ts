@@ -71,7 +71,7 @@ test('--format-version 1, 2 and 3: the same records, each with its own digest (c
       // Version 2: SHA-256 (node:crypto); version 3: BLAKE3 (@noble/hashes, not the addon's).
       const h = (x: Uint8Array): Buffer => (v === 2 ? createHash('sha256').update(x).digest() : Buffer.from(blake3(x)));
       const S = 1 << 20;
-      const parts = [Buffer.from(`dmthin stream digest ${v}\0`, 'latin1'), Buffer.from([0, 0, 16, 0])];
+      const parts: Buffer[] = [Buffer.from(`dmthin stream digest ${v}\0`, 'latin1'), Buffer.from([0, 0, 16, 0])];
       for (let i = 0; i < body.length; i += S) parts.push(h(body.subarray(i, i + S)));
       const len = Buffer.alloc(8);
       len.writeBigUInt64LE(BigInt(body.length));

@@ -233,7 +233,7 @@ function specDigest(b: Buffer, version: 2 | 3): string {
   const S = 1 << 20;
   const size = Buffer.alloc(4);
   size.writeUInt32LE(S);
-  const parts = [Buffer.from(`dmthin stream digest ${version}\0`, 'latin1'), size];
+  const parts: Buffer[] = [Buffer.from(`dmthin stream digest ${version}\0`, 'latin1'), size];
   for (let i = 0; i < b.length; i += S) parts.push(h(b.subarray(i, Math.min(i + S, b.length))));
   const len = Buffer.alloc(8);
   len.writeBigUInt64LE(BigInt(b.length));
