@@ -189,8 +189,8 @@ const streamArb = fc
     return { ...r, bs, deviceSize };
   });
 
-function build(r: { dbs: number; bs: number; blocks: number; deviceSize: number; incremental: boolean; ops: Op[] }) {
-  const enc = new StreamEncoder({ dataBlockSize: r.dbs, deviceSize: r.deviceSize, target: id(9), base: r.incremental ? id(8) : null });
+function build(r: { dbs: number; bs: number; blocks: number; deviceSize: number; incremental: boolean; ops: Op[] }, version?: number) {
+  const enc = new StreamEncoder({ ...(version === undefined ? {} : { version }), dataBlockSize: r.dbs, deviceSize: r.deviceSize, target: id(9), base: r.incremental ? id(8) : null });
   const parts = [...enc.start()];
   const expected: { type: string; start: number; length: number; fill?: number }[] = [];
   let block = 0;
@@ -331,10 +331,10 @@ describe('verifier', () => {
     );
   });
 
-  test('recheck: a second pass over the same bytes in other chunks passes by the keyed GMAC; one resealed byte or another key is refused', () => {
+  test.each([1, 2])('recheck, format version %d: a second pass over the same bytes in other chunks passes by the keyed GMAC; one resealed byte or another key is refused', (version) => {
     fc.assert(
       fc.property(streamArb, fc.array(fc.nat(), { maxLength: 6 }), fc.array(fc.nat(), { maxLength: 6 }), fc.nat(), (r, cuts1, cuts2, pick) => {
-        const { bytes } = build(r);
+        const { bytes } = build(r, version);
         const feed = (v: StreamVerifier, b: Buffer, cuts: number[]): ReturnType<StreamVerifier['finish']> => {
           for (const chunk of cutInto(b, cuts.map((x) => x % (b.length + 1)))) for (const x of v.records(chunk)) void x;
           return v.finish();
@@ -346,6 +346,34 @@ describe('verifier', () => {
         // Another key: the tag differs, so the same bytes are refused.
         expect(() => feed(new StreamVerifier({ recheck: { ...first, mac: { ...first.mac!, key: randomBytes(32) } } }), bytes, cuts2)).toThrow(/differs from the one verified before/);
         // One byte changed inside a record's payload, its CRC sealed again: record checks pass, the tag does not.
+        const offs = offsets(bytes).slice(0, -1).filter((o) => bytes.readUInt32LE(o + 8) > 0);
+        const o = offs[pick % offs.length];
+        const len = bytes.readUInt32LE(o + 8);
+        const changed = reseal(bytes, o, (rec) => (rec[RECORD_HEADER_SIZE + ((pick >> 3) % len)] ^= 1 << (pick & 7)));
+        let e: unknown;
+        try {
+          feed(new StreamVerifier({ recheck: first }), changed, cuts2);
+        } catch (x) {
+          e = x;
+        }
+        expect(e).toBeInstanceOf(StreamError);
+      }),
+      { numRuns: 60 },
+    );
+  });
+
+  test('recheck, format version 3: no GMAC (BLAKE3 is cheaper to compute again); the second pass recomputes the digest and refuses one resealed byte', () => {
+    fc.assert(
+      fc.property(streamArb, fc.array(fc.nat(), { maxLength: 6 }), fc.array(fc.nat(), { maxLength: 6 }), fc.nat(), (r, cuts1, cuts2, pick) => {
+        const { bytes } = build(r, 3);
+        const feed = (v: StreamVerifier, b: Buffer, cuts: number[]): ReturnType<StreamVerifier['finish']> => {
+          for (const chunk of cutInto(b, cuts.map((x) => x % (b.length + 1)))) for (const x of v.records(chunk)) void x;
+          return v.finish();
+        };
+        const first = feed(new StreamVerifier({ mac: newStreamMacKey() }), bytes, cuts1);
+        expect(first.mac).toBeUndefined();
+        const again = feed(new StreamVerifier({ recheck: first }), bytes, cuts2);
+        expect(again).toEqual({ header: first.header, end: first.end, digest: first.digest, bytes: first.bytes });
         const offs = offsets(bytes).slice(0, -1).filter((o) => bytes.readUInt32LE(o + 8) > 0);
         const o = offs[pick % offs.length];
         const len = bytes.readUInt32LE(o + 8);

@@ -274,13 +274,18 @@ function resealedChange(stream: Buffer): Buffer {
   return b;
 }
 
-test('a change between the passes that keeps every record CRC valid is caught by the second pass (keyed GMAC), nothing written', async () => {
+test.each([
+  [2, 'its keyed GMAC', /differs from the one verified before/],
+  [3, 'its digest computed again', /^the input changed after it was verified: the stream's digest \(format version 3, docs\/stream-format\.md §6\) does not match the end record/],
+])('format version %d: a change between the passes that keeps every record CRC valid is caught by the second pass (%s), nothing written', async (version, _how, message) => {
   const t = await target('dev1');
   const stateBefore = readFileSync(`${t}.dmthin-state.json`, 'utf8');
-  const file = s.path('resealed.stream');
-  writeFileSync(file, streams.inc2from1);
-  const changed = resealedChange(streams.inc2from1);
-  // The resealed stream is whole record by record: only its SHA-256 is wrong.
+  const file = s.path(`resealed-v${version}.stream`);
+  const stream = await make(2, 1, SIZE, version);
+  expect(stream.readUInt32LE(RECORD_HEADER_SIZE + 8)).toBe(version);
+  writeFileSync(file, stream);
+  const changed = resealedChange(stream);
+  // The resealed stream is whole record by record: only its digest is wrong.
   const alone = await receive({ target: await target('dev1'), input: Readable.from([changed]) }).catch((x: unknown) => x);
   expect(alone).toMatchObject({ reason: 'digest' });
   let swapped = false;
@@ -288,7 +293,7 @@ test('a change between the passes that keeps every record CRC valid is caught by
     target: t,
     input: file,
     onProgress: (p) => {
-      if (p.phase === 'verify' && p.bytes === streams.inc2from1.length && !swapped) {
+      if (p.phase === 'verify' && p.bytes === stream.length && !swapped) {
         swapped = true;
         writeFileSync(file, changed); // same inode
       }
@@ -297,7 +302,7 @@ test('a change between the passes that keeps every record CRC valid is caught by
   expect(swapped).toBe(true);
   expect(e).toBeInstanceOf(StreamError);
   expect(e).toMatchObject({ reason: 'changed' });
-  expect((e as Error).message).toMatch(/differs from the one verified before/);
+  expect((e as Error).message).toMatch(message);
   // This stream is smaller than one write batch: the change is found before anything is written.
   expect(readFileSync(`${t}.dmthin-state.json`, 'utf8')).toBe(stateBefore);
   expect(sha256File(t)).toBe(await expectedSha(md, 1, SIZE));
