@@ -22,8 +22,11 @@
  *   missing credentials are 'config'; an absent key is 'not-found'.
  * - A read that breaks mid-body resumes from the byte it reached (Range, with
  *   If-Match on the first response's ETag so a replaced object is not spliced).
- * - ifAbsent: HEAD, then PUT with If-None-Match: * (see put()).
+ * - ifAbsent: HEAD, then PUT with If-None-Match: * (see put()). A write whose
+ *   answer was lost is retried; if the retry finds the key taken, the object's
+ *   ETag (the MD5 of what we sent) tells our own write from another writer's.
  */
+import { createHash } from 'node:crypto';
 import { Agent as HttpAgent } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
 import {
@@ -169,6 +172,17 @@ function retryable(e: unknown): boolean {
   if (code === 'TimeoutError' || code === 'RequestTimeout' || code === 'SlowDown' || code === 'InternalError' || code === 'ServiceUnavailable') return true;
   // A response that ended early or could not be parsed (the server went away mid-body).
   return /socket hang up|ECONNRESET|ECONNREFUSED|aborted|premature close|EPIPE/i.test(x?.message ?? '');
+}
+
+function md5Hex(b: Uint8Array): string {
+  return createHash('md5').update(b).digest('hex');
+}
+
+/** S3's ETag of a multipart object: the MD5 of its parts' binary MD5s, then "-" and the part count. */
+function multipartEtag(parts: { ETag: string }[]): string {
+  const h = createHash('md5');
+  for (const p of parts) h.update(Buffer.from(p.ETag.replace(/"/g, ''), 'hex'));
+  return `${h.digest('hex')}-${parts.length}`;
 }
 
 function isAbort(e: unknown, signal?: AbortSignal): boolean {
@@ -324,15 +338,27 @@ class S3Backend implements Backend {
     const first = await it.next();
     const firstBuf = first.done ? Buffer.alloc(0) : first.value;
     const second = first.done ? first : await it.next();
+    let tries = 0;
     try {
       if (second.done) {
-        await this.call('put', key, signal, (s) => this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, Body: firstBuf, ContentLength: firstBuf.length, ...cond }), { abortSignal: s }), precondition);
+        await this.call(
+          'put',
+          key,
+          signal,
+          (s) => {
+            tries++;
+            return this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, Body: firstBuf, ContentLength: firstBuf.length, ...cond }), { abortSignal: s });
+          },
+          precondition,
+        );
         return true;
       }
       return await this.multipart(key, Key, firstBuf, second.value, it, cond, precondition, signal);
     } catch (e) {
-      if (precondition?.(e)) return false;
-      throw e;
+      if (!precondition?.(e)) throw e;
+      // A 412 on a retry may answer our own earlier attempt, whose write
+      // landed but whose answer was lost (the gateway died after storing).
+      return tries > 1 && (await this.holds(key, md5Hex(firstBuf), signal));
     } finally {
       await it.return(undefined);
     }
@@ -373,18 +399,49 @@ class S3Backend implements Backend {
       await inFlight;
       done.sort((a, b) => a.PartNumber - b.PartNumber);
       // The complete response's ETag is empty on radosgw 16 (a known bug): not used.
-      await this.call(
-        'multipart complete',
-        key,
-        signal,
-        (s) => this.client.send(new CompleteMultipartUploadCommand({ Bucket: this.bucket, Key, UploadId, MultipartUpload: { Parts: done }, ...cond }), { abortSignal: s }),
-        precondition,
-      );
-      return true;
+      let tries = 0;
+      const gone = (e: unknown): boolean => s3Code(e) === 'NoSuchUpload';
+      try {
+        await this.call(
+          'multipart complete',
+          key,
+          signal,
+          (s) => {
+            tries++;
+            return this.client.send(new CompleteMultipartUploadCommand({ Bucket: this.bucket, Key, UploadId, MultipartUpload: { Parts: done }, ...cond }), { abortSignal: s });
+          },
+          (e) => precondition?.(e) === true || gone(e),
+        );
+        return true;
+      } catch (e) {
+        if (!precondition?.(e) && !gone(e)) throw e;
+        // A retried complete whose lost first attempt landed: radosgw answers
+        // it again with success, AWS may answer NoSuchUpload, a store that
+        // honours If-None-Match here 412. The object's ETag tells.
+        if (tries > 1 && (await this.holds(key, multipartEtag(done), signal))) return true;
+        throw gone(e) ? this.failure('multipart complete', key, e, tries) : e;
+      }
     } catch (e) {
       // Best effort, without the caller's signal (an abort must still clean up);
       // a store that stays down keeps the parts until its lifecycle rule.
       await this.call('multipart abort', key, undefined, () => this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key, UploadId }))).catch(() => undefined);
+      throw e;
+    }
+  }
+
+  /**
+   * Whether the object at `key` is the one whose ETag we computed: after an
+   * attempt whose answer was lost, it tells our write from another writer's.
+   * For a plain chunk the bytes are the same either way; a sealed chunk's
+   * random nonce makes another writer's ETag differ.
+   */
+  private async holds(key: string, etag: string, signal: AbortSignal | undefined): Promise<boolean> {
+    const Key = this.s3Key(key);
+    try {
+      const r = await this.call('stat', key, signal, (s) => this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key }), { abortSignal: s }), (e) => httpStatus(e) === 404);
+      return r.ETag?.replace(/"/g, '').toLowerCase() === etag;
+    } catch (e) {
+      if (httpStatus(e) === 404) return false;
       throw e;
     }
   }

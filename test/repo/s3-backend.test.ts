@@ -5,12 +5,13 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { DeleteObjectsCommand, HeadObjectCommand, ListMultipartUploadsCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
+import { DeleteObjectsCommand, GetObjectCommand, HeadObjectCommand, ListMultipartUploadsCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { RepoError } from '../../src/errors';
 import type { Backend } from '../../src/repo/backend';
 import { createS3Backend } from '../../src/repo/s3-backend';
 import { describeS3, s3Client, type S3TestContext } from '../helpers/ceph';
 import { REPO_ROOT } from '../helpers/fixtures';
+import { lossyProxy, type LossyProxy } from '../helpers/tcp-proxy';
 import { backendContract, contractBytes } from './backend-contract';
 
 async function collect<T>(it: AsyncIterable<T>): Promise<T[]> {
@@ -111,6 +112,120 @@ describeS3('S3 backend (Ceph radosgw)', (s3) => {
       const ups = await raw.send(new ListMultipartUploadsCommand({ Bucket: loc.bucket, Prefix: `${loc.prefix}/` }));
       expect(ups.Uploads ?? []).toEqual([]);
       expect(await collect(b.list(''))).toEqual([]);
+    });
+
+    describe('an answer lost after the write landed (a proxy breaks the connection once the server has replied)', () => {
+      let proxy: LossyProxy;
+      let lossy: Backend;
+      let retries: number;
+      beforeEach(async () => {
+        proxy = await lossyProxy(s3.endpoint);
+        retries = 0;
+        // The SDK reads the endpoint from the environment when it first
+        // sends, so it stays pointed at the proxy for the whole test; the
+        // checks use `raw`, which names the real endpoint.
+        saved = process.env.AWS_ENDPOINT_URL_S3;
+        process.env.AWS_ENDPOINT_URL_S3 = proxy.url;
+        lossy = await createS3Backend(loc.bucket, loc.prefix, { partSize: 5 * 1024 * 1024, baseDelayMs: 50, maxDelayMs: 50, onRetry: () => retries++ });
+      });
+      afterEach(async () => {
+        await lossy.close();
+        await proxy.close();
+        process.env.AWS_ENDPOINT_URL_S3 = saved;
+      });
+      let saved: string | undefined;
+      const read = async (key: string): Promise<Buffer> =>
+        Buffer.from(await (await raw.send(new GetObjectCommand({ Bucket: loc.bucket, Key: `${loc.prefix}/${key}` }))).Body!.transformToByteArray());
+
+      it('ifAbsent PUT: the retry meets its own object (412) and knows it by the ETag: stored, resolves true', async () => {
+        const body = contractBytes(100_000, 7);
+        proxy.loseNext(/^PUT \S*\/chunks\/aa\/01[ ?]/);
+        expect(await lossy.put('chunks/aa/01', body, { ifAbsent: true, checkedAbsent: true })).toBe(true);
+        expect(proxy.applied).toBe(1);
+        expect(retries).toBe(1);
+        expect((await read('chunks/aa/01')).equals(body)).toBe(true);
+      });
+
+      it('ifAbsent PUT: a retry that meets an object another writer stored (412, other ETag) resolves false and leaves it', async () => {
+        const Key = `${loc.prefix}/chunks/aa/02`;
+        // The first attempt never reaches the server; meanwhile another writer stores the key.
+        proxy.loseNext(/^PUT \S*\/chunks\/aa\/02[ ?]/, {
+          refuse: true,
+          before: async () => {
+            await raw.send(new PutObjectCommand({ Bucket: loc.bucket, Key, Body: Buffer.from('another writer') }));
+          },
+        });
+        expect(await lossy.put('chunks/aa/02', contractBytes(1000, 8), { ifAbsent: true, checkedAbsent: true })).toBe(false);
+        expect(proxy.applied).toBe(1);
+        expect(retries).toBe(1);
+        expect((await read('chunks/aa/02')).toString()).toBe('another writer');
+      });
+
+      const COMPLETE = /^POST \S*\/chunks\/aa\/03\?\S*uploadId=/;
+      const uploadsLeft = async (): Promise<unknown[]> => (await raw.send(new ListMultipartUploadsCommand({ Bucket: loc.bucket, Prefix: `${loc.prefix}/` }))).Uploads ?? [];
+
+      it('ifAbsent multipart, a lost complete answer: radosgw answers the retried complete with success; resolves true, no upload left', async () => {
+        const body = contractBytes(2 * 5 * 1024 * 1024 + 123, 9);
+        proxy.loseNext(COMPLETE);
+        expect(await lossy.put('chunks/aa/03', body, { ifAbsent: true, checkedAbsent: true })).toBe(true);
+        expect(proxy.applied).toBe(1);
+        expect(retries).toBe(1);
+        expect((await read('chunks/aa/03')).equals(body)).toBe(true);
+        const m = await raw.send(new HeadObjectCommand({ Bucket: loc.bucket, Key: `${loc.prefix}/chunks/aa/03` }));
+        expect(m.ETag).toMatch(/-3"$/);
+        expect(await uploadsLeft()).toEqual([]);
+      });
+
+      it.each([
+        [404, 'NoSuchUpload'],
+        [412, 'PreconditionFailed'],
+      ])('ifAbsent multipart, a lost complete answer, the retry answered %i %s (as AWS, or a store honouring If-None-Match there, may): ours by the multipart ETag, resolves true', async (status, code) => {
+        const body = contractBytes(2 * 5 * 1024 * 1024 + 123, 11);
+        proxy.loseNext(COMPLETE);
+        proxy.answerNext(COMPLETE, status, code);
+        expect(await lossy.put('chunks/aa/03', body, { ifAbsent: true, checkedAbsent: true })).toBe(true);
+        expect(proxy.applied).toBe(2);
+        expect(retries).toBe(1);
+        expect((await read('chunks/aa/03')).equals(body)).toBe(true);
+        expect(await uploadsLeft()).toEqual([]);
+      });
+
+      it('ifAbsent multipart: NoSuchUpload on a first complete (nothing lost) is a failure naming the key; the upload is aborted', async () => {
+        proxy.answerNext(COMPLETE, 404, 'NoSuchUpload');
+        const e = await lossy.put('chunks/aa/03', contractBytes(2 * 5 * 1024 * 1024 + 1, 12), { ifAbsent: true, checkedAbsent: true }).then(
+          () => undefined,
+          (x: unknown) => x,
+        );
+        expect(e).toBeInstanceOf(RepoError);
+        expect(e).toMatchObject({ reason: 'backend', key: 'chunks/aa/03', s3Code: 'NoSuchUpload' });
+        expect(proxy.applied).toBe(1);
+        expect(await uploadsLeft()).toEqual([]);
+        await expect(raw.send(new HeadObjectCommand({ Bucket: loc.bucket, Key: `${loc.prefix}/chunks/aa/03` }))).rejects.toMatchObject({ $metadata: { httpStatusCode: 404 } });
+      });
+
+      it('ifAbsent multipart, a lost complete answer, the retry answered 412, the object not ours (another writer’s ETag): resolves false, leaves it', async () => {
+        const Key = `${loc.prefix}/chunks/aa/03`;
+        // The first complete never reaches the server; another writer stores the key; the retry is told 412.
+        proxy.loseNext(COMPLETE, {
+          refuse: true,
+          before: async () => {
+            await raw.send(new PutObjectCommand({ Bucket: loc.bucket, Key, Body: Buffer.from('another writer') }));
+          },
+        });
+        proxy.answerNext(COMPLETE, 412, 'PreconditionFailed');
+        expect(await lossy.put('chunks/aa/03', contractBytes(2 * 5 * 1024 * 1024 + 5, 13), { ifAbsent: true, checkedAbsent: true })).toBe(false);
+        expect(proxy.applied).toBe(2);
+        expect((await read('chunks/aa/03')).toString()).toBe('another writer');
+        expect(await uploadsLeft()).toEqual([]);
+      });
+
+      it('without ifAbsent a lost answer is simply retried: resolves true, the object is whole', async () => {
+        const body = contractBytes(5000, 10);
+        proxy.loseNext(/^PUT \S*\/config[ ?]/);
+        expect(await lossy.put('config', body)).toBe(true);
+        expect(proxy.applied).toBe(1);
+        expect((await read('config')).equals(body)).toBe(true);
+      });
     });
 
     it('lists across pages and deletes in batches of at most 1000', async () => {
