@@ -145,6 +145,36 @@ describeS3('Repository on S3 (Ceph radosgw)', (s3) => {
     }
   });
 
+  it('create and commit whose answers were lost after they landed: create succeeds, the commit resolves and the backup is listed once', async () => {
+    const loc = s3.location();
+    const chunks = Array.from({ length: 3 }, () => randomBytes(CS));
+    const proxy = await lossyProxy(s3.endpoint);
+    proxy.loseNext(/^PUT \S*\/config[ ?]/);
+    const saved = process.env.AWS_ENDPOINT_URL_S3;
+    process.env.AWS_ENDPOINT_URL_S3 = proxy.url;
+    try {
+      const backend = await createS3Backend(loc.bucket, loc.prefix, { baseDelayMs: 20, maxDelayMs: 20 });
+      // Before the fix: "a repository already exists" for the config this call had just written.
+      await using repo = await Repository.openBackend(backend, { create: {} });
+      expect(proxy.applied).toBe(1);
+      await using s = await repo.beginBackup('vol');
+      const entries: ManifestEntry[] = [];
+      for (let i = 0; i < chunks.length; i++) entries.push({ index: i, id: (await s.putChunk(chunks[i]!)).id });
+      proxy.loseNext(/^PUT \S*\/backups\//);
+      const sum = await s.commit(hdr('vol', chunks.length), entries);
+      expect(proxy.applied).toBe(2);
+      expect(sum.newChunks).toBe(3);
+      expect((await repo.listBackups()).map((b) => b.id)).toEqual([sum.id]);
+      const got = await collect((await repo.readManifest(sum.id)).entries);
+      for (let i = 0; i < chunks.length; i++) expect(sha(await repo.getChunk(got[i]!.id))).toBe(sha(chunks[i]!));
+      await repo.close();
+      await backend.close();
+    } finally {
+      process.env.AWS_ENDPOINT_URL_S3 = saved;
+      await proxy.close();
+    }
+  });
+
   it('encrypted on S3: a wrong passphrase is refused with nothing written; names reveal no plaintext hash', async () => {
     const loc = s3.location();
     const plain = randomBytes(CS);
