@@ -13,9 +13,10 @@
  * to another key fails authentication as surely as a flipped byte does.
  */
 import { createCipheriv, createDecipheriv, createHash, createHmac, randomBytes } from 'node:crypto';
-import { brotliCompressSync, brotliDecompressSync, constants as zc, deflateRawSync, inflateRawSync, type BrotliOptions } from 'node:zlib';
+import * as zlib from 'node:zlib';
+import type { BrotliOptions } from 'node:zlib';
 import { RepoError } from '../errors';
-import { compressInWorker, decompressInWorker } from './codec-workers';
+import { compressInWorker, decompressInWorker, decompressWhole } from './codec-workers';
 
 /** Version of the envelope; a reader refuses any other with RepoError 'format'. */
 export const ENVELOPE_FORMAT = 1;
@@ -59,12 +60,12 @@ export function formatCompression(c: Compression): string {
 export const DEFAULT_COMPRESSION = 'brotli:1';
 
 function brotliOpts(c: Compression, n: number): BrotliOptions {
-  return { params: { [zc.BROTLI_PARAM_QUALITY]: c.level, [zc.BROTLI_PARAM_SIZE_HINT]: n } };
+  return { params: { [zlib.constants.BROTLI_PARAM_QUALITY]: c.level, [zlib.constants.BROTLI_PARAM_SIZE_HINT]: n } };
 }
 
 function compress(c: Compression, data: Uint8Array): Buffer {
-  if (c.algorithm === 'deflate') return deflateRawSync(data, { level: c.level });
-  if (c.algorithm === 'brotli') return brotliCompressSync(data, brotliOpts(c, data.length));
+  if (c.algorithm === 'deflate') return zlib.deflateRawSync(data, { level: c.level });
+  if (c.algorithm === 'brotli') return zlib.brotliCompressSync(data, brotliOpts(c, data.length));
   return Buffer.from(data.buffer, data.byteOffset, data.byteLength);
 }
 
@@ -78,8 +79,7 @@ function unknownCompression(code: number, context: string): RepoError {
 
 function decompress(code: number, data: Buffer, context: string): Buffer {
   try {
-    if (code === 1) return inflateRawSync(data, { maxOutputLength: MAX_OBJECT_PLAIN });
-    if (code === 2) return brotliDecompressSync(data, { maxOutputLength: MAX_OBJECT_PLAIN });
+    if (code === 1 || code === 2) return decompressWhole(zlib, code, data, MAX_OBJECT_PLAIN);
   } catch (e) {
     throw decompressError(context, e);
   }

@@ -12,7 +12,7 @@ import { createHash, createHmac, randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { brotliCompressSync, constants as zc, deflateRawSync } from 'node:zlib';
 import { RepoError } from '../../src/errors';
-import { seal, unsealChunkAsync, parseCompression } from '../../src/repo/codec';
+import { seal, unseal, unsealChunkAsync, parseCompression } from '../../src/repo/codec';
 import { WorkerTaskError, compressInWorker, decompressInWorker, setInlineBudget, workersStarted } from '../../src/repo/codec-workers';
 
 const copyOut = (z: Uint8Array) => Buffer.from(z);
@@ -69,10 +69,31 @@ describe.each([
     expect((await decompressInWorker(2, z, 1 << 20)).id).toBeUndefined();
   });
 
-  it('a payload that is not brotli, or decodes to more than the bound, fails with zlib\'s reason', async () => {
-    await expect(decompressInWorker(2, randomBytes(500), 1 << 20)).rejects.toBeInstanceOf(WorkerTaskError);
-    await expect(decompressInWorker(1, Buffer.from([0xff, 0xff, 0xff]), 1 << 20)).rejects.toBeInstanceOf(WorkerTaskError);
+  it('a payload that is not brotli or deflate, or decodes to more than the bound, fails with zlib\'s reason', async () => {
+    await expect(decompressInWorker(2, Buffer.from([0xff, 0xff, 0xff]), 1 << 20)).rejects.toMatchObject({ constructor: WorkerTaskError, code: expect.stringMatching(/^ERR_/) });
+    await expect(decompressInWorker(1, Buffer.from([0xff, 0xff, 0xff]), 1 << 20)).rejects.toMatchObject({ constructor: WorkerTaskError, code: 'Z_DATA_ERROR' });
     await expect(decompressInWorker(2, brotli(Buffer.alloc(1 << 20), 1), 65536)).rejects.toBeInstanceOf(WorkerTaskError);
+    // A stream cut short.
+    const z = brotli(text, 5);
+    await expect(decompressInWorker(2, z.subarray(0, z.length - 1), 1 << 20)).rejects.toBeInstanceOf(WorkerTaskError);
+  });
+
+  it('bytes after the end of the compressed stream (which zlib ignores) are refused: whole streams plus a byte, an empty brotli stream plus garbage, 2000 random payloads', async () => {
+    const trailing = { constructor: WorkerTaskError, code: 'Z_DATA_ERROR', message: expect.stringMatching(/^the compressed stream ends after \d+ of its \d+ bytes/) };
+    const b = brotli(text, 5);
+    const d = deflateRawSync(text);
+    // The control: whole, they decode.
+    expect((await decompressInWorker(2, b, 1 << 20)).out.equals(text)).toBe(true);
+    expect((await decompressInWorker(1, d, 1 << 20)).out.equals(text)).toBe(true);
+    await expect(decompressInWorker(2, Buffer.concat([b, Buffer.from([0])]), 1 << 20)).rejects.toMatchObject({ ...trailing, message: expect.stringContaining(`ends after ${b.length} of its ${b.length + 1} bytes`) });
+    await expect(decompressInWorker(1, Buffer.concat([d, Buffer.from([0])]), 1 << 20)).rejects.toMatchObject(trailing);
+    // 0x06: WBITS 16, last meta-block, empty: a whole brotli stream of one byte.
+    expect((await decompressInWorker(2, Buffer.from([0x06]), 1 << 20)).out.length).toBe(0);
+    await expect(decompressInWorker(2, Buffer.from([0x06, 1, 2, 3, 4]), 1 << 20)).rejects.toMatchObject(trailing);
+    // About 4% of random 500-byte payloads start with a whole (empty) brotli stream.
+    const results = await Promise.all(Array.from({ length: 2000 }, () => decompressInWorker(2, randomBytes(500), 1 << 20).then(() => 'decoded', (e: WorkerTaskError) => e.code)));
+    expect(results.filter((r) => r === 'decoded')).toEqual([]);
+    expect(results.filter((r) => r === 'Z_DATA_ERROR').length).toBeGreaterThan(0);
   });
 
   it('through the envelope: a chunk whose checksum is right but whose brotli is not is RepoError corrupt', async () => {
@@ -88,6 +109,25 @@ describe.each([
     );
     expect(e).toBeInstanceOf(RepoError);
     expect((e as RepoError).reason).toBe('corrupt');
+  });
+
+  it('through the envelope: a whole brotli stream with bytes after it, its checksum right, is RepoError corrupt (unseal and unsealChunkAsync)', async () => {
+    const plain = Buffer.from(text);
+    const sealed = seal(plain, 'chunks/ab/y', null, parseCompression('brotli:5'));
+    expect(sealed[1]).toBe(2);
+    expect(unseal(sealed, 'chunks/ab/y', null).equals(plain)).toBe(true);
+    // The payload with one byte more, the sum made again over it.
+    const forged = Buffer.concat([sealed.subarray(0, sealed.length - 32), Buffer.from([0x55]), Buffer.alloc(32)]);
+    const payload = forged.subarray(2, forged.length - 32);
+    createHash('sha256').update('chunks/ab/y').update(forged.subarray(0, 2)).update(payload).digest().copy(forged, forged.length - 32);
+    for (const run of [() => unsealChunkAsync(forged, 'chunks/ab/y', null), async () => unseal(forged, 'chunks/ab/y', null)]) {
+      const e = await run().then(
+        () => null,
+        (x: unknown) => x,
+      );
+      expect(e).toBeInstanceOf(RepoError);
+      expect(e).toMatchObject({ reason: 'corrupt', key: 'chunks/ab/y' });
+    }
   });
 
   it('300 tasks at once each get their own answer', async () => {
