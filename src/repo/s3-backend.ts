@@ -40,6 +40,7 @@ import {
   PutObjectCommand,
   S3Client,
   UploadPartCommand,
+  type HeadObjectCommandOutput,
   type S3ClientConfig,
 } from '@aws-sdk/client-s3';
 import { AbortError, RepoError } from '../errors';
@@ -432,16 +433,21 @@ class S3Backend implements Backend {
   /**
    * Whether the object at `key` is the one whose ETag we computed: after an
    * attempt whose answer was lost, it tells our write from another writer's.
-   * For a plain chunk the bytes are the same either way; a sealed chunk's
-   * random nonce makes another writer's ETag differ.
+   * In an encrypted repository every object's random nonce makes another
+   * writer's bytes, hence ETag, differ. A store whose ETag is not the MD5
+   * (AWS under SSE-KMS) never matches: the write then counts as another's.
    */
   private async holds(key: string, etag: string, signal: AbortSignal | undefined): Promise<boolean> {
+    return (await this.head(key, signal))?.ETag?.replace(/"/g, '').toLowerCase() === etag;
+  }
+
+  /** HEAD of `key`, null when absent. */
+  private async head(key: string, signal: AbortSignal | undefined): Promise<HeadObjectCommandOutput | null> {
     const Key = this.s3Key(key);
     try {
-      const r = await this.call('stat', key, signal, (s) => this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key }), { abortSignal: s }), (e) => httpStatus(e) === 404);
-      return r.ETag?.replace(/"/g, '').toLowerCase() === etag;
+      return await this.call('stat', key, signal, (s) => this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key }), { abortSignal: s }), (e) => httpStatus(e) === 404);
     } catch (e) {
-      if (httpStatus(e) === 404) return false;
+      if (httpStatus(e) === 404) return null;
       throw e;
     }
   }
@@ -500,14 +506,8 @@ class S3Backend implements Backend {
 
   async stat(key: string, opts: BackendCallOptions = {}): Promise<ObjectInfo | null> {
     checkKey(key);
-    const Key = this.s3Key(key);
-    try {
-      const r = await this.call('stat', key, opts.signal, (s) => this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key }), { abortSignal: s }), (e) => httpStatus(e) === 404);
-      return { key, size: r.ContentLength ?? 0, mtimeMs: r.LastModified?.getTime() ?? 0 };
-    } catch (e) {
-      if (httpStatus(e) === 404) return null;
-      throw e;
-    }
+    const r = await this.head(key, opts.signal);
+    return r && { key, size: r.ContentLength ?? 0, mtimeMs: r.LastModified?.getTime() ?? 0 };
   }
 
   async *list(prefix: string, opts: BackendCallOptions = {}): AsyncIterable<ObjectInfo> {
