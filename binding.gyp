@@ -43,6 +43,9 @@
         "-Wno-unused-parameter",
         "-fvisibility=hidden"
       ],
+      "ldflags": [
+        "-Wl,--version-script=<(module_root_dir)/native/exports.ver"
+      ],
       "conditions": [
         [
           "OS!='linux'",

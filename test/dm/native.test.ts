@@ -121,6 +121,25 @@ describe('node helpers', () => {
   });
 });
 
+describe('the addon binary', () => {
+  test('exports only what native/exports.ver lists: Node\'s entry points and exception type_info (no BLAKE3 or template symbols)', () => {
+    const addon = join(__dirname, '../../build/Release/dmthin.node');
+    expect(existsSync(addon)).toBe(true);
+    const nm = spawnSync('nm', ['-D', '--defined-only', addon], { encoding: 'utf8' });
+    expect(nm.error).toBeUndefined(); // binutils: the toolchain that built the addon has it
+    expect(nm.status).toBe(0);
+    const names = nm.stdout
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => l.trim().split(/\s+/).pop()!);
+    expect(names).toEqual(expect.arrayContaining(['napi_register_module_v1', 'node_api_module_get_api_version_v1']));
+    expect(names.filter((n) => !/^(napi_register_module_v1|node_api_module_get_api_version_v1|_ZTI.*|_ZTS.*)$/.test(n))).toEqual([]);
+    // The vendored BLAKE3 is still linked in, as local symbols.
+    const all = spawnSync('nm', [addon], { encoding: 'utf8' });
+    expect(all.stdout).toMatch(/ t blake3_hash_many_sse2\b/);
+  });
+});
+
 describe('under a fake dm kernel (LD_PRELOAD)', () => {
   type Call = { nr: number; size: number; version: string; flags: number; name: string };
   type Outcome = { ok?: any; error?: Record<string, unknown>; calls: Call[] };
