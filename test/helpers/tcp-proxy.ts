@@ -103,3 +103,22 @@ export async function lossyProxy(target: string): Promise<LossyProxy> {
       }),
   };
 }
+
+/**
+ * Runs `fn` with AWS_ENDPOINT_URL_S3 pointing at a lossy proxy in front of
+ * `endpoint` (an S3 backend reads it when it first sends, so backends made
+ * inside `fn` go through the proxy), then restores the variable and closes
+ * the proxy, whatever `fn` did.
+ */
+export async function throughLossyProxy<T>(endpoint: string, fn: (proxy: LossyProxy) => Promise<T>): Promise<T> {
+  const proxy = await lossyProxy(endpoint);
+  const saved = process.env.AWS_ENDPOINT_URL_S3;
+  process.env.AWS_ENDPOINT_URL_S3 = proxy.url;
+  try {
+    return await fn(proxy);
+  } finally {
+    if (saved === undefined) delete process.env.AWS_ENDPOINT_URL_S3;
+    else process.env.AWS_ENDPOINT_URL_S3 = saved;
+    await proxy.close();
+  }
+}

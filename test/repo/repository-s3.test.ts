@@ -8,7 +8,7 @@ import { RepoError } from '../../src/errors';
 import { Repository, type ManifestEntry } from '../../src/repo/repository';
 import { createS3Backend } from '../../src/repo/s3-backend';
 import { describeS3 } from '../helpers/ceph';
-import { lossyProxy } from '../helpers/tcp-proxy';
+import { throughLossyProxy } from '../helpers/tcp-proxy';
 
 const CS = 64 * 1024;
 const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
@@ -113,13 +113,10 @@ describeS3('Repository on S3 (Ceph radosgw)', (s3) => {
   ])('%s: chunks whose PUT answers were lost after they landed count as new, once (newChunks, storedBytes)', async (_kind, key) => {
     const loc = s3.location();
     const chunks = Array.from({ length: 10 }, () => randomBytes(CS));
-    const proxy = await lossyProxy(s3.endpoint);
     // Three answers lost: the first chunk PUTs land on the server, their
     // replies never reach the writer, which retries into its own objects.
-    for (let i = 0; i < 3; i++) proxy.loseNext(/^PUT \S*\/chunks\//);
-    const saved = process.env.AWS_ENDPOINT_URL_S3;
-    process.env.AWS_ENDPOINT_URL_S3 = proxy.url;
-    try {
+    await throughLossyProxy(s3.endpoint, async (proxy) => {
+      for (let i = 0; i < 3; i++) proxy.loseNext(/^PUT \S*\/chunks\//);
       const backend = await createS3Backend(loc.bucket, loc.prefix, { baseDelayMs: 20, maxDelayMs: 20 });
       await using repo = await Repository.openBackend(backend, { create: key ? { key } : {}, key });
       await using s = await repo.beginBackup('vol');
@@ -129,30 +126,22 @@ describeS3('Repository on S3 (Ceph radosgw)', (s3) => {
       expect(results.map((r) => r.stored)).toEqual(Array(10).fill(true));
       const sum = await s.commit(hdr('vol', chunks.length), results.map((r, index) => ({ index, id: r.id })));
       expect(sum.newChunks).toBe(10);
-      const raw = await createS3Backend(loc.bucket, loc.prefix);
-      process.env.AWS_ENDPOINT_URL_S3 = saved;
-      const objects = await collect(raw.list('chunks/'));
+      // Listed through the proxy, whose rules are used up: it only forwards now.
+      const objects = await collect(backend.list('chunks/'));
       expect(objects).toHaveLength(10);
       expect(sum.storedBytes).toBe(objects.reduce((n, o) => n + o.size, 0));
       const got = await collect((await repo.readManifest(sum.id)).entries);
       for (let i = 0; i < chunks.length; i++) expect(sha(await repo.getChunk(got[i]!.id))).toBe(sha(chunks[i]!));
-      await raw.close();
       await repo.close();
       await backend.close();
-    } finally {
-      process.env.AWS_ENDPOINT_URL_S3 = saved;
-      await proxy.close();
-    }
+    });
   });
 
   it('create and commit whose answers were lost after they landed: create succeeds, the commit resolves and the backup is listed once', async () => {
     const loc = s3.location();
     const chunks = Array.from({ length: 3 }, () => randomBytes(CS));
-    const proxy = await lossyProxy(s3.endpoint);
-    proxy.loseNext(/^PUT \S*\/config[ ?]/);
-    const saved = process.env.AWS_ENDPOINT_URL_S3;
-    process.env.AWS_ENDPOINT_URL_S3 = proxy.url;
-    try {
+    await throughLossyProxy(s3.endpoint, async (proxy) => {
+      proxy.loseNext(/^PUT \S*\/config[ ?]/);
       const backend = await createS3Backend(loc.bucket, loc.prefix, { baseDelayMs: 20, maxDelayMs: 20 });
       // Before the fix: "a repository already exists" for the config this call had just written.
       await using repo = await Repository.openBackend(backend, { create: {} });
@@ -169,10 +158,7 @@ describeS3('Repository on S3 (Ceph radosgw)', (s3) => {
       for (let i = 0; i < chunks.length; i++) expect(sha(await repo.getChunk(got[i]!.id))).toBe(sha(chunks[i]!));
       await repo.close();
       await backend.close();
-    } finally {
-      process.env.AWS_ENDPOINT_URL_S3 = saved;
-      await proxy.close();
-    }
+    });
   });
 
   it('encrypted on S3: a wrong passphrase is refused with nothing written; names reveal no plaintext hash', async () => {
