@@ -1,0 +1,160 @@
+/**
+ * Pools nobody wrote by hand: scripts/fixtures/random-pool.mjs makes one per
+ * seed (random ids, mapping layouts, shared data blocks, block sizes and
+ * 32/64-bit extremes through thin_restore; with --snapshots, shared subtrees
+ * from emulated create_snap, writes and deletes), and every read-only command
+ * must print what thin_dump, thin_ls, thin_delta and thin_rmap 0.9.0 print on
+ * it, with the same exit status; check must pass where thin_check passes.
+ * The choices each case makes (device pairs, fields, regions) come from its
+ * seed too, so a failure names a seed that reproduces it:
+ *   node scripts/fixtures/random-pool.mjs --seed N [--snapshots] --out x.bin
+ * DMTHIN_RANDOM_POOLS=N runs N seeds of each kind (default 8 and 5).
+ */
+import { spawnSync } from 'node:child_process';
+import { closeSync, ftruncateSync, openSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { runCli } from '../cli/run-cli';
+import { describeOracle, REPO_ROOT, runOracle, tempImage, type TempFile } from '../helpers/fixtures';
+
+const GENERATOR = join(REPO_ROOT, 'scripts', 'fixtures', 'random-pool.mjs');
+const FIELDS = [
+  'DEV', 'MAPPED_BLOCKS', 'EXCLUSIVE_BLOCKS', 'SHARED_BLOCKS', 'MAPPED_SECTORS', 'EXCLUSIVE_SECTORS', 'SHARED_SECTORS',
+  'MAPPED_BYTES', 'EXCLUSIVE_BYTES', 'SHARED_BYTES', 'MAPPED', 'EXCLUSIVE', 'SHARED', 'TRANSACTION', 'CREATE_TIME', 'SNAP_TIME',
+];
+const count = (fallback: number): number => Number(process.env.DMTHIN_RANDOM_POOLS ?? fallback);
+
+interface Pool {
+  seed: number;
+  devices: number[];
+  nrDataBlocks: number;
+  ops: string[];
+}
+
+/** mulberry32: the test's own choices, from the seed. */
+function chooser(seed: number) {
+  let s = (seed * 0x9e3779b1) >>> 0;
+  const next = (): number => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  const int = (lo: number, hi: number): number => lo + Math.floor(next() * (hi - lo + 1));
+  const pick = <T>(a: readonly T[]): T => a[Math.floor(next() * a.length)];
+  return { next, int, pick };
+}
+
+function makePool(seed: number, snapshots: boolean): { img: TempFile; pool: Pool } {
+  const img = tempImage(Buffer.alloc(0), `random-${snapshots ? 'snap-' : ''}${seed}.bin`);
+  const r = spawnSync(process.execPath, [GENERATOR, '--seed', String(seed), '--out', img.path, ...(snapshots ? ['--snapshots'] : [])], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`random-pool.mjs --seed ${seed} failed: ${r.stderr}`);
+  return { img, pool: JSON.parse(r.stdout) as Pool };
+}
+
+/** Ours and the reference tool's stdout and exit status, side by side (a failure shows both). */
+function expectSame(ours: string[], tool: string, ref: string[]): void {
+  const a = runCli(ours);
+  const b = runOracle(tool, ref);
+  expect({ status: a.status, stdout: a.stdout }).toEqual({ status: b.status, stdout: b.stdout });
+}
+
+function cases(snapshots: boolean, seeds: number[]): void {
+  describe.each(seeds.map((s) => [s]))(`seed %i${snapshots ? ' (snapshots)' : ''}`, (seed) => {
+    let img: TempFile;
+    let pool: Pool;
+    const c = chooser(seed * 2 + (snapshots ? 1 : 0));
+    beforeAll(() => ({ img, pool } = makePool(seed, snapshots)));
+    afterAll(() => img.cleanup());
+
+    test('dump: xml, human_readable, --skip-mappings, --dev-id', () => {
+      expectSame(['dump', img.path], 'thin_dump', [img.path]);
+      expectSame(['dump', '-f', 'human_readable', img.path], 'thin_dump', ['-f', 'human_readable', img.path]);
+      expectSame(['dump', '--skip-mappings', img.path], 'thin_dump', ['--skip-mappings', img.path]);
+      const ids = [...(pool.devices.length ? [String(c.pick(pool.devices))] : []), String(c.int(0, 16777215))];
+      const a = ids.flatMap((id) => ['--dev-id', id]);
+      expectSame(['dump', ...a, img.path], 'thin_dump', [...a, img.path]);
+    });
+
+    test('ls: default fields, every field, a random subset without headers', () => {
+      expectSame(['ls', img.path], 'thin_ls', [img.path]);
+      expectSame(['ls', '-o', FIELDS.join(','), img.path], 'thin_ls', ['-o', FIELDS.join(','), img.path]);
+      const some = FIELDS.filter(() => c.next() < 0.35);
+      const f = (some.length ? some : ['SHARED']).join(',');
+      expectSame(['ls', '--no-headers', '-o', f, img.path], 'thin_ls', ['--no-headers', '-o', f, img.path]);
+    });
+
+    test('delta: three device pairs, plain and --verbose', () => {
+      if (!pool.devices.length) {
+        expectSame(['delta', '--snap1', '0', '--snap2', '1', img.path], 'thin_delta', ['--snap1', '0', '--snap2', '1', img.path]);
+        return;
+      }
+      for (let k = 0; k < 3; k++) {
+        const a = ['--snap1', String(c.pick(pool.devices)), '--snap2', String(c.pick(pool.devices))];
+        expectSame(['delta', ...a, img.path], 'thin_delta', [...a, img.path]);
+        expectSame(['delta', '--verbose', ...a, img.path], 'thin_delta', ['--verbose', ...a, img.path]);
+      }
+    });
+
+    test('rmap: random region sets', () => {
+      // thin_rmap 0.9.0 names a shared subtree's blocks under its first device
+      // only (ORACLE-NOTES.md §7.2); dmthin names every device. The reference is
+      // thin_rmap on the same mappings restored without sharing.
+      let ref = img;
+      if (snapshots) {
+        const xml = runOracle('thin_dump', [img.path]);
+        expect(xml.status).toBe(0);
+        const x = tempImage(Buffer.from(xml.stdout), 'flat.xml');
+        ref = tempImage(Buffer.alloc(0), 'flat.bin');
+        const fd = openSync(ref.path, 'r+');
+        ftruncateSync(fd, Math.max(8 * statSync(img.path).size, 64 << 20));
+        closeSync(fd);
+        const r = runOracle('thin_restore', ['-q', '-i', x.path, '-o', ref.path]);
+        x.cleanup();
+        expect(r.status).toBe(0);
+      }
+      try {
+        for (let k = 0; k < 2; k++) {
+          const regions: string[] = [];
+          for (let j = c.int(1, 3); j > 0; j--) {
+            const b = c.int(0, pool.nrDataBlocks);
+            regions.push(`${b}..${b + c.pick([1, c.int(1, 100), c.int(1, pool.nrDataBlocks)])}`);
+          }
+          const a = regions.flatMap((r) => ['--region', r]);
+          const ours = runCli(['rmap', ...a, img.path]);
+          const theirs = runOracle('thin_rmap', [...a, ref.path]);
+          expect({ regions, status: ours.status, stdout: ours.stdout }).toEqual({ regions, status: theirs.status, stdout: theirs.stdout });
+        }
+      } finally {
+        if (ref !== img) ref.cleanup();
+      }
+    });
+
+    test('check passes where thin_check passes', () => {
+      expect(runOracle('thin_check', [img.path]).status).toBe(0);
+      const r = runCli(['check', img.path]);
+      expect({ status: r.status, stderr: r.stderr }).toEqual({ status: 0, stderr: '' });
+      expect(r.stdout).toMatch(/no problems found/);
+    });
+  });
+}
+
+const range = (n: number): number[] => Array.from({ length: n }, (_, i) => i + 1);
+
+describeOracle('random pools: every read-only command equals the 0.9.0 tools', () => {
+  test('the generator is deterministic: one seed, one image', () => {
+    const a = makePool(7, true);
+    const b = makePool(7, true);
+    try {
+      expect(b.pool).toEqual(a.pool);
+      const ha = spawnSync('sha256sum', [a.img.path], { encoding: 'utf8' }).stdout.split(' ')[0];
+      const hb = spawnSync('sha256sum', [b.img.path], { encoding: 'utf8' }).stdout.split(' ')[0];
+      expect(hb).toBe(ha);
+    } finally {
+      a.img.cleanup();
+      b.img.cleanup();
+    }
+  });
+  cases(false, range(count(8)));
+  cases(true, range(count(5)));
+});
