@@ -170,6 +170,26 @@ test('flipped bytes anywhere: refused, target untouched', async () => {
   expect(snapshotOf(t)).toEqual(before);
 });
 
+test('a byte range repeated or left out anywhere: refused, target untouched', async () => {
+  // Flips keep every offset; these shift all that follows (a resent or lost
+  // piece of a pipe or a file copy), so records land where the decoder
+  // expects a header.
+  const t = await target('dev1');
+  const before = snapshotOf(t);
+  for (const src of [streams.inc2from1, streams.full2]) {
+    await fc.assert(
+      fc.asyncProperty(fc.nat({ max: src.length - 1 }), fc.integer({ min: 1, max: 8192 }), fc.boolean(), fc.boolean(), async (pos, len, repeat, pipe) => {
+        const bad = repeat
+          ? Buffer.concat([src.subarray(0, pos + len), src.subarray(pos)])
+          : Buffer.concat([src.subarray(0, pos), src.subarray(pos + len)]);
+        expect(await refused(t, bad, pipe ? 'pipe' : 'file')).toBeInstanceOf(StreamError);
+      }),
+      { numRuns: 30 },
+    );
+  }
+  expect(snapshotOf(t)).toEqual(before);
+});
+
 test('a missing target is not created unless asked', async () => {
   const t = s.path('missing');
   await expect(receive({ target: t, input: Readable.from([streams.full1]) })).rejects.toMatchObject({ code: 'ENOENT' });
