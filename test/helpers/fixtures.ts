@@ -3,7 +3,7 @@
 // reference tools (thin-provisioning-tools 0.9.0, "the oracle").
 
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, ftruncateSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
@@ -214,6 +214,22 @@ export function itOracle(name: string, fn: jest.ProvidesCallback, timeout?: numb
     warnMissing(name);
     it.skip(skipTitle(name), fn, timeout);
   }
+}
+
+/**
+ * thin_restore of an XML into a fresh file big enough for unshared trees
+ * (`size`: the image it came from): the same mappings with no subtree shared.
+ */
+export function restoreFlat(xml: string, size: number, name: string): TempFile {
+  const x = tempImage(Buffer.from(xml), `${name}.xml`);
+  const out = tempImage(Buffer.alloc(0), `${name}.flat.bin`);
+  const fd = openSync(out.path, 'r+');
+  ftruncateSync(fd, Math.max(size * 8, 64 << 20));
+  closeSync(fd);
+  const r = runOracle('thin_restore', ['-q', '-i', x.path, '-o', out.path]);
+  x.cleanup();
+  if (r.status !== 0) throw new Error(`thin_restore failed for ${name}: ${r.stderr}`);
+  return out;
 }
 
 // ---------------------------------------------------------------- large images

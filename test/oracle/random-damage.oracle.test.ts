@@ -16,42 +16,25 @@
 import { runCli, type CliResult } from '../cli/run-cli';
 import { blk, blockType, listNodes, seal, type BlockType } from '../helpers/corrupt';
 import { describeOracle, fixture, fixtureImage, runOracle, tempImage } from '../helpers/fixtures';
+import { chooser } from '../helpers/seeded';
 
 const BASES = ['snapshots', 'many-devices', 'shared-subtree', 'deep-tree', 'metadata-snap-diverged'];
 const PER_BASE = Number(process.env.DMTHIN_RANDOM_DAMAGE ?? 6);
 
-/** mulberry32 from a seed. */
-function chooser(seed: number) {
-  let s = (seed * 0x9e3779b1) >>> 0;
-  const next = (): number => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-  const int = (lo: number, hi: number): number => lo + Math.floor(next() * (hi - lo + 1));
-  const pick = <T>(a: readonly T[]): T => a[Math.floor(next() * a.length)];
-  return { next, int, pick };
-}
-
 /** One seeded edit of a clean image, never a no-op; returns a description of it. */
 function damage(img: Buffer, seed: number): string {
   const before = Buffer.from(img);
-  const what = edit(img, seed);
+  const { what, block: b, type } = edit(img, seed);
   if (!img.equals(before)) return what;
-  // The edit wrote the value that was there: flip a bit of the same block's
-  // payload instead (the first block that differs is none, so take the one
-  // named in the description).
-  const b = Number(/(?:node|block) (\d+)/.exec(what)?.[1] ?? 0);
-  const buf = blk(img, b);
-  buf[b === 0 ? 0x2c : 40] ^= 1;
-  const t = blockType(blk(before, b))!;
-  seal(buf, t);
-  return `${what} (a no-op: bit 0 of byte ${b === 0 ? 0x2c : 40} flipped instead)`;
+  // The edit wrote the value that was there: flip a bit of the same block instead.
+  const at = b === 0 ? 0x2c : 40;
+  blk(img, b)[at] ^= 1;
+  seal(blk(img, b), type);
+  return `${what} (a no-op: bit 0 of byte ${at} flipped instead)`;
 }
 
-function edit(img: Buffer, seed: number): string {
+/** The edit, and the block it made (resealed as `type`). */
+function edit(img: Buffer, seed: number): { what: string; block: number; type: BlockType } {
   const c = chooser(seed);
   const nblocks = img.length / 4096;
   const nodes = listNodes(img);
@@ -113,7 +96,7 @@ function edit(img: Buffer, seed: number): string {
       desc = `bit flip at byte ${off}`;
     }
     seal(buf, 'btree');
-    return `node ${b}: ${desc}`;
+    return { what: `node ${b}: ${desc}`, block: b, type: 'btree' };
   }
   if (r < 0.85) {
     const sb = blk(img, 0);
@@ -136,7 +119,7 @@ function edit(img: Buffer, seed: number): string {
       desc = `${old} -> ${v}`;
     }
     seal(sb, 'superblock');
-    return `superblock ${name}: ${desc}`;
+    return { what: `superblock ${name}: ${desc}`, block: 0, type: 'superblock' };
   }
   const sm: [number, BlockType][] = [];
   for (let b = 1; b < nblocks; b++) {
@@ -147,7 +130,7 @@ function edit(img: Buffer, seed: number): string {
   const off = c.int(16, 4095);
   blk(img, b)[off] ^= 1 << c.int(0, 7);
   seal(blk(img, b), t);
-  return `${t} block ${b}: bit flip at byte ${off}`;
+  return { what: `${t} block ${b}: bit flip at byte ${off}`, block: b, type: t };
 }
 
 /** The promises every run keeps, damaged input or not. */

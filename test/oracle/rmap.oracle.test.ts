@@ -8,7 +8,6 @@
  * must print exactly that, and also exactly thin_rmap's output on the original
  * wherever thin_rmap agrees with itself on both.
  */
-import { closeSync, ftruncateSync, openSync } from 'node:fs';
 import { hashCli, hashOutput, runCli } from '../cli/run-cli';
 import {
   describeOracle,
@@ -19,6 +18,7 @@ import {
   listKernelFixtures,
   oraclePath,
   runOracle,
+  restoreFlat,
   tempImage,
   type TempFile,
 } from '../helpers/fixtures';
@@ -37,19 +37,6 @@ const images: Img[] = [
   ...listFixtures().map((f) => ({ name: f.name, image: () => fixtureImage(f.name), size: f.size, nrDataBlocks: f.nrDataBlocks, held: !!f.heldRoot })),
   ...listKernelFixtures().map((f) => ({ name: f.name, image: () => kernelFixtureImage(f.name), size: f.size, nrDataBlocks: f.nrDataBlocks, held: f.heldRoot !== null })),
 ];
-
-/** thin_restore of an XML into a fresh file big enough for unshared trees. */
-function restoreFlat(xml: string, size: number, name: string): TempFile {
-  const x = tempImage(Buffer.from(xml), `${name}.xml`);
-  const out = tempImage(Buffer.alloc(0), `${name}.flat.bin`);
-  const fd = openSync(out.path, 'r+');
-  ftruncateSync(fd, Math.max(size * 8, 64 << 20));
-  closeSync(fd);
-  const r = runOracle('thin_restore', ['-q', '-i', x.path, '-o', out.path]);
-  x.cleanup();
-  if (r.status !== 0) throw new Error(`thin_restore failed for ${name}: ${r.stderr}`);
-  return out;
-}
 
 /** Region sets for an image of nr data blocks: whole, partial, several overlapping/touching, beyond the end, one block. */
 function regionSets(nr: number): [string, string[]][] {
