@@ -91,7 +91,7 @@ function beyond(devId: number, kind: string, block: number | bigint, deviceSize:
   return new StreamError(
     'beyond-size',
     `device ${devId} ${kind} virtual block ${block}${extra}, outside the device size of ${deviceSize} bytes (${nBlocks} blocks): ` +
-      'the size given is smaller than the device, or the device maps blocks past its end; send with its real size',
+      'the size given is smaller than the device, or the device maps blocks past its end; give the real size of the device',
     { devId, block: typeof block === 'bigint' ? undefined : block, virtualBlock: String(block), deviceSize },
   );
 }
