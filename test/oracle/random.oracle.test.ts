@@ -13,39 +13,17 @@
  *   node scripts/fixtures/random-pool.mjs --seed N [--snapshots [--held]] --out x.bin
  * DMTHIN_RANDOM_POOLS=N runs N seeds of each kind (default 6, 3 and 3).
  */
-import { spawnSync } from 'node:child_process';
 import { readFileSync, statSync } from 'node:fs';
-import { join } from 'node:path';
 import { runCli } from '../cli/run-cli';
-import { describeOracle, REPO_ROOT, restoreFlat, runOracle, tempImage, type TempFile } from '../helpers/fixtures';
+import { describeOracle, restoreFlat, runOracle, type TempFile } from '../helpers/fixtures';
+import { makeRandomPool, RANDOM_POOL_ARGS, xmlAttrs, type RandomPool, type RandomPoolKind } from '../helpers/random-pool';
 import { chooser } from '../helpers/seeded';
 
-const GENERATOR = join(REPO_ROOT, 'scripts', 'fixtures', 'random-pool.mjs');
 const FIELDS = [
   'DEV', 'MAPPED_BLOCKS', 'EXCLUSIVE_BLOCKS', 'SHARED_BLOCKS', 'MAPPED_SECTORS', 'EXCLUSIVE_SECTORS', 'SHARED_SECTORS',
   'MAPPED_BYTES', 'EXCLUSIVE_BYTES', 'SHARED_BYTES', 'MAPPED', 'EXCLUSIVE', 'SHARED', 'TRANSACTION', 'CREATE_TIME', 'SNAP_TIME',
 ];
 const count = (fallback: number): number => Number(process.env.DMTHIN_RANDOM_POOLS ?? fallback);
-
-interface Pool {
-  seed: number;
-  devices: number[];
-  nrDataBlocks: number;
-  heldRoot: number | null;
-  heldDevices: number[];
-  ops: string[];
-}
-
-/** xml: thin_restore only; snap: shared subtrees too; held: and a held metadata snapshot. */
-type Kind = 'xml' | 'snap' | 'held';
-const KIND_ARGS: Record<Kind, string[]> = { xml: [], snap: ['--snapshots'], held: ['--snapshots', '--held'] };
-
-function makePool(seed: number, kind: Kind): { img: TempFile; pool: Pool } {
-  const img = tempImage(Buffer.alloc(0), `random-${kind}-${seed}.bin`);
-  const r = spawnSync(process.execPath, [GENERATOR, '--seed', String(seed), '--out', img.path, ...KIND_ARGS[kind]], { encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`random-pool.mjs --seed ${seed} ${KIND_ARGS[kind].join(' ')} failed: ${r.stderr}`);
-  return { img, pool: JSON.parse(r.stdout) as Pool };
-}
 
 /** Ours and the reference tool's stdout and exit status, side by side (a failure shows both). */
 function expectSame(ours: string[], tool: string, ref: string[]): void {
@@ -54,13 +32,13 @@ function expectSame(ours: string[], tool: string, ref: string[]): void {
   expect({ status: a.status, stdout: a.stdout }).toEqual({ status: b.status, stdout: b.stdout });
 }
 
-function cases(kind: Kind, seeds: number[]): void {
+function cases(kind: RandomPoolKind, seeds: number[]): void {
   const snapshots = kind !== 'xml';
-  describe.each(seeds.map((s) => [s]))(`seed %i ${KIND_ARGS[kind].join(' ')}`, (seed) => {
+  describe.each(seeds.map((s) => [s]))(`seed %i ${RANDOM_POOL_ARGS[kind].join(' ')}`, (seed) => {
     let img: TempFile;
-    let pool: Pool;
+    let pool: RandomPool;
     const c = chooser(seed * 3 + ['xml', 'snap', 'held'].indexOf(kind));
-    beforeAll(() => ({ img, pool } = makePool(seed, kind)));
+    beforeAll(() => ({ img, pool } = makeRandomPool(seed, kind)));
     afterAll(() => img.cleanup());
 
     test('dump: xml, human_readable, --skip-mappings, --dev-id', () => {
@@ -134,15 +112,14 @@ function cases(kind: Kind, seeds: number[]): void {
         }
       }
       // delta -f json: thin_delta --verbose's ranges, one extent each, in order.
-      const attrs = (tag: string): Record<string, string> => Object.fromEntries([...tag.matchAll(/(\w+)="([^"]*)"/g)].map((m) => [m[1], m[2]]));
       if (pool.devices.length) {
         const [l, r] = [c.pick(pool.devices), c.pick(pool.devices)];
         const ref = runOracle('thin_delta', ['--verbose', '--snap1', String(l), '--snap2', String(r), img.path]);
         expect(ref.status).toBe(0);
-        const sb = attrs(/<superblock [^>]*>/.exec(ref.stdout)![0]);
+        const sb = xmlAttrs(/<superblock [^>]*>/.exec(ref.stdout)![0]);
         const extents = [...ref.stdout.matchAll(/<(same|different|left_only|right_only)>\n([\s\S]*?)<\/\1>/g)].flatMap((g) =>
           [...g[2].matchAll(/<range [^>]*>/g)].map((e) => {
-            const a = attrs(e[0]);
+            const a = xmlAttrs(e[0]);
             const one = Number(a.data_begin);
             const [leftData, rightData] =
               g[1] === 'same' ? [one, one] : g[1] === 'different' ? [Number(a.left_data_begin), Number(a.right_data_begin)] : g[1] === 'left_only' ? [one, null] : [null, one];
@@ -180,13 +157,13 @@ function cases(kind: Kind, seeds: number[]): void {
       // dump -f json: thin_dump's XML, element by element.
       const xml = runOracle('thin_dump', [img.path]);
       expect(xml.status).toBe(0);
-      const sb = attrs(/<superblock [^>]*>/.exec(xml.stdout)![0]);
+      const sb = xmlAttrs(/<superblock [^>]*>/.exec(xml.stdout)![0]);
       const devices = [...xml.stdout.matchAll(/<device [^>]*>([\s\S]*?)<\/device>/g)].map((m) => {
-        const d = attrs(m[0].slice(0, m[0].indexOf('>')));
+        const d = xmlAttrs(m[0].slice(0, m[0].indexOf('>')));
         return {
           devId: Number(d.dev_id), mappedBlocks: Number(d.mapped_blocks), transactionId: d.transaction, creationTime: Number(d.creation_time), snapshottedTime: Number(d.snap_time),
           mappings: [...m[1].matchAll(/<(range|single)_mapping [^>]*>/g)].map((e) => {
-            const r = attrs(e[0]);
+            const r = xmlAttrs(e[0]);
             return e[1] === 'range'
               ? { originBegin: r.origin_begin, dataBegin: Number(r.data_begin), length: Number(r.length), time: Number(r.time) }
               : { originBegin: r.origin_block, dataBegin: Number(r.data_block), length: 1, time: Number(r.time) };
@@ -244,8 +221,8 @@ const range = (n: number): number[] => Array.from({ length: n }, (_, i) => i + 1
 
 describeOracle('random pools: every read-only command equals the 0.9.0 tools', () => {
   test('the generator is deterministic: one seed, one image', () => {
-    const a = makePool(7, 'held');
-    const b = makePool(7, 'held');
+    const a = makeRandomPool(7, 'held');
+    const b = makeRandomPool(7, 'held');
     try {
       expect(b.pool).toEqual(a.pool);
       expect(readFileSync(b.img.path).equals(readFileSync(a.img.path))).toBe(true);
