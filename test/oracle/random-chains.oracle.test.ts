@@ -16,6 +16,9 @@
  *   is encrypted chosen by the seed; incremental, now and then --full), `backups verify --data`, then restores in another order
  *   onto one file (the first over junk or --create): after each, the file
  *   reads as that device.
+ * Now and then a receive, a backup or a restore is first killed with SIGKILL
+ * at a moment chosen by the seed, then run again: the rerun must exit 0 and
+ * leave what an uninterrupted run leaves.
  * A step reads the blocks either device maps, the junk blocks and a few
  * others (not the whole sparse file).
  *
@@ -36,8 +39,13 @@ const BS = 65536; // the snapshot pools' data block size (128 sectors)
 const count = Number(process.env.DMTHIN_RANDOM_CHAINS ?? 1);
 type Maps = Map<number, Map<number, number>>;
 
+/** How long the last whole run of each command took (ms): where a kill may land. */
+const lasted = new Map<string, number>();
+
 function run(args: string[]): string {
+  const t0 = performance.now();
   const r = runCli(args, { timeoutMs: 120_000 });
+  lasted.set(args[0], performance.now() - t0);
   if (r.status !== 0) throw new Error(`dmthin ${args.join(' ')}: exit ${r.status}: ${r.stderr}`);
   return r.stdout;
 }
@@ -61,6 +69,28 @@ function piped(send: string[], receive: string[]): Promise<void> {
     };
     a.on('close', done);
     b.on('close', done);
+  });
+}
+
+/**
+ * Runs the command and kills it with SIGKILL at a moment chosen by the seed
+ * within the last whole run of that command's time (150 ms before there is
+ * one), so the kill lands anywhere from start-up to after the last write. A
+ * run that ends by itself must have exited 0.
+ */
+function killedAt(args: string[], c: Chooser): Promise<'killed' | 'finished'> {
+  const ms = c.int(0, Math.max(150, Math.round(lasted.get(args[0]) ?? 0)));
+  return new Promise((resolve, reject) => {
+    const p = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const err: string[] = [];
+    p.stderr.on('data', (c: Buffer) => err.push(c.toString()));
+    const timer = setTimeout(() => p.kill('SIGKILL'), ms);
+    p.on('close', (code, signal) => {
+      clearTimeout(timer);
+      if (signal === 'SIGKILL') resolve('killed');
+      else if (code === 0) resolve('finished');
+      else reject(new Error(`dmthin ${args.join(' ')}: exit ${code ?? signal}: ${err.join('')}`));
+    });
   });
 }
 
@@ -175,7 +205,10 @@ function cases(kind: RandomPoolKind, seeds: number[]): void {
           } else {
             const stream = join(dir, 'step.stream');
             run([...send, '-o', stream]);
-            run(['receive', '--target', target, '-i', stream, '-q']);
+            const receive = ['receive', '--target', target, '-i', stream, '-q'];
+            // Now and then a receive killed first: the rerun must finish the job.
+            if (c.next() < 0.3) await killedAt(receive, c);
+            run(receive);
           }
           const before = prev === undefined ? junked : maps.get(prev)!.keys();
           expectHolds(target, blocks, maps.get(dev)!, before, c, `${name} chain ${chain.join(',')} step ${step} (device ${dev})`);
@@ -184,7 +217,7 @@ function cases(kind: RandomPoolKind, seeds: number[]): void {
       }
     });
 
-    test('backups of several devices, restored in another order onto one file', () => {
+    test('backups of several devices, restored in another order onto one file', async () => {
       const c = chooser(seed * 7 + 3 + (kind === 'held' ? 1 : 0));
       for (const { name, maps, flags } of views) {
         const { devs, blocks } = eligible(maps);
@@ -197,7 +230,9 @@ function cases(kind: RandomPoolKind, seeds: number[]): void {
         const backups: { dev: number; id: string }[] = [];
         for (let i = c.int(2, 4); i > 0; i--) {
           const dev = c.pick(devs);
-          const out = JSON.parse(run(['backup', ...common, '--snap', String(dev), ...(c.next() < 0.2 ? ['--full'] : [])])) as { id: string };
+          const backup = ['backup', ...common, '--snap', String(dev), ...(c.next() < 0.2 ? ['--full'] : [])];
+          if (c.next() < 0.25) await killedAt(backup, c);
+          const out = JSON.parse(run(backup)) as { id: string };
           backups.push({ dev, id: out.id });
         }
         run(['backups', 'verify', '--repo', repo, ...key, '--data', '-q']);
@@ -208,6 +243,7 @@ function cases(kind: RandomPoolKind, seeds: number[]): void {
           const args = ['restore', '--repo', repo, ...key, '--backup', id, '--target', target, '-q'];
           if (step === 0 && c.next() < 0.5) before = junk(target, blocks, c);
           else if (step === 0) args.push('--create');
+          if (c.next() < 0.25) await killedAt(args, c);
           run(args);
           expectHolds(target, blocks, maps.get(dev)!, before, c, `${name} restore order ${order.map((b) => b.dev).join(',')} step ${step} (device ${dev})`);
           before = maps.get(dev)!.keys();
