@@ -33,7 +33,7 @@ import { CLI, runCli } from '../cli/run-cli';
 import { describeOracle, type TempFile } from '../helpers/fixtures';
 import { makeRandomPool, referenceMappings, type RandomPool, type RandomPoolKind } from '../helpers/random-pool';
 import { chooser, type Chooser } from '../helpers/seeded';
-import { junkBytes, patternBlock } from '../stream/helpers';
+import { isPattern, junkBytes, patternBlock } from '../stream/helpers';
 
 const BS = 65536; // the snapshot pools' data block size (128 sectors)
 const count = Number(process.env.DMTHIN_RANDOM_CHAINS ?? 1);
@@ -122,13 +122,6 @@ function junk(path: string, blocks: number, c: Chooser, count = 12): number[] {
     closeSync(fd);
   }
   return at;
-}
-
-/** `buf` is data block `d`'s pattern (patternBlock(d, BS)), without building it. */
-function isPattern(buf: Buffer, d: number): boolean {
-  const w = new Uint32Array(buf.buffer, buf.byteOffset, buf.length / 4);
-  for (let i = 0; i < w.length; i += 2) if (w[i] !== d || w[i + 1] !== ((i / 2) ^ 0x5a5a0000) >>> 0) return false;
-  return true;
 }
 
 /**

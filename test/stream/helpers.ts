@@ -25,6 +25,13 @@ export function patternBlock(d: number, blockBytes: number): Buffer {
   return b;
 }
 
+/** Whether `buf` holds data block `d`'s pattern (patternBlock's), without building it. */
+export function isPattern(buf: Buffer, d: number): boolean {
+  const w = new Uint32Array(buf.buffer, buf.byteOffset, buf.length / 4); // little-endian hosts, as writeUInt32LE
+  for (let i = 0; i < w.length; i += 2) if (w[i] !== d >>> 0 || w[i + 1] !== ((i / 2) ^ 0x5a5a0000) >>> 0) return false;
+  return true;
+}
+
 /** The same pattern, read through the DataSource interface (data-block addressing), no file needed. */
 export class PatternSource implements DataSource {
   readonly addressing = 'data' as const;
