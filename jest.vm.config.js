@@ -24,6 +24,8 @@ module.exports = {
   watchman: false,
   // dm devices and loop devices are machine-wide: one test file at a time.
   maxWorkers: 1,
+  // Each test with its time: the log then shows where the guest's minutes go.
+  verbose: true,
   // Generous: under emulation on a loaded 2-core host, tests that take 60 s idle
   // have taken 140 s (a hang still fails, after 5 minutes).
   testTimeout: 300000,
