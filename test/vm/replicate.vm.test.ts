@@ -90,8 +90,13 @@ describeVm('dmthin replicate: a live thin into another pool', () => {
     expect(readState().confirmed).toHaveLength(1);
   }, 600_000);
 
-  // Six of the cycle's points (docs/testing.md lists all; the host property test tries every step).
-  const points = ['suspended', 'snap-created', 'mid-send', 'mid-apply', 'sent', 'cleanup'];
+  // The points that leave kernel state behind: a suspended origin, a snapshot
+  // no state names yet, a held metadata snapshot with its temporary device,
+  // old snapshots half deleted. 'mid-apply' and 'sent' only concern the
+  // target and the state files: the host property test
+  // (test/ops/replication.test.ts) crashes at every step, and
+  // docs/testing.md lists all the points.
+  const points = ['suspended', 'snap-created', 'mid-send', 'cleanup'];
   test.each(points)('SIGKILL at %s, then a restart: nothing suspended or leaked, target equal', async (point) => {
     sh(ddCmd(src.path, { bs: BS, seek: 8 + points.indexOf(point) * 7, count: 5 }));
     const killed = replicate(toTarget(), { DMTHIN_TEST_KILL_AT: point });

@@ -27,7 +27,7 @@ import { describeVm, DmSandbox, MiB, parsePoolStatus, run } from './helpers';
 import { haveLvm, LvmSandbox } from './lvm-helpers';
 import { CLI, createTestPool, ddCmd, sh, sha256OfDevice } from './pool-helpers';
 
-const VOL = 32 * MiB;
+const VOL = 16 * MiB; // small: written, streamed and hashed under emulation
 const BS = 64 * 1024;
 
 function dmthin(args: string[], env: NodeJS.ProcessEnv = process.env): { status: number | null; stdout: string; stderr: string } {
@@ -58,7 +58,7 @@ describeVm('a live pool: a snapshot that ends below its base, sent while inactiv
     await pool.createSnap(3, 1);
     await t1.deactivate();
 
-    // The case: snapshot 3 maps nothing past 24 MiB, its base maps up to 32 MiB.
+    // The case: snapshot 3 maps nothing past 8 MiB, its base maps up to 16 MiB.
     {
       await using snap = await pool.reserveMetadataSnap();
       await using md = await snap.open();
@@ -78,12 +78,12 @@ describeVm('a live pool: a snapshot that ends below its base, sent while inactiv
 
     const target = `${dir}/target`;
     junkFile(target, VOL, 31);
-    r = dmthin(['send', '--pool', name, '--snap', '2', '--size', '32M', '-o', `${dir}/full2.s`, '-q']);
+    r = dmthin(['send', '--pool', name, '--snap', '2', '--size', '16M', '-o', `${dir}/full2.s`, '-q']);
     expect([r.status, r.stderr]).toEqual([0, '']);
     r = dmthin(['receive', '--target', target, '-i', `${dir}/full2.s`, '-q']);
     expect([r.status, r.stderr]).toEqual([0, '']);
     copyFileSync(target, `${dir}/target.full2`);
-    r = dmthin(['send', '--pool', name, '--snap', '3', '--base', '2', '--size', '32M', '-o', `${dir}/inc3.s`, '-q', '--json']);
+    r = dmthin(['send', '--pool', name, '--snap', '3', '--base', '2', '--size', '16M', '-o', `${dir}/inc3.s`, '-q', '--json']);
     expect(r.status).toBe(0);
     expect(JSON.parse(r.stderr)).toMatchObject({ dataBlocks: 4, discardBlocks: (8 * MiB) / BS });
     r = dmthin(['receive', '--target', target, '-i', `${dir}/inc3.s`, '-q']);
@@ -133,7 +133,7 @@ describeVm('an LVM-made thin pool', () => {
     const vg = L.vg;
     L.createVg();
     L.lvm(['lvcreate', '-y', '--type', 'thin-pool', '-L', '64M', '--chunksize', '64k', '--poolmetadatasize', '4M', '-Zn', '-n', 'pool', vg]);
-    L.lvm(['lvcreate', '-y', '-V', '32M', '-T', `${vg}/pool`, '-n', 'vol']);
+    L.lvm(['lvcreate', '-y', '-V', '16M', '-T', `${vg}/pool`, '-n', 'vol']);
     const vol = L.devPath('vol');
     sh(ddCmd(vol, { bs: MiB, seek: 0, count: VOL / MiB }));
     L.lvm(['lvcreate', '-y', '--type', 'thin', '-n', 'snap1', `${vg}/vol`]); // a thin snapshot (plain -s also wants the dm-snapshot target)
@@ -149,7 +149,7 @@ describeVm('an LVM-made thin pool', () => {
     expect(L.lvField('snap2', 'lv_active').trim()).toBe(''); // LVM left the snapshot inactive
 
     // Inactive: refused, with or without a size, naming the LV; nothing activated.
-    for (const size of [[], ['--size', '32M']]) {
+    for (const size of [[], ['--size', '16M']]) {
       const r = dmthin(['send', '--pool', poolDm, '--snap', String(id2), '--base', String(id1), ...size, '-o', `${sb.dir}/refused.s`], L.env);
       expect(r.status).toBe(1);
       expect(r.stderr.trim().split('\n')).toHaveLength(1);
