@@ -215,9 +215,10 @@ async function runBoot(b, timeoutS, transform) {
   // The guest kernel (Debian's 6.1) has faulted on rare occasions inside
   // dm's own code (an oops in dm_ima_measure_on_device_remove, slab
   // corruption after a pool's metadata device failed). A kernel fault is
-  // not a test failure, and it poisons the rest of that boot: a boot that
-  // failed AND logged a kernel fault is run once more in a fresh guest,
-  // saying so. A failure without a fault, or a second one, stands.
+  // not a test failure, and it poisons the rest of that boot: when a boot
+  // failed AND logged a kernel fault, its files that had not passed run once
+  // more in a fresh guest, saying so. A failure without a fault, or a second
+  // one, stands.
   if (r.status !== 0 && r.oops) {
     // The files that passed before the fault stand; the rest run again.
     const passed = new Set([...r.output.replace(/\x1b\[[0-9;]*m/g, '').matchAll(/\bPASS (test\/vm\/\S+\.vm\.test\.ts)\b/g)].map((m) => m[1]));

@@ -15,6 +15,9 @@ import { join } from 'node:path';
 import { corrupt, CORRUPTION_KINDS, CorruptionKind } from '../helpers/corrupt';
 import { describeOracle, fixtureImage, kernelFixtureImage, listFixtures, listKernelFixtures, oraclePath } from '../helpers/fixtures';
 import { CLI } from '../cli/run-cli';
+import { MetadataError } from '../../src/errors';
+import { checkMetadata, openFailureReport, type CheckReport } from '../../src/thin/check';
+import { ThinMetadata } from '../../src/thin/metadata';
 
 /** The problem dmthin must report for each fault, and whether it is fatal. */
 const VERDICT: Record<CorruptionKind, { kind: string; fatal: boolean }> = {
@@ -88,27 +91,55 @@ interface Outcome {
 }
 
 /**
- * thin_check and dmthin check on one image, without and with
- * --ignore-non-fatal-errors. With `ignoreRun` false, dmthin's exit status
- * with the flag is not run but read from its --json problems (1 when one is
- * fatal, which is what the flag's own runs, on every clean image and the
- * first image of each kind, check): half the CLI starts, and this file had
- * grown to two minutes of CI.
+ * dmthin's verdict on an image without a CLI start: the library's check, as
+ * `dmthin check` runs it (open, checkMetadata, a MetadataError from the open
+ * being the verdict), with the exit statuses the command derives from it.
  */
-async function both(img: Buffer, ignoreRun = true): Promise<Outcome> {
+async function libraryVerdict(path: string): Promise<{ status: [number, number]; kinds: { kind: string; severity: string }[] }> {
+  let report: CheckReport;
+  let md: ThinMetadata | undefined;
+  try {
+    md = await ThinMetadata.open(path);
+    report = await checkMetadata(md);
+  } catch (e) {
+    if (!(e instanceof MetadataError)) throw e;
+    report = openFailureReport(e);
+  } finally {
+    await md?.close();
+  }
+  return {
+    status: [report.fatal + report.nonFatal > 0 ? 1 : 0, report.fatal > 0 ? 1 : 0],
+    kinds: report.problems.map((p) => ({ kind: p.kind, severity: p.severity })),
+  };
+}
+
+/**
+ * thin_check and dmthin check on one image, without and with
+ * --ignore-non-fatal-errors: dmthin as the CLI (`cli`: every clean image and
+ * the first image of each corruption kind), else through the library in this
+ * process (the other images: half a second of CLI start-up each, ~600 of
+ * them, had made this file two minutes of CI).
+ */
+async function both(img: Buffer, cli = true): Promise<Outcome> {
   const path = join(dir, `img-${serial++}.bin`);
   writeFileSync(path, img);
   const tc = oraclePath('thin_check')!;
-  const [a, b, c, d] = await Promise.all([
-    run(tc, ['-q', path]),
-    run(tc, ['-q', '--ignore-non-fatal-errors', path]),
-    run(process.execPath, [CLI, 'check', '--json', path]),
-    ignoreRun ? run(process.execPath, [CLI, 'check', '-q', '--ignore-non-fatal-errors', path]) : undefined,
-  ]);
-  rmSync(path);
-  const j = JSON.parse(c.stdout) as { problems: { kind: string; severity: string }[] };
-  const fromJson = c.status === 0 || j.problems.some((p) => p.severity === 'fatal') ? c.status : 0;
-  return { thinCheck: [a.status, b.status], dmthin: [c.status, d ? d.status : fromJson], kinds: j.problems.map((p) => ({ kind: p.kind, severity: p.severity })) };
+  try {
+    const [a, b, c, d] = await Promise.all([
+      run(tc, ['-q', path]),
+      run(tc, ['-q', '--ignore-non-fatal-errors', path]),
+      cli ? run(process.execPath, [CLI, 'check', '--json', path]) : undefined,
+      cli ? run(process.execPath, [CLI, 'check', '-q', '--ignore-non-fatal-errors', path]) : undefined,
+    ]);
+    if (!c || !d) {
+      const v = await libraryVerdict(path);
+      return { thinCheck: [a.status, b.status], dmthin: v.status, kinds: v.kinds };
+    }
+    const j = JSON.parse(c.stdout) as { problems: { kind: string; severity: string }[] };
+    return { thinCheck: [a.status, b.status], dmthin: [c.status, d.status], kinds: j.problems.map((p) => ({ kind: p.kind, severity: p.severity })) };
+  } finally {
+    rmSync(path);
+  }
 }
 
 const tally = { cases: 0, agree: 0, dmthinRightlyFails: 0, byKind: new Map<string, string>() };

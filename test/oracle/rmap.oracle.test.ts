@@ -75,14 +75,18 @@ describeOracle('rmap equals thin_rmap 0.9.0 on every fixture and kernel image', 
       flat.cleanup();
     });
 
-    test.each(regionSets(im.nrDataBlocks))('%s', (_what, rs) => {
+    test.each(regionSets(im.nrDataBlocks))('%s', (what, rs) => {
       const ref = runOracle('thin_rmap', [...args(rs), flat.path]);
       expect(ref.status).toBe(0);
       const ours = runCli(['rmap', ...args(rs), img.path]);
       expect({ status: ours.status, stderr: ours.stderr }).toEqual({ status: 0, stderr: '' });
       expect(ours.stdout).toBe(ref.stdout);
-      // The same with the runs spilled to a temporary file past 16 in memory (src/thin/rmap-runs.ts).
-      expect(runCli(['rmap', ...args(rs), img.path], { env: runsInMemory(16) })).toMatchObject({ status: 0, stdout: ref.stdout, stderr: '' });
+      // The same with the runs spilled to a temporary file past 16 in memory
+      // (src/thin/rmap-runs.ts), for the two sets with the most runs: a CLI
+      // start per set and image is a third of this file's time.
+      if (what === 'whole range' || what.startsWith('several')) {
+        expect(runCli(['rmap', ...args(rs), img.path], { env: runsInMemory(16) })).toMatchObject({ status: 0, stdout: ref.stdout, stderr: '' });
+      }
       const direct = runOracle('thin_rmap', [...args(rs), img.path]);
       expect(direct.status).toBe(0);
       if (direct.stdout !== ref.stdout) {

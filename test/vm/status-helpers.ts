@@ -4,6 +4,7 @@ import { PoolMessage, type ThinPoolFeature, thinPoolTarget } from '../../src/dm/
 import { parseThinTable } from '../../src/dm/targets/thin';
 import { ThinDevice } from '../../src/pool/thin-device';
 import { dataBlocks, sectors } from '../../src/units';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { type DmSandbox, MiB, run } from './helpers';
 import { REPO, type TestPool, createTestPool, ddCmd, dmsetupStatus, expectIoctlError, expectedPoolStatus, expectedThinStatus, swapTable } from './pool-helpers';
@@ -60,7 +61,9 @@ export async function poolWithThin(sb: DmSandbox, o: Parameters<typeof createTes
 /** O_DIRECT writes of zeros at [offset, length] byte pairs, in one process (the fixtures' helper). */
 export function directWrite(dev: string, writes: [number, number][], allowFail = false) {
   const script = join(REPO, 'scripts', 'fixtures', 'kernel', 'direct-write.py');
-  return run('python3', [script, dev], { input: writes.map(([o, n]) => `${o} ${n}`).join('\n') + '\n', allowFail, timeoutMs: 120_000 });
+  // The system's python: a pyenv shim first on PATH (a developer's machine)
+  // runs a dozen processes per start, 10-14 s each under emulation.
+  return run(existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3', [script, dev], { input: writes.map(([o, n]) => `${o} ${n}`).join('\n') + '\n', allowFail, timeoutMs: 120_000 });
 }
 
 export function spawnDd(dev: string, seekBlocks: number, countBlocks: number): { child: ChildProcess; exit: Promise<number | null> } {
