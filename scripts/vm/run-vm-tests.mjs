@@ -61,6 +61,9 @@ export function printUnavailable(err, what = 'root-VM tests') {
   );
 }
 
+/** jest's pattern for the tests that get a boot of their own. */
+const ISOLATED = '\\.isolated\\.vm\\.test\\.ts$';
+
 const isTs = (p) => p.endsWith('.ts') && !p.endsWith('.d.ts');
 
 function step(what, cmd, args) {
@@ -131,7 +134,6 @@ async function main() {
   // and the isolated tests in a boot of their own, started as soon as a
   // guest has finished: no more than SHARDS guests run at a time (each keeps
   // about one host core busy), and no core waits for the slowest shard.
-  const ISOLATED = '\\.isolated\\.vm\\.test\\.ts$';
   const main = tests.filter((t) => !/\.isolated\.vm\.test\.ts$/.test(t));
   const slots = jestArgs.length > 0 ? 1 : shardCount();
   const shards = jestArgs.length > 0 ? [] : splitForShards(main, slots);
@@ -223,7 +225,7 @@ async function runBoot(b, timeoutS, transform) {
     // The files that passed before the fault stand; the rest run again.
     const passed = new Set([...r.output.replace(/\x1b\[[0-9;]*m/g, '').matchAll(/\bPASS (test\/vm\/\S+\.vm\.test\.ts)\b/g)].map((m) => m[1]));
     const again = b.files?.filter((f) => !passed.has(relative(root, f)));
-    const retry = again?.length ? { ...b, args: ['--testPathIgnorePatterns', '\\.isolated\\.vm\\.test\\.ts$', '--', ...again.map(pathPattern)] } : b;
+    const retry = again?.length ? { ...b, args: ['--testPathIgnorePatterns', ISOLATED, '--', ...again.map(pathPattern)] } : b;
     process.stderr.write(
       `[vm] WARNING: the guest kernel faulted during the ${b.label} (${r.oops}); ` +
         `${retry === b ? "that boot's results are void - running it again" : `running the ${again.length} of its ${b.files.length} test files that did not pass again`} in a fresh guest (once)\n`,
