@@ -151,6 +151,8 @@ async function main() {
             ? [{ label: 'root-VM isolated tests', prefix: shards.length > 1 ? '[iso] ' : '', args: ['--testPathPattern', ISOLATED] }]
             : []),
         ];
+  const cpus = guestCpus(Math.min(slots, boots.length));
+  for (const b of boots) b.cpus = cpus;
   const timeoutS = Number(process.env.DMTHIN_VM_TIMEOUT) > 0 ? Number(process.env.DMTHIN_VM_TIMEOUT) : 2400;
   let status = 0;
   let next = 0;
@@ -177,21 +179,40 @@ function shardCount() {
   return Math.min(2, availableParallelism());
 }
 
+/**
+ * vCPUs per guest: DMTHIN_VM_CPUS, else the host's cores shared among the
+ * guests that run at once (at least 1). Under TCG each vCPU is a host
+ * thread; more vCPU threads than cores let the host preempt a vCPU that
+ * holds a guest lock while the others spin on it. Two guests of 2 vCPUs on
+ * 2 cores took 1.45x the time of two guests of 1 (replication and
+ * send-receive side by side, two rounds each, 2026-12-03).
+ */
+function guestCpus(guests) {
+  const env = Number(process.env.DMTHIN_VM_CPUS);
+  if (Number.isInteger(env) && env >= 1) return env;
+  return Math.max(1, Math.floor(availableParallelism() / guests));
+}
+
 // Minutes of each test file under emulation (measured 2026-12-03 on a 2-core
-// host with both guests running); files not listed count as one. Only used
-// to balance the guests.
+// host, two guests of 1 vCPU side by side); files not listed count as one.
+// Only used to balance the guests.
 const WEIGHTS = {
-  'merge.vm.test.ts': 4.2,
-  'replicate.vm.test.ts': 3.5,
-  'lvm-names.vm.test.ts': 3.4,
-  'stream-sizes.vm.test.ts': 2.5,
-  'status.vm.test.ts': 3,
-  'backup.vm.test.ts': 2.3,
-  'receive-targets.vm.test.ts': 2.1,
-  'send-receive.vm.test.ts': 1.7,
-  'replication.vm.test.ts': 1.4,
-  'check.vm.test.ts': 1.3,
-  'block-writer.vm.test.ts': 0.2,
+  'replicate.vm.test.ts': 3.2,
+  'merge.vm.test.ts': 3.1,
+  'backup.vm.test.ts': 2.7,
+  'lvm-names.vm.test.ts': 2.4,
+  'receive-targets.vm.test.ts': 2,
+  'stream-sizes.vm.test.ts': 1.9,
+  'send-receive.vm.test.ts': 1.4,
+  'replication.vm.test.ts': 1.2,
+  'check.vm.test.ts': 1.1,
+  'seed.vm.test.ts': 0.8,
+  'release.vm.test.ts': 0.7,
+  'messages.vm.test.ts': 0.6,
+  'status.vm.test.ts': 0.5,
+  'harness.vm.test.ts': 0.5,
+  'events.vm.test.ts': 0.3,
+  'block-writer.vm.test.ts': 0.1,
 };
 
 /** Test files into `n` groups of about equal weight (heaviest first, each to the lightest group). */
@@ -260,6 +281,7 @@ async function bootOnce(b, timeoutS, transform) {
   const r = await runInVm({
     command: [process.execPath, join(root, 'node_modules', 'jest', 'bin', 'jest.js'), '--config', join(root, 'jest.vm.config.js'), ...b.args],
     cwd: root,
+    cpus: b.cpus,
     env: { DMTHIN_VM_TS_CACHE: transform.cacheDir() },
     // jest and its dependencies load far faster from RAM than over 9p; the
     // big packages a test run does not read stay on 9p (symlinked).
