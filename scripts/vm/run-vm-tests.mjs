@@ -15,11 +15,13 @@
 // Missing prerequisites (qemu, busybox-static, cpio, kmod, the kernel
 // package): a loud skip with exit 0, or exit 1 when DMTHIN_REQUIRE_VM=1.
 import { spawnSync } from 'node:child_process';
-import { existsSync, lstatSync, readFileSync, readdirSync, readlinkSync, statSync } from 'node:fs';
+import { existsSync, lstatSync, readFileSync, readdirSync, readlinkSync, realpathSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { availableParallelism } from 'node:os';
 import { join, relative } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { PACKAGE_ROOT, prepareAssets, runInVm, VmUnavailableError } from '../../vm/run-in-vm.mjs';
+
+const { ISOLATED, filesToRetry, guestCpus, kernelFault, shardCount, splitForShards } = createRequire(import.meta.url)('./plan.cjs');
 
 const root = PACKAGE_ROOT;
 const jestArgs = process.argv.slice(2);
@@ -61,8 +63,6 @@ export function printUnavailable(err, what = 'root-VM tests') {
   );
 }
 
-/** jest's pattern for the tests that get a boot of their own. */
-const ISOLATED = '\\.isolated\\.vm\\.test\\.ts$';
 
 const isTs = (p) => p.endsWith('.ts') && !p.endsWith('.d.ts');
 
@@ -134,7 +134,7 @@ async function main() {
   // and the isolated tests in a boot of their own, started as soon as a
   // guest has finished: no more than SHARDS guests run at a time (each keeps
   // about one host core busy), and no core waits for the slowest shard.
-  const main = tests.filter((t) => !/\.isolated\.vm\.test\.ts$/.test(t));
+  const main = tests.filter((t) => !new RegExp(ISOLATED).test(t));
   const slots = jestArgs.length > 0 ? 1 : shardCount();
   const shards = jestArgs.length > 0 ? [] : splitForShards(main, slots);
   const boots =
@@ -147,7 +147,7 @@ async function main() {
             args: ['--testPathIgnorePatterns', ISOLATED, '--', ...files.map(pathPattern)],
             files,
           })),
-          ...(tests.some((t) => /\.isolated\.vm\.test\.ts$/.test(t))
+          ...(tests.some((t) => new RegExp(ISOLATED).test(t))
             ? [{ label: 'root-VM isolated tests', prefix: shards.length > 1 ? '[iso] ' : '', args: ['--testPathPattern', ISOLATED] }]
             : []),
         ];
@@ -167,66 +167,6 @@ async function main() {
   return status;
 }
 
-/**
- * How many guests share the suite: DMTHIN_VM_SHARDS, else 2 on a machine
- * with at least 2 CPUs. Each guest runs one test file at a time (dm and
- * loop devices are machine-wide) and keeps about one host core busy under
- * TCG, so two guests take about half the wall time of one.
- */
-function shardCount() {
-  const env = Number(process.env.DMTHIN_VM_SHARDS);
-  if (Number.isInteger(env) && env >= 1) return env;
-  return Math.min(2, availableParallelism());
-}
-
-/**
- * vCPUs per guest: DMTHIN_VM_CPUS, else the host's cores shared among the
- * guests that run at once (at least 1). Under TCG each vCPU is a host
- * thread; more vCPU threads than cores let the host preempt a vCPU that
- * holds a guest lock while the others spin on it. Two guests of 2 vCPUs on
- * 2 cores took 1.45x the time of two guests of 1 (replication and
- * send-receive side by side, two rounds each, 2026-12-03).
- */
-function guestCpus(guests) {
-  const env = Number(process.env.DMTHIN_VM_CPUS);
-  if (Number.isInteger(env) && env >= 1) return env;
-  return Math.max(1, Math.floor(availableParallelism() / guests));
-}
-
-// Minutes of each test file under emulation (measured 2026-12-03 on a 2-core
-// host, two guests of 1 vCPU side by side); files not listed count as one.
-// Only used to balance the guests.
-const WEIGHTS = {
-  'replicate.vm.test.ts': 3.2,
-  'merge.vm.test.ts': 3.1,
-  'backup.vm.test.ts': 2.7,
-  'lvm-names.vm.test.ts': 2.4,
-  'receive-targets.vm.test.ts': 2,
-  'stream-sizes.vm.test.ts': 1.9,
-  'send-receive.vm.test.ts': 1.4,
-  'replication.vm.test.ts': 1.2,
-  'check.vm.test.ts': 1.1,
-  'seed.vm.test.ts': 0.8,
-  'release.vm.test.ts': 0.7,
-  'messages.vm.test.ts': 0.6,
-  'status.vm.test.ts': 0.5,
-  'harness.vm.test.ts': 0.5,
-  'events.vm.test.ts': 0.3,
-  'block-writer.vm.test.ts': 0.1,
-};
-
-/** Test files into `n` groups of about equal weight (heaviest first, each to the lightest group). */
-function splitForShards(files, n) {
-  const weight = (f) => WEIGHTS[f.split('/').pop()] ?? 1;
-  const groups = Array.from({ length: Math.max(1, Math.min(n, files.length)) }, () => ({ files: [], w: 0 }));
-  for (const f of [...files].sort((a, b) => weight(b) - weight(a) || a.localeCompare(b))) {
-    const g = groups.reduce((m, x) => (x.w < m.w ? x : m));
-    g.files.push(f);
-    g.w += weight(f);
-  }
-  return groups.map((g) => g.files.sort());
-}
-
 /** A jest path pattern matching exactly this file. */
 function pathPattern(file) {
   return `${relative(root, file).replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`;
@@ -244,8 +184,7 @@ async function runBoot(b, timeoutS, transform) {
   // one, stands.
   if (r.status !== 0 && r.oops) {
     // The files that passed before the fault stand; the rest run again.
-    const passed = new Set([...r.output.replace(/\x1b\[[0-9;]*m/g, '').matchAll(/\bPASS (test\/vm\/\S+\.vm\.test\.ts)\b/g)].map((m) => m[1]));
-    const again = b.files?.filter((f) => !passed.has(relative(root, f)));
+    const again = b.files && filesToRetry(r.output, b.files.map((f) => relative(root, f))).map((f) => join(root, f));
     const retry = again?.length ? { ...b, args: ['--testPathIgnorePatterns', ISOLATED, '--', ...again.map(pathPattern)] } : b;
     process.stderr.write(
       `[vm] WARNING: the guest kernel faulted during the ${b.label} (${r.oops}); ` +
@@ -271,9 +210,6 @@ function linePrefixer(prefix) {
   process.on('exit', () => rest && process.stdout.write(`${prefix}${rest}\n`));
   return sink;
 }
-
-/** Signs of a kernel fault in the guest's console or kernel log. */
-const KERNEL_FAULT = /(invalid opcode: [0-9a-f]+|general protection fault|BUG: [^\n]*|kernel BUG at [^\n]*|Oops: [^\n]*|Unable to handle kernel [^\n]*)/;
 
 /** One boot running jest with `b.args`; returns its status and the first kernel fault seen, if any. */
 async function bootOnce(b, timeoutS, transform) {
@@ -305,11 +241,11 @@ async function bootOnce(b, timeoutS, transform) {
   );
   let kernelLog = r.output;
   if (r.outDir && existsSync(join(r.outDir, 'dmesg.txt'))) kernelLog += readFileSync(join(r.outDir, 'dmesg.txt'), 'utf8');
-  const m = KERNEL_FAULT.exec(kernelLog);
-  return { status: r.status, oops: m ? m[1].trim() : null, output: r.output ?? '' };
+  return { status: r.status, oops: kernelFault(kernelLog), output: r.output ?? '' };
 }
 
-main().then(
+// Run only as a program: importing this file must not start a suite.
+if (process.argv[1] && fileURLToPath(import.meta.url) === realpathSync(process.argv[1])) main().then(
   (code) => process.exit(code),
   (err) => {
     process.stderr.write(`[vm] ${err.stack ?? err}\n`);
