@@ -63,7 +63,6 @@ export function printUnavailable(err, what = 'root-VM tests') {
   );
 }
 
-
 const isTs = (p) => p.endsWith('.ts') && !p.endsWith('.d.ts');
 
 function step(what, cmd, args) {
@@ -134,7 +133,8 @@ async function main() {
   // and the isolated tests in a boot of their own, started as soon as a
   // guest has finished: no more than SHARDS guests run at a time (each keeps
   // about one host core busy), and no core waits for the slowest shard.
-  const main = tests.filter((t) => !new RegExp(ISOLATED).test(t));
+  const isolated = new RegExp(ISOLATED);
+  const main = tests.filter((t) => !isolated.test(t));
   const slots = jestArgs.length > 0 ? 1 : shardCount();
   const shards = jestArgs.length > 0 ? [] : splitForShards(main, slots);
   const boots =
@@ -147,7 +147,7 @@ async function main() {
             args: ['--testPathIgnorePatterns', ISOLATED, '--', ...files.map(pathPattern)],
             files,
           })),
-          ...(tests.some((t) => new RegExp(ISOLATED).test(t))
+          ...(tests.some((t) => isolated.test(t))
             ? [{ label: 'root-VM isolated tests', prefix: shards.length > 1 ? '[iso] ' : '', args: ['--testPathPattern', ISOLATED] }]
             : []),
         ];
