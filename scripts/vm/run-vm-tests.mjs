@@ -21,7 +21,7 @@ import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { PACKAGE_ROOT, prepareAssets, runInVm, VmUnavailableError } from '../../vm/run-in-vm.mjs';
 
-const { ISOLATED, filesToRetry, guestCpus, kernelFault, shardCount, splitForShards } = createRequire(import.meta.url)('./plan.cjs');
+const { ISOLATED, filesToRetry, guestCpus, isolatedWeight, kernelFault, shardCount, splitForShards } = createRequire(import.meta.url)('./plan.cjs');
 
 const root = PACKAGE_ROOT;
 const jestArgs = process.argv.slice(2);
@@ -136,7 +136,7 @@ async function main() {
   const isolated = new RegExp(ISOLATED);
   const main = tests.filter((t) => !isolated.test(t));
   const slots = jestArgs.length > 0 ? 1 : shardCount();
-  const shards = jestArgs.length > 0 ? [] : splitForShards(main, slots);
+  const shards = jestArgs.length > 0 ? [] : splitForShards(main, slots, undefined, isolatedWeight(tests));
   const boots =
     jestArgs.length > 0
       ? [{ label: 'root-VM suite', args: jestArgs }]

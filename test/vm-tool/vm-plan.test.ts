@@ -12,7 +12,8 @@ const plan = require('../../scripts/vm/plan.cjs') as {
   shardCount(env: NodeJS.ProcessEnv, cores: number): number;
   guestCpus(guests: number, env: NodeJS.ProcessEnv, cores: number): number;
   WEIGHTS: Record<string, number>;
-  splitForShards(files: string[], n: number, weights?: Record<string, number>): string[][];
+  splitForShards(files: string[], n: number, weights?: Record<string, number>, reserve?: number): string[][];
+  isolatedWeight(files: string[], weights?: Record<string, number>): number;
   kernelFault(log: string): string | null;
   filesToRetry(output: string, files: string[]): string[];
 };
@@ -51,7 +52,7 @@ describe('the split of the suite', () => {
   });
 
   test('every test file of the suite has a measured weight, and no weight names a file that is gone', () => {
-    expect(main.map((f) => f.split('/').pop()).filter((f) => !(f! in plan.WEIGHTS))).toEqual([]);
+    expect(vmFiles.filter((f) => !(f in plan.WEIGHTS))).toEqual([]);
     expect(Object.keys(plan.WEIGHTS).filter((f) => !vmFiles.includes(f))).toEqual([]);
   });
 
@@ -64,6 +65,20 @@ describe('the split of the suite', () => {
       expect(Math.max(...w) - Math.min(...w)).toBeLessThanOrEqual(Math.max(...Object.values(plan.WEIGHTS)));
     }
     expect(plan.splitForShards(main, 2)).toEqual(plan.splitForShards([...main].reverse(), 2));
+  });
+
+  test("the isolated boot's weight starts on the first guest, which then gets less of the rest", () => {
+    const reserve = plan.isolatedWeight(vmFiles);
+    expect(reserve).toBe(plan.WEIGHTS['status-failure.isolated.vm.test.ts']);
+    const [a, b] = plan.splitForShards(main, 2, plan.WEIGHTS, reserve);
+    const w = (g: string[]) => g.reduce((t, f) => t + plan.WEIGHTS[f.split('/').pop()!], 0);
+    expect(Math.abs(w(a) + reserve - w(b))).toBeLessThanOrEqual(Math.max(...Object.values(plan.WEIGHTS)));
+    // Three files of weight 1: without a reserve the first guest gets two, with 1.5 reserved one.
+    expect(plan.splitForShards(['x.vm.test.ts', 'y.vm.test.ts', 'z.vm.test.ts'], 2, {})).toEqual([['x.vm.test.ts', 'z.vm.test.ts'], ['y.vm.test.ts']]);
+    expect(plan.splitForShards(['x.vm.test.ts', 'y.vm.test.ts', 'z.vm.test.ts'], 2, {}, 1.5)).toEqual([['z.vm.test.ts'], ['x.vm.test.ts', 'y.vm.test.ts']]);
+    // One guest: everything in it, whatever the reserve.
+    expect(plan.splitForShards(['x.vm.test.ts', 'y.vm.test.ts'], 1, {}, 5)).toEqual([['x.vm.test.ts', 'y.vm.test.ts']]);
+    expect(plan.isolatedWeight(['a.vm.test.ts', 'b.isolated.vm.test.ts', 'c.isolated.vm.test.ts'], { 'b.isolated.vm.test.ts': 0.5 })).toBe(1.5);
   });
 
   test('more guests than files: one file each; unknown files weigh one', () => {
