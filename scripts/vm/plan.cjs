@@ -7,6 +7,17 @@ const { availableParallelism } = require('node:os');
 
 /** jest's pattern for the tests that get a boot of their own. */
 const ISOLATED = '\\.isolated\\.vm\\.test\\.ts$';
+const isolatedRe = new RegExp(ISOLATED);
+
+/** Whether a test file (any path) gets a boot of its own. */
+function isIsolated(file) {
+  return isolatedRe.test(file);
+}
+
+/** A test file's weight in minutes: by its name; unknown files weigh one. */
+function weightOf(file, weights = WEIGHTS) {
+  return weights[file.split('/').pop()] ?? 1;
+}
 
 /**
  * How many guests share the suite: DMTHIN_VM_SHARDS, else 2 on a machine
@@ -67,7 +78,7 @@ const WEIGHTS = {
  * while it runs alone.
  */
 function splitForShards(files, n, weights = WEIGHTS, reserve = 0) {
-  const weight = (f) => weights[f.split('/').pop()] ?? 1;
+  const weight = (f) => weightOf(f, weights);
   const groups = Array.from({ length: Math.max(1, Math.min(n, files.length)) }, (_, i) => ({ files: [], w: i === 0 && n > 1 ? reserve : 0 }));
   for (const f of [...files].sort((a, b) => weight(b) - weight(a) || a.localeCompare(b))) {
     const g = groups.reduce((m, x) => (x.w < m.w ? x : m));
@@ -101,8 +112,7 @@ function filesToRetry(output, files) {
 
 /** The weight of the isolated files: what splitForShards reserves for their boot. */
 function isolatedWeight(files, weights = WEIGHTS) {
-  const isolated = new RegExp(ISOLATED);
-  return files.filter((f) => isolated.test(f)).reduce((t, f) => t + (weights[f.split('/').pop()] ?? 1), 0);
+  return files.filter(isIsolated).reduce((t, f) => t + weightOf(f, weights), 0);
 }
 
-module.exports = { ISOLATED, shardCount, guestCpus, WEIGHTS, splitForShards, isolatedWeight, KERNEL_FAULT, kernelFault, filesToRetry };
+module.exports = { ISOLATED, isIsolated, shardCount, guestCpus, WEIGHTS, splitForShards, isolatedWeight, KERNEL_FAULT, kernelFault, filesToRetry };

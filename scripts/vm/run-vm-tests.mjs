@@ -21,7 +21,7 @@ import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { PACKAGE_ROOT, prepareAssets, runInVm, VmUnavailableError } from '../../vm/run-in-vm.mjs';
 
-const { ISOLATED, filesToRetry, guestCpus, isolatedWeight, kernelFault, shardCount, splitForShards } = createRequire(import.meta.url)('./plan.cjs');
+const { ISOLATED, filesToRetry, guestCpus, isIsolated, isolatedWeight, kernelFault, shardCount, splitForShards } = createRequire(import.meta.url)('./plan.cjs');
 
 const root = PACKAGE_ROOT;
 const jestArgs = process.argv.slice(2);
@@ -133,8 +133,7 @@ async function main() {
   // and the isolated tests in a boot of their own, started as soon as a
   // guest has finished: no more than SHARDS guests run at a time (each keeps
   // about one host core busy), and no core waits for the slowest shard.
-  const isolated = new RegExp(ISOLATED);
-  const main = tests.filter((t) => !isolated.test(t));
+  const main = tests.filter((t) => !isIsolated(t));
   const slots = jestArgs.length > 0 ? 1 : shardCount();
   const shards = jestArgs.length > 0 ? [] : splitForShards(main, slots, undefined, isolatedWeight(tests));
   const boots =
@@ -147,7 +146,7 @@ async function main() {
             args: ['--testPathIgnorePatterns', ISOLATED, '--', ...files.map(pathPattern)],
             files,
           })),
-          ...(tests.some((t) => isolated.test(t))
+          ...(tests.some(isIsolated)
             ? [{ label: 'root-VM isolated tests', prefix: shards.length > 1 ? '[iso] ' : '', args: ['--testPathPattern', ISOLATED] }]
             : []),
         ];
