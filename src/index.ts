@@ -38,7 +38,7 @@ export { deviceUsage } from './thin/ls';
 export type { DeviceUsage, UsageOptions } from './thin/ls';
 export { rmap } from './thin/rmap';
 export type { DataRegion, RmapRun, RmapOptions } from './thin/rmap';
-export { checkMetadata, openFailureReport } from './thin/check';
+export { checkMetadata, openFailureReport, reportFails } from './thin/check';
 export type { CheckOptions, CheckReport, CheckProblem, CheckCounts, CheckPhase, CheckProgress, ProblemSeverity } from './thin/check';
 
 // Live pools and thin devices.

@@ -131,7 +131,7 @@ export function register(program: Command, ctx: () => CliContext): void {
       } finally {
         bar.stop();
       }
-      const failed = report.fatal > 0 || (report.nonFatal > 0 && !o.ignoreNonFatalErrors);
+      const failed = thinCheck().reportFails(report, o.ignoreNonFatalErrors);
       if (o.json) await writeStdout(toJson(reportJson(report)) + '\n');
       else if (!o.quiet) await writeStdout(report.problems.map((p) => problemLine(p) + '\n').join('') + summary(report, why));
       if (failed) {

@@ -859,6 +859,14 @@ function emptyCounts(md: ThinMetadata | null): CheckCounts {
   };
 }
 
+/**
+ * The verdict `dmthin check` exits by (thin_check's rule): a fatal problem
+ * fails; a non-fatal one fails unless ignoreNonFatalErrors.
+ */
+export function reportFails(r: CheckReport, ignoreNonFatalErrors = false): boolean {
+  return r.fatal > 0 || (r.nonFatal > 0 && !ignoreNonFatalErrors);
+}
+
 /** A report for metadata that could not even be opened (what ThinMetadata.open threw). */
 export function openFailureReport(e: MetadataError | DmthinError): CheckReport {
   const p: CheckProblem =

@@ -44,7 +44,7 @@ const MAIN = [
   'ZeroMethod', 'bytes', 'changedBlocks', 'checkMetadata', 'dataBlocks', 'dataBlocksToSectors',
   'defaultStateFile', 'devNumOf', 'devPathOf', 'deviceUsage', 'dump', 'findLvmThin', 'metaBlocks',
   'offlinePoolId', 'openFailureReport', 'parsePoolMessage', 'parseThinPoolStatus', 'parseThinPoolTable',
-  'parseThinStatus', 'parseThinTable', 'readState', 'receive', 'receiveStream', 'rmap', 'sectors',
+  'parseThinStatus', 'parseThinTable', 'readState', 'receive', 'receiveStream', 'reportFails', 'rmap', 'sectors',
   'sectorsToBytes', 'send', 'sendStream', 'thinPoolTarget', 'thinTarget', 'withMetadataSnapshot',
   'writeDelta',
   // backups of thin snapshots (issue 12)
