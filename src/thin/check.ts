@@ -902,9 +902,9 @@ export async function checkMetadata(md: ThinMetadata, opts: CheckOptions = {}): 
   c.progress('superblock');
   // Sizes (metadata space map within the device and its index block, data
   // space map within what its bitmaps can count) were checked by open().
-  if (md.nrDataBlocks === 0) {
-    c.report({ severity: 'fatal', kind: 'space-map', block: 0, tree: 'superblock', message: 'the data space map has 0 blocks' });
-  }
+  // nr_data_blocks 0 is not a fault: the kernel formats new metadata with an
+  // empty data space map and grows it at the pool's first resume; a mapping
+  // then is out of range, found below.
   for (const [what, b] of [
     ['device-details root', md.superblock.deviceDetailsRoot],
     ['mapping root', md.superblock.dataMappingRoot],

@@ -1,6 +1,7 @@
 /**
  * `dmthin check` against thin_check 0.9.0.
- *  - every fixture and both kernel-made images: both exit 0;
+ *  - every fixture and both kernel-made images: both exit 0; so does a pool
+ *    never resumed (nr_data_blocks 0);
  *  - every corruption kind on every fixture it applies to, with and without
  *    --ignore-non-fatal-errors: wherever thin_check exits non-zero, dmthin
  *    exits 1; where thin_check exits 0, dmthin follows the verdict rules
@@ -9,11 +10,11 @@
  * 0.9.0 does not are printed at the end.
  */
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { corrupt, CORRUPTION_KINDS, CorruptionKind } from '../helpers/corrupt';
-import { describeOracle, fixtureImage, kernelFixtureImage, listFixtures, listKernelFixtures, oraclePath } from '../helpers/fixtures';
+import { describeOracle, fixtureImage, kernelFixtureImage, listFixtures, listKernelFixtures, oraclePath, restoreFlat } from '../helpers/fixtures';
 import { CLI } from '../cli/run-cli';
 import { MetadataError } from '../../src/errors';
 import { checkMetadata, openFailureReport, reportFails, type CheckReport } from '../../src/thin/check';
@@ -163,6 +164,20 @@ describeOracle('dmthin check vs thin_check 0.9.0', () => {
     expect(o.thinCheck).toEqual([0, 0]);
     expect(o.dmthin).toEqual([0, 0]);
     expect(o.kinds).toEqual([]);
+    tally.cases += 2;
+    tally.agree += 2;
+  });
+
+  // The kernel formats metadata with an empty data space map and grows it at
+  // the pool's first resume: a pool made and never resumed has nr_data_blocks 0.
+  it.each([
+    ['no devices', ''],
+    ['two devices without mappings', '<device dev_id="1" mapped_blocks="0" transaction="0" creation_time="0" snap_time="0">\n</device>\n<device dev_id="7" mapped_blocks="0" transaction="1" creation_time="1" snap_time="1">\n</device>\n'],
+  ])('a pool never resumed (nr_data_blocks 0), %s: both exit 0', async (name, devices) => {
+    const xml = `<superblock uuid="" time="1" transaction="3" flags="0" version="2" data_block_size="128" nr_data_blocks="0">\n${devices}</superblock>\n`;
+    using img = restoreFlat(xml, 4 << 20, `never-resumed-${name.replace(/ /g, '-')}`);
+    const o = await both(readFileSync(img.path));
+    expect(o).toEqual({ thinCheck: [0, 0], dmthin: [0, 0], kinds: [] });
     tally.cases += 2;
     tally.agree += 2;
   });

@@ -5,7 +5,10 @@
  *   and the snapshot is released afterwards;
  * - after the pool is removed, on its metadata device: the same verdict as
  *   thin_check 0.9.0 (0, with both space maps recounted), and on copies with
- *   a fault thin_check sees, both fail.
+ *   a fault thin_check sees, both fail;
+ * - on the metadata of a pool whose table was loaded and never resumed: the
+ *   kernel formatted it with an empty data space map (nr_data_blocks 0),
+ *   which is not a fault: thin_check and dmthin check both exit 0.
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -84,5 +87,21 @@ describeVm('dmthin check on a live pool and on its metadata device', () => {
         expect([kind, flags, dmthin([...flags, copy]).status]).toEqual([kind, flags, 1]);
       }
     }
+  });
+
+  test('a pool loaded and never resumed: nr_data_blocks 0 on disk, thin_check and dmthin check exit 0', () => {
+    const meta = sb.loop(4 * MiB, 'fresh-meta');
+    const data = sb.loop(16 * MiB, 'fresh-data');
+    const name = sb.adopt('fresh-pool');
+    // The inactive table's constructor opens the pool and formats the zeroed metadata device.
+    run('dmsetup', ['create', '--notable', name]);
+    run('dmsetup', ['load', name], { input: `0 ${(16 * MiB) / 512} thin-pool ${meta.path} ${data.path} 128 0\n` });
+    sb.remove('fresh-pool');
+    expect(run('thin_dump', [meta.path]).stdout).toMatch(/^<superblock [^>]*nr_data_blocks="0">\n<\/superblock>\n$/);
+    expect(run('thin_check', [meta.path], { allowFail: true }).status).toBe(0);
+    const r = dmthin(['--json', meta.path]);
+    expect([r.status, r.stderr]).toEqual([0, '']);
+    const j = JSON.parse(r.stdout);
+    expect([j.fatal, j.nonFatal, j.spaceMapsChecked, j.counts.devices, j.counts.dataBlocks]).toEqual([0, 0, true, 0, 0]);
   });
 });
