@@ -97,8 +97,9 @@ export function register(program: Command, ctx: () => CliContext): void {
               sink.tag(DOTS);
               sink.uint(v + l);
             } else {
+              // A run up to the last key ends at 2^64, which thin_rmap prints in u64 arithmetic: 0.
               const b = (BigInt(hi) << 32n) | BigInt(u32[8 * k + 5]);
-              sink.ascii(`${b}..${b + BigInt(l)}`);
+              sink.ascii(`${b}..${BigInt.asUintN(64, b + BigInt(l))}`);
             }
             sink.tag(NEWLINE);
             if (sink.needsFlush()) {

@@ -155,6 +155,26 @@ describeOracle('rmap arguments as thin_rmap 0.9.0 takes them', () => {
     }
   });
 
+  test('runs that end at the last virtual block (2^64 - 1): the same bytes as thin_rmap (its u64 end wraps to 0)', () => {
+    const top = 2n ** 64n;
+    const xml = [
+      '<superblock uuid="" time="0" transaction="1" flags="0" version="2" data_block_size="128" nr_data_blocks="100">',
+      '<device dev_id="1" mapped_blocks="2" transaction="0" creation_time="0" snap_time="0">',
+      `<single_mapping origin_block="${top - 2n}" data_block="1" time="0"/>`,
+      `<single_mapping origin_block="${top - 1n}" data_block="0" time="0"/>`,
+      '</device>',
+      '<device dev_id="2" mapped_blocks="3" transaction="0" creation_time="0" snap_time="0">',
+      `<range_mapping origin_begin="${top - 3n}" data_begin="10" length="3" time="0"/>`,
+      '</device>',
+      '</superblock>',
+    ].join('\n');
+    using im = restoreFlat(xml, 1 << 20, 'top-keys');
+    const ref = runOracle('thin_rmap', ['--region', '0..100', im.path]);
+    expect(ref).toMatchObject({ status: 0 });
+    expect(ref.stdout).toContain(`thin(2) ${top - 3n}..0\n`);
+    expect(runCli(['rmap', '--region', '0..100', im.path])).toMatchObject({ status: 0, stdout: ref.stdout });
+  });
+
   test('no region: rc 1 from both', () => {
     expect(runOracle('thin_rmap', [img.path]).status).toBe(1);
     const ours = runCli(['rmap', img.path]);
