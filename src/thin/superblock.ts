@@ -89,7 +89,7 @@ export function parseSuperblock(block: Block): Superblock {
   }
   const dataBlockSize = d.readUInt32LE(0x150);
   if (dataBlockSize < 128 || dataBlockSize > 2097152 || dataBlockSize % 128 !== 0) {
-    throw new MetadataError('block-size', `${where}: bad data block size ${dataBlockSize} sectors`, { block: block.nr });
+    throw new MetadataError('block-size', `${where}: bad data block size ${dataBlockSize} sectors (the kernel takes 128 to 2097152, a multiple of 128): damaged, or not made by the kernel`, { block: block.nr });
   }
   const incompatFlags = d.readUInt32LE(0x168);
   if (incompatFlags & ~KNOWN_INCOMPAT) {
