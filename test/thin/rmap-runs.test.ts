@@ -75,8 +75,8 @@ function killer(n: number): number[] {
 }
 
 /** The input indices in the order rmap's runs come out (the index rides in the device field). */
-async function rmapOrder(keys: number[], runsInMemory: number): Promise<{ order: number[]; spilled: boolean; virtOk: boolean }> /* virtOk: every record came back whole */ {
-  const runs = new RmapRuns(runsInMemory);
+async function rmapOrder(keys: number[], runsInMemory: number, heapInMemory?: number): Promise<{ order: number[]; spilled: boolean; virtOk: boolean }> /* virtOk: every record came back whole */ {
+  const runs = new RmapRuns(runsInMemory, undefined, heapInMemory);
   keys.forEach((k, i) => runs.push(k, 1, i, i % 3 === 0 ? 2n ** 63n + BigInt(i) : i * 7));
   const spilled = runs.spilled;
   const order: number[] = [];
@@ -115,15 +115,38 @@ describe('rmap sorts runs as std::sort does, in memory and spilled to a file', (
     ['reversed', Array.from({ length: 3000 }, (_, i) => 3000 - i)],
     ['all equal', Array.from({ length: 2000 }, () => 5)],
     ['one run', [7]],
+    // An origin's runs, then its snapshot's: std::sort falls back to heapsort on many segments, ties in each.
+    ['two sorted copies of the same keys', [...Array.from({ length: 5000 }, (_, i) => i), ...Array.from({ length: 5000 }, (_, i) => i)]],
+    ['two sorted sequences interleaving', [...Array.from({ length: 5000 }, (_, i) => 2 * i), ...Array.from({ length: 5000 }, (_, i) => 2 * i + 1)]],
   ];
 
   test.each(cases)('%s', async (_what, keys) => {
     const want = stdSort(keys);
-    for (const bound of [1 << 16, 16, 100, 1000]) {
-      const got = await rmapOrder(keys, bound);
+    // heapInMemory = bound: a segment left to heapsort above the bound is sorted over the file.
+    for (const [bound, heapInMemory] of [[1 << 16], [16], [100], [1000], [16, 16], [100, 100], [1000, 1000]]) {
+      const got = await rmapOrder(keys, bound, heapInMemory);
       expect(got.spilled).toBe(keys.length > bound);
       expect(got.virtOk).toBe(true);
       expect(got.order).toEqual(want);
+    }
+  });
+
+  test('two sorted copies drive heapsort over segments above the bound: in memory, or over the file when told', async () => {
+    const keys = [...Array.from({ length: 5000 }, (_, i) => i), ...Array.from({ length: 5000 }, (_, i) => i)];
+    const proto = RmapRuns.prototype as unknown as { heapSort: (a: number, b: number) => void; heapSortInMemory: (a: number, b: number) => unknown };
+    const overFile = jest.spyOn(proto, 'heapSort');
+    const inMemory = jest.spyOn(proto, 'heapSortInMemory');
+    try {
+      await rmapOrder(keys, 64);
+      // Up to 2 * 64 in memory, longer ones over the file.
+      expect([overFile.mock.calls.every(([a, b]) => b - a > 128), inMemory.mock.calls.some(([a, b]) => b - a > 64)]).toEqual([true, true]);
+      overFile.mockClear();
+      inMemory.mockClear();
+      await rmapOrder(keys, 64, 64);
+      expect([overFile.mock.calls.some(([a, b]) => b - a > 64), inMemory.mock.calls.length]).toEqual([true, 0]);
+    } finally {
+      overFile.mockRestore();
+      inMemory.mockRestore();
     }
   });
 
@@ -134,7 +157,10 @@ describe('rmap sorts runs as std::sort does, in memory and spilled to a file', (
     expect(want.map((i) => keys[i])).toEqual(Array.from({ length: 20000 }, (_, i) => i));
     // The heapsort fallback must run over the file (a segment above the bound) for this to test it.
     const heapSort = jest.spyOn(RmapRuns.prototype as unknown as { heapSort: (a: number, b: number) => void }, 'heapSort');
-    for (const bound of [64, 5000, 1 << 16]) expect((await rmapOrder(keys, bound)).order).toEqual(want);
+    for (const bound of [64, 5000, 1 << 16]) {
+      expect((await rmapOrder(keys, bound)).order).toEqual(want);
+      expect((await rmapOrder(keys, bound, bound)).order).toEqual(want);
+    }
     expect(heapSort.mock.calls.some(([a, b]) => b - a > 5000)).toBe(true);
     heapSort.mockRestore();
   }, 60_000);
