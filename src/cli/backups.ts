@@ -149,7 +149,7 @@ export function register(program: Command, ctx: () => CliContext): void {
       if (o.json) print(toJson(r) + '\n');
       else {
         for (const id of r.deleted) print(`${o.dryRun ? 'would delete' : 'deleted'} ${id}\n`);
-        print(`kept ${r.kept.length} backups, ${o.dryRun ? 'would delete' : 'deleted'} ${r.deleted.length}; ${r.deletedChunks} chunks (${r.freedBytes} bytes) freed\n`);
+        print(`kept ${r.kept.length} backups, ${o.dryRun ? 'would delete' : 'deleted'} ${r.deleted.length}; ${r.deletedChunks} chunks (${r.freedBytes} bytes) freed${r.deletedTemporary ? `, ${r.deletedTemporary} temporary files of interrupted writes removed` : ''}\n`);
       }
     });
 }

@@ -44,6 +44,8 @@ export interface PruneResult {
   deletedChunks: number;
   /** Stored bytes it freed. */
   freedBytes: number;
+  /** Temporary files of interrupted writes it removed (local repositories; 0 with dryRun). */
+  deletedTemporary: number;
 }
 
 function count(name: string, v: number | undefined): number {
@@ -98,7 +100,7 @@ export async function prune(opts: PruneOptions): Promise<PruneResult> {
     const keep = selectKept(all, opts);
     const deleted = all.filter((b) => !keep.has(b.id)).map((b) => b.id);
     const kept = all.filter((b) => keep.has(b.id)).map((b) => b.id);
-    if (opts.dryRun) return { kept, deleted, deletedChunks: 0, freedBytes: 0 };
+    if (opts.dryRun) return { kept, deleted, deletedChunks: 0, freedBytes: 0, deletedTemporary: 0 };
     if (deleted.length > 0) await repo.deleteBackups(deleted, { signal: opts.signal });
     let gc;
     try {
@@ -108,7 +110,7 @@ export async function prune(opts: PruneOptions): Promise<PruneResult> {
       if (e instanceof RepoError && deleted.length > 0) e.message += `; the ${deleted.length} backups were deleted, their chunks are collected by the next prune`;
       throw e;
     }
-    return { kept, deleted, deletedChunks: gc.deletedChunks, freedBytes: gc.freedBytes };
+    return { kept, deleted, deletedChunks: gc.deletedChunks, freedBytes: gc.freedBytes, deletedTemporary: gc.deletedTemporary };
   } finally {
     if (owned) await repo.close();
   }

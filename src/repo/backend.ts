@@ -53,6 +53,13 @@ export interface PutOptions extends BackendCallOptions {
 export interface Backend extends AsyncDisposable {
   /** For messages: the directory path or `s3://bucket/prefix`. */
   readonly location: string;
+  /**
+   * Local directories only: removes the temporary files of writes that never
+   * completed (a writer killed mid-put), older than `olderThanMs`, outside
+   * the top-level folders named in `except`; resolves to how many. Garbage
+   * collection calls it under the exclusive lock.
+   */
+  sweepTemporary?(olderThanMs: number, opts?: { except?: readonly string[] }): Promise<number>;
   /** Stores an object. A body stream is consumed once and never buffered whole (S3: multipart above a part size). Resolves true when written, false when `ifAbsent` found the key. */
   put(key: string, body: Uint8Array | AsyncIterable<Uint8Array>, opts?: PutOptions): Promise<boolean>;
   /** The whole object (for objects known to be small: chunks, configs, locks). */

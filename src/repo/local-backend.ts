@@ -309,12 +309,15 @@ export class LocalBackend implements Backend {
 
   /**
    * Removes temporary files older than `olderThanMs` left by writers that
-   * crashed mid-put (local directories only; never needed for correctness).
+   * crashed mid-put, outside the top-level folders in `except` (never needed
+   * for correctness: they are never listed).
    */
-  async sweepTemporary(olderThanMs = 24 * 3600 * 1000): Promise<number> {
+  async sweepTemporary(olderThanMs = 24 * 3600 * 1000, opts: { except?: readonly string[] } = {}): Promise<number> {
     let n = 0;
     const now = Date.now();
+    const skip = new Set((opts.except ?? []).map((d) => join(this.root, d)));
     const visit = async (dirPath: string): Promise<void> => {
+      if (skip.has(dirPath)) return;
       let dir;
       try {
         dir = await opendir(dirPath);

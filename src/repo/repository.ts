@@ -167,6 +167,8 @@ export interface GarbageReport {
   deletedChunks: number;
   /** Their stored size in bytes. */
   freedBytes: number;
+  /** Temporary files of interrupted writes removed (local repositories). */
+  deletedTemporary: number;
 }
 
 const MAX_PROBLEMS = 100_000;
@@ -605,7 +607,12 @@ export class Repository implements AsyncDisposable {
         if (batch.length >= DELETE_BATCH) await flush();
       }
       if (batch.length) await flush();
-      return { deletedChunks, freedBytes };
+      // A killed writer's temporary files (local directories): no backup runs
+      // under this lock, so every one is dead, except in locks/, which other
+      // processes write to take or test a lock.
+      lock.check();
+      const deletedTemporary = (await this.backend.sweepTemporary?.(0, { except: ['locks'] })) ?? 0;
+      return { deletedChunks, freedBytes, deletedTemporary };
     } finally {
       await lock.release();
     }

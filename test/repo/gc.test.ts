@@ -5,8 +5,8 @@
  * backup, index and offset of missing and damaged chunks.
  */
 import { createHash } from 'node:crypto';
-import { existsSync, readFileSync, readdirSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import fc from 'fast-check';
 import { Repository } from '../../src/repo/repository';
 import { scratchDir } from './scratch';
@@ -170,6 +170,26 @@ describe('journals and resume', () => {
     const y = await repo.beginBackup('young');
     expect([...y.resumedIds]).toEqual([sha(content(2))]);
     await y[Symbol.asyncDispose]();
+  });
+
+  it("removes a killed writer's temporary files, however young, except in locks/", async () => {
+    const loc = join(dir, 'r');
+    await using repo = await Repository.create(loc);
+    const s = await repo.beginBackup('v');
+    await s.putChunk(content(1));
+    await s[Symbol.asyncDispose]();
+    const id = sha(content(1));
+    const chunkDir = join(loc, 'chunks', id.slice(0, 2));
+    // What a SIGKILL mid-put leaves: the temporary file of a chunk, of a map, and of a lock being taken.
+    const dead = [join(chunkDir, `${sha(content(2))}~tmp~1234-abcd`), join(loc, 'maps', 'x~tmp~1234-abce')];
+    const lockTemp = join(loc, 'locks', 'y~tmp~1234-abcf');
+    for (const f of [...dead, lockTemp]) {
+      mkdirSync(dirname(f), { recursive: true });
+      writeFileSync(f, 'partial');
+    }
+    expect(await repo.collectGarbage()).toEqual({ deletedChunks: 0, freedBytes: 0, deletedTemporary: 2 });
+    expect([...dead, lockTemp].map(existsSync)).toEqual([false, false, true]);
+    expect(readdirSync(chunkDir)).toEqual([id]);
   });
 
   it("another volume's journal and a live session's journal are not resumed", async () => {

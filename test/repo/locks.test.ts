@@ -48,7 +48,7 @@ describe('locks', () => {
     await s[Symbol.asyncDispose]();
     expect(lockFiles()).toHaveLength(0);
     // The interrupted session's journal protects its chunk.
-    expect(await repo.collectGarbage()).toEqual({ deletedChunks: 0, freedBytes: 0 });
+    expect(await repo.collectGarbage()).toEqual({ deletedChunks: 0, freedBytes: 0, deletedTemporary: 0 });
     expect(lockFiles()).toHaveLength(0);
   });
 
@@ -79,7 +79,7 @@ describe('locks', () => {
     // A live lock of another host is respected until it is stale.
     await expect(repo.collectGarbage()).rejects.toMatchObject({ reason: 'locked' });
     plantLock('fresh-other-host', { kind: 'shared', refreshedMs: Date.now() - 31 * 60_000 }); // its host stopped refreshing it
-    await expect(repo.collectGarbage()).resolves.toEqual({ deletedChunks: 0, freedBytes: 0 });
+    await expect(repo.collectGarbage()).resolves.toEqual({ deletedChunks: 0, freedBytes: 0, deletedTemporary: 0 });
     expect(lockFiles()).toEqual([]);
   });
 
