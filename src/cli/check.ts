@@ -132,8 +132,11 @@ export function register(program: Command, ctx: () => CliContext): void {
         bar.stop();
       }
       const failed = thinCheck().reportFails(report, o.ignoreNonFatalErrors);
-      if (o.json) await writeStdout(toJson(reportJson(report)) + '\n');
-      else if (!o.quiet) await writeStdout(report.problems.map((p) => problemLine(p) + '\n').join('') + summary(report, why));
+      // -q means nothing printed, also with --json (thin_check -q: only the exit status tells).
+      if (o.quiet) {
+        /* nothing */
+      } else if (o.json) await writeStdout(toJson(reportJson(report)) + '\n');
+      else await writeStdout(report.problems.map((p) => problemLine(p) + '\n').join('') + summary(report, why));
       if (failed) {
         c.exitStatus = 1;
         if (!o.quiet) {

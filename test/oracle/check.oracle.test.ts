@@ -71,13 +71,15 @@ const VERDICT: Record<CorruptionKind, { kind: string; fatal: boolean }> = {
 
 const FIXTURES = ['basic', 'range-merge', 'deep-tree', 'snapshots', 'shared-subtree', 'many-devices', 'metadata-snap-diverged'];
 
-function run(cmd: string, args: string[]): Promise<{ status: number | null; stdout: string }> {
+function run(cmd: string, args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'ignore'] });
+    const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
+    let stderr = '';
     p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     p.on('error', reject);
-    p.on('close', (status) => resolve({ status, stdout }));
+    p.on('close', (status) => resolve({ status, stdout, stderr }));
   });
 }
 
@@ -166,6 +168,26 @@ describeOracle('dmthin check vs thin_check 0.9.0', () => {
     expect(o.kinds).toEqual([]);
     tally.cases += 2;
     tally.agree += 2;
+  });
+
+  test('-q prints nothing, also with --json; only the exit status tells (thin_check -q: nothing on stdout)', async () => {
+    const clean = fixtureImage('basic');
+    const bad = Buffer.from(clean);
+    bad[4096 + 100] ^= 0xff; // block 1's checksum no longer matches
+    for (const [img, want] of [[clean, 0], [bad, 1]] as const) {
+      const path = join(dir, `quiet-${want}.bin`);
+      writeFileSync(path, img);
+      try {
+        const ref = await run(oraclePath('thin_check')!, ['-q', path]);
+        expect([ref.status, ref.stdout]).toEqual([want, '']); // (0.9.0 still prints an open failure on stderr)
+        for (const args of [['-q'], ['-q', '--json'], ['--json', '-q']]) {
+          const o = await run(process.execPath, [CLI, 'check', ...args, path]);
+          expect([args, o.status, o.stdout, o.stderr]).toEqual([args, want, '', '']);
+        }
+      } finally {
+        rmSync(path);
+      }
+    }
   });
 
   // The kernel formats metadata with an empty data space map and grows it at
