@@ -71,9 +71,10 @@ export async function openMetadataSource(arg: string, o: MetadataSnapOpts, ctx: 
   try {
     pool = await openPool(arg);
   } catch (e) {
-    // A path-like name that is neither a file nor a pool (none found, or no device-mapper to ask): say both.
+    // A name that is neither a file nor a pool (none found, or no device-mapper to ask): say both,
+    // a mistyped file name included.
     const found = e instanceof NameLookupError && e.reason !== 'not-found';
-    if (e instanceof DmthinError && !found && arg.includes('/')) e.message = `${arg}: no such file, and ${e.message}`;
+    if (e instanceof DmthinError && !found) e.message = `${arg}: no such file, and ${e.message}`;
     throw e;
   }
   // Someone else's snapshot is used and left held; otherwise one is reserved until the command ends.

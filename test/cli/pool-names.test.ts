@@ -19,6 +19,12 @@ test('a VG/LV-shaped path that is no file: with -m, read as a pool name, and the
   expect(err).toMatch(/^dmthin dump: no-such-dir\/no-such-file: no such file, and /);
 });
 
+test('a bare name that is no file (a mistyped file name, or a dm name): the error says no such file too', () => {
+  for (const args of [['check', 'pool.bn'], ['dump', '-m', 'meta.img']]) {
+    expect(oneLine(runCli(args))).toMatch(new RegExp(`^dmthin ${args[0]}: ${args[args.length - 1].replace('.', '\\.')}: no such file, and `));
+  }
+});
+
 test('without -m, a pool name is refused as a file that does not exist, pointing at -m', () => {
   const err = oneLine(runCli(['ls', 'no-such-vg/no-such-lv']));
   expect(err).toBe('dmthin ls: no-such-vg/no-such-lv: no such file (a live pool can be read by name only through its metadata snapshot, -m) [ENOENT]\n');
