@@ -10,10 +10,11 @@
  * before its first write, and one receive at a time may write a target
  * (stream/receive/lock.ts).
  */
-import { open, type FileHandle } from 'node:fs/promises';
+import { open, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
 import { Writable, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { AbortError, DmthinError, StreamError, throwIfAborted } from '../errors';
+import { AbortError, DmthinError, StreamError, SystemCallError, throwIfAborted } from '../errors';
 import { applyStream, type ApplyChunks } from '../stream/receive/apply';
 import { BlockWriter } from '../native/block-writer';
 import { fileChunks } from '../stream/receive/file-chunks';
@@ -98,6 +99,20 @@ export interface ReceiveResult {
   resizedFrom?: number;
 }
 
+/** Refuses `path` when its directory does not exist (ENOENT) or is no directory (ENOTDIR). */
+async function needDirectory(path: string, what: string): Promise<void> {
+  const dir = dirname(resolve(path));
+  const st = await stat(dir).catch(() => null);
+  if (st?.isDirectory()) return;
+  const code = st ? 'ENOTDIR' : 'ENOENT';
+  throw new DmthinError(code, `the directory ${dir} of ${what} ${st ? 'is not a directory' : 'does not exist'}: create it first (receive makes files, not directories)`, { path: dir, syscall: 'stat' });
+}
+
+/** A failed system call (the writer's SystemCallError, or Node's own errno error), not a refusal or an abort. */
+function isSystemError(e: unknown): e is NodeJS.ErrnoException {
+  return e instanceof SystemCallError || (!(e instanceof DmthinError) && typeof (e as NodeJS.ErrnoException)?.code === 'string' && typeof (e as NodeJS.ErrnoException).syscall === 'string');
+}
+
 /** One receive's view of its target: checks before, apply after verification. */
 class Receiver {
   private writer?: BlockWriter;
@@ -122,6 +137,9 @@ class Receiver {
       { path: o.target, role: 'the target' },
       { path: inputPath, role: 'the input stream' },
     ]);
+    // Directories named by the caller are not made up: a mistyped path would grow a tree (only the default state directory is made).
+    if (!info.exists && o.create) await needDirectory(o.target, 'the target');
+    if (o.stateFile !== undefined) await needDirectory(o.stateFile, 'the state file');
     // A missing target that may not be created is refused on the header: nothing to lock (and no lock file to leave).
     const lock = !info.exists && !o.create ? ReceiveLock.none(o.target) : ReceiveLock.acquire(o.target, stateFile, info.exists && !info.blockDevice);
     const r = new Receiver(o, info, stateFile, lock);
@@ -175,6 +193,9 @@ class Receiver {
       this.writer = await BlockWriter.open(this.o.target, { direct: this.o.direct, create: true });
       created = this.writer.info.created;
       if (!this.writer.info.blockDevice) this.lock.lockTarget();
+      // A file made here is sized before anything is recorded: where the filesystem
+      // cannot hold it (EFBIG, ENOSPC) it is removed again and nothing is left.
+      if (created && this.writer.size < header.deviceSize) await this.sizeCreated(header.deviceSize);
     }
     const writer = this.writer;
     const before = await readState(this.stateFile);
@@ -210,10 +231,12 @@ class Receiver {
         buffers,
       });
       await begin(); // a stream with nothing to write still sizes the target
+      await writer.fsync();
+    } catch (e) {
+      throw started ? this.partlyWritten(e) : e;
     } finally {
       zero.close();
     }
-    await writer.fsync();
     await writeState(this.stateFile, { ...state, current: entry, pending: null });
     return {
       header,
@@ -228,6 +251,37 @@ class Receiver {
       zeroing: { ...zero.used },
       ...(baseSize !== undefined ? { resizedFrom: baseSize } : {}),
     };
+  }
+
+  /** Grows the file this receive created to `size`; on failure removes it (nothing was recorded yet). */
+  private async sizeCreated(size: number): Promise<void> {
+    try {
+      await this.writer!.extend(size);
+    } catch (e) {
+      this.writer!.close();
+      this.writer = undefined;
+      await unlink(this.o.target).catch(() => undefined);
+      const x = e as NodeJS.ErrnoException;
+      if (!isSystemError(e)) throw e;
+      const why = x.code === 'EFBIG' ? 'its filesystem does not take a file that large' : x.code === 'ENOSPC' || x.code === 'EDQUOT' ? 'its filesystem has no room for it' : x.message;
+      throw new SystemCallError(x.code ?? 'EIO', `cannot make the target ${this.o.target} ${size} bytes, the stream's device size: ${why}; nothing was written and the file this receive created was removed`, {
+        syscall: x.syscall,
+        path: this.o.target,
+        cause: e,
+      });
+    }
+  }
+
+  /** A system error once the target started to change: say what state it is left in and what to do. */
+  private partlyWritten(e: unknown): unknown {
+    const x = e as NodeJS.ErrnoException;
+    if (!isSystemError(e)) return e;
+    const fix = x.code === 'ENOSPC' || x.code === 'EDQUOT' ? 'make room' : 'fix the cause';
+    return new SystemCallError(x.code ?? 'EIO', `writing the target ${this.o.target} failed (${x.message}); it is partly written, and ${this.stateFile} records this receive as pending: ${fix}, then run the same receive again`, {
+      syscall: x.syscall,
+      path: this.o.target,
+      cause: e,
+    });
   }
 
   async close(): Promise<void> {

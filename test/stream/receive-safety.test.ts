@@ -7,9 +7,10 @@
  * SIGKILL), and a stream file verified and applied through one descriptor.
  */
 import { spawn } from 'node:child_process';
-import { copyFileSync, mkdirSync, readFileSync, renameSync, symlinkSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, symlinkSync, writeFileSync } from 'node:fs';
 import { Readable } from 'node:stream';
-import { DmthinError, StreamError } from '../../src/errors';
+import { DmthinError, StreamError, SystemCallError } from '../../src/errors';
+import { BlockWriter } from '../../src/native/block-writer';
 import { receive, receiveStream } from '../../src/ops/receive';
 import { sendStream } from '../../src/stream/send/send-stream';
 import { ThinMetadata } from '../../src/thin/metadata';
@@ -273,5 +274,49 @@ describe('receive state', () => {
     expect(swapped).toBe(true);
     expect(r.header.target.devId).toBe(2);
     expect(sha256File(t)).toBe(await expectedSha(md, 2, SIZE));
+  });
+
+  test('a created target the filesystem cannot size (EFBIG) is removed again: nothing written, no state, one typed error', async () => {
+    const t = s.path('efbig.target');
+    const extend = jest.spyOn(BlockWriter.prototype, 'extend').mockRejectedValue(new SystemCallError('EFBIG', "EFBIG: File too large, ftruncate 'x'", { syscall: 'ftruncate' }));
+    try {
+      const e = await receive({ target: t, create: true, input: Readable.from([streams.full1]) }).catch((x: unknown) => x);
+      expect(e).toBeInstanceOf(SystemCallError);
+      expect(e).toMatchObject({ code: 'EFBIG', path: t });
+      expect((e as Error).message).toMatch(/^cannot make the target .* bytes, the stream's device size: its filesystem does not take a file that large; nothing was written and the file this receive created was removed$/);
+    } finally {
+      extend.mockRestore();
+    }
+    expect([existsSync(t), existsSync(`${t}.dmthin-state.json`)]).toEqual([false, false]);
+  });
+
+  test('a system error once the target is being written says it is partly written, pending, and what to do', async () => {
+    const t = await dev1Target();
+    const fsync = jest.spyOn(BlockWriter.prototype, 'fsync').mockRejectedValue(new SystemCallError('ENOSPC', 'ENOSPC: no space left on device, fsync', { syscall: 'fsync' }));
+    let e: unknown;
+    try {
+      e = await receive({ target: t, input: Readable.from([streams.inc2from1]) }).catch((x: unknown) => x);
+    } finally {
+      fsync.mockRestore();
+    }
+    expect(e).toMatchObject({ code: 'ENOSPC', path: t, syscall: 'fsync' });
+    expect((e as Error).message).toBe(
+      `writing the target ${t} failed (ENOSPC: no space left on device, fsync); it is partly written, and ${t}.dmthin-state.json records this receive as pending: make room, then run the same receive again`,
+    );
+    expect(JSON.parse(readFileSync(`${t}.dmthin-state.json`, 'utf8')).pending).not.toBeNull();
+    // As it says: the same receive again completes.
+    await receive({ target: t, input: Readable.from([streams.inc2from1]) });
+    expect(JSON.parse(readFileSync(`${t}.dmthin-state.json`, 'utf8')).pending).toBeNull();
+  });
+
+  test('missing directories are not made: the target\'s (with create) and an explicit state file\'s', () => {
+    const missing = s.path('no-such-dir');
+    const stream = s.path('dirs.stream');
+    writeFileSync(stream, streams.full1);
+    const a = runCli(['receive', '--target', `${missing}/t.img`, '--create', '-i', stream, '-q']);
+    expect([a.status, a.stderr]).toEqual([1, `dmthin receive: the directory ${missing} of the target does not exist: create it first (receive makes files, not directories) [ENOENT]\n`]);
+    const b = runCli(['receive', '--target', s.path('dirs.target'), '--create', '--state', `${missing}/s.json`, '-i', stream, '-q']);
+    expect([b.status, b.stderr]).toEqual([1, `dmthin receive: the directory ${missing} of the state file does not exist: create it first (receive makes files, not directories) [ENOENT]\n`]);
+    expect([existsSync(missing), existsSync(s.path('dirs.target'))]).toEqual([false, false]);
   });
 });
