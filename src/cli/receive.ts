@@ -72,7 +72,7 @@ export function register(program: Command, ctx: () => CliContext): void {
         if (o.json) process.stdout.write(toJson({ ...r, resizedFrom: r.resizedFrom ?? null }) + '\n');
       } catch (e) {
         // The library names its options; a command-line user needs the flags.
-        if (e instanceof DmthinError) e.message = e.message.replace(/option (force|resized|create)\b/g, '--$1');
+        if (e instanceof DmthinError) e.message = e.message.replace(/option (force|resized|create)\b/g, '--$1').replace(/\bspool dir\b/g, '--spool-dir');
         throw e;
       } finally {
         bar.stop();

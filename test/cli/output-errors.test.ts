@@ -10,6 +10,7 @@
  * `--help` and `--version` take here, and stdout-guard.test.ts covers it
  * directly.
  */
+import { spawnSync } from 'node:child_process';
 import { closeSync, existsSync, openSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
@@ -26,7 +27,7 @@ import {
 } from './output-helpers';
 import { scratch } from '../stream/helpers';
 import { itOracle, runOracle } from '../helpers/fixtures';
-import { runCli } from './run-cli';
+import { CLI, runCli } from './run-cli';
 
 let i: Inputs;
 beforeAll(async () => {
@@ -138,6 +139,19 @@ describe('a full filesystem (64 KiB tmpfs)', () => {
       expect(readFileSync(out, 'utf8')).toBe('the previous backup\n');
       expect(statSync(out).mode & 0o777).toBe(0o640);
       expect(small!.files()).toEqual(['filler', 'old.out']);
+    });
+
+    t("receive from a pipe, spooled there (--spool-dir): exit 1, one line naming the folder and --spool-dir; no target made", () => {
+      small!.reset();
+      small!.fill(8192);
+      const target = i.s.path('spool-full.target');
+      const r = spawnSync('sh', ['-c', 'cat "$1" | "$2" "$3" receive --target "$4" --create --spool-dir "$5" -q', 'sh', i.stream, process.execPath, CLI, target, small!.dir], { encoding: 'utf8' });
+      expect(r.status).toBe(1);
+      expectOneErrorLine(r.stderr, 'ENOSPC');
+      expect(r.stderr).toContain(`cannot write the stream's spool file in ${small!.dir} (`);
+      expect(r.stderr).toContain('point --spool-dir (or TMPDIR) at a filesystem with room; the target was not touched');
+      expect(existsSync(target)).toBe(false);
+      expect(small!.files()).toEqual(['filler']);
     });
 
     // Without the tmpfs, gateMount above has warned (or failed); without the reference tools, itOracle does.

@@ -8,7 +8,7 @@
 import { mkdtempSync, rmdirSync, rmSync, unlinkSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { DmthinError } from '../../errors';
 import { fileChunks } from './file-chunks';
 
@@ -53,9 +53,17 @@ export class Spool {
   async write(chunk: Buffer): Promise<void> {
     if (!this.fh || !this.writing) throw new DmthinError('EBADF', 'spool is closed for writing', { path: this.path });
     let done = 0;
-    while (done < chunk.length) {
-      const { bytesWritten } = await this.fh.write(chunk, done, chunk.length - done, this.bytes + done);
-      done += bytesWritten;
+    try {
+      while (done < chunk.length) {
+        const { bytesWritten } = await this.fh.write(chunk, done, chunk.length - done, this.bytes + done);
+        done += bytesWritten;
+      }
+    } catch (e) {
+      // The spool's folder, named: the user chose it (spool dir) or TMPDIR did, and the fix is there.
+      const err = e as NodeJS.ErrnoException;
+      const dir = dirname(dirname(this.path));
+      const room = err.code === 'ENOSPC' || err.code === 'EDQUOT' ? ': the stream is spooled whole before it is applied; make room there or point spool dir (or TMPDIR) at a filesystem with room' : '';
+      throw new DmthinError(err.code ?? 'EIO', `cannot write the stream's spool file in ${dir} (${err.message})${room}; the target was not touched`, { path: dir, syscall: err.syscall, cause: e });
     }
     this.bytes += chunk.length;
   }
