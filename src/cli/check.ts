@@ -10,7 +10,7 @@ import { CliContext, print } from './common';
 import { Progress, stderrIsTTY } from './progress';
 import { toJson } from './json';
 import { MetadataSnapOpts, namesPool, openMetadata } from './metadata-source';
-import { writeStdout } from './output';
+import { refuseStdoutOverInputs, writeStdout } from './output';
 
 interface CheckCliOpts extends MetadataSnapOpts {
   quiet?: boolean;
@@ -95,6 +95,7 @@ export function register(program: Command, ctx: () => CliContext): void {
     .option('--json', 'print the report as one JSON object')
     .action(async (metadata: string, o: CheckCliOpts) => {
       const c = ctx();
+      refuseStdoutOverInputs([{ path: metadata, role: 'the metadata input' }]);
       const viaPool = await namesPool(metadata);
       // A live pool can only be read through a metadata snapshot.
       const src: MetadataSnapOpts = viaPool && !o.metadataSnap && o.metadataSnapBlock === undefined ? { ...o, metadataSnap: true } : o;

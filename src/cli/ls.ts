@@ -4,6 +4,7 @@ import { DEFAULT_LS_FIELDS, LS_FIELDS, needsMappings, parseLsFields } from '../t
 import { CliContext, stdout } from './common';
 import { Progress, stderrIsTTY } from './progress';
 import { checkMetadataSpaceMapIndex, MetadataSnapOpts, openMetadata } from './metadata-source';
+import { refuseStdoutOverInputs } from './output';
 
 interface LsCliOpts extends MetadataSnapOpts {
   format?: string;
@@ -28,6 +29,7 @@ export function register(program: Command, ctx: () => CliContext): void {
       const fields = o.format !== undefined ? parseLsFields(o.format) : [...DEFAULT_LS_FIELDS];
       // The table and usage code loads when the command runs, not when it is registered (--help lists every command).
       const { exclusiveUsage, writeDetailsTable, writeLsJson } = require('../thin/ls') as typeof import('../thin/ls');
+      refuseStdoutOverInputs([{ path: metadata, role: 'the metadata input' }]);
       const md = await openMetadata(metadata, o, c);
       c.onCleanup(() => md.close());
       await checkMetadataSpaceMapIndex(md, o);

@@ -4,6 +4,8 @@
  * FILE only once complete and fsynced (output/file.ts). FILE must not
  * be one of the command's inputs.
  */
+import { fstatSync, statSync } from 'node:fs';
+import { UsageError } from '../errors';
 import type { NamedInput } from '../output/file';
 import type * as File from '../output/file';
 import { outputError, type SinkTarget } from '../output/sink';
@@ -25,8 +27,30 @@ export interface CommandOutput {
  * does first (e.g. a reader that starts once the metadata snapshot is held).
  */
 export async function checkOutputPath(path: string | undefined, inputs: readonly NamedInput[]): Promise<void> {
-  if (path === undefined || path === '-') return;
+  if (path === undefined || path === '-') return refuseStdoutOverInputs(inputs);
   await file().refuseOutputOverInputs(path, 'the output file', inputs);
+}
+
+/**
+ * Refuses a stdout that is one of the inputs (`dmthin dump img 1<>img`, or
+ * `>> img`): the first output chunk would overwrite the metadata being read.
+ * The same file (device and inode) or, for block devices, the same device.
+ */
+export function refuseStdoutOverInputs(inputs: readonly NamedInput[]): void {
+  let out;
+  try {
+    out = fstatSync(1);
+  } catch {
+    return; // no stdout: nothing is written anywhere
+  }
+  if (!out.isFile() && !out.isBlockDevice()) return;
+  for (const i of inputs) {
+    if (i.path === undefined) continue;
+    const st = statSync(i.path, { throwIfNoEntry: false });
+    if (!st) continue;
+    const same = out.isBlockDevice() ? st.isBlockDevice() && st.rdev === out.rdev : st.dev === out.dev && st.ino === out.ino;
+    if (same) throw new UsageError(`stdout is ${i.role} ${i.path}: writing there would destroy it; send stdout elsewhere`, { path: i.path });
+  }
 }
 
 export async function commandOutput(path: string | undefined, c: CliContext, inputs: readonly NamedInput[]): Promise<CommandOutput> {

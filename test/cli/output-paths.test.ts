@@ -6,7 +6,7 @@
  * FILE as it was, and the rerun removes the killed run's temporary file.
  */
 import { spawn } from 'node:child_process';
-import { linkSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { closeSync, linkSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CLI, runCli } from './run-cli';
 import { makeInputs, SIZE, type Inputs } from './output-helpers';
@@ -81,6 +81,31 @@ test('receive --state naming the file on stdin is refused', async () => {
   expect(r.status).toBe(1);
   expect(r.stderr).toMatch(/is the input stream/);
   expect(sha256File(i.stream)).toBe(before);
+});
+
+describe('stdout that is the metadata input (1<>METADATA, >> METADATA) is refused before anything is written', () => {
+  const stdoutCases: [string, (m: string) => string[]][] = [
+    ['dump', (m) => ['dump', m]],
+    ['ls', (m) => ['ls', m]],
+    ['check', (m) => ['check', m]],
+    ['delta', (m) => ['delta', '--snap1', '1', '--snap2', '2', m]],
+    ['rmap', (m) => ['rmap', '--region', '0..1000', m]],
+  ];
+  test.each(stdoutCases)('%s', async (_name, args) => {
+    const before = sha256File(i.big);
+    for (const [flags, how] of [['r+', 'read-write'], ['a', 'appending']] as const) {
+      const fd = openSync(via('a hard link', i.big), flags);
+      const r = await new Promise<{ status: number | null; stderr: string }>((resolve) => {
+        const p = spawn(process.execPath, [CLI, ...args(i.big)], { stdio: ['ignore', fd, 'pipe'] });
+        let stderr = '';
+        p.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+        p.on('close', (status) => resolve({ status, stderr }));
+      });
+      closeSync(fd);
+      expect([how, r.status, r.stderr]).toEqual([how, 1, `dmthin ${args(i.big)[0]}: stdout is the metadata input ${i.big}: writing there would destroy it; send stdout elsewhere [EINVAL]\n`]);
+      expect(sha256File(i.big)).toBe(before);
+    }
+  });
 });
 
 itOracle('an output path that does not exist yet is fine, also through a dangling symlink (the link target is created)', () => {
