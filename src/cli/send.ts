@@ -14,6 +14,7 @@ import { fdIsTTY, Progress, stderrIsTTY } from './progress';
 import { isThinIdText, snapOption, thinIdArg, type MetadataSnapOpts } from './metadata-source';
 import type { ThinPool as ThinPoolT } from '../pool/thin-pool';
 import { toJson } from './json';
+import { refuseStdoutOverInputs } from './output';
 
 interface SendCliOpts extends MetadataSnapOpts {
   pool?: string;
@@ -80,15 +81,16 @@ export function register(program: Command, ctx: () => CliContext): void {
         p.phase === 'data' ? bar.update(p.dataBlocks, p.totalDataBlocks, 'blocks') : bar.update(p.dataBlocks, undefined, 'blocks scanned');
       // stdout through the CLI's FdWriter (a Writable as far as send uses one: write with a callback, 'error').
       const output = o.output === '-' ? (stdout() as unknown as Writable) : o.output;
+      const inputs = [
+        { path: o.metadata, role: 'the metadata input (--metadata)' },
+        { path: o.data, role: 'the data input (--data)' },
+        { path: o.device, role: 'the thin device input (--device)' },
+      ];
       if (typeof output === 'string') {
         // Refused before the metadata walk (stream() checks again before opening it).
         const { refuseOutputOverInputs } = require('../output/file') as typeof import('../output/file');
-        await refuseOutputOverInputs(output, 'the stream output', [
-          { path: o.metadata, role: 'the metadata input (--metadata)' },
-          { path: o.data, role: 'the data input (--data)' },
-          { path: o.device, role: 'the thin device input (--device)' },
-        ]);
-      }
+        await refuseOutputOverInputs(output, 'the stream output', inputs);
+      } else refuseStdoutOverInputs(inputs);
       let pool: ThinPoolT | undefined;
       if (o.pool !== undefined && (!isThinIdText(o.snap) || (o.base !== undefined && !isThinIdText(o.base)))) {
         pool = await (require('../pool/thin-pool') as { ThinPool: typeof ThinPoolT }).ThinPool.open(o.pool);

@@ -106,6 +106,23 @@ describe('stdout that is the metadata input (1<>METADATA, >> METADATA) is refuse
       expect(sha256File(i.big)).toBe(before);
     }
   });
+
+  test.each([
+    ['--data', () => i.data, 'the data input (--data)'],
+    ['--metadata', () => i.meta, 'the metadata input (--metadata)'],
+  ])('send with stdout on its %s', async (_flag, input, role) => {
+    const before = sha256File(input());
+    const fd = openSync(input(), 'r+');
+    const r = await new Promise<{ status: number | null; stderr: string }>((resolve) => {
+      const p = spawn(process.execPath, [CLI, 'send', '--metadata', i.meta, '--data', i.data, '--snap', '4', '--size', String(SIZE), '-q'], { stdio: ['ignore', fd, 'pipe'] });
+      let stderr = '';
+      p.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+      p.on('close', (status) => resolve({ status, stderr }));
+    });
+    closeSync(fd);
+    expect([r.status, r.stderr]).toEqual([1, `dmthin send: stdout is ${role} ${input()}: writing there would destroy it; send stdout elsewhere [EINVAL]\n`]);
+    expect(sha256File(input())).toBe(before);
+  });
 });
 
 itOracle('an output path that does not exist yet is fine, also through a dangling symlink (the link target is created)', () => {
