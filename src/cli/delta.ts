@@ -47,15 +47,16 @@ export function register(program: Command, ctx: () => CliContext): void {
       } else {
         if (left === undefined) throw new UsageError('--snap1 (or --thin1) is required');
         if (right === undefined) throw new UsageError('--snap2 (or --thin2) is required');
-        // Numbers are checked before anything is opened; LV names need the pool.
-        if (isThinIdText(left)) parseIntArg('--snap1', left, 2 ** 24 - 1);
-        if (isThinIdText(right)) parseIntArg('--snap2', right, 2 ** 24 - 1);
+        // Numbers are checked before anything is opened; LV names need the pool. Any id the
+        // metadata can hold (thin_restore writes ids past the kernel's 24 bits; thin_delta reads them).
+        if (isThinIdText(left)) parseIntArg('--snap1', left);
+        if (isThinIdText(right)) parseIntArg('--snap2', right);
       }
       await checkOutputPath(o.output, [{ path: metadata, role: 'the metadata input' }]);
       const { metadata: md, pool } = await openMetadataSource(metadata, o, c);
       c.onCleanup(() => md.close());
       await checkMetadataSpaceMapIndex(md, o);
-      subject ??= { left: await thinIdArg('--snap1', left!, pool), right: await thinIdArg('--snap2', right!, pool) };
+      subject ??= { left: await thinIdArg('--snap1', left!, pool, Number.MAX_SAFE_INTEGER), right: await thinIdArg('--snap2', right!, pool, Number.MAX_SAFE_INTEGER) };
       const { out, commit } = await commandOutput(o.output, c, [{ path: metadata, role: 'the metadata input' }]);
       // Loaded when the command runs, not when it is registered (--help lists every command).
       const { writeDelta } = require('../thin/delta-format') as typeof import('../thin/delta-format');

@@ -106,12 +106,14 @@ export function isThinIdText(v: string): boolean {
 
 /**
  * A thin id given as a number or, for a live LVM pool, as an LV name
- * (VG/LV or LV in the pool's VG, looked up with lvs).
+ * (VG/LV or LV in the pool's VG, looked up with lvs). `max`: the kernel's
+ * 24 bits unless the command only reads metadata, which thin_restore can
+ * fill with larger ids.
  */
-export async function thinIdArg(flag: string, v: string, pool: ThinPoolT | undefined): Promise<number> {
-  if (isThinIdText(v)) return parseIntArg(flag, v, 2 ** 24 - 1);
+export async function thinIdArg(flag: string, v: string, pool: ThinPoolT | undefined, max = 2 ** 24 - 1): Promise<number> {
+  if (isThinIdText(v)) return parseIntArg(flag, v, max);
   if (!pool?.lvm) {
-    throw new UsageError(`${flag} must be a thin id (0..16777215)${pool ? '' : ' or, with a live LVM pool, an LV name'}, got '${v}'${pool ? ` (pool ${pool.name} is not LVM's, so it has no LV names)` : ''}`);
+    throw new UsageError(`${flag} must be a thin id (${max === 2 ** 24 - 1 ? '0..16777215' : 'decimal'})${pool ? '' : ' or, with a live LVM pool, an LV name'}, got '${v}'${pool ? ` (pool ${pool.name} is not LVM's, so it has no LV names)` : ''}`);
   }
   return pool.thinId(v);
 }

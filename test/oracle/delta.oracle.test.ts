@@ -3,7 +3,7 @@
  * plain and --verbose, live and through the metadata snapshot; plus the
  * generated 1M-mapping image.
  */
-import { describeOracle, fixtureFile, listFixtures, oraclePath, runOracle, TempFile, largeImage } from '../helpers/fixtures';
+import { describeOracle, fixtureFile, listFixtures, oraclePath, restoreFlat, runOracle, TempFile, largeImage } from '../helpers/fixtures';
 import { hashCli, hashOutput, runCli } from '../cli/run-cli';
 import { ThinMetadata, writeDelta } from '../../src';
 import { Writable } from 'node:stream';
@@ -102,6 +102,33 @@ describeOracle('delta equals thin_delta 0.9.0', () => {
         expect(ours.status).toBe(1);
         expect(ours.stderr).toMatch(new RegExp(`no mapping tree for right device ${gone}.*\\[ENODEV\\]`));
       });
+    }
+  });
+});
+
+describeOracle('delta of devices whose ids are past the kernel\'s 24 bits (thin_restore writes them; thin_delta reads them)', () => {
+  const xml = [
+    '<superblock uuid="" time="1" transaction="7" flags="0" version="2" data_block_size="128" nr_data_blocks="100">',
+    '<device dev_id="4294967295" mapped_blocks="1" transaction="0" creation_time="0" snap_time="0">',
+    '<single_mapping origin_block="5" data_block="1" time="0"/>',
+    '</device>',
+    '<device dev_id="16777216" mapped_blocks="2" transaction="0" creation_time="0" snap_time="0">',
+    '<range_mapping origin_begin="4" data_begin="2" length="2" time="0"/>',
+    '</device>',
+    '</superblock>',
+  ].join('\n');
+  test.each([
+    ['4294967295', '16777216'],
+    ['16777216', '4294967295'],
+    ['4294967295', '4294967295'],
+    ['16777216', '5'],
+  ])('--snap1 %s --snap2 %s: same bytes and exit status', (a, b) => {
+    using img = restoreFlat(xml, 1 << 20, `high-ids-${a}-${b}`);
+    for (const v of [[], ['--verbose']]) {
+      const args = [...v, '--snap1', a, '--snap2', b, img.path];
+      const ref = runOracle('thin_delta', args);
+      const ours = runCli(['delta', ...args]);
+      expect([args, ours.status, ours.stdout]).toEqual([args, ref.status, ref.stdout]);
     }
   });
 });
