@@ -83,6 +83,7 @@ export function register(program: Command, ctx: () => CliContext): void {
       try {
         const r = await backup(opts);
         bar.stop();
+        c.done = `backup ${r.id} of ${r.volume} was committed`;
         if (o.json) process.stdout.write(toJson(r) + '\n');
         else {
           process.stdout.write(

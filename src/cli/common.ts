@@ -120,6 +120,12 @@ export class CliContext {
   private signalled: NodeJS.Signals | undefined;
   /** Exit status of a command that completed but has a verdict to give (check: problems found). */
   exitStatus = 0;
+  /**
+   * What a command has done for good before printing its report (`backup X
+   * was committed`): a failed stdout then says the work stands and only the
+   * report was lost, so nobody runs it again believing it failed.
+   */
+  done: string | undefined;
 
   constructor(readonly command: string) {
     for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {

@@ -69,6 +69,7 @@ export function register(program: Command, ctx: () => CliContext): void {
         };
         const r = pipe !== null ? await receivePipe(pipe, opts) : await receive({ ...opts, input: o.input });
         bar.stop();
+        c.done = `the stream was applied to ${o.target} and recorded in ${r.stateFile}`;
         if (o.json) process.stdout.write(toJson({ ...r, resizedFrom: r.resizedFrom ?? null }) + '\n');
       } catch (e) {
         // The library names its options; a command-line user needs the flags.

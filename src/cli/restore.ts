@@ -61,6 +61,7 @@ export function register(program: Command, ctx: () => CliContext): void {
           onProgress: (p) => bar.update(p.chunks, p.totalChunks, 'chunks'),
         });
         bar.stop();
+        c.done = `backup ${r.backup} was restored onto ${r.target}`;
         if (o.json) print(toJson(r) + '\n');
         else {
           print(

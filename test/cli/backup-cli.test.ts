@@ -5,7 +5,7 @@
  * DMTHIN_REPO_PASSPHRASE. The pool is made by thin_restore (test/ops/backup-fixture.ts).
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { Repository } from '../../src/repo/repository';
 import { CLI } from './run-cli';
 import { scratch, type Scratch } from '../stream/helpers';
@@ -173,6 +173,25 @@ describe('unencrypted repository', () => {
     expect(j.deleted.sort()).toEqual([ids[0], ids[1]].sort());
     expect(JSON.parse(cli(['backups', 'list', '--repo', repo, '--json']).stdout).map((b: { id: string }) => b.id)).toEqual([ids[2]]);
   });
+});
+
+test('a backup whose report cannot be written (stdout /dev/full) says it was committed: exit 1, and the backup is listed', () => {
+  const repo = s.path('full-stdout-repo');
+  expect(cli(['backups', 'init', '--repo', repo]).status).toBe(0);
+  const fd = openSync('/dev/full', 'w');
+  const env = { ...process.env };
+  delete env.DMTHIN_REPO_PASSPHRASE;
+  let r;
+  try {
+    r = spawnSync(process.execPath, [CLI, ...offline(1, repo)], { stdio: ['ignore', fd, 'pipe'], encoding: 'utf8', timeout: 120_000, env });
+  } finally {
+    closeSync(fd);
+  }
+  expect(r.status).toBe(1);
+  const line = oneLine(r.stderr);
+  expect(line).toMatch(/^dmthin backup: cannot write stdout: no space left on device; backup (\S+) of vm1 was committed: only its report was lost \[ENOSPC\]$/);
+  const id = /backup (\S+) of vm1 was committed/.exec(line)![1];
+  expect(JSON.parse(cli(['backups', 'list', '--repo', repo, '--json']).stdout).map((b: { id: string }) => b.id)).toEqual([id]);
 });
 
 describe('encrypted repository', () => {
