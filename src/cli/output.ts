@@ -28,6 +28,7 @@ export interface CommandOutput {
  */
 export async function checkOutputPath(path: string | undefined, inputs: readonly NamedInput[]): Promise<void> {
   if (path === undefined || path === '-') return refuseStdoutOverInputs(inputs);
+  if (path === '') throw new UsageError("-o needs a file name ('-' for stdout)");
   await file().refuseOutputOverInputs(path, 'the output file', inputs);
 }
 

@@ -76,6 +76,7 @@ export function register(program: Command, ctx: () => CliContext): void {
       const formatVersion = formatVersionArg(o.formatVersion);
       if ((o.pool === undefined) === (o.metadata === undefined)) throw new UsageError('give --pool (a live pool) or --metadata (offline images), not both');
       if (o.output === '-' && fdIsTTY(1)) throw new UsageError('refusing to write a binary stream to a terminal (redirect it, or use --output FILE)');
+      if (o.output === '') throw new UsageError("-o needs a file name ('-' for stdout)");
       const bar = new Progress('send', !o.quiet && stderrIsTTY());
       const onProgress: SendOptions['onProgress'] = (p) =>
         p.phase === 'data' ? bar.update(p.dataBlocks, p.totalDataBlocks, 'blocks') : bar.update(p.dataBlocks, undefined, 'blocks scanned');

@@ -56,6 +56,11 @@ describe('usage errors: one line, [EINVAL], exit 1', () => {
     [['message', 'p'], "dmthin message: missing required argument 'sector'; see 'dmthin message --help' [EINVAL]"],
     // delta has no -q, as thin_delta 0.9.0 has none.
     [['delta', '-q', '--snap1', '1', '--snap2', '2', 'x'], "dmthin delta: unknown option '-q'; see 'dmthin delta --help' [EINVAL]"],
+    // An empty -o is no file name (it read as the current directory).
+    [['dump', '-o', '', 'x'], "dmthin dump: -o needs a file name ('-' for stdout) [EINVAL]"],
+    [['delta', '--snap1', '1', '--snap2', '2', '-o', '', 'x'], "dmthin delta: -o needs a file name ('-' for stdout) [EINVAL]"],
+    [['rmap', '--region', '0..1', '-o', '', 'x'], "dmthin rmap: -o needs a file name ('-' for stdout) [EINVAL]"],
+    [['send', '--metadata', 'm', '--data', 'd', '--snap', '1', '--size', '1M', '-o', ''], "dmthin send: -o needs a file name ('-' for stdout) [EINVAL]"],
   ])('dmthin %j', (args, line) => {
     const r = runCli(args);
     expect(r.status).toBe(1);
