@@ -87,7 +87,7 @@ export function register(program: Command, ctx: () => CliContext): void {
     .command('check')
     .description('verify pool metadata: trees, device details and both space maps (a superset of thin_check 0.9.0)')
     .argument('<metadata>', 'metadata device or file, or a live pool (dm name, VG/LV or device node; checked through its metadata snapshot)')
-    .option('-q, --quiet', 'print nothing; only the exit status tells')
+    .option('-q, --quiet', 'print no text, no error line: only the exit status tells (with --json, only the JSON report)')
     .option('--super-block-only', 'check the superblock only')
     .option('--skip-mappings', 'check the device details and top-level trees only (no mapping trees, no space maps)')
     .option('--ignore-non-fatal-errors', 'exit 0 when only non-fatal problems (leaks, overstated counts, hints, mapped_blocks) are found')
@@ -133,11 +133,9 @@ export function register(program: Command, ctx: () => CliContext): void {
         bar.stop();
       }
       const failed = thinCheck().reportFails(report, o.ignoreNonFatalErrors);
-      // -q means nothing printed, also with --json (thin_check -q: only the exit status tells).
-      if (o.quiet) {
-        /* nothing */
-      } else if (o.json) await writeStdout(toJson(reportJson(report)) + '\n');
-      else await writeStdout(report.problems.map((p) => problemLine(p) + '\n').join('') + summary(report, why));
+      // -q prints no text; --json's report is asked for explicitly, so it stays (as with every command's -q --json).
+      if (o.json) await writeStdout(toJson(reportJson(report)) + '\n');
+      else if (!o.quiet) await writeStdout(report.problems.map((p) => problemLine(p) + '\n').join('') + summary(report, why));
       if (failed) {
         c.exitStatus = 1;
         if (!o.quiet) {
