@@ -10,6 +10,7 @@ import { Command, CommanderError } from 'commander';
 import { AbortError, DmthinError, UsageError } from '../errors';
 import { addonLoaded, armExitGuard, exitNow, tuneAllocatorOnLoad } from '../native/binding';
 import { CliContext, errorLine, EXIT_EPIPE, EXIT_FAILURE, finishStdout, guardStdout, isEpipe, print, rewriteMetadataSnapArgs } from './common';
+import { OUTPUT_INCOMPLETE } from '../output/sink';
 import { fdIsTTY } from './progress';
 import { COMMANDS } from './commands';
 
@@ -79,8 +80,8 @@ export async function main(argv: string[]): Promise<number> {
       return EXIT_FAILURE; // a usage error: 1, as the reference tools
     }
     const epipe = isEpipe(e) && !ctx?.wasSignalled();
-    if (ctx?.done && e instanceof DmthinError && e.message.endsWith('; the output is incomplete')) {
-      e.message = `${e.message.slice(0, -'; the output is incomplete'.length)}; ${ctx.done}: only its report was lost`;
+    if (ctx?.done && e instanceof DmthinError && e.message.endsWith(OUTPUT_INCOMPLETE)) {
+      e.message = `${e.message.slice(0, -OUTPUT_INCOMPLETE.length)}; ${ctx.done}: only its report was lost`;
     }
     if (!epipe) process.stderr.write(errorLine(name, ctx?.wasSignalled() ? new AbortError('interrupted') : e) + '\n');
     const status = epipe ? EXIT_EPIPE : ctx ? ctx.exitCodeFor() : EXIT_FAILURE;

@@ -290,6 +290,9 @@ export class OutputSink {
   }
 }
 
+/** How outputError's message ends; the CLI replaces it when the command's work stands (CliContext.done). */
+export const OUTPUT_INCOMPLETE = '; the output is incomplete';
+
 /**
  * A write error as a SystemCallError with Node's code (EPIPE stays EPIPE: the
  * CLI ends quietly on it).
@@ -300,7 +303,7 @@ export function outputError(e: unknown, path?: string): DmthinError {
   const code = typeof x?.code === 'string' && x.code !== '' ? x.code : 'EIO';
   const where = path ?? (typeof x?.path === 'string' ? x.path : 'the output');
   const why = (x?.message ?? String(e)).replace(/^[A-Z]+: /, '').replace(/, write$/, '');
-  return new SystemCallError(code, `cannot write ${where}: ${why}; the output is incomplete`, {
+  return new SystemCallError(code, `cannot write ${where}: ${why}${OUTPUT_INCOMPLETE}`, {
     syscall: x?.syscall ?? 'write',
     ...(path ?? x?.path ? { path: path ?? x.path } : {}),
     cause: e,
