@@ -109,6 +109,32 @@ export async function finishStdout(): Promise<void> {
   if (stdoutError) throw outputError(stdoutError, 'stdout');
 }
 
+/**
+ * Writes a command's report to stderr (send --json: its stdout is the
+ * stream) and throws when it could not be written whole: the report is part
+ * of the promise of exit status 0. Synchronous, short writes continued; a
+ * descriptor its parent left non-blocking is waited on.
+ */
+export function writeStderrReport(text: string): void {
+  const buf = Buffer.from(text);
+  try {
+    for (let off = 0; off < buf.length; ) {
+      let n: number;
+      try {
+        n = writeSync(2, buf, off, buf.length - off);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') throw e;
+        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5);
+        continue;
+      }
+      if (n <= 0) throw new SystemCallError('EIO', 'write to stderr made no progress', { syscall: 'write' });
+      off += n;
+    }
+  } catch (e) {
+    throw outputError(e, 'stderr');
+  }
+}
+
 /** A closed pipe (the reader went away): the command ends quietly. */
 export function isEpipe(e: unknown): boolean {
   return (e as { code?: string } | undefined)?.code === 'EPIPE';

@@ -74,7 +74,7 @@ export async function main(argv: string[]): Promise<number> {
       // --help, --version: their text must reach stdout too.
       if (e.exitCode === 0) return finishStdout().then(
         () => 0,
-        (x) => (isEpipe(x) ? EXIT_EPIPE : (process.stderr.write(errorLine(name, x) + '\n'), EXIT_FAILURE)),
+        (x) => (isEpipe(x) ? EXIT_EPIPE : (process.stderr.write(errorLine(parserCommand(e), x) + '\n'), EXIT_FAILURE)),
       );
       process.stderr.write(errorLine(parserCommand(e), parserError(e, argv)) + '\n');
       return EXIT_FAILURE; // a usage error: 1, as the reference tools

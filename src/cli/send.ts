@@ -9,7 +9,7 @@ import type { Writable } from 'node:stream';
 import { UsageError } from '../errors';
 import { SECTOR_SIZE } from '../units';
 import type { SendOptions } from '../ops/send';
-import { CliContext, formatVersionArg, parseIntArg, stdout } from './common';
+import { CliContext, formatVersionArg, parseIntArg, stdout, writeStderrReport } from './common';
 import { fdIsTTY, Progress, stderrIsTTY } from './progress';
 import { isThinIdText, snapOption, thinIdArg, type MetadataSnapOpts } from './metadata-source';
 import type { ThinPool as ThinPoolT } from '../pool/thin-pool';
@@ -112,7 +112,10 @@ export function register(program: Command, ctx: () => CliContext): void {
       const { send } = require('../ops/send') as typeof import('../ops/send');
       try {
         const s = await send(opts);
-        if (o.json) process.stderr.write(toJson(s) + '\n');
+        if (o.json) {
+          c.done = `the stream was written to ${typeof output === 'string' ? output : 'stdout'}`;
+          writeStderrReport(toJson(s) + '\n');
+        }
       } catch (e) {
         // The library names its option; a command-line user needs the flag.
         if (e instanceof UsageError && e.message.includes('option deviceSize')) e.message = e.message.replace('option deviceSize', '--size BYTES');

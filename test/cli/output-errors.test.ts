@@ -59,9 +59,38 @@ describe('stdout to /dev/full: exit 1, one line on stderr', () => {
       // A receive that completed says so: only its report was lost (it is not to be run again as failed).
       if (name.startsWith('receive')) expect(r.stderr).toMatch(/; the stream was applied to \S+ and recorded in \S+: only its report was lost \[ENOSPC\]\n$/);
       else expect(r.stderr).toMatch(/; the output is incomplete \[ENOSPC\]\n$/);
+      // A subcommand's help is that subcommand's output: its line is labelled with it.
+      if (name === 'dump --help') expect(r.stderr.startsWith('dmthin dump: ')).toBe(true);
     } finally {
       closeSync(fd);
     }
+  });
+});
+
+describe("send --json: its report goes to stderr and is part of exit 0's promise", () => {
+  test('stderr /dev/full: exit 1, and the stream itself is whole', () => {
+    const out = i.s.path('json-report.stream');
+    const full = openSync('/dev/full', 'w');
+    try {
+      const r = spawnSync(process.execPath, [CLI, ...fileCmd('send -o', out), '--json'], { stdio: ['ignore', 'ignore', full], timeout: 120_000 });
+      expect(r.status).toBe(1);
+    } finally {
+      closeSync(full);
+    }
+    expect(readFileSync(out).equals(readFileSync(i.stream))).toBe(true);
+  });
+
+  test('stderr a file: exit 0 and the JSON summary in it', () => {
+    const out = i.s.path('json-report2.stream');
+    const err = i.s.path('json-report.err');
+    const fd = openSync(err, 'w');
+    try {
+      const r = spawnSync(process.execPath, [CLI, ...fileCmd('send -o', out), '--json'], { stdio: ['ignore', 'ignore', fd], timeout: 120_000 });
+      expect(r.status).toBe(0);
+    } finally {
+      closeSync(fd);
+    }
+    expect(JSON.parse(readFileSync(err, 'utf8'))).toMatchObject({ records: expect.any(Number), bytes: statSync(out).size });
   });
 });
 

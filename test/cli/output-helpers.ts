@@ -56,6 +56,7 @@ export function stdoutCommands(i: Inputs): [string, () => string[]][] {
     ['send', () => ['send', '--metadata', i.meta, '--data', i.data, '--snap', '4', '--size', String(SIZE), '-q']],
     ['receive --json', () => ['receive', '--target', i.s.path(`rt${n++}`), '--create', '-i', i.stream, '--json', '-q']],
     ['--help', () => ['--help']],
+    ['dump --help', () => ['dump', '--help']],
     ['--version', () => ['--version']],
   ];
 }
