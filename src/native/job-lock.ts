@@ -4,17 +4,21 @@
  * cannot carry the lock) and, for a regular-file target, the file itself
  * (whatever path or link named it). flock locks belong to the open file:
  * the kernel drops them when the descriptor closes, also when the process
- * is killed, so no stale lock ever needs cleaning up. The wording of each
- * refusal is the caller's: it knows what is running.
+ * is killed, so no stale lock ever needs cleaning up. A `.lock` file is
+ * removed when its job ends (a killed job leaves it: harmless, reused). A
+ * process that opened it before that removal would lock a file no path
+ * names any more, so a lock counts only once the path still names the
+ * locked file. The wording of each refusal is the caller's: it knows what is
+ * running.
  */
-import { closeSync, constants, mkdirSync, openSync } from 'node:fs';
+import { closeSync, constants, fstatSync, mkdirSync, openSync, statSync, unlinkSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { DmthinError } from '../errors';
 import { native } from './binding';
 
 /** The locks one job holds, all dropped by release(). */
 export class JobLock {
-  private readonly fds: number[] = [];
+  private readonly held: { fd: number; removeOnRelease?: string }[] = [];
 
   /** `job` names the work in messages: "cannot lock PATH for the JOB". */
   constructor(private readonly job: string) {}
@@ -38,6 +42,25 @@ export class JobLock {
   }
 
   private take(path: string, create: boolean, busy: (path: string) => string): void {
+    // A lock file removed by its holder between our open and our flock: open it again.
+    for (let attempt = 0; attempt < 100; attempt++) {
+      const fd = this.takeOnce(path, create, busy);
+      if (!create) {
+        this.held.push({ fd });
+        return;
+      }
+      const now = statSync(path, { throwIfNoEntry: false });
+      const locked = fstatSync(fd);
+      if (now && now.ino === locked.ino && now.dev === locked.dev) {
+        this.held.push({ fd, removeOnRelease: path });
+        return;
+      }
+      closeSync(fd);
+    }
+    throw new DmthinError('EBUSY', busy(path), { path, syscall: 'flock' });
+  }
+
+  private takeOnce(path: string, create: boolean, busy: (path: string) => string): number {
     let fd: number;
     try {
       fd = openSync(path, constants.O_RDONLY | (create ? constants.O_CREAT : 0), 0o644);
@@ -60,12 +83,17 @@ export class JobLock {
       closeSync(fd);
       throw new DmthinError('EBUSY', busy(path), { path, syscall: 'flock' });
     }
-    this.fds.push(fd);
+    return fd;
   }
 
-  /** Drops every lock (idempotent). */
+  /** Drops every lock (idempotent); a `.lock` file is removed while still locked. */
   release(): void {
-    for (const fd of this.fds.splice(0)) {
+    for (const { fd, removeOnRelease } of this.held.splice(0)) {
+      try {
+        if (removeOnRelease !== undefined) unlinkSync(removeOnRelease);
+      } catch {
+        // gone already, or a read-only directory: the next job reuses it
+      }
       try {
         closeSync(fd);
       } catch {

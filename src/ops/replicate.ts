@@ -9,13 +9,12 @@
  * state file behind it.
  */
 import { spawn } from 'node:child_process';
-import { closeSync, constants, mkdirSync, openSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { PassThrough, type Writable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AbortError, DmthinError, UsageError, throwIfAborted } from '../errors';
-import { native } from '../native/binding';
+import { JobLock } from '../native/job-lock';
 import { refuseOutputOverInputs, writeFileAtomically } from '../output/file';
 import { isLvmUuid } from '../pool/lvm';
 import { withMetadataSnapshot } from '../pool/live-metadata';
@@ -91,17 +90,9 @@ export function defaultReplicateStateFile(poolName: string, thin: number, dir = 
 
 /** One replicator per state file: an flock on `<state>.lock`, dropped by the kernel when the process dies. */
 function lockState(stateFile: string): () => void {
-  const lockFile = `${stateFile}.lock`;
-  mkdirSync(dirname(lockFile), { recursive: true, mode: 0o755 });
-  const fd = openSync(lockFile, constants.O_RDONLY | constants.O_CREAT, 0o644);
-  let got = false;
-  try {
-    got = native().flockNonBlocking(fd, true);
-  } finally {
-    if (!got) closeSync(fd);
-  }
-  if (!got) throw new DmthinError('EBUSY', `another replication is using ${stateFile}: wait for it, or stop it`, { path: stateFile, syscall: 'flock' });
-  return () => closeSync(fd);
+  const locks = new JobLock('replication');
+  locks.lockStateFile(stateFile, () => `another replication is using ${stateFile}: wait for it, or stop it`);
+  return () => locks.release();
 }
 
 async function readReplicationState(file: string): Promise<ReplicationState | null> {

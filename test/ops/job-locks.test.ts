@@ -4,7 +4,7 @@
  * runs; a released lock can be taken again. flock(2) conflicts between two
  * open files even in one process, so no child is needed.
  */
-import { writeFileSync } from 'node:fs';
+import { closeSync, existsSync, openSync, unlinkSync, writeFileSync } from 'node:fs';
 import { MergeLock } from '../../src/ops/merge-state';
 import { RestoreLock } from '../../src/ops/restore-state';
 import { scratch, type Scratch } from '../stream/helpers';
@@ -57,4 +57,37 @@ test('a state directory that cannot be made is a typed error naming it', () => {
   expect(() => MergeLock.acquire(s.path('plain-file/sub/state.json'))).toThrow(
     expect.objectContaining({ code: 'ENOTDIR', syscall: 'mkdir', message: expect.stringContaining('cannot create the merge state directory') }),
   );
+});
+
+test('a .lock file is removed when its job ends; a holder of the removed file does not exclude the next job', () => {
+  const state = s.path('gone/pool.snap4.json');
+  const a = MergeLock.acquire(state);
+  expect(existsSync(`${state}.lock`)).toBe(true);
+  // A process that opened the lock file before a removed it: it may flock the
+  // removed file; the path names a new one, which the next job locks.
+  const early = openSync(`${state}.lock`, 'r');
+  a.release();
+  expect(existsSync(`${state}.lock`)).toBe(false);
+  try {
+    const b = MergeLock.acquire(state);
+    expect(() => MergeLock.acquire(state)).toThrow(expect.objectContaining({ code: 'EBUSY' }));
+    b.release();
+  } finally {
+    closeSync(early);
+  }
+  expect(existsSync(`${state}.lock`)).toBe(false);
+});
+
+test('a lock file replaced while a job waits to lock it: the job locks the file the path names', () => {
+  const state = s.path('swap/state.json');
+  const a = MergeLock.acquire(state);
+  // Some other holder removes the lock file and a new job makes its own.
+  unlinkSync(`${state}.lock`);
+  const b = MergeLock.acquire(state);
+  try {
+    expect(() => MergeLock.acquire(state)).toThrow(expect.objectContaining({ code: 'EBUSY' }));
+  } finally {
+    b.release();
+    a.release();
+  }
 });

@@ -1,7 +1,7 @@
 /**
  * Everything a receive must refuse, and what it must leave behind when it
  * does: a typed error, the target byte-identical to before, the state file
- * unchanged and no spool file. Plus what happens when an apply is
+ * unchanged, no spool file and no lock file. Plus what happens when an apply is
  * interrupted, and --force.
  */
 import { existsSync, linkSync, mkdirSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
@@ -78,6 +78,8 @@ async function refused(t: string, bytes: Buffer, how: 'file' | 'pipe', extra: ob
   expect(readdirSync(spoolDir())).toEqual([]);
   // Nothing keeps the target open (an O_EXCL open of a device would then fail with EBUSY).
   expect(openFdsOn(t)).toEqual([]);
+  // Nor is its lock file left beside it.
+  expect(existsSync(`${t}.dmthin-state.json.lock`)).toBe(false);
   return err as DmthinError;
 }
 
