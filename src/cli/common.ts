@@ -199,8 +199,8 @@ export class CliContext {
 /**
  * One line on stderr: "dmthin dump: <message> [CODE]", for every error the
  * CLI reports (ours, Node's, the parser's). An error without a code (a bug,
- * or a plain Error from a dependency) is [EUNKNOWN]; the code is not repeated
- * when the message already starts with it (Node's "ENOENT: no such file...").
+ * or a plain Error from a dependency) is [EUNKNOWN]; a message that starts
+ * with its code (Node's "ENOENT: no such file...") has it moved to the end.
  */
 export function errorLine(command: string, err: unknown, prefix = ''): string {
   // An error whose `await using` clean-up failed too arrives as a SuppressedError (TypeScript's
@@ -212,9 +212,12 @@ export function errorLine(command: string, err: unknown, prefix = ''): string {
     first = first.suppressed;
   }
   const e = first as { code?: unknown } | undefined;
-  const message = messageOf(first) + later.map((x) => `; cleaning up failed too: ${messageOf(x)}`).join('');
   const code = typeof e?.code === 'string' && e.code !== '' ? e.code : 'EUNKNOWN';
-  return `${command}: ${prefix}${message}${message.startsWith(code) ? '' : ` [${code}]`}`;
+  // Node's own messages start with their code ("ENOSPC: No space left on device, write"):
+  // it goes to the end, as on every other line.
+  let message = messageOf(first) + later.map((x) => `; cleaning up failed too: ${messageOf(x)}`).join('');
+  if (message.startsWith(`${code}: `)) message = message.slice(code.length + 2).replace(/^[A-Z](?=[a-z])/, (c) => c.toLowerCase());
+  return `${command}: ${prefix}${message} [${code}]`;
 }
 
 function messageOf(err: unknown): string {

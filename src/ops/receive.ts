@@ -10,8 +10,7 @@
  * before its first write, and one receive at a time may write a target
  * (stream/receive/lock.ts).
  */
-import { open, stat, unlink, type FileHandle } from 'node:fs/promises';
-import { dirname, resolve } from 'node:path';
+import { open, unlink, type FileHandle } from 'node:fs/promises';
 import { Writable, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { AbortError, DmthinError, StreamError, SystemCallError, throwIfAborted } from '../errors';
@@ -19,7 +18,7 @@ import { applyStream, type ApplyChunks } from '../stream/receive/apply';
 import { BlockWriter } from '../native/block-writer';
 import { fileChunks } from '../stream/receive/file-chunks';
 import { openPipe, pipeChunks } from '../stream/receive/pipe-chunks';
-import { refuseOutputOverInputs } from '../output/file';
+import { needDirectory, refuseForeignStateFile, refuseOutputOverInputs } from '../output/file';
 import { identityKey, type StreamHeader } from '../stream/format/records';
 import { ReceiveLock } from '../stream/receive/lock';
 import { checkBase, defaultStateFile, entryFor, readState, type ReceiveState, writeState } from '../stream/receive/state';
@@ -99,15 +98,6 @@ export interface ReceiveResult {
   resizedFrom?: number;
 }
 
-/** Refuses `path` when its directory does not exist (ENOENT) or is no directory (ENOTDIR). */
-async function needDirectory(path: string, what: string): Promise<void> {
-  const dir = dirname(resolve(path));
-  const st = await stat(dir).catch(() => null);
-  if (st?.isDirectory()) return;
-  const code = st ? 'ENOTDIR' : 'ENOENT';
-  throw new DmthinError(code, `the directory ${dir} of ${what} ${st ? 'is not a directory' : 'does not exist'}: create it first (receive makes files, not directories)`, { path: dir, syscall: 'stat' });
-}
-
 /** A failed system call (the writer's SystemCallError, or Node's own errno error), not a refusal or an abort. */
 function isSystemError(e: unknown): e is NodeJS.ErrnoException {
   return e instanceof SystemCallError || (!(e instanceof DmthinError) && typeof (e as NodeJS.ErrnoException)?.code === 'string' && typeof (e as NodeJS.ErrnoException).syscall === 'string');
@@ -138,8 +128,9 @@ class Receiver {
       { path: inputPath, role: 'the input stream' },
     ]);
     // Directories named by the caller are not made up: a mistyped path would grow a tree (only the default state directory is made).
-    if (!info.exists && o.create) await needDirectory(o.target, 'the target');
-    if (o.stateFile !== undefined) await needDirectory(o.stateFile, 'the state file');
+    if (!info.exists && o.create) await needDirectory(o.target, 'the target', 'receive');
+    if (o.stateFile !== undefined) await needDirectory(o.stateFile, 'the state file', 'receive');
+    if (o.stateFile !== undefined) await refuseForeignStateFile(o.stateFile, 'dmthin-receive-state', 'the receive state file');
     // A missing target that may not be created is refused on the header: nothing to lock (and no lock file to leave).
     const lock = !info.exists && !o.create ? ReceiveLock.none(o.target) : ReceiveLock.acquire(o.target, stateFile, info.exists && !info.blockDevice);
     const r = new Receiver(o, info, stateFile, lock);

@@ -12,10 +12,10 @@
  * range named; the state then records the target as incomplete (only a
  * full restore follows), so a partial restore is never taken for a good one.
  */
-import { realpath, stat } from 'node:fs/promises';
+import { realpath, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, resolve, sep } from 'node:path';
-import { DmthinError, RepoError, throwIfAborted, UsageError } from '../errors';
-import { refuseOutputOverInputs } from '../output/file';
+import { DmthinError, RepoError, SystemCallError, throwIfAborted, UsageError } from '../errors';
+import { needDirectory, refuseForeignStateFile, refuseOutputOverInputs } from '../output/file';
 import { BlockWriter, type WriteSegment } from '../native/block-writer';
 import { inspectTarget, resolveZeroMethod, zeroer, type ZeroMethod } from '../stream/receive/target';
 import { allowListeners, chunksAtOnce, Repository, type KeySource, type ManifestEntry } from '../repo/repository';
@@ -124,6 +124,10 @@ async function restoreFrom(repo: Repository, o: RestoreOptions): Promise<Restore
   await refuseInsideRepository(repo, stateFile, 'the restore state file');
   if (resolve(stateFile) === resolve(o.target)) throw new UsageError(`the restore state file ${stateFile} is the target itself; choose another state path`, { path: stateFile });
   await refuseOutputOverInputs(stateFile, 'the restore state file', [{ path: o.target, role: 'the target' }]);
+  // Directories named by the caller are not made up: a mistyped path would grow a tree (only the default state directory is made).
+  if (!info.exists && o.create) await needDirectory(o.target, 'the target', 'restore');
+  if (o.stateFile !== undefined) await needDirectory(o.stateFile, 'the restore state file', 'restore');
+  if (o.stateFile !== undefined) await refuseForeignStateFile(o.stateFile, 'dmthin-restore-state', 'the restore state file');
   const lock = RestoreLock.acquire(o.target, stateFile);
   let writer: BlockWriter | undefined;
   try {
@@ -132,6 +136,18 @@ async function restoreFrom(repo: Repository, o: RestoreOptions): Promise<Restore
     writer = await BlockWriter.open(o.target, { direct: o.direct, create: !info.exists });
     const created = writer.info.created;
     if (created) lock.lockTarget();
+    // A file made here is sized before anything is recorded: where the filesystem
+    // cannot hold it (EFBIG, ENOSPC) it is removed again and nothing is left.
+    if (created && writer.size < deviceSize) {
+      try {
+        await writer.extend(deviceSize);
+      } catch (e) {
+        writer.close();
+        writer = undefined;
+        await unlink(o.target).catch(() => undefined);
+        throw cannotSize(e, o.target, deviceSize, o.backup);
+      }
+    }
     const sizeBefore = writer.size;
     if (sizeBefore < deviceSize && (info.blockDevice || !o.create)) {
       throw new DmthinError('ENOSPC', `target ${o.target} is ${sizeBefore} bytes, backup ${o.backup}'s device is ${deviceSize} bytes`, {
@@ -185,6 +201,18 @@ async function restoreFrom(repo: Repository, o: RestoreOptions): Promise<Restore
     writer?.close();
     lock.release();
   }
+}
+
+/** The system error of sizing a file this restore created (and removed again). */
+function cannotSize(e: unknown, target: string, size: number, backup: string): unknown {
+  const x = e as NodeJS.ErrnoException;
+  if (e instanceof DmthinError ? !(e instanceof SystemCallError) : typeof x?.code !== 'string') return e;
+  const why = x.code === 'EFBIG' ? 'its filesystem does not take a file that large' : x.code === 'ENOSPC' || x.code === 'EDQUOT' ? 'its filesystem has no room for it' : x.message;
+  return new SystemCallError(x.code ?? 'EIO', `cannot make the target ${target} ${size} bytes, backup ${backup}'s device size: ${why}; nothing was written and the file this restore created was removed`, {
+    syscall: x.syscall,
+    path: target,
+    cause: e,
+  });
 }
 
 async function fileStamp(path: string): Promise<{ size: number; mtimeMs: number }> {

@@ -16,7 +16,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { lstat, mkdir, open, readdir, readlink, realpath, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { lstat, mkdir, open, readdir, readFile, readlink, realpath, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
@@ -253,6 +253,42 @@ export async function refuseOutputOverInputs(output: string, outputRole: string,
       );
     }
   }
+}
+
+/**
+ * Refuses a state file path that holds something other than a state of
+ * `format`: a job replaces its state file whole, so a mistyped --state (a
+ * metadata image, a document) would be lost. A file that is one of ours but
+ * damaged (cut short too) is the caller's to judge; absent or empty is fine.
+ * For a path the caller named: a default path is dmthin's own name.
+ */
+export async function refuseForeignStateFile(path: string, format: string, what: string): Promise<void> {
+  const st = await stat(path).catch(() => null);
+  if (!st) return;
+  if (!st.isFile()) throw new UsageError(`${what} ${path} exists and is not a regular file: choose another path for it`, { path });
+  // Empty: nothing to lose. A state is a few KiB of JSON; anything much larger is something else.
+  let ours = st.size === 0;
+  if (!ours && st.size <= 1 << 20) {
+    const text = await readFile(path, 'utf8').catch(() => '');
+    try {
+      ours = (JSON.parse(text) as { format?: unknown } | null)?.format === format;
+    } catch {
+      // One of ours cut short still names its format near its start.
+      ours = new RegExp(`^\\s*\\{\\s*"format"\\s*:\\s*"${format}"`).test(text);
+    }
+  }
+  if (!ours) {
+    throw new DmthinError('EEXIST', `${what} ${path} exists and is not a ${format} file (it would be replaced): choose another path, or remove the file if it is a damaged state`, { path });
+  }
+}
+
+/** Refuses `path` when its directory does not exist (ENOENT) or is no directory (ENOTDIR): jobs make files, not directory trees. */
+export async function needDirectory(path: string, what: string, job: string): Promise<void> {
+  const dir = dirname(resolve(path));
+  const st = await stat(dir).catch(() => null);
+  if (st?.isDirectory()) return;
+  const code = st ? 'ENOTDIR' : 'ENOENT';
+  throw new DmthinError(code, `the directory ${dir} of ${what} ${st ? 'is not a directory' : 'does not exist'}: create it first (${job} makes files, not directories)`, { path: dir, syscall: 'stat' });
 }
 
 /** Replaces `path` with `text` atomically and durably (temporary file, fsync, rename, directory fsync). */

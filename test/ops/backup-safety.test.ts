@@ -10,8 +10,9 @@
  */
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
-import { RepoError } from '../../src/errors';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { RepoError, SystemCallError } from '../../src/errors';
+import { BlockWriter } from '../../src/native/block-writer';
 import { backup, type BackupResult } from '../../src/ops/backup';
 import { prune } from '../../src/ops/prune';
 import { restore } from '../../src/ops/restore';
@@ -258,5 +259,54 @@ describeEachRepo('backups', (loc) => {
     await restore({ repo: location, key: { passphrase: 'right horse battery' }, backup: r.id, target, create: true });
     expect(sha256(readFileSync(target))).toBe(sha256(deviceBytes(pool, 2, SIZE)));
     await backend.close();
+  });
+});
+
+describe('restore: what it refuses leaves nothing behind', () => {
+  let repo: Repository;
+  let id: string;
+  beforeAll(async () => {
+    repo = await Repository.create(s.path('refusals-repo'));
+    id = (await backup({ ...image(), repo, volume: 'v', snap: 1 })).id;
+  });
+  afterAll(() => repo.close());
+
+  test('--state naming a file that is not a restore state: refused, the file unchanged, no target made', async () => {
+    const precious = s.path('precious.bin');
+    writeFileSync(precious, readFileSync(pool.metadata));
+    const target = s.path('state-refused.img');
+    const e = await restore({ repo, backup: id, target, create: true, stateFile: precious }).catch((x: unknown) => x);
+    expect(e).toMatchObject({ code: 'EEXIST', path: precious });
+    expect((e as Error).message).toMatch(/^the restore state file .*precious\.bin exists and is not a dmthin-restore-state file \(it would be replaced\): choose another path, or remove the file if it is a damaged state$/);
+    expect(readFileSync(precious).equals(readFileSync(pool.metadata))).toBe(true);
+    expect(existsSync(target)).toBe(false);
+    // A state of its own it replaces as before.
+    const ok = await restore({ repo, backup: id, target, create: true, stateFile: s.path('own-state.json') });
+    const again = await restore({ repo, backup: id, target, stateFile: ok.stateFile });
+    expect(again.previous).toBe(id);
+  });
+
+  test('missing directories are not made: the target\'s (with create) and an explicit state file\'s', async () => {
+    const missing = s.path('no-such-dir');
+    await expect(restore({ repo, backup: id, target: `${missing}/t.img`, create: true })).rejects.toMatchObject({
+      code: 'ENOENT',
+      message: `the directory ${missing} of the target does not exist: create it first (restore makes files, not directories)`,
+    });
+    await expect(restore({ repo, backup: id, target: s.path('dirs.img'), create: true, stateFile: `${missing}/s.json` })).rejects.toMatchObject({ code: 'ENOENT' });
+    expect([existsSync(missing), existsSync(s.path('dirs.img'))]).toEqual([false, false]);
+  });
+
+  test('a created target the filesystem cannot size (EFBIG) is removed again: nothing written, no state, one typed error', async () => {
+    const target = s.path('efbig.img');
+    const extend = jest.spyOn(BlockWriter.prototype, 'extend').mockRejectedValue(new SystemCallError('EFBIG', "EFBIG: File too large, ftruncate 'x'", { syscall: 'ftruncate' }));
+    let e: unknown;
+    try {
+      e = await restore({ repo, backup: id, target, create: true }).catch((x: unknown) => x);
+    } finally {
+      extend.mockRestore();
+    }
+    expect(e).toMatchObject({ code: 'EFBIG', path: target });
+    expect((e as Error).message).toMatch(/^cannot make the target .* bytes, backup .*'s device size: its filesystem does not take a file that large; nothing was written and the file this restore created was removed$/);
+    expect([existsSync(target), existsSync(`${target}.dmthin-restore.json`), existsSync(`${target}.dmthin-restore.json.lock`)]).toEqual([false, false, false]);
   });
 });

@@ -309,6 +309,16 @@ describe('receive state', () => {
     expect(JSON.parse(readFileSync(`${t}.dmthin-state.json`, 'utf8')).pending).toBeNull();
   });
 
+  test('--state naming a file that is not a receive state: refused before anything is written, the file unchanged', async () => {
+    const precious = s.path('precious-state.bin');
+    writeFileSync(precious, 'not a state, but somebody\'s data\n');
+    const t = s.path('foreign-state.target');
+    const e = await receive({ target: t, create: true, stateFile: precious, input: Readable.from([streams.full1]) }).catch((x: unknown) => x);
+    expect(e).toMatchObject({ code: 'EEXIST', path: precious });
+    expect(readFileSync(precious, 'utf8')).toBe('not a state, but somebody\'s data\n');
+    expect(existsSync(t)).toBe(false);
+  });
+
   test('missing directories are not made: the target\'s (with create) and an explicit state file\'s', () => {
     const missing = s.path('no-such-dir');
     const stream = s.path('dirs.stream');
