@@ -9,13 +9,14 @@
  * state file behind it.
  */
 import { spawn } from 'node:child_process';
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PassThrough, type Writable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AbortError, DmthinError, UsageError, throwIfAborted } from '../errors';
 import { JobLock } from '../native/job-lock';
 import { refuseOutputOverInputs, writeFileAtomically } from '../output/file';
+import { devNumOf } from '../dm/block-devices';
 import { isLvmUuid } from '../pool/lvm';
 import { withMetadataSnapshot } from '../pool/live-metadata';
 import { ThinPool } from '../pool/thin-pool';
@@ -114,8 +115,8 @@ async function readReplicationState(file: string): Promise<ReplicationState | nu
   return parsed as ReplicationState;
 }
 
-/** Runs `cmd` with the stream on its stdin; resolves when it exited 0. Its stdout goes to our stderr (our stdout carries the reports). */
-function commandReceiver(cmd: string, signal?: AbortSignal): { stdin: Writable; done: Promise<void> } {
+/** @internal Runs `cmd` with the stream on its stdin; resolves when it exited 0. Its stdout goes to our stderr (our stdout carries the reports). */
+export function commandReceiver(cmd: string, signal?: AbortSignal): { stdin: Writable; done: Promise<void> } {
   const child = spawn('/bin/sh', ['-c', cmd], { stdio: ['pipe', 'pipe', 'inherit'], signal, killSignal: 'SIGTERM' });
   child.stdout!.pipe(process.stderr, { end: false });
   // A receiver that exits early makes our writes fail with EPIPE; the exit status says why.
@@ -133,7 +134,15 @@ function commandReceiver(cmd: string, signal?: AbortSignal): { stdin: Writable; 
         );
     });
   });
+  // The verdict may come before anyone awaits it (a receiver that exits at once): not an unhandled rejection.
+  done.catch(() => undefined);
   return { stdin: child.stdin!, done };
+}
+
+/** Our writes failed because the receiving command went away: its exit status is the news. */
+function receiverGone(e: unknown): boolean {
+  const code = (e as { code?: string } | undefined)?.code;
+  return code === 'EPIPE' || code === 'ERR_STREAM_DESTROYED' || code === 'ECONNRESET';
 }
 
 /**
@@ -229,13 +238,13 @@ class PoolReplicationHost implements ReplicationHost {
         failed = { e };
         return null;
       });
-      if (failed && (failed.e as { code?: string }).code !== 'EPIPE') {
+      if (failed && !receiverGone(failed.e)) {
         // Our side failed (or was interrupted): the receiver gets a cut stream, which a dmthin receive refuses.
         rx.stdin.destroy();
         await rx.done.catch(() => undefined);
         throw failed.e;
       }
-      await rx.done; // the receiver's verdict, also when it went away early (EPIPE)
+      await rx.done; // the receiver's verdict, also when it went away early (EPIPE, a destroyed pipe)
       if (failed || !s) {
         throw new DmthinError('ECOMM', 'the receiving command exited with status 0 before it read the whole stream: the snapshot is kept and sent again next cycle', {
           command: this.o.toCommand,
@@ -271,6 +280,23 @@ class PoolReplicationHost implements ReplicationHost {
  * left pending, if any). A failed cycle throws; its snapshot stays pending
  * and the next run sends it again before taking a new one.
  */
+/**
+ * Refuses a block-device target that is the replicated thin or one of its
+ * replication snapshots, active on this pool: the stream would be written
+ * over its own source (a full one discards whatever the snapshot does not map).
+ */
+async function refuseTargetInPool(pool: ThinPool, target: string, thin: number, ids: { first: number; last: number }): Promise<void> {
+  const st = await stat(target).catch(() => null);
+  if (!st?.isBlockDevice()) return;
+  const { major, minor } = await devNumOf(target);
+  for (const t of await pool.activeThins()) {
+    if (t.dev.major !== major || t.dev.minor !== minor) continue;
+    if (t.devId === thin || (t.devId >= ids.first && t.devId <= ids.last)) {
+      throw new UsageError(`the target ${target} is ${t.devId === thin ? 'the replicated thin device itself' : `replication snapshot ${t.devId}`} (${t.name}, pool ${pool.name}): replicating onto it would overwrite the source; choose another device`, { path: target, devId: t.devId });
+    }
+  }
+}
+
 export async function* replicate(o: ReplicateOptions): AsyncGenerator<CycleReport> {
   if ((o.target === undefined) === (o.toCommand === undefined)) throw new UsageError('give exactly one of target (a device or file) or toCommand (a command reading the stream)');
   if (o.every !== undefined && !(o.every > 0)) throw new UsageError(`every must be a positive number of seconds, not ${o.every}`);
@@ -298,6 +324,7 @@ export async function* replicate(o: ReplicateOptions): AsyncGenerator<CycleRepor
     );
   }
   const poolId = info.uuid ? `dm-uuid:${info.uuid}` : `dm-name:${pool.name}`;
+  if (o.target !== undefined) await refuseTargetInPool(pool, o.target, o.thin, ids);
   const stateFile = o.stateFile ?? defaultReplicateStateFile(pool.name, o.thin);
   const unlock = lockState(stateFile);
   try {

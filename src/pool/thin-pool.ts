@@ -33,6 +33,7 @@ import { guard, unguard, type Releasable } from './release-guard';
 import { type PoolEvent, derivePoolEvents } from './events';
 import { lvmThinId, type LvmPoolName } from './lvm';
 import { resolvePool } from './pool-name';
+import { dropRecord, forgetHeld, ownerOf, recordHeld } from './held-record';
 
 /** What ThinPool.create builds a pool from. */
 export interface ThinPoolCreateOptions {
@@ -261,6 +262,28 @@ export class ThinPool {
    * disposed, on SIGINT/SIGTERM/SIGHUP and at process exit.
    */
   async reserveMetadataSnap(): Promise<MetadataSnapshot> {
+    try {
+      return await this.reserveOnce();
+    } catch (e) {
+      if (!isMessageError(e, 'EBUSY') && !isMessageError(e, 'ENOTSUP')) throw e;
+      const status = await this.workingStatus().catch(() => null);
+      const held = status?.heldMetadataRoot ?? null;
+      if (isMessageError(e, 'ENOTSUP') || held === null) {
+        // The kernel refuses the message when the pool is not writable.
+        throw new MetadataSnapError(e.code, `thin-pool ${this.name} cannot reserve a metadata snapshot (${e.code}): it is ${status?.mode ? `in ${status.mode} mode` : 'not writable'}; see 'dmthin pool status ${this.name}', and repair or grow the pool first`, { device: this.name, cause: e });
+      }
+      const owner = ownerOf(this.name, Number(held));
+      if (owner.kind !== 'orphaned') {
+        const by = owner.kind === 'running' ? `by dmthin process ${owner.pid}, still running` : 'by another program';
+        throw new MetadataSnapError('EBUSY', `thin-pool ${this.name} already holds a metadata snapshot (root ${held}), reserved ${by}; a pool holds one at a time: when nothing reads it any more, release it with 'dmthin pool release-metadata-snap ${this.name}', then run this again`, { device: this.name, cause: e });
+      }
+      // Left held by a dmthin process that was killed: released, then reserved afresh.
+      await this.releaseMetadataSnap();
+      return await this.reserveOnce();
+    }
+  }
+
+  private async reserveOnce(): Promise<MetadataSnapshot> {
     const snap = new MetadataSnapshot(this);
     // Guarded before the message is sent: a signal that arrives while the
     // reserve ioctl is in flight would otherwise kill the process (no
@@ -276,6 +299,7 @@ export class ThinPool {
     try {
       if (snap.released) throw new AbortError('metadata snapshot released (process signalled) before it could be used', { device: this.name });
       snap.root = await snap.readRoot();
+      recordHeld(this.name, snap.root);
     } catch (e) {
       await snap.release().catch(() => undefined);
       throw e;
@@ -298,6 +322,7 @@ export class ThinPool {
   /** Releases a held metadata snapshot (EINVAL if none). Prefer disposing the handle. */
   async releaseMetadataSnap(): Promise<void> {
     await this.message(PoolMessage.releaseMetadataSnap());
+    dropRecord(this.name);
   }
 
   /** Path of the pool's metadata device (from its table, via sysfs). */
@@ -481,6 +506,7 @@ export class MetadataSnapshot implements AsyncDisposable, Releasable {
     // If the reserve is still in flight (exit during the ioctl) this races
     // with it; best effort, as anything on the exit path.
     this.pool.dm.targetMessageSync(this.pool.name, sectors(0), PoolMessage.releaseMetadataSnap());
+    forgetHeld(this.pool.name, this.root);
   }
 
   /** Releases the snapshot (`await using`). */

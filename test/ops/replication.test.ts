@@ -5,6 +5,7 @@
  * the rules of src/stream/receive/state.ts checkBase: a stream that does not
  * follow what the target holds is refused, which here fails the test.
  */
+import { spawnSync } from 'node:child_process';
 import fc from 'fast-check';
 import { runCycle, type ReplicationHost, type ReplicationSettings, type ReplicationState, type TransferResult } from '../../src/ops/replication';
 
@@ -186,5 +187,35 @@ describe('replication cycle under crashes', () => {
     expect(r.fullReason).toBe('base-gone');
     expect(r.base).toBeNull();
     expect(w.target.current!.version).toBe(w.sourceVersion);
+  });
+});
+
+describe('--to-command: a receiving command that ends before it is heard', () => {
+  // In a child: an unhandled rejection ends a Node 20 process with a stack trace.
+  const run = (cmd: string) =>
+    spawnSync(
+      process.execPath,
+      [
+        '-e',
+        `const { commandReceiver } = require(${JSON.stringify(require.resolve('../../dist/ops/replicate.js'))});
+         const rx = commandReceiver(${JSON.stringify(cmd)});
+         setTimeout(() => rx.done.then(() => console.log('ok'), (e) => console.log(e.code + ' ' + e.message)), 500);`,
+      ],
+      { encoding: 'utf8', timeout: 20_000 },
+    );
+
+  test('exits 3 at once: its verdict waits for the sender, no unhandled rejection', () => {
+    const r = run('exit 3');
+    expect({ status: r.status, stderr: r.stderr, stdout: r.stdout }).toEqual({
+      status: 0,
+      stderr: '',
+      stdout: 'ECOMM the receiving command exited with status 3: the snapshot is kept and sent again next cycle\n',
+    });
+  });
+
+  test('killed at once', () => {
+    const r = run('kill -9 $$');
+    expect(r.stdout).toBe('ECOMM the receiving command was killed by SIGKILL: the snapshot is kept and sent again next cycle\n');
+    expect(r.status).toBe(0);
   });
 });

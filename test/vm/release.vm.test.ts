@@ -150,6 +150,35 @@ describeVm('metadata snapshots are released when the holder dies (library and CL
     expect(await heldRoot()).toBeNull();
   });
 
+  test('SIGKILL: the next dmthin reserve releases the root a killed dmthin left held, and reserves afresh; a root someone else holds is refused with one clear EBUSY', async () => {
+    const c = holder(tp.name, 'wait');
+    const root = await Promise.race([c.held, c.exit.then(() => -1)]);
+    expect(root).toBeGreaterThan(0);
+    c.child.kill('SIGKILL');
+    expect(await c.exit).toEqual({ code: null, signal: 'SIGKILL' });
+    expect(await heldRoot()).toBe(root);
+    const pool = await ThinPool.open(tp.name);
+    const snap = await pool.reserveMetadataSnap();
+    try {
+      expect(await heldRoot()).toBe(snap.root);
+    } finally {
+      await snap.release();
+    }
+    expect(await heldRoot()).toBeNull();
+    // Reserved by hand (no dmthin process holds it): left alone, and the refusal says how to free it.
+    run('dmsetup', ['message', tp.name, '0', 'reserve_metadata_snap']);
+    try {
+      const held = await heldRoot();
+      await expect(pool.reserveMetadataSnap()).rejects.toMatchObject({
+        code: 'EBUSY',
+        message: `thin-pool ${tp.name} already holds a metadata snapshot (root ${held}), reserved by another program; a pool holds one at a time: when nothing reads it any more, release it with 'dmthin pool release-metadata-snap ${tp.name}', then run this again`,
+      });
+      expect(await heldRoot()).toBe(held);
+    } finally {
+      run('dmsetup', ['message', tp.name, '0', 'release_metadata_snap']);
+    }
+  });
+
   test.each([
     ['SIGINT', 130],
     ['SIGTERM', 143],

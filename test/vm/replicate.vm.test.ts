@@ -124,6 +124,30 @@ describeVm('dmthin replicate: a live thin into another pool', () => {
     await expectInSync();
   }, 600_000);
 
+  test('a --to-command receiver that exits at once (failing, or 0 without reading): one ECOMM line, no stack trace; then it resumes', async () => {
+    // More than a pipe holds: a receiver that reads nothing cannot have taken it.
+    sh(ddCmd(src.path, { bs: BS, seek: 60, count: 40 }));
+    for (const [cmd, said] of [
+      ['exit 3', /^dmthin replicate: the receiving command exited with status 3: the snapshot is kept and sent again next cycle \[ECOMM\]\n$/],
+      ['true', /^dmthin replicate: the receiving command exited with status 0 before it read the whole stream: the snapshot is kept and sent again next cycle \[ECOMM\]\n$/],
+    ] as const) {
+      const r = replicate(['--to-command', cmd]);
+      expect({ cmd, status: r.status, stderr: r.stderr }).toEqual({ cmd, status: 1, stderr: expect.stringMatching(said) });
+      expect(readState().pending).not.toBeNull();
+    }
+    const r = replicate([...toTarget()]);
+    expect([r.status, r.stderr]).toEqual([0, '']);
+    await expectInSync();
+  }, 600_000);
+
+  test('the replicated thin\'s own device as --target is refused before anything is sent', () => {
+    const before = readState();
+    const r = replicate(['--target', src.path, '--receive-state', `${sb.dir}/self-rx.json`]);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/^dmthin replicate: the target \S+ is the replicated thin device itself \(\S+, pool \S+\): replicating onto it would overwrite the source; choose another device \[EINVAL\]\n$/);
+    expect(readState()).toEqual(before);
+  });
+
   test('--keep 3 keeps three confirmed snapshots; a state of another thin is refused', async () => {
     for (let i = 0; i < 3; i++) {
       sh(ddCmd(src.path, { bs: BS, seek: 180 + i, count: 1 }));
