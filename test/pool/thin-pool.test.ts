@@ -7,10 +7,24 @@
  */
 import { DeviceMapper } from '../../src/dm/device-mapper';
 import { Cmd, Flag, IOCTL, TARGET_MSG, align8, decodeHeader, encodeDev, encodeRequest } from '../../src/dm/ioctl';
-import { DmIoctlError } from '../../src/errors';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DmIoctlError, MetadataSnapError } from '../../src/errors';
 import { guardedCount } from '../../src/pool/release-guard';
 import { ThinPool } from '../../src/pool/thin-pool';
 import { statusResults } from '../dm/helpers/kernel-replies';
+
+// Records of held snapshots (pool/held-record.ts) go to a scratch directory, not /var/lib/dmthin.
+const heldDir = mkdtempSync(join(tmpdir(), 'dmthin-held-'));
+const savedHeldDir = process.env.DMTHIN_HELD_DIR;
+process.env.DMTHIN_HELD_DIR = heldDir;
+afterAll(() => {
+  if (savedHeldDir === undefined) delete process.env.DMTHIN_HELD_DIR;
+  else process.env.DMTHIN_HELD_DIR = savedHeldDir;
+  rmSync(heldDir, { recursive: true, force: true });
+});
 
 /** dm_name_list records (interface 4.47: event_nr and flags after each name); `next` is relative, 0 on the last. */
 function nameList(devices: { name: string; dev: { major: number; minor: number } }[]): Buffer {
@@ -127,8 +141,42 @@ describe('MetadataSnapshot and the release guard', () => {
     const k = fakePool();
     k.state.held = 9; // someone else holds one
     const pool = await ThinPool.open('pool', { dm: k.dm });
-    await expect(pool.reserveMetadataSnap()).rejects.toBeInstanceOf(DmIoctlError);
+    const e = await pool.reserveMetadataSnap().catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(MetadataSnapError);
+    expect(e).toMatchObject({
+      code: 'EBUSY',
+      message: "thin-pool pool already holds a metadata snapshot (root 9), reserved by another program; a pool holds one at a time: when nothing reads it any more, release it with 'dmthin pool release-metadata-snap pool', then run this again",
+    });
+    expect((e as Error).cause).toBeInstanceOf(DmIoctlError);
     expect(guardedCount()).toBe(0);
+    expect(k.messages).toEqual(['reserve_metadata_snap']);
+    expect(k.state.held).toBe(9);
+  });
+
+  test('a root a killed dmthin left held (its record names a process that is gone): released, then reserved afresh', async () => {
+    const k = fakePool();
+    k.state.held = 9;
+    const gone = spawnSync('true').pid!;
+    const bootId = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+    writeFileSync(join(heldDir, 'pool.json'), JSON.stringify({ format: 'dmthin-held-metadata-snap', version: 1, pool: 'pool', root: 9, pid: gone, startTime: '1', bootId }));
+    const pool = await ThinPool.open('pool', { dm: k.dm });
+    const snap = await pool.reserveMetadataSnap();
+    expect(k.messages).toEqual(['reserve_metadata_snap', 'release_metadata_snap', 'reserve_metadata_snap']);
+    expect(k.state.held).toBe(snap.root);
+    // Its own record now, removed with the release.
+    expect(JSON.parse(readFileSync(join(heldDir, 'pool.json'), 'utf8'))).toMatchObject({ root: snap.root, pid: process.pid });
+    await snap.release();
+    expect(existsSync(join(heldDir, 'pool.json'))).toBe(false);
+    expect(guardedCount()).toBe(0);
+  });
+
+  test('a root recorded with another root than the one held is not released (someone else reserved since)', async () => {
+    const k = fakePool();
+    k.state.held = 9;
+    const gone = spawnSync('true').pid!;
+    writeFileSync(join(heldDir, 'pool.json'), JSON.stringify({ format: 'dmthin-held-metadata-snap', version: 1, pool: 'pool', root: 8, pid: gone, startTime: '1', bootId: 'x' }));
+    const pool = await ThinPool.open('pool', { dm: k.dm });
+    await expect(pool.reserveMetadataSnap()).rejects.toMatchObject({ code: 'EBUSY' });
     expect(k.messages).toEqual(['reserve_metadata_snap']);
     expect(k.state.held).toBe(9);
   });
