@@ -116,6 +116,11 @@ describeVm('an LVM-made thin pool, named as LVM users name it', () => {
     expectOneLineError(dmthin(['pool', 'delete', `${vg}/my-pool`, String(id1)], env), new RegExp(`is LVM's thin pool ${vg}/my-pool: .*lvcreate/lvremove.*\\[EINVAL\\]\\n$`));
     expect(kernelTransaction()).toBe(before);
     expect(Number(L.lvField('snap-1', 'thin_id'))).toBe(id1);
+    // The raw message command too (without --force): nothing is sent.
+    expectOneLineError(dmthin(['message', tpool, '0', 'create_thin', '4242'], env), new RegExp(`^dmthin message: ${tpool} was made by LVM: create_thin behind LVM's back .*--force.*\\[EINVAL\\]\\n$`));
+    expectOneLineError(dmthin(['message', tpool, '0', 'delete', String(id1)], env), /was made by LVM: delete behind LVM's back .*\[EINVAL\]\n$/);
+    expect(kernelTransaction()).toBe(before);
+    expect(Number(L.lvField('snap-1', 'thin_id'))).toBe(id1);
 
     // dump/ls/delta -m through VG/LV against the reference tools on _tmeta, through one held snapshot.
     const dir = sb.dir;

@@ -80,6 +80,8 @@ describeVm('metadata snapshots are released when the holder dies (library and CL
 
   beforeAll(async () => {
     sb = new DmSandbox('release');
+    // The records of held snapshots (pool/held-record.ts): the guest's /var/lib is the host's, read-only.
+    process.env.DMTHIN_HELD_DIR = join(sb.dir, 'held');
     // Metadata through a linear dm device (swapped for dm-delay later), data on `zero`.
     tp = await createTestPool(sb, { metaVia: 'dm', data: 'zero', dataBytes: 1024 * MiB, features: ['skip_block_zeroing'] });
     pool = tp.pool;
@@ -157,12 +159,16 @@ describeVm('metadata snapshots are released when the holder dies (library and CL
     c.child.kill('SIGKILL');
     expect(await c.exit).toEqual({ code: null, signal: 'SIGKILL' });
     expect(await heldRoot()).toBe(root);
-    const pool = await ThinPool.open(tp.name);
-    const snap = await pool.reserveMetadataSnap();
     try {
-      expect(await heldRoot()).toBe(snap.root);
+      const snap = await pool.reserveMetadataSnap();
+      try {
+        expect(await heldRoot()).toBe(snap.root);
+      } finally {
+        await snap.release();
+      }
     } finally {
-      await snap.release();
+      // Whatever happened above, the next tests start with nothing held.
+      if ((await heldRoot()) !== null) await pool.releaseMetadataSnap();
     }
     expect(await heldRoot()).toBeNull();
     // Reserved by hand (no dmthin process holds it): left alone, and the refusal says how to free it.
