@@ -30,7 +30,8 @@ interface Child {
 }
 
 function spawnNode(args: string[]): Child {
-  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  // The test's environment explicitly: jest's process.env is the test file's own copy.
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env } });
   let out = '';
   let err = '';
   let onHeld: (n: number) => void;
