@@ -275,12 +275,6 @@ class PoolReplicationHost implements ReplicationHost {
 }
 
 /**
- * Replicates `thin` cycle after cycle, yielding one report per confirmed
- * cycle. Without `every`, one cycle (preceded by the one an interrupted run
- * left pending, if any). A failed cycle throws; its snapshot stays pending
- * and the next run sends it again before taking a new one.
- */
-/**
  * Refuses a block-device target that is the replicated thin or one of its
  * replication snapshots, active on this pool: the stream would be written
  * over its own source (a full one discards whatever the snapshot does not map).
@@ -297,6 +291,12 @@ async function refuseTargetInPool(pool: ThinPool, target: string, thin: number, 
   }
 }
 
+/**
+ * Replicates `thin` cycle after cycle, yielding one report per confirmed
+ * cycle. Without `every`, one cycle (preceded by the one an interrupted run
+ * left pending, if any). A failed cycle throws; its snapshot stays pending
+ * and the next run sends it again before taking a new one.
+ */
 export async function* replicate(o: ReplicateOptions): AsyncGenerator<CycleReport> {
   if ((o.target === undefined) === (o.toCommand === undefined)) throw new UsageError('give exactly one of target (a device or file) or toCommand (a command reading the stream)');
   if (o.every !== undefined && !(o.every > 0)) throw new UsageError(`every must be a positive number of seconds, not ${o.every}`);
