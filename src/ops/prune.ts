@@ -7,7 +7,7 @@
  * docs/repository.md). Days and weeks are UTC; weeks are ISO weeks
  * (Monday first).
  */
-import { RepoError, UsageError } from '../errors';
+import { UsageError } from '../errors';
 import { Repository, type BackupSummary, type KeySource } from '../repo/repository';
 
 /** A retention policy: at least one count, and at least one backup kept per volume. */
@@ -101,15 +101,8 @@ export async function prune(opts: PruneOptions): Promise<PruneResult> {
     const deleted = all.filter((b) => !keep.has(b.id)).map((b) => b.id);
     const kept = all.filter((b) => keep.has(b.id)).map((b) => b.id);
     if (opts.dryRun) return { kept, deleted, deletedChunks: 0, freedBytes: 0, deletedTemporary: 0 };
-    if (deleted.length > 0) await repo.deleteBackups(deleted, { signal: opts.signal });
-    let gc;
-    try {
-      gc = await repo.collectGarbage({ signal: opts.signal });
-    } catch (e) {
-      // The manifests are gone already: say so, the chunks wait for the next prune.
-      if (e instanceof RepoError && deleted.length > 0) e.message += `; the ${deleted.length} backups were deleted, their chunks are collected by the next prune`;
-      throw e;
-    }
+    // One pass under the exclusive lock: every backup kept is read and checked before any is deleted.
+    const gc = await repo.collectGarbage({ deleteBackups: deleted, signal: opts.signal });
     return { kept, deleted, deletedChunks: gc.deletedChunks, freedBytes: gc.freedBytes, deletedTemporary: gc.deletedTemporary };
   } finally {
     if (owned) await repo.close();

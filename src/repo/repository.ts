@@ -536,18 +536,25 @@ export class Repository implements AsyncDisposable {
 
   /**
    * Deletes every chunk that no committed manifest and no journal names,
-   * under the exclusive lock (refused with 'locked' while a backup runs). A
-   * manifest that cannot be read stops it with 'corrupt' before any deletion.
+   * under the exclusive lock (refused with 'locked' while a backup runs).
+   * With `deleteBackups`, those backups' manifests are deleted first, under
+   * the same lock, but only once every other manifest has been read: a
+   * manifest that cannot be read stops it with 'corrupt' (or 'not-found',
+   * 'format') before any deletion, so no good backup is deleted because
+   * another one is damaged.
    */
-  async collectGarbage(opts: RepoCallOptions = {}): Promise<GarbageReport> {
+  async collectGarbage(opts: { deleteBackups?: readonly string[] } & RepoCallOptions = {}): Promise<GarbageReport> {
     this.live();
     const signal = opts.signal;
+    const doomed = new Set(opts.deleteBackups ?? []);
     const lock = await this.locks.acquire('exclusive', 'gc', undefined, signal);
+    let deletedBackups = 0;
     try {
       const keep = new Set<string>();
       const headers = new Set<string>();
-      // Mark: every committed manifest.
+      // Mark: every committed manifest that stays.
       for await (const id of this.backupIds(signal)) {
+        if (doomed.has(id)) continue;
         headers.add(id);
         let entries: AsyncIterable<ManifestEntry>;
         try {
@@ -555,13 +562,24 @@ export class Repository implements AsyncDisposable {
           for await (const e of entries) keep.add(e.id);
         } catch (e) {
           if (e instanceof RepoError && (e.reason === 'corrupt' || e.reason === 'not-found' || e.reason === 'format'))
-            throw new RepoError(e.reason, `garbage collection stopped before deleting anything: backup ${id} cannot be read (${e.message}); delete that backup or repair it first`, {
-              key: e.key,
-              cause: e,
-            });
+            throw new RepoError(
+              e.reason,
+              `garbage collection stopped before deleting anything: backup ${id} cannot be read (${e.message}); nothing was deleted. ` +
+                `Delete that backup (dmthin backups delete --backup ${id}) or restore it from a copy, then run again`,
+              { key: e.key, backup: id, cause: e },
+            );
           throw e;
         }
         lock.check();
+      }
+      // The backups to delete: header first (gone from listings at once), then map.
+      for (const id of doomed) {
+        throwIfAborted(signal);
+        if (!isBackupId(id)) continue;
+        lock.check();
+        await this.backend.delete([`backups/${id}`], { signal });
+        await this.backend.delete([`maps/${id}`], { signal });
+        deletedBackups++;
       }
       // Mark: journals. Under the exclusive lock no session is live; a dead one's journal still protects its chunks (for its resume) until it expires.
       const liveSessions = new Set((await this.locks.scan(signal)).filter((l: FoundLock) => !this.locks.isStale(l) && l.info?.session).map((l) => l.info!.session!));
@@ -613,6 +631,11 @@ export class Repository implements AsyncDisposable {
       lock.check();
       const deletedTemporary = (await this.backend.sweepTemporary?.(0, { except: ['locks'] })) ?? 0;
       return { deletedChunks, freedBytes, deletedTemporary };
+    } catch (e) {
+      // Manifests deleted already stay deleted: say so, their chunks wait for the next collection.
+      if (deletedBackups > 0 && e instanceof Error && !isAbort(e))
+        e.message += `; ${deletedBackups} backup${deletedBackups === 1 ? ' was' : 's were'} deleted already, their chunks are collected by the next prune`;
+      throw e;
     } finally {
       await lock.release();
     }

@@ -1,0 +1,104 @@
+/**
+ * `dmthin backups ...` on a repository with damaged objects (found by an
+ * outside hunt): prune never deletes a good backup because another is
+ * damaged, `backups delete` removes one backup, a damaged header does not
+ * block the others, and reports that could not be written say the work stands.
+ */
+import { spawnSync } from 'node:child_process';
+import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Repository } from '../../src/repo/repository';
+import { CLI } from './run-cli';
+import { scratch, type Scratch } from '../stream/helpers';
+
+let s: Scratch;
+beforeAll(() => {
+  s = scratch();
+});
+afterAll(() => s.cleanup());
+
+function cli(args: string[], opts: { stdout?: number } = {}) {
+  const e = { ...process.env };
+  delete e.DMTHIN_REPO_PASSPHRASE;
+  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', env: e, timeout: 60_000, stdio: ['ignore', opts.stdout ?? 'pipe', 'pipe'] });
+  return { status: r.status, stdout: r.stdout ?? '', stderr: r.stderr };
+}
+
+/** One line on stderr, as every dmthin error. */
+function oneLine(stderr: string): string {
+  const lines = stderr.split('\n').filter(Boolean);
+  expect(lines).toHaveLength(1);
+  return lines[0];
+}
+
+const CS = 512;
+const content = (n: number) => Buffer.from(`chunk ${n} `.padEnd(CS, '.'));
+
+/** A repository with `n` backups of each volume (chunk i of backup k: content k*100+i), oldest first. */
+async function makeRepo(name: string, volumes: string[], n: number): Promise<{ loc: string; ids: Record<string, string[]> }> {
+  const loc = s.path(name);
+  await using repo = await Repository.create(loc);
+  const ids: Record<string, string[]> = {};
+  let t = Date.UTC(2026, 0, 1);
+  for (const v of volumes) {
+    ids[v] = [];
+    for (let k = 0; k < n; k++) {
+      const ss = await repo.beginBackup(v);
+      const entries = [];
+      for (let i = 0; i < 3; i++) entries.push({ index: i, id: (await ss.putChunk(content(k * 100 + i))).id });
+      const sum = await ss.commit({ volume: v, deviceSize: 3 * CS, chunkSize: CS, createdMs: (t += 60_000), source: {}, base: null }, entries);
+      ids[v].push(sum.id);
+    }
+  }
+  return { loc, ids };
+}
+
+/** Flips one bit in the middle of a file. */
+function flip(path: string): void {
+  const b = readFileSync(path);
+  b[b.length >> 1] ^= 1;
+  writeFileSync(path, b);
+}
+
+const listed = (loc: string) => readdirSync(join(loc, 'backups')).sort();
+const chunkCount = (loc: string) => readdirSync(join(loc, 'chunks')).reduce((n, d) => n + readdirSync(join(loc, 'chunks', d)).length, 0);
+
+describe('prune', () => {
+  test('a damaged map of a backup it keeps: nothing is deleted, exit 1 naming the backup and backups delete', async () => {
+    const { loc, ids } = await makeRepo('prune-map', ['vol'], 3);
+    const newest = ids.vol[2];
+    flip(join(loc, 'maps', newest));
+    const chunks = chunkCount(loc);
+    const r = cli(['backups', 'prune', '--repo', loc, '--keep-last', '1']);
+    expect(r.status).toBe(1);
+    const line = oneLine(r.stderr);
+    expect(line).toMatch(/^dmthin backups prune: .*\[EBADMSG\]$/);
+    expect(line).toContain(`backup ${newest} cannot be read`);
+    expect(line).toContain('nothing was deleted');
+    expect(line).toContain(`dmthin backups delete --backup ${newest}`);
+    expect(line).not.toMatch(/were deleted/);
+    expect(listed(loc)).toEqual([...ids.vol].sort());
+    expect(chunkCount(loc)).toBe(chunks);
+  });
+
+  test("a damaged map of another volume's backup: nothing is deleted", async () => {
+    const { loc, ids } = await makeRepo('prune-other', ['a', 'b'], 2);
+    flip(join(loc, 'maps', ids.b[0]));
+    const r = cli(['backups', 'prune', '--repo', loc, '--keep-last', '1', '--volume', 'a']);
+    expect(r.status).toBe(1);
+    expect(oneLine(r.stderr)).toContain(`backup ${ids.b[0]} cannot be read`);
+    expect(listed(loc)).toEqual([...ids.a, ...ids.b].sort());
+  });
+
+  test('a damaged map of a backup it deletes does not stop it', async () => {
+    const { loc, ids } = await makeRepo('prune-doomed', ['vol'], 3);
+    flip(join(loc, 'maps', ids.vol[0]));
+    const r = cli(['backups', 'prune', '--repo', loc, '--keep-last', '1', '--json']);
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    expect(JSON.parse(r.stdout)).toMatchObject({ kept: [ids.vol[2]], deleted: [ids.vol[0], ids.vol[1]], deletedChunks: 6 });
+    expect(listed(loc)).toEqual([ids.vol[2]]);
+    expect(existsSync(join(loc, 'maps', ids.vol[0]))).toBe(false);
+  });
+});
+
