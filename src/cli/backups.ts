@@ -1,5 +1,5 @@
 /**
- * `dmthin backups init|list|verify|prune`: a backup repository itself.
+ * `dmthin backups init|list|verify|prune|delete`: a backup repository itself.
  */
 import type { Command } from 'commander';
 import { DmthinError, RepoError } from '../errors';
@@ -40,7 +40,7 @@ function count(flag: string, v: string | undefined): number | undefined {
 }
 
 export function register(program: Command, ctx: () => CliContext): void {
-  const group = program.command('backups').description('create, list, verify and prune a backup repository');
+  const group = program.command('backups').description('create, list, verify, prune a backup repository, and delete one backup');
 
   const init = group
     .command('init')
@@ -151,5 +151,23 @@ export function register(program: Command, ctx: () => CliContext): void {
         for (const id of r.deleted) print(`${o.dryRun ? 'would delete' : 'deleted'} ${id}\n`);
         print(`kept ${r.kept.length} backups, ${o.dryRun ? 'would delete' : 'deleted'} ${r.deleted.length}; ${r.deletedChunks} chunks (${r.freedBytes} bytes) freed${r.deletedTemporary ? `, ${r.deletedTemporary} temporary files of interrupted writes removed` : ''}\n`);
       }
+    });
+
+  const del = group
+    .command('delete')
+    .description("delete one backup (also one whose header or map is damaged); its chunks are collected by the next 'backups prune'")
+    .requiredOption('--repo <repo>', 'the repository: a directory, or s3://BUCKET/PREFIX')
+    .requiredOption('--backup <id>', 'the backup to delete (as backups list shows it)');
+  keyOption(del)
+    .option('--json', 'print what was deleted as JSON')
+    .option('-q, --quiet', 'print nothing when done')
+    .action(async (o: RepoCliOpts & { backup: string }) => {
+      const c = ctx();
+      const repo = await openRepo(o, c);
+      // Exclusive, as prune: no backup runs meanwhile (one could be reading this backup as its base).
+      await repo.deleteBackups([o.backup], { exclusive: true, signal: c.signal });
+      c.done = `backup ${o.backup} was deleted`;
+      if (o.json) print(toJson({ deleted: [o.backup] }) + '\n');
+      else if (!o.quiet) print(`deleted backup ${o.backup}; its chunks are collected by the next 'dmthin backups prune'\n`);
     });
 }

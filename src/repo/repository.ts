@@ -515,14 +515,15 @@ export class Repository implements AsyncDisposable {
   }
 
   /** Deletes backups' manifests (header first, then map); chunks stay until collectGarbage. Unknown ids: 'not-found', nothing deleted. */
-  async deleteBackups(ids: readonly string[], opts: RepoCallOptions = {}): Promise<void> {
+  async deleteBackups(ids: readonly string[], opts: { exclusive?: boolean } & RepoCallOptions = {}): Promise<void> {
     this.live();
     for (const id of ids) {
       if (!isBackupId(id) || !(await this.backend.stat(`backups/${id}`, opts)))
         throw new RepoError('not-found', `backup ${id} is not in the repository at ${this.location}; nothing was deleted`, { key: `backups/${id}` });
     }
     // Shared: excludes a concurrent collection, whose mark phase must see a stable set of manifests.
-    const lock = await this.locks.acquire('shared', 'delete backups', undefined, opts.signal);
+    // Exclusive (the CLI's `backups delete`): also waits for no backup to be running, as prune does.
+    const lock = await this.locks.acquire(opts.exclusive ? 'exclusive' : 'shared', 'delete backups', undefined, opts.signal);
     try {
       for (const id of ids) {
         throwIfAborted(opts.signal);
@@ -565,7 +566,7 @@ export class Repository implements AsyncDisposable {
             throw new RepoError(
               e.reason,
               `garbage collection stopped before deleting anything: backup ${id} cannot be read (${e.message}); nothing was deleted. ` +
-                `Delete that backup (dmthin backups delete --backup ${id}) or restore it from a copy, then run again`,
+                `Delete that backup (dmthin backups delete --repo ${this.location} --backup ${id}) or restore it from a copy, then run again`,
               { key: e.key, backup: id, cause: e },
             );
           throw e;

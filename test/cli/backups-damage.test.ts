@@ -75,7 +75,7 @@ describe('prune', () => {
     expect(line).toMatch(/^dmthin backups prune: .*\[EBADMSG\]$/);
     expect(line).toContain(`backup ${newest} cannot be read`);
     expect(line).toContain('nothing was deleted');
-    expect(line).toContain(`dmthin backups delete --backup ${newest}`);
+    expect(line).toContain(`dmthin backups delete --repo ${loc} --backup ${newest}`);
     expect(line).not.toMatch(/were deleted/);
     expect(listed(loc)).toEqual([...ids.vol].sort());
     expect(chunkCount(loc)).toBe(chunks);
@@ -102,3 +102,35 @@ describe('prune', () => {
   });
 });
 
+
+describe('backups delete', () => {
+  test('deletes one backup, also one whose header or map is damaged; its chunks go at the next prune', async () => {
+    const { loc, ids } = await makeRepo('delete', ['vol'], 4);
+    flip(join(loc, 'backups', ids.vol[1]));
+    flip(join(loc, 'maps', ids.vol[2]));
+    const chunks = chunkCount(loc);
+    const a = cli(['backups', 'delete', '--repo', loc, '--backup', ids.vol[1]]);
+    expect(a.stderr).toBe('');
+    expect(a.status).toBe(0);
+    expect(a.stdout).toBe(`deleted backup ${ids.vol[1]}; its chunks are collected by the next 'dmthin backups prune'\n`);
+    const b = cli(['backups', 'delete', '--repo', loc, '--backup', ids.vol[2], '--json']);
+    expect(b.status).toBe(0);
+    expect(JSON.parse(b.stdout)).toEqual({ deleted: [ids.vol[2]] });
+    expect(listed(loc)).toEqual([ids.vol[0], ids.vol[3]].sort());
+    expect(existsSync(join(loc, 'maps', ids.vol[1]))).toBe(false);
+    expect(chunkCount(loc)).toBe(chunks);
+    expect(readdirSync(join(loc, 'locks'))).toEqual([]);
+    // Now prune can run: it collects the deleted backups' chunks.
+    const p = cli(['backups', 'prune', '--repo', loc, '--keep-last', '2', '--json']);
+    expect(p.status).toBe(0);
+    expect(JSON.parse(p.stdout)).toMatchObject({ deleted: [], deletedChunks: 6 });
+  });
+
+  test('an unknown backup: exit 1, nothing deleted', async () => {
+    const { loc, ids } = await makeRepo('delete-unknown', ['vol'], 1);
+    const r = cli(['backups', 'delete', '--repo', loc, '--backup', '20260101T000000Z-00000000']);
+    expect(r.status).toBe(1);
+    expect(oneLine(r.stderr)).toMatch(/^dmthin backups delete: backup 20260101T000000Z-00000000 is not in the repository .*nothing was deleted \[ENOENT\]$/);
+    expect(listed(loc)).toEqual(ids.vol);
+  });
+});
