@@ -3,7 +3,7 @@
  */
 import type { Command } from 'commander';
 import { DmthinError, RepoError } from '../errors';
-import type { Repository as RepositoryT } from '../repo/repository';
+import type { DamagedBackup, Repository as RepositoryT } from '../repo/repository';
 import { CliContext, parseIntArg, print } from './common';
 import { toJson } from './json';
 import { Progress, stderrIsTTY } from './progress';
@@ -75,16 +75,18 @@ export function register(program: Command, ctx: () => CliContext): void {
     .action(async (o: RepoCliOpts & { volume?: string }) => {
       const c = ctx();
       const repo = await openRepo(o, c);
-      const all = await repo.listBackups({ volume: o.volume, signal: c.signal });
-      if (o.json) {
-        print(toJson(all) + '\n');
-        return;
+      // A damaged header does not hide the others: they are listed, then it is named (exit 1).
+      const damaged: DamagedBackup[] = [];
+      const all = await repo.listBackups({ volume: o.volume, signal: c.signal, onDamaged: (d) => damaged.push(d) });
+      if (o.json) print(toJson(all) + '\n');
+      else {
+        for (const b of all) {
+          print(
+            `${b.id}  ${b.volume}  ${new Date(b.createdMs).toISOString()}  ${b.deviceSize} bytes  ${b.chunks} chunks  ${b.newChunks} new (${b.storedBytes} bytes)${b.base ? `  base ${b.base}` : ''}\n`,
+          );
+        }
       }
-      for (const b of all) {
-        print(
-          `${b.id}  ${b.volume}  ${new Date(b.createdMs).toISOString()}  ${b.deviceSize} bytes  ${b.chunks} chunks  ${b.newChunks} new (${b.storedBytes} bytes)${b.base ? `  base ${b.base}` : ''}\n`,
-        );
-      }
+      if (damaged.length) throw repoModule().damagedBackupsError(repo.location, damaged, `the ${all.length} readable backup${all.length === 1 ? ' is' : 's are'} listed`);
     });
 
   const verify = group
@@ -115,7 +117,7 @@ export function register(program: Command, ctx: () => CliContext): void {
       const n = r.problems.length + r.problemsOmitted;
       if (n > 0) {
         const p = r.problems[0];
-        const list = (await repo.listBackups({ signal: c.signal })).find((b) => b.id === p.backup);
+        const list = (await repo.listBackups({ signal: c.signal, onDamaged: () => undefined })).find((b) => b.id === p.backup);
         const where = p.index < 0 ? 'its manifest' : `chunk ${p.index} (device bytes ${p.offset}..${p.offset + (list ? Math.min(list.chunkSize, list.deviceSize - p.offset) : 1) - 1})`;
         throw new RepoError(p.reason === 'missing' ? 'not-found' : 'corrupt', `${n} problem${n === 1 ? '' : 's'} found; the first: backup ${p.backup}, ${where} is ${p.reason}`, { backup: p.backup });
       }

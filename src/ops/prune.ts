@@ -8,7 +8,7 @@
  * (Monday first).
  */
 import { UsageError } from '../errors';
-import { Repository, type BackupSummary, type KeySource } from '../repo/repository';
+import { damagedBackupsError, Repository, type BackupSummary, type DamagedBackup, type KeySource } from '../repo/repository';
 
 /** A retention policy: at least one count, and at least one backup kept per volume. */
 export interface PrunePolicy {
@@ -96,7 +96,10 @@ export async function prune(opts: PruneOptions): Promise<PruneResult> {
   const owned = typeof opts.repo === 'string';
   const repo = typeof opts.repo === 'string' ? await Repository.open(opts.repo, { key: opts.key, signal: opts.signal }) : opts.repo;
   try {
-    const all = await repo.listBackups({ volume: opts.volume, signal: opts.signal });
+    // Every header must read, also of other volumes: GC would stop at it, and nothing may be deleted before.
+    const damaged: DamagedBackup[] = [];
+    const all = await repo.listBackups({ volume: opts.volume, signal: opts.signal, onDamaged: (d) => damaged.push(d) });
+    if (damaged.length) throw damagedBackupsError(repo.location, damaged, 'prune stopped before deleting anything: nothing was deleted');
     const keep = selectKept(all, opts);
     const deleted = all.filter((b) => !keep.has(b.id)).map((b) => b.id);
     const kept = all.filter((b) => keep.has(b.id)).map((b) => b.id);

@@ -153,6 +153,29 @@ export interface VerifyReport {
   problemsOmitted: number;
 }
 
+/**
+ * The error for backups whose header cannot be read: names them, what they
+ * stop (`what`) and how to delete them.
+ */
+export function damagedBackupsError(location: string, damaged: readonly DamagedBackup[], what: string): RepoError {
+  const first = damaged[0]!;
+  const more = damaged.length > 1 ? ` and ${damaged.length - 1} more (${damaged.slice(1, 4).map((d) => d.id).join(', ')}${damaged.length > 4 ? ', ...' : ''})` : '';
+  return new RepoError(
+    first.error.reason,
+    `backup ${first.id}${more} cannot be read (${first.error.message}); ${what}. ` +
+      `Delete ${damaged.length > 1 ? 'each' : 'it'} with dmthin backups delete --repo ${location} --backup ${first.id}, or restore it from a copy`,
+    { key: first.error.key, backup: first.id, cause: first.error },
+  );
+}
+
+/** A backup whose header cannot be read, as listBackups reports it to onDamaged. */
+export interface DamagedBackup {
+  /** The backup id (from its object's name). */
+  id: string;
+  /** Why: RepoError 'corrupt' or 'format', naming the object. */
+  error: RepoError;
+}
+
 /** What readManifest returns. */
 export interface ManifestRead {
   /** The backup's header and counts. */
@@ -391,8 +414,13 @@ export class Repository implements AsyncDisposable {
     }
   }
 
-  /** Committed backups, oldest first (by createdMs, then id). A damaged header is RepoError 'corrupt'. */
-  async listBackups(opts: { volume?: string } & RepoCallOptions = {}): Promise<BackupSummary[]> {
+  /**
+   * Committed backups, oldest first (by createdMs, then id). A header that
+   * cannot be read (RepoError 'corrupt' or 'format') is given to `onDamaged`
+   * and left out of the list (its volume is unknown: whatever `volume` is
+   * asked); without `onDamaged` it is thrown.
+   */
+  async listBackups(opts: { volume?: string; onDamaged?: (d: DamagedBackup) => void } & RepoCallOptions = {}): Promise<BackupSummary[]> {
     this.live();
     const out: BackupSummary[] = [];
     for await (const id of this.backupIds(opts.signal)) {
@@ -401,6 +429,10 @@ export class Repository implements AsyncDisposable {
         h = await this.readHeader(id, opts.signal);
       } catch (e) {
         if (e instanceof RepoError && e.reason === 'not-found') continue; // deleted meanwhile
+        if (opts.onDamaged && e instanceof RepoError && (e.reason === 'corrupt' || e.reason === 'format')) {
+          opts.onDamaged({ id, error: e });
+          continue;
+        }
         throw e;
       }
       if (opts.volume === undefined || h.volume === opts.volume) out.push(this.summary(h));

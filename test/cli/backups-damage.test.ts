@@ -10,10 +10,19 @@ import { join } from 'node:path';
 import { Repository } from '../../src/repo/repository';
 import { CLI } from './run-cli';
 import { scratch, type Scratch } from '../stream/helpers';
+import { edit, makePool, runs, type PoolImages } from '../ops/backup-fixture';
+
+const BS = 128;
+const BLOCK = BS * 512;
+const SIZE = 64 * BLOCK;
+const dev1 = runs([0, 0, 40]);
+const dev2 = edit(dev1, runs([5, 100, 5]), [30, 31]);
 
 let s: Scratch;
+let pool: PoolImages;
 beforeAll(() => {
   s = scratch();
+  pool = makePool(s.dir, 'pool', { dataBlockSize: BS, nrDataBlocks: 256, devices: new Map([[1, dev1], [2, dev2]]), zeroBlocks: new Set() });
 });
 afterAll(() => s.cleanup());
 
@@ -133,4 +142,78 @@ describe('backups delete', () => {
     expect(oneLine(r.stderr)).toMatch(/^dmthin backups delete: backup 20260101T000000Z-00000000 is not in the repository .*nothing was deleted \[ENOENT\]$/);
     expect(listed(loc)).toEqual(ids.vol);
   });
+});
+
+const offline = (snap: number, repo: string, volume: string, extra: string[] = []) => [
+  'backup', '--metadata', pool.metadata, '--data', pool.data, '--snap', String(snap), '--size', String(SIZE), '--repo', repo, '--volume', volume, ...extra,
+];
+
+describe('a damaged backup header', () => {
+  let repo: string;
+  let bad: string;
+  let good: string;
+  beforeAll(() => {
+    repo = s.path('header-repo');
+    expect(cli(['backups', 'init', '--repo', repo]).status).toBe(0);
+    const a = cli([...offline(1, repo, 'vm1', ['--json'])]);
+    expect(a.status).toBe(0);
+    bad = JSON.parse(a.stdout).id;
+    const b = cli([...offline(1, repo, 'other', ['--json'])]);
+    expect(b.status).toBe(0);
+    good = JSON.parse(b.stdout).id;
+    flip(join(repo, 'backups', bad));
+  });
+
+  test('backup of any volume goes on with one warning naming it and backups delete', () => {
+    const warning = `dmthin backup: warning: backup ${bad} cannot be read (`;
+    const other = cli([...offline(2, repo, 'other', ['--json'])]);
+    expect(other.status).toBe(0);
+    expect(oneLine(other.stderr)).toContain(warning);
+    expect(other.stderr).toContain(`dmthin backups delete --repo ${repo} --backup ${bad}`);
+    expect(JSON.parse(other.stdout)).toMatchObject({ base: good });
+    // Its own volume: no readable base, so a full read.
+    const own = cli([...offline(2, repo, 'vm1', ['--json'])]);
+    expect(own.status).toBe(0);
+    expect(oneLine(own.stderr)).toContain(warning);
+    expect(JSON.parse(own.stdout)).toMatchObject({ base: null, chunksRead: dev2.size });
+    const full = cli([...offline(2, repo, 'vm1', ['--full', '-q'])]);
+    expect(full.status).toBe(0);
+  });
+
+  test('backups list prints the readable ones, then exits 1 naming the damaged one', () => {
+    for (const extra of [[], ['--volume', 'other'], ['--json']]) {
+      const r = cli(['backups', 'list', '--repo', repo, ...extra]);
+      expect(r.status).toBe(1);
+      expect(r.stdout).toContain(good);
+      expect(r.stdout).not.toContain(bad);
+      const line = oneLine(r.stderr);
+      expect(line).toMatch(new RegExp(`^dmthin backups list: backup ${bad} cannot be read \\(.*checksum mismatch.*readable backups? (is|are) listed.*dmthin backups delete --repo ${repo} --backup ${bad}.*\\[EBADMSG\\]$`));
+    }
+  });
+
+  test('backups prune refuses, nothing deleted, naming it and backups delete', () => {
+    const before = listed(repo);
+    const r = cli(['backups', 'prune', '--repo', repo, '--keep-last', '1', '--volume', 'other']);
+    expect(r.status).toBe(1);
+    const line = oneLine(r.stderr);
+    expect(line).toContain(`backup ${bad} cannot be read`);
+    expect(line).toContain('nothing was deleted');
+    expect(line).toContain(`dmthin backups delete --repo ${repo} --backup ${bad}`);
+    expect(listed(repo)).toEqual(before);
+  });
+});
+
+test("a damaged map of the volume's newest backup: the incremental backup's error says --full works and backups delete removes it", () => {
+  const repo = s.path('map-repo');
+  expect(cli(['backups', 'init', '--repo', repo]).status).toBe(0);
+  const a = cli([...offline(1, repo, 'vm1', ['--json'])]);
+  const id = JSON.parse(a.stdout).id;
+  flip(join(repo, 'maps', id));
+  const r = cli(offline(2, repo, 'vm1'));
+  expect(r.status).toBe(1);
+  const line = oneLine(r.stderr);
+  expect(line).toMatch(/^dmthin backup: .*\[EBADMSG\]$/);
+  expect(line).toContain('take a full backup (--full)');
+  expect(line).toContain(`dmthin backups delete --repo ${repo} --backup ${id}`);
+  expect(cli(offline(2, repo, 'vm1', ['--full', '-q'])).status).toBe(0);
 });
