@@ -10,10 +10,10 @@
  */
 import { randomBytes } from 'node:crypto';
 import { constants as fsc } from 'node:fs';
-import { link, lstat, mkdir, open, opendir, readFile, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { link, lstat, mkdir, open, opendir, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { AbortError, RepoError, throwIfAborted } from '../errors';
-import type { Backend, BackendCallOptions, ObjectInfo, PutOptions } from './backend';
+import { MAX_GET_BYTES, type Backend, type BackendCallOptions, type GetOptions, type ObjectInfo, type PutOptions } from './backend';
 import { putFileDurableFunction } from '../native/binding';
 
 const KEY_RE = /^[A-Za-z0-9._-]+(?:\/[A-Za-z0-9._-]+)*$/;
@@ -40,6 +40,11 @@ function backendError(op: string, key: string, path: string, e: unknown): RepoEr
     syscall: err.syscall,
     cause: e,
   });
+}
+
+/** An object that cannot be what was stored there: RepoError 'corrupt' (EBADMSG) naming it. */
+function damaged(key: string, path: string, why: string, cause?: unknown): RepoError {
+  return new RepoError('corrupt', `${key} in the local repository ${why}; the object is damaged or was replaced`, { key, path, cause });
 }
 
 async function fsyncDir(dir: string): Promise<void> {
@@ -189,14 +194,55 @@ export class LocalBackend implements Backend {
     }
   }
 
-  /** The whole object. */
-  async get(key: string, opts: BackendCallOptions = {}): Promise<Buffer> {
-    const path = this.pathOf(key);
+  /**
+   * Opens an object for reading: never following a symbolic link (objects
+   * are regular files: the listing never shows anything else) and never
+   * blocking (a FIFO in its place would hang the open), then refuses what
+   * is not a regular file or is larger than `maxBytes`, before reading any.
+   */
+  private async openObject(key: string, path: string, opts: GetOptions): Promise<{ fh: FileHandle; size: number }> {
     throwIfAborted(opts.signal);
+    let fh: FileHandle;
     try {
-      return await readFile(path, { signal: opts.signal });
+      fh = await open(path, fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK);
     } catch (e) {
       throw this.readError(key, path, e, opts.signal);
+    }
+    try {
+      const st = await fh.stat();
+      if (!st.isFile()) {
+        const what = st.isFIFO() ? 'a FIFO' : st.isCharacterDevice() || st.isBlockDevice() ? 'a device' : st.isSocket() ? 'a socket' : st.isDirectory() ? 'a directory' : 'not a file';
+        throw damaged(key, path, `is ${what}, not a regular file`);
+      }
+      if (opts.maxBytes !== undefined && st.size > opts.maxBytes) throw damaged(key, path, `is ${st.size} bytes, more than the ${opts.maxBytes} such an object can have`);
+      return { fh, size: st.size };
+    } catch (e) {
+      await fh.close().catch(() => undefined);
+      if (e instanceof RepoError) throw e;
+      throw this.readError(key, path, e, opts.signal);
+    }
+  }
+
+  /** The whole object (at most maxBytes, default MAX_GET_BYTES). */
+  async get(key: string, opts: GetOptions = {}): Promise<Buffer> {
+    const path = this.pathOf(key);
+    const { fh, size } = await this.openObject(key, path, { ...opts, maxBytes: opts.maxBytes ?? MAX_GET_BYTES });
+    try {
+      const buf = Buffer.allocUnsafe(size);
+      let off = 0;
+      // An object is never rewritten in place (puts rename a new file over it): its size holds.
+      while (off < size) {
+        throwIfAborted(opts.signal);
+        const { bytesRead } = await fh.read(buf, off, Math.min(size - off, 1 << 30), off);
+        if (bytesRead === 0) break;
+        off += bytesRead;
+      }
+      return off === size ? buf : buf.subarray(0, off);
+    } catch (e) {
+      if (e instanceof RepoError || (e as Error).name === 'AbortError') throw e;
+      throw this.readError(key, path, e, opts.signal);
+    } finally {
+      await fh.close().catch(() => undefined);
     }
   }
 
@@ -204,19 +250,15 @@ export class LocalBackend implements Backend {
     const code = (e as NodeJS.ErrnoException).code;
     if (signal?.aborted) return new AbortError(undefined, { cause: signal.reason });
     if (code === 'ENOENT' || code === 'ENOTDIR' || code === 'EISDIR') return new RepoError('not-found', `${key} is not in the repository at ${this.root}`, { key, path });
+    // O_NOFOLLOW met a symbolic link: no object is one.
+    if (code === 'ELOOP') return damaged(key, path, 'is a symbolic link, not a regular file', e);
     return backendError('read', key, path, e);
   }
 
   /** The object in pieces of at most 1 MiB. */
-  async *getStream(key: string, opts: BackendCallOptions = {}): AsyncIterable<Buffer> {
+  async *getStream(key: string, opts: GetOptions = {}): AsyncIterable<Buffer> {
     const path = this.pathOf(key);
-    throwIfAborted(opts.signal);
-    let fh: FileHandle;
-    try {
-      fh = await open(path, fsc.O_RDONLY);
-    } catch (e) {
-      throw this.readError(key, path, e, opts.signal);
-    }
+    const { fh } = await this.openObject(key, path, opts);
     try {
       for (;;) {
         throwIfAborted(opts.signal);

@@ -202,6 +202,14 @@ const JOURNAL_MAX_AGE_MS = 7 * 24 * 3600 * 1000;
 const DELETE_BATCH = 1000;
 /** The largest chunk (the largest chunkSize a header may have). */
 const MAX_CHUNK = 64 * 1024 * 1024;
+/** The largest stored chunk: payload never larger than the plaintext (compressed only when smaller), plus the envelope (at most 34 bytes). */
+const MAX_STORED_CHUNK = MAX_CHUNK + 64;
+/**
+ * The largest header, journal segment, lock or config read: far above what
+ * dmthin writes (a header is a few KiB, a segment ~128 KiB), so a damaged
+ * or hostile one is refused unread (commit refuses a larger header).
+ */
+export const MAX_SMALL_OBJECT = 16 * 1024 * 1024;
 
 function chunkKey(id: string): string {
   return `chunks/${id.slice(0, 2)}/${id}`;
@@ -313,7 +321,7 @@ export class Repository implements AsyncDisposable {
     }
     let stored: Buffer;
     try {
-      stored = await backend.get('config', { signal });
+      stored = await backend.get('config', { signal, maxBytes: MAX_SMALL_OBJECT });
     } catch (e) {
       if (e instanceof RepoError && e.reason === 'not-found') throw new RepoError('not-found', `there is no dmthin repository at ${backend.location}; create one first`, { key: 'config', cause: e });
       throw e;
@@ -364,7 +372,7 @@ export class Repository implements AsyncDisposable {
   /** A journal segment's ids, or null when it cannot be read (then it protects and resumes nothing). */
   private async readJournal(key: string, signal?: AbortSignal): Promise<string[] | null> {
     try {
-      const plain = unseal(await this.backend.get(key, { signal }), key, this.keys);
+      const plain = unseal(await this.backend.get(key, { signal, maxBytes: MAX_SMALL_OBJECT }), key, this.keys);
       if (plain.length % 32 !== 0) return null;
       const out: string[] = [];
       for (let p = 0; p < plain.length; p += 32) out.push(plain.toString('hex', p, p + 32));
@@ -381,14 +389,14 @@ export class Repository implements AsyncDisposable {
     this.live();
     if (!isChunkId(id)) throw new RepoError('config', `${JSON.stringify(id)} is not a chunk id (64 hex digits)`);
     const key = chunkKey(id);
-    const { plain, id: actual } = await unsealChunkAsync(await this.backend.get(key, opts), key, this.keys);
+    const { plain, id: actual } = await unsealChunkAsync(await this.backend.get(key, { signal: opts.signal, maxBytes: MAX_STORED_CHUNK }), key, this.keys);
     if (actual !== id) throw new RepoError('corrupt', `chunk ${id}: its content does not hash to its id; the chunk is damaged`, { key });
     return plain;
   }
 
   private async readHeader(id: string, signal?: AbortSignal): Promise<StoredHeader> {
     const key = `backups/${id}`;
-    return parseStoredHeader(unseal(await this.backend.get(key, { signal }), key, this.keys), id);
+    return parseStoredHeader(unseal(await this.backend.get(key, { signal, maxBytes: MAX_SMALL_OBJECT }), key, this.keys), id);
   }
 
   private summary(h: StoredHeader): BackupSummary {
@@ -790,7 +798,10 @@ class Session implements BackupSession {
       map: digest,
     };
     const key = `backups/${this.id}`;
-    if (!(await this.backend.put(key, seal(Buffer.from(JSON.stringify(stored)), key, this.keys, this.comp), { ifAbsent: true, signal })))
+    const sealed = seal(Buffer.from(JSON.stringify(stored)), key, this.keys, this.comp);
+    // Readers refuse a larger header as damaged: never commit one.
+    if (sealed.length > MAX_SMALL_OBJECT) throw new RepoError('config', `the header of backup ${this.id} would be ${sealed.length} bytes, more than ${MAX_SMALL_OBJECT}: its source is too large`, { key });
+    if (!(await this.backend.put(key, sealed, { ifAbsent: true, signal })))
       throw new RepoError('exists', `backup ${this.id} already exists`, { key });
     this.done = true;
     // After the commit its manifest protects what matters; the journals only cost space. The

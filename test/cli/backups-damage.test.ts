@@ -5,7 +5,7 @@
  * block the others, and reports that could not be written say the work stands.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Repository } from '../../src/repo/repository';
 import { CLI } from './run-cli';
@@ -26,10 +26,10 @@ beforeAll(() => {
 });
 afterAll(() => s.cleanup());
 
-function cli(args: string[], opts: { stdout?: number } = {}) {
+function cli(args: string[], opts: { stdout?: number; timeout?: number } = {}) {
   const e = { ...process.env };
   delete e.DMTHIN_REPO_PASSPHRASE;
-  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', env: e, timeout: 60_000, stdio: ['ignore', opts.stdout ?? 'pipe', 'pipe'] });
+  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', env: e, timeout: opts.timeout ?? 60_000, killSignal: 'SIGKILL', stdio: ['ignore', opts.stdout ?? 'pipe', 'pipe'] });
   return { status: r.status, stdout: r.stdout ?? '', stderr: r.stderr };
 }
 
@@ -216,4 +216,23 @@ test("a damaged map of the volume's newest backup: the incremental backup's erro
   expect(line).toContain('take a full backup (--full)');
   expect(line).toContain(`dmthin backups delete --repo ${repo} --backup ${id}`);
   expect(cli(offline(2, repo, 'vm1', ['--full', '-q'])).status).toBe(0);
+});
+
+test('a FIFO or a link to /dev/zero in place of a chunk: verify --data and restore end at once, exit 1 naming it as damaged', async () => {
+  const { loc, ids } = await makeRepo('fifo', ['vol'], 1);
+  const dirs = readdirSync(join(loc, 'chunks'));
+  const [a, b] = [0, 1].map((k) => {
+    const d = dirs.length > 1 ? dirs[k] : dirs[0];
+    return join(loc, 'chunks', d, readdirSync(join(loc, 'chunks', d))[dirs.length > 1 ? 0 : k]);
+  });
+  rmSync(a);
+  spawnSync('mkfifo', [a]);
+  rmSync(b);
+  symlinkSync('/dev/zero', b);
+  const v = cli(['backups', 'verify', '--repo', loc, '--data', '-q'], { timeout: 20_000 });
+  expect(v.status).toBe(1);
+  expect(oneLine(v.stderr)).toMatch(/^dmthin backups verify: 2 problems found; .* is corrupt \[EBADMSG\]$/);
+  const r = cli(['restore', '--repo', loc, '--backup', ids.vol[0], '--target', s.path('fifo.img'), '--create', '-q'], { timeout: 20_000 });
+  expect(r.status).toBe(1);
+  expect(oneLine(r.stderr)).toMatch(/in the local repository is (a FIFO|a symbolic link), not a regular file; the object is damaged or was replaced.*\[EBADMSG\]$/);
 });
