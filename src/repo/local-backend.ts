@@ -9,10 +9,10 @@
  * listed and `sweepTemporary()` removes old ones.
  */
 import { randomBytes } from 'node:crypto';
-import { constants as fsc } from 'node:fs';
+import { constants as fsc, statSync } from 'node:fs';
 import { link, lstat, mkdir, open, opendir, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
-import { dirname, join, resolve } from 'node:path';
-import { AbortError, RepoError, throwIfAborted } from '../errors';
+import { dirname, join, resolve, sep } from 'node:path';
+import { AbortError, errnoOf, RepoError, throwIfAborted } from '../errors';
 import { MAX_GET_BYTES, type Backend, type BackendCallOptions, type GetOptions, type ObjectInfo, type PutOptions } from './backend';
 import { putFileDurableFunction } from '../native/binding';
 
@@ -32,14 +32,55 @@ function checkPrefix(prefix: string): void {
   checkKey(prefix.endsWith('/') ? prefix.slice(0, -1) : prefix);
 }
 
-function backendError(op: string, key: string, path: string, e: unknown): RepoError {
+/**
+ * A store failure (reason 'backend') that keeps the system's code (ENOSPC,
+ * ENOTDIR, EACCES...; EIO when there is none) and says what to do about it.
+ * @internal exported for tests
+ */
+export function backendError(op: string, key: string, path: string, e: unknown, root?: string): RepoError {
   const err = e as NodeJS.ErrnoException;
-  return new RepoError('backend', `local repository: ${op} of ${key} failed (${err.code ?? err.message}); check the directory ${path} is writable and its disk healthy`, {
-    key,
-    path,
-    syscall: err.syscall,
-    cause: e,
-  });
+  const code = typeof err.code === 'string' && errnoOf(err.code) !== undefined ? err.code : 'EIO';
+  const what = `local repository: ${op} of ${key} failed (${err.code ?? err.message})`;
+  let advice: string;
+  switch (code) {
+    case 'ENOSPC':
+      advice = `the filesystem holding ${root ?? dirname(path)} is full: free space on it, then run again`;
+      break;
+    case 'EDQUOT':
+      advice = `the disk quota on ${root ?? dirname(path)} is used up: free space or raise the quota, then run again`;
+      break;
+    case 'ENOTDIR':
+    case 'EEXIST':
+      advice = `${fileInTheWay(path) ?? 'a path on the way'} is not a directory; the repository must be a directory (or a path where one can be made), with only dmthin's folders in it`;
+      break;
+    case 'EACCES':
+    case 'EPERM':
+      advice = `no permission: check the owner and mode of ${dirname(path)} and the files in it`;
+      break;
+    case 'EROFS':
+      advice = `${root ?? dirname(path)} is on a read-only filesystem`;
+      break;
+    case 'ELOOP':
+      advice = `a symbolic link on the way to ${path} loops`;
+      break;
+    default:
+      advice = `check the directory ${dirname(path)} is writable and its disk healthy`;
+  }
+  return new RepoError('backend', `${what}: ${advice}`, { code, key, path, syscall: err.syscall, cause: e });
+}
+
+/** The first path from / down to `path`'s directory that exists and is not a directory (for ENOTDIR). */
+function fileInTheWay(path: string): string | undefined {
+  let p: string = sep;
+  for (const part of dirname(resolve(path)).split(sep).filter(Boolean)) {
+    p = join(p, part);
+    try {
+      if (!statSync(p).isDirectory()) return p;
+    } catch {
+      return undefined;
+    }
+  }
+  return undefined;
 }
 
 /** An object that cannot be what was stored there: RepoError 'corrupt' (EBADMSG) naming it. */
@@ -165,7 +206,7 @@ export class LocalBackend implements Backend {
       // The caller's body failed (say a source refusing its input): its own error, not a disk fault.
       if (e instanceof FromBody) throw e.error;
       if (e instanceof RepoError || (e as Error).name === 'AbortError') throw e;
-      throw backendError('put', key, path, e);
+      throw backendError('put', key, path, e, this.root);
     } finally {
       if (fh) await fh.close().catch(() => undefined);
       if (tmpExists) await unlink(tmp).catch(() => undefined);
@@ -190,7 +231,7 @@ export class LocalBackend implements Backend {
       }
     } catch (e) {
       if (e instanceof RepoError || (e as Error).name === 'AbortError') throw e;
-      throw backendError('put', key, path, e);
+      throw backendError('put', key, path, e, this.root);
     }
   }
 
@@ -252,7 +293,8 @@ export class LocalBackend implements Backend {
     if (code === 'ENOENT' || code === 'ENOTDIR' || code === 'EISDIR') return new RepoError('not-found', `${key} is not in the repository at ${this.root}`, { key, path });
     // O_NOFOLLOW met a symbolic link: no object is one.
     if (code === 'ELOOP') return damaged(key, path, 'is a symbolic link, not a regular file', e);
-    return backendError('read', key, path, e);
+    if (code === 'EFBIG' || code === 'ERR_FS_FILE_TOO_LARGE') return damaged(key, path, 'is larger than any object can be', e);
+    return backendError('read', key, path, e, this.root);
   }
 
   /** The object in pieces of at most 1 MiB. */
@@ -287,7 +329,7 @@ export class LocalBackend implements Backend {
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
       if (code === 'ENOENT' || code === 'ENOTDIR') return null;
-      throw backendError('stat', key, path, e);
+      throw backendError('stat', key, path, e, this.root);
     }
   }
 
@@ -307,7 +349,7 @@ export class LocalBackend implements Backend {
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
       if (code === 'ENOENT' || code === 'ENOTDIR') return;
-      throw backendError('list', relDir || '.', dirPath, e);
+      throw backendError('list', relDir || '.', dirPath, e, this.root);
     }
     try {
       for await (const ent of dir) {
@@ -323,7 +365,7 @@ export class LocalBackend implements Backend {
             const s = await lstat(join(dirPath, ent.name));
             yield { key, size: s.size, mtimeMs: s.mtimeMs };
           } catch (e) {
-            if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw backendError('list', key, dirPath, e);
+            if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw backendError('list', key, dirPath, e, this.root);
           }
         }
       }
@@ -343,10 +385,10 @@ export class LocalBackend implements Backend {
         dirs.add(dirname(path));
       } catch (e) {
         const code = (e as NodeJS.ErrnoException).code;
-        if (code !== 'ENOENT' && code !== 'ENOTDIR') throw backendError('delete', key, path, e);
+        if (code !== 'ENOENT' && code !== 'ENOTDIR') throw backendError('delete', key, path, e, this.root);
       }
     }
-    for (const d of dirs) await fsyncDir(d).catch((e) => Promise.reject(backendError('delete', d, d, e)));
+    for (const d of dirs) await fsyncDir(d).catch((e) => Promise.reject(backendError('delete', d, d, e, this.root)));
   }
 
   /**

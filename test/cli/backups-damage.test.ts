@@ -236,3 +236,10 @@ test('a FIFO or a link to /dev/zero in place of a chunk: verify --data and resto
   expect(r.status).toBe(1);
   expect(oneLine(r.stderr)).toMatch(/in the local repository is (a FIFO|a symbolic link), not a regular file; the object is damaged or was replaced.*\[EBADMSG\]$/);
 });
+
+test('backups init --repo FILE: ENOTDIR naming the file, not EIO', () => {
+  writeFileSync(s.path('a-file'), 'x');
+  const r = cli(['backups', 'init', '--repo', s.path('a-file')]);
+  expect(r.status).toBe(1);
+  expect(oneLine(r.stderr)).toMatch(new RegExp(`^dmthin backups init: .*${s.path('a-file')} is not a directory; the repository must be a directory.*\\[ENOTDIR\\]$`));
+});

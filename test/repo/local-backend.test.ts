@@ -11,7 +11,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import ts from 'typescript';
 import { RepoError } from '../../src/errors';
 import { MAX_GET_BYTES } from '../../src/repo/backend';
-import { LocalBackend } from '../../src/repo/local-backend';
+import { backendError, LocalBackend } from '../../src/repo/local-backend';
 import { Repository } from '../../src/repo/repository';
 import { scratchDir } from './scratch';
 
@@ -176,6 +176,45 @@ describe('objects that are not what a put makes (found by an outside hunt)', () 
     expect((await repo.verify({ data: true })).problems).toEqual([{ backup: sum.id, index: 0, offset: 0, id, reason: 'corrupt' }]);
   });
 });
+
+describe('store failures keep their code and say what to do (found by an outside hunt)', () => {
+  // Every one was [EIO] "check the directory ... is writable and its disk healthy".
+  const sys = (code: string, syscall = 'write') => Object.assign(new Error(`${code}: failed`), { code, syscall });
+  it.each([
+    ['ENOSPC', /is full: free space on it, then run again/],
+    ['EDQUOT', /quota .* is used up/],
+    ['EACCES', /no permission: check the owner and mode of/],
+    ['EROFS', /is on a read-only filesystem/],
+    ['EIO', /check the directory .* is writable and its disk healthy/],
+  ])('%s', (code, advice) => {
+    const e = backendError('put', 'chunks/aa/x', join(dir, 'r', 'chunks', 'aa', 'x'), sys(code), join(dir, 'r'));
+    expect(e).toMatchObject({ reason: 'backend', code, key: 'chunks/aa/x', syscall: 'write' });
+    expect(e.message).toMatch(advice);
+  });
+
+  it('a failure without an errno code is EIO', () => {
+    expect(backendError('read', 'k', join(dir, 'k'), sys('ERR_SOMETHING'))).toMatchObject({ reason: 'backend', code: 'EIO', errno: -5 });
+  });
+
+  it('a repository path that is a file: ENOTDIR, naming the file', async () => {
+    writeFileSync(join(dir, 'file'), 'x');
+    for (const root of [join(dir, 'file'), join(dir, 'file', 'sub', 'repo')]) {
+      const b = new LocalBackend(root);
+      const e = await rejection(b.put('config', Buffer.from('c')));
+      expect(e).toMatchObject({ reason: 'backend', code: 'ENOTDIR' });
+      expect((e as Error).message).toContain(`${join(dir, 'file')} is not a directory; the repository must be a directory`);
+    }
+  });
+});
+
+async function rejection(p: Promise<unknown>): Promise<unknown> {
+  try {
+    await p;
+  } catch (e) {
+    return e;
+  }
+  throw new Error('did not reject');
+}
 
 describe('crash safety', () => {
   it.each([
