@@ -55,6 +55,8 @@ export function register(program: Command, ctx: () => CliContext): void {
       const repo = await repoModule().Repository.create(o.repo, { key: keySource(o), compression: o.compression, signal: c.signal });
       await repo.close();
       const r = { repo: repo.location, encrypted: repo.encrypted, keyFile: o.keyFile ?? null, keyFileCreated: madeKey };
+      // Made for good: a lost report must not read as a failed init (a second one is refused).
+      c.done = `the ${r.encrypted ? 'encrypted' : 'unencrypted'} repository ${r.repo} was created${madeKey ? ` with the new key file ${o.keyFile}` : ''}`;
       if (o.json) print(toJson(r) + '\n');
       else {
         print(
@@ -148,6 +150,7 @@ export function register(program: Command, ctx: () => CliContext): void {
       const r = await ops.prune({ ...policy, repo, volume: o.volume, dryRun: o.dryRun, signal: c.signal }).catch((e) => {
         throw cliWording(e);
       });
+      if (!o.dryRun) c.done = `prune deleted ${r.deleted.length} backup${r.deleted.length === 1 ? '' : 's'} and ${r.deletedChunks} chunks`;
       if (o.json) print(toJson(r) + '\n');
       else {
         for (const id of r.deleted) print(`${o.dryRun ? 'would delete' : 'deleted'} ${id}\n`);

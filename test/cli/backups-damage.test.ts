@@ -5,7 +5,7 @@
  * block the others, and reports that could not be written say the work stands.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, openSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Repository } from '../../src/repo/repository';
 import { CLI } from './run-cli';
@@ -242,4 +242,31 @@ test('backups init --repo FILE: ENOTDIR naming the file, not EIO', () => {
   const r = cli(['backups', 'init', '--repo', s.path('a-file')]);
   expect(r.status).toBe(1);
   expect(oneLine(r.stderr)).toMatch(new RegExp(`^dmthin backups init: .*${s.path('a-file')} is not a directory; the repository must be a directory.*\\[ENOTDIR\\]$`));
+});
+
+describe('a report that cannot be written (stdout /dev/full) says the work stands', () => {
+  const full = () => openSync('/dev/full', 'w');
+  test('backups init: the repository was created', () => {
+    const repo = s.path('full-init');
+    const r = cli(['backups', 'init', '--repo', repo, '--json'], { stdout: full() });
+    expect(r.status).toBe(1);
+    expect(oneLine(r.stderr)).toMatch(new RegExp(`^dmthin backups init: .*; the unencrypted repository ${repo} was created: only its report was lost \\[ENOSPC\\]$`));
+    expect(existsSync(join(repo, 'config'))).toBe(true);
+  });
+
+  test('backups prune: its deletions', async () => {
+    const { loc, ids } = await makeRepo('full-prune', ['vol'], 3);
+    const r = cli(['backups', 'prune', '--repo', loc, '--keep-last', '1', '--json'], { stdout: full() });
+    expect(r.status).toBe(1);
+    expect(oneLine(r.stderr)).toMatch(/; prune deleted 2 backups and 6 chunks: only its report was lost \[ENOSPC\]$/);
+    expect(listed(loc)).toEqual([ids.vol[2]]);
+  });
+
+  test('backups delete: the backup was deleted', async () => {
+    const { loc, ids } = await makeRepo('full-delete', ['vol'], 2);
+    const r = cli(['backups', 'delete', '--repo', loc, '--backup', ids.vol[0]], { stdout: full() });
+    expect(r.status).toBe(1);
+    expect(oneLine(r.stderr)).toMatch(new RegExp(`; backup ${ids.vol[0]} was deleted: only its report was lost \\[ENOSPC\\]$`));
+    expect(listed(loc)).toEqual([ids.vol[1]]);
+  });
 });
