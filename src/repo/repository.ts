@@ -430,6 +430,8 @@ export class Repository implements AsyncDisposable {
    */
   async listBackups(opts: { volume?: string; onDamaged?: (d: DamagedBackup) => void } & RepoCallOptions = {}): Promise<BackupSummary[]> {
     this.live();
+    // A name no backup can have is a mistake, not an empty list (beginBackup refuses it too).
+    if (opts.volume !== undefined) checkVolume(opts.volume);
     const out: BackupSummary[] = [];
     for await (const id of this.backupIds(opts.signal)) {
       let h: StoredHeader;

@@ -270,3 +270,14 @@ describe('a report that cannot be written (stdout /dev/full) says the work stand
     expect(listed(loc)).toEqual([ids.vol[1]]);
   });
 });
+
+test('backups list and prune --volume with a name no volume can have: exit 1 naming it, as backup', async () => {
+  const { loc, ids } = await makeRepo('bad-volume', ['vol'], 2);
+  for (const cmd of [['list'], ['prune', '--keep-last', '1']]) {
+    const r = cli(['backups', ...cmd, '--repo', loc, '--volume', 'bad/name']);
+    expect(r.status).toBe(1);
+    expect(r.stdout).toBe('');
+    expect(oneLine(r.stderr)).toMatch(new RegExp(`^dmthin backups ${cmd[0]}: invalid volume name "bad/name": .*\\[EINVAL\\]$`));
+  }
+  expect(listed(loc)).toEqual([...ids.vol].sort());
+});
