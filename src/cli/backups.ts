@@ -147,7 +147,8 @@ export function register(program: Command, ctx: () => CliContext): void {
         throw e;
       }
       const repo = await openRepo(o, c);
-      const r = await ops.prune({ ...policy, repo, volume: o.volume, dryRun: o.dryRun, signal: c.signal }).catch((e) => {
+      const onWarning = (m: string) => void process.stderr.write(`dmthin backups prune: warning: ${m}\n`);
+      const r = await ops.prune({ ...policy, repo, volume: o.volume, dryRun: o.dryRun, signal: c.signal, onWarning }).catch((e) => {
         throw cliWording(e);
       });
       if (!o.dryRun) c.done = `prune deleted ${r.deleted.length} backup${r.deleted.length === 1 ? '' : 's'} and ${r.deletedChunks} chunks`;

@@ -407,7 +407,7 @@ async function store(repo: Repository, p: Plan, source: DataSource, deviceSize: 
     o.onProgress?.({ phase: 'data', chunksRead: stats.chunksRead, chunksToRead, bytesRead: stats.bytesRead, bytesUploaded: stats.bytesUploaded });
   const kill = killAfterCount(); // test seam (ops/test-seams.ts)
 
-  await using session: BackupSession = await repo.beginBackup(o.volume, { signal: o.signal });
+  await using session: BackupSession = await repo.beginBackup(o.volume, { signal: o.signal, onWarning: o.onWarning });
   // Ids stored by this run (or in flight): a chunk repeated in the volume is put once.
   const putting = new Map<string, Promise<void>>();
   const stored = new Set<string>();

@@ -32,6 +32,8 @@ export interface PruneOptions extends PrunePolicy {
   dryRun?: boolean;
   /** Cancels the work, which then rejects with AbortError. */
   signal?: AbortSignal;
+  /** Told of what the collection works around (a damaged journal segment), one line each. */
+  onWarning?: (message: string) => void;
 }
 
 /** What prune did. */
@@ -105,7 +107,7 @@ export async function prune(opts: PruneOptions): Promise<PruneResult> {
     const kept = all.filter((b) => keep.has(b.id)).map((b) => b.id);
     if (opts.dryRun) return { kept, deleted, deletedChunks: 0, freedBytes: 0, deletedTemporary: 0 };
     // One pass under the exclusive lock: every backup kept is read and checked before any is deleted.
-    const gc = await repo.collectGarbage({ deleteBackups: deleted, signal: opts.signal });
+    const gc = await repo.collectGarbage({ deleteBackups: deleted, signal: opts.signal, onWarning: opts.onWarning });
     return { kept, deleted, deletedChunks: gc.deletedChunks, freedBytes: gc.freedBytes, deletedTemporary: gc.deletedTemporary };
   } finally {
     if (owned) await repo.close();

@@ -340,7 +340,7 @@ export class Repository implements AsyncDisposable {
   }
 
   /** Starts a backup of `volume`: takes a shared lock and collects what an interrupted earlier session stored. */
-  async beginBackup(volume: string, opts: RepoCallOptions = {}): Promise<BackupSession> {
+  async beginBackup(volume: string, opts: { onWarning?: (message: string) => void } & RepoCallOptions = {}): Promise<BackupSession> {
     this.live();
     checkVolume(volume);
     const id = newBackupId(Date.now());
@@ -352,7 +352,9 @@ export class Repository implements AsyncDisposable {
       for await (const seg of this.backend.list(`journals/${this.volumeTag(volume)}/`, opts)) {
         const session = seg.key.split('/')[2]!;
         if (liveSessions.has(session)) continue; // a concurrent backup of the same volume: not ours to take
-        const ids = await this.readJournal(seg.key, opts.signal);
+        const ids = await this.readJournal(seg.key, opts.signal, (why) =>
+          opts.onWarning?.(`a journal segment of an interrupted backup of ${volume} cannot be read (${why}); the chunks it names are not resumed: they are checked and uploaded again where missing`),
+        );
         if (ids === null) continue;
         for (const x of ids) resumed.add(x);
         adopted.push(seg.key);
@@ -369,17 +371,28 @@ export class Repository implements AsyncDisposable {
     return this.keys ? createHmac('sha256', this.keys.id).update(`volume ${volume}`).digest('hex').slice(0, 32) : volume;
   }
 
-  /** A journal segment's ids, or null when it cannot be read (then it protects and resumes nothing). */
-  private async readJournal(key: string, signal?: AbortSignal): Promise<string[] | null> {
+  /**
+   * A journal segment's ids, or null when it cannot be read (then it protects
+   * and resumes nothing: safe, as only an interrupted session's chunks depend
+   * on it, and they are uploaded again), told to `damaged` with why.
+   */
+  private async readJournal(key: string, signal?: AbortSignal, damaged?: (why: string) => void): Promise<string[] | null> {
     try {
       const plain = unseal(await this.backend.get(key, { signal, maxBytes: MAX_SMALL_OBJECT }), key, this.keys);
-      if (plain.length % 32 !== 0) return null;
+      if (plain.length % 32 !== 0) {
+        damaged?.(`${key}: ${plain.length} bytes, not a whole number of 32-byte ids`);
+        return null;
+      }
       const out: string[] = [];
       for (let p = 0; p < plain.length; p += 32) out.push(plain.toString('hex', p, p + 32));
       return out;
     } catch (e) {
       if (isAbort(e)) throw e;
-      if (e instanceof RepoError && (e.reason === 'corrupt' || e.reason === 'not-found' || e.reason === 'format')) return null;
+      if (e instanceof RepoError && (e.reason === 'corrupt' || e.reason === 'format')) {
+        damaged?.(e.message);
+        return null;
+      }
+      if (e instanceof RepoError && e.reason === 'not-found') return null; // deleted meanwhile (a commit)
       throw e;
     }
   }
@@ -586,7 +599,7 @@ export class Repository implements AsyncDisposable {
    * 'format') before any deletion, so no good backup is deleted because
    * another one is damaged.
    */
-  async collectGarbage(opts: { deleteBackups?: readonly string[] } & RepoCallOptions = {}): Promise<GarbageReport> {
+  async collectGarbage(opts: { deleteBackups?: readonly string[]; onWarning?: (message: string) => void } & RepoCallOptions = {}): Promise<GarbageReport> {
     this.live();
     const signal = opts.signal;
     const doomed = new Set(opts.deleteBackups ?? []);
@@ -641,7 +654,10 @@ export class Repository implements AsyncDisposable {
           expired.push(...s.keys);
           continue;
         }
-        for (const k of s.keys) for (const x of (await this.readJournal(k, signal)) ?? []) keep.add(x);
+        // A damaged segment protects nothing: only an interrupted session's resume needs it (committed backups' maps name all their chunks).
+        const damaged = (why: string) =>
+          opts.onWarning?.(`a journal segment of an interrupted backup cannot be read (${why}); the chunks it names are not kept for its resume: the next backup of that volume uploads them again`);
+        for (const k of s.keys) for (const x of (await this.readJournal(k, signal, damaged)) ?? []) keep.add(x);
       }
       // Journals go before the chunks they name, so no journal outlives its chunks.
       for (let i = 0; i < expired.length; i += DELETE_BATCH) await this.backend.delete(expired.slice(i, i + DELETE_BATCH), { signal });

@@ -281,3 +281,25 @@ test('backups list and prune --volume with a name no volume can have: exit 1 nam
   }
   expect(listed(loc)).toEqual([...ids.vol].sort());
 });
+
+test('a damaged journal segment: backup and prune go on, each with one warning line naming it', async () => {
+  const { loc } = await makeRepo('journal', ['vm1'], 1);
+  {
+    await using repo = await Repository.open(loc);
+    const ss = await repo.beginBackup('vm1');
+    await ss.putChunk(content(900));
+    await ss.putChunk(content(901));
+    await ss[Symbol.asyncDispose](); // interrupted: its journal stays
+  }
+  // (the committed session's directory is left empty)
+  const sessionDir = readdirSync(join(loc, 'journals', 'vm1')).find((d) => readdirSync(join(loc, 'journals', 'vm1', d)).length > 0)!;
+  const seg = join('journals', 'vm1', sessionDir, readdirSync(join(loc, 'journals', 'vm1', sessionDir))[0]);
+  flip(join(loc, seg));
+  const b = cli(offline(1, loc, 'vm1', ['-q']));
+  expect(b.status).toBe(0);
+  expect(oneLine(b.stderr)).toMatch(new RegExp(`^dmthin backup: warning: a journal segment of an interrupted backup of vm1 cannot be read \\(${seg}: checksum mismatch.*uploaded again where missing$`));
+  const p = cli(['backups', 'prune', '--repo', loc, '--keep-last', '1', '--json']);
+  expect(p.status).toBe(0);
+  expect(oneLine(p.stderr)).toMatch(new RegExp(`^dmthin backups prune: warning: a journal segment of an interrupted backup cannot be read \\(${seg}: checksum mismatch.*uploads them again$`));
+  expect(JSON.parse(p.stdout).deletedChunks).toBe(5); // the first backup's 3 and the journal's 2
+});
