@@ -267,7 +267,7 @@ export type RepoErrorReason =
   | 'bad-key' // the key or passphrase does not open the repository (EACCES)
   | 'format' // an object is not in a format this version reads (EPROTO)
   | 'locked' // another process holds a lock this operation needs (EBUSY)
-  | 'backend' // the store itself failed (I/O error, S3 error after retries) (EIO)
+  | 'backend' // the store itself failed (I/O error, S3 error after retries) (EIO, or the system's own code: ENOSPC, ENOTDIR...)
   | 'config'; // the repository address or settings cannot be used (EINVAL)
 
 const REPO_CODES: Record<RepoErrorReason, string> = {
@@ -288,8 +288,13 @@ export class RepoError extends DmthinError {
   /** The object's key inside the repository, where it applies. */
   declare key?: string;
 
-  constructor(reason: RepoErrorReason, message: string, fields: ErrorFields & { key?: string } = {}) {
-    super(REPO_CODES[reason], message, fields);
+  /**
+   * `code` in fields overrides the reason's code: a store failure keeps the
+   * system's own (ENOSPC, ENOTDIR...), which says more than EIO.
+   */
+  constructor(reason: RepoErrorReason, message: string, fields: ErrorFields & { key?: string; code?: string } = {}) {
+    const { code, ...rest } = fields;
+    super(code ?? REPO_CODES[reason], message, rest);
     this.reason = reason;
   }
 }

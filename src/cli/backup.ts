@@ -70,6 +70,8 @@ export function register(program: Command, ctx: () => CliContext): void {
         onProgress: ((p) => {
           if (p.phase === 'data') bar.update(p.chunksRead, p.chunksToRead, 'chunks');
         }) as BackupOptions['onProgress'],
+        // Before the bar starts (the backups are listed first): a line of its own.
+        onWarning: (m: string) => void process.stderr.write(`dmthin backup: warning: ${m}\n`),
       };
       let opts: BackupOptions;
       if (o.pool !== undefined) {

@@ -1,9 +1,9 @@
 /**
- * `dmthin backups init|list|verify|prune`: a backup repository itself.
+ * `dmthin backups init|list|verify|prune|delete`: a backup repository itself.
  */
 import type { Command } from 'commander';
 import { DmthinError, RepoError } from '../errors';
-import type { Repository as RepositoryT } from '../repo/repository';
+import type { DamagedBackup, Repository as RepositoryT } from '../repo/repository';
 import { CliContext, parseIntArg, print } from './common';
 import { toJson } from './json';
 import { Progress, stderrIsTTY } from './progress';
@@ -40,7 +40,7 @@ function count(flag: string, v: string | undefined): number | undefined {
 }
 
 export function register(program: Command, ctx: () => CliContext): void {
-  const group = program.command('backups').description('create, list, verify and prune a backup repository');
+  const group = program.command('backups').description('create, list, verify, prune a backup repository, and delete one backup');
 
   const init = group
     .command('init')
@@ -55,6 +55,8 @@ export function register(program: Command, ctx: () => CliContext): void {
       const repo = await repoModule().Repository.create(o.repo, { key: keySource(o), compression: o.compression, signal: c.signal });
       await repo.close();
       const r = { repo: repo.location, encrypted: repo.encrypted, keyFile: o.keyFile ?? null, keyFileCreated: madeKey };
+      // Made for good: a lost report must not read as a failed init (a second one is refused).
+      c.done = `the ${r.encrypted ? 'encrypted' : 'unencrypted'} repository ${r.repo} was created${madeKey ? ` with the new key file ${o.keyFile}` : ''}`;
       if (o.json) print(toJson(r) + '\n');
       else {
         print(
@@ -75,16 +77,18 @@ export function register(program: Command, ctx: () => CliContext): void {
     .action(async (o: RepoCliOpts & { volume?: string }) => {
       const c = ctx();
       const repo = await openRepo(o, c);
-      const all = await repo.listBackups({ volume: o.volume, signal: c.signal });
-      if (o.json) {
-        print(toJson(all) + '\n');
-        return;
+      // A damaged header does not hide the others: they are listed, then it is named (exit 1).
+      const damaged: DamagedBackup[] = [];
+      const all = await repo.listBackups({ volume: o.volume, signal: c.signal, onDamaged: (d) => damaged.push(d) });
+      if (o.json) print(toJson(all) + '\n');
+      else {
+        for (const b of all) {
+          print(
+            `${b.id}  ${b.volume}  ${new Date(b.createdMs).toISOString()}  ${b.deviceSize} bytes  ${b.chunks} chunks  ${b.newChunks} new (${b.storedBytes} bytes)${b.base ? `  base ${b.base}` : ''}\n`,
+          );
+        }
       }
-      for (const b of all) {
-        print(
-          `${b.id}  ${b.volume}  ${new Date(b.createdMs).toISOString()}  ${b.deviceSize} bytes  ${b.chunks} chunks  ${b.newChunks} new (${b.storedBytes} bytes)${b.base ? `  base ${b.base}` : ''}\n`,
-        );
-      }
+      if (damaged.length) throw repoModule().damagedBackupsError(repo.location, damaged, `the ${all.length} readable backup${all.length === 1 ? ' is' : 's are'} listed`);
     });
 
   const verify = group
@@ -115,7 +119,7 @@ export function register(program: Command, ctx: () => CliContext): void {
       const n = r.problems.length + r.problemsOmitted;
       if (n > 0) {
         const p = r.problems[0];
-        const list = (await repo.listBackups({ signal: c.signal })).find((b) => b.id === p.backup);
+        const list = (await repo.listBackups({ signal: c.signal, onDamaged: () => undefined })).find((b) => b.id === p.backup);
         const where = p.index < 0 ? 'its manifest' : `chunk ${p.index} (device bytes ${p.offset}..${p.offset + (list ? Math.min(list.chunkSize, list.deviceSize - p.offset) : 1) - 1})`;
         throw new RepoError(p.reason === 'missing' ? 'not-found' : 'corrupt', `${n} problem${n === 1 ? '' : 's'} found; the first: backup ${p.backup}, ${where} is ${p.reason}`, { backup: p.backup });
       }
@@ -143,13 +147,33 @@ export function register(program: Command, ctx: () => CliContext): void {
         throw e;
       }
       const repo = await openRepo(o, c);
-      const r = await ops.prune({ ...policy, repo, volume: o.volume, dryRun: o.dryRun, signal: c.signal }).catch((e) => {
+      const onWarning = (m: string) => void process.stderr.write(`dmthin backups prune: warning: ${m}\n`);
+      const r = await ops.prune({ ...policy, repo, volume: o.volume, dryRun: o.dryRun, signal: c.signal, onWarning }).catch((e) => {
         throw cliWording(e);
       });
+      if (!o.dryRun) c.done = `prune deleted ${r.deleted.length} backup${r.deleted.length === 1 ? '' : 's'} and ${r.deletedChunks} chunks`;
       if (o.json) print(toJson(r) + '\n');
       else {
         for (const id of r.deleted) print(`${o.dryRun ? 'would delete' : 'deleted'} ${id}\n`);
         print(`kept ${r.kept.length} backups, ${o.dryRun ? 'would delete' : 'deleted'} ${r.deleted.length}; ${r.deletedChunks} chunks (${r.freedBytes} bytes) freed${r.deletedTemporary ? `, ${r.deletedTemporary} temporary files of interrupted writes removed` : ''}\n`);
       }
+    });
+
+  const del = group
+    .command('delete')
+    .description("delete one backup (also one whose header or map is damaged); its chunks are collected by the next 'backups prune'")
+    .requiredOption('--repo <repo>', 'the repository: a directory, or s3://BUCKET/PREFIX')
+    .requiredOption('--backup <id>', 'the backup to delete (as backups list shows it)');
+  keyOption(del)
+    .option('--json', 'print what was deleted as JSON')
+    .option('-q, --quiet', 'print nothing when done')
+    .action(async (o: RepoCliOpts & { backup: string }) => {
+      const c = ctx();
+      const repo = await openRepo(o, c);
+      // Exclusive, as prune: no backup runs meanwhile (one could be reading this backup as its base).
+      await repo.deleteBackups([o.backup], { exclusive: true, signal: c.signal });
+      c.done = `backup ${o.backup} was deleted`;
+      if (o.json) print(toJson({ deleted: [o.backup] }) + '\n');
+      else if (!o.quiet) print(`deleted backup ${o.backup}; its chunks are collected by the next 'dmthin backups prune'\n`);
     });
 }

@@ -33,6 +33,7 @@ export function cliWording(e: unknown): unknown {
     e.message = e.message
       .replace(/\(option deviceSize\)/g, '(--size BYTES)')
       .replace(/option deviceSize/g, '--size BYTES')
+      .replace(/\(option full\)/g, '(--full)')
       .replace(/\(option create makes a file target\)/g, '(--create makes a file target)');
   }
   return e;

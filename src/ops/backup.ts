@@ -90,6 +90,8 @@ interface CommonBackupOptions {
   signal?: AbortSignal;
   /** Called as the work advances. */
   onProgress?: (p: BackupProgress) => void;
+  /** Told of what the backup works around (a backup whose header cannot be read: skipped), one line each. */
+  onWarning?: (message: string) => void;
 }
 
 /** backup from a live pool: through its metadata snapshot, data from the snapshot's thin device. */
@@ -263,6 +265,11 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
       try {
         return 'pool' in o ? await fromPool(repo, o) : await fromImage(repo, o);
       } catch (e) {
+        // The only map a backup reads is its base's: say how to get past it.
+        if (e instanceof RepoError && (e.reason === 'corrupt' || e.reason === 'format') && e.key?.startsWith('maps/')) {
+          const base = e.key.slice('maps/'.length).split('#')[0];
+          e.message += `; it is the base of this incremental backup: take a full backup (option full), which does not read it, or delete that backup (dmthin backups delete --repo ${repo.location} --backup ${base})`;
+        }
         if (!(e instanceof BaseGone)) throw e;
       }
     }
@@ -279,7 +286,7 @@ async function fromImage(repo: Repository, o: ImageBackupOptions): Promise<Backu
     });
   }
   const started = Date.now();
-  const candidates = await repo.listBackups({ volume: o.volume, signal: o.signal });
+  const candidates = await readableBackups(repo, o);
   const md = await ThinMetadata.open(o.metadata, { metadataSnap: o.metadataSnap });
   try {
     const source = await NativeDataSource.open(o.data, { addressing: 'data' });
@@ -308,7 +315,7 @@ async function fromPool(repo: Repository, o: PoolBackupOptions): Promise<BackupR
       }),
   });
   const size = thin.deviceSize;
-  const candidates = await repo.listBackups({ volume: o.volume, signal: o.signal });
+  const candidates = await readableBackups(repo, o);
 
   await using extents = new ExtentStore({ tmpDir: o.tmpDir });
   // The metadata snapshot is held for the walk only (withMetadataSnapshot releases it on every path).
@@ -322,6 +329,20 @@ async function fromPool(repo: Repository, o: PoolBackupOptions): Promise<BackupR
   return withThinData(pool, o.snap, thin, { prefix: 'dmthin-backup', readNothing: size === 0 || p.dataBlocksToRead === 0, nothing: nothingToRead }, (source) =>
     store(repo, p, source, size, o, started),
   );
+}
+
+/**
+ * The volume's backups whose header reads. One that does not (its volume is
+ * unknown) is skipped with a warning: the base is then an older backup, or
+ * none (a full read), never a guess.
+ */
+function readableBackups(repo: Repository, o: CommonBackupOptions): Promise<BackupSummary[]> {
+  return repo.listBackups({
+    volume: o.volume,
+    signal: o.signal,
+    onDamaged: (d) =>
+      o.onWarning?.(`backup ${d.id} cannot be read (${d.error.message}); skipped, not used as a base: delete it with dmthin backups delete --repo ${repo.location} --backup ${d.id}`),
+  });
 }
 
 /** The base chosen by the plan was deleted before its map could be read (nothing read or stored yet): plan again. */
@@ -386,7 +407,7 @@ async function store(repo: Repository, p: Plan, source: DataSource, deviceSize: 
     o.onProgress?.({ phase: 'data', chunksRead: stats.chunksRead, chunksToRead, bytesRead: stats.bytesRead, bytesUploaded: stats.bytesUploaded });
   const kill = killAfterCount(); // test seam (ops/test-seams.ts)
 
-  await using session: BackupSession = await repo.beginBackup(o.volume, { signal: o.signal });
+  await using session: BackupSession = await repo.beginBackup(o.volume, { signal: o.signal, onWarning: o.onWarning });
   // Ids stored by this run (or in flight): a chunk repeated in the volume is put once.
   const putting = new Map<string, Promise<void>>();
   const stored = new Set<string>();

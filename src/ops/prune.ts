@@ -7,8 +7,8 @@
  * docs/repository.md). Days and weeks are UTC; weeks are ISO weeks
  * (Monday first).
  */
-import { RepoError, UsageError } from '../errors';
-import { Repository, type BackupSummary, type KeySource } from '../repo/repository';
+import { UsageError } from '../errors';
+import { damagedBackupsError, Repository, type BackupSummary, type DamagedBackup, type KeySource } from '../repo/repository';
 
 /** A retention policy: at least one count, and at least one backup kept per volume. */
 export interface PrunePolicy {
@@ -32,6 +32,8 @@ export interface PruneOptions extends PrunePolicy {
   dryRun?: boolean;
   /** Cancels the work, which then rejects with AbortError. */
   signal?: AbortSignal;
+  /** Told of what the collection works around (a damaged journal segment), one line each. */
+  onWarning?: (message: string) => void;
 }
 
 /** What prune did. */
@@ -96,20 +98,16 @@ export async function prune(opts: PruneOptions): Promise<PruneResult> {
   const owned = typeof opts.repo === 'string';
   const repo = typeof opts.repo === 'string' ? await Repository.open(opts.repo, { key: opts.key, signal: opts.signal }) : opts.repo;
   try {
-    const all = await repo.listBackups({ volume: opts.volume, signal: opts.signal });
+    // Every header must read, also of other volumes: GC would stop at it, and nothing may be deleted before.
+    const damaged: DamagedBackup[] = [];
+    const all = await repo.listBackups({ volume: opts.volume, signal: opts.signal, onDamaged: (d) => damaged.push(d) });
+    if (damaged.length) throw damagedBackupsError(repo.location, damaged, 'prune stopped before deleting anything: nothing was deleted');
     const keep = selectKept(all, opts);
     const deleted = all.filter((b) => !keep.has(b.id)).map((b) => b.id);
     const kept = all.filter((b) => keep.has(b.id)).map((b) => b.id);
     if (opts.dryRun) return { kept, deleted, deletedChunks: 0, freedBytes: 0, deletedTemporary: 0 };
-    if (deleted.length > 0) await repo.deleteBackups(deleted, { signal: opts.signal });
-    let gc;
-    try {
-      gc = await repo.collectGarbage({ signal: opts.signal });
-    } catch (e) {
-      // The manifests are gone already: say so, the chunks wait for the next prune.
-      if (e instanceof RepoError && deleted.length > 0) e.message += `; the ${deleted.length} backups were deleted, their chunks are collected by the next prune`;
-      throw e;
-    }
+    // One pass under the exclusive lock: every backup kept is read and checked before any is deleted.
+    const gc = await repo.collectGarbage({ deleteBackups: deleted, signal: opts.signal, onWarning: opts.onWarning });
     return { kept, deleted, deletedChunks: gc.deletedChunks, freedBytes: gc.freedBytes, deletedTemporary: gc.deletedTemporary };
   } finally {
     if (owned) await repo.close();

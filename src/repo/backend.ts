@@ -24,6 +24,20 @@ export interface BackendCallOptions {
   signal?: AbortSignal;
 }
 
+/** Options of Backend.get and getStream. */
+export interface GetOptions extends BackendCallOptions {
+  /**
+   * The largest this object can be (the caller knows its kind's bound): a
+   * larger one is refused as RepoError 'corrupt' before it is read, so a
+   * damaged or hostile object cannot exhaust memory. get's default:
+   * MAX_GET_BYTES; getStream's: none (its memory is one piece at a time).
+   */
+  maxBytes?: number;
+}
+
+/** The largest object get() reads when no maxBytes is given: any envelope (256 MiB of plaintext, its framing). */
+export const MAX_GET_BYTES = 256 * 1024 * 1024 + 64;
+
 /** Options of Backend.put. */
 export interface PutOptions extends BackendCallOptions {
   /**
@@ -47,7 +61,8 @@ export interface PutOptions extends BackendCallOptions {
  * file, fsync, rename, directory fsync; S3: a PUT or a completed multipart
  * upload is atomic). Durability: put and delete have reached stable storage
  * when their promise resolves. Errors: RepoError (src/errors.ts) with reason
- * 'not-found' for an absent key, 'backend' for a store failure after the
+ * 'not-found' for an absent key, 'corrupt' for an object larger than
+ * maxBytes or (local) not a regular file, 'backend' for a store failure after the
  * backend's own retries, 'config' for a bad key; AbortError on abort.
  */
 export interface Backend extends AsyncDisposable {
@@ -63,9 +78,9 @@ export interface Backend extends AsyncDisposable {
   /** Stores an object. A body stream is consumed once and never buffered whole (S3: multipart above a part size). Resolves true when written, false when `ifAbsent` found the key. */
   put(key: string, body: Uint8Array | AsyncIterable<Uint8Array>, opts?: PutOptions): Promise<boolean>;
   /** The whole object (for objects known to be small: chunks, configs, locks). */
-  get(key: string, opts?: BackendCallOptions): Promise<Buffer>;
+  get(key: string, opts?: GetOptions): Promise<Buffer>;
   /** The object as a stream of pieces, for objects of any size (manifests). */
-  getStream(key: string, opts?: BackendCallOptions): AsyncIterable<Buffer>;
+  getStream(key: string, opts?: GetOptions): AsyncIterable<Buffer>;
   /** Size and time of an object, or null when it does not exist. */
   stat(key: string, opts?: BackendCallOptions): Promise<ObjectInfo | null>;
   /** Every object whose key starts with `prefix`, in no promised order; memory bounded (pages). */

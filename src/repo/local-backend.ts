@@ -9,11 +9,11 @@
  * listed and `sweepTemporary()` removes old ones.
  */
 import { randomBytes } from 'node:crypto';
-import { constants as fsc } from 'node:fs';
-import { link, lstat, mkdir, open, opendir, readFile, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
-import { dirname, join, resolve } from 'node:path';
-import { AbortError, RepoError, throwIfAborted } from '../errors';
-import type { Backend, BackendCallOptions, ObjectInfo, PutOptions } from './backend';
+import { constants as fsc, statSync } from 'node:fs';
+import { link, lstat, mkdir, open, opendir, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { dirname, join, resolve, sep } from 'node:path';
+import { AbortError, errnoOf, RepoError, throwIfAborted } from '../errors';
+import { MAX_GET_BYTES, type Backend, type BackendCallOptions, type GetOptions, type ObjectInfo, type PutOptions } from './backend';
 import { putFileDurableFunction } from '../native/binding';
 
 const KEY_RE = /^[A-Za-z0-9._-]+(?:\/[A-Za-z0-9._-]+)*$/;
@@ -32,14 +32,60 @@ function checkPrefix(prefix: string): void {
   checkKey(prefix.endsWith('/') ? prefix.slice(0, -1) : prefix);
 }
 
-function backendError(op: string, key: string, path: string, e: unknown): RepoError {
+/**
+ * A store failure (reason 'backend') that keeps the system's code (ENOSPC,
+ * ENOTDIR, EACCES...; EIO when there is none) and says what to do about it.
+ * @internal exported for tests
+ */
+export function backendError(op: string, key: string, path: string, e: unknown, root?: string): RepoError {
   const err = e as NodeJS.ErrnoException;
-  return new RepoError('backend', `local repository: ${op} of ${key} failed (${err.code ?? err.message}); check the directory ${path} is writable and its disk healthy`, {
-    key,
-    path,
-    syscall: err.syscall,
-    cause: e,
-  });
+  const code = typeof err.code === 'string' && errnoOf(err.code) !== undefined ? err.code : 'EIO';
+  const what = `local repository: ${op} of ${key} failed (${err.code ?? err.message})`;
+  let advice: string;
+  switch (code) {
+    case 'ENOSPC':
+      advice = `the filesystem holding ${root ?? dirname(path)} is full: free space on it, then run again`;
+      break;
+    case 'EDQUOT':
+      advice = `the disk quota on ${root ?? dirname(path)} is used up: free space or raise the quota, then run again`;
+      break;
+    case 'ENOTDIR':
+    case 'EEXIST':
+      advice = `${fileInTheWay(path) ?? 'a path on the way'} is not a directory; the repository must be a directory (or a path where one can be made), with only dmthin's folders in it`;
+      break;
+    case 'EACCES':
+    case 'EPERM':
+      advice = `no permission: check the owner and mode of ${dirname(path)} and the files in it`;
+      break;
+    case 'EROFS':
+      advice = `${root ?? dirname(path)} is on a read-only filesystem`;
+      break;
+    case 'ELOOP':
+      advice = `a symbolic link on the way to ${path} loops`;
+      break;
+    default:
+      advice = `check the directory ${dirname(path)} is writable and its disk healthy`;
+  }
+  return new RepoError('backend', `${what}: ${advice}`, { code, key, path, syscall: err.syscall, cause: e });
+}
+
+/** The first path from / down to `path`'s directory that exists and is not a directory (for ENOTDIR). */
+function fileInTheWay(path: string): string | undefined {
+  let p: string = sep;
+  for (const part of dirname(resolve(path)).split(sep).filter(Boolean)) {
+    p = join(p, part);
+    try {
+      if (!statSync(p).isDirectory()) return p;
+    } catch {
+      return undefined;
+    }
+  }
+  return undefined;
+}
+
+/** An object that cannot be what was stored there: RepoError 'corrupt' (EBADMSG) naming it. */
+function damaged(key: string, path: string, why: string, cause?: unknown): RepoError {
+  return new RepoError('corrupt', `${key} in the local repository ${why}; the object is damaged or was replaced`, { key, path, cause });
 }
 
 async function fsyncDir(dir: string): Promise<void> {
@@ -160,7 +206,7 @@ export class LocalBackend implements Backend {
       // The caller's body failed (say a source refusing its input): its own error, not a disk fault.
       if (e instanceof FromBody) throw e.error;
       if (e instanceof RepoError || (e as Error).name === 'AbortError') throw e;
-      throw backendError('put', key, path, e);
+      throw backendError('put', key, path, e, this.root);
     } finally {
       if (fh) await fh.close().catch(() => undefined);
       if (tmpExists) await unlink(tmp).catch(() => undefined);
@@ -185,18 +231,59 @@ export class LocalBackend implements Backend {
       }
     } catch (e) {
       if (e instanceof RepoError || (e as Error).name === 'AbortError') throw e;
-      throw backendError('put', key, path, e);
+      throw backendError('put', key, path, e, this.root);
     }
   }
 
-  /** The whole object. */
-  async get(key: string, opts: BackendCallOptions = {}): Promise<Buffer> {
-    const path = this.pathOf(key);
+  /**
+   * Opens an object for reading: never following a symbolic link (objects
+   * are regular files: the listing never shows anything else) and never
+   * blocking (a FIFO in its place would hang the open), then refuses what
+   * is not a regular file or is larger than `maxBytes`, before reading any.
+   */
+  private async openObject(key: string, path: string, opts: GetOptions): Promise<{ fh: FileHandle; size: number }> {
     throwIfAborted(opts.signal);
+    let fh: FileHandle;
     try {
-      return await readFile(path, { signal: opts.signal });
+      fh = await open(path, fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK);
     } catch (e) {
       throw this.readError(key, path, e, opts.signal);
+    }
+    try {
+      const st = await fh.stat();
+      if (!st.isFile()) {
+        const what = st.isFIFO() ? 'a FIFO' : st.isCharacterDevice() || st.isBlockDevice() ? 'a device' : st.isSocket() ? 'a socket' : st.isDirectory() ? 'a directory' : 'not a file';
+        throw damaged(key, path, `is ${what}, not a regular file`);
+      }
+      if (opts.maxBytes !== undefined && st.size > opts.maxBytes) throw damaged(key, path, `is ${st.size} bytes, more than the ${opts.maxBytes} such an object can have`);
+      return { fh, size: st.size };
+    } catch (e) {
+      await fh.close().catch(() => undefined);
+      if (e instanceof RepoError) throw e;
+      throw this.readError(key, path, e, opts.signal);
+    }
+  }
+
+  /** The whole object (at most maxBytes, default MAX_GET_BYTES). */
+  async get(key: string, opts: GetOptions = {}): Promise<Buffer> {
+    const path = this.pathOf(key);
+    const { fh, size } = await this.openObject(key, path, { ...opts, maxBytes: opts.maxBytes ?? MAX_GET_BYTES });
+    try {
+      const buf = Buffer.allocUnsafe(size);
+      let off = 0;
+      // An object is never rewritten in place (puts rename a new file over it): its size holds.
+      while (off < size) {
+        throwIfAborted(opts.signal);
+        const { bytesRead } = await fh.read(buf, off, Math.min(size - off, 1 << 30), off);
+        if (bytesRead === 0) break;
+        off += bytesRead;
+      }
+      return off === size ? buf : buf.subarray(0, off);
+    } catch (e) {
+      if (e instanceof RepoError || (e as Error).name === 'AbortError') throw e;
+      throw this.readError(key, path, e, opts.signal);
+    } finally {
+      await fh.close().catch(() => undefined);
     }
   }
 
@@ -204,19 +291,16 @@ export class LocalBackend implements Backend {
     const code = (e as NodeJS.ErrnoException).code;
     if (signal?.aborted) return new AbortError(undefined, { cause: signal.reason });
     if (code === 'ENOENT' || code === 'ENOTDIR' || code === 'EISDIR') return new RepoError('not-found', `${key} is not in the repository at ${this.root}`, { key, path });
-    return backendError('read', key, path, e);
+    // O_NOFOLLOW met a symbolic link: no object is one.
+    if (code === 'ELOOP') return damaged(key, path, 'is a symbolic link, not a regular file', e);
+    if (code === 'EFBIG' || code === 'ERR_FS_FILE_TOO_LARGE') return damaged(key, path, 'is larger than any object can be', e);
+    return backendError('read', key, path, e, this.root);
   }
 
   /** The object in pieces of at most 1 MiB. */
-  async *getStream(key: string, opts: BackendCallOptions = {}): AsyncIterable<Buffer> {
+  async *getStream(key: string, opts: GetOptions = {}): AsyncIterable<Buffer> {
     const path = this.pathOf(key);
-    throwIfAborted(opts.signal);
-    let fh: FileHandle;
-    try {
-      fh = await open(path, fsc.O_RDONLY);
-    } catch (e) {
-      throw this.readError(key, path, e, opts.signal);
-    }
+    const { fh } = await this.openObject(key, path, opts);
     try {
       for (;;) {
         throwIfAborted(opts.signal);
@@ -245,7 +329,7 @@ export class LocalBackend implements Backend {
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
       if (code === 'ENOENT' || code === 'ENOTDIR') return null;
-      throw backendError('stat', key, path, e);
+      throw backendError('stat', key, path, e, this.root);
     }
   }
 
@@ -265,7 +349,7 @@ export class LocalBackend implements Backend {
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
       if (code === 'ENOENT' || code === 'ENOTDIR') return;
-      throw backendError('list', relDir || '.', dirPath, e);
+      throw backendError('list', relDir || '.', dirPath, e, this.root);
     }
     try {
       for await (const ent of dir) {
@@ -281,7 +365,7 @@ export class LocalBackend implements Backend {
             const s = await lstat(join(dirPath, ent.name));
             yield { key, size: s.size, mtimeMs: s.mtimeMs };
           } catch (e) {
-            if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw backendError('list', key, dirPath, e);
+            if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw backendError('list', key, dirPath, e, this.root);
           }
         }
       }
@@ -301,10 +385,10 @@ export class LocalBackend implements Backend {
         dirs.add(dirname(path));
       } catch (e) {
         const code = (e as NodeJS.ErrnoException).code;
-        if (code !== 'ENOENT' && code !== 'ENOTDIR') throw backendError('delete', key, path, e);
+        if (code !== 'ENOENT' && code !== 'ENOTDIR') throw backendError('delete', key, path, e, this.root);
       }
     }
-    for (const d of dirs) await fsyncDir(d).catch((e) => Promise.reject(backendError('delete', d, d, e)));
+    for (const d of dirs) await fsyncDir(d).catch((e) => Promise.reject(backendError('delete', d, d, e, this.root)));
   }
 
   /**

@@ -153,6 +153,29 @@ export interface VerifyReport {
   problemsOmitted: number;
 }
 
+/**
+ * The error for backups whose header cannot be read: names them, what they
+ * stop (`what`) and how to delete them.
+ */
+export function damagedBackupsError(location: string, damaged: readonly DamagedBackup[], what: string): RepoError {
+  const first = damaged[0]!;
+  const more = damaged.length > 1 ? ` and ${damaged.length - 1} more (${damaged.slice(1, 4).map((d) => d.id).join(', ')}${damaged.length > 4 ? ', ...' : ''})` : '';
+  return new RepoError(
+    first.error.reason,
+    `backup ${first.id}${more} cannot be read (${first.error.message}); ${what}. ` +
+      `Delete ${damaged.length > 1 ? 'each' : 'it'} with dmthin backups delete --repo ${location} --backup ${first.id}, or restore it from a copy`,
+    { key: first.error.key, backup: first.id, cause: first.error },
+  );
+}
+
+/** A backup whose header cannot be read, as listBackups reports it to onDamaged. */
+export interface DamagedBackup {
+  /** The backup id (from its object's name). */
+  id: string;
+  /** Why: RepoError 'corrupt' or 'format', naming the object. */
+  error: RepoError;
+}
+
 /** What readManifest returns. */
 export interface ManifestRead {
   /** The backup's header and counts. */
@@ -179,6 +202,14 @@ const JOURNAL_MAX_AGE_MS = 7 * 24 * 3600 * 1000;
 const DELETE_BATCH = 1000;
 /** The largest chunk (the largest chunkSize a header may have). */
 const MAX_CHUNK = 64 * 1024 * 1024;
+/** The largest stored chunk: payload never larger than the plaintext (compressed only when smaller), plus the envelope (at most 34 bytes). */
+const MAX_STORED_CHUNK = MAX_CHUNK + 64;
+/**
+ * The largest header, journal segment, lock or config read: far above what
+ * dmthin writes (a header is a few KiB, a segment ~128 KiB), so a damaged
+ * or hostile one is refused unread (commit refuses a larger header).
+ */
+export const MAX_SMALL_OBJECT = 16 * 1024 * 1024;
 
 function chunkKey(id: string): string {
   return `chunks/${id.slice(0, 2)}/${id}`;
@@ -290,7 +321,7 @@ export class Repository implements AsyncDisposable {
     }
     let stored: Buffer;
     try {
-      stored = await backend.get('config', { signal });
+      stored = await backend.get('config', { signal, maxBytes: MAX_SMALL_OBJECT });
     } catch (e) {
       if (e instanceof RepoError && e.reason === 'not-found') throw new RepoError('not-found', `there is no dmthin repository at ${backend.location}; create one first`, { key: 'config', cause: e });
       throw e;
@@ -309,7 +340,7 @@ export class Repository implements AsyncDisposable {
   }
 
   /** Starts a backup of `volume`: takes a shared lock and collects what an interrupted earlier session stored. */
-  async beginBackup(volume: string, opts: RepoCallOptions = {}): Promise<BackupSession> {
+  async beginBackup(volume: string, opts: { onWarning?: (message: string) => void } & RepoCallOptions = {}): Promise<BackupSession> {
     this.live();
     checkVolume(volume);
     const id = newBackupId(Date.now());
@@ -321,7 +352,9 @@ export class Repository implements AsyncDisposable {
       for await (const seg of this.backend.list(`journals/${this.volumeTag(volume)}/`, opts)) {
         const session = seg.key.split('/')[2]!;
         if (liveSessions.has(session)) continue; // a concurrent backup of the same volume: not ours to take
-        const ids = await this.readJournal(seg.key, opts.signal);
+        const ids = await this.readJournal(seg.key, opts.signal, (why) =>
+          opts.onWarning?.(`a journal segment of an interrupted backup of ${volume} cannot be read (${why}); the chunks it names are not resumed: they are checked and uploaded again where missing`),
+        );
         if (ids === null) continue;
         for (const x of ids) resumed.add(x);
         adopted.push(seg.key);
@@ -338,17 +371,28 @@ export class Repository implements AsyncDisposable {
     return this.keys ? createHmac('sha256', this.keys.id).update(`volume ${volume}`).digest('hex').slice(0, 32) : volume;
   }
 
-  /** A journal segment's ids, or null when it cannot be read (then it protects and resumes nothing). */
-  private async readJournal(key: string, signal?: AbortSignal): Promise<string[] | null> {
+  /**
+   * A journal segment's ids, or null when it cannot be read (then it protects
+   * and resumes nothing: safe, as only an interrupted session's chunks depend
+   * on it, and they are uploaded again), told to `damaged` with why.
+   */
+  private async readJournal(key: string, signal?: AbortSignal, damaged?: (why: string) => void): Promise<string[] | null> {
     try {
-      const plain = unseal(await this.backend.get(key, { signal }), key, this.keys);
-      if (plain.length % 32 !== 0) return null;
+      const plain = unseal(await this.backend.get(key, { signal, maxBytes: MAX_SMALL_OBJECT }), key, this.keys);
+      if (plain.length % 32 !== 0) {
+        damaged?.(`${key}: ${plain.length} bytes, not a whole number of 32-byte ids`);
+        return null;
+      }
       const out: string[] = [];
       for (let p = 0; p < plain.length; p += 32) out.push(plain.toString('hex', p, p + 32));
       return out;
     } catch (e) {
       if (isAbort(e)) throw e;
-      if (e instanceof RepoError && (e.reason === 'corrupt' || e.reason === 'not-found' || e.reason === 'format')) return null;
+      if (e instanceof RepoError && (e.reason === 'corrupt' || e.reason === 'format')) {
+        damaged?.(e.message);
+        return null;
+      }
+      if (e instanceof RepoError && e.reason === 'not-found') return null; // deleted meanwhile (a commit)
       throw e;
     }
   }
@@ -358,14 +402,14 @@ export class Repository implements AsyncDisposable {
     this.live();
     if (!isChunkId(id)) throw new RepoError('config', `${JSON.stringify(id)} is not a chunk id (64 hex digits)`);
     const key = chunkKey(id);
-    const { plain, id: actual } = await unsealChunkAsync(await this.backend.get(key, opts), key, this.keys);
+    const { plain, id: actual } = await unsealChunkAsync(await this.backend.get(key, { signal: opts.signal, maxBytes: MAX_STORED_CHUNK }), key, this.keys);
     if (actual !== id) throw new RepoError('corrupt', `chunk ${id}: its content does not hash to its id; the chunk is damaged`, { key });
     return plain;
   }
 
   private async readHeader(id: string, signal?: AbortSignal): Promise<StoredHeader> {
     const key = `backups/${id}`;
-    return parseStoredHeader(unseal(await this.backend.get(key, { signal }), key, this.keys), id);
+    return parseStoredHeader(unseal(await this.backend.get(key, { signal, maxBytes: MAX_SMALL_OBJECT }), key, this.keys), id);
   }
 
   private summary(h: StoredHeader): BackupSummary {
@@ -391,9 +435,16 @@ export class Repository implements AsyncDisposable {
     }
   }
 
-  /** Committed backups, oldest first (by createdMs, then id). A damaged header is RepoError 'corrupt'. */
-  async listBackups(opts: { volume?: string } & RepoCallOptions = {}): Promise<BackupSummary[]> {
+  /**
+   * Committed backups, oldest first (by createdMs, then id). A header that
+   * cannot be read (RepoError 'corrupt' or 'format') is given to `onDamaged`
+   * and left out of the list (its volume is unknown: whatever `volume` is
+   * asked); without `onDamaged` it is thrown.
+   */
+  async listBackups(opts: { volume?: string; onDamaged?: (d: DamagedBackup) => void } & RepoCallOptions = {}): Promise<BackupSummary[]> {
     this.live();
+    // A name no backup can have is a mistake, not an empty list (beginBackup refuses it too).
+    if (opts.volume !== undefined) checkVolume(opts.volume);
     const out: BackupSummary[] = [];
     for await (const id of this.backupIds(opts.signal)) {
       let h: StoredHeader;
@@ -401,6 +452,10 @@ export class Repository implements AsyncDisposable {
         h = await this.readHeader(id, opts.signal);
       } catch (e) {
         if (e instanceof RepoError && e.reason === 'not-found') continue; // deleted meanwhile
+        if (opts.onDamaged && e instanceof RepoError && (e.reason === 'corrupt' || e.reason === 'format')) {
+          opts.onDamaged({ id, error: e });
+          continue;
+        }
         throw e;
       }
       if (opts.volume === undefined || h.volume === opts.volume) out.push(this.summary(h));
@@ -515,14 +570,15 @@ export class Repository implements AsyncDisposable {
   }
 
   /** Deletes backups' manifests (header first, then map); chunks stay until collectGarbage. Unknown ids: 'not-found', nothing deleted. */
-  async deleteBackups(ids: readonly string[], opts: RepoCallOptions = {}): Promise<void> {
+  async deleteBackups(ids: readonly string[], opts: { exclusive?: boolean } & RepoCallOptions = {}): Promise<void> {
     this.live();
     for (const id of ids) {
       if (!isBackupId(id) || !(await this.backend.stat(`backups/${id}`, opts)))
         throw new RepoError('not-found', `backup ${id} is not in the repository at ${this.location}; nothing was deleted`, { key: `backups/${id}` });
     }
     // Shared: excludes a concurrent collection, whose mark phase must see a stable set of manifests.
-    const lock = await this.locks.acquire('shared', 'delete backups', undefined, opts.signal);
+    // Exclusive (the CLI's `backups delete`): also waits for no backup to be running, as prune does.
+    const lock = await this.locks.acquire(opts.exclusive ? 'exclusive' : 'shared', 'delete backups', undefined, opts.signal);
     try {
       for (const id of ids) {
         throwIfAborted(opts.signal);
@@ -536,18 +592,25 @@ export class Repository implements AsyncDisposable {
 
   /**
    * Deletes every chunk that no committed manifest and no journal names,
-   * under the exclusive lock (refused with 'locked' while a backup runs). A
-   * manifest that cannot be read stops it with 'corrupt' before any deletion.
+   * under the exclusive lock (refused with 'locked' while a backup runs).
+   * With `deleteBackups`, those backups' manifests are deleted first, under
+   * the same lock, but only once every other manifest has been read: a
+   * manifest that cannot be read stops it with 'corrupt' (or 'not-found',
+   * 'format') before any deletion, so no good backup is deleted because
+   * another one is damaged.
    */
-  async collectGarbage(opts: RepoCallOptions = {}): Promise<GarbageReport> {
+  async collectGarbage(opts: { deleteBackups?: readonly string[]; onWarning?: (message: string) => void } & RepoCallOptions = {}): Promise<GarbageReport> {
     this.live();
     const signal = opts.signal;
+    const doomed = new Set(opts.deleteBackups ?? []);
     const lock = await this.locks.acquire('exclusive', 'gc', undefined, signal);
+    let deletedBackups = 0;
     try {
       const keep = new Set<string>();
       const headers = new Set<string>();
-      // Mark: every committed manifest.
+      // Mark: every committed manifest that stays.
       for await (const id of this.backupIds(signal)) {
+        if (doomed.has(id)) continue;
         headers.add(id);
         let entries: AsyncIterable<ManifestEntry>;
         try {
@@ -555,13 +618,24 @@ export class Repository implements AsyncDisposable {
           for await (const e of entries) keep.add(e.id);
         } catch (e) {
           if (e instanceof RepoError && (e.reason === 'corrupt' || e.reason === 'not-found' || e.reason === 'format'))
-            throw new RepoError(e.reason, `garbage collection stopped before deleting anything: backup ${id} cannot be read (${e.message}); delete that backup or repair it first`, {
-              key: e.key,
-              cause: e,
-            });
+            throw new RepoError(
+              e.reason,
+              `garbage collection stopped before deleting anything: backup ${id} cannot be read (${e.message}); nothing was deleted. ` +
+                `Delete that backup (dmthin backups delete --repo ${this.location} --backup ${id}) or restore it from a copy, then run again`,
+              { key: e.key, backup: id, cause: e },
+            );
           throw e;
         }
         lock.check();
+      }
+      // The backups to delete: header first (gone from listings at once), then map.
+      for (const id of doomed) {
+        throwIfAborted(signal);
+        if (!isBackupId(id)) continue;
+        lock.check();
+        await this.backend.delete([`backups/${id}`], { signal });
+        await this.backend.delete([`maps/${id}`], { signal });
+        deletedBackups++;
       }
       // Mark: journals. Under the exclusive lock no session is live; a dead one's journal still protects its chunks (for its resume) until it expires.
       const liveSessions = new Set((await this.locks.scan(signal)).filter((l: FoundLock) => !this.locks.isStale(l) && l.info?.session).map((l) => l.info!.session!));
@@ -580,7 +654,10 @@ export class Repository implements AsyncDisposable {
           expired.push(...s.keys);
           continue;
         }
-        for (const k of s.keys) for (const x of (await this.readJournal(k, signal)) ?? []) keep.add(x);
+        // A damaged segment protects nothing: only an interrupted session's resume needs it (committed backups' maps name all their chunks).
+        const damaged = (why: string) =>
+          opts.onWarning?.(`a journal segment of an interrupted backup cannot be read (${why}); the chunks it names are not kept for its resume: the next backup of that volume uploads them again`);
+        for (const k of s.keys) for (const x of (await this.readJournal(k, signal, damaged)) ?? []) keep.add(x);
       }
       // Journals go before the chunks they name, so no journal outlives its chunks.
       for (let i = 0; i < expired.length; i += DELETE_BATCH) await this.backend.delete(expired.slice(i, i + DELETE_BATCH), { signal });
@@ -613,6 +690,11 @@ export class Repository implements AsyncDisposable {
       lock.check();
       const deletedTemporary = (await this.backend.sweepTemporary?.(0, { except: ['locks'] })) ?? 0;
       return { deletedChunks, freedBytes, deletedTemporary };
+    } catch (e) {
+      // Manifests deleted already stay deleted: say so, their chunks wait for the next collection.
+      if (deletedBackups > 0 && e instanceof Error && !isAbort(e))
+        e.message += `; ${deletedBackups} backup${deletedBackups === 1 ? ' was' : 's were'} deleted already, their chunks are collected by the next prune`;
+      throw e;
     } finally {
       await lock.release();
     }
@@ -734,7 +816,10 @@ class Session implements BackupSession {
       map: digest,
     };
     const key = `backups/${this.id}`;
-    if (!(await this.backend.put(key, seal(Buffer.from(JSON.stringify(stored)), key, this.keys, this.comp), { ifAbsent: true, signal })))
+    const sealed = seal(Buffer.from(JSON.stringify(stored)), key, this.keys, this.comp);
+    // Readers refuse a larger header as damaged: never commit one.
+    if (sealed.length > MAX_SMALL_OBJECT) throw new RepoError('config', `the header of backup ${this.id} would be ${sealed.length} bytes, more than ${MAX_SMALL_OBJECT}: its source is too large`, { key });
+    if (!(await this.backend.put(key, sealed, { ifAbsent: true, signal })))
       throw new RepoError('exists', `backup ${this.id} already exists`, { key });
     this.done = true;
     // After the commit its manifest protects what matters; the journals only cost space. The

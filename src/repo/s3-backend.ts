@@ -44,7 +44,7 @@ import {
   type S3ClientConfig,
 } from '@aws-sdk/client-s3';
 import { AbortError, RepoError } from '../errors';
-import type { Backend, BackendCallOptions, ObjectInfo, PutOptions } from './backend';
+import { MAX_GET_BYTES, type Backend, type BackendCallOptions, type GetOptions, type ObjectInfo, type PutOptions } from './backend';
 
 /** Tuning of an S3 backend; every field has a default meant for real use. */
 export interface S3BackendOptions {
@@ -452,13 +452,13 @@ class S3Backend implements Backend {
     }
   }
 
-  async get(key: string, opts: BackendCallOptions = {}): Promise<Buffer> {
+  async get(key: string, opts: GetOptions = {}): Promise<Buffer> {
     const out: Buffer[] = [];
-    for await (const p of this.getStream(key, opts)) out.push(p);
+    for await (const p of this.getStream(key, { ...opts, maxBytes: opts.maxBytes ?? MAX_GET_BYTES })) out.push(p);
     return Buffer.concat(out);
   }
 
-  async *getStream(key: string, opts: BackendCallOptions = {}): AsyncIterable<Buffer> {
+  async *getStream(key: string, opts: GetOptions = {}): AsyncIterable<Buffer> {
     checkKey(key);
     const { signal } = opts;
     const Key = this.s3Key(key);
@@ -476,6 +476,10 @@ class S3Backend implements Backend {
         throw this.notFound(e, key);
       });
       etag ??= r.ETag;
+      // Refused before its body is read (and the body is counted: a length can be absent or lie).
+      const tooLong = (n: number) =>
+        new RepoError('corrupt', `${key} in ${this.location} is ${n} bytes or more, more than the ${opts.maxBytes} such an object can have; the object is damaged or was replaced`, { key });
+      if (opts.maxBytes !== undefined && offset + (r.ContentLength ?? 0) > opts.maxBytes) throw tooLong(offset + (r.ContentLength ?? 0));
       const body = r.Body as AsyncIterable<Uint8Array> | undefined;
       if (!body) return;
       try {
@@ -483,11 +487,12 @@ class S3Backend implements Backend {
           // The SDK's abort covers the request, not a body being read.
           if (signal?.aborted) throw new AbortError(undefined, { cause: signal.reason });
           offset += p.length;
+          if (opts.maxBytes !== undefined && offset > opts.maxBytes) throw tooLong(offset);
           yield Buffer.isBuffer(p) ? p : Buffer.from(p.buffer, p.byteOffset, p.length);
         }
         return;
       } catch (e) {
-        if (e instanceof AbortError) throw e;
+        if (e instanceof AbortError || (e instanceof RepoError && e.reason === 'corrupt')) throw e; // (an over-long body: not retried)
         if (isAbort(e, signal)) throw new AbortError(undefined, { cause: signal?.reason ?? e });
         if (!retryable(e) || resumes + 1 >= this.o.maxAttempts) throw this.failure('get', key, e, resumes + 1);
         this.o.onRetry?.({ op: 'get (resumed)', key, attempt: resumes + 1, delayMs: 0, code: s3Code(e) });

@@ -54,7 +54,7 @@ const commands = [...synopses().entries()];
 
 test('the README shows synopses for every command', () => {
   expect(commands.map(([c]) => c).sort()).toEqual(
-    ['check', 'delta', 'devices', 'dump', 'ls', 'message', 'rmap', 'pool create-snap', 'pool create-thin', 'pool delete', 'pool events', 'pool release-metadata-snap', 'pool reserve-metadata-snap', 'pool set-transaction-id', 'merge', 'pool status', 'receive', 'replicate', 'send', 'backup', 'restore', 'backups init', 'backups list', 'backups verify', 'backups prune'].sort(),
+    ['check', 'delta', 'devices', 'dump', 'ls', 'message', 'rmap', 'pool create-snap', 'pool create-thin', 'pool delete', 'pool events', 'pool release-metadata-snap', 'pool reserve-metadata-snap', 'pool set-transaction-id', 'merge', 'pool status', 'receive', 'replicate', 'send', 'backup', 'restore', 'backups init', 'backups list', 'backups verify', 'backups prune', 'backups delete'].sort(),
   );
 });
 

@@ -199,6 +199,15 @@ export function backendContract(
       expect((await collect(b.list('manifests/'))).map((o) => o.key)).toEqual(['manifests/m1']);
     });
 
+    it('get, getStream of an object larger than maxBytes: RepoError corrupt (EBADMSG) naming the key', async () => {
+      await b.put('chunks/ab/big', bytes(1000, 5));
+      expect((await b.get('chunks/ab/big', { maxBytes: 1000 })).length).toBe(1000);
+      const e = await rejection(b.get('chunks/ab/big', { maxBytes: 999 }));
+      expectRepoError(e, 'corrupt', 'chunks/ab/big');
+      expect(e as RepoError).toMatchObject({ code: 'EBADMSG' });
+      expectRepoError(await rejection(collect(b.getStream('chunks/ab/big', { maxBytes: 10 }))), 'corrupt', 'chunks/ab/big');
+    });
+
     it('get, getStream of an absent key: RepoError not-found naming the key; stat: null', async () => {
       expectRepoError(await rejection(b.get('chunks/none')), 'not-found', 'chunks/none');
       expect((await rejection(b.get('chunks/none'))) as RepoError).toMatchObject({ code: 'ENOENT' });

@@ -4,13 +4,15 @@
  * old object or none, never a partial one (the child runs the real module,
  * transpiled from src/ into a temporary directory).
  */
-import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import ts from 'typescript';
 import { RepoError } from '../../src/errors';
-import { LocalBackend } from '../../src/repo/local-backend';
+import { MAX_GET_BYTES } from '../../src/repo/backend';
+import { backendError, LocalBackend } from '../../src/repo/local-backend';
+import { Repository } from '../../src/repo/repository';
 import { scratchDir } from './scratch';
 
 let dir: string;
@@ -131,6 +133,87 @@ const b = new LocalBackend(process.argv[2]);
 `,
   );
   return child;
+}
+
+describe('objects that are not what a put makes (found by an outside hunt)', () => {
+  // A symlink to /dev/zero made get() read without end (12 GB RSS); a FIFO hung the open, deaf to SIGTERM.
+  it('a symbolic link, a FIFO or a device in place of an object is refused as damaged, unread', async () => {
+    const b = new LocalBackend(join(dir, 'r'));
+    await b.put('chunks/aa/x', Buffer.from('x'));
+    await b.put('chunks/aa/y', Buffer.from('y'));
+    symlinkSync('/dev/zero', join(dir, 'r', 'chunks', 'aa', 'zero'));
+    symlinkSync('x', join(dir, 'r', 'chunks', 'aa', 'link'));
+    rmSync(join(dir, 'r', 'chunks', 'aa', 'y'));
+    spawnSync('mkfifo', [join(dir, 'r', 'chunks', 'aa', 'y')]);
+    for (const key of ['chunks/aa/zero', 'chunks/aa/link', 'chunks/aa/y']) {
+      const what = key.endsWith('y') ? /is a FIFO, not a regular file; the object is damaged/ : /is a symbolic link, not a regular file; the object is damaged/;
+      await expect(b.get(key)).rejects.toMatchObject({ reason: 'corrupt', code: 'EBADMSG', key, message: expect.stringMatching(what) });
+      await expect(collect(b.getStream(key))).rejects.toMatchObject({ reason: 'corrupt', code: 'EBADMSG', key });
+    }
+    expect((await b.get('chunks/aa/x')).toString()).toBe('x');
+  }, 10_000);
+
+  it('an object larger than maxBytes is refused as damaged before it is read', async () => {
+    const b = new LocalBackend(join(dir, 'r'));
+    await b.put('k', Buffer.alloc(100, 1));
+    expect((await b.get('k', { maxBytes: 100 })).length).toBe(100);
+    await expect(b.get('k', { maxBytes: 99 })).rejects.toMatchObject({ reason: 'corrupt', code: 'EBADMSG', key: 'k', message: expect.stringContaining('is 100 bytes, more than the 99') });
+    await expect(collect(b.getStream('k', { maxBytes: 99 }))).rejects.toMatchObject({ reason: 'corrupt', key: 'k' });
+    // Without maxBytes, get still stops at the largest object the format has (sparse: no disk used).
+    truncateSync(join(dir, 'r', 'k'), MAX_GET_BYTES + 1);
+    await expect(b.get('k')).rejects.toMatchObject({ reason: 'corrupt', key: 'k' });
+  });
+
+  it('a chunk file longer than any chunk is damaged, unread: getChunk and verify --data say so', async () => {
+    const loc = join(dir, 'repo');
+    await using repo = await Repository.create(loc);
+    const s = await repo.beginBackup('v');
+    const { id } = await s.putChunk(Buffer.alloc(512, 7));
+    const sum = await s.commit({ volume: 'v', deviceSize: 512, chunkSize: 512, createdMs: Date.now(), source: {}, base: null }, [{ index: 0, id }]);
+    const path = join(loc, 'chunks', id.slice(0, 2), id);
+    truncateSync(path, 3 * 2 ** 30); // sparse; more than Node's readFile takes (it failed as an I/O error, EIO)
+    await expect(repo.getChunk(id)).rejects.toMatchObject({ reason: 'corrupt', key: `chunks/${id.slice(0, 2)}/${id}` });
+    expect((await repo.verify({ data: true })).problems).toEqual([{ backup: sum.id, index: 0, offset: 0, id, reason: 'corrupt' }]);
+  });
+});
+
+describe('store failures keep their code and say what to do (found by an outside hunt)', () => {
+  // Every one was [EIO] "check the directory ... is writable and its disk healthy".
+  const sys = (code: string, syscall = 'write') => Object.assign(new Error(`${code}: failed`), { code, syscall });
+  it.each([
+    ['ENOSPC', /is full: free space on it, then run again/],
+    ['EDQUOT', /quota .* is used up/],
+    ['EACCES', /no permission: check the owner and mode of/],
+    ['EROFS', /is on a read-only filesystem/],
+    ['EIO', /check the directory .* is writable and its disk healthy/],
+  ])('%s', (code, advice) => {
+    const e = backendError('put', 'chunks/aa/x', join(dir, 'r', 'chunks', 'aa', 'x'), sys(code), join(dir, 'r'));
+    expect(e).toMatchObject({ reason: 'backend', code, key: 'chunks/aa/x', syscall: 'write' });
+    expect(e.message).toMatch(advice);
+  });
+
+  it('a failure without an errno code is EIO', () => {
+    expect(backendError('read', 'k', join(dir, 'k'), sys('ERR_SOMETHING'))).toMatchObject({ reason: 'backend', code: 'EIO', errno: -5 });
+  });
+
+  it('a repository path that is a file: ENOTDIR, naming the file', async () => {
+    writeFileSync(join(dir, 'file'), 'x');
+    for (const root of [join(dir, 'file'), join(dir, 'file', 'sub', 'repo')]) {
+      const b = new LocalBackend(root);
+      const e = await rejection(b.put('config', Buffer.from('c')));
+      expect(e).toMatchObject({ reason: 'backend', code: 'ENOTDIR' });
+      expect((e as Error).message).toContain(`${join(dir, 'file')} is not a directory; the repository must be a directory`);
+    }
+  });
+});
+
+async function rejection(p: Promise<unknown>): Promise<unknown> {
+  try {
+    await p;
+  } catch (e) {
+    return e;
+  }
+  throw new Error('did not reject');
 }
 
 describe('crash safety', () => {
