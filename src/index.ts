@@ -101,10 +101,10 @@ export { offlinePoolId } from './stream/send/plan';
 export { Repository, openBackend } from './repo/repository';
 export type {
   KeySource, ScryptParams, LockTiming, ManifestEntry, ManifestHeader, ManifestRead, GarbageReport, RepoCallOptions, PutChunkOptions,
-  RepositoryCreateOptions, RepositoryOpenOptions, BackupSummary, PutResult, BackupSession, VerifyProblem, VerifyReport,
+  RepositoryCreateOptions, RepositoryOpenOptions, BackupSummary, PutResult, BackupSession, VerifyProblem, VerifyReport, DamagedBackup,
 } from './repo/repository';
 export { createKeyFile } from './repo/keys';
-export type { Backend, ObjectInfo, BackendCallOptions, PutOptions } from './repo/backend';
+export type { Backend, ObjectInfo, BackendCallOptions, GetOptions, PutOptions } from './repo/backend';
 export { RepoError } from './errors';
 export type { RepoErrorReason } from './errors';
 // Merging a snapshot back into its origin (docs/merge.md).

@@ -16,7 +16,7 @@ const MAIN = [
   'LvmPoolName', 'NameLookupError', 'NameLookupReason',
   'mergeIntoExternalOrigin', 'mergeSnapshot', 'MergeResult', 'MergeProgress', 'ExternalMergeOptions', 'SnapshotMergeOptions', 'CommonMergeOptions', 'MergeError', 'MergeErrorReason',
   // backup repositories
-  'Repository', 'openBackend', 'createKeyFile', 'RepoError', 'RepoErrorReason', 'KeySource', 'ScryptParams', 'LockTiming', 'ManifestEntry', 'ManifestHeader', 'ManifestRead', 'GarbageReport', 'RepoCallOptions',
+  'Repository', 'openBackend', 'createKeyFile', 'RepoError', 'RepoErrorReason', 'KeySource', 'ScryptParams', 'LockTiming', 'ManifestEntry', 'ManifestHeader', 'ManifestRead', 'GarbageReport', 'RepoCallOptions', 'DamagedBackup', 'GetOptions',
   'RepositoryCreateOptions', 'RepositoryOpenOptions', 'BackupSummary', 'PutResult', 'BackupSession', 'VerifyProblem', 'VerifyReport', 'Backend', 'ObjectInfo', 'BackendCallOptions', 'PutChunkOptions', 'PutOptions',
   // pool events, replication
   'PoolWaitOptions', 'PoolEvent', 'PoolEventType', 'PoolState', 'LowWaterMarkEvent', 'ModeEvent', 'NeedsCheckEvent', 'MetadataLowEvent', 'OtherPoolEvent', 'derivePoolEvents', 'poolState',
