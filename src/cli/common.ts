@@ -3,7 +3,7 @@
  * cancellation on SIGINT/SIGTERM and TTY-only progress bars.
  */
 import { writeSync } from 'node:fs';
-import { DmthinError, SystemCallError, UsageError } from '../errors';
+import { AbortError, DmthinError, SystemCallError, UsageError } from '../errors';
 import { FdWriter } from '../output/fd-writer';
 import { outputError } from '../output/sink';
 
@@ -133,6 +133,17 @@ export function writeStderrReport(text: string): void {
   } catch (e) {
     throw outputError(e, 'stderr');
   }
+}
+
+/**
+ * What a command stopped by SIGINT/SIGTERM reports: "interrupted", and what
+ * its work left behind when the abort says so (restore: "; target T is
+ * incomplete ...: restore a backup onto it again").
+ */
+export function interruptedError(e: unknown): AbortError {
+  const m = e instanceof AbortError ? e.message : '';
+  const i = m.indexOf('; ');
+  return new AbortError(i >= 0 ? `interrupted${m.slice(i)}` : 'interrupted');
 }
 
 /** A closed pipe (the reader went away): the command ends quietly. */

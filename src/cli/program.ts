@@ -7,9 +7,9 @@
  * like any other.
  */
 import { Command, CommanderError } from 'commander';
-import { AbortError, DmthinError, UsageError } from '../errors';
+import { DmthinError, UsageError } from '../errors';
 import { addonLoaded, armExitGuard, exitNow, tuneAllocatorOnLoad } from '../native/binding';
-import { CliContext, errorLine, EXIT_EPIPE, EXIT_FAILURE, finishStdout, guardStdout, isEpipe, print, rewriteMetadataSnapArgs } from './common';
+import { CliContext, errorLine, EXIT_EPIPE, EXIT_FAILURE, finishStdout, guardStdout, interruptedError, isEpipe, print, rewriteMetadataSnapArgs } from './common';
 import { OUTPUT_INCOMPLETE } from '../output/sink';
 import { fdIsTTY } from './progress';
 import { COMMANDS } from './commands';
@@ -83,7 +83,7 @@ export async function main(argv: string[]): Promise<number> {
     if (ctx?.done && e instanceof DmthinError && e.message.endsWith(OUTPUT_INCOMPLETE)) {
       e.message = `${e.message.slice(0, -OUTPUT_INCOMPLETE.length)}; ${ctx.done}: only its report was lost`;
     }
-    if (!epipe) process.stderr.write(errorLine(name, ctx?.wasSignalled() ? new AbortError('interrupted') : e) + '\n');
+    if (!epipe) process.stderr.write(errorLine(name, ctx?.wasSignalled() ? interruptedError(e) : e) + '\n');
     const status = epipe ? EXIT_EPIPE : ctx ? ctx.exitCodeFor() : EXIT_FAILURE;
     if (ctx) await ctx.runCleanups();
     return status;

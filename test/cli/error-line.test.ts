@@ -1,6 +1,6 @@
 /** errorLine: the one stderr line every CLI error becomes, whatever threw it. */
-import { errorLine } from '../../src/cli/common';
-import { DmthinError, SetupError, UsageError } from '../../src/errors';
+import { errorLine, interruptedError } from '../../src/cli/common';
+import { AbortError, DmthinError, SetupError, UsageError } from '../../src/errors';
 
 test.each([
   [new UsageError("unknown format 'x'"), "dmthin dump: unknown format 'x' [EINVAL]"],
@@ -36,4 +36,15 @@ test('an error whose `await using` clean-up failed too is reported first, with i
   expect(errorLine('dmthin backup', err)).toBe(
     'dmthin backup: local repository: put of chunks/e0/e0 failed (ENOSPC); cleaning up failed too: lock release failed; cleaning up failed too: journal write failed [EIO]',
   );
+});
+
+test('a command stopped by a signal says "interrupted", and what the abort left behind when it says so', () => {
+  const restore = new AbortError('The operation was aborted');
+  restore.message += '; target t.img is incomplete (its restore state s.json records it): restore a backup onto it again';
+  expect(errorLine('dmthin restore', interruptedError(restore))).toBe(
+    'dmthin restore: interrupted; target t.img is incomplete (its restore state s.json records it): restore a backup onto it again [ABORT_ERR]',
+  );
+  expect(errorLine('dmthin dump', interruptedError(new AbortError()))).toBe('dmthin dump: interrupted [ABORT_ERR]');
+  // Not an abort (an error the signal caused on its way): nothing of it is taken.
+  expect(errorLine('dmthin dump', interruptedError(new DmthinError('EIO', 'read failed; x')))).toBe('dmthin dump: interrupted [ABORT_ERR]');
 });
