@@ -173,7 +173,7 @@ async function restoreFrom(repo: Repository, o: RestoreOptions): Promise<Restore
       stats = await apply(repo, o, writer, zero, entries, previous ? (await repo.readManifest(previous, { signal: o.signal })).entries : null, deviceSize, cs, zerosFrom);
       await writer.fsync();
     } catch (e) {
-      throw incomplete(e, o.target, stateFile);
+      throw incomplete(await deletedMeanwhile(repo, o.backup, e), o.target, stateFile);
     } finally {
       zero.close();
     }
@@ -240,6 +240,22 @@ async function usablePrevious(
     throw e;
   }
   return cur.backup;
+}
+
+/**
+ * A chunk missing because the backup itself went away while the restore ran
+ * (a prune or `backups delete` took it and its chunks; restores take no
+ * repository lock): said so, instead of looking like a damaged repository.
+ */
+async function deletedMeanwhile(repo: Repository, backup: string, e: unknown): Promise<unknown> {
+  if (!(e instanceof RepoError) || e.reason !== 'not-found') return e;
+  try {
+    await repo.readManifest(backup);
+    return e;
+  } catch (x) {
+    if (!(x instanceof RepoError) || x.reason !== 'not-found') return e;
+    return new RepoError('not-found', `backup ${backup} was deleted while this restore ran (by a prune or 'dmthin backups delete'), and with it chunks the restore still needed`, { backup, cause: e });
+  }
 }
 
 /** Adds what happened to the target to a failure after the first write. */

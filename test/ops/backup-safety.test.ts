@@ -310,3 +310,28 @@ describe('restore: what it refuses leaves nothing behind', () => {
     expect([existsSync(target), existsSync(`${target}.dmthin-restore.json`), existsSync(`${target}.dmthin-restore.json.lock`)]).toEqual([false, false, false]);
   });
 });
+
+test('a restore whose backup a prune deletes while it runs says so, not that the repository is damaged', async () => {
+  const repo = await Repository.create(s.path('deleted-meanwhile-repo'));
+  const b = await backup({ ...image(), repo, volume: 'v', snap: 1 });
+  const target = s.path('deleted-meanwhile.img');
+  const get = repo.getChunk.bind(repo);
+  let first = true;
+  // The first chunk fetch finds the backup gone: a prune took it and its chunks in between.
+  const spy = jest.spyOn(repo, 'getChunk').mockImplementation(async (id, opts) => {
+    if (first) {
+      first = false;
+      await repo.collectGarbage({ deleteBackups: [b.id] });
+    }
+    return get(id, opts);
+  });
+  let e: unknown;
+  try {
+    e = await restore({ repo, backup: b.id, target, create: true }).catch((x: unknown) => x);
+  } finally {
+    spy.mockRestore();
+    await repo.close();
+  }
+  expect(e).toMatchObject({ reason: 'not-found', code: 'ENOENT' });
+  expect((e as Error).message).toMatch(new RegExp(`^backup ${b.id} was deleted while this restore ran \\(by a prune or 'dmthin backups delete'\\), and with it chunks the restore still needed; target .* is incomplete`));
+});
