@@ -121,7 +121,9 @@ export function register(program: Command, ctx: () => CliContext): void {
         const p = r.problems[0];
         const list = (await repo.listBackups({ signal: c.signal, onDamaged: () => undefined })).find((b) => b.id === p.backup);
         const where = p.index < 0 ? 'its manifest' : `chunk ${p.index} (device bytes ${p.offset}..${p.offset + (list ? Math.min(list.chunkSize, list.deviceSize - p.offset) : 1) - 1})`;
-        throw new RepoError(p.reason === 'missing' ? 'not-found' : 'corrupt', `${n} problem${n === 1 ? '' : 's'} found; the first: backup ${p.backup}, ${where} is ${p.reason}`, { backup: p.backup });
+        // A backup whose manifest cannot be read cannot be restored: say how to get rid of it.
+        const fix = p.index < 0 ? `; it cannot be restored: delete it with dmthin backups delete --repo ${o.repo} --backup ${p.backup}, or restore its files from a copy` : '';
+        throw new RepoError(p.reason === 'missing' ? 'not-found' : 'corrupt', `${n} problem${n === 1 ? '' : 's'} found; the first: backup ${p.backup}, ${where} is ${p.reason}${fix}`, { backup: p.backup });
       }
     });
 

@@ -303,3 +303,12 @@ test('a damaged journal segment: backup and prune go on, each with one warning l
   expect(oneLine(p.stderr)).toMatch(new RegExp(`^dmthin backups prune: warning: a journal segment of an interrupted backup cannot be read \\(${seg}: checksum mismatch.*uploads them again$`));
   expect(JSON.parse(p.stdout).deletedChunks).toBe(5); // the first backup's 3 and the journal's 2
 });
+
+test('backups verify: a backup whose map is damaged is named with how to delete it', async () => {
+  const { loc, ids } = await makeRepo('verify-map', ['vol'], 2);
+  flip(join(loc, 'maps', ids.vol[1]));
+  const r = cli(['backups', 'verify', '--repo', loc]);
+  expect(r.status).toBe(1);
+  const line = oneLine(r.stderr);
+  expect(line).toMatch(new RegExp(`^dmthin backups verify: 1 problem found; the first: backup ${ids.vol[1]}, its manifest is \\S+; it cannot be restored: delete it with dmthin backups delete --repo \\S+ --backup ${ids.vol[1]}, or restore its files from a copy \\[EBADMSG\\]$`));
+});
