@@ -54,9 +54,18 @@ describeVm('pool messages and dm ioctls: failures and their errnos on a real ker
     await pool.delete(1); // inactive now: allowed
     await fails(pool.delete(1), 'ENODATA', 'delete 1');
 
-    // A second reserve fails and leaves the first one alone.
+    // A second reserve fails and leaves the first one alone: the kernel's EBUSY
+    // (the raw message), and through reserveMetadataSnap the library's error
+    // naming the held root, with the kernel's as its cause.
     const snap = await pool.reserveMetadataSnap();
-    await fails(pool.reserveMetadataSnap(), 'EBUSY', 'reserve_metadata_snap');
+    await fails(pool.message('reserve_metadata_snap'), 'EBUSY', 'reserve_metadata_snap');
+    const second = await pool.reserveMetadataSnap().then(
+      () => null,
+      (e: unknown) => e,
+    );
+    expect(second).toBeInstanceOf(MetadataSnapError);
+    expect(second).toMatchObject({ code: 'EBUSY', message: expect.stringMatching(new RegExp(`^thin-pool ${name} already holds a metadata snapshot \\(root ${snap.root}\\), reserved by `)) });
+    await expectIoctlError(Promise.reject((second as Error).cause), { code: 'EBUSY', ioctl: 'DM_TARGET_MSG', device: name, targetMessage: 'reserve_metadata_snap' });
     expect((await pool.workingStatus()).heldMetadataRoot).toBe(snap.root);
     await snap.release();
     await fails(pool.releaseMetadataSnap(), 'EINVAL', 'release_metadata_snap');
