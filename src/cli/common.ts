@@ -77,11 +77,7 @@ function guardNodeStdout(s: NodeJS.WriteStream): void {
     const fd = out.fd;
     out._write = (chunk: Buffer, _enc: BufferEncoding, cb: (e?: Error | null) => void): void => {
       try {
-        for (let off = 0; off < chunk.length; ) {
-          const n = writeSync(fd, chunk, off, chunk.length - off);
-          if (n <= 0) throw new SystemCallError('EIO', 'write to stdout made no progress', { syscall: 'write' });
-          off += n;
-        }
+        writeAllSync(fd, chunk, 'stdout');
       } catch (e) {
         cb(e as Error);
         return;
@@ -116,22 +112,30 @@ export async function finishStdout(): Promise<void> {
  * descriptor its parent left non-blocking is waited on.
  */
 export function writeStderrReport(text: string): void {
-  const buf = Buffer.from(text);
   try {
-    for (let off = 0; off < buf.length; ) {
-      let n: number;
-      try {
-        n = writeSync(2, buf, off, buf.length - off);
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') throw e;
-        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5);
-        continue;
-      }
-      if (n <= 0) throw new SystemCallError('EIO', 'write to stderr made no progress', { syscall: 'write' });
-      off += n;
-    }
+    writeAllSync(2, Buffer.from(text), 'stderr');
   } catch (e) {
     throw outputError(e, 'stderr');
+  }
+}
+
+/**
+ * Writes all of `buf` to `fd` synchronously: short writes are continued, a
+ * descriptor its parent left non-blocking (EAGAIN) is waited on, a write
+ * that makes no progress is EIO.
+ */
+function writeAllSync(fd: number, buf: Uint8Array, name: string): void {
+  for (let off = 0; off < buf.length; ) {
+    let n: number;
+    try {
+      n = writeSync(fd, buf, off, buf.length - off);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') throw e;
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5);
+      continue;
+    }
+    if (n <= 0) throw new SystemCallError('EIO', `write to ${name} made no progress`, { syscall: 'write' });
+    off += n;
   }
 }
 

@@ -23,7 +23,7 @@ import { identityKey, type StreamHeader } from '../stream/format/records';
 import { ReceiveLock } from '../stream/receive/lock';
 import { checkBase, defaultStateFile, entryFor, readState, type ReceiveState, writeState } from '../stream/receive/state';
 import { Spool } from '../stream/receive/spool';
-import { inspectTarget, resolveZeroMethod, type TargetInfo, type ZeroMethod, zeroer } from '../stream/receive/target';
+import { inspectTarget, resolveZeroMethod, type TargetInfo, whyCannotGrow, type ZeroMethod, zeroer } from '../stream/receive/target';
 import { RecordBuffers, StreamVerifier, type VerifiedStream } from '../stream/format/verifier';
 import { newStreamMacKey } from '../stream/format/stream-mac';
 
@@ -254,7 +254,7 @@ class Receiver {
       await unlink(this.o.target).catch(() => undefined);
       const x = e as NodeJS.ErrnoException;
       if (!isSystemError(e)) throw e;
-      const why = x.code === 'EFBIG' ? 'its filesystem does not take a file that large' : x.code === 'ENOSPC' || x.code === 'EDQUOT' ? 'its filesystem has no room for it' : x.message;
+      const why = whyCannotGrow(x);
       throw new SystemCallError(x.code ?? 'EIO', `cannot make the target ${this.o.target} ${size} bytes, the stream's device size: ${why}; nothing was written and the file this receive created was removed`, {
         syscall: x.syscall,
         path: this.o.target,

@@ -17,7 +17,7 @@ import { basename, dirname, resolve, sep } from 'node:path';
 import { DmthinError, RepoError, SystemCallError, throwIfAborted, UsageError } from '../errors';
 import { needDirectory, refuseForeignStateFile, refuseOutputOverInputs } from '../output/file';
 import { BlockWriter, type WriteSegment } from '../native/block-writer';
-import { inspectTarget, resolveZeroMethod, zeroer, type ZeroMethod } from '../stream/receive/target';
+import { inspectTarget, resolveZeroMethod, whyCannotGrow, zeroer, type ZeroMethod } from '../stream/receive/target';
 import { allowListeners, chunksAtOnce, Repository, type KeySource, type ManifestEntry } from '../repo/repository';
 import { defaultRestoreStateFile, readRestoreState, RestoreLock, writeRestoreState, type RestoreEntry, type RestoreState } from './restore-state';
 import { killAfterCount } from './test-seams';
@@ -207,7 +207,7 @@ async function restoreFrom(repo: Repository, o: RestoreOptions): Promise<Restore
 function cannotSize(e: unknown, target: string, size: number, backup: string): unknown {
   const x = e as NodeJS.ErrnoException;
   if (e instanceof DmthinError ? !(e instanceof SystemCallError) : typeof x?.code !== 'string') return e;
-  const why = x.code === 'EFBIG' ? 'its filesystem does not take a file that large' : x.code === 'ENOSPC' || x.code === 'EDQUOT' ? 'its filesystem has no room for it' : x.message;
+  const why = whyCannotGrow(x);
   return new SystemCallError(x.code ?? 'EIO', `cannot make the target ${target} ${size} bytes, backup ${backup}'s device size: ${why}; nothing was written and the file this restore created was removed`, {
     syscall: x.syscall,
     path: target,

@@ -50,6 +50,13 @@ async function sysfs(dev: { major: number; minor: number }, rel: string): Promis
   }
 }
 
+/** Why a file target could not be grown to a device's size, for a person (EFBIG, ENOSPC/EDQUOT; else the system's words). */
+export function whyCannotGrow(e: NodeJS.ErrnoException): string {
+  if (e.code === 'EFBIG') return 'its filesystem does not take a file that large';
+  if (e.code === 'ENOSPC' || e.code === 'EDQUOT') return 'its filesystem has no room for it';
+  return e.message;
+}
+
 /** Is this block device a dm thin volume without an external origin? Unknown = no. */
 async function isPlainThin(dev: { major: number; minor: number }): Promise<boolean> {
   const name = await sysfs(dev, 'dm/name');
