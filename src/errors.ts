@@ -227,6 +227,7 @@ export type MergeErrorReason =
   | 'origin-mismatch' // the origin named is not the one the thin (or an interrupted merge) used
   | 'no-such-thin' // a thin id is not in the pool
   | 'lvm-pool' // the pool is LVM's: its thin ids are not dmthin's to create or delete
+  | 'pool-suspended' // the pool is suspended: no thin of it can be activated to copy through
   | 'state-file'; // the merge state file is damaged
 
 const MERGE_CODES: Record<MergeErrorReason, string> = {
@@ -237,12 +238,14 @@ const MERGE_CODES: Record<MergeErrorReason, string> = {
   'origin-mismatch': 'EINVAL',
   'no-such-thin': 'ENOENT',
   'lvm-pool': 'EOPNOTSUPP',
+  'pool-suspended': 'EBUSY',
   'state-file': 'EUCLEAN',
 };
 
 /**
  * A merge of a snapshot into its origin was refused. `reason` says why;
- * `code` is derived from it (EBUSY: something else uses a device; ENOSPC:
+ * `code` is derived from it (EBUSY: something else uses a device, or the
+ * pool is suspended; ENOSPC:
  * the origin is too small; EINVAL: another origin; ENOENT: no such thin;
  * EOPNOTSUPP: an LVM pool; EUCLEAN: a damaged state file).
  */

@@ -171,6 +171,14 @@ async function prepare(poolArg: string | ThinPool, o: CommonMergeOptions, lvmRef
     const lv = await findLvmThin(info.uuid!, o.snap);
     throw new MergeError('lvm-pool', lvmRefusal({ pool: pool.name, snap: lv ? `${lv.vg}/${lv.lv}` : 'VG/SNAP' }), { device: pool.name, devId: o.snap });
   }
+  // Checked before any state is written: the copy goes through thins activated on this pool, which the kernel refuses while it is suspended.
+  if (info.suspended) {
+    throw new MergeError(
+      'pool-suspended',
+      `pool ${pool.name} is suspended: the merge copies through its thin devices, and the kernel activates none while the pool is suspended. Resume it (dmsetup resume ${pool.name}, or let whoever suspended it finish), then merge again`,
+      { device: pool.name, devId: o.snap },
+    );
+  }
   const poolId = info.uuid ? `dm-uuid:${info.uuid}` : `dm-name:${pool.name}`;
   const stateFile = o.stateFile ?? defaultMergeStateFile(poolId, o.snap, o.stateDir);
   const lock = MergeLock.acquire(stateFile);

@@ -1,7 +1,7 @@
 /**
  * ThinDevice: an activated thin volume (a dm device with a `thin` table).
  */
-import { DmthinError } from '../errors';
+import { DmIoctlError, DmthinError } from '../errors';
 import { DeviceMapper } from '../dm/device-mapper';
 import type { DevNum } from '../dm/ioctl';
 import { parseThinStatus, parseThinTable, thinTarget, THIN_TARGET, type ThinStatus } from '../dm/targets/thin';
@@ -38,8 +38,12 @@ export class ThinDevice {
   /** Activates thin `devId` of `pool` as /dev/mapper/<name>. */
   static async activate(pool: ThinPool, o: ActivateOptions): Promise<ThinDevice> {
     const target = thinTarget(sectors(Number(o.length)), { poolDev: pool.dev, devId: o.devId, externalOriginDev: o.externalOrigin });
-    const info = await pool.dm.createWithTable(o.name, [target], { readOnly: o.readOnly });
-    return new ThinDevice(o.name, pool.dm, info.dev, Number(o.devId));
+    try {
+      const info = await pool.dm.createWithTable(o.name, [target], { readOnly: o.readOnly });
+      return new ThinDevice(o.name, pool.dm, info.dev, Number(o.devId));
+    } catch (e) {
+      throw await explainRefusedActivation(pool, o, e);
+    }
   }
 
   /** An active thin device by dm name. */
@@ -76,4 +80,26 @@ export class ThinDevice {
   async deactivate(opts: { deferred?: boolean } = {}): Promise<void> {
     await this.dm.remove(this.name, opts);
   }
+}
+
+/**
+ * The kernel says why it refused a thin table only in dmesg; the ioctl's
+ * EINVAL alone reads as a bad table. The two refusals a caller can act on,
+ * a suspended pool and a pool in fail mode, are told apart here by asking
+ * the pool; anything else is passed on as it came.
+ */
+async function explainRefusedActivation(pool: ThinPool, o: ActivateOptions, e: unknown): Promise<unknown> {
+  if (!(e instanceof DmIoctlError) || e.code !== 'EINVAL' || e.ioctl !== 'DM_TABLE_LOAD') return e;
+  let why: string | undefined;
+  try {
+    if ((await pool.info()).suspended) {
+      why = `pool ${pool.name} is suspended, and the kernel activates no thin device on a suspended pool. Resume the pool (dmsetup resume ${pool.name}, or let whoever suspended it finish), then run again`;
+    } else if ((await pool.status({ noflush: true })).kind === 'fail') {
+      why = `pool ${pool.name} is in fail mode (see dmesg; its metadata needs thin_check/thin_repair), and the kernel activates no thin device on it`;
+    }
+  } catch {
+    return e; // the pool itself cannot be asked: the kernel's answer is all there is
+  }
+  if (!why) return e;
+  return new DmIoctlError('EINVAL', `cannot activate thin ${o.devId} of pool ${pool.name}: ${why}`, { ioctl: e.ioctl, device: pool.name, cause: e });
 }

@@ -13,7 +13,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DmIoctlError, MetadataSnapError } from '../../src/errors';
 import { guardedCount } from '../../src/pool/release-guard';
+import { ThinDevice } from '../../src/pool/thin-device';
 import { ThinPool } from '../../src/pool/thin-pool';
+import { sectors } from '../../src/units';
 import { statusResults } from '../dm/helpers/kernel-replies';
 
 // Records of held snapshots (pool/held-record.ts) go to a scratch directory, not /var/lib/dmthin.
@@ -57,7 +59,9 @@ function fakePool() {
   const messages: string[] = [];
   /** Suspends and resumes sent, as "suspend NAME" / "resume NAME". */
   const suspends: string[] = [];
-  const state = { held: 0, nextRoot: 23, originActive: false, originSuspended: false };
+  const state = { held: 0, nextRoot: 23, originActive: false, originSuspended: false, poolSuspended: false, poolFailed: false, badTable: false };
+  /** dm devices created through this fake (DEV_CREATE), by name; removed ones are dropped. */
+  const created = new Set<string>();
   let gate: Promise<void> | undefined;
   const transport = async (cmd: number, req: Buffer): Promise<Buffer> => {
     const h = decodeHeader(req);
@@ -72,14 +76,22 @@ function fakePool() {
         return reply(h.name, undefined, 0, Flag.ACTIVE_PRESENT | (suspend ? Flag.SUSPEND : 0));
       }
     }
+    if (h.name !== 'pool' && h.name !== 'origin' && h.name !== '') {
+      // A thin being activated: the kernel's thin constructor refuses a suspended or failed pool with EINVAL.
+      if (cmd === Cmd.DEV_CREATE) created.add(h.name);
+      else if (cmd === Cmd.DEV_REMOVE) created.delete(h.name);
+      else if (cmd === Cmd.TABLE_LOAD && (state.poolSuspended || state.poolFailed || state.badTable)) throw errno('EINVAL', 22);
+      return reply(h.name);
+    }
     if (cmd === Cmd.LIST_DEVICES) {
       const devices = [{ name: 'pool', dev: { major: 253, minor: 5 } }];
       if (state.originActive) devices.push({ name: 'origin', dev: { major: 253, minor: 7 } });
       return reply('', nameList(devices));
     }
-    if (cmd === Cmd.DEV_STATUS) return reply(h.name);
+    if (cmd === Cmd.DEV_STATUS) return reply(h.name, undefined, 0, Flag.ACTIVE_PRESENT | (state.poolSuspended ? Flag.SUSPEND : 0));
     if (cmd === Cmd.TABLE_STATUS) {
-      const params = h.flags & Flag.STATUS_TABLE ? '7:0 7:1 128 0 0' : `0 200/2048 0/1024 ${state.held || '-'} rw discard_passdown queue_if_no_space - 512`;
+      const working = `0 200/2048 0/1024 ${state.held || '-'} rw discard_passdown queue_if_no_space - 512`;
+      const params = h.flags & Flag.STATUS_TABLE ? '7:0 7:1 128 0 0' : state.poolFailed ? 'Fail' : working;
       return reply(h.name, statusResults([{ start: 0, length: 131072, type: 'thin-pool', params }]), 1);
     }
     if (cmd === Cmd.TARGET_MSG) {
@@ -106,6 +118,7 @@ function fakePool() {
     messages,
     suspends,
     state,
+    created,
     hold(): () => void {
       let open!: () => void;
       gate = new Promise((r) => (open = r));
@@ -252,5 +265,38 @@ describe('createSnap and active origins', () => {
     await pool.createSnap(2, 1, { suspendOrigin: false });
     expect(k.messages).toEqual(['create_snap 2 1 (origin running)']);
     expect(k.suspends).toEqual([]);
+  });
+});
+
+describe('activating a thin on a pool the kernel refuses it on', () => {
+  // The kernel's EINVAL for the table load says nothing; its reason goes to dmesg only.
+  test('a suspended pool: the error says so and how to go on; nothing is left created', async () => {
+    const k = fakePool();
+    k.state.poolSuspended = true;
+    const pool = await ThinPool.open('pool', { dm: k.dm });
+    const e = await ThinDevice.activate(pool, { name: 'tmp-1', devId: 1, length: sectors(2048) }).catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(DmIoctlError);
+    expect(e).toMatchObject({ code: 'EINVAL', ioctl: 'DM_TABLE_LOAD', device: 'pool' });
+    expect((e as Error).message).toMatch(/^cannot activate thin 1 of pool pool: pool pool is suspended, .*dmsetup resume pool/);
+    expect((e as Error).cause).toMatchObject({ code: 'EINVAL' });
+    expect([...k.created]).toEqual([]);
+  });
+
+  test('a pool in fail mode: said so', async () => {
+    const k = fakePool();
+    k.state.poolFailed = true;
+    const pool = await ThinPool.open('pool', { dm: k.dm });
+    await expect(ThinDevice.activate(pool, { name: 'tmp-2', devId: 1, length: sectors(2048) })).rejects.toThrow(/pool pool is in fail mode/);
+  });
+
+  test('any other refusal is passed on as the kernel gave it; a working pool activates', async () => {
+    const k = fakePool();
+    const pool = await ThinPool.open('pool', { dm: k.dm });
+    k.state.badTable = true;
+    const e = await ThinDevice.activate(pool, { name: 'tmp-3', devId: 1, length: sectors(2048) }).catch((x: unknown) => x);
+    expect(e).toMatchObject({ code: 'EINVAL', ioctl: 'DM_TABLE_LOAD' });
+    expect((e as Error).message).not.toMatch(/cannot activate/);
+    k.state.badTable = false;
+    expect((await ThinDevice.activate(pool, { name: 'tmp-4', devId: 1, length: sectors(2048) })).name).toBe('tmp-4');
   });
 });

@@ -11,6 +11,8 @@
  * - in the pool: an origin written in rounds with snapshots between; an
  *   older snapshot merged back: the origin reads what the snapshot read and
  *   maps as many blocks; refusals while either is active; SIGKILL + re-run.
+ * - a suspended pool: refused before anything is recorded (and send, which
+ *   also activates a thin, says why instead of the table load's EINVAL).
  * - an LVM-made pool: refused, naming lvconvert --merge; nothing changed.
  *
  * The expected contents are always read from the devices themselves (the
@@ -161,6 +163,19 @@ describeVm('dmthin merge', () => {
     sh(ddCmd(long.path, { bs: BS, seek: SIZE / BS + 1, count: 1 }));
     await long.deactivate();
     expectRefused(dmthin(args(4)), new RegExp(`thin 4 maps block ${SIZE / BS + 1} .*beyond the end of .*\\[ENOSPC\\]$`));
+    await unchanged();
+
+    // A suspended pool: refused before any state is recorded (the kernel activates no thin of it, which the copy needs).
+    // send, which also reads through a temporarily activated thin, says the same instead of the load's bare EINVAL.
+    const dm = new DeviceMapper();
+    await dm.suspend(poolName);
+    try {
+      expectRefused(dmthin(args(2)), new RegExp(`pool ${poolName} is suspended: .*dmsetup resume ${poolName}.*\\[EBUSY\\]$`));
+      const send = spawnSync(process.execPath, [CLI, 'send', '--pool', poolName, '--snap', '2', '-o', `${sb.dir}/suspended.stream`], { encoding: 'utf8', timeout: 120_000 });
+      expectRefused(send, new RegExp(`cannot activate thin 2 of pool ${poolName}: pool ${poolName} is suspended, .*\\[EINVAL\\]$`));
+    } finally {
+      await dm.resume(poolName);
+    }
     await unchanged();
 
     // Nothing was deleted by a refusal.
