@@ -84,6 +84,8 @@ export async function withThinData<T>(
   );
   try {
     return await fn(tmp.handle);
+  } catch (e) {
+    throw await tmp.explain(e);
   } finally {
     await tmp.dispose();
   }

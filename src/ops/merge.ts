@@ -436,7 +436,10 @@ export async function mergeIntoExternalOrigin(poolArg: string | ThinPool, o: Ext
     if (prior?.phase !== 'deleting' && plan.copyBlocks > 0) {
       await writeMergeState(stateFile, state);
       tmp = await activateTemporarily(pool, { prefix: TEMP_PREFIX, devId: o.snap, length: sectors((plan.endBlock * blockBytes) / SECTOR_SIZE) }, (path) => BlockReader.open(path));
-      ({ bytes } = await runSteps(rangesOf(store), plan.copyBlocks, blockBytes, tmp.handle, writer, undefined, o, size));
+      const reading = tmp;
+      ({ bytes } = await runSteps(rangesOf(store), plan.copyBlocks, blockBytes, tmp.handle, writer, undefined, o, size).catch(async (e: unknown) => {
+        throw await reading.explain(e);
+      }));
       await writer.fsync();
       await tmp.dispose();
       tmp = undefined;
@@ -521,12 +524,15 @@ export async function mergeSnapshot(poolArg: string | ThinPool, o: SnapshotMerge
       dst = await activateTemporarily(pool, { prefix: TEMP_PREFIX, devId: o.origin, length, writable: true }, (path) => BlockWriter.open(path, { exclusive: true }));
       const w = dst.handle;
       const zero = zeroer(w, await inspectTarget(w.path), discardMethod);
+      const [reading, writing] = [src, dst];
       try {
         ({ bytes } = await runSteps(rangesOf(store), plan.copyBlocks + plan.discardBlocks, blockBytes, src.handle, w, zero, o));
+        await w.fsync();
+      } catch (e) {
+        throw await reading.explain(await writing.explain(e));
       } finally {
         zero.close();
       }
-      await w.fsync();
       await dst.dispose();
       dst = undefined;
       await src.dispose();

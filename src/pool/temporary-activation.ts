@@ -4,6 +4,7 @@
  * as soon as the reader has it open, so the kernel removes it when the last
  * descriptor closes, even if the process is killed.
  */
+import { SystemCallError } from '../errors';
 import { native } from '../native/binding';
 import { type Sectors } from '../units';
 import { ThinDevice } from './thin-device';
@@ -14,6 +15,12 @@ export interface TemporaryActivation<T> {
   readonly handle: T;
   /** Closes the handle, then removes the device (or only its node, once the kernel has). */
   dispose(): Promise<void>;
+  /**
+   * An IO error on the temporary device, told as one on the thin and its
+   * pool (the temporary name means nothing to a user), with what the pool's
+   * state says about it; any other error is returned as it is.
+   */
+  explain(e: unknown): Promise<unknown>;
 }
 
 export interface TemporaryActivationOptions {
@@ -55,7 +62,7 @@ export async function activateTemporarily<T extends { close(): Promise<void> | v
     } catch {
       deferred = false; // old kernel: removed explicitly in dispose()
     }
-    return { handle, dispose };
+    return { handle, dispose, explain: (e) => explainDeviceError(pool, o.devId, dev.path, e) };
   } catch (e) {
     await dispose().catch(() => undefined);
     throw e;
@@ -73,4 +80,37 @@ async function removeWithRetry(dev: ThinDevice): Promise<void> {
       await new Promise((r) => setTimeout(r, 100));
     }
   }
+}
+
+/**
+ * Rewrites an error of a read or write on `path`, the temporary device of
+ * thin `devId`: the thin and the pool are named, and where the pool's
+ * status explains the error (out of data space, read-only, failed) it says
+ * so. The original error stays as the cause.
+ */
+async function explainDeviceError(pool: ThinPool, devId: number, path: string, e: unknown): Promise<unknown> {
+  const err = e as { code?: unknown; path?: unknown; message?: unknown; syscall?: string; errno?: number; offset?: number };
+  if (!(e instanceof Error) || err.path !== path || typeof err.code !== 'string') return e;
+  let why = '';
+  try {
+    const s = await pool.status({ noflush: true });
+    if (s.kind === 'fail') why = `: pool ${pool.name} has failed (see dmesg; its metadata needs thin_check/thin_repair)`;
+    else if (s.kind === 'error') why = `: pool ${pool.name} reports Error (see dmesg)`;
+    else if (s.mode === 'out_of_data_space') why = `: pool ${pool.name} is out of data space (extend its data device, or free space in it)`;
+    else if (s.mode === 'ro') why = `: pool ${pool.name} is read-only (see dmesg)`;
+  } catch {
+    // the pool itself cannot be asked: name the thin all the same
+  }
+  const what = `thin ${devId} of pool ${pool.name} (through temporary device ${path})`;
+  const text = String(err.message);
+  const message = (text.includes(`'${path}'`) ? text.split(`'${path}'`).join(what) : text.split(path).join(what)) + why;
+  return new SystemCallError(err.code, message, {
+    ...(err.errno !== undefined ? { errno: err.errno } : {}),
+    syscall: err.syscall,
+    path,
+    device: pool.name,
+    devId,
+    ...(err.offset !== undefined ? { offset: err.offset } : {}),
+    cause: e,
+  });
 }

@@ -11,8 +11,9 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { DmIoctlError, MetadataSnapError } from '../../src/errors';
+import { DmIoctlError, MetadataSnapError, SystemCallError } from '../../src/errors';
 import { guardedCount } from '../../src/pool/release-guard';
+import { activateTemporarily } from '../../src/pool/temporary-activation';
 import { ThinDevice } from '../../src/pool/thin-device';
 import { ThinPool } from '../../src/pool/thin-pool';
 import { sectors } from '../../src/units';
@@ -59,9 +60,11 @@ function fakePool() {
   const messages: string[] = [];
   /** Suspends and resumes sent, as "suspend NAME" / "resume NAME". */
   const suspends: string[] = [];
-  const state = { held: 0, nextRoot: 23, originActive: false, originSuspended: false, poolSuspended: false, poolFailed: false, badTable: false };
+  const state = { held: 0, nextRoot: 23, originActive: false, originSuspended: false, poolSuspended: false, poolFailed: false, badTable: false, mode: 'rw' };
   /** dm devices created through this fake (DEV_CREATE), by name; removed ones are dropped. */
   const created = new Set<string>();
+  /** Every name ever created. */
+  const activated: string[] = [];
   let gate: Promise<void> | undefined;
   const transport = async (cmd: number, req: Buffer): Promise<Buffer> => {
     const h = decodeHeader(req);
@@ -78,7 +81,10 @@ function fakePool() {
     }
     if (h.name !== 'pool' && h.name !== 'origin' && h.name !== '') {
       // A thin being activated: the kernel's thin constructor refuses a suspended or failed pool with EINVAL.
-      if (cmd === Cmd.DEV_CREATE) created.add(h.name);
+      if (cmd === Cmd.DEV_CREATE) {
+        created.add(h.name);
+        activated.push(h.name);
+      }
       else if (cmd === Cmd.DEV_REMOVE) created.delete(h.name);
       else if (cmd === Cmd.TABLE_LOAD && (state.poolSuspended || state.poolFailed || state.badTable)) throw errno('EINVAL', 22);
       return reply(h.name);
@@ -90,7 +96,7 @@ function fakePool() {
     }
     if (cmd === Cmd.DEV_STATUS) return reply(h.name, undefined, 0, Flag.ACTIVE_PRESENT | (state.poolSuspended ? Flag.SUSPEND : 0));
     if (cmd === Cmd.TABLE_STATUS) {
-      const working = `0 200/2048 0/1024 ${state.held || '-'} rw discard_passdown queue_if_no_space - 512`;
+      const working = `0 200/2048 0/1024 ${state.held || '-'} ${state.mode} discard_passdown queue_if_no_space - 512`;
       const params = h.flags & Flag.STATUS_TABLE ? '7:0 7:1 128 0 0' : state.poolFailed ? 'Fail' : working;
       return reply(h.name, statusResults([{ start: 0, length: 131072, type: 'thin-pool', params }]), 1);
     }
@@ -119,6 +125,7 @@ function fakePool() {
     suspends,
     state,
     created,
+    activated,
     hold(): () => void {
       let open!: () => void;
       gate = new Promise((r) => (open = r));
@@ -298,5 +305,32 @@ describe('activating a thin on a pool the kernel refuses it on', () => {
     expect((e as Error).message).not.toMatch(/cannot activate/);
     k.state.badTable = false;
     expect((await ThinDevice.activate(pool, { name: 'tmp-4', devId: 1, length: sectors(2048) })).name).toBe('tmp-4');
+  });
+});
+
+describe('an IO error on a temporary activation', () => {
+  const ioError = (path: string, code = 'EIO', errno = -5) =>
+    Object.assign(new Error(`${code}: Input/output error, pread '${path}'`), { code, errno, syscall: 'pread', path, offset: 65536 });
+
+  test('names the thin and the pool, not the temporary device, and what the pool status says', async () => {
+    const k = fakePool();
+    const pool = await ThinPool.open('pool', { dm: k.dm });
+    const tmp = await activateTemporarily(pool, { prefix: 'dmthin-test', devId: 7, length: sectors(2048) }, async () => ({ close: () => undefined }));
+    const path = `${k.dm.devDir}/${k.activated[0]}`;
+    expect(path).toMatch(/dmthin-test-\d+-7-/);
+    const plain = await tmp.explain(ioError(path));
+    expect(plain).toBeInstanceOf(SystemCallError);
+    expect(plain).toMatchObject({ code: 'EIO', errno: -5, syscall: 'pread', device: 'pool', devId: 7, offset: 65536 });
+    expect((plain as Error).message).toBe(`EIO: Input/output error, pread thin 7 of pool pool (through temporary device ${path})`);
+    k.state.mode = 'out_of_data_space';
+    expect(((await tmp.explain(ioError(path, 'ENOSPC', -28))) as Error).message).toMatch(/, pread thin 7 of pool pool \(.*\): pool pool is out of data space \(extend its data device/);
+    k.state.poolFailed = true;
+    expect(((await tmp.explain(ioError(path))) as Error).message).toMatch(/: pool pool has failed \(see dmesg/);
+    // Errors about other paths, or no path, pass as they are.
+    const other = ioError('/dev/sdz');
+    expect(await tmp.explain(other)).toBe(other);
+    const usage = new Error('nothing to do with it');
+    expect(await tmp.explain(usage)).toBe(usage);
+    await tmp.dispose();
   });
 });

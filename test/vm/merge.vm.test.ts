@@ -351,6 +351,22 @@ describeVm('dmthin merge', () => {
     await clean();
   }, 400_000);
 
+  test('in the pool, out of data space (error_if_no_space): the error names the origin thin and the full pool, not a temporary device; the state stays for a re-run', async () => {
+    const { pool: full, name: fullName } = await createTestPool(sb, { label: 'full', dataBytes: 64 * BS, metaBytes: 4 * MiB, blockSectors: BS / 512, features: ['error_if_no_space'] });
+    const VOL = 64 * BS;
+    await full.createThin(1);
+    await full.createSnap(2, 1); // an empty origin and its snapshot
+    const t2 = await ThinDevice.activate(full, { name: sb.adopt('full-t2'), devId: 2, length: sectors(VOL / 512) });
+    sh(ddCmd(t2.path, { bs: BS, seek: 0, count: 40 })); // 40 of the pool's 64 blocks; the merge needs 40 more
+    await t2.deactivate();
+    const state = stateFile('full');
+    const r = dmthin(['--pool', fullName, '--snap', '2', '--origin', '1', '--state', state, '-q']);
+    expectRefused(r, new RegExp(`thin 1 of pool ${fullName} \\(through temporary device /dev/mapper/dmthin-merge-[^)]*\\): pool ${fullName} is out of data space .*\\[(ENOSPC|EIO)\\]$`));
+    expect(JSON.parse(readFileSync(state, 'utf8'))).toMatchObject({ phase: 'copying' });
+    await waitFor('temporary merge devices to go', async () => (await tempDevices()).length === 0, 30_000);
+    expect((await full.workingStatus()).heldMetadataRoot).toBeNull();
+  }, 300_000);
+
   test('an LVM-made pool is refused (lvconvert --merge suggested); LVM and the volumes are unchanged', async () => {
     expect(haveLvm()).toBe(true);
     const lsb = new DmSandbox('merge-lvm');
