@@ -28,7 +28,7 @@ import { ThinMetadata } from '../thin/metadata';
 import { SECTOR_SIZE } from '../units';
 import { NativeDataSource, type DataSource } from '../stream/send/data-source';
 import { ExtentStore, type SendExtent } from '../stream/send/extent-store';
-import { identityOf, offlinePoolId, planSend } from '../stream/send/plan';
+import { identityOf, mappingRootDigest, offlinePoolId, planSend } from '../stream/send/plan';
 import { identityKey, type SnapshotIdentity } from '../stream/format/records';
 import { allowListeners, chunksAtOnce, Repository, type BackupSession, type BackupSummary, type KeySource, type ManifestEntry, type ManifestHeader } from '../repo/repository';
 import { killAfterCount } from './test-seams';
@@ -165,11 +165,18 @@ export interface BackupSource {
   identity: string;
   /** The pool's data block size in sectors. */
   dataBlockSize: number;
+  /**
+   * SHA-256 of the snapshot's mapping-tree root node when it was backed up
+   * (mappingRootDigest). A later backup does not take this one as its base
+   * when the digest has changed: the snapshot's mappings were changed (it
+   * was written) since. Absent in backups made before dmthin recorded it.
+   */
+  mappingRoot?: string;
 }
 
 const VOLUME = /^[A-Za-z0-9._-]{1,128}$/;
 
-function sourceOf(id: SnapshotIdentity, dataBlockSize: number): BackupSource {
+function sourceOf(id: SnapshotIdentity, dataBlockSize: number, mappingRoot: string): BackupSource {
   return {
     kind: 'dm-thin',
     pool: id.pool,
@@ -178,6 +185,7 @@ function sourceOf(id: SnapshotIdentity, dataBlockSize: number): BackupSource {
     creationTime: id.creationTime,
     identity: identityKey(id),
     dataBlockSize,
+    mappingRoot,
   };
 }
 
@@ -190,7 +198,11 @@ function readSource(s: Record<string, unknown>): BackupSource | null {
 /**
  * The base: the newest backup of the volume, at this chunk and device size,
  * whose snapshot is in `md` with the identity it had then (same pool, device,
- * creation time and transaction: not written since, not deleted and reused).
+ * creation time and transaction: not deleted and reused) and, where the
+ * backup recorded it, the same mapping-tree root (its mappings not changed
+ * since). A snapshot whose mappings changed is passed over with a warning:
+ * it was written after its backup, and blocks it maps as the new snapshot
+ * does would be taken from chunks that no longer hold them.
  */
 async function findBase(
   md: ThinMetadata,
@@ -198,17 +210,24 @@ async function findBase(
   poolId: string | undefined,
   chunkSize: number,
   deviceSize: number,
-  signal?: AbortSignal,
+  o: CommonBackupOptions,
 ): Promise<{ backup: BackupSummary; devId: number } | null> {
   for (let i = candidates.length - 1; i >= 0; i--) {
     const b = candidates[i];
     const src = readSource(b.source);
     if (!src || b.chunkSize !== chunkSize || b.deviceSize !== deviceSize) continue;
-    throwIfAborted(signal);
+    throwIfAborted(o.signal);
     const d = await md.deviceDetails(src.devId);
     if (!d) continue;
-    const pool = poolId ?? (await offlinePoolId(md, d.devId, signal));
-    if (identityKey(identityOf(pool, d)) === src.identity) return { backup: b, devId: d.devId };
+    const pool = poolId ?? (await offlinePoolId(md, d.devId, o.signal));
+    if (identityKey(identityOf(pool, d)) !== src.identity) continue;
+    if (typeof src.mappingRoot === 'string' && src.mappingRoot !== (await mappingRootDigest(md, d.devId, o.signal))) {
+      o.onWarning?.(
+        `thin ${d.devId}, the snapshot backup ${b.id} was taken from, has been written since (its mappings changed): not used as a base. Snapshots that are backed up must not be written; make them read-only`,
+      );
+      continue;
+    }
+    return { backup: b, devId: d.devId };
   }
   return null;
 }
@@ -234,16 +253,18 @@ async function plan(
 ): Promise<Plan> {
   const blockBytes = md.superblock.dataBlockSize * SECTOR_SIZE;
   const chunkSize = chunkSizeFor(blockBytes);
-  const found = o.full ? null : await findBase(md, candidates, poolId, chunkSize, deviceSize, o.signal);
+  const found = o.full ? null : await findBase(md, candidates, poolId, chunkSize, deviceSize, o);
   const onProgress = (): void => o.onProgress?.({ phase: 'metadata', chunksRead: 0, bytesRead: 0, bytesUploaded: 0 });
   if (found && found.devId === o.snap) {
     // The very snapshot backed up before: nothing changed.
     const snapDetails = (await md.deviceDetails(o.snap))!;
     const pool = poolId ?? (await offlinePoolId(md, o.snap, o.signal));
-    return { source: sourceOf(identityOf(pool, snapDetails), md.superblock.dataBlockSize), base: found.backup, extents: empty(), blockBytes, dataBlocksToRead: 0 };
+    const mappingRoot = await mappingRootDigest(md, o.snap, o.signal);
+    return { source: sourceOf(identityOf(pool, snapDetails), md.superblock.dataBlockSize, mappingRoot), base: found.backup, extents: empty(), blockBytes, dataBlocksToRead: 0 };
   }
   const p = await planSend(md, { snap: o.snap, base: found?.devId, poolId, deviceSize, addressing, signal: o.signal, onProgress });
-  return { source: sourceOf(p.header.target, md.superblock.dataBlockSize), base: found?.backup ?? null, extents: p.extents, blockBytes };
+  const mappingRoot = await mappingRootDigest(md, o.snap, o.signal); // planSend has checked that the thin exists
+  return { source: sourceOf(p.header.target, md.superblock.dataBlockSize, mappingRoot), base: found?.backup ?? null, extents: p.extents, blockBytes };
 }
 
 async function* empty(): AsyncGenerator<SendExtent> {}

@@ -247,6 +247,43 @@ describe('blocks above 4 MiB', () => {
   });
 });
 
+describe('a backed-up snapshot written afterwards', () => {
+  // Device 1 is backed up, then written (block 5 provisioned anew, block 7
+  // discarded), then snapshotted as device 2. With --pool-id (as from a live
+  // pool) its identity is unchanged; only its mapping-tree root tells. Before
+  // dmthin recorded the root, device 1 was the base and block 5 was taken
+  // from its old chunk: the backup of device 2 restored wrong, exit 0.
+  test('is no base (a warning says why): the next backup restores what the new snapshot reads', async () => {
+    const before = runs([0, 0, 10]);
+    const written = edit(before, runs([5, 50, 1]), [7]);
+    const then = makePool(s.dir, 'then', { dataBlockSize: BS, nrDataBlocks: 64, devices: new Map([[1, before]]), zeroBlocks: new Set() });
+    // The same pool later: device 1 as written (same creation time and transaction), device 2 its snapshot.
+    const now = makePool(s.dir, 'now', {
+      dataBlockSize: BS,
+      nrDataBlocks: 64,
+      devices: new Map([
+        [1, written],
+        [2, edit(written, runs([9, 60, 1]))],
+      ]),
+      zeroBlocks: new Set(),
+    });
+    const size = 16 * BLOCK;
+    await using repo = await Repository.create(s.path('written-repo'));
+    const common = { repo, volume: 'w', deviceSize: size, poolId: 'dm-uuid:the-pool' };
+    const b1 = await backup({ ...common, metadata: then.metadata, data: then.data, snap: 1 });
+    const warnings: string[] = [];
+    const b2 = await backup({ ...common, metadata: now.metadata, data: now.data, snap: 2, onWarning: (w) => warnings.push(w) });
+    expect(warnings).toEqual([expect.stringMatching(new RegExp(`^thin 1, the snapshot backup ${b1.id} was taken from, has been written since .*not used as a base`))]);
+    expect(b2.base).toBeNull();
+    const target = s.path('written-2.img');
+    await restore({ repo, backup: b2.id, target, create: true });
+    expect(sha256(readFileSync(target))).toBe(sha256(deviceBytes(now, 2, size)));
+    // An unwritten snapshot is still a base: device 2 again reads nothing.
+    const again = await backup({ ...common, metadata: now.metadata, data: now.data, snap: 2 });
+    expect([again.base, again.chunksRead]).toEqual([b2.id, 0]);
+  });
+});
+
 describe('chunkSizeFor', () => {
   test.each([
     [64 << 10, 64 << 10],

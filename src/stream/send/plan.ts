@@ -73,18 +73,37 @@ async function details(md: ThinMetadata, devId: number, what: string, signal?: A
  * identity in a full send now and as the base of an incremental later; its
  * bytes hold the device's mappings (or its children's block numbers) and
  * checksum, so another pool's device — whatever its file is called — gives
- * another one. A device that was written since gets a new identity: an
- * incremental against it would not start from what the receiver holds.
+ * another one. A device whose mappings changed since (a write provisioned
+ * or a discard unmapped a block) gets a new identity: an incremental
+ * against it would not start from what the receiver holds. An overwrite of
+ * a block the device alone maps changes no metadata and keeps the identity.
  */
 export async function offlinePoolId(md: ThinMetadata, devId: number, signal?: AbortSignal): Promise<string> {
   const uuid = md.superblock.uuid;
   if (uuid.some((b) => b !== 0)) return `sb-uuid:${uuid.toString('hex')}`;
+  const node = await rootNode(md, devId, signal);
+  const fixed = Buffer.alloc(4);
+  fixed.writeUInt32LE(md.superblock.dataBlockSize, 0);
+  return `image-sha256:${sha256Of([Buffer.from('dmthin offline identity 1\0', 'latin1'), fixed, node]).toString('hex')}`;
+}
+
+/**
+ * A digest of thin `devId`'s mapping-tree root node as stored (SHA-256,
+ * hex). The node keeps its block and bytes while the device's mappings do
+ * not change (see offlinePoolId); a write that provisions a block the device
+ * shares or does not map, and a discard, change it. An overwrite of a block
+ * the device alone maps changes no metadata, so no digest of metadata sees it.
+ */
+export async function mappingRootDigest(md: ThinMetadata, devId: number, signal?: AbortSignal): Promise<string> {
+  return sha256Of([Buffer.from('dmthin mapping root 1\0', 'latin1'), await rootNode(md, devId, signal)]).toString('hex');
+}
+
+/** The bytes of thin `devId`'s mapping-tree root node as stored. */
+async function rootNode(md: ThinMetadata, devId: number, signal?: AbortSignal): Promise<Uint8Array> {
   throwIfAborted(signal);
   const root = await md.mappingRoot(devId); // ENODEV when it has none
   const [node] = await md.io.read([root]);
-  const fixed = Buffer.alloc(4);
-  fixed.writeUInt32LE(md.superblock.dataBlockSize, 0);
-  return `image-sha256:${sha256Of([Buffer.from('dmthin offline identity 1\0', 'latin1'), fixed, node.data]).toString('hex')}`;
+  return node.data;
 }
 
 function beyond(devId: number, kind: string, block: number | bigint, deviceSize: number, nBlocks: number, extra = ''): StreamError {
