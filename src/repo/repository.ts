@@ -314,6 +314,10 @@ export class Repository implements AsyncDisposable {
       const c = opts.create;
       const compression = formatCompression(parseCompression(c.compression ?? DEFAULT_COMPRESSION));
       if (await backend.stat('config', { signal })) throw new RepoError('exists', `a repository already exists at ${backend.location}`, { key: 'config' });
+      // A repository owns its whole directory (or prefix): made among other files, a mistyped path would scatter chunks/ and backups/ through them.
+      for await (const o of backend.list('', { signal })) {
+        throw new RepoError('exists', `${backend.location} is not empty (it holds ${o.key}): a repository is made in an empty directory or S3 prefix. Choose a new one, or empty this one`, { key: o.key });
+      }
       const { config, keys, stored } = await newConfig(compression, c.key, c.scrypt);
       throwIfAborted(signal);
       if (!(await backend.put('config', stored, { ifAbsent: true, signal }))) throw new RepoError('exists', `a repository already exists at ${backend.location}`, { key: 'config' });

@@ -5,7 +5,8 @@
  * DMTHIN_REPO_PASSPHRASE. The pool is made by thin_restore (test/ops/backup-fixture.ts).
  */
 import { spawnSync } from 'node:child_process';
-import { closeSync, existsSync, openSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { Repository } from '../../src/repo/repository';
 import { CLI } from './run-cli';
 import { scratch, type Scratch } from '../stream/helpers';
@@ -66,6 +67,19 @@ describe('unencrypted repository', () => {
     const again = cli(['backups', 'init', '--repo', repo]);
     expect(again.status).toBe(1);
     expect(oneLine(again.stderr)).toMatch(/^dmthin backups init: .*already exists.*\[EEXIST\]$/);
+  });
+
+  test('backups init refuses a directory that holds other files, and leaves them alone; empty subdirectories are fine', () => {
+    const dir = s.path('not-empty');
+    mkdirSync(join(dir, 'docs'), { recursive: true });
+    writeFileSync(join(dir, 'docs', 'notes.txt'), 'mine');
+    const r = cli(['backups', 'init', '--repo', dir]);
+    expect(r.status).toBe(1);
+    expect(oneLine(r.stderr)).toMatch(/^dmthin backups init: .*not-empty is not empty \(it holds docs\/notes\.txt\): a repository is made in an empty directory .*\[EEXIST\]$/);
+    expect(readdirSync(dir, { recursive: true }).sort()).toEqual(['docs', join('docs', 'notes.txt')]);
+    const empty = s.path('only-dirs');
+    mkdirSync(join(empty, 'sub'), { recursive: true });
+    expect(cli(['backups', 'init', '--repo', empty]).status).toBe(0);
   });
 
   test('backup --json prints id, volume, chunksNew, bytesUploaded; the second is incremental', () => {
