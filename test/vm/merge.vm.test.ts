@@ -171,7 +171,7 @@ describeVm('dmthin merge', () => {
     await dm.suspend(poolName);
     try {
       expectRefused(dmthin(args(2)), new RegExp(`pool ${poolName} is suspended: .*dmsetup resume ${poolName}.*\\[EBUSY\\]$`));
-      const send = spawnSync(process.execPath, [CLI, 'send', '--pool', poolName, '--snap', '2', '-o', `${sb.dir}/suspended.stream`], { encoding: 'utf8', timeout: 120_000 });
+      const send = spawnSync(process.execPath, [CLI, 'send', '--pool', poolName, '--snap', '2', '--size', String(SIZE), '-o', `${sb.dir}/suspended.stream`], { encoding: 'utf8', timeout: 120_000 });
       expectRefused(send, new RegExp(`cannot activate thin 2 of pool ${poolName}: pool ${poolName} is suspended, .*\\[EINVAL\\]$`));
     } finally {
       await dm.resume(poolName);
