@@ -54,7 +54,7 @@ export function register(program: Command, ctx: () => CliContext): void {
     .option('--state <file>', 'replication state file (default /var/lib/dmthin/replicate/<pool>-<thin>.json)')
     .option('--size <bytes>', "the thin device's size when it is not active (suffixes K, M, G, T, P binary; s = sectors)")
     .option('--tmp-dir <dir>', 'where a large extent list is spilled (default TMPDIR)')
-    .option('--format-version <n>', 'stream format version sent: 3 (default), or 2 or 1 for a receiving command that reads only those')
+    .option('--format-version <n>', 'stream format version sent: 4 (default), or 3, 2 or 1 for a receiving command that reads only those')
     .option('--json', 'one JSON object per cycle instead of a line')
     .option('-q, --quiet', 'no progress bar')
     .action(async (o: ReplicateCliOpts) => {

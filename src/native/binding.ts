@@ -131,7 +131,7 @@ export interface NativeAddon {
   BlockWriter: new () => NativeBlockWriter;
   /**
    * segmentBytes 0 or absent: one SHA-256 on one thread (format version 1); else a segmented digest on up to four:
-   * algorithm 'sha256' (default; version 2) or 'blake3' (version 3).
+   * algorithm 'sha256' (default; version 2) or 'blake3' (versions 3 and 4).
    */
   DigestPipe: new (ringBytes?: number, segmentBytes?: number, algorithm?: 'sha256' | 'blake3') => NativeDigestPipe;
   /** SHA-256 of the parts in order, on the calling thread (small inputs). */

@@ -21,7 +21,7 @@ import type { Hash } from 'node:crypto';
 import { SetupError } from '../errors';
 import { native, type NativeDigestPipe } from './binding';
 
-/** The hash function of a digest: SHA-256 (format versions 1 and 2) or BLAKE3 (version 3). */
+/** The hash function of a digest: SHA-256 (format versions 1 and 2) or BLAKE3 (versions 3 and 4). */
 export type DigestAlgorithm = 'sha256' | 'blake3';
 
 /** Default ring: room for one 8 MiB record and the next. */
@@ -175,7 +175,7 @@ class SegmentedCryptoHash extends SyncHash {
 
 function checkSpec(segmentBytes: number, algorithm: DigestAlgorithm): void {
   if (algorithm !== 'sha256' && algorithm !== 'blake3') throw new TypeError(`unknown digest algorithm '${String(algorithm)}'`);
-  if (algorithm === 'blake3' && !segmentBytes) throw new RangeError('BLAKE3 is hashed in segments only (format version 3)');
+  if (algorithm === 'blake3' && !segmentBytes) throw new RangeError('BLAKE3 is hashed in segments only (format versions 3 and 4)');
 }
 
 /**
@@ -190,7 +190,7 @@ export function cryptoStreamHash(segmentBytes = 0, algorithm: DigestAlgorithm = 
 /**
  * A new stream hash: the addon's threaded one, or the calling thread's without the addon.
  * @param segmentBytes - 0: one SHA-256 of every byte (version 1); else a segmented digest.
- * @param algorithm - the segmented digest's function: 'sha256' (version 2) or 'blake3' (version 3).
+ * @param algorithm - the segmented digest's function: 'sha256' (version 2) or 'blake3' (versions 3 and 4).
  */
 export function newStreamHash(ringBytes = STREAM_HASH_RING_BYTES, segmentBytes = 0, algorithm: DigestAlgorithm = 'sha256'): StreamHash {
   checkSpec(segmentBytes, algorithm);

@@ -295,7 +295,7 @@ class CheckedVerifier {
   constructor(r: Receiver, holdChunks = false) {
     // Records are only checked here, never kept: the verifier's buffer can be reused.
     // The GMAC lets the apply pass check the bytes it reads again at a fraction of a second SHA-256's
-    // cost (versions 1 and 2; the verifier drops it for version 3, whose digest is cheaper to redo).
+    // cost (versions 1 and 2; the verifier drops it for versions 3 and 4, whose digest is cheaper to redo).
     // Data records are checked in pieces, never assembled (their bytes are not needed here).
     this.v = new StreamVerifier({ onHeader: (h) => (this.early = r.preflight(h, null)), reuseBuffers: this.buffers, holdChunks, mac: newStreamMacKey(), dataPieces: 'skip' });
   }

@@ -56,9 +56,35 @@ test('send to a file, receive it; then an incremental through a pipe', async () 
   expect(sha256File(t)).toBe(await expectedSha(md, 1, SIZE));
 });
 
-test('--format-version 1, 2 and 3: the same records, each with its own digest (computed here from the format text); all received, to the same bytes', async () => {
+/**
+ * The 4096 bytes of device `devId`'s mapping-tree root node, found by
+ * walking the metadata file's top-level tree here (superblock offset 320:
+ * data_mapping_root; node header 32 bytes: flags at 4 (1 internal, 2 leaf),
+ * nr_entries at 16, max_entries at 20; u64 keys, then u64 values).
+ */
+function rootNodeOf(path: string, devId: number): Buffer {
+  const file = readFileSync(path);
+  const block = (n: bigint) => file.subarray(Number(n) * 4096, Number(n) * 4096 + 4096);
+  let node = block(file.readBigUInt64LE(320));
+  for (;;) {
+    const flags = node.readUInt32LE(4);
+    const nr = node.readUInt32LE(16);
+    const max = node.readUInt32LE(20);
+    let i = -1;
+    for (let k = 0; k < nr && node.readBigUInt64LE(32 + 8 * k) <= BigInt(devId); k++) i = k;
+    if (i < 0) throw new Error(`device ${devId} not in the top-level tree`);
+    const value = node.readBigUInt64LE(32 + 8 * max + 8 * i);
+    if (flags & 2) {
+      if (node.readBigUInt64LE(32 + 8 * i) !== BigInt(devId)) throw new Error(`device ${devId} not in the top-level tree`);
+      return block(value);
+    }
+    node = block(value);
+  }
+}
+
+test('--format-version 1 to 4: the same records, each with its own digest (computed here from the format text); 4 adds the root digest; all received, to the same bytes', async () => {
   const streams: Record<number, Buffer> = {};
-  for (const v of [1, 2, 3]) {
+  for (const v of [1, 2, 3, 4]) {
     const out = s.path(`v${v}.s`);
     const r = runCli(['send', '--metadata', meta, '--data', data, '--snap', '4', '--size', String(SIZE), '-o', out, '-q', '--json', '--format-version', String(v)]);
     expect([r.status, JSON.parse(r.stderr).digest]).toEqual([0, expect.stringMatching(/^[0-9a-f]{64}$/)]);
@@ -68,10 +94,10 @@ test('--format-version 1, 2 and 3: the same records, each with its own digest (c
     let want: string;
     if (v === 1) want = createHash('sha256').update(body).digest('hex');
     else {
-      // Version 2: SHA-256 (node:crypto); version 3: BLAKE3 (@noble/hashes, not the addon's).
+      // Version 2: SHA-256 (node:crypto); versions 3 and 4: BLAKE3 (@noble/hashes, not the addon's), the same text.
       const h = (x: Uint8Array): Buffer => (v === 2 ? createHash('sha256').update(x).digest() : Buffer.from(blake3(x)));
       const S = 1 << 20;
-      const parts: Buffer[] = [Buffer.from(`dmthin stream digest ${v}\0`, 'latin1'), Buffer.from([0, 0, 16, 0])];
+      const parts: Buffer[] = [Buffer.from(`dmthin stream digest ${Math.min(v, 3)}\0`, 'latin1'), Buffer.from([0, 0, 16, 0])];
       for (let i = 0; i < body.length; i += S) parts.push(h(body.subarray(i, i + S)));
       const len = Buffer.alloc(8);
       len.writeBigUInt64LE(BigInt(body.length));
@@ -84,20 +110,39 @@ test('--format-version 1, 2 and 3: the same records, each with its own digest (c
     expect([rr.status, JSON.parse(rr.stdout).digest]).toEqual([0, want]);
     expect(sha256File(t)).toBe(await expectedSha(md, 4, SIZE));
   }
-  // Only the version field, the header's CRC, the end record's CRC and the digest differ.
+  // Versions 1-3: only the version field, the header's CRC, the end record's CRC and the digest differ.
   const n = streams[1].length;
   for (const v of [2, 3]) {
     expect(streams[v].length).toBe(n);
     const diff = [...streams[1].keys()].filter((i) => streams[1][i] !== streams[v][i]);
     expect(diff.every((i) => (i >= 20 && i < 24) || i === 32 || (i >= n - 76 && i < n - 72) || i >= n - 32)).toBe(true);
   }
-  // The default is version 3; another version is a usage error before anything is read.
+  // Version 4: version 3's header payload with flag bit 1 and, after the identity, the SHA-256 of the
+  // text 'dmthin mapping root 1' and the device's root node as the file stores it; every later record the same.
+  const [h3, h4] = [streams[3], streams[4]];
+  const len3 = h3.readUInt32LE(8);
+  const len4 = h4.readUInt32LE(8);
+  expect(len4).toBe(len3 + 32);
+  const p3 = h3.subarray(24, 24 + len3);
+  const p4 = h4.subarray(24, 24 + len4);
+  expect([p3.readUInt32LE(12), p4.readUInt32LE(12)]).toEqual([0, 2]);
+  expect(p4.subarray(16, len3).equals(p3.subarray(16))).toBe(true);
+  const root = createHash('sha256').update(Buffer.from('dmthin mapping root 1\0', 'latin1')).update(rootNodeOf(meta, 4)).digest('hex');
+  expect(p4.subarray(len3).toString('hex')).toBe(root);
+  const rest3 = h3.subarray(24 + len3);
+  const rest4 = h4.subarray(24 + len4);
+  const m = rest3.length;
+  expect(rest4.length).toBe(m);
+  // The end record's CRC, its stream_bytes (payload offset 32: 32 more) and the digest.
+  expect([...rest3.keys()].filter((i) => rest3[i] !== rest4[i]).every((i) => (i >= m - 76 && i < m - 72) || i >= m - 40)).toBe(true);
+  expect(rest4.readBigUInt64LE(m - 40) - rest3.readBigUInt64LE(m - 40)).toBe(32n);
+  // The default is version 4; another version is a usage error before anything is read.
   const def = s.path('vdefault.s');
   expect(runCli(['send', '--metadata', meta, '--data', data, '--snap', '4', '--size', String(SIZE), '-q', '-o', def]).status).toBe(0);
-  expect(readFileSync(def).equals(streams[3])).toBe(true);
-  const bad = runCli(['send', '--metadata', meta, '--data', data, '--snap', '4', '--size', String(SIZE), '-o', s.path('v4.s'), '--format-version', '4']);
-  expect([bad.status, bad.stderr]).toEqual([1, "dmthin send: --format-version must be one of 1, 2, 3; got '4' [EINVAL]\n"]);
-  expect(readdirSync(s.dir).filter((f) => f.startsWith('v4.s'))).toEqual([]);
+  expect(readFileSync(def).equals(streams[4])).toBe(true);
+  const bad = runCli(['send', '--metadata', meta, '--data', data, '--snap', '4', '--size', String(SIZE), '-o', s.path('v5.s'), '--format-version', '5']);
+  expect([bad.status, bad.stderr]).toEqual([1, "dmthin send: --format-version must be one of 1, 2, 3, 4; got '5' [EINVAL]\n"]);
+  expect(readdirSync(s.dir).filter((f) => f.startsWith('v5.s'))).toEqual([]);
 });
 
 test('receive from a pipe whose writer has already gone (the stream waits in the pipe): read whole; junk refused', async () => {

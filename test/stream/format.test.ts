@@ -111,6 +111,21 @@ describe('codecs', () => {
       { version: 1, dataBlockSize: 1024, deviceSize: 512, target: id(5, { pool: '' }), base: id(4, { pool: '' }) },
     ];
     for (const h of cases) expect(decodeHeaderPayload(encodeHeaderPayload(h), where)).toEqual(h);
+    // Version 4 carries the mapping-root digests (the base's only with a base); older versions drop them.
+    const [r1, r2] = ['a'.repeat(64), '0123456789abcdef'.repeat(4)];
+    const v4: StreamHeader[] = [
+      { version: 4, dataBlockSize: 128, deviceSize: 4096, target: id(1), base: null, targetRoot: r1 },
+      { version: 4, dataBlockSize: 128, deviceSize: 4096, target: id(2), base: id(1), targetRoot: r1, baseRoot: r2 },
+    ];
+    for (const h of v4) {
+      const b = encodeHeaderPayload(h);
+      expect(b.readUInt32LE(12) & 2).toBe(2);
+      expect(decodeHeaderPayload(b, where)).toEqual(h);
+    }
+    const old = decodeHeaderPayload(encodeHeaderPayload({ ...v4[1], version: 3 }), where);
+    expect([old.targetRoot, old.baseRoot]).toEqual([undefined, undefined]);
+    expect(() => encodeHeaderPayload({ ...v4[1], baseRoot: undefined })).toThrow(UsageError);
+    expect(() => encodeHeaderPayload({ ...v4[0], targetRoot: 'xyz' })).toThrow(UsageError);
   });
 
   test('header payload refusals', () => {
@@ -121,12 +136,16 @@ describe('codecs', () => {
       return refusal(() => decodeHeaderPayload(b, where));
     };
     expect(bad((b) => (b[0] = 0x41)).reason).toBe('magic');
-    expect(bad((b) => b.writeUInt32LE(4, 8))).toMatchObject({ reason: 'version', code: 'EPROTONOSUPPORT' });
-    expect(bad((b) => b.writeUInt32LE(4, 8)).message).toMatch(/^stream format version 4 is not supported \(this build reads versions 1, 2 and 3\): upgrade dmthin/);
+    expect(bad((b) => b.writeUInt32LE(5, 8))).toMatchObject({ reason: 'version', code: 'EPROTONOSUPPORT' });
+    expect(bad((b) => b.writeUInt32LE(5, 8)).message).toMatch(/^stream format version 5 is not supported \(this build reads versions 1, 2, 3 and 4\): upgrade dmthin/);
     expect(bad((b) => b.writeUInt32LE(0, 8))).toMatchObject({ reason: 'version', code: 'EPROTONOSUPPORT' });
     expect(decodeHeaderPayload(good, where).version).toBe(1);
     expect(decodeHeaderPayload(Buffer.from(good).fill(2, 8, 9), where).version).toBe(2);
     expect(decodeHeaderPayload(Buffer.from(good).fill(3, 8, 9), where).version).toBe(3);
+    expect(decodeHeaderPayload(Buffer.from(good).fill(4, 8, 9), where).version).toBe(4);
+    // Flag bit 1 (mapping-root digests) only from version 4 on, and then the digests must be there.
+    expect(bad((b) => b.writeUInt32LE(1 | 2, 12)).message).toMatch(/unknown flags 0x3/);
+    expect(bad((b) => (b.writeUInt32LE(4, 8), b.writeUInt32LE(1 | 2, 12))).message).toMatch(/too short for its mapping-root digests/);
     expect(bad((b) => b.writeUInt32LE(3, 12)).reason).toBe('malformed');
     expect(bad((b) => b.writeUInt32LE(100, 16)).reason).toBe('malformed');
     expect(bad((b) => b.writeUInt32LE(1, 20)).reason).toBe('malformed');
@@ -315,12 +334,12 @@ describe('digests', () => {
     }
   });
 
-  test('the encoder writes version 3 unless told 1 or 2, and refuses a version it cannot write', () => {
+  test('the encoder writes version 4 unless told 1, 2 or 3, and refuses a version it cannot write', () => {
     const e = new StreamEncoder(header());
-    expect(e.header.version).toBe(3);
-    expect(Buffer.concat(e.start()).readUInt32LE(RECORD_HEADER_SIZE + 8)).toBe(3);
+    expect(e.header.version).toBe(4);
+    expect(Buffer.concat(e.start()).readUInt32LE(RECORD_HEADER_SIZE + 8)).toBe(4);
     e.abort();
-    for (const v of [0, 4]) expect(() => new StreamEncoder(header({ version: v }))).toThrow(UsageError);
+    for (const v of [0, 5]) expect(() => new StreamEncoder(header({ version: v }))).toThrow(UsageError);
   });
 });
 
@@ -496,7 +515,7 @@ describe('verifier', () => {
     const s = small();
     const [h, d1, disc, d2, end] = offsets(s);
     const cases: [number, (r: Buffer) => void, string][] = [
-      [h, (r) => r.writeUInt32LE(4, RECORD_HEADER_SIZE + 8), 'version'],
+      [h, (r) => r.writeUInt32LE(5, RECORD_HEADER_SIZE + 8), 'version'],
       [d1, (r) => r.writeUInt16LE(9, 4), 'malformed'],
       [d1, (r) => r.writeUInt16LE(1, 6), 'malformed'],
       [d1, (r) => r.writeUInt32LE(7, 12), 'order'], // sequence
@@ -546,7 +565,7 @@ describe('verifier', () => {
     const resealed = reseal(s, d1, (r) => (r[RECORD_HEADER_SIZE + 100] ^= 0x10));
     const e = refusal(() => verify(resealed));
     expect(e).toMatchObject({ reason: 'digest', code: 'EILSEQ' });
-    expect(e.message).toMatch(/^the stream's digest \(format version 3, docs\/stream-format\.md §6\) does not match the end record \(record \d+ at byte \d+\)$/);
+    expect(e.message).toMatch(/^the stream's digest \(format version 4, docs\/stream-format\.md §6\) does not match the end record \(record \d+ at byte \d+\)$/);
   });
 
   test('the header is available before the rest arrives', () => {

@@ -17,6 +17,7 @@ import { ThinMetadata } from '../../src/thin/metadata';
 import { CLI, runCli } from '../cli/run-cli';
 import { fixtureImage } from '../helpers/fixtures';
 import { blk, seal } from '../helpers/corrupt';
+import { deviceBytes, edit, makePool, runs, sha256 } from '../ops/backup-fixture';
 import { expectedSha, junkFile, PatternSource, scratch, sha256File, writeDataFile, type Scratch } from './helpers';
 
 const BS = 65536;
@@ -77,6 +78,47 @@ describe('offline stream identity', () => {
     const md = await ThinMetadata.fromBuffer(imgA);
     expect(sha256File(t)).toBe(await expectedSha(md, 2, SIZE));
     await md.close();
+  });
+
+  test('a base written after it was sent (same identity, other mappings) is refused; as format version 3 (no root digests) it is not seen', () => {
+    // Device 1 sent in full; then written (block 5 provisioned anew, block 7 discarded) and snapshotted as device 2.
+    // With --pool-id (as from a live pool) device 1 keeps its identity: only its mapping-root digest tells.
+    const before = runs([0, 0, 10]);
+    const written = edit(before, runs([5, 50, 1]), [7]);
+    const then = makePool(s.dir, 'then', { dataBlockSize: BS / 512, nrDataBlocks: 64, devices: new Map([[1, before]]), zeroBlocks: new Set() });
+    const now = makePool(s.dir, 'now', {
+      dataBlockSize: BS / 512,
+      nrDataBlocks: 64,
+      devices: new Map([
+        [1, written],
+        [2, edit(written, runs([9, 60, 1]))],
+      ]),
+      zeroBlocks: new Set(),
+    });
+    const size = 16 * BS;
+    const sendOf = (p: typeof then, snap: number, base: number | undefined, out: string, extra: string[] = []) =>
+      runCli(['send', '--metadata', p.metadata, '--data', p.data, '--pool-id', 'dm-uuid:the-pool', '--snap', String(snap), ...(base ? ['--base', String(base)] : []), '--size', String(size), '-o', out, '-q', ...extra]);
+    for (const v of ['4', '3']) {
+      const t = s.path(`written-base-v${v}.target`);
+      expect(sendOf(then, 1, undefined, s.path(`wb-full1-v${v}.s`), ['--format-version', v]).status).toBe(0);
+      expect(runCli(['receive', '--target', t, '-i', s.path(`wb-full1-v${v}.s`), '--create', '-q']).status).toBe(0);
+      const held = sha256File(t);
+      expect(sendOf(now, 2, 1, s.path(`wb-inc2-v${v}.s`), ['--format-version', v]).status).toBe(0);
+      const r = runCli(['receive', '--target', t, '-i', s.path(`wb-inc2-v${v}.s`), '-q']);
+      if (v === '4') {
+        expect(r.status).toBe(1);
+        expect(r.stderr).toMatch(/^dmthin receive: the stream's base device 1 of dm-uuid:the-pool .* was written after it was sent to this target \(its mappings changed since\).*send the snapshot in full.*\[ESTALE\]\n$/);
+        expect(sha256File(t)).toBe(held);
+        // The full stream of device 2 is taken, and an incremental against it then applies.
+        expect(sendOf(now, 2, undefined, s.path('wb-full2.s')).status).toBe(0);
+        expect(runCli(['receive', '--target', t, '-i', s.path('wb-full2.s'), '-q']).status).toBe(0);
+        expect(sha256File(t)).toBe(sha256(deviceBytes(now, 2, size)));
+      } else {
+        // The documented gap of older formats: applied, and the target is not what device 2 reads.
+        expect(r.status).toBe(0);
+        expect(sha256File(t)).not.toBe(sha256(deviceBytes(now, 2, size)));
+      }
+    }
   });
 
   test('a superblock uuid, when set, is the identity', async () => {
@@ -158,14 +200,17 @@ describe('receive state', () => {
     ['no pending field', (g) => JSON.stringify({ ...JSON.parse(g), pending: undefined })],
     ['version 2', (g) => JSON.stringify({ ...JSON.parse(g), version: 2 })],
     ['current.formatVersion a string', (g) => JSON.stringify({ ...JSON.parse(g), current: { ...JSON.parse(g).current, formatVersion: '2' } })],
+    ['current.mappingRoot not a digest', (g) => JSON.stringify({ ...JSON.parse(g), current: { ...JSON.parse(g).current, mappingRoot: 'abc' } })],
   ];
 
   test('a state file written before stream format version 2 (no formatVersion) is read as it was', async () => {
     const t = await dev1Target();
     const stateFile = `${t}.dmthin-state.json`;
     const st = JSON.parse(readFileSync(stateFile, 'utf8'));
-    expect(st.current.formatVersion).toBe(3);
+    expect(st.current.formatVersion).toBe(4);
+    expect(st.current.mappingRoot).toMatch(/^[0-9a-f]{64}$/);
     delete st.current.formatVersion;
+    delete st.current.mappingRoot; // nor a mapping root (before version 4): no root check
     writeFileSync(stateFile, JSON.stringify(st, null, 2));
     await receive({ target: t, input: Readable.from([streams.inc2from1]) });
     expect(sha256File(t)).toBe(await expectedSha(md, 2, SIZE));

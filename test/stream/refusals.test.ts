@@ -138,11 +138,11 @@ describe.each(['file', 'pipe'] as const)('input through a %s', (how) => {
   test('trailing bytes, another format version, not a stream at all', async () => {
     const t = await target('dev1');
     expect(await refused(t, Buffer.concat([streams.inc2from1, Buffer.from('x')]), how)).toMatchObject({ reason: 'trailing' });
-    const v4 = Buffer.from(streams.inc2from1);
-    const len = v4.readUInt32LE(8);
-    v4.writeUInt32LE(4, RECORD_HEADER_SIZE + 8); // a version this build does not read
-    v4.writeUInt32LE(crc32cOf([v4.subarray(0, 20), v4.subarray(RECORD_HEADER_SIZE, RECORD_HEADER_SIZE + len)]), 20);
-    expect(await refused(t, v4, how)).toMatchObject({ reason: 'version', code: 'EPROTONOSUPPORT' });
+    const v5 = Buffer.from(streams.inc2from1);
+    const len = v5.readUInt32LE(8);
+    v5.writeUInt32LE(5, RECORD_HEADER_SIZE + 8); // a version this build does not read
+    v5.writeUInt32LE(crc32cOf([v5.subarray(0, 20), v5.subarray(RECORD_HEADER_SIZE, RECORD_HEADER_SIZE + len)]), 20);
+    expect(await refused(t, v5, how)).toMatchObject({ reason: 'version', code: 'EPROTONOSUPPORT' });
     expect(await refused(t, Buffer.from('#!/bin/sh\necho not a stream\n'), how)).toMatchObject({ reason: 'magic' });
   });
 });
@@ -258,7 +258,7 @@ test('an interrupted apply leaves the target marked inconsistent until that stre
     receive({ target: t, input: Readable.from([inc5]), signal: ac3.signal, onProgress: (p) => p.phase === 'apply' && ac3.abort() }),
   ).rejects.toBeInstanceOf(AbortError);
   const st2 = JSON.parse(readFileSync(`${t}.dmthin-state.json`, 'utf8'));
-  expect([st2.current.snapshot.devId, st2.pending.snapshot.devId, st2.pending.formatVersion]).toEqual([1, 5, 3]);
+  expect([st2.current.snapshot.devId, st2.pending.snapshot.devId, st2.pending.formatVersion]).toEqual([1, 5, 4]);
   // Another incremental from device 1 is refused, though its base is the "current" one.
   expect(await refused(t, bigInc, 'pipe')).toMatchObject({ reason: 'base-mismatch' });
   expect((await refused(t, bigInc, 'pipe')).message).toMatch(/interrupted/);

@@ -135,7 +135,8 @@ test('an incremental stream skips blocks both devices share: shared subtrees are
   // Devices 1 and 2 share their whole tree: nothing to send, and the walk reads next to nothing.
   expect(summary).toMatchObject({ dataBlocks: 0, discardBlocks: 0, records: 1 });
   expect(src.reads).toBe(0);
-  expect(md.io.stats.blocksRead - before).toBeLessThan(5);
+  // (Format 4 reads the two root nodes once more, for their digests in the header.)
+  expect(md.io.stats.blocksRead - before).toBeLessThan(7);
   await md.close();
 });
 

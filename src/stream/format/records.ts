@@ -14,9 +14,15 @@ export const RECORD_MAGIC = Buffer.from('DMTR', 'latin1');
 /** First 8 bytes of the header record's payload. */
 const STREAM_MAGIC = Buffer.from('DMTHSTRM', 'latin1');
 /** The stream format version this build writes by default. */
-export const FORMAT_VERSION = 3;
-/** The stream format versions this build reads and can write (they differ only in the end record's digest). */
-export const FORMAT_VERSIONS: readonly number[] = [1, 2, 3];
+export const FORMAT_VERSION = 4;
+/**
+ * The stream format versions this build reads and can write: 1-3 differ in
+ * the end record's digest; 4 has version 3's digest and may carry the
+ * snapshots' mapping-root digests in its header.
+ */
+export const FORMAT_VERSIONS: readonly number[] = [1, 2, 3, 4];
+/** The first version whose header may carry mapping-root digests. */
+export const ROOTS_VERSION = 4;
 /** The segmented digests' segment (versions 2 and 3): stream bytes per hash folded into the digest. */
 export const DIGEST_SEGMENT_BYTES = 1 << 20;
 
@@ -24,7 +30,7 @@ export const DIGEST_SEGMENT_BYTES = 1 << 20;
 export interface DigestSpec {
   /** 0: one SHA-256 over every byte (version 1); else the segment size. */
   segmentBytes: number;
-  /** The hash function: SHA-256 (versions 1 and 2) or BLAKE3 (version 3). */
+  /** The hash function: SHA-256 (versions 1 and 2) or BLAKE3 (versions 3 and 4). */
   algorithm: DigestAlgorithm;
 }
 
@@ -48,6 +54,10 @@ const MIN_DATA_BLOCK_SECTORS = 128;
 const MAX_DATA_BLOCK_SECTORS = 2097152;
 
 const HEADER_FLAG_INCREMENTAL = 1;
+/** Version 4 on: the identities are followed by the target's (and the base's) mapping-root digest. */
+const HEADER_FLAG_ROOTS = 2;
+const ROOT_DIGEST_BYTES = 32;
+const HEX64 = /^[0-9a-f]{64}$/;
 
 /** The record types of a stream (docs/stream-format.md). */
 export enum RecordType {
@@ -89,6 +99,15 @@ export interface StreamHeader {
   target: SnapshotIdentity;
   /** The snapshot the stream is a delta against; null for a full stream. */
   base: SnapshotIdentity | null;
+  /**
+   * SHA-256 (hex) of the target's mapping-tree root node when it was sent
+   * (version 4 on; absent in older streams). A receiver records it, and
+   * refuses a later incremental whose baseRoot differs: the base's mappings
+   * changed (it was written) after it was sent.
+   */
+  targetRoot?: string;
+  /** The same digest of the base, now (incremental streams, version 4 on). */
+  baseRoot?: string;
 }
 
 /** What the end record carries. */
@@ -225,11 +244,20 @@ export function encodeHeaderPayload(h: StreamHeader): Buffer {
   const fixed = Buffer.alloc(HEADER_FIXED_SIZE);
   STREAM_MAGIC.copy(fixed, 0);
   fixed.writeUInt32LE(h.version, 8);
-  fixed.writeUInt32LE(h.base ? HEADER_FLAG_INCREMENTAL : 0, 12);
+  // Older versions cannot carry the digests: a stream for an older receiver goes without them.
+  const roots = h.version >= ROOTS_VERSION && h.targetRoot !== undefined;
+  if (roots && (!HEX64.test(h.targetRoot!) || (h.base !== null) !== (h.baseRoot !== undefined) || (h.baseRoot !== undefined && !HEX64.test(h.baseRoot)))) {
+    throw new UsageError('mapping-root digests: a SHA-256 in hex for the target, and for the base exactly when there is one');
+  }
+  fixed.writeUInt32LE((h.base ? HEADER_FLAG_INCREMENTAL : 0) | (roots ? HEADER_FLAG_ROOTS : 0), 12);
   fixed.writeUInt32LE(h.dataBlockSize, 16);
   writeU64(fixed, 24, h.deviceSize);
   const parts = [fixed, encodeIdentity(h.target)];
   if (h.base) parts.push(encodeIdentity(h.base));
+  if (roots) {
+    parts.push(Buffer.from(h.targetRoot!, 'hex'));
+    if (h.base) parts.push(Buffer.from(h.baseRoot!, 'hex'));
+  }
   const out = Buffer.concat(parts);
   if (out.length > MAX_HEADER_PAYLOAD) throw new UsageError('header record too large');
   return out;
@@ -254,7 +282,8 @@ export function decodeHeaderPayload(b: Buffer, where: { offset: number; record: 
     throw new StreamError('version', `stream format version ${version} is not supported (this build reads versions ${FORMAT_VERSIONS.slice(0, -1).join(', ')} and ${FORMAT_VERSIONS[FORMAT_VERSIONS.length - 1]}): upgrade dmthin`, where);
   }
   const flags = b.readUInt32LE(12);
-  if (flags & ~HEADER_FLAG_INCREMENTAL) fail(`unknown flags 0x${flags.toString(16)}`);
+  const known = HEADER_FLAG_INCREMENTAL | (version >= ROOTS_VERSION ? HEADER_FLAG_ROOTS : 0);
+  if (flags & ~known) fail(`unknown flags 0x${flags.toString(16)}`);
   const dataBlockSize = b.readUInt32LE(16);
   try {
     checkDataBlockSize(dataBlockSize);
@@ -272,8 +301,16 @@ export function decodeHeaderPayload(b: Buffer, where: { offset: number; record: 
     base = bb.id;
     next = bb.next;
   }
+  const roots: { targetRoot?: string; baseRoot?: string } = {};
+  if (flags & HEADER_FLAG_ROOTS) {
+    const need = ROOT_DIGEST_BYTES * (base ? 2 : 1);
+    if (next + need > b.length) fail('header record too short for its mapping-root digests');
+    roots.targetRoot = b.subarray(next, next + ROOT_DIGEST_BYTES).toString('hex');
+    if (base) roots.baseRoot = b.subarray(next + ROOT_DIGEST_BYTES, next + need).toString('hex');
+    next += need;
+  }
   if (next !== b.length) fail(`${b.length - next} unexpected bytes at the end`);
-  return { version, dataBlockSize, deviceSize: deviceSize!, target: t.id, base };
+  return { version, dataBlockSize, deviceSize: deviceSize!, target: t.id, base, ...roots };
 }
 
 // ---------------------------------------------------------------- data, discard, end

@@ -9,7 +9,7 @@
  * under a key and nonce drawn for this receive and never shown to anyone is a
  * MAC at ~0.1 s per GiB: bytes changed between the passes give another tag
  * except with probability about (stream bytes / 16) / 2^128. Format versions
- * 1 and 2 only: version 3's BLAKE3 digest is cheaper to compute again than
+ * 1 and 2 only: the BLAKE3 digest is cheaper to compute again than
  * this (verifier.ts).
  */
 import { createCipheriv, randomBytes, type CipherGCM } from 'node:crypto';

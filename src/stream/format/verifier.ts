@@ -121,7 +121,7 @@ export interface VerifierOptions {
   holdChunks?: boolean;
   /**
    * Also a keyed GMAC over every byte of the stream (VerifiedStream.mac; ~0.15 s per GiB on the JS thread),
-   * unless the stream's digest is BLAKE3 (format version 3), cheaper to compute again than the GMAC.
+   * unless the stream's digest is BLAKE3 (format versions 3 and 4), cheaper to compute again than the GMAC.
    * @internal
    */
   mac?: StreamMacKey;
@@ -191,7 +191,7 @@ export class StreamVerifier {
   private hash: StreamHash | null = null;
   private readonly recheck: (VerifiedStream & { mac: NonNullable<VerifiedStream['mac']> }) | null;
   // Fed every input chunk whole (end record included): cheaper than per record, the same bytes on both passes.
-  // Dropped when the header says the digest is BLAKE3 (format version 3): see completeRecord.
+  // Dropped when the header says the digest is BLAKE3 (format versions 3 and 4): see completeRecord.
   private mac: StreamMac | null;
   private _header: StreamHeader | null = null;
   private blockBytes = 0;

@@ -47,6 +47,11 @@ export interface StateEntry {
   deviceSize: number;
   /** The source pool's data block size in sectors. */
   dataBlockSize: number;
+  /**
+   * The snapshot's mapping-root digest as the stream carried it (format 4
+   * on): a later incremental whose base has another is refused.
+   */
+  mappingRoot?: string;
   /** ISO time. */
   at: string;
 }
@@ -77,6 +82,7 @@ export function entryFor(h: StreamHeader, digest: string): StateEntry {
     formatVersion: h.version,
     deviceSize: h.deviceSize,
     dataBlockSize: h.dataBlockSize,
+    ...(h.targetRoot !== undefined ? { mappingRoot: h.targetRoot } : {}),
     at: new Date().toISOString(),
   };
 }
@@ -137,6 +143,7 @@ function entryProblem(x: unknown): string | null {
   if ('formatVersion' in e && !(Number.isInteger(e.formatVersion) && (e.formatVersion as number) >= 1)) return 'formatVersion is not a positive integer';
   if (!Number.isSafeInteger(e.deviceSize) || (e.deviceSize as number) < 0 || (e.deviceSize as number) % 512 !== 0) return 'deviceSize is not a whole number of sectors';
   if (!Number.isInteger(e.dataBlockSize) || (e.dataBlockSize as number) <= 0) return 'dataBlockSize is not a positive integer';
+  if ('mappingRoot' in e && (typeof e.mappingRoot !== 'string' || !HEX64.test(e.mappingRoot))) return 'mappingRoot is not a SHA-256 in hex';
   return null;
 }
 
@@ -229,6 +236,12 @@ export function checkBase(read: StateRead, h: StreamHeader, digest: string | nul
       const c = s.current.snapshot;
       fail(
         `incremental stream against ${describeIdentity(h.base)}, but the target holds device ${c.devId} of ${c.pool} (created at time ${c.creationTime}, transaction ${c.transactionId})`,
+      );
+    } else if (h.baseRoot !== undefined && s.current.mappingRoot !== undefined && h.baseRoot !== s.current.mappingRoot) {
+      // The same identity, other mappings: the base was written after it was sent here.
+      fail(
+        `the stream's base ${describeIdentity(h.base)} was written after it was sent to this target (its mappings changed since), ` +
+          `so the target does not hold what the stream starts from: send the snapshot in full. Snapshots that are sent as bases must not be written`,
       );
     }
   }

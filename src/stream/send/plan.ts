@@ -128,9 +128,11 @@ export async function planSend(md: ThinMetadata, o: PlanOptions): Promise<SendPl
   const nBlocks = Math.ceil(deviceSize / blockBytes);
   const snapPool = o.poolId ?? (await offlinePoolId(md, snap.devId, o.signal));
   const basePool = base ? (o.poolId ?? (await offlinePoolId(md, base.devId, o.signal))) : undefined;
+  const targetRoot = await mappingRootDigest(md, snap.devId, o.signal);
+  const baseRoot = base ? await mappingRootDigest(md, base.devId, o.signal) : undefined;
   const extents = base ? deltaExtents(md, base.devId, snap.devId, nBlocks, deviceSize, o) : fullExtents(md, snap.devId, nBlocks, deviceSize, o);
   return {
-    header: { dataBlockSize, deviceSize, target: identityOf(snapPool, snap), base: base ? identityOf(basePool!, base) : null },
+    header: { dataBlockSize, deviceSize, target: identityOf(snapPool, snap), base: base ? identityOf(basePool!, base) : null, targetRoot, ...(baseRoot ? { baseRoot } : {}) },
     extents,
   };
 }
