@@ -70,10 +70,12 @@ export function reportJson(r: CheckReport): unknown {
   };
 }
 
-function summary(r: CheckReport, why: string): string {
+function summary(r: CheckReport, why: string, read: 'all' | 'no-mappings' | 'superblock'): string {
   const c = r.counts;
   const lines: string[] = [];
-  lines.push(`${c.devices} device${c.devices === 1 ? '' : 's'}, ${c.mappings} mappings, transaction ${c.transactionId}${c.heldRoot ? `, metadata snapshot held at block ${c.heldRoot}` : ''}`);
+  // What was not read is said so, never counted as 0.
+  const devices = read === 'superblock' ? 'devices and mappings not read' : `${c.devices} device${c.devices === 1 ? '' : 's'}, ${read === 'no-mappings' ? 'mappings not read' : `${c.mappings} mappings`}`;
+  lines.push(`${devices}, transaction ${c.transactionId}${c.heldRoot ? `, metadata snapshot held at block ${c.heldRoot}` : ''}`);
   if (r.spaceMapsChecked) {
     lines.push(`space maps checked: ${c.metadataBlocksInUse} of ${c.metadataBlocks} metadata blocks and ${c.dataBlocksInUse} of ${c.dataBlocks} data blocks in use`);
   } else lines.push(`space maps not checked${why ? ` (${why})` : ''}`);
@@ -135,7 +137,7 @@ export function register(program: Command, ctx: () => CliContext): void {
       const failed = thinCheck().reportFails(report, o.ignoreNonFatalErrors);
       // -q prints no text; --json's report is asked for explicitly, so it stays (as with every command's -q --json).
       if (o.json) await writeStdout(toJson(reportJson(report)) + '\n');
-      else if (!o.quiet) await writeStdout(report.problems.map((p) => problemLine(p) + '\n').join('') + summary(report, why));
+      else if (!o.quiet) await writeStdout(report.problems.map((p) => problemLine(p) + '\n').join('') + summary(report, why, o.superBlockOnly ? 'superblock' : o.skipMappings ? 'no-mappings' : 'all'));
       if (failed) {
         c.exitStatus = 1;
         if (!o.quiet) {

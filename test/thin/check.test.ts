@@ -322,6 +322,11 @@ describe('CLI', () => {
     expect(r.stdout).toMatch(/no problems found\n$/);
   });
 
+  it('what --super-block-only and --skip-mappings did not read is said so, not counted as 0 (found by an outside hunt)', () => {
+    expect(run(clean, ['--super-block-only']).stdout).toMatch(/^devices and mappings not read, transaction 9$/m);
+    expect(run(clean, ['--skip-mappings']).stdout).toMatch(/^7 devices, mappings not read, transaction 9$/m);
+  });
+
   it('-q prints nothing, in every verdict', () => {
     for (const img of [clean, corrupt(clean, 'data-leak').image, corrupt(clean, 'node-checksum').image]) {
       const r = run(img, ['-q']);
