@@ -263,7 +263,7 @@ async function plan(
     return { source: sourceOf(identityOf(pool, snapDetails), md.superblock.dataBlockSize, mappingRoot), base: found.backup, extents: empty(), blockBytes, dataBlocksToRead: 0 };
   }
   const p = await planSend(md, { snap: o.snap, base: found?.devId, poolId, deviceSize, addressing, signal: o.signal, onProgress });
-  const mappingRoot = await mappingRootDigest(md, o.snap, o.signal); // planSend has checked that the thin exists
+  const mappingRoot = p.header.targetRoot ?? (await mappingRootDigest(md, o.snap, o.signal));
   return { source: sourceOf(p.header.target, md.superblock.dataBlockSize, mappingRoot), base: found?.backup ?? null, extents: p.extents, blockBytes };
 }
 

@@ -42,6 +42,7 @@ export interface PlanOptions {
 }
 
 export interface SendPlan {
+  /** The header (planSend fills in the mapping-root digests; an encoder of version 1-3 leaves them out). */
   header: StreamHeaderInit;
   extents: AsyncIterable<SendExtent>;
   /** Known once the extents were collected (ExtentStore), else undefined. */
