@@ -223,7 +223,7 @@ async function findBase(
     if (identityKey(identityOf(pool, d)) !== src.identity) continue;
     if (typeof src.mappingRoot === 'string' && src.mappingRoot !== (await mappingRootDigest(md, d.devId, o.signal))) {
       o.onWarning?.(
-        `thin ${d.devId}, the snapshot backup ${b.id} was taken from, has been written since (its mappings changed): not used as a base. Snapshots that are backed up must not be written; make them read-only`,
+        `thin ${d.devId}, the snapshot backup ${b.id} was taken from, has been written since (its mappings changed, or the pool's metadata was rebuilt, e.g. by thin_repair): not used as a base. Snapshots that are backed up must not be written; make them read-only`,
       );
       continue;
     }

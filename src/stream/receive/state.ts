@@ -240,7 +240,7 @@ export function checkBase(read: StateRead, h: StreamHeader, digest: string | nul
     } else if (h.baseRoot !== undefined && s.current.mappingRoot !== undefined && h.baseRoot !== s.current.mappingRoot) {
       // The same identity, other mappings: the base was written after it was sent here.
       fail(
-        `the stream's base ${describeIdentity(h.base)} was written after it was sent to this target (its mappings changed since), ` +
+        `the stream's base ${describeIdentity(h.base)} was written after it was sent to this target (its mappings changed since, or the pool's metadata was rebuilt, e.g. by thin_repair), ` +
           `so the target does not hold what the stream starts from: send the snapshot in full. Snapshots that are sent as bases must not be written`,
       );
     }
