@@ -18,16 +18,21 @@
  * The heapsort fallback jumps around its segment (a parent and its children
  * are far apart), which two 256 KiB blocks cannot serve: every step read and
  * wrote back 512 KiB, and an rmap whose runs were two sorted sequences (an
- * origin and a snapshot) took 56 s where thin_rmap takes 1.5 s. A segment of
- * up to `heapInMemory` runs (default 2 * maxInMemory) is heapsorted in memory
- * (stdSortOrder with no depth left: the same steps); a longer one over the
- * file through 512 cached 4 KiB blocks (the heap's first 65,536 runs, its
- * top 16 levels, stay cached). On 1.5M runs of two sorted sequences: 204 s
- * before, 1.6 s (thin_rmap 3.2 s).
+ * origin and a snapshot) took 56 s where thin_rmap takes 1.5 s. Heapsort's
+ * steps depend on the keys alone, so a segment of up to `heapInMemory` runs
+ * (default 2^20) is heapsorted as keys and indices in memory (12 bytes a
+ * run) and its records are then gathered into print order by sequential
+ * passes over the file, one per output chunk; a longer one is heapsorted
+ * over the file through 512 cached 4 KiB blocks (the heap's first 65,536
+ * runs, its top 16 levels, stay cached). Two sorted sequences of 1.5M runs:
+ * 204 s at first, 1.6 s (thin_rmap 3.2 s); of 6M runs (segments of up to
+ * 611k runs heapsorted): 26.9 s over the file, 4.0 s by keys (thin_rmap
+ * 23.9 s).
  *
  * Memory: at most maxInMemory * 44 bytes (records, keys, order) plus 512 KiB of
- * cache, whatever the number of runs, and after the metadata is closed up to
- * heapInMemory * 44 bytes (5.5 MiB) or 2 MiB of heap cache; the file holds 32
+ * cache, whatever the number of runs, and after the metadata is closed 12
+ * bytes for each run of the longest segment heapsorted by keys (12 MiB at
+ * most) with a 2 MiB read buffer, or 2 MiB of heap cache; the file holds 32
  * bytes per run.
  */
 import { closeSync, openSync, readSync, unlinkSync, writeSync } from 'node:fs';
@@ -40,6 +45,8 @@ import type { VirtualKey } from './mappings';
 export const RUN_BYTES = 32;
 /** Runs kept in memory before the table is spilled (2 MiB of records). */
 export const RMAP_RUNS_IN_MEMORY = 1 << 16;
+/** The longest segment heapsorted by its keys in memory: 12 MiB of keys and order. */
+export const RMAP_HEAP_IN_MEMORY = 1 << 20;
 /** Records per cache block of the spilled sort (256 KiB). */
 const BLOCK_RUNS = 1 << 13;
 /** Records per cache block of a heapsort over the file (4 KiB), and blocks cached (2 MiB). */
@@ -104,7 +111,9 @@ export class RmapRuns {
   private heapSlots: Slot[] | null = null;
   /** Made once and reused: a sort can heapsort many segments, and dropped buffers wait for the collector. */
   private heapCache: Slot[] | null = null;
-  private heapArrays: { buf: Buffer; f64: Float64Array; u32: Uint32Array; key: Float64Array; order: Uint32Array } | null = null;
+  /** The keys-only heapsort's arrays (made once at its bound: pages become resident only as used) and its read buffer. */
+  private keyArrays: { key: Float64Array; order: Uint32Array } | null = null;
+  private piece: { buf: Buffer; f64: Float64Array; u32: Uint32Array } | null = null;
   private closed = false;
 
   /**
@@ -112,12 +121,13 @@ export class RmapRuns {
    * @param dirOption where that file is made (default os.tmpdir(): TMPDIR,
    *   read when the file is made; node:os is loaded only then, ~0.5 ms of a
    *   short rmap's start-up otherwise)
-   * @param heapInMemory the longest segment heapsorted in memory (tests set it)
+   * @param heapInMemory the longest segment heapsorted by its keys in
+   *   memory (12 bytes a run); longer ones over the file (tests set it)
    */
   constructor(
     private readonly maxInMemory = RMAP_RUNS_IN_MEMORY,
     private readonly dirOption?: string,
-    private readonly heapInMemory = 2 * maxInMemory,
+    private readonly heapInMemory = Math.max(maxInMemory, RMAP_HEAP_IN_MEMORY),
   ) {
     if (!(maxInMemory >= STD_SORT_THRESHOLD)) throw new RangeError(`maxInMemory ${maxInMemory} < ${STD_SORT_THRESHOLD}`);
     // All of it at once: pages become resident only as runs are written to them, and no copy is left for the collector.
@@ -215,7 +225,8 @@ export class RmapRuns {
     }
     this.slots = [];
     this.heapCache = null;
-    this.heapArrays = null;
+    this.keyArrays = null;
+    this.piece = null;
   }
 
   /**
@@ -462,22 +473,55 @@ export class RmapRuns {
   }
 
   /**
-   * Records [first, last) read into a buffer of their own and heapsorted
-   * there (std::sort's heapsort; its final insertion sort moves nothing in a
-   * sorted segment): one chunk.
+   * Records [first, last) heapsorted by their keys alone: the keys are read
+   * in (8 bytes a run), std::sort's heapsort steps give the order (4 bytes a
+   * run; the steps depend on the keys only, so the permutation, ties
+   * included, is the one the records would take), and each output chunk is
+   * gathered by one sequential pass over the segment. A heapsort over the
+   * file instead read and wrote a 4 KiB block for most of its ~n log n moves.
+   * Chunks of maxInMemory runs in print order, in the walk's buffer.
    */
-  private heapSortInMemory(first: number, last: number): RunChunk {
+  private *heapSortByKeys(first: number, last: number, ident: Uint32Array, signal?: AbortSignal): Generator<RunChunk> {
     this.flushCache();
     const n = last - first;
-    if (!this.heapArrays || this.heapArrays.key.length < n) {
-      this.heapArrays = null;
-      const [buf, f64, u32] = this.alloc(n);
-      this.heapArrays = { buf, f64, u32, key: new Float64Array(n), order: new Uint32Array(n) };
+    const m = this.maxInMemory;
+    // At the bound once: a growing pair left its predecessors to the collector.
+    this.keyArrays ??= { key: new Float64Array(this.heapInMemory), order: new Uint32Array(this.heapInMemory) };
+    if (!this.piece) {
+      const [buf, f64, u32] = this.alloc(m);
+      this.piece = { buf, f64, u32 };
     }
-    const { buf, f64, u32, key, order } = this.heapArrays;
-    this.readAt(buf, n * RUN_BYTES, first * RUN_BYTES);
-    for (let k = 0; k < n; k++) key[k] = f64[4 * k];
-    return { n, order: stdSortOrder(key, n, 0, order), f64, u32 };
+    const { key, order } = this.keyArrays;
+    const pc = this.piece;
+    for (let s = 0; s < n; s += m) {
+      const c = Math.min(m, n - s);
+      this.readAt(pc.buf, c * RUN_BYTES, (first + s) * RUN_BYTES);
+      for (let k = 0; k < c; k++) key[s + k] = pc.f64[4 * k];
+    }
+    stdSortOrder(key, n, 0, order);
+    // The keys are spent: their memory holds each run's place in print order.
+    const rank = new Uint32Array(key.buffer, 0, n);
+    for (let i = 0; i < n; i++) rank[order[i]] = i;
+    for (let i = 0; i < m; i++) ident[i] = i;
+    const out = this.u;
+    const src = pc.u32;
+    for (let lo = 0; lo < n; lo += m) {
+      throwIfAborted(signal);
+      const cnt = Math.min(m, n - lo);
+      for (let s = 0; s < n; s += m) {
+        const c = Math.min(m, n - s);
+        this.readAt(pc.buf, c * RUN_BYTES, (first + s) * RUN_BYTES);
+        for (let k = 0; k < c; k++) {
+          const r = rank[s + k] - lo;
+          if (r >= 0 && r < cnt) {
+            const o = 8 * r;
+            const i = 8 * k;
+            for (let w = 0; w < 8; w++) out[o + w] = src[i + w];
+          }
+        }
+      }
+      yield { n: cnt, order: ident, f64: this.f, u32: this.u };
+    }
   }
 
   /** Records [first, last) into the chunk arrays (last - first <= maxInMemory). */
@@ -496,7 +540,7 @@ export class RmapRuns {
       await new Promise<void>((r) => setImmediate(r)); // let a signal in between passes
       if (depth === 0) {
         if (last - first <= this.heapInMemory) {
-          yield this.heapSortInMemory(first, last);
+          yield* this.heapSortByKeys(first, last, order, signal);
           return;
         }
         this.heapSort(first, last);

@@ -122,8 +122,9 @@ describe('rmap sorts runs as std::sort does, in memory and spilled to a file', (
 
   test.each(cases)('%s', async (_what, keys) => {
     const want = stdSort(keys);
-    // heapInMemory = bound: a segment left to heapsort above the bound is sorted over the file.
-    for (const [bound, heapInMemory] of [[1 << 16], [16], [100], [1000], [16, 16], [100, 100], [1000, 1000]]) {
+    // heapInMemory = bound: a segment left to heapsort above the bound is sorted over the file; above the
+    // bound and up to heapInMemory, by its keys in memory and gathered in several chunks.
+    for (const [bound, heapInMemory] of [[1 << 16], [16], [100], [1000], [16, 16], [100, 100], [1000, 1000], [16, 100], [100, 1000]]) {
       const got = await rmapOrder(keys, bound, heapInMemory);
       expect(got.spilled).toBe(keys.length > bound);
       expect(got.virtOk).toBe(true);
@@ -133,12 +134,12 @@ describe('rmap sorts runs as std::sort does, in memory and spilled to a file', (
 
   test('two sorted copies drive heapsort over segments above the bound: in memory, or over the file when told', async () => {
     const keys = [...Array.from({ length: 5000 }, (_, i) => i), ...Array.from({ length: 5000 }, (_, i) => i)];
-    const proto = RmapRuns.prototype as unknown as { heapSort: (a: number, b: number) => void; heapSortInMemory: (a: number, b: number) => unknown };
+    const proto = RmapRuns.prototype as unknown as { heapSort: (a: number, b: number) => void; heapSortByKeys: (a: number, b: number) => unknown };
     const overFile = jest.spyOn(proto, 'heapSort');
-    const inMemory = jest.spyOn(proto, 'heapSortInMemory');
+    const inMemory = jest.spyOn(proto, 'heapSortByKeys');
     try {
-      await rmapOrder(keys, 64);
-      // Up to 2 * 64 in memory, longer ones over the file.
+      await rmapOrder(keys, 64, 128);
+      // Up to 128 by keys in memory, longer ones over the file.
       expect([overFile.mock.calls.every(([a, b]) => b - a > 128), inMemory.mock.calls.some(([a, b]) => b - a > 64)]).toEqual([true, true]);
       overFile.mockClear();
       inMemory.mockClear();
