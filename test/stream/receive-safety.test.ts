@@ -121,6 +121,31 @@ describe('offline stream identity', () => {
     }
   });
 
+  test('a snapshot received as version 4 and written since is not "the same stream" when sent again as version 3: refused, the target unchanged', () => {
+    const base = runs([0, 0, 10]);
+    const snap = edit(base, runs([3, 40, 2]));
+    const pool = (name: string, two: typeof base) =>
+      makePool(s.dir, name, { dataBlockSize: BS / 512, nrDataBlocks: 64, devices: new Map([[1, base], [2, two]]), zeroBlocks: new Set() });
+    const then = pool('same-then', snap);
+    const now = pool('same-now', edit(snap, runs([8, 55, 1]), [3])); // device 2 written after it was received
+    const size = 16 * BS;
+    const sendOf = (p: typeof then, snapId: number, baseId: number | undefined, out: string, extra: string[] = []) =>
+      runCli(['send', '--metadata', p.metadata, '--data', p.data, '--pool-id', 'dm-uuid:the-pool', '--snap', String(snapId), ...(baseId ? ['--base', String(baseId)] : []), '--size', String(size), '-o', out, '-q', ...extra]);
+    const t = s.path('same-stream.target');
+    expect(sendOf(then, 1, undefined, s.path('ss-full1.s')).status).toBe(0);
+    expect(runCli(['receive', '--target', t, '-i', s.path('ss-full1.s'), '--create', '-q']).status).toBe(0);
+    expect(sendOf(then, 2, 1, s.path('ss-inc2.s')).status).toBe(0);
+    expect(runCli(['receive', '--target', t, '-i', s.path('ss-inc2.s'), '-q']).status).toBe(0);
+    const held = sha256File(t);
+    expect(held).toBe(sha256(deviceBytes(then, 2, size)));
+    // Before, the identities matched across versions and the stream was applied again (exit 0): the target was neither snapshot's.
+    expect(sendOf(now, 2, 1, s.path('ss-inc2-v3.s'), ['--format-version', '3']).status).toBe(0);
+    const r = runCli(['receive', '--target', t, '-i', s.path('ss-inc2-v3.s'), '-q']);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/^dmthin receive: incremental stream against device 1 of dm-uuid:the-pool .*the target holds device 2 of dm-uuid:the-pool .*\[ESTALE\]\n$/);
+    expect(sha256File(t)).toBe(held);
+  });
+
   test('a superblock uuid, when set, is the identity', async () => {
     const img = Buffer.from(imgA);
     const sb = blk(img, 0);

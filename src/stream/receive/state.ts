@@ -202,6 +202,10 @@ export async function writeState(file: string, state: ReceiveState): Promise<voi
 function sameStream(e: StateEntry, h: StreamHeader, digest: string): boolean {
   if (e.digest === digest) return true;
   if ((e.formatVersion ?? 1) === h.version) return false;
+  // Another version's bytes: the same records only if the snapshot is the one
+  // recorded. Its identity survives a write; its mapping root does not, and a
+  // stream without one (version 3 after a version-4 receive) cannot show it.
+  if (e.mappingRoot !== undefined && h.targetRoot !== e.mappingRoot) return false;
   return e.snapshot.key === identityKey(h.target) && (e.base?.key ?? null) === (h.base ? identityKey(h.base) : null) && e.deviceSize === h.deviceSize;
 }
 
