@@ -26,6 +26,14 @@ export interface ThinIdentity {
   creationTime: number;
   /** Decimal (a u64). */
   transactionId: string;
+  /**
+   * The snapshot's mapping-root digest (mappingRootDigest) when its merge
+   * began: a thin made again under the same id before the pool's time moved
+   * on (create_thin does not move it) has the same id, time and transaction
+   * but other mappings. Absent for origins (a merge writes them) and in
+   * states of dmthin before it.
+   */
+  mappingRoot?: string;
 }
 
 export type MergeOrigin = { kind: 'external'; path: string; dev: string } | { kind: 'in-pool'; thin: ThinIdentity };
@@ -48,7 +56,12 @@ export function defaultMergeStateFile(poolId: string, snap: number, dir = DEFAUL
 }
 
 export function sameThin(a: ThinIdentity, b: ThinIdentity): boolean {
-  return a.devId === b.devId && a.creationTime === b.creationTime && a.transactionId === b.transactionId;
+  return (
+    a.devId === b.devId &&
+    a.creationTime === b.creationTime &&
+    a.transactionId === b.transactionId &&
+    (a.mappingRoot === undefined || b.mappingRoot === undefined || a.mappingRoot === b.mappingRoot)
+  );
 }
 
 export function sameOrigin(a: MergeOrigin, b: MergeOrigin): boolean {
@@ -63,7 +76,7 @@ export function describeOrigin(o: MergeOrigin): string {
 
 function identityOk(x: unknown): x is ThinIdentity {
   const i = x as Record<string, unknown> | null;
-  return !!i && Number.isInteger(i.devId) && Number.isInteger(i.creationTime) && typeof i.transactionId === 'string' && /^[0-9]{1,20}$/.test(i.transactionId);
+  return !!i && Number.isInteger(i.devId) && Number.isInteger(i.creationTime) && typeof i.transactionId === 'string' && /^[0-9]{1,20}$/.test(i.transactionId) && (i.mappingRoot === undefined || (typeof i.mappingRoot === 'string' && /^[0-9a-f]{64}$/.test(i.mappingRoot)));
 }
 
 /** Why a parsed state cannot be used, or null. */

@@ -33,6 +33,7 @@ import type { DeviceDetails } from '../thin/device-details';
 import { inspectTarget, zeroer } from '../stream/receive/target';
 import { SECTOR_SIZE, sectors } from '../units';
 import { ExtentStore, type SendExtent } from '../stream/send/extent-store';
+import { mappingRootDigest } from '../stream/send/plan';
 import { type MergeRange, MergePlanBuilder, rangeBeyond, rangeSteps } from './merge-plan';
 import {
   type MergeOrigin,
@@ -152,8 +153,8 @@ async function spill(b: MergePlanBuilder, store: ExtentStore, blockBytes: number
   return beyond;
 }
 
-function identityOf(d: DeviceDetails): ThinIdentity {
-  return { devId: d.devId, creationTime: d.creationTime, transactionId: d.transactionId.toString() };
+function identityOf(d: DeviceDetails, mappingRoot?: string): ThinIdentity {
+  return { devId: d.devId, creationTime: d.creationTime, transactionId: d.transactionId.toString(), ...(mappingRoot ? { mappingRoot } : {}) };
 }
 
 interface Prepared {
@@ -297,7 +298,7 @@ async function snapGone(
   }
   throw new MergeError(
     'no-such-thin',
-    `an interrupted merge into ${originName} is recorded in ${stateFile}, but thin ${snap} it was copying from is gone: ${consequence}`,
+    `an interrupted merge into ${originName} is recorded in ${stateFile}, but thin ${snap} it was copying from is gone${snapNow ? ' (a thin with its id and creation time is there, with other mappings: one made again under that id)' : ''}: ${consequence}`,
     { path: stateFile, devId: snap },
   );
 }
@@ -397,7 +398,8 @@ export async function mergeIntoExternalOrigin(poolArg: string | ThinPool, o: Ext
     const walked = await withMetadataSnapshot(pool, async (md) => {
       const d = await md.deviceDetails(o.snap);
       const blockBytes = md.superblock.dataBlockSize * SECTOR_SIZE;
-      if (!d) return { d, blockBytes, plan: undefined, beyond: null };
+      if (!d) return { d, blockBytes, plan: undefined, beyond: null, root: undefined };
+      const root = await mappingRootDigest(md, o.snap, o.signal);
       const b = new MergePlanBuilder(false);
       let beyond: number | null = null;
       for await (const batch of md.mappingBatches(o.snap, { signal: o.signal })) {
@@ -411,10 +413,10 @@ export async function mergeIntoExternalOrigin(poolArg: string | ThinPool, o: Ext
       const plan = b.done();
       beyond ??= await spill(b, store, blockBytes, size);
       await store.seal();
-      return { d, blockBytes, plan, beyond };
+      return { d, blockBytes, plan, beyond, root };
     });
     const { blockBytes } = walked;
-    const snapNow = walked.d ? identityOf(walked.d) : undefined;
+    const snapNow = walked.d ? identityOf(walked.d, walked.root) : undefined;
     const base = { kind: 'external' as const, pool: pool.name, snap: o.snap, origin: o.origin, blockBytes, stateFile };
 
     const vanished = await snapGone(prior, snapNow, stateFile, o.snap, `${o.origin}`, 'the origin is half-merged and cannot be finished from this pool');
@@ -487,7 +489,8 @@ export async function mergeSnapshot(poolArg: string | ThinPool, o: SnapshotMerge
       const s = await md.deviceDetails(o.snap);
       const g = await md.deviceDetails(o.origin);
       const blockBytes = md.superblock.dataBlockSize * SECTOR_SIZE;
-      if (!s || !g) return { s, g, blockBytes, plan: undefined };
+      if (!s || !g) return { s, g, blockBytes, plan: undefined, root: undefined };
+      const root = await mappingRootDigest(md, o.snap, o.signal);
       const b = new MergePlanBuilder(false);
       for await (const batch of md.deltaExtentBatches(o.origin, o.snap, { includeSame: false, signal: o.signal })) {
         for (const e of batch) b.addDelta(e);
@@ -497,13 +500,13 @@ export async function mergeSnapshot(poolArg: string | ThinPool, o: SnapshotMerge
       const plan = b.done();
       await spill(b, store, blockBytes);
       await store.seal();
-      return { s, g, blockBytes, plan };
+      return { s, g, blockBytes, plan, root };
     });
     const { blockBytes } = walked;
     if (!walked.g) throw new MergeError('no-such-thin', `pool ${pool.name} has no thin ${o.origin} (the origin)`, { device: pool.name, devId: o.origin });
     const origin: MergeOrigin = { kind: 'in-pool', thin: identityOf(walked.g) };
     const prior = checkPrior(prior0, origin, o.snap, stateFile);
-    const snapNow = walked.s ? identityOf(walked.s) : undefined;
+    const snapNow = walked.s ? identityOf(walked.s, walked.root) : undefined;
     const base = { kind: 'in-pool' as const, pool: pool.name, snap: o.snap, origin: o.origin, blockBytes, stateFile };
     const vanished = await snapGone(prior, snapNow, stateFile, o.snap, `thin ${o.origin}`, `thin ${o.origin} is half-merged and cannot be finished`);
     if (vanished) return { ...base, ...vanished, seconds: (Date.now() - t0) / 1000 };

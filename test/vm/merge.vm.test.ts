@@ -351,6 +351,31 @@ describeVm('dmthin merge', () => {
     await clean();
   }, 400_000);
 
+  test('in the pool: a snapshot id deleted and made again while a merge from it was interrupted is refused, not merged (its mappings differ)', async () => {
+    const VOL = 16 * MiB;
+    await pool.createThin(20);
+    const t = await activate(20, 't20', VOL);
+    sh(ddCmd(t.path, { bs: BS, seek: 0, count: 200 }));
+    await pool.createSnap(21, 20);
+    sh(ddCmd(t.path, { bs: BS, seek: 0, count: 150 }));
+    await t.deactivate();
+    const args = ['--pool', poolName, '--snap', '21', '--origin', '20'];
+    const state = stateFile('reused');
+    await killMidCopy(args, state, 2);
+    // The same id, and (create_thin does not move the pool's time) the same creation time and transaction.
+    await pool.delete(21);
+    await pool.createThin(21);
+    const half = await thinHash(20, VOL);
+    const mapped = (await mappedCounts(pool)).get(20);
+    // Before the merge state recorded the snapshot's mapping root, this discarded all 200 blocks of thin 20, exit 0.
+    expectRefused(dmthin([...args, '--state', state, '-q']), /thin 21 it was copying from is gone \(a thin with its id and creation time is there, with other mappings/);
+    expect(await thinHash(20, VOL)).toBe(half);
+    expect((await mappedCounts(pool)).get(20)).toBe(mapped);
+    await pool.delete(21);
+    await pool.delete(20);
+    await clean();
+  }, 300_000);
+
   test('in the pool, out of data space (error_if_no_space): the error names the origin thin and the full pool, not a temporary device; the state stays for a re-run', async () => {
     const { pool: full, name: fullName } = await createTestPool(sb, { label: 'full', dataBytes: 64 * BS, metaBytes: 4 * MiB, blockSectors: BS / 512, features: ['error_if_no_space'] });
     const VOL = 64 * BS;
