@@ -268,7 +268,14 @@ class PoolReplicationHost implements ReplicationHost {
       throw e;
     });
     received.catch((e) => pipe.destroy(e));
-    const [s, r] = await Promise.all([sent, received]);
+    // Both sides settle before the cycle ends: the first failure is thrown only
+    // once send has released its metadata snapshot. Promise.all threw as soon as
+    // receive gave up (an abort reaches it first), and a process that then
+    // exited could leave the pool's snapshot held, its reserve still in flight.
+    let failed: { e: unknown } | undefined;
+    const first = <T>(p: Promise<T>): Promise<T | undefined> => p.catch((e: unknown) => ((failed ??= { e }), undefined));
+    const [s, r] = await Promise.all([first(sent), first(received)]);
+    if (failed || !s || !r) throw failed?.e;
     if (r.digest !== s.digest) throw new DmthinError('EIO', `the receiver recorded stream ${r.digest}, not the one sent (${s.digest})`);
     return { key, digest: s.digest, bytes: s.bytes, dataBlocks: s.dataBlocks, discardBlocks: s.discardBlocks };
   }
