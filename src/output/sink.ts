@@ -8,7 +8,10 @@
  * the first lost byte. flush() waits for the last chunk's callback: a failure
  * of the final write is seen too (a pipe writes asynchronously).
  */
+import type * as Fs from 'node:fs';
+import type * as Net from 'node:net';
 import { DmthinError, SystemCallError } from '../errors';
+import { FdWriter } from './fd-writer';
 
 /**
  * What the sink needs of its output: a stream.Writable, or the CLI's stdout
@@ -30,6 +33,22 @@ export interface SinkTarget {
 }
 
 const CHUNK = 1 << 18;
+
+/**
+ * Whether `out` is done with a chunk once its write callback has run, so the
+ * chunk can be reused: true of writers that copy the bytes to the kernel
+ * before calling back (the CLI's FdWriter, fs.WriteStream, net.Socket and a
+ * TTY). Any other Writable may keep the very Buffer after its callback (a
+ * PassThrough pushes it to its readable side; a collector keeps it in an
+ * array): reusing it there rewrote bytes already handed on.
+ */
+function releasesChunks(out: SinkTarget): boolean {
+  if (out instanceof FdWriter) return true;
+  // Loaded here, not at start-up: node:net and fs's streams cost a tiny command ~6 ms (see fd-writer.ts).
+  const { WriteStream } = require('node:fs') as typeof Fs;
+  const { Socket } = require('node:net') as typeof Net;
+  return out instanceof WriteStream || out instanceof Socket;
+}
 
 /**
  * "0000".."9999" as bytes: four digits per division when printing numbers.
@@ -152,6 +171,8 @@ export class OutputSink {
   private last: Promise<void> = Promise.resolve();
   /** Chunks the stream is done with, reused: fresh ones each waited for a GC (~20 MiB of a dump's peak). */
   private readonly spare: (typeof this.buf)[] = [];
+  /** See releasesChunks(): false, every chunk is a fresh Buffer. */
+  private readonly reuse: boolean;
 
   /** `name`: how messages call the output (default: stdout for descriptor 1, else "the output"). */
   constructor(
@@ -160,6 +181,7 @@ export class OutputSink {
     private readonly name = (out as { fd?: unknown }).fd === 1 ? 'stdout' : undefined,
   ) {
     out.on('error', (e) => this.fail(e));
+    this.reuse = releasesChunks(out);
   }
 
   private fail(e: Error): void {
@@ -190,7 +212,7 @@ export class OutputSink {
       this.out.write(chunk, (e) => {
         if (e) this.fail(e);
         // Written: the stream holds it no more.
-        else if (full.length === CHUNK && this.spare.length < 4) this.spare.push(full);
+        else if (this.reuse && full.length === CHUNK && this.spare.length < 4) this.spare.push(full);
         resolve();
       }),
     );
