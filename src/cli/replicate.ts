@@ -86,9 +86,16 @@ export function register(program: Command, ctx: () => CliContext): void {
           onProgress: (p) => bar.update(p.bytes, undefined, 'bytes sent'),
         })) {
           bar.stop();
+          if (r.abandoned !== undefined) {
+            process.stderr.write(
+              `dmthin replicate: warning: base snapshot ${r.abandoned} changed since it was sent (written, or deleted and made again under its id), ` +
+                `so snapshot ${r.snapshot} was sent in full; thin ${r.abandoned} is left in the pool and is no longer replication's: delete it if nobody uses it\n`,
+            );
+          }
           if (o.json) print(toJson(r, 0) + '\n');
           else {
-            const what = r.base === null ? `full (${r.fullReason === 'base-gone' ? 'base snapshot gone' : 'first'})` : `since ${r.base}`;
+            const why = { first: 'first', 'base-gone': 'base snapshot gone', 'base-changed': 'base snapshot changed' } as const;
+            const what = r.base === null ? `full (${why[r.fullReason ?? 'first']})` : `since ${r.base}`;
             print(
               `snapshot ${r.snapshot} ${what}${r.resumed ? ' (resumed)' : ''}: ${mib(r.bytes)}, ${r.dataBlocks} blocks, ${r.discardBlocks} discarded, ` +
                 `${(r.durationMs / 1000).toFixed(1)} s, lag ${(r.lagMs / 1000).toFixed(1)} s${r.deleted.length ? `, deleted ${r.deleted.join(' ')}` : ''}${r.recovered.length ? `, removed unconfirmed ${r.recovered.join(' ')}` : ''}\n`,

@@ -19,6 +19,7 @@ import { refuseOutputOverInputs, writeFileAtomically } from '../output/file';
 import { devNumOf } from '../dm/block-devices';
 import { isLvmUuid } from '../pool/lvm';
 import { withMetadataSnapshot } from '../pool/live-metadata';
+import { mappingRootDigest } from '../stream/send/plan';
 import { ThinPool } from '../pool/thin-pool';
 import { identityKey } from '../stream/format/records';
 import { identityOf } from '../stream/send/plan';
@@ -170,6 +171,9 @@ class PoolReplicationHost implements ReplicationHost {
   async thinIds() {
     return new Set((await withMetadataSnapshot(this.pool, (md) => md.devices())).keys());
   }
+  async mappingRoot(id: number) {
+    return withMetadataSnapshot(this.pool, async (md) => ((await md.devices()).has(id) ? mappingRootDigest(md, id) : null));
+  }
   async activeUnsuspended(id: number) {
     const out: string[] = [];
     for (const t of await this.pool.activeThins()) if (t.devId === id && !(await this.pool.dm.info(t.name)).suspended) out.push(t.name);
@@ -222,7 +226,10 @@ class PoolReplicationHost implements ReplicationHost {
   }
 
   async transfer(snap: number, base: number | null, deviceSize: number, signal?: AbortSignal): Promise<TransferResult> {
-    const details = await withMetadataSnapshot(this.pool, async (md) => (await md.devices()).get(snap));
+    const [details, mappingRoot] = await withMetadataSnapshot(this.pool, async (md) => {
+      const d = (await md.devices()).get(snap);
+      return [d, d ? await mappingRootDigest(md, snap, signal) : ''] as const;
+    });
     if (!details) throw new DmthinError('ENODEV', `replication snapshot ${snap} is not in pool ${this.pool.name}`, { devId: snap });
     const key = identityKey(identityOf(this.poolId, details));
     const sendOpts = { pool: this.pool, snap, base: base ?? undefined, deviceSize, poolId: this.poolId, tmpDir: this.o.tmpDir, formatVersion: this.o.formatVersion, signal };
@@ -251,7 +258,7 @@ class PoolReplicationHost implements ReplicationHost {
           cause: failed?.e,
         });
       }
-      return { key, digest: s.digest, bytes: s.bytes, dataBlocks: s.dataBlocks, discardBlocks: s.discardBlocks };
+      return { key, mappingRoot, digest: s.digest, bytes: s.bytes, dataBlocks: s.dataBlocks, discardBlocks: s.discardBlocks };
     }
     const pipe = new PassThrough({ highWaterMark: 1 << 20 });
     const received = receive({
@@ -277,7 +284,7 @@ class PoolReplicationHost implements ReplicationHost {
     const [s, r] = await Promise.all([first(sent), first(received)]);
     if (failed || !s || !r) throw failed?.e;
     if (r.digest !== s.digest) throw new DmthinError('EIO', `the receiver recorded stream ${r.digest}, not the one sent (${s.digest})`);
-    return { key, digest: s.digest, bytes: s.bytes, dataBlocks: s.dataBlocks, discardBlocks: s.discardBlocks };
+    return { key, mappingRoot, digest: s.digest, bytes: s.bytes, dataBlocks: s.dataBlocks, discardBlocks: s.discardBlocks };
   }
 }
 

@@ -31,6 +31,12 @@ export interface ConfirmedSnapshot {
   digest: string;
   /** ISO time the snapshot was taken. */
   takenAt: string;
+  /**
+   * mappingRootDigest() of the snapshot when it was sent (states written
+   * before it was recorded lack it). A base whose root differs now was
+   * written, or deleted and made again under its id: not what the target holds.
+   */
+  mappingRoot?: string;
 }
 
 export interface PendingSnapshot {
@@ -64,6 +70,8 @@ export interface ReplicationState {
 export interface TransferResult {
   /** identityKey() of the snapshot sent. */
   key: string;
+  /** mappingRootDigest() of the snapshot sent. */
+  mappingRoot: string;
   digest: string;
   bytes: number;
   dataBlocks: number;
@@ -77,6 +85,8 @@ export interface ReplicationHost {
   writeState(s: ReplicationState): Promise<void>;
   /** Thin device ids the pool holds now. */
   thinIds(): Promise<Set<number>>;
+  /** mappingRootDigest() of thin `id` now, null when the pool has no thin `id`. */
+  mappingRoot(id: number): Promise<string | null>;
   /** Active devices of thin `id` that are not suspended (suspended around create_snap). */
   activeUnsuspended(id: number): Promise<string[]>;
   isSuspended(name: string): Promise<boolean>;
@@ -114,8 +124,19 @@ export interface CycleReport {
   deleted: number[];
   /** Snapshots the restart found unconfirmed and deleted (never sent completely, or left by a crash during create_snap). */
   recovered: number[];
-  /** Why a full stream was sent, when one was. */
-  fullReason?: 'first' | 'base-gone';
+  /**
+   * Why a full stream was sent, when one was: the first cycle, the base
+   * snapshot deleted, or changed since it was sent (written, or deleted and
+   * made again under its id; also when the receiver refused the increment
+   * because its base is not what the target holds).
+   */
+  fullReason?: 'first' | 'base-gone' | 'base-changed';
+  /**
+   * The base snapshot that changed since it was sent (fullReason
+   * 'base-changed'): no longer counted as replication's, and left in the
+   * pool (it may be a device someone made under the id), never deleted.
+   */
+  abandoned?: number;
   /** When the sent snapshot was taken. */
   takenAt: string;
   /** Milliseconds from taking the snapshot to its confirmation: how far the target lags behind. */
@@ -167,6 +188,7 @@ export function replicationStateProblem(x: unknown): string | null {
     if (typeof c !== 'object' || c === null || !id(c.devId) || typeof c.key !== 'string' || typeof c.digest !== 'string' || typeof c.takenAt !== 'string') {
       return 'a confirmed entry lacks devId, key, digest or takenAt';
     }
+    if (c.mappingRoot !== undefined && (typeof c.mappingRoot !== 'string' || !/^[0-9a-f]{64}$/.test(c.mappingRoot))) return 'a confirmed entry has a mappingRoot that is not a SHA-256 in hex';
   }
   if (o.pending !== null) {
     const p = o.pending as Record<string, unknown>;
@@ -261,14 +283,32 @@ export async function runCycle(host: ReplicationHost, settings: ReplicationSetti
   const pending = st.pending!;
   const baseEntry = st.confirmed.at(-1) ?? null;
   const ids = await host.thinIds();
-  const base = baseEntry && ids.has(baseEntry.devId) ? baseEntry.devId : null;
-  const fullReason = base !== null ? undefined : baseEntry ? ('base-gone' as const) : ('first' as const);
-  const r = await host.transfer(pending.devId, base, pending.deviceSize, signal);
+  let base: number | null = null;
+  let fullReason: CycleReport['fullReason'];
+  if (!baseEntry) fullReason = 'first';
+  else if (!ids.has(baseEntry.devId)) fullReason = 'base-gone';
+  else if (baseEntry.mappingRoot !== undefined && (await host.mappingRoot(baseEntry.devId)) !== baseEntry.mappingRoot) fullReason = 'base-changed';
+  else base = baseEntry.devId;
+  let r: TransferResult;
+  try {
+    r = await host.transfer(pending.devId, base, pending.deviceSize, signal);
+  } catch (e) {
+    // The receiver checks the base before it writes anything: a refused
+    // increment (a state recorded before mapping roots were, or a base
+    // changed between the check above and the send) is sent again in full.
+    if (base === null || !(e instanceof StreamError) || e.reason !== 'base-mismatch') throw e;
+    throwIfAborted(signal);
+    base = null;
+    fullReason = 'base-changed';
+    r = await host.transfer(pending.devId, null, pending.deviceSize, signal);
+  }
   host.checkpoint?.('sent');
+  // The changed base is dropped from the state, never deleted (see CycleReport.abandoned).
+  const abandoned = fullReason === 'base-changed' ? baseEntry!.devId : undefined;
 
   // Commit point: the receiver holds `pending` now.
-  const confirmed: ConfirmedSnapshot = { devId: pending.devId, key: r.key, digest: r.digest, takenAt: pending.takenAt };
-  const all = [...st.confirmed, confirmed];
+  const confirmed: ConfirmedSnapshot = { devId: pending.devId, key: r.key, digest: r.digest, takenAt: pending.takenAt, mappingRoot: r.mappingRoot };
+  const all = [...st.confirmed.filter((c) => c.devId !== abandoned), confirmed];
   const kept = all.slice(-settings.keep);
   const dropped = all.slice(0, all.length - kept.length).map((c) => c.devId);
   st.confirmed = kept;
@@ -298,6 +338,7 @@ export async function runCycle(host: ReplicationHost, settings: ReplicationSetti
     deleted,
     recovered,
     ...(fullReason ? { fullReason } : {}),
+    ...(abandoned !== undefined ? { abandoned } : {}),
     takenAt: pending.takenAt,
     lagMs: Math.max(0, now.getTime() - Date.parse(pending.takenAt)),
     durationMs: Math.max(0, host.now().getTime() - started),

@@ -6,15 +6,23 @@
  * follow what the target holds is refused, which here fails the test.
  */
 import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import fc from 'fast-check';
+import { StreamError } from '../../src/errors';
 import { runCycle, type ReplicationHost, type ReplicationSettings, type ReplicationState, type TransferResult } from '../../src/ops/replication';
 
 class Crash extends Error {}
 
 interface Snap {
   version: number;
+  /** Its identity (pool, id, creation time, transaction): the same for an id deleted and made again at the same pool time. */
   key: string;
+  /** Writes to the device itself: each changes its mapping root. */
+  written?: number;
 }
+
+/** The model's mapping-root digest: identity, content and writes. */
+const rootOf = (s: Snap) => createHash('sha256').update(`${s.key}/${s.version}/${s.written ?? 0}`).digest('hex');
 
 /** A pool, a receiver and a state file; `crashAt` kills the "process" at that host step. */
 class World {
@@ -22,7 +30,7 @@ class World {
   sourceVersion = 0;
   suspended = new Set<string>();
   stateFile: string | null = null;
-  target: { current: { key: string; digest: string; version: number } | null; pending: string | null; garbage: boolean } = { current: null, pending: null, garbage: false };
+  target: { current: { key: string; digest: string; version: number; root: string } | null; pending: string | null; garbage: boolean } = { current: null, pending: null, garbage: false };
   violations: string[] = [];
   step = 0;
   creations = 0;
@@ -30,6 +38,8 @@ class World {
   /** After the step (the effect happened) or before it. */
   crashAfter = false;
   thinActive = true;
+  /** The receiver refuses an increment whose base root is not what it holds (format 4); else it checks identities only (format 3). */
+  receiverChecksRoot = false;
 
   private async op<T>(what: string, effect: () => T): Promise<T> {
     const n = this.step++;
@@ -44,6 +54,10 @@ class World {
       readState: async () => (this.stateFile ? (JSON.parse(this.stateFile) as ReplicationState) : null),
       writeState: (s) => this.op('writeState', () => void (this.stateFile = JSON.stringify(s))),
       thinIds: async () => new Set(this.pool.keys()),
+      mappingRoot: async (id) => {
+        const t = this.pool.get(id);
+        return t ? rootOf(t) : null;
+      },
       activeUnsuspended: async (id) => (id === 1 && this.thinActive && !this.suspended.has('thin1') ? ['thin1'] : []),
       isSuspended: async (n) => this.suspended.has(n),
       suspend: (n) => this.op('suspend', () => void this.suspended.add(n)),
@@ -73,6 +87,10 @@ class World {
             this.violations.push(`receiver refused ${digest}: it holds ${t.current?.key ?? 'nothing'}${t.pending ? ` (pending ${t.pending})` : ''}`);
             throw new Error('refused');
           }
+          if (t.current && t.current.key === b.key && t.current.root !== rootOf(b)) {
+            if (this.receiverChecksRoot) throw new StreamError('base-mismatch', `base ${base} is not what the target holds`);
+            this.violations.push(`applied ${digest} on a target holding other mappings than its base ${base}`);
+          }
         }
         // Three crash points in a transfer: before anything, with the target half written, after it applied all.
         await this.op('transfer-start', () => undefined);
@@ -81,11 +99,11 @@ class World {
           t.garbage = true;
         });
         await this.op('transfer-end', () => {
-          t.current = { key: s.key, digest, version: s.version };
+          t.current = { key: s.key, digest, version: s.version, root: rootOf(s) };
           t.pending = null;
           t.garbage = false;
         });
-        return { key: s.key, digest, bytes: 1, dataBlocks: 1, discardBlocks: 0 };
+        return { key: s.key, mappingRoot: rootOf(s), digest, bytes: 1, dataBlocks: 1, discardBlocks: 0 };
       },
       now: () => new Date(1_700_000_000_000 + this.step * 1000),
     };
@@ -187,6 +205,63 @@ describe('replication cycle under crashes', () => {
     expect(r.fullReason).toBe('base-gone');
     expect(r.base).toBeNull();
     expect(w.target.current!.version).toBe(w.sourceVersion);
+  });
+});
+
+describe('a base that changed since it was sent', () => {
+  /** Two cycles; returns the base the target holds. */
+  async function twoCycles(w: World): Promise<number> {
+    w.write();
+    expect(await cycle(w, 1)).toBe(true);
+    w.write();
+    expect(await cycle(w, 1)).toBe(true);
+    return (JSON.parse(w.stateFile!) as ReplicationState).confirmed[0].devId;
+  }
+  function expectFullAndKept(r: Awaited<ReturnType<typeof runCycle>>, w: World, base: number) {
+    expect(r).toMatchObject({ base: null, fullReason: 'base-changed', abandoned: base });
+    expect(w.violations).toEqual([]);
+    expect(w.target.current!.version).toBe(w.sourceVersion);
+    // Left in the pool (it may be someone's device), and no longer in the state.
+    expect(w.pool.has(base)).toBe(true);
+    const st = JSON.parse(w.stateFile!) as ReplicationState;
+    expect(st.confirmed.map((c) => c.devId)).toEqual([r.snapshot]);
+  }
+
+  it('an id deleted and made again with the same identity (format 3 receiver, identity checks only): sent in full, the new thin kept', async () => {
+    const w = new World();
+    const base = await twoCycles(w);
+    const old = w.pool.get(base)!;
+    w.pool.delete(base);
+    w.pool.set(base, { key: old.key, version: 0 }); // create_thin under the id at the same pool time: same identity, empty
+    w.write();
+    expectFullAndKept(await runCycle(w.host(), settings(1), 'state.json'), w, base);
+    // And the next cycle is an increment against the new snapshot again.
+    w.write();
+    const r = await runCycle(w.host(), settings(1), 'state.json');
+    expect(typeof r.base).toBe("number");
+    expect(r.fullReason).toBeUndefined();
+    expect(w.violations).toEqual([]);
+  });
+
+  it('a base written after it was sent (format 4 receiver would refuse the increment): sent in full', async () => {
+    const w = new World();
+    w.receiverChecksRoot = true;
+    const base = await twoCycles(w);
+    w.pool.get(base)!.written = 1;
+    w.write();
+    expectFullAndKept(await runCycle(w.host(), settings(1), 'state.json'), w, base);
+  });
+
+  it('a state recorded without mapping roots: the receiver refuses the increment before writing, and it is sent again in full', async () => {
+    const w = new World();
+    w.receiverChecksRoot = true;
+    const base = await twoCycles(w);
+    const st = JSON.parse(w.stateFile!) as ReplicationState;
+    for (const c of st.confirmed) delete c.mappingRoot;
+    w.stateFile = JSON.stringify(st);
+    w.pool.get(base)!.written = 1;
+    w.write();
+    expectFullAndKept(await runCycle(w.host(), settings(1), 'state.json'), w, base);
   });
 });
 

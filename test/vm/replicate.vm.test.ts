@@ -159,6 +159,49 @@ describeVm('dmthin replicate: a live thin into another pool', () => {
     expect(other.status).toBe(1);
     expect(other.stderr).toMatch(/records the replication of thin 1/);
   }, 600_000);
+
+  /**
+   * The base changed since it was sent. The cycle must send the snapshot in
+   * full (an increment against the changed base would leave the target wrong,
+   * or be refused forever), warn, and leave the changed thin in the pool.
+   */
+  async function expectFullBecauseBaseChanged(r: ReturnType<typeof replicate>, base: number): Promise<void> {
+    expect(r.status).toBe(0);
+    expect(r.stderr).toBe(
+      `dmthin replicate: warning: base snapshot ${base} changed since it was sent (written, or deleted and made again under its id), ` +
+        `so snapshot ${readState().confirmed.at(-1)!.devId} was sent in full; thin ${base} is left in the pool and is no longer replication's: delete it if nobody uses it\n`,
+    );
+    const rep = JSON.parse(r.stdout.trim().split('\n').at(-1)!);
+    expect(rep).toMatchObject({ base: null, fullReason: 'base-changed', abandoned: base });
+    expect(readState().confirmed.map((c) => c.devId)).not.toContain(base);
+    expect(await idsInA()).toContain(base);
+    await A.pool.delete(base);
+    await expectInSync();
+  }
+
+  test('format 3: a base id deleted and made again (same identity, other mappings) is not taken as the base: sent in full, the target equal', async () => {
+    expect(replicate([...toTarget(), '--format-version', '3']).status).toBe(0);
+    const base = readState().confirmed.at(-1)!.devId;
+    // Blocks the new thin under the base id does not map, and the source no longer maps: only a full stream discards them on the target.
+    sh(`blkdiscard -o ${4 * BS} -l ${20 * BS} ${src.path}`);
+    sh(ddCmd(src.path, { bs: BS, seek: 40, count: 3 }));
+    await A.pool.delete(base);
+    await A.pool.createThin(base);
+    await expectFullBecauseBaseChanged(replicate([...toTarget(), '--format-version', '3', '--json']), base);
+  }, 600_000);
+
+  test('a base snapshot written after it was sent: sent in full instead of refused on every cycle', async () => {
+    expect(replicate(toTarget()).status).toBe(0);
+    const base = readState().confirmed.at(-1)!.devId;
+    const b = await ThinDevice.activate(A.pool, { name: sb.adopt('rbase'), devId: base, length: sectors(VOL / 512) });
+    try {
+      sh(ddCmd(b.path, { bs: BS, seek: 200, count: 3 }));
+    } finally {
+      await b.deactivate();
+    }
+    sh(ddCmd(src.path, { bs: BS, seek: 5, count: 3 }));
+    await expectFullBecauseBaseChanged(replicate([...toTarget(), '--json']), base);
+  }, 600_000);
 });
 
 describeVm('dmthin replicate on an LVM-made pool', () => {
