@@ -18,7 +18,7 @@ import { applyStream, type ApplyChunks } from '../stream/receive/apply';
 import { BlockWriter } from '../native/block-writer';
 import { fileChunks } from '../stream/receive/file-chunks';
 import { openPipe, pipeChunks } from '../stream/receive/pipe-chunks';
-import { needDirectory, refuseForeignStateFile, refuseOutputOverInputs } from '../output/file';
+import { needDirectory, refuseForeignStateFile, refuseOutputOverInputs, stateNotRecorded } from '../output/file';
 import { identityKey, type StreamHeader } from '../stream/format/records';
 import { ReceiveLock } from '../stream/receive/lock';
 import { checkBase, defaultStateFile, entryFor, readState, type ReceiveState, writeState } from '../stream/receive/state';
@@ -204,11 +204,16 @@ class Receiver {
     const baseSize = header.base && this.o.resized && cur && cur.snapshot.key === identityKey(header.base) && cur.deviceSize !== header.deviceSize ? cur.deviceSize : undefined;
     const zero = zeroer(writer, this.info, resolveZeroMethod(this.info, this.o.zero));
     let started = false;
+    let recorded = false;
     // From the first write on the target is in between: record that first. Nothing before it changes anything.
     const begin = async (): Promise<void> => {
       if (started) return;
       started = true;
-      await writeState(this.stateFile, state);
+      await writeState(this.stateFile, state).catch(async (e: unknown) => {
+        if (created) await this.removeCreated();
+        throw stateNotRecorded(e, 'receive', this.stateFile, this.o.target, created);
+      });
+      recorded = true;
       // A file target (created, or allowed to grow with `create`) becomes as large as the device.
       if (!writer.info.blockDevice && writer.size < header.deviceSize) await writer.extend(header.deviceSize);
       // Grown: the base had no blocks there, so neither does the delta; the target's old bytes must go.
@@ -224,7 +229,7 @@ class Receiver {
       await begin(); // a stream with nothing to write still sizes the target
       await writer.fsync();
     } catch (e) {
-      throw started ? this.partlyWritten(e) : e;
+      throw recorded ? this.partlyWritten(e) : e;
     } finally {
       zero.close();
     }
@@ -242,6 +247,13 @@ class Receiver {
       zeroing: { ...zero.used },
       ...(baseSize !== undefined ? { resizedFrom: baseSize } : {}),
     };
+  }
+
+  /** Closes and removes the file this receive created (nothing was recorded or written yet). */
+  private async removeCreated(): Promise<void> {
+    this.writer?.close();
+    this.writer = undefined;
+    await unlink(this.o.target).catch(() => undefined);
   }
 
   /** Grows the file this receive created to `size`; on failure removes it (nothing was recorded yet). */

@@ -15,7 +15,7 @@
 import { realpath, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, resolve, sep } from 'node:path';
 import { DmthinError, RepoError, SystemCallError, throwIfAborted, UsageError } from '../errors';
-import { needDirectory, refuseForeignStateFile, refuseOutputOverInputs } from '../output/file';
+import { needDirectory, refuseForeignStateFile, refuseOutputOverInputs, stateNotRecorded } from '../output/file';
 import { BlockWriter, type WriteSegment } from '../native/block-writer';
 import { inspectTarget, resolveZeroMethod, whyCannotGrow, zeroer, type ZeroMethod } from '../stream/receive/target';
 import { allowListeners, chunksAtOnce, Repository, type KeySource, type ManifestEntry } from '../repo/repository';
@@ -163,7 +163,14 @@ async function restoreFrom(repo: Repository, o: RestoreOptions): Promise<Restore
 
     const pending: RestoreState = { format: 'dmthin-restore-state', version: 1, target: o.target, current: null, pending: entry, file: null };
     // From here on the target is in between, until the end.
-    await writeRestoreState(stateFile, pending);
+    await writeRestoreState(stateFile, pending).catch(async (e: unknown) => {
+      if (created) {
+        writer!.close();
+        writer = undefined;
+        await unlink(o.target).catch(() => undefined);
+      }
+      throw stateNotRecorded(e, 'restore', stateFile, o.target, created);
+    });
     if (!writer.info.blockDevice && writer.size < deviceSize) await writer.extend(deviceSize);
     // A new file, or a grown one's tail, already reads as zeros there.
     const zerosFrom = created ? 0 : Math.min(sizeBefore, deviceSize);

@@ -291,6 +291,25 @@ export async function needDirectory(path: string, what: string, job: string): Pr
   throw new DmthinError(code, `the directory ${dir} of ${what} ${st ? 'is not a directory' : 'does not exist'}: create it first (${job} makes files, not directories)`, { path: dir, syscall: 'stat' });
 }
 
+/**
+ * The error of a job (receive, restore) whose pending record could not be
+ * written before its first write to the target: the state file is as it was
+ * (it is replaced atomically) and the target untouched, or removed when the
+ * job created it.
+ */
+export function stateNotRecorded(e: unknown, job: string, stateFile: string, target: string, removed: boolean): unknown {
+  const x = e as NodeJS.ErrnoException;
+  if (e instanceof DmthinError ? !(e instanceof SystemCallError) : typeof x?.code !== 'string') return e;
+  const fix = x.code === 'ENOSPC' || x.code === 'EDQUOT' ? 'make room' : 'fix the cause';
+  const why = String(x.message ?? '').replace(/^[A-Z]+: /, '').replace(/; the output is incomplete$/, '');
+  const what = removed ? `the target ${target} this ${job} created was removed` : `nothing was written to the target ${target}`;
+  return new SystemCallError(x.code ?? 'EIO', `cannot record this ${job} in ${stateFile} (${why}), so ${what}: ${fix}, then run the same ${job} again`, {
+    syscall: x.syscall,
+    path: stateFile,
+    cause: e,
+  });
+}
+
 /** Replaces `path` with `text` atomically and durably (temporary file, fsync, rename, directory fsync). */
 export async function writeFileAtomically(path: string, text: string): Promise<void> {
   const existing = await stat(path).catch(() => null);

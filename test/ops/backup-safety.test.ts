@@ -13,6 +13,8 @@ import { createHash } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { RepoError, SystemCallError } from '../../src/errors';
 import { BlockWriter } from '../../src/native/block-writer';
+import * as outputFile from '../../src/output/file';
+import { outputError } from '../../src/output/sink';
 import { backup, type BackupResult } from '../../src/ops/backup';
 import { prune } from '../../src/ops/prune';
 import { restore } from '../../src/ops/restore';
@@ -308,6 +310,27 @@ describe('restore: what it refuses leaves nothing behind', () => {
     expect(e).toMatchObject({ code: 'EFBIG', path: target });
     expect((e as Error).message).toMatch(/^cannot make the target .* bytes, backup .*'s device size: its filesystem does not take a file that large; nothing was written and the file this restore created was removed$/);
     expect([existsSync(target), existsSync(`${target}.dmthin-restore.json`), existsSync(`${target}.dmthin-restore.json.lock`)]).toEqual([false, false, false]);
+  });
+
+  test('a state file that cannot be written (ENOSPC) before the first write: the created target removed, one line that says so', async () => {
+    const target = s.path('nospace-state.img');
+    const stateFile = `${target}.dmthin-restore.json`;
+    const full = outputError(Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC', syscall: 'write' }), stateFile);
+    const write = jest.spyOn(outputFile, 'writeFileAtomically').mockRejectedValue(full);
+    let e: unknown;
+    try {
+      e = await restore({ repo, backup: id, target, create: true }).catch((x: unknown) => x);
+    } finally {
+      write.mockRestore();
+    }
+    expect(e).toMatchObject({ code: 'ENOSPC', path: stateFile });
+    expect((e as Error).message).toBe(
+      `cannot record this restore in ${stateFile} (cannot write ${stateFile}: no space left on device), so the target ${target} this restore created was removed: make room, then run the same restore again`,
+    );
+    expect([existsSync(target), existsSync(stateFile), existsSync(`${stateFile}.lock`)]).toEqual([false, false, false]);
+    // As it says: the same restore again completes.
+    await restore({ repo, backup: id, target, create: true });
+    expect(JSON.parse(readFileSync(stateFile, 'utf8')).pending).toBeNull();
   });
 });
 

@@ -11,6 +11,8 @@ import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, symlinkS
 import { Readable } from 'node:stream';
 import { DmthinError, StreamError, SystemCallError } from '../../src/errors';
 import { BlockWriter } from '../../src/native/block-writer';
+import * as outputFile from '../../src/output/file';
+import { outputError } from '../../src/output/sink';
 import { receive, receiveStream } from '../../src/ops/receive';
 import { sendStream } from '../../src/stream/send/send-stream';
 import { ThinMetadata } from '../../src/thin/metadata';
@@ -377,6 +379,47 @@ describe('receive state', () => {
     // As it says: the same receive again completes.
     await receive({ target: t, input: Readable.from([streams.inc2from1]) });
     expect(JSON.parse(readFileSync(`${t}.dmthin-state.json`, 'utf8')).pending).toBeNull();
+  });
+
+  test('a state file that cannot be written (ENOSPC) before the first write: says nothing was written and names no pending record', async () => {
+    const t = await dev1Target();
+    const stateFile = `${t}.dmthin-state.json`;
+    const stateBefore = readFileSync(stateFile);
+    const targetBefore = sha256File(t);
+    // What writeFileAtomically throws on a full filesystem (OutputFile's write error).
+    const full = outputError(Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC', syscall: 'write' }), stateFile);
+    const write = jest.spyOn(outputFile, 'writeFileAtomically').mockRejectedValue(full);
+    let e: unknown;
+    try {
+      e = await receive({ target: t, input: Readable.from([streams.inc2from1]) }).catch((x: unknown) => x);
+    } finally {
+      write.mockRestore();
+    }
+    expect(e).toMatchObject({ code: 'ENOSPC', path: stateFile });
+    expect((e as Error).message).toBe(
+      `cannot record this receive in ${stateFile} (cannot write ${stateFile}: no space left on device), so nothing was written to the target ${t}: make room, then run the same receive again`,
+    );
+    expect(readFileSync(stateFile)).toEqual(stateBefore);
+    expect(sha256File(t)).toBe(targetBefore);
+    // As it says: the same receive again completes.
+    await receive({ target: t, input: Readable.from([streams.inc2from1]) });
+    expect(JSON.parse(readFileSync(stateFile, 'utf8')).pending).toBeNull();
+  });
+
+  test('a state file that cannot be written (ENOSPC) for a target this receive created: the file removed again', async () => {
+    const t = s.path('nospace-created.target');
+    const stateFile = `${t}.dmthin-state.json`;
+    const full = outputError(Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC', syscall: 'write' }), stateFile);
+    const write = jest.spyOn(outputFile, 'writeFileAtomically').mockRejectedValue(full);
+    let e: unknown;
+    try {
+      e = await receive({ target: t, create: true, input: Readable.from([streams.full1]) }).catch((x: unknown) => x);
+    } finally {
+      write.mockRestore();
+    }
+    expect(e).toMatchObject({ code: 'ENOSPC', path: stateFile });
+    expect((e as Error).message).toMatch(/, so the target \S+ this receive created was removed: make room, then run the same receive again$/);
+    expect([existsSync(t), existsSync(stateFile), existsSync(`${stateFile}.lock`)]).toEqual([false, false, false]);
   });
 
   test('--state naming a file that is not a receive state: refused before anything is written, the file unchanged', async () => {
