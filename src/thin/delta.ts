@@ -800,7 +800,7 @@ class DeltaWalker {
 }
 
 /**
- * Delta of two bottom-level mapping trees (by root block) in one metadata
+ * @internal Delta of two bottom-level mapping trees (by root block) in one metadata
  * view. Yields batches of extents; consumers usually want `deltaExtents`.
  */
 export async function* deltaBatches(io: BlockSource, leftRoot: number, rightRoot: number, opts: DeltaWalkOptions): AsyncGenerator<RawDeltaExtent[], DeltaStats> {

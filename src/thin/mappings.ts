@@ -60,8 +60,9 @@ export interface MappingWalkOptions {
   signal?: AbortSignal;
   /** Called as the work advances. */
   onProgress?: (p: WalkProgress) => void;
-  /** Visit only virtual blocks in [begin, end). */
+  /** @internal Visit only virtual blocks in [begin, end). */
   begin?: VirtualKey;
+  /** @internal See begin. */
   end?: VirtualKey;
 }
 
@@ -267,7 +268,7 @@ class RunMerger {
 }
 
 /**
- * Yields merged runs in batches (about one per leaf), so that callers
+ * @internal Yields merged runs in batches (about one per leaf), so that callers
  * formatting millions of runs pay no per-run allocation. The same batch object
  * is reused: it is valid until the consumer asks for the next one.
  */
@@ -303,7 +304,7 @@ export async function* mappingRunBatches(io: BlockSource, root: number, opts: Ma
   if (batch.count) yield batch;
 }
 
-/** What walkDeviceRuns reports, device by device, in the order given. */
+/** @internal What walkDeviceRuns reports, device by device, in the order given. */
 export interface DeviceRunsVisitor {
   /** Device k (its index in the list) starts. */
   begin(k: number): void;
@@ -337,7 +338,7 @@ export interface DeviceWalkOptions {
 }
 
 /**
- * The whole mapping trees of many devices, one after the other, with the
+ * @internal The whole mapping trees of many devices, one after the other, with the
  * validation and merging of mappingRunBatches. A pool of thousands of small
  * devices is mostly one-leaf trees: their roots are read `window` at a time
  * (the next window in flight while this one is decoded) and decoded without
