@@ -392,6 +392,11 @@ export class UsageError extends DmthinError {
   }
 }
 
+/** An output format the function does not write (the CLI checks its --format with the same words). */
+export function unknownFormat(format: unknown, known: readonly string[]): UsageError {
+  return new UsageError(`unknown format ${typeof format === 'string' ? `'${format}'` : String(format)} (${known.join(', ')})`);
+}
+
 /** A long operation was cancelled through its AbortSignal. */
 export class AbortError extends DmthinError {
   constructor(message = 'The operation was aborted', fields: ErrorFields = {}) {

@@ -1,6 +1,6 @@
 /** `dmthin delta`: thin_delta-compatible XML (plain and --verbose), or JSON. */
 import type { Command } from 'commander';
-import { UsageError } from '../errors';
+import { UsageError, unknownFormat } from '../errors';
 import type { DeltaSubject } from '../thin/delta-format';
 import { CliContext, parseIntArg } from './common';
 import { checkMetadataSpaceMapIndex, isThinIdText, MetadataSnapOpts, openMetadataSource, thinIdArg } from './metadata-source';
@@ -35,7 +35,7 @@ export function register(program: Command, ctx: () => CliContext): void {
     .option('-o, --output <file>', 'write to FILE instead of stdout (through a temporary file, renamed over FILE when complete)')
     .action(async (metadata: string, o: DeltaCliOpts) => {
       const c = ctx();
-      if (o.format !== 'xml' && o.format !== 'json') throw new UsageError(`unknown format '${o.format}' (xml, json)`);
+      if (o.format !== 'xml' && o.format !== 'json') throw unknownFormat(o.format, ['xml', 'json']);
       // commander stores "--snap1, --thin1" under the first long name.
       const left = o.snap1 ?? o.thin1;
       const right = o.snap2 ?? o.thin2;

@@ -1,6 +1,6 @@
 /** `dmthin dump`: thin_dump-compatible output (XML, human_readable) or JSON. */
 import type { Command } from 'commander';
-import { UsageError } from '../errors';
+import { UsageError, unknownFormat } from '../errors';
 import type { DumpFormat } from '../thin/dump';
 import { CliContext, parseIntArg } from './common';
 import { Progress, stderrIsTTY } from './progress';
@@ -29,7 +29,7 @@ export function register(program: Command, ctx: () => CliContext): void {
     .action(async (metadata: string, o: DumpCliOpts) => {
       const c = ctx();
       const format = o.format as DumpFormat;
-      if (!['xml', 'human_readable', 'json'].includes(format)) throw new UsageError(`unknown format '${o.format}' (xml, human_readable, json)`);
+      if (!['xml', 'human_readable', 'json'].includes(format)) throw unknownFormat(o.format, ['xml', 'human_readable', 'json']);
       for (const v of o.devId ?? []) if (isThinIdText(v)) parseIntArg('--dev-id', v); // checked before anything is opened
       await checkOutputPath(o.output, [{ path: metadata, role: 'the metadata input' }]);
       const { metadata: md, pool } = await openMetadataSource(metadata, o, c);

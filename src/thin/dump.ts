@@ -4,7 +4,7 @@
  * metadata snapshot, nr_data_blocks is the true value from the live superblock
  * (0.9.0 prints 0 because the snapshot copy has no space maps).
  */
-import { throwIfAborted } from '../errors';
+import { throwIfAborted, unknownFormat } from '../errors';
 import { asciiTag, OutputSink, type SinkTarget } from '../output/sink';
 import type { DeviceDetails } from './device-details';
 import { deviceAt } from './device-table';
@@ -212,8 +212,12 @@ function makeEmitter(format: DumpFormat, s: OutputSink): Emitter {
       return new HumanEmitter(s);
     case 'json':
       return new JsonEmitter(s);
+    default:
+      throw unknownFormat(format, DUMP_FORMATS);
   }
 }
+
+const DUMP_FORMATS: readonly DumpFormat[] = ['xml', 'human_readable', 'json'];
 
 /** Writes the dump to `out`. Resolves once everything is written (not ended). */
 export async function dump(md: ThinMetadata, out: SinkTarget, opts: DumpOptions = {}): Promise<void> {

@@ -514,13 +514,19 @@ export class ThinMetadata implements AsyncDisposable {
    */
   spaceMap(kind: SpaceMapKind): SpaceMap {
     this.check();
+    if (kind !== 'data' && kind !== 'metadata') throw new UsageError(`unknown space map ${JSON.stringify(kind)}: it is 'data' or 'metadata'`);
     const sb = this.liveSuperblock;
     return new SpaceMap(this.io, kind, kind === 'data' ? sb.dataSpaceMap : sb.metadataSpaceMap, this.nrMetadataBlocks);
   }
 
   /** Reference count of a data or metadata block, from the on-disk space map. */
   async refCount(kind: SpaceMapKind, block: number): Promise<number> {
-    return this.spaceMap(kind).refCount(block);
+    const sm = this.spaceMap(kind);
+    // A bad argument, not corruption: the space map's own range error is for block numbers read from metadata.
+    if (!Number.isSafeInteger(block) || block < 0 || block >= sm.nrBlocks) {
+      throw new UsageError(`bad ${kind} block ${String(block)}: it must be an integer 0..${sm.nrBlocks - 1} (the ${kind} space map has ${sm.nrBlocks} blocks)`, { block: Number.isSafeInteger(block) ? block : undefined });
+    }
+    return sm.refCount(block);
   }
 
   /** Closes the underlying file or device. Idempotent. */

@@ -3,7 +3,7 @@
  * independent sources: the XML each fixture was restored from (which
  * thin_dump reproduces exactly) and the test helpers' own block decoder.
  */
-import { AbortError, MetadataSnapError, ThinMetadata, dump, DmthinError } from '../../src';
+import { AbortError, MetadataSnapError, ThinMetadata, dump, DmthinError, writeDelta } from '../../src';
 import { MemoryBlockSource, NativeBlockSource } from '../../src/pdata/block-source';
 import { fixture, fixtureFile, fixtureImage, fixtureXml, listFixtures } from '../helpers/fixtures';
 import { node, superblock } from '../helpers/corrupt';
@@ -145,7 +145,35 @@ describe.each(listFixtures().map((f) => [f.name] as const))('%s: data space map'
       const got = await sm.refCount(b);
       if (got !== (want.get(b) ?? 0)) throw new Error(`data block ${b}: refCount ${got}, expected ${want.get(b) ?? 0}`);
     }
-    await expect(md.refCount('data', md.nrDataBlocks)).rejects.toMatchObject({ kind: 'data-range' });
+    // A block number read from metadata past the end is corruption; one a caller passes is a bad argument.
+    await expect(sm.refCount(md.nrDataBlocks)).rejects.toMatchObject({ kind: 'data-range', code: 'EUCLEAN' });
+    await expect(md.refCount('data', md.nrDataBlocks)).rejects.toMatchObject({ name: 'UsageError', code: 'EINVAL' });
+  });
+});
+
+describe('bad arguments are UsageError (EINVAL), never reported as corrupt metadata', () => {
+  test.each([
+    ['data', -1],
+    ['data', NaN],
+    ['data', 1.5],
+    ['data', 2 ** 60],
+    ['metadata', 1e9],
+    ['bogus', 0],
+  ] as const)('refCount(%p, %p)', async (kind, block) => {
+    await using md = await ThinMetadata.fromBuffer(fixtureImage('basic'));
+    const e = await md.refCount(kind as 'data', block).catch((x: unknown) => x);
+    expect(e).toMatchObject({ name: 'UsageError', code: 'EINVAL' });
+    expect((e as Error).message).toMatch(kind === 'bogus' ? /^unknown space map "bogus": it is 'data' or 'metadata'$/ : /^bad \w+ block \S+: it must be an integer 0\.\.\d+ \(the \w+ space map has \d+ blocks\)$/);
+  });
+
+  test('dump() and writeDelta() with a format they do not write: UsageError naming the formats, nothing written', async () => {
+    await using md = await ThinMetadata.fromBuffer(fixtureImage('basic'));
+    let written = 0;
+    const out = new Writable({ write: (c: Buffer, _e, cb) => ((written += c.length), cb()) });
+    await expect(dump(md, out, { format: 'yaml' as 'xml' })).rejects.toMatchObject({ name: 'UsageError', code: 'EINVAL', message: "unknown format 'yaml' (xml, human_readable, json)" });
+    const ids = [...(await md.devices()).keys()];
+    await expect(writeDelta(md, out, { left: ids[0], right: ids[0] }, { format: 'csv' as 'xml' })).rejects.toMatchObject({ name: 'UsageError', code: 'EINVAL', message: "unknown format 'csv' (xml, json)" });
+    expect(written).toBe(0);
   });
 });
 
