@@ -10,7 +10,8 @@
  * before its first write, and one receive at a time may write a target
  * (stream/receive/lock.ts).
  */
-import { open, unlink, type FileHandle } from 'node:fs/promises';
+import { constants as fsConstants } from 'node:fs';
+import { open, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { Writable, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { AbortError, DmthinError, StreamError, SystemCallError, throwIfAborted } from '../errors';
@@ -449,8 +450,9 @@ export async function receive(opts: ReceiveOptions & { input: string | Readable 
   if (typeof input === 'string' && input !== '-') {
     let fh: FileHandle;
     try {
-      fh = await open(input, 'r');
+      fh = await openInput(input, opts.signal);
     } catch (e) {
+      if (e instanceof DmthinError) throw e;
       const err = e as NodeJS.ErrnoException;
       throw new DmthinError(err.code ?? 'EIO', `${input}: ${err.message}`, { path: input, syscall: 'open', cause: e });
     }
@@ -472,6 +474,36 @@ export async function receive(opts: ReceiveOptions & { input: string | Readable 
   const w = receiveStream(opts.target, opts);
   await pipeline(readable, w); // the Writable itself listens to the signal (with dmthin's AbortError)
   return w.result;
+}
+
+/**
+ * Opens the stream file `path` for reading, settling at once on an abort: a
+ * FIFO's open waits for a writer, in a thread-pool thread that an abort
+ * cannot stop. After an abort the FIFO is opened for writing and closed at
+ * once, so that the waiting open returns (its descriptor is then closed).
+ */
+async function openInput(path: string, signal?: AbortSignal): Promise<FileHandle> {
+  throwIfAborted(signal);
+  const opening = open(path, 'r');
+  if (!signal) return opening;
+  let onAbort = (): void => undefined;
+  const aborted = new Promise<never>((_, reject) => {
+    onAbort = () => reject(new AbortError());
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+  try {
+    return await Promise.race([opening, aborted]);
+  } catch (e) {
+    if (signal.aborted) {
+      opening.then((fh) => fh.close(), () => undefined);
+      stat(path)
+        .then(async (st) => (st.isFIFO() ? (await open(path, fsConstants.O_WRONLY | fsConstants.O_NONBLOCK)).close() : undefined))
+        .catch(() => undefined);
+    }
+    throw e;
+  } finally {
+    signal.removeEventListener('abort', onAbort);
+  }
 }
 
 /**

@@ -6,7 +6,7 @@
  * receive per target at a time (flock: gone with the process, even after
  * SIGKILL), and a stream file verified and applied through one descriptor.
  */
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, symlinkSync, writeFileSync } from 'node:fs';
 import { Readable } from 'node:stream';
 import { DmthinError, StreamError, SystemCallError } from '../../src/errors';
@@ -441,5 +441,29 @@ describe('receive state', () => {
     const b = runCli(['receive', '--target', s.path('dirs.target'), '--create', '--state', `${missing}/s.json`, '-i', stream, '-q']);
     expect([b.status, b.stderr]).toEqual([1, `dmthin receive: the directory ${missing} of the state file does not exist: create it first (receive makes files, not directories) [ENOENT]\n`]);
     expect([existsSync(missing), existsSync(s.path('dirs.target'))]).toEqual([false, false]);
+  });
+});
+
+describe('an input FIFO that no writer opens', () => {
+  // In a child: a FIFO open waiting for a writer holds a thread-pool thread,
+  // and a process with one never exits; the child must settle and exit.
+  test('an abort settles receive() at once with AbortError, and the process exits', () => {
+    const dir = scratch();
+    try {
+      const fifo = dir.path('in.fifo');
+      expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
+      const script = `
+        const { receive } = require(${JSON.stringify(require.resolve('../../dist/ops/receive.js'))});
+        const ac = new AbortController();
+        const t0 = Date.now();
+        setTimeout(() => ac.abort(), 150);
+        receive({ target: ${JSON.stringify(dir.path('t.img'))}, create: true, input: ${JSON.stringify(fifo)}, signal: ac.signal })
+          .then(() => console.log('resolved'), (e) => console.log(e.name + ' ' + e.code + ' ' + (Date.now() - t0 < 2000 ? 'promptly' : 'late')));`;
+      const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 15_000 });
+      expect({ signal: r.signal, status: r.status, stdout: r.stdout, stderr: r.stderr }).toEqual({ signal: null, status: 0, stdout: 'AbortError ABORT_ERR promptly\n', stderr: '' });
+      expect(existsSync(dir.path('t.img'))).toBe(false);
+    } finally {
+      dir.cleanup();
+    }
   });
 });
