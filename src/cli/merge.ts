@@ -34,6 +34,11 @@ export function register(program: Command, ctx: () => CliContext): void {
     .action(async (o: MergeCliOpts) => {
       const c = ctx();
       if ((o.origin === undefined) === (o.externalOrigin === undefined)) throw new UsageError('give --external-origin DEVICE or --origin ID (one of them)');
+      if (!/^[0-9]+$/.test(o.snap)) {
+        // Most likely an LVM snapshot's name: merge takes thin ids, and LVM merges its own volumes.
+        const vg = o.pool.includes('/') ? o.pool.split('/')[0] : 'VG';
+        throw new UsageError(`--snap takes a thin device id (a number), got '${o.snap}'; a snapshot LVM made is merged with LVM's own command: lvconvert --merge ${vg}/${o.snap}`);
+      }
       const snap = parseIntArg('--snap', o.snap, 2 ** 24 - 1);
       const bar = new Progress('merge', !o.quiet && stderrIsTTY());
       const common = {

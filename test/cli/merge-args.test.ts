@@ -8,7 +8,8 @@ import { runCli } from './run-cli';
 test.each([
   [['--pool', 'p', '--snap', '1'], /give --external-origin DEVICE or --origin ID \(one of them\) \[EINVAL\]$/],
   [['--pool', 'p', '--snap', '1', '--origin', '2', '--external-origin', '/dev/null'], /give --external-origin DEVICE or --origin ID \(one of them\) \[EINVAL\]$/],
-  [['--pool', 'p', '--snap', 'x', '--origin', '2'], /--snap must be a non-negative integer, got 'x' \[EINVAL\]$/],
+  [['--pool', 'p', '--snap', 'x', '--origin', '2'], /--snap takes a thin device id \(a number\), got 'x'; a snapshot LVM made is merged with LVM's own command: lvconvert --merge VG\/x \[EINVAL\]$/],
+  [['--pool', 'vg/tp', '--snap', 's3', '--origin', 'lv1'], /--snap takes a thin device id \(a number\), got 's3'; a snapshot LVM made is merged with LVM's own command: lvconvert --merge vg\/s3 \[EINVAL\]$/],
   [['--pool', 'p', '--snap', '16777216', '--origin', '2'], /--snap out of range: 16777216 \[EINVAL\]$/],
 ])('dmthin merge %j: exit 1, one line', (args, re) => {
   const r = runCli(['merge', ...args]);
