@@ -4,7 +4,7 @@
  * metadata snapshot, nr_data_blocks is the true value from the live superblock
  * (0.9.0 prints 0 because the snapshot copy has no space maps).
  */
-import { throwIfAborted, unknownFormat } from '../errors';
+import { throwIfAborted, unknownFormat, UsageError } from '../errors';
 import { asciiTag, OutputSink, type SinkTarget } from '../output/sink';
 import type { DeviceDetails } from './device-details';
 import { deviceAt } from './device-table';
@@ -226,6 +226,9 @@ export async function dump(md: ThinMetadata, out: SinkTarget, opts: DumpOptions 
   const sb = md.superblock;
   // Rows of the device table (in id order), not an object per device: a pool may hold 70,000.
   const table = await md.deviceTable({ signal: opts.signal });
+  for (const id of opts.devIds ?? []) {
+    if (!Number.isInteger(id) || id < 0 || id > 0xffffff) throw new UsageError(`bad device id ${JSON.stringify(id)} in devIds: thin device ids are integers 0..2^24-1`);
+  }
   const wanted = opts.devIds ? new Set(opts.devIds) : undefined;
   let rows: Uint32Array;
   if (wanted) {

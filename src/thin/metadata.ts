@@ -157,8 +157,10 @@ export class ThinMetadata implements AsyncDisposable {
   }
 
   /** Metadata from an image in memory. */
-  static async fromBuffer(image: Buffer, opts: { metadataSnap?: boolean | number } = {}): Promise<ThinMetadata> {
-    return ThinMetadata.open('<memory>', { ...opts, source: new MemoryBlockSource(image) });
+  static async fromBuffer(image: Buffer | Uint8Array, opts: { metadataSnap?: boolean | number } = {}): Promise<ThinMetadata> {
+    if (!(image instanceof Uint8Array)) throw new UsageError(`fromBuffer takes a Buffer or Uint8Array of a metadata image, got ${image === null ? 'null' : typeof image}`);
+    const buf = Buffer.isBuffer(image) ? image : Buffer.from(image.buffer, image.byteOffset, image.byteLength);
+    return ThinMetadata.open('<memory>', { ...opts, source: new MemoryBlockSource(buf) });
   }
 
   private static async fromSource(io: BlockSource, snap: boolean | number | undefined): Promise<ThinMetadata> {
@@ -375,6 +377,9 @@ export class ThinMetadata implements AsyncDisposable {
     const root = await this.rootOf(devId);
     const begin = opts.begin === undefined ? undefined : toKey(opts.begin, 'begin');
     const end = opts.end === undefined || opts.end === U64_END ? undefined : toKey(opts.end, 'end');
+    if (opts.begin !== undefined && opts.end !== undefined && opts.end < opts.begin) {
+      throw new UsageError(`bad range: end ${opts.end} is before begin ${opts.begin} (end is one past the last block)`);
+    }
     const whole = (begin === undefined || begin === 0) && end === undefined;
     const expected = whole ? (await this.devices({ signal: opts.signal })).get(devId)?.mappedBlocks : undefined;
     let found = 0;

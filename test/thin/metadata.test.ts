@@ -166,6 +166,23 @@ describe('bad arguments are UsageError (EINVAL), never reported as corrupt metad
     expect((e as Error).message).toMatch(kind === 'bogus' ? /^unknown space map "bogus": it is 'data' or 'metadata'$/ : /^bad \w+ block \S+: it must be an integer 0\.\.\d+ \(the \w+ space map has \d+ blocks\)$/);
   });
 
+  test('mappings() with end before begin, fromBuffer() of no buffer, dump() of ids that cannot be thin ids', async () => {
+    await using md = await ThinMetadata.fromBuffer(fixtureImage('basic'));
+    const id = [...(await md.devices()).keys()][0];
+    const walk = async () => {
+      for await (const _ of md.mappings(id, { begin: 150n, end: 50n })) void _;
+    };
+    await expect(walk()).rejects.toMatchObject({ name: 'UsageError', code: 'EINVAL', message: 'bad range: end 50 is before begin 150 (end is one past the last block)' });
+    await expect(ThinMetadata.fromBuffer(null as unknown as Buffer)).rejects.toMatchObject({ name: 'UsageError', message: 'fromBuffer takes a Buffer or Uint8Array of a metadata image, got null' });
+    const u8 = new Uint8Array(fixtureImage('basic'));
+    await using md2 = await ThinMetadata.fromBuffer(u8);
+    expect([...(await md2.devices()).keys()]).toEqual([...(await md.devices()).keys()]);
+    const out = new Writable({ write: (_c, _e, cb) => cb() });
+    for (const bad of [-1, 1.5, '1', 2 ** 24]) {
+      await expect(dump(md, out, { devIds: [bad as number] })).rejects.toMatchObject({ name: 'UsageError', code: 'EINVAL' });
+    }
+  });
+
   test('dump() and writeDelta() with a format they do not write: UsageError naming the formats, nothing written', async () => {
     await using md = await ThinMetadata.fromBuffer(fixtureImage('basic'));
     let written = 0;
