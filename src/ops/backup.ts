@@ -424,8 +424,14 @@ async function store(repo: Repository, p: Plan, source: DataSource, deviceSize: 
   const inFlight = Math.max(1, o.concurrency ?? 4);
   const stats = { chunksRead: 0, chunksNew: 0, dedup: 0, fromBase: 0, zero: 0, bytesRead: 0, bytesUploaded: 0, entries: 0 };
   const chunksToRead = p.dataBlocksToRead !== undefined ? Math.min(p.dataBlocksToRead * perBlock, nChunks) : undefined;
-  const progress = (): void =>
+  // The closing call repeats nothing: an event only when a count moved.
+  let told = '';
+  const progress = (): void => {
+    const now = `${stats.chunksRead}/${stats.bytesRead}/${stats.bytesUploaded}`;
+    if (now === told) return;
+    told = now;
     o.onProgress?.({ phase: 'data', chunksRead: stats.chunksRead, chunksToRead, bytesRead: stats.bytesRead, bytesUploaded: stats.bytesUploaded });
+  };
   const kill = killAfterCount(); // test seam (ops/test-seams.ts)
 
   await using session: BackupSession = await repo.beginBackup(o.volume, { signal: o.signal, onWarning: o.onWarning });

@@ -306,7 +306,14 @@ async function apply(
   let segs: WriteSegment[] = [];
   let segBytes = 0;
   let done = 0;
-  const progress = (): void => o.onProgress?.({ chunks: done, totalChunks: nChunks, bytesWritten: stats.bytesWritten });
+  // The closing call repeats nothing: an event only when a count moved.
+  let told = '';
+  const progress = (): void => {
+    const now = `${done}/${stats.bytesWritten}`;
+    if (now === told) return;
+    told = now;
+    o.onProgress?.({ chunks: done, totalChunks: nChunks, bytesWritten: stats.bytesWritten });
+  };
 
   const fetch = (e: ManifestEntry): Promise<Buffer> => {
     const off = e.index * cs;

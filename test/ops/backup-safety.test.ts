@@ -358,3 +358,18 @@ test('a restore whose backup a prune deletes while it runs says so, not that the
   expect(e).toMatchObject({ reason: 'not-found', code: 'ENOENT' });
   expect((e as Error).message).toMatch(new RegExp(`^backup ${b.id} was deleted while this restore ran \\(by a prune or 'dmthin backups delete'\\), and with it chunks the restore still needed; target .* is incomplete`));
 });
+
+test('progress: no event repeats the one before it, and the last one has the final counts', async () => {
+  const repo = await Repository.create(s.path('progress-repo'));
+  const seen: { chunksRead: number; bytesRead: number; bytesUploaded: number }[] = [];
+  const b = await backup({ ...image(), repo, volume: 'v', snap: 3, onProgress: (p) => p.phase === 'data' && seen.push({ chunksRead: p.chunksRead, bytesRead: p.bytesRead, bytesUploaded: p.bytesUploaded }) });
+  expect(seen.length).toBeGreaterThan(0);
+  for (let i = 1; i < seen.length; i++) expect(seen[i]).not.toEqual(seen[i - 1]);
+  expect(seen.at(-1)!.chunksRead).toBe(b.chunksRead);
+  const target = s.path('progress.img');
+  const got: string[] = [];
+  const r = await restore({ repo, backup: b.id, target, create: true, onProgress: (p) => got.push(`${p.chunks}/${p.totalChunks}/${p.bytesWritten}`) });
+  expect(got.length).toBeGreaterThan(0);
+  expect(new Set(got).size).toBe(got.length);
+  expect(got.at(-1)).toBe(`${got.at(-1)!.split('/')[1]}/${got.at(-1)!.split('/')[1]}/${r.bytesWritten}`);
+});
