@@ -19,7 +19,7 @@ import { applyStream, type ApplyChunks } from '../stream/receive/apply';
 import { BlockWriter } from '../native/block-writer';
 import { fileChunks } from '../stream/receive/file-chunks';
 import { openPipe, pipeChunks } from '../stream/receive/pipe-chunks';
-import { needDirectory, refuseForeignStateFile, refuseOutputOverInputs, stateNotRecorded } from '../output/file';
+import { needDirectory, refuseForeignStateFile, refuseOutputOverInputs, stateNotRecorded, completionNotRecorded } from '../output/file';
 import { identityKey, type StreamHeader } from '../stream/format/records';
 import { ReceiveLock } from '../stream/receive/lock';
 import { checkBase, defaultStateFile, entryFor, readState, type ReceiveState, writeState } from '../stream/receive/state';
@@ -234,7 +234,9 @@ class Receiver {
     } finally {
       zero.close();
     }
-    await writeState(this.stateFile, { ...state, current: entry, pending: null });
+    await writeState(this.stateFile, { ...state, current: entry, pending: null }).catch((e: unknown) => {
+      throw completionNotRecorded(e, 'receive', this.stateFile, this.o.target);
+    });
     return {
       header,
       digest: v.digest,
@@ -479,13 +481,21 @@ export async function receive(opts: ReceiveOptions & { input: string | Readable 
 /**
  * Opens the stream file `path` for reading, settling at once on an abort: a
  * FIFO's open waits for a writer, in a thread-pool thread that an abort
- * cannot stop. After an abort the FIFO is opened for writing and closed at
- * once, so that the waiting open returns (its descriptor is then closed).
+ * cannot stop. A FIFO is first opened non-blocking (that returns at once), a
+ * descriptor of the FIFO itself; after an abort the FIFO is opened for
+ * writing through it (/proc/self/fd, which works also when the path was
+ * removed or replaced meanwhile) and closed, so the waiting open returns (its
+ * descriptor is then closed too).
  */
 async function openInput(path: string, signal?: AbortSignal): Promise<FileHandle> {
   throwIfAborted(signal);
-  const opening = open(path, 'r');
-  if (!signal) return opening;
+  if (!signal) return open(path, 'r');
+  const fifo = await open(path, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK).then(
+    async (h) => ((await h.stat()).isFIFO() ? h : (await h.close(), undefined)),
+    () => undefined, // the open below reports why
+  );
+  // Without /proc, by its path (an abort then settles the promise, but the waiting open stays until a writer comes).
+  const opening = fifo ? open(`/proc/self/fd/${fifo.fd}`, 'r').catch(() => open(path, 'r')) : open(path, 'r');
   let onAbort = (): void => undefined;
   const aborted = new Promise<never>((_, reject) => {
     onAbort = () => reject(new AbortError());
@@ -496,13 +506,17 @@ async function openInput(path: string, signal?: AbortSignal): Promise<FileHandle
   } catch (e) {
     if (signal.aborted) {
       opening.then((fh) => fh.close(), () => undefined);
-      stat(path)
-        .then(async (st) => (st.isFIFO() ? (await open(path, fsConstants.O_WRONLY | fsConstants.O_NONBLOCK)).close() : undefined))
-        .catch(() => undefined);
+      if (fifo) {
+        await open(`/proc/self/fd/${fifo.fd}`, fsConstants.O_WRONLY | fsConstants.O_NONBLOCK)
+          .then((w) => w.close())
+          .catch(() => undefined);
+        await opening.catch(() => undefined);
+      }
     }
     throw e;
   } finally {
     signal.removeEventListener('abort', onAbort);
+    await fifo?.close();
   }
 }
 

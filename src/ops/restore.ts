@@ -15,7 +15,7 @@
 import { realpath, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, resolve, sep } from 'node:path';
 import { DmthinError, RepoError, SystemCallError, throwIfAborted, UsageError } from '../errors';
-import { needDirectory, refuseForeignStateFile, refuseOutputOverInputs, stateNotRecorded } from '../output/file';
+import { needDirectory, refuseForeignStateFile, refuseOutputOverInputs, stateNotRecorded, completionNotRecorded } from '../output/file';
 import { BlockWriter, type WriteSegment } from '../native/block-writer';
 import { inspectTarget, resolveZeroMethod, whyCannotGrow, zeroer, type ZeroMethod } from '../stream/receive/target';
 import { allowListeners, chunksAtOnce, Repository, type KeySource, type ManifestEntry } from '../repo/repository';
@@ -186,11 +186,9 @@ async function restoreFrom(repo: Repository, o: RestoreOptions): Promise<Restore
     }
     writer.close();
     writer = undefined;
-    await writeRestoreState(stateFile, {
-      ...pending,
-      current: { ...entry, at: new Date().toISOString() },
-      pending: null,
-      file: info.blockDevice ? null : await fileStamp(o.target),
+    const stamp = info.blockDevice ? null : await fileStamp(o.target);
+    await writeRestoreState(stateFile, { ...pending, current: { ...entry, at: new Date().toISOString() }, pending: null, file: stamp }).catch((e: unknown) => {
+      throw completionNotRecorded(e, 'restore', stateFile, o.target);
     });
     return {
       backup: o.backup,

@@ -310,6 +310,23 @@ export function stateNotRecorded(e: unknown, job: string, stateFile: string, tar
   });
 }
 
+/**
+ * The error of a job whose target is complete but whose closing record could
+ * not be written: the state file still records the job as pending (it is
+ * replaced atomically), so running the job again completes it.
+ */
+export function completionNotRecorded(e: unknown, job: string, stateFile: string, target: string): unknown {
+  const x = e as NodeJS.ErrnoException;
+  if (e instanceof DmthinError ? !(e instanceof SystemCallError) : typeof x?.code !== 'string') return e;
+  const fix = x.code === 'ENOSPC' || x.code === 'EDQUOT' ? 'make room (the state file is replaced through a copy beside it)' : 'fix the cause';
+  const why = String(x.message ?? '').replace(/^[A-Z]+: /, '').replace(/; the output is incomplete$/, '');
+  return new SystemCallError(
+    x.code ?? 'EIO',
+    `the target ${target} is written, but recording that in ${stateFile} failed (${why}): it still records this ${job} as pending; ${fix}, then run the same ${job} again to complete it`,
+    { syscall: x.syscall, path: stateFile, cause: e },
+  );
+}
+
 /** Replaces `path` with `text` atomically and durably (temporary file, fsync, rename, directory fsync). */
 export async function writeFileAtomically(path: string, text: string): Promise<void> {
   const existing = await stat(path).catch(() => null);

@@ -312,6 +312,28 @@ describe('restore: what it refuses leaves nothing behind', () => {
     expect([existsSync(target), existsSync(`${target}.dmthin-restore.json`), existsSync(`${target}.dmthin-restore.json.lock`)]).toEqual([false, false, false]);
   });
 
+  test('the closing record that cannot be written (ENOSPC) once the target is complete: says so, and the same restore completes it', async () => {
+    const target = s.path('nospace-final.img');
+    const stateFile = `${target}.dmthin-restore.json`;
+    const full = outputError(Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC', syscall: 'write' }), stateFile);
+    const real = outputFile.writeFileAtomically;
+    let calls = 0;
+    const write = jest.spyOn(outputFile, 'writeFileAtomically').mockImplementation((p, text) => (++calls === 2 ? Promise.reject(full) : real(p, text)));
+    let e: unknown;
+    try {
+      e = await restore({ repo, backup: id, target, create: true }).catch((x: unknown) => x);
+    } finally {
+      write.mockRestore();
+    }
+    expect(e).toMatchObject({ code: 'ENOSPC', path: stateFile });
+    expect((e as Error).message).toBe(
+      `the target ${target} is written, but recording that in ${stateFile} failed (cannot write ${stateFile}: no space left on device): it still records this restore as pending; make room (the state file is replaced through a copy beside it), then run the same restore again to complete it`,
+    );
+    expect(JSON.parse(readFileSync(stateFile, 'utf8')).pending).not.toBeNull();
+    await restore({ repo, backup: id, target, create: true });
+    expect(JSON.parse(readFileSync(stateFile, 'utf8')).pending).toBeNull();
+  });
+
   test('a state file that cannot be written (ENOSPC) before the first write: the created target removed, one line that says so', async () => {
     const target = s.path('nospace-state.img');
     const stateFile = `${target}.dmthin-restore.json`;

@@ -406,6 +406,29 @@ describe('receive state', () => {
     expect(JSON.parse(readFileSync(stateFile, 'utf8')).pending).toBeNull();
   });
 
+  test('the closing record that cannot be written (ENOSPC) once the target is complete: says so, the state still pending, the same receive completes it', async () => {
+    const t = s.path('nospace-final.target');
+    const stateFile = `${t}.dmthin-state.json`;
+    const full = outputError(Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC', syscall: 'write' }), stateFile);
+    const real = outputFile.writeFileAtomically;
+    let calls = 0;
+    // The pending record is written; the closing one fails.
+    const write = jest.spyOn(outputFile, 'writeFileAtomically').mockImplementation((p, text) => (++calls === 2 ? Promise.reject(full) : real(p, text)));
+    let e: unknown;
+    try {
+      e = await receive({ target: t, create: true, input: Readable.from([streams.full1]) }).catch((x: unknown) => x);
+    } finally {
+      write.mockRestore();
+    }
+    expect(e).toMatchObject({ code: 'ENOSPC', path: stateFile });
+    expect((e as Error).message).toBe(
+      `the target ${t} is written, but recording that in ${stateFile} failed (cannot write ${stateFile}: no space left on device): it still records this receive as pending; make room (the state file is replaced through a copy beside it), then run the same receive again to complete it`,
+    );
+    expect(JSON.parse(readFileSync(stateFile, 'utf8')).pending).not.toBeNull();
+    await receive({ target: t, create: true, input: Readable.from([streams.full1]) });
+    expect(JSON.parse(readFileSync(stateFile, 'utf8')).pending).toBeNull();
+  });
+
   test('a state file that cannot be written (ENOSPC) for a target this receive created: the file removed again', async () => {
     const t = s.path('nospace-created.target');
     const stateFile = `${t}.dmthin-state.json`;
@@ -447,7 +470,10 @@ describe('receive state', () => {
 describe('an input FIFO that no writer opens', () => {
   // In a child: a FIFO open waiting for a writer holds a thread-pool thread,
   // and a process with one never exits; the child must settle and exit.
-  test('an abort settles receive() at once with AbortError, and the process exits', () => {
+  test.each([
+    ['', ''],
+    [', also when the FIFO was removed before the abort', 'require("node:fs").unlinkSync(FIFO);'],
+  ])('an abort settles receive() at once with AbortError, and the process exits%s', (_name, before) => {
     const dir = scratch();
     try {
       const fifo = dir.path('in.fifo');
@@ -456,7 +482,8 @@ describe('an input FIFO that no writer opens', () => {
         const { receive } = require(${JSON.stringify(require.resolve('../../dist/ops/receive.js'))});
         const ac = new AbortController();
         const t0 = Date.now();
-        setTimeout(() => ac.abort(), 150);
+        const FIFO = ${JSON.stringify(fifo)};
+        setTimeout(() => { ${before} ac.abort(); }, 150);
         receive({ target: ${JSON.stringify(dir.path('t.img'))}, create: true, input: ${JSON.stringify(fifo)}, signal: ac.signal })
           .then(() => console.log('resolved'), (e) => console.log(e.name + ' ' + e.code + ' ' + (Date.now() - t0 < 2000 ? 'promptly' : 'late')));`;
       const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 15_000 });
