@@ -221,14 +221,19 @@ const DUMP_FORMATS: readonly DumpFormat[] = ['xml', 'human_readable', 'json'];
 
 /** Writes the dump to `out`. Resolves once everything is written (not ended). */
 export async function dump(md: ThinMetadata, out: SinkTarget, opts: DumpOptions = {}): Promise<void> {
+  if (opts.devIds !== undefined) {
+    if (!Array.isArray(opts.devIds)) throw new UsageError('devIds must be an array of thin device ids');
+    for (const id of opts.devIds as unknown[]) {
+      if (typeof id !== 'number' || !Number.isInteger(id) || id < 0 || id > 0xffffff) {
+        throw new UsageError(`bad device id ${typeof id === 'string' ? `'${id}'` : String(id)}${typeof id === 'bigint' ? 'n' : ''} in devIds: thin device ids are numbers, integers 0..2^24-1`);
+      }
+    }
+  }
   const sink = new OutputSink(out);
   const e = makeEmitter(opts.format ?? 'xml', sink);
   const sb = md.superblock;
   // Rows of the device table (in id order), not an object per device: a pool may hold 70,000.
   const table = await md.deviceTable({ signal: opts.signal });
-  for (const id of opts.devIds ?? []) {
-    if (!Number.isInteger(id) || id < 0 || id > 0xffffff) throw new UsageError(`bad device id ${JSON.stringify(id)} in devIds: thin device ids are integers 0..2^24-1`);
-  }
   const wanted = opts.devIds ? new Set(opts.devIds) : undefined;
   let rows: Uint32Array;
   if (wanted) {

@@ -178,9 +178,11 @@ describe('bad arguments are UsageError (EINVAL), never reported as corrupt metad
     await using md2 = await ThinMetadata.fromBuffer(u8);
     expect([...(await md2.devices()).keys()]).toEqual([...(await md.devices()).keys()]);
     const out = new Writable({ write: (_c, _e, cb) => cb() });
-    for (const bad of [-1, 1.5, '1', 2 ** 24]) {
+    for (const bad of [-1, 1.5, '1', 2 ** 24, 1n, null]) {
       await expect(dump(md, out, { devIds: [bad as number] })).rejects.toMatchObject({ name: 'UsageError', code: 'EINVAL' });
     }
+    await expect(dump(md, out, { devIds: 5 as unknown as number[] })).rejects.toMatchObject({ name: 'UsageError', message: 'devIds must be an array of thin device ids' });
+    await expect(writeDelta(md, out, undefined as unknown as { left: number; right: number })).rejects.toMatchObject({ name: 'UsageError', code: 'EINVAL' });
   });
 
   test('dump() and writeDelta() with a format they do not write: UsageError naming the formats, nothing written', async () => {
