@@ -18,6 +18,7 @@ export type { WalkOptions as BtreeWalkOptions, TreeContext } from './pdata/btree
 export { SpaceMap } from './pdata/space-map';
 export type { IndexEntry } from './pdata/space-map';
 export { RunBatch } from './thin/mappings';
+export type { VirtualKey } from './thin/mappings';
 export { parseSuperblock, THIN_SUPERBLOCK_MAGIC } from './thin/superblock';
 
 // The stream format (docs/stream-format.md): records, encoder, verifier.

@@ -17,9 +17,9 @@ import { mappingDataBlock, mappingTime } from './mapping-value';
 export type VirtualBlock = bigint;
 
 /**
- * @internal A virtual block on the hot paths: a number below 2^53, a bigint
- * from there on (so millions of keys cost no BigInt each). Never on a public
- * type: the API converts with BigInt().
+ * A virtual block on the hot paths: a number below 2^53, a bigint from there
+ * on (so millions of keys cost no BigInt each). Never on a type of the public
+ * API (the API converts with BigInt()); `dmthin/unstable`'s RunBatch uses it.
  */
 export type VirtualKey = number | bigint;
 
@@ -74,8 +74,9 @@ export function leafMapping(leaf: BtreeNode, i: number): Mapping {
 }
 
 /**
- * @internal Runs in struct-of-arrays form: cheap to produce and to format by
- * the million (the fast path under `ThinMetadata.mappings`).
+ * Runs in struct-of-arrays form: cheap to produce and to format by the
+ * million (the fast path under `ThinMetadata.mappings`). Exported by
+ * `dmthin/unstable` only.
  */
 export class RunBatch {
   /** Runs held (the columns may be longer). */

@@ -60,7 +60,7 @@ const UNSTABLE = [
   'DIGEST_SEGMENT_BYTES', 'DmTransport', 'EndRecord', 'FORMAT_VERSION', 'FORMAT_VERSIONS', 'IndexEntry', 'IoStats', 'MAX_DATA_BYTES', 'MemoryBlockSource',
   'NativeBlockSource', 'RecordBuffers', 'RecordType', 'RunBatch', 'SpaceMap', 'StreamEncoder',
   'StreamHeaderInit', 'StreamRecord', 'StreamVerifier', 'THIN_SUPERBLOCK_MAGIC', 'TreeContext',
-  'VerifiedStream', 'VerifierOptions', 'WriteSegment', 'ZeroOutMethod', 'blockChecksum', 'blockTypeOf',
+  'VerifiedStream', 'VerifierOptions', 'VirtualKey', 'WriteSegment', 'ZeroOutMethod', 'blockChecksum', 'blockTypeOf',
   'btreeLookup', 'crc32c', 'parseSuperblock', 'verifyChecksum', 'walkLeaves',
 ];
 

@@ -256,6 +256,7 @@ console.log(JSON.stringify({ devices, addons: Object.keys(req.cache).filter((f) 
     const files = {
       'typed.cts': "import { ThinMetadata } from 'dmthin';\nexport const open: (path: string) => Promise<ThinMetadata> = (p) => ThinMetadata.open(p);\n",
       'typed.mts': "import { ThinPool, DmthinError } from 'dmthin';\nexport const f = (e: unknown): e is DmthinError => e instanceof DmthinError;\nexport type P = ThinPool;\n",
+      'unstable.mts': "import { SpaceMap, RunBatch, StreamVerifier, BlockWriter } from 'dmthin/unstable';\nexport type U = [SpaceMap, RunBatch, StreamVerifier, BlockWriter];\n",
     };
     const names = Object.entries(files).map(([f, code]) => {
       writeFileSync(join(project, f), code);
