@@ -48,6 +48,7 @@ export class ThinDevice {
 
   /** An active thin device by dm name. */
   static async open(name: string, opts: { dm?: DeviceMapper } = {}): Promise<ThinDevice> {
+    opts ??= {}; // null, as Node's own APIs take it
     const dm = opts.dm ?? new DeviceMapper();
     const info = await dm.info(name);
     const t = await dm.table(name);

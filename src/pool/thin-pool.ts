@@ -159,6 +159,7 @@ export class ThinPool {
    * something else (the message says what).
    */
   static async open(name: string, opts: { dm?: DeviceMapper } = {}): Promise<ThinPool> {
+    opts ??= {}; // null, as Node's own APIs take it
     const dm = opts.dm ?? new DeviceMapper();
     const r = await resolvePool(name, dm);
     return new ThinPool(r.name, dm, r.dev, r.lvm);

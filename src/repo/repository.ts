@@ -281,6 +281,7 @@ export class Repository implements AsyncDisposable {
 
   /** Creates a repository at a location; RepoError 'exists' if one is there. */
   static async create(location: string, opts: RepositoryCreateOptions = {}): Promise<Repository> {
+    opts ??= {}; // null, as Node's own APIs take it
     const backend = await openBackend(location);
     try {
       return await Repository.fromBackend(backend, { signal: opts.signal, create: opts }, true);
@@ -292,6 +293,7 @@ export class Repository implements AsyncDisposable {
 
   /** Opens the repository at a location; a wrong key is refused ('bad-key') before anything is written. */
   static async open(location: string, opts: RepositoryOpenOptions = {}): Promise<Repository> {
+    opts ??= {}; // null, as Node's own APIs take it
     const backend = await openBackend(location);
     try {
       return await Repository.fromBackend(backend, opts, true);

@@ -883,6 +883,7 @@ export function openFailureReport(e: MetadataError | DmthinError): CheckReport {
  * fault in the metadata is a problem in the report.
  */
 export async function checkMetadata(md: ThinMetadata, opts: CheckOptions = {}): Promise<CheckReport> {
+  opts ??= {}; // null, as Node's own APIs take it
   throwIfAborted(opts.signal);
   const live = md.liveSuperblock;
   const viaSnap = md.metadataSnap !== null;

@@ -70,6 +70,7 @@ async function drain<T>(gen: AsyncGenerator<RawDeltaExtent[], T>, s: OutputSink,
 
 /** Writes the delta of two devices (or raw roots); resolves with the walk's counters. */
 export async function writeDelta(md: ThinMetadata, out: SinkTarget, subject: DeltaSubject, opts: WriteDeltaOptions = {}): Promise<DeltaStats> {
+  opts ??= {}; // null, as Node's own APIs take it
   if (opts.format !== undefined && opts.format !== 'xml' && opts.format !== 'json') throw unknownFormat(opts.format, ['xml', 'json']);
   if (typeof subject !== 'object' || subject === null) throw new UsageError('writeDelta needs a subject: {left, right} thin device ids, or {leftRoot, rightRoot}');
   const s = new OutputSink(out);

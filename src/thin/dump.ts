@@ -221,6 +221,7 @@ const DUMP_FORMATS: readonly DumpFormat[] = ['xml', 'human_readable', 'json'];
 
 /** Writes the dump to `out`. Resolves once everything is written (not ended). */
 export async function dump(md: ThinMetadata, out: SinkTarget, opts: DumpOptions = {}): Promise<void> {
+  opts ??= {}; // null, as Node's own APIs take it
   if (opts.devIds !== undefined) {
     if (!Array.isArray(opts.devIds)) throw new UsageError('devIds must be an array of thin device ids');
     for (const id of opts.devIds as unknown[]) {

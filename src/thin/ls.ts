@@ -74,6 +74,7 @@ const COUNTS_FLAT_MAX = 2 ** 28;
  * which only touched pages count, or OwnerMap's.
  */
 export async function deviceUsage(md: ThinMetadata, opts: UsageOptions = {}): Promise<DeviceUsage[]> {
+  opts ??= {}; // null, as Node's own APIs take it
   if (opts.exclusive === false) return detailsUsage(md, opts.signal);
   const { table, exclusive } = await exclusiveUsage(md, opts);
   return rowsOf(table, exclusive);

@@ -139,6 +139,7 @@ export class ThinMetadata implements AsyncDisposable {
 
   /** Opens metadata from a file or device path (read-only, O_DIRECT) or a given source. */
   static async open(path: string, opts: ThinMetadataOptions = {}): Promise<ThinMetadata> {
+    opts ??= {}; // null, as Node's own APIs take it
     const snap = opts.metadataSnap;
     if (snap !== undefined && typeof snap !== 'boolean' && !(Number.isSafeInteger(snap) && snap > 0)) {
       throw new UsageError(`metadataSnap must be true or a block number > 0, got ${snap}`);
@@ -158,6 +159,7 @@ export class ThinMetadata implements AsyncDisposable {
 
   /** Metadata from an image in memory. */
   static async fromBuffer(image: Buffer | Uint8Array, opts: { metadataSnap?: boolean | number } = {}): Promise<ThinMetadata> {
+    opts ??= {}; // null, as Node's own APIs take it
     if (!(image instanceof Uint8Array)) throw new UsageError(`fromBuffer takes a Buffer or Uint8Array of a metadata image, got ${image === null ? 'null' : typeof image}`);
     const buf = Buffer.isBuffer(image) ? image : Buffer.from(image.buffer, image.byteOffset, image.byteLength);
     return ThinMetadata.open('<memory>', { ...opts, source: new MemoryBlockSource(buf) });

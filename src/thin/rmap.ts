@@ -71,8 +71,10 @@ export interface RmapOptions {
 
 /** The union of the regions as sorted, disjoint, non-touching [begin, end) pairs. */
 export function normalizeRegions(regions: readonly DataRegion[]): [number, number][] {
+  if (!Array.isArray(regions)) throw new UsageError('rmap takes an array of data-block regions ({begin, end})');
   if (regions.length === 0) throw new UsageError('rmap needs at least one data-block region');
   const rs = regions.map((r) => {
+    if (typeof r !== 'object' || r === null) throw new UsageError(`bad data-block region ${String(r)}: a region is {begin, end}`);
     const ok = (v: number) => Number.isSafeInteger(v) && v >= 0;
     if (!ok(r.begin) || !ok(r.end) || r.end <= r.begin) {
       throw new UsageError(`bad data-block region ${r.begin}..${r.end}: it needs integers 0 <= begin < end (end is one past the last block)`);
@@ -99,6 +101,7 @@ const eqV = (a: VirtualKey, b: VirtualKey): boolean => a == b;
  * Every mapping tree is read before the first run is yielded.
  */
 export async function* rmap(md: ThinMetadata, regions: readonly DataRegion[], opts: RmapOptions = {}): AsyncGenerator<RmapRun> {
+  opts ??= {}; // null, as Node's own APIs take it
   for await (const r of rmapRaw(md, regions, opts)) yield { ...r, virtualBegin: BigInt(r.virtualBegin) };
 }
 
@@ -123,6 +126,7 @@ export async function* rmapRaw(md: ThinMetadata, regions: readonly DataRegion[],
  * The CLI prints from the chunks without an async step per run.
  */
 export async function rmapRuns(md: ThinMetadata, regions: readonly DataRegion[], opts: RmapOptions = {}): Promise<RmapRuns> {
+  opts ??= {}; // null, as Node's own APIs take it
   const rs = normalizeRegions(regions);
   const rBegin = Float64Array.from(rs, (r) => r[0]);
   const rEnd = Float64Array.from(rs, (r) => r[1]);

@@ -3,7 +3,7 @@
  * independent sources: the XML each fixture was restored from (which
  * thin_dump reproduces exactly) and the test helpers' own block decoder.
  */
-import { AbortError, MetadataSnapError, ThinMetadata, dump, DmthinError, writeDelta } from '../../src';
+import { AbortError, MetadataSnapError, ThinMetadata, dump, DmthinError, writeDelta, deviceUsage, checkMetadata, rmap } from '../../src';
 import { MemoryBlockSource, NativeBlockSource } from '../../src/pdata/block-source';
 import { fixture, fixtureFile, fixtureImage, fixtureXml, listFixtures } from '../helpers/fixtures';
 import { node, superblock } from '../helpers/corrupt';
@@ -183,6 +183,30 @@ describe('bad arguments are UsageError (EINVAL), never reported as corrupt metad
     }
     await expect(dump(md, out, { devIds: 5 as unknown as number[] })).rejects.toMatchObject({ name: 'UsageError', message: 'devIds must be an array of thin device ids' });
     await expect(writeDelta(md, out, undefined as unknown as { left: number; right: number })).rejects.toMatchObject({ name: 'UsageError', code: 'EINVAL' });
+  });
+
+  test('null options are taken as none (as Node\'s own APIs take them), and rmap regions that are not regions are UsageError', async () => {
+    const f = fixtureFile('basic');
+    try {
+      await using md = await ThinMetadata.open(f.path, null as unknown as undefined);
+      await using md2 = await ThinMetadata.fromBuffer(fixtureImage('basic'), null as unknown as undefined);
+      const none = null as unknown as undefined;
+      const out = new Writable({ write: (_c, _e, cb) => cb() });
+      await dump(md, out, none);
+      const ids = [...(await md.devices()).keys()];
+      await writeDelta(md2, out, { left: ids[0], right: ids[ids.length - 1] }, none);
+      expect((await deviceUsage(md, none)).length).toBe(ids.length);
+      expect((await checkMetadata(md, none)).fatal).toBe(0);
+      for await (const _ of rmap(md, [{ begin: 0, end: 10 }], none)) void _;
+      for (const bad of [[null], null, [5]]) {
+        const walk = async () => {
+          for await (const _ of rmap(md, bad as unknown as { begin: number; end: number }[])) void _;
+        };
+        await expect(walk()).rejects.toMatchObject({ name: 'UsageError', code: 'EINVAL' });
+      }
+    } finally {
+      f.cleanup();
+    }
   });
 
   test('dump() and writeDelta() with a format they do not write: UsageError naming the formats, nothing written', async () => {
