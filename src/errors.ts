@@ -392,6 +392,11 @@ export class UsageError extends DmthinError {
   }
 }
 
+/** A failed system call (a SystemCallError, or Node's own errno error), not a refusal or an abort. */
+export function isSystemError(e: unknown): e is NodeJS.ErrnoException {
+  return e instanceof SystemCallError || (!(e instanceof DmthinError) && typeof (e as NodeJS.ErrnoException)?.code === 'string' && typeof (e as NodeJS.ErrnoException).syscall === 'string');
+}
+
 /** An output format the function does not write (the CLI checks its --format with the same words). */
 export function unknownFormat(format: unknown, known: readonly string[]): UsageError {
   return new UsageError(`unknown format ${typeof format === 'string' ? `'${format}'` : String(format)} (${known.join(', ')})`);

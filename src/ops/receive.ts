@@ -11,10 +11,10 @@
  * (stream/receive/lock.ts).
  */
 import { constants as fsConstants } from 'node:fs';
-import { open, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { open, unlink, type FileHandle } from 'node:fs/promises';
 import { Writable, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { AbortError, DmthinError, StreamError, SystemCallError, throwIfAborted } from '../errors';
+import { AbortError, DmthinError, isSystemError, StreamError, SystemCallError, throwIfAborted } from '../errors';
 import { applyStream, type ApplyChunks } from '../stream/receive/apply';
 import { BlockWriter } from '../native/block-writer';
 import { fileChunks } from '../stream/receive/file-chunks';
@@ -97,11 +97,6 @@ export interface ReceiveResult {
   zeroing: Record<string, number>;
   /** With `resized`: the size the base was received at, when it differs. */
   resizedFrom?: number;
-}
-
-/** A failed system call (the writer's SystemCallError, or Node's own errno error), not a refusal or an abort. */
-function isSystemError(e: unknown): e is NodeJS.ErrnoException {
-  return e instanceof SystemCallError || (!(e instanceof DmthinError) && typeof (e as NodeJS.ErrnoException)?.code === 'string' && typeof (e as NodeJS.ErrnoException).syscall === 'string');
 }
 
 /** One receive's view of its target: checks before, apply after verification. */
@@ -264,9 +259,7 @@ class Receiver {
     try {
       await this.writer!.extend(size);
     } catch (e) {
-      this.writer!.close();
-      this.writer = undefined;
-      await unlink(this.o.target).catch(() => undefined);
+      await this.removeCreated();
       const x = e as NodeJS.ErrnoException;
       if (!isSystemError(e)) throw e;
       const why = whyCannotGrow(x);

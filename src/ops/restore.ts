@@ -136,15 +136,19 @@ async function restoreFrom(repo: Repository, o: RestoreOptions): Promise<Restore
     writer = await BlockWriter.open(o.target, { direct: o.direct, create: !info.exists });
     const created = writer.info.created;
     if (created) lock.lockTarget();
+    /** Closes and removes the file this restore created (before anything is recorded or written). */
+    const removeCreated = async (): Promise<void> => {
+      writer?.close();
+      writer = undefined;
+      await unlink(o.target).catch(() => undefined);
+    };
     // A file made here is sized before anything is recorded: where the filesystem
     // cannot hold it (EFBIG, ENOSPC) it is removed again and nothing is left.
     if (created && writer.size < deviceSize) {
       try {
         await writer.extend(deviceSize);
       } catch (e) {
-        writer.close();
-        writer = undefined;
-        await unlink(o.target).catch(() => undefined);
+        await removeCreated();
         throw cannotSize(e, o.target, deviceSize, o.backup);
       }
     }
@@ -164,11 +168,7 @@ async function restoreFrom(repo: Repository, o: RestoreOptions): Promise<Restore
     const pending: RestoreState = { format: 'dmthin-restore-state', version: 1, target: o.target, current: null, pending: entry, file: null };
     // From here on the target is in between, until the end.
     await writeRestoreState(stateFile, pending).catch(async (e: unknown) => {
-      if (created) {
-        writer!.close();
-        writer = undefined;
-        await unlink(o.target).catch(() => undefined);
-      }
+      if (created) await removeCreated();
       throw stateNotRecorded(e, 'restore', stateFile, o.target, created);
     });
     if (!writer.info.blockDevice && writer.size < deviceSize) await writer.extend(deviceSize);

@@ -20,7 +20,7 @@ import { lstat, mkdir, open, readdir, readFile, readlink, realpath, rename, stat
 import { basename, dirname, join, resolve } from 'node:path';
 import { Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
-import { DmthinError, SystemCallError, throwIfAborted, UsageError } from '../errors';
+import { DmthinError, isSystemError, SystemCallError, throwIfAborted, UsageError } from '../errors';
 import { outputError } from './sink';
 
 /** A Node fs error as a SystemCallError naming the path and what was being done. */
@@ -298,13 +298,11 @@ export async function needDirectory(path: string, what: string, job: string): Pr
  * job created it.
  */
 export function stateNotRecorded(e: unknown, job: string, stateFile: string, target: string, removed: boolean): unknown {
-  const x = e as NodeJS.ErrnoException;
-  if (e instanceof DmthinError ? !(e instanceof SystemCallError) : typeof x?.code !== 'string') return e;
-  const fix = x.code === 'ENOSPC' || x.code === 'EDQUOT' ? 'make room' : 'fix the cause';
-  const why = String(x.message ?? '').replace(/^[A-Z]+: /, '').replace(/; the output is incomplete$/, '');
+  if (!isSystemError(e)) return e;
+  const { why, full } = stateWriteFailure(e);
   const what = removed ? `the target ${target} this ${job} created was removed` : `nothing was written to the target ${target}`;
-  return new SystemCallError(x.code ?? 'EIO', `cannot record this ${job} in ${stateFile} (${why}), so ${what}: ${fix}, then run the same ${job} again`, {
-    syscall: x.syscall,
+  return new SystemCallError(e.code ?? 'EIO', `cannot record this ${job} in ${stateFile} (${why}), so ${what}: ${full ? 'make room' : 'fix the cause'}, then run the same ${job} again`, {
+    syscall: e.syscall,
     path: stateFile,
     cause: e,
   });
@@ -316,15 +314,20 @@ export function stateNotRecorded(e: unknown, job: string, stateFile: string, tar
  * replaced atomically), so running the job again completes it.
  */
 export function completionNotRecorded(e: unknown, job: string, stateFile: string, target: string): unknown {
-  const x = e as NodeJS.ErrnoException;
-  if (e instanceof DmthinError ? !(e instanceof SystemCallError) : typeof x?.code !== 'string') return e;
-  const fix = x.code === 'ENOSPC' || x.code === 'EDQUOT' ? 'make room (the state file is replaced through a copy beside it)' : 'fix the cause';
-  const why = String(x.message ?? '').replace(/^[A-Z]+: /, '').replace(/; the output is incomplete$/, '');
+  if (!isSystemError(e)) return e;
+  const { why, full } = stateWriteFailure(e);
+  const fix = full ? 'make room (the state file is replaced through a copy beside it)' : 'fix the cause';
   return new SystemCallError(
-    x.code ?? 'EIO',
+    e.code ?? 'EIO',
     `the target ${target} is written, but recording that in ${stateFile} failed (${why}): it still records this ${job} as pending; ${fix}, then run the same ${job} again to complete it`,
-    { syscall: x.syscall, path: stateFile, cause: e },
+    { syscall: e.syscall, path: stateFile, cause: e },
   );
+}
+
+/** A failed state write's reason without Node's code prefix or the output sink's tail, and whether the filesystem is full. */
+function stateWriteFailure(e: NodeJS.ErrnoException): { why: string; full: boolean } {
+  const why = String(e.message ?? '').replace(/^[A-Z]+: /, '').replace(/; the output is incomplete$/, '');
+  return { why, full: e.code === 'ENOSPC' || e.code === 'EDQUOT' };
 }
 
 /** Replaces `path` with `text` atomically and durably (temporary file, fsync, rename, directory fsync). */

@@ -13,15 +13,13 @@ import { createHash } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { RepoError, SystemCallError } from '../../src/errors';
 import { BlockWriter } from '../../src/native/block-writer';
-import * as outputFile from '../../src/output/file';
-import { outputError } from '../../src/output/sink';
 import { backup, type BackupResult } from '../../src/ops/backup';
 import { prune } from '../../src/ops/prune';
 import { restore } from '../../src/ops/restore';
 import type { Backend } from '../../src/repo/backend';
 import { openBackend, Repository } from '../../src/repo/repository';
 import { CLI } from '../cli/run-cli';
-import { patternBlock, scratch, type Scratch } from '../stream/helpers';
+import { patternBlock, scratch, withStateWritesFull, type Scratch } from '../stream/helpers';
 import { deviceBytes, edit, makePool, runs, sha256, type PoolImages } from './backup-fixture';
 import { describeEachRepo } from './repo-locations';
 
@@ -315,16 +313,8 @@ describe('restore: what it refuses leaves nothing behind', () => {
   test('the closing record that cannot be written (ENOSPC) once the target is complete: says so, and the same restore completes it', async () => {
     const target = s.path('nospace-final.img');
     const stateFile = `${target}.dmthin-restore.json`;
-    const full = outputError(Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC', syscall: 'write' }), stateFile);
-    const real = outputFile.writeFileAtomically;
-    let calls = 0;
-    const write = jest.spyOn(outputFile, 'writeFileAtomically').mockImplementation((p, text) => (++calls === 2 ? Promise.reject(full) : real(p, text)));
-    let e: unknown;
-    try {
-      e = await restore({ repo, backup: id, target, create: true }).catch((x: unknown) => x);
-    } finally {
-      write.mockRestore();
-    }
+    // The pending record is written; the closing one fails.
+    const e = await withStateWritesFull(stateFile, () => restore({ repo, backup: id, target, create: true }), 2);
     expect(e).toMatchObject({ code: 'ENOSPC', path: stateFile });
     expect((e as Error).message).toBe(
       `the target ${target} is written, but recording that in ${stateFile} failed (cannot write ${stateFile}: no space left on device): it still records this restore as pending; make room (the state file is replaced through a copy beside it), then run the same restore again to complete it`,
@@ -337,14 +327,7 @@ describe('restore: what it refuses leaves nothing behind', () => {
   test('a state file that cannot be written (ENOSPC) before the first write: the created target removed, one line that says so', async () => {
     const target = s.path('nospace-state.img');
     const stateFile = `${target}.dmthin-restore.json`;
-    const full = outputError(Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC', syscall: 'write' }), stateFile);
-    const write = jest.spyOn(outputFile, 'writeFileAtomically').mockRejectedValue(full);
-    let e: unknown;
-    try {
-      e = await restore({ repo, backup: id, target, create: true }).catch((x: unknown) => x);
-    } finally {
-      write.mockRestore();
-    }
+    const e = await withStateWritesFull(stateFile, () => restore({ repo, backup: id, target, create: true }));
     expect(e).toMatchObject({ code: 'ENOSPC', path: stateFile });
     expect((e as Error).message).toBe(
       `cannot record this restore in ${stateFile} (cannot write ${stateFile}: no space left on device), so the target ${target} this restore created was removed: make room, then run the same restore again`,

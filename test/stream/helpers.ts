@@ -7,6 +7,8 @@ import { createHash } from 'node:crypto';
 import { closeSync, ftruncateSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import * as outputFile from '../../src/output/file';
+import { outputError } from '../../src/output/sink';
 import type { DataSource } from '../../src/stream/send/data-source';
 import { ThinMetadata } from '../../src/thin/metadata';
 
@@ -149,4 +151,24 @@ export function junkFile(path: string, size: number, seed = 1): void {
   const fd = openSync(path, 'w');
   writeSync(fd, junkBytes(size, seed));
   closeSync(fd);
+}
+
+/**
+ * Runs `run` with the state-file writer failing as on a full filesystem (the
+ * output sink's ENOSPC, naming `path`): on every call, or only on call number
+ * `nth` (the others write). Resolves with what `run` rejected with.
+ */
+export async function withStateWritesFull(path: string, run: () => Promise<unknown>, nth?: number): Promise<unknown> {
+  const full = outputError(Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC', syscall: 'write' }), path);
+  const real = outputFile.writeFileAtomically;
+  let calls = 0;
+  const write = jest.spyOn(outputFile, 'writeFileAtomically').mockImplementation((p, text) => (nth === undefined || ++calls === nth ? Promise.reject(full) : real(p, text)));
+  try {
+    return await run().then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+  } finally {
+    write.mockRestore();
+  }
 }

@@ -11,8 +11,6 @@ import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, symlinkS
 import { Readable } from 'node:stream';
 import { DmthinError, StreamError, SystemCallError } from '../../src/errors';
 import { BlockWriter } from '../../src/native/block-writer';
-import * as outputFile from '../../src/output/file';
-import { outputError } from '../../src/output/sink';
 import { receive, receiveStream } from '../../src/ops/receive';
 import { sendStream } from '../../src/stream/send/send-stream';
 import { ThinMetadata } from '../../src/thin/metadata';
@@ -20,7 +18,7 @@ import { CLI, runCli } from '../cli/run-cli';
 import { fixtureImage } from '../helpers/fixtures';
 import { blk, seal } from '../helpers/corrupt';
 import { deviceBytes, edit, makePool, runs, sha256 } from '../ops/backup-fixture';
-import { expectedSha, junkFile, PatternSource, scratch, sha256File, writeDataFile, type Scratch } from './helpers';
+import { expectedSha, junkFile, PatternSource, scratch, sha256File, withStateWritesFull, writeDataFile, type Scratch } from './helpers';
 
 const BS = 65536;
 const SIZE = 300 * BS;
@@ -387,14 +385,7 @@ describe('receive state', () => {
     const stateBefore = readFileSync(stateFile);
     const targetBefore = sha256File(t);
     // What writeFileAtomically throws on a full filesystem (OutputFile's write error).
-    const full = outputError(Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC', syscall: 'write' }), stateFile);
-    const write = jest.spyOn(outputFile, 'writeFileAtomically').mockRejectedValue(full);
-    let e: unknown;
-    try {
-      e = await receive({ target: t, input: Readable.from([streams.inc2from1]) }).catch((x: unknown) => x);
-    } finally {
-      write.mockRestore();
-    }
+    const e = await withStateWritesFull(stateFile, () => receive({ target: t, input: Readable.from([streams.inc2from1]) }));
     expect(e).toMatchObject({ code: 'ENOSPC', path: stateFile });
     expect((e as Error).message).toBe(
       `cannot record this receive in ${stateFile} (cannot write ${stateFile}: no space left on device), so nothing was written to the target ${t}: make room, then run the same receive again`,
@@ -409,17 +400,8 @@ describe('receive state', () => {
   test('the closing record that cannot be written (ENOSPC) once the target is complete: says so, the state still pending, the same receive completes it', async () => {
     const t = s.path('nospace-final.target');
     const stateFile = `${t}.dmthin-state.json`;
-    const full = outputError(Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC', syscall: 'write' }), stateFile);
-    const real = outputFile.writeFileAtomically;
-    let calls = 0;
     // The pending record is written; the closing one fails.
-    const write = jest.spyOn(outputFile, 'writeFileAtomically').mockImplementation((p, text) => (++calls === 2 ? Promise.reject(full) : real(p, text)));
-    let e: unknown;
-    try {
-      e = await receive({ target: t, create: true, input: Readable.from([streams.full1]) }).catch((x: unknown) => x);
-    } finally {
-      write.mockRestore();
-    }
+    const e = await withStateWritesFull(stateFile, () => receive({ target: t, create: true, input: Readable.from([streams.full1]) }), 2);
     expect(e).toMatchObject({ code: 'ENOSPC', path: stateFile });
     expect((e as Error).message).toBe(
       `the target ${t} is written, but recording that in ${stateFile} failed (cannot write ${stateFile}: no space left on device): it still records this receive as pending; make room (the state file is replaced through a copy beside it), then run the same receive again to complete it`,
@@ -432,14 +414,7 @@ describe('receive state', () => {
   test('a state file that cannot be written (ENOSPC) for a target this receive created: the file removed again', async () => {
     const t = s.path('nospace-created.target');
     const stateFile = `${t}.dmthin-state.json`;
-    const full = outputError(Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC', syscall: 'write' }), stateFile);
-    const write = jest.spyOn(outputFile, 'writeFileAtomically').mockRejectedValue(full);
-    let e: unknown;
-    try {
-      e = await receive({ target: t, create: true, input: Readable.from([streams.full1]) }).catch((x: unknown) => x);
-    } finally {
-      write.mockRestore();
-    }
+    const e = await withStateWritesFull(stateFile, () => receive({ target: t, create: true, input: Readable.from([streams.full1]) }));
     expect(e).toMatchObject({ code: 'ENOSPC', path: stateFile });
     expect((e as Error).message).toMatch(/, so the target \S+ this receive created was removed: make room, then run the same receive again$/);
     expect([existsSync(t), existsSync(stateFile), existsSync(`${stateFile}.lock`)]).toEqual([false, false, false]);
