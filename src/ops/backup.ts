@@ -540,7 +540,8 @@ async function store(repo: Repository, p: Plan, source: DataSource, deviceSize: 
       for (let b = await peekBase(); b && b.index < to; b = await peekBase()) {
         if (b.index >= cursor) {
           seal(); // the reads before it come first in the manifest
-          queue.push({ kind: 'entry', entry: { index: b.index, id: b.id } });
+          // The entry as read: the session's commit takes it without looking its chunk up.
+          queue.push({ kind: 'entry', entry: b });
           stats.fromBase++;
         }
         nextBase = undefined;

@@ -103,6 +103,14 @@ function putVarint(out: Buffer, pos: number, n: number): number {
   return pos;
 }
 
+/** What encodeMap asks about each entry it takes (a commit: does the repository hold its chunk?). */
+export interface EntryCheck {
+  /** Each well-formed entry, in order; a returned promise makes the encoder wait for it. */
+  admit(e: ManifestEntry): Promise<void> | void;
+  /** After the last entry, before the last frame: rejects if an entry failed. */
+  end(): Promise<void>;
+}
+
 /**
  * Encodes entries as the map object, piece by piece (one frame each).
  * `digest` is filled in when the iteration ends. Entries must have strictly
@@ -115,6 +123,7 @@ export async function* encodeMap(
   keys: RepoKeys | null,
   digest: MapDigest,
   signal?: AbortSignal,
+  check?: EntryCheck,
 ): AsyncGenerator<Uint8Array> {
   const limit = Math.ceil(header.deviceSize / header.chunkSize);
   const hash = createHash('sha256');
@@ -154,21 +163,28 @@ export async function* encodeMap(
     return ++inFrame === FRAME_RECORDS;
   };
   if (Symbol.iterator in entries) {
-    // A plain iterable is walked without a microtask per entry.
+    // A plain iterable is walked without a microtask per entry (unless its check waits).
     for (const e of entries as Iterable<ManifestEntry>) {
-      if (add(e)) {
+      const full = add(e);
+      const wait = check?.admit(e);
+      if (wait) await wait;
+      if (full) {
         throwIfAborted(signal);
         yield flush(false);
       }
     }
   } else {
     for await (const e of entries) {
-      if (add(e)) {
+      const full = add(e);
+      const wait = check?.admit(e);
+      if (wait) await wait;
+      if (full) {
         throwIfAborted(signal);
         yield flush(false);
       }
     }
   }
+  await check?.end();
   yield flush(true);
   digest.entries = count;
   digest.frames = frame;
@@ -187,6 +203,7 @@ export async function* decodeMap(
   keys: RepoKeys | null,
   want: MapDigest,
   signal?: AbortSignal,
+  entry: (index: number, id: string) => ManifestEntry = (index, id) => ({ index, id }),
 ): AsyncGenerator<ManifestEntry> {
   const key = `maps/${backupId}`;
   const corrupt = (why: string) => new RepoError('corrupt', `the chunk map of backup ${backupId} is damaged (${why}); its backup cannot be trusted`, { key });
@@ -247,7 +264,7 @@ export async function* decodeMap(
         }
         if (d < 1 || p + 32 > plain.length) throw corrupt(`frame ${frame} record`);
         prev += d;
-        batch.push({ index: prev, id: plain.toString('hex', p, p + 32) });
+        batch.push(entry(prev, plain.toString('hex', p, p + 32)));
         p += 32;
         count++;
       }

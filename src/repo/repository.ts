@@ -18,6 +18,7 @@ import { newConfig, openConfig, type KeySource, type RepoConfig, type ScryptPara
 import { LocalBackend } from './local-backend';
 import { DEFAULT_LOCK_TIMING, Locks, type FoundLock, type HeldLock, type LockTiming } from './locks';
 import {
+  type EntryCheck,
   checkHeader,
   checkVolume,
   decodeMap,
@@ -122,7 +123,10 @@ export interface BackupSession extends AsyncDisposable {
   /**
    * Writes the manifest LAST (the commit point); entries in strictly
    * increasing index. Read a base backup's manifest after beginBackup, so
-   * that the chunks it names are protected by this session's lock.
+   * that the chunks it names are protected by this session's lock. Each
+   * entry must name a chunk the repository holds (put or resumed by this
+   * session, read from a manifest since it began, or found by a stat):
+   * otherwise RepoError 'not-found' naming the entry, and nothing is committed.
    */
   commit(header: ManifestHeader, entries: AsyncIterable<ManifestEntry> | Iterable<ManifestEntry>, opts?: RepoCallOptions): Promise<BackupSummary>;
 }
@@ -200,6 +204,33 @@ const JOURNAL_INTERVAL_MS = 5000;
 /** A dead session's journal older than this no longer protects its chunks. */
 const JOURNAL_MAX_AGE_MS = 7 * 24 * 3600 * 1000;
 const DELETE_BATCH = 1000;
+/**
+ * Entries read from a manifest carry where and when they were read on their
+ * prototype (their own properties stay index and id, frozen), so that a
+ * session's commit takes a base's entries without looking each chunk up.
+ */
+const READ_MARK = Symbol('dmthin.manifestRead');
+interface ReadMark {
+  repo: Repository;
+  /** Which read (manifestReads when it began). */
+  read: number;
+}
+let manifestReads = 0;
+function markedEntries(mark: ReadMark): (index: number, id: string) => ManifestEntry {
+  class Entry {
+    constructor(
+      readonly index: number,
+      readonly id: string,
+    ) {
+      Object.freeze(this);
+    }
+  }
+  Object.defineProperty(Entry.prototype, READ_MARK, { value: mark });
+  return (index, id) => new Entry(index, id);
+}
+
+/** Chunks looked up at once when commit() checks entries it cannot vouch for. */
+const STAT_CONCURRENCY = 16;
 /** The largest chunk (the largest chunkSize a header may have). */
 const MAX_CHUNK = 64 * 1024 * 1024;
 /** The largest stored chunk: payload never larger than the plaintext (compressed only when smaller), plus the envelope (at most 34 bytes). */
@@ -477,7 +508,7 @@ export class Repository implements AsyncDisposable {
     const backend = this.backend;
     const keys = this.keys;
     const entries: AsyncIterable<ManifestEntry> = {
-      [Symbol.asyncIterator]: () => decodeMap(id, backend.getStream(`maps/${id}`, opts), keys, h.map, opts.signal),
+      [Symbol.asyncIterator]: () => decodeMap(id, backend.getStream(`maps/${id}`, opts), keys, h.map, opts.signal, markedEntries({ repo: this, read: ++manifestReads })),
     };
     return { header: this.summary(h), entries };
   }
@@ -728,6 +759,8 @@ class Session implements BackupSession {
   private flushing: Promise<void> = Promise.resolve();
   private stats = { newChunks: 0, storedBytes: 0 };
   private done = false;
+  /** Manifest reads before the session's lock was taken: their entries are not vouched for. */
+  private readonly readsAtStart = manifestReads;
 
   constructor(
     private readonly repo: Repository,
@@ -801,7 +834,7 @@ class Session implements BackupSession {
     const signal = opts.signal;
     await this.flushJournal(signal);
     const digest: MapDigest = { entries: 0, frames: 0, bytes: 0, sha256: '' };
-    await this.backend.put(`maps/${this.id}`, encodeMap(this.id, header, entries, this.keys, digest, signal), { signal });
+    await this.backend.put(`maps/${this.id}`, encodeMap(this.id, header, entries, this.keys, digest, signal, this.storedChunks(signal)), { signal });
     // The commit point: only with the lock surely held, so no collection can have run meanwhile.
     await this.lock.refresh();
     this.lock.check();
@@ -840,6 +873,74 @@ class Session implements BackupSession {
     await this.lock.release().catch(() => undefined);
     const { map: _m, version: _v, ...rest } = stored;
     return rest;
+  }
+
+  /**
+   * Admits an entry to the map once it names a chunk the repository holds:
+   * one this session put or resumed, one read from a manifest of this
+   * repository since the session began (what backup() copies from its base),
+   * or else one a stat finds (a few at a time). A manifest naming a chunk
+   * never stored would commit a backup that no restore can read. The
+   * session's lock keeps all of them until the commit: no collection or
+   * delete runs meanwhile.
+   */
+  private storedChunks(signal?: AbortSignal): EntryCheck {
+    // Look-ups in flight, and the encoder waiting for one to finish. A
+    // counter, not Promise.race over them: that would leave a reaction on
+    // every pending look-up for every entry.
+    let active = 0;
+    let wake: (() => void) | null = null;
+    let failure: { error: unknown } | null = null;
+    // The first entry (by index) found to name an absent chunk.
+    let missing: ManifestEntry | null = null;
+    const settled = (): void => {
+      active--;
+      const w = wake;
+      wake = null;
+      w?.();
+    };
+    const check = (): void => {
+      if (failure) throw failure.error;
+      if (missing)
+        throw new RepoError('not-found', `manifest entry ${missing.index} names chunk ${missing.id}, which the repository does not hold: store each chunk with putChunk() before commit() names it`, {
+          key: chunkKey(missing.id),
+        });
+    };
+    const waitBelow = async (n: number): Promise<void> => {
+      while (active > n) await new Promise<void>((r) => (wake = r));
+    };
+    const lookUp = async (e: ManifestEntry): Promise<void> => {
+      if (active >= STAT_CONCURRENCY) await waitBelow(STAT_CONCURRENCY - 1);
+      check();
+      active++;
+      this.backend.stat(chunkKey(e.id), { signal }).then(
+        (found) => {
+          if (!found && (!missing || e.index < missing.index)) missing = e;
+          settled();
+        },
+        (error: unknown) => {
+          failure ??= { error };
+          settled();
+        },
+      );
+    };
+    return {
+      admit: (e) => {
+        check();
+        if (this.known.has(e.id) || this.readHere(e)) return;
+        return lookUp(e);
+      },
+      end: async () => {
+        await waitBelow(0);
+        check();
+      },
+    };
+  }
+
+  /** True for an entry readManifest made from this repository after the session began. */
+  private readHere(e: ManifestEntry): boolean {
+    const mark = (e as Partial<Record<typeof READ_MARK, ReadMark>>)[READ_MARK];
+    return mark !== undefined && mark.repo === this.repo && mark.read > this.readsAtStart;
   }
 
   /** Without a commit: writes the journal (so the next session resumes) and releases the lock. */

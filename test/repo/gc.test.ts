@@ -8,7 +8,8 @@ import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import fc from 'fast-check';
-import { Repository } from '../../src/repo/repository';
+import { LocalBackend } from '../../src/repo/local-backend';
+import { Repository, type ManifestEntry } from '../../src/repo/repository';
 import { scratchDir } from './scratch';
 
 let dir: string;
@@ -236,5 +237,84 @@ describe('verify', () => {
       { backup: sum.id, index: 7, offset: 7 * CS, id: ids[2], reason: 'corrupt' },
     ]);
     await expect(repo.getChunk(ids[2]!)).rejects.toMatchObject({ reason: 'corrupt', key: `chunks/${ids[2]!.slice(0, 2)}/${ids[2]}` });
+  });
+});
+
+describe('commit names only chunks the repository holds', () => {
+  it('refuses an entry naming a chunk never stored: no backup, and the session can still commit', async () => {
+    const loc = join(dir, 'r');
+    await using repo = await Repository.create(loc);
+    await using s = await repo.beginBackup('v');
+    const { id } = await s.putChunk(content(1));
+    const never = sha(content(2));
+    const e = await s.commit(hdr('v', 3), [{ index: 0, id }, { index: 2, id: never }]).then(
+      () => null,
+      (err: unknown) => err,
+    );
+    expect(e).toMatchObject({ name: 'RepoError', reason: 'not-found', code: 'ENOENT', key: `chunks/${never.slice(0, 2)}/${never}` });
+    expect((e as Error).message).toBe(`manifest entry 2 names chunk ${never}, which the repository does not hold: store each chunk with putChunk() before commit() names it`);
+    expect(await repo.listBackups()).toEqual([]);
+    // Nothing was committed: the same session commits what it did store.
+    const sum = await s.commit(hdr('v', 3), [{ index: 0, id }]);
+    expect(sum.chunks).toBe(1);
+    await repo.collectGarbage();
+    expect((await repo.verify()).problems).toEqual([]);
+  });
+
+  it("takes entries read from the base's manifest as they are, and other stored chunks after a look-up; the first absent one (by index) is named", async () => {
+    const loc = join(dir, 'r');
+    // Counts the chunk look-ups.
+    const backend = new LocalBackend(loc);
+    const stat = backend.stat.bind(backend);
+    let lookUps = 0;
+    backend.stat = (key, opts) => {
+      if (key.startsWith('chunks/')) lookUps++;
+      return stat(key, opts);
+    };
+    await using repo = await Repository.openBackend(backend, { create: {} });
+    const ids: string[] = [];
+    let base: string;
+    {
+      await using s = await repo.beginBackup('v');
+      for (let n = 0; n < 40; n++) ids.push((await s.putChunk(content(n))).id);
+      base = (await s.commit(hdr('v', 40), ids.map((id, index) => ({ index, id })))).id;
+    }
+    // Entries read before the session began are looked up: nothing held their chunks meanwhile.
+    const early: ManifestEntry[] = [];
+    for await (const e of (await repo.readManifest(base)).entries) early.push(e);
+    await using s = await repo.beginBackup('v');
+    const fresh = (await s.putChunk(content(100))).id;
+    const read: ManifestEntry[] = [];
+    for await (const e of (await repo.readManifest(base)).entries) read.push(e);
+    expect(read).toEqual(ids.map((id, index) => ({ index, id })));
+    expect(read.every((e) => Object.isFrozen(e))).toBe(true);
+    // The base's entries as read, one of its chunks at another index (looked up), a new one.
+    const entries = read.map((e) => (e.index === 5 ? { index: 5, id: fresh } : e.index === 6 ? { index: 6, id: ids[30]! } : e));
+    // Among many look-ups in flight, two absent ones: the lower index is named.
+    const absent = [sha(content(200)), sha(content(201))];
+    const bad = entries.map((x) => ({ ...x, id: x.index >= 10 && x.index < 30 ? ids[39 - x.index]! : x.id }));
+    bad[33] = { index: 33, id: absent[1]! };
+    bad[31] = { index: 31, id: absent[0]! };
+    await expect(s.commit({ ...hdr('v', 40), base }, bad)).rejects.toMatchObject({ reason: 'not-found', message: expect.stringMatching(/^manifest entry 31 names chunk /) });
+    lookUps = 0;
+    const sum = await s.commit({ ...hdr('v', 40), base }, entries);
+    expect(sum.chunks).toBe(40);
+    expect(lookUps).toBe(1); // ids[30] at index 6
+    await using s2 = await repo.beginBackup('v2');
+    lookUps = 0;
+    await s2.commit({ ...hdr('v2', 40), base: null }, early);
+    expect(lookUps).toBe(40);
+    expect((await repo.verify({ data: true })).problems).toEqual([]);
+  });
+
+  it('an aborted commit rejects with AbortError and commits nothing', async () => {
+    const loc = join(dir, 'r');
+    await using repo = await Repository.create(loc);
+    await using s = await repo.beginBackup('v');
+    const { id } = await s.putChunk(content(1));
+    const ac = new AbortController();
+    ac.abort();
+    await expect(s.commit(hdr('v', 1), [{ index: 0, id }], { signal: ac.signal })).rejects.toMatchObject({ name: 'AbortError' });
+    expect(await repo.listBackups()).toEqual([]);
   });
 });

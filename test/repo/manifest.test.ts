@@ -5,6 +5,7 @@
  */
 import { rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
+import { LocalBackend } from '../../src/repo/local-backend';
 import { Repository, type ManifestEntry } from '../../src/repo/repository';
 import { scratchDir } from './scratch';
 
@@ -15,12 +16,24 @@ beforeEach(() => {
 afterEach(() => rmSync(dir, { recursive: true, force: true }));
 
 const N = 1_000_000;
-/** A distinct, well-formed id per index (these chunks need not exist to write a manifest). */
+/** A distinct, well-formed id per index. */
 const idOf = (i: number) => i.toString(16).padStart(64, 'c');
+
+/**
+ * A local repository whose backend reports every chunk present: these tests
+ * are about the map, and commit() refuses entries naming chunks the
+ * repository lacks (the subject of test/repo/gc.test.ts).
+ */
+async function repositoryWithEveryChunk(loc: string): Promise<Repository> {
+  const backend = new LocalBackend(loc);
+  const stat = backend.stat.bind(backend);
+  backend.stat = async (key, opts) => (key.startsWith('chunks/') ? { key, size: 1, mtimeMs: 0 } : stat(key, opts));
+  return Repository.openBackend(backend, { create: {} });
+}
 
 it('writes and reads a manifest of 1M entries with bounded heap', async () => {
   const loc = join(dir, 'r');
-  await using repo = await Repository.create(loc);
+  await using repo = await repositoryWithEveryChunk(loc);
   let peak = 0;
   const base = process.memoryUsage().heapUsed;
   const sample = () => {
@@ -54,7 +67,7 @@ it('writes and reads a manifest of 1M entries with bounded heap', async () => {
 });
 
 it('a reader that stops early releases the stream, and each read starts afresh', async () => {
-  await using repo = await Repository.create(join(dir, 'r'));
+  await using repo = await repositoryWithEveryChunk(join(dir, 'r'));
   await using s = await repo.beginBackup('v');
   const entries = Array.from({ length: 5000 }, (_, i) => ({ index: i, id: idOf(i) }));
   const sum = await s.commit({ volume: 'v', deviceSize: 5000 * 512, chunkSize: 512, createdMs: 1, source: {}, base: null }, entries);
