@@ -60,6 +60,12 @@ export interface S3BackendOptions {
   maxDelayMs?: number;
   /** Keys per listing page (default 1000, S3's maximum). */
   listPageSize?: number;
+  /**
+   * A request whose connection stays silent this long (ms: nothing sent or
+   * received) fails and is retried (default 120000). A slow but moving
+   * transfer is never cut.
+   */
+  idleTimeoutMs?: number;
   /** Told of each retry before its backoff (for logs and tests). */
   onRetry?: (info: S3RetryInfo) => void;
 }
@@ -79,7 +85,7 @@ export interface S3RetryInfo {
 }
 
 const MIB = 1024 * 1024;
-const DEFAULTS = { partSize: 8 * MIB, concurrency: 16, maxAttempts: 8, baseDelayMs: 200, maxDelayMs: 5000, listPageSize: 1000 };
+const DEFAULTS = { partSize: 8 * MIB, concurrency: 16, maxAttempts: 8, baseDelayMs: 200, maxDelayMs: 5000, listPageSize: 1000, idleTimeoutMs: 120_000 };
 type Tuning = typeof DEFAULTS & Pick<S3BackendOptions, 'onRetry'>;
 const MAX_PARTS = 10000; // S3's limit per multipart upload
 const DELETE_BATCH = 1000; // S3's limit per DeleteObjects
@@ -573,7 +579,7 @@ export async function createS3Backend(bucket: string, prefix: string, options: S
   const pfx = prefix.replace(/^\/+|\/+$/g, '');
   if (pfx !== '') checkKey(pfx, 'prefix');
   const o: Tuning = { ...DEFAULTS, ...options };
-  for (const k of ['partSize', 'concurrency', 'maxAttempts', 'baseDelayMs', 'maxDelayMs', 'listPageSize'] as const) {
+  for (const k of ['partSize', 'concurrency', 'maxAttempts', 'baseDelayMs', 'maxDelayMs', 'listPageSize', 'idleTimeoutMs'] as const) {
     const v = o[k];
     if (!Number.isSafeInteger(v) || v < (k === 'baseDelayMs' || k === 'maxDelayMs' ? 0 : 1)) throw new RepoError('config', `S3 backend option ${k} must be a positive integer, not ${String(v)}`);
   }
@@ -586,7 +592,12 @@ export async function createS3Backend(bucket: string, prefix: string, options: S
     requestChecksumCalculation: 'WHEN_REQUIRED',
     responseChecksumValidation: 'WHEN_REQUIRED',
     maxAttempts: 1, // retries are ours (call()), with a stated count
-    requestHandler: { httpAgent: new HttpAgent(agentOpts), httpsAgent: new HttpsAgent(agentOpts), connectionTimeout: 10000, requestTimeout: 120000 },
+    // An endpoint that takes the connection and never answers fails after
+    // idleTimeoutMs of silence (the socket's inactivity timeout). The SDK's
+    // requestTimeout would not do: in @smithy/node-http-handler 4 it only
+    // prints a warning unless told to throw, and it bounds the whole request
+    // (a large part on a slow link would be cut though moving).
+    requestHandler: { httpAgent: new HttpAgent(agentOpts), httpsAgent: new HttpsAgent(agentOpts), connectionTimeout: 10000, socketTimeout: o.idleTimeoutMs },
   };
   let client = quietClient(config);
   try {

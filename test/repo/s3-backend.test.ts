@@ -336,11 +336,11 @@ describe('S3 backend: configuration, and the SDK Node-version warning (no server
   // Runs dist/ (built by `npm test` first) in a child so the SDK's
   // once-per-process warning state is fresh.
   const dist = join(REPO_ROOT, 'dist', 'repo', 's3-backend.js');
-  const run = (code: string): { stderr: string; status: number | null } => {
+  const run = (code: string): { stdout: string; stderr: string; status: number | null } => {
     const env: NodeJS.ProcessEnv = { ...process.env, AWS_REGION: 'us-east-1', AWS_ENDPOINT_URL: 'http://127.0.0.1:9' };
     delete env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED;
-    const r = spawnSync(process.execPath, ['-e', code], { env, encoding: 'utf8', cwd: REPO_ROOT });
-    return { stderr: r.stderr, status: r.status };
+    const r = spawnSync(process.execPath, ['-e', code], { env, encoding: 'utf8', cwd: REPO_ROOT, timeout: 60_000 });
+    return { stdout: r.stdout, stderr: r.stderr, status: r.status };
   };
   const major = Number(process.versions.node.split('.')[0]);
 
@@ -366,6 +366,32 @@ describe('S3 backend: configuration, and the SDK Node-version warning (no server
     expect(out.message).toContain('AWS_REGION');
     const withEndpoint = spawnSync(process.execPath, ['-e', code(true)], { encoding: 'utf8', cwd: REPO_ROOT });
     expect(withEndpoint.stdout.trim()).toBe('ok s3://some-bucket/p');
+  });
+
+  it('an endpoint that takes the connection and never answers: RepoError backend after idleTimeoutMs per attempt, no SDK warning', () => {
+    const r = run(
+      `const net = require('node:net');
+       const { createS3Backend } = require(${JSON.stringify(dist)});
+       const server = net.createServer((sock) => sock.on('error', () => {})); // reads the request, says nothing
+       server.listen(0, '127.0.0.1', async () => {
+         process.env.AWS_ENDPOINT_URL = 'http://127.0.0.1:' + server.address().port;
+         process.env.AWS_ACCESS_KEY_ID = 'k'; process.env.AWS_SECRET_ACCESS_KEY = 's';
+         const retries = [];
+         const b = await createS3Backend('some-bucket', 'p', { idleTimeoutMs: 400, maxAttempts: 2, baseDelayMs: 0, maxDelayMs: 0, onRetry: (x) => retries.push(x.attempt) });
+         const t = Date.now();
+         try { await b.stat('k'); console.log('resolved'); }
+         catch (e) { console.log(JSON.stringify({ name: e.name, reason: e.reason, message: e.message, ms: Date.now() - t, retries })); }
+         await b.close(); server.close(); process.exit(0);
+       });`,
+    );
+    expect(r.status).toBe(0);
+    expect(r.stderr).not.toContain('@smithy');
+    const out = JSON.parse(r.stdout.trim()) as { name: string; reason: string; message: string; ms: number; retries: number[] };
+    expect(out).toMatchObject({ name: 'RepoError', reason: 'backend', retries: [1] });
+    expect(out.message).toMatch(/TimeoutError|timed out/);
+    // Two attempts of 400 ms of silence each (the default is 120 s: it used to wait for ever).
+    expect(out.ms).toBeGreaterThanOrEqual(700);
+    expect(out.ms).toBeLessThan(15_000);
   });
 
   it('createS3Backend keeps it off stderr, other warnings still print, the variable is left as it was', () => {
