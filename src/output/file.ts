@@ -234,18 +234,25 @@ export interface NamedInput {
   role: string;
 }
 
+/** Where a path that may not exist yet would be: its directory's real path, then its name. */
+async function wouldBeAt(path: string): Promise<string> {
+  const dir = await realpath(dirname(resolve(path))).catch(() => dirname(resolve(path)));
+  return join(dir, basename(path));
+}
+
 /**
  * Refuses an output path that is one of the inputs (same device and inode,
  * symlinks followed; a hard link is the same file). An output that does not
- * exist yet names no input.
+ * exist yet is refused when an input names the same place: a target that a
+ * job is to create (`--create`) is an input that does not exist either.
  */
 export async function refuseOutputOverInputs(output: string, outputRole: string, inputs: readonly NamedInput[]): Promise<void> {
   const out = await stat(output).catch(() => null);
-  if (!out) return;
   for (const i of inputs) {
     if (i.path === undefined) continue;
     const st = await stat(i.path).catch(() => null);
-    if (st && st.dev === out.dev && st.ino === out.ino) {
+    const same = out ? st !== null && st.dev === out.dev && st.ino === out.ino : st === null && (await wouldBeAt(i.path)) === (await wouldBeAt(output));
+    if (same) {
       const named = resolve(i.path) === resolve(output) ? '' : ` ${i.path} (the same file)`;
       throw new UsageError(
         `${outputRole} ${output} is ${i.role}${named}: writing there would destroy it; choose another path`,

@@ -6,8 +6,8 @@
  * FILE as it was, and the rerun removes the killed run's temporary file.
  */
 import { spawn } from 'node:child_process';
-import { closeSync, linkSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { closeSync, existsSync, linkSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
 import { CLI, runCli } from './run-cli';
 import { makeInputs, SIZE, type Inputs } from './output-helpers';
 import { sha256File } from '../stream/helpers';
@@ -67,6 +67,19 @@ describe.each(VIAS)('through %s', (v) => {
     expect(r.stderr).toMatch(/is the target.*: writing there would destroy it/);
     expect(sha256File(t)).toBe(before);
   });
+});
+
+test('receive --create --state TARGET, the target not made yet: refused, nothing created (also through another spelling of the path)', () => {
+  for (const [n, spell] of [
+    ['same', (t: string) => t],
+    ['dotted', (t: string) => join(dirname(t), '.', '..', basename(dirname(t)), basename(t))],
+  ] as const) {
+    const t = i.s.path(`new-target-${n}`);
+    const r = runCli(['receive', '--target', t, '--create', '-i', i.stream, '--state', spell(t)]);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/^dmthin receive: the (receive )?state file .* is the target.*: writing there would destroy it; choose another path \[EINVAL\]\n$/);
+    expect(existsSync(t)).toBe(false);
+  }
 });
 
 test('receive --state naming the file on stdin is refused', async () => {
