@@ -173,6 +173,15 @@ export class OutputSink {
   private readonly spare: (typeof this.buf)[] = [];
   /** See releasesChunks(): false, every chunk is a fresh Buffer. */
   private readonly reuse: boolean;
+  /**
+   * A chunk went to the stream since the last wait for 'drain'. ensure()
+   * hands chunks over without waiting (it is synchronous), so a writer that
+   * makes room for whole records before each may never fill a chunk to the
+   * brim: maybeFlush() must wait for those too, or a slow reader lets the
+   * stream's queue grow with the output (a 3M-mapping XML dump into a pipe
+   * reached 282 MiB).
+   */
+  private unwaited = false;
 
   /** `name`: how messages call the output (default: stdout for descriptor 1, else "the output"). */
   constructor(
@@ -218,6 +227,7 @@ export class OutputSink {
     );
     this.setBuf((full.length === CHUNK && this.spare.pop()) || Buffer.allocUnsafe(Math.max(CHUNK, full.length)));
     this.pos = 0;
+    this.unwaited = true;
   }
 
   /** Makes room for at least n more bytes at `pos` (and a tag's slack past them). */
@@ -271,18 +281,18 @@ export class OutputSink {
    * a caller printing many small records skip an await per record.
    */
   needsFlush(): boolean {
-    return this.pos >= CHUNK - 4096 || this.error !== undefined;
+    return this.unwaited || this.pos >= CHUNK - 4096 || this.error !== undefined;
   }
 
   /** Hands full chunks to the stream; waits if the stream asks us to. */
   async maybeFlush(): Promise<void> {
     this.check();
-    if (this.pos < CHUNK - 4096) return;
-    this.queue();
-    await this.drained();
+    if (this.pos >= CHUNK - 4096) this.queue();
+    if (this.unwaited) await this.drained();
   }
 
   private async drained(): Promise<void> {
+    this.unwaited = false;
     const s = this.out;
     if (!s.writableNeedDrain) return;
     if (s.destroyed) throw outputError(this.error ?? new DmthinError('EPIPE', 'output stream closed'), this.name);

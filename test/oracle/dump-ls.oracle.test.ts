@@ -2,7 +2,7 @@
  * dmthin dump / ls against thin_dump / thin_ls 0.9.0 on every fixture: byte
  * for byte, the way a user runs them (child processes, exit codes).
  */
-import { describeOracle, fixtureFile, listFixtures, oraclePath, runOracle, TempFile, largeImage, tempImage } from '../helpers/fixtures';
+import { describeOracle, fixtureFile, listFixtures, oraclePath, restoreFlat, runOracle, TempFile, largeImage, tempImage } from '../helpers/fixtures';
 import { hashCli, hashOutput, runCli } from '../cli/run-cli';
 import { createHash } from 'node:crypto';
 import { PassThrough, Writable } from 'node:stream';
@@ -187,6 +187,52 @@ describeOracle('a generated image of at least 1,000,000 mappings', () => {
       await dump(md, k.out, { format: 'xml' });
       const b = k.bytes();
       expect({ bytes: b.length, sha256: sha(b) }).toEqual({ bytes: ref.bytes, sha256: ref.sha256 });
+    } finally {
+      await md.close();
+    }
+  }, 600_000);
+
+  // A reader slower than the walk: what waits in the stream's queue stays a
+  // few chunks. The XML writer made room for a leaf at a time, which handed
+  // chunks over without ever waiting for 'drain': the queue held the output.
+  const slowReader = () => {
+    const chunks: Buffer[] = [];
+    let most = 0;
+    const out = new Writable({
+      highWaterMark: 1 << 16,
+      write: (c: Buffer, _e, cb) => {
+        chunks.push(Buffer.from(c));
+        setTimeout(cb, 0);
+      },
+    });
+    const origWrite = out.write.bind(out) as (c: Buffer, cb?: (e?: Error | null) => void) => boolean;
+    out.write = ((c: Buffer, cb?: (e?: Error | null) => void) => {
+      const r = origWrite(c, cb);
+      most = Math.max(most, out.writableLength);
+      return r;
+    }) as typeof out.write;
+    return { out, bytes: () => Buffer.concat(chunks), most: () => most };
+  };
+
+  test.each(['xml', 'human_readable'] as const)('dump() as %s into a slow reader: at most 1 MiB queued, the output equals thin_dump', async (format) => {
+    // Single mappings only: a leaf's room is then large enough that a chunk is never filled to the brim.
+    const n = 200_000;
+    const lines = Array.from({ length: n }, (_, i) => `    <single_mapping origin_block="${i}" data_block="${2 * i + 1}" time="0"/>`);
+    const xml = `<superblock uuid="" time="0" transaction="1" flags="0" version="2" data_block_size="128" nr_data_blocks="${2 * n + 2}">
+  <device dev_id="1" mapped_blocks="${n}" transaction="0" creation_time="0" snap_time="0">
+${lines.join('\n')}
+  </device>
+</superblock>
+`;
+    using img = restoreFlat(xml, 16 << 20, 'singles');
+    const ref = await hashOutput(oraclePath('thin_dump')!, ['-f', format, img.path]);
+    const md = await ThinMetadata.open(img.path);
+    try {
+      const k = slowReader();
+      await dump(md, k.out, { format });
+      const b = k.bytes();
+      expect({ bytes: b.length, sha256: sha(b) }).toEqual({ bytes: ref.bytes, sha256: ref.sha256 });
+      expect(k.most()).toBeLessThanOrEqual(1 << 20);
     } finally {
       await md.close();
     }
