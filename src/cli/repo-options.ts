@@ -5,7 +5,7 @@
  * command-line user.
  */
 import type { Command } from 'commander';
-import { DmthinError } from '../errors';
+import { DmthinError, UsageError } from '../errors';
 import type { KeySource } from '../repo/repository';
 
 /** The environment variable a passphrase is taken from (never a flag: it would show in `ps`). */
@@ -20,11 +20,18 @@ export function keyOption(cmd: Command): Command {
   return cmd.option('--key-file <file>', `key file of an encrypted repository (32 random bytes, raw or hex); else a passphrase is read from $${PASSPHRASE_ENV} when set`);
 }
 
-/** The key the options and the environment give, or undefined (unencrypted). */
+/**
+ * The key the options and the environment give, or undefined (unencrypted).
+ * A variable set but empty is refused, not taken as unset: it is what a
+ * secret that failed to load gives (`$(cat missing-file)`), and `backups
+ * init` would make an unencrypted repository of it.
+ */
 export function keySource(o: KeyCliOpts): KeySource | undefined {
   if (o.keyFile !== undefined) return { keyFile: o.keyFile };
   const p = process.env[PASSPHRASE_ENV];
-  return p !== undefined && p !== '' ? { passphrase: p } : undefined;
+  if (p === '')
+    throw new UsageError(`$${PASSPHRASE_ENV} is set but empty: set it to the repository's passphrase, or unset it for a repository without encryption`);
+  return p !== undefined ? { passphrase: p } : undefined;
 }
 
 /** Library options named in a message become the flags a command-line user types. */

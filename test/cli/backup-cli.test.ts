@@ -243,4 +243,14 @@ describe('encrypted repository', () => {
     const ok = cli(['backups', 'list', '--repo', repo, '--json'], { DMTHIN_REPO_PASSPHRASE: 'correct horse' });
     expect(JSON.parse(ok.stdout)).toHaveLength(1);
   });
+
+  test('DMTHIN_REPO_PASSPHRASE set but empty (a secret that failed to load) is refused: no unencrypted repository is made', () => {
+    const repo = s.path('empty-pass-repo');
+    const r = cli(['backups', 'init', '--repo', repo], { DMTHIN_REPO_PASSPHRASE: '' });
+    expect(r.status).toBe(1);
+    expect(oneLine(r.stderr)).toBe(
+      "dmthin backups init: $DMTHIN_REPO_PASSPHRASE is set but empty: set it to the repository's passphrase, or unset it for a repository without encryption [EINVAL]",
+    );
+    expect(existsSync(repo)).toBe(false);
+  });
 });
