@@ -14,12 +14,13 @@ import { constants as fsConstants } from 'node:fs';
 import { open, unlink, type FileHandle } from 'node:fs/promises';
 import { Writable, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import { isAbsolute, resolve } from 'node:path';
 import { AbortError, DmthinError, isSystemError, StreamError, SystemCallError, throwIfAborted } from '../errors';
 import { applyStream, type ApplyChunks } from '../stream/receive/apply';
 import { BlockWriter } from '../native/block-writer';
 import { fileChunks } from '../stream/receive/file-chunks';
 import { openPipe, pipeChunks } from '../stream/receive/pipe-chunks';
-import { needDirectory, refuseForeignStateFile, refuseOutputOverInputs, stateNotRecorded, completionNotRecorded } from '../output/file';
+import { needDirectory, refuseForeignStateFile, refuseOutputOverInputs, sameTarget, stateNotRecorded, completionNotRecorded } from '../output/file';
 import { identityKey, type StreamHeader } from '../stream/format/records';
 import { ReceiveLock } from '../stream/receive/lock';
 import { checkBase, defaultStateFile, entryFor, readState, type ReceiveState, writeState } from '../stream/receive/state';
@@ -155,7 +156,19 @@ class Receiver {
   private pending?: Promise<unknown>;
 
   private async checkTarget(h: StreamHeader, digest: string | null): Promise<void> {
-    checkBase(await readState(this.stateFile), h, digest, this.stateFile, this.o.force === true, this.o.resized === true);
+    const read = await readState(this.stateFile);
+    // A state given (stateFile) for another target says nothing of what this
+    // one holds. (A relative path, recorded before paths were made absolute,
+    // is trusted.) A full stream replaces the state: nothing to check.
+    const about = read.ok ? read.state?.target : undefined;
+    if (h.base && this.o.force !== true && about !== undefined && isAbsolute(about) && !(await sameTarget(about, this.o.target))) {
+      throw new StreamError(
+        'base-mismatch',
+        `the receive state ${this.stateFile} is about target ${about}, not ${this.o.target}, so it does not say what this target holds: give this target's own state file, or receive a full stream (option force applies it anyway)`,
+        { path: this.stateFile },
+      );
+    }
+    checkBase(read, h, digest, this.stateFile, this.o.force === true, this.o.resized === true);
     if (!this.info.exists) {
       if (!this.o.create) throw new DmthinError('ENOENT', `target ${this.o.target} does not exist (option create makes a file target)`, { path: this.o.target });
       return;
@@ -191,7 +204,8 @@ class Receiver {
     const state: ReceiveState = {
       format: 'dmthin-receive-state',
       version: 1,
-      target: this.o.target,
+      // Absolute: a later receive checks that the state is about its own target.
+      target: resolve(this.o.target),
       current: header.base ? (prev?.current ?? null) : null,
       pending: entry,
     };

@@ -13,9 +13,9 @@
  * full restore follows), so a partial restore is never taken for a good one.
  */
 import { realpath, stat, unlink } from 'node:fs/promises';
-import { basename, dirname, resolve, sep } from 'node:path';
+import { basename, dirname, isAbsolute, resolve, sep } from 'node:path';
 import { DmthinError, RepoError, SystemCallError, throwIfAborted, UsageError } from '../errors';
-import { needDirectory, refuseForeignStateFile, refuseOutputOverInputs, stateNotRecorded, completionNotRecorded } from '../output/file';
+import { needDirectory, refuseForeignStateFile, refuseOutputOverInputs, sameTarget, stateNotRecorded, completionNotRecorded } from '../output/file';
 import { BlockWriter, type WriteSegment } from '../native/block-writer';
 import { inspectTarget, resolveZeroMethod, whyCannotGrow, zeroer, type ZeroMethod } from '../stream/receive/target';
 import { allowListeners, chunksAtOnce, Repository, type KeySource, type ManifestEntry } from '../repo/repository';
@@ -163,9 +163,10 @@ async function restoreFrom(repo: Repository, o: RestoreOptions): Promise<Restore
 
     const state = await readRestoreState(stateFile);
     const entry: RestoreEntry = { repo: repo.location, backup: o.backup, volume: header.volume, deviceSize, chunkSize: cs, at: new Date().toISOString() };
-    const previous = created || o.full ? null : await usablePrevious(repo, state, entry, info.blockDevice ? null : await fileStamp(o.target), o.signal);
+    const previous = created || o.full ? null : await usablePrevious(repo, state, o.target, entry, info.blockDevice ? null : await fileStamp(o.target), o.signal);
 
-    const pending: RestoreState = { format: 'dmthin-restore-state', version: 1, target: o.target, current: null, pending: entry, file: null };
+    // The target's absolute path: a later restore checks that the state is about its own target.
+    const pending: RestoreState = { format: 'dmthin-restore-state', version: 1, target: resolve(o.target), current: null, pending: entry, file: null };
     // From here on the target is in between, until the end.
     await writeRestoreState(stateFile, pending).catch(async (e: unknown) => {
       if (created) await removeCreated();
@@ -229,12 +230,16 @@ async function fileStamp(path: string): Promise<{ size: number; mtimeMs: number 
 async function usablePrevious(
   repo: Repository,
   s: RestoreState | null,
+  target: string,
   next: RestoreEntry,
   stamp: { size: number; mtimeMs: number } | null,
   signal?: AbortSignal,
 ): Promise<string | null> {
   const cur = s?.current;
   if (!s || !cur || s.pending !== null) return null;
+  // A state given (--state) for another target says nothing of this one. (A
+  // relative path, recorded before the path was made absolute, is trusted.)
+  if (isAbsolute(s.target) && !(await sameTarget(s.target, target))) return null;
   if (cur.repo !== next.repo || cur.volume !== next.volume || cur.deviceSize !== next.deviceSize || cur.chunkSize !== next.chunkSize) return null;
   // A file written since the last restore: its content is unknown.
   if (stamp && (!s.file || s.file.size !== stamp.size || s.file.mtimeMs !== stamp.mtimeMs)) return null;

@@ -241,6 +241,22 @@ async function wouldBeAt(path: string): Promise<string> {
 }
 
 /**
+ * Whether two paths name the same target: the same path, the same file
+ * (device and inode, symlinks followed), the same block device (rdev: a
+ * /dev/mapper link and its /dev/dm-N), or, when neither exists, the same
+ * place. A job's state file records its target's path: a state given for
+ * another target must not be taken as this one's.
+ */
+export async function sameTarget(a: string, b: string): Promise<boolean> {
+  if (resolve(a) === resolve(b)) return true;
+  const [x, y] = await Promise.all([stat(a).catch(() => null), stat(b).catch(() => null)]);
+  if (!x && !y) return (await wouldBeAt(a)) === (await wouldBeAt(b));
+  if (!x || !y) return false;
+  if (x.isBlockDevice() || y.isBlockDevice()) return x.isBlockDevice() && y.isBlockDevice() && x.rdev === y.rdev;
+  return x.dev === y.dev && x.ino === y.ino;
+}
+
+/**
  * Refuses an output path that is one of the inputs (same device and inode,
  * symlinks followed; a hard link is the same file). An output that does not
  * exist yet is refused when an input names the same place: a target that a

@@ -141,7 +141,8 @@ describe('unencrypted repository', () => {
     expect(existsSync(`${repo}/backups/x.img`)).toBe(false);
     r = cli(['restore', '--repo', repo, '--backup', ids[0], '--target', s.path('hp2.img'), '--create', '--state', s.path('hp2.img')]);
     expect(r.status).toBe(1);
-    expect(oneLine(r.stderr)).toMatch(/^dmthin restore: the restore state file .* is the target itself.*\[EINVAL\]$/);
+    // The command line's own check of output paths finds it first (a target not made yet included).
+    expect(oneLine(r.stderr)).toMatch(/^dmthin restore: the state file \(--state\) .* is the target \(--target\): writing there would destroy it; choose another path \[EINVAL\]$/);
     expect(existsSync(s.path('hp2.img'))).toBe(false);
   });
 

@@ -167,6 +167,22 @@ describeEachRepo('backups', (loc) => {
     expect(sha256(readFileSync(target))).toBe(sha256(deviceBytes(pool, 3, SIZE)));
   });
 
+  test("a state file given for another target is not taken as this target's: restored in full", async () => {
+    const a = s.path(`${loc.name}-state-a.img`);
+    const b = s.path(`${loc.name}-state-b.img`);
+    const stateFile = s.path(`${loc.name}-shared-state.json`);
+    await restore({ repo, backup: done.b2.id, target: a, create: true, stateFile });
+    // b: other bytes, and a stamp the state's matches (as a block device, which has none, would).
+    writeFileSync(b, Buffer.alloc(SIZE, 0x33));
+    const st = statSync(b);
+    const state = JSON.parse(readFileSync(stateFile, 'utf8'));
+    expect(state.target).toBe(a);
+    writeFileSync(stateFile, JSON.stringify({ ...state, file: { size: st.size, mtimeMs: st.mtimeMs } }));
+    const x = await restore({ repo, backup: done.b4.id, target: b, stateFile });
+    expect(x.previous).toBeNull();
+    expect(sha256(readFileSync(b))).toBe(sha256(deviceBytes(pool, 4, SIZE)));
+  });
+
   test('a target that already holds junk is made equal (holes zeroed)', async () => {
     const target = s.path(`${loc.name}-junk.img`);
     writeFileSync(target, Buffer.alloc(SIZE, 0x5a));

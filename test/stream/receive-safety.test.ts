@@ -214,6 +214,29 @@ describe('receive state', () => {
     expect(sha256File(t)).toBe(await expectedSha(md, 2, SIZE));
   });
 
+  test("a state file given for another target is not taken as this target's: the incremental is refused, the target unchanged; a full stream is taken", async () => {
+    const a = s.path(`other-a${n++}.target`);
+    const b = s.path(`other-b${n++}.target`);
+    const stateFile = s.path(`shared${n++}.state.json`);
+    junkFile(a, SIZE, 41);
+    junkFile(b, SIZE, 42);
+    await receive({ target: a, input: Readable.from([streams.full1]), stateFile });
+    expect(JSON.parse(readFileSync(stateFile, 'utf8')).target).toBe(a);
+    const before = sha256File(b);
+    const e = await receive({ target: b, input: Readable.from([streams.inc2from1]), stateFile }).catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(StreamError);
+    expect(e).toMatchObject({ reason: 'base-mismatch', path: stateFile });
+    expect((e as Error).message).toContain(`is about target ${a}, not ${b}`);
+    expect(sha256File(b)).toBe(before);
+    // Through a symlink, the same target: taken.
+    symlinkSync(a, `${a}.link`);
+    await receive({ target: `${a}.link`, input: Readable.from([streams.inc2from1]), stateFile });
+    expect(sha256File(a)).toBe(await expectedSha(md, 2, SIZE));
+    // A full stream replaces the state: it is about b from then on.
+    await receive({ target: b, input: Readable.from([streams.full1]), stateFile });
+    expect(sha256File(b)).toBe(await expectedSha(md, 1, SIZE));
+  });
+
   const damaged: [string, (good: string) => string][] = [
     ['cut short', (g) => g.slice(0, g.length >> 1)],
     ['empty', () => ''],
