@@ -93,7 +93,7 @@ export function register(program: Command, ctx: () => CliContext): void {
     .option('--super-block-only', 'check the superblock only')
     .option('--skip-mappings', 'check the device details and top-level trees only (no mapping trees, no space maps)')
     .option('--ignore-non-fatal-errors', 'exit 0 when only non-fatal problems (leaks, overstated counts, hints, mapped_blocks) are found')
-    .option('-m, --metadata-snap', 'check the held metadata snapshot, not the live trees; space maps are not checked (-mBLOCK / --metadata-snap=BLOCK: must be the held root)')
+    .option('-m, --metadata-snap', 'check the held metadata snapshot, not the live trees; space maps are not checked (-mBLOCK, digits, / --metadata-snap=BLOCK: must be the held root; -mq is -m -q)')
     .option('--json', 'print the report as one JSON object')
     .action(async (metadata: string, o: CheckCliOpts) => {
       const c = ctx();

@@ -2,6 +2,7 @@
  * Shared CLI plumbing: argument helpers, the error line, exit codes,
  * cancellation on SIGINT/SIGTERM and TTY-only progress bars.
  */
+import type { Command } from 'commander';
 import { writeSync } from 'node:fs';
 import { AbortError, DmthinError, SystemCallError, UsageError } from '../errors';
 import { FdWriter } from '../output/fd-writer';
@@ -262,17 +263,58 @@ export function parseIntArg(name: string, v: string, max = Number.MAX_SAFE_INTEG
 
 
 /**
+ * Commands whose reference tool takes -m as a flag only: thin_check has no
+ * block (-mq is -m -q), thin_ls ignores what is attached. Here -m with digits
+ * attached is still the block, anything else attached is more short flags
+ * (-mq as -qm), as commander splits them.
+ */
+const METADATA_SNAP_FLAG_FIRST = new Set(['check', 'ls']);
+
+/**
  * The reference tools take the metadata-snapshot block only attached
  * ("-m5", "--metadata-snap=5"); "-m 5" means the path "5". Commander's optional
- * values would swallow the path, so rewrite the attached forms first.
+ * values would swallow the path, so rewrite the attached forms first, for the
+ * command `argv[0]` names (`cmd`, registered) and only if it has -m. Only a
+ * token in option position is rewritten: not after "--", not the value of an
+ * option that takes one ("-o -mout.xml" is the file "-mout.xml"). Which
+ * options take a value comes from the command's own options, read as
+ * commander reads them (Command.parseOptions).
  */
-export function rewriteMetadataSnapArgs(argv: string[]): string[] {
-  const out: string[] = [];
-  for (const a of argv) {
-    let m = /^--metadata-snap=(.*)$/.exec(a);
-    if (!m) m = /^-m(.+)$/.exec(a);
-    if (m) out.push('--metadata-snap-block', m[1]);
-    else out.push(a);
+export function rewriteMetadataSnapArgs(argv: string[], cmd: Command | undefined): string[] {
+  if (cmd === undefined || !cmd.options.some((o) => o.long === '--metadata-snap')) return argv;
+  const attached = METADATA_SNAP_FLAG_FIRST.has(cmd.name()) ? /^-m([0-9]+)$/ : /^-m(.+)$/;
+  const out = argv.slice(0, 1);
+  for (let i = 1; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === '--') {
+      out.push(...argv.slice(i));
+      break;
+    }
+    const m = /^--metadata-snap=(.*)$/.exec(a) ?? attached.exec(a);
+    if (m) {
+      out.push('--metadata-snap-block', m[1]);
+      continue;
+    }
+    out.push(a);
+    const value = valueOf(cmd, a);
+    // An optional value is taken only if it does not look like an option (commander's rule).
+    if (i + 1 < argv.length && (value === 'required' || (value === 'optional' && !/^-./.test(argv[i + 1])))) out.push(argv[++i]);
   }
   return out;
+}
+
+/** Whether `arg` of `cmd` takes the next argument as its value, as commander reads it ("-o FILE", "-qo FILE"; not "--output=FILE", "-oFILE"). */
+function valueOf(cmd: Command, arg: string): 'required' | 'optional' | undefined {
+  const kind = (o: { required: boolean; optional: boolean } | undefined) => (o?.required ? 'required' : o?.optional ? 'optional' : undefined);
+  const find = (flag: string) => cmd.options.find((o) => o.short === flag || o.long === flag);
+  if (arg.length < 2 || arg[0] !== '-') return undefined;
+  const whole = find(arg);
+  if (whole || arg[1] === '-') return kind(whole);
+  // A group of short options: flags until one that takes a value, which takes the rest of the group, or the next argument if none is left.
+  for (let k = 1; k < arg.length; k++) {
+    const o = find(`-${arg[k]}`);
+    if (o === undefined) return undefined;
+    if (kind(o)) return k === arg.length - 1 ? kind(o) : undefined;
+  }
+  return undefined;
 }

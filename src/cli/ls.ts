@@ -18,7 +18,7 @@ export function register(program: Command, ctx: () => CliContext): void {
     .command('ls')
     .description('list thin devices with mapped, exclusive and shared usage (as thin_ls 0.9.0)')
     .argument('<metadata>', 'metadata device or file, or with -m a live pool (dm name, VG/LV or device node)')
-    .option('-m, --metadata-snap', 'read through the held metadata snapshot (-mBLOCK / --metadata-snap=BLOCK: must be the held root)')
+    .option('-m, --metadata-snap', 'read through the held metadata snapshot (-mBLOCK, digits, / --metadata-snap=BLOCK: must be the held root; -mq is -m -q)')
     // -o is the field list, as in thin_ls (in dump, delta, rmap and send it is --output).
     .option('-o, --format <fields>', `comma-separated field names, case-sensitive (as thin_ls: here -o is the field list, not an output file): ${LS_FIELDS.join(', ')} (default: ${DEFAULT_LS_FIELDS.join(',')})`)
     .option('--no-headers', 'omit the header line')

@@ -65,7 +65,8 @@ export async function main(argv: string[]): Promise<number> {
   }
   routeParserErrors(program, 'dmthin');
   try {
-    await program.parseAsync(rewriteMetadataSnapArgs(argv), { from: 'user' });
+    const named = program.commands.find((c) => c.name() === first);
+    await program.parseAsync(rewriteMetadataSnapArgs(argv, named), { from: 'user' });
     await finishStdout();
     if (ctx) await ctx.runCleanups();
     return ctx?.exitStatus ?? 0;
