@@ -20,6 +20,12 @@ export const SECTOR_SIZE = 512;
 /** Bytes per metadata block. */
 export const METADATA_BLOCK_SIZE = 4096;
 
+/**
+ * The longest wait, in whole seconds, a Node timer keeps: setTimeout clamps a
+ * delay above 2^31-1 ms to 1 ms, so a longer one would fire at once.
+ */
+export const MAX_TIMER_SECONDS = Math.floor((2 ** 31 - 1) / 1000);
+
 /** A number as Sectors. */
 export const sectors = (n: number): Sectors => n as Sectors;
 /** A number as Bytes. */

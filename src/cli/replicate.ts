@@ -5,6 +5,7 @@
  */
 import type { Command } from 'commander';
 import { DmthinError, UsageError } from '../errors';
+import { MAX_TIMER_SECONDS } from '../units';
 import { CliContext, formatVersionArg, parseIntArg, print } from './common';
 import { toJson } from './json';
 import { Progress, stderrIsTTY } from './progress';
@@ -35,6 +36,16 @@ function parseIds(v: string): { first: number; last: number } {
   return { first: parseIntArg('--ids', m[1], 2 ** 24 - 1), last: parseIntArg('--ids', m[2], 2 ** 24 - 1) };
 }
 
+/**
+ * --every: whole seconds, a plain decimal as every number option, at most
+ * what a Node timer waits (above it the sleep between cycles is 1 ms).
+ */
+function parseEvery(v: string): number {
+  const n = /^[0-9]+$/.test(v) ? Number(v) : NaN;
+  if (!(n >= 1 && n <= MAX_TIMER_SECONDS)) throw new UsageError(`--every must be whole seconds from 1 to ${MAX_TIMER_SECONDS} (24.8 days), got '${v}'`);
+  return n;
+}
+
 const mib = (n: number) => `${(n / 1048576).toFixed(1)} MiB`;
 
 export function register(program: Command, ctx: () => CliContext): void {
@@ -47,7 +58,7 @@ export function register(program: Command, ctx: () => CliContext): void {
     .option('--to-command <cmd>', "shell command reading the stream on stdin, exit 0 once it holds it (e.g. 'ssh host dmthin receive --target /dev/vg/replica')")
     .option('--create', 'with --target: create the file target if missing')
     .option('--receive-state <file>', "with --target: the target's receive state file (default as dmthin receive's)")
-    .option('--every <seconds>', 'start a cycle every SECONDS until interrupted')
+    .option('--every <seconds>', `start a cycle every SECONDS (whole seconds, 1 to ${MAX_TIMER_SECONDS}) until interrupted`)
     .option('--once', 'one cycle (the default; after an interrupted run, the pending cycle first)')
     .option('--keep <n>', 'confirmed snapshots kept in the pool (at least 1: the base of the next increment)', '1')
     .option('--ids <first-last>', 'thin ids replication snapshots may take (default 16773120-16777215); recorded in the state')
@@ -62,8 +73,7 @@ export function register(program: Command, ctx: () => CliContext): void {
       if ((o.target === undefined) === (o.toCommand === undefined)) throw new UsageError('give exactly one of --target or --to-command');
       if (o.target === undefined && (o.create || o.receiveState !== undefined)) throw new UsageError('--create and --receive-state go with --target');
       if (o.every !== undefined && o.once) throw new UsageError('give --every or --once, not both');
-      const every = o.every === undefined ? undefined : Number(o.every);
-      if (every !== undefined && !(every > 0 && Number.isFinite(every))) throw new UsageError(`--every must be a positive number of seconds, got '${o.every}'`);
+      const every = o.every === undefined ? undefined : parseEvery(o.every);
       const keep = parseIntArg('--keep', o.keep, 4096);
       if (keep < 1) throw new UsageError('--keep must be at least 1 (the base of the next increment)');
       const bar = new Progress('replicate', !o.quiet && !o.json && stderrIsTTY());

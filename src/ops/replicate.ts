@@ -23,7 +23,7 @@ import { mappingRootDigest } from '../stream/send/plan';
 import { ThinPool } from '../pool/thin-pool';
 import { identityKey } from '../stream/format/records';
 import { identityOf } from '../stream/send/plan';
-import { SECTOR_SIZE } from '../units';
+import { MAX_TIMER_SECONDS, SECTOR_SIZE } from '../units';
 import { receive, type ReceiveOptions } from './receive';
 import {
   MAX_THIN_ID,
@@ -65,7 +65,7 @@ export interface ReplicateOptions {
   receive?: Pick<ReceiveOptions, 'create' | 'stateFile' | 'stateDir' | 'spoolDir' | 'zero' | 'direct'>;
   /** A shell command that reads the stream on stdin and exits 0 once it holds it (e.g. `ssh host dmthin receive --target /dev/vg/replica`). */
   toCommand?: string;
-  /** Seconds between the starts of two cycles; omitted: one cycle (and, after a crash, the resumed one first). */
+  /** Seconds between the starts of two cycles, above 0 and at most 2147483 (24.8 days, the longest a Node timer waits; fractions allowed); omitted: one cycle (and, after a crash, the resumed one first). */
   every?: number;
   /** Confirmed snapshots kept in the pool (default 1: the base of the next increment). */
   keep?: number;
@@ -313,7 +313,10 @@ async function refuseTargetInPool(pool: ThinPool, target: string, thin: number, 
  */
 export async function* replicate(o: ReplicateOptions): AsyncGenerator<CycleReport> {
   if ((o.target === undefined) === (o.toCommand === undefined)) throw new UsageError('give exactly one of target (a device or file) or toCommand (a command reading the stream)');
-  if (o.every !== undefined && !(o.every > 0)) throw new UsageError(`every must be a positive number of seconds, not ${o.every}`);
+  // Above the timer's limit the sleep between cycles would be 1 ms: cycles back to back.
+  if (o.every !== undefined && !(typeof o.every === 'number' && o.every > 0 && o.every <= MAX_TIMER_SECONDS)) {
+    throw new UsageError(`every must be a number of seconds above 0 and at most ${MAX_TIMER_SECONDS}, not ${String(o.every)}`);
+  }
   const keep = o.keep ?? 1;
   const ids = o.ids ?? DEFAULT_SNAPSHOT_IDS;
   for (const v of [ids.first, ids.last, o.thin]) {
