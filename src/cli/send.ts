@@ -112,6 +112,8 @@ export function register(program: Command, ctx: () => CliContext): void {
       const { send } = require('../ops/send') as typeof import('../ops/send');
       try {
         const s = await send(opts);
+        // The bar goes first: the JSON shares its terminal (stderr), and a bar stopped after it is redrawn below it.
+        bar.stop();
         if (o.json) {
           c.done = `the stream was written to ${typeof output === 'string' ? output : 'stdout'}`;
           writeStderrReport(toJson(s) + '\n');
