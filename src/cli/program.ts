@@ -53,6 +53,7 @@ export async function main(argv: string[]): Promise<number> {
     const parent = action.parent && action.parent !== program ? `${action.parent.name()} ` : '';
     name = `dmthin ${parent}${action.name()}`;
     ctx = new CliContext(name);
+    refuseEmptyValues(action);
   });
   const first = argv[0];
   const wanted = first !== undefined && Object.hasOwn(COMMANDS, first) ? [first] : Object.keys(COMMANDS);
@@ -89,6 +90,32 @@ export async function main(argv: string[]): Promise<number> {
     if (ctx) await ctx.runCleanups();
     return status;
   }
+}
+
+/** Values that name a file, a device, a repository or a pool: an empty one names nothing. */
+const NAMING = /^<(file|dir|path|metadata|device|repo|name)>$/;
+
+/**
+ * An empty path or name ('' from an unset shell variable) is a usage error
+ * naming the option, before anything is opened: opened, it read as "no such
+ * file or directory" with no name, or as the current directory. -o has its
+ * own message ("-o needs a file name ('-' for stdout)").
+ */
+function refuseEmptyValues(cmd: Command): void {
+  for (const opt of cmd.options) {
+    const placeholder = /<[^>]+>/.exec(opt.flags)?.[0];
+    if (placeholder === undefined || !NAMING.test(placeholder) || opt.long === '--output') continue;
+    const v: unknown = cmd.getOptionValue(opt.attributeName());
+    if (v === '' || (Array.isArray(v) && v.includes(''))) {
+      throw new UsageError(`${opt.long ?? opt.short} is empty: give a ${placeholder === '<name>' ? 'name' : placeholder === '<repo>' ? 'repository path or URL' : placeholder === '<dir>' ? 'directory' : 'path'}`);
+    }
+  }
+  cmd.registeredArguments.forEach((arg, i) => {
+    const v: unknown = cmd.processedArgs[i];
+    if (NAMING.test(`<${arg.name()}>`) && (v === '' || (Array.isArray(v) && v.includes('')))) {
+      throw new UsageError(`the <${arg.name()}> argument is empty: give a ${arg.name() === 'name' ? 'name' : 'path'}`);
+    }
+  });
 }
 
 const PARSED_BY = Symbol('dmthin command');

@@ -3,7 +3,7 @@
  * device or file and record what the target now holds.
  */
 import type { Command } from 'commander';
-import { DmthinError, UsageError } from '../errors';
+import { DmthinError, isSystemError, UsageError } from '../errors';
 import type { ZeroMethod } from '../stream/receive/target';
 import { CliContext } from './common';
 import { toJson } from './json';
@@ -24,6 +24,25 @@ interface ReceiveCliOpts {
 
 const ZERO_METHODS: ZeroMethod[] = ['auto', 'discard', 'zeroout', 'punch'];
 
+/**
+ * The stream file (--input) is looked at before anything else: a missing
+ * file or a directory said so in Node's words ("illegal operation on a
+ * directory, read"), without the option or, for a directory, the path.
+ */
+async function checkInputFile(path: string): Promise<void> {
+  const { stat } = require('node:fs/promises') as typeof import('node:fs/promises');
+  let st;
+  try {
+    st = await stat(path);
+  } catch (e) {
+    if (isSystemError(e) && e.code === 'ENOENT') {
+      throw new DmthinError('ENOENT', `--input ${path}: no such file; give the stream file dmthin send wrote, or '-' to read it from stdin`, { path });
+    }
+    return; // anything else (EACCES...) is reported by the open, with the path
+  }
+  if (st.isDirectory()) throw new DmthinError('EISDIR', `--input ${path} is a directory; give the stream file dmthin send wrote, or '-' to read it from stdin`, { path });
+}
+
 export function register(program: Command, ctx: () => CliContext): void {
   program
     .command('receive')
@@ -43,6 +62,7 @@ export function register(program: Command, ctx: () => CliContext): void {
       if (!ZERO_METHODS.includes(o.discard as ZeroMethod)) throw new UsageError(`unknown --discard method '${o.discard}' (${ZERO_METHODS.join(', ')})`);
       // fdIsTTY(0), not process.stdin.isTTY: that would make the stdin stream, which a piped stdin does without (pipe-chunks.ts).
       if (o.input === '-' && fdIsTTY(0)) throw new UsageError('refusing to read a stream from a terminal (pipe one in, or use --input FILE)');
+      if (o.input !== '-') await checkInputFile(o.input);
       if (o.state !== undefined) {
         const { refuseOutputOverInputs } = require('../output/file') as typeof import('../output/file');
         await refuseOutputOverInputs(o.state, 'the state file (--state)', [

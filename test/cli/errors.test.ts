@@ -13,7 +13,7 @@
  *   CRC and reader) and give the reference tools' output.
  */
 import { spawnSync } from 'node:child_process';
-import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fixtureFile, itOracle, REPO_ROOT, runOracle, tempImage as tempImageCopy, type TempFile } from '../helpers/fixtures';
@@ -110,6 +110,40 @@ describe('usage errors: one line, [EINVAL], exit 1', () => {
     }
     // thin_delta has no -q: it refuses it as any unknown option.
     expect(runOracle('thin_delta', ['-q', '--snap1', '1', '--snap2', '2', image.path]).status).toBe(1);
+  });
+});
+
+describe('empty paths, missing and wrong files: one line naming the option and the path', () => {
+  // '' (an unset shell variable) is a usage error naming the option, before anything is opened.
+  test.each([
+    [['ls', ''], "dmthin ls: the <metadata> argument is empty: give a path [EINVAL]"],
+    [['dump', ''], "dmthin dump: the <metadata> argument is empty: give a path [EINVAL]"],
+    [['receive', '-i', '', '--target', 't'], 'dmthin receive: --input is empty: give a path [EINVAL]'],
+    [['receive', '-i', 's', '--target', ''], 'dmthin receive: --target is empty: give a path [EINVAL]'],
+    [['receive', '-i', 's', '--target', 't', '--state', ''], 'dmthin receive: --state is empty: give a path [EINVAL]'],
+    [['send', '--metadata', '', '--data', 'd', '--snap', '1', '--size', '1M'], 'dmthin send: --metadata is empty: give a path [EINVAL]'],
+    [['pool', 'status', ''], 'dmthin pool status: the <name> argument is empty: give a name [EINVAL]'],
+    [['backups', 'list', '--repo', ''], 'dmthin backups list: --repo is empty: give a repository path or URL [EINVAL]'],
+  ])('dmthin %j', (args, line) => {
+    const r = runCli(args);
+    expect(r.status).toBe(1);
+    expect(oneLine(r)).toBe(line);
+  });
+
+  test('receive -i: a missing file and a directory are named, with what to give instead', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'dmthin-recv-'));
+    try {
+      const missing = join(dir, 'nonexist');
+      const r1 = runCli(['receive', '-i', missing, '--target', join(dir, 't')]);
+      expect(r1.status).toBe(1);
+      expect(oneLine(r1)).toBe(`dmthin receive: --input ${missing}: no such file; give the stream file dmthin send wrote, or '-' to read it from stdin [ENOENT]`);
+      const r2 = runCli(['receive', '-i', dir, '--target', join(dir, 't')]);
+      expect(r2.status).toBe(1);
+      expect(oneLine(r2)).toBe(`dmthin receive: --input ${dir} is a directory; give the stream file dmthin send wrote, or '-' to read it from stdin [EISDIR]`);
+      expect(readdirSync(dir)).toEqual([]); // no target made
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
