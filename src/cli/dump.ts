@@ -1,8 +1,8 @@
 /** `dmthin dump`: thin_dump-compatible output (XML, human_readable) or JSON. */
-import type { Command } from 'commander';
+import { type Command, Option } from 'commander';
 import { UsageError, unknownFormat } from '../errors';
 import type { DumpFormat } from '../thin/dump';
-import { CliContext, parseIntArg } from './common';
+import type { CliContext } from './common';
 import { Progress, stderrIsTTY } from './progress';
 import { isThinIdText, MetadataSnapOpts, openMetadataSource, thinIdArg } from './metadata-source';
 import { checkOutputPath, commandOutput } from './output';
@@ -13,6 +13,7 @@ interface DumpCliOpts extends MetadataSnapOpts {
   format: string;
   output?: string;
   quiet?: boolean;
+  repair?: boolean;
 }
 
 export function register(program: Command, ctx: () => CliContext): void {
@@ -21,20 +22,22 @@ export function register(program: Command, ctx: () => CliContext): void {
     .description('dump pool metadata (byte-identical to thin_dump 0.9.0 for xml and human_readable)')
     .argument('<metadata>', 'metadata device or file, or with -m a live pool (dm name, VG/LV or device node)')
     .option('-m, --metadata-snap', 'read through the held metadata snapshot (-mBLOCK / --metadata-snap=BLOCK: must be the held root)')
-    .option('--dev-id <id>', 'dump only this device (repeatable; ids not in the pool are ignored): thin id (decimal), or with a live LVM pool an LV name (VG/LV or LV; needs lvm2)', (v: string, acc: string[] = []) => [...acc, v])
+    .option('--dev-id <id>', 'dump only this device (repeatable; ids not in the pool are ignored, as by thin_dump): thin id (decimal, any size), or with a live LVM pool an LV name (VG/LV or LV; needs lvm2)', (v: string, acc: string[] = []) => [...acc, v])
     .option('--skip-mappings', 'devices only, no mappings')
     .option('-f, --format <format>', 'xml, human_readable or json', 'xml')
     .option('-o, --output <file>', 'write to FILE instead of stdout (through a temporary file, renamed over FILE when complete)')
     .option('-q, --quiet', 'no progress bar')
+    // thin_dump's -r: refused by name, with what to use instead.
+    .addOption(new Option('-r, --repair').hideHelp())
     .action(async (metadata: string, o: DumpCliOpts) => {
       const c = ctx();
+      if (o.repair) throw new UsageError('-r/--repair is not supported (dump never repairs): find the damage with dmthin check, and write a repaired copy with thin_repair');
       const format = o.format as DumpFormat;
       if (!['xml', 'human_readable', 'json'].includes(format)) throw unknownFormat(o.format, ['xml', 'human_readable', 'json']);
-      for (const v of o.devId ?? []) if (isThinIdText(v)) parseIntArg('--dev-id', v); // checked before anything is opened
       await checkOutputPath(o.output, [{ path: metadata, role: 'the metadata input' }]);
       const { metadata: md, pool } = await openMetadataSource(metadata, o, c);
       c.onCleanup(() => md.close());
-      const devIds = o.devId && (await Promise.all(o.devId.map((v) => (isThinIdText(v) ? parseIntArg('--dev-id', v) : thinIdArg('--dev-id', v, pool)))));
+      const devIds = o.devId && (await Promise.all(o.devId.map((v) => (isThinIdText(v) ? Number(v) : thinIdArg('--dev-id', v, pool))))).filter((id) => id <= Number.MAX_SAFE_INTEGER);
       const { out, commit } = await commandOutput(o.output, c, [{ path: metadata, role: 'the metadata input' }]);
       const bar = new Progress('dump', !o.quiet && stderrIsTTY());
       try {

@@ -225,8 +225,9 @@ export async function dump(md: ThinMetadata, out: SinkTarget, opts: DumpOptions 
   if (opts.devIds !== undefined) {
     if (!Array.isArray(opts.devIds)) throw new UsageError('devIds must be an array of thin device ids');
     for (const id of opts.devIds as unknown[]) {
-      if (typeof id !== 'number' || !Number.isInteger(id) || id < 0 || id > 0xffffff) {
-        throw new UsageError(`bad device id ${typeof id === 'string' ? `'${id}'` : String(id)}${typeof id === 'bigint' ? 'n' : ''} in devIds: thin device ids are numbers, integers 0..2^24-1`);
+      // Not only the kernel's 24 bits: thin_restore writes larger ids, and thin_dump dumps them.
+      if (typeof id !== 'number' || !Number.isSafeInteger(id) || id < 0) {
+        throw new UsageError(`bad device id ${typeof id === 'string' ? `'${id}'` : String(id)}${typeof id === 'bigint' ? 'n' : ''} in devIds: thin device ids are numbers, integers 0..2^53-1`);
       }
     }
   }

@@ -16,7 +16,7 @@ import { spawnSync } from 'node:child_process';
 import { cpSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fixtureFile, itOracle, REPO_ROOT, runOracle, tempImage as tempImageCopy, type TempFile } from '../helpers/fixtures';
+import { fixtureFile, itOracle, REPO_ROOT, restoreFlat, runOracle, tempImage as tempImageCopy, type TempFile } from '../helpers/fixtures';
 import { CLI, runCli } from './run-cli';
 
 /** Exactly one line on stderr, nothing on stdout. */
@@ -143,6 +143,52 @@ describe('empty paths, missing and wrong files: one line naming the option and t
       expect(readdirSync(dir)).toEqual([]); // no target made
     } finally {
       rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('dump --dev-id and -r', () => {
+  // Ids past the kernel's 24 bits: thin_restore writes them, thin_dump dumps them,
+  // and an id the metadata does not hold is ignored with exit 0, whatever its size.
+  itOracle('an id >= 2^24 is dumped when the metadata holds it and ignored otherwise, as thin_dump 0.9.0', () => {
+    const big = restoreFlat(
+      [
+        '<superblock uuid="" time="1" transaction="1" flags="0" version="2" data_block_size="128" nr_data_blocks="100">',
+        '  <device dev_id="5" mapped_blocks="0" transaction="0" creation_time="0" snap_time="0">',
+        '  </device>',
+        '  <device dev_id="16777216" mapped_blocks="1" transaction="0" creation_time="0" snap_time="0">',
+        '    <single_mapping origin_block="0" data_block="0" time="0"/>',
+        '  </device>',
+        '</superblock>',
+        '',
+      ].join('\n'),
+      4 << 20,
+      'dev-id-big',
+    );
+    try {
+      for (const [path, ids] of [
+        [image.path, ['16777216']],
+        [image.path, ['99999999999999999999999']],
+        [big.path, ['16777216']],
+        [big.path, ['16777217', '5']],
+      ] as [string, string[]][]) {
+        const args = [...ids.flatMap((id) => ['--dev-id', id]), path];
+        const ref = runOracle('thin_dump', args);
+        const ours = runCli(['dump', ...args]);
+        expect([args, ours.status, ours.stderr, ours.stdout]).toEqual([args, ref.status, '', ref.stdout]);
+        expect(ref.status).toBe(0);
+      }
+      expect(runCli(['dump', '--dev-id', '16777216', big.path]).stdout).toContain('dev_id="16777216"');
+    } finally {
+      big.cleanup();
+    }
+  });
+
+  test('-r/--repair is refused by name, saying what to use instead', () => {
+    for (const flag of ['-r', '--repair']) {
+      const r = runCli(['dump', flag, image.path]);
+      expect(r.status).toBe(1);
+      expect(oneLine(r)).toBe('dmthin dump: -r/--repair is not supported (dump never repairs): find the damage with dmthin check, and write a repaired copy with thin_repair [EINVAL]');
     }
   });
 });
