@@ -19,6 +19,21 @@ interface MergeCliOpts {
   quiet?: boolean;
 }
 
+/**
+ * --snap: a thin id. A name there is most likely an LVM snapshot's, which
+ * LVM merges itself (the hint); a malformed or too large number gets the range.
+ */
+function snapArg(v: string, pool: string): number {
+  const n = /^[0-9]+$/.test(v) ? Number(v) : NaN;
+  if (n <= 2 ** 24 - 1) return n;
+  const numberLike = v.trim() !== '' && !Number.isNaN(Number(v.trim()));
+  if (numberLike || !/^[A-Za-z0-9+_.-]+(\/[A-Za-z0-9+_.-]+)?$/.test(v)) {
+    throw new UsageError(`--snap must be a thin device id (0..16777215), got '${v}'`);
+  }
+  const vg = v.includes('/') ? '' : pool.includes('/') ? `${pool.split('/')[0]}/` : 'VG/';
+  throw new UsageError(`--snap takes a thin device id (a number), got '${v}'; a snapshot LVM made is merged with LVM's own command: lvconvert --merge ${vg}${v}`);
+}
+
 export function register(program: Command, ctx: () => CliContext): void {
   program
     .command('merge')
@@ -34,12 +49,7 @@ export function register(program: Command, ctx: () => CliContext): void {
     .action(async (o: MergeCliOpts) => {
       const c = ctx();
       if ((o.origin === undefined) === (o.externalOrigin === undefined)) throw new UsageError('give --external-origin DEVICE or --origin ID (one of them)');
-      if (!/^[0-9]+$/.test(o.snap)) {
-        // Most likely an LVM snapshot's name: merge takes thin ids, and LVM merges its own volumes.
-        const vg = o.pool.includes('/') ? o.pool.split('/')[0] : 'VG';
-        throw new UsageError(`--snap takes a thin device id (a number), got '${o.snap}'; a snapshot LVM made is merged with LVM's own command: lvconvert --merge ${vg}/${o.snap}`);
-      }
-      const snap = parseIntArg('--snap', o.snap, 2 ** 24 - 1);
+      const snap = snapArg(o.snap, o.pool);
       const bar = new Progress('merge', !o.quiet && stderrIsTTY());
       const common = {
         snap,

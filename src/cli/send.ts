@@ -45,7 +45,7 @@ export function parseSize(name: string, v: string): number {
   const m = /^([0-9]+)(?:([kmgtp])(?:ib)?|(s))?$/i.exec(v);
   if (!m) throw new UsageError(`${name} must be bytes, or a number with ${SIZE_SUFFIXES}; got '${v}'`);
   const n = Number(m[1]) * UNITS[(m[2] ?? m[3] ?? '').toLowerCase()];
-  if (!Number.isSafeInteger(n)) throw new UsageError(`${name} out of range: ${v}`);
+  if (!Number.isSafeInteger(n)) throw new UsageError(`${name} out of range: ${v} (at most 9007199254740991 bytes, 2^53-1, just under 8P)`);
   return n;
 }
 
@@ -74,7 +74,8 @@ export function register(program: Command, ctx: () => CliContext): void {
       if (o.base !== undefined && isThinIdText(o.base)) parseIntArg('--base', o.base, 2 ** 24 - 1);
       const deviceSize = o.size === undefined ? undefined : parseSize('--size', o.size);
       const formatVersion = formatVersionArg(o.formatVersion);
-      if ((o.pool === undefined) === (o.metadata === undefined)) throw new UsageError('give --pool (a live pool) or --metadata (offline images), not both');
+      if (o.pool === undefined && o.metadata === undefined) throw new UsageError('give --pool (a live pool) or --metadata (offline images): one of them is needed');
+      if (o.pool !== undefined && o.metadata !== undefined) throw new UsageError('give --pool (a live pool) or --metadata (offline images), not both');
       if (o.output === '-' && fdIsTTY(1)) throw new UsageError('refusing to write a binary stream to a terminal (redirect it, or use --output FILE)');
       if (o.output === '') throw new UsageError("-o needs a file name ('-' for stdout)");
       const bar = new Progress('send', !o.quiet && stderrIsTTY());
@@ -106,7 +107,8 @@ export function register(program: Command, ctx: () => CliContext): void {
         }
         opts = { ...common, pool: pool ?? o.pool, tmpDir: o.tmpDir };
       } else {
-        if ((o.data === undefined) === (o.device === undefined)) throw new UsageError('with --metadata give --data (pool data device) or --device (thin device)');
+        if (o.data !== undefined && o.device !== undefined) throw new UsageError('with --metadata give --data (pool data device) or --device (thin device), not both');
+        if (o.data === undefined) throw new UsageError('with --metadata give --data (pool data device) or --device (thin device): one of them is needed');
         opts = { ...common, metadata: o.metadata!, metadataSnap: snapOption(o), data: o.data, device: o.device };
       }
       const { send } = require('../ops/send') as typeof import('../ops/send');

@@ -147,6 +147,21 @@ describe('empty paths, missing and wrong files: one line naming the option and t
   });
 });
 
+describe('send: which of --pool/--metadata and --data/--device', () => {
+  test.each([
+    [['--snap', '1'], 'give --pool (a live pool) or --metadata (offline images): one of them is needed'],
+    [['--snap', '1', '--pool', 'p', '--metadata', 'm'], 'give --pool (a live pool) or --metadata (offline images), not both'],
+    [['--snap', '1', '--metadata', 'm', '--data', 'd', '--device', 'v'], 'with --metadata give --data (pool data device) or --device (thin device), not both'],
+    [['--snap', '1', '--metadata', 'm'], 'with --metadata give --data (pool data device) or --device (thin device): one of them is needed'],
+    // The range is stated.
+    [['--snap', '1', '--metadata', 'm', '--data', 'd', '--size', '8P'], '--size out of range: 8P (at most 9007199254740991 bytes, 2^53-1, just under 8P)'],
+  ])('dmthin send %j', (args, text) => {
+    const r = runCli(['send', ...args, '-o', join(tmpdir(), 'never-written')]);
+    expect(r.status).toBe(1);
+    expect(oneLine(r)).toBe(`dmthin send: ${text} [EINVAL]`);
+  });
+});
+
 describe('dump --dev-id and -r', () => {
   // Ids past the kernel's 24 bits: thin_restore writes them, thin_dump dumps them,
   // and an id the metadata does not hold is ignored with exit 0, whatever its size.
