@@ -93,6 +93,16 @@ export function statusJson(name: string, s: ThinPoolStatus): Record<string, unkn
   };
 }
 
+/** The longest --timeout: a timer takes at most 2^31-1 ms. */
+const MAX_TIMEOUT_S = Math.floor((2 ** 31 - 1) / 1000);
+
+/** An integer 1..max, or a usage error that says what is taken (`what`, with the range). */
+function positiveArg(flag: string, v: string, max: number, what: string): number {
+  const n = /^[0-9]+$/.test(v) ? Number(v) : NaN;
+  if (!(n >= 1 && n <= max)) throw new UsageError(`${flag} must be ${what}; got '${v}'`);
+  return n;
+}
+
 export function register(program: Command, ctx: () => CliContext): void {
   const pool = program.command('pool').description('status and messages of a live thin-pool (needs root and device-mapper)');
 
@@ -113,14 +123,12 @@ export function register(program: Command, ctx: () => CliContext): void {
     .description('print the pool\'s events as they come (low-water-mark, mode, needs-check, metadata-low, other), one per line')
     .argument('<name>', 'dm name of the pool')
     .option('--json', 'one JSON object per line')
-    .option('--count <n>', 'exit after N events (status 1 if --timeout ends the wait first)')
-    .option('--timeout <seconds>', 'stop after this many seconds (status 0 without --count)')
+    .option('--count <n>', 'exit after N events, N >= 1 (status 1 if --timeout ends the wait first)')
+    .option('--timeout <seconds>', `stop after this many seconds, 1..${MAX_TIMEOUT_S} (status 0 without --count)`)
     .action(async (name: string, o: { json?: boolean; count?: string; timeout?: string }) => {
       ctx();
-      const count = o.count !== undefined ? parseIntArg('--count', o.count) : undefined;
-      if (count === 0) throw new UsageError('--count must be at least 1');
-      const seconds = o.timeout !== undefined ? parseIntArg('--timeout', o.timeout, 2 ** 31 / 1000) : undefined;
-      if (seconds === 0) throw new UsageError('--timeout must be at least 1 second');
+      const count = o.count !== undefined ? positiveArg('--count', o.count, Number.MAX_SAFE_INTEGER, 'a positive integer (1 or more)') : undefined;
+      const seconds = o.timeout !== undefined ? positiveArg('--timeout', o.timeout, MAX_TIMEOUT_S, `whole seconds, 1..${MAX_TIMEOUT_S}`) : undefined;
       const p = await ThinPool.open(name);
       const signal = seconds !== undefined ? AbortSignal.timeout(seconds * 1000) : undefined;
       let seen = 0;

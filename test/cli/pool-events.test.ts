@@ -12,10 +12,14 @@ import { runCli } from './run-cli';
 
 test('argument errors: status 1, one line naming the problem', () => {
   for (const [args, text] of [
-    [['--count', '0'], '--count must be at least 1'],
-    [['--count', 'x'], "--count must be a non-negative integer, got 'x'"],
-    [['--timeout', '0'], '--timeout must be at least 1 second'],
-    [['--timeout', '-3'], "--timeout must be a non-negative integer, got '-3'"],
+    // 0 is refused as any other count below 1: the message says a positive integer, not a non-negative one.
+    [['--count', '0'], "--count must be a positive integer (1 or more); got '0'"],
+    [['--count', '-1'], "--count must be a positive integer (1 or more); got '-1'"],
+    [['--count', 'x'], "--count must be a positive integer (1 or more); got 'x'"],
+    [['--timeout', '0'], "--timeout must be whole seconds, 1..2147483; got '0'"],
+    [['--timeout', '-3'], "--timeout must be whole seconds, 1..2147483; got '-3'"],
+    // The range is stated (a timer takes at most 2^31-1 ms), not only "out of range".
+    [['--timeout', '2147484'], "--timeout must be whole seconds, 1..2147483; got '2147484'"],
   ] as [string[], string][]) {
     const r = runCli(['pool', 'events', 'p', ...args]);
     expect({ args, status: r.status, stdout: r.stdout, stderr: r.stderr }).toEqual({ args, status: 1, stdout: '', stderr: `dmthin pool events: ${text} [EINVAL]\n` });
@@ -24,6 +28,7 @@ test('argument errors: status 1, one line naming the problem', () => {
 
 test('a pool that cannot be opened (no device-mapper here, or no such pool): status 1, one line', () => {
   const r = runCli(['pool', 'events', 'dmthin-test-no-such-pool', '--timeout', '5']);
+  expect(runCli(['pool', 'events', 'p', '--help']).stdout.replace(/\s+/g, ' ')).toContain('--count <n> exit after N events, N >= 1');
   expect(r.status).toBe(1);
   expect(r.stdout).toBe('');
   expect(r.stderr).toMatch(/^dmthin pool events: .*\[E[A-Z]+\]\n$/);
