@@ -2,7 +2,8 @@
  * `dmthin backups init|list|verify|prune|delete`: a backup repository itself.
  */
 import type { Command } from 'commander';
-import { DmthinError, RepoError } from '../errors';
+import { dirname } from 'node:path';
+import { DmthinError, isSystemError, RepoError } from '../errors';
 import type { DamagedBackup, Repository as RepositoryT } from '../repo/repository';
 import { CliContext, parseIntArg, print } from './common';
 import { toJson } from './json';
@@ -31,8 +32,28 @@ async function ensureKeyFile(path: string): Promise<boolean> {
     return true;
   } catch (e) {
     if (e instanceof RepoError && e.reason === 'exists') return false;
-    throw e;
+    throw keyFileError(path, e);
   }
+}
+
+/**
+ * A key file that could not be made, in one line with the system's code:
+ * the library's message carries Node's text ("ENOENT: no such file or
+ * directory, open '...'") under EINVAL.
+ */
+function keyFileError(path: string, e: unknown): unknown {
+  const cause = e instanceof DmthinError ? e.cause : undefined;
+  if (!isSystemError(cause) || cause.code === undefined) return e;
+  const dir = dirname(path);
+  const why: Record<string, string> = {
+    ENOENT: `directory ${dir} does not exist; create it, or give --key-file a path in an existing directory`,
+    ENOTDIR: `a part of ${dir} is not a directory; give --key-file a path in an existing directory`,
+    EACCES: `permission denied in ${dir}; give --key-file a path you can write, or run as a user who can`,
+    EPERM: `not permitted in ${dir}; give --key-file a path you can write, or run as a user who can`,
+    EROFS: `${dir} is on a read-only file system; give --key-file a path on a writable one`,
+  };
+  const text = why[cause.code] ?? `${cause.code} (${cause.message.replace(/^[A-Z]+: /, '').replace(/, open '.*'$/, '')})`;
+  return new RepoError('config', `cannot create key file ${path}: ${text}`, { path, code: cause.code, cause });
 }
 
 function count(flag: string, v: string | undefined): number | undefined {

@@ -234,6 +234,17 @@ describe('encrypted repository', () => {
     expect(sha256(readFileSync(s.path('enc.img')))).toBe(sha256(deviceBytes(pool, 1, SIZE)));
   });
 
+  test('--key-file in a directory that does not exist: one line naming the directory and what to do, with its code (not Node\'s ENOENT text under EINVAL); nothing made', () => {
+    const repo = s.path('no-key-dir-repo');
+    const key = s.path('no-such-dir/repo.key');
+    const r = cli(['backups', 'init', '--repo', repo, '--key-file', key]);
+    expect(r.status).toBe(1);
+    expect(oneLine(r.stderr)).toBe(
+      `dmthin backups init: cannot create key file ${key}: directory ${s.path('no-such-dir')} does not exist; create it, or give --key-file a path in an existing directory [ENOENT]`,
+    );
+    expect(existsSync(repo)).toBe(false);
+  });
+
   test('a passphrase from DMTHIN_REPO_PASSPHRASE', () => {
     const repo = s.path('pass-repo');
     expect(cli(['backups', 'init', '--repo', repo], { DMTHIN_REPO_PASSPHRASE: 'correct horse' }).status).toBe(0);
