@@ -80,7 +80,7 @@ function summary(r: CheckReport, why: string, read: 'all' | 'no-mappings' | 'sup
     lines.push(`space maps checked: ${c.metadataBlocksInUse} of ${c.metadataBlocks} metadata blocks and ${c.dataBlocksInUse} of ${c.dataBlocks} data blocks in use`);
   } else lines.push(`space maps not checked${why ? ` (${why})` : ''}`);
   if (r.omitted) lines.push(`${r.omitted} more problems not listed`);
-  lines.push(r.fatal + r.nonFatal === 0 ? 'no problems found' : `${r.fatal} fatal, ${r.nonFatal} non-fatal problem${r.fatal + r.nonFatal === 1 ? '' : 's'} found`);
+  lines.push(r.fatal + r.nonFatal === 0 ? 'no problems found' : `${r.fatal + r.nonFatal} problem${r.fatal + r.nonFatal === 1 ? '' : 's'} found: ${r.fatal} fatal, ${r.nonFatal} non-fatal`);
   return lines.join('\n') + '\n';
 }
 

@@ -362,6 +362,9 @@ describe('CLI', () => {
     expect(r2.stdout).toMatch(/^warning \[sm-leak\]/m);
     const fatal = corrupt(clean, 'data-sm-in-use-free').image;
     expect(run(fatal, []).status).toBe(1);
+    // The summary on stdout: counted nouns agree ("1 fatal, 0 non-fatal problem found" before).
+    expect(r1.stdout).toMatch(/\n1 problem found: 0 fatal, 1 non-fatal\n$/);
+    expect(run(fatal, []).stdout).toMatch(/\n\d+ problems? found: [1-9]\d* fatal, \d+ non-fatal\n$/);
     const r3 = run(fatal, ['--ignore-non-fatal-errors']);
     expect(r3.status).toBe(1);
     expect(r3.stdout).toMatch(/^error \[sm-in-use-counted-free\] \(block \d+, data-sm tree\): .*overwrite live data/m);
