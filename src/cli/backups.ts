@@ -143,7 +143,15 @@ export function register(program: Command, ctx: () => CliContext): void {
         const list = (await repo.listBackups({ signal: c.signal, onDamaged: () => undefined })).find((b) => b.id === p.backup);
         const where = p.index < 0 ? 'its manifest' : `chunk ${p.index} (device bytes ${p.offset}..${p.offset + (list ? Math.min(list.chunkSize, list.deviceSize - p.offset) : 1) - 1})`;
         // A backup whose manifest cannot be read cannot be restored: say how to get rid of it.
-        const fix = p.index < 0 ? `; it cannot be restored: delete it with dmthin backups delete --repo ${o.repo} --backup ${p.backup}, or restore its files from a copy` : '';
+        // A missing chunk: chunks are stored by content, so a full backup of a snapshot that still reads the same stores it again for every
+        // backup naming it (an incremental copies the reference from its base, and a later one with it). A damaged one is present: a
+        // backup does not store it again.
+        const fix =
+          p.index < 0
+            ? `; it cannot be restored: delete it with dmthin backups delete --repo ${o.repo} --backup ${p.backup}, or restore its files from a copy`
+            : p.reason === 'missing'
+              ? `; the backups naming it cannot be restored whole, nor can incrementals made on them: a dmthin backup --full of a snapshot that still holds that data stores it again, else delete them (dmthin backups delete)`
+              : '';
         throw new RepoError(p.reason === 'missing' ? 'not-found' : 'corrupt', `${n} problem${n === 1 ? '' : 's'} found; the first: backup ${p.backup}, ${where} is ${p.reason}${fix}`, { backup: p.backup });
       }
     });
@@ -178,7 +186,9 @@ export function register(program: Command, ctx: () => CliContext): void {
       if (o.json) print(toJson(r) + '\n');
       else {
         for (const id of r.deleted) print(`${o.dryRun ? 'would delete' : 'deleted'} ${id}\n`);
-        print(`kept ${r.kept.length} backups, ${o.dryRun ? 'would delete' : 'deleted'} ${r.deleted.length}; ${r.deletedChunks} chunks (${r.freedBytes} bytes) freed${r.deletedTemporary ? `, ${r.deletedTemporary} temporary files of interrupted writes removed` : ''}\n`);
+        // A dry run collects nothing, so it cannot say what would be freed (the JSON's counts are 0).
+        if (o.dryRun) print(`kept ${r.kept.length} backups, would delete ${r.deleted.length}; chunks are counted and freed only by a prune without --dry-run\n`);
+        else print(`kept ${r.kept.length} backups, deleted ${r.deleted.length}; ${r.deletedChunks} chunks (${r.freedBytes} bytes) freed${r.deletedTemporary ? `, ${r.deletedTemporary} temporary files of interrupted writes removed` : ''}\n`);
       }
     });
 

@@ -170,10 +170,20 @@ describe('unencrypted repository', () => {
     const bad = cli(['backups', 'verify', '--repo', repo]);
     expect(bad.status).toBe(1);
     expect(bad.stdout).toContain(`backup ${id}: chunk 5 at byte ${5 * BLOCK} (${victim}) missing`);
-    expect(oneLine(bad.stderr)).toBe(`dmthin backups verify: 2 problems found; the first: backup ${id}, chunk 5 (device bytes ${5 * BLOCK}..${6 * BLOCK - 1}) is missing [ENOENT]`);
+    expect(oneLine(bad.stderr)).toBe(
+      `dmthin backups verify: 2 problems found; the first: backup ${id}, chunk 5 (device bytes ${5 * BLOCK}..${6 * BLOCK - 1}) is missing; ` +
+        'the backups naming it cannot be restored whole, nor can incrementals made on them: a dmthin backup --full of a snapshot that still holds that data stores it again, else delete them (dmthin backups delete) [ENOENT]',
+    );
     const rr = cli(['restore', '--repo', repo, '--backup', id, '--target', s.path('broken.img'), '--create']);
     expect(rr.status).toBe(1);
     expect(oneLine(rr.stderr)).toMatch(new RegExp(`^dmthin restore: backup ${id}: chunk 5 \\(device bytes ${5 * BLOCK}\\.\\.${6 * BLOCK - 1}\\) is missing: .* is incomplete .*\\[ENOENT\\]$`));
+    // What the message advises: a full backup of a snapshot that still holds the data (snap 2, under
+    // another volume here) stores the chunk again, and the backups naming it are whole.
+    const refill = cli([...offline(2, repo, ['--volume', 'refill', '--full']), '--json']);
+    expect(refill.status).toBe(0);
+    expect(cli(['backups', 'verify', '--repo', repo, '--data']).status).toBe(0);
+    expect(cli(['restore', '--repo', repo, '--backup', id, '--target', s.path('broken.img'), '--create']).status).toBe(0);
+    expect(cli(['backups', 'delete', '--repo', repo, '--backup', JSON.parse(refill.stdout).id]).status).toBe(0);
   });
 
   test('prune --keep-last 1 --json keeps the newest and collects the rest', () => {
@@ -187,6 +197,18 @@ describe('unencrypted repository', () => {
     expect(j.kept).toEqual([ids[2]]);
     expect(j.deleted.sort()).toEqual([ids[0], ids[1]].sort());
     expect(JSON.parse(cli(['backups', 'list', '--repo', repo, '--json']).stdout).map((b: { id: string }) => b.id)).toEqual([ids[2]]);
+  });
+
+  test('prune --dry-run says which backups it would delete and does not claim a count of freed chunks', () => {
+    const repo2 = s.path('dry-run-repo');
+    expect(cli(['backups', 'init', '--repo', repo2]).status).toBe(0);
+    for (const snap of [1, 2]) expect(cli(offline(snap, repo2)).status).toBe(0);
+    const r = cli(['backups', 'prune', '--repo', repo2, '--keep-last', '1', '--dry-run']);
+    expect(r.status).toBe(0);
+    const lines = r.stdout.trim().split('\n');
+    expect(lines[0]).toMatch(/^would delete \S+$/);
+    expect(lines[1]).toBe('kept 1 backups, would delete 1; chunks are counted and freed only by a prune without --dry-run');
+    expect(JSON.parse(cli(['backups', 'list', '--repo', repo2, '--json']).stdout)).toHaveLength(2);
   });
 });
 
