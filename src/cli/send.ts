@@ -108,7 +108,7 @@ export function register(program: Command, ctx: () => CliContext): void {
         opts = { ...common, pool: pool ?? o.pool, tmpDir: o.tmpDir };
       } else {
         if (o.data !== undefined && o.device !== undefined) throw new UsageError('with --metadata give --data (pool data device) or --device (thin device), not both');
-        if (o.data === undefined) throw new UsageError('with --metadata give --data (pool data device) or --device (thin device): one of them is needed');
+        if (o.data === undefined && o.device === undefined) throw new UsageError('with --metadata give --data (pool data device) or --device (thin device): one of them is needed');
         opts = { ...common, metadata: o.metadata!, metadataSnap: snapOption(o), data: o.data, device: o.device };
       }
       const { send } = require('../ops/send') as typeof import('../ops/send');
