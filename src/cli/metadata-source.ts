@@ -20,7 +20,12 @@ export interface MetadataSnapOpts {
 }
 
 export function snapOption(o: MetadataSnapOpts): boolean | number | undefined {
-  if (o.metadataSnapBlock !== undefined) return parseIntArg('--metadata-snap block', o.metadataSnapBlock);
+  if (o.metadataSnapBlock !== undefined) {
+    const b = parseIntArg('--metadata-snap block', o.metadataSnapBlock);
+    // Block 0 is the superblock itself, never a snapshot (said here, not in the library's option name).
+    if (b === 0) throw new UsageError("--metadata-snap block must be 1 or more (block 0 is the live superblock), got '0'");
+    return b;
+  }
   return o.metadataSnap ? true : undefined;
 }
 

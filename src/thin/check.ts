@@ -954,7 +954,9 @@ export async function checkMetadata(md: ThinMetadata, opts: CheckOptions = {}): 
   if (!recount) return done(false);
 
   // After a structural fault some subtree was not walked: leaks and high counts prove nothing then.
-  const partial = c.fatal > 0;
+  // Asked at each comparison: a fault in the data space map's index (found below) leaves its nodes
+  // and bitmaps uncounted as metadata references too.
+  const partial = (): boolean => c.fatal > 0;
   // Data space map: index tree nodes and bitmaps are metadata references too.
   const meta = c.meta!;
   const windows = c.dataWindows;
@@ -985,11 +987,11 @@ export async function checkMetadata(md: ThinMetadata, opts: CheckOptions = {}): 
     const r = await compareSpaceMap(md.io, kind, root, index, md.nrMetadataBlocks, counted, c.report, {
       signal: opts.signal,
       overflowUnreadable: !overflowOk[kind],
-      partial,
+      partial: partial(),
       onProgress: (d, t) => c.progress(kind === 'data' ? 'data-sm' : 'metadata-sm', d, t),
       ...(kind === 'data' && loadWindow ? { loadWindow } : {}),
     });
-    if (!partial) checkNrAllocated(c, kind, root.nrAllocated, root.nrBlocks, r.diskInUse);
+    if (!partial()) checkNrAllocated(c, kind, root.nrAllocated, root.nrBlocks, r.diskInUse);
   };
   if (dataIndex) await compare('data', dataIndex, data);
   if (windows) {

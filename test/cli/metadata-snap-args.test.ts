@@ -100,4 +100,7 @@ test('the attached block still works where it stands as an option, and dump -mq 
   expect(runCli(['check', '-m5', held]).stderr.trim()).toMatch(/block 5 does not match the held root 8/);
   const r = runCli(['dump', '-mq', held]);
   expect({ status: r.status, stderr: r.stderr.trim() }).toEqual({ status: 1, stderr: "dmthin dump: --metadata-snap block must be a non-negative integer, got 'q' [EINVAL]" });
+  // Block 0 in the command line's words, not the library option's (found by an outside hunt).
+  const z = runCli(['dump', '-m0', held]);
+  expect({ status: z.status, stderr: z.stderr.trim() }).toEqual({ status: 1, stderr: "dmthin dump: --metadata-snap block must be 1 or more (block 0 is the live superblock), got '0' [EINVAL]" });
 });

@@ -258,6 +258,20 @@ describe('absurd sizes', () => {
   });
 });
 
+describe('a fault in the data space map index', () => {
+  it('is the one problem: its uncounted nodes and bitmaps are not reported as leaked metadata blocks (found by an outside hunt)', async () => {
+    const img = Buffer.from(fixtureImage('basic'));
+    const b = blk(img, 0);
+    // Three more bitmaps' worth of data blocks than the index holds.
+    b.writeBigUInt64LE(b.readBigUInt64LE(0x40) + 3n * 16320n, 0x40);
+    seal(b, 'superblock');
+    const r = await check(img);
+    expect(r.problems.map((p) => [p.severity, p.kind])).toEqual([['fatal', 'sm-index']]);
+    expect(r.nonFatal).toBe(0);
+    expect(r.spaceMapsChecked).toBe(false);
+  });
+});
+
 describe('shared subtrees', () => {
   /**
    * shared-subtree: devices 2-4 are snapshots of 1; device 3's root was
