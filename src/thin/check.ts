@@ -943,6 +943,16 @@ export async function checkMetadata(md: ThinMetadata, opts: CheckOptions = {}): 
     }
     if (held) {
       const bad = [held.deviceDetailsRoot, held.dataMappingRoot].find((b) => b === 0 || b >= md.nrMetadataBlocks);
+      if (held.dataBlockSize !== live.dataBlockSize) {
+        // A pool's data block size never changes (dump -m would print its mappings in other units).
+        c.report({
+          severity: 'fatal',
+          kind: 'block-size',
+          block: live.heldRoot,
+          tree: 'superblock',
+          message: `metadata snapshot superblock (block ${live.heldRoot}) says data blocks of ${held.dataBlockSize} sectors, the live superblock ${live.dataBlockSize}`,
+        });
+      }
       if (bad !== undefined) {
         c.report({ severity: 'fatal', kind: 'block-range', block: live.heldRoot, tree: 'superblock', message: `metadata snapshot superblock (block ${live.heldRoot}) names root ${bad}, outside the metadata device` });
       } else if (!(await checkTrees(c, held, opts, `metadata snapshot (block ${live.heldRoot})`))) {

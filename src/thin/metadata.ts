@@ -190,6 +190,15 @@ export class ThinMetadata implements AsyncDisposable {
       }
       const [hb] = await io.read([held]);
       used = parseSuperblock(hb);
+      // A pool's data block size never changes: a held copy that says otherwise is damaged, and its
+      // trees' block numbers would be printed in other units than the live data device's size.
+      if (used.dataBlockSize !== live.dataBlockSize) {
+        throw new MetadataError(
+          'block-size',
+          `the metadata snapshot's superblock (block ${held}) says data blocks of ${used.dataBlockSize} sectors, the live superblock ${live.dataBlockSize}: the snapshot is damaged`,
+          { path: io.path, block: held },
+        );
+      }
     }
     return new ThinMetadata(io, live, used);
   }

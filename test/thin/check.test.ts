@@ -258,6 +258,26 @@ describe('absurd sizes', () => {
   });
 });
 
+describe("a held snapshot whose superblock says another data block size (a pool's never changes; found by an outside hunt)", () => {
+  const damaged = (): Buffer => {
+    const img = Buffer.from(fixtureImage('metadata-snap'));
+    const held = blk(img, 0).readUInt32LE(0x38); // held root (low word)
+    const h = blk(img, held);
+    h.writeUInt32LE(h.readUInt32LE(0x150) * 2, 0x150); // data_block_size
+    seal(h, 'superblock');
+    return img;
+  };
+
+  it('check of the live metadata: a fatal block-size problem at the held superblock', async () => {
+    const r = await check(damaged());
+    expect(r.problems.map((p) => [p.severity, p.kind, p.block])).toEqual([['fatal', 'block-size', blk(damaged(), 0).readUInt32LE(0x38)]]);
+  });
+
+  it('opened through the snapshot (dump -m, check -m): MetadataError block-size, nothing read in the wrong units', async () => {
+    await expect(ThinMetadata.fromBuffer(damaged(), { metadataSnap: true })).rejects.toMatchObject({ name: 'MetadataError', kind: 'block-size' });
+  });
+});
+
 describe('a fault in the data space map index', () => {
   it('is the one problem: its uncounted nodes and bitmaps are not reported as leaked metadata blocks (found by an outside hunt)', async () => {
     const img = Buffer.from(fixtureImage('basic'));
