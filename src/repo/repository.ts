@@ -784,6 +784,7 @@ class Session implements BackupSession {
   async putChunk(plain: Uint8Array, opts: PutChunkOptions = {}): Promise<PutResult> {
     this.open();
     throwIfAborted(opts.signal);
+    if (!(plain instanceof Uint8Array)) throw new RepoError('config', `putChunk takes a chunk as a Buffer or Uint8Array, got ${plain === null ? 'null' : typeof plain === 'object' ? (plain as object).constructor?.name ?? 'an object' : typeof plain}`);
     if (plain.length > MAX_CHUNK)
       throw new RepoError('config', `a chunk of ${plain.length} bytes is larger than the ${MAX_CHUNK / 2 ** 20} MiB a chunk may have`);
     const id = opts.id ?? this.repo.chunkId(plain);

@@ -128,6 +128,14 @@ describe('Repository (local, unencrypted)', () => {
       await expect(s.commit(header('v', 4 * CHUNK), bad)).rejects.toMatchObject({ reason: 'config' });
     }
     await using s = await repo.beginBackup('v');
+    // Not a chunk: a typed refusal, not a TypeError from deep inside (found by an outside hunt).
+    for (const [bad, what] of [
+      [null, 'null'],
+      [new DataView(new ArrayBuffer(8)), 'DataView'],
+      ['text', 'string'],
+    ] as const) {
+      await expect(s.putChunk(bad as unknown as Buffer)).rejects.toMatchObject({ name: 'RepoError', reason: 'config', message: `putChunk takes a chunk as a Buffer or Uint8Array, got ${what}` });
+    }
     await expect(s.commit(header('other', CHUNK), [])).rejects.toMatchObject({ reason: 'config' });
     await expect(s.commit({ ...header('v', CHUNK), deviceSize: 1000 }, [])).rejects.toMatchObject({ reason: 'config' });
     expect(await repo.listBackups()).toEqual([]);
