@@ -166,7 +166,11 @@ class HumanEmitter implements Emitter {
 class JsonEmitter implements Emitter {
   private firstDevice = true;
   private firstRun = true;
-  constructor(private readonly s: OutputSink) {}
+  /** skipMappings: the mappings were not read, so they have no value (null), which [] would misstate as none. */
+  constructor(
+    private readonly s: OutputSink,
+    private readonly skipMappings = false,
+  ) {}
   begin(sb: SuperblockHeader): void {
     // Key names and types as docs/json.md: u64s (transactionId, originBegin) as decimal strings.
     const head = {
@@ -183,7 +187,7 @@ class JsonEmitter implements Emitter {
   }
   beginDevice(d: DeviceDetails): void {
     this.s.str(
-      `${this.firstDevice ? '' : ','}\n{"devId":${d.devId},"mappedBlocks":${d.mappedBlocks},"transactionId":"${d.transactionId}","creationTime":${d.creationTime},"snapshottedTime":${d.snapshottedTime},"mappings":[`,
+      `${this.firstDevice ? '' : ','}\n{"devId":${d.devId},"mappedBlocks":${d.mappedBlocks},"transactionId":"${d.transactionId}","creationTime":${d.creationTime},"snapshottedTime":${d.snapshottedTime},"mappings":${this.skipMappings ? 'null' : '['}`,
     );
     this.firstDevice = false;
     this.firstRun = true;
@@ -197,21 +201,21 @@ class JsonEmitter implements Emitter {
     this.s.ascii(out);
   }
   endDevice(): void {
-    this.s.str(']}');
+    this.s.str(this.skipMappings ? '}' : ']}');
   }
   end(): void {
     this.s.str('\n]}\n');
   }
 }
 
-function makeEmitter(format: DumpFormat, s: OutputSink): Emitter {
+function makeEmitter(format: DumpFormat, s: OutputSink, skipMappings: boolean): Emitter {
   switch (format) {
     case 'xml':
       return new XmlEmitter(s);
     case 'human_readable':
       return new HumanEmitter(s);
     case 'json':
-      return new JsonEmitter(s);
+      return new JsonEmitter(s, skipMappings);
     default:
       throw unknownFormat(format, DUMP_FORMATS);
   }
@@ -232,7 +236,7 @@ export async function dump(md: ThinMetadata, out: SinkTarget, opts: DumpOptions 
     }
   }
   const sink = new OutputSink(out);
-  const e = makeEmitter(opts.format ?? 'xml', sink);
+  const e = makeEmitter(opts.format ?? 'xml', sink, opts.skipMappings === true);
   const sb = md.superblock;
   // Rows of the device table (in id order), not an object per device: a pool may hold 70,000.
   const table = await md.deviceTable({ signal: opts.signal });

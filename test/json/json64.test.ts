@@ -26,7 +26,7 @@ import { reportJson } from '../../src/cli/check';
 import { statusJson } from '../../src/cli/pool';
 import { toJson } from '../../src/cli/json';
 import { parseThinPoolStatus } from '../../src/dm/targets/thin-pool';
-import { fixtureImage } from '../helpers/fixtures';
+import { fixtureFile, fixtureImage } from '../helpers/fixtures';
 import { runCli } from '../cli/run-cli';
 import { scratch, writeDataFile } from '../stream/helpers';
 
@@ -249,6 +249,17 @@ describe('the CLI prints the same policy', () => {
     expect(shape(h)).toEqual(shape(s));
     // ls --json prints numbers and strings, never thin_ls's human units.
     expect(JSON.stringify(h.ls)).not.toMatch(/iB"/);
+  });
+
+  test('dump -f json --skip-mappings: each device\'s mappings are null (not read), not [] (none); found by an outside hunt', () => {
+    using f = fixtureFile('basic');
+    const r = runCli(['dump', '-f', 'json', '--skip-mappings', f.path]);
+    expect([r.status, r.stderr]).toEqual([0, '']);
+    const devices = JSON.parse(r.stdout).devices as { mappedBlocks: number; mappings: unknown }[];
+    expect(devices.length).toBeGreaterThan(0);
+    for (const d of devices) expect(d.mappings).toBeNull();
+    const all = JSON.parse(runCli(['dump', '-f', 'json', f.path]).stdout).devices as { mappings: unknown[] }[];
+    expect(all.every((d) => Array.isArray(d.mappings))).toBe(true);
   });
 
   test('send --json and receive --json: a snapshot whose transaction id is 2^64-1', async () => {
