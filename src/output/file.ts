@@ -234,10 +234,25 @@ export interface NamedInput {
   role: string;
 }
 
-/** Where a path that may not exist yet would be: its directory's real path, then its name. */
-async function wouldBeAt(path: string): Promise<string> {
-  const dir = await realpath(dirname(resolve(path))).catch(() => dirname(resolve(path)));
-  return join(dir, basename(path));
+/**
+ * Where a path that does not exist yet would be created, as its directory's
+ * identity (device and inode) and the name in it: a dangling symlink is
+ * followed (the open follows it), and the directory is looked up as the
+ * kernel looks it up (`lnk/..` is lnk's parent, a bind mount the same
+ * directory), not by its path's text. null: the directory does not exist.
+ */
+async function wouldBeAt(path: string): Promise<string | null> {
+  let p = path;
+  for (let hops = 0; hops < 40; hops++) {
+    const l = await lstat(p).catch(() => null);
+    if (!l?.isSymbolicLink()) break;
+    const to = await readlink(p).catch(() => null);
+    if (to === null) break;
+    p = to.startsWith('/') ? to : `${dirname(p)}/${to}`;
+  }
+  // dirname() of the text as given: join()/resolve() would fold `x/..` before the kernel follows x.
+  const d = await stat(dirname(p)).catch(() => null);
+  return d ? `${d.dev}:${d.ino}/${basename(p)}` : null;
 }
 
 /**
@@ -250,7 +265,10 @@ async function wouldBeAt(path: string): Promise<string> {
 export async function sameTarget(a: string, b: string): Promise<boolean> {
   if (resolve(a) === resolve(b)) return true;
   const [x, y] = await Promise.all([stat(a).catch(() => null), stat(b).catch(() => null)]);
-  if (!x && !y) return (await wouldBeAt(a)) === (await wouldBeAt(b));
+  if (!x && !y) {
+    const [pa, pb] = await Promise.all([wouldBeAt(a), wouldBeAt(b)]);
+    return pa !== null && pa === pb;
+  }
   if (!x || !y) return false;
   if (x.isBlockDevice() || y.isBlockDevice()) return x.isBlockDevice() && y.isBlockDevice() && x.rdev === y.rdev;
   return x.dev === y.dev && x.ino === y.ino;
@@ -267,7 +285,7 @@ export async function refuseOutputOverInputs(output: string, outputRole: string,
   for (const i of inputs) {
     if (i.path === undefined) continue;
     const st = await stat(i.path).catch(() => null);
-    const same = out ? st !== null && st.dev === out.dev && st.ino === out.ino : st === null && (await wouldBeAt(i.path)) === (await wouldBeAt(output));
+    const same = out ? st !== null && st.dev === out.dev && st.ino === out.ino : st === null && (await sameTarget(i.path, output));
     if (same) {
       const named = resolve(i.path) === resolve(output) ? '' : ` ${i.path} (the same file)`;
       throw new UsageError(

@@ -82,6 +82,24 @@ test('receive --create --state TARGET, the target not made yet: refused, nothing
   }
 });
 
+test('the same place however spelled, before it exists: a dangling symlink to the other, and lnk/.. through a symlinked directory (found by an outside hunt)', () => {
+  const base = i.s.path(`spell-${Date.now()}`);
+  mkdirSync(join(base, 'real', 'sub'), { recursive: true });
+  symlinkSync(join(base, 'real', 'sub'), join(base, 'lnk'));
+  symlinkSync('s.json', join(base, 't.img')); // the target, a link to the state path (neither exists)
+  const cases: [string, string][] = [
+    [join(base, 't.img'), join(base, 's.json')],
+    // lnk/.. is real (the kernel follows lnk first), not base.
+    [join(base, 'lnk') + '/../t2.img', join(base, 'real', 't2.img')],
+  ];
+  for (const [target, state] of cases) {
+    const r = runCli(['receive', '--target', target, '--create', '-i', i.stream, '--state', state]);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/is the target .*: writing there would destroy it; choose another path \[EINVAL\]\n$/);
+    expect(existsSync(state)).toBe(false);
+  }
+});
+
 test('receive --state naming the file on stdin is refused', async () => {
   const before = sha256File(i.stream);
   const r = await new Promise<{ status: number | null; stderr: string }>((resolve) => {
