@@ -61,11 +61,14 @@ export interface S3BackendOptions {
   /** Keys per listing page (default 1000, S3's maximum). */
   listPageSize?: number;
   /**
-   * A request whose connection stays silent this long (ms: nothing sent or
-   * received) fails and is retried (default 120000). A slow but moving
-   * transfer is never cut.
+   * How long a request may wait for its response to begin (ms, default
+   * 120000), plus the time its body takes at `minUploadRate`; then it fails
+   * and is retried. A response body being read is not timed (a reader may
+   * pause).
    */
-  idleTimeoutMs?: number;
+  responseTimeoutMs?: number;
+  /** The slowest upload, in bytes per second per request, that is waited for (default 8192). */
+  minUploadRate?: number;
   /** Told of each retry before its backoff (for logs and tests). */
   onRetry?: (info: S3RetryInfo) => void;
 }
@@ -85,7 +88,7 @@ export interface S3RetryInfo {
 }
 
 const MIB = 1024 * 1024;
-const DEFAULTS = { partSize: 8 * MIB, concurrency: 16, maxAttempts: 8, baseDelayMs: 200, maxDelayMs: 5000, listPageSize: 1000, idleTimeoutMs: 120_000 };
+const DEFAULTS = { partSize: 8 * MIB, concurrency: 16, maxAttempts: 8, baseDelayMs: 200, maxDelayMs: 5000, listPageSize: 1000, responseTimeoutMs: 120_000, minUploadRate: 8192 };
 type Tuning = typeof DEFAULTS & Pick<S3BackendOptions, 'onRetry'>;
 const MAX_PARTS = 10000; // S3's limit per multipart upload
 const DELETE_BATCH = 1000; // S3's limit per DeleteObjects
@@ -312,6 +315,11 @@ class S3Backend implements Backend {
     }
   }
 
+  /** A request's options: its abort signal, and its deadline for the response to begin (responseTimeoutMs, plus its body at minUploadRate). */
+  private http(signal: AbortSignal | undefined, bodyBytes = 0): { abortSignal?: AbortSignal; requestTimeout: number } {
+    return { abortSignal: signal, requestTimeout: this.o.responseTimeoutMs + Math.ceil((bodyBytes * 1000) / this.o.minUploadRate) };
+  }
+
   private failure(what: string, key: string, e: unknown, attempts: number): RepoError {
     const code = s3Code(e);
     const status = httpStatus(e);
@@ -354,7 +362,7 @@ class S3Backend implements Backend {
           signal,
           (s) => {
             tries++;
-            return this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, Body: firstBuf, ContentLength: firstBuf.length, ...cond }), { abortSignal: s });
+            return this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, Body: firstBuf, ContentLength: firstBuf.length, ...cond }), this.http(s, firstBuf.length));
           },
           precondition,
         );
@@ -373,12 +381,12 @@ class S3Backend implements Backend {
 
   /** A multipart upload: the next part is read while the current one is sent; aborted on any failure. */
   private async multipart(key: string, Key: string, p1: Buffer, p2: Buffer, rest: AsyncGenerator<Buffer>, cond: { IfNoneMatch?: string }, precondition: ((e: unknown) => boolean) | undefined, signal?: AbortSignal): Promise<boolean> {
-    const created = await this.call('multipart create', key, signal, (s) => this.client.send(new CreateMultipartUploadCommand({ Bucket: this.bucket, Key }), { abortSignal: s }));
+    const created = await this.call('multipart create', key, signal, (s) => this.client.send(new CreateMultipartUploadCommand({ Bucket: this.bucket, Key }), this.http(s)));
     const UploadId = created.UploadId;
     if (!UploadId) throw new RepoError('backend', `S3 multipart create of ${key} in ${this.location} returned no upload id`, { key });
     const done: { PartNumber: number; ETag: string }[] = [];
     const send = async (n: number, buf: Buffer): Promise<void> => {
-      const r = await this.call(`part ${n} upload`, key, signal, (s) => this.client.send(new UploadPartCommand({ Bucket: this.bucket, Key, UploadId, PartNumber: n, Body: buf, ContentLength: buf.length }), { abortSignal: s }));
+      const r = await this.call(`part ${n} upload`, key, signal, (s) => this.client.send(new UploadPartCommand({ Bucket: this.bucket, Key, UploadId, PartNumber: n, Body: buf, ContentLength: buf.length }), this.http(s, buf.length)));
       if (!r.ETag) throw new RepoError('backend', `S3 part ${n} upload of ${key} in ${this.location} returned no ETag`, { key });
       done.push({ PartNumber: n, ETag: r.ETag });
     };
@@ -415,7 +423,7 @@ class S3Backend implements Backend {
           signal,
           (s) => {
             tries++;
-            return this.client.send(new CompleteMultipartUploadCommand({ Bucket: this.bucket, Key, UploadId, MultipartUpload: { Parts: done }, ...cond }), { abortSignal: s });
+            return this.client.send(new CompleteMultipartUploadCommand({ Bucket: this.bucket, Key, UploadId, MultipartUpload: { Parts: done }, ...cond }), this.http(s));
           },
           (e) => precondition?.(e) === true || gone(e),
         );
@@ -431,7 +439,7 @@ class S3Backend implements Backend {
     } catch (e) {
       // Best effort, without the caller's signal (an abort must still clean up);
       // a store that stays down keeps the parts until its lifecycle rule.
-      await this.call('multipart abort', key, undefined, () => this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key, UploadId }))).catch(() => undefined);
+      await this.call('multipart abort', key, undefined, () => this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key, UploadId }), this.http(undefined))).catch(() => undefined);
       throw e;
     }
   }
@@ -451,7 +459,7 @@ class S3Backend implements Backend {
   private async head(key: string, signal: AbortSignal | undefined): Promise<HeadObjectCommandOutput | null> {
     const Key = this.s3Key(key);
     try {
-      return await this.call('stat', key, signal, (s) => this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key }), { abortSignal: s }), (e) => httpStatus(e) === 404);
+      return await this.call('stat', key, signal, (s) => this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key }), this.http(s)), (e) => httpStatus(e) === 404);
     } catch (e) {
       if (httpStatus(e) === 404) return null;
       throw e;
@@ -476,7 +484,7 @@ class S3Backend implements Backend {
       const r = await this.call('get', key, signal, (s) =>
         this.client.send(
           new GetObjectCommand({ Bucket: this.bucket, Key, ...(offset > 0 ? { Range: `bytes=${offset}-`, IfMatch: etag } : {}) }),
-          { abortSignal: s },
+          this.http(s),
         ),
       ).catch((e: unknown) => {
         throw this.notFound(e, key);
@@ -527,7 +535,7 @@ class S3Backend implements Backend {
     let token: string | undefined;
     do {
       const r = await this.call('list', prefix || '(all)', signal, (s) =>
-        this.client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: this.root + prefix, ContinuationToken: token, MaxKeys: this.o.listPageSize }), { abortSignal: s }),
+        this.client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: this.root + prefix, ContinuationToken: token, MaxKeys: this.o.listPageSize }), this.http(s)),
       );
       for (const o of r.Contents ?? []) {
         if (!o.Key?.startsWith(this.root)) continue;
@@ -544,7 +552,7 @@ class S3Backend implements Backend {
       const r = await this.call('delete', batch[0]!, opts.signal, (s) =>
         this.client.send(
           new DeleteObjectsCommand({ Bucket: this.bucket, Delete: { Objects: batch.map((k) => ({ Key: this.s3Key(k) })), Quiet: true } }),
-          { abortSignal: s },
+          this.http(s),
         ),
       );
       const errs = (r.Errors ?? []).filter((e) => e.Code !== 'NoSuchKey');
@@ -579,7 +587,7 @@ export async function createS3Backend(bucket: string, prefix: string, options: S
   const pfx = prefix.replace(/^\/+|\/+$/g, '');
   if (pfx !== '') checkKey(pfx, 'prefix');
   const o: Tuning = { ...DEFAULTS, ...options };
-  for (const k of ['partSize', 'concurrency', 'maxAttempts', 'baseDelayMs', 'maxDelayMs', 'listPageSize', 'idleTimeoutMs'] as const) {
+  for (const k of ['partSize', 'concurrency', 'maxAttempts', 'baseDelayMs', 'maxDelayMs', 'listPageSize', 'responseTimeoutMs', 'minUploadRate'] as const) {
     const v = o[k];
     if (!Number.isSafeInteger(v) || v < (k === 'baseDelayMs' || k === 'maxDelayMs' ? 0 : 1)) throw new RepoError('config', `S3 backend option ${k} must be a positive integer, not ${String(v)}`);
   }
@@ -592,12 +600,13 @@ export async function createS3Backend(bucket: string, prefix: string, options: S
     requestChecksumCalculation: 'WHEN_REQUIRED',
     responseChecksumValidation: 'WHEN_REQUIRED',
     maxAttempts: 1, // retries are ours (call()), with a stated count
-    // An endpoint that takes the connection and never answers fails after
-    // idleTimeoutMs of silence (the socket's inactivity timeout). The SDK's
-    // requestTimeout would not do: in @smithy/node-http-handler 4 it only
-    // prints a warning unless told to throw, and it bounds the whole request
-    // (a large part on a slow link would be cut though moving).
-    requestHandler: { httpAgent: new HttpAgent(agentOpts), httpsAgent: new HttpsAgent(agentOpts), connectionTimeout: 10000, socketTimeout: o.idleTimeoutMs },
+    // An endpoint that takes the connection and never answers fails: each
+    // request has a deadline for its response to begin (see http()). Not the
+    // socket's inactivity timeout: Node resets it per write() and read, so a
+    // chunk sent as one write on a slow link, or a body our reader pauses,
+    // was cut though nothing was wrong. The SDK's requestTimeout only warns
+    // unless throwOnRequestTimeout is set (@smithy/node-http-handler 4).
+    requestHandler: { httpAgent: new HttpAgent(agentOpts), httpsAgent: new HttpsAgent(agentOpts), connectionTimeout: 10000, throwOnRequestTimeout: true },
   };
   let client = quietClient(config);
   try {

@@ -368,7 +368,7 @@ describe('S3 backend: configuration, and the SDK Node-version warning (no server
     expect(withEndpoint.stdout.trim()).toBe('ok s3://some-bucket/p');
   });
 
-  it('an endpoint that takes the connection and never answers: RepoError backend after idleTimeoutMs per attempt, no SDK warning', () => {
+  it('an endpoint that takes the connection and never answers: RepoError backend after responseTimeoutMs per attempt, no SDK warning', () => {
     const r = run(
       `const net = require('node:net');
        const { createS3Backend } = require(${JSON.stringify(dist)});
@@ -377,7 +377,7 @@ describe('S3 backend: configuration, and the SDK Node-version warning (no server
          process.env.AWS_ENDPOINT_URL = 'http://127.0.0.1:' + server.address().port;
          process.env.AWS_ACCESS_KEY_ID = 'k'; process.env.AWS_SECRET_ACCESS_KEY = 's';
          const retries = [];
-         const b = await createS3Backend('some-bucket', 'p', { idleTimeoutMs: 400, maxAttempts: 2, baseDelayMs: 0, maxDelayMs: 0, onRetry: (x) => retries.push(x.attempt) });
+         const b = await createS3Backend('some-bucket', 'p', { responseTimeoutMs: 400, maxAttempts: 2, baseDelayMs: 0, maxDelayMs: 0, onRetry: (x) => retries.push(x.attempt) });
          const t = Date.now();
          try { await b.stat('k'); console.log('resolved'); }
          catch (e) { console.log(JSON.stringify({ name: e.name, reason: e.reason, message: e.message, ms: Date.now() - t, retries })); }
@@ -388,10 +388,63 @@ describe('S3 backend: configuration, and the SDK Node-version warning (no server
     expect(r.stderr).not.toContain('@smithy');
     const out = JSON.parse(r.stdout.trim()) as { name: string; reason: string; message: string; ms: number; retries: number[] };
     expect(out).toMatchObject({ name: 'RepoError', reason: 'backend', retries: [1] });
-    expect(out.message).toMatch(/TimeoutError|timed out/);
-    // Two attempts of 400 ms of silence each (the default is 120 s: it used to wait for ever).
+    expect(out.message).toMatch(/TimeoutError|timed out|exceeded/);
+    // Two attempts of 400 ms each (the default is 120 s: it used to wait for ever).
     expect(out.ms).toBeGreaterThanOrEqual(700);
     expect(out.ms).toBeLessThan(15_000);
+  });
+
+  it('an upload answered late, and a reader that pauses a body, are not cut (found by an outside hunt)', () => {
+    // The server answers a PUT 1.5 s after its 64 KiB body (within the 8 s its size allows at 8 KiB/s; the
+    // client's socket is silent meanwhile, as it is while a slow link drains a chunk sent as one write), and
+    // sends a GET's 4 MiB body at once while the reader pauses 1.5 s after its first piece.
+    const r = run(
+      `const net = require('node:net'); const crypto = require('node:crypto');
+       const { createS3Backend } = require(${JSON.stringify(dist)});
+       const PUT = crypto.randomBytes(65536), GET = crypto.randomBytes(4 << 20);
+       const server = net.createServer((sock) => {
+         sock.on('error', () => {});
+         let buf = Buffer.alloc(0);
+         sock.on('data', (d) => {
+           buf = Buffer.concat([buf, d]);
+           const at = buf.indexOf('\\r\\n\\r\\n');
+           if (at < 0) return;
+           const text = buf.subarray(0, at).toString();
+           const m = /content-length: *(\\d+)/i.exec(text);
+           const need = at + 4 + (m ? Number(m[1]) : 0);
+           if (buf.length < need) return;
+           const body = buf.subarray(at + 4, need);
+           buf = buf.subarray(need);
+           if (text.startsWith('PUT')) {
+             const md5 = crypto.createHash('md5').update(body).digest('hex');
+             setTimeout(() => sock.write('HTTP/1.1 200 OK\\r\\nETag: "' + md5 + '"\\r\\nContent-Length: 0\\r\\n\\r\\n'), 1500);
+           } else {
+             sock.write('HTTP/1.1 200 OK\\r\\nETag: "e"\\r\\nContent-Length: ' + GET.length + '\\r\\n\\r\\n');
+             sock.write(GET);
+           }
+         });
+       });
+       server.listen(0, '127.0.0.1', async () => {
+         process.env.AWS_ENDPOINT_URL = 'http://127.0.0.1:' + server.address().port;
+         process.env.AWS_ACCESS_KEY_ID = 'k'; process.env.AWS_SECRET_ACCESS_KEY = 's';
+         const b = await createS3Backend('some-bucket', 'p', { responseTimeoutMs: 400, maxAttempts: 1 });
+         const out = {};
+         let t = Date.now();
+         try { out.put = await b.put('k', PUT); } catch (e) { out.put = e.message; }
+         out.putMs = Date.now() - t;
+         try {
+           const parts = [];
+           for await (const p of b.getStream('k')) { if (parts.length === 0) await new Promise((r) => setTimeout(r, 1500)); parts.push(p); }
+           out.get = Buffer.concat(parts).equals(GET);
+         } catch (e) { out.get = e.message; }
+         console.log(JSON.stringify(out));
+         await b.close(); server.close(); process.exit(0);
+       });`,
+    );
+    expect(r.status).toBe(0);
+    const out = JSON.parse(r.stdout.trim()) as { put: unknown; putMs: number; get: unknown };
+    expect(out).toMatchObject({ put: true, get: true });
+    expect(out.putMs).toBeGreaterThanOrEqual(1400);
   });
 
   it('createS3Backend keeps it off stderr, other warnings still print, the variable is left as it was', () => {
