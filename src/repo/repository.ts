@@ -911,12 +911,17 @@ class Session implements BackupSession {
       while (active > n) await new Promise<void>((r) => (wake = r));
     };
     const lookUp = async (e: ManifestEntry): Promise<void> => {
-      if (active >= STAT_CONCURRENCY) await waitBelow(STAT_CONCURRENCY - 1);
+      if (active >= STAT_CONCURRENCY) {
+        await waitBelow(STAT_CONCURRENCY - 1);
+        if (this.known.has(e.id)) return; // found meanwhile
+      }
       check();
       active++;
       this.backend.stat(chunkKey(e.id), { signal }).then(
         (found) => {
-          if (!found && (!missing || e.index < missing.index)) missing = e;
+          // Found: not looked up again (a chunk named at many indexes, e.g. zeros of another size).
+          if (found) this.known.add(e.id);
+          else if (!missing || e.index < missing.index) missing = e;
           settled();
         },
         (error: unknown) => {

@@ -299,11 +299,16 @@ describe('commit names only chunks the repository holds', () => {
     lookUps = 0;
     const sum = await s.commit({ ...hdr('v', 40), base }, entries);
     expect(sum.chunks).toBe(40);
-    expect(lookUps).toBe(1); // ids[30] at index 6
+    expect(lookUps).toBe(0); // ids[30] at index 6 was found by the refused commit's look-up; the rest are the base's
     await using s2 = await repo.beginBackup('v2');
     lookUps = 0;
     await s2.commit({ ...hdr('v2', 40), base: null }, early);
     expect(lookUps).toBe(40);
+    // One chunk named at many indexes is looked up once (found by an outside hunt: once per entry).
+    await using s3 = await repo.beginBackup('v3');
+    lookUps = 0;
+    await s3.commit({ ...hdr('v3', 40), base: null }, early.map((e) => ({ index: e.index, id: ids[0]! })));
+    expect(lookUps).toBeLessThanOrEqual(16); // at most the look-ups already in flight
     expect((await repo.verify({ data: true })).problems).toEqual([]);
   });
 
