@@ -39,9 +39,12 @@ const EXAMPLE = join(ROOT, 'examples', 'pool.bin');
  * 2026-12-02, stream format version 3: native/third_party/blake3 (BLAKE3's C and
  * x86-64 assembly, 357 KB of it the four .S files) took it to ~532 KB packed,
  * ~2.06 MB unpacked: budgets 500 KB -> 600 KB and 1.7 -> 2.2 MB; a build/ folder
- * (2.2 MB with its objects) or a bench image still goes over both.) */
+ * (2.2 MB with its objects) or a bench image still goes over both.
+ * 2026-12-04: 2,201,529 bytes unpacked (the README and docs grew with the hunts'
+ * fixes, no new kind of file): budget 2.2 -> 2.4 MB; a build/ folder (2.2 MB) still
+ * takes it to ~4.4 MB.) */
 const MAX_PACKED_BYTES = 600_000;
-const MAX_UNPACKED_BYTES = 2_200_000;
+const MAX_UNPACKED_BYTES = 2_400_000;
 
 interface PackResult {
   filename: string;
