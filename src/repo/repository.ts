@@ -231,6 +231,8 @@ function markedEntries(mark: ReadMark): (index: number, id: string) => ManifestE
 
 /** Chunks looked up at once when commit() checks entries it cannot vouch for. */
 const STAT_CONCURRENCY = 16;
+/** Chunk ids a commit remembers as found by a look-up (~100 bytes each). */
+const FOUND_CACHE = 4096;
 /** The largest chunk (the largest chunkSize a header may have). */
 const MAX_CHUNK = 64 * 1024 * 1024;
 /** The largest stored chunk: payload never larger than the plaintext (compressed only when smaller), plus the envelope (at most 34 bytes). */
@@ -894,6 +896,10 @@ class Session implements BackupSession {
     let failure: { error: unknown } | null = null;
     // The first entry (by index) found to name an absent chunk.
     let missing: ManifestEntry | null = null;
+    // Chunks found by a look-up, not looked up again (one named at many indexes, e.g. zeros of
+    // another size). Bounded: emptied when full, so a commit of many distinct entries holds no
+    // set of them all (the session's own `known` is for chunks it put).
+    const found = new Set<string>();
     const settled = (): void => {
       active--;
       const w = wake;
@@ -913,15 +919,16 @@ class Session implements BackupSession {
     const lookUp = async (e: ManifestEntry): Promise<void> => {
       if (active >= STAT_CONCURRENCY) {
         await waitBelow(STAT_CONCURRENCY - 1);
-        if (this.known.has(e.id)) return; // found meanwhile
+        if (found.has(e.id)) return; // found meanwhile
       }
       check();
       active++;
       this.backend.stat(chunkKey(e.id), { signal }).then(
-        (found) => {
-          // Found: not looked up again (a chunk named at many indexes, e.g. zeros of another size).
-          if (found) this.known.add(e.id);
-          else if (!missing || e.index < missing.index) missing = e;
+        (info) => {
+          if (info) {
+            if (found.size >= FOUND_CACHE) found.clear();
+            found.add(e.id);
+          } else if (!missing || e.index < missing.index) missing = e;
           settled();
         },
         (error: unknown) => {
@@ -933,7 +940,7 @@ class Session implements BackupSession {
     return {
       admit: (e) => {
         check();
-        if (this.known.has(e.id) || this.readHere(e)) return;
+        if (this.known.has(e.id) || found.has(e.id) || this.readHere(e)) return;
         return lookUp(e);
       },
       end: async () => {
