@@ -31,6 +31,7 @@ import { ExtentStore, type SendExtent } from '../stream/send/extent-store';
 import { identityOf, mappingRootDigest, offlinePoolId, planSend } from '../stream/send/plan';
 import { identityKey, type SnapshotIdentity } from '../stream/format/records';
 import { allowListeners, chunksAtOnce, Repository, type BackupSession, type BackupSummary, type KeySource, type ManifestEntry, type ManifestHeader } from '../repo/repository';
+import { Semaphore } from '../repo/semaphore';
 import { killAfterCount } from './test-seams';
 
 /** Largest chunk: a pool block above it is split into equal chunks (docs/repository.md "Chunk size"). */
@@ -441,7 +442,7 @@ async function store(repo: Repository, p: Plan, source: DataSource, deviceSize: 
 
   const uploads = Math.max(1, o.uploads ?? chunksAtOnce(cs));
   allowListeners(o.signal, uploads + inFlight);
-  const limit = limiter(uploads);
+  const slots = new Semaphore(uploads);
   const putOne = async (plain: Buffer): Promise<string> => {
     const id = repo.chunkId(plain);
     if (session.resumedIds.has(id) || stored.has(id)) {
@@ -454,7 +455,7 @@ async function store(repo: Repository, p: Plan, source: DataSource, deviceSize: 
       await pending;
       return id;
     }
-    const put = limit(() => session.putChunk(plain, { signal: o.signal, id })).then((r) => {
+    const put = slots.run(() => session.putChunk(plain, { signal: o.signal, id })).then((r) => {
       if (r.id !== id) throw new DmthinError('EIO', `the repository named chunk ${r.id} where ${id} was expected`);
       if (r.stored) {
         stats.chunksNew++;
@@ -625,23 +626,6 @@ async function store(repo: Repository, p: Plan, source: DataSource, deviceSize: 
     bytesUploaded: stats.bytesUploaded,
     source: p.source,
     durationMs: Date.now() - started,
-  };
-}
-
-/** Runs at most `n` of the functions given at once, in the order given. */
-function limiter(n: number): <T>(fn: () => Promise<T>) => Promise<T> {
-  let running = 0;
-  const waiting: (() => void)[] = [];
-  return async <T>(fn: () => Promise<T>): Promise<T> => {
-    if (running >= n) await new Promise<void>((r) => waiting.push(r));
-    else running++;
-    try {
-      return await fn();
-    } finally {
-      const next = waiting.shift();
-      if (next) next();
-      else running--;
-    }
   };
 }
 

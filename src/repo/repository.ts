@@ -16,6 +16,7 @@ import type { Backend } from './backend';
 import { chunkIdOf, DEFAULT_COMPRESSION, formatCompression, isChunkId, parseCompression, seal, sealAsync, unseal, unsealChunkAsync, type Compression, type RepoKeys } from './codec';
 import { newConfig, openConfig, type KeySource, type RepoConfig, type ScryptParams } from './keys';
 import { LocalBackend } from './local-backend';
+import { Semaphore, type Release } from './semaphore';
 import { DEFAULT_LOCK_TIMING, Locks, type FoundLock, type HeldLock, type LockTiming } from './locks';
 import {
   type EntryCheck,
@@ -888,11 +889,9 @@ class Session implements BackupSession {
    * delete runs meanwhile.
    */
   private storedChunks(signal?: AbortSignal): EntryCheck {
-    // Look-ups in flight, and the encoder waiting for one to finish. A
-    // counter, not Promise.race over them: that would leave a reaction on
-    // every pending look-up for every entry.
-    let active = 0;
-    let wake: (() => void) | null = null;
+    // Look-ups in flight, at most STAT_CONCURRENCY. A slot is taken without
+    // a promise when one is free: the encoder awaits only when it must wait.
+    const slots = new Semaphore(STAT_CONCURRENCY);
     let failure: { error: unknown } | null = null;
     // The first entry (by index) found to name an absent chunk.
     let missing: ManifestEntry | null = null;
@@ -900,12 +899,6 @@ class Session implements BackupSession {
     // another size). Bounded: emptied when full, so a commit of many distinct entries holds no
     // set of them all (the session's own `known` is for chunks it put).
     const found = new Set<string>();
-    const settled = (): void => {
-      active--;
-      const w = wake;
-      wake = null;
-      w?.();
-    };
     const check = (): void => {
       if (failure) throw failure.error;
       if (missing)
@@ -913,38 +906,42 @@ class Session implements BackupSession {
           key: chunkKey(missing.id),
         });
     };
-    const waitBelow = async (n: number): Promise<void> => {
-      while (active > n) await new Promise<void>((r) => (wake = r));
-    };
-    const lookUp = async (e: ManifestEntry): Promise<void> => {
-      if (active >= STAT_CONCURRENCY) {
-        await waitBelow(STAT_CONCURRENCY - 1);
-        if (found.has(e.id)) return; // found meanwhile
-      }
-      check();
-      active++;
+    const start = (e: ManifestEntry, release: Release): void => {
       this.backend.stat(chunkKey(e.id), { signal }).then(
         (info) => {
           if (info) {
             if (found.size >= FOUND_CACHE) found.clear();
             found.add(e.id);
           } else if (!missing || e.index < missing.index) missing = e;
-          settled();
+          release();
         },
         (error: unknown) => {
           failure ??= { error };
-          settled();
+          release();
         },
       );
+    };
+    const lookUp = async (e: ManifestEntry): Promise<void> => {
+      const release = await slots.take(signal);
+      if (found.has(e.id)) return release(); // found meanwhile
+      try {
+        check();
+      } catch (err) {
+        release();
+        throw err;
+      }
+      start(e, release);
     };
     return {
       admit: (e) => {
         check();
         if (this.known.has(e.id) || found.has(e.id) || this.readHere(e)) return;
-        return lookUp(e);
+        const release = slots.tryTake();
+        if (!release) return lookUp(e);
+        start(e, release);
       },
       end: async () => {
-        await waitBelow(0);
+        await slots.idle();
         check();
       },
     };

@@ -44,6 +44,7 @@ import {
   type S3ClientConfig,
 } from '@aws-sdk/client-s3';
 import { AbortError, RepoError } from '../errors';
+import { Semaphore } from './semaphore';
 import { MAX_GET_BYTES, type Backend, type BackendCallOptions, type GetOptions, type ObjectInfo, type PutOptions } from './backend';
 
 /** Tuning of an S3 backend; every field has a default meant for real use. */
@@ -113,43 +114,6 @@ function checkKey(key: string, what = 'key'): void {
 function checkPrefix(prefix: string): void {
   if (prefix === '') return;
   checkKey(prefix.endsWith('/') ? prefix.slice(0, -1) : prefix, 'prefix');
-}
-
-/** A counting semaphore: at most `n` holders at once, FIFO. */
-class Semaphore {
-  private free: number;
-  private readonly waiters: (() => void)[] = [];
-  constructor(n: number) {
-    this.free = n;
-  }
-  async take(signal?: AbortSignal): Promise<() => void> {
-    if (this.free > 0) {
-      this.free--;
-    } else {
-      await new Promise<void>((resolve, reject) => {
-        const go = (): void => {
-          signal?.removeEventListener('abort', onAbort);
-          resolve();
-        };
-        const onAbort = (): void => {
-          const i = this.waiters.indexOf(go);
-          if (i >= 0) this.waiters.splice(i, 1);
-          reject(new AbortError(undefined, { cause: signal?.reason }));
-        };
-        if (signal?.aborted) return onAbort();
-        signal?.addEventListener('abort', onAbort, { once: true });
-        this.waiters.push(go);
-      });
-    }
-    let done = false;
-    return () => {
-      if (done) return;
-      done = true;
-      const next = this.waiters.shift();
-      if (next) next();
-      else this.free++;
-    };
-  }
 }
 
 interface S3ErrorLike {
