@@ -59,7 +59,9 @@ class FileWritable extends Writable {
 
 /** Follows symlinks of a path that may not exist yet (a dangling link names the file to create). */
 async function resolveTarget(path: string): Promise<string> {
-  let p = resolve(path);
+  // Joined as text, never folded by resolve(): `lnk/..` is lnk's target's
+  // parent for the kernel, and realpath (native here) looks it up so.
+  let p = path;
   for (let i = 0; i < 40; i++) {
     let st;
     try {
@@ -67,12 +69,13 @@ async function resolveTarget(path: string): Promise<string> {
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
         // The file is new; its directory may itself be reached through links.
-        return join(await realpath(dirname(p)).catch(() => dirname(p)), basename(p));
+        return join(await realpath(dirname(p)).catch(() => resolve(dirname(p))), basename(p));
       }
       throw fsError(e, 'inspect', path);
     }
     if (!st.isSymbolicLink()) return realpath(p);
-    p = resolve(dirname(p), await readlink(p));
+    const to = await readlink(p);
+    p = to.startsWith('/') ? to : `${dirname(p)}/${to}`;
   }
   throw new SystemCallError('ELOOP', `cannot write ${path}: too many levels of symbolic links`, { path, syscall: 'open' });
 }
@@ -134,7 +137,10 @@ export class OutputFile {
   /** Opens the temporary file beside `path` (or a device/FIFO in place). */
   static async create(path: string, opts: OutputFileOptions = {}): Promise<OutputFile> {
     throwIfAborted(opts.signal);
-    const target = await resolveTarget(path);
+    // The path as the kernel opens it first: a magic link such as /dev/stdout
+    // (-> /proc/self/fd/1 -> "pipe:[N]") names a pipe that no symlink text leads to.
+    const given = await stat(path).catch(() => null);
+    const target = given && !given.isFile() && !given.isDirectory() ? path : await resolveTarget(path);
     const existing = await stat(target).catch((e: NodeJS.ErrnoException) => {
       if (e.code === 'ENOENT') return null;
       throw fsError(e, 'inspect', path);
@@ -275,18 +281,16 @@ export async function sameTarget(a: string, b: string): Promise<boolean> {
 }
 
 /**
- * Refuses an output path that is one of the inputs (same device and inode,
- * symlinks followed; a hard link is the same file). An output that does not
- * exist yet is refused when an input names the same place: a target that a
- * job is to create (`--create`) is an input that does not exist either.
+ * Refuses an output path that names an input's target as sameTarget()
+ * decides: the same file (device and inode, symlinks followed; a hard link
+ * is the same file), the same block device, or, when neither exists yet, the
+ * same place (a target that a job is to create with `--create` is an input
+ * that does not exist either).
  */
 export async function refuseOutputOverInputs(output: string, outputRole: string, inputs: readonly NamedInput[]): Promise<void> {
-  const out = await stat(output).catch(() => null);
   for (const i of inputs) {
     if (i.path === undefined) continue;
-    const st = await stat(i.path).catch(() => null);
-    const same = out ? st !== null && st.dev === out.dev && st.ino === out.ino : st === null && (await sameTarget(i.path, output));
-    if (same) {
+    if (await sameTarget(i.path, output)) {
       const named = resolve(i.path) === resolve(output) ? '' : ` ${i.path} (the same file)`;
       throw new UsageError(
         `${outputRole} ${output} is ${i.role}${named}: writing there would destroy it; choose another path`,

@@ -5,7 +5,7 @@
  * `-o FILE` leaves FILE as it was and no temporary file; a SIGKILL leaves
  * FILE as it was, and the rerun removes the killed run's temporary file.
  */
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { closeSync, existsSync, linkSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { CLI, runCli } from './run-cli';
@@ -98,6 +98,25 @@ test('the same place however spelled, before it exists: a dangling symlink to th
     expect(r.stderr).toMatch(/is the target .*: writing there would destroy it; choose another path \[EINVAL\]\n$/);
     expect(existsSync(state)).toBe(false);
   }
+});
+
+test('-o as the kernel opens it: /dev/stdout on a pipe is written in place, lnk/../x lands in the directory lnk leads to (both doubtful in stop 39)', () => {
+  const plain = runCli(['dump', i.meta]);
+  expect(plain.status).toBe(0);
+  // Before: "cannot create a temporary file beside /dev/stdout" (the magic link's text leads nowhere).
+  // A shell's pipe (spawnSync's own stdout is a socket, which no path opens).
+  const piped = spawnSync('bash', ['-c', 'set -o pipefail; "$0" "$1" dump -o /dev/stdout "$2" | cat', process.execPath, CLI, i.meta], { encoding: 'utf8', maxBuffer: 1 << 30 });
+  expect(piped.stderr).toBe('');
+  expect(piped.status).toBe(0);
+  expect(piped.stdout).toBe(plain.stdout);
+  const base = i.s.path(`dotdot-${Date.now()}`);
+  mkdirSync(join(base, 'real', 'sub'), { recursive: true });
+  symlinkSync(join(base, 'real', 'sub'), join(base, 'lnk'));
+  const r = runCli(['dump', '-o', join(base, 'lnk') + '/../x.xml', i.meta]);
+  expect(r.status).toBe(0);
+  // Before: written to base/x.xml (the path folded as text).
+  expect(existsSync(join(base, 'x.xml'))).toBe(false);
+  expect(readFileSync(join(base, 'real', 'x.xml'), 'utf8')).toBe(plain.stdout);
 });
 
 test('receive --state naming the file on stdin is refused', async () => {
