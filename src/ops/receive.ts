@@ -20,7 +20,7 @@ import { applyStream, type ApplyChunks } from '../stream/receive/apply';
 import { BlockWriter } from '../native/block-writer';
 import { fileChunks } from '../stream/receive/file-chunks';
 import { openPipe, pipeChunks } from '../stream/receive/pipe-chunks';
-import { needDirectory, refuseForeignStateFile, refuseOutputOverInputs, sameTarget, stateNotRecorded, completionNotRecorded } from '../output/file';
+import { needDirectory, refuseForeignStateFile, refuseOutputOverInputs, sameTarget, stateNotRecorded, completionNotRecorded, targetIdentity } from '../output/file';
 import { identityKey, type StreamHeader } from '../stream/format/records';
 import { ReceiveLock } from '../stream/receive/lock';
 import { checkBase, defaultStateFile, entryFor, readState, type ReceiveState, writeState } from '../stream/receive/state';
@@ -168,6 +168,19 @@ class Receiver {
         { path: this.stateFile },
       );
     }
+    // The same path, another device or file than the state was written for (an LV made again, a link repointed).
+    const recorded = read.ok ? read.state?.targetId : undefined;
+    if (h.base && this.o.force !== true && recorded !== undefined && this.info.exists) {
+      const now = await targetIdentity(this.o.target);
+      if (now !== recorded) {
+        throw new StreamError(
+          'base-mismatch',
+          `target ${this.o.target} is not the device or file the receive state ${this.stateFile} was written for (then ${recorded}, now ${now ?? 'nothing'}): ` +
+            `it was replaced since, so it does not hold the stream's base; receive a full stream (option force applies it anyway)`,
+          { path: this.stateFile },
+        );
+      }
+    }
     checkBase(read, h, digest, this.stateFile, this.o.force === true, this.o.resized === true);
     if (!this.info.exists) {
       if (!this.o.create) throw new DmthinError('ENOENT', `target ${this.o.target} does not exist (option create makes a file target)`, { path: this.o.target });
@@ -206,6 +219,7 @@ class Receiver {
       version: 1,
       // Absolute: a later receive checks that the state is about its own target.
       target: resolve(this.o.target),
+      targetId: (await targetIdentity(this.o.target)) ?? undefined,
       current: header.base ? (prev?.current ?? null) : null,
       pending: entry,
     };

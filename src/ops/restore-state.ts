@@ -46,6 +46,11 @@ export interface RestoreState {
   version: 1;
   /** The target the state is about. */
   target: string;
+  /**
+   * What the target was when the state was written (output/file.ts
+   * targetIdentity). Absent in states written before stop 40.
+   */
+  targetId?: string;
   /** The backup the target holds completely, or null. */
   current: RestoreEntry | null;
   /** A restore that started writing and did not finish (the target is incomplete), or null. */
@@ -96,6 +101,7 @@ export async function readRestoreState(path: string): Promise<RestoreState | nul
     if (s.format !== 'dmthin-restore-state' || s.version !== 1) return null;
     if (s.current !== null && !entryOk(s.current)) return null;
     if (s.pending !== null && !entryOk(s.pending)) return null;
+    if (s.targetId !== undefined && typeof s.targetId !== 'string') return null;
     return { ...s, file: s.file && Number.isFinite(s.file.size) && Number.isFinite(s.file.mtimeMs) ? s.file : null };
   } catch {
     return null;

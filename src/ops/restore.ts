@@ -15,7 +15,7 @@
 import { realpath, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, resolve, sep } from 'node:path';
 import { DmthinError, RepoError, SystemCallError, throwIfAborted, UsageError } from '../errors';
-import { needDirectory, refuseForeignStateFile, refuseOutputOverInputs, sameTarget, stateNotRecorded, completionNotRecorded } from '../output/file';
+import { needDirectory, refuseForeignStateFile, refuseOutputOverInputs, sameTarget, stateNotRecorded, completionNotRecorded, targetIdentity } from '../output/file';
 import { BlockWriter, type WriteSegment } from '../native/block-writer';
 import { inspectTarget, resolveZeroMethod, whyCannotGrow, zeroer, type ZeroMethod } from '../stream/receive/target';
 import { allowListeners, chunksAtOnce, Repository, type KeySource, type ManifestEntry } from '../repo/repository';
@@ -166,7 +166,15 @@ async function restoreFrom(repo: Repository, o: RestoreOptions): Promise<Restore
     const previous = created || o.full ? null : await usablePrevious(repo, state, o.target, entry, info.blockDevice ? null : await fileStamp(o.target), o.signal);
 
     // The target's absolute path: a later restore checks that the state is about its own target.
-    const pending: RestoreState = { format: 'dmthin-restore-state', version: 1, target: resolve(o.target), current: null, pending: entry, file: null };
+    const pending: RestoreState = {
+      format: 'dmthin-restore-state',
+      version: 1,
+      target: resolve(o.target),
+      targetId: (await targetIdentity(o.target)) ?? undefined,
+      current: null,
+      pending: entry,
+      file: null,
+    };
     // From here on the target is in between, until the end.
     await writeRestoreState(stateFile, pending).catch(async (e: unknown) => {
       if (created) await removeCreated();
@@ -240,6 +248,8 @@ async function usablePrevious(
   // A state given (--state) for another target says nothing of this one. (A
   // relative path, recorded before the path was made absolute, is trusted.)
   if (isAbsolute(s.target) && !(await sameTarget(s.target, target))) return null;
+  // The same path, another device or file than the state was written for (an LV made again, a link repointed).
+  if (s.targetId !== undefined && (await targetIdentity(target)) !== s.targetId) return null;
   if (cur.repo !== next.repo || cur.volume !== next.volume || cur.deviceSize !== next.deviceSize || cur.chunkSize !== next.chunkSize) return null;
   // A file written since the last restore: its content is unknown.
   if (stamp && (!s.file || s.file.size !== stamp.size || s.file.mtimeMs !== stamp.mtimeMs)) return null;

@@ -281,6 +281,35 @@ export async function sameTarget(a: string, b: string): Promise<boolean> {
 }
 
 /**
+ * What a target is beyond its path, recorded in a job's state file: a path
+ * that now leads elsewhere (a repointed symlink, an LV removed and made again
+ * under its name, a loop device attached to another file) must not be taken
+ * as the target the state describes. A dm device by its uuid (LVM gives
+ * every LV one, kept across activations; dm minors are not) or, without one,
+ * its name; a loop device by its backing file; another block device by its
+ * number; a file by device, inode and birth time (an inode number is reused
+ * soon after a file is removed). null: nothing there.
+ */
+export async function targetIdentity(path: string): Promise<string | null> {
+  const st = await stat(path, { bigint: true }).catch(() => null);
+  if (!st) return null;
+  if (st.isBlockDevice()) {
+    // Linux's dev_t: 12 bits of major and 20 of minor, split over the word.
+    const r = st.rdev;
+    const major = Number(((r >> 8n) & 0xfffn) | ((r >> 32n) & ~0xfffn));
+    const minor = Number((r & 0xffn) | ((r >> 12n) & ~0xffn));
+    const sys = `/sys/dev/block/${major}:${minor}`;
+    const read = (f: string): Promise<string> => readFile(`${sys}/${f}`, 'utf8').then((t) => t.trim(), () => '');
+    const [uuid, name, backing] = await Promise.all([read('dm/uuid'), read('dm/name'), read('loop/backing_file')]);
+    if (uuid !== '') return `dm-uuid:${uuid}`;
+    if (name !== '') return `dm-name:${name}`;
+    if (backing !== '') return `loop:${backing}`;
+    return `block:${major}:${minor}`;
+  }
+  return `file:${st.dev}:${st.ino}:${st.birthtimeNs}`;
+}
+
+/**
  * Refuses an output path that names an input's target as sameTarget()
  * decides: the same file (device and inode, symlinks followed; a hard link
  * is the same file), the same block device, or, when neither exists yet, the

@@ -6,7 +6,7 @@
  * large blocks split into chunks. The repository location is a parameter
  * (repo-locations.ts): a local directory always, S3 when a cluster is there.
  */
-import { readFileSync, statSync, writeFileSync } from 'node:fs';
+import { readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { backup, chunkSizeFor, type BackupResult } from '../../src/ops/backup';
 import { restore } from '../../src/ops/restore';
 import type { Backend } from '../../src/repo/backend';
@@ -181,6 +181,22 @@ describeEachRepo('backups', (loc) => {
     const x = await restore({ repo, backup: done.b4.id, target: b, stateFile });
     expect(x.previous).toBeNull();
     expect(sha256(readFileSync(b))).toBe(sha256(deviceBytes(pool, 4, SIZE)));
+  });
+
+  test('the same path, another file than the state was written for (made again; its stamp matching, as a block device has none): restored in full', async () => {
+    const target = s.path(`${loc.name}-remade.img`);
+    await restore({ repo, backup: done.b2.id, target, create: true });
+    const stateFile = `${target}.dmthin-restore.json`;
+    const state = JSON.parse(readFileSync(stateFile, 'utf8'));
+    expect(state.targetId).toMatch(/^file:/);
+    rmSync(target);
+    writeFileSync(target, Buffer.alloc(SIZE, 0x44));
+    // A stamp the new file matches (as a block device, which has none, would: an LV made again).
+    const st = statSync(target);
+    writeFileSync(stateFile, JSON.stringify({ ...state, file: { size: st.size, mtimeMs: st.mtimeMs } }));
+    const x = await restore({ repo, backup: done.b4.id, target });
+    expect(x.previous).toBeNull();
+    expect(sha256(readFileSync(target))).toBe(sha256(deviceBytes(pool, 4, SIZE)));
   });
 
   test('a target that already holds junk is made equal (holes zeroed)', async () => {

@@ -7,7 +7,7 @@
  * SIGKILL), and a stream file verified and applied through one descriptor.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, symlinkSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { Readable } from 'node:stream';
 import { DmthinError, StreamError, SystemCallError } from '../../src/errors';
 import { BlockWriter } from '../../src/native/block-writer';
@@ -235,6 +235,43 @@ describe('receive state', () => {
     // A full stream replaces the state: it is about b from then on.
     await receive({ target: b, input: Readable.from([streams.full1]), stateFile });
     expect(sha256File(b)).toBe(await expectedSha(md, 1, SIZE));
+  });
+
+  test('the same path, another file than the state was written for (a symlink repointed, a file made again): the incremental is refused; force and full streams are taken', async () => {
+    const a = s.path(`id-a${n++}.target`);
+    const b = s.path(`id-b${n++}.target`);
+    const link = s.path(`id-link${n++}.target`);
+    const stateFile = s.path(`id-state${n++}.json`);
+    junkFile(a, SIZE, 51);
+    junkFile(b, SIZE, 52);
+    symlinkSync(a, link);
+    await receive({ target: link, input: Readable.from([streams.full1]), stateFile });
+    expect(JSON.parse(readFileSync(stateFile, 'utf8')).targetId).toMatch(/^file:/);
+    // The link now leads to b, which holds junk, not device 1.
+    unlinkSync(link);
+    symlinkSync(b, link);
+    const before = sha256File(b);
+    const e = await receive({ target: link, input: Readable.from([streams.inc2from1]), stateFile }).catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(StreamError);
+    expect(e).toMatchObject({ reason: 'base-mismatch', path: stateFile });
+    expect((e as Error).message).toContain(`target ${link} is not the device or file the receive state ${stateFile} was written for`);
+    expect(sha256File(b)).toBe(before);
+    // force applies it anyway.
+    await receive({ target: link, input: Readable.from([streams.inc2from1]), stateFile, force: true });
+    expect(sha256File(b)).not.toBe(before);
+    // a itself, removed and made again at its path (its inode number may well be reused; its birth time is not).
+    const c = s.path(`id-c${n++}.target`);
+    junkFile(c, SIZE, 53);
+    await receive({ target: c, input: Readable.from([streams.full1]) });
+    rmSync(c);
+    junkFile(c, SIZE, 54);
+    const before2 = sha256File(c);
+    await expect(receive({ target: c, input: Readable.from([streams.inc2from1]) })).rejects.toMatchObject({ reason: 'base-mismatch' });
+    expect(sha256File(c)).toBe(before2);
+    // A full stream is taken and records the new file; the next incremental follows it.
+    await receive({ target: c, input: Readable.from([streams.full1]) });
+    await receive({ target: c, input: Readable.from([streams.inc2from1]) });
+    expect(sha256File(c)).toBe(await expectedSha(md, 2, SIZE));
   });
 
   const damaged: [string, (good: string) => string][] = [

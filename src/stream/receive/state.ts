@@ -64,6 +64,12 @@ export interface ReceiveState {
   version: 1;
   /** The target the state is about. */
   target: string;
+  /**
+   * What the target was when the state was written (output/file.ts
+   * targetIdentity: a dm uuid, a file's inode and birth time...). Absent in
+   * states written before stop 40: then the path alone names it.
+   */
+  targetId?: string;
   /** The last stream applied completely, or null. */
   current: StateEntry | null;
   /** A stream whose apply started and did not finish, or null. */
@@ -153,6 +159,7 @@ function stateProblem(s: unknown): string | null {
   const o = s as Record<string, unknown>;
   if (o.format !== 'dmthin-receive-state') return 'not a dmthin receive state file (format)';
   if (o.version !== 1) return `state format version ${String(o.version)} (this build reads version 1)`;
+  if ('targetId' in o && typeof o.targetId !== 'string') return 'targetId is not a string';
   for (const k of ['current', 'pending'] as const) {
     if (!(k in o)) return `no "${k}" field`;
     if (o[k] !== null) {
