@@ -64,8 +64,9 @@ export interface S3BackendOptions {
   /**
    * How long a request may wait for its response to begin (ms, default
    * 120000), plus the time its body takes at `minUploadRate`; then it fails
-   * and is retried. A response body being read is not timed (a reader may
-   * pause).
+   * and is retried. A response body being read may wait as long for each of
+   * its pieces (then it is resumed where it stopped); the time its reader
+   * takes between pieces is not counted (a reader may pause).
    */
   responseTimeoutMs?: number;
   /** The slowest upload, in bytes per second per request, that is waited for (default 8192). */
@@ -454,14 +455,23 @@ class S3Backend implements Backend {
         throw this.notFound(e, key);
       });
       etag ??= r.ETag;
+      // A resumed body must start where the last one stopped: a server that ignored the Range would splice the object's start in.
+      if (offset > 0 && !r.ContentRange?.startsWith(`bytes ${offset}-`)) {
+        (r.Body as { destroy?: () => void } | undefined)?.destroy?.();
+        throw new RepoError('backend', `${this.location} answered a resumed get of ${key} from byte ${offset} with ${r.ContentRange ? `range ${r.ContentRange}` : 'the whole object'}: it does not honour Range requests`, { key });
+      }
       // Refused before its body is read (and the body is counted: a length can be absent or lie).
       const tooLong = (n: number) =>
         new RepoError('corrupt', `${key} in ${this.location} is ${n} bytes or more, more than the ${opts.maxBytes} such an object can have; the object is damaged or was replaced`, { key });
       if (opts.maxBytes !== undefined && offset + (r.ContentLength ?? 0) > opts.maxBytes) throw tooLong(offset + (r.ContentLength ?? 0));
-      const body = r.Body as AsyncIterable<Uint8Array> | undefined;
+      const body = r.Body as (AsyncIterable<Uint8Array> & { destroy?: () => void }) | undefined;
       if (!body) return;
+      const pieces = body[Symbol.asyncIterator]();
       try {
-        for await (const p of body) {
+        for (;;) {
+          const next = await this.nextPiece(pieces, key, () => body.destroy?.());
+          if (next.done) break;
+          const p = next.value;
           // The SDK's abort covers the request, not a body being read.
           if (signal?.aborted) throw new AbortError(undefined, { cause: signal.reason });
           offset += p.length;
@@ -475,6 +485,28 @@ class S3Backend implements Backend {
         if (!retryable(e) || resumes + 1 >= this.o.maxAttempts) throw this.failure('get', key, e, resumes + 1);
         this.o.onRetry?.({ op: 'get (resumed)', key, attempt: resumes + 1, delayMs: 0, code: s3Code(e) });
       }
+    }
+  }
+
+  /**
+   * The body's next piece, within responseTimeoutMs: a server that stops
+   * sending mid-body would otherwise hold the reader for ever. Only the wait
+   * for a piece is timed, not the time the reader takes between pieces (a
+   * paused reader stops the server through TCP's window, not the other way
+   * round). A stall destroys the body and is retried from where it stopped.
+   */
+  private async nextPiece(pieces: AsyncIterator<Uint8Array>, key: string, destroy: () => void): Promise<IteratorResult<Uint8Array>> {
+    let timer: NodeJS.Timeout | undefined;
+    const stalled = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        destroy();
+        reject(Object.assign(new Error(`the body of ${key} stopped arriving for ${this.o.responseTimeoutMs} ms`), { name: 'TimeoutError' }));
+      }, this.o.responseTimeoutMs);
+    });
+    try {
+      return await Promise.race([pieces.next(), stalled]);
+    } finally {
+      clearTimeout(timer);
     }
   }
 

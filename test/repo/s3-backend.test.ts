@@ -447,6 +447,68 @@ describe('S3 backend: configuration, and the SDK Node-version warning (no server
     expect(out.putMs).toBeGreaterThanOrEqual(1400);
   });
 
+  it('a body that stops arriving mid-way is cut after responseTimeoutMs and resumed where it stopped; one that always stalls fails (in stop 39 it hung); a resume answered with the whole object is refused', () => {
+    // The first GET's body stops after 1 MiB (the connection stays open, silent); a resumed GET (Range) gets
+    // the rest. Object 'dead' stalls every time.
+    const r = run(
+      `const net = require('node:net'); const crypto = require('node:crypto');
+       const { createS3Backend } = require(${JSON.stringify(dist)});
+       const OBJ = crypto.randomBytes(4 << 20);
+       let gets = 0;
+       const server = net.createServer((sock) => {
+         sock.on('error', () => {});
+         let buf = '';
+         sock.on('data', (d) => {
+           buf += d.toString('latin1');
+           const at = buf.indexOf('\\r\\n\\r\\n');
+           if (at < 0) return;
+           const text = buf.slice(0, at);
+           buf = buf.slice(at + 4);
+           gets++;
+           const range = /range: *bytes=(\\d+)-/i.exec(text);
+           if (range && !text.includes('/norange')) {
+             const from = Number(range[1]);
+             sock.write('HTTP/1.1 206 Partial Content\\r\\nETag: "e"\\r\\nContent-Range: bytes ' + from + '-' + (OBJ.length - 1) + '/' + OBJ.length + '\\r\\nContent-Length: ' + (OBJ.length - from) + '\\r\\n\\r\\n');
+             if (text.includes('/dead')) sock.write(OBJ.subarray(from, from + 1000)); // and nothing more
+             else sock.write(OBJ.subarray(from));
+           } else {
+             sock.write('HTTP/1.1 200 OK\\r\\nETag: "e"\\r\\nContent-Length: ' + OBJ.length + '\\r\\n\\r\\n');
+             sock.write(OBJ.subarray(0, 1 << 20)); // then nothing
+           }
+         });
+       });
+       server.listen(0, '127.0.0.1', async () => {
+         process.env.AWS_ENDPOINT_URL = 'http://127.0.0.1:' + server.address().port;
+         process.env.AWS_ACCESS_KEY_ID = 'k'; process.env.AWS_SECRET_ACCESS_KEY = 's';
+         const retries = [];
+         const b = await createS3Backend('some-bucket', 'p', { responseTimeoutMs: 400, maxAttempts: 2, baseDelayMs: 0, maxDelayMs: 0, onRetry: (x) => retries.push(x.op) });
+         const out = {};
+         const t = Date.now();
+         try { out.get = (await b.get('k', { maxBytes: 8 << 20 })).equals(OBJ); } catch (e) { out.get = e.message; }
+         out.getMs = Date.now() - t;
+         out.gets = gets;
+         try { await b.get('dead', { maxBytes: 8 << 20 }); out.dead = 'resolved'; } catch (e) { out.dead = { name: e.name, reason: e.reason, message: e.message }; }
+         try { await b.get('norange', { maxBytes: 8 << 20 }); out.norange = 'resolved'; } catch (e) { out.norange = { name: e.name, reason: e.reason, message: e.message }; }
+         out.retries = retries;
+         console.log(JSON.stringify(out));
+         await b.close(); server.close(); process.exit(0);
+       });`,
+    );
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    const out = JSON.parse(r.stdout.trim()) as { get: unknown; getMs: number; gets: number; dead: { name: string; reason: string; message: string }; norange: { name: string; reason: string; message: string }; retries: string[] };
+    expect(out.get).toBe(true);
+    expect(out.gets).toBe(2);
+    expect(out.getMs).toBeGreaterThanOrEqual(350);
+    expect(out.getMs).toBeLessThan(15_000);
+    expect(out.dead).toMatchObject({ name: 'RepoError', reason: 'backend' });
+    expect(out.dead.message).toMatch(/stopped arriving for 400 ms/);
+    // A server that answers the resumed get with the whole object: refused, not spliced in.
+    expect(out.norange).toMatchObject({ name: 'RepoError', reason: 'backend' });
+    expect(out.norange.message).toMatch(/from byte 1048576 with the whole object: it does not honour Range requests/);
+    expect(out.retries).toEqual(['get (resumed)', 'get (resumed)', 'get (resumed)']);
+  }, 60_000);
+
   it('createS3Backend keeps it off stderr, other warnings still print, the variable is left as it was', () => {
     const r = run(
       `const { createS3Backend } = require(${JSON.stringify(dist)});
