@@ -70,12 +70,15 @@ export function reportJson(r: CheckReport): unknown {
   };
 }
 
-function summary(r: CheckReport, why: string, read: 'all' | 'no-mappings' | 'superblock'): string {
+function summary(r: CheckReport, why: string, read: 'all' | 'no-mappings' | 'superblock' | 'nothing'): string {
   const c = r.counts;
   const lines: string[] = [];
   // What was not read is said so, never counted as 0.
-  const devices = read === 'superblock' ? 'devices and mappings not read' : `${c.devices} device${c.devices === 1 ? '' : 's'}, ${read === 'no-mappings' ? 'mappings not read' : `${c.mappings} mappings`}`;
-  lines.push(`${devices}, transaction ${c.transactionId}${c.heldRoot ? `, metadata snapshot held at block ${c.heldRoot}` : ''}`);
+  if (read === 'nothing') lines.push('devices, mappings and transaction not read');
+  else {
+    const devices = read === 'superblock' ? 'devices and mappings not read' : `${c.devices} device${c.devices === 1 ? '' : 's'}, ${read === 'no-mappings' ? 'mappings not read' : `${c.mappings} mappings`}`;
+    lines.push(`${devices}, transaction ${c.transactionId}${c.heldRoot ? `, metadata snapshot held at block ${c.heldRoot}` : ''}`);
+  }
   if (r.spaceMapsChecked) {
     lines.push(`space maps checked: ${c.metadataBlocksInUse} of ${c.metadataBlocks} metadata blocks and ${c.dataBlocksInUse} of ${c.dataBlocks} data blocks in use`);
   } else lines.push(`space maps not checked${why ? ` (${why})` : ''}`);
@@ -105,6 +108,7 @@ export function register(program: Command, ctx: () => CliContext): void {
       const bar = new Progress('check', text && stderrIsTTY());
       let report: CheckReport;
       let why = '';
+      let opened = true;
       try {
         const md = await openMetadata(metadata, src, c);
         c.onCleanup(() => md.close());
@@ -131,13 +135,14 @@ export function register(program: Command, ctx: () => CliContext): void {
         if (!(e instanceof MetadataError)) throw e;
         report = thinCheck().openFailureReport(e);
         why = 'the metadata could not be opened';
+        opened = false;
       } finally {
         bar.stop();
       }
       const failed = thinCheck().reportFails(report, o.ignoreNonFatalErrors);
       // -q prints no text; --json's report is asked for explicitly, so it stays (as with every command's -q --json).
       if (o.json) await writeStdout(toJson(reportJson(report)) + '\n');
-      else if (!o.quiet) await writeStdout(report.problems.map((p) => problemLine(p) + '\n').join('') + summary(report, why, o.superBlockOnly ? 'superblock' : o.skipMappings ? 'no-mappings' : 'all'));
+      else if (!o.quiet) await writeStdout(report.problems.map((p) => problemLine(p) + '\n').join('') + summary(report, why, opened ? (o.superBlockOnly ? 'superblock' : o.skipMappings ? 'no-mappings' : 'all') : 'nothing'));
       if (failed) {
         c.exitStatus = 1;
         if (!o.quiet) {

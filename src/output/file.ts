@@ -145,6 +145,15 @@ export class OutputFile {
       if (e.code === 'ENOENT') return null;
       throw fsError(e, 'inspect', path);
     });
+    // A file no name leads to (/dev/fd/N of a removed file, a memfd: the link
+    // reads "/x (deleted)"): the kernel's file, written in place, never a new
+    // file of that name.
+    if (given?.isFile() && !(existing && existing.dev === given.dev && existing.ino === given.ino)) {
+      const fh = await open(path, constants.O_WRONLY | constants.O_TRUNC).catch((e) => {
+        throw fsError(e, 'open', path);
+      });
+      return new OutputFile(path, path, null, fh, new FileWritable(fh, path), true, opts.signal);
+    }
     if (existing?.isDirectory()) throw new SystemCallError('EISDIR', `cannot write ${path}: it is a directory`, { path, syscall: 'open' });
     if (existing && !existing.isFile()) {
       // A device or FIFO: written where it is. fsync means something only for a block device.
@@ -269,7 +278,7 @@ async function wouldBeAt(path: string): Promise<string | null> {
  * another target must not be taken as this one's.
  */
 export async function sameTarget(a: string, b: string): Promise<boolean> {
-  if (resolve(a) === resolve(b)) return true;
+  // Never by the paths' text: `lnk/../f` and `f` are different files when lnk leads elsewhere.
   const [x, y] = await Promise.all([stat(a).catch(() => null), stat(b).catch(() => null)]);
   if (!x && !y) {
     const [pa, pb] = await Promise.all([wouldBeAt(a), wouldBeAt(b)]);

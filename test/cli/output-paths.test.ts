@@ -119,6 +119,27 @@ test('-o as the kernel opens it: /dev/stdout on a pipe is written in place, lnk/
   expect(readFileSync(join(base, 'real', 'x.xml'), 'utf8')).toBe(plain.stdout);
 });
 
+test('-o A/../NAME where A leads elsewhere is not NAME: written beside A\'s target, not refused as the input; /dev/fd/N of a removed file is written there, no "(deleted)" file made (outside hunt)', () => {
+  const plain = runCli(['dump', i.meta]);
+  const base = i.s.path(`fd-${Date.now()}`);
+  mkdirSync(join(base, 'real', 'sub'), { recursive: true });
+  symlinkSync(join(base, 'real', 'sub'), join(base, 'A'));
+  const meta = join(base, 'meta.bin');
+  writeFileSync(meta, readFileSync(i.meta));
+  // Before: refused ("is the metadata input"): the paths were compared as text.
+  const r = runCli(['dump', '-o', join(base, 'A') + '/../meta.bin', meta]);
+  expect(r.stderr).toBe('');
+  expect(r.status).toBe(0);
+  expect(readFileSync(join(base, 'real', 'meta.bin'), 'utf8')).toBe(plain.stdout);
+  expect(readFileSync(meta)).toEqual(readFileSync(i.meta));
+  // Before: exit 0, nothing on fd 3, and a new file "victim (deleted)" beside it.
+  const sh = spawnSync('bash', ['-c', 'exec 3>"$3/victim"; rm "$3/victim"; "$0" "$1" dump -o /dev/fd/3 "$2" || exit 9; cat /dev/fd/3', process.execPath, CLI, i.meta, base], { encoding: 'utf8', maxBuffer: 1 << 30 });
+  expect(sh.stderr).toBe('');
+  expect(sh.status).toBe(0);
+  expect(sh.stdout).toBe(plain.stdout);
+  expect(readdirSync(base).sort()).toEqual(['A', 'meta.bin', 'real']);
+});
+
 test('receive --state naming the file on stdin is refused', async () => {
   const before = sha256File(i.stream);
   const r = await new Promise<{ status: number | null; stderr: string }>((resolve) => {

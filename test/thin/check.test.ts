@@ -434,6 +434,9 @@ describe('CLI', () => {
     const t = run(corrupt(clean, 'superblock-byte-flip').image, []);
     expect(t.status).toBe(1);
     expect(t.stdout).toMatch(/^error \[checksum\] \(block 0, superblock tree\)/m);
+    // Nothing was read, and the summary says so (it said "0 devices, 0 mappings, transaction 0").
+    expect(t.stdout).toMatch(/^devices, mappings and transaction not read\nspace maps not checked \(the metadata could not be opened\)$/m);
+    expect(t.stdout).not.toMatch(/0 devices/);
   });
 
   it('a missing file is an error line, not a verdict', () => {
