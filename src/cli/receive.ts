@@ -49,7 +49,7 @@ export function register(program: Command, ctx: () => CliContext): void {
     .description('verify a send stream, then apply it to a block device or file')
     .requiredOption('--target <path>', 'block device or regular file to write')
     .option('-i, --input <file>', "the stream ('-' = stdin; a regular file is verified in place)", '-')
-    .option('--state <file>', 'receive state file (default: <target>.dmthin-state.json for a file, /var/lib/dmthin/receive/ for a device)')
+    .option('--state <file>', 'receive state file (default: <target>.dmthin-state.json beside the file, symlinks followed; for a device /var/lib/dmthin/receive/, by its dm uuid)')
     .option('--force', "apply an incremental stream even if the target is not recorded as holding its base")
     .option('--resized', 'the volume was resized since the base was received: accept an incremental stream of another size (a grown tail is zeroed first)')
     .option('--create', 'create a regular-file target if missing, or grow one smaller than the stream\'s device')

@@ -33,7 +33,7 @@ export function register(program: Command, ctx: () => CliContext): void {
     .requiredOption('--target <path>', 'block device or regular file to write')
     .option('--create', "create a regular-file target if missing, or grow one smaller than the backup's device")
     .option('--full', 'write every chunk, whatever the restore state says the target holds')
-    .option('--state <file>', 'restore state file (default: <target>.dmthin-restore.json for a file, /var/lib/dmthin/restore/ for a device)')
+    .option('--state <file>', 'restore state file (default: <target>.dmthin-restore.json beside the file, symlinks followed; for a device /var/lib/dmthin/restore/, by its dm uuid)')
     .option('--discard <method>', `how holes are zeroed: ${ZERO_METHODS.join(', ')}`, 'auto');
   keyOption(cmd)
     .option('--json', 'print a summary as JSON when done')

@@ -11,7 +11,7 @@
  * (stream/receive/lock.ts).
  */
 import { constants as fsConstants } from 'node:fs';
-import { open, unlink, type FileHandle } from 'node:fs/promises';
+import { open, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { Writable, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { isAbsolute, resolve } from 'node:path';
@@ -171,12 +171,25 @@ class Receiver {
     // The same path, another device or file than the state was written for (an LV made again, a link repointed).
     const recorded = read.ok ? read.state?.targetId : undefined;
     if (h.base && this.o.force !== true && recorded !== undefined && this.info.exists) {
-      const now = await targetIdentity(this.o.target);
+      const now = targetIdentity(this.o.target);
       if (now !== recorded) {
         throw new StreamError(
           'base-mismatch',
           `target ${this.o.target} is not the device or file the receive state ${this.stateFile} was written for (then ${recorded}, now ${now ?? 'nothing'}): ` +
             `it was replaced since, so it does not hold the stream's base; receive a full stream (option force applies it anyway)`,
+          { path: this.stateFile },
+        );
+      }
+    }
+    // A file written since the state was recorded (through another of its names too) holds something else.
+    const stamp = read.ok ? read.state?.file : undefined;
+    if (h.base && this.o.force !== true && stamp !== undefined && read.ok && read.state?.pending === null && this.info.exists && !this.info.blockDevice) {
+      const st = await stat(this.o.target);
+      if (st.size !== stamp.size || st.mtimeMs !== stamp.mtimeMs) {
+        throw new StreamError(
+          'base-mismatch',
+          `target ${this.o.target} was written after the receive recorded in ${this.stateFile} (its size or modification time changed: a write, or a receive or restore through another of its names), ` +
+            `so it may not hold the stream's base; receive a full stream (option force applies it anyway)`,
           { path: this.stateFile },
         );
       }
@@ -219,7 +232,7 @@ class Receiver {
       version: 1,
       // Absolute: a later receive checks that the state is about its own target.
       target: resolve(this.o.target),
-      targetId: (await targetIdentity(this.o.target)) ?? undefined,
+      targetId: targetIdentity(this.o.target) ?? undefined,
       current: header.base ? (prev?.current ?? null) : null,
       pending: entry,
     };
@@ -257,7 +270,13 @@ class Receiver {
     } finally {
       zero.close();
     }
-    await writeState(this.stateFile, { ...state, current: entry, pending: null }).catch((e: unknown) => {
+    // The file's stamp after its last write (block devices have none that writes move).
+    const done: ReceiveState = { ...state, current: entry, pending: null };
+    if (!writer.info.blockDevice) {
+      const st = await stat(this.o.target);
+      done.file = { size: st.size, mtimeMs: st.mtimeMs };
+    }
+    await writeState(this.stateFile, done).catch((e: unknown) => {
       throw completionNotRecorded(e, 'receive', this.stateFile, this.o.target);
     });
     return {

@@ -14,10 +14,11 @@
  * file itself (the kernel drops both when the process ends).
  */
 import { readFile } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
 import { DmthinError } from '../errors';
 import { JobLock } from '../native/job-lock';
-import { writeFileAtomically } from '../output/file';
+import { defaultJobStateFile, writeFileAtomically, type FileStamp } from '../output/file';
+
+export type { FileStamp };
 
 /** Where the restore state of block-device targets is kept by default. */
 export const DEFAULT_RESTORE_STATE_DIR = '/var/lib/dmthin/restore';
@@ -59,19 +60,10 @@ export interface RestoreState {
   file: FileStamp | null;
 }
 
-/** A file's size and modification time (a file written since no longer holds what the state says). */
-export interface FileStamp {
-  /** Bytes. */
-  size: number;
-  /** Modification time, ms since the epoch. */
-  mtimeMs: number;
-}
 
-/** Where the restore state of `target` lives unless told otherwise. */
+/** Where the restore state of `target` lives unless told otherwise (one file per target, whichever path names it: output/file.ts defaultJobStateFile). */
 export function defaultRestoreStateFile(target: string, blockDevice: boolean, stateDir = DEFAULT_RESTORE_STATE_DIR): string {
-  const abs = resolve(target);
-  if (!blockDevice) return `${abs}.dmthin-restore.json`;
-  return join(stateDir, `${encodeURIComponent(abs.replace(/^\/+/, ''))}.json`);
+  return defaultJobStateFile(target, blockDevice, stateDir, '.dmthin-restore.json');
 }
 
 function entryOk(x: unknown): x is RestoreEntry {

@@ -170,7 +170,7 @@ async function restoreFrom(repo: Repository, o: RestoreOptions): Promise<Restore
       format: 'dmthin-restore-state',
       version: 1,
       target: resolve(o.target),
-      targetId: (await targetIdentity(o.target)) ?? undefined,
+      targetId: targetIdentity(o.target) ?? undefined,
       current: null,
       pending: entry,
       file: null,
@@ -249,7 +249,7 @@ async function usablePrevious(
   // relative path, recorded before the path was made absolute, is trusted.)
   if (isAbsolute(s.target) && !(await sameTarget(s.target, target))) return null;
   // The same path, another device or file than the state was written for (an LV made again, a link repointed).
-  if (s.targetId !== undefined && (await targetIdentity(target)) !== s.targetId) return null;
+  if (s.targetId !== undefined && targetIdentity(target) !== s.targetId) return null;
   if (cur.repo !== next.repo || cur.volume !== next.volume || cur.deviceSize !== next.deviceSize || cur.chunkSize !== next.chunkSize) return null;
   // A file written since the last restore: its content is unknown.
   if (stamp && (!s.file || s.file.size !== stamp.size || s.file.mtimeMs !== stamp.mtimeMs)) return null;

@@ -15,7 +15,7 @@
  * writing.
  */
 import { randomBytes } from 'node:crypto';
-import { constants } from 'node:fs';
+import { constants, existsSync, readFileSync, realpathSync, statSync } from 'node:fs';
 import { lstat, mkdir, open, readdir, readFile, readlink, realpath, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { Writable } from 'node:stream';
@@ -299,23 +299,80 @@ export async function sameTarget(a: string, b: string): Promise<boolean> {
  * number; a file by device, inode and birth time (an inode number is reused
  * soon after a file is removed). null: nothing there.
  */
-export async function targetIdentity(path: string): Promise<string | null> {
-  const st = await stat(path, { bigint: true }).catch(() => null);
-  if (!st) return null;
+export function targetIdentity(path: string): string | null {
+  // Synchronous: a stat and three small reads of /sys, also under defaultJobStateFile.
+  let st;
+  try {
+    st = statSync(path, { bigint: true });
+  } catch {
+    return null;
+  }
   if (st.isBlockDevice()) {
     // Linux's dev_t: 12 bits of major and 20 of minor, split over the word.
     const r = st.rdev;
     const major = Number(((r >> 8n) & 0xfffn) | ((r >> 32n) & ~0xfffn));
     const minor = Number((r & 0xffn) | ((r >> 12n) & ~0xffn));
-    const sys = `/sys/dev/block/${major}:${minor}`;
-    const read = (f: string): Promise<string> => readFile(`${sys}/${f}`, 'utf8').then((t) => t.trim(), () => '');
-    const [uuid, name, backing] = await Promise.all([read('dm/uuid'), read('dm/name'), read('loop/backing_file')]);
+    const read = (f: string): string => {
+      try {
+        return readFileSync(`/sys/dev/block/${major}:${minor}/${f}`, 'utf8').trim();
+      } catch {
+        return '';
+      }
+    };
+    const uuid = read('dm/uuid');
     if (uuid !== '') return `dm-uuid:${uuid}`;
+    const name = read('dm/name');
     if (name !== '') return `dm-name:${name}`;
+    const backing = read('loop/backing_file');
     if (backing !== '') return `loop:${backing}`;
     return `block:${major}:${minor}`;
   }
   return `file:${st.dev}:${st.ino}:${st.birthtimeNs}`;
+}
+
+/** A path with its links followed as the kernel follows them; for one that does not exist yet, its directory's. */
+function realPathOf(path: string): string {
+  try {
+    return realpathSync.native(path);
+  } catch {
+    try {
+      return join(realpathSync.native(dirname(path)), basename(path));
+    } catch {
+      return resolve(path);
+    }
+  }
+}
+
+/** A file's size and modification time (a file written since no longer holds what the state says). */
+export interface FileStamp {
+  /** Bytes. */
+  size: number;
+  /** Modification time, ms since the epoch. */
+  mtimeMs: number;
+}
+
+/**
+ * Where a job (receive, restore) keeps the state of `target` unless told
+ * otherwise: one file per target, whichever path names it, so that a job
+ * through one name sees what a job through another did. A file target's
+ * state is beside the file its path leads to (`<file><fileSuffix>`); a block
+ * device's is in `stateDir`, named by its identity when it is a dm device
+ * (/dev/vg/lv, /dev/mapper/vg-lv and /dev/dm-N share it; see
+ * targetIdentity), else by its path with links followed. A state kept under
+ * the name used before stop 40 (the path as given) is still found when the
+ * new name has none.
+ */
+export function defaultJobStateFile(target: string, blockDevice: boolean, stateDir: string, fileSuffix: string): string {
+  const inDir = (name: string): string => join(stateDir, `${encodeURIComponent(name)}.json`);
+  const abs = resolve(target);
+  const legacy = blockDevice ? inDir(abs.replace(/^\/+/, '')) : `${abs}${fileSuffix}`;
+  let canonical: string;
+  if (blockDevice) {
+    const id = targetIdentity(target);
+    canonical = id !== null && id.startsWith('dm-') ? inDir(id) : inDir(realPathOf(target).replace(/^\/+/, ''));
+  } else canonical = `${realPathOf(target)}${fileSuffix}`;
+  if (canonical !== legacy && !existsSync(canonical) && existsSync(legacy)) return legacy;
+  return canonical;
 }
 
 /**

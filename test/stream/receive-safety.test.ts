@@ -7,7 +7,7 @@
  * SIGKILL), and a stream file verified and applied through one descriptor.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, linkSync, mkdirSync, readFileSync, renameSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { Readable } from 'node:stream';
 import { DmthinError, StreamError, SystemCallError } from '../../src/errors';
 import { BlockWriter } from '../../src/native/block-writer';
@@ -272,6 +272,37 @@ describe('receive state', () => {
     await receive({ target: c, input: Readable.from([streams.full1]) });
     await receive({ target: c, input: Readable.from([streams.inc2from1]) });
     expect(sha256File(c)).toBe(await expectedSha(md, 2, SIZE));
+  });
+
+  test('one target through two names (a symlink, a hard link): a receive through one is seen by the next through the other; an incremental on the old base is refused (found by an outside hunt)', async () => {
+    const vol = s.path(`alias-vol${n++}.target`);
+    junkFile(vol, SIZE, 61);
+    await receive({ target: vol, input: Readable.from([streams.full1]) });
+    await receive({ target: vol, input: Readable.from([streams.inc2from1]) });
+    // Through a symlink: the same state file (beside the file the link leads to).
+    const sym = s.path(`alias-sym${n++}.target`);
+    symlinkSync(vol, sym);
+    await receive({ target: sym, input: Readable.from([streams.full1]) });
+    expect(existsSync(`${sym}.dmthin-state.json`)).toBe(false);
+    const holds1 = sha256File(vol);
+    expect(holds1).toBe(await expectedSha(md, 1, SIZE));
+    // Before: taken (vol's own state still said 2), exit 0, an image neither 3 nor 1.
+    await expect(receive({ target: vol, input: Readable.from([streams.inc3from2]) })).rejects.toMatchObject({ reason: 'base-mismatch' });
+    expect(sha256File(vol)).toBe(holds1);
+    await receive({ target: vol, input: Readable.from([streams.inc2from1]) });
+    // Through a hard link: its own state file, but the file's stamp moved under vol's.
+    const hard = s.path(`alias-hard${n++}.target`);
+    linkSync(vol, hard);
+    await receive({ target: hard, input: Readable.from([streams.full1]) });
+    const e = await receive({ target: vol, input: Readable.from([streams.inc3from2]) }).catch((x: unknown) => x);
+    expect(e).toMatchObject({ reason: 'base-mismatch' });
+    expect((e as Error).message).toContain('was written after the receive recorded in');
+    expect(sha256File(vol)).toBe(holds1);
+    // A write of anyone's moves it too; a full stream starts over.
+    await receive({ target: vol, input: Readable.from([streams.full1]) });
+    await receive({ target: vol, input: Readable.from([streams.inc2from1]) });
+    await receive({ target: vol, input: Readable.from([streams.inc3from2]) });
+    expect(sha256File(vol)).toBe(await expectedSha(md, 3, SIZE));
   });
 
   const damaged: [string, (good: string) => string][] = [

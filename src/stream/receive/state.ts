@@ -11,10 +11,9 @@
  * Written atomically (temp file, fsync, rename, fsync of the directory).
  */
 import { readFile } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
 import { StreamError } from '../../errors';
 import { describeIdentity, identityKey, type SnapshotIdentity, type StreamHeader } from '../format/records';
-import { writeFileAtomically } from '../../output/file';
+import { defaultJobStateFile, writeFileAtomically, type FileStamp } from '../../output/file';
 
 /** Where the receive state of block-device targets is kept by default. */
 export const DEFAULT_STATE_DIR = '/var/lib/dmthin/receive';
@@ -70,6 +69,13 @@ export interface ReceiveState {
    * states written before stop 40: then the path alone names it.
    */
   targetId?: string;
+  /**
+   * A file target's size and modification time when `current` was recorded
+   * (absent for block devices and in states written before stop 40): a file
+   * written since, by anyone (another receive through another of its names
+   * too), no longer holds what `current` says.
+   */
+  file?: FileStamp;
   /** The last stream applied completely, or null. */
   current: StateEntry | null;
   /** A stream whose apply started and did not finish, or null. */
@@ -93,12 +99,9 @@ export function entryFor(h: StreamHeader, digest: string): StateEntry {
   };
 }
 
-/** Where the state of `target` lives unless told otherwise. */
+/** Where the state of `target` lives unless told otherwise (one file per target, whichever path names it: output/file.ts defaultJobStateFile). */
 export function defaultStateFile(target: string, blockDevice: boolean, stateDir = DEFAULT_STATE_DIR): string {
-  const abs = resolve(target);
-  if (!blockDevice) return `${abs}.dmthin-state.json`;
-  // One flat file per device path ("/dev/mapper/vg-b" -> "dev%2Fmapper%2Fvg-b.json").
-  return join(stateDir, `${encodeURIComponent(abs.replace(/^\/+/, ''))}.json`);
+  return defaultJobStateFile(target, blockDevice, stateDir, '.dmthin-state.json');
 }
 
 /** readState's answer: the state (null when there is no file yet), or why the file cannot be used. */
@@ -160,6 +163,10 @@ function stateProblem(s: unknown): string | null {
   if (o.format !== 'dmthin-receive-state') return 'not a dmthin receive state file (format)';
   if (o.version !== 1) return `state format version ${String(o.version)} (this build reads version 1)`;
   if ('targetId' in o && typeof o.targetId !== 'string') return 'targetId is not a string';
+  if ('file' in o) {
+    const f = o.file as Record<string, unknown> | null;
+    if (typeof f !== 'object' || f === null || !Number.isSafeInteger(f.size) || !Number.isFinite(f.mtimeMs)) return 'file is not a size and a modification time';
+  }
   for (const k of ['current', 'pending'] as const) {
     if (!(k in o)) return `no "${k}" field`;
     if (o[k] !== null) {
