@@ -26,7 +26,7 @@ import { liveThin, withThinData } from './live-thin';
 import { ThinPool } from '../pool/thin-pool';
 import { ThinMetadata } from '../thin/metadata';
 import { SECTOR_SIZE } from '../units';
-import { NativeDataSource, type DataSource } from '../stream/send/data-source';
+import { NativeDataSource, readBlocksExactly, type DataSource } from '../stream/send/data-source';
 import { ExtentStore, type SendExtent } from '../stream/send/extent-store';
 import { identityOf, mappingRootDigest, offlinePoolId, planSend } from '../stream/send/plan';
 import { identityKey, type SnapshotIdentity } from '../stream/format/records';
@@ -479,7 +479,7 @@ async function store(repo: Repository, p: Plan, source: DataSource, deviceSize: 
     unit = gcd(unit, 1 << 30);
     const blocks: number[] = [];
     for (const it of items) for (let u = it.src / unit, n = it.len / unit; n > 0; n--) blocks.push(u++);
-    const data = await source.readBlocks(unit, blocks);
+    const data = await readBlocksExactly(source, unit, blocks);
     throwIfAborted(o.signal);
     let at = 0;
     const out = await Promise.all(

@@ -140,6 +140,25 @@ test('an incremental stream skips blocks both devices share: shared subtrees are
   await md.close();
 });
 
+test('a data source that answers short, long or not with bytes fails the send (EIO): its bytes never stand in for the blocks asked (found by an outside hunt)', async () => {
+  const md = await ThinMetadata.fromBuffer(fixtureImage('shared-subtree'));
+  const pattern = new PatternSource(65536);
+  const answers: [string, (b: Buffer) => unknown, RegExp][] = [
+    ['short', (b) => b.subarray(0, b.length - 512), /returned \d+ bytes for \d+ units of \d+ bytes \(\d+ bytes\): a short or long read/],
+    ['long', (b) => Buffer.concat([b, Buffer.alloc(512)]), /a short or long read/],
+    ['a string', (b) => b.toString('latin1'), /returned string, not a Buffer/],
+  ];
+  for (const [, answer, message] of answers) {
+    const source: DataSource = { addressing: 'data', readBlocks: async (u, blocks) => answer(await pattern.readBlocks(u, blocks)) as Buffer };
+    const drain = async (): Promise<void> => {
+      for await (const _ of sendStream({ metadata: md, snap: 1, source, deviceSize: 400 * 65536 }));
+    };
+    // Before: the stream was made (and verified on receive) with the wrong bytes.
+    await expect(drain()).rejects.toMatchObject({ code: 'EIO', message: expect.stringMatching(message) });
+  }
+  await md.close();
+});
+
 test('a mapping beyond the declared size is an error, and no size is never guessed', async () => {
   const md = await ThinMetadata.fromBuffer(fixtureImage('basic'));
   const drain = async (r: NodeJS.ReadableStream): Promise<void> => {

@@ -39,6 +39,26 @@ export interface DataSource {
 }
 
 /**
+ * source.readBlocks, held to its contract: exactly `blocks.length` units of
+ * bytes. A source that answers short (a network or file source at its end)
+ * or long would otherwise put other bytes in a stream or backup that then
+ * verifies as valid.
+ */
+export async function readBlocksExactly(source: DataSource, unitBytes: number, blocks: readonly number[]): Promise<Buffer> {
+  const data: unknown = await source.readBlocks(unitBytes, blocks);
+  const want = unitBytes * blocks.length;
+  if (!(data instanceof Uint8Array)) {
+    throw new DmthinError('EIO', `the data source's readBlocks returned ${data === null ? 'null' : typeof data}, not a Buffer of ${want} bytes`, { syscall: 'read' });
+  }
+  if (data.length !== want) {
+    throw new DmthinError('EIO', `the data source's readBlocks returned ${data.length} bytes for ${blocks.length} units of ${unitBytes} bytes (${want} bytes): a short or long read`, {
+      syscall: 'read',
+    });
+  }
+  return Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.length);
+}
+
+/**
  * `length` bytes of the source at `offset`, into a buffer at `at`.
  * @internal
  */

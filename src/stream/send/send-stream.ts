@@ -13,7 +13,7 @@
 import type { Readable, Writable } from 'node:stream';
 import { AbortError, throwIfAborted, UsageError } from '../../errors';
 import type { ThinMetadata } from '../../thin/metadata';
-import type { DataSource } from './data-source';
+import { readBlocksExactly, type DataSource } from './data-source';
 import { StreamEncoder } from '../format/encoder';
 import { MAX_DATA_BYTES } from '../format/records';
 import { SECTOR_SIZE } from '../../units';
@@ -104,7 +104,7 @@ function readBatch(source: DataSource, b: Batch): Promise<Buffer> {
   unit = gcd(unit, 1 << 30); // the native reader's largest block
   const blocks: number[] = [];
   for (const p of pieces) for (let u = p.src / unit, n = p.len / unit; n > 0; n--) blocks.push(u++);
-  return source.readBlocks(unit, blocks);
+  return readBlocksExactly(source, unit, blocks);
 }
 
 /** The stream's bytes for a plan, reading data from `source`. */
