@@ -665,6 +665,8 @@ class DeltaWalker {
   }
 
   async *run(leftRoot: number, rightRoot: number): AsyncGenerator<RawDeltaExtent[]> {
+    // An abort before the walk is honoured before it starts (not 1024 steps in: a short walk would finish).
+    throwIfAborted(this.opts.signal);
     const L = (this.left = new Side('left', this, leftRoot, this.opts.leftId));
     const R = (this.right = new Side('right', this, rightRoot, this.opts.rightId));
     L.other = R;

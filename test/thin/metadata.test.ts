@@ -294,6 +294,22 @@ describe('resources, cancellation, progress', () => {
     await expect(dump(md, new Writable({ write: (_c, _e, cb) => cb() }), { signal: pre })).rejects.toBeInstanceOf(AbortError);
   });
 
+  test('an already-aborted signal stops a short delta too, before it yields (it used to look at the signal every 1024 steps only: outside hunt)', async () => {
+    await using md = await ThinMetadata.fromBuffer(fixtureImage('basic'));
+    const ids = [...(await md.devices()).keys()];
+    const pre = AbortSignal.abort();
+    const drain = async (it: AsyncIterable<unknown>): Promise<number> => {
+      let n = 0;
+      for await (const _ of it) n++;
+      return n;
+    };
+    expect(await drain(md.delta(ids[0], ids[ids.length - 1]))).toBeGreaterThan(0);
+    await expect(drain(md.delta(ids[0], ids[ids.length - 1], { signal: pre }))).rejects.toBeInstanceOf(AbortError);
+    const root = md.superblock.dataMappingRoot;
+    await expect(drain(md.deltaOfRoots(root, root, { signal: pre }))).rejects.toBeInstanceOf(AbortError);
+    await expect(writeDelta(md, new Writable({ write: (_c, _e, cb) => cb() }), { left: ids[0], right: ids[ids.length - 1] }, { signal: pre })).rejects.toBeInstanceOf(AbortError);
+  });
+
   test('progress callbacks count up to the mappings walked', async () => {
     await using md = await ThinMetadata.fromBuffer(fixtureImage('deep-tree'));
     const seen: number[] = [];
