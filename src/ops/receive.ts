@@ -589,7 +589,8 @@ async function receiveFile(fh: FileHandle, size: number, opts: ReceiveOptions): 
       opts.onProgress?.({ phase: 'verify', bytes: c.v.position, totalBytes: size });
     }
     const verified = await c.finish();
-    return await r.apply(verified, (beforeReuse) => fileChunks(fh, { signal: opts.signal, beforeReuse }), false, c.buffers);
+    // The bytes verified, not what the file holds now (it may have grown since).
+    return await r.apply(verified, (beforeReuse) => fileChunks(fh, { signal: opts.signal, beforeReuse, limit: verified.bytes }), false, c.buffers);
   } finally {
     await r.close();
   }

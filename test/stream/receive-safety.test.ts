@@ -7,7 +7,7 @@
  * SIGKILL), and a stream file verified and applied through one descriptor.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, linkSync, mkdirSync, readFileSync, renameSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
+import { appendFileSync, copyFileSync, existsSync, linkSync, mkdirSync, readFileSync, renameSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { Readable } from 'node:stream';
 import { DmthinError, StreamError, SystemCallError } from '../../src/errors';
 import { BlockWriter } from '../../src/native/block-writer';
@@ -433,6 +433,26 @@ describe('receive state', () => {
       },
     });
     expect(swapped).toBe(true);
+    expect(r.header.target.devId).toBe(2);
+    expect(sha256File(t)).toBe(await expectedSha(md, 2, SIZE));
+  });
+
+  test('bytes appended to the stream file after verification are not read: the verified stream is applied (outside hunt: it wrote, then refused it as changed)', async () => {
+    const t = await dev1Target();
+    const file = s.path('appended.stream');
+    writeFileSync(file, streams.inc2from1);
+    let appended = false;
+    const r = await receive({
+      target: t,
+      input: file,
+      onProgress: (p) => {
+        if (p.phase === 'verify' && p.bytes === streams.inc2from1.length && !appended) {
+          appended = true;
+          appendFileSync(file, Buffer.alloc(100));
+        }
+      },
+    });
+    expect(appended).toBe(true);
     expect(r.header.target.devId).toBe(2);
     expect(sha256File(t)).toBe(await expectedSha(md, 2, SIZE));
   });

@@ -28,6 +28,8 @@ export interface FileChunksOptions {
    * buffers are used then, so the wait overlaps the next chunk's work.
    */
   beforeReuse?: (end: number) => Promise<void>;
+  /** Bytes to read at most (what an earlier pass verified): the file may have grown since. */
+  limit?: number;
 }
 
 export async function* fileChunks(src: string | FileHandle, opts: FileChunksOptions = {}): AsyncGenerator<Buffer> {
@@ -50,7 +52,9 @@ export async function* fileChunks(src: string | FileHandle, opts: FileChunksOpti
   let turn = 0;
   const readInto = async (i: number): Promise<number> => {
     if (opts.beforeReuse && ends[i] >= 0) await opts.beforeReuse(ends[i]);
-    return fh.read(bufs[i], 0, size, pos).then((r) => r.bytesRead);
+    const want = opts.limit === undefined ? size : Math.min(size, opts.limit - pos);
+    if (want <= 0) return 0;
+    return fh.read(bufs[i], 0, want, pos).then((r) => r.bytesRead);
   };
   let next: Promise<number> | undefined;
   try {
