@@ -26,7 +26,7 @@
  * when it cannot be written the cache is simply not kept.
  * DMTHIN_CODE_CACHE=0 turns it off; DMTHIN_CODE_CACHE_DIR=DIR keeps it in DIR.
  */
-import { accessSync, closeSync, constants, fstatSync, mkdirSync, openSync, readFileSync, readSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
+import { accessSync, closeSync, constants, fstatSync, fsyncSync, mkdirSync, openSync, readFileSync, readSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
 import { dirname, join, resolve as resolvePath } from 'node:path';
 import { Script } from 'node:vm';
 // The CommonJS Module class, as `require('node:module')` exports it: taken
@@ -388,6 +388,9 @@ function save(FILE: string, index: Map<string, Entry>, data: Buffer, compiled: {
     const fd = openSync(tmp, 'w', 0o644);
     try {
       for (const b of [head, json, ...parts]) for (let off = 0; off < b.length; ) off += writeSync(fd, b, off);
+      // On disk before the rename: a crash must leave the old cache or the new one, never a torn one
+      // (V8 checks a cache's versions and its source's length, not its bytes).
+      fsyncSync(fd);
     } finally {
       closeSync(fd);
     }
