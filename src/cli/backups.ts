@@ -51,6 +51,8 @@ function keyFileError(path: string, e: unknown): unknown {
     EACCES: `permission denied in ${dir}; give --key-file a path you can write, or run as a user who can`,
     EPERM: `not permitted in ${dir}; give --key-file a path you can write, or run as a user who can`,
     EROFS: `${dir} is on a read-only file system; give --key-file a path on a writable one`,
+    ENOSPC: `no space left in ${dir} (nothing was left there); make room, or give --key-file a path on a filesystem with room`,
+    EDQUOT: `disk quota exceeded in ${dir} (nothing was left there); make room, or give --key-file another path`,
   };
   const text = why[cause.code] ?? `${cause.code} (${cause.message.replace(/^[A-Z]+: /, '').replace(/, open '.*'$/, '')})`;
   return new RepoError('config', `cannot create key file ${path}: ${text}`, { path, code: cause.code, cause });

@@ -7,7 +7,8 @@
  * refuses a wrong key before anything is written.
  */
 import { createCipheriv, createDecipheriv, createHash, createHmac, hkdfSync, randomBytes, scrypt as scryptCb, timingSafeEqual } from 'node:crypto';
-import { open, readFile } from 'node:fs/promises';
+import { link, open, readFile, unlink } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 import { RepoError } from '../errors';
 import type { RepoKeys } from './codec';
 
@@ -59,19 +60,33 @@ export interface RepoConfig {
 
 /** Creates a key file of 32 random bytes (mode 0600); RepoError 'exists' if the file exists. */
 export async function createKeyFile(path: string): Promise<void> {
+  // Written whole beside it, then linked into place: link() never replaces a
+  // file, and a full disk or a crash leaves no short key under the name.
+  const tmp = join(dirname(path), `.${basename(path)}.dmthin-${process.pid}-${randomBytes(4).toString('hex')}.tmp`);
   let fh;
   try {
-    fh = await open(path, 'wx', 0o600);
+    fh = await open(tmp, 'wx', 0o600);
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'EEXIST') throw new RepoError('exists', `key file ${path} already exists; refusing to overwrite a key`, { path });
     throw new RepoError('config', `cannot create key file ${path}: ${(e as Error).message}`, { path, cause: e });
   }
   try {
-    await fh.writeFile(randomBytes(32));
-    await fh.sync();
+    try {
+      await fh.writeFile(randomBytes(32));
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await link(tmp, path);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'EEXIST') throw new RepoError('exists', `key file ${path} already exists; refusing to overwrite a key`, { path });
+    throw new RepoError('config', `cannot write key file ${path}: ${(e as Error).message}; nothing was left there`, { path, cause: e });
   } finally {
-    await fh.close();
+    await unlink(tmp).catch(() => undefined);
   }
+  // The new name on disk too.
+  const dir = await open(dirname(path), 'r').catch(() => null);
+  await dir?.sync().catch(() => undefined);
+  await dir?.close();
 }
 
 async function readKeyFile(path: string): Promise<Buffer> {

@@ -9,6 +9,7 @@ import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, 
 import { join } from 'node:path';
 import { Repository } from '../../src/repo/repository';
 import { CLI } from './run-cli';
+import { gateMount, mountSmallTmpfs } from './output-helpers';
 import { scratch, type Scratch } from '../stream/helpers';
 import { deviceBytes, edit, makePool, runs, sha256, type PoolImages } from '../ops/backup-fixture';
 
@@ -265,6 +266,31 @@ describe('encrypted repository', () => {
       `dmthin backups init: cannot create key file ${key}: directory ${s.path('no-such-dir')} does not exist; create it, or give --key-file a path in an existing directory [ENOENT]`,
     );
     expect(existsSync(repo)).toBe(false);
+  });
+
+  describe('--key-file on a full filesystem (64 KiB tmpfs)', () => {
+    const mnt = scratch();
+    const small = gateMount(mountSmallTmpfs(mnt.dir), 'a key file on a full filesystem');
+    afterAll(() => {
+      if (small) small.unmount();
+      mnt.cleanup();
+    });
+    (small ? test : test.skip)('one line with ENOSPC, no key file and no temporary file left; with room, init makes it (outside hunt: an empty key file was left)', () => {
+      const fs = small!;
+      const repo = s.path('full-key-repo');
+      const key = join(fs.dir, 'repo.key');
+      fs.fill(0);
+      const r = cli(['backups', 'init', '--repo', repo, '--key-file', key]);
+      expect(r.status).toBe(1);
+      expect(oneLine(r.stderr)).toBe(`dmthin backups init: cannot create key file ${key}: no space left in ${fs.dir} (nothing was left there); make room, or give --key-file a path on a filesystem with room [ENOSPC]`);
+      expect(fs.files()).toEqual(['filler']);
+      expect(existsSync(repo)).toBe(false);
+      fs.reset();
+      expect(cli(['backups', 'init', '--repo', repo, '--key-file', key]).status).toBe(0);
+      expect(statSync(key).size).toBe(32);
+      expect(statSync(key).mode & 0o777).toBe(0o600);
+      expect(fs.files()).toEqual(['repo.key']);
+    });
   });
 
   test('a passphrase from DMTHIN_REPO_PASSPHRASE', () => {
