@@ -156,6 +156,8 @@ export async function sealAsync(plain: Uint8Array, context: string, keys: RepoKe
 function open(stored: Buffer, context: string, keys: RepoKeys | null): [number, Buffer] {
   const bad = (why: string) => new RepoError('corrupt', `${context}: ${why}; the object is damaged or was altered`, { key: context });
   if (stored.length < 2) throw bad('too short');
+  // Formats only grow: a byte below ours (a zeroed block) was never written by any dmthin.
+  if (stored[0]! < ENVELOPE_FORMAT) throw bad(`envelope format ${stored[0]}`);
   if (stored[0] !== ENVELOPE_FORMAT) {
     // A format-1 object whose first byte was damaged is corruption, not a newer format.
     const fixed = Buffer.from(stored);

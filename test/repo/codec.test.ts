@@ -88,6 +88,11 @@ describe('envelope', () => {
       const damaged = Buffer.from(a);
       damaged[0] = 2;
       expect(() => unseal(damaged, 'k', k)).toThrow(expect.objectContaining({ reason: 'corrupt' }));
+      // Zeroed (a block lost on disk): no dmthin ever wrote format 0, so not "upgrade dmthin" (outside hunt).
+      expect(() => unseal(Buffer.alloc(300), 'k', k)).toThrow(expect.objectContaining({ reason: 'corrupt', message: expect.stringContaining('damaged or was altered') }));
+      const zero = Buffer.from(newer);
+      zero[0] = 0;
+      expect(() => unseal(zero, 'k', k)).toThrow(expect.objectContaining({ reason: 'corrupt' }));
     }
   });
 
