@@ -112,6 +112,14 @@ async function refuseInsideRepository(repo: Repository, path: string, role: stri
   if (full === dir || full.startsWith(dir + sep)) {
     throw new UsageError(`${role} ${path} is inside the repository ${repo.location}: writing it would damage the repository; choose a path outside it`, { path });
   }
+  // A hard link has no path to compare: a file with other links on the repository's filesystem may be one of its files.
+  const [st, d] = await Promise.all([stat(path).catch(() => null), stat(dir).catch(() => null)]);
+  if (st?.isFile() && st.nlink > 1 && d !== null && st.dev === d.dev) {
+    throw new UsageError(
+      `${role} ${path} has ${st.nlink - 1} other hard link${st.nlink > 2 ? 's' : ''} on the filesystem of the repository ${repo.location}, and may be one of its files: writing it could damage the repository; choose a file with one link, or a path on another filesystem`,
+      { path },
+    );
+  }
 }
 
 async function restoreFrom(repo: Repository, o: RestoreOptions): Promise<RestoreResult> {

@@ -5,7 +5,7 @@
  * DMTHIN_REPO_PASSPHRASE. The pool is made by thin_restore (test/ops/backup-fixture.ts).
  */
 import { spawnSync } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, linkSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Repository } from '../../src/repo/repository';
 import { CLI } from './run-cli';
@@ -145,6 +145,13 @@ describe('unencrypted repository', () => {
     // The command line's own check of output paths finds it first (a target not made yet included).
     expect(oneLine(r.stderr)).toMatch(/^dmthin restore: the state file \(--state\) .* is the target \(--target\): writing there would destroy it; choose another path \[EINVAL\]$/);
     expect(existsSync(s.path('hp2.img'))).toBe(false);
+    // A hard link to a repository file (the same filesystem): no path shows it, so a file with other links there is refused (outside hunt: exit 0, the config overwritten).
+    linkSync(`${repo}/config`, s.path('hl.img'));
+    r = cli(['restore', '--repo', repo, '--backup', ids[0], '--target', s.path('hl.img'), '--create']);
+    expect(r.status).toBe(1);
+    expect(oneLine(r.stderr)).toMatch(/^dmthin restore: the target .*hl\.img has 1 other hard link on the filesystem of the repository .* may be one of its files.*\[EINVAL\]$/);
+    expect(readFileSync(`${repo}/config`).equals(config)).toBe(true);
+    rmSync(s.path('hl.img'));
   });
 
   test('offline backup without --size is refused naming --size', () => {
