@@ -409,6 +409,50 @@ export class AbortError extends DmthinError {
   }
 }
 
+/**
+ * Argument checks of the library's entry points: a caller's mistake is a
+ * UsageError (EINVAL) naming the argument, not a TypeError from deep inside
+ * or an I/O error of the output. Each returns nothing and throws on a bad value.
+ */
+export const check = {
+  /** An options object (null and undefined are taken as none, as Node's own APIs take them). */
+  options(o: unknown, what: string): void {
+    if (o !== undefined && o !== null && typeof o !== 'object') throw new UsageError(`${what} must be an object, got ${describe(o)}`);
+  },
+  /** A non-empty string (a path, a name). */
+  string(v: unknown, name: string): void {
+    if (typeof v !== 'string' || v === '') throw new UsageError(`${name} must be a non-empty string, got ${describe(v)}`);
+  },
+  /** A string whose UTF-16 is well formed (it is recorded as UTF-8: a lone surrogate would become U+FFFD, two values one). */
+  wellFormed(v: unknown, name: string): void {
+    if (v === undefined) return;
+    if (typeof v !== 'string' || /\p{Surrogate}/u.test(v)) throw new UsageError(`${name} must be a well-formed string (no lone surrogates), got ${describe(v)}`);
+  },
+  /** An optional callback. */
+  callback(v: unknown, name: string): void {
+    if (v !== undefined && typeof v !== 'function') throw new UsageError(`${name} must be a function, got ${describe(v)}`);
+  },
+  /** An optional AbortSignal. */
+  signal(v: unknown): void {
+    if (v !== undefined && !(v instanceof AbortSignal)) throw new UsageError(`signal must be an AbortSignal, got ${describe(v)}`);
+  },
+  /** An optional value out of a fixed set. */
+  oneOf<T extends string>(v: unknown, name: string, allowed: readonly T[]): void {
+    if (v !== undefined && !allowed.includes(v as T)) throw new UsageError(`${name} must be one of ${allowed.map((a) => `'${a}'`).join(', ')}, got ${describe(v)}`);
+  },
+};
+
+function describe(v: unknown): string {
+  if (typeof v === 'string') return JSON.stringify(v.length > 40 ? `${v.slice(0, 40)}…` : v);
+  if (v === null || v === undefined) return String(v);
+  if (typeof v === 'object') {
+    const name = (v as { constructor?: { name?: string } }).constructor?.name;
+    return name && name !== 'Object' ? `${/^[AEIOU]/.test(name) ? 'an' : 'a'} ${name}` : 'a plain object';
+  }
+  if (typeof v === 'function') return 'a function';
+  return `${typeof v} ${String(v)}`;
+}
+
 /** Throws AbortError if the signal has fired. */
 export function throwIfAborted(signal?: AbortSignal): void {
   if (signal?.aborted) throw new AbortError(undefined, { cause: signal.reason });

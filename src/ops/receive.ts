@@ -15,7 +15,7 @@ import { open, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { Writable, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { isAbsolute, resolve } from 'node:path';
-import { AbortError, DmthinError, isSystemError, StreamError, SystemCallError, throwIfAborted } from '../errors';
+import { AbortError, DmthinError, isSystemError, StreamError, SystemCallError, throwIfAborted, check, UsageError } from '../errors';
 import { applyStream, type ApplyChunks } from '../stream/receive/apply';
 import { BlockWriter } from '../native/block-writer';
 import { fileChunks } from '../stream/receive/file-chunks';
@@ -434,7 +434,9 @@ class SpooledReceive {
  * once the target has been written, fsynced and its state recorded.
  */
 export function receiveStream(target: string, opts: Omit<ReceiveOptions, 'target'> = {}): ReceiveWritable {
+  check.options(opts, 'receive options');
   const o: ReceiveOptions = { ...opts, target };
+  checkReceiveOptions(o);
   const job = new SpooledReceive(o);
   let settle!: { resolve: (r: ReceiveResult) => void; reject: (e: unknown) => void };
   const result = new Promise<ReceiveResult>((resolve, reject) => (settle = { resolve, reject }));
@@ -482,13 +484,28 @@ export function receiveStream(target: string, opts: Omit<ReceiveOptions, 'target
   return Object.assign(w, { result });
 }
 
+/** A caller's mistake in the options: UsageError naming it, before anything is opened. */
+function checkReceiveOptions(o: ReceiveOptions): void {
+  check.string(o.target, 'target');
+  check.signal(o.signal);
+  check.callback(o.onProgress, 'onProgress');
+  check.oneOf(o.zero, 'zero', ['auto', 'discard', 'zeroout', 'punch']);
+  check.oneOf(o.direct, 'direct', ['auto', 'always', 'never']);
+  for (const k of ['stateFile', 'stateDir', 'spoolDir'] as const) if (o[k] !== undefined) check.string(o[k], k);
+}
+
 /**
  * Receives a stream into `target`: `input` is a file path (a regular file is
  * verified in place, then applied from the same open descriptor), '-' for
  * stdin, or a Readable.
  */
 export async function receive(opts: ReceiveOptions & { input: string | Readable }): Promise<ReceiveResult> {
-  const input = opts.input;
+  if (opts === null || typeof opts !== 'object') throw new UsageError(`receive needs an options object, got ${opts === null ? 'null' : typeof opts}`);
+  checkReceiveOptions(opts);
+  const input: unknown = opts.input;
+  if (typeof input === 'string' ? input === '' : !(typeof input === 'object' && input !== null && typeof (input as Readable).on === 'function')) {
+    throw new UsageError(`input must be a path, '-' (stdin) or a Readable, got ${input === null ? 'null' : typeof input === 'string' ? '""' : typeof input}`);
+  }
   if (typeof input === 'string' && input !== '-') {
     let fh: FileHandle;
     try {

@@ -21,7 +21,7 @@
  * know of the device): the send is refused with the lvchange to run.
  */
 import type { Writable } from 'node:stream';
-import { DmthinError, UsageError, throwIfAborted } from '../errors';
+import { DmthinError, UsageError, throwIfAborted, check } from '../errors';
 // The pool, dm and output-file layers are loaded when a send uses them (a
 // live pool, an -o file), not by an offline send to stdout: ~16 modules,
 // part of its start-up (see sendFromPool and stream).
@@ -98,6 +98,14 @@ export type SendOptions = PoolSendOptions | ImageSendOptions;
 
 /** Sends a snapshot (full, or incremental against `base`) to `output`. */
 export async function send(opts: SendOptions): Promise<SendSummary> {
+  if (opts === null || typeof opts !== 'object') throw new UsageError(`send needs an options object, got ${opts === null ? 'null' : typeof opts}`);
+  check.signal(opts.signal);
+  check.callback(opts.onProgress, 'onProgress');
+  const out: unknown = opts.output;
+  if (typeof out !== 'string' && !(typeof out === 'object' && out !== null && typeof (out as Writable).write === 'function')) {
+    throw new UsageError(`output must be a path or a Writable, got ${out === null ? 'null' : typeof out}`);
+  }
+  if (out === '') throw new UsageError('output must be a non-empty path or a Writable');
   return 'pool' in opts ? sendFromPool(opts) : sendFromImage(opts);
 }
 
@@ -138,11 +146,21 @@ async function stream(plan: SendPlan, source: DataSource, o: CommonSendOptions):
     // never ended (that shuts a pipe down under Node, and the CLI's final flush
     // then got EPIPE: `dmthin send | cat` exited 141); another Writable is.
     const out = o.output;
+    // What the encoder threw (a data source's or onProgress's own error too) is not the output's.
+    const ours = new WeakSet<object>();
+    const marked = (async function* () {
+      try {
+        yield* records;
+      } catch (e) {
+        if (typeof e === 'object' && e !== null) ours.add(e);
+        throw e;
+      }
+    })();
     try {
-      await writeRecords(records, out, o.signal);
+      await writeRecords(marked, out, o.signal);
       if (!toStdout) await new Promise<void>((resolve, reject) => out.end((e?: Error | null) => (e ? reject(e) : resolve())));
     } catch (e) {
-      throw outputError(e, toStdout ? 'stdout' : undefined);
+      throw typeof e === 'object' && e !== null && ours.has(e) ? e : outputError(e, toStdout ? 'stdout' : undefined);
     }
     return summary!;
   }

@@ -8,7 +8,7 @@
  *   await using snap = await pool.reserveMetadataSnap();
  *   await using md = await snap.open();
  */
-import { AbortError, DmIoctlError, DmthinError, MetadataSnapError, NameLookupError, UsageError, throwIfAborted } from '../errors';
+import { AbortError, DmIoctlError, DmthinError, MetadataSnapError, NameLookupError, UsageError, throwIfAborted, check } from '../errors';
 import { DeviceMapper } from '../dm/device-mapper';
 import { formatDev, type DevNum, type DmTarget } from '../dm/ioctl';
 import {
@@ -159,6 +159,8 @@ export class ThinPool {
    * something else (the message says what).
    */
   static async open(name: string, opts: { dm?: DeviceMapper } = {}): Promise<ThinPool> {
+    check.string(name, 'pool name');
+    check.options(opts, 'ThinPool.open options');
     opts ??= {}; // null, as Node's own APIs take it
     const dm = opts.dm ?? new DeviceMapper();
     const r = await resolvePool(name, dm);

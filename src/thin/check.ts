@@ -16,7 +16,7 @@
  * mapping count, tree marks) and the device list. Never proportional to the
  * number of mappings.
  */
-import { DmthinError, MetadataError, throwIfAborted } from '../errors';
+import { DmthinError, MetadataError, throwIfAborted, check } from '../errors';
 import { BlockSet, BtreeNode, Key, TreeValidator } from '../pdata/btree';
 import { compareSpaceMap, countTreeNodes, CheckProblem, loadIndex, problemOf, RefCounts } from '../pdata/space-map-check';
 import { ENTRIES_PER_BITMAP } from '../pdata/space-map';
@@ -883,7 +883,10 @@ export function openFailureReport(e: MetadataError | DmthinError): CheckReport {
  * fault in the metadata is a problem in the report.
  */
 export async function checkMetadata(md: ThinMetadata, opts: CheckOptions = {}): Promise<CheckReport> {
+  check.options(opts, 'checkMetadata options');
   opts ??= {}; // null, as Node's own APIs take it
+  check.signal(opts.signal);
+  check.callback(opts.onProgress, 'onProgress');
   throwIfAborted(opts.signal);
   const live = md.liveSuperblock;
   const viaSnap = md.metadataSnap !== null;

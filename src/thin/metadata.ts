@@ -7,7 +7,7 @@
  *   for await (const run of md.mappings(1)) ...
  */
 import { statSync } from 'node:fs';
-import { DmthinError, MetadataError, MetadataSnapError, UsageError } from '../errors';
+import { DmthinError, MetadataError, MetadataSnapError, UsageError, check } from '../errors';
 import { lookup as btreeLookup, walkLeaves } from '../pdata/btree';
 import { BlockSource, CachingBlockSource, MemoryBlockSource, NativeBlockSource, OpenOptions } from '../pdata/block-source';
 import { ENTRIES_PER_BITMAP, MAX_METADATA_BITMAPS, SpaceMap, SpaceMapKind } from '../pdata/space-map';
@@ -139,7 +139,10 @@ export class ThinMetadata implements AsyncDisposable {
 
   /** Opens metadata from a file or device path (read-only, O_DIRECT) or a given source. */
   static async open(path: string, opts: ThinMetadataOptions = {}): Promise<ThinMetadata> {
+    check.string(path, 'path');
+    check.options(opts, 'ThinMetadata.open options');
     opts ??= {}; // null, as Node's own APIs take it
+    check.oneOf(opts.direct, 'direct', ['auto', 'always', 'never']);
     const snap = opts.metadataSnap;
     if (snap !== undefined && typeof snap !== 'boolean' && !(Number.isSafeInteger(snap) && snap > 0)) {
       throw new UsageError(`metadataSnap must be true or a block number > 0, got ${snap}`);

@@ -11,7 +11,7 @@
  * change outside it is an error, never skipped: a receiver would otherwise
  * keep stale data there and report success.
  */
-import { DmthinError, StreamError, throwIfAborted, UsageError } from '../../errors';
+import { DmthinError, StreamError, throwIfAborted, UsageError, check } from '../../errors';
 import type { DeviceDetails } from '../../thin/device-details';
 import type { ThinMetadata } from '../../thin/metadata';
 import type { DataAddressing } from './data-source';
@@ -117,6 +117,8 @@ function beyond(devId: number, kind: string, block: number | bigint, deviceSize:
 }
 
 export async function planSend(md: ThinMetadata, o: PlanOptions): Promise<SendPlan> {
+  // Recorded as UTF-8 in the stream: two ids that differ only in lone surrogates would become one.
+  check.wellFormed(o.poolId, 'poolId');
   const snap = await details(md, o.snap, 'snapshot', o.signal);
   const base = o.base === undefined ? undefined : await details(md, o.base, 'base', o.signal);
   if (base && base.devId === snap.devId) throw new UsageError('the base and the snapshot are the same device');
