@@ -2,6 +2,8 @@
  * Typed units. A number that means sectors must not be passed where data
  * blocks are meant; branded types make the compiler check that at no runtime cost.
  */
+import { DmthinError, UsageError } from './errors';
+
 declare const unit: unique symbol;
 /** A number branded with its unit T (a compile-time tag only). */
 type Unit<T extends string> = number & { readonly [unit]: T };
@@ -26,20 +28,36 @@ export const METADATA_BLOCK_SIZE = 4096;
  */
 export const MAX_TIMER_SECONDS = Math.floor((2 ** 31 - 1) / 1000);
 
-/** A number as Sectors. */
-export const sectors = (n: number): Sectors => n as Sectors;
-/** A number as Bytes. */
-export const bytes = (n: number): Bytes => n as Bytes;
-/** A number as DataBlocks. */
-export const dataBlocks = (n: number): DataBlocks => n as DataBlocks;
-/** A number as MetaBlocks. */
-export const metaBlocks = (n: number): MetaBlocks => n as MetaBlocks;
-
-/** Sectors to bytes. */
-export function sectorsToBytes(s: Sectors): Bytes {
-  return (s * SECTOR_SIZE) as Bytes;
+/**
+ * `n` as a count of `unit`: a whole number from 0 to 2^53 - 1. Anything else
+ * (negative, fractional, NaN, a string) is UsageError; a count past 2^53
+ * would already be rounded.
+ */
+function count(n: number, unit: string): number {
+  if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0) throw new UsageError(`${unit} must be a whole number from 0 to 2^53 - 1, got ${typeof n === 'number' ? n : typeof n}`);
+  return n;
 }
-/** Data blocks to sectors, given the pool's data block size. */
+/** A product of counts, refused (ERANGE) where it would pass 2^53 and be rounded. */
+function product(a: number, b: number, what: string): number {
+  const p = a * b;
+  if (!Number.isSafeInteger(p)) throw new DmthinError('ERANGE', `${what}: ${a} x ${b} is past 2^53 and cannot be held exactly`);
+  return p;
+}
+
+/** A number as Sectors. */
+export const sectors = (n: number): Sectors => count(n, 'sectors') as Sectors;
+/** A number as Bytes. */
+export const bytes = (n: number): Bytes => count(n, 'bytes') as Bytes;
+/** A number as DataBlocks. */
+export const dataBlocks = (n: number): DataBlocks => count(n, 'data blocks') as DataBlocks;
+/** A number as MetaBlocks. */
+export const metaBlocks = (n: number): MetaBlocks => count(n, 'metadata blocks') as MetaBlocks;
+
+/** Sectors to bytes (ERANGE past 2^53). */
+export function sectorsToBytes(s: Sectors): Bytes {
+  return product(count(s, 'sectors'), SECTOR_SIZE, 'sectors to bytes') as Bytes;
+}
+/** Data blocks to sectors, given the pool's data block size (ERANGE past 2^53). */
 export function dataBlocksToSectors(b: DataBlocks, dataBlockSize: Sectors): Sectors {
-  return (b * dataBlockSize) as Sectors;
+  return product(count(b, 'data blocks'), count(dataBlockSize, 'data block size'), 'data blocks to sectors') as Sectors;
 }
