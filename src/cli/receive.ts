@@ -90,7 +90,8 @@ export function register(program: Command, ctx: () => CliContext): void {
         const r = pipe !== null ? await receivePipe(pipe, opts) : await receive({ ...opts, input: o.input });
         bar.stop();
         c.done = `the stream was applied to ${o.target} and recorded in ${r.stateFile}`;
-        if (o.json) process.stdout.write(toJson({ ...r, resizedFrom: r.resizedFrom ?? null }) + '\n');
+        // One shape whatever the stream (docs/json.md): roots a stream of version 3 or older, or a full one, has not are null.
+        if (o.json) process.stdout.write(toJson({ ...r, header: { ...r.header, targetRoot: r.header.targetRoot ?? null, baseRoot: r.header.baseRoot ?? null }, resizedFrom: r.resizedFrom ?? null }) + '\n');
       } catch (e) {
         // The library names its options; a command-line user needs the flags.
         if (e instanceof DmthinError) e.message = e.message.replace(/option (force|resized|create)\b/g, '--$1').replace(/\bspool dir\b/g, '--spool-dir');

@@ -50,6 +50,13 @@ test('send to a file, receive it; then an incremental through a pipe', async () 
   expect(r.status).toBe(0);
   expect(JSON.parse(r.stdout)).toMatchObject({ header: { deviceSize: SIZE, target: { devId: 4, pool: expect.stringMatching(/^image-sha256:[0-9a-f]{64}$/) }, base: null }, spooled: false, created: true });
   expect(sha256File(t)).toBe(await expectedSha(md, 4, SIZE));
+  // One shape whatever the stream (docs/json.md): a full stream has no base root, a version-3 stream no roots; both null, not absent (outside hunt).
+  expect(JSON.parse(r.stdout).header).toMatchObject({ targetRoot: expect.stringMatching(/^[0-9a-f]{64}$/), baseRoot: null });
+  const v3 = s.path('full4v3.s');
+  expect(runCli(['send', '--metadata', meta, '--data', data, '--snap', '4', '--size', `${SIZE / 1024}K`, '-o', v3, '-q', '--format-version', '3']).status).toBe(0);
+  r = runCli(['receive', '--target', s.path('t1v3'), '--input', v3, '--create', '--json', '-q']);
+  expect(r.status).toBe(0);
+  expect(JSON.parse(r.stdout).header).toMatchObject({ version: 3, targetRoot: null, baseRoot: null });
 
   const p = sh(`${dmthin} send --metadata '${meta}' --data '${data}' --snap 1 --base 4 --size ${SIZE} | ${dmthin} receive --target '${t}' --spool-dir '${s.dir}'`);
   expect([p.status, p.stderr]).toEqual([0, '']);
