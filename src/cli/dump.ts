@@ -37,7 +37,7 @@ export function register(program: Command, ctx: () => CliContext): void {
       await checkOutputPath(o.output, [{ path: metadata, role: 'the metadata input' }]);
       const { metadata: md, pool } = await openMetadataSource(metadata, o, c);
       c.onCleanup(() => md.close());
-      const devIds = o.devId && (await Promise.all(o.devId.map((v) => (isThinIdText(v) ? Number(v) : thinIdArg('--dev-id', v, pool))))).filter((id) => id <= Number.MAX_SAFE_INTEGER);
+      const devIds = o.devId && (await Promise.all(o.devId.map((v) => (isThinIdText(v) ? Number(v) : thinIdArg('--dev-id', v, pool, Number.MAX_SAFE_INTEGER))))).filter((id) => id <= Number.MAX_SAFE_INTEGER);
       const { out, commit } = await commandOutput(o.output, c, [{ path: metadata, role: 'the metadata input' }]);
       const bar = new Progress('dump', !o.quiet && stderrIsTTY());
       try {

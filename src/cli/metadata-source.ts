@@ -118,7 +118,7 @@ export function isThinIdText(v: string): boolean {
 export async function thinIdArg(flag: string, v: string, pool: ThinPoolT | undefined, max = 2 ** 24 - 1): Promise<number> {
   if (isThinIdText(v)) return parseIntArg(flag, v, max);
   if (!pool?.lvm) {
-    throw new UsageError(`${flag} must be a thin id (${max === 2 ** 24 - 1 ? '0..16777215' : 'decimal'})${pool ? '' : ' or, with a live LVM pool, an LV name'}, got '${v}'${pool ? ` (pool ${pool.name} is not LVM's, so it has no LV names)` : ''}`);
+    throw new UsageError(`${flag} must be a thin id (${max === 2 ** 24 - 1 ? '0..16777215' : 'decimal digits'})${pool ? '' : ' or, with a live LVM pool, an LV name'}, got '${v}'${pool ? ` (pool ${pool.name} is not LVM's, so it has no LV names)` : ''}`);
   }
   return pool.thinId(v);
 }
