@@ -50,7 +50,10 @@ function problemLine(p: CheckProblem): string {
  * The --json object (docs/json.md): u64 keys and transaction ids as decimal
  * strings, block numbers and counts as numbers, every key always present.
  */
-export function reportJson(r: CheckReport): unknown {
+export function reportJson(r: CheckReport, read: 'all' | 'no-mappings' | 'superblock' | 'nothing' = 'all'): unknown {
+  // What was not read is null, never 0 (as the text says "not read").
+  const c = r.counts;
+  const opened = read !== 'nothing';
   return {
     problems: r.problems.map((p) => ({
       severity: p.severity,
@@ -66,7 +69,16 @@ export function reportJson(r: CheckReport): unknown {
     nonFatal: r.nonFatal,
     omitted: r.omitted,
     spaceMapsChecked: r.spaceMapsChecked,
-    counts: { ...r.counts, transactionId: r.counts.transactionId.toString() },
+    counts: {
+      devices: read === 'all' || read === 'no-mappings' ? c.devices : null,
+      mappings: read === 'all' ? c.mappings : null,
+      metadataBlocksInUse: r.spaceMapsChecked ? c.metadataBlocksInUse : null,
+      dataBlocksInUse: r.spaceMapsChecked ? c.dataBlocksInUse : null,
+      metadataBlocks: opened ? c.metadataBlocks : null,
+      dataBlocks: opened ? c.dataBlocks : null,
+      transactionId: opened ? c.transactionId.toString() : null,
+      heldRoot: opened ? c.heldRoot : null,
+    },
   };
 }
 
@@ -141,8 +153,9 @@ export function register(program: Command, ctx: () => CliContext): void {
       }
       const failed = thinCheck().reportFails(report, o.ignoreNonFatalErrors);
       // -q prints no text; --json's report is asked for explicitly, so it stays (as with every command's -q --json).
-      if (o.json) await writeStdout(toJson(reportJson(report)) + '\n');
-      else if (!o.quiet) await writeStdout(report.problems.map((p) => problemLine(p) + '\n').join('') + summary(report, why, opened ? (o.superBlockOnly ? 'superblock' : o.skipMappings ? 'no-mappings' : 'all') : 'nothing'));
+      const read = opened ? (o.superBlockOnly ? 'superblock' : o.skipMappings ? 'no-mappings' : 'all') : 'nothing';
+      if (o.json) await writeStdout(toJson(reportJson(report, read)) + '\n');
+      else if (!o.quiet) await writeStdout(report.problems.map((p) => problemLine(p) + '\n').join('') + summary(report, why, read));
       if (failed) {
         c.exitStatus = 1;
         if (!o.quiet) {

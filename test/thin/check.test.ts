@@ -416,6 +416,21 @@ describe('CLI', () => {
     expect(m.status).toBe(0);
     expect(m.stdout).toMatch(/space maps not checked \(--skip-mappings\)/);
     expect(run(corrupt(clean, 'superblock-byte-flip').image, ['--super-block-only']).status).toBe(1);
+    // --json: what was not read is null, as the text says "not read" (it said 0: outside hunt).
+    const counts = (args: string[]) => JSON.parse(run(clean, [...args, '--json']).stdout).counts;
+    expect(counts(['--super-block-only'])).toMatchObject({ devices: null, mappings: null, metadataBlocksInUse: null, dataBlocksInUse: null, transactionId: expect.any(String) });
+    expect(counts(['--skip-mappings'])).toMatchObject({ devices: expect.any(Number), mappings: null, metadataBlocksInUse: null, dataBlocksInUse: null });
+    expect(counts([])).toMatchObject({ devices: expect.any(Number), mappings: expect.any(Number), metadataBlocksInUse: expect.any(Number), dataBlocksInUse: expect.any(Number) });
+    expect(JSON.parse(run(corrupt(clean, 'superblock-magic').image, ['--json']).stdout).counts).toEqual({
+      devices: null,
+      mappings: null,
+      metadataBlocksInUse: null,
+      dataBlocksInUse: null,
+      metadataBlocks: null,
+      dataBlocks: null,
+      transactionId: null,
+      heldRoot: null,
+    });
   });
 
   it('-m: the held snapshot, and the output says the space maps were not checked', () => {
