@@ -270,6 +270,39 @@ export function parseIntArg(name: string, v: string, max = Number.MAX_SAFE_INTEG
  */
 const METADATA_SNAP_FLAG_FIRST = new Set(['check', 'ls']);
 
+/** The commands that stand for a thin_* 0.9.0 tool, whose getopt_long takes any unambiguous prefix of a long option. */
+const GETOPT_COMMANDS = new Set(['dump', 'ls', 'delta', 'rmap', 'check']);
+
+/**
+ * `--skip` for `--skip-mappings`, `--dev=1` for `--dev-id=1`: a long option
+ * given by a prefix that names exactly one of the command's options is
+ * written out, as getopt_long reads it (an exact name wins; an ambiguous
+ * prefix is left for the parser to refuse as unknown). Only for the commands
+ * of GETOPT_COMMANDS, so scripts written for the reference tools run.
+ */
+export function expandLongOptionPrefixes(argv: string[], cmd: Command | undefined): string[] {
+  if (cmd === undefined || !GETOPT_COMMANDS.has(cmd.name())) return argv;
+  const longs = cmd.options.filter((o) => o.long && !o.hidden).map((o) => o.long!);
+  longs.push('--help');
+  const out = argv.slice(0, 1);
+  for (let i = 1; i < argv.length; i++) {
+    let a = argv[i];
+    if (a === '--') {
+      out.push(...argv.slice(i));
+      break;
+    }
+    const m = /^(--[^=]+)(=.*)?$/.exec(a);
+    if (m && !longs.includes(m[1])) {
+      const hits = longs.filter((l) => l.startsWith(m[1]));
+      if (hits.length === 1) a = hits[0] + (m[2] ?? '');
+    }
+    out.push(a);
+    const value = valueOf(cmd, a);
+    if (i + 1 < argv.length && (value === 'required' || (value === 'optional' && !/^-./.test(argv[i + 1])))) out.push(argv[++i]);
+  }
+  return out;
+}
+
 /**
  * The reference tools take the metadata-snapshot block only attached
  * ("-m5", "--metadata-snap=5"); "-m 5" means the path "5". Commander's optional

@@ -9,7 +9,7 @@
 import { Command, CommanderError } from 'commander';
 import { DmthinError, UsageError } from '../errors';
 import { addonLoaded, armExitGuard, exitNow, tuneAllocatorOnLoad } from '../native/binding';
-import { CliContext, errorLine, EXIT_EPIPE, EXIT_FAILURE, finishStdout, guardStdout, interruptedError, isEpipe, print, rewriteMetadataSnapArgs } from './common';
+import { CliContext, errorLine, EXIT_EPIPE, EXIT_FAILURE, finishStdout, guardStdout, interruptedError, isEpipe, print, expandLongOptionPrefixes, rewriteMetadataSnapArgs } from './common';
 import { OUTPUT_INCOMPLETE } from '../output/sink';
 import { fdIsTTY } from './progress';
 import { COMMANDS } from './commands';
@@ -67,7 +67,7 @@ export async function main(argv: string[]): Promise<number> {
   routeParserErrors(program, 'dmthin');
   try {
     const named = program.commands.find((c) => c.name() === first);
-    await program.parseAsync(rewriteMetadataSnapArgs(argv, named), { from: 'user' });
+    await program.parseAsync(rewriteMetadataSnapArgs(expandLongOptionPrefixes(argv, named), named), { from: 'user' });
     await finishStdout();
     if (ctx) await ctx.runCleanups();
     return ctx?.exitStatus ?? 0;
