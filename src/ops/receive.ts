@@ -432,6 +432,11 @@ class SpooledReceive {
  * A Writable to pipe a stream into: it is spooled and verified as it
  * arrives, and applied to `target` when it ends. The Writable finishes only
  * once the target has been written, fsynced and its state recorded.
+ *
+ * A refused stream rejects `.result` and errors the Writable, as any Node
+ * Writable does: connect it with `stream.pipeline()` (or give it an 'error'
+ * listener); `.pipe()` alone leaves that 'error' unhandled, which ends the
+ * process.
  */
 export function receiveStream(target: string, opts: Omit<ReceiveOptions, 'target'> = {}): ReceiveWritable {
   check.options(opts, 'receive options');

@@ -77,7 +77,7 @@ export interface ReplicateOptions {
   deviceSize?: number;
   /** Where send spills its extent list (default TMPDIR). */
   tmpDir?: string;
-  /** Stream format version sent (default 2; 1 for a receiving command that reads only version 1). */
+  /** Stream format version sent (default FORMAT_VERSION, 4; an older one for a receiving command that reads only that). */
   formatVersion?: number;
   /** Aborting abandons the current cycle (its snapshot stays pending and is sent again by the next run) and ends the iteration with AbortError. */
   signal?: AbortSignal;

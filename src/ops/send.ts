@@ -69,7 +69,7 @@ interface CommonSendOptions {
   onProgress?: (p: SendProgressEvent) => void;
   /** Data bytes per read batch (default 16 MiB). */
   batchBytes?: number;
-  /** Stream format version (default 2; 1 for a receiver that reads only version 1, docs/stream-format.md). */
+  /** Stream format version (default FORMAT_VERSION, 4; an older one for a receiver that reads only that, docs/stream-format.md). */
   formatVersion?: number;
 }
 

@@ -27,7 +27,7 @@ const RECORD_OVERHEAD = 64;
 
 /** A StreamHeader whose version may be left out (default: FORMAT_VERSION). */
 export type StreamHeaderInit = Omit<StreamHeader, 'version'> & {
-  /** Stream format version (default FORMAT_VERSION, 2; 1 for a receiver that reads only version 1). */
+  /** Stream format version (default FORMAT_VERSION, 4; an older one for a receiver that reads only that). */
   version?: number;
 };
 

@@ -48,7 +48,7 @@ export interface EncodeOptions {
    */
   reuseBuffers?: boolean;
   /**
-   * Stream format version to write (default FORMAT_VERSION, 2). Version 1
+   * Stream format version to write (default FORMAT_VERSION, 4). Version 1
    * (one SHA-256 over the stream, on one core) is for receivers that read
    * only it; the records are the same.
    */
