@@ -8,7 +8,7 @@
  * file holds each 1 MiB input chunk until the digest has read it in place
  * (fileChunks' beforeReuse): a chunk refilled too early fails the digest.
  */
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { send } from '../../src/ops/send';
 import { receive } from '../../src/ops/receive';
@@ -57,5 +57,38 @@ test('a stream of many batches through reused buffers is the device, byte for by
   const r = await receive({ target, input: file, create: true });
   expect(r.digest).toBe(summary.digest);
   expect(sha256File(target)).toBe(await expectedSha(md, 1, size));
+  await md.close();
+});
+
+test('a data source closed after an abandoned send has closed its descriptors when close() resolves; await using closes it too (outside hunt: open for some ms more)', async () => {
+  const image = fixtureImage('range-merge');
+  const data = s.path('data-close.bin');
+  await writeDataFile(image, data, BS);
+  const md = await ThinMetadata.fromBuffer(image);
+  let end = 0;
+  for await (const m of md.mappings(1)) end = Math.max(end, Number(m.originBegin) + m.length);
+  const openOnData = (): number =>
+    readdirSync('/proc/self/fd').filter((fd) => {
+      try {
+        return readlinkSync(`/proc/self/fd/${fd}`) === data;
+      } catch {
+        return false;
+      }
+    }).length;
+  let stillOpen = 0;
+  for (let i = 0; i < 10; i++) {
+    const source = await NativeDataSource.open(data, { addressing: 'data' });
+    let n = 0;
+    // Abandoned after a few records: its read-ahead is still in flight.
+    for await (const _ of sendStream({ metadata: md, snap: 1, source, deviceSize: end * BS })) if (++n > 3) break;
+    await source.close();
+    if (openOnData() > 0) stillOpen++;
+  }
+  expect(stillOpen).toBe(0);
+  {
+    await using source = await NativeDataSource.open(data, { addressing: 'data' });
+    expect(openOnData()).toBeGreaterThan(0);
+  }
+  expect(openOnData()).toBe(0);
   await md.close();
 });

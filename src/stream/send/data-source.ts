@@ -134,10 +134,23 @@ export class NativeDataSource implements DataSource {
     })();
     const r = await this.ranges;
     try {
-      await r.readInto(buf, flat);
+      await this.track(r.readInto(buf, flat));
     } catch (e) {
       throw fromNative(e, { path: this.path });
     }
+  }
+
+  // Reads in flight: close() waits for them, so that its descriptors are closed when it resolves
+  // (an abandoned send leaves its read-ahead running).
+  private readonly inFlight = new Set<Promise<unknown>>();
+  private track<T>(p: Promise<T>): Promise<T> {
+    const settled = p.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.inFlight.add(settled);
+    void settled.then(() => this.inFlight.delete(settled));
+    return p;
   }
 
   async readBlocks(unitBytes: number, blocks: readonly number[]): Promise<Buffer> {
@@ -151,12 +164,18 @@ export class NativeDataSource implements DataSource {
         });
       }
     }
-    return (await this.reader.read(unitBytes, blocks)).data;
+    return (await this.track(this.reader.read(unitBytes, blocks))).data;
   }
 
+  /** Closes both descriptors once the reads in flight are done; they are closed when it resolves. */
   async close(): Promise<void> {
+    await Promise.all(this.inFlight);
     this.reader.close();
     const r = await this.ranges?.catch(() => undefined);
     r?.close();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
   }
 }
