@@ -14,6 +14,16 @@ import { stdout, type CliContext } from './common';
 /** The output-file module, loaded only for `-o FILE` (stdout needs none of it: start-up). */
 const file = (): typeof File => require('../output/file') as typeof File;
 
+/**
+ * `-o` naming this process's own stdout (/dev/stdout, /dev/fd/1,
+ * /proc/self/fd/1) is stdout itself: written where stdout stands, as the
+ * shell set it up (a pipe, or a file at its offset), not reopened and
+ * replaced by a temporary file.
+ */
+export function isStdoutPath(path: string | undefined): boolean {
+  return path === '-' || path === '/dev/stdout' || path === '/dev/fd/1' || path === '/proc/self/fd/1' || path === `/proc/${process.pid}/fd/1`;
+}
+
 export interface CommandOutput {
   out: SinkTarget;
   /** Makes a file output complete and durable (nothing for stdout). */
@@ -27,7 +37,7 @@ export interface CommandOutput {
  * does first (e.g. a reader that starts once the metadata snapshot is held).
  */
 export async function checkOutputPath(path: string | undefined, inputs: readonly NamedInput[]): Promise<void> {
-  if (path === undefined || path === '-') return refuseStdoutOverInputs(inputs);
+  if (path === undefined || isStdoutPath(path)) return refuseStdoutOverInputs(inputs);
   if (path === '') throw new UsageError("-o needs a file name ('-' for stdout)");
   await file().refuseOutputOverInputs(path, 'the output file', inputs);
 }
@@ -55,7 +65,7 @@ export function refuseStdoutOverInputs(inputs: readonly NamedInput[]): void {
 }
 
 export async function commandOutput(path: string | undefined, c: CliContext, inputs: readonly NamedInput[]): Promise<CommandOutput> {
-  if (path === undefined || path === '-') return { out: stdout(), commit: async () => undefined };
+  if (path === undefined || isStdoutPath(path)) return { out: stdout(), commit: async () => undefined };
   const { OutputFile, refuseOutputOverInputs } = file();
   await refuseOutputOverInputs(path, 'the output file', inputs);
   const f = await OutputFile.create(path, { signal: c.signal });

@@ -14,7 +14,7 @@ import { fdIsTTY, Progress, stderrIsTTY } from './progress';
 import { isThinIdText, snapOption, thinIdArg, type MetadataSnapOpts } from './metadata-source';
 import type { ThinPool as ThinPoolT } from '../pool/thin-pool';
 import { toJson } from './json';
-import { refuseStdoutOverInputs } from './output';
+import { isStdoutPath, refuseStdoutOverInputs } from './output';
 
 interface SendCliOpts extends MetadataSnapOpts {
   pool?: string;
@@ -76,13 +76,13 @@ export function register(program: Command, ctx: () => CliContext): void {
       const formatVersion = formatVersionArg(o.formatVersion);
       if (o.pool === undefined && o.metadata === undefined) throw new UsageError('give --pool (a live pool) or --metadata (offline images): one of them is needed');
       if (o.pool !== undefined && o.metadata !== undefined) throw new UsageError('give --pool (a live pool) or --metadata (offline images), not both');
-      if (o.output === '-' && fdIsTTY(1)) throw new UsageError('refusing to write a binary stream to a terminal (redirect it, or use --output FILE)');
+      if (isStdoutPath(o.output) && fdIsTTY(1)) throw new UsageError('refusing to write a binary stream to a terminal (redirect it, or use --output FILE)');
       if (o.output === '') throw new UsageError("-o needs a file name ('-' for stdout)");
       const bar = new Progress('send', !o.quiet && stderrIsTTY());
       const onProgress: SendOptions['onProgress'] = (p) =>
         p.phase === 'data' ? bar.update(p.dataBlocks, p.totalDataBlocks, 'blocks') : bar.update(p.dataBlocks, undefined, 'blocks scanned');
       // stdout through the CLI's FdWriter (a Writable as far as send uses one: write with a callback, 'error').
-      const output = o.output === '-' ? (stdout() as unknown as Writable) : o.output;
+      const output = isStdoutPath(o.output) ? (stdout() as unknown as Writable) : o.output;
       const inputs = [
         { path: o.metadata, role: 'the metadata input (--metadata)' },
         { path: o.data, role: 'the data input (--data)' },

@@ -140,6 +140,22 @@ test('-o A/../NAME where A leads elsewhere is not NAME: written beside A\'s targ
   expect(readdirSync(base).sort()).toEqual(['A', 'meta.bin', 'real']);
 });
 
+test('-o /dev/stdout (/dev/fd/1, /proc/self/fd/1) onto a file the shell opened is stdout itself: written at its offset, between what the shell writes (outside hunt: a temporary file replaced the file, the header and footer lost)', () => {
+  const plain = runCli(['dump', i.meta]).stdout;
+  for (const alias of ['/dev/stdout', '/dev/fd/1', '/proc/self/fd/1']) {
+    const out = i.s.path(`framed-${alias.replace(/\//g, '_')}.txt`);
+    const r = spawnSync('bash', ['-c', '{ echo header; "$0" "$1" dump -o "$3" "$2" || exit 9; echo footer; } > "$4"', process.execPath, CLI, i.meta, alias, out], { encoding: 'utf8' });
+    expect({ status: r.status, stderr: r.stderr }).toEqual({ status: 0, stderr: '' });
+    expect(readFileSync(out, 'utf8')).toBe(`header\n${plain}footer\n`);
+  }
+  // send -o /dev/stdout is the stream on stdout, as without -o.
+  const framed = i.s.path('framed-send');
+  const r = spawnSync('bash', ['-c', '"$0" "$1" send --metadata "$2" --data "$3" --snap 4 --size "$4" -o /dev/stdout -q > "$5"', process.execPath, CLI, i.meta, i.data, String(SIZE), framed], { encoding: 'utf8' });
+  expect({ status: r.status, stderr: r.stderr }).toEqual({ status: 0, stderr: '' });
+  const direct = spawnSync(process.execPath, [CLI, 'send', '--metadata', i.meta, '--data', i.data, '--snap', '4', '--size', String(SIZE), '-q'], { maxBuffer: 1 << 30 });
+  expect(readFileSync(framed).equals(direct.stdout)).toBe(true);
+});
+
 test('receive --state naming the file on stdin is refused', async () => {
   const before = sha256File(i.stream);
   const r = await new Promise<{ status: number | null; stderr: string }>((resolve) => {
