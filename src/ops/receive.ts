@@ -321,6 +321,13 @@ class Receiver {
   /** A system error once the target started to change: say what state it is left in and what to do. */
   private partlyWritten(e: unknown): unknown {
     const x = e as NodeJS.ErrnoException;
+    // Interrupted mid-write: said so, with what to do (the CLI prints "interrupted" and this).
+    if (e instanceof AbortError) {
+      return new AbortError(`${e.message}; target ${this.o.target} is partly written, and ${this.stateFile} records this receive as pending: run the same receive again, or receive a full stream`, {
+        path: this.o.target,
+        cause: e,
+      });
+    }
     if (!isSystemError(e)) return e;
     const fix = x.code === 'ENOSPC' || x.code === 'EDQUOT' ? 'make room' : 'fix the cause';
     return new SystemCallError(x.code ?? 'EIO', `writing the target ${this.o.target} failed (${x.message}); it is partly written, and ${this.stateFile} records this receive as pending: ${fix}, then run the same receive again`, {
@@ -449,7 +456,9 @@ export function receiveStream(target: string, opts: Omit<ReceiveOptions, 'target
 
   // The write or final step in progress: destroy() (an abort) waits for it before closing the spool and the target under it.
   let busy: Promise<unknown> = Promise.resolve();
+  let current: Promise<unknown> = Promise.resolve();
   const track = <T>(p: Promise<T>): Promise<T> => {
+    current = p;
     busy = p.catch(() => undefined);
     return p;
   };
@@ -480,7 +489,12 @@ export function receiveStream(target: string, opts: Omit<ReceiveOptions, 'target
   });
   if (o.signal) {
     const onAbort = (): void => {
-      w.destroy(new AbortError(undefined, { cause: o.signal!.reason }));
+      const fresh = new AbortError(undefined, { cause: o.signal!.reason });
+      // The step in progress ends on the abort too; an apply's AbortError says more (the target partly written, what to do): it is the one kept.
+      current.then(
+        () => w.destroy(fresh),
+        (e: unknown) => w.destroy(e instanceof AbortError ? e : fresh),
+      );
     };
     if (o.signal.aborted) onAbort();
     else o.signal.addEventListener('abort', onAbort, { once: true });

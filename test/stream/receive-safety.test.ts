@@ -457,6 +457,28 @@ describe('receive state', () => {
     expect(sha256File(t)).toBe(await expectedSha(md, 2, SIZE));
   });
 
+  test('interrupted while writing: AbortError that says the target is partly written and pending, and what to do; the same receive then completes it (outside hunt: the CLI said only "interrupted")', async () => {
+    const t = await dev1Target();
+    const ac = new AbortController();
+    // Aborted at the first write of the target (after the state records it as pending).
+    const write = BlockWriter.prototype.write;
+    const spy = jest.spyOn(BlockWriter.prototype, 'write').mockImplementation(function (this: BlockWriter, ...a: Parameters<BlockWriter['write']>) {
+      ac.abort();
+      return write.apply(this, a);
+    });
+    let e: unknown;
+    try {
+      e = await receive({ target: t, input: Readable.from([streams.inc2from1]), signal: ac.signal }).catch((x: unknown) => x);
+    } finally {
+      spy.mockRestore();
+    }
+    expect(e).toMatchObject({ name: 'AbortError', code: 'ABORT_ERR' });
+    expect((e as Error).message).toBe(`The operation was aborted; target ${t} is partly written, and ${t}.dmthin-state.json records this receive as pending: run the same receive again, or receive a full stream`);
+    expect(JSON.parse(readFileSync(`${t}.dmthin-state.json`, 'utf8')).pending).not.toBeNull();
+    await receive({ target: t, input: Readable.from([streams.inc2from1]) });
+    expect(sha256File(t)).toBe(await expectedSha(md, 2, SIZE));
+  });
+
   test('a created target the filesystem cannot size (EFBIG) is removed again: nothing written, no state, one typed error', async () => {
     const t = s.path('efbig.target');
     const extend = jest.spyOn(BlockWriter.prototype, 'extend').mockRejectedValue(new SystemCallError('EFBIG', "EFBIG: File too large, ftruncate 'x'", { syscall: 'ftruncate' }));
