@@ -175,6 +175,7 @@ export class NativeDataSource implements DataSource {
     r?.close();
   }
 
+  /** close(), for `await using`. */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
   }
