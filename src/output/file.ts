@@ -14,7 +14,7 @@
  * and inode, through symlinks and hard links, before anything is opened for
  * writing.
  */
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { constants, existsSync, readFileSync, realpathSync, statSync } from 'node:fs';
 import { lstat, mkdir, open, readdir, readFile, readlink, realpath, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
@@ -85,8 +85,18 @@ export interface OutputFileOptions {
   signal?: AbortSignal;
 }
 
-/** `.FILE.dmthin-`: the start of the names of FILE's temporary files (then PID-RANDOM.tmp). */
-const tempPrefix = (target: string): string => `.${basename(target)}.dmthin-`;
+/**
+ * `.FILE.dmthin-`: the start of the names of FILE's temporary files (then
+ * PID-RANDOM.tmp, about 30 bytes in all beside FILE's name). A name too long
+ * to take them (a filesystem's names end at 255 bytes) is cut and a digest
+ * of it added, so the prefix stays FILE's own.
+ */
+const tempPrefix = (target: string): string => {
+  const name = basename(target);
+  if (Buffer.byteLength(name) <= 200) return `.${name}.dmthin-`;
+  const digest = createHash('sha256').update(name).digest('hex').slice(0, 16);
+  return `.${Buffer.from(name).subarray(0, 160).toString('utf8').replace(/\uFFFD+$/, '')}~${digest}.dmthin-`;
+};
 
 /**
  * Removes FILE's temporary files left by runs of this host that were killed

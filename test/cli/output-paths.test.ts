@@ -156,6 +156,16 @@ test('-o /dev/stdout (/dev/fd/1, /proc/self/fd/1) onto a file the shell opened i
   expect(readFileSync(framed).equals(direct.stdout)).toBe(true);
 });
 
+test('-o a name of 250 bytes: written (its temporary file takes a shortened name), as thin_dump writes it (outside hunt: ENAMETOOLONG)', () => {
+  const dir = i.s.path(`long-${Date.now()}`);
+  mkdirSync(dir);
+  const out = join(dir, 'a'.repeat(250));
+  const r = runCli(['dump', '-o', out, i.meta]);
+  expect({ status: r.status, stderr: r.stderr }).toEqual({ status: 0, stderr: '' });
+  expect(readFileSync(out, 'utf8')).toBe(runCli(['dump', i.meta]).stdout);
+  expect(readdirSync(dir)).toEqual(['a'.repeat(250)]);
+});
+
 test('receive --state naming the file on stdin is refused', async () => {
   const before = sha256File(i.stream);
   const r = await new Promise<{ status: number | null; stderr: string }>((resolve) => {
