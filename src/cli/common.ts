@@ -284,23 +284,12 @@ export function expandLongOptionPrefixes(argv: string[], cmd: Command | undefine
   if (cmd === undefined || !GETOPT_COMMANDS.has(cmd.name())) return argv;
   const longs = cmd.options.filter((o) => o.long && !o.hidden).map((o) => o.long!);
   longs.push('--help');
-  const out = argv.slice(0, 1);
-  for (let i = 1; i < argv.length; i++) {
-    let a = argv[i];
-    if (a === '--') {
-      out.push(...argv.slice(i));
-      break;
-    }
+  return mapOptionTokens(argv, cmd, (a) => {
     const m = /^(--[^=]+)(=.*)?$/.exec(a);
-    if (m && !longs.includes(m[1])) {
-      const hits = longs.filter((l) => l.startsWith(m[1]));
-      if (hits.length === 1) a = hits[0] + (m[2] ?? '');
-    }
-    out.push(a);
-    const value = valueOf(cmd, a);
-    if (i + 1 < argv.length && (value === 'required' || (value === 'optional' && !/^-./.test(argv[i + 1])))) out.push(argv[++i]);
-  }
-  return out;
+    if (!m || longs.includes(m[1])) return a;
+    const hits = longs.filter((l) => l.startsWith(m[1]));
+    return hits.length === 1 ? hits[0] + (m[2] ?? '') : a;
+  });
 }
 
 /**
@@ -316,16 +305,28 @@ export function expandLongOptionPrefixes(argv: string[], cmd: Command | undefine
 export function rewriteMetadataSnapArgs(argv: string[], cmd: Command | undefined): string[] {
   if (cmd === undefined || !cmd.options.some((o) => o.long === '--metadata-snap')) return argv;
   const attached = METADATA_SNAP_FLAG_FIRST.has(cmd.name()) ? /^-m([0-9]+)$/ : /^-m(.+)$/;
+  return mapOptionTokens(argv, cmd, (a) => {
+    const m = /^--metadata-snap=(.*)$/.exec(a) ?? attached.exec(a);
+    return m ? ['--metadata-snap-block', m[1]] : a;
+  });
+}
+
+/**
+ * argv (argv[0] the command) with each token in option position replaced by
+ * what `map` gives: a token (whose value, when the option it names takes
+ * one, is the next argument, kept as it is) or a complete list of tokens.
+ * Option values and everything after "--" are left alone.
+ */
+function mapOptionTokens(argv: string[], cmd: Command, map: (token: string) => string | string[]): string[] {
   const out = argv.slice(0, 1);
   for (let i = 1; i < argv.length; i++) {
-    const a = argv[i];
-    if (a === '--') {
+    if (argv[i] === '--') {
       out.push(...argv.slice(i));
       break;
     }
-    const m = /^--metadata-snap=(.*)$/.exec(a) ?? attached.exec(a);
-    if (m) {
-      out.push('--metadata-snap-block', m[1]);
+    const a = map(argv[i]);
+    if (Array.isArray(a)) {
+      out.push(...a);
       continue;
     }
     out.push(a);
