@@ -57,27 +57,41 @@ class FileWritable extends Writable {
   }
 }
 
-/** Follows symlinks of a path that may not exist yet (a dangling link names the file to create). */
-async function resolveTarget(path: string): Promise<string> {
-  // Joined as text, never folded by resolve(): `lnk/..` is lnk's target's
-  // parent for the kernel, and realpath (native here) looks it up so.
+/**
+ * `path` with the symlinks at its end followed, each link's text joined to
+ * its directory as text (never folded by resolve(): `lnk/..` is the parent
+ * of where lnk leads, as the kernel reads it). Stops at what is not a link
+ * or does not exist (a dangling link names the file to create). `at` is
+ * where it stopped; `error` why it stopped short (an lstat or readlink
+ * failure, or ELOOP after 40 links).
+ */
+async function followLinks(path: string): Promise<{ at: string; error?: unknown }> {
   let p = path;
-  for (let i = 0; i < 40; i++) {
-    let st;
-    try {
-      st = await lstat(p);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
-        // The file is new; its directory may itself be reached through links.
-        return join(await realpath(dirname(p)).catch(() => resolve(dirname(p))), basename(p));
-      }
-      throw fsError(e, 'inspect', path);
+  try {
+    for (let hops = 0; hops < 40; hops++) {
+      const st = await lstat(p).catch((e: NodeJS.ErrnoException) => {
+        if (e.code === 'ENOENT') return null;
+        throw e;
+      });
+      if (!st?.isSymbolicLink()) return { at: p };
+      const to = await readlink(p);
+      p = to.startsWith('/') ? to : `${dirname(p)}/${to}`;
     }
-    if (!st.isSymbolicLink()) return realpath(p);
-    const to = await readlink(p);
-    p = to.startsWith('/') ? to : `${dirname(p)}/${to}`;
+  } catch (e) {
+    return { at: p, error: e };
   }
-  throw new SystemCallError('ELOOP', `cannot write ${path}: too many levels of symbolic links`, { path, syscall: 'open' });
+  return { at: p, error: new SystemCallError('ELOOP', `cannot write ${path}: too many levels of symbolic links`, { path, syscall: 'open' }) };
+}
+
+/** The file a path that may not exist yet leads to (a dangling link names the file to create). */
+async function resolveTarget(path: string): Promise<string> {
+  const { at: p, error } = await followLinks(path);
+  if (error) throw error instanceof SystemCallError ? error : fsError(error, 'inspect', path);
+  return realpath(p).catch(async (e: NodeJS.ErrnoException) => {
+    if (e.code !== 'ENOENT') throw e;
+    // The file is new: its directory may itself be reached through links (realpath is native: kernel-style).
+    return join(await realpath(dirname(p)).catch(() => resolve(dirname(p))), basename(p));
+  });
 }
 
 export interface OutputFileOptions {
@@ -267,14 +281,7 @@ export interface NamedInput {
  * directory), not by its path's text. null: the directory does not exist.
  */
 async function wouldBeAt(path: string): Promise<string | null> {
-  let p = path;
-  for (let hops = 0; hops < 40; hops++) {
-    const l = await lstat(p).catch(() => null);
-    if (!l?.isSymbolicLink()) break;
-    const to = await readlink(p).catch(() => null);
-    if (to === null) break;
-    p = to.startsWith('/') ? to : `${dirname(p)}/${to}`;
-  }
+  const p = (await followLinks(path)).at;
   // dirname() of the text as given: join()/resolve() would fold `x/..` before the kernel follows x.
   const d = await stat(dirname(p)).catch(() => null);
   return d ? `${d.dev}:${d.ino}/${basename(p)}` : null;
