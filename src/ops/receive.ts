@@ -11,7 +11,7 @@
  * (stream/receive/lock.ts).
  */
 import { constants as fsConstants } from 'node:fs';
-import { open, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { open, unlink, type FileHandle } from 'node:fs/promises';
 import { Writable, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { isAbsolute, resolve } from 'node:path';
@@ -20,7 +20,7 @@ import { applyStream, type ApplyChunks } from '../stream/receive/apply';
 import { BlockWriter } from '../native/block-writer';
 import { fileChunks } from '../stream/receive/file-chunks';
 import { openPipe, pipeChunks } from '../stream/receive/pipe-chunks';
-import { needDirectory, refuseForeignStateFile, refuseOutputOverInputs, sameTarget, stateNotRecorded, completionNotRecorded, targetIdentity } from '../output/file';
+import { needDirectory, refuseForeignStateFile, refuseOutputOverInputs, sameTarget, stateNotRecorded, completionNotRecorded, targetIdentity, fileStamp, sameStamp } from '../output/file';
 import { identityKey, type StreamHeader } from '../stream/format/records';
 import { ReceiveLock } from '../stream/receive/lock';
 import { checkBase, defaultStateFile, entryFor, readState, type ReceiveState, writeState } from '../stream/receive/state';
@@ -184,8 +184,7 @@ class Receiver {
     // A file written since the state was recorded (through another of its names too) holds something else.
     const stamp = read.ok ? read.state?.file : undefined;
     if (h.base && this.o.force !== true && stamp !== undefined && read.ok && read.state?.pending === null && this.info.exists && !this.info.blockDevice) {
-      const st = await stat(this.o.target);
-      if (st.size !== stamp.size || st.mtimeMs !== stamp.mtimeMs) {
+      if (!sameStamp(await fileStamp(this.o.target), stamp)) {
         throw new StreamError(
           'base-mismatch',
           `target ${this.o.target} was written after the receive recorded in ${this.stateFile} (its size or modification time changed: a write, or a receive or restore through another of its names), ` +
@@ -272,10 +271,7 @@ class Receiver {
     }
     // The file's stamp after its last write (block devices have none that writes move).
     const done: ReceiveState = { ...state, current: entry, pending: null };
-    if (!writer.info.blockDevice) {
-      const st = await stat(this.o.target);
-      done.file = { size: st.size, mtimeMs: st.mtimeMs };
-    }
+    if (!writer.info.blockDevice) done.file = await fileStamp(this.o.target);
     await writeState(this.stateFile, done).catch((e: unknown) => {
       throw completionNotRecorded(e, 'receive', this.stateFile, this.o.target);
     });

@@ -15,7 +15,7 @@
 import { realpath, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, resolve, sep } from 'node:path';
 import { DmthinError, RepoError, SystemCallError, throwIfAborted, UsageError } from '../errors';
-import { needDirectory, refuseForeignStateFile, refuseOutputOverInputs, sameTarget, stateNotRecorded, completionNotRecorded, targetIdentity } from '../output/file';
+import { needDirectory, refuseForeignStateFile, refuseOutputOverInputs, sameTarget, stateNotRecorded, completionNotRecorded, targetIdentity, fileStamp, sameStamp, type FileStamp } from '../output/file';
 import { BlockWriter, type WriteSegment } from '../native/block-writer';
 import { inspectTarget, resolveZeroMethod, whyCannotGrow, zeroer, type ZeroMethod } from '../stream/receive/target';
 import { allowListeners, chunksAtOnce, Repository, type KeySource, type ManifestEntry } from '../repo/repository';
@@ -237,18 +237,13 @@ function cannotSize(e: unknown, target: string, size: number, backup: string): u
   });
 }
 
-async function fileStamp(path: string): Promise<{ size: number; mtimeMs: number }> {
-  const st = await stat(path);
-  return { size: st.size, mtimeMs: st.mtimeMs };
-}
-
 /** The backup the target holds completely and can be diffed against, or null (then everything is written). */
 async function usablePrevious(
   repo: Repository,
   s: RestoreState | null,
   target: string,
   next: RestoreEntry,
-  stamp: { size: number; mtimeMs: number } | null,
+  stamp: FileStamp | null,
   signal?: AbortSignal,
 ): Promise<string | null> {
   const cur = s?.current;
@@ -260,7 +255,7 @@ async function usablePrevious(
   if (s.targetId !== undefined && targetIdentity(target) !== s.targetId) return null;
   if (cur.repo !== next.repo || cur.volume !== next.volume || cur.deviceSize !== next.deviceSize || cur.chunkSize !== next.chunkSize) return null;
   // A file written since the last restore: its content is unknown.
-  if (stamp && (!s.file || s.file.size !== stamp.size || s.file.mtimeMs !== stamp.mtimeMs)) return null;
+  if (stamp && (!s.file || !sameStamp(s.file, stamp))) return null;
   try {
     await repo.readManifest(cur.backup, { signal });
   } catch (e) {

@@ -368,6 +368,17 @@ export interface FileStamp {
   mtimeMs: number;
 }
 
+/** The file's stamp now. */
+export async function fileStamp(path: string): Promise<FileStamp> {
+  const st = await stat(path);
+  return { size: st.size, mtimeMs: st.mtimeMs };
+}
+
+/** Whether two stamps are the same (the file not written in between). */
+export function sameStamp(a: FileStamp, b: FileStamp): boolean {
+  return a.size === b.size && a.mtimeMs === b.mtimeMs;
+}
+
 /**
  * Where a job (receive, restore) keeps the state of `target` unless told
  * otherwise: one file per target, whichever path names it, so that a job
