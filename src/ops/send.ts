@@ -146,22 +146,10 @@ async function stream(plan: SendPlan, source: DataSource, o: CommonSendOptions):
     // never ended (that shuts a pipe down under Node, and the CLI's final flush
     // then got EPIPE: `dmthin send | cat` exited 141); another Writable is.
     const out = o.output;
-    // What the encoder threw (a data source's or onProgress's own error too) is not the output's.
-    const ours = new WeakSet<object>();
-    const marked = (async function* () {
-      try {
-        yield* records;
-      } catch (e) {
-        if (typeof e === 'object' && e !== null) ours.add(e);
-        throw e;
-      }
-    })();
-    try {
-      await writeRecords(marked, out, o.signal);
-      if (!toStdout) await new Promise<void>((resolve, reject) => out.end((e?: Error | null) => (e ? reject(e) : resolve())));
-    } catch (e) {
-      throw typeof e === 'object' && e !== null && ours.has(e) ? e : outputError(e, toStdout ? 'stdout' : undefined);
-    }
+    // The output's errors are named as its; the encoder's (a data source's or onProgress's own too) pass as they are.
+    const asOutput = (e: unknown): unknown => outputError(e, toStdout ? 'stdout' : undefined);
+    await writeRecords(records, out, o.signal, asOutput);
+    if (!toStdout) await new Promise<void>((resolve, reject) => out.end((e?: Error | null) => (e ? reject(asOutput(e)) : resolve())));
     return summary!;
   }
   const file = await outputFile!.OutputFile.create(o.output, { signal: o.signal });

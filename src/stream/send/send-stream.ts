@@ -223,9 +223,11 @@ export async function* encodeRecords(plan: SendPlan, source: DataSource, opts: E
 /**
  * Writes a generator's buffers to `out` one at a time, each write finished
  * before the next buffer is asked for (what reuseBuffers needs). `out` is not
- * ended. Write errors are thrown as they are (the caller names the output).
+ * ended. The output's errors are thrown through `outputError` (the caller
+ * names the output); the generator's own (the encoder's, a data source's, a
+ * caller's onProgress) as they are.
  */
-export async function writeRecords(gen: AsyncGenerator<Buffer>, out: Writable, signal?: AbortSignal): Promise<void> {
+export async function writeRecords(gen: AsyncGenerator<Buffer>, out: Writable, signal?: AbortSignal, outputError: (e: unknown) => unknown = (e) => e): Promise<void> {
   let failed: unknown;
   const onError = (e: unknown): void => {
     failed ??= e;
@@ -242,11 +244,11 @@ export async function writeRecords(gen: AsyncGenerator<Buffer>, out: Writable, s
           signal?.removeEventListener('abort', onAbort);
           if (e) {
             failed ??= e;
-            reject(e);
+            reject(outputError(e));
           } else resolve();
         });
       });
-      if (failed) throw failed;
+      if (failed) throw outputError(failed);
     }
   } finally {
     // A failed write's 'error' event comes a tick after its callback: keep the listener then, or it is unhandled.
