@@ -415,6 +415,10 @@ export class AbortError extends DmthinError {
  * or an I/O error of the output. Each returns nothing and throws on a bad value.
  */
 export const check = {
+  /** The options object a call cannot do without (`what`: the call). */
+  required(o: unknown, what: string): void {
+    if (o === null || typeof o !== 'object') throw new UsageError(`${what} needs an options object, got ${o === null ? 'null' : typeof o}`);
+  },
   /** An options object (null and undefined are taken as none, as Node's own APIs take them). */
   options(o: unknown, what: string): void {
     if (o !== undefined && o !== null && typeof o !== 'object') throw new UsageError(`${what} must be an object, got ${describe(o)}`);

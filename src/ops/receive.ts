@@ -515,7 +515,7 @@ function checkReceiveOptions(o: ReceiveOptions): void {
  * stdin, or a Readable.
  */
 export async function receive(opts: ReceiveOptions & { input: string | Readable }): Promise<ReceiveResult> {
-  if (opts === null || typeof opts !== 'object') throw new UsageError(`receive needs an options object, got ${opts === null ? 'null' : typeof opts}`);
+  check.required(opts, 'receive');
   checkReceiveOptions(opts);
   const input: unknown = opts.input;
   if (typeof input === 'string' ? input === '' : !(typeof input === 'object' && input !== null && typeof (input as Readable).on === 'function')) {

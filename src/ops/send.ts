@@ -98,7 +98,7 @@ export type SendOptions = PoolSendOptions | ImageSendOptions;
 
 /** Sends a snapshot (full, or incremental against `base`) to `output`. */
 export async function send(opts: SendOptions): Promise<SendSummary> {
-  if (opts === null || typeof opts !== 'object') throw new UsageError(`send needs an options object, got ${opts === null ? 'null' : typeof opts}`);
+  check.required(opts, 'send');
   check.signal(opts.signal);
   check.callback(opts.onProgress, 'onProgress');
   const out: unknown = opts.output;
