@@ -13,9 +13,9 @@
  * full restore follows), so a partial restore is never taken for a good one.
  */
 import { realpath, stat, unlink } from 'node:fs/promises';
-import { basename, dirname, isAbsolute, resolve, sep } from 'node:path';
+import { isAbsolute, resolve, sep } from 'node:path';
 import { DmthinError, RepoError, SystemCallError, throwIfAborted, UsageError } from '../errors';
-import { needDirectory, refuseForeignStateFile, refuseOutputOverInputs, sameTarget, stateNotRecorded, completionNotRecorded, targetIdentity, fileStamp, sameStamp, type FileStamp } from '../output/file';
+import { needDirectory, refuseForeignStateFile, refuseOutputOverInputs, sameTarget, stateNotRecorded, completionNotRecorded, targetIdentity, fileStamp, sameStamp, realPathOf, type FileStamp } from '../output/file';
 import { BlockWriter, type WriteSegment } from '../native/block-writer';
 import { inspectTarget, resolveZeroMethod, whyCannotGrow, zeroer, type ZeroMethod } from '../stream/receive/target';
 import { allowListeners, chunksAtOnce, Repository, type KeySource, type ManifestEntry } from '../repo/repository';
@@ -108,7 +108,7 @@ async function refuseInsideRepository(repo: Repository, path: string, role: stri
   if (repo.location.startsWith('s3://')) return;
   const dir = await realpath(repo.location).catch(() => null);
   if (dir === null) return;
-  const full = await realpath(path).catch(async () => resolve(await realpath(dirname(path)).catch(() => dirname(resolve(path))), basename(path)));
+  const full = realPathOf(path);
   if (full === dir || full.startsWith(dir + sep)) {
     throw new UsageError(`${role} ${path} is inside the repository ${repo.location}: writing it would damage the repository; choose a path outside it`, { path });
   }

@@ -348,7 +348,7 @@ export function targetIdentity(path: string): string | null {
 }
 
 /** A path with its links followed as the kernel follows them; for one that does not exist yet, its directory's. */
-function realPathOf(path: string): string {
+export function realPathOf(path: string): string {
   try {
     return realpathSync.native(path);
   } catch {
