@@ -10,12 +10,14 @@
 import { createReadStream, createWriteStream, readFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { pipeline } from 'node:stream/promises';
+import { Readable } from 'node:stream';
 import { join } from 'node:path';
 import { StreamError, UsageError } from '../../src/errors';
 import { NativeDataSource, type DataSource } from '../../src/stream/send/data-source';
 import type { SendPlan } from '../../src/stream/send/plan';
 import { identityKey } from '../../src/stream/format/records';
 import { receive, receiveStream } from '../../src/ops/receive';
+import { Spool } from '../../src/stream/receive/spool';
 import type { ReceiveState } from '../../src/stream/receive/state';
 import { encodeStream, sendStream, type SendSummary } from '../../src/stream/send/send-stream';
 import { ThinMetadata } from '../../src/thin/metadata';
@@ -204,6 +206,43 @@ test('1 GiB data blocks are cut into 8 MiB records and received whole', async ()
   expect(summary).toMatchObject({ dataBlocks: 1, records: 4, dataBytes: size }); // header + 8 + 8 + 4 MiB
   const want = createHash('sha256').update(await src.readBlocks(size, [0])).digest('hex');
   expect(await shaPrefix(target, size)).toBe(want);
+});
+
+test('a Readable of tiny chunks: gathered before they are verified and spooled, the target right', async () => {
+  const md = await ThinMetadata.fromBuffer(fixtureImage('shared-subtree'));
+  let blocks = 0;
+  for (const v of (await mapOf(md, 3)).keys()) blocks = Math.max(blocks, v + 1);
+  const size = blocks * 65536;
+  const parts: Buffer[] = [];
+  for await (const c of sendStream({ metadata: md, snap: 3, source: new PatternSource(65536), deviceSize: size })) parts.push(c as Buffer);
+  const whole = Buffer.concat(parts);
+  // Chunk sizes around the gathering limit (64 KiB) and the gather buffer's (1 MiB), mixed with 1-byte ones;
+  // then 1-byte chunks for the last 50,000 bytes (before: one spool write each, ~0.1 ms a byte).
+  const sizes = [1, 1, 3, 65535, 1, 65536, 2, 100000, 1, 1 << 20, 7, 65535, 65535];
+  const input: Buffer[] = [];
+  let at = 0;
+  for (let i = 0; at < whole.length - 50000; i++) {
+    const n = Math.min(sizes[i % sizes.length], whole.length - 50000 - at);
+    input.push(Buffer.from(whole.subarray(at, at + n))); // own copies: the receiver may keep none of them
+    at += n;
+  }
+  for (; at < whole.length; at++) input.push(Buffer.from([whole[at]]));
+  expect(Buffer.concat(input).equals(whole)).toBe(true);
+  const writes = jest.spyOn(Spool.prototype, 'write');
+  try {
+    const target = s.path('tiny-chunks.target');
+    const w = receiveStream(target, { create: true, spoolDir: s.dir });
+    await pipeline(Readable.from(input), w);
+    const r = await w.result;
+    expect(r.spooled).toBe(true);
+    expect(r.header.deviceSize).toBe(size);
+    expect(await shaPrefix(target, size)).toBe(await expectedSha(md, 3, size));
+    expect(input.length).toBeGreaterThan(50000);
+    expect(writes.mock.calls.length).toBeLessThan(1000);
+  } finally {
+    writes.mockRestore();
+    await md.close();
+  }
 });
 
 test('virtual blocks beyond 2^53 bytes: no device size can reach them, the send fails naming the block', async () => {
