@@ -107,10 +107,25 @@ export interface OutputFileOptions {
  */
 const tempPrefix = (target: string): string => {
   const name = basename(target);
-  if (Buffer.byteLength(name) <= 200) return `.${name}.dmthin-`;
-  const digest = createHash('sha256').update(name).digest('hex').slice(0, 16);
-  return `.${Buffer.from(name).subarray(0, 160).toString('utf8').replace(/\uFFFD+$/, '')}~${digest}.dmthin-`;
+  return `.${Buffer.byteLength(name) <= 200 ? name : shortName(name)}.dmthin-`;
 };
+
+/** A name of at most 177 bytes standing for `name`: its first 160 bytes (whole characters) and a digest of all of it. */
+function shortName(name: string): string {
+  const digest = createHash('sha256').update(name).digest('hex').slice(0, 16);
+  return `${Buffer.from(name).subarray(0, 160).toString('utf8').replace(/\uFFFD+$/, '')}~${digest}`;
+}
+
+/**
+ * `path` + `suffix`, a file beside it; where that name and `room` bytes more
+ * (a `.lock` beside it) would pass the 255 bytes a filesystem's names end
+ * at, `path`'s name is cut and given a digest (shortName) first.
+ */
+function besideName(path: string, suffix: string, room: number): string {
+  const name = basename(path);
+  if (Buffer.byteLength(name + suffix) + room <= 255) return path + suffix;
+  return join(dirname(path), shortName(name) + suffix);
+}
 
 /**
  * Removes FILE's temporary files left by runs of this host that were killed
@@ -383,7 +398,8 @@ export function sameStamp(a: FileStamp, b: FileStamp): boolean {
  * Where a job (receive, restore) keeps the state of `target` unless told
  * otherwise: one file per target, whichever path names it, so that a job
  * through one name sees what a job through another did. A file target's
- * state is beside the file its path leads to (`<file><fileSuffix>`); a block
+ * state is beside the file its path leads to (`<file><fileSuffix>`; a name
+ * too long for that is cut and given a digest of itself); a block
  * device's is in `stateDir`, named by its identity when it is a dm device
  * (/dev/vg/lv, /dev/mapper/vg-lv and /dev/dm-N share it; see
  * targetIdentity), else by its path with links followed. A state kept under
@@ -391,14 +407,15 @@ export function sameStamp(a: FileStamp, b: FileStamp): boolean {
  * new name has none.
  */
 export function defaultJobStateFile(target: string, blockDevice: boolean, stateDir: string, fileSuffix: string): string {
-  const inDir = (name: string): string => join(stateDir, `${encodeURIComponent(name)}.json`);
   const abs = resolve(target);
-  const legacy = blockDevice ? inDir(abs.replace(/^\/+/, '')) : `${abs}${fileSuffix}`;
+  const legacy = blockDevice ? join(stateDir, `${encodeURIComponent(abs.replace(/^\/+/, ''))}.json`) : `${abs}${fileSuffix}`;
+  // Room for the lock file's `.lock` (native/job-lock.ts) beside a name that is cut to fit.
+  const inDir = (name: string): string => besideName(join(stateDir, encodeURIComponent(name)), '.json', 5);
   let canonical: string;
   if (blockDevice) {
     const id = targetIdentity(target);
     canonical = id !== null && id.startsWith('dm-') ? inDir(id) : inDir(realPathOf(target).replace(/^\/+/, ''));
-  } else canonical = `${realPathOf(target)}${fileSuffix}`;
+  } else canonical = besideName(realPathOf(target), fileSuffix, 5);
   if (canonical !== legacy && !existsSync(canonical) && existsSync(legacy)) return legacy;
   return canonical;
 }

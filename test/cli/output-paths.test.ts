@@ -166,6 +166,27 @@ test('-o a name of 250 bytes: written (its temporary file takes a shortened name
   expect(readdirSync(dir)).toEqual(['a'.repeat(250)]);
 });
 
+test.each([240, 255])('receive into a target named by %i bytes: its default state file (and the lock beside it) takes a shortened name (before: ENAMETOOLONG on the lock)', (len) => {
+  const dir = i.s.path(`long-rx-${len}`);
+  mkdirSync(dir);
+  const name = 't'.repeat(len);
+  const target = join(dir, name);
+  const r = runCli(['receive', '--target', target, '--create', '-i', i.stream, '--json', '-q']);
+  expect({ status: r.status, stderr: r.stderr }).toEqual({ status: 0, stderr: '' });
+  const states = readdirSync(dir).filter((f) => f !== name);
+  expect(states).toHaveLength(1);
+  expect(Buffer.byteLength(states[0]) + '.lock'.length).toBeLessThanOrEqual(255);
+  expect(states[0]).toMatch(/^t{160}~[0-9a-f]{16}\.dmthin-state\.json$/);
+  expect(JSON.parse(r.stdout)).toMatchObject({ stateFile: join(dir, states[0]) });
+  const short = join(dir, '..', `short-rx-${len}`);
+  expect(runCli(['receive', '--target', short, '--create', '-i', i.stream, '-q']).status).toBe(0);
+  expect(sha256File(target)).toBe(sha256File(short));
+  // The next receive finds the same state: the same stream again is "already received" or applied as a full one, still exit 0.
+  const again = runCli(['receive', '--target', target, '-i', i.stream, '-q']);
+  expect({ status: again.status, stderr: again.stderr }).toEqual({ status: 0, stderr: '' });
+  expect(readdirSync(dir).sort()).toEqual([name, states[0]].sort());
+});
+
 test('receive --state naming the file on stdin is refused', async () => {
   const before = sha256File(i.stream);
   const r = await new Promise<{ status: number | null; stderr: string }>((resolve) => {
