@@ -4,7 +4,7 @@
  * non-fatal problems with --ignore-non-fatal-errors), 1 otherwise.
  */
 import type { Command } from 'commander';
-import { MetadataError } from '../errors';
+import { AbortError, DmthinError, MetadataError, UsageError } from '../errors';
 import type { CheckPhase, CheckProblem, CheckReport } from '../thin/check';
 import { CliContext, print } from './common';
 import { Progress, stderrIsTTY } from './progress';
@@ -77,7 +77,7 @@ export function reportJson(r: CheckReport, read: 'all' | 'no-mappings' | 'superb
       metadataBlocks: opened ? c.metadataBlocks : null,
       dataBlocks: opened ? c.dataBlocks : null,
       transactionId: opened ? c.transactionId.toString() : null,
-      heldRoot: opened ? c.heldRoot : null,
+      heldRoot: opened && c.heldRoot !== 0 ? c.heldRoot : null, // 0: none held
     },
   };
 }
@@ -120,9 +120,10 @@ export function register(program: Command, ctx: () => CliContext): void {
       const bar = new Progress('check', text && stderrIsTTY());
       let report: CheckReport;
       let why = '';
-      let opened = true;
+      let opened = false;
       try {
         const md = await openMetadata(metadata, src, c);
+        opened = true;
         c.onCleanup(() => md.close());
         if (md.metadataSnap !== null) why = 'read through the metadata snapshot: the live space maps keep changing';
         else if (o.superBlockOnly) why = '--super-block-only';
@@ -143,9 +144,13 @@ export function register(program: Command, ctx: () => CliContext): void {
           },
         });
       } catch (e) {
-        // Metadata too broken to open is a verdict, not a failure to run.
-        if (!(e instanceof MetadataError)) throw e;
-        report = thinCheck().openFailureReport(e);
+        // Metadata too broken to open is a verdict, not a failure to run. So is any
+        // other reason it cannot be opened (no such file, no snapshot held) for -q,
+        // which prints nothing (as thin_check -q), and --json, whose report says so;
+        // the text form gives the error's own line.
+        const cannotOpen = !opened && (o.quiet || o.json) && e instanceof DmthinError && !(e instanceof UsageError) && !(e instanceof AbortError);
+        if (!(e instanceof MetadataError) && !cannotOpen) throw e;
+        report = thinCheck().openFailureReport(e as DmthinError);
         why = 'the metadata could not be opened';
         opened = false;
       } finally {

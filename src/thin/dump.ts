@@ -181,7 +181,7 @@ class JsonEmitter implements Emitter {
       version: sb.version,
       dataBlockSize: sb.dataBlockSize,
       nrDataBlocks: sb.nrDataBlocks,
-      heldRoot: sb.heldRoot,
+      heldRoot: sb.heldRoot || null, // block 0 is the superblock: 0 says none is held (docs/json.md: no value is null)
     };
     this.s.str(`{"superblock":${JSON.stringify(head)},"devices":[`);
   }

@@ -26,7 +26,7 @@ import { reportJson } from '../../src/cli/check';
 import { statusJson } from '../../src/cli/pool';
 import { toJson } from '../../src/cli/json';
 import { parseThinPoolStatus } from '../../src/dm/targets/thin-pool';
-import { fixtureFile, fixtureImage } from '../helpers/fixtures';
+import { fixture, fixtureFile, fixtureImage } from '../helpers/fixtures';
 import { runCli } from '../cli/run-cli';
 import { scratch, writeDataFile } from '../stream/helpers';
 
@@ -260,6 +260,17 @@ describe('the CLI prints the same policy', () => {
     for (const d of devices) expect(d.mappings).toBeNull();
     const all = JSON.parse(runCli(['dump', '-f', 'json', f.path]).stdout).devices as { mappings: unknown[] }[];
     expect(all.every((d) => Array.isArray(d.mappings))).toBe(true);
+  });
+
+  test('heldRoot (dump -f json, check --json) is null when no metadata snapshot is held, the block when one is (it was 0; outside review)', () => {
+    for (const [name, held] of [['basic', null], ['metadata-snap', fixture('metadata-snap').heldRoot]] as const) {
+      using f = fixtureFile(name);
+      const d = runCli(['dump', '-f', 'json', f.path]);
+      const c = runCli(['check', '--json', f.path]);
+      expect([name, d.status, c.status]).toEqual([name, 0, 0]);
+      expect([name, JSON.parse(d.stdout).superblock.heldRoot, JSON.parse(c.stdout).counts.heldRoot]).toEqual([name, held, held]);
+    }
+    expect(fixture('metadata-snap').heldRoot).toBeGreaterThan(0);
   });
 
   test('send --json and receive --json: a snapshot whose transaction id is 2^64-1', async () => {

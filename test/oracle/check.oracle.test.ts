@@ -193,6 +193,39 @@ describeOracle('dmthin check vs thin_check 0.9.0', () => {
     }
   });
 
+  test('metadata that cannot be opened at all (no such file, a directory, -m with no snapshot held): -q prints nothing, as thin_check -q; --json reports it with every count null (outside review: an error line, no report)', async () => {
+    const clean = join(dir, 'no-held.bin');
+    writeFileSync(clean, fixtureImage('basic')); // holds no metadata snapshot
+    const cases: [string, string[]][] = [
+      ['no such file', [join(dir, 'absent.bin')]],
+      ['a directory', [dir]],
+      ['-m, none held', ['-m', clean]],
+    ];
+    try {
+      for (const [what, args] of cases) {
+        const ref = await run(oraclePath('thin_check')!, ['-q', ...args]);
+        expect([what, ref.status, ref.stdout, ref.stderr]).toEqual([what, 1, '', '']);
+        const quiet = await run(process.execPath, [CLI, 'check', '-q', ...args]);
+        expect([what, quiet.status, quiet.stdout, quiet.stderr]).toEqual([what, 1, '', '']);
+        for (const flags of [['--json'], ['--json', '-q']]) {
+          const o = await run(process.execPath, [CLI, 'check', ...flags, ...args]);
+          expect([what, flags, o.status]).toEqual([what, flags, 1]);
+          const j = JSON.parse(o.stdout) as { fatal: number; problems: { kind: string }[]; counts: Record<string, unknown> };
+          expect(j.fatal).toBe(1);
+          expect(j.problems.map((p) => p.kind)).toEqual(['open']);
+          expect(Object.values(j.counts).every((v) => v === null)).toBe(true);
+          if (flags.includes('-q')) expect(o.stderr).toBe('');
+        }
+        // Without -q or --json, the error's own line.
+        const plain = await run(process.execPath, [CLI, 'check', ...args]);
+        expect([what, plain.status, plain.stdout]).toEqual([what, 1, '']);
+        expect(plain.stderr).toMatch(/^dmthin check: .*\[E[A-Z]+\]\n$/);
+      }
+    } finally {
+      rmSync(clean);
+    }
+  });
+
   // The kernel formats metadata with an empty data space map and grows it at
   // the pool's first resume: a pool made and never resumed has nr_data_blocks 0.
   it.each([
