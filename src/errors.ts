@@ -440,6 +440,18 @@ export const check = {
   signal(v: unknown): void {
     if (v !== undefined && !(v instanceof AbortSignal)) throw new UsageError(`signal must be an AbortSignal, got ${describe(v)}`);
   },
+  /**
+   * The options of a walk (`what`: whose): an object or none, its `signal`
+   * an AbortSignal and its `onProgress` a function where given. Returns them,
+   * `{}` for none (null too, as Node's own APIs take it).
+   */
+  walk<T extends object>(o: T | null | undefined, what: string): T {
+    check.options(o, what);
+    const v = (o ?? {}) as T & { signal?: unknown; onProgress?: unknown };
+    check.signal(v.signal);
+    check.callback(v.onProgress, 'onProgress');
+    return v;
+  },
   /** An optional value out of a fixed set. */
   oneOf<T extends string>(v: unknown, name: string, allowed: readonly T[]): void {
     if (v !== undefined && !allowed.includes(v as T)) throw new UsageError(`${name} must be one of ${allowed.map((a) => `'${a}'`).join(', ')}, got ${describe(v)}`);

@@ -7,7 +7,7 @@
  * blocks; --verbose breaks ranges where data blocks are not contiguous and
  * groups consecutive ranges of one kind in one container element.
  */
-import { unknownFormat, UsageError } from '../errors';
+import { check, unknownFormat, UsageError } from '../errors';
 import { type AsciiTag, asciiTag, OutputSink, type SinkTarget } from '../output/sink';
 import type { DeltaKind, DeltaOptions, DeltaStats, RawDeltaExtent } from './delta';
 import type { ThinMetadata } from './metadata';
@@ -70,7 +70,7 @@ async function drain<T>(gen: AsyncGenerator<RawDeltaExtent[], T>, s: OutputSink,
 
 /** Writes the delta of two devices (or raw roots); resolves with the walk's counters. */
 export async function writeDelta(md: ThinMetadata, out: SinkTarget, subject: DeltaSubject, opts: WriteDeltaOptions = {}): Promise<DeltaStats> {
-  opts ??= {}; // null, as Node's own APIs take it
+  opts = check.walk(opts, 'writeDelta options');
   if (opts.format !== undefined && opts.format !== 'xml' && opts.format !== 'json') throw unknownFormat(opts.format, ['xml', 'json']);
   if (typeof subject !== 'object' || subject === null) throw new UsageError('writeDelta needs a subject: {left, right} thin device ids, or {leftRoot, rightRoot}');
   const s = new OutputSink(out);

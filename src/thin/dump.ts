@@ -4,7 +4,7 @@
  * metadata snapshot, nr_data_blocks is the true value from the live superblock
  * (0.9.0 prints 0 because the snapshot copy has no space maps).
  */
-import { throwIfAborted, unknownFormat, UsageError } from '../errors';
+import { check, throwIfAborted, unknownFormat, UsageError } from '../errors';
 import { asciiTag, OutputSink, type SinkTarget } from '../output/sink';
 import type { DeviceDetails } from './device-details';
 import { deviceAt } from './device-table';
@@ -225,7 +225,7 @@ const DUMP_FORMATS: readonly DumpFormat[] = ['xml', 'human_readable', 'json'];
 
 /** Writes the dump to `out`. Resolves once everything is written (not ended). */
 export async function dump(md: ThinMetadata, out: SinkTarget, opts: DumpOptions = {}): Promise<void> {
-  opts ??= {}; // null, as Node's own APIs take it
+  opts = check.walk(opts, 'dump options');
   if (opts.devIds !== undefined) {
     if (!Array.isArray(opts.devIds)) throw new UsageError('devIds must be an array of thin device ids');
     for (const id of opts.devIds as unknown[]) {

@@ -4,7 +4,7 @@
  * in the whole pool; SHARED is the details tree's mapped_blocks minus that. The on-disk data space map is not
  * used: its counts are per leaf node, not per device.
  */
-import { UsageError } from '../errors';
+import { check, UsageError } from '../errors';
 import { transactionIdAt, type DeviceTable } from './device-table';
 import { ByteOwnerMap, NibbleOwnerMap, OwnerMap, UseCounts } from '../pdata/owner-map';
 import { TWO32 } from '../pdata/words';
@@ -74,7 +74,7 @@ const COUNTS_FLAT_MAX = 2 ** 28;
  * which only touched pages count, or OwnerMap's.
  */
 export async function deviceUsage(md: ThinMetadata, opts: UsageOptions = {}): Promise<DeviceUsage[]> {
-  opts ??= {}; // null, as Node's own APIs take it
+  opts = check.walk(opts, 'deviceUsage options');
   if (opts.exclusive === false) return detailsUsage(md, opts.signal);
   const { table, exclusive } = await exclusiveUsage(md, opts);
   return rowsOf(table, exclusive);
@@ -86,6 +86,7 @@ export async function deviceUsage(md: ThinMetadata, opts: UsageOptions = {}): Pr
  * columns).
  */
 export async function exclusiveUsage(md: ThinMetadata, opts: UsageOptions = {}): Promise<{ table: DeviceTable; exclusive: Float64Array }> {
+  opts = check.walk(opts, 'deviceUsage options');
   const t = await md.deviceTable(opts);
   const ids = t.devId;
   const n = t.count;

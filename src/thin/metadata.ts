@@ -7,7 +7,7 @@
  *   for await (const run of md.mappings(1)) ...
  */
 import { statSync } from 'node:fs';
-import { DmthinError, MetadataError, MetadataSnapError, UsageError, check } from '../errors';
+import { DmthinError, MetadataError, MetadataSnapError, UsageError, check, throwIfAborted } from '../errors';
 import { lookup as btreeLookup, walkLeaves } from '../pdata/btree';
 import { BlockSource, CachingBlockSource, MemoryBlockSource, NativeBlockSource, OpenOptions } from '../pdata/block-source';
 import { ENTRIES_PER_BITMAP, MAX_METADATA_BITMAPS, SpaceMap, SpaceMapKind } from '../pdata/space-map';
@@ -256,6 +256,7 @@ export class ThinMetadata implements AsyncDisposable {
 
   /** Device details by id, in id order. */
   async devices(opts: { signal?: AbortSignal } = {}): Promise<Map<number, DeviceDetails>> {
+    opts = check.walk(opts, 'devices options');
     this.check();
     if (this.deviceCache) return this.deviceCache;
     const out = new Map<number, DeviceDetails>();
@@ -276,6 +277,7 @@ export class ThinMetadata implements AsyncDisposable {
 
   /** Top-level mapping tree: device id -> root of its bottom-level tree. */
   async deviceRoots(opts: { signal?: AbortSignal } = {}): Promise<Map<number, number>> {
+    opts = check.walk(opts, 'deviceRoots options');
     this.check();
     if (this.rootCache) return this.rootCache;
     const out = new Map<number, number>();
@@ -309,6 +311,7 @@ export class ThinMetadata implements AsyncDisposable {
    * @internal dump, ls and rmap use it; its shape may change.
    */
   async deviceTable(opts: { signal?: AbortSignal } = {}): Promise<DeviceTable> {
+    opts = check.walk(opts, 'deviceTable options');
     this.check();
     if (this.tableCache) return this.tableCache;
     const t = await readDeviceTable(
@@ -387,6 +390,7 @@ export class ThinMetadata implements AsyncDisposable {
    * @internal The batch is reused; use `mappings()` for MappingRun objects.
    */
   async *mappingBatches(devId: number, opts: WalkOptions = {}): AsyncGenerator<RunBatch> {
+    opts = check.walk(opts, 'mappings options');
     this.check();
     const root = await this.rootOf(devId);
     const begin = opts.begin === undefined ? undefined : toKey(opts.begin, 'begin');
@@ -464,7 +468,14 @@ export class ThinMetadata implements AsyncDisposable {
 
   /** Merged mapping runs `{ originBegin, dataBegin, length, time }` of one device, in virtual-block order (originBegin a bigint). */
   async *mappings(devId: number, opts: WalkOptions = {}): AsyncGenerator<MappingRun> {
-    for await (const batch of this.mappingBatches(devId, opts)) for (let i = 0; i < batch.count; i++) yield batch.run(i);
+    opts = check.walk(opts, 'mappings options');
+    // An abort is seen at the next run, not a batch (thousands of runs) later.
+    for await (const batch of this.mappingBatches(devId, opts)) {
+      for (let i = 0; i < batch.count; i++) {
+        throwIfAborted(opts.signal);
+        yield batch.run(i);
+      }
+    }
   }
 
   /**
@@ -473,7 +484,8 @@ export class ThinMetadata implements AsyncDisposable {
    * read twice, and not at all with `includeSame: false`.
    */
   async *delta(left: number, right: number, opts: DeltaOptions = {}): AsyncGenerator<DeltaExtent, DeltaStats> {
-    return yield* unbatch(this.deltaExtentBatches(left, right, opts));
+    opts = check.walk(opts, 'delta options');
+    return yield* unbatch(this.deltaExtentBatches(left, right, opts), opts.signal);
   }
 
   /** Delta of two raw bottom-level roots (thin_delta --root1/--root2). */
@@ -482,7 +494,8 @@ export class ThinMetadata implements AsyncDisposable {
     rightRoot: number,
     opts: DeltaOptions & { leftId?: number; rightId?: number } = {},
   ): AsyncGenerator<DeltaExtent, DeltaStats> {
-    return yield* unbatch(this.deltaRootBatches(leftRoot, rightRoot, opts));
+    opts = check.walk(opts, 'deltaOfRoots options');
+    return yield* unbatch(this.deltaRootBatches(leftRoot, rightRoot, opts), opts.signal);
   }
 
   /** @internal Batches of the delta of two raw roots (fast path for formatters). */
@@ -491,6 +504,7 @@ export class ThinMetadata implements AsyncDisposable {
     rightRoot: number,
     opts: DeltaOptions & { leftId?: number; rightId?: number } = {},
   ): AsyncGenerator<RawDeltaExtent[], DeltaStats> {
+    opts = check.walk(opts, 'deltaOfRoots options');
     this.check();
     for (const [what, b] of [['left', leftRoot], ['right', rightRoot]] as const) {
       if (!Number.isSafeInteger(b) || b < 0 || b >= this.nrMetadataBlocks) throw new UsageError(`${what} root ${b} is not a metadata block`);
@@ -500,6 +514,7 @@ export class ThinMetadata implements AsyncDisposable {
 
   /** @internal Batches of delta extents (fast path for formatters and send). Returns the walk's counters. */
   async *deltaExtentBatches(left: number, right: number, opts: DeltaOptions = {}): AsyncGenerator<RawDeltaExtent[], DeltaStats> {
+    opts = check.walk(opts, 'delta options');
     const [l, r] = [await this.rootOf(left, 'left'), await this.rootOf(right, 'right')];
     this.check();
     const stats = yield* delta().deltaBatches(this.io, l, r, { ...opts, leftId: left, rightId: right, nrMetadataBlocks: this.nrMetadataBlocks, nrDataBlocks: this.nrDataBlocks });
@@ -562,11 +577,15 @@ export class ThinMetadata implements AsyncDisposable {
 }
 
 /** Flattens batches of raw extents into public ones, passing the walk's result through. */
-async function* unbatch(gen: AsyncGenerator<RawDeltaExtent[], DeltaStats>): AsyncGenerator<DeltaExtent, DeltaStats> {
+async function* unbatch(gen: AsyncGenerator<RawDeltaExtent[], DeltaStats>, signal?: AbortSignal): AsyncGenerator<DeltaExtent, DeltaStats> {
   const { publicExtent } = delta();
   for (;;) {
     const r = await gen.next();
     if (r.done) return r.value;
-    for (const e of r.value) yield publicExtent(e);
+    // An abort is seen at the next extent, not a batch (thousands of extents) later.
+    for (const e of r.value) {
+      throwIfAborted(signal);
+      yield publicExtent(e);
+    }
   }
 }

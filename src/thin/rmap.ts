@@ -25,7 +25,7 @@
  * by the same algorithm (src/thin/rmap-runs.ts): the memory stays flat
  * whatever the number of runs.
  */
-import { throwIfAborted, UsageError } from '../errors';
+import { check, throwIfAborted, UsageError } from '../errors';
 import type { ThinMetadata } from './metadata';
 import type { VirtualBlock, VirtualKey } from './mappings';
 import { RmapRuns } from './rmap-runs';
@@ -101,16 +101,18 @@ const eqV = (a: VirtualKey, b: VirtualKey): boolean => a == b;
  * Every mapping tree is read before the first run is yielded.
  */
 export async function* rmap(md: ThinMetadata, regions: readonly DataRegion[], opts: RmapOptions = {}): AsyncGenerator<RmapRun> {
-  opts ??= {}; // null, as Node's own APIs take it
+  opts = check.walk(opts, 'rmap options');
   for await (const r of rmapRaw(md, regions, opts)) yield { ...r, virtualBegin: BigInt(r.virtualBegin) };
 }
 
 /** @internal rmap() without a BigInt per run. */
 export async function* rmapRaw(md: ThinMetadata, regions: readonly DataRegion[], opts: RmapOptions = {}): AsyncGenerator<RawRmapRun> {
+  opts = check.walk(opts, 'rmap options');
   const runs = await rmapRuns(md, regions, opts);
   for await (const c of runs.sorted(opts.signal)) {
     const { f64, u32 } = c;
     for (let i = 0; i < c.n; i++) {
+      throwIfAborted(opts.signal); // at the next run, not a chunk (thousands of runs) later
       const k = c.order[i];
       const hi = u32[8 * k + 6];
       const lo = u32[8 * k + 5];
@@ -126,7 +128,7 @@ export async function* rmapRaw(md: ThinMetadata, regions: readonly DataRegion[],
  * The CLI prints from the chunks without an async step per run.
  */
 export async function rmapRuns(md: ThinMetadata, regions: readonly DataRegion[], opts: RmapOptions = {}): Promise<RmapRuns> {
-  opts ??= {}; // null, as Node's own APIs take it
+  opts = check.walk(opts, 'rmap options');
   const rs = normalizeRegions(regions);
   const rBegin = Float64Array.from(rs, (r) => r[0]);
   const rEnd = Float64Array.from(rs, (r) => r[1]);

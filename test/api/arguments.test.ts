@@ -6,8 +6,8 @@
  */
 import { writeFileSync } from 'node:fs';
 import { Writable } from 'node:stream';
-import { checkMetadata, receive, send, ThinMetadata, ThinPool, UsageError } from '../../src';
-import { fixtureFile, fixtureImage } from '../helpers/fixtures';
+import { checkMetadata, deviceUsage, dump, receive, rmap, send, ThinMetadata, ThinPool, UsageError, writeDelta } from '../../src';
+import { fixtureFile, fixtureImage, itOracle, largeImage } from '../helpers/fixtures';
 import { scratch, writeDataFile } from '../stream/helpers';
 
 const s = scratch();
@@ -46,6 +46,55 @@ const cases: [string, () => Promise<unknown>, RegExp][] = [
 test.each(cases)('%s: UsageError naming the argument', async (_name, call, message) => {
   await expect(call()).rejects.toEqual(usage(message));
   await expect(call()).rejects.toBeInstanceOf(UsageError);
+});
+
+// The walks' own options (outside review): onProgress 5 was a TypeError once the walk ran, signal {} was taken silently,
+// mappings(1, null) a TypeError from inside.
+describe('walk entry points check their options', () => {
+  const walks: [string, (md: ThinMetadata, o: unknown) => Promise<unknown>][] = [
+    ['md.mappings', async (md, o) => { for await (const _ of md.mappings(1, o as undefined)); }],
+    ['md.delta', async (md, o) => { for await (const _ of md.delta(1, 1, o as undefined)); }],
+    ['md.devices', (md, o) => md.devices(o as undefined)],
+    ['dump', (md, o) => dump(md, sink(), o as undefined)],
+    ['writeDelta', (md, o) => writeDelta(md, sink(), { left: 1, right: 1 }, o as undefined)],
+    ['deviceUsage', (md, o) => deviceUsage(md, o as undefined)],
+    ['rmap', async (md, o) => { for await (const _ of rmap(md, [{ begin: 0, end: 10 }], o as undefined)); }],
+  ];
+  test.each(walks)('%s', async (_name, walk) => {
+    using f = fixtureFile('basic');
+    await using md = await ThinMetadata.open(f.path);
+    await expect(walk(md, { onProgress: 5 })).rejects.toEqual(usage(/^onProgress must be a function, got number 5/));
+    await expect(walk(md, { signal: {} })).rejects.toEqual(usage(/^signal must be an AbortSignal, got a plain object/));
+    await expect(walk(md, { signal: 'x' })).rejects.toEqual(usage(/^signal must be an AbortSignal, got "x"/));
+    await expect(walk(md, 7)).rejects.toEqual(usage(/options must be an object, got number 7/));
+    await expect(walk(md, null)).resolves.not.toThrow(); // null is no options, as Node's own APIs take it
+  });
+});
+
+// An abort was seen a batch later: delta yielded 63,871 more extents, rmap 49,992 more runs (outside review).
+itOracle('an abort stops md.mappings, md.delta and rmap at the next item', async () => {
+  const img = largeImage(200_000);
+  await using md = await ThinMetadata.open(img.path);
+  const iters: [string, (signal: AbortSignal) => AsyncIterable<unknown>][] = [
+    ['mappings', (signal) => md.mappings(4, { signal })],
+    ['delta', (signal) => md.delta(1, 4, { signal })],
+    ['rmap', (signal) => rmap(md, [{ begin: 0, end: img.nrDataBlocks }], { signal })],
+  ];
+  for (const [name, iter] of iters) {
+    const ac = new AbortController();
+    let seen = 0;
+    let after = 0;
+    const e = await (async () => {
+      for await (const _ of iter(ac.signal)) {
+        if (ac.signal.aborted) after++;
+        if (++seen === 10) ac.abort();
+      }
+    })().catch((x: unknown) => x);
+    expect([name, (e as Error).name, after]).toEqual([name, 'AbortError', 0]);
+    let all = 0;
+    for await (const _ of iter(new AbortController().signal)) all++;
+    expect(all).toBeGreaterThan(1000); // thousands more than the 10 before the abort: the test can tell
+  }
 });
 
 test('checkMetadata with an onProgress that is not a function: UsageError', async () => {
