@@ -38,7 +38,7 @@ export function register(program: Command, ctx: () => CliContext): void {
   program
     .command('merge')
     .description('merge a snapshot back into its origin: an external origin device, or a thin of the same pool')
-    .requiredOption('--pool <name>', 'dm name of the live thin-pool')
+    .requiredOption('--pool <name>', 'a live thin-pool not managed by LVM (an LVM pool is refused): dm name or device node (needs root and device-mapper)')
     .requiredOption('--snap <id>', 'thin id of the snapshot to merge')
     .option('--external-origin <device>', 'the read-only external origin of the snapshot: its mapped blocks are copied onto it')
     .option('--origin <id>', 'thin id of the origin in the same pool: it keeps its id and reads what the snapshot read')

@@ -121,7 +121,7 @@ export function register(program: Command, ctx: () => CliContext): void {
   pool
     .command('events')
     .description('print the pool\'s events as they come (low-water-mark, mode, needs-check, metadata-low, other), one per line')
-    .argument('<name>', 'dm name of the pool')
+    .argument('<name>', POOL_ARG)
     .option('--json', 'one JSON object per line')
     .option('--count <n>', 'exit after N events, N >= 1 (status 1 if --timeout ends the wait first)')
     .option('--timeout <seconds>', `stop after this many seconds, 1..${MAX_TIMEOUT_S} (status 0 without --count)`)

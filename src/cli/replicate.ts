@@ -52,7 +52,7 @@ export function register(program: Command, ctx: () => CliContext): void {
   program
     .command('replicate')
     .description('replicate a live thin device: snapshot, send the changes, keep only what the next increment needs; cycle after cycle')
-    .requiredOption('--pool <name>', 'dm name of the live thin-pool')
+    .requiredOption('--pool <name>', 'a live thin-pool not managed by LVM (an LVM pool is refused): dm name or device node (needs root and device-mapper)')
     .requiredOption('--thin <id>', 'thin device id to replicate')
     .option('--target <path>', 'block device or regular file to receive into (in this process)')
     .option('--to-command <cmd>', "shell command reading the stream on stdin, exit 0 once it holds it (e.g. 'ssh host dmthin receive --target /dev/vg/replica')")

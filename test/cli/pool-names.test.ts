@@ -48,3 +48,12 @@ test('LV names with a metadata file: refused, naming the flag', () => {
   );
   expect(oneLine(runCli(['dump', '--dev-id', 'snap', f.path]))).toBe("dmthin dump: --dev-id must be a thin id (decimal digits) or, with a live LVM pool, an LV name, got 'snap' [EINVAL]\n");
 });
+
+test('--help says what a pool name may be: pool events as the other pool commands, replicate and merge without LVM', () => {
+  const flat = (args: string[]) => runCli([...args, '--help']).stdout.replace(/\s+/g, ' ');
+  const poolArg = 'name the pool: dm name, VG/LV (LVM) or device node (/dev/mapper/NAME, /dev/VG/LV)';
+  for (const cmd of ['status', 'events', 'reserve-metadata-snap']) expect({ cmd, has: flat(['pool', cmd]).includes(poolArg) }).toEqual({ cmd, has: true });
+  for (const cmd of ['replicate', 'merge']) {
+    expect(flat([cmd])).toContain('--pool <name> a live thin-pool not managed by LVM (an LVM pool is refused): dm name or device node');
+  }
+});
