@@ -1,5 +1,5 @@
 // Module entry: the native layer is IO only (block reads and writes, CRC-32C, dm ioctls and event polls, flock),
-// plus the stream digest (SHA-256) hashed on a thread of its own, and the CLI's exit guard and malloc settings.
+// plus the stream digest (SHA-256 or BLAKE3) hashed on threads of its own, and the CLI's exit guard and malloc settings.
 #include <napi.h>
 
 #include "allocator.h"

@@ -22,7 +22,7 @@ constexpr size_t kMaxRing = 256 << 20;
 // lock costs nothing.
 constexpr size_t kSlice = 256 << 10;
 // The outer hash starts with this text and its NUL (docs/stream-format.md §6):
-// version 2's with SHA-256, version 3's with BLAKE3.
+// version 2's with SHA-256, that of versions 3 and 4 with BLAKE3.
 constexpr char kOuterPrefixSha256[] = "dmthin stream digest 2";
 constexpr char kOuterPrefixBlake3[] = "dmthin stream digest 3";
 static_assert(sizeof kOuterPrefixSha256 == sizeof kOuterPrefixBlake3, "the constructor hashes either prefix with one length");

@@ -10,8 +10,9 @@
 // segmentBytes S, the hash of each S-byte segment, segment k hashed on lane
 // k mod L (up to four threads), folded in order into an outer hash of the
 // same function (as many cores as there are lanes): SHA-256 for format
-// version 2, BLAKE3 for version 3 (~5x less CPU per byte than SHA-256 with
-// the CPU's SHA extensions, by its SIMD code: vendored in third_party/blake3).
+// version 2, BLAKE3 for versions 3 and 4 (~5x less CPU per byte than SHA-256
+// with the CPU's SHA extensions, by its SIMD code: vendored in
+// third_party/blake3).
 #pragma once
 
 #include <napi.h>

@@ -12,7 +12,7 @@
  * version 1, one thread), or, given a segment size, the hash of each segment
  * folded in order into an outer hash of the same function (the addon hashes
  * segments on up to four threads at once): SHA-256 for version 2, BLAKE3 for
- * version 3.
+ * versions 3 and 4.
  *
  * Without the addon, on the JS thread (same digests): node:crypto's SHA-256,
  * @noble/hashes' BLAKE3 (pure JavaScript, ~50 MB/s: a fallback only).
