@@ -125,6 +125,26 @@ describeOracle('dump and ls equal thin_dump and thin_ls 0.9.0 on every fixture',
   });
 });
 
+describeOracle('ranges whose end is at or near 2^53', () => {
+  // A range ending at exactly 2^53 printed its end one short with exit 0: o + l - 1 rounded (outside hunt).
+  test.each([
+    ['ends at 2^53', '9007199254740991', 2],
+    ['ends at 2^53 - 1', '9007199254740990', 2],
+    ['ends at 2^53 + 1', '9007199254740991', 3],
+    ['starts at 2^53', '9007199254740992', 2],
+    ['ends at 2^53, long', '9007199254740000', 993],
+  ])('%s: dump (xml, human_readable) equals thin_dump', (_name, begin, length) => {
+    const xml = `<superblock uuid="" time="1" transaction="1" flags="0" version="2" data_block_size="128" nr_data_blocks="2000">
+  <device dev_id="1" mapped_blocks="${length}" transaction="0" creation_time="0" snap_time="0">
+    <range_mapping origin_begin="${begin}" data_begin="20" length="${length}" time="1"/>
+  </device>
+</superblock>
+`;
+    using img = restoreFlat(xml, 4 << 20, 'near-2p53');
+    for (const f of ['xml', 'human_readable']) same(['dump', '-f', f, img.path], 'thin_dump', ['-f', f, img.path]);
+  });
+});
+
 describeOracle('a generated image of at least 1,000,000 mappings', () => {
   let big: ReturnType<typeof largeImage>;
   beforeAll(() => {
