@@ -168,8 +168,25 @@ class Receiver {
         { path: this.stateFile },
       );
     }
-    // The same path, another device or file than the state was written for (an LV made again, a link repointed).
+    // A target that is not there (removed or moved since the state was written) holds no base: --create would make an empty file.
+    if (h.base && this.o.force !== true && !this.info.exists) {
+      throw new StreamError(
+        'base-mismatch',
+        `target ${this.o.target} does not exist, so it does not hold the stream's base (snapshot ${h.base.devId}): receive a full stream into it`,
+        { path: this.o.target },
+      );
+    }
+    // A state of a dmthin before stop 40 names its target by path alone: it cannot show that this is still the file or device it was written for.
     const recorded = read.ok ? read.state?.targetId : undefined;
+    if (h.base && this.o.force !== true && read.ok && read.state && recorded === undefined) {
+      throw new StreamError(
+        'base-mismatch',
+        `the receive state ${this.stateFile} was written by an older dmthin that did not record which file or device it describes, so it cannot show that ${this.o.target} holds the stream's base: ` +
+          `receive a full stream once (option force applies this one anyway, if you know the target holds snapshot ${h.base.devId})`,
+        { path: this.stateFile },
+      );
+    }
+    // The same path, another device or file than the state was written for (an LV made again, a link repointed).
     if (h.base && this.o.force !== true && recorded !== undefined && this.info.exists) {
       const now = targetIdentity(this.o.target);
       if (now !== recorded) {

@@ -251,8 +251,9 @@ async function usablePrevious(
   // A state given (--state) for another target says nothing of this one. (A
   // relative path, recorded before the path was made absolute, is trusted.)
   if (isAbsolute(s.target) && !(await sameTarget(s.target, target))) return null;
-  // The same path, another device or file than the state was written for (an LV made again, a link repointed).
-  if (s.targetId !== undefined && targetIdentity(target) !== s.targetId) return null;
+  // The same path, another device or file than the state was written for (an LV made again, a link repointed);
+  // a state of a dmthin before stop 40 does not say which it was written for.
+  if (s.targetId === undefined || targetIdentity(target) !== s.targetId) return null;
   if (cur.repo !== next.repo || cur.volume !== next.volume || cur.deviceSize !== next.deviceSize || cur.chunkSize !== next.chunkSize) return null;
   // A file written since the last restore: its content is unknown.
   if (stamp && (!s.file || !sameStamp(s.file, stamp))) return null;

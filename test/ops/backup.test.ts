@@ -199,6 +199,21 @@ describeEachRepo('backups', (loc) => {
     expect(sha256(readFileSync(target))).toBe(sha256(deviceBytes(pool, 4, SIZE)));
   });
 
+  test('a state written by a dmthin before stop 40 (no targetId; its stamp matching, as a block device has none): restored in full (outside hunt: only the differences were written to another file)', async () => {
+    const target = s.path(`${loc.name}-legacy.img`);
+    await restore({ repo, backup: done.b2.id, target, create: true });
+    const stateFile = `${target}.dmthin-restore.json`;
+    const state = JSON.parse(readFileSync(stateFile, 'utf8'));
+    delete state.targetId;
+    rmSync(target);
+    writeFileSync(target, Buffer.alloc(SIZE, 0x45));
+    const st = statSync(target);
+    writeFileSync(stateFile, JSON.stringify({ ...state, file: { size: st.size, mtimeMs: st.mtimeMs } }));
+    const x = await restore({ repo, backup: done.b4.id, target });
+    expect(x.previous).toBeNull();
+    expect(sha256(readFileSync(target))).toBe(sha256(deviceBytes(pool, 4, SIZE)));
+  });
+
   test('a target that already holds junk is made equal (holes zeroed)', async () => {
     const target = s.path(`${loc.name}-junk.img`);
     writeFileSync(target, Buffer.alloc(SIZE, 0x5a));

@@ -274,6 +274,40 @@ describe('receive state', () => {
     expect(sha256File(c)).toBe(await expectedSha(md, 2, SIZE));
   });
 
+  test('a target removed (or moved away) since its state was written: an incremental with create is refused, no file made; force and full streams are taken (outside hunt: applied onto a new empty file, exit 0)', async () => {
+    const t = await dev1Target();
+    rmSync(t);
+    const e = await receive({ target: t, input: Readable.from([streams.inc2from1]), create: true }).catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(StreamError);
+    expect(e).toMatchObject({ reason: 'base-mismatch', path: t });
+    expect((e as Error).message).toContain(`target ${t} does not exist, so it does not hold the stream's base (snapshot 1)`);
+    expect(existsSync(t)).toBe(false);
+    await receive({ target: t, input: Readable.from([streams.full1]), create: true });
+    await receive({ target: t, input: Readable.from([streams.inc2from1]) });
+    expect(sha256File(t)).toBe(await expectedSha(md, 2, SIZE));
+  });
+
+  test('a state written by a dmthin before stop 40 (no targetId, no file stamp): an incremental is refused, saying so; force applies it, a full stream records the identity (outside hunt: the file replaced under it, exit 0)', async () => {
+    const t = await dev1Target();
+    const stateFile = `${t}.dmthin-state.json`;
+    const st = JSON.parse(readFileSync(stateFile, 'utf8')) as Record<string, unknown>;
+    delete st.targetId;
+    delete st.file;
+    writeFileSync(stateFile, JSON.stringify(st));
+    const before = sha256File(t);
+    const e = await receive({ target: t, input: Readable.from([streams.inc2from1]) }).catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(StreamError);
+    expect(e).toMatchObject({ reason: 'base-mismatch', path: stateFile });
+    expect((e as Error).message).toMatch(/was written by an older dmthin that did not record which file or device it describes.*receive a full stream once/);
+    expect(sha256File(t)).toBe(before);
+    await receive({ target: t, input: Readable.from([streams.inc2from1]), force: true });
+    expect(sha256File(t)).toBe(await expectedSha(md, 2, SIZE));
+    await receive({ target: t, input: Readable.from([streams.full1]) });
+    expect(JSON.parse(readFileSync(stateFile, 'utf8')).targetId).toMatch(/^file:/);
+    await receive({ target: t, input: Readable.from([streams.inc2from1]) });
+    expect(sha256File(t)).toBe(await expectedSha(md, 2, SIZE));
+  });
+
   test('one target through two names (a symlink, a hard link): a receive through one is seen by the next through the other; an incremental on the old base is refused (found by an outside hunt)', async () => {
     const vol = s.path(`alias-vol${n++}.target`);
     junkFile(vol, SIZE, 61);
