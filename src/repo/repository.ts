@@ -119,7 +119,7 @@ export interface BackupSession extends AsyncDisposable {
   readonly id: string;
   /** Hash, compress, encrypt, upload unless present; safe against a concurrent prune (the session's lock excludes it). */
   putChunk(plain: Uint8Array, opts?: PutChunkOptions): Promise<PutResult>;
-  /** Ids stored by an interrupted earlier session of the same volume (resume: skip them). */
+  /** Ids stored by an interrupted earlier session of the same volume and found in the repository by beginBackup (resume: skip them). */
   readonly resumedIds: ReadonlySet<string>;
   /**
    * Writes the manifest LAST (the commit point); entries in strictly
@@ -230,7 +230,7 @@ function markedEntries(mark: ReadMark): (index: number, id: string) => ManifestE
   return (index, id) => new Entry(index, id);
 }
 
-/** Chunks looked up at once when commit() checks entries it cannot vouch for. */
+/** Chunks looked up at once: by commit() (entries it cannot vouch for), by beginBackup (a journal's ids). */
 const STAT_CONCURRENCY = 16;
 /** Chunk ids a commit remembers as found by a look-up (~100 bytes each). */
 const FOUND_CACHE = 4096;
@@ -399,11 +399,58 @@ export class Repository implements AsyncDisposable {
         for (const x of ids) resumed.add(x);
         adopted.push(seg.key);
       }
+      const lost = await this.dropAbsent(resumed, opts.signal);
+      if (lost > 0)
+        opts.onWarning?.(
+          `${lost} chunk${lost === 1 ? '' : 's'} an interrupted backup of ${volume} stored ${lost === 1 ? 'is' : 'are'} no longer in the repository (was it copied while that backup ran, or were chunks deleted?): ${lost === 1 ? 'it is' : 'they are'} uploaded again`,
+        );
       return new Session(this, this.backend, this.keys, this.comp, id, volume, this.volumeTag(volume), lock, resumed, adopted);
     } catch (e) {
       await lock.release().catch(() => undefined);
       throw e;
     }
+  }
+
+  /**
+   * Removes from `ids` (a journal's) the chunks the repository does not
+   * hold, and counts them. A journal says what its session stored, not what
+   * is there now: a repository copied while a backup ran (rsync reaches
+   * journals/ after chunks/) or a chunk deleted by hand or lost by the store
+   * leaves ids without their chunk, and a resumed id is neither uploaded nor
+   * looked up again by putChunk or commit. One stat per id,
+   * STAT_CONCURRENCY at a time; the session's lock (already held) keeps
+   * what was found until its commit.
+   */
+  private async dropAbsent(ids: Set<string>, signal?: AbortSignal): Promise<number> {
+    allowListeners(signal, STAT_CONCURRENCY);
+    const slots = new Semaphore(STAT_CONCURRENCY);
+    const absent: string[] = [];
+    let failure = null as { error: unknown } | null;
+    try {
+      for (const id of ids) {
+        const release = await slots.take(signal);
+        if (failure) {
+          release();
+          break;
+        }
+        this.backend.stat(chunkKey(id), { signal }).then(
+          (info) => {
+            if (!info) absent.push(id);
+            release();
+          },
+          (error: unknown) => {
+            failure ??= { error };
+            release();
+          },
+        );
+      }
+    } finally {
+      // No look-up outlives the call (an abort ends them too: they share the signal).
+      await slots.idle();
+    }
+    if (failure) throw failure.error;
+    for (const id of absent) ids.delete(id);
+    return absent.length;
   }
 
   /** The volume's name in journal keys: itself, or when encrypted a keyed hash (object names reveal no volume names). */
