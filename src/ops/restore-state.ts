@@ -113,7 +113,7 @@ export class RestoreLock {
   static acquire(target: string, stateFile: string): RestoreLock {
     const l = new RestoreLock(target);
     try {
-      l.locks.lockStateFile(stateFile, (path) => l.busy(path));
+      l.locks.lockStateFile(stateFile, (path) => l.busy('restore', path));
       return l;
     } catch (e) {
       l.release();
@@ -123,11 +123,12 @@ export class RestoreLock {
 
   /** Locks a regular-file target too (once it exists). */
   lockTarget(): void {
-    this.locks.lockFile(this.target, (path) => this.busy(path));
+    // A receive locks a file target the same way: either may hold it.
+    this.locks.lockFile(this.target, (path) => this.busy('receive or restore', path));
   }
 
-  private busy(path: string): string {
-    return `another restore is writing to ${this.target} (${path} is locked): wait for it to finish`;
+  private busy(job: string, path: string): string {
+    return `another ${job} is writing to ${this.target} (${path} is locked): wait for it to finish`;
   }
 
   release(): void {

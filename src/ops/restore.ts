@@ -285,7 +285,8 @@ async function deletedMeanwhile(repo: Repository, backup: string, e: unknown): P
 /** Adds what happened to the target to a failure after the first write. */
 function incomplete(e: unknown, target: string, stateFile: string): unknown {
   if (e instanceof DmthinError) {
-    e.message += `; target ${target} is incomplete (its restore state ${stateFile} records it): restore a backup onto it again`;
+    const room = e.code === 'ENOSPC' || e.code === 'EDQUOT' ? 'make room there, then run the same restore again' : 'restore a backup onto it again';
+    e.message += `; target ${target} is incomplete (its restore state ${stateFile} records it): ${room}`;
   }
   return e;
 }

@@ -298,6 +298,24 @@ describe('encrypted repository', () => {
       expect(statSync(key).mode & 0o777).toBe(0o600);
       expect(fs.files()).toEqual(['repo.key']);
     });
+    (small ? test : test.skip)('restore onto a full filesystem: one line, ENOSPC, saying to make room and run the same restore again (outside hunt: it said only to restore a backup again)', () => {
+      const fs = small!;
+      fs.reset();
+      const repo = s.path('full-restore-repo');
+      expect(cli(['backups', 'init', '--repo', repo]).status).toBe(0);
+      const b = cli(offline(1, repo, ['--json', '-q']));
+      expect(b.status).toBe(0);
+      const id = JSON.parse(b.stdout).id as string;
+      fs.fill(16 << 10);
+      const target = join(fs.dir, 'r.img');
+      const state = s.path('full-restore.json');
+      const r = cli(['restore', '--repo', repo, '--backup', id, '--target', target, '--create', '--state', state, '-q']);
+      expect(r.status).toBe(1);
+      expect(oneLine(r.stderr)).toMatch(
+        new RegExp(`^dmthin restore: .*; target ${target} is incomplete \\(its restore state ${state} records it\\): make room there, then run the same restore again \\[ENOSPC\\]$`),
+      );
+      fs.reset();
+    });
   });
 
   test('a passphrase from DMTHIN_REPO_PASSPHRASE', () => {

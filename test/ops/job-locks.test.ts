@@ -7,6 +7,7 @@
 import { closeSync, existsSync, openSync, unlinkSync, writeFileSync } from 'node:fs';
 import { MergeLock } from '../../src/ops/merge-state';
 import { RestoreLock } from '../../src/ops/restore-state';
+import { ReceiveLock } from '../../src/stream/receive/lock';
 import { scratch, type Scratch } from '../stream/helpers';
 
 let s: Scratch;
@@ -29,6 +30,14 @@ test('restore: the state file and a file target are held; a second restore is re
     const b = RestoreLock.acquire(target, s.path('other.json'));
     try {
       expect(() => b.lockTarget()).toThrow(expect.objectContaining({ code: 'EBUSY', path: target }));
+      // A receive locks a file target the same way: the refusal cannot tell which job holds it (it said "another restore").
+      const r = ReceiveLock.acquire(target, s.path('rx.json'), false);
+      try {
+        expect(() => r.lockTarget()).toThrow(expect.objectContaining({ code: 'EBUSY', message: expect.stringMatching(/^another receive or restore is writing to .*t\.img \(the file is locked\)/) }));
+      } finally {
+        r.release();
+      }
+      expect(() => b.lockTarget()).toThrow(expect.objectContaining({ message: expect.stringMatching(/^another receive or restore is writing to .*t\.img \(.*t\.img is locked\)/) }));
     } finally {
       b.release();
     }

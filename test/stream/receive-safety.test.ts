@@ -407,7 +407,7 @@ describe('receive state', () => {
       const e = await receive({ ...o, input: Readable.from([streams.inc2from1]) }).catch((x: unknown) => x);
       expect(e).toBeInstanceOf(DmthinError);
       expect(e).toMatchObject({ code: 'EBUSY' });
-      expect((e as Error).message).toMatch(/another receive is writing to .*wait for it to finish/);
+      expect((e as Error).message).toMatch(/another receive (or restore )?is writing to .*wait for it to finish/);
     };
     await busy({ target: t });
     // Another name for the same file, with its own state file: the file itself is locked.

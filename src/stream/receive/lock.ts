@@ -42,11 +42,12 @@ export class ReceiveLock {
 
   /** Locks the target file (after it was created by this receive). */
   lockTarget(): void {
-    this.locks.lockFile(this.target, () => this.busy('the file is locked'));
+    // A restore locks a file target the same way: either may hold it.
+    this.locks.lockFile(this.target, () => this.busy('the file is locked', 'receive or restore'));
   }
 
-  private busy(what: string): string {
-    return `another receive is writing to ${this.target} (${what}): wait for it to finish`;
+  private busy(what: string, job = 'receive'): string {
+    return `another ${job} is writing to ${this.target} (${what}): wait for it to finish`;
   }
 
   release(): void {
