@@ -43,7 +43,7 @@ export function register(program: Command, ctx: () => CliContext): void {
     .requiredOption('--volume <name>', 'the volume name in the repository (A-Z a-z 0-9 . _ -, up to 128)')
     .option('--pool-id <id>', "pool identity recorded in the backup (default: dm uuid or name; offline: superblock uuid, else a digest of the device's mapping root)")
     .option('--full', 'read every mapped block, whatever earlier backups exist (chunks the repository has are still not uploaded)')
-    .option('--tmp-dir <dir>', 'where a large list of blocks to read is spilled (default TMPDIR)');
+    .option('--tmp-dir <dir>', 'with --pool: where a large list of blocks to read is spilled (default TMPDIR); an offline backup keeps none');
   keyOption(cmd)
     .option('--json', 'print a summary as JSON when done')
     .option('-q, --quiet', 'no progress bar')

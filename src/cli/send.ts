@@ -63,7 +63,7 @@ export function register(program: Command, ctx: () => CliContext): void {
     .option('-o, --output <file>', "where the stream goes ('-' = stdout; a file is written through a temporary file renamed over it when complete)", '-')
     .option('--size <size>', `the thin device's size: bytes, or a number with ${SIZE_SUFFIXES} (default: an active device's size, or the --device image's; required otherwise)`)
     .option('--pool-id <id>', 'pool identity recorded in the stream, any text up to 1024 bytes (default: dm uuid or name; offline: superblock uuid, else a digest of the device\'s mapping root)')
-    .option('--tmp-dir <dir>', 'where a large extent list is spilled (default TMPDIR)')
+    .option('--tmp-dir <dir>', 'with --pool: where a large extent list is spilled (default TMPDIR); an offline send keeps none')
     .option('--format-version <n>', 'stream format version to write: 4 (default; BLAKE3 digest on several cores, mapping-root digests in the header), or 3, 2 or 1 for a receiver that reads only those')
     .option('--json', 'print a summary as JSON on stderr when done')
     .option('-q, --quiet', 'no progress bar')
