@@ -6,7 +6,7 @@
  *   for (const d of await md.devices()) ...
  *   for await (const run of md.mappings(1)) ...
  */
-import { statSync } from 'node:fs';
+import { closeSync, openSync, readSync, statSync } from 'node:fs';
 import { DmthinError, MetadataError, MetadataSnapError, UsageError, check, throwIfAborted } from '../errors';
 import { lookup as btreeLookup, walkLeaves } from '../pdata/btree';
 import { BlockSource, CachingBlockSource, MemoryBlockSource, NativeBlockSource, OpenOptions } from '../pdata/block-source';
@@ -170,10 +170,22 @@ export class ThinMetadata implements AsyncDisposable {
 
   private static async fromSource(io: BlockSource, snap: boolean | number | undefined): Promise<ThinMetadata> {
     if (io.sizeBytes < 4096) {
-      throw new MetadataError('truncated', `${io.path} is ${io.sizeBytes} bytes: too small to hold a superblock`, { path: io.path, block: 0 });
+      throw new MetadataError('truncated', `${io.path} is ${io.sizeBytes} bytes: too small to hold a superblock${xmlHint(io.path)}`, { path: io.path, block: 0 });
     }
     const [b0] = await io.read([0]);
-    const live = parseSuperblock(b0);
+    let live: Superblock;
+    try {
+      live = parseSuperblock(b0);
+    } catch (e) {
+      // Named by its file (the input may not be what the user meant). The commonest
+      // wrong input, thin_dump's XML where its binary metadata belongs, is said so.
+      if (e instanceof MetadataError && io.path !== '<memory>') {
+        const text = b0.data.subarray(0, 256).toString('latin1').trimStart().startsWith('<');
+        e.message = text ? `${io.path} is not binary pool metadata (${e.message})${xmlHint(io.path) || ': it starts with \'<\', as text does'}` : `${io.path}: ${e.message}`;
+        (e as MetadataError & { path?: string }).path ??= io.path;
+      }
+      throw e;
+    }
     checkSizes(live, io);
     let used = live;
     if (snap !== undefined && snap !== false) {
@@ -588,4 +600,25 @@ async function* unbatch(gen: AsyncGenerator<RawDeltaExtent[], DeltaStats>, signa
       yield publicExtent(e);
     }
   }
+}
+
+/**
+ * ': it looks like thin_dump XML ...' when the file at `path` starts as
+ * thin_dump's XML does (a metadata image is binary), else ''.
+ */
+function xmlHint(path: string): string {
+  let head = '';
+  try {
+    const fd = openSync(path, 'r');
+    try {
+      const b = Buffer.alloc(256);
+      head = b.subarray(0, readSync(fd, b, 0, 256, 0)).toString('latin1').trimStart();
+    } finally {
+      closeSync(fd);
+    }
+  } catch {
+    return '';
+  }
+  if (!/^<(\?xml|superblock)\b/.test(head)) return '';
+  return `: it looks like thin_dump XML; make a metadata image from it with 'thin_restore -i ${path} -o IMAGE' and give the image`;
 }

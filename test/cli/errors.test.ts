@@ -147,6 +147,37 @@ describe('empty paths, missing and wrong files: one line naming the option and t
   });
 });
 
+describe('input that is not binary metadata: named, and thin_dump XML said so (outside review: no file name, no hint)', () => {
+  test('XML (short, and long enough to hold a superblock), text, random bytes', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'dmthin-notmeta-'));
+    try {
+      const xml = readFileSync(join(REPO_ROOT, 'examples', 'pool.xml'));
+      const short = join(dir, 'pool.xml');
+      writeFileSync(short, xml);
+      const long = join(dir, 'long.xml');
+      writeFileSync(long, Buffer.concat([xml, Buffer.alloc(8192, 0x20)]));
+      const text = join(dir, 'page.html');
+      writeFileSync(text, Buffer.concat([Buffer.from('<html>\n'), Buffer.alloc(8192, 0x20)]));
+      const rnd = join(dir, 'random.bin');
+      writeFileSync(rnd, Buffer.from(Array.from({ length: 8192 }, (_, i) => (i * 7919 + 13) & 0xff)));
+      const hint = (f: string) => `: it looks like thin_dump XML; make a metadata image from it with 'thin_restore -i ${f} -o IMAGE' and give the image`;
+      const cases: [string[], string][] = [
+        [['dump', short], `dmthin dump: ${short} is ${xml.length} bytes: too small to hold a superblock${hint(short)} [EUCLEAN]`],
+        [['ls', long], `dmthin ls: ${long} is not binary pool metadata (bad checksum in superblock (block 0))${hint(long)} [EILSEQ]`],
+        [['delta', '--snap1', '1', '--snap2', '2', text], `dmthin delta: ${text} is not binary pool metadata (bad checksum in superblock (block 0)): it starts with '<', as text does [EILSEQ]`],
+        [['rmap', '--region', '0..1', rnd], `dmthin rmap: ${rnd}: bad checksum in superblock (block 0) [EILSEQ]`],
+      ];
+      for (const [args, line] of cases) {
+        const r = runCli(args);
+        expect(r.status).toBe(1);
+        expect(oneLine(r)).toBe(line);
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe('send: which of --pool/--metadata and --data/--device', () => {
   test.each([
     [['--snap', '1'], 'give --pool (a live pool) or --metadata (offline images): one of them is needed'],
