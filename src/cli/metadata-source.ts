@@ -44,8 +44,11 @@ export async function namesPool(arg: string): Promise<boolean> {
   // path (the common case) needs neither, and they cost start-up.
   let st;
   try {
-    st = statSync(arg); // what existsSync asks: any failure is "no file here"
-  } catch {
+    st = statSync(arg);
+  } catch (e) {
+    // Only a path that leads nowhere may be a pool's name; one that cannot be
+    // followed (a symlink loop, no search permission) is a file its open reports.
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT' && (e as NodeJS.ErrnoException).code !== 'ENOTDIR') return false;
     st = undefined;
   }
   if (!st) return (require('../pool/pool-name') as typeof PoolName).poolNameShape(arg) !== undefined;

@@ -57,7 +57,12 @@ export function refuseStdoutOverInputs(inputs: readonly NamedInput[]): void {
   if (!out.isFile() && !out.isBlockDevice()) return;
   for (const i of inputs) {
     if (i.path === undefined) continue;
-    const st = statSync(i.path, { throwIfNoEntry: false });
+    let st;
+    try {
+      st = statSync(i.path, { throwIfNoEntry: false });
+    } catch {
+      continue; // a path that cannot be followed (a symlink loop, no search permission): its open says so
+    }
     if (!st) continue;
     const same = out.isBlockDevice() ? st.isBlockDevice() && st.rdev === out.rdev : st.dev === out.dev && st.ino === out.ino;
     if (same) throw new UsageError(`stdout is ${i.role} ${i.path}: writing there would destroy it; send stdout elsewhere`, { path: i.path });
