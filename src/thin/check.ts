@@ -46,7 +46,7 @@ export interface CheckProgress {
 export interface CheckOptions {
   /** Check the superblock only. */
   superblockOnly?: boolean;
-  /** Walk the details and top-level trees only; no mapping trees, no space maps (as thin_check --skip-mappings). */
+  /** Walk the details and top-level trees only; no mapping trees, no space maps (as thin_check --skip-mappings; a mapping root beyond the metadata device is still reported). */
   skipMappings?: boolean;
   /** Cancels the work, which then rejects with AbortError. */
   signal?: AbortSignal;
@@ -560,13 +560,18 @@ class Checker {
   /** Walks one tree from its root. Returns the number of leaf entries below it. */
   async walk(t: TreeWalk, root: number): Promise<number> {
     if (root >= this.nrMetadataBlocks) {
-      this.problem(t, 'block-range', root, 0, Infinity, `root of the ${this.where(t)} is block ${root}, beyond the metadata device (${this.nrMetadataBlocks} blocks)`);
+      this.rootBeyond(t, root);
       return 0;
     }
     const items = new Siblings(1);
     items.push(root, 0, Infinity);
     const r = await this.descend(t, items, 0);
     return r.entries;
+  }
+
+  /** A tree's root outside the metadata device (a fatal block-range problem). */
+  rootBeyond(t: TreeWalk, root: number, label = ''): void {
+    this.problem(t, 'block-range', root, 0, Infinity, `${pre(label)}root of the ${this.where(t)} is block ${root}, beyond the metadata device (${this.nrMetadataBlocks} blocks)`);
   }
 
   private checkLeafDepth(t: TreeWalk, depth: number, items: Siblings, i: number): void {
@@ -782,7 +787,15 @@ async function checkTrees(c: Checker, sb: Superblock, opts: CheckOptions, label:
       c.report({ severity: 'fatal', kind: 'device-mismatch', devId: id, tree: 'details', message: `${pre(label)}device ${id} has a mapping tree but no entry in the details tree` });
     }
   }
-  if (opts.skipMappings) return { devices: devices.size, mappings: 0 };
+  if (opts.skipMappings) {
+    // The mapping trees are not walked, but a root outside the metadata device is a
+    // fault of the top-level tree's values, which were read: the kernel (and ls) could
+    // not open that device's tree. Reported as the full check's walk would.
+    for (let i = 0; i < roots.size; i++) {
+      if (roots.value(i) >= c.nrMetadataBlocks) c.rootBeyond(c.newWalk('mapping', 8, () => {}, roots.key(i)), roots.value(i), label);
+    }
+    return { devices: devices.size, mappings: 0 };
+  }
   for (let i = 0; i < devices.size; i++) c.mappingsTotal += devices.value(i);
 
   c.progress('mappings', c.mappingsWalked, c.mappingsTotal);

@@ -13,7 +13,7 @@ import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { corrupt, CORRUPTION_KINDS, CorruptionKind } from '../helpers/corrupt';
+import { corrupt, CORRUPTION_KINDS, CorruptionKind, listNodes, node, seal } from '../helpers/corrupt';
 import { describeOracle, fixtureImage, kernelFixtureImage, listFixtures, listKernelFixtures, oraclePath, restoreFlat } from '../helpers/fixtures';
 import { CLI } from '../cli/run-cli';
 import { MetadataError } from '../../src/errors';
@@ -238,6 +238,30 @@ describeOracle('dmthin check vs thin_check 0.9.0', () => {
     expect(o).toEqual({ thinCheck: [0, 0], dmthin: [0, 0], kinds: [] });
     tally.cases += 2;
     tally.agree += 2;
+  });
+
+  // thin_check 0.9.0 --skip-mappings reads the top-level tree but never looks at
+  // its values; dmthin follows the kernel, which could not open that device's
+  // tree (and its own ls, which refuses the image): a fatal block-range problem.
+  test('--skip-mappings, a device mapping root beyond the metadata device: 0.9.0 exits 0, dmthin rightly fails', async () => {
+    const img = Buffer.from(fixtureImage('snapshots'));
+    const top = listNodes(img).filter((x) => x.tree === 'top' && x.leaf).pop()!;
+    const n = node(img, top.block);
+    n.buf.writeBigUInt64LE(1_000_000n, n.valueOff(n.nr - 1));
+    seal(n.buf, 'btree');
+    const path = join(dir, 'skip-mappings-root-beyond.bin');
+    writeFileSync(path, img);
+    try {
+      const ref = await run(oraclePath('thin_check')!, ['-q', '--skip-mappings', path]);
+      const o = await run(process.execPath, [CLI, 'check', '--json', '--skip-mappings', path]);
+      expect([ref.status, o.status]).toEqual([0, 1]);
+      const j = JSON.parse(o.stdout) as { problems: { kind: string; severity: string; devId: number; block: string }[] };
+      expect(j.problems.map((p) => [p.severity, p.kind, p.devId, String(p.block)])).toEqual([['fatal', 'block-range', Number(n.key(n.nr - 1)), '1000000']]);
+      tally.cases++;
+      tally.dmthinRightlyFails++;
+    } finally {
+      rmSync(path);
+    }
   });
 
   it.each(CORRUPTION_KINDS)('%s', async (kind) => {

@@ -7,7 +7,7 @@
  * non-fatal = leaks, over-counts, hints, mapped_blocks).
  */
 import { AbortError, checkMetadata, CheckReport, MetadataError, openFailureReport, ThinMetadata } from '../../src';
-import { blk, corrupt, CORRUPTION_KINDS, CorruptionKind, Fault, listNodes, node, seal, UNDERFULL_KINDS } from '../helpers/corrupt';
+import { blk, corrupt, CORRUPTION_KINDS, CorruptionKind, Fault, listNodes, node, seal, superblock, UNDERFULL_KINDS } from '../helpers/corrupt';
 import { fixture, fixtureImage, kernelFixtureImage, listFixtures, listKernelFixtures, tempImage } from '../helpers/fixtures';
 import { runCli } from '../cli/run-cli';
 
@@ -255,6 +255,36 @@ describe('absurd sizes', () => {
     const r = await check(img);
     expect(pick(r)).toEqual([P('fatal', 'space-map', 0, 'superblock')]);
     expect(r.spaceMapsChecked).toBe(false);
+  });
+});
+
+describe('a device mapping root (a top-level value) outside the metadata device (found by an outside hunt)', () => {
+  /** snapshots with the last top-level entry's root set to `root`; returns the image and the device. */
+  const damaged = (root: bigint | ((nrMetadataBlocks: number) => bigint)): { img: Buffer; dev: number; root: number } => {
+    const img = Buffer.from(fixtureImage('snapshots'));
+    const top = listNodes(img).filter((x) => x.tree === 'top' && x.leaf).pop()!;
+    const n = node(img, top.block);
+    const r = typeof root === 'function' ? root(superblock(img).metaSm.nrBlocks) : root;
+    n.buf.writeBigUInt64LE(r, n.valueOff(n.nr - 1));
+    seal(n.buf, 'btree');
+    return { img, dev: Number(n.key(n.nr - 1)), root: Number(r) };
+  };
+
+  it.each([
+    ['far beyond (1000000)', 1_000_000n],
+    ['the first block past the device (nr_blocks)', (nr: number) => BigInt(nr)],
+  ] as const)('%s: one fatal block-range problem, with --skip-mappings as without (ls refuses it too)', async (_what, root) => {
+    const d = damaged(root);
+    const want = [P('fatal', 'block-range', d.root, 'mapping', d.dev)];
+    const full = await check(d.img);
+    const skip = await check(d.img, { skipMappings: true });
+    expect(pick(full)).toEqual(want);
+    expect(pick(skip)).toEqual(want);
+    expect(skip.problems[0].message).toBe(full.problems[0].message);
+    expect(skip.problems[0].message).toMatch(new RegExp(`^root of the mapping tree of device ${d.dev} is block ${d.root}, beyond the metadata device \\(\\d+ blocks\\)$`));
+    using f = tempImage(d.img);
+    expect(runCli(['check', '--skip-mappings', f.path]).status).toBe(1);
+    expect(runCli(['ls', f.path]).status).toBe(1);
   });
 });
 
