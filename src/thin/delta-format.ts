@@ -75,9 +75,12 @@ export async function writeDelta(md: ThinMetadata, out: SinkTarget, subject: Del
   if (typeof subject !== 'object' || subject === null) throw new UsageError('writeDelta needs a subject: {left, right} thin device ids, or {leftRoot, rightRoot}');
   const s = new OutputSink(out);
   const sb = md.superblock;
+  // thin_delta 0.9.0 prints the held-root field of the superblock it reads, when non-zero: live, the
+  // snapshot held; with -m, the held copy's own field (0 as the kernel writes it, but printed if not).
+  const held = sb.heldRoot || null;
   const head =
     `<superblock uuid="" time="${sb.time}" transaction="${sb.transactionId}" data_block_size="${sb.dataBlockSize}" nr_data_blocks="${md.nrDataBlocks}"` +
-    (md.metadataSnap === null && md.liveSuperblock.heldRoot ? ` metadata_snap="${md.liveSuperblock.heldRoot}"` : '');
+    (held !== null ? ` metadata_snap="${held}"` : '');
   // Plain XML prints kinds and ranges only: the walk merges by kind (fewer extents to make and format).
   // Every consumer below copies what it needs from an extent before asking for the next batch.
   const walkOpts = { ...opts, mergeByKind: opts.format !== 'json' && !opts.verbose, reuseExtents: true };
@@ -89,7 +92,7 @@ export async function writeDelta(md: ThinMetadata, out: SinkTarget, subject: Del
     const ids = 'left' in subject ? `"left":${subject.left},"right":${subject.right}` : `"leftRoot":${subject.leftRoot},"rightRoot":${subject.rightRoot}`;
     s.str(
       `{"superblock":{"time":${sb.time},"transactionId":"${sb.transactionId}","dataBlockSize":${sb.dataBlockSize},"nrDataBlocks":${md.nrDataBlocks}` +
-        `,"metadataSnap":${md.metadataSnap ?? 'null'}},${ids},"extents":[`,
+        `,"metadataSnap":${held ?? 'null'}},${ids},"extents":[`,
     );
     let first = true;
     const stats = await drain(gen, s, (e) => {

@@ -3,7 +3,8 @@
  * plain and --verbose, live and through the metadata snapshot; plus the
  * generated 1M-mapping image.
  */
-import { describeOracle, fixtureFile, listFixtures, oraclePath, restoreFlat, runOracle, TempFile, largeImage } from '../helpers/fixtures';
+import { describeOracle, fixtureFile, fixtureImage, listFixtures, oraclePath, restoreFlat, runOracle, TempFile, largeImage, tempImage } from '../helpers/fixtures';
+import { blk, seal } from '../helpers/corrupt';
 import { hashCli, hashOutput, runCli } from '../cli/run-cli';
 import { ThinMetadata, writeDelta } from '../../src';
 import { Writable } from 'node:stream';
@@ -102,6 +103,39 @@ describeOracle('delta equals thin_delta 0.9.0', () => {
         expect(ours.status).toBe(1);
         expect(ours.stderr).toMatch(new RegExp(`no mapping tree for right device ${gone}.*\\[ENODEV\\]`));
       });
+    }
+  });
+});
+
+describeOracle('delta: the superblock line\'s metadata_snap is the held-root field of the superblock read (found by an outside hunt)', () => {
+  // Live: the snapshot held. With -m: the held copy's own field, which the kernel leaves 0 (no
+  // attribute), but thin_delta 0.9.0 prints it when it is not. JSON's metadataSnap is the same value.
+  test.each([
+    ['0 (as the kernel writes it)', 0],
+    ['its own block', -1],
+    ['another block', 777],
+    ['above 2^32', 2 ** 40],
+  ])('held copy\'s field %s: -m and live, byte for byte (but the documented nr_data_blocks), and JSON', (_what, value) => {
+    const f = listFixtures().find((x) => x.heldRoot)!;
+    const image = Buffer.from(fixtureImage(f.name));
+    const held = f.heldRoot!;
+    const copy = blk(image, held);
+    const v = value < 0 ? held : value;
+    copy.writeBigUInt64LE(BigInt(v), 0x38);
+    seal(copy, 'superblock');
+    using img = tempImage(image, `held-field-${v}.bin`);
+    const ids = deviceIds(img.path, ['-m']);
+    for (const m of [['-m'], []]) {
+      const args = [...m, '--snap1', ids[0], '--snap2', ids[ids.length - 1], img.path];
+      const ref = runOracle('thin_delta', args);
+      expect(ref.status).toBe(0);
+      const want = m.length ? (v ? ` metadata_snap="${v}"` : '') : ` metadata_snap="${held}"`;
+      expect(ref.stdout.split('\n')[0]).toMatch(new RegExp(`nr_data_blocks="\\d+"${want}>$`));
+      const fix = (t: string) => (m.length ? t.replace('nr_data_blocks="0"', `nr_data_blocks="${f.nrDataBlocks}"`) : t);
+      const ours = runCli(['delta', ...args]);
+      expect([args, ours.status, ours.stdout]).toEqual([args, 0, fix(ref.stdout)]);
+      const j = runCli(['delta', '-f', 'json', ...args]);
+      expect([args, JSON.parse(j.stdout).superblock.metadataSnap]).toEqual([args, m.length ? v || null : held]);
     }
   });
 });

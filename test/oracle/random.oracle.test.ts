@@ -129,7 +129,7 @@ function cases(kind: RandomPoolKind, seeds: number[]): void {
         const ours = runCli(['delta', '-f', 'json', '--snap1', String(l), '--snap2', String(r), img.path]);
         expect(ours.status).toBe(0);
         expect(JSON.parse(ours.stdout)).toEqual({
-          superblock: { time: Number(sb.time), transactionId: sb.transaction, dataBlockSize: Number(sb.data_block_size), nrDataBlocks: Number(sb.nr_data_blocks), metadataSnap: null },
+          superblock: { time: Number(sb.time), transactionId: sb.transaction, dataBlockSize: Number(sb.data_block_size), nrDataBlocks: Number(sb.nr_data_blocks), metadataSnap: sb.metadata_snap === undefined ? null : Number(sb.metadata_snap) },
           left: l,
           right: r,
           extents,
