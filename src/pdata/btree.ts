@@ -259,12 +259,14 @@ export class TreeValidator {
 
   /**
    * Records (or checks against the others) a leaf found at `depth` by a walk
-   * outside this validator, e.g. in a subtree two trees share.
+   * outside this validator, e.g. in a subtree two trees share. `subtree`:
+   * `block` is the root of the subtree whose leaves are at `depth`, not a leaf.
    */
-  noteLeafDepth(depth: number, block: number): void {
+  noteLeafDepth(depth: number, block: number, subtree = false): void {
     if (this.leafDepth_ < 0) this.leafDepth_ = depth;
     else if (this.leafDepth_ !== depth) {
-      throw new MetadataError('depth', `unbalanced ${describe(this.ctx)}: leaf ${block} at depth ${depth}, others at ${this.leafDepth_}`, {
+      const what = subtree ? `leaves under block ${block} are` : `leaf ${block}`;
+      throw new MetadataError('depth', `unbalanced ${describe(this.ctx)}: ${what} at depth ${depth}, others at ${this.leafDepth_}`, {
         block,
         ...this.ctx,
       });

@@ -208,9 +208,9 @@ interface TreeWalk {
   devId?: number;
   serial: number;
   validator: TreeValidator;
-  /** Depth of the leaves, once known (from a leaf or a skipped shared subtree). */
-  leafDepth: number;
   faulty: boolean;
+  /** An unbalanced tree was reported: one depth problem per tree, naming the first node out of line. */
+  depthReported: boolean;
   /** Details / top-level trees: every leaf (shared or not) is read, as they list the devices. */
   readAll: boolean;
   onLeaf(leaf: BtreeNode, first: boolean): void;
@@ -484,8 +484,8 @@ class Checker {
       devId,
       serial: ++this.serial,
       validator: new TreeValidator(this.nrMetadataBlocks, valueSize, { tree: kind, ...(devId !== undefined ? { devId } : {}) }),
-      leafDepth: -1,
       faulty: false,
+      depthReported: false,
       readAll: kind !== 'mapping',
       onLeaf,
     };
@@ -574,11 +574,30 @@ class Checker {
     this.problem(t, 'block-range', root, 0, Infinity, `${pre(label)}root of the ${this.where(t)} is block ${root}, beyond the metadata device (${this.nrMetadataBlocks} blocks)`);
   }
 
-  private checkLeafDepth(t: TreeWalk, depth: number, items: Siblings, i: number): void {
-    if (t.leafDepth < 0) t.leafDepth = depth;
-    else if (t.leafDepth !== depth) {
-      const b = items.block(i);
-      this.problem(t, 'depth', b, items.lo(i), items.hi(i), `unbalanced ${this.where(t)}: leaves under block ${b} are at depth ${depth}, others at ${t.leafDepth}`);
+  /**
+   * A fault of a node of tree t, reached under [lo, hi). Leaf depths follow the
+   * walkers' rule (TreeValidator): the first leaf met, in key order, sets the
+   * depth, and the first node out of line with it is named; one such problem
+   * per tree, not one per node that disagrees with it.
+   */
+  private nodeFault(t: TreeWalk, e: unknown, lo: Key, hi: Key): void {
+    t.faulty = true;
+    if (e instanceof MetadataError && e.kind === 'depth') {
+      if (t.depthReported) return;
+      t.depthReported = true;
+    }
+    this.caught(e, { keys: [toBig(lo), hiIncl(hi)] });
+  }
+
+  /**
+   * The leaves of a shared subtree skipped as checked (height h) are at
+   * depth + h: checked against the tree's leaf depth, in key order (see descend).
+   */
+  private skippedDepth(t: TreeWalk, items: Siblings, j: number, depth: number, h: number): void {
+    try {
+      t.validator.noteLeafDepth(depth + h, items.block(j), h > 0);
+    } catch (e) {
+      this.nodeFault(t, e, items.lo(j), items.hi(j));
     }
   }
 
@@ -594,6 +613,13 @@ class Checker {
     // The siblings to read: their blocks, and their index in `items`.
     const want: number[] = [];
     const at: number[] = [];
+    // Shared subtrees skipped: their index in `items` and height. Their leaf depth is checked in
+    // key order among the siblings read, so that the walk meets leaves in the order the walkers do.
+    const skipped: number[] = [];
+    let nextSkipped = 0;
+    const skippedUpTo = (end: number): void => {
+      for (; nextSkipped < skipped.length && skipped[nextSkipped] < end; nextSkipped += 2) this.skippedDepth(t, items, skipped[nextSkipped], depth, skipped[nextSkipped + 1]);
+    };
     for (let j = 0; j < items.n; j++) {
       const b = items.block(j);
       if (book.mark[b] === t.serial) {
@@ -604,7 +630,7 @@ class Checker {
       if (!t.readAll && book.mappingNode.has(b) && book.within(b, items.lo(j), items.hi(j))) {
         // Shared with a tree already checked, under a range containing this one's: its keys fit.
         const h = book.height[b];
-        this.checkLeafDepth(t, depth + h, items, j);
+        skipped.push(j, h);
         if (book.faulty.has(b)) t.faulty = true;
         entries += book.entriesOf(b);
         height = Math.max(height, h);
@@ -613,11 +639,15 @@ class Checker {
       want.push(b);
       at.push(j);
     }
-    if (want.length === 0) return { entries, height };
+    if (want.length === 0) {
+      skippedUpTo(Infinity);
+      return { entries, height };
+    }
     let blocks: Block[];
     try {
       blocks = await this.readSiblings(want, pre);
     } catch (e) {
+      skippedUpTo(Infinity);
       t.faulty = true;
       this.caught(e, { tree: t.kind, ...(t.devId !== undefined ? { devId: t.devId } : {}) });
       return { entries, height };
@@ -630,6 +660,7 @@ class Checker {
       const b = want[i];
       const itLo = items.lo(j);
       const itHi = items.hi(j);
+      skippedUpTo(j);
       let node: BtreeNode;
       const faultyBefore = t.faulty;
       t.faulty = false;
@@ -637,8 +668,7 @@ class Checker {
         node = t.validator.visit(blocks[i], itLo, itHi, depth);
       } catch (e) {
         blocks[i].done();
-        this.caught(e, { keys: [toBig(itLo), hiIncl(itHi)] });
-        t.faulty = true;
+        this.nodeFault(t, e, itLo, itHi);
         continue;
       }
       const first = !book.validated.has(b);
@@ -646,7 +676,6 @@ class Checker {
       let h: number;
       if (node.isLeaf) {
         h = 0;
-        this.checkLeafDepth(t, depth, items, j);
         sub = node.nrEntries;
         try {
           t.onLeaf(node, first);
@@ -699,6 +728,7 @@ class Checker {
       entries += sub;
       height = Math.max(height, h);
     }
+    skippedUpTo(Infinity);
     return { entries, height };
   }
 }

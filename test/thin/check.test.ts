@@ -8,7 +8,8 @@
  */
 import { AbortError, checkMetadata, CheckReport, MetadataError, openFailureReport, ThinMetadata } from '../../src';
 import { blk, corrupt, CORRUPTION_KINDS, CorruptionKind, Fault, listNodes, node, seal, superblock, UNDERFULL_KINDS } from '../helpers/corrupt';
-import { fixture, fixtureImage, kernelFixtureImage, listFixtures, listKernelFixtures, tempImage } from '../helpers/fixtures';
+import { fixture, fixtureImage, itOracle, kernelFixtureImage, listFixtures, listKernelFixtures, restoreFlat, tempImage } from '../helpers/fixtures';
+import { readFileSync } from 'node:fs';
 import { runCli } from '../cli/run-cli';
 
 type Expected = { severity: 'fatal' | 'non-fatal'; kind: string; block?: number; tree?: string; devId?: number };
@@ -285,6 +286,43 @@ describe('a device mapping root (a top-level value) outside the metadata device 
     using f = tempImage(d.img);
     expect(runCli(['check', '--skip-mappings', f.path]).status).toBe(1);
     expect(runCli(['ls', f.path]).status).toBe(1);
+  });
+});
+
+describe('an unbalanced mapping tree: one problem, naming the node out of line, as the walkers do (found by an outside hunt)', () => {
+  // Device 2's root becomes [I1, L]: I1 its own internal node (leaves at depth 2), L a leaf of
+  // device 1 (depth 1 here), a subtree check skips as validated with device 1. check reported 126
+  // problems, one per leaf under I1 ("leaves under block N are at depth 2, others at 1"), never L.
+  itOracle('check names leaf L, once, in the words of dump', async () => {
+    const xml = [
+      '<superblock uuid="" time="1" transaction="1" flags="0" version="2" data_block_size="128" nr_data_blocks="100000">',
+      '<device dev_id="1" mapped_blocks="300" transaction="0" creation_time="0" snap_time="0">',
+      '<range_mapping origin_begin="60001" data_begin="50000" length="300" time="1"/>',
+      '</device>',
+      '<device dev_id="2" mapped_blocks="40000" transaction="0" creation_time="0" snap_time="0">',
+      '<range_mapping origin_begin="0" data_begin="0" length="40000" time="1"/>',
+      '</device>',
+      '</superblock>',
+    ].join('\n');
+    using flat = restoreFlat(xml, 2 << 20, 'unbalanced');
+    const img = readFileSync(flat.path);
+    const top = listNodes(img).find((x) => x.tree === 'top' && x.leaf)!;
+    const t = node(img, top.block);
+    const root = (dev: number): number => t.child([0, 1].find((i) => t.key(i) === BigInt(dev))!);
+    const n1 = node(img, root(1));
+    const n2 = node(img, root(2));
+    expect([n1.leaf, n2.leaf, node(img, n2.child(0)).leaf]).toEqual([false, false, false]);
+    const L = n1.child(0);
+    n2.buf.writeUInt32LE(2, 16);
+    n2.buf.writeBigUInt64LE(BigInt(L), n2.valueOff(1));
+    seal(n2.buf, 'btree');
+    const want = `unbalanced mapping tree of device 2: leaf ${L} at depth 1, others at 2`;
+    using f = tempImage(img);
+    expect(runCli(['dump', f.path]).stderr).toContain(want);
+    const r = await check(img);
+    const depth = r.problems.filter((p) => p.kind === 'depth');
+    expect(depth.map((p) => [p.severity, p.block, p.devId, p.tree, p.message])).toEqual([['fatal', L, 2, 'mapping', want]]);
+    expect(depth[0].keys).toEqual([n2.key(1), 2n ** 64n - 1n]);
   });
 });
 
