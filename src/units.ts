@@ -61,3 +61,11 @@ export function sectorsToBytes(s: Sectors): Bytes {
 export function dataBlocksToSectors(b: DataBlocks, dataBlockSize: Sectors): Sectors {
   return product(count(b, 'data blocks'), count(dataBlockSize, 'data block size'), 'data blocks to sectors') as Sectors;
 }
+
+/** A device number as `stat` gives it (`rdev`, glibc's dev_t): major and minor. */
+export function devNumOfRdev(rdev: bigint | number): { major: number; minor: number } {
+  // glibc's dev_t (sys/sysmacros.h): the major's low 12 bits in bits 8-19 and the rest in 44-63,
+  // the minor's low 8 bits in bits 0-7 and the rest in 20-43. Linux's own are 12 and 20 bits.
+  const r = BigInt(rdev);
+  return { major: Number(((r >> 8n) & 0xfffn) | ((r >> 32n) & 0xfffff000n)), minor: Number((r & 0xffn) | ((r >> 12n) & 0xffffff00n)) };
+}

@@ -4,6 +4,7 @@
  */
 import { readFile, stat } from 'node:fs/promises';
 import { DmthinError, UsageError } from '../errors';
+import { devNumOfRdev } from '../units';
 import type { DevNum } from './ioctl';
 
 /** major:minor of a block device path, or of a 'major:minor' string. */
@@ -19,11 +20,7 @@ export async function devNumOf(dev: string | DevNum): Promise<DevNum> {
     throw new DmthinError(err.code ?? 'ENOENT', `${dev}: ${err.message}`, { path: dev, syscall: 'stat', cause: e });
   }
   if (!st.isBlockDevice()) throw new UsageError(`${dev} is not a block device`, { path: dev });
-  const rdev = st.rdev;
-  // glibc's encoding of dev_t.
-  const major = Number(((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn));
-  const minor = Number((rdev & 0xffn) | ((rdev >> 12n) & ~0xffn));
-  return { major, minor };
+  return devNumOfRdev(st.rdev);
 }
 
 /** /dev/<name> of a block device number, from /sys/dev/block/M:m/uevent. */

@@ -217,7 +217,6 @@ export function assertNativeLayout(c: NativeDmConstants): void {
 // ------------------------------------------------------------------ dev_t
 
 /** A block device number. */
-/** A block device number. */
 export interface DevNum {
   /** Major number (12 bits). */
   major: number;

@@ -21,6 +21,7 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { DmthinError, isSystemError, SystemCallError, throwIfAborted, UsageError } from '../errors';
+import { devNumOfRdev } from '../units';
 import { outputError } from './sink';
 
 /** A Node fs error as a SystemCallError naming the path and what was being done. */
@@ -340,10 +341,7 @@ export function targetIdentity(path: string): string | null {
     return null;
   }
   if (st.isBlockDevice()) {
-    // Linux's dev_t: 12 bits of major and 20 of minor, split over the word.
-    const r = st.rdev;
-    const major = Number(((r >> 8n) & 0xfffn) | ((r >> 32n) & ~0xfffn));
-    const minor = Number((r & 0xffn) | ((r >> 12n) & ~0xffn));
+    const { major, minor } = devNumOfRdev(st.rdev);
     const read = (f: string): string => {
       try {
         return readFileSync(`/sys/dev/block/${major}:${minor}/${f}`, 'utf8').trim();
