@@ -43,27 +43,55 @@ export interface StreamHash {
   abort(): void;
 }
 
+/** Small updates are gathered up to this many bytes before they go to the addon. */
+const STAGE_BYTES = 64 << 10;
+
 class PipeHash implements StreamHash {
   private readonly cap: number;
   private fed = 0;
+  // Each call into the pipe hands bytes to its thread (a lock and a wake-up, ~10 µs here): a
+  // stream of 100,000 discard records spent 0.9-1.6 s in them. Small updates (record headers,
+  // discard payloads) are copied here and passed on together, before anything that must see
+  // them in the pipe: a held update, ready(), hashedThrough(), digest().
+  private stage: Buffer | undefined;
+  private staged = 0;
   constructor(private readonly p: NativeDigestPipe) {
     this.cap = p.capacity();
   }
+  private flush(): void {
+    if (this.staged === 0) return;
+    this.p.update(this.stage!.subarray(0, this.staged));
+    this.staged = 0;
+  }
   update(data: Uint8Array): void {
-    this.p.update(data);
     this.fed += data.length;
+    if (data.length > STAGE_BYTES >>> 4) {
+      this.flush();
+      this.p.update(data);
+      return;
+    }
+    if (this.staged + data.length > STAGE_BYTES) this.flush();
+    this.stage ??= Buffer.allocUnsafe(STAGE_BYTES);
+    this.stage.set(data, this.staged);
+    this.staged += data.length;
   }
   updateHeld(data: Uint8Array): void {
+    // A small one is copied like any update (cheaper than a reference the thread must give back).
+    if (data.length <= STAGE_BYTES >>> 4) return this.update(data);
+    this.flush();
     this.p.updateHeld(data);
     this.fed += data.length;
   }
   hashedThrough(position: number): Promise<void> {
+    this.flush();
     return this.p.ready(Math.max(0, this.fed - position));
   }
   ready(bytes: number): Promise<void> {
+    this.flush();
     return this.p.ready(Math.max(0, this.cap - bytes));
   }
   digest(): Buffer {
+    this.flush();
     this.done = true;
     return this.p.digest();
   }

@@ -19,10 +19,12 @@ import { identityKey } from '../../src/stream/format/records';
 import { receive, receiveStream } from '../../src/ops/receive';
 import { Spool } from '../../src/stream/receive/spool';
 import type { ReceiveState } from '../../src/stream/receive/state';
-import { encodeStream, sendStream, type SendSummary } from '../../src/stream/send/send-stream';
+import { encodeRecords, encodeStream, sendStream, writeRecords, type SendSummary } from '../../src/stream/send/send-stream';
+import { BlockWriter } from '../../src/native/block-writer';
+import { Writable } from 'node:stream';
 import { ThinMetadata } from '../../src/thin/metadata';
 import { fixtureImage } from '../helpers/fixtures';
-import { expectedSha, junkFile, PatternSource, scratch, writeDataFile, type Scratch } from './helpers';
+import { expectedSha, junkBytes, junkFile, patternBlock, PatternSource, scratch, writeDataFile, type Scratch } from './helpers';
 
 interface Chain {
   fixture: string;
@@ -258,4 +260,69 @@ test('virtual blocks beyond 2^53 bytes: no device size can reach them, the send 
   const f = await drain(sendStream({ metadata: md, snap: 16777215, source: zeros, deviceSize: 1 << 20 })).catch((x: unknown) => x);
   expect(f).toMatchObject({ reason: 'beyond-size', devId: 16777215, block: 1 });
   await md.close();
+});
+
+test('a stream of many small discards: written in few pieces, its discards applied several at once, the target right (found by an outside hunt)', async () => {
+  // Blocks 3k: data (pattern of data block 3k), 3k+1: discarded, 3k+2: untouched (keeps the junk).
+  const bs = 65536;
+  const n = 600;
+  const plan = (): SendPlan => ({
+    header: {
+      dataBlockSize: bs / 512,
+      deviceSize: n * bs,
+      target: { pool: 'p', devId: 2, creationTime: 1, transactionId: 1n },
+      base: { pool: 'p', devId: 1, creationTime: 0, transactionId: 1n },
+    },
+    extents: (async function* () {
+      for (let b = 0; b < n; b += 3) {
+        yield { kind: 'data' as const, begin: b, length: 1, source: b };
+        yield { kind: 'zero' as const, begin: b + 1, length: 1, source: -1 };
+      }
+    })(),
+  });
+  // Each buffer the sender yields is one write: now what came before a data record's payload, then the payload.
+  const file = s.path('many-discards.stream');
+  const chunks: Buffer[] = [];
+  const out = new Writable({
+    write(c: Buffer, _e, cb) {
+      chunks.push(Buffer.from(c));
+      cb();
+    },
+  });
+  await writeRecords(encodeRecords(plan(), new PatternSource(bs), { reuseBuffers: true }), out);
+  const stream = Buffer.concat(chunks);
+  const pieces: Buffer[] = [];
+  for await (const c of encodeStream(plan(), new PatternSource(bs))) pieces.push(c as Buffer);
+  expect(Buffer.concat(pieces).equals(stream)).toBe(true); // a Readable of the same plan: the same bytes
+  expect(chunks.length).toBeLessThanOrEqual(2 * 200 + 1); // 1,004 before
+  expect(pieces.length).toBeLessThanOrEqual(2 * 200 + 1);
+  const { writeFileSync } = await import('node:fs');
+  writeFileSync(file, stream);
+
+  const target = s.path('many-discards.target');
+  junkFile(target, n * bs, 11);
+  let inFlight = 0;
+  let most = 0;
+  const real = BlockWriter.prototype.discard;
+  const spy = jest.spyOn(BlockWriter.prototype, 'discard').mockImplementation(async function (this: BlockWriter, off: number, len: number) {
+    most = Math.max(most, ++inFlight);
+    try {
+      return await real.call(this, off, len);
+    } finally {
+      inFlight--;
+    }
+  });
+  try {
+    const r = await receive({ target, input: file, force: true });
+    expect(r).toMatchObject({ dataBlocks: 200, discardBlocks: 200 });
+  } finally {
+    spy.mockRestore();
+  }
+  expect(most).toBeGreaterThan(1); // one at a time before
+  const want = junkBytes(n * bs, 11);
+  for (let b = 0; b < n; b += 3) {
+    patternBlock(b, bs).copy(want, b * bs);
+    want.fill(0, (b + 1) * bs, (b + 2) * bs);
+  }
+  expect(readFileSync(target).equals(want)).toBe(true);
 });

@@ -111,7 +111,8 @@ const READ_BACK_MAX = 4 * 1024 * 1024;
 export function zeroer(writer: BlockWriter, t: TargetInfo, method: Exclude<ZeroMethod, 'auto'>) {
   const used: Record<string, number> = {};
   let mode = method;
-  let reader: BlockReader | undefined;
+  // A promise: discards run several at once (applyStream), and two read-backs must not open two readers.
+  let reader: Promise<BlockReader> | undefined;
   const note = (how: string): void => {
     used[how] = (used[how] ?? 0) + 1;
   };
@@ -121,12 +122,12 @@ export function zeroer(writer: BlockWriter, t: TargetInfo, method: Exclude<ZeroM
   const g = t.discardGranularity > 0 ? t.discardGranularity : 512;
   // Whole granules [a, b) were just discarded: zero each one that does not read back as zeros.
   const checkDiscarded = async (a: number, b: number): Promise<void> => {
-    reader ??= await BlockReader.open(t.path);
+    const r = await (reader ??= BlockReader.open(t.path));
     const per = Math.max(1, Math.floor(READ_BACK_MAX / g)) * g;
     for (let off = a; off < b; off += per) {
       const len = Math.min(per, b - off);
       const blocks = Array.from({ length: len / 4096 }, (_, i) => off / 4096 + i);
-      const data = (await reader.read(4096, blocks, { errorFields: { syscall: 'read' } })).data;
+      const data = (await r.read(4096, blocks, { errorFields: { syscall: 'read' } })).data;
       for (let k = 0; k < len; k += g) {
         const w = new Uint32Array(data.buffer, data.byteOffset + k, g / 4);
         if (w.some((x) => x !== 0)) {
@@ -165,7 +166,8 @@ export function zeroer(writer: BlockWriter, t: TargetInfo, method: Exclude<ZeroM
     await zero(b, off + len - b);
   };
   const close = (): void => {
-    reader?.close();
+    // Called once every discard has ended (applyStream waits for them): the open, if any, is done.
+    reader?.then((r) => r.close(), () => undefined);
     reader = undefined;
   };
   return Object.assign(fn, { used, close });

@@ -171,7 +171,7 @@ export async function* encodeRecords(plan: SendPlan, source: DataSource, opts: E
   }
 
   try {
-    yield* encodeAll();
+    yield* gatherSmall(encodeAll());
   } finally {
     enc.abort(); // no-op once finished; otherwise the digest thread would hash on for nothing
   }
@@ -218,6 +218,42 @@ export async function* encodeRecords(plan: SendPlan, source: DataSource, opts: E
       bytes: end.streamBytes + parts.reduce((n, p) => n + p.length, 0),
     });
   }
+}
+
+/** Small buffers (headers, discards, data prefixes) are gathered into pieces of at most this many bytes. */
+const GATHER_BYTES = 64 << 10;
+
+/**
+ * The buffers of `gen`, small ones gathered: each was written on its own,
+ * so a stream of 100,000 discard records (40 bytes each) took 100,000
+ * writes, ~3.5 s of a 5 s send. A buffer above 4 KiB (a data record's
+ * payload, hashed and maybe reused in place) passes as it is, after what
+ * was gathered before it. A gathered piece is a buffer of its own (a
+ * Readable keeps what it is given).
+ */
+async function* gatherSmall(gen: AsyncGenerator<Buffer>): AsyncGenerator<Buffer> {
+  let stage: Buffer | undefined;
+  let n = 0;
+  for await (const b of gen) {
+    if (b.length > GATHER_BYTES >>> 4) {
+      if (n > 0) {
+        yield stage!.subarray(0, n);
+        stage = undefined;
+        n = 0;
+      }
+      yield b;
+      continue;
+    }
+    if (stage !== undefined && n + b.length > stage.length) {
+      yield stage.subarray(0, n);
+      stage = undefined;
+      n = 0;
+    }
+    stage ??= Buffer.allocUnsafe(GATHER_BYTES);
+    stage.set(b, n);
+    n += b.length;
+  }
+  if (n > 0) yield stage!.subarray(0, n);
 }
 
 /**
