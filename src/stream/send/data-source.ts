@@ -114,7 +114,7 @@ export class NativeDataSource implements DataSource {
 
   /** @internal Through a second descriptor (RangeReader), several pieces in flight. */
   async readRanges(buf: Buffer, ranges: readonly ByteRange[]): Promise<void> {
-    this.reader.assertOpen();
+    this.assertReading();
     const flat = new Float64Array(ranges.length * 3);
     ranges.forEach((r, i) => {
       if (r.offset + r.length > this.sizeBytes) {
@@ -133,11 +133,18 @@ export class NativeDataSource implements DataSource {
       return r;
     })();
     const r = await this.ranges;
+    this.assertReading(); // close() may have begun while the descriptor was being opened
     try {
       await this.track(r.readInto(buf, flat));
     } catch (e) {
       throw fromNative(e, { path: this.path });
     }
+  }
+
+  private closing = false;
+  private assertReading(): void {
+    if (this.closing) throw new DmthinError('EBADF', `${this.path} is closed`, { path: this.path, syscall: 'read' });
+    this.reader.assertOpen();
   }
 
   // Reads in flight: close() waits for them, so that its descriptors are closed when it resolves
@@ -154,7 +161,7 @@ export class NativeDataSource implements DataSource {
   }
 
   async readBlocks(unitBytes: number, blocks: readonly number[]): Promise<Buffer> {
-    this.reader.assertOpen();
+    this.assertReading();
     for (const b of blocks) {
       if ((b + 1) * unitBytes > this.sizeBytes) {
         throw new DmthinError('EIO', `read of bytes [${b * unitBytes}, ${(b + 1) * unitBytes}) is beyond the end of ${this.path} (${this.sizeBytes} bytes)`, {
@@ -169,7 +176,10 @@ export class NativeDataSource implements DataSource {
 
   /** Closes both descriptors once the reads in flight are done; they are closed when it resolves. */
   async close(): Promise<void> {
-    await Promise.all(this.inFlight);
+    // No read starts once close() has begun (an abandoned send's generator may still be running
+    // and ask for one while close() waits); those in flight, including any that started before, are waited for.
+    this.closing = true;
+    while (this.inFlight.size > 0) await Promise.all(this.inFlight);
     this.reader.close();
     const r = await this.ranges?.catch(() => undefined);
     r?.close();
