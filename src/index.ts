@@ -101,7 +101,7 @@ export { offlinePoolId } from './stream/send/plan';
 export { Repository, openBackend } from './repo/repository';
 export type {
   KeySource, ScryptParams, LockTiming, ManifestEntry, ManifestHeader, ManifestRead, GarbageReport, RepoCallOptions, PutChunkOptions,
-  RepositoryCreateOptions, RepositoryOpenOptions, BackupSummary, PutResult, BackupSession, VerifyProblem, VerifyReport, DamagedBackup,
+  RepositoryCreateOptions, RepositoryOpenOptions, BackupSummary, PutResult, BackupSession, VerifyProblem, VerifyReport, RemovedChunks, DamagedBackup,
 } from './repo/repository';
 export { createKeyFile } from './repo/keys';
 export type { Backend, ObjectInfo, BackendCallOptions, GetOptions, PutOptions } from './repo/backend';

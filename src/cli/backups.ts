@@ -3,7 +3,7 @@
  */
 import type { Command } from 'commander';
 import { dirname } from 'node:path';
-import { DmthinError, isSystemError, RepoError } from '../errors';
+import { DmthinError, isSystemError, RepoError, UsageError } from '../errors';
 import type { DamagedBackup, Repository as RepositoryT } from '../repo/repository';
 import { CliContext, parseIntArg, print } from './common';
 import { toJson } from './json';
@@ -118,12 +118,14 @@ export function register(program: Command, ctx: () => CliContext): void {
     .command('verify')
     .description("check that every backup's chunks exist (with --data: read and re-hash every chunk)")
     .requiredOption('--repo <repo>', 'the repository: a directory, or s3://BUCKET/PREFIX')
-    .option('--data', 'read, authenticate and re-hash every chunk');
+    .option('--data', 'read, authenticate and re-hash every chunk')
+    .option('--repair', 'with --data: delete the chunks found damaged (each read again first), so that the next backup of their data stores them again');
   keyOption(verify)
     .option('--json', 'print the report as JSON')
     .option('-q, --quiet', 'no progress bar')
-    .action(async (o: RepoCliOpts & { data?: boolean }) => {
+    .action(async (o: RepoCliOpts & { data?: boolean; repair?: boolean }) => {
       const c = ctx();
+      if (o.repair && !o.data) throw new UsageError('--repair needs --data: only reading every chunk finds the damaged ones');
       const repo = await openRepo(o, c);
       const bar = new Progress('verify', !o.quiet && stderrIsTTY());
       let r;
@@ -132,12 +134,19 @@ export function register(program: Command, ctx: () => CliContext): void {
       } finally {
         bar.stop();
       }
-      if (o.json) print(toJson(r) + '\n');
+      // The report first, complete, whatever the repair then does.
+      const repaired = o.repair && r.damagedChunks.length > 0 ? await repo.removeDamagedChunks(r.damagedChunks, { signal: c.signal }) : undefined;
+      if (o.json) print(toJson(repaired ? { ...r, repair: repaired } : r) + '\n');
       else {
         for (const p of r.problems) {
           print(p.index < 0 ? `backup ${p.backup}: manifest ${p.reason}\n` : `backup ${p.backup}: chunk ${p.index} at byte ${p.offset} (${p.id}) ${p.reason}\n`);
         }
         print(`${r.backups} backups, ${r.chunks} chunk references checked${o.data ? ' (data re-hashed)' : ''}: ${r.problems.length + r.problemsOmitted} problems\n`);
+        if (repaired) {
+          for (const id of repaired.removed) print(`removed damaged chunk ${id}\n`);
+          for (const id of repaired.sound) print(`kept chunk ${id}: it read sound the second time\n`);
+          print(`repair: ${repaired.removed.length} damaged chunks removed, ${repaired.sound.length} kept (sound when read again)\n`);
+        }
       }
       const n = r.problems.length + r.problemsOmitted;
       if (n > 0) {
@@ -146,14 +155,20 @@ export function register(program: Command, ctx: () => CliContext): void {
         const where = p.index < 0 ? 'its manifest' : `chunk ${p.index} (device bytes ${p.offset}..${p.offset + (list ? Math.min(list.chunkSize, list.deviceSize - p.offset) : 1) - 1})`;
         // A backup whose manifest cannot be read cannot be restored: say how to get rid of it.
         // A missing chunk: chunks are stored by content, so a full backup of a snapshot that still reads the same stores it again for every
-        // backup naming it (an incremental copies the reference from its base, and a later one with it). A damaged one is present: a
-        // backup does not store it again.
+        // backup naming it (an incremental copies the reference from its base, and a later one with it). A damaged one is present, and a
+        // backup does not store a present chunk again: --repair removes it first.
+        const storeAgain = 'a dmthin backup --full of a snapshot that still holds that data stores it again, else delete them (dmthin backups delete)';
+        const removed = repaired?.removed.includes(p.id) === true;
         const fix =
           p.index < 0
             ? `; it cannot be restored: delete it with dmthin backups delete --repo ${o.repo} --backup ${p.backup}, or restore its files from a copy`
-            : p.reason === 'missing'
-              ? `; the backups naming it cannot be restored whole, nor can incrementals made on them: a dmthin backup --full of a snapshot that still holds that data stores it again, else delete them (dmthin backups delete)`
-              : '';
+            : p.reason === 'missing' || removed
+              ? `${removed ? ' (now removed)' : ''}; the backups naming it cannot be restored whole, nor can incrementals made on them: ${storeAgain}`
+              : repaired?.sound.includes(p.id) === true
+                ? '; it read sound the second time, so it was kept: run verify --data again to see whether the fault was passing'
+                : r.damagedChunks.includes(p.id)
+                  ? `; a backup does not store a chunk that is present again: dmthin backups verify --repo ${o.repo} --data --repair removes the damaged ones, then ${storeAgain}`
+                  : '';
         throw new RepoError(p.reason === 'missing' ? 'not-found' : 'corrupt', `${n} problem${n === 1 ? '' : 's'} found; the first: backup ${p.backup}, ${where} is ${p.reason}${fix}`, { backup: p.backup });
       }
     });

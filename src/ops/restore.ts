@@ -488,7 +488,12 @@ async function apply(
 function chunkError(err: unknown, backup: string, e: ManifestEntry, off: number, len: number): unknown {
   if (!(err instanceof RepoError)) return err;
   const what = err.reason === 'not-found' ? 'is missing' : err.reason === 'corrupt' ? 'is damaged' : 'cannot be read';
-  return new RepoError(err.reason, `backup ${backup}: chunk ${e.index} (device bytes ${off}..${off + len - 1}) ${what}: ${err.message}`, {
+  // A backup does not store a chunk that is present again, so a damaged one must go before one can replace it.
+  const heal =
+    err.reason === 'corrupt'
+      ? ' (dmthin backups verify --data --repair removes damaged chunks; a dmthin backup --full of a snapshot that still holds that data then stores it again)'
+      : '';
+  return new RepoError(err.reason, `backup ${backup}: chunk ${e.index} (device bytes ${off}..${off + len - 1}) ${what}: ${err.message}${heal}`, {
     key: err.key,
     backup,
     index: e.index,

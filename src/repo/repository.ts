@@ -156,6 +156,21 @@ export interface VerifyReport {
   problems: VerifyProblem[];
   /** Problems found beyond those listed. */
   problemsOmitted: number;
+  /**
+   * With `data`: the distinct chunks that are present but fail their
+   * authentication or hash (removeDamagedChunks takes them); else empty.
+   */
+  damagedChunks: string[];
+}
+
+/** What removeDamagedChunks did with each id it was given. */
+export interface RemovedChunks {
+  /** Read again, damaged again: deleted. */
+  removed: string[];
+  /** Read again and sound this time (the first read's fault was passing): kept. */
+  sound: string[];
+  /** Absent already. */
+  absent: string[];
 }
 
 /**
@@ -571,7 +586,7 @@ export class Repository implements AsyncDisposable {
   async verify(opts: { data?: boolean; onProgress?: (p: { backups: number; chunks: number }) => void } & RepoCallOptions = {}): Promise<VerifyReport> {
     this.live();
     const signal = opts.signal;
-    const report: VerifyReport = { backups: 0, chunks: 0, problems: [], problemsOmitted: 0 };
+    const report: VerifyReport = { backups: 0, chunks: 0, problems: [], problemsOmitted: 0, damagedChunks: [] };
     const problem = (p: VerifyProblem) => {
       if (report.problems.length < MAX_PROBLEMS) report.problems.push(p);
       else report.problemsOmitted++;
@@ -597,6 +612,8 @@ export class Repository implements AsyncDisposable {
         if (e.reason === 'not-found') r = 'missing';
         else if (e.reason === 'corrupt' || e.reason === 'format') r = 'corrupt';
         else throw e;
+        // 'format' (a newer dmthin's object) is unusable here, but not damaged: never offered for removal.
+        if (e.reason === 'corrupt') report.damagedChunks.push(id);
       }
       checked.set(id, r);
       return r;
@@ -654,6 +671,47 @@ export class Repository implements AsyncDisposable {
     const when = (id: string): number => created.get(id) ?? Infinity;
     report.problems.sort((a, b) => when(a.backup) - when(b.backup) || (a.backup < b.backup ? -1 : a.backup > b.backup ? 1 : a.index - b.index));
     return report;
+  }
+
+  /**
+   * Deletes chunks that are present but damaged (verify({data: true})'s
+   * damagedChunks), so that the next backup of data that hashes to them
+   * stores them again: a backup stores a chunk only when it is absent, and
+   * trusted a damaged one, so no backup could heal it, and every new backup
+   * of that data named it and could not be restored. Chunks are stored by
+   * content: once stored again, every backup naming them reads whole. Each
+   * is read again first and deleted only if it is damaged again (a fault of
+   * the first read, e.g. in transit, deletes nothing). Under the exclusive
+   * lock, as collectGarbage: refused with 'locked' while a backup runs.
+   */
+  async removeDamagedChunks(ids: readonly string[], opts: RepoCallOptions = {}): Promise<RemovedChunks> {
+    this.live();
+    for (const id of ids) if (typeof id !== 'string' || !isChunkId(id)) throw new RepoError('config', `${String(id)} is not a chunk id (64 hex digits); nothing was deleted`);
+    const done: RemovedChunks = { removed: [], sound: [], absent: [] };
+    const lock = await this.locks.acquire('exclusive', 'remove damaged chunks', undefined, opts.signal);
+    try {
+      for (const id of new Set(ids)) {
+        throwIfAborted(opts.signal);
+        try {
+          await this.getChunk(id, opts);
+          done.sound.push(id);
+          continue;
+        } catch (e) {
+          if (!(e instanceof RepoError)) throw e;
+          if (e.reason === 'not-found') {
+            done.absent.push(id);
+            continue;
+          }
+          if (e.reason !== 'corrupt') throw e;
+        }
+        lock.check();
+        await this.backend.delete([chunkKey(id)], opts);
+        done.removed.push(id);
+      }
+    } finally {
+      await lock.release();
+    }
+    return done;
   }
 
   /** Deletes backups' manifests (header first, then map); chunks stay until collectGarbage. Unknown ids: 'not-found', nothing deleted. */

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { Repository } from '../../src/repo/repository';
 import { CLI } from './run-cli';
 import { scratch, type Scratch } from '../stream/helpers';
-import { edit, makePool, runs, type PoolImages } from '../ops/backup-fixture';
+import { deviceBytes, edit, makePool, runs, type PoolImages } from '../ops/backup-fixture';
 
 const BS = 128;
 const BLOCK = BS * 512;
@@ -231,7 +231,7 @@ test('a FIFO or a link to /dev/zero in place of a chunk: verify --data and resto
   symlinkSync('/dev/zero', b);
   const v = cli(['backups', 'verify', '--repo', loc, '--data', '-q'], { timeout: 20_000 });
   expect(v.status).toBe(1);
-  expect(oneLine(v.stderr)).toMatch(/^dmthin backups verify: 2 problems found; .* is corrupt \[EBADMSG\]$/);
+  expect(oneLine(v.stderr)).toMatch(/^dmthin backups verify: 2 problems found; .* is corrupt; .* --data --repair removes the damaged ones, .*\[EBADMSG\]$/);
   const r = cli(['restore', '--repo', loc, '--backup', ids.vol[0], '--target', s.path('fifo.img'), '--create', '-q'], { timeout: 20_000 });
   expect(r.status).toBe(1);
   expect(oneLine(r.stderr)).toMatch(/in the local repository is (a FIFO|a symbolic link), not a regular file; the object is damaged or was replaced.*\[EBADMSG\]$/);
@@ -311,4 +311,50 @@ test('backups verify: a backup whose map is damaged is named with how to delete 
   expect(r.status).toBe(1);
   const line = oneLine(r.stderr);
   expect(line).toMatch(new RegExp(`^dmthin backups verify: 1 problem found; the first: backup ${ids.vol[1]}, its manifest is \\S+; it cannot be restored: delete it with dmthin backups delete --repo \\S+ --backup ${ids.vol[1]}, or restore its files from a copy \\[EBADMSG\\]$`));
+});
+
+test('a damaged chunk: verify --data --repair removes it, the next --full backup stores it again, and every backup naming it restores whole (found by an outside hunt)', () => {
+  const repo = s.path('heal-repo');
+  expect(cli(['backups', 'init', '--repo', repo]).status).toBe(0);
+  const first = JSON.parse(cli(offline(2, repo, 'vm1', ['--json', '-q'])).stdout).id as string;
+  const want = deviceBytes(pool, 2, SIZE);
+  const restore = (id: string, name: string) => cli(['restore', '--repo', repo, '--backup', id, '--target', s.path(name), '--create', '-q']);
+  // Damage one chunk that holds data (the largest file: not the all-zero chunk).
+  const files = readdirSync(join(repo, 'chunks')).flatMap((d) => readdirSync(join(repo, 'chunks', d)).map((f) => join(repo, 'chunks', d, f)));
+  const victim = files.sort((a, b) => readFileSync(b).length - readFileSync(a).length)[0];
+  const victimId = victim.slice(victim.lastIndexOf('/') + 1);
+  flip(victim);
+  const v = cli(['backups', 'verify', '--repo', repo, '--data', '-q']);
+  expect(v.status).toBe(1);
+  expect(oneLine(v.stderr)).toContain(`dmthin backups verify --repo ${repo} --data --repair removes the damaged ones, then a dmthin backup --full`);
+  // A full backup alone cannot heal it: the chunk is present, so it is not stored again (restore says what to do).
+  const second = JSON.parse(cli(offline(2, repo, 'vm1', ['--full', '--json', '-q'])).stdout).id as string;
+  const r2 = restore(second, 'heal-2.img');
+  expect(r2.status).toBe(1);
+  expect(oneLine(r2.stderr)).toContain('dmthin backups verify --data --repair removes damaged chunks; a dmthin backup --full of a snapshot that still holds that data then stores it again');
+  expect(cli(['backups', 'verify', '--repo', repo, '--repair', '-q']).status).toBe(1); // --repair needs --data
+  expect(existsSync(victim)).toBe(true);
+  const rep = cli(['backups', 'verify', '--repo', repo, '--data', '--repair', '-q']);
+  expect(rep.status).toBe(1);
+  expect(rep.stdout).toContain(`removed damaged chunk ${victimId}\n`);
+  expect(rep.stdout).toContain('repair: 1 damaged chunks removed, 0 kept');
+  expect(oneLine(rep.stderr)).toContain('(now removed); the backups naming it cannot be restored whole');
+  expect(existsSync(victim)).toBe(false);
+  const third = JSON.parse(cli(offline(2, repo, 'vm1', ['--full', '--json', '-q'])).stdout);
+  expect(third.chunksNew).toBe(1);
+  expect(cli(['backups', 'verify', '--repo', repo, '--data', '-q']).status).toBe(0);
+  for (const [id, name] of [[first, 'heal-1.img'], [second, 'heal-2b.img'], [third.id as string, 'heal-3.img']]) {
+    expect(restore(id, name).status).toBe(0);
+    expect(readFileSync(s.path(name)).equals(want)).toBe(true);
+  }
+});
+
+test('removeDamagedChunks: a chunk that reads sound again is kept; an absent one is said; not a chunk id refuses before anything', async () => {
+  const { loc } = await makeRepo('heal-api', ['vol'], 1);
+  await using repo = await Repository.open(loc);
+  const d = readdirSync(join(loc, 'chunks'))[0];
+  const id = readdirSync(join(loc, 'chunks', d))[0];
+  await expect(repo.removeDamagedChunks([id, 'f'.repeat(64)])).resolves.toEqual({ removed: [], sound: [id], absent: ['f'.repeat(64)] });
+  await expect(repo.removeDamagedChunks(['nope'])).rejects.toMatchObject({ name: 'RepoError', reason: 'config', code: 'EINVAL' });
+  expect(existsSync(join(loc, 'chunks', d, id))).toBe(true);
 });

@@ -94,6 +94,10 @@ describeS3('Repository on S3 (Ceph radosgw)', (s3) => {
     );
     expect(await rejection(repo.getChunk(gone))).toMatchObject({ reason: 'not-found' });
     expect(await rejection(repo.getChunk(bad))).toMatchObject({ reason: 'corrupt' });
+    // The damaged one is removed (so that a backup can store it again); the missing one is said to be absent.
+    expect(rep.damagedChunks).toEqual([bad]);
+    expect(await repo.removeDamagedChunks([...rep.damagedChunks, gone])).toEqual({ removed: [bad], sound: [], absent: [gone] });
+    expect(await rejection(repo.getChunk(bad))).toMatchObject({ reason: 'not-found' });
     await raw.put(badKey, original);
 
     // Prune the first backup: its 6 own chunks go, B's stay readable.
