@@ -6,7 +6,7 @@
 import type { Command } from 'commander';
 import { AbortError, DmthinError, MetadataError, UsageError } from '../errors';
 import type { CheckPhase, CheckProblem, CheckReport } from '../thin/check';
-import { CliContext, print } from './common';
+import { CliContext, errorLine, print } from './common';
 import { Progress, stderrIsTTY } from './progress';
 import { toJson } from './json';
 import { MetadataSnapOpts, namesPool, openMetadata } from './metadata-source';
@@ -121,6 +121,8 @@ export function register(program: Command, ctx: () => CliContext): void {
       let report: CheckReport;
       let why = '';
       let opened = false;
+      // Why the metadata could not be opened, when that is not a check finding (no such file, no snapshot held).
+      let openError: DmthinError | undefined;
       try {
         const md = await openMetadata(metadata, src, c);
         opened = true;
@@ -150,6 +152,7 @@ export function register(program: Command, ctx: () => CliContext): void {
         // the text form gives the error's own line.
         const cannotOpen = !opened && (o.quiet || o.json) && e instanceof DmthinError && !(e instanceof UsageError) && !(e instanceof AbortError);
         if (!(e instanceof MetadataError) && !cannotOpen) throw e;
+        if (!(e instanceof MetadataError)) openError = e as DmthinError;
         report = thinCheck().openFailureReport(e as DmthinError);
         why = 'the metadata could not be opened';
         opened = false;
@@ -163,7 +166,9 @@ export function register(program: Command, ctx: () => CliContext): void {
       else if (!o.quiet) await writeStdout(report.problems.map((p) => problemLine(p) + '\n').join('') + summary(report, why, read));
       if (failed) {
         c.exitStatus = 1;
-        if (!o.quiet) {
+        // The --json report says it too; the line is the one the text form prints, with the error's own code.
+        if (!o.quiet && openError) process.stderr.write(errorLine('dmthin check', openError) + '\n');
+        else if (!o.quiet) {
           const what = report.fatal > 0 ? `${report.fatal} fatal problem${report.fatal === 1 ? '' : 's'}` : `${report.nonFatal} non-fatal problem${report.nonFatal === 1 ? '' : 's'}`;
           process.stderr.write(`dmthin check: ${metadata}: ${what} found [EUCLEAN]\n`);
         }

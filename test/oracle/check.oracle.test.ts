@@ -214,12 +214,15 @@ describeOracle('dmthin check vs thin_check 0.9.0', () => {
           expect(j.fatal).toBe(1);
           expect(j.problems.map((p) => p.kind)).toEqual(['open']);
           expect(Object.values(j.counts).every((v) => v === null)).toBe(true);
+          // The problem's message is the error's; without -q the line on stderr is the text form's (its code too, not a verdict's EUCLEAN).
           if (flags.includes('-q')) expect(o.stderr).toBe('');
+          else expect([what, o.stderr]).toEqual([what, (await run(process.execPath, [CLI, 'check', ...args])).stderr]);
         }
         // Without -q or --json, the error's own line.
         const plain = await run(process.execPath, [CLI, 'check', ...args]);
         expect([what, plain.status, plain.stdout]).toEqual([what, 1, '']);
         expect(plain.stderr).toMatch(/^dmthin check: .*\[E[A-Z]+\]\n$/);
+        expect(plain.stderr).not.toContain('EUCLEAN');
       }
     } finally {
       rmSync(clean);
