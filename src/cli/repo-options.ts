@@ -41,7 +41,8 @@ export function cliWording(e: unknown): unknown {
       .replace(/\(option deviceSize\)/g, '(--size BYTES)')
       .replace(/option deviceSize/g, '--size BYTES')
       .replace(/\(option full\)/g, '(--full)')
-      .replace(/\(option create makes a file target\)/g, '(--create makes a file target)');
+      .replace(/\(option create makes a file target\)/g, '(--create makes a file target)')
+      .replace(/option create grows the file/g, '--create grows the file');
   }
   return e;
 }

@@ -218,7 +218,8 @@ class Receiver {
     // Opening does not write; it does check access early (and EBUSY for a claimed device).
     this.writer ??= await BlockWriter.open(this.o.target, { direct: this.o.direct });
     if (this.writer.size < h.deviceSize && !(this.o.create && !this.info.blockDevice)) {
-      throw new StreamError('target-size', `target ${this.o.target} is ${this.writer.size} bytes, the stream's device is ${h.deviceSize} bytes`, {
+      const fix = this.info.blockDevice ? `give a device of at least ${h.deviceSize} bytes (or grow this one)` : `option create grows the file, or give a target of at least ${h.deviceSize} bytes`;
+      throw new StreamError('target-size', `target ${this.o.target} is ${this.writer.size} bytes, the stream's device is ${h.deviceSize} bytes: ${fix}`, {
         path: this.o.target,
         targetSize: this.writer.size,
         deviceSize: h.deviceSize,

@@ -162,7 +162,9 @@ async function restoreFrom(repo: Repository, o: RestoreOptions): Promise<Restore
     }
     const sizeBefore = writer.size;
     if (sizeBefore < deviceSize && (info.blockDevice || !o.create)) {
-      throw new DmthinError('ENOSPC', `target ${o.target} is ${sizeBefore} bytes, backup ${o.backup}'s device is ${deviceSize} bytes`, {
+      // ENOSPC: the target has no room for the device (not a full filesystem; the line says which).
+      const fix = info.blockDevice ? `give a device of at least ${deviceSize} bytes (or grow this one)` : `option create grows the file, or give a target of at least ${deviceSize} bytes`;
+      throw new DmthinError('ENOSPC', `target ${o.target} is ${sizeBefore} bytes, backup ${o.backup}'s device is ${deviceSize} bytes: ${fix}`, {
         path: o.target,
         targetSize: sizeBefore,
         deviceSize,

@@ -358,3 +358,15 @@ test('removeDamagedChunks: a chunk that reads sound again is kept; an absent one
   await expect(repo.removeDamagedChunks(['nope'])).rejects.toMatchObject({ name: 'RepoError', reason: 'config', code: 'EINVAL' });
   expect(existsSync(join(loc, 'chunks', d, id))).toBe(true);
 });
+
+test('restore onto a file smaller than the device: exit 1 naming --create and the size needed, the file untouched (found by an outside hunt)', () => {
+  const repo = s.path('small-repo');
+  expect(cli(['backups', 'init', '--repo', repo]).status).toBe(0);
+  const id = JSON.parse(cli(offline(1, repo, 'vm1', ['--json', '-q'])).stdout).id as string;
+  const small = s.path('small.img');
+  writeFileSync(small, Buffer.alloc(4096, 7));
+  const r = cli(['restore', '--repo', repo, '--backup', id, '--target', small, '-q']);
+  expect(r.status).toBe(1);
+  expect(oneLine(r.stderr)).toBe(`dmthin restore: target ${small} is 4096 bytes, backup ${id}'s device is ${SIZE} bytes: --create grows the file, or give a target of at least ${SIZE} bytes [ENOSPC]`);
+  expect(readFileSync(small).equals(Buffer.alloc(4096, 7))).toBe(true);
+});

@@ -132,7 +132,13 @@ describe.each(['file', 'pipe'] as const)('input through a %s', (how) => {
 
   test('a target smaller than the device', async () => {
     const t = await target('junk', SIZE - 512);
-    expect(await refused(t, streams.full1, how)).toMatchObject({ reason: 'target-size', code: 'ENOSPC', targetSize: SIZE - 512, deviceSize: SIZE });
+    expect(await refused(t, streams.full1, how)).toMatchObject({
+      reason: 'target-size',
+      code: 'ENOSPC',
+      targetSize: SIZE - 512,
+      deviceSize: SIZE,
+      message: expect.stringContaining(`the stream's device is ${SIZE} bytes: option create grows the file, or give a target of at least ${SIZE} bytes`),
+    });
   });
 
   test('trailing bytes, another format version, not a stream at all', async () => {
