@@ -286,6 +286,30 @@ test('an interrupted apply leaves the target marked inconsistent until that stre
   expect(JSON.parse(readFileSync(`${t}.dmthin-state.json`, 'utf8')).pending).toBeNull();
 });
 
+test('a stream of another format version is the same stream only when both carry the same mapping root: a version-4 stream after a version-3 receive is not (found by an outside hunt: taken as applied, exit 0, old content)', async () => {
+  const t = s.path('crossver');
+  junkFile(t, 400 * BS, 98);
+  await receive({ target: t, input: Readable.from([await make(1, undefined, 400 * BS)]) });
+  const inc5v3 = await make(5, 1, 400 * BS, 3);
+  const inc5v4 = await make(5, 1, 400 * BS);
+  // Interrupted after a write as version 3: marked pending, with no mapping root.
+  const ac = new AbortController();
+  await expect(
+    receive({ target: t, input: Readable.from([inc5v3]), signal: ac.signal, onProgress: (p) => p.phase === 'apply' && ac.abort() }),
+  ).rejects.toBeInstanceOf(AbortError);
+  const st = JSON.parse(readFileSync(`${t}.dmthin-state.json`, 'utf8'));
+  expect([st.pending.formatVersion, st.pending.mappingRoot]).toEqual([3, undefined]);
+  // The version-4 stream of the same identity cannot show that snapshot 5 was not written since: not the retry.
+  expect((await refused(t, inc5v4, 'pipe')).message).toMatch(/interrupted/);
+  await receive({ target: t, input: Readable.from([inc5v3]) }); // the same version-3 stream completes it
+  expect(sha256File(t)).toBe(await expectedSha(md, 5, 400 * BS));
+  // Received as version 3, sent again as version 4: not "the stream the target holds" either (its base is not held).
+  expect(await refused(t, inc5v4, 'file')).toMatchObject({ reason: 'base-mismatch' });
+  // The version-3 stream again is (same digest).
+  await receive({ target: t, input: Readable.from([inc5v3]) });
+  expect(sha256File(t)).toBe(await expectedSha(md, 5, 400 * BS));
+});
+
 /** Flips a byte of the last data record's payload and seals the record's CRC again: only a digest of the whole stream sees it. */
 function resealedChange(stream: Buffer): Buffer {
   const b = Buffer.from(stream);

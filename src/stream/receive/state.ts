@@ -209,17 +209,20 @@ export async function writeState(file: string, state: ReceiveState): Promise<voi
  */
 /**
  * Whether `h` (its whole-stream digest `digest`) is the stream `e` records:
- * the same digest, or, sent as the other format version (another digest for
- * the same records: a sender upgraded in between), the same snapshot, base
- * and size.
+ * the same digest, or, sent as another format version (another digest for
+ * the same records: a sender upgraded in between), the same snapshot, base,
+ * size and mapping root.
  */
 function sameStream(e: StateEntry, h: StreamHeader, digest: string): boolean {
   if (e.digest === digest) return true;
   if ((e.formatVersion ?? 1) === h.version) return false;
   // Another version's bytes: the same records only if the snapshot is the one
-  // recorded. Its identity survives a write; its mapping root does not, and a
-  // stream without one (version 3 after a version-4 receive) cannot show it.
-  if (e.mappingRoot !== undefined && h.targetRoot !== e.mappingRoot) return false;
+  // recorded. Its identity survives a write; its mapping root does not, so
+  // both must carry one (version 4 on): a version-4 stream after a version-3
+  // receive, or the reverse, cannot show that the snapshot was not written
+  // in between (a version-4 stream of a rewritten snapshot was taken as the
+  // one a version-3 receive had applied, exit 0 with the old content).
+  if (e.mappingRoot === undefined || h.targetRoot === undefined || h.targetRoot !== e.mappingRoot) return false;
   return e.snapshot.key === identityKey(h.target) && (e.base?.key ?? null) === (h.base ? identityKey(h.base) : null) && e.deviceSize === h.deviceSize;
 }
 
