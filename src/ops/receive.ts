@@ -269,7 +269,7 @@ class Receiver {
       });
       recorded = true;
       // A file target (created, or allowed to grow with `create`) becomes as large as the device.
-      if (!writer.info.blockDevice && writer.size < header.deviceSize) await writer.extend(header.deviceSize);
+      if (!writer.info.blockDevice && writer.size < header.deviceSize) await this.grow(writer, header.deviceSize, before, () => (recorded = false));
       // Grown: the base had no blocks there, so neither does the delta; the target's old bytes must go.
       if (baseSize !== undefined && baseSize < header.deviceSize) await zero(baseSize, header.deviceSize - baseSize);
     };
@@ -325,6 +325,31 @@ class Receiver {
       if (!isSystemError(e)) throw e;
       const why = whyCannotGrow(x);
       throw new SystemCallError(x.code ?? 'EIO', `cannot make the target ${this.o.target} ${size} bytes, the stream's device size: ${why}; nothing was written and the file this receive created was removed`, {
+        syscall: x.syscall,
+        path: this.o.target,
+        cause: e,
+      });
+    }
+  }
+
+  /**
+   * Grows an existing file target to the stream's device size, right after
+   * `pending` was recorded. A grow that fails changed nothing (the file keeps
+   * its bytes, size and time), so the state it had (`before`) is put back and
+   * `undone` called: the receive fails saying nothing was written. Before, it
+   * stayed pending, "partly written: run the same receive again", which
+   * failed the same way, and every incremental after it was refused.
+   */
+  private async grow(writer: BlockWriter, size: number, before: Awaited<ReturnType<typeof readState>>, undone: () => void): Promise<void> {
+    try {
+      await writer.extend(size);
+    } catch (e) {
+      if (!isSystemError(e) || !before.ok) throw e;
+      const back = before.state ? writeState(this.stateFile, before.state) : unlink(this.stateFile);
+      if (!(await back.then(() => true, () => false))) throw e;
+      undone();
+      const x = e as NodeJS.ErrnoException;
+      throw new SystemCallError(x.code ?? 'EIO', `cannot grow the target ${this.o.target} to ${size} bytes, the stream's device size: ${whyCannotGrow(x)}; nothing was written and its receive state is as it was`, {
         syscall: x.syscall,
         path: this.o.target,
         cause: e,

@@ -14,7 +14,7 @@
  */
 import { realpath, stat, unlink } from 'node:fs/promises';
 import { isAbsolute, resolve, sep } from 'node:path';
-import { DmthinError, RepoError, SystemCallError, throwIfAborted, UsageError } from '../errors';
+import { DmthinError, isSystemError, RepoError, SystemCallError, throwIfAborted, UsageError } from '../errors';
 import { needDirectory, refuseForeignStateFile, refuseOutputOverInputs, sameTarget, stateNotRecorded, completionNotRecorded, targetIdentity, fileStamp, sameStamp, realPathOf, type FileStamp } from '../output/file';
 import { BlockWriter, type WriteSegment } from '../native/block-writer';
 import { inspectTarget, resolveZeroMethod, whyCannotGrow, zeroer, type ZeroMethod } from '../stream/receive/target';
@@ -185,12 +185,30 @@ async function restoreFrom(repo: Repository, o: RestoreOptions): Promise<Restore
       pending: entry,
       file: null,
     };
+    // What the state file was, to put back if growing the target fails (a damaged one is left pending).
+    const stateFileWas = state !== null ? 'read' : await stat(stateFile).then(() => 'damaged' as const, () => 'absent' as const);
     // From here on the target is in between, until the end.
     await writeRestoreState(stateFile, pending).catch(async (e: unknown) => {
       if (created) await removeCreated();
       throw stateNotRecorded(e, 'restore', stateFile, o.target, created);
     });
-    if (!writer.info.blockDevice && writer.size < deviceSize) await writer.extend(deviceSize);
+    if (!writer.info.blockDevice && writer.size < deviceSize) {
+      try {
+        await writer.extend(deviceSize);
+      } catch (e) {
+        // A grow that fails changes nothing (bytes, size, time): the state goes back, and the line says so
+        // (before, it stayed pending: "incomplete, restore a backup onto it again", which failed the same way).
+        if (!isSystemError(e) || stateFileWas === 'damaged') throw e;
+        const back = stateFileWas === 'read' ? writeRestoreState(stateFile, state!) : unlink(stateFile);
+        if (!(await back.then(() => true, () => false))) throw e;
+        const x = e as NodeJS.ErrnoException;
+        throw new SystemCallError(x.code ?? 'EIO', `cannot grow the target ${o.target} to ${deviceSize} bytes, backup ${o.backup}'s device size: ${whyCannotGrow(x)}; nothing was written and its restore state is as it was`, {
+          syscall: x.syscall,
+          path: o.target,
+          cause: e,
+        });
+      }
+    }
     // A new file, or a grown one's tail, already reads as zeros there.
     const zerosFrom = created ? 0 : Math.min(sizeBefore, deviceSize);
     const zero = zeroer(writer, info.blockDevice ? info : { ...info, exists: true }, resolveZeroMethod(info, o.zero));

@@ -222,6 +222,28 @@ describeEachRepo('backups', (loc) => {
     expect(sha256(readFileSync(target))).toBe(sha256(deviceBytes(pool, 3, SIZE)));
   });
 
+  test('a smaller file target that cannot grow (EFBIG) with create: nothing written, the restore state as it was (found by an outside hunt: left pending)', async () => {
+    const target = s.path(`${loc.name}-nogrow.img`);
+    await restore({ repo, backup: done.b2.id, target, create: true });
+    const { truncateSync } = await import('node:fs');
+    truncateSync(target, SIZE / 2);
+    const stateFile = `${target}.dmthin-restore.json`;
+    const stateBefore = readFileSync(stateFile, 'utf8');
+    const bytesBefore = readFileSync(target);
+    const { BlockWriter } = await import('../../src/native/block-writer');
+    const { SystemCallError } = await import('../../src/errors');
+    const spy = jest.spyOn(BlockWriter.prototype, 'extend').mockRejectedValue(new SystemCallError('EFBIG', 'File too large', { syscall: 'ftruncate', path: target }));
+    let e: unknown;
+    try {
+      e = await restore({ repo, backup: done.b3.id, target, create: true }).catch((x: unknown) => x);
+    } finally {
+      spy.mockRestore();
+    }
+    expect(e).toMatchObject({ code: 'EFBIG', message: expect.stringMatching(/^cannot grow the target .* to \d+ bytes, backup .*'s device size: its filesystem does not take a file that large; nothing was written and its restore state is as it was$/) });
+    expect(readFileSync(stateFile, 'utf8')).toBe(stateBefore);
+    expect(readFileSync(target).equals(bytesBefore)).toBe(true);
+  });
+
   test('a base deleted (pruned) after it was chosen: the backup plans again against what is left', async () => {
     const b2 = await backup({ ...image(), repo, volume: 'vol-gone', snap: 2 });
     const b3 = await backup({ ...image(), repo, volume: 'vol-gone', snap: 3 });

@@ -7,7 +7,8 @@
 import { existsSync, linkSync, mkdirSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import { Readable } from 'node:stream';
 import fc from 'fast-check';
-import { AbortError, DmthinError, StreamError, UsageError } from '../../src/errors';
+import { AbortError, DmthinError, StreamError, SystemCallError, UsageError } from '../../src/errors';
+import { BlockWriter } from '../../src/native/block-writer';
 import { receive } from '../../src/ops/receive';
 import { sendStream } from '../../src/stream/send/send-stream';
 import { crc32cOf, RECORD_HEADER_SIZE } from '../../src/stream/format/records';
@@ -308,6 +309,24 @@ test('a stream of another format version is the same stream only when both carry
   // The version-3 stream again is (same digest).
   await receive({ target: t, input: Readable.from([inc5v3]) });
   expect(sha256File(t)).toBe(await expectedSha(md, 5, 400 * BS));
+});
+
+test('a file target that cannot grow (EFBIG) with create: nothing written, the receive state as it was, the chain goes on (found by an outside hunt: left pending, every incremental refused)', async () => {
+  const t = await target('dev1');
+  const before = snapshotOf(t);
+  const bigger = await make(2, undefined, 2 * SIZE);
+  const spy = jest.spyOn(BlockWriter.prototype, 'extend').mockRejectedValue(new SystemCallError('EFBIG', 'File too large', { syscall: 'ftruncate', path: t }));
+  let e: unknown;
+  try {
+    e = await receive({ target: t, input: Readable.from([bigger]), create: true }).catch((x: unknown) => x);
+  } finally {
+    spy.mockRestore();
+  }
+  expect(e).toMatchObject({ code: 'EFBIG', message: expect.stringMatching(/^cannot grow the target .* to \d+ bytes, the stream's device size: its filesystem does not take a file that large; nothing was written and its receive state is as it was$/) });
+  expect(snapshotOf(t)).toEqual(before);
+  // Still device 1's target: the next incremental applies.
+  await receive({ target: t, input: Readable.from([streams.inc2from1]) });
+  expect(sha256File(t)).toBe(await expectedSha(md, 2, SIZE));
 });
 
 /** Flips a byte of the last data record's payload and seals the record's CRC again: only a digest of the whole stream sees it. */
