@@ -15,7 +15,7 @@
  * writing.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { constants, existsSync, readFileSync, realpathSync, statSync } from 'node:fs';
+import { constants, existsSync, lstatSync, readFileSync, readlinkSync, realpathSync, statSync } from 'node:fs';
 import { lstat, mkdir, open, readdir, readFile, readlink, realpath, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { Writable } from 'node:stream';
@@ -360,15 +360,31 @@ export function targetIdentity(path: string): string | null {
   return `file:${st.dev}:${st.ino}:${st.birthtimeNs}`;
 }
 
-/** A path with its links followed as the kernel follows them; for one that does not exist yet, its directory's. */
+/** A path with its links followed as the kernel follows them; for one that does not exist yet, where a dangling link leads, in its directory's real place. */
 export function realPathOf(path: string): string {
   try {
     return realpathSync.native(path);
   } catch {
+    // Not there (yet). A dangling symbolic link leads to where the file will be made (an
+    // open with O_CREAT follows it): followed, so a receive with --create through the link
+    // keeps its state beside the file, as it does once the file exists.
+    let p = resolve(path);
+    for (let hops = 0; hops < 40; hops++) {
+      try {
+        if (!lstatSync(p).isSymbolicLink()) break;
+        p = resolve(dirname(p), readlinkSync(p));
+      } catch {
+        break;
+      }
+    }
     try {
-      return join(realpathSync.native(dirname(path)), basename(path));
+      return realpathSync.native(p);
     } catch {
-      return resolve(path);
+      try {
+        return join(realpathSync.native(dirname(p)), basename(p));
+      } catch {
+        return p;
+      }
     }
   }
 }

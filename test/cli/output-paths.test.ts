@@ -100,6 +100,18 @@ test('the same place however spelled, before it exists: a dangling symlink to th
   }
 });
 
+test('receive --create through a dangling symlink: the state is kept beside the file the link leads to, where any path to that file finds it (found by an outside hunt)', () => {
+  const base = i.s.path(`dangle-${Date.now()}`);
+  mkdirSync(join(base, 'sl'), { recursive: true });
+  symlinkSync('../real.img', join(base, 'sl', 'link.img'));
+  const r = runCli(['receive', '--target', join(base, 'sl', 'link.img'), '--create', '-i', i.stream, '-q']);
+  expect([r.status, r.stderr]).toEqual([0, '']);
+  expect(existsSync(join(base, 'real.img'))).toBe(true);
+  // Before: sl/link.img.dmthin-state.json, which the real path (base/real.img) does not look for.
+  expect(existsSync(join(base, 'real.img.dmthin-state.json'))).toBe(true);
+  expect(existsSync(join(base, 'sl', 'link.img.dmthin-state.json'))).toBe(false);
+});
+
 test('-o as the kernel opens it: /dev/stdout on a pipe is written in place, lnk/../x lands in the directory lnk leads to (both doubtful in stop 39)', () => {
   const plain = runCli(['dump', i.meta]);
   expect(plain.status).toBe(0);
