@@ -139,6 +139,8 @@ describe('codecs', () => {
     expect(bad((b) => b.writeUInt32LE(5, 8))).toMatchObject({ reason: 'version', code: 'EPROTONOSUPPORT' });
     expect(bad((b) => b.writeUInt32LE(5, 8)).message).toMatch(/^stream format version 5 is not supported \(this build reads versions 1, 2, 3 and 4\): upgrade dmthin/);
     expect(bad((b) => b.writeUInt32LE(0, 8))).toMatchObject({ reason: 'version', code: 'EPROTONOSUPPORT' });
+    // Version 0 is no newer dmthin's: not "upgrade dmthin" (outside hunt).
+    expect(bad((b) => b.writeUInt32LE(0, 8)).message).toMatch(/^stream format version 0 is not supported \(.*\): no dmthin writes it: the stream is damaged or not from dmthin$/);
     expect(decodeHeaderPayload(good, where).version).toBe(1);
     expect(decodeHeaderPayload(Buffer.from(good).fill(2, 8, 9), where).version).toBe(2);
     expect(decodeHeaderPayload(Buffer.from(good).fill(3, 8, 9), where).version).toBe(3);
@@ -530,6 +532,10 @@ describe('verifier', () => {
       [end, (r) => (r[RECORD_HEADER_SIZE + 40] ^= 1), 'digest'],
     ];
     for (const [off, edit, reason] of cases) expect([reason, refusal(() => verify(reseal(s, off, edit))).reason]).toEqual([reason, reason]);
+    // A data record at block 2^53 - 1: named by block and exact byte, not a rounded byte range (outside hunt).
+    const far = refusal(() => verify(reseal(s, d2, (r) => (r.writeUInt32LE(0xffffffff, RECORD_HEADER_SIZE), r.writeUInt32LE(0x1fffff, RECORD_HEADER_SIZE + 4)))));
+    const inBlock = BigInt(s.readUInt32LE(d2 + RECORD_HEADER_SIZE + 8) * 512); // the record's offset in its block
+    expect(far.message).toMatch(new RegExp(`^data record: block ${2 ** 53 - 1} \\(byte ${(2n ** 53n - 1n) * 65536n + inBlock} on\\) is beyond the device`));
     // A second header, a missing header.
     const hdr = s.subarray(h, d1);
     expect(refusal(() => verify(Buffer.concat([hdr, hdr]))).reason).toBe('order');

@@ -279,7 +279,9 @@ export function decodeHeaderPayload(b: Buffer, where: { offset: number; record: 
   }
   const version = b.readUInt32LE(8);
   if (!FORMAT_VERSIONS.includes(version)) {
-    throw new StreamError('version', `stream format version ${version} is not supported (this build reads versions ${FORMAT_VERSIONS.slice(0, -1).join(', ')} and ${FORMAT_VERSIONS[FORMAT_VERSIONS.length - 1]}): upgrade dmthin`, where);
+    // Only a version above the newest can come from a newer dmthin; 0 (or another gap) was never written by any.
+    const advice = version > FORMAT_VERSIONS[FORMAT_VERSIONS.length - 1] ? 'upgrade dmthin' : 'no dmthin writes it: the stream is damaged or not from dmthin';
+    throw new StreamError('version', `stream format version ${version} is not supported (this build reads versions ${FORMAT_VERSIONS.slice(0, -1).join(', ')} and ${FORMAT_VERSIONS[FORMAT_VERSIONS.length - 1]}): ${advice}`, where);
   }
   const flags = b.readUInt32LE(12);
   const known = HEADER_FLAG_INCREMENTAL | (version >= ROOTS_VERSION ? HEADER_FLAG_ROOTS : 0);

@@ -468,7 +468,11 @@ export class StreamVerifier {
     if (sectors * SECTOR_SIZE !== bytes) this.fail('malformed', `data record: says ${sectors} sectors but carries ${bytes} bytes`);
     const start = block * this.blockBytes + offsetSectors * SECTOR_SIZE;
     const end = start + bytes;
-    if (!Number.isSafeInteger(end) || end > h.deviceSize) this.fail('malformed', `data record: bytes [${start}, ${end}) are beyond the device (${h.deviceSize} bytes)`);
+    if (!Number.isSafeInteger(end) || end > h.deviceSize) {
+      // Named by block where its bytes are past 2^53 (a byte offset there would print rounded).
+      const where = Number.isSafeInteger(end) ? `bytes [${start}, ${end})` : `block ${block} (byte ${BigInt(block) * BigInt(this.blockBytes) + BigInt(offsetSectors * SECTOR_SIZE)} on)`;
+      this.fail('malformed', `data record: ${where} ${Number.isSafeInteger(end) ? 'are' : 'is'} beyond the device (${h.deviceSize} bytes)`);
+    }
     if (start < this.lastEnd) this.fail('order', `data record at byte ${start} overlaps or precedes the previous record (ends at ${this.lastEnd})`);
     const last = Math.floor((end - 1) / this.blockBytes);
     this.counts.dataBlocks += last - block + 1 - (block === this.lastDataBlock ? 1 : 0);
