@@ -284,14 +284,26 @@ class WriteWorker : public WriterWorker {
 class RangeWorker : public WriterWorker {
  public:
   enum Op { kDiscard, kZero };
-  RangeWorker(Napi::Env env, BlockWriter* owner, Op op, uint64_t off, uint64_t len)
-      : WriterWorker(env, owner, op == kDiscard ? "dmthin:discard" : "dmthin:zeroout"), op_(op), off_(off), len_(len) {}
+  using Ranges = std::vector<std::pair<uint64_t, uint64_t>>;
+  RangeWorker(Napi::Env env, BlockWriter* owner, Op op, Ranges ranges)
+      : WriterWorker(env, owner, op == kDiscard ? "dmthin:discard" : "dmthin:zeroout"), op_(op), ranges_(std::move(ranges)) {}
 
+  // Several ranges in one call (discardMany): one trip to a thread for all of them, in order;
+  // the first failure stops it, its offset naming the range.
   void Execute() override {
-    if (len_ == 0) {
-      how_ = "none";
-      return;
+    how_ = "none";
+    for (const auto& r : ranges_) {
+      off_ = r.first;
+      len_ = r.second;
+      if (len_ > 0 && !One()) return;
     }
+  }
+
+ protected:
+  Napi::Value Result(Napi::Env env) override { return Napi::String::New(env, how_); }
+
+ private:
+  bool One() {
     if (op_ == kDiscard) {
       if (owner_->block_device_) {
         uint64_t r[2] = {off_, len_};
@@ -301,42 +313,40 @@ class RangeWorker : public WriterWorker {
         if (Fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE) != 0) return Fail(errno, "fallocate", "PUNCH_HOLE");
         how_ = "punch-hole";
       }
-      return;
+      return true;
     }
     // Zeroing: the cheapest way the target offers, else write the zeros.
     if (owner_->block_device_) {
       uint64_t r[2] = {off_, len_};
       if (::ioctl(fd_, BLKZEROOUT, r) == 0) {
         how_ = "blkzeroout";
-        return;
+        return true;
       }
       if (errno != EOPNOTSUPP && errno != EINVAL && errno != ENOTTY) return Fail(errno, "ioctl", "BLKZEROOUT");
     } else {
       if (Fallocate(FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE) == 0) {
         how_ = "zero-range";
-        return;
+        return true;
       }
       if (errno != EOPNOTSUPP && errno != EINVAL) return Fail(errno, "fallocate", "ZERO_RANGE");
     }
-    if (!WriteZeros(owner_, fd_, off_, len_, fail_)) return;
+    if (!WriteZeros(owner_, fd_, off_, len_, fail_)) return false;
     how_ = "written";
+    return true;
   }
-
- protected:
-  Napi::Value Result(Napi::Env env) override { return Napi::String::New(env, how_); }
-
- private:
   int Fallocate(int mode) {
     int r;
     do r = ::fallocate(fd_, mode, static_cast<off_t>(off_), static_cast<off_t>(len_)); while (r != 0 && errno == EINTR);
     return r;
   }
-  void Fail(int err, const char* sc, const char* what) {
+  bool Fail(int err, const char* sc, const char* what) {
     fail_.set(err, sc, owner_->path_, what);
     fail_.offset = static_cast<double>(off_);
+    return false;
   }
   Op op_;
-  uint64_t off_, len_;
+  Ranges ranges_;
+  uint64_t off_ = 0, len_ = 0;
   std::string how_;
 };
 
@@ -379,6 +389,7 @@ void BlockWriter::Init(Napi::Env env, Napi::Object exports) {
                                     {InstanceMethod("open", &BlockWriter::Open),
                                      InstanceMethod("write", &BlockWriter::Write),
                                      InstanceMethod("discard", &BlockWriter::Discard),
+                                     InstanceMethod("discardMany", &BlockWriter::DiscardMany),
                                      InstanceMethod("zeroOut", &BlockWriter::ZeroOut),
                                      InstanceMethod("extend", &BlockWriter::Extend),
                                      InstanceMethod("fsync", &BlockWriter::Fsync),
@@ -498,7 +509,39 @@ static Napi::Value RangeOp(BlockWriter* self, const Napi::CallbackInfo& info, Ra
     f.set(EINVAL, sc, self->path_, "block device ranges must be multiples of 512 bytes");
     return Rejected(env, f);
   }
-  auto* w = new RangeWorker(env, self, op, off, len);
+  auto* w = new RangeWorker(env, self, op, {{off, len}});
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
+// discardMany(ranges: Float64Array of offset, length pairs): ascending, disjoint ranges, each checked as discard()'s.
+Napi::Value BlockWriter::DiscardMany(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (fd_ < 0 || close_pending_) return Rejected(env, [&] { SysFailure f; f.set(EBADF, "discard", path_); return f; }());
+  if (info.Length() < 1 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array)
+    throw Napi::TypeError::New(env, "discardMany(ranges: Float64Array of offset, length pairs)");
+  Napi::Float64Array a = info[0].As<Napi::Float64Array>();
+  if (a.ElementLength() % 2 != 0) throw Napi::TypeError::New(env, "discardMany: ranges must hold offset, length pairs");
+  RangeWorker::Ranges ranges;
+  ranges.reserve(a.ElementLength() / 2);
+  SysFailure f;
+  for (size_t i = 0; i < a.ElementLength(); i += 2) {
+    uint64_t off, len;
+    if (!ToU64(static_cast<double>(a[i]), &off) || !ToU64(static_cast<double>(a[i + 1]), &len))
+      throw Napi::TypeError::New(env, "discardMany: offsets and lengths must be whole numbers from 0 to 2^53");
+    if (OutOfRange(this, off, len, "discard", &f)) return Rejected(env, f);
+    if (block_device_ && ((off | len) & 511) != 0) {
+      f.set(EINVAL, "discard", path_, "block device ranges must be multiples of 512 bytes");
+      return Rejected(env, f);
+    }
+    if (!ranges.empty() && off < ranges.back().first + ranges.back().second) {
+      f.set(EINVAL, "discard", path_, "overlapping or unordered ranges in one batch at offset " + std::to_string(off));
+      return Rejected(env, f);
+    }
+    ranges.emplace_back(off, len);
+  }
+  auto* w = new RangeWorker(env, this, RangeWorker::kDiscard, std::move(ranges));
   Napi::Promise p = w->Promise();
   w->Queue();
   return p;

@@ -43,6 +43,7 @@ class BlockWriter : public Napi::ObjectWrap<BlockWriter> {
   Napi::Value Open(const Napi::CallbackInfo& info);
   Napi::Value Write(const Napi::CallbackInfo& info);
   Napi::Value Discard(const Napi::CallbackInfo& info);
+  Napi::Value DiscardMany(const Napi::CallbackInfo& info);
   Napi::Value ZeroOut(const Napi::CallbackInfo& info);
   Napi::Value Extend(const Napi::CallbackInfo& info);
   Napi::Value Fsync(const Napi::CallbackInfo& info);

@@ -40,6 +40,8 @@ export interface NativeBlockWriter {
   open(path: string, opts: NativeWriterOpenOptions): Promise<NativeWriterInfo>;
   write(offsets: Float64Array, buffers: Uint8Array[]): Promise<{ bytes: number; writes: number }>;
   discard(offset: number, length: number): Promise<DiscardMethod>;
+  /** Offset, length pairs (ascending, disjoint), discarded in one call on one thread. */
+  discardMany(ranges: Float64Array): Promise<DiscardMethod>;
   zeroOut(offset: number, length: number): Promise<ZeroOutMethod>;
   extend(size: number): Promise<number>;
   fsync(): Promise<void>;

@@ -86,6 +86,15 @@ export class BlockWriter implements AsyncDisposable {
     return this.call(() => this.w.discard(offset, length));
   }
 
+  /**
+   * discard() of several ranges (offset, length pairs, ascending and
+   * disjoint) in one call: one trip to a thread for all of them. The first
+   * failure stops it; its `offset` names the range.
+   */
+  discardMany(ranges: Float64Array): Promise<DiscardMethod> {
+    return this.call(() => this.w.discardMany(ranges));
+  }
+
   /** BLKZEROOUT / fallocate(ZERO_RANGE), else written zeros: the range reads back as zeros. */
   zeroOut(offset: number, length: number): Promise<ZeroOutMethod> {
     return this.call(() => this.w.zeroOut(offset, length));

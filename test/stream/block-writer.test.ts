@@ -125,6 +125,26 @@ test('discard punches holes, zeroOut zeroes; both read back as zeros', async () 
   expect(d.subarray(196608, 200000).some((b) => b !== 0)).toBe(true);
 });
 
+test('discardMany: several ranges punched in one call, the rest untouched; unordered, overlapping or outside ranges refuse the whole call', async () => {
+  const f = s.path('t');
+  junkFile(f, 1 << 20);
+  const before = readFileSync(f);
+  const w = await BlockWriter.open(f);
+  expect(await w.discardMany(Float64Array.from([0, 4096, 65536, 8192, 131072, 0, 200704, 4096]))).toBe('punch-hole');
+  await refused(w.discardMany(Float64Array.from([65536, 4096, 0, 4096])), 'EINVAL'); // unordered
+  await refused(w.discardMany(Float64Array.from([0, 8192, 4096, 4096])), 'EINVAL'); // overlapping
+  await refused(w.discardMany(Float64Array.from([0, 4096, 1 << 20, 4096])), 'ENOSPC'); // one outside refuses all
+  expect(await w.discardMany(new Float64Array(0))).toBe('none');
+  w.close();
+  const d = readFileSync(f);
+  const zeroed = [[0, 4096], [65536, 73728], [200704, 204800]];
+  for (const [a, b] of zeroed) expect([a, d.subarray(a, b).every((x) => x === 0)]).toEqual([a, true]);
+  // Everything else as it was (the refused calls punched nothing).
+  const keep = Buffer.from(before);
+  for (const [a, b] of zeroed) keep.fill(0, a, b);
+  expect(d.equals(keep)).toBe(true);
+});
+
 test('never creates unless asked, never truncates, grows only', async () => {
   const f = s.path('new');
   await refused(BlockWriter.open(f), 'ENOENT');

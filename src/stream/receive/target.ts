@@ -165,10 +165,47 @@ export function zeroer(writer: BlockWriter, t: TargetInfo, method: Exclude<ZeroM
     await zero(off, a - off);
     await zero(b, off + len - b);
   };
+  /**
+   * Several ranges (offset, length pairs, ascending and disjoint): punched
+   * in one native call where holes are punched (a regular file), else one
+   * range at a time as fn does. A call per range cost a thread trip each:
+   * 400,000 one-block discards spent ~5 s of a ~10 s receive queueing them.
+   */
+  const many = async (ranges: Float64Array): Promise<void> => {
+    if (mode !== 'punch') {
+      // A call each (granules, read-back, zeroing), several at once; all ended before this returns.
+      const running: Promise<void>[] = [];
+      try {
+        for (let i = 0; i < ranges.length; i += 2) {
+          const p = fn(ranges[i], ranges[i + 1]);
+          p.catch(() => undefined); // awaited in order below
+          running.push(p);
+          if (running.length >= 8) await running.shift();
+        }
+        for (const p of running.splice(0)) await p;
+      } finally {
+        await Promise.allSettled(running);
+      }
+      return;
+    }
+    try {
+      const how = await writer.discardMany(ranges);
+      used[how] = (used[how] ?? 0) + ranges.length / 2;
+    } catch (e) {
+      if (!FALLBACK.has((e as { code?: string }).code ?? '')) throw e;
+      // Refused from the range its offset names on (those before it were punched): zeroed instead, for good.
+      mode = 'zeroout';
+      const at = (e as { offset?: number }).offset;
+      let i = 0;
+      while (i < ranges.length && ranges[i] !== at) i += 2;
+      if (i >= ranges.length) i = 0; // no offset: zero them all (zeroing a punched range again is harmless)
+      for (; i < ranges.length; i += 2) await zero(ranges[i], ranges[i + 1]);
+    }
+  };
   const close = (): void => {
     // Called once every discard has ended (applyStream waits for them): the open, if any, is done.
     reader?.then((r) => r.close(), () => undefined);
     reader = undefined;
   };
-  return Object.assign(fn, { used, close });
+  return Object.assign(fn, { used, close, many });
 }
