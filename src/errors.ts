@@ -452,6 +452,10 @@ export const check = {
     check.callback(v.onProgress, 'onProgress');
     return v;
   },
+  /** A whole number of at least `min` (a count, a size, a limit): a negative, fractional or NaN one would be taken silently. */
+  integer(v: unknown, name: string, min = 1): void {
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min) throw new UsageError(`${name} must be an integer of at least ${min}, got ${describe(v)}`);
+  },
   /** An optional value out of a fixed set. */
   oneOf<T extends string>(v: unknown, name: string, allowed: readonly T[]): void {
     if (v !== undefined && !allowed.includes(v as T)) throw new UsageError(`${name} must be one of ${allowed.map((a) => `'${a}'`).join(', ')}, got ${describe(v)}`);

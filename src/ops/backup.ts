@@ -20,7 +20,7 @@
  * is released on every path before the data is read (from the snapshot's
  * active device, or one activated read-only for the backup).
  */
-import { DmthinError, RepoError, UsageError, throwIfAborted } from '../errors';
+import { check, DmthinError, RepoError, UsageError, throwIfAborted } from '../errors';
 import { withMetadataSnapshot } from '../pool/live-metadata';
 import { liveThin, withThinData } from './live-thin';
 import { ThinPool } from '../pool/thin-pool';
@@ -45,6 +45,7 @@ export const MAX_CHUNK_BYTES = 4 << 20;
  * dedupe wherever the block sits.
  */
 export function chunkSizeFor(blockBytes: number): number {
+  check.integer(blockBytes, 'blockBytes');
   if (blockBytes <= MAX_CHUNK_BYTES) return blockBytes;
   const unit = 64 * 1024;
   const n = blockBytes / unit;
@@ -272,6 +273,16 @@ async function* empty(): AsyncGenerator<SendExtent> {}
 
 /** Backs up a thin snapshot into a repository: incremental against the newest usable backup of the volume. */
 export async function backup(opts: BackupOptions): Promise<BackupResult> {
+  check.required(opts, 'backup');
+  check.signal(opts.signal);
+  check.callback(opts.onProgress, 'onProgress');
+  check.callback(opts.onWarning, 'onWarning');
+  for (const k of ['concurrency', 'uploads', 'batchBytes'] as const) if (opts[k] !== undefined) check.integer(opts[k], k);
+  if (!('pool' in opts)) {
+    // Named here: opened later, a missing one was the native open's signature (data) or "path" (metadata).
+    check.string(opts.metadata, 'metadata');
+    check.string(opts.data, 'data');
+  }
   if (!VOLUME.test(opts.volume)) throw new UsageError(`bad volume name '${opts.volume}': use 1 to 128 of A-Z a-z 0-9 . _ -`);
   if (!Number.isSafeInteger(opts.snap) || opts.snap < 0) throw new UsageError(`bad snapshot device id ${opts.snap}`);
   if (opts.deviceSize !== undefined && (!Number.isSafeInteger(opts.deviceSize) || opts.deviceSize < 0 || opts.deviceSize % SECTOR_SIZE !== 0)) {

@@ -25,7 +25,7 @@ import { identityKey, type StreamHeader } from '../stream/format/records';
 import { ReceiveLock } from '../stream/receive/lock';
 import { checkBase, defaultStateFile, entryFor, readState, type ReceiveState, writeState } from '../stream/receive/state';
 import { Spool } from '../stream/receive/spool';
-import { inspectTarget, resolveZeroMethod, type TargetInfo, whyCannotGrow, type ZeroMethod, zeroer } from '../stream/receive/target';
+import { inspectTarget, resolveZeroMethod, type TargetInfo, whyCannotGrow, ZERO_METHODS, type ZeroMethod, zeroer } from '../stream/receive/target';
 import { RecordBuffers, StreamVerifier, type VerifiedStream } from '../stream/format/verifier';
 import { newStreamMacKey } from '../stream/format/stream-mac';
 
@@ -583,7 +583,7 @@ function checkReceiveOptions(o: ReceiveOptions): void {
   check.string(o.target, 'target');
   check.signal(o.signal);
   check.callback(o.onProgress, 'onProgress');
-  check.oneOf(o.zero, 'zero', ['auto', 'discard', 'zeroout', 'punch']);
+  check.oneOf(o.zero, 'zero', ZERO_METHODS);
   check.oneOf(o.direct, 'direct', ['auto', 'always', 'never']);
   for (const k of ['stateFile', 'stateDir', 'spoolDir'] as const) if (o[k] !== undefined) check.string(o[k], k);
 }

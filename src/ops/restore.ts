@@ -14,10 +14,10 @@
  */
 import { realpath, stat, unlink } from 'node:fs/promises';
 import { isAbsolute, resolve, sep } from 'node:path';
-import { DmthinError, isSystemError, RepoError, SystemCallError, throwIfAborted, UsageError } from '../errors';
+import { check, DmthinError, isSystemError, RepoError, SystemCallError, throwIfAborted, UsageError } from '../errors';
 import { needDirectory, refuseForeignStateFile, refuseOutputOverInputs, sameTarget, stateNotRecorded, completionNotRecorded, targetIdentity, fileStamp, sameStamp, realPathOf, type FileStamp } from '../output/file';
 import { BlockWriter, type WriteSegment } from '../native/block-writer';
-import { inspectTarget, resolveZeroMethod, whyCannotGrow, zeroer, type ZeroMethod } from '../stream/receive/target';
+import { inspectTarget, resolveZeroMethod, whyCannotGrow, ZERO_METHODS, zeroer, type ZeroMethod } from '../stream/receive/target';
 import { allowListeners, chunksAtOnce, Repository, type KeySource, type ManifestEntry } from '../repo/repository';
 import { defaultRestoreStateFile, readRestoreState, RestoreLock, writeRestoreState, type RestoreEntry, type RestoreState } from './restore-state';
 import { killAfterCount } from './test-seams';
@@ -94,6 +94,7 @@ export interface RestoreResult {
 
 /** Restores a backup onto a block device or file. */
 export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
+  checkRestoreOptions(opts);
   const owned = typeof opts.repo === 'string';
   const repo = typeof opts.repo === 'string' ? await Repository.open(opts.repo, { key: opts.key, signal: opts.signal }) : opts.repo;
   try {
@@ -101,6 +102,19 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   } finally {
     if (owned) await repo.close();
   }
+}
+
+/** A caller's mistake in the options: UsageError naming it, before anything is opened (the same checks as receive's). */
+function checkRestoreOptions(o: RestoreOptions): void {
+  check.required(o, 'restore');
+  check.string(o.backup, 'backup');
+  check.string(o.target, 'target');
+  check.signal(o.signal);
+  check.callback(o.onProgress, 'onProgress');
+  check.oneOf(o.zero, 'zero', ZERO_METHODS);
+  check.oneOf(o.direct, 'direct', ['auto', 'always', 'never']);
+  if (o.concurrency !== undefined) check.integer(o.concurrency, 'concurrency');
+  for (const k of ['stateFile', 'stateDir'] as const) if (o[k] !== undefined) check.string(o[k], k);
 }
 
 /** Refuses `path` (existing or not, links resolved) inside a local repository's directory. */

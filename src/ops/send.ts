@@ -101,6 +101,7 @@ export async function send(opts: SendOptions): Promise<SendSummary> {
   check.required(opts, 'send');
   check.signal(opts.signal);
   check.callback(opts.onProgress, 'onProgress');
+  if (opts.batchBytes !== undefined) check.integer(opts.batchBytes, 'batchBytes');
   const out: unknown = opts.output;
   if (typeof out !== 'string' && !(typeof out === 'object' && out !== null && typeof (out as Writable).write === 'function')) {
     throw new UsageError(`output must be a path or a Writable, got ${out === null ? 'null' : typeof out}`);

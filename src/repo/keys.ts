@@ -9,7 +9,7 @@
 import { createCipheriv, createDecipheriv, createHash, createHmac, hkdfSync, randomBytes, scrypt as scryptCb, timingSafeEqual } from 'node:crypto';
 import { link, open, readFile, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { RepoError } from '../errors';
+import { check, RepoError, UsageError } from '../errors';
 import type { RepoKeys } from './codec';
 
 /** The repository format version this code writes and reads. */
@@ -36,6 +36,20 @@ export interface ScryptParams {
 
 /** Default scrypt cost: 64 MiB of memory, about 0.3 CPU seconds (measured on Node 20). */
 export const DEFAULT_SCRYPT: ScryptParams = { N: 1 << 16, r: 8, p: 1 };
+
+/** The least N a new repository takes: 2^14 (16 MiB with r = 8), scrypt's own figure for interactive logins; below it a passphrase is cheap to guess. */
+export const MIN_SCRYPT_N = 1 << 14;
+
+/** scrypt parameters a new repository may record: N a power of two of at least MIN_SCRYPT_N, r and p at least 1 (UsageError otherwise, before anything is written). */
+export function checkScryptParams(p: unknown): void {
+  if (p === null || typeof p !== 'object') throw new UsageError(`scrypt must be an object { N, r, p }, got ${p === null ? 'null' : typeof p}`);
+  const { N, r, p: par } = p as Record<string, unknown>;
+  if (typeof N !== 'number' || !Number.isSafeInteger(N) || N < MIN_SCRYPT_N || !Number.isInteger(Math.log2(N))) {
+    throw new UsageError(`scrypt.N must be a power of two of at least 2^14 (${MIN_SCRYPT_N}), got ${typeof N === 'number' ? N : typeof N}`);
+  }
+  check.integer(r, 'scrypt.r');
+  check.integer(par, 'scrypt.p');
+}
 
 interface KdfKeyFile {
   name: 'keyfile';

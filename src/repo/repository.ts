@@ -14,7 +14,7 @@ import { createHmac, randomBytes } from 'node:crypto';
 import { AbortError, RepoError, throwIfAborted } from '../errors';
 import type { Backend } from './backend';
 import { chunkIdOf, DEFAULT_COMPRESSION, formatCompression, isChunkId, parseCompression, seal, sealAsync, unseal, unsealChunkAsync, type Compression, type RepoKeys } from './codec';
-import { newConfig, openConfig, type KeySource, type RepoConfig, type ScryptParams } from './keys';
+import { checkScryptParams, newConfig, openConfig, type KeySource, type RepoConfig, type ScryptParams } from './keys';
 import { LocalBackend } from './local-backend';
 import { Semaphore, type Release } from './semaphore';
 import { DEFAULT_LOCK_TIMING, Locks, type FoundLock, type HeldLock, type LockTiming } from './locks';
@@ -58,7 +58,7 @@ export interface RepositoryCreateOptions extends RepoCallOptions {
   key?: KeySource;
   /** `none`, `deflate[:1-9]` or `brotli[:0-11]`; default `brotli:1` (docs/repository.md, "Compression"). */
   compression?: string;
-  /** scrypt cost for a passphrase (default N=65536, r=8, p=1); stored in the config. */
+  /** scrypt cost for a passphrase (default N=65536, r=8, p=1; N a power of two of at least 2^14, r and p at least 1); stored in the config. */
   scrypt?: ScryptParams;
 }
 
@@ -363,6 +363,7 @@ export class Repository implements AsyncDisposable {
     throwIfAborted(signal);
     if (opts.create) {
       const c = opts.create;
+      if (c.scrypt !== undefined) checkScryptParams(c.scrypt);
       const compression = formatCompression(parseCompression(c.compression ?? DEFAULT_COMPRESSION));
       if (await backend.stat('config', { signal })) throw new RepoError('exists', `a repository already exists at ${backend.location}`, { key: 'config' });
       // A repository owns its whole directory (or prefix): made among other files, a mistyped path would scatter chunks/ and backups/ through them.

@@ -930,6 +930,7 @@ export async function checkMetadata(md: ThinMetadata, opts: CheckOptions = {}): 
   opts ??= {}; // null, as Node's own APIs take it
   check.signal(opts.signal);
   check.callback(opts.onProgress, 'onProgress');
+  if (opts.maxProblems !== undefined) check.integer(opts.maxProblems, 'maxProblems', 0);
   throwIfAborted(opts.signal);
   const live = md.liveSuperblock;
   const viaSnap = md.metadataSnap !== null;

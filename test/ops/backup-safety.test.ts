@@ -265,7 +265,7 @@ describeEachRepo('backups', (loc) => {
   });
 
   test('encryption: a wrong key is refused before anything is written; object names reveal no plaintext hash', async () => {
-    const { location, repo, backend } = await fresh('enc', { key: { passphrase: 'right horse battery' }, scrypt: { N: 1024, r: 8, p: 1 } });
+    const { location, repo, backend } = await fresh('enc', { key: { passphrase: 'right horse battery' }, scrypt: { N: 1 << 14, r: 8, p: 1 } });
     expect(repo.encrypted).toBe(true);
     const r = await backup({ ...image(), repo, volume: 'v', snap: 2 });
     await repo.close();

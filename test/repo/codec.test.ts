@@ -107,7 +107,7 @@ describe.each([
 ])('tamper detection (%s)', (_name, encrypted) => {
   async function setup() {
     const loc = join(dir, 'repo');
-    const repo = await Repository.create(loc, encrypted ? { key: { passphrase: 'pw' }, scrypt: { N: 1024, r: 8, p: 1 } } : {});
+    const repo = await Repository.create(loc, encrypted ? { key: { passphrase: 'pw' }, scrypt: { N: 1 << 14, r: 8, p: 1 } } : {});
     const s = await repo.beginBackup('vol');
     const plain = Buffer.from('some chunk data that compresses a little a little a little '.repeat(8));
     const r = await s.putChunk(plain);

@@ -2,7 +2,7 @@
  * The thin-pool target: table line builder and parser, status parser, and
  * the six pool messages (DM_TARGET_MSG to the pool device, sector 0).
  */
-import { UsageError } from '../../errors';
+import { check, UsageError } from '../../errors';
 import { type DataBlocks, type MetaBlocks, type Sectors, dataBlocks, metaBlocks, sectors } from '../../units';
 import type { DmTarget } from '../ioctl';
 import { type DeviceArg, U64_MAX, decimalArg, deviceArg, parseFail, parseSafe, parseU64, tokens } from './args';
@@ -82,6 +82,7 @@ export function thinPoolParams(a: ThinPoolTableArgs): string {
 
 /** The pool's one target: it must cover the whole device. */
 export function thinPoolTarget(length: Sectors, a: ThinPoolTableArgs): DmTarget {
+  check.integer(length, 'length'); // the kernel refuses a target of no sectors
   return { start: sectors(0), length, type: THIN_POOL_TARGET, params: thinPoolParams(a) };
 }
 

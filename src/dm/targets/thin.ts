@@ -1,7 +1,7 @@
 /**
  * The thin target: table line builder and parser, status parser.
  */
-import { UsageError } from '../../errors';
+import { check, UsageError } from '../../errors';
 import { type Sectors, sectors } from '../../units';
 import type { DmTarget } from '../ioctl';
 import { type DeviceArg, decimalArg, deviceArg, parseFail, parseSafe, tokens } from './args';
@@ -44,6 +44,8 @@ export function thinParams(a: ThinTableArgs): string {
 
 /** A thin target covering `length` sectors from `start`. */
 export function thinTarget(length: Sectors, a: ThinTableArgs, start: Sectors = sectors(0)): DmTarget {
+  check.integer(length, 'length'); // the kernel refuses a target of no sectors
+  check.integer(start, 'start', 0);
   return { start, length, type: THIN_TARGET, params: thinParams(a) };
 }
 

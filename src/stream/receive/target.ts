@@ -28,6 +28,8 @@ import type { BlockWriter } from '../../native/block-writer';
  * devices.
  */
 export type ZeroMethod = 'auto' | 'discard' | 'zeroout' | 'punch';
+/** The zero methods, the one list receive and restore check their option against. */
+export const ZERO_METHODS: readonly ZeroMethod[] = ['auto', 'discard', 'zeroout', 'punch'];
 
 export interface TargetInfo {
   path: string;
