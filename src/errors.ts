@@ -434,7 +434,11 @@ export const check = {
   },
   /** An optional callback. */
   callback(v: unknown, name: string): void {
-    if (v !== undefined && typeof v !== 'function') throw new UsageError(`${name} must be a function, got ${describe(v)}`);
+    if (v !== undefined) check.func(v, name);
+  },
+  /** A function the call cannot do without. */
+  func(v: unknown, name: string): void {
+    if (typeof v !== 'function') throw new UsageError(`${name} must be a function, got ${describe(v)}`);
   },
   /** An optional AbortSignal. */
   signal(v: unknown): void {
@@ -455,6 +459,23 @@ export const check = {
   /** A whole number of at least `min` (a count, a size, a limit): a negative, fractional or NaN one would be taken silently. */
   integer(v: unknown, name: string, min = 1): void {
     if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min) throw new UsageError(`${name} must be an integer of at least ${min}, got ${describe(v)}`);
+  },
+  /** An instance of `cls` (a ThinMetadata, a Repository...): a path or null given in its place is named, not a TypeError from inside. */
+  instance(v: unknown, cls: { readonly prototype: object; readonly name: string }, name: string): void {
+    // instanceof by hand: a class with a private constructor (ThinMetadata) is no `new`-able type.
+    if (!Object.prototype.isPrototypeOf.call(cls.prototype, v as object)) throw new UsageError(`${name} must be ${/^[AEIOU]/.test(cls.name) ? 'an' : 'a'} ${cls.name}, got ${describe(v)}`);
+  },
+  /** A name or location (a non-empty string), or what it opens (`cls`): a repository or a Repository, a pool or a ThinPool. */
+  nameOr(v: unknown, name: string, cls: { readonly prototype: object; readonly name: string }): void {
+    if (typeof v === 'string' ? v === '' : !Object.prototype.isPrototypeOf.call(cls.prototype, v as object)) {
+      throw new UsageError(`${name} must be a non-empty string or ${/^[AEIOU]/.test(cls.name) ? 'an' : 'a'} ${cls.name}, got ${describe(v)}`);
+    }
+  },
+  /** An object with these methods (a Writable, a DataSource, a BlockSource...); `kind` says what it should be. */
+  methods(v: unknown, name: string, kind: string, methods: readonly string[]): void {
+    if (v === null || typeof v !== 'object' || methods.some((m) => typeof (v as Record<string, unknown>)[m] !== 'function')) {
+      throw new UsageError(`${name} must be ${kind} (with ${methods.join(', ')}), got ${describe(v)}`);
+    }
   },
   /** An optional value out of a fixed set. */
   oneOf<T extends string>(v: unknown, name: string, allowed: readonly T[]): void {

@@ -5,7 +5,7 @@
 import { readFile, stat } from 'node:fs/promises';
 import { DmthinError, UsageError } from '../errors';
 import { devNumOfRdev } from '../units';
-import type { DevNum } from './ioctl';
+import { checkDev, type DevNum } from './ioctl';
 
 /** major:minor of a block device path, or of a 'major:minor' string. */
 export async function devNumOf(dev: string | DevNum): Promise<DevNum> {
@@ -25,6 +25,7 @@ export async function devNumOf(dev: string | DevNum): Promise<DevNum> {
 
 /** /dev/<name> of a block device number, from /sys/dev/block/M:m/uevent. */
 export async function devPathOf(d: DevNum): Promise<string> {
+  checkDev(d);
   const uevent = `/sys/dev/block/${d.major}:${d.minor}/uevent`;
   let text: string;
   try {

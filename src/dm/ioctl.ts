@@ -244,6 +244,7 @@ export function formatDev(d: DevNum): string {
 }
 
 export function checkDev(d: DevNum): void {
+  if (d === null || typeof d !== 'object') throw new UsageError(`a device number must be { major, minor }, got ${d === null ? 'null' : typeof d === 'string' ? JSON.stringify(d) : typeof d}`);
   if (!Number.isInteger(d.major) || d.major < 0 || d.major > MAJOR_MAX || !Number.isInteger(d.minor) || d.minor < 0 || d.minor > MINOR_MAX)
     throw new UsageError(`invalid device number ${d.major}:${d.minor} (major 0..${MAJOR_MAX}, minor 0..${MINOR_MAX})`);
 }

@@ -274,6 +274,8 @@ async function* empty(): AsyncGenerator<SendExtent> {}
 /** Backs up a thin snapshot into a repository: incremental against the newest usable backup of the volume. */
 export async function backup(opts: BackupOptions): Promise<BackupResult> {
   check.required(opts, 'backup');
+  check.nameOr(opts.repo, 'repo', Repository);
+  if ('pool' in opts) check.nameOr(opts.pool, 'pool', ThinPool);
   check.signal(opts.signal);
   check.callback(opts.onProgress, 'onProgress');
   check.callback(opts.onWarning, 'onWarning');

@@ -19,7 +19,7 @@
  */
 import { refuseOutputOverInputs } from '../output/file';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { MergeError, UsageError, throwIfAborted } from '../errors';
+import { check, MergeError, UsageError, throwIfAborted } from '../errors';
 import { devNumOf } from '../dm/block-devices';
 import { formatDev } from '../dm/ioctl';
 import { BlockReader } from '../native/block-reader';
@@ -162,6 +162,16 @@ interface Prepared {
   poolId: string;
   stateFile: string;
   lock: MergeLock;
+}
+
+/** The arguments both merges take: UsageError naming the one that is wrong, before the pool is opened. */
+function checkMergeArgs(poolArg: unknown, o: CommonMergeOptions, what: string): void {
+  check.nameOr(poolArg, 'pool', ThinPool);
+  check.required(o, what);
+  for (const k of ['stateFile', 'stateDir', 'tmpDir'] as const) if (o[k] !== undefined) check.string(o[k], k);
+  check.signal(o.signal);
+  check.callback(o.onProgress, 'onProgress');
+  if (o.batchBytes !== undefined) check.integer(o.batchBytes, 'batchBytes');
 }
 
 async function prepare(poolArg: string | ThinPool, o: CommonMergeOptions, lvmRefusal: (names: { pool: string; snap: string }) => string): Promise<Prepared> {
@@ -346,6 +356,8 @@ async function runSteps(
  * after an interruption finishes the merge.
  */
 export async function mergeIntoExternalOrigin(poolArg: string | ThinPool, o: ExternalMergeOptions): Promise<MergeResult> {
+  checkMergeArgs(poolArg, o, 'mergeIntoExternalOrigin');
+  check.string(o.origin, 'origin');
   const t0 = Date.now();
   // The state is written over the path it names (by rename): never the origin being merged into.
   if (o.stateFile !== undefined) await refuseOutputOverInputs(o.stateFile, 'the merge state file', [{ path: o.origin, role: 'the external origin' }]);
@@ -469,6 +481,7 @@ export async function mergeIntoExternalOrigin(poolArg: string | ThinPool, o: Ext
  * an interruption finishes the merge.
  */
 export async function mergeSnapshot(poolArg: string | ThinPool, o: SnapshotMergeOptions): Promise<MergeResult> {
+  checkMergeArgs(poolArg, o, 'mergeSnapshot');
   const t0 = Date.now();
   if (!Number.isInteger(o.origin) || o.origin < 0 || o.origin > 0xffffff) throw new UsageError(`origin id ${o.origin} is not a thin id (0..16777215)`);
   if (o.origin === o.snap) throw new UsageError(`the snapshot and the origin are the same thin (${o.snap})`);

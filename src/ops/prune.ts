@@ -7,7 +7,7 @@
  * docs/repository.md). Days and weeks are UTC; weeks are ISO weeks
  * (Monday first).
  */
-import { UsageError } from '../errors';
+import { check, UsageError } from '../errors';
 import { damagedBackupsError, Repository, type BackupSummary, type DamagedBackup, type KeySource } from '../repo/repository';
 
 /** A retention policy: at least one count, and at least one backup kept per volume. */
@@ -65,6 +65,8 @@ function weekKey(ms: number): string {
 
 /** The ids a policy keeps among `backups` (all volumes; each volume on its own). */
 export function selectKept(backups: readonly BackupSummary[], policy: PrunePolicy): Set<string> {
+  if (!Array.isArray(backups)) throw new UsageError('backups must be an array of BackupSummary (Repository.listBackups)');
+  check.required(policy, 'selectKept');
   const last = count('keepLast', policy.keepLast);
   const daily = count('keepDaily', policy.keepDaily);
   const weekly = count('keepWeekly', policy.keepWeekly);
@@ -94,6 +96,10 @@ export function selectKept(backups: readonly BackupSummary[], policy: PrunePolic
 
 /** Deletes the backups a policy does not keep, then the chunks nothing references. */
 export async function prune(opts: PruneOptions): Promise<PruneResult> {
+  check.required(opts, 'prune');
+  check.nameOr(opts.repo, 'repo', Repository);
+  check.signal(opts.signal);
+  check.callback(opts.onWarning, 'onWarning');
   selectKept([], opts); // the policy is checked before the repository is opened
   const owned = typeof opts.repo === 'string';
   const repo = typeof opts.repo === 'string' ? await Repository.open(opts.repo, { key: opts.key, signal: opts.signal }) : opts.repo;

@@ -13,7 +13,7 @@ import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PassThrough, type Writable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { AbortError, DmthinError, UsageError, throwIfAborted } from '../errors';
+import { AbortError, check, DmthinError, UsageError, throwIfAborted } from '../errors';
 import { JobLock } from '../native/job-lock';
 import { refuseOutputOverInputs, writeFileAtomically } from '../output/file';
 import { devNumOf } from '../dm/block-devices';
@@ -87,6 +87,8 @@ export interface ReplicateOptions {
 
 /** Where the state of replicating `thin` of `pool` lives unless told otherwise. */
 export function defaultReplicateStateFile(poolName: string, thin: number, dir = DEFAULT_REPLICATE_STATE_DIR): string {
+  check.string(poolName, 'poolName');
+  check.integer(thin, 'thin', 0);
   return join(dir, `${encodeURIComponent(poolName)}-${thin}.json`);
 }
 
@@ -312,6 +314,10 @@ async function refuseTargetInPool(pool: ThinPool, target: string, thin: number, 
  * and the next run sends it again before taking a new one.
  */
 export async function* replicate(o: ReplicateOptions): AsyncGenerator<CycleReport> {
+  check.required(o, 'replicate');
+  check.nameOr(o.pool, 'pool', ThinPool);
+  check.signal(o.signal);
+  check.callback(o.onProgress, 'onProgress');
   if ((o.target === undefined) === (o.toCommand === undefined)) throw new UsageError('give exactly one of target (a device or file) or toCommand (a command reading the stream)');
   // Above the timer's limit the sleep between cycles would be 1 ms: cycles back to back.
   if (o.every !== undefined && !(typeof o.every === 'number' && o.every > 0 && o.every <= MAX_TIMER_SECONDS)) {

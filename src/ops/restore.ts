@@ -107,6 +107,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
 /** A caller's mistake in the options: UsageError naming it, before anything is opened (the same checks as receive's). */
 function checkRestoreOptions(o: RestoreOptions): void {
   check.required(o, 'restore');
+  check.nameOr(o.repo, 'repo', Repository);
   check.string(o.backup, 'backup');
   check.string(o.target, 'target');
   check.signal(o.signal);

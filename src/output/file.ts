@@ -20,7 +20,7 @@ import { lstat, mkdir, open, readdir, readFile, readlink, realpath, rename, stat
 import { basename, dirname, join, resolve } from 'node:path';
 import { Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
-import { DmthinError, isSystemError, SystemCallError, throwIfAborted, UsageError } from '../errors';
+import { check, DmthinError, isSystemError, SystemCallError, throwIfAborted, UsageError } from '../errors';
 import { devNumOfRdev } from '../units';
 import { outputError } from './sink';
 
@@ -421,6 +421,8 @@ export function sameStamp(a: FileStamp, b: FileStamp): boolean {
  * new name has none.
  */
 export function defaultJobStateFile(target: string, blockDevice: boolean, stateDir: string, fileSuffix: string): string {
+  check.string(target, 'target');
+  check.string(stateDir, 'stateDir');
   const abs = resolve(target);
   const legacy = blockDevice ? join(stateDir, `${encodeURIComponent(abs.replace(/^\/+/, ''))}.json`) : `${abs}${fileSuffix}`;
   // Room for the lock file's `.lock` (native/job-lock.ts) beside a name that is cut to fit.

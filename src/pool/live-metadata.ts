@@ -4,17 +4,21 @@
  * reader throws, is aborted or stops iterating early. (While it is held the
  * release guard also releases it on SIGINT/SIGTERM/SIGHUP and at exit.)
  */
-import type { ThinPool } from './thin-pool';
+import { check } from '../errors';
+import { ThinPool } from './thin-pool';
 import type { DeltaExtent, DeltaOptions } from '../thin/delta';
 import type { ThinMetadata } from '../thin/metadata';
 
 /** Runs `fn` on the pool's metadata as of now; the snapshot is released when it settles. */
 export async function withMetadataSnapshot<T>(pool: ThinPool, fn: (md: ThinMetadata) => Promise<T>): Promise<T> {
+  check.instance(pool, ThinPool, 'pool');
+  check.func(fn, 'fn');
   await using live = await pool.openMetadata();
   return await fn(live.metadata);
 }
 
 /** `pool.changedBlocks(baseId, snapId)` as a function (see ThinPool.changedBlocks). */
 export function changedBlocks(pool: ThinPool, baseId: number, snapId: number, opts: DeltaOptions = {}): AsyncGenerator<DeltaExtent> {
+  check.instance(pool, ThinPool, 'pool');
   return pool.changedBlocks(baseId, snapId, opts);
 }

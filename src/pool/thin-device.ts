@@ -1,12 +1,12 @@
 /**
  * ThinDevice: an activated thin volume (a dm device with a `thin` table).
  */
-import { DmIoctlError, DmthinError } from '../errors';
+import { check, DmIoctlError, DmthinError } from '../errors';
 import { DeviceMapper } from '../dm/device-mapper';
 import type { DevNum } from '../dm/ioctl';
 import { parseThinStatus, parseThinTable, thinTarget, THIN_TARGET, type ThinStatus } from '../dm/targets/thin';
 import { type Sectors, sectors } from '../units';
-import type { ThinPool } from './thin-pool';
+import { ThinPool } from './thin-pool';
 
 /** What ThinDevice.activate makes: the dm device of one thin volume. */
 export interface ActivateOptions {
@@ -37,6 +37,9 @@ export class ThinDevice {
 
   /** Activates thin `devId` of `pool` as /dev/mapper/<name>. */
   static async activate(pool: ThinPool, o: ActivateOptions): Promise<ThinDevice> {
+    check.instance(pool, ThinPool, 'pool');
+    check.required(o, 'ThinDevice.activate');
+    check.string(o.name, 'name');
     const target = thinTarget(sectors(Number(o.length)), { poolDev: pool.dev, devId: o.devId, externalOriginDev: o.externalOrigin });
     try {
       const info = await pool.dm.createWithTable(o.name, [target], { readOnly: o.readOnly });

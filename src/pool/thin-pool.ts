@@ -130,6 +130,8 @@ export class ThinPool {
 
   /** Creates and activates a pool (DEV_CREATE, TABLE_LOAD, resume; removed again if a step fails). */
   static async create(o: ThinPoolCreateOptions): Promise<ThinPool> {
+    check.required(o, 'ThinPool.create');
+    for (const k of ['name', 'metadataDev', 'dataDev'] as const) check.string(o[k], k);
     const dm = o.dm ?? new DeviceMapper();
     const [meta, data] = [await devNumOf(o.metadataDev), await devNumOf(o.dataDev)];
     if (meta.major === data.major && meta.minor === data.minor) throw new UsageError('metadata and data must be different devices');

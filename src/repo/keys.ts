@@ -74,6 +74,7 @@ export interface RepoConfig {
 
 /** Creates a key file of 32 random bytes (mode 0600); RepoError 'exists' if the file exists. */
 export async function createKeyFile(path: string): Promise<void> {
+  check.string(path, 'path');
   // Written whole beside it, then linked into place: link() never replaces a
   // file, and a full disk or a crash leaves no short key under the name.
   const tmp = join(dirname(path), `.${basename(path)}.dmthin-${process.pid}-${randomBytes(4).toString('hex')}.tmp`);

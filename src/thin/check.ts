@@ -23,7 +23,7 @@ import { ENTRIES_PER_BITMAP } from '../pdata/space-map';
 import type { Block } from '../pdata/block-source';
 import { DEVICE_DETAILS_SIZE, parseDeviceDetails } from './device-details';
 import { grow, sortedIndexOf } from './device-table';
-import type { ThinMetadata } from './metadata';
+import { ThinMetadata } from './metadata';
 import { parseSuperblock, Superblock } from './superblock';
 import { mappingDataBlock } from './mapping-value';
 
@@ -926,6 +926,7 @@ export function openFailureReport(e: MetadataError | DmthinError): CheckReport {
  * fault in the metadata is a problem in the report.
  */
 export async function checkMetadata(md: ThinMetadata, opts: CheckOptions = {}): Promise<CheckReport> {
+  check.instance(md, ThinMetadata, 'metadata');
   check.options(opts, 'checkMetadata options');
   opts ??= {}; // null, as Node's own APIs take it
   check.signal(opts.signal);

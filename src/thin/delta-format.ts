@@ -10,7 +10,7 @@
 import { check, unknownFormat, UsageError } from '../errors';
 import { type AsciiTag, asciiTag, OutputSink, type SinkTarget } from '../output/sink';
 import type { DeltaKind, DeltaOptions, DeltaStats, RawDeltaExtent } from './delta';
-import type { ThinMetadata } from './metadata';
+import { ThinMetadata } from './metadata';
 import type { VirtualKey } from './mappings';
 
 /** writeDelta's output: thin_delta's XML, or JSON. */
@@ -70,7 +70,9 @@ async function drain<T>(gen: AsyncGenerator<RawDeltaExtent[], T>, s: OutputSink,
 
 /** Writes the delta of two devices (or raw roots); resolves with the walk's counters. */
 export async function writeDelta(md: ThinMetadata, out: SinkTarget, subject: DeltaSubject, opts: WriteDeltaOptions = {}): Promise<DeltaStats> {
+  check.instance(md, ThinMetadata, 'metadata');
   opts = check.walk(opts, 'writeDelta options');
+  check.methods(out, 'out', 'a Writable', ['write', 'on']);
   if (opts.format !== undefined && opts.format !== 'xml' && opts.format !== 'json') throw unknownFormat(opts.format, ['xml', 'json']);
   if (typeof subject !== 'object' || subject === null) throw new UsageError('writeDelta needs a subject: {left, right} thin device ids, or {leftRoot, rightRoot}');
   const s = new OutputSink(out);

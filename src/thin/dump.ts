@@ -9,7 +9,7 @@ import { asciiTag, OutputSink, type SinkTarget } from '../output/sink';
 import type { DeviceDetails } from './device-details';
 import { deviceAt } from './device-table';
 import type { RunBatch } from './mappings';
-import type { ThinMetadata } from './metadata';
+import { ThinMetadata } from './metadata';
 
 /** dump's output: thin_dump's XML or human-readable text, or JSON. */
 export type DumpFormat = 'xml' | 'human_readable' | 'json';
@@ -226,7 +226,9 @@ const DUMP_FORMATS: readonly DumpFormat[] = ['xml', 'human_readable', 'json'];
 
 /** Writes the dump to `out`. Resolves once everything is written (not ended). */
 export async function dump(md: ThinMetadata, out: SinkTarget, opts: DumpOptions = {}): Promise<void> {
+  check.instance(md, ThinMetadata, 'metadata');
   opts = check.walk(opts, 'dump options');
+  check.methods(out, 'out', 'a Writable', ['write', 'on']);
   if (opts.devIds !== undefined) {
     if (!Array.isArray(opts.devIds)) throw new UsageError('devIds must be an array of thin device ids');
     for (const id of opts.devIds as unknown[]) {

@@ -9,7 +9,7 @@ import { transactionIdAt, type DeviceTable } from './device-table';
 import { ByteOwnerMap, NibbleOwnerMap, OwnerMap, UseCounts } from '../pdata/owner-map';
 import { TWO32 } from '../pdata/words';
 import { OutputSink, type SinkTarget } from '../output/sink';
-import type { ThinMetadata } from './metadata';
+import { ThinMetadata } from './metadata';
 import type { LsField } from './ls-fields';
 
 export { DEFAULT_LS_FIELDS, LS_FIELDS, needsMappings, parseLsFields, type LsField } from './ls-fields';
@@ -74,6 +74,7 @@ const COUNTS_FLAT_MAX = 2 ** 28;
  * which only touched pages count, or OwnerMap's.
  */
 export async function deviceUsage(md: ThinMetadata, opts: UsageOptions = {}): Promise<DeviceUsage[]> {
+  check.instance(md, ThinMetadata, 'metadata');
   opts = check.walk(opts, 'deviceUsage options');
   if (opts.exclusive === false) return detailsUsage(md, opts.signal);
   const { table, exclusive } = await exclusiveUsage(md, opts);
@@ -86,6 +87,7 @@ export async function deviceUsage(md: ThinMetadata, opts: UsageOptions = {}): Pr
  * columns).
  */
 export async function exclusiveUsage(md: ThinMetadata, opts: UsageOptions = {}): Promise<{ table: DeviceTable; exclusive: Float64Array }> {
+  check.instance(md, ThinMetadata, 'metadata');
   opts = check.walk(opts, 'deviceUsage options');
   const t = await md.deviceTable(opts);
   const ids = t.devId;

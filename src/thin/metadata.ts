@@ -143,6 +143,7 @@ export class ThinMetadata implements AsyncDisposable {
     check.options(opts, 'ThinMetadata.open options');
     opts ??= {}; // null, as Node's own APIs take it
     check.oneOf(opts.direct, 'direct', ['auto', 'always', 'never']);
+    if (opts.source !== undefined) check.methods(opts.source, 'source', 'a BlockSource', ['read', 'close']);
     const snap = opts.metadataSnap;
     if (snap !== undefined && typeof snap !== 'boolean' && !(Number.isSafeInteger(snap) && snap > 0)) {
       throw new UsageError(`metadataSnap must be true or a block number > 0, got ${snap}`);

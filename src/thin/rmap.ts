@@ -26,7 +26,7 @@
  * whatever the number of runs.
  */
 import { check, throwIfAborted, UsageError } from '../errors';
-import type { ThinMetadata } from './metadata';
+import { ThinMetadata } from './metadata';
 import type { VirtualBlock, VirtualKey } from './mappings';
 import { RmapRuns } from './rmap-runs';
 
@@ -101,6 +101,7 @@ const eqV = (a: VirtualKey, b: VirtualKey): boolean => a == b;
  * Every mapping tree is read before the first run is yielded.
  */
 export async function* rmap(md: ThinMetadata, regions: readonly DataRegion[], opts: RmapOptions = {}): AsyncGenerator<RmapRun> {
+  check.instance(md, ThinMetadata, 'metadata');
   opts = check.walk(opts, 'rmap options');
   for await (const r of rmapRaw(md, regions, opts)) yield { ...r, virtualBegin: BigInt(r.virtualBegin) };
 }

@@ -6,6 +6,7 @@
  */
 import { existsSync, writeFileSync } from 'node:fs';
 import { Writable } from 'node:stream';
+import * as d from '../../src';
 import {
   backup,
   checkMetadata,
@@ -104,6 +105,59 @@ test('refused options touch nothing: no restore target, no repository', async ()
   for (const [, call] of optionCases) await call().catch(() => undefined);
   expect([existsSync(s.path('r.img')), existsSync(s.path('weak1')), existsSync(s.path('weak2')), existsSync(s.path('weak3'))]).toEqual([false, false, false, false]);
 });
+
+// No options object, not an object, a required option missing, or a metadata argument that is not a ThinMetadata
+// (outside review, hunt G items 1 and 2): each was a TypeError from inside (or ENODEV, or a path of "undefined").
+const A = d as unknown as Record<string, (...a: unknown[]) => unknown>;
+const drain = async (it: unknown): Promise<void> => {
+  for await (const _ of it as AsyncIterable<unknown>);
+};
+const argumentCases: [string, () => Promise<unknown>, RegExp][] = [
+  ['dump(path)', async () => A.dump(S.metadata, sink()), /^metadata must be a ThinMetadata, got "/],
+  ['deviceUsage(null)', async () => A.deviceUsage(null), /^metadata must be a ThinMetadata, got null/],
+  ['checkMetadata(null)', async () => A.checkMetadata(null), /^metadata must be a ThinMetadata, got null/],
+  ['rmap(null)', () => drain(A.rmap(null, [{ begin: 0, end: 10 }])), /^metadata must be a ThinMetadata, got null/],
+  ['writeDelta(null)', async () => A.writeDelta(null, sink(), { left: 1, right: 2 }), /^metadata must be a ThinMetadata, got null/],
+  ['offlinePoolId(null)', async () => A.offlinePoolId(null, 1), /^metadata must be a ThinMetadata, got null/],
+  ['sendStream()', async () => A.sendStream(), /^sendStream needs an options object, got undefined/],
+  ['sendStream({metadata: path})', async () => A.sendStream({ metadata: S.metadata, snap: 1, source: {}, deviceSize: 65536 }), /^metadata must be a ThinMetadata, got "/],
+  ['dump(md, null)', async () => { await using md = await ThinMetadata.open(S.metadata); return A.dump(md, null); }, /^out must be a Writable \(with write, on\), got null/],
+  ['dump(md, {})', async () => { await using md = await ThinMetadata.open(S.metadata); return A.dump(md, {}); }, /^out must be a Writable \(with write, on\), got a plain object/],
+  ['writeDelta(md, {})', async () => { await using md = await ThinMetadata.open(S.metadata); return A.writeDelta(md, {}, { left: 1, right: 1 }); }, /^out must be a Writable/],
+  ['ThinMetadata.open(p, {source: {}})', () => ThinMetadata.open(S.metadata, { source: {} as never }), /^source must be a BlockSource \(with read, close\), got a plain object/],
+  ['restore()', async () => A.restore(), /^restore needs an options object, got undefined/],
+  ['restore(null)', async () => A.restore(null), /^restore needs an options object, got null/],
+  ['restore({})', async () => A.restore({}), /^repo must be a non-empty string or a Repository, got undefined/],
+  ['backup()', async () => A.backup(), /^backup needs an options object, got undefined/],
+  ['backup without repo', async () => A.backup({ volume: 'v', snap: 1, metadata: S.metadata, data: S.data, deviceSize: S.deviceSize }), /^repo must be a non-empty string or a Repository, got undefined/],
+  ['prune()', async () => A.prune(), /^prune needs an options object, got undefined/],
+  ['prune({keepLast: 1})', async () => A.prune({ keepLast: 1 }), /^repo must be a non-empty string or a Repository, got undefined/],
+  ['replicate().next()', async () => (A.replicate() as AsyncGenerator).next(), /^replicate needs an options object, got undefined/],
+  ['mergeSnapshot()', async () => A.mergeSnapshot(), /^pool must be a non-empty string or a ThinPool, got undefined/],
+  ["mergeSnapshot('pool')", async () => A.mergeSnapshot('pool'), /^mergeSnapshot needs an options object, got undefined/],
+  ["mergeIntoExternalOrigin('pool')", async () => A.mergeIntoExternalOrigin('pool'), /^mergeIntoExternalOrigin needs an options object, got undefined/],
+  ['ThinPool.create()', async () => (ThinPool.create as (o?: unknown) => unknown)(), /^ThinPool.create needs an options object, got undefined/],
+  ['ThinDevice.activate()', async () => (d.ThinDevice.activate as (...a: unknown[]) => unknown)(), /^pool must be a ThinPool, got undefined/],
+  ['withMetadataSnapshot()', async () => A.withMetadataSnapshot(), /^pool must be a ThinPool, got undefined/],
+  ["changedBlocks('pool')", async () => drain(A.changedBlocks('pool', 1, 2)), /^pool must be a ThinPool, got "pool"/],
+  ['NativeDataSource.open()', async () => (d.NativeDataSource.open as (...a: unknown[]) => unknown)(), /^path must be a non-empty string, got undefined/],
+  ['NativeDataSource.open(p)', async () => (d.NativeDataSource.open as (...a: unknown[]) => unknown)(S.data), /^NativeDataSource.open needs an options object, got undefined/],
+  ['createKeyFile()', async () => A.createKeyFile(), /^path must be a non-empty string, got undefined/],
+  ['defaultStateFile()', async () => A.defaultStateFile(), /^target must be a non-empty string, got undefined/],
+  ['defaultRestoreStateFile()', async () => A.defaultRestoreStateFile(), /^target must be a non-empty string, got undefined/],
+  ['defaultReplicateStateFile()', async () => A.defaultReplicateStateFile(), /^poolName must be a non-empty string, got undefined/],
+  ["defaultReplicateStateFile('p', -1)", async () => A.defaultReplicateStateFile('p', -1), /^thin must be an integer of at least 0, got number -1/],
+  ['selectKept([], undefined)', async () => A.selectKept([], undefined), /^selectKept needs an options object, got undefined/],
+  ['selectKept(null, {keepLast: 1})', async () => A.selectKept(null, { keepLast: 1 }), /^backups must be an array/],
+  ['parseThinPoolStatus()', async () => A.parseThinPoolStatus(), /^the line to parse must be a string, got undefined/],
+  ['parseThinStatus(5)', async () => A.parseThinStatus(5), /^the line to parse must be a string, got number/],
+  ['parseThinTable(null)', async () => A.parseThinTable(null), /^the line to parse must be a string, got null/],
+  ['parsePoolMessage()', async () => A.parsePoolMessage(), /^text must be a non-empty string, got undefined/],
+  ['thinPoolTarget(10, null)', async () => A.thinPoolTarget(10, null), /^thinPoolTarget needs an options object, got null/],
+  ['devPathOf(null)', async () => A.devPathOf(null), /^a device number must be \{ major, minor \}, got null/],
+  ["devPathOf('1:3')", async () => A.devPathOf('1:3'), /^a device number must be \{ major, minor \}, got "1:3"/],
+];
+cases.push(...argumentCases);
 
 test.each(cases)('%s: UsageError naming the argument', async (_name, call, message) => {
   await expect(call()).rejects.toEqual(usage(message));

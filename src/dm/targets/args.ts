@@ -14,6 +14,7 @@ export const U64_MAX = (1n << 64n) - 1n;
 
 /** Kernel output split into tokens: it pads with spaces (trailing ones too). */
 export function tokens(line: string): string[] {
+  if (typeof line !== 'string') throw new UsageError(`the line to parse must be a string, got ${line === null ? 'null' : typeof line}`);
   const t = line.trim();
   return t === '' ? [] : t.split(/\s+/);
 }

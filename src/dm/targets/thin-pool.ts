@@ -58,6 +58,7 @@ export interface ThinPoolTable {
 
 /** `<metadata_dev> <data_dev> <data_block_size> <low_water_mark> [<#features> <feature>...]` */
 export function thinPoolParams(a: ThinPoolTableArgs): string {
+  check.required(a, 'thinPoolTarget');
   const meta = deviceArg(a.metadataDev, 'metadata device');
   const data = deviceArg(a.dataDev, 'data device');
   if (meta === data) throw new UsageError(`metadata and data must be different devices (both ${meta})`);
@@ -270,6 +271,7 @@ export function parsePoolMessage(text: string): {
   /** Its arguments. */
   args: bigint[];
 } {
+  check.string(text, 'text');
   const words = text.split(' ');
   const name = words[0] as PoolMessageName;
   const spec = Object.prototype.hasOwnProperty.call(ARITY, name) ? ARITY[name] : undefined;

@@ -32,6 +32,7 @@ export interface ThinTable {
 
 /** `<pool_dev> <dev_id> [<external_origin_dev>]` */
 export function thinParams(a: ThinTableArgs): string {
+  check.required(a, 'thinTarget');
   const pool = deviceArg(a.poolDev, 'pool device');
   const parts = [pool, decimalArg(a.devId, 'thin id', BigInt(MAX_THIN_ID))];
   if (a.externalOriginDev !== undefined) {

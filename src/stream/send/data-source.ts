@@ -7,7 +7,7 @@
  * The native source reads with O_DIRECT, in sorted and coalesced batches, off
  * the JS thread.
  */
-import { DmthinError, fromNative } from '../../errors';
+import { check, DmthinError, fromNative, UsageError } from '../../errors';
 import { BlockReader } from '../../native/block-reader';
 import { alignedBuffer, native, type NativeRangeReader } from '../../native/binding';
 
@@ -104,6 +104,11 @@ export class NativeDataSource implements DataSource {
 
   /** Opens a block device or file read-only. */
   static async open(path: string, opts: NativeDataSourceOptions): Promise<NativeDataSource> {
+    check.string(path, 'path');
+    check.required(opts, 'NativeDataSource.open');
+    if (opts.addressing === undefined) throw new UsageError("NativeDataSource.open needs addressing: 'virtual' (the thin device) or 'data' (the pool's data device)");
+    check.oneOf(opts.addressing, 'addressing', ['virtual', 'data']);
+    check.oneOf(opts.direct, 'direct', ['auto', 'always', 'never']);
     return new NativeDataSource(await BlockReader.open(path, { direct: opts.direct }), opts.addressing, opts.direct);
   }
 

@@ -13,7 +13,7 @@
  */
 import { DmthinError, StreamError, throwIfAborted, UsageError, check } from '../../errors';
 import type { DeviceDetails } from '../../thin/device-details';
-import type { ThinMetadata } from '../../thin/metadata';
+import { ThinMetadata } from '../../thin/metadata';
 import type { DataAddressing } from './data-source';
 import type { StreamHeaderInit } from '../format/encoder';
 import type { SendExtent } from './extent-store';
@@ -80,6 +80,9 @@ async function details(md: ThinMetadata, devId: number, what: string, signal?: A
  * a block the device alone maps changes no metadata and keeps the identity.
  */
 export async function offlinePoolId(md: ThinMetadata, devId: number, signal?: AbortSignal): Promise<string> {
+  check.instance(md, ThinMetadata, 'metadata');
+  check.integer(devId, 'devId', 0);
+  check.signal(signal);
   const uuid = md.superblock.uuid;
   if (uuid.some((b) => b !== 0)) return `sb-uuid:${uuid.toString('hex')}`;
   const node = await rootNode(md, devId, signal);

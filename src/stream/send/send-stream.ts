@@ -11,8 +11,8 @@
 // node:stream only for the Readable API (toReadable): the CLI's send writes
 // through writeRecords and loads none of it (~3.5 ms of start-up).
 import type { Readable, Writable } from 'node:stream';
-import { AbortError, throwIfAborted, UsageError } from '../../errors';
-import type { ThinMetadata } from '../../thin/metadata';
+import { AbortError, check, throwIfAborted, UsageError } from '../../errors';
+import { ThinMetadata } from '../../thin/metadata';
 import { readBlocksExactly, type DataSource } from './data-source';
 import { StreamEncoder } from '../format/encoder';
 import { MAX_DATA_BYTES } from '../format/records';
@@ -337,6 +337,14 @@ export interface SendStreamOptions extends EncodeOptions {
  * (incremental), walking the metadata as the stream is consumed.
  */
 export function sendStream(opts: SendStreamOptions): Readable {
+  // Checked now, not when the stream is first read: the caller's mistake is thrown here, not emitted as an 'error'.
+  check.required(opts, 'sendStream');
+  check.instance(opts.metadata, ThinMetadata, 'metadata');
+  check.methods(opts.source, 'source', 'a DataSource', ['readBlocks']);
+  check.oneOf(opts.source.addressing, 'source.addressing', ['virtual', 'data']);
+  check.signal(opts.signal);
+  check.callback(opts.onProgress, 'onProgress');
+  if (opts.batchBytes !== undefined) check.integer(opts.batchBytes, 'batchBytes');
   async function* gen(): AsyncGenerator<Buffer> {
     let deviceSize = opts.deviceSize;
     const src = opts.source as DataSource & { sizeBytes?: number };
