@@ -9,7 +9,7 @@
 import { Writable } from 'node:stream';
 import { ThinMetadata } from '../../src';
 import { DEFAULT_LS_FIELDS, deviceUsage, exclusiveUsage, formatLsTable, LS_FIELDS, lsJson, needsMappings, writeDetailsTable, writeLsJson, type LsField } from '../../src/thin/ls';
-import { fixtureImage } from '../helpers/fixtures';
+import { fixtureImage, itOracle, largeImage } from '../helpers/fixtures';
 
 /** Collects what a writer writes. */
 function collector(): { target: Writable; text: () => string } {
@@ -52,4 +52,33 @@ test('a field that needs the mapping walk, without EXCLUSIVE given: the same ref
   const dbs = md.superblock.dataBlockSize;
   await expect(writeDetailsTable(table, ['EXCLUSIVE_BLOCKS'], dbs, true, collector().target)).rejects.toThrow(/needs the mapping walk/);
   await expect(writeLsJson(table, ['SHARED_BYTES'], dbs, collector().target)).rejects.toThrow(/needs the mapping walk/);
+});
+
+// deviceUsage reported progress once a window of 256 devices: on a pool of a few large devices, once, at the end
+// (outside review, hunt G item 4). Now as the mappings are walked: 4 devices, 200,000 mappings.
+itOracle('deviceUsage and exclusiveUsage report progress as the mappings are walked, up to the total', async () => {
+  const img = largeImage(200_000);
+  expect(img.devices).toBeLessThan(256); // one window: the case that reported only at the end
+  await using md = await ThinMetadata.open(img.path);
+  const walks: [string, (o: { onProgress: (p: { mappings: number; total: number }) => void }) => Promise<unknown>][] = [
+    ['deviceUsage', (o) => deviceUsage(md, o)],
+    ['exclusiveUsage, owner map', (o) => exclusiveUsage(md, o)],
+    ['exclusiveUsage, use counts (two passes)', (o) => exclusiveUsage(md, { ...o, flatLimits: { ownerBytes: 0, counts: img.nrDataBlocks } })],
+  ];
+  for (const [name, walk] of walks) {
+    const seen: { mappings: number; total: number }[] = [];
+    await walk({ onProgress: (p) => seen.push(p) });
+    const total = seen[0]?.total;
+    const m = seen.map((p) => p.mappings);
+    expect([name, seen.length > 2, seen.every((p) => p.total === total), m.every((v, i) => i === 0 || v > m[i - 1]), m[m.length - 1]]).toEqual([name, true, true, true, total]);
+    expect(total).toBeGreaterThanOrEqual(img.mappings);
+  }
+});
+
+// With use counts and no block shared the second pass is skipped: the last report said half the total.
+test('exclusiveUsage without a shared block: the last progress report is the total', async () => {
+  await using md = await ThinMetadata.fromBuffer(fixtureImage('basic'));
+  const seen: { mappings: number; total: number }[] = [];
+  await exclusiveUsage(md, { flatLimits: { ownerBytes: 0, counts: md.nrDataBlocks }, onProgress: (p) => seen.push(p) });
+  expect(seen[seen.length - 1]).toEqual({ mappings: 64, total: 64 });
 });
