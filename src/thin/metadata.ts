@@ -137,7 +137,7 @@ export class ThinMetadata implements AsyncDisposable {
     this.nrDataBlocks = live.dataSpaceMap.nrBlocks;
   }
 
-  /** Opens metadata from a file or device path (read-only, O_DIRECT) or a given source. */
+  /** Opens metadata from a file or device path (read-only; a device with O_DIRECT, a regular file through the page cache unless `direct` says otherwise) or a given source. */
   static async open(path: string, opts: ThinMetadataOptions = {}): Promise<ThinMetadata> {
     check.string(path, 'path');
     check.options(opts, 'ThinMetadata.open options');
