@@ -42,8 +42,11 @@ const EXAMPLE = join(ROOT, 'examples', 'pool.bin');
  * (2.2 MB with its objects) or a bench image still goes over both.
  * 2026-12-04: 2,201,529 bytes unpacked (the README and docs grew with the hunts'
  * fixes, no new kind of file): budget 2.2 -> 2.4 MB; a build/ folder (2.2 MB) still
- * takes it to ~4.4 MB.) */
-const MAX_PACKED_BYTES = 600_000;
+ * takes it to ~4.4 MB.
+ * 2026-12-04, later: 609,817 bytes packed (argument checks, the repair and discard
+ * batching, their docs; no new kind of file): packed budget 600 -> 650 KB; the
+ * unpacked budget still catches a build/ folder or a bench image.) */
+const MAX_PACKED_BYTES = 650_000;
 const MAX_UNPACKED_BYTES = 2_400_000;
 
 interface PackResult {

@@ -229,13 +229,14 @@ describe('verify', () => {
     writeFileSync(p, b);
     const progress: number[] = [];
     const quick = await repo.verify({ onProgress: (x) => progress.push(x.chunks) });
-    expect(quick).toEqual({ backups: 1, chunks: 4, problems: [{ backup: sum.id, index: 4, offset: 4 * CS, id: ids[1], reason: 'missing' }], problemsOmitted: 0 });
+    expect(quick).toEqual({ backups: 1, chunks: 4, problems: [{ backup: sum.id, index: 4, offset: 4 * CS, id: ids[1], reason: 'missing' }], problemsOmitted: 0, damagedChunks: [] });
     expect(progress.at(-1)).toBe(4);
     const full = await repo.verify({ data: true });
     expect(full.problems).toEqual([
       { backup: sum.id, index: 4, offset: 4 * CS, id: ids[1], reason: 'missing' },
       { backup: sum.id, index: 7, offset: 7 * CS, id: ids[2], reason: 'corrupt' },
     ]);
+    expect(full.damagedChunks).toEqual([ids[2]]); // present but damaged: what removeDamagedChunks takes (not the missing one)
     await expect(repo.getChunk(ids[2]!)).rejects.toMatchObject({ reason: 'corrupt', key: `chunks/${ids[2]!.slice(0, 2)}/${ids[2]}` });
   });
 });
