@@ -119,6 +119,11 @@ describeVm('an LVM-made thin pool, named as LVM users name it', () => {
     // The raw message command too (without --force): nothing is sent.
     expectOneLineError(dmthin(['message', tpool, '0', 'create_thin', '4242'], env), new RegExp(`^dmthin message: ${tpool} was made by LVM: create_thin behind LVM's back .*--force.*\\[EINVAL\\]\\n$`));
     expectOneLineError(dmthin(['message', tpool, '0', 'delete', String(id1)], env), /was made by LVM: delete behind LVM's back .*\[EINVAL\]\n$/);
+    // However the words are given (as the kernel splits them: one argument, a leading space or tab, any case,
+    // a backslash), and through the pool's device nodes (found by an outside hunt: these reached the kernel).
+    for (const args of [[tpool, '0', 'create_thin 4243'], [tpool, '0', ' create_thin', '4244'], [tpool, '0', '\tCREATE_THIN 4245'], [tpool, '0', 'create\\_thin', '4246'], [`/dev/mapper/${tpool}`, '0', 'create_thin', '4247']]) {
+      expectOneLineError(dmthin(['message', ...args], env), /was made by LVM: create_thin behind LVM's back .*\[EINVAL\]\n$/);
+    }
     expect(kernelTransaction()).toBe(before);
     expect(Number(L.lvField('snap-1', 'thin_id'))).toBe(id1);
 
@@ -142,6 +147,7 @@ describeVm('an LVM-made thin pool, named as LVM users name it', () => {
       const mineLs = dmthin(['ls', '-m', '-o', fields, `${vg}/my-pool`], env);
       expect([mineLs.status, mineLs.stderr]).toEqual([0, '']);
       expect(mineLs.stdout).toBe(run('thin_ls', ['-m', '-o', fields, meta]).stdout);
+      expect(mineLs.stdout).not.toMatch(/^\s*424[2-7] /m); // none of the refused create_thin messages reached the pool
 
       const mineDelta = dmthin(['delta', '-m', '--snap1', `${vg}/snap-1`, '--snap2', 'snap-2', `${vg}/my-pool`], env);
       expect([mineDelta.status, mineDelta.stderr]).toEqual([0, '']);
