@@ -68,6 +68,9 @@ export function register(program: Command, ctx: () => CliContext): void {
         if (r.discardMethod === 'zeroout' && r.discardedBlocks > 0) {
           process.stderr.write(`${c.command}: note: pool ${o.pool} ignores discards: ${r.discardedBlocks} blocks only the origin had were zeroed, and stay provisioned\n`);
         }
+        if (r.undiscardedBlocks) {
+          process.stderr.write(`${c.command}: note: pool ${o.pool} kept ${r.undiscardedBlocks} of the ${r.discardedBlocks} blocks only the origin had although discarded: they were zeroed, and stay provisioned\n`);
+        }
         c.done = 'the merge completed';
         if (o.json) print(toJson(r) + '\n');
       } finally {

@@ -119,6 +119,12 @@ export interface MergeResult {
   resumed: boolean;
   /** In-pool: how ORIGIN-only blocks were dropped ('discard' unprovisions; 'zeroout' when the pool ignores discards: they stay provisioned). */
   discardMethod?: 'discard' | 'zeroout';
+  /**
+   * In-pool, with 'discard': of discardedBlocks, those the pool kept (read
+   * back not as zeros, on a pool whose block size is no power of two):
+   * zeroed instead, so they read right but stay provisioned.
+   */
+  undiscardedBlocks?: number;
   /** The state file the merge used (removed when done). */
   stateFile: string;
 }
@@ -532,6 +538,7 @@ export async function mergeSnapshot(poolArg: string | ThinPool, o: SnapshotMerge
 
     const state: MergeState = { format: 'dmthin-merge-state', version: 1, pool: p.poolId, snap: snapNow, origin, phase: 'copying', at: new Date().toISOString() };
     let bytes = 0;
+    let undiscarded = 0;
     const work = plan.copyBlocks + plan.discardBlocks > 0 && prior?.phase !== 'deleting';
     if (work) {
       await writeMergeState(stateFile, state);
@@ -539,11 +546,14 @@ export async function mergeSnapshot(poolArg: string | ThinPool, o: SnapshotMerge
       src = await activateTemporarily(pool, { prefix: TEMP_PREFIX, devId: o.snap, length }, (path) => BlockReader.open(path));
       dst = await activateTemporarily(pool, { prefix: TEMP_PREFIX, devId: o.origin, length, writable: true }, (path) => BlockWriter.open(path, { exclusive: true }));
       const w = dst.handle;
-      const zero = zeroer(w, await inspectTarget(w.path), discardMethod);
+      const info = await inspectTarget(w.path);
+      const zero = zeroer(w, info, discardMethod);
       const [reading, writing] = [src, dst];
       try {
         ({ bytes } = await runSteps(rangesOf(store), plan.copyBlocks + plan.discardBlocks, blockBytes, src.handle, w, zero, o));
         await w.fsync();
+        // Granules the zeroer had to zero after their discard did not take, as pool blocks.
+        undiscarded = Math.ceil(((zero.used['discard-not-honoured'] ?? 0) * (info.discardGranularity || blockBytes)) / blockBytes);
       } catch (e) {
         throw await reading.explain(await writing.explain(e));
       } finally {
@@ -564,6 +574,7 @@ export async function mergeSnapshot(poolArg: string | ThinPool, o: SnapshotMerge
       snapDeleted,
       resumed: prior !== null,
       discardMethod,
+      ...(discardMethod === 'discard' ? { undiscardedBlocks: undiscarded } : {}),
     };
   } finally {
     await dst?.dispose().catch(() => undefined);
