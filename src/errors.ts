@@ -477,6 +477,10 @@ export const check = {
       throw new UsageError(`${name} must be ${kind} (with ${methods.join(', ')}), got ${describe(v)}`);
     }
   },
+  /** An object of a kind the library made (a status, a report): `kind` says which and where it comes from. */
+  object(v: unknown, name: string, kind: string): void {
+    if (v === null || typeof v !== 'object') throw new UsageError(`${name} must be ${kind}, got ${describe(v)}`);
+  },
   /** An optional value out of a fixed set. */
   oneOf<T extends string>(v: unknown, name: string, allowed: readonly T[]): void {
     if (v !== undefined && !allowed.includes(v as T)) throw new UsageError(`${name} must be one of ${allowed.map((a) => `'${a}'`).join(', ')}, got ${describe(v)}`);

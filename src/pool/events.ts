@@ -23,6 +23,7 @@
  */
 import type { PoolMode, ThinPoolStatus } from '../dm/targets/thin-pool';
 import { type DataBlocks, type MetaBlocks, dataBlocks, metaBlocks } from '../units';
+import { check } from '../errors';
 
 /** A pool's mode as events report it: the status's mode, or `fail` / `error` for those status lines. */
 export type PoolState = PoolMode | 'fail' | 'error';
@@ -85,6 +86,7 @@ export type PoolEventType = PoolEvent['type'];
 
 /** `rw` when a working status has no mode field (kernels before 3.11). */
 export function poolState(s: ThinPoolStatus): PoolState {
+  check.object(s, 'status', 'a ThinPoolStatus (from parseThinPoolStatus or ThinPool.status())');
   return s.kind === 'working' ? (s.mode ?? 'rw') : s.kind;
 }
 

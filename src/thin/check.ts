@@ -907,6 +907,7 @@ function emptyCounts(md: ThinMetadata | null): CheckCounts {
  * fails; a non-fatal one fails unless ignoreNonFatalErrors.
  */
 export function reportFails(r: CheckReport, ignoreNonFatalErrors = false): boolean {
+  check.object(r, 'report', 'a CheckReport (from checkMetadata or openFailureReport)');
   return r.fatal > 0 || (r.nonFatal > 0 && !ignoreNonFatalErrors);
 }
 

@@ -227,3 +227,9 @@ test("a caller's onProgress that throws: that error, not an output I/O error (in
   await expect(send({ ...S, output: sink(), onProgress })).rejects.toBe(mine);
   await expect(send({ ...S, output: s.path('x.stream'), onProgress })).rejects.toBe(mine);
 });
+
+test('poolState and reportFails given no status or report: UsageError naming what they take (outside hunt G: raw TypeErrors)', () => {
+  expect(() => (d.poolState as (s: unknown) => unknown)(null)).toThrow(usage(/^status must be a ThinPoolStatus \(from parseThinPoolStatus or ThinPool.status\(\)\), got null/));
+  expect(() => (d.reportFails as (r: unknown) => unknown)(undefined)).toThrow(usage(/^report must be a CheckReport \(from checkMetadata or openFailureReport\), got undefined/));
+  expect(d.reportFails({ fatal: 0, nonFatal: 1 } as Parameters<typeof d.reportFails>[0], true)).toBe(false);
+});
