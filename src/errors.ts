@@ -477,6 +477,10 @@ export const check = {
       throw new UsageError(`${name} must be ${kind} (with ${methods.join(', ')}), got ${describe(v)}`);
     }
   },
+  /** A thin device id: a number, an integer from 0 to 2^53-1 (a string or a bigint is named as such, not "bad device id 1"). */
+  devId(v: unknown, name: string): void {
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw new UsageError(`${name} must be an integer 0..2^53-1 given as a number, got ${typeof v === 'bigint' ? `bigint ${v}n` : describe(v)}`);
+  },
   /** An object of a kind the library made (a status, a report): `kind` says which and where it comes from. */
   object(v: unknown, name: string, kind: string): void {
     if (v === null || typeof v !== 'object') throw new UsageError(`${name} must be ${kind}, got ${describe(v)}`);

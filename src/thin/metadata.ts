@@ -378,7 +378,7 @@ export class ThinMetadata implements AsyncDisposable {
   }
 
   private async rootOf(devId: number, side?: string): Promise<number> {
-    if (!Number.isSafeInteger(devId) || devId < 0) throw new UsageError(`bad device id ${devId}`);
+    check.devId(devId, side ? `the ${side} device id` : 'the device id');
     let root: number | undefined;
     const t = this.tableCache;
     if (t) {

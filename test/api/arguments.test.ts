@@ -233,3 +233,17 @@ test('poolState and reportFails given no status or report: UsageError naming wha
   expect(() => (d.reportFails as (r: unknown) => unknown)(undefined)).toThrow(usage(/^report must be a CheckReport \(from checkMetadata or openFailureReport\), got undefined/));
   expect(d.reportFails({ fatal: 0, nonFatal: 1 } as Parameters<typeof d.reportFails>[0], true)).toBe(false);
 });
+
+test("a device id that is not a number is named as what it is (outside hunt G: 'bad device id 1' for the string '1' and for 1n)", async () => {
+  using f = fixtureFile('basic');
+  await using md = await ThinMetadata.open(f.path);
+  const walk = async (id: unknown) => {
+    for await (const _ of md.mappings(id as number));
+  };
+  await expect(walk('1')).rejects.toEqual(usage(/^the device id must be an integer 0\.\.2\^53-1 given as a number, got "1"$/));
+  await expect(walk(1n)).rejects.toEqual(usage(/got bigint 1n$/));
+  await expect(walk(-1)).rejects.toEqual(usage(/got number -1$/));
+  await expect((async () => {
+    for await (const _ of md.delta(1, '2' as unknown as number));
+  })()).rejects.toEqual(usage(/^the right device id must be an integer/));
+});

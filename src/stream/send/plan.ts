@@ -54,7 +54,7 @@ export function identityOf(poolId: string, d: DeviceDetails): SnapshotIdentity {
 }
 
 async function details(md: ThinMetadata, devId: number, what: string, signal?: AbortSignal): Promise<DeviceDetails> {
-  if (!Number.isSafeInteger(devId) || devId < 0) throw new UsageError(`bad ${what} device id ${devId}`);
+  check.devId(devId, `the ${what} device id`);
   throwIfAborted(signal);
   const d = await md.deviceDetails(devId);
   if (!d) {
