@@ -496,6 +496,16 @@ Napi::Value BlockWriter::Write(const Napi::CallbackInfo& info) {
   return p;
 }
 
+// A range discard or zeroOut may not take: outside the target, or not whole sectors of a block device.
+static bool BadRange(const BlockWriter* self, uint64_t off, uint64_t len, const char* sc, SysFailure* f) {
+  if (OutOfRange(self, off, len, sc, f)) return true;
+  if (self->block_device_ && ((off | len) & 511) != 0) {
+    f->set(EINVAL, sc, self->path_, "block device ranges must be multiples of 512 bytes");
+    return true;
+  }
+  return false;
+}
+
 static Napi::Value RangeOp(BlockWriter* self, const Napi::CallbackInfo& info, RangeWorker::Op op) {
   Napi::Env env = info.Env();
   const char* sc = op == RangeWorker::kDiscard ? "discard" : "zeroout";
@@ -504,11 +514,7 @@ static Napi::Value RangeOp(BlockWriter* self, const Napi::CallbackInfo& info, Ra
   if (info.Length() < 2 || !ToU64(info[0], &off) || !ToU64(info[1], &len))
     throw Napi::TypeError::New(env, std::string(sc) + "(offset: number, length: number)");
   SysFailure f;
-  if (OutOfRange(self, off, len, sc, &f)) return Rejected(env, f);
-  if (self->block_device_ && ((off | len) & 511) != 0) {
-    f.set(EINVAL, sc, self->path_, "block device ranges must be multiples of 512 bytes");
-    return Rejected(env, f);
-  }
+  if (BadRange(self, off, len, sc, &f)) return Rejected(env, f);
   auto* w = new RangeWorker(env, self, op, {{off, len}});
   Napi::Promise p = w->Promise();
   w->Queue();
@@ -530,11 +536,7 @@ Napi::Value BlockWriter::DiscardMany(const Napi::CallbackInfo& info) {
     uint64_t off, len;
     if (!ToU64(static_cast<double>(a[i]), &off) || !ToU64(static_cast<double>(a[i + 1]), &len))
       throw Napi::TypeError::New(env, "discardMany: offsets and lengths must be whole numbers from 0 to 2^53");
-    if (OutOfRange(this, off, len, "discard", &f)) return Rejected(env, f);
-    if (block_device_ && ((off | len) & 511) != 0) {
-      f.set(EINVAL, "discard", path_, "block device ranges must be multiples of 512 bytes");
-      return Rejected(env, f);
-    }
+    if (BadRange(this, off, len, "discard", &f)) return Rejected(env, f);
     if (!ranges.empty() && off < ranges.back().first + ranges.back().second) {
       f.set(EINVAL, "discard", path_, "overlapping or unordered ranges in one batch at offset " + std::to_string(off));
       return Rejected(env, f);
