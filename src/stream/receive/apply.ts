@@ -16,10 +16,8 @@ import type { BlockWriter, WriteSegment } from '../../native/block-writer';
 import { alignedBuffer } from '../../native/binding';
 import { RecordBuffers, StreamVerifier, type VerifiedStream } from '../format/verifier';
 
-/** Discard calls in flight at once (the thread pool has four threads; the rest wait in its queue). */
-const ZEROS_IN_FLIGHT = 16;
 /**
- * Discard records gathered into one call where the zeroer takes several, and
+ * Discard records gathered into one call of the zeroer's many(), and
  * such calls in flight at once: two keep the JS thread and a thread punching
  * busy together. More threads at once only cost memory: 16 calls of 256 (all
  * four threads busy) peaked 16 MiB higher for 400,000 discards (52.9 against
@@ -68,8 +66,8 @@ export interface ApplyStats {
  */
 export type ApplyChunks = AsyncIterable<Buffer> | ((beforeReuse: (end: number) => Promise<void>) => AsyncIterable<Buffer>);
 
-/** Makes ranges read as zeros: one, or (when it can) several at once, as offset, length pairs. */
-export type Zeroer = ((offset: number, length: number) => Promise<void>) & { many?: (ranges: Float64Array) => Promise<void> };
+/** Makes ranges read as zeros: one, or several at once as offset, length pairs (target.ts zeroer). */
+export type Zeroer = ((offset: number, length: number) => Promise<void>) & { many: (ranges: Float64Array) => Promise<void> };
 
 export async function applyStream(
   input: ApplyChunks,
@@ -91,22 +89,18 @@ export async function applyStream(
   let inflight: Promise<unknown> = Promise.resolve();
   let started = false;
   let lastDataSeq = -1;
-  // Discards in flight, oldest first.
-  const zeroing: Promise<void>[] = [];
-  const zeroAsync = async (run: () => Promise<void>, most = ZEROS_IN_FLIGHT): Promise<void> => {
-    while (zeroing.length >= most) await zeroing.shift();
-    const z = run();
-    z.catch(() => undefined); // awaited in order, or all at the end
-    zeroing.push(z);
-  };
-  // Discard ranges gathered for zero.many: offset, length pairs.
+  // Discard ranges gathered for zero.many (offset, length pairs), and its calls in flight, oldest first.
   const discards = new Float64Array(2 * DISCARDS_PER_CALL);
   let nDiscards = 0;
+  const zeroing: Promise<void>[] = [];
   const zeroGathered = async (): Promise<void> => {
     if (nDiscards === 0) return;
     const ranges = discards.slice(0, nDiscards);
     nDiscards = 0;
-    await zeroAsync(() => zero.many!(ranges), GATHERED_IN_FLIGHT);
+    while (zeroing.length >= GATHERED_IN_FLIGHT) await zeroing.shift();
+    const z = zero.many(ranges);
+    z.catch(() => undefined); // awaited in order, or all at the end
+    zeroing.push(z);
   };
   const begin = async (): Promise<void> => {
     if (started) return;
@@ -159,13 +153,11 @@ export async function applyStream(
           lastDataSeq = r.seq;
         } else if (r.type === 'discard') {
           await begin();
-          // Gathered (a call per range is a thread trip each), and several calls in flight:
-          // one at a time the JS thread waited out every one (100,000 one-block discards: ~5 s of ~9).
-          if (zero.many) {
-            discards[nDiscards++] = r.start;
-            discards[nDiscards++] = r.length;
-            if (nDiscards === discards.length) await zeroGathered();
-          } else await zeroAsync(() => zero(r.start, r.length));
+          // Gathered (a call per range is a thread trip each), and calls in flight beside the
+          // rest: one at a time the JS thread waited out every one (100,000 one-block discards: ~5 s of ~9).
+          discards[nDiscards++] = r.start;
+          discards[nDiscards++] = r.length;
+          if (nDiscards === discards.length) await zeroGathered();
           stats.discardRecords++;
         }
       }
