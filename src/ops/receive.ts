@@ -25,7 +25,7 @@ import { identityKey, type StreamHeader } from '../stream/format/records';
 import { ReceiveLock } from '../stream/receive/lock';
 import { checkBase, defaultStateFile, entryFor, readState, type ReceiveState, writeState } from '../stream/receive/state';
 import { Spool } from '../stream/receive/spool';
-import { inspectTarget, resolveZeroMethod, type TargetInfo, whyCannotGrow, ZERO_METHODS, type ZeroMethod, zeroer } from '../stream/receive/target';
+import { growRecordedTarget, inspectTarget, resolveZeroMethod, type TargetInfo, tooSmallAdvice, whyCannotGrow, ZERO_METHODS, type ZeroMethod, zeroer } from '../stream/receive/target';
 import { RecordBuffers, StreamVerifier, type VerifiedStream } from '../stream/format/verifier';
 import { newStreamMacKey } from '../stream/format/stream-mac';
 
@@ -218,8 +218,7 @@ class Receiver {
     // Opening does not write; it does check access early (and EBUSY for a claimed device).
     this.writer ??= await BlockWriter.open(this.o.target, { direct: this.o.direct });
     if (this.writer.size < h.deviceSize && !(this.o.create && !this.info.blockDevice)) {
-      const fix = this.info.blockDevice ? `give a device of at least ${h.deviceSize} bytes (or grow this one)` : `option create grows the file, or give a target of at least ${h.deviceSize} bytes`;
-      throw new StreamError('target-size', `target ${this.o.target} is ${this.writer.size} bytes, the stream's device is ${h.deviceSize} bytes: ${fix}`, {
+      throw new StreamError('target-size', `target ${this.o.target} is ${this.writer.size} bytes, the stream's device is ${h.deviceSize} bytes: ${tooSmallAdvice(this.info.blockDevice, h.deviceSize)}`, {
         path: this.o.target,
         targetSize: this.writer.size,
         deviceSize: h.deviceSize,
@@ -269,7 +268,16 @@ class Receiver {
       });
       recorded = true;
       // A file target (created, or allowed to grow with `create`) becomes as large as the device.
-      if (!writer.info.blockDevice && writer.size < header.deviceSize) await this.grow(writer, header.deviceSize, before, () => (recorded = false));
+      if (!writer.info.blockDevice && writer.size < header.deviceSize) {
+        const undo = before.ok
+          ? async () => {
+              if (before.state) await writeState(this.stateFile, before.state);
+              else await unlink(this.stateFile);
+              recorded = false; // the failure is not "partly written"
+            }
+          : null;
+        await growRecordedTarget(writer, header.deviceSize, this.o.target, "the stream's", 'receive', undo);
+      }
       // Grown: the base had no blocks there, so neither does the delta; the target's old bytes must go.
       if (baseSize !== undefined && baseSize < header.deviceSize) await zero(baseSize, header.deviceSize - baseSize);
     };
@@ -325,31 +333,6 @@ class Receiver {
       if (!isSystemError(e)) throw e;
       const why = whyCannotGrow(x);
       throw new SystemCallError(x.code ?? 'EIO', `cannot make the target ${this.o.target} ${size} bytes, the stream's device size: ${why}; nothing was written and the file this receive created was removed`, {
-        syscall: x.syscall,
-        path: this.o.target,
-        cause: e,
-      });
-    }
-  }
-
-  /**
-   * Grows an existing file target to the stream's device size, right after
-   * `pending` was recorded. A grow that fails changed nothing (the file keeps
-   * its bytes, size and time), so the state it had (`before`) is put back and
-   * `undone` called: the receive fails saying nothing was written. Before, it
-   * stayed pending, "partly written: run the same receive again", which
-   * failed the same way, and every incremental after it was refused.
-   */
-  private async grow(writer: BlockWriter, size: number, before: Awaited<ReturnType<typeof readState>>, undone: () => void): Promise<void> {
-    try {
-      await writer.extend(size);
-    } catch (e) {
-      if (!isSystemError(e) || !before.ok) throw e;
-      const back = before.state ? writeState(this.stateFile, before.state) : unlink(this.stateFile);
-      if (!(await back.then(() => true, () => false))) throw e;
-      undone();
-      const x = e as NodeJS.ErrnoException;
-      throw new SystemCallError(x.code ?? 'EIO', `cannot grow the target ${this.o.target} to ${size} bytes, the stream's device size: ${whyCannotGrow(x)}; nothing was written and its receive state is as it was`, {
         syscall: x.syscall,
         path: this.o.target,
         cause: e,

@@ -14,10 +14,10 @@
  */
 import { realpath, stat, unlink } from 'node:fs/promises';
 import { isAbsolute, resolve, sep } from 'node:path';
-import { check, DmthinError, isSystemError, RepoError, SystemCallError, throwIfAborted, UsageError } from '../errors';
+import { check, DmthinError, RepoError, SystemCallError, throwIfAborted, UsageError } from '../errors';
 import { needDirectory, refuseForeignStateFile, refuseOutputOverInputs, sameTarget, stateNotRecorded, completionNotRecorded, targetIdentity, fileStamp, sameStamp, realPathOf, type FileStamp } from '../output/file';
 import { BlockWriter, type WriteSegment } from '../native/block-writer';
-import { inspectTarget, resolveZeroMethod, whyCannotGrow, ZERO_METHODS, zeroer, type ZeroMethod } from '../stream/receive/target';
+import { growRecordedTarget, inspectTarget, resolveZeroMethod, tooSmallAdvice, whyCannotGrow, ZERO_METHODS, zeroer, type ZeroMethod } from '../stream/receive/target';
 import { allowListeners, chunksAtOnce, Repository, type KeySource, type ManifestEntry } from '../repo/repository';
 import { defaultRestoreStateFile, readRestoreState, RestoreLock, writeRestoreState, type RestoreEntry, type RestoreState } from './restore-state';
 import { killAfterCount } from './test-seams';
@@ -178,8 +178,7 @@ async function restoreFrom(repo: Repository, o: RestoreOptions): Promise<Restore
     const sizeBefore = writer.size;
     if (sizeBefore < deviceSize && (info.blockDevice || !o.create)) {
       // ENOSPC: the target has no room for the device (not a full filesystem; the line says which).
-      const fix = info.blockDevice ? `give a device of at least ${deviceSize} bytes (or grow this one)` : `option create grows the file, or give a target of at least ${deviceSize} bytes`;
-      throw new DmthinError('ENOSPC', `target ${o.target} is ${sizeBefore} bytes, backup ${o.backup}'s device is ${deviceSize} bytes: ${fix}`, {
+      throw new DmthinError('ENOSPC', `target ${o.target} is ${sizeBefore} bytes, backup ${o.backup}'s device is ${deviceSize} bytes: ${tooSmallAdvice(info.blockDevice, deviceSize)}`, {
         path: o.target,
         targetSize: sizeBefore,
         deviceSize,
@@ -208,21 +207,8 @@ async function restoreFrom(repo: Repository, o: RestoreOptions): Promise<Restore
       throw stateNotRecorded(e, 'restore', stateFile, o.target, created);
     });
     if (!writer.info.blockDevice && writer.size < deviceSize) {
-      try {
-        await writer.extend(deviceSize);
-      } catch (e) {
-        // A grow that fails changes nothing (bytes, size, time): the state goes back, and the line says so
-        // (before, it stayed pending: "incomplete, restore a backup onto it again", which failed the same way).
-        if (!isSystemError(e) || stateFileWas === 'damaged') throw e;
-        const back = stateFileWas === 'read' ? writeRestoreState(stateFile, state!) : unlink(stateFile);
-        if (!(await back.then(() => true, () => false))) throw e;
-        const x = e as NodeJS.ErrnoException;
-        throw new SystemCallError(x.code ?? 'EIO', `cannot grow the target ${o.target} to ${deviceSize} bytes, backup ${o.backup}'s device size: ${whyCannotGrow(x)}; nothing was written and its restore state is as it was`, {
-          syscall: x.syscall,
-          path: o.target,
-          cause: e,
-        });
-      }
+      const undo = stateFileWas === 'damaged' ? null : () => (stateFileWas === 'read' ? writeRestoreState(stateFile, state!) : unlink(stateFile));
+      await growRecordedTarget(writer, deviceSize, o.target, `backup ${o.backup}'s`, 'restore', undo);
     }
     // A new file, or a grown one's tail, already reads as zeros there.
     const zerosFrom = created ? 0 : Math.min(sizeBefore, deviceSize);

@@ -17,7 +17,7 @@
  *    there), else written zeros.
  */
 import { readFile, stat } from 'node:fs/promises';
-import { DmthinError } from '../../errors';
+import { DmthinError, isSystemError, SystemCallError } from '../../errors';
 import { BlockReader } from '../../native/block-reader';
 import { devNumOf } from '../../dm/block-devices';
 import type { BlockWriter } from '../../native/block-writer';
@@ -49,6 +49,34 @@ async function sysfs(dev: { major: number; minor: number }, rel: string): Promis
     return (await readFile(`/sys/dev/block/${dev.major}:${dev.minor}/${rel}`, 'utf8')).trim();
   } catch {
     return undefined;
+  }
+}
+
+/** What to do about a target smaller than the device (receive's and restore's refusal; the CLI says --create for option create). */
+export function tooSmallAdvice(blockDevice: boolean, deviceSize: number): string {
+  return blockDevice ? `give a device of at least ${deviceSize} bytes (or grow this one)` : `option create grows the file, or give a target of at least ${deviceSize} bytes`;
+}
+
+/**
+ * Grows an existing file target to `size` right after a job (receive,
+ * restore: `job`) recorded itself pending in its state file. A grow that
+ * fails changed nothing (the file keeps its bytes, size and time), so
+ * `undo` puts the state file back as it was (null: it cannot, a damaged one)
+ * and the failure says nothing was written. Left pending, the state said
+ * "partly written, run it again", which failed the same way, and a receive
+ * refused every incremental after it.
+ */
+export async function growRecordedTarget(writer: BlockWriter, size: number, target: string, whose: string, job: string, undo: (() => Promise<unknown>) | null): Promise<void> {
+  try {
+    await writer.extend(size);
+  } catch (e) {
+    if (!isSystemError(e) || undo === null || !(await undo().then(() => true, () => false))) throw e;
+    const x = e as NodeJS.ErrnoException;
+    throw new SystemCallError(x.code ?? 'EIO', `cannot grow the target ${target} to ${size} bytes, ${whose} device size: ${whyCannotGrow(x)}; nothing was written and its ${job} state is as it was`, {
+      syscall: x.syscall,
+      path: target,
+      cause: e,
+    });
   }
 }
 
