@@ -81,9 +81,6 @@ export async function deviceUsage(md: ThinMetadata, opts: UsageOptions = {}): Pr
   return rowsOf(table, exclusive);
 }
 
-/** Mappings walked between two progress reports of deviceUsage (a few hundred reports for a pool of 10 million). */
-const PROGRESS_MAPPINGS = 1 << 15;
-
 /**
  * @internal deviceUsage's EXCLUSIVE column: exclusive[k] for the device of
  * row k of `table` (no object per device; the CLI writes the table from the
@@ -99,33 +96,12 @@ export async function exclusiveUsage(md: ThinMetadata, opts: UsageOptions = {}):
   for (let k = 0; k < n; k++) sum += t.mappedBlocks[k];
   const nrData = md.nrDataBlocks;
   // One walk of every mapping tree; `done` mappings of earlier passes, `total` of all passes.
-  // walkDevices reports once a window of 256 devices, so a pool of a few
-  // large devices got one call, at the end: reported from the runs too, at
-  // most once per PROGRESS_MAPPINGS, so that a bar moves on any pool.
-  const report = opts.onProgress;
-  const walk = (runs: (k: number, begin: Float64Array, length: Float64Array, count: number) => void, done: number, total: number) => {
-    if (!report) return md.walkDevices(ids, { begin: () => {}, runs: (k, b) => runs(k, b.dataBegin, b.length, b.count), end: () => {} }, { signal: opts.signal });
-    let seen = 0;
-    let reported = -1;
-    const at = (m: number): void => {
-      reported = m;
-      report({ mappings: done + m, total });
-    };
-    return md.walkDevices(
+  const walk = (runs: (k: number, begin: Float64Array, length: Float64Array, count: number) => void, done: number, total: number) =>
+    md.walkDevices(
       ids,
-      {
-        begin: () => {},
-        runs: (k, b) => {
-          runs(k, b.dataBegin, b.length, b.count);
-          for (let i = 0; i < b.count; i++) seen += b.length[i];
-          if (seen - reported >= PROGRESS_MAPPINGS) at(seen);
-        },
-        end: () => {},
-      },
-      // The window's end: what came since the last report (the walk's end included), never the same count twice.
-      { signal: opts.signal, onProgress: (p) => (p.mappings !== reported ? at(p.mappings) : undefined) },
+      { begin: () => {}, runs: (k, b) => runs(k, b.dataBegin, b.length, b.count), end: () => {} },
+      { signal: opts.signal, onProgress: opts.onProgress ? (p) => opts.onProgress!({ mappings: done + p.mappings, total }) : undefined },
     );
-  };
   let excl: Float64Array;
   const limits = opts.flatLimits ?? { ownerBytes: OWNER_BYTES_MAX, counts: COUNTS_FLAT_MAX };
   const ownerBytes = nrData <= limits.ownerBytes && n <= ByteOwnerMap.MAX_OWNERS;
@@ -140,7 +116,7 @@ export async function exclusiveUsage(md: ThinMetadata, opts: UsageOptions = {}):
         for (let r = 0; r < n; r++) excl[k] -= uses.sharedIn(d[r], l[r]);
       }, sum, 2 * sum);
     } else if (sum > 0) {
-      report?.({ mappings: 2 * sum, total: 2 * sum }); // no second pass: the work is done, as the bar should say
+      opts.onProgress?.({ mappings: 2 * sum, total: 2 * sum }); // no second pass: the work is done, as the bar should say
     }
   } else {
     // One walk: an owner byte a block when it fits (and the devices fit a byte), else OwnerMap's pages.

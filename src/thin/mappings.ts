@@ -334,9 +334,16 @@ export interface DeviceWalkOptions {
   signal?: AbortSignal;
   /** Roots read in one batch ahead of the walk (default 256, 1 MiB). */
   window?: number;
-  /** Called after each window of devices. */
+  /**
+   * Called after each window of devices, and within a large device every
+   * PROGRESS_MAPPINGS mappings (a pool of a few large devices would
+   * otherwise report once, at the end); never twice with one count.
+   */
   onProgress?: (p: { devices: number; mappings: number }) => void;
 }
+
+/** Mappings between two progress reports of walkDeviceRuns within a device (a few hundred for 10 million). */
+const PROGRESS_MAPPINGS = 1 << 15;
 
 /**
  * @internal The whole mapping trees of many devices, one after the other, with the
@@ -373,6 +380,11 @@ export async function walkDeviceRuns(
     }
   };
   let mappings = 0;
+  let reported = -1;
+  const report = (devicesDone: number, m: number): void => {
+    reported = m;
+    opts.onProgress!({ devices: devicesDone, mappings: m });
+  };
   for (let from = 0; from < devices.count; from += window) {
     throwIfAborted(opts.signal);
     fill();
@@ -413,6 +425,7 @@ export async function walkDeviceRuns(
           batch.reset();
           merger.leaf(leaf, batch);
           found += leaf.nrEntries;
+          if (opts.onProgress && mappings + found - reported >= PROGRESS_MAPPINGS) report(k, mappings + found);
           if (batch.count) {
             const r = visitor.runs(k, batch);
             if (r) await r;
@@ -429,6 +442,6 @@ export async function walkDeviceRuns(
       const r = visitor.end(k, found);
       if (r) await r;
     }
-    opts.onProgress?.({ devices: to, mappings });
+    if (opts.onProgress && mappings !== reported) report(to, mappings);
   }
 }
