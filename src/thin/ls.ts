@@ -367,15 +367,20 @@ function detailsTableColumns(c: DeviceTable, fields: readonly LsField[], dataBlo
   return fields.map((f): Column => {
     const hw = headers ? f.length : 0;
     switch (f) {
-      case 'DEV':
+      // The widths from the table's maxima (ids increase: the last is the
+      // largest), not from a pass over each column: such a pass runs once,
+      // before V8 optimises it (70,000 devices: ~9 ms for the first).
+      case 'DEV': {
+        const max = c.count === 0 ? 0 : c.devId[c.count - 1];
         // As u32s when they all are (always, for a sound pool: ids are 24-bit): read unboxed.
-        return numberColumn(c.count === 0 || c.devId[c.count - 1] < TWO32 ? Uint32Array.from(c.devId) : c.devId, hw);
+        return numberColumn(max < TWO32 ? Uint32Array.from(c.devId) : c.devId, hw, max);
+      }
       case 'MAPPED_BLOCKS':
-        return numberColumn(c.mappedBlocks, hw);
+        return numberColumn(c.mappedBlocks, hw, c.maxMappedBlocks);
       case 'CREATE_TIME':
-        return numberColumn(c.creationTime, hw);
+        return numberColumn(c.creationTime, hw, c.maxCreationTime);
       case 'SNAP_TIME':
-        return numberColumn(c.snapshottedTime, hw);
+        return numberColumn(c.snapshottedTime, hw, c.maxSnapshottedTime);
       case 'MAPPED':
         return unitColumn(c.mappedBlocks, dataBlockSize, hw) ?? textColumn((rows ??= rowsOf(c, exclusive)), f, dataBlockSize, hw);
       case 'EXCLUSIVE_BLOCKS':
@@ -512,9 +517,9 @@ function column(rows: DeviceUsage[], f: LsField, dataBlockSize: number, headerWi
   return numberColumn(nums, headerWidth);
 }
 
-function numberColumn(nums: Float64Array | Uint32Array, headerWidth: number): Column {
-  let max = 0;
-  for (let j = 0; j < nums.length; j++) if (nums[j] > max) max = nums[j];
+/** `max`: the largest of `nums`, when known. */
+function numberColumn(nums: Float64Array | Uint32Array, headerWidth: number, max = -1): Column {
+  if (max < 0) for (let j = 0; j < nums.length; j++) if (nums[j] > max) max = nums[j];
   return { nums, units: null, texts: null, width: Math.max(headerWidth, digits(max)) };
 }
 

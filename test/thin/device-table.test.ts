@@ -24,6 +24,9 @@ for (const fixture of ['many-devices', 'snapshots', 'high-values', 'empty']) {
       expect(t.root[r]).toBe(roots.get(id));
       expect(rowOf(t, id)).toBe(r);
     }
+    // The maxima ls takes its column widths from.
+    const max = (k: 'mappedBlocks' | 'creationTime' | 'snapshottedTime'): number => Math.max(0, ...[...details.values()].map((d) => d[k]));
+    expect([t.maxMappedBlocks, t.maxCreationTime, t.maxSnapshottedTime]).toEqual([max('mappedBlocks'), max('creationTime'), max('snapshottedTime')]);
     // checkedDevices is the same table as objects.
     const checked = await md.checkedDevices();
     expect([...checked.keys()]).toEqual([...t.devId]);
