@@ -468,13 +468,25 @@ function writeRows(cols: Column[], from: number, to: number, lineBytes: number, 
         const unit = UNITS[col.units[j]];
         for (let u = unit.length - 1; u >= 0; u--) buf[k--] = unit.charCodeAt(u);
       }
-      // % and an exact division: integers all the way (no boxed doubles before V8 optimises).
       let n = nums[j];
-      do {
-        const r = n % 10;
-        buf[k--] = 0x30 + r;
-        n = (n - r) / 10;
-      } while (n > 0);
+      if (n < 2147483648) {
+        // Below 2^31 (every id and time, most counts): int32 division, which
+        // V8 turns into a multiplication (70,000 devices, a new process:
+        // writeRows 9.3 -> 7.4 ms).
+        let m = n | 0;
+        do {
+          const q = (m / 10) | 0;
+          buf[k--] = 0x30 + (m - q * 10);
+          m = q;
+        } while (m > 0);
+      } else {
+        // % and an exact division: integers all the way (no boxed doubles before V8 optimises).
+        do {
+          const r = n % 10;
+          buf[k--] = 0x30 + r;
+          n = (n - r) / 10;
+        } while (n > 0);
+      }
       while (k >= pos) buf[k--] = 0x20;
       pos += col.width;
       buf[pos++] = 0x20;
