@@ -227,6 +227,11 @@ function decodeRootsLeaf(leaf: BtreeNode, c: RootColumns, nrMetadataBlocks: numb
 function rootsByRow(cols: Omit<DeviceTable, 'root'>, t: RootColumns): Uint32Array {
   const { ids, roots } = t;
   const nIds = t.n;
+  // Sound metadata: the same ids in the same order, and the roots are the
+  // column as read. One memcmp of the two id columns says so (ids are
+  // integers, so equal bytes are equal numbers), where the merge below is a
+  // loop run once, before V8 optimises it (70,000 devices: ~5 ms).
+  if (nIds === cols.count && bytesOf(ids, nIds).equals(bytesOf(cols.devId, nIds))) return roots.subarray(0, nIds);
   const root = new Uint32Array(cols.count);
   let detailsOnly = -1;
   let topOnly = -1;
@@ -252,6 +257,9 @@ function rootsByRow(cols: Omit<DeviceTable, 'root'>, t: RootColumns): Uint32Arra
   }
   return root;
 }
+
+/** The first `n` elements of `a` as bytes (a view). */
+const bytesOf = (a: Float64Array, n: number): Buffer => Buffer.from(a.buffer, a.byteOffset, n * 8);
 
 /** The row of device `devId`, or -1. */
 export function rowOf(t: DeviceTable, devId: number): number {
