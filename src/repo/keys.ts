@@ -40,15 +40,34 @@ export const DEFAULT_SCRYPT: ScryptParams = { N: 1 << 16, r: 8, p: 1 };
 /** The least N a new repository takes: 2^14 (16 MiB with r = 8), scrypt's own figure for interactive logins; below it a passphrase is cheap to guess. */
 export const MIN_SCRYPT_N = 1 << 14;
 
-/** scrypt parameters a new repository may record: N a power of two of at least MIN_SCRYPT_N, r and p at least 1 (UsageError otherwise, before anything is written). */
-export function checkScryptParams(p: unknown): void {
-  if (p === null || typeof p !== 'object') throw new UsageError(`scrypt must be an object { N, r, p }, got ${p === null ? 'null' : typeof p}`);
+/**
+ * The most memory scrypt may take, 128·N·r bytes: 1 GiB (N = 2^20 at r = 8),
+ * and the most lanes, p = 16 (each p costs the time of one more pass). A
+ * stored config beyond them is damage, not a cost to pay: opening it would
+ * take that memory and time before a wrong passphrase could even be told.
+ */
+export const MAX_SCRYPT_MEMORY = 1 << 30;
+export const MAX_SCRYPT_P = 16;
+
+/** What is wrong with scrypt parameters, or null: N a power of two of at least MIN_SCRYPT_N, r and p at least 1, within the bounds above. */
+function scryptParamsProblem(p: unknown): string | null {
+  if (p === null || typeof p !== 'object') return `scrypt must be an object { N, r, p }, got ${p === null ? 'null' : typeof p}`;
   const { N, r, p: par } = p as Record<string, unknown>;
   if (typeof N !== 'number' || !Number.isSafeInteger(N) || N < MIN_SCRYPT_N || !Number.isInteger(Math.log2(N))) {
-    throw new UsageError(`scrypt.N must be a power of two of at least 2^14 (${MIN_SCRYPT_N}), got ${typeof N === 'number' ? N : typeof N}`);
+    return `scrypt.N must be a power of two of at least 2^14 (${MIN_SCRYPT_N}), got ${typeof N === 'number' ? N : typeof N}`;
   }
-  check.integer(r, 'scrypt.r');
-  check.integer(par, 'scrypt.p');
+  for (const [name, v] of [['r', r], ['p', par]] as const) {
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 1) return `scrypt.${name} must be an integer of at least 1, got ${typeof v} ${typeof v === 'string' ? JSON.stringify(v) : String(v)}`;
+  }
+  if (128 * N * (r as number) > MAX_SCRYPT_MEMORY) return `scrypt takes 128·N·r bytes of memory, at most 1 GiB (N·r at most 2^23), got N ${N} and r ${String(r)}`;
+  if ((par as number) > MAX_SCRYPT_P) return `scrypt.p must be at most ${MAX_SCRYPT_P}, got ${String(par)}`;
+  return null;
+}
+
+/** scrypt parameters a new repository may record (UsageError otherwise, before anything is written): see scryptParamsProblem. */
+export function checkScryptParams(p: unknown): void {
+  const problem = scryptParamsProblem(p);
+  if (problem !== null) throw new UsageError(problem);
 }
 
 interface KdfKeyFile {
@@ -208,6 +227,11 @@ export async function openConfig(stored: Buffer, key: KeySource | undefined, whe
     checkSource(key);
     const enc = config.encryption;
     if (typeof enc.wrappedKey !== 'string' || !enc.kdf || typeof enc.kdf.salt !== 'string') throw corrupt('encryption fields');
+    const kdfName: unknown = enc.kdf.name;
+    if (kdfName !== 'keyfile' && kdfName !== 'scrypt') throw corrupt(`key derivation ${JSON.stringify(kdfName)}`);
+    // Checked before they are used: the config is authenticated only with the key they derive.
+    const problem = enc.kdf.name === 'scrypt' ? scryptParamsProblem(enc.kdf) : null;
+    if (problem !== null) throw corrupt(problem);
     const w = Buffer.from(enc.wrappedKey, 'base64');
     if (w.length !== 12 + 32 + 16) throw corrupt('wrapped key length');
     let master: Buffer;

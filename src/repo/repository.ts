@@ -58,7 +58,7 @@ export interface RepositoryCreateOptions extends RepoCallOptions {
   key?: KeySource;
   /** `none`, `deflate[:1-9]` or `brotli[:0-11]`; default `brotli:1` (docs/repository.md, "Compression"). */
   compression?: string;
-  /** scrypt cost for a passphrase (default N=65536, r=8, p=1; N a power of two of at least 2^14, r and p at least 1); stored in the config. */
+  /** scrypt cost for a passphrase (default N=65536, r=8, p=1; N a power of two of at least 2^14, r and p at least 1, 128·N·r at most 1 GiB, p at most 16); stored in the config. */
   scrypt?: ScryptParams;
 }
 

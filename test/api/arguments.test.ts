@@ -98,6 +98,8 @@ const optionCases: [string, () => Promise<unknown>, RegExp][] = [
   ['Repository.create scrypt N 3', () => Repository.create(s.path('weak1'), { key: { passphrase: 'p' }, scrypt: { N: 3, r: 8, p: 1 } }), /^scrypt.N must be a power of two of at least 2\^14 \(16384\), got 3/],
   ['Repository.create scrypt N 2^13', () => Repository.create(s.path('weak2'), { key: { passphrase: 'p' }, scrypt: { N: 1 << 13, r: 8, p: 1 } }), /^scrypt.N must be a power of two of at least 2\^14/],
   ['Repository.create scrypt r 0', () => Repository.create(s.path('weak3'), { key: { passphrase: 'p' }, scrypt: { N: 1 << 14, r: 0, p: 1 } }), /^scrypt.r must be an integer of at least 1, got number 0/],
+  ['Repository.create scrypt N 2^21 r 8 (2 GiB)', () => Repository.create(s.path('big1'), { key: { passphrase: 'p' }, scrypt: { N: 1 << 21, r: 8, p: 1 } }), /^scrypt takes 128·N·r bytes of memory, at most 1 GiB \(N·r at most 2\^23\), got N 2097152 and r 8/],
+  ['Repository.create scrypt p 17', () => Repository.create(s.path('big2'), { key: { passphrase: 'p' }, scrypt: { N: 1 << 14, r: 8, p: 17 } }), /^scrypt.p must be at most 16, got 17/],
 ];
 cases.push(...optionCases);
 

@@ -153,4 +153,30 @@ describe('encrypted repository', () => {
     writeFileSync(join(loc, 'config'), JSON.stringify({ body: JSON.stringify(body), mac: outer.mac }));
     await expect(Repository.open(loc, { key: { passphrase: 'pw' } })).rejects.toMatchObject({ reason: 'corrupt' });
   });
+
+  // The scrypt parameters are used before the config can be authenticated
+  // (the MAC needs the key they derive): out of bounds, they are damage, told
+  // at once, not 1 TiB of scrypt memory asked for nor a wrong-passphrase line.
+  it.each([
+    ['N 2^30', { N: 2 ** 30 }, /128·N·r bytes of memory, at most 1 GiB/],
+    ['N 2^21 at r 8', { N: 2 ** 21 }, /at most 1 GiB/],
+    ['r 2^20', { r: 2 ** 20 }, /at most 1 GiB/],
+    ['p 2^20', { p: 2 ** 20 }, /scrypt.p must be at most 16/],
+    ['N 3', { N: 3 }, /scrypt.N must be a power of two/],
+    ['r 0', { r: 0 }, /scrypt.r must be an integer of at least 1/],
+    ['p "1"', { p: '1' }, /scrypt.p must be an integer of at least 1, got string "1"/],
+    ['an unknown derivation', { name: 'argon2' }, /key derivation "argon2"/],
+  ])('stored scrypt parameters out of bounds (%s): corrupt, at once', async (_n, change, message) => {
+    const loc = join(dir, 'repo');
+    await populate(loc, { passphrase: 'pw' }, plains);
+    const outer = JSON.parse(readFileSync(join(loc, 'config'), 'utf8'));
+    const body = JSON.parse(outer.body);
+    Object.assign(body.encryption.kdf, change);
+    writeFileSync(join(loc, 'config'), JSON.stringify({ body: JSON.stringify(body), mac: outer.mac }));
+    const before = snapshot(loc);
+    const t0 = Date.now();
+    await expect(Repository.open(loc, { key: { passphrase: 'pw' } })).rejects.toMatchObject({ reason: 'corrupt', message: expect.stringMatching(message) });
+    expect(Date.now() - t0).toBeLessThan(5000);
+    expect(snapshot(loc)).toBe(before);
+  });
 });
