@@ -16,7 +16,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { constants, existsSync, lstatSync, readFileSync, readlinkSync, realpathSync, statSync } from 'node:fs';
-import { lstat, mkdir, open, readdir, readFile, readlink, realpath, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { access, lstat, mkdir, open, readdir, readFile, readlink, realpath, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
@@ -195,12 +195,21 @@ export class OutputFile {
       return new OutputFile(path, path, null, fh, new FileWritable(fh, path), true, opts.signal);
     }
     if (existing?.isDirectory()) throw new SystemCallError('EISDIR', `cannot write ${path}: it is a directory`, { path, syscall: 'open' });
+    // What the kernel's open(O_CREAT) says of "name/" that is no directory (the file would be "name").
+    if (!existing && path.endsWith('/')) throw new SystemCallError('EISDIR', `cannot write ${path}: a path ending in / names a directory, and there is none`, { path, syscall: 'open' });
     if (existing && !existing.isFile()) {
       // A device or FIFO: written where it is. fsync means something only for a block device.
       const fh = await open(target, constants.O_WRONLY).catch((e) => {
         throw fsError(e, 'open', path);
       });
       return new OutputFile(path, target, null, fh, new FileWritable(fh, path), existing.isBlockDevice(), opts.signal);
+    }
+    // A file its caller may not write (mode 0444, another user's) is refused
+    // as open(O_WRONLY) refuses it: the rename below needs only the directory.
+    if (existing) {
+      await access(target, constants.W_OK).catch((e) => {
+        throw fsError(e, 'open', path);
+      });
     }
     await removeDeadTemps(target);
     const tmp = join(dirname(target), `${tempPrefix(target)}${process.pid}-${randomBytes(4).toString('hex')}.tmp`);

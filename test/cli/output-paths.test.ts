@@ -6,12 +6,14 @@
  * FILE as it was, and the rerun removes the killed run's temporary file.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { closeSync, existsSync, linkSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, closeSync, existsSync, linkSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { CLI, runCli } from './run-cli';
 import { makeInputs, SIZE, type Inputs } from './output-helpers';
 import { sha256File } from '../stream/helpers';
 import { itOracle, largeImage, runOracle } from '../helpers/fixtures';
+import { testAsRoot } from '../helpers/root';
 
 let i: Inputs;
 let links: { sym: (p: string) => string; hard: (p: string) => string };
@@ -363,5 +365,41 @@ describe('the library refuses the same collisions (no CLI in between)', () => {
       await expect(receive({ target: t, input: i.stream, stateFile })).rejects.toMatchObject({ name: 'UsageError', code: 'EINVAL' });
     }
     expect(sha256File(t) + sha256File(i.stream)).toBe(before);
+  });
+});
+
+describe('-o FILE is refused where open(O_WRONLY) would be, though a rename could replace it', () => {
+  const pool = join(__dirname, '..', '..', 'examples', 'pool.bin');
+  // The caller may not write the file (mode 0444, its own): `> FILE` says Permission denied.
+  // Root may write any file, so the caller is another user (nobody).
+  testAsRoot('a file its caller may not write: EACCES, the file unchanged', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'dmthin-ro-'));
+    try {
+      chmodSync(dir, 0o755);
+      chownSync(dir, 65534, 65534);
+      const ro = join(dir, 'ro.xml');
+      writeFileSync(ro, 'precious\n', { mode: 0o444 });
+      chownSync(ro, 65534, 65534);
+      for (const args of [['dump', '-o', ro, pool], ['send', '--metadata', pool, '--data', pool, '--snap', '1', '--size', '512', '-o', ro]]) {
+        const r = spawnSync(process.execPath, [CLI, ...args], { uid: 65534, gid: 65534, cwd: dir, encoding: 'utf8', env: { ...process.env, DMTHIN_CODE_CACHE: '0' } });
+        expect(r.stderr).toMatch(/cannot open .*ro\.xml: permission denied \[EACCES\]\n$/);
+        expect(r.status).toBe(1);
+        expect(readFileSync(ro, 'utf8')).toBe('precious\n');
+        expect(readdirSync(dir)).toEqual(['ro.xml']);
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+  test('a path ending in / that names no directory: EISDIR, nothing made', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'dmthin-slash-'));
+    try {
+      const r = runCli(['dump', '-o', join(dir, 'newdir') + '/', pool]);
+      expect(r.stderr).toMatch(/cannot write .*newdir\/: a path ending in \/ names a directory, and there is none \[EISDIR\]\n$/);
+      expect(r.status).toBe(1);
+      expect(readdirSync(dir)).toEqual([]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
