@@ -3,9 +3,9 @@ import { type Command, Option } from 'commander';
 import { UsageError, unknownFormat } from '../errors';
 import type { DumpFormat } from '../thin/dump';
 import type { CliContext } from './common';
-import { Progress, stderrIsTTY } from './progress';
+import { barBesideOutput, Progress } from './progress';
 import { isThinIdText, MetadataSnapOpts, openMetadataSource, thinIdArg } from './metadata-source';
-import { checkOutputPath, commandOutput } from './output';
+import { checkOutputPath, commandOutput, isStdoutPath } from './output';
 
 interface DumpCliOpts extends MetadataSnapOpts {
   devId?: string[];
@@ -39,7 +39,7 @@ export function register(program: Command, ctx: () => CliContext): void {
       c.onCleanup(() => md.close());
       const devIds = o.devId && (await Promise.all(o.devId.map((v) => (isThinIdText(v) ? Number(v) : thinIdArg('--dev-id', v, pool, Number.MAX_SAFE_INTEGER))))).filter((id) => id <= Number.MAX_SAFE_INTEGER);
       const { out, commit } = await commandOutput(o.output, c, [{ path: metadata, role: 'the metadata input' }]);
-      const bar = new Progress('dump', !o.quiet && stderrIsTTY());
+      const bar = new Progress('dump', !o.quiet && barBesideOutput(o.output === undefined || isStdoutPath(o.output)));
       try {
         // Loaded when the command runs, not when it is registered (--help lists every command).
         const { dump } = require('../thin/dump') as typeof import('../thin/dump');

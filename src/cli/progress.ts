@@ -30,6 +30,16 @@ export function stderrIsTTY(): boolean {
   return fdIsTTY(2);
 }
 
+/**
+ * A bar for a command that writes its output to stdout while it works
+ * (dump, rmap): only when stderr is a terminal and stdout is not one. On the
+ * same screen the output's lines would run into the bar, and the bar's
+ * teardown (back to where it was drawn) would land inside them.
+ */
+export function barBesideOutput(outputToStdout: boolean): boolean {
+  return stderrIsTTY() && !(outputToStdout && fdIsTTY(1));
+}
+
 export class Progress {
   private bar?: SingleBar;
   private last = 0;

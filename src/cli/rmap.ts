@@ -4,9 +4,9 @@ import { throwIfAborted, UsageError } from '../errors';
 import { asciiTag, OutputSink } from '../output/sink';
 import type { DataRegion } from '../thin/rmap';
 import { CliContext } from './common';
-import { Progress, stderrIsTTY } from './progress';
+import { barBesideOutput, Progress } from './progress';
 import { MetadataSnapOpts, openMetadata } from './metadata-source';
-import { checkOutputPath, commandOutput } from './output';
+import { checkOutputPath, commandOutput, isStdoutPath } from './output';
 
 const DATA = asciiTag('data ');
 const DOTS = asciiTag('..');
@@ -64,7 +64,7 @@ export function register(program: Command, ctx: () => CliContext): void {
       const md = await openMetadata(metadata, o, c);
       c.onCleanup(() => md.close());
       const { out, commit } = await commandOutput(o.output, c, [{ path: metadata, role: 'the metadata input' }]);
-      const bar = new Progress('rmap', !o.quiet && stderrIsTTY());
+      const bar = new Progress('rmap', !o.quiet && barBesideOutput(o.output === undefined || isStdoutPath(o.output)));
       const sink = new OutputSink(out);
       try {
         // Bytes straight into the output chunk: a string per line made most of the time garbage.
