@@ -187,6 +187,14 @@ async function sendFromImage(o: ImageSendOptions): Promise<SendSummary> {
         if (deviceSize !== undefined && deviceSize > imageSize) {
           throw new UsageError(`the device size given (${deviceSize} bytes) is larger than the device image ${o.device} (${imageSize} bytes)`, { path: o.device });
         }
+        // A thin device is whole sectors: an image that is not is no copy of
+        // one, and its tail is not cut off unasked.
+        if (deviceSize === undefined && imageSize !== source.sizeBytes) {
+          throw new UsageError(
+            `the device image ${o.device} is ${source.sizeBytes} bytes, not a whole number of 512-byte sectors: to send its first ${imageSize} bytes or fewer, give that size (option deviceSize)`,
+            { path: o.device, option: 'deviceSize' },
+          );
+        }
         deviceSize ??= imageSize;
       }
       const plan = await planSend(md, {

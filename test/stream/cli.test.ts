@@ -6,7 +6,7 @@
 import { blake3 } from '@noble/hashes/blake3';
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdirSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import { CLI, hashOutput, runCli } from '../cli/run-cli';
 import { ThinMetadata } from '../../src/thin/metadata';
 import { fixtureImage } from '../helpers/fixtures';
@@ -241,6 +241,12 @@ test('usage errors', () => {
   expect(runCli(['send', '--metadata', meta, '--data', data, '--snap', '1', '--size', '12x']).status).toBe(1);
   expect(runCli(['receive', '--target', s.path('x'), '-i', meta, '--discard', 'shred']).stderr).toMatch(/unknown --discard method/);
   expect(runCli(['receive', '--target', s.path('nope'), '-i', meta]).stderr).toMatch(/not a dmthin stream/);
+  // A --device image that is not whole sectors is no thin device's copy: its tail is not cut off unasked.
+  const odd = s.path('odd.img');
+  writeFileSync(odd, Buffer.alloc(1000));
+  const r = runCli(['send', '--metadata', meta, '--device', odd, '--snap', '1', '-o', s.path('odd.stream')]);
+  expect([r.status, r.stderr]).toEqual([1, expect.stringMatching(/: the device image .*odd\.img is 1000 bytes, not a whole number of 512-byte sectors: to send its first 512 bytes or fewer, give that size \(--size BYTES\) \[EINVAL\]\n$/)]);
+  expect(existsSync(s.path('odd.stream'))).toBe(false);
 });
 
 /** Whether process `pid` holds a file that was in `dir` (the spool, unlinked as soon as it is open). */
