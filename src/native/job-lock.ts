@@ -13,7 +13,7 @@
  */
 import { closeSync, constants, fstatSync, mkdirSync, openSync, statSync, unlinkSync } from 'node:fs';
 import { dirname } from 'node:path';
-import { DmthinError } from '../errors';
+import { DmthinError, UsageError } from '../errors';
 import { native } from './binding';
 
 /** The locks one job holds, all dropped by release(). */
@@ -25,6 +25,8 @@ export class JobLock {
 
   /** Creates (if needed) and locks `<stateFile>.lock`; `busy` is the message when another process holds it. */
   lockStateFile(stateFile: string, busy: (lockFile: string) => string): void {
+    // "st/" would lock "st/.lock", making a directory where a file was meant.
+    if (stateFile.endsWith('/')) throw new UsageError(`the ${this.job} state file ${stateFile} ends in /, which names a directory: give the path of a file for it`, { path: stateFile });
     const lockFile = `${stateFile}.lock`;
     const dir = dirname(lockFile);
     try {

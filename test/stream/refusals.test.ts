@@ -209,6 +209,21 @@ test('a missing target is not created unless asked', async () => {
   expect(sha256File(t)).toBe(await expectedSha(md, 1, SIZE));
 });
 
+test('a state path ending in / (no such directory): refused before anything is made (found by an outside hunt: the directory was made, then a false "exists and is not a regular file")', async () => {
+  const t = s.path('slash-target');
+  const st = s.path('slash-state') + '/';
+  await expect(receive({ target: t, input: Readable.from([streams.full1]), create: true, stateFile: st })).rejects.toMatchObject({
+    name: 'UsageError',
+    message: expect.stringMatching(/^the receive state file .*slash-state\/ ends in \/, which names a directory: give the path of a file for it$/),
+  });
+  expect(existsSync(t)).toBe(false);
+  expect(existsSync(s.path('slash-state'))).toBe(false);
+  // The lock every job takes beside its state refuses the same (merge and replicate reach it with their own state paths).
+  const { JobLock } = await import('../../src/native/job-lock');
+  expect(() => new JobLock('merge').lockStateFile(st, () => 'busy')).toThrow(/^the merge state file .*slash-state\/ ends in \/, which names a directory/);
+  expect(existsSync(s.path('slash-state'))).toBe(false);
+});
+
 test('an unreadable state file refuses incremental streams, not full ones', async () => {
   const t = await target('dev1');
   writeFileSync(`${t}.dmthin-state.json`, '{ not json');
