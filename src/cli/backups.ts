@@ -136,7 +136,11 @@ export function register(program: Command, ctx: () => CliContext): void {
       }
       // The report first, complete, whatever the repair then does.
       const repaired = o.repair && r.damagedChunks.length > 0 ? await repo.removeDamagedChunks(r.damagedChunks, { signal: c.signal }) : undefined;
-      if (o.json) print(toJson(repaired ? { ...r, repair: repaired } : r) + '\n');
+      if (o.json) {
+        // A manifest problem has no chunk: null there (docs/json.md), where the library says -1 and ''.
+        const problems = r.problems.map((p) => (p.index < 0 ? { ...p, index: null, offset: null, id: null } : p));
+        print(toJson(repaired ? { ...r, problems, repair: repaired } : { ...r, problems }) + '\n');
+      }
       else {
         for (const p of r.problems) {
           print(p.index < 0 ? `backup ${p.backup}: manifest ${p.reason}\n` : `backup ${p.backup}: chunk ${p.index} at byte ${p.offset} (${p.id}) ${p.reason}\n`);

@@ -311,6 +311,10 @@ test('backups verify: a backup whose map is damaged is named with how to delete 
   expect(r.status).toBe(1);
   const line = oneLine(r.stderr);
   expect(line).toMatch(new RegExp(`^dmthin backups verify: 1 problem found; the first: backup ${ids.vol[1]}, its manifest is \\S+; it cannot be restored: delete it with dmthin backups delete --repo \\S+ --backup ${ids.vol[1]}, or restore its files from a copy \\[EBADMSG\\]$`));
+  // --json: the problem has no chunk, so no index, offset or id: null (docs/json.md), not -1 and '' (found by an outside hunt).
+  const j = cli(['backups', 'verify', '--repo', loc, '--json']);
+  expect(j.status).toBe(1);
+  expect(JSON.parse(j.stdout).problems).toEqual([{ backup: ids.vol[1], index: null, offset: null, id: null, reason: expect.stringMatching(/^(corrupt|missing)$/) }]);
 });
 
 test('a damaged chunk: verify --data --repair removes it, the next --full backup stores it again, and every backup naming it restores whole (found by an outside hunt)', () => {
