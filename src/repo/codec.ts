@@ -152,12 +152,17 @@ export async function sealAsync(plain: Uint8Array, context: string, keys: RepoKe
   return compressInWorker(code as 1 | 2, compression.level, plain, (z) => (z.length < plain.length ? envelope(code, z, context, keys) : envelope(0, plain, context, keys)));
 }
 
+/** How many envelope formats past its own a dmthin takes for a newer dmthin's (beyond: damage). */
+const FORMATS_AHEAD = 8;
+
 /** Checks the envelope and returns [compression code, payload]. */
 function open(stored: Buffer, context: string, keys: RepoKeys | null): [number, Buffer] {
   const bad = (why: string) => new RepoError('corrupt', `${context}: ${why}; the object is damaged or was altered`, { key: context });
   if (stored.length < 2) throw bad('too short');
   // Formats only grow: a byte below ours (a zeroed block) was never written by any dmthin.
   if (stored[0]! < ENVELOPE_FORMAT) throw bad(`envelope format ${stored[0]}`);
+  // Formats grow one at a time: a byte far above ours (text, random bytes over the object) is damage, not a newer dmthin's object.
+  if (stored[0]! > ENVELOPE_FORMAT + FORMATS_AHEAD) throw bad(`envelope format byte ${stored[0]}, far beyond this dmthin's ${ENVELOPE_FORMAT}`);
   if (stored[0] !== ENVELOPE_FORMAT) {
     // A format-1 object whose first byte was damaged is corruption, not a newer format.
     const fixed = Buffer.from(stored);

@@ -93,6 +93,12 @@ describe('envelope', () => {
       const zero = Buffer.from(newer);
       zero[0] = 0;
       expect(() => unseal(zero, 'k', k)).toThrow(expect.objectContaining({ reason: 'corrupt' }));
+      // Text over the object ("garbage": format byte 103): damage, not "upgrade dmthin" (outside hunt); a format a few ahead stays "format".
+      const text = Buffer.concat([Buffer.from('garbage'), newer.subarray(7)]);
+      expect(() => unseal(text, 'k', k)).toThrow(expect.objectContaining({ reason: 'corrupt', message: expect.stringContaining("envelope format byte 103, far beyond this dmthin's 1") }));
+      const ahead = Buffer.from(newer);
+      ahead[0] = 9;
+      expect(() => unseal(ahead, 'k', k)).toThrow(expect.objectContaining({ reason: 'format' }));
     }
   });
 
