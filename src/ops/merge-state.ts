@@ -142,13 +142,32 @@ async function syncDir(dir: string): Promise<void> {
   if (d) await d.sync().catch(() => undefined).finally(() => d.close());
 }
 
-/** Holds `<state file>.lock` (flock): one merge of a snapshot at a time. */
+/**
+ * Holds `<state file>.lock` (flock): one merge of a snapshot at a time; and
+ * with `pool` (its name and major:minor) the pool's own sysfs directory
+ * (/sys/dev/block/M:m, no writable directory needed): one merge in a pool at
+ * a time. Two merges into one origin (from two snapshots, with two state
+ * files) each planned against the origin as it was before either wrote, and
+ * the origin ended as neither snapshot; merges are rare, and a second one is
+ * refused, not queued.
+ */
 export class MergeLock {
   private constructor(private readonly locks: JobLock) {}
 
-  static acquire(stateFile: string): MergeLock {
+  static acquire(stateFile: string, pool?: { name: string; dev: string }): MergeLock {
     const locks = new JobLock('merge');
-    locks.lockStateFile(stateFile, (path) => `another merge of this snapshot is running (${path} is locked): wait for it to finish`);
+    try {
+      locks.lockStateFile(stateFile, (path) => `another merge of this snapshot is running (${path} is locked): wait for it to finish`);
+      if (pool) {
+        locks.lockFile(
+          `/sys/dev/block/${pool.dev}`,
+          () => `another dmthin merge is running in pool ${pool.name} (one merge a pool at a time: it may write the same origin): wait for it to finish, then merge again`,
+        );
+      }
+    } catch (e) {
+      locks.release();
+      throw e;
+    }
     return new MergeLock(locks);
   }
 

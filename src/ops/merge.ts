@@ -198,7 +198,7 @@ async function prepare(poolArg: string | ThinPool, o: CommonMergeOptions, lvmRef
   }
   const poolId = info.uuid ? `dm-uuid:${info.uuid}` : `dm-name:${pool.name}`;
   const stateFile = o.stateFile ?? defaultMergeStateFile(poolId, o.snap, o.stateDir);
-  const lock = MergeLock.acquire(stateFile);
+  const lock = MergeLock.acquire(stateFile, { name: pool.name, dev: pool.devString });
   return { pool, poolId, stateFile, lock };
 }
 
@@ -276,8 +276,12 @@ async function finish(p: Prepared, state: MergeState, keepSnap: boolean, snapExi
  * What the state file says about this merge: null (nothing recorded), or
  * the recorded state, checked against the merge asked for.
  */
-function checkPrior(prior: MergeState | null, origin: MergeOrigin, snap: number, stateFile: string): MergeState | null {
+function checkPrior(prior: MergeState | null, poolId: string, origin: MergeOrigin, snap: number, stateFile: string): MergeState | null {
   if (!prior) return null;
+  // Another pool's merge: its thins and its phase say nothing of this pool (a "deleting" one was taken as done here).
+  if (prior.pool !== poolId) {
+    throw new MergeError('state-file', `the merge state ${stateFile} records a merge in pool ${prior.pool}, not this one (${poolId}): give each merge its own state file`, { path: stateFile });
+  }
   if (prior.snap.devId !== snap) {
     throw new MergeError('state-file', `the merge state ${stateFile} is about thin ${prior.snap.devId}, not ${snap}: give each merge its own state file`, { path: stateFile });
   }
@@ -378,7 +382,7 @@ export async function mergeIntoExternalOrigin(poolArg: string | ThinPool, o: Ext
   try {
     const originDev = formatDev(await devNumOf(o.origin));
     const origin: MergeOrigin = { kind: 'external', path: o.origin, dev: originDev };
-    const prior = checkPrior(await readMergeState(stateFile), origin, o.snap, stateFile);
+    const prior = checkPrior(await readMergeState(stateFile), p.poolId, origin, o.snap, stateFile);
 
     const uses = await removeStaleTemporaries(pool, await thinTableUses(pool.dm));
     // Its own table tells which origin the thin reads through: if not this one, merging would write another device's data here.
@@ -524,7 +528,7 @@ export async function mergeSnapshot(poolArg: string | ThinPool, o: SnapshotMerge
     const { blockBytes } = walked;
     if (!walked.g) throw new MergeError('no-such-thin', `pool ${pool.name} has no thin ${o.origin} (the origin)`, { device: pool.name, devId: o.origin });
     const origin: MergeOrigin = { kind: 'in-pool', thin: identityOf(walked.g) };
-    const prior = checkPrior(prior0, origin, o.snap, stateFile);
+    const prior = checkPrior(prior0, p.poolId, origin, o.snap, stateFile);
     const snapNow = walked.s ? identityOf(walked.s, walked.root) : undefined;
     const base = { kind: 'in-pool' as const, pool: pool.name, snap: o.snap, origin: o.origin, blockBytes, stateFile };
     const vanished = await snapGone(prior, snapNow, stateFile, o.snap, `thin ${o.origin}`, `thin ${o.origin} is half-merged and cannot be finished`);

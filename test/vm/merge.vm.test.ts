@@ -351,6 +351,58 @@ describeVm('dmthin merge', () => {
     await clean();
   }, 400_000);
 
+  test('two merges into one origin at once: the second is refused (one merge a pool), the origin ends as the first snapshot; a state file of another pool is refused (found by an outside hunt: both exited 0, the origin matched neither; a "deleting" state of another pool was taken as done)', async () => {
+    // Snapshot 31 differs in 24 MiB (a slowed-down copy of many seconds), 32 in 512 KiB elsewhere.
+    const VOL = 32 * MiB;
+    await pool.createThin(30);
+    let t = await activate(30, 't30', VOL);
+    sh(ddCmd(t.path, { bs: BS, seek: 0, count: 64 }));
+    await t.deactivate();
+    await pool.createSnap(31, 30);
+    await pool.createSnap(32, 30);
+    t = await activate(31, 't31', VOL);
+    sh(ddCmd(t.path, { bs: BS, seek: 0, count: 384 }));
+    await t.deactivate();
+    t = await activate(32, 't32', VOL);
+    sh(ddCmd(t.path, { bs: BS, seek: 448, count: 8 }));
+    await t.deactivate();
+    const want31 = await thinHash(31, VOL);
+    const h32 = await thinHash(32, VOL);
+
+    // The first merge, slowed down, is copying; the second, from the other snapshot with its own state file, is refused.
+    const s1 = stateFile('two-1');
+    const first: ChildProcess = spawn(process.execPath, [CLI, 'merge', '--pool', poolName, '--snap', '31', '--origin', '30', '--state', s1, '-q'], {
+      env: { ...process.env, DMTHIN_TEST_MERGE_STEP_DELAY_MS: '300' },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let err1 = '';
+    first.stderr!.on('data', (d: Buffer) => (err1 += d.toString()));
+    const exit1 = new Promise<number | null>((r) => first.on('exit', (code) => r(code)));
+    await waitFor('the first merge to record that it is copying', () => existsSync(s1) && readFileSync(s1, 'utf8').includes('"copying"'), 120_000, 50);
+    const second = dmthin(['--pool', poolName, '--snap', '32', '--origin', '30', '--state', stateFile('two-2'), '-q']);
+    expect(first.exitCode).toBeNull(); // the first was still copying: the two overlapped
+    expectRefused(second, /another dmthin merge is running in pool .*\[EBUSY\]$/);
+    expect([await exit1, err1]).toEqual([0, '']);
+    expect(await thinHash(30, VOL)).toBe(want31);
+    expect(await thinHash(32, VOL)).toBe(h32);
+    expect(existsSync(stateFile('two-2'))).toBe(false);
+    await clean();
+
+    // A state of another pool's merge, in the phase after its copy: not taken as this merge done.
+    const other = stateFile('other-pool');
+    await killMidCopy(['--pool', poolName, '--snap', '32', '--origin', '30'], other, 2);
+    const recorded = JSON.parse(readFileSync(other, 'utf8'));
+    writeFileSync(other, JSON.stringify({ ...recorded, pool: 'dm-name:some-other-pool', phase: 'deleting' }));
+    expectRefused(dmthin(['--pool', poolName, '--snap', '32', '--origin', '30', '--state', other, '-q']), /records a merge in pool dm-name:some-other-pool, not this one .*\[EUCLEAN\]$/);
+    expect((await mappedCounts(pool)).has(32)).toBe(true);
+    // Put back, the interrupted merge finishes.
+    writeFileSync(other, JSON.stringify(recorded));
+    const r = dmthin(['--pool', poolName, '--snap', '32', '--origin', '30', '--state', other, '-q']);
+    expect([r.status, r.stderr]).toEqual([0, '']);
+    expect(await thinHash(30, VOL)).toBe(h32);
+    await clean();
+  }, 400_000);
+
   test('in the pool: a snapshot id deleted and made again while a merge from it was interrupted is refused, not merged (its mappings differ)', async () => {
     const VOL = 16 * MiB;
     await pool.createThin(20);
