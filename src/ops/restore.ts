@@ -13,7 +13,7 @@
  * full restore follows), so a partial restore is never taken for a good one.
  */
 import { realpath, stat, unlink } from 'node:fs/promises';
-import { isAbsolute, resolve, sep } from 'node:path';
+import { dirname, isAbsolute, resolve, sep } from 'node:path';
 import { check, DmthinError, RepoError, SystemCallError, throwIfAborted, UsageError } from '../errors';
 import { needDirectory, refuseForeignStateFile, refuseOutputOverInputs, sameTarget, stateNotRecorded, completionNotRecorded, targetIdentity, fileStamp, sameStamp, realPathOf, type FileStamp } from '../output/file';
 import { BlockWriter, type WriteSegment } from '../native/block-writer';
@@ -127,8 +127,20 @@ async function refuseInsideRepository(repo: Repository, path: string, role: stri
   if (full === dir || full.startsWith(dir + sep)) {
     throw new UsageError(`${role} ${path} is inside the repository ${repo.location}: writing it would damage the repository; choose a path outside it`, { path });
   }
+  // Another path to the repository's directory (a bind mount) has another
+  // name: the directories above the path are compared with it by device and inode.
+  const d = await stat(dir).catch(() => null);
+  if (d !== null) {
+    for (let p = dirname(full); ; p = dirname(p)) {
+      const up = await stat(p).catch(() => null);
+      if (up !== null && up.dev === d.dev && up.ino === d.ino) {
+        throw new UsageError(`${role} ${path} is inside the repository ${repo.location} (${p} is its directory under another path): writing it would damage the repository; choose a path outside it`, { path });
+      }
+      if (p === dirname(p)) break;
+    }
+  }
   // A hard link has no path to compare: a file with other links on the repository's filesystem may be one of its files.
-  const [st, d] = await Promise.all([stat(path).catch(() => null), stat(dir).catch(() => null)]);
+  const st = await stat(path).catch(() => null);
   if (st?.isFile() && st.nlink > 1 && d !== null && st.dev === d.dev) {
     throw new UsageError(
       `${role} ${path} has ${st.nlink - 1} other hard link${st.nlink > 2 ? 's' : ''} on the filesystem of the repository ${repo.location}, and may be one of its files: writing it could damage the repository; choose a file with one link, or a path on another filesystem`,

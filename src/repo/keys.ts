@@ -7,7 +7,8 @@
  * refuses a wrong key before anything is written.
  */
 import { createCipheriv, createDecipheriv, createHash, createHmac, hkdfSync, randomBytes, scrypt as scryptCb, timingSafeEqual } from 'node:crypto';
-import { link, open, readFile, unlink } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { link, open, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { check, RepoError, UsageError } from '../errors';
 import type { RepoKeys } from './codec';
@@ -123,12 +124,26 @@ export async function createKeyFile(path: string): Promise<void> {
   await dir?.close();
 }
 
+/** The most a key file may hold: 64 hex digits and some white space (32 raw bytes fit too). */
+const MAX_KEY_FILE_BYTES = 4096;
+
 async function readKeyFile(path: string): Promise<Buffer> {
   let raw: Buffer;
+  // Opened without blocking (a FIFO with no writer would wait for ever) and
+  // read only if it is a small regular file: /dev/zero as a key file read
+  // until memory ran out.
+  let fh: FileHandle | undefined;
   try {
-    raw = await readFile(path);
+    fh = await open(path, constants.O_RDONLY | constants.O_NONBLOCK);
+    const st = await fh.stat();
+    if (!st.isFile()) throw new RepoError('config', `key file ${path} is not a regular file: give the file that holds the key (32 bytes, raw or as 64 hex digits)`, { path });
+    if (st.size > MAX_KEY_FILE_BYTES) throw new RepoError('config', `key file ${path} holds ${st.size} bytes, not a key: a key file holds 32 bytes (raw, or 64 hex digits)`, { path });
+    raw = await fh.readFile();
   } catch (e) {
+    if (e instanceof RepoError) throw e;
     throw new RepoError('config', `cannot read key file ${path}: ${(e as Error).message}`, { path, cause: e });
+  } finally {
+    await fh?.close().catch(() => undefined);
   }
   if (raw.length === 32) return raw;
   const text = raw.toString('latin1').trim();

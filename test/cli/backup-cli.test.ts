@@ -12,6 +12,7 @@ import { CLI } from './run-cli';
 import { gateMount, mountSmallTmpfs } from './output-helpers';
 import { scratch, type Scratch } from '../stream/helpers';
 import { deviceBytes, edit, makePool, runs, sha256, type PoolImages } from '../ops/backup-fixture';
+import { testAsRoot } from '../helpers/root';
 
 const BS = 128;
 const BLOCK = BS * 512;
@@ -152,6 +153,40 @@ describe('unencrypted repository', () => {
     expect(oneLine(r.stderr)).toMatch(/^dmthin restore: the target .*hl\.img has 1 other hard link on the filesystem of the repository .* may be one of its files.*\[EINVAL\]$/);
     expect(readFileSync(`${repo}/config`).equals(config)).toBe(true);
     rmSync(s.path('hl.img'));
+  });
+
+  // The repository's directory under another path (a bind mount): no path prefix shows it (outside hunt: exit 0, config overwritten).
+  testAsRoot('restore refuses a target in the repository reached through a bind mount; the config unchanged', () => {
+    const config = readFileSync(`${repo}/config`);
+    const bm = s.path('bind');
+    mkdirSync(bm);
+    expect(spawnSync('mount', ['--bind', repo, bm]).status).toBe(0);
+    try {
+      for (const target of [`${bm}/config`, `${bm}/new.img`]) {
+        const r = cli(['restore', '--repo', repo, '--backup', ids[0], '--target', target, '--create']);
+        expect(r.status).toBe(1);
+        expect(oneLine(r.stderr)).toMatch(/^dmthin restore: the target .* is inside the repository .* \(.*bind is its directory under another path\).*\[EINVAL\]$/);
+      }
+      expect(readFileSync(`${repo}/config`).equals(config)).toBe(true);
+      expect(existsSync(`${repo}/new.img`)).toBe(false);
+    } finally {
+      spawnSync('umount', [bm]);
+    }
+  });
+
+  test('a key file that is no small regular file (a FIFO nobody writes, /dev/zero, a large file) is refused at once, not read', () => {
+    const fifo = s.path('key.fifo');
+    expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
+    writeFileSync(s.path('key.big'), Buffer.alloc(1 << 20));
+    for (const [keyFile, re] of [
+      [fifo, /key file .*key\.fifo is not a regular file/],
+      ['/dev/zero', /key file \/dev\/zero is not a regular file/],
+      [s.path('key.big'), /key file .*key\.big holds 1048576 bytes, not a key/],
+    ] as const) {
+      const r = cli(['backups', 'init', '--repo', s.path(`kr-${keyFile.length}`), '--key-file', keyFile]);
+      expect(r.status).toBe(1);
+      expect(oneLine(r.stderr)).toMatch(re);
+    }
   });
 
   test('offline backup without --size is refused naming --size', () => {
