@@ -26,6 +26,7 @@ import { liveThin, withThinData } from './live-thin';
 import { ThinPool } from '../pool/thin-pool';
 import { ThinMetadata } from '../thin/metadata';
 import { SECTOR_SIZE } from '../units';
+import { targetIdentity } from '../output/file';
 import { NativeDataSource, readBlocksExactly, type DataSource } from '../stream/send/data-source';
 import { ExtentStore, type SendExtent } from '../stream/send/extent-store';
 import { identityOf, mappingRootDigest, offlinePoolId, planSend } from '../stream/send/plan';
@@ -174,11 +175,21 @@ export interface BackupSource {
    * was written) since. Absent in backups made before dmthin recorded it.
    */
   mappingRoot?: string;
+  /**
+   * Offline without a pool id given: what the data image read was (its
+   * file's device, inode and birth time, or a block device's dm uuid;
+   * targetIdentity). A later such backup takes this one as its base only
+   * from the same image:
+   * two pools' metadata can be byte-identical (a copied or templated pool)
+   * while their data differ. Absent for a live pool's backup and in backups
+   * made before dmthin recorded it.
+   */
+  dataImage?: string;
 }
 
 const VOLUME = /^[A-Za-z0-9._-]{1,128}$/;
 
-function sourceOf(id: SnapshotIdentity, dataBlockSize: number, mappingRoot: string): BackupSource {
+function sourceOf(id: SnapshotIdentity, dataBlockSize: number, mappingRoot: string, dataImage: string | undefined): BackupSource {
   return {
     kind: 'dm-thin',
     pool: id.pool,
@@ -188,6 +199,7 @@ function sourceOf(id: SnapshotIdentity, dataBlockSize: number, mappingRoot: stri
     identity: identityKey(id),
     dataBlockSize,
     mappingRoot,
+    ...(dataImage !== undefined ? { dataImage } : {}),
   };
 }
 
@@ -213,11 +225,14 @@ async function findBase(
   chunkSize: number,
   deviceSize: number,
   o: CommonBackupOptions,
+  dataImage: string | undefined,
 ): Promise<{ backup: BackupSummary; devId: number } | null> {
   for (let i = candidates.length - 1; i >= 0; i--) {
     const b = candidates[i];
     const src = readSource(b.source);
     if (!src || b.chunkSize !== chunkSize || b.deviceSize !== deviceSize) continue;
+    // Another data image (same metadata bytes, other data): its chunks are not this image's.
+    if (dataImage !== undefined && typeof src.dataImage === 'string' && src.dataImage !== dataImage) continue;
     throwIfAborted(o.signal);
     const d = await md.deviceDetails(src.devId);
     if (!d) continue;
@@ -252,21 +267,22 @@ async function plan(
   poolId: string | undefined,
   deviceSize: number,
   addressing: 'virtual' | 'data',
+  dataImage?: string,
 ): Promise<Plan> {
   const blockBytes = md.superblock.dataBlockSize * SECTOR_SIZE;
   const chunkSize = chunkSizeFor(blockBytes);
-  const found = o.full ? null : await findBase(md, candidates, poolId, chunkSize, deviceSize, o);
+  const found = o.full ? null : await findBase(md, candidates, poolId, chunkSize, deviceSize, o, dataImage);
   const onProgress = (): void => o.onProgress?.({ phase: 'metadata', chunksRead: 0, bytesRead: 0, bytesUploaded: 0 });
   if (found && found.devId === o.snap) {
     // The very snapshot backed up before: nothing changed.
     const snapDetails = (await md.deviceDetails(o.snap))!;
     const pool = poolId ?? (await offlinePoolId(md, o.snap, o.signal));
     const mappingRoot = await mappingRootDigest(md, o.snap, o.signal);
-    return { source: sourceOf(identityOf(pool, snapDetails), md.superblock.dataBlockSize, mappingRoot), base: found.backup, extents: empty(), blockBytes, dataBlocksToRead: 0 };
+    return { source: sourceOf(identityOf(pool, snapDetails), md.superblock.dataBlockSize, mappingRoot, dataImage), base: found.backup, extents: empty(), blockBytes, dataBlocksToRead: 0 };
   }
   const p = await planSend(md, { snap: o.snap, base: found?.devId, poolId, deviceSize, addressing, signal: o.signal, onProgress });
   const mappingRoot = p.header.targetRoot ?? (await mappingRootDigest(md, o.snap, o.signal));
-  return { source: sourceOf(p.header.target, md.superblock.dataBlockSize, mappingRoot), base: found?.backup ?? null, extents: p.extents, blockBytes };
+  return { source: sourceOf(p.header.target, md.superblock.dataBlockSize, mappingRoot, dataImage), base: found?.backup ?? null, extents: p.extents, blockBytes };
 }
 
 async function* empty(): AsyncGenerator<SendExtent> {}
@@ -326,7 +342,8 @@ async function fromImage(repo: Repository, o: ImageBackupOptions): Promise<Backu
   try {
     const source = await NativeDataSource.open(o.data, { addressing: 'data' });
     try {
-      const p = await plan(md, o, candidates, o.poolId, o.deviceSize, 'data');
+      // Without a pool id given, the pool is known by its metadata alone: the data image is part of what the snapshot is.
+      const p = await plan(md, o, candidates, o.poolId, o.deviceSize, 'data', o.poolId === undefined ? (targetIdentity(o.data) ?? undefined) : undefined);
       return await store(repo, p, source, o.deviceSize, o, started);
     } finally {
       await source.close();

@@ -6,7 +6,7 @@
  * large blocks split into chunks. The repository location is a parameter
  * (repo-locations.ts): a local directory always, S3 when a cluster is there.
  */
-import { readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { backup, chunkSizeFor, type BackupResult } from '../../src/ops/backup';
 import { restore } from '../../src/ops/restore';
 import type { Backend } from '../../src/repo/backend';
@@ -116,6 +116,28 @@ describeEachRepo('backups', (loc) => {
     expect(r.chunksRead).toBe(0);
     expect(r.chunksNew).toBe(0);
     expect(r.chunks).toBe(done.b4.chunks);
+  });
+
+  test('another pool whose metadata is byte-identical but whose data differ (a copied pool): not the same snapshot, its data read and restored (found by an outside hunt: nothing read, the first pool\'s bytes restored, exit 0)', async () => {
+    const meta2 = s.path('clone-meta.bin');
+    const data2 = s.path('clone-data.bin');
+    copyFileSync(pool.metadata, meta2);
+    const other = readFileSync(pool.data);
+    for (let i = 0; i < other.length; i++) other[i] ^= 0x5a;
+    writeFileSync(data2, other);
+    const r = await backup({ metadata: meta2, data: data2, deviceSize: SIZE, repo, volume: 'vol-a', snap: 4 });
+    expect(r.base).toBeNull();
+    expect(r.chunksRead).toBeGreaterThan(0);
+    const want = Buffer.alloc(SIZE);
+    for (const [v, d] of pool.model.devices.get(4)!) {
+      if (v * pool.blockBytes < SIZE) other.copy(want, v * pool.blockBytes, d * pool.blockBytes, Math.min((d + 1) * pool.blockBytes, d * pool.blockBytes + SIZE - v * pool.blockBytes));
+    }
+    const target = s.path(`clone-restored-${loc.name}`);
+    await restore({ repo, backup: r.id, target, create: true });
+    expect(sha256(readFileSync(target))).toBe(sha256(want));
+    // The first pool's image again: its own backup is the base once more (nothing read).
+    const again = await backup({ ...image(), repo, volume: 'vol-a', snap: 4 });
+    expect(again.chunksRead).toBe(0);
   });
 
   test('full: ignores the bases and stores nothing new', async () => {
