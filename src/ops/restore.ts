@@ -369,7 +369,7 @@ async function apply(
   const fetch = (e: ManifestEntry): Promise<Buffer> => {
     const off = e.index * cs;
     const len = lenOf(e.index);
-    const p = repo.getChunk(e.id, { signal: o.signal }).then(
+    const p = repo.getChunk(e.id, { signal: o.signal, maxBytes: cs }).then(
       (b) => {
         if (b.length !== len) throw new RepoError('corrupt', `chunk ${e.id} holds ${b.length} bytes, the backup's chunk ${e.index} has ${len}`, { key: e.id });
         return b;

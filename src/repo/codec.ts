@@ -77,9 +77,9 @@ function unknownCompression(code: number, context: string): RepoError {
   return new RepoError('format', `${context}: compression code ${code} is not one this version of dmthin reads; upgrade dmthin`, { key: context });
 }
 
-function decompress(code: number, data: Buffer, context: string): Buffer {
+function decompress(code: number, data: Buffer, context: string, maxPlain: number): Buffer {
   try {
-    if (code === 1 || code === 2) return decompressWhole(zlib, code, data, MAX_OBJECT_PLAIN);
+    if (code === 1 || code === 2) return decompressWhole(zlib, code, data, maxPlain);
   } catch (e) {
     throw decompressError(context, e);
   }
@@ -91,10 +91,10 @@ function decompress(code: number, data: Buffer, context: string): Buffer {
  * Decompresses on a worker thread (codec-workers.ts, as sealAsync compresses), so concurrent
  * chunks use every core; with `idKey` defined, also the result's chunk id (hashed there too).
  */
-async function decompressAsync(code: number, data: Buffer, context: string, idKey?: Buffer | null): Promise<{ out: Buffer; id?: string }> {
+async function decompressAsync(code: number, data: Buffer, context: string, maxPlain: number, idKey?: Buffer | null): Promise<{ out: Buffer; id?: string }> {
   if (code === 1 || code === 2) {
     try {
-      return await decompressInWorker(code, data, MAX_OBJECT_PLAIN, undefined, idKey);
+      return await decompressInWorker(code, data, maxPlain, undefined, idKey);
     } catch (e) {
       throw decompressError(context, e);
     }
@@ -196,18 +196,25 @@ function open(stored: Buffer, context: string, keys: RepoKeys | null): [number, 
   }
 }
 
-/** Opens what seal() made; RepoError 'corrupt' when it fails authentication, 'format' for an unknown version. */
-export function unseal(stored: Buffer, context: string, keys: RepoKeys | null): Buffer {
+/**
+ * Opens what seal() made; RepoError 'corrupt' when it fails authentication,
+ * 'format' for an unknown version. `maxPlain`: the most plaintext an object
+ * of its kind holds (a lock, a map frame, a chunk of its backup's size). An
+ * unencrypted object's check is a hash anyone can recompute, so a small
+ * forged object could otherwise decompress to 256 MiB (and a map frame to
+ * millions of records): more than its kind holds is damage, stopped there.
+ */
+export function unseal(stored: Buffer, context: string, keys: RepoKeys | null, maxPlain = MAX_OBJECT_PLAIN): Buffer {
   const [code, payload] = open(stored, context, keys);
-  return decompress(code, payload, context);
+  return decompress(code, payload, context, maxPlain);
 }
 
 /**
  * unseal() of a chunk, decompressing on a worker thread, with the chunk id of
  * its plaintext (chunkIdOf), hashed on that worker too.
  */
-export async function unsealChunkAsync(stored: Buffer, context: string, keys: RepoKeys | null): Promise<{ plain: Buffer; id: string }> {
+export async function unsealChunkAsync(stored: Buffer, context: string, keys: RepoKeys | null, maxPlain = MAX_OBJECT_PLAIN): Promise<{ plain: Buffer; id: string }> {
   const [code, payload] = open(stored, context, keys);
-  const r = await decompressAsync(code, payload, context, keys ? keys.id : null);
+  const r = await decompressAsync(code, payload, context, maxPlain, keys ? keys.id : null);
   return { plain: r.out, id: r.id ?? chunkIdOf(r.out, keys) };
 }

@@ -78,7 +78,7 @@ export class Locks {
     for await (const o of this.backend.list('locks/', { signal })) {
       let info: LockInfo | null = null;
       try {
-        info = JSON.parse(unseal(await this.backend.get(o.key, { signal, maxBytes: 1 << 20 }), o.key, this.keys).toString('utf8')) as LockInfo;
+        info = JSON.parse(unseal(await this.backend.get(o.key, { signal, maxBytes: 1 << 20 }), o.key, this.keys, 1 << 20).toString('utf8')) as LockInfo;
       } catch (e) {
         if (e instanceof RepoError && e.reason === 'not-found') continue; // released meanwhile
         if ((e as Error).name === 'AbortError') throw e;

@@ -244,7 +244,7 @@ export async function* decodeMap(
       const isLast = frame + 1 === want.frames;
       let plain: Buffer;
       try {
-        plain = unseal(Buffer.from(sealed), `${key}#${frame}${isLast ? '$' : ''}`, keys);
+        plain = unseal(Buffer.from(sealed), `${key}#${frame}${isLast ? '$' : ''}`, keys, MAX_FRAME); // frames are stored uncompressed, at most MAX_FRAME
       } catch (e) {
         if (e instanceof RepoError && e.reason === 'corrupt') throw corrupt(`frame ${frame} fails its check`);
         throw e;

@@ -11,7 +11,7 @@
  */
 import { getMaxListeners, setMaxListeners } from 'node:events';
 import { createHmac, randomBytes } from 'node:crypto';
-import { AbortError, RepoError, throwIfAborted } from '../errors';
+import { AbortError, check, RepoError, throwIfAborted } from '../errors';
 import type { Backend } from './backend';
 import { chunkIdOf, DEFAULT_COMPRESSION, formatCompression, isChunkId, parseCompression, seal, sealAsync, unseal, unsealChunkAsync, type Compression, type RepoKeys } from './codec';
 import { checkScryptParams, newConfig, openConfig, type KeySource, type RepoConfig, type ScryptParams } from './keys';
@@ -481,7 +481,7 @@ export class Repository implements AsyncDisposable {
    */
   private async readJournal(key: string, signal?: AbortSignal, damaged?: (why: string) => void): Promise<string[] | null> {
     try {
-      const plain = unseal(await this.backend.get(key, { signal, maxBytes: MAX_SMALL_OBJECT }), key, this.keys);
+      const plain = unseal(await this.backend.get(key, { signal, maxBytes: MAX_SMALL_OBJECT }), key, this.keys, MAX_SMALL_OBJECT);
       if (plain.length % 32 !== 0) {
         damaged?.(`${key}: ${plain.length} bytes, not a whole number of 32-byte ids`);
         return null;
@@ -500,19 +500,25 @@ export class Repository implements AsyncDisposable {
     }
   }
 
-  /** A chunk's plaintext, authenticated and re-hashed; RepoError 'not-found' or 'corrupt' with its key. */
-  async getChunk(id: string, opts: RepoCallOptions = {}): Promise<Buffer> {
+  /**
+   * A chunk's plaintext, authenticated and re-hashed; RepoError 'not-found' or
+   * 'corrupt' with its key. `maxBytes`: the most it may hold (the chunk size
+   * of the backup it is read for; at most 64 MiB): a chunk that decompresses
+   * to more is damaged, stopped there.
+   */
+  async getChunk(id: string, opts: RepoCallOptions & { maxBytes?: number } = {}): Promise<Buffer> {
     this.live();
     if (!isChunkId(id)) throw new RepoError('config', `${JSON.stringify(id)} is not a chunk id (64 hex digits)`);
+    if (opts.maxBytes !== undefined) check.integer(opts.maxBytes, 'maxBytes');
     const key = chunkKey(id);
-    const { plain, id: actual } = await unsealChunkAsync(await this.backend.get(key, { signal: opts.signal, maxBytes: MAX_STORED_CHUNK }), key, this.keys);
+    const { plain, id: actual } = await unsealChunkAsync(await this.backend.get(key, { signal: opts.signal, maxBytes: MAX_STORED_CHUNK }), key, this.keys, Math.min(opts.maxBytes ?? MAX_CHUNK, MAX_CHUNK));
     if (actual !== id) throw new RepoError('corrupt', `chunk ${id}: its content does not hash to its id; the chunk is damaged`, { key });
     return plain;
   }
 
   private async readHeader(id: string, signal?: AbortSignal): Promise<StoredHeader> {
     const key = `backups/${id}`;
-    return parseStoredHeader(unseal(await this.backend.get(key, { signal, maxBytes: MAX_SMALL_OBJECT }), key, this.keys), id);
+    return parseStoredHeader(unseal(await this.backend.get(key, { signal, maxBytes: MAX_SMALL_OBJECT }), key, this.keys, MAX_SMALL_OBJECT), id);
   }
 
   private summary(h: StoredHeader): BackupSummary {

@@ -102,6 +102,17 @@ describe('envelope', () => {
     }
   });
 
+  // An unencrypted object's check is a hash anyone can recompute: a small forged object that
+  // decompresses beyond what its kind holds is damage, stopped there (outside hunt: a 444-byte
+  // map frame took restore to 1.7 GB, a 421-byte lock 850 MB).
+  it('an object that decompresses beyond its kind\'s bound is corrupt, without holding it', async () => {
+    const bomb = seal(Buffer.alloc(8 << 20), 'k', null, parseCompression('brotli:1'));
+    expect(bomb.length).toBeLessThan(4096);
+    expect(unseal(bomb, 'k', null).length).toBe(8 << 20); // within the default bound
+    expect(() => unseal(bomb, 'k', null, 1 << 20)).toThrow(expect.objectContaining({ reason: 'corrupt', message: expect.stringContaining('does not decompress') }));
+    await expect(unsealChunkAsync(bomb, 'k', null, 1 << 20)).rejects.toMatchObject({ reason: 'corrupt' });
+  });
+
   it('refuses unknown compression settings', () => {
     for (const bad of ['zstd', 'deflate:0', 'brotli:12', 'gzip:1', '']) expect(() => parseCompression(bad)).toThrow(expect.objectContaining({ reason: 'config' }));
   });
