@@ -263,14 +263,34 @@ export async function runCycle(host: ReplicationHost, settings: ReplicationSetti
     st.pending = { devId, phase: 'creating', suspended: toSuspend, takenAt: host.now().toISOString(), deviceSize };
     await host.writeState(st);
     const done: string[] = [];
+    let taken = false;
     try {
       for (const name of toSuspend) {
         await host.suspend(name);
         done.push(name);
       }
       host.checkpoint?.('suspended');
-      await host.createSnap(devId, st.thin);
+      try {
+        await host.createSnap(devId, st.thin);
+      } catch (e) {
+        // The id was free when chosen and is taken now: by another program
+        // (another replicator of the pool, a user), so the thin is not ours.
+        // Left pending as 'creating', a restart would delete it as ours.
+        taken = (e as { code?: unknown }).code === 'EEXIST';
+        throw e;
+      }
       host.checkpoint?.('snap-created');
+    } catch (e) {
+      if (!taken) throw e;
+      for (const name of done.reverse()) await host.resume(name);
+      done.length = 0;
+      st.pending = null;
+      await host.writeState(st);
+      throw new DmthinError(
+        'EEXIST',
+        `thin id ${devId} was taken by another program between choosing it and creating the snapshot (another replication of this pool, or a device made by hand): nothing of it is recorded; run the cycle again, or give each replication its own --ids range`,
+        { devId, cause: e },
+      );
     } finally {
       for (const name of done.reverse()) await host.resume(name);
     }

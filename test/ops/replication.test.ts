@@ -194,6 +194,30 @@ describe('replication cycle under crashes', () => {
     await expect(runCycle(w.host(), { ...settings(1), ids: { first: 100, last: 130 } }, 'state.json')).rejects.toThrow(/cannot change/);
   });
 
+  it('an id taken by another program between choosing and create_snap (EEXIST): nothing recorded, the thin resumed, and the next cycle never deletes that thin (found by an outside hunt: left pending, a restart deleted another replicator\'s snapshot)', async () => {
+    const w = new World();
+    w.write();
+    await cycle(w, 1);
+    w.write();
+    const h = w.host();
+    const racing: ReplicationHost = {
+      ...h,
+      createSnap: async (id) => {
+        w.pool.set(id, { version: 0, key: `foreign${id}` }); // another replicator got there first
+        throw Object.assign(new Error(`create_snap ${id}: File exists`), { code: 'EEXIST' });
+      },
+    };
+    await expect(runCycle(racing, settings(1), 'state.json')).rejects.toMatchObject({ code: 'EEXIST', message: expect.stringMatching(/was taken by another program .* nothing of it is recorded/) });
+    const st = JSON.parse(w.stateFile!) as ReplicationState;
+    expect(st.pending).toBeNull();
+    expect(w.suspended.size).toBe(0);
+    const foreign = [...w.pool].find(([, t]) => t.key.startsWith('foreign'))!;
+    const r = await runCycle(w.host(), settings(1), 'state.json');
+    expect(r.recovered).toEqual([]);
+    expect(w.pool.get(foreign[0])?.key).toBe(foreign[1].key);
+    expect(w.target.current!.version).toBe(w.sourceVersion);
+  });
+
   it('a base deleted by hand: the next cycle sends a full stream', async () => {
     const w = new World();
     w.write();
