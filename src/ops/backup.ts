@@ -29,7 +29,7 @@ import { SECTOR_SIZE } from '../units';
 import { targetIdentity } from '../output/file';
 import { NativeDataSource, readBlocksExactly, type DataSource } from '../stream/send/data-source';
 import { ExtentStore, type SendExtent } from '../stream/send/extent-store';
-import { identityOf, mappingRootDigest, offlinePoolId, planSend } from '../stream/send/plan';
+import { EMPTY_POOL_ID, identityOf, mappingRootDigest, offlinePoolId, planSend } from '../stream/send/plan';
 import { identityKey, type SnapshotIdentity } from '../stream/format/records';
 import { allowListeners, chunksAtOnce, Repository, type BackupSession, type BackupSummary, type KeySource, type ManifestEntry, type ManifestHeader } from '../repo/repository';
 import { Semaphore } from '../repo/semaphore';
@@ -301,6 +301,7 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
     check.string(opts.metadata, 'metadata');
     check.string(opts.data, 'data');
   }
+  if ((opts as { poolId?: unknown }).poolId === '') throw new UsageError(EMPTY_POOL_ID);
   if (!VOLUME.test(opts.volume)) throw new UsageError(`bad volume name '${opts.volume}': use 1 to 128 of A-Z a-z 0-9 . _ -`);
   if (!Number.isSafeInteger(opts.snap) || opts.snap < 0) throw new UsageError(`bad snapshot device id ${opts.snap}`);
   if (opts.deviceSize !== undefined && (!Number.isSafeInteger(opts.deviceSize) || opts.deviceSize < 0 || opts.deviceSize % SECTOR_SIZE !== 0)) {

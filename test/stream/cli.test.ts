@@ -247,6 +247,10 @@ test('usage errors', () => {
   const r = runCli(['send', '--metadata', meta, '--device', odd, '--snap', '1', '-o', s.path('odd.stream')]);
   expect([r.status, r.stderr]).toEqual([1, expect.stringMatching(/: the device image .*odd\.img is 1000 bytes, not a whole number of 512-byte sectors: to send its first 512 bytes or fewer, give that size \(--size BYTES\) \[EINVAL\]\n$/)]);
   expect(existsSync(s.path('odd.stream'))).toBe(false);
+  // An empty --pool-id is no identity (outside hunt: recorded as "").
+  const e = runCli(['send', '--metadata', meta, '--data', data, '--snap', '1', '--size', '1M', '--pool-id', '', '-o', s.path('pid.stream')]);
+  expect([e.status, e.stderr]).toEqual([1, expect.stringMatching(/: the pool identity \(poolId, --pool-id\) is empty: .*\[EINVAL\]\n$/)]);
+  expect(existsSync(s.path('pid.stream'))).toBe(false);
 });
 
 /** Whether process `pid` holds a file that was in `dir` (the spool, unlinked as soon as it is open). */

@@ -64,6 +64,9 @@ async function details(md: ThinMetadata, devId: number, what: string, signal?: A
   return d;
 }
 
+/** Refusal of an empty pool identity (send and backup). */
+export const EMPTY_POOL_ID = 'the pool identity (poolId, --pool-id) is empty: give the text to record, or leave it out for the default (dm uuid or name; offline, derived from the metadata)';
+
 /**
  * The pool part of an offline snapshot identity (docs/stream-format.md §3):
  * `sb-uuid:<hex>` when the superblock carries a uuid; else
@@ -122,6 +125,7 @@ function beyond(devId: number, kind: string, block: number | bigint, deviceSize:
 export async function planSend(md: ThinMetadata, o: PlanOptions): Promise<SendPlan> {
   // Recorded as UTF-8 in the stream: two ids that differ only in lone surrogates would become one.
   check.wellFormed(o.poolId, 'poolId');
+  if (o.poolId === '') throw new UsageError(EMPTY_POOL_ID);
   const snap = await details(md, o.snap, 'snapshot', o.signal);
   const base = o.base === undefined ? undefined : await details(md, o.base, 'base', o.signal);
   if (base && base.devId === snap.devId) throw new UsageError('the base and the snapshot are the same device');
