@@ -96,6 +96,11 @@ export function register(program: Command, ctx: () => CliContext): void {
           onProgress: (p) => bar.update(p.bytes, undefined, 'bytes sent'),
         })) {
           bar.stop();
+          if (r.notOurs !== undefined) {
+            process.stderr.write(
+              `dmthin replicate: warning: thin ${r.notOurs}, the id an interrupted run had chosen for its snapshot, was made by another program (its times say so): left in the pool, not deleted; give each replication of a pool its own --ids range\n`,
+            );
+          }
           if (r.abandoned !== undefined) {
             process.stderr.write(
               `dmthin replicate: warning: base snapshot ${r.abandoned} changed since it was sent (written, or deleted and made again under its id), ` +

@@ -173,6 +173,12 @@ class PoolReplicationHost implements ReplicationHost {
   async thinIds() {
     return new Set((await withMetadataSnapshot(this.pool, (md) => md.devices())).keys());
   }
+  async thinTimes(id: number) {
+    return withMetadataSnapshot(this.pool, async (md) => {
+      const d = await md.deviceDetails(id);
+      return d ? { creationTime: d.creationTime, snapshottedTime: d.snapshottedTime } : null;
+    });
+  }
   async mappingRoot(id: number) {
     return withMetadataSnapshot(this.pool, async (md) => ((await md.devices()).has(id) ? mappingRootDigest(md, id) : null));
   }

@@ -49,6 +49,14 @@ export interface PendingSnapshot {
   takenAt: string;
   /** Bytes: the replicated device's size when the snapshot was taken. */
   deviceSize: number;
+  /**
+   * The replicated thin's snapshotted_time before create_snap: the kernel's
+   * create_snap advances the pool's time and gives the snapshot's
+   * creation_time and the origin's snapshotted_time that new time, which no
+   * other device gets. A restart takes a thin of this id as the snapshot it
+   * made only then (see recover). Absent in states written before.
+   */
+  originSnapshotted?: number;
 }
 
 export interface ReplicationState {
@@ -87,6 +95,8 @@ export interface ReplicationHost {
   thinIds(): Promise<Set<number>>;
   /** mappingRootDigest() of thin `id` now, null when the pool has no thin `id`. */
   mappingRoot(id: number): Promise<string | null>;
+  /** Thin `id`'s creation_time and snapshotted_time now, null when the pool has no thin `id`. */
+  thinTimes(id: number): Promise<{ creationTime: number; snapshottedTime: number } | null>;
   /** Active devices of thin `id` that are not suspended (suspended around create_snap). */
   activeUnsuspended(id: number): Promise<string[]>;
   isSuspended(name: string): Promise<boolean>;
@@ -124,6 +134,12 @@ export interface CycleReport {
   deleted: number[];
   /** Snapshots the restart found unconfirmed and deleted (never sent completely, or left by a crash during create_snap). */
   recovered: number[];
+  /**
+   * A thin of the id an interrupted create_snap had chosen that is not the
+   * snapshot it would have made (another program's: its times say so): left
+   * in the pool, not deleted.
+   */
+  notOurs?: number;
   /**
    * Why a full stream was sent, when one was: the first cycle, the base
    * snapshot deleted, or changed since it was sent (written, or deleted and
@@ -192,7 +208,14 @@ export function replicationStateProblem(x: unknown): string | null {
   }
   if (o.pending !== null) {
     const p = o.pending as Record<string, unknown>;
-    if (typeof p !== 'object' || !id(p.devId) || (p.phase !== 'creating' && p.phase !== 'created') || !Array.isArray(p.suspended) || !Number.isSafeInteger(p.deviceSize)) {
+    if (
+      typeof p !== 'object' ||
+      !id(p.devId) ||
+      (p.phase !== 'creating' && p.phase !== 'created') ||
+      !Array.isArray(p.suspended) ||
+      !Number.isSafeInteger(p.deviceSize) ||
+      (p.originSnapshotted !== undefined && !(Number.isInteger(p.originSnapshotted) && (p.originSnapshotted as number) >= 0 && (p.originSnapshotted as number) < 2 ** 32))
+    ) {
       return 'pending is not a pending snapshot';
     }
   }
@@ -206,12 +229,16 @@ export function replicationStateProblem(x: unknown): string | null {
  * not have completed. A pending snapshot that was created stays pending: the
  * next cycle sends it (again).
  */
-export async function recover(host: ReplicationHost, st: ReplicationState): Promise<number[]> {
+export async function recover(host: ReplicationHost, st: ReplicationState): Promise<{ removed: number[]; notOurs?: number }> {
   const removed: number[] = [];
+  let notOurs: number | undefined;
   const ids = await host.thinIds();
   if (st.pending?.phase === 'creating') {
     for (const name of st.pending.suspended) if (await host.isSuspended(name)) await host.resume(name);
-    if (ids.has(st.pending.devId)) st.doomed.push(st.pending.devId);
+    if (ids.has(st.pending.devId)) {
+      if (await madeByUs(host, st, st.pending)) st.doomed.push(st.pending.devId);
+      else notOurs = st.pending.devId;
+    }
     st.pending = null;
     await host.writeState(st);
   } else if (st.pending && !ids.has(st.pending.devId)) {
@@ -231,7 +258,23 @@ export async function recover(host: ReplicationHost, st: ReplicationState): Prom
     st.doomed = [];
     await host.writeState(st);
   }
-  return removed;
+  return { removed, notOurs };
+}
+
+/**
+ * Whether thin `p.devId`, found after a create_snap of it was interrupted,
+ * is the snapshot that create_snap made: its creation time is later than the
+ * origin's snapshot time recorded before, and the origin's snapshot time is
+ * now its creation time (create_snap gives both a new time). Another
+ * program's thin of that id (another replication's snapshot, a create_thin)
+ * fails one of the two. A state from before originSnapshotted: taken as ours.
+ */
+async function madeByUs(host: ReplicationHost, st: ReplicationState, p: PendingSnapshot): Promise<boolean> {
+  if (p.originSnapshotted === undefined) return true;
+  // One after the other: each reads through the pool's one metadata snapshot.
+  const snap = await host.thinTimes(p.devId);
+  const origin = await host.thinTimes(st.thin);
+  return snap !== null && origin !== null && snap.creationTime > p.originSnapshotted && origin.snapshottedTime === snap.creationTime;
 }
 
 /** The lowest id of the range that neither the pool nor the state uses. */
@@ -250,7 +293,7 @@ export async function runCycle(host: ReplicationHost, settings: ReplicationSetti
   if (!Number.isInteger(settings.keep) || settings.keep < 1) throw new UsageError('keep must be at least 1 (the base of the next increment)');
   const started = host.now().getTime();
   const st = adoptState(await host.readState(), settings, where);
-  const recovered = await recover(host, st);
+  const { removed: recovered, notOurs } = await recover(host, st);
   throwIfAborted(signal);
   const resumed = st.pending !== null;
 
@@ -260,7 +303,8 @@ export async function runCycle(host: ReplicationHost, settings: ReplicationSetti
     const devId = pickSnapshotId(st, ids);
     const toSuspend = await host.activeUnsuspended(st.thin);
     const deviceSize = await host.deviceSize();
-    st.pending = { devId, phase: 'creating', suspended: toSuspend, takenAt: host.now().toISOString(), deviceSize };
+    const originSnapshotted = (await host.thinTimes(st.thin))?.snapshottedTime;
+    st.pending = { devId, phase: 'creating', suspended: toSuspend, takenAt: host.now().toISOString(), deviceSize, ...(originSnapshotted !== undefined ? { originSnapshotted } : {}) };
     await host.writeState(st);
     const done: string[] = [];
     let taken = false;
@@ -357,6 +401,7 @@ export async function runCycle(host: ReplicationHost, settings: ReplicationSetti
     discardBlocks: r.discardBlocks,
     deleted,
     recovered,
+    ...(notOurs !== undefined ? { notOurs } : {}),
     ...(fullReason ? { fullReason } : {}),
     ...(abandoned !== undefined ? { abandoned } : {}),
     takenAt: pending.takenAt,

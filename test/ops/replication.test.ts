@@ -19,6 +19,9 @@ interface Snap {
   key: string;
   /** Writes to the device itself: each changes its mapping root. */
   written?: number;
+  /** The kernel's creation_time and snapshotted_time (create_snap gives the snapshot and its origin a new pool time). */
+  created?: number;
+  snapshotted?: number;
 }
 
 /** The model's mapping-root digest: identity, content and writes. */
@@ -28,6 +31,8 @@ const rootOf = (s: Snap) => createHash('sha256').update(`${s.key}/${s.version}/$
 class World {
   pool = new Map<number, Snap>([[1, { version: 0, key: 'origin' }]]);
   sourceVersion = 0;
+  /** The pool's time: advanced by each create_snap only, as the kernel does. */
+  time = 0;
   suspended = new Set<string>();
   stateFile: string | null = null;
   target: { current: { key: string; digest: string; version: number; root: string } | null; pending: string | null; garbage: boolean } = { current: null, pending: null, garbage: false };
@@ -58,6 +63,10 @@ class World {
         const t = this.pool.get(id);
         return t ? rootOf(t) : null;
       },
+      thinTimes: async (id) => {
+        const t = this.pool.get(id);
+        return t ? { creationTime: t.created ?? 0, snapshottedTime: t.snapshotted ?? 0 } : null;
+      },
       activeUnsuspended: async (id) => (id === 1 && this.thinActive && !this.suspended.has('thin1') ? ['thin1'] : []),
       isSuspended: async (n) => this.suspended.has(n),
       suspend: (n) => this.op('suspend', () => void this.suspended.add(n)),
@@ -67,7 +76,10 @@ class World {
         this.op('createSnap', () => {
           if (this.pool.has(id)) throw new Error(`create_snap ${id}: exists`);
           if (this.thinActive && !this.suspended.has('thin1')) this.violations.push(`create_snap ${id} while thin1 was not suspended`);
-          this.pool.set(id, { version: this.pool.get(origin)!.version, key: `snap${id}#${++this.creations}` });
+          const o = this.pool.get(origin)!;
+          this.time++;
+          o.snapshotted = this.time;
+          this.pool.set(id, { version: o.version, key: `snap${id}#${++this.creations}`, created: this.time, snapshotted: this.time });
         }),
       deleteThin: (id) =>
         this.op('deleteThin', () => {
@@ -215,6 +227,53 @@ describe('replication cycle under crashes', () => {
     const r = await runCycle(w.host(), settings(1), 'state.json');
     expect(r.recovered).toEqual([]);
     expect(w.pool.get(foreign[0])?.key).toBe(foreign[1].key);
+    expect(w.target.current!.version).toBe(w.sourceVersion);
+  });
+
+  // Killed after recording the id it chose, before create_snap; meanwhile another program made a
+  // thin of that id (outside hunt: the restart deleted another replicator's base, and a user's thin).
+  it.each([
+    ['another replication\'s snapshot (of another thin)', (w: World, id: number) => {
+      w.time++;
+      w.pool.set(id, { version: 0, key: `foreign-snap${id}`, created: w.time, snapshotted: w.time });
+    }],
+    ['a thin made by hand (create_thin: the pool time as it is)', (w: World, id: number) => {
+      w.pool.set(id, { version: 0, key: `foreign-thin${id}`, created: w.time, snapshotted: w.time });
+    }],
+  ])('an interrupted create_snap whose id another program then took (%s): the restart leaves that thin, and catches up', async (_n, take) => {
+    const w = new World();
+    w.write();
+    await cycle(w, 1);
+    w.write();
+    // Killed at create_snap, before it took effect.
+    const h = w.host();
+    const dying: ReplicationHost = { ...h, createSnap: async () => { throw new Crash('before createSnap'); } };
+    expect(await runCycle(dying, settings(1), 'state.json').then(() => 'ok', (e) => (e instanceof Crash ? 'crash' : e))).toBe('crash');
+    const pending = (JSON.parse(w.stateFile!) as ReplicationState).pending!;
+    expect(pending.phase).toBe('creating');
+    take(w, pending.devId);
+    const theirs = w.pool.get(pending.devId)!.key;
+    const r = await runCycle(w.host(), settings(1), 'state.json');
+    expect(r.notOurs).toBe(pending.devId);
+    expect(r.recovered).toEqual([]);
+    expect(w.pool.get(pending.devId)?.key).toBe(theirs);
+    expect(w.target.current!.version).toBe(w.sourceVersion);
+    expect(w.violations).toEqual([]);
+  });
+
+  it('killed right after its create_snap took effect: the restart deletes that snapshot as its own', async () => {
+    const w = new World();
+    w.write();
+    await cycle(w, 1);
+    w.write();
+    const h = w.host();
+    const dying: ReplicationHost = { ...h, createSnap: async (id, origin) => { await h.createSnap(id, origin); throw new Crash('after createSnap'); } };
+    expect(await runCycle(dying, settings(1), 'state.json').then(() => 'ok', (e) => (e instanceof Crash ? 'crash' : e))).toBe('crash');
+    const pending = (JSON.parse(w.stateFile!) as ReplicationState).pending!;
+    expect(w.pool.has(pending.devId)).toBe(true);
+    const r = await runCycle(w.host(), settings(1), 'state.json');
+    expect(r.recovered).toEqual([pending.devId]);
+    expect(r.notOurs).toBeUndefined();
     expect(w.target.current!.version).toBe(w.sourceVersion);
   });
 
