@@ -290,5 +290,13 @@ export function parseStoredHeader(plain: Buffer, backupId: string): StoredHeader
   }
   if (h.version !== 1) throw new RepoError('format', `backup ${backupId}: header version ${String(h.version)} is not one this dmthin reads; upgrade dmthin`, { key });
   if (h.id !== backupId || !h.map || typeof h.map.sha256 !== 'string') throw new RepoError('corrupt', `backup ${backupId}: its header does not describe it`, { key });
+  // The rules a header was written under (checkHeader), held to when it is
+  // read: a stored one that breaks them (a deviceSize that is no number, a
+  // chunk size of 0) is damage, before restore or verify trust its fields.
+  try {
+    checkHeader(h);
+  } catch (e) {
+    throw new RepoError('corrupt', `backup ${backupId}: its header is damaged (${(e as Error).message.replace(/^invalid backup header: /, '')})`, { key, cause: e });
+  }
   return h;
 }
