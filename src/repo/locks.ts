@@ -57,6 +57,21 @@ function pidAlive(pid: number): boolean {
   }
 }
 
+function isLockInfo(v: unknown): v is LockInfo {
+  const o = v as Record<string, unknown> | null;
+  return (
+    o !== null &&
+    typeof o === 'object' &&
+    (o.kind === 'shared' || o.kind === 'exclusive') &&
+    typeof o.purpose === 'string' &&
+    typeof o.host === 'string' &&
+    Number.isSafeInteger(o.pid) &&
+    Number.isFinite(o.createdMs) &&
+    Number.isFinite(o.refreshedMs) &&
+    Math.abs(o.refreshedMs as number) <= 8.64e15
+  );
+}
+
 /** The lock rules over one backend. */
 export class Locks {
   constructor(
@@ -67,7 +82,9 @@ export class Locks {
 
   /** Is this lock stale at `now`? */
   isStale(l: FoundLock, now = Date.now()): boolean {
-    if (!l.info) return now - l.mtimeMs > this.timing.staleMs;
+    // Unreadable, or refreshed "in the future" (a clock far ahead, or a forged
+    // time): judged by when the object was last written, not by what it says.
+    if (!l.info || l.info.refreshedMs > now + this.timing.staleMs) return now - l.mtimeMs > this.timing.staleMs;
     if (now - l.info.refreshedMs > this.timing.staleMs) return true;
     return l.info.host === hostname() && l.info.pid !== process.pid && !pidAlive(l.info.pid);
   }
@@ -79,6 +96,8 @@ export class Locks {
       let info: LockInfo | null = null;
       try {
         info = JSON.parse(unseal(await this.backend.get(o.key, { signal, maxBytes: 1 << 20 }), o.key, this.keys, 1 << 20).toString('utf8')) as LockInfo;
+        // Not the shape a lock is written with ({} made prune say "Invalid time value"): unreadable.
+        if (!isLockInfo(info)) info = null;
       } catch (e) {
         if (e instanceof RepoError && e.reason === 'not-found') continue; // released meanwhile
         if ((e as Error).name === 'AbortError') throw e;

@@ -127,6 +127,24 @@ describe('locks', () => {
     await held.release();
   });
 
+  // Found by an outside hunt: a lock object {} made prune say "Invalid time value [EUNKNOWN]" and was never
+  // stale; one refreshed in the year 5138 (a clock far ahead) never went stale either.
+  it('a lock object of another shape, or refreshed far in the future: unreadable or judged by its mtime, stale once that is old', async () => {
+    await (await Repository.create(loc)).close();
+    const locks = new Locks(new LocalBackend(loc), null, { refreshMs: 60_000, staleMs: 60_000 });
+    mkdirSync(join(loc, 'locks'), { recursive: true });
+    writeFileSync(join(loc, 'locks', 'shapeless'), seal(Buffer.from('{}'), 'locks/shapeless', null, parseCompression('none')));
+    plantLock('future', { kind: 'exclusive', refreshedMs: Date.UTC(5138, 10, 16) });
+    // Fresh (written now): they refuse, naming themselves, with no raw error.
+    await expect(locks.acquire('exclusive', 'gc')).rejects.toMatchObject({ reason: 'locked', message: expect.stringMatching(/locked by (an unreadable lock locks\/shapeless|backup other .*refreshed 5138)/) });
+    // Written two minutes ago: both are stale and removed.
+    const old = (Date.now() - 120_000) / 1000;
+    for (const f of ['shapeless', 'future']) utimesSync(join(loc, 'locks', f), old, old);
+    const held = await locks.acquire('exclusive', 'gc');
+    expect(lockFiles()).toHaveLength(1);
+    await held.release();
+  });
+
   it('two exclusive lockers racing: at most one wins, and no lock is left behind by the loser', async () => {
     await (await Repository.create(loc)).close();
     const backend = new LocalBackend(loc);
