@@ -101,6 +101,9 @@ function lockState(stateFile: string): () => void {
 
 async function readReplicationState(file: string): Promise<ReplicationState | null> {
   let text: string;
+  // A device or FIFO named as the state is no state: read whole, a block device would fill memory.
+  const st = await stat(file).catch(() => null);
+  if (st !== null && !st.isFile()) throw stateFileError(file, 'not a regular file (a state is a file dmthin writes): give the path of a file for it');
   try {
     text = await readFile(file, 'utf8');
   } catch (e) {

@@ -5,6 +5,7 @@
  * file's checks.
  */
 import fc from 'fast-check';
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -228,6 +229,20 @@ describe('merge state file', () => {
     phase: 'copying',
     at: '2026-01-01T00:00:00.000Z',
   };
+
+  // Found by an outside hunt: a block device as --state was read whole and called damaged JSON, "remove the file".
+  test('a state path naming no regular file (a device, a FIFO): refused as such, not read', async () => {
+    const d = mkdtempSync(join(tmpdir(), 'dmthin-mstate-'));
+    try {
+      const fifo = join(d, 'fifo');
+      expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
+      for (const f of ['/dev/null', fifo]) {
+        await expect(readMergeState(f)).rejects.toMatchObject({ reason: 'state-file', message: expect.stringMatching(/is not a regular file \(a state is a file dmthin writes\): give the path of a file for it$/) });
+      }
+    } finally {
+      rmSync(d, { recursive: true, force: true });
+    }
+  });
 
   test('a complete state is accepted; each damage is named', () => {
     expect(mergeStateProblem(good)).toBeNull();
