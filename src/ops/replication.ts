@@ -307,7 +307,10 @@ export async function runCycle(host: ReplicationHost, settings: ReplicationSetti
     st.pending = { devId, phase: 'creating', suspended: toSuspend, takenAt: host.now().toISOString(), deviceSize, ...(originSnapshotted !== undefined ? { originSnapshotted } : {}) };
     await host.writeState(st);
     const done: string[] = [];
-    let taken = false;
+    // EEXIST: the id was free when chosen and is taken now, by another
+    // program (another replicator of the pool, a user), so the thin is not
+    // ours. Left pending as 'creating', a restart would delete it as ours.
+    let taken: unknown;
     try {
       for (const name of toSuspend) {
         await host.suspend(name);
@@ -317,26 +320,21 @@ export async function runCycle(host: ReplicationHost, settings: ReplicationSetti
       try {
         await host.createSnap(devId, st.thin);
       } catch (e) {
-        // The id was free when chosen and is taken now: by another program
-        // (another replicator of the pool, a user), so the thin is not ours.
-        // Left pending as 'creating', a restart would delete it as ours.
-        taken = (e as { code?: unknown }).code === 'EEXIST';
-        throw e;
+        if ((e as { code?: unknown }).code !== 'EEXIST') throw e;
+        taken = e;
       }
-      host.checkpoint?.('snap-created');
-    } catch (e) {
-      if (!taken) throw e;
+      if (taken === undefined) host.checkpoint?.('snap-created');
+    } finally {
       for (const name of done.reverse()) await host.resume(name);
-      done.length = 0;
+    }
+    if (taken !== undefined) {
       st.pending = null;
       await host.writeState(st);
       throw new DmthinError(
         'EEXIST',
         `thin id ${devId} was taken by another program between choosing it and creating the snapshot (another replication of this pool, or a device made by hand): nothing of it is recorded; run the cycle again, or give each replication its own --ids range`,
-        { devId, cause: e },
+        { devId, cause: taken },
       );
-    } finally {
-      for (const name of done.reverse()) await host.resume(name);
     }
     st.pending = { ...st.pending, phase: 'created', suspended: [] };
     await host.writeState(st);

@@ -473,8 +473,6 @@ export async function refuseOutputOverInputs(output: string, outputRole: string,
  * For a path the caller named: a default path is dmthin's own name.
  */
 export async function refuseForeignStateFile(path: string, format: string, what: string): Promise<void> {
-  // "st/" (no such directory yet): the lock beside it would make the directory, the state not be a file in it.
-  if (path.endsWith('/')) throw new UsageError(`${what} ${path} ends in /, which names a directory: give the path of a file for it`, { path });
   const st = await stat(path).catch(() => null);
   if (!st) return;
   if (!st.isFile()) throw new UsageError(`${what} ${path} exists and is not a regular file: choose another path for it`, { path });
