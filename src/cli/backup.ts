@@ -7,7 +7,7 @@ import type { Command } from 'commander';
 import { UsageError } from '../errors';
 import type { BackupOptions } from '../ops/backup';
 import type { ThinPool as ThinPoolT } from '../pool/thin-pool';
-import { CliContext, parseIntArg } from './common';
+import { CliContext, plural, parseIntArg } from './common';
 import { toJson } from './json';
 import { isThinIdText, snapOption, thinIdArg, type MetadataSnapOpts } from './metadata-source';
 import { Progress, stderrIsTTY } from './progress';
@@ -89,8 +89,8 @@ export function register(program: Command, ctx: () => CliContext): void {
         if (o.json) process.stdout.write(toJson(r) + '\n');
         else {
           process.stdout.write(
-            `backup ${r.id} of ${r.volume}: ${r.chunks} chunks, ${r.chunksNew} new (${r.bytesUploaded} bytes uploaded); ` +
-              `read ${r.chunksRead} chunks${r.base ? `, the rest from backup ${r.base}` : ''}\n`,
+            `backup ${r.id} of ${r.volume}: ${plural(r.chunks, 'chunk')}, ${r.chunksNew} new (${plural(r.bytesUploaded, 'byte')} uploaded); ` +
+              `read ${plural(r.chunksRead, 'chunk')}${r.base ? `, the rest from backup ${r.base}` : ''}\n`,
           );
         }
       } catch (e) {

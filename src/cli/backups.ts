@@ -5,7 +5,7 @@ import type { Command } from 'commander';
 import { dirname } from 'node:path';
 import { DmthinError, isSystemError, RepoError, UsageError } from '../errors';
 import type { DamagedBackup, Repository as RepositoryT } from '../repo/repository';
-import { CliContext, parseIntArg, print } from './common';
+import { CliContext, plural, parseIntArg, print } from './common';
 import { toJson } from './json';
 import { Progress, stderrIsTTY } from './progress';
 import { cliWording, keyOption, keySource, PASSPHRASE_ENV, type KeyCliOpts } from './repo-options';
@@ -107,7 +107,7 @@ export function register(program: Command, ctx: () => CliContext): void {
       else {
         for (const b of all) {
           print(
-            `${b.id}  ${b.volume}  ${new Date(b.createdMs).toISOString()}  ${b.deviceSize} bytes  ${b.chunks} chunks  ${b.newChunks} new (${b.storedBytes} bytes)${b.base ? `  base ${b.base}` : ''}\n`,
+            `${b.id}  ${b.volume}  ${new Date(b.createdMs).toISOString()}  ${plural(b.deviceSize, 'byte')}  ${plural(b.chunks, 'chunk')}  ${b.newChunks} new (${plural(b.storedBytes, 'byte')})${b.base ? `  base ${b.base}` : ''}\n`,
           );
         }
       }
@@ -145,11 +145,11 @@ export function register(program: Command, ctx: () => CliContext): void {
         for (const p of r.problems) {
           print(p.index < 0 ? `backup ${p.backup}: manifest ${p.reason}\n` : `backup ${p.backup}: chunk ${p.index} at byte ${p.offset} (${p.id}) ${p.reason}\n`);
         }
-        print(`${r.backups} backups, ${r.chunks} chunk references checked${o.data ? ' (data re-hashed)' : ''}: ${r.problems.length + r.problemsOmitted} problems\n`);
+        print(`${plural(r.backups, 'backup')}, ${plural(r.chunks, 'chunk reference')} checked${o.data ? ' (data re-hashed)' : ''}: ${plural(r.problems.length + r.problemsOmitted, 'problem')}\n`);
         if (repaired) {
           for (const id of repaired.removed) print(`removed damaged chunk ${id}\n`);
           for (const id of repaired.sound) print(`kept chunk ${id}: it read sound the second time\n`);
-          print(`repair: ${repaired.removed.length} damaged chunks removed, ${repaired.sound.length} kept (sound when read again)\n`);
+          print(`repair: ${repaired.removed.length} damaged ${repaired.removed.length === 1 ? 'chunk' : 'chunks'} removed, ${repaired.sound.length} kept (sound when read again)\n`);
         }
       }
       const n = r.problems.length + r.problemsOmitted;
@@ -203,13 +203,13 @@ export function register(program: Command, ctx: () => CliContext): void {
       const r = await ops.prune({ ...policy, repo, volume: o.volume, dryRun: o.dryRun, signal: c.signal, onWarning }).catch((e) => {
         throw cliWording(e);
       });
-      if (!o.dryRun) c.done = `prune deleted ${r.deleted.length} backup${r.deleted.length === 1 ? '' : 's'} and ${r.deletedChunks} chunks`;
+      if (!o.dryRun) c.done = `prune deleted ${plural(r.deleted.length, 'backup')} and ${plural(r.deletedChunks, 'chunk')}`;
       if (o.json) print(toJson(r) + '\n');
       else {
         for (const id of r.deleted) print(`${o.dryRun ? 'would delete' : 'deleted'} ${id}\n`);
         // A dry run collects nothing, so it cannot say what would be freed (the JSON's counts are 0).
-        if (o.dryRun) print(`kept ${r.kept.length} backups, would delete ${r.deleted.length}; chunks are counted and freed only by a prune without --dry-run\n`);
-        else print(`kept ${r.kept.length} backups, deleted ${r.deleted.length}; ${r.deletedChunks} chunks (${r.freedBytes} bytes) freed${r.deletedTemporary ? `, ${r.deletedTemporary} temporary files of interrupted writes removed` : ''}\n`);
+        if (o.dryRun) print(`kept ${plural(r.kept.length, 'backup')}, would delete ${r.deleted.length}; chunks are counted and freed only by a prune without --dry-run\n`);
+        else print(`kept ${plural(r.kept.length, 'backup')}, deleted ${r.deleted.length}; ${plural(r.deletedChunks, 'chunk')} (${plural(r.freedBytes, 'byte')}) freed${r.deletedTemporary ? `, ${plural(r.deletedTemporary, 'temporary file')} of interrupted writes removed` : ''}\n`);
       }
     });
 

@@ -6,7 +6,7 @@
 import type { Command } from 'commander';
 import { AbortError, DmthinError, MetadataError, UsageError } from '../errors';
 import type { CheckPhase, CheckProblem, CheckReport } from '../thin/check';
-import { CliContext, errorLine, print } from './common';
+import { CliContext, plural, errorLine, print } from './common';
 import { Progress, stderrIsTTY } from './progress';
 import { toJson } from './json';
 import { MetadataSnapOpts, namesPool, openMetadata } from './metadata-source';
@@ -88,14 +88,14 @@ function summary(r: CheckReport, why: string, read: 'all' | 'no-mappings' | 'sup
   // What was not read is said so, never counted as 0.
   if (read === 'nothing') lines.push('devices, mappings and transaction not read');
   else {
-    const devices = read === 'superblock' ? 'devices and mappings not read' : `${c.devices} device${c.devices === 1 ? '' : 's'}, ${read === 'no-mappings' ? 'mappings not read' : `${c.mappings} mappings`}`;
+    const devices = read === 'superblock' ? 'devices and mappings not read' : `${plural(c.devices, 'device')}, ${read === 'no-mappings' ? 'mappings not read' : plural(c.mappings, 'mapping')}`;
     lines.push(`${devices}, transaction ${c.transactionId}${c.heldRoot ? `, metadata snapshot held at block ${c.heldRoot}` : ''}`);
   }
   if (r.spaceMapsChecked) {
     lines.push(`space maps checked: ${c.metadataBlocksInUse} of ${c.metadataBlocks} metadata blocks and ${c.dataBlocksInUse} of ${c.dataBlocks} data blocks in use`);
   } else lines.push(`space maps not checked${why ? ` (${why})` : ''}`);
-  if (r.omitted) lines.push(`${r.omitted} more problems not listed`);
-  lines.push(r.fatal + r.nonFatal === 0 ? 'no problems found' : `${r.fatal + r.nonFatal} problem${r.fatal + r.nonFatal === 1 ? '' : 's'} found: ${r.fatal} fatal, ${r.nonFatal} non-fatal`);
+  if (r.omitted) lines.push(`${r.omitted} more ${r.omitted === 1 ? 'problem' : 'problems'} not listed`);
+  lines.push(r.fatal + r.nonFatal === 0 ? 'no problems found' : `${plural(r.fatal + r.nonFatal, 'problem')} found: ${r.fatal} fatal, ${r.nonFatal} non-fatal`);
   return lines.join('\n') + '\n';
 }
 

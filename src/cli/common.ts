@@ -245,6 +245,11 @@ function isSuppressedError(err: unknown): err is { error: unknown; suppressed: u
   return err instanceof Error && err.name === 'SuppressedError' && 'suppressed' in err && 'error' in err;
 }
 
+/** `n` and `noun` ("1 chunk", "2 chunks"): counts in the CLI's lines agree with their number. */
+export function plural(n: number | bigint, noun: string): string {
+  return `${n} ${noun}${n === 1 || n === 1n ? '' : 's'}`;
+}
+
 /** --format-version: a version this build writes (records.ts is loaded only by a send that runs, not by --help). */
 export function formatVersionArg(v: string | undefined): number | undefined {
   if (v === undefined) return undefined;
@@ -274,21 +279,35 @@ const METADATA_SNAP_FLAG_FIRST = new Set(['check', 'ls']);
 const GETOPT_COMMANDS = new Set(['dump', 'ls', 'delta', 'rmap', 'check']);
 
 /**
- * `--skip` for `--skip-mappings`, `--dev=1` for `--dev-id=1`: a long option
- * given by a prefix that names exactly one of the command's options is
- * written out, as getopt_long reads it (an exact name wins; an ambiguous
- * prefix is left for the parser to refuse as unknown). Only for the commands
- * of GETOPT_COMMANDS, so scripts written for the reference tools run.
+ * `--skip` for `--skip-mappings`, `--dev=1` for `--dev-id=1`, `--vers` for
+ * `--version`: a long option given by a prefix that names exactly one of the
+ * command's options is written out, as getopt_long reads it (an exact name
+ * wins). Only for the commands of GETOPT_COMMANDS, so scripts written for the
+ * reference tools run. A prefix of more than one option is refused naming
+ * them (getopt_long: "is ambiguous"); for the other commands, a prefix of
+ * options is refused naming what it begins, where the parser would have
+ * guessed by spelling (`send --meta`: "did you mean --data?"). A token in
+ * option position that looks like a negative number (`check -1 X`) and is
+ * no option is refused as an unknown option, as getopt does: the parser took
+ * it for an argument and said only "too many arguments".
  */
 export function expandLongOptionPrefixes(argv: string[], cmd: Command | undefined): string[] {
-  if (cmd === undefined || !GETOPT_COMMANDS.has(cmd.name())) return argv;
-  const longs = cmd.options.filter((o) => o.long && !o.hidden).map((o) => o.long!);
-  longs.push('--help');
+  if (cmd === undefined || cmd.commands.length > 0) return argv;
+  // Both names of an option with two long ones ('--snap1, --thin1': commander keeps the first as its short name).
+  const longs = cmd.options.filter((o) => !o.hidden).flatMap((o) => [o.short, o.long].filter((f): f is string => f?.startsWith('--') === true));
+  longs.push('--help', '--version');
+  const getopt = GETOPT_COMMANDS.has(cmd.name());
+  const refuse = (what: string): never => {
+    throw new UsageError(`${what}; see 'dmthin ${cmd.name()} --help'`);
+  };
   return mapOptionTokens(argv, cmd, (a) => {
+    if (/^-[0-9]/.test(a) && valueOf(cmd, a) === undefined && !cmd.options.some((o) => o.short === a)) refuse(`unknown option '${a}'`);
     const m = /^(--[^=]+)(=.*)?$/.exec(a);
     if (!m || longs.includes(m[1])) return a;
     const hits = longs.filter((l) => l.startsWith(m[1]));
-    return hits.length === 1 ? hits[0] + (m[2] ?? '') : a;
+    if (hits.length === 0) return a;
+    if (getopt && hits.length === 1) return hits[0] + (m[2] ?? '');
+    return refuse(getopt ? `option '${m[1]}' is ambiguous: ${hits.join(', ')}` : `unknown option '${m[1]}' (did you mean ${hits.join(' or ')}?)`);
   });
 }
 

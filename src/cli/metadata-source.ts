@@ -5,13 +5,14 @@
  * snapshot is used; if none is held, one is reserved for the duration of the
  * command and released afterwards (also on Ctrl-C / SIGTERM).
  */
-import { statSync } from 'node:fs';
-import { DmthinError, NameLookupError, UsageError } from '../errors';
+import { closeSync, openSync, readSync, statSync } from 'node:fs';
+import { DmthinError, MetadataError, NameLookupError, SetupError, UsageError } from '../errors';
 import type { ThinMetadata } from '../thin/metadata';
 import type * as Metadata from '../thin/metadata';
 import type { ThinPool as ThinPoolT } from '../pool/thin-pool';
 import type * as PoolName from '../pool/pool-name';
 import type * as BlockDevices from '../dm/block-devices';
+import type * as Records from '../stream/format/records';
 import { CliContext, parseIntArg } from './common';
 
 export interface MetadataSnapOpts {
@@ -70,7 +71,11 @@ export async function openMetadataSource(arg: string, o: MetadataSnapOpts, ctx: 
   if (!(await namesPool(arg))) {
     // Loaded here, not at import: every command imports this file, and --help needs no reader.
     const { ThinMetadata } = require('../thin/metadata') as typeof Metadata;
-    return { metadata: await ThinMetadata.open(arg, { metadataSnap: snap }) };
+    try {
+      return { metadata: await ThinMetadata.open(arg, { metadataSnap: snap }) };
+    } catch (e) {
+      throw streamHint(e, arg);
+    }
   }
   if (snap === undefined) {
     throw new DmthinError('ENOENT', `${arg}: no such file (a live pool can be read by name only through its metadata snapshot, -m)`, { path: arg });
@@ -82,6 +87,11 @@ export async function openMetadataSource(arg: string, o: MetadataSnapOpts, ctx: 
     // A name that is neither a file nor a pool (none found, or no device-mapper to ask): say both,
     // a mistyped file name included.
     const found = e instanceof NameLookupError && e.reason !== 'not-found';
+    // Without device-mapper the name cannot have meant a pool here: how to load
+    // device-mapper is no help to whoever mistyped a file name.
+    if (e instanceof SetupError && e.kind === 'no-device-mapper') {
+      throw new DmthinError('ENOENT', `${arg}: no such file or directory (nor a pool: device-mapper is not available on this machine)`, { path: arg });
+    }
     if (e instanceof DmthinError && !found) e.message = `${arg}: no such file, and ${e.message}`;
     throw e;
   }
@@ -89,6 +99,32 @@ export async function openMetadataSource(arg: string, o: MetadataSnapOpts, ctx: 
   const live = await pool.openMetadata({ snapshot: 'held-or-reserve', root: typeof snap === 'number' ? snap : undefined });
   ctx.onCleanup(() => live.release());
   return { metadata: live.metadata, pool };
+}
+
+/**
+ * A send stream given where metadata belongs (`dump backup.stream`) fails
+ * the superblock's checksum: say what the file is and what reads it.
+ */
+function streamHint(e: unknown, path: string): unknown {
+  if (!(e instanceof MetadataError) || e.block !== 0) return e;
+  const { looksLikeStream } = require('../stream/format/records') as typeof Records;
+  if (looksLikeStream(headOf(path, 64))) e.message = `${path} is a dmthin send stream, not pool metadata (${e.message.replace(`${path}: `, '')}): 'dmthin receive' reads it`;
+  return e;
+}
+
+/** The first `n` bytes of the file at `path` (fewer if it is shorter; none if it cannot be read). */
+function headOf(path: string, n: number): Buffer {
+  try {
+    const fd = openSync(path, 'r');
+    try {
+      const b = Buffer.alloc(n);
+      return b.subarray(0, readSync(fd, b, 0, n, 0));
+    } finally {
+      closeSync(fd);
+    }
+  } catch {
+    return Buffer.alloc(0);
+  }
 }
 
 export async function openMetadata(arg: string, o: MetadataSnapOpts, ctx: CliContext): Promise<ThinMetadata> {

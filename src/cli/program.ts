@@ -67,6 +67,7 @@ export async function main(argv: string[]): Promise<number> {
   routeParserErrors(program, 'dmthin');
   try {
     const named = program.commands.find((c) => c.name() === first);
+    if (named) name = `dmthin ${named.name()}`;
     await program.parseAsync(rewriteMetadataSnapArgs(expandLongOptionPrefixes(argv, named), named), { from: 'user' });
     await finishStdout();
     if (ctx) await ctx.runCleanups();

@@ -6,7 +6,7 @@
 import type { Command } from 'commander';
 import { DmthinError, UsageError } from '../errors';
 import { MAX_TIMER_SECONDS } from '../units';
-import { CliContext, formatVersionArg, parseIntArg, print } from './common';
+import { CliContext, plural, formatVersionArg, parseIntArg, print } from './common';
 import { toJson } from './json';
 import { Progress, stderrIsTTY } from './progress';
 import { parseSize } from './send';
@@ -112,7 +112,7 @@ export function register(program: Command, ctx: () => CliContext): void {
             const why = { first: 'first', 'base-gone': 'base snapshot gone', 'base-changed': 'base snapshot changed' } as const;
             const what = r.base === null ? `full (${why[r.fullReason ?? 'first']})` : `since ${r.base}`;
             print(
-              `snapshot ${r.snapshot} ${what}${r.resumed ? ' (resumed)' : ''}: ${mib(r.bytes)}, ${r.dataBlocks} blocks, ${r.discardBlocks} discarded, ` +
+              `snapshot ${r.snapshot} ${what}${r.resumed ? ' (resumed)' : ''}: ${mib(r.bytes)}, ${plural(r.dataBlocks, 'block')}, ${r.discardBlocks} discarded, ` +
                 `${(r.durationMs / 1000).toFixed(1)} s, lag ${(r.lagMs / 1000).toFixed(1)} s${r.deleted.length ? `, deleted ${r.deleted.join(' ')}` : ''}${r.recovered.length ? `, removed unconfirmed ${r.recovered.join(' ')}` : ''}\n`,
             );
           }

@@ -5,7 +5,7 @@
 import type { Command } from 'commander';
 import { UsageError } from '../errors';
 import type { ZeroMethod } from '../stream/receive/target';
-import { CliContext, print } from './common';
+import { CliContext, plural, print } from './common';
 import { toJson } from './json';
 import { Progress, stderrIsTTY } from './progress';
 import { cliWording, keyOption, keySource, type KeyCliOpts } from './repo-options';
@@ -65,7 +65,7 @@ export function register(program: Command, ctx: () => CliContext): void {
         if (o.json) print(toJson(r) + '\n');
         else {
           print(
-            `restored backup ${r.backup} of ${r.volume} onto ${r.target}: ${r.chunksWritten} chunks written, ${r.chunksZeroed} zeroed, ${r.chunksUnchanged} unchanged` +
+            `restored backup ${r.backup} of ${r.volume} onto ${r.target}: ${plural(r.chunksWritten, 'chunk')} written, ${r.chunksZeroed} zeroed, ${r.chunksUnchanged} unchanged` +
               `${r.previous ? ` (it held backup ${r.previous})` : ''}\n`,
           );
         }

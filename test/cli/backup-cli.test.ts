@@ -250,7 +250,7 @@ describe('unencrypted repository', () => {
     expect(r.status).toBe(0);
     const lines = r.stdout.trim().split('\n');
     expect(lines[0]).toMatch(/^would delete \S+$/);
-    expect(lines[1]).toBe('kept 1 backups, would delete 1; chunks are counted and freed only by a prune without --dry-run');
+    expect(lines[1]).toBe('kept 1 backup, would delete 1; chunks are counted and freed only by a prune without --dry-run');
     expect(JSON.parse(cli(['backups', 'list', '--repo', repo2, '--json']).stdout)).toHaveLength(2);
   });
 });

@@ -341,7 +341,7 @@ test('a damaged chunk: verify --data --repair removes it, the next --full backup
   const rep = cli(['backups', 'verify', '--repo', repo, '--data', '--repair', '-q']);
   expect(rep.status).toBe(1);
   expect(rep.stdout).toContain(`removed damaged chunk ${victimId}\n`);
-  expect(rep.stdout).toContain('repair: 1 damaged chunks removed, 0 kept');
+  expect(rep.stdout).toContain('repair: 1 damaged chunk removed, 0 kept');
   expect(oneLine(rep.stderr)).toContain('(now removed); the backups naming it cannot be restored whole');
   expect(existsSync(victim)).toBe(false);
   const third = JSON.parse(cli(offline(2, repo, 'vm1', ['--full', '--json', '-q'])).stdout);

@@ -160,12 +160,18 @@ describe('input that is not binary metadata: named, and thin_dump XML said so (o
       writeFileSync(text, Buffer.concat([Buffer.from('<html>\n'), Buffer.alloc(8192, 0x20)]));
       const rnd = join(dir, 'random.bin');
       writeFileSync(rnd, Buffer.from(Array.from({ length: 8192 }, (_, i) => (i * 7919 + 13) & 0xff)));
+      // What a stream starts with (docs/stream-format.md): a record header, then the header record's magic.
+      const stream = join(dir, 'backup.stream');
+      writeFileSync(stream, Buffer.concat([Buffer.from('DMTR'), Buffer.alloc(20), Buffer.from('DMTHSTRM'), Buffer.alloc(8192, 1)]));
       const hint = (f: string) => `: it looks like thin_dump XML; make a metadata image from it with 'thin_restore -i ${f} -o IMAGE' and give the image`;
       const cases: [string[], string][] = [
         [['dump', short], `dmthin dump: ${short} is ${xml.length} bytes: too small to hold a superblock${hint(short)} [EUCLEAN]`],
         [['ls', long], `dmthin ls: ${long} is not binary pool metadata (bad checksum in superblock (block 0))${hint(long)} [EILSEQ]`],
         [['delta', '--snap1', '1', '--snap2', '2', text], `dmthin delta: ${text} is not binary pool metadata (bad checksum in superblock (block 0)): it starts with '<', as text does [EILSEQ]`],
         [['rmap', '--region', '0..1', rnd], `dmthin rmap: ${rnd}: bad checksum in superblock (block 0) [EILSEQ]`],
+        // A send stream (found by an outside hunt: "bad checksum in superblock" only).
+        [['dump', stream], `dmthin dump: ${stream} is a dmthin send stream, not pool metadata (bad checksum in superblock (block 0)): 'dmthin receive' reads it [EILSEQ]`],
+        [['ls', stream], `dmthin ls: ${stream} is a dmthin send stream, not pool metadata (bad checksum in superblock (block 0)): 'dmthin receive' reads it [EILSEQ]`],
       ];
       for (const [args, line] of cases) {
         const r = runCli(args);

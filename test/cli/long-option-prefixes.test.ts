@@ -39,5 +39,37 @@ test('check --super and --ignore are --super-block-only and --ignore-non-fatal-e
   // --snap is a prefix of --snap1 and --snap2: refused, as getopt_long refuses it.
   const amb = runCli(['delta', '--snap', '1', f.path]);
   expect(amb.status).toBe(1);
-  expect(amb.stderr).toMatch(/unknown option '--snap'/);
+  expect(amb.stderr).toBe("dmthin delta: option '--snap' is ambiguous: --snap1, --snap2; see 'dmthin delta --help' [EINVAL]\n");
+  // Both names of an option with two: --thin is a prefix of --thin1 and --thin2.
+  expect(runCli(['delta', '--thin', '1', f.path]).stderr).toMatch(/option '--thin' is ambiguous: --thin1, --thin2;/);
+});
+
+itOracle('--vers is --version, as getopt_long reads it (found by an outside hunt)', () => {
+  for (const cmd of ['dump', 'ls', 'check']) {
+    const r = runCli([cmd, '--vers']);
+    expect(runOracle(`thin_${cmd}`, ['--vers']).status).toBe(0);
+    expect({ status: r.status, stderr: r.stderr }).toEqual({ status: 0, stderr: '' });
+    expect(r.stdout).toMatch(/^\d+\.\d+\.\d+\n$/);
+  }
+});
+
+test('a prefix of options where no prefix is taken (send, receive, backup...): refused naming the options it begins, not a guess by spelling (found by an outside hunt)', () => {
+  // Commander's own suggestion was "(did you mean --data?)".
+  const r = runCli(['send', '--meta', 'x', '--snap', '1']);
+  expect({ status: r.status, stderr: r.stderr }).toEqual({
+    status: 1,
+    stderr: "dmthin send: unknown option '--meta' (did you mean --metadata or --metadata-snap?); see 'dmthin send --help' [EINVAL]\n",
+  });
+});
+
+test('an option that looks like a negative number is an unknown option, as getopt says, not "too many arguments" (found by an outside hunt)', () => {
+  using f = fixtureFile('basic');
+  for (const cmd of ['check', 'dump', 'ls']) {
+    const r = runCli([cmd, '-1', f.path]);
+    expect({ status: r.status, stderr: r.stderr }).toEqual({ status: 1, stderr: `dmthin ${cmd}: unknown option '-1'; see 'dmthin ${cmd} --help' [EINVAL]\n` });
+  }
+  // The value of an option that takes one is left alone: --size -1 reaches --size's own check.
+  expect(runCli(['send', '--metadata', f.path, '--data', f.path, '--snap', '1', '--size', '-1', '-o', '/dev/null']).stderr).toMatch(/^dmthin send: --size must be/);
+  // After --, -1 is an argument.
+  expect(runCli(['dump', '--', '-1']).stderr).toMatch(/^dmthin dump: -1: no such file/);
 });

@@ -13,6 +13,15 @@ import { MAX_SAFE_HI, TWO32 } from '../../pdata/words';
 export const RECORD_MAGIC = Buffer.from('DMTR', 'latin1');
 /** First 8 bytes of the header record's payload. */
 const STREAM_MAGIC = Buffer.from('DMTHSTRM', 'latin1');
+/**
+ * Whether `head` (a file's first bytes) starts as a stream does: a record
+ * header, then the header record's stream magic.
+ */
+export function looksLikeStream(head: Uint8Array): boolean {
+  const b = Buffer.from(head.buffer, head.byteOffset, head.length);
+  return b.length >= RECORD_HEADER_SIZE + 8 && b.subarray(0, 4).equals(RECORD_MAGIC) && b.subarray(RECORD_HEADER_SIZE, RECORD_HEADER_SIZE + 8).equals(STREAM_MAGIC);
+}
+
 /** The stream format version this build writes by default. */
 export const FORMAT_VERSION = 4;
 /**
