@@ -43,7 +43,7 @@ export type { CheckOptions, CheckReport, CheckProblem, CheckCounts, CheckPhase, 
 
 // Live pools and thin devices.
 export { ThinPool, MetadataSnapshot } from './pool/thin-pool';
-export type { ThinPoolCreateOptions, CreateSnapOptions, ActiveThin, OpenMetadataOptions, LiveMetadata, MetadataSnapshotUse, PoolWaitOptions, PoolWaitResult } from './pool/thin-pool';
+export type { ThinPoolCreateOptions, CreateSnapOptions, ActiveThin, OpenMetadataOptions, LiveMetadata, MetadataSnapshotUse, PoolWaitOptions, PoolWaitResult, ReserveOptions } from './pool/thin-pool';
 export { derivePoolEvents, poolState } from './pool/events';
 export type { PoolEvent, PoolEventType, PoolState, LowWaterMarkEvent, ModeEvent, NeedsCheckEvent, MetadataLowEvent, OtherPoolEvent } from './pool/events';
 export { ThinDevice } from './pool/thin-device';

@@ -5,7 +5,8 @@
  * EBUSY until someone releases it by hand.
  *
  * A record is written once the reserve succeeded and its root is known, and
- * removed with the release: `<dir>/<pool name>.json` with the root, the
+ * removed with the release: `<dir>/<pool name>.json` (/var/lib/dmthin/held,
+ * else /run/dmthin/held) with the root, the
  * process (pid and its start time) and the boot. Another record's snapshot
  * counts as orphaned only when its process is gone (no such pid, another
  * start time, another boot) and the pool still holds exactly its root; a
@@ -18,6 +19,12 @@ import { join } from 'node:path';
 
 /** Where records live (root's state directory, beside restore/ and merge/). */
 export const HELD_RECORD_DIR = '/var/lib/dmthin/held';
+/**
+ * Where a record goes when HELD_RECORD_DIR cannot be written (/var/lib read-only
+ * or full): /run is a tmpfs, and a record is only needed until the next boot.
+ * Without it a dmthin killed there left its snapshot held for good (hunt L item 7).
+ */
+export const HELD_RECORD_FALLBACK_DIR = '/run/dmthin/held';
 
 interface HeldRecord {
   format: 'dmthin-held-metadata-snap';
@@ -29,13 +36,14 @@ interface HeldRecord {
   bootId: string;
 }
 
-/** The directory in use: DMTHIN_HELD_DIR for tests, else HELD_RECORD_DIR. */
-function dir(): string {
-  return process.env.DMTHIN_HELD_DIR || HELD_RECORD_DIR;
+/** The directories in use, first choice first: DMTHIN_HELD_DIR (for tests; a ':'-separated list), else HELD_RECORD_DIR and its fallback. */
+function dirs(): string[] {
+  const env = process.env.DMTHIN_HELD_DIR;
+  return env ? env.split(':').filter((d) => d !== '') : [HELD_RECORD_DIR, HELD_RECORD_FALLBACK_DIR];
 }
 
-function fileOf(pool: string): string {
-  return join(dir(), `${encodeURIComponent(pool)}.json`);
+function fileOf(dir: string, pool: string): string {
+  return join(dir, `${encodeURIComponent(pool)}.json`);
 }
 
 function bootId(): string {
@@ -60,39 +68,49 @@ function startTimeOf(pid: number): string | null {
 /** Records that this process holds `root` of `pool`. */
 export function recordHeld(pool: string, root: number): void {
   const rec: HeldRecord = { format: 'dmthin-held-metadata-snap', version: 1, pool, root, pid: process.pid, startTime: startTimeOf(process.pid) ?? '', bootId: bootId() };
-  const file = fileOf(pool);
-  const tmp = `${file}.${process.pid}.tmp`;
-  try {
-    mkdirSync(dir(), { recursive: true, mode: 0o755 });
-    writeFileSync(tmp, JSON.stringify(rec) + '\n', { mode: 0o644 });
-    renameSync(tmp, file);
-  } catch {
+  for (const dir of dirs()) {
+    const file = fileOf(dir, pool);
+    const tmp = `${file}.${process.pid}.tmp`;
     try {
-      unlinkSync(tmp);
+      mkdirSync(dir, { recursive: true, mode: 0o755 });
+      writeFileSync(tmp, JSON.stringify(rec) + '\n', { mode: 0o644 });
+      renameSync(tmp, file);
+      return;
     } catch {
-      // not made
+      try {
+        unlinkSync(tmp);
+      } catch {
+        // not made
+      }
     }
   }
 }
 
-function readRecord(pool: string): HeldRecord | null {
-  try {
-    const r = JSON.parse(readFileSync(fileOf(pool), 'utf8')) as HeldRecord;
-    if (r?.format !== 'dmthin-held-metadata-snap' || r.version !== 1 || r.pool !== pool || !Number.isSafeInteger(r.root) || !Number.isSafeInteger(r.pid)) return null;
-    return r;
-  } catch {
-    return null;
+/** The records of `pool` in each directory, with where each is. */
+function readRecords(pool: string): { file: string; r: HeldRecord }[] {
+  const found: { file: string; r: HeldRecord }[] = [];
+  for (const dir of dirs()) {
+    const file = fileOf(dir, pool);
+    try {
+      const r = JSON.parse(readFileSync(file, 'utf8')) as HeldRecord;
+      if (r?.format !== 'dmthin-held-metadata-snap' || r.version !== 1 || r.pool !== pool || !Number.isSafeInteger(r.root) || !Number.isSafeInteger(r.pid)) continue;
+      found.push({ file, r });
+    } catch {
+      // none there, or not readable: counts as none
+    }
   }
+  return found;
 }
 
 /** Removes this process's record of `root` (another process's record is left alone). */
 export function forgetHeld(pool: string, root: number): void {
-  const r = readRecord(pool);
-  if (!r || r.root !== root || r.pid !== process.pid) return;
-  try {
-    unlinkSync(fileOf(pool));
-  } catch {
-    // gone already
+  for (const { file, r } of readRecords(pool)) {
+    if (r.root !== root || r.pid !== process.pid) continue;
+    try {
+      unlinkSync(file);
+    } catch {
+      // gone already
+    }
   }
 }
 
@@ -101,17 +119,20 @@ export type HeldOwner = { kind: 'orphaned' } | { kind: 'running'; pid: number } 
 
 /** Who holds `heldRoot` of `pool`, as far as this host's records tell. */
 export function ownerOf(pool: string, heldRoot: number): HeldOwner {
-  const r = readRecord(pool);
-  if (!r || r.root !== heldRoot) return { kind: 'unknown' };
+  // A record of another root is stale (someone else reserved since): only one of this root counts.
+  const r = readRecords(pool).find((x) => x.r.root === heldRoot)?.r;
+  if (!r) return { kind: 'unknown' };
   const alive = r.bootId === bootId() && startTimeOf(r.pid) === r.startTime;
   return alive ? { kind: 'running', pid: r.pid } : { kind: 'orphaned' };
 }
 
-/** Drops the record of `pool` (its snapshot was released by someone). */
+/** Drops the records of `pool` (its snapshot was released by someone). */
 export function dropRecord(pool: string): void {
-  try {
-    unlinkSync(fileOf(pool));
-  } catch {
-    // none
+  for (const dir of dirs()) {
+    try {
+      unlinkSync(fileOf(dir, pool));
+    } catch {
+      // none
+    }
   }
 }

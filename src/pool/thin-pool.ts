@@ -33,7 +33,7 @@ import { guard, unguard, type Releasable } from './release-guard';
 import { type PoolEvent, derivePoolEvents } from './events';
 import { lvmThinId, type LvmPoolName } from './lvm';
 import { resolvePool } from './pool-name';
-import { dropRecord, forgetHeld, ownerOf, recordHeld } from './held-record';
+import { dropRecord, forgetHeld, ownerOf, recordHeld, type HeldOwner } from './held-record';
 
 /** What ThinPool.create builds a pool from. */
 export interface ThinPoolCreateOptions {
@@ -95,6 +95,10 @@ export interface OpenMetadataOptions {
   snapshot?: MetadataSnapshotUse;
   /** The held snapshot must be at this block (refused otherwise). */
   root?: number;
+  /** When one is reserved: how long to wait for another dmthin process holding it (reserveMetadataSnap). */
+  waitMs?: number;
+  /** Ends that wait early. */
+  signal?: AbortSignal;
 }
 
 /** A live pool's metadata and what reading it holds. */
@@ -265,26 +269,55 @@ export class ThinPool {
   /**
    * Reserves the pool's metadata snapshot. The handle releases it when
    * disposed, on SIGINT/SIGTERM/SIGHUP and at process exit.
+   *
+   * A pool holds one at a time. One held by another dmthin process of this
+   * host that is still running (its record says so, pool/held-record.ts) is
+   * waited for, up to `waitMs` (default 60 s): two dmthin commands on one
+   * pool (a dump while replicate runs) take turns instead of the second
+   * failing with EBUSY. One a killed dmthin left is released and reserved
+   * afresh; one anybody else holds (thin_dump -m, a script) is EBUSY at once,
+   * after a moment's grace in which a dmthin that has just reserved writes
+   * its record. The wait ends early on `signal` and on SIGINT/SIGTERM/SIGHUP.
    */
-  async reserveMetadataSnap(): Promise<MetadataSnapshot> {
-    try {
-      return await this.reserveOnce();
-    } catch (e) {
-      if (!isMessageError(e, 'EBUSY') && !isMessageError(e, 'ENOTSUP')) throw e;
-      const status = await this.workingStatus().catch(() => null);
-      const held = status?.heldMetadataRoot ?? null;
-      if (isMessageError(e, 'ENOTSUP') || held === null) {
-        // The kernel refuses the message when the pool is not writable.
-        throw new MetadataSnapError(e.code, `thin-pool ${this.name} cannot reserve a metadata snapshot (${e.code}): it is ${status?.mode ? `in ${status.mode} mode` : 'not writable'}; see 'dmthin pool status ${this.name}', and repair or grow the pool first`, { device: this.name, cause: e });
+  async reserveMetadataSnap(opts: ReserveOptions = {}): Promise<MetadataSnapshot> {
+    check.signal(opts.signal);
+    const waitMs = opts.waitMs ?? DEFAULT_RESERVE_WAIT_MS;
+    if (!(typeof waitMs === 'number' && waitMs >= 0 && waitMs <= MAX_RESERVE_WAIT_MS)) throw new UsageError(`waitMs must be 0..${MAX_RESERVE_WAIT_MS} milliseconds, not ${String(waitMs)}`);
+    const started = Date.now();
+    let releasedMeanwhile = 0;
+    let orphansReleased = 0;
+    for (;;) {
+      throwIfAborted(opts.signal);
+      let refusal: DmIoctlError;
+      try {
+        return await this.reserveOnce();
+      } catch (e) {
+        if (!isMessageError(e, 'EBUSY') && !isMessageError(e, 'ENOTSUP')) throw e;
+        refusal = e;
       }
-      const owner = ownerOf(this.name, Number(held));
-      if (owner.kind !== 'orphaned') {
-        const by = owner.kind === 'running' ? `by dmthin process ${owner.pid}, still running` : 'by another program';
-        throw new MetadataSnapError('EBUSY', `thin-pool ${this.name} already holds a metadata snapshot (root ${held}), reserved ${by}; a pool holds one at a time: when nothing reads it any more, release it with 'dmthin pool release-metadata-snap ${this.name}', then run this again`, { device: this.name, cause: e });
+      // Refused: looked at (status, record) until it can be reserved, without
+      // asking the kernel again before then.
+      const unrecordedSince = Date.now();
+      for (;;) {
+        const status = await this.workingStatus().catch(() => null);
+        const held = status?.heldMetadataRoot ?? null;
+        if (isMessageError(refusal, 'ENOTSUP') || held === null) {
+          // None held: either the holder released it between the reserve and
+          // the status (try again, a few times), or the pool is not writable.
+          if (held === null && status?.mode === 'rw' && releasedMeanwhile++ < 5) break;
+          throw notWritable(this.name, refusal, status);
+        }
+        const owner = ownerOf(this.name, Number(held));
+        if (owner.kind === 'orphaned' && orphansReleased++ < 3) {
+          // Left held by a dmthin process that was killed: released, then reserved afresh.
+          await this.releaseMetadataSnap();
+          break;
+        }
+        const now = Date.now();
+        const waiting = owner.kind === 'running' ? now - started < waitMs : now - unrecordedSince < Math.min(RECORD_GRACE_MS, waitMs);
+        if (!waiting) throw heldBy(this.name, Number(held), owner, now - started, refusal);
+        await pauseUnlessInterrupted(RESERVE_POLL_MS, opts.signal, this.name);
       }
-      // Left held by a dmthin process that was killed: released, then reserved afresh.
-      await this.releaseMetadataSnap();
-      return await this.reserveOnce();
     }
   }
 
@@ -354,7 +387,11 @@ export class ThinPool {
     const use = opts.snapshot ?? 'reserve';
     if (use !== 'reserve') {
       const held = (await this.workingStatus()).heldMetadataRoot;
-      if (held !== null) {
+      // 'held-or-reserve' and a snapshot another dmthin holds (running: it
+      // releases it when its command ends, perhaps mid-read here; or killed):
+      // reserved, which waits for it or frees it. Anyone else's is read as held.
+      const dmthins = held !== null && use === 'held-or-reserve' && opts.root === undefined && ownerOf(this.name, Number(held)).kind !== 'unknown';
+      if (held !== null && !dmthins) {
         if (opts.root !== undefined && opts.root !== Number(held)) {
           throw new UsageError(`metadata snapshot at block ${opts.root} does not match the held root ${held} of ${this.name}`);
         }
@@ -366,7 +403,7 @@ export class ThinPool {
       }
       if (opts.root !== undefined) throw new UsageError(`${this.name} holds no metadata snapshot (block ${opts.root} was asked for)`);
     }
-    const snap = await this.reserveMetadataSnap();
+    const snap = await this.reserveMetadataSnap({ waitMs: opts.waitMs, signal: opts.signal });
     let md: ThinMetadata;
     try {
       md = await snap.open();
@@ -534,4 +571,77 @@ function liveMetadata(metadata: ThinMetadata, snap?: MetadataSnapshot): LiveMeta
 /** True when an error is the kernel's answer `code` to a pool message. */
 export function isMessageError(e: unknown, code: string): e is DmIoctlError {
   return e instanceof DmIoctlError && e.code === code;
+}
+
+/** How reserveMetadataSnap waits for a snapshot another dmthin process holds. */
+export interface ReserveOptions {
+  /** The longest wait for another running dmthin process of this host to release it, in ms (default 60,000; 0: no wait). */
+  waitMs?: number;
+  /** Ends the wait (and the reserve) early. */
+  signal?: AbortSignal;
+}
+
+const DEFAULT_RESERVE_WAIT_MS = 60_000;
+/** Node's timer limit (2^31-1 ms, 24.8 days). */
+const MAX_RESERVE_WAIT_MS = 2 ** 31 - 1;
+/** How often a held snapshot is looked at again while waiting. */
+const RESERVE_POLL_MS = 100;
+/**
+ * How long a snapshot without a record is looked at again before it counts
+ * as another program's: a dmthin that has just reserved one writes its
+ * record after reading the root (a status ioctl and a file: milliseconds).
+ */
+const RECORD_GRACE_MS = 1_000;
+
+/** EBUSY: the pool holds a snapshot that stays held; what to do depends on whose it is. */
+function heldBy(name: string, held: number, owner: HeldOwner, waitedMs: number, cause: DmIoctlError): MetadataSnapError {
+  const advice = 'a pool holds one at a time';
+  if (owner.kind === 'running') {
+    return new MetadataSnapError(
+      'EBUSY',
+      `thin-pool ${name}'s metadata snapshot (root ${held}) is held by dmthin process ${owner.pid}, still running after ${Math.round(waitedMs / 1000)} s of waiting; ${advice}: run this again when that command has ended`,
+      { device: name, cause },
+    );
+  }
+  return new MetadataSnapError('EBUSY', `thin-pool ${name} already holds a metadata snapshot (root ${held}), reserved by another program; ${advice}: when nothing reads it any more, release it with 'dmthin pool release-metadata-snap ${name}', then run this again`, { device: name, cause });
+}
+
+/** Why a pool cannot reserve: not writable, said as its status says (read_only is not damage). */
+function notWritable(name: string, e: DmIoctlError, status: ThinPoolStatusWorking | null): MetadataSnapError {
+  const why =
+    status?.needsCheck === true
+      ? "its metadata needs checking (needs_check): repair it ('lvconvert --repair' for LVM's, thin_check and thin_repair otherwise) first"
+      : status?.mode === 'ro'
+        ? "it is in read-only mode: reload its table without 'read_only', or, if the kernel switched it (metadata space ran out, an error: see the kernel log), grow the metadata device or repair the pool"
+        : status?.mode
+          ? `it is in ${status.mode} mode`
+          : 'it is not writable';
+  return new MetadataSnapError(e.code, `thin-pool ${name} cannot reserve a metadata snapshot (${e.code}): ${why}; see 'dmthin pool status ${name}'`, { device: name, cause: e });
+}
+
+/**
+ * Waits `ms`, or rejects at once when `signal` aborts or the process gets
+ * SIGINT/SIGTERM/SIGHUP: a waiting command ends as it would have without
+ * the wait. A signal nobody else listens for is delivered again once the
+ * listeners are gone, so its default action (the process ends) still happens.
+ */
+function pauseUnlessInterrupted(ms: number, signal: AbortSignal | undefined, device: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const sigs = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+    const end = (err?: unknown): void => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
+      for (const s of sigs) process.off(s, onSignal);
+      if (err === undefined) resolve();
+      else reject(err);
+    };
+    const onAbort = (): void => end(signal!.reason ?? new AbortError('aborted while waiting for the metadata snapshot', { device }));
+    const onSignal = (sig: NodeJS.Signals): void => {
+      end(new AbortError(`interrupted by ${sig} while waiting for the metadata snapshot of ${device}`, { device }));
+      if (process.listenerCount(sig) === 0) process.kill(process.pid, sig);
+    };
+    const timer = setTimeout(() => end(), ms);
+    signal?.addEventListener('abort', onAbort, { once: true });
+    for (const s of sigs) process.on(s, onSignal);
+  });
 }

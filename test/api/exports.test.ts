@@ -17,7 +17,7 @@ const MAIN = [
   'mergeIntoExternalOrigin', 'mergeSnapshot', 'MergeResult', 'MergeProgress', 'ExternalMergeOptions', 'SnapshotMergeOptions', 'CommonMergeOptions', 'MergeError', 'MergeErrorReason',
   // backup repositories
   'Repository', 'openBackend', 'createKeyFile', 'RepoError', 'RepoErrorReason', 'KeySource', 'ScryptParams', 'LockTiming', 'ManifestEntry', 'ManifestHeader', 'ManifestRead', 'GarbageReport', 'RepoCallOptions', 'DamagedBackup', 'GetOptions',
-  'RepositoryCreateOptions', 'RepositoryOpenOptions', 'BackupSummary', 'PutResult', 'BackupSession', 'VerifyProblem', 'VerifyReport', 'RemovedChunks', 'Backend', 'ObjectInfo', 'BackendCallOptions', 'PutChunkOptions', 'PutOptions',
+  'RepositoryCreateOptions', 'RepositoryOpenOptions', 'ReserveOptions', 'BackupSummary', 'PutResult', 'BackupSession', 'VerifyProblem', 'VerifyReport', 'RemovedChunks', 'Backend', 'ObjectInfo', 'BackendCallOptions', 'PutChunkOptions', 'PutOptions',
   // pool events, replication
   'PoolWaitOptions', 'PoolEvent', 'PoolEventType', 'PoolState', 'LowWaterMarkEvent', 'ModeEvent', 'NeedsCheckEvent', 'MetadataLowEvent', 'OtherPoolEvent', 'derivePoolEvents', 'poolState',
   'replicate', 'defaultReplicateStateFile', 'DEFAULT_REPLICATE_STATE_DIR', 'DEFAULT_SNAPSHOT_IDS', 'ReplicateOptions', 'CycleReport', 'SnapshotIdRange', 'PoolWaitResult', 'WaitOptions', 'DmStatusWithInfo', 'EventWaitOptions',

@@ -65,3 +65,23 @@ test('a damaged record counts as none', () => {
   }
   dropRecord('pool-e');
 });
+
+test('a first directory that cannot be written (/var/lib read-only): the record goes to the next, and is found and removed there (hunt L item 7)', () => {
+  const before = process.env.DMTHIN_HELD_DIR;
+  const fallback = join(s.dir, 'fallback');
+  // A directory under a regular file can never be made.
+  process.env.DMTHIN_HELD_DIR = `${join(s.dir, 'a-file')}/held:${fallback}`;
+  writeFileSync(join(s.dir, 'a-file'), '');
+  try {
+    recordHeld('pool-f', 5);
+    expect(readdirSync(fallback)).toEqual(['pool-f.json']);
+    expect(ownerOf('pool-f', 5)).toEqual({ kind: 'running', pid: process.pid });
+    forgetHeld('pool-f', 5);
+    expect(readdirSync(fallback)).toEqual([]);
+    recordHeld('pool-f', 6);
+    dropRecord('pool-f');
+    expect(readdirSync(fallback)).toEqual([]);
+  } finally {
+    process.env.DMTHIN_HELD_DIR = before;
+  }
+});

@@ -7,7 +7,7 @@
  */
 import { DeviceMapper } from '../../src/dm/device-mapper';
 import { Cmd, Flag, IOCTL, TARGET_MSG, align8, decodeHeader, encodeDev, encodeRequest } from '../../src/dm/ioctl';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -106,6 +106,8 @@ function fakePool() {
       messages.push(text);
       if (text === 'reserve_metadata_snap') {
         if (gate) await gate;
+        // The kernel serves no message in read-only or fail mode (pool_message: EOPNOTSUPP).
+        if (state.mode === 'ro') throw errno('ENOTSUP', 95);
         if (state.held) throw errno('EBUSY', 16);
         state.held = state.nextRoot++;
       } else if (text === 'release_metadata_snap') {
@@ -188,6 +190,96 @@ describe('MetadataSnapshot and the release guard', () => {
     await snap.release();
     expect(existsSync(join(heldDir, 'pool.json'))).toBe(false);
     expect(guardedCount()).toBe(0);
+  });
+
+  /** A record of `root` held by a live process (a `sleep`), as a running dmthin's. */
+  function runningHolder(root: number): { pid: number; kill(): void } {
+    const child = spawn('sleep', ['30'], { stdio: 'ignore' });
+    const stat = readFileSync(`/proc/${child.pid}/stat`, 'utf8');
+    const startTime = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+    const bootId = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+    writeFileSync(join(heldDir, 'pool.json'), JSON.stringify({ format: 'dmthin-held-metadata-snap', version: 1, pool: 'pool', root, pid: child.pid, startTime, bootId }));
+    return { pid: child.pid!, kill: () => child.kill('SIGKILL') };
+  }
+
+  test('a root another running dmthin holds is waited for, then reserved (hunt L item 4: overlapping commands on one pool failed with EBUSY)', async () => {
+    const k = fakePool();
+    k.state.held = 9;
+    const holder = runningHolder(9);
+    try {
+      const pool = await ThinPool.open('pool', { dm: k.dm });
+      setTimeout(() => (k.state.held = 0), 350); // the other command ends and releases it
+      const snap = await pool.reserveMetadataSnap();
+      expect(k.messages.filter((m) => m === 'reserve_metadata_snap').length).toBeGreaterThanOrEqual(2);
+      expect(k.messages).not.toContain('release_metadata_snap'); // never the other's
+      expect(k.state.held).toBe(snap.root);
+      await snap.release();
+    } finally {
+      holder.kill();
+    }
+  });
+
+  test('waited for up to waitMs: then EBUSY naming the process, not advice to release what it still reads', async () => {
+    const k = fakePool();
+    k.state.held = 9;
+    const holder = runningHolder(9);
+    try {
+      const pool = await ThinPool.open('pool', { dm: k.dm });
+      const e = await pool.reserveMetadataSnap({ waitMs: 300 }).catch((x: unknown) => x);
+      expect(e).toBeInstanceOf(MetadataSnapError);
+      expect((e as Error).message).toMatch(new RegExp(`^thin-pool pool's metadata snapshot \\(root 9\\) is held by dmthin process ${holder.pid}, still running after 0 s of waiting; a pool holds one at a time: run this again when that command has ended$`));
+      expect(k.state.held).toBe(9);
+      expect(guardedCount()).toBe(0);
+    } finally {
+      holder.kill();
+    }
+  });
+
+  test('the wait ends at once on an abort and on SIGTERM (the snapshot stays the other\'s)', async () => {
+    const k = fakePool();
+    k.state.held = 9;
+    const holder = runningHolder(9);
+    try {
+      const pool = await ThinPool.open('pool', { dm: k.dm });
+      const ac = new AbortController();
+      const t0 = Date.now();
+      setTimeout(() => ac.abort(), 150);
+      await expect(pool.reserveMetadataSnap({ signal: ac.signal })).rejects.toMatchObject({ name: 'AbortError' });
+      setTimeout(() => process.emit('SIGTERM', 'SIGTERM'), 150);
+      await expect(pool.reserveMetadataSnap()).rejects.toMatchObject({ code: 'ABORT_ERR', message: 'interrupted by SIGTERM while waiting for the metadata snapshot of pool' });
+      expect(Date.now() - t0).toBeLessThan(5000);
+      expect(k.state.held).toBe(9);
+      expect(process.listenerCount('SIGINT')).toBe(0);
+    } finally {
+      holder.kill();
+    }
+  });
+
+  test('held-or-reserve: a snapshot a running dmthin holds is not read (it may be released mid-read): reserved after it, waiting', async () => {
+    const k = fakePool();
+    k.state.held = 9;
+    const holder = runningHolder(9);
+    try {
+      const pool = await ThinPool.open('pool', { dm: k.dm });
+      setTimeout(() => (k.state.held = 0), 250);
+      const live = pool.openMetadata({ snapshot: 'held-or-reserve' }).catch((e: unknown) => e);
+      // The fake has no metadata device to open: what matters is that it reserved one of its own first.
+      await live;
+      expect(k.messages[k.messages.length - 1]).toBe('release_metadata_snap');
+      expect(k.messages.filter((m) => m === 'reserve_metadata_snap').length).toBeGreaterThanOrEqual(2);
+    } finally {
+      holder.kill();
+    }
+  });
+
+  test('not writable: read_only mode is said as such, not as damage to repair', async () => {
+    const k = fakePool();
+    k.state.mode = 'ro';
+    const pool = await ThinPool.open('pool', { dm: k.dm });
+    const e = await pool.reserveMetadataSnap().catch((x: unknown) => x);
+    expect(e).toMatchObject({ code: 'ENOTSUP' });
+    expect((e as Error).message).toMatch(/^thin-pool pool cannot reserve a metadata snapshot \(ENOTSUP\): it is in read-only mode: reload its table without 'read_only', or, if the kernel switched it/);
+    expect(k.messages).toEqual(['reserve_metadata_snap']);
   });
 
   test('a root recorded with another root than the one held is not released (someone else reserved since)', async () => {

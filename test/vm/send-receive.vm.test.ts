@@ -12,7 +12,7 @@
 import { sectors } from '../../src/units';
 import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
-import { closeSync, constants, createReadStream, existsSync, openSync } from 'node:fs';
+import { closeSync, constants, createReadStream, existsSync, openSync, readFileSync } from 'node:fs';
 import { DeviceMapper } from '../../src/dm/device-mapper';
 import { ThinDevice } from '../../src/pool/thin-device';
 import type { ThinPool } from '../../src/pool/thin-pool';
@@ -20,7 +20,7 @@ import { BlockWriter } from '../../src/native/block-writer';
 import { receive } from '../../src/ops/receive';
 import { send } from '../../src/ops/send';
 import { describeVm, DmSandbox, MiB } from './helpers';
-import { CLI, createTestPool, sha256OfDevice, waitFor } from './pool-helpers';
+import { CLI, DIST, createTestPool, sha256OfDevice, waitFor } from './pool-helpers';
 import { junkFile, sha256File } from '../stream/helpers';
 
 const VOL = 32 * MiB;
@@ -134,6 +134,45 @@ describeVm('send/receive on a live thin pool', () => {
     await active.deactivate();
     expect(await leftovers()).toEqual([]);
     expect((await pool.workingStatus()).heldMetadataRoot).toBeNull();
+  });
+
+  test('two dmthin processes on one pool take turns with its metadata snapshot: a send while another process holds it waits, then succeeds (hunt L item 4: EBUSY, and advice to release what the other still read)', async () => {
+    // The holder: a process of ours (the library) that reserved the snapshot and keeps it until SIGUSR2.
+    const script = `const { ThinPool } = require(${JSON.stringify(DIST)});
+      (async () => {
+        const pool = await ThinPool.open(${JSON.stringify(poolName)});
+        const snap = await pool.reserveMetadataSnap();
+        process.on('SIGUSR2', () => snap.release().then(() => process.exit(0)));
+        console.log('held ' + snap.root);
+        setInterval(() => undefined, 1000);
+      })();`;
+    // The guest's /var/lib is the host's, read-only: records go to /run/dmthin/held (hunt L item 7: none was written, and a killed dmthin's snapshot stayed held).
+    const env = { ...process.env, DMTHIN_HELD_DIR: '' };
+    const holder = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'inherit'], env });
+    try {
+      const [line] = (await once(holder.stdout!, 'data')) as [Buffer];
+      expect(line.toString()).toMatch(/^held \d+/);
+      const record = `/run/dmthin/held/${encodeURIComponent(poolName)}.json`;
+      expect(JSON.parse(readFileSync(record, 'utf8'))).toMatchObject({ pid: holder.pid, pool: poolName });
+      const out = `${sb.dir}/turns.stream`;
+      const t0 = Date.now();
+      const sender = spawn(process.execPath, [CLI, 'send', '--pool', poolName, '--snap', '2', '--size', String(VOL), '-o', out, '-q'], { stdio: ['ignore', 'ignore', 'pipe'], env });
+      let stderr = '';
+      sender.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+      // Long enough for the sender to start under emulation and find the snapshot held (it failed at once before).
+      await new Promise((r) => setTimeout(r, 8000));
+      expect([sender.exitCode, stderr]).toEqual([null, '']); // waiting, not failed
+      holder.kill('SIGUSR2');
+      expect([await exitOf(sender), stderr]).toEqual([0, '']);
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(8000);
+      expect(existsSync(record)).toBe(false);
+      const r = spawnSync(process.execPath, [CLI, 'receive', '--target', `${sb.dir}/turns-target`, '--create', '-i', out], { encoding: 'utf8' });
+      expect([r.status, r.stderr]).toEqual([0, '']);
+      expect(sha256File(`${sb.dir}/turns-target`)).toBe(await snapshotHash(2));
+      expect((await pool.workingStatus()).heldMetadataRoot).toBeNull();
+    } finally {
+      holder.kill('SIGKILL');
+    }
   });
 
   /**
