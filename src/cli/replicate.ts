@@ -17,6 +17,7 @@ interface ReplicateCliOpts {
   target?: string;
   toCommand?: string;
   create?: boolean;
+  full?: boolean;
   receiveState?: string;
   every?: string;
   once?: boolean;
@@ -60,6 +61,7 @@ export function register(program: Command, ctx: () => CliContext): void {
     .option('--receive-state <file>', "with --target: the target's receive state file (default as dmthin receive's)")
     .option('--every <seconds>', `start a cycle every SECONDS (whole seconds, 1 to ${MAX_TIMER_SECONDS}) until interrupted`)
     .option('--once', 'one cycle (the default; after an interrupted run, the pending cycle first)')
+    .option('--full', 'send the next cycle in full, whatever the target holds (after the receiving side was replaced or reset); increments again after it')
     .option('--keep <n>', 'confirmed snapshots kept in the pool (at least 1: the base of the next increment)', '1')
     .option('--ids <first-last>', 'thin ids replication snapshots may take (default 16773120-16777215); recorded in the state')
     .option('--state <file>', 'replication state file (default /var/lib/dmthin/replicate/<pool>-<thin>.json)')
@@ -86,6 +88,7 @@ export function register(program: Command, ctx: () => CliContext): void {
           receive: { create: o.create, stateFile: o.receiveState },
           toCommand: o.toCommand,
           every,
+          full: o.full === true,
           keep,
           ids: o.ids === undefined ? undefined : parseIds(o.ids),
           stateFile: o.state,
@@ -109,7 +112,14 @@ export function register(program: Command, ctx: () => CliContext): void {
           }
           if (o.json) print(toJson(r, 0) + '\n');
           else {
-            const why = { first: 'first', 'base-gone': 'base snapshot gone', 'base-changed': 'base snapshot changed' } as const;
+            const why = {
+              first: 'first',
+              'base-gone': 'base snapshot gone',
+              'base-changed': 'base snapshot changed',
+              'target-lacks-base': 'the target does not hold the base',
+              'size-changed': 'thin resized',
+              asked: '--full',
+            } as const;
             const what = r.base === null ? `full (${why[r.fullReason ?? 'first']})` : `since ${r.base}`;
             print(
               `snapshot ${r.snapshot} ${what}${r.resumed ? ' (resumed)' : ''}: ${mib(r.bytes)}, ${plural(r.dataBlocks, 'block')}, ${r.discardBlocks} discarded, ` +

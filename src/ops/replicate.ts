@@ -79,6 +79,12 @@ export interface ReplicateOptions {
   tmpDir?: string;
   /** Stream format version sent (default FORMAT_VERSION, 4; an older one for a receiving command that reads only that). */
   formatVersion?: number;
+  /**
+   * Send the next cycle in full, whatever the target holds (then increments
+   * again): after the receiving side was replaced or reset, which a
+   * receiving command cannot tell replicate.
+   */
+  full?: boolean;
   /** Aborting abandons the current cycle (its snapshot stays pending and is sent again by the next run) and ends the iteration with AbortError. */
   signal?: AbortSignal;
   /** Bytes of stream sent so far in the current cycle. */
@@ -327,6 +333,7 @@ export async function* replicate(o: ReplicateOptions): AsyncGenerator<CycleRepor
   check.nameOr(o.pool, 'pool', ThinPool);
   check.signal(o.signal);
   check.callback(o.onProgress, 'onProgress');
+  if (o.full !== undefined && typeof o.full !== 'boolean') throw new UsageError(`full must be a boolean, got ${typeof o.full}`);
   if ((o.target === undefined) === (o.toCommand === undefined)) throw new UsageError('give exactly one of target (a device or file) or toCommand (a command reading the stream)');
   // Above the timer's limit the sleep between cycles would be 1 ms: cycles back to back.
   if (o.every !== undefined && !(typeof o.every === 'number' && o.every > 0 && o.every <= MAX_TIMER_SECONDS)) {
@@ -362,10 +369,13 @@ export async function* replicate(o: ReplicateOptions): AsyncGenerator<CycleRepor
   try {
     const host = new PoolReplicationHost(pool, poolId, stateFile, o);
     const settings = { pool: poolId, thin: o.thin, ids, keep };
+    // `full` holds until a cycle is through: a failed one leaves it asked for.
+    let full = o.full === true;
     for (;;) {
       throwIfAborted(o.signal);
       const started = Date.now();
-      const report = await runCycle(host, settings, stateFile, o.signal);
+      const report = await runCycle(host, settings, stateFile, o.signal, full);
+      full = false;
       yield report;
       if (o.every === undefined) {
         if (report.resumed) continue; // the pending one is through: now the current data

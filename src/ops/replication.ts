@@ -143,10 +143,13 @@ export interface CycleReport {
   /**
    * Why a full stream was sent, when one was: the first cycle, the base
    * snapshot deleted, or changed since it was sent (written, or deleted and
-   * made again under its id; also when the receiver refused the increment
-   * because its base is not what the target holds).
+   * made again under its id), or the receiver refused the increment because
+   * the target does not hold its base (replaced, written, another receive
+   * state) while the base is as it was sent, or because the thin's size is
+   * not the one the base was received at (resized), or because the caller
+   * asked for one (`full`).
    */
-  fullReason?: 'first' | 'base-gone' | 'base-changed';
+  fullReason?: 'first' | 'base-gone' | 'base-changed' | 'target-lacks-base' | 'size-changed' | 'asked';
   /**
    * The base snapshot that changed since it was sent (fullReason
    * 'base-changed'): no longer counted as replication's, and left in the
@@ -289,7 +292,7 @@ export function pickSnapshotId(st: ReplicationState, inPool: Set<number>): numbe
  * after the receiver's confirmation record it and delete what `keep` no
  * longer needs.
  */
-export async function runCycle(host: ReplicationHost, settings: ReplicationSettings, where: string, signal?: AbortSignal): Promise<CycleReport> {
+export async function runCycle(host: ReplicationHost, settings: ReplicationSettings, where: string, signal?: AbortSignal, full = false): Promise<CycleReport> {
   if (!Number.isInteger(settings.keep) || settings.keep < 1) throw new UsageError('keep must be at least 1 (the base of the next increment)');
   const started = host.now().getTime();
   const st = adoptState(await host.readState(), settings, where);
@@ -350,6 +353,7 @@ export async function runCycle(host: ReplicationHost, settings: ReplicationSetti
   if (!baseEntry) fullReason = 'first';
   else if (!ids.has(baseEntry.devId)) fullReason = 'base-gone';
   else if (baseEntry.mappingRoot !== undefined && (await host.mappingRoot(baseEntry.devId)) !== baseEntry.mappingRoot) fullReason = 'base-changed';
+  else if (full) fullReason = 'asked';
   else base = baseEntry.devId;
   let r: TransferResult;
   try {
@@ -358,10 +362,17 @@ export async function runCycle(host: ReplicationHost, settings: ReplicationSetti
     // The receiver checks the base before it writes anything: a refused
     // increment (a state recorded before mapping roots were, or a base
     // changed between the check above and the send) is sent again in full.
-    if (base === null || !(e instanceof StreamError) || e.reason !== 'base-mismatch') throw e;
+    if (base === null || !(e instanceof StreamError) || (e.reason !== 'base-mismatch' && e.reason !== 'size-changed')) throw e;
     throwIfAborted(signal);
+    // Whose is the mismatch? A base whose recorded mapping root still holds
+    // is the snapshot that was sent: the target lost it (replaced, written,
+    // another state), and the base stays replication's, deleted when `keep`
+    // drops it. Else it changed after the check above (or no root was
+    // recorded to tell): abandoned as any changed base.
+    const unchanged = baseEntry!.mappingRoot !== undefined && (await host.mappingRoot(base)) === baseEntry!.mappingRoot;
     base = null;
-    fullReason = 'base-changed';
+    // The thin was resized since its base was sent: an increment cannot say so, a full stream can.
+    fullReason = !unchanged ? 'base-changed' : e.reason === 'size-changed' ? 'size-changed' : 'target-lacks-base';
     r = await host.transfer(pending.devId, null, pending.deviceSize, signal);
   }
   host.checkpoint?.('sent');

@@ -45,6 +45,10 @@ class World {
   thinActive = true;
   /** The receiver refuses an increment whose base root is not what it holds (format 4); else it checks identities only (format 3). */
   receiverChecksRoot = false;
+  /** The target was replaced since the last receive: the receiver refuses any increment (base-mismatch) before writing. */
+  targetReplaced = false;
+  /** The thin was resized since its base was received: the receiver refuses an increment (size-changed) before writing. */
+  resized = false;
 
   private async op<T>(what: string, effect: () => T): Promise<T> {
     const n = this.step++;
@@ -94,6 +98,9 @@ class World {
         const digest = `${s.key}<-${b?.key ?? 'full'}`;
         const t = this.target;
         if (b) {
+          // A replaced target (a new file, a device made again): the receiver's state does not describe it.
+          if (this.targetReplaced) throw new StreamError('base-mismatch', `target was replaced: it does not hold base ${base}`);
+          if (this.resized) throw new StreamError('size-changed', `base ${base} was received at another size`);
           const ok = (t.current?.key === b.key && t.pending === null) || t.pending === digest || t.current?.digest === digest;
           if (!ok) {
             this.violations.push(`receiver refused ${digest}: it holds ${t.current?.key ?? 'nothing'}${t.pending ? ` (pending ${t.pending})` : ''}`);
@@ -345,6 +352,64 @@ describe('a base that changed since it was sent', () => {
     w.pool.get(base)!.written = 1;
     w.write();
     expectFullAndKept(await runCycle(w.host(), settings(1), 'state.json'), w, base);
+  });
+});
+
+describe('a target that no longer holds the base (hunt L item 5)', () => {
+  it('an unchanged base the receiver refuses: sent in full as target-lacks-base, the base not abandoned but deleted by keep, as any confirmed snapshot', async () => {
+    const w = new World();
+    w.write();
+    expect(await cycle(w, 1)).toBe(true);
+    const base = (JSON.parse(w.stateFile!) as ReplicationState).confirmed[0].devId;
+    // The target is replaced by an empty one (a new file, an LV made again).
+    w.target = { current: null, pending: null, garbage: false };
+    w.targetReplaced = true;
+    w.write();
+    const r = await runCycle(w.host(), settings(1), 'state.json');
+    expect(r).toMatchObject({ base: null, fullReason: 'target-lacks-base', deleted: [base] });
+    expect(r.abandoned).toBeUndefined();
+    expect(w.pool.has(base)).toBe(false); // was: left in the pool every time, one more snapshot per such cycle
+    expect(w.target.current!.version).toBe(w.sourceVersion);
+    expect((JSON.parse(w.stateFile!) as ReplicationState).confirmed.map((c) => c.devId)).toEqual([r.snapshot]);
+    // The next cycle is an increment again.
+    w.targetReplaced = false;
+    w.write();
+    const next = await runCycle(w.host(), settings(1), 'state.json');
+    expect(next.base).toBe(r.snapshot);
+    expect(w.violations).toEqual([]);
+    expect([...w.pool.keys()].sort((a, b) => a - b)).toEqual([1, next.snapshot]);
+  });
+});
+
+describe('a full stream where an increment cannot do (hunt L item 6: replicate failed every cycle)', () => {
+  it('the thin resized since its base was received (size-changed): sent in full, the unchanged base deleted by keep', async () => {
+    const w = new World();
+    w.write();
+    expect(await cycle(w, 1)).toBe(true);
+    const base = (JSON.parse(w.stateFile!) as ReplicationState).confirmed[0].devId;
+    w.resized = true;
+    w.write();
+    const r = await runCycle(w.host(), settings(1), 'state.json');
+    expect(r).toMatchObject({ base: null, fullReason: 'size-changed', deleted: [base] });
+    expect(r.abandoned).toBeUndefined();
+    expect(w.target.current!.version).toBe(w.sourceVersion);
+    expect(w.violations).toEqual([]);
+  });
+
+  it('asked for (full: a receiving command whose side was reset cannot say why it refuses): sent in full though the base is sound; increments after', async () => {
+    const w = new World();
+    w.write();
+    expect(await cycle(w, 1)).toBe(true);
+    const base = (JSON.parse(w.stateFile!) as ReplicationState).confirmed[0].devId;
+    w.target = { current: null, pending: null, garbage: false }; // reset, and nothing tells replicate
+    w.write();
+    const r = await runCycle(w.host(), settings(1), 'state.json', undefined, true);
+    expect(r).toMatchObject({ base: null, fullReason: 'asked', deleted: [base] });
+    expect(w.target.current!.version).toBe(w.sourceVersion);
+    w.write();
+    const next = await runCycle(w.host(), settings(1), 'state.json');
+    expect(next.base).toBe(r.snapshot);
+    expect(w.violations).toEqual([]);
   });
 });
 

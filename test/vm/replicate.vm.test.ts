@@ -202,6 +202,40 @@ describeVm('dmthin replicate: a live thin into another pool', () => {
     sh(ddCmd(src.path, { bs: BS, seek: 5, count: 3 }));
     await expectFullBecauseBaseChanged(replicate([...toTarget(), '--json']), base);
   }, 600_000);
+
+  test('a receiving side that no longer holds the base (hunt L items 5, 6): an in-process target is sent in full and the base deleted as usual; a --to-command receiver fails until --full', async () => {
+    const last = (r: ReturnType<typeof replicate>) => JSON.parse(r.stdout.trim().split('\n').at(-1)!);
+    expect(replicate(toTarget()).status).toBe(0);
+    // A receive state that does not describe the target (a new one): the receiver refuses the increment before writing.
+    sh(ddCmd(src.path, { bs: BS, seek: 30, count: 2 }));
+    let base = readState().confirmed.at(-1)!.devId;
+    let r = replicate(['--target', tgt.path, '--receive-state', `${sb.dir}/rx-new.json`, '--json']);
+    expect([r.status, r.stderr]).toEqual([0, '']); // no warning: the base was not abandoned
+    expect(last(r)).toMatchObject({ base: null, fullReason: 'target-lacks-base', deleted: [base] });
+    await expectInSync(); // and the old base is not left in the pool (was: one more per such cycle)
+    // A --to-command receiver whose side was reset (a new state): it can only fail, every cycle.
+    sh(ddCmd(src.path, { bs: BS, seek: 34, count: 2 }));
+    const rx = (st: string) => `${process.execPath} ${CLI} receive --target ${tgt.path} --state ${st} -q`;
+    r = replicate(['--to-command', rx(`${sb.dir}/rx-reset.json`)]);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/receiving command exited with status 1/);
+    base = readState().confirmed.at(-1)!.devId;
+    r = replicate(['--to-command', rx(`${sb.dir}/rx-reset.json`), '--full', '--json']);
+    expect([r.status, r.stderr]).toEqual([0, '']);
+    // The failed cycle's snapshot first (resumed), in full; then a current one, an increment on it.
+    const reps = r.stdout.trim().split('\n').map((l) => JSON.parse(l));
+    expect(reps).toHaveLength(2);
+    expect(reps[0]).toMatchObject({ resumed: true, base: null, fullReason: 'asked', deleted: [base] });
+    expect(reps[1]).toMatchObject({ resumed: false, base: reps[0].snapshot });
+    await expectInSync();
+    // The next cycle is an increment again; then the suite's own receive state is brought back in step.
+    sh(ddCmd(src.path, { bs: BS, seek: 38, count: 2 }));
+    r = replicate(['--to-command', rx(`${sb.dir}/rx-reset.json`), '--json']);
+    expect([r.status, r.stderr]).toEqual([0, '']);
+    expect(typeof last(r).base).toBe('number');
+    expect(replicate([...toTarget()]).status).toBe(0);
+    await expectInSync();
+  }, 600_000);
 });
 
 describeVm('dmthin replicate on an LVM-made pool', () => {
