@@ -3,7 +3,7 @@
  */
 import type { Command } from 'commander';
 import { dirname } from 'node:path';
-import { DmthinError, isSystemError, RepoError, UsageError } from '../errors';
+import { AbortError, DmthinError, isSystemError, RepoError, UsageError } from '../errors';
 import type { DamagedBackup, Repository as RepositoryT } from '../repo/repository';
 import { CliContext, plural, parseIntArg, print } from './common';
 import { toJson } from './json';
@@ -200,8 +200,9 @@ export function register(program: Command, ctx: () => CliContext): void {
       }
       const repo = await openRepo(o, c);
       const onWarning = (m: string) => void process.stderr.write(`dmthin backups prune: warning: ${m}\n`);
-      const r = await ops.prune({ ...policy, repo, volume: o.volume, dryRun: o.dryRun, signal: c.signal, onWarning }).catch((e) => {
-        throw cliWording(e);
+      const gone: string[] = [];
+      const r = await ops.prune({ ...policy, repo, volume: o.volume, dryRun: o.dryRun, signal: c.signal, onWarning, onDeleted: (id) => gone.push(id) }).catch((e) => {
+        throw prunedSoFar(cliWording(e), gone);
       });
       if (!o.dryRun) c.done = `prune deleted ${plural(r.deleted.length, 'backup')} and ${plural(r.deletedChunks, 'chunk')}`;
       if (o.json) print(toJson(r) + '\n');
@@ -230,4 +231,20 @@ export function register(program: Command, ctx: () => CliContext): void {
       if (o.json) print(toJson({ deleted: [o.backup] }) + '\n');
       else if (!o.quiet) print(`deleted backup ${o.backup}; its chunks are collected by the next 'dmthin backups prune'\n`);
     });
+}
+
+/**
+ * A prune that stopped (a signal, an error) after deleting backups says
+ * which: they are gone for good, and the chunks only they used stay until a
+ * prune completes. The words follow "; " so that an interruption's line keeps them.
+ * @internal exported for its test
+ */
+export function prunedSoFar(e: unknown, gone: readonly string[]): unknown {
+  if (gone.length === 0 || !(e instanceof Error)) return e;
+  const ids = gone.length <= 10 ? gone.join(', ') : `${gone.slice(0, 10).join(', ')} and ${gone.length - 10} more`;
+  const what = `it had deleted ${plural(gone.length, 'backup')} (${ids}); the chunks only they used are freed by the next prune`;
+  // An interruption (the signal's reason is a DmthinError with code ABORT_ERR) keeps its words after "; ".
+  if ((e as { code?: unknown }).code === 'ABORT_ERR') return new AbortError(`${e.message.split('; ')[0]}; ${what}`);
+  e.message = `${e.message}; ${what}`;
+  return e;
 }

@@ -34,6 +34,8 @@ export interface PruneOptions extends PrunePolicy {
   signal?: AbortSignal;
   /** Told of what the collection works around (a damaged journal segment), one line each. */
   onWarning?: (message: string) => void;
+  /** Told of each backup as it is deleted: what an interrupted prune had done is known. */
+  onDeleted?: (id: string) => void;
 }
 
 /** What prune did. */
@@ -100,6 +102,7 @@ export async function prune(opts: PruneOptions): Promise<PruneResult> {
   check.nameOr(opts.repo, 'repo', Repository);
   check.signal(opts.signal);
   check.callback(opts.onWarning, 'onWarning');
+  check.callback(opts.onDeleted, 'onDeleted');
   selectKept([], opts); // the policy is checked before the repository is opened
   const owned = typeof opts.repo === 'string';
   const repo = typeof opts.repo === 'string' ? await Repository.open(opts.repo, { key: opts.key, signal: opts.signal }) : opts.repo;
@@ -113,7 +116,7 @@ export async function prune(opts: PruneOptions): Promise<PruneResult> {
     const kept = all.filter((b) => keep.has(b.id)).map((b) => b.id);
     if (opts.dryRun) return { kept, deleted, deletedChunks: 0, freedBytes: 0, deletedTemporary: 0 };
     // One pass under the exclusive lock: every backup kept is read and checked before any is deleted.
-    const gc = await repo.collectGarbage({ deleteBackups: deleted, signal: opts.signal, onWarning: opts.onWarning });
+    const gc = await repo.collectGarbage({ deleteBackups: deleted, signal: opts.signal, onWarning: opts.onWarning, onBackupDeleted: opts.onDeleted });
     return { kept, deleted, deletedChunks: gc.deletedChunks, freedBytes: gc.freedBytes, deletedTemporary: gc.deletedTemporary };
   } finally {
     if (owned) await repo.close();

@@ -751,7 +751,7 @@ export class Repository implements AsyncDisposable {
    * 'format') before any deletion, so no good backup is deleted because
    * another one is damaged.
    */
-  async collectGarbage(opts: { deleteBackups?: readonly string[]; onWarning?: (message: string) => void } & RepoCallOptions = {}): Promise<GarbageReport> {
+  async collectGarbage(opts: { deleteBackups?: readonly string[]; onWarning?: (message: string) => void; onBackupDeleted?: (id: string) => void } & RepoCallOptions = {}): Promise<GarbageReport> {
     this.live();
     const signal = opts.signal;
     const doomed = new Set(opts.deleteBackups ?? []);
@@ -788,6 +788,7 @@ export class Repository implements AsyncDisposable {
         await this.backend.delete([`backups/${id}`], { signal });
         await this.backend.delete([`maps/${id}`], { signal });
         deletedBackups++;
+        opts.onBackupDeleted?.(id);
       }
       // Mark: journals. Under the exclusive lock no session is live; a dead one's journal still protects its chunks (for its resume) until it expires.
       const liveSessions = new Set((await this.locks.scan(signal)).filter((l: FoundLock) => !this.locks.isStale(l) && l.info?.session).map((l) => l.info!.session!));

@@ -374,3 +374,18 @@ describe('encrypted repository', () => {
     expect(existsSync(repo)).toBe(false);
   });
 });
+
+test('an interrupted or failed prune names the backups it had deleted (hunt M item 7: it said only "interrupted")', () => {
+  const { prunedSoFar } = require('../../dist/cli/backups') as typeof import('../../src/cli/backups');
+  const { interruptedError } = require('../../dist/cli/common') as typeof import('../../src/cli/common');
+  const { DmthinError } = require('../../dist/errors') as typeof import('../../src/errors');
+  // The signal's reason, as CliContext aborts with it; the CLI's line after a signal is interruptedError's.
+  const line = interruptedError(prunedSoFar(new DmthinError('ABORT_ERR', 'interrupted by SIGINT'), ['A', 'B'])).message;
+  expect(line).toBe('interrupted; it had deleted 2 backups (A, B); the chunks only they used are freed by the next prune');
+  const ids = Array.from({ length: 12 }, (_, i) => `b${i}`);
+  expect((prunedSoFar(new Error('EIO: i/o error'), ids) as Error).message).toBe(
+    'EIO: i/o error; it had deleted 12 backups (b0, b1, b2, b3, b4, b5, b6, b7, b8, b9 and 2 more); the chunks only they used are freed by the next prune',
+  );
+  const none = new Error('x');
+  expect(prunedSoFar(none, [])).toBe(none);
+});

@@ -124,6 +124,30 @@ describeEachRepo('backups', (loc) => {
     await backend.close();
   });
 
+  test('prune tells of each backup as it deletes it: one interrupted after the first says which (hunt M item 7)', async () => {
+    const { repo, backend } = await fresh('prune-abort');
+    const b: BackupResult[] = [];
+    for (const snap of [1, 2, 3]) b.push(await backup({ ...image(), repo, volume: 'v', snap }));
+    const ac = new AbortController();
+    const told: string[] = [];
+    const onDeleted = (id: string) => {
+      told.push(id);
+      ac.abort(new AbortError('interrupted by SIGINT'));
+    };
+    await expect(prune({ repo, keepLast: 1, signal: ac.signal, onDeleted })).rejects.toMatchObject({ code: 'ABORT_ERR' });
+    expect(told).toHaveLength(1);
+    const left = (await repo.listBackups()).map((x) => x.id);
+    expect(left).not.toContain(told[0]);
+    expect(left).toHaveLength(2);
+    // The next prune completes the work.
+    const r = await prune({ repo, keepLast: 1, onDeleted: (id) => told.push(id) });
+    expect(told).toHaveLength(2);
+    expect(r.deleted).toEqual([told[1]]);
+    expect((await repo.listBackups()).map((x) => x.id)).toEqual([b[2].id]);
+    await repo.close();
+    await backend.close();
+  });
+
   test('a flipped chunk and a missing chunk: verify and restore name the backup and the range', async () => {
     const { repo, backend } = await fresh('damage');
     const r = await backup({ ...image(), repo, volume: 'v', snap: 1 });
