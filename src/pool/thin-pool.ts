@@ -314,7 +314,9 @@ export class ThinPool {
           break;
         }
         const now = Date.now();
-        const waiting = owner.kind === 'running' ? now - started < waitMs : now - unrecordedSince < Math.min(RECORD_GRACE_MS, waitMs);
+        // This process's own (a reserve while one is held, nested): waiting could only end in the timeout.
+        const own = owner.kind === 'running' && owner.pid === process.pid;
+        const waiting = own ? false : owner.kind === 'running' ? now - started < waitMs : now - unrecordedSince < Math.min(RECORD_GRACE_MS, waitMs);
         if (!waiting) throw heldBy(this.name, Number(held), owner, now - started, refusal);
         await pauseUnlessInterrupted(RESERVE_POLL_MS, opts.signal, this.name);
       }
@@ -596,6 +598,9 @@ const RECORD_GRACE_MS = 1_000;
 /** EBUSY: the pool holds a snapshot that stays held; what to do depends on whose it is. */
 function heldBy(name: string, held: number, owner: HeldOwner, waitedMs: number, cause: DmIoctlError): MetadataSnapError {
   const advice = 'a pool holds one at a time';
+  if (owner.kind === 'running' && owner.pid === process.pid) {
+    return new MetadataSnapError('EBUSY', `thin-pool ${name} already holds a metadata snapshot (root ${held}), reserved by this process (${owner.pid}); ${advice}: release that one first, or read through it`, { device: name, cause });
+  }
   if (owner.kind === 'running') {
     return new MetadataSnapError(
       'EBUSY',

@@ -219,6 +219,17 @@ describe('MetadataSnapshot and the release guard', () => {
     }
   });
 
+  test('a second reserve by the process that holds one: EBUSY at once (no wait that only its own release could end)', async () => {
+    const k = fakePool();
+    const pool = await ThinPool.open('pool', { dm: k.dm });
+    const snap = await pool.reserveMetadataSnap();
+    const t0 = Date.now();
+    const e = await pool.reserveMetadataSnap().catch((x: unknown) => x);
+    expect(Date.now() - t0).toBeLessThan(500);
+    expect(e).toMatchObject({ code: 'EBUSY', message: `thin-pool pool already holds a metadata snapshot (root ${snap.root}), reserved by this process (${process.pid}); a pool holds one at a time: release that one first, or read through it` });
+    await snap.release();
+  });
+
   test('waited for up to waitMs: then EBUSY naming the process, not advice to release what it still reads', async () => {
     const k = fakePool();
     k.state.held = 9;
