@@ -154,8 +154,11 @@ function nodeError(block: Block, ctx: TreeContext, kind: ConstructorParameters<t
 }
 
 function describe(ctx: TreeContext): string {
-  return ctx.devId !== undefined ? `${ctx.tree} tree of device ${ctx.devId}` : `${ctx.tree} tree`;
+  return ctx.devId !== undefined ? `${ctx.tree} tree of device ${ctx.devId}` : `${TREE_WORDS[ctx.tree] ?? ctx.tree} tree`;
 }
+
+/** Trees named as a reader of the format names them, where the code's names are terse. */
+const TREE_WORDS: Record<string, string> = { 'mapping-top': 'top-level mapping', details: 'device details' };
 
 /**
  * One bit per metadata block: "seen in this tree". Catches cycles and double
@@ -268,6 +271,16 @@ export class TreeValidator {
       const what = subtree ? `leaves under block ${block} are` : `leaf ${block}`;
       throw new MetadataError('depth', `unbalanced ${describe(this.ctx)}: ${what} at depth ${depth}, others at ${this.leafDepth_}`, {
         block,
+        ...this.ctx,
+      });
+    }
+  }
+
+  /** A tree's root (from the superblock, or a top-level value) beyond the metadata device: said as the root, not as a pointer from itself. */
+  checkRoot(root: number): void {
+    if (root >= this.nrMetadataBlocks) {
+      throw new MetadataError('block-range', `the root of the ${describe(this.ctx)} is block ${root}, beyond the metadata device (${this.nrMetadataBlocks} blocks)`, {
+        block: root,
         ...this.ctx,
       });
     }
@@ -431,7 +444,7 @@ export class LeafWalk {
       this.stack[0].data = opts.rootBlock;
       this.stack[0].p = Promise.resolve(opts.rootBlock);
     }
-    this.v.checkPointer(root, root);
+    this.v.checkRoot(root);
   }
 
   /**
@@ -589,7 +602,8 @@ export async function lookup(
   for (let depth = 0; ; depth++) {
     if (depth >= MAX_DEPTH) throw new MetadataError('depth', `${describe(ctx)} deeper than ${MAX_DEPTH} levels`, { block, ...ctx });
     if (block >= opts.nrMetadataBlocks) {
-      throw new MetadataError('block-range', `pointer to block ${block} beyond the metadata device`, { block, ...ctx });
+      const what = depth === 0 ? `the root of the ${describe(ctx)} is block ${block}` : `a node of the ${describe(ctx)} points to block ${block}`;
+      throw new MetadataError('block-range', `${what}, beyond the metadata device (${opts.nrMetadataBlocks} blocks)`, { block, ...ctx });
     }
     const [b] = await io.read([block]);
     const node = new BtreeNode(b, opts.valueSize, ctx);

@@ -138,6 +138,12 @@ export class NodeBook {
   /** The subtree below had a problem when first walked. */
   readonly faulty: BlockSet;
   /**
+   * Validated as a non-root node (the minimum fill applied): a node first
+   * met as a tree's root, which is exempt, is validated again where another
+   * tree reaches it below its root.
+   */
+  readonly filled: BlockSet;
+  /**
    * Inclusive key range each node was validated under (intersection of all),
    * widened to u32: lo clamped down to 2^32-1, hi at or above 2^32-1 stored
    * as U32_TOP = 2^64-1.
@@ -156,6 +162,7 @@ export class NodeBook {
     this.validated = new BlockSet(n);
     this.mappingNode = new BlockSet(n);
     this.faulty = new BlockSet(n);
+    this.filled = new BlockSet(n);
     this.lo = new Uint32Array(n);
     this.hi = new Uint32Array(n);
     this.height = new Uint8Array(n);
@@ -627,8 +634,9 @@ class Checker {
         continue;
       }
       book.mark[b] = t.serial;
-      if (!t.readAll && book.mappingNode.has(b) && book.within(b, items.lo(j), items.hi(j))) {
-        // Shared with a tree already checked, under a range containing this one's: its keys fit.
+      if (!t.readAll && book.mappingNode.has(b) && book.within(b, items.lo(j), items.hi(j)) && (depth === 0 || book.filled.has(b))) {
+        // Shared with a tree already checked, under a range containing this one's: its keys fit
+        // (and, below a root, its fill: a node checked only as a root was exempt from it).
         const h = book.height[b];
         skipped.push(j, h);
         if (book.faulty.has(b)) t.faulty = true;
@@ -672,6 +680,7 @@ class Checker {
         continue;
       }
       const first = !book.validated.has(b);
+      if (depth > 0) book.filled.add(b);
       let sub = 0;
       let h: number;
       if (node.isLeaf) {

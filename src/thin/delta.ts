@@ -164,7 +164,7 @@ class Side {
     readonly devId: number | undefined,
   ) {
     this.validator = new TreeValidator(walk.opts.nrMetadataBlocks, 8, { tree: 'mapping', devId });
-    this.validator.checkPointer(root, root);
+    this.validator.checkRoot(root);
     this.pushRef({ leaf: false, block: root, lo: 0, hi: Infinity, depth: 0 });
   }
 

@@ -404,7 +404,7 @@ export async function walkDeviceRuns(
       const block = blocks ? blocks[k - from] : (await io.read([root]))[0];
       const ctx = { tree: 'mapping', devId };
       const v = new TreeValidator(opts.nrMetadataBlocks, 8, ctx);
-      v.checkPointer(root, root);
+      v.checkRoot(root);
       const node = v.visit(block, 0, Infinity, 0);
       const merger = new RunMerger(devId, opts.nrDataBlocks);
       visitor.begin(k);
