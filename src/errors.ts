@@ -228,6 +228,8 @@ export type MergeErrorReason =
   | 'no-such-thin' // a thin id is not in the pool
   | 'lvm-pool' // the pool is LVM's: its thin ids are not dmthin's to create or delete
   | 'pool-suspended' // the pool is suspended: no thin of it can be activated to copy through
+  | 'pool-full' // an in-pool merge would write into a pool that is out of data space
+  | 'pool-read-only' // an in-pool merge would write into a pool in read-only mode
   | 'state-file'; // the merge state file is damaged
 
 const MERGE_CODES: Record<MergeErrorReason, string> = {
@@ -239,6 +241,8 @@ const MERGE_CODES: Record<MergeErrorReason, string> = {
   'no-such-thin': 'ENOENT',
   'lvm-pool': 'EOPNOTSUPP',
   'pool-suspended': 'EBUSY',
+  'pool-full': 'ENOSPC',
+  'pool-read-only': 'EROFS',
   'state-file': 'EUCLEAN',
 };
 
@@ -246,7 +250,8 @@ const MERGE_CODES: Record<MergeErrorReason, string> = {
  * A merge of a snapshot into its origin was refused. `reason` says why;
  * `code` is derived from it (EBUSY: something else uses a device, or the
  * pool is suspended; ENOSPC:
- * the origin is too small; EINVAL: another origin; ENOENT: no such thin;
+ * the origin is too small, or the pool out of data space; EROFS: the pool
+ * is read-only; EINVAL: another origin; ENOENT: no such thin;
  * EOPNOTSUPP: an LVM pool; EUCLEAN: a damaged state file).
  */
 export class MergeError extends DmthinError {
@@ -485,11 +490,20 @@ export const check = {
   object(v: unknown, name: string, kind: string): void {
     if (v === null || typeof v !== 'object') throw new UsageError(`${name} must be ${kind}, got ${describe(v)}`);
   },
+  /** An optional boolean: a truthy 1 or 'yes' taken as true in one place and not in another would be worse than refused. */
+  boolean(v: unknown, name: string): void {
+    if (v !== undefined && typeof v !== 'boolean') throw new UsageError(`${name} must be true or false, got ${describe(v)}`);
+  },
   /** An optional value out of a fixed set. */
   oneOf<T extends string>(v: unknown, name: string, allowed: readonly T[]): void {
     if (v !== undefined && !allowed.includes(v as T)) throw new UsageError(`${name} must be one of ${allowed.map((a) => `'${a}'`).join(', ')}, got ${describe(v)}`);
   },
 };
+
+/** A value as a message shows it (a string quoted and cut, an object by its class): never a TypeError of its own (a Symbol, a bigint). */
+export function describeValue(v: unknown): string {
+  return describe(v);
+}
 
 function describe(v: unknown): string {
   if (typeof v === 'string') return JSON.stringify(v.length > 40 ? `${v.slice(0, 40)}…` : v);

@@ -10,7 +10,7 @@
  */
 import type * as Fs from 'node:fs';
 import type * as Net from 'node:net';
-import { DmthinError, SystemCallError } from '../errors';
+import { DmthinError, SystemCallError, throwIfAborted } from '../errors';
 import { FdWriter } from './fd-writer';
 
 /**
@@ -183,11 +183,16 @@ export class OutputSink {
    */
   private unwaited = false;
 
-  /** `name`: how messages call the output (default: stdout for descriptor 1, else "the output"). */
+  /**
+   * `name`: how messages call the output (default: stdout for descriptor 1,
+   * else "the output"). `signal`: ends a wait for the output (a reader that
+   * stopped reading, a write whose callback never comes) with AbortError.
+   */
   constructor(
     private readonly out: SinkTarget,
     // Not `out === process.stdout`: reading process.stdout creates it (see fd-writer.ts).
     private readonly name = (out as { fd?: unknown }).fd === 1 ? 'stdout' : undefined,
+    private readonly signal?: AbortSignal,
   ) {
     out.on('error', (e) => this.fail(e));
     this.reuse = releasesChunks(out);
@@ -297,19 +302,39 @@ export class OutputSink {
     if (!s.writableNeedDrain) return;
     if (s.destroyed) throw outputError(this.error ?? new DmthinError('EPIPE', 'output stream closed'), this.name);
     // 'error' or 'close' instead of 'drain': the stream is gone, no 'drain' follows.
-    await new Promise<void>((resolve) => {
-      const done = (): void => {
-        s.off('drain', done);
-        s.off('error', done);
-        s.off('close', done);
-        resolve();
-      };
-      s.on('drain', done);
-      s.on('error', done);
-      s.on('close', done);
-    });
+    await this.unlessAborted(
+      new Promise<void>((resolve) => {
+        const done = (): void => {
+          s.off('drain', done);
+          s.off('error', done);
+          s.off('close', done);
+          resolve();
+        };
+        s.on('drain', done);
+        s.on('error', done);
+        s.on('close', done);
+      }),
+    );
     if (s.destroyed && !this.error) this.fail(new DmthinError('EPIPE', 'output stream closed'));
     this.check();
+  }
+
+  /** `p`, or AbortError as soon as the signal fires (the wait's listeners are left to the stream). */
+  private async unlessAborted(p: Promise<void>): Promise<void> {
+    const signal = this.signal;
+    if (!signal) return p;
+    throwIfAborted(signal);
+    let onAbort!: () => void;
+    const aborted = new Promise<void>((resolve) => {
+      onAbort = resolve;
+      signal.addEventListener('abort', onAbort, { once: true });
+    });
+    try {
+      await Promise.race([p, aborted]);
+    } finally {
+      signal.removeEventListener('abort', onAbort);
+    }
+    throwIfAborted(signal);
   }
 
   /** Everything written, and its last write completed without an error. */
@@ -317,7 +342,7 @@ export class OutputSink {
     this.check();
     this.queue();
     await this.drained();
-    await this.last;
+    await this.unlessAborted(this.last);
     this.check();
   }
 }

@@ -916,12 +916,17 @@ function emptyCounts(md: ThinMetadata | null): CheckCounts {
  * fails; a non-fatal one fails unless ignoreNonFatalErrors.
  */
 export function reportFails(r: CheckReport, ignoreNonFatalErrors = false): boolean {
-  check.object(r, 'report', 'a CheckReport (from checkMetadata or openFailureReport)');
+  const what = 'a CheckReport (from checkMetadata or openFailureReport)';
+  check.object(r, 'report', what);
+  // Counts it cannot read would make any object "pass".
+  for (const k of ['fatal', 'nonFatal'] as const) check.integer(r[k], `report.${k} (report must be ${what})`, 0);
+  check.boolean(ignoreNonFatalErrors, 'ignoreNonFatalErrors');
   return r.fatal > 0 || (r.nonFatal > 0 && !ignoreNonFatalErrors);
 }
 
 /** A report for metadata that could not even be opened (what ThinMetadata.open threw). */
 export function openFailureReport(e: MetadataError | DmthinError): CheckReport {
+  check.instance(e, DmthinError, 'openFailureReport error (what ThinMetadata.open threw)');
   const p: CheckProblem =
     e instanceof MetadataError
       ? problemOf(e, { tree: (e as MetadataError & { tree?: string }).tree ?? 'superblock' })

@@ -75,7 +75,15 @@ export async function writeDelta(md: ThinMetadata, out: SinkTarget, subject: Del
   check.methods(out, 'out', 'a Writable', ['write', 'on']);
   if (opts.format !== undefined && opts.format !== 'xml' && opts.format !== 'json') throw unknownFormat(opts.format, ['xml', 'json']);
   if (typeof subject !== 'object' || subject === null) throw new UsageError('writeDelta needs a subject: {left, right} thin device ids, or {leftRoot, rightRoot}');
-  const s = new OutputSink(out);
+  if ('left' in subject) {
+    check.devId(subject.left, 'the left device id');
+    check.devId(subject.right, 'the right device id');
+  } else {
+    check.integer(subject.leftRoot, 'leftRoot', 0);
+    check.integer(subject.rightRoot, 'rightRoot', 0);
+  }
+  check.boolean(opts.verbose, 'verbose');
+  const s = new OutputSink(out, undefined, opts.signal);
   const sb = md.superblock;
   // thin_delta 0.9.0 prints the held-root field of the superblock it reads, when non-zero: live, the
   // snapshot held; with -m, the held copy's own field (0 as the kernel writes it, but printed if not).

@@ -10,7 +10,7 @@
  * to what changed, not to the size of the devices. Memory is bounded by
  * depth x fan-out per side plus one read window.
  */
-import { AbortError, MetadataError, throwIfAborted } from '../errors';
+import { AbortError, check, MetadataError, throwIfAborted } from '../errors';
 import { BlockSet, BtreeNode, checkFill, type Key, LEAF_NODE, TreeValidator, walkLeaves } from '../pdata/btree';
 import type { Block, BlockSource } from '../pdata/block-source';
 import type { VirtualBlock, VirtualKey } from './mappings';
@@ -806,6 +806,8 @@ class DeltaWalker {
  * view. Yields batches of extents; consumers usually want `deltaExtents`.
  */
 export async function* deltaBatches(io: BlockSource, leftRoot: number, rightRoot: number, opts: DeltaWalkOptions): AsyncGenerator<RawDeltaExtent[], DeltaStats> {
+  if (opts.window !== undefined) check.integer(opts.window, 'window', 1);
+  check.boolean(opts.includeSame, 'includeSame');
   const w = new DeltaWalker(io, opts);
   try {
     yield* w.run(leftRoot, rightRoot);

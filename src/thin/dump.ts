@@ -238,7 +238,8 @@ export async function dump(md: ThinMetadata, out: SinkTarget, opts: DumpOptions 
       }
     }
   }
-  const sink = new OutputSink(out);
+  check.boolean(opts.skipMappings, 'skipMappings');
+  const sink = new OutputSink(out, undefined, opts.signal);
   const e = makeEmitter(opts.format ?? 'xml', sink, opts.skipMappings === true);
   const sb = md.superblock;
   // Rows of the device table (in id order), not an object per device: a pool may hold 70,000.

@@ -7,7 +7,7 @@
  *   for await (const run of md.mappings(1)) ...
  */
 import { closeSync, openSync, readSync, statSync } from 'node:fs';
-import { DmthinError, MetadataError, MetadataSnapError, UsageError, check, throwIfAborted } from '../errors';
+import { DmthinError, MetadataError, MetadataSnapError, UsageError, check, describeValue, throwIfAborted } from '../errors';
 import { lookup as btreeLookup, walkLeaves } from '../pdata/btree';
 import { BlockSource, CachingBlockSource, MemoryBlockSource, NativeBlockSource, OpenOptions } from '../pdata/block-source';
 import { ENTRIES_PER_BITMAP, MAX_METADATA_BITMAPS, SpaceMap, SpaceMapKind } from '../pdata/space-map';
@@ -146,7 +146,7 @@ export class ThinMetadata implements AsyncDisposable {
     if (opts.source !== undefined) check.methods(opts.source, 'source', 'a BlockSource', ['read', 'close']);
     const snap = opts.metadataSnap;
     if (snap !== undefined && typeof snap !== 'boolean' && !(Number.isSafeInteger(snap) && snap > 0)) {
-      throw new UsageError(`metadataSnap must be true or a block number > 0, got ${snap}`);
+      throw new UsageError(`metadataSnap must be true or a block number > 0, got ${describeValue(snap)}`);
     }
     // The reference tools refuse an inactive-only read of a device a live pool
     // holds (O_EXCL); through a metadata snapshot, the pool must stay open.
@@ -163,9 +163,12 @@ export class ThinMetadata implements AsyncDisposable {
 
   /** Metadata from an image in memory. */
   static async fromBuffer(image: Buffer | Uint8Array, opts: { metadataSnap?: boolean | number } = {}): Promise<ThinMetadata> {
+    check.options(opts, 'ThinMetadata.fromBuffer options');
     opts ??= {}; // null, as Node's own APIs take it
     if (!(image instanceof Uint8Array)) throw new UsageError(`fromBuffer takes a Buffer or Uint8Array of a metadata image, got ${image === null ? 'null' : typeof image}`);
     const buf = Buffer.isBuffer(image) ? image : Buffer.from(image.buffer, image.byteOffset, image.byteLength);
+    // Said here with the buffer's own length: the block source counts whole blocks only (0 for 1-4095 bytes).
+    if (buf.length < 4096) throw new MetadataError('truncated', `<memory> is ${buf.length} bytes: too small to hold a superblock`, { path: '<memory>', block: 0 });
     return ThinMetadata.open('<memory>', { ...opts, source: new MemoryBlockSource(buf) });
   }
 
@@ -271,6 +274,7 @@ export class ThinMetadata implements AsyncDisposable {
   async devices(opts: { signal?: AbortSignal } = {}): Promise<Map<number, DeviceDetails>> {
     opts = check.walk(opts, 'devices options');
     this.check();
+    throwIfAborted(opts.signal); // also when the answer is cached
     if (this.deviceCache) return this.deviceCache;
     const out = new Map<number, DeviceDetails>();
     for await (const leaf of walkLeaves(this.io, this.superblock.deviceDetailsRoot, {
@@ -292,6 +296,7 @@ export class ThinMetadata implements AsyncDisposable {
   async deviceRoots(opts: { signal?: AbortSignal } = {}): Promise<Map<number, number>> {
     opts = check.walk(opts, 'deviceRoots options');
     this.check();
+    throwIfAborted(opts.signal); // also when the answer is cached
     if (this.rootCache) return this.rootCache;
     const out = new Map<number, number>();
     for await (const leaf of walkLeaves(this.io, this.superblock.dataMappingRoot, {
@@ -326,6 +331,7 @@ export class ThinMetadata implements AsyncDisposable {
   async deviceTable(opts: { signal?: AbortSignal } = {}): Promise<DeviceTable> {
     opts = check.walk(opts, 'deviceTable options');
     this.check();
+    throwIfAborted(opts.signal); // also when the answer is cached
     if (this.tableCache) return this.tableCache;
     const t = await readDeviceTable(
       { io: this.io, detailsRoot: this.superblock.deviceDetailsRoot, mappingRoot: this.superblock.dataMappingRoot, nrMetadataBlocks: this.nrMetadataBlocks },
@@ -520,7 +526,7 @@ export class ThinMetadata implements AsyncDisposable {
     opts = check.walk(opts, 'deltaOfRoots options');
     this.check();
     for (const [what, b] of [['left', leftRoot], ['right', rightRoot]] as const) {
-      if (!Number.isSafeInteger(b) || b < 0 || b >= this.nrMetadataBlocks) throw new UsageError(`${what} root ${b} is not a metadata block`);
+      if (!Number.isSafeInteger(b) || b < 0 || b >= this.nrMetadataBlocks) throw new UsageError(`${what} root must be a metadata block number 0..${this.nrMetadataBlocks - 1}, got ${describeValue(b)}`);
     }
     return yield* delta().deltaBatches(this.io, leftRoot, rightRoot, { ...opts, nrMetadataBlocks: this.nrMetadataBlocks, nrDataBlocks: this.nrDataBlocks });
   }
@@ -528,6 +534,8 @@ export class ThinMetadata implements AsyncDisposable {
   /** @internal Batches of delta extents (fast path for formatters and send). Returns the walk's counters. */
   async *deltaExtentBatches(left: number, right: number, opts: DeltaOptions = {}): AsyncGenerator<RawDeltaExtent[], DeltaStats> {
     opts = check.walk(opts, 'delta options');
+    check.devId(left, 'the left device id');
+    check.devId(right, 'the right device id');
     const [l, r] = [await this.rootOf(left, 'left'), await this.rootOf(right, 'right')];
     this.check();
     const stats = yield* delta().deltaBatches(this.io, l, r, { ...opts, leftId: left, rightId: right, nrMetadataBlocks: this.nrMetadataBlocks, nrDataBlocks: this.nrDataBlocks });
@@ -561,7 +569,7 @@ export class ThinMetadata implements AsyncDisposable {
    */
   spaceMap(kind: SpaceMapKind): SpaceMap {
     this.check();
-    if (kind !== 'data' && kind !== 'metadata') throw new UsageError(`unknown space map ${JSON.stringify(kind)}: it is 'data' or 'metadata'`);
+    if (kind !== 'data' && kind !== 'metadata') throw new UsageError(`unknown space map ${describeValue(kind)}: it is 'data' or 'metadata'`);
     const sb = this.liveSuperblock;
     return new SpaceMap(this.io, kind, kind === 'data' ? sb.dataSpaceMap : sb.metadataSpaceMap, this.nrMetadataBlocks);
   }

@@ -25,7 +25,8 @@
  * by the same algorithm (src/thin/rmap-runs.ts): the memory stays flat
  * whatever the number of runs.
  */
-import { check, throwIfAborted, UsageError } from '../errors';
+import { check, describeValue, throwIfAborted, UsageError } from '../errors';
+import { STD_SORT_THRESHOLD } from './std-sort';
 import { ThinMetadata } from './metadata';
 import type { VirtualBlock, VirtualKey } from './mappings';
 import { RmapRuns } from './rmap-runs';
@@ -74,10 +75,10 @@ export function normalizeRegions(regions: readonly DataRegion[]): [number, numbe
   if (!Array.isArray(regions)) throw new UsageError('rmap takes an array of data-block regions ({begin, end})');
   if (regions.length === 0) throw new UsageError('rmap needs at least one data-block region');
   const rs = regions.map((r) => {
-    if (typeof r !== 'object' || r === null) throw new UsageError(`bad data-block region ${String(r)}: a region is {begin, end}`);
+    if (typeof r !== 'object' || r === null) throw new UsageError(`bad data-block region ${describeValue(r)}: a region is {begin, end}`);
     const ok = (v: number) => Number.isSafeInteger(v) && v >= 0;
     if (!ok(r.begin) || !ok(r.end) || r.end <= r.begin) {
-      throw new UsageError(`bad data-block region ${r.begin}..${r.end}: it needs integers 0 <= begin < end (end is one past the last block)`);
+      throw new UsageError(`bad data-block region ${describeValue(r.begin)}..${describeValue(r.end)}: it needs integers 0 <= begin < end (end is one past the last block)`);
     }
     return [r.begin, r.end] as [number, number];
   });
@@ -130,6 +131,7 @@ export async function* rmapRaw(md: ThinMetadata, regions: readonly DataRegion[],
  */
 export async function rmapRuns(md: ThinMetadata, regions: readonly DataRegion[], opts: RmapOptions = {}): Promise<RmapRuns> {
   opts = check.walk(opts, 'rmap options');
+  if (opts.runsInMemory !== undefined) check.integer(opts.runsInMemory, 'runsInMemory', STD_SORT_THRESHOLD);
   const rs = normalizeRegions(regions);
   const rBegin = Float64Array.from(rs, (r) => r[0]);
   const rEnd = Float64Array.from(rs, (r) => r[1]);

@@ -236,6 +236,56 @@ test('poolState and reportFails given no status or report: UsageError naming wha
   expect(d.reportFails({ fatal: 0, nonFatal: 1 } as Parameters<typeof d.reportFails>[0], true)).toBe(false);
 });
 
+test('values no message can print (a Symbol, a bigint) and arguments of the wrong kind: UsageError naming them, never a raw TypeError (outside hunt O)', async () => {
+  using f = fixtureFile('basic');
+  await using md = await ThinMetadata.open(f.path);
+  const sym = Symbol('x');
+  const rejects = async (call: () => unknown, message: RegExp) => {
+    await expect((async () => call())()).rejects.toEqual(usage(message));
+  };
+  await rejects(() => md.refCount(1n as unknown as 'data', 0), /^unknown space map bigint 1: it is 'data' or 'metadata'$/);
+  await rejects(() => md.spaceMap(1n as unknown as 'data'), /^unknown space map bigint 1/);
+  await rejects(() => ThinMetadata.open(f.path, { metadataSnap: sym as unknown as number }), /^metadataSnap must be true or a block number > 0, got symbol Symbol\(x\)$/);
+  await rejects(() => md.deltaOfRoots(sym as unknown as number, 1).next(), /^left root must be a metadata block number 0\.\.\d+, got symbol Symbol\(x\)$/);
+  await rejects(() => writeDelta(md, sink(), { left: sym as unknown as number, right: 1 }), /^the left device id must be an integer 0\.\.2\^53-1 given as a number, got symbol Symbol\(x\)$/);
+  await rejects(() => writeDelta(md, sink(), { leftRoot: sym as unknown as number, rightRoot: 1 }), /^leftRoot must be an integer of at least 0, got symbol Symbol\(x\)$/);
+  await rejects(() => rmap(md, [{ begin: sym as unknown as number, end: 10 }]).next(), /^bad data-block region symbol Symbol\(x\)\.\.number 10/);
+  await rejects(() => rmap(md, [{ begin: 0, end: 10 }], { runsInMemory: 4 }).next(), /^runsInMemory must be an integer of at least 16, got number 4$/);
+  for (const w of [0, -5, NaN, 'x', Infinity]) {
+    await rejects(() => md.delta(1, 1, { window: w as number }).next(), /^window must be an integer of at least 1/);
+  }
+  expect(() => d.openFailureReport(undefined as unknown as d.DmthinError)).toThrow(usage(/^openFailureReport error \(what ThinMetadata.open threw\) must be a DmthinError, got undefined$/));
+  expect(() => d.reportFails({} as d.CheckReport)).toThrow(usage(/^report\.fatal \(report must be a CheckReport/));
+  expect(() => d.reportFails({ fatal: 0, nonFatal: 1 } as d.CheckReport, 'no' as unknown as boolean)).toThrow(usage(/^ignoreNonFatalErrors must be true or false, got "no"$/));
+  await rejects(() => ThinMetadata.fromBuffer(fixtureImage('basic'), 42 as unknown as object), /^ThinMetadata\.fromBuffer options must be an object, got number 42$/);
+  await rejects(() => dump(md, sink(), { format: 'json', skipMappings: 1 as unknown as boolean }), /^skipMappings must be true or false, got number 1$/);
+  await expect(ThinMetadata.fromBuffer(Buffer.alloc(1000))).rejects.toMatchObject({ kind: 'truncated', message: '<memory> is 1000 bytes: too small to hold a superblock' });
+});
+
+test('an already aborted signal rejects also where the answer is cached (outside hunt O)', async () => {
+  using f = fixtureFile('basic');
+  await using md = await ThinMetadata.open(f.path);
+  await md.devices();
+  await md.deviceTable();
+  const signal = AbortSignal.abort();
+  for (const call of [() => md.devices({ signal }), () => md.deviceRoots({ signal }), () => md.checkedDevices({ signal }), () => deviceUsage(md, { exclusive: false, signal })]) {
+    await expect(call()).rejects.toMatchObject({ name: 'AbortError' });
+  }
+});
+
+test('dump and writeDelta into an output nobody reads: the signal ends the wait with AbortError (outside hunt O: it hung)', async () => {
+  using f = fixtureFile('basic');
+  await using md = await ThinMetadata.open(f.path);
+  const { PassThrough } = await import('node:stream');
+  const t0 = Date.now();
+  await expect(dump(md, new PassThrough({ highWaterMark: 16 }), { signal: AbortSignal.timeout(200) })).rejects.toMatchObject({ name: 'AbortError' });
+  await expect(writeDelta(md, new PassThrough({ highWaterMark: 16 }), { left: 1, right: 1 }, { signal: AbortSignal.timeout(200), verbose: true })).rejects.toMatchObject({ name: 'AbortError' });
+  // A write whose callback never comes: flush's wait for it ends too.
+  const never = new Writable({ write: () => undefined });
+  await expect(dump(md, never, { signal: AbortSignal.timeout(200) })).rejects.toMatchObject({ name: 'AbortError' });
+  expect(Date.now() - t0).toBeLessThan(5000);
+});
+
 test("a device id that is not a number is named as what it is (outside hunt G: 'bad device id 1' for the string '1' and for 1n)", async () => {
   using f = fixtureFile('basic');
   await using md = await ThinMetadata.open(f.path);
