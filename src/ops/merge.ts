@@ -20,7 +20,7 @@
 import { refuseOutputOverInputs } from '../output/file';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { check, MergeError, UsageError, throwIfAborted } from '../errors';
-import { devNumOf } from '../dm/block-devices';
+import { devNumOf, devPathOf } from '../dm/block-devices';
 import { formatDev } from '../dm/ioctl';
 import { BlockReader } from '../native/block-reader';
 import { BlockWriter } from '../native/block-writer';
@@ -380,7 +380,10 @@ export async function mergeIntoExternalOrigin(poolArg: string | ThinPool, o: Ext
   let tmp: TemporaryActivation<BlockReader> | undefined;
   const store = new ExtentStore({ tmpDir: o.tmpDir });
   try {
-    const originDev = formatDev(await devNumOf(o.origin));
+    const originNum = await devNumOf(o.origin);
+    const originDev = formatDev(originNum);
+    // major:minor names no file: its node is the kernel's (/dev/DEVNAME from sysfs, there without udev too).
+    const originPath = /^\d+:\d+$/.test(o.origin) ? await devPathOf(originNum) : o.origin;
     const origin: MergeOrigin = { kind: 'external', path: o.origin, dev: originDev };
     const prior = checkPrior(await readMergeState(stateFile), p.poolId, origin, o.snap, stateFile);
 
@@ -404,7 +407,7 @@ export async function mergeIntoExternalOrigin(poolArg: string | ThinPool, o: Ext
       );
     }
     try {
-      writer = await BlockWriter.open(o.origin, { exclusive: true });
+      writer = await BlockWriter.open(originPath, { exclusive: true });
     } catch (e) {
       if ((e as { code?: string }).code !== 'EBUSY') throw e;
       throw new MergeError('origin-busy', `${o.origin} is open by someone else (mounted, claimed by a dm table or a program): unmount or close it, then merge again`, {
@@ -544,6 +547,18 @@ export async function mergeSnapshot(poolArg: string | ThinPool, o: SnapshotMerge
     let bytes = 0;
     let undiscarded = 0;
     const work = plan.copyBlocks + plan.discardBlocks > 0 && prior?.phase !== 'deleting';
+    // The copy writes into the pool: where its writes cannot land, refused before anything is written. Out of data
+    // space they would wait silently (queue_if_no_space: up to the kernel's no_space_timeout, 60 s) or fail.
+    if (work && plan.copyBlocks > 0 && (status.mode === 'out_of_data_space' || status.mode === 'ro')) {
+      const full = status.mode === 'out_of_data_space';
+      throw new MergeError(
+        full ? 'pool-full' : 'pool-read-only',
+        full
+          ? `pool ${pool.name} is out of data space (${status.usedData} of ${status.totalData} blocks used): the merge writes up to ${plan.copyBlocks} blocks into thin ${o.origin}, which would wait or fail. Grow the pool's data device (or free space), then merge again`
+          : `pool ${pool.name} is in read-only mode: the merge writes into thin ${o.origin}. Reload its table without 'read_only', or, if the kernel switched it (metadata space ran out, an error: see the kernel log), grow the metadata device or repair the pool, then merge again`,
+        { device: pool.name, devId: o.origin },
+      );
+    }
     if (work) {
       await writeMergeState(stateFile, state);
       const length = sectors((plan.endBlock * blockBytes) / SECTOR_SIZE);

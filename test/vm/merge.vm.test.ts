@@ -115,6 +115,21 @@ describeVm('dmthin merge', () => {
     await clean();
   }, 300_000);
 
+  test('an external origin given as major:minor, as the thin\'s table names it (no udev, so no /dev/block link): merged through the kernel\'s node (hunt L item 9: "no such file")', async () => {
+    const SIZE = 4 * MiB;
+    const { origin, thin } = await withOrigin(40, SIZE);
+    sh(ddCmd(thin.path, { bs: BS, seek: 3, count: 2 }));
+    const want = await sha256OfDevice(thin.path, 0, SIZE);
+    await thin.deactivate();
+    const majMin = run('sh', ['-c', `printf '%d:%d' 0x$(stat -c %t ${origin}) 0x$(stat -c %T ${origin})`]).stdout;
+    expect(existsSync(`/dev/block/${majMin}`)).toBe(false);
+    const r = dmthin(['--pool', poolName, '--snap', '40', '--external-origin', majMin, '--state', stateFile('majmin'), '--json', '-q']);
+    expect([r.status, r.stderr]).toEqual([0, '']);
+    expect(JSON.parse(r.stdout)).toMatchObject({ kind: 'external', snap: 40, copiedBlocks: 2, snapDeleted: true });
+    expect(await sha256OfDevice(origin, 0, SIZE)).toBe(want);
+    await clean();
+  }, 300_000);
+
   test('refusals (origin open, shared, thin active, beyond the end) leave the origin byte-identical', async () => {
     const SIZE = 8 * MiB;
     const { origin, thin } = await withOrigin(2, SIZE);
@@ -442,6 +457,13 @@ describeVm('dmthin merge', () => {
     expect(JSON.parse(readFileSync(state, 'utf8'))).toMatchObject({ phase: 'copying' });
     await waitFor('temporary merge devices to go', async () => (await tempDevices()).length === 0, 30_000);
     expect((await full.workingStatus()).heldMetadataRoot).toBeNull();
+    // The pool is now out of data space: a re-run is refused before it writes (hunt L item 9: under
+    // queue_if_no_space its writes waited 64 s, silent), naming the pool's state, not a temporary device.
+    expect((await full.workingStatus()).mode).toBe('out_of_data_space');
+    const again = dmthin(['--pool', fullName, '--snap', '2', '--origin', '1', '--state', state, '-q']);
+    expectRefused(again, new RegExp(`^dmthin merge: pool ${fullName} is out of data space \\(\\d+ of 64 blocks used\\): the merge writes up to \\d+ blocks into thin 1, which would wait or fail\\. Grow the pool's data device \\(or free space\\), then merge again \\[ENOSPC\\]$`));
+    expect(JSON.parse(readFileSync(state, 'utf8'))).toMatchObject({ phase: 'copying' });
+    expect(await tempDevices()).toEqual([]);
   }, 300_000);
 
   test('in the pool, blocks of 192 KiB (no power of two): the origin ends mapping as many blocks as the snapshot, or says which it kept (found by an outside hunt: one dropped discard zeroed, reported as discarded)', async () => {
