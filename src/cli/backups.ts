@@ -161,17 +161,20 @@ export function register(program: Command, ctx: () => CliContext): void {
         // A missing chunk: chunks are stored by content, so a full backup of a snapshot that still reads the same stores it again for every
         // backup naming it (an incremental copies the reference from its base, and a later one with it). A damaged one is present, and a
         // backup does not store a present chunk again: --repair removes it first.
-        const storeAgain = 'a dmthin backup --full of a snapshot that still holds that data stores it again, else delete them (dmthin backups delete)';
+        // One removed by --repair (now or before: its marker) is never passed on by an incremental: any next backup stores it again.
         const removed = repaired?.removed.includes(p.id) === true;
+        const marked = removed || (p.reason === 'missing' && (await repo.removedChunks({ signal: c.signal })).has(p.id));
+        const storeAgainAfterRepair = 'the next dmthin backup of a snapshot that still holds that data stores it again (it takes no backup naming a removed chunk as its base), else delete them (dmthin backups delete)';
+        const storeAgain = marked ? storeAgainAfterRepair : 'a dmthin backup --full of a snapshot that still holds that data stores it again, else delete them (dmthin backups delete)';
         const fix =
           p.index < 0
             ? `; it cannot be restored: delete it with dmthin backups delete --repo ${o.repo} --backup ${p.backup}, or restore its files from a copy`
             : p.reason === 'missing' || removed
-              ? `${removed ? ' (now removed)' : ''}; the backups naming it cannot be restored whole, nor can incrementals made on them: ${storeAgain}`
+              ? `${removed ? ' (now removed)' : ''}; the backups naming it cannot be restored whole${marked ? '' : ', nor can incrementals made on them'}: ${storeAgain}`
               : repaired?.sound.includes(p.id) === true
                 ? '; it read sound the second time, so it was kept: run verify --data again to see whether the fault was passing'
                 : r.damagedChunks.includes(p.id)
-                  ? `; a backup does not store a chunk that is present again: dmthin backups verify --repo ${o.repo} --data --repair removes the damaged ones, then ${storeAgain}`
+                  ? `; a backup does not store a chunk that is present again: dmthin backups verify --repo ${o.repo} --data --repair removes the damaged ones, then ${storeAgainAfterRepair}`
                   : '';
         throw new RepoError(p.reason === 'missing' ? 'not-found' : 'corrupt', `${n} problem${n === 1 ? '' : 's'} found; the first: backup ${p.backup}, ${where} is ${p.reason}${fix}`, { backup: p.backup });
       }

@@ -312,10 +312,14 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
   try {
     // A base can be deleted (prune) between listing it and reading its map: plan
     // again against the backups that are left, and after two such losses take a full backup.
+    // Chunks verify --repair removed and no backup has stored again (usually none: one listing).
+    const removed = await repo.removedChunks({ signal: opts.signal });
     for (let lost = 0; ; lost++) {
       const o = lost >= 2 ? { ...opts, full: true } : opts;
       try {
-        return 'pool' in o ? await fromPool(repo, o) : await fromImage(repo, o);
+        const r = 'pool' in o ? await fromPool(repo, o, removed) : await fromImage(repo, o, removed);
+        if (removed.size > 0) await clearMarkers(repo, removed, o);
+        return r;
       } catch (e) {
         // The only map a backup reads is its base's: say how to get past it.
         if (e instanceof RepoError && (e.reason === 'corrupt' || e.reason === 'format') && e.key?.startsWith('maps/')) {
@@ -330,7 +334,7 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
   }
 }
 
-async function fromImage(repo: Repository, o: ImageBackupOptions): Promise<BackupResult> {
+async function fromImage(repo: Repository, o: ImageBackupOptions, removed: ReadonlySet<string>): Promise<BackupResult> {
   if (o.deviceSize === undefined) {
     throw new UsageError(`the size of thin device ${o.snap} is not recorded in pool metadata, and a data device image does not tell it: give its size in bytes (option deviceSize)`, {
       devId: o.snap,
@@ -338,7 +342,7 @@ async function fromImage(repo: Repository, o: ImageBackupOptions): Promise<Backu
     });
   }
   const started = Date.now();
-  const candidates = await readableBackups(repo, o);
+  const candidates = await readableBackups(repo, o, removed);
   const md = await ThinMetadata.open(o.metadata, { metadataSnap: o.metadataSnap });
   try {
     const source = await NativeDataSource.open(o.data, { addressing: 'data' });
@@ -354,7 +358,7 @@ async function fromImage(repo: Repository, o: ImageBackupOptions): Promise<Backu
   }
 }
 
-async function fromPool(repo: Repository, o: PoolBackupOptions): Promise<BackupResult> {
+async function fromPool(repo: Repository, o: PoolBackupOptions, removed: ReadonlySet<string>): Promise<BackupResult> {
   const started = Date.now();
   const pool = typeof o.pool === 'string' ? await ThinPool.open(o.pool) : o.pool;
   const thin = await liveThin(pool, o.snap, {
@@ -368,7 +372,7 @@ async function fromPool(repo: Repository, o: PoolBackupOptions): Promise<BackupR
       }),
   });
   const size = thin.deviceSize;
-  const candidates = await readableBackups(repo, o);
+  const candidates = await readableBackups(repo, o, removed);
 
   await using extents = new ExtentStore({ tmpDir: o.tmpDir });
   // The metadata snapshot is held for the walk only (withMetadataSnapshot releases it on every path).
@@ -389,13 +393,41 @@ async function fromPool(repo: Repository, o: PoolBackupOptions): Promise<BackupR
  * unknown) is skipped with a warning: the base is then an older backup, or
  * none (a full read), never a guess.
  */
-function readableBackups(repo: Repository, o: CommonBackupOptions): Promise<BackupSummary[]> {
-  return repo.listBackups({
+async function readableBackups(repo: Repository, o: CommonBackupOptions, removed: ReadonlySet<string>): Promise<BackupSummary[]> {
+  const all = await repo.listBackups({
     volume: o.volume,
     signal: o.signal,
     onDamaged: (d) =>
       o.onWarning?.(`backup ${d.id} cannot be read (${d.error.message}); skipped, not used as a base: delete it with dmthin backups delete --repo ${repo.location} --backup ${d.id}`),
   });
+  if (removed.size === 0) return all;
+  // A base copies its references: one naming a chunk a repair removed would make this backup unrestorable, exit 0.
+  const sound: BackupSummary[] = [];
+  const unsound: string[] = [];
+  for (const b of all) {
+    if (await repo.namesAnyChunk(b.id, removed, { signal: o.signal })) unsound.push(b.id);
+    else sound.push(b);
+  }
+  if (unsound.length > 0) {
+    o.onWarning?.(
+      `${unsound.length === 1 ? `backup ${unsound[0]} names a chunk` : `${unsound.length} backups of ${o.volume} (${unsound.join(', ')}) name chunks`} that verify --repair removed: not used as a base, so this backup reads what it needs itself ` +
+        `(and stores those chunks again where the data still holds them, which makes those backups whole again)`,
+    );
+  }
+  return sound;
+}
+
+/**
+ * After a committed backup: the removed chunks it stored again are whole
+ * again, and so are the backups naming them. Best effort: the backup stands
+ * either way (a marker left only costs the next backup its base).
+ */
+async function clearMarkers(repo: Repository, removed: ReadonlySet<string>, o: CommonBackupOptions): Promise<void> {
+  try {
+    await repo.clearRemovedMarkers(removed, { signal: o.signal });
+  } catch (e) {
+    o.onWarning?.(`the backup is committed, but the repository's record of chunks verify --repair removed could not be updated (${(e as Error).message}): the next backup may read more than it needs`);
+  }
 }
 
 /** The base chosen by the plan was deleted before its map could be read (nothing read or stored yet): plan again. */

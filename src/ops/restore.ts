@@ -524,7 +524,7 @@ function chunkError(err: unknown, backup: string, e: ManifestEntry, off: number,
   // A backup does not store a chunk that is present again, so a damaged one must go before one can replace it.
   const heal =
     err.reason === 'corrupt'
-      ? ' (dmthin backups verify --data --repair removes damaged chunks; a dmthin backup --full of a snapshot that still holds that data then stores it again)'
+      ? ' (dmthin backups verify --data --repair removes damaged chunks; the next dmthin backup of a snapshot that still holds that data then stores it again)'
       : '';
   return new RepoError(err.reason, `backup ${backup}: chunk ${e.index} (device bytes ${off}..${off + len - 1}) ${what}: ${err.message}${heal}`, {
     key: err.key,

@@ -260,6 +260,17 @@ const MAX_STORED_CHUNK = MAX_CHUNK + 64;
  */
 export const MAX_SMALL_OBJECT = 16 * 1024 * 1024;
 
+/**
+ * The marker of a chunk `removeDamagedChunks` deleted (an empty object): the
+ * backups that name it cannot be restored whole until a backup stores it
+ * again, and a backup does not take one of them as its base (it would copy
+ * the reference, exit 0, unrestorable). A backup that finds the chunk stored
+ * again removes the marker.
+ */
+function removedKey(id: string): string {
+  return `removed/${id}`;
+}
+
 function chunkKey(id: string): string {
   return `chunks/${id.slice(0, 2)}/${id}`;
 }
@@ -712,6 +723,8 @@ export class Repository implements AsyncDisposable {
           if (e.reason !== 'corrupt') throw e;
         }
         lock.check();
+        // The marker first: a crash between the two leaves a marker of a chunk still there, which only costs a full backup.
+        await this.backend.put(removedKey(id), new Uint8Array(0), opts);
         await this.backend.delete([chunkKey(id)], opts);
         done.removed.push(id);
       }
@@ -719,6 +732,38 @@ export class Repository implements AsyncDisposable {
       await lock.release();
     }
     return done;
+  }
+
+  /** The chunks removeDamagedChunks deleted that no backup has stored again since (their markers; one listing). */
+  async removedChunks(opts: RepoCallOptions = {}): Promise<Set<string>> {
+    this.live();
+    const out = new Set<string>();
+    for await (const o of this.backend.list('removed/', { signal: opts.signal })) {
+      const id = o.key.slice('removed/'.length);
+      if (isChunkId(id)) out.add(id);
+    }
+    return out;
+  }
+
+  /** Whether backup `id`'s manifest names any of `chunks` (read whole: for the rare repository with removed chunks). */
+  async namesAnyChunk(id: string, chunks: ReadonlySet<string>, opts: RepoCallOptions = {}): Promise<boolean> {
+    if (chunks.size === 0) return false;
+    const { entries } = await this.readManifest(id, opts);
+    for await (const e of entries) if (chunks.has(e.id)) return true;
+    return false;
+  }
+
+  /** Removes the markers of those of `chunks` that are stored again (a backup stored them): their backups read whole again. */
+  async clearRemovedMarkers(chunks: Iterable<string>, opts: RepoCallOptions = {}): Promise<string[]> {
+    this.live();
+    const cleared: string[] = [];
+    for (const id of chunks) {
+      throwIfAborted(opts.signal);
+      if (!isChunkId(id) || !(await this.backend.stat(chunkKey(id), opts))) continue;
+      await this.backend.delete([removedKey(id)], opts);
+      cleared.push(id);
+    }
+    return cleared;
   }
 
   /** Deletes backups' manifests (header first, then map); chunks stay until collectGarbage. Unknown ids: 'not-found', nothing deleted. */

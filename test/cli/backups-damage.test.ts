@@ -330,12 +330,12 @@ test('a damaged chunk: verify --data --repair removes it, the next --full backup
   flip(victim);
   const v = cli(['backups', 'verify', '--repo', repo, '--data', '-q']);
   expect(v.status).toBe(1);
-  expect(oneLine(v.stderr)).toContain(`dmthin backups verify --repo ${repo} --data --repair removes the damaged ones, then a dmthin backup --full`);
+  expect(oneLine(v.stderr)).toContain(`dmthin backups verify --repo ${repo} --data --repair removes the damaged ones, then the next dmthin backup`);
   // A full backup alone cannot heal it: the chunk is present, so it is not stored again (restore says what to do).
   const second = JSON.parse(cli(offline(2, repo, 'vm1', ['--full', '--json', '-q'])).stdout).id as string;
   const r2 = restore(second, 'heal-2.img');
   expect(r2.status).toBe(1);
-  expect(oneLine(r2.stderr)).toContain('dmthin backups verify --data --repair removes damaged chunks; a dmthin backup --full of a snapshot that still holds that data then stores it again');
+  expect(oneLine(r2.stderr)).toContain('dmthin backups verify --data --repair removes damaged chunks; the next dmthin backup of a snapshot that still holds that data then stores it again');
   expect(cli(['backups', 'verify', '--repo', repo, '--repair', '-q']).status).toBe(1); // --repair needs --data
   expect(existsSync(victim)).toBe(true);
   const rep = cli(['backups', 'verify', '--repo', repo, '--data', '--repair', '-q']);
@@ -351,6 +351,36 @@ test('a damaged chunk: verify --data --repair removes it, the next --full backup
     expect(restore(id, name).status).toBe(0);
     expect(readFileSync(s.path(name)).equals(want)).toBe(true);
   }
+});
+
+test('after verify --repair, the next backup (an incremental, not --full) takes no base naming the removed chunk: it stores it again, and every backup restores whole (hunt N item 3: it exited 0 and could not be restored)', () => {
+  const repo = s.path('heal-incr-repo');
+  expect(cli(['backups', 'init', '--repo', repo]).status).toBe(0);
+  const first = JSON.parse(cli(offline(2, repo, 'vm1', ['--json', '-q'])).stdout).id as string;
+  const want = deviceBytes(pool, 2, SIZE);
+  const files = readdirSync(join(repo, 'chunks')).flatMap((d) => readdirSync(join(repo, 'chunks', d)).map((f) => join(repo, 'chunks', d, f)));
+  const victim = files.sort((a, b) => readFileSync(b).length - readFileSync(a).length)[0];
+  const victimId = victim.slice(victim.lastIndexOf('/') + 1);
+  flip(victim);
+  expect(cli(['backups', 'verify', '--repo', repo, '--data', '--repair', '-q']).status).toBe(1);
+  expect(existsSync(victim)).toBe(false);
+  expect(existsSync(join(repo, 'removed', victimId))).toBe(true);
+  // The snapshot is unchanged: an incremental over the first backup would read nothing and copy the hole.
+  const b = cli(offline(2, repo, 'vm1', ['--json', '-q']));
+  expect(b.status).toBe(0);
+  expect(oneLine(b.stderr)).toBe(`dmthin backup: warning: backup ${first} names a chunk that verify --repair removed: not used as a base, so this backup reads what it needs itself (and stores those chunks again where the data still holds them, which makes those backups whole again)`);
+  const second = JSON.parse(b.stdout);
+  expect(second.base).toBeNull();
+  expect(second.chunksNew).toBe(1);
+  expect(existsSync(join(repo, 'removed', victimId))).toBe(false); // stored again: the marker is gone
+  expect(cli(['backups', 'verify', '--repo', repo, '--data', '-q']).status).toBe(0);
+  for (const [id, name] of [[first, 'heal-incr-1.img'], [second.id as string, 'heal-incr-2.img']]) {
+    expect(cli(['restore', '--repo', repo, '--backup', id, '--target', s.path(name), '--create', '-q']).status).toBe(0);
+    expect(readFileSync(s.path(name)).equals(want)).toBe(true);
+  }
+  // And the next one is an increment again.
+  const third = JSON.parse(cli(offline(2, repo, 'vm1', ['--json', '-q'])).stdout);
+  expect(third.base).toBe(second.id);
 });
 
 test('removeDamagedChunks: a chunk that reads sound again is kept; an absent one is said; not a chunk id refuses before anything', async () => {
