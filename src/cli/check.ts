@@ -115,7 +115,7 @@ export function register(program: Command, ctx: () => CliContext): void {
       refuseStdoutOverInputs([{ path: metadata, role: 'the metadata input' }]);
       const viaPool = await namesPool(metadata);
       // A live pool can only be read through a metadata snapshot.
-      const src: MetadataSnapOpts = viaPool && !o.metadataSnap && o.metadataSnapBlock === undefined ? { ...o, metadataSnap: true } : o;
+      const src: MetadataSnapOpts = viaPool && !o.metadataSnap && o.metadataSnapBlock === undefined ? { ...o, metadataSnap: true, snapImplied: true } : o;
       const text = !o.quiet && !o.json;
       const bar = new Progress('check', text && stderrIsTTY());
       let report: CheckReport;

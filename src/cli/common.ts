@@ -286,10 +286,11 @@ const GETOPT_COMMANDS = new Set(['dump', 'ls', 'delta', 'rmap', 'check']);
  * reference tools run. A prefix of more than one option is refused naming
  * them (getopt_long: "is ambiguous"); for the other commands, a prefix of
  * options is refused naming what it begins, where the parser would have
- * guessed by spelling (`send --meta`: "did you mean --data?"). A token in
- * option position that looks like a negative number (`check -1 X`) and is
- * no option is refused as an unknown option, as getopt does: the parser took
- * it for an argument and said only "too many arguments".
+ * guessed by spelling (`send --meta`: "did you mean --data?"). On the
+ * getopt commands, a token in option position that looks like a negative
+ * number (`check -1 X`) and is no option is refused as an unknown option, as
+ * getopt does: the parser took it for an argument and said only "too many
+ * arguments".
  */
 export function expandLongOptionPrefixes(argv: string[], cmd: Command | undefined): string[] {
   if (cmd === undefined || cmd.commands.length > 0) return argv;
@@ -301,7 +302,8 @@ export function expandLongOptionPrefixes(argv: string[], cmd: Command | undefine
     throw new UsageError(`${what}; see 'dmthin ${cmd.name()} --help'`);
   };
   return mapOptionTokens(argv, cmd, (a) => {
-    if (/^-[0-9]/.test(a) && valueOf(cmd, a) === undefined && !cmd.options.some((o) => o.short === a)) refuse(`unknown option '${a}'`);
+    // Only where getopt reads the command line: other commands take negative numbers as words (message's).
+    if (getopt && /^-[0-9]/.test(a) && valueOf(cmd, a) === undefined && !cmd.options.some((o) => o.short === a)) refuse(`unknown option '${a}'`);
     const m = /^(--[^=]+)(=.*)?$/.exec(a);
     if (!m || longs.includes(m[1])) return a;
     const hits = longs.filter((l) => l.startsWith(m[1]));

@@ -18,6 +18,8 @@ import { CliContext, parseIntArg } from './common';
 export interface MetadataSnapOpts {
   metadataSnap?: boolean;
   metadataSnapBlock?: string;
+  /** -m was not given: the command chose the snapshot because METADATA names no file (check of a pool name). */
+  snapImplied?: boolean;
 }
 
 export function snapOption(o: MetadataSnapOpts): boolean | number | undefined {
@@ -87,9 +89,9 @@ export async function openMetadataSource(arg: string, o: MetadataSnapOpts, ctx: 
     // A name that is neither a file nor a pool (none found, or no device-mapper to ask): say both,
     // a mistyped file name included.
     const found = e instanceof NameLookupError && e.reason !== 'not-found';
-    // Without device-mapper the name cannot have meant a pool here: how to load
-    // device-mapper is no help to whoever mistyped a file name.
-    if (e instanceof SetupError && e.kind === 'no-device-mapper') {
+    // Without device-mapper, a name given without -m is most likely a mistyped file
+    // name: how to load device-mapper is no help there. With -m it is kept (the fix).
+    if (e instanceof SetupError && e.kind === 'no-device-mapper' && o.snapImplied === true) {
       throw new DmthinError('ENOENT', `${arg}: no such file or directory (nor a pool: device-mapper is not available on this machine)`, { path: arg });
     }
     if (e instanceof DmthinError && !found) e.message = `${arg}: no such file, and ${e.message}`;

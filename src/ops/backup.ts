@@ -381,7 +381,7 @@ async function fromPool(repo: Repository, o: PoolBackupOptions, removed: Readonl
     for await (const e of x.extents) await extents.add(e);
     await extents.seal();
     return { ...x, extents: extents as AsyncIterable<SendExtent>, dataBlocksToRead: x.dataBlocksToRead ?? extents.totals.dataBlocks };
-  });
+  }, { signal: o.signal });
   throwIfAborted(o.signal);
   return withThinData(pool, o.snap, thin, { prefix: 'dmthin-backup', readNothing: size === 0 || p.dataBlocksToRead === 0, nothing: nothingToRead }, (source) =>
     store(repo, p, source, size, o, started),

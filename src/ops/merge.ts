@@ -382,8 +382,12 @@ export async function mergeIntoExternalOrigin(poolArg: string | ThinPool, o: Ext
   try {
     const originNum = await devNumOf(o.origin);
     const originDev = formatDev(originNum);
-    // major:minor names no file: its node is the kernel's (/dev/DEVNAME from sysfs, there without udev too).
+    // major:minor names no file: its node is the kernel's (/dev/DEVNAME from sysfs, there without udev too),
+    // used only if it is that device (a static /dev in a container may hold another under the name).
     const originPath = /^\d+:\d+$/.test(o.origin) ? await devPathOf(originNum) : o.origin;
+    if (originPath !== o.origin && formatDev(await devNumOf(originPath)) !== originDev) {
+      throw new UsageError(`external origin ${o.origin}: its node ${originPath} is another device (${formatDev(await devNumOf(originPath))}); give the origin's path`, { path: originPath });
+    }
     const origin: MergeOrigin = { kind: 'external', path: o.origin, dev: originDev };
     const prior = checkPrior(await readMergeState(stateFile), p.poolId, origin, o.snap, stateFile);
 
@@ -439,7 +443,7 @@ export async function mergeIntoExternalOrigin(poolArg: string | ThinPool, o: Ext
       beyond ??= await spill(b, store, blockBytes, size);
       await store.seal();
       return { d, blockBytes, plan, beyond, root };
-    });
+    }, { signal: o.signal });
     const { blockBytes } = walked;
     const snapNow = walked.d ? identityOf(walked.d, walked.root) : undefined;
     const base = { kind: 'external' as const, pool: pool.name, snap: o.snap, origin: o.origin, blockBytes, stateFile };
@@ -527,7 +531,7 @@ export async function mergeSnapshot(poolArg: string | ThinPool, o: SnapshotMerge
       await spill(b, store, blockBytes);
       await store.seal();
       return { s, g, blockBytes, plan, root };
-    });
+    }, { signal: o.signal });
     const { blockBytes } = walked;
     if (!walked.g) throw new MergeError('no-such-thin', `pool ${pool.name} has no thin ${o.origin} (the origin)`, { device: pool.name, devId: o.origin });
     const origin: MergeOrigin = { kind: 'in-pool', thin: identityOf(walked.g) };
@@ -549,12 +553,16 @@ export async function mergeSnapshot(poolArg: string | ThinPool, o: SnapshotMerge
     const work = plan.copyBlocks + plan.discardBlocks > 0 && prior?.phase !== 'deleting';
     // The copy writes into the pool: where its writes cannot land, refused before anything is written. Out of data
     // space they would wait silently (queue_if_no_space: up to the kernel's no_space_timeout, 60 s) or fail.
-    if (work && plan.copyBlocks > 0 && (status.mode === 'out_of_data_space' || status.mode === 'ro')) {
+    // Read-only: any work (a discard completes there without unmapping, and the delete after it fails). Out of
+    // data space: copies, and zeroed discards (writes that provision where the pool ignores discards).
+    const blocked =
+      work && (status.mode === 'ro' || (status.mode === 'out_of_data_space' && (plan.copyBlocks > 0 || (discardMethod === 'zeroout' && plan.discardBlocks > 0))));
+    if (blocked) {
       const full = status.mode === 'out_of_data_space';
       throw new MergeError(
         full ? 'pool-full' : 'pool-read-only',
         full
-          ? `pool ${pool.name} is out of data space (${status.usedData} of ${status.totalData} blocks used): the merge writes up to ${plan.copyBlocks} blocks into thin ${o.origin}, which would wait or fail. Grow the pool's data device (or free space), then merge again`
+          ? `pool ${pool.name} is out of data space (${status.usedData} of ${status.totalData} blocks used): the merge writes up to ${plan.copyBlocks + (discardMethod === 'zeroout' ? plan.discardBlocks : 0)} blocks into thin ${o.origin}, which would wait or fail. Grow the pool's data device (or free space), then merge again`
           : `pool ${pool.name} is in read-only mode: the merge writes into thin ${o.origin}. Reload its table without 'read_only', or, if the kernel switched it (metadata space ran out, an error: see the kernel log), grow the metadata device or repair the pool, then merge again`,
         { device: pool.name, devId: o.origin },
       );

@@ -180,16 +180,16 @@ class PoolReplicationHost implements ReplicationHost {
     return writeFileAtomically(this.stateFile, JSON.stringify(s, null, 2) + '\n');
   }
   async thinIds() {
-    return new Set((await withMetadataSnapshot(this.pool, (md) => md.devices())).keys());
+    return new Set((await withMetadataSnapshot(this.pool, (md) => md.devices(), { signal: this.o.signal })).keys());
   }
   async thinTimes(id: number) {
     return withMetadataSnapshot(this.pool, async (md) => {
       const d = await md.deviceDetails(id);
       return d ? { creationTime: d.creationTime, snapshottedTime: d.snapshottedTime } : null;
-    });
+    }, { signal: this.o.signal });
   }
   async mappingRoot(id: number) {
-    return withMetadataSnapshot(this.pool, async (md) => ((await md.devices()).has(id) ? mappingRootDigest(md, id) : null));
+    return withMetadataSnapshot(this.pool, async (md) => ((await md.devices()).has(id) ? mappingRootDigest(md, id) : null), { signal: this.o.signal });
   }
   async activeUnsuspended(id: number) {
     const out: string[] = [];
@@ -246,7 +246,7 @@ class PoolReplicationHost implements ReplicationHost {
     const [details, mappingRoot] = await withMetadataSnapshot(this.pool, async (md) => {
       const d = (await md.devices()).get(snap);
       return [d, d ? await mappingRootDigest(md, snap, signal) : ''] as const;
-    });
+    }, { signal });
     if (!details) throw new DmthinError('ENODEV', `replication snapshot ${snap} is not in pool ${this.pool.name}`, { devId: snap });
     const key = identityKey(identityOf(this.poolId, details));
     const sendOpts = { pool: this.pool, snap, base: base ?? undefined, deviceSize, poolId: this.poolId, tmpDir: this.o.tmpDir, formatVersion: this.o.formatVersion, signal };
@@ -369,7 +369,7 @@ export async function* replicate(o: ReplicateOptions): AsyncGenerator<CycleRepor
   try {
     const host = new PoolReplicationHost(pool, poolId, stateFile, o);
     const settings = { pool: poolId, thin: o.thin, ids, keep };
-    // `full` holds until a cycle is through: a failed one leaves it asked for.
+    // `full` is for the first cycle through (a resumed one, then none).
     let full = o.full === true;
     for (;;) {
       throwIfAborted(o.signal);

@@ -371,8 +371,9 @@ export async function runCycle(host: ReplicationHost, settings: ReplicationSetti
     // recorded to tell): abandoned as any changed base.
     const unchanged = baseEntry!.mappingRoot !== undefined && (await host.mappingRoot(base)) === baseEntry!.mappingRoot;
     base = null;
-    // The thin was resized since its base was sent: an increment cannot say so, a full stream can.
-    fullReason = !unchanged ? 'base-changed' : e.reason === 'size-changed' ? 'size-changed' : 'target-lacks-base';
+    // The thin was resized since its base was sent: an increment cannot say so, a full stream can (the base
+    // stays replication's: the receiver names the size, not the base, as the reason).
+    fullReason = e.reason === 'size-changed' ? 'size-changed' : unchanged ? 'target-lacks-base' : 'base-changed';
     r = await host.transfer(pending.devId, null, pending.deviceSize, signal);
   }
   host.checkpoint?.('sent');

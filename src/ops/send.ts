@@ -242,7 +242,7 @@ async function sendFromPool(o: PoolSendOptions): Promise<SendSummary> {
     for await (const e of p.extents) await store.add(e);
     await store.seal();
     return p.header;
-  });
+  }, { signal: o.signal });
   throwIfAborted(o.signal);
   const plan: SendPlan = { header, extents: store, totalDataBlocks: store.totals.dataBlocks };
   return withThinData(pool, o.snap, thin, { prefix: 'dmthin-send', readNothing: thin.deviceSize === 0, nothing: emptySource }, (source) => stream(plan, source, o));

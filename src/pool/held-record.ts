@@ -68,13 +68,22 @@ function startTimeOf(pid: number): string | null {
 /** Records that this process holds `root` of `pool`. */
 export function recordHeld(pool: string, root: number): void {
   const rec: HeldRecord = { format: 'dmthin-held-metadata-snap', version: 1, pool, root, pid: process.pid, startTime: startTimeOf(process.pid) ?? '', bootId: bootId() };
-  for (const dir of dirs()) {
+  const all = dirs();
+  for (const [i, dir] of all.entries()) {
     const file = fileOf(dir, pool);
     const tmp = `${file}.${process.pid}.tmp`;
     try {
       mkdirSync(dir, { recursive: true, mode: 0o755 });
       writeFileSync(tmp, JSON.stringify(rec) + '\n', { mode: 0o644 });
       renameSync(tmp, file);
+      // A stale record in a directory before this one (not writable now, perhaps removable) would speak for the same pool.
+      for (const before of all.slice(0, i)) {
+        try {
+          unlinkSync(fileOf(before, pool));
+        } catch {
+          // none, or not removable: ownerOf prefers a live record
+        }
+      }
       return;
     } catch {
       try {
@@ -119,11 +128,13 @@ export type HeldOwner = { kind: 'orphaned' } | { kind: 'running'; pid: number } 
 
 /** Who holds `heldRoot` of `pool`, as far as this host's records tell. */
 export function ownerOf(pool: string, heldRoot: number): HeldOwner {
-  // A record of another root is stale (someone else reserved since): only one of this root counts.
-  const r = readRecords(pool).find((x) => x.r.root === heldRoot)?.r;
-  if (!r) return { kind: 'unknown' };
-  const alive = r.bootId === bootId() && startTimeOf(r.pid) === r.startTime;
-  return alive ? { kind: 'running', pid: r.pid } : { kind: 'orphaned' };
+  // A record of another root is stale (someone else reserved since): only those of this root count, and
+  // a live one among them wins (a dead process's record in one directory, a live one's in the fallback).
+  const rs = readRecords(pool).filter((x) => x.r.root === heldRoot).map((x) => x.r);
+  if (rs.length === 0) return { kind: 'unknown' };
+  const boot = bootId();
+  const live = rs.find((r) => r.bootId === boot && startTimeOf(r.pid) === r.startTime);
+  return live ? { kind: 'running', pid: live.pid } : { kind: 'orphaned' };
 }
 
 /** Drops the records of `pool` (its snapshot was released by someone). */

@@ -9,11 +9,15 @@ import { ThinPool } from './thin-pool';
 import type { DeltaExtent, DeltaOptions } from '../thin/delta';
 import type { ThinMetadata } from '../thin/metadata';
 
-/** Runs `fn` on the pool's metadata as of now; the snapshot is released when it settles. */
-export async function withMetadataSnapshot<T>(pool: ThinPool, fn: (md: ThinMetadata) => Promise<T>): Promise<T> {
+/**
+ * Runs `fn` on the pool's metadata as of now; the snapshot is released when
+ * it settles. `signal` also ends the wait for a snapshot another dmthin holds.
+ */
+export async function withMetadataSnapshot<T>(pool: ThinPool, fn: (md: ThinMetadata) => Promise<T>, opts: { signal?: AbortSignal } = {}): Promise<T> {
   check.instance(pool, ThinPool, 'pool');
   check.func(fn, 'fn');
-  await using live = await pool.openMetadata();
+  opts = check.walk(opts, 'withMetadataSnapshot options');
+  await using live = await pool.openMetadata({ signal: opts.signal });
   return await fn(live.metadata);
 }
 

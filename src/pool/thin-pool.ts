@@ -302,15 +302,22 @@ export class ThinPool {
         const status = await this.workingStatus().catch(() => null);
         const held = status?.heldMetadataRoot ?? null;
         if (isMessageError(refusal, 'ENOTSUP') || held === null) {
-          // None held: either the holder released it between the reserve and
-          // the status (try again, a few times), or the pool is not writable.
-          if (held === null && status?.mode === 'rw' && releasedMeanwhile++ < 5) break;
+          // None held after EBUSY: the holder released it between the reserve and
+          // the status (try again, a few times). A pool out of data space still
+          // serves messages; one in read-only mode or needing a check does not.
+          const serves = status !== null && status.mode !== 'ro' && status.needsCheck !== true;
+          if (held === null && isMessageError(refusal, 'EBUSY') && serves && releasedMeanwhile++ < 5) break;
           throw notWritable(this.name, refusal, status);
         }
         const owner = ownerOf(this.name, Number(held));
         if (owner.kind === 'orphaned' && orphansReleased++ < 3) {
           // Left held by a dmthin process that was killed: released, then reserved afresh.
-          await this.releaseMetadataSnap();
+          // Another dmthin may have found the same orphan: released already (EINVAL), or
+          // released and reserved afresh (the root moved): then only try again.
+          const now = (await this.workingStatus().catch(() => null))?.heldMetadataRoot ?? null;
+          if (now === held) await this.releaseMetadataSnap().catch((e: unknown) => {
+            if (!isMessageError(e, 'EINVAL')) throw e;
+          });
           break;
         }
         const now = Date.now();
@@ -355,7 +362,7 @@ export class ThinPool {
    * (`break`). Blocks both map the same are skipped unless `includeSame`.
    */
   async *changedBlocks(baseId: number, snapId: number, opts: DeltaOptions = {}): AsyncGenerator<DeltaExtent> {
-    await using live = await this.openMetadata();
+    await using live = await this.openMetadata({ signal: opts?.signal });
     yield* live.metadata.delta(baseId, snapId, { includeSame: false, ...opts });
   }
 
@@ -392,7 +399,9 @@ export class ThinPool {
       // 'held-or-reserve' and a snapshot another dmthin holds (running: it
       // releases it when its command ends, perhaps mid-read here; or killed):
       // reserved, which waits for it or frees it. Anyone else's is read as held.
-      const dmthins = held !== null && use === 'held-or-reserve' && opts.root === undefined && ownerOf(this.name, Number(held)).kind !== 'unknown';
+      const owner = held !== null && use === 'held-or-reserve' && opts.root === undefined ? ownerOf(this.name, Number(held)) : { kind: 'unknown' as const };
+      // This process's own snapshot is read through, as before (reserving would only find it held).
+      const dmthins = owner.kind === 'orphaned' || (owner.kind === 'running' && owner.pid !== process.pid);
       if (held !== null && !dmthins) {
         if (opts.root !== undefined && opts.root !== Number(held)) {
           throw new UsageError(`metadata snapshot at block ${opts.root} does not match the held root ${held} of ${this.name}`);

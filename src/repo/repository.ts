@@ -831,9 +831,10 @@ export class Repository implements AsyncDisposable {
         if (!isBackupId(id)) continue;
         lock.check();
         await this.backend.delete([`backups/${id}`], { signal });
-        await this.backend.delete([`maps/${id}`], { signal });
+        // Gone from listings with its header: said so now, also if the map's delete then fails.
         deletedBackups++;
         opts.onBackupDeleted?.(id);
+        await this.backend.delete([`maps/${id}`], { signal });
       }
       // Mark: journals. Under the exclusive lock no session is live; a dead one's journal still protects its chunks (for its resume) until it expires.
       const liveSessions = new Set((await this.locks.scan(signal)).filter((l: FoundLock) => !this.locks.isStale(l) && l.info?.session).map((l) => l.info!.session!));

@@ -5,7 +5,7 @@
  * record or a damaged one never do.
  */
 import { spawnSync } from 'node:child_process';
-import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { dropRecord, forgetHeld, ownerOf, recordHeld } from '../../src/pool/held-record';
 import { scratch, type Scratch } from '../stream/helpers';
@@ -81,6 +81,25 @@ test('a first directory that cannot be written (/var/lib read-only): the record 
     recordHeld('pool-f', 6);
     dropRecord('pool-f');
     expect(readdirSync(fallback)).toEqual([]);
+  } finally {
+    process.env.DMTHIN_HELD_DIR = before;
+  }
+});
+
+test('a live record of the held root in the fallback wins over a dead one left in the first directory (review: the next reserve would release a live reader\'s snapshot)', () => {
+  const before = process.env.DMTHIN_HELD_DIR;
+  const first = join(s.dir, 'two-var');
+  const fallback = join(s.dir, 'two-run');
+  process.env.DMTHIN_HELD_DIR = `${first}:${fallback}`;
+  try {
+    mkdirSync(first);
+    const bootId = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+    const gone = spawnSync('true').pid!;
+    writeFileSync(join(first, 'pool.json'), JSON.stringify({ format: 'dmthin-held-metadata-snap', version: 1, pool: 'pool', root: 9, pid: gone, startTime: '1', bootId }));
+    // The first directory cannot take a new record now (its temporary name is taken by a directory).
+    mkdirSync(join(first, `pool.json.${process.pid}.tmp`));
+    recordHeld('pool', 9);
+    expect(ownerOf('pool', 9)).toEqual({ kind: 'running', pid: process.pid });
   } finally {
     process.env.DMTHIN_HELD_DIR = before;
   }

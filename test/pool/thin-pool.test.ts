@@ -283,6 +283,70 @@ describe('MetadataSnapshot and the release guard', () => {
     }
   });
 
+  test("held-or-reserve by the process that holds the snapshot reads through it, as documented (review: it reserved, and failed with EBUSY)", async () => {
+    const k = fakePool();
+    const pool = await ThinPool.open('pool', { dm: k.dm });
+    const snap = await pool.reserveMetadataSnap();
+    const e = await pool.openMetadata({ snapshot: 'held-or-reserve' }).then(
+      () => undefined,
+      (x: unknown) => x,
+    );
+    // The fake has no metadata device to open: what matters is that no second reserve was sent.
+    expect((e as { code?: string } | undefined)?.code).not.toBe('EBUSY');
+    expect(k.messages.filter((m) => m === 'reserve_metadata_snap')).toHaveLength(1);
+    await snap.release();
+  });
+
+  test('two reserves that find the same orphan: the second never fails releasing what the first released (EINVAL), nor releases its new snapshot (review)', async () => {
+    const k = fakePool();
+    k.state.held = 9;
+    const gone = spawnSync('true').pid!;
+    const bootId = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+    writeFileSync(join(heldDir, 'pool.json'), JSON.stringify({ format: 'dmthin-held-metadata-snap', version: 1, pool: 'pool', root: 9, pid: gone, startTime: '1', bootId }));
+    const [a, b] = [await ThinPool.open('pool', { dm: k.dm }), await ThinPool.open('pool', { dm: k.dm })];
+    const [x, y] = await Promise.allSettled([a.reserveMetadataSnap({ waitMs: 0 }), b.reserveMetadataSnap({ waitMs: 0 })]);
+    const won = [x, y].filter((r) => r.status === 'fulfilled');
+    expect(won).toHaveLength(1);
+    const snap = (won[0] as PromiseFulfilledResult<Awaited<ReturnType<ThinPool['reserveMetadataSnap']>>>).value;
+    expect(k.state.held).toBe(snap.root); // the winner's snapshot is still held
+    // In one process the other finds its own process holding it (two processes would wait): EBUSY, not EINVAL.
+    const lost = [x, y].find((r) => r.status === 'rejected') as PromiseRejectedResult;
+    expect(lost.reason).toMatchObject({ code: 'EBUSY' });
+    await snap.release();
+  });
+
+  test('a pool out of data space still serves messages: the wait for another dmthin ends in a reserve (review: "cannot reserve ... in out_of_data_space mode")', async () => {
+    const k = fakePool();
+    k.state.held = 9;
+    k.state.mode = 'out_of_data_space';
+    const holder = runningHolder(9);
+    try {
+      const pool = await ThinPool.open('pool', { dm: k.dm });
+      setTimeout(() => (k.state.held = 0), 300);
+      const snap = await pool.reserveMetadataSnap();
+      expect(k.state.held).toBe(snap.root);
+      await snap.release();
+    } finally {
+      holder.kill();
+    }
+  });
+
+  test("changedBlocks' signal ends the wait for another dmthin's snapshot (review: it was not passed on)", async () => {
+    const k = fakePool();
+    k.state.held = 9;
+    const holder = runningHolder(9);
+    try {
+      const pool = await ThinPool.open('pool', { dm: k.dm });
+      const ac = new AbortController();
+      setTimeout(() => ac.abort(), 100);
+      const t0 = Date.now();
+      await expect(pool.changedBlocks(1, 2, { signal: ac.signal }).next()).rejects.toMatchObject({ name: 'AbortError' });
+      expect(Date.now() - t0).toBeLessThan(3000);
+    } finally {
+      holder.kill();
+    }
+  });
+
   test('not writable: read_only mode is said as such, not as damage to repair', async () => {
     const k = fakePool();
     k.state.mode = 'ro';
