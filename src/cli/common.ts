@@ -293,15 +293,27 @@ const GETOPT_COMMANDS = new Set(['dump', 'ls', 'delta', 'rmap', 'check']);
  * arguments".
  */
 export function expandLongOptionPrefixes(argv: string[], cmd: Command | undefined): string[] {
-  if (cmd === undefined || cmd.commands.length > 0) return argv;
+  if (cmd === undefined) return argv;
+  if (cmd.commands.length > 0) {
+    // A command group (backups, pool): its subcommand's options, the group's name kept in front.
+    const sub = cmd.commands.find((c) => c.name() === argv[1]);
+    return sub ? [argv[0], ...expandOptions(argv.slice(1), sub, `${cmd.name()} ${sub.name()}`)] : argv;
+  }
+  return expandOptions(argv, cmd, cmd.name());
+}
+
+function expandOptions(argv: string[], cmd: Command, path: string): string[] {
+  if (cmd.commands.length > 0) return argv;
   // Both names of an option with two long ones ('--snap1, --thin1': commander keeps the first as its short name).
   const longs = cmd.options.filter((o) => !o.hidden).flatMap((o) => [o.short, o.long].filter((f): f is string => f?.startsWith('--') === true));
   longs.push('--help', '--version');
   const getopt = GETOPT_COMMANDS.has(cmd.name());
   const refuse = (what: string): never => {
-    throw new UsageError(`${what}; see 'dmthin ${cmd.name()} --help'`);
+    throw new UsageError(`${what}; see 'dmthin ${path} --help'`);
   };
   return mapOptionTokens(argv, cmd, (a) => {
+    // getopt reads -hV as -h -V, and -h prints the usage whatever follows.
+    if (getopt && /^-h[A-Za-z]+$/.test(a)) return '--help';
     // Only where getopt reads the command line: other commands take negative numbers as words (message's).
     if (getopt && /^-[0-9]/.test(a) && valueOf(cmd, a) === undefined && !cmd.options.some((o) => o.short === a)) refuse(`unknown option '${a}'`);
     const m = /^(--[^=]+)(=.*)?$/.exec(a);
@@ -309,7 +321,8 @@ export function expandLongOptionPrefixes(argv: string[], cmd: Command | undefine
     const hits = longs.filter((l) => l.startsWith(m[1]));
     if (hits.length === 0) return a;
     if (getopt && hits.length === 1) return hits[0] + (m[2] ?? '');
-    return refuse(getopt ? `option '${m[1]}' is ambiguous: ${hits.join(', ')}` : `unknown option '${m[1]}' (did you mean ${hits.join(' or ')}?)`);
+    const choices = hits.length === 1 ? hits[0] : `${hits.slice(0, -1).join(', ')} or ${hits[hits.length - 1]}`;
+    return refuse(getopt ? `option '${m[1]}' is ambiguous: ${hits.join(', ')}` : `unknown option '${m[1]}' (did you mean ${choices}?)`);
   });
 }
 

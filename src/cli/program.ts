@@ -67,7 +67,8 @@ export async function main(argv: string[]): Promise<number> {
   routeParserErrors(program, 'dmthin');
   try {
     const named = program.commands.find((c) => c.name() === first);
-    if (named) name = `dmthin ${named.name()}`;
+    const sub = named?.commands.find((c) => c.name() === argv[1]);
+    if (named) name = `dmthin ${named.name()}${sub ? ` ${sub.name()}` : ''}`;
     await program.parseAsync(rewriteMetadataSnapArgs(expandLongOptionPrefixes(argv, named), named), { from: 'user' });
     await finishStdout();
     if (ctx) await ctx.runCleanups();

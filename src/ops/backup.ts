@@ -226,6 +226,7 @@ async function findBase(
   deviceSize: number,
   o: CommonBackupOptions,
   dataImage: string | undefined,
+  unsound: (b: BackupSummary) => Promise<boolean>,
 ): Promise<{ backup: BackupSummary; devId: number } | null> {
   for (let i = candidates.length - 1; i >= 0; i--) {
     const b = candidates[i];
@@ -244,6 +245,7 @@ async function findBase(
       );
       continue;
     }
+    if (await unsound(b)) continue;
     return { backup: b, devId: d.devId };
   }
   return null;
@@ -267,11 +269,12 @@ async function plan(
   poolId: string | undefined,
   deviceSize: number,
   addressing: 'virtual' | 'data',
+  unsound: (b: BackupSummary) => Promise<boolean>,
   dataImage?: string,
 ): Promise<Plan> {
   const blockBytes = md.superblock.dataBlockSize * SECTOR_SIZE;
   const chunkSize = chunkSizeFor(blockBytes);
-  const found = o.full ? null : await findBase(md, candidates, poolId, chunkSize, deviceSize, o, dataImage);
+  const found = o.full ? null : await findBase(md, candidates, poolId, chunkSize, deviceSize, o, dataImage, unsound);
   const onProgress = (): void => o.onProgress?.({ phase: 'metadata', chunksRead: 0, bytesRead: 0, bytesUploaded: 0 });
   if (found && found.devId === o.snap) {
     // The very snapshot backed up before: nothing changed.
@@ -312,14 +315,13 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
   try {
     // A base can be deleted (prune) between listing it and reading its map: plan
     // again against the backups that are left, and after two such losses take a full backup.
-    // Chunks verify --repair removed and no backup has stored again (usually none: one listing).
-    const removed = await repo.removedChunks({ signal: opts.signal });
     for (let lost = 0; ; lost++) {
       const o = lost >= 2 ? { ...opts, full: true } : opts;
       try {
-        const r = 'pool' in o ? await fromPool(repo, o, removed) : await fromImage(repo, o, removed);
-        if (removed.size > 0) await clearMarkers(repo, removed, o);
-        return r;
+        // Chunks verify --repair removed and no backup has stored again (usually none: one listing);
+        // read again under the session's lock before anything is stored (store()).
+        const removed = await repo.removedChunks({ signal: opts.signal });
+        return 'pool' in o ? await fromPool(repo, o, removed) : await fromImage(repo, o, removed);
       } catch (e) {
         // The only map a backup reads is its base's: say how to get past it.
         if (e instanceof RepoError && (e.reason === 'corrupt' || e.reason === 'format') && e.key?.startsWith('maps/')) {
@@ -342,14 +344,15 @@ async function fromImage(repo: Repository, o: ImageBackupOptions, removed: Reado
     });
   }
   const started = Date.now();
-  const candidates = await readableBackups(repo, o, removed);
+  const candidates = await readableBackups(repo, o);
   const md = await ThinMetadata.open(o.metadata, { metadataSnap: o.metadataSnap });
   try {
     const source = await NativeDataSource.open(o.data, { addressing: 'data' });
     try {
       // Without a pool id given, the pool is known by its metadata alone: the data image is part of what the snapshot is.
-      const p = await plan(md, o, candidates, o.poolId, o.deviceSize, 'data', o.poolId === undefined ? (targetIdentity(o.data) ?? undefined) : undefined);
-      return await store(repo, p, source, o.deviceSize, o, started);
+      const unsound = (b: BackupSummary) => namesRemoved(repo, b, removed, o);
+      const p = await plan(md, o, candidates, o.poolId, o.deviceSize, 'data', unsound, o.poolId === undefined ? (targetIdentity(o.data) ?? undefined) : undefined);
+      return await store(repo, p, source, o.deviceSize, o, started, removed);
     } finally {
       await source.close();
     }
@@ -372,19 +375,19 @@ async function fromPool(repo: Repository, o: PoolBackupOptions, removed: Readonl
       }),
   });
   const size = thin.deviceSize;
-  const candidates = await readableBackups(repo, o, removed);
+  const candidates = await readableBackups(repo, o);
 
   await using extents = new ExtentStore({ tmpDir: o.tmpDir });
   // The metadata snapshot is held for the walk only (withMetadataSnapshot releases it on every path).
   const p = await withMetadataSnapshot(pool, async (md) => {
-    const x = await plan(md, o, candidates, thin.poolId, size, 'virtual');
+    const x = await plan(md, o, candidates, thin.poolId, size, 'virtual', (b) => namesRemoved(repo, b, removed, o));
     for await (const e of x.extents) await extents.add(e);
     await extents.seal();
     return { ...x, extents: extents as AsyncIterable<SendExtent>, dataBlocksToRead: x.dataBlocksToRead ?? extents.totals.dataBlocks };
   }, { signal: o.signal });
   throwIfAborted(o.signal);
   return withThinData(pool, o.snap, thin, { prefix: 'dmthin-backup', readNothing: size === 0 || p.dataBlocksToRead === 0, nothing: nothingToRead }, (source) =>
-    store(repo, p, source, size, o, started),
+    store(repo, p, source, size, o, started, removed),
   );
 }
 
@@ -393,28 +396,27 @@ async function fromPool(repo: Repository, o: PoolBackupOptions, removed: Readonl
  * unknown) is skipped with a warning: the base is then an older backup, or
  * none (a full read), never a guess.
  */
-async function readableBackups(repo: Repository, o: CommonBackupOptions, removed: ReadonlySet<string>): Promise<BackupSummary[]> {
-  const all = await repo.listBackups({
+function readableBackups(repo: Repository, o: CommonBackupOptions): Promise<BackupSummary[]> {
+  return repo.listBackups({
     volume: o.volume,
     signal: o.signal,
     onDamaged: (d) =>
       o.onWarning?.(`backup ${d.id} cannot be read (${d.error.message}); skipped, not used as a base: delete it with dmthin backups delete --repo ${repo.location} --backup ${d.id}`),
   });
-  if (removed.size === 0) return all;
-  // A base copies its references: one naming a chunk a repair removed would make this backup unrestorable, exit 0.
-  const sound: BackupSummary[] = [];
-  const unsound: string[] = [];
-  for (const b of all) {
-    if (await repo.namesAnyChunk(b.id, removed, { signal: o.signal })) unsound.push(b.id);
-    else sound.push(b);
-  }
-  if (unsound.length > 0) {
-    o.onWarning?.(
-      `${unsound.length === 1 ? `backup ${unsound[0]} names a chunk` : `${unsound.length} backups of ${o.volume} (${unsound.join(', ')}) name chunks`} that verify --repair removed: not used as a base, so this backup reads what it needs itself ` +
-        `(and stores those chunks again where the data still holds them, which makes those backups whole again)`,
-    );
-  }
-  return sound;
+}
+
+/**
+ * Whether backup `b` names a chunk a repair removed (`removed`: the markers):
+ * such a base would pass the hole on, exit 0. Asked only of the base a
+ * backup would take, newest first (a manifest read each), and only while
+ * markers exist.
+ */
+async function namesRemoved(repo: Repository, b: BackupSummary, removed: ReadonlySet<string>, o: CommonBackupOptions): Promise<boolean> {
+  if (removed.size === 0 || !(await repo.namesAnyChunk(b.id, removed, { signal: o.signal }))) return false;
+  o.onWarning?.(
+    `backup ${b.id} names a chunk that verify --repair removed: not used as a base (this backup reads what it needs itself, and stores such chunks again where its data still holds them, which makes the backups naming them whole again)`,
+  );
+  return true;
 }
 
 /**
@@ -422,9 +424,9 @@ async function readableBackups(repo: Repository, o: CommonBackupOptions, removed
  * again, and so are the backups naming them. Best effort: the backup stands
  * either way (a marker left only costs the next backup its base).
  */
-async function clearMarkers(repo: Repository, removed: ReadonlySet<string>, o: CommonBackupOptions): Promise<void> {
+async function clearMarkers(repo: Repository, restored: ReadonlySet<string>, o: CommonBackupOptions): Promise<void> {
   try {
-    await repo.clearRemovedMarkers(removed, { signal: o.signal });
+    await repo.clearRemovedMarkers(restored, { signal: o.signal });
   } catch (e) {
     o.onWarning?.(`the backup is committed, but the repository's record of chunks verify --repair removed could not be updated (${(e as Error).message}): the next backup may read more than it needs`);
   }
@@ -479,7 +481,7 @@ type Slot = { kind: 'entry'; entry: ManifestEntry } | { kind: 'batch'; done: Pro
  * each of its chunks is stored, and the manifest is complete (committed)
  * only after the last one.
  */
-async function store(repo: Repository, p: Plan, source: DataSource, deviceSize: number, o: CommonBackupOptions, started: number): Promise<BackupResult> {
+async function store(repo: Repository, p: Plan, source: DataSource, deviceSize: number, o: CommonBackupOptions, started: number, removed: ReadonlySet<string>): Promise<BackupResult> {
   const bs = p.blockBytes;
   const cs = chunkSizeFor(bs);
   const perBlock = bs / cs;
@@ -499,6 +501,10 @@ async function store(repo: Repository, p: Plan, source: DataSource, deviceSize: 
   const kill = killAfterCount(); // test seam (ops/test-seams.ts)
 
   await using session: BackupSession = await repo.beginBackup(o.volume, { signal: o.signal, onWarning: o.onWarning });
+  // A repair between the plan and the session's lock (its exclusive lock excludes the session's) may have
+  // removed a chunk the base names: nothing is stored yet, so plan again against the markers as they are now.
+  const fresh = [...session.markedIds].filter((id) => !removed.has(id));
+  if (p.base && fresh.length > 0 && (await repo.namesAnyChunk(p.base.id, new Set(fresh), { signal: o.signal }))) throw new BaseGone();
   // Ids stored by this run (or in flight): a chunk repeated in the volume is put once.
   const putting = new Map<string, Promise<void>>();
   const stored = new Set<string>();
@@ -672,6 +678,8 @@ async function store(repo: Repository, p: Plan, source: DataSource, deviceSize: 
     // A failure part-way leaves the base's manifest stream open: close it.
     await baseEntries?.return?.().catch(() => undefined);
   }
+  // Committed: the removed chunks it wrote again are sound, and so are the backups naming them.
+  if (session.restoredMarked.size > 0) await clearMarkers(repo, session.restoredMarked, o);
   progress();
   return {
     id: summary.id,

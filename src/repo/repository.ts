@@ -121,6 +121,10 @@ export interface BackupSession extends AsyncDisposable {
   putChunk(plain: Uint8Array, opts?: PutChunkOptions): Promise<PutResult>;
   /** Ids stored by an interrupted earlier session of the same volume and found in the repository by beginBackup (resume: skip them). */
   readonly resumedIds: ReadonlySet<string>;
+  /** Chunks a repair removed (their markers, read under the session's lock): putChunk writes them over whatever is there. */
+  readonly markedIds: ReadonlySet<string>;
+  /** Those of markedIds this session has written: once it commits, their markers can go (Repository.clearRemovedMarkers). */
+  readonly restoredMarked: ReadonlySet<string>;
   /**
    * Writes the manifest LAST (the commit point); entries in strictly
    * increasing index. Read a base backup's manifest after beginBackup, so
@@ -426,12 +430,15 @@ export class Repository implements AsyncDisposable {
         for (const x of ids) resumed.add(x);
         adopted.push(seg.key);
       }
+      // Read under the lock: no repair (exclusive) runs until this session ends.
+      const marked = await this.removedChunks(opts);
+      for (const x of marked) resumed.delete(x); // a journal's copy of it may be the damaged one
       const lost = await this.dropAbsent(resumed, opts.signal);
       if (lost > 0)
         opts.onWarning?.(
           `${lost} chunk${lost === 1 ? '' : 's'} an interrupted backup of ${volume} stored ${lost === 1 ? 'is' : 'are'} no longer in the repository (was it copied while that backup ran, or were chunks deleted?): ${lost === 1 ? 'it is' : 'they are'} uploaded again`,
         );
-      return new Session(this, this.backend, this.keys, this.comp, id, volume, this.volumeTag(volume), lock, resumed, adopted);
+      return new Session(this, this.backend, this.keys, this.comp, id, volume, this.volumeTag(volume), lock, resumed, adopted, marked);
     } catch (e) {
       await lock.release().catch(() => undefined);
       throw e;
@@ -883,6 +890,13 @@ export class Repository implements AsyncDisposable {
         if (batch.length >= DELETE_BATCH) await flush();
       }
       if (batch.length) await flush();
+      // Markers of removed chunks no backup names any more: nothing is left to heal.
+      const staleMarkers: string[] = [];
+      for await (const o of this.backend.list('removed/', { signal })) {
+        const id = o.key.slice('removed/'.length);
+        if (!keep.has(id)) staleMarkers.push(o.key);
+      }
+      if (staleMarkers.length) await this.backend.delete(staleMarkers, { signal });
       // A killed writer's temporary files (local directories): no backup runs
       // under this lock, so every one is dead, except in locks/, which other
       // processes write to take or test a lock.
@@ -935,9 +949,12 @@ class Session implements BackupSession {
     private readonly lock: HeldLock,
     readonly resumedIds: ReadonlySet<string>,
     private readonly adopted: readonly string[],
+    readonly markedIds: ReadonlySet<string> = new Set(),
   ) {
     this.known = new Set(resumedIds);
   }
+
+  readonly restoredMarked = new Set<string>();
 
   private open(): void {
     if (this.done) throw new RepoError('config', `backup session ${this.id} is already committed or closed`);
@@ -954,7 +971,14 @@ class Session implements BackupSession {
     const key = chunkKey(id);
     let stored = false;
     let storedBytes = 0;
-    if (!(await this.backend.stat(key, opts))) {
+    if (this.markedIds.has(id)) {
+      // Removed by a repair (or its copy damaged, the repair killed before deleting it): written
+      // over whatever is there, so that this backup names a sound chunk.
+      const body = await sealAsync(plain, key, this.keys, this.comp);
+      stored = await this.backend.put(key, body, { signal: opts.signal });
+      storedBytes = body.length;
+      this.restoredMarked.add(id);
+    } else if (!(await this.backend.stat(key, opts))) {
       const body = await sealAsync(plain, key, this.keys, this.comp);
       stored = await this.backend.put(key, body, { ifAbsent: true, checkedAbsent: true, signal: opts.signal });
       if (stored) storedBytes = body.length;

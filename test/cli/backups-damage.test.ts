@@ -368,7 +368,7 @@ test('after verify --repair, the next backup (an incremental, not --full) takes 
   // The snapshot is unchanged: an incremental over the first backup would read nothing and copy the hole.
   const b = cli(offline(2, repo, 'vm1', ['--json', '-q']));
   expect(b.status).toBe(0);
-  expect(oneLine(b.stderr)).toBe(`dmthin backup: warning: backup ${first} names a chunk that verify --repair removed: not used as a base, so this backup reads what it needs itself (and stores those chunks again where the data still holds them, which makes those backups whole again)`);
+  expect(oneLine(b.stderr)).toBe(`dmthin backup: warning: backup ${first} names a chunk that verify --repair removed: not used as a base (this backup reads what it needs itself, and stores such chunks again where its data still holds them, which makes the backups naming them whole again)`);
   const second = JSON.parse(b.stdout);
   expect(second.base).toBeNull();
   expect(second.chunksNew).toBe(1);

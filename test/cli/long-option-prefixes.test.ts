@@ -62,6 +62,25 @@ test('a prefix of options where no prefix is taken (send, receive, backup...): r
   });
 });
 
+test('subcommands of a group (backups, pool) name the options a prefix begins too (outside hunt R: "did you mean --help?", or a missing --repo for --rep)', () => {
+  for (const [args, line] of [
+    [['backups', 'prune', '--keep', '1'], "dmthin backups prune: unknown option '--keep' (did you mean --keep-last, --keep-daily or --keep-weekly?); see 'dmthin backups prune --help' [EINVAL]\n"],
+    [['backups', 'verify', '--rep', 'R'], "dmthin backups verify: unknown option '--rep' (did you mean --repo or --repair?); see 'dmthin backups verify --help' [EINVAL]\n"],
+  ] as const) {
+    const r = runCli([...args]);
+    expect({ status: r.status, stderr: r.stderr }).toEqual({ status: 1, stderr: line });
+  }
+});
+
+itOracle('-hV (and -hq) on the getopt commands is -h: the usage, exit 0, as thin_* read it (outside hunt R: unknown option)', () => {
+  for (const [cmd, flags] of [['dump', '-hV'], ['ls', '-hV'], ['check', '-hq']] as const) {
+    expect(runOracle(`thin_${cmd}`, [flags]).status).toBe(0);
+    const r = runCli([cmd, flags]);
+    expect({ status: r.status, stderr: r.stderr }).toEqual({ status: 0, stderr: '' });
+    expect(r.stdout).toMatch(new RegExp(`^Usage: dmthin ${cmd} `));
+  }
+});
+
 test('an option that looks like a negative number is an unknown option, as getopt says, not "too many arguments" (found by an outside hunt)', () => {
   using f = fixtureFile('basic');
   for (const cmd of ['check', 'dump', 'ls']) {
