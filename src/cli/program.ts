@@ -195,8 +195,34 @@ export function run(argv: string[]): void {
     }
     armExitGuard(code, EXIT_GRACE_MS);
   };
-  main(argv).then(end, (e) => {
-    process.stderr.write(errorLine('dmthin', e) + '\n');
-    end(EXIT_FAILURE);
+  // An exit status is a promise: should the command's work stop without
+  // settling (a promise nothing will resolve, the event loop empty), Node would
+  // end the process with 0. It ends with 1 and says so instead.
+  let settled = false;
+  process.exitCode = EXIT_FAILURE;
+  process.once('beforeExit', () => {
+    if (settled) return;
+    process.stderr.write(
+      errorLine(commandName(argv), new DmthinError('EUNKNOWN', 'internal error: the command stopped before it finished (its work was left waiting on nothing); what it did is incomplete, run it again')) + '\n',
+    );
+    process.exitCode = EXIT_FAILURE;
   });
+  main(argv).then(
+    (code) => {
+      settled = true;
+      end(code);
+    },
+    (e) => {
+      settled = true;
+      process.stderr.write(errorLine('dmthin', e) + '\n');
+      end(EXIT_FAILURE);
+    },
+  );
+}
+
+/** `dmthin CMD [SUB]` of a command line, for a line written when main() could not say it. */
+function commandName(argv: string[]): string {
+  const [cmd, sub] = argv;
+  if (cmd === undefined || !Object.hasOwn(COMMANDS, cmd)) return 'dmthin';
+  return (cmd === 'backups' || cmd === 'pool') && sub !== undefined && /^[a-z-]+$/.test(sub) ? `dmthin ${cmd} ${sub}` : `dmthin ${cmd}`;
 }

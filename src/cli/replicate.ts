@@ -128,7 +128,8 @@ export function register(program: Command, ctx: () => CliContext): void {
           }
         }
       } catch (e) {
-        if (e instanceof DmthinError) e.message = e.message.replace(/option deviceSize\b/g, '--size');
+        // The library's option names in the CLI's words (a receive's refusals reach replicate as they are).
+        if (e instanceof DmthinError) e.message = e.message.replace(/option deviceSize\b/g, '--size').replace(/option create grows the file/g, '--create grows the file');
         throw e;
       } finally {
         bar.stop();

@@ -296,11 +296,18 @@ export class ThinPool {
         refusal = e;
       }
       // Refused: looked at (status, record) until it can be reserved, without
-      // asking the kernel again before then.
-      const unrecordedSince = Date.now();
+      // asking the kernel again before then. The grace for a record is counted
+      // from when this root was first seen held: another waiter may have just
+      // reserved it after the one waited for released (outside hunt Q).
+      let unrecordedSince = Date.now();
+      let seen: bigint | number | null = null;
       for (;;) {
         const status = await this.workingStatus().catch(() => null);
         const held = status?.heldMetadataRoot ?? null;
+        if (held !== seen) {
+          seen = held;
+          unrecordedSince = Date.now();
+        }
         if (isMessageError(refusal, 'ENOTSUP') || held === null) {
           // None held after EBUSY: the holder released it between the reserve and
           // the status (try again, a few times). A pool out of data space still
@@ -399,7 +406,15 @@ export class ThinPool {
       // 'held-or-reserve' and a snapshot another dmthin holds (running: it
       // releases it when its command ends, perhaps mid-read here; or killed):
       // reserved, which waits for it or frees it. Anyone else's is read as held.
-      const owner = held !== null && use === 'held-or-reserve' && opts.root === undefined ? ownerOf(this.name, Number(held)) : { kind: 'unknown' as const };
+      let owner = held !== null && use === 'held-or-reserve' && opts.root === undefined ? ownerOf(this.name, Number(held)) : { kind: 'unknown' as const };
+      // No record yet may be a dmthin that has just reserved it and not yet written its record (milliseconds):
+      // looked at again for a moment before it counts as someone else's, to be read as held (outside hunt Q).
+      for (let i = 0; held !== null && use === 'held-or-reserve' && opts.root === undefined && owner.kind === 'unknown' && i < HELD_RECORD_POLLS; i++) {
+        await pauseUnlessInterrupted(50, opts.signal, this.name);
+        const now = (await this.workingStatus()).heldMetadataRoot;
+        if (now !== held) return this.openMetadata(opts); // released or replaced meanwhile: decide afresh
+        owner = ownerOf(this.name, Number(held));
+      }
       // This process's own snapshot is read through, as before (reserving would only find it held).
       const dmthins = owner.kind === 'orphaned' || (owner.kind === 'running' && owner.pid !== process.pid);
       if (held !== null && !dmthins) {
@@ -595,6 +610,8 @@ export interface ReserveOptions {
 const DEFAULT_RESERVE_WAIT_MS = 60_000;
 /** Node's timer limit (2^31-1 ms, 24.8 days). */
 const MAX_RESERVE_WAIT_MS = 2 ** 31 - 1;
+/** Looks (50 ms apart) at a held snapshot without a record before -m reads it as someone else's. */
+const HELD_RECORD_POLLS = 4;
 /** How often a held snapshot is looked at again while waiting. */
 const RESERVE_POLL_MS = 100;
 /**

@@ -88,3 +88,19 @@ test('the guard is armed once, clamps the status to 8 bits, refuses a bad grace;
   const ends = spawnSync(process.execPath, ['-e', code, 'end'], { encoding: 'utf8', timeout: 20_000, killSignal: 'SIGKILL' });
   expect(ends.status).toBe(3);
 });
+
+test('a command whose work is left waiting on nothing (a promise never settled, the event loop empty) ends with 1 and a line, not 0 (outside hunt Q: replicate exited 0 having done nothing)', () => {
+  const script = join(dir, 'hang.js');
+  writeFileSync(
+    script,
+    `const { COMMANDS } = require(${JSON.stringify(join(ROOT, 'dist', 'cli', 'commands.js'))});
+     COMMANDS.ls = () => ({ register(p) { p.command('ls').action(() => new Promise(() => {})); } });
+     require(${JSON.stringify(join(ROOT, 'dist', 'cli', 'program.js'))}).run(['ls']);`,
+  );
+  const r = spawnSync(process.execPath, [script], { encoding: 'utf8', timeout: 20_000 });
+  expect({ status: r.status, stdout: r.stdout, stderr: r.stderr }).toEqual({
+    status: 1,
+    stdout: '',
+    stderr: 'dmthin ls: internal error: the command stopped before it finished (its work was left waiting on nothing); what it did is incomplete, run it again [EUNKNOWN]\n',
+  });
+});

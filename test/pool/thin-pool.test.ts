@@ -347,6 +347,45 @@ describe('MetadataSnapshot and the release guard', () => {
     }
   });
 
+  test('the holder waited for releases and another dmthin reserves before it writes its record: still waited for, not "another program" (outside hunt Q)', async () => {
+    const k = fakePool();
+    k.state.held = 9;
+    const first = runningHolder(9);
+    let second: { kill(): void } | undefined;
+    try {
+      const pool = await ThinPool.open('pool', { dm: k.dm });
+      setTimeout(() => {
+        first.kill();
+        k.state.held = 30; // another waiter's reserve: its record comes a moment later
+      }, 1300);
+      setTimeout(() => (second = runningHolder(30)), 1600);
+      setTimeout(() => (k.state.held = 0), 2000);
+      const snap = await pool.reserveMetadataSnap();
+      expect(k.state.held).toBe(snap.root);
+      await snap.release();
+    } finally {
+      first.kill();
+      second?.kill();
+    }
+  });
+
+  test('held-or-reserve: a held snapshot without a record is looked at again for a moment (a dmthin that has just reserved it writes its record after): then waited for, not read through (outside hunt Q)', async () => {
+    const k = fakePool();
+    k.state.held = 9;
+    let holder: { kill(): void } | undefined;
+    try {
+      const pool = await ThinPool.open('pool', { dm: k.dm });
+      setTimeout(() => (holder = runningHolder(9)), 60);
+      setTimeout(() => (k.state.held = 0), 400);
+      const t0 = Date.now();
+      await pool.openMetadata({ snapshot: 'held-or-reserve' }).catch(() => undefined); // no metadata device in the fake
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(350); // waited for the other's release (read through at once before)
+      expect(k.messages).toContain('reserve_metadata_snap'); // then its own
+    } finally {
+      holder?.kill();
+    }
+  });
+
   test('not writable: read_only mode is said as such, not as damage to repair', async () => {
     const k = fakePool();
     k.state.mode = 'ro';

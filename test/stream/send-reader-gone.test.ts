@@ -57,3 +57,20 @@ test('a reader that closes after 100,000 bytes: exit 141 every time, no crash (1
     expect({ code: r.code, signal: r.signal, stderr: r.stderr }).toEqual({ code: 141, signal: null, stderr: '' });
   }
 }, 120_000);
+
+test('a PassThrough destroyed under a pending write (an in-process receiver that failed): the send fails with that error, it does not wait on a callback that never comes (outside hunt Q: replicate exited 0, or 139)', async () => {
+  const { PassThrough } = await import('node:stream');
+  const { writeRecords } = await import('../../src/stream/send/send-stream');
+  const pipe = new PassThrough({ highWaterMark: 1024 });
+  async function* gen(): AsyncGenerator<Buffer> {
+    for (let i = 0; i < 100; i++) yield Buffer.alloc(4096);
+  }
+  setTimeout(() => pipe.destroy(new Error('the receiver failed')), 50);
+  const t0 = Date.now();
+  await expect(writeRecords(gen(), pipe)).rejects.toThrow('the receiver failed');
+  expect(Date.now() - t0).toBeLessThan(2000);
+  // Destroyed without an error: EPIPE.
+  const closed = new PassThrough({ highWaterMark: 1024 });
+  setTimeout(() => closed.destroy(), 50);
+  await expect(writeRecords(gen(), closed)).rejects.toMatchObject({ code: 'EPIPE' });
+});

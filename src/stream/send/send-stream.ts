@@ -274,11 +274,26 @@ export async function writeRecords(gen: AsyncGenerator<Buffer>, out: Writable, s
     for await (const b of gen) {
       await new Promise<void>((resolve, reject) => {
         // A reader that stops reading must not hold an abort up.
-        const onAbort = (): void => reject(new AbortError(undefined, { cause: signal!.reason }));
+        const onAbort = (): void => {
+          out.off('close', onClose);
+          reject(new AbortError(undefined, { cause: signal!.reason }));
+        };
+        // An output destroyed under a write (a PassThrough whose reader failed)
+        // may never call that write back: its close ends the wait. Without it
+        // the send waited on nothing and an in-process replicate ended with 0.
+        const onClose = (): void => {
+          signal?.removeEventListener('abort', onAbort);
+          const e = failed ?? Object.assign(new Error('the output was closed before the stream was written'), { code: 'EPIPE', syscall: 'write' });
+          failed ??= e;
+          reject(outputError(e));
+        };
         if (signal?.aborted) return onAbort();
+        if (out.destroyed) return onClose();
         signal?.addEventListener('abort', onAbort, { once: true });
+        out.once('close', onClose);
         out.write(b, (e) => {
           signal?.removeEventListener('abort', onAbort);
+          out.off('close', onClose);
           if (e) {
             failed ??= e;
             reject(outputError(e));
