@@ -426,16 +426,16 @@ export const check = {
   },
   /** An options object (null and undefined are taken as none, as Node's own APIs take them). */
   options(o: unknown, what: string): void {
-    if (o !== undefined && o !== null && typeof o !== 'object') throw new UsageError(`${what} must be an object, got ${describe(o)}`);
+    if (o !== undefined && o !== null && typeof o !== 'object') throw new UsageError(`${what} must be an object, got ${describeValue(o)}`);
   },
   /** A non-empty string (a path, a name). */
   string(v: unknown, name: string): void {
-    if (typeof v !== 'string' || v === '') throw new UsageError(`${name} must be a non-empty string, got ${describe(v)}`);
+    if (typeof v !== 'string' || v === '') throw new UsageError(`${name} must be a non-empty string, got ${describeValue(v)}`);
   },
   /** A string whose UTF-16 is well formed (it is recorded as UTF-8: a lone surrogate would become U+FFFD, two values one). */
   wellFormed(v: unknown, name: string): void {
     if (v === undefined) return;
-    if (typeof v !== 'string' || /\p{Surrogate}/u.test(v)) throw new UsageError(`${name} must be a well-formed string (no lone surrogates), got ${describe(v)}`);
+    if (typeof v !== 'string' || /\p{Surrogate}/u.test(v)) throw new UsageError(`${name} must be a well-formed string (no lone surrogates), got ${describeValue(v)}`);
   },
   /** An optional callback. */
   callback(v: unknown, name: string): void {
@@ -443,11 +443,11 @@ export const check = {
   },
   /** A function the call cannot do without. */
   func(v: unknown, name: string): void {
-    if (typeof v !== 'function') throw new UsageError(`${name} must be a function, got ${describe(v)}`);
+    if (typeof v !== 'function') throw new UsageError(`${name} must be a function, got ${describeValue(v)}`);
   },
   /** An optional AbortSignal. */
   signal(v: unknown): void {
-    if (v !== undefined && !(v instanceof AbortSignal)) throw new UsageError(`signal must be an AbortSignal, got ${describe(v)}`);
+    if (v !== undefined && !(v instanceof AbortSignal)) throw new UsageError(`signal must be an AbortSignal, got ${describeValue(v)}`);
   },
   /**
    * The options of a walk (`what`: whose): an object or none, its `signal`
@@ -463,49 +463,45 @@ export const check = {
   },
   /** A whole number of at least `min` (a count, a size, a limit): a negative, fractional or NaN one would be taken silently. */
   integer(v: unknown, name: string, min = 1): void {
-    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min) throw new UsageError(`${name} must be an integer of at least ${min}, got ${describe(v)}`);
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min) throw new UsageError(`${name} must be an integer of at least ${min}, got ${describeValue(v)}`);
   },
   /** An instance of `cls` (a ThinMetadata, a Repository...): a path or null given in its place is named, not a TypeError from inside. */
   instance(v: unknown, cls: { readonly prototype: object; readonly name: string }, name: string): void {
     // instanceof by hand: a class with a private constructor (ThinMetadata) is no `new`-able type.
-    if (!Object.prototype.isPrototypeOf.call(cls.prototype, v as object)) throw new UsageError(`${name} must be ${/^[AEIOU]/.test(cls.name) ? 'an' : 'a'} ${cls.name}, got ${describe(v)}`);
+    if (!Object.prototype.isPrototypeOf.call(cls.prototype, v as object)) throw new UsageError(`${name} must be ${/^[AEIOU]/.test(cls.name) ? 'an' : 'a'} ${cls.name}, got ${describeValue(v)}`);
   },
   /** A name or location (a non-empty string), or what it opens (`cls`): a repository or a Repository, a pool or a ThinPool. */
   nameOr(v: unknown, name: string, cls: { readonly prototype: object; readonly name: string }): void {
     if (typeof v === 'string' ? v === '' : !Object.prototype.isPrototypeOf.call(cls.prototype, v as object)) {
-      throw new UsageError(`${name} must be a non-empty string or ${/^[AEIOU]/.test(cls.name) ? 'an' : 'a'} ${cls.name}, got ${describe(v)}`);
+      throw new UsageError(`${name} must be a non-empty string or ${/^[AEIOU]/.test(cls.name) ? 'an' : 'a'} ${cls.name}, got ${describeValue(v)}`);
     }
   },
   /** An object with these methods (a Writable, a DataSource, a BlockSource...); `kind` says what it should be. */
   methods(v: unknown, name: string, kind: string, methods: readonly string[]): void {
     if (v === null || typeof v !== 'object' || methods.some((m) => typeof (v as Record<string, unknown>)[m] !== 'function')) {
-      throw new UsageError(`${name} must be ${kind} (with ${methods.join(', ')}), got ${describe(v)}`);
+      throw new UsageError(`${name} must be ${kind} (with ${methods.join(', ')}), got ${describeValue(v)}`);
     }
   },
   /** A thin device id: a number, an integer from 0 to 2^53-1 (a string or a bigint is named as such, not "bad device id 1"). */
   devId(v: unknown, name: string): void {
-    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw new UsageError(`${name} must be an integer 0..2^53-1 given as a number, got ${typeof v === 'bigint' ? `bigint ${v}n` : describe(v)}`);
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw new UsageError(`${name} must be an integer 0..2^53-1 given as a number, got ${typeof v === 'bigint' ? `bigint ${v}n` : describeValue(v)}`);
   },
   /** An object of a kind the library made (a status, a report): `kind` says which and where it comes from. */
   object(v: unknown, name: string, kind: string): void {
-    if (v === null || typeof v !== 'object') throw new UsageError(`${name} must be ${kind}, got ${describe(v)}`);
+    if (v === null || typeof v !== 'object') throw new UsageError(`${name} must be ${kind}, got ${describeValue(v)}`);
   },
   /** An optional boolean: a truthy 1 or 'yes' taken as true in one place and not in another would be worse than refused. */
   boolean(v: unknown, name: string): void {
-    if (v !== undefined && typeof v !== 'boolean') throw new UsageError(`${name} must be true or false, got ${describe(v)}`);
+    if (v !== undefined && typeof v !== 'boolean') throw new UsageError(`${name} must be true or false, got ${describeValue(v)}`);
   },
   /** An optional value out of a fixed set. */
   oneOf<T extends string>(v: unknown, name: string, allowed: readonly T[]): void {
-    if (v !== undefined && !allowed.includes(v as T)) throw new UsageError(`${name} must be one of ${allowed.map((a) => `'${a}'`).join(', ')}, got ${describe(v)}`);
+    if (v !== undefined && !allowed.includes(v as T)) throw new UsageError(`${name} must be one of ${allowed.map((a) => `'${a}'`).join(', ')}, got ${describeValue(v)}`);
   },
 };
 
 /** A value as a message shows it (a string quoted and cut, an object by its class): never a TypeError of its own (a Symbol, a bigint). */
 export function describeValue(v: unknown): string {
-  return describe(v);
-}
-
-function describe(v: unknown): string {
   if (typeof v === 'string') return JSON.stringify(v.length > 40 ? `${v.slice(0, 40)}…` : v);
   if (v === null || v === undefined) return String(v);
   if (typeof v === 'object') {

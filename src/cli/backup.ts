@@ -7,11 +7,11 @@ import type { Command } from 'commander';
 import { UsageError } from '../errors';
 import type { BackupOptions } from '../ops/backup';
 import type { ThinPool as ThinPoolT } from '../pool/thin-pool';
-import { CliContext, plural, parseIntArg } from './common';
+import { CliContext, cliWording, plural, parseIntArg } from './common';
 import { toJson } from './json';
 import { isThinIdText, snapOption, thinIdArg, type MetadataSnapOpts } from './metadata-source';
 import { Progress, stderrIsTTY } from './progress';
-import { cliWording, keyOption, keySource, type KeyCliOpts } from './repo-options';
+import { keyOption, keySource, type KeyCliOpts } from './repo-options';
 import { parseSize } from './send';
 
 interface BackupCliOpts extends MetadataSnapOpts, KeyCliOpts {

@@ -5,10 +5,10 @@ import type { Command } from 'commander';
 import { dirname } from 'node:path';
 import { AbortError, DmthinError, isSystemError, RepoError, UsageError } from '../errors';
 import type { DamagedBackup, Repository as RepositoryT } from '../repo/repository';
-import { CliContext, plural, parseIntArg, print } from './common';
+import { CliContext, cliWording, plural, parseIntArg, print } from './common';
 import { toJson } from './json';
 import { Progress, stderrIsTTY } from './progress';
-import { cliWording, keyOption, keySource, PASSPHRASE_ENV, type KeyCliOpts } from './repo-options';
+import { keyOption, keySource, PASSPHRASE_ENV, type KeyCliOpts } from './repo-options';
 
 interface RepoCliOpts extends KeyCliOpts {
   repo: string;

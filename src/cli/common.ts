@@ -245,6 +245,19 @@ function isSuppressedError(err: unknown): err is { error: unknown; suppressed: u
   return err instanceof Error && err.name === 'SuppressedError' && 'suppressed' in err && 'error' in err;
 }
 
+/** Library options named in a message become the flags a command-line user types. */
+export function cliWording(e: unknown): unknown {
+  if (e instanceof DmthinError) {
+    e.message = e.message
+      .replace(/\(option deviceSize\)/g, '(--size BYTES)')
+      .replace(/option deviceSize/g, '--size BYTES')
+      .replace(/\(option full\)/g, '(--full)')
+      .replace(/\(option create makes a file target\)/g, '(--create makes a file target)')
+      .replace(/option create grows the file/g, '--create grows the file');
+  }
+  return e;
+}
+
 /** `n` and `noun` ("1 chunk", "2 chunks"): counts in the CLI's lines agree with their number. */
 export function plural(n: number | bigint, noun: string): string {
   return `${n} ${noun}${n === 1 || n === 1n ? '' : 's'}`;

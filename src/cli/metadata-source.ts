@@ -5,7 +5,7 @@
  * snapshot is used; if none is held, one is reserved for the duration of the
  * command and released afterwards (also on Ctrl-C / SIGTERM).
  */
-import { closeSync, openSync, readSync, statSync } from 'node:fs';
+import { statSync } from 'node:fs';
 import { DmthinError, MetadataError, NameLookupError, SetupError, UsageError } from '../errors';
 import type { ThinMetadata } from '../thin/metadata';
 import type * as Metadata from '../thin/metadata';
@@ -110,23 +110,9 @@ export async function openMetadataSource(arg: string, o: MetadataSnapOpts, ctx: 
 function streamHint(e: unknown, path: string): unknown {
   if (!(e instanceof MetadataError) || e.block !== 0) return e;
   const { looksLikeStream } = require('../stream/format/records') as typeof Records;
-  if (looksLikeStream(headOf(path, 64))) e.message = `${path} is a dmthin send stream, not pool metadata (${e.message.replace(`${path}: `, '')}): 'dmthin receive' reads it`;
+  const { readFileHead } = require('../thin/metadata') as typeof Metadata;
+  if (looksLikeStream(readFileHead(path, 64))) e.message = `${path} is a dmthin send stream, not pool metadata (${e.message.replace(`${path}: `, '')}): 'dmthin receive' reads it`;
   return e;
-}
-
-/** The first `n` bytes of the file at `path` (fewer if it is shorter; none if it cannot be read). */
-function headOf(path: string, n: number): Buffer {
-  try {
-    const fd = openSync(path, 'r');
-    try {
-      const b = Buffer.alloc(n);
-      return b.subarray(0, readSync(fd, b, 0, n, 0));
-    } finally {
-      closeSync(fd);
-    }
-  } catch {
-    return Buffer.alloc(0);
-  }
 }
 
 export async function openMetadata(arg: string, o: MetadataSnapOpts, ctx: CliContext): Promise<ThinMetadata> {

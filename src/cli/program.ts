@@ -25,6 +25,9 @@ const VERSION = require('../../package.json').version as string;
 const MMAP_THRESHOLD = 1 << 20;
 const TRIM_THRESHOLD = 8 << 20;
 
+/** The command line being run, as its error lines name it (for a line main() itself cannot write). */
+let running = 'dmthin';
+
 export async function main(argv: string[]): Promise<number> {
   let ctx: CliContext | undefined;
   let name = 'dmthin';
@@ -51,7 +54,7 @@ export async function main(argv: string[]): Promise<number> {
     .showHelpAfterError(false);
   program.hook('preAction', (_p, action) => {
     const parent = action.parent && action.parent !== program ? `${action.parent.name()} ` : '';
-    name = `dmthin ${parent}${action.name()}`;
+    name = running = `dmthin ${parent}${action.name()}`;
     ctx = new CliContext(name);
     refuseEmptyValues(action);
   });
@@ -68,7 +71,7 @@ export async function main(argv: string[]): Promise<number> {
   try {
     const named = program.commands.find((c) => c.name() === first);
     const sub = named?.commands.find((c) => c.name() === argv[1]);
-    if (named) name = `dmthin ${named.name()}${sub ? ` ${sub.name()}` : ''}`;
+    if (named) name = running = `dmthin ${named.name()}${sub ? ` ${sub.name()}` : ''}`;
     await program.parseAsync(rewriteMetadataSnapArgs(expandLongOptionPrefixes(argv, named), named), { from: 'user' });
     await finishStdout();
     if (ctx) await ctx.runCleanups();
@@ -203,7 +206,7 @@ export function run(argv: string[]): void {
   process.once('beforeExit', () => {
     if (settled) return;
     process.stderr.write(
-      errorLine(commandName(argv), new DmthinError('EUNKNOWN', 'internal error: the command stopped before it finished (its work was left waiting on nothing); what it did is incomplete, run it again')) + '\n',
+      errorLine(running, new DmthinError('EUNKNOWN', 'internal error: the command stopped before it finished (its work was left waiting on nothing); what it did is incomplete, run it again')) + '\n',
     );
     process.exitCode = EXIT_FAILURE;
   });
@@ -218,11 +221,4 @@ export function run(argv: string[]): void {
       end(EXIT_FAILURE);
     },
   );
-}
-
-/** `dmthin CMD [SUB]` of a command line, for a line written when main() could not say it. */
-function commandName(argv: string[]): string {
-  const [cmd, sub] = argv;
-  if (cmd === undefined || !Object.hasOwn(COMMANDS, cmd)) return 'dmthin';
-  return (cmd === 'backups' || cmd === 'pool') && sub !== undefined && /^[a-z-]+$/.test(sub) ? `dmthin ${cmd} ${sub}` : `dmthin ${cmd}`;
 }

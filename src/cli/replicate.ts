@@ -6,7 +6,7 @@
 import type { Command } from 'commander';
 import { DmthinError, UsageError } from '../errors';
 import { MAX_TIMER_SECONDS } from '../units';
-import { CliContext, plural, formatVersionArg, parseIntArg, print } from './common';
+import { CliContext, cliWording, plural, formatVersionArg, parseIntArg, print } from './common';
 import { toJson } from './json';
 import { Progress, stderrIsTTY } from './progress';
 import { parseSize } from './send';
@@ -129,8 +129,7 @@ export function register(program: Command, ctx: () => CliContext): void {
         }
       } catch (e) {
         // The library's option names in the CLI's words (a receive's refusals reach replicate as they are).
-        if (e instanceof DmthinError) e.message = e.message.replace(/option deviceSize\b/g, '--size').replace(/option create grows the file/g, '--create grows the file');
-        throw e;
+        throw cliWording(e);
       } finally {
         bar.stop();
       }

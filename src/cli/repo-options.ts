@@ -33,16 +33,3 @@ export function keySource(o: KeyCliOpts): KeySource | undefined {
     throw new UsageError(`$${PASSPHRASE_ENV} is set but empty: set it to the repository's passphrase, or unset it for a repository without encryption`);
   return p !== undefined ? { passphrase: p } : undefined;
 }
-
-/** Library options named in a message become the flags a command-line user types. */
-export function cliWording(e: unknown): unknown {
-  if (e instanceof DmthinError) {
-    e.message = e.message
-      .replace(/\(option deviceSize\)/g, '(--size BYTES)')
-      .replace(/option deviceSize/g, '--size BYTES')
-      .replace(/\(option full\)/g, '(--full)')
-      .replace(/\(option create makes a file target\)/g, '(--create makes a file target)')
-      .replace(/option create grows the file/g, '--create grows the file');
-  }
-  return e;
-}

@@ -5,10 +5,10 @@
 import type { Command } from 'commander';
 import { UsageError } from '../errors';
 import type { ZeroMethod } from '../stream/receive/target';
-import { CliContext, plural, print } from './common';
+import { CliContext, cliWording, plural, print } from './common';
 import { toJson } from './json';
 import { Progress, stderrIsTTY } from './progress';
-import { cliWording, keyOption, keySource, type KeyCliOpts } from './repo-options';
+import { keyOption, keySource, type KeyCliOpts } from './repo-options';
 
 interface RestoreCliOpts extends KeyCliOpts {
   repo: string;

@@ -9,7 +9,7 @@ import type { Writable } from 'node:stream';
 import { UsageError } from '../errors';
 import { SECTOR_SIZE } from '../units';
 import type { SendOptions } from '../ops/send';
-import { CliContext, formatVersionArg, parseIntArg, stdout, writeStderrReport } from './common';
+import { CliContext, cliWording, formatVersionArg, parseIntArg, stdout, writeStderrReport } from './common';
 import { fdIsTTY, Progress, stderrIsTTY } from './progress';
 import { isThinIdText, snapOption, thinIdArg, type MetadataSnapOpts } from './metadata-source';
 import type { ThinPool as ThinPoolT } from '../pool/thin-pool';
@@ -122,8 +122,7 @@ export function register(program: Command, ctx: () => CliContext): void {
         }
       } catch (e) {
         // The library names its option; a command-line user needs the flag.
-        if (e instanceof UsageError && e.message.includes('option deviceSize')) e.message = e.message.replace('option deviceSize', '--size BYTES');
-        throw e;
+        throw cliWording(e);
       } finally {
         bar.stop();
       }

@@ -385,9 +385,8 @@ export async function mergeIntoExternalOrigin(poolArg: string | ThinPool, o: Ext
     // major:minor names no file: its node is the kernel's (/dev/DEVNAME from sysfs, there without udev too),
     // used only if it is that device (a static /dev in a container may hold another under the name).
     const originPath = /^\d+:\d+$/.test(o.origin) ? await devPathOf(originNum) : o.origin;
-    if (originPath !== o.origin && formatDev(await devNumOf(originPath)) !== originDev) {
-      throw new UsageError(`external origin ${o.origin}: its node ${originPath} is another device (${formatDev(await devNumOf(originPath))}); give the origin's path`, { path: originPath });
-    }
+    const nodeDev = originPath === o.origin ? originDev : formatDev(await devNumOf(originPath));
+    if (nodeDev !== originDev) throw new UsageError(`external origin ${o.origin}: its node ${originPath} is another device (${nodeDev}); give the origin's path`, { path: originPath });
     const origin: MergeOrigin = { kind: 'external', path: o.origin, dev: originDev };
     const prior = checkPrior(await readMergeState(stateFile), p.poolId, origin, o.snap, stateFile);
 

@@ -333,7 +333,7 @@ export async function* replicate(o: ReplicateOptions): AsyncGenerator<CycleRepor
   check.nameOr(o.pool, 'pool', ThinPool);
   check.signal(o.signal);
   check.callback(o.onProgress, 'onProgress');
-  if (o.full !== undefined && typeof o.full !== 'boolean') throw new UsageError(`full must be a boolean, got ${typeof o.full}`);
+  check.boolean(o.full, 'full');
   if ((o.target === undefined) === (o.toCommand === undefined)) throw new UsageError('give exactly one of target (a device or file) or toCommand (a command reading the stream)');
   // Above the timer's limit the sleep between cycles would be 1 ms: cycles back to back.
   if (o.every !== undefined && !(typeof o.every === 'number' && o.every > 0 && o.every <= MAX_TIMER_SECONDS)) {

@@ -369,11 +369,11 @@ export async function runCycle(host: ReplicationHost, settings: ReplicationSetti
     // another state), and the base stays replication's, deleted when `keep`
     // drops it. Else it changed after the check above (or no root was
     // recorded to tell): abandoned as any changed base.
-    const unchanged = baseEntry!.mappingRoot !== undefined && (await host.mappingRoot(base)) === baseEntry!.mappingRoot;
-    base = null;
+    const unchanged = async (id: number) => baseEntry!.mappingRoot !== undefined && (await host.mappingRoot(id)) === baseEntry!.mappingRoot;
     // The thin was resized since its base was sent: an increment cannot say so, a full stream can (the base
     // stays replication's: the receiver names the size, not the base, as the reason).
-    fullReason = e.reason === 'size-changed' ? 'size-changed' : unchanged ? 'target-lacks-base' : 'base-changed';
+    fullReason = e.reason === 'size-changed' ? 'size-changed' : (await unchanged(base)) ? 'target-lacks-base' : 'base-changed';
+    base = null;
     r = await host.transfer(pending.devId, null, pending.deviceSize, signal);
   }
   host.checkpoint?.('sent');

@@ -406,10 +406,11 @@ export class ThinPool {
       // 'held-or-reserve' and a snapshot another dmthin holds (running: it
       // releases it when its command ends, perhaps mid-read here; or killed):
       // reserved, which waits for it or frees it. Anyone else's is read as held.
-      let owner = held !== null && use === 'held-or-reserve' && opts.root === undefined ? ownerOf(this.name, Number(held)) : { kind: 'unknown' as const };
+      const mayReserve = held !== null && use === 'held-or-reserve' && opts.root === undefined;
+      let owner = mayReserve ? ownerOf(this.name, Number(held)) : { kind: 'unknown' as const };
       // No record yet may be a dmthin that has just reserved it and not yet written its record (milliseconds):
       // looked at again for a moment before it counts as someone else's, to be read as held (outside hunt Q).
-      for (let i = 0; held !== null && use === 'held-or-reserve' && opts.root === undefined && owner.kind === 'unknown' && i < HELD_RECORD_POLLS; i++) {
+      for (let i = 0; mayReserve && owner.kind === 'unknown' && i < HELD_RECORD_POLLS; i++) {
         await pauseUnlessInterrupted(50, opts.signal, this.name);
         const now = (await this.workingStatus()).heldMetadataRoot;
         if (now !== held) return this.openMetadata(opts); // released or replaced meanwhile: decide afresh

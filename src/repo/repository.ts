@@ -730,7 +730,7 @@ export class Repository implements AsyncDisposable {
           if (e.reason !== 'corrupt') throw e;
         }
         lock.check();
-        // The marker first: a crash between the two leaves a marker of a chunk still there, which only costs a full backup.
+        // The marker first: a crash between the two leaves a marker of the damaged chunk still there, which the next backup writes over (Session.putChunk).
         await this.backend.put(removedKey(id), new Uint8Array(0), opts);
         await this.backend.delete([chunkKey(id)], opts);
         done.removed.push(id);

@@ -616,18 +616,26 @@ async function* unbatch(gen: AsyncGenerator<RawDeltaExtent[], DeltaStats>, signa
  * thin_dump's XML does (a metadata image is binary), else ''.
  */
 function xmlHint(path: string): string {
-  let head = '';
+  const head = readFileHead(path, 256).toString('latin1').trimStart();
+  if (!/^<(\?xml|superblock)\b/.test(head)) return '';
+  return `: it looks like thin_dump XML; make a metadata image from it with 'thin_restore -i ${path} -o IMAGE' and give the image`;
+}
+
+/**
+ * @internal The first `n` bytes of the file at `path` (fewer if it is
+ * shorter; none if it cannot be read): what an input that is no metadata is
+ * told apart by (thin_dump XML, a send stream).
+ */
+export function readFileHead(path: string, n: number): Buffer {
   try {
     const fd = openSync(path, 'r');
     try {
-      const b = Buffer.alloc(256);
-      head = b.subarray(0, readSync(fd, b, 0, 256, 0)).toString('latin1').trimStart();
+      const b = Buffer.alloc(n);
+      return b.subarray(0, readSync(fd, b, 0, n, 0));
     } finally {
       closeSync(fd);
     }
   } catch {
-    return '';
+    return Buffer.alloc(0);
   }
-  if (!/^<(\?xml|superblock)\b/.test(head)) return '';
-  return `: it looks like thin_dump XML; make a metadata image from it with 'thin_restore -i ${path} -o IMAGE' and give the image`;
 }

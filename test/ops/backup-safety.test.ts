@@ -148,25 +148,25 @@ describeEachRepo('backups', (loc) => {
     await backend.close();
   });
 
-  /** The chunk of `b` with the most bytes (holds data), and its key. */
-  async function dataChunk(repo: Repository, backend: Backend, id: string): Promise<string> {
-    let best = '';
+  /** The chunk of backup `id` with the most bytes (one that holds data), one byte of it flipped in place: its id. */
+  async function damageDataChunk(repo: Repository, backend: Backend, id: string): Promise<string> {
+    let victim = '';
     let size = -1;
     for (const e of await idsOf(repo, id)) {
       const st = await backend.stat(chunkKey(e.id));
-      if (st && st.size > size) [best, size] = [e.id, st.size];
+      if (st && st.size > size) [victim, size] = [e.id, st.size];
     }
-    return best;
+    const obj = await backend.get(chunkKey(victim));
+    obj[obj.length >> 1] ^= 0x10;
+    await backend.delete([chunkKey(victim)]);
+    await backend.put(chunkKey(victim), obj);
+    return victim;
   }
 
   test('a repair between a backup\'s plan and its lock: the base naming the removed chunk is dropped, not copied (outside hunt R: exit 0, unrestorable)', async () => {
     const { repo, backend } = await fresh('repair-race');
     const first = await backup({ ...image(), repo, volume: 'v', snap: 2 });
-    const victim = await dataChunk(repo, backend, first.id);
-    const obj = await backend.get(chunkKey(victim));
-    obj[obj.length >> 1] ^= 0x10;
-    await backend.delete([chunkKey(victim)]);
-    await backend.put(chunkKey(victim), obj);
+    const victim = await damageDataChunk(repo, backend, first.id);
     // The repair runs after the backup listed the markers (none then): the first listing is made to see none.
     const real = repo.removedChunks.bind(repo);
     let calls = 0;
@@ -187,11 +187,7 @@ describeEachRepo('backups', (loc) => {
   test('a repair killed between its marker and the delete (the damaged chunk still there): the next backup writes the chunk over it, and only then drops the marker (outside hunt R)', async () => {
     const { repo, backend } = await fresh('repair-killed');
     const first = await backup({ ...image(), repo, volume: 'v', snap: 2 });
-    const victim = await dataChunk(repo, backend, first.id);
-    const obj = await backend.get(chunkKey(victim));
-    obj[obj.length >> 1] ^= 0x10;
-    await backend.delete([chunkKey(victim)]);
-    await backend.put(chunkKey(victim), obj);
+    const victim = await damageDataChunk(repo, backend, first.id);
     await backend.put(`removed/${victim}`, new Uint8Array(0)); // what the killed repair left
     const second = await backup({ ...image(), repo, volume: 'v', snap: 2 });
     expect(second.base).toBeNull();
