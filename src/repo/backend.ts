@@ -53,6 +53,13 @@ export interface PutOptions extends BackendCallOptions {
   checkedAbsent?: boolean;
   /** The body's length when it is a stream and known (lets S3 skip multipart for small objects). */
   size?: number;
+  /**
+   * The put belongs to work that frees space (deleting backups, garbage
+   * collection, removing damaged chunks): a local directory that is full
+   * gives up its space reserve (keepReserve) for it rather than fail, so a
+   * repository that filled its filesystem can still be pruned.
+   */
+  freesSpace?: boolean;
 }
 
 /**
@@ -75,6 +82,12 @@ export interface Backend extends AsyncDisposable {
    * collection calls it under the exclusive lock.
    */
   sweepTemporary?(olderThanMs: number, opts?: { except?: readonly string[] }): Promise<number>;
+  /**
+   * Local directories only: makes sure the space reserve is there (a small
+   * file no listing shows, given up by a `freesSpace` put that finds the
+   * filesystem full). Best effort: without room it is simply not made.
+   */
+  keepReserve?(): Promise<void>;
   /** Stores an object. A body stream is consumed once and never buffered whole (S3: multipart above a part size). Resolves true when written, false when `ifAbsent` found the key. */
   put(key: string, body: Uint8Array | AsyncIterable<Uint8Array>, opts?: PutOptions): Promise<boolean>;
   /** The whole object (for objects known to be small: chunks, configs, locks). */

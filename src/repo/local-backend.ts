@@ -18,6 +18,14 @@ import { putFileDurableFunction } from '../native/binding';
 
 const KEY_RE = /^[A-Za-z0-9._-]+(?:\/[A-Za-z0-9._-]+)*$/;
 const TEMP_MARK = '~tmp~';
+/**
+ * The space reserve at the root: its `~` keeps it out of listings (no key
+ * has one) and it is not TEMP_MARK, so sweeps leave it. Enough for the
+ * lock objects a prune writes (one block each, and their refreshes).
+ */
+const RESERVE = 'reserve~space';
+/** @internal exported for tests */
+export const RESERVE_BYTES = 1 << 20;
 const READ_PIECE = 1 << 20;
 
 /** Throws RepoError 'config' unless `key` is a key the Backend contract allows. */
@@ -152,8 +160,63 @@ export class LocalBackend implements Backend {
     await fsyncDir(dirname(dir));
   }
 
-  /** Stores an object atomically and durably (see the file comment). */
+  /**
+   * Stores an object atomically and durably (see the file comment). With
+   * `freesSpace`, a put of a body in memory that finds the filesystem full
+   * gives up the space reserve and is tried once more.
+   */
   async put(key: string, body: Uint8Array | AsyncIterable<Uint8Array>, opts: PutOptions = {}): Promise<boolean> {
+    try {
+      return await this.putOnce(key, body, opts);
+    } catch (e) {
+      const full = e instanceof RepoError && (e.code === 'ENOSPC' || e.code === 'EDQUOT');
+      if (!full || !opts.freesSpace || !(body instanceof Uint8Array) || !(await this.giveUpReserve())) throw e;
+      return await this.putOnce(key, body, opts);
+    }
+  }
+
+  /**
+   * Writes the space reserve when it is missing (a new repository, one made
+   * before reserves, or after a prune used it): random bytes, which a
+   * compressing filesystem cannot store in less. Without room, none.
+   */
+  async keepReserve(): Promise<void> {
+    const path = join(this.root, RESERVE);
+    try {
+      if ((await lstat(path)).size === RESERVE_BYTES) return;
+    } catch {
+      // missing (or unreadable): made below
+    }
+    const tmp = `${path}${TEMP_MARK}${this.tmpTag}${(this.tmpSeq++).toString(36)}`;
+    let fh: FileHandle | undefined;
+    try {
+      fh = await open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o600);
+      await fh.writeFile(randomBytes(RESERVE_BYTES));
+      await fh.sync();
+      await fh.close();
+      fh = undefined;
+      await rename(tmp, path);
+      await fsyncDir(this.root);
+    } catch {
+      // No room (or the directory is not writable): the repository works without one, as before.
+    } finally {
+      if (fh) await fh.close().catch(() => undefined);
+      await unlink(tmp).catch(() => undefined);
+    }
+  }
+
+  /** Deletes the space reserve: true when there was one. */
+  private async giveUpReserve(): Promise<boolean> {
+    try {
+      await unlink(join(this.root, RESERVE));
+    } catch {
+      return false;
+    }
+    await fsyncDir(this.root).catch(() => undefined);
+    return true;
+  }
+
+  private async putOnce(key: string, body: Uint8Array | AsyncIterable<Uint8Array>, opts: PutOptions): Promise<boolean> {
     const path = this.pathOf(key);
     throwIfAborted(opts.signal);
     const dir = dirname(path);

@@ -117,7 +117,7 @@ export class Locks {
   }
 
   /** Takes a lock; RepoError 'locked' naming the holder when a conflicting live lock exists. */
-  async acquire(kind: LockInfo['kind'], purpose: string, session?: string, signal?: AbortSignal): Promise<HeldLock> {
+  async acquire(kind: LockInfo['kind'], purpose: string, session?: string, signal?: AbortSignal, opts: { freesSpace?: boolean } = {}): Promise<HeldLock> {
     const conflict = (ls: FoundLock[], own?: string) =>
       ls.find((l) => l.key !== own && (kind === 'exclusive' || l.info === null || l.info.kind === 'exclusive'));
     const refuse = (l: FoundLock) => {
@@ -133,8 +133,9 @@ export class Locks {
     const now = Date.now();
     const info: LockInfo = { kind, purpose, host: hostname(), pid: process.pid, createdMs: now, refreshedMs: now, ...(session ? { session } : {}) };
     const key = `locks/${now.toString(16).padStart(12, '0')}-${randomBytes(8).toString('hex')}`;
-    await this.backend.put(key, seal(Buffer.from(JSON.stringify(info)), key, this.keys, NONE), { signal });
-    const held = new HeldLock(this.backend, this.keys, key, info, this.timing);
+    const freesSpace = opts.freesSpace === true;
+    await this.backend.put(key, seal(Buffer.from(JSON.stringify(info)), key, this.keys, NONE), { signal, freesSpace });
+    const held = new HeldLock(this.backend, this.keys, key, info, this.timing, freesSpace);
     try {
       throwIfAborted(signal);
       const after = conflict(await this.live(signal, key), key);
@@ -160,6 +161,8 @@ export class HeldLock {
     readonly key: string,
     private readonly info: LockInfo,
     private readonly timing: LockTiming,
+    /** The lock of work that frees space: its writes may use a full directory's reserve (PutOptions.freesSpace). */
+    private readonly freesSpace = false,
   ) {
     this.lastOk = info.refreshedMs;
     this.timer = setInterval(() => void this.refresh().catch(() => undefined), timing.refreshMs);
@@ -179,7 +182,7 @@ export class HeldLock {
         }
         const now = Date.now();
         const info = { ...this.info, refreshedMs: now };
-        await this.backend.put(this.key, seal(Buffer.from(JSON.stringify(info)), this.key, this.keys, NONE));
+        await this.backend.put(this.key, seal(Buffer.from(JSON.stringify(info)), this.key, this.keys, NONE), { freesSpace: this.freesSpace });
         this.lastOk = now;
       } finally {
         this.refreshing = undefined;

@@ -388,6 +388,7 @@ export class Repository implements AsyncDisposable {
       const { config, keys, stored } = await newConfig(compression, c.key, c.scrypt);
       throwIfAborted(signal);
       if (!(await backend.put('config', stored, { ifAbsent: true, signal }))) throw new RepoError('exists', `a repository already exists at ${backend.location}`, { key: 'config' });
+      await backend.keepReserve?.();
       return new Repository(backend, config, keys, timing, owns);
     }
     let stored: Buffer;
@@ -415,6 +416,8 @@ export class Repository implements AsyncDisposable {
     this.live();
     checkVolume(volume);
     const id = newBackupId(Date.now());
+    // A repository made before space reserves (or whose reserve a prune used) gets one.
+    await this.backend.keepReserve?.();
     const lock = await this.locks.acquire('shared', `backup ${volume}`, id, opts.signal);
     try {
       const liveSessions = new Set((await this.locks.scan(opts.signal)).filter((l) => !this.locks.isStale(l) && l.info?.session).map((l) => l.info!.session!));
@@ -713,7 +716,7 @@ export class Repository implements AsyncDisposable {
     this.live();
     for (const id of ids) if (typeof id !== 'string' || !isChunkId(id)) throw new RepoError('config', `${String(id)} is not a chunk id (64 hex digits); nothing was deleted`);
     const done: RemovedChunks = { removed: [], sound: [], absent: [] };
-    const lock = await this.locks.acquire('exclusive', 'remove damaged chunks', undefined, opts.signal);
+    const lock = await this.locks.acquire('exclusive', 'remove damaged chunks', undefined, opts.signal, { freesSpace: true });
     try {
       for (const id of new Set(ids)) {
         throwIfAborted(opts.signal);
@@ -731,7 +734,7 @@ export class Repository implements AsyncDisposable {
         }
         lock.check();
         // The marker first: a crash between the two leaves a marker of the damaged chunk still there, which the next backup writes over (Session.putChunk).
-        await this.backend.put(removedKey(id), new Uint8Array(0), opts);
+        await this.backend.put(removedKey(id), new Uint8Array(0), { ...opts, freesSpace: true });
         await this.backend.delete([chunkKey(id)], opts);
         done.removed.push(id);
       }
@@ -782,7 +785,7 @@ export class Repository implements AsyncDisposable {
     }
     // Shared: excludes a concurrent collection, whose mark phase must see a stable set of manifests.
     // Exclusive (the CLI's `backups delete`): also waits for no backup to be running, as prune does.
-    const lock = await this.locks.acquire(opts.exclusive ? 'exclusive' : 'shared', 'delete backups', undefined, opts.signal);
+    const lock = await this.locks.acquire(opts.exclusive ? 'exclusive' : 'shared', 'delete backups', undefined, opts.signal, { freesSpace: true });
     try {
       for (const id of ids) {
         throwIfAborted(opts.signal);
@@ -807,7 +810,7 @@ export class Repository implements AsyncDisposable {
     this.live();
     const signal = opts.signal;
     const doomed = new Set(opts.deleteBackups ?? []);
-    const lock = await this.locks.acquire('exclusive', 'gc', undefined, signal);
+    const lock = await this.locks.acquire('exclusive', 'gc', undefined, signal, { freesSpace: true });
     let deletedBackups = 0;
     try {
       const keep = new Set<string>();
@@ -902,6 +905,8 @@ export class Repository implements AsyncDisposable {
       // processes write to take or test a lock.
       lock.check();
       const deletedTemporary = (await this.backend.sweepTemporary?.(0, { except: ['locks'] })) ?? 0;
+      // Room was just made: the reserve a prune on a full filesystem used (or one the repository never had) is written again.
+      await this.backend.keepReserve?.();
       return { deletedChunks, freedBytes, deletedTemporary };
     } catch (e) {
       // Manifests deleted already stay deleted: say so, their chunks wait for the next collection.

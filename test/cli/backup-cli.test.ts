@@ -310,6 +310,38 @@ describe('encrypted repository', () => {
     expect(existsSync(repo)).toBe(false);
   });
 
+  describe('a repository that filled its filesystem (8 MiB tmpfs)', () => {
+    const mnt = scratch();
+    const fs = gateMount(mountSmallTmpfs(mnt.dir, '8m'), 'a repository on a full filesystem');
+    afterAll(() => {
+      fs?.unmount();
+      mnt.cleanup();
+    });
+    (fs ? test : test.skip)('the backup that found it full fails with ENOSPC; backups delete and prune free it (they failed with ENOSPC before: each writes a lock first); verify passes', () => {
+      const repo = join(fs!.dir, 'repo');
+      expect(cli(['backups', 'init', '--repo', repo]).status).toBe(0);
+      const b = cli(offline(1, repo, ['--json', '-q']));
+      expect(b.status).toBe(0);
+      const id = JSON.parse(b.stdout).id as string;
+      fs!.fill(64 << 10); // room for its lock, not for its new chunks
+      const full = cli(offline(2, repo, ['--volume', 'vm2', '-q']));
+      expect(full.status).toBe(1);
+      expect(oneLine(full.stderr)).toMatch(/^dmthin backup: local repository: put of chunks\/.* failed \(ENOSPC\): the filesystem holding .* is full: free space on it, then run again \[ENOSPC\]$/);
+      fs!.fill(0);
+      const del = cli(['backups', 'delete', '--repo', repo, '--backup', id]);
+      expect(del.stderr).toBe('');
+      expect(del.status).toBe(0);
+      const prune = cli(['backups', 'prune', '--repo', repo, '--keep-last', '1', '--json']);
+      expect(prune.stderr).toBe('');
+      expect(prune.status).toBe(0);
+      expect(JSON.parse(prune.stdout).deletedChunks).toBeGreaterThan(0);
+      // Room again: the reserve the delete used is back for the next time.
+      expect(statSync(join(repo, 'reserve~space')).size).toBe(1 << 20);
+      expect(cli(['backups', 'verify', '--repo', repo]).status).toBe(0);
+      fs!.reset();
+    });
+  });
+
   describe('--key-file on a full filesystem (64 KiB tmpfs)', () => {
     const mnt = scratch();
     const small = gateMount(mountSmallTmpfs(mnt.dir), 'a key file on a full filesystem');

@@ -136,13 +136,13 @@ export interface SmallFs {
 }
 
 /**
- * A 64 KiB tmpfs under `parent`, or the reason it cannot be mounted (not root,
+ * A tmpfs of `size` (mount -o size=; 64 KiB) under `parent`, or the reason it cannot be mounted (not root,
  * no mount namespace).
  */
-export function mountSmallTmpfs(parent: string): SmallFs | string {
+export function mountSmallTmpfs(parent: string, size = '64k'): SmallFs | string {
   const dir = join(parent, 'smallfs');
   mkdirSync(dir, { recursive: true });
-  const r = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', dir], { encoding: 'utf8' });
+  const r = spawnSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', dir], { encoding: 'utf8' });
   if (r.error || r.status !== 0) return `mount -t tmpfs failed: ${(r.error?.message ?? r.stderr).trim()}`;
   const filler = join(dir, 'filler');
   return {
@@ -167,7 +167,7 @@ export function mountSmallTmpfs(parent: string): SmallFs | string {
       }
     },
     reset(keep: string[] = []) {
-      for (const f of readdirSync(dir)) if (!keep.includes(f)) rmSync(join(dir, f), { force: true });
+      for (const f of readdirSync(dir)) if (!keep.includes(f)) rmSync(join(dir, f), { force: true, recursive: true });
     },
     files: () => readdirSync(dir).sort(),
     unmount() {

@@ -73,7 +73,7 @@ describe('Repository (local, unencrypted)', () => {
     // No locks or journals are left behind after a commit.
     const names = walk(loc).map((p) => p.slice(loc.length + 1));
     expect(names.filter((n) => n.startsWith('locks/') || n.startsWith('journals/'))).toEqual([]);
-    expect(names.sort()).toEqual(['backups/' + s.id, 'chunks/' + ra.id.slice(0, 2) + '/' + ra.id, 'chunks/' + rb.id.slice(0, 2) + '/' + rb.id, 'config', 'maps/' + s.id].sort());
+    expect(names.sort()).toEqual(['backups/' + s.id, 'chunks/' + ra.id.slice(0, 2) + '/' + ra.id, 'chunks/' + rb.id.slice(0, 2) + '/' + rb.id, 'config', 'maps/' + s.id, 'reserve~space'].sort());
   });
 
   it('concurrent puts of the same content store it once and count it once', async () => {
