@@ -116,7 +116,6 @@ export function deferCommanderChildProcess(): void {
 export function resolveCliModulesDirectly(): void {
   const M = Module as ModuleInternals & { _nodeModulePaths(from: string): string[] };
   const resolve = M._resolveFilename;
-  let found: string | undefined;
   M._resolveFilename = function (request: string, parent: CjsModule & { filename?: string }, isMain: boolean, options?: { paths?: string[] }): string {
     if (options === undefined && parent?.filename?.startsWith(ROOT + '/')) {
       if (request === 'commander') {
@@ -152,6 +151,9 @@ export function resolveCliModulesDirectly(): void {
     return js.call(this, module, filename);
   };
 }
+
+/** commander's main file, once resolveCliModulesDirectly() has resolved `require('commander')` ('' when it could not). */
+let found: string | undefined;
 
 /** Size and modification time of files resolveCliModulesDirectly() found (their stat), for installCodeCache(). */
 const knownStats = new Map<string, { size: number; mtimeMs: number }>();
@@ -239,14 +241,19 @@ export function installCodeCache(group = 'main'): void {
   // The file: u32 length of a JSON index, the index, then the cached bytes.
   const index = new Map<string, Entry>();
   let data: Buffer = Buffer.alloc(0);
-  try {
-    const file = readFileSync(FILE);
-    const len = file.readUInt32LE(0);
-    for (const e of JSON.parse(file.toString('utf8', 4, 4 + len)) as Entry[]) index.set(e.f, e);
-    data = file.subarray(4 + len);
-  } catch {
-    // No cache yet, or an unreadable one: it is rebuilt at exit.
-  }
+  // Read when a module is first compiled on its own: a run whose modules all come from the pack never reads it.
+  let read = false;
+  const readIndex = (): void => {
+    read = true;
+    try {
+      const file = readFileSync(FILE);
+      const len = file.readUInt32LE(0);
+      for (const e of JSON.parse(file.toString('utf8', 4, 4 + len)) as Entry[]) index.set(e.f, e);
+      data = file.subarray(4 + len);
+    } catch {
+      // No cache yet, or an unreadable one: it is rebuilt at exit.
+    }
+  };
   const compiled: { e: Entry; script: Script | null }[] = [];
   let stale = false;
   /**
@@ -260,6 +267,7 @@ export function installCodeCache(group = 'main'): void {
     // dist/'s and commander's files (`ours`) may name import() in JSDoc
     // comments; any other module's mention counts.
     if (ours ? mayImport(wrapped) : wrapped.includes('import(')) return original.call(mod, plain(), filename);
+    if (!read) readIndex();
     const old = index.get(filename);
     const usable = old !== undefined && old.s === length && old.m === mtime && old.o + old.n <= data.length;
     let script: Script;
@@ -293,6 +301,8 @@ export function installCodeCache(group = 'main'): void {
   const [head, tail] = Module.wrap('\0').split('\0').map((x) => Buffer.from(x, 'utf8'));
   const wrapperLength = Module.wrap('').length;
   compileFile = (mod, filename) => {
+    const packed = pack.function(filename);
+    if (packed) return pack.run(packed, mod as unknown as PackModule, filename);
     let buf: Buffer;
     let st: { size: number; mtimeMs: number };
     try {
@@ -320,11 +330,266 @@ export function installCodeCache(group = 'main'): void {
     if (buf[head.length] === 0x23 && buf[head.length + 1] === 0x21) for (let i = head.length; i < head.length + st.size && buf[i] !== 0x0a; i++) buf[i] = 0x20;
     const wrapped = buf.toString('utf8');
     const length = wrapped.length - wrapperLength;
+    // Not in the pack (or changed since it was made): the next one holds it, unless it uses import()
+    // or cannot be written in ASCII (then it is never packed, and never makes the pack stale).
+    if (!mayImport(wrapped) && asciiSource(buf.subarray(head.length, head.length + st.size)) !== undefined) pack.missed({ f: filename, s: st.size, m: st.mtimeMs, o: 0, n: 0 });
     return compile(mod, filename, wrapped, length, st.mtimeMs, () => wrapped.slice(head.length, wrapped.length - tail.length), true);
   };
+  const pack = new ModulePack(`${FILE_PREFIX}-${group}.pack`, () => found);
   process.once('exit', () => {
     if (stale) save(FILE, index, data, compiled);
+    pack.saveIfStale();
   });
+}
+
+/** A module as the pack runs it: Node's Module object. */
+type PackModule = CjsModule & { filename: string; paths?: string[]; loaded?: boolean };
+type ModuleFunction = (exports: unknown, require: RequireFn, module: PackModule, filename: string, dirname: string) => unknown;
+
+/** A module in a pack's index: its file's size (bytes) and modification time when packed, and bytes [o, o + n) of the pack's source. */
+type PackEntry = Entry;
+
+/**
+ * The module pack of a command group: the sources of the dist/ and
+ * commander files its runs loaded, as functions of one script compiled
+ * with one V8 code cache, and loaded among themselves without Node's
+ * module loader. Loading ~35 files one by one (resolve, stat, read, a
+ * vm.Script and a cache entry each, Module._load's bookkeeping) took ~7 ms
+ * of a short command's ~16 (`ls` of a 1M-mapping image: 0.82x wall, 31
+ * paired runs); from the pack, a file costs a stat and a call.
+ *
+ * A packed file is used only while its size and modification time are the
+ * ones packed (else it is read and compiled as before, and the next pack
+ * holds the new source). Modules are Node's own Module objects in
+ * require.cache, so a file loaded outside the pack (a module the pack does
+ * not hold yet, or a library caller's require) finds the same instance. A
+ * request the pack cannot answer (a built-in, another package, a file it
+ * does not hold) goes to the module's own require. The pack is rewritten
+ * (a temporary file renamed over it) at exit when a run loaded a file it
+ * lacked, and once more by the next run to add V8's code cache for it.
+ * File: u32 length of a JSON header {e: entries, c: commander's main, n:
+ * source bytes}, the header, the source, then the code cache.
+ */
+class ModulePack {
+  private entries = new Map<string, PackEntry>();
+  /** The entries' freshness, each file stat'ed once. */
+  private readonly fresh = new Map<string, boolean>();
+  private commander = '';
+  /** The pack file's length and header as read: its source is reused at exit only from a file that still has them. */
+  private header: Buffer | undefined;
+  private cache: Buffer | undefined;
+  private script: Script | undefined;
+  private fns: Record<string, ModuleFunction> | null | undefined;
+  private readonly misses: PackEntry[] = [];
+  private stale = false;
+
+  constructor(
+    private readonly file: string,
+    private readonly commanderMain: () => string | undefined,
+  ) {
+    let b: Buffer;
+    try {
+      b = readFileSync(file);
+    } catch {
+      this.stale = true; // none yet
+      return;
+    }
+    try {
+      const len = b.readUInt32LE(0);
+      const h = JSON.parse(b.toString('utf8', 4, 4 + len)) as { e: PackEntry[]; c: string; n: number };
+      if (!Array.isArray(h.e) || typeof h.c !== 'string' || !Number.isSafeInteger(h.n) || 4 + len + h.n > b.length) throw new Error('not a pack');
+      for (const e of h.e) if (e.o + e.n <= h.n) this.entries.set(e.f, e);
+      this.commander = h.c;
+      this.header = Buffer.from(b.subarray(0, 4 + len));
+      this.cache = b.subarray(4 + len + h.n);
+      this.source = b.subarray(4 + len, 4 + len + h.n);
+    } catch {
+      this.entries.clear();
+      this.stale = true;
+    }
+  }
+
+  /** The pack's source until it is compiled (then dropped: V8 keeps its own copy). */
+  private source: Buffer | undefined;
+
+  /** The packed function of `filename`, if the pack holds its current source. */
+  function(filename: string): ModuleFunction | undefined {
+    const e = this.entries.get(filename);
+    if (e === undefined || !this.isFresh(e)) return undefined;
+    if (this.fns === undefined) this.compile();
+    return this.fns?.[filename];
+  }
+
+  private isFresh(e: PackEntry): boolean {
+    let ok = this.fresh.get(e.f);
+    if (ok === undefined) {
+      const st = knownStats.get(e.f) ?? statSync(e.f, { throwIfNoEntry: false });
+      ok = st !== undefined && st.size === e.s && st.mtimeMs === e.m;
+      this.fresh.set(e.f, ok);
+    }
+    return ok;
+  }
+
+  private compile(): void {
+    this.fns = null;
+    const source = this.source;
+    this.source = undefined;
+    if (!source) return;
+    try {
+      const cachedData = this.cache && this.cache.length > 0 ? this.cache : undefined;
+      this.script = new Script(source.toString('utf8'), { filename: this.file, cachedData });
+      if (!cachedData || this.script.cachedDataRejected) this.stale = true;
+      this.fns = this.script.runInThisContext({ displayErrors: true }) as Record<string, ModuleFunction>;
+    } catch {
+      // Not a pack this Node can run: every file is loaded as before, and the pack made again.
+      this.fns = null;
+      this.script = undefined;
+      this.stale = true;
+    }
+    this.cache = undefined;
+  }
+
+  /** Runs a packed module as Node runs a file's. */
+  run(fn: ModuleFunction, mod: PackModule, filename: string): unknown {
+    return fn.call(mod.exports, mod.exports, this.requireFor(mod), mod, filename, dirname(filename));
+  }
+
+  /** The `require` of a packed module: packed files directly, anything else through the module's own. */
+  private requireFor(mod: PackModule): RequireFn {
+    const require = requireFor(mod);
+    const fast = ((id: string): unknown => {
+      let f: string | undefined;
+      if (id.startsWith('./') || id.startsWith('../')) {
+        // Node's order: the request as written, then with .js (tsc writes none; commander both ways).
+        const base = resolvePath(dirname(mod.filename), id);
+        f = this.entries.has(base) ? base : this.entries.has(base + '.js') ? base + '.js' : undefined;
+      } else if (id === 'commander' && this.commander !== '' && mod.filename.startsWith(ROOT + '/')) {
+        f = this.commander;
+      }
+      if (f === undefined) return mod.require(id);
+      const cached = (Module._cache as Record<string, PackModule | undefined>)[f];
+      if (cached) return cached.exports;
+      const fn = this.function(f);
+      if (!fn) return mod.require(id);
+      const M = Module as unknown as { new (id: string, parent: unknown): PackModule; _nodeModulePaths(from: string): string[] };
+      const m = new M(f, mod);
+      m.filename = f;
+      m.paths = M._nodeModulePaths(dirname(f));
+      const cache = Module._cache as Record<string, PackModule | undefined>;
+      cache[f] = m;
+      let threw = true;
+      try {
+        this.run(fn, m, f);
+        threw = false;
+      } finally {
+        if (threw) delete cache[f];
+      }
+      m.loaded = true;
+      return m.exports;
+    }) as RequireFn;
+    fast.resolve = require.resolve;
+    fast.main = require.main;
+    fast.extensions = require.extensions;
+    fast.cache = require.cache;
+    return fast;
+  }
+
+  /** A file loaded outside the pack (compiled from its own source): the pack is made again at exit. */
+  missed(e: PackEntry): void {
+    this.misses.push(e);
+    this.stale = true;
+  }
+
+  /**
+   * Writes the pack again when this run found it missing, damaged, without
+   * a usable code cache or lacking a file it loaded: the entries still
+   * fresh, from the old pack's source, and the files it lacked, from disk.
+   * The code cache only when the source is the one this run compiled.
+   */
+  saveIfStale(): void {
+    if (!this.stale || !cacheDirWritable()) return;
+    try {
+      const old = this.oldSource();
+      const parts: Buffer[] = [Buffer.from('(function () {\nconst p = Object.create(null);\n')];
+      let at = parts[0].length;
+      const entries: PackEntry[] = [];
+      const add = (e: PackEntry, body: Buffer) => {
+        const open = Buffer.from(`p[${JSON.stringify(e.f)}] = function (exports, require, module, __filename, __dirname) {\n`);
+        parts.push(open, body, Buffer.from('\n};\n'));
+        entries.push({ ...e, o: at + open.length, n: body.length });
+        at += open.length + body.length + 3;
+      };
+      if (this.misses.length === 0 && this.script !== undefined) {
+        // The source this run compiled, whole (the file unchanged since): only its code cache is new.
+        if (old) this.write([...this.entries.values()], old, this.script.createCachedData());
+        return;
+      }
+      const missed = new Set(this.misses.map((e) => e.f));
+      for (const e of this.entries.values()) {
+        if (missed.has(e.f) || !old || e.o + e.n > old.length || !this.isFresh(e)) continue;
+        add(e, old.subarray(e.o, e.o + e.n));
+      }
+      for (const e of this.misses) {
+        const body = readFileSync(e.f);
+        const st = statSync(e.f);
+        // Changed since it was loaded: left out (the next run packs what is there then).
+        if (body.length !== e.s || st.size !== e.s || st.mtimeMs !== e.m) continue;
+        if (body[0] === 0x23 && body[1] === 0x21) for (let i = 0; i < body.length && body[i] !== 0x0a; i++) body[i] = 0x20;
+        const ascii = asciiSource(body);
+        if (ascii) add(e, ascii);
+      }
+      parts.push(Buffer.from('return p;\n})()\n'));
+      this.write(entries, Buffer.concat(parts), Buffer.alloc(0));
+    } catch {
+      // Unreadable or unwritable: the next run loads files one by one, as without a pack.
+    }
+  }
+
+  /** The source of the pack this run read, if its file still holds it (another run may have rewritten it since). */
+  private oldSource(): Buffer | undefined {
+    if (!this.header) return undefined;
+    try {
+      const b = readFileSync(this.file);
+      if (!b.subarray(0, this.header.length).equals(this.header)) return undefined;
+      const n = (JSON.parse(b.toString('utf8', 4, this.header.length)) as { n: number }).n;
+      return b.subarray(this.header.length, this.header.length + n);
+    } catch {
+      return undefined;
+    }
+  }
+
+  private write(entries: PackEntry[], source: Buffer, cache: Buffer): void {
+    const json = Buffer.from(JSON.stringify({ e: entries, c: this.commanderMain() ?? this.commander, n: source.length }));
+    const head = Buffer.alloc(4);
+    head.writeUInt32LE(json.length, 0);
+    writeAtomically(this.file, [head, json, source, cache]);
+  }
+}
+
+/**
+ * A module's source with every character beyond ASCII written as a \u
+ * escape, or undefined when that could change what it means (a backslash
+ * before such a character, or raw template strings). V8 keeps a script's
+ * source as one byte a character only when all of it is Latin-1: one `—`
+ * in a comment of one module would make the whole pack's copy two bytes a
+ * character (~0.7 MB more for `send`). In comments, strings, regular
+ * expressions and identifiers the escape means the character itself.
+ * @internal exported for tests
+ */
+export function asciiSource(body: Buffer): Buffer | undefined {
+  if (!body.some((b) => b >= 0x80)) return body;
+  const text = body.toString('utf8');
+  if (/String\.raw|\.raw\b/.test(text)) return undefined;
+  let out = '';
+  let last = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c < 0x80) continue;
+    if (text.charCodeAt(i - 1) === 0x5c) return undefined;
+    out += text.slice(last, i) + '\\u' + c.toString(16).padStart(4, '0');
+    last = i + 1;
+  }
+  return Buffer.from(out + text.slice(last), 'latin1');
 }
 
 /**
@@ -357,14 +622,7 @@ function requireFor(mod: CjsModule): RequireFn {
 
 /** Writes the entries of this run (new bytes for the misses) and the earlier ones for other modules. */
 function save(FILE: string, index: Map<string, Entry>, data: Buffer, compiled: { e: Entry; script: Script | null }[]): void {
-  // A directory this user cannot write (an install owned by root): every run
-  // would pay for making the cache and fail to keep it, so none is made.
-  try {
-    mkdirSync(DIR, { recursive: true });
-    accessSync(DIR, constants.W_OK);
-  } catch {
-    return;
-  }
+  if (!cacheDirWritable()) return;
   const parts: Buffer[] = [];
   const entries: Entry[] = [];
   let at = 0;
@@ -383,11 +641,32 @@ function save(FILE: string, index: Map<string, Entry>, data: Buffer, compiled: {
   const json = Buffer.from(JSON.stringify(entries));
   const head = Buffer.alloc(4);
   head.writeUInt32LE(json.length, 0);
+  writeAtomically(FILE, [head, json, ...parts]);
+}
+
+/**
+ * Whether the cache directory can be written (made when missing), asked
+ * before a file is made: in a directory this user cannot write (an install
+ * owned by root) every run would pay for making the cache and fail to keep
+ * it, so none is made.
+ */
+function cacheDirWritable(): boolean {
+  try {
+    mkdirSync(DIR, { recursive: true });
+    accessSync(DIR, constants.W_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Writes `parts` as `FILE`: a temporary file, fsynced, renamed over it. */
+function writeAtomically(FILE: string, parts: Buffer[]): void {
   const tmp = `${FILE}.${process.pid}.tmp`;
   try {
     const fd = openSync(tmp, 'w', 0o644);
     try {
-      for (const b of [head, json, ...parts]) for (let off = 0; off < b.length; ) off += writeSync(fd, b, off);
+      for (const b of parts) for (let off = 0; off < b.length; ) off += writeSync(fd, b, off);
       // On disk before the rename: a crash must leave the old cache or the new one, never a torn one
       // (V8 checks a cache's versions and its source's length, not its bytes).
       fsyncSync(fd);

@@ -29,6 +29,32 @@ function run(args: string[], env: NodeJS.ProcessEnv = {}, pre: string[] = []) {
   return r;
 }
 
+// The module pack beside it (one per command group too).
+const packFile = (group: string) => join(CACHE_DIR, `v8-${process.version}-${process.arch}-${group}.pack`);
+interface PackHeader {
+  e: { f: string; s: number; m: number; o: number; n: number }[];
+  c: string;
+  n: number;
+}
+/** A pack's header and the sizes of its parts, or throws when it is not a well-formed pack. */
+function packOf(group: string): { header: PackHeader; headerBytes: number; source: Buffer; cacheBytes: number } {
+  const b = readFileSync(packFile(group));
+  const len = b.readUInt32LE(0);
+  const header = JSON.parse(b.toString('utf8', 4, 4 + len)) as PackHeader;
+  expect(4 + len + header.n).toBeLessThanOrEqual(b.length);
+  const source = b.subarray(4 + len, 4 + len + header.n);
+  for (const e of header.e) expect(e.o + e.n).toBeLessThanOrEqual(header.n);
+  // One byte a character for V8 (see asciiSource).
+  expect(source.every((x) => x < 0x80)).toBe(true);
+  return { header, headerBytes: 4 + len, source, cacheBytes: b.length - 4 - len - header.n };
+}
+function writePack(group: string, header: PackHeader, source: Buffer, cache: Buffer): void {
+  const json = Buffer.from(JSON.stringify(header));
+  const head = Buffer.alloc(4);
+  head.writeUInt32LE(json.length);
+  writeFileSync(packFile(group), Buffer.concat([head, json, source, cache]));
+}
+
 /** A cache file's index, or throws when it is not a well-formed cache. */
 function index(group: string): { f: string; s: number; m: number; o: number; n: number }[] {
   const b = readFileSync(cacheFile(group));
@@ -51,11 +77,15 @@ describe('code cache', () => {
 
   const groups = [...new Set(commands.map((c) => c[0]))];
 
-  it('gives the same output and status as a run without it, from no cache, a fresh one and a damaged one', () => {
+  it('gives the same output and status as a run without it, from no cache, a fresh one and a damaged one (the code cache and the module pack)', () => {
     for (const g of groups) rmSync(cacheFile(g), { force: true });
-    for (const state of ['none', 'fresh', 'garbage', 'bad bytes']) {
+    for (const g of groups) rmSync(packFile(g), { force: true });
+    for (const state of ['none', 'fresh (pack without its code cache)', 'fresh', 'garbage', 'bad bytes', 'stale entries']) {
       for (const g of groups) {
-        if (state === 'garbage') writeFileSync(cacheFile(g), Buffer.from('\x10\x00\x00\x00{"not": "an index"}\x00\x01\x02'));
+        if (state === 'garbage') {
+          writeFileSync(cacheFile(g), Buffer.from('\x10\x00\x00\x00{"not": "an index"}\x00\x01\x02'));
+          writeFileSync(packFile(g), Buffer.from('\x10\x00\x00\x00{"not": "a pack"}\x00\x01\x02'));
+        }
         if (state === 'bad bytes') {
           // A well-formed index whose entries match the modules but whose bytes are not V8's.
           const entries = index(g).map((e) => ({ ...e, o: 0, n: 64 }));
@@ -63,6 +93,14 @@ describe('code cache', () => {
           const head = Buffer.alloc(4);
           head.writeUInt32LE(json.length);
           writeFileSync(cacheFile(g), Buffer.concat([head, json, Buffer.alloc(64, 0xa5)]));
+          // The pack's source whole, its code cache not V8's.
+          const p = packOf(g);
+          writePack(g, p.header, p.source, Buffer.alloc(4096, 0xa5));
+        }
+        if (state === 'stale entries') {
+          // Files changed since they were packed (their times): read from disk, not from the pack.
+          const p = packOf(g);
+          writePack(g, { ...p.header, e: p.header.e.map((e, i) => (i % 2 === 0 ? { ...e, m: e.m - 1000 } : e)) }, p.source, Buffer.alloc(0));
         }
       }
       for (const c of commands) {
@@ -70,12 +108,74 @@ describe('code cache', () => {
         const got = run(c);
         expect({ state, c, status: got.status, stdout: got.stdout, stderr: got.stderr }).toEqual({ state, c, status: want.status, stdout: want.stdout, stderr: want.stderr });
       }
-      // Every run that missed rewrote its command's file: well-formed again, naming the modules it compiled
-      // (commander's too), and no other command's.
-      const ls = index('ls').map((e) => e.f);
-      expect(ls).toEqual(expect.arrayContaining([join(DIST, 'cli', 'ls.js'), join(DIST, 'thin', 'ls.js'), expect.stringMatching(/[\\/]commander[\\/]lib[\\/]command\.js$/)]));
-      expect(ls).not.toContain(join(DIST, 'thin', 'dump.js'));
+      // Every run that missed rewrote its command's files: well-formed again, naming the modules it
+      // compiled (commander's too), and no other command's.
+      for (const files of [index('ls').map((e) => e.f), packOf('ls').header.e.map((e) => e.f)]) {
+        expect(files).toEqual(expect.arrayContaining([join(DIST, 'cli', 'ls.js'), join(DIST, 'thin', 'ls.js'), expect.stringMatching(/[\\/]commander[\\/]lib[\\/]command\.js$/)]));
+        expect(files).not.toContain(join(DIST, 'thin', 'dump.js'));
+      }
       expect(index('dump').map((e) => e.f)).toEqual(expect.arrayContaining([join(DIST, 'thin', 'dump.js')]));
+      expect(packOf('dump').header.e.map((e) => e.f)).toEqual(expect.arrayContaining([join(DIST, 'thin', 'dump.js')]));
+      // A pack made by a run that missed has no code cache yet; the next run adds it, then it stays.
+      if (state === 'none') expect(packOf('ls').cacheBytes).toBe(0);
+      if (state === 'fresh (pack without its code cache)') expect(packOf('ls').cacheBytes).toBeGreaterThan(0);
+    }
+  });
+
+  /** A copy of the package (dist/ and a cache of its own), so that a file can be changed; `ls --help` runs it. */
+  function packageCopy(): { root: string; cli: () => string; pack: string } {
+    const root = mkdtempSync(join(tmpdir(), 'dmthin-pack-'));
+    cpSync(DIST, join(root, 'dist'), { recursive: true, filter: (src) => !src.includes('.code-cache') });
+    cpSync(join(__dirname, '..', '..', 'package.json'), join(root, 'package.json'));
+    symlinkSync(join(__dirname, '..', '..', 'node_modules'), join(root, 'node_modules'));
+    symlinkSync(join(__dirname, '..', '..', 'build'), join(root, 'build'));
+    const cacheDir = join(root, 'cache');
+    const cli = () => {
+      const r = spawnSync(process.execPath, [join(root, 'dist', 'cli', 'main.js'), 'ls', '--help'], {
+        encoding: 'utf8',
+        env: { ...process.env, NODE_OPTIONS: '', DMTHIN_CODE_CACHE_DIR: cacheDir },
+        timeout: 60_000,
+      });
+      expect(r.stderr).toBe('');
+      expect(r.status).toBe(0);
+      return r.stdout;
+    };
+    return { root, cli, pack: join(cacheDir, `v8-${process.version}-${process.arch}-ls.pack`) };
+  }
+
+  it('a file that cannot be packed (a backslash before a non-ASCII character) is loaded on its own, and the pack is not made again each run', () => {
+    const { root, cli, pack } = packageCopy();
+    try {
+      const lsJs = join(root, 'dist', 'cli', 'ls.js');
+      writeFileSync(lsJs, readFileSync(lsJs, 'utf8') + "\nvoid '\\\u00e9';\n");
+      const out = cli();
+      cli();
+      expect(readFileSync(pack, 'latin1')).not.toContain(JSON.stringify(lsJs));
+      expect(readFileSync(pack, 'latin1')).toContain(JSON.stringify(join(root, 'dist', 'thin', 'ls-fields.js')));
+      const made = statSync(pack).mtimeMs;
+      expect(cli()).toBe(out);
+      expect(statSync(pack).mtimeMs).toBe(made);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+
+  it('a file changed since it was packed runs as it is now, and the next pack holds the new source', () => {
+    const { root, cli, pack } = packageCopy();
+    try {
+      const before = cli();
+      cli();
+      const lsJs = join(root, 'dist', 'cli', 'ls.js');
+      expect(readFileSync(pack, 'latin1')).toContain(JSON.stringify(lsJs));
+      const src = readFileSync(lsJs, 'utf8');
+      expect(src).toContain('list thin devices with mapped');
+      writeFileSync(lsJs, src.replace('list thin devices with mapped', 'LIST THIN DEVICES WITH MAPPED'));
+      const after = cli();
+      expect(after).toBe(before.replace('list thin devices with mapped', 'LIST THIN DEVICES WITH MAPPED'));
+      expect(cli()).toBe(after);
+      expect(readFileSync(pack, 'latin1')).toContain('LIST THIN DEVICES WITH MAPPED');
+    } finally {
+      rmSync(root, { recursive: true, force: true });
     }
   });
 
@@ -107,6 +207,34 @@ describe('code cache', () => {
     } finally {
       rmSync(CACHE, { recursive: true, force: true });
     }
+  });
+});
+
+describe('the module pack', () => {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const { asciiSource } = require(join(DIST, 'cli', 'startup.js')) as typeof import('../../src/cli/startup');
+  const run = (src: string): unknown => new Function('module', `${src}; return module.exports;`)({ exports: {} });
+
+  it('holds sources in ASCII: other characters as escapes that mean the same (comments, strings, templates, regular expressions, identifiers)', () => {
+    const src = [
+      '// a comment \u2014 with a dash, § and µ',
+      'const \u00e9t\u00e9 = 1;',
+      "const étè = 'é';",
+      'module.exports = { s: "…≤·", t: `${étè}…`, r: /^[…—]+$/.test("——"), u: /\u{1F600}|😀/u.test("😀"), n: étè, e: \u00e9t\u00e9 };',
+    ].join('\n');
+    const out = asciiSource(Buffer.from(src, 'utf8'))!;
+    expect(out.every((b: number) => b < 0x80)).toBe(true);
+    expect(run(out.toString('latin1'))).toEqual(run(src));
+    expect(run(src)).toEqual({ s: '…≤·', t: 'é…', r: true, u: true, n: 'é', e: 1 });
+    // ASCII already: the same bytes.
+    const plain = Buffer.from('module.exports = 1;\n');
+    expect(asciiSource(plain)).toBe(plain);
+  });
+
+  it('leaves out (undefined) what an escape could change: a backslash before such a character, raw template strings', () => {
+    expect(asciiSource(Buffer.from("module.exports = '\\…';"))).toBeUndefined();
+    expect(asciiSource(Buffer.from('module.exports = String.raw`…`;'))).toBeUndefined();
+    expect(asciiSource(Buffer.from('const f = (s) => s.raw[0]; module.exports = f`…`;'))).toBeUndefined();
   });
 });
 
@@ -144,18 +272,22 @@ describe('node options', () => {
     mkdirSync(CACHE_DIR);
     expect(run(['ls', POOL]).status).toBe(0);
     expect(run(['ls', POOL], {}, ['--max-semi-space-size=1']).status).toBe(0);
-    const files = readdirSync(CACHE_DIR).sort();
-    expect(files).toHaveLength(2);
-    expect(files).toContain(`v8-${process.version}-${process.arch}-ls.bin`);
-    // Another run with the options finds its file whole: nothing is rewritten.
-    const flagged = join(CACHE_DIR, files.find((f) => f !== `v8-${process.version}-${process.arch}-ls.bin`)!);
-    expect(flagged).toMatch(/-[0-9a-f]{8}-ls\.bin$/);
-    const before = statSync(flagged).mtimeMs;
-    const bytes = readFileSync(flagged);
+    // The pack is made by the first run and completed (its code cache) by the second.
     expect(run(['ls', POOL]).status).toBe(0);
     expect(run(['ls', POOL], {}, ['--max-semi-space-size=1']).status).toBe(0);
-    expect(statSync(flagged).mtimeMs).toBe(before);
-    expect(readFileSync(flagged).equals(bytes)).toBe(true);
+    const files = readdirSync(CACHE_DIR).sort();
+    expect(files).toHaveLength(4);
+    expect(files).toContain(`v8-${process.version}-${process.arch}-ls.bin`);
+    expect(files).toContain(`v8-${process.version}-${process.arch}-ls.pack`);
+    // Other runs with the options find their files whole: nothing is rewritten.
+    const flagged = files.filter((f) => !f.startsWith(`v8-${process.version}-${process.arch}-ls.`)).map((f) => join(CACHE_DIR, f));
+    expect(flagged).toEqual([expect.stringMatching(/-[0-9a-f]{8}-ls\.bin$/), expect.stringMatching(/-[0-9a-f]{8}-ls\.pack$/)]);
+    const before = flagged.map((f) => statSync(f).mtimeMs);
+    const bytes = flagged.map((f) => readFileSync(f));
+    expect(run(['ls', POOL]).status).toBe(0);
+    expect(run(['ls', POOL], {}, ['--max-semi-space-size=1']).status).toBe(0);
+    expect(flagged.map((f) => statSync(f).mtimeMs)).toEqual(before);
+    expect(flagged.map((f, i) => readFileSync(f).equals(bytes[i]))).toEqual([true, true]);
   });
 });
 
@@ -203,6 +335,24 @@ describe('modules a command on a metadata file loads', () => {
     expect(r.status).toBe(0);
     const nul = JSON.parse(r.stderr) as { builtin: string[] };
     expect(nul.builtin.filter((m) => /^NativeModule (tty|net|stream|internal\/streams\/(?!utils$).*)$/.test(m))).toEqual([]);
+  });
+
+  it('packed modules are Node\'s own module objects: a file loaded later through require() finds the same instances', () => {
+    // At exit, after `ls` ran from its pack: the library's entry (not in the pack) is required as a library caller would.
+    const probe = join(dir, 'identity.js');
+    writeFileSync(
+      probe,
+      `process.on('exit', () => {
+         const errors = require.cache[${JSON.stringify(join(DIST, 'errors.js'))}];
+         const lib = require(${JSON.stringify(join(DIST, 'index.js'))});
+         require('fs').writeSync(2, JSON.stringify({ loaded: errors && errors.loaded, same: !!errors && lib.DmthinError === errors.exports.DmthinError, packed: Object.keys(require.cache).length }));
+       });`,
+    );
+    for (let i = 0; i < 3; i++) {
+      const r = run(['ls', POOL], {}, ['-r', probe]);
+      expect(r.status).toBe(0);
+      expect(JSON.parse(r.stderr)).toMatchObject({ loaded: true, same: true });
+    }
   });
 
   it("commander is the file Node's own resolution names", () => {
