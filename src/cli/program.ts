@@ -200,9 +200,10 @@ export function run(argv: string[]): void {
   };
   // An exit status is a promise: should the command's work stop without
   // settling (a promise nothing will resolve, the event loop empty), Node would
-  // end the process with 0. It ends with 1 and says so instead.
+  // end the process with 0. It ends with 1 and says so instead. (Not by
+  // setting process.exitCode up front: commander's help() takes a nonzero
+  // process.exitCode for its own, and `dmthin help CMD` exited 1.)
   let settled = false;
-  process.exitCode = EXIT_FAILURE;
   process.once('beforeExit', () => {
     if (settled) return;
     process.stderr.write(

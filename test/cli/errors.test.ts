@@ -67,6 +67,17 @@ describe('usage errors: one line, [EINVAL], exit 1', () => {
     expect(oneLine(r)).toBe(line);
   });
 
+  test.each([[['help']], [['help', 'dump']], [['pool', 'help', 'status']], [['backups', 'help', 'init']]])(
+    'dmthin %j prints the help it names and exits 0 (hunt S: exit 1 with "unknown command", since the exit-status guard set process.exitCode, which commander\'s help() takes for its own)',
+    (args) => {
+      const r = runCli(args);
+      expect(r.stderr).toBe('');
+      expect(r.status).toBe(0);
+      const asked = args.filter((a) => a !== 'help');
+      expect(r.stdout).toBe(runCli([...asked, '--help']).stdout);
+    },
+  );
+
   test("our own argument checks read the same way (ls -o takes field names, as thin_ls's)", () => {
     const r = runCli(['ls', '-o', 'DEV,BOGUS', image.path]);
     expect(r.status).toBe(1);
