@@ -10,7 +10,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { constants as fsc, statSync } from 'node:fs';
-import { link, lstat, mkdir, open, opendir, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { link, lstat, mkdir, open, opendir, rename, rmdir, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { dirname, join, resolve, sep } from 'node:path';
 import { AbortError, errnoOf, RepoError, throwIfAborted } from '../errors';
 import { MAX_GET_BYTES, type Backend, type BackendCallOptions, type GetOptions, type ObjectInfo, type PutOptions } from './backend';
@@ -166,13 +166,41 @@ export class LocalBackend implements Backend {
    * gives up the space reserve and is tried once more.
    */
   async put(key: string, body: Uint8Array | AsyncIterable<Uint8Array>, opts: PutOptions = {}): Promise<boolean> {
+    let written: boolean;
     try {
-      return await this.putOnce(key, body, opts);
+      written = await this.putOnce(key, body, opts);
     } catch (e) {
       const full = e instanceof RepoError && (e.code === 'ENOSPC' || e.code === 'EDQUOT');
       if (!full || !opts.freesSpace || !(body instanceof Uint8Array) || !(await this.giveUpReserve())) throw e;
-      return await this.putOnce(key, body, opts);
+      written = await this.putOnce(key, body, opts);
     }
+    // ifAbsent found something at the key: an object, or damage no listing,
+    // stat or get takes for one (a symbolic link, a directory, a FIFO), which
+    // a create-only put left there for good, so that a chunk stayed
+    // unreadable through every later backup that stored it. Damage is
+    // replaced (an empty directory removed first).
+    if (!written && opts.ifAbsent && body instanceof Uint8Array && (await this.notAnObject(key))) return this.putOnce(key, body, { ...opts, ifAbsent: false });
+    return written;
+  }
+
+  /** Whether the key holds something that is not a regular file (a non-empty directory: RepoError 'corrupt'). */
+  private async notAnObject(key: string): Promise<boolean> {
+    const path = this.pathOf(key);
+    let st;
+    try {
+      st = await lstat(path);
+    } catch {
+      return false; // gone meanwhile: the put's answer stands
+    }
+    if (st.isFile()) return false;
+    if (st.isDirectory()) {
+      try {
+        await rmdir(path);
+      } catch (e) {
+        throw damaged(key, path, `is a directory, not a regular file (${(e as NodeJS.ErrnoException).code ?? 'not removable'}); remove it`, e);
+      }
+    }
+    return true;
   }
 
   /**
@@ -382,12 +410,16 @@ export class LocalBackend implements Backend {
     }
   }
 
-  /** Size and time, or null when absent (a directory is not an object). */
+  /**
+   * Size and time, or null when absent. Only a regular file is an object:
+   * not a directory, nor a symbolic link (get() never follows one, so a
+   * chunk found through one was named by backups and could not be read).
+   */
   async stat(key: string, opts: BackendCallOptions = {}): Promise<ObjectInfo | null> {
     const path = this.pathOf(key);
     throwIfAborted(opts.signal);
     try {
-      const s = await stat(path);
+      const s = await lstat(path);
       return s.isFile() ? { key, size: s.size, mtimeMs: s.mtimeMs } : null;
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;

@@ -156,6 +156,51 @@ describe('objects that are not what a put makes (found by an outside hunt)', () 
     expect((await b.get('chunks/aa/x')).toString()).toBe('x');
   }, 10_000);
 
+  it('stat counts only a regular file as an object; a create-only put replaces a link, FIFO or empty directory in its place (hunt S: the backup counted the damage as stored, and every backup of that data was unrestorable)', async () => {
+    const b = new LocalBackend(join(dir, 'r'));
+    await b.put('chunks/aa/x', Buffer.from('x'));
+    const at = (k: string) => join(dir, 'r', 'chunks', 'aa', k);
+    symlinkSync('/dev/zero', at('zero'));
+    symlinkSync('x', at('link'));
+    spawnSync('mkfifo', [at('fifo')]);
+    mkdirSync(at('dir'));
+    mkdirSync(at('full'));
+    writeFileSync(join(at('full'), 'inside'), 'i');
+    for (const k of ['zero', 'link', 'fifo', 'dir', 'full']) expect(await b.stat(`chunks/aa/${k}`)).toBeNull();
+    for (const k of ['zero', 'link', 'fifo', 'dir']) {
+      expect(await b.put(`chunks/aa/${k}`, Buffer.from(k), { ifAbsent: true, checkedAbsent: true })).toBe(true);
+      expect((await b.get(`chunks/aa/${k}`)).toString()).toBe(k);
+      expect(await b.stat(`chunks/aa/${k}`)).toMatchObject({ size: k.length });
+    }
+    // What the link pointed to is untouched; a real object is still not replaced.
+    expect((await b.get('chunks/aa/x')).toString()).toBe('x');
+    expect(await b.put('chunks/aa/x', Buffer.from('other'), { ifAbsent: true })).toBe(false);
+    expect((await b.get('chunks/aa/x')).toString()).toBe('x');
+    // A directory with something in it is not removed: damage said as such.
+    await expect(b.put('chunks/aa/full', Buffer.from('f'), { ifAbsent: true })).rejects.toMatchObject({ reason: 'corrupt', message: expect.stringContaining('is a directory, not a regular file') });
+    expect(readFileSync(join(at('full'), 'inside'), 'utf8')).toBe('i');
+  });
+
+  it('a backup over a chunk replaced by a symbolic link stores it again: verify passes and the backup restores (hunt S)', async () => {
+    const loc = join(dir, 'repo');
+    await using repo = await Repository.create(loc);
+    const chunk = Buffer.alloc(512, 9);
+    const header = { volume: 'v', deviceSize: 512, chunkSize: 512, createdMs: Date.now(), source: {}, base: null };
+    const s1 = await repo.beginBackup('v');
+    const { id } = await s1.putChunk(chunk);
+    await s1.commit(header, [{ index: 0, id }]);
+    const path = join(loc, 'chunks', id.slice(0, 2), id);
+    rmSync(path);
+    symlinkSync('/dev/zero', path);
+    expect((await repo.verify()).problems).toEqual([expect.objectContaining({ id, reason: 'missing' })]);
+    const s2 = await repo.beginBackup('v');
+    expect(await s2.putChunk(chunk)).toMatchObject({ id, stored: true });
+    const second = await s2.commit({ ...header, createdMs: Date.now() + 1 }, [{ index: 0, id }]);
+    expect((await repo.verify({ data: true })).problems).toEqual([]);
+    expect((await repo.getChunk(id)).equals(chunk)).toBe(true);
+    expect(second.newChunks).toBe(1);
+  });
+
   it('an object larger than maxBytes is refused as damaged before it is read', async () => {
     const b = new LocalBackend(join(dir, 'r'));
     await b.put('k', Buffer.alloc(100, 1));
