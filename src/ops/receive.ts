@@ -430,6 +430,16 @@ class SpooledReceive {
 
   constructor(private readonly o: ReceiveOptions) {}
 
+  /**
+   * Inspects and locks the target before any input is read: a piped stream
+   * that has not begun to arrive holds the target as one being read does
+   * (a second receive onto it is refused). It took the lock on its first
+   * bytes, so a receive started meanwhile wrote the target under it.
+   */
+  async start(): Promise<void> {
+    await this.init();
+  }
+
   private async init(): Promise<CheckedVerifier> {
     this.receiver ??= await Receiver.prepare(this.o);
     this.spool ??= await Spool.create(this.o.spoolDir);
@@ -522,6 +532,10 @@ export function receiveStream(target: string, opts: Omit<ReceiveOptions, 'target
   };
 
   const w = new Writable({
+    // The target is locked at once, not on the first chunk (see SpooledReceive.start).
+    construct(cb) {
+      track(job.start()).then(() => cb(), cb);
+    },
     write(chunk: Buffer, _enc, cb) {
       track(job.push(chunk)).then(() => cb(), cb);
     },
@@ -665,6 +679,7 @@ async function openInput(path: string, signal?: AbortSignal): Promise<FileHandle
 export async function receivePipe(fd: number, opts: ReceiveOptions): Promise<ReceiveResult> {
   const job = new SpooledReceive(opts);
   try {
+    await job.start();
     for await (const chunk of pipeChunks(fd, { signal: opts.signal })) await job.push(chunk);
     return await job.finish();
   } finally {

@@ -427,6 +427,39 @@ describe('receive state', () => {
     expect(sha256File(t)).toBe(await expectedSha(md, 3, SIZE));
   });
 
+  test('a piped receive holds the target from its start, before the first byte arrives (hunt S: it locked on its first bytes, and a receive started meanwhile wrote the target)', async () => {
+    const t = await dev1Target();
+    const holds = (pid: number): boolean => readFileSync('/proc/locks', 'utf8').split('\n').some((l) => /\bFLOCK\b/.test(l) && l.split(/\s+/).includes(String(pid)));
+    const waitHeld = async (pid: number, alive: () => boolean) => {
+      for (let i = 0; i < 1200 && !holds(pid) && alive(); i++) await new Promise((r) => setTimeout(r, 50));
+      return holds(pid);
+    };
+    // The CLI, its stdin a pipe nothing has been written to yet.
+    const child = spawn(process.execPath, [CLI, 'receive', '--target', t, '--spool-dir', s.dir, '-q'], { stdio: ['pipe', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    const closed = new Promise((r) => child.on('close', r));
+    try {
+      expect(await waitHeld(child.pid!, () => child.exitCode === null)).toBe(true);
+      const e = await receive({ target: t, input: Readable.from([streams.inc2from1]) }).catch((x: unknown) => x);
+      expect(e).toMatchObject({ code: 'EBUSY' });
+      child.stdin!.end(streams.inc2from1);
+    } finally {
+      if (!child.stdin!.writableEnded) child.kill('SIGKILL');
+    }
+    expect(await closed).toBe(0);
+    expect(stderr).toBe('');
+    expect(sha256File(t)).toBe(await expectedSha(md, 2, SIZE));
+    // The library's Writable, nothing written to it yet.
+    const w = receiveStream(t, { spoolDir: s.dir });
+    expect(await waitHeld(process.pid, () => true)).toBe(true);
+    const e2 = await receive({ target: t, input: Readable.from([streams.inc3from2]) }).catch((x: unknown) => x);
+    expect(e2).toMatchObject({ code: 'EBUSY' });
+    w.end(streams.inc3from2);
+    await w.result;
+    expect(sha256File(t)).toBe(await expectedSha(md, 3, SIZE));
+  });
+
   test('the lock goes with the process: a receive killed with SIGKILL leaves none behind', async () => {
     const t = await dev1Target();
     const child = spawn(process.execPath, [CLI, 'receive', '--target', t, '--spool-dir', s.dir, '-q'], { stdio: ['pipe', 'ignore', 'pipe'] });
