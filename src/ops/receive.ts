@@ -198,13 +198,15 @@ class Receiver {
         );
       }
     }
-    // A file written since the state was recorded (through another of its names too) holds something else.
+    // A file written since the state was recorded (through another of its names too) holds something else;
+    // so does one written since an interrupted receive recorded its stamp (the retry would write over another's content).
     const stamp = read.ok ? read.state?.file : undefined;
-    if (h.base && this.o.force !== true && stamp !== undefined && read.ok && read.state?.pending === null && this.info.exists && !this.info.blockDevice) {
+    if (h.base && this.o.force !== true && stamp !== undefined && read.ok && read.state && this.info.exists && !this.info.blockDevice) {
       if (!sameStamp(await fileStamp(this.o.target), stamp)) {
+        const since = read.state.pending === null ? 'the receive recorded in' : 'the receive interrupted (recorded as pending) in';
         throw new StreamError(
           'base-mismatch',
-          `target ${this.o.target} was written after the receive recorded in ${this.stateFile} (its size or modification time changed: a write, or a receive or restore through another of its names), ` +
+          `target ${this.o.target} was written after ${since} ${this.stateFile} (its size or modification time changed: a write, or a receive or restore through another of its names), ` +
             `so it may not hold the stream's base; receive a full stream (option force applies it anyway)`,
           { path: this.stateFile },
         );
@@ -291,6 +293,7 @@ class Receiver {
       await begin(); // a stream with nothing to write still sizes the target
       await writer.fsync();
     } catch (e) {
+      if (recorded && !writer.info.blockDevice) await this.stampInterrupted(state);
       throw recorded ? this.partlyWritten(e) : e;
     } finally {
       zero.close();
@@ -314,6 +317,22 @@ class Receiver {
       zeroing: { ...zero.used },
       ...(baseSize !== undefined ? { resizedFrom: baseSize } : {}),
     };
+  }
+
+  /**
+   * A failed or interrupted receive of a file target records the file's
+   * stamp beside its pending entry: its retry trusts the file to be as this
+   * receive left it, and refuses it once something else has written it (a
+   * restore, another receive through another name). Best effort: without
+   * the stamp (a write failure here, a SIGKILL) the retry trusts it, as
+   * documented.
+   */
+  private async stampInterrupted(state: ReceiveState): Promise<void> {
+    try {
+      await writeState(this.stateFile, { ...state, file: await fileStamp(this.o.target) });
+    } catch {
+      // the pending entry alone stays recorded
+    }
   }
 
   /** Closes and removes the file this receive created (nothing was recorded or written yet). */

@@ -7,7 +7,7 @@
  * SIGKILL), and a stream file verified and applied through one descriptor.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { appendFileSync, copyFileSync, existsSync, linkSync, mkdirSync, readFileSync, renameSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
+import { appendFileSync, closeSync, copyFileSync, existsSync, linkSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, symlinkSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
 import { Readable } from 'node:stream';
 import { DmthinError, StreamError, SystemCallError } from '../../src/errors';
 import { BlockWriter } from '../../src/native/block-writer';
@@ -542,6 +542,35 @@ describe('receive state', () => {
     expect(e).toMatchObject({ name: 'AbortError', code: 'ABORT_ERR' });
     expect((e as Error).message).toBe(`The operation was aborted; target ${t} is partly written, and ${t}.dmthin-state.json records this receive as pending: run the same receive again, or receive a full stream`);
     expect(JSON.parse(readFileSync(`${t}.dmthin-state.json`, 'utf8')).pending).not.toBeNull();
+    await receive({ target: t, input: Readable.from([streams.inc2from1]) });
+    expect(sha256File(t)).toBe(await expectedSha(md, 2, SIZE));
+  });
+
+  test('interrupted, then the file written by something else (a restore, another receive): the retry is refused (ESTALE), not applied over it (hunt T: exit 0, the target neither snapshot)', async () => {
+    const t = await dev1Target();
+    const ac = new AbortController();
+    const write = BlockWriter.prototype.write;
+    const spy = jest.spyOn(BlockWriter.prototype, 'write').mockImplementation(function (this: BlockWriter, ...a: Parameters<BlockWriter['write']>) {
+      ac.abort();
+      return write.apply(this, a);
+    });
+    try {
+      await expect(receive({ target: t, input: Readable.from([streams.inc2from1]), signal: ac.signal })).rejects.toMatchObject({ name: 'AbortError' });
+    } finally {
+      spy.mockRestore();
+    }
+    const state = JSON.parse(readFileSync(`${t}.dmthin-state.json`, 'utf8'));
+    expect(state.pending).not.toBeNull();
+    expect(state.file).toMatchObject({ size: SIZE });
+    // Something else writes the file (as a restore of another volume would).
+    const fd = openSync(t, 'r+');
+    writeSync(fd, Buffer.alloc(4096, 0x5a), 0, 4096, 0);
+    closeSync(fd);
+    const e = await receive({ target: t, input: Readable.from([streams.inc2from1]) }).catch((x: unknown) => x);
+    expect(e).toMatchObject({ code: 'ESTALE', reason: 'base-mismatch' });
+    expect((e as Error).message).toContain(`target ${t} was written after the receive interrupted (recorded as pending) in ${t}.dmthin-state.json`);
+    // A full stream still replaces it; nothing was written by the refused retry.
+    await receive({ target: t, input: Readable.from([streams.full1]) });
     await receive({ target: t, input: Readable.from([streams.inc2from1]) });
     expect(sha256File(t)).toBe(await expectedSha(md, 2, SIZE));
   });

@@ -70,7 +70,9 @@ export interface ReceiveState {
    */
   targetId?: string;
   /**
-   * A file target's size and modification time when `current` was recorded
+   * A file target's size and modification time when `current` was recorded,
+   * or, with `pending`, when that receive failed or was interrupted (a retry
+   * then refuses a file written since)
    * (absent for block devices and in states written before stop 40): a file
    * written since, by anyone (another receive through another of its names
    * too), no longer holds what `current` says.
