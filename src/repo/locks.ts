@@ -8,6 +8,7 @@
  * `refreshMs`; a lock not rewritten for `staleMs`, or one written on this
  * host by a process that no longer exists, is stale.
  */
+import { readFileSync, readlinkSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { RepoError, throwIfAborted } from '../errors';
@@ -36,6 +37,12 @@ export interface LockInfo {
   refreshedMs: number;
   /** The backup session (journal) this lock keeps alive, if any. */
   session?: string;
+  /**
+   * Which boot of which machine and which pid namespace `pid` belongs to
+   * (see processSpace); absent in locks of dmthin before it, and where
+   * /proc cannot tell.
+   */
+  space?: string;
 }
 
 /** A lock as a scan found it. */
@@ -47,6 +54,24 @@ export interface FoundLock {
 }
 
 const NONE: Compression = { algorithm: 'none', level: 0 };
+
+/**
+ * The kernel's boot id and this process's pid namespace: a pid names this
+ * process's neighbour only within both. A host name alone is no such
+ * proof: a container, or a clone of a VM, has the same one, and its live
+ * backup's lock was judged stale by a prune here ("its pid is gone"),
+ * which then deleted the chunks that backup had stored.
+ */
+let space: string | null | undefined;
+function processSpace(): string | null {
+  if (space !== undefined) return space;
+  try {
+    space = `${readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim()} ${readlinkSync('/proc/self/ns/pid')}`;
+  } catch {
+    space = null;
+  }
+  return space;
+}
 
 function pidAlive(pid: number): boolean {
   try {
@@ -68,7 +93,8 @@ function isLockInfo(v: unknown): v is LockInfo {
     Number.isSafeInteger(o.pid) &&
     Number.isFinite(o.createdMs) &&
     Number.isFinite(o.refreshedMs) &&
-    Math.abs(o.refreshedMs as number) <= 8.64e15
+    Math.abs(o.refreshedMs as number) <= 8.64e15 &&
+    (o.space === undefined || typeof o.space === 'string')
   );
 }
 
@@ -86,7 +112,11 @@ export class Locks {
     // time): judged by when the object was last written, not by what it says.
     if (!l.info || l.info.refreshedMs > now + this.timing.staleMs) return now - l.mtimeMs > this.timing.staleMs;
     if (now - l.info.refreshedMs > this.timing.staleMs) return true;
-    return l.info.host === hostname() && l.info.pid !== process.pid && !pidAlive(l.info.pid);
+    // Its pid is looked up only where it means this machine's process: the same host name, and
+    // (locks that record it) the same boot and pid namespace. Elsewhere only the time tells.
+    if (l.info.host !== hostname() || l.info.pid === process.pid) return false;
+    if (l.info.space !== undefined && l.info.space !== processSpace()) return false;
+    return !pidAlive(l.info.pid);
   }
 
   /** Every lock object, read. */
@@ -131,7 +161,8 @@ export class Locks {
     const before = conflict(await this.live(signal));
     if (before) throw refuse(before);
     const now = Date.now();
-    const info: LockInfo = { kind, purpose, host: hostname(), pid: process.pid, createdMs: now, refreshedMs: now, ...(session ? { session } : {}) };
+    const where = processSpace();
+    const info: LockInfo = { kind, purpose, host: hostname(), pid: process.pid, createdMs: now, refreshedMs: now, ...(session ? { session } : {}), ...(where ? { space: where } : {}) };
     const key = `locks/${now.toString(16).padStart(12, '0')}-${randomBytes(8).toString('hex')}`;
     const freesSpace = opts.freesSpace === true;
     await this.backend.put(key, seal(Buffer.from(JSON.stringify(info)), key, this.keys, NONE), { signal, freesSpace });

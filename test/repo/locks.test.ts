@@ -6,11 +6,11 @@
  */
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { seal, parseCompression } from '../../src/repo/codec';
+import { seal, parseCompression, unseal } from '../../src/repo/codec';
 import { LocalBackend } from '../../src/repo/local-backend';
 import { Locks, type LockInfo } from '../../src/repo/locks';
 import { Repository } from '../../src/repo/repository';
@@ -80,6 +80,25 @@ describe('locks', () => {
     await expect(repo.collectGarbage()).rejects.toMatchObject({ reason: 'locked' });
     plantLock('fresh-other-host', { kind: 'shared', refreshedMs: Date.now() - 31 * 60_000 }); // its host stopped refreshing it
     await expect(repo.collectGarbage()).resolves.toEqual({ deletedChunks: 0, freedBytes: 0, deletedTemporary: 0 });
+    expect(lockFiles()).toEqual([]);
+  });
+
+  it("a dead pid on this host counts only in this boot's own pid namespace: a lock of another pid namespace or boot with the same host name stays live until stale (hunt T: a prune removed a running container's backup lock and deleted its chunks)", async () => {
+    await using repo = await Repository.create(loc, {});
+    const mine = await repo.beginBackup('probe');
+    const own = JSON.parse(unseal(readFileSync(join(loc, 'locks', lockFiles()[0]!)), `locks/${lockFiles()[0]}`, null, 1 << 20).toString('utf8')) as LockInfo;
+    await mine[Symbol.asyncDispose]();
+    const bootId = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+    expect(own.space).toBe(`${bootId} ${readlinkSync('/proc/self/ns/pid')}`);
+    const dead = Number(spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8' }).stdout);
+    plantLock('other-ns', { kind: 'shared', host: hostname(), pid: dead, space: `${bootId} pid:[1]` });
+    plantLock('other-boot', { kind: 'shared', host: hostname(), pid: dead, space: `00000000-0000-0000-0000-000000000000 ${readlinkSync('/proc/self/ns/pid')}` });
+    await expect(repo.collectGarbage()).rejects.toMatchObject({ reason: 'locked' });
+    expect(lockFiles().sort()).toEqual(['other-boot', 'other-ns']);
+    // In this boot and namespace, its pid gone: stale at once, as before.
+    rmSync(join(loc, 'locks'), { recursive: true });
+    plantLock('same-space', { kind: 'shared', host: hostname(), pid: dead, space: own.space });
+    await expect(repo.collectGarbage()).resolves.toMatchObject({ deletedChunks: 0 });
     expect(lockFiles()).toEqual([]);
   });
 
