@@ -4,7 +4,7 @@
  * truncated, never created unless asked. Every call runs off the JS thread;
  * anything outside [0, size) is refused with ENOSPC before a syscall is made.
  */
-import { DmthinError, fromNative } from '../errors';
+import { check, DmthinError, fromNative } from '../errors';
 import { native, type DiscardMethod, type NativeBlockWriter, type NativeWriterInfo, type NativeWriterOpenOptions, type ZeroOutMethod } from './binding';
 import { openError } from './open-error';
 
@@ -82,7 +82,8 @@ export class BlockWriter implements AsyncDisposable {
   }
 
   /** BLKDISCARD on a block device, a punched hole in a file. */
-  discard(offset: number, length: number): Promise<DiscardMethod> {
+  async discard(offset: number, length: number): Promise<DiscardMethod> {
+    checkRange(offset, length);
     return this.call(() => this.w.discard(offset, length));
   }
 
@@ -96,12 +97,14 @@ export class BlockWriter implements AsyncDisposable {
   }
 
   /** BLKZEROOUT / fallocate(ZERO_RANGE), else written zeros: the range reads back as zeros. */
-  zeroOut(offset: number, length: number): Promise<ZeroOutMethod> {
+  async zeroOut(offset: number, length: number): Promise<ZeroOutMethod> {
+    checkRange(offset, length);
     return this.call(() => this.w.zeroOut(offset, length));
   }
 
   /** Grows a regular file to `size` (no-op if already as large). */
-  extend(size: number): Promise<number> {
+  async extend(size: number): Promise<number> {
+    check.integer(size, 'size', 0);
     return this.call(() => this.w.extend(size));
   }
 
@@ -121,4 +124,10 @@ export class BlockWriter implements AsyncDisposable {
   async [Symbol.asyncDispose](): Promise<void> {
     this.close();
   }
+}
+
+/** A byte range as the native writer takes it: UsageError for anything else (a negative offset was EUNKNOWN with the addon's signature as its message). */
+function checkRange(offset: unknown, length: unknown): void {
+  check.integer(offset, 'offset', 0);
+  check.integer(length, 'length', 0);
 }

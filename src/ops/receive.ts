@@ -602,6 +602,8 @@ function checkReceiveOptions(o: ReceiveOptions): void {
   check.oneOf(o.zero, 'zero', ZERO_METHODS);
   check.oneOf(o.direct, 'direct', ['auto', 'always', 'never']);
   for (const k of ['stateFile', 'stateDir', 'spoolDir'] as const) if (o[k] !== undefined) check.string(o[k], k);
+  // 'yes' was taken as false, silently (outside hunt S).
+  for (const k of ['force', 'resized', 'create'] as const) check.boolean(o[k], k);
 }
 
 /**

@@ -262,6 +262,25 @@ test('values no message can print (a Symbol, a bigint) and arguments of the wron
   await expect(ThinMetadata.fromBuffer(Buffer.alloc(1000))).rejects.toMatchObject({ kind: 'truncated', message: '<memory> is 1000 bytes: too small to hold a superblock' });
 });
 
+test("receive's boolean options and BlockWriter's ranges are checked (outside hunt S: force 'yes' was taken as false; zeroOut(-512) was EUNKNOWN with the addon's signature as its message)", async () => {
+  for (const k of ['force', 'resized', 'create'] as const) {
+    await expect(receive({ target: '/nonexistent/t', input: '/nonexistent/s', [k]: 'yes' as unknown as boolean })).rejects.toEqual(usage(new RegExp(`^${k} must be true or false, got "yes"$`)));
+  }
+  const s = scratch();
+  try {
+    const file = s.path('w.img');
+    writeFileSync(file, Buffer.alloc(4096));
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const { BlockWriter } = require('../../src/native/block-writer') as typeof import('../../src/native/block-writer');
+    await using w = await BlockWriter.open(file, { direct: 'never' });
+    await expect(w.zeroOut(-512, 512)).rejects.toEqual(usage(/^offset must be an integer of at least 0, got number -512$/));
+    await expect(w.discard(0, 1.5)).rejects.toEqual(usage(/^length must be an integer of at least 0, got number 1\.5$/));
+    await expect(w.extend(NaN)).rejects.toEqual(usage(/^size must be an integer of at least 0, got number NaN$/));
+  } finally {
+    s.cleanup();
+  }
+});
+
 test('an already aborted signal rejects also where the answer is cached (outside hunt O)', async () => {
   using f = fixtureFile('basic');
   await using md = await ThinMetadata.open(f.path);
