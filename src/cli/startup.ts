@@ -26,8 +26,8 @@
  * when it cannot be written the cache is simply not kept.
  * DMTHIN_CODE_CACHE=0 turns it off; DMTHIN_CODE_CACHE_DIR=DIR keeps it in DIR.
  */
-import { accessSync, closeSync, constants, fstatSync, fsyncSync, mkdirSync, openSync, readFileSync, readSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
-import { dirname, join, resolve as resolvePath } from 'node:path';
+import { accessSync, closeSync, constants, fstatSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
+import { basename, dirname, join, resolve as resolvePath } from 'node:path';
 import { Script } from 'node:vm';
 // The CommonJS Module class, as `require('node:module')` exports it: taken
 // from this module's own object, since loading node:module also loads Node's
@@ -660,9 +660,24 @@ function cacheDirWritable(): boolean {
   }
 }
 
-/** Writes `parts` as `FILE`: a temporary file, fsynced, renamed over it. */
+/**
+ * Writes `parts` as `FILE`: a temporary file, fsynced, renamed over it.
+ * Temporary files of FILE that a killed run left (a save takes
+ * milliseconds: one a minute old is no one's) are removed first; they were
+ * never removed, a few hundred KB each.
+ */
 function writeAtomically(FILE: string, parts: Buffer[]): void {
   const tmp = `${FILE}.${process.pid}.tmp`;
+  const prefix = `${basename(FILE)}.`;
+  try {
+    for (const name of readdirSync(DIR)) {
+      if (!name.startsWith(prefix) || !/^\d+\.tmp$/.test(name.slice(prefix.length))) continue;
+      const left = join(DIR, name);
+      if (Date.now() - statSync(left).mtimeMs > 60_000) unlinkSync(left);
+    }
+  } catch {
+    // another run removed it first, or the directory cannot be read: nothing to do
+  }
   try {
     const fd = openSync(tmp, 'w', 0o644);
     try {

@@ -5,7 +5,7 @@
  * child_process, the dm and pool layers, the delta walker).
  */
 import { spawnSync } from 'node:child_process';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CLI } from './run-cli';
@@ -177,6 +177,20 @@ describe('code cache', () => {
     } finally {
       rmSync(root, { recursive: true, force: true });
     }
+  });
+
+  it("a save removes the temporary files a killed run left (a minute old), not another run's fresh one (outside hunt T: they were never removed)", () => {
+    const old = new Date(Date.now() - 5 * 60_000);
+    const left = [`${cacheFile('ls')}.999991.tmp`, `${packFile('ls')}.999992.tmp`];
+    const fresh = `${cacheFile('ls')}.999993.tmp`;
+    for (const f of [...left, fresh]) writeFileSync(f, 'partial');
+    for (const f of left) utimesSync(f, old, old);
+    rmSync(cacheFile('ls'), { force: true });
+    rmSync(packFile('ls'), { force: true });
+    expect(run(['ls', POOL]).status).toBe(0);
+    expect(left.filter((f) => existsSync(f))).toEqual([]);
+    expect(existsSync(fresh)).toBe(true);
+    rmSync(fresh);
   });
 
   it('a run of another command, help or a usage error keeps its own file', () => {
