@@ -20,6 +20,7 @@ import { access, lstat, mkdir, open, readdir, readFile, readlink, realpath, rena
 import { basename, dirname, join, resolve } from 'node:path';
 import { Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { check, DmthinError, isSystemError, SystemCallError, throwIfAborted, UsageError } from '../errors';
 import { devNumOfRdev } from '../units';
 import { outputError } from './sink';
@@ -199,9 +200,11 @@ export class OutputFile {
     if (!existing && path.endsWith('/')) throw new SystemCallError('EISDIR', `cannot write ${path}: a path ending in / names a directory, and there is none`, { path, syscall: 'open' });
     if (existing && !existing.isFile()) {
       // A device or FIFO: written where it is. fsync means something only for a block device.
-      const fh = await open(target, constants.O_WRONLY).catch((e) => {
-        throw fsError(e, 'open', path);
-      });
+      const fh = existing.isFIFO()
+        ? await openFifoForWriting(target, path, opts.signal)
+        : await open(target, constants.O_WRONLY).catch((e) => {
+            throw fsError(e, 'open', path);
+          });
       return new OutputFile(path, target, null, fh, new FileWritable(fh, path), existing.isBlockDevice(), opts.signal);
     }
     // A file its caller may not write (mode 0444, another user's) is refused
@@ -286,8 +289,43 @@ export class OutputFile {
     if (this.done) return;
     this.done = true;
     this.stream.destroy();
-    await this.fh.close().catch(() => undefined);
-    if (this.tmp) await unlink(this.tmp).catch(() => undefined);
+    const closed = this.fh.close().catch(() => undefined);
+    if (this.tmp) {
+      await closed;
+      await unlink(this.tmp).catch(() => undefined);
+    }
+    // A device or FIFO written in place: the close is not waited for. It waits
+    // for a write in flight, which a FIFO whose reader stopped reading holds
+    // for as long as the reader wants; an interrupted command ended only then.
+  }
+}
+
+/**
+ * Opens a FIFO for writing as open(O_WRONLY) would, but so that a signal
+ * ends the wait for its reader: that open blocks a thread until a reader
+ * comes, and dump -o FIFO without one ignored SIGINT and SIGTERM (thin_dump
+ * ends with 130, 143). Without O_NONBLOCK's ENXIO (no reader yet) it is asked
+ * again every 50 ms; once a reader is there, the descriptor written is a
+ * blocking one (a full pipe waits for the reader, as for any writer).
+ */
+async function openFifoForWriting(target: string, path: string, signal?: AbortSignal): Promise<FileHandle> {
+  for (;;) {
+    throwIfAborted(signal);
+    let probe: FileHandle;
+    try {
+      probe = await open(target, constants.O_WRONLY | constants.O_NONBLOCK);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENXIO') throw fsError(e, 'open', path);
+      await sleep(50, undefined, { signal }).catch(() => undefined);
+      continue;
+    }
+    try {
+      return await open(target, constants.O_WRONLY).catch((e) => {
+        throw fsError(e, 'open', path);
+      });
+    } finally {
+      await probe.close();
+    }
   }
 }
 

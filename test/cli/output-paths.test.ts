@@ -6,7 +6,7 @@
  * FILE as it was, and the rerun removes the killed run's temporary file.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { chmodSync, chownSync, closeSync, existsSync, linkSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, closeSync, constants, existsSync, linkSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { CLI, runCli } from './run-cli';
@@ -304,6 +304,49 @@ describe('SIGTERM during -o FILE', () => {
     },
     600_000,
   );
+});
+
+describe('-o FIFO and a signal (outside hunt T: SIGINT and SIGTERM were ignored until a reader came, or read)', () => {
+  /** The command's status, stderr and how long it took to end after the signal. */
+  const signalled = (args: string[], after: number) =>
+    new Promise<{ status: number | null; stderr: string; ms: number }>((resolve) => {
+      const p = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+      let stderr = '';
+      let sent = 0;
+      p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+      const t = setTimeout(() => {
+        sent = Date.now();
+        p.kill('SIGTERM');
+      }, after);
+      const guard = setTimeout(() => p.kill('SIGKILL'), after + 15_000);
+      p.on('close', (status) => {
+        clearTimeout(t);
+        clearTimeout(guard);
+        resolve({ status, stderr, ms: Date.now() - sent });
+      });
+    });
+
+  test('no reader yet: the wait for one ends on SIGTERM (143, one line)', async () => {
+    const fifo = i.s.path('no-reader.fifo');
+    expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
+    const r = await signalled(['dump', '-o', fifo, i.big], 700);
+    expect([r.status, r.stderr]).toEqual([143, 'dmthin dump: interrupted [ABORT_ERR]\n']);
+    expect(r.ms).toBeLessThan(5000);
+  });
+
+  test('a reader that stopped reading (the pipe full): the command ends on SIGTERM, not when the reader reads', async () => {
+    const fifo = i.s.path('stalled-reader.fifo');
+    expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
+    // Opened for reading here and never read: dump's 1.2 MB fill the pipe's 64 KiB and its write waits.
+    const reader = openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK);
+    try {
+      const r = await signalled(['dump', '-o', fifo, i.big], 1500);
+      expect([r.status, r.stderr]).toEqual([143, 'dmthin dump: interrupted [ABORT_ERR]\n']);
+      expect(r.ms).toBeLessThan(5000);
+    } finally {
+      closeSync(reader);
+    }
+  });
 });
 
 describe('SIGKILL during -o FILE, then a rerun', () => {
