@@ -13,7 +13,7 @@
  */
 import { closeSync, constants, fstatSync, mkdirSync, openSync, statSync, unlinkSync } from 'node:fs';
 import { dirname } from 'node:path';
-import { DmthinError, UsageError } from '../errors';
+import { DmthinError, SetupError, UsageError } from '../errors';
 import { native } from './binding';
 
 /** The locks one job holds, all dropped by release(). */
@@ -63,6 +63,16 @@ export class JobLock {
   }
 
   private takeOnce(path: string, create: boolean, busy: (path: string) => string): number {
+    // The addon first: without it no lock can be taken, and a lock file
+    // created before finding that out was left behind (outside hunt S).
+    // Its SetupError is kept (the type a missing build always has).
+    let addon: ReturnType<typeof native>;
+    try {
+      addon = native();
+    } catch (e) {
+      if (e instanceof SetupError) e.message = `cannot lock ${path} for the ${this.job}: ${e.message}`;
+      throw e;
+    }
     let fd: number;
     try {
       fd = openSync(path, constants.O_RDONLY | (create ? constants.O_CREAT : 0), 0o644);
@@ -72,7 +82,6 @@ export class JobLock {
     }
     let got: boolean;
     try {
-      const addon = native();
       // An addon built before flock was added: never run unlocked.
       if (typeof addon.flockNonBlocking !== 'function') throw new DmthinError('ENOSYS', 'the native addon has no flock (it predates this code): rebuild it');
       got = addon.flockNonBlocking(fd, true);

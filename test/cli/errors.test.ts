@@ -382,6 +382,21 @@ describe('native addon missing or unloadable', () => {
     expect(oneLine(run(['dump', '--bogus']))).toBe("dmthin dump: unknown option '--bogus'; see 'dmthin dump --help' [EINVAL]");
   });
 
+  test('not built: receive stops with the SetupError before anything is written, and leaves no lock file (outside hunt S: its .lock stayed behind)', () => {
+    const d = mkdtempSync(join(tmpdir(), 'dmthin-noaddon-recv-'));
+    try {
+      const stream = join(d, 's');
+      writeFileSync(stream, 'not even a stream');
+      const target = join(d, 't.img');
+      const r = run(['receive', '--target', target, '--create', '-i', stream]);
+      expect(r.status).toBe(1);
+      expect(oneLine(r)).toBe(`dmthin receive: cannot lock ${target}.dmthin-state.json.lock for the receive: ${notBuilt()}`);
+      expect(readdirSync(d)).toEqual(['s']);
+    } finally {
+      rmSync(d, { recursive: true, force: true });
+    }
+  });
+
   rootTest('not built: a block device needs the addon (its size takes an ioctl)', () => {
     const d = mkdtempSync(join(tmpdir(), 'dmthin-blk-'));
     try {
