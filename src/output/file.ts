@@ -220,10 +220,11 @@ export class OutputFile {
       throw fsError(e, 'create a temporary file beside', path);
     });
     if (existing) {
-      // The replacement keeps the old file's permissions and (as root) its owner.
+      // The replacement keeps the old file's permissions and (as root) its owner:
+      // the owner first, since a chown clears the set-user-ID and set-group-ID bits (outside hunt T).
       try {
-        await fh.chmod(existing.mode & 0o7777);
         if (process.getuid?.() === 0) await fh.chown(existing.uid, existing.gid);
+        await fh.chmod(existing.mode & 0o7777);
       } catch (e) {
         await fh.close().catch(() => undefined);
         await unlink(tmp).catch(() => undefined);

@@ -11,7 +11,8 @@
  * directly.
  */
 import { spawnSync } from 'node:child_process';
-import { closeSync, existsSync, openSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
   fileCommands,
@@ -27,6 +28,7 @@ import {
 } from './output-helpers';
 import { scratch } from '../stream/helpers';
 import { itOracle, runOracle } from '../helpers/fixtures';
+import { testAsRoot } from '../helpers/root';
 import { CLI, runCli } from './run-cli';
 
 let i: Inputs;
@@ -196,6 +198,22 @@ describe('a full filesystem (64 KiB tmpfs)', () => {
       expect(readFileSync(out, 'utf8')).toBe(runOracle('thin_dump', ['--skip-mappings', i.big]).stdout);
       expect(statSync(out).mode & 0o777).toBe(0o640);
       expect(small!.files()).toEqual(['old.out']);
+    });
+
+    testAsRoot('dump -o over a file with set-user-ID and set-group-ID bits and another owner keeps all of them (outside hunt T: the chown after the chmod cleared them)', () => {
+      const dir = mkdtempSync(join(tmpdir(), 'dmthin-suid-'));
+      try {
+        const out = join(dir, 'old.out');
+        writeFileSync(out, 'the previous backup\n');
+        chownSync(out, 65534, 65534);
+        chmodSync(out, 0o6750);
+        const d = runCli(['dump', '--skip-mappings', '-o', out, i.big]);
+        expect([d.status, d.stderr]).toEqual([0, '']);
+        const st = statSync(out);
+        expect([st.mode & 0o7777, st.uid, st.gid]).toEqual([0o6750, 65534, 65534]);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
     });
   });
 });
