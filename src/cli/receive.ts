@@ -2,6 +2,7 @@
  * `dmthin receive`: verify a stream completely, then apply it to a block
  * device or file and record what the target now holds.
  */
+import { fstatSync, readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { DmthinError, isSystemError, UsageError } from '../errors';
 import type { ZeroMethod } from '../stream/receive/target';
@@ -87,7 +88,7 @@ export function register(program: Command, ctx: () => CliContext): void {
           signal: c.signal,
           onProgress: (p: { phase: string; bytes: number; totalBytes?: number }) => bar.update(p.bytes, p.totalBytes, p.phase === 'verify' ? 'bytes verified' : 'bytes applied'),
         };
-        const r = pipe !== null ? await receivePipe(pipe, opts) : await receive({ ...opts, input: o.input });
+        const r = pipe !== null ? await receivePipe(pipe, opts) : await receive({ ...opts, input: o.input === '-' ? (stdinFileAtStart() ?? '-') : o.input });
         bar.stop();
         c.done = `the stream was applied to ${o.target} and recorded in ${r.stateFile}`;
         // One shape whatever the stream (docs/json.md): roots a stream of version 3 or older, or a full one, has not are null.
@@ -100,4 +101,21 @@ export function register(program: Command, ctx: () => CliContext): void {
         bar.stop();
       }
     });
+}
+
+/**
+ * A regular file on stdin (`receive < FILE`), not yet read from: its path
+ * through /proc, so that it is verified in place and applied from the same
+ * descriptor as `-i FILE` is, not copied into the spool first (which a small
+ * spool directory could not hold; outside hunt T). Only at offset 0, where
+ * reading it anew from its start reads what stdin would.
+ */
+function stdinFileAtStart(): string | null {
+  try {
+    if (!fstatSync(0).isFile()) return null;
+    const pos = /^pos:\s*(\d+)$/m.exec(readFileSync('/proc/self/fdinfo/0', 'utf8'));
+    return pos !== null && pos[1] === '0' ? '/proc/self/fd/0' : null;
+  } catch {
+    return null;
+  }
 }

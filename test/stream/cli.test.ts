@@ -63,6 +63,23 @@ test('send to a file, receive it; then an incremental through a pipe', async () 
   expect(sha256File(t)).toBe(await expectedSha(md, 1, SIZE));
 });
 
+test('receive < FILE reads the file in place, as -i FILE does, not through the spool (outside hunt T: a small spool directory could not hold it)', async () => {
+  const stream = s.path('stdin-full4.s');
+  expect(runCli(['send', '--metadata', meta, '--data', data, '--snap', '4', '--size', `${SIZE / 1024}K`, '-o', stream, '-q']).status).toBe(0);
+  const notDir = s.path('not-a-dir');
+  writeFileSync(notDir, '');
+  const t = s.path('t-stdin');
+  // A spool directory that cannot exist: only a receive that does not spool succeeds.
+  const p = sh(`${dmthin} receive --target '${t}' --create --spool-dir '${notDir}/spool' --json -q < '${stream}'`);
+  expect([p.status, p.stderr]).toEqual([0, '']);
+  expect(JSON.parse(p.stdout)).toMatchObject({ spooled: false, created: true });
+  expect(sha256File(t)).toBe(await expectedSha(md, 4, SIZE));
+  // Not at its start (the shell's reader took some first): read from where stdin is, through the spool.
+  const q = sh(`{ head -c 1 >/dev/null; ${dmthin} receive --target '${s.path('t-stdin2')}' --create --spool-dir '${s.dir}' -q; } < '${stream}'`);
+  expect(q.status).toBe(1);
+  expect(q.stderr).toMatch(/^dmthin receive: .*\[/);
+});
+
 /**
  * The 4096 bytes of device `devId`'s mapping-tree root node, found by
  * walking the metadata file's top-level tree here (superblock offset 320:
