@@ -45,9 +45,12 @@ const EXAMPLE = join(ROOT, 'examples', 'pool.bin');
  * takes it to ~4.4 MB.
  * 2026-12-04, later: 609,817 bytes packed (argument checks, the repair and discard
  * batching, their docs; no new kind of file): packed budget 600 -> 650 KB; the
- * unpacked budget still catches a build/ folder or a bench image.) */
+ * unpacked budget still catches a build/ folder or a bench image.
+ * 2026-12-05: 2,409,035 bytes unpacked (the module pack in cli/startup, the space
+ * reserve, the hunts' fixes and their docs; no new kind of file): budget 2.4 -> 2.5 MB;
+ * a build/ folder (2.2 MB) still takes it far over.) */
 const MAX_PACKED_BYTES = 650_000;
-const MAX_UNPACKED_BYTES = 2_400_000;
+const MAX_UNPACKED_BYTES = 2_500_000;
 
 interface PackResult {
   filename: string;
