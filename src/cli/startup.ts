@@ -116,6 +116,7 @@ export function deferCommanderChildProcess(): void {
 export function resolveCliModulesDirectly(): void {
   const M = Module as ModuleInternals & { _nodeModulePaths(from: string): string[] };
   const resolve = M._resolveFilename;
+  let found: string | undefined;
   M._resolveFilename = function (request: string, parent: CjsModule & { filename?: string }, isMain: boolean, options?: { paths?: string[] }): string {
     if (options === undefined && parent?.filename?.startsWith(ROOT + '/')) {
       if (request === 'commander') {
@@ -151,9 +152,6 @@ export function resolveCliModulesDirectly(): void {
     return js.call(this, module, filename);
   };
 }
-
-/** commander's main file, once resolveCliModulesDirectly() has resolved `require('commander')` ('' when it could not). */
-let found: string | undefined;
 
 /** Size and modification time of files resolveCliModulesDirectly() found (their stat), for installCodeCache(). */
 const knownStats = new Map<string, { size: number; mtimeMs: number }>();
@@ -246,7 +244,7 @@ export function installCodeCache(group = 'main'): void {
   const readIndex = (): void => {
     read = true;
     try {
-      const file = readFileSync(FILE);
+      const file = readOwnFile(FILE);
       const len = file.readUInt32LE(0);
       for (const e of JSON.parse(file.toString('utf8', 4, 4 + len)) as Entry[]) index.set(e.f, e);
       data = file.subarray(4 + len);
@@ -335,7 +333,7 @@ export function installCodeCache(group = 'main'): void {
     if (!mayImport(wrapped) && asciiSource(buf.subarray(head.length, head.length + st.size)) !== undefined) pack.missed({ f: filename, s: st.size, m: st.mtimeMs, o: 0, n: 0 });
     return compile(mod, filename, wrapped, length, st.mtimeMs, () => wrapped.slice(head.length, wrapped.length - tail.length), true);
   };
-  const pack = new ModulePack(`${FILE_PREFIX}-${group}.pack`, () => found);
+  const pack = new ModulePack(`${FILE_PREFIX}-${group}.pack`);
   process.once('exit', () => {
     if (stale) save(FILE, index, data, compiled);
     pack.saveIfStale();
@@ -367,14 +365,13 @@ type PackEntry = Entry;
  * does not hold) goes to the module's own require. The pack is rewritten
  * (a temporary file renamed over it) at exit when a run loaded a file it
  * lacked, and once more by the next run to add V8's code cache for it.
- * File: u32 length of a JSON header {e: entries, c: commander's main, n:
- * source bytes}, the header, the source, then the code cache.
+ * File: u32 length of a JSON header {e: entries, n: source bytes}, the
+ * header, the source, then the code cache.
  */
 class ModulePack {
   private entries = new Map<string, PackEntry>();
   /** The entries' freshness, each file stat'ed once. */
   private readonly fresh = new Map<string, boolean>();
-  private commander = '';
   /** The pack file's length and header as read: its source is reused at exit only from a file that still has them. */
   private header: Buffer | undefined;
   private cache: Buffer | undefined;
@@ -383,23 +380,19 @@ class ModulePack {
   private readonly misses: PackEntry[] = [];
   private stale = false;
 
-  constructor(
-    private readonly file: string,
-    private readonly commanderMain: () => string | undefined,
-  ) {
+  constructor(private readonly file: string) {
     let b: Buffer;
     try {
-      b = readFileSync(file);
+      b = readOwnFile(file);
     } catch {
-      this.stale = true; // none yet
+      this.stale = true; // none yet (or not ours)
       return;
     }
     try {
       const len = b.readUInt32LE(0);
-      const h = JSON.parse(b.toString('utf8', 4, 4 + len)) as { e: PackEntry[]; c: string; n: number };
-      if (!Array.isArray(h.e) || typeof h.c !== 'string' || !Number.isSafeInteger(h.n) || 4 + len + h.n > b.length) throw new Error('not a pack');
+      const h = JSON.parse(b.toString('utf8', 4, 4 + len)) as { e: PackEntry[]; n: number };
+      if (!Array.isArray(h.e) || !Number.isSafeInteger(h.n) || 4 + len + h.n > b.length) throw new Error('not a pack');
       for (const e of h.e) if (e.o + e.n <= h.n) this.entries.set(e.f, e);
-      this.commander = h.c;
       this.header = Buffer.from(b.subarray(0, 4 + len));
       this.cache = b.subarray(4 + len + h.n);
       this.source = b.subarray(4 + len, 4 + len + h.n);
@@ -463,9 +456,10 @@ class ModulePack {
         // Node's order: the request as written, then with .js (tsc writes none; commander both ways).
         const base = resolvePath(dirname(mod.filename), id);
         f = this.entries.has(base) ? base : this.entries.has(base + '.js') ? base + '.js' : undefined;
-      } else if (id === 'commander' && this.commander !== '' && mod.filename.startsWith(ROOT + '/')) {
-        f = this.commander;
       }
+      // Anything else, commander too, through the module's own require: its
+      // place is resolved anew every run (a nearer node_modules/commander may
+      // have appeared since the pack was made); its files still come from the pack.
       if (f === undefined) return mod.require(id);
       const cached = (Module._cache as Record<string, PackModule | undefined>)[f];
       if (cached) return cached.exports;
@@ -549,7 +543,7 @@ class ModulePack {
   private oldSource(): Buffer | undefined {
     if (!this.header) return undefined;
     try {
-      const b = readFileSync(this.file);
+      const b = readOwnFile(this.file);
       if (!b.subarray(0, this.header.length).equals(this.header)) return undefined;
       const n = (JSON.parse(b.toString('utf8', 4, this.header.length)) as { n: number }).n;
       return b.subarray(this.header.length, this.header.length + n);
@@ -559,7 +553,7 @@ class ModulePack {
   }
 
   private write(entries: PackEntry[], source: Buffer, cache: Buffer): void {
-    const json = Buffer.from(JSON.stringify({ e: entries, c: this.commanderMain() ?? this.commander, n: source.length }));
+    const json = Buffer.from(JSON.stringify({ e: entries, n: source.length }));
     const head = Buffer.alloc(4);
     head.writeUInt32LE(json.length, 0);
     writeAtomically(this.file, [head, json, source, cache]);
@@ -569,7 +563,8 @@ class ModulePack {
 /**
  * A module's source with every character beyond ASCII written as a \u
  * escape, or undefined when that could change what it means (a backslash
- * before such a character, or raw template strings). V8 keeps a script's
+ * before such a character, raw template strings, line terminators, white
+ * space and astral characters beyond ASCII). V8 keeps a script's
  * source as one byte a character only when all of it is Latin-1: one `—`
  * in a comment of one module would make the whole pack's copy two bytes a
  * character (~0.7 MB more for `send`). In comments, strings, regular
@@ -580,6 +575,11 @@ export function asciiSource(body: Buffer): Buffer | undefined {
   if (!body.some((b) => b >= 0x80)) return body;
   const text = body.toString('utf8');
   if (/String\.raw|\.raw\b/.test(text)) return undefined;
+  // Characters whose escape is not the character everywhere (a review): line
+  // terminators (U+2028 ends a // comment; \u2028 does not), white space
+  // beyond ASCII and the BOM (between tokens, an escape is a syntax error),
+  // and astral characters (their surrogate escapes are no identifier).
+  if (/[\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff\ud800-\udfff]/.test(text)) return undefined;
   let out = '';
   let last = 0;
   for (let i = 0; i < text.length; i++) {
@@ -642,6 +642,31 @@ function save(FILE: string, index: Map<string, Entry>, data: Buffer, compiled: {
   const head = Buffer.alloc(4);
   head.writeUInt32LE(json.length, 0);
   writeAtomically(FILE, [head, json, ...parts]);
+}
+
+/**
+ * A cache or pack file, if this user (or root) owns it; else throws. Both
+ * are code this process runs: one another local user wrote (a cache
+ * directory in /tmp, DMTHIN_CODE_CACHE_DIR) would run as whoever runs
+ * dmthin.
+ */
+function readOwnFile(path: string): Buffer {
+  const fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+  try {
+    const st = fstatSync(fd);
+    const uid = process.getuid?.();
+    if (!st.isFile() || (uid !== undefined && st.uid !== uid && st.uid !== 0)) throw new Error(`${path} is not this user's file`);
+    const b = Buffer.allocUnsafe(st.size);
+    let off = 0;
+    while (off < b.length) {
+      const n = readSync(fd, b, off, b.length - off, off);
+      if (n === 0) break;
+      off += n;
+    }
+    return b.subarray(0, off);
+  } finally {
+    closeSync(fd);
+  }
 }
 
 /**

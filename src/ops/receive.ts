@@ -550,16 +550,18 @@ export function receiveStream(target: string, opts: Omit<ReceiveOptions, 'target
     return p;
   };
 
+  // The target is locked at once, not on the first chunk (see SpooledReceive.start).
+  // A refusal is reported by the first write or the end, through the callbacks
+  // a pipeline listens to: failing the Writable's construction emitted 'error'
+  // before a caller that awaited something first had attached a handler (a review).
+  const started = track(job.start());
+  started.catch(() => undefined);
   const w = new Writable({
-    // The target is locked at once, not on the first chunk (see SpooledReceive.start).
-    construct(cb) {
-      track(job.start()).then(() => cb(), cb);
-    },
     write(chunk: Buffer, _enc, cb) {
-      track(job.push(chunk)).then(() => cb(), cb);
+      track(started.then(() => job.push(chunk))).then(() => cb(), cb);
     },
     final(cb) {
-      track(job.finish()).then(
+      track(started.then(() => job.finish())).then(
         (r) => {
           settle.resolve(r);
           cb();

@@ -174,12 +174,14 @@ export class LocalBackend implements Backend {
       if (!full || !opts.freesSpace || !(body instanceof Uint8Array) || !(await this.giveUpReserve())) throw e;
       written = await this.putOnce(key, body, opts);
     }
-    // ifAbsent found something at the key: an object, or damage no listing,
-    // stat or get takes for one (a symbolic link, a directory, a FIFO), which
-    // a create-only put left there for good, so that a chunk stayed
-    // unreadable through every later backup that stored it. Damage is
-    // replaced (an empty directory removed first).
-    if (!written && opts.ifAbsent && body instanceof Uint8Array && (await this.notAnObject(key))) return this.putOnce(key, body, { ...opts, ifAbsent: false });
+    // ifAbsent found something at a chunk's key: the chunk, or damage no
+    // listing, stat or get takes for one (a symbolic link, a directory, a
+    // FIFO), which a create-only put left there for good, so that the chunk
+    // stayed unreadable through every later backup that stored it. Damage is
+    // replaced (an empty directory removed first). Only chunks (content-
+    // addressed: what belongs there is known): any other create-only put,
+    // the config's or a lock's, keeps refusing whatever is at its key.
+    if (!written && opts.ifAbsent && key.startsWith('chunks/') && body instanceof Uint8Array && (await this.notAnObject(key))) return this.putOnce(key, body, { ...opts, ifAbsent: false });
     return written;
   }
 

@@ -5,7 +5,7 @@
  * transpiled from src/ into a temporary directory).
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { randomBytes } from 'node:crypto';
@@ -176,6 +176,10 @@ describe('objects that are not what a put makes (found by an outside hunt)', () 
     expect((await b.get('chunks/aa/x')).toString()).toBe('x');
     expect(await b.put('chunks/aa/x', Buffer.from('other'), { ifAbsent: true })).toBe(false);
     expect((await b.get('chunks/aa/x')).toString()).toBe('x');
+    // Not a chunk's key (a repository's config): whatever is there is left, the create-only put refused.
+    symlinkSync(join(dir, 'r', 'chunks', 'aa', 'x'), join(dir, 'r', 'config'));
+    expect(await b.put('config', Buffer.from('new'), { ifAbsent: true })).toBe(false);
+    expect(lstatSync(join(dir, 'r', 'config')).isSymbolicLink()).toBe(true);
     // A directory with something in it is not removed: damage said as such.
     await expect(b.put('chunks/aa/full', Buffer.from('f'), { ifAbsent: true })).rejects.toMatchObject({ reason: 'corrupt', message: expect.stringContaining('is a directory, not a regular file') });
     expect(readFileSync(join(at('full'), 'inside'), 'utf8')).toBe('i');

@@ -9,6 +9,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { appendFileSync, closeSync, copyFileSync, existsSync, linkSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, symlinkSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
 import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { DmthinError, StreamError, SystemCallError } from '../../src/errors';
 import { BlockWriter } from '../../src/native/block-writer';
 import { receive, receiveStream } from '../../src/ops/receive';
@@ -458,6 +459,18 @@ describe('receive state', () => {
     w.end(streams.inc3from2);
     await w.result;
     expect(sha256File(t)).toBe(await expectedSha(md, 3, SIZE));
+  });
+
+  test("receiveStream onto a busy target: the refusal comes through the pipeline, also when the caller awaited something before piping (a review: the Writable emitted 'error' at once, unhandled)", async () => {
+    const t = await dev1Target();
+    const first = receiveStream(t, { spoolDir: s.dir });
+    const second = receiveStream(t, { spoolDir: s.dir });
+    await new Promise((r) => setTimeout(r, 200));
+    await expect(pipeline(Readable.from([streams.inc2from1]), second)).rejects.toMatchObject({ code: 'EBUSY' });
+    await expect(second.result).rejects.toMatchObject({ code: 'EBUSY' });
+    first.end(streams.inc2from1);
+    await first.result;
+    expect(sha256File(t)).toBe(await expectedSha(md, 2, SIZE));
   });
 
   test('the lock goes with the process: a receive killed with SIGKILL leaves none behind', async () => {
