@@ -83,6 +83,14 @@ export interface Backend extends AsyncDisposable {
    */
   sweepTemporary?(olderThanMs: number, opts?: { except?: readonly string[] }): Promise<number>;
   /**
+   * Local directories only: makes the deletions already made under `prefix`
+   * durable (fsyncs its directory). Garbage collection calls it for
+   * backups/ before it reads the manifests: a header whose delete was never
+   * made durable (its directory's fsync failed) could come back after a
+   * crash, naming chunks the collection had deleted.
+   */
+  syncPrefix?(prefix: string, opts?: BackendCallOptions): Promise<void>;
+  /**
    * Local directories only: makes sure the space reserve is there (a small
    * file no listing shows, given up by a `freesSpace` put that finds the
    * filesystem full). Best effort: without room it is simply not made.

@@ -488,6 +488,19 @@ export class LocalBackend implements Backend {
     for (const d of dirs) await fsyncDir(d).catch((e) => Promise.reject(backendError('delete', d, d, e, this.root)));
   }
 
+  /** fsyncs the directory of `prefix` (a folder such as 'backups/'); absent, nothing to do. */
+  async syncPrefix(prefix: string, opts: BackendCallOptions = {}): Promise<void> {
+    checkPrefix(prefix);
+    throwIfAborted(opts.signal);
+    const dir = join(this.root, ...prefix.split('/').filter(Boolean));
+    try {
+      await fsyncDir(dir);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw backendError('sync', prefix, dir, e, this.root);
+    }
+  }
+
   /**
    * Removes temporary files older than `olderThanMs` left by writers that
    * crashed mid-put, outside the top-level folders in `except` (never needed

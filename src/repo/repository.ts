@@ -815,6 +815,9 @@ export class Repository implements AsyncDisposable {
     try {
       const keep = new Set<string>();
       const headers = new Set<string>();
+      // Earlier deletes of headers durable first: one whose directory fsync failed
+      // (`backups delete` exit 1) could come back after a crash, naming chunks swept below.
+      await this.backend.syncPrefix?.('backups/', { signal });
       // Mark: every committed manifest that stays.
       for await (const id of this.backupIds(signal)) {
         if (doomed.has(id)) continue;

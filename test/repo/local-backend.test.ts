@@ -259,6 +259,40 @@ describe('store failures keep their code and say what to do (found by an outside
   });
 });
 
+describe('garbage collection makes earlier header deletes durable before it deletes chunks (outside hunt T: a delete whose directory fsync failed, then a prune, then a crash, could bring back a header naming swept chunks)', () => {
+  it('syncs backups/ first; when that fails, nothing is deleted', async () => {
+    const loc = join(dir, 'repo');
+    await using repo = await Repository.create(loc);
+    const s1 = await repo.beginBackup('v');
+    const { id } = await s1.putChunk(Buffer.alloc(512, 3));
+    const sum = await s1.commit({ volume: 'v', deviceSize: 512, chunkSize: 512, createdMs: Date.now(), source: {}, base: null }, [{ index: 0, id }]);
+    await repo.deleteBackups([sum.id]);
+    const calls: string[] = [];
+    const origDelete = LocalBackend.prototype.delete;
+    const sync = jest.spyOn(LocalBackend.prototype, 'syncPrefix');
+    const del = jest.spyOn(LocalBackend.prototype, 'delete');
+    try {
+      sync.mockImplementationOnce(async (prefix: string) => {
+        calls.push(`sync ${prefix}`);
+        throw new RepoError('backend', 'local repository: sync of backups/ failed (EIO)', { code: 'EIO' });
+      });
+      del.mockImplementation(function (this: LocalBackend, keys: readonly string[], o?: { signal?: AbortSignal }) {
+        calls.push(`delete ${keys.filter((k) => k.startsWith('chunks/')).length} chunks`);
+        return origDelete.call(this, keys, o);
+      });
+      await expect(repo.collectGarbage()).rejects.toMatchObject({ code: 'EIO' });
+      expect(calls[0]).toBe('sync backups/');
+      expect(calls.filter((c) => /^delete [1-9]/.test(c))).toEqual([]);
+      expect(existsSync(join(loc, 'chunks', id.slice(0, 2), id))).toBe(true);
+    } finally {
+      sync.mockRestore();
+      del.mockRestore();
+    }
+    // With the sync working, the chunk nothing names is collected.
+    expect((await repo.collectGarbage()).deletedChunks).toBe(1);
+  });
+});
+
 describe('the space reserve: a repository that filled its filesystem can still be pruned', () => {
   // Before it, `backups delete` and `backups prune` failed with ENOSPC on a
   // full repository filesystem (each writes a lock object first), so a
