@@ -217,22 +217,8 @@ export class LocalBackend implements Backend {
     } catch {
       // missing (or unreadable): made below
     }
-    const tmp = `${path}${TEMP_MARK}${this.tmpTag}${(this.tmpSeq++).toString(36)}`;
-    let fh: FileHandle | undefined;
-    try {
-      fh = await open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o600);
-      await fh.writeFile(randomBytes(RESERVE_BYTES));
-      await fh.sync();
-      await fh.close();
-      fh = undefined;
-      await rename(tmp, path);
-      await fsyncDir(this.root);
-    } catch {
-      // No room (or the directory is not writable): the repository works without one, as before.
-    } finally {
-      if (fh) await fh.close().catch(() => undefined);
-      await unlink(tmp).catch(() => undefined);
-    }
+    // Written as any object is (temporary file, fsync, rename, directory fsync); the put removes its temporary file on failure.
+    await this.putOnce(RESERVE, randomBytes(RESERVE_BYTES), {}, path).catch(() => undefined); // no room: the repository works without one, as before
   }
 
   /** Deletes the space reserve: true when there was one. */
@@ -246,8 +232,8 @@ export class LocalBackend implements Backend {
     return true;
   }
 
-  private async putOnce(key: string, body: Uint8Array | AsyncIterable<Uint8Array>, opts: PutOptions): Promise<boolean> {
-    const path = this.pathOf(key);
+  /** One put of `key` (at `path`: the reserve's, which is no key, is given). */
+  private async putOnce(key: string, body: Uint8Array | AsyncIterable<Uint8Array>, opts: PutOptions, path = this.pathOf(key)): Promise<boolean> {
     throwIfAborted(opts.signal);
     const dir = dirname(path);
     const tmp = `${path}${TEMP_MARK}${this.tmpTag}${(this.tmpSeq++).toString(36)}`;

@@ -189,17 +189,14 @@ describe('objects that are not what a put makes (found by an outside hunt)', () 
     const loc = join(dir, 'repo');
     await using repo = await Repository.create(loc);
     const chunk = Buffer.alloc(512, 9);
-    const header = { volume: 'v', deviceSize: 512, chunkSize: 512, createdMs: Date.now(), source: {}, base: null };
-    const s1 = await repo.beginBackup('v');
-    const { id } = await s1.putChunk(chunk);
-    await s1.commit(header, [{ index: 0, id }]);
+    const { id } = await oneChunkBackup(repo, chunk);
     const path = join(loc, 'chunks', id.slice(0, 2), id);
     rmSync(path);
     symlinkSync('/dev/zero', path);
     expect((await repo.verify()).problems).toEqual([expect.objectContaining({ id, reason: 'missing' })]);
     const s2 = await repo.beginBackup('v');
     expect(await s2.putChunk(chunk)).toMatchObject({ id, stored: true });
-    const second = await s2.commit({ ...header, createdMs: Date.now() + 1 }, [{ index: 0, id }]);
+    const second = await s2.commit({ volume: 'v', deviceSize: 512, chunkSize: 512, createdMs: Date.now() + 1, source: {}, base: null }, [{ index: 0, id }]);
     expect((await repo.verify({ data: true })).problems).toEqual([]);
     expect((await repo.getChunk(id)).equals(chunk)).toBe(true);
     expect(second.newChunks).toBe(1);
@@ -219,13 +216,11 @@ describe('objects that are not what a put makes (found by an outside hunt)', () 
   it('a chunk file longer than any chunk is damaged, unread: getChunk and verify --data say so', async () => {
     const loc = join(dir, 'repo');
     await using repo = await Repository.create(loc);
-    const s = await repo.beginBackup('v');
-    const { id } = await s.putChunk(Buffer.alloc(512, 7));
-    const sum = await s.commit({ volume: 'v', deviceSize: 512, chunkSize: 512, createdMs: Date.now(), source: {}, base: null }, [{ index: 0, id }]);
+    const { id, backup } = await oneChunkBackup(repo, Buffer.alloc(512, 7));
     const path = join(loc, 'chunks', id.slice(0, 2), id);
     truncateSync(path, 3 * 2 ** 30); // sparse; more than Node's readFile takes (it failed as an I/O error, EIO)
     await expect(repo.getChunk(id)).rejects.toMatchObject({ reason: 'corrupt', key: `chunks/${id.slice(0, 2)}/${id}` });
-    expect((await repo.verify({ data: true })).problems).toEqual([{ backup: sum.id, index: 0, offset: 0, id, reason: 'corrupt' }]);
+    expect((await repo.verify({ data: true })).problems).toEqual([{ backup, index: 0, offset: 0, id, reason: 'corrupt' }]);
   });
 });
 
@@ -263,10 +258,8 @@ describe('garbage collection makes earlier header deletes durable before it dele
   it('syncs backups/ first; when that fails, nothing is deleted', async () => {
     const loc = join(dir, 'repo');
     await using repo = await Repository.create(loc);
-    const s1 = await repo.beginBackup('v');
-    const { id } = await s1.putChunk(Buffer.alloc(512, 3));
-    const sum = await s1.commit({ volume: 'v', deviceSize: 512, chunkSize: 512, createdMs: Date.now(), source: {}, base: null }, [{ index: 0, id }]);
-    await repo.deleteBackups([sum.id]);
+    const { id, backup } = await oneChunkBackup(repo, Buffer.alloc(512, 3));
+    await repo.deleteBackups([backup]);
     const calls: string[] = [];
     const origDelete = LocalBackend.prototype.delete;
     const sync = jest.spyOn(LocalBackend.prototype, 'syncPrefix');
@@ -365,6 +358,14 @@ describe('the space reserve: a repository that filled its filesystem can still b
     expect(statSync(reserve()).size).toBe(RESERVE_BYTES);
   });
 });
+
+/** A backup of volume 'v' of one 512-byte chunk: the chunk's id and the backup's. */
+async function oneChunkBackup(repo: Repository, chunk: Buffer, createdMs = Date.now()): Promise<{ id: string; backup: string }> {
+  const s = await repo.beginBackup('v');
+  const { id } = await s.putChunk(chunk);
+  const sum = await s.commit({ volume: 'v', deviceSize: 512, chunkSize: 512, createdMs, source: {}, base: null }, [{ index: 0, id }]);
+  return { id, backup: sum.id };
+}
 
 async function rejection(p: Promise<unknown>): Promise<unknown> {
   try {

@@ -537,21 +537,27 @@ describe('receive state', () => {
     expect(sha256File(t)).toBe(await expectedSha(md, 2, SIZE));
   });
 
-  test('interrupted while writing: AbortError that says the target is partly written and pending, and what to do; the same receive then completes it (outside hunt: the CLI said only "interrupted")', async () => {
-    const t = await dev1Target();
+  /** A receive of `stream` into `t` aborted at its first write of the target (after the state records it as pending): what it rejected with. */
+  async function receiveAbortedAtFirstWrite(t: string, stream: Buffer): Promise<unknown> {
     const ac = new AbortController();
-    // Aborted at the first write of the target (after the state records it as pending).
     const write = BlockWriter.prototype.write;
     const spy = jest.spyOn(BlockWriter.prototype, 'write').mockImplementation(function (this: BlockWriter, ...a: Parameters<BlockWriter['write']>) {
       ac.abort();
       return write.apply(this, a);
     });
-    let e: unknown;
     try {
-      e = await receive({ target: t, input: Readable.from([streams.inc2from1]), signal: ac.signal }).catch((x: unknown) => x);
+      return await receive({ target: t, input: Readable.from([stream]), signal: ac.signal }).then(
+        () => new Error('the receive was not aborted'),
+        (x: unknown) => x,
+      );
     } finally {
       spy.mockRestore();
     }
+  }
+
+  test('interrupted while writing: AbortError that says the target is partly written and pending, and what to do; the same receive then completes it (outside hunt: the CLI said only "interrupted")', async () => {
+    const t = await dev1Target();
+    const e = await receiveAbortedAtFirstWrite(t, streams.inc2from1);
     expect(e).toMatchObject({ name: 'AbortError', code: 'ABORT_ERR' });
     expect((e as Error).message).toBe(`The operation was aborted; target ${t} is partly written, and ${t}.dmthin-state.json records this receive as pending: run the same receive again, or receive a full stream`);
     expect(JSON.parse(readFileSync(`${t}.dmthin-state.json`, 'utf8')).pending).not.toBeNull();
@@ -561,17 +567,7 @@ describe('receive state', () => {
 
   test('interrupted, then the file written by something else (a restore, another receive): the retry is refused (ESTALE), not applied over it (hunt T: exit 0, the target neither snapshot)', async () => {
     const t = await dev1Target();
-    const ac = new AbortController();
-    const write = BlockWriter.prototype.write;
-    const spy = jest.spyOn(BlockWriter.prototype, 'write').mockImplementation(function (this: BlockWriter, ...a: Parameters<BlockWriter['write']>) {
-      ac.abort();
-      return write.apply(this, a);
-    });
-    try {
-      await expect(receive({ target: t, input: Readable.from([streams.inc2from1]), signal: ac.signal })).rejects.toMatchObject({ name: 'AbortError' });
-    } finally {
-      spy.mockRestore();
-    }
+    expect(await receiveAbortedAtFirstWrite(t, streams.inc2from1)).toMatchObject({ name: 'AbortError' });
     const state = JSON.parse(readFileSync(`${t}.dmthin-state.json`, 'utf8'));
     expect(state.pending).not.toBeNull();
     expect(state.file).toMatchObject({ size: SIZE });
