@@ -367,6 +367,27 @@ type PackEntry = Entry;
  * File: u32 length of a JSON header {e: entries, n: source bytes}, the
  * header, the source, then the code cache.
  */
+/** Whether a pack's source is JavaScript V8 compiles (not run). */
+function compiles(source: Buffer): boolean {
+  try {
+    new Script(source.toString('latin1'));
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** What begins and ends each packed module's function. */
+const openOf = (f: string): Buffer => Buffer.from(`p[${JSON.stringify(f)}] = function (exports, require, module, __filename, __dirname) {\n`);
+const CLOSE = Buffer.from('\n};\n');
+
+/** Whether `e`'s bytes in `source` lie between its function's opening and CLOSE, as a save wrote them. */
+function framed(source: Buffer, e: PackEntry): boolean {
+  const open = openOf(e.f);
+  const end = e.o + e.n;
+  return e.o >= open.length && end + CLOSE.length <= source.length && source.subarray(e.o - open.length, e.o).equals(open) && source.subarray(end, end + CLOSE.length).equals(CLOSE);
+}
+
 class ModulePack {
   private entries = new Map<string, PackEntry>();
   /** The entries' freshness, each file stat'ed once. */
@@ -507,10 +528,10 @@ class ModulePack {
       let at = parts[0].length;
       const entries: PackEntry[] = [];
       const add = (e: PackEntry, body: Buffer) => {
-        const open = Buffer.from(`p[${JSON.stringify(e.f)}] = function (exports, require, module, __filename, __dirname) {\n`);
-        parts.push(open, body, Buffer.from('\n};\n'));
+        const open = openOf(e.f);
+        parts.push(open, body, CLOSE);
         entries.push({ ...e, o: at + open.length, n: body.length });
-        at += open.length + body.length + 3;
+        at += open.length + body.length + CLOSE.length;
       };
       if (this.misses.length === 0 && this.script !== undefined) {
         // The source this run compiled, whole (the file unchanged since): only its code cache is new.
@@ -518,11 +539,19 @@ class ModulePack {
         return;
       }
       const missed = new Set(this.misses.map((e) => e.f));
+      // An entry is copied when its bytes lie where its offsets say in a
+      // source that compiles (this run's, or the old one checked now). One
+      // that does not (a damaged pack, or one an earlier version wrote with
+      // each offset a byte further off) is read from its file again, if it
+      // is unchanged: copied, it would fail again at every run.
+      const oldCompiles = old !== undefined && (this.script !== undefined || compiles(old));
+      const fromFiles = [...this.misses];
       for (const e of this.entries.values()) {
-        if (missed.has(e.f) || !old || e.o + e.n > old.length || !this.isFresh(e)) continue;
-        add(e, old.subarray(e.o, e.o + e.n));
+        if (missed.has(e.f) || !this.isFresh(e)) continue;
+        if (oldCompiles && framed(old, e)) add(e, old.subarray(e.o, e.o + e.n));
+        else fromFiles.push(e);
       }
-      for (const e of this.misses) {
+      for (const e of fromFiles) {
         const body = readFileSync(e.f);
         const st = statSync(e.f);
         // Changed since it was loaded: left out (the next run packs what is there then).

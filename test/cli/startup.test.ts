@@ -8,6 +8,7 @@ import { spawnSync } from 'node:child_process';
 import { chownSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Script } from 'node:vm';
 import { CLI } from './run-cli';
 
 const DIST = join(__dirname, '..', '..', 'dist');
@@ -212,6 +213,55 @@ describe('code cache', () => {
       expect(after).toBe(before.replace('list thin devices with mapped', 'LIST THIN DEVICES WITH MAPPED'));
       expect(cli()).toBe(after);
       expect(readFileSync(pack, 'latin1')).toContain('LIST THIN DEVICES WITH MAPPED');
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+
+  it('a pack made again in part (one file changed, the others kept from the old pack) holds every file at its place: later runs load from it and leave it alone (each entry was a byte further off than the last, the pack did not compile, and every later run wrote it again)', () => {
+    const { root, cli, pack } = packageCopy();
+    try {
+      cli();
+      cli();
+      const lsJs = join(root, 'dist', 'cli', 'ls.js');
+      const src = readFileSync(lsJs, 'utf8');
+      writeFileSync(lsJs, src.replace('list thin devices with mapped', 'LIST THIN DEVICES WITH MAPPED'));
+      const after = cli(); // the changed file is missed: the pack is made again from the old one's entries and it
+      cli(); // the code cache of that pack
+      const b = readFileSync(pack);
+      const len = b.readUInt32LE(0);
+      const header = JSON.parse(b.toString('utf8', 4, 4 + len)) as PackHeader;
+      const source = b.subarray(4 + len, 4 + len + header.n);
+      expect(header.e.length).toBeGreaterThan(10);
+      expect(() => new Script(source.toString('latin1'))).not.toThrow();
+      // Each entry is its file's text (these files are ASCII, as the pack holds them).
+      for (const e of header.e) {
+        const text = readFileSync(e.f);
+        if (text.every((x) => x < 0x80) && !text.subarray(0, 2).equals(Buffer.from('#!'))) expect([e.f, source.subarray(e.o, e.o + e.n).toString('latin1')]).toEqual([e.f, text.toString('latin1')]);
+      }
+      const made = statSync(pack).mtimeMs;
+      expect(cli()).toBe(after);
+      expect(cli()).toBe(after);
+      expect(statSync(pack).mtimeMs).toBe(made);
+
+      // A pack an earlier version wrote, its offsets a byte further off each
+      // entry: made again in part, it keeps none of those entries garbled.
+      header.e = header.e.map((e, i) => ({ ...e, o: e.o - i }));
+      const json = Buffer.from(JSON.stringify(header));
+      const head = Buffer.alloc(4);
+      head.writeUInt32LE(json.length);
+      writeFileSync(pack, Buffer.concat([head, json, source, b.subarray(4 + len + header.n)]));
+      writeFileSync(lsJs, src);
+      const before = cli();
+      expect(before).toBe(after.replace('LIST THIN DEVICES WITH MAPPED', 'list thin devices with mapped'));
+      cli();
+      const healed = readFileSync(pack);
+      const hLen = healed.readUInt32LE(0);
+      const hHeader = JSON.parse(healed.toString('utf8', 4, 4 + hLen)) as PackHeader;
+      expect(() => new Script(healed.toString('latin1', 4 + hLen, 4 + hLen + hHeader.n))).not.toThrow();
+      const again = statSync(pack).mtimeMs;
+      expect(cli()).toBe(before);
+      expect(statSync(pack).mtimeMs).toBe(again);
     } finally {
       rmSync(root, { recursive: true, force: true });
     }
