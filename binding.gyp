@@ -6,6 +6,7 @@
         "native/addon.cc",
         "native/errors.cc",
         "native/crc32c.cc",
+        "native/decimal_cells.cc",
         "native/file_io.cc",
         "native/block_reader.cc",
         "native/block_writer.cc",

@@ -1,11 +1,13 @@
 // Module entry: the native layer is IO only (block reads and writes, CRC-32C, dm ioctls and event polls, flock),
-// plus the stream digest (SHA-256 or BLAKE3) hashed on threads of its own, and the CLI's exit guard and malloc settings.
+// plus the stream digest (SHA-256 or BLAKE3) hashed on threads of its own, the CLI's exit guard and malloc settings,
+// and the integer cells of ls's table (decimal_cells.cc: measured, JS's first tiers are several times slower).
 #include <napi.h>
 
 #include "allocator.h"
 #include "block_reader.h"
 #include "block_writer.h"
 #include "crc32c.h"
+#include "decimal_cells.h"
 #include "dm_control.h"
 #include "dm_poll.h"
 #include "exit_guard.h"
@@ -18,6 +20,7 @@ namespace dmthin {
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitCrc32c(env, exports);
+  InitDecimalCells(env, exports);
   BlockReader::Init(env, exports);
   BlockWriter::Init(env, exports);
   InitDmControl(env, exports);

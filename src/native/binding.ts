@@ -129,6 +129,26 @@ export interface NativeAddon {
   crc32c(data: Uint8Array, seed?: number, raw?: boolean): number;
   crc32cTable(data: Uint8Array): number;
   crc32cHardware(): boolean;
+  /**
+   * Integer cells of a fixed-width text table (native/decimal_cells.cc), on
+   * the calling thread: for each row j in [from, to), values[j] and then
+   * unitNames[units[j]] (when given) right-aligned in `width` bytes at
+   * dst[at + (j - from) * stride], a space after, and a newline after that
+   * when `newline`. Values are integers in [0, 2^53). Throws a RangeError,
+   * writing nothing, when a cell is wider than `width` or lies beyond dst.
+   */
+  writeDecimalCells(
+    dst: Uint8Array,
+    at: number,
+    stride: number,
+    values: Uint32Array | Float64Array,
+    from: number,
+    to: number,
+    width: number,
+    newline: boolean,
+    units?: Uint8Array,
+    unitNames?: readonly string[],
+  ): void;
   BlockReader: new () => NativeBlockReader;
   BlockWriter: new () => NativeBlockWriter;
   /**
@@ -251,6 +271,16 @@ export function exitNow(status: number): never {
 export function putFileDurableFunction(): NativeAddon['putFileDurable'] | null {
   try {
     return native().putFileDurable;
+  } catch (e) {
+    if (e instanceof SetupError) return null;
+    throw e;
+  }
+}
+
+/** The addon's writeDecimalCells, or null where the addon does not load (the caller then writes the cells itself). */
+export function decimalCellsFunction(): NativeAddon['writeDecimalCells'] | null {
+  try {
+    return native().writeDecimalCells;
   } catch (e) {
     if (e instanceof SetupError) return null;
     throw e;

@@ -8,7 +8,7 @@
  */
 import { Writable } from 'node:stream';
 import { ThinMetadata } from '../../src';
-import { DEFAULT_LS_FIELDS, deviceUsage, exclusiveUsage, formatLsTable, LS_FIELDS, lsJson, needsMappings, writeDetailsTable, writeLsJson, type LsField } from '../../src/thin/ls';
+import { DEFAULT_LS_FIELDS, deviceUsage, exclusiveUsage, formatLsTable, LS_FIELDS, lsJson, needsMappings, tableCells, writeDetailsTable, writeLsJson, type LsField } from '../../src/thin/ls';
 import { fixtureImage, itOracle, largeImage } from '../helpers/fixtures';
 
 /** Collects what a writer writes. */
@@ -38,6 +38,16 @@ for (const fixture of ['many-devices', 'snapshots', 'high-values', 'basic', 'emp
         const t = collector();
         await writeDetailsTable(table, fields, dbs, headers, t.target, excl);
         expect(t.text()).toBe(formatLsTable(rows, fields, dbs, headers));
+        // The integer cells through the addon (the default) and through the JS loops used without it: the same bytes.
+        const saved = tableCells.write;
+        tableCells.write = null;
+        try {
+          const js = collector();
+          await writeDetailsTable(table, fields, dbs, headers, js.target, excl);
+          expect(js.text()).toBe(t.text());
+        } finally {
+          tableCells.write = saved;
+        }
       }
       const j = collector();
       await writeLsJson(table, fields, dbs, j.target, excl);

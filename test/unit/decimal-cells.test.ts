@@ -1,0 +1,88 @@
+/**
+ * The addon's writeDecimalCells (native/decimal_cells.cc): the integer
+ * columns of ls's table. Checked against JavaScript's own number printing
+ * (String and padStart), not against dmthin's JS cell writer; and a bad
+ * call must write nothing.
+ */
+import { native } from '../../src/native/binding';
+
+const UNITS = ['', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB', 'EiB'];
+
+/** What the cells should read: each value (and its unit) right-aligned in `width`, a space, a newline when asked. */
+function expected(values: ArrayLike<number>, from: number, to: number, width: number, stride: number, newline: boolean, units?: Uint8Array): string[] {
+  const cells: string[] = [];
+  for (let j = from; j < to; j++) {
+    const text = String(values[j]) + (units ? UNITS[units[j]] : '');
+    cells.push(text.padStart(width) + ' ' + (newline ? '\n' : '') + '.'.repeat(stride - width - 1 - (newline ? 1 : 0)));
+  }
+  return cells;
+}
+
+function cellsOf(buf: Buffer, at: number, stride: number, count: number): string[] {
+  const out: string[] = [];
+  for (let k = 0; k < count; k++) out.push(buf.toString('latin1', at + k * stride, at + (k + 1) * stride));
+  return out;
+}
+
+describe('writeDecimalCells', () => {
+  const { writeDecimalCells } = native();
+
+  test('u32 and f64 columns, with and without units, any width and stride, a slice of the rows', () => {
+    const edges = [0, 1, 9, 10, 99, 100, 999, 1000, 65535, 2 ** 31 - 1, 2 ** 31, 2 ** 32 - 1];
+    const u32 = Uint32Array.from([...edges, ...Array.from({ length: 500 }, () => Math.floor(Math.random() * 2 ** 32))]);
+    const bigs = [2 ** 32, 2 ** 32 + 1, 10 ** 15, 2 ** 53 - 1, 999_999_999_999, 2 ** 53 - 2];
+    const f64 = Float64Array.from([...edges, ...bigs, ...Array.from({ length: 500 }, () => Math.floor(Math.random() * 2 ** 53))]);
+    for (const values of [u32, f64]) {
+      const units = Uint8Array.from(values, () => Math.floor(Math.random() * UNITS.length));
+      for (const withUnits of [false, true]) {
+        const widest = Math.max(...Array.from(values, (v, j) => String(v).length + (withUnits ? UNITS[units[j]].length : 0)));
+        for (const extra of [0, 3]) {
+          const width = widest + extra;
+          for (const newline of [false, true]) {
+            const stride = width + 2 + (newline ? 1 : 0) + extra;
+            const from = 3;
+            const to = values.length - 2;
+            const buf = Buffer.alloc(5 + (to - from) * stride, '.');
+            writeDecimalCells(buf, 5, stride, values, from, to, width, newline, withUnits ? units : undefined, withUnits ? UNITS : undefined);
+            expect(buf.toString('latin1', 0, 5)).toBe('.....');
+            expect(cellsOf(buf, 5, stride, to - from)).toEqual(expected(values, from, to, width, stride, newline, withUnits ? units : undefined));
+          }
+        }
+      }
+    }
+  });
+
+  test('an empty range writes nothing; cells may end at the buffer\'s last byte', () => {
+    const buf = Buffer.alloc(8, '.');
+    writeDecimalCells(buf, 8, 8, new Uint32Array([1]), 0, 0, 3, false);
+    expect(buf.toString()).toBe('........');
+    writeDecimalCells(buf, 3, 0, new Uint32Array([42]), 0, 1, 4, false);
+    expect(buf.toString()).toBe('...  42 ');
+  });
+
+  test('a bad call throws a RangeError or TypeError and writes nothing at all', () => {
+    const cases: [string, (b: Buffer) => void, RegExp][] = [
+      ['a cell wider than its column (the last row)', (b) => writeDecimalCells(b, 0, 8, new Uint32Array([1, 22, 333, 4444]), 0, 4, 3, false), /row 3 is wider/],
+      ['a unit that makes it wider', (b) => writeDecimalCells(b, 0, 8, new Uint32Array([1, 22]), 0, 2, 4, false, Uint8Array.of(0, 1), UNITS), /row 1 is wider/],
+      ['a unit index beyond the names', (b) => writeDecimalCells(b, 0, 8, new Uint32Array([1, 2]), 0, 2, 4, false, Uint8Array.of(0, 9), UNITS), /no such unit/],
+      ['a fraction', (b) => writeDecimalCells(b, 0, 8, Float64Array.of(1, 2.5), 0, 2, 6, false), /not an integer/],
+      ['a negative', (b) => writeDecimalCells(b, 0, 8, Float64Array.of(1, -1), 0, 2, 6, false), /not an integer/],
+      ['2^53', (b) => writeDecimalCells(b, 0, 20, Float64Array.of(1, 2 ** 53), 0, 2, 18, false), /not an integer/],
+      ['NaN', (b) => writeDecimalCells(b, 0, 8, Float64Array.of(NaN), 0, 1, 6, false), /not an integer/],
+      ['cells beyond the buffer', (b) => writeDecimalCells(b, 0, 8, new Uint32Array(9), 0, 9, 3, false), /beyond the buffer/],
+      ['a start beyond the buffer', (b) => writeDecimalCells(b, 70, 8, new Uint32Array(1), 0, 1, 3, false), /beyond the buffer/],
+      ['rows beyond the values', (b) => writeDecimalCells(b, 0, 8, new Uint32Array(2), 0, 3, 3, false), /bad at, stride, from, to or width/],
+      ['from after to', (b) => writeDecimalCells(b, 0, 8, new Uint32Array(2), 2, 1, 3, false), /bad at/],
+      ['a fractional offset', (b) => writeDecimalCells(b, 0.5, 8, new Uint32Array(2), 0, 1, 3, false), /bad at/],
+      ['a stride shorter than a cell', (b) => writeDecimalCells(b, 0, 3, new Uint32Array(2), 0, 2, 3, false), /stride shorter/],
+      ['width 0', (b) => writeDecimalCells(b, 0, 8, new Uint32Array(1), 0, 1, 0, false), /bad at/],
+      ['Int32Array values', (b) => writeDecimalCells(b, 0, 8, new Int32Array(1) as unknown as Uint32Array, 0, 1, 3, false), /writeDecimalCells\(dst/],
+      ['a Uint16Array destination', () => writeDecimalCells(new Uint16Array(8) as unknown as Uint8Array, 0, 8, new Uint32Array(1), 0, 1, 3, false), /writeDecimalCells\(dst/],
+    ];
+    for (const [what, call, message] of cases) {
+      const buf = Buffer.alloc(64, '.');
+      expect(() => call(buf)).toThrow(message);
+      expect([what, buf.toString()]).toEqual([what, '.'.repeat(64)]);
+    }
+  });
+});
