@@ -712,22 +712,50 @@ function cacheDirWritable(): boolean {
 }
 
 /**
+ * Cache or pack files of one command group kept for other Node versions and
+ * node options (each has files of its own): beyond these, the least
+ * recently used are removed at a save. Without a bound the directory grew
+ * by a file a group for every Node upgrade and every distinct set of node
+ * options ever used (--cpu-prof-dir=DIR, say), ~0.2-0.6 MB each.
+ */
+const OTHERS_KEPT = 5;
+
+/**
  * Writes `parts` as `FILE`: a temporary file, fsynced, renamed over it.
  * Temporary files of FILE that a killed run left (a save takes
  * milliseconds: one a minute old is no one's) are removed first; they were
- * never removed, a few hundred KB each.
+ * never removed, a few hundred KB each. So are the files of FILE's group and
+ * kind beyond OTHERS_KEPT (used last: the later of access and modification
+ * times, as the file system keeps them).
  */
 function writeAtomically(FILE: string, parts: Buffer[]): void {
   const tmp = `${FILE}.${process.pid}.tmp`;
-  const prefix = `${basename(FILE)}.`;
+  const own = basename(FILE);
+  const prefix = `${own}.`;
+  // v8-VERSION-ARCH[-FLAGS]-GROUP.KIND: the same GROUP.KIND.
+  const kind = own.slice(own.lastIndexOf('-'));
+  const others: { path: string; used: number }[] = [];
   try {
     for (const name of readdirSync(DIR)) {
+      if (name !== own && name.startsWith('v8-') && name.endsWith(kind)) {
+        const st = statSync(join(DIR, name), { throwIfNoEntry: false });
+        if (st?.isFile()) others.push({ path: join(DIR, name), used: Math.max(st.atimeMs, st.mtimeMs) });
+        continue;
+      }
       if (!name.startsWith(prefix) || !/^\d+\.tmp$/.test(name.slice(prefix.length))) continue;
       const left = join(DIR, name);
       if (Date.now() - statSync(left).mtimeMs > 60_000) unlinkSync(left);
     }
   } catch {
     // another run removed it first, or the directory cannot be read: nothing to do
+  }
+  others.sort((a, b) => b.used - a.used);
+  for (const { path } of others.slice(OTHERS_KEPT)) {
+    try {
+      unlinkSync(path);
+    } catch {
+      // removed by another run, or not ours to remove
+    }
   }
   try {
     const fd = openSync(tmp, 'w', 0o644);

@@ -281,6 +281,34 @@ describe('code cache', () => {
     rmSync(fresh);
   });
 
+  it("a save keeps the group's files of five other Node versions or node options, the most recently used, and removes the rest (they were never removed)", () => {
+    const dir = mkdtempSync(join(tmpdir(), 'dmthin-code-cache-others-'));
+    try {
+      const names = Array.from({ length: 8 }, (_, i) => `v8-v20.0.${i}-${process.arch}-0000000${i}-ls.pack`);
+      const otherGroup = `v8-v20.0.0-${process.arch}-dump.pack`;
+      const otherKind = `v8-v20.0.0-${process.arch}-ls.bin`;
+      for (const [i, n] of names.entries()) {
+        writeFileSync(join(dir, n), 'old pack');
+        // Used i days ago: 0..4 are the five kept.
+        const t = new Date(Date.now() - i * 86_400_000);
+        utimesSync(join(dir, n), t, t);
+      }
+      for (const n of [otherGroup, otherKind]) {
+        writeFileSync(join(dir, n), 'x');
+        utimesSync(join(dir, n), new Date(0), new Date(0));
+      }
+      expect(run(['ls', POOL], { DMTHIN_CODE_CACHE_DIR: dir }).status).toBe(0);
+      const left = readdirSync(dir);
+      expect(left.filter((n) => names.includes(n)).sort()).toEqual(names.slice(0, 5).sort());
+      expect(left).toContain(otherGroup);
+      expect(left).toContain(otherKind);
+      // This run's own pack and code cache were written beside them.
+      expect(left.filter((n) => n.startsWith(`v8-${process.version}-`)).length).toBeGreaterThanOrEqual(1);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('a run of another command, help or a usage error keeps its own file', () => {
     for (const g of ['ls', 'main']) rmSync(cacheFile(g), { force: true });
     expect(run(['--help']).status).toBe(0);
