@@ -34,11 +34,12 @@ export function register(program: Command, ctx: () => CliContext): void {
       c.onCleanup(() => md.close());
       await checkMetadataSpaceMapIndex(md, o);
       const dbs = md.superblock.dataBlockSize;
-      // Fields from the details tree need no mapping walk (thin_ls reads none for them either).
-      // Written from the device table's columns (and EXCLUSIVE's): no object per device (70,000 devices).
+      // Fields from the details tree are read from that tree alone, as
+      // thin_ls 0.9.0 reads them: no mapping tree, not even its top level.
+      // Written from the table's columns (and EXCLUSIVE's): no object per device (70,000 devices).
       let table;
       let excl;
-      if (!fields.some(needsMappings)) table = await md.deviceTable({ signal: c.signal });
+      if (!fields.some(needsMappings)) table = await md.detailsTable({ signal: c.signal });
       else {
         const bar = new Progress('ls', !o.quiet && stderrIsTTY());
         try {

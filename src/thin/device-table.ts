@@ -14,6 +14,9 @@ import type { BlockSource } from '../pdata/block-source';
 import { MAX_SAFE_HI, TWO32 } from '../pdata/words';
 import { DEVICE_DETAILS_SIZE, parseDeviceDetails, type DeviceDetails } from './device-details';
 
+/** The details tree's columns of DeviceTable: what `ls` prints without a mapping walk. */
+export type DetailsTable = Omit<DeviceTable, 'root'>;
+
 export interface DeviceTable {
   /** Number of devices (rows). */
   count: number;
@@ -66,6 +69,37 @@ export function uninitialized<T>(ctor: TypedArrayOf<T>, n: number): T {
   return new ctor(b.buffer, b.byteOffset, n);
 }
 
+/** Options of a details or top-level walk: wide read windows, leaves decoded as they come. */
+function walkOptions(nrMetadataBlocks: number, signal?: AbortSignal) {
+  // Wide read windows: these trees are read whole, and fewer round trips
+  // count on a busy disk. Transient: a leaf is decoded before the next is
+  // asked for, so the read buffers are reused.
+  return { nrMetadataBlocks, signal, window: 1024, transient: true };
+}
+
+/**
+ * Reads the details tree alone: every device's details, in id order, and
+ * nothing of the mapping tree (as thin_ls 0.9.0 reads for the fields that
+ * need no mapping walk). Keys and mapped_blocks beyond 2^53 are refused as
+ * parseDeviceDetails refuses them.
+ */
+export async function readDetailsTable(src: Omit<DeviceTableSource, 'mappingRoot'>, signal?: AbortSignal): Promise<DetailsTable> {
+  const c = newDetailsColumns();
+  for await (const leaf of walkLeaves(src.io, src.detailsRoot, { ...walkOptions(src.nrMetadataBlocks, signal), tree: 'details', valueSize: DEVICE_DETAILS_SIZE })) decodeDetailsLeaf(leaf, c);
+  return {
+    count: c.n,
+    devId: c.devId.subarray(0, c.n),
+    mappedBlocks: c.mapped.subarray(0, c.n),
+    transactionLo: c.txLo.subarray(0, c.n),
+    transactionHi: c.txHi.subarray(0, c.n),
+    creationTime: c.ctime.subarray(0, c.n),
+    snapshottedTime: c.stime.subarray(0, c.n),
+    maxMappedBlocks: c.maxMapped,
+    maxCreationTime: c.maxCtime,
+    maxSnapshottedTime: c.maxStime,
+  };
+}
+
 /**
  * Reads the details tree and the top-level mapping tree (both walks at once,
  * their reads overlapping; errors in a fixed order, the details tree's
@@ -76,32 +110,12 @@ export function uninitialized<T>(ctor: TypedArrayOf<T>, n: number): T {
  * a key or mapped_blocks beyond 2^53 as parseDeviceDetails refuses it.
  */
 export async function readDeviceTable(src: DeviceTableSource, signal?: AbortSignal): Promise<DeviceTable> {
-  // Wide read windows: these trees are read whole, and fewer round trips
-  // count on a busy disk. Transient: a leaf is decoded before the next is
-  // asked for, so the read buffers are reused.
-  const walk = { nrMetadataBlocks: src.nrMetadataBlocks, signal, window: 1024, transient: true };
-  const readDetails = async (): Promise<Omit<DeviceTable, 'root'>> => {
-    const c = newDetailsColumns();
-    for await (const leaf of walkLeaves(src.io, src.detailsRoot, { ...walk, tree: 'details', valueSize: DEVICE_DETAILS_SIZE })) decodeDetailsLeaf(leaf, c);
-    return {
-      count: c.n,
-      devId: c.devId.subarray(0, c.n),
-      mappedBlocks: c.mapped.subarray(0, c.n),
-      transactionLo: c.txLo.subarray(0, c.n),
-      transactionHi: c.txHi.subarray(0, c.n),
-      creationTime: c.ctime.subarray(0, c.n),
-      snapshottedTime: c.stime.subarray(0, c.n),
-      maxMappedBlocks: c.maxMapped,
-      maxCreationTime: c.maxCtime,
-      maxSnapshottedTime: c.maxStime,
-    };
-  };
   const readRoots = async (): Promise<RootColumns> => {
     const c: RootColumns = { n: 0, ids: uninitialized(Float64Array, INITIAL_ROWS), roots: uninitialized(Uint32Array, INITIAL_ROWS) };
-    for await (const leaf of walkLeaves(src.io, src.mappingRoot, { ...walk, tree: 'mapping-top', valueSize: 8 })) decodeRootsLeaf(leaf, c, src.nrMetadataBlocks);
+    for await (const leaf of walkLeaves(src.io, src.mappingRoot, { ...walkOptions(src.nrMetadataBlocks, signal), tree: 'mapping-top', valueSize: 8 })) decodeRootsLeaf(leaf, c, src.nrMetadataBlocks);
     return c;
   };
-  const [d, t] = await Promise.allSettled([readDetails(), readRoots()]);
+  const [d, t] = await Promise.allSettled([readDetailsTable(src, signal), readRoots()]);
   if (d.status === 'rejected') throw d.reason;
   if (t.status === 'rejected') throw t.reason;
   return { ...d.value, root: rootsByRow(d.value, t.value) };
@@ -224,7 +238,7 @@ function decodeRootsLeaf(leaf: BtreeNode, c: RootColumns, nrMetadataBlocks: numb
  * the other, a `device-mismatch` (the lowest such id; one only in the
  * details first).
  */
-function rootsByRow(cols: Omit<DeviceTable, 'root'>, t: RootColumns): Uint32Array {
+function rootsByRow(cols: DetailsTable, t: RootColumns): Uint32Array {
   const { ids, roots } = t;
   const nIds = t.n;
   // Sound metadata: the same ids in the same order, and the roots are the
@@ -279,7 +293,7 @@ export function sortedIndexOf(keys: ArrayLike<number>, count: number, key: numbe
 }
 
 /** Row `r`'s transaction id (the one bigint of a row). */
-export function transactionIdAt(t: DeviceTable, r: number): bigint {
+export function transactionIdAt(t: DetailsTable, r: number): bigint {
   const hi = t.transactionHi[r];
   return hi === 0 ? BigInt(t.transactionLo[r]) : (BigInt(hi) << 32n) | BigInt(t.transactionLo[r]);
 }

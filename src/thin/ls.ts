@@ -5,7 +5,7 @@
  * used: its counts are per leaf node, not per device.
  */
 import { check, UsageError } from '../errors';
-import { transactionIdAt, type DeviceTable } from './device-table';
+import { transactionIdAt, type DetailsTable, type DeviceTable } from './device-table';
 import { ByteOwnerMap, NibbleOwnerMap, OwnerMap, UseCounts } from '../pdata/owner-map';
 import { TWO32 } from '../pdata/words';
 import { decimalCellsFunction } from '../native/binding';
@@ -37,8 +37,9 @@ export interface DeviceUsage {
 export interface UsageOptions {
   /**
    * Compute EXCLUSIVE/SHARED (default true): one walk of every mapping tree.
-   * Without it only the details and top-level trees are read, as thin_ls
-   * does for fields that do not need the mappings.
+   * Without it only the details tree is read, as thin_ls 0.9.0 reads for
+   * fields that do not need the mappings: nothing of the mapping tree is
+   * read or checked (a fault there is check's to report).
    */
   exclusive?: boolean;
   /** Cancels the work, which then rejects with AbortError. */
@@ -131,14 +132,14 @@ export async function exclusiveUsage(md: ThinMetadata, opts: UsageOptions = {}):
 }
 
 /** Rows of DeviceUsage from the columns (EXCLUSIVE/SHARED null unless `exclusive` is given). */
-function rowsOf(c: DeviceTable, exclusive?: Float64Array): DeviceUsage[] {
+function rowsOf(c: DetailsTable, exclusive?: Float64Array): DeviceUsage[] {
   const rows: DeviceUsage[] = new Array(c.count);
   for (let j = 0; j < c.count; j++) rows[j] = rowAt(c, j, exclusive);
   return rows;
 }
 
 /** Row j of the columns as a DeviceUsage. */
-function rowAt(c: DeviceTable, j: number, exclusive?: Float64Array): DeviceUsage {
+function rowAt(c: DetailsTable, j: number, exclusive?: Float64Array): DeviceUsage {
   // Fields listed, not spread from deviceAt's object: one object shape for every device.
   return {
     devId: c.devId[j],
@@ -152,7 +153,7 @@ function rowAt(c: DeviceTable, j: number, exclusive?: Float64Array): DeviceUsage
 }
 
 async function detailsUsage(md: ThinMetadata, signal?: AbortSignal): Promise<DeviceUsage[]> {
-  return rowsOf(await md.deviceTable({ signal }));
+  return rowsOf(await md.detailsTable({ signal }));
 }
 
 const U64 = (n: bigint) => BigInt.asUintN(64, n);
@@ -337,7 +338,7 @@ export function formatLsTable(rows: DeviceUsage[], fields: readonly LsField[], d
  * kernel faults in one by one, ~12 us each on the bench VM).
  */
 export async function writeDetailsTable(
-  c: DeviceTable,
+  c: DetailsTable,
   fields: readonly LsField[],
   dataBlockSize: number,
   headers: boolean,
@@ -361,7 +362,7 @@ export async function writeDetailsTable(
 /** Bytes of table written between two flushes of writeDetailsTable (half the sink's chunk). */
 const TABLE_SLICE_BYTES = 128 * 1024;
 
-function detailsTableColumns(c: DeviceTable, fields: readonly LsField[], dataBlockSize: number, headers: boolean, exclusive?: Float64Array): Column[] {
+function detailsTableColumns(c: DetailsTable, fields: readonly LsField[], dataBlockSize: number, headers: boolean, exclusive?: Float64Array): Column[] {
   let rows: DeviceUsage[] | undefined;
   let shared: Float64Array | undefined;
   const sharedOf = (e: Float64Array): Float64Array => (shared ??= c.mappedBlocks.map((m, k) => m - e[k]));
@@ -632,7 +633,7 @@ function digits(n: number): number {
  * sink's reused chunks: neither an object per device held nor the text of
  * the whole array (70,000 devices took ~100 MiB that way).
  */
-export async function writeLsJson(c: DeviceTable, fields: readonly LsField[], dataBlockSize: number, out: SinkTarget, exclusive?: Float64Array): Promise<void> {
+export async function writeLsJson(c: DetailsTable, fields: readonly LsField[], dataBlockSize: number, out: SinkTarget, exclusive?: Float64Array): Promise<void> {
   const s = new OutputSink(out);
   // JSON.stringify's pretty print of an array of flat objects, written out:
   // `[`, each element two spaces in with its keys four, `]` (`[]`, `{}` when empty).

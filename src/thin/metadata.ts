@@ -12,7 +12,7 @@ import { lookup as btreeLookup, walkLeaves } from '../pdata/btree';
 import { BlockSource, CachingBlockSource, MemoryBlockSource, NativeBlockSource, OpenOptions } from '../pdata/block-source';
 import { ENTRIES_PER_BITMAP, MAX_METADATA_BITMAPS, SpaceMap, SpaceMapKind } from '../pdata/space-map';
 import { DeviceDetails, DEVICE_DETAILS_SIZE, parseDeviceDetails } from './device-details';
-import { deviceAt, readDeviceTable, rowOf, type DeviceTable } from './device-table';
+import { deviceAt, readDetailsTable, readDeviceTable, rowOf, type DetailsTable, type DeviceTable } from './device-table';
 import { DeviceRunsVisitor, Mapping, MappingRun, mappingRunBatches, RunBatch, VirtualBlock, VirtualKey, WalkProgress, leafMapping, walkDeviceRuns } from './mappings';
 import { parseSuperblock, Superblock } from './superblock';
 import type { DeltaExtent, DeltaOptions, DeltaStats, RawDeltaExtent } from './delta';
@@ -120,6 +120,7 @@ export class ThinMetadata implements AsyncDisposable {
   private deviceCache?: Map<number, DeviceDetails>;
   private rootCache?: Map<number, number>;
   private tableCache?: DeviceTable;
+  private detailsCache?: DetailsTable;
   /** The nodes mappingRoot and deviceDetails looked through last (see lookupRoot). */
   private lookupIo?: CachingBlockSource;
   private closed = false;
@@ -319,6 +320,25 @@ export class ThinMetadata implements AsyncDisposable {
     }
     this.rootCache = out;
     return out;
+  }
+
+  /**
+   * Every device's details as columns (see device-table.ts): the details
+   * tree alone, as `ls` needs it for the fields that need no mapping walk
+   * (thin_ls 0.9.0 reads no more for them). The full table's columns when
+   * it has been read; read once and kept otherwise.
+   *
+   * @internal ls uses it; its shape may change.
+   */
+  async detailsTable(opts: { signal?: AbortSignal } = {}): Promise<DetailsTable> {
+    opts = check.walk(opts, 'detailsTable options');
+    this.check();
+    throwIfAborted(opts.signal); // also when the answer is cached
+    if (this.tableCache) return this.tableCache;
+    if (this.detailsCache) return this.detailsCache;
+    const t = await readDetailsTable({ io: this.io, detailsRoot: this.superblock.deviceDetailsRoot, nrMetadataBlocks: this.nrMetadataBlocks }, opts.signal);
+    this.detailsCache = t;
+    return t;
   }
 
   /**

@@ -2,7 +2,7 @@
  * dmthin dump / ls against thin_dump / thin_ls 0.9.0 on every fixture: byte
  * for byte, the way a user runs them (child processes, exit codes).
  */
-import { describeOracle, fixtureFile, listFixtures, oraclePath, restoreFlat, runOracle, TempFile, largeImage, tempImage } from '../helpers/fixtures';
+import { describeOracle, fixtureFile, fixtureImage, listFixtures, oraclePath, restoreFlat, runOracle, TempFile, largeImage, tempImage } from '../helpers/fixtures';
 import { hashCli, hashOutput, runCli } from '../cli/run-cli';
 import { createHash } from 'node:crypto';
 import { PassThrough, Writable } from 'node:stream';
@@ -275,4 +275,31 @@ ${lines.join('\n')}
       await md.close();
     }
   }, 600_000);
+});
+
+describeOracle('ls with fields from the details tree reads that tree alone, as thin_ls 0.9.0', () => {
+  // A fault in the top-level mapping tree (a device its details name but
+  // that tree lacks, or a damaged top-level leaf): thin_ls prints the
+  // details and exits 0, and so does ls without a mapping walk; every
+  // command that reads the mappings, and check, exits 1.
+  test.each(['details-only-device', 'checksum'] as const)('%s in the top-level tree', async (kind) => {
+    const { corrupt, listNodes } = await import('../helpers/corrupt');
+    const base = fixtureImage('snapshots');
+    let image: Buffer;
+    if (kind === 'details-only-device') image = corrupt(base, kind).image;
+    else {
+      // One top-level leaf's checksum broken.
+      image = Buffer.from(base);
+      const leaf = listNodes(base).find((n) => n.tree === 'top' && n.leaf)!;
+      image[leaf.block * 4096 + 100] ^= 0xff;
+    }
+    using f = tempImage(image);
+    for (const args of [[], ['--no-headers', '-o', 'DEV,MAPPED_BLOCKS,TRANSACTION,CREATE_TIME,SNAP_TIME,MAPPED_BYTES']]) {
+      same(['ls', ...args, f.path], 'thin_ls', [...args, f.path]);
+    }
+    for (const args of [['ls', '-o', 'DEV,EXCLUSIVE_BLOCKS'], ['dump'], ['check']]) {
+      const r = runCli([...args, f.path]);
+      expect([args.join(' '), r.status]).toEqual([args.join(' '), 1]);
+    }
+  });
 });
