@@ -19,20 +19,23 @@
  * hash of them) and the command, read once at start-up and rewritten (a
  * temporary file renamed over it) at exit only when a module had no valid
  * entry. An entry is used
- * only for the same path, source length and modification time, and V8 itself
+ * only for the same path, source length and change time (ctime), and V8 itself
  * rejects bytes made by another V8 or other flags; a rejected or missing entry
  * costs what a run without the cache costs. The directory is beside the code
  * it caches and trusted as much (who can write there can change the code);
  * when it cannot be written the cache is simply not kept.
  * DMTHIN_CODE_CACHE=0 turns it off; DMTHIN_CODE_CACHE_DIR=DIR keeps it in DIR.
  */
-import { accessSync, closeSync, constants, fstatSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
+import { accessSync, closeSync, constants, fstatSync, fsyncSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
 import { basename, dirname, join, resolve as resolvePath } from 'node:path';
 import { Script } from 'node:vm';
 // The CommonJS Module class, as `require('node:module')` exports it: taken
 // from this module's own object, since loading node:module also loads Node's
 // ESM loader and source-map support (~1.5 ms) that a CLI run never uses.
 const Module = module.constructor as unknown as ModuleInternals;
+// Under --experimental-policy a module has no such constructor: the CLI then
+// starts as Node would start it (none of the changes below).
+const MODULE_OK = typeof (Module as unknown as { prototype?: { _compile?: unknown } } | undefined)?.prototype?._compile === 'function';
 
 interface CjsModule {
   exports: unknown;
@@ -61,7 +64,11 @@ interface Entry {
   f: string;
   /** Source length (UTF-16 units). */
   s: number;
-  /** Source modification time (ms). */
+  /**
+   * Source change time (ms): ctime, which every write sets and no copy,
+   * tar extraction or touch can set back (with the modification time, a
+   * file rewritten with its old size and mtime ran from the cache as before).
+   */
   m: number;
   o: number;
   n: number;
@@ -73,6 +80,7 @@ interface Entry {
  * commands). Only requests made from commander's files are affected.
  */
 export function deferCommanderChildProcess(): void {
+  if (!MODULE_OK) return;
   const M = Module as ModuleInternals & { _load(request: string, parent: { filename?: string } | undefined, isMain: boolean): unknown };
   const load = M._load;
   let stand: object | undefined;
@@ -103,7 +111,7 @@ export function deferCommanderChildProcess(): void {
  *   one stat of the .js file, where Node tries the bare name first, then each
  *   extension, then takes the real path. tsc writes every request without an
  *   extension and dist/ has no extensionless files or symbolic links, so the
- *   answer is Node's. The stat's modification time is kept for the code
+ *   answer is Node's. The stat's change time is kept for the code
  *   cache's check (one stat, not two).
  * - a relative request of one commander file for another ('./lib/help.js',
  *   './suggestSimilar'): the path as written, else with .js, as Node tries
@@ -114,6 +122,7 @@ export function deferCommanderChildProcess(): void {
  * Any other request or shape goes through Node as usual.
  */
 export function resolveCliModulesDirectly(): void {
+  if (!MODULE_OK) return;
   const M = Module as ModuleInternals & { _nodeModulePaths(from: string): string[] };
   const resolve = M._resolveFilename;
   let found: string | undefined;
@@ -153,8 +162,8 @@ export function resolveCliModulesDirectly(): void {
   };
 }
 
-/** Size and modification time of files resolveCliModulesDirectly() found (their stat), for installCodeCache(). */
-const knownStats = new Map<string, { size: number; mtimeMs: number }>();
+/** Size and change time of files resolveCliModulesDirectly() found (their stat), for installCodeCache(). */
+const knownStats = new Map<string, { size: number; ctimeMs: number }>();
 
 /** Set by installCodeCache(): compiles a file of dist/ or commander from its cache, read as installCodeCache wants it. */
 let compileFile: ((module: LoadingModule, filename: string) => unknown) | undefined;
@@ -232,7 +241,8 @@ export function sizeThreadPool(command: string | undefined): void {
  * inspector or DMTHIN_CODE_CACHE=0), in the file of `group` (see cacheGroup).
  */
 export function installCodeCache(group = 'main'): void {
-  if (process.env.DMTHIN_CODE_CACHE === '0' || process.execArgv.some((a) => a.startsWith('--inspect'))) return;
+  // Not under an inspector (breakpoints and stack traces name the files), --inspect given on the command line or in NODE_OPTIONS.
+  if (!MODULE_OK || process.env.DMTHIN_CODE_CACHE === '0' || process.execArgv.some((a) => a.startsWith('--inspect')) || /(^|\s)--inspect/.test(process.env.NODE_OPTIONS ?? '')) return;
   const FILE = `${FILE_PREFIX}-${group}.bin`;
   const proto = Module.prototype;
   const original = proto._compile;
@@ -259,7 +269,7 @@ export function installCodeCache(group = 'main'): void {
    * function wrapper, `length` UTF-16 units of it the file's own);
    * `plain` gives the unwrapped source for Node's own compile.
    */
-  const compile = (mod: CjsModule, filename: string, wrapped: string, length: number, mtime: number, plain: () => string, ours: boolean): unknown => {
+  const compile = (mod: CjsModule, filename: string, wrapped: string, length: number, ctime: number, plain: () => string, ours: boolean): unknown => {
     // A vm.Script has no loader for import() (Node 20's USE_MAIN_CONTEXT_DEFAULT_LOADER
     // prints an ExperimentalWarning): a file that may use it compiles as Node compiles it.
     // dist/'s and commander's files (`ours`) may name import() in JSDoc
@@ -267,7 +277,7 @@ export function installCodeCache(group = 'main'): void {
     if (ours ? mayImport(wrapped) : wrapped.includes('import(')) return original.call(mod, plain(), filename);
     if (!read) readIndex();
     const old = index.get(filename);
-    const usable = old !== undefined && old.s === length && old.m === mtime && old.o + old.n <= data.length;
+    const usable = old !== undefined && old.s === length && old.m === ctime && old.o + old.n <= data.length;
     let script: Script;
     try {
       script = new Script(wrapped, { filename, cachedData: usable ? data.subarray(old.o, old.o + old.n) : undefined });
@@ -277,20 +287,20 @@ export function installCodeCache(group = 'main'): void {
     }
     const hit = usable && !script.cachedDataRejected;
     if (!hit) stale = true;
-    compiled.push({ e: hit ? old : { f: filename, s: length, m: mtime, o: 0, n: 0 }, script: hit ? null : script });
+    compiled.push({ e: hit ? old : { f: filename, s: length, m: ctime, o: 0, n: 0 }, script: hit ? null : script });
     const fn = script.runInThisContext({ displayErrors: true }) as (...args: unknown[]) => unknown;
     return fn.call(mod.exports, mod.exports, requireFor(mod), mod, filename, dirname(filename));
   };
   proto._compile = function (this: CjsModule, content: string, filename: string): unknown {
-    let mtime: number;
+    let ctime: number;
     try {
-      mtime = knownStats.get(filename)?.mtimeMs ?? statSync(filename).mtimeMs;
+      ctime = knownStats.get(filename)?.ctimeMs ?? statSync(filename).ctimeMs;
     } catch {
       return original.call(this, content, filename);
     }
     // A hashbang line is valid only at the start of a script: blank it (lines stay where they are).
     const source = content.startsWith('#!') ? content.replace(/^#![^\n]*/, '') : content;
-    return compile(this, filename, Module.wrap(source), content.length, mtime, () => content, false);
+    return compile(this, filename, Module.wrap(source), content.length, ctime, () => content, false);
   };
   // Files the resolver found (dist/, commander): read into one buffer between
   // the wrapper's two halves and decoded once. Module.wrap(readFileSync(...))
@@ -302,7 +312,7 @@ export function installCodeCache(group = 'main'): void {
     const packed = pack.function(filename);
     if (packed) return pack.run(packed, mod as unknown as PackModule, filename);
     let buf: Buffer;
-    let st: { size: number; mtimeMs: number };
+    let st: { size: number; ctimeMs: number };
     try {
       const fd = openSync(filename, 'r');
       try {
@@ -329,8 +339,8 @@ export function installCodeCache(group = 'main'): void {
     const length = wrapped.length - wrapperLength;
     // Not in the pack (or changed since it was made): the next one holds it, unless it uses import()
     // or cannot be written in ASCII (then it is never packed, and never makes the pack stale).
-    if (!mayImport(wrapped) && asciiSource(buf.subarray(head.length, head.length + st.size)) !== undefined) pack.missed({ f: filename, s: st.size, m: st.mtimeMs, o: 0, n: 0 });
-    return compile(mod, filename, wrapped, length, st.mtimeMs, () => wrapped.slice(head.length, wrapped.length - tail.length), true);
+    if (!mayImport(wrapped) && asciiSource(buf.subarray(head.length, head.length + st.size)) !== undefined) pack.missed({ f: filename, s: st.size, m: st.ctimeMs, o: 0, n: 0 });
+    return compile(mod, filename, wrapped, length, st.ctimeMs, () => wrapped.slice(head.length, wrapped.length - tail.length), true);
   };
   const pack = new ModulePack(`${FILE_PREFIX}-${group}.pack`);
   process.once('exit', () => {
@@ -343,7 +353,7 @@ export function installCodeCache(group = 'main'): void {
 type PackModule = CjsModule & { filename: string; paths?: string[]; loaded?: boolean };
 type ModuleFunction = (exports: unknown, require: RequireFn, module: PackModule, filename: string, dirname: string) => unknown;
 
-/** A module in a pack's index: its file's size (bytes) and modification time when packed, and bytes [o, o + n) of the pack's source. */
+/** A module in a pack's index: its file's size (bytes) and change time (ctime) when packed, and bytes [o, o + n) of the pack's source. */
 type PackEntry = Entry;
 
 /**
@@ -355,7 +365,7 @@ type PackEntry = Entry;
  * of a short command's ~16; from the pack, a file costs a stat and a call
  * (`ls` of a 1M-mapping image: 0.91x wall, 31 paired runs).
  *
- * A packed file is used only while its size and modification time are the
+ * A packed file is used only while its size and change time are the
  * ones packed (else it is read and compiled as before, and the next pack
  * holds the new source). Modules are Node's own Module objects in
  * require.cache, so a file loaded outside the pack (a module the pack does
@@ -437,7 +447,7 @@ class ModulePack {
     let ok = this.fresh.get(e.f);
     if (ok === undefined) {
       const st = knownStats.get(e.f) ?? statSync(e.f, { throwIfNoEntry: false });
-      ok = st !== undefined && st.size === e.s && st.mtimeMs === e.m;
+      ok = st !== undefined && st.size === e.s && st.ctimeMs === e.m;
       this.fresh.set(e.f, ok);
     }
     return ok;
@@ -555,7 +565,7 @@ class ModulePack {
         const body = readFileSync(e.f);
         const st = statSync(e.f);
         // Changed since it was loaded: left out (the next run packs what is there then).
-        if (body.length !== e.s || st.size !== e.s || st.mtimeMs !== e.m) continue;
+        if (body.length !== e.s || st.size !== e.s || st.ctimeMs !== e.m) continue;
         blankHashbang(body, 0, body.length);
         const ascii = asciiSource(body);
         if (ascii) add(e, ascii);
@@ -684,7 +694,8 @@ function save(FILE: string, index: Map<string, Entry>, data: Buffer, compiled: {
  * dmthin.
  */
 function readOwnFile(path: string): Buffer {
-  const fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+  // O_NONBLOCK: a FIFO at the name (another user's, in a shared directory) must not block the open; it is refused below.
+  const fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
   try {
     const st = fstatSync(fd);
     const uid = process.getuid?.();
@@ -712,6 +723,26 @@ function cacheDirWritable(): boolean {
 }
 
 /**
+ * Whether a save could rename its file over what is at FILE: not over a
+ * directory, nor over another user's file in a sticky directory (a shared
+ * DMTHIN_CODE_CACHE_DIR in /tmp) unless root. Such a save failed at its
+ * rename, after compiling and writing it all, at every run.
+ */
+function replaceable(FILE: string): boolean {
+  try {
+    const st = lstatSync(FILE, { throwIfNoEntry: false });
+    if (st === undefined) return true;
+    if (st.isDirectory()) return false;
+    const uid = process.getuid?.();
+    if (uid === undefined || uid === 0 || st.uid === uid) return true;
+    const dir = statSync(DIR);
+    return (dir.mode & 0o1000) === 0 || dir.uid === uid; // S_ISVTX
+  } catch {
+    return false;
+  }
+}
+
+/**
  * Cache or pack files of one command group kept for other Node versions and
  * node options (each has files of its own): beyond these, the least
  * recently used are removed at a save. Without a bound the directory grew
@@ -729,6 +760,7 @@ const OTHERS_KEPT = 5;
  * times, as the file system keeps them).
  */
 function writeAtomically(FILE: string, parts: Buffer[]): void {
+  if (!replaceable(FILE)) return;
   const tmp = `${FILE}.${process.pid}.tmp`;
   const own = basename(FILE);
   const prefix = `${own}.`;
@@ -758,7 +790,8 @@ function writeAtomically(FILE: string, parts: Buffer[]): void {
     }
   }
   try {
-    const fd = openSync(tmp, 'w', 0o644);
+    // Created here, never through a link or over a file someone put at the name (a shared directory).
+    const fd = openSync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o644);
     try {
       for (const b of parts) for (let off = 0; off < b.length; ) off += writeSync(fd, b, off);
       // On disk before the rename: a crash must leave the old cache or the new one, never a torn one

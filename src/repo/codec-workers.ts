@@ -48,8 +48,11 @@ const Q = zlib.constants.BROTLI_PARAM_QUALITY, HINT = zlib.constants.BROTLI_PARA
 // zlib's output buffers die young but the worker's heap barely grows, so its collector ran seldom and
 // each worker's malloc arena held tens of MiB of them; a scavenge every 4 MiB of output frees them
 // (1 GiB backup: peak RSS -26 MiB). gc is reachable only through a new context once the flag is set.
+// V8's flags are the process's: the flag is cleared again at once, or the main thread's code cache,
+// written at exit, would carry it and be refused (and written again) by every later run.
 require('node:v8').setFlagsFromString('--expose-gc');
 const scavenge = require('node:vm').runInNewContext('gc');
+require('node:v8').setFlagsFromString('--no-expose-gc');
 let sinceGc = 0;
 
 parentPort.on('message', (t) => {

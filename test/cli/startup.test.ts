@@ -218,6 +218,27 @@ describe('code cache', () => {
     }
   });
 
+  it('a file rewritten with its old size and modification time runs as it is now (outside hunt U: freshness was size and mtime; a copy or tar extraction sets those back)', () => {
+    const { root, cli } = packageCopy();
+    try {
+      const before = cli();
+      cli();
+      const lsJs = join(root, 'dist', 'cli', 'ls.js');
+      const st = statSync(lsJs);
+      const src = readFileSync(lsJs, 'utf8');
+      const ref = join(root, 'times');
+      expect(spawnSync('cp', ['-p', lsJs, ref]).status).toBe(0);
+      writeFileSync(lsJs, src.replace('list thin devices with mapped', 'LIST THIN DEVICES WITH MAPPED'));
+      // The old modification time to the nanosecond (utimes with a Date keeps milliseconds).
+      expect(spawnSync('touch', ['-r', ref, lsJs]).status).toBe(0);
+      expect(statSync(lsJs).size).toBe(st.size);
+      expect(statSync(lsJs).mtimeMs).toBe(st.mtimeMs);
+      expect(cli()).toBe(before.replace('list thin devices with mapped', 'LIST THIN DEVICES WITH MAPPED'));
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+
   it('a pack made again in part (one file changed, the others kept from the old pack) holds every file at its place: later runs load from it and leave it alone (each entry was a byte further off than the last, the pack did not compile, and every later run wrote it again)', () => {
     const { root, cli, pack } = packageCopy();
     try {
@@ -422,6 +443,62 @@ describe('node options', () => {
     expect(run(['ls', POOL], {}, ['--max-semi-space-size=1']).status).toBe(0);
     expect(flagged.map((f) => statSync(f).mtimeMs)).toEqual(before);
     expect(flagged.map((f, i) => readFileSync(f).equals(bytes[i]))).toEqual([true, true]);
+  });
+});
+
+describe('a cache directory others can write (outside hunt U)', () => {
+  const plain = () => run(['ls', POOL], { DMTHIN_CODE_CACHE: '0' }).stdout;
+  const name = (kind: 'bin' | 'pack') => `v8-${process.version}-${process.arch}-ls.${kind}`;
+  let dir: string;
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), 'dmthin-shared-cache-'));
+  });
+  afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('a FIFO at a cache file\'s name does not block the run (it waited for a writer forever), and is replaced', () => {
+    for (const k of ['bin', 'pack'] as const) expect(spawnSync('mkfifo', [join(dir, name(k))]).status).toBe(0);
+    const r = run(['ls', POOL], { DMTHIN_CODE_CACHE_DIR: dir });
+    expect(r.signal).toBeNull();
+    expect([r.status, r.stdout]).toEqual([0, plain()]);
+    for (const k of ['bin', 'pack'] as const) expect(statSync(join(dir, name(k))).isFile()).toBe(true);
+  });
+
+  it("a link at a save's temporary name is not followed: the file it names is left as it was (it was overwritten)", () => {
+    const victim = join(dir, 'victim');
+    writeFileSync(victim, 'not to be written');
+    // The shell's pid is the CLI's after exec: the names its save will use.
+    const links = (['bin', 'pack'] as const).map((k) => `ln -s ${victim} ${join(dir, name(k))}.$$.tmp`).join('; ');
+    const r = spawnSync('sh', ['-c', `${links}; exec "$0" "$@"`, process.execPath, CLI, 'ls', POOL], {
+      encoding: 'utf8',
+      env: { ...process.env, NODE_OPTIONS: '', DMTHIN_CODE_CACHE_DIR: dir },
+      timeout: 60_000,
+    });
+    expect([r.status, r.stdout]).toEqual([0, plain()]);
+    expect(readFileSync(victim, 'utf8')).toBe('not to be written');
+  });
+
+  it('a directory at the pack\'s name: the runs after the first write nothing (each compiled and wrote a pack, and failed at its rename)', () => {
+    mkdirSync(join(dir, name('pack')));
+    expect(run(['ls', POOL], { DMTHIN_CODE_CACHE_DIR: dir }).stdout).toBe(plain());
+    expect(run(['ls', POOL], { DMTHIN_CODE_CACHE_DIR: dir }).stdout).toBe(plain());
+    // A save makes and removes a temporary file: the directory's modification time would move.
+    const before = statSync(dir).mtimeMs;
+    expect(run(['ls', POOL], { DMTHIN_CODE_CACHE_DIR: dir }).stdout).toBe(plain());
+    expect(statSync(dir).mtimeMs).toBe(before);
+    expect(statSync(join(dir, name('pack'))).isDirectory()).toBe(true);
+  });
+
+  it('--inspect in NODE_OPTIONS keeps no cache, as --inspect on the command line (stack traces name the files)', () => {
+    const r = run(['ls', POOL], { DMTHIN_CODE_CACHE_DIR: dir, NODE_OPTIONS: '--inspect=127.0.0.1:0' });
+    expect([r.status, r.stdout]).toEqual([0, plain()]);
+    expect(readdirSync(dir)).toEqual([]);
+  });
+
+  it('a run under --experimental-policy starts (it crashed: a module has no constructor there)', () => {
+    const policy = join(dir, 'policy.json');
+    writeFileSync(policy, JSON.stringify({ onerror: 'log', resources: {} }));
+    const r = run(['ls', POOL], { DMTHIN_CODE_CACHE_DIR: dir }, [`--experimental-policy=${policy}`]);
+    expect([r.status, r.stdout]).toEqual([0, plain()]);
   });
 });
 

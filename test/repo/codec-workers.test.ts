@@ -9,6 +9,8 @@
  */
 import { spawnSync } from 'node:child_process';
 import { createHash, createHmac, randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { brotliCompressSync, constants as zc, deflateRawSync } from 'node:zlib';
 import { RepoError } from '../../src/errors';
@@ -163,5 +165,28 @@ describe('when the workers start', () => {
     })();`;
     const r = spawnSync(process.execPath, ['-e', code], { encoding: 'utf8', timeout: 20_000, killSignal: 'SIGKILL' });
     expect([r.status, r.stdout]).toEqual([0, '0'.repeat(16) + '1'.repeat(8) + '\n']);
+  });
+
+  it("starting them leaves V8's flags as they were: code cached after, by the CLI at its exit, is taken by the next run (outside hunt U: a backup's workers set --expose-gc, every later run refused the cache and wrote it again)", () => {
+    const mod = join(__dirname, '..', '..', 'dist', 'repo', 'codec-workers.js');
+    const dir = mkdtempSync(join(tmpdir(), 'dmthin-flags-'));
+    try {
+      const cache = join(dir, 'cache');
+      const src = 'function twice(x) { return x * 2 } twice(21);';
+      const make = `const w = require(${JSON.stringify(mod)}); w.setInlineBudget(0); (async () => {
+        await w.compressInWorker(2, 1, Buffer.alloc(1 << 16, 1), (z) => z.length);
+        if (!w.workersStarted()) throw new Error('no workers');
+        const s = new (require('node:vm').Script)(${JSON.stringify(src)}); s.runInThisContext();
+        require('node:fs').writeFileSync(${JSON.stringify(cache)}, s.createCachedData());
+        process.exit(0);
+      })();`;
+      const made = spawnSync(process.execPath, ['-e', make], { encoding: 'utf8', timeout: 20_000, killSignal: 'SIGKILL' });
+      expect([made.status, made.stderr]).toEqual([0, '']);
+      const use = `const s = new (require('node:vm').Script)(${JSON.stringify(src)}, { cachedData: require('node:fs').readFileSync(${JSON.stringify(cache)}) }); console.log(s.cachedDataRejected);`;
+      const used = spawnSync(process.execPath, ['-e', use], { encoding: 'utf8', timeout: 20_000 });
+      expect([used.status, used.stdout]).toEqual([0, 'false\n']);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
