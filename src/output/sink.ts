@@ -222,14 +222,21 @@ export class OutputSink {
     if (this.pos === 0) return;
     const full = this.buf;
     const chunk = full.subarray(0, this.pos);
-    this.last = new Promise<void>((resolve) =>
-      this.out.write(chunk, (e) => {
-        if (e) this.fail(e);
-        // Written: the stream holds it no more.
-        else if (this.reuse && full.length === CHUNK && this.spare.length < 4) this.spare.push(full);
+    this.last = new Promise<void>((resolve) => {
+      try {
+        this.out.write(chunk, (e) => {
+          if (e) this.fail(e);
+          // Written: the stream holds it no more.
+          else if (this.reuse && full.length === CHUNK && this.spare.length < 4) this.spare.push(full);
+          resolve();
+        });
+      } catch (e) {
+        // A write() that throws (a caller's Writable) is the output's failure, reported by the next
+        // check; thrown here it rejected a promise no one awaits, and no callback ever came.
+        this.fail(e instanceof Error ? e : new Error(String(e)));
         resolve();
-      }),
-    );
+      }
+    });
     this.setBuf((full.length === CHUNK && this.spare.pop()) || Buffer.allocUnsafe(Math.max(CHUNK, full.length)));
     this.pos = 0;
     this.unwaited = true;

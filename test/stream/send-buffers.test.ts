@@ -92,3 +92,27 @@ test('a data source closed after an abandoned send has closed its descriptors wh
   expect(openOnData()).toBe(0);
   await md.close();
 });
+
+test('an abort ends a stream whose source never answers: the consumer rejects with AbortError at once (outside hunt V: neither error nor close came, it waited for ever)', async () => {
+  const image = fixtureImage('snapshots');
+  await using md = await ThinMetadata.fromBuffer(image);
+  let reads = 0;
+  const stalled = {
+    addressing: 'data' as const,
+    readBlocks: () => {
+      reads++;
+      return new Promise<Buffer>(() => undefined);
+    },
+  };
+  const ac = new AbortController();
+  const consume = (async () => {
+    for await (const _ of sendStream({ metadata: md, snap: 1, source: stalled, deviceSize: 1 << 30, signal: ac.signal }));
+  })();
+  // Until the first read is waiting.
+  for (let i = 0; i < 200 && reads === 0; i++) await new Promise((r) => setTimeout(r, 5));
+  expect(reads).toBeGreaterThan(0);
+  const t0 = Date.now();
+  ac.abort();
+  await expect(consume).rejects.toMatchObject({ name: 'AbortError', code: 'ABORT_ERR' });
+  expect(Date.now() - t0).toBeLessThan(1000);
+});

@@ -97,3 +97,32 @@ describe('OutputSink byte writers', () => {
     expect(Buffer.from(text(), 'latin1').toString('utf8')).toBe(want);
   });
 });
+
+describe("an output whose write() throws (outside hunt V: the throw rejected a promise no one awaited, the process ended on an unhandled rejection, and the sink's user never settled)", () => {
+  it('the next flush rejects with that error, and nothing is left unhandled', async () => {
+    const unhandled: unknown[] = [];
+    const onUnhandled = (e: unknown) => unhandled.push(e);
+    process.on('unhandledRejection', onUnhandled);
+    try {
+      const out = new Writable({
+        write() {
+          throw new Error('write failed synchronously');
+        },
+      });
+      const s = new OutputSink(out, 'the test output');
+      const text = 'x'.repeat(100_000);
+      const run = async () => {
+        for (let i = 0; i < 10; i++) {
+          s.ascii(text);
+          await s.maybeFlush();
+        }
+        await s.flush();
+      };
+      await expect(run()).rejects.toThrow(/write failed synchronously/);
+      await new Promise((r) => setImmediate(r));
+      expect(unhandled).toEqual([]);
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+    }
+  });
+});

@@ -34,7 +34,11 @@ export interface DataSource {
    * @internal
    */
   allocBuffer?(bytes: number): Buffer;
-  /** Releases the source (called when the send ends). */
+  /**
+   * Releases the source. send() calls it for the sources it opens; a source
+   * given to sendStream or encodeStream is its caller's, to close once the
+   * stream has ended or been destroyed (a source may serve several streams).
+   */
   close?(): Promise<void>;
 }
 

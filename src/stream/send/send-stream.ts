@@ -308,9 +308,44 @@ export async function writeRecords(gen: AsyncGenerator<Buffer>, out: Writable, s
   }
 }
 
-/** A byte Readable over a generator; an abort destroys it (which stops the generator). */
+/**
+ * A byte Readable over a generator; an abort destroys it (which stops the
+ * generator). Not Readable.from: its destroy waits for the generator's
+ * return(), which a generator waiting on a read that never comes (a stalled
+ * DataSource) never gives, so an abort emitted neither 'error' nor 'close'
+ * and the consumer waited for ever (outside hunt V). Here destroy settles at
+ * once; the generator is still asked to return, and does when its read ends.
+ */
 function toReadable(gen: AsyncGenerator<Buffer>, signal?: AbortSignal): Readable {
-  const r = (require('node:stream') as typeof import('node:stream')).Readable.from(gen, { objectMode: false, highWaterMark: 1 << 20 });
+  let pulling = false;
+  const pull = async (): Promise<void> => {
+    pulling = true;
+    try {
+      for (;;) {
+        const { value, done } = await gen.next();
+        if (r.destroyed) return;
+        if (done) {
+          r.push(null);
+          return;
+        }
+        if (!r.push(value)) return; // read() asks again
+      }
+    } catch (e) {
+      r.destroy(e as Error);
+    } finally {
+      pulling = false;
+    }
+  };
+  const r: Readable = new (require('node:stream') as typeof import('node:stream')).Readable({
+    highWaterMark: 1 << 20,
+    read() {
+      if (!pulling) void pull();
+    },
+    destroy(err, cb) {
+      gen.return(undefined).catch(() => undefined);
+      cb(err);
+    },
+  });
   if (signal) {
     const onAbort = (): void => {
       r.destroy(new AbortError(undefined, { cause: signal.reason }));
