@@ -69,8 +69,15 @@ function compress(c: Compression, data: Uint8Array): Buffer {
   return Buffer.from(data.buffer, data.byteOffset, data.byteLength);
 }
 
-function decompressError(context: string, e: unknown): RepoError {
+function decompressError(context: string, e: unknown, maxPlain?: number): RepoError {
+  // Stopped at maxOutputLength: intact data, more than such an object holds.
+  if ((e as { code?: unknown })?.code === 'ERR_BUFFER_TOO_LARGE' && maxPlain !== undefined) return tooLarge(context, 'decompresses to', maxPlain);
   return new RepoError('corrupt', `${context}: the stored data does not decompress; the object is damaged`, { key: context, cause: e });
+}
+
+/** `what`: 'holds N bytes' or 'decompresses to' (more than the bound). */
+function tooLarge(context: string, what: string, maxPlain: number): RepoError {
+  return new RepoError('corrupt', `${context}: ${what} more than the ${maxPlain} bytes such an object can have; the object is damaged or was replaced`, { key: context });
 }
 
 function unknownCompression(code: number, context: string): RepoError {
@@ -81,9 +88,12 @@ function decompress(code: number, data: Buffer, context: string, maxPlain: numbe
   try {
     if (code === 1 || code === 2) return decompressWhole(zlib, code, data, maxPlain);
   } catch (e) {
-    throw decompressError(context, e);
+    throw decompressError(context, e, maxPlain);
   }
-  if (code === 0) return data;
+  if (code === 0) {
+    if (data.length > maxPlain) throw tooLarge(context, `holds ${data.length} bytes,`, maxPlain);
+    return data;
+  }
   throw unknownCompression(code, context);
 }
 
@@ -96,10 +106,13 @@ async function decompressAsync(code: number, data: Buffer, context: string, maxP
     try {
       return await decompressInWorker(code, data, maxPlain, undefined, idKey);
     } catch (e) {
-      throw decompressError(context, e);
+      throw decompressError(context, e, maxPlain);
     }
   }
-  if (code === 0) return { out: data };
+  if (code === 0) {
+    if (data.length > maxPlain) throw tooLarge(context, `holds ${data.length} bytes,`, maxPlain);
+    return { out: data };
+  }
   throw unknownCompression(code, context);
 }
 

@@ -11,7 +11,7 @@
  */
 import { getMaxListeners, setMaxListeners } from 'node:events';
 import { createHmac, randomBytes } from 'node:crypto';
-import { AbortError, check, RepoError, throwIfAborted } from '../errors';
+import { AbortError, check, RepoError, throwIfAborted, UsageError } from '../errors';
 import type { Backend } from './backend';
 import { chunkIdOf, DEFAULT_COMPRESSION, formatCompression, isChunkId, parseCompression, seal, sealAsync, unseal, unsealChunkAsync, type Compression, type RepoKeys } from './codec';
 import { checkScryptParams, newConfig, openConfig, type KeySource, type RepoConfig, type ScryptParams } from './keys';
@@ -373,7 +373,14 @@ export class Repository implements AsyncDisposable {
   }
 
   private static async fromBackend(backend: Backend, opts: RepositoryOpenOptions & { create?: RepositoryCreateOptions }, owns: boolean): Promise<Repository> {
+    check.options(opts.lockTiming, 'lockTiming');
     const timing = { ...DEFAULT_LOCK_TIMING, ...opts.lockTiming };
+    // NaN refreshed a lock every millisecond (setInterval), a negative staleMs made every live lock stale.
+    check.integer(timing.refreshMs, 'lockTiming.refreshMs');
+    check.integer(timing.staleMs, 'lockTiming.staleMs');
+    if (timing.staleMs <= timing.refreshMs) {
+      throw new UsageError(`lockTiming.staleMs (${timing.staleMs}) must be longer than lockTiming.refreshMs (${timing.refreshMs}): a held lock would look stale between its refreshes`, { option: 'lockTiming' });
+    }
     const signal = opts.signal ?? opts.create?.signal;
     throwIfAborted(signal);
     if (opts.create) {
@@ -609,7 +616,8 @@ export class Repository implements AsyncDisposable {
   /**
    * Checks every backup: its manifest reads and authenticates, and each chunk
    * it names exists (with `data`: is fetched, authenticated, decompressed and
-   * re-hashed). Problems name the backup, chunk index and byte offset.
+   * re-hashed, and has the length its backup gives that chunk, as restore
+   * checks). Problems name the backup, chunk index and byte offset.
    */
   async verify(opts: { data?: boolean; onProgress?: (p: { backups: number; chunks: number }) => void } & RepoCallOptions = {}): Promise<VerifyReport> {
     this.live();
@@ -628,13 +636,14 @@ export class Repository implements AsyncDisposable {
         if (isChunkId(id) && o.key === chunkKey(id)) present.add(id);
       }
     }
-    const checked = new Map<string, 'ok' | 'missing' | 'corrupt'>();
-    const checkData = async (id: string): Promise<'ok' | 'missing' | 'corrupt'> => {
+    // A chunk's state, and its length when it reads: each backup naming it checks that against its own chunk's.
+    const checked = new Map<string, 'missing' | 'corrupt' | number>();
+    const checkData = async (id: string): Promise<'missing' | 'corrupt' | number> => {
       const known = checked.get(id);
-      if (known) return known;
-      let r: 'ok' | 'missing' | 'corrupt' = 'ok';
+      if (known !== undefined) return known;
+      let r: 'missing' | 'corrupt' | number;
       try {
-        await this.getChunk(id, { signal });
+        r = (await this.getChunk(id, { signal })).length;
       } catch (e) {
         if (!(e instanceof RepoError)) throw e;
         if (e.reason === 'not-found') r = 'missing';
@@ -679,9 +688,13 @@ export class Repository implements AsyncDisposable {
           if (present) {
             if (!present.has(e.id)) problem({ ...at, reason: 'missing' });
           } else {
+            // The length restore needs: the chunk size, less at the device's end. An intact chunk of another
+            // length (a manifest naming the wrong chunk) is this backup's damage, not the chunk's.
+            const len = Math.min(header.chunkSize, header.deviceSize - e.index * header.chunkSize);
             const p: Promise<void> = checkData(e.id).then((r) => {
               inflight.delete(p);
-              if (r !== 'ok') problem({ ...at, reason: r });
+              if (typeof r !== 'number') problem({ ...at, reason: r });
+              else if (r !== len) problem({ ...at, reason: 'corrupt' });
             });
             inflight.add(p);
             if (inflight.size >= 8) await Promise.race(inflight);

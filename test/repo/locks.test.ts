@@ -113,6 +113,14 @@ describe('locks', () => {
     expect(lockFiles()).toEqual([]);
   });
 
+  it('lock timing that is not a whole positive number of ms, or a stale time not longer than the refresh, is refused (outside hunt V: NaN rewrote a lock every ms, -1 made live locks stale)', async () => {
+    await (await Repository.create(loc)).close();
+    for (const lockTiming of [{ refreshMs: NaN }, { staleMs: -1 }, { refreshMs: 1.5 }, { refreshMs: 0 }, { staleMs: Infinity }, { refreshMs: 200, staleMs: 100 }, { refreshMs: 100, staleMs: 100 }, 'fast']) {
+      await expect(Repository.open(loc, { lockTiming: lockTiming as never })).rejects.toMatchObject({ name: 'UsageError', code: 'EINVAL', message: expect.stringMatching(/lockTiming/) });
+    }
+    await (await Repository.open(loc, { lockTiming: { refreshMs: 1, staleMs: 2 } })).close();
+  });
+
   it('refreshes a held lock in the background', async () => {
     await using repo = await Repository.open((await Repository.create(loc)).location, { lockTiming: { refreshMs: 40, staleMs: 60_000 } });
     const locks = new Locks(new LocalBackend(loc), null, { refreshMs: 40, staleMs: 60_000 });

@@ -180,3 +180,24 @@ describe('Repository (local, unencrypted)', () => {
     expect(statSync(join(dir, 'r', 'config')).isFile()).toBe(true);
   });
 });
+
+describe('chunk lengths (outside hunt V: verify --data passed a backup restore refuses; maxBytes held only for compressed chunks)', () => {
+  it.each(['none', 'brotli:1', 'deflate:1'])('%s: getChunk refuses more than maxBytes; verify --data reports an intact chunk of the wrong length as the backup\'s problem, not a damaged chunk', async (compression) => {
+    await using repo = await Repository.create(join(dir, 'r'), { compression });
+    const s = await repo.beginBackup('v');
+    const big = (await s.putChunk(Buffer.alloc(3 * CHUNK, 0xab))).id;
+    const tail = (await s.putChunk(Buffer.alloc(CHUNK / 2, 0xcd))).id;
+    // Four chunks: index 0 names a chunk three times too long; the last (half a chunk at the device's end) is right.
+    await s.commit(header('v', 3.5 * CHUNK), [
+      { index: 0, id: big },
+      { index: 3, id: tail },
+    ]);
+    await expect(repo.getChunk(big, { maxBytes: 10 })).rejects.toMatchObject({ reason: 'corrupt', message: expect.stringMatching(/more than the 10 bytes such an object can have/) });
+    expect((await repo.getChunk(big, { maxBytes: 3 * CHUNK })).length).toBe(3 * CHUNK);
+    const report = await repo.verify({ data: true });
+    expect(report.problems).toEqual([{ backup: expect.any(String), index: 0, offset: 0, id: big, reason: 'corrupt' }]);
+    expect(report.damagedChunks).toEqual([]);
+    // Without data only existence is checked, as documented.
+    expect((await repo.verify()).problems).toEqual([]);
+  });
+});
