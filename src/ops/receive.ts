@@ -18,6 +18,7 @@ import { isAbsolute, resolve } from 'node:path';
 import { AbortError, DmthinError, isSystemError, StreamError, SystemCallError, throwIfAborted, check, UsageError } from '../errors';
 import { applyStream, type ApplyChunks } from '../stream/receive/apply';
 import { BlockWriter } from '../native/block-writer';
+import { openError } from '../native/open-error';
 import { fileChunks } from '../stream/receive/file-chunks';
 import { openPipe, pipeChunks } from '../stream/receive/pipe-chunks';
 import { needDirectory, refuseForeignStateFile, refuseOutputOverInputs, sameTarget, stateNotRecorded, completionNotRecorded, targetIdentity, fileStamp, sameStamp } from '../output/file';
@@ -626,12 +627,13 @@ export async function receive(opts: ReceiveOptions & { input: string | Readable 
       fh = await openInput(input, opts.signal);
     } catch (e) {
       if (e instanceof DmthinError) throw e;
-      const err = e as NodeJS.ErrnoException;
-      throw new DmthinError(err.code ?? 'EIO', `${input}: ${err.message}`, { path: input, syscall: 'open', cause: e });
+      // "cannot open X for reading: no such file or directory [ENOENT]", a SystemCallError as send's.
+      throw openError(e, input, 'reading');
     }
     try {
       const st = await fh.stat();
       if (st.isFile()) return await receiveFile(fh, st.size, opts);
+      if (st.isDirectory()) throw new SystemCallError('EISDIR', `cannot read ${input}: it is a directory, not a stream; give the stream's file`, { path: input, syscall: 'read' });
       // A FIFO (its writer is there: the open waited for one): read in large chunks of reused buffers.
       const pipe = openPipe(fh.fd);
       if (pipe !== null) return await receivePipe(pipe, opts);

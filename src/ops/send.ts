@@ -36,7 +36,7 @@ import type * as OutputFileModule from '../output/file';
 import { outputError } from '../output/sink';
 import { FdWriter } from '../output/fd-writer';
 import { planSend, type SendPlan } from '../stream/send/plan';
-import { encodeRecords, writeRecords, type SendProgress, type SendSummary } from '../stream/send/send-stream';
+import { checkBatchBytes, encodeRecords, writeRecords, type SendProgress, type SendSummary } from '../stream/send/send-stream';
 
 /** Progress of send. */
 export interface SendProgressEvent extends SendProgress {
@@ -101,7 +101,7 @@ export async function send(opts: SendOptions): Promise<SendSummary> {
   check.required(opts, 'send');
   check.signal(opts.signal);
   check.callback(opts.onProgress, 'onProgress');
-  if (opts.batchBytes !== undefined) check.integer(opts.batchBytes, 'batchBytes');
+  if (opts.batchBytes !== undefined) checkBatchBytes(opts.batchBytes);
   const out: unknown = opts.output;
   if (typeof out !== 'string' && !(typeof out === 'object' && out !== null && typeof (out as Writable).write === 'function')) {
     throw new UsageError(`output must be a path or a Writable, got ${out === null ? 'null' : typeof out}`);

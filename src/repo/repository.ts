@@ -11,7 +11,7 @@
  */
 import { getMaxListeners, setMaxListeners } from 'node:events';
 import { createHmac, randomBytes } from 'node:crypto';
-import { AbortError, check, RepoError, throwIfAborted, UsageError } from '../errors';
+import { AbortError, check, describeValue, RepoError, throwIfAborted, UsageError } from '../errors';
 import type { Backend } from './backend';
 import { chunkIdOf, DEFAULT_COMPRESSION, formatCompression, isChunkId, parseCompression, seal, sealAsync, unseal, unsealChunkAsync, type Compression, type RepoKeys } from './codec';
 import { checkScryptParams, newConfig, openConfig, type KeySource, type RepoConfig, type ScryptParams } from './keys';
@@ -415,6 +415,8 @@ export class Repository implements AsyncDisposable {
 
   /** The chunk id of a plaintext: SHA-256, or HMAC-SHA-256 under the repository's id key when encrypted. */
   chunkId(plain: Uint8Array): string {
+    // A string would be hashed as its UTF-8 (not what putChunk stores), null thrown from inside node:crypto.
+    if (!(plain instanceof Uint8Array)) throw new UsageError(`chunkId needs the chunk's bytes (a Buffer or Uint8Array), got ${describeValue(plain)}`);
     return chunkIdOf(plain, this.keys);
   }
 

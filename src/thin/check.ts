@@ -947,6 +947,8 @@ export async function checkMetadata(md: ThinMetadata, opts: CheckOptions = {}): 
   check.signal(opts.signal);
   check.callback(opts.onProgress, 'onProgress');
   if (opts.maxProblems !== undefined) check.integer(opts.maxProblems, 'maxProblems', 0);
+  check.boolean(opts.superblockOnly, 'superblockOnly');
+  check.boolean(opts.skipMappings, 'skipMappings');
   throwIfAborted(opts.signal);
   const live = md.liveSuperblock;
   const viaSnap = md.metadataSnap !== null;

@@ -78,6 +78,7 @@ const COUNTS_FLAT_MAX = 2 ** 28;
 export async function deviceUsage(md: ThinMetadata, opts: UsageOptions = {}): Promise<DeviceUsage[]> {
   check.instance(md, ThinMetadata, 'metadata');
   opts = check.walk(opts, 'deviceUsage options');
+  check.boolean(opts.exclusive, 'exclusive');
   if (opts.exclusive === false) return detailsUsage(md, opts.signal);
   const { table, exclusive } = await exclusiveUsage(md, opts);
   return rowsOf(table, exclusive);

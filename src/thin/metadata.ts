@@ -144,6 +144,7 @@ export class ThinMetadata implements AsyncDisposable {
     check.options(opts, 'ThinMetadata.open options');
     opts ??= {}; // null, as Node's own APIs take it
     check.oneOf(opts.direct, 'direct', ['auto', 'always', 'never']);
+    check.boolean(opts.exclusive, 'exclusive');
     if (opts.source !== undefined) check.methods(opts.source, 'source', 'a BlockSource', ['read', 'close']);
     const snap = opts.metadataSnap;
     if (snap !== undefined && typeof snap !== 'boolean' && !(Number.isSafeInteger(snap) && snap > 0)) {

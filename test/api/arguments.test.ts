@@ -318,3 +318,30 @@ test("a device id that is not a number is named as what it is (outside hunt G: '
     for await (const _ of md.delta(1, '2' as unknown as number));
   })()).rejects.toEqual(usage(/^the right device id must be an integer/));
 });
+
+test('outside hunt V: arguments that reached the addon or node:crypto, and options given as strings, are UsageErrors; a directory or a missing file as receive input is a SystemCallError naming it', async () => {
+  // batchBytes beyond 1 GiB was a plain RangeError from the addon's buffer.
+  await expect(send({ ...S, output: sink(), batchBytes: 2 ** 31 })).rejects.toEqual(usage(/^batchBytes must be at most 1073741824 \(1 GiB\), got 2147483648$/));
+  // NativeDataSource.readBlocks: EUNKNOWN from the addon before.
+  await using src = await d.NativeDataSource.open(S.data, { addressing: 'data' });
+  await expect(src.readBlocks(65536, [-1])).rejects.toEqual(usage(/^block numbers must be integers of at least 0, got number -1$/));
+  await expect(src.readBlocks(100, [0])).rejects.toEqual(usage(/^unitBytes must be a positive multiple of 512, got number 100$/));
+  await expect(src.readBlocks(65536, Array.from({ length: 20_000 }, (_, i) => i))).rejects.toEqual(usage(/more than 1 GiB/));
+  expect((await src.readBlocks(512, [0, 1])).length).toBe(1024);
+  // chunkId: null was node:crypto's TypeError, a string was hashed as UTF-8.
+  await using repo = await Repository.create(s.path(`repo-${Date.now()}`));
+  for (const v of [null, 'abc', 5]) expect(() => repo.chunkId(v as unknown as Uint8Array)).toThrow(usage(/^chunkId needs the chunk's bytes \(a Buffer or Uint8Array\)/));
+  // Booleans given as strings were taken (exclusive: 'no' computed EXCLUSIVE).
+  await using md = await ThinMetadata.open(S.metadata);
+  await expect(checkMetadata(md, { superblockOnly: 'yes' as unknown as boolean })).rejects.toEqual(usage(/^superblockOnly must be true or false, got "yes"$/));
+  await expect(checkMetadata(md, { skipMappings: 1 as unknown as boolean })).rejects.toEqual(usage(/^skipMappings must be true or false, got number 1$/));
+  await expect(deviceUsage(md, { exclusive: 'no' as unknown as boolean })).rejects.toEqual(usage(/^exclusive must be true or false, got "no"$/));
+  await expect(ThinMetadata.open(S.metadata, { exclusive: 'yes' as unknown as boolean })).rejects.toEqual(usage(/^exclusive must be true or false, got "yes"$/));
+  // receive's input: a directory gave Node's raw EISDIR without a path; a missing file a DmthinError with Node's message.
+  await expect(receive({ target: s.path('t-dir.img'), input: s.dir, create: true })).rejects.toMatchObject({ name: 'SystemCallError', code: 'EISDIR', path: s.dir, message: expect.stringMatching(/is a directory, not a stream/) });
+  await expect(receive({ target: s.path('t-dir.img'), input: s.path('none'), create: true })).rejects.toMatchObject({
+    name: 'SystemCallError',
+    code: 'ENOENT',
+    message: `cannot open ${s.path('none')} for reading: no such file or directory`,
+  });
+});

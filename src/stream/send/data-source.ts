@@ -7,7 +7,7 @@
  * The native source reads with O_DIRECT, in sorted and coalesced batches, off
  * the JS thread.
  */
-import { check, DmthinError, fromNative, UsageError } from '../../errors';
+import { check, describeValue, DmthinError, fromNative, UsageError } from '../../errors';
 import { BlockReader } from '../../native/block-reader';
 import { alignedBuffer, native, type NativeRangeReader } from '../../native/binding';
 
@@ -171,7 +171,12 @@ export class NativeDataSource implements DataSource {
 
   async readBlocks(unitBytes: number, blocks: readonly number[]): Promise<Buffer> {
     this.assertReading();
+    // The caller's mistakes as such, not the addon's EUNKNOWN from inside.
+    if (!Number.isSafeInteger(unitBytes) || unitBytes <= 0 || unitBytes % 512 !== 0) throw new UsageError(`unitBytes must be a positive multiple of 512, got ${describeValue(unitBytes)}`);
+    if (!Array.isArray(blocks)) throw new UsageError(`blocks must be an array of block numbers, got ${describeValue(blocks)}`);
+    if (unitBytes * blocks.length > 1 << 30) throw new UsageError(`a read of ${blocks.length} units of ${unitBytes} bytes is more than 1 GiB: read fewer at once`);
     for (const b of blocks) {
+      if (!Number.isSafeInteger(b) || b < 0) throw new UsageError(`block numbers must be integers of at least 0, got ${describeValue(b)}`);
       if ((b + 1) * unitBytes > this.sizeBytes) {
         throw new DmthinError('EIO', `read of bytes [${b * unitBytes}, ${(b + 1) * unitBytes}) is beyond the end of ${this.path} (${this.sizeBytes} bytes)`, {
           path: this.path,

@@ -107,6 +107,15 @@ function readBatch(source: DataSource, b: Batch): Promise<Buffer> {
   return readBlocksExactly(source, unit, blocks);
 }
 
+/** The largest batch a send reads at once (the addon's largest buffer). */
+const MAX_BATCH_BYTES = 1 << 30;
+
+/** @internal batchBytes: a whole number of bytes, at most 1 GiB (a larger one failed inside the addon with a plain RangeError). */
+export function checkBatchBytes(v: unknown): void {
+  check.integer(v, 'batchBytes');
+  if ((v as number) > MAX_BATCH_BYTES) throw new UsageError(`batchBytes must be at most ${MAX_BATCH_BYTES} (1 GiB), got ${v as number}`, { option: 'batchBytes' });
+}
+
 /** The stream's bytes for a plan, reading data from `source`. */
 export async function* encodeRecords(plan: SendPlan, source: DataSource, opts: EncodeOptions = {}): AsyncGenerator<Buffer> {
   const enc = new StreamEncoder(opts.formatVersion === undefined ? plan.header : { ...plan.header, version: opts.formatVersion });
@@ -394,7 +403,7 @@ export function sendStream(opts: SendStreamOptions): Readable {
   check.oneOf(opts.source.addressing, 'source.addressing', ['virtual', 'data']);
   check.signal(opts.signal);
   check.callback(opts.onProgress, 'onProgress');
-  if (opts.batchBytes !== undefined) check.integer(opts.batchBytes, 'batchBytes');
+  if (opts.batchBytes !== undefined) checkBatchBytes(opts.batchBytes);
   async function* gen(): AsyncGenerator<Buffer> {
     let deviceSize = opts.deviceSize;
     const src = opts.source as DataSource & { sizeBytes?: number };
