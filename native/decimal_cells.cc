@@ -1,7 +1,8 @@
 // Integer columns of a fixed-width text table, written on the calling thread.
 // Why native: a CLI run is over before V8 optimises its loops, and a table of
 // 70,000 devices spent 10-13 ms writing cells digit by digit in JS's first
-// tiers (about 4.5 ms once optimised), where this takes well under 1 ms.
+// tiers (about 4.5 ms once optimised), where this takes ~2.5 ms with the
+// page faults of the output's first touch (~0.6 ms a column after).
 // What is printed and how wide each column is stays in TypeScript
 // (src/thin/ls.ts); this only writes digits, given suffixes and spaces.
 #include "decimal_cells.h"
@@ -53,6 +54,22 @@ inline uint64_t Limit(size_t digits) {
   return p;
 }
 
+// A typed array's element type, length and first element (its byte offset
+// applied), for any backing store (SharedArrayBuffer too); null data when
+// detached. Runs no JS.
+struct View {
+  napi_typedarray_type type;
+  size_t length;
+  void* data;
+};
+View ViewOf(Napi::Env env, Napi::Value v) {
+  View out{};
+  napi_value ab;
+  size_t offset;
+  NAPI_THROW_IF_FAILED(env, napi_get_typedarray_info(env, v, &out.type, &out.length, &out.data, &ab, &offset), out);
+  return out;
+}
+
 // writeDecimalCells(dst, at, stride, values, from, to, width, newline, units?, unitNames?)
 // For each row j in [from, to): values[j] (with unitNames[units[j]] after it)
 // right-aligned in dst[at + (j - from) * stride, + width), spaces before it,
@@ -65,22 +82,43 @@ Napi::Value JsWriteDecimalCells(const Napi::CallbackInfo& info) {
   const char* usage =
       "writeDecimalCells(dst: Uint8Array, at, stride, values: Uint32Array | Float64Array, from, to, width, newline: boolean, "
       "units?: Uint8Array, unitNames?: string[])";
-  if (info.Length() < 8 || !info[0].IsTypedArray() || !info[3].IsTypedArray()) throw Napi::TypeError::New(env, usage);
+  if (info.Length() < 8 || !info[0].IsTypedArray() || !info[3].IsTypedArray() || !info[7].IsBoolean()) throw Napi::TypeError::New(env, usage);
   for (int i : {1, 2, 4, 5, 6})
     if (!info[i].IsNumber()) throw Napi::TypeError::New(env, usage);
-  Napi::TypedArray dstArr = info[0].As<Napi::TypedArray>();
-  Napi::TypedArray valArr = info[3].As<Napi::TypedArray>();
-  if (dstArr.TypedArrayType() != napi_uint8_array) throw Napi::TypeError::New(env, usage);
-  const napi_typedarray_type vt = valArr.TypedArrayType();
-  if (vt != napi_uint32_array && vt != napi_float64_array) throw Napi::TypeError::New(env, usage);
+  const bool hasUnits = info.Length() > 8 && !info[8].IsUndefined() && !info[8].IsNull();
+  if (hasUnits && (!info[8].IsTypedArray() || info.Length() < 10 || !info[9].IsArray())) throw Napi::TypeError::New(env, usage);
+
+  // The unit names first: reading an array's elements can run JS (a getter),
+  // which could shrink or detach the buffers below. After this loop no JS
+  // runs until the cells are written: their lengths and pointers stay true.
+  std::vector<std::string> names;
+  if (hasUnits) {
+    Napi::Array a = info[9].As<Napi::Array>();
+    const uint32_t n = a.Length();
+    if (n > 256) throw Napi::RangeError::New(env, "writeDecimalCells: more than 256 unit names");
+    for (uint32_t i = 0; i < n; i++) {
+      Napi::Value s = a.Get(i);
+      if (!s.IsString()) throw Napi::TypeError::New(env, usage);
+      names.push_back(s.As<Napi::String>().Utf8Value());
+    }
+  }
+
   const double atD = info[1].As<Napi::Number>().DoubleValue();
   const double strideD = info[2].As<Napi::Number>().DoubleValue();
   const double fromD = info[4].As<Napi::Number>().DoubleValue();
   const double toD = info[5].As<Napi::Number>().DoubleValue();
   const double widthD = info[6].As<Napi::Number>().DoubleValue();
-  const bool newline = info[7].ToBoolean().Value();
-  const size_t n = valArr.ElementLength();
-  const size_t dstLen = dstArr.ByteLength();
+  const bool newline = info[7].As<Napi::Boolean>().Value();
+  const View dst = ViewOf(env, info[0]);
+  const View vals = ViewOf(env, info[3]);
+  if (dst.type != napi_uint8_array || (vals.type != napi_uint32_array && vals.type != napi_float64_array)) throw Napi::TypeError::New(env, usage);
+  View unitsView{};
+  if (hasUnits) {
+    unitsView = ViewOf(env, info[8]);
+    if (unitsView.type != napi_uint8_array) throw Napi::TypeError::New(env, usage);
+  }
+  const size_t n = vals.data ? vals.length : 0;
+  const size_t dstLen = dst.data ? dst.length : 0;
   auto isIndex = [](double d) { return d >= 0 && d <= kMaxExact && std::floor(d) == d; };
   if (!isIndex(atD) || !isIndex(strideD) || !isIndex(fromD) || !isIndex(toD) || !isIndex(widthD) || widthD < 1 || fromD > toD ||
       toD > static_cast<double>(n))
@@ -94,27 +132,14 @@ Napi::Value JsWriteDecimalCells(const Napi::CallbackInfo& info) {
     if (atD + strideD * static_cast<double>(to - from - 1) + static_cast<double>(cell) > static_cast<double>(dstLen))
       throw Napi::RangeError::New(env, "writeDecimalCells: cells beyond the buffer");
   }
-
-  // Optional suffixes (thin_ls's units): an index per row into unitNames.
   const uint8_t* units = nullptr;
-  std::vector<std::string> names;
-  if (info.Length() > 8 && !info[8].IsUndefined() && !info[8].IsNull()) {
-    if (!info[8].IsTypedArray() || info[8].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array || info.Length() < 10 ||
-        !info[9].IsArray())
-      throw Napi::TypeError::New(env, usage);
-    Napi::Uint8Array u = info[8].As<Napi::Uint8Array>();
-    if (u.ElementLength() < to) throw Napi::RangeError::New(env, "writeDecimalCells: units shorter than the rows");
-    units = u.Data();
-    Napi::Array a = info[9].As<Napi::Array>();
-    for (uint32_t i = 0; i < a.Length(); i++) {
-      Napi::Value s = a.Get(i);
-      if (!s.IsString()) throw Napi::TypeError::New(env, usage);
-      names.push_back(s.As<Napi::String>().Utf8Value());
-    }
+  if (hasUnits) {
+    if ((unitsView.data ? unitsView.length : 0) < to) throw Napi::RangeError::New(env, "writeDecimalCells: units shorter than the rows");
+    units = static_cast<const uint8_t*>(unitsView.data);
   }
 
-  const uint32_t* u32 = vt == napi_uint32_array ? reinterpret_cast<const uint32_t*>(static_cast<const uint8_t*>(valArr.ArrayBuffer().Data()) + valArr.ByteOffset()) : nullptr;
-  const double* f64 = vt == napi_float64_array ? reinterpret_cast<const double*>(static_cast<const uint8_t*>(valArr.ArrayBuffer().Data()) + valArr.ByteOffset()) : nullptr;
+  const uint32_t* u32 = vals.type == napi_uint32_array ? static_cast<const uint32_t*>(vals.data) : nullptr;
+  const double* f64 = vals.type == napi_float64_array ? static_cast<const double*>(vals.data) : nullptr;
   auto valueAt = [&](size_t j, uint64_t* v) -> bool {
     if (u32) {
       *v = u32[j];
@@ -128,17 +153,16 @@ Napi::Value JsWriteDecimalCells(const Napi::CallbackInfo& info) {
   // Checked first, so that a bad row leaves dst as it was: a cell fits when
   // its value is below 10^(width - the suffix's length).
   std::vector<uint64_t> limits;
-  if (units)
-    for (const std::string& s : names) limits.push_back(s.size() >= width ? 0 : Limit(width - s.size()));
+  for (const std::string& s : names) limits.push_back(s.size() >= width ? 0 : Limit(width - s.size()));
   const uint64_t plainLimit = Limit(width);
   for (size_t j = from; j < to; j++) {
-    uint64_t v;
+    uint64_t v = 0;
     if (!valueAt(j, &v)) throw Napi::RangeError::New(env, "writeDecimalCells: row " + std::to_string(j) + " is not an integer in [0, 2^53)");
     if (units && units[j] >= names.size()) throw Napi::RangeError::New(env, "writeDecimalCells: row " + std::to_string(j) + " has no such unit");
     if (v >= (units ? limits[units[j]] : plainLimit))
       throw Napi::RangeError::New(env, "writeDecimalCells: row " + std::to_string(j) + " is wider than the column");
   }
-  uint8_t* base = dstArr.As<Napi::Uint8Array>().Data() + at;
+  uint8_t* base = static_cast<uint8_t*>(dst.data) + at;
   for (size_t j = from; j < to; j++, base += stride) {
     uint8_t* end = base + width;
     if (units) {
@@ -146,7 +170,7 @@ Napi::Value JsWriteDecimalCells(const Napi::CallbackInfo& info) {
       end -= s.size();
       for (size_t k = 0; k < s.size(); k++) end[k] = static_cast<uint8_t>(s[k]);
     }
-    uint64_t v;
+    uint64_t v = 0;
     valueAt(j, &v);
     uint8_t* start = WriteDigits(end, v);
     for (uint8_t* p = base; p < start; p++) *p = ' ';

@@ -743,21 +743,26 @@ function replaceable(FILE: string): boolean {
 }
 
 /**
- * Cache or pack files of one command group kept for other Node versions and
- * node options (each has files of its own): beyond these, the least
- * recently used are removed at a save. Without a bound the directory grew
- * by a file a group for every Node upgrade and every distinct set of node
- * options ever used (--cpu-prof-dir=DIR, say), ~0.2-0.6 MB each.
+ * Cache or pack files of one command group for other Node versions and node
+ * options (each has files of its own): removed at a save once unused for
+ * OTHERS_UNUSED_MS, and beyond OTHERS_KEPT the least recently used too.
+ * Without a bound the directory grew by a file a group for every Node
+ * upgrade and every distinct set of node options ever used
+ * (--cpu-prof-dir=DIR, say), ~0.2-0.6 MB each. Not a small count alone: a
+ * rotation of more configurations than it (a CI matrix) rewrote the cache
+ * at every run.
  */
-const OTHERS_KEPT = 5;
+const OTHERS_UNUSED_MS = 30 * 86_400_000;
+const OTHERS_KEPT = 64;
 
 /**
  * Writes `parts` as `FILE`: a temporary file, fsynced, renamed over it.
  * Temporary files of FILE that a killed run left (a save takes
  * milliseconds: one a minute old is no one's) are removed first; they were
  * never removed, a few hundred KB each. So are the files of FILE's group and
- * kind beyond OTHERS_KEPT (used last: the later of access and modification
- * times, as the file system keeps them).
+ * kind that OTHERS_UNUSED_MS and OTHERS_KEPT retire ("used": the later of
+ * access and modification times, as the file system keeps them; under
+ * relatime an access moves the first at least once a day).
  */
 function writeAtomically(FILE: string, parts: Buffer[]): void {
   if (!replaceable(FILE)) return;
@@ -767,26 +772,34 @@ function writeAtomically(FILE: string, parts: Buffer[]): void {
   // v8-VERSION-ARCH[-FLAGS]-GROUP.KIND: the same GROUP.KIND.
   const kind = own.slice(own.lastIndexOf('-'));
   const others: { path: string; used: number }[] = [];
+  let names: string[] = [];
   try {
-    for (const name of readdirSync(DIR)) {
+    names = readdirSync(DIR);
+  } catch {
+    // unreadable: nothing to tidy
+  }
+  const now = Date.now();
+  // Each entry on its own: one removed meanwhile by another run, or not ours to remove, stops nothing else.
+  for (const name of names) {
+    try {
       if (name !== own && name.startsWith('v8-') && name.endsWith(kind)) {
         const st = statSync(join(DIR, name), { throwIfNoEntry: false });
         if (st?.isFile()) others.push({ path: join(DIR, name), used: Math.max(st.atimeMs, st.mtimeMs) });
-        continue;
+      } else if (name.startsWith(prefix) && /^\d+\.tmp$/.test(name.slice(prefix.length))) {
+        const left = join(DIR, name);
+        if (now - statSync(left).mtimeMs > 60_000) unlinkSync(left);
       }
-      if (!name.startsWith(prefix) || !/^\d+\.tmp$/.test(name.slice(prefix.length))) continue;
-      const left = join(DIR, name);
-      if (Date.now() - statSync(left).mtimeMs > 60_000) unlinkSync(left);
+    } catch {
+      // (see above)
     }
-  } catch {
-    // another run removed it first, or the directory cannot be read: nothing to do
   }
   others.sort((a, b) => b.used - a.used);
-  for (const { path } of others.slice(OTHERS_KEPT)) {
+  for (const [i, { path, used }] of others.entries()) {
+    if (i < OTHERS_KEPT && now - used <= OTHERS_UNUSED_MS) continue;
     try {
       unlinkSync(path);
     } catch {
-      // removed by another run, or not ours to remove
+      // (see above)
     }
   }
   try {

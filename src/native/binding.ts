@@ -280,7 +280,9 @@ export function putFileDurableFunction(): NativeAddon['putFileDurable'] | null {
 /** The addon's writeDecimalCells, or null where the addon does not load (the caller then writes the cells itself). */
 export function decimalCellsFunction(): NativeAddon['writeDecimalCells'] | null {
   try {
-    return native().writeDecimalCells;
+    // An addon built before it had this function (a checkout updated without a rebuild): the JS loops.
+    const f = native().writeDecimalCells as NativeAddon['writeDecimalCells'] | undefined;
+    return typeof f === 'function' ? f : null;
   } catch (e) {
     if (e instanceof SetupError) return null;
     throw e;

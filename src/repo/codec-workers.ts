@@ -40,8 +40,9 @@ export function decompressWhole(z: typeof import('node:zlib'), code: 1 | 2, data
   return r.buffer;
 }
 
-const WORKER_SOURCE = `
-const { parentPort } = require('node:worker_threads');
+/** @internal The workers' source (tests start many at once). */
+export const WORKER_SOURCE = `
+const { parentPort, workerData } = require('node:worker_threads');
 const zlib = require('node:zlib');
 const { createHash, createHmac } = require('node:crypto');
 const Q = zlib.constants.BROTLI_PARAM_QUALITY, HINT = zlib.constants.BROTLI_PARAM_SIZE_HINT;
@@ -49,10 +50,20 @@ const Q = zlib.constants.BROTLI_PARAM_QUALITY, HINT = zlib.constants.BROTLI_PARA
 // each worker's malloc arena held tens of MiB of them; a scavenge every 4 MiB of output frees them
 // (1 GiB backup: peak RSS -26 MiB). gc is reachable only through a new context once the flag is set.
 // V8's flags are the process's: the flag is cleared again at once, or the main thread's code cache,
-// written at exit, would carry it and be refused (and written again) by every later run.
-require('node:v8').setFlagsFromString('--expose-gc');
-const scavenge = require('node:vm').runInNewContext('gc');
-require('node:v8').setFlagsFromString('--no-expose-gc');
+// written at exit, would carry it and be refused (and written again) by every later run. The workers
+// start together: set, take and clear is done under one lock of them all, or one worker's clear could
+// come between another's set and take (gc is not defined, and that worker gone).
+const lock = new Int32Array(workerData.flagLock);
+while (Atomics.compareExchange(lock, 0, 0, 1) !== 0) Atomics.wait(lock, 0, 1, 100);
+let scavenge;
+try {
+  require('node:v8').setFlagsFromString('--expose-gc');
+  scavenge = require('node:vm').runInNewContext('gc');
+} finally {
+  require('node:v8').setFlagsFromString('--no-expose-gc');
+  Atomics.store(lock, 0, 0);
+  Atomics.notify(lock, 0, 1);
+}
 let sinceGc = 0;
 
 parentPort.on('message', (t) => {
@@ -166,8 +177,10 @@ function start(): Slot[] {
   const { availableParallelism } = require('node:os') as typeof import('node:os');
   const n = Math.max(1, Math.min(MAX_WORKERS, availableParallelism()));
   const made: Slot[] = [];
+  // The workers' lock around V8's --expose-gc (see WORKER_SOURCE).
+  const flagLock = new SharedArrayBuffer(4);
   for (let i = 0; i < n; i++) {
-    const worker = new Worker(WORKER_SOURCE, { eval: true, stdout: false, stderr: false });
+    const worker = new Worker(WORKER_SOURCE, { eval: true, stdout: false, stderr: false, workerData: { flagLock } });
     const slot: Slot = { worker, busy: 0 };
     worker.on('message', (r: Reply) => {
       const p = pending.get(r.seq);

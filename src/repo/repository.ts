@@ -62,6 +62,9 @@ export interface RepositoryCreateOptions extends RepoCallOptions {
   scrypt?: ScryptParams;
 }
 
+/** The longest delay Node's timers keep (2^31 - 1 ms); a longer one fires after 1 ms. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 /** Options of Repository.open. */
 export interface RepositoryOpenOptions extends RepoCallOptions {
   /** The key file or passphrase of an encrypted repository. */
@@ -375,9 +378,13 @@ export class Repository implements AsyncDisposable {
   private static async fromBackend(backend: Backend, opts: RepositoryOpenOptions & { create?: RepositoryCreateOptions }, owns: boolean): Promise<Repository> {
     check.options(opts.lockTiming, 'lockTiming');
     const timing = { ...DEFAULT_LOCK_TIMING, ...opts.lockTiming };
-    // NaN refreshed a lock every millisecond (setInterval), a negative staleMs made every live lock stale.
+    // NaN refreshed a lock every millisecond (setInterval), a negative staleMs made every live lock stale;
+    // beyond 2^31 - 1 ms Node's timers take 1 ms.
     check.integer(timing.refreshMs, 'lockTiming.refreshMs');
     check.integer(timing.staleMs, 'lockTiming.staleMs');
+    for (const [k, v] of [['refreshMs', timing.refreshMs], ['staleMs', timing.staleMs]] as const) {
+      if (v > MAX_TIMER_MS) throw new UsageError(`lockTiming.${k} must be at most ${MAX_TIMER_MS} (about 24.8 days, Node's longest timer), got ${v}`, { option: 'lockTiming' });
+    }
     if (timing.staleMs <= timing.refreshMs) {
       throw new UsageError(`lockTiming.staleMs (${timing.staleMs}) must be longer than lockTiming.refreshMs (${timing.refreshMs}): a held lock would look stale between its refreshes`, { option: 'lockTiming' });
     }

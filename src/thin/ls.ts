@@ -447,7 +447,8 @@ function writeHeader(fields: readonly LsField[], cols: Column[], lineBytes: numb
  * integer columns, one call a column per slice of lines. Measured on 70,000
  * devices (`ls`, a new process): the JS loops below took 10-13 ms there
  * (4.5 ms once V8 has optimised them, which a run of the CLI never waits
- * for), the addon under 1 ms. Tests set it to null to run the JS loops.
+ * for), the addon ~2.5 ms with its page faults (~0.6 ms a column once
+ * they are faulted in). Tests set it to null to run the JS loops.
  */
 export const tableCells: { write: ReturnType<typeof decimalCellsFunction> | undefined } = { write: undefined };
 
@@ -468,7 +469,7 @@ function writeRows(cols: Column[], from: number, to: number, lineBytes: number, 
     t.pos += (to - from) * lineBytes;
     return;
   }
-  // Column by into the byte buffer: integer cells (and MAPPED's
+  // Without the addon: line by line into the byte buffer; integer cells (and MAPPED's
   // number and unit) are written digit by digit, without a string per cell;
   // a 70,000-device table spent most of its time making and collecting those
   // strings. The loops are plain and monomorphic: a CLI run is over before

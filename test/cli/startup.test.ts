@@ -302,29 +302,51 @@ describe('code cache', () => {
     rmSync(fresh);
   });
 
-  it("a save keeps the group's files of five other Node versions or node options, the most recently used, and removes the rest (they were never removed)", () => {
+  it("a save removes the group's files of other Node versions or node options unused for 30 days, and beyond 64 the least recently used (they were never removed; a review: a count of five rewrote the cache at every run of a rotation of seven)", () => {
     const dir = mkdtempSync(join(tmpdir(), 'dmthin-code-cache-others-'));
     try {
-      const names = Array.from({ length: 8 }, (_, i) => `v8-v20.0.${i}-${process.arch}-0000000${i}-ls.pack`);
+      const day = 86_400_000;
+      const name = (i: number) => `v8-v20.0.${i}-${process.arch}-${String(i).padStart(8, '0')}-ls.pack`;
+      // 0..69: used 0..69 hours ago (all within 30 days: the 64 most recent stay); 100..102: 31, 40, 365 days ago.
+      const recent = Array.from({ length: 70 }, (_, i) => i);
+      const old = [[100, 31], [101, 40], [102, 365]] as const;
+      for (const i of recent) writeFileSync(join(dir, name(i)), 'old pack');
+      for (const [i] of old) writeFileSync(join(dir, name(i)), 'old pack');
+      for (const i of recent) {
+        const t = new Date(Date.now() - i * 3_600_000);
+        utimesSync(join(dir, name(i)), t, t);
+      }
+      for (const [i, days] of old) {
+        const t = new Date(Date.now() - days * day);
+        utimesSync(join(dir, name(i)), t, t);
+      }
       const otherGroup = `v8-v20.0.0-${process.arch}-dump.pack`;
       const otherKind = `v8-v20.0.0-${process.arch}-ls.bin`;
-      for (const [i, n] of names.entries()) {
-        writeFileSync(join(dir, n), 'old pack');
-        // Used i days ago: 0..4 are the five kept.
-        const t = new Date(Date.now() - i * 86_400_000);
-        utimesSync(join(dir, n), t, t);
-      }
       for (const n of [otherGroup, otherKind]) {
         writeFileSync(join(dir, n), 'x');
         utimesSync(join(dir, n), new Date(0), new Date(0));
       }
       expect(run(['ls', POOL], { DMTHIN_CODE_CACHE_DIR: dir }).status).toBe(0);
-      const left = readdirSync(dir);
-      expect(left.filter((n) => names.includes(n)).sort()).toEqual(names.slice(0, 5).sort());
-      expect(left).toContain(otherGroup);
-      expect(left).toContain(otherKind);
-      // This run's own pack and code cache were written beside them.
-      expect(left.filter((n) => n.startsWith(`v8-${process.version}-`)).length).toBeGreaterThanOrEqual(1);
+      const left = new Set(readdirSync(dir));
+      expect(recent.filter((i) => left.has(name(i)))).toEqual(recent.slice(0, 64));
+      expect(old.filter(([i]) => left.has(name(i)))).toEqual([]);
+      // Another command's file stays; the code cache of ls (another kind) is judged at its own save: unused for 55 years.
+      expect(left.has(otherGroup)).toBe(true);
+      expect(left.has(otherKind)).toBe(false);
+      expect([...left].filter((n) => n.startsWith(`v8-${process.version}-`)).length).toBeGreaterThanOrEqual(1);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('a rotation of seven node option sets settles: after two rounds no run writes the cache (a review: with five kept, every run rewrote it)', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'dmthin-code-cache-rotation-'));
+    try {
+      const opts = Array.from({ length: 7 }, (_, i) => `--max-old-space-size=${900 + i}`);
+      for (let round = 0; round < 2; round++) for (const o of opts) expect(run(['ls', POOL], { DMTHIN_CODE_CACHE_DIR: dir, NODE_OPTIONS: o }).status).toBe(0);
+      const before = statSync(dir).mtimeMs;
+      for (const o of opts) expect(run(['ls', POOL], { DMTHIN_CODE_CACHE_DIR: dir, NODE_OPTIONS: o }).status).toBe(0);
+      expect(statSync(dir).mtimeMs).toBe(before);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -48,8 +48,10 @@ const EXAMPLE = join(ROOT, 'examples', 'pool.bin');
  * unpacked budget still catches a build/ folder or a bench image.
  * 2026-12-05: 2,409,035 bytes unpacked (the module pack in cli/startup, the space
  * reserve, the hunts' fixes and their docs; no new kind of file): budget 2.4 -> 2.5 MB;
- * a build/ folder (2.2 MB) still takes it far over.) */
-const MAX_PACKED_BYTES = 650_000;
+ * a build/ folder (2.2 MB) still takes it far over.)
+ * 2026-12-05, later: 651,626 bytes packed (native/decimal_cells.cc, the hunts'
+ * fixes and their docs; no new kind of file): packed budget 650 -> 680 KB. */
+const MAX_PACKED_BYTES = 680_000;
 const MAX_UNPACKED_BYTES = 2_500_000;
 
 interface PackResult {

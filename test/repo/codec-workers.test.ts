@@ -167,6 +167,36 @@ describe('when the workers start', () => {
     expect([r.status, r.stdout]).toEqual([0, '0'.repeat(16) + '1'.repeat(8) + '\n']);
   });
 
+  it('workers started together all come up: --expose-gc is set, used and cleared under one lock (a review: one worker cleared it between another\'s set and use, and that worker died with "gc is not defined")', async () => {
+    const { Worker } = await import('node:worker_threads');
+    const { WORKER_SOURCE } = await import('../../src/repo/codec-workers');
+    let failed = 0;
+    for (let round = 0; round < 60; round++) {
+      const flagLock = new SharedArrayBuffer(4);
+      await Promise.all(
+        Array.from({ length: 4 }, async () => {
+          const w = new Worker(WORKER_SOURCE, { eval: true, workerData: { flagLock } });
+          try {
+            const data = Buffer.from('some data');
+            const slab = new SharedArrayBuffer(4096);
+            new Uint8Array(slab).set(data);
+            const reply = await new Promise<{ error?: unknown }>((resolve, reject) => {
+              w.once('message', resolve);
+              w.once('error', reject);
+              w.postMessage({ op: 'compress', algorithm: 1, level: 1, seq: 1, slab, inLen: data.length, inCap: 64, outCap: 1024 });
+            });
+            if (reply.error !== undefined) failed++;
+          } catch {
+            failed++;
+          } finally {
+            await w.terminate();
+          }
+        }),
+      );
+    }
+    expect(failed).toBe(0);
+  });
+
   it("starting them leaves V8's flags as they were: code cached after, by the CLI at its exit, is taken by the next run (outside hunt U: a backup's workers set --expose-gc, every later run refused the cache and wrote it again)", () => {
     const mod = join(__dirname, '..', '..', 'dist', 'repo', 'codec-workers.js');
     const dir = mkdtempSync(join(tmpdir(), 'dmthin-flags-'));

@@ -115,7 +115,7 @@ describe('locks', () => {
 
   it('lock timing that is not a whole positive number of ms, or a stale time not longer than the refresh, is refused (outside hunt V: NaN rewrote a lock every ms, -1 made live locks stale)', async () => {
     await (await Repository.create(loc)).close();
-    for (const lockTiming of [{ refreshMs: NaN }, { staleMs: -1 }, { refreshMs: 1.5 }, { refreshMs: 0 }, { staleMs: Infinity }, { refreshMs: 200, staleMs: 100 }, { refreshMs: 100, staleMs: 100 }, 'fast']) {
+    for (const lockTiming of [{ refreshMs: NaN }, { staleMs: -1 }, { refreshMs: 1.5 }, { refreshMs: 0 }, { staleMs: Infinity }, { refreshMs: 200, staleMs: 100 }, { refreshMs: 100, staleMs: 100 }, { refreshMs: 2 ** 31, staleMs: 2 ** 32 }, { staleMs: 2 ** 31 }, 'fast']) {
       await expect(Repository.open(loc, { lockTiming: lockTiming as never })).rejects.toMatchObject({ name: 'UsageError', code: 'EINVAL', message: expect.stringMatching(/lockTiming/) });
     }
     await (await Repository.open(loc, { lockTiming: { refreshMs: 1, staleMs: 2 } })).close();

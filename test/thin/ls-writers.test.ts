@@ -92,3 +92,26 @@ test('exclusiveUsage without a shared block: the last progress report is the tot
   await exclusiveUsage(md, { flatLimits: { ownerBytes: 0, counts: md.nrDataBlocks }, onProgress: (p) => seen.push(p) });
   expect(seen[seen.length - 1]).toEqual({ mappings: 64, total: 64 });
 });
+
+test('an addon built before writeDecimalCells existed (a checkout updated without a rebuild): the JS loops write the table (a review: "cells is not a function")', async () => {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const addon = (require('../../src/native/binding') as typeof import('../../src/native/binding')).native() as unknown as Record<string, unknown>;
+  await using md = await ThinMetadata.fromBuffer(fixtureImage('many-devices'));
+  const table = await md.detailsTable();
+  const dbs = md.superblock.dataBlockSize;
+  const want = collector();
+  await writeDetailsTable(table, [...DEFAULT_LS_FIELDS], dbs, true, want.target);
+  const saved = addon.writeDecimalCells;
+  const savedWrite = tableCells.write;
+  delete addon.writeDecimalCells;
+  tableCells.write = undefined;
+  try {
+    const got = collector();
+    await writeDetailsTable(table, [...DEFAULT_LS_FIELDS], dbs, true, got.target);
+    expect(got.text()).toBe(want.text());
+    expect(tableCells.write).toBeNull();
+  } finally {
+    addon.writeDecimalCells = saved;
+    tableCells.write = savedWrite;
+  }
+});

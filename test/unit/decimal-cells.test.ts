@@ -86,3 +86,29 @@ describe('writeDecimalCells', () => {
     }
   });
 });
+
+describe('writeDecimalCells and JavaScript that runs during the call (a review: it checked the buffers, then read the unit names, whose getter could shrink or detach them, and wrote out of bounds)', () => {
+  const { writeDecimalCells } = native();
+  it.each(['shrinks', 'detaches'])('a unit-name getter that %s the destination: refused, nothing written out of bounds', (mode) => {
+    const ab = new (ArrayBuffer as unknown as new (n: number, o: { maxByteLength: number }) => ArrayBuffer & { resize(n: number): void })(1 << 20, { maxByteLength: 1 << 21 });
+    const dst = new Uint8Array(ab);
+    const names = ['', 'KiB'];
+    Object.defineProperty(names, 1, {
+      get() {
+        if (mode === 'shrinks') ab.resize(0);
+        else structuredClone(ab, { transfer: [ab] });
+        return 'KiB';
+      },
+    });
+    const n = 20_000;
+    expect(() => writeDecimalCells(dst, 0, 50, new Uint32Array(n).fill(123456), 0, n, 40, true, new Uint8Array(n), names)).toThrow(/cells beyond the buffer/);
+  });
+
+  it('values and destination in SharedArrayBuffers are read and written like any other', () => {
+    const values = new Uint32Array(new SharedArrayBuffer(8));
+    values[1] = 4242;
+    const dst = new Uint8Array(new SharedArrayBuffer(16)).fill(0x2e);
+    writeDecimalCells(dst, 1, 0, values, 1, 2, 6, true);
+    expect(Buffer.from(dst).toString('latin1')).toBe('.  4242 \n.......');
+  });
+});
