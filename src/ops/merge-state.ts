@@ -12,11 +12,11 @@
  * flock(2) on `<state file>.lock`, dropped by the kernel when the process
  * dies, so no stale lock needs cleaning up.
  */
-import { open, readFile, stat, unlink } from 'node:fs/promises';
+import { open, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { DmthinError, MergeError } from '../errors';
 import { JobLock } from '../native/job-lock';
-import { writeFileAtomically } from '../output/file';
+import { readStateText, writeFileAtomically } from '../output/file';
 
 export const DEFAULT_MERGE_STATE_DIR = '/var/lib/dmthin/merge';
 
@@ -101,13 +101,12 @@ export function mergeStateProblem(s: unknown): string | null {
 /** The recorded state, or null if there is none; a damaged file is refused (it is never guessed around). */
 export async function readMergeState(file: string): Promise<MergeState | null> {
   let text: string;
-  // A device or FIFO named as the state is no state: read whole, a block device would fill memory.
-  const st = await stat(file).catch(() => null);
-  if (st !== null && !st.isFile()) throw new MergeError('state-file', `the merge state ${file} is not a regular file (a state is a file dmthin writes): give the path of a file for it`, { path: file });
   try {
-    text = await readFile(file, 'utf8');
+    const read = await readStateText(file, (why) => new MergeError('state-file', `the merge state ${file} is ${why}`, { path: file }));
+    if (read === null) return null;
+    text = read;
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    if (e instanceof DmthinError) throw e;
     throw new DmthinError((e as NodeJS.ErrnoException).code ?? 'EIO', `cannot read merge state ${file}: ${(e as Error).message}`, { path: file, cause: e });
   }
   let s: unknown;

@@ -9,13 +9,13 @@
  * state file behind it.
  */
 import { spawn } from 'node:child_process';
-import { readFile, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PassThrough, type Writable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AbortError, check, DmthinError, UsageError, throwIfAborted } from '../errors';
 import { JobLock } from '../native/job-lock';
-import { refuseOutputOverInputs, writeFileAtomically } from '../output/file';
+import { readStateText, refuseOutputOverInputs, writeFileAtomically } from '../output/file';
 import { devNumOf } from '../dm/block-devices';
 import { isLvmUuid } from '../pool/lvm';
 import { withMetadataSnapshot } from '../pool/live-metadata';
@@ -107,13 +107,12 @@ function lockState(stateFile: string): () => void {
 
 async function readReplicationState(file: string): Promise<ReplicationState | null> {
   let text: string;
-  // A device or FIFO named as the state is no state: read whole, a block device would fill memory.
-  const st = await stat(file).catch(() => null);
-  if (st !== null && !st.isFile()) throw stateFileError(file, 'not a regular file (a state is a file dmthin writes): give the path of a file for it');
   try {
-    text = await readFile(file, 'utf8');
+    const read = await readStateText(file, (why) => stateFileError(file, why));
+    if (read === null) return null;
+    text = read;
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    if (e instanceof DmthinError) throw e;
     throw new DmthinError((e as NodeJS.ErrnoException).code ?? 'EIO', `cannot read replication state ${file}: ${(e as Error).message}`, { path: file, cause: e });
   }
   let parsed: unknown;

@@ -13,10 +13,9 @@
  * time: an flock(2) on `<state file>.lock` and, for a file target, on the
  * file itself (the kernel drops both when the process ends).
  */
-import { readFile } from 'node:fs/promises';
 import { DmthinError } from '../errors';
 import { JobLock } from '../native/job-lock';
-import { defaultJobStateFile, writeFileAtomically, type FileStamp } from '../output/file';
+import { defaultJobStateFile, readStateText, writeFileAtomically, type FileStamp } from '../output/file';
 
 export type { FileStamp };
 
@@ -81,13 +80,14 @@ function entryOk(x: unknown): x is RestoreEntry {
 
 /** The state, or null when there is none or it cannot be trusted (a full restore follows either way). */
 export async function readRestoreState(path: string): Promise<RestoreState | null> {
-  let text: string;
+  let text: string | null;
   try {
-    text = await readFile(path, 'utf8');
+    text = await readStateText(path, (why) => new DmthinError('EINVAL', `the restore state ${path} is ${why}`, { path }));
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    if (e instanceof DmthinError) throw e;
     throw new DmthinError((e as NodeJS.ErrnoException).code ?? 'EIO', `cannot read the restore state ${path}: ${(e as Error).message}`, { path, cause: e });
   }
+  if (text === null) return null;
   try {
     const s = JSON.parse(text) as RestoreState;
     if (s.format !== 'dmthin-restore-state' || s.version !== 1) return null;

@@ -504,6 +504,34 @@ export async function refuseOutputOverInputs(output: string, outputRole: string,
   }
 }
 
+/** The most a state file (receive, restore, merge, replication) can be: a few KiB of JSON; far more is not dmthin's. */
+export const MAX_STATE_BYTES = 16 << 20;
+
+/**
+ * The text of a state file, or null when there is none. Opened without
+ * blocking (a FIFO named as the state waited for a writer for ever) and read
+ * only when it is a regular file of at most MAX_STATE_BYTES (a device, or a
+ * file of hundreds of MB, was read whole into memory); else throws
+ * `refuse(why)`, where `why` completes "STATE is ...".
+ */
+export async function readStateText(path: string, refuse: (why: string) => Error): Promise<string | null> {
+  let fh: FileHandle;
+  try {
+    fh = await open(path, constants.O_RDONLY | constants.O_NONBLOCK);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw e;
+  }
+  try {
+    const st = await fh.stat();
+    if (!st.isFile()) throw refuse('not a regular file (a state is a file dmthin writes): give the path of a file for it');
+    if (st.size > MAX_STATE_BYTES) throw refuse(`${st.size} bytes, more than a state file holds (${MAX_STATE_BYTES}): it is not one of dmthin's; give the path of the state, or another path`);
+    return await fh.readFile('utf8');
+  } finally {
+    await fh.close();
+  }
+}
+
 /**
  * Refuses a state file path that holds something other than a state of
  * `format`: a job replaces its state file whole, so a mistyped --state (a

@@ -801,6 +801,8 @@ export class Repository implements AsyncDisposable {
   /** Deletes backups' manifests (header first, then map); chunks stay until collectGarbage. Unknown ids: 'not-found', nothing deleted. */
   async deleteBackups(ids: readonly string[], opts: { exclusive?: boolean } & RepoCallOptions = {}): Promise<void> {
     this.live();
+    // A single id given as a string was iterated character by character ("backup 2 is not in the repository").
+    if (!Array.isArray(ids)) throw new UsageError(`deleteBackups needs an array of backup ids, got ${describeValue(ids)}`);
     for (const id of ids) {
       if (!isBackupId(id) || !(await this.backend.stat(`backups/${id}`, opts)))
         throw new RepoError('not-found', `backup ${id} is not in the repository at ${this.location}; nothing was deleted`, { key: `backups/${id}` });

@@ -75,6 +75,10 @@ export async function writeDelta(md: ThinMetadata, out: SinkTarget, subject: Del
   check.methods(out, 'out', 'a Writable', ['write', 'on']);
   if (opts.format !== undefined && opts.format !== 'xml' && opts.format !== 'json') throw unknownFormat(opts.format, ['xml', 'json']);
   if (typeof subject !== 'object' || subject === null) throw new UsageError('writeDelta needs a subject: {left, right} thin device ids, or {leftRoot, rightRoot}');
+  // Both kinds at once would be ambiguous (one was taken silently).
+  if (('left' in subject || 'right' in subject) && ('leftRoot' in subject || 'rightRoot' in subject)) {
+    throw new UsageError('writeDelta takes a subject of {left, right} thin device ids or of {leftRoot, rightRoot}, not both');
+  }
   if ('left' in subject) {
     check.devId(subject.left, 'the left device id');
     check.devId(subject.right, 'the right device id');

@@ -345,3 +345,10 @@ test('outside hunt V: arguments that reached the addon or node:crypto, and optio
     message: `cannot open ${s.path('none')} for reading: no such file or directory`,
   });
 });
+
+test('outside hunt V (7): writeDelta given both kinds of subject, and deleteBackups given one id as a string, are UsageErrors (one subject was taken silently; the string was iterated character by character)', async () => {
+  await using md = await ThinMetadata.open(S.metadata);
+  await expect(writeDelta(md, sink(), { left: 1, right: 1, leftRoot: 3, rightRoot: 4 } as never)).rejects.toEqual(usage(/^writeDelta takes a subject of \{left, right\} thin device ids or of \{leftRoot, rightRoot\}, not both$/));
+  await using repo = await Repository.create(s.path(`repo-del-${Date.now()}`));
+  await expect(repo.deleteBackups('20260101T000000Z-00000000' as never)).rejects.toEqual(usage(/^deleteBackups needs an array of backup ids, got "20260101T000000Z-00000000"$/));
+});

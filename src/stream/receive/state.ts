@@ -10,10 +10,9 @@
  * block device, one file per target path under /var/lib/dmthin/receive/.
  * Written atomically (temp file, fsync, rename, fsync of the directory).
  */
-import { readFile } from 'node:fs/promises';
 import { StreamError } from '../../errors';
 import { describeIdentity, identityKey, type SnapshotIdentity, type StreamHeader } from '../format/records';
-import { defaultJobStateFile, writeFileAtomically, type FileStamp } from '../../output/file';
+import { defaultJobStateFile, readStateText, writeFileAtomically, type FileStamp } from '../../output/file';
 
 /** Where the receive state of block-device targets is kept by default. */
 export const DEFAULT_STATE_DIR = '/var/lib/dmthin/receive';
@@ -181,13 +180,13 @@ function stateProblem(s: unknown): string | null {
 
 /** The recorded state; `ok: false` when the file exists but cannot be used (unreadable, cut short, fields missing or wrong). */
 export async function readState(file: string): Promise<StateRead> {
-  let text: string;
+  let text: string | null;
   try {
-    text = await readFile(file, 'utf8');
+    text = await readStateText(file, (why) => new Error(`is ${why}`));
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return { ok: true, state: null };
     return { ok: false, error: `${file}: ${(e as Error).message}` };
   }
+  if (text === null) return { ok: true, state: null };
   let s: unknown;
   try {
     s = JSON.parse(text);
