@@ -307,7 +307,7 @@ export class OutputSink {
     this.unwaited = false;
     const s = this.out;
     if (!s.writableNeedDrain) return;
-    if (s.destroyed) throw outputError(this.error ?? new DmthinError('EPIPE', 'output stream closed'), this.name);
+    if (s.destroyed) throw outputError(this.error ?? closedEarly(), this.name);
     // 'error' or 'close' instead of 'drain': the stream is gone, no 'drain' follows.
     await this.unlessAborted(
       new Promise<void>((resolve) => {
@@ -322,7 +322,7 @@ export class OutputSink {
         s.on('close', done);
       }),
     );
-    if (s.destroyed && !this.error) this.fail(new DmthinError('EPIPE', 'output stream closed'));
+    if (s.destroyed && !this.error) this.fail(closedEarly());
     this.check();
   }
 
@@ -361,10 +361,16 @@ export const OUTPUT_INCOMPLETE = '; the output is incomplete';
  * A write error as a SystemCallError with Node's code (EPIPE stays EPIPE: the
  * CLI ends quietly on it).
  */
+/** The output stream was destroyed (closed) before all of it was written: as a write to a gone reader fails. */
+function closedEarly(): NodeJS.ErrnoException {
+  return Object.assign(new Error('the output stream was closed before the whole output was written'), { code: 'EPIPE', syscall: 'write' });
+}
+
 export function outputError(e: unknown, path?: string): DmthinError {
   if (e instanceof DmthinError) return e;
   const x = e as NodeJS.ErrnoException;
-  const code = typeof x?.code === 'string' && x.code !== '' ? x.code : 'EIO';
+  // A write to a stream already destroyed is Node's ERR_STREAM_DESTROYED, no errno: the output went away, as EPIPE says.
+  const code = x?.code === 'ERR_STREAM_DESTROYED' ? 'EPIPE' : typeof x?.code === 'string' && x.code !== '' ? x.code : 'EIO';
   const where = path ?? (typeof x?.path === 'string' ? x.path : 'the output');
   const why = (x?.message ?? String(e)).replace(/^[A-Z]+: /, '').replace(/, write$/, '');
   return new SystemCallError(code, `cannot write ${where}: ${why}${OUTPUT_INCOMPLETE}`, {

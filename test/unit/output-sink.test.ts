@@ -126,3 +126,27 @@ describe("an output whose write() throws (outside hunt V: the throw rejected a p
     }
   });
 });
+
+describe('an output destroyed before everything is written (outside hunt V 6: a plain DmthinError EPIPE without syscall, or Node\'s ERR_STREAM_DESTROYED without errno, where the README promises a SystemCallError)', () => {
+  const epipe = expect.objectContaining({ name: 'SystemCallError', code: 'EPIPE', errno: expect.any(Number), syscall: 'write', message: expect.stringMatching(/^cannot write the test output: .*; the output is incomplete$/) });
+  it.each(['before the first write', 'while it is written'])('destroyed %s: SystemCallError EPIPE', async (when) => {
+    let n = 0;
+    const out = new Writable({
+      highWaterMark: 1024,
+      write(_c, _e, cb) {
+        if (++n === 2) return this.destroy();
+        setImmediate(cb);
+      },
+    });
+    if (when === 'before the first write') out.destroy();
+    const s = new OutputSink(out, 'the test output');
+    const run = async () => {
+      for (let i = 0; i < 20; i++) {
+        s.ascii('y'.repeat(100_000));
+        await s.maybeFlush();
+      }
+      await s.flush();
+    };
+    await expect(run()).rejects.toEqual(epipe);
+  });
+});
