@@ -109,11 +109,8 @@ async function decompressAsync(code: number, data: Buffer, context: string, maxP
       throw decompressError(context, e, maxPlain);
     }
   }
-  if (code === 0) {
-    if (data.length > maxPlain) throw tooLarge(context, `holds ${data.length} bytes,`, maxPlain);
-    return { out: data };
-  }
-  throw unknownCompression(code, context);
+  // Stored as is, or a code this version does not read: decompress() says which.
+  return { out: decompress(code, data, context, maxPlain) };
 }
 
 /** The keys an encrypted repository derives from its master key. */

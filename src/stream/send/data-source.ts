@@ -83,6 +83,9 @@ export interface NativeDataSourceOptions {
   direct?: 'auto' | 'always' | 'never';
 }
 
+/** @internal The most the native reader reads or holds at once (its largest buffer): 1 GiB. */
+export const MAX_READ_BYTES = 1 << 30;
+
 /** A block device or file read through the native O_DIRECT reader. */
 export class NativeDataSource implements DataSource {
   /** The file or device read. */
@@ -174,7 +177,7 @@ export class NativeDataSource implements DataSource {
     // The caller's mistakes as such, not the addon's EUNKNOWN from inside.
     if (!Number.isSafeInteger(unitBytes) || unitBytes <= 0 || unitBytes % 512 !== 0) throw new UsageError(`unitBytes must be a positive multiple of 512, got ${describeValue(unitBytes)}`);
     if (!Array.isArray(blocks)) throw new UsageError(`blocks must be an array of block numbers, got ${describeValue(blocks)}`);
-    if (unitBytes * blocks.length > 1 << 30) throw new UsageError(`a read of ${blocks.length} units of ${unitBytes} bytes is more than 1 GiB: read fewer at once`);
+    if (unitBytes * blocks.length > MAX_READ_BYTES) throw new UsageError(`a read of ${blocks.length} units of ${unitBytes} bytes is more than 1 GiB: read fewer at once`);
     for (const b of blocks) {
       if (!Number.isSafeInteger(b) || b < 0) throw new UsageError(`block numbers must be integers of at least 0, got ${describeValue(b)}`);
       if ((b + 1) * unitBytes > this.sizeBytes) {

@@ -13,7 +13,7 @@
 import type { Readable, Writable } from 'node:stream';
 import { AbortError, check, throwIfAborted, UsageError } from '../../errors';
 import { ThinMetadata } from '../../thin/metadata';
-import { readBlocksExactly, type DataSource } from './data-source';
+import { MAX_READ_BYTES, readBlocksExactly, type DataSource } from './data-source';
 import { StreamEncoder } from '../format/encoder';
 import { MAX_DATA_BYTES } from '../format/records';
 import { SECTOR_SIZE } from '../../units';
@@ -101,19 +101,16 @@ function readBatch(source: DataSource, b: Batch): Promise<Buffer> {
   if (pieces.length === 0) return Promise.resolve(Buffer.alloc(0));
   let unit = 0;
   for (const p of pieces) unit = gcd(gcd(unit, p.src), p.len);
-  unit = gcd(unit, 1 << 30); // the native reader's largest block
+  unit = gcd(unit, MAX_READ_BYTES); // the native reader's largest block
   const blocks: number[] = [];
   for (const p of pieces) for (let u = p.src / unit, n = p.len / unit; n > 0; n--) blocks.push(u++);
   return readBlocksExactly(source, unit, blocks);
 }
 
-/** The largest batch a send reads at once (the addon's largest buffer). */
-const MAX_BATCH_BYTES = 1 << 30;
-
 /** @internal batchBytes: a whole number of bytes, at most 1 GiB (a larger one failed inside the addon with a plain RangeError). */
 export function checkBatchBytes(v: unknown): void {
   check.integer(v, 'batchBytes');
-  if ((v as number) > MAX_BATCH_BYTES) throw new UsageError(`batchBytes must be at most ${MAX_BATCH_BYTES} (1 GiB), got ${v as number}`, { option: 'batchBytes' });
+  if ((v as number) > MAX_READ_BYTES) throw new UsageError(`batchBytes must be at most ${MAX_READ_BYTES} (1 GiB), got ${v as number}`, { option: 'batchBytes' });
 }
 
 /** The stream's bytes for a plan, reading data from `source`. */
