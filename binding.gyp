@@ -7,6 +7,8 @@
         "native/errors.cc",
         "native/crc32c.cc",
         "native/decimal_cells.cc",
+        "native/rmap_lines.cc",
+        "native/std_sort.cc",
         "native/file_io.cc",
         "native/block_reader.cc",
         "native/block_writer.cc",

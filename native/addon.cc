@@ -1,6 +1,7 @@
 // Module entry: the native layer is IO only (block reads and writes, CRC-32C, dm ioctls and event polls, flock),
 // plus the stream digest (SHA-256 or BLAKE3) hashed on threads of its own, the CLI's exit guard and malloc settings,
-// and the integer cells of ls's table (decimal_cells.cc: measured, JS's first tiers are several times slower).
+// and three CPU steps a CLI run finishes before V8 optimises them (measured: JS's first tiers are several times
+// slower): the integer cells of ls's table (decimal_cells.cc), rmap's lines (rmap_lines.cc) and its sort (std_sort.cc).
 #include <napi.h>
 
 #include "allocator.h"
@@ -14,6 +15,8 @@
 #include "file_lock.h"
 #include "file_put.h"
 #include "range_reader.h"
+#include "rmap_lines.h"
+#include "std_sort.h"
 #include "digest_pipe.h"
 
 namespace dmthin {
@@ -21,6 +24,8 @@ namespace dmthin {
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitCrc32c(env, exports);
   InitDecimalCells(env, exports);
+  InitRmapLines(env, exports);
+  InitStdSort(env, exports);
   BlockReader::Init(env, exports);
   BlockWriter::Init(env, exports);
   InitDmControl(env, exports);

@@ -7,6 +7,9 @@
 // (src/thin/ls.ts); this only writes digits, given suffixes and spaces.
 #include "decimal_cells.h"
 
+#include "decimal_digits.h"
+#include "typed_view.h"
+
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -17,33 +20,6 @@ namespace {
 
 constexpr double kMaxExact = 9007199254740992.0;  // 2^53
 
-// "00" to "99": two digits a step.
-constexpr char kPairs[] =
-    "0001020304050607080910111213141516171819202122232425262728293031323334353637383940414243444546474849"
-    "5051525354555657585960616263646566676869707172737475767778798081828384858687888990919293949596979899";
-
-// Digits of v, written backwards from out (exclusive); returns the new start.
-inline uint8_t* WriteDigits(uint8_t* out, uint64_t v) {
-  while (v >= 4294967296ull) {
-    *--out = static_cast<uint8_t>('0' + v % 10);
-    v /= 10;
-  }
-  uint32_t w = static_cast<uint32_t>(v);
-  while (w >= 100) {
-    const uint32_t r = (w % 100) * 2;
-    w /= 100;
-    *--out = static_cast<uint8_t>(kPairs[r + 1]);
-    *--out = static_cast<uint8_t>(kPairs[r]);
-  }
-  if (w >= 10) {
-    *--out = static_cast<uint8_t>(kPairs[w * 2 + 1]);
-    *--out = static_cast<uint8_t>(kPairs[w * 2]);
-  } else {
-    *--out = static_cast<uint8_t>('0' + w);
-  }
-  return out;
-}
-
 // The smallest value with more than `digits` digits (saturated: 2^64 - 1 beyond 19).
 inline uint64_t Limit(size_t digits) {
   uint64_t p = 1;
@@ -52,22 +28,6 @@ inline uint64_t Limit(size_t digits) {
     p *= 10;
   }
   return p;
-}
-
-// A typed array's element type, length and first element (its byte offset
-// applied), for any backing store (SharedArrayBuffer too); null data when
-// detached. Runs no JS.
-struct View {
-  napi_typedarray_type type;
-  size_t length;
-  void* data;
-};
-View ViewOf(Napi::Env env, Napi::Value v) {
-  View out{};
-  napi_value ab;
-  size_t offset;
-  NAPI_THROW_IF_FAILED(env, napi_get_typedarray_info(env, v, &out.type, &out.length, &out.data, &ab, &offset), out);
-  return out;
 }
 
 // writeDecimalCells(dst, at, stride, values, from, to, width, newline, units?, unitNames?)
@@ -109,12 +69,12 @@ Napi::Value JsWriteDecimalCells(const Napi::CallbackInfo& info) {
   const double toD = info[5].As<Napi::Number>().DoubleValue();
   const double widthD = info[6].As<Napi::Number>().DoubleValue();
   const bool newline = info[7].As<Napi::Boolean>().Value();
-  const View dst = ViewOf(env, info[0]);
-  const View vals = ViewOf(env, info[3]);
+  const TypedView dst = TypedViewOf(env, info[0]);
+  const TypedView vals = TypedViewOf(env, info[3]);
   if (dst.type != napi_uint8_array || (vals.type != napi_uint32_array && vals.type != napi_float64_array)) throw Napi::TypeError::New(env, usage);
-  View unitsView{};
+  TypedView unitsView{};
   if (hasUnits) {
-    unitsView = ViewOf(env, info[8]);
+    unitsView = TypedViewOf(env, info[8]);
     if (unitsView.type != napi_uint8_array) throw Napi::TypeError::New(env, usage);
   }
   const size_t n = vals.data ? vals.length : 0;
@@ -172,7 +132,7 @@ Napi::Value JsWriteDecimalCells(const Napi::CallbackInfo& info) {
     }
     uint64_t v = 0;
     valueAt(j, &v);
-    uint8_t* start = WriteDigits(end, v);
+    uint8_t* start = WriteDigitsBackwards(end, v);
     for (uint8_t* p = base; p < start; p++) *p = ' ';
     base[width] = ' ';
     if (newline) base[width + 1] = '\n';

@@ -1,20 +1,12 @@
 /** `dmthin rmap`: which thin devices map given data blocks, as thin_rmap 0.9.0 prints it (see src/thin/rmap.ts for the one difference). */
 import type { Command } from 'commander';
-import { throwIfAborted, UsageError } from '../errors';
-import { asciiTag, OutputSink } from '../output/sink';
+import { UsageError } from '../errors';
+import { OutputSink } from '../output/sink';
 import type { DataRegion } from '../thin/rmap';
 import { CliContext } from './common';
 import { barBesideOutput, Progress } from './progress';
 import { MetadataSnapOpts, openMetadata } from './metadata-source';
 import { checkOutputPath, commandOutput, isStdoutPath } from './output';
-
-const DATA = asciiTag('data ');
-const DOTS = asciiTag('..');
-const THIN = asciiTag(' -> thin(');
-const CLOSE_PAREN = asciiTag(') ');
-const NEWLINE = asciiTag('\n');
-/** Bytes of the longest line: its tags and five numbers of at most 20 digits. */
-const RMAP_LINE = 128;
 
 interface RmapCliOpts extends MetadataSnapOpts {
   region?: string[];
@@ -67,51 +59,13 @@ export function register(program: Command, ctx: () => CliContext): void {
       const bar = new Progress('rmap', !o.quiet && barBesideOutput(o.output === undefined || isStdoutPath(o.output)));
       const sink = new OutputSink(out);
       try {
-        // Bytes straight into the output chunk: a string per line made most of the time garbage.
-        // Chunks of runs, not an async iterator: an await per run was a quarter of the time.
         // Loaded when the command runs, not when it is registered (--help lists every command).
-        const { rmapRuns } = require('../thin/rmap') as typeof import('../thin/rmap');
+        const { rmapRuns, writeRmapText } = require('../thin/rmap') as typeof import('../thin/rmap');
         const runs = await rmapRuns(md, regions, { signal: c.signal, onProgress: (p) => bar.update(p.mappings, p.total), runsInMemory: runsInMemory() });
         bar.stop();
         // Every tree is read: the reader's buffers and caches go before the sort needs its memory.
         await md.close();
-        for await (const t of runs.sorted(c.signal)) {
-          const { order, f64, u32 } = t;
-          for (let i = 0; i < t.n; i++) {
-            const k = order[i];
-            const d = f64[4 * k];
-            const l = f64[4 * k + 1];
-            const hi = u32[8 * k + 6];
-            sink.room(RMAP_LINE);
-            sink.tag(DATA);
-            sink.uint(d);
-            sink.tag(DOTS);
-            sink.uint(d + l);
-            sink.tag(THIN);
-            sink.uint(u32[8 * k + 4]);
-            sink.tag(CLOSE_PAREN);
-            // The virtual begin is exact in 64 bits; numbers while it and its end stay below 2^53.
-            const v = hi * 2 ** 32 + u32[8 * k + 5];
-            if (hi < 0x200000 && v + l <= Number.MAX_SAFE_INTEGER) {
-              sink.uint(v);
-              sink.tag(DOTS);
-              sink.uint(v + l);
-            } else {
-              // A run up to the last key ends at 2^64, which thin_rmap prints in u64 arithmetic: 0.
-              const b = (BigInt(hi) << 32n) | BigInt(u32[8 * k + 5]);
-              sink.ascii(`${b}..${BigInt.asUintN(64, b + BigInt(l))}`);
-            }
-            sink.tag(NEWLINE);
-            if (sink.needsFlush()) {
-              throwIfAborted(c.signal);
-              await sink.maybeFlush();
-              // A file or /dev/null as stdout completes writes on process.nextTick, which an
-              // unbroken chain of awaits starves: without a turn of the event loop here every
-              // chunk of a long print stayed allocated until the print ended (+15 MiB at 100,000 runs).
-              await new Promise<void>((r) => setImmediate(r));
-            }
-          }
-        }
+        await writeRmapText(runs, sink, c.signal);
         await sink.flush();
       } finally {
         bar.stop();

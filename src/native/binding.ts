@@ -149,6 +149,21 @@ export interface NativeAddon {
     units?: Uint8Array,
     unitNames?: readonly string[],
   ): void;
+  /**
+   * std::sort's permutation of keys[0, n) with introsort depth `depth`
+   * (native/std_sort.cc): out[i] is the index of the key at position i.
+   * Throws a RangeError, out untouched, on a NaN key or n beyond the arrays.
+   */
+  stdSortOrder(keys: Float64Array, n: number, depth: number, out: Uint32Array): void;
+  /**
+   * rmap's lines for runs order[from..to) of `records` (32-byte run records,
+   * src/thin/rmap-runs.ts) at dst[at...] (native/rmap_lines.cc); returns the
+   * end. Needs rmapLineMaxBytes a line; throws a RangeError, writing nothing,
+   * on a bad record or too little room.
+   */
+  writeRmapLines(dst: Uint8Array, at: number, records: Uint32Array, order: Uint32Array, from: number, to: number): number;
+  /** The longest line writeRmapLines writes. */
+  rmapLineMaxBytes: number;
   BlockReader: new () => NativeBlockReader;
   BlockWriter: new () => NativeBlockWriter;
   /**
@@ -277,16 +292,35 @@ export function putFileDurableFunction(): NativeAddon['putFileDurable'] | null {
   }
 }
 
-/** The addon's writeDecimalCells, or null where the addon does not load (the caller then writes the cells itself). */
-export function decimalCellsFunction(): NativeAddon['writeDecimalCells'] | null {
+/**
+ * One of the addon's CPU helpers, or null where the addon does not load or
+ * (built before it had the function: a checkout updated without a rebuild)
+ * lacks it; the caller then does the work in JS.
+ */
+function optionalFunction<K extends 'writeDecimalCells' | 'stdSortOrder' | 'writeRmapLines'>(name: K): NativeAddon[K] | null {
   try {
-    // An addon built before it had this function (a checkout updated without a rebuild): the JS loops.
-    const f = native().writeDecimalCells as NativeAddon['writeDecimalCells'] | undefined;
+    const f = native()[name] as NativeAddon[K] | undefined;
     return typeof f === 'function' ? f : null;
   } catch (e) {
     if (e instanceof SetupError) return null;
     throw e;
   }
+}
+
+/** The addon's writeDecimalCells, or null (the caller then writes the cells itself). */
+export function decimalCellsFunction(): NativeAddon['writeDecimalCells'] | null {
+  return optionalFunction('writeDecimalCells');
+}
+
+/** The addon's stdSortOrder, or null (the caller then sorts in JS). */
+export function stdSortFunction(): NativeAddon['stdSortOrder'] | null {
+  return optionalFunction('stdSortOrder');
+}
+
+/** The addon's writeRmapLines with its line bound, or null (the caller then writes the lines itself). */
+export function rmapLinesFunction(): { write: NativeAddon['writeRmapLines']; maxLine: number } | null {
+  const write = optionalFunction('writeRmapLines');
+  return write ? { write, maxLine: native().rmapLineMaxBytes } : null;
 }
 
 /** CRC-32C (the addon's contract): the addon's when it loads, else the portable one. */

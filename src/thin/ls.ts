@@ -455,7 +455,8 @@ export const tableCells: { write: ReturnType<typeof decimalCellsFunction> | unde
 /** Lines [from, to) of the table (room is asked once, for all of them). */
 function writeRows(cols: Column[], from: number, to: number, lineBytes: number, t: TableTarget): void {
   if (from >= to) return;
-  const cells = (tableCells.write ??= decimalCellsFunction());
+  // undefined: not looked up yet; null (no addon, or a test): the JS loops. Not ??=, which takes null for unset.
+  const cells = tableCells.write === undefined ? (tableCells.write = decimalCellsFunction()) : tableCells.write;
   if (cells !== null) {
     t.room((to - from) * lineBytes);
     let at = t.pos;

@@ -8,13 +8,17 @@
  * segment is still larger than the bound.
  */
 import { spawnSync } from 'node:child_process';
+import { Writable } from 'node:stream';
 import { mkdtempSync, readdirSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SystemCallError } from '../../src/errors';
 import { runCli } from '../cli/run-cli';
 import { fixtureImage, tempImage } from '../helpers/fixtures';
+import { OutputSink } from '../../src/output/sink';
+import { rmapText, writeRmapText } from '../../src/thin/rmap';
 import { RmapRuns } from '../../src/thin/rmap-runs';
+import { nativeSort } from '../../src/thin/std-sort';
 
 // Reads "n k0 k1 ..." and prints the input index at each sorted position; "kill n" prints
 // keys an adversary chose while std::sort ran (each comparison of two undecided elements
@@ -120,15 +124,22 @@ describe('rmap sorts runs as std::sort does, in memory and spilled to a file', (
     ['two sorted sequences interleaving', [...Array.from({ length: 5000 }, (_, i) => 2 * i), ...Array.from({ length: 5000 }, (_, i) => 2 * i + 1)]],
   ];
 
-  test.each(cases)('%s', async (_what, keys) => {
+  // Each case with the addon's sort (native/std_sort.cc, for segments of 256 keys and more) and with the JS steps alone.
+  test.each(cases.flatMap(([what, keys]) => [[`${what}, addon`, keys, 'addon'] as const, [`${what}, JS`, keys, 'js'] as const]))('%s', async (_what, keys, impl) => {
     const want = stdSort(keys);
-    // heapInMemory = bound: a segment left to heapsort above the bound is sorted over the file; above the
-    // bound and up to heapInMemory, by its keys in memory and gathered in several chunks.
-    for (const [bound, heapInMemory] of [[1 << 16], [16], [100], [1000], [16, 16], [100, 100], [1000, 1000], [16, 100], [100, 1000]]) {
-      const got = await rmapOrder(keys, bound, heapInMemory);
-      expect(got.spilled).toBe(keys.length > bound);
-      expect(got.virtOk).toBe(true);
-      expect(got.order).toEqual(want);
+    const saved = nativeSort.fn;
+    nativeSort.fn = impl === 'js' ? null : undefined;
+    try {
+      // heapInMemory = bound: a segment left to heapsort above the bound is sorted over the file; above the
+      // bound and up to heapInMemory, by its keys in memory and gathered in several chunks.
+      for (const [bound, heapInMemory] of [[1 << 16], [16], [100], [1000], [16, 16], [100, 100], [1000, 1000], [16, 100], [100, 1000]]) {
+        const got = await rmapOrder(keys, bound, heapInMemory);
+        expect(got.spilled).toBe(keys.length > bound);
+        expect(got.virtOk).toBe(true);
+        expect(got.order).toEqual(want);
+      }
+    } finally {
+      nativeSort.fn = saved;
     }
   });
 
@@ -232,5 +243,46 @@ describe('rmap sorts runs as std::sort does, in memory and spilled to a file', (
       expect(ok.stdout.split('\n').length).toBeGreaterThan(17);
       expect(ok.stdout).toBe(runCli(['rmap', '--region', `0..${2 ** 40}`, img.path]).stdout);
     });
+  });
+});
+
+describe('rmap\'s lines, written by the addon and by the JS loop', () => {
+  /** thin_rmap's line, built with BigInt arithmetic (its virtual end in u64 arithmetic). */
+  const line = (r: { data: number; len: number; dev: number; virt: bigint }) =>
+    `data ${r.data}..${BigInt(r.data) + BigInt(r.len)} -> thin(${r.dev}) ${r.virt}..${BigInt.asUintN(64, r.virt + BigInt(r.len))}\n`;
+
+  async function text(runs: { data: number; len: number; dev: number; virt: bigint }[], bound: number, lines: 'addon' | 'js'): Promise<string> {
+    const held = new RmapRuns(bound);
+    for (const r of runs) held.push(r.data, r.len, r.dev, r.virt < 2n ** 53n ? Number(r.virt) : r.virt);
+    const parts: Buffer[] = [];
+    const out = new Writable({
+      write(chunk: Buffer, _enc, cb) {
+        parts.push(Buffer.from(chunk));
+        cb();
+      },
+    });
+    const sink = new OutputSink(out, 'test');
+    const saved = rmapText.lines;
+    rmapText.lines = lines === 'js' ? null : undefined;
+    try {
+      await writeRmapText(held, sink);
+      await sink.flush();
+    } finally {
+      rmapText.lines = saved;
+    }
+    return Buffer.concat(parts).toString('latin1');
+  }
+
+  test.each(['addon', 'js'] as const)('%s: every run, 64-bit virtual ends wrapped as thin_rmap prints them, across many output chunks', async (lines) => {
+    const rnd = lcg(5);
+    // Distinct data begins: the print order is plain sorted order here (ties are the sort's tests above).
+    const runs = Array.from({ length: 30_000 }, (_, i) => ({
+      data: i * 37 + (i % 2 === 0 ? 0 : 2 ** 39),
+      len: 1 + Math.floor(rnd() * 36),
+      dev: Math.floor(rnd() * 2 ** 32),
+      virt: i % 7 === 0 ? 2n ** 64n - BigInt(1 + Math.floor(rnd() * 40)) : i % 5 === 0 ? 2n ** 53n + BigInt(i) : BigInt(Math.floor(rnd() * 2 ** 40)),
+    }));
+    const want = [...runs].sort((a, b) => a.data - b.data).map(line).join('');
+    for (const bound of [1 << 16, 1000]) expect(await text(runs, bound, lines)).toBe(want);
   });
 });
