@@ -140,10 +140,64 @@ Napi::Value JsWriteDecimalCells(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// diskUnits(blocks: Float64Array, bytesPerBlock, values: Uint32Array, units: Uint8Array, maxPerUnit: Float64Array): boolean
+// thin_ls's human units for each row's byte count blocks[j] * bytesPerBlock:
+// divided by 1024 (truncating) while above 1 MiB, then, if still above 8
+// KiB, divided by 1024 and rounded; values[j] is the number, units[j] how
+// many times it was divided (the suffix's index; the names stay in
+// src/thin/ls.ts), maxPerUnit[u] the largest number with suffix u (its
+// column width). False, values and units partly written, when a byte count
+// is not an integer below 2^53 (the caller's exact path takes those rows).
+// Why native: the same loop in JS over 70,000 rows took ~3.5 ms of a new
+// process, run once before V8 optimises it.
+Napi::Value JsDiskUnits(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* usage = "diskUnits(blocks: Float64Array, bytesPerBlock: number, values: Uint32Array, units: Uint8Array, maxPerUnit: Float64Array)";
+  if (info.Length() < 5 || !info[0].IsTypedArray() || !info[1].IsNumber() || !info[2].IsTypedArray() || !info[3].IsTypedArray() || !info[4].IsTypedArray())
+    throw Napi::TypeError::New(env, usage);
+  const double bytesPerBlock = info[1].As<Napi::Number>().DoubleValue();
+  const TypedView blocks = TypedViewOf(env, info[0]);
+  const TypedView values = TypedViewOf(env, info[2]);
+  const TypedView units = TypedViewOf(env, info[3]);
+  const TypedView maxes = TypedViewOf(env, info[4]);
+  if (blocks.type != napi_float64_array || values.type != napi_uint32_array || units.type != napi_uint8_array || maxes.type != napi_float64_array)
+    throw Napi::TypeError::New(env, usage);
+  if (!(bytesPerBlock >= 1 && bytesPerBlock <= kMaxExact && std::floor(bytesPerBlock) == bytesPerBlock))
+    throw Napi::RangeError::New(env, "diskUnits: bytesPerBlock must be a positive integer");
+  const size_t n = blocks.data ? blocks.length : 0;
+  if ((values.data ? values.length : 0) < n || (units.data ? units.length : 0) < n || (maxes.data ? maxes.length : 0) < 7)
+    throw Napi::RangeError::New(env, "diskUnits: values and units need a row for each block count, maxPerUnit 7 entries");
+  const double* b = static_cast<const double*>(blocks.data);
+  uint32_t* v = static_cast<uint32_t*>(values.data);
+  uint8_t* u = static_cast<uint8_t*>(units.data);
+  double* mx = static_cast<double*>(maxes.data);
+  for (int k = 0; k < 7; k++) mx[k] = 0;
+  for (size_t j = 0; j < n; j++) {
+    const double blocksJ = b[j];
+    if (!(blocksJ >= 0) || std::floor(blocksJ) != blocksJ) return Napi::Boolean::New(env, false);
+    double x = blocksJ * bytesPerBlock;  // exact when it is at most 2^53 - 1
+    if (!(x < kMaxExact)) return Napi::Boolean::New(env, false);
+    uint8_t i = 0;
+    while (x > 1048576) {
+      x = std::floor(x / 1024);
+      i++;
+    }
+    if (x > 8192) {
+      x = std::round(x / 1024);  // positive: half away from zero is JS's Math.round
+      i++;
+    }
+    v[j] = static_cast<uint32_t>(x);
+    u[j] = i;
+    if (x > mx[i]) mx[i] = x;
+  }
+  return Napi::Boolean::New(env, true);
+}
+
 }  // namespace
 
 void InitDecimalCells(Napi::Env env, Napi::Object exports) {
   exports.Set("writeDecimalCells", Napi::Function::New(env, JsWriteDecimalCells, "writeDecimalCells"));
+  exports.Set("diskUnits", Napi::Function::New(env, JsDiskUnits, "diskUnits"));
 }
 
 }  // namespace dmthin

@@ -150,6 +150,14 @@ export interface NativeAddon {
     unitNames?: readonly string[],
   ): void;
   /**
+   * thin_ls's human units of blocks[j] * bytesPerBlock for each row
+   * (native/decimal_cells.cc): the number in values[j], the suffix index in
+   * units[j], the largest number of each suffix in maxPerUnit (7 entries).
+   * False (the rows partly written) when a byte count is not an integer
+   * below 2^53.
+   */
+  diskUnits(blocks: Float64Array, bytesPerBlock: number, values: Uint32Array, units: Uint8Array, maxPerUnit: Float64Array): boolean;
+  /**
    * std::sort's permutation of keys[0, n) with introsort depth `depth`
    * (native/std_sort.cc): out[i] is the index of the key at position i.
    * Throws a RangeError, out untouched, on a NaN key or n beyond the arrays.
@@ -297,7 +305,7 @@ export function putFileDurableFunction(): NativeAddon['putFileDurable'] | null {
  * (built before it had the function: a checkout updated without a rebuild)
  * lacks it; the caller then does the work in JS.
  */
-function optionalFunction<K extends 'writeDecimalCells' | 'stdSortOrder' | 'writeRmapLines'>(name: K): NativeAddon[K] | null {
+function optionalFunction<K extends 'writeDecimalCells' | 'diskUnits' | 'stdSortOrder' | 'writeRmapLines'>(name: K): NativeAddon[K] | null {
   try {
     const f = native()[name] as NativeAddon[K] | undefined;
     return typeof f === 'function' ? f : null;
@@ -310,6 +318,11 @@ function optionalFunction<K extends 'writeDecimalCells' | 'stdSortOrder' | 'writ
 /** The addon's writeDecimalCells, or null (the caller then writes the cells itself). */
 export function decimalCellsFunction(): NativeAddon['writeDecimalCells'] | null {
   return optionalFunction('writeDecimalCells');
+}
+
+/** The addon's diskUnits, or null (the caller then computes the units itself). */
+export function diskUnitsFunction(): NativeAddon['diskUnits'] | null {
+  return optionalFunction('diskUnits');
 }
 
 /** The addon's stdSortOrder, or null (the caller then sorts in JS). */

@@ -8,7 +8,7 @@ import { check, UsageError } from '../errors';
 import { transactionIdAt, type DetailsTable, type DeviceTable } from './device-table';
 import { ByteOwnerMap, NibbleOwnerMap, OwnerMap, UseCounts } from '../pdata/owner-map';
 import { TWO32 } from '../pdata/words';
-import { decimalCellsFunction } from '../native/binding';
+import { decimalCellsFunction, diskUnitsFunction } from '../native/binding';
 import { OutputSink, type SinkTarget } from '../output/sink';
 import { ThinMetadata } from './metadata';
 import type { LsField } from './ls-fields';
@@ -448,9 +448,14 @@ function writeHeader(fields: readonly LsField[], cols: Column[], lineBytes: numb
  * devices (`ls`, a new process): the JS loops below took 10-13 ms there
  * (4.5 ms once V8 has optimised them, which a run of the CLI never waits
  * for), the addon ~2.5 ms with its page faults (~0.6 ms a column once
- * they are faulted in). Tests set it to null to run the JS loops.
+ * they are faulted in). `units`: the addon's human units of a MAPPED,
+ * EXCLUSIVE or SHARED column (unitColumn; ~3.5 ms of JS there). Tests set
+ * them to null to run the JS loops.
  */
-export const tableCells: { write: ReturnType<typeof decimalCellsFunction> | undefined } = { write: undefined };
+export const tableCells: { write: ReturnType<typeof decimalCellsFunction> | undefined; units: ReturnType<typeof diskUnitsFunction> | undefined } = {
+  write: undefined,
+  units: undefined,
+};
 
 /** Lines [from, to) of the table (room is asked once, for all of them). */
 function writeRows(cols: Column[], from: number, to: number, lineBytes: number, t: TableTarget): void {
@@ -586,6 +591,14 @@ function unitColumn(nums: Float64Array, dataBlockSize: number, headerWidth: numb
   const out = new Uint32Array(nums.length);
   const bytesPerBlock = dataBlockSize * 512;
   let width = headerWidth;
+  const native = tableCells.units === undefined ? (tableCells.units = diskUnitsFunction()) : tableCells.units;
+  if (native !== null) {
+    const maxPerUnit = new Float64Array(UNITS.length);
+    if (!native(nums, bytesPerBlock, out, units, maxPerUnit)) return null;
+    // A unit past the first appears only with numbers of 1 and more: 0 means none.
+    for (let i = 0; i < UNITS.length; i++) if (i === 0 || maxPerUnit[i] > 0) width = Math.max(width, digits(maxPerUnit[i]) + UNITS[i].length);
+    return { nums: out, units, texts: null, width };
+  }
   // Neighbours often map as many blocks (snapshots of one origin): the last answer is kept.
   let lastBlocks = -1;
   let lastV = 0;

@@ -39,14 +39,15 @@ for (const fixture of ['many-devices', 'snapshots', 'high-values', 'basic', 'emp
         await writeDetailsTable(table, fields, dbs, headers, t.target, excl);
         expect(t.text()).toBe(formatLsTable(rows, fields, dbs, headers));
         // The integer cells through the addon (the default) and through the JS loops used without it: the same bytes.
-        const saved = tableCells.write;
+        const saved = { ...tableCells };
         tableCells.write = null;
+        tableCells.units = null;
         try {
           const js = collector();
           await writeDetailsTable(table, fields, dbs, headers, js.target, excl);
           expect(js.text()).toBe(t.text());
         } finally {
-          tableCells.write = saved;
+          Object.assign(tableCells, saved);
         }
       }
       const j = collector();
@@ -93,7 +94,7 @@ test('exclusiveUsage without a shared block: the last progress report is the tot
   expect(seen[seen.length - 1]).toEqual({ mappings: 64, total: 64 });
 });
 
-test('an addon built before writeDecimalCells existed (a checkout updated without a rebuild): the JS loops write the table (a review: "cells is not a function")', async () => {
+test('an addon built before writeDecimalCells and diskUnits existed (a checkout updated without a rebuild): the JS loops write the table (a review: "cells is not a function")', async () => {
   // eslint-disable-next-line @typescript-eslint/no-require-imports
   const addon = (require('../../src/native/binding') as typeof import('../../src/native/binding')).native() as unknown as Record<string, unknown>;
   await using md = await ThinMetadata.fromBuffer(fixtureImage('many-devices'));
@@ -101,17 +102,19 @@ test('an addon built before writeDecimalCells existed (a checkout updated withou
   const dbs = md.superblock.dataBlockSize;
   const want = collector();
   await writeDetailsTable(table, [...DEFAULT_LS_FIELDS], dbs, true, want.target);
-  const saved = addon.writeDecimalCells;
-  const savedWrite = tableCells.write;
+  const saved = { writeDecimalCells: addon.writeDecimalCells, diskUnits: addon.diskUnits };
+  const savedCells = { ...tableCells };
   delete addon.writeDecimalCells;
+  delete addon.diskUnits;
   tableCells.write = undefined;
+  tableCells.units = undefined;
   try {
     const got = collector();
     await writeDetailsTable(table, [...DEFAULT_LS_FIELDS], dbs, true, got.target);
     expect(got.text()).toBe(want.text());
-    expect(tableCells.write).toBeNull();
+    expect([tableCells.write, tableCells.units]).toEqual([null, null]);
   } finally {
-    addon.writeDecimalCells = saved;
-    tableCells.write = savedWrite;
+    Object.assign(addon, saved);
+    Object.assign(tableCells, savedCells);
   }
 });

@@ -112,3 +112,61 @@ describe('writeDecimalCells and JavaScript that runs during the call (a review: 
     expect(Buffer.from(dst).toString('latin1')).toBe('.  4242 \n.......');
   });
 });
+
+describe('diskUnits', () => {
+  const { diskUnits } = native();
+  const NAMES = ['', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB', 'EiB'];
+
+  /** thin_ls's rule in BigInt steps: divide by 1024 while above 1 MiB, then round to the next unit if above 8 KiB. */
+  function human(bytes: bigint): [number, number] {
+    let n = bytes;
+    let i = 0;
+    while (n > 1048576n) {
+      n /= 1024n;
+      i++;
+    }
+    if (n > 8192n) {
+      // Round half up: n * 2 + 1024 over 2048.
+      n = (n * 2n + 1024n) / 2048n;
+      i++;
+    }
+    return [Number(n), i];
+  }
+
+  test('each row\'s number and suffix, and the largest number of each suffix, for any block size', () => {
+    let s = 3;
+    const rnd = () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32);
+    const edges = [0, 1, 2, 15, 16, 17, 127, 128, 129, 1023, 1024, 1025, 2047, 2048, 16383, 16384, 16385, 2 ** 20, 2 ** 32, 2 ** 40];
+    for (const bytesPerBlock of [512, 4096, 65536, 1 << 30, 3 * 512]) {
+      const blocks = Float64Array.from([...edges, ...Array.from({ length: 2000 }, () => Math.floor(rnd() * 2 ** Math.floor(rnd() * 43)))].filter((b) => b * bytesPerBlock < 2 ** 53));
+      const values = new Uint32Array(blocks.length);
+      const units = new Uint8Array(blocks.length);
+      const max = new Float64Array(7);
+      expect(diskUnits(blocks, bytesPerBlock, values, units, max)).toBe(true);
+      const want = Array.from(blocks, (b) => human(BigInt(b) * BigInt(bytesPerBlock)));
+      expect(Array.from(blocks, (_, j) => `${values[j]}${NAMES[units[j]]}`)).toEqual(want.map(([n, i]) => `${n}${NAMES[i]}`));
+      const wantMax = new Array(7).fill(0);
+      for (const [n, i] of want) wantMax[i] = Math.max(wantMax[i], n);
+      expect(Array.from(max)).toEqual(wantMax);
+    }
+  });
+
+  test('a byte count of 2^53 or more, or a block count that is not an integer: false (the exact path takes over)', () => {
+    const out = () => [new Uint32Array(3), new Uint8Array(3), new Float64Array(7)] as const;
+    expect(diskUnits(Float64Array.of(1, 2 ** 44, 3), 2 ** 9, ...out())).toBe(false);
+    expect(diskUnits(Float64Array.of(1, 2 ** 44 - 1, 3), 2 ** 9, ...out())).toBe(true);
+    expect(diskUnits(Float64Array.of(1, 2.5), 512, ...out())).toBe(false);
+    expect(diskUnits(Float64Array.of(NaN), 512, ...out())).toBe(false);
+    expect(diskUnits(Float64Array.of(-1), 512, ...out())).toBe(false);
+  });
+
+  test('bad arguments are refused before anything is written', () => {
+    const values = new Uint32Array(2).fill(9);
+    expect(() => diskUnits(Float64Array.of(1, 2), 512, new Uint32Array(1), new Uint8Array(2), new Float64Array(7))).toThrow(/a row for each block count/);
+    expect(() => diskUnits(Float64Array.of(1, 2), 512, values, new Uint8Array(2), new Float64Array(6))).toThrow(/maxPerUnit 7 entries/);
+    expect(() => diskUnits(Float64Array.of(1, 2), 0, values, new Uint8Array(2), new Float64Array(7))).toThrow(/positive integer/);
+    expect(() => diskUnits(Float64Array.of(1, 2), 1.5, values, new Uint8Array(2), new Float64Array(7))).toThrow(/positive integer/);
+    expect(() => diskUnits(new Uint32Array(2) as unknown as Float64Array, 512, values, new Uint8Array(2), new Float64Array(7))).toThrow(/diskUnits\(blocks/);
+    expect(Array.from(values)).toEqual([9, 9]);
+  });
+});
