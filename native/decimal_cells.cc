@@ -3,8 +3,10 @@
 // 70,000 devices spent 10-13 ms writing cells digit by digit in JS's first
 // tiers (about 4.5 ms once optimised), where this takes ~2.5 ms with the
 // page faults of the output's first touch (~0.6 ms a column after).
-// What is printed and how wide each column is stays in TypeScript
-// (src/thin/ls.ts); this only writes digits, given suffixes and spaces.
+// Also the human units of a column (diskUnits: each row's number and suffix
+// index by thin_ls's rule, the largest number of each suffix). Which fields
+// are printed, the suffix names and the column widths stay in TypeScript
+// (src/thin/ls.ts); this writes digits, given suffixes and spaces.
 #include "decimal_cells.h"
 
 #include "decimal_digits.h"

@@ -51,7 +51,7 @@ inline bool IsCount(double d) { return d >= 0 && d < kMaxExact && std::floor(d) 
 // end is printed modulo 2^64, as thin_rmap's u64 arithmetic prints it.
 // Needs kMaxLine bytes a line at `at`. Throws (writing nothing) on a record
 // index beyond the records, a data begin or length that is not an integer
-// below 2^53, or too little room.
+// below 2^53, too little room, or dst sharing memory with records or order.
 Napi::Value JsWriteRmapLines(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* usage = "writeRmapLines(dst: Uint8Array, at, records: Uint32Array, order: Uint32Array, from, to)";
@@ -76,30 +76,52 @@ Napi::Value JsWriteRmapLines(const Napi::CallbackInfo& info) {
     throw Napi::RangeError::New(env, "writeRmapLines: not enough room in dst (" + std::to_string(kMaxLine) + " bytes a line)");
   const uint32_t* records = static_cast<const uint32_t*>(recs.data);
   const uint32_t* order = static_cast<const uint32_t*>(ord.data);
-  for (size_t i = from; i < to; i++) {
-    const uint32_t k = order[i];
-    if (k >= nRecords) throw Napi::RangeError::New(env, "writeRmapLines: order[" + std::to_string(i) + "] is beyond the records");
-    const uint32_t* rec = records + static_cast<size_t>(k) * kRecordWords;
+  // Lines written over the records or the order would change what the next
+  // line reads: refused (a review: dst sharing order's memory made a later
+  // record index ~1.6e9, SIGSEGV).
+  auto overlaps = [&](const void* a, size_t aBytes) {
+    const uint8_t* d = static_cast<const uint8_t*>(dst.data);
+    const uint8_t* x = static_cast<const uint8_t*>(a);
+    return aBytes > 0 && dstLen > 0 && x < d + dstLen && d < x + aBytes;
+  };
+  if (overlaps(records, recs.data ? recs.length * 4 : 0) || overlaps(order, nOrder * 4))
+    throw Napi::RangeError::New(env, "writeRmapLines: dst shares memory with the records or the order");
+  // One line's fields, read once and checked: false when they are not a line.
+  struct Line {
+    uint64_t data, len, dev, virt;
+  };
+  auto lineOf = [&](size_t i, Line* out, uint32_t* k) {
+    *k = order[i];
+    if (*k >= nRecords) return false;
+    const uint32_t* rec = records + static_cast<size_t>(*k) * kRecordWords;
     const double data = F64At(rec, 0), len = F64At(rec, 2);
-    if (!IsCount(data) || !IsCount(len) || data + len >= kMaxExact)
-      throw Napi::RangeError::New(env, "writeRmapLines: record " + std::to_string(k) + " has a data range that is not integers below 2^53");
+    if (!IsCount(data) || !IsCount(len) || data + len >= kMaxExact) return false;
+    *out = {static_cast<uint64_t>(data), static_cast<uint64_t>(len), rec[4], (static_cast<uint64_t>(rec[6]) << 32) | rec[5]};
+    return true;
+  };
+  Line l{};
+  uint32_t k = 0;
+  for (size_t i = from; i < to; i++) {
+    if (lineOf(i, &l, &k)) continue;
+    if (k >= nRecords) throw Napi::RangeError::New(env, "writeRmapLines: order[" + std::to_string(i) + "] is beyond the records");
+    throw Napi::RangeError::New(env, "writeRmapLines: record " + std::to_string(k) + " has a data range that is not integers below 2^53");
   }
+  // Read again as each line is written (memory another thread changes meanwhile
+  // must not send a read or a write out of bounds; such a change can leave
+  // lines written before the throw).
   uint8_t* p = static_cast<uint8_t*>(dst.data) + at;
   for (size_t i = from; i < to; i++) {
-    const uint32_t* rec = records + static_cast<size_t>(order[i]) * kRecordWords;
-    const uint64_t data = static_cast<uint64_t>(F64At(rec, 0));
-    const uint64_t len = static_cast<uint64_t>(F64At(rec, 2));
-    const uint64_t virt = (static_cast<uint64_t>(rec[6]) << 32) | rec[5];
+    if (!lineOf(i, &l, &k)) throw Napi::RangeError::New(env, "writeRmapLines: the records or the order changed during the call");
     p = Put(p, "data ", 5);
-    p = PutNumber(p, data);
+    p = PutNumber(p, l.data);
     p = Put(p, "..", 2);
-    p = PutNumber(p, data + len);
+    p = PutNumber(p, l.data + l.len);
     p = Put(p, " -> thin(", 9);
-    p = PutNumber(p, rec[4]);
+    p = PutNumber(p, l.dev);
     p = Put(p, ") ", 2);
-    p = PutNumber(p, virt);
+    p = PutNumber(p, l.virt);
     p = Put(p, "..", 2);
-    p = PutNumber(p, virt + len);  // wraps modulo 2^64
+    p = PutNumber(p, l.virt + l.len);  // wraps modulo 2^64
     *p++ = '\n';
   }
   return Napi::Number::New(env, static_cast<double>(p - static_cast<uint8_t*>(dst.data)));

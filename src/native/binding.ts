@@ -164,6 +164,13 @@ export interface NativeAddon {
    */
   stdSortOrder(keys: Float64Array, n: number, depth: number, out: Uint32Array): void;
   /**
+   * std::sort's partition step over a file of n 32-byte run records (rmap's
+   * spilled runs, native/std_sort.cc): records [first, last) around the key
+   * pivotKey of record pivot (< first); returns the cut. IO errors are
+   * Node-shaped (code, errno, syscall pread or pwrite).
+   */
+  partitionRunFile(fd: number, n: number, first: number, last: number, pivot: number, pivotKey: number): number;
+  /**
    * rmap's lines for runs order[from..to) of `records` (32-byte run records,
    * src/thin/rmap-runs.ts) at dst[at...] (native/rmap_lines.cc); returns the
    * end. Needs rmapLineMaxBytes a line; throws a RangeError, writing nothing,
@@ -305,7 +312,7 @@ export function putFileDurableFunction(): NativeAddon['putFileDurable'] | null {
  * (built before it had the function: a checkout updated without a rebuild)
  * lacks it; the caller then does the work in JS.
  */
-function optionalFunction<K extends 'writeDecimalCells' | 'diskUnits' | 'stdSortOrder' | 'writeRmapLines'>(name: K): NativeAddon[K] | null {
+function optionalFunction<K extends 'writeDecimalCells' | 'diskUnits' | 'stdSortOrder' | 'partitionRunFile' | 'writeRmapLines'>(name: K): NativeAddon[K] | null {
   try {
     const f = native()[name] as NativeAddon[K] | undefined;
     return typeof f === 'function' ? f : null;
@@ -328,6 +335,11 @@ export function diskUnitsFunction(): NativeAddon['diskUnits'] | null {
 /** The addon's stdSortOrder, or null (the caller then sorts in JS). */
 export function stdSortFunction(): NativeAddon['stdSortOrder'] | null {
   return optionalFunction('stdSortOrder');
+}
+
+/** The addon's partitionRunFile, or null (the caller then partitions through its own cache). */
+export function partitionRunFileFunction(): NativeAddon['partitionRunFile'] | null {
+  return optionalFunction('partitionRunFile');
 }
 
 /** The addon's writeRmapLines with its line bound, or null (the caller then writes the lines itself). */

@@ -38,6 +38,8 @@ for (const fixture of ['many-devices', 'snapshots', 'high-values', 'basic', 'emp
         const t = collector();
         await writeDetailsTable(table, fields, dbs, headers, t.target, excl);
         expect(t.text()).toBe(formatLsTable(rows, fields, dbs, headers));
+        // That table came from the addon's cells (a lookup that finds no function would fall back to JS silently).
+        expect(typeof tableCells.write).toBe('function');
         // The integer cells through the addon (the default) and through the JS loops used without it: the same bytes.
         const saved = { ...tableCells };
         tableCells.write = null;

@@ -17,7 +17,7 @@ import { runCli } from '../cli/run-cli';
 import { fixtureImage, tempImage } from '../helpers/fixtures';
 import { OutputSink } from '../../src/output/sink';
 import { rmapText, writeRmapText } from '../../src/thin/rmap';
-import { RmapRuns } from '../../src/thin/rmap-runs';
+import { filePartition, RmapRuns } from '../../src/thin/rmap-runs';
 import { nativeSort } from '../../src/thin/std-sort';
 
 // Reads "n k0 k1 ..." and prints the input index at each sorted position; "kill n" prints
@@ -124,11 +124,12 @@ describe('rmap sorts runs as std::sort does, in memory and spilled to a file', (
     ['two sorted sequences interleaving', [...Array.from({ length: 5000 }, (_, i) => 2 * i), ...Array.from({ length: 5000 }, (_, i) => 2 * i + 1)]],
   ];
 
-  // Each case with the addon's sort (native/std_sort.cc, for segments of 256 keys and more) and with the JS steps alone.
+  // Each case with the addon's steps (native/std_sort.cc: the partitions over the file, the sorts of 256 keys and more) and with the JS steps alone.
   test.each(cases.flatMap(([what, keys]) => [[`${what}, addon`, keys, 'addon'] as const, [`${what}, JS`, keys, 'js'] as const]))('%s', async (_what, keys, impl) => {
     const want = stdSort(keys);
-    const saved = nativeSort.fn;
+    const saved = { sort: nativeSort.fn, partition: filePartition.fn };
     nativeSort.fn = impl === 'js' ? null : undefined;
+    filePartition.fn = impl === 'js' ? null : undefined;
     try {
       // heapInMemory = bound: a segment left to heapsort above the bound is sorted over the file; above the
       // bound and up to heapInMemory, by its keys in memory and gathered in several chunks.
@@ -138,8 +139,11 @@ describe('rmap sorts runs as std::sort does, in memory and spilled to a file', (
         expect(got.virtOk).toBe(true);
         expect(got.order).toEqual(want);
       }
+      // The addon's steps ran, not the JS a second time (a lookup that finds no function falls back silently).
+      if (impl === 'addon' && keys.length >= 256) expect([typeof nativeSort.fn, typeof filePartition.fn]).toEqual(['function', 'function']);
     } finally {
-      nativeSort.fn = saved;
+      nativeSort.fn = saved.sort;
+      filePartition.fn = saved.partition;
     }
   });
 
@@ -284,5 +288,6 @@ describe('rmap\'s lines, written by the addon and by the JS loop', () => {
     }));
     const want = [...runs].sort((a, b) => a.data - b.data).map(line).join('');
     for (const bound of [1 << 16, 1000]) expect(await text(runs, bound, lines)).toBe(want);
+    if (lines === 'addon') expect(rmapText.lines).not.toBeNull();
   });
 });

@@ -88,10 +88,7 @@ describe('writeRmapLines', () => {
       { data: 1, len: 2, dev: 3, virt: 4n },
       { data: 5, len: 6, dev: 7, virt: 8n },
     ]);
-    const withRecord = (r: { data: number; len: number }) => {
-      const u = records([{ ...r, dev: 1, virt: 1n }]);
-      return u;
-    };
+    const withRecord = (r: { data: number; len: number }) => records([{ ...r, dev: 1, virt: 1n }]);
     const M = rmapLineMaxBytes;
     const cases: [string, (b: Buffer) => number, RegExp][] = [
       ['an order index beyond the records (the last line)', (b) => writeRmapLines(b, 0, two, Uint32Array.of(0, 1, 2), 0, 3), /order\[2\] is beyond the records/],
@@ -113,6 +110,28 @@ describe('writeRmapLines', () => {
     }
   });
 
+  test('a destination sharing memory with the order or the records is refused, nothing written (a review: lines written over the order made the next index ~1.6e9, SIGSEGV)', () => {
+    const M = rmapLineMaxBytes;
+    const two = records([
+      { data: 1, len: 2, dev: 3, virt: 4n },
+      { data: 5, len: 6, dev: 7, virt: 8n },
+    ]);
+    const ab = new ArrayBuffer(8 * M);
+    const order = new Uint32Array(ab, 0, 4).fill(1);
+    const dst = new Uint8Array(ab);
+    const before = Buffer.from(ab).toString('hex');
+    expect(() => writeRmapLines(dst, 64, two, order, 0, 4)).toThrow(/shares memory/);
+    const recAb = new ArrayBuffer(two.byteLength + 4 * M);
+    const recs2 = new Uint32Array(recAb, 0, two.length);
+    recs2.set(two);
+    expect(() => writeRmapLines(new Uint8Array(recAb, 16), 200, recs2, Uint32Array.of(0, 1), 0, 2)).toThrow(/shares memory/);
+    expect(Buffer.from(ab).toString('hex')).toBe(before);
+    expect(Array.from(recs2)).toEqual(Array.from(two));
+    // Next to each other in one buffer, not overlapping: fine.
+    const dst2 = new Uint8Array(ab, 16);
+    expect(writeRmapLines(dst2, 0, two, order, 0, 4)).toBe(4 * line({ data: 5, len: 6, dev: 7, virt: 8n }).length);
+  });
+
   test('a detached destination is refused, not written', () => {
     const ab = new ArrayBuffer(4 * rmapLineMaxBytes);
     const dst = new Uint8Array(ab);
@@ -131,6 +150,8 @@ describe('stdSortOrder (the addon\'s)', () => {
       ['n beyond out', (o) => stdSortOrder(new Float64Array(9), 9, 4, o), /n must be an integer/],
       ['a fractional n', (o) => stdSortOrder(Float64Array.of(3, 1), 1.5, 4, o), /n must be an integer/],
       ['a negative depth', (o) => stdSortOrder(Float64Array.of(3, 1), 2, -1, o), /depth must be/],
+      // A depth std::sort never has would let adversarial keys recurse ~n/2 deep (a review: a stack overflow).
+      ['a depth above 128', (o) => stdSortOrder(Float64Array.of(3, 1), 2, 129, o), /depth must be an integer from 0 to 128/],
       ['Uint32Array keys', (o) => stdSortOrder(new Uint32Array(2) as unknown as Float64Array, 2, 4, o), /stdSortOrder\(keys/],
     ];
     for (const [what, call, message] of cases) {
