@@ -9,7 +9,7 @@
  * most of `ls`'s time making and collecting those objects.
  */
 import { MetadataError } from '../errors';
-import { walkLeaves, type BtreeNode } from '../pdata/btree';
+import { LeafWalk, type BtreeNode } from '../pdata/btree';
 import type { BlockSource } from '../pdata/block-source';
 import { MAX_SAFE_HI, TWO32 } from '../pdata/words';
 import { DEVICE_DETAILS_SIZE, parseDeviceDetails, type DeviceDetails } from './device-details';
@@ -85,7 +85,11 @@ function walkOptions(nrMetadataBlocks: number, signal?: AbortSignal) {
  */
 export async function readDetailsTable(src: Omit<DeviceTableSource, 'mappingRoot'>, signal?: AbortSignal): Promise<DetailsTable> {
   const c = newDetailsColumns();
-  for await (const leaf of walkLeaves(src.io, src.detailsRoot, { ...walkOptions(src.nrMetadataBlocks, signal), tree: 'details', valueSize: DEVICE_DETAILS_SIZE })) decodeDetailsLeaf(leaf, c);
+  const walk = new LeafWalk(src.io, src.detailsRoot, { ...walkOptions(src.nrMetadataBlocks, signal), tree: 'details', valueSize: DEVICE_DETAILS_SIZE });
+  for (let leaf; (leaf = walk.poll()) !== null; ) {
+    if (leaf === undefined) await walk.wait();
+    else decodeDetailsLeaf(leaf, c);
+  }
   return {
     count: c.n,
     devId: c.devId.subarray(0, c.n),
@@ -112,7 +116,11 @@ export async function readDetailsTable(src: Omit<DeviceTableSource, 'mappingRoot
 export async function readDeviceTable(src: DeviceTableSource, signal?: AbortSignal): Promise<DeviceTable> {
   const readRoots = async (): Promise<RootColumns> => {
     const c: RootColumns = { n: 0, ids: uninitialized(Float64Array, INITIAL_ROWS), roots: uninitialized(Uint32Array, INITIAL_ROWS) };
-    for await (const leaf of walkLeaves(src.io, src.mappingRoot, { ...walkOptions(src.nrMetadataBlocks, signal), tree: 'mapping-top', valueSize: 8 })) decodeRootsLeaf(leaf, c, src.nrMetadataBlocks);
+    const walk = new LeafWalk(src.io, src.mappingRoot, { ...walkOptions(src.nrMetadataBlocks, signal), tree: 'mapping-top', valueSize: 8 });
+    for (let leaf; (leaf = walk.poll()) !== null; ) {
+      if (leaf === undefined) await walk.wait();
+      else decodeRootsLeaf(leaf, c, src.nrMetadataBlocks);
+    }
     return c;
   };
   const [d, t] = await Promise.allSettled([readDetailsTable(src, signal), readRoots()]);
