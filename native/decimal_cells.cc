@@ -112,6 +112,16 @@ Napi::Value JsWriteDecimalCells(const Napi::CallbackInfo& info) {
     *v = static_cast<uint64_t>(d);
     return true;
   };
+  // Cells written over the values or the units would change what a later row
+  // reads: refused (an outside test: a value's cell overwrote the next value,
+  // which then wrote before dst).
+  auto overlaps = [&](const void* a, size_t aBytes) {
+    const uint8_t* d = static_cast<const uint8_t*>(dst.data);
+    const uint8_t* x = static_cast<const uint8_t*>(a);
+    return aBytes > 0 && dstLen > 0 && x < d + dstLen && d < x + aBytes;
+  };
+  if (overlaps(vals.data, n * (u32 ? 4 : 8)) || (units && overlaps(units, unitsView.length)))
+    throw Napi::RangeError::New(env, "writeDecimalCells: dst shares memory with the values or the units");
   // Checked first, so that a bad row leaves dst as it was: a cell fits when
   // its value is below 10^(width - the suffix's length).
   std::vector<uint64_t> limits;
@@ -124,16 +134,22 @@ Napi::Value JsWriteDecimalCells(const Napi::CallbackInfo& info) {
     if (v >= (units ? limits[units[j]] : plainLimit))
       throw Napi::RangeError::New(env, "writeDecimalCells: row " + std::to_string(j) + " is wider than the column");
   }
+  // Each row read once more, into locals, and checked again before its cell
+  // is written: memory another thread changes meanwhile (a SharedArrayBuffer)
+  // must not put digits outside the cell or index past the names (such a
+  // change can leave rows written before the throw).
   uint8_t* base = static_cast<uint8_t*>(dst.data) + at;
   for (size_t j = from; j < to; j++, base += stride) {
+    const size_t unit = units ? units[j] : 0;
+    uint64_t v = 0;
+    if (!valueAt(j, &v) || (units && unit >= names.size()) || v >= (units ? limits[unit] : plainLimit))
+      throw Napi::RangeError::New(env, "writeDecimalCells: the values or the units changed during the call");
     uint8_t* end = base + width;
     if (units) {
-      const std::string& s = names[units[j]];
+      const std::string& s = names[unit];
       end -= s.size();
       for (size_t k = 0; k < s.size(); k++) end[k] = static_cast<uint8_t>(s[k]);
     }
-    uint64_t v = 0;
-    valueAt(j, &v);
     uint8_t* start = WriteDigitsBackwards(end, v);
     for (uint8_t* p = base; p < start; p++) *p = ' ';
     base[width] = ' ';

@@ -61,6 +61,8 @@ const BLOCK_RUNS = 1 << 13;
 /** Records per cache block of a heapsort over the file (4 KiB), and blocks cached (2 MiB). */
 const HEAP_BLOCK_RUNS = 1 << 7;
 const HEAP_SLOTS = 1 << 9;
+/** Heap steps (each ~log2 n moves through the cache) between two turns of the event loop. */
+const HEAP_STEPS_BETWEEN_TURNS = 4096;
 const TWO32 = 2 ** 32;
 
 /**
@@ -466,26 +468,37 @@ export class RmapRuns {
     this.restore(first + hole, this.tmpA);
   }
 
-  private heapSort(first: number, last: number): void {
+  private async heapSort(first: number, last: number, signal?: AbortSignal): Promise<void> {
     this.flushCache();
     this.heapCache ??= Array.from({ length: HEAP_SLOTS }, () => newSlot(HEAP_BLOCK_RUNS));
     for (const s of this.heapCache) s.blk = -1;
     this.heapSlots = this.heapCache;
     try {
-      this.heapSteps(first, last);
+      await this.heapSteps(first, last, signal);
       for (const s of this.heapSlots) this.writeBack(s);
     } finally {
       this.heapSlots = null;
     }
   }
 
-  private heapSteps(first: number, last: number): void {
+  /**
+   * The event loop turns every HEAP_STEPS_BETWEEN_TURNS steps: a heapsort
+   * over the file of a segment past heapInMemory (keys built to force it)
+   * took ~40 s, and Ctrl-C waited for all of it (an outside test).
+   */
+  private async heapSteps(first: number, last: number, signal?: AbortSignal): Promise<void> {
     const len = last - first;
+    let steps = 0;
+    const turn = async () => {
+      await new Promise<void>((r) => setImmediate(r));
+      throwIfAborted(signal);
+    };
     if (len >= 2) {
       for (let parent = Math.floor((len - 2) / 2); ; parent--) {
         this.save(first + parent, this.tmpA);
         this.adjustHeap(first, parent, len);
         if (parent === 0) break;
+        if (++steps % HEAP_STEPS_BETWEEN_TURNS === 0) await turn();
       }
     }
     for (let end = last; end - first > 1; ) {
@@ -493,6 +506,7 @@ export class RmapRuns {
       this.save(end, this.tmpA);
       this.move(end, first);
       this.adjustHeap(first, 0, end - first);
+      if (++steps % HEAP_STEPS_BETWEEN_TURNS === 0) await turn();
     }
   }
 
@@ -567,7 +581,7 @@ export class RmapRuns {
           yield* this.heapSortByKeys(first, last, order, signal);
           return;
         }
-        this.heapSort(first, last);
+        await this.heapSort(first, last, signal);
         // Sorted: the final insertion sort leaves it as it is.
         for (let s = first; s < last; s += m) {
           const n = this.load(s, Math.min(last, s + m));

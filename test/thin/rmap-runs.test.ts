@@ -181,6 +181,30 @@ describe('rmap sorts runs as std::sort does, in memory and spilled to a file', (
     heapSort.mockRestore();
   }, 60_000);
 
+  test('a heapsort over the file lets an abort in between its steps (an outside test: keys that forced one of 1.1M runs kept Ctrl-C waiting ~40 s)', async () => {
+    const keys = killer(20000);
+    const runs = new RmapRuns(64, undefined, 64);
+    keys.forEach((k, i) => runs.push(k, 1, i, i));
+    const ac = new AbortController();
+    const proto = RmapRuns.prototype as unknown as { adjustHeap: (...a: unknown[]) => void };
+    const real = proto.adjustHeap;
+    let calls = 0;
+    const spy = jest.spyOn(proto, 'adjustHeap').mockImplementation(function (this: unknown, ...a: unknown[]) {
+      if (++calls === 2000) ac.abort();
+      return real.apply(this, a);
+    });
+    try {
+      const err = await (async () => {
+        for await (const _ of runs.sorted(ac.signal));
+      })().catch((e) => e);
+      expect(err).toMatchObject({ name: 'AbortError' });
+      // Seen at the next turn of the loop (4,096 steps at most), not once the whole heapsort is over (~30,000).
+      expect(calls).toBeLessThan(2000 + 4096 + 1);
+    } finally {
+      spy.mockRestore();
+    }
+  });
+
   test('the temporary file never has a name in TMPDIR, and is gone when the iteration ends early', async () => {
     const before = spillFiles();
     const runs = new RmapRuns(16);

@@ -104,6 +104,20 @@ describe('writeDecimalCells and JavaScript that runs during the call (a review: 
     expect(() => writeDecimalCells(dst, 0, 50, new Uint32Array(n).fill(123456), 0, n, 40, true, new Uint8Array(n), names)).toThrow(/cells beyond the buffer/);
   });
 
+  it('a destination sharing memory with the values or the units is refused, nothing written (an outside test: a cell overwrote the next value, which then wrote a byte before dst)', () => {
+    const ab = new ArrayBuffer(256);
+    const values = new Uint32Array(ab, 0, 2);
+    values.set([123456789, 7]);
+    const before = Buffer.from(ab).toString('hex');
+    expect(() => writeDecimalCells(new Uint8Array(ab, 4), 0, 12, values, 0, 2, 10, false)).toThrow(/shares memory with the values or the units/);
+    const units = new Uint8Array(ab, 100, 2);
+    expect(() => writeDecimalCells(new Uint8Array(ab, 64), 0, 12, new Uint32Array([1, 2]), 0, 2, 10, false, units, ['', 'KiB'])).toThrow(/shares memory/);
+    expect(Buffer.from(ab).toString('hex')).toBe(before);
+    // Beside each other in one buffer: fine.
+    writeDecimalCells(new Uint8Array(ab, 8, 22), 0, 11, values, 0, 2, 10, false);
+    expect(Buffer.from(ab).toString('latin1', 8, 30)).toBe(' 123456789          7 ');
+  });
+
   it('values and destination in SharedArrayBuffers are read and written like any other', () => {
     const values = new Uint32Array(new SharedArrayBuffer(8));
     values[1] = 4242;
