@@ -7,7 +7,7 @@ import type { Command } from 'commander';
 import { AbortError, DmthinError, MetadataError, UsageError } from '../errors';
 import type { CheckPhase, CheckProblem, CheckReport } from '../thin/check';
 import { CliContext, plural, errorLine, print } from './common';
-import { Progress, stderrIsTTY } from './progress';
+import { barBesideOutput, Progress, stderrIsTTY } from './progress';
 import { toJson } from './json';
 import { MetadataSnapOpts, namesPool, openMetadata } from './metadata-source';
 import { refuseStdoutOverInputs, writeStdout } from './output';
@@ -117,7 +117,8 @@ export function register(program: Command, ctx: () => CliContext): void {
       // A live pool can only be read through a metadata snapshot.
       const src: MetadataSnapOpts = viaPool && !o.metadataSnap && o.metadataSnapBlock === undefined ? { ...o, metadataSnap: true, snapImplied: true } : o;
       const text = !o.quiet && !o.json;
-      const bar = new Progress('check', text && stderrIsTTY());
+      // Its phase lines go to stdout as it works: a bar only beside them, as dump's and rmap's.
+      const bar = new Progress('check', text && barBesideOutput(true));
       let report: CheckReport;
       let why = '';
       let opened = false;
@@ -139,7 +140,8 @@ export function register(program: Command, ctx: () => CliContext): void {
           onProgress: (p) => {
             if (p.phase !== phase) {
               phase = p.phase;
-              bar.stop();
+              // Paused, not stopped: the mappings phase draws it again (stopped here, check never drew one: an outside test).
+              bar.pause();
               if (text) print(PHASES[p.phase] + '\n');
             }
             if (p.phase === 'mappings') bar.update(p.done, p.total);

@@ -351,10 +351,15 @@ function expandOptions(argv: string[], cmd: Command, path: string): string[] {
  */
 export function rewriteMetadataSnapArgs(argv: string[], cmd: Command | undefined): string[] {
   if (cmd === undefined || !cmd.options.some((o) => o.long === '--metadata-snap')) return argv;
-  const attached = METADATA_SNAP_FLAG_FIRST.has(cmd.name()) ? /^-m([0-9]+)$/ : /^-m(.+)$/;
+  const flagFirst = METADATA_SNAP_FLAG_FIRST.has(cmd.name());
   return mapOptionTokens(argv, cmd, (a) => {
-    const m = /^--metadata-snap=(.*)$/.exec(a) ?? attached.exec(a);
-    return m ? ['--metadata-snap-block', m[1]] : a;
+    const m = /^--metadata-snap=(.*)$/.exec(a) ?? (flagFirst ? null : /^-m(.+)$/.exec(a));
+    if (m) return ['--metadata-snap-block', m[1]];
+    // Flag-first commands: digits attached are the block, and letters after them more short flags
+    // ("-m8q" is -m8 -q; an outside test: it was "unknown option '-8q'").
+    const f = flagFirst ? /^-m([0-9]+)([A-Za-z].*)?$/.exec(a) : null;
+    if (f) return f[2] ? ['--metadata-snap-block', f[1], `-${f[2]}`] : ['--metadata-snap-block', f[1]];
+    return a;
   });
 }
 

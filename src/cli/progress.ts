@@ -69,8 +69,14 @@ export class Progress {
     this.bar.setTotal(Math.max(total ?? value, value, 1));
     this.bar.update(value, { unit });
   }
-  stop(): void {
+  /** Ends the bar on screen; the next update() draws it again (a command's next phase). */
+  pause(): void {
     if (this.bar && this.last !== 0) this.bar.stop();
+    this.last = 0;
+  }
+  /** Ends the bar for good: later updates draw nothing. */
+  stop(): void {
+    this.pause();
     this.bar = undefined;
   }
 }

@@ -22,7 +22,7 @@ import { openError } from '../native/open-error';
 import { fileChunks } from '../stream/receive/file-chunks';
 import { openPipe, pipeChunks } from '../stream/receive/pipe-chunks';
 import { needDirectory, refuseForeignStateFile, refuseOutputOverInputs, sameTarget, stateNotRecorded, completionNotRecorded, targetIdentity, fileStamp, sameStamp } from '../output/file';
-import { identityKey, type StreamHeader } from '../stream/format/records';
+import { describeIdentity, identityKey, type StreamHeader } from '../stream/format/records';
 import { ReceiveLock } from '../stream/receive/lock';
 import { checkBase, defaultStateFile, entryFor, readState, type ReceiveState, writeState } from '../stream/receive/state';
 import { Spool } from '../stream/receive/spool';
@@ -212,6 +212,27 @@ class Receiver {
           { path: this.stateFile },
         );
       }
+    }
+    // A completed receive onto a file always records the file's stamp (since targetId was recorded, stop 40):
+    // without it nothing shows the file unwritten since, and the state is damaged (an outside test: the
+    // field deleted, an incremental was applied onto a file written since, exit 0).
+    if (
+      h.base &&
+      this.o.force !== true &&
+      stamp === undefined &&
+      read.ok &&
+      read.state?.targetId !== undefined &&
+      read.state.current !== null &&
+      read.state.pending === null &&
+      this.info.exists &&
+      !this.info.blockDevice
+    ) {
+      throw new StreamError(
+        'state-file',
+        `incremental stream, but the target's receive state is damaged: ${this.stateFile} records a completed receive onto the file ${this.o.target} without the file's size and modification time, ` +
+          `so it cannot show that the file was not written since. Receive a full stream to start over (it replaces the state file), or, if the target is known to hold ${describeIdentity(h.base)}, apply it anyway (option force)`,
+        { path: this.stateFile },
+      );
     }
     checkBase(read, h, digest, this.stateFile, this.o.force === true, this.o.resized === true);
     if (!this.info.exists) {

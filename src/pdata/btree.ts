@@ -91,7 +91,7 @@ export class BtreeNode {
   /** Key i as a number; throws MetadataError when it exceeds 2^53 (see keyAt). */
   key(i: number): number {
     const hi = this.u32[this.base + 9 + 2 * i];
-    if (hi >= MAX_SAFE_HI) throw new MetadataError('key-range', `key ${i} of block ${this.nr} exceeds 2^53`, { block: this.nr });
+    if (hi >= MAX_SAFE_HI) throw new MetadataError('key-range', `the key of entry ${i} in block ${this.nr} exceeds 2^53`, { block: this.nr });
     return hi === 0 ? this.u32[this.base + 8 + 2 * i] : this.u32[this.base + 8 + 2 * i] + hi * TWO32;
   }
 
@@ -106,7 +106,7 @@ export class BtreeNode {
   value64(i: number): number {
     const w = this.base + (this.valuesOffset >> 2) + 2 * i;
     const hi = this.u32[w + 1];
-    if (hi >= MAX_SAFE_HI) throw new MetadataError('block-range', `value ${i} of block ${this.nr} exceeds 2^53`, { block: this.nr });
+    if (hi >= MAX_SAFE_HI) throw new MetadataError('block-range', `the value of entry ${i} in block ${this.nr} exceeds 2^53`, { block: this.nr });
     return hi === 0 ? this.u32[w] : this.u32[w] + hi * TWO32;
   }
 
@@ -612,6 +612,10 @@ export async function lookup(
     else if (!node.isLeaf && node.nrEntries === 0) {
       throw new MetadataError('nr-entries', `internal node ${block} has no entries (${describe(ctx)})`, { block, ...ctx });
     }
+    // Device ids above 2^53 are damage to every command (README): a lookup
+    // refuses any in the nodes it reads, as a whole walk of the tree does, not
+    // only the one it looks for. Keys are increasing: the last is the largest.
+    if ((ctx.tree === 'details' || ctx.tree === 'mapping-top') && node.nrEntries > 0) node.key(node.nrEntries - 1);
     const i = upperIndex(node, key);
     // == so that a bigint key matches a number key of the same value.
     // eslint-disable-next-line eqeqeq

@@ -566,6 +566,20 @@ export class ThinMetadata implements AsyncDisposable {
         const d = await this.detailsOf(id);
         if (d) this.checkMappedCount(id, d.mappedBlocks, found);
       }
+    } else {
+      // Without it the subtrees both share were skipped on both sides, so
+      // what each side read differs by exactly what their counts differ by.
+      // A leaf of one side cut short (nr_entries lowered within the fill
+      // rule) dropped mappings from the delta, and from an incremental send,
+      // backup or merge built on it, without this (an outside test).
+      const [dl, dr] = [await this.detailsOf(left), await this.detailsOf(right)];
+      if (dl && dr && dl.mappedBlocks - dr.mappedBlocks !== stats.leftBlocks - stats.rightBlocks) {
+        throw new MetadataError(
+          'mapped-count',
+          `devices ${left} and ${right}: outside the subtrees they share, their mapping trees hold ${stats.leftBlocks} and ${stats.rightBlocks} mappings, but their details' counts (${dl.mappedBlocks} and ${dr.mappedBlocks}) differ by ${dl.mappedBlocks - dr.mappedBlocks}: mappings are missing or the details are stale (run dmthin check)`,
+          { devId: left, tree: 'mapping', expected: dl.mappedBlocks - dr.mappedBlocks, found: stats.leftBlocks - stats.rightBlocks },
+        );
+      }
     }
     return stats;
   }

@@ -90,6 +90,14 @@ test('ls -mq and ls -qm are both -m -q', () => {
   for (const flag of ['-mq', '-qm']) expect(runCli(['ls', flag, held])).toEqual(want);
 });
 
+test('ls -m8q and check -m8q: the block, then more short flags (thin_ls takes -m8q; an outside test: "unknown option \'-8q\'")', () => {
+  expect(runCli(['ls', '-m8q', held])).toEqual(runCli(['ls', '-m8', held]));
+  const c = runCli(['check', '-m8q', held]);
+  expect({ status: c.status, stdout: c.stdout, stderr: c.stderr }).toEqual({ status: 0, stdout: '', stderr: '' });
+  // -q: silent, but block 5 is still the block asked for (not the held root 8): exit 1.
+  expect(runCli(['check', '-m5q', held]).status).toBe(1);
+});
+
 test('the attached block still works where it stands as an option, and dump -mq is refused as thin_dump refuses it', () => {
   const want = runCli(['dump', '-m', held]).stdout;
   for (const m of ['-m8', '--metadata-snap=8']) {

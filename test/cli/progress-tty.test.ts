@@ -23,9 +23,9 @@ afterAll(() => s.cleanup());
 const shellQuote = (a: string) => `'${a.replace(/'/g, `'\\''`)}'`;
 
 /** Everything the terminal showed while `args` ran with stdin, stdout and stderr on it. */
-function onTerminal(args: string[]): string {
+function onTerminal(args: string[], raw = false): string {
   const typescript = s.path(`typescript-${args[0]}-${args.length}`);
-  const r = spawnSync('script', ['-qec', [process.execPath, CLI, ...args].map(shellQuote).join(' '), typescript], { encoding: 'utf8', timeout: 60_000 });
+  const r = spawnSync('script', ['-qec', (raw ? args : [process.execPath, CLI, ...args]).map(shellQuote).join(' '), typescript], { encoding: 'utf8', timeout: 60_000 });
   expect(r.error).toBeUndefined();
   expect(r.status).toBe(0);
   return readFileSync(typescript, 'latin1');
@@ -48,4 +48,14 @@ test.each(CASES)('%s -o FILE on a terminal: the bar is drawn (the same run shows
   const out = onTerminal([...args, '-o', file, meta]);
   expect(out).toContain(`${name} [`);
   expect(readFileSync(file, 'utf8').length).toBeGreaterThan(0);
+});
+
+test('check draws its bar in the mappings phase with its report in a file, none with the report on the terminal (an outside test: it never drew one)', () => {
+  const report = s.path('check.txt');
+  const beside = onTerminal(['sh', '-c', `exec "$0" "$@" > ${shellQuote(report)}`, process.execPath, CLI, 'check', meta], true);
+  expect(beside).toContain('check [');
+  expect(readFileSync(report, 'utf8')).toMatch(/checking every device mapping tree\n[^]*no problems found\n$/);
+  const same = onTerminal(['check', meta]);
+  expect(same).toContain('no problems found');
+  expect(same).not.toContain('check [');
 });

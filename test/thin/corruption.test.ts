@@ -249,6 +249,58 @@ describe('property: a structural fault changes nothing or is refused', () => {
     expect(unchanged).toBeGreaterThan(5);
   }, 180_000);
 
+  test('a leaf of one device only, cut short within the fill rule: the delta without `same` (which skips shared subtrees) refuses it by the two devices\' counts, in the library and the CLI (an outside test: delta --no-same, an incremental send and backup exited 0 without its mappings)', async () => {
+    const img = Buffer.from(fixtureImage('shared-subtree'));
+    // Listed under device 3: a leaf device 1's tree does not have (listNodes lists a shared node under its first device).
+    const leaf = listNodes(img).find((n) => n.tree === 'bottom' && n.leaf && n.dev === 3n && n.nr > 90)!;
+    expect(leaf).toBeDefined();
+    using intact = tempImage(Buffer.from(img), 'intact.bin');
+    const b = img.subarray(leaf.block * 4096, (leaf.block + 1) * 4096);
+    b.writeUInt32LE(leaf.nr - 6, 16);
+    seal(b, 'btree');
+    await using md = await ThinMetadata.fromBuffer(img);
+    const walk = async (left: number, right: number) => {
+      for await (const _ of md.delta(left, right, { includeSame: false }));
+    };
+    for (const [l, r] of [[1, 3], [3, 1]]) {
+      const err = await walk(l, r).catch((e) => e);
+      expect(err).toBeInstanceOf(MetadataError);
+      expect(err).toMatchObject({ kind: 'mapped-count', expected: expect.any(Number), found: expect.any(Number) });
+      expect(Math.abs(err.expected - err.found)).toBe(6);
+    }
+    using f = tempImage(img, 'cut.bin');
+    const r = runCli(['delta', '--no-same', '--snap1', '1', '--snap2', '3', f.path]);
+    expect(r).toMatchObject({ status: 1, stdout: '' });
+    expect(r.stderr).toMatch(/^dmthin delta: devices 1 and 3: outside the subtrees they share, .* mappings are missing or the details are stale \(run dmthin check\) \[EUCLEAN\]\n$/);
+    // The same pair, intact: accepted.
+    expect(runCli(['delta', '--no-same', '--snap1', '1', '--snap2', '3', intact.path]).status).toBe(0);
+  });
+
+  test('a device id beyond 2^53 in a node a lookup reads is refused, not only the id looked up (an outside test: delta and an incremental send of two other devices exited 0)', async () => {
+    const img = Buffer.from(fixtureImage('snapshots'));
+    // The last device (16777215) becomes 2^53 + 1 in the leaves of both device trees: the keys stay increasing.
+    for (const tree of ['details', 'top'] as const) {
+      const leaf = listNodes(img).find((n) => n.tree === tree && n.leaf)!;
+      const b = img.subarray(leaf.block * 4096, (leaf.block + 1) * 4096);
+      const at = 32 + 8 * (leaf.nr - 1);
+      expect(b.readBigUInt64LE(at)).toBe(16777215n);
+      b.writeBigUInt64LE(2n ** 53n + 1n, at);
+      seal(b, 'btree');
+    }
+    await using md = await ThinMetadata.fromBuffer(img);
+    const err = await (async () => {
+      for await (const _ of md.delta(1, 2, { includeSame: false }));
+    })().catch((e) => e);
+    expect(err).toMatchObject({ kind: 'key-range' });
+    expect(err.message).toMatch(/^the key of entry \d+ in block \d+ exceeds 2\^53/);
+    using f = tempImage(img, 'key.bin');
+    for (const args of [['delta', '--snap1', '1', '--snap2', '2'], ['delta', '--no-same', '--snap1', '1', '--snap2', '2'], ['dump', '--dev-id', '1']]) {
+      const r = runCli([...args, f.path]);
+      expect([args.join(' '), r.status, r.stdout]).toEqual([args.join(' '), 1, '']);
+      expect(r.stderr).toMatch(/the key of entry \d+ in block \d+ exceeds 2\^53 \[EUCLEAN\]\n$/);
+    }
+  });
+
   test('a non-root leaf whose nr_entries was lowered but stays a third full: refused by the mapping count', async () => {
     const img = Buffer.from(fixtureImage('deep-tree'));
     const leaf = listNodes(img).find((n) => n.tree === 'bottom' && n.leaf && n.level > 1 && n.nr > 90)!;
