@@ -220,7 +220,7 @@ class Side {
     const want: Ref[] = [];
     const top = this.top() as Ref;
     if (!top.p) want.push(top);
-    this.collect(this.stack.length - 2, want);
+    this.collect(this.stack.length - 2, want, top.depth);
     if (want.length) this.walk.read(want);
   }
 
@@ -241,19 +241,20 @@ class Side {
     if (want.length) this.walk.read(want);
   }
 
-  private collect(from: number, want: Ref[]): void {
-    let depth = -1;
+  /**
+   * One level a batch (`depth`: that of the first ref taken, or the caller's): a batch of leaves
+   * that also held the next subtrees' roots stayed allocated until those were walked (~25 MiB of
+   * batches in a delta of an origin and its snapshot with `same`).
+   */
+  private collect(from: number, want: Ref[], depth = -1): void {
     for (let i = from; i >= 0 && want.length < this.walk.window; i--) {
       const it = this.stack[i];
       if (it.leaf || it.p) continue;
-      // One level a batch: a batch of leaves that also held the next subtrees' roots stayed
-      // allocated until those were walked (~25 MiB of batches in a delta of an origin and its
-      // snapshot with `same`).
-      if (depth < 0) depth = it.depth;
-      else if (it.depth !== depth) break;
+      if (depth >= 0 && it.depth !== depth) break;
       // A block the other side will visit too is probably shared: then it is
       // read once, by the left side, and only if `same` is wanted.
       if (this.other.pending.has(it.block) && (this.name === 'right' || this.walk.opts.includeSame === false)) continue;
+      depth = it.depth;
       want.push(it);
     }
   }

@@ -229,16 +229,25 @@ export class ThinMetadata implements AsyncDisposable {
   }
 
   /** Device `devId`'s entry in the top-level tree (valueSize 8) or the details tree (24), looked up. */
-  private lookupDevice(tree: 'mapping-top' | 'details', devId: number): ReturnType<typeof btreeLookup> {
+  private async lookupDevice(tree: 'mapping-top' | 'details', devId: number): ReturnType<typeof btreeLookup> {
     // Through the last nodes looked at: a second lookup in a small tree reads nothing.
     this.lookupIo ??= new CachingBlockSource(this.io);
     const details = tree === 'details';
-    return btreeLookup(this.lookupIo, details ? this.superblock.deviceDetailsRoot : this.superblock.dataMappingRoot, devId, {
-      tree,
-      valueSize: details ? DEVICE_DETAILS_SIZE : 8,
-      nrMetadataBlocks: this.nrMetadataBlocks,
-    });
+    const opts = { tree, valueSize: details ? DEVICE_DETAILS_SIZE : 8, nrMetadataBlocks: this.nrMetadataBlocks };
+    const root = details ? this.superblock.deviceDetailsRoot : this.superblock.dataMappingRoot;
+    // Once per tree, the path of its largest key (the last entry of each node down the right
+    // edge): an id above 2^53 is damage to every command, and a lookup of another device in
+    // another leaf never read the leaf that holds it (a review: delta exited 0 on such a tree).
+    const checked = (this.largestKeyChecked ??= new Set());
+    if (!checked.has(tree)) {
+      await btreeLookup(this.lookupIo, root, U64_END - 1n, opts);
+      checked.add(tree);
+    }
+    return btreeLookup(this.lookupIo, root, devId, opts);
   }
+
+  /** Device trees whose largest key lookupDevice has checked. */
+  private largestKeyChecked?: Set<string>;
 
   /** One device's mapping root from the top-level tree (a lookup), undefined when it has none. */
   private async lookupRoot(devId: number): Promise<number | undefined> {

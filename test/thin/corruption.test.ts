@@ -6,7 +6,7 @@
  */
 import fc from 'fast-check';
 import { DmthinError, MetadataError, ThinMetadata, dump, deviceUsage } from '../../src';
-import { ACCOUNTING_KINDS, corrupt, CORRUPTION_KINDS, CorruptionKind, listNodes, seal, blockType } from '../helpers/corrupt';
+import { ACCOUNTING_KINDS, corrupt, CORRUPTION_KINDS, CorruptionKind, listNodes, node, seal, blockType } from '../helpers/corrupt';
 import { fixtureImage, tempImage } from '../helpers/fixtures';
 import { runCli } from '../cli/run-cli';
 import { Writable } from 'node:stream';
@@ -299,6 +299,30 @@ describe('property: a structural fault changes nothing or is refused', () => {
       expect([args.join(' '), r.status, r.stdout]).toEqual([args.join(' '), 1, '']);
       expect(r.stderr).toMatch(/the key of entry \d+ in block \d+ exceeds 2\^53 \[EUCLEAN\]\n$/);
     }
+  });
+
+  test('a device id beyond 2^53 in a leaf no lookup path passes (a device tree of several leaves) is refused too (a review: delta of two devices of the first leaf exited 0)', async () => {
+    const img = Buffer.from(fixtureImage('many-devices'));
+    for (const tree of ['details', 'top'] as const) {
+      const leaves = listNodes(img).filter((n) => n.tree === tree && n.leaf);
+      expect(leaves.length).toBeGreaterThan(1);
+      const last = leaves.find((n) => node(img, n.block).key(n.nr - 1) === 16777215n)!;
+      expect(last.nr).toBeGreaterThan(1); // not the first key: the parent's keys stay below 2^53
+      const b = img.subarray(last.block * 4096, (last.block + 1) * 4096);
+      b.writeBigUInt64LE(2n ** 53n + 1n, 32 + 8 * (last.nr - 1));
+      seal(b, 'btree');
+    }
+    const first = listNodes(img).find((n) => n.tree === 'details' && n.leaf)!;
+    const [a, b] = [Number(node(img, first.block).key(0)), Number(node(img, first.block).key(1))];
+    await using md = await ThinMetadata.fromBuffer(img);
+    const err = await (async () => {
+      for await (const _ of md.delta(a, b, { includeSame: false }));
+    })().catch((e) => e);
+    expect(err).toMatchObject({ kind: 'key-range' });
+    using f = tempImage(img, 'key-wide.bin');
+    const r = runCli(['delta', '--snap1', String(a), '--snap2', String(b), f.path]);
+    expect([r.status, r.stdout]).toEqual([1, '']);
+    expect(r.stderr).toMatch(/the key of entry \d+ in block \d+ exceeds 2\^53 \[EUCLEAN\]\n$/);
   });
 
   test('a non-root leaf whose nr_entries was lowered but stays a third full: refused by the mapping count', async () => {
