@@ -115,12 +115,7 @@ Napi::Value JsWriteDecimalCells(const Napi::CallbackInfo& info) {
   // Cells written over the values or the units would change what a later row
   // reads: refused (an outside test: a value's cell overwrote the next value,
   // which then wrote before dst).
-  auto overlaps = [&](const void* a, size_t aBytes) {
-    const uint8_t* d = static_cast<const uint8_t*>(dst.data);
-    const uint8_t* x = static_cast<const uint8_t*>(a);
-    return aBytes > 0 && dstLen > 0 && x < d + dstLen && d < x + aBytes;
-  };
-  if (overlaps(vals.data, n * (u32 ? 4 : 8)) || (units && overlaps(units, unitsView.length)))
+  if (Overlap(dst.data, dstLen, vals.data, n * (u32 ? 4 : 8)) || (units && Overlap(dst.data, dstLen, units, unitsView.length)))
     throw Napi::RangeError::New(env, "writeDecimalCells: dst shares memory with the values or the units");
   // Checked first, so that a bad row leaves dst as it was: a cell fits when
   // its value is below 10^(width - the suffix's length).

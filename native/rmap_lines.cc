@@ -79,12 +79,7 @@ Napi::Value JsWriteRmapLines(const Napi::CallbackInfo& info) {
   // Lines written over the records or the order would change what the next
   // line reads: refused (a review: dst sharing order's memory made a later
   // record index ~1.6e9, SIGSEGV).
-  auto overlaps = [&](const void* a, size_t aBytes) {
-    const uint8_t* d = static_cast<const uint8_t*>(dst.data);
-    const uint8_t* x = static_cast<const uint8_t*>(a);
-    return aBytes > 0 && dstLen > 0 && x < d + dstLen && d < x + aBytes;
-  };
-  if (overlaps(records, recs.data ? recs.length * 4 : 0) || overlaps(order, nOrder * 4))
+  if (Overlap(dst.data, dstLen, records, recs.data ? recs.length * 4 : 0) || Overlap(dst.data, dstLen, order, nOrder * 4))
     throw Napi::RangeError::New(env, "writeRmapLines: dst shares memory with the records or the order");
   // One line's fields, read once and checked: false when they are not a line.
   struct Line {

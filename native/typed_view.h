@@ -6,6 +6,9 @@
 
 #include <napi.h>
 
+#include <cstddef>
+#include <cstdint>
+
 namespace dmthin {
 
 struct TypedView {
@@ -20,6 +23,15 @@ inline TypedView TypedViewOf(Napi::Env env, Napi::Value v) {
   size_t offset;
   NAPI_THROW_IF_FAILED(env, napi_get_typedarray_info(env, v, &out.type, &out.length, &out.data, &ab, &offset), out);
   return out;
+}
+
+// Whether the byte ranges [a, a + aBytes) and [b, b + bBytes) share a byte
+// (empty ranges share none): an output written over an input the same call
+// reads later would change what it reads.
+inline bool Overlap(const void* a, size_t aBytes, const void* b, size_t bBytes) {
+  const uint8_t* x = static_cast<const uint8_t*>(a);
+  const uint8_t* y = static_cast<const uint8_t*>(b);
+  return aBytes > 0 && bBytes > 0 && x < y + bBytes && y < x + aBytes;
 }
 
 }  // namespace dmthin

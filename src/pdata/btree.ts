@@ -585,7 +585,12 @@ export async function lookup(
   io: BlockSource,
   root: number,
   key: Key,
-  opts: { valueSize: number; nrMetadataBlocks: number } & TreeContext,
+  opts: {
+    valueSize: number;
+    nrMetadataBlocks: number;
+    /** Refuse (key-range) a key of 2^53 or more in any node read, not only the one looked for. */
+    safeKeys?: boolean;
+  } & TreeContext,
 ): Promise<
   | {
       /** The leaf holding the key. */
@@ -612,10 +617,8 @@ export async function lookup(
     else if (!node.isLeaf && node.nrEntries === 0) {
       throw new MetadataError('nr-entries', `internal node ${block} has no entries (${describe(ctx)})`, { block, ...ctx });
     }
-    // Device ids above 2^53 are damage to every command (README): a lookup
-    // refuses any in the nodes it reads, as a whole walk of the tree does, not
-    // only the one it looks for. Keys are increasing: the last is the largest.
-    if ((ctx.tree === 'details' || ctx.tree === 'mapping-top') && node.nrEntries > 0) node.key(node.nrEntries - 1);
+    // Keys are increasing: the last is the largest.
+    if (opts.safeKeys && node.nrEntries > 0) node.key(node.nrEntries - 1);
     const i = upperIndex(node, key);
     // == so that a bigint key matches a number key of the same value.
     // eslint-disable-next-line eqeqeq

@@ -597,10 +597,6 @@ class DeltaWalker {
       if (runLen > 0) this.emit('same', runKey, runLen, runData, runData);
       yield;
     }
-    // The left side's read of the subtree's root (a shared leaf's entries, or an internal node the
-    // walk above read again): done, so its batch buffer serves later reads. Left to the collector,
-    // a delta of an origin and its snapshot sharing most leaves held ~30 MiB of read batches.
-    first?.done();
   }
 
   left!: Side;
@@ -731,10 +727,11 @@ class DeltaWalker {
         L.popRef();
         R.popRef();
         for await (const _ of this.shared(a, b)) if (this.out.length >= 256) yield this.handOut();
-        // Either side may have read the subtree's root before the other's `pending` showed it shared
-        // (the right side's reads, or the left's without `same`): nothing reads it again, so it is
-        // done. Left to the collector, each pinned its whole read batch: an origin and its snapshot
-        // sharing most leaves, with `same`, held ~25 MiB of batches (peak 89 MiB at 4M mappings).
+        // The subtree's root as either side read it (the left's for `same`: a shared leaf's entries,
+        // or an internal node shared() read again; the right's, read before the left's `pending`
+        // showed it shared): nothing reads it again, so it is done. Left to the collector, each
+        // pinned its whole read batch (a delta of an origin and its snapshot with `same` held
+        // ~25 MiB of batches, peak 89 MiB at 4M mappings).
         release(a);
         release(b);
         continue;

@@ -233,7 +233,8 @@ export class ThinMetadata implements AsyncDisposable {
     // Through the last nodes looked at: a second lookup in a small tree reads nothing.
     this.lookupIo ??= new CachingBlockSource(this.io);
     const details = tree === 'details';
-    const opts = { tree, valueSize: details ? DEVICE_DETAILS_SIZE : 8, nrMetadataBlocks: this.nrMetadataBlocks };
+    // Device ids above 2^53 are damage to every command (README): refused in every node a lookup reads.
+    const opts = { tree, valueSize: details ? DEVICE_DETAILS_SIZE : 8, nrMetadataBlocks: this.nrMetadataBlocks, safeKeys: true };
     const root = details ? this.superblock.deviceDetailsRoot : this.superblock.dataMappingRoot;
     // Once per tree, the path of its largest key (the last entry of each node down the right
     // edge): an id above 2^53 is damage to every command, and a lookup of another device in
