@@ -7,7 +7,7 @@ import type { Command } from 'commander';
 import { UsageError } from '../errors';
 import type { BackupOptions } from '../ops/backup';
 import type { ThinPool as ThinPoolT } from '../pool/thin-pool';
-import { CliContext, cliWording, plural, parseIntArg } from './common';
+import { CliContext, printErr, cliWording, plural, parseIntArg } from './common';
 import { toJson } from './json';
 import { isThinIdText, snapOption, thinIdArg, type MetadataSnapOpts } from './metadata-source';
 import { Progress, stderrIsTTY } from './progress';
@@ -71,7 +71,7 @@ export function register(program: Command, ctx: () => CliContext): void {
           if (p.phase === 'data') bar.update(p.chunksRead, p.chunksToRead, 'chunks');
         }) as BackupOptions['onProgress'],
         // Before the bar starts (the backups are listed first): a line of its own.
-        onWarning: (m: string) => void process.stderr.write(`dmthin backup: warning: ${m}\n`),
+        onWarning: (m: string) => void printErr(`dmthin backup: warning: ${m}\n`),
       };
       let opts: BackupOptions;
       if (o.pool !== undefined) {

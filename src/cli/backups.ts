@@ -5,7 +5,7 @@ import type { Command } from 'commander';
 import { dirname } from 'node:path';
 import { AbortError, DmthinError, isSystemError, RepoError, UsageError } from '../errors';
 import type { DamagedBackup, Repository as RepositoryT } from '../repo/repository';
-import { CliContext, cliWording, plural, parseIntArg, print } from './common';
+import { CliContext, printErr, cliWording, plural, parseIntArg, print } from './common';
 import { toJson } from './json';
 import { Progress, stderrIsTTY } from './progress';
 import { keyOption, keySource, PASSPHRASE_ENV, type KeyCliOpts } from './repo-options';
@@ -202,7 +202,7 @@ export function register(program: Command, ctx: () => CliContext): void {
         throw e;
       }
       const repo = await openRepo(o, c);
-      const onWarning = (m: string) => void process.stderr.write(`dmthin backups prune: warning: ${m}\n`);
+      const onWarning = (m: string) => void printErr(`dmthin backups prune: warning: ${m}\n`);
       const gone: string[] = [];
       const r = await ops.prune({ ...policy, repo, volume: o.volume, dryRun: o.dryRun, signal: c.signal, onWarning, onDeleted: (id) => gone.push(id) }).catch((e) => {
         throw prunedSoFar(cliWording(e), gone);

@@ -6,7 +6,7 @@
 import type { Command } from 'commander';
 import { AbortError, DmthinError, MetadataError, UsageError } from '../errors';
 import type { CheckPhase, CheckProblem, CheckReport } from '../thin/check';
-import { CliContext, plural, errorLine, print } from './common';
+import { CliContext, printErr, plural, errorLine, print } from './common';
 import { barBesideOutput, Progress, stderrIsTTY } from './progress';
 import { toJson } from './json';
 import { MetadataSnapOpts, namesPool, openMetadata } from './metadata-source';
@@ -169,10 +169,10 @@ export function register(program: Command, ctx: () => CliContext): void {
       if (failed) {
         c.exitStatus = 1;
         // The --json report says it too; the line is the one the text form prints, with the error's own code.
-        if (!o.quiet && openError) process.stderr.write(errorLine('dmthin check', openError) + '\n');
+        if (!o.quiet && openError) printErr(errorLine('dmthin check', openError) + '\n');
         else if (!o.quiet) {
           const what = report.fatal > 0 ? `${report.fatal} fatal problem${report.fatal === 1 ? '' : 's'}` : `${report.nonFatal} non-fatal problem${report.nonFatal === 1 ? '' : 's'}`;
-          process.stderr.write(`dmthin check: ${metadata}: ${what} found [EUCLEAN]\n`);
+          printErr(`dmthin check: ${metadata}: ${what} found [EUCLEAN]\n`);
         }
       }
     });

@@ -48,10 +48,12 @@ export function print(text: string): void {
  * disk loses data without an error): that stream's write is replaced by one
  * that continues short writes and reports the failure. process.stdout is
  * guarded when first read, not created here (start-up: see stdout()).
+ * stderr's write errors are made harmless (guardStderr).
  */
-export function guardStdout(): void {
+export function guardStdio(): void {
   if (stdoutGuarded) return;
   stdoutGuarded = true;
+  guardStderr();
   const desc = Object.getOwnPropertyDescriptor(process, 'stdout');
   if (!desc?.get || !desc.configurable) {
     guardNodeStdout(process.stdout);
@@ -65,6 +67,56 @@ export function guardStdout(): void {
       const s = make.call(process) as NodeJS.WriteStream;
       Object.defineProperty(process, 'stdout', { configurable: true, enumerable: desc.enumerable, writable: false, value: s });
       guardNodeStdout(s);
+      return s;
+    },
+  });
+}
+
+/**
+ * Set once a write to stderr failed: stderr is gone (a terminal closed after
+ * SIGHUP, a reader that exited), and nothing more is written to it.
+ */
+let stderrGone = false;
+
+/**
+ * Writes `text` to stderr (the error line, warnings, notes): synchronously,
+ * and never failing. With stderr gone nobody can be told, and the exit status
+ * still says what happened. Through process.stderr such a write raised an
+ * 'error' event that nothing handled: the process ended with 1 before its
+ * cleanups ran (after SIGINT with stderr closed, dump -o left its temporary
+ * file and exited 1, not 130).
+ */
+export function printErr(text: string): void {
+  if (stderrGone) return;
+  try {
+    writeAllSync(2, Buffer.from(text), 'stderr');
+  } catch {
+    stderrGone = true;
+  }
+}
+
+/**
+ * process.stderr, should anything create it (commander's help on stderr, a
+ * progress bar on a terminal that hangs up), ignores its write errors for
+ * the same reason: created lazily, as stdout (loading it costs start-up).
+ */
+function guardStderr(): void {
+  const desc = Object.getOwnPropertyDescriptor(process, 'stderr');
+  const quiet = (s: NodeJS.WriteStream): void => {
+    s.on('error', () => (stderrGone = true));
+  };
+  if (!desc?.get || !desc.configurable) {
+    quiet(process.stderr);
+    return;
+  }
+  const make = desc.get;
+  Object.defineProperty(process, 'stderr', {
+    configurable: true,
+    enumerable: desc.enumerable,
+    get() {
+      const s = make.call(process) as NodeJS.WriteStream;
+      Object.defineProperty(process, 'stderr', { configurable: true, enumerable: desc.enumerable, writable: false, value: s });
+      quiet(s);
       return s;
     },
   });
@@ -196,7 +248,7 @@ export class CliContext {
       try {
         await fn();
       } catch (e) {
-        process.stderr.write(errorLine(this.command, e, 'cleanup failed: ') + '\n');
+        printErr(errorLine(this.command, e, 'cleanup failed: ') + '\n');
       }
     }
   }

@@ -4,7 +4,7 @@
  */
 import type { Command } from 'commander';
 import { UsageError } from '../errors';
-import { CliContext, plural, parseIntArg, print } from './common';
+import { CliContext, printErr, plural, parseIntArg, print } from './common';
 import { toJson } from './json';
 import { Progress, stderrIsTTY } from './progress';
 
@@ -66,10 +66,10 @@ export function register(program: Command, ctx: () => CliContext): void {
             : await mergeSnapshot(o.pool, { ...common, origin: parseIntArg('--origin', o.origin!, 2 ** 24 - 1) });
         bar.stop();
         if (r.discardMethod === 'zeroout' && r.discardedBlocks > 0) {
-          process.stderr.write(`${c.command}: note: pool ${o.pool} ignores discards: ${plural(r.discardedBlocks, 'block')} only the origin had ${r.discardedBlocks === 1 ? 'was' : 'were'} zeroed, and stay provisioned\n`);
+          printErr(`${c.command}: note: pool ${o.pool} ignores discards: ${plural(r.discardedBlocks, 'block')} only the origin had ${r.discardedBlocks === 1 ? 'was' : 'were'} zeroed, and stay provisioned\n`);
         }
         if (r.undiscardedBlocks) {
-          process.stderr.write(`${c.command}: note: pool ${o.pool} kept ${r.undiscardedBlocks} of the ${plural(r.discardedBlocks, 'block')} only the origin had although discarded: ${r.undiscardedBlocks === 1 ? 'it was' : 'they were'} zeroed, and stay provisioned\n`);
+          printErr(`${c.command}: note: pool ${o.pool} kept ${r.undiscardedBlocks} of the ${plural(r.discardedBlocks, 'block')} only the origin had although discarded: ${r.undiscardedBlocks === 1 ? 'it was' : 'they were'} zeroed, and stay provisioned\n`);
         }
         c.done = 'the merge completed';
         if (o.json) print(toJson(r) + '\n');

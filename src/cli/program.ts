@@ -9,7 +9,7 @@
 import { Command, CommanderError } from 'commander';
 import { DmthinError, UsageError } from '../errors';
 import { addonLoaded, armExitGuard, exitNow, tuneAllocatorOnLoad } from '../native/binding';
-import { CliContext, errorLine, EXIT_EPIPE, EXIT_FAILURE, finishStdout, guardStdout, interruptedError, isEpipe, print, expandLongOptionPrefixes, rewriteMetadataSnapArgs } from './common';
+import { CliContext, printErr, errorLine, EXIT_EPIPE, EXIT_FAILURE, finishStdout, guardStdio, interruptedError, isEpipe, print, expandLongOptionPrefixes, rewriteMetadataSnapArgs } from './common';
 import { OUTPUT_INCOMPLETE } from '../output/sink';
 import { fdIsTTY } from './progress';
 import { COMMANDS } from './commands';
@@ -31,7 +31,7 @@ let running = 'dmthin';
 export async function main(argv: string[]): Promise<number> {
   let ctx: CliContext | undefined;
   let name = 'dmthin';
-  guardStdout();
+  guardStdio();
   tuneAllocatorOnLoad(MMAP_THRESHOLD, TRIM_THRESHOLD);
   const getCtx = () => ctx!;
   const program = new Command('dmthin')
@@ -40,7 +40,7 @@ export async function main(argv: string[]): Promise<number> {
     .exitOverride()
     .configureOutput({
       writeOut: (s) => print(s),
-      writeErr: (s) => process.stderr.write(s),
+      writeErr: (s) => printErr(s),
       // Commander's own answers read process.stdout and process.stderr, which
       // for a pipe or a file loads net, tty and the streams (~10 ms of a
       // --help); the streams are made only for a terminal. The help has no
@@ -81,16 +81,16 @@ export async function main(argv: string[]): Promise<number> {
       // --help, --version: their text must reach stdout too.
       if (e.exitCode === 0) return finishStdout().then(
         () => 0,
-        (x) => (isEpipe(x) ? EXIT_EPIPE : (process.stderr.write(errorLine(parserCommand(e), x) + '\n'), EXIT_FAILURE)),
+        (x) => (isEpipe(x) ? EXIT_EPIPE : (printErr(errorLine(parserCommand(e), x) + '\n'), EXIT_FAILURE)),
       );
-      process.stderr.write(errorLine(parserCommand(e), parserError(e, argv)) + '\n');
+      printErr(errorLine(parserCommand(e), parserError(e, argv)) + '\n');
       return EXIT_FAILURE; // a usage error: 1, as the reference tools
     }
     const epipe = isEpipe(e) && !ctx?.wasSignalled();
     if (ctx?.done && e instanceof DmthinError && e.message.endsWith(OUTPUT_INCOMPLETE)) {
       e.message = `${e.message.slice(0, -OUTPUT_INCOMPLETE.length)}; ${ctx.done}: only its report was lost`;
     }
-    if (!epipe) process.stderr.write(errorLine(name, ctx?.wasSignalled() ? interruptedError(e) : e) + '\n');
+    if (!epipe) printErr(errorLine(name, ctx?.wasSignalled() ? interruptedError(e) : e) + '\n');
     const status = epipe ? EXIT_EPIPE : ctx ? ctx.exitCodeFor() : EXIT_FAILURE;
     if (ctx) await ctx.runCleanups();
     return status;
@@ -191,7 +191,7 @@ export function run(argv: string[]): void {
       try {
         process.emit('exit', code);
       } catch (e) {
-        process.stderr.write(errorLine('dmthin', e) + '\n');
+        printErr(errorLine('dmthin', e) + '\n');
         code = EXIT_FAILURE;
       }
       exitNow(code);
@@ -206,7 +206,7 @@ export function run(argv: string[]): void {
   let settled = false;
   process.once('beforeExit', () => {
     if (settled) return;
-    process.stderr.write(
+    printErr(
       errorLine(running, new DmthinError('EUNKNOWN', 'internal error: the command stopped before it finished (its work was left waiting on nothing); what it did is incomplete, run it again')) + '\n',
     );
     process.exitCode = EXIT_FAILURE;
@@ -218,7 +218,7 @@ export function run(argv: string[]): void {
     },
     (e) => {
       settled = true;
-      process.stderr.write(errorLine('dmthin', e) + '\n');
+      printErr(errorLine('dmthin', e) + '\n');
       end(EXIT_FAILURE);
     },
   );

@@ -6,7 +6,7 @@
 import type { Command } from 'commander';
 import { DmthinError, UsageError } from '../errors';
 import { MAX_TIMER_SECONDS } from '../units';
-import { CliContext, cliWording, plural, formatVersionArg, parseIntArg, print } from './common';
+import { CliContext, printErr, cliWording, plural, formatVersionArg, parseIntArg, print } from './common';
 import { toJson } from './json';
 import { Progress, stderrIsTTY } from './progress';
 import { parseSize } from './send';
@@ -100,12 +100,12 @@ export function register(program: Command, ctx: () => CliContext): void {
         })) {
           bar.stop();
           if (r.notOurs !== undefined) {
-            process.stderr.write(
+            printErr(
               `dmthin replicate: warning: thin ${r.notOurs}, the id an interrupted run had chosen for its snapshot, was made by another program (its times say so): left in the pool, not deleted; give each replication of a pool its own --ids range\n`,
             );
           }
           if (r.abandoned !== undefined) {
-            process.stderr.write(
+            printErr(
               `dmthin replicate: warning: base snapshot ${r.abandoned} changed since it was sent (written, or deleted and made again under its id), ` +
                 `so snapshot ${r.snapshot} was sent in full; thin ${r.abandoned} is left in the pool and is no longer replication's: delete it if nobody uses it\n`,
             );

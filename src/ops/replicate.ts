@@ -128,8 +128,9 @@ async function readReplicationState(file: string): Promise<ReplicationState | nu
 
 /** @internal Runs `cmd` with the stream on its stdin; resolves when it exited 0. Its stdout goes to our stderr (our stdout carries the reports). */
 export function commandReceiver(cmd: string, signal?: AbortSignal): { stdin: Writable; done: Promise<void> } {
-  const child = spawn('/bin/sh', ['-c', cmd], { stdio: ['pipe', 'pipe', 'inherit'], signal, killSignal: 'SIGTERM' });
-  child.stdout!.pipe(process.stderr, { end: false });
+  // The child writes our descriptor 2 itself: piped through process.stderr,
+  // a stderr that went away raised an 'error' event in our process.
+  const child = spawn('/bin/sh', ['-c', cmd], { stdio: ['pipe', 2, 'inherit'], signal, killSignal: 'SIGTERM' });
   // A receiver that exits early makes our writes fail with EPIPE; the exit status says why.
   child.stdin!.on('error', () => undefined);
   const done = new Promise<void>((resolve, reject) => {

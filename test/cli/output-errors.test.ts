@@ -6,7 +6,7 @@
  * a partial, empty or temporary file and never harms an existing FILE.
  *
  * pool status, devices, message and pool reserve-metadata-snap need a live
- * pool: their stdout goes through the same main()/guardStdout() path that
+ * pool: their stdout goes through the same main()/guardStdio() path that
  * `--help` and `--version` take here, and stdout-guard.test.ts covers it
  * directly.
  */

@@ -390,6 +390,43 @@ describe('SIGKILL during -o FILE, then a rerun', () => {
   );
 });
 
+describe('a signal once stderr is gone (outside hunt G: a closed terminal, a reader of stderr that exited)', () => {
+  // The "interrupted" line could not be written: process.stderr raised an
+  // 'error' event nothing handled, and the process ended with 1 before its
+  // cleanups ran, leaving -o's temporary file.
+  for (const sig of ['SIGINT', 'SIGHUP'] as const) {
+    itOracle(
+      `${sig} during -o FILE: 128+n, FILE as it was, no temporary file`,
+      async () => {
+        const big = largeImage(1_000_000);
+        const dir = i.s.path(`stderr-gone-${sig}`);
+        mkdirSync(dir);
+        const out = join(dir, 'backup.xml');
+        writeFileSync(out, 'the previous backup\n');
+        const r = await new Promise<{ status: number | null; signal: NodeJS.Signals | null; sawTemp: boolean }>((resolve) => {
+          const p = spawn(process.execPath, [CLI, 'dump', '-q', '-o', out, big.path], { stdio: ['ignore', 'ignore', 'pipe'] });
+          let sawTemp = false;
+          const poll = setInterval(() => {
+            if (!sawTemp && readdirSync(dir).some((f) => f.endsWith('.tmp'))) {
+              sawTemp = true;
+              p.stderr.destroy(); // our end of its stderr: its next write there fails (EPIPE)
+              p.kill(sig);
+            }
+          }, 2);
+          p.on('close', (status, signal) => {
+            clearInterval(poll);
+            resolve({ status, signal, sawTemp });
+          });
+        });
+        expect(r).toEqual({ status: sig === 'SIGINT' ? 130 : 129, signal: null, sawTemp: true });
+        expect(readFileSync(out, 'utf8')).toBe('the previous backup\n');
+        expect(readdirSync(dir)).toEqual(['backup.xml']);
+      },
+      600_000,
+    );
+  }
+});
+
 describe('the library refuses the same collisions (no CLI in between)', () => {
   test('send() with output naming its metadata or data', async () => {
     const { send } = await import('../../src/ops/send');

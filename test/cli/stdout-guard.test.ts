@@ -1,5 +1,5 @@
 /**
- * The shared stdout mechanism (guardStdout/finishStdout in src/cli/common.ts)
+ * The shared stdout mechanism (guardStdio/finishStdout in src/cli/common.ts)
  * that every command's output goes through, including those that need a live
  * pool and cannot run here (pool status, devices, message, pool
  * reserve-metadata-snap: they write with process.stdout.write, as this child
@@ -16,7 +16,7 @@ const COMMON = join(__dirname, '..', '..', 'dist', 'cli', 'common.js');
 // 300 KB in many writes and one large one, as `devices` and `pool status --json` write.
 const CHILD = `
 const c = require(${JSON.stringify(COMMON)});
-c.guardStdout();
+c.guardStdio();
 for (let i = 0; i < 1000; i++) process.stdout.write('line ' + i + ' ' + 'x'.repeat(100) + '\\n');
 process.stdout.write('y'.repeat(200000) + '\\n');
 c.finishStdout().then(
