@@ -518,6 +518,30 @@ export function throwIfAborted(signal?: AbortSignal): void {
 }
 
 /**
+ * `p`, or AbortError as soon as `signal` fires: for a wait that may never end
+ * by itself (a reader of the output that stopped reading). `p` is left to
+ * settle on its own.
+ */
+export async function unlessAborted(p: Promise<unknown>, signal?: AbortSignal): Promise<void> {
+  if (!signal) {
+    await p;
+    return;
+  }
+  throwIfAborted(signal);
+  let onAbort!: () => void;
+  const aborted = new Promise<void>((resolve) => {
+    onAbort = resolve;
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+  try {
+    await Promise.race([p, aborted]);
+  } finally {
+    signal.removeEventListener('abort', onAbort);
+  }
+  throwIfAborted(signal);
+}
+
+/**
  * Re-types an error that came out of the native addon (already Node-shaped)
  * into a SystemCallError, keeping errno, syscall, path and offset.
  */

@@ -4,7 +4,7 @@
  */
 import type { Command } from 'commander';
 import { writeSync } from 'node:fs';
-import { AbortError, DmthinError, SystemCallError, UsageError } from '../errors';
+import { AbortError, DmthinError, SystemCallError, UsageError, unlessAborted } from '../errors';
 import { FdWriter } from '../output/fd-writer';
 import { outputError } from '../output/sink';
 
@@ -143,16 +143,20 @@ function guardNodeStdout(s: NodeJS.WriteStream): void {
 /**
  * Waits until everything written to stdout (stdout() and process.stdout) has
  * left the process and throws the first write error (as a DmthinError; EPIPE
- * keeps its code).
+ * keeps its code). `signal` ends the wait (a reader that stopped reading)
+ * with AbortError.
  */
-export async function finishStdout(): Promise<void> {
-  if (fdStdout) await fdStdout.flushed().catch((e: Error) => (stdoutError ??= e));
+export async function finishStdout(signal?: AbortSignal): Promise<void> {
+  if (fdStdout) await unlessAborted(fdStdout.flushed().catch((e: Error) => (stdoutError ??= e)), signal);
   if (nodeStdoutMade && !stdoutError && !process.stdout.destroyed) {
-    await new Promise<void>((resolve) =>
-      process.stdout.write('', (e) => {
-        if (e) stdoutError ??= e;
-        resolve();
-      }),
+    await unlessAborted(
+      new Promise<void>((resolve) =>
+        process.stdout.write('', (e) => {
+          if (e) stdoutError ??= e;
+          resolve();
+        }),
+      ),
+      signal,
     );
   }
   if (stdoutError) throw outputError(stdoutError, 'stdout');

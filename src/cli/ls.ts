@@ -48,7 +48,7 @@ export function register(program: Command, ctx: () => CliContext): void {
           bar.stop();
         }
       }
-      if (o.json) await writeLsJson(table, fields, dbs, stdout(), excl);
-      else await writeDetailsTable(table, fields, dbs, o.headers, stdout(), excl);
+      if (o.json) await writeLsJson(table, fields, dbs, stdout(), excl, c.signal);
+      else await writeDetailsTable(table, fields, dbs, o.headers, stdout(), excl, c.signal);
     });
 }

@@ -73,7 +73,7 @@ export async function main(argv: string[]): Promise<number> {
     const sub = named?.commands.find((c) => c.name() === argv[1]);
     if (named) name = running = `dmthin ${named.name()}${sub ? ` ${sub.name()}` : ''}`;
     await program.parseAsync(rewriteMetadataSnapArgs(expandLongOptionPrefixes(argv, named), named), { from: 'user' });
-    await finishStdout();
+    await finishStdout(ctx?.signal);
     if (ctx) await ctx.runCleanups();
     return ctx?.exitStatus ?? 0;
   } catch (e) {

@@ -57,7 +57,7 @@ export function register(program: Command, ctx: () => CliContext): void {
       c.onCleanup(() => md.close());
       const { out, commit } = await commandOutput(o.output, c, [{ path: metadata, role: 'the metadata input' }]);
       const bar = new Progress('rmap', !o.quiet && barBesideOutput(o.output === undefined || isStdoutPath(o.output)));
-      const sink = new OutputSink(out);
+      const sink = new OutputSink(out, undefined, c.signal);
       try {
         // Loaded when the command runs, not when it is registered (--help lists every command).
         const { rmapRuns, writeRmapText } = require('../thin/rmap') as typeof import('../thin/rmap');

@@ -10,7 +10,7 @@
  */
 import type * as Fs from 'node:fs';
 import type * as Net from 'node:net';
-import { DmthinError, SystemCallError, throwIfAborted } from '../errors';
+import { DmthinError, SystemCallError, throwIfAborted, unlessAborted } from '../errors';
 import { FdWriter } from './fd-writer';
 
 /**
@@ -309,7 +309,7 @@ export class OutputSink {
     if (!s.writableNeedDrain) return;
     if (s.destroyed) throw outputError(this.error ?? closedEarly(), this.name);
     // 'error' or 'close' instead of 'drain': the stream is gone, no 'drain' follows.
-    await this.unlessAborted(
+    await unlessAborted(
       new Promise<void>((resolve) => {
         const done = (): void => {
           s.off('drain', done);
@@ -321,27 +321,10 @@ export class OutputSink {
         s.on('error', done);
         s.on('close', done);
       }),
+      this.signal,
     );
     if (s.destroyed && !this.error) this.fail(closedEarly());
     this.check();
-  }
-
-  /** `p`, or AbortError as soon as the signal fires (the wait's listeners are left to the stream). */
-  private async unlessAborted(p: Promise<void>): Promise<void> {
-    const signal = this.signal;
-    if (!signal) return p;
-    throwIfAborted(signal);
-    let onAbort!: () => void;
-    const aborted = new Promise<void>((resolve) => {
-      onAbort = resolve;
-      signal.addEventListener('abort', onAbort, { once: true });
-    });
-    try {
-      await Promise.race([p, aborted]);
-    } finally {
-      signal.removeEventListener('abort', onAbort);
-    }
-    throwIfAborted(signal);
   }
 
   /** Everything written, and its last write completed without an error. */
@@ -349,7 +332,7 @@ export class OutputSink {
     this.check();
     this.queue();
     await this.drained();
-    await this.unlessAborted(this.last);
+    await unlessAborted(this.last, this.signal);
     this.check();
   }
 }

@@ -345,8 +345,9 @@ export async function writeDetailsTable(
   headers: boolean,
   out: SinkTarget,
   exclusive?: Float64Array,
+  signal?: AbortSignal,
 ): Promise<void> {
-  const s = new OutputSink(out);
+  const s = new OutputSink(out, undefined, signal);
   if (fields.length > 0) {
     const cols = detailsTableColumns(c, fields, dataBlockSize, headers, exclusive);
     const lineBytes = lineBytesOf(cols);
@@ -649,8 +650,8 @@ function digits(n: number): number {
  * sink's reused chunks: neither an object per device held nor the text of
  * the whole array (70,000 devices took ~100 MiB that way).
  */
-export async function writeLsJson(c: DetailsTable, fields: readonly LsField[], dataBlockSize: number, out: SinkTarget, exclusive?: Float64Array): Promise<void> {
-  const s = new OutputSink(out);
+export async function writeLsJson(c: DetailsTable, fields: readonly LsField[], dataBlockSize: number, out: SinkTarget, exclusive?: Float64Array, signal?: AbortSignal): Promise<void> {
+  const s = new OutputSink(out, undefined, signal);
   // JSON.stringify's pretty print of an array of flat objects, written out:
   // `[`, each element two spaces in with its keys four, `]` (`[]`, `{}` when empty).
   // Fields that share a key (MAPPED and MAPPED_BYTES are both mappedBytes)

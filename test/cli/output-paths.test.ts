@@ -12,7 +12,7 @@ import { basename, dirname, join } from 'node:path';
 import { CLI, runCli } from './run-cli';
 import { makeInputs, SIZE, type Inputs } from './output-helpers';
 import { sha256File } from '../stream/helpers';
-import { itOracle, largeImage, runOracle } from '../helpers/fixtures';
+import { fixtureImage, itOracle, largeImage, runOracle } from '../helpers/fixtures';
 import { testAsRoot } from '../helpers/root';
 
 let i: Inputs;
@@ -346,6 +346,51 @@ describe('-o FIFO and a signal (outside hunt T: SIGINT and SIGTERM were ignored 
     } finally {
       closeSync(reader);
     }
+  });
+});
+
+describe('stdout to a reader that stopped reading, and a signal (outside hunt G: rmap and ls waited for the reader, not the signal)', () => {
+  let md: string;
+  beforeAll(() => {
+    md = i.s.path('many-devices.bin');
+    writeFileSync(md, fixtureImage('many-devices'));
+  });
+  /** Runs the CLI with stdout a FIFO that is open and never read (its 64 KiB fill), SIGINT after `after` ms. */
+  const stalled = async (args: string[], after: number) => {
+    const fifo = i.s.path(`stalled-${args[0]}-${after}.fifo`);
+    expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
+    const reader = openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK);
+    const writer = openSync(fifo, constants.O_WRONLY);
+    try {
+      return await new Promise<{ status: number | null; stderr: string; ms: number }>((resolve) => {
+        const p = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', writer, 'pipe'] });
+        let stderr = '';
+        let sent = 0;
+        p.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+        const t = setTimeout(() => {
+          sent = Date.now();
+          p.kill('SIGINT');
+        }, after);
+        const guard = setTimeout(() => p.kill('SIGKILL'), after + 15_000);
+        p.on('close', (status) => {
+          clearTimeout(t);
+          clearTimeout(guard);
+          resolve({ status, stderr, ms: Date.now() - sent });
+        });
+      });
+    } finally {
+      closeSync(writer);
+      closeSync(reader);
+    }
+  };
+  // Each prints ~77 KB on many-devices: more than the pipe holds.
+  test.each([
+    ['rmap', ['rmap', '--region', '0..1000000000']],
+    ['ls --json', ['ls', '--json']],
+  ])('%s: 130 and one line soon after SIGINT', async (_name, args) => {
+    const r = await stalled([...args, md], 1500);
+    expect([r.status, r.stderr]).toEqual([130, `dmthin ${args[0]}: interrupted [ABORT_ERR]\n`]);
+    expect(r.ms).toBeLessThan(5000);
   });
 });
 

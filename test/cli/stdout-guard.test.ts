@@ -7,7 +7,7 @@
  * error, or 141 on EPIPE.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { closeSync, existsSync, openSync, statSync } from 'node:fs';
+import { closeSync, constants, existsSync, openSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { gateMount, mountSmallTmpfs } from './output-helpers';
 import { scratch } from '../stream/helpers';
@@ -93,4 +93,48 @@ describe('a full tmpfs', () => {
     expect(r.status).toBe(0);
     expect(statSync(join(small!.dir, 'out')).size).toBeLessThan(100000);
   });
+});
+
+// A command's text (check's problems, backups list) waits in stdout() until
+// finishStdout; with a reader that stopped reading, only the command's signal
+// ends that wait (outside hunt G: SIGINT was left waiting on the reader).
+test('a reader that stopped reading: finishStdout(signal) ends with AbortError when the signal fires', async () => {
+  const s = scratch();
+  const fifo = join(s.dir, 'stalled.fifo');
+  expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
+  const reader = openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK);
+  const writer = openSync(fifo, constants.O_WRONLY);
+  const script = `
+const c = require(${JSON.stringify(COMMON)});
+c.guardStdio();
+c.print('x'.repeat(300000) + '\\n');
+const ac = new AbortController();
+setTimeout(() => ac.abort(), 300);
+const t0 = Date.now();
+c.finishStdout(ac.signal).then(
+  () => { process.stderr.write('finished\\n'); process.exit(0); },
+  // No process.exit: Node's exit joins the thread still blocked in write() (the CLI ends with exitNow).
+  (e) => process.stderr.write(e.code + ' ' + (Date.now() - t0 < 5000) + '\\n'),
+);
+`;
+  try {
+    const stderr = await new Promise<string>((resolve) => {
+      const p = spawn(process.execPath, ['-e', script], { stdio: ['ignore', writer, 'pipe'] });
+      let text = '';
+      const guard = setTimeout(() => p.kill('SIGKILL'), 15_000);
+      p.stderr!.on('data', (d: Buffer) => {
+        text += d.toString();
+        if (text.endsWith('\n')) p.kill('SIGKILL');
+      });
+      p.on('close', () => {
+        clearTimeout(guard);
+        resolve(text);
+      });
+    });
+    expect(stderr).toBe('ABORT_ERR true\n');
+  } finally {
+    closeSync(writer);
+    closeSync(reader);
+    s.cleanup();
+  }
 });
