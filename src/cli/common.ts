@@ -163,6 +163,15 @@ export async function finishStdout(signal?: AbortSignal): Promise<void> {
 }
 
 /**
+ * Commander's collector of a repeatable option's values: appends in place
+ * (a copy per value, [...acc, v], made 40,000 --region values take 13 s).
+ */
+export function collect(v: string, acc: string[] = []): string[] {
+  acc.push(v);
+  return acc;
+}
+
+/**
  * Writes a command's report to stderr (send --json: its stdout is the
  * stream) and throws when it could not be written whole: the report is part
  * of the promise of exit status 0. Synchronous, short writes continued; a

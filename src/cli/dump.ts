@@ -2,7 +2,7 @@
 import { type Command, Option } from 'commander';
 import { UsageError, unknownFormat } from '../errors';
 import type { DumpFormat } from '../thin/dump';
-import type { CliContext } from './common';
+import { collect, type CliContext } from './common';
 import { barBesideOutput, Progress } from './progress';
 import { isThinIdText, MetadataSnapOpts, openMetadataSource, thinIdArg } from './metadata-source';
 import { checkOutputPath, commandOutput, isStdoutPath } from './output';
@@ -22,7 +22,7 @@ export function register(program: Command, ctx: () => CliContext): void {
     .description('dump pool metadata (byte-identical to thin_dump 0.9.0 for xml and human_readable)')
     .argument('<metadata>', 'metadata device or file, or with -m a live pool (dm name, VG/LV or device node)')
     .option('-m, --metadata-snap', 'read through the held metadata snapshot (-mBLOCK / --metadata-snap=BLOCK: must be the held root)')
-    .option('--dev-id <id>', 'dump only this device (repeatable; ids not in the pool are ignored, as by thin_dump): thin id (decimal, any size), or with a live LVM pool an LV name (VG/LV or LV; needs lvm2)', (v: string, acc: string[] = []) => [...acc, v])
+    .option('--dev-id <id>', 'dump only this device (repeatable; ids not in the pool are ignored, as by thin_dump): thin id (decimal, any size), or with a live LVM pool an LV name (VG/LV or LV; needs lvm2)', collect)
     .option('--skip-mappings', 'devices only, no mappings')
     .option('-f, --format <format>', 'xml, human_readable or json', 'xml')
     .option('-o, --output <file>', 'write to FILE instead of stdout (through a temporary file, renamed over FILE when complete)')

@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import { UsageError } from '../errors';
 import { OutputSink } from '../output/sink';
 import type { DataRegion } from '../thin/rmap';
-import { CliContext } from './common';
+import { CliContext, collect } from './common';
 import { barBesideOutput, Progress } from './progress';
 import { MetadataSnapOpts, openMetadata } from './metadata-source';
 import { checkOutputPath, commandOutput, isStdoutPath } from './output';
@@ -44,7 +44,7 @@ export function register(program: Command, ctx: () => CliContext): void {
     .command('rmap')
     .description('which thin devices map the given data blocks (thin_rmap 0.9.0\'s output, but every device of a shared subtree)')
     .argument('<metadata>', 'metadata device or file, or with -m a live pool (dm name, VG/LV or device node)')
-    .option('--region <range>', 'data blocks BEGIN..END, decimal, END one past the last (5..45 is blocks 5 to 44; repeatable)', (v: string, acc: string[] = []) => [...acc, v])
+    .option('--region <range>', 'data blocks BEGIN..END, decimal, END one past the last (5..45 is blocks 5 to 44; repeatable)', collect)
     .option('-m, --metadata-snap', 'read through the held metadata snapshot (-mBLOCK / --metadata-snap=BLOCK: must be the held root)')
     .option('-o, --output <file>', 'write to FILE instead of stdout (through a temporary file, renamed over FILE when complete)')
     .option('-q, --quiet', 'no progress bar')

@@ -421,7 +421,15 @@ export class ThinMetadata implements AsyncDisposable {
     if (t) {
       const row = rowOf(t, devId);
       if (row >= 0) root = t.root[row];
-    } else root = this.rootCache ? this.rootCache.get(devId) : await this.lookupRoot(devId);
+    } else {
+      root = this.rootCache ? this.rootCache.get(devId) : await this.lookupRoot(devId);
+      // The kernel opens no thin without its details (ENODATA), and a
+      // delta's count check needs them: a mapping tree without them is
+      // damage, as dump and check say (the device table is joined on read).
+      if (root !== undefined && (await this.detailsOf(devId)) === undefined) {
+        throw new MetadataError('device-mismatch', `device ${devId} has a mapping tree but no details entry`, { devId, tree: 'details' });
+      }
+    }
     if (root === undefined) throw this.noMappingTree(devId, side);
     return root;
   }
@@ -556,8 +564,12 @@ export class ThinMetadata implements AsyncDisposable {
   ): AsyncGenerator<RawDeltaExtent[], DeltaStats> {
     opts = check.walk(opts, 'deltaOfRoots options');
     this.check();
+    const sb = this.superblock;
     for (const [what, b] of [['left', leftRoot], ['right', rightRoot]] as const) {
       if (!Number.isSafeInteger(b) || b < 0 || b >= this.nrMetadataBlocks) throw new UsageError(`${what} root must be a metadata block number 0..${this.nrMetadataBlocks - 1}, got ${describeValue(b)}`);
+      // Its device ids would read as virtual blocks, its roots as data blocks (an outside test: exit 0).
+      const tree = b === sb.dataMappingRoot ? 'the top-level mapping tree (device ids to their trees)' : b === sb.deviceDetailsRoot ? 'the device details tree' : undefined;
+      if (tree) throw new UsageError(`${what} root ${b} is the root of ${tree}, not of a device's mapping tree: give a device's own root, or its id (--snap1/--snap2)`);
     }
     return yield* delta().deltaBatches(this.io, leftRoot, rightRoot, { ...opts, nrMetadataBlocks: this.nrMetadataBlocks, nrDataBlocks: this.nrDataBlocks });
   }

@@ -249,6 +249,31 @@ describe('property: a structural fault changes nothing or is refused', () => {
     expect(unchanged).toBeGreaterThan(5);
   }, 180_000);
 
+  test('a device with a mapping tree and no details entry: delta (with and without `same`), lookup and the CLI\'s delta refuse it, as dump and check do (an outside test: delta exited 0, and with a leaf of that device cut short printed a wrong diff)', async () => {
+    const { image, fault } = corrupt(fixtureImage('snapshots'), 'mapping-only-device');
+    const dev = Number((fault.detail as { dev: bigint | number }).dev);
+    await using md = await ThinMetadata.fromBuffer(image);
+    const other = [...(await md.deviceRoots()).keys()].find((id) => id !== dev)!;
+    const refusal = { kind: 'device-mismatch', devId: dev, message: `device ${dev} has a mapping tree but no details entry` };
+    for (const includeSame of [true, false]) {
+      for (const [l, r] of [[other, dev], [dev, other]]) {
+        await using fresh = await ThinMetadata.fromBuffer(image);
+        const err = await (async () => {
+          for await (const _ of fresh.delta(l, r, { includeSame }));
+        })().catch((e) => e);
+        expect(err).toBeInstanceOf(MetadataError);
+        expect(err).toMatchObject(refusal);
+      }
+    }
+    await using fresh = await ThinMetadata.fromBuffer(image);
+    await expect(fresh.lookup(dev, 0n)).rejects.toMatchObject(refusal);
+    using f = tempImage(image, 'mapping-only.bin');
+    for (const extra of [[], ['--no-same']]) {
+      const r = runCli(['delta', ...extra, '--snap1', String(other), '--snap2', String(dev), f.path]);
+      expect(r).toMatchObject({ status: 1, stdout: '', stderr: `dmthin delta: device ${dev} has a mapping tree but no details entry [EUCLEAN]\n` });
+    }
+  });
+
   test('a leaf of one device only, cut short within the fill rule: the delta without `same` (which skips shared subtrees) refuses it by the two devices\' counts, in the library and the CLI (an outside test: delta --no-same, an incremental send and backup exited 0 without its mappings)', async () => {
     const img = Buffer.from(fixtureImage('shared-subtree'));
     // Listed under device 3: a leaf device 1's tree does not have (listNodes lists a shared node under its first device).

@@ -305,7 +305,7 @@ describe('resources, cancellation, progress', () => {
     };
     expect(await drain(md.delta(ids[0], ids[ids.length - 1]))).toBeGreaterThan(0);
     await expect(drain(md.delta(ids[0], ids[ids.length - 1], { signal: pre }))).rejects.toBeInstanceOf(AbortError);
-    const root = md.superblock.dataMappingRoot;
+    const root = (await md.deviceRoots()).get(ids[0])!;
     await expect(drain(md.deltaOfRoots(root, root, { signal: pre }))).rejects.toBeInstanceOf(AbortError);
     await expect(writeDelta(md, new Writable({ write: (_c, _e, cb) => cb() }), { left: ids[0], right: ids[ids.length - 1] }, { signal: pre })).rejects.toBeInstanceOf(AbortError);
   });
