@@ -46,6 +46,8 @@ export class BtreeNode {
   readonly valueSize: number;
   /** The block it was read from. */
   readonly block: Block;
+  /** Its tree, for messages. */
+  private readonly ctx: TreeContext;
   /**
    * u32 words of the batch the node was read in; the node starts at word
    * `base`: key i is at base + 8 + 2i (lo) and base + 9 + 2i (hi).
@@ -59,7 +61,8 @@ export class BtreeNode {
   readonly valuesOffset: number;
 
   constructor(block: Block, leafValueSize: number, ctx: TreeContext) {
-    verifyChecksum(block, BlockType.BtreeNode, ctx);
+    // Only a failure builds the tree's words (a node is made per block read).
+    if (((block.crc ^ BlockType.BtreeNode) >>> 0) !== block.u32(0)) verifyChecksum(block, BlockType.BtreeNode, ctx, describe(ctx));
     const w = block.words;
     const b = block.base;
     const flags = w[b + 1];
@@ -77,6 +80,7 @@ export class BtreeNode {
     if (this.nrEntries > this.maxEntries) throw nodeError(block, ctx, 'nr-entries', `nr_entries ${this.nrEntries} > max_entries ${this.maxEntries}`);
     this.nr = block.nr;
     this.block = block;
+    this.ctx = ctx;
     this.u32 = w;
     this.i32 = block.ints;
     this.base = b;
@@ -106,7 +110,14 @@ export class BtreeNode {
   value64(i: number): number {
     const w = this.base + (this.valuesOffset >> 2) + 2 * i;
     const hi = this.u32[w + 1];
-    if (hi >= MAX_SAFE_HI) throw new MetadataError('block-range', `the value of entry ${i} in block ${this.nr} exceeds 2^53`, { block: this.nr });
+    if (hi >= MAX_SAFE_HI) {
+      const v = (BigInt(hi) << 32n) | BigInt(this.u32[w]);
+      const where = `block ${this.nr} (${describe(this.ctx)})`;
+      throw new MetadataError('block-range', this.isLeaf ? `the value of entry ${i} in ${where} is ${v}, beyond 2^53` : `${where} points to block ${v}, beyond any metadata device`, {
+        block: this.nr,
+        ...this.ctx,
+      });
+    }
     return hi === 0 ? this.u32[w] : this.u32[w] + hi * TWO32;
   }
 
@@ -288,7 +299,7 @@ export class TreeValidator {
 
   checkPointer(b: number, from: number): void {
     if (b >= this.nrMetadataBlocks) {
-      throw new MetadataError('block-range', `block ${from} points to block ${b}, beyond the metadata device (${this.nrMetadataBlocks} blocks)`, {
+      throw new MetadataError('block-range', `block ${from} (${describe(this.ctx)}) points to block ${b}, beyond the metadata device (${this.nrMetadataBlocks} blocks)`, {
         block: from,
         ...this.ctx,
       });

@@ -39,25 +39,29 @@ export function blockTypeOf(block: Block): number | undefined {
   return TYPE_NAMES[x] !== undefined ? x : undefined;
 }
 
-/** Throws MetadataError('checksum' | 'block-type') unless the block is of the expected type. */
-export function verifyChecksum(block: Block, expected: BlockType, context: { tree?: string; devId?: number } = {}): void {
+/**
+ * Throws MetadataError('checksum' | 'block-type') unless the block is of the
+ * expected type. `where` (e.g. "mapping tree of device 1") goes into the message.
+ */
+export function verifyChecksum(block: Block, expected: BlockType, context: { tree?: string; devId?: number } = {}, where?: string): void {
   const stored = block.u32(0);
   if (((block.crc ^ expected) >>> 0) === stored) return;
   const actual = blockTypeOf(block);
   const what = typeName(expected);
+  const at = where ? `block ${block.nr} (${where})` : `block ${block.nr}`;
   if (actual !== undefined) {
-    throw new MetadataError('block-type', `block ${block.nr}: expected a ${what}, found a ${typeName(actual)}`, {
+    throw new MetadataError('block-type', `${at}: expected a ${what}, found a ${typeName(actual)}`, {
       block: block.nr,
       ...context,
     });
   }
   if (block.data.every((b) => b === 0)) {
-    throw new MetadataError('checksum', `block ${block.nr}: expected a ${what}, found an all-zero block`, {
+    throw new MetadataError('checksum', `${at}: expected a ${what}, found an all-zero block`, {
       block: block.nr,
       ...context,
     });
   }
-  throw new MetadataError('checksum', `bad checksum in ${what} (block ${block.nr})`, { block: block.nr, ...context });
+  throw new MetadataError('checksum', `bad checksum in ${what} (block ${block.nr}${where ? `, ${where}` : ''})`, { block: block.nr, ...context });
 }
 
 /** Standard CRC-32C ("123456789" -> 0xE3069283). */

@@ -212,6 +212,14 @@ export async function loadIndex(
   const tree = `${kind}-sm`;
   const n = Math.ceil(root.nrBlocks / ENTRIES_PER_BITMAP);
   const out: IndexEntry[] = [];
+  /** The block holding each entry of `out`, and the location as read (a u64 may pass 2^53): for messages. */
+  const holder: number[] = [];
+  const raw: bigint[] = [];
+  const entry = (data: Buffer, off: number, block: number): void => {
+    out.push(indexEntryAt(data, off) ?? { blocknr: Infinity, nrFree: 0, noneFreeBefore: 0 });
+    holder.push(block);
+    raw.push(data.readBigUInt64LE(off));
+  };
   const bad = (msg: string, block?: number) =>
     sink({ severity: 'fatal', kind: 'sm-index', ...(block !== undefined ? { block } : {}), tree, message: `${kind} space map: ${msg}` });
   try {
@@ -233,7 +241,7 @@ export async function loadIndex(
         bad(`index block ${ib} says it is block ${self}`, ib);
         return null;
       }
-      for (let i = 0; i < n; i++) out.push(indexEntryAt(b.data, 16 + 16 * i) ?? { blocknr: Infinity, nrFree: 0, noneFreeBefore: 0 });
+      for (let i = 0; i < n; i++) entry(b.data, 16 + 16 * i, ib);
     } else {
       let expect = 0;
       let keyError: string | null = null;
@@ -242,7 +250,7 @@ export async function loadIndex(
           const k = leaf.keyAt(i);
           // eslint-disable-next-line eqeqeq
           if (k != expect) keyError ??= `index tree has key ${k} where ${expect} was expected (block ${leaf.nr})`;
-          out.push(indexEntryAt(leaf.data, leaf.valuesOffset + 16 * i) ?? { blocknr: Infinity, nrFree: 0, noneFreeBefore: 0 });
+          entry(leaf.data, leaf.valuesOffset + 16 * i, leaf.nr);
           expect++;
           if (expect > n) break;
         }
@@ -266,7 +274,7 @@ export async function loadIndex(
   let ok = true;
   out.forEach((ie, i) => {
     if (!(ie.blocknr < nrMetadataBlocks)) {
-      bad(`bitmap ${i} is at block ${ie.blocknr}, beyond the metadata device (${nrMetadataBlocks} blocks)`);
+      bad(`bitmap ${i} is at block ${raw[i]} (its index entry in block ${holder[i]}), beyond the metadata device (${nrMetadataBlocks} blocks)`, holder[i]);
       ok = false;
     } else meta.inc(ie.blocknr);
   });

@@ -55,9 +55,9 @@ export interface Superblock {
   incompatFlags: number;
 }
 
-function u64(d: Buffer, off: number): number {
+function u64(d: Buffer, off: number, name: string): number {
   const hi = d.readUInt32LE(off + 4);
-  if (hi >= MAX_SAFE_HI) throw new MetadataError('block-range', `superblock field at offset ${off} exceeds 2^53`, { block: 0 });
+  if (hi >= MAX_SAFE_HI) throw new MetadataError('block-range', `superblock: ${name} (offset ${off}) is ${d.readBigUInt64LE(off)}, beyond any metadata device`, { block: 0 });
   return d.readUInt32LE(off) + hi * TWO32;
 }
 
@@ -107,11 +107,11 @@ export function parseSuperblock(block: Block): Superblock {
     version,
     time: d.readUInt32LE(0x2c),
     transactionId: d.readBigUInt64LE(0x30),
-    heldRoot: u64(d, 0x38),
+    heldRoot: u64(d, 0x38, 'the held metadata root'),
     dataSpaceMap: parseSpaceMapRoot(d.subarray(0x40, 0x60), 'data space map'),
     metadataSpaceMap: parseSpaceMapRoot(d.subarray(0xc0, 0xe0), 'metadata space map'),
-    dataMappingRoot: u64(d, 0x140),
-    deviceDetailsRoot: u64(d, 0x148),
+    dataMappingRoot: u64(d, 0x140, 'the top-level mapping tree\'s root'),
+    deviceDetailsRoot: u64(d, 0x148, 'the device details tree\'s root'),
     dataBlockSize,
     metadataBlockSize,
     metadataNrBlocks: d.readBigUInt64LE(0x158),

@@ -199,7 +199,7 @@ describeOracle('rmap arguments as thin_rmap 0.9.0 takes them', () => {
     expect(ref.stderr).toMatch(/Damage in mapping tree/);
     const ours = runCli(['rmap', '--region', '0..100000', bad.path]);
     expect(ours.status).toBe(1);
-    expect(ours.stderr).toMatch(/^dmthin rmap: bad checksum in btree node \(block 13\)/);
+    expect(ours.stderr).toMatch(/^dmthin rmap: bad checksum in btree node \(block 13, mapping tree of device \d+\)/);
   });
 });
 

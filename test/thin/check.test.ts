@@ -359,6 +359,26 @@ describe('a fault in the data space map index', () => {
     expect(r.nonFatal).toBe(0);
     expect(r.spaceMapsChecked).toBe(false);
   });
+
+  // basic: the data space map's index is one btree leaf (block 4), the metadata space map's index is block 1.
+  it.each([
+    ['data', 4, (img: Buffer) => node(img, 4).valueOff(0), 'btree', 2n ** 64n - 1n],
+    ['metadata', 1, () => 16, 'index', 2n ** 53n + 1n],
+  ] as const)('a %s bitmap location past 2^53 is said as read, with the block holding it (outside hunt F: "block Infinity", no holder)', async (kind, holder, off, type, value) => {
+    const img = Buffer.from(fixtureImage('basic'));
+    const b = blk(img, holder);
+    b.writeBigUInt64LE(value, off(img));
+    seal(b, type);
+    const r = await check(img);
+    expect(r.problems).toEqual([
+      expect.objectContaining({
+        severity: 'fatal',
+        kind: 'sm-index',
+        block: holder,
+        message: `${kind} space map: bitmap 0 is at block ${value} (its index entry in block ${holder}), beyond the metadata device (256 blocks)`,
+      }),
+    ]);
+  });
 });
 
 describe('shared subtrees', () => {

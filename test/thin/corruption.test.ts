@@ -6,7 +6,7 @@
  */
 import fc from 'fast-check';
 import { DmthinError, MetadataError, ThinMetadata, dump, deviceUsage } from '../../src';
-import { ACCOUNTING_KINDS, corrupt, CORRUPTION_KINDS, CorruptionKind, listNodes, node, seal, blockType } from '../helpers/corrupt';
+import { ACCOUNTING_KINDS, blk, corrupt, CORRUPTION_KINDS, CorruptionKind, listNodes, node, seal, blockType } from '../helpers/corrupt';
 import { fixtureImage, tempImage } from '../helpers/fixtures';
 import { runCli } from '../cli/run-cli';
 import { Writable } from 'node:stream';
@@ -248,6 +248,39 @@ describe('property: a structural fault changes nothing or is refused', () => {
     expect(refused).toBeGreaterThan(100);
     expect(unchanged).toBeGreaterThan(5);
   }, 180_000);
+
+  test('a reader\'s line names the tree and device of the block at fault (outside hunt F: "block 255: expected a btree node", "the value of entry 30 in block 266 exceeds 2^53", "superblock field at offset 328")', async () => {
+    const line = async (img: Buffer) => {
+      using f = tempImage(img, 'named.bin');
+      const r = runCli(['dump', f.path]);
+      expect(r.status).toBe(1);
+      return r.stderr.replace(`${f.path}: `, '');
+    };
+    // basic: the top-level leaf is block 7, device 1's root its value 0; block 255 is all zeros.
+    const zeroRoot = Buffer.from(fixtureImage('basic'));
+    const top = node(zeroRoot, 7);
+    expect(zeroRoot.subarray(255 * 4096, 256 * 4096).every((b) => b === 0)).toBe(true);
+    top.buf.writeBigUInt64LE(255n, top.valueOff(0));
+    seal(top.buf, 'btree');
+    expect(await line(zeroRoot)).toBe('dmthin dump: block 255 (mapping tree of device 1): expected a btree node, found an all-zero block [EILSEQ]\n');
+    // An internal node of a device's mapping tree, its first child pointer past the device and past 2^53.
+    const deep = fixtureImage('deep-tree');
+    const inner = listNodes(deep).find((n) => n.tree === 'bottom' && !n.leaf)!;
+    for (const [to, said] of [
+      [BigInt(deep.length / 4096), `points to block ${deep.length / 4096}, beyond the metadata device (${deep.length / 4096} blocks)`],
+      [2n ** 64n - 1n, 'points to block 18446744073709551615, beyond any metadata device'],
+    ] as const) {
+      const img = Buffer.from(deep);
+      const n = node(img, inner.block);
+      n.buf.writeBigUInt64LE(to, n.valueOff(0));
+      seal(n.buf, 'btree');
+      expect(await line(img)).toBe(`dmthin dump: block ${inner.block} (mapping tree of device ${inner.dev}) ${said} [EUCLEAN]\n`);
+    }
+    const sb = Buffer.from(fixtureImage('basic'));
+    blk(sb, 0).writeBigUInt64LE(2n ** 61n, 0x148);
+    seal(blk(sb, 0), 'superblock');
+    expect(await line(sb)).toBe("dmthin dump: superblock: the device details tree's root (offset 328) is 2305843009213693952, beyond any metadata device [EUCLEAN]\n");
+  });
 
   test('a device with a mapping tree and no details entry: delta (with and without `same`), lookup and the CLI\'s delta refuse it, as dump and check do (an outside test: delta exited 0, and with a leaf of that device cut short printed a wrong diff)', async () => {
     const { image, fault } = corrupt(fixtureImage('snapshots'), 'mapping-only-device');
