@@ -135,7 +135,7 @@ function besideName(path: string, suffix: string, room: number): string {
  * live process's file (another dmthin writing FILE now) is left alone, as is
  * any other name.
  */
-async function removeDeadTemps(target: string): Promise<void> {
+export async function removeDeadTemps(target: string): Promise<void> {
   const dir = dirname(target);
   const prefix = tempPrefix(target);
   const names = await readdir(dir).catch(() => [] as string[]);
@@ -145,6 +145,11 @@ async function removeDeadTemps(target: string): Promise<void> {
     if (!m || processAlive(Number(m[1]))) continue;
     await unlink(join(dir, name)).catch(() => undefined);
   }
+}
+
+/** A new temporary file's name beside `target` (its name, this process, 8 random hex digits), which removeDeadTemps knows. */
+export function tempPathBeside(target: string): string {
+  return join(dirname(target), `${tempPrefix(target)}${process.pid}-${randomBytes(4).toString('hex')}.tmp`);
 }
 
 /** Whether a process of this id runs on this host (EPERM: it does, as another user). */
@@ -215,7 +220,7 @@ export class OutputFile {
       });
     }
     await removeDeadTemps(target);
-    const tmp = join(dirname(target), `${tempPrefix(target)}${process.pid}-${randomBytes(4).toString('hex')}.tmp`);
+    const tmp = tempPathBeside(target);
     const fh = await open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, existing ? existing.mode & 0o7777 : 0o666).catch((e) => {
       throw fsError(e, 'create a temporary file beside', path);
     });

@@ -9,8 +9,9 @@
 import { createCipheriv, createDecipheriv, createHash, createHmac, hkdfSync, randomBytes, scrypt as scryptCb, timingSafeEqual } from 'node:crypto';
 import { constants } from 'node:fs';
 import { link, open, unlink, type FileHandle } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { dirname } from 'node:path';
 import { check, RepoError, UsageError } from '../errors';
+import { removeDeadTemps, tempPathBeside } from '../output/file';
 import type { RepoKeys } from './codec';
 
 /** The repository format version this code writes and reads. */
@@ -96,8 +97,11 @@ export interface RepoConfig {
 export async function createKeyFile(path: string): Promise<void> {
   check.string(path, 'path');
   // Written whole beside it, then linked into place: link() never replaces a
-  // file, and a full disk or a crash leaves no short key under the name.
-  const tmp = join(dirname(path), `.${basename(path)}.dmthin-${process.pid}-${randomBytes(4).toString('hex')}.tmp`);
+  // file, and a full disk or a crash leaves no short key under the name. A
+  // run killed before its unlink left its temporary file (a key, perhaps the
+  // one linked): removed here, as -o removes a killed run's.
+  await removeDeadTemps(path);
+  const tmp = tempPathBeside(path);
   let fh;
   try {
     fh = await open(tmp, 'wx', 0o600);

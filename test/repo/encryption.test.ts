@@ -5,7 +5,8 @@
  */
 import { createHash, createHmac, randomBytes } from 'node:crypto';
 import { readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { basename, join } from 'node:path';
 import { createKeyFile } from '../../src/repo/keys';
 import { Repository, type KeySource } from '../../src/repo/repository';
 import { scratchDir } from './scratch';
@@ -100,6 +101,16 @@ describe('encrypted repository', () => {
     expect(again.resumedIds.size).toBe(3);
     await again[Symbol.asyncDispose]();
     await repo.close();
+  });
+
+  it('a key file\'s temporary file left by a killed run is removed by the next; a live run\'s and other names stay (outside hunt G: a SIGKILL of backups init --key-file left a stray key beside it for good)', async () => {
+    const gone = spawnSync(process.execPath, ['-e', '0']).pid!; // a process id that has ended
+    const dead = join(dir, `.key.dmthin-${gone}-0123abcd.tmp`);
+    const live = join(dir, `.key.dmthin-${process.pid}-89abcdef.tmp`);
+    const other = join(dir, `.key.dmthin-${gone}-notours.tmp`);
+    for (const f of [dead, live, other]) writeFileSync(f, randomBytes(32), { mode: 0o600 });
+    await createKeyFile(join(dir, 'key'));
+    expect(readdirSync(dir).sort()).toEqual([basename(other), basename(live), 'key'].sort());
   });
 
   it('the same key file on two repositories gives different ids (ids are per repository)', async () => {
