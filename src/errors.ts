@@ -523,22 +523,44 @@ export function throwIfAborted(signal?: AbortSignal): void {
  * settle on its own.
  */
 export async function unlessAborted(p: Promise<unknown>, signal?: AbortSignal): Promise<void> {
+  throwIfAborted(signal);
+  await whilePending(p, signal);
+}
+
+/**
+ * `p`, unless `signal` fires while it is still pending: then AbortError. A
+ * signal that fired before does not count once `p` has settled (a command's
+ * last flush of output that has already left: its work is done).
+ */
+export async function whilePending(p: Promise<unknown>, signal?: AbortSignal): Promise<void> {
   if (!signal) {
     await p;
     return;
   }
-  throwIfAborted(signal);
+  let settled = false;
+  const watched = p.then(
+    () => void (settled = true),
+    (e: unknown) => {
+      settled = true;
+      throw e;
+    },
+  );
   let onAbort!: () => void;
   const aborted = new Promise<void>((resolve) => {
     onAbort = resolve;
-    signal.addEventListener('abort', onAbort, { once: true });
+    if (signal.aborted) resolve();
+    else signal.addEventListener('abort', onAbort, { once: true });
   });
   try {
-    await Promise.race([p, aborted]);
+    // `watched` first: when both are ready, the settled wait wins.
+    await Promise.race([watched, aborted]);
   } finally {
     signal.removeEventListener('abort', onAbort);
   }
-  throwIfAborted(signal);
+  if (!settled) {
+    watched.catch(() => undefined);
+    throw new AbortError(undefined, { cause: signal.reason });
+  }
 }
 
 /**

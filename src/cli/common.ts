@@ -4,7 +4,7 @@
  */
 import type { Command } from 'commander';
 import { writeSync } from 'node:fs';
-import { AbortError, DmthinError, SystemCallError, UsageError, unlessAborted } from '../errors';
+import { AbortError, DmthinError, SystemCallError, UsageError, whilePending } from '../errors';
 import { FdWriter } from '../output/fd-writer';
 import { outputError } from '../output/sink';
 
@@ -143,13 +143,14 @@ function guardNodeStdout(s: NodeJS.WriteStream): void {
 /**
  * Waits until everything written to stdout (stdout() and process.stdout) has
  * left the process and throws the first write error (as a DmthinError; EPIPE
- * keeps its code). `signal` ends the wait (a reader that stopped reading)
- * with AbortError.
+ * keeps its code). `signal` ends a wait for bytes still pending (a reader
+ * that stopped reading) with AbortError; output that has left by then is
+ * complete, whenever the signal came.
  */
 export async function finishStdout(signal?: AbortSignal): Promise<void> {
-  if (fdStdout) await unlessAborted(fdStdout.flushed().catch((e: Error) => (stdoutError ??= e)), signal);
+  if (fdStdout) await whilePending(fdStdout.flushed().catch((e: Error) => (stdoutError ??= e)), signal);
   if (nodeStdoutMade && !stdoutError && !process.stdout.destroyed) {
-    await unlessAborted(
+    await whilePending(
       new Promise<void>((resolve) =>
         process.stdout.write('', (e) => {
           if (e) stdoutError ??= e;

@@ -7,7 +7,7 @@
  * like any other.
  */
 import { Command, CommanderError } from 'commander';
-import { DmthinError, UsageError } from '../errors';
+import { AbortError, DmthinError, UsageError } from '../errors';
 import { addonLoaded, armExitGuard, exitNow, tuneAllocatorOnLoad } from '../native/binding';
 import { CliContext, printErr, errorLine, EXIT_EPIPE, EXIT_FAILURE, finishStdout, guardStdio, interruptedError, isEpipe, print, expandLongOptionPrefixes, rewriteMetadataSnapArgs } from './common';
 import { OUTPUT_INCOMPLETE } from '../output/sink';
@@ -90,7 +90,10 @@ export async function main(argv: string[]): Promise<number> {
     if (ctx?.done && e instanceof DmthinError && e.message.endsWith(OUTPUT_INCOMPLETE)) {
       e.message = `${e.message.slice(0, -OUTPUT_INCOMPLETE.length)}; ${ctx.done}: only its report was lost`;
     }
-    if (!epipe) printErr(errorLine(name, ctx?.wasSignalled() ? interruptedError(e) : e) + '\n');
+    let said = ctx?.wasSignalled() ? interruptedError(e) : e;
+    // Interrupted once its work stood (a report waiting on a reader that stopped reading): say that it stands.
+    if (ctx?.done && ctx.wasSignalled()) said = new AbortError(`interrupted; ${ctx.done}: only its report was lost`);
+    if (!epipe) printErr(errorLine(name, said) + '\n');
     const status = epipe ? EXIT_EPIPE : ctx ? ctx.exitCodeFor() : EXIT_FAILURE;
     if (ctx) await ctx.runCleanups();
     return status;

@@ -169,7 +169,12 @@ function describe(ctx: TreeContext): string {
 }
 
 /** Trees named as a reader of the format names them, where the code's names are terse. */
-const TREE_WORDS: Record<string, string> = { 'mapping-top': 'top-level mapping', details: 'device details' };
+const TREE_WORDS: Record<string, string> = {
+  'mapping-top': 'top-level mapping',
+  details: 'device details',
+  'data-sm-index': 'data space map index',
+  'ref-count': 'space map reference count',
+};
 
 /**
  * One bit per metadata block: "seen in this tree". Catches cycles and double

@@ -564,14 +564,53 @@ export class ThinMetadata implements AsyncDisposable {
   ): AsyncGenerator<RawDeltaExtent[], DeltaStats> {
     opts = check.walk(opts, 'deltaOfRoots options');
     this.check();
-    const sb = this.superblock;
     for (const [what, b] of [['left', leftRoot], ['right', rightRoot]] as const) {
       if (!Number.isSafeInteger(b) || b < 0 || b >= this.nrMetadataBlocks) throw new UsageError(`${what} root must be a metadata block number 0..${this.nrMetadataBlocks - 1}, got ${describeValue(b)}`);
-      // Its device ids would read as virtual blocks, its roots as data blocks (an outside test: exit 0).
-      const tree = b === sb.dataMappingRoot ? 'the top-level mapping tree (device ids to their trees)' : b === sb.deviceDetailsRoot ? 'the device details tree' : undefined;
-      if (tree) throw new UsageError(`${what} root ${b} is the root of ${tree}, not of a device's mapping tree: give a device's own root, or its id (--snap1/--snap2)`);
+    }
+    // A node of the top-level tree reads as a mapping tree: its device ids as
+    // virtual blocks, its roots as data blocks (outside tests: exit 0).
+    const foreign = await this.deviceTreeNodes(opts.signal);
+    for (const [what, b] of [['left', leftRoot], ['right', rightRoot]] as const) {
+      const tree = foreign.get(b);
+      if (tree) throw new UsageError(`${what} root ${b} is a node of ${tree}, not of a device's mapping tree: give a device's own root, or its id (--snap1/--snap2)`);
     }
     return yield* delta().deltaBatches(this.io, leftRoot, rightRoot, { ...opts, nrMetadataBlocks: this.nrMetadataBlocks, nrDataBlocks: this.nrDataBlocks });
+  }
+
+  /**
+   * Every node of the top-level mapping tree and of the details tree, of the
+   * live metadata and of a held snapshot, each with its tree in words: roots
+   * given to deltaOfRoots must be none of them.
+   */
+  private async deviceTreeNodes(signal?: AbortSignal): Promise<Map<number, string>> {
+    const out = new Map<number, string>();
+    const sbs: [Superblock, string][] = [[this.liveSuperblock, 'the live metadata']];
+    const held = this.liveSuperblock.heldRoot;
+    if (held !== 0 && held < this.nrMetadataBlocks) {
+      const [hb] = await this.io.read([held]);
+      try {
+        sbs.push([held === this.superblock.location ? this.superblock : parseSuperblock(hb), 'the metadata snapshot']);
+      } finally {
+        hb.done();
+      }
+    }
+    for (const [sb, whose] of sbs) {
+      for (const [root, tree, valueSize] of [
+        [sb.dataMappingRoot, 'top-level mapping', 8],
+        [sb.deviceDetailsRoot, 'device details', DEVICE_DETAILS_SIZE],
+      ] as const) {
+        const name = `${whose}'s ${tree} tree`;
+        for await (const _ of walkLeaves(this.io, root, {
+          tree: tree === 'top-level mapping' ? 'mapping-top' : 'details',
+          valueSize,
+          nrMetadataBlocks: this.nrMetadataBlocks,
+          signal,
+          transient: true,
+          onNode: (n) => void out.set(n.nr, name),
+        }));
+      }
+    }
+    return out;
   }
 
   /** @internal Batches of delta extents (fast path for formatters and send). Returns the walk's counters. */

@@ -16,7 +16,8 @@ import { spawnSync } from 'node:child_process';
 import { closeSync, cpSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fixtureFile, itOracle, REPO_ROOT, restoreFlat, runOracle, tempImage as tempImageCopy, type TempFile } from '../helpers/fixtures';
+import { fixtureFile, fixtureImage, itOracle, REPO_ROOT, restoreFlat, runOracle, tempImage as tempImageCopy, type TempFile } from '../helpers/fixtures';
+import { listNodes } from '../helpers/corrupt';
 import { CLI, runCli } from './run-cli';
 
 /** Exactly one line on stderr, nothing on stdout. */
@@ -314,12 +315,19 @@ function inPrivateDevMapper(setup: string, args: string[], asNobody = false) {
   return r;
 }
 
-test('delta --root1/--root2 naming the top-level or the details tree\'s root: a usage error (outside hunt F: exit 0, device ids read as virtual blocks)', () => {
-  using f = fixtureFile('basic');
-  // basic's superblock: the top-level mapping tree at block 7, the details tree at block 6.
-  for (const [root, tree] of [['7', 'the top-level mapping tree (device ids to their trees)'], ['6', 'the device details tree']]) {
-    const r = runCli(['delta', '--root1', root, '--root2', root, f.path]);
-    expect([r.status, r.stdout, r.stderr]).toEqual([1, '', `dmthin delta: left root ${root} is the root of ${tree}, not of a device's mapping tree: give a device's own root, or its id (--snap1/--snap2) [EINVAL]\n`]);
+test('delta --root1/--root2 naming a node of the top-level or the details tree: a usage error (outside hunt F and review: exit 0, device ids read as virtual blocks)', () => {
+  using basic = fixtureFile('basic');
+  using many = fixtureFile('many-devices');
+  // basic's superblock: the top-level mapping tree at block 7, the details tree at block 6; many-devices' top-level tree has a second level.
+  const below = listNodes(fixtureImage('many-devices')).find((n) => n.tree === 'top' && n.level === 2)!;
+  expect(below).toBeDefined();
+  for (const [f, root, tree] of [
+    [basic.path, 7, 'top-level mapping'],
+    [basic.path, 6, 'device details'],
+    [many.path, below.block, 'top-level mapping'],
+  ] as const) {
+    const r = runCli(['delta', '--root1', String(root), '--root2', String(root), f]);
+    expect([r.status, r.stdout, r.stderr]).toEqual([1, '', `dmthin delta: left root ${root} is a node of the live metadata's ${tree} tree, not of a device's mapping tree: give a device's own root, or its id (--snap1/--snap2) [EINVAL]\n`]);
   }
 });
 

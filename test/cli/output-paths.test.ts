@@ -6,7 +6,7 @@
  * FILE as it was, and the rerun removes the killed run's temporary file.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { chmodSync, chownSync, closeSync, constants, existsSync, linkSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, closeSync, constants, existsSync, linkSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { CLI, runCli } from './run-cli';
@@ -356,11 +356,21 @@ describe('stdout to a reader that stopped reading, and a signal (outside hunt G:
     writeFileSync(md, fixtureImage('many-devices'));
   });
   /** Runs the CLI with stdout a FIFO that is open and never read (its 64 KiB fill), SIGINT after `after` ms. */
-  const stalled = async (args: string[], after: number) => {
+  const stalled = async (args: string[], after: number, full = false) => {
     const fifo = i.s.path(`stalled-${args[0]}-${after}.fifo`);
     expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
     const reader = openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK);
     const writer = openSync(fifo, constants.O_WRONLY);
+    if (full) {
+      const filler = openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK);
+      try {
+        for (;;) writeSync(filler, Buffer.alloc(4096));
+      } catch (e) {
+        expect((e as NodeJS.ErrnoException).code).toBe('EAGAIN');
+      } finally {
+        closeSync(filler);
+      }
+    }
     try {
       return await new Promise<{ status: number | null; stderr: string; ms: number }>((resolve) => {
         const p = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', writer, 'pipe'] });
@@ -383,6 +393,14 @@ describe('stdout to a reader that stopped reading, and a signal (outside hunt G:
       closeSync(reader);
     }
   };
+  // The pipe full before it runs (the reader stopped reading): its short report waits.
+  test('backups init: the repository stands, so the line says so (review: it said only "interrupted" after the work was done)', async () => {
+    const repo = i.s.path('stalled-init-repo');
+    const r = await stalled(['backups', 'init', '--repo', repo], 1500, true);
+    expect([r.status, r.stderr]).toEqual([130, `dmthin backups init: interrupted; the unencrypted repository ${repo} was created: only its report was lost [ABORT_ERR]\n`]);
+    expect(readdirSync(repo)).toContain('config');
+  });
+
   // Each prints ~77 KB on many-devices: more than the pipe holds.
   test.each([
     ['rmap', ['rmap', '--region', '0..1000000000']],

@@ -138,3 +138,15 @@ c.finishStdout(ac.signal).then(
     s.cleanup();
   }
 });
+
+// A signal that came before the last flush found nothing pending: the output is complete (review: exit 130 after the work and its report).
+test('finishStdout(signal) with the signal already fired and nothing pending: resolves', async () => {
+  const script = `
+const c = require(${JSON.stringify(COMMON)});
+c.guardStdio();
+c.print('all of it\\n');
+setTimeout(() => c.finishStdout(AbortSignal.abort()).then(() => process.stderr.write('ok\\n'), (e) => process.stderr.write(e.code + '\\n')), 200);
+`;
+  const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 10_000 });
+  expect([r.stdout, r.stderr]).toEqual(['all of it\n', 'ok\n']);
+});

@@ -5,7 +5,7 @@
  */
 import { createHash, createHmac, randomBytes } from 'node:crypto';
 import { readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { basename, join } from 'node:path';
 import { createKeyFile } from '../../src/repo/keys';
 import { Repository, type KeySource } from '../../src/repo/repository';
@@ -105,12 +105,17 @@ describe('encrypted repository', () => {
 
   it('a key file\'s temporary file left by a killed run is removed by the next; a live run\'s and other names stay (outside hunt G: a SIGKILL of backups init --key-file left a stray key beside it for good)', async () => {
     const gone = spawnSync(process.execPath, ['-e', '0']).pid!; // a process id that has ended
-    const dead = join(dir, `.key.dmthin-${gone}-0123abcd.tmp`);
-    const live = join(dir, `.key.dmthin-${process.pid}-89abcdef.tmp`);
-    const other = join(dir, `.key.dmthin-${gone}-notours.tmp`);
-    for (const f of [dead, live, other]) writeFileSync(f, randomBytes(32), { mode: 0o600 });
-    await createKeyFile(join(dir, 'key'));
-    expect(readdirSync(dir).sort()).toEqual([basename(other), basename(live), 'key'].sort());
+    const running = spawn('sleep', ['60']); // another process, alive
+    try {
+      const dead = join(dir, `.key.dmthin-${gone}-0123abcd.tmp`);
+      const live = join(dir, `.key.dmthin-${running.pid}-89abcdef.tmp`);
+      const other = join(dir, `.key.dmthin-${gone}-notours.tmp`);
+      for (const f of [dead, live, other]) writeFileSync(f, randomBytes(32), { mode: 0o600 });
+      await createKeyFile(join(dir, 'key'));
+      expect(readdirSync(dir).sort()).toEqual([basename(other), basename(live), 'key'].sort());
+    } finally {
+      running.kill();
+    }
   });
 
   it('the same key file on two repositories gives different ids (ids are per repository)', async () => {
