@@ -50,9 +50,12 @@ const EXAMPLE = join(ROOT, 'examples', 'pool.bin');
  * reserve, the hunts' fixes and their docs; no new kind of file): budget 2.4 -> 2.5 MB;
  * a build/ folder (2.2 MB) still takes it far over.)
  * 2026-12-05, later: 651,626 bytes packed (native/decimal_cells.cc, the hunts'
- * fixes and their docs; no new kind of file): packed budget 650 -> 680 KB. */
+ * fixes and their docs; no new kind of file): packed budget 650 -> 680 KB.
+ * 2026-12-05, session 39: 2,500,190 bytes unpacked (the hunts' fixes, their tests'
+ * docs and messages; no new kind of file): budget 2.5 -> 2.6 MB; a build/ folder
+ * (2.2 MB) still takes it far over. */
 const MAX_PACKED_BYTES = 680_000;
-const MAX_UNPACKED_BYTES = 2_500_000;
+const MAX_UNPACKED_BYTES = 2_600_000;
 
 interface PackResult {
   filename: string;

@@ -430,13 +430,15 @@ describe('receive state', () => {
     expect(sha256File(t)).toBe(await expectedSha(md, 3, SIZE));
   });
 
+  /** Whether process `pid` holds a flock (a receive's lock on its target), and a wait for it. */
+  const holds = (pid: number): boolean => readFileSync('/proc/locks', 'utf8').split('\n').some((l) => /\bFLOCK\b/.test(l) && l.split(/\s+/).includes(String(pid)));
+  const waitHeld = async (pid: number, alive: () => boolean) => {
+    for (let i = 0; i < 1200 && !holds(pid) && alive(); i++) await new Promise((r) => setTimeout(r, 50));
+    return holds(pid);
+  };
+
   test('a piped receive holds the target from its start, before the first byte arrives (hunt S: it locked on its first bytes, and a receive started meanwhile wrote the target)', async () => {
     const t = await dev1Target();
-    const holds = (pid: number): boolean => readFileSync('/proc/locks', 'utf8').split('\n').some((l) => /\bFLOCK\b/.test(l) && l.split(/\s+/).includes(String(pid)));
-    const waitHeld = async (pid: number, alive: () => boolean) => {
-      for (let i = 0; i < 1200 && !holds(pid) && alive(); i++) await new Promise((r) => setTimeout(r, 50));
-      return holds(pid);
-    };
     // The CLI, its stdin a pipe nothing has been written to yet.
     const child = spawn(process.execPath, [CLI, 'receive', '--target', t, '--spool-dir', s.dir, '-q'], { stdio: ['pipe', 'ignore', 'pipe'] });
     let stderr = '';
@@ -466,6 +468,9 @@ describe('receive state', () => {
   test("receiveStream onto a busy target: the refusal comes through the pipeline, also when the caller awaited something before piping (a review: the Writable emitted 'error' at once, unhandled)", async () => {
     const t = await dev1Target();
     const first = receiveStream(t, { spoolDir: s.dir });
+    // The first holds the lock before the second asks: made together, either
+    // could win it (a CI run under load saw the second win).
+    expect(await waitHeld(process.pid, () => true)).toBe(true);
     const second = receiveStream(t, { spoolDir: s.dir });
     await new Promise((r) => setTimeout(r, 200));
     await expect(pipeline(Readable.from([streams.inc2from1]), second)).rejects.toMatchObject({ code: 'EBUSY' });
