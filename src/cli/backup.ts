@@ -8,7 +8,7 @@ import { UsageError } from '../errors';
 import type { BackupOptions } from '../ops/backup';
 import type { ThinPool as ThinPoolT } from '../pool/thin-pool';
 import { CliContext, printErr, cliWording, plural, parseIntArg } from './common';
-import { toJson } from './json';
+import { backupSourceJson, toJson } from './json';
 import { isThinIdText, snapOption, thinIdArg, type MetadataSnapOpts } from './metadata-source';
 import { Progress, stderrIsTTY } from './progress';
 import { keyOption, keySource, type KeyCliOpts } from './repo-options';
@@ -86,7 +86,7 @@ export function register(program: Command, ctx: () => CliContext): void {
         const r = await backup(opts);
         bar.stop();
         c.done = `backup ${r.id} of ${r.volume} was committed`;
-        if (o.json) process.stdout.write(toJson(r) + '\n');
+        if (o.json) process.stdout.write(toJson({ ...r, source: backupSourceJson(r.source) }) + '\n');
         else {
           process.stdout.write(
             `backup ${r.id} of ${r.volume}: ${plural(r.chunks, 'chunk')}, ${r.chunksNew} new (${plural(r.bytesUploaded, 'byte')} uploaded); ` +

@@ -6,7 +6,7 @@ import { dirname } from 'node:path';
 import { AbortError, DmthinError, isSystemError, RepoError, UsageError } from '../errors';
 import type { DamagedBackup, Repository as RepositoryT } from '../repo/repository';
 import { CliContext, printErr, cliWording, plural, parseIntArg, print } from './common';
-import { toJson } from './json';
+import { backupSourceJson, toJson } from './json';
 import { Progress, stderrIsTTY } from './progress';
 import { keyOption, keySource, PASSPHRASE_ENV, type KeyCliOpts } from './repo-options';
 
@@ -103,7 +103,7 @@ export function register(program: Command, ctx: () => CliContext): void {
       // A damaged header does not hide the others: they are listed, then it is named (exit 1).
       const damaged: DamagedBackup[] = [];
       const all = await repo.listBackups({ volume: o.volume, signal: c.signal, onDamaged: (d) => damaged.push(d) });
-      if (o.json) print(toJson(all) + '\n');
+      if (o.json) print(toJson(all.map((b) => ({ ...b, source: backupSourceJson(b.source) }))) + '\n');
       else {
         for (const b of all) {
           print(
@@ -208,10 +208,11 @@ export function register(program: Command, ctx: () => CliContext): void {
         throw prunedSoFar(cliWording(e), gone);
       });
       if (!o.dryRun) c.done = `prune deleted ${plural(r.deleted.length, 'backup')} and ${plural(r.deletedChunks, 'chunk')}`;
-      if (o.json) print(toJson(r) + '\n');
+      // A dry run counts no chunks: null, not 0 (docs/json.md: a count not computed is null).
+      if (o.json) print(toJson(o.dryRun ? { ...r, deletedChunks: null, freedBytes: null, deletedTemporary: null } : r) + '\n');
       else {
         for (const id of r.deleted) print(`${o.dryRun ? 'would delete' : 'deleted'} ${id}\n`);
-        // A dry run collects nothing, so it cannot say what would be freed (the JSON's counts are 0).
+        // A dry run collects nothing, so it cannot say what would be freed (the JSON's counts are null).
         if (o.dryRun) print(`kept ${plural(r.kept.length, 'backup')}, would delete ${r.deleted.length}; chunks are counted and freed only by a prune without --dry-run\n`);
         else print(`kept ${plural(r.kept.length, 'backup')}, deleted ${r.deleted.length}; ${plural(r.deletedChunks, 'chunk')} (${plural(r.freedBytes, 'byte')}) freed${r.deletedTemporary ? `, ${plural(r.deletedTemporary, 'temporary file')} of interrupted writes removed` : ''}\n`);
       }

@@ -5,7 +5,7 @@
 import type { Command } from 'commander';
 import { UsageError } from '../errors';
 import { CliContext, printErr, plural, parseIntArg, print } from './common';
-import { toJson } from './json';
+import { toJson, withNulls } from './json';
 import { Progress, stderrIsTTY } from './progress';
 
 interface MergeCliOpts {
@@ -72,7 +72,7 @@ export function register(program: Command, ctx: () => CliContext): void {
           printErr(`${c.command}: note: pool ${o.pool} kept ${r.undiscardedBlocks} of the ${plural(r.discardedBlocks, 'block')} only the origin had although discarded: ${r.undiscardedBlocks === 1 ? 'it was' : 'they were'} zeroed, and stay provisioned\n`);
         }
         c.done = 'the merge completed';
-        if (o.json) print(toJson(r) + '\n');
+        if (o.json) print(toJson(withNulls(r, ['discardMethod', 'undiscardedBlocks'])) + '\n');
       } finally {
         bar.stop();
       }

@@ -7,7 +7,7 @@ import type { Command } from 'commander';
 import { DmthinError, UsageError } from '../errors';
 import { MAX_TIMER_SECONDS } from '../units';
 import { CliContext, printErr, cliWording, plural, formatVersionArg, parseIntArg, print } from './common';
-import { toJson } from './json';
+import { toJson, withNulls } from './json';
 import { Progress, stderrIsTTY } from './progress';
 import { parseSize } from './send';
 
@@ -110,7 +110,7 @@ export function register(program: Command, ctx: () => CliContext): void {
                 `so snapshot ${r.snapshot} was sent in full; thin ${r.abandoned} is left in the pool and is no longer replication's: delete it if nobody uses it\n`,
             );
           }
-          if (o.json) print(toJson(r, 0) + '\n');
+          if (o.json) print(toJson(withNulls(r, ['notOurs', 'fullReason', 'abandoned']), 0) + '\n');
           else {
             const why = {
               first: 'first',

@@ -252,6 +252,22 @@ describe('unencrypted repository', () => {
     expect(lines[0]).toMatch(/^would delete \S+$/);
     expect(lines[1]).toBe('kept 1 backup, would delete 1; chunks are counted and freed only by a prune without --dry-run');
     expect(JSON.parse(cli(['backups', 'list', '--repo', repo2, '--json']).stdout)).toHaveLength(2);
+    // Counts not computed are null in JSON, not 0 (outside hunt J).
+    const j = JSON.parse(cli(['backups', 'prune', '--repo', repo2, '--keep-last', '1', '--dry-run', '--json']).stdout);
+    expect(j).toMatchObject({ deletedChunks: null, freedBytes: null, deletedTemporary: null });
+    expect(j.deleted).toHaveLength(1);
+  });
+
+  test('a backup\'s source has one shape in JSON: dataImage (none with --pool-id) and mappingRoot are null when absent, never left out (outside hunt J)', () => {
+    const repo3 = s.path('shape-repo');
+    expect(cli(['backups', 'init', '--repo', repo3]).status).toBe(0);
+    const b = JSON.parse(cli([...offline(1, repo3, ['--pool-id', 'mypool', '--json'])]).stdout);
+    expect(b.source).toMatchObject({ kind: 'dm-thin', pool: 'mypool', dataImage: null, mappingRoot: expect.any(String) });
+    expect(cli(offline(2, repo3)).status).toBe(0);
+    const list = JSON.parse(cli(['backups', 'list', '--repo', repo3, '--json']).stdout) as { source: Record<string, unknown> }[];
+    expect(list.map((x) => Object.keys(x.source).sort())).toEqual([Object.keys(list[0].source).sort(), Object.keys(list[0].source).sort()]);
+    expect(list[0].source.dataImage).toBeNull();
+    expect(typeof list[1].source.dataImage).toBe('string');
   });
 });
 
