@@ -48,25 +48,37 @@ export function print(text: string): void {
  * disk loses data without an error): that stream's write is replaced by one
  * that continues short writes and reports the failure. process.stdout is
  * guarded when first read, not created here (start-up: see stdout()).
- * stderr's write errors are made harmless (guardStderr).
+ * stderr's write errors are made harmless too (process.stderr, should
+ * anything create it: commander's help, a progress bar on a terminal that
+ * hangs up).
  */
 export function guardStdio(): void {
   if (stdoutGuarded) return;
   stdoutGuarded = true;
-  guardStderr();
-  const desc = Object.getOwnPropertyDescriptor(process, 'stdout');
+  // stderr's write errors are harmless: see printErr.
+  whenMade('stderr', (s) => s.on('error', () => (stderrGone = true)));
+  whenMade('stdout', guardNodeStdout);
+}
+
+/**
+ * Runs `guard` on process[name] when Node makes it (its getter creates the
+ * stream on first read, which loads net and the stream modules: start-up),
+ * or now where Node made it already.
+ */
+function whenMade(name: 'stdout' | 'stderr', guard: (s: NodeJS.WriteStream) => void): void {
+  const desc = Object.getOwnPropertyDescriptor(process, name);
   if (!desc?.get || !desc.configurable) {
-    guardNodeStdout(process.stdout);
+    guard(process[name]);
     return;
   }
   const make = desc.get;
-  Object.defineProperty(process, 'stdout', {
+  Object.defineProperty(process, name, {
     configurable: true,
     enumerable: desc.enumerable,
     get() {
       const s = make.call(process) as NodeJS.WriteStream;
-      Object.defineProperty(process, 'stdout', { configurable: true, enumerable: desc.enumerable, writable: false, value: s });
-      guardNodeStdout(s);
+      Object.defineProperty(process, name, { configurable: true, enumerable: desc.enumerable, writable: false, value: s });
+      guard(s);
       return s;
     },
   });
@@ -93,33 +105,6 @@ export function printErr(text: string): void {
   } catch {
     stderrGone = true;
   }
-}
-
-/**
- * process.stderr, should anything create it (commander's help on stderr, a
- * progress bar on a terminal that hangs up), ignores its write errors for
- * the same reason: created lazily, as stdout (loading it costs start-up).
- */
-function guardStderr(): void {
-  const desc = Object.getOwnPropertyDescriptor(process, 'stderr');
-  const quiet = (s: NodeJS.WriteStream): void => {
-    s.on('error', () => (stderrGone = true));
-  };
-  if (!desc?.get || !desc.configurable) {
-    quiet(process.stderr);
-    return;
-  }
-  const make = desc.get;
-  Object.defineProperty(process, 'stderr', {
-    configurable: true,
-    enumerable: desc.enumerable,
-    get() {
-      const s = make.call(process) as NodeJS.WriteStream;
-      Object.defineProperty(process, 'stderr', { configurable: true, enumerable: desc.enumerable, writable: false, value: s });
-      quiet(s);
-      return s;
-    },
-  });
 }
 
 function guardNodeStdout(s: NodeJS.WriteStream): void {

@@ -90,9 +90,8 @@ export async function main(argv: string[]): Promise<number> {
     if (ctx?.done && e instanceof DmthinError && e.message.endsWith(OUTPUT_INCOMPLETE)) {
       e.message = `${e.message.slice(0, -OUTPUT_INCOMPLETE.length)}; ${ctx.done}: only its report was lost`;
     }
-    let said = ctx?.wasSignalled() ? interruptedError(e) : e;
     // Interrupted once its work stood (a report waiting on a reader that stopped reading): say that it stands.
-    if (ctx?.done && ctx.wasSignalled()) said = new AbortError(`interrupted; ${ctx.done}: only its report was lost`);
+    const said = !ctx?.wasSignalled() ? e : ctx.done ? new AbortError(`interrupted; ${ctx.done}: only its report was lost`) : interruptedError(e);
     if (!epipe) printErr(errorLine(name, said) + '\n');
     const status = epipe ? EXIT_EPIPE : ctx ? ctx.exitCodeFor() : EXIT_FAILURE;
     if (ctx) await ctx.runCleanups();

@@ -586,10 +586,12 @@ export class ThinMetadata implements AsyncDisposable {
     const out = new Map<number, string>();
     const sbs: [Superblock, string][] = [[this.liveSuperblock, 'the live metadata']];
     const held = this.liveSuperblock.heldRoot;
-    if (held !== 0 && held < this.nrMetadataBlocks) {
+    // Opened through the snapshot (-m), it is already read.
+    if (held !== 0 && held === this.superblock.location) sbs.push([this.superblock, 'the metadata snapshot']);
+    else if (held !== 0 && held < this.nrMetadataBlocks) {
       const [hb] = await this.io.read([held]);
       try {
-        sbs.push([held === this.superblock.location ? this.superblock : parseSuperblock(hb), 'the metadata snapshot']);
+        sbs.push([parseSuperblock(hb), 'the metadata snapshot']);
       } finally {
         hb.done();
       }

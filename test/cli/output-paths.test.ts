@@ -306,26 +306,26 @@ describe('SIGTERM during -o FILE', () => {
   );
 });
 
-describe('-o FIFO and a signal (outside hunt T: SIGINT and SIGTERM were ignored until a reader came, or read)', () => {
-  /** The command's status, stderr and how long it took to end after the signal. */
-  const signalled = (args: string[], after: number) =>
-    new Promise<{ status: number | null; stderr: string; ms: number }>((resolve) => {
-      const p = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
-      let stderr = '';
-      let sent = 0;
-      p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-      const t = setTimeout(() => {
-        sent = Date.now();
-        p.kill('SIGTERM');
-      }, after);
-      const guard = setTimeout(() => p.kill('SIGKILL'), after + 15_000);
-      p.on('close', (status) => {
-        clearTimeout(t);
-        clearTimeout(guard);
-        resolve({ status, stderr, ms: Date.now() - sent });
-      });
+/** The CLI's status, stderr and how long it took to end after `sig`, sent `after` ms in (stdout: 'ignore' or a descriptor). */
+const signalled = (args: string[], after: number, sig: NodeJS.Signals = 'SIGTERM', stdout: 'ignore' | number = 'ignore') =>
+  new Promise<{ status: number | null; stderr: string; ms: number }>((resolve) => {
+    const p = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', stdout, 'pipe'] });
+    let stderr = '';
+    let sent = 0;
+    p.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    const t = setTimeout(() => {
+      sent = Date.now();
+      p.kill(sig);
+    }, after);
+    const guard = setTimeout(() => p.kill('SIGKILL'), after + 15_000);
+    p.on('close', (status) => {
+      clearTimeout(t);
+      clearTimeout(guard);
+      resolve({ status, stderr, ms: Date.now() - sent });
     });
+  });
 
+describe('-o FIFO and a signal (outside hunt T: SIGINT and SIGTERM were ignored until a reader came, or read)', () => {
   test('no reader yet: the wait for one ends on SIGTERM (143, one line)', async () => {
     const fifo = i.s.path('no-reader.fifo');
     expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
@@ -372,22 +372,7 @@ describe('stdout to a reader that stopped reading, and a signal (outside hunt G:
       }
     }
     try {
-      return await new Promise<{ status: number | null; stderr: string; ms: number }>((resolve) => {
-        const p = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', writer, 'pipe'] });
-        let stderr = '';
-        let sent = 0;
-        p.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-        const t = setTimeout(() => {
-          sent = Date.now();
-          p.kill('SIGINT');
-        }, after);
-        const guard = setTimeout(() => p.kill('SIGKILL'), after + 15_000);
-        p.on('close', (status) => {
-          clearTimeout(t);
-          clearTimeout(guard);
-          resolve({ status, stderr, ms: Date.now() - sent });
-        });
-      });
+      return await signalled(args, after, 'SIGINT', writer);
     } finally {
       closeSync(writer);
       closeSync(reader);
