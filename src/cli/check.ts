@@ -22,6 +22,7 @@ interface CheckCliOpts extends MetadataSnapOpts {
 
 // The checker loads when the command runs, not when it is registered (--help lists every command).
 const thinCheck = () => require('../thin/check') as typeof import('../thin/check');
+const btree = () => require('../pdata/btree') as typeof import('../pdata/btree');
 
 const PHASES: Record<CheckPhase, string> = {
   superblock: 'checking the superblock',
@@ -36,11 +37,14 @@ const PHASES: Record<CheckPhase, string> = {
 const MAX_U64 = (1n << 64n) - 1n;
 const keyText = (k: bigint): string => (k === MAX_U64 ? 'end' : String(k));
 
+/** Where a problem can be that is not a btree (CheckProblem.tree; JSON keeps the code names). */
+const PLACES: Record<string, string> = { superblock: 'superblock', 'data-sm': 'data space map', 'metadata-sm': 'metadata space map' };
+
 /** One line naming the problem, the block, the tree, the device and the key range. */
 function problemLine(p: CheckProblem): string {
   const where: string[] = [];
   if (p.block !== undefined) where.push(p.nrBlocks ? `blocks ${p.block}..${p.block + p.nrBlocks - 1}` : `block ${p.block}`);
-  if (p.tree !== undefined) where.push(`${p.tree} tree`);
+  if (p.tree !== undefined) where.push(PLACES[p.tree] ?? btree().treeName(p.tree));
   if (p.devId !== undefined) where.push(`device ${p.devId}`);
   if (p.keys) where.push(`keys ${keyText(p.keys[0])}..${keyText(p.keys[1])}`);
   return `${p.severity === 'fatal' ? 'error' : 'warning'} [${p.kind}]${where.length ? ` (${where.join(', ')})` : ''}: ${p.message}`;

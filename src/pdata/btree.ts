@@ -165,7 +165,12 @@ function nodeError(block: Block, ctx: TreeContext, kind: ConstructorParameters<t
 }
 
 function describe(ctx: TreeContext): string {
-  return ctx.devId !== undefined ? `${ctx.tree} tree of device ${ctx.devId}` : `${TREE_WORDS[ctx.tree] ?? ctx.tree} tree`;
+  return ctx.devId !== undefined ? `${ctx.tree} tree of device ${ctx.devId}` : treeName(ctx.tree);
+}
+
+/** A tree's code name ('data-sm-index') as a reader of the format names it ('data space map index tree'). */
+export function treeName(tree: string): string {
+  return `${TREE_WORDS[tree] ?? tree} tree`;
 }
 
 /** Trees named as a reader of the format names them, where the code's names are terse. */

@@ -522,7 +522,7 @@ describe('CLI', () => {
     const leak = corrupt(clean, 'data-leak').image;
     const r1 = run(leak, []);
     expect(r1.status).toBe(1);
-    expect(r1.stdout).toMatch(/^warning \[sm-leak\] \(block \d+, data-sm tree\): data block \d+: counted 1 but not referenced/m);
+    expect(r1.stdout).toMatch(/^warning \[sm-leak\] \(block \d+, data space map\): data block \d+: counted 1 but not referenced/m);
     expect(r1.stderr).toMatch(/^dmthin check: .+: 1 non-fatal problem found \[EUCLEAN\]\n$/);
     const r2 = run(leak, ['--ignore-non-fatal-errors']);
     expect([r2.status, r2.stderr]).toEqual([0, '']);
@@ -534,7 +534,7 @@ describe('CLI', () => {
     expect(run(fatal, []).stdout).toMatch(/\n\d+ problems? found: [1-9]\d* fatal, \d+ non-fatal\n$/);
     const r3 = run(fatal, ['--ignore-non-fatal-errors']);
     expect(r3.status).toBe(1);
-    expect(r3.stdout).toMatch(/^error \[sm-in-use-counted-free\] \(block \d+, data-sm tree\): .*overwrite live data/m);
+    expect(r3.stdout).toMatch(/^error \[sm-in-use-counted-free\] \(block \d+, data space map\): .*overwrite live data/m);
     expect(r3.stderr.trim().split('\n')).toHaveLength(1);
   });
 
@@ -581,10 +581,19 @@ describe('CLI', () => {
     expect(j.fatal).toBe(1);
     const t = run(corrupt(clean, 'superblock-byte-flip').image, []);
     expect(t.status).toBe(1);
-    expect(t.stdout).toMatch(/^error \[checksum\] \(block 0, superblock tree\)/m);
+    expect(t.stdout).toMatch(/^error \[checksum\] \(block 0, superblock\)/m);
     // Nothing was read, and the summary says so (it said "0 devices, 0 mappings, transaction 0").
     expect(t.stdout).toMatch(/^devices, mappings and transaction not read\nspace maps not checked \(the metadata could not be opened\)$/m);
     expect(t.stdout).not.toMatch(/0 devices/);
+  });
+
+  it('a problem line names its tree in words, as the reader does ("(block 4, data-sm-index tree)" before)', () => {
+    // basic: the data space map's index is one btree leaf, block 4.
+    const img = Buffer.from(fixtureImage('basic'));
+    blk(img, 4)[100] ^= 1;
+    const r = run(img, []);
+    expect(r.status).toBe(1);
+    expect(r.stdout).toMatch(/^error \[checksum\] \(block 4, data space map index tree\): bad checksum in btree node \(block 4, data space map index tree\)$/m);
   });
 
   it('a missing file is an error line, not a verdict', () => {
