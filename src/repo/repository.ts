@@ -417,7 +417,17 @@ export class Repository implements AsyncDisposable {
   }
 
   private live(): void {
-    if (this.closed) throw new RepoError('config', `the repository at ${this.location} is closed`);
+    if (this.closed) throw this.closedError();
+  }
+
+  /** @internal Whether close() was called: a session's calls then fail too. */
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  /** @internal EBADF, as ThinMetadata's calls after its close. */
+  closedError(what = 'the repository'): RepoError {
+    return new RepoError('config', `${what} at ${this.location} is closed: open it again`, { code: 'EBADF' });
   }
 
   /** The chunk id of a plaintext: SHA-256, or HMAC-SHA-256 under the repository's id key when encrypted. */
@@ -945,7 +955,11 @@ export class Repository implements AsyncDisposable {
     }
   }
 
-  /** Closes the backend if the repository opened it. */
+  /**
+   * Closes the backend if the repository opened it. Calls after it, the
+   * repository's and its open sessions', fail with RepoError code EBADF;
+   * disposing a session still releases its lock (best effort).
+   */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
@@ -989,7 +1003,9 @@ class Session implements BackupSession {
   readonly restoredMarked = new Set<string>();
 
   private open(): void {
-    if (this.done) throw new RepoError('config', `backup session ${this.id} is already committed or closed`);
+    if (this.done) throw new RepoError('config', `backup session ${this.id} is already committed or closed`, { code: 'EBADF' });
+    // Its backend may be gone (an S3 client destroyed): a session does not outlive its repository.
+    if (this.repo.isClosed) throw this.repo.closedError(`backup session ${this.id}: its repository`);
   }
 
   async putChunk(plain: Uint8Array, opts: PutChunkOptions = {}): Promise<PutResult> {

@@ -170,6 +170,22 @@ describe('Repository (local, unencrypted)', () => {
       await expect(openBackend('s3://bucket/prefix')).rejects.toThrow(/S3 support not built yet/);
   });
 
+  it('after close: the repository and its open sessions refuse further calls with EBADF, as ThinMetadata does (outside hunt V: config, and the session went on)', async () => {
+    const repo = await Repository.create(join(dir, 'repo'));
+    const s = await repo.beginBackup('vol1');
+    await s.putChunk(randomBytes(CHUNK));
+    await repo.close();
+    const closed = (p: Promise<unknown>) => expect(p).rejects.toMatchObject({ name: 'RepoError', code: 'EBADF', reason: 'config', message: expect.stringMatching(/ is closed: open it again$/) });
+    await closed(repo.beginBackup('vol2'));
+    await closed(s.putChunk(randomBytes(CHUNK)));
+    await closed(s.commit(header('vol1', CHUNK), [{ index: 0, id: '0'.repeat(64) }]));
+    // Disposing the session still releases its lock: the next backup of the volume is not refused.
+    await s[Symbol.asyncDispose]();
+    await using again = await Repository.open(join(dir, 'repo'));
+    await using s2 = await again.beginBackup('vol1');
+    expect(s2.id).not.toBe(s.id);
+  });
+
   it('Repository.openBackend on a caller-owned backend leaves it open', async () => {
     const backend = new LocalBackend(join(dir, 'r'));
     const repo = await Repository.openBackend(backend, { create: {} });
