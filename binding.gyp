@@ -7,6 +7,7 @@
         "native/errors.cc",
         "native/crc32c.cc",
         "native/decimal_cells.cc",
+        "native/details_columns.cc",
         "native/rmap_lines.cc",
         "native/std_sort.cc",
         "native/file_io.cc",

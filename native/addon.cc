@@ -1,7 +1,8 @@
 // Module entry: the native layer is IO only (block reads and writes, CRC-32C, dm ioctls and event polls, flock),
 // plus the stream digest (SHA-256 or BLAKE3) hashed on threads of its own, the CLI's exit guard and malloc settings,
-// and three CPU steps a CLI run finishes before V8 optimises them (measured: JS's first tiers are several times
-// slower): the integer cells of ls's table (decimal_cells.cc), rmap's lines (rmap_lines.cc) and its sort (std_sort.cc).
+// and four CPU steps a CLI run finishes before V8 optimises them (measured: JS's first tiers are several times
+// slower): the integer cells of ls's table (decimal_cells.cc), the device-details leaves' copy into ls's columns
+// (details_columns.cc), rmap's lines (rmap_lines.cc) and its sort (std_sort.cc).
 #include <napi.h>
 
 #include "allocator.h"
@@ -9,6 +10,7 @@
 #include "block_writer.h"
 #include "crc32c.h"
 #include "decimal_cells.h"
+#include "details_columns.h"
 #include "dm_control.h"
 #include "dm_poll.h"
 #include "exit_guard.h"
@@ -24,6 +26,7 @@ namespace dmthin {
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitCrc32c(env, exports);
   InitDecimalCells(env, exports);
+  InitDetailsColumns(env, exports);
   InitRmapLines(env, exports);
   InitStdSort(env, exports);
   BlockReader::Init(env, exports);

@@ -150,6 +150,19 @@ export interface NativeAddon {
     unitNames?: readonly string[],
   ): void;
   /**
+   * One device-details leaf's entries appended to the columns of
+   * thin/device-table.ts (native/details_columns.cc), on the calling
+   * thread: entry i's key at words[keysAt + 2i] (two little-endian words),
+   * its 24-byte value at words[valuesAt + 6i], into row at + i. `columns`
+   * holds R rows in 4R + 3 f64s: device ids, mapped_blocks, then from byte
+   * 16R u32 transaction id low and high words, creation and snapshotted
+   * times, then the three maxima (raised). Returns -1, or the first entry
+   * whose key or mapped_blocks is 2^53 or more (it and those after it not
+   * written). Throws a RangeError, writing nothing, on entries or rows
+   * beyond their arrays, or columns sharing memory with the words.
+   */
+  decodeDetailsLeaf(words: Uint32Array, keysAt: number, valuesAt: number, count: number, at: number, columns: Float64Array): number;
+  /**
    * thin_ls's human units of blocks[j] * bytesPerBlock for each row
    * (native/decimal_cells.cc): the number in values[j], the suffix index in
    * units[j], the largest number of each suffix in maxPerUnit (7 entries).
@@ -312,7 +325,7 @@ export function putFileDurableFunction(): NativeAddon['putFileDurable'] | null {
  * (built before it had the function: a checkout updated without a rebuild)
  * lacks it; the caller then does the work in JS.
  */
-function optionalFunction<K extends 'writeDecimalCells' | 'diskUnits' | 'stdSortOrder' | 'partitionRunFile' | 'writeRmapLines'>(name: K): NativeAddon[K] | null {
+function optionalFunction<K extends 'writeDecimalCells' | 'decodeDetailsLeaf' | 'diskUnits' | 'stdSortOrder' | 'partitionRunFile' | 'writeRmapLines'>(name: K): NativeAddon[K] | null {
   try {
     const f = native()[name] as NativeAddon[K] | undefined;
     return typeof f === 'function' ? f : null;
@@ -325,6 +338,11 @@ function optionalFunction<K extends 'writeDecimalCells' | 'diskUnits' | 'stdSort
 /** The addon's writeDecimalCells, or null (the caller then writes the cells itself). */
 export function decimalCellsFunction(): NativeAddon['writeDecimalCells'] | null {
   return optionalFunction('writeDecimalCells');
+}
+
+/** The addon's decodeDetailsLeaf, or null (the caller then decodes the leaf itself). */
+export function detailsLeafFunction(): NativeAddon['decodeDetailsLeaf'] | null {
+  return optionalFunction('decodeDetailsLeaf');
 }
 
 /** The addon's diskUnits, or null (the caller then computes the units itself). */
