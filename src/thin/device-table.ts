@@ -150,9 +150,9 @@ const INITIAL_ROWS = 1 << 17;
  * creation and snapshotted times, then the three maxima (mapped_blocks,
  * creation_time, snapshotted_time) as f64s. One block, so that the addon's
  * copy of a leaf takes one array for all of them (native/details_columns.cc
- * has the same layout): each typed array an N-API call reads costs ~0.1 µs,
- * and a call per leaf with the six columns apart took ~2.6 µs, 3 ms on
- * 70,000 devices.
+ * has the same layout): with the six columns apart, the 1,120 calls of a
+ * 70,000-device pool took ~3 ms in a new process copying nothing, with one
+ * block 0.6 ms.
  */
 interface DetailsColumns {
   n: number;
