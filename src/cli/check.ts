@@ -151,7 +151,11 @@ export function register(program: Command, ctx: () => CliContext): void {
             if (p.phase === 'mappings') bar.update(p.done, p.total);
           },
         });
-      } catch (e) {
+        // A verdict on a live pool's snapshot stands only if it is still held (released meanwhile: ESTALE).
+        await c.checkInputs();
+      } catch (caught) {
+        // Damage read in a snapshot something released meanwhile is that release, not a verdict.
+        const e = opened ? await c.explain(caught) : caught;
         // Metadata too broken to open is a verdict, not a failure to run. So is any
         // other reason it cannot be opened (no such file, no snapshot held) for -q,
         // which prints nothing (as thin_check -q), and --json, whose report says so;

@@ -207,6 +207,12 @@ export function isEpipe(e: unknown): boolean {
   return (e as { code?: string } | undefined)?.code === 'EPIPE';
 }
 
+/** An input that may change under the command: CliContext.onInputCheck. */
+export interface InputCheck {
+  verify(): Promise<void>;
+  explain(e: unknown): Promise<unknown>;
+}
+
 export class CliContext {
   readonly controller = new AbortController();
   private readonly cleanups: (() => Promise<void> | void)[] = [];
@@ -228,6 +234,30 @@ export class CliContext {
 
   get signal(): AbortSignal {
     return this.controller.signal;
+  }
+
+  /** What the command read that may change under it: see onInputCheck. */
+  private readonly inputs: InputCheck[] = [];
+
+  /**
+   * Registers a check that an input is still what the command opened (a
+   * live pool's metadata snapshot, still held: LiveMetadata.verify): run by
+   * checkInputs() before a command's output is committed, and by explain()
+   * on its failure.
+   */
+  onInputCheck(c: InputCheck): void {
+    this.inputs.push(c);
+  }
+
+  /** Throws when an input changed under the command (then nothing it read from it stands). */
+  async checkInputs(): Promise<void> {
+    for (const c of this.inputs) await c.verify();
+  }
+
+  /** The error to report for `e`: an input's own (ESTALE) when it changed under the command, which explains `e`. */
+  async explain(e: unknown): Promise<unknown> {
+    for (const c of this.inputs) e = await c.explain(e);
+    return e;
   }
 
   /** Runs at exit, success or failure, also after Ctrl-C / SIGTERM (e.g. release a metadata snapshot). */

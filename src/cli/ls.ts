@@ -48,6 +48,8 @@ export function register(program: Command, ctx: () => CliContext): void {
           bar.stop();
         }
       }
+      // All read before a line is written: a snapshot released meanwhile prints nothing.
+      await c.checkInputs();
       if (o.json) await writeLsJson(table, fields, dbs, stdout(), excl, c.signal);
       else await writeDetailsTable(table, fields, dbs, o.headers, stdout(), excl, c.signal);
     });

@@ -100,6 +100,9 @@ export async function openMetadataSource(arg: string, o: MetadataSnapOpts, ctx: 
   // Someone else's snapshot is used and left held; otherwise one is reserved until the command ends.
   const live = await pool.openMetadata({ snapshot: 'held-or-reserve', root: typeof snap === 'number' ? snap : undefined });
   ctx.onCleanup(() => live.release());
+  // Released by something else while read (a held snapshot anyone may release): ESTALE, not what was read.
+  const { staleOr } = require('../pool/thin-pool') as typeof import('../pool/thin-pool');
+  ctx.onInputCheck({ verify: () => live.verify(), explain: (e) => staleOr(live, e) });
   return { metadata: live.metadata, pool };
 }
 

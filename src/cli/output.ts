@@ -70,13 +70,20 @@ export function refuseStdoutOverInputs(inputs: readonly NamedInput[]): void {
 }
 
 export async function commandOutput(path: string | undefined, c: CliContext, inputs: readonly NamedInput[]): Promise<CommandOutput> {
-  if (path === undefined || isStdoutPath(path)) return { out: stdout(), commit: async () => undefined };
+  // Before a commit, the inputs are checked: what was read from a live pool's snapshot stands only if it is still held.
+  if (path === undefined || isStdoutPath(path)) return { out: stdout(), commit: () => c.checkInputs() };
   const { OutputFile, refuseOutputOverInputs } = file();
   await refuseOutputOverInputs(path, 'the output file', inputs);
   const f = await OutputFile.create(path, { signal: c.signal });
   // Failure, Ctrl-C or SIGTERM: the temporary file goes, FILE stays as it was.
   c.onCleanup(() => f.discard());
-  return { out: f.stream, commit: () => f.commit() };
+  return {
+    out: f.stream,
+    commit: async () => {
+      await c.checkInputs();
+      await f.commit();
+    },
+  };
 }
 
 /** Writes text (or bytes) to stdout and waits for it; a write error is the one "cannot write stdout" error. */

@@ -86,12 +86,14 @@ export async function main(argv: string[]): Promise<number> {
       printErr(errorLine(parserCommand(e), parserError(e, argv)) + '\n');
       return EXIT_FAILURE; // a usage error: 1, as the reference tools
     }
-    const epipe = isEpipe(e) && !ctx?.wasSignalled();
-    if (ctx?.done && e instanceof DmthinError && e.message.endsWith(OUTPUT_INCOMPLETE)) {
-      e.message = `${e.message.slice(0, -OUTPUT_INCOMPLETE.length)}; ${ctx.done}: only its report was lost`;
+    // A failure reading a live pool's snapshot that something released meanwhile is that release (ESTALE).
+    const err = ctx && !ctx.wasSignalled() && !isEpipe(e) ? await ctx.explain(e) : e;
+    const epipe = isEpipe(err) && !ctx?.wasSignalled();
+    if (ctx?.done && err instanceof DmthinError && err.message.endsWith(OUTPUT_INCOMPLETE)) {
+      err.message = `${err.message.slice(0, -OUTPUT_INCOMPLETE.length)}; ${ctx.done}: only its report was lost`;
     }
     // Interrupted once its work stood (a report waiting on a reader that stopped reading): say that it stands.
-    const said = !ctx?.wasSignalled() ? e : ctx.done ? new AbortError(`interrupted; ${ctx.done}: only its report was lost`) : interruptedError(e);
+    const said = !ctx?.wasSignalled() ? err : ctx.done ? new AbortError(`interrupted; ${ctx.done}: only its report was lost`) : interruptedError(err);
     if (!epipe) printErr(errorLine(name, said) + '\n');
     const status = epipe ? EXIT_EPIPE : ctx ? ctx.exitCodeFor() : EXIT_FAILURE;
     if (ctx) await ctx.runCleanups();

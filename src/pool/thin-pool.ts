@@ -105,6 +105,17 @@ export interface OpenMetadataOptions {
 export interface LiveMetadata extends AsyncDisposable {
   /** The metadata, read through the snapshot. */
   readonly metadata: ThinMetadata;
+  /**
+   * Checks that the snapshot read through is still the one opened: the pool
+   * still holds it at the same block, with the same superblock copy there.
+   * Call it once the reading is done (and before trusting what was read):
+   * anyone may release a held snapshot (`dmsetup message POOL 0
+   * release_metadata_snap`), and the pool then reuses the blocks only it
+   * held, so a walk in progress reads whatever is written there, checksums
+   * and all. MetadataSnapError ESTALE when it was released or replaced.
+   * withMetadataSnapshot() and changedBlocks() call it; so does the CLI's -m.
+   */
+  verify(): Promise<void>;
   /** Closes the metadata, then releases the snapshot if it was reserved for it. Idempotent. */
   release(): Promise<void>;
 }
@@ -367,10 +378,18 @@ export class ThinPool {
    * virtual-block order, read through a metadata snapshot reserved for the
    * walk and released when it ends: finished, thrown, aborted or abandoned
    * (`break`). Blocks both map the same are skipped unless `includeSame`.
+   * Ends with MetadataSnapError ESTALE after the last extent when something
+   * else released the snapshot during the walk (LiveMetadata.verify).
    */
   async *changedBlocks(baseId: number, snapId: number, opts: DeltaOptions = {}): AsyncGenerator<DeltaExtent> {
     await using live = await this.openMetadata({ signal: opts?.signal });
-    yield* live.metadata.delta(baseId, snapId, { includeSame: false, ...opts });
+    try {
+      yield* live.metadata.delta(baseId, snapId, { includeSame: false, ...opts });
+    } catch (e) {
+      throw await staleOr(live, e);
+    }
+    // The last extent is out: an ESTALE here says the extents came from a snapshot released meanwhile.
+    await live.verify();
   }
 
   /** Releases a held metadata snapshot (EINVAL if none). Prefer disposing the handle. */
@@ -423,7 +442,7 @@ export class ThinPool {
           throw new UsageError(`metadata snapshot at block ${opts.root} does not match the held root ${held} of ${this.name}`);
         }
         const md = await ThinMetadata.open(await this.metadataDevicePath(), { metadataSnap: Number(held), exclusive: false });
-        return liveMetadata(md);
+        return liveMetadata(this, md);
       }
       if (use === 'held') {
         throw new MetadataSnapError('ENODATA', `thin-pool ${this.name} holds no metadata snapshot (reserve one first)`, { device: this.name });
@@ -438,7 +457,7 @@ export class ThinPool {
       await snap.release();
       throw e;
     }
-    return liveMetadata(md, snap);
+    return liveMetadata(this, md, snap);
   }
 
   /** Active dm devices with a thin table on this pool. */
@@ -559,6 +578,15 @@ export class MetadataSnapshot implements AsyncDisposable, Releasable {
       try {
         // Released while the reserve is still in flight (a signal): wait for it.
         if (this.reserved && !(await this.reserved)) return; // nothing was reserved
+        // Released already by something else (then perhaps another reserved since): the
+        // message would release that one. Only a status saying so skips it.
+        if (this.root !== 0) {
+          const now = (await this.pool.workingStatus().catch(() => undefined))?.heldMetadataRoot;
+          if (now !== undefined && (now === null || Number(now) !== this.root)) {
+            forgetHeld(this.pool.name, this.root);
+            return;
+          }
+        }
         await this.pool.releaseMetadataSnap();
       } finally {
         unguard(this);
@@ -584,7 +612,7 @@ export class MetadataSnapshot implements AsyncDisposable, Releasable {
   }
 }
 
-function liveMetadata(metadata: ThinMetadata, snap?: MetadataSnapshot): LiveMetadata {
+async function liveMetadata(pool: ThinPool, metadata: ThinMetadata, snap?: MetadataSnapshot): Promise<LiveMetadata> {
   const release = async (): Promise<void> => {
     try {
       await metadata.close();
@@ -592,7 +620,56 @@ function liveMetadata(metadata: ThinMetadata, snap?: MetadataSnapshot): LiveMeta
       await snap?.release();
     }
   };
-  return { metadata, release, [Symbol.asyncDispose]: release };
+  let opened: Buffer;
+  try {
+    opened = await heldSuperblockBytes(metadata);
+  } catch (e) {
+    await release();
+    throw e;
+  }
+  const root = metadata.metadataSnap!;
+  const verify = async (): Promise<void> => {
+    const now = (await pool.workingStatus()).heldMetadataRoot;
+    const held = now === null ? null : Number(now);
+    if (held === root && (await heldSuperblockBytes(metadata)).equals(opened)) return;
+    const what = held === null ? 'none is held now' : held !== root ? `block ${held} is held now` : 'another is held at the same block now';
+    throw new MetadataSnapError(
+      'ESTALE',
+      `the metadata snapshot of thin-pool ${pool.name} at block ${root} was released while it was being read (${what}), by something other than this reader ` +
+        `(such as 'dmsetup message ${pool.name} 0 release_metadata_snap'): the pool may have reused blocks it named, so what was read is not used. ` +
+        `Run it again, and keep the snapshot held until it ends`,
+      { device: pool.name, block: root },
+    );
+  };
+  return { metadata, verify, release, [Symbol.asyncDispose]: release };
+}
+
+/**
+ * @internal What to report for `e`, an error of a read through `live`: the
+ * snapshot's ESTALE when it was released meanwhile (blocks the pool reused
+ * since read as damage), else `e` itself (also when the check cannot tell).
+ */
+export async function staleOr(live: LiveMetadata, e: unknown): Promise<unknown> {
+  if (e instanceof AbortError) return e;
+  try {
+    await live.verify();
+  } catch (v) {
+    if (v instanceof MetadataSnapError && v.code === 'ESTALE') {
+      (v as { cause?: unknown }).cause ??= e;
+      return v;
+    }
+  }
+  return e;
+}
+
+/** The snapshot's superblock copy as it is on the device now (read again, not from a cache). */
+async function heldSuperblockBytes(md: ThinMetadata): Promise<Buffer> {
+  const [b] = await md.io.read([md.metadataSnap!]);
+  try {
+    return Buffer.from(b.data);
+  } finally {
+    b.done();
+  }
 }
 
 /** True when an error is the kernel's answer `code` to a pool message. */

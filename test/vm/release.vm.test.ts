@@ -15,6 +15,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { ThinPool } from '../../src/pool/thin-pool';
+import { withMetadataSnapshot } from '../../src/pool/live-metadata';
 import { DmSandbox, MiB, cleanupAllSandboxes, describeVm, run } from './helpers';
 import { CLI, DIST, type TestPool, after, createTestPool, ddCmd, oneTarget, sh, swapTable, waitFor } from './pool-helpers';
 
@@ -212,5 +213,85 @@ describeVm('metadata snapshots are released when the holder dies (library and CL
     } finally {
       await swapTable(tp.dm, tp.metaName!, oneTarget(tp.metaSectors, 'linear', `${meta} 0`));
     }
+  });
+
+  // Found by an outside test on a real pool: a snapshot another program held and released while
+  // `delta -m` read it (the pool then reused its blocks) gave a wrong delta with exit 0.
+  describe('a snapshot released by something else while it is read: ESTALE, not what was read', () => {
+    const dmsetup = (msg: string) => run('dmsetup', ['message', tp.name, '0', msg]);
+    /** A write to device 1 (through a thin device made for it): the pool's roots move on. */
+    const writeOrigin = async (seekMiB: number) => {
+      const origin = sb.adopt(`origin-w${seekMiB}`);
+      await tp.dm.createWithTable(origin, oneTarget((64 * MiB) / 512, 'thin', `${pool.devString} 1`));
+      try {
+        sh(ddCmd(`${tp.dm.devDir}/${origin}`, { bs: MiB, seek: seekMiB, count: 1 }));
+      } finally {
+        await tp.dm.remove(origin);
+      }
+    };
+
+    test("library: someone else's held snapshot, released and another reserved after a write: verify() rejects with ESTALE; release() leaves the other one held", async () => {
+      dmsetup('reserve_metadata_snap');
+      try {
+        const live = await pool.openMetadata({ snapshot: 'held' });
+        try {
+          expect((await live.metadata.devices()).size).toBe(8);
+          await live.verify();
+          dmsetup('release_metadata_snap');
+          await expect(live.verify()).rejects.toMatchObject({ name: 'MetadataSnapError', code: 'ESTALE', message: expect.stringMatching(/was released while it was being read \(none is held now\)/) });
+          await writeOrigin(30);
+          dmsetup('reserve_metadata_snap');
+          await expect(live.verify()).rejects.toMatchObject({ code: 'ESTALE' });
+        } finally {
+          await live.release();
+        }
+        expect(await heldRoot()).not.toBeNull();
+      } finally {
+        if ((await heldRoot()) !== null) dmsetup('release_metadata_snap');
+      }
+    });
+
+    test("library: dmthin's own snapshot released by someone else, who then reserves one: withMetadataSnapshot rejects with ESTALE, and its release leaves that one held", async () => {
+      try {
+        const p = withMetadataSnapshot(pool, async (md) => {
+          const n = (await md.devices()).size;
+          dmsetup('release_metadata_snap');
+          await writeOrigin(31);
+          dmsetup('reserve_metadata_snap');
+          return n;
+        });
+        await expect(p).rejects.toMatchObject({ code: 'ESTALE' });
+        const held = await heldRoot();
+        expect(held).not.toBeNull();
+      } finally {
+        if ((await heldRoot()) !== null) dmsetup('release_metadata_snap');
+      }
+    });
+
+    test.each(['held by someone else', 'reserved by dmthin'] as const)('dmthin dump -m POOL -o FILE, the snapshot (%s) released during the read (reads slowed by dm-delay): exit 1 ESTALE, no FILE', async (whose) => {
+      const meta = tp.metaLoop.path;
+      if (whose === 'held by someone else') dmsetup('reserve_metadata_snap');
+      // Each read takes 1 s: opening (the superblocks, the snapshot's copy) ~3 s, the walk of 8 devices many more.
+      await swapTable(tp.dm, tp.metaName!, oneTarget(tp.metaSectors, 'delay', `${meta} 0 1000 ${meta} 0 0`));
+      const out = join(sb.dir, `dump-released-${whose.length}.xml`);
+      try {
+        const c = spawnNode([CLI, 'dump', '-m', tp.name, '-o', out]);
+        await waitFor('the CLI to hold the metadata snapshot', async () => (await heldRoot()) ?? (c.child.exitCode !== null ? -1 : null), 60_000, 50);
+        await new Promise((r) => setTimeout(r, 4500)); // walking the trees now
+        expect(c.child.exitCode).toBeNull();
+        dmsetup('release_metadata_snap');
+        await swapTable(tp.dm, tp.metaName!, oneTarget(tp.metaSectors, 'linear', `${meta} 0`));
+        const done = await Promise.race([c.exit, after(60_000, 'still running' as const)]);
+        expect({ done, stderr: c.stderr() }).toEqual({
+          done: { code: 1, signal: null },
+          stderr: expect.stringMatching(new RegExp(`^dmthin dump: the metadata snapshot of thin-pool ${tp.name} at block \\d+ was released while it was being read \\(none is held now\\).* \\[ESTALE\\]\n$`)),
+        });
+        expect(existsSync(out)).toBe(false);
+        expect(await heldRoot()).toBeNull();
+      } finally {
+        await swapTable(tp.dm, tp.metaName!, oneTarget(tp.metaSectors, 'linear', `${meta} 0`));
+        if ((await heldRoot()) !== null) dmsetup('release_metadata_snap');
+      }
+    });
   });
 });
