@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "allocator.h"
 #include "crc32c.h"
 #include "errors.h"
 #include "file_io.h"
@@ -332,32 +333,6 @@ BufferPool::~BufferPool() {
     for (uint8_t* p : list) std::free(p);
   for (uint8_t* s : slabs_) ::munmap(s, kSlabBytes);
 }
-
-namespace {
-
-size_t HugeSpan(size_t bytes) {
-  return (bytes + BufferPool::kSlabBytes - 1) & ~(BufferPool::kSlabBytes - 1);
-}
-
-// An anonymous mapping of HugeSpan(bytes), 2 MiB-aligned (what a huge page
-// needs), huge pages asked for. Best effort: without THP (or with it off)
-// it is plain 4 KiB pages, as malloc's were. nullptr when out of memory.
-uint8_t* MapHuge(size_t bytes) {
-  size_t span = HugeSpan(bytes);
-  size_t len = span + BufferPool::kSlabBytes;  // room to align: then the head and tail go back
-  void* raw = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (raw == MAP_FAILED) return nullptr;
-  uintptr_t at = reinterpret_cast<uintptr_t>(raw);
-  uintptr_t aligned = (at + BufferPool::kSlabBytes - 1) & ~(uintptr_t{BufferPool::kSlabBytes} - 1);
-  if (aligned > at) ::munmap(raw, aligned - at);
-  uintptr_t end = aligned + span;
-  if (at + len > end) ::munmap(reinterpret_cast<void*>(end), at + len - end);
-  auto* p = reinterpret_cast<uint8_t*>(aligned);
-  ::madvise(p, span, MADV_HUGEPAGE);
-  return p;
-}
-
-}  // namespace
 
 uint8_t* BufferPool::NewSlab() {
   uint8_t* slab = MapHuge(kSlabBytes);

@@ -237,6 +237,11 @@ export interface NativeAddon {
   exitNow(status: number): never;
   /** glibc's M_MMAP_THRESHOLD and M_TRIM_THRESHOLD (native/allocator.cc); false where malloc is not glibc's. */
   tuneAllocator(mmapThreshold: number, trimThreshold: number): boolean;
+  /**
+   * `bytes` (1..2^30) of zero memory in transparent huge pages where the
+   * kernel has them (native/allocator.cc), unmapped when collected.
+   */
+  hugeArrayBuffer(bytes: number): ArrayBuffer;
   dmConstants: NativeDmConstants;
 }
 
@@ -325,7 +330,7 @@ export function putFileDurableFunction(): NativeAddon['putFileDurable'] | null {
  * (built before it had the function: a checkout updated without a rebuild)
  * lacks it; the caller then does the work in JS.
  */
-function optionalFunction<K extends 'writeDecimalCells' | 'decodeDetailsLeaf' | 'diskUnits' | 'stdSortOrder' | 'partitionRunFile' | 'writeRmapLines'>(name: K): NativeAddon[K] | null {
+function optionalFunction<K extends 'writeDecimalCells' | 'decodeDetailsLeaf' | 'hugeArrayBuffer' | 'diskUnits' | 'stdSortOrder' | 'partitionRunFile' | 'writeRmapLines'>(name: K): NativeAddon[K] | null {
   try {
     const f = native()[name] as NativeAddon[K] | undefined;
     return typeof f === 'function' ? f : null;
@@ -343,6 +348,11 @@ export function decimalCellsFunction(): NativeAddon['writeDecimalCells'] | null 
 /** The addon's decodeDetailsLeaf, or null (the caller then decodes the leaf itself). */
 export function detailsLeafFunction(): NativeAddon['decodeDetailsLeaf'] | null {
   return optionalFunction('decodeDetailsLeaf');
+}
+
+/** The addon's hugeArrayBuffer, or null (the caller then allocates its buffer itself). */
+export function hugeArrayBufferFunction(): NativeAddon['hugeArrayBuffer'] | null {
+  return optionalFunction('hugeArrayBuffer');
 }
 
 /** The addon's diskUnits, or null (the caller then computes the units itself). */

@@ -12,7 +12,7 @@ import { MetadataError } from '../errors';
 import { LeafWalk, type BtreeNode } from '../pdata/btree';
 import type { BlockSource } from '../pdata/block-source';
 import { MAX_SAFE_HI, TWO32 } from '../pdata/words';
-import { detailsLeafFunction } from '../native/binding';
+import { detailsLeafFunction, hugeArrayBufferFunction } from '../native/binding';
 import { DEVICE_DETAILS_SIZE, parseDeviceDetails, type DeviceDetails } from './device-details';
 
 /** The details tree's columns of DeviceTable: what `ls` prints without a mapping walk. */
@@ -137,12 +137,15 @@ export async function readDeviceTable(src: DeviceTableSource, signal?: AbortSign
 // few leaves (70,000 devices, readDeviceTable alone in a new process,
 // median of 11: 38 -> 28 ms; with the columns' uninitialized room, 25 ms).
 
-/**
- * Rows the columns start with (5.5 MiB of address space for all of them):
- * room never written is never touched, and a pool of up to 131,072 devices
- * is read without a copy.
- */
+/** Rows the top-level tree's columns start with (1.5 MiB of address space; room never written is never touched). */
 const INITIAL_ROWS = 1 << 17;
+
+/**
+ * Rows the details' columns start with (128 KiB, from malloc): a pool of
+ * up to 4,096 devices touches only the pages it writes. Beyond, the columns
+ * grow into huge pages (detailsLeaves.huge).
+ */
+const DETAILS_INITIAL_ROWS = 1 << 12;
 
 /**
  * The details' columns, all in one block of memory: rows-many f64 device
@@ -166,12 +169,27 @@ interface DetailsColumns {
   stime: Uint32Array;
 }
 
-/** Columns for `rows` devices in one uninitialized block (its maxima 0). */
+/** Bytes of the details' columns for `rows` rows. */
+const columnBytes = (rows: number): number => 32 * rows + 24;
+
+/** Transparent huge pages: the unit the addon's huge mappings come in. */
+const HUGE_PAGE = 2 << 20;
+
+/** Columns for `rows` devices (or more: a huge block's whole pages) in one uninitialized block (its maxima 0). */
 function newDetailsColumns(rows: number): DetailsColumns {
-  const block = uninitialized(Float64Array, 4 * rows + 3);
+  let block: Float64Array;
+  const d = detailsLeaves;
+  const huge = rows > d.hugeFromRows ? (d.huge === undefined ? (d.huge = hugeArrayBufferFunction()) : d.huge) : null;
+  if (huge !== null) {
+    const bytes = Math.ceil(columnBytes(rows) / HUGE_PAGE) * HUGE_PAGE;
+    rows = Math.floor((bytes - 24) / 32);
+    block = new Float64Array(huge(bytes), 0, 4 * rows + 3);
+  } else {
+    block = uninitialized(Float64Array, 4 * rows + 3);
+    block.fill(0, 4 * rows);
+  }
   const buf = block.buffer;
   const at = block.byteOffset;
-  block.fill(0, 4 * rows);
   return {
     n: 0,
     rows,
@@ -205,14 +223,27 @@ function roomFor(c: DetailsColumns, need: number): DetailsColumns {
 const maxima = (c: DetailsColumns): Float64Array => c.block.subarray(4 * c.rows, 4 * c.rows + 3);
 
 /**
- * @internal The addon's copy of a details leaf into the columns (null
- * without the addon: the loop below). Measured on 70,000 devices (`ls` of
- * the details' fields, a new process): that loop ran ~7 ms in V8's first
- * tiers, as a CLI run never waits for it to be optimised; see
- * native/details_columns.cc. Tests set it to null to run the loop, and
- * initialRows low to make the columns grow.
+ * @internal How the details' columns are made; tests change these.
+ * - decode: the addon's copy of a leaf into the columns (undefined: not
+ *   looked up yet; null, without the addon or in a test: the loop in
+ *   decodeDetailsLeaf). Measured on 70,000 devices (`ls` of the details'
+ *   fields, a new process): that loop ran ~7 ms in V8's first tiers, as a
+ *   CLI run never waits for it to be optimised; see
+ *   native/details_columns.cc.
+ * - initialRows: the rows of the first block (tests set it low to make the
+ *   columns grow).
+ * - huge, hugeFromRows: a block of more than hugeFromRows rows is the
+ *   addon's huge-page mapping (undefined: not looked up yet; null: malloc),
+ *   sized to whole huge pages and touched a huge page at a time. In the
+ *   bench VM a 4 KiB page fault costs ~11 us, and the columns of 70,000
+ *   devices (2.2 MB) took ~550 of them.
  */
-export const detailsLeaves: { decode: ReturnType<typeof detailsLeafFunction> | undefined; initialRows: number } = { decode: undefined, initialRows: INITIAL_ROWS };
+export const detailsLeaves: {
+  decode: ReturnType<typeof detailsLeafFunction> | undefined;
+  initialRows: number;
+  huge: ReturnType<typeof hugeArrayBufferFunction> | undefined;
+  hugeFromRows: number;
+} = { decode: undefined, initialRows: DETAILS_INITIAL_ROWS, huge: undefined, hugeFromRows: DETAILS_INITIAL_ROWS };
 
 /** Appends a details leaf's entries, decoded straight from its u32 words (little-endian pairs for u64s); returns the columns (moved when they grew). */
 function decodeDetailsLeaf(leaf: BtreeNode, c: DetailsColumns): DetailsColumns {

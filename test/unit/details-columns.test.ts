@@ -37,15 +37,21 @@ function rowsOf(t: DetailsTable) {
   }));
 }
 
-async function tableOf(img: Buffer, opts: { js?: boolean; initialRows?: number } = {}): Promise<DetailsTable> {
+async function tableOf(img: Buffer, opts: { js?: boolean; initialRows?: number; hugeFromRows?: number } = {}): Promise<DetailsTable> {
   const saved = { ...detailsLeaves };
   if (opts.js) detailsLeaves.decode = null;
   if (opts.initialRows !== undefined) detailsLeaves.initialRows = opts.initialRows;
+  if (opts.hugeFromRows !== undefined) detailsLeaves.hugeFromRows = opts.hugeFromRows;
   try {
     await using md = await ThinMetadata.fromBuffer(img);
     const t = await md.detailsTable();
     // The addon ran, not a silent fallback to the loop.
     if (!opts.js) expect(typeof detailsLeaves.decode).toBe('function');
+    // A block past hugeFromRows rows is the addon's mapping: whole huge pages.
+    if (opts.hugeFromRows !== undefined && Math.max(opts.initialRows ?? 4096, t.count) > opts.hugeFromRows) {
+      expect(typeof detailsLeaves.huge).toBe('function');
+      expect(t.devId.buffer.byteLength % (2 << 20)).toBe(0);
+    }
     return t;
   } finally {
     Object.assign(detailsLeaves, saved);
@@ -56,11 +62,11 @@ describe.each([
   ['the addon', false],
   ['the TypeScript loop', true],
 ] as const)('%s', (_name, js) => {
-  test.each(['many-devices', 'high-values', 'snapshots', 'basic', 'empty', 'dbs-1gib-full'])('%s: every device as the leaves hold it, the maxima, and the same growing from 1 and 7 rows', async (fixture) => {
+  test.each(['many-devices', 'high-values', 'snapshots', 'basic', 'empty', 'dbs-1gib-full'])('%s: every device as the leaves hold it, the maxima, and the same growing from 1 and 7 rows, in huge pages from the start and grown into them', async (fixture) => {
     const img = fixtureImage(fixture);
     const want = detailsOf(img);
-    for (const initialRows of [undefined, 1, 7]) {
-      const t = await tableOf(img, { js, initialRows });
+    for (const [initialRows, hugeFromRows] of [[undefined, undefined], [1, undefined], [7, undefined], [undefined, 0], [1, 3]]) {
+      const t = await tableOf(img, { js, initialRows, hugeFromRows });
       expect(rowsOf(t)).toEqual(want);
       const max = (k: 'mapped' | 'ct' | 'st') => want.reduce((m, d) => Math.max(m, d[k]), 0);
       expect([t.maxMappedBlocks, t.maxCreationTime, t.maxSnapshottedTime]).toEqual([max('mapped'), max('ct'), max('st')]);
@@ -149,5 +155,30 @@ describe('decodeDetailsLeaf, called directly', () => {
       expect(() => call(c)).toThrow(message);
       expect([what, Buffer.from(c.buffer).toString('hex')]).toEqual([what, before]);
     }
+  });
+});
+
+describe('hugeArrayBuffer (the columns grown past 4,096 rows)', () => {
+  const huge = native().hugeArrayBuffer;
+
+  test('an ArrayBuffer of exactly the bytes asked for, zero, writable; several live at once are apart', () => {
+    const a = new Uint8Array(huge(2 << 20));
+    const b = new Uint8Array(huge(4097));
+    expect([a.length, b.length]).toEqual([2 << 20, 4097]);
+    expect(a.every((x) => x === 0) && b.every((x) => x === 0)).toBe(true);
+    a.fill(7);
+    b[4096] = 9;
+    expect([a[0], a[(2 << 20) - 1], b[0], b[4096]]).toEqual([7, 7, 0, 9]);
+  });
+
+  // The addon's errors are of Node's realm, not the test's: matched by name and message.
+  test.each([[0], [-1], [1.5], [2 ** 30 + 1], [NaN], ['4096'], [undefined]])('bytes %p: a RangeError or TypeError, no buffer', (bytes) => {
+    let err: unknown;
+    try {
+      (huge as (b: unknown) => ArrayBuffer)(bytes);
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toMatchObject(typeof bytes === 'number' ? { name: 'RangeError', message: 'hugeArrayBuffer: bytes must be an integer in 1..2^30' } : { name: 'TypeError', message: 'hugeArrayBuffer(bytes: number)' });
   });
 });

@@ -1,5 +1,9 @@
+import { closeSync, openSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { Writable } from 'node:stream';
+import { FdWriter } from '../../src/output/fd-writer';
 import { asciiTag, OutputSink } from '../../src/output/sink';
+import { scratch } from '../stream/helpers';
 
 /** Collects what the sink writes. */
 function collector(): { out: Writable; text: () => string } {
@@ -95,6 +99,51 @@ describe('OutputSink byte writers', () => {
     want += tags[4];
     await s.flush();
     expect(Buffer.from(text(), 'latin1').toString('utf8')).toBe(want);
+  });
+});
+
+describe('chunks reused: at most two out before one comes back', () => {
+  // A writer that writes a file at once calls back a tick later; a formatter whose
+  // awaits all settle at once (ls's table) got a fresh 256 KiB chunk per flush
+  // until FdWriter's 1 MiB high-water mark: each a fresh ~64 page faults.
+  it.each([
+    ['a regular file (written at once, called back a tick later)', false],
+    ['a pipe (fs.write on the thread pool)', true],
+  ])('%s: 40 chunks of text through three buffers, every byte in order', async (_name, pipe) => {
+    const dir = scratch().dir;
+    const path = join(dir, 'out');
+    let fd: number;
+    let reader: Promise<Buffer> | undefined;
+    if (pipe) {
+      const { spawn } = await import('node:child_process');
+      const { spawnSync } = await import('node:child_process');
+      expect(spawnSync('mkfifo', [join(dir, 'fifo')]).status).toBe(0);
+      const cat = spawn('cat', [join(dir, 'fifo')], { stdio: ['ignore', 'pipe', 'inherit'] });
+      const parts: Buffer[] = [];
+      cat.stdout.on('data', (b: Buffer) => parts.push(b));
+      reader = new Promise((resolve) => cat.on('close', () => resolve(Buffer.concat(parts))));
+      fd = openSync(join(dir, 'fifo'), 'w');
+    } else fd = openSync(path, 'w');
+    const w = new FdWriter(fd);
+    const buffers = new Set<ArrayBufferLike>();
+    const write = w.write.bind(w);
+    w.write = (chunk: string | Uint8Array, cb?: (e?: Error | null) => void) => {
+      if (typeof chunk !== 'string') buffers.add(chunk.buffer);
+      return write(chunk, cb);
+    };
+    const s = new OutputSink(w, 'test');
+    const line = 'x'.repeat(99) + '\n';
+    const lines = 40 * 2600;
+    for (let i = 0; i < lines; i += 1300) {
+      for (let j = 0; j < 1300; j++) s.ascii(line);
+      await s.maybeFlush();
+    }
+    await s.flush();
+    closeSync(fd);
+    const got = pipe ? await reader! : readFileSync(path);
+    expect(got.length).toBe(lines * 100);
+    expect(got.equals(Buffer.from(line.repeat(lines), 'latin1'))).toBe(true);
+    expect(buffers.size).toBeLessThanOrEqual(3);
   });
 });
 
