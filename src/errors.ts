@@ -156,6 +156,22 @@ export class MetadataError extends DmthinError {
 export class MetadataSnapError extends DmthinError {}
 
 /**
+ * ESTALE: the metadata snapshot at `block` of `whose` ('thin-pool NAME' or
+ * a metadata device's path) was released while it was read; `what` says
+ * what is held now.
+ */
+export function snapshotReleased(whose: string, block: number, what: string, fields: ErrorFields): MetadataSnapError {
+  const how = fields.device !== undefined ? `'dmsetup message ${fields.device} 0 release_metadata_snap'` : "'dmsetup message POOL 0 release_metadata_snap'";
+  return new MetadataSnapError(
+    'ESTALE',
+    `the metadata snapshot of ${whose} at block ${block} was released while it was being read (${what}), by something other than this reader ` +
+      `(such as ${how}): the pool may have reused blocks it named, so what was read is not to be used. ` +
+      `Run it again, and keep the snapshot held until it ends`,
+    { ...fields, block },
+  );
+}
+
+/**
  * Why a send/receive stream was refused (docs/stream-format.md). Stable
  * strings: tests and callers may match on them.
  */

@@ -249,6 +249,11 @@ export class CliContext {
     this.inputs.push(c);
   }
 
+  /** Whether an input check is registered. */
+  checksInputs(): boolean {
+    return this.inputs.length > 0;
+  }
+
   /** Throws when an input changed under the command (then nothing it read from it stands). */
   async checkInputs(): Promise<void> {
     for (const c of this.inputs) await c.verify();

@@ -73,11 +73,20 @@ export async function openMetadataSource(arg: string, o: MetadataSnapOpts, ctx: 
   if (!(await namesPool(arg))) {
     // Loaded here, not at import: every command imports this file, and --help needs no reader.
     const { ThinMetadata } = require('../thin/metadata') as typeof Metadata;
+    let md: ThinMetadata;
     try {
-      return { metadata: await ThinMetadata.open(arg, { metadataSnap: snap }) };
+      md = await ThinMetadata.open(arg, { metadataSnap: snap });
     } catch (e) {
       throw streamHint(e, arg);
     }
+    // Through the snapshot a pool holds (thin_dump -m /dev/vg/pool_tmeta): it too may be
+    // released while read, then the device's held root and copy say so (ESTALE).
+    if (snap !== undefined) {
+      const { staleOr } = require('../thin/metadata') as typeof Metadata;
+      const held = { verify: () => md.verifySnapshot() };
+      ctx.onInputCheck({ verify: held.verify, explain: (e) => staleOr(held, e) });
+    }
+    return { metadata: md };
   }
   if (snap === undefined) {
     throw new DmthinError('ENOENT', `${arg}: no such file (a live pool can be read by name only through its metadata snapshot, -m)`, { path: arg });
@@ -101,7 +110,7 @@ export async function openMetadataSource(arg: string, o: MetadataSnapOpts, ctx: 
   const live = await pool.openMetadata({ snapshot: 'held-or-reserve', root: typeof snap === 'number' ? snap : undefined });
   ctx.onCleanup(() => live.release());
   // Released by something else while read (a held snapshot anyone may release): ESTALE, not what was read.
-  const { staleOr } = require('../pool/thin-pool') as typeof import('../pool/thin-pool');
+  const { staleOr } = require('../thin/metadata') as typeof Metadata;
   ctx.onInputCheck({ verify: () => live.verify(), explain: (e) => staleOr(live, e) });
   return { metadata: live.metadata, pool };
 }

@@ -71,7 +71,20 @@ export function refuseStdoutOverInputs(inputs: readonly NamedInput[]): void {
 
 export async function commandOutput(path: string | undefined, c: CliContext, inputs: readonly NamedInput[]): Promise<CommandOutput> {
   // Before a commit, the inputs are checked: what was read from a live pool's snapshot stands only if it is still held.
-  if (path === undefined || isStdoutPath(path)) return { out: stdout(), commit: () => c.checkInputs() };
+  if (path === undefined || isStdoutPath(path)) {
+    if (!c.checksInputs()) return { out: stdout(), commit: async () => undefined };
+    // Printed as it is made, but its last chunk only once the inputs pass: if they fail, stdout
+    // ends cut short (no closing tags), not a whole document beside exit 1.
+    const { HeldTail } = require('../output/held-tail') as typeof import('../output/held-tail');
+    const t = new HeldTail(stdout());
+    return {
+      out: t,
+      commit: async () => {
+        await c.checkInputs();
+        await t.release();
+      },
+    };
+  }
   const { OutputFile, refuseOutputOverInputs } = file();
   await refuseOutputOverInputs(path, 'the output file', inputs);
   const f = await OutputFile.create(path, { signal: c.signal });

@@ -63,7 +63,9 @@ export function register(program: Command, ctx: () => CliContext): void {
         const { rmapRuns, writeRmapText } = require('../thin/rmap') as typeof import('../thin/rmap');
         const runs = await rmapRuns(md, regions, { signal: c.signal, onProgress: (p) => bar.update(p.mappings, p.total), runsInMemory: runsInMemory() });
         bar.stop();
-        // Every tree is read: the reader's buffers and caches go before the sort needs its memory.
+        // Every tree is read: through a snapshot released meanwhile, nothing is printed (ESTALE);
+        // then the reader's buffers and caches go before the sort needs its memory.
+        await c.checkInputs();
         await md.close();
         await writeRmapText(runs, sink, c.signal);
         await sink.flush();

@@ -30,6 +30,8 @@ export interface SinkTarget {
   readonly writableNeedDrain: boolean;
   /** The target failed or was closed: nothing more is written. */
   readonly destroyed: boolean;
+  /** True: done with a chunk once its write has called back (see releasesChunks()). */
+  readonly releasesChunks?: boolean;
 }
 
 const CHUNK = 1 << 18;
@@ -43,7 +45,7 @@ const CHUNK = 1 << 18;
  * array): reusing it there rewrote bytes already handed on.
  */
 function releasesChunks(out: SinkTarget): boolean {
-  if (out instanceof FdWriter) return true;
+  if (out instanceof FdWriter || out.releasesChunks === true) return true;
   // Loaded here, not at start-up: node:net and fs's streams cost a tiny command ~6 ms (see fd-writer.ts).
   const { WriteStream } = require('node:fs') as typeof Fs;
   const { Socket } = require('node:net') as typeof Net;

@@ -176,6 +176,21 @@ export class NativeBlockSource implements BlockSource {
   }
 }
 
+/**
+ * Blocks of a file or device as they are now, through a reader of their own
+ * (read-only, not exclusive; O_DIRECT unless `direct` is false), closed
+ * before this returns: the blocks stay readable (their buffer is freed when
+ * they are collected).
+ */
+export async function readBlocksAnew(path: string, blocks: readonly number[], direct = true): Promise<Block[]> {
+  const io = await NativeBlockSource.open(path, { direct: direct ? 'always' : 'never', exclusive: false });
+  try {
+    return await io.read(blocks);
+  } finally {
+    await io.close();
+  }
+}
+
 /** Metadata held in memory (a Buffer of whole 4 KiB blocks). */
 export class MemoryBlockSource implements BlockSource {
   /** Read counters. */

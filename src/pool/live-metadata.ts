@@ -5,9 +5,9 @@
  * release guard also releases it on SIGINT/SIGTERM/SIGHUP and at exit.)
  */
 import { check } from '../errors';
-import { staleOr, ThinPool } from './thin-pool';
+import { ThinPool } from './thin-pool';
 import type { DeltaExtent, DeltaOptions } from '../thin/delta';
-import type { ThinMetadata } from '../thin/metadata';
+import { staleOr, type ThinMetadata } from '../thin/metadata';
 
 /**
  * Runs `fn` on the pool's metadata as of now; the snapshot is released when

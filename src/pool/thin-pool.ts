@@ -8,7 +8,7 @@
  *   await using snap = await pool.reserveMetadataSnap();
  *   await using md = await snap.open();
  */
-import { AbortError, DmIoctlError, DmthinError, MetadataSnapError, NameLookupError, UsageError, throwIfAborted, check } from '../errors';
+import { AbortError, DmIoctlError, DmthinError, MetadataSnapError, NameLookupError, UsageError, snapshotReleased, throwIfAborted, check } from '../errors';
 import { DeviceMapper } from '../dm/device-mapper';
 import { formatDev, type DevNum, type DmTarget } from '../dm/ioctl';
 import {
@@ -26,7 +26,8 @@ import {
 } from '../dm/targets/thin-pool';
 import { parseThinTable, THIN_TARGET } from '../dm/targets/thin';
 import type { DeltaExtent, DeltaOptions } from '../thin/delta';
-import { ThinMetadata } from '../thin/metadata';
+import { staleOr, ThinMetadata } from '../thin/metadata';
+import { readBlocksAnew } from '../pdata/block-source';
 import { type DataBlocks, type Sectors, dataBlocks, sectors } from '../units';
 import { devNumOf, devPathOf, sizeInSectors } from '../dm/block-devices';
 import { guard, unguard, type Releasable } from './release-guard';
@@ -365,6 +366,11 @@ export class ThinPool {
       if (snap.released) throw new AbortError('metadata snapshot released (process signalled) before it could be used', { device: this.name });
       snap.root = await snap.readRoot();
       recordHeld(this.name, snap.root);
+      // Its bytes, to tell it at release from a copy someone else reserved at the same block.
+      snap.copy = await readBlocksAnew(await this.metadataDevicePath(), [snap.root]).then(
+        ([b]) => Buffer.from(b.data),
+        () => undefined,
+      );
     } catch (e) {
       await snap.release().catch(() => undefined);
       throw e;
@@ -407,6 +413,8 @@ export class ThinPool {
   /**
    * The pool's metadata through the held metadata snapshot (its root must be
    * held: reserve one first). Opened read-only, O_DIRECT, without O_EXCL.
+   * What is read stands only while that snapshot stays held:
+   * `verifySnapshot()` after the read says so (ESTALE if it was released).
    */
   async metadata(): Promise<ThinMetadata> {
     return (await this.openMetadata({ snapshot: 'held' })).metadata;
@@ -535,6 +543,8 @@ export class ThinPool {
 export class MetadataSnapshot implements AsyncDisposable, Releasable {
   /** Block number of the held superblock copy. */
   root = 0;
+  /** @internal The copy's bytes as reserved (undefined: not read): release() tells another's copy at the same block by them. */
+  copy?: Buffer;
   private releasing?: Promise<void>;
   /** The reserve_metadata_snap message: true once it succeeded, false if it failed; undefined before it was sent. */
   private reserved?: Promise<boolean>;
@@ -579,10 +589,11 @@ export class MetadataSnapshot implements AsyncDisposable, Releasable {
         // Released while the reserve is still in flight (a signal): wait for it.
         if (this.reserved && !(await this.reserved)) return; // nothing was reserved
         // Released already by something else (then perhaps another reserved since): the
-        // message would release that one. Only a status saying so skips it.
+        // message would release that one. Only a status, or a copy at our block with
+        // other bytes than ours, saying so skips it.
         if (this.root !== 0) {
           const now = (await this.pool.workingStatus().catch(() => undefined))?.heldMetadataRoot;
-          if (now !== undefined && (now === null || Number(now) !== this.root)) {
+          if ((now !== undefined && (now === null || Number(now) !== this.root)) || (await this.copyChanged())) {
             forgetHeld(this.pool.name, this.root);
             return;
           }
@@ -593,6 +604,17 @@ export class MetadataSnapshot implements AsyncDisposable, Releasable {
       }
     })();
     return this.releasing;
+  }
+
+  /** True when the copy at `root` is not the one reserved (false when it cannot be read, or was not). */
+  private async copyChanged(): Promise<boolean> {
+    if (!this.copy) return false;
+    try {
+      const [b] = await readBlocksAnew(await this.pool.metadataDevicePath(), [this.root]);
+      return !b.data.equals(this.copy);
+    } catch {
+      return false;
+    }
   }
 
   releaseSync(): void {
@@ -620,56 +642,18 @@ async function liveMetadata(pool: ThinPool, metadata: ThinMetadata, snap?: Metad
       await snap?.release();
     }
   };
-  let opened: Buffer;
-  try {
-    opened = await heldSuperblockBytes(metadata);
-  } catch (e) {
-    await release();
-    throw e;
-  }
   const root = metadata.metadataSnap!;
   const verify = async (): Promise<void> => {
+    // The pool's status first (its in-core superblock: a release shows there
+    // before it is committed), then the device (block 0's held root, and the
+    // copy byte for byte as the reader parsed it at open).
     const now = (await pool.workingStatus()).heldMetadataRoot;
     const held = now === null ? null : Number(now);
-    if (held === root && (await heldSuperblockBytes(metadata)).equals(opened)) return;
-    const what = held === null ? 'none is held now' : held !== root ? `block ${held} is held now` : 'another is held at the same block now';
-    throw new MetadataSnapError(
-      'ESTALE',
-      `the metadata snapshot of thin-pool ${pool.name} at block ${root} was released while it was being read (${what}), by something other than this reader ` +
-        `(such as 'dmsetup message ${pool.name} 0 release_metadata_snap'): the pool may have reused blocks it named, so what was read is not used. ` +
-        `Run it again, and keep the snapshot held until it ends`,
-      { device: pool.name, block: root },
-    );
+    const what = held === null ? 'none is held now' : held !== root ? `block ${held} is held now` : await metadata.snapshotChange();
+    if (what === null) return;
+    throw snapshotReleased(`thin-pool ${pool.name}`, root, what, { device: pool.name });
   };
   return { metadata, verify, release, [Symbol.asyncDispose]: release };
-}
-
-/**
- * @internal What to report for `e`, an error of a read through `live`: the
- * snapshot's ESTALE when it was released meanwhile (blocks the pool reused
- * since read as damage), else `e` itself (also when the check cannot tell).
- */
-export async function staleOr(live: LiveMetadata, e: unknown): Promise<unknown> {
-  if (e instanceof AbortError) return e;
-  try {
-    await live.verify();
-  } catch (v) {
-    if (v instanceof MetadataSnapError && v.code === 'ESTALE') {
-      (v as { cause?: unknown }).cause ??= e;
-      return v;
-    }
-  }
-  return e;
-}
-
-/** The snapshot's superblock copy as it is on the device now (read again, not from a cache). */
-async function heldSuperblockBytes(md: ThinMetadata): Promise<Buffer> {
-  const [b] = await md.io.read([md.metadataSnap!]);
-  try {
-    return Buffer.from(b.data);
-  } finally {
-    b.done();
-  }
 }
 
 /** True when an error is the kernel's answer `code` to a pool message. */

@@ -426,8 +426,8 @@ export class Repository implements AsyncDisposable {
   }
 
   /** @internal EBADF, as ThinMetadata's calls after its close. */
-  closedError(what = 'the repository'): RepoError {
-    return new RepoError('config', `${what} at ${this.location} is closed: open it again`, { code: 'EBADF' });
+  closedError(what = 'the repository', advice = 'open it again'): RepoError {
+    return new RepoError('config', `${what} at ${this.location} is closed: ${advice}`, { code: 'EBADF' });
   }
 
   /** The chunk id of a plaintext: SHA-256, or HMAC-SHA-256 under the repository's id key when encrypted. */
@@ -1005,7 +1005,7 @@ class Session implements BackupSession {
   private open(): void {
     if (this.done) throw new RepoError('config', `backup session ${this.id} is already committed or closed`, { code: 'EBADF' });
     // Its backend may be gone (an S3 client destroyed): a session does not outlive its repository.
-    if (this.repo.isClosed) throw this.repo.closedError(`backup session ${this.id}: its repository`);
+    if (this.repo.isClosed) throw this.repo.closedError(`backup session ${this.id}: its repository`, 'open it again and begin a new backup session (this one cannot go on)');
   }
 
   async putChunk(plain: Uint8Array, opts: PutChunkOptions = {}): Promise<PutResult> {

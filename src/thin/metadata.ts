@@ -7,9 +7,9 @@
  *   for await (const run of md.mappings(1)) ...
  */
 import { closeSync, openSync, readSync, statSync } from 'node:fs';
-import { DmthinError, MetadataError, MetadataSnapError, UsageError, check, describeValue, throwIfAborted } from '../errors';
+import { AbortError, DmthinError, MetadataError, MetadataSnapError, UsageError, check, describeValue, snapshotReleased, throwIfAborted } from '../errors';
 import { lookup as btreeLookup, walkLeaves } from '../pdata/btree';
-import { BlockSource, CachingBlockSource, MemoryBlockSource, NativeBlockSource, OpenOptions } from '../pdata/block-source';
+import { Block, BlockSource, CachingBlockSource, MemoryBlockSource, NativeBlockSource, OpenOptions, readBlocksAnew } from '../pdata/block-source';
 import { ENTRIES_PER_BITMAP, MAX_METADATA_BITMAPS, SpaceMap, SpaceMapKind } from '../pdata/space-map';
 import { DeviceDetails, DEVICE_DETAILS_SIZE, parseDeviceDetails } from './device-details';
 import { deviceAt, readDetailsTable, readDeviceTable, rowOf, type DetailsTable, type DeviceTable } from './device-table';
@@ -104,6 +104,24 @@ function checkSizes(sb: Superblock, io: BlockSource): void {
   }
 }
 
+/**
+ * @internal What to report for `e`, an error of a read through a metadata
+ * snapshot that `live.verify()` checks: the snapshot's ESTALE when it was
+ * released meanwhile (blocks the pool reused since read as damage), else `e` itself (also when the check cannot tell).
+ */
+export async function staleOr(live: { verify(): Promise<void> }, e: unknown): Promise<unknown> {
+  if (e instanceof AbortError) return e;
+  try {
+    await live.verify();
+  } catch (v) {
+    if (v instanceof MetadataSnapError && v.code === 'ESTALE') {
+      (v as { cause?: unknown }).cause ??= e;
+      return v;
+    }
+  }
+  return e;
+}
+
 /** A pool's thin metadata, read-only: superblock, devices, mappings, deltas, reference counts. */
 export class ThinMetadata implements AsyncDisposable {
   /** The superblock whose trees are read: block 0, or the snapshot copy. */
@@ -124,6 +142,8 @@ export class ThinMetadata implements AsyncDisposable {
   /** The nodes mappingRoot and deviceDetails looked through last (see lookupRoot). */
   private lookupIo?: CachingBlockSource;
   private closed = false;
+  /** The snapshot's superblock copy (block metadataSnap) as parsed at open: what snapshotChange() compares. */
+  private heldCopy?: Buffer;
 
   private constructor(
     /** Where the metadata blocks are read from (see `dmthin/unstable`). */
@@ -194,6 +214,7 @@ export class ThinMetadata implements AsyncDisposable {
     }
     checkSizes(live, io);
     let used = live;
+    let heldCopy: Buffer | undefined;
     if (snap !== undefined && snap !== false) {
       const held = live.heldRoot;
       if (held === 0) {
@@ -211,6 +232,7 @@ export class ThinMetadata implements AsyncDisposable {
       }
       const [hb] = await io.read([held]);
       used = parseSuperblock(hb);
+      heldCopy = Buffer.from(hb.data);
       // A pool's data block size never changes: a held copy that says otherwise is damaged, and its
       // trees' block numbers would be printed in other units than the live data device's size.
       if (used.dataBlockSize !== live.dataBlockSize) {
@@ -221,7 +243,47 @@ export class ThinMetadata implements AsyncDisposable {
         );
       }
     }
-    return new ThinMetadata(io, live, used);
+    const md = new ThinMetadata(io, live, used);
+    md.heldCopy = heldCopy;
+    return md;
+  }
+
+  /**
+   * Read through a metadata snapshot: whether the snapshot read is still
+   * the one held, judged from the device as it is now (block 0's held root,
+   * and the copy at metadataSnap, byte for byte as read at open). A pool
+   * that releases a snapshot may reuse every block it named, so a read of a
+   * snapshot released before it ended may have read another tree's blocks
+   * as its own. null: still held (or nothing to tell: no snapshot, metadata
+   * in memory, or a caller's source already closed); else what is held now
+   * ('none is held now', 'block N is held now', 'another is held at the same
+   * block now'). The device is opened anew (read-only, not exclusively, with
+   * the same O_DIRECT as this reader), so this works after close(), and
+   * reads the kernel's committed state; a pool's status can tell sooner
+   * (LiveMetadata.verify checks both). A held copy written again with the
+   * very same bytes (same roots, transaction and time) cannot be told apart.
+   */
+  async snapshotChange(): Promise<string | null> {
+    const held = this.metadataSnap;
+    if (held === null || !this.heldCopy) return null;
+    let b0: Block;
+    let hb: Block;
+    if (this.io instanceof NativeBlockSource) [b0, hb] = await readBlocksAnew(this.io.path, [0, held], this.io.direct);
+    else if (this.io instanceof MemoryBlockSource || this.closed) return null;
+    else [b0, hb] = await this.io.read([0, held]);
+    const now = parseSuperblock(b0).heldRoot;
+    if (now === held && hb.data.equals(this.heldCopy)) return null;
+    return now === 0 ? 'none is held now' : now !== held ? `block ${now} is held now` : 'another is held at the same block now';
+  }
+
+  /**
+   * Rejects with MetadataSnapError ESTALE when the metadata snapshot read is
+   * no longer the one held (snapshotChange()): call it after a read through
+   * a snapshot, before its result is used.
+   */
+  async verifySnapshot(): Promise<void> {
+    const what = await this.snapshotChange();
+    if (what !== null) throw snapshotReleased(this.io.path, this.metadataSnap!, what, { path: this.io.path });
   }
 
   private check(): void {

@@ -175,10 +175,12 @@ describe('Repository (local, unencrypted)', () => {
     const s = await repo.beginBackup('vol1');
     await s.putChunk(randomBytes(CHUNK));
     await repo.close();
-    const closed = (p: Promise<unknown>) => expect(p).rejects.toMatchObject({ name: 'RepoError', code: 'EBADF', reason: 'config', message: expect.stringMatching(/ is closed: open it again$/) });
-    await closed(repo.beginBackup('vol2'));
-    await closed(s.putChunk(randomBytes(CHUNK)));
-    await closed(s.commit(header('vol1', CHUNK), [{ index: 0, id: '0'.repeat(64) }]));
+    const closed = (p: Promise<unknown>, advice: RegExp) => expect(p).rejects.toMatchObject({ name: 'RepoError', code: 'EBADF', reason: 'config', message: expect.stringMatching(advice) });
+    await closed(repo.beginBackup('vol2'), / is closed: open it again$/);
+    // Reopening the repository does not revive the session: the message says a new one is needed.
+    const session = / is closed: open it again and begin a new backup session \(this one cannot go on\)$/;
+    await closed(s.putChunk(randomBytes(CHUNK)), session);
+    await closed(s.commit(header('vol1', CHUNK), [{ index: 0, id: '0'.repeat(64) }]), session);
     // Disposing the session still releases its lock: the next backup of the volume is not refused.
     await s[Symbol.asyncDispose]();
     await using again = await Repository.open(join(dir, 'repo'));

@@ -2,6 +2,7 @@ import { closeSync, openSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { FdWriter } from '../../src/output/fd-writer';
+import { HeldTail } from '../../src/output/held-tail';
 import { asciiTag, OutputSink } from '../../src/output/sink';
 import { scratch } from '../stream/helpers';
 
@@ -144,6 +145,46 @@ describe('chunks reused: at most two out before one comes back', () => {
     expect(got.length).toBe(lines * 100);
     expect(got.equals(Buffer.from(line.repeat(lines), 'latin1'))).toBe(true);
     expect(buffers.size).toBeLessThanOrEqual(3);
+  });
+});
+
+describe('HeldTail: the last chunk goes out only at release() (stdout of -m, whose check comes at the end)', () => {
+  it('flushed: all but the last chunk written; released: every byte; unreleased, the output ends short', async () => {
+    const path = join(scratch().dir, 'out');
+    const fd = openSync(path, 'w');
+    const t = new HeldTail(new FdWriter(fd));
+    const s = new OutputSink(t, 'test');
+    const line = 'y'.repeat(99) + '\n';
+    const lines = 6000; // 600,000 bytes: three chunks of the sink's 256 KiB
+    for (let i = 0; i < lines; i += 100) {
+      for (let j = 0; j < 100; j++) s.ascii(line);
+      await s.maybeFlush();
+    }
+    await s.flush();
+    await new Promise((r) => setImmediate(r));
+    const cut = readFileSync(path);
+    expect(cut.length).toBeGreaterThan(0);
+    expect(cut.length).toBeLessThan(lines * 100);
+    expect(cut.equals(Buffer.from(line.repeat(lines)).subarray(0, cut.length))).toBe(true);
+    await t.release();
+    closeSync(fd);
+    expect(readFileSync(path).equals(Buffer.from(line.repeat(lines)))).toBe(true);
+  });
+
+  it('a write error of the output reaches the sink (its flush rejects), and release() rejects with it', async () => {
+    const fd = openSync('/dev/full', 'w');
+    try {
+      const t = new HeldTail(new FdWriter(fd));
+      const s = new OutputSink(t, 'stdout');
+      for (let i = 0; i < 3; i++) {
+        s.ascii('z'.repeat(200_000));
+        await s.maybeFlush().catch(() => undefined);
+      }
+      await expect(s.flush()).rejects.toMatchObject({ code: 'ENOSPC' });
+      await expect(t.release()).rejects.toMatchObject({ code: 'ENOSPC' });
+    } finally {
+      closeSync(fd);
+    }
   });
 });
 
