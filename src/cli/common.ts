@@ -238,6 +238,8 @@ export class CliContext {
 
   /** What the command read that may change under it: see onInputCheck. */
   private readonly inputs: InputCheck[] = [];
+  /** checkInputs() passed after the last read. */
+  private inputsVerified = false;
 
   /**
    * Registers a check that an input is still what the command opened (a
@@ -254,9 +256,17 @@ export class CliContext {
     return this.inputs.length > 0;
   }
 
-  /** Throws when an input changed under the command (then nothing it read from it stands). */
+  /**
+   * Throws when an input changed under the command (then nothing it read
+   * from it stands). Called once the command has read all it reads: once
+   * it has passed, later calls pass at once (rmap checks before its sort and
+   * its commit checks again; a release after the last read changes nothing
+   * that was read).
+   */
   async checkInputs(): Promise<void> {
+    if (this.inputsVerified) return;
     for (const c of this.inputs) await c.verify();
+    this.inputsVerified = true;
   }
 
   /** The error to report for `e`: an input's own (ESTALE) when it changed under the command, which explains `e`. */

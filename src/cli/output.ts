@@ -76,7 +76,7 @@ export async function commandOutput(path: string | undefined, c: CliContext, inp
     // Printed as it is made, but its last chunk only once the inputs pass: if they fail, stdout
     // ends cut short (no closing tags), not a whole document beside exit 1.
     const { HeldTail } = require('../output/held-tail') as typeof import('../output/held-tail');
-    const t = new HeldTail(stdout());
+    const t = new HeldTail(stdout(), c.signal);
     return {
       out: t,
       commit: async () => {

@@ -367,10 +367,13 @@ export class ThinPool {
       snap.root = await snap.readRoot();
       recordHeld(this.name, snap.root);
       // Its bytes, to tell it at release from a copy someone else reserved at the same block.
-      snap.copy = await readBlocksAnew(await this.metadataDevicePath(), [snap.root]).then(
-        ([b]) => Buffer.from(b.data),
-        () => undefined,
-      );
+      // Best effort: without it (the device's path not found, a read error) release() goes by the status alone.
+      snap.copy = await this.metadataDevicePath()
+        .then((path) => readBlocksAnew(path, [snap.root]))
+        .then(
+          ([b]) => Buffer.from(b.data),
+          () => undefined,
+        );
     } catch (e) {
       await snap.release().catch(() => undefined);
       throw e;
@@ -642,8 +645,10 @@ async function liveMetadata(pool: ThinPool, metadata: ThinMetadata, snap?: Metad
       await snap?.release();
     }
   };
-  const root = metadata.metadataSnap!;
+  const root = metadata.metadataSnap;
   const verify = async (): Promise<void> => {
+    // Not read through a snapshot (a caller's stand-in for the pool): nothing to tell.
+    if (root === null) return;
     // The pool's status first (its in-core superblock: a release shows there
     // before it is committed), then the device (block 0's held root, and the
     // copy byte for byte as the reader parsed it at open).

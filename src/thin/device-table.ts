@@ -175,15 +175,28 @@ const columnBytes = (rows: number): number => 32 * rows + 24;
 /** Transparent huge pages: the unit the addon's huge mappings come in. */
 const HUGE_PAGE = 2 << 20;
 
+/** The largest mapping hugeArrayBuffer makes. */
+const MAX_HUGE_BYTES = 2 ** 30;
+
 /** Columns for `rows` devices (or more: a huge block's whole pages) in one uninitialized block (its maxima 0). */
 function newDetailsColumns(rows: number): DetailsColumns {
   let block: Float64Array;
   const d = detailsLeaves;
   const huge = rows > d.hugeFromRows ? (d.huge === undefined ? (d.huge = hugeArrayBufferFunction()) : d.huge) : null;
-  if (huge !== null) {
-    const bytes = Math.ceil(columnBytes(rows) / HUGE_PAGE) * HUGE_PAGE;
+  const bytes = Math.ceil(columnBytes(rows) / HUGE_PAGE) * HUGE_PAGE;
+  // Up to the addon's 1 GiB (33,554,431 rows; never a sound pool's: ids are 24-bit); beyond, or
+  // when the mapping fails, from malloc as below.
+  let ab: ArrayBuffer | undefined;
+  if (huge !== null && bytes <= MAX_HUGE_BYTES) {
+    try {
+      ab = huge(bytes);
+    } catch {
+      ab = undefined;
+    }
+  }
+  if (ab) {
     rows = Math.floor((bytes - 24) / 32);
-    block = new Float64Array(huge(bytes), 0, 4 * rows + 3);
+    block = new Float64Array(ab, 0, 4 * rows + 3);
   } else {
     block = uninitialized(Float64Array, 4 * rows + 3);
     block.fill(0, 4 * rows);

@@ -53,6 +53,10 @@ export function stdoutCommands(i: Inputs): [string, () => string[]][] {
     ['delta', () => ['delta', '--snap1', '1', '--snap2', '2', i.big]],
     ['delta --verbose -f json', () => ['delta', '--verbose', '-f', 'json', '--snap1', '1', '--snap2', '2', i.big]],
     ['rmap', () => ['rmap', '--region', '0..100000000', i.big]],
+    // Through the held snapshot (kernel-held holds one): stdout's end is held until its check.
+    ['dump -m', () => ['dump', '-m', i.big]],
+    ['delta -m', () => ['delta', '-m', '--snap1', '1', '--snap2', '2', i.big]],
+    ['rmap -m', () => ['rmap', '-m', '--region', '0..100000000', i.big]],
     ['send', () => ['send', '--metadata', i.meta, '--data', i.data, '--snap', '4', '--size', String(SIZE), '-q']],
     ['receive --json', () => ['receive', '--target', i.s.path(`rt${n++}`), '--create', '-i', i.stream, '--json', '-q']],
     ['--help', () => ['--help']],

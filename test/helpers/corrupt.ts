@@ -1082,3 +1082,21 @@ export function audit(img: Buffer): Problem[] {
   }
   return problems;
 }
+
+/**
+ * A copy of `img` with a metadata snapshot held, as reserve_metadata_snap
+ * leaves it: block 0 copied to a free block (its blocknr that block's), and
+ * block 0's held root pointing there. Reads through it (-m) see what block 0 holds.
+ */
+export function withHeldRoot(img: Buffer): { image: Buffer; held: number } {
+  const image = Buffer.from(img);
+  const held = freeBlock(image, 'metadata');
+  const copy = blk(image, held);
+  blk(image, 0).copy(copy);
+  copy.writeBigUInt64LE(BigInt(held), 8);
+  seal(copy, 'superblock');
+  const b0 = blk(image, 0);
+  b0.writeBigUInt64LE(BigInt(held), 0x38);
+  seal(b0, 'superblock');
+  return { image, held };
+}

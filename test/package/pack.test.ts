@@ -53,8 +53,11 @@ const EXAMPLE = join(ROOT, 'examples', 'pool.bin');
  * fixes and their docs; no new kind of file): packed budget 650 -> 680 KB.
  * 2026-12-05, session 39: 2,500,190 bytes unpacked (the hunts' fixes, their tests'
  * docs and messages; no new kind of file): budget 2.5 -> 2.6 MB; a build/ folder
- * (2.2 MB) still takes it far over. */
-const MAX_PACKED_BYTES = 680_000;
+ * (2.2 MB) still takes it far over.
+ * 2026-12-05, session 41: 684,756 bytes packed (native/details_columns.cc, the
+ * snapshot-release check, output/held-tail.ts, their docs; no new kind of file):
+ * packed budget 680 -> 700 KB. */
+const MAX_PACKED_BYTES = 700_000;
 const MAX_UNPACKED_BYTES = 2_600_000;
 
 interface PackResult {

@@ -62,8 +62,8 @@ describe('ThinMetadata.snapshotChange() and verifySnapshot()', () => {
   test('another copy at the same block (released, then reserved again after a commit): told by its bytes', async () => {
     using f = fixtureFile('metadata-snap');
     await using md = await ThinMetadata.open(f.path, { metadataSnap: true });
-    // The copy's transaction id (offset 0x28) moves on, as a new reserve after a commit writes it.
-    rewrite(f.path, held, (b) => b.writeBigUInt64LE(b.readBigUInt64LE(0x28) + 1n, 0x28));
+    // The copy's transaction id (offset 0x30) moves on, as a new reserve after a commit writes it.
+    rewrite(f.path, held, (b) => b.writeBigUInt64LE(b.readBigUInt64LE(0x30) + 1n, 0x30));
     expect(await md.snapshotChange()).toBe('another is held at the same block now');
     await expect(md.verifySnapshot()).rejects.toMatchObject({ code: 'ESTALE' });
   });

@@ -73,6 +73,30 @@ describe.each([
     }
   });
 
+  test('a huge mapping that fails (mmap, or the 1 GiB limit): the columns come from malloc, the table the same', async () => {
+    const img = fixtureImage('many-devices');
+    const saved = { ...detailsLeaves };
+    let asked = 0;
+    Object.assign(detailsLeaves, {
+      huge: () => {
+        asked++;
+        throw new RangeError('hugeArrayBuffer: out of memory (mmap failed)');
+      },
+      hugeFromRows: 3,
+      initialRows: 1,
+      ...(js ? { decode: null } : {}),
+    });
+    try {
+      await using md = await ThinMetadata.fromBuffer(img);
+      const t = await md.detailsTable();
+      expect(rowsOf(t)).toEqual(detailsOf(img));
+      expect(asked).toBeGreaterThan(0);
+      expect(t.devId.buffer.byteLength % (2 << 20)).not.toBe(0);
+    } finally {
+      Object.assign(detailsLeaves, saved);
+    }
+  });
+
   test('an entry of 2^53 or more is refused with parseDeviceDetails\' error, the same for both', async () => {
     for (const [what, field, message] of [
       ['mapped_blocks', 0, /^device \d+: mapped_blocks exceeds 2\^53$/],
