@@ -452,7 +452,9 @@ export class ThinPool {
         if (opts.root !== undefined && opts.root !== Number(held)) {
           throw new UsageError(`metadata snapshot at block ${opts.root} does not match the held root ${held} of ${this.name}`);
         }
-        const md = await ThinMetadata.open(await this.metadataDevicePath(), { metadataSnap: Number(held), exclusive: false });
+        const md = await ThinMetadata.open(await this.metadataDevicePath(), { metadataSnap: Number(held), exclusive: false }).catch((e: unknown) => {
+          throw releasedAtOpen(this.name, Number(held), e);
+        });
         return liveMetadata(this, md);
       }
       if (use === 'held') {
@@ -466,7 +468,7 @@ export class ThinPool {
       md = await snap.open();
     } catch (e) {
       await snap.release();
-      throw e;
+      throw releasedAtOpen(this.name, snap.root, e);
     }
     return liveMetadata(this, md, snap);
   }
@@ -592,21 +594,39 @@ export class MetadataSnapshot implements AsyncDisposable, Releasable {
         // Released while the reserve is still in flight (a signal): wait for it.
         if (this.reserved && !(await this.reserved)) return; // nothing was reserved
         // Released already by something else (then perhaps another reserved since): the
-        // message would release that one. Only a status, or a copy at our block with
-        // other bytes than ours, saying so skips it.
-        if (this.root !== 0) {
-          const now = (await this.pool.workingStatus().catch(() => undefined))?.heldMetadataRoot;
-          if ((now !== undefined && (now === null || Number(now) !== this.root)) || (await this.copyChanged())) {
-            forgetHeld(this.pool.name, this.root);
-            return;
-          }
+        // message would release that one. Only a copy at our block with other bytes than
+        // ours, or a status saying so, skips it. The copy is read first (a device read, slow
+        // on a busy disk) and the status last, just before the message: what is left is the
+        // gap between one ioctl and the next (the kernel has no release of a given root;
+        // outside hunt AB: with the status first, a release and reserve during the copy's
+        // read, 1 s under dm-delay, was released 4 times in 4).
+        if (this.root !== 0 && !(await this.stillOurs())) {
+          forgetHeld(this.pool.name, this.root);
+          return;
         }
-        await this.pool.releaseMetadataSnap();
+        try {
+          await this.pool.releaseMetadataSnap();
+        } catch (e) {
+          // EINVAL: none held. Someone else released ours in that gap: nothing is left to release.
+          if (!isMessageError(e, 'EINVAL') || (await this.stillOurs())) throw e;
+          forgetHeld(this.pool.name, this.root);
+        }
       } finally {
         unguard(this);
       }
     })();
     return this.releasing;
+  }
+
+  /**
+   * Whether the pool still holds this snapshot: its copy as reserved, then
+   * the status (true when neither can tell: a status that cannot be read,
+   * a copy that was not or cannot be read).
+   */
+  private async stillOurs(): Promise<boolean> {
+    if (await this.copyChanged()) return false;
+    const now = (await this.pool.workingStatus().catch(() => undefined))?.heldMetadataRoot;
+    return now === undefined || (now !== null && Number(now) === this.root);
   }
 
   /** True when the copy at `root` is not the one reserved (false when it cannot be read, or was not). */
@@ -659,6 +679,22 @@ async function liveMetadata(pool: ThinPool, metadata: ThinMetadata, snap?: Metad
     throw snapshotReleased(`thin-pool ${pool.name}`, root, what, { device: pool.name });
   };
   return { metadata, verify, release, [Symbol.asyncDispose]: release };
+}
+
+/**
+ * An error of opening the snapshot at `root` that the status named held:
+ * the device's superblock holding none (ENODATA) or another (EINVAL) means
+ * it was released in between (outside hunt AB: 'metadata snapshot at block
+ * 74 does not match the held root 79', of /dev/dm-0, where the user gave
+ * no block): said as any release during a read is (ESTALE); else `e`.
+ */
+function releasedAtOpen(pool: string, root: number, e: unknown): unknown {
+  if (!(e instanceof MetadataSnapError) || (e.code !== 'ENODATA' && e.code !== 'EINVAL')) return e;
+  const now = e.code === 'ENODATA' ? 0 : Number((e as { heldRoot?: unknown }).heldRoot);
+  const what = now === 0 ? 'none is held now' : Number.isSafeInteger(now) ? `block ${now} is held now` : 'another is held now';
+  const x = snapshotReleased(`thin-pool ${pool}`, root, what, { device: pool });
+  (x as { cause?: unknown }).cause = e;
+  return x;
 }
 
 /** True when an error is the kernel's answer `code` to a pool message. */

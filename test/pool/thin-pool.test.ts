@@ -60,7 +60,7 @@ function fakePool(o: { metaDev?: string } = {}) {
   const messages: string[] = [];
   /** Suspends and resumes sent, as "suspend NAME" / "resume NAME". */
   const suspends: string[] = [];
-  const state = { held: 0, nextRoot: 23, originActive: false, originSuspended: false, poolSuspended: false, poolFailed: false, badTable: false, mode: 'rw' };
+  const state = { held: 0, nextRoot: 23, releasedFirst: false, releaseFails: false, originActive: false, originSuspended: false, poolSuspended: false, poolFailed: false, badTable: false, mode: 'rw' };
   /** dm devices created through this fake (DEV_CREATE), by name; removed ones are dropped. */
   const created = new Set<string>();
   /** Every name ever created. */
@@ -111,6 +111,9 @@ function fakePool(o: { metaDev?: string } = {}) {
         if (state.held) throw errno('EBUSY', 16);
         state.held = state.nextRoot++;
       } else if (text === 'release_metadata_snap') {
+        // Someone else's release reached the kernel just before this one.
+        if (state.releasedFirst) state.held = 0;
+        if (state.releaseFails) throw errno('EIO', 5);
         if (!state.held) throw errno('EINVAL', 22);
         state.held = 0;
       } else if (text.startsWith('create_snap')) {
@@ -172,6 +175,30 @@ describe('MetadataSnapshot and the release guard', () => {
     expect(k.messages).toEqual(['reserve_metadata_snap', 'release_metadata_snap']);
     expect(k.state.held).toBe(0);
     expect(guardedCount()).toBe(0);
+  });
+
+  // Outside hunt AB: the release message failed with EINVAL (someone released ours between the
+  // last look at the status and the message) and the command, its work done, printed a cleanup failure.
+  test('released by someone else just before our release message (EINVAL): nothing left to release, no error', async () => {
+    const k = fakePool({ metaDev: '7:1048575' });
+    const pool = await ThinPool.open('pool', { dm: k.dm });
+    const snap = await pool.reserveMetadataSnap();
+    k.state.releasedFirst = true;
+    await snap.release();
+    expect(k.messages).toEqual(['reserve_metadata_snap', 'release_metadata_snap']);
+    expect(k.state.held).toBe(0);
+    expect(guardedCount()).toBe(0);
+  });
+
+  test('a release message refused for another reason still fails the release', async () => {
+    const k = fakePool({ metaDev: '7:1048575' });
+    const pool = await ThinPool.open('pool', { dm: k.dm });
+    const snap = await pool.reserveMetadataSnap();
+    k.state.releaseFails = true; // the message fails (EIO): the snapshot is still held
+    const msg = k.messages.length;
+    await expect(snap.release()).rejects.toMatchObject({ code: 'EIO' });
+    expect(k.messages.slice(msg)).toEqual(['release_metadata_snap']);
+    expect(k.state.held).toBe(23);
   });
 
   test('a failed reserve (EBUSY) leaves no guard and sends no release', async () => {

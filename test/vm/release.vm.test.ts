@@ -12,7 +12,7 @@
  *   `dmthin pool release-metadata-snap` frees it.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ThinPool } from '../../src/pool/thin-pool';
 import { withMetadataSnapshot } from '../../src/pool/live-metadata';
@@ -293,6 +293,70 @@ describeVm('metadata snapshots are released when the holder dies (library and CL
         expect(rm.stdout()).toBe(offline.stdout());
         expect(rm.stdout().split('\n').length).toBeGreaterThan(8);
       } finally {
+        if ((await heldRoot()) !== null) dmsetup('release_metadata_snap');
+      }
+    });
+
+    // Outside hunt AB: dmthin's release looked at the status, then read its copy (1 s under dm-delay),
+    // then sent the message: a release and a new reserve by someone else in that second was released.
+    test("dmthin dump -m POOL -o FILE, its snapshot released and another reserved by someone else as FILE appears: exit 0, FILE whole, the other's snapshot left held", async () => {
+      const meta = tp.metaLoop.path;
+      await swapTable(tp.dm, tp.metaName!, oneTarget(tp.metaSectors, 'delay', `${meta} 0 1000 ${meta} 0 0`));
+      const out = join(sb.dir, 'released-after-commit.xml');
+      try {
+        const c = spawnNode([CLI, 'dump', '-m', tp.name, '-q', '-o', out]);
+        await waitFor('the output file', async () => (existsSync(out) ? true : c.child.exitCode !== null ? false : null), 120_000, 10);
+        dmsetup('release_metadata_snap');
+        dmsetup('reserve_metadata_snap');
+        const theirs = await heldRoot();
+        expect(theirs).not.toBeNull();
+        const done = await Promise.race([c.exit, after(60_000, 'still running' as const)]);
+        expect({ done, stderr: c.stderr() }).toEqual({ done: { code: 0, signal: null }, stderr: '' });
+        expect(readFileSync(out, 'utf8')).toMatch(/<\/superblock>\n$/);
+        expect(await heldRoot()).toBe(theirs);
+      } finally {
+        await swapTable(tp.dm, tp.metaName!, oneTarget(tp.metaSectors, 'linear', `${meta} 0`));
+        if ((await heldRoot()) !== null) dmsetup('release_metadata_snap');
+      }
+    });
+
+    // Outside hunt AB: released between the status and the open, it said 'metadata snapshot at block N
+    // does not match the held root M' or 'no current metadata snapshot in /dev/dm-0' (EINVAL, ENODATA).
+    test.each(['none held', 'another reserved'] as const)('dmthin dump -m POOL, the snapshot someone else holds released as dmthin opens it (%s): exit 1, ESTALE naming the pool', async (then) => {
+      const meta = tp.metaLoop.path;
+      dmsetup('reserve_metadata_snap');
+      await swapTable(tp.dm, tp.metaName!, oneTarget(tp.metaSectors, 'delay', `${meta} 0 1000 ${meta} 0 0`));
+      const metaDev = statSync(tp.metaPath).rdev;
+      try {
+        const c = spawnNode([CLI, 'dump', '-m', tp.name]);
+        // Once it has the metadata device open, its first read (block 0, 1 s under dm-delay) is on its way.
+        const opened = () => {
+          try {
+            return readdirSync(`/proc/${c.child.pid}/fd`).some((f) => {
+              try {
+                const st = statSync(`/proc/${c.child.pid}/fd/${f}`);
+                return st.isBlockDevice() && st.rdev === metaDev;
+              } catch {
+                return false;
+              }
+            });
+          } catch {
+            return false;
+          }
+        };
+        const seen = await waitFor('dmthin to open the metadata device', async () => (opened() ? 'opened' : c.child.exitCode !== null ? 'exited' : null), 60_000, 5);
+        expect(seen).toBe('opened');
+        dmsetup('release_metadata_snap');
+        // At once, while its read waits in dm-delay (a reserve commits: the copy goes elsewhere).
+        if (then === 'another reserved') dmsetup('reserve_metadata_snap');
+        const done = await Promise.race([c.exit, after(60_000, 'still running' as const)]);
+        expect({ done, stderr: c.stderr(), stdout: c.stdout() }).toEqual({
+          done: { code: 1, signal: null },
+          stderr: expect.stringMatching(new RegExp(`^dmthin dump: the metadata snapshot of thin-pool ${tp.name} at block \\d+ was released while it was being read \\(${then === 'none held' ? 'none is held now' : 'block \\d+ is held now'}\\).* \\[ESTALE\\]\n$`)),
+          stdout: '',
+        });
+      } finally {
+        await swapTable(tp.dm, tp.metaName!, oneTarget(tp.metaSectors, 'linear', `${meta} 0`));
         if ((await heldRoot()) !== null) dmsetup('release_metadata_snap');
       }
     });
