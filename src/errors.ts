@@ -156,6 +156,17 @@ export class MetadataError extends DmthinError {
 export class MetadataSnapError extends DmthinError {}
 
 /**
+ * What a pool holds now, said against the snapshot at `block` that was
+ * read: `now` the held root now (0 or null: none), `sameCopy` whether the
+ * copy at `block` is still the one read.
+ */
+export function heldNowWords(block: number, now: number | null, sameCopy: boolean): string | null {
+  if (!now) return 'none is held now';
+  if (now !== block) return Number.isSafeInteger(now) ? `block ${now} is held now` : 'another is held now';
+  return sameCopy ? null : 'another is held at the same block now';
+}
+
+/**
  * ESTALE: the metadata snapshot at `block` of `whose` ('thin-pool NAME' or
  * a metadata device's path) was released while it was read; `what` says
  * what is held now.

@@ -207,10 +207,10 @@ export function isEpipe(e: unknown): boolean {
   return (e as { code?: string } | undefined)?.code === 'EPIPE';
 }
 
-/** An input that may change under the command: CliContext.onInputCheck. */
+/** An input that may change under the command (a metadata snapshot): CliContext.onInputCheck. */
 export interface InputCheck {
+  /** Rejects with MetadataSnapError ESTALE when it changed. */
   verify(): Promise<void>;
-  explain(e: unknown): Promise<unknown>;
 }
 
 export class CliContext {
@@ -245,7 +245,7 @@ export class CliContext {
    * Registers a check that an input is still what the command opened (a
    * live pool's metadata snapshot, still held: LiveMetadata.verify): run by
    * checkInputs() before a command's output is committed, and by explain()
-   * on its failure.
+   * on its failure (staleOr: its ESTALE in place of what it explains).
    */
   onInputCheck(c: InputCheck): void {
     this.inputs.push(c);
@@ -271,7 +271,10 @@ export class CliContext {
 
   /** The error to report for `e`: an input's own (ESTALE) when it changed under the command, which explains `e`. */
   async explain(e: unknown): Promise<unknown> {
-    for (const c of this.inputs) e = await c.explain(e);
+    if (this.inputs.length === 0) return e;
+    // Loaded only with an input to check (the reader is loaded then already).
+    const { staleOr } = require('../thin/metadata') as typeof import('../thin/metadata');
+    for (const c of this.inputs) e = await staleOr(c, e);
     return e;
   }
 

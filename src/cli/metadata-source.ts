@@ -81,11 +81,7 @@ export async function openMetadataSource(arg: string, o: MetadataSnapOpts, ctx: 
     }
     // Through the snapshot a pool holds (thin_dump -m /dev/vg/pool_tmeta): it too may be
     // released while read, then the device's held root and copy say so (ESTALE).
-    if (snap !== undefined) {
-      const { staleOr } = require('../thin/metadata') as typeof Metadata;
-      const held = { verify: () => md.verifySnapshot() };
-      ctx.onInputCheck({ verify: held.verify, explain: (e) => staleOr(held, e) });
-    }
+    if (snap !== undefined) ctx.onInputCheck({ verify: () => md.verifySnapshot() });
     return { metadata: md };
   }
   if (snap === undefined) {
@@ -110,8 +106,7 @@ export async function openMetadataSource(arg: string, o: MetadataSnapOpts, ctx: 
   const live = await pool.openMetadata({ snapshot: 'held-or-reserve', root: typeof snap === 'number' ? snap : undefined });
   ctx.onCleanup(() => live.release());
   // Released by something else while read (a held snapshot anyone may release): ESTALE, not what was read.
-  const { staleOr } = require('../thin/metadata') as typeof Metadata;
-  ctx.onInputCheck({ verify: () => live.verify(), explain: (e) => staleOr(live, e) });
+  ctx.onInputCheck(live);
   return { metadata: live.metadata, pool };
 }
 

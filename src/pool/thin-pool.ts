@@ -8,7 +8,7 @@
  *   await using snap = await pool.reserveMetadataSnap();
  *   await using md = await snap.open();
  */
-import { AbortError, DmIoctlError, DmthinError, MetadataSnapError, NameLookupError, UsageError, snapshotReleased, throwIfAborted, check } from '../errors';
+import { AbortError, DmIoctlError, DmthinError, MetadataSnapError, NameLookupError, UsageError, heldNowWords, snapshotReleased, throwIfAborted, check } from '../errors';
 import { DeviceMapper } from '../dm/device-mapper';
 import { formatDev, type DevNum, type DmTarget } from '../dm/ioctl';
 import {
@@ -608,7 +608,7 @@ export class MetadataSnapshot implements AsyncDisposable, Releasable {
           await this.pool.releaseMetadataSnap();
         } catch (e) {
           // EINVAL: none held. Someone else released ours in that gap: nothing is left to release.
-          if (!isMessageError(e, 'EINVAL') || (await this.stillOurs())) throw e;
+          if (!isMessageError(e, 'EINVAL') || (await this.statusSaysOurs())) throw e;
           forgetHeld(this.pool.name, this.root);
         }
       } finally {
@@ -624,7 +624,11 @@ export class MetadataSnapshot implements AsyncDisposable, Releasable {
    * a copy that was not or cannot be read).
    */
   private async stillOurs(): Promise<boolean> {
-    if (await this.copyChanged()) return false;
+    return !(await this.copyChanged()) && (await this.statusSaysOurs());
+  }
+
+  /** Whether the status names this snapshot's root held (true when it cannot be read). */
+  private async statusSaysOurs(): Promise<boolean> {
     const now = (await this.pool.workingStatus().catch(() => undefined))?.heldMetadataRoot;
     return now === undefined || (now !== null && Number(now) === this.root);
   }
@@ -674,7 +678,7 @@ async function liveMetadata(pool: ThinPool, metadata: ThinMetadata, snap?: Metad
     // copy byte for byte as the reader parsed it at open).
     const now = (await pool.workingStatus()).heldMetadataRoot;
     const held = now === null ? null : Number(now);
-    const what = held === null ? 'none is held now' : held !== root ? `block ${held} is held now` : await metadata.snapshotChange();
+    const what = held === root ? await metadata.snapshotChange() : heldNowWords(root, held, false);
     if (what === null) return;
     throw snapshotReleased(`thin-pool ${pool.name}`, root, what, { device: pool.name });
   };
@@ -691,8 +695,7 @@ async function liveMetadata(pool: ThinPool, metadata: ThinMetadata, snap?: Metad
 function releasedAtOpen(pool: string, root: number, e: unknown): unknown {
   if (!(e instanceof MetadataSnapError) || (e.code !== 'ENODATA' && e.code !== 'EINVAL')) return e;
   const now = e.code === 'ENODATA' ? 0 : Number((e as { heldRoot?: unknown }).heldRoot);
-  const what = now === 0 ? 'none is held now' : Number.isSafeInteger(now) ? `block ${now} is held now` : 'another is held now';
-  const x = snapshotReleased(`thin-pool ${pool}`, root, what, { device: pool });
+  const x = snapshotReleased(`thin-pool ${pool}`, root, heldNowWords(root, now, false) ?? 'another is held now', { device: pool });
   (x as { cause?: unknown }).cause = e;
   return x;
 }

@@ -7,7 +7,7 @@
  *   for await (const run of md.mappings(1)) ...
  */
 import { closeSync, openSync, readSync, statSync } from 'node:fs';
-import { AbortError, DmthinError, MetadataError, MetadataSnapError, UsageError, check, describeValue, snapshotReleased, throwIfAborted } from '../errors';
+import { AbortError, DmthinError, MetadataError, MetadataSnapError, UsageError, check, describeValue, heldNowWords, snapshotReleased, throwIfAborted } from '../errors';
 import { lookup as btreeLookup, walkLeaves } from '../pdata/btree';
 import { Block, BlockSource, CachingBlockSource, MemoryBlockSource, NativeBlockSource, OpenOptions, readBlocksAnew } from '../pdata/block-source';
 import { ENTRIES_PER_BITMAP, MAX_METADATA_BITMAPS, SpaceMap, SpaceMapKind } from '../pdata/space-map';
@@ -272,8 +272,7 @@ export class ThinMetadata implements AsyncDisposable {
     else if (this.io instanceof MemoryBlockSource || this.closed) return null;
     else [b0, hb] = await this.io.read([0, held]);
     const now = parseSuperblock(b0).heldRoot;
-    if (now === held && hb.data.equals(this.heldCopy)) return null;
-    return now === 0 ? 'none is held now' : now !== held ? `block ${now} is held now` : 'another is held at the same block now';
+    return heldNowWords(held, now, now === held && hb.data.equals(this.heldCopy));
   }
 
   /**

@@ -26,7 +26,6 @@ describe('CliContext.checkInputs', () => {
       verify: async () => {
         if (++calls > 1) throw new Error('released since');
       },
-      explain: async (e) => e,
     });
     await c.checkInputs();
     await c.checkInputs();
@@ -41,7 +40,6 @@ describe('CliContext.checkInputs', () => {
         calls++;
         throw new Error('released');
       },
-      explain: async (e) => e,
     });
     await expect(c.checkInputs()).rejects.toThrow('released');
     await expect(c.checkInputs()).rejects.toThrow('released');
