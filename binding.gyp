@@ -16,6 +16,7 @@
         "native/dm_control.cc",
         "native/dm_poll.cc",
         "native/file_lock.cc",
+        "native/file_map.cc",
         "native/file_put.cc",
         "native/digest_pipe.cc",
         "native/range_reader.cc",

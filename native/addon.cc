@@ -1,5 +1,6 @@
 // Module entry: the native layer is IO only (block reads and writes, CRC-32C, dm ioctls and event polls, flock),
-// plus the stream digest (SHA-256 or BLAKE3) hashed on threads of its own, the CLI's exit guard and malloc settings,
+// plus the stream digest (SHA-256 or BLAKE3) hashed on threads of its own, the CLI's exit guard, malloc settings and
+// read-only file mappings (its module pack, file_map.cc),
 // and four CPU steps a CLI run finishes before V8 optimises them (measured: JS's first tiers are several times
 // slower): the integer cells of ls's table (decimal_cells.cc), the device-details leaves' copy into ls's columns
 // (details_columns.cc), rmap's lines (rmap_lines.cc) and its sort (std_sort.cc).
@@ -15,6 +16,7 @@
 #include "dm_poll.h"
 #include "exit_guard.h"
 #include "file_lock.h"
+#include "file_map.h"
 #include "file_put.h"
 #include "range_reader.h"
 #include "rmap_lines.h"
@@ -39,6 +41,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   RangeReader::Init(env, exports);
   InitExitGuard(env, exports);
   InitAllocator(env, exports);
+  InitFileMap(env, exports);
   return exports;
 }
 

@@ -29,6 +29,7 @@
 import { accessSync, closeSync, constants, fstatSync, fsyncSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
 import { basename, dirname, join, resolve as resolvePath } from 'node:path';
 import { Script } from 'node:vm';
+import { fileMapFunctions, type FileMapFunctions } from '../native/addon-file';
 // The CommonJS Module class, as `require('node:module')` exports it: taken
 // from this module's own object, since loading node:module also loads Node's
 // ESM loader and source-map support (~1.5 ms) that a CLI run never uses.
@@ -404,36 +405,58 @@ class ModulePack {
   private readonly fresh = new Map<string, boolean>();
   /** The pack file's length and header as read: its source is reused at exit only from a file that still has them. */
   private header: Buffer | undefined;
-  private cache: Buffer | undefined;
+  private cache: Uint8Array | undefined;
   private script: Script | undefined;
   private fns: Record<string, ModuleFunction> | null | undefined;
   private readonly misses: PackEntry[] = [];
   private stale = false;
 
   constructor(private readonly file: string) {
-    let b: Buffer;
+    let own: { fd: number; size: number };
     try {
-      b = readOwnFile(file);
+      own = openOwnFile(file);
     } catch {
       this.stale = true; // none yet (or not ours)
       return;
     }
     try {
-      const len = b.readUInt32LE(0);
-      const h = JSON.parse(b.toString('utf8', 4, 4 + len)) as { e: PackEntry[]; n: number };
-      if (!Array.isArray(h.e) || !Number.isSafeInteger(h.n) || 4 + len + h.n > b.length) throw new Error('not a pack');
+      const { fd, size } = own;
+      const head = readAt(fd, 0, Math.min(size, 4));
+      const len = head.length === 4 ? head.readUInt32LE(0) : Infinity;
+      if (4 + len > size) throw new Error('not a pack');
+      const json = readAt(fd, 4, len);
+      const h = JSON.parse(json.toString('utf8')) as { e: PackEntry[]; n: number };
+      if (!Array.isArray(h.e) || !Number.isSafeInteger(h.n) || h.n < 0 || 4 + len + h.n > size) throw new Error('not a pack');
       for (const e of h.e) if (e.o + e.n <= h.n) this.entries.set(e.f, e);
-      this.header = Buffer.from(b.subarray(0, 4 + len));
-      this.cache = b.subarray(4 + len + h.n);
-      this.source = b.subarray(4 + len, 4 + len + h.n);
+      this.header = Buffer.concat([head, json]);
+      // Source and code cache mapped from the file where the addon can
+      // (native/file_map.cc): read, they were ~250 page faults of fresh
+      // memory a run and a copy of the source into a string. Read otherwise.
+      const at = 4 + len;
+      const rest = size - at - h.n;
+      const map = fileMaps();
+      const source = map?.mapAscii(fd, at, h.n) ?? null;
+      if (source !== null) {
+        this.source = source;
+        this.cache = rest > 0 ? (map!.mapBytes(fd, at + h.n, rest) ?? readAt(fd, at + h.n, rest)) : undefined;
+      } else {
+        const b = readAt(fd, at, size - at);
+        this.source = b.subarray(0, h.n);
+        this.cache = b.subarray(h.n);
+      }
     } catch {
       this.entries.clear();
       this.stale = true;
+    } finally {
+      closeSync(own.fd);
     }
   }
 
-  /** The pack's source until it is compiled (then dropped: V8 keeps its own copy). */
-  private source: Buffer | undefined;
+  /**
+   * The pack's source until it is compiled (then dropped: V8 keeps its
+   * own): the file's mapping as a string, or its bytes as read.
+   */
+  private source: string | Buffer | undefined;
 
   /** The packed function of `filename`, if the pack holds its current source. */
   function(filename: string): ModuleFunction | undefined {
@@ -460,7 +483,7 @@ class ModulePack {
     if (!source) return;
     try {
       const cachedData = this.cache && this.cache.length > 0 ? this.cache : undefined;
-      this.script = new Script(source.toString('utf8'), { filename: this.file, cachedData });
+      this.script = new Script(typeof source === 'string' ? source : source.toString('utf8'), { filename: this.file, cachedData });
       if (!cachedData || this.script.cachedDataRejected) this.stale = true;
       this.fns = this.script.runInThisContext({ displayErrors: true }) as Record<string, ModuleFunction>;
     } catch {
@@ -694,17 +717,44 @@ function save(FILE: string, index: Map<string, Entry>, data: Buffer, compiled: {
  * dmthin.
  */
 function readOwnFile(path: string): Buffer {
+  const { fd } = openOwnFile(path);
+  try {
+    return readFileSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** readOwnFile's open and checks: the descriptor (the caller closes it) and the file's size. */
+function openOwnFile(path: string): { fd: number; size: number } {
   // O_NONBLOCK: a FIFO at the name (another user's, in a shared directory) must not block the open; it is refused below.
   const fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
   try {
     const st = fstatSync(fd);
     const uid = process.getuid?.();
     if (!st.isFile() || (uid !== undefined && st.uid !== uid && st.uid !== 0)) throw new Error(`${path} is not this user's file`);
-    return readFileSync(fd);
-  } finally {
+    return { fd, size: st.size };
+  } catch (e) {
     closeSync(fd);
+    throw e;
   }
 }
+
+/** `length` bytes of fd at `position` (fewer only at the file's end). */
+function readAt(fd: number, position: number, length: number): Buffer {
+  const b = Buffer.allocUnsafe(length);
+  let got = 0;
+  while (got < length) {
+    const n = readSync(fd, b, got, length - got, position + got);
+    if (n === 0) break;
+    got += n;
+  }
+  return got === length ? b : b.subarray(0, got);
+}
+
+/** The addon's file mappings (addon-file.ts), looked up once; null without them. */
+let fileMapsFound: FileMapFunctions | null | undefined;
+const fileMaps = (): FileMapFunctions | null => (fileMapsFound === undefined ? (fileMapsFound = fileMapFunctions(join(__dirname, '..', '..'))) : fileMapsFound);
 
 /**
  * Whether the cache directory can be written (made when missing), asked

@@ -1,11 +1,12 @@
 /**
  * Typed view of the native addon (native/). Only this file touches `bindings`;
- * every native call is typed here (no untyped escape hatch). The I/O classes
- * every layer uses wrap these: block-reader.ts and block-writer.ts.
+ * every native call is typed here or, for the two the CLI's start-up makes
+ * before this module loads, in addon-file.ts (no untyped escape hatch). The
+ * I/O classes every layer uses wrap these: block-reader.ts and block-writer.ts.
  */
-import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { SetupError } from '../errors';
+import { addonFile, type FileMapFunctions } from './addon-file';
 
 import type { NativeBlockReader } from './reader-contract';
 export type { NativeBlockReader, NativeOpenInfo, NativeReadResult } from './reader-contract';
@@ -242,6 +243,9 @@ export interface NativeAddon {
    * kernel has them (native/allocator.cc), unmapped when collected.
    */
   hugeArrayBuffer(bytes: number): ArrayBuffer;
+  /** native/file_map.cc, typed in addon-file.ts (the CLI's start-up calls them before this module loads). */
+  mapAscii: FileMapFunctions['mapAscii'];
+  mapBytes: FileMapFunctions['mapBytes'];
   dmConstants: NativeDmConstants;
 }
 
@@ -278,18 +282,16 @@ export function tuneAllocatorOnLoad(mmapThreshold: number, trimThreshold: number
 }
 
 /**
- * The first of build/dmthin.node, build/Debug/dmthin.node and
- * build/Release/dmthin.node that exists (the order in which `bindings` tries
- * them), loaded directly; any other layout through `bindings`. `bindings`
- * finds the file by requiring each of its ~13 candidate paths until one loads
- * (resolution and a thrown error per miss, Debug before Release): ~2-4 ms of
- * every command's start-up, more than the dlopen.
+ * The addon at addonFile()'s places (build/, Debug, Release: the order in
+ * which `bindings` tries them), loaded directly; any other layout through
+ * `bindings`. `bindings` finds the file by requiring each of its ~13
+ * candidate paths until one loads (resolution and a thrown error per miss,
+ * Debug before Release): ~2-4 ms of every command's start-up, more than the
+ * dlopen.
  */
 function loadAddon(root: string): unknown {
-  for (const dir of [['build'], ['build', 'Debug'], ['build', 'Release']]) {
-    const file = join(root, ...dir, 'dmthin.node');
-    if (statSync(file, { throwIfNoEntry: false })?.isFile()) return require(file);
-  }
+  const file = addonFile(root);
+  if (file !== undefined) return require(file);
   // module_root: the package's folder (bindings otherwise finds it by parsing a stack trace).
   // `bindings` itself is loaded only here: importing this module costs a command that never loads the addon nothing.
   const bindings = require('bindings') as typeof import('bindings');

@@ -415,6 +415,81 @@ describe('the module pack', () => {
   });
 });
 
+describe('the module pack read at start-up', () => {
+  // Counts the bytes a run reads from .pack files (at exit, with writeSync: see 'modules a command ... loads').
+  const dir = mkdtempSync(join(tmpdir(), 'dmthin-pack-read-'));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  const hook = join(dir, 'pack-reads.js');
+  writeFileSync(
+    hook,
+    `const fs = require('fs');
+     const packs = new Set();
+     let bytes = 0;
+     const { openSync, readSync, readFileSync, closeSync } = fs;
+     fs.openSync = function (p, ...a) { const fd = openSync.call(this, p, ...a); if (String(p).endsWith('.pack')) packs.add(fd); return fd; };
+     fs.closeSync = function (fd) { packs.delete(fd); return closeSync.call(this, fd); };
+     fs.readSync = function (fd, ...a) { const n = readSync.call(this, fd, ...a); if (packs.has(fd)) bytes += n; return n; };
+     fs.readFileSync = function (f, ...a) { const b = readFileSync.call(this, f, ...a); if (packs.has(f) || String(f).endsWith('.pack')) bytes += b.length; return b; };
+     process.on('exit', () => fs.writeSync(2, JSON.stringify({ packBytes: bytes })));`,
+  );
+  const counted = (args: string[]) => {
+    const r = run(args, {}, ['-r', hook]);
+    const { packBytes } = JSON.parse(r.stderr.slice(r.stderr.lastIndexOf('{'))) as { packBytes: number };
+    return { status: r.status, stdout: r.stdout, packBytes };
+  };
+
+  // The pack of this hook's runs: its file name carries a hash of the node options (-r HOOK), see startup.ts.
+  const hookPack = (): string => {
+    const names = readdirSync(CACHE_DIR).filter((f) => f.startsWith(`v8-${process.version}-${process.arch}-`) && f.endsWith('-ls.pack'));
+    const newest = names.map((f) => join(CACHE_DIR, f)).sort((a, b) => statSync(b).mtimeMs - statSync(a).mtimeMs)[0];
+    expect(newest).toMatch(/-[0-9a-f]{8}-ls\.pack$/);
+    return newest;
+  };
+  const parts = (file: string) => {
+    const b = readFileSync(file);
+    const len = b.readUInt32LE(0);
+    const header = JSON.parse(b.toString('utf8', 4, 4 + len)) as PackHeader;
+    return { b, header, headerBytes: 4 + len, source: b.subarray(4 + len, 4 + len + header.n), cache: b.subarray(4 + len + header.n) };
+  };
+
+  it('is mapped from its file (native/file_map.cc), not read: a run reads its header, and its source compiles with its code cache (the pack stays as it is)', () => {
+    const want = run(['ls', POOL], { DMTHIN_CODE_CACHE: '0' });
+    counted(['ls', POOL]); // makes the pack
+    rmSync(hookPack());
+    counted(['ls', POOL]); // makes it again
+    counted(['ls', POOL]); // adds its code cache
+    const file = hookPack();
+    const p = parts(file);
+    expect(p.cache.length).toBeGreaterThan(0);
+    const before = statSync(file).mtimeMs;
+    for (let i = 0; i < 2; i++) {
+      const got = counted(['ls', POOL]);
+      expect({ status: got.status, stdout: got.stdout }).toEqual({ status: want.status, stdout: want.stdout });
+      // The header only (4 bytes and its JSON), where a read took the whole file (~600 KB).
+      expect(got.packBytes).toBe(p.headerBytes);
+    }
+    // The code cache was accepted: a rejected one, or a source that did not compile, makes the run write the pack again.
+    expect(statSync(file).mtimeMs).toBe(before);
+  });
+
+  it("a pack whose source is not ASCII (an older version's, or damaged) is read instead, and the command's output is the same", () => {
+    const want = run(['ls', POOL], { DMTHIN_CODE_CACHE: '0' });
+    counted(['ls', POOL]);
+    counted(['ls', POOL]);
+    const file = hookPack();
+    const p = parts(file);
+    // A byte of 0xe9 in the first comment of the source: Latin-1 'é', in UTF-8 not a character at all.
+    const b = Buffer.from(p.b);
+    const at = p.headerBytes + p.source.indexOf('//') + 2;
+    expect(at).toBeGreaterThan(p.headerBytes + 1);
+    b[at] = 0xe9;
+    writeFileSync(file, b);
+    const got = counted(['ls', POOL]);
+    expect({ status: got.status, stdout: got.stdout }).toEqual({ status: want.status, stdout: want.stdout });
+    expect(got.packBytes).toBe(b.length);
+  });
+});
+
 describe('a module that uses import()', () => {
   it('is told from one that names import() only in comments', () => {
     // eslint-disable-next-line @typescript-eslint/no-require-imports

@@ -1,0 +1,47 @@
+/**
+ * Where the addon's file is, and the two calls the CLI's start-up makes
+ * before any other module loads (src/cli/startup.ts maps its module pack
+ * with them). Kept apart from binding.ts, which imports the error module:
+ * what start-up loads before the pack is compiled from source on every run.
+ */
+import { statSync } from 'node:fs';
+import { join } from 'node:path';
+
+/**
+ * The first of build/dmthin.node, build/Debug/dmthin.node and
+ * build/Release/dmthin.node under `root` that is a file (the order in which
+ * `bindings` tries them), or undefined: another layout, which only
+ * `bindings` finds (binding.ts).
+ */
+export function addonFile(root: string): string | undefined {
+  for (const dir of [['build'], ['build', 'Debug'], ['build', 'Release']]) {
+    const file = join(root, ...dir, 'dmthin.node');
+    if (statSync(file, { throwIfNoEntry: false })?.isFile()) return file;
+  }
+  return undefined;
+}
+
+/** native/file_map.cc: bytes of an open regular file, mapped (MAP_PRIVATE), unmapped when collected. */
+export interface FileMapFunctions {
+  /** [offset, offset + length) as a string without a copy; null when that cannot be (any byte >= 0x80, past the end, length 0, no external strings in this Node). */
+  mapAscii(fd: number, offset: number, length: number): string | null;
+  /** [offset, offset + length) as bytes without a copy; null when that cannot be (past the end, length 0). */
+  mapBytes(fd: number, offset: number, length: number): Uint8Array | null;
+}
+
+/**
+ * The addon's file-mapping calls, or null: no addon at one of
+ * addonFile()'s places, or one that does not load or predates them.
+ * Loading it here is the load binding.ts makes later (same path, Node's
+ * module cache).
+ */
+export function fileMapFunctions(root: string): FileMapFunctions | null {
+  try {
+    const file = addonFile(root);
+    if (file === undefined) return null;
+    const a = require(file) as Partial<FileMapFunctions>;
+    return typeof a.mapAscii === 'function' && typeof a.mapBytes === 'function' ? (a as FileMapFunctions) : null;
+  } catch {
+    return null;
+  }
+}

@@ -1,0 +1,142 @@
+/**
+ * native/file_map.cc: a file's bytes as a string or a Uint8Array without a
+ * copy (the CLI's module pack, src/cli/startup.ts). Each is what the file
+ * holds at any offset, outlives its descriptor, is unmapped once
+ * collected, and is null (never a wrong value) where it cannot be made.
+ */
+import { spawnSync } from 'node:child_process';
+import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { addonFile, fileMapFunctions } from '../../src/native/addon-file';
+import { native } from '../../src/native/binding';
+
+const ROOT = join(__dirname, '..', '..');
+const dir = mkdtempSync(join(tmpdir(), 'dmthin-file-map-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+/** 3 pages and a bit of ASCII: 'a'..'z' and newlines, so that offsets are told apart. */
+const ascii = Buffer.from(Array.from({ length: 3 * 4096 + 123 }, (_, i) => (i % 27 === 26 ? 0x0a : 0x61 + (i % 27))));
+const file = join(dir, 'ascii');
+writeFileSync(file, ascii);
+
+function withFd<T>(path: string, f: (fd: number) => T): T {
+  const fd = openSync(path, 'r');
+  try {
+    return f(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+describe('mapAscii and mapBytes', () => {
+  const { mapAscii, mapBytes } = native();
+
+  it.each([
+    [0, ascii.length],
+    [1, 100],
+    [4095, 2],
+    [4096, 4096],
+    [5000, ascii.length - 5000],
+    [ascii.length - 1, 1],
+  ])('bytes [%i, +%i) are what the file holds there, also once its descriptor is closed', (offset, length) => {
+    const [s, b] = withFd(file, (fd) => [mapAscii(fd, offset, length), mapBytes(fd, offset, length)] as const);
+    expect(s).toBe(ascii.toString('latin1', offset, offset + length));
+    expect(b).toBeInstanceOf(Uint8Array);
+    expect(Buffer.from(b!).equals(ascii.subarray(offset, offset + length))).toBe(true);
+  });
+
+  it('null where no mapping can be made: length 0, a range past the end, a directory', () => {
+    withFd(file, (fd) => {
+      for (const [o, n] of [
+        [0, 0],
+        [0, ascii.length + 1],
+        [ascii.length, 1],
+        [ascii.length + 4096, 1],
+      ]) {
+        expect(mapAscii(fd, o, n)).toBeNull();
+        expect(mapBytes(fd, o, n)).toBeNull();
+      }
+    });
+    withFd(dir, (fd) => {
+      expect(mapAscii(fd, 0, 1)).toBeNull();
+      expect(mapBytes(fd, 0, 1)).toBeNull();
+    });
+  });
+
+  it('mapAscii: null for bytes of 0x80 and more wherever they are (Latin-1 would not read them as UTF-8 does); mapBytes maps them', () => {
+    for (const at of [0, 7, 8, 4095, 4096, ascii.length - 1]) {
+      const b = Buffer.from(ascii);
+      b[at] = at % 2 ? 0xe2 : 0x80;
+      const f = join(dir, `high-${at}`);
+      writeFileSync(f, b);
+      withFd(f, (fd) => {
+        expect(mapAscii(fd, 0, b.length)).toBeNull();
+        // Around the byte, the rest maps.
+        if (at > 0) expect(mapAscii(fd, 0, at)).toBe(b.toString('latin1', 0, at));
+        expect(Buffer.from(mapBytes(fd, 0, b.length)!).equals(b)).toBe(true);
+      });
+    }
+  });
+
+  it.each([
+    [[], 'TypeError'],
+    [['3', 0, 1], 'TypeError'],
+    [[-1, 0, 1], 'RangeError'],
+    [[3, 0.5, 1], 'RangeError'],
+    [[3, 0, -1], 'RangeError'],
+    [[3, 0, 2 ** 53], 'RangeError'],
+  ])('refuses bad arguments %j (%s)', (args, name) => {
+    for (const f of [mapAscii, mapBytes] as unknown as ((...a: unknown[]) => unknown)[]) expect(() => f(...args)).toThrow(expect.objectContaining({ name }));
+  });
+
+  it('a closed or unknown descriptor gives null', () => {
+    const fd = openSync(file, 'r');
+    closeSync(fd);
+    expect(mapAscii(fd, 0, 10)).toBeNull();
+    expect(mapBytes(fd, 0, 10)).toBeNull();
+  });
+
+  it('each mapping is gone from the process once its string or array is collected', () => {
+    // A process of its own with gc(): the file's mappings counted in /proc/self/maps.
+    const r = spawnSync(
+      process.execPath,
+      [
+        '--expose-gc',
+        '-e',
+        `const { mapAscii, mapBytes } = require(${JSON.stringify(addonFile(ROOT))});
+         const fs = require('fs');
+         const count = () => fs.readFileSync('/proc/self/maps', 'utf8').split('\\n').filter((l) => l.endsWith(${JSON.stringify(file)})).length;
+         const fd = fs.openSync(${JSON.stringify(file)}, 'r');
+         let keep = [];
+         for (let i = 0; i < 50; i++) keep.push(mapAscii(fd, i, 4000), mapBytes(fd, i, 4000));
+         fs.closeSync(fd);
+         const held = count();
+         const sum = keep.reduce((n, x) => n + x.length, 0);
+         keep = null;
+         // Node runs the finalizers of external buffers a tick after the collection: a few turns of the loop.
+         let turns = 0;
+         const turn = () => { gc(); const after = count(); if (after === 0 || ++turns === 50) console.log(JSON.stringify({ held, sum, after })); else setTimeout(turn, 10); };
+         turn();`,
+      ],
+      { encoding: 'utf8', timeout: 60_000 },
+    );
+    expect(r.stderr).toBe('');
+    const { held, sum, after } = JSON.parse(r.stdout) as { held: number; sum: number; after: number };
+    expect(sum).toBe(100 * 4000);
+    expect(held).toBe(100);
+    expect(after).toBe(0);
+  });
+});
+
+describe('fileMapFunctions (what the CLI start-up uses)', () => {
+  it('finds the built addon and its two calls', () => {
+    const f = fileMapFunctions(ROOT);
+    expect(f).not.toBeNull();
+    expect(f!.mapAscii).toBe(native().mapAscii);
+  });
+
+  it('null where no addon lies at build/, build/Debug or build/Release', () => {
+    expect(fileMapFunctions(dir)).toBeNull();
+  });
+});
