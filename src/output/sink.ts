@@ -36,6 +36,9 @@ export interface SinkTarget {
 
 const CHUNK = 1 << 18;
 
+/** The length of an OutputSink's chunks: what its `chunks` source hands out. */
+export const OUTPUT_CHUNK_BYTES = CHUNK;
+
 /**
  * Whether `out` is done with a chunk once its write callback has run, so the
  * chunk can be reused: true of writers that copy the bytes to the kernel
@@ -165,10 +168,10 @@ export class OutputSink {
    * which allocates nothing per line: building lines as strings made a third
    * of a 10M-mapping dump's time garbage collection.
    */
-  buf: Buffer = Buffer.allocUnsafe(CHUNK);
+  buf: Buffer;
   pos = 0;
   /** A view of `buf` for tag()'s word stores (replaced with buf). */
-  private view: DataView = new DataView(this.buf.buffer, this.buf.byteOffset, this.buf.length);
+  private view: DataView;
   private error: Error | undefined;
   private last: Promise<void> = Promise.resolve();
   /** Chunks the stream is done with, reused: fresh ones each waited for a GC (~20 MiB of a dump's peak). */
@@ -193,15 +196,27 @@ export class OutputSink {
    * `name`: how messages call the output (default: stdout for descriptor 1,
    * else "the output"). `signal`: ends a wait for the output (a reader that
    * stopped reading, a write whose callback never comes) with AbortError.
+   * `chunks`: where new chunks come from, each OUTPUT_CHUNK_BYTES long
+   * (default: Buffer.allocUnsafe; ls's large tables take them from a
+   * huge-page mapping, thin/ls.ts).
    */
   constructor(
     private readonly out: SinkTarget,
     // Not `out === process.stdout`: reading process.stdout creates it (see fd-writer.ts).
     private readonly name = (out as { fd?: unknown }).fd === 1 ? 'stdout' : undefined,
     private readonly signal?: AbortSignal,
+    private readonly chunks: () => Buffer = () => Buffer.allocUnsafe(CHUNK),
   ) {
+    this.buf = this.newChunk();
+    this.view = new DataView(this.buf.buffer, this.buf.byteOffset, this.buf.length);
     out.on('error', (e) => this.fail(e));
     this.reuse = releasesChunks(out);
+  }
+
+  private newChunk(): Buffer {
+    const b = this.chunks();
+    if (b.length !== CHUNK) throw new RangeError(`an output chunk is ${CHUNK} bytes, not ${b.length}`);
+    return b;
   }
 
   private fail(e: Error): void {
@@ -247,7 +262,7 @@ export class OutputSink {
         resolve();
       }
     });
-    this.setBuf((full.length === CHUNK && this.spare.pop()) || Buffer.allocUnsafe(Math.max(CHUNK, full.length)));
+    this.setBuf((full.length === CHUNK && this.spare.pop()) || (full.length > CHUNK ? Buffer.allocUnsafe(full.length) : this.newChunk()));
     this.pos = 0;
     this.unwaited = true;
   }

@@ -8,8 +8,8 @@ import { check, UsageError } from '../errors';
 import { transactionIdAt, type DetailsTable, type DeviceTable } from './device-table';
 import { ByteOwnerMap, NibbleOwnerMap, OwnerMap, UseCounts } from '../pdata/owner-map';
 import { TWO32 } from '../pdata/words';
-import { decimalCellsFunction, diskUnitsFunction } from '../native/binding';
-import { OutputSink, type SinkTarget } from '../output/sink';
+import { decimalCellsFunction, diskUnitsFunction, hugeArrayBufferFunction } from '../native/binding';
+import { OUTPUT_CHUNK_BYTES, OutputSink, type SinkTarget } from '../output/sink';
 import { ThinMetadata } from './metadata';
 import type { LsField } from './ls-fields';
 
@@ -347,10 +347,10 @@ export async function writeDetailsTable(
   exclusive?: Float64Array,
   signal?: AbortSignal,
 ): Promise<void> {
-  const s = new OutputSink(out, undefined, signal);
+  const cols = fields.length > 0 ? detailsTableColumns(c, fields, dataBlockSize, headers, exclusive) : [];
+  const lineBytes = lineBytesOf(cols);
+  const s = new OutputSink(out, undefined, signal, chunkSource((c.count + 1) * lineBytes));
   if (fields.length > 0) {
-    const cols = detailsTableColumns(c, fields, dataBlockSize, headers, exclusive);
-    const lineBytes = lineBytesOf(cols);
     if (headers) writeHeader(fields, cols, lineBytes, s);
     const slice = Math.max(1, Math.floor(TABLE_SLICE_BYTES / lineBytes));
     for (let j = 0; j < c.count; j += slice) {
@@ -364,6 +364,39 @@ export async function writeDetailsTable(
 /** Bytes of table written between two flushes of writeDetailsTable (half the sink's chunk). */
 const TABLE_SLICE_BYTES = 128 * 1024;
 
+/** Chunks cut from one huge page: the sink holds at most three when its writer hands them back. */
+const HUGE_CHUNKS = (2 << 20) / OUTPUT_CHUNK_BYTES;
+
+/**
+ * The sink's chunks for output of about `bytes`: more than one chunk's
+ * worth, they are cut from one huge-page mapping (the addon's
+ * hugeArrayBuffer), a fault per 2 MiB where each malloc'd 256 KiB chunk
+ * takes 64 (~11 us each in the bench VM: ~2 ms of a 70,000-device table);
+ * once it is used up (a writer that keeps its chunks), from
+ * Buffer.allocUnsafe. Smaller output, or no addon: the sink's own
+ * (undefined): a huge page is zeroed whole, ~0.1-0.2 ms.
+ */
+function chunkSource(bytes: number): (() => Buffer) | undefined {
+  if (bytes <= OUTPUT_CHUNK_BYTES) return undefined;
+  // Not ??=, which takes null for unset.
+  const huge = tableCells.huge === undefined ? (tableCells.huge = hugeArrayBufferFunction()) : tableCells.huge;
+  if (huge === null) return undefined;
+  let ab: ArrayBuffer | undefined;
+  let next = 0;
+  return () => {
+    if (ab === undefined) {
+      try {
+        ab = huge(HUGE_CHUNKS * OUTPUT_CHUNK_BYTES);
+      } catch {
+        ab = new ArrayBuffer(0); // no memory for it: malloc's chunks, as without
+      }
+    }
+    if (next + OUTPUT_CHUNK_BYTES > ab.byteLength) return Buffer.allocUnsafe(OUTPUT_CHUNK_BYTES);
+    next += OUTPUT_CHUNK_BYTES;
+    return Buffer.from(ab, next - OUTPUT_CHUNK_BYTES, OUTPUT_CHUNK_BYTES);
+  };
+}
+
 function detailsTableColumns(c: DetailsTable, fields: readonly LsField[], dataBlockSize: number, headers: boolean, exclusive?: Float64Array): Column[] {
   let rows: DeviceUsage[] | undefined;
   let shared: Float64Array | undefined;
@@ -376,8 +409,10 @@ function detailsTableColumns(c: DetailsTable, fields: readonly LsField[], dataBl
       // before V8 optimises it (70,000 devices: ~9 ms for the first).
       case 'DEV': {
         const max = c.count === 0 ? 0 : c.devId[c.count - 1];
-        // As u32s when they all are (always, for a sound pool: ids are 24-bit): read unboxed.
-        return numberColumn(max < TWO32 ? Uint32Array.from(c.devId) : c.devId, hw, max);
+        // The addon's cells read the f64s as they are; the JS loops read u32s
+        // unboxed, copied when they all are (always, for a sound pool: ids are
+        // 24-bit). The copy of 70,000 ids was 68 page faults, ~0.8 ms.
+        return numberColumn(cellWriter() !== null || max >= TWO32 ? c.devId : Uint32Array.from(c.devId), hw, max);
       }
       case 'MAPPED_BLOCKS':
         return numberColumn(c.mappedBlocks, hw, c.maxMappedBlocks);
@@ -451,18 +486,30 @@ function writeHeader(fields: readonly LsField[], cols: Column[], lineBytes: numb
  * for), the addon ~2.5 ms with its page faults (~0.6 ms a column once
  * they are faulted in). `units`: the addon's human units of a MAPPED,
  * EXCLUSIVE or SHARED column (unitColumn; ~3.5 ms of JS there). Tests set
- * them to null to run the JS loops.
+ * them to null to run the JS loops. `huge`: the addon's hugeArrayBuffer,
+ * where a large table's output chunks come from (chunkSource; null: the
+ * sink's own).
  */
-export const tableCells: { write: ReturnType<typeof decimalCellsFunction> | undefined; units: ReturnType<typeof diskUnitsFunction> | undefined } = {
+export const tableCells: {
+  write: ReturnType<typeof decimalCellsFunction> | undefined;
+  units: ReturnType<typeof diskUnitsFunction> | undefined;
+  huge: ReturnType<typeof hugeArrayBufferFunction> | undefined;
+} = {
   write: undefined,
   units: undefined,
+  huge: undefined,
 };
+
+/** tableCells.write, looked up on first use: null (no addon, or a test) means the JS loops. */
+function cellWriter(): ReturnType<typeof decimalCellsFunction> {
+  // Not ??=, which takes null for unset.
+  return tableCells.write === undefined ? (tableCells.write = decimalCellsFunction()) : tableCells.write;
+}
 
 /** Lines [from, to) of the table (room is asked once, for all of them). */
 function writeRows(cols: Column[], from: number, to: number, lineBytes: number, t: TableTarget): void {
   if (from >= to) return;
-  // undefined: not looked up yet; null (no addon, or a test): the JS loops. Not ??=, which takes null for unset.
-  const cells = tableCells.write === undefined ? (tableCells.write = decimalCellsFunction()) : tableCells.write;
+  const cells = cellWriter();
   if (cells !== null) {
     t.room((to - from) * lineBytes);
     let at = t.pos;
@@ -651,7 +698,8 @@ function digits(n: number): number {
  * the whole array (70,000 devices took ~100 MiB that way).
  */
 export async function writeLsJson(c: DetailsTable, fields: readonly LsField[], dataBlockSize: number, out: SinkTarget, exclusive?: Float64Array, signal?: AbortSignal): Promise<void> {
-  const s = new OutputSink(out, undefined, signal);
+  // Each element is ~30 bytes a field or more (two-space indents, a key, a value): enough to tell a large array.
+  const s = new OutputSink(out, undefined, signal, chunkSource(c.count * 30 * Math.max(1, fields.length)));
   // JSON.stringify's pretty print of an array of flat objects, written out:
   // `[`, each element two spaces in with its keys four, `]` (`[]`, `{}` when empty).
   // Fields that share a key (MAPPED and MAPPED_BYTES are both mappedBytes)

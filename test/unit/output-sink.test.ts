@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { FdWriter } from '../../src/output/fd-writer';
 import { HeldTail } from '../../src/output/held-tail';
-import { asciiTag, OutputSink } from '../../src/output/sink';
+import { asciiTag, OUTPUT_CHUNK_BYTES, OutputSink } from '../../src/output/sink';
 import { scratch } from '../stream/helpers';
 
 /** Collects what the sink writes. */
@@ -103,6 +103,18 @@ describe('OutputSink byte writers', () => {
   });
 });
 
+/** 40 chunks' worth of 100-byte lines of `c`, flushed as a formatter does (maybeFlush every 1,300 lines), then flushed. */
+async function fortyChunks(s: OutputSink, c: string): Promise<{ line: string; lines: number }> {
+  const line = c.repeat(99) + '\n';
+  const lines = 40 * 2600;
+  for (let i = 0; i < lines; i += 1300) {
+    for (let j = 0; j < 1300; j++) s.ascii(line);
+    await s.maybeFlush();
+  }
+  await s.flush();
+  return { line, lines };
+}
+
 describe('chunks reused: at most two out before one comes back', () => {
   // A writer that writes a file at once calls back a tick later; a formatter whose
   // awaits all settle at once (ls's table) got a fresh 256 KiB chunk per flush
@@ -133,18 +145,33 @@ describe('chunks reused: at most two out before one comes back', () => {
       return write(chunk, cb);
     };
     const s = new OutputSink(w, 'test');
-    const line = 'x'.repeat(99) + '\n';
-    const lines = 40 * 2600;
-    for (let i = 0; i < lines; i += 1300) {
-      for (let j = 0; j < 1300; j++) s.ascii(line);
-      await s.maybeFlush();
-    }
-    await s.flush();
+    const { line, lines } = await fortyChunks(s, 'x');
     closeSync(fd);
     const got = pipe ? await reader! : readFileSync(path);
     expect(got.length).toBe(lines * 100);
     expect(got.equals(Buffer.from(line.repeat(lines), 'latin1'))).toBe(true);
     expect(buffers.size).toBeLessThanOrEqual(3);
+  });
+});
+
+describe('chunks from a source of the caller (ls: a huge-page mapping)', () => {
+  it('every chunk comes from it, three for 40 chunks of text to a file, every byte in order', async () => {
+    const path = join(scratch().dir, 'out');
+    const fd = openSync(path, 'w');
+    let made = 0;
+    const s = new OutputSink(new FdWriter(fd), 'test', undefined, () => {
+      made++;
+      return Buffer.alloc(OUTPUT_CHUNK_BYTES, 0x21);
+    });
+    const { line, lines } = await fortyChunks(s, 'z');
+    closeSync(fd);
+    expect(readFileSync(path).equals(Buffer.from(line.repeat(lines), 'latin1'))).toBe(true);
+    expect(made).toBeGreaterThanOrEqual(1);
+    expect(made).toBeLessThanOrEqual(3);
+  });
+
+  it('a chunk of another length is refused (the reuse of chunks counts on their length)', () => {
+    expect(() => new OutputSink(collector().out, 'test', undefined, () => Buffer.alloc(4096))).toThrow(new RangeError(`an output chunk is ${OUTPUT_CHUNK_BYTES} bytes, not 4096`));
   });
 });
 
