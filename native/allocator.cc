@@ -59,6 +59,13 @@ uint8_t* MapHuge(size_t bytes) {
   return p;
 }
 
+void AdviseHuge(void* p, size_t bytes) {
+  uintptr_t at = reinterpret_cast<uintptr_t>(p);
+  uintptr_t from = (at + kHugePageBytes - 1) & ~(uintptr_t{kHugePageBytes} - 1);
+  uintptr_t to = (at + bytes) & ~(uintptr_t{kHugePageBytes} - 1);
+  if (to > from) ::madvise(reinterpret_cast<void*>(from), to - from, MADV_HUGEPAGE);
+}
+
 // hugeArrayBuffer(bytes) -> ArrayBuffer: `bytes` bytes of a MapHuge mapping
 // (not zeroed by a pass: the kernel gives zero pages as they are touched),
 // unmapped when the buffer is collected. Why: in a VM a 4 KiB page fault

@@ -20,6 +20,12 @@ size_t HugeSpan(size_t bytes);
 // munmap(p, HugeSpan(bytes)).
 uint8_t* MapHuge(size_t bytes);
 
+// Asks for transparent huge pages (MADV_HUGEPAGE) on the whole 2 MiB pages
+// inside [p, p + bytes) of memory someone else allocated and owns (V8's
+// ArrayBuffers): faulted in a huge page at a time, not 512 pages. Best
+// effort; nothing is mapped, moved or freed.
+void AdviseHuge(void* p, size_t bytes);
+
 void InitAllocator(Napi::Env env, Napi::Object exports);
 
 }  // namespace dmthin
