@@ -17,11 +17,11 @@ namespace dmthin {
 // (MAP_PRIVATE) and given to V8 as they lie in the page cache: an external
 // one-byte string, or a Uint8Array over an external ArrayBuffer; unmapped
 // when V8 collects it (the descriptor may be closed at once). Why: the CLI's
-// module pack (src/cli/startup.ts, ~390 KB of source and ~220 KB of V8 code
-// cache) was read into a buffer and copied into a string, ~250 page faults
-// of fresh memory a run (~11 us each in the bench VM); a mapping of a
-// cached file costs a fault per 16 pages (fault-around), and V8 reads a
-// code-cached script's source only for what it compiles lazily.
+// module pack (src/cli/startup.ts, ls: ~390 KB of source and ~220 KB of V8
+// code cache) was read into a 610 KB buffer of fresh memory and its source
+// copied into a string (~170 more page faults a run, ~11 us each in the
+// bench VM); a mapping of a cached file is read in place, a fault per 16
+// pages (fault-around), also for mapAscii's one pass over every byte.
 //
 // null (the caller reads the bytes instead): length 0, a range past the
 // file's end (a mapping there would SIGBUS), not a regular file, mmap
@@ -30,10 +30,12 @@ namespace dmthin {
 // string_latin1, looked up at run time: experimental in Node 20, so not in
 // the headers this addon builds against).
 //
-// The mapping shows the file as it is: whoever rewrites it in place (not
-// renames a new one over it) changes what V8 reads, and truncating it under
-// a mapping makes a later access SIGBUS. Use it only for files replaced by
-// rename, which the pack is.
+// The mapping shows the file as it is for as long as V8 keeps the string:
+// whoever rewrites it in place (not renames a new one over it) changes what
+// V8 reads, and truncating it under a mapping (or an I/O error on its
+// blocks) makes a later access SIGBUS. Use it only for files replaced by
+// rename, and for runs short enough (startup.ts maps the packs of the
+// commands on a metadata file only).
 
 namespace {
 
@@ -131,9 +133,14 @@ Napi::Value MapBytes(const Napi::CallbackInfo& info) {
   size_t length = 0;
   Mapping* m = MapArgs(info, "mapBytes(fd: number, offset: number, length: number)", &data, &length);
   if (m == nullptr) return env.Null();
-  Napi::ArrayBuffer ab =
-      Napi::ArrayBuffer::New(env, const_cast<uint8_t*>(data), length, [](Napi::Env, void*, Mapping* hint) { Unmap(hint); }, m);
-  return Napi::Uint8Array::New(env, length, ab, 0);
+  // The C call, not Napi::ArrayBuffer::New, whose throw (a Node that refuses external buffers) would leave the mapping behind.
+  napi_value ab;
+  if (napi_create_external_arraybuffer(
+          env, const_cast<uint8_t*>(data), length, [](napi_env, void*, void* hint) { Unmap(static_cast<Mapping*>(hint)); }, m, &ab) != napi_ok) {
+    Unmap(m);
+    return env.Null();
+  }
+  return Napi::Uint8Array::New(env, length, Napi::ArrayBuffer(env, ab), 0);
 }
 
 }  // namespace

@@ -343,7 +343,7 @@ export function installCodeCache(group = 'main'): void {
     if (!mayImport(wrapped) && asciiSource(buf.subarray(head.length, head.length + st.size)) !== undefined) pack.missed({ f: filename, s: st.size, m: st.ctimeMs, o: 0, n: 0 });
     return compile(mod, filename, wrapped, length, st.ctimeMs, () => wrapped.slice(head.length, wrapped.length - tail.length), true);
   };
-  const pack = new ModulePack(`${FILE_PREFIX}-${group}.pack`);
+  const pack = new ModulePack(`${FILE_PREFIX}-${group}.pack`, MAPPED_GROUPS.includes(group));
   process.once('exit', () => {
     if (stale) save(FILE, index, data, compiled);
     pack.saveIfStale();
@@ -411,7 +411,11 @@ class ModulePack {
   private readonly misses: PackEntry[] = [];
   private stale = false;
 
-  constructor(private readonly file: string) {
+  /** `mapped`: the source and code cache may be mapped from the file (MAPPED_GROUPS), else they are read. */
+  constructor(
+    private readonly file: string,
+    mapped: boolean,
+  ) {
     let own: { fd: number; size: number };
     try {
       own = openOwnFile(file);
@@ -430,15 +434,16 @@ class ModulePack {
       for (const e of h.e) if (e.o + e.n <= h.n) this.entries.set(e.f, e);
       this.header = Buffer.concat([head, json]);
       // Source and code cache mapped from the file where the addon can
-      // (native/file_map.cc): read, they were ~250 page faults of fresh
-      // memory a run and a copy of the source into a string. Read otherwise.
+      // (native/file_map.cc): read, they were a 610 KB buffer of fresh
+      // memory and a copy of the source into a string (ls: ~170 more page
+      // faults a run). Read otherwise.
       const at = 4 + len;
       const rest = size - at - h.n;
-      const map = fileMaps();
-      const source = map?.mapAscii(fd, at, h.n) ?? null;
+      const map = mapped ? fileMaps() : null;
+      const source = map ? mapOrNull(() => map.mapAscii(fd, at, h.n)) : null;
       if (source !== null) {
         this.source = source;
-        this.cache = rest > 0 ? (map!.mapBytes(fd, at + h.n, rest) ?? readAt(fd, at + h.n, rest)) : undefined;
+        this.cache = rest > 0 ? (mapOrNull(() => map!.mapBytes(fd, at + h.n, rest)) ?? readAt(fd, at + h.n, rest)) : undefined;
       } else {
         const b = readAt(fd, at, size - at);
         this.source = b.subarray(0, h.n);
@@ -750,6 +755,28 @@ function readAt(fd: number, position: number, length: number): Buffer {
     got += n;
   }
   return got === length ? b : b.subarray(0, got);
+}
+
+/**
+ * The command groups whose pack is mapped, not read: the commands on a
+ * metadata file and help, whose runs are short and whose start-up is most
+ * of them. V8 reads a script's source again for as long as the process
+ * lives (functions compiled lazily, error positions), so a mapped pack
+ * changed in place under a run would change the code it runs, and one
+ * truncated (or an I/O error on its blocks) would end it with SIGBUS; a
+ * long run (receive waiting on its input, replicate's cycles, backup) reads
+ * its pack, as every run did before. dmthin replaces its packs by rename,
+ * never in place.
+ */
+const MAPPED_GROUPS = ['ls', 'dump', 'delta', 'rmap', 'check', 'main'];
+
+/** A mapping, or null where making it threw (a Node that refuses external buffers): the caller then reads. */
+function mapOrNull<T>(f: () => T | null): T | null {
+  try {
+    return f();
+  } catch {
+    return null;
+  }
 }
 
 /** The addon's file mappings (addon-file.ts), looked up once; null without them. */

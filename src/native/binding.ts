@@ -271,10 +271,12 @@ export function native(): NativeAddon {
 }
 
 /**
- * The CLI's malloc thresholds (native/allocator.cc), set when the addon
- * loads: every command that reads metadata or data loads it before its
- * work, and --help, which never does, pays nothing. Only the CLI calls this:
- * a library leaves its host's allocator alone.
+ * The CLI's malloc thresholds (native/allocator.cc), set when this module
+ * loads the addon: every command that reads metadata or data does before
+ * its work, and --help, which never asks for it, keeps glibc's defaults
+ * (the CLI's start-up may have loaded the file to map its module pack,
+ * addon-file.ts, which sets nothing). Only the CLI calls this: a library
+ * leaves its host's allocator alone.
  */
 export function tuneAllocatorOnLoad(mmapThreshold: number, trimThreshold: number): void {
   allocatorTuning = { mmapThreshold, trimThreshold };

@@ -439,10 +439,10 @@ describe('the module pack read at start-up', () => {
   };
 
   // The pack of this hook's runs: its file name carries a hash of the node options (-r HOOK), see startup.ts.
-  const hookPack = (): string => {
-    const names = readdirSync(CACHE_DIR).filter((f) => f.startsWith(`v8-${process.version}-${process.arch}-`) && f.endsWith('-ls.pack'));
+  const hookPack = (group = 'ls'): string => {
+    const names = readdirSync(CACHE_DIR).filter((f) => f.startsWith(`v8-${process.version}-${process.arch}-`) && f.endsWith(`-${group}.pack`));
     const newest = names.map((f) => join(CACHE_DIR, f)).sort((a, b) => statSync(b).mtimeMs - statSync(a).mtimeMs)[0];
-    expect(newest).toMatch(/-[0-9a-f]{8}-ls\.pack$/);
+    expect(newest).toMatch(new RegExp(`-[0-9a-f]{8}-${group}\\.pack$`));
     return newest;
   };
   const parts = (file: string) => {
@@ -470,6 +470,15 @@ describe('the module pack read at start-up', () => {
     }
     // The code cache was accepted: a rejected one, or a source that did not compile, makes the run write the pack again.
     expect(statSync(file).mtimeMs).toBe(before);
+  });
+
+  it('a long-running command (send, receive, replicate, backup...) reads its pack whole: a mapping changed or cut short under it would change its code or end it with SIGBUS (a review)', () => {
+    const want = run(['send', '--help'], { DMTHIN_CODE_CACHE: '0' });
+    for (let i = 0; i < 3; i++) counted(['send', '--help']);
+    const file = hookPack('send');
+    const got = counted(['send', '--help']);
+    expect({ status: got.status, stdout: got.stdout }).toEqual({ status: want.status, stdout: want.stdout });
+    expect(got.packBytes).toBe(statSync(file).size);
   });
 
   it("a pack whose source is not ASCII (an older version's, or damaged) is read instead, and the command's output is the same", () => {

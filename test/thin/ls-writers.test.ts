@@ -6,11 +6,16 @@
  * lsJson (the JSON documented in docs/json.md), for every field, with and
  * without the EXCLUSIVE column, headers or not.
  */
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { ThinMetadata } from '../../src';
 import { DEFAULT_LS_FIELDS, deviceUsage, exclusiveUsage, formatLsTable, LS_FIELDS, lsJson, needsMappings, tableCells, writeDetailsTable, writeLsJson, type LsField } from '../../src/thin/ls';
 import { fixtureImage, itOracle, largeImage } from '../helpers/fixtures';
 import type { DetailsTable } from '../../src/thin/device-table';
+import { native } from '../../src/native/binding';
+import { FdWriter } from '../../src/output/fd-writer';
 
 /** Collects what a writer writes. */
 function collector(): { target: Writable; text: () => string } {
@@ -104,6 +109,52 @@ test('a table or JSON array larger than one output chunk is written through chun
     expect(viaHuge[0].length).toBeGreaterThan(2 * 256 * 1024);
   } finally {
     Object.assign(tableCells, saved);
+  }
+});
+
+test("with the addon's own huge-page mapping, a 20,000-device table to a file (chunks reused once written) is the sink's own bytes; the DEV column goes to the addon's cells as the table's f64 ids, not a copy", async () => {
+  const n = 20_000;
+  const table: DetailsTable = {
+    count: n,
+    devId: Float64Array.from({ length: n }, (_, i) => 2 * i),
+    mappedBlocks: Float64Array.from({ length: n }, (_, i) => i * 31),
+    transactionLo: new Uint32Array(n),
+    transactionHi: new Uint32Array(n),
+    creationTime: new Uint32Array(n).fill(7),
+    snapshottedTime: new Uint32Array(n).fill(9),
+    maxMappedBlocks: (n - 1) * 31,
+    maxCreationTime: 7,
+    maxSnapshottedTime: 9,
+  };
+  const dir = mkdtempSync(join(tmpdir(), 'dmthin-ls-huge-'));
+  const saved = { ...tableCells };
+  try {
+    const toFile = async (name: string): Promise<Buffer> => {
+      const path = join(dir, name);
+      const fd = openSync(path, 'w');
+      try {
+        await writeDetailsTable(table, [...DEFAULT_LS_FIELDS], 128, true, new FdWriter(fd));
+      } finally {
+        closeSync(fd);
+      }
+      return readFileSync(path);
+    };
+    const real = native().hugeArrayBuffer;
+    let mapped = 0;
+    const cellArrays: unknown[] = [];
+    const cells = native().writeDecimalCells;
+    tableCells.huge = (bytes: number) => (mapped++, real(bytes));
+    tableCells.write = ((...a: Parameters<typeof cells>) => (cellArrays.push(a[3]), cells(...a))) as typeof cells;
+    const viaHuge = await toFile('huge');
+    expect(mapped).toBe(1);
+    expect(cellArrays).toContain(table.devId);
+    tableCells.huge = null;
+    tableCells.write = saved.write;
+    expect((await toFile('own')).equals(viaHuge)).toBe(true);
+    expect(viaHuge.length).toBeGreaterThan(2 * 256 * 1024);
+  } finally {
+    Object.assign(tableCells, saved);
+    rmSync(dir, { recursive: true, force: true });
   }
 });
 

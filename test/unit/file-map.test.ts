@@ -5,7 +5,7 @@
  * collected, and is null (never a wrong value) where it cannot be made.
  */
 import { spawnSync } from 'node:child_process';
-import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { addonFile, fileMapFunctions } from '../../src/native/addon-file';
@@ -90,11 +90,20 @@ describe('mapAscii and mapBytes', () => {
     for (const f of [mapAscii, mapBytes] as unknown as ((...a: unknown[]) => unknown)[]) expect(() => f(...args)).toThrow(expect.objectContaining({ name }));
   });
 
-  it('a closed or unknown descriptor gives null', () => {
-    const fd = openSync(file, 'r');
-    closeSync(fd);
-    expect(mapAscii(fd, 0, 10)).toBeNull();
-    expect(mapBytes(fd, 0, 10)).toBeNull();
+  it('a descriptor that is not open gives null', () => {
+    // The largest number the calls take: never open (a closed one could be reused by another thread meanwhile).
+    expect(mapAscii(2147483647, 0, 10)).toBeNull();
+    expect(mapBytes(2147483647, 0, 10)).toBeNull();
+  });
+
+  it('a file renamed over the mapped one (as dmthin replaces its packs): the mapping still reads the bytes it mapped', () => {
+    const f = join(dir, 'renamed');
+    writeFileSync(f, ascii);
+    const [s, b] = withFd(f, (fd) => [mapAscii(fd, 100, 5000), mapBytes(fd, 100, 5000)] as const);
+    writeFileSync(`${f}.new`, Buffer.alloc(ascii.length, 0x7a));
+    renameSync(`${f}.new`, f);
+    expect(s).toBe(ascii.toString('latin1', 100, 5100));
+    expect(Buffer.from(b!).equals(ascii.subarray(100, 5100))).toBe(true);
   });
 
   it('each mapping is gone from the process once its string or array is collected', () => {
