@@ -112,7 +112,7 @@ describe('LocalBackend', () => {
 function buildChild(out: string, addon: boolean): string {
   const src = join(__dirname, '..', '..', 'src');
   if (addon) symlinkSync(join(__dirname, '..', '..', 'build'), join(out, '..', 'build'));
-  for (const f of ['errors.ts', 'repo/backend.ts', 'repo/local-backend.ts', 'native/binding.ts']) {
+  for (const f of ['errors.ts', 'repo/backend.ts', 'repo/local-backend.ts', 'native/binding.ts', 'native/addon-file.ts']) {
     const js = ts.transpileModule(readFileSync(join(src, f), 'utf8'), { compilerOptions: { module: ts.ModuleKind.CommonJS, target: ts.ScriptTarget.ES2022 } }).outputText;
     mkdirSync(join(out, f, '..'), { recursive: true });
     writeFileSync(join(out, f.replace(/\.ts$/, '.js')), js);
