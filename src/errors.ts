@@ -248,6 +248,7 @@ export class StreamError extends DmthinError {
  */
 export type MergeErrorReason =
   | 'origin-busy' // the external origin is open by someone else (O_EXCL failed)
+  | 'origin-read-only' // the external origin is a read-only block device (blockdev --setro, losetup -r)
   | 'origin-shared' // the external origin is the origin of another active thin
   | 'thin-active' // a thin the merge reads or writes is active in a dm table
   | 'beyond-end' // the thin maps blocks beyond the external origin's end
@@ -261,6 +262,7 @@ export type MergeErrorReason =
 
 const MERGE_CODES: Record<MergeErrorReason, string> = {
   'origin-busy': 'EBUSY',
+  'origin-read-only': 'EROFS',
   'origin-shared': 'EBUSY',
   'thin-active': 'EBUSY',
   'beyond-end': 'ENOSPC',
@@ -278,7 +280,7 @@ const MERGE_CODES: Record<MergeErrorReason, string> = {
  * `code` is derived from it (EBUSY: something else uses a device, or the
  * pool is suspended; ENOSPC:
  * the origin is too small, or the pool out of data space; EROFS: the pool
- * is read-only; EINVAL: another origin; ENOENT: no such thin;
+ * or the external origin is read-only; EINVAL: another origin; ENOENT: no such thin;
  * EOPNOTSUPP: an LVM pool; EUCLEAN: a damaged state file).
  */
 export class MergeError extends DmthinError {

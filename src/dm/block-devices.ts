@@ -48,6 +48,19 @@ export async function sizeInSectors(d: DevNum): Promise<number> {
   }
 }
 
+/**
+ * Whether a block device is read-only (sysfs `ro`: `blockdev --setro`, a
+ * read-only loop device, a write-protected disk). Its writes fail with
+ * EPERM even though an O_RDWR open succeeds. False when sysfs cannot say.
+ */
+export async function isReadOnly(d: DevNum): Promise<boolean> {
+  try {
+    return (await readFile(`/sys/dev/block/${d.major}:${d.minor}/ro`, 'utf8')).trim() === '1';
+  } catch {
+    return false;
+  }
+}
+
 /** True when `path` is a block device node of a device-mapper device (its sysfs entry has a dm/ folder). */
 export async function isDmDevice(path: string): Promise<boolean> {
   try {

@@ -20,7 +20,7 @@
 import { refuseOutputOverInputs } from '../output/file';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { check, MergeError, UsageError, throwIfAborted } from '../errors';
-import { devNumOf, devPathOf } from '../dm/block-devices';
+import { devNumOf, devPathOf, isReadOnly } from '../dm/block-devices';
 import { formatDev } from '../dm/ioctl';
 import { BlockReader } from '../native/block-reader';
 import { BlockWriter } from '../native/block-writer';
@@ -420,6 +420,13 @@ export async function mergeIntoExternalOrigin(poolArg: string | ThinPool, o: Ext
       });
     }
     if (!writer.info.blockDevice) throw new UsageError(`external origin ${o.origin} is not a block device`, { path: o.origin });
+    // An O_RDWR open of a read-only device succeeds and its first write fails (EPERM): refused here,
+    // before the state file records a merge that then blocked every other merge of this snapshot.
+    if (await isReadOnly(originNum)) {
+      throw new MergeError('origin-read-only', `${o.origin} is read-only (blockdev --setro, a read-only loop device): make it writable (blockdev --setrw), then merge again`, {
+        path: o.origin,
+      });
+    }
 
     // The plan, through a metadata snapshot released before any data moves.
     const size = writer.size;

@@ -740,7 +740,13 @@ function heldBy(name: string, held: number, owner: HeldOwner, waitedMs: number, 
       { device: name, cause },
     );
   }
-  return new MetadataSnapError('EBUSY', `thin-pool ${name} already holds a metadata snapshot (root ${held}), reserved by another program; ${advice}: when nothing reads it any more, release it with 'dmthin pool release-metadata-snap ${name}', then run this again`, { device: name, cause });
+  // No record of it: another program's, or one a dmthin reserved as it was killed, before it could write its
+  // record (the reserve, a status ioctl, then the record: outside hunt AC, 3 of 24 SIGKILLs of replicate).
+  return new MetadataSnapError(
+    'EBUSY',
+    `thin-pool ${name} already holds a metadata snapshot (root ${held}) that no running dmthin holds: another program's (thin_dump -m, a script), or one a dmthin reserved as it was killed; ${advice}: when nothing reads it any more, release it with 'dmthin pool release-metadata-snap ${name}', then run this again`,
+    { device: name, cause },
+  );
 }
 
 /** Why a pool cannot reserve: not writable, said as its status says (read_only is not damage). */

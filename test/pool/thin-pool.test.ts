@@ -209,7 +209,7 @@ describe('MetadataSnapshot and the release guard', () => {
     expect(e).toBeInstanceOf(MetadataSnapError);
     expect(e).toMatchObject({
       code: 'EBUSY',
-      message: "thin-pool pool already holds a metadata snapshot (root 9), reserved by another program; a pool holds one at a time: when nothing reads it any more, release it with 'dmthin pool release-metadata-snap pool', then run this again",
+      message: "thin-pool pool already holds a metadata snapshot (root 9) that no running dmthin holds: another program's (thin_dump -m, a script), or one a dmthin reserved as it was killed; a pool holds one at a time: when nothing reads it any more, release it with 'dmthin pool release-metadata-snap pool', then run this again",
     });
     expect((e as Error).cause).toBeInstanceOf(DmIoctlError);
     expect(guardedCount()).toBe(0);

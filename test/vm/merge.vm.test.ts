@@ -152,6 +152,23 @@ describeVm('dmthin merge', () => {
     }
     await unchanged();
 
+    // Read-only (blockdev --setro; a read-only loop device): refused before the state file is written
+    // (outside hunt AC: pwritev's EPERM, and a state file left that refused the next merge of the snapshot).
+    sh(`blockdev --setro ${origin}`);
+    try {
+      expectRefused(dmthin(args(2)), /is read-only .*blockdev --setrw.*\[EROFS\]$/);
+    } finally {
+      sh(`blockdev --setrw ${origin}`);
+    }
+    await unchanged();
+    const roLoop = run('losetup', ['-r', '-f', '--show', origin]).stdout.trim();
+    try {
+      expectRefused(dmthin(['--pool', poolName, '--snap', '2', '--external-origin', roLoop, '--state', stateFile('refuse2'), '-q']), /is read-only .*\[EROFS\]$/);
+    } finally {
+      run('losetup', ['-d', roLoop]);
+    }
+    await unchanged();
+
     // The external origin of another active thin.
     await pool.createThin(3);
     const other = await ThinDevice.activate(pool, { name: sb.adopt('t3'), devId: 3, length: sectors(SIZE / 512), externalOrigin: origin });

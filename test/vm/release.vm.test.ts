@@ -179,7 +179,7 @@ describeVm('metadata snapshots are released when the holder dies (library and CL
       const held = await heldRoot();
       await expect(pool.reserveMetadataSnap()).rejects.toMatchObject({
         code: 'EBUSY',
-        message: `thin-pool ${tp.name} already holds a metadata snapshot (root ${held}), reserved by another program; a pool holds one at a time: when nothing reads it any more, release it with 'dmthin pool release-metadata-snap ${tp.name}', then run this again`,
+        message: `thin-pool ${tp.name} already holds a metadata snapshot (root ${held}) that no running dmthin holds: another program's (thin_dump -m, a script), or one a dmthin reserved as it was killed; a pool holds one at a time: when nothing reads it any more, release it with 'dmthin pool release-metadata-snap ${tp.name}', then run this again`,
       });
       expect(await heldRoot()).toBe(held);
     } finally {
