@@ -7,7 +7,7 @@
  */
 import { UsageError } from '../errors';
 import { findLvmThin, isLvmUuid } from '../pool/lvm';
-import { activateTemporarily } from '../pool/temporary-activation';
+import { activateTemporarily, removeStaleTemporaries } from '../pool/temporary-activation';
 import type { ActiveThin, ThinPool } from '../pool/thin-pool';
 import { SECTOR_SIZE, sectors } from '../units';
 import { NativeDataSource, type DataSource } from '../stream/send/data-source';
@@ -79,6 +79,7 @@ export async function withThinData<T>(
       await source.close?.();
     }
   }
+  await removeStaleTemporaries(pool, o.prefix);
   const tmp = await activateTemporarily(pool, { prefix: o.prefix, devId: snap, length: sectors(thin.deviceSize / SECTOR_SIZE) }, (path) =>
     NativeDataSource.open(path, { addressing: 'virtual' }),
   );

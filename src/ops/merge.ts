@@ -26,7 +26,7 @@ import { BlockReader } from '../native/block-reader';
 import { BlockWriter } from '../native/block-writer';
 import { findLvmThin, isLvmUuid } from '../pool/lvm';
 import { withMetadataSnapshot } from '../pool/live-metadata';
-import { activateTemporarily, type TemporaryActivation } from '../pool/temporary-activation';
+import { activateTemporarily, removeStaleTemporaries, type TemporaryActivation } from '../pool/temporary-activation';
 import { type ThinTableUse, thinTableUses } from '../pool/thin-tables';
 import { ThinPool } from '../pool/thin-pool';
 import type { DeviceDetails } from '../thin/device-details';
@@ -204,37 +204,6 @@ async function prepare(poolArg: string | ThinPool, o: CommonMergeOptions, lvmRef
 
 const TEMP_PREFIX = 'dmthin-merge';
 
-/**
- * Removes temporary devices an earlier merge left behind: killed between
- * activating a device and marking it for deferred removal, it leaves the
- * device active (and its thin with it), which would refuse every re-run.
- * Only devices with our prefix, made by a process that is gone, and open
- * by no one are removed. Returns the table uses that remain.
- */
-async function removeStaleTemporaries(pool: ThinPool, uses: ThinTableUse[]): Promise<ThinTableUse[]> {
-  const alive = (pid: number): boolean => {
-    try {
-      process.kill(pid, 0);
-      return true;
-    } catch (e) {
-      return (e as NodeJS.ErrnoException).code === 'EPERM';
-    }
-  };
-  const stale = new Set<string>();
-  for (const u of uses) {
-    const m = new RegExp(`^${TEMP_PREFIX}-(\\d+)-\\d+-[a-z0-9]+$`).exec(u.device);
-    if (!m || u.poolDev !== pool.devString || Number(m[1]) === process.pid || alive(Number(m[1]))) continue;
-    try {
-      if ((await pool.dm.info(u.device)).openCount !== 0) continue;
-      await pool.dm.remove(u.device);
-      stale.add(u.device);
-    } catch {
-      // gone meanwhile, or busy: then it is refused below as an active thin
-    }
-  }
-  return uses.filter((u) => !stale.has(u.device));
-}
-
 /** Refuses when a thin the merge uses is active in any table. */
 function refuseActive(uses: ThinTableUse[], pool: ThinPool, devId: number, role: string): void {
   const u = uses.find((x) => x.poolDev === pool.devString && x.devId === devId);
@@ -390,7 +359,8 @@ export async function mergeIntoExternalOrigin(poolArg: string | ThinPool, o: Ext
     const origin: MergeOrigin = { kind: 'external', path: o.origin, dev: originDev };
     const prior = checkPrior(await readMergeState(stateFile), p.poolId, origin, o.snap, stateFile);
 
-    const uses = await removeStaleTemporaries(pool, await thinTableUses(pool.dm));
+    await removeStaleTemporaries(pool, TEMP_PREFIX);
+    const uses = await thinTableUses(pool.dm);
     // Its own table tells which origin the thin reads through: if not this one, merging would write another device's data here.
     const self = uses.find((u) => u.poolDev === pool.devString && u.devId === o.snap && u.externalOriginDev !== originDev);
     if (self) {
@@ -517,7 +487,8 @@ export async function mergeSnapshot(poolArg: string | ThinPool, o: SnapshotMerge
   const store = new ExtentStore({ tmpDir: o.tmpDir });
   try {
     const prior0 = await readMergeState(stateFile);
-    const uses = await removeStaleTemporaries(pool, await thinTableUses(pool.dm));
+    await removeStaleTemporaries(pool, TEMP_PREFIX);
+    const uses = await thinTableUses(pool.dm);
     refuseActive(uses, pool, o.snap, 'snapshot');
     refuseActive(uses, pool, o.origin, 'origin');
 

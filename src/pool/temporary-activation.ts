@@ -4,6 +4,7 @@
  * as soon as the reader has it open, so the kernel removes it when the last
  * descriptor closes, even if the process is killed.
  */
+import { parseThinTable, THIN_TARGET } from '../dm/targets/thin';
 import { SystemCallError } from '../errors';
 import { native } from '../native/binding';
 import { type Sectors } from '../units';
@@ -66,6 +67,48 @@ export async function activateTemporarily<T extends { close(): Promise<void> | v
   } catch (e) {
     await dispose().catch(() => undefined);
     throw e;
+  }
+}
+
+/**
+ * Removes the temporary devices (`${prefix}-PID-ID-xxxxxx`) of dmthin
+ * processes that are gone, when no one has them open: one killed between
+ * creating a device and marking it for deferred removal leaves it behind,
+ * with its thin active (which refuses a merge or a delete of that thin) or,
+ * killed before the table was loaded, with no table at all (outside hunt
+ * AC: a send killed during a replicate cycle, 2 of 28). Only devices with
+ * no table or whose table is a thin of `pool`; anything else is left alone.
+ * Returns the names removed.
+ */
+export async function removeStaleTemporaries(pool: ThinPool, prefix: string): Promise<string[]> {
+  const named = new RegExp(`^${prefix}-(\\d+)-\\d+-[a-z0-9]+$`);
+  const removed: string[] = [];
+  for (const d of await pool.dm.listDevices()) {
+    const m = named.exec(d.name);
+    if (!m || Number(m[1]) === process.pid || alive(Number(m[1]))) continue;
+    try {
+      const info = await pool.dm.info(d.name);
+      if (info.openCount !== 0) continue;
+      if (info.targetCount !== 0) {
+        const [t, ...more] = await pool.dm.table(d.name);
+        if (more.length > 0 || t?.type !== THIN_TARGET || parseThinTable(t.params).poolDev !== pool.devString) continue;
+      }
+      await pool.dm.remove(d.name);
+      removed.push(d.name);
+    } catch {
+      // gone meanwhile, or busy: a merge then refuses it as an active thin
+    }
+  }
+  return removed;
+}
+
+/** Whether process `pid` exists (one of another user's counts). */
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 

@@ -49,6 +49,10 @@ function fakePool(image: Buffer, o: { devDir: string; active?: { name: string; d
   const log: Log = { events: [], reserved: 0, released: 0 };
   const dm = {
     devDir: o.devDir,
+    // The devices there are: the active thin's (no temporary one a killed send left; see send-receive.vm).
+    async listDevices() {
+      return o.active ? [{ name: o.active.name, dev: { major: 253, minor: 5 } }] : [];
+    },
     async table(name: string) {
       if (o.active && name === o.active.name) return [{ start: 0, length: o.active.bytes / 512, type: 'thin', params: `253:0 ${o.active.devId}` }];
       throw new Error(`no table for ${name}`);

@@ -19,7 +19,7 @@ import type { ThinPool } from '../../src/pool/thin-pool';
 import { BlockWriter } from '../../src/native/block-writer';
 import { receive } from '../../src/ops/receive';
 import { send } from '../../src/ops/send';
-import { describeVm, DmSandbox, MiB } from './helpers';
+import { describeVm, DmSandbox, MiB, run } from './helpers';
 import { CLI, DIST, createTestPool, sha256OfDevice, waitFor } from './pool-helpers';
 import { junkFile, sha256File } from '../stream/helpers';
 
@@ -219,6 +219,29 @@ describeVm('send/receive on a live thin pool', () => {
     // A FIFO (or device) output is written in place and is not the send's to remove.
     expect(existsSync(fifo)).toBe(true);
     expect((await pool.workingStatus()).heldMetadataRoot).toBeNull();
+  });
+
+  test("temporary devices a killed send left (no table yet, or a thin of the pool not yet marked for deferred removal) are removed by the next send; a live process's, another pool's and an open one are left (outside hunt AC: one stayed for good)", async () => {
+    const dm = new DeviceMapper();
+    // A pid that is gone: a child that has exited.
+    const dead = spawnSync('true').pid!;
+    const stale = [`dmthin-send-${dead}-1-aaaaaa`, `dmthin-send-${dead}-2-bbbbbb`];
+    const kept = [`dmthin-send-${process.ppid}-1-cccccc`, `dmthin-send-${dead}-3-dddddd`];
+    run('dmsetup', ['create', '--notable', stale[0]]);
+    run('dmsetup', ['create', stale[1]], { input: `0 ${VOL / 512} thin ${pool.devString} 1\n` });
+    // A live process's (the test runner's parent), and a dead one's whose table is not a thin of this pool.
+    run('dmsetup', ['create', kept[0]], { input: `0 ${VOL / 512} thin ${pool.devString} 1\n` });
+    run('dmsetup', ['create', kept[1]], { input: `0 8 zero\n` });
+    try {
+      await send({ pool, snap: 2, output: `${sb.dir}/stale.stream`, deviceSize: VOL });
+      const names = (await dm.listDevices()).map((d) => d.name);
+      expect(stale.filter((n) => names.includes(n))).toEqual([]);
+      expect(kept.filter((n) => names.includes(n))).toEqual(kept);
+    } finally {
+      for (const n of [...stale, ...kept]) run('dmsetup', ['remove', n], { allowFail: true });
+      for (const n of [...stale, ...kept]) spawnSync('rm', ['-f', `/dev/mapper/${n}`]);
+    }
+    expect(await leftovers()).toEqual([]);
   });
 
   test('SIGKILL during a send: the kernel removes the temporary device (deferred removal)', async () => {
