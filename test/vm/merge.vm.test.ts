@@ -483,6 +483,22 @@ describeVm('dmthin merge', () => {
     expect(await tempDevices()).toEqual([]);
   }, 300_000);
 
+  test("in the pool, a pool in read-only mode: refused as pool-read-only (EROFS) before anything is recorded (outside hunt AC: the metadata snapshot's reserve refused first, ENOTSUP, and docs/merge.md's reason was never seen)", async () => {
+    const { pool: ro, name: roName } = await createTestPool(sb, { label: 'ro', dataBytes: 64 * BS, metaBytes: 4 * MiB, blockSectors: BS / 512 });
+    await ro.createThin(1);
+    await ro.createSnap(2, 1);
+    const table = run('dmsetup', ['table', roName]).stdout.trim().split(/\s+/);
+    // thin-pool's seven fixed fields, then its features: read_only alone.
+    run('dmsetup', ['reload', roName], { input: `${[...table.slice(0, 7), '1', 'read_only'].join(' ')}\n` });
+    run('dmsetup', ['resume', roName]);
+    expect((await ro.workingStatus()).mode).toBe('ro');
+    const state = stateFile('ro');
+    const r = dmthin(['--pool', roName, '--snap', '2', '--origin', '1', '--state', state, '-q']);
+    expectRefused(r, new RegExp(`^dmthin merge: pool ${roName} is in read-only mode: the merge writes into thin 1\\. .*\\[EROFS\\]$`));
+    expect(existsSync(state)).toBe(false);
+    expect(await tempDevices()).toEqual([]);
+  }, 300_000);
+
   test('in the pool, blocks of 192 KiB (no power of two): the origin ends mapping as many blocks as the snapshot, or says which it kept (found by an outside hunt: one dropped discard zeroed, reported as discarded)', async () => {
     const sb2 = new DmSandbox('merge-192k');
     try {
