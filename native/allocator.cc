@@ -43,6 +43,13 @@ static Napi::Value TuneAllocator(const Napi::CallbackInfo& info) {
 
 size_t HugeSpan(size_t bytes) { return (bytes + kHugePageBytes - 1) & ~(kHugePageBytes - 1); }
 
+void AdviseHuge(void* p, size_t bytes) {
+  uintptr_t at = reinterpret_cast<uintptr_t>(p);
+  uintptr_t from = (at + kHugePageBytes - 1) & ~(uintptr_t{kHugePageBytes} - 1);
+  uintptr_t to = (at + bytes) & ~(uintptr_t{kHugePageBytes} - 1);
+  if (to > from) ::madvise(reinterpret_cast<void*>(from), to - from, MADV_HUGEPAGE);
+}
+
 // Best effort: without THP (or with it off) the mapping is plain 4 KiB pages.
 uint8_t* MapHuge(size_t bytes) {
   size_t span = HugeSpan(bytes);
@@ -55,15 +62,8 @@ uint8_t* MapHuge(size_t bytes) {
   uintptr_t end = aligned + span;
   if (at + len > end) ::munmap(reinterpret_cast<void*>(end), at + len - end);
   auto* p = reinterpret_cast<uint8_t*>(aligned);
-  ::madvise(p, span, MADV_HUGEPAGE);
+  AdviseHuge(p, span);  // aligned and whole pages: all of it
   return p;
-}
-
-void AdviseHuge(void* p, size_t bytes) {
-  uintptr_t at = reinterpret_cast<uintptr_t>(p);
-  uintptr_t from = (at + kHugePageBytes - 1) & ~(uintptr_t{kHugePageBytes} - 1);
-  uintptr_t to = (at + bytes) & ~(uintptr_t{kHugePageBytes} - 1);
-  if (to > from) ::madvise(reinterpret_cast<void*>(from), to - from, MADV_HUGEPAGE);
 }
 
 // hugeArrayBuffer(bytes) -> ArrayBuffer: `bytes` bytes of a MapHuge mapping
