@@ -8,6 +8,7 @@
         "native/crc32c.cc",
         "native/decimal_cells.cc",
         "native/details_columns.cc",
+        "native/btree_walk.cc",
         "native/rmap_lines.cc",
         "native/std_sort.cc",
         "native/file_io.cc",

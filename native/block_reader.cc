@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -17,7 +18,9 @@
 #include <vector>
 
 #include "allocator.h"
+#include "btree_walk.h"
 #include "crc32c.h"
+#include "details_columns.h"
 #include "errors.h"
 #include "file_io.h"
 #include "promise_worker.h"
@@ -29,6 +32,11 @@ constexpr uint64_t kMaxBatchBytes = 1ull << 30;  // one call never allocates mor
 constexpr uint64_t kMaxGapBytes = 32 << 10;      // read small holes instead of seeking
 constexpr uint64_t kPieceBytes = 256 << 10;      // longest single preadv
 constexpr size_t kMaxThreads = 4;                // requests kept in flight per batch
+constexpr size_t kWalkWindowBlocks = 256;         // walkDetails reads a level 1 MiB at a time (a pooled buffer)
+// walkDetails' bounds: 65,536 leaves (over 8 million devices; 256 MiB read on
+// the JS thread, ~0.3 s) and a metadata device of 2^26 blocks.
+constexpr size_t kMaxWalkLeaves = size_t{1} << 16;
+constexpr uint64_t kMaxWalkBlocks = uint64_t{1} << 26;
 
 // ---------------------------------------------------------------- open
 
@@ -428,7 +436,8 @@ void BlockReader::Init(Napi::Env env, Napi::Object exports) {
                                     {InstanceMethod("open", &BlockReader::Open),
                                      InstanceMethod("read", &BlockReader::Read),
                                      InstanceMethod("close", &BlockReader::Close),
-                                     InstanceMethod("release", &BlockReader::Release)});
+                                     InstanceMethod("release", &BlockReader::Release),
+                                     InstanceMethod("walkDetails", &BlockReader::WalkDetails)});
   exports.Set("BlockReader", ctor);
 }
 
@@ -542,6 +551,62 @@ Napi::Value BlockReader::Release(const Napi::CallbackInfo& info) {
   pool_->Give(p, cap);
   Napi::MemoryManagement::AdjustExternalMemory(env, -static_cast<int64_t>(cap));
   return Napi::Boolean::New(env, true);
+}
+
+// walkDetails(root, limit) -> { columns: ArrayBuffer, rows, count, blocksRead } | null
+// The device-details tree at `root` read whole from the page cache on this
+// thread and checked (btree_walk.cc), into details columns
+// (details_columns.cc); blocks at or beyond `limit` are refused. null when
+// it cannot answer: not a buffered file, a block not cached, a read error,
+// a tree too large or any rule broken. The caller then walks the tree
+// itself, which reports what is wrong.
+Napi::Value BlockReader::WalkDetails(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsNumber()) throw Napi::TypeError::New(env, "walkDetails(root: number, limit: number)");
+  const double root = info[0].As<Napi::Number>().DoubleValue();
+  const double limit = info[1].As<Napi::Number>().DoubleValue();
+  auto isIndex = [](double d) { return d >= 0 && d <= 9007199254740992.0 && std::floor(d) == d; };
+  if (!isIndex(root) || !isIndex(limit)) throw Napi::RangeError::New(env, "walkDetails: root and limit must be integers in 0..2^53");
+  // Only what is a copy from the page cache: this runs on the JS thread. A
+  // metadata device of more than 2^26 blocks (256 GiB) is left to the
+  // caller's walk (the walk's bit per block).
+  if (fd_ < 0 || close_pending_ || !try_cached_ || limit > static_cast<double>(kMaxWalkBlocks)) return env.Null();
+  size_t cap = 0;
+  uint8_t* window = pool_->Take(kWalkWindowBlocks * 4096, &cap);
+  if (window == nullptr) return env.Null();
+  const int fd = fd_;
+  WalkSource src;
+  src.limit = static_cast<uint64_t>(limit);
+  src.window = window;
+  src.window_blocks = kWalkWindowBlocks;
+  src.read = [fd](const uint64_t* blocks, size_t n, uint8_t* out) -> int {
+    for (size_t i = 0; i < n; i++) {
+      struct iovec io = {out + i * 4096, 4096};
+      ssize_t got;
+      do got = ::preadv2(fd, &io, 1, static_cast<off_t>(blocks[i] * 4096), RWF_NOWAIT);
+      while (got < 0 && errno == EINTR);
+      // Not cached, or RWF_NOWAIT unknown here: either way the caller's walk reads it.
+      if (got < 0) return errno == EAGAIN || errno == EOPNOTSUPP || errno == EINVAL ? EAGAIN : errno;
+      if (got != 4096) return got == 0 ? EIO : EAGAIN;
+    }
+    return 0;
+  };
+  DetailsColumnsBlock cols;
+  uint64_t blocks_read = 0;
+  WalkStatus st;
+  try {
+    st = WalkDetailsColumns(src, static_cast<uint64_t>(root), kMaxWalkLeaves, &cols, &blocks_read);
+  } catch (...) {
+    st = WalkStatus::kReadFailed;  // out of memory in its vectors: the caller's walk
+  }
+  pool_->Give(window, cap);
+  if (st != WalkStatus::kOk) return env.Null();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("columns", TakeDetailsColumns(env, &cols));
+  o.Set("rows", static_cast<double>(cols.rows));
+  o.Set("count", static_cast<double>(cols.count));
+  o.Set("blocksRead", static_cast<double>(blocks_read));
+  return o;
 }
 
 void BlockReader::FinishRead() {

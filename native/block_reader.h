@@ -93,6 +93,7 @@ class BlockReader : public Napi::ObjectWrap<BlockReader> {
   Napi::Value Read(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
   Napi::Value Release(const Napi::CallbackInfo& info);
+  Napi::Value WalkDetails(const Napi::CallbackInfo& info);
   void CloseNow();
   bool opening_ = false;
 };

@@ -1,18 +1,25 @@
-// The entries of one device-details btree leaf appended to the columns of
-// src/thin/device-table.ts, on the calling thread.
+// The entries of device-details btree leaves appended to the columns of
+// src/thin/device-table.ts, on the calling thread: one leaf at a time for
+// the TypeScript walk (decodeDetailsLeaf), or every leaf of a tree the
+// addon walks whole (WalkDetailsColumns, for BlockReader.walkDetails).
 // Why native: a CLI run is over before V8 optimises the loop. On 70,000
 // devices (1,120 leaves, `ls` of the details' fields in a new process) the
 // TypeScript loop spent ~7 ms in V8's first tiers; this takes well under 1
-// ms. Only the copy is here: the node's checksum, header, key order and fill
-// are checked in TypeScript before (pdata/btree.ts), and an entry this
-// refuses (a key or mapped_blocks of 2^53 or more) is reported there
-// (parseDeviceDetails), so the format's rules and messages have one home.
+// ms. An entry this refuses (a key or mapped_blocks of 2^53 or more) is
+// reported in TypeScript (parseDeviceDetails), and a tree the whole walk
+// refuses (btree_walk.cc) is walked again there, so the format's messages
+// have one home.
 #include "details_columns.h"
 
-#include "typed_view.h"
+#include <sys/mman.h>
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#include "allocator.h"
+#include "typed_view.h"
 
 namespace dmthin {
 namespace {
@@ -21,6 +28,113 @@ constexpr double kMaxExact = 9007199254740992.0;  // 2^53
 constexpr uint32_t kMaxSafeHi = 1u << 21;          // a u64's high word at 2^53
 constexpr double kTwo32 = 4294967296.0;
 constexpr size_t kValueWords = 6;  // mapped_blocks u64, transaction_id u64, creation_time u32, snapshotted_time u32
+constexpr uint32_t kValueBytes = 24;
+constexpr size_t kLeafMaxEntries = 126;  // btree.ts maxEntriesFor(24)
+// Columns of up to this many rows come from malloc; more, from a huge-page
+// mapping (device-table.ts DETAILS_INITIAL_ROWS: only the pages written are touched).
+constexpr size_t kHeapRows = 4096;
+constexpr size_t kMaxColumnBytes = size_t{1} << 30;  // device-table.ts MAX_HUGE_BYTES
+
+// The finalizer's hint: how the columns' memory is freed.
+struct ColumnsMemory {
+  size_t bytes;
+  bool huge;
+};
+
+void FreeColumns(uint8_t* p, size_t bytes, bool huge) {
+  if (p == nullptr) return;
+  if (huge)
+    ::munmap(p, HugeSpan(bytes));
+  else
+    std::free(p);
+}
+
+}  // namespace
+
+int64_t AppendDetailsEntries(const uint32_t* keys, const uint32_t* values, size_t count, double* f, size_t rows, size_t at) {
+  uint32_t* u = reinterpret_cast<uint32_t*>(f + 2 * rows);  // byte 16R: four u32 columns of R rows
+  double* devId = f + at;
+  double* mapped = f + rows + at;
+  uint32_t* txLo = u + at;
+  uint32_t* txHi = u + rows + at;
+  uint32_t* ctime = u + 2 * rows + at;
+  uint32_t* stime = u + 3 * rows + at;
+  double* mx = f + 4 * rows;
+  double maxMapped = mx[0], maxCtime = mx[1], maxStime = mx[2];
+  int64_t refused = -1;
+  for (size_t i = 0; i < count; i++) {
+    // Each word read once, into locals (another thread may change a SharedArrayBuffer meanwhile).
+    const uint32_t* k = keys + 2 * i;
+    const uint32_t* v = values + kValueWords * i;
+    const uint32_t keyLo = k[0], keyHi = k[1], lo = v[0], hi = v[1];
+    if (keyHi >= kMaxSafeHi || hi >= kMaxSafeHi) {
+      refused = static_cast<int64_t>(i);
+      break;
+    }
+    const double blocks = lo + hi * kTwo32;
+    const uint32_t ct = v[4], st = v[5];
+    devId[i] = keyLo + keyHi * kTwo32;
+    mapped[i] = blocks;
+    txLo[i] = v[2];
+    txHi[i] = v[3];
+    ctime[i] = ct;
+    stime[i] = st;
+    if (blocks > maxMapped) maxMapped = blocks;
+    if (ct > maxCtime) maxCtime = ct;
+    if (st > maxStime) maxStime = st;
+  }
+  mx[0] = maxMapped;
+  mx[1] = maxCtime;
+  mx[2] = maxStime;
+  return refused;
+}
+
+WalkStatus WalkDetailsColumns(const WalkSource& src, uint64_t root, size_t max_leaves, DetailsColumnsBlock* out, uint64_t* blocks_read) {
+  DetailsColumnsBlock b;
+  WalkCallbacks cb;
+  cb.on_leaf_level = [&b](size_t leaves) {
+    // Room for every leaf full: rows never written are address space only.
+    const size_t rows = leaves * kLeafMaxEntries;
+    const size_t bytes = 32 * rows + 24;
+    if (bytes > kMaxColumnBytes) return false;
+    b.huge = rows > kHeapRows;
+    b.p = b.huge ? MapHuge(bytes) : static_cast<uint8_t*>(std::calloc(1, bytes));  // both zeroed: the maxima start at 0
+    if (b.p == nullptr) return false;
+    b.rows = rows;
+    b.bytes = bytes;
+    return true;
+  };
+  cb.on_leaf = [&b](const uint8_t* node) {
+    const uint32_t* w = reinterpret_cast<const uint32_t*>(node);
+    const size_t count = w[4];
+    // Keys from byte 32, values after max_entries keys (checked to be 126 by the walk).
+    if (AppendDetailsEntries(w + 8, w + 8 + 2 * kLeafMaxEntries, count, reinterpret_cast<double*>(b.p), b.rows, b.count) >= 0) return false;
+    b.count += count;
+    return true;
+  };
+  const WalkStatus st = WalkBtree(src, root, kValueBytes, max_leaves, cb, blocks_read);
+  if (st != WalkStatus::kOk) {
+    FreeColumns(b.p, b.bytes, b.huge);
+    return st;
+  }
+  *out = b;
+  return st;
+}
+
+Napi::ArrayBuffer TakeDetailsColumns(Napi::Env env, DetailsColumnsBlock* b) {
+  auto* hint = new ColumnsMemory{b->bytes, b->huge};
+  uint8_t* p = b->p;
+  b->p = nullptr;
+  return Napi::ArrayBuffer::New(
+      env, p, hint->bytes,
+      [](Napi::Env, void* data, ColumnsMemory* m) {
+        FreeColumns(static_cast<uint8_t*>(data), m->bytes, m->huge);
+        delete m;
+      },
+      hint);
+}
+
+namespace {
 
 // decodeDetailsLeaf(words, keysAt, valuesAt, count, at, columns) -> number
 // Entry i of the leaf: its key (u64, two little-endian words) at
@@ -65,42 +179,8 @@ Napi::Value JsDecodeDetailsLeaf(const Napi::CallbackInfo& info) {
   const size_t count = static_cast<size_t>(countD), at = static_cast<size_t>(atD);
 
   const uint32_t* w = static_cast<const uint32_t*>(words.data);
-  double* f = static_cast<double*>(cols.data);
-  uint32_t* u = reinterpret_cast<uint32_t*>(f + 2 * rows);  // byte 16R: four u32 columns of R rows
-  double* devId = f + at;
-  double* mapped = f + rows + at;
-  uint32_t* txLo = u + at;
-  uint32_t* txHi = u + rows + at;
-  uint32_t* ctime = u + 2 * rows + at;
-  uint32_t* stime = u + 3 * rows + at;
-  double* mx = f + 4 * rows;
-  double maxMapped = mx[0], maxCtime = mx[1], maxStime = mx[2];
-  double refused = -1;
-  for (size_t i = 0; i < count; i++) {
-    // Each word read once, into locals (another thread may change a SharedArrayBuffer meanwhile).
-    const uint32_t* k = w + keysAt + 2 * i;
-    const uint32_t* v = w + valuesAt + kValueWords * i;
-    const uint32_t keyLo = k[0], keyHi = k[1], lo = v[0], hi = v[1];
-    if (keyHi >= kMaxSafeHi || hi >= kMaxSafeHi) {
-      refused = static_cast<double>(i);
-      break;
-    }
-    const double blocks = lo + hi * kTwo32;
-    const uint32_t ct = v[4], st = v[5];
-    devId[i] = keyLo + keyHi * kTwo32;
-    mapped[i] = blocks;
-    txLo[i] = v[2];
-    txHi[i] = v[3];
-    ctime[i] = ct;
-    stime[i] = st;
-    if (blocks > maxMapped) maxMapped = blocks;
-    if (ct > maxCtime) maxCtime = ct;
-    if (st > maxStime) maxStime = st;
-  }
-  mx[0] = maxMapped;
-  mx[1] = maxCtime;
-  mx[2] = maxStime;
-  return Napi::Number::New(env, refused);
+  const int64_t refused = AppendDetailsEntries(w + keysAt, w + valuesAt, count, static_cast<double*>(cols.data), rows, at);
+  return Napi::Number::New(env, static_cast<double>(refused));
 }
 
 }  // namespace

@@ -9,7 +9,7 @@ import { SetupError } from '../errors';
 import { addonFile, type FileMapFunctions } from './addon-file';
 
 import type { NativeBlockReader } from './reader-contract';
-export type { NativeBlockReader, NativeOpenInfo, NativeReadResult } from './reader-contract';
+export type { NativeBlockReader, NativeDetailsWalk, NativeOpenInfo, NativeReadResult } from './reader-contract';
 
 export interface NativeWriterOpenOptions {
   direct?: 'auto' | 'always' | 'never';

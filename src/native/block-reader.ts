@@ -6,7 +6,7 @@
  * read-back of a receive's discards (stream/receive/target.ts).
  */
 import { DmthinError, fromNative, type ErrorFields } from '../errors';
-import { newBlockReader, type NativeBlockReader, type NativeOpenInfo, type NativeReadResult } from './binding';
+import { newBlockReader, type NativeBlockReader, type NativeDetailsWalk, type NativeOpenInfo, type NativeReadResult } from './binding';
 import { openError } from './open-error';
 
 /** How a reader opens its file or device. @inline */
@@ -84,6 +84,17 @@ export class BlockReader {
    */
   release(data: Buffer): boolean {
     return this.r.release?.(data) ?? false;
+  }
+
+  /**
+   * A device-details tree read whole from the page cache and checked in the
+   * addon, on this thread (native/btree_walk.cc), or null: closed, the
+   * portable reader, O_DIRECT, a block not cached, a tree too large or
+   * broken. The caller then walks it as usual (and reports what is wrong).
+   */
+  walkDetails(root: number, limit: number): NativeDetailsWalk | null {
+    if (this.closed || this.r.walkDetails === undefined) return null;
+    return this.r.walkDetails(root, limit);
   }
 
   /** EBADF once closed: callers that check their arguments first call this before. */

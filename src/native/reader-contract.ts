@@ -18,10 +18,27 @@ export interface NativeReadResult {
   crcs?: Uint32Array;
 }
 
+/** A details tree read and checked whole by the addon (native/btree_walk.cc). */
+export interface NativeDetailsWalk {
+  /** The columns: 4 * rows + 3 f64s in device-table.ts's layout, rows [0, count) written, the maxima after them. */
+  columns: ArrayBuffer;
+  rows: number;
+  count: number;
+  /** Blocks the walk read. */
+  blocksRead: number;
+}
+
 export interface NativeBlockReader {
   open(path: string, direct?: 'auto' | 'always' | 'never', exclusive?: boolean): Promise<NativeOpenInfo>;
   read(blockSize: number, blocks: Float64Array, checksum?: boolean): Promise<NativeReadResult>;
   /** Gives a read's `data` back (the addon's reader only): detached, its memory reused. False if it was not one. */
   release?(data: Buffer): boolean;
+  /**
+   * The device-details tree at `root` read whole from the page cache and
+   * checked (the addon's reader only), no block at or beyond `limit`; null
+   * when it cannot answer (not a buffered file, not cached, a broken rule:
+   * the caller walks the tree itself, which says what is wrong).
+   */
+  walkDetails?(root: number, limit: number): NativeDetailsWalk | null;
   close(): void;
 }

@@ -144,7 +144,10 @@ export class NativeBlockSource implements BlockSource {
   /** The device's logical block size in bytes. */
   readonly logicalBlockSize: number;
 
-  private constructor(private readonly reader: BlockReader) {
+  private constructor(
+    /** @internal Its reader: for the walks the addon does whole (thin/device-table.ts), which count their reads in `stats`. */
+    readonly reader: BlockReader,
+  ) {
     this.path = reader.path;
     ({ size: this.sizeBytes, direct: this.direct, blockDevice: this.blockDevice, logicalBlockSize: this.logicalBlockSize } = reader.info);
   }

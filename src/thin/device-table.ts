@@ -8,9 +8,9 @@
  * a pool peak near 100 MiB; the table is 40 bytes a device. It also spent
  * most of `ls`'s time making and collecting those objects.
  */
-import { MetadataError } from '../errors';
+import { MetadataError, throwIfAborted } from '../errors';
 import { LeafWalk, type BtreeNode } from '../pdata/btree';
-import type { BlockSource } from '../pdata/block-source';
+import { BLOCK_SIZE, NativeBlockSource, type BlockSource } from '../pdata/block-source';
 import { MAX_SAFE_HI, TWO32 } from '../pdata/words';
 import { detailsLeafFunction, hugeArrayBufferFunction } from '../native/binding';
 import { DEVICE_DETAILS_SIZE, parseDeviceDetails, type DeviceDetails } from './device-details';
@@ -85,12 +85,43 @@ function walkOptions(nrMetadataBlocks: number, signal?: AbortSignal) {
  * parseDeviceDetails refuses them.
  */
 export async function readDetailsTable(src: Omit<DeviceTableSource, 'mappingRoot'>, signal?: AbortSignal): Promise<DetailsTable> {
+  throwIfAborted(signal);
+  const walked = detailsLeaves.native ? nativeDetailsColumns(src) : null;
+  if (walked !== null) return detailsTableOf(walked);
   let c = newDetailsColumns(detailsLeaves.initialRows);
   const walk = new LeafWalk(src.io, src.detailsRoot, { ...walkOptions(src.nrMetadataBlocks, signal), tree: 'details', valueSize: DEVICE_DETAILS_SIZE });
   for (let leaf; (leaf = walk.poll()) !== null; ) {
     if (leaf === undefined) await walk.wait();
     else c = decodeDetailsLeaf(leaf, c);
   }
+  return detailsTableOf(c);
+}
+
+/**
+ * The details tree read and checked whole by the addon, when the metadata
+ * is a file in the page cache (native/btree_walk.cc), or null: then the walk
+ * above reads it, and reports what is wrong with it if anything is (the
+ * addon only says whether the tree is sound; the rules' messages live in
+ * pdata/btree.ts). Measured on 70,000 devices (`ls` of the details' fields,
+ * a new process): the walk above took ~18 ms of the JS thread, ~4 ms of it
+ * reads, in V8's first tiers; this takes ~5 ms.
+ */
+function nativeDetailsColumns(src: Omit<DeviceTableSource, 'mappingRoot'>): DetailsColumns | null {
+  const io = src.io;
+  if (!(io instanceof NativeBlockSource)) return null;
+  // Beyond either the metadata device or the file: refused (block-range or truncated in the walk above).
+  const limit = Math.min(src.nrMetadataBlocks, Math.floor(io.sizeBytes / BLOCK_SIZE));
+  const r = io.reader.walkDetails(src.detailsRoot, limit);
+  if (r === null) return null;
+  io.stats.batches++;
+  io.stats.blocksRead += r.blocksRead;
+  const c = columnsOver(new Float64Array(r.columns, 0, 4 * r.rows + 3), r.rows);
+  c.n = r.count;
+  return c;
+}
+
+/** The table of the columns' first c.n rows. */
+function detailsTableOf(c: DetailsColumns): DetailsTable {
   const max = maxima(c);
   return {
     count: c.n,
@@ -201,6 +232,11 @@ function newDetailsColumns(rows: number): DetailsColumns {
     block = uninitialized(Float64Array, 4 * rows + 3);
     block.fill(0, 4 * rows);
   }
+  return columnsOver(block, rows);
+}
+
+/** The columns of `rows` rows in `block` (4 * rows + 3 f64s), none in use yet. */
+function columnsOver(block: Float64Array, rows: number): DetailsColumns {
   const buf = block.buffer;
   const at = block.byteOffset;
   return {
@@ -237,6 +273,9 @@ const maxima = (c: DetailsColumns): Float64Array => c.block.subarray(4 * c.rows,
 
 /**
  * @internal How the details' columns are made; tests change these.
+ * - native: the addon may read and check the whole tree when it is a
+ *   cached file (nativeDetailsColumns; false: always the walk of
+ *   readDetailsTable, as tests compare the two).
  * - decode: the addon's copy of a leaf into the columns (undefined: not
  *   looked up yet; null, without the addon or in a test: the loop in
  *   decodeDetailsLeaf). Measured on 70,000 devices (`ls` of the details'
@@ -252,11 +291,12 @@ const maxima = (c: DetailsColumns): Float64Array => c.block.subarray(4 * c.rows,
  *   devices (2.2 MB) took ~550 of them.
  */
 export const detailsLeaves: {
+  native: boolean;
   decode: ReturnType<typeof detailsLeafFunction> | undefined;
   initialRows: number;
   huge: ReturnType<typeof hugeArrayBufferFunction> | undefined;
   hugeFromRows: number;
-} = { decode: undefined, initialRows: DETAILS_INITIAL_ROWS, huge: undefined, hugeFromRows: DETAILS_INITIAL_ROWS };
+} = { native: true, decode: undefined, initialRows: DETAILS_INITIAL_ROWS, huge: undefined, hugeFromRows: DETAILS_INITIAL_ROWS };
 
 /** Appends a details leaf's entries, decoded straight from its u32 words (little-endian pairs for u64s); returns the columns (moved when they grew). */
 function decodeDetailsLeaf(leaf: BtreeNode, c: DetailsColumns): DetailsColumns {
