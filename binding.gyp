@@ -9,6 +9,7 @@
         "native/decimal_cells.cc",
         "native/details_columns.cc",
         "native/btree_walk.cc",
+        "native/uring.cc",
         "native/rmap_lines.cc",
         "native/std_sort.cc",
         "native/file_io.cc",

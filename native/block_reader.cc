@@ -32,7 +32,10 @@ constexpr uint64_t kMaxBatchBytes = 1ull << 30;  // one call never allocates mor
 constexpr uint64_t kMaxGapBytes = 32 << 10;      // read small holes instead of seeking
 constexpr uint64_t kPieceBytes = 256 << 10;      // longest single preadv
 constexpr size_t kMaxThreads = 4;                // requests kept in flight per batch
-constexpr size_t kWalkWindowBlocks = 256;         // walkDetails reads a level 1 MiB at a time (a pooled buffer)
+// walkDetails reads a level a ring's batch (128 KiB) at a time, into a
+// buffer of its own: a pooled 1 MiB one was a fresh 2 MiB huge page for a
+// short ls (~0.75 ms zeroing it in the bench VM).
+constexpr size_t kWalkWindowBlocks = BatchReads::kMaxBatch;
 // walkDetails' bounds: 65,536 leaves (over 8 million devices; 256 MiB read on
 // the JS thread, ~0.3 s) and a metadata device of 2^26 blocks.
 constexpr size_t kMaxWalkLeaves = size_t{1} << 16;
@@ -96,6 +99,7 @@ class OpenWorker : public PromiseWorker<BlockReader> {
     owner_->fd_ = fd_;
     owner_->path_ = path_;
     owner_->try_cached_ = !direct_;
+    owner_->direct_ = direct_;
     Napi::Object o = Napi::Object::New(env);
     o.Set("size", static_cast<double>(probe_.size));
     // A file's O_DIRECT alignment, where the kernel tells it, stands for its logical block size.
@@ -331,6 +335,75 @@ class ReadWorker : public PromiseWorker<BlockReader> {
   std::vector<uint32_t> crcs_;
 };
 
+
+// ---------------------------------------------------------------- details walk
+
+class WalkWorker : public PromiseWorker<BlockReader> {
+ public:
+  WalkWorker(Napi::Env env, BlockReader* owner, uint64_t root, uint64_t limit)
+      : PromiseWorker(env, owner, "dmthin:walk"), fd_(owner->fd_), cancel_(&owner->cancel_walks_), root_(root), limit_(limit) {
+    owner_->inflight_++;
+  }
+  ~WalkWorker() override { FreeDetailsColumns(&cols_); }
+
+  // JS thread, from the page cache only: true when that settled it (any
+  // answer but "a block is not cached").
+  bool TryCached() { return Walk(&owner_->walk_reads_, false) != WalkStatus::kWouldBlock; }
+
+  // A worker thread: the walk again, its reads waiting for the disk.
+  void Execute() override {
+    BatchReads reads;
+    Walk(&reads, true);
+  }
+
+  void SettleNow() { OnOK(); }
+
+ protected:
+  void Settled() override { owner_->FinishRead(); }
+
+  Napi::Value Result(Napi::Env env) override {
+    if (status_ != WalkStatus::kOk) return env.Null();
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("rows", static_cast<double>(cols_.rows));
+    o.Set("count", static_cast<double>(cols_.count));
+    o.Set("blocksRead", static_cast<double>(blocks_read_));
+    o.Set("columns", TakeDetailsColumns(env, &cols_));  // last: it empties cols_
+    return o;
+  }
+
+ private:
+  WalkStatus Walk(BatchReads* reads, bool wait) {
+    FreeDetailsColumns(&cols_);
+    AlignedBuf window;
+    if (!window.Alloc(kWalkWindowBlocks * 4096, false)) return status_ = WalkStatus::kReadFailed;
+    WalkSource src;
+    src.limit = limit_;
+    src.window = window.p;
+    src.window_blocks = kWalkWindowBlocks;
+    const int fd = fd_;
+    const std::atomic<bool>* cancel = cancel_;
+    src.read = [fd, reads, wait, cancel](const uint64_t* blocks, size_t n, uint8_t* out) {
+      // The reader closed meanwhile (a cancelled command): stop at the next batch.
+      if (cancel->load(std::memory_order_relaxed)) return ECANCELED;
+      return reads->Read(fd, blocks, n, out, wait);
+    };
+    try {
+      status_ = WalkDetailsColumns(src, root_, kMaxWalkLeaves, &cols_, &blocks_read_);
+    } catch (...) {
+      status_ = WalkStatus::kReadFailed;  // out of memory in its vectors: the caller's walk
+    }
+    return status_;
+  }
+
+  int fd_;
+  const std::atomic<bool>* cancel_;
+  uint64_t root_;
+  uint64_t limit_;
+  WalkStatus status_ = WalkStatus::kReadFailed;
+  DetailsColumnsBlock cols_;
+  uint64_t blocks_read_ = 0;
+};
+
 }  // namespace
 
 // ---------------------------------------------------------------- buffers
@@ -553,13 +626,13 @@ Napi::Value BlockReader::Release(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(env, true);
 }
 
-// walkDetails(root, limit) -> { columns: ArrayBuffer, rows, count, blocksRead } | null
-// The device-details tree at `root` read whole from the page cache on this
-// thread and checked (btree_walk.cc), into details columns
-// (details_columns.cc); blocks at or beyond `limit` are refused. null when
-// it cannot answer: not a buffered file, a block not cached, a read error,
-// a tree too large or any rule broken. The caller then walks the tree
-// itself, which reports what is wrong.
+// walkDetails(root, limit) -> Promise<{ columns: ArrayBuffer, rows, count, blocksRead } | null>
+// The device-details tree at `root` read whole and checked (btree_walk.cc)
+// into details columns (details_columns.cc); blocks at or beyond `limit`
+// are refused. First on this thread from the page cache; when a block is
+// not cached, again on a worker thread with reads that wait. null when it
+// cannot answer: O_DIRECT, a read error, a tree too large or any rule
+// broken. The caller then walks the tree itself, which reports what is wrong.
 Napi::Value BlockReader::WalkDetails(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsNumber()) throw Napi::TypeError::New(env, "walkDetails(root: number, limit: number)");
@@ -567,46 +640,23 @@ Napi::Value BlockReader::WalkDetails(const Napi::CallbackInfo& info) {
   const double limit = info[1].As<Napi::Number>().DoubleValue();
   auto isIndex = [](double d) { return d >= 0 && d <= 9007199254740992.0 && std::floor(d) == d; };
   if (!isIndex(root) || !isIndex(limit)) throw Napi::RangeError::New(env, "walkDetails: root and limit must be integers in 0..2^53");
-  // Only what is a copy from the page cache: this runs on the JS thread. A
-  // metadata device of more than 2^26 blocks (256 GiB) is left to the
-  // caller's walk (the walk's bit per block).
-  if (fd_ < 0 || close_pending_ || !try_cached_ || limit > static_cast<double>(kMaxWalkBlocks)) return env.Null();
-  size_t cap = 0;
-  uint8_t* window = pool_->Take(kWalkWindowBlocks * 4096, &cap);
-  if (window == nullptr) return env.Null();
-  const int fd = fd_;
-  WalkSource src;
-  src.limit = static_cast<uint64_t>(limit);
-  src.window = window;
-  src.window_blocks = kWalkWindowBlocks;
-  src.read = [fd](const uint64_t* blocks, size_t n, uint8_t* out) -> int {
-    for (size_t i = 0; i < n; i++) {
-      struct iovec io = {out + i * 4096, 4096};
-      ssize_t got;
-      do got = ::preadv2(fd, &io, 1, static_cast<off_t>(blocks[i] * 4096), RWF_NOWAIT);
-      while (got < 0 && errno == EINTR);
-      // Not cached, or RWF_NOWAIT unknown here: either way the caller's walk reads it.
-      if (got < 0) return errno == EAGAIN || errno == EOPNOTSUPP || errno == EINVAL ? EAGAIN : errno;
-      if (got != 4096) return got == 0 ? EIO : EAGAIN;
-    }
-    return 0;
-  };
-  DetailsColumnsBlock cols;
-  uint64_t blocks_read = 0;
-  WalkStatus st;
-  try {
-    st = WalkDetailsColumns(src, static_cast<uint64_t>(root), kMaxWalkLeaves, &cols, &blocks_read);
-  } catch (...) {
-    st = WalkStatus::kReadFailed;  // out of memory in its vectors: the caller's walk
+  // Buffered files only (an O_DIRECT device's reads are the caller's
+  // batches on threads); a metadata device of more than 2^26 blocks (256
+  // GiB) is left to the caller's walk (the walk's bit per block).
+  if (fd_ < 0 || close_pending_ || direct_ || limit > static_cast<double>(kMaxWalkBlocks)) {
+    auto d = Napi::Promise::Deferred::New(env);
+    d.Resolve(env.Null());
+    return d.Promise();
   }
-  pool_->Give(window, cap);
-  if (st != WalkStatus::kOk) return env.Null();
-  Napi::Object o = Napi::Object::New(env);
-  o.Set("columns", TakeDetailsColumns(env, &cols));
-  o.Set("rows", static_cast<double>(cols.rows));
-  o.Set("count", static_cast<double>(cols.count));
-  o.Set("blocksRead", static_cast<double>(blocks_read));
-  return o;
+  auto* w = new WalkWorker(env, this, static_cast<uint64_t>(root), static_cast<uint64_t>(limit));
+  Napi::Promise p = w->Promise();
+  if (try_cached_ && w->TryCached()) {
+    w->SettleNow();
+    delete w;
+    return p;
+  }
+  w->Queue();
+  return p;
 }
 
 void BlockReader::FinishRead() {
@@ -621,6 +671,8 @@ void BlockReader::CloseNow() {
 
 Napi::Value BlockReader::Close(const Napi::CallbackInfo& info) {
   // Reads in flight keep the descriptor; the last one to finish closes it.
+  // A details walk on a thread stops at its next batch.
+  cancel_walks_ = true;
   if (inflight_ > 0)
     close_pending_ = true;
   else

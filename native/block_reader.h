@@ -11,6 +11,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "uring.h"
+
 namespace dmthin {
 
 struct ReadBuffer;
@@ -85,6 +87,12 @@ class BlockReader : public Napi::ObjectWrap<BlockReader> {
   // Buffered (not O_DIRECT) and preadv2(RWF_NOWAIT) not refused yet: a read
   // first tries the page cache from the JS thread (see BlockReader::Read).
   bool try_cached_ = false;
+  // Opened with O_DIRECT.
+  bool direct_ = false;
+  // Set by close(): a details walk on a worker thread stops at its next batch.
+  std::atomic<bool> cancel_walks_{false};
+  // walkDetails' reads on the JS thread: an io_uring set up on first use.
+  BatchReads walk_reads_;
   void FinishRead();  // JS thread: a read worker is done
   std::shared_ptr<BufferPool> pool_ = std::make_shared<BufferPool>();
 

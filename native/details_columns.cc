@@ -121,10 +121,15 @@ WalkStatus WalkDetailsColumns(const WalkSource& src, uint64_t root, size_t max_l
   return st;
 }
 
+void FreeDetailsColumns(DetailsColumnsBlock* b) {
+  FreeColumns(b->p, b->bytes, b->huge);
+  *b = DetailsColumnsBlock();
+}
+
 Napi::ArrayBuffer TakeDetailsColumns(Napi::Env env, DetailsColumnsBlock* b) {
   auto* hint = new ColumnsMemory{b->bytes, b->huge};
   uint8_t* p = b->p;
-  b->p = nullptr;
+  *b = DetailsColumnsBlock();
   return Napi::ArrayBuffer::New(
       env, p, hint->bytes,
       [](Napi::Env, void* data, ColumnsMemory* m) {

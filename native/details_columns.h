@@ -31,8 +31,11 @@ struct DetailsColumnsBlock {
 // decodeDetailsLeaf would refuse, is kRefused.
 WalkStatus WalkDetailsColumns(const WalkSource& src, uint64_t root, size_t max_leaves, DetailsColumnsBlock* out, uint64_t* blocks_read);
 
-// The columns as an ArrayBuffer that frees them when collected.
+// The columns as an ArrayBuffer that frees them when collected (b no longer holds them).
 Napi::ArrayBuffer TakeDetailsColumns(Napi::Env env, DetailsColumnsBlock* b);
+
+// Frees columns not handed to JS (none held: nothing).
+void FreeDetailsColumns(DetailsColumnsBlock* b);
 
 void InitDetailsColumns(Napi::Env env, Napi::Object exports);
 

@@ -87,12 +87,14 @@ export class BlockReader {
   }
 
   /**
-   * A device-details tree read whole from the page cache and checked in the
-   * addon, on this thread (native/btree_walk.cc), or null: closed, the
-   * portable reader, O_DIRECT, a block not cached, a tree too large or
-   * broken. The caller then walks it as usual (and reports what is wrong).
+   * A device-details tree read whole and checked in the addon
+   * (native/btree_walk.cc): from the page cache on this thread, else on a
+   * worker thread with reads that wait. null: closed, the portable reader,
+   * O_DIRECT, a read error, a tree too large or broken; the caller then
+   * walks it as usual (and reports what is wrong). Closing the reader stops
+   * a walk on a thread at its next batch (then null).
    */
-  walkDetails(root: number, limit: number): NativeDetailsWalk | null {
+  async walkDetails(root: number, limit: number): Promise<NativeDetailsWalk | null> {
     if (this.closed || this.r.walkDetails === undefined) return null;
     return this.r.walkDetails(root, limit);
   }

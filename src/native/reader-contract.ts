@@ -34,11 +34,12 @@ export interface NativeBlockReader {
   /** Gives a read's `data` back (the addon's reader only): detached, its memory reused. False if it was not one. */
   release?(data: Buffer): boolean;
   /**
-   * The device-details tree at `root` read whole from the page cache and
-   * checked (the addon's reader only), no block at or beyond `limit`; null
-   * when it cannot answer (not a buffered file, not cached, a broken rule:
-   * the caller walks the tree itself, which says what is wrong).
+   * The device-details tree at `root` read whole and checked (the addon's
+   * reader only), no block at or beyond `limit`: from the page cache on the
+   * calling thread, else on a worker thread. null when it cannot answer
+   * (O_DIRECT, a read error, a broken rule: the caller walks the tree
+   * itself, which says what is wrong).
    */
-  walkDetails?(root: number, limit: number): NativeDetailsWalk | null;
+  walkDetails?(root: number, limit: number): Promise<NativeDetailsWalk | null>;
   close(): void;
 }

@@ -8,7 +8,7 @@
  * a pool peak near 100 MiB; the table is 40 bytes a device. It also spent
  * most of `ls`'s time making and collecting those objects.
  */
-import { MetadataError, throwIfAborted } from '../errors';
+import { MetadataError, throwIfAborted, unlessAborted } from '../errors';
 import { LeafWalk, type BtreeNode } from '../pdata/btree';
 import { BLOCK_SIZE, NativeBlockSource, type BlockSource } from '../pdata/block-source';
 import { MAX_SAFE_HI, TWO32 } from '../pdata/words';
@@ -86,8 +86,13 @@ function walkOptions(nrMetadataBlocks: number, signal?: AbortSignal) {
  */
 export async function readDetailsTable(src: Omit<DeviceTableSource, 'mappingRoot'>, signal?: AbortSignal): Promise<DetailsTable> {
   throwIfAborted(signal);
-  const walked = detailsLeaves.native ? nativeDetailsColumns(src) : null;
-  if (walked !== null) return detailsTableOf(walked);
+  if (detailsLeaves.native) {
+    // A walk on a thread (blocks not cached) may take a while: an abort does not wait for it.
+    const walking = nativeDetailsColumns(src);
+    await unlessAborted(walking, signal);
+    const walked = await walking;
+    if (walked !== null) return detailsTableOf(walked);
+  }
   let c = newDetailsColumns(detailsLeaves.initialRows);
   const walk = new LeafWalk(src.io, src.detailsRoot, { ...walkOptions(src.nrMetadataBlocks, signal), tree: 'details', valueSize: DEVICE_DETAILS_SIZE });
   for (let leaf; (leaf = walk.poll()) !== null; ) {
@@ -98,20 +103,21 @@ export async function readDetailsTable(src: Omit<DeviceTableSource, 'mappingRoot
 }
 
 /**
- * The details tree read and checked whole by the addon, when the metadata
- * is a file in the page cache (native/btree_walk.cc), or null: then the walk
- * above reads it, and reports what is wrong with it if anything is (the
- * addon only says whether the tree is sound; the rules' messages live in
- * pdata/btree.ts). Measured on 70,000 devices (`ls` of the details' fields,
- * a new process): the walk above took ~18 ms of the JS thread, ~4 ms of it
- * reads, in V8's first tiers; this takes ~5 ms.
+ * The details tree read and checked whole by the addon when the metadata is
+ * a file read through the page cache (native/btree_walk.cc: on the JS
+ * thread when every block is cached, else on a worker thread), or null:
+ * then the walk above reads it, and reports what is wrong with it if
+ * anything is (the addon only says whether the tree is sound; the rules'
+ * messages live in pdata/btree.ts). Measured on 70,000 devices (`ls` of the
+ * details' fields, a new process): the walk above took ~18 ms of the JS
+ * thread, ~4 ms of it reads, in V8's first tiers; this takes ~4 ms.
  */
-function nativeDetailsColumns(src: Omit<DeviceTableSource, 'mappingRoot'>): DetailsColumns | null {
+async function nativeDetailsColumns(src: Omit<DeviceTableSource, 'mappingRoot'>): Promise<DetailsColumns | null> {
   const io = src.io;
   if (!(io instanceof NativeBlockSource)) return null;
   // Beyond either the metadata device or the file: refused (block-range or truncated in the walk above).
   const limit = Math.min(src.nrMetadataBlocks, Math.floor(io.sizeBytes / BLOCK_SIZE));
-  const r = io.reader.walkDetails(src.detailsRoot, limit);
+  const r = await io.reader.walkDetails(src.detailsRoot, limit);
   if (r === null) return null;
   io.stats.batches++;
   io.stats.blocksRead += r.blocksRead;

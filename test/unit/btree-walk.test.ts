@@ -10,8 +10,9 @@
  *   table read through it fails with the TypeScript walk's own error;
  * - on randomly damaged trees (bytes changed, checksums made valid again) it
  *   answers exactly when the TypeScript walk accepts, with the same table;
- * - it says no for what it cannot do on the JS thread: a file not in the
- *   page cache, an O_DIRECT reader, a closed reader.
+ * - a file not in the page cache is walked on a worker thread, with the same
+ *   answer; an O_DIRECT reader and a closed one get no answer; closing the
+ *   reader during a walk on a thread ends it with no answer or a whole one.
  */
 import { spawnSync } from 'node:child_process';
 import { closeSync, fsyncSync, openSync } from 'node:fs';
@@ -89,7 +90,7 @@ async function readBoth(image: Buffer, root: number, nrMetadataBlocks = image.le
     }
   };
   const io = await NativeBlockSource.open(f.path, { direct: 'never' });
-  const walked = io.reader.walkDetails(root, Math.min(nrMetadataBlocks, image.length / 4096));
+  const walked = await io.reader.walkDetails(root, Math.min(nrMetadataBlocks, image.length / 4096));
   await io.close();
   return { withAddon: await run(true), without: await run(false), walked };
 }
@@ -282,23 +283,40 @@ describe('where the addon does not walk', () => {
   const list = entries(3000, 5);
   const { img, root } = detailsImage(list);
 
-  test('a file not in the page cache: no answer from the addon, the table read as usual', async () => {
-    using f = tempImage(img.image);
-    // Written back first (dirty pages stay cached), then GNU dd's nocache drops the file's pages (no root needed).
+  /** A temporary copy of the image, written back and dropped from the page cache (GNU dd's nocache; no root needed). */
+  function uncached(): ReturnType<typeof tempImage> {
+    const f = tempImage(img.image);
     const fd = openSync(f.path, 'r');
-    fsyncSync(fd);
+    fsyncSync(fd); // dirty pages stay cached
     closeSync(fd);
     const dd = spawnSync('dd', [`if=${f.path}`, 'iflag=nocache', 'count=0', 'status=none']);
     expect(dd.status).toBe(0);
+    return f;
+  }
+
+  test('a file not in the page cache: walked on a worker thread, the same table', async () => {
+    using f = uncached();
     const io = await NativeBlockSource.open(f.path, { direct: 'never' });
     try {
-      expect(io.reader.walkDetails(root, img.nrBlocks)).toBeNull();
-      // Reads of the TypeScript walk fill the cache again: then the addon answers.
+      const r = await io.reader.walkDetails(root, img.nrBlocks);
+      expect(r).not.toBeNull();
+      expect(r!.count).toBe(list.length);
+      expect(r!.blocksRead).toBe(detailsImage(list).img.next - 1);
       const t = await readDetailsTable({ io, detailsRoot: root, nrMetadataBlocks: img.nrBlocks });
       expect(rows(t)).toEqual(list);
-      expect(io.reader.walkDetails(root, img.nrBlocks)).not.toBeNull();
     } finally {
       await io.close();
+    }
+  });
+
+  test('closed during a walk on a thread: no answer, or a whole one; never part of one', async () => {
+    for (let i = 0; i < 5; i++) {
+      using f = uncached();
+      const io = await NativeBlockSource.open(f.path, { direct: 'never' });
+      const walking = io.reader.walkDetails(root, img.nrBlocks);
+      await io.close();
+      const r = await walking;
+      if (r !== null) expect(r.count).toBe(list.length);
     }
   });
 
@@ -308,18 +326,18 @@ describe('where the addon does not walk', () => {
     // tmpfs and some filesystems refuse O_DIRECT: then there is nothing to check here.
     if (direct) {
       expect(direct.direct).toBe(true);
-      expect(direct.reader.walkDetails(root, img.nrBlocks)).toBeNull();
+      expect(await direct.reader.walkDetails(root, img.nrBlocks)).toBeNull();
       const t = await readDetailsTable({ io: direct, detailsRoot: root, nrMetadataBlocks: img.nrBlocks });
       expect(rows(t)).toEqual(list);
       await direct.close();
     }
     const io = await NativeBlockSource.open(f.path, { direct: 'never' });
     // (The addon's errors are of the main realm, not jest's: matched by message.)
-    expect(() => io.reader.walkDetails(-1, 10)).toThrow(/root and limit must be integers/);
-    expect(() => io.reader.walkDetails(1.5, 10)).toThrow(/root and limit must be integers/);
-    expect(() => (io.reader.walkDetails as unknown as (a: string) => unknown)('1')).toThrow(/walkDetails\(root: number, limit: number\)/);
-    expect(io.reader.walkDetails(root, img.nrBlocks)).not.toBeNull();
+    await expect(io.reader.walkDetails(-1, 10)).rejects.toThrow(/root and limit must be integers/);
+    await expect(io.reader.walkDetails(1.5, 10)).rejects.toThrow(/root and limit must be integers/);
+    await expect((io.reader.walkDetails as unknown as (a: string) => Promise<unknown>)('1')).rejects.toThrow(/walkDetails\(root: number, limit: number\)/);
+    expect(await io.reader.walkDetails(root, img.nrBlocks)).not.toBeNull();
     await io.close();
-    expect(io.reader.walkDetails(root, img.nrBlocks)).toBeNull();
+    expect(await io.reader.walkDetails(root, img.nrBlocks)).toBeNull();
   });
 });
