@@ -636,7 +636,7 @@ function blankHashbang(buf: Buffer, from: number, to: number): void {
  * escape, or undefined when that could change what it means (a backslash
  * before such a character, raw template strings, line terminators, white
  * space and astral characters beyond ASCII). V8 keeps a script's
- * source as one byte a character only when all of it is Latin-1: one `—`
+ * source as one byte a character only when all of it is Latin-1: one em dash
  * in a comment of one module would make the whole pack's copy two bytes a
  * character (~0.7 MB more for `send`). In comments, strings, regular
  * expressions and identifiers the escape means the character itself.

@@ -803,3 +803,16 @@ describe('libuv thread pool', () => {
     }
   });
 });
+
+describe('the files Node compiles from source on every run', () => {
+  // main.js, and what it loads before the pack is installed, are compiled
+  // by Node from their files every run. V8 keeps a source one byte a
+  // character only when all of it is Latin-1, and Node decodes a file as
+  // UTF-8: one non-ASCII character in a comment made startup.js's 41 KB a
+  // two-byte string of 82 KB (young garbage every run) and its scan slower.
+  it.each(['cli/main.js', 'cli/startup.js', 'cli/commands.js', 'native/addon-file.js'])('%s is ASCII', (file) => {
+    const bytes = readFileSync(join(DIST, file));
+    const at = bytes.findIndex((b) => b >= 0x80);
+    expect({ file, firstNonAscii: at }).toEqual({ file, firstNonAscii: -1 });
+  });
+});
