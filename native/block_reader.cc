@@ -24,6 +24,7 @@
 #include "errors.h"
 #include "file_io.h"
 #include "promise_worker.h"
+#include "uring.h"
 
 namespace dmthin {
 namespace {
@@ -36,9 +37,11 @@ constexpr size_t kMaxThreads = 4;                // requests kept in flight per 
 // buffer of its own: a pooled 1 MiB one was a fresh 2 MiB huge page for a
 // short ls (~0.75 ms zeroing it in the bench VM).
 constexpr size_t kWalkWindowBlocks = BatchReads::kMaxBatch;
-// walkDetails' bounds: 65,536 leaves (over 8 million devices; 256 MiB read on
-// the JS thread, ~0.3 s) and a metadata device of 2^26 blocks.
+// walkDetails' bounds: 65,536 leaves (over 8 million devices; 256 MiB read)
+// and a metadata device of 2^26 blocks; on the JS thread 4,096 leaves (over
+// 170,000 devices; a few ms), more on a worker thread.
 constexpr size_t kMaxWalkLeaves = size_t{1} << 16;
+constexpr size_t kMaxCachedWalkLeaves = size_t{1} << 12;
 constexpr uint64_t kMaxWalkBlocks = uint64_t{1} << 26;
 
 // ---------------------------------------------------------------- open
@@ -100,6 +103,7 @@ class OpenWorker : public PromiseWorker<BlockReader> {
     owner_->path_ = path_;
     owner_->try_cached_ = !direct_;
     owner_->direct_ = direct_;
+    owner_->cancel_walks_ = false;
     Napi::Object o = Napi::Object::New(env);
     o.Set("size", static_cast<double>(probe_.size));
     // A file's O_DIRECT alignment, where the kernel tells it, stands for its logical block size.
@@ -340,20 +344,24 @@ class ReadWorker : public PromiseWorker<BlockReader> {
 
 class WalkWorker : public PromiseWorker<BlockReader> {
  public:
-  WalkWorker(Napi::Env env, BlockReader* owner, uint64_t root, uint64_t limit)
-      : PromiseWorker(env, owner, "dmthin:walk"), fd_(owner->fd_), cancel_(&owner->cancel_walks_), root_(root), limit_(limit) {
+  WalkWorker(Napi::Env env, BlockReader* owner, uint64_t root, uint64_t limit, bool ring)
+      : PromiseWorker(env, owner, "dmthin:walk"), fd_(owner->fd_), cancel_(&owner->cancel_walks_), root_(root), limit_(limit), reads_(ring) {
     owner_->inflight_++;
   }
   ~WalkWorker() override { FreeDetailsColumns(&cols_); }
 
-  // JS thread, from the page cache only: true when that settled it (any
-  // answer but "a block is not cached").
-  bool TryCached() { return Walk(&owner_->walk_reads_, false) != WalkStatus::kWouldBlock; }
+  // JS thread, from the page cache only, and at most kMaxCachedWalkLeaves
+  // leaves (the event loop waits meanwhile): true when that settled it.
+  // Not cached, or larger: false, and the worker thread walks it (Queue).
+  bool TryCached() {
+    const WalkStatus st = Walk(false, kMaxCachedWalkLeaves);
+    return st != WalkStatus::kWouldBlock && st != WalkStatus::kTooLarge;
+  }
 
   // A worker thread: the walk again, its reads waiting for the disk.
   void Execute() override {
-    BatchReads reads;
-    Walk(&reads, true);
+    waited_ = true;
+    Walk(true, kMaxWalkLeaves);
   }
 
   void SettleNow() { OnOK(); }
@@ -367,31 +375,36 @@ class WalkWorker : public PromiseWorker<BlockReader> {
     o.Set("rows", static_cast<double>(cols_.rows));
     o.Set("count", static_cast<double>(cols_.count));
     o.Set("blocksRead", static_cast<double>(blocks_read_));
+    o.Set("waited", waited_);
     o.Set("columns", TakeDetailsColumns(env, &cols_));  // last: it empties cols_
     return o;
   }
 
  private:
-  WalkStatus Walk(BatchReads* reads, bool wait) {
+  WalkStatus Walk(bool wait, size_t max_leaves) {
     FreeDetailsColumns(&cols_);
+    status_ = WalkStatus::kReadFailed;
     AlignedBuf window;
-    if (!window.Alloc(kWalkWindowBlocks * 4096, false)) return status_ = WalkStatus::kReadFailed;
-    WalkSource src;
-    src.limit = limit_;
-    src.window = window.p;
-    src.window_blocks = kWalkWindowBlocks;
-    const int fd = fd_;
-    const std::atomic<bool>* cancel = cancel_;
-    src.read = [fd, reads, wait, cancel](const uint64_t* blocks, size_t n, uint8_t* out) {
-      // The reader closed meanwhile (a cancelled command): stop at the next batch.
-      if (cancel->load(std::memory_order_relaxed)) return ECANCELED;
-      return reads->Read(fd, blocks, n, out, wait);
-    };
     try {
-      status_ = WalkDetailsColumns(src, root_, kMaxWalkLeaves, &cols_, &blocks_read_);
+      if (!window.Alloc(kWalkWindowBlocks * 4096, false)) return status_;
+      WalkSource src;
+      src.limit = limit_;
+      src.window = window.p;
+      src.window_blocks = kWalkWindowBlocks;
+      const int fd = fd_;
+      const std::atomic<bool>* cancel = cancel_;
+      BatchReads* reads = &reads_;
+      src.read = [fd, reads, wait, cancel](const uint64_t* blocks, size_t n, uint8_t* out) {
+        // The reader closed meanwhile (a cancelled command): stop at the next batch.
+        if (cancel->load(std::memory_order_relaxed)) return ECANCELED;
+        return reads->Read(fd, blocks, n, out, wait);
+      };
+      status_ = WalkDetailsColumns(src, root_, max_leaves, &cols_, &blocks_read_);
     } catch (...) {
-      status_ = WalkStatus::kReadFailed;  // out of memory in its vectors: the caller's walk
+      status_ = WalkStatus::kReadFailed;  // out of memory: the caller's walk
     }
+    // Reads the kernel would not wait for may still land in the window: never freed then.
+    if (reads_.Poisoned()) window.p = nullptr;
     return status_;
   }
 
@@ -399,9 +412,13 @@ class WalkWorker : public PromiseWorker<BlockReader> {
   const std::atomic<bool>* cancel_;
   uint64_t root_;
   uint64_t limit_;
+  // Its reads' ring, set up on first use and closed with the walk (the JS
+  // thread's attempt, then the worker's: one at a time).
+  BatchReads reads_;
   WalkStatus status_ = WalkStatus::kReadFailed;
   DetailsColumnsBlock cols_;
   uint64_t blocks_read_ = 0;
+  bool waited_ = false;
 };
 
 }  // namespace
@@ -626,18 +643,21 @@ Napi::Value BlockReader::Release(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(env, true);
 }
 
-// walkDetails(root, limit) -> Promise<{ columns: ArrayBuffer, rows, count, blocksRead } | null>
+// walkDetails(root, limit, ioUring = true) -> Promise<{ columns: ArrayBuffer, rows, count, blocksRead, waited } | null>
 // The device-details tree at `root` read whole and checked (btree_walk.cc)
 // into details columns (details_columns.cc); blocks at or beyond `limit`
 // are refused. First on this thread from the page cache; when a block is
-// not cached, again on a worker thread with reads that wait. null when it
-// cannot answer: O_DIRECT, a read error, a tree too large or any rule
-// broken. The caller then walks the tree itself, which reports what is wrong.
+// not cached (or the tree is large), again on a worker thread with reads
+// that wait (`waited`). null when it cannot answer: O_DIRECT, a read
+// error, a tree too large or any rule broken. The caller then walks the
+// tree itself, which reports what is wrong. ioUring false: one preadv2 a
+// block (tests of that path).
 Napi::Value BlockReader::WalkDetails(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsNumber()) throw Napi::TypeError::New(env, "walkDetails(root: number, limit: number)");
+  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsNumber()) throw Napi::TypeError::New(env, "walkDetails(root: number, limit: number, ioUring?: boolean)");
   const double root = info[0].As<Napi::Number>().DoubleValue();
   const double limit = info[1].As<Napi::Number>().DoubleValue();
+  const bool ring = info.Length() < 3 || info[2].IsUndefined() || info[2].ToBoolean().Value();
   auto isIndex = [](double d) { return d >= 0 && d <= 9007199254740992.0 && std::floor(d) == d; };
   if (!isIndex(root) || !isIndex(limit)) throw Napi::RangeError::New(env, "walkDetails: root and limit must be integers in 0..2^53");
   // Buffered files only (an O_DIRECT device's reads are the caller's
@@ -648,9 +668,18 @@ Napi::Value BlockReader::WalkDetails(const Napi::CallbackInfo& info) {
     d.Resolve(env.Null());
     return d.Promise();
   }
-  auto* w = new WalkWorker(env, this, static_cast<uint64_t>(root), static_cast<uint64_t>(limit));
+  auto* w = new WalkWorker(env, this, static_cast<uint64_t>(root), static_cast<uint64_t>(limit), ring);
   Napi::Promise p = w->Promise();
-  if (try_cached_ && w->TryCached()) {
+  bool settled = false;
+  if (try_cached_) {
+    // Never a throw past here: it would leave the worker, its promise and the reader's in-flight count behind.
+    try {
+      settled = w->TryCached();
+    } catch (...) {
+      settled = false;
+    }
+  }
+  if (settled) {
     w->SettleNow();
     delete w;
     return p;

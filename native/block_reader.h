@@ -11,8 +11,6 @@
 #include <unordered_map>
 #include <vector>
 
-#include "uring.h"
-
 namespace dmthin {
 
 struct ReadBuffer;
@@ -91,8 +89,6 @@ class BlockReader : public Napi::ObjectWrap<BlockReader> {
   bool direct_ = false;
   // Set by close(): a details walk on a worker thread stops at its next batch.
   std::atomic<bool> cancel_walks_{false};
-  // walkDetails' reads on the JS thread: an io_uring set up on first use.
-  BatchReads walk_reads_;
   void FinishRead();  // JS thread: a read worker is done
   std::shared_ptr<BufferPool> pool_ = std::make_shared<BufferPool>();
 

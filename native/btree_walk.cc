@@ -14,7 +14,7 @@
 // increasing inside the range the parent gives, at least a third full below
 // the root, no empty internal node, every leaf at one depth, no block twice
 // in the tree, no pointer at or beyond the limit, at most 16 levels.
-// test/native/btree-walk.test.ts compares the two on damaged trees.
+// test/unit/btree-walk.test.ts compares the two on damaged trees.
 //
 // Level by level (each level's nodes in key order, read a window at a
 // time), not depth first: the same nodes and the same checks, and a
@@ -131,7 +131,10 @@ WalkStatus WalkBtree(const WalkSource& src, uint64_t root, uint32_t leaf_value_s
         // One level holds leaves only or internal nodes only: else the leaves are at two depths.
         if (at + i == 0) {
           leaves = leaf;
-          if (leaf && !cb.on_leaf_level(level.size())) return WalkStatus::kRefused;
+          if (leaf) {
+            const WalkStatus go = cb.on_leaf_level(level.size());
+            if (go != WalkStatus::kOk) return go;
+          }
         } else if (leaf != leaves) {
           return WalkStatus::kRefused;
         }
@@ -143,7 +146,8 @@ WalkStatus WalkBtree(const WalkSource& src, uint64_t root, uint32_t leaf_value_s
         const uint8_t* keys = node + kHeaderBytes;
         const uint8_t* values = keys + 8 * static_cast<size_t>(U32(node + 20));
         // Every child is a block of its own below the limit, so more children than that is a block twice.
-        if (next.size() + count > max_level_nodes || next.size() + count > src.limit) return WalkStatus::kRefused;
+        if (next.size() + count > src.limit) return WalkStatus::kRefused;
+        if (next.size() + count > max_level_nodes) return WalkStatus::kTooLarge;
         for (uint32_t c = 0; c < count; c++) {
           const bool last = c + 1 == count;
           next.push_back({U64(values + 8 * static_cast<size_t>(c)), U64(keys + 8 * static_cast<size_t>(c)),

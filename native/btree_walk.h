@@ -11,8 +11,9 @@ namespace dmthin {
 
 enum class WalkStatus {
   kOk,          // every node passed; every leaf went to on_leaf in key order
-  kRefused,     // a node broke a rule, or on_leaf or on_leaf_level said no: the caller's own walk reports why
+  kRefused,     // a node broke a rule, or on_leaf said no: the caller's own walk reports why
   kWouldBlock,  // a read would have waited (not in the page cache)
+  kTooLarge,    // more nodes in a level than the caller allows, or on_leaf_level said so
   kReadFailed,  // a read failed otherwise
 };
 
@@ -30,17 +31,17 @@ struct WalkSource {
 };
 
 struct WalkCallbacks {
-  // The leaf level is reached and holds `leaves` nodes: false refuses the walk
-  // (too large for the caller), before any leaf is passed on.
-  std::function<bool(size_t leaves)> on_leaf_level;
+  // The leaf level is reached and holds `leaves` nodes, before any leaf is
+  // passed on: kOk to go on, else the walk ends with that status.
+  std::function<WalkStatus(size_t leaves)> on_leaf_level;
   // A leaf that passed every check (the node's 4096 bytes), in key order;
   // false refuses the walk (an entry the caller cannot take).
   std::function<bool(const uint8_t* node)> on_leaf;
 };
 
 // Walks the tree at `root` whose leaves hold values of `leaf_value_size`
-// bytes; a level of more than `max_level_nodes` nodes is refused (a bound
-// on the walk's memory and time: the caller's own walk takes such a tree).
+// bytes; a level of more than `max_level_nodes` nodes is kTooLarge (a bound
+// on the walk's memory and time).
 // *blocks_read counts the blocks read.
 WalkStatus WalkBtree(const WalkSource& src, uint64_t root, uint32_t leaf_value_size, size_t max_level_nodes, const WalkCallbacks& cb,
                      uint64_t* blocks_read);

@@ -92,17 +92,18 @@ int64_t AppendDetailsEntries(const uint32_t* keys, const uint32_t* values, size_
 WalkStatus WalkDetailsColumns(const WalkSource& src, uint64_t root, size_t max_leaves, DetailsColumnsBlock* out, uint64_t* blocks_read) {
   DetailsColumnsBlock b;
   WalkCallbacks cb;
-  cb.on_leaf_level = [&b](size_t leaves) {
+  cb.on_leaf_level = [&b, max_leaves](size_t leaves) {
+    if (leaves > max_leaves) return WalkStatus::kTooLarge;
     // Room for every leaf full: rows never written are address space only.
     const size_t rows = leaves * kLeafMaxEntries;
     const size_t bytes = 32 * rows + 24;
-    if (bytes > kMaxColumnBytes) return false;
+    if (bytes > kMaxColumnBytes) return WalkStatus::kTooLarge;
     b.huge = rows > kHeapRows;
     b.p = b.huge ? MapHuge(bytes) : static_cast<uint8_t*>(std::calloc(1, bytes));  // both zeroed: the maxima start at 0
-    if (b.p == nullptr) return false;
+    if (b.p == nullptr) return WalkStatus::kReadFailed;  // out of memory: the caller's walk
     b.rows = rows;
     b.bytes = bytes;
-    return true;
+    return WalkStatus::kOk;
   };
   cb.on_leaf = [&b](const uint8_t* node) {
     const uint32_t* w = reinterpret_cast<const uint32_t*>(node);

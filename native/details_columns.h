@@ -27,8 +27,8 @@ struct DetailsColumnsBlock {
 
 // The details tree at `root` walked whole (btree_walk.cc) into columns of
 // its own; *out is set only for kOk (its memory then the caller's: see
-// TakeDetailsColumns). A tree of more than `max_leaves` leaves, or an entry
-// decodeDetailsLeaf would refuse, is kRefused.
+// TakeDetailsColumns). A tree of more than `max_leaves` leaves is
+// kTooLarge; an entry decodeDetailsLeaf would refuse, kRefused.
 WalkStatus WalkDetailsColumns(const WalkSource& src, uint64_t root, size_t max_leaves, DetailsColumnsBlock* out, uint64_t* blocks_read);
 
 // The columns as an ArrayBuffer that frees them when collected (b no longer holds them).

@@ -15,16 +15,24 @@
 // block is one preadv2 as before.
 #include "uring.h"
 
-#include <linux/io_uring.h>
+#include <linux/version.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <cerrno>
-#include <cstdlib>
 #include <cstring>
+#include <ctime>
+
+// Kernel headers before 5.6 have no IORING_OP_READ (RHEL 8's, Ubuntu 20.04's
+// 5.4): the addon is then built with the preadv2 path alone.
+#if __has_include(<linux/io_uring.h>) && LINUX_VERSION_CODE >= KERNEL_VERSION(5, 6, 0)
+#include <linux/io_uring.h>
+#define DMTHIN_IO_URING 1
+#else
+#define DMTHIN_IO_URING 0
+#endif
 
 namespace dmthin {
 namespace {
@@ -48,6 +56,7 @@ int PreadBlocks(int fd, const uint64_t* blocks, size_t n, uint8_t* out, bool wai
   return 0;
 }
 
+#if DMTHIN_IO_URING
 template <typename T>
 T* At(void* base, uint32_t offset) {
   return reinterpret_cast<T*>(static_cast<uint8_t*>(base) + offset);
@@ -56,11 +65,19 @@ T* At(void* base, uint32_t offset) {
 unsigned LoadAcquire(const unsigned* p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 void StoreRelease(unsigned* p, unsigned v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 
+void SleepBriefly() {
+  struct timespec ts = {0, 1000000};  // 1 ms
+  ::nanosleep(&ts, nullptr);
+}
+#endif
+
 }  // namespace
 
 BatchReads::~BatchReads() { TearDown(); }
 
 void BatchReads::TearDown() {
+  // Poisoned: the ring's memory and reads stay as they are (see Poisoned).
+  if (poisoned_) return;
   if (sqes_ != nullptr) ::munmap(sqes_, sqes_bytes_);
   if (cq_ring_ != nullptr && cq_ring_ != sq_ring_) ::munmap(cq_ring_, cq_ring_bytes_);
   if (sq_ring_ != nullptr) ::munmap(sq_ring_, sq_ring_bytes_);
@@ -71,9 +88,9 @@ void BatchReads::TearDown() {
 }
 
 bool BatchReads::Setup() {
-  // Tests run the preadv2 path too (test/unit/btree-walk.test.ts).
-  const char* off = std::getenv("DMTHIN_TEST_NO_IO_URING");
-  if (off != nullptr && off[0] == '1') return false;
+#if !DMTHIN_IO_URING
+  return false;
+#else
   struct io_uring_params p;
   std::memset(&p, 0, sizeof p);
   const long fd = ::syscall(__NR_io_uring_setup, kMaxBatch, &p);
@@ -109,10 +126,12 @@ bool BatchReads::Setup() {
   cq_mask_ = At<unsigned>(cq_ring_, p.cq_off.ring_mask);
   cqes_ = At<io_uring_cqe>(cq_ring_, p.cq_off.cqes);
   return true;
+#endif
 }
 
 int BatchReads::Read(int fd, const uint64_t* blocks, size_t n, uint8_t* out, bool wait) {
   if (n > kMaxBatch) return EINVAL;
+  if (poisoned_) return EIO;
   if (state_ == State::kUntried) state_ = Setup() ? State::kRing : State::kNone;
   if (state_ == State::kRing) {
     bool unsupported = false;
@@ -126,6 +145,10 @@ int BatchReads::Read(int fd, const uint64_t* blocks, size_t n, uint8_t* out, boo
 }
 
 int BatchReads::ReadRing(int fd, const uint64_t* blocks, size_t n, uint8_t* out, bool wait, bool* unsupported) {
+#if !DMTHIN_IO_URING
+  *unsupported = true;
+  return 0;
+#else
   if (n == 0) return 0;
   const unsigned tail = *sq_tail_;  // only this thread writes it
   const unsigned mask = *sq_mask_;
@@ -148,20 +171,27 @@ int BatchReads::ReadRing(int fd, const uint64_t* blocks, size_t n, uint8_t* out,
   size_t submitted = 0;
   size_t reaped = 0;
   int result = 0;
+  int busy = 0;
   while (reaped < n) {
     const long r = ::syscall(__NR_io_uring_enter, ring_fd_, static_cast<unsigned>(n - submitted), static_cast<unsigned>(n - reaped), IORING_ENTER_GETEVENTS, nullptr, 0);
     if (r < 0) {
-      if (errno == EINTR) continue;
+      const int e = errno;
+      if (e == EINTR) continue;
       if (submitted == 0 && reaped == 0) {
         // Nothing went in: take the entries back, and let preadv2 do it.
         StoreRelease(sq_tail_, tail);
         *unsupported = true;
         return 0;
       }
-      // Reads in flight write into `out` until reaped: wait on through what
-      // passes (the kernel returns nothing else once they are in).
-      if (errno == EAGAIN || errno == EBUSY) continue;
-      return errno;
+      // Reads in flight write into `out` until reaped: wait on through a
+      // shortage (up to ~10 s). Anything else, or longer: the buffer and the
+      // ring are given up for good rather than freed under a read.
+      if ((e == EAGAIN || e == EBUSY) && busy++ < 10000) {
+        SleepBriefly();
+        continue;
+      }
+      poisoned_ = true;
+      return e;
     }
     submitted += static_cast<size_t>(r);
     unsigned head = *cq_head_;
@@ -179,6 +209,7 @@ int BatchReads::ReadRing(int fd, const uint64_t* blocks, size_t n, uint8_t* out,
   }
   if (*unsupported) result = 0;
   return result;
+#endif
 }
 
 }  // namespace dmthin

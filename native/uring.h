@@ -14,7 +14,8 @@ class BatchReads {
   // Reads at most this many blocks per call (the ring's size).
   static constexpr unsigned kMaxBatch = 32;
 
-  BatchReads() = default;
+  // ring: false reads one preadv2 a block (tests of that path).
+  explicit BatchReads(bool ring = true) : state_(ring ? State::kUntried : State::kNone) {}
   BatchReads(const BatchReads&) = delete;
   BatchReads& operator=(const BatchReads&) = delete;
   ~BatchReads();
@@ -27,12 +28,18 @@ class BatchReads {
   // One thread at a time.
   int Read(int fd, const uint64_t* blocks, size_t n, uint8_t* out, bool wait);
 
+  // A failed Read may have left reads in flight (the kernel refused to wait
+  // for them): whatever `out` it was given must never be freed or reused.
+  // No such failure is known to happen; this makes it harmless if it does.
+  bool Poisoned() const { return poisoned_; }
+
  private:
   bool Setup();
   void TearDown();
   int ReadRing(int fd, const uint64_t* blocks, size_t n, uint8_t* out, bool wait, bool* unsupported);
 
-  enum class State { kUntried, kRing, kNone } state_ = State::kUntried;
+  enum class State { kUntried, kRing, kNone } state_;
+  bool poisoned_ = false;
   int ring_fd_ = -1;
   void* sq_ring_ = nullptr;
   size_t sq_ring_bytes_ = 0;

@@ -92,11 +92,12 @@ export class BlockReader {
    * worker thread with reads that wait. null: closed, the portable reader,
    * O_DIRECT, a read error, a tree too large or broken; the caller then
    * walks it as usual (and reports what is wrong). Closing the reader stops
-   * a walk on a thread at its next batch (then null).
+   * a walk on a thread at its next batch (then null). `ioUring` false: its
+   * reads one preadv2 a block, as where the kernel has no io_uring (tests).
    */
-  async walkDetails(root: number, limit: number): Promise<NativeDetailsWalk | null> {
+  async walkDetails(root: number, limit: number, opts: { ioUring?: boolean } = {}): Promise<NativeDetailsWalk | null> {
     if (this.closed || this.r.walkDetails === undefined) return null;
-    return this.r.walkDetails(root, limit);
+    return this.r.walkDetails(root, limit, opts.ioUring ?? true);
   }
 
   /** EBADF once closed: callers that check their arguments first call this before. */

@@ -26,6 +26,8 @@ export interface NativeDetailsWalk {
   count: number;
   /** Blocks the walk read. */
   blocksRead: number;
+  /** Read on a worker thread (a block was not cached, or the tree is large), not on the calling one. */
+  waited: boolean;
 }
 
 export interface NativeBlockReader {
@@ -38,8 +40,8 @@ export interface NativeBlockReader {
    * reader only), no block at or beyond `limit`: from the page cache on the
    * calling thread, else on a worker thread. null when it cannot answer
    * (O_DIRECT, a read error, a broken rule: the caller walks the tree
-   * itself, which says what is wrong).
+   * itself, which says what is wrong). ioUring false: one preadv2 a block.
    */
-  walkDetails?(root: number, limit: number): Promise<NativeDetailsWalk | null>;
+  walkDetails?(root: number, limit: number, ioUring?: boolean): Promise<NativeDetailsWalk | null>;
   close(): void;
 }

@@ -92,7 +92,7 @@ if (new Uint8Array(new Uint32Array([1]).buffer)[0] !== 1) {
 export interface IoStats {
   /** Blocks returned to callers. */
   blocksRead: number;
-  /** read() batches issued. */
+  /** read() batches issued (a tree the addon walks whole counts as one). */
   batches: number;
 }
 

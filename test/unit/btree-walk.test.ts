@@ -15,12 +15,13 @@
  *   reader during a walk on a thread ends it with no answer or a whole one.
  */
 import { spawnSync } from 'node:child_process';
-import { closeSync, fsyncSync, openSync } from 'node:fs';
+import { closeSync, fsyncSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { MetadataError } from '../../src/errors';
 import { NativeBlockSource } from '../../src/pdata/block-source';
 import { BlockType } from '../../src/pdata/checksum';
 import { detailsLeaves, readDetailsTable, type DetailsTable } from '../../src/thin/device-table';
-import { tempImage } from '../helpers/fixtures';
+import { REPO_ROOT, tempImage } from '../helpers/fixtures';
 import { chooser } from '../helpers/seeded';
 import { buildTree, ImageBuilder, maxEntries, u64, writeNode } from './tree-builder';
 
@@ -90,7 +91,7 @@ async function readBoth(image: Buffer, root: number, nrMetadataBlocks = image.le
     }
   };
   const io = await NativeBlockSource.open(f.path, { direct: 'never' });
-  const walked = await io.reader.walkDetails(root, Math.min(nrMetadataBlocks, image.length / 4096));
+  const walked = await io.reader.walkDetails(root, Math.min(nrMetadataBlocks, image.length / 4096), { ioUring });
   await io.close();
   return { withAddon: await run(true), without: await run(false), walked };
 }
@@ -100,13 +101,16 @@ function maxima(list: Entry[]): number[] {
 }
 
 // Each part twice: the addon's reads through io_uring, and one preadv2 a
-// block (where the kernel has no io_uring; DMTHIN_TEST_NO_IO_URING=1).
+// block (as where the kernel has no io_uring: detailsLeaves.ioUring false).
+let ioUring = true;
 describe.each(['io_uring', 'preadv2'])('reads by %s', (how) => {
   beforeAll(() => {
-    if (how === 'preadv2') process.env.DMTHIN_TEST_NO_IO_URING = '1';
+    ioUring = how === 'io_uring';
+    detailsLeaves.ioUring = ioUring;
   });
   afterAll(() => {
-    delete process.env.DMTHIN_TEST_NO_IO_URING;
+    ioUring = true;
+    detailsLeaves.ioUring = true;
   });
 
   describe('sound trees: the addon answers, with every entry the tree holds', () => {
@@ -164,6 +168,18 @@ describe.each(['io_uring', 'preadv2'])('reads by %s', (how) => {
       ['flags 0', (img, root) => edit(img, shape(img, root).leaves[3], (b) => b.writeUInt32LE(0, 4))],
       ['flags 3', (img, root) => edit(img, shape(img, root).mid[0], (b) => b.writeUInt32LE(3, 4))],
       ['a leaf of value size 16', (img, root) => edit(img, shape(img, root).leaves[3], (b) => b.writeUInt32LE(16, 24))],
+      // The value size rule alone (max_entries right for 16 bytes, 168): what keeps the walk's rows within the columns.
+      ['a leaf of value size 16 and its max_entries, 168 entries', (img, root) => {
+        const leaf = shape(img, root).lastLeaf;
+        const keys = Array.from({ length: 168 }, (_, i) => 2n ** 40n + BigInt(i));
+        writeNode(img, leaf, true, keys, keys.map(() => Buffer.alloc(16)), 16);
+      }],
+      ['a root leaf of value size 16 and its max_entries, 126 entries', (img) => {
+        const nr = img.alloc();
+        const keys = Array.from({ length: 126 }, (_, i) => BigInt(i));
+        writeNode(img, nr, true, keys, keys.map(() => Buffer.alloc(16)), 16);
+        return nr;
+      }],
       ['an internal node of value size 24', (img, root) => edit(img, root, (b) => b.writeUInt32LE(24, 24))],
       ['max_entries 125', (img, root) => edit(img, shape(img, root).leaves[3], (b) => b.writeUInt32LE(125, 20))],
       ['nr_entries over max_entries', (img, root) => edit(img, shape(img, root).leaves[3], (b) => b.writeUInt32LE(127, 16))],
@@ -182,11 +198,11 @@ describe.each(['io_uring', 'preadv2'])('reads by %s', (how) => {
       ['a leaf under a third full', (img, root) => edit(img, shape(img, root).leaves[3], (b) => b.writeUInt32LE(41, 16))],
       ['an internal node under a third full', (img, root) => edit(img, shape(img, root).mid[0], (b) => b.writeUInt32LE(83, 16))],
       ['an internal root with no entries', (img, root) => edit(img, root, (b) => b.writeUInt32LE(0, 16))],
-      ['a child that is its parent (a cycle)', (img, root) => {
+      ['a child that is its parent (a cycle: the key range refuses it first)', (img, root) => {
         const s = shape(img, root);
         edit(img, s.leafParent, (b) => b.writeBigUInt64LE(BigInt(s.leafParent), valueOff(252, 8, 2)));
       }],
-      ['a leaf pointed at twice', (img, root) => {
+      ['a leaf pointed at twice (the key range refuses it first)', (img, root) => {
         const s = shape(img, root);
         edit(img, s.leafParent, (b) => b.writeBigUInt64LE(BigInt(s.leaves[1]), valueOff(252, 8, 2)));
       }],
@@ -212,7 +228,7 @@ describe.each(['io_uring', 'preadv2'])('reads by %s', (how) => {
         const keys = Array.from({ length: 60 }, (_, i) => s.node(mid).b.readBigUInt64LE(keyOff(0)) + BigInt(i));
         writeNode(img, mid, true, keys, keys.map(() => Buffer.alloc(VS)), VS);
       }],
-      ['a tree deeper than 16 levels', (img, root) => {
+      ['17 levels of one-child nodes (the fill rule refuses them first; a sound tree that deep needs 84^16 leaves)', (img, root) => {
         // 17 internal nodes each with one child: refused at the fill rule or the depth cap, either way refused.
         let child = shape(img, root).leaves[0];
         for (let d = 0; d < 17; d++) {
@@ -295,21 +311,29 @@ describe.each(['io_uring', 'preadv2'])('reads by %s', (how) => {
 
     /** A temporary copy of the image, written back and dropped from the page cache (GNU dd's nocache; no root needed). */
     function uncached(): ReturnType<typeof tempImage> {
-      const f = tempImage(img.image);
-      const fd = openSync(f.path, 'r');
+      // Beside the repository, not in /tmp: a tmpfs keeps every page.
+      const dir = mkdtempSync(join(REPO_ROOT, '.btree-walk-'));
+      const path = join(dir, 'image.bin');
+      writeFileSync(path, img.image);
+      const cleanup = (): void => rmSync(dir, { recursive: true, force: true });
+      const fd = openSync(path, 'r');
       fsyncSync(fd); // dirty pages stay cached
       closeSync(fd);
-      const dd = spawnSync('dd', [`if=${f.path}`, 'iflag=nocache', 'count=0', 'status=none']);
+      const dd = spawnSync('dd', [`if=${path}`, 'iflag=nocache', 'count=0', 'status=none']);
       expect(dd.status).toBe(0);
-      return f;
+      // None of it cached now (util-linux fincore), or the test would not test what it says.
+      const fc = spawnSync('fincore', ['--bytes', '--noheadings', '--output', 'RES', path], { encoding: 'utf8' });
+      expect({ status: fc.status, cached: fc.stdout.trim() }).toEqual({ status: 0, cached: '0' });
+      return { path, cleanup, [Symbol.dispose]: cleanup };
     }
 
     test('a file not in the page cache: walked on a worker thread, the same table', async () => {
       using f = uncached();
       const io = await NativeBlockSource.open(f.path, { direct: 'never' });
       try {
-        const r = await io.reader.walkDetails(root, img.nrBlocks);
+        const r = await io.reader.walkDetails(root, img.nrBlocks, { ioUring });
         expect(r).not.toBeNull();
+        expect(r!.waited).toBe(true); // on a worker thread
         expect(r!.count).toBe(list.length);
         expect(r!.blocksRead).toBe(detailsImage(list).img.next - 1);
         const t = await readDetailsTable({ io, detailsRoot: root, nrMetadataBlocks: img.nrBlocks });
@@ -323,7 +347,7 @@ describe.each(['io_uring', 'preadv2'])('reads by %s', (how) => {
       for (let i = 0; i < 5; i++) {
         using f = uncached();
         const io = await NativeBlockSource.open(f.path, { direct: 'never' });
-        const walking = io.reader.walkDetails(root, img.nrBlocks);
+        const walking = io.reader.walkDetails(root, img.nrBlocks, { ioUring });
         await io.close();
         const r = await walking;
         if (r !== null) expect(r.count).toBe(list.length);
@@ -336,7 +360,7 @@ describe.each(['io_uring', 'preadv2'])('reads by %s', (how) => {
       // tmpfs and some filesystems refuse O_DIRECT: then there is nothing to check here.
       if (direct) {
         expect(direct.direct).toBe(true);
-        expect(await direct.reader.walkDetails(root, img.nrBlocks)).toBeNull();
+        expect(await direct.reader.walkDetails(root, img.nrBlocks, { ioUring })).toBeNull();
         const t = await readDetailsTable({ io: direct, detailsRoot: root, nrMetadataBlocks: img.nrBlocks });
         expect(rows(t)).toEqual(list);
         await direct.close();
@@ -345,10 +369,11 @@ describe.each(['io_uring', 'preadv2'])('reads by %s', (how) => {
       // (The addon's errors are of the main realm, not jest's: matched by message.)
       await expect(io.reader.walkDetails(-1, 10)).rejects.toThrow(/root and limit must be integers/);
       await expect(io.reader.walkDetails(1.5, 10)).rejects.toThrow(/root and limit must be integers/);
-      await expect((io.reader.walkDetails as unknown as (a: string) => Promise<unknown>)('1')).rejects.toThrow(/walkDetails\(root: number, limit: number\)/);
-      expect(await io.reader.walkDetails(root, img.nrBlocks)).not.toBeNull();
+      await expect((io.reader.walkDetails as unknown as (a: string) => Promise<unknown>)('1')).rejects.toThrow(/walkDetails\(root: number, limit: number/);
+      // Cached: answered on this thread.
+      expect((await io.reader.walkDetails(root, img.nrBlocks, { ioUring }))?.waited).toBe(false);
       await io.close();
-      expect(await io.reader.walkDetails(root, img.nrBlocks)).toBeNull();
+      expect(await io.reader.walkDetails(root, img.nrBlocks, { ioUring })).toBeNull();
     });
   });
 });
