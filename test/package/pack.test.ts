@@ -56,9 +56,13 @@ const EXAMPLE = join(ROOT, 'examples', 'pool.bin');
  * (2.2 MB) still takes it far over.
  * 2026-12-05, session 41: 684,756 bytes packed (native/details_columns.cc, the
  * snapshot-release check, output/held-tail.ts, their docs; no new kind of file):
- * packed budget 680 -> 700 KB. */
-const MAX_PACKED_BYTES = 700_000;
-const MAX_UNPACKED_BYTES = 2_600_000;
+ * packed budget 680 -> 700 KB.
+ * 2026-12-06, session 50: 708,927 bytes packed, 2,619,698 unpacked (the addon's
+ * details walk: native/btree_walk.cc, native/uring.cc, their tests' docs and the
+ * README's account; no new kind of file): budgets 700 -> 730 KB and 2.6 -> 2.7 MB;
+ * a build/ folder (2.2 MB) still takes it far over. */
+const MAX_PACKED_BYTES = 730_000;
+const MAX_UNPACKED_BYTES = 2_700_000;
 
 interface PackResult {
   filename: string;
