@@ -321,3 +321,49 @@ test('a stream of many small discards: written in few pieces, its discards punch
   }
   expect(readFileSync(target).equals(want)).toBe(true);
 });
+
+test('scattered extents are read a few pieces a call: batches of up to 2 MiB, one piece may fill 8 MiB; the stream the same', async () => {
+  const bs = 65536;
+  // readRanges (the native source's, with reused buffers) over the pattern, counting its calls.
+  class RangePatternSource extends PatternSource {
+    calls: number[] = []; // pieces per call
+    allocBuffer(bytes: number): Buffer {
+      return Buffer.alloc(bytes);
+    }
+    async readRanges(buf: Buffer, ranges: readonly { at: number; offset: number; length: number }[]): Promise<void> {
+      this.calls.push(ranges.length);
+      for (const r of ranges) (await this.readBlocks(512, Array.from({ length: r.length / 512 }, (_, i) => r.offset / 512 + i))).copy(buf, r.at);
+    }
+  }
+  const plan = (extents: { begin: number; length: number; source: number }[]): SendPlan => ({
+    header: { dataBlockSize: bs / 512, deviceSize: 1000 * bs, target: { pool: 'p', devId: 1, creationTime: 0, transactionId: 1n } },
+    extents: (async function* () {
+      for (const e of extents) yield { kind: 'data' as const, ...e };
+    })(),
+  });
+  const streamOf = async (p: SendPlan, source: DataSource, reuseBuffers: boolean): Promise<Buffer> => {
+    const chunks: Buffer[] = [];
+    const out = new Writable({
+      write(c: Buffer, _e, cb) {
+        chunks.push(Buffer.from(c));
+        cb();
+      },
+    });
+    await writeRecords(encodeRecords(p, source, { reuseBuffers }), out);
+    return Buffer.concat(chunks);
+  };
+  const cases = [
+    // 64 one-block extents, every third block (before: 64 calls of one piece each)
+    { extents: Array.from({ length: 64 }, (_, i) => ({ begin: 3 * i, length: 1, source: 5 * i })), calls: [32, 32] },
+    // one extent of 300 blocks: 8 MiB pieces, a call each
+    { extents: [{ begin: 0, length: 300, source: 7 }], calls: [1, 1, 1] },
+    // the example pool's device 1: 12 blocks in three extents, one call
+    { extents: [{ begin: 0, length: 10, source: 0 }, { begin: 50, length: 1, source: 50 }, { begin: 60, length: 1, source: 60 }], calls: [3] },
+  ];
+  for (const c of cases) {
+    const src = new RangePatternSource(bs);
+    const got = await streamOf(plan(c.extents), src, true);
+    expect(src.calls).toEqual(c.calls);
+    expect(got.equals(await streamOf(plan(c.extents), new PatternSource(bs), false))).toBe(true);
+  }
+});

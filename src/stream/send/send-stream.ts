@@ -89,6 +89,13 @@ interface Batch {
 }
 
 const MAX_ITEMS = 4096;
+/**
+ * A batch of several pieces (scattered extents) closes at 2 MiB: read with
+ * one call, several preads in flight. Each reused batch buffer is touched to
+ * the size of the batches it holds: at 8 MiB a send of 8,192 scattered
+ * one-block extents peaked at 96 MiB (70 at 2 MiB, 81 at 4 MiB), no faster.
+ */
+const SCATTERED_BATCH_BYTES = 2 << 20;
 
 function gcd(a: number, b: number): number {
   while (b) [a, b] = [b, a % b];
@@ -122,6 +129,8 @@ export async function* encodeRecords(plan: SendPlan, source: DataSource, opts: E
   const pieceMax = bs <= MAX_DATA_BYTES ? Math.floor(MAX_DATA_BYTES / bs) * bs : MAX_DATA_BYTES;
   const reuse = opts.reuseBuffers === true && source.readRanges !== undefined && source.allocBuffer !== undefined;
   const batchMax = Math.max(opts.batchBytes ?? (reuse ? REUSED_BATCH_BYTES : 16 << 20), pieceMax);
+  // Where a batch of several pieces closes; one piece alone may fill batchMax.
+  const batchCap = Math.min(batchMax, SCATTERED_BATCH_BYTES);
   // Reused buffers, and the stream position after the batch each last held: hashed in place up to there before reuse.
   const slots: Buffer[] = [];
   const slotEnds: number[] = [];
@@ -193,14 +202,22 @@ export async function* encodeRecords(plan: SendPlan, source: DataSource, opts: E
         const end = Math.min((e.begin + e.length) * bs, deviceSize);
         for (let off = e.begin * bs; off < end; ) {
           const len = Math.min(pieceMax, end - off);
+          // A piece that does not fit goes in the next batch. (The test was
+          // "another piece of the largest size might not fit", always true
+          // where that size is the batch's: every extent was a batch and a
+          // read of its own: 8,192 one-block extents took 1.4x the time.)
+          if (cur.bytes > 0 && cur.bytes + len > batchCap) {
+            seal();
+            yield* drain(1); // one batch reads ahead while this one is consumed
+          }
           const block = Math.floor(off / bs);
           const inBlock = off - block * bs;
           cur.items.push({ kind: 'data', block, offsetSectors: inBlock / SECTOR_SIZE, src: e.source * bs + (off - e.begin * bs), len });
           cur.bytes += len;
           off += len;
-          if (cur.bytes + pieceMax > batchMax || cur.items.length >= MAX_ITEMS) {
-            seal();
-            yield* drain(1); // one batch reads ahead while this one is consumed
+          if (cur.bytes >= batchCap || cur.items.length >= MAX_ITEMS) {
+            seal(); // full: its read starts now
+            yield* drain(1);
           }
         }
       }
