@@ -436,11 +436,13 @@ class ModulePack {
       // Source and code cache mapped from the file where the addon can
       // (native/file_map.cc): read, they were a 610 KB buffer of fresh
       // memory and a copy of the source into a string (ls: ~170 more page
-      // faults a run). Read otherwise.
+      // faults a run). A long run's source is read into memory of its own
+      // (V8 keeps it), its code cache mapped all the same (V8 reads it
+      // only while the pack compiles, at once). Read otherwise.
       const at = 4 + len;
       const rest = size - at - h.n;
-      const map = mapped ? fileMaps() : null;
-      const source = map ? mapOrNull(() => map.mapAscii(fd, at, h.n)) : null;
+      const map = fileMaps();
+      const source = map ? mapOrNull(() => (mapped ? map.mapAscii(fd, at, h.n) : map.readAscii(fd, at, h.n))) : null;
       if (source !== null) {
         this.source = source;
         this.cache = rest > 0 ? (mapOrNull(() => map!.mapBytes(fd, at + h.n, rest)) ?? readAt(fd, at + h.n, rest)) : undefined;
@@ -765,8 +767,9 @@ function readAt(fd: number, position: number, length: number): Buffer {
  * changed in place under a run would change the code it runs, and one
  * truncated (or an I/O error on its blocks) would end it with SIGBUS; a
  * long run (receive waiting on its input, replicate's cycles, backup) reads
- * its pack, as every run did before. dmthin replaces its packs by rename,
- * never in place.
+ * its pack's source into memory of its own (readAscii) and maps only the
+ * code cache, which V8 reads once, as the pack compiles. dmthin replaces
+ * its packs by rename, never in place.
  */
 const MAPPED_GROUPS = ['ls', 'dump', 'delta', 'rmap', 'check', 'main'];
 

@@ -21,12 +21,14 @@ export function addonFile(root: string): string | undefined {
   return undefined;
 }
 
-/** native/file_map.cc: bytes of an open regular file, mapped (MAP_PRIVATE), unmapped when collected. */
+/** native/file_map.cc: bytes of an open regular file, mapped (MAP_PRIVATE) or read, unmapped when collected. */
 export interface FileMapFunctions {
   /** [offset, offset + length) as a string without a copy; null when that cannot be (any byte >= 0x80, past the end, length 0, no external strings in this Node). */
   mapAscii(fd: number, offset: number, length: number): string | null;
   /** [offset, offset + length) as bytes without a copy; null when that cannot be (past the end, length 0). */
   mapBytes(fd: number, offset: number, length: number): Uint8Array | null;
+  /** mapAscii's string, read into private memory (nothing to fault if the file is changed later); null when that cannot be (also a failed read). */
+  readAscii(fd: number, offset: number, length: number): string | null;
 }
 
 /**
@@ -40,7 +42,7 @@ export function fileMapFunctions(root: string): FileMapFunctions | null {
     const file = addonFile(root);
     if (file === undefined) return null;
     const a = require(file) as Partial<FileMapFunctions>;
-    return typeof a.mapAscii === 'function' && typeof a.mapBytes === 'function' ? (a as FileMapFunctions) : null;
+    return typeof a.mapAscii === 'function' && typeof a.mapBytes === 'function' && typeof a.readAscii === 'function' ? (a as FileMapFunctions) : null;
   } catch {
     return null;
   }

@@ -246,6 +246,7 @@ export interface NativeAddon {
   /** native/file_map.cc, typed in addon-file.ts (the CLI's start-up calls them before this module loads). */
   mapAscii: FileMapFunctions['mapAscii'];
   mapBytes: FileMapFunctions['mapBytes'];
+  readAscii: FileMapFunctions['readAscii'];
   dmConstants: NativeDmConstants;
 }
 

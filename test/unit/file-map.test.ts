@@ -1,6 +1,7 @@
 /**
  * native/file_map.cc: a file's bytes as a string or a Uint8Array without a
- * copy (the CLI's module pack, src/cli/startup.ts). Each is what the file
+ * copy, or a string of bytes read into memory of its own (the CLI's module
+ * pack, src/cli/startup.ts). Each is what the file
  * holds at any offset, outlives its descriptor, is unmapped once
  * collected, and is null (never a wrong value) where it cannot be made.
  */
@@ -29,8 +30,8 @@ function withFd<T>(path: string, f: (fd: number) => T): T {
   }
 }
 
-describe('mapAscii and mapBytes', () => {
-  const { mapAscii, mapBytes } = native();
+describe('mapAscii, readAscii and mapBytes', () => {
+  const { mapAscii, mapBytes, readAscii } = native();
 
   it.each([
     [0, ascii.length],
@@ -40,8 +41,9 @@ describe('mapAscii and mapBytes', () => {
     [5000, ascii.length - 5000],
     [ascii.length - 1, 1],
   ])('bytes [%i, +%i) are what the file holds there, also once its descriptor is closed', (offset, length) => {
-    const [s, b] = withFd(file, (fd) => [mapAscii(fd, offset, length), mapBytes(fd, offset, length)] as const);
+    const [s, r, b] = withFd(file, (fd) => [mapAscii(fd, offset, length), readAscii(fd, offset, length), mapBytes(fd, offset, length)] as const);
     expect(s).toBe(ascii.toString('latin1', offset, offset + length));
+    expect(r).toBe(s);
     expect(b).toBeInstanceOf(Uint8Array);
     expect(Buffer.from(b!).equals(ascii.subarray(offset, offset + length))).toBe(true);
   });
@@ -55,16 +57,18 @@ describe('mapAscii and mapBytes', () => {
         [ascii.length + 4096, 1],
       ]) {
         expect(mapAscii(fd, o, n)).toBeNull();
+        expect(readAscii(fd, o, n)).toBeNull();
         expect(mapBytes(fd, o, n)).toBeNull();
       }
     });
     withFd(dir, (fd) => {
       expect(mapAscii(fd, 0, 1)).toBeNull();
+      expect(readAscii(fd, 0, 1)).toBeNull();
       expect(mapBytes(fd, 0, 1)).toBeNull();
     });
   });
 
-  it('mapAscii: null for bytes of 0x80 and more wherever they are (Latin-1 would not read them as UTF-8 does); mapBytes maps them', () => {
+  it('mapAscii and readAscii: null for bytes of 0x80 and more wherever they are (Latin-1 would not read them as UTF-8 does); mapBytes maps them', () => {
     for (const at of [0, 7, 8, 4095, 4096, ascii.length - 1]) {
       const b = Buffer.from(ascii);
       b[at] = at % 2 ? 0xe2 : 0x80;
@@ -72,8 +76,10 @@ describe('mapAscii and mapBytes', () => {
       writeFileSync(f, b);
       withFd(f, (fd) => {
         expect(mapAscii(fd, 0, b.length)).toBeNull();
+        expect(readAscii(fd, 0, b.length)).toBeNull();
         // Around the byte, the rest maps.
         if (at > 0) expect(mapAscii(fd, 0, at)).toBe(b.toString('latin1', 0, at));
+        if (at > 0) expect(readAscii(fd, 0, at)).toBe(b.toString('latin1', 0, at));
         expect(Buffer.from(mapBytes(fd, 0, b.length)!).equals(b)).toBe(true);
       });
     }
@@ -87,12 +93,13 @@ describe('mapAscii and mapBytes', () => {
     [[3, 0, -1], 'RangeError'],
     [[3, 0, 2 ** 53], 'RangeError'],
   ])('refuses bad arguments %j (%s)', (args, name) => {
-    for (const f of [mapAscii, mapBytes] as unknown as ((...a: unknown[]) => unknown)[]) expect(() => f(...args)).toThrow(expect.objectContaining({ name }));
+    for (const f of [mapAscii, readAscii, mapBytes] as unknown as ((...a: unknown[]) => unknown)[]) expect(() => f(...args)).toThrow(expect.objectContaining({ name }));
   });
 
   it('a descriptor that is not open gives null', () => {
     // The largest number the calls take: never open (a closed one could be reused by another thread meanwhile).
     expect(mapAscii(2147483647, 0, 10)).toBeNull();
+    expect(readAscii(2147483647, 0, 10)).toBeNull();
     expect(mapBytes(2147483647, 0, 10)).toBeNull();
   });
 
@@ -104,6 +111,42 @@ describe('mapAscii and mapBytes', () => {
     renameSync(`${f}.new`, f);
     expect(s).toBe(ascii.toString('latin1', 100, 5100));
     expect(Buffer.from(b!).equals(ascii.subarray(100, 5100))).toBe(true);
+  });
+
+  it("readAscii: the bytes as read, whatever happens to the file later (truncated or rewritten in place: mapAscii's string would SIGBUS or change); its memory freed once collected", () => {
+    // A process of its own: a fault there must not end this one; gc() for the memory.
+    const f = join(dir, 'read-then-truncated');
+    const big = Buffer.alloc(1 << 20, 0x61);
+    ascii.copy(big, 4096);
+    writeFileSync(f, big);
+    const r = spawnSync(
+      process.execPath,
+      [
+        '--expose-gc',
+        '-e',
+        `const { readAscii } = require(${JSON.stringify(addonFile(ROOT))});
+         const fs = require('fs');
+         const rss = () => +fs.readFileSync("/proc/self/status", "utf8").match(/VmRSS:\\s+(\\d+)/)[1];
+         const fd = fs.openSync(${JSON.stringify(f)}, 'r+');
+         const s = readAscii(fd, 4096, ${ascii.length});
+         let keep = [];
+         for (let i = 0; i < 50; i++) keep.push(readAscii(fd, 0, ${big.length}));
+         fs.ftruncateSync(fd, 0);
+         fs.writeSync(fd, Buffer.alloc(8192, 0x7a), 0, 8192, 0);
+         fs.closeSync(fd);
+         const same = s === ${JSON.stringify(ascii.toString('latin1'))} && keep.every((x) => x.length === ${big.length} && x.charCodeAt(${big.length - 1}) === 0x61);
+         const held = rss();
+         keep = null;
+         let turns = 0;
+         const turn = () => { gc(); const freed = held - rss(); if (freed >= 45 * 1024 || ++turns === 50) console.log(JSON.stringify({ same, freed })); else setTimeout(turn, 10); };
+         turn();`,
+      ],
+      { encoding: 'utf8', timeout: 60_000 },
+    );
+    expect(r.stderr).toBe('');
+    const { same, freed } = JSON.parse(r.stdout) as { same: boolean; freed: number };
+    expect(same).toBe(true);
+    expect(freed).toBeGreaterThanOrEqual(45 * 1024); // KiB: 50 strings of 1 MiB
   });
 
   it('each mapping is gone from the process once its string or array is collected', () => {
@@ -139,10 +182,11 @@ describe('mapAscii and mapBytes', () => {
 });
 
 describe('fileMapFunctions (what the CLI start-up uses)', () => {
-  it('finds the built addon and its two calls', () => {
+  it('finds the built addon and its three calls', () => {
     const f = fileMapFunctions(ROOT);
     expect(f).not.toBeNull();
     expect(f!.mapAscii).toBe(native().mapAscii);
+    expect(f!.readAscii).toBe(native().readAscii);
   });
 
   it('null where no addon lies at build/, build/Debug or build/Release', () => {
