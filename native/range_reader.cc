@@ -78,7 +78,12 @@ class ReadIntoWorker : public PromiseWorker<RangeReader> {
 
   void Read() {
     std::atomic<size_t> next{0};
-    size_t nthreads = std::min(kThreads, pieces_.size());
+    // Threads of its own only for more than one piece's worth of bytes: a
+    // small batch (a tiny send's 768 KiB in three pieces) is read here, not
+    // by three threads started and joined for it.
+    uint64_t bytes = 0;
+    for (const Piece& p : pieces_) bytes += p.len;
+    size_t nthreads = bytes > kPieceBytes ? std::min(kThreads, pieces_.size()) : 1;
     std::vector<SysFailure> fails(nthreads);
     auto work = [&](size_t t) {
       for (;;) {
