@@ -73,6 +73,13 @@ interface Entry {
   m: number;
   o: number;
   n: number;
+  /**
+   * CRC-32C of the entry's cached bytes (a cache file's entries; a pack's
+   * header has one for the pack): V8 does not check the code cache it is
+   * given (one byte changed made a command fail at every run, or run wrong
+   * code), nor a script's source against it.
+   */
+  k?: number;
 }
 
 /**
@@ -278,7 +285,7 @@ export function installCodeCache(group = 'main'): void {
     if (ours ? mayImport(wrapped) : wrapped.includes('import(')) return original.call(mod, plain(), filename);
     if (!read) readIndex();
     const old = index.get(filename);
-    const usable = old !== undefined && old.s === length && old.m === ctime && old.o + old.n <= data.length;
+    const usable = old !== undefined && old.s === length && old.m === ctime && old.o + old.n <= data.length && old.k === crc32cOf([data.subarray(old.o, old.o + old.n)]);
     let script: Script;
     try {
       script = new Script(wrapped, { filename, cachedData: usable ? data.subarray(old.o, old.o + old.n) : undefined });
@@ -429,8 +436,9 @@ class ModulePack {
       const len = head.length === 4 ? head.readUInt32LE(0) : Infinity;
       if (4 + len > size) throw new Error('not a pack');
       const json = readAt(fd, 4, len);
-      const h = JSON.parse(json.toString('utf8')) as { e: PackEntry[]; n: number };
-      if (!Array.isArray(h.e) || !Number.isSafeInteger(h.n) || h.n < 0 || 4 + len + h.n > size) throw new Error('not a pack');
+      const h = JSON.parse(json.toString('utf8')) as { e: PackEntry[]; n: number; k: number };
+      // k: an older version's pack has none (made again, as a damaged one).
+      if (!Array.isArray(h.e) || !Number.isSafeInteger(h.n) || h.n < 0 || 4 + len + h.n > size || !Number.isInteger(h.k)) throw new Error('not a pack');
       for (const e of h.e) if (e.o + e.n <= h.n) this.entries.set(e.f, e);
       this.header = Buffer.concat([head, json]);
       // Source and code cache mapped from the file where the addon can
@@ -438,19 +446,18 @@ class ModulePack {
       // memory and a copy of the source into a string (ls: ~170 more page
       // faults a run). A long run's source is read into memory of its own
       // (V8 keeps it), its code cache mapped all the same (V8 reads it
-      // only while the pack compiles, at once). Read otherwise.
+      // only while the pack compiles, at once). Read otherwise. Either is
+      // used only if the pack's bytes are the ones written (k).
       const at = 4 + len;
       const rest = size - at - h.n;
       const map = fileMaps();
+      const mappedBytes = map ? mapOrNull(() => map.mapBytes(fd, at, size - at)) : null;
+      const bytes = mappedBytes ?? readAt(fd, at, size - at);
+      if (bytes.length !== size - at || crc32cOf([bytes]) !== h.k) throw new Error('damaged');
       const source = map ? mapOrNull(() => (mapped ? map.mapAscii(fd, at, h.n) : map.readAscii(fd, at, h.n))) : null;
-      if (source !== null) {
-        this.source = source;
-        this.cache = rest > 0 ? (mapOrNull(() => map!.mapBytes(fd, at + h.n, rest)) ?? readAt(fd, at + h.n, rest)) : undefined;
-      } else {
-        const b = readAt(fd, at, size - at);
-        this.source = b.subarray(0, h.n);
-        this.cache = b.subarray(h.n);
-      }
+      // Without a string of its own, the source as read (never a long run's mapping).
+      this.source = source ?? (mappedBytes ? readAt(fd, at, h.n) : Buffer.from(bytes.buffer, bytes.byteOffset, h.n));
+      this.cache = rest > 0 ? bytes.subarray(h.n) : undefined;
     } catch {
       this.entries.clear();
       this.stale = true;
@@ -621,7 +628,7 @@ class ModulePack {
   }
 
   private write(entries: PackEntry[], source: Buffer, cache: Buffer): void {
-    const json = Buffer.from(JSON.stringify({ e: entries, n: source.length }));
+    const json = Buffer.from(JSON.stringify({ e: entries, n: source.length, k: crc32cOf([source, cache]) }));
     const head = Buffer.alloc(4);
     head.writeUInt32LE(json.length, 0);
     writeAtomically(this.file, [head, json, source, cache]);
@@ -700,7 +707,7 @@ function save(FILE: string, index: Map<string, Entry>, data: Buffer, compiled: {
   const entries: Entry[] = [];
   let at = 0;
   const add = (e: Entry, bytes: Buffer): void => {
-    entries.push({ f: e.f, s: e.s, m: e.m, o: at, n: bytes.length });
+    entries.push({ f: e.f, s: e.s, m: e.m, o: at, n: bytes.length, k: crc32cOf([bytes]) });
     parts.push(bytes);
     at += bytes.length;
   };
@@ -785,6 +792,14 @@ function mapOrNull<T>(f: () => T | null): T | null {
 /** The addon's file mappings (addon-file.ts), looked up once; null without them. */
 let fileMapsFound: FileMapFunctions | null | undefined;
 const fileMaps = (): FileMapFunctions | null => (fileMapsFound === undefined ? (fileMapsFound = fileMapFunctions(join(__dirname, '..', '..'))) : fileMapsFound);
+
+/** CRC-32C of the parts in order: the addon's, else the JavaScript one (loaded only then). */
+function crc32cOf(parts: Uint8Array[]): number {
+  const f = fileMaps()?.crc32c ?? (require('../native/crc32c-portable') as typeof import('../native/crc32c-portable')).crc32cPortable;
+  let c = 0xffffffff;
+  for (const p of parts) c = f(p, c, true);
+  return ~c >>> 0;
+}
 
 /**
  * Whether the cache directory can be written (made when missing), asked

@@ -29,6 +29,8 @@ export interface FileMapFunctions {
   mapBytes(fd: number, offset: number, length: number): Uint8Array | null;
   /** mapAscii's string, read into private memory (nothing to fault if the file is changed later); null when that cannot be (also a failed read). */
   readAscii(fd: number, offset: number, length: number): string | null;
+  /** The addon's CRC-32C (binding.ts's contract): start-up checks its pack with it. */
+  crc32c(data: Uint8Array, seed?: number, raw?: boolean): number;
 }
 
 /**
@@ -42,7 +44,9 @@ export function fileMapFunctions(root: string): FileMapFunctions | null {
     const file = addonFile(root);
     if (file === undefined) return null;
     const a = require(file) as Partial<FileMapFunctions>;
-    return typeof a.mapAscii === 'function' && typeof a.mapBytes === 'function' && typeof a.readAscii === 'function' ? (a as FileMapFunctions) : null;
+    return typeof a.mapAscii === 'function' && typeof a.mapBytes === 'function' && typeof a.readAscii === 'function' && typeof a.crc32c === 'function'
+      ? (a as FileMapFunctions)
+      : null;
   } catch {
     return null;
   }

@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Script } from 'node:vm';
 import { CLI } from './run-cli';
+import { native } from '../../src/native/binding';
 
 const DIST = join(__dirname, '..', '..', 'dist');
 // A cache of this file's own (DMTHIN_CODE_CACHE_DIR): other test files run the CLI meanwhile.
@@ -18,6 +19,7 @@ const CACHE_DIR = mkdtempSync(join(tmpdir(), 'dmthin-code-cache-test-'));
 const cacheFile = (group: string) => join(CACHE_DIR, `v8-${process.version}-${process.arch}-${group}.bin`);
 afterAll(() => rmSync(CACHE_DIR, { recursive: true, force: true }));
 const POOL = join(__dirname, '..', '..', 'examples', 'pool.bin');
+const pick = (r: { status: number | null; stdout: string; stderr: string }) => ({ status: r.status, stdout: r.stdout, stderr: r.stderr });
 
 function run(args: string[], env: NodeJS.ProcessEnv = {}, pre: string[] = []) {
   const r = spawnSync(process.execPath, [...pre, CLI, ...args], {
@@ -36,6 +38,7 @@ interface PackHeader {
   e: { f: string; s: number; m: number; o: number; n: number }[];
   c: string;
   n: number;
+  k: number;
 }
 /** A pack's header and the sizes of its parts, or throws when it is not a well-formed pack. */
 function packOf(group: string): { header: PackHeader; headerBytes: number; source: Buffer; cacheBytes: number } {
@@ -49,8 +52,14 @@ function packOf(group: string): { header: PackHeader; headerBytes: number; sourc
   expect(source.every((x) => x < 0x80)).toBe(true);
   return { header, headerBytes: 4 + len, source, cacheBytes: b.length - 4 - len - header.n };
 }
+/** CRC-32C of the parts in order, as start-up checks a pack (k) and a cache file's entries. */
+function crcOf(...parts: Buffer[]): number {
+  let c = 0xffffffff;
+  for (const p of parts) c = native().crc32c(p, c, true);
+  return ~c >>> 0;
+}
 function writePack(group: string, header: PackHeader, source: Buffer, cache: Buffer): void {
-  const json = Buffer.from(JSON.stringify(header));
+  const json = Buffer.from(JSON.stringify({ ...header, k: crcOf(source, cache) }));
   const head = Buffer.alloc(4);
   head.writeUInt32LE(json.length);
   writeFileSync(packFile(group), Buffer.concat([head, json, source, cache]));
@@ -89,7 +98,7 @@ describe('code cache', () => {
         }
         if (state === 'bad bytes') {
           // A well-formed index whose entries match the modules but whose bytes are not V8's.
-          const entries = index(g).map((e) => ({ ...e, o: 0, n: 64 }));
+          const entries = index(g).map((e) => ({ ...e, o: 0, n: 64, k: crcOf(Buffer.alloc(64, 0xa5)) }));
           const json = Buffer.from(JSON.stringify(entries));
           const head = Buffer.alloc(4);
           head.writeUInt32LE(json.length);
@@ -121,6 +130,43 @@ describe('code cache', () => {
       if (state === 'none') expect(packOf('ls').cacheBytes).toBe(0);
       if (state === 'fresh (pack without its code cache)') expect(packOf('ls').cacheBytes).toBeGreaterThan(0);
     }
+  });
+
+  it("a pack or cache file changed in place at its own length (a byte of its source or of V8's code cache) is not used: the output is right at once, and the file is made again (V8 checks neither; before, ls --json failed at every run, or ran wrong code)", () => {
+    const cmds = [['ls', '--json', POOL], ['ls', POOL]];
+    const want = cmds.map((c) => run(c, { DMTHIN_CODE_CACHE: '0' }));
+    const settle = () => {
+      for (let i = 0; i < 3; i++) for (const c of cmds) run(c);
+    };
+    rmSync(packFile('ls'), { force: true });
+    settle();
+    const good = readFileSync(packFile('ls'));
+    const p = packOf('ls');
+    expect(p.cacheBytes).toBeGreaterThan(0);
+    const src = p.source.toString('latin1');
+    // In code ls --json runs and ls does not (compiled from the source when first called), and across the code cache.
+    const inCode = src.indexOf('const ', src.indexOf('function writeLsJson')) + 1;
+    expect(inCode).toBeGreaterThan(0);
+    const offsets = [inCode, ...[0.05, 0.2, 0.4, 0.6, 0.8, 0.95].map((f) => p.source.length + Math.floor(f * p.cacheBytes))];
+    for (const off of offsets) {
+      const b = Buffer.from(good);
+      b[p.headerBytes + off] ^= 0x5a;
+      writeFileSync(packFile('ls'), b);
+      cmds.forEach((c, i) => expect({ off, c, ...pick(run(c)) }).toEqual({ off, c, ...pick(want[i]) }));
+      settle();
+      // Made again: its bytes are what its header says.
+      const again = readFileSync(packFile('ls'));
+      const q = packOf('ls');
+      expect(crcOf(again.subarray(q.headerBytes))).toBe(q.header.k);
+    }
+    // The cache file (modules compiled on their own, here with no pack): an entry's bytes changed.
+    rmSync(packFile('ls'));
+    const bin = readFileSync(cacheFile('ls'));
+    const len = bin.readUInt32LE(0);
+    const e = index('ls').find((x) => x.f.endsWith(join('thin', 'ls.js')))!;
+    bin[4 + len + e.o + Math.floor(e.n / 2)] ^= 0x5a;
+    writeFileSync(cacheFile('ls'), bin);
+    cmds.forEach((c, i) => expect(pick(run(c))).toEqual(pick(want[i])));
   });
 
   /** A copy of the package (dist/ and a cache of its own), so that a file can be changed; `ls --help` runs it. */
@@ -517,14 +563,19 @@ describe('the module pack read at start-up', () => {
     const file = hookPack();
     const p = parts(file);
     // A byte of 0xe9 in the first comment of the source: Latin-1 'é', in UTF-8 not a character at all.
-    const b = Buffer.from(p.b);
-    const at = p.headerBytes + p.source.indexOf('//') + 2;
-    expect(at).toBeGreaterThan(p.headerBytes + 1);
-    b[at] = 0xe9;
-    writeFileSync(file, b);
+    // Written as such a pack would be, its check (k) over its bytes as they are.
+    const source = Buffer.from(p.source);
+    const at = source.indexOf('//') + 2;
+    expect(at).toBeGreaterThan(1);
+    source[at] = 0xe9;
+    const json = Buffer.from(JSON.stringify({ ...p.header, k: crcOf(source, p.cache) }));
+    const head = Buffer.alloc(4);
+    head.writeUInt32LE(json.length);
+    writeFileSync(file, Buffer.concat([head, json, source, p.cache]));
     const got = counted(['ls', POOL]);
     expect({ status: got.status, stdout: got.stdout }).toEqual({ status: want.status, stdout: want.stdout });
-    expect(got.packBytes).toBe(b.length);
+    // Its header, then its source read (the code cache stays mapped).
+    expect(got.packBytes).toBe(4 + json.length + source.length);
   });
 });
 
@@ -839,7 +890,8 @@ describe('the files Node compiles from source on every run', () => {
   // character only when all of it is Latin-1, and Node decodes a file as
   // UTF-8: one non-ASCII character in a comment made startup.js's 41 KB a
   // two-byte string of 82 KB (young garbage every run) and its scan slower.
-  it.each(['cli/main.js', 'cli/startup.js', 'cli/commands.js', 'native/addon-file.js'])('%s is ASCII', (file) => {
+  // native/crc32c-portable.js too: without the addon, start-up checks the pack with it.
+  it.each(['cli/main.js', 'cli/startup.js', 'cli/commands.js', 'native/addon-file.js', 'native/crc32c-portable.js'])('%s is ASCII', (file) => {
     const bytes = readFileSync(join(DIST, file));
     const at = bytes.findIndex((b) => b >= 0x80);
     expect({ file, firstNonAscii: at }).toEqual({ file, firstNonAscii: -1 });
