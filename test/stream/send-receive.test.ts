@@ -336,7 +336,7 @@ test('scattered extents are read a few pieces a call: batches of up to 2 MiB, on
     }
   }
   const plan = (extents: { begin: number; length: number; source: number }[]): SendPlan => ({
-    header: { dataBlockSize: bs / 512, deviceSize: 1000 * bs, target: { pool: 'p', devId: 1, creationTime: 0, transactionId: 1n } },
+    header: { dataBlockSize: bs / 512, deviceSize: 1000 * bs, target: { pool: 'p', devId: 1, creationTime: 0, transactionId: 1n }, base: null },
     extents: (async function* () {
       for (const e of extents) yield { kind: 'data' as const, ...e };
     })(),
