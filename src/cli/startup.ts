@@ -252,6 +252,7 @@ export function installCodeCache(group = 'main'): void {
   // Not under an inspector (breakpoints and stack traces name the files), --inspect given on the command line or in NODE_OPTIONS.
   if (!MODULE_OK || process.env.DMTHIN_CODE_CACHE === '0' || process.execArgv.some((a) => a.startsWith('--inspect')) || /(^|\s)--inspect/.test(process.env.NODE_OPTIONS ?? '')) return;
   const FILE = `${FILE_PREFIX}-${group}.bin`;
+  crcFunction(); // before the hook below compiles anything
   const proto = Module.prototype;
   const original = proto._compile;
   // The file: u32 length of a JSON index, the index, then the cached bytes.
@@ -620,7 +621,9 @@ class ModulePack {
     try {
       const b = readOwnFile(this.file);
       if (!b.subarray(0, this.header.length).equals(this.header)) return undefined;
-      const n = (JSON.parse(b.toString('utf8', 4, this.header.length)) as { n: number }).n;
+      const { n, k } = JSON.parse(b.toString('utf8', 4, this.header.length)) as { n: number; k: number };
+      // Still the bytes checked at start (a file changed in place since is not signed anew).
+      if (crc32cOf([b.subarray(this.header.length)]) !== k) return undefined;
       return b.subarray(this.header.length, this.header.length + n);
     } catch {
       return undefined;
@@ -717,7 +720,12 @@ function save(FILE: string, index: Map<string, Entry>, data: Buffer, compiled: {
     done.add(e.f);
     add(e, script ? script.createCachedData() : data.subarray(e.o, e.o + e.n));
   }
-  for (const e of index.values()) if (!done.has(e.f) && e.o + e.n <= data.length) add(e, data.subarray(e.o, e.o + e.n));
+  // Entries this run did not use are copied only if their bytes still match their CRC (signed anew, a damaged one would pass from then on).
+  for (const e of index.values()) {
+    if (done.has(e.f) || e.o + e.n > data.length) continue;
+    const bytes = data.subarray(e.o, e.o + e.n);
+    if (e.k === crc32cOf([bytes])) add(e, bytes);
+  }
   const json = Buffer.from(JSON.stringify(entries));
   const head = Buffer.alloc(4);
   head.writeUInt32LE(json.length, 0);
@@ -793,9 +801,20 @@ function mapOrNull<T>(f: () => T | null): T | null {
 let fileMapsFound: FileMapFunctions | null | undefined;
 const fileMaps = (): FileMapFunctions | null => (fileMapsFound === undefined ? (fileMapsFound = fileMapFunctions(join(__dirname, '..', '..'))) : fileMapsFound);
 
-/** CRC-32C of the parts in order: the addon's, else the JavaScript one (loaded only then). */
+/**
+ * The addon's CRC-32C, else the JavaScript one (loaded only then): found
+ * before the compile hook is installed, which checks a cached module with
+ * it (looked up from inside the hook, the JavaScript one's own compile asked
+ * for it again and got its module half made: "f is not a function").
+ */
+let crcFound: FileMapFunctions['crc32c'] | undefined;
+function crcFunction(): FileMapFunctions['crc32c'] {
+  return (crcFound ??= fileMaps()?.crc32c ?? (require('../native/crc32c-portable') as typeof import('../native/crc32c-portable')).crc32cPortable);
+}
+
+/** CRC-32C of the parts in order (crcFunction's). */
 function crc32cOf(parts: Uint8Array[]): number {
-  const f = fileMaps()?.crc32c ?? (require('../native/crc32c-portable') as typeof import('../native/crc32c-portable')).crc32cPortable;
+  const f = crcFunction();
   let c = 0xffffffff;
   for (const p of parts) c = f(p, c, true);
   return ~c >>> 0;

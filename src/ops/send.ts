@@ -67,7 +67,7 @@ interface CommonSendOptions {
   signal?: AbortSignal;
   /** Called as the work advances. */
   onProgress?: (p: SendProgressEvent) => void;
-  /** Data bytes per read batch (default 16 MiB). */
+  /** Data bytes per read batch, at least one record (default 8 MiB into a file or stdout, 16 MiB into a Writable; a batch of scattered extents then closes at 2 MiB). */
   batchBytes?: number;
   /** Stream format version (default FORMAT_VERSION, 4; an older one for a receiver that reads only that, docs/stream-format.md). */
   formatVersion?: number;

@@ -207,6 +207,38 @@ describe('code cache', () => {
     }
   });
 
+  it("a damaged entry of the cache file is not signed anew by a run that did not use it (a review: a run of 'dump --help' gave it a fresh CRC, and every later dump without its pack crashed, SIGSEGV)", () => {
+    const { root } = packageCopy();
+    const cacheDir = join(root, 'cache');
+    const dump = (args: string[], env: NodeJS.ProcessEnv = {}) =>
+      pick(spawnSync(process.execPath, [join(root, 'dist', 'cli', 'main.js'), 'dump', ...args], { encoding: 'utf8', env: { ...process.env, NODE_OPTIONS: '', DMTHIN_CODE_CACHE_DIR: cacheDir, ...env }, timeout: 60_000 }));
+    try {
+      const want = dump([POOL], { DMTHIN_CODE_CACHE: '0' });
+      for (let i = 0; i < 3; i++) expect(dump([POOL])).toEqual(want);
+      const binFile = join(cacheDir, `v8-${process.version}-${process.arch}-dump.bin`);
+      const bin = readFileSync(binFile);
+      const len = bin.readUInt32LE(0);
+      const entries = JSON.parse(bin.toString('utf8', 4, 4 + len)) as { f: string; o: number; n: number }[];
+      const md = join(root, 'dist', 'thin', 'metadata.js');
+      const e = entries.find((x) => x.f === md)!;
+      expect(e).toBeDefined();
+      bin[4 + len + e.o + Math.floor(e.n * 0.7)] ^= 0x5a;
+      writeFileSync(binFile, bin);
+      // A run of the group that loads dump.js from its file (its change time is new) and not metadata.js: it saves the cache file.
+      const dumpJs = join(root, 'dist', 'cli', 'dump.js');
+      utimesSync(dumpJs, statSync(dumpJs).atime, statSync(dumpJs).mtime);
+      expect(dump(['--help']).status).toBe(0);
+      const after = readFileSync(binFile);
+      const kept = (JSON.parse(after.toString('utf8', 4, 4 + after.readUInt32LE(0))) as { f: string }[]).map((x) => x.f);
+      expect(kept).not.toContain(md);
+      // Without the pack, the modules come from the cache file.
+      rmSync(join(cacheDir, `v8-${process.version}-${process.arch}-dump.pack`));
+      expect(dump([POOL])).toEqual(want);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+
   it('commander is resolved anew every run: a nearer copy that appeared after packing is the one loaded (a review: the pack kept the old one)', () => {
     const { root, cli } = packageCopy();
     try {
@@ -543,14 +575,19 @@ describe('the module pack read at start-up', () => {
       let stderr = '';
       child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
       const done = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on('close', (code, signal) => resolve({ code, signal })));
-      // Started and compiled (~0.15 s) well before this; it now waits for its input.
-      await new Promise((r) => setTimeout(r, 2000));
+      // Its pack compiled (~0.15 s after start, the addon loaded just before), it waits for its input.
+      const maps = `/proc/${child.pid}/maps`;
+      for (let i = 0; i < 100 && !(existsSync(maps) && readFileSync(maps, 'utf8').includes('dmthin.node')); i++) await new Promise((r) => setTimeout(r, 50));
+      await new Promise((r) => setTimeout(r, 1000));
       truncateSync(file, 0);
-      writeFileSync(file, Buffer.alloc(size, 0x20), { flag: 'r+' }); // the same file: its pages are spaces now
+      const spaces = Buffer.alloc(size, 0x20);
+      writeFileSync(file, spaces, { flag: 'r+' }); // the same file: its pages are spaces now
       child.stdin.on('error', () => undefined); // EPIPE if it died: its status says how
       child.stdin.end(readFileSync(stream));
       expect({ ...(await done), stderr }).toEqual({ code: 0, signal: null, stderr: '' });
       expect(readFileSync(target).equals(readFileSync(want))).toBe(true);
+      // It ran from the pack it had read whole: one it found damaged (started late) it would have made again at exit.
+      expect(readFileSync(file).equals(spaces)).toBe(true);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -322,7 +322,7 @@ test('a stream of many small discards: written in few pieces, its discards punch
   expect(readFileSync(target).equals(want)).toBe(true);
 });
 
-test('scattered extents are read a few pieces a call: batches of up to 2 MiB, one piece may fill 8 MiB; the stream the same', async () => {
+test('scattered extents are read a few pieces a call: batches of up to 2 MiB (batchBytes when given), one piece may fill 8 MiB; the stream the same', async () => {
   const bs = 65536;
   // readRanges (the native source's, with reused buffers) over the pattern, counting its calls.
   class RangePatternSource extends PatternSource {
@@ -366,4 +366,18 @@ test('scattered extents are read a few pieces a call: batches of up to 2 MiB, on
     expect(src.calls).toEqual(c.calls);
     expect(got.equals(await streamOf(plan(c.extents), new PatternSource(bs), false))).toBe(true);
   }
+  // batchBytes, when given, is where a batch of scattered pieces closes: the 64 in one call.
+  const src = new RangePatternSource(bs);
+  const chunks: Buffer[] = [];
+  await writeRecords(
+    encodeRecords(plan(cases[0].extents), src, { reuseBuffers: true, batchBytes: 8 << 20 }),
+    new Writable({
+      write(c: Buffer, _e, cb) {
+        chunks.push(Buffer.from(c));
+        cb();
+      },
+    }),
+  );
+  expect(src.calls).toEqual([64]);
+  expect(Buffer.concat(chunks).equals(await streamOf(plan(cases[0].extents), new PatternSource(bs), false))).toBe(true);
 });

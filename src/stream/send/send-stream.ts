@@ -36,7 +36,7 @@ export interface EncodeOptions {
   signal?: AbortSignal;
   /** Called as the work advances. */
   onProgress?: (p: SendProgress) => void;
-  /** Data bytes read from the source per batch (default 16 MiB, at least one record). */
+  /** Data bytes read from the source per batch, at least one record (default 16 MiB, 8 MiB with reused buffers; a batch of scattered pieces then closes at 2 MiB). */
   batchBytes?: number;
   /** Summary once the end record has been produced. */
   onEnd?: (s: SendSummary) => void;
@@ -129,8 +129,8 @@ export async function* encodeRecords(plan: SendPlan, source: DataSource, opts: E
   const pieceMax = bs <= MAX_DATA_BYTES ? Math.floor(MAX_DATA_BYTES / bs) * bs : MAX_DATA_BYTES;
   const reuse = opts.reuseBuffers === true && source.readRanges !== undefined && source.allocBuffer !== undefined;
   const batchMax = Math.max(opts.batchBytes ?? (reuse ? REUSED_BATCH_BYTES : 16 << 20), pieceMax);
-  // Where a batch of several pieces closes; one piece alone may fill batchMax.
-  const batchCap = Math.min(batchMax, SCATTERED_BATCH_BYTES);
+  // Where a batch of several pieces closes (batchBytes, when given); one piece alone may fill batchMax.
+  const batchCap = opts.batchBytes !== undefined ? batchMax : Math.min(batchMax, SCATTERED_BATCH_BYTES);
   // Reused buffers, and the stream position after the batch each last held: hashed in place up to there before reuse.
   const slots: Buffer[] = [];
   const slotEnds: number[] = [];
