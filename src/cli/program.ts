@@ -13,6 +13,7 @@ import { CliContext, printErr, errorLine, EXIT_EPIPE, EXIT_FAILURE, finishStdout
 import { OUTPUT_INCOMPLETE } from '../output/sink';
 import { fdIsTTY } from './progress';
 import { COMMANDS } from './commands';
+import { noteActionRan } from './startup';
 
 const VERSION = require('../../package.json').version as string;
 
@@ -53,6 +54,7 @@ export async function main(argv: string[]): Promise<number> {
     })
     .showHelpAfterError(false);
   program.hook('preAction', (_p, action) => {
+    noteActionRan();
     const parent = action.parent && action.parent !== program ? `${action.parent.name()} ` : '';
     name = running = `dmthin ${parent}${action.name()}`;
     ctx = new CliContext(name);

@@ -207,6 +207,38 @@ describe('code cache', () => {
     }
   });
 
+  it("a pack's code cache made by a run whose action never ran (--help) is made again by the first run of the command itself, then left alone (the bench's first run of a group was its --help: every later send compiled its own functions from the source)", () => {
+    const { root } = packageCopy();
+    const cacheDir = join(root, 'cache');
+    const ls = (args: string[]) => pick(spawnSync(process.execPath, [join(root, 'dist', 'cli', 'main.js'), 'ls', ...args], { encoding: 'utf8', env: { ...process.env, NODE_OPTIONS: '', DMTHIN_CODE_CACHE_DIR: cacheDir }, timeout: 60_000 }));
+    const file = join(cacheDir, `v8-${process.version}-${process.arch}-ls.pack`);
+    const header = () => {
+      const b = readFileSync(file);
+      return { ...(JSON.parse(b.toString('utf8', 4, 4 + b.readUInt32LE(0))) as PackHeader & { a?: boolean }), size: b.length, mtime: statSync(file).mtimeMs };
+    };
+    try {
+      const want = ls([POOL]);
+      // The bench's order: the command (its pack made, no code cache yet), then its --help (the code cache added).
+      rmSync(file);
+      expect(ls([POOL])).toEqual(want);
+      expect(ls(['--help']).status).toBe(0);
+      const help = header();
+      expect(help.a).toBe(false);
+      expect(ls([POOL])).toEqual(want);
+      const first = header();
+      expect(first.a).toBe(true);
+      expect(first.size).toBeGreaterThan(help.size); // more compiled code in its cache
+      expect(first.n).toBe(help.n); // the same source
+      for (let i = 0; i < 2; i++) {
+        expect(ls([POOL])).toEqual(want);
+        expect(ls(['--help']).status).toBe(0);
+      }
+      expect(header().mtime).toBe(first.mtime);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+
   it("a damaged entry of the cache file is not signed anew by a run that did not use it (a review: a run of 'dump --help' gave it a fresh CRC, and every later dump without its pack crashed, SIGSEGV)", () => {
     const { root } = packageCopy();
     const cacheDir = join(root, 'cache');
