@@ -21,6 +21,12 @@ constexpr size_t kMaxRing = 256 << 20;
 // enough that a waiting producer gets room back often, large enough that the
 // lock costs nothing.
 constexpr size_t kSlice = 256 << 10;
+// A stream's first bytes, up to this many, are hashed on the calling thread
+// as they come; the ring and the lanes' threads are made only for a stream
+// that goes beyond them. A short stream (a tiny send: one header and 768 KiB
+// of data) otherwise paid for starting, waking and joining two threads more
+// than the ~0.3 ms its hashing takes.
+constexpr uint64_t kInlineBytes = 1 << 20;
 // The outer hash starts with this text and its NUL (docs/stream-format.md §6):
 // version 2's with SHA-256, that of versions 3 and 4 with BLAKE3.
 constexpr char kOuterPrefixSha256[] = "dmthin stream digest 2";
@@ -175,22 +181,62 @@ DigestPipe::DigestPipe(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Digest
     bool b3 = algo_ == RunningHash::Algo::kBlake3;
     ok = outer_.Init(algo_) && outer_.Update(b3 ? kOuterPrefixBlake3 : kOuterPrefixSha256, sizeof kOuterPrefixSha256) && outer_.Update(sz, 4);
   }
-  if (ok) ring_ = static_cast<uint8_t*>(std::malloc(cap));
-  if (!ok || !ring_) {
+  if (!ok) {
     lanes_.clear();
-    throw Napi::Error::New(env, ok ? "out of memory for the digest's ring" : "SHA-256 is not available from Node's OpenSSL");
+    throw Napi::Error::New(env, "SHA-256 is not available from Node's OpenSSL");
   }
-  cap_ = cap;
-  // V8 does not see this memory otherwise.
-  Napi::MemoryManagement::AdjustExternalMemory(env, static_cast<int64_t>(cap_));
-  for (Lane& ln : lanes_) {
-    Lane* lp = &ln;
-    ln.thread = std::thread([this, lp] { Run(lp); });
-  }
+  cap_ = cap;  // the ring itself, and the threads, come with Start()
   env_ = env;
   if (napi_add_env_cleanup_hook(env, EnvCleanup, this) == napi_ok) hooked_ = true;
   std::lock_guard<std::mutex> l(LiveMu());
   Live().insert(this);
+}
+
+// The ring and the lanes' threads, once a stream goes beyond kInlineBytes.
+// JS thread, before anything is queued.
+void DigestPipe::Start(Napi::Env env) {
+  ring_ = static_cast<uint8_t*>(std::malloc(cap_));
+  if (!ring_) throw Napi::Error::New(env, "out of memory for the digest's ring");
+  // V8 does not see this memory otherwise.
+  Napi::MemoryManagement::AdjustExternalMemory(env, static_cast<int64_t>(cap_));
+  started_ = true;
+  for (Lane& ln : lanes_) {
+    Lane* lp = &ln;
+    ln.thread = std::thread([this, lp] { Run(lp); });
+  }
+}
+
+// Before Start(): `n` bytes hashed here, as the lanes would hash them (the
+// same segments, each on the lane state of its turn, folded in order), so
+// the lanes started later go on from where this left off.
+void DigestPipe::HashInline(const uint8_t* p, size_t n) {
+  std::lock_guard<std::mutex> l(mu_);
+  size_t lanes = lanes_.size();
+  while (n > 0) {
+    uint64_t seg = seg_bytes_ ? fed_ / seg_bytes_ : 0;
+    size_t take = n;
+    if (seg_bytes_) take = static_cast<size_t>(std::min<uint64_t>(take, (seg + 1) * seg_bytes_ - fed_));
+    fed_ += take;
+    n -= take;
+    Lane& lane = lanes_[seg % lanes];
+    bool ok = true;
+    if (seg_bytes_ && lane.seg != static_cast<int64_t>(seg)) {
+      ok = lane.h.Init(algo_);
+      lane.seg = static_cast<int64_t>(seg);
+    }
+    ok = ok && lane.h.Update(p, take);
+    if (ok && seg_bytes_ != 0 && fed_ % seg_bytes_ == 0) {
+      std::array<uint8_t, 32> md;
+      ok = lane.h.Final(md.data());
+      lane.seg = -1;
+      if (ok) {
+        seg_done_[seg] = md;
+        FoldLocked();
+      }
+    }
+    if (!ok) failed_ = true;
+    p += take;
+  }
 }
 
 DigestPipe::~DigestPipe() {
@@ -358,6 +404,13 @@ Napi::Value DigestPipe::Update(const Napi::CallbackInfo& info) {
   size_t len;
   const uint8_t* src = BytesOf(info, "update(data: Uint8Array)", &len);
   if (finished_) throw Napi::Error::New(env, "the hash is finished (digest taken or aborted)");
+  if (!started_) {
+    if (fed_ + len <= kInlineBytes) {
+      HashInline(src, len);
+      return env.Undefined();
+    }
+    Start(env);
+  }
   ReleaseHashed();
   std::unique_lock<std::mutex> l(mu_);
   while (len > 0) {
@@ -385,6 +438,14 @@ Napi::Value DigestPipe::UpdateHeld(const Napi::CallbackInfo& info) {
   size_t len;
   const uint8_t* src = BytesOf(info, "updateHeld(data: Uint8Array)", &len);
   if (finished_) throw Napi::Error::New(env, "the hash is finished (digest taken or aborted)");
+  if (!started_) {
+    // Hashed now: the caller may change the buffer again at once.
+    if (fed_ + len <= kInlineBytes) {
+      HashInline(src, len);
+      return env.Undefined();
+    }
+    Start(env);
+  }
   ReleaseHashed();
   if (len == 0) return env.Undefined();
   // The reference keeps the buffer's memory alive until the thread has hashed it.
@@ -455,9 +516,11 @@ Napi::Value DigestPipe::Digest(const Napi::CallbackInfo& info) {
   ReleaseHashed();
   uint8_t md[32];
   if (!FinishLanes(md)) throw Napi::Error::New(env, algo_ == RunningHash::Algo::kBlake3 ? "the BLAKE3 digest failed" : "SHA-256 failed in Node's OpenSSL");
-  std::free(ring_);
-  ring_ = nullptr;
-  Napi::MemoryManagement::AdjustExternalMemory(env, -static_cast<int64_t>(cap_));
+  if (ring_) {
+    std::free(ring_);
+    ring_ = nullptr;
+    Napi::MemoryManagement::AdjustExternalMemory(env, -static_cast<int64_t>(cap_));
+  }
   return Napi::Buffer<uint8_t>::Copy(env, md, 32);
 }
 

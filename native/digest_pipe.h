@@ -3,7 +3,8 @@
 // the buffer instead (no copy: the caller must not change it until hashed).
 // A stream's digest covers every byte of it (about 0.7 s of CPU per GiB
 // here), so taking it off the JS thread lets reading, CRC-32C and writing run
-// beside it.
+// beside it. A stream's first 1 MiB is hashed on the calling thread as it
+// comes: the ring and the threads are made only for a longer one.
 //
 // The digests of docs/stream-format.md §6: with segmentBytes 0, one SHA-256
 // of all bytes, on one thread (format version 1: sequential by nature); with
@@ -100,6 +101,8 @@ class DigestPipe : public Napi::ObjectWrap<DigestPipe> {
 
   void Run(Lane* lane);
   void Stop(bool abandon);
+  void Start(Napi::Env env);                            // the ring and the threads
+  void HashInline(const uint8_t* p, size_t n);          // before Start()
   void Enqueue(const uint8_t* p, size_t n, bool held);  // mu_ held
   void FoldLocked();                                      // mu_ held
   bool FinishLanes(uint8_t out[32]);                      // threads joined
@@ -129,6 +132,7 @@ class DigestPipe : public Napi::ObjectWrap<DigestPipe> {
   bool abandon_ = false;
   bool failed_ = false;
   bool finished_ = false;
+  bool started_ = false;  // Start() ran: the ring and the lanes' threads exist
   bool hooked_ = false;  // EnvCleanup registered for this pipe
   napi_env env_ = nullptr;
 };

@@ -11,7 +11,7 @@
 
 namespace dmthin {
 
-// mapAscii(fd, offset, length) -> string | null
+// mapAscii(fd, offset, length, checked?) -> string | null
 // mapBytes(fd, offset, length) -> Uint8Array | null
 //
 // Bytes [offset, offset + length) of the regular file open at fd, mapped
@@ -29,9 +29,13 @@ namespace dmthin {
 // failed; for mapAscii also a byte of 0x80 or more (Latin-1 is not UTF-8
 // there) or a Node without external strings (node_api_create_external_
 // string_latin1, looked up at run time: experimental in Node 20, so not in
-// the headers this addon builds against).
+// the headers this addon builds against). checked: the caller has found
+// these bytes to be ASCII already (start-up does, on the mapping it checks
+// the pack's CRC-32C on), so they are not scanned again: the scan was the
+// first touch of each page of the string's memory, ~0.5 ms of a tiny send
+// for its 440 KB pack source (V8 reads only the parts it compiles).
 //
-// readAscii(fd, offset, length) -> string | null
+// readAscii(fd, offset, length, checked?) -> string | null
 //
 // The same bytes read (pread) into private memory of their own, the same
 // external string: what a long run uses (see below), where a mapping of the
@@ -121,10 +125,11 @@ bool IsAscii(const uint8_t* data, size_t length) {
 
 // An external one-byte string of m's ASCII bytes `data`, which it owns from
 // here on (unmapped when V8 collects the string, or now on failure); null
-// where a byte is not ASCII or Node has no external strings.
-Napi::Value AsciiString(Napi::Env env, Mapping* m, const uint8_t* data, size_t length) {
+// where a byte is not ASCII (not looked for if the caller `checked`) or Node
+// has no external strings.
+Napi::Value AsciiString(Napi::Env env, Mapping* m, const uint8_t* data, size_t length, bool checked) {
   CreateExternalLatin1 create = ExternalLatin1();
-  if (create == nullptr || !IsAscii(data, length)) {
+  if (create == nullptr || (!checked && !IsAscii(data, length))) {
     Unmap(m);
     return env.Null();
   }
@@ -141,12 +146,15 @@ Napi::Value AsciiString(Napi::Env env, Mapping* m, const uint8_t* data, size_t l
   return Napi::Value(env, out);
 }
 
+// The optional 4th argument of mapAscii and readAscii: true when the caller has found the bytes to be ASCII.
+bool Checked(const Napi::CallbackInfo& info) { return info.Length() > 3 && info[3].IsBoolean() && info[3].As<Napi::Boolean>().Value(); }
+
 Napi::Value MapAscii(const Napi::CallbackInfo& info) {
   const uint8_t* data = nullptr;
   size_t length = 0;
   Mapping* m = MapArgs(info, "mapAscii(fd: number, offset: number, length: number)", &data, &length);
   if (m == nullptr) return info.Env().Null();
-  return AsciiString(info.Env(), m, data, length);
+  return AsciiString(info.Env(), m, data, length, Checked(info));
 }
 
 Napi::Value ReadAscii(const Napi::CallbackInfo& info) {
@@ -170,7 +178,7 @@ Napi::Value ReadAscii(const Napi::CallbackInfo& info) {
     }
     got += static_cast<size_t>(n);
   }
-  return AsciiString(env, m, data, length);
+  return AsciiString(env, m, data, length, Checked(info));
 }
 
 Napi::Value MapBytes(const Napi::CallbackInfo& info) {

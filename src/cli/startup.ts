@@ -27,6 +27,7 @@
  * DMTHIN_CODE_CACHE=0 turns it off; DMTHIN_CODE_CACHE_DIR=DIR keeps it in DIR.
  */
 import { accessSync, closeSync, constants, fstatSync, fsyncSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
+import { isAscii } from 'node:buffer';
 import { basename, dirname, join, resolve as resolvePath } from 'node:path';
 import { Script } from 'node:vm';
 import { fileMapFunctions, type FileMapFunctions } from '../native/addon-file';
@@ -466,7 +467,11 @@ class ModulePack {
       const mappedBytes = map ? mapOrNull(() => map.mapBytes(fd, at, size - at)) : null;
       const bytes = mappedBytes ?? readAt(fd, at, size - at);
       if (bytes.length !== size - at || crc32cOf([bytes]) !== h.k) throw new Error('damaged');
-      const source = map ? mapOrNull(() => (mapped ? map.mapAscii(fd, at, h.n) : map.readAscii(fd, at, h.n))) : null;
+      // A save writes the source as ASCII; it is found to be so here, on the
+      // bytes just checked (their pages in memory already), so the string's
+      // own memory is not scanned (touched) again.
+      const ascii = isAscii(bytes.subarray(0, h.n));
+      const source = map && ascii ? mapOrNull(() => (mapped ? map.mapAscii(fd, at, h.n, true) : map.readAscii(fd, at, h.n, true))) : null;
       // Without a string of its own, the source as read (never a long run's mapping).
       this.source = source ?? (mappedBytes ? readAt(fd, at, h.n) : Buffer.from(bytes.buffer, bytes.byteOffset, h.n));
       this.cache = rest > 0 ? bytes.subarray(h.n) : undefined;

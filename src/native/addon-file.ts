@@ -23,12 +23,15 @@ export function addonFile(root: string): string | undefined {
 
 /** native/file_map.cc: bytes of an open regular file, mapped (MAP_PRIVATE) or read, unmapped when collected. */
 export interface FileMapFunctions {
-  /** [offset, offset + length) as a string without a copy; null when that cannot be (any byte >= 0x80, past the end, length 0, no external strings in this Node). */
-  mapAscii(fd: number, offset: number, length: number): string | null;
+  /**
+   * [offset, offset + length) as a string without a copy; null when that cannot be (any byte >= 0x80, past the end, length 0, no external strings in this Node).
+   * `checked`: the caller has found the bytes to be ASCII already: they are not scanned (nor touched) again.
+   */
+  mapAscii(fd: number, offset: number, length: number, checked?: boolean): string | null;
   /** [offset, offset + length) as bytes without a copy; null when that cannot be (past the end, length 0). */
   mapBytes(fd: number, offset: number, length: number): Uint8Array | null;
   /** mapAscii's string, read into private memory (nothing to fault if the file is changed later); null when that cannot be (also a failed read). */
-  readAscii(fd: number, offset: number, length: number): string | null;
+  readAscii(fd: number, offset: number, length: number, checked?: boolean): string | null;
   /** The addon's CRC-32C (binding.ts's contract): start-up checks its pack with it. */
   crc32c(data: Uint8Array, seed?: number, raw?: boolean): number;
 }

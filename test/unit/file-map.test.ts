@@ -81,6 +81,10 @@ describe('mapAscii, readAscii and mapBytes', () => {
         if (at > 0) expect(mapAscii(fd, 0, at)).toBe(b.toString('latin1', 0, at));
         if (at > 0) expect(readAscii(fd, 0, at)).toBe(b.toString('latin1', 0, at));
         expect(Buffer.from(mapBytes(fd, 0, b.length)!).equals(b)).toBe(true);
+        // checked (the caller found them ASCII, as start-up does on the bytes it checks): not scanned again, any byte its Latin-1 character.
+        expect(mapAscii(fd, 0, b.length, true)).toBe(b.toString('latin1'));
+        expect(readAscii(fd, 0, b.length, true)).toBe(b.toString('latin1'));
+        expect(mapAscii(fd, 0, b.length, false)).toBeNull();
       });
     }
   });

@@ -11,7 +11,7 @@
  */
 import { blake3 } from '@noble/hashes/blake3';
 import { createHash, randomBytes } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { cryptoStreamHash, newStreamHash, type DigestAlgorithm, type StreamHash } from '../../src/native/stream-hash';
 import { native, sha256Of } from '../../src/native/binding';
@@ -181,6 +181,28 @@ test('an empty stream hash is the SHA-256 of nothing; a copied buffer may change
   b.fill(0); // copied into the ring: the digest is of what was given
   await h.ready(Infinity);
   expect(h.digest().toString('hex')).toBe(want);
+});
+
+test.each(['sha256', 'blake3'] as const)("a stream's first 1 MiB is hashed as it comes, without threads (%s): a held buffer may change at once; beyond it the lanes go on from there", async (algo) => {
+  const threads = () => readdirSync('/proc/self/task').length;
+  const before = threads();
+  const h = newStreamHash(undefined, 1 << 20, algo);
+  const given: Buffer[] = [];
+  const b = Buffer.from(data.subarray(0, 768 << 10));
+  h.updateHeld(b);
+  given.push(Buffer.from(b));
+  b.fill(7); // hashed already: the digest is of what was given
+  h.update(data.subarray(768 << 10, (1 << 20) - 100));
+  given.push(data.subarray(768 << 10, (1 << 20) - 100));
+  expect(threads()).toBe(before);
+  // Across the 1 MiB line, in the middle of a segment: the rest on the lanes' threads.
+  const rest = Buffer.from(data.subarray((1 << 20) - 100));
+  h.updateHeld(rest);
+  given.push(rest);
+  expect(threads()).toBeGreaterThan(before);
+  await h.ready(Infinity);
+  expect(h.digest().toString('hex')).toBe(segmented(Buffer.concat(given), 1 << 20, algo));
+  expect(threads()).toBe(before);
 });
 
 test('abort() with held bytes still queued: ready() settles, digest() then throws, abort() again is harmless', async () => {
