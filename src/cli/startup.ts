@@ -604,7 +604,8 @@ class ModulePack {
       };
       if (this.misses.length === 0 && this.script !== undefined) {
         // The source this run compiled, whole (the file unchanged since): only its code cache is new.
-        if (old) this.write([...this.entries.values()], old, this.script.createCachedData(), actionRan);
+        // (A source an earlier version wrote unpadded is written padded, without a cache: the next run makes one for it.)
+        if (old) this.write([...this.entries.values()], old, old.length % 8 === 0 ? this.script.createCachedData() : Buffer.alloc(0), actionRan && old.length % 8 === 0);
         return;
       }
       const missed = new Set(this.misses.map((e) => e.f));
@@ -630,7 +631,7 @@ class ModulePack {
         if (ascii) add(e, ascii);
       }
       parts.push(Buffer.from('return p;\n})()\n'));
-      this.write(entries, Buffer.concat(parts), Buffer.alloc(0), false);
+      this.write(entries, padTo8(Buffer.concat(parts), 0x20), Buffer.alloc(0), false);
     } catch {
       // Unreadable or unwritable: the next run loads files one by one, as without a pack.
     }
@@ -651,12 +652,26 @@ class ModulePack {
     }
   }
 
-  private write(entries: PackEntry[], source: Buffer, cache: Buffer, fromAction: boolean): void {
-    const json = Buffer.from(JSON.stringify({ e: entries, n: source.length, k: crc32cOf([source, cache]), a: fromAction }));
+  private write(entries: PackEntry[], unpadded: Buffer, cache: Buffer, fromAction: boolean): void {
+    const source = padTo8(unpadded, 0x20);
+    const json = padTo8(Buffer.from(JSON.stringify({ e: entries, n: source.length, k: crc32cOf([source, cache]), a: fromAction })), 0x20, 4);
     const head = Buffer.alloc(4);
     head.writeUInt32LE(json.length, 0);
     writeAtomically(this.file, [head, json, source, cache]);
   }
+}
+
+/**
+ * `b` with bytes `fill` appended so that `before` + its length is a multiple
+ * of 8: the pack's code cache (after the header and the source) and a cache
+ * file's entries start 8-byte aligned in the file, and so in memory, mapped
+ * or read. V8 copies cached data that is not pointer-aligned before it reads
+ * it: for `send` 280 KB of fresh memory, ~70 page faults a run.
+ * (Spaces after the source and after JSON are no change to either.)
+ */
+function padTo8(b: Buffer, fill: number, before = 0): Buffer {
+  const pad = (8 - ((before + b.length) % 8)) % 8;
+  return pad === 0 ? b : Buffer.concat([b, Buffer.alloc(pad, fill)]);
 }
 
 /** A hashbang line at `from` in a source's bytes, blanked with spaces (lines stay where they are: see _compile above). */
@@ -732,8 +747,9 @@ function save(FILE: string, index: Map<string, Entry>, data: Buffer, compiled: {
   let at = 0;
   const add = (e: Entry, bytes: Buffer): void => {
     entries.push({ f: e.f, s: e.s, m: e.m, o: at, n: bytes.length, k: crc32cOf([bytes]) });
-    parts.push(bytes);
-    at += bytes.length;
+    const padded = padTo8(bytes, 0);
+    parts.push(padded);
+    at += padded.length;
   };
   const done = new Set<string>();
   for (const { e, script } of compiled) {
@@ -747,7 +763,7 @@ function save(FILE: string, index: Map<string, Entry>, data: Buffer, compiled: {
     const bytes = data.subarray(e.o, e.o + e.n);
     if (e.k === crc32cOf([bytes])) add(e, bytes);
   }
-  const json = Buffer.from(JSON.stringify(entries));
+  const json = padTo8(Buffer.from(JSON.stringify(entries)), 0x20, 4);
   const head = Buffer.alloc(4);
   head.writeUInt32LE(json.length, 0);
   writeAtomically(FILE, [head, json, ...parts]);
