@@ -500,7 +500,7 @@ class ModulePack {
   private isFresh(e: PackEntry): boolean {
     let ok = this.fresh.get(e.f);
     if (ok === undefined) {
-      const st = knownStats.get(e.f) ?? statSync(e.f, { throwIfNoEntry: false });
+      const st = knownStats.get(e.f) ?? sizeAndChangeTime(e.f);
       ok = st !== undefined && st.size === e.s && st.ctimeMs === e.m;
       this.fresh.set(e.f, ok);
     }
@@ -534,11 +534,12 @@ class ModulePack {
   /** The `require` of a packed module: packed files directly, anything else through the module's own. */
   private requireFor(mod: PackModule): RequireFn {
     const require = requireFor(mod);
+    const dir = dirname(mod.filename);
     const fast = ((id: string): unknown => {
       let f: string | undefined;
       if (id.startsWith('./') || id.startsWith('../')) {
         // Node's order: the request as written, then with .js (tsc writes none; commander both ways).
-        const base = resolvePath(dirname(mod.filename), id);
+        const base = joinRelative(dir, id);
         f = this.entries.has(base) ? base : this.entries.has(base + '.js') ? base + '.js' : undefined;
       }
       // Anything else, commander too, through the module's own require: its
@@ -552,7 +553,7 @@ class ModulePack {
       const M = Module as unknown as { new (id: string, parent: unknown): PackModule; _nodeModulePaths(from: string): string[] };
       const m = new M(f, mod);
       m.filename = f;
-      m.paths = M._nodeModulePaths(dirname(f));
+      m.paths = this.pathsOf(dirname(f), M);
       const cache = Module._cache as Record<string, PackModule | undefined>;
       cache[f] = m;
       let threw = true;
@@ -571,6 +572,18 @@ class ModulePack {
     fast.cache = require.cache;
     return fast;
   }
+
+  /**
+   * The `paths` of a packed module in `dir` (where its require() looks for
+   * packages): one array for the modules of a directory (~10 strings each;
+   * Node makes one a module). Node reads a module's paths, never changes them.
+   */
+  private pathsOf(dir: string, M: { _nodeModulePaths(from: string): string[] }): string[] {
+    let paths = this.dirPaths.get(dir);
+    if (paths === undefined) this.dirPaths.set(dir, (paths = M._nodeModulePaths(dir)));
+    return paths;
+  }
+  private readonly dirPaths = new Map<string, string[]>();
 
   /** A file loaded outside the pack (compiled from its own source): the pack is made again at exit. */
   missed(e: PackEntry): void {
@@ -673,6 +686,39 @@ function padTo8(b: Buffer, fill: number, before = 0): Buffer {
   const pad = (8 - ((before + b.length) % 8)) % 8;
   return pad === 0 ? b : Buffer.concat([b, Buffer.alloc(pad, fill)]);
 }
+
+/**
+ * path.resolve(dir, id) for an absolute `dir` and an `id` of './' and '../'
+ * steps before a plain relative path (what tsc and commander write),
+ * without path.resolve's process.cwd() and normalisation: those were ~110 KB
+ * of young garbage for the ~40 requests of a short command. Any other shape
+ * goes to path.resolve.
+ */
+export function joinRelative(dir: string, id: string): string {
+  let d = dir;
+  let at = 0;
+  for (;;) {
+    if (id.startsWith('./', at)) at += 2;
+    else if (id.startsWith('../', at)) {
+      at += 3;
+      const slash = d.lastIndexOf('/');
+      if (slash <= 0) return resolvePath(dir, id);
+      d = d.slice(0, slash);
+    } else break;
+  }
+  const rest = id.slice(at);
+  if (d === '/' || rest === '' || rest.startsWith('/') || rest.endsWith('/') || rest.includes('//') || /(^|\/)\.\.?(\/|$)/.test(rest)) return resolvePath(dir, id);
+  return `${d}/${rest}`;
+}
+
+/** A file's size and change time (ctime, ms) through the addon (no Stats, no Dates), else fs.statSync; undefined if it cannot be stat'ed. */
+function sizeAndChangeTime(path: string): { size: number; ctimeMs: number } | undefined {
+  const stat = fileMaps()?.statFile;
+  if (typeof stat !== 'function') return statSync(path, { throwIfNoEntry: false });
+  const out = (statOut ??= new Float64Array(3));
+  return stat(path, out) ? { size: out[0], ctimeMs: out[1] } : undefined;
+}
+let statOut: Float64Array | undefined;
 
 /** A hashbang line at `from` in a source's bytes, blanked with spaces (lines stay where they are: see _compile above). */
 function blankHashbang(buf: Buffer, from: number, to: number): void {

@@ -32,6 +32,11 @@ export interface FileMapFunctions {
   mapBytes(fd: number, offset: number, length: number): Uint8Array | null;
   /** mapAscii's string, read into private memory (nothing to fault if the file is changed later); null when that cannot be (also a failed read). */
   readAscii(fd: number, offset: number, length: number, checked?: boolean): string | null;
+  /**
+   * stat(2) of `path` into out[0..2] (size, ctime in ms as Node's ctimeMs, 1 for a regular file else 0); false where it fails.
+   * Start-up's freshness check of packed files, without a Stats object and four Dates each. Absent in an addon built before it.
+   */
+  statFile?(path: string, out: Float64Array): boolean;
   /** The addon's CRC-32C (binding.ts's contract): start-up checks its pack with it. */
   crc32c(data: Uint8Array, seed?: number, raw?: boolean): number;
 }

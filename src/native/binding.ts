@@ -247,6 +247,7 @@ export interface NativeAddon {
   mapAscii: FileMapFunctions['mapAscii'];
   mapBytes: FileMapFunctions['mapBytes'];
   readAscii: FileMapFunctions['readAscii'];
+  statFile: NonNullable<FileMapFunctions['statFile']>;
   dmConstants: NativeDmConstants;
 }
 

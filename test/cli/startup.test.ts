@@ -7,7 +7,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { chownSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, truncateSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve as resolvePath } from 'node:path';
 import { Script } from 'node:vm';
 import { CLI } from './run-cli';
 import { native } from '../../src/native/binding';
@@ -512,6 +512,25 @@ describe('the module pack', () => {
     // ASCII already: the same bytes.
     const plain = Buffer.from('module.exports = 1;\n');
     expect(asciiSource(plain)).toBe(plain);
+  });
+
+  it("resolves a packed module's relative requests as path.resolve does, without it (joinRelative)", () => {
+    const { joinRelative } = require(join(DIST, 'cli', 'startup.js')) as typeof import('../../src/cli/startup');
+    const dirs = ['/', '/a', '/a/b', '/a/b/c/d', '/work/dmthin/dist/cli'];
+    const steps = ['', './', '../', '../../', './../', '.././', '../../../../../../'];
+    const rests = ['x', 'x.js', 'x/y', 'x/../y', 'x/./y', './x', 'x//y', 'x/', '.', '..', '', '.x', '..x', 'x/.', 'x/..', 'x.../y'];
+    let n = 0;
+    for (const d of dirs) {
+      for (const s of steps) {
+        for (const r of rests) {
+          const id = s + r;
+          if (!id.startsWith('./') && !id.startsWith('../')) continue;
+          expect([d, id, joinRelative(d, id)]).toEqual([d, id, resolvePath(d, id)]);
+          n++;
+        }
+      }
+    }
+    expect(n).toBeGreaterThan(400);
   });
 
   it('leaves out (undefined) what an escape could change: a backslash before such a character, raw template strings, line terminators, white space and astral characters', () => {

@@ -6,7 +6,7 @@
  * collected, and is null (never a wrong value) where it cannot be made.
  */
 import { spawnSync } from 'node:child_process';
-import { closeSync, mkdtempSync, openSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { addonFile, fileMapFunctions } from '../../src/native/addon-file';
@@ -87,6 +87,34 @@ describe('mapAscii, readAscii and mapBytes', () => {
         expect(mapAscii(fd, 0, b.length, false)).toBeNull();
       });
     }
+  });
+
+  it("statFile: size, Node's ctimeMs to the bit and whether a regular file, following links; false for what cannot be stat'ed; a TypeError for bad arguments", () => {
+    const { statFile } = native();
+    const out = new Float64Array(3);
+    const f = join(dir, 'stat-me');
+    writeFileSync(f, 'x'.repeat(12345));
+    const link = join(dir, 'stat-link');
+    rmSync(link, { force: true });
+    symlinkSync(f, link);
+    for (const p of [f, link, dir, '/etc/passwd', process.execPath]) {
+      expect(statFile(p, out)).toBe(true);
+      const st = statSync(p);
+      expect([...out]).toEqual([st.size, st.ctimeMs, st.isFile() ? 1 : 0]);
+    }
+    out.fill(-1);
+    expect(statFile(join(dir, 'no-such-file'), out)).toBe(false);
+    expect(statFile(`${f}\0x`, out)).toBe(false);
+    expect([...out]).toEqual([-1, -1, -1]);
+    const bad = (...a: unknown[]) => {
+      try {
+        (statFile as (...a: unknown[]) => boolean)(...a);
+      } catch (e) {
+        return `${(e as Error).name}: ${(e as Error).message}`;
+      }
+      return 'no error';
+    };
+    for (const args of [[f, new Float64Array(2)], [f, new Float32Array(3)], [1, out], [f]]) expect(bad(...args)).toBe('TypeError: statFile(path: string, out: Float64Array of 3 or more)');
   });
 
   it.each([
