@@ -13,6 +13,7 @@ import { isThinIdText, snapOption, thinIdArg, type MetadataSnapOpts } from './me
 import { Progress, stderrIsTTY } from './progress';
 import { keyOption, keySource, type KeyCliOpts } from './repo-options';
 import { parseSize } from './send';
+import { COMMAND_LIST } from './commands';
 
 interface BackupCliOpts extends MetadataSnapOpts, KeyCliOpts {
   pool?: string;
@@ -32,7 +33,7 @@ interface BackupCliOpts extends MetadataSnapOpts, KeyCliOpts {
 export function register(program: Command, ctx: () => CliContext): void {
   const cmd = program
     .command('backup')
-    .description('store a snapshot in a backup repository: only what changed since the volume\'s last backup, deduplicated')
+    .description(COMMAND_LIST.backup.description)
     .option('--pool <name>', 'a live thin-pool: dm name, VG/LV (LVM) or device node (needs root and device-mapper)')
     .option('--metadata <file>', 'offline: metadata device or image (instead of --pool)')
     .option('-m, --metadata-snap', 'offline: read through the held metadata snapshot (-mBLOCK: must be the held root)')

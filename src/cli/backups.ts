@@ -9,6 +9,7 @@ import { CliContext, printErr, cliWording, plural, parseIntArg, print } from './
 import { backupSourceJson, toJson } from './json';
 import { Progress, stderrIsTTY } from './progress';
 import { keyOption, keySource, PASSPHRASE_ENV, type KeyCliOpts } from './repo-options';
+import { COMMAND_LIST } from './commands';
 
 interface RepoCliOpts extends KeyCliOpts {
   repo: string;
@@ -63,7 +64,7 @@ function count(flag: string, v: string | undefined): number | undefined {
 }
 
 export function register(program: Command, ctx: () => CliContext): void {
-  const group = program.command('backups').description('create, list, verify, prune a backup repository, and delete one backup');
+  const group = program.command('backups').description(COMMAND_LIST.backups.description);
 
   const init = group
     .command('init')

@@ -11,6 +11,7 @@ import { barBesideOutput, Progress, stderrIsTTY } from './progress';
 import { toJson } from './json';
 import { MetadataSnapOpts, namesPool, openMetadata } from './metadata-source';
 import { refuseStdoutOverInputs, writeStdout } from './output';
+import { COMMAND_LIST } from './commands';
 
 interface CheckCliOpts extends MetadataSnapOpts {
   quiet?: boolean;
@@ -20,7 +21,7 @@ interface CheckCliOpts extends MetadataSnapOpts {
   json?: boolean;
 }
 
-// The checker loads when the command runs, not when it is registered (--help lists every command).
+// The checker loads when the command runs, not when it is registered (its --help needs none of it).
 const thinCheck = () => require('../thin/check') as typeof import('../thin/check');
 const btree = () => require('../pdata/btree') as typeof import('../pdata/btree');
 
@@ -106,7 +107,7 @@ function summary(r: CheckReport, why: string, read: 'all' | 'no-mappings' | 'sup
 export function register(program: Command, ctx: () => CliContext): void {
   program
     .command('check')
-    .description('verify pool metadata: trees, device details and both space maps (a superset of thin_check 0.9.0)')
+    .description(COMMAND_LIST.check.description)
     .argument('<metadata>', 'metadata device or file, or a live pool (dm name, VG/LV or device node; checked through its metadata snapshot)')
     .option('-q, --quiet', 'print no text, no error line: only the exit status tells (with --json, only the JSON report)')
     .option('--super-block-only', 'check the superblock only')

@@ -5,6 +5,7 @@ import type { DeltaSubject } from '../thin/delta-format';
 import { CliContext, parseIntArg } from './common';
 import { checkMetadataSpaceMapIndex, isThinIdText, MetadataSnapOpts, openMetadataSource, thinIdArg } from './metadata-source';
 import { checkOutputPath, commandOutput } from './output';
+import { COMMAND_LIST } from './commands';
 
 interface DeltaCliOpts extends MetadataSnapOpts {
   snap1?: string;
@@ -22,7 +23,7 @@ interface DeltaCliOpts extends MetadataSnapOpts {
 export function register(program: Command, ctx: () => CliContext): void {
   program
     .command('delta')
-    .description('differences between two thin devices (byte-identical to thin_delta 0.9.0 for xml)')
+    .description(COMMAND_LIST.delta.description)
     .argument('<metadata>', 'metadata device or file, or with -m a live pool (dm name, VG/LV or device node)')
     .option('--snap1, --thin1 <id>', 'left device: thin id (decimal), or with a live LVM pool an LV name (VG/LV or LV; needs lvm2)')
     .option('--snap2, --thin2 <id>', 'right device: thin id or LV name, as --snap1')
@@ -58,7 +59,7 @@ export function register(program: Command, ctx: () => CliContext): void {
       await checkMetadataSpaceMapIndex(md, o);
       subject ??= { left: await thinIdArg('--snap1', left!, pool, Number.MAX_SAFE_INTEGER), right: await thinIdArg('--snap2', right!, pool, Number.MAX_SAFE_INTEGER) };
       const { out, commit } = await commandOutput(o.output, c, [{ path: metadata, role: 'the metadata input' }]);
-      // Loaded when the command runs, not when it is registered (--help lists every command).
+      // Loaded when the command runs, not when it is registered (its --help needs none of it).
       const { writeDelta } = require('../thin/delta-format') as typeof import('../thin/delta-format');
       await writeDelta(md, out, subject, {
         format: o.format,

@@ -3,11 +3,12 @@ import type { Command } from 'commander';
 import type { DeviceMapper as DeviceMapperT } from '../dm/device-mapper';
 import { CliContext, print } from './common';
 import { toJson } from './json';
+import { COMMAND_LIST } from './commands';
 
 export function register(program: Command, ctx: () => CliContext): void {
   program
     .command('devices')
-    .description('list device-mapper devices with their tables')
+    .description(COMMAND_LIST.devices.description)
     .option('--json', 'print JSON')
     .action(async (o: { json?: boolean }) => {
       ctx();

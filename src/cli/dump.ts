@@ -6,6 +6,7 @@ import { collect, type CliContext } from './common';
 import { barBesideOutput, Progress } from './progress';
 import { isThinIdText, MetadataSnapOpts, openMetadataSource, thinIdArg } from './metadata-source';
 import { checkOutputPath, commandOutput, isStdoutPath } from './output';
+import { COMMAND_LIST } from './commands';
 
 interface DumpCliOpts extends MetadataSnapOpts {
   devId?: string[];
@@ -19,7 +20,7 @@ interface DumpCliOpts extends MetadataSnapOpts {
 export function register(program: Command, ctx: () => CliContext): void {
   program
     .command('dump')
-    .description('dump pool metadata (byte-identical to thin_dump 0.9.0 for xml and human_readable)')
+    .description(COMMAND_LIST.dump.description)
     .argument('<metadata>', 'metadata device or file, or with -m a live pool (dm name, VG/LV or device node)')
     .option('-m, --metadata-snap', 'read through the held metadata snapshot (-mBLOCK / --metadata-snap=BLOCK: must be the held root)')
     .option('--dev-id <id>', 'dump only this device (repeatable; ids not in the pool are ignored, as by thin_dump): thin id (decimal, any size), or with a live LVM pool an LV name (VG/LV or LV; needs lvm2)', collect)
@@ -41,7 +42,7 @@ export function register(program: Command, ctx: () => CliContext): void {
       const { out, commit } = await commandOutput(o.output, c, [{ path: metadata, role: 'the metadata input' }]);
       const bar = new Progress('dump', !o.quiet && barBesideOutput(o.output === undefined || isStdoutPath(o.output)));
       try {
-        // Loaded when the command runs, not when it is registered (--help lists every command).
+        // Loaded when the command runs, not when it is registered (its --help needs none of it).
         const { dump } = require('../thin/dump') as typeof import('../thin/dump');
         await dump(md, out, {
           format,

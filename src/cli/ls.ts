@@ -5,6 +5,7 @@ import { CliContext, stdout } from './common';
 import { Progress, stderrIsTTY } from './progress';
 import { checkMetadataSpaceMapIndex, MetadataSnapOpts, openMetadata } from './metadata-source';
 import { refuseStdoutOverInputs } from './output';
+import { COMMAND_LIST } from './commands';
 
 interface LsCliOpts extends MetadataSnapOpts {
   format?: string;
@@ -16,7 +17,7 @@ interface LsCliOpts extends MetadataSnapOpts {
 export function register(program: Command, ctx: () => CliContext): void {
   program
     .command('ls')
-    .description('list thin devices with mapped, exclusive and shared usage (as thin_ls 0.9.0)')
+    .description(COMMAND_LIST.ls.description)
     .argument('<metadata>', 'metadata device or file, or with -m a live pool (dm name, VG/LV or device node)')
     .option('-m, --metadata-snap', 'read through the held metadata snapshot (-mBLOCK, digits, / --metadata-snap=BLOCK: must be the held root; -mq is -m -q)')
     // -o is the field list, as in thin_ls (in dump, delta, rmap and send it is --output).
@@ -27,7 +28,7 @@ export function register(program: Command, ctx: () => CliContext): void {
     .action(async (metadata: string, o: LsCliOpts) => {
       const c = ctx();
       const fields = o.format !== undefined ? parseLsFields(o.format) : [...DEFAULT_LS_FIELDS];
-      // The table and usage code loads when the command runs, not when it is registered (--help lists every command).
+      // The table and usage code loads when the command runs, not when it is registered (its --help needs none of it).
       const { exclusiveUsage, writeDetailsTable, writeLsJson } = require('../thin/ls') as typeof import('../thin/ls');
       refuseStdoutOverInputs([{ path: metadata, role: 'the metadata input' }]);
       const md = await openMetadata(metadata, o, c);

@@ -7,6 +7,7 @@ import { UsageError } from '../errors';
 import { CliContext, printErr, plural, parseIntArg, print } from './common';
 import { toJson, withNulls } from './json';
 import { Progress, stderrIsTTY } from './progress';
+import { COMMAND_LIST } from './commands';
 
 interface MergeCliOpts {
   pool: string;
@@ -37,7 +38,7 @@ function snapArg(v: string, pool: string): number {
 export function register(program: Command, ctx: () => CliContext): void {
   program
     .command('merge')
-    .description('merge a snapshot back into its origin: an external origin device, or a thin of the same pool')
+    .description(COMMAND_LIST.merge.description)
     .requiredOption('--pool <name>', 'a live thin-pool not managed by LVM (an LVM pool is refused): dm name or device node (needs root and device-mapper)')
     .requiredOption('--snap <id>', 'thin id of the snapshot to merge')
     .option('--external-origin <device>', 'the read-only external origin of the snapshot: its mapped blocks are copied onto it')

@@ -5,6 +5,7 @@ import type { DeviceRef } from '../dm/ioctl';
 import { UsageError } from '../errors';
 import { sectors } from '../units';
 import { CliContext, parseIntArg, print } from './common';
+import { COMMAND_LIST } from './commands';
 
 /** Pool messages that change thin ids or the transaction id: LVM records both in its own metadata. */
 const CHANGES_LVM_RECORDS = new Set(['create_thin', 'create_snap', 'delete', 'set_transaction_id']);
@@ -24,7 +25,7 @@ export function firstWord(text: string): string {
 export function register(program: Command, ctx: () => CliContext): void {
   program
     .command('message')
-    .description('send a raw target message (DM_TARGET_MSG); prints the reply if the target returns one')
+    .description(COMMAND_LIST.message.description)
     .argument('<name>', 'dm device name, or its device node (/dev/mapper/NAME, /dev/dm-N)')
     .argument('<sector>', 'sector of the target, decimal (0 for a pool)')
     .argument('<message...>', 'message words')

@@ -6,6 +6,7 @@ import type { PoolEvent } from '../pool/events';
 import { AbortError, DmthinError, UsageError } from '../errors';
 import { CliContext, parseIntArg } from './common';
 import { toJson } from './json';
+import { COMMAND_LIST } from './commands';
 
 function u64Arg(name: string, v: string): bigint {
   if (!/^[0-9]+$/.test(v) || BigInt(v) >= 1n << 64n) throw new UsageError(`${name} must be an integer 0..2^64-1, got '${v}'`);
@@ -104,7 +105,7 @@ function positiveArg(flag: string, v: string, max: number, what: string): number
 }
 
 export function register(program: Command, ctx: () => CliContext): void {
-  const pool = program.command('pool').description('status and messages of a live thin-pool (needs root and device-mapper)');
+  const pool = program.command('pool').description(COMMAND_LIST.pool.description);
 
   pool
     .command('status')

@@ -6,13 +6,13 @@
  * taken every byte: a write error of any command (ENOSPC, EIO...) is an error
  * like any other.
  */
-import { Command, CommanderError } from 'commander';
+import { Command, CommanderError, Option } from 'commander';
 import { AbortError, DmthinError, UsageError } from '../errors';
 import { addonLoaded, armExitGuard, exitNow, tuneAllocatorOnLoad } from '../native/binding';
 import { CliContext, printErr, errorLine, EXIT_EPIPE, EXIT_FAILURE, finishStdout, guardStdio, interruptedError, isEpipe, print, expandLongOptionPrefixes, rewriteMetadataSnapArgs } from './common';
 import { OUTPUT_INCOMPLETE } from '../output/sink';
 import { fdIsTTY } from './progress';
-import { COMMANDS } from './commands';
+import { COMMAND_LIST, COMMANDS } from './commands';
 import { noteActionRan } from './startup';
 
 const VERSION = require('../../package.json').version as string;
@@ -61,12 +61,20 @@ export async function main(argv: string[]): Promise<number> {
     refuseEmptyValues(action);
   });
   const first = argv[0];
-  const wanted = first !== undefined && Object.hasOwn(COMMANDS, first) ? [first] : Object.keys(COMMANDS);
-  for (const c of wanted) COMMANDS[c]().register(program, getCtx);
+  if (first !== undefined && Object.hasOwn(COMMANDS, first)) COMMANDS[first]().register(program, getCtx);
+  else {
+    // Help, a usage error: each command as the root help lists it (COMMAND_LIST), not loaded. A
+    // command named anywhere on the line (`help send`, `-- send`) is registered whole: commander
+    // may run it or print its own help.
+    for (const c of Object.keys(COMMANDS)) {
+      if (argv.includes(c)) COMMANDS[c]().register(program, getCtx);
+      else listCommand(program, c);
+    }
+  }
   // Hidden companion of -m: the attached block number (see rewriteMetadataSnapArgs).
   for (const c of program.commands) {
     if (c.options.some((o) => o.long === '--metadata-snap')) {
-      c.addOption(new (require('commander').Option)('--metadata-snap-block <block>').hideHelp());
+      c.addOption(new Option('--metadata-snap-block <block>').hideHelp());
     }
   }
   routeParserErrors(program, 'dmthin');
@@ -101,6 +109,19 @@ export async function main(argv: string[]): Promise<number> {
     if (ctx) await ctx.runCleanups();
     return status;
   }
+}
+
+/**
+ * Command `name` as the root help lists it, from COMMAND_LIST: its
+ * description, its arguments, and a hidden option where it has options
+ * (commander's term then says "[options]"). It never runs: program.ts lists
+ * commands so only when the command line names none of them.
+ */
+function listCommand(program: Command, name: string): void {
+  const l = COMMAND_LIST[name];
+  const cmd = program.command(name).description(l.description);
+  for (const a of l.args) cmd.argument(a);
+  if (l.options) cmd.addOption(new Option('--listed-only').hideHelp());
 }
 
 /** Values that name a file, a device, a repository or a pool: an empty one names nothing. */

@@ -9,6 +9,7 @@ import type { ZeroMethod } from '../stream/receive/target';
 import { CliContext } from './common';
 import { toJson } from './json';
 import { fdIsTTY, Progress, stderrIsTTY } from './progress';
+import { COMMAND_LIST } from './commands';
 
 interface ReceiveCliOpts {
   target: string;
@@ -47,7 +48,7 @@ async function checkInputFile(path: string): Promise<void> {
 export function register(program: Command, ctx: () => CliContext): void {
   program
     .command('receive')
-    .description('verify a send stream, then apply it to a block device or file')
+    .description(COMMAND_LIST.receive.description)
     .requiredOption('--target <path>', 'block device or regular file to write')
     .option('-i, --input <file>', "the stream ('-' = stdin; a regular file is verified in place)", '-')
     .option('--state <file>', 'receive state file (default: <target>.dmthin-state.json beside the file, symlinks followed; for a device /var/lib/dmthin/receive/, by its dm uuid)')

@@ -10,6 +10,7 @@ import { CliContext, printErr, cliWording, plural, formatVersionArg, parseIntArg
 import { toJson, withNulls } from './json';
 import { Progress, stderrIsTTY } from './progress';
 import { parseSize } from './send';
+import { COMMAND_LIST } from './commands';
 
 interface ReplicateCliOpts {
   pool: string;
@@ -52,7 +53,7 @@ const mib = (n: number) => `${(n / 1048576).toFixed(1)} MiB`;
 export function register(program: Command, ctx: () => CliContext): void {
   program
     .command('replicate')
-    .description('replicate a live thin device: snapshot, send the changes, keep only what the next increment needs; cycle after cycle')
+    .description(COMMAND_LIST.replicate.description)
     .requiredOption('--pool <name>', 'a live thin-pool not managed by LVM (an LVM pool is refused): dm name or device node (needs root and device-mapper)')
     .requiredOption('--thin <id>', 'thin device id to replicate')
     .option('--target <path>', 'block device or regular file to receive into (in this process)')

@@ -9,6 +9,7 @@ import { CliContext, cliWording, plural, print } from './common';
 import { toJson } from './json';
 import { Progress, stderrIsTTY } from './progress';
 import { keyOption, keySource, type KeyCliOpts } from './repo-options';
+import { COMMAND_LIST } from './commands';
 
 interface RestoreCliOpts extends KeyCliOpts {
   repo: string;
@@ -27,7 +28,7 @@ const ZERO_METHODS: ZeroMethod[] = ['auto', 'discard', 'zeroout', 'punch'];
 export function register(program: Command, ctx: () => CliContext): void {
   const cmd = program
     .command('restore')
-    .description('write a backup from a repository onto a block device or file (only the differing chunks when the target holds another backup of the volume)')
+    .description(COMMAND_LIST.restore.description)
     .requiredOption('--repo <repo>', 'the repository: a directory, or s3://BUCKET/PREFIX')
     .requiredOption('--backup <id>', "the backup's id (see `dmthin backups list`)")
     .requiredOption('--target <path>', 'block device or regular file to write')

@@ -7,6 +7,7 @@ import { CliContext, collect } from './common';
 import { barBesideOutput, Progress } from './progress';
 import { MetadataSnapOpts, openMetadata } from './metadata-source';
 import { checkOutputPath, commandOutput, isStdoutPath } from './output';
+import { COMMAND_LIST } from './commands';
 
 interface RmapCliOpts extends MetadataSnapOpts {
   region?: string[];
@@ -42,7 +43,7 @@ function parseRegion(v: string): DataRegion {
 export function register(program: Command, ctx: () => CliContext): void {
   program
     .command('rmap')
-    .description('which thin devices map the given data blocks (thin_rmap 0.9.0\'s output, but every device of a shared subtree)')
+    .description(COMMAND_LIST.rmap.description)
     .argument('<metadata>', 'metadata device or file, or with -m a live pool (dm name, VG/LV or device node)')
     .option('--region <range>', 'data blocks BEGIN..END, decimal, END one past the last (5..45 is blocks 5 to 44; repeatable)', collect)
     .option('-m, --metadata-snap', 'read through the held metadata snapshot (-mBLOCK / --metadata-snap=BLOCK: must be the held root)')
@@ -59,7 +60,7 @@ export function register(program: Command, ctx: () => CliContext): void {
       const bar = new Progress('rmap', !o.quiet && barBesideOutput(o.output === undefined || isStdoutPath(o.output)));
       const sink = new OutputSink(out, undefined, c.signal);
       try {
-        // Loaded when the command runs, not when it is registered (--help lists every command).
+        // Loaded when the command runs, not when it is registered (its --help needs none of it).
         const { rmapRuns, writeRmapText } = require('../thin/rmap') as typeof import('../thin/rmap');
         const runs = await rmapRuns(md, regions, { signal: c.signal, onProgress: (p) => bar.update(p.mappings, p.total), runsInMemory: runsInMemory() });
         bar.stop();

@@ -15,6 +15,7 @@ import { isThinIdText, snapOption, thinIdArg, type MetadataSnapOpts } from './me
 import type { ThinPool as ThinPoolT } from '../pool/thin-pool';
 import { toJson } from './json';
 import { isStdoutPath, refuseStdoutOverInputs } from './output';
+import { COMMAND_LIST } from './commands';
 
 interface SendCliOpts extends MetadataSnapOpts {
   pool?: string;
@@ -52,7 +53,7 @@ export function parseSize(name: string, v: string): number {
 export function register(program: Command, ctx: () => CliContext): void {
   program
     .command('send')
-    .description('write a snapshot, or its changes since a base snapshot, as a verifiable stream')
+    .description(COMMAND_LIST.send.description)
     .option('--pool <name>', 'a live thin-pool: dm name, VG/LV (LVM) or device node (needs root and device-mapper)')
     .option('--metadata <file>', 'offline: metadata device or image (instead of --pool)')
     .option('-m, --metadata-snap', 'offline: read through the held metadata snapshot (-mBLOCK: must be the held root)')

@@ -295,15 +295,15 @@ describe('code cache', () => {
       const before = cli();
       cli();
       const b = readFileSync(pack);
-      const i = b.indexOf('list thin devices with mapped');
+      const i = b.indexOf('omit the header line');
       expect(i).toBeGreaterThan(0);
-      b.write('LIST THIN DEVICES WITH MAPPED', i, 'latin1');
+      b.write('OMIT THE HEADER LINE', i, 'latin1');
       writeFileSync(pack, b);
       chownSync(pack, 65534, 65534);
       expect(cli()).toBe(before);
       // Ours again, as written by that run, it holds the file's own text.
       expect(statSync(pack).uid).toBe(0);
-      expect(readFileSync(pack, 'latin1')).not.toContain('LIST THIN DEVICES WITH MAPPED');
+      expect(readFileSync(pack, 'latin1')).not.toContain('OMIT THE HEADER LINE');
     } finally {
       rmSync(root, { recursive: true, force: true });
     }
@@ -317,12 +317,12 @@ describe('code cache', () => {
       const lsJs = join(root, 'dist', 'cli', 'ls.js');
       expect(readFileSync(pack, 'latin1')).toContain(JSON.stringify(lsJs));
       const src = readFileSync(lsJs, 'utf8');
-      expect(src).toContain('list thin devices with mapped');
-      writeFileSync(lsJs, src.replace('list thin devices with mapped', 'LIST THIN DEVICES WITH MAPPED'));
+      expect(src).toContain('omit the header line');
+      writeFileSync(lsJs, src.replace('omit the header line', 'OMIT THE HEADER LINE'));
       const after = cli();
-      expect(after).toBe(before.replace('list thin devices with mapped', 'LIST THIN DEVICES WITH MAPPED'));
+      expect(after).toBe(before.replace('omit the header line', 'OMIT THE HEADER LINE'));
       expect(cli()).toBe(after);
-      expect(readFileSync(pack, 'latin1')).toContain('LIST THIN DEVICES WITH MAPPED');
+      expect(readFileSync(pack, 'latin1')).toContain('OMIT THE HEADER LINE');
     } finally {
       rmSync(root, { recursive: true, force: true });
     }
@@ -338,12 +338,12 @@ describe('code cache', () => {
       const src = readFileSync(lsJs, 'utf8');
       const ref = join(root, 'times');
       expect(spawnSync('cp', ['-p', lsJs, ref]).status).toBe(0);
-      writeFileSync(lsJs, src.replace('list thin devices with mapped', 'LIST THIN DEVICES WITH MAPPED'));
+      writeFileSync(lsJs, src.replace('omit the header line', 'OMIT THE HEADER LINE'));
       // The old modification time to the nanosecond (utimes with a Date keeps milliseconds).
       expect(spawnSync('touch', ['-r', ref, lsJs]).status).toBe(0);
       expect(statSync(lsJs).size).toBe(st.size);
       expect(statSync(lsJs).mtimeMs).toBe(st.mtimeMs);
-      expect(cli()).toBe(before.replace('list thin devices with mapped', 'LIST THIN DEVICES WITH MAPPED'));
+      expect(cli()).toBe(before.replace('omit the header line', 'OMIT THE HEADER LINE'));
     } finally {
       rmSync(root, { recursive: true, force: true });
     }
@@ -356,7 +356,7 @@ describe('code cache', () => {
       cli();
       const lsJs = join(root, 'dist', 'cli', 'ls.js');
       const src = readFileSync(lsJs, 'utf8');
-      writeFileSync(lsJs, src.replace('list thin devices with mapped', 'LIST THIN DEVICES WITH MAPPED'));
+      writeFileSync(lsJs, src.replace('omit the header line', 'OMIT THE HEADER LINE'));
       const after = cli(); // the changed file is missed: the pack is made again from the old one's entries and it
       cli(); // the code cache of that pack
       const b = readFileSync(pack);
@@ -384,7 +384,7 @@ describe('code cache', () => {
       writeFileSync(pack, Buffer.concat([head, json, source, b.subarray(4 + len + header.n)]));
       writeFileSync(lsJs, src);
       const before = cli();
-      expect(before).toBe(after.replace('LIST THIN DEVICES WITH MAPPED', 'list thin devices with mapped'));
+      expect(before).toBe(after.replace('OMIT THE HEADER LINE', 'omit the header line'));
       cli();
       const healed = readFileSync(pack);
       const hLen = healed.readUInt32LE(0);
@@ -469,7 +469,9 @@ describe('code cache', () => {
     expect(existsSync(cacheFile('main'))).toBe(true);
     expect(existsSync(cacheFile('no-such-command'))).toBe(false);
     expect(existsSync(cacheFile('ls'))).toBe(false);
-    expect(index('main').map((e) => e.f)).toEqual(expect.arrayContaining([join(DIST, 'cli', 'ls.js')]));
+    // Help's modules (the commands themselves are listed from COMMAND_LIST, not loaded).
+    expect(index('main').map((e) => e.f)).toEqual(expect.arrayContaining([join(DIST, 'cli', 'program.js')]));
+    expect(index('main').map((e) => e.f)).not.toContain(join(DIST, 'cli', 'ls.js'));
   });
 
   it('is not written with DMTHIN_CODE_CACHE=0, and a run that cannot write it still succeeds', () => {
@@ -964,7 +966,20 @@ describe('modules a command on a metadata file loads', () => {
     const { files } = loaded(['--help']);
     expect(files.filter((f) => f.startsWith(DIST) && /[/\\](pdata[/\\]btree|thin[/\\](check|dump|ls|rmap|rmap-runs|delta|delta-format|metadata))\.js$/.test(f))).toEqual([]);
     // ls's help lists its fields from the small module that holds them.
-    expect(files).toContain(join(DIST, 'thin', 'ls-fields.js'));
+    const ls = loaded(['ls', '--help']).files;
+    expect(ls).toContain(join(DIST, 'thin', 'ls-fields.js'));
+    expect(ls.filter((f) => f.startsWith(DIST) && /[/\\](pdata[/\\]btree|thin[/\\](check|dump|ls|rmap|rmap-runs|delta|delta-format|metadata))\.js$/.test(f))).toEqual([]);
+  });
+
+  it("the root help and `help CMD` load no command's file but the one named (they list the commands from COMMAND_LIST)", () => {
+    const commandFiles = (args: string[]) =>
+      loaded(args)
+        .files.filter((f) => f.startsWith(join(DIST, 'cli') + '/'))
+        .map((f) => f.slice(join(DIST, 'cli').length + 1))
+        .filter((f) => /^(dump|ls|delta|rmap|pool|message|devices|send|receive|replicate|merge|check|backup|restore|backups)\.js$/.test(f));
+    expect(commandFiles(['--help'])).toEqual([]);
+    expect(commandFiles(['help'])).toEqual([]);
+    expect(commandFiles(['help', 'send'])).toEqual(['send.js']);
   });
 
   it('delta loads its walker (and still no dm or pool layer)', () => {
