@@ -447,7 +447,9 @@ describeVm('dmthin merge', () => {
     const state = stateFile('reused');
     await killMidCopy(args, state, 2);
     // The same id, and (create_thin does not move the pool's time) the same creation time and transaction.
-    await pool.delete(21);
+    // The kernel closes thin 21 when it destroys the killed merge's temporary device, which it does
+    // (deferred removal) a moment after the name is gone: until then the delete is EBUSY (a CI run).
+    await waitFor('thin 21 to be closed by the kernel and deleted', () => pool.delete(21).then(() => true, (e: { code?: string }) => (e.code === 'EBUSY' ? false : Promise.reject(e))), 30_000, 50);
     await pool.createThin(21);
     const half = await thinHash(20, VOL);
     const mapped = (await mappedCounts(pool)).get(20);
