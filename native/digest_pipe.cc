@@ -9,6 +9,7 @@
 #include <cstring>
 #include <set>
 #include <string>
+#include <system_error>
 
 #include "promise_worker.h"
 
@@ -235,11 +236,22 @@ void DigestPipe::Start(Napi::Env env) {
   if (!ring_) throw Napi::Error::New(env, "out of memory for the digest's ring");
   // V8 does not see this memory otherwise.
   Napi::MemoryManagement::AdjustExternalMemory(env, static_cast<int64_t>(cap_));
-  started_ = true;
-  for (Lane& ln : lanes_) {
-    Lane* lp = &ln;
-    ln.thread = std::thread([this, lp] { Run(lp); });
+  try {
+    for (Lane& ln : lanes_) {
+      Lane* lp = &ln;
+      ln.thread = std::thread([this, lp] { Run(lp); });
+    }
+  } catch (const std::system_error& e) {
+    // No thread to be had (RLIMIT_NPROC, memory): an error, not std::terminate (exit 134). The
+    // lanes started stop, the pipe is finished.
+    Stop(true);
+    finished_ = true;
+    std::free(ring_);
+    ring_ = nullptr;
+    Napi::MemoryManagement::AdjustExternalMemory(env, -static_cast<int64_t>(cap_));
+    throw Napi::Error::New(env, std::string("the digest's threads could not be started: ") + e.what());
   }
+  started_ = true;
 }
 
 // Before Start(): `n` bytes hashed here, as the lanes would hash them (the

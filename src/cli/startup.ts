@@ -268,6 +268,8 @@ export function installCodeCache(group = 'main'): void {
       const len = file.readUInt32LE(0);
       for (const e of JSON.parse(file.toString('utf8', 4, 4 + len)) as Entry[]) index.set(e.f, e);
       data = file.subarray(4 + len);
+      // An earlier version's file, its entries not 8-byte aligned (V8 copies such cached data): written again aligned.
+      if ((4 + len) % 8 !== 0 || [...index.values()].some((e) => e.o % 8 !== 0)) stale = true;
     } catch {
       // No cache yet, or an unreadable one: it is rebuilt at exit.
     }
@@ -453,6 +455,8 @@ class ModulePack {
       if (!Array.isArray(h.e) || !Number.isSafeInteger(h.n) || h.n < 0 || 4 + len + h.n > size || !Number.isInteger(h.k)) throw new Error('not a pack');
       for (const e of h.e) if (e.o + e.n <= h.n) this.entries.set(e.f, e);
       this.cacheFromAction = h.a === true;
+      // An earlier version's pack, its code cache not 8-byte aligned (V8 copies it, every run): written again aligned (see padTo8).
+      if ((4 + len) % 8 !== 0 || h.n % 8 !== 0) this.stale = true;
       this.header = Buffer.concat([head, json]);
       // Source and code cache mapped from the file where the addon can
       // (native/file_map.cc): read, they were a 610 KB buffer of fresh

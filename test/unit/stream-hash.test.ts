@@ -11,7 +11,8 @@
  */
 import { blake3 } from '@noble/hashes/blake3';
 import { createHash, randomBytes } from 'node:crypto';
-import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { cryptoStreamHash, newStreamHash, type DigestAlgorithm, type StreamHash } from '../../src/native/stream-hash';
 import { native, sha256Of } from '../../src/native/binding';
@@ -203,6 +204,33 @@ test.each(['sha256', 'blake3'] as const)("a stream's first 1 MiB is hashed as it
   await h.ready(Infinity);
   expect(h.digest().toString('hex')).toBe(segmented(Buffer.concat(given), 1 << 20, algo));
   expect(threads()).toBe(before);
+});
+
+// Threads under RLIMIT_NPROC, which root ignores: run as nobody with a few limits, one of which leaves
+// no thread for the lanes once the stream passes its first 1 MiB.
+const asRoot = process.getuid?.() === 0;
+if (!asRoot) console.warn('stream-hash.test: SKIPPED the thread-limit case (it needs root to run a child as nobody under ulimit -u)');
+(asRoot ? test : test.skip)("a pipe that cannot start its threads throws a JavaScript error and is finished (it ended the process: std::terminate, exit 134)", () => {
+  const script = [
+    `const P = require(${JSON.stringify(require.resolve('../../dist/native/binding.js'))}).native().DigestPipe;`,
+    "const p = new P(1 << 20, 4096, 'blake3');",
+    "try { p.update(Buffer.alloc(2 << 20)); } catch (e) { let then = ''; try { p.update(Buffer.alloc(1)); } catch (f) { then = f.message; } console.log('ERR ' + e.message + ' | ' + then); process.exit(0); }",
+    "console.log('OK ' + p.digest().toString('hex'));",
+  ].join('\n');
+  const file = join(s.dir, 'threads.js');
+  writeFileSync(file, script);
+  chmodSync(s.dir, 0o755);
+  const outs = new Set<string>();
+  // From 6 (below that Node itself waits forever for its own threads) until the lanes have their threads.
+  for (let n = 6; n <= 24 && ![...outs].some((l) => l.startsWith('OK ')); n++) {
+    const r = spawnSync('setpriv', ['--reuid', '65534', '--regid', '65534', '--clear-groups', 'bash', '-c', `ulimit -u ${n}; exec ${process.execPath} ${file}`], { encoding: 'utf8', timeout: 20_000 });
+    // Never a crash (SIGABRT, or 134 from a shell).
+    expect({ n, signal: r.signal === 'SIGTERM' ? 'timeout' : r.signal, status: r.status === 134 ? 134 : 'not 134' }).toEqual({ n, signal: r.signal === 'SIGTERM' ? 'timeout' : null, status: 'not 134' });
+    const line = r.stdout.trim();
+    if (line.startsWith('ERR ') || line.startsWith('OK ')) outs.add(line);
+  }
+  expect([...outs].some((l) => l === `ERR the digest's threads could not be started: Resource temporarily unavailable | the hash is finished (digest taken or aborted)`)).toBe(true);
+  expect([...outs].filter((l) => l.startsWith('OK '))).toEqual([`OK ${segmented(Buffer.alloc(2 << 20), 4096, 'blake3')}`]);
 });
 
 test('abort() with held bytes still queued: ready() settles, digest() then throws, abort() again is harmless', async () => {
