@@ -246,9 +246,7 @@ void DigestPipe::Start(Napi::Env env) {
     // lanes started stop, the pipe is finished.
     Stop(true);
     finished_ = true;
-    std::free(ring_);
-    ring_ = nullptr;
-    Napi::MemoryManagement::AdjustExternalMemory(env, -static_cast<int64_t>(cap_));
+    FreeRing(env);
     throw Napi::Error::New(env, std::string("the digest's threads could not be started: ") + e.what());
   }
   started_ = true;
@@ -287,6 +285,19 @@ void DigestPipe::HashInline(const uint8_t* p, size_t n) {
   }
 }
 
+// Update's and UpdateHeld's first step: true when the bytes were hashed here
+// (the stream still within kInlineBytes); else the pipe is started, if it
+// was not, and the caller queues them.
+bool DigestPipe::HashedBeforeStart(Napi::Env env, const uint8_t* p, size_t n) {
+  if (started_) return false;
+  if (fed_ + n <= kInlineBytes) {
+    HashInline(p, n);
+    return true;
+  }
+  Start(env);
+  return false;
+}
+
 DigestPipe::~DigestPipe() {
   {
     std::lock_guard<std::mutex> l(LiveMu());
@@ -295,10 +306,15 @@ DigestPipe::~DigestPipe() {
   if (hooked_) napi_remove_env_cleanup_hook(env_, EnvCleanup, this);
   Stop(true);
   for (auto& r : refs_) r.Reset();
-  if (ring_) {
-    std::free(ring_);
-    Napi::MemoryManagement::AdjustExternalMemory(Env(), -static_cast<int64_t>(cap_));
-  }
+  FreeRing(Env());
+}
+
+// The ring, if Start() made it, given back (and to V8's count).
+void DigestPipe::FreeRing(Napi::Env env) {
+  if (!ring_) return;
+  std::free(ring_);
+  ring_ = nullptr;
+  Napi::MemoryManagement::AdjustExternalMemory(env, -static_cast<int64_t>(cap_));
 }
 
 void DigestPipe::Stop(bool abandon) {
@@ -452,13 +468,7 @@ Napi::Value DigestPipe::Update(const Napi::CallbackInfo& info) {
   size_t len;
   const uint8_t* src = BytesOf(info, "update(data: Uint8Array)", &len);
   if (finished_) throw Napi::Error::New(env, "the hash is finished (digest taken or aborted)");
-  if (!started_) {
-    if (fed_ + len <= kInlineBytes) {
-      HashInline(src, len);
-      return env.Undefined();
-    }
-    Start(env);
-  }
+  if (HashedBeforeStart(env, src, len)) return env.Undefined();
   ReleaseHashed();
   std::unique_lock<std::mutex> l(mu_);
   while (len > 0) {
@@ -486,14 +496,8 @@ Napi::Value DigestPipe::UpdateHeld(const Napi::CallbackInfo& info) {
   size_t len;
   const uint8_t* src = BytesOf(info, "updateHeld(data: Uint8Array)", &len);
   if (finished_) throw Napi::Error::New(env, "the hash is finished (digest taken or aborted)");
-  if (!started_) {
-    // Hashed now: the caller may change the buffer again at once.
-    if (fed_ + len <= kInlineBytes) {
-      HashInline(src, len);
-      return env.Undefined();
-    }
-    Start(env);
-  }
+  // Hashed now, if so: the caller may change the buffer again at once.
+  if (HashedBeforeStart(env, src, len)) return env.Undefined();
   ReleaseHashed();
   if (len == 0) return env.Undefined();
   // The reference keeps the buffer's memory alive until the thread has hashed it.
@@ -548,11 +552,7 @@ Napi::Value DigestPipe::Abort(const Napi::CallbackInfo& info) {
   Abandon();
   for (auto& r : refs_) r.Reset();
   refs_.clear();
-  if (ring_) {
-    std::free(ring_);
-    ring_ = nullptr;
-    Napi::MemoryManagement::AdjustExternalMemory(env, -static_cast<int64_t>(cap_));
-  }
+  FreeRing(env);
   return env.Undefined();
 }
 
@@ -564,11 +564,7 @@ Napi::Value DigestPipe::Digest(const Napi::CallbackInfo& info) {
   ReleaseHashed();
   uint8_t md[32];
   if (!FinishLanes(md)) throw Napi::Error::New(env, algo_ == RunningHash::Algo::kBlake3 ? "the BLAKE3 digest failed" : "SHA-256 failed in Node's OpenSSL");
-  if (ring_) {
-    std::free(ring_);
-    ring_ = nullptr;
-    Napi::MemoryManagement::AdjustExternalMemory(env, -static_cast<int64_t>(cap_));
-  }
+  FreeRing(env);
   return Napi::Buffer<uint8_t>::Copy(env, md, 32);
 }
 

@@ -103,6 +103,8 @@ class DigestPipe : public Napi::ObjectWrap<DigestPipe> {
   void Stop(bool abandon);
   void Start(Napi::Env env);                            // the ring and the threads
   void HashInline(const uint8_t* p, size_t n);          // before Start()
+  bool HashedBeforeStart(Napi::Env env, const uint8_t* p, size_t n);
+  void FreeRing(Napi::Env env);
   void Enqueue(const uint8_t* p, size_t n, bool held);  // mu_ held
   void FoldLocked();                                      // mu_ held
   bool FinishLanes(uint8_t out[32]);                      // threads joined

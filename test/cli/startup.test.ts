@@ -58,11 +58,14 @@ function crcOf(...parts: Buffer[]): number {
   for (const p of parts) c = native().crc32c(p, c, true);
   return ~c >>> 0;
 }
-function writePack(group: string, header: PackHeader, source: Buffer, cache: Buffer): void {
-  const json = Buffer.from(JSON.stringify({ ...header, k: crcOf(source, cache) }));
+/** A pack or cache file as start-up reads one: u32 length of the JSON, the JSON, then the bytes. */
+function writeIndexed(file: string, json: Buffer, ...rest: Buffer[]): void {
   const head = Buffer.alloc(4);
   head.writeUInt32LE(json.length);
-  writeFileSync(packFile(group), Buffer.concat([head, json, source, cache]));
+  writeFileSync(file, Buffer.concat([head, json, ...rest]));
+}
+function writePack(group: string, header: PackHeader, source: Buffer, cache: Buffer): void {
+  writeIndexed(packFile(group), Buffer.from(JSON.stringify({ ...header, k: crcOf(source, cache) })), source, cache);
 }
 
 /** A cache file's index, or throws when it is not a well-formed cache. */
@@ -100,9 +103,7 @@ describe('code cache', () => {
           // A well-formed index whose entries match the modules but whose bytes are not V8's.
           const entries = index(g).map((e) => ({ ...e, o: 0, n: 64, k: crcOf(Buffer.alloc(64, 0xa5)) }));
           const json = Buffer.from(JSON.stringify(entries));
-          const head = Buffer.alloc(4);
-          head.writeUInt32LE(json.length);
-          writeFileSync(cacheFile(g), Buffer.concat([head, json, Buffer.alloc(64, 0xa5)]));
+          writeIndexed(cacheFile(g), json, Buffer.alloc(64, 0xa5));
           // The pack's source whole, its code cache not V8's.
           const p = packOf(g);
           writePack(g, p.header, p.source, Buffer.alloc(4096, 0xa5));
@@ -379,9 +380,7 @@ describe('code cache', () => {
       // entry: made again in part, it keeps none of those entries garbled.
       header.e = header.e.map((e, i) => ({ ...e, o: e.o - i }));
       const json = Buffer.from(JSON.stringify(header));
-      const head = Buffer.alloc(4);
-      head.writeUInt32LE(json.length);
-      writeFileSync(pack, Buffer.concat([head, json, source, b.subarray(4 + len + header.n)]));
+      writeIndexed(pack, json, source, b.subarray(4 + len + header.n));
       writeFileSync(lsJs, src);
       const before = cli();
       expect(before).toBe(after.replace('OMIT THE HEADER LINE', 'omit the header line'));
@@ -470,9 +469,7 @@ describe('code cache', () => {
     // The same entries one byte further on: a space more after the index (as an unpadded index would leave them).
     let json = Buffer.from(bin.toString('latin1', 4, 4 + len).trimEnd(), 'latin1');
     if ((4 + json.length) % 8 === 0) json = Buffer.concat([json, Buffer.from(' ')]);
-    const head = Buffer.alloc(4);
-    head.writeUInt32LE(json.length);
-    writeFileSync(cacheFile('ls'), Buffer.concat([head, json, bin.subarray(4 + len)]));
+    writeIndexed(cacheFile('ls'), json, bin.subarray(4 + len));
     rmSync(packFile('ls')); // so that the run compiles its modules from the cache file
     const got = run(['ls', POOL]);
     expect({ status: got.status, stdout: got.stdout }).toEqual({ status: want.status, stdout: want.stdout });
@@ -686,9 +683,7 @@ describe('the module pack read at start-up', () => {
     const source = Buffer.from(text.length % 8 === 0 ? text + ' ' : text, 'latin1');
     expect(source.length % 8).not.toBe(0);
     const json = Buffer.from(JSON.stringify({ ...p.header, n: source.length, k: crcOf(source, Buffer.alloc(0)), a: false }));
-    const head = Buffer.alloc(4);
-    head.writeUInt32LE(json.length);
-    writeFileSync(file, Buffer.concat([head, json, source]));
+    writeIndexed(file, json, source);
     for (let i = 0; i < 2; i++) expect(counted(['ls', POOL]).stdout).toBe(want.stdout);
     const q = parts(hookPack());
     expect([q.headerBytes % 8, q.source.length % 8, q.cache.length > 0]).toEqual([0, 0, true]);
@@ -707,9 +702,7 @@ describe('the module pack read at start-up', () => {
     expect(p.cache.length).toBeGreaterThan(0);
     let json = Buffer.from(JSON.stringify(p.header));
     if ((4 + json.length) % 8 === 0) json = Buffer.concat([json, Buffer.from(' ')]);
-    const head = Buffer.alloc(4);
-    head.writeUInt32LE(json.length);
-    writeFileSync(file, Buffer.concat([head, json, p.source, p.cache]));
+    writeIndexed(file, json, p.source, p.cache);
     expect((4 + json.length) % 8).not.toBe(0);
     expect(counted(['ls', POOL]).stdout).toBe(want.stdout);
     const q = parts(hookPack());
@@ -732,9 +725,7 @@ describe('the module pack read at start-up', () => {
     expect(at).toBeGreaterThan(1);
     source[at] = 0xe9;
     const json = Buffer.from(JSON.stringify({ ...p.header, k: crcOf(source, p.cache) }));
-    const head = Buffer.alloc(4);
-    head.writeUInt32LE(json.length);
-    writeFileSync(file, Buffer.concat([head, json, source, p.cache]));
+    writeIndexed(file, json, source, p.cache);
     const got = counted(['ls', POOL]);
     expect({ status: got.status, stdout: got.stdout }).toEqual({ status: want.status, stdout: want.stdout });
     // Its header, then its source read (the code cache stays mapped).
