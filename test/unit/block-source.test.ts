@@ -187,11 +187,21 @@ describe('native reader', () => {
       const blocks = await s.read([5, 9, 40, 41, 63]);
       expect(turned).toBe(false);
       blocks.forEach((b) => expect([b.u32(100), b.data[250]]).toEqual([b.nr * 7 + 1, b.nr & 0xff]));
-      // A long run of such reads lets a timer (or a signal handler) run in between.
+      // A short walk never turns it (V8's young-generation collection would run
+      // there); a long run of such reads lets an immediate, a timer or a signal
+      // handler run in between, every few reads once past the first 64.
       let fired = false;
-      setTimeout(() => (fired = true), 0);
-      for (let i = 0; i < 200 && !fired; i++) await s.read([i % NBLOCKS]);
+      setImmediate(() => (fired = true));
+      let reads = 2;
+      for (; reads < 64; reads++) await s.read([reads % NBLOCKS]);
+      expect(fired).toBe(false);
+      for (; reads < 200 && !fired; reads++) await s.read([reads % NBLOCKS]);
       expect(fired).toBe(true);
+      expect(reads).toBeLessThanOrEqual(68);
+      let timer = false;
+      setTimeout(() => (timer = true), 0);
+      for (let i = 0; i < 200 && !timer; i++) await s.read([i % NBLOCKS]);
+      expect(timer).toBe(true);
     } finally {
       await s.close();
     }
