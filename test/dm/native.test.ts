@@ -11,6 +11,7 @@ import { DeviceMapper } from '../../src/dm/device-mapper';
 import { Cmd, encodeRequest } from '../../src/dm/ioctl';
 import { DmIoctlError, SetupError } from '../../src/errors';
 import { native } from '../../src/native/binding';
+import { addonFile } from '../../src/native/addon-file';
 import { sectors } from '../../src/units';
 import { Scratch, compile } from './helpers/cc';
 import { testAsRoot } from '../helpers/root';
@@ -80,6 +81,27 @@ describe('dmIoctl', () => {
     expect(c.initialBufferSize).toBe(16384);
     expect(c.headerVersion.major).toBe(4);
     expect(c.commandNames[Cmd.TARGET_MSG]).toBe('DM_TARGET_MSG');
+  });
+
+  test('the constants are made on first use (not at load), then are a plain property of their own', () => {
+    // A fresh load: this process's addon may have been asked already.
+    const r = spawnSync(process.execPath, [
+      '-e',
+      `const m = { exports: {} }; process.dlopen(m, ${JSON.stringify(addonFile(join(__dirname, '..', '..')))});
+       const before = Object.getOwnPropertyDescriptor(m.exports, 'dmConstants');
+       const c = m.exports.dmConstants;
+       const after = Object.getOwnPropertyDescriptor(m.exports, 'dmConstants');
+       console.log(JSON.stringify({ getter: typeof before.get, keys: Object.keys(m.exports).includes('dmConstants'), same: m.exports.dmConstants === c,
+         after: { value: after.value === c, writable: after.writable, enumerable: after.enumerable, configurable: after.configurable }, path: c.controlPath }));`,
+    ]);
+    expect(r.status).toBe(0);
+    expect(JSON.parse(r.stdout.toString())).toEqual({
+      getter: 'function',
+      keys: true,
+      same: true,
+      after: { value: true, writable: true, enumerable: true, configurable: true },
+      path: '/dev/mapper/control',
+    });
   });
 });
 
