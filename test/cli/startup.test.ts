@@ -995,6 +995,18 @@ describe('modules a command on a metadata file loads', () => {
     }
   });
 
+  it('a command reads no package.json; -V and --version (anywhere on the line) read it and print its version', () => {
+    const pkg = join(DIST, '..', 'package.json');
+    expect(loaded(['ls', POOL]).files).not.toContain(pkg);
+    expect(loaded(['--help']).files).not.toContain(pkg);
+    const { version } = JSON.parse(readFileSync(pkg, 'utf8')) as { version: string };
+    for (const args of [['-V'], ['--version'], ['ls', '-V'], ['ls', POOL, '--version']]) {
+      const r = run(args, {}, ['-r', hook]);
+      expect([r.status, r.stdout]).toEqual([0, `${version}\n`]);
+      expect((JSON.parse(r.stderr) as { files: string[] }).files).toContain(pkg);
+    }
+  });
+
   it('--help loads no command implementation: no btree, walker, checker, dump, ls table or rmap sort', () => {
     const { files } = loaded(['--help']);
     expect(files.filter((f) => f.startsWith(DIST) && /[/\\](pdata[/\\]btree|thin[/\\](check|dump|ls|rmap|rmap-runs|delta|delta-format|metadata))\.js$/.test(f))).toEqual([]);
