@@ -392,14 +392,36 @@ Napi::Object Constants(Napi::Env env) {
   return c;
 }
 
-// The getter of exports.dmConstants: makes the object and puts it in its place.
-Napi::Value DmConstantsOnce(const Napi::CallbackInfo& info) {
-  Napi::Object c = Constants(info.Env());
-  if (info.This().IsObject()) {
-    info.This().As<Napi::Object>().DefineProperty(
-        Napi::PropertyDescriptor::Value("dmConstants", c, static_cast<napi_property_attributes>(napi_writable | napi_enumerable | napi_configurable)));
+// exports.dmConstants, made on first use: one object per environment (a
+// worker's load of the addon has its own), kept here, never by redefining
+// the property (a frozen or sealed exports object, or another receiver, must
+// still read the same object).
+struct ConstantsCache {
+  Napi::ObjectReference object;
+};
+
+Napi::Value DmConstantsGet(const Napi::CallbackInfo& info) {
+  auto* cache = static_cast<ConstantsCache*>(info.Data());
+  if (cache->object.IsEmpty()) cache->object = Napi::Persistent(Constants(info.Env()));
+  return cache->object.Value();
+}
+
+// Assigned (a test's stand-in, as with the plain property it was): the value
+// takes the accessor's place on the object assigned to. Where that object
+// cannot take it (frozen, sealed), a TypeError, as strict code gets for a
+// read-only property.
+void DmConstantsSet(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  napi_property_descriptor d = {"dmConstants", nullptr, nullptr, nullptr, nullptr, info[0],
+                                static_cast<napi_property_attributes>(napi_writable | napi_enumerable | napi_configurable), nullptr};
+  bool pending = false;
+  if (!info.This().IsObject() || napi_define_properties(env, info.This(), 1, &d) != napi_ok) {
+    if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
+      napi_value ignored;
+      napi_get_and_clear_last_exception(env, &ignored);
+    }
+    throw Napi::TypeError::New(env, "Cannot assign to read only property 'dmConstants' of object");
   }
-  return c;
 }
 
 }  // namespace
@@ -409,10 +431,12 @@ void InitDmControl(Napi::Env env, Napi::Object exports) {
   exports.Set("dmIoctlSync", Napi::Function::New(env, DmIoctlSync, "dmIoctlSync"));
   exports.Set("mknodBlock", Napi::Function::New(env, MknodBlock, "mknodBlock"));
   exports.Set("unlinkNode", Napi::Function::New(env, UnlinkNode, "unlinkNode"));
-  // Built on first use, then kept as a plain property: ~110 property sets
-  // that only a run talking to device-mapper needs (every other command paid
-  // them at load, ~0.4 ms of a tiny ls).
-  exports.DefineProperty(Napi::PropertyDescriptor::Accessor<DmConstantsOnce>("dmConstants", static_cast<napi_property_attributes>(napi_enumerable | napi_configurable)));
+  // Built on first use: ~110 property sets that only a run talking to
+  // device-mapper needs (every other command paid them at load, ~0.2 ms).
+  auto* cache = new ConstantsCache();
+  exports.AddFinalizer([](Napi::Env, ConstantsCache* c) { delete c; }, cache);
+  exports.DefineProperty(Napi::PropertyDescriptor::Accessor<DmConstantsGet, DmConstantsSet>(
+      "dmConstants", static_cast<napi_property_attributes>(napi_enumerable | napi_configurable), cache));
 }
 
 }  // namespace dmthin

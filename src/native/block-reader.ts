@@ -29,12 +29,15 @@ export interface ReadOptions {
 
 /** Reads between two turns of the event loop (see read). */
 const YIELD_EVERY = 4;
-/** A reader's reads before its first such turn (see read). */
+/** A reader's reads before its first such turn (see read)... */
 const FIRST_TURN_AFTER = 64;
+/** ...unless its first read was this long ago (ms): a signal still gets in soon. */
+const FIRST_TURN_MS = 20;
 
 export class BlockReader {
   private closed = false;
   private reads = 0;
+  private firstRead = 0;
 
   private constructor(
     private readonly r: NativeBlockReader,
@@ -70,11 +73,13 @@ export class BlockReader {
       // (signal handlers, V8's GC tasks, Node's frees of buffers the
       // collector found unused; without it check at 40M mappings peaked up
       // to 3 MiB higher, over 80 MiB). Not in a reader's first
-      // FIRST_TURN_AFTER reads: a turn runs the young-generation collection
-      // V8 schedules once that space is 80% full, ~3 ms (mostly fresh pages
-      // for what survives) that a short walk ending well before it fills
-      // never needs (check of a tiny image collected there, ls and dump not).
-      if (!this.info.direct && ++this.reads > FIRST_TURN_AFTER && this.reads % YIELD_EVERY === 0) await new Promise<void>((resolve) => setImmediate(resolve));
+      // FIRST_TURN_AFTER reads (unless FIRST_TURN_MS have passed since the
+      // first: Ctrl-C waits no longer): a turn runs the young-generation
+      // collection V8 schedules once that space is 80% full, ~3 ms (mostly
+      // fresh pages for what survives) that a short walk ending well before
+      // it fills never needs (check of a tiny image collected there, ls and
+      // dump not).
+      if (!this.info.direct && this.turnNow()) await new Promise<void>((resolve) => setImmediate(resolve));
       return res;
     } catch (e) {
       throw fromNative(e, { path: this.path, ...opts.errorFields });
@@ -88,6 +93,13 @@ export class BlockReader {
    * Returns false (and does nothing) for a buffer this reader did not return
    * or a reader without that ability (the portable one).
    */
+  /** Counts a read of a cached file; whether the event loop turns after it (see read). */
+  private turnNow(): boolean {
+    const n = ++this.reads;
+    if (n === 1) this.firstRead = Date.now();
+    return n % YIELD_EVERY === 0 && (n > FIRST_TURN_AFTER || Date.now() - this.firstRead >= FIRST_TURN_MS);
+  }
+
   release(data: Buffer): boolean {
     return this.r.release?.(data) ?? false;
   }

@@ -83,24 +83,36 @@ describe('dmIoctl', () => {
     expect(c.commandNames[Cmd.TARGET_MSG]).toBe('DM_TARGET_MSG');
   });
 
-  test('the constants are made on first use (not at load), then are a plain property of their own', () => {
-    // A fresh load: this process's addon may have been asked already.
+  test('the constants are made on first use (not at load): one object, also through a frozen or derived exports object; an assignment replaces them', () => {
+    // Fresh loads: this process's addon may have been asked already.
     const r = spawnSync(process.execPath, [
       '-e',
-      `const m = { exports: {} }; process.dlopen(m, ${JSON.stringify(addonFile(join(__dirname, '..', '..')))});
-       const before = Object.getOwnPropertyDescriptor(m.exports, 'dmConstants');
-       const c = m.exports.dmConstants;
-       const after = Object.getOwnPropertyDescriptor(m.exports, 'dmConstants');
-       console.log(JSON.stringify({ getter: typeof before.get, keys: Object.keys(m.exports).includes('dmConstants'), same: m.exports.dmConstants === c,
-         after: { value: after.value === c, writable: after.writable, enumerable: after.enumerable, configurable: after.configurable }, path: c.controlPath }));`,
+      `'use strict';
+       const load = () => { const m = { exports: {} }; process.dlopen(m, ${JSON.stringify(addonFile(join(__dirname, '..', '..')))}); return m.exports; };
+       const a = load();
+       const getter = typeof Object.getOwnPropertyDescriptor(a, 'dmConstants').get;
+       const c = a.dmConstants;
+       const f = load();
+       Object.freeze(f);
+       const d = load();
+       const w = load();
+       w.dmConstants = { mock: 1 };
+       let frozenAssign = '';
+       try { f.dmConstants = 1; } catch (e) { frozenAssign = e.name; }
+       console.log(JSON.stringify({ getter, keys: Object.keys(a).includes('dmConstants'), same: a.dmConstants === c, path: c.controlPath,
+         frozen: f.dmConstants === f.dmConstants && f.dmConstants.controlPath, derived: Object.create(d).dmConstants === d.dmConstants,
+         assigned: w.dmConstants, frozenAssign }));`,
     ]);
-    expect(r.status).toBe(0);
+    expect(r.stderr.toString()).toBe('');
     expect(JSON.parse(r.stdout.toString())).toEqual({
       getter: 'function',
       keys: true,
       same: true,
-      after: { value: true, writable: true, enumerable: true, configurable: true },
       path: '/dev/mapper/control',
+      frozen: '/dev/mapper/control',
+      derived: true,
+      assigned: { mock: 1 },
+      frozenAssign: 'TypeError',
     });
   });
 });

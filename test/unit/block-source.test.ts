@@ -207,6 +207,25 @@ describe('native reader', () => {
     }
   });
 
+  test('a buffered file: slow reads turn the event loop within the first 64 once 20 ms have passed since the first (a signal waits no longer)', async () => {
+    const s = await NativeBlockSource.open(join(dir, 'img'), { direct: 'never' });
+    let clock = 1_000_000;
+    const now = jest.spyOn(Date, 'now').mockImplementation(() => clock);
+    try {
+      let fired = false;
+      setImmediate(() => (fired = true));
+      await s.read([0]);
+      for (let i = 1; i < 3; i++) await s.read([i]);
+      expect(fired).toBe(false);
+      clock += 20; // the 4th read comes 20 ms after the first
+      await s.read([3]);
+      expect(fired).toBe(true);
+    } finally {
+      now.mockRestore();
+      await s.close();
+    }
+  });
+
   test('blocks never marked done stay readable (the garbage collector frees them)', async () => {
     const s = await NativeBlockSource.open(join(dir, 'img'));
     const [b] = await s.read([7]);
