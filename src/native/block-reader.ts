@@ -86,13 +86,6 @@ export class BlockReader {
     }
   }
 
-  /**
-   * Hands back the `data` of a read that nothing will look at again: its
-   * memory is reused by later reads at once instead of when the garbage
-   * collector gets to it, and every view of it reads as empty from then on.
-   * Returns false (and does nothing) for a buffer this reader did not return
-   * or a reader without that ability (the portable one).
-   */
   /** Counts a read of a cached file; whether the event loop turns after it (see read). */
   private turnNow(): boolean {
     const n = ++this.reads;
@@ -100,6 +93,13 @@ export class BlockReader {
     return n % YIELD_EVERY === 0 && (n > FIRST_TURN_AFTER || Date.now() - this.firstRead >= FIRST_TURN_MS);
   }
 
+  /**
+   * Hands back the `data` of a read that nothing will look at again: its
+   * memory is reused by later reads at once instead of when the garbage
+   * collector gets to it, and every view of it reads as empty from then on.
+   * Returns false (and does nothing) for a buffer this reader did not return
+   * or a reader without that ability (the portable one).
+   */
   release(data: Buffer): boolean {
     return this.r.release?.(data) ?? false;
   }

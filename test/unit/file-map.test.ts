@@ -13,6 +13,16 @@ import { addonFile, fileMapFunctions } from '../../src/native/addon-file';
 import { native } from '../../src/native/binding';
 
 const ROOT = join(__dirname, '..', '..');
+
+/** Runs `script` in a Node process of its own with gc() and the addon's file functions required as named; its stdout as JSON. */
+function inChild(names: string, script: string): unknown {
+  const r = spawnSync(process.execPath, ['--expose-gc', '-e', `const { ${names} } = require(${JSON.stringify(addonFile(ROOT))}); const fs = require('fs');\n${script}`], {
+    encoding: 'utf8',
+    timeout: 60_000,
+  });
+  expect(r.stderr).toBe('');
+  return JSON.parse(r.stdout);
+}
 const dir = mkdtempSync(join(tmpdir(), 'dmthin-file-map-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -151,14 +161,9 @@ describe('mapAscii, readAscii and mapBytes', () => {
     const big = Buffer.alloc(1 << 20, 0x61);
     ascii.copy(big, 4096);
     writeFileSync(f, big);
-    const r = spawnSync(
-      process.execPath,
-      [
-        '--expose-gc',
-        '-e',
-        `const { readAscii } = require(${JSON.stringify(addonFile(ROOT))});
-         const fs = require('fs');
-         const rss = () => +fs.readFileSync("/proc/self/status", "utf8").match(/VmRSS:\\s+(\\d+)/)[1];
+    const out = inChild(
+      'readAscii',
+      `const rss = () => +fs.readFileSync("/proc/self/status", "utf8").match(/VmRSS:\\s+(\\d+)/)[1];
          const fd = fs.openSync(${JSON.stringify(f)}, 'r+');
          const s = readAscii(fd, 4096, ${ascii.length});
          let keep = [];
@@ -172,11 +177,8 @@ describe('mapAscii, readAscii and mapBytes', () => {
          let turns = 0;
          const turn = () => { gc(); const freed = held - rss(); if (freed >= 45 * 1024 || ++turns === 50) console.log(JSON.stringify({ same, freed })); else setTimeout(turn, 10); };
          turn();`,
-      ],
-      { encoding: 'utf8', timeout: 60_000 },
     );
-    expect(r.stderr).toBe('');
-    const { same, freed } = JSON.parse(r.stdout) as { same: boolean; freed: number };
+    const { same, freed } = out as { same: boolean; freed: number };
     expect(same).toBe(true);
     expect(freed).toBeGreaterThanOrEqual(45 * 1024); // KiB: 50 strings of 1 MiB
   });
@@ -186,14 +188,9 @@ describe('mapAscii, readAscii and mapBytes', () => {
     const f = join(dir, 'read-huge');
     const big = Buffer.from(Array.from({ length: 300_000 }, (_, i) => 0x20 + (i % 95)));
     writeFileSync(f, big);
-    const r = spawnSync(
-      process.execPath,
-      [
-        '--expose-gc',
-        '-e',
-        `const { readAscii } = require(${JSON.stringify(addonFile(ROOT))});
-         const fs = require('fs');
-         const marked = () => fs.readFileSync('/proc/self/smaps', 'utf8').split('\\n').filter((l) => /^VmFlags:/.test(l) && / hg\\b/.test(l)).length;
+    const out = inChild(
+      'readAscii',
+      `const marked = () => fs.readFileSync('/proc/self/smaps', 'utf8').split('\\n').filter((l) => /^VmFlags:/.test(l) && / hg\\b/.test(l)).length;
          const fd = fs.openSync(${JSON.stringify(f)}, 'r');
          const before = marked();
          let small = readAscii(fd, 0, 100_000);
@@ -206,25 +203,17 @@ describe('mapAscii, readAscii and mapBytes', () => {
          let turns = 0;
          const turn = () => { gc(); if (marked() === before || ++turns === 50) console.log(JSON.stringify({ small: afterSmall - before, big: after - afterSmall, same, freed: marked() === before })); else setTimeout(turn, 10); };
          turn();`,
-      ],
-      { encoding: 'utf8', timeout: 60_000 },
     );
-    expect(r.stderr).toBe('');
     // A kernel without transparent huge pages refuses the advice: nothing is marked.
     const thp = existsSync('/sys/kernel/mm/transparent_hugepage/enabled');
-    expect(JSON.parse(r.stdout)).toEqual({ small: 0, big: thp ? 1 : 0, same: true, freed: true });
+    expect(out).toEqual({ small: 0, big: thp ? 1 : 0, same: true, freed: true });
   });
 
   it('each mapping is gone from the process once its string or array is collected', () => {
     // A process of its own with gc(): the file's mappings counted in /proc/self/maps.
-    const r = spawnSync(
-      process.execPath,
-      [
-        '--expose-gc',
-        '-e',
-        `const { mapAscii, mapBytes } = require(${JSON.stringify(addonFile(ROOT))});
-         const fs = require('fs');
-         const count = () => fs.readFileSync('/proc/self/maps', 'utf8').split('\\n').filter((l) => l.endsWith(${JSON.stringify(file)})).length;
+    const out = inChild(
+      'mapAscii, mapBytes',
+      `const count = () => fs.readFileSync('/proc/self/maps', 'utf8').split('\\n').filter((l) => l.endsWith(${JSON.stringify(file)})).length;
          const fd = fs.openSync(${JSON.stringify(file)}, 'r');
          let keep = [];
          for (let i = 0; i < 50; i++) keep.push(mapAscii(fd, i, 4000), mapBytes(fd, i, 4000));
@@ -236,11 +225,8 @@ describe('mapAscii, readAscii and mapBytes', () => {
          let turns = 0;
          const turn = () => { gc(); const after = count(); if (after === 0 || ++turns === 50) console.log(JSON.stringify({ held, sum, after })); else setTimeout(turn, 10); };
          turn();`,
-      ],
-      { encoding: 'utf8', timeout: 60_000 },
     );
-    expect(r.stderr).toBe('');
-    const { held, sum, after } = JSON.parse(r.stdout) as { held: number; sum: number; after: number };
+    const { held, sum, after } = out as { held: number; sum: number; after: number };
     expect(sum).toBe(100 * 4000);
     expect(held).toBe(100);
     expect(after).toBe(0);
