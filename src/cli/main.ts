@@ -19,6 +19,7 @@
 if (require.main === module) {
   const startup = require('./startup') as typeof import('./startup');
   startup.sizeThreadPool(process.argv[2]);
+  startup.minorGcTaskOff();
   startup.installCodeCache(startup.cacheGroup(process.argv[2], Object.keys((require('./commands') as typeof import('./commands')).COMMANDS)));
   startup.deferCommanderChildProcess();
   startup.resolveCliModulesDirectly();

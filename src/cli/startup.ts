@@ -246,6 +246,17 @@ export function sizeThreadPool(command: string | undefined): void {
 }
 
 /**
+ * V8's minor GC task off for this CLI process (native/allocator.cc says
+ * why: a short command's one turn of the event loop no longer collects a
+ * young generation it would never fill). Called before anything compiles
+ * with a code cache: V8 signs a cache with its flags, this one included.
+ * Without the addon (or with one built before it) nothing changes.
+ */
+export function minorGcTaskOff(): void {
+  fileMaps()?.minorGcTask?.(false);
+}
+
+/**
  * Installs the cache for the modules loaded from now on (once; not under an
  * inspector or DMTHIN_CODE_CACHE=0), in the file of `group` (see cacheGroup).
  */

@@ -1,7 +1,7 @@
 /**
- * Where the addon's file is, and the two calls the CLI's start-up makes
+ * Where the addon's file is, and the calls the CLI's start-up makes
  * before any other module loads (src/cli/startup.ts maps its module pack
- * with them). Kept apart from binding.ts, which imports the error module:
+ * with them, and sets V8's collector up). Kept apart from binding.ts, which imports the error module:
  * what start-up loads before the pack is compiled from source on every run.
  */
 import { statSync } from 'node:fs';
@@ -39,6 +39,11 @@ export interface FileMapFunctions {
   statFile?(path: string, out: Float64Array): boolean;
   /** The addon's CRC-32C (binding.ts's contract): start-up checks its pack with it. */
   crc32c(data: Uint8Array, seed?: number, raw?: boolean): number;
+  /**
+   * V8's minor GC task on or off for the process (native/allocator.cc): the
+   * CLI's start-up turns it off before it compiles anything. Absent in an addon built before it.
+   */
+  minorGcTask?(on: boolean): void;
 }
 
 /**

@@ -135,3 +135,68 @@ test('alignedBuffer of 2 MiB or more (a send batch) starts at a huge-page bounda
   // One more marked mapping, of exactly the buffer's 8 MiB (8,192 kB): the whole buffer, at a huge-page boundary.
   expect([after.length - before.length, count(after, 8 << 10) - count(before, 8 << 10)]).toEqual(thp ? [1, 1] : [0, 0]);
 });
+
+/**
+ * V8's minor GC task (native/allocator.cc's minorGcTask): on, a young
+ * generation 88% full is collected at the next turn of the event loop; off,
+ * not until it is full. Seen from outside V8: 'gc' performance entries of
+ * the minor kind, in a process of its own.
+ */
+test('minorGcTask(false): a young generation filled to 88% is not collected when the event loop turns (it is with the task on); a non-boolean is a TypeError', () => {
+  const run = (off: boolean) => {
+    const r = spawnSync(
+      process.execPath,
+      [
+        '-e',
+        `const { PerformanceObserver, constants } = require('node:perf_hooks');
+         const v8 = require('node:v8');
+         const a = require(${JSON.stringify(join(ROOT, 'build', 'Release', 'dmthin.node'))});
+         let typeError = false;
+         try { a.minorGcTask(1); } catch (e) { typeError = e instanceof TypeError; }
+         if (${off}) a.minorGcTask(false);
+         let minor = 0;
+         new PerformanceObserver((l) => { for (const e of l.getEntries()) if (e.detail.kind === constants.NODE_PERFORMANCE_GC_MINOR) minor++; }).observe({ entryTypes: ['gc'] });
+         const newSpace = () => v8.getHeapSpaceStatistics().find((s) => s.space_name === 'new_space');
+         const keep = [];
+         for (let s = newSpace(); s.space_used_size < 0.88 * (s.space_used_size + s.space_available_size); s = newSpace()) for (let i = 0; i < 16; i++) keep.push(new Array(126).fill(i));
+         const filling = minor;
+         setImmediate(() => setImmediate(() => setTimeout(() => process.stdout.write(JSON.stringify({ typeError, filling, afterTurns: minor - filling })), 20)));`,
+      ],
+      { encoding: 'utf8', timeout: 30_000 },
+    );
+    expect(r.stderr).toBe('');
+    return JSON.parse(r.stdout) as { typeError: boolean; filling: number; afterTurns: number };
+  };
+  expect(run(false)).toEqual({ typeError: true, filling: 0, afterTurns: 1 });
+  expect(run(true)).toEqual({ typeError: true, filling: 0, afterTurns: 0 });
+});
+
+test('a CLI run turns the minor GC task off before it compiles anything from its code cache; a library that loads the addon does not', () => {
+  // Preloaded: every call of the addon's minorGcTask, and how many modules
+  // had been compiled by then (the code cache is installed after the call).
+  const spy = join(dir, 'gc-task-spy.js');
+  writeFileSync(
+    spy,
+    `const calls = [];
+const dlopen = process.dlopen;
+process.dlopen = function (m, file, ...rest) {
+  const r = dlopen.call(this, m, file, ...rest);
+  if (file.endsWith('dmthin.node') && typeof m.exports.minorGcTask === 'function') {
+    const f = m.exports.minorGcTask;
+    m.exports.minorGcTask = (on) => { calls.push({ on, cached: Object.keys(require.cache).filter((k) => /[\\\\/](program|errors|common)\\.js$/.test(k)).length }); return f(on); };
+  }
+  return r;
+};
+process.on('exit', () => require('node:fs').writeSync(2, 'gc-task ' + JSON.stringify(calls) + '\\n'));
+`,
+  );
+  const calls = (args: string[]) => {
+    const r = spawnSync(process.execPath, ['-r', spy, ...args], { encoding: 'utf8', timeout: 30_000 });
+    const m = /gc-task (.*)/.exec(r.stderr);
+    if (!m) throw new Error(`no spy line (status ${r.status}): ${r.stderr}`);
+    return { status: r.status, calls: JSON.parse(m[1]) as unknown[] };
+  };
+  expect(calls([CLI, 'ls', POOL])).toEqual({ status: 0, calls: [{ on: false, cached: 0 }] });
+  expect(calls([CLI, '--help'])).toEqual({ status: 0, calls: [{ on: false, cached: 0 }] });
+  expect(calls(['-e', `require(${JSON.stringify(BINDING)}).native().crc32c(Buffer.from('x'), 0, true)`])).toEqual({ status: 0, calls: [] });
+});
