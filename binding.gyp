@@ -22,6 +22,7 @@
         "native/file_put.cc",
         "native/digest_pipe.cc",
         "native/range_reader.cc",
+        "native/range_ring.cc",
         "native/exit_guard.cc",
         "native/allocator.cc",
         "native/third_party/blake3/blake3.c",

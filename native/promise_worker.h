@@ -17,6 +17,11 @@ class PromiseWorker : public Napi::AsyncWorker {
       : Napi::AsyncWorker(env, name), deferred_(Napi::Promise::Deferred::New(env)), owner_(owner) {
     owner_->Ref();
   }
+  // Settles `deferred` instead of a promise of its own (work handed over by another path).
+  PromiseWorker(Napi::Env env, Owner* owner, const char* name, Napi::Promise::Deferred deferred)
+      : Napi::AsyncWorker(env, name), deferred_(deferred), owner_(owner) {
+    owner_->Ref();
+  }
   ~PromiseWorker() override { owner_->Unref(); }
 
   Napi::Promise Promise() { return deferred_.Promise(); }

@@ -10,6 +10,9 @@
 #include <condition_variable>
 #include <mutex>
 #include <string>
+#include <vector>
+
+#include "range_ring.h"
 
 namespace dmthin {
 
@@ -40,9 +43,15 @@ class RangeReader : public Napi::ObjectWrap<RangeReader> {
   Napi::Value ReadInto(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
   void CloseNow();
+  Napi::Value ReadThroughPool(Napi::Env env, Napi::Object buf, uint8_t* base, std::vector<RangeRing::Piece> pieces, Napi::Promise::Deferred* adopt);
   static void EnvCleanup(void* arg);
   napi_env env_ = nullptr;
   bool hooked_ = false;
+  // The io_uring its reads go through (range_ring.h), made at the first
+  // read; none where the kernel offers none or refused its first read, or
+  // when made with `ioUring: false` (tests of the thread-pool path).
+  RangeRing* ring_ = nullptr;
+  bool ring_tried_ = false;
 };
 
 }  // namespace dmthin

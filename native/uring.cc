@@ -73,61 +73,125 @@ void SleepBriefly() {
 
 }  // namespace
 
+bool UringBuilt() { return DMTHIN_IO_URING != 0; }
+
+void UringMap::TearDown() {
+  if (sqes != nullptr) ::munmap(sqes, sqes_bytes);
+  if (sq_ring != nullptr) ::munmap(sq_ring, sq_ring_bytes);
+  if (fd >= 0) ::close(fd);
+  sqes = nullptr;
+  sq_ring = nullptr;
+  fd = -1;
+}
+
+bool UringMap::Setup(unsigned entries) {
+#if !DMTHIN_IO_URING
+  (void)entries;
+  return false;
+#else
+  struct io_uring_params p;
+  std::memset(&p, 0, sizeof p);
+  const long r = ::syscall(__NR_io_uring_setup, entries, &p);
+  if (r < 0) return false;
+  fd = static_cast<int>(r);
+  // One mapping for both rings needs 5.4; the operation needs 5.6, checked by its first use.
+  if (!(p.features & IORING_FEAT_SINGLE_MMAP) || p.sq_entries < entries || p.cq_entries < entries) {
+    TearDown();
+    return false;
+  }
+  sq_ring_bytes = p.sq_off.array + p.sq_entries * sizeof(unsigned);
+  const size_t cq_bytes = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
+  if (cq_bytes > sq_ring_bytes) sq_ring_bytes = cq_bytes;
+  void* rings = ::mmap(nullptr, sq_ring_bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_SQ_RING);
+  if (rings == MAP_FAILED) {
+    TearDown();
+    return false;
+  }
+  sq_ring = rings;
+  sqes_bytes = p.sq_entries * sizeof(struct io_uring_sqe);
+  void* e = ::mmap(nullptr, sqes_bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_SQES);
+  if (e == MAP_FAILED) {
+    TearDown();
+    return false;
+  }
+  sqes = static_cast<io_uring_sqe*>(e);
+  sq_tail = At<unsigned>(sq_ring, p.sq_off.tail);
+  sq_mask = At<unsigned>(sq_ring, p.sq_off.ring_mask);
+  sq_array = At<unsigned>(sq_ring, p.sq_off.array);
+  cq_head = At<unsigned>(sq_ring, p.cq_off.head);
+  cq_tail = At<unsigned>(sq_ring, p.cq_off.tail);
+  cq_mask = At<unsigned>(sq_ring, p.cq_off.ring_mask);
+  cqes = At<io_uring_cqe>(sq_ring, p.cq_off.cqes);
+  return true;
+#endif
+}
+
+io_uring_sqe* UringMap::Entry(unsigned ahead) {
+#if !DMTHIN_IO_URING
+  (void)ahead;
+  return nullptr;
+#else
+  const unsigned idx = (*sq_tail + ahead) & *sq_mask;
+  io_uring_sqe* e = &sqes[idx];
+  std::memset(e, 0, sizeof *e);
+  sq_array[idx] = idx;
+  return e;
+#endif
+}
+
+void UringMap::Publish(unsigned n) {
+#if DMTHIN_IO_URING
+  StoreRelease(sq_tail, *sq_tail + n);
+#else
+  (void)n;
+#endif
+}
+
+unsigned UringMap::CqTail() const {
+#if DMTHIN_IO_URING
+  return LoadAcquire(cq_tail);
+#else
+  return 0;
+#endif
+}
+
+void UringMap::ConsumedTo(unsigned head) {
+#if DMTHIN_IO_URING
+  StoreRelease(cq_head, head);
+#else
+  (void)head;
+#endif
+}
+
+const io_uring_cqe& UringMap::Cqe(unsigned at) const {
+#if DMTHIN_IO_URING
+  return cqes[at & *cq_mask];
+#else
+  (void)at;
+  return *cqes;  // never reached: Setup() is false in such a build
+#endif
+}
+
+long UringMap::Enter(unsigned submit, unsigned wait) {
+#if DMTHIN_IO_URING
+  const long r = ::syscall(__NR_io_uring_enter, fd, submit, wait, wait > 0 ? IORING_ENTER_GETEVENTS : 0, nullptr, 0);
+  return r < 0 ? -errno : r;
+#else
+  (void)submit;
+  (void)wait;
+  return -ENOSYS;
+#endif
+}
+
 BatchReads::~BatchReads() { TearDown(); }
 
 void BatchReads::TearDown() {
   // Poisoned: the ring's memory and reads stay as they are (see Poisoned).
   if (poisoned_) return;
-  if (sqes_ != nullptr) ::munmap(sqes_, sqes_bytes_);
-  if (cq_ring_ != nullptr && cq_ring_ != sq_ring_) ::munmap(cq_ring_, cq_ring_bytes_);
-  if (sq_ring_ != nullptr) ::munmap(sq_ring_, sq_ring_bytes_);
-  if (ring_fd_ >= 0) ::close(ring_fd_);
-  sqes_ = nullptr;
-  cq_ring_ = sq_ring_ = nullptr;
-  ring_fd_ = -1;
+  ring_.TearDown();
 }
 
-bool BatchReads::Setup() {
-#if !DMTHIN_IO_URING
-  return false;
-#else
-  struct io_uring_params p;
-  std::memset(&p, 0, sizeof p);
-  const long fd = ::syscall(__NR_io_uring_setup, kMaxBatch, &p);
-  if (fd < 0) return false;
-  ring_fd_ = static_cast<int>(fd);
-  // One mapping for both rings needs 5.4; the operation below needs 5.6, checked by its first use.
-  if (!(p.features & IORING_FEAT_SINGLE_MMAP) || p.sq_entries < kMaxBatch || p.cq_entries < kMaxBatch) {
-    TearDown();
-    return false;
-  }
-  sq_ring_bytes_ = p.sq_off.array + p.sq_entries * sizeof(unsigned);
-  cq_ring_bytes_ = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
-  if (cq_ring_bytes_ > sq_ring_bytes_) sq_ring_bytes_ = cq_ring_bytes_;
-  void* rings = ::mmap(nullptr, sq_ring_bytes_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, ring_fd_, IORING_OFF_SQ_RING);
-  if (rings == MAP_FAILED) {
-    TearDown();
-    return false;
-  }
-  sq_ring_ = cq_ring_ = rings;
-  cq_ring_bytes_ = sq_ring_bytes_;
-  sqes_bytes_ = p.sq_entries * sizeof(struct io_uring_sqe);
-  void* sqes = ::mmap(nullptr, sqes_bytes_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, ring_fd_, IORING_OFF_SQES);
-  if (sqes == MAP_FAILED) {
-    TearDown();
-    return false;
-  }
-  sqes_ = static_cast<io_uring_sqe*>(sqes);
-  sq_tail_ = At<unsigned>(sq_ring_, p.sq_off.tail);
-  sq_mask_ = At<unsigned>(sq_ring_, p.sq_off.ring_mask);
-  sq_array_ = At<unsigned>(sq_ring_, p.sq_off.array);
-  cq_head_ = At<unsigned>(cq_ring_, p.cq_off.head);
-  cq_tail_ = At<unsigned>(cq_ring_, p.cq_off.tail);
-  cq_mask_ = At<unsigned>(cq_ring_, p.cq_off.ring_mask);
-  cqes_ = At<io_uring_cqe>(cq_ring_, p.cq_off.cqes);
-  return true;
-#endif
-}
+bool BatchReads::Setup() { return ring_.Setup(kMaxBatch); }
 
 int BatchReads::Read(int fd, const uint64_t* blocks, size_t n, uint8_t* out, bool wait) {
   if (n > kMaxBatch) return EINVAL;
@@ -150,12 +214,9 @@ int BatchReads::ReadRing(int fd, const uint64_t* blocks, size_t n, uint8_t* out,
   return 0;
 #else
   if (n == 0) return 0;
-  const unsigned tail = *sq_tail_;  // only this thread writes it
-  const unsigned mask = *sq_mask_;
+  const unsigned tail = *ring_.sq_tail;  // only this thread writes it
   for (size_t i = 0; i < n; i++) {
-    const unsigned idx = (tail + static_cast<unsigned>(i)) & mask;
-    io_uring_sqe* s = &sqes_[idx];
-    std::memset(s, 0, sizeof *s);
+    io_uring_sqe* s = ring_.Entry(static_cast<unsigned>(i));
     s->opcode = IORING_OP_READ;
     s->fd = fd;
     s->addr = reinterpret_cast<uint64_t>(out + i * kBlockBytes);
@@ -163,9 +224,8 @@ int BatchReads::ReadRing(int fd, const uint64_t* blocks, size_t n, uint8_t* out,
     s->off = blocks[i] * kBlockBytes;
     s->rw_flags = wait ? 0 : RWF_NOWAIT;
     s->user_data = i;
-    sq_array_[idx] = idx;
   }
-  StoreRelease(sq_tail_, tail + static_cast<unsigned>(n));
+  StoreRelease(ring_.sq_tail, tail + static_cast<unsigned>(n));
   // Submitted and waited for together; every completion is reaped before
   // this returns, so no read can land in `out` afterwards.
   size_t submitted = 0;
@@ -173,13 +233,13 @@ int BatchReads::ReadRing(int fd, const uint64_t* blocks, size_t n, uint8_t* out,
   int result = 0;
   int busy = 0;
   while (reaped < n) {
-    const long r = ::syscall(__NR_io_uring_enter, ring_fd_, static_cast<unsigned>(n - submitted), static_cast<unsigned>(n - reaped), IORING_ENTER_GETEVENTS, nullptr, 0);
+    const long r = ::syscall(__NR_io_uring_enter, ring_.fd, static_cast<unsigned>(n - submitted), static_cast<unsigned>(n - reaped), IORING_ENTER_GETEVENTS, nullptr, 0);
     if (r < 0) {
       const int e = errno;
       if (e == EINTR) continue;
       if (submitted == 0 && reaped == 0) {
         // Nothing went in: take the entries back, and let preadv2 do it.
-        StoreRelease(sq_tail_, tail);
+        StoreRelease(ring_.sq_tail, tail);
         *unsupported = true;
         return 0;
       }
@@ -194,10 +254,10 @@ int BatchReads::ReadRing(int fd, const uint64_t* blocks, size_t n, uint8_t* out,
       return e;
     }
     submitted += static_cast<size_t>(r);
-    unsigned head = *cq_head_;
-    const unsigned ctail = LoadAcquire(cq_tail_);
+    unsigned head = *ring_.cq_head;
+    const unsigned ctail = LoadAcquire(ring_.cq_tail);
     for (; head != ctail; head++) {
-      const io_uring_cqe& c = cqes_[head & *cq_mask_];
+      const io_uring_cqe& c = ring_.cqes[head & *ring_.cq_mask];
       reaped++;
       if (c.res == static_cast<int>(kBlockBytes) || result != 0) continue;
       if (c.res == -EINVAL || c.res == -EOPNOTSUPP) *unsupported = true;
@@ -205,7 +265,7 @@ int BatchReads::ReadRing(int fd, const uint64_t* blocks, size_t n, uint8_t* out,
       // waiting read is short only at the end of the file.
       result = c.res < 0 ? -c.res : c.res == 0 || wait ? EIO : EAGAIN;
     }
-    StoreRelease(cq_head_, head);
+    StoreRelease(ring_.cq_head, head);
   }
   if (*unsupported) result = 0;
   return result;

@@ -1,4 +1,5 @@
-// Batches of 4 KiB reads through one io_uring system call (see uring.cc).
+// io_uring without liburing: UringMap (a ring mapped into this process) and
+// BatchReads, batches of 4 KiB reads in one system call (see uring.cc).
 #pragma once
 
 #include <cstddef>
@@ -8,6 +9,43 @@ struct io_uring_sqe;
 struct io_uring_cqe;
 
 namespace dmthin {
+
+// An io_uring and its two rings mapped into this process (the system calls
+// themselves: liburing would be a build dependency for these few lines).
+// Setup is false where the kernel has no io_uring, forbids it (seccomp,
+// kernel.io_uring_disabled, RLIMIT_MEMLOCK before 5.12) or lacks one mapping
+// for both rings (before 5.4). IORING_OP_READ needs 5.6: its first use says.
+struct UringMap {
+  bool Setup(unsigned entries);
+  void TearDown();
+  // The next free submission entry, zeroed, at sq_tail + `ahead`.
+  io_uring_sqe* Entry(unsigned ahead);
+  // Makes `n` entries from Entry() visible to the kernel.
+  void Publish(unsigned n);
+  // Completions: [head, CqTail()) are ready; ConsumedTo(head) gives them back.
+  unsigned CqHead() const { return *cq_head; }
+  unsigned CqTail() const;
+  void ConsumedTo(unsigned head);
+  const io_uring_cqe& Cqe(unsigned at) const;
+  // io_uring_enter: submit `submit`, wait for `wait` completions (0: none). The call's result, or -errno.
+  long Enter(unsigned submit, unsigned wait);
+
+  int fd = -1;
+  void* sq_ring = nullptr;
+  size_t sq_ring_bytes = 0;
+  io_uring_sqe* sqes = nullptr;
+  size_t sqes_bytes = 0;
+  unsigned* sq_tail = nullptr;
+  unsigned* sq_mask = nullptr;
+  unsigned* sq_array = nullptr;
+  unsigned* cq_head = nullptr;
+  unsigned* cq_tail = nullptr;
+  unsigned* cq_mask = nullptr;
+  io_uring_cqe* cqes = nullptr;
+};
+
+// Whether this build has IORING_OP_READ (kernel headers of 5.6 or later).
+bool UringBuilt();
 
 class BatchReads {
  public:
@@ -40,20 +78,7 @@ class BatchReads {
 
   enum class State { kUntried, kRing, kNone } state_;
   bool poisoned_ = false;
-  int ring_fd_ = -1;
-  void* sq_ring_ = nullptr;
-  size_t sq_ring_bytes_ = 0;
-  void* cq_ring_ = nullptr;
-  size_t cq_ring_bytes_ = 0;
-  io_uring_sqe* sqes_ = nullptr;
-  size_t sqes_bytes_ = 0;
-  unsigned* sq_tail_ = nullptr;
-  unsigned* sq_mask_ = nullptr;
-  unsigned* sq_array_ = nullptr;
-  unsigned* cq_head_ = nullptr;
-  unsigned* cq_tail_ = nullptr;
-  unsigned* cq_mask_ = nullptr;
-  io_uring_cqe* cqes_ = nullptr;
+  UringMap ring_;
 };
 
 }  // namespace dmthin

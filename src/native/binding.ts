@@ -202,7 +202,8 @@ export interface NativeAddon {
   DigestPipe: new (ringBytes?: number, segmentBytes?: number, algorithm?: 'sha256' | 'blake3') => NativeDigestPipe;
   /** SHA-256 of the parts in order, on the calling thread (small inputs). */
   sha256(parts: Uint8Array[]): Buffer;
-  RangeReader: new () => NativeRangeReader;
+  /** `ioUring: false`: through libuv's thread pool only (tests of that path). */
+  RangeReader: new (options?: { ioUring?: boolean }) => NativeRangeReader;
   /** A 4096-aligned Uint8Array (for O_DIRECT reads into it), in memory V8 owns. */
   alignedBuffer(bytes: number): Uint8Array;
   DmPoll: new () => NativeDmPoll;

@@ -1,0 +1,294 @@
+#include "range_ring.h"
+
+#include <cerrno>
+#include <ctime>
+
+#if __has_include(<linux/io_uring.h>)
+#include <linux/io_uring.h>
+#endif
+
+namespace dmthin {
+
+RangeRing* RangeRing::Create(Napi::Env env, RangeRing** self) {
+  if (!UringBuilt()) return nullptr;
+  auto* r = new RangeRing(env, self);
+  if (!r->Setup()) {
+    delete r;
+    return nullptr;
+  }
+  return r;
+}
+
+bool RangeRing::Setup() {
+  if (!ring_.Setup(kEntries)) return false;
+  uv_loop_t* loop = nullptr;
+  if (napi_get_uv_event_loop(env_, &loop) != napi_ok || loop == nullptr || uv_poll_init(loop, &poll_, ring_.fd) != 0) {
+    ring_.TearDown();
+    return false;
+  }
+  poll_.data = this;
+  // From here on the ring is freed through uv_close (OnClosed).
+  napi_value name;
+  napi_create_string_utf8(env_, "dmthin:range-ring", NAPI_AUTO_LENGTH, &name);
+  napi_async_init(env_, nullptr, name, &context_);
+  napi_add_async_cleanup_hook(env_, OnTeardown, this, &hook_);
+  for (unsigned i = kDepth; i-- > 0;) free_.push_back(i);
+  return true;
+}
+
+RangeRing::~RangeRing() {
+  if (!poisoned_) ring_.TearDown();
+}
+
+void RangeRing::Read(int fd, uint8_t* base, std::vector<Piece> pieces, const std::string& path, Done done) {
+  auto* r = new Read_();
+  r->fd = fd;
+  r->base = base;
+  r->path = path;
+  r->done = std::move(done);
+  r->queued.assign(pieces.begin(), pieces.end());
+  reads_.push_back(r);
+  // Newest of the environment's cleanup hooks (they run newest first): the
+  // teardown waits for this read before a hook of the buffer's frees it.
+  if (hook_ != nullptr && napi_remove_async_cleanup_hook(hook_) == napi_ok) {
+    hook_ = nullptr;
+    napi_add_async_cleanup_hook(env_, OnTeardown, this, &hook_);
+  }
+  StartPolling();
+  Pump();
+  Settle();  // a read of nothing, or one the kernel refused at once
+}
+
+void RangeRing::Submit(unsigned slot) {
+  Slot& s = slots_[slot];
+  io_uring_sqe* e = ring_.Entry(0);
+#if __has_include(<linux/io_uring.h>)
+  e->opcode = IORING_OP_READ;
+#endif
+  e->fd = s.read->fd;
+  e->addr = reinterpret_cast<uint64_t>(s.read->base + s.piece.dst + s.done);
+  e->len = static_cast<uint32_t>(s.piece.len - s.done);
+  e->off = s.piece.src + s.done;
+  e->user_data = slot;
+  ring_.Publish(1);
+  published_.push_back(slot);
+}
+
+// Fills free slots from the reads' queues in order, then hands what was
+// published to the kernel (io_uring_enter without waiting).
+void RangeRing::Pump() {
+  for (Read_* r : reads_) {
+    while (!free_.empty() && !r->queued.empty() && !r->failure.failed()) {
+      const unsigned slot = free_.back();
+      free_.pop_back();
+      slots_[slot] = Slot{r, r->queued.front(), 0};
+      r->queued.pop_front();
+      r->inflight++;
+      Submit(slot);
+    }
+  }
+  while (!published_.empty()) {
+    const long n = ring_.Enter(static_cast<unsigned>(published_.size()), 0);
+    if (n == -EINTR) continue;
+    if (n > 0) {
+      // The kernel takes entries in the order they were published.
+      published_.erase(published_.begin(), published_.begin() + n);
+      continue;
+    }
+    if (n == 0) break;
+    // Refused: the entries it did not take are taken back, and their reads
+    // fail (on a ring that never read anything, a refused operation: read another way).
+    TakeBackUnsubmitted(static_cast<int>(-n), !any_completed_ && (n == -EINVAL || n == -EOPNOTSUPP || n == -ENOSYS));
+    break;
+  }
+}
+
+// Entries published but not taken by the kernel: off the ring again, their
+// slots freed, their reads failed with `err` (0: dropped, at teardown).
+void RangeRing::TakeBackUnsubmitted(int err, bool unsupported) {
+  *ring_.sq_tail -= static_cast<unsigned>(published_.size());
+  for (unsigned slot : published_) {
+    Slot& s = slots_[slot];
+    if (err != 0) Fail(s.read, err, s.piece.src + s.done, unsupported);
+    s.read->inflight--;
+    s = Slot{};
+    free_.push_back(slot);
+  }
+  published_.clear();
+}
+
+// The first failure's error; of several pieces failing with it (reads past
+// the end of a file), the lowest offset: where the file ended.
+void RangeRing::Fail(Read_* r, int err, uint64_t offset, bool unsupported) {
+  if (r->failure.failed()) {
+    if (err == r->failure.err && static_cast<double>(offset) < r->failure.offset) r->failure.offset = static_cast<double>(offset);
+    return;
+  }
+  r->failure.set(err, "pread", r->path, err == EIO && !unsupported ? "short read: range beyond the end of the file or device" : std::string());
+  if (err != EIO) r->failure.detail.clear();
+  r->failure.offset = static_cast<double>(offset);
+  r->unsupported = unsupported;
+  r->queued.clear();
+}
+
+// Takes the completions: a piece read whole frees its slot, a short one is
+// read on from where it stopped, an error fails its read.
+unsigned RangeRing::Reap() {
+  unsigned head = ring_.CqHead();
+  const unsigned tail = ring_.CqTail();
+  unsigned n = 0;
+  for (; head != tail; head++, n++) {
+    const io_uring_cqe& c = ring_.Cqe(head);
+    const unsigned slot = static_cast<unsigned>(c.user_data);
+    if (slot >= kDepth || slots_[slot].read == nullptr) continue;
+    Slot& s = slots_[slot];
+    Read_* r = s.read;
+    const int res = c.res;
+    if (res == -EINTR || res == -EAGAIN) {
+      Submit(slot);
+      continue;
+    }
+    if (res > 0) {
+      any_completed_ = true;
+      s.done += static_cast<uint64_t>(res);
+      // Read on even when another piece has failed: a short piece ends where the file does (Fail keeps the lowest offset).
+      if (s.done < s.piece.len) {
+        Submit(slot);
+        continue;
+      }
+    } else if (res == 0) {
+      Fail(r, EIO, s.piece.src + s.done);
+    } else {
+      Fail(r, -res, s.piece.src + s.done, !any_completed_ && (res == -EINVAL || res == -EOPNOTSUPP));
+    }
+    r->inflight--;
+    s = Slot{};
+    free_.push_back(slot);
+  }
+  ring_.ConsumedTo(head);
+  return n;
+}
+
+// Runs `done` for each read with nothing left in flight and nothing left to
+// read (or a failure), in the order they were asked for.
+void RangeRing::Settle() {
+  std::vector<Read_*> finished;
+  for (auto it = reads_.begin(); it != reads_.end();) {
+    Read_* r = *it;
+    if (r->inflight == 0 && (r->queued.empty() || r->failure.failed())) {
+      finished.push_back(r);
+      it = reads_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  if (reads_.empty()) StopPolling();
+  for (Read_* r : finished) {
+    try {
+      r->done(r->failure, r->unsupported);
+    } catch (...) {
+      // A settle refused (the environment is going away): nothing to tell anyone.
+    }
+    delete r;
+  }
+  if (close_when_idle_ && reads_.empty()) CloseHandle();
+}
+
+void RangeRing::StartPolling() {
+  if (polling_ || closing_) return;
+  if (uv_poll_start(&poll_, UV_READABLE, OnPoll) == 0) polling_ = true;
+}
+
+void RangeRing::StopPolling() {
+  if (!polling_) return;
+  uv_poll_stop(&poll_);
+  polling_ = false;
+}
+
+void RangeRing::OnPoll(uv_poll_t* h, int status, int events) {
+  auto* self = static_cast<RangeRing*>(h->data);
+  self->Reap();
+  self->Pump();
+  // Settled in a callback scope (their reactions run when it closes, as
+  // after a worker's), with plain Node-API calls: a worker being terminated
+  // refuses them, and a C++ exception out of a libuv callback would end
+  // the process. Then the reads wait for the teardown (OnTeardown).
+  napi_env env = self->env_;
+  napi_handle_scope hs = nullptr;
+  if (napi_open_handle_scope(env, &hs) != napi_ok) return;
+  napi_value resource = nullptr;
+  napi_callback_scope cs = nullptr;
+  if (napi_create_object(env, &resource) == napi_ok && napi_open_callback_scope(env, resource, self->context_, &cs) == napi_ok) {
+    self->Settle();
+    napi_close_callback_scope(env, cs);
+  }
+  napi_close_handle_scope(env, hs);
+}
+
+void RangeRing::Close() {
+  close_when_idle_ = true;
+  if (reads_.empty()) CloseHandle();
+}
+
+void RangeRing::Detach() { self_ = nullptr; }
+
+void RangeRing::CloseHandle() {
+  if (closing_) return;
+  closing_ = true;
+  StopPolling();
+  uv_close(reinterpret_cast<uv_handle_t*>(&poll_), OnClosed);
+}
+
+void RangeRing::OnClosed(uv_handle_t* h) {
+  auto* self = static_cast<RangeRing*>(h->data);
+  if (!self->tearing_down_ && self->context_ != nullptr) napi_async_destroy(self->env_, self->context_);
+  if (self->hook_ != nullptr) napi_remove_async_cleanup_hook(self->hook_);
+  if (self->self_ != nullptr) *self->self_ = nullptr;
+  delete self;
+}
+
+// The environment is going away (a worker ends, or the process): the reads
+// in flight are waited for here, since each writes into memory the
+// teardown frees; their promises are never settled. Then the handle is
+// closed, and the hook removed once it is (OnClosed).
+void RangeRing::OnTeardown(napi_async_cleanup_hook_handle handle, void* arg) {
+  auto* self = static_cast<RangeRing*>(arg);
+  self->tearing_down_ = true;
+  if (self->closing_) return;  // OnClosed is on its way, and removes the hook
+  self->WaitAllSync();
+  for (Read_* r : self->reads_) delete r;
+  self->reads_.clear();
+  self->CloseHandle();
+}
+
+void RangeRing::WaitAllSync() {
+  TakeBackUnsubmitted(0, false);
+  int stuck = 0;
+  while (free_.size() < kDepth) {
+    const long n = ring_.Enter(0, 1);
+    if (n < 0 && n != -EINTR) {
+      // Should not happen. If it does: wait a little and try again (up to
+      // ~10 s); then the ring and its reads' memory are left as they are for
+      // good (never freed under a read).
+      if (stuck++ > 10000) {
+        poisoned_ = true;
+        return;
+      }
+      struct timespec ts = {0, 1000000};
+      ::nanosleep(&ts, nullptr);
+    }
+    unsigned head = ring_.CqHead();
+    const unsigned tail = ring_.CqTail();
+    for (; head != tail; head++) {
+      const unsigned slot = static_cast<unsigned>(ring_.Cqe(head).user_data);
+      if (slot < kDepth && slots_[slot].read != nullptr) {
+        slots_[slot].read->inflight--;
+        slots_[slot] = Slot{};
+        free_.push_back(slot);
+      }
+    }
+    ring_.ConsumedTo(head);
+  }
+}
+
+}  // namespace dmthin
