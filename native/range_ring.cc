@@ -55,6 +55,10 @@ void RangeRing::Read(int fd, uint8_t* base, std::vector<Piece> pieces, const std
     napi_add_async_cleanup_hook(env_, OnTeardown, this, &hook_);
   }
   StartPolling();
+  if (!polling_) {
+    // No completion could be noticed: read another way (the RangeReader's thread pool).
+    Fail(r, ENOSYS, r->queued.empty() ? 0 : r->queued.front().src, true);
+  }
   Pump();
   Settle();  // a read of nothing, or one the kernel refused at once
 }
@@ -95,13 +99,20 @@ void RangeRing::Pump() {
       published_.erase(published_.begin(), published_.begin() + n);
       continue;
     }
-    if (n == 0) break;
+    // Nothing taken for now (the kernel short of resources, EAGAIN or
+    // EBUSY, or 0): tried again when a read in flight completes; with none
+    // in flight no completion would come, so the entries fail instead.
+    const bool busy = n == 0 || n == -EAGAIN || n == -EBUSY;
+    if (busy && InKernel() > 0) break;
     // Refused: the entries it did not take are taken back, and their reads
     // fail (on a ring that never read anything, a refused operation: read another way).
-    TakeBackUnsubmitted(static_cast<int>(-n), !any_completed_ && (n == -EINVAL || n == -EOPNOTSUPP || n == -ENOSYS));
+    TakeBackUnsubmitted(n == 0 ? EAGAIN : static_cast<int>(-n), !any_completed_ && (n == -EINVAL || n == -EOPNOTSUPP || n == -ENOSYS));
     break;
   }
 }
+
+// Reads the kernel has taken and not yet completed.
+unsigned RangeRing::InKernel() const { return kDepth - static_cast<unsigned>(free_.size()) - static_cast<unsigned>(published_.size()); }
 
 // Entries published but not taken by the kernel: off the ring again, their
 // slots freed, their reads failed with `err` (0: dropped, at teardown).

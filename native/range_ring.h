@@ -69,6 +69,7 @@ class RangeRing {
   void Pump();
   void Submit(unsigned slot);
   void TakeBackUnsubmitted(int err, bool unsupported);
+  unsigned InKernel() const;
   unsigned Reap();
   void Settle();
   void Fail(Read_* r, int err, uint64_t offset, bool unsupported = false);
