@@ -184,7 +184,7 @@ RangeReader::RangeReader(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Rang
   env_ = info.Env();
   if (info.Length() > 0 && info[0].IsObject()) {
     Napi::Value v = info[0].As<Napi::Object>().Get("ioUring");
-    if (v.IsBoolean() && !v.As<Napi::Boolean>().Value()) ring_tried_ = true;
+    if (v.IsBoolean() && !v.As<Napi::Boolean>().Value()) ring_off_ = true;
   }
   if (napi_add_env_cleanup_hook(env_, EnvCleanup, this) == napi_ok) hooked_ = true;
 }
@@ -293,7 +293,7 @@ Napi::Value RangeReader::ReadInto(const Napi::CallbackInfo& info) {
   // ours runs first and waits for the read.
   if (hooked_) napi_remove_env_cleanup_hook(env, EnvCleanup, this);
   hooked_ = napi_add_env_cleanup_hook(env, EnvCleanup, this) == napi_ok;
-  if (!ring_tried_) {
+  if (!ring_tried_ && !ring_off_) {
     ring_tried_ = true;
     ring_ = RangeRing::Create(env, &ring_);
   }
@@ -308,7 +308,8 @@ Napi::Value RangeReader::ReadInto(const Napi::CallbackInfo& info) {
   ring_->Read(fd_, base, std::move(pieces), path_, [this, d, held, base, again](const SysFailure& f, bool unsupported) mutable {
     Napi::Env env = d.Env();
     if (unsupported) {
-      // The kernel has the ring but not this operation on this file: the thread pool from now on.
+      // The kernel refused the ring's submissions: the thread pool from now on.
+      ring_off_ = true;
       if (ring_ != nullptr) {
         ring_->Detach();
         ring_->Close();
@@ -346,6 +347,7 @@ void RangeReader::CloseNow() {
     ring_->Close();
     ring_ = nullptr;
   }
+  ring_tried_ = false;  // opened again, it makes a ring again
   if (fd_ >= 0) ::close(fd_);
   fd_ = -1;
   close_pending_ = false;

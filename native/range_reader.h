@@ -51,7 +51,8 @@ class RangeReader : public Napi::ObjectWrap<RangeReader> {
   // read; none where the kernel offers none or refused its first read, or
   // when made with `ioUring: false` (tests of the thread-pool path).
   RangeRing* ring_ = nullptr;
-  bool ring_tried_ = false;
+  bool ring_tried_ = false;  // for this opening (a reopened reader tries again)
+  bool ring_off_ = false;    // ioUring: false, or the kernel refused the ring's submissions
 };
 
 }  // namespace dmthin

@@ -3,9 +3,6 @@
 #include <cerrno>
 #include <ctime>
 
-#if __has_include(<linux/io_uring.h>)
-#include <linux/io_uring.h>
-#endif
 
 namespace dmthin {
 
@@ -21,6 +18,13 @@ RangeRing* RangeRing::Create(Napi::Env env, RangeRing** self) {
 
 bool RangeRing::Setup() {
   if (!ring_.Setup(kEntries)) return false;
+  // IORING_OP_READ needs 5.6: asked of the kernel now, so that a read's
+  // EINVAL later is the read's own (an unaligned O_DIRECT buffer), not an
+  // unknown operation.
+  if (!ring_.SupportsRead()) {
+    ring_.TearDown();
+    return false;
+  }
   uv_loop_t* loop = nullptr;
   if (napi_get_uv_event_loop(env_, &loop) != napi_ok || loop == nullptr || uv_poll_init(loop, &poll_, ring_.fd) != 0) {
     ring_.TearDown();
@@ -64,17 +68,8 @@ void RangeRing::Read(int fd, uint8_t* base, std::vector<Piece> pieces, const std
 }
 
 void RangeRing::Submit(unsigned slot) {
-  Slot& s = slots_[slot];
-  io_uring_sqe* e = ring_.Entry(0);
-#if __has_include(<linux/io_uring.h>)
-  e->opcode = IORING_OP_READ;
-#endif
-  e->fd = s.read->fd;
-  e->addr = reinterpret_cast<uint64_t>(s.read->base + s.piece.dst + s.done);
-  e->len = static_cast<uint32_t>(s.piece.len - s.done);
-  e->off = s.piece.src + s.done;
-  e->user_data = slot;
-  ring_.Publish(1);
+  const Slot& s = slots_[slot];
+  ring_.PushRead(s.read->fd, s.read->base + s.piece.dst + s.done, static_cast<uint32_t>(s.piece.len - s.done), s.piece.src + s.done, slot);
   published_.push_back(slot);
 }
 
@@ -106,7 +101,7 @@ void RangeRing::Pump() {
     if (busy && InKernel() > 0) break;
     // Refused: the entries it did not take are taken back, and their reads
     // fail (on a ring that never read anything, a refused operation: read another way).
-    TakeBackUnsubmitted(n == 0 ? EAGAIN : static_cast<int>(-n), !any_completed_ && (n == -EINVAL || n == -EOPNOTSUPP || n == -ENOSYS));
+    TakeBackUnsubmitted(n == 0 ? EAGAIN : static_cast<int>(-n), !any_completed_ && (n == -EINVAL || n == -EOPNOTSUPP || n == -ENOSYS || n == -EPERM));
     break;
   }
 }
@@ -129,14 +124,16 @@ void RangeRing::TakeBackUnsubmitted(int err, bool unsupported) {
 }
 
 // The first failure's error; of several pieces failing with it (reads past
-// the end of a file), the lowest offset: where the file ended.
-void RangeRing::Fail(Read_* r, int err, uint64_t offset, bool unsupported) {
+// the end of a file), the lowest offset among those tried (a read's pieces
+// are tried in order, and none after its first failure: with ranges in
+// ascending order, as a send's are, where the file ended).
+void RangeRing::Fail(Read_* r, int err, uint64_t offset, bool unsupported, bool short_read) {
   if (r->failure.failed()) {
     if (err == r->failure.err && static_cast<double>(offset) < r->failure.offset) r->failure.offset = static_cast<double>(offset);
     return;
   }
-  r->failure.set(err, "pread", r->path, err == EIO && !unsupported ? "short read: range beyond the end of the file or device" : std::string());
-  if (err != EIO) r->failure.detail.clear();
+  // The thread-pool path's words for a read that came back empty; a kernel's own EIO (a media error) has none.
+  r->failure.set(err, "pread", r->path, short_read ? "short read: range beyond the end of the file or device" : std::string());
   r->failure.offset = static_cast<double>(offset);
   r->unsupported = unsupported;
   r->queued.clear();
@@ -149,12 +146,11 @@ unsigned RangeRing::Reap() {
   const unsigned tail = ring_.CqTail();
   unsigned n = 0;
   for (; head != tail; head++, n++) {
-    const io_uring_cqe& c = ring_.Cqe(head);
-    const unsigned slot = static_cast<unsigned>(c.user_data);
+    const unsigned slot = static_cast<unsigned>(ring_.CqeData(head));
     if (slot >= kDepth || slots_[slot].read == nullptr) continue;
     Slot& s = slots_[slot];
     Read_* r = s.read;
-    const int res = c.res;
+    const int res = ring_.CqeResult(head);
     if (res == -EINTR || res == -EAGAIN) {
       Submit(slot);
       continue;
@@ -168,9 +164,10 @@ unsigned RangeRing::Reap() {
         continue;
       }
     } else if (res == 0) {
-      Fail(r, EIO, s.piece.src + s.done);
+      Fail(r, EIO, s.piece.src + s.done, false, true);
     } else {
-      Fail(r, -res, s.piece.src + s.done, !any_completed_ && (res == -EINVAL || res == -EOPNOTSUPP));
+      // The operation is known to the kernel (Setup probed it): an error as pread would give it.
+      Fail(r, -res, s.piece.src + s.done);
     }
     r->inflight--;
     s = Slot{};
@@ -218,6 +215,8 @@ void RangeRing::StopPolling() {
 
 void RangeRing::OnPoll(uv_poll_t* h, int status, int events) {
   auto* self = static_cast<RangeRing*>(h->data);
+  // status < 0 (an error on the descriptor; not seen with an io_uring's):
+  // the completion ring is memory, read all the same.
   self->Reap();
   self->Pump();
   // Settled in a callback scope (their reactions run when it closes, as
@@ -279,8 +278,9 @@ void RangeRing::WaitAllSync() {
     const long n = ring_.Enter(0, 1);
     if (n < 0 && n != -EINTR) {
       // Should not happen. If it does: wait a little and try again (up to
-      // ~10 s); then the ring and its reads' memory are left as they are for
-      // good (never freed under a read).
+      // ~10 s, the teardown waiting meanwhile); then the ring is left mapped
+      // and open for good. The reads' buffers are V8's, freed with the
+      // isolate whatever the ring does: only this wait protects them.
       if (stuck++ > 10000) {
         poisoned_ = true;
         return;
@@ -291,7 +291,7 @@ void RangeRing::WaitAllSync() {
     unsigned head = ring_.CqHead();
     const unsigned tail = ring_.CqTail();
     for (; head != tail; head++) {
-      const unsigned slot = static_cast<unsigned>(ring_.Cqe(head).user_data);
+      const unsigned slot = static_cast<unsigned>(ring_.CqeData(head));
       if (slot < kDepth && slots_[slot].read != nullptr) {
         slots_[slot].read->inflight--;
         slots_[slot] = Slot{};

@@ -27,11 +27,13 @@ class RangeRing {
     uint64_t dst, src, len;
   };
   // JS thread, inside a callback scope: the read's outcome. `unsupported`:
-  // the kernel refused the operation before any byte was read (read it
-  // another way; the ring is closed).
+  // the kernel refused the ring's submissions before any byte was read, or
+  // the ring cannot poll: read it another way (the RangeReader then closes
+  // the ring and uses the thread pool).
   using Done = std::function<void(const SysFailure& failure, bool unsupported)>;
 
-  // A ring for `env`'s loop, or nullptr where there is none to be had.
+  // A ring for `env`'s loop, or nullptr where there is none to be had (no
+  // io_uring, forbidden, or without IORING_OP_READ).
   // `*self` is cleared when the ring goes away on its own (the
   // environment's teardown).
   static RangeRing* Create(Napi::Env env, RangeRing** self);
@@ -72,7 +74,7 @@ class RangeRing {
   unsigned InKernel() const;
   unsigned Reap();
   void Settle();
-  void Fail(Read_* r, int err, uint64_t offset, bool unsupported = false);
+  void Fail(Read_* r, int err, uint64_t offset, bool unsupported = false, bool short_read = false);
   void StartPolling();
   void StopPolling();
   void WaitAllSync();

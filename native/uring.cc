@@ -183,6 +183,40 @@ long UringMap::Enter(unsigned submit, unsigned wait) {
 #endif
 }
 
+bool UringMap::SupportsRead() const {
+#if DMTHIN_IO_URING
+  // The probe and its 256 operation entries, in one zeroed buffer.
+  alignas(io_uring_probe) unsigned char buf[sizeof(io_uring_probe) + 256 * sizeof(io_uring_probe_op)] = {};
+  auto* probe = reinterpret_cast<io_uring_probe*>(buf);
+  if (::syscall(__NR_io_uring_register, fd, IORING_REGISTER_PROBE, probe, 256) < 0) return false;
+  return IORING_OP_READ <= probe->last_op && (probe->ops[IORING_OP_READ].flags & IO_URING_OP_SUPPORTED) != 0;
+#else
+  return false;
+#endif
+}
+
+void UringMap::PushRead(int file, void* addr, uint32_t len, uint64_t off, uint64_t data) {
+#if DMTHIN_IO_URING
+  io_uring_sqe* e = Entry(0);
+  e->opcode = IORING_OP_READ;
+  e->fd = file;
+  e->addr = reinterpret_cast<uint64_t>(addr);
+  e->len = len;
+  e->off = off;
+  e->user_data = data;
+  Publish(1);
+#else
+  (void)file;
+  (void)addr;
+  (void)len;
+  (void)off;
+  (void)data;
+#endif
+}
+
+int UringMap::CqeResult(unsigned at) const { return Cqe(at).res; }
+uint64_t UringMap::CqeData(unsigned at) const { return Cqe(at).user_data; }
+
 BatchReads::~BatchReads() { TearDown(); }
 
 void BatchReads::TearDown() {

@@ -29,6 +29,13 @@ struct UringMap {
   const io_uring_cqe& Cqe(unsigned at) const;
   // io_uring_enter: submit `submit`, wait for `wait` completions (0: none). The call's result, or -errno.
   long Enter(unsigned submit, unsigned wait);
+  // Whether the kernel says it supports IORING_OP_READ (IORING_REGISTER_PROBE, 5.6+; false where it cannot say).
+  bool SupportsRead() const;
+  // Publishes one read of `len` bytes at `off` of `fd` into `addr`, tagged `data`.
+  void PushRead(int fd, void* addr, uint32_t len, uint64_t off, uint64_t data);
+  // A completion's result (bytes, or -errno) and tag.
+  int CqeResult(unsigned at) const;
+  uint64_t CqeData(unsigned at) const;
 
   int fd = -1;
   void* sq_ring = nullptr;

@@ -89,6 +89,21 @@ test('a range past the end of the file fails alike on both paths: EIO, pread, th
   expect(pick(errs[0])).toEqual(pick(errs[1]));
 });
 
+test('a kernel\'s own EIO (an unmapped page of /proc/self/mem) is reported alike on both paths, without the short-read words of a file that ended', async () => {
+  const errs: { code: string; errno: number; syscall: string; offset: number; message: string }[] = [];
+  for (const ioUring of [true, false]) {
+    const r = new (native().RangeReader)({ ioUring });
+    await r.open('/proc/self/mem', 'never');
+    const e = await r.readInto(Buffer.alloc(4096), flat([[0, 4096, 4096]])).then(() => undefined, (x: unknown) => x as (typeof errs)[number]);
+    r.close();
+    if (e === undefined) throw new Error('page 1 of /proc/self/mem was readable');
+    errs.push({ code: e.code, errno: e.errno, syscall: e.syscall, offset: e.offset, message: e.message });
+  }
+  expect(errs[0]).toEqual(errs[1]);
+  expect(errs[0]).toMatchObject({ code: 'EIO', syscall: 'pread', offset: 4096 });
+  expect(errs[0].message).not.toMatch(/short read/);
+});
+
 test('a reader closed during a read keeps its descriptor until the read is done; a read after close is EBADF', async () => {
   const r = new (native().RangeReader)();
   await r.open(file);
@@ -134,6 +149,55 @@ const threads = `const threads = () => require('node:fs').readdirSync('/proc/sel
     })();`);
   expect(r.stderr).toBe('');
   expect(r.out).toEqual({ open: 0, ring: 0, rings: 1, pool: 4 });
+});
+
+(uringDisabled ? test.skip : test)('a reader opened again reads through a ring again, and an O_DIRECT read refused with EINVAL (an unaligned buffer) leaves it on its ring', () => {
+  const r = child(`${threads}
+    const a = require(ADDON);
+    (async () => {
+      const rr = new a.RangeReader();
+      await rr.open(FILE, 'always');
+      await rr.readInto(a.alignedBuffer(1 << 20), new Float64Array([0, 0, 1 << 20]));
+      rr.close();
+      const before = threads();
+      await rr.open(FILE, 'always');
+      await rr.readInto(a.alignedBuffer(1 << 20), new Float64Array([0, 0, 1 << 20]));
+      const reopened = threads() - before;
+      const plain = Buffer.alloc((1 << 20) + 1).subarray(1);
+      const err = await rr.readInto(plain, new Float64Array([0, 0, 4096])).then(() => 'none', (e) => e.code + ' ' + e.syscall);
+      await rr.readInto(a.alignedBuffer(1 << 20), new Float64Array([0, 0, 1 << 20]));
+      process.stdout.write(JSON.stringify({ reopened, err, afterEinval: threads() - before }));
+    })();`);
+  expect(r.stderr).toBe('');
+  expect(r.out).toEqual({ reopened: 0, err: 'EINVAL pread', afterEinval: 0 });
+});
+
+test('workers that call process.exit() with reads in flight (ring and thread pool) end without taking the process down (node-addon-api could not throw into a closing environment: exit 134)', () => {
+  const r = child(`
+    const { Worker } = require('node:worker_threads');
+    (async () => {
+      for (const ioUring of [true, false])
+        for (let i = 0; i < 12; i++) {
+          const w = new Worker(\`
+            const a = require(\${JSON.stringify(ADDON)});
+            (async () => {
+              const rr = new a.RangeReader({ ioUring: \${ioUring} });
+              await rr.open(\${JSON.stringify(FILE)}, 'always');
+              for (let n = 0; ; n++) {
+                const ps = [];
+                for (let k = 0; k < 3; k++) ps.push(rr.readInto(a.alignedBuffer(8 << 20), new Float64Array([0, 0, 4 << 20, 4 << 20, 5 << 20, 4 << 20])));
+                if (n === \${i % 3}) process.exit(3);
+                await Promise.all(ps);
+              }
+            })();\`, { eval: true });
+          const code = await new Promise((res) => w.once('exit', res));
+          if (code !== 3) throw new Error('worker exit ' + code);
+        }
+      process.stdout.write(JSON.stringify({ done: true }));
+    })();`);
+  expect(r.stderr).toBe('');
+  expect(r.status).toBe(0);
+  expect(r.out).toEqual({ done: true });
 });
 
 test('a worker ended with reads in flight (its environment torn down) waits for them and ends cleanly; the process goes on', () => {
