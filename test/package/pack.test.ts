@@ -60,9 +60,13 @@ const EXAMPLE = join(ROOT, 'examples', 'pool.bin');
  * 2026-12-06, session 50: 708,927 bytes packed, 2,619,698 unpacked (the addon's
  * details walk: native/btree_walk.cc, native/uring.cc, their tests' docs and the
  * README's account; no new kind of file): budgets 700 -> 730 KB and 2.6 -> 2.7 MB;
- * a build/ folder (2.2 MB) still takes it far over. */
-const MAX_PACKED_BYTES = 730_000;
-const MAX_UNPACKED_BYTES = 2_700_000;
+ * a build/ folder (2.2 MB) still takes it far over.
+ * 2026-12-06, session 54: 731,198 bytes packed, 2,686,503 unpacked (a send's
+ * reads through io_uring: native/range_ring.{h,cc}, the minor GC task switch,
+ * the review's fixes and the README's account; no new kind of file): budgets
+ * 730 -> 760 KB and 2.7 -> 2.8 MB; a build/ folder (2.2 MB) still takes it far over. */
+const MAX_PACKED_BYTES = 760_000;
+const MAX_UNPACKED_BYTES = 2_800_000;
 
 interface PackResult {
   filename: string;
