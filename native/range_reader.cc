@@ -191,11 +191,16 @@ RangeReader::RangeReader(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Rang
 
 RangeReader::~RangeReader() {
   if (hooked_) napi_remove_env_cleanup_hook(env_, EnvCleanup, this);
-  if (ring_ != nullptr) {
-    ring_->Detach();
-    ring_->Close();
-  }
+  DropRing();
   if (fd_ >= 0) ::close(fd_);
+}
+
+// Lets go of the ring: it closes once its reads are done and frees itself.
+void RangeReader::DropRing() {
+  if (ring_ == nullptr) return;
+  ring_->Detach();
+  ring_->Close();
+  ring_ = nullptr;
 }
 
 bool RangeReader::BeginExecute() {
@@ -310,11 +315,7 @@ Napi::Value RangeReader::ReadInto(const Napi::CallbackInfo& info) {
     if (unsupported) {
       // The kernel refused the ring's submissions: the thread pool from now on.
       ring_off_ = true;
-      if (ring_ != nullptr) {
-        ring_->Detach();
-        ring_->Close();
-        ring_ = nullptr;
-      }
+      DropRing();
       inflight_--;
       ReadThroughPool(env, held->Value(), base, std::move(again), &d);
     } else {
@@ -342,11 +343,7 @@ void RangeReader::FinishRead() {
 }
 
 void RangeReader::CloseNow() {
-  if (ring_ != nullptr) {
-    ring_->Detach();
-    ring_->Close();
-    ring_ = nullptr;
-  }
+  DropRing();
   ring_tried_ = false;  // opened again, it makes a ring again
   if (fd_ >= 0) ::close(fd_);
   fd_ = -1;

@@ -43,6 +43,7 @@ class RangeReader : public Napi::ObjectWrap<RangeReader> {
   Napi::Value ReadInto(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
   void CloseNow();
+  void DropRing();
   Napi::Value ReadThroughPool(Napi::Env env, Napi::Object buf, uint8_t* base, std::vector<RangeRing::Piece> pieces, Napi::Promise::Deferred* adopt);
   static void EnvCleanup(void* arg);
   napi_env env_ = nullptr;

@@ -3,7 +3,6 @@
 #include <cerrno>
 #include <ctime>
 
-
 namespace dmthin {
 
 RangeRing* RangeRing::Create(Napi::Env env, RangeRing** self) {
@@ -112,7 +111,7 @@ unsigned RangeRing::InKernel() const { return kDepth - static_cast<unsigned>(fre
 // Entries published but not taken by the kernel: off the ring again, their
 // slots freed, their reads failed with `err` (0: dropped, at teardown).
 void RangeRing::TakeBackUnsubmitted(int err, bool unsupported) {
-  *ring_.sq_tail -= static_cast<unsigned>(published_.size());
+  ring_.Unpublish(static_cast<unsigned>(published_.size()));
   for (unsigned slot : published_) {
     Slot& s = slots_[slot];
     if (err != 0) Fail(s.read, err, s.piece.src + s.done, unsupported);

@@ -147,6 +147,14 @@ void UringMap::Publish(unsigned n) {
 #endif
 }
 
+void UringMap::Unpublish(unsigned n) {
+#if DMTHIN_IO_URING
+  StoreRelease(sq_tail, *sq_tail - n);
+#else
+  (void)n;
+#endif
+}
+
 unsigned UringMap::CqTail() const {
 #if DMTHIN_IO_URING
   return LoadAcquire(cq_tail);
@@ -248,7 +256,6 @@ int BatchReads::ReadRing(int fd, const uint64_t* blocks, size_t n, uint8_t* out,
   return 0;
 #else
   if (n == 0) return 0;
-  const unsigned tail = *ring_.sq_tail;  // only this thread writes it
   for (size_t i = 0; i < n; i++) {
     io_uring_sqe* s = ring_.Entry(static_cast<unsigned>(i));
     s->opcode = IORING_OP_READ;
@@ -259,7 +266,7 @@ int BatchReads::ReadRing(int fd, const uint64_t* blocks, size_t n, uint8_t* out,
     s->rw_flags = wait ? 0 : RWF_NOWAIT;
     s->user_data = i;
   }
-  StoreRelease(ring_.sq_tail, tail + static_cast<unsigned>(n));
+  ring_.Publish(static_cast<unsigned>(n));
   // Submitted and waited for together; every completion is reaped before
   // this returns, so no read can land in `out` afterwards.
   size_t submitted = 0;
@@ -273,7 +280,7 @@ int BatchReads::ReadRing(int fd, const uint64_t* blocks, size_t n, uint8_t* out,
       if (e == EINTR) continue;
       if (submitted == 0 && reaped == 0) {
         // Nothing went in: take the entries back, and let preadv2 do it.
-        StoreRelease(ring_.sq_tail, tail);
+        ring_.Unpublish(static_cast<unsigned>(n));
         *unsupported = true;
         return 0;
       }

@@ -20,8 +20,10 @@ struct UringMap {
   void TearDown();
   // The next free submission entry, zeroed, at sq_tail + `ahead`.
   io_uring_sqe* Entry(unsigned ahead);
-  // Makes `n` entries from Entry() visible to the kernel.
+  // Makes `n` entries from Entry() visible to the kernel; Unpublish takes
+  // back the last `n` of them, which the kernel has not taken.
   void Publish(unsigned n);
+  void Unpublish(unsigned n);
   // Completions: [head, CqTail()) are ready; ConsumedTo(head) gives them back.
   unsigned CqHead() const { return *cq_head; }
   unsigned CqTail() const;
