@@ -94,9 +94,11 @@ static Napi::Value HugeArrayBuffer(const Napi::CallbackInfo& info) {
 // collection once new space is 80% full, and it runs at the next turn of the
 // event loop; without it, a collection runs only when new space is full.
 // Why off for the CLI: a short command that turns the loop once (a tiny
-// send's first data read) paid ~2-3 ms for a collection of a new space it
-// would never have filled before exiting (in this VM mostly the fresh pages
-// its survivors are copied to). A long run collects as often either way.
+// send's first data read) paid ~2-3 ms for a collection posted at 80%
+// (in this VM mostly the fresh pages its survivors are copied to); without
+// the task the commands that stay under a full new space never collect
+// (a tiny send still fills it once: README). A long run collects as often
+// either way.
 // V8 checks the flag's value when it would post the task, so setting it at
 // run time takes effect; the flag is part of the hash V8 signs code caches
 // with, so the CLI sets it before it compiles anything with one, every run
