@@ -22,6 +22,7 @@ import type { ReceiveState } from '../../src/stream/receive/state';
 import { encodeRecords, encodeStream, sendStream, writeRecords, type SendSummary } from '../../src/stream/send/send-stream';
 import { BlockWriter } from '../../src/native/block-writer';
 import { Writable } from 'node:stream';
+import { EventEmitter } from 'node:events';
 import { ThinMetadata } from '../../src/thin/metadata';
 import { fixtureImage } from '../helpers/fixtures';
 import { expectedSha, junkBytes, junkFile, patternBlock, PatternSource, scratch, writeDataFile, type Scratch } from './helpers';
@@ -321,6 +322,60 @@ test('a stream of many small discards: written in few pieces, its discards punch
   }
   expect(readFileSync(target).equals(want)).toBe(true);
 });
+
+test('records written an item at a time through reused buffers: more small records than the gathering buffer holds reach an output that copies them late as they were, and an item of several writes reports its first failure', async () => {
+  // 6,000 discards of one block each, 2,000 (80 KB) between data blocks: more than the 64 KiB gathering buffer holds.
+  const bs = 65536;
+  const n = 12_000;
+  const plan = (): SendPlan => ({
+    header: {
+      dataBlockSize: bs / 512,
+      deviceSize: n * bs,
+      target: { pool: 'p', devId: 2, creationTime: 1, transactionId: 1n },
+      base: { pool: 'p', devId: 1, creationTime: 0, transactionId: 1n },
+    },
+    extents: (async function* () {
+      for (let b = 0; b < n; b += 2) {
+        if (b % 4000 === 0) yield { kind: 'data' as const, begin: b, length: 1, source: b };
+        else yield { kind: 'zero' as const, begin: b, length: 1, source: -1 };
+      }
+    })(),
+  });
+  const want: Buffer[] = [];
+  for await (const c of encodeStream(plan(), new PatternSource(bs))) want.push(c as Buffer);
+  // Each chunk is copied only when its write completes, a turn of the event loop later.
+  const late: Buffer[] = [];
+  let writes = 0;
+  await writeRecords(
+    encodeRecords(plan(), new PatternSource(bs), { reuseBuffers: true }),
+    new Writable({
+      write(c: Buffer, _e, cb) {
+        writes++;
+        setImmediate(() => {
+          late.push(Buffer.from(c));
+          cb();
+        });
+      },
+    }),
+  );
+  expect(Buffer.concat(late).equals(Buffer.concat(want))).toBe(true);
+  expect(writes).toBeLessThan(40); // 6,000 discard records gathered into a few pieces, a data record's payload on its own
+  // An item of several writes (what was gathered, then a payload) to an output that fails each write its own
+  // way (a Writable gives the later ones the first one's error): the first one's failure is the one reported.
+  let calls = 0;
+  const failing = Object.assign(new EventEmitter(), {
+    destroyed: false,
+    write(_c: Buffer, cb?: (e?: Error | null) => void): boolean {
+      const first = ++calls === 1;
+      setImmediate(() => cb?.(Object.assign(new Error(first ? 'the first write failed' : 'a later write failed'), { code: first ? 'ENOSPC' : 'EIO' })));
+      return true;
+    },
+  });
+  const e = await writeRecords(encodeRecords(plan(), new PatternSource(bs), { reuseBuffers: true }), failing as unknown as Writable).catch((x: unknown) => x);
+  expect(calls).toBe(2);
+  expect(e).toMatchObject({ code: 'ENOSPC', message: 'the first write failed' });
+});
+
 
 test('scattered extents are read a few pieces a call: batches of up to 2 MiB (batchBytes when given), one piece may fill 8 MiB; the stream the same', async () => {
   const bs = 65536;

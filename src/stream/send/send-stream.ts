@@ -120,8 +120,14 @@ export function checkBatchBytes(v: unknown): void {
   if ((v as number) > MAX_READ_BYTES) throw new UsageError(`batchBytes must be at most ${MAX_READ_BYTES} (1 GiB), got ${v as number}`, { option: 'batchBytes' });
 }
 
-/** The stream's bytes for a plan, reading data from `source`. */
-export async function* encodeRecords(plan: SendPlan, source: DataSource, opts: EncodeOptions = {}): AsyncGenerator<Buffer> {
+/**
+ * The stream's bytes for a plan, reading data from `source`: each item the
+ * buffers of one or more records, in order, to be written together (one
+ * step of the generator a record, not one a buffer: each step through the
+ * generators below costs promises and closures, and a send of 20,000
+ * one-block extents took 1.2x the time with a step a buffer).
+ */
+export async function* encodeRecords(plan: SendPlan, source: DataSource, opts: EncodeOptions = {}): AsyncGenerator<Buffer[]> {
   const enc = new StreamEncoder(opts.formatVersion === undefined ? plan.header : { ...plan.header, version: opts.formatVersion });
   const { deviceSize } = enc.header;
   const bs = enc.blockBytes;
@@ -164,7 +170,7 @@ export async function* encodeRecords(plan: SendPlan, source: DataSource, opts: E
     cur = { items: [], bytes: 0 };
   };
 
-  async function* drain(keep: number): AsyncGenerator<Buffer> {
+  async function* drain(keep: number): AsyncGenerator<Buffer[]> {
     while (queue.length > keep) {
       const b = queue.shift()!;
       const data = await b.read!;
@@ -174,10 +180,10 @@ export async function* encodeRecords(plan: SendPlan, source: DataSource, opts: E
         if (it.kind === 'data') {
           await enc.ready(it.len); // the digest runs behind on its own thread; no more than its ring behind
           // Hashed in place: the batch is this read's own buffer, or a reused one refilled only once hashed.
-          yield* enc.data(it.block, it.offsetSectors, data.subarray(at, at + it.len), true);
+          yield enc.data(it.block, it.offsetSectors, data.subarray(at, at + it.len), true);
           at += it.len;
         } else {
-          yield* enc.discard(it.block, it.count);
+          yield enc.discard(it.block, it.count);
         }
       }
       if (b.slot !== undefined) slotEnds[b.slot] = enc.counts.streamBytes;
@@ -191,9 +197,9 @@ export async function* encodeRecords(plan: SendPlan, source: DataSource, opts: E
     enc.abort(); // no-op once finished; otherwise the digest thread would hash on for nothing
   }
 
-  async function* encodeAll(): AsyncGenerator<Buffer> {
+  async function* encodeAll(): AsyncGenerator<Buffer[]> {
     throwIfAborted(opts.signal);
-    yield* enc.start();
+    yield enc.start();
     for await (const e of plan.extents) {
       throwIfAborted(opts.signal);
       if (e.kind === 'zero') {
@@ -230,7 +236,7 @@ export async function* encodeRecords(plan: SendPlan, source: DataSource, opts: E
     yield* drain(0);
     await enc.ready(Infinity); // the digest has caught up: finish() does not wait on the JS thread
     const { parts, end } = enc.finish();
-    yield* parts;
+    yield parts;
     progress();
     opts.onEnd?.({
       digest: end.sha256.toString('hex'),
@@ -247,54 +253,74 @@ export async function* encodeRecords(plan: SendPlan, source: DataSource, opts: E
 const GATHER_BYTES = 64 << 10;
 
 /**
- * The buffers of `gen`, small ones gathered: each was written on its own,
- * so a stream of 100,000 discard records (40 bytes each) took 100,000
- * writes, ~3.5 s of a 5 s send. A buffer above 4 KiB (a data record's
- * payload, hashed and maybe reused in place) passes as it is, after what
- * was gathered before it. A gathered piece is a buffer of its own (a
- * Readable keeps what it is given), unless `reuse`: the consumer is done
- * with each piece before it asks for the next (writeRecords), and one buffer
- * serves them all. (A fresh 64 KiB buffer per piece is memory outside the
- * JS heap that only a collection frees: a send of 400,000 discard records
- * peaked at 91 MiB.)
+ * The records of `gen` (each item a record's buffers), small buffers
+ * gathered: each was written on its own, so a stream of 100,000 discard
+ * records (40 bytes each) took 100,000 writes, ~3.5 s of a 5 s send. A
+ * buffer above 4 KiB (a data record's payload, hashed and maybe reused in
+ * place) passes as it is, after what was gathered before it; each item
+ * yielded is what a record (or several) put out, in order. A gathered piece
+ * is a buffer of its own (a Readable keeps what it is given), unless
+ * `reuse`: the consumer is done with each item before it asks for the next
+ * (writeRecords), and one buffer serves them all, nothing gathered into it
+ * while an item not yet written holds a piece of it. (A fresh 64 KiB buffer
+ * per piece is memory outside the JS heap that only a collection frees: a
+ * send of 400,000 discard records peaked at 91 MiB.)
  */
-async function* gatherSmall(gen: AsyncGenerator<Buffer>, reuse: boolean): AsyncGenerator<Buffer> {
+async function* gatherSmall(gen: AsyncGenerator<Buffer[]>, reuse: boolean): AsyncGenerator<Buffer[]> {
   let stage: Buffer | undefined;
   let n = 0;
-  const emit = function* (): Generator<Buffer> {
-    yield stage!.subarray(0, n);
-    if (!reuse) stage = undefined;
+  let out: Buffer[] | undefined;
+  let holdsStage = false;
+  const cut = (): void => {
+    (out ??= []).push(stage!.subarray(0, n));
+    if (reuse) holdsStage = true;
+    else stage = undefined;
     n = 0;
   };
-  for await (const b of gen) {
-    if (b.length > GATHER_BYTES >>> 4) {
-      if (n > 0) yield* emit();
-      yield b;
-      continue;
+  for await (const parts of gen) {
+    for (const b of parts) {
+      if (b.length > GATHER_BYTES >>> 4) {
+        if (n > 0) cut();
+        (out ??= []).push(b);
+        continue;
+      }
+      if (stage !== undefined && n + b.length > stage.length) cut();
+      if (holdsStage) {
+        yield out!;
+        out = undefined;
+        holdsStage = false;
+      }
+      stage ??= Buffer.allocUnsafe(GATHER_BYTES);
+      stage.set(b, n);
+      n += b.length;
     }
-    if (stage !== undefined && n + b.length > stage.length) yield* emit();
-    stage ??= Buffer.allocUnsafe(GATHER_BYTES);
-    stage.set(b, n);
-    n += b.length;
+    if (out !== undefined) {
+      yield out;
+      out = undefined;
+      holdsStage = false;
+    }
   }
-  if (n > 0) yield stage!.subarray(0, n);
+  if (n > 0) yield [stage!.subarray(0, n)];
 }
 
 /**
- * Writes a generator's buffers to `out` one at a time, each write finished
- * before the next buffer is asked for (what reuseBuffers needs). `out` is not
+ * Writes a generator's buffers to `out` (an item is a buffer or several,
+ * written in order), each item's writes finished before the next item is
+ * asked for (what reuseBuffers needs). `out` is not
  * ended. The output's errors are thrown through `outputError` (the caller
  * names the output); the generator's own (the encoder's, a data source's, a
  * caller's onProgress) as they are.
  */
-export async function writeRecords(gen: AsyncGenerator<Buffer>, out: Writable, signal?: AbortSignal, outputError: (e: unknown) => unknown = (e) => e): Promise<void> {
+export async function writeRecords(gen: AsyncIterable<Buffer | Buffer[]>, out: Writable, signal?: AbortSignal, outputError: (e: unknown) => unknown = (e) => e): Promise<void> {
   let failed: unknown;
   const onError = (e: unknown): void => {
     failed ??= e;
   };
   out.on('error', onError);
   try {
-    for await (const b of gen) {
+    for await (const item of gen) {
+      const bufs = Array.isArray(item) ? item : [item];
+      if (bufs.length === 0) continue;
       await new Promise<void>((resolve, reject) => {
         // A reader that stops reading must not hold an abort up.
         const onAbort = (): void => {
@@ -314,9 +340,13 @@ export async function writeRecords(gen: AsyncGenerator<Buffer>, out: Writable, s
         if (out.destroyed) return onClose();
         signal?.addEventListener('abort', onAbort, { once: true });
         out.once('close', onClose);
-        out.write(b, (e) => {
+        // Written back to back, their callbacks called in order: the first failure is the one reported.
+        let first: Error | null | undefined;
+        for (let i = 0; i < bufs.length - 1; i++) out.write(bufs[i], (e) => void (first ??= e));
+        out.write(bufs[bufs.length - 1], (last) => {
           signal?.removeEventListener('abort', onAbort);
           out.off('close', onClose);
+          const e = first ?? last;
           if (e) {
             failed ??= e;
             reject(outputError(e));
@@ -339,7 +369,7 @@ export async function writeRecords(gen: AsyncGenerator<Buffer>, out: Writable, s
  * and the consumer waited for ever (outside hunt V). Here destroy settles at
  * once; the generator is still asked to return, and does when its read ends.
  */
-function toReadable(gen: AsyncGenerator<Buffer>, signal?: AbortSignal): Readable {
+function toReadable(gen: AsyncGenerator<Buffer[]>, signal?: AbortSignal): Readable {
   let pulling = false;
   const pull = async (): Promise<void> => {
     pulling = true;
@@ -351,7 +381,9 @@ function toReadable(gen: AsyncGenerator<Buffer>, signal?: AbortSignal): Readable
           r.push(null);
           return;
         }
-        if (!r.push(value)) return; // read() asks again
+        let more = true;
+        for (const b of value) more = r.push(b);
+        if (!more) return; // read() asks again
       }
     } catch (e) {
       r.destroy(e as Error);
@@ -418,7 +450,7 @@ export function sendStream(opts: SendStreamOptions): Readable {
   check.signal(opts.signal);
   check.callback(opts.onProgress, 'onProgress');
   if (opts.batchBytes !== undefined) checkBatchBytes(opts.batchBytes);
-  async function* gen(): AsyncGenerator<Buffer> {
+  async function* gen(): AsyncGenerator<Buffer[]> {
     let deviceSize = opts.deviceSize;
     const src = opts.source as DataSource & { sizeBytes?: number };
     if (deviceSize === undefined && src.addressing === 'virtual' && typeof src.sizeBytes === 'number') deviceSize = src.sizeBytes - (src.sizeBytes % SECTOR_SIZE);
