@@ -74,3 +74,19 @@ test('a PassThrough destroyed under a pending write (an in-process receiver that
   setTimeout(() => closed.destroy(), 50);
   await expect(writeRecords(gen(), closed)).rejects.toMatchObject({ code: 'EPIPE' });
 });
+
+test('an abort while a write is pending (an output that never calls it back) ends the send at once with AbortError, and the output is left without its listeners', async () => {
+  const { Writable } = await import('node:stream');
+  const { writeRecords } = await import('../../src/stream/send/send-stream');
+  const held = new Writable({ write: () => undefined }); // never calls back
+  const before = { close: held.listenerCount('close'), error: held.listenerCount('error') };
+  async function* gen(): AsyncGenerator<Buffer[]> {
+    for (let i = 0; i < 100; i++) yield [Buffer.alloc(40), Buffer.alloc(65536)];
+  }
+  const ac = new AbortController();
+  setTimeout(() => ac.abort(), 50);
+  const t0 = Date.now();
+  await expect(writeRecords(gen(), held, ac.signal)).rejects.toMatchObject({ name: 'AbortError' });
+  expect(Date.now() - t0).toBeLessThan(2000);
+  expect({ close: held.listenerCount('close'), error: held.listenerCount('error') }).toEqual(before);
+});

@@ -316,46 +316,61 @@ export async function writeRecords(gen: AsyncIterable<Buffer | Buffer[]>, out: W
   const onError = (e: unknown): void => {
     failed ??= e;
   };
+  // The wait of the item being written, ended by its last write's callback, an
+  // abort or the output's close. The listeners are the stream's, not an item's:
+  // a send of 20,000 records made and dropped them 20,000 times.
+  let resolveItem: (() => void) | undefined;
+  let rejectItem: ((e: unknown) => void) | undefined;
+  const endItem = (e?: unknown, ok = false): void => {
+    const resolve = resolveItem;
+    const reject = rejectItem;
+    resolveItem = rejectItem = undefined;
+    if (ok) resolve?.();
+    else reject?.(e);
+  };
+  // A reader that stops reading must not hold an abort up.
+  const onAbort = (): void => endItem(new AbortError(undefined, { cause: signal!.reason }));
+  // An output destroyed under a write (a PassThrough whose reader failed)
+  // may never call that write back: its close ends the wait. Without it
+  // the send waited on nothing and an in-process replicate ended with 0.
+  const closed = (): unknown => {
+    const e = failed ?? Object.assign(new Error('the output was closed before the stream was written'), { code: 'EPIPE', syscall: 'write' });
+    failed ??= e;
+    return outputError(e);
+  };
+  const onClose = (): void => {
+    if (rejectItem) endItem(closed());
+  };
+  // An item's buffers are written back to back, their callbacks called in order: the first failure is the one reported.
+  let itemError: Error | null | undefined;
+  const noteError = (e?: Error | null): void => void (itemError ??= e);
   out.on('error', onError);
+  out.on('close', onClose);
+  signal?.addEventListener('abort', onAbort);
   try {
     for await (const item of gen) {
       const bufs = Array.isArray(item) ? item : [item];
       if (bufs.length === 0) continue;
+      if (signal?.aborted) throw new AbortError(undefined, { cause: signal.reason });
+      if (out.destroyed) throw closed();
+      itemError = undefined;
       await new Promise<void>((resolve, reject) => {
-        // A reader that stops reading must not hold an abort up.
-        const onAbort = (): void => {
-          out.off('close', onClose);
-          reject(new AbortError(undefined, { cause: signal!.reason }));
-        };
-        // An output destroyed under a write (a PassThrough whose reader failed)
-        // may never call that write back: its close ends the wait. Without it
-        // the send waited on nothing and an in-process replicate ended with 0.
-        const onClose = (): void => {
-          signal?.removeEventListener('abort', onAbort);
-          const e = failed ?? Object.assign(new Error('the output was closed before the stream was written'), { code: 'EPIPE', syscall: 'write' });
-          failed ??= e;
-          reject(outputError(e));
-        };
-        if (signal?.aborted) return onAbort();
-        if (out.destroyed) return onClose();
-        signal?.addEventListener('abort', onAbort, { once: true });
-        out.once('close', onClose);
-        // Written back to back, their callbacks called in order: the first failure is the one reported.
-        let first: Error | null | undefined;
-        for (let i = 0; i < bufs.length - 1; i++) out.write(bufs[i], (e) => void (first ??= e));
+        resolveItem = resolve;
+        rejectItem = reject;
+        for (let i = 0; i < bufs.length - 1; i++) out.write(bufs[i], noteError);
         out.write(bufs[bufs.length - 1], (last) => {
-          signal?.removeEventListener('abort', onAbort);
-          out.off('close', onClose);
-          const e = first ?? last;
-          if (e) {
-            failed ??= e;
-            reject(outputError(e));
-          } else resolve();
+          const e = itemError ?? last;
+          if (e) failed ??= e;
+          // Not an item an abort or a close has ended already.
+          if (rejectItem === reject) endItem(e ? outputError(e) : undefined, !e);
         });
       });
       if (failed) throw outputError(failed);
     }
   } finally {
+    resolveItem = rejectItem = undefined;
+    signal?.removeEventListener('abort', onAbort);
+    out.off('close', onClose);
     // A failed write's 'error' event comes a tick after its callback: keep the listener then, or it is unhandled.
     if (!failed) out.off('error', onError);
   }
