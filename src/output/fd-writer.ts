@@ -21,7 +21,7 @@
  * writableNeedDrain, 'drain', 'error', destroyed).
  */
 import { EventEmitter } from 'node:events';
-import { fstatSync, type Stats, write as fsWrite, writeSync } from 'node:fs';
+import { fstatSync, type Stats, write as fsWrite, writev as fsWritev, writeSync, writevSync } from 'node:fs';
 
 interface Pending {
   buf: Uint8Array;
@@ -31,6 +31,8 @@ interface Pending {
 
 /** Bytes queued before write() asks its caller to wait for 'drain'. */
 const HIGH_WATER = 1 << 20;
+/** Buffers one writev(2) takes at most (Linux's IOV_MAX). */
+const IOV_MAX = 1024;
 const MAX_PAUSE_MS = 64;
 
 export class FdWriter extends EventEmitter {
@@ -47,6 +49,8 @@ export class FdWriter extends EventEmitter {
   private idle: (() => void)[] = [];
   /** Written at once (see above); decided at the first write. */
   private inline: boolean | undefined;
+  /** cork() calls not yet matched by uncork(): writes are queued, not started. */
+  private corked = 0;
 
   constructor(readonly fd: number) {
     super();
@@ -62,9 +66,24 @@ export class FdWriter extends EventEmitter {
     }
     this.queue.push({ buf, off: 0, cb });
     this.queued += buf.length;
-    if (!this.busy) this.next();
+    if (!this.busy && this.corked === 0) this.next();
     if (this.queued >= HIGH_WATER) this.writableNeedDrain = true;
     return !this.writableNeedDrain;
+  }
+
+  /**
+   * Holds the writes that follow until uncork(), which starts them as one
+   * writev(2) (a send writes a record's header and payload together: one
+   * system call where it made two, each ~10 us in the bench VM).
+   */
+  cork(): void {
+    this.corked++;
+  }
+
+  /** Ends a cork(): the writes held start. */
+  uncork(): void {
+    if (this.corked === 0) return;
+    if (--this.corked === 0 && !this.busy && !this.error) this.next();
   }
 
   /** Resolves when everything queued so far is written; rejects with the first write error. */
@@ -93,6 +112,28 @@ export class FdWriter extends EventEmitter {
       return;
     }
     this.inline ??= writesAtOnce(this.fd);
+    let k = 1;
+    while (k < IOV_MAX && this.head + k < this.queue.length && this.queue[this.head + k].buf.length > 0) k++;
+    if (k > 1) {
+      const bufs: Uint8Array[] = [];
+      for (let i = 0; i < k; i++) {
+        const q = this.queue[this.head + i];
+        bufs.push(q.off === 0 ? q.buf : q.buf.subarray(q.off));
+      }
+      if (this.inline) {
+        let n = 0;
+        let err: Error | null = null;
+        try {
+          n = writevSync(this.fd, bufs);
+        } catch (e) {
+          err = e as Error;
+        }
+        process.nextTick(() => this.wroteMany(k, err, n));
+        return;
+      }
+      fsWritev(this.fd, bufs, (e, n) => this.wroteMany(k, e, n));
+      return;
+    }
     if (this.inline) {
       let n = 0;
       let err: Error | null = null;
@@ -128,6 +169,30 @@ export class FdWriter extends EventEmitter {
       return;
     }
     this.done(p);
+  }
+
+  /** A writev of the `k` queued buffers from the head: those written whole are done, a short one goes on. */
+  private wroteMany(k: number, e: Error | null, n: number): void {
+    if (e) {
+      this.wrote(this.queue[this.head], e, 0);
+      return;
+    }
+    this.pause = 1;
+    if (n === 0) {
+      this.fail(Object.assign(new Error('write to the output made no progress'), { code: 'EIO', syscall: 'write' }));
+      return;
+    }
+    for (let i = 0; i < k && n > 0; i++) {
+      const p = this.queue[this.head];
+      const take = Math.min(n, p.buf.length - p.off);
+      p.off += take;
+      n -= take;
+      if (p.off < p.buf.length) break;
+      this.queue[this.head++] = undefined as unknown as Pending;
+      this.queued -= p.buf.length;
+      p.cb?.();
+    }
+    this.next();
   }
 
   private done(p: Pending): void {

@@ -57,6 +57,22 @@ class FileWritable extends Writable {
       (e) => cb(outputError(e, this.path)),
     );
   }
+  /** Corked writes (a send's record: its header, then its payload) in one writev(2), short writes continued. */
+  override _writev(chunks: { chunk: Buffer }[], cb: (e?: Error | null) => void): void {
+    (async () => {
+      let bufs = chunks.map((c) => c.chunk);
+      while (bufs.length > 0) {
+        const { bytesWritten } = await this.fh.writev(bufs);
+        if (bytesWritten <= 0) throw new SystemCallError('EIO', `write of ${this.path} made no progress`, { syscall: 'write', path: this.path });
+        let n = bytesWritten;
+        while (bufs.length > 0 && n >= bufs[0].length) n -= bufs.shift()!.length;
+        if (n > 0) bufs[0] = bufs[0].subarray(n);
+      }
+    })().then(
+      () => cb(),
+      (e) => cb(outputError(e, this.path)),
+    );
+  }
 }
 
 /**

@@ -181,3 +181,32 @@ describe.each([
     }
   });
 });
+
+it('cork(): the writes held go out as one writev(2) at uncork(), every byte in order, each callback in order; an empty write among them is called back too', async () => {
+  const s = scratch();
+  const path = join(s.dir, 'corked');
+  const fd = openSync(path, 'w');
+  const fs = require('node:fs') as typeof import('node:fs');
+  const writev = jest.spyOn(fs, 'writevSync');
+  const write = jest.spyOn(fs, 'writeSync');
+  try {
+    const w = new FdWriter(fd);
+    const order: number[] = [];
+    const parts = [Buffer.from('header '), new Uint8Array(0), Buffer.alloc(70000, 0x61), Buffer.from(' end')];
+    w.cork();
+    parts.forEach((p, i) => w.write(p, (e) => (expect(e).toBeUndefined(), order.push(i))));
+    expect(writev).not.toHaveBeenCalled(); // held
+    w.uncork();
+    await w.flushed();
+    expect(order).toEqual([0, 1, 2, 3]);
+    expect(readFileSync(path).equals(Buffer.concat(parts))).toBe(true);
+    // The header alone (an empty write ends a writev's gathering), then the rest in one.
+    expect(writev.mock.calls.length + write.mock.calls.length).toBeLessThanOrEqual(2);
+    expect(writev).toHaveBeenCalledTimes(1);
+  } finally {
+    writev.mockRestore();
+    write.mockRestore();
+    closeSync(fd);
+    s.cleanup();
+  }
+});

@@ -357,6 +357,9 @@ export async function writeRecords(gen: AsyncIterable<Buffer | Buffer[]>, out: W
       await new Promise<void>((resolve, reject) => {
         resolveItem = resolve;
         rejectItem = reject;
+        // Corked: an output that can (the CLI's stdout, a send's file) writes them with one writev(2).
+        const cork = bufs.length > 1 && typeof out.cork === 'function';
+        if (cork) out.cork();
         for (let i = 0; i < bufs.length - 1; i++) out.write(bufs[i], noteError);
         out.write(bufs[bufs.length - 1], (last) => {
           const e = itemError ?? last;
@@ -364,6 +367,7 @@ export async function writeRecords(gen: AsyncIterable<Buffer | Buffer[]>, out: W
           // Not an item an abort or a close has ended already.
           if (rejectItem === reject) endItem(e ? outputError(e) : undefined, !e);
         });
+        if (cork) out.uncork();
       });
       if (failed) throw outputError(failed);
     }
