@@ -6,7 +6,9 @@
  * a tiny command's own work.
  *
  * Each write goes out whole, continued after a short write, in the order
- * given: to a pipe, a socket or a terminal through fs.write (the thread pool,
+ * given, the writes queued at once (a send's record: header, then payload;
+ * or held by cork()) together in one writev(2): to a pipe, a socket or a
+ * terminal through fs.write/fs.writev (the thread pool,
  * so a slow reader blocks no JavaScript); to a regular file or one of the
  * memory devices (/dev/null, /dev/full...) at once, as Node's process.stdout
  * writes to files, its callback in a later tick as fs.write's would be. A
@@ -72,9 +74,10 @@ export class FdWriter extends EventEmitter {
   }
 
   /**
-   * Holds the writes that follow until uncork(), which starts them as one
+   * Holds the queued writes until uncork(), which starts them as one
    * writev(2) (a send writes a record's header and payload together: one
-   * system call where it made two, each ~10 us in the bench VM).
+   * system call where it made two, each ~10 us in the bench VM). As a
+   * Writable's cork(): a write in flight completes, nothing more starts.
    */
   cork(): void {
     this.corked++;
@@ -89,12 +92,16 @@ export class FdWriter extends EventEmitter {
   /** Resolves when everything queued so far is written; rejects with the first write error. */
   flushed(): Promise<void> {
     if (this.error) return Promise.reject(this.error);
-    if (!this.busy) return Promise.resolve();
+    if (!this.busy && this.head >= this.queue.length) return Promise.resolve(); // nothing in flight, nothing held by cork()
     return new Promise((resolve, reject) => this.idle.push(() => (this.error ? reject(this.error) : resolve())));
   }
 
   private next(): void {
     const p = this.queue[this.head];
+    if (p !== undefined && this.corked > 0) {
+      this.busy = false; // held: uncork() starts it
+      return;
+    }
     if (p === undefined) {
       this.busy = false;
       this.queue.length = 0;

@@ -60,7 +60,7 @@ class FileWritable extends Writable {
   /** Corked writes (a send's record: its header, then its payload) in one writev(2), short writes continued. */
   override _writev(chunks: { chunk: Buffer }[], cb: (e?: Error | null) => void): void {
     (async () => {
-      let bufs = chunks.map((c) => c.chunk);
+      let bufs = chunks.map((c) => c.chunk).filter((b) => b.length > 0); // writev of empty buffers alone writes 0: no progress to wait for
       while (bufs.length > 0) {
         const { bytesWritten } = await this.fh.writev(bufs);
         if (bytesWritten <= 0) throw new SystemCallError('EIO', `write of ${this.path} made no progress`, { syscall: 'write', path: this.path });

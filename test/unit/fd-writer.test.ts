@@ -210,3 +210,37 @@ it('cork(): the writes held go out as one writev(2) at uncork(), every byte in o
     s.cleanup();
   }
 });
+
+it('cork() holds what is queued as a Writable does: a write in flight completes, the next waits for uncork(); flushed() waits for held writes too (outside review of 5fc0595)', async () => {
+  const s = scratch();
+  const path = join(s.dir, 'held');
+  const fd = openSync(path, 'w');
+  try {
+    const w = new FdWriter(fd);
+    w.write(Buffer.from('first ')); // written at once to a file; called back a tick later, busy until then
+    w.cork();
+    let secondDone = false;
+    w.write(Buffer.from('second'), () => (secondDone = true));
+    let flushed = false;
+    const f = w.flushed().then(() => (flushed = true));
+    await new Promise((r) => setImmediate(r));
+    await new Promise((r) => setTimeout(r, 5));
+    expect({ secondDone, flushed, file: readFileSync(path, 'utf8') }).toEqual({ secondDone: false, flushed: false, file: 'first ' });
+    w.uncork();
+    await f;
+    expect({ secondDone, file: readFileSync(path, 'utf8') }).toEqual({ secondDone: true, file: 'first second' });
+    // Corked while idle: flushed() does not resolve on the held write.
+    w.cork();
+    w.write(Buffer.from(' third'));
+    let again = false;
+    const g = w.flushed().then(() => (again = true));
+    await new Promise((r) => setTimeout(r, 5));
+    expect(again).toBe(false);
+    w.uncork();
+    await g;
+    expect(readFileSync(path, 'utf8')).toBe('first second third');
+  } finally {
+    closeSync(fd);
+    s.cleanup();
+  }
+});
