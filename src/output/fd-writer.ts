@@ -195,18 +195,21 @@ export class FdWriter extends EventEmitter {
       p.off += take;
       n -= take;
       if (p.off < p.buf.length) break;
-      this.queue[this.head++] = undefined as unknown as Pending;
-      this.queued -= p.buf.length;
-      p.cb?.();
+      this.finishHead(p);
     }
     this.next();
   }
 
   private done(p: Pending): void {
+    this.finishHead(p);
+    this.next();
+  }
+
+  /** The write at the head is complete: off the queue, its callback called. */
+  private finishHead(p: Pending): void {
     this.queue[this.head++] = undefined as unknown as Pending;
     this.queued -= p.buf.length;
     p.cb?.();
-    this.next();
   }
 
   private fail(e: Error): void {

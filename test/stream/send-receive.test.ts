@@ -15,6 +15,7 @@ import { join } from 'node:path';
 import { StreamError, UsageError } from '../../src/errors';
 import { NativeDataSource, type DataSource } from '../../src/stream/send/data-source';
 import type { SendPlan } from '../../src/stream/send/plan';
+import type { SendExtent } from '../../src/stream/send/extent-store';
 import { identityKey } from '../../src/stream/format/records';
 import { receive, receiveStream } from '../../src/ops/receive';
 import { Spool } from '../../src/stream/receive/spool';
@@ -263,24 +264,30 @@ test('virtual blocks beyond 2^53 bytes: no device size can reach them, the send 
   await md.close();
 });
 
-test('a stream of many small discards: written in few pieces, its discards punched many a call, the target right (found by an outside hunt)', async () => {
-  // Blocks 3k: data (pattern of data block 3k), 3k+1: discarded, 3k+2: untouched (keeps the junk).
-  const bs = 65536;
-  const n = 600;
-  const plan = (): SendPlan => ({
+/** A plan of device 2 against base 1 (pool 'p'), `n` blocks of `bs` bytes, with the extents `extents` yields. */
+function incrementalPlan(bs: number, n: number, extents: () => AsyncGenerator<SendExtent>): SendPlan {
+  return {
     header: {
       dataBlockSize: bs / 512,
       deviceSize: n * bs,
       target: { pool: 'p', devId: 2, creationTime: 1, transactionId: 1n },
       base: { pool: 'p', devId: 1, creationTime: 0, transactionId: 1n },
     },
-    extents: (async function* () {
+    extents: extents(),
+  };
+}
+
+test('a stream of many small discards: written in few pieces, its discards punched many a call, the target right (found by an outside hunt)', async () => {
+  // Blocks 3k: data (pattern of data block 3k), 3k+1: discarded, 3k+2: untouched (keeps the junk).
+  const bs = 65536;
+  const n = 600;
+  const plan = (): SendPlan =>
+    incrementalPlan(bs, n, async function* () {
       for (let b = 0; b < n; b += 3) {
         yield { kind: 'data' as const, begin: b, length: 1, source: b };
         yield { kind: 'zero' as const, begin: b + 1, length: 1, source: -1 };
       }
-    })(),
-  });
+    });
   // Each buffer the sender yields is one write: now what came before a data record's payload, then the payload.
   const file = s.path('many-discards.stream');
   const chunks: Buffer[] = [];
@@ -327,20 +334,13 @@ test('records written an item at a time through reused buffers: more small recor
   // 6,000 discards of one block each, 2,000 (80 KB) between data blocks: more than the 64 KiB gathering buffer holds.
   const bs = 65536;
   const n = 12_000;
-  const plan = (): SendPlan => ({
-    header: {
-      dataBlockSize: bs / 512,
-      deviceSize: n * bs,
-      target: { pool: 'p', devId: 2, creationTime: 1, transactionId: 1n },
-      base: { pool: 'p', devId: 1, creationTime: 0, transactionId: 1n },
-    },
-    extents: (async function* () {
+  const plan = (): SendPlan =>
+    incrementalPlan(bs, n, async function* () {
       for (let b = 0; b < n; b += 2) {
         if (b % 4000 === 0) yield { kind: 'data' as const, begin: b, length: 1, source: b };
         else yield { kind: 'zero' as const, begin: b, length: 1, source: -1 };
       }
-    })(),
-  });
+    });
   const want: Buffer[] = [];
   for await (const c of encodeStream(plan(), new PatternSource(bs))) want.push(c as Buffer);
   // Each chunk is copied only when its write completes, a turn of the event loop later.
