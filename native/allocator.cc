@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <string>
 
 #if defined(__GLIBC__)
 #include <malloc.h>
@@ -112,9 +113,30 @@ static Napi::Value MinorGcTask(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// semiSpaceGrowth(factor: integer 1..16): V8's --semi-space-growth-factor
+// for this process. V8 reads it whenever it would grow the young generation
+// after a collection (to factor x its capacity, up to the maximum), so set
+// at run time it takes effect: 1 keeps the young generation at the size it
+// starts with, 1 MiB a semi-space, which is what the CLI's #! line's
+// --max-semi-space-size=1 did (a long walk grew it to 16 MiB a semi-space:
+// README, Memory bound). Why at run time: any V8 flag given at start makes
+// V8 refuse Node's built-in code caches, so every built-in module loaded
+// after it compiles from source (src/cli/startup.ts, tuneCollector); a flag
+// set at run time changes the caches' signature only from then on. Only the
+// CLI calls this: a library leaves its host's heap alone.
+static Napi::Value SemiSpaceGrowth(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  double f = info.Length() < 1 || !info[0].IsNumber() ? 0 : info[0].As<Napi::Number>().DoubleValue();
+  if (!(f >= 1 && f <= 16) || std::floor(f) != f) throw Napi::TypeError::New(env, "semiSpaceGrowth(factor: integer 1..16)");
+  std::string flag = "--semi-space-growth-factor=" + std::to_string(static_cast<int>(f));
+  v8::V8::SetFlagsFromString(flag.c_str(), flag.size());
+  return env.Undefined();
+}
+
 void InitAllocator(Napi::Env env, Napi::Object exports) {
   exports.Set("tuneAllocator", Napi::Function::New(env, TuneAllocator, "tuneAllocator"));
   exports.Set("minorGcTask", Napi::Function::New(env, MinorGcTask, "minorGcTask"));
+  exports.Set("semiSpaceGrowth", Napi::Function::New(env, SemiSpaceGrowth, "semiSpaceGrowth"));
   exports.Set("hugeArrayBuffer", Napi::Function::New(env, HugeArrayBuffer, "hugeArrayBuffer"));
 }
 

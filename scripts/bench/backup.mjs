@@ -16,6 +16,7 @@ import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, 
 import { loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { cliNodeFlags } from './cli-flags.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '../..');
 const args = process.argv.slice(2);
@@ -102,7 +103,8 @@ function timed(cmd, argv, env = {}) {
   const last = r.stderr.trim().split('\n').at(-1).split(' ').map(Number);
   return { wall, rssMiB: last[1] / 1024, cpu: last[2] + last[3], stdout: r.stdout };
 }
-const dmthin = (argv, env) => timed(process.execPath, ['--max-semi-space-size=1', cli, ...argv], env);
+// The CLI with its #! line's node options, as the installed command runs.
+const dmthin = (argv, env) => timed(process.execPath, [...cliNodeFlags(cli), cli, ...argv], env);
 const ddRead = () => timed('dd', [`if=${data}`, 'of=/dev/null', 'iflag=direct', 'bs=1M', `count=${SIZE >> 20}`, 'status=none']).wall;
 const ddWrite = (target) => {
   rmSync(target, { force: true });

@@ -38,6 +38,7 @@ import { createRequire } from 'node:module';
 import { loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { cliNodeFlags as cliNodeFlagsOf } from './cli-flags.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '../..');
 const args = process.argv.slice(2);
@@ -82,12 +83,8 @@ if (droppedCaCerts) {
   console.log('bench: NODE_EXTRA_CA_CERTS is set here; the timed commands run without it (Node parses that bundle at every start; --keep-env keeps it)');
 }
 
-// Node options of the installed `dmthin` command (its #! line), so that the
-// bench runs the CLI as users do.
-const cliNodeFlags = (() => {
-  const m = /^#!\/usr\/bin\/env -S node (.*)$/.exec(readFileSync(cli, 'utf8').split('\n', 1)[0]);
-  return m ? m[1].trim().split(/\s+/) : [];
-})();
+// Node options of the installed `dmthin` command (its #! line).
+const cliNodeFlags = cliNodeFlagsOf(cli);
 
 // A deterministic generator (xorshift) so every run measures the same image.
 function rng(seed) {

@@ -1,17 +1,16 @@
-#!/usr/bin/env -S node --max-semi-space-size=1 --v8-pool-size=1
+#!/usr/bin/env -S node --v8-pool-size=1
 /**
  * The dmthin command line's entry point: sets up the run (startup.ts), then
  * runs program.ts. It is the one file of the CLI that Node compiles from
  * source on every run (the code cache is installed by it), hence so short.
  *
- * The #! line caps V8's young generation at 1 MiB per semi-space: a long walk
- * otherwise grows it to 32 MiB of peak RSS for garbage that dies young
- * (10M-mapping dump: 91 -> 72 MiB, CPU 0.99x; check 91 -> 84 MiB, CPU
- * 1.07x). It also runs V8's background work (optimizing compiles, GC
- * helpers) on one thread, not four: each thread's malloc arena kept the
- * compilers' freed zones, 3-4 MiB apiece (check at 40M mappings: about 85 ->
- * 79 MiB peak RSS, wall 0.99x). `env -S` splits the options (coreutils 8.30
- * and later).
+ * The #! line runs V8's background work (optimizing compiles, GC helpers) on
+ * one thread, not four: each thread's malloc arena kept the compilers' freed
+ * zones, 3-4 MiB apiece (check at 40M mappings: about 85 -> 79 MiB peak RSS,
+ * wall 0.99x). It is a Node option, not a V8 flag: V8 flags are set at run
+ * time (startup.ts, tuneCollector), since any given at start makes V8 refuse
+ * the code caches of Node's built-in modules. `env -S` splits the options
+ * (coreutils 8.30 and later).
  */
 // First, before anything else loads: a run of the CLI compiles its modules
 // with V8's cached code (a cache file per command) and defers what commander
@@ -19,7 +18,7 @@
 if (require.main === module) {
   const startup = require('./startup') as typeof import('./startup');
   startup.sizeThreadPool(process.argv[2]);
-  startup.minorGcTaskOff();
+  startup.tuneCollector();
   startup.installCodeCache(startup.cacheGroup(process.argv[2], Object.keys((require('./commands') as typeof import('./commands')).COMMANDS)));
   startup.deferCommanderChildProcess();
   startup.resolveCliModulesDirectly();

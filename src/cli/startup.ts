@@ -246,14 +246,30 @@ export function sizeThreadPool(command: string | undefined): void {
 }
 
 /**
- * V8's minor GC task off for this CLI process (native/allocator.cc says
- * why: a short command's one turn of the event loop no longer collects a
- * young generation it would never fill). Called before anything compiles
- * with a code cache: V8 signs a cache with its flags, this one included.
- * Without the addon (or with one built before it) nothing changes.
+ * V8's collector as the CLI wants it, set before anything compiles with a
+ * code cache (V8 signs a cache with its flags, these included); without the
+ * addon (or with one built before these calls) nothing changes:
+ * - the minor GC task off (native/allocator.cc says why: a short command's
+ *   one turn of the event loop no longer collects a young generation it
+ *   would never fill);
+ * - the young generation kept at its initial 1 MiB a semi-space (growth
+ *   factor 1): a long walk grew it to 16 MiB a semi-space, garbage that dies
+ *   young held in RSS (10M-mapping dump 91 -> 72 MiB peak). This was the #!
+ *   line's --max-semi-space-size=1, but any V8 flag given at start makes V8
+ *   refuse the code caches of Node's own built-in modules, so each one
+ *   loaded after it (node:vm, the AbortController's module) compiled from
+ *   source. Left alone when the node options size the young generation
+ *   themselves (a user's --max-semi-space-size=64 means growth).
+ * The AbortController's module (every command's CliContext makes one) is
+ * loaded first, while Node's code caches still match the flags: flags set
+ * here change the signature from then on.
  */
-export function minorGcTaskOff(): void {
-  fileMaps()?.minorGcTask?.(false);
+export function tuneCollector(): void {
+  const addon = fileMaps();
+  if (!addon) return;
+  void AbortController;
+  addon.minorGcTask?.(false);
+  if (!/(^|\s)--((max|min)[-_])?semi[-_]space[-_](size|growth[-_]factor)\b/.test(`${process.execArgv.join(' ')} ${process.env.NODE_OPTIONS ?? ''}`)) addon.semiSpaceGrowth?.(1);
 }
 
 /**

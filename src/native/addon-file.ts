@@ -44,6 +44,12 @@ export interface FileMapFunctions {
    * CLI's start-up turns it off before it compiles anything. Absent in an addon built before it.
    */
   minorGcTask?(on: boolean): void;
+  /**
+   * V8's --semi-space-growth-factor for the process (native/allocator.cc):
+   * the CLI's start-up sets 1, which keeps the young generation at its
+   * initial 1 MiB a semi-space. Absent in an addon built before it.
+   */
+  semiSpaceGrowth?(factor: number): void;
 }
 
 /**

@@ -171,32 +171,84 @@ test('minorGcTask(false): a young generation filled to 88% is not collected when
   expect(run(true)).toEqual({ typeError: true, filling: 0, afterTurns: 0 });
 });
 
-test('a CLI run turns the minor GC task off before it compiles anything from its code cache; a library that loads the addon does not', () => {
-  // Preloaded: every call of the addon's minorGcTask, and how many modules
-  // had been compiled by then (the code cache is installed after the call).
+/**
+ * V8's semi-space growth factor (native/allocator.cc's semiSpaceGrowth),
+ * set at run time: with 1 the young generation stays at the 1 MiB a
+ * semi-space it starts with while objects that survive collections keep
+ * coming (V8 doubles it otherwise, up to 16 MiB), as --max-semi-space-size=1
+ * given at start did. In a process of its own, no node options.
+ */
+test('semiSpaceGrowth(1) set at run time keeps the young generation at its initial size (V8 grows it without); anything but an integer 1..16 is a TypeError', () => {
+  const run = (factor: number | undefined, nodeOptions: string[] = []) => {
+    const r = spawnSync(
+      process.execPath,
+      [
+        ...nodeOptions,
+        '-e',
+        `const v8 = require('node:v8');
+         const a = require(${JSON.stringify(join(ROOT, 'build', 'Release', 'dmthin.node'))});
+         const refused = [0, 17, 1.5, '1', undefined].filter((f) => { try { a.semiSpaceGrowth(f); return false; } catch (e) { return e instanceof TypeError; } }).length;
+         ${factor === undefined ? '' : `a.semiSpaceGrowth(${factor});`}
+         const size = () => v8.getHeapSpaceStatistics().find((s) => s.space_name === 'new_space').space_size;
+         const start = size();
+         let keep = [];
+         for (let i = 0; i < 3e6; i++) { const o = { i, a: [i] }; if (i % 40 === 0) keep.push(o); if (keep.length > 30000) keep = []; }
+         process.stdout.write(JSON.stringify({ refused, start, end: size() }));`,
+      ],
+      { encoding: 'utf8', timeout: 60_000 },
+    );
+    expect(r.stderr).toBe('');
+    return JSON.parse(r.stdout) as { refused: number; start: number; end: number };
+  };
+  const capped = run(1);
+  expect(capped.refused).toBe(5);
+  // What the #! line's --max-semi-space-size=1 gave (both semi-spaces in use, 1 MiB each), and what V8 does unasked (16 MiB each).
+  expect(capped).toEqual({ ...run(undefined, ['--max-semi-space-size=1']), refused: 5 });
+  expect(capped.end).toBeLessThanOrEqual(2 * capped.start);
+  const free = run(undefined);
+  expect(free.start).toBe(capped.start);
+  expect(free.end).toBeGreaterThanOrEqual(8 * free.start);
+});
+
+test('a CLI run turns the minor GC task off and holds the young generation at its size before it compiles anything from its code cache, the AbortController module loaded before either; node options that size the young generation keep their growth; a library that loads the addon does neither', () => {
+  // Preloaded: every call of the addon's minorGcTask and semiSpaceGrowth,
+  // how many modules had been compiled by then (the code cache is installed
+  // after the calls) and whether Node's AbortController module was loaded
+  // (process.moduleLoadList).
   const spy = join(dir, 'gc-task-spy.js');
   writeFileSync(
     spy,
     `const calls = [];
 const dlopen = process.dlopen;
+const note = (call) => ({ ...call, cached: Object.keys(require.cache).filter((k) => /[\\\\/](program|errors|common)\\.js$/.test(k)).length, abort: process.moduleLoadList.includes('NativeModule internal/abort_controller') });
 process.dlopen = function (m, file, ...rest) {
   const r = dlopen.call(this, m, file, ...rest);
   if (file.endsWith('dmthin.node') && typeof m.exports.minorGcTask === 'function') {
     const f = m.exports.minorGcTask;
-    m.exports.minorGcTask = (on) => { calls.push({ on, cached: Object.keys(require.cache).filter((k) => /[\\\\/](program|errors|common)\\.js$/.test(k)).length }); return f(on); };
+    const g = m.exports.semiSpaceGrowth;
+    m.exports.minorGcTask = (on) => { calls.push(note({ on })); return f(on); };
+    m.exports.semiSpaceGrowth = (factor) => { calls.push(note({ factor })); return g(factor); };
   }
   return r;
 };
 process.on('exit', () => require('node:fs').writeSync(2, 'gc-task ' + JSON.stringify(calls) + '\\n'));
 `,
   );
-  const calls = (args: string[]) => {
-    const r = spawnSync(process.execPath, ['-r', spy, ...args], { encoding: 'utf8', timeout: 30_000 });
+  const calls = (args: string[], env: NodeJS.ProcessEnv = {}) => {
+    const r = spawnSync(process.execPath, ['-r', spy, ...args], { encoding: 'utf8', timeout: 30_000, env: { ...process.env, ...env } });
     const m = /gc-task (.*)/.exec(r.stderr);
     if (!m) throw new Error(`no spy line (status ${r.status}): ${r.stderr}`);
     return { status: r.status, calls: JSON.parse(m[1]) as unknown[] };
   };
-  expect(calls([CLI, 'ls', POOL])).toEqual({ status: 0, calls: [{ on: false, cached: 0 }] });
-  expect(calls([CLI, '--help'])).toEqual({ status: 0, calls: [{ on: false, cached: 0 }] });
+  const both = [
+    { on: false, cached: 0, abort: true },
+    { factor: 1, cached: 0, abort: true },
+  ];
+  expect(calls([CLI, 'ls', POOL])).toEqual({ status: 0, calls: both });
+  expect(calls([CLI, '--help'])).toEqual({ status: 0, calls: both });
+  // The young generation sized by the user: on the command line, in NODE_OPTIONS, with V8's underscores too.
+  expect(calls(['--max-semi-space-size=4', CLI, 'ls', POOL])).toEqual({ status: 0, calls: [both[0]] });
+  expect(calls([CLI, 'ls', POOL], { NODE_OPTIONS: '--max_semi_space_size=4' })).toEqual({ status: 0, calls: [both[0]] });
+  expect(calls(['--semi-space-growth-factor=2', CLI, 'ls', POOL])).toEqual({ status: 0, calls: [both[0]] });
   expect(calls(['-e', `require(${JSON.stringify(BINDING)}).native().crc32c(Buffer.from('x'), 0, true)`])).toEqual({ status: 0, calls: [] });
 });
