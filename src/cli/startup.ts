@@ -262,12 +262,14 @@ export function sizeThreadPool(command: string | undefined): void {
  *   themselves (a user's --max-semi-space-size=64 means growth).
  * The AbortController's module (every command's CliContext makes one) is
  * loaded first, while Node's code caches still match the flags: flags set
- * here change the signature from then on.
+ * here change the signature from then on. And the addon starts counting full
+ * collections (see codeOfThisRunComplete).
  */
 export function tuneCollector(): void {
   const addon = fileMaps();
   if (!addon) return;
   void AbortController;
+  addon.majorGcCount?.();
   addon.minorGcTask?.(false);
   if (!/(^|\s)--((max|min)[-_])?semi[-_]space[-_](size|growth[-_]factor)\b/.test(`${process.execArgv.join(' ')} ${process.env.NODE_OPTIONS ?? ''}`)) addon.semiSpaceGrowth?.(1);
 }
@@ -383,9 +385,27 @@ export function installCodeCache(group = 'main'): void {
   };
   const pack = new ModulePack(`${FILE_PREFIX}-${group}.pack`, MAPPED_GROUPS.includes(group));
   process.once('exit', () => {
-    if (stale) save(FILE, index, data, compiled);
-    pack.saveIfStale();
+    const complete = codeOfThisRunComplete();
+    if (stale && complete) save(FILE, index, data, compiled);
+    pack.saveIfStale(complete);
   });
+}
+
+/** V8's --bytecode-old-age: full collections after which a function that has not run loses its bytecode. */
+const BYTECODE_OLD_AGE = 5;
+
+/**
+ * Whether the code this run compiled is all still there to be cached: V8
+ * drops the bytecode of a function that has not run for BYTECODE_OLD_AGE
+ * full collections, so a long run (a walk of 40M mappings) wrote a code
+ * cache without what only its start-up ran (149 KB where a tiny run wrote
+ * 243), and every later run compiled that from source. Such a run writes
+ * no code cache (one below the age, in case V8 drops at the age itself); a
+ * later one does. Without the addon's count, as before: yes.
+ */
+function codeOfThisRunComplete(): boolean {
+  const n = fileMaps()?.majorGcCount?.();
+  return n === undefined || n < BYTECODE_OLD_AGE - 1;
 }
 
 /** Whether a command's action ran in this process (noteActionRan): see ModulePack.saveIfStale. */
@@ -626,9 +646,10 @@ class ModulePack {
    * Writes the pack again when this run found it missing, damaged, without
    * a usable code cache or lacking a file it loaded: the entries still
    * fresh, from the old pack's source, and the files it lacked, from disk.
-   * The code cache only when the source is the one this run compiled.
+   * The code cache only when the source is the one this run compiled and
+   * `withCode` (its compiled code is whole: codeOfThisRunComplete).
    */
-  saveIfStale(): void {
+  saveIfStale(withCode: boolean): void {
     // A code cache holds the functions compiled when it was made: one a run
     // of `send --help` made (the bench's first run of the group) lacked all
     // of send's own, compiled from the source at every send after (~5% of a
@@ -647,7 +668,9 @@ class ModulePack {
         at += open.length + body.length + CLOSE.length;
       };
       if (this.misses.length === 0 && this.script !== undefined) {
-        // The source this run compiled, whole (the file unchanged since): only its code cache is new.
+        // The source this run compiled, whole (the file unchanged since): only its code cache is new,
+        // left to a later run when this one's is not whole (codeOfThisRunComplete).
+        if (!withCode) return;
         // (A source an earlier version wrote unpadded is written padded, without a cache: the next run makes one for it.)
         if (old) this.write([...this.entries.values()], old, old.length % 8 === 0 ? this.script.createCachedData() : Buffer.alloc(0), actionRan && old.length % 8 === 0);
         return;

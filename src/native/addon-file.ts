@@ -50,6 +50,11 @@ export interface FileMapFunctions {
    * initial 1 MiB a semi-space. Absent in an addon built before it.
    */
   semiSpaceGrowth?(factor: number): void;
+  /**
+   * Full (mark-compact) collections of this isolate since the first call,
+   * which starts counting (native/allocator.cc). Absent in an addon built before it.
+   */
+  majorGcCount?(): number;
 }
 
 /**

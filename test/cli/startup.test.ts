@@ -492,6 +492,42 @@ describe('code cache', () => {
     expect(index('main').map((e) => e.f)).not.toContain(join(DIST, 'cli', 'ls.js'));
   });
 
+  it("a run with as many full collections as V8 takes to drop a function's bytecode writes no code cache (it would lack what only its start-up ran: a 40M-mapping ls wrote 149 KB where a tiny one wrote 243, and every later run compiled the rest from source); the next short run writes it", () => {
+    const dir = mkdtempSync(join(tmpdir(), 'dmthin-gc-cache-'));
+    // Preloaded by every run (the same node options, so the same cache files): eight full
+    // collections at exit when GC_AT_EXIT is set, before the CLI's own exit listener saves.
+    const preload = join(dir, 'gc-at-exit.js');
+    writeFileSync(
+      preload,
+      `require('node:v8').setFlagsFromString('--expose-gc');
+const gc = require('node:vm').runInNewContext('gc');
+process.on('exit', () => { if (process.env.GC_AT_EXIT) for (let i = 0; i < 8; i++) gc(); });
+`,
+    );
+    const cacheDir = join(dir, 'cache');
+    const ls = (gcAtExit: boolean) => pick(run(['ls', POOL], { DMTHIN_CODE_CACHE_DIR: cacheDir, ...(gcAtExit ? { GC_AT_EXIT: '1' } : {}) }, ['-r', preload]));
+    const pack = () => {
+      const name = readdirSync(cacheDir).filter((f) => f.endsWith('-ls.pack'));
+      expect(name).toHaveLength(1);
+      const b = readFileSync(join(cacheDir, name[0]));
+      const len = b.readUInt32LE(0);
+      const h = JSON.parse(b.toString('utf8', 4, 4 + len)) as PackHeader;
+      return { cacheBytes: b.length - 4 - len - h.n, bytes: b };
+    };
+    try {
+      const want = pick(run(['ls', POOL], { DMTHIN_CODE_CACHE: '0' }));
+      expect(ls(false)).toEqual(want); // the pack made: sources, no code cache yet
+      const made = pack();
+      expect(made.cacheBytes).toBe(0);
+      expect(ls(true)).toEqual(want); // would add the code cache, but its bytecode may be gone
+      expect(pack().bytes.equals(made.bytes)).toBe(true);
+      expect(ls(false)).toEqual(want); // a short run adds it
+      expect(pack().cacheBytes).toBeGreaterThan(0);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('is not written with DMTHIN_CODE_CACHE=0, and a run that cannot write it still succeeds', () => {
     const CACHE = cacheFile('ls');
     rmSync(CACHE, { force: true });
