@@ -64,6 +64,27 @@ async function keys(b: Backend, prefix = ''): Promise<string[]> {
   return out.sort();
 }
 
+/**
+ * The keys under `prefix` once they stop changing: a SIGKILLed client's
+ * uploads whose bodies had reached the server may still be stored after it
+ * died (radosgw finishes such requests), and a listing taken at once missed
+ * them (CI under load, 2026-12-06: 11 of 106 chunks appeared after it, and
+ * the rerun rightly found them stored). The same listing for 1.5 s (four
+ * listings 500 ms apart), within ~20 s.
+ */
+async function settledKeys(b: Backend, prefix: string): Promise<string[]> {
+  let last = (await keys(b, prefix)).join('\n');
+  let same = 0;
+  for (let i = 0; i < 40; i++) {
+    await new Promise((r) => setTimeout(r, 500));
+    const now = (await keys(b, prefix)).join('\n');
+    same = now === last ? same + 1 : 0;
+    if (same === 3) return now === '' ? [] : now.split('\n');
+    last = now;
+  }
+  throw new Error(`the keys under ${prefix} were still changing after ~20 s`);
+}
+
 /** A backend that counts the puts of each key. */
 function counting(b: Backend): Backend & { puts: Map<string, number> } {
   const puts = new Map<string, number>();
@@ -265,7 +286,7 @@ describeEachRepo('backups', (loc) => {
     );
     expect({ signal: run.signal, stderr: run.stderr }).toEqual({ signal: 'SIGKILL', stderr: '' });
     const backend = await openBackend(location);
-    const storedBefore = new Set((await keys(backend, 'chunks/')).filter((k) => !k.includes('.tmp')));
+    const storedBefore = new Set((await settledKeys(backend, 'chunks/')).filter((k) => !k.includes('.tmp')));
     expect(storedBefore.size).toBeGreaterThanOrEqual(killAt);
     expect(storedBefore.size).toBeLessThan(dev1.size);
     const c = counting(backend);
