@@ -204,13 +204,16 @@ function commanderMain(dirs: string[]): string {
 /** dist/: the files whose requests resolveCliModulesDirectly() answers. */
 const ROOT = join(__dirname, '..');
 
+/** The run's node options: the command line's, then NODE_OPTIONS. */
+const NODE_OPTIONS_LINE = [...process.execArgv, process.env.NODE_OPTIONS ?? ''].join(' ').trim();
+
 // DMTHIN_CODE_CACHE_DIR moves it (tests use a directory of their own).
 const DIR = process.env.DMTHIN_CODE_CACHE_DIR || join(__dirname, '..', '.code-cache');
 // V8 rejects bytes made under other flags: runs with node options of their
 // own (the #! line's, NODE_OPTIONS) keep a file of their own instead of
 // rewriting one file in turns (every run of `dmthin` alternating with runs
 // of `node dist/cli/main.js` compiled everything anew).
-const FILE_PREFIX = join(DIR, `v8-${process.version}-${process.arch}${flagsTag([...process.execArgv, process.env.NODE_OPTIONS ?? ''].join(' ').trim())}`);
+const FILE_PREFIX = join(DIR, `v8-${process.version}-${process.arch}${flagsTag(NODE_OPTIONS_LINE)}`);
 
 /** '' without node options, else '-' and a short hash of them (FNV-1a: loads no crypto). */
 function flagsTag(options: string): string {
@@ -271,7 +274,7 @@ export function tuneCollector(): void {
   void AbortController;
   addon.majorGcCount?.();
   addon.minorGcTask?.(false);
-  if (!/(^|\s)--((max|min)[-_])?semi[-_]space[-_](size|growth[-_]factor)\b/.test(`${process.execArgv.join(' ')} ${process.env.NODE_OPTIONS ?? ''}`)) addon.semiSpaceGrowth?.(1);
+  if (!/(^|\s)--((max|min)[-_])?semi[-_]space[-_](size|growth[-_]factor)\b/.test(NODE_OPTIONS_LINE)) addon.semiSpaceGrowth?.(1);
 }
 
 /**
